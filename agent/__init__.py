@@ -1,0 +1,1 @@
+"""Node agent: spawns a node's ranks, serves them PMI, aggregates collectives."""

@@ -1,0 +1,1 @@
+"""What a Python rank imports to talk to its node agent."""

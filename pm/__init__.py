@@ -1,0 +1,34 @@
+"""pmrun: a process manager for parallel jobs.
+
+``pm.run`` launches a job and waits for it; ``pm.Cluster`` keeps a tree of
+node agents up and launches jobs on it.  Both are what ``pmrun`` runs.
+"""
+
+from __future__ import annotations
+
+import os as _os
+from typing import TYPE_CHECKING, Any
+
+# In a source checkout pm.agent, pm.client and pm.proto live in the folders
+# beside pm/ (pyproject.toml maps them).  Let them import from there too, so a
+# rank or an agent started with the checkout on sys.path finds them.
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isfile(
+    _os.path.join(_root, "proto", "__init__.py")
+):
+    __path__.append(_root)
+
+if TYPE_CHECKING:
+    from pm.api import Cluster, Job, JobResult, run
+
+__all__ = ["Cluster", "Job", "JobResult", "run"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `pmrun` imports pm.cli and must not pay for the API's imports.
+    if name in __all__:
+        from pm import api
+
+        return getattr(api, name)
+    raise AttributeError(name)
