@@ -1,0 +1,296 @@
+"""Host lists: Slurm bracket syntax, Hydra's ``-hosts`` option and host files.
+
+Pure text processing; nothing here resolves names or touches the network.
+
+Bracket syntax (Slurm's): ``node[01-04,07]`` is node01 node02 node03 node04
+node07.  A range keeps the width of its low bound, so ``[08-10]`` gives 08 09
+10 and ``[8-10]`` gives 8 9 10.  A name may hold several bracket groups, which
+multiply out with the leftmost varying slowest: ``rack[1-2]-n[1-2]`` is
+rack1-n1 rack1-n2 rack2-n1 rack2-n2.  Commas outside brackets separate names.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pm.proto.errors import PMError
+
+__all__ = [
+    "MAX_HOSTS",
+    "HostSlots",
+    "HostlistError",
+    "compress",
+    "expand",
+    "parse_hostfile",
+    "parse_hosts_option",
+]
+
+# A typo such as node[1-1000000000] must fail, not eat the memory of the head.
+MAX_HOSTS = 1_000_000
+
+_SPECIAL = frozenset("[],")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+class HostlistError(PMError, ValueError):
+    """A host list, ``-hosts`` option or host file that cannot be parsed."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostSlots:
+    """One host and the number of rank slots given for it (``None``: not given)."""
+
+    host: str
+    slots: int | None
+
+
+def _split_top(spec: str, sep: str) -> list[str]:
+    """Split ``spec`` at each ``sep`` that is outside brackets; check bracket balance."""
+    parts: list[str] = []
+    depth = 0
+    start = 0
+    for i, ch in enumerate(spec):
+        if ch == "[":
+            if depth:
+                raise HostlistError(f"nested '[' in host list {spec!r}")
+            depth = 1
+        elif ch == "]":
+            if not depth:
+                raise HostlistError(f"unbalanced ']' in host list {spec!r}")
+            depth = 0
+        elif ch == sep and not depth:
+            parts.append(spec[start:i])
+            start = i + 1
+    if depth:
+        raise HostlistError(f"unbalanced '[' in host list {spec!r}")
+    parts.append(spec[start:])
+    return parts
+
+
+def _bracket_values(body: str, name: str) -> list[str]:
+    """The strings a bracket body such as ``01-04,07`` stands for."""
+    out: list[str] = []
+    for item in body.split(","):
+        item = item.strip()
+        lo, dash, hi = item.partition("-")
+        if not _DIGITS.fullmatch(lo) or (dash and not _DIGITS.fullmatch(hi)):
+            raise HostlistError(f"bad range {item!r} in host name {name!r}")
+        if not dash:
+            out.append(lo)
+            continue
+        a, b = int(lo), int(hi)
+        if b < a:
+            raise HostlistError(f"bad range {item!r} in host name {name!r}: end before start")
+        if b - a + 1 + len(out) > MAX_HOSTS:
+            raise HostlistError(f"range {item!r} in host name {name!r} is too large")
+        width = len(lo)
+        out.extend(str(x).zfill(width) for x in range(a, b + 1))
+    return out
+
+
+def _expand_name(name: str) -> list[str]:
+    """Expand one host name (no top-level commas) with any number of bracket groups."""
+    if not name:
+        raise HostlistError("empty host name")
+    if any(ch.isspace() for ch in name):
+        raise HostlistError(f"white space inside host name {name!r}")
+    pieces: list[list[str]] = []
+    pos = 0
+    count = 1
+    while True:
+        lb = name.find("[", pos)
+        if lb < 0:
+            pieces.append([name[pos:]])
+            break
+        rb = name.find("]", lb)  # balance was checked by _split_top
+        pieces.append([name[pos:lb]])
+        values = _bracket_values(name[lb + 1 : rb], name)
+        count *= len(values)
+        if count > MAX_HOSTS:
+            raise HostlistError(f"host name {name!r} expands to too many hosts")
+        pieces.append(values)
+        pos = rb + 1
+    return ["".join(p) for p in itertools.product(*pieces)]
+
+
+def expand(spec: str) -> list[str]:
+    """Expand a Slurm-style host list into host names, in order, duplicates kept.
+
+    ``expand("node[01-02,07],login1")`` is ``["node01", "node02", "node07",
+    "login1"]``.  White space around names is ignored; an all-blank ``spec``
+    gives ``[]``.  ``HostlistError`` for unbalanced or nested brackets, a
+    range that is not ``N`` or ``N-M`` with ``N <= M``, an empty name (as in
+    ``a,,b``), or more than ``MAX_HOSTS`` hosts.
+    """
+    if not spec.strip():
+        return []
+    out: list[str] = []
+    for name in _split_top(spec, ","):
+        out.extend(_expand_name(name.strip()))
+        if len(out) > MAX_HOSTS:
+            raise HostlistError(f"host list {spec!r} expands to too many hosts")
+    return out
+
+
+def _split_number(host: str) -> tuple[str, str, str]:
+    """``host`` as (prefix, last run of digits, suffix); digits may be empty."""
+    last = None
+    for m in _DIGITS.finditer(host):
+        last = m
+    if last is None:
+        return host, "", ""
+    return host[: last.start()], last.group(), host[last.end() :]
+
+
+@dataclass(slots=True)
+class _Range:
+    """Consecutive values ``lo .. hi`` printed with the width of ``lo_text``."""
+
+    lo_text: str
+    lo: int
+    hi: int
+
+    def __str__(self) -> str:
+        if self.lo == self.hi:
+            return self.lo_text
+        return f"{self.lo_text}-{str(self.hi).zfill(len(self.lo_text))}"
+
+
+def compress(hosts: Sequence[str]) -> str:
+    """A short host list that ``expand`` turns back into ``hosts`` exactly.
+
+    Meant for display.  Order and duplicates are kept: hosts that follow each
+    other and differ only by consecutive values of their last number become a
+    range (``n1,n2,n3`` -> ``n[1-3]``), zero padding is kept (``n08,n09,n10``
+    -> ``n[08-10]``), and neighbouring ranges of one prefix and suffix share a
+    bracket (``n[1-3,7]``).  ``HostlistError`` for an empty name or one holding
+    white space, a comma or a bracket.
+    """
+    # (prefix, suffix, ranges); a host without digits is a group with no ranges.
+    groups: list[tuple[str, str, list[_Range]]] = []
+    for host in hosts:
+        if not host or _SPECIAL.intersection(host) or any(c.isspace() for c in host):
+            raise HostlistError(f"host name {host!r} cannot be written in a host list")
+        prefix, digits, suffix = _split_number(host)
+        if not digits:
+            groups.append((host, "", []))
+            continue
+        value = int(digits)
+        if groups and groups[-1][2] and groups[-1][:2] == (prefix, suffix):
+            ranges = groups[-1][2]
+            last = ranges[-1]
+            # Extend the range only if expand() would print this very text for hi+1.
+            if value == last.hi + 1 and str(value).zfill(len(last.lo_text)) == digits:
+                last.hi = value
+            else:
+                ranges.append(_Range(digits, value, value))
+        else:
+            groups.append((prefix, suffix, [_Range(digits, value, value)]))
+    return ",".join(_format_group(*g) for g in groups)
+
+
+def _format_group(prefix: str, suffix: str, ranges: list[_Range]) -> str:
+    if not ranges:
+        return prefix
+    if len(ranges) == 1 and ranges[0].lo == ranges[0].hi:
+        return f"{prefix}{ranges[0].lo_text}{suffix}"
+    return f"{prefix}[{','.join(map(str, ranges))}]{suffix}"
+
+
+def _parse_slots(text: str, where: str) -> int:
+    if not _DIGITS.fullmatch(text):
+        raise HostlistError(f"bad slot count {text!r} in {where!r}")
+    n = int(text)
+    if n < 1:
+        raise HostlistError(f"slot count must be >= 1, got {text!r} in {where!r}")
+    return n
+
+
+def _name_and_slots(item: str) -> tuple[str, int | None]:
+    """Split ``host[:slots]`` at the last ':' outside brackets."""
+    colon = item.rfind(":")
+    if colon < 0 or colon < item.rfind("]"):
+        return item, None
+    return item[:colon], _parse_slots(item[colon + 1 :].strip(), item)
+
+
+def _merge(entries: Iterable[tuple[str, int | None]]) -> list[HostSlots]:
+    """Merge repeated hosts, first-seen order, adding up slots.
+
+    A host listed more than once gets the sum of its slot counts, each
+    occurrence without one counting 1 (one line of a host file is one slot);
+    a host listed once keeps ``None`` if it had no count.
+    """
+    seen: dict[str, list[int | None]] = {}
+    for host, slots in entries:
+        seen.setdefault(host, []).append(slots)
+    out: list[HostSlots] = []
+    for host, counts in seen.items():
+        if len(counts) == 1:
+            out.append(HostSlots(host, counts[0]))
+        else:
+            out.append(HostSlots(host, sum(1 if c is None else c for c in counts)))
+    return out
+
+
+def parse_hosts_option(spec: str) -> list[HostSlots]:
+    """Parse Hydra's ``-hosts`` value, e.g. ``"h1,h2:4,node[1-3]:2"``.
+
+    Items are separated by commas outside brackets; each is a host list name
+    with an optional ``:slots``, and every host it expands to gets those slots.
+    A host named more than once is merged as in ``parse_hostfile``.
+    ``HostlistError`` for a bad name, a bad count or a count below 1.
+    """
+    if not spec.strip():
+        return []
+    entries: list[tuple[str, int | None]] = []
+    for item in _split_top(spec, ","):
+        name, slots = _name_and_slots(item.strip())
+        entries.extend((h, slots) for h in _expand_name(name.strip()))
+    return _merge(entries)
+
+
+_IGNORED_KEYS = frozenset({"max_slots", "max-slots"})
+
+
+def parse_hostfile(text: str) -> list[HostSlots]:
+    """Parse a Hydra/MPICH or Open MPI host file.
+
+    One host per line: ``host``, ``host:4`` or ``host slots=4``
+    (``max_slots=``/``max-slots=`` are accepted and ignored).  ``#`` starts a
+    comment; blank lines are skipped; bracket syntax is expanded.  A host on
+    several lines gets the sum of their slots, each line without a count
+    counting 1, and keeps the place where it was first seen.
+    ``HostlistError`` (naming the line) for anything else.
+    """
+    entries: list[tuple[str, int | None]] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        first, *options = line.split()
+        where = f"line {lineno}: {line}"
+        try:
+            name, slots = _name_and_slots(first)
+            for opt in options:
+                key, eq, value = opt.partition("=")
+                if key == "slots" and eq:
+                    if slots is not None:
+                        raise HostlistError(f"slot count given twice in {where!r}")
+                    slots = _parse_slots(value, where)
+                elif key in _IGNORED_KEYS and eq:
+                    continue
+                else:
+                    raise HostlistError(f"unknown option {opt!r} in host file {where!r}")
+            hosts = expand(name)
+        except HostlistError as e:
+            if where in str(e):
+                raise
+            raise HostlistError(f"host file {where}: {e}") from e
+        if not hosts:
+            raise HostlistError(f"empty host name in host file {where}")
+        entries.extend((h, slots) for h in hosts)
+    return _merge(entries)

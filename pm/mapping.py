@@ -1,0 +1,296 @@
+"""Rank placement and MPICH's ``PMI_process_mapping`` string.
+
+The mapping string is ``(vector,(s,n,p),(s,n,p),...)``: each block ``(s,n,p)``
+stands for ``n`` nodes numbered from ``s`` holding ``p`` consecutive ranks
+each, in rank order.  When the blocks run out before the last rank, readers
+start again from the first block whose start node is 0 (MPICH's
+``MPL_rankmap_str_to_array``; older readers start again from the first block,
+which is the same block whenever rank 0 is on node 0).  Readers also stop in
+the middle of a block once every rank has a node.  Newer MPICH also accepts a
+bare node id ``k`` for ``(k,1,1)`` and ``[blocks]xK`` for blocks repeated K
+times; ``parse_process_mapping`` accepts them, ``process_mapping`` never
+writes them, so that every PMI client version can read what it writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+from pm.proto.errors import PMError
+
+__all__ = [
+    "MAX_MAPPING_LEN",
+    "Block",
+    "MappingError",
+    "local_ranks",
+    "parse_process_mapping",
+    "place",
+    "process_mapping",
+]
+
+# Hydra drops a mapping longer than this, and MPICH then falls back to
+# exchanging host names; a PMI-1 value is at most 1024 bytes anyway.
+MAX_MAPPING_LEN = 1024
+
+
+class MappingError(PMError, ValueError):
+    """A placement request or a ``PMI_process_mapping`` string that is not valid."""
+
+
+class Block(NamedTuple):
+    """``nnodes`` nodes numbered from ``start``, ``ppn`` consecutive ranks on each."""
+
+    start: int
+    nnodes: int
+    ppn: int
+
+
+def place(n: int, slots: Sequence[int]) -> list[int]:
+    """Node index of each of ``n`` ranks, placed as Hydra does.
+
+    Walk the nodes in order giving node ``i`` the next ``slots[i]`` ranks, and
+    wrap around to node 0 until all ranks are placed:
+    ``place(5, [2, 2]) == [0, 0, 1, 1, 0]``.  ``MappingError`` if ``n < 0``,
+    ``slots`` is empty or a slot count is below 1.
+    """
+    if n < 0:
+        raise MappingError(f"number of ranks must be >= 0, got {n}")
+    if not slots:
+        raise MappingError("no nodes to place ranks on")
+    for i, s in enumerate(slots):
+        if s < 1:
+            raise MappingError(f"node {i} has {s} slots; every node needs at least 1")
+    one_pass = [node for node, s in enumerate(slots) for _ in range(s)]
+    full, rest = divmod(n, len(one_pass))
+    return one_pass * full + one_pass[:rest]
+
+
+def _runs(nodes: Sequence[int]) -> list[tuple[int, int]]:
+    """Run-length form of ``nodes``: (node, count) for each maximal run."""
+    out: list[tuple[int, int]] = []
+    for node in nodes:
+        if out and out[-1][0] == node:
+            out[-1] = (node, out[-1][1] + 1)
+        else:
+            out.append((node, 1))
+    return out
+
+
+def _blocks(nodes: Sequence[int]) -> list[Block]:
+    """Greedy block form of ``nodes``: runs joined while nodes and counts line up."""
+    out: list[Block] = []
+    for node, count in _runs(nodes):
+        if out and out[-1].ppn == count and out[-1].start + out[-1].nnodes == node:
+            out[-1] = out[-1]._replace(nnodes=out[-1].nnodes + 1)
+        else:
+            out.append(Block(node, 1, count))
+    return out
+
+
+def _format(blocks: Sequence[Block]) -> str:
+    return "(vector," + ",".join(f"({b.start},{b.nnodes},{b.ppn})" for b in blocks) + ")"
+
+
+def _periods(seq: Sequence[int]) -> Iterator[int]:
+    """Every p in 1..len(seq) with seq[i] == seq[i - p] for all i >= p, decreasing.
+
+    These are len(seq) minus each border of seq, read off the prefix function.
+    """
+    n = len(seq)
+    pi = [0] * n
+    for i in range(1, n):
+        k = pi[i - 1]
+        while k and seq[i] != seq[k]:
+            k = pi[k - 1]
+        if seq[i] == seq[k]:
+            k += 1
+        pi[i] = k
+    yield n
+    border = pi[n - 1]
+    while border:
+        yield n - border
+        border = pi[border - 1]
+
+
+def _prefix_block_counts(nodes: Sequence[int]) -> list[int]:
+    """``out[p]`` is ``len(_blocks(nodes[:p]))`` for every p in 0..len(nodes), in O(n)."""
+    n = len(nodes)
+    out = [0] * (n + 1)
+    # Walk the runs of the whole list; a prefix ending inside run j is the
+    # greedy form of runs 0..j-1 plus run j cut short, which joins the block
+    # before it only if its nodes line up and its cut count equals that ppn.
+    blocks = 0  # blocks of runs 0..j-1
+    last_ppn = 0  # ppn of the block holding run j-1
+    last_node = -2
+    rank = 0
+    for node, count in _runs(nodes):
+        joinable = node == last_node + 1
+        for c in range(1, count + 1):
+            out[rank + c] = blocks + (0 if joinable and c == last_ppn else 1)
+        if not (joinable and count == last_ppn):
+            blocks += 1
+            last_ppn = count
+        last_node = node
+        rank += count
+    return out
+
+
+def process_mapping(node_of_rank: Sequence[int]) -> str:
+    """MPICH's ``PMI_process_mapping`` value for ranks placed on ``node_of_rank``.
+
+    Of all block lists that describe the placement (repetition included) this
+    picks one with the fewest blocks, and among those the one that relies
+    least on repetition: ``[0,0,1,1] -> "(vector,(0,2,2))"``,
+    ``[0,1,0,1] -> "(vector,(0,2,1))"``, ``[0,0,0] -> "(vector,(0,1,3))"``,
+    ``[0,0,1] -> "(vector,(0,1,2),(1,1,1))"``.  Repetition is used only when
+    rank 0 is on node 0, where every reader agrees on where it restarts.
+    Returns ``""`` (no mapping) for no ranks or when the value would exceed
+    ``MAX_MAPPING_LEN`` characters.  ``MappingError`` for a negative node.
+    """
+    if not node_of_rank:
+        return ""
+    if min(node_of_rank) < 0:
+        raise MappingError(f"negative node index {min(node_of_rank)} in a placement")
+    n = len(node_of_rank)
+    best = n
+    if node_of_rank[0] == 0:
+        counts = _prefix_block_counts(node_of_rank)
+        for p in _periods(node_of_rank):  # decreasing, so ties keep the longest prefix
+            if counts[p] < counts[best]:
+                best = p
+    text = _format(_blocks(node_of_rank[:best]))
+    return text if len(text) <= MAX_MAPPING_LEN else ""
+
+
+def _fail(s: str, why: str) -> MappingError:
+    return MappingError(f"bad process mapping {s!r}: {why}")
+
+
+class _Item(NamedTuple):
+    """One element of the vector: blocks repeated ``times`` (1 for a plain block)."""
+
+    blocks: tuple[Block, ...]
+    times: int
+    group: bool  # written as [..]xK
+
+
+class _Reader:
+    """A cursor over a mapping string that ignores white space."""
+
+    def __init__(self, s: str) -> None:
+        self.s = s
+        self.i = 0
+
+    def peek(self) -> str:
+        while self.i < len(self.s) and self.s[self.i].isspace():
+            self.i += 1
+        return self.s[self.i] if self.i < len(self.s) else ""
+
+    def take(self, ch: str) -> None:
+        if self.peek() != ch:
+            raise _fail(self.s, f"expected {ch!r} at offset {self.i}")
+        self.i += 1
+
+    def number(self) -> int:
+        self.peek()
+        j = self.i
+        while j < len(self.s) and self.s[j].isdigit():
+            j += 1
+        if j == self.i:
+            raise _fail(self.s, f"expected a number at offset {self.i}")
+        value = int(self.s[self.i : j])
+        self.i = j
+        return value
+
+    def block(self) -> Block:
+        if self.peek() != "(":
+            return Block(self.number(), 1, 1)
+        self.take("(")
+        start = self.number()
+        self.take(",")
+        nnodes = self.number()
+        self.take(",")
+        ppn = self.number()
+        self.take(")")
+        return Block(start, nnodes, ppn)
+
+
+def _parse_items(s: str) -> list[_Item]:
+    r = _Reader(s)
+    r.take("(")
+    if not r.s.startswith("vector", r.i):
+        raise _fail(s, "it does not start with '(vector'")
+    r.i += len("vector")
+    items: list[_Item] = []
+    while r.peek() == ",":
+        r.take(",")
+        if r.peek() == "[":
+            r.take("[")
+            group = [r.block()]
+            while r.peek() == ",":
+                r.take(",")
+                group.append(r.block())
+            r.take("]")
+            r.take("x")
+            items.append(_Item(tuple(group), r.number(), True))
+        else:
+            items.append(_Item((r.block(),), 1, False))
+    r.take(")")
+    if r.peek():
+        raise _fail(s, f"text after the closing ')' at offset {r.i}")
+    if not items:
+        raise _fail(s, "no blocks")
+    return items
+
+
+def _nodes(items: Sequence[_Item]) -> Iterator[int]:
+    for item in items:
+        if not any(b.nnodes and b.ppn for b in item.blocks):
+            continue  # no ranks, however many times it repeats
+        for _ in range(item.times):
+            for b in item.blocks:
+                for node in range(b.start, b.start + b.nnodes):
+                    for _ in range(b.ppn):
+                        yield node
+
+
+def parse_process_mapping(s: str, n: int) -> list[int]:
+    """Node index of each of ``n`` ranks from a ``PMI_process_mapping`` value.
+
+    Reads what MPICH reads: ``(s,n,p)`` blocks, bare node ids and
+    ``[blocks]xK`` groups, stopping as soon as ``n`` ranks have a node.  When
+    the vector runs out first, it starts again, as MPICH does, from the last
+    group if there is one, else from the first block on node 0.
+    ``MappingError`` for a malformed (or empty) value, or one that runs out
+    with nowhere to start again.
+    """
+    if n < 0:
+        raise MappingError(f"number of ranks must be >= 0, got {n}")
+    items = _parse_items(s)
+    groups = [i for i, item in enumerate(items) if item.group]
+    on_zero = [i for i, item in enumerate(items) if item.blocks[0].start == 0]
+    restart = groups[-1] if groups else on_zero[0] if on_zero else None
+    out: list[int] = []
+    source = _nodes(items)
+    while len(out) < n:
+        node = next(source, None)
+        if node is not None:
+            out.append(node)
+            continue
+        if restart is None:
+            raise _fail(s, f"it covers {len(out)} of {n} ranks and has no part to repeat")
+        source = _nodes(items[restart:])
+        node = next(source, None)
+        if node is None:
+            raise _fail(s, "its repeated part holds no ranks")
+        out.append(node)
+    return out
+
+
+def local_ranks(node_of_rank: Sequence[int]) -> dict[int, list[int]]:
+    """Each node's ranks in increasing order, keyed by node in increasing order."""
+    out: dict[int, list[int]] = {}
+    for rank, node in enumerate(node_of_rank):
+        out.setdefault(node, []).append(rank)
+    return dict(sorted(out.items()))
