@@ -219,6 +219,7 @@ class _Reader:
 def _parse_items(s: str) -> list[_Item]:
     r = _Reader(s)
     r.take("(")
+    r.peek()  # skip white space
     if not r.s.startswith("vector", r.i):
         raise _fail(s, "it does not start with '(vector'")
     r.i += len("vector")

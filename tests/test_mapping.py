@@ -1,0 +1,301 @@
+"""pm.mapping: Hydra's rank placement and MPICH's PMI_process_mapping."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pm.proto.errors import PMError
+
+from pm.mapping import (
+    MAX_MAPPING_LEN,
+    MappingError,
+    local_ranks,
+    parse_process_mapping,
+    place,
+    process_mapping,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# --- place -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "slots", "nodes"),
+    [
+        (4, [1, 1], [0, 1, 0, 1]),
+        (8, [4, 4], [0, 0, 0, 0, 1, 1, 1, 1]),
+        (5, [2, 2], [0, 0, 1, 1, 0]),
+        (0, [3], []),
+        (3, [5], [0, 0, 0]),
+        (7, [1, 2, 3], [0, 1, 1, 2, 2, 2, 0]),
+        (10, [3, 1], [0, 0, 0, 1, 0, 0, 0, 1, 0, 0]),
+    ],
+)
+def test_place(n: int, slots: list[int], nodes: list[int]) -> None:
+    assert place(n, slots) == nodes
+
+
+@pytest.mark.parametrize(("n", "slots"), [(-1, [1]), (2, []), (2, [1, 0]), (2, [-3])])
+def test_place_errors(n: int, slots: list[int]) -> None:
+    with pytest.raises(MappingError):
+        place(n, slots)
+
+
+@given(st.integers(0, 300), st.lists(st.integers(1, 9), min_size=1, max_size=12))
+@settings(max_examples=200, deadline=None)
+def test_place_follows_the_slots(n: int, slots: list[int]) -> None:
+    nodes = place(n, slots)
+    assert len(nodes) == n
+    # Walk the nodes in order, slots[i] ranks each, wrapping around.
+    expected: list[int] = []
+    while len(expected) < n:
+        for i, s in enumerate(slots):
+            expected.extend([i] * s)
+    assert nodes == expected[:n]
+
+
+# --- process_mapping: golden values ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("nodes", "value"),
+    [
+        ([0, 0, 1, 1], "(vector,(0,2,2))"),
+        ([0, 1, 0, 1], "(vector,(0,2,1))"),
+        ([0, 0, 0], "(vector,(0,1,3))"),
+        ([0, 0, 1], "(vector,(0,1,2),(1,1,1))"),
+        ([0], "(vector,(0,1,1))"),
+        ([0, 0], "(vector,(0,1,2))"),
+        ([0, 0, 0, 0, 1, 1, 1, 1], "(vector,(0,2,4))"),
+        ([0, 0, 1, 1, 0], "(vector,(0,2,2))"),
+        ([0] * 10, "(vector,(0,1,10))"),
+        ([0, 1, 2] * 4, "(vector,(0,3,1))"),
+        ([0, 0, 0, 1, 0, 0, 0, 1, 0, 0], "(vector,(0,1,3),(1,1,1))"),
+        ([0, 1, 1, 2, 2, 2, 0], "(vector,(0,1,1),(1,1,2),(2,1,3))"),
+        ([0, 1, 0, 1, 2], "(vector,(0,2,1),(0,3,1))"),
+        # A period that splits a run: 0,1,0 | 0,1,0 | 0,1,0.
+        ([0, 1, 0] * 3, "(vector,(0,2,1),(0,1,1))"),
+        ([0, 0, 1, 1, 2, 2, 3], "(vector,(0,3,2),(3,1,1))"),
+        # Rank 0 not on node 0: readers disagree on where a repeat restarts,
+        # so every rank is written out.
+        ([1, 0], "(vector,(1,1,1),(0,1,1))"),
+        ([1, 0, 1, 0], "(vector,(1,1,1),(0,2,1),(0,1,1))"),
+        ([3, 3, 3], "(vector,(3,1,3))"),
+    ],
+)
+def test_process_mapping_golden(nodes: list[int], value: str) -> None:
+    assert process_mapping(nodes) == value
+    assert parse_process_mapping(value, len(nodes)) == nodes
+
+
+def test_hydra_placements() -> None:
+    assert process_mapping(place(8, [4, 4])) == "(vector,(0,2,4))"
+    assert process_mapping(place(8, [1, 1])) == "(vector,(0,2,1))"
+    assert process_mapping(place(16, [2, 2, 2, 2])) == "(vector,(0,4,2))"
+    assert process_mapping(place(9, [4, 4])) == "(vector,(0,2,4))"
+    assert process_mapping(place(6, [2, 1])) == "(vector,(0,1,2),(1,1,1))"
+    # Block placement of 1024 ranks on 256 nodes stays tiny.
+    assert process_mapping(place(1024, [4] * 256)) == "(vector,(0,256,4))"
+
+
+def test_empty_and_bad_input() -> None:
+    assert process_mapping([]) == ""
+    with pytest.raises(MappingError):
+        process_mapping([0, -1])
+    err = MappingError("x")
+    assert isinstance(err, PMError) and isinstance(err, ValueError)
+
+
+def test_too_long_gives_no_mapping() -> None:
+    # An irregular placement that needs one block per rank.
+    rng = random.Random(7)
+    nodes = [0] + [rng.randrange(1000, 2000) for _ in range(300)]
+    assert process_mapping(nodes) == ""
+    # Just under the limit is still written.
+    short = [0] + [rng.randrange(10, 99) * 2 for _ in range(5)]
+    value = process_mapping(short)
+    assert value and len(value) <= MAX_MAPPING_LEN
+    assert parse_process_mapping(value, len(short)) == short
+
+
+def test_length_limit_is_exactly_1024() -> None:
+    # "(vector," + k blocks "(a,1,1)" joined by commas + ")".  Node ids two
+    # apart never merge, and all differ after rank 0, so nothing repeats.
+    written = dropped = 0
+    for k in range(60, 120):
+        nodes = [0] + [10000 + 2 * i for i in range(1, k)]
+        value = process_mapping(nodes)
+        expected = "(vector," + ",".join(f"({a},1,1)" for a in nodes) + ")"
+        if len(expected) <= MAX_MAPPING_LEN:
+            assert value == expected
+            written += 1
+        else:
+            assert value == ""
+            dropped += 1
+    assert written and dropped
+    assert MAX_MAPPING_LEN == 1024
+
+
+# --- round trips -------------------------------------------------------------
+
+
+def block_count(value: str) -> int:
+    return value.count("(") - 1
+
+
+def brute_force_fewest_blocks(nodes: list[int]) -> int:
+    """Fewest greedy blocks over every prefix that, repeated, gives ``nodes``."""
+    best = None
+    for p in range(1, len(nodes) + 1):
+        if nodes[0] != 0 and p < len(nodes):
+            continue
+        if all(nodes[i] == nodes[i % p] for i in range(len(nodes))):
+            k = block_count(process_mapping_of_prefix(nodes[:p]))
+            best = k if best is None else min(best, k)
+    assert best is not None
+    return best
+
+
+def process_mapping_of_prefix(prefix: list[int]) -> str:
+    """Greedy block form of a list, written without repetition."""
+    blocks: list[list[int]] = []
+    i = 0
+    while i < len(prefix):
+        j = i
+        while j < len(prefix) and prefix[j] == prefix[i]:
+            j += 1
+        node, count = prefix[i], j - i
+        if blocks and blocks[-1][2] == count and blocks[-1][0] + blocks[-1][1] == node:
+            blocks[-1][1] += 1
+        else:
+            blocks.append([node, 1, count])
+        i = j
+    return "(vector," + ",".join(f"({a},{b},{c})" for a, b, c in blocks) + ")"
+
+
+@given(st.integers(1, 200), st.lists(st.integers(1, 8), min_size=1, max_size=10))
+@settings(max_examples=300, deadline=None)
+def test_round_trip_of_hydra_placements(n: int, slots: list[int]) -> None:
+    nodes = place(n, slots)
+    value = process_mapping(nodes)
+    assert value
+    assert parse_process_mapping(value, n) == nodes
+    # One pass over the nodes is always enough.
+    assert block_count(value) <= len(slots)
+
+
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=40))
+@settings(max_examples=400, deadline=None)
+def test_round_trip_of_any_placement(nodes: list[int]) -> None:
+    value = process_mapping(nodes)
+    assert parse_process_mapping(value, len(nodes)) == nodes
+    # The fastest search finds as few blocks as trying every period does.
+    assert block_count(value) == brute_force_fewest_blocks(nodes)
+
+
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=12), st.integers(1, 60))
+@settings(max_examples=200, deadline=None)
+def test_round_trip_of_periodic_placements(period: list[int], n: int) -> None:
+    nodes = [0, *period]
+    nodes = (nodes * (n // len(nodes) + 1))[:n]
+    value = process_mapping(nodes)
+    assert parse_process_mapping(value, n) == nodes
+    assert block_count(value) <= block_count(process_mapping_of_prefix([0, *period]))
+
+
+def test_large_placement_is_fast_enough() -> None:
+    nodes = place(100_000, [3, 5, 3, 5])
+    value = process_mapping(nodes)
+    assert value == "(vector,(0,1,3),(1,1,5),(2,1,3),(3,1,5))"
+    assert parse_process_mapping(value, 100_000) == nodes
+    assert process_mapping([0] * 100_000) == "(vector,(0,1,100000))"
+
+
+# --- the reader: MPICH's forms -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "n", "nodes"),
+    [
+        # The list starts again when ranks remain, and stops mid-block.
+        ("(vector,(0,2,1))", 4, [0, 1, 0, 1]),
+        ("(vector,(0,2,2))", 3, [0, 0, 1]),
+        ("(vector,(0,2,2))", 0, []),
+        # Bare node ids are (id,1,1).
+        ("(vector,0,1,1)", 3, [0, 1, 1]),
+        ("(vector,0,(1,1,2))", 6, [0, 1, 1, 0, 1, 1]),
+        # [blocks]xK repeats blocks K times; what follows comes after them.
+        ("(vector,[(0,2,1)]x2)", 4, [0, 1, 0, 1]),
+        ("(vector,[(0,1,1),(1,1,2)]x2,(2,1,1))", 7, [0, 1, 1, 0, 1, 1, 2]),
+        ("(vector,(0,1,2),[1,2]x2)", 6, [0, 0, 1, 2, 1, 2]),
+        # Running out restarts at the last group...
+        ("(vector,(0,1,2),[1,2]x2)", 8, [0, 0, 1, 2, 1, 2, 1, 2]),
+        ("(vector,[0]x1,[1]x1)", 4, [0, 1, 1, 1]),
+        # ...or, without groups, at the first block on node 0.
+        ("(vector,(1,1,1),(0,1,2))", 5, [1, 0, 0, 0, 0]),
+        ("(vector,(1,1,1),(0,1,1),(2,1,1))", 6, [1, 0, 2, 0, 2, 0]),
+        # White space is allowed between tokens.
+        (" ( vector , ( 0 , 2 , 1 ) ) ", 3, [0, 1, 0]),
+        # More ranks written than needed is fine.
+        ("(vector,(0,4,4))", 5, [0, 0, 0, 0, 1]),
+    ],
+)
+def test_parse_mpich_forms(value: str, n: int, nodes: list[int]) -> None:
+    assert parse_process_mapping(value, n) == nodes
+
+
+@pytest.mark.parametrize(
+    ("value", "n"),
+    [
+        ("", 2),
+        ("vector,(0,1,2)", 2),
+        ("(vectors,(0,1,2))", 2),
+        ("(list,(0,1,2))", 2),
+        ("(vector)", 2),
+        ("(vector,(0,1))", 2),
+        ("(vector,(0,1,2)", 2),
+        ("(vector,(0,1,2)))", 2),
+        ("(vector,(a,1,2))", 2),
+        ("(vector,[(0,1,2)])", 2),
+        ("(vector,[(0,1,2)]x)", 2),
+        ("(vector,(0,-1,2))", 2),
+        # Runs out with no block on node 0 to start again from.
+        ("(vector,(1,1,1))", 2),
+        # Starts again at a part that holds no ranks.
+        ("(vector,(0,1,0))", 1),
+        ("(vector,(1,1,1),[(0,0,3)]x5)", 2),
+    ],
+)
+def test_parse_errors(value: str, n: int) -> None:
+    with pytest.raises(MappingError):
+        parse_process_mapping(value, n)
+
+
+def test_parse_with_huge_repeat_count_stops_at_n() -> None:
+    assert parse_process_mapping("(vector,[(0,1,1)]x999999999999)", 3) == [0, 0, 0]
+    assert parse_process_mapping("(vector,[(0,0,1)]x999999999999,(0,1,1))", 2) == [0, 0]
+
+
+# --- local_ranks -------------------------------------------------------------
+
+
+def test_local_ranks() -> None:
+    assert local_ranks([0, 1, 0, 1, 2]) == {0: [0, 2], 1: [1, 3], 2: [4]}
+    assert list(local_ranks([2, 0, 1])) == [0, 1, 2]
+    assert local_ranks([]) == {}
+
+
+@given(st.integers(0, 100), st.lists(st.integers(1, 6), min_size=1, max_size=8))
+@settings(max_examples=100, deadline=None)
+def test_local_ranks_partition_the_ranks(n: int, slots: list[int]) -> None:
+    nodes = place(n, slots)
+    by_node = local_ranks(nodes)
+    assert sorted(r for ranks in by_node.values() for r in ranks) == list(range(n))
+    for node, ranks in by_node.items():
+        assert ranks == sorted(ranks)
+        assert all(nodes[r] == node for r in ranks)
