@@ -123,6 +123,14 @@ boolean the client reads is an error.  The client takes values of at most
     R ``info-getnodeattr-response;rc=0;found=TRUE;value=v;`` or
     ``found=FALSE;``.  With ``wait=TRUE`` the reply must be held until the
     key is put on the node.
+``PMI2_Nameserv_publish/unpublish/lookup``
+    Q ``name-publish;name=s;port=p;infokeycount=0;``,
+    ``name-unpublish;name=s;infokeycount=0;``,
+    ``name-lookup;name=s;infokeycount=0;``.
+    R ``name-<...>-response;rc=0;``; the lookup reply must carry the port
+    in **``value``** (``libpmi2`` reads only that key; MPICH's own client
+    reads ``port``), so send both: ``rc=0;port=p;value=p;``.  ``rc=1`` for
+    an unknown name.
 ``PMIX_Ring(value)`` (exported by this ``libpmi2``)
     Q ``ring;ring-count=1;ring-left=v;ring-right=v;``
     R ``ring-response;rc=0;ring-count=<ring rank>;ring-left=<value of the

@@ -326,7 +326,7 @@ def mapping_for(size: int) -> str:
 
 @dataclass
 class MiniServer:
-    """Just enough PMI-2 server for one node: KVS, fence, node attributes, ring."""
+    """Just enough PMI-2 server for one node: KVS, fence, node attributes, names, ring."""
 
     size: int
     jobid: str
@@ -335,6 +335,7 @@ class MiniServer:
     finalized: set[int] = field(default_factory=set)
     kvs: dict[str, str] = field(default_factory=dict)
     node_attrs: dict[str, str] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._fence_count = 0
@@ -420,6 +421,18 @@ class MiniServer:
                 return response(
                     cmd, [("ring-count", str(rank)), ("ring-left", left), ("ring-right", right)]
                 )
+            case "name-publish":
+                self.names[cmd.require("name")] = cmd.require("port")
+                return response(cmd)
+            case "name-unpublish":
+                found = self.names.pop(cmd.require("name"), None) is not None
+                return response(cmd, rc=0 if found else 1)
+            case "name-lookup":
+                port = self.names.get(cmd.require("name"))
+                if port is None:
+                    return response(cmd, {"errmsg": "not_found"}, rc=1)
+                # libpmi2 reads the port from "value"; MPICH's own client from "port".
+                return response(cmd, [("port", port), ("value", port)])
             case "abort":
                 self.aborts.append((rank, cmd))
                 return None
@@ -540,6 +553,17 @@ async def test_libpmi2_client_end_to_end(pmi2_client: Path, size: int) -> None:
         assert gets[-2].args == {"jobid": "", "srcid": "-1", "key": f"key-{rank}"}
         assert gets[-1].args == {"jobid": server.jobid, "srcid": "-1", "key": "no-such-key"}
         assert sent[-1].cmd == "finalize"
+    names = [c for c in sent_by(server, 0) if c.cmd.startswith("name-")]
+    assert [(c.cmd, c.raw_pairs) for c in names] == [
+        (
+            "name-publish",
+            (("name", "svc-pmi2-test"), ("port", "tag#0$port;x=1"), ("infokeycount", "0")),
+        ),
+        ("name-lookup", (("name", "svc-pmi2-test"), ("infokeycount", "0"))),
+        ("name-lookup", (("name", "no-such-service"), ("infokeycount", "0"))),
+        ("name-unpublish", (("name", "svc-pmi2-test"), ("infokeycount", "0"))),
+    ]
+    assert server.names == {}
     # libpmi2 doubled the ';' of the put values on the wire.
     raw = b"".join(d for r, s, d in server.trace if r == 0 and s == "C")
     assert b"value=value-0-a=b;;c;;;;d=0;;;" in raw

@@ -8,8 +8,8 @@
  *   PMI2_KVS_Fence, PMI2_KVS_Get of every other rank's key (with srcid), of
  *   its own key with a NULL job id, of a key nobody put (must fail), PMI2_Info_GetJobAttr of
  *   PMI_process_mapping, universeSize and a missing attribute, node attributes
- *   (local rank 0 puts, the others wait for it), PMIX_Ring when the library
- *   has it, PMI2_Finalize.  It prints "OK rank=<r>" last and exits 0, or
+ *   (local rank 0 puts, the others wait for it), name publish/lookup/unpublish
+ *   (rank 0), PMIX_Ring when the library has it, PMI2_Finalize.  It prints "OK rank=<r>" last and exits 0, or
  *   prints "FAIL rank=<r>: <why>" on stderr and exits 1.
  *
  * "abort" mode: PMI2_Init, then PMI2_Abort(1, "abort; from <rank>").
@@ -172,6 +172,19 @@ int main(int argc, char **argv)
         check_rc(rc, "PMI2_Info_GetNodeAttr(node-attr, wait=1)");
         if (!found || strcmp(value, want) != 0)
             fail("node-attr found=%d '%s', expected '%s'", found, value, want);
+    }
+
+    if (rank == 0) {
+        const char *port = "tag#0$port;x=1";
+        check_rc(PMI2_Nameserv_publish("svc-pmi2-test", NULL, port), "PMI2_Nameserv_publish");
+        value[0] = '\0';
+        check_rc(PMI2_Nameserv_lookup("svc-pmi2-test", NULL, value, sizeof value),
+                 "PMI2_Nameserv_lookup");
+        if (strcmp(value, port) != 0)
+            fail("lookup gave '%s', expected '%s'", value, port);
+        if (PMI2_Nameserv_lookup("no-such-service", NULL, value, sizeof value) == PMI2_SUCCESS)
+            fail("lookup of an unknown service succeeded with '%s'", value);
+        check_rc(PMI2_Nameserv_unpublish("svc-pmi2-test", NULL), "PMI2_Nameserv_unpublish");
     }
 
     if (PMIX_Ring) {
