@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
 
 import pytest
 from hypothesis import given, settings
@@ -299,3 +306,154 @@ def test_local_ranks_partition_the_ranks(n: int, slots: list[int]) -> None:
     for node, ranks in by_node.items():
         assert ranks == sorted(ranks)
         assert all(nodes[r] == node for r in ranks)
+
+
+# --- MPICH itself reads the strings ------------------------------------------
+
+_RANK_PROGRAM = textwrap.dedent(
+    """
+    from mpi4py import MPI
+    w = MPI.COMM_WORLD
+    shared = w.Split_type(MPI.COMM_TYPE_SHARED)
+    members = shared.allgather(w.Get_rank())
+    print("node-mates", w.Get_rank(), *members, w.allreduce(1), flush=True)
+    """
+)
+
+
+class _MiniPMI1:
+    """Just enough of a PMI-1 server over PMI_FD to take MPICH through MPI_Init.
+
+    It serves one fixed PMI_process_mapping; everything else is a flat KVS
+    and a barrier over all ranks.
+    """
+
+    def __init__(self, n: int, mapping: str) -> None:
+        self.n = n
+        self.kvsname = f"kvs_maptest_{uuid.uuid4().hex}"  # MPICH keys its shm by this
+        self.kvs = {"PMI_process_mapping": mapping}
+        self.cond = threading.Condition()
+        self.waiting = 0
+        self.generation = 0
+        self.aborted: list[str] = []
+
+    def barrier(self) -> None:
+        with self.cond:
+            gen = self.generation
+            self.waiting += 1
+            if self.waiting == self.n:
+                self.waiting = 0
+                self.generation += 1
+                self.cond.notify_all()
+            else:
+                self.cond.wait_for(lambda: self.generation != gen or bool(self.aborted))
+
+    def serve(self, sock: socket.socket) -> None:
+        with sock, sock.makefile("rb") as lines:
+            for raw in lines:
+                line = raw.decode()
+                args = dict(t.split("=", 1) for t in line.split() if "=" in t)
+                cmd = args.get("cmd")
+                if cmd == "init":
+                    reply = "response_to_init rc=0 pmi_version=1 pmi_subversion=1"
+                elif cmd == "get_maxes":
+                    reply = "maxes rc=0 kvsname_max=256 keylen_max=64 vallen_max=1024"
+                elif cmd == "get_appnum":
+                    reply = "appnum rc=0 appnum=0"
+                elif cmd == "get_my_kvsname":
+                    reply = f"my_kvsname rc=0 kvsname={self.kvsname}"
+                elif cmd == "get_universe_size":
+                    reply = f"universe_size rc=0 size={self.n}"
+                elif cmd == "put":
+                    with self.cond:
+                        self.kvs[args["key"]] = args["value"]
+                    reply = "put_result rc=0"
+                elif cmd == "get":
+                    with self.cond:
+                        value = self.kvs.get(args["key"])
+                    reply = (
+                        "get_result rc=1 msg=key_not_found"
+                        if value is None
+                        else f"get_result rc=0 value={value}"
+                    )
+                elif cmd == "barrier_in":
+                    self.barrier()
+                    reply = "barrier_out rc=0"
+                elif cmd == "finalize":
+                    sock.sendall(b"cmd=finalize_ack rc=0\n")
+                    return
+                else:
+                    with self.cond:
+                        self.aborted.append(line)
+                        self.cond.notify_all()
+                    return
+                sock.sendall(f"cmd={reply}\n".encode())
+
+
+def _node_mates_under_mpich(nodes: list[int], mapping: str) -> dict[int, list[int]]:
+    """Run len(nodes) MPICH ranks given ``mapping``; each rank's MPI shared-memory group."""
+    server = _MiniPMI1(len(nodes), mapping)
+    procs: list[subprocess.Popen[str]] = []
+    threads: list[threading.Thread] = []
+    try:
+        for rank in range(len(nodes)):
+            ours, theirs = socket.socketpair()
+            env = dict(os.environ, PMI_FD=str(theirs.fileno()), PMI_RANK=str(rank))
+            env["PMI_SIZE"] = str(len(nodes))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _RANK_PROGRAM],
+                    env=env,
+                    pass_fds=[theirs.fileno()],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            theirs.close()
+            threads.append(threading.Thread(target=server.serve, args=(ours,), daemon=True))
+            threads[-1].start()
+        outputs = [p.communicate(timeout=60)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert not server.aborted, server.aborted
+    assert [p.returncode for p in procs] == [0] * len(nodes)
+    mates: dict[int, list[int]] = {}
+    for out in outputs:
+        for line in out.splitlines():
+            if line.startswith("node-mates "):
+                _, who, *members, total = line.split()
+                assert int(total) == len(nodes)
+                mates[int(who)] = [int(m) for m in members]
+    return mates
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "nodes",
+    [
+        place(4, [1, 1]),  # (0,2,1), read twice
+        place(5, [2, 2]),  # (0,2,2), the second pass stops inside the block
+        [0, 1, 0, 0, 1, 0],  # a repeated prefix that ends inside a run
+        [1, 0, 1, 0],  # rank 0 not on node 0: written out in full
+    ],
+)
+def test_mpich_reads_the_mapping(nodes: list[int]) -> None:
+    pytest.importorskip("mpi4py")
+    mapping = process_mapping(nodes)
+    want = local_ranks(nodes)
+    mates = _node_mates_under_mpich(nodes, mapping)
+    assert mates == {r: want[nodes[r]] for r in range(len(nodes))}
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+def test_mpich_check_catches_a_wrong_mapping() -> None:
+    # The check above can fail: a mapping that puts all four ranks on one node
+    # makes MPICH group them all together.
+    pytest.importorskip("mpi4py")
+    mates = _node_mates_under_mpich([0, 1, 0, 1], "(vector,(0,1,4))")
+    assert mates == {r: [0, 1, 2, 3] for r in range(4)}
