@@ -1,0 +1,485 @@
+"""The node's hardware topology, discovered once per node by the agent.
+
+Every rank that loads hwloc itself pays the discovery again (seconds on
+many-core nodes).  The agent discovers once, exports hwloc's XML, and hands
+ranks ``HWLOC_XMLFILE`` / ``HWLOC_THISSYSTEM=1`` and the PMI key
+``PMI_hwloc_xmlfile``; :mod:`pm.agent.binding` computes rank cpusets from the
+same :class:`Topology`.
+
+Two sources:
+
+* ``hwloc``: the system libhwloc 2.x through cffi in ABI mode.  The C
+  declarations live in ``hwloc.h`` beside this module and nothing else.
+  The library is opened on the first :func:`discover`, never at import.
+* ``sysfs``: ``/sys/devices/system/{cpu,node}`` and ``/proc/meminfo`` when
+  libhwloc cannot be loaded or is turned off (``use_hwloc=False`` or
+  ``PM_NO_HWLOC=1``).  It produces the same sets, but no XML.
+
+In both cases, the PUs are those the process may use: hwloc's allowed cpuset
+(or the online cpus), intersected with the process's affinity.  Objects left
+with no usable PU are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.resources
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pm.proto.errors import PMError
+
+log = logging.getLogger("pm.agent.topology")
+
+#: The shared object opened in ABI mode (Debian's libhwloc15 is hwloc 2.x).
+HWLOC_SONAME = "libhwloc.so.15"
+#: Set to 1 to skip hwloc and read /sys (also what tests of the fallback use).
+NO_HWLOC_ENV = "PM_NO_HWLOC"
+
+# Versions whose struct hwloc_obj starts like the prefix in hwloc.h.
+_API_MIN = 0x20000
+_API_END = 0x30000
+
+SYS_CPU = Path("/sys/devices/system/cpu")
+SYS_NODE = Path("/sys/devices/system/node")
+PROC_MEMINFO = Path("/proc/meminfo")
+
+
+class TopologyError(PMError):
+    """Discovery failed, an hwloc call returned an error, or the XML could not be written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """What one node offers to the ranks of a job.
+
+    Every set holds OS indexes of PUs (hardware threads), restricted to the
+    PUs in :attr:`pus`; objects are ordered like hwloc's logical indexes.
+    """
+
+    source: str  # "hwloc" or "sysfs"
+    pus: tuple[int, ...]  # OS indexes of the PUs allowed, ascending
+    cores: tuple[frozenset[int], ...]  # PU sets per core, ordered by logical index
+    numa_nodes: tuple[frozenset[int], ...]  # NUMA nodes that have usable PUs
+    packages: tuple[frozenset[int], ...]
+    l3caches: tuple[frozenset[int], ...]  # empty tuple when unknown
+    memory_bytes: int  # total machine memory
+    xml: bytes | None  # hwloc XML export (None for the sysfs fallback)
+
+
+# --------------------------------------------------------------------------
+# cpu lists
+
+
+def format_cpuset(cpus: Iterable[int]) -> str:
+    """Format cpus as a kernel-style list: ``{0,1,2,3,8,10,11}`` -> ``"0-3,8,10-11"``.
+
+    Duplicates are ignored; the empty set gives ``""``.
+    """
+    ordered = sorted(set(cpus))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def parse_cpulist(text: str) -> frozenset[int]:
+    """Parse a kernel cpu list (``"0-3,8,10-11"``, as in sysfs); ``""`` is the empty set.
+
+    Raises ``ValueError`` on anything else.
+    """
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        m = _RANGE.match(part.strip())
+        if m is None:
+            raise ValueError(f"bad cpu list item {part!r} in {text!r}")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise ValueError(f"bad cpu range {part!r} in {text!r}")
+        cpus.update(range(lo, hi + 1))
+    return frozenset(cpus)
+
+
+# --------------------------------------------------------------------------
+# hwloc through cffi (ABI mode).  Everything typed Any stays in this section.
+
+
+class _Hwloc:
+    """The opened library: ``ffi`` and ``lib`` are cffi objects (untyped)."""
+
+    __slots__ = ("ffi", "lib", "version")
+
+    def __init__(self, ffi: Any, lib: Any, version: int) -> None:
+        self.ffi = ffi
+        self.lib = lib
+        self.version = version
+
+    def check(self, result: Any, call: str) -> Any:
+        """The one return-code check: negative int or NULL pointer -> TopologyError.
+
+        hwloc reports failure as -1 (errno set) or NULL; errno is read from
+        cffi's per-thread copy, taken right after the call.
+        """
+        failed = result == self.ffi.NULL if isinstance(result, self.ffi.CData) else result < 0
+        if failed:
+            err = self.ffi.errno
+            detail = f": {os.strerror(err)} (errno {err})" if err else ""
+            raise TopologyError(f"{call} failed (returned {result!r}){detail}")
+        return result
+
+
+_load_lock = threading.Lock()
+_loaded: dict[str, _Hwloc | str] = {}  # soname -> library, or why it could not be used
+
+
+def _load(soname: str) -> _Hwloc | str:
+    """Open libhwloc once per process; returns the library or the reason it is unusable."""
+    with _load_lock:
+        cached = _loaded.get(soname)
+        if cached is not None:
+            return cached
+        result: _Hwloc | str
+        try:
+            # Lazy (the CLI imports this module and must stay cheap), and untyped:
+            # cffi has no stubs, so it enters as Any here and nowhere else.
+            cffi: Any = importlib.import_module("cffi")
+            ffi = cffi.FFI()
+            ffi.cdef(importlib.resources.files("pm.agent").joinpath("hwloc.h").read_text())
+            lib = ffi.dlopen(soname)
+            version = int(lib.hwloc_get_api_version())
+            if not _API_MIN <= version < _API_END:
+                result = f"{soname} has API version {version:#x}, need 2.x"
+            else:
+                for name in dir(lib):  # resolve every symbol now, not mid-discovery
+                    getattr(lib, name)
+                result = _Hwloc(ffi, lib, version)
+        except (ImportError, OSError, AttributeError) as exc:
+            # cffi missing, no library or hwloc.h, a symbol missing from the library
+            result = f"cannot load {soname}: {exc}"
+        _loaded[soname] = result
+        return result
+
+
+def _bitmap(hw: _Hwloc, bitmap: Any) -> frozenset[int]:
+    """The members of an hwloc bitmap (finite: object and allowed cpusets are)."""
+    lib = hw.lib
+    out: list[int] = []
+    i = int(lib.hwloc_bitmap_first(bitmap))
+    while i >= 0:  # -1 means "no more", not an error
+        out.append(i)
+        i = int(lib.hwloc_bitmap_next(bitmap, i))
+    return frozenset(out)
+
+
+def _level(hw: _Hwloc, topo: Any, obj_type: int) -> list[frozenset[int]] | None:
+    """Cpusets of every object of one type in logical order, or None if the type is absent."""
+    lib = hw.lib
+    depth = int(lib.hwloc_get_type_depth(topo, obj_type))
+    if depth in (lib.HWLOC_TYPE_DEPTH_UNKNOWN, lib.HWLOC_TYPE_DEPTH_MULTIPLE):
+        return None
+    n = int(lib.hwloc_get_nbobjs_by_depth(topo, depth))
+    sets = []
+    for idx in range(n):
+        obj = hw.check(lib.hwloc_get_obj_by_depth(topo, depth, idx), "hwloc_get_obj_by_depth")
+        sets.append(_bitmap(hw, obj.cpuset))
+    return sets
+
+
+def _export_xml(hw: _Hwloc, topo: Any) -> bytes:
+    ffi, lib = hw.ffi, hw.lib
+    buf = ffi.new("char **")
+    length = ffi.new("int *")
+    hw.check(
+        lib.hwloc_topology_export_xmlbuffer(topo, buf, length, 0),
+        "hwloc_topology_export_xmlbuffer",
+    )
+    try:
+        # The length counts the terminating NUL.
+        return bytes(ffi.buffer(buf[0], max(int(length[0]) - 1, 0)))
+    finally:
+        lib.hwloc_free_xmlbuffer(topo, buf[0])
+
+
+def _discover_hwloc(hw: _Hwloc) -> Topology:
+    ffi, lib = hw.ffi, hw.lib
+    topo_p = ffi.new("hwloc_topology_t *")
+    hw.check(lib.hwloc_topology_init(topo_p), "hwloc_topology_init")
+    topo = topo_p[0]
+    try:
+        # Keep I/O objects: MPICH asks for them when it discovers by itself,
+        # and ranks reading our XML must see what they would have seen.
+        hw.check(
+            lib.hwloc_topology_set_io_types_filter(topo, lib.HWLOC_TYPE_FILTER_KEEP_ALL),
+            "hwloc_topology_set_io_types_filter",
+        )
+        hw.check(lib.hwloc_topology_load(topo), "hwloc_topology_load")
+        allowed = _bitmap(
+            hw,
+            hw.check(
+                lib.hwloc_topology_get_allowed_cpuset(topo), "hwloc_topology_get_allowed_cpuset"
+            ),
+        )
+        usable = _usable(allowed)
+        root = hw.check(lib.hwloc_get_obj_by_depth(topo, 0, 0), "hwloc_get_obj_by_depth")
+        memory = int(root.total_memory)
+        cores = _level(hw, topo, lib.HWLOC_OBJ_CORE)
+        packages = _level(hw, topo, lib.HWLOC_OBJ_PACKAGE)
+        l3 = _level(hw, topo, lib.HWLOC_OBJ_L3CACHE)
+        numa = _level(hw, topo, lib.HWLOC_OBJ_NUMANODE)
+        xml = _export_xml(hw, topo)
+    finally:
+        lib.hwloc_topology_destroy(topo)
+    return _assemble(
+        "hwloc",
+        usable,
+        cores=cores,
+        numa=numa,
+        packages=packages,
+        l3=l3 or [],
+        memory=memory or _meminfo_total(),
+        xml=xml,
+    )
+
+
+# --------------------------------------------------------------------------
+# sysfs fallback
+
+
+def _usable(allowed: Iterable[int]) -> frozenset[int]:
+    """Allowed cpus the process may run on (its affinity can be narrower than its cgroup)."""
+    allowed = frozenset(allowed)
+    usable = allowed & frozenset(os.sched_getaffinity(0))
+    return usable or allowed
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _meminfo_total() -> int:
+    text = _read(PROC_MEMINFO) or ""
+    m = re.search(r"^MemTotal:\s+(\d+)\s*kB", text, re.MULTILINE)
+    if m is not None:
+        return int(m.group(1)) * 1024
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _cpulist_file(path: Path) -> frozenset[int] | None:
+    text = _read(path)
+    if text is None:
+        return None
+    try:
+        return parse_cpulist(text)
+    except ValueError:
+        return None
+
+
+def _discover_sysfs() -> Topology:
+    online = _cpulist_file(SYS_CPU / "online")
+    usable = _usable(online if online else os.sched_getaffinity(0))
+    cores: set[frozenset[int]] = set()
+    by_core_id: dict[tuple[str, str], set[int]] = {}
+    by_package: dict[str, set[int]] = {}
+    l3: set[frozenset[int]] = set()
+    for cpu in sorted(usable):
+        topo_dir = SYS_CPU / f"cpu{cpu}" / "topology"
+        package = _read(topo_dir / "physical_package_id") or "0"
+        by_package.setdefault(package, set()).add(cpu)
+        siblings = _cpulist_file(topo_dir / "thread_siblings_list")
+        if siblings and cpu in siblings:
+            cores.add(siblings & usable)
+        else:  # older kernels: (package, core_id) names the core
+            core_id = _read(topo_dir / "core_id") or f"cpu{cpu}"
+            by_core_id.setdefault((package, core_id), set()).add(cpu)
+        l3set = _l3_of(cpu)
+        if l3set:
+            l3.add(l3set & usable)
+    cores.update(frozenset(s) for s in by_core_id.values())
+    numa: list[frozenset[int]] = []
+    for node in SYS_NODE.glob("node[0-9]*"):
+        cpus = _cpulist_file(node / "cpulist")
+        if cpus:
+            numa.append(cpus)
+    return _assemble(
+        "sysfs",
+        usable,
+        cores=list(cores),
+        numa=numa or None,
+        packages=[frozenset(s) for s in by_package.values()],
+        l3=list(l3),
+        memory=_meminfo_total(),
+        xml=None,
+    )
+
+
+def _l3_of(cpu: int) -> frozenset[int] | None:
+    for index in (SYS_CPU / f"cpu{cpu}" / "cache").glob("index[0-9]*"):
+        if _read(index / "level") == "3" and _read(index / "type") in ("Unified", "Data"):
+            return _cpulist_file(index / "shared_cpu_list")
+    return None
+
+
+# --------------------------------------------------------------------------
+# common
+
+
+def _assemble(
+    source: str,
+    usable: frozenset[int],
+    *,
+    cores: list[frozenset[int]] | None,
+    numa: list[frozenset[int]] | None,
+    packages: list[frozenset[int]] | None,
+    l3: list[frozenset[int]],
+    memory: int,
+    xml: bytes | None,
+) -> Topology:
+    """Restrict every level to the usable PUs, drop empty objects, fix the order.
+
+    A level that the source does not know (None) becomes one object per PU
+    (cores) or one object holding every PU (NUMA nodes, packages).
+    """
+
+    if not usable:
+        raise TopologyError("no usable PU: the allowed cpus and the affinity do not meet")
+
+    def clip(sets: Iterable[frozenset[int]]) -> list[frozenset[int]]:
+        out: list[frozenset[int]] = []
+        for s in sets:
+            c = s & usable
+            if c and c not in out:
+                out.append(c)
+        return out
+
+    pkgs = clip(packages) if packages is not None else [usable]
+    pkgs.sort(key=min)
+    pkg_rank = {cpu: i for i, p in enumerate(pkgs) for cpu in p}
+    core_list = clip(cores) if cores is not None else [frozenset({cpu}) for cpu in usable]
+    # hwloc's logical order is tree order: package first, then position inside it.
+    core_list.sort(key=lambda c: (pkg_rank.get(min(c), len(pkgs)), min(c)))
+    numa_list = clip(numa) if numa is not None else [usable]
+    if not numa_list:
+        numa_list = [usable]
+    numa_list.sort(key=min)
+    l3_list = sorted(clip(l3), key=min)
+    return Topology(
+        source=source,
+        pus=tuple(sorted(usable)),
+        cores=tuple(core_list),
+        numa_nodes=tuple(numa_list),
+        packages=tuple(pkgs),
+        l3caches=tuple(l3_list),
+        memory_bytes=memory,
+        xml=xml,
+    )
+
+
+def discover(*, use_hwloc: bool = True) -> Topology:
+    """Discover this node's topology.  Blocking (hwloc can take seconds): run it in a thread.
+
+    Uses libhwloc unless ``use_hwloc`` is False, ``PM_NO_HWLOC=1`` is set, or
+    the library cannot be loaded; then reads sysfs, and logs once at INFO why.
+    If hwloc loads but discovery fails, logs a WARNING and reads sysfs too.
+    Raises :class:`TopologyError` only if no usable PU can be found at all.
+    """
+    reason: str
+    if not use_hwloc:
+        reason = "hwloc turned off by the caller"
+    elif os.environ.get(NO_HWLOC_ENV, "") not in ("", "0"):
+        reason = f"{NO_HWLOC_ENV}={os.environ[NO_HWLOC_ENV]}"
+    else:
+        hw = _load(HWLOC_SONAME)
+        if isinstance(hw, _Hwloc):
+            try:
+                return _discover_hwloc(hw)
+            except TopologyError as exc:
+                log.warning("hwloc discovery failed (%s); reading the topology from sysfs", exc)
+                return _discover_sysfs()
+        reason = hw
+    log.info("hwloc unavailable (%s); reading the topology from sysfs", reason)
+    return _discover_sysfs()
+
+
+async def discover_async(*, use_hwloc: bool = True) -> Topology:
+    """:func:`discover` in a worker thread, so the event loop keeps running."""
+    return await asyncio.to_thread(discover, use_hwloc=use_hwloc)
+
+
+def write_xml(topo: Topology, directory: str, job_id: str) -> str:
+    """Write the hwloc XML to a new file in ``directory``; returns its path.
+
+    The file is private (mode 0600, created exclusively) and its name holds
+    ``job_id``, so concurrent jobs and agents never share or clobber one.  The
+    caller removes it at the end of the job.  Raises :class:`TopologyError`
+    when the topology has no XML (sysfs source) or the file cannot be written.
+    """
+    if topo.xml is None:
+        raise TopologyError(f"no hwloc XML to write (topology source: {topo.source})")
+    if not job_id or "/" in job_id or "\0" in job_id:
+        raise TopologyError(f"job id {job_id!r} cannot be part of a file name")
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"pm-topo-{job_id}-", suffix=".xml", dir=directory)
+    except OSError as exc:
+        raise TopologyError(f"cannot create the topology file in {directory}: {exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(topo.xml)
+    except OSError as exc:
+        Path(path).unlink(missing_ok=True)
+        raise TopologyError(f"cannot write the topology file {path}: {exc}") from exc
+    return path
+
+
+def summary(topo: Topology) -> str:
+    """A multi-line human summary, as ``pmrun --topology`` prints it."""
+    lines = [
+        f"source:     {topo.source}",
+        f"packages:   {len(topo.packages)}",
+    ]
+    lines += [f"  package {i}: cpus {format_cpuset(s)}" for i, s in enumerate(topo.packages)]
+    lines.append(f"NUMA nodes: {len(topo.numa_nodes)}")
+    lines += [f"  node {i}: cpus {format_cpuset(s)}" for i, s in enumerate(topo.numa_nodes)]
+    if topo.l3caches:
+        lines.append(f"L3 caches:  {len(topo.l3caches)}")
+        lines += [f"  L3 {i}: cpus {format_cpuset(s)}" for i, s in enumerate(topo.l3caches)]
+    else:
+        lines.append("L3 caches:  unknown")
+    sizes = sorted({len(c) for c in topo.cores})
+    per_core = "/".join(str(n) for n in sizes)
+    lines.append(
+        f"cores:      {len(topo.cores)} ({per_core} {'PU' if sizes == [1] else 'PUs'} each)"
+    )
+    lines.append(f"PUs:        {len(topo.pus)} (cpus {format_cpuset(topo.pus)})")
+    lines.append(f"memory:     {_human_bytes(topo.memory_bytes)} ({topo.memory_bytes} bytes)")
+    return "\n".join(lines)
+
+
+def _human_bytes(n: int) -> str:
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    size, i = float(n), 0
+    while size >= 1024 and i < len(units) - 1:
+        size /= 1024
+        i += 1
+    return f"{n} B" if i == 0 else f"{size:.1f} {units[i]}"
