@@ -2,11 +2,12 @@
 
 The mapping string is ``(vector,(s,n,p),(s,n,p),...)``: each block ``(s,n,p)``
 stands for ``n`` nodes numbered from ``s`` holding ``p`` consecutive ranks
-each, in rank order.  When the blocks run out before the last rank, readers
-start again from the first block whose start node is 0 (MPICH's
-``MPL_rankmap_str_to_array``; older readers start again from the first block,
-which is the same block whenever rank 0 is on node 0).  Readers also stop in
-the middle of a block once every rank has a node.  Newer MPICH also accepts a
+each, in rank order.  When the blocks run out before the last rank, MPICH
+starts again from the first block whose start node is 0 (``MPL_rankmap`` in
+5.x, ``MPIR_NODEMAP`` before; the old reader falls back to the first block if
+none starts at 0, the new one leaves the remaining ranks unmapped).  Both read
+the same ranks whenever rank 0 is on node 0.  Readers stop in the middle of a
+block once every rank has a node.  Newer MPICH also accepts a
 bare node id ``k`` for ``(k,1,1)`` and ``[blocks]xK`` for blocks repeated K
 times; ``parse_process_mapping`` accepts them, ``process_mapping`` never
 writes them, so that every PMI client version can read what it writes.
