@@ -129,6 +129,8 @@ def expand(spec: str) -> list[str]:
         return []
     out: list[str] = []
     for name in _split_top(spec, ","):
+        if not name.strip():
+            raise HostlistError(f"empty host name in host list {spec!r}")
         out.extend(_expand_name(name.strip()))
         if len(out) > MAX_HOSTS:
             raise HostlistError(f"host list {spec!r} expands to too many hosts")
@@ -249,6 +251,8 @@ def parse_hosts_option(spec: str) -> list[HostSlots]:
     entries: list[tuple[str, int | None]] = []
     for item in _split_top(spec, ","):
         name, slots = _name_and_slots(item.strip())
+        if not name.strip():
+            raise HostlistError(f"empty host name in -hosts {spec!r}")
         entries.extend((h, slots) for h in _expand_name(name.strip()))
     return _merge(entries)
 
