@@ -22,13 +22,10 @@ with no usable PU are dropped.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import importlib.resources
 import logging
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -162,8 +159,10 @@ def _load(soname: str) -> _Hwloc | str:
             # Lazy (the CLI imports this module and must stay cheap), and untyped:
             # cffi has no stubs, so it enters as Any here and nowhere else.
             cffi: Any = importlib.import_module("cffi")
+            from importlib import resources
+
             ffi = cffi.FFI()
-            ffi.cdef(importlib.resources.files("pm.agent").joinpath("hwloc.h").read_text())
+            ffi.cdef(resources.files("pm.agent").joinpath("hwloc.h").read_text())
             lib = ffi.dlopen(soname)
             version = int(lib.hwloc_get_api_version())
             if not _API_MIN <= version < _API_END:
@@ -424,6 +423,8 @@ def discover(*, use_hwloc: bool = True) -> Topology:
 
 async def discover_async(*, use_hwloc: bool = True) -> Topology:
     """:func:`discover` in a worker thread, so the event loop keeps running."""
+    import asyncio  # here, not at the top: importing this module stays cheap
+
     return await asyncio.to_thread(discover, use_hwloc=use_hwloc)
 
 
@@ -435,6 +436,8 @@ def write_xml(topo: Topology, directory: str, job_id: str) -> str:
     caller removes it at the end of the job.  Raises :class:`TopologyError`
     when the topology has no XML (sysfs source) or the file cannot be written.
     """
+    import tempfile
+
     if topo.xml is None:
         raise TopologyError(f"no hwloc XML to write (topology source: {topo.source})")
     if not job_id or "/" in job_id or "\0" in job_id:
