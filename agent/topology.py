@@ -130,17 +130,22 @@ class _Hwloc:
         self.lib = lib
         self.version = version
 
-    def check(self, result: Any, call: str) -> Any:
-        """The one return-code check: negative int or NULL pointer -> TopologyError.
+    def call(self, name: str, *args: Any) -> Any:
+        """Call an hwloc function that reports failure; the one return-code check.
 
-        hwloc reports failure as -1 (errno set) or NULL; errno is read from
-        cffi's per-thread copy, taken right after the call.
+        hwloc fails with a negative int (-1, errno set) or a NULL pointer; both
+        become a :class:`TopologyError` naming the call.  errno is cleared
+        first, so a stale value is never reported.  Functions whose negative
+        results are values (bitmap iteration, type depths) are called directly.
         """
-        failed = result == self.ffi.NULL if isinstance(result, self.ffi.CData) else result < 0
+        ffi = self.ffi
+        ffi.errno = 0
+        result = getattr(self.lib, name)(*args)
+        failed = result == ffi.NULL if isinstance(result, ffi.CData) else result < 0
         if failed:
-            err = self.ffi.errno
+            err = ffi.errno
             detail = f": {os.strerror(err)} (errno {err})" if err else ""
-            raise TopologyError(f"{call} failed (returned {result!r}){detail}")
+            raise TopologyError(f"{name} failed (returned {result!r}){detail}")
         return result
 
 
@@ -198,7 +203,7 @@ def _level(hw: _Hwloc, topo: Any, obj_type: int) -> list[frozenset[int]] | None:
     n = int(lib.hwloc_get_nbobjs_by_depth(topo, depth))
     sets = []
     for idx in range(n):
-        obj = hw.check(lib.hwloc_get_obj_by_depth(topo, depth, idx), "hwloc_get_obj_by_depth")
+        obj = hw.call("hwloc_get_obj_by_depth", topo, depth, idx)
         sets.append(_bitmap(hw, obj.cpuset))
     return sets
 
@@ -207,10 +212,7 @@ def _export_xml(hw: _Hwloc, topo: Any) -> bytes:
     ffi, lib = hw.ffi, hw.lib
     buf = ffi.new("char **")
     length = ffi.new("int *")
-    hw.check(
-        lib.hwloc_topology_export_xmlbuffer(topo, buf, length, 0),
-        "hwloc_topology_export_xmlbuffer",
-    )
+    hw.call("hwloc_topology_export_xmlbuffer", topo, buf, length, 0)
     try:
         # The length counts the terminating NUL.
         return bytes(ffi.buffer(buf[0], max(int(length[0]) - 1, 0)))
@@ -221,24 +223,15 @@ def _export_xml(hw: _Hwloc, topo: Any) -> bytes:
 def _discover_hwloc(hw: _Hwloc) -> Topology:
     ffi, lib = hw.ffi, hw.lib
     topo_p = ffi.new("hwloc_topology_t *")
-    hw.check(lib.hwloc_topology_init(topo_p), "hwloc_topology_init")
+    hw.call("hwloc_topology_init", topo_p)
     topo = topo_p[0]
     try:
         # Keep I/O objects: MPICH asks for them when it discovers by itself,
         # and ranks reading our XML must see what they would have seen.
-        hw.check(
-            lib.hwloc_topology_set_io_types_filter(topo, lib.HWLOC_TYPE_FILTER_KEEP_ALL),
-            "hwloc_topology_set_io_types_filter",
-        )
-        hw.check(lib.hwloc_topology_load(topo), "hwloc_topology_load")
-        allowed = _bitmap(
-            hw,
-            hw.check(
-                lib.hwloc_topology_get_allowed_cpuset(topo), "hwloc_topology_get_allowed_cpuset"
-            ),
-        )
-        usable = _usable(allowed)
-        root = hw.check(lib.hwloc_get_obj_by_depth(topo, 0, 0), "hwloc_get_obj_by_depth")
+        hw.call("hwloc_topology_set_io_types_filter", topo, lib.HWLOC_TYPE_FILTER_KEEP_ALL)
+        hw.call("hwloc_topology_load", topo)
+        usable = _usable(_bitmap(hw, hw.call("hwloc_topology_get_allowed_cpuset", topo)))
+        root = hw.call("hwloc_get_obj_by_depth", topo, 0, 0)
         memory = int(root.total_memory)
         cores = _level(hw, topo, lib.HWLOC_OBJ_CORE)
         packages = _level(hw, topo, lib.HWLOC_OBJ_PACKAGE)
