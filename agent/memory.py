@@ -1,0 +1,511 @@
+"""Memory subscription control for one node: probes and the asyncio governor.
+
+* :class:`NodeMemory` / :func:`read_node_memory`, :func:`tree_rss` -- the
+  kernel's figures (cgroup v2, cgroup v1, ``/proc/meminfo``; ``/proc/<pid>``).
+* :class:`MemoryGovernor` -- owns an :class:`Admission` and a sampler task.
+
+The pure parts (:func:`parse_size`, :class:`Watermarks`, :class:`Admission`)
+live in :mod:`pm.agent.admission` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pm.agent.admission import (
+    DEFAULT_HIGH_PERCENT,
+    DEFAULT_LOW_PERCENT,
+    Admission,
+    AdmissionReport,
+    Ident,
+    Overrun,
+    SizeError,
+    Watermarks,
+    format_size,
+    parse_size,
+)
+from pm.proto.errors import ResourceLimit
+
+__all__ = [
+    "DEFAULT_HIGH_PERCENT",
+    "DEFAULT_LOW_PERCENT",
+    "Admission",
+    "AdmissionReport",
+    "Ident",
+    "MemoryGovernor",
+    "MemorySnapshot",
+    "NodeMemory",
+    "Overrun",
+    "OverrunEvent",
+    "OverrunPolicy",
+    "SizeError",
+    "Watermarks",
+    "format_size",
+    "parse_size",
+    "read_node_memory",
+    "tree_pids",
+    "tree_rss",
+]
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------- probes
+
+
+@dataclass(frozen=True)
+class MemorySnapshot:
+    """The node's memory as admission sees it.
+
+    ``total``: the memory cgroup limit when the process (or the cgroup
+    given) is under one smaller than the machine, else MemTotal.
+    ``used``: for a cgroup, its usage minus its inactive page cache
+    (``inactive_file``: the kernel reclaims it before it OOM-kills, so it is
+    not pressure); for the machine, MemTotal - MemAvailable.
+    ``limit_source``: ``"cgroup2:<dir>"``, ``"cgroup1:<dir>"`` or ``"meminfo"``.
+    """
+
+    total: int
+    used: int
+    limit_source: str
+
+    @property
+    def available(self) -> int:
+        return max(0, self.total - self.used)
+
+
+_V2 = ("memory.max", "memory.current", "inactive_file")
+_V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+
+
+def _meminfo() -> dict[str, int]:
+    out: dict[str, int] = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts:
+                out[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    return out
+
+
+def _read_int(path: Path) -> int | None:
+    """An integer file, or None for "max", a missing file or a vanished cgroup."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return None if text == "max" else int(text)
+
+
+def _stat_field(directory: Path, name: str) -> int:
+    try:
+        with open(directory / "memory.stat") as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == name:
+                    return int(value)
+    except OSError:
+        pass
+    return 0
+
+
+def _own_cgroup() -> tuple[Path, tuple[str, str, str]] | None:
+    """The memory cgroup directory of this process and its file names, if visible."""
+    v1_path = v2_path = None
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            hid, controllers, path = line.rstrip("\n").split(":", 2)
+            if hid == "0" and controllers == "":
+                v2_path = path
+            elif "memory" in controllers.split(","):
+                v1_path = path
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split() for line in f]
+    for fields in mounts:
+        sep = fields.index("-")
+        fstype, root, point, opts = fields[sep + 1], fields[3], fields[4], fields[-1]
+        if fstype == "cgroup" and v1_path is not None and "memory" in opts.split(","):
+            path, files = v1_path, _V1
+        elif fstype == "cgroup2" and v2_path is not None and v1_path is None:
+            path, files = v2_path, _V2
+        else:
+            continue
+        # A mount may expose only a subtree (containers): map the path under its root.
+        rel = os.path.relpath(path, root)
+        if not rel.startswith(".."):
+            return Path(point, rel).resolve(), files
+    return None
+
+
+class NodeMemory:
+    """A probe of the node's memory, resolved once, read on every :meth:`read`.
+
+    ``cgroup``: a cgroup directory to watch (v1 memory hierarchy or v2, told
+    apart by its files), e.g. the cgroup the tasks run in; default: this
+    process's own memory cgroup.  The limit is the smallest one on the path
+    from that cgroup up to the mount point, and the usage is read where
+    that limit is set.  With no limit below MemTotal the machine's figures
+    from /proc/meminfo are used.
+    """
+
+    def __init__(self, cgroup: str | os.PathLike[str] | None = None) -> None:
+        self._chain: list[Path] = []
+        self._files = _V2
+        if cgroup is not None:
+            start = Path(cgroup)
+            self._files = _V2 if (start / "memory.current").exists() else _V1
+            if not (start / self._files[1]).exists():
+                raise SizeError(f"{start} is not a memory cgroup directory")
+        else:
+            own = _own_cgroup()
+            if own is None:
+                return
+            start, self._files = own
+        # Walk up while the parent is a cgroup of the same hierarchy.
+        d = start
+        while (d / self._files[1]).exists() or (d / self._files[0]).exists():
+            self._chain.append(d)
+            if d.parent == d:
+                break
+            d = d.parent
+
+    def read(self) -> MemorySnapshot:
+        info = _meminfo()
+        mem_total = info["MemTotal"]
+        best: tuple[int, Path] | None = None
+        for d in self._chain:
+            limit = _read_int(d / self._files[0])
+            if limit is not None and limit < mem_total and (best is None or limit < best[0]):
+                best = (limit, d)
+        if best is not None:
+            limit, d = best
+            current = _read_int(d / self._files[1])
+            if current is not None:
+                used = max(0, current - _stat_field(d, self._files[2]))
+                version = "cgroup2" if self._files is _V2 else "cgroup1"
+                return MemorySnapshot(limit, used, f"{version}:{d}")
+        available = info.get("MemAvailable", info.get("MemFree", 0))
+        return MemorySnapshot(mem_total, mem_total - available, "meminfo")
+
+    def used(self) -> int:
+        """``read().used``: a usage source for :class:`MemoryGovernor`."""
+        return self.read().used
+
+
+def read_node_memory(cgroup: str | os.PathLike[str] | None = None) -> MemorySnapshot:
+    """One-off :meth:`NodeMemory.read` (see :class:`NodeMemory` for ``cgroup``)."""
+    return NodeMemory(cgroup).read()
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and all its descendants alive now (empty if ``pid`` is gone).
+
+    Reads ``/proc/<pid>/task/<tid>/children``; a process exiting mid-walk
+    is skipped (its children, reparented, are lost for this walk).
+    """
+    out: list[int] = []
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        out.append(p)
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    stack.extend(int(c) for c in f.read().split())
+            except OSError:
+                continue
+    return out
+
+
+def tree_rss(pid: int, *, pss: bool = False) -> int:
+    """Resident bytes of ``pid`` and its descendants; 0 if it is gone.
+
+    RSS (from ``statm``) counts shared pages once per process, so it
+    overestimates a tree sharing libraries; ``pss=True`` reads the
+    proportional figure from ``smaps_rollup`` instead (exact, but the kernel
+    walks page tables: costs more for big processes).
+    """
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            if pss:
+                with open(f"/proc/{p}/smaps_rollup") as f:
+                    total += next(
+                        (int(ln.split()[1]) * 1024 for ln in f if ln.startswith("Pss:")), 0
+                    )
+            else:
+                with open(f"/proc/{p}/statm") as f:
+                    total += int(f.read().split()[1]) * _PAGE
+        except (OSError, IndexError, ValueError):  # exited between the walk and the read
+            continue
+    return total
+
+
+# -------------------------------------------------------------------------- governor
+
+OverrunPolicy = Literal["warn", "kill", "suspend"]
+
+
+@dataclass(frozen=True)
+class OverrunEvent:
+    """Reported once when work first goes over its bound (``action="report"``), then
+    when the node is over its high watermark and the policy acts
+    (``"killed"``, ``"suspended"``, ``"resumed"``)."""
+
+    ident: Ident
+    bound: int
+    measured: int
+    over_high: bool
+    action: str
+
+
+@dataclass
+class _Waiter:
+    future: asyncio.Future[None]
+    owner: Hashable | None = None
+
+
+@dataclass
+class _Acted:
+    suspended: dict[Ident, Overrun] = field(default_factory=dict)
+    exempt: set[Ident] = field(default_factory=set)  # resumed: nothing else could free memory
+    killed: set[Ident] = field(default_factory=set)
+    reported: set[Ident] = field(default_factory=set)
+
+
+class MemoryGovernor:
+    """Asyncio shell around an :class:`Admission` with a sampler task.
+
+    ``usage``: a callable returning the node's bytes in use (called from a
+    worker thread); default: ``NodeMemory(cgroup).read().used``.  Every
+    ``interval`` seconds the sampler reads it and the process tree of every
+    watched ident, and applies both at once (:meth:`Admission.observe`).
+
+    ``overrun``: what to do with work over its declared bound while the node
+    is over its high watermark: ``"warn"`` (log and report only),
+    ``"kill"`` (SIGKILL its tree) or ``"suspend"`` (SIGSTOP its tree;
+    SIGCONT when the node unblocks, or when nothing else runs that could free
+    memory).  ``on_overrun`` receives every :class:`OverrunEvent`.
+
+    Use ``async with`` or :meth:`start` / :meth:`aclose`.  Closing fails the
+    pending ``admit`` calls with :class:`ResourceLimit` and resumes what it suspended.
+    """
+
+    def __init__(
+        self,
+        watermarks: Watermarks,
+        *,
+        usage: Callable[[], int] | None = None,
+        cgroup: str | os.PathLike[str] | None = None,
+        interval: float = 0.2,
+        backfill: bool = False,
+        settle: float | None = None,
+        margin: float = 0.1,
+        overrun: OverrunPolicy = "warn",
+        on_overrun: Callable[[OverrunEvent], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._usage = usage if usage is not None else NodeMemory(cgroup).used
+        self._interval = interval
+        self._policy = overrun
+        self._on_overrun = on_overrun
+        self._clock = clock
+        self.admission = Admission(watermarks, backfill=backfill, settle=settle, margin=margin)
+        self._waiters: dict[Ident, _Waiter] = {}
+        self._watched: dict[Ident, int] = {}
+        self._acted = _Acted()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> MemoryGovernor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Take a first sample, then start the sampler task."""
+        if self._closed:
+            raise ResourceLimit("the memory governor is closed")
+        if self._task is None:
+            await self.sample()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def aclose(self) -> None:
+        """Stop sampling, fail pending admissions, resume suspended work. Idempotent."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for ident, waiter in list(self._waiters.items()):
+            self.admission.release(ident)
+            if not waiter.future.done():
+                waiter.future.set_exception(ResourceLimit("the memory governor closed"))
+        self._waiters.clear()
+        self._resume_all()
+
+    async def admit(
+        self, ident: Ident, nbytes: int, *, declared: bool = True, owner: Hashable | None = None
+    ) -> None:
+        """Return once ``ident`` is admitted with ``nbytes`` reserved (see Admission.request).
+
+        Cancelling the call withdraws the request.  Raises :class:`ResourceLimit`
+        when released or closed while waiting.
+        """
+        if self._closed:
+            raise ResourceLimit("the memory governor is closed")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(future, owner)
+        self._waiters[ident] = waiter
+        try:
+            admitted = self.admission.request(ident, nbytes, declared=declared, owner=owner)
+        except BaseException:
+            del self._waiters[ident]
+            raise
+        if admitted:
+            del self._waiters[ident]
+            return
+        try:
+            await future
+        except asyncio.CancelledError:
+            if self._waiters.get(ident) is waiter:
+                self.release(ident)
+            elif future.done() and not future.cancelled() and future.exception() is None:
+                self.release(ident)  # admitted just as we were cancelled: give it back
+            raise
+
+    def release(self, ident: Ident) -> None:
+        """Release ``ident`` (admitted or waiting); idempotent.  A waiter gets ResourceLimit."""
+        self._forget(ident)
+        self._wake(self.admission.release(ident))
+
+    def release_owner(self, owner: Hashable) -> None:
+        """Release everything ``owner`` holds or waits for (a rank that died)."""
+        for ident in [i for i, w in self._waiters.items() if w.owner == owner]:
+            self._forget(ident)
+        self._wake(self.admission.release_owner(owner))
+
+    def watch(self, ident: Ident, pid: int) -> None:
+        """Sample the process tree of ``pid`` as ``ident``'s usage from now on."""
+        self._watched[ident] = pid
+
+    def resize(self, ident: Ident, nbytes: int) -> None:
+        self._wake(self.admission.resize(ident, nbytes))
+
+    def report(self) -> AdmissionReport:
+        return self.admission.report()
+
+    async def sample(self) -> None:
+        """One sampling round now (the sampler calls it every ``interval``)."""
+        async with self._lock:
+            watched = dict(self._watched)
+            used, measured = await asyncio.to_thread(self._measure, watched)
+            self._wake(self.admission.observe(used, measured, now=self._clock()))
+            self._handle_overruns()
+
+    # -- internals
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)  # the sampling period, not a wait for an event
+            try:
+                await self.sample()
+            except Exception:  # a failed probe must not stop admission for good
+                log.exception("memory sampling failed")
+
+    def _measure(self, watched: Mapping[Ident, int]) -> tuple[int, dict[Ident, int]]:
+        used = self._usage()
+        return used, {ident: tree_rss(pid) for ident, pid in watched.items()}
+
+    def _forget(self, ident: Ident) -> None:
+        self._watched.pop(ident, None)
+        self._acted.suspended.pop(ident, None)
+        for s in (self._acted.exempt, self._acted.killed, self._acted.reported):
+            s.discard(ident)
+        waiter = self._waiters.pop(ident, None)
+        if waiter is not None and not waiter.future.done():
+            waiter.future.set_exception(
+                ResourceLimit(f"the reservation of {ident!r} was released before admission")
+            )
+
+    def _wake(self, admitted: Iterable[Ident]) -> None:
+        for ident in admitted:
+            waiter = self._waiters.pop(ident, None)
+            if waiter is not None and not waiter.future.done():
+                waiter.future.set_result(None)
+
+    def _emit(self, o: Overrun, action: str) -> None:
+        event = OverrunEvent(o.ident, o.bound, o.measured, self.admission.blocked, action)
+        log.warning(
+            "%r uses %s, over its bound of %s (node %s): %s",
+            o.ident,
+            format_size(o.measured),
+            format_size(o.bound),
+            "over its high watermark" if event.over_high else "under its high watermark",
+            action,
+        )
+        if self._on_overrun is not None:
+            self._on_overrun(event)
+
+    def _handle_overruns(self) -> None:
+        acted, adm = self._acted, self.admission
+        overruns = adm.overruns()
+        for o in overruns:
+            if o.ident not in acted.reported:
+                acted.reported.add(o.ident)
+                self._emit(o, "report")
+        if not adm.blocked:
+            acted.exempt.clear()
+            self._resume_all()
+            return
+        running = set(adm.admitted()) - set(acted.suspended)
+        for o in overruns:
+            if o.ident in acted.killed or o.ident in acted.suspended or o.ident in acted.exempt:
+                continue
+            if self._policy == "kill":
+                acted.killed.add(o.ident)
+                self._signal(o.ident, signal.SIGKILL)
+                self._emit(o, "killed")
+            elif self._policy == "suspend" and running - {o.ident}:
+                # Only while something else runs that can finish and free memory.
+                running.discard(o.ident)
+                acted.suspended[o.ident] = o
+                self._signal(o.ident, signal.SIGSTOP)
+                self._emit(o, "suspended")
+        if acted.suspended and not running:
+            # Waiting cannot free memory any more: let the suspended work go on.
+            acted.exempt.update(acted.suspended)
+            self._resume_all()
+
+    def _resume_all(self) -> None:
+        suspended, self._acted.suspended = self._acted.suspended, {}
+        for ident, o in suspended.items():
+            self._signal(ident, signal.SIGCONT)
+            self._emit(o, "resumed")
+
+    def _signal(self, ident: Ident, sig: signal.Signals) -> None:
+        pid = self._watched.get(ident)
+        if pid is None:
+            return
+        for p in tree_pids(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, sig)
