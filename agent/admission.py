@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 from pm.proto.errors import PMError, ResourceLimit
 
@@ -332,11 +333,12 @@ class Admission:
         self._measure(ident, measured, now)
         return self._pump()
 
-    def observe(self, used: int, measured: Mapping[Ident, int], *, now: float = 0.0) -> list[Ident]:
+    def observe(self, used: int, measured: Mapping[Any, int], *, now: float = 0.0) -> list[Ident]:
         """One sampling round at once: node usage and per-work usage taken together.
 
         Applying them together avoids counting growth twice (in ``used`` and
         in a stale ``reservation - measured``) between the two updates.
+        ``measured`` maps idents to bytes (any key type: a Mapping is invariant in it).
         """
         self._used = used
         for ident, nbytes in measured.items():

@@ -1,0 +1,444 @@
+"""Task ensembles (``pmrun --tasks FILE``): the tasks file and the scheduler.
+
+Tasks file: one command per line, split into words like a shell does
+(quotes, backslashes) but run without a shell (write ``sh -c '...'`` for
+pipes and redirections).  Blank lines and lines starting with ``#`` are
+skipped; a ``#`` that starts a word begins a comment.  A line may start
+with an options block in brackets, ``[mem=2G]``: ``mem`` is the task's
+memory bound (a size as in :func:`parse_size`, not a percentage); without
+it the bound is the file-wide default (``--mem-per-task``), else unknown.
+Options are ``key=value`` items separated by spaces or commas.  A bracket
+followed by a space (``[ -f x ]``) starts a command, not options.
+
+:class:`EnsembleScheduler` is pure: events in (node memory samples, task
+usage samples, task exits), :class:`Start` actions out.  Per node it keeps
+an :class:`Admission` so the rule is the agents' rule: a task starts on a
+node only if used + reserved + its reservation stays under the node's high
+watermark, and a node that passed its high watermark takes nothing until
+it is back under its low one.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import re
+import shlex
+from collections import deque
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from pm.agent.admission import Admission, SizeError, Watermarks, format_size, parse_size
+from pm.proto.errors import PMError
+
+NodeId = Hashable
+
+DEFAULT_RESERVATION = 256 << 20  # a task whose size nobody knows yet
+LEARN_MARGIN = 1.25  # learned reservation = largest peak seen x this
+_INTERPRETERS = re.compile(
+    r"^(python[\d.]*|pypy[\d.]*|sh|bash|dash|zsh|perl|ruby|Rscript|julia|node)$"
+)
+_OPTIONS = re.compile(r"^\[(\S[^\]]*)\]\s*")  # "[" then no space: options, up to "]"
+
+
+class TaskFileError(PMError, ValueError):
+    """A tasks file line that cannot be read; the message names the line."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: ``index`` (0-based, in file order), ``argv``, its memory bound
+    in bytes (None = unknown), the line as written and its 1-based number."""
+
+    index: int
+    argv: tuple[str, ...]
+    mem: int | None
+    line: str
+    lineno: int = 0
+
+
+def _strip_comment(line: str) -> str:
+    """``line`` without a trailing comment: a ``#`` starting a word, outside quotes."""
+    quote = ""
+    escaped = False
+    for i, ch in enumerate(line):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i]
+    return line
+
+
+def parse_tasks(text: str, default_mem: int | None = None) -> list[TaskSpec]:
+    """The tasks of a tasks file (see the module docstring for the format).
+
+    Raises :class:`TaskFileError` naming the line for bad quoting, an
+    unknown option, a bad size or an options block without a command.
+    """
+    tasks: list[TaskSpec] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        mem = default_mem
+        body = line
+        m = _OPTIONS.match(line)
+        if m is None and re.match(r"\[\S", line):
+            raise TaskFileError(f"line {lineno}: options block without its ']': {line}")
+        if m is not None:
+            body = line[m.end() :]
+            for item in re.split(r"[\s,]+", m.group(1).strip(", \t")):
+                key, eq, value = item.partition("=")
+                if not eq:
+                    raise TaskFileError(f"line {lineno}: expected key=value, not {item!r}")
+                if key != "mem":
+                    raise TaskFileError(f"line {lineno}: unknown option {key!r} (known: mem)")
+                try:
+                    mem = parse_size(value)
+                except SizeError as e:
+                    raise TaskFileError(f"line {lineno}: {e}") from e
+        try:
+            argv = tuple(shlex.split(_strip_comment(body)))
+        except ValueError as e:
+            raise TaskFileError(f"line {lineno}: {e}: {line}") from e
+        if not argv:
+            raise TaskFileError(f"line {lineno}: options but no command: {line}")
+        tasks.append(TaskSpec(len(tasks), argv, mem, line, lineno))
+    return tasks
+
+
+def command_key(argv: Sequence[str]) -> tuple[str, ...]:
+    """What tasks learn sizes from: the program (``argv[0]``), and for an
+    interpreter (python, sh, perl, ...) also its script, the first argument
+    not starting with ``-``; ``python a.py 1`` and ``python a.py 2`` share."""
+    prog = argv[0]
+    if _INTERPRETERS.match(os.path.basename(prog)):
+        script = next((a for a in argv[1:] if not a.startswith("-")), None)
+        if script is not None:
+            return (prog, script)
+    return (prog,)
+
+
+# ------------------------------------------------------------------------- scheduler
+
+
+class TaskStatus(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"  # exited 0
+    FAILED = "failed"  # out of retries, or can never fit a node
+
+
+@dataclass(frozen=True)
+class Start:
+    """Action: run ``task`` on ``node``; ``reservation`` bytes are held for it there.
+
+    ``declared``: the reservation is the task's own bound (overruns are
+    reported against it) rather than a learned or default guess.
+    """
+
+    task: TaskSpec
+    node: NodeId
+    reservation: int
+    attempt: int  # 1 for the first run
+    declared: bool
+
+
+@dataclass
+class TaskRecord:
+    spec: TaskSpec
+    status: TaskStatus = TaskStatus.QUEUED
+    attempts: int = 0
+    exit_codes: list[int | None] = field(default_factory=list)  # None: node lost
+    node: NodeId | None = None
+    reservation: int = 0
+    peak: int = 0
+    reason: str | None = None
+
+
+class Progress(NamedTuple):
+    """``done`` (finished, well or not), ``running``, ``queued`` (waiting to
+    start, retries included) and, of these, ``blocked_on_memory``: those
+    that a free slot awaits but no node can admit."""
+
+    done: int
+    running: int
+    queued: int
+    blocked_on_memory: int
+
+    def format(self, total: int) -> str:
+        return (
+            f"tasks: {self.done}/{total} done, {self.running} running, {self.queued} queued "
+            f"({self.blocked_on_memory} blocked on memory)"
+        )
+
+
+@dataclass(frozen=True)
+class Summary:
+    total: int
+    succeeded: int
+    failed: int
+    retries: int  # runs beyond the first, over all tasks
+    exit_codes: Mapping[int, tuple[int | None, ...]]  # task index -> code of each attempt
+    failures: tuple[TaskRecord, ...]
+
+    def format(self) -> str:
+        lines = [
+            f"{self.total} tasks: {self.succeeded} succeeded, {self.failed} failed, "
+            f"{self.retries} retries"
+        ]
+        for rec in self.failures:
+            what = rec.reason or f"exit codes {', '.join(map(str, rec.exit_codes))}"
+            lines.append(
+                f"  task {rec.spec.index} (line {rec.spec.lineno}): {what}: {rec.spec.line}"
+            )
+        return "\n".join(lines)
+
+
+@dataclass
+class _Node:
+    slots: int | None
+    admission: Admission | None = None
+    running: set[int] = field(default_factory=set)
+    alive: bool = True
+
+    def free_slots(self) -> float:
+        if not self.alive or self.admission is None:
+            return 0
+        return math.inf if self.slots is None else self.slots - len(self.running)
+
+
+class EnsembleScheduler:
+    """Runs tasks over nodes as fast as each node's memory admission allows.
+
+    ``nodes``: the node ids; a node takes tasks once :meth:`node_memory`
+    gave its watermarks.  ``retries``: extra runs of a task that exits
+    non-zero.  ``learn``: a task without a bound reserves the largest peak
+    measured in finished tasks of the same :func:`command_key`, times
+    ``margin``; else ``default_reservation`` (a guess, capped at the
+    largest high watermark).  ``slots``: tasks at most
+    per node (None: memory is the only limit).  ``backfill``: a task that
+    fits may pass an earlier one that does not (default: strict FIFO).
+    A rerun reserves at least its previous peak x ``margin``.
+    Node choice: the most headroom (high - used - reserved), then the
+    fewest running tasks, then the order of ``nodes``.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeId],
+        retries: int = 0,
+        learn: bool = True,
+        *,
+        slots: int | Mapping[NodeId, int] | None = None,
+        backfill: bool = False,
+        default_reservation: int = DEFAULT_RESERVATION,
+        margin: float = LEARN_MARGIN,
+        settle: float | None = None,
+    ) -> None:
+        self._order = list(nodes)
+        self._nodes = {
+            n: _Node(slots.get(n) if isinstance(slots, Mapping) else slots) for n in nodes
+        }
+        self._retries = retries
+        self._learn = learn
+        self._backfill = backfill
+        self._default = default_reservation
+        self._margin = margin
+        self._settle = settle
+        self._tasks: dict[int, TaskRecord] = {}
+        self._queue: deque[int] = deque()
+        self._learned: dict[tuple[str, ...], int] = {}
+
+    # -- queries
+    def record(self, index: int) -> TaskRecord:
+        return self._tasks[index]
+
+    def admission(self, node: NodeId) -> Admission | None:
+        return self._nodes[node].admission
+
+    @property
+    def finished(self) -> bool:
+        """Every task added has succeeded or failed for good."""
+        return not self._queue and all(not n.running for n in self._nodes.values())
+
+    def progress(self) -> Progress:
+        done = sum(r.status in (TaskStatus.DONE, TaskStatus.FAILED) for r in self._tasks.values())
+        running = sum(len(n.running) for n in self._nodes.values())
+        free = sum(n.free_slots() for n in self._nodes.values())
+        blocked = int(min(len(self._queue), free))
+        return Progress(done, running, len(self._queue), blocked)
+
+    def summary(self) -> Summary:
+        recs = sorted(self._tasks.values(), key=lambda r: r.spec.index)
+        failures = tuple(r for r in recs if r.status is TaskStatus.FAILED)
+        return Summary(
+            total=len(recs),
+            succeeded=sum(r.status is TaskStatus.DONE for r in recs),
+            failed=len(failures),
+            retries=sum(max(0, r.attempts - 1) for r in recs),
+            exit_codes={r.spec.index: tuple(r.exit_codes) for r in recs},
+            failures=failures,
+        )
+
+    def reservation_for(self, spec: TaskSpec) -> tuple[int, bool]:
+        """(bytes to reserve, whether it is the task's declared bound)."""
+        rec = self._tasks.get(spec.index)
+        again = int(rec.peak * self._margin) if rec is not None else 0
+        if spec.mem is not None:
+            return max(spec.mem, again), True
+        learned = self._learned.get(command_key(spec.argv)) if self._learn else None
+        guess = max(self._default if learned is None else int(learned * self._margin), again)
+        # A guess is no promise: never let it alone make a task too big for every node.
+        highs = [n.admission.watermarks.high for n in self._nodes.values() if n.admission]
+        return (min(guess, max(highs)) if highs else guess), False
+
+    # -- events
+    def add(self, specs: Iterable[TaskSpec]) -> list[Start]:
+        """Queue tasks (indices must be new)."""
+        for spec in specs:
+            if spec.index in self._tasks:
+                raise ValueError(f"task {spec.index} was already added")
+            self._tasks[spec.index] = TaskRecord(spec)
+            self._queue.append(spec.index)
+        return self.schedule()
+
+    def node_memory(
+        self,
+        node: NodeId,
+        used: int,
+        watermarks: Watermarks | None = None,
+        *,
+        tasks: Mapping[int, int] | None = None,
+        now: float = 0.0,
+    ) -> list[Start]:
+        """A node's memory sample, with its watermarks (required the first time)
+        and, in ``tasks``, samples of its running tasks taken at the same time.
+
+        Send the task samples here rather than through :meth:`task_usage` when
+        they come with the node's: applied apart, a task's usage would count
+        in its (stale) unused reservation and in the fresh node usage, or in
+        neither, until the other sample arrives.
+        """
+        n = self._nodes[node]
+        if watermarks is not None:
+            if n.admission is None:
+                n.admission = Admission(watermarks, used=used, settle=self._settle)
+            else:
+                n.admission.set_watermarks(watermarks)
+        if n.admission is None:
+            raise ValueError(f"node {node!r}: the first memory sample must give its watermarks")
+        mine = {}
+        for index, measured in (tasks or {}).items():
+            rec = self._tasks.get(index)
+            if rec is not None and rec.status is TaskStatus.RUNNING and rec.node == node:
+                rec.peak = max(rec.peak, measured)
+                mine[index] = measured
+        n.admission.observe(used, mine, now=now)
+        return self.schedule()
+
+    def task_usage(self, index: int, measured: int, *, now: float = 0.0) -> list[Start]:
+        """A sample of a running task's memory (its process tree)."""
+        rec = self._tasks[index]
+        if rec.status is not TaskStatus.RUNNING or rec.node is None:
+            return []
+        rec.peak = max(rec.peak, measured)
+        adm = self._nodes[rec.node].admission
+        assert adm is not None
+        adm.correct(index, measured, now=now)
+        return self.schedule()
+
+    def task_exited(self, index: int, code: int | None) -> list[Start]:
+        """A running task ended with ``code`` (None: lost with its node)."""
+        rec = self._tasks[index]
+        if rec.status is not TaskStatus.RUNNING:
+            return []
+        assert rec.node is not None
+        node = self._nodes[rec.node]
+        node.running.discard(index)
+        if node.admission is not None:
+            node.admission.release(index)
+        rec.exit_codes.append(code)
+        if rec.peak:
+            key = command_key(rec.spec.argv)
+            self._learned[key] = max(self._learned.get(key, 0), rec.peak)
+        if code == 0:
+            rec.status = TaskStatus.DONE
+        elif rec.attempts <= self._retries:
+            rec.status = TaskStatus.QUEUED
+            self._queue.append(index)
+        else:
+            rec.status = TaskStatus.FAILED
+        return self.schedule()
+
+    def node_lost(self, node: NodeId) -> list[Start]:
+        """A node is gone: its running tasks count as failed runs (retried if allowed)."""
+        n = self._nodes[node]
+        n.alive = False
+        for index in sorted(n.running):
+            self.task_exited(index, None)
+        return self.schedule()
+
+    def schedule(self) -> list[Start]:
+        """Start what the admission rule allows now, in queue order."""
+        starts: list[Start] = []
+        for index in list(self._queue):
+            rec = self._tasks[index]
+            nbytes, declared = self.reservation_for(rec.spec)
+            node_id = self._pick(nbytes)
+            if node_id is None:
+                if self._unschedulable(rec, nbytes):
+                    continue
+                if not self._backfill or not any(n.free_slots() for n in self._nodes.values()):
+                    break
+                continue
+            node = self._nodes[node_id]
+            assert node.admission is not None
+            admitted = node.admission.request(index, nbytes, declared=declared)
+            assert admitted
+            self._queue.remove(index)
+            node.running.add(index)
+            rec.status, rec.node, rec.reservation = TaskStatus.RUNNING, node_id, nbytes
+            rec.attempts += 1
+            starts.append(Start(rec.spec, node_id, nbytes, rec.attempts, declared))
+        return starts
+
+    # -- internals
+    def _pick(self, nbytes: int) -> NodeId | None:
+        best: tuple[int, int, int] | None = None
+        choice: NodeId | None = None
+        for pos, node_id in enumerate(self._order):
+            n = self._nodes[node_id]
+            if n.free_slots() <= 0 or n.admission is None or not n.admission.fits(nbytes):
+                continue
+            rank = (-n.admission.headroom, len(n.running), pos)
+            if best is None or rank < best:
+                best, choice = rank, node_id
+        return choice
+
+    def _unschedulable(self, rec: TaskRecord, nbytes: int) -> bool:
+        """Fail a task no node could ever take (once every live node has reported)."""
+        live = [n for n in self._nodes.values() if n.alive]
+        if live and any(n.admission is None for n in live):
+            return False
+        highs = [n.admission.watermarks.high for n in live if n.admission is not None]
+        if highs and nbytes <= max(highs):
+            return False
+        self._queue.remove(rec.spec.index)
+        rec.status = TaskStatus.FAILED
+        rec.reason = (
+            f"needs {format_size(nbytes)}, more than any node's high watermark "
+            f"({format_size(max(highs))})"
+            if highs
+            else "no node left to run it"
+        )
+        return True

@@ -1,0 +1,326 @@
+"""Task ensembles: the tasks file and the scheduler (pure), then a real capped run."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+from pm.agent.memory import NodeMemory, Watermarks, tree_rss
+
+from pm.tasks import (
+    EnsembleScheduler,
+    Progress,
+    Start,
+    TaskFileError,
+    TaskSpec,
+    TaskStatus,
+    command_key,
+    parse_tasks,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cgroup_util import memory_cgroup
+
+MiB = 1 << 20
+
+# ------------------------------------------------------------------------- tasks file
+
+
+def test_parse_tasks() -> None:
+    text = """
+# a comment line
+    ./sim --n 1
+[mem=2G] ./sim --n 2   # big one
+[mem=512M, ] python3 fit.py 'a b' "c#d" e#f
+\t
+[ -f x ]
+echo \\# not-a-comment
+[mem=0] true
+"""
+    tasks = parse_tasks(text, default_mem=100)
+    assert [t.argv for t in tasks] == [
+        ("./sim", "--n", "1"),
+        ("./sim", "--n", "2"),
+        ("python3", "fit.py", "a b", "c#d", "e#f"),
+        ("[", "-f", "x", "]"),
+        ("echo", "#", "not-a-comment"),
+        ("true",),
+    ]
+    assert [t.mem for t in tasks] == [100, 2 << 30, 512 * MiB, 100, 100, 0]
+    assert [t.index for t in tasks] == list(range(6))
+    assert [t.lineno for t in tasks] == [3, 4, 5, 7, 8, 9]
+    assert tasks[1].line == "[mem=2G] ./sim --n 2   # big one"
+    assert parse_tasks("a\nb")[0].mem is None  # no default: unknown
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ok\n[cpu=2] x", "line 2: unknown option 'cpu'"),
+        ("[mem=lots] x", "line 1: cannot read 'lots'"),
+        ("[mem=50%] x", "line 1: .*percentage"),
+        ("[mem=1G]", "line 1: options but no command"),
+        ("[mem] x", "line 1: expected key=value, not 'mem'"),
+        ("[mem=1G x", "line 1: options block without its"),
+        ("[mem=1G] # only a comment", "line 1: options but no command"),
+        ("echo 'unclosed", "line 1: No closing quotation"),
+    ],
+)
+def test_parse_tasks_errors(text: str, message: str) -> None:
+    with pytest.raises(TaskFileError, match=message) as info:
+        parse_tasks(text)
+    assert isinstance(info.value, ValueError)
+
+
+def test_command_key() -> None:
+    assert command_key(["./sim", "--n", "1"]) == ("./sim",)
+    assert command_key(["python3", "-u", "fit.py", "1"]) == ("python3", "fit.py")
+    assert command_key(["/usr/bin/bash", "run.sh"]) == ("/usr/bin/bash", "run.sh")
+    assert command_key(["python"]) == ("python",)
+
+
+# -------------------------------------------------------------------------- scheduler
+
+W = Watermarks(1000, 800)
+
+
+def specs(*mems: int | None, argv: tuple[str, ...] = ("work",)) -> list[TaskSpec]:
+    return [TaskSpec(i, argv, m, " ".join(argv)) for i, m in enumerate(mems)]
+
+
+def started(starts: list[Start]) -> list[tuple[int, str]]:
+    return [(s.task.index, str(s.node)) for s in starts]
+
+
+def test_small_tasks_many_at_once_big_ones_few() -> None:
+    s = EnsembleScheduler(["n0"])
+    assert s.add(specs(*[100] * 12)) == []  # no node has reported yet
+    assert s.progress() == Progress(0, 0, 12, 0)
+    starts = s.node_memory("n0", 0, W)
+    assert len(starts) == 10 and all(x.reservation == 100 and x.declared for x in starts)
+    assert s.progress() == Progress(0, 10, 2, 2)
+
+    big = EnsembleScheduler(["n0"])
+    big.node_memory("n0", 0, W)
+    assert started(big.add(specs(400, 400, 400, 400))) == [(0, "n0"), (1, "n0")]
+    assert started(big.task_exited(0, 0)) == [(2, "n0")]
+
+
+def test_node_with_most_headroom_first() -> None:
+    s = EnsembleScheduler(["a", "b"])
+    s.node_memory("a", 500, W)
+    s.node_memory("b", 100, W)
+    starts = s.add(specs(300, 300, 300, 300))
+    # Headroom b 900, a 500 -> b; b 600 -> b; a 500 vs b 300 -> a; a 200 vs b 300 -> b.
+    assert started(starts) == [(0, "b"), (1, "b"), (2, "a"), (3, "b")]
+    assert started(s.add([TaskSpec(4, ("work",), 300, "")])) == []
+    assert s.progress() == Progress(0, 4, 1, 1)
+
+
+def test_fifo_and_backfill() -> None:
+    strict = EnsembleScheduler(["n"])
+    strict.node_memory("n", 0, W)
+    assert started(strict.add(specs(600, 600, 100))) == [(0, "n")]  # 100 waits behind 600
+    back = EnsembleScheduler(["n"], backfill=True)
+    back.node_memory("n", 0, W)
+    assert started(back.add(specs(600, 600, 100))) == [(0, "n"), (2, "n")]
+
+
+def test_slots_limit_per_node() -> None:
+    s = EnsembleScheduler(["a", "b"], slots={"a": 1, "b": 2})
+    s.node_memory("a", 0, W)
+    s.node_memory("b", 0, W)
+    assert len(s.add(specs(*[10] * 5))) == 3
+    assert s.progress() == Progress(0, 3, 2, 0)  # waiting for slots, not memory
+
+
+def test_hysteresis_on_a_node() -> None:
+    s = EnsembleScheduler(["n"])
+    s.node_memory("n", 0, W)
+    s.add(specs(100, 100, 100))
+    assert s.node_memory("n", 1001, W) == []  # the node passed high on its own
+    s.task_exited(0, 0)
+    s.task_exited(1, 0)
+    assert s.node_memory("n", 850, W) == []  # 850 + 100 reserved: above low
+    s.add([TaskSpec(3, ("work",), 100, "work")])
+    assert s.progress().blocked_on_memory == 1
+    assert started(s.node_memory("n", 600, W)) == [(3, "n")]  # 600 + 100 <= low
+
+
+def test_usage_beyond_reservation_holds_back_others() -> None:
+    s = EnsembleScheduler(["n"])
+    s.node_memory("n", 0, W)
+    s.add(specs(300, 300, 400))
+    assert s.progress().running == 3
+    s.task_exited(1, 0)
+    # Task 0 uses more than its bound; the node's usage shows it at the same time.
+    assert s.node_memory("n", 500, tasks={0: 500, 2: 0}) == []
+    adm = s.admission("n")
+    assert adm is not None and adm.reservation(0) == 500
+    assert [o.ident for o in adm.overruns()] == [0]
+    assert s.add([TaskSpec(3, ("work",), 200, "work")]) == []  # 500 + 0 + 400 + 200 > 1000
+    assert s.node_memory("n", 600, tasks={0: 600}) == []
+    assert started(s.task_exited(2, 0)) == [(3, "n")]  # 600 + 200 <= 1000
+
+
+def test_samples_apart_are_applied_too() -> None:
+    s = EnsembleScheduler(["n"])
+    s.node_memory("n", 0, W)
+    s.add(specs(700, 600))
+    assert started(s.task_usage(0, 200)) == []  # 0 used + 500 unused + 600 > 1000
+    assert s.record(0).peak == 200
+    assert started(s.task_usage(0, 400)) == [(1, "n")]  # stale node usage: counts 400 less
+    assert s.task_usage(0, 10) == [] and s.record(0).peak == 400
+
+
+def test_retries() -> None:
+    s = EnsembleScheduler(["n"], retries=2)
+    s.node_memory("n", 0, W)
+    s.add(specs(100, 100))
+    assert [x.attempt for x in s.task_exited(0, 1)] == [2]
+    assert [x.attempt for x in s.task_exited(0, -9)] == [3]
+    s.task_exited(1, 0)
+    assert s.task_exited(0, 3) == [] and s.finished
+    summary = s.summary()
+    assert (summary.total, summary.succeeded, summary.failed, summary.retries) == (2, 1, 1, 2)
+    assert summary.exit_codes == {0: (1, -9, 3), 1: (0,)}
+    assert "task 0 (line 0): exit codes 1, -9, 3" in summary.format()
+    assert s.progress() == Progress(2, 0, 0, 0)
+
+
+def test_retry_reserves_at_least_the_last_peak() -> None:
+    s = EnsembleScheduler(["n"], retries=1, margin=1.25)
+    s.node_memory("n", 0, W)
+    s.add(specs(100))
+    s.task_usage(0, 400)
+    (rerun,) = s.task_exited(0, -9)
+    assert rerun.reservation == 500 and rerun.declared
+
+
+def test_learning_from_finished_tasks() -> None:
+    s = EnsembleScheduler(["n"], learn=True, default_reservation=300, margin=1.25)
+    s.node_memory("n", 0, W)
+    sim = s.add(specs(None, None, None, None, argv=("./sim",)))
+    assert [(x.reservation, x.declared) for x in sim] == [(300, False)] * 3
+    s.node_memory("n", 240, tasks={0: 80, 1: 160, 2: 0})  # 240 + 220 + 140 + 300 + 300 > 1000
+    assert s.record(3).status is TaskStatus.QUEUED
+    s.add([TaskSpec(4, ("./other",), None, "./other")])
+    (nxt,) = s.task_exited(0, 0)  # learned from task 0 (running ones do not count): 80 x 1.25
+    assert (nxt.task.index, nxt.reservation) == (3, 100)
+    assert s.record(4).status is TaskStatus.QUEUED  # ./other: still the 300 default
+    s.task_exited(1, 0)
+    assert s.record(4).reservation == 300
+    # The largest finished peak, task 1's: 160 x 1.25.
+    assert s.reservation_for(TaskSpec(5, ("./sim",), None, "./sim")) == (200, False)
+
+
+def test_no_learning() -> None:
+    s = EnsembleScheduler(["n"], learn=False, default_reservation=300)
+    s.node_memory("n", 0, W)
+    s.add(specs(None, argv=("./sim",)))
+    s.task_usage(0, 10)
+    s.task_exited(0, 0)
+    (again,) = s.add([TaskSpec(1, ("./sim",), None, "./sim")])
+    assert (again.reservation, again.declared) == (300, False)
+
+
+def test_guess_is_capped_and_unschedulable_fails() -> None:
+    s = EnsembleScheduler(["a", "b"], default_reservation=5000)
+    s.add(specs(None, 2000, 50))
+    # A guess never exceeds the largest high watermark known; a bound is kept as is.
+    assert started(s.node_memory("a", 0, W)) == [(0, "a")]
+    assert s.record(0).reservation == 1000
+    assert s.record(1).status is TaskStatus.QUEUED  # b has not reported: 2000 might fit there
+    assert started(s.node_memory("b", 0, Watermarks(1500, 1000))) == [(2, "b")]
+    rec = s.record(1)
+    assert rec.status is TaskStatus.FAILED
+    assert rec.reason is not None and "more than any node's high watermark (1.5 KiB)" in rec.reason
+    assert "task 1 (line 0): needs 2 KiB" in s.summary().format()
+
+
+def test_node_lost() -> None:
+    s = EnsembleScheduler(["a", "b"], retries=1, slots=1)
+    s.node_memory("a", 0, W)
+    s.node_memory("b", 0, W)
+    assert started(s.add(specs(10, 10, 10))) == [(0, "a"), (1, "b")]
+    assert s.node_lost("a") == []  # task 0 goes back to the queue, behind task 2
+    assert s.record(0).exit_codes == [None] and s.record(0).status is TaskStatus.QUEUED
+    assert started(s.task_exited(1, 0)) == [(2, "b")]
+    assert started(s.task_exited(2, 0)) == [(0, "b")]
+    s.task_exited(0, 0)
+    assert s.finished and s.summary().exit_codes[0] == (None, 0)
+    alone = EnsembleScheduler(["a"])
+    alone.node_memory("a", 0, W)
+    alone.node_lost("a")
+    alone.add(specs(10))
+    assert alone.record(0).reason == "no node left to run it" and alone.finished
+
+
+def test_add_rejects_a_known_index() -> None:
+    s = EnsembleScheduler(["n"])
+    s.add(specs(1))
+    with pytest.raises(ValueError, match="already"):
+        s.add(specs(1))
+    with pytest.raises(ValueError, match="watermarks"):
+        s.node_memory("n", 0)
+
+
+# -------------------------------------------------------------- a real run in a cgroup
+
+TOUCH = (
+    "import sys, time\n"
+    "b = bytearray(b'x') * (int(sys.argv[1]) << 20)\n"
+    "time.sleep(float(sys.argv[2]))\n"
+)
+
+
+@pytest.mark.cgroup
+@pytest.mark.timeout(60)
+async def test_ensemble_runs_in_a_capped_cgroup_without_oom(tmp_path: Path) -> None:
+    """One node: the scheduler's decisions applied to real processes, fed by real samples."""
+    script = tmp_path / "touch.py"
+    script.write_text(TOUCH)
+    lines = [f"[mem=80M] {sys.executable} -S {script} 64 0.4" for _ in range(6)]
+    # No bound: these learn from the finished runs of the same script.
+    lines += [f"{sys.executable} -S {script} 48 0.2" for _ in range(3)]
+    lines.append(f"{sys.executable} -S -c 'raise SystemExit(3)'")
+    tasks = parse_tasks("\n".join(lines))
+    with memory_cgroup(256 * MiB) as cg:
+        probe = NodeMemory(cg.path)
+        sched = EnsembleScheduler(["local"], retries=1, default_reservation=100 * MiB, margin=1.25)
+        procs: dict[int, asyncio.subprocess.Process] = {}
+        exits: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+        most = 0
+
+        async def run(start: Start) -> None:
+            proc = await asyncio.create_subprocess_exec(*cg.wrap(start.task.argv))
+            procs[start.task.index] = proc
+            await exits.put((start.task.index, await proc.wait()))
+
+        async with asyncio.TaskGroup() as tg:
+
+            def launch(starts: list[Start]) -> None:
+                for st in starts:
+                    tg.create_task(run(st))
+
+            launch(sched.node_memory("local", probe.read().used, Watermarks(200 * MiB, 150 * MiB)))
+            launch(sched.add(tasks))
+            while not sched.finished:
+                try:
+                    index, code = await asyncio.wait_for(exits.get(), 0.05)
+                    procs.pop(index)
+                    launch(sched.task_exited(index, code))
+                except TimeoutError:  # a sampling period passed
+                    used = probe.read().used
+                    sizes = {i: tree_rss(p.pid) for i, p in procs.items()}
+                    launch(sched.node_memory("local", used, tasks=sizes))
+                most = max(most, sched.progress().running)
+        summary = sched.summary()
+        assert cg.oom_kills() == 0
+        assert summary.succeeded == 9 and summary.failed == 1
+        assert summary.exit_codes[9] == (3, 3)
+        assert most == 2  # two 80 MiB bounds fit under 200 MiB, never a third
+        learned = [sched.record(i).reservation for i in (6, 7, 8)]
+        assert all(64 * MiB < r < 100 * MiB for r in learned)  # peak of a 64 MiB run x 1.25
