@@ -230,12 +230,12 @@ class ShmKVSWriter:
         if slots < 1 or heap < 0:
             raise ValueError(f"bad table size: slots={slots}, heap={heap}")
         nslots = L.pow2_at_least(max(slots, 8))
-        first_size = L.data_geometry(nslots, heap)[2]
-        self._check_limit(first_size, 0)
+        heap = max(heap, L.PAGE)
+        self._check_limit(L.data_geometry(nslots, heap)[2], 0)
         self._header = _Segment(self.name, L.HEADER_SIZE, L.KIND_HEADER, self._owner)
         try:
             self._gen_word = self._header.mv[L.GEN_OFFSET : L.GEN_OFFSET + 8].cast("Q")
-            self._cur = self._build(1, nslots, max(heap, L.PAGE), None)
+            self._cur = self._build(1, nslots, heap, None)
             self._gen_word[0] = 1  # publish: readers may open the table from now on
         except BaseException:
             self.close()

@@ -75,6 +75,8 @@ class ShmKVSReader:
             self._header = _Mapping(name, L.KIND_HEADER)
         except FileNotFoundError as e:
             raise PMError(f"no shared-memory KVS at {L.SHM_DIR}/{name}") from e
+        except OSError as e:
+            raise PMError(f"cannot map the shared-memory KVS {L.SHM_DIR}/{name}: {e}") from e
         self._gen_word = self._header.mv[L.GEN_OFFSET : L.GEN_OFFSET + 8].cast("Q")
         try:
             self._attach()
@@ -192,6 +194,8 @@ class ShmKVSReader:
                                   "(the writer has closed)") from None
                 seen = gen
                 continue
+            except OSError as e:
+                raise PMError(f"cannot map generation {gen} of {self.name}: {e}") from e
             try:
                 info_gen, nslots, slots_off, heap_off, heap_size = \
                     L.DATA_INFO.unpack_from(data.mm, L.INFO_OFFSET)
