@@ -31,7 +31,7 @@ class SizeError(PMError, ValueError):
 
 
 _UNITS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(%|[kmgtp]?(?:i?b)?)\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(%|[kmgtp](?:i?b)?|b|)\s*$", re.IGNORECASE)
 
 
 def parse_size(text: str, *, total: int | None = None) -> int:
@@ -57,7 +57,7 @@ def parse_size(text: str, *, total: int | None = None) -> int:
         if number > 100:
             raise SizeError(f"{text!r} is more than 100 % of the total")
         return int(number * total / 100)
-    return int(number * (1024 ** _UNITS[unit.rstrip("B").rstrip("I")]))
+    return int(number * (1024 ** _UNITS[unit[:1] if unit != "B" else ""]))
 
 
 def format_size(nbytes: int) -> str:

@@ -66,6 +66,8 @@ def test_parse_size(text: str, total: int | None, expected: int) -> None:
         ("", None, "cannot read"),
         ("-1G", None, "cannot read"),
         ("2X", None, "cannot read"),
+        ("5ib", None, "cannot read"),
+        ("1 K B", None, "cannot read"),
         ("G", None, "cannot read"),
         ("1.2.3M", None, "cannot read"),
         ("80%", None, "no total"),
