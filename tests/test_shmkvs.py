@@ -368,7 +368,7 @@ cached, probing = ShmKVSReader(name), ShmKVSReader(name, cache=False)
 print("ready", flush=True)
 rng = random.Random(seed)
 deadline = time.monotonic() + 25  # report (and fail the test) rather than spin for ever
-gens = set()
+gens = {cached.generation, probing.generation}  # 1: mapped before the inserts
 hits = misses = wrong = lost = 0
 floor = -1  # every key below a found one was inserted before it: must be found too
 loops = 0
