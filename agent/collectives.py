@@ -1,0 +1,177 @@
+"""Collective state machines (pure: contributions in, actions out).
+
+A collective of one *kind* (fence, barrier, allgather, ring) has a sequence
+number per kind: a rank's k-th fence is fence epoch k.  An agent waits for its
+local ranks' contributions and its children's aggregates, then sends *one*
+message up; the root turns the whole-job aggregate into a result, which comes
+down *once* per agent.  Kinds progress independently, and epochs of one kind
+complete in order, so several collectives can be in flight at once.
+
+Pieces are combined in tree order: the agent's own ranks (in rank order) first,
+then each child subtree in vertex order (the tree is numbered in pre-order, so
+with a block rank mapping this is rank order: what lets the ring move only the
+two boundary values of each subtree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pm.proto.tree import ALLGATHER, BARRIER, FENCE, RING
+
+KIND_NAMES = {FENCE: "fence", BARRIER: "barrier", ALLGATHER: "allgather", RING: "ring"}
+
+
+@dataclass(slots=True)
+class SendUp:
+    epoch: int
+    kind: int
+    data: Any
+
+
+@dataclass(slots=True)
+class Complete:
+    """Epoch done on this agent: ``local`` maps each local rank to its result;
+    ``children`` maps each child vertex to the data to send it."""
+
+    epoch: int
+    kind: int
+    local: dict[int, Any]
+    children: dict[int, Any]
+    #: The whole result as it came down (kept once per node by the agent).
+    data: Any
+
+
+Action = SendUp | Complete
+
+
+@dataclass(slots=True)
+class _Epoch:
+    local: dict[int, Any] = field(default_factory=dict)
+    children: dict[int, Any] = field(default_factory=dict)
+    sent: bool = False
+
+
+def _merge(kind: int, pieces: Sequence[Any]) -> Any:
+    """Combine ordered pieces into one up message."""
+    if kind == BARRIER:
+        return None
+    if kind in (FENCE, ALLGATHER):
+        # Flat lists ([key, rank, value, ...] or [rank, value, ...]) concatenate.
+        out: list[Any] = []
+        for p in pieces:
+            out.extend(p)
+        return out
+    if kind == RING:
+        # Each piece is [first_value, last_value] of a contiguous run in ring order.
+        present = [p for p in pieces if p is not None]
+        if not present:
+            return None
+        return [present[0][0], present[-1][1]]
+    raise ValueError(f"unknown collective kind {kind}")
+
+
+def _root_result(kind: int, size: int, data: Any) -> Any:
+    if kind == ALLGATHER:
+        values: list[Any] = [None] * size
+        it = iter(data)
+        for rank, value in zip(it, it, strict=True):
+            values[rank] = value
+        return values
+    if kind == RING:
+        # The ring wraps: the left of the first rank is the last rank's value.
+        first, last = data
+        return [last, first]
+    return data
+
+
+class Collectives:
+    """The collective bookkeeping of one agent for one job."""
+
+    def __init__(self, local_ranks: Sequence[int], children: Sequence[int], size: int,
+                 is_root: bool) -> None:
+        self.local_ranks = list(local_ranks)
+        self._local_set = set(local_ranks)
+        self.children = list(children)
+        self.size = size
+        self.is_root = is_root
+        self._open: dict[tuple[int, int], _Epoch] = {}
+        self._next: dict[tuple[int, int], int] = {}  # (kind, rank) -> next epoch
+        self._child_next: dict[tuple[int, int], int] = {}
+        self._last_done: dict[int, int] = {}
+
+    def next_epoch(self, kind: int, rank: int) -> int:
+        return self._next.get((kind, rank), 1)
+
+    def pending(self) -> list[tuple[int, int]]:
+        """(kind, epoch) of collectives that have started and not completed here."""
+        return sorted(self._open)
+
+    def contribute(self, kind: int, rank: int, piece: Any) -> tuple[int, list[Action]]:
+        """A local rank joins its next collective of ``kind``; returns (epoch, actions)."""
+        if rank not in self._local_set:
+            raise ValueError(f"rank {rank} is not local")
+        epoch = self._next.get((kind, rank), 1)
+        self._next[(kind, rank)] = epoch + 1
+        ep = self._open.setdefault((kind, epoch), _Epoch())
+        ep.local[rank] = piece
+        return epoch, self._progress(kind, epoch)
+
+    def child_in(self, child: int, epoch: int, kind: int, data: Any) -> list[Action]:
+        """A child subtree's aggregate arrived."""
+        ep = self._open.setdefault((kind, epoch), _Epoch())
+        ep.children[child] = data
+        return self._progress(kind, epoch)
+
+    def result_in(self, epoch: int, kind: int, data: Any) -> list[Action]:
+        """The parent sent the result of ``epoch``."""
+        ep = self._open.pop((kind, epoch), None)
+        self._last_done[kind] = max(self._last_done.get(kind, 0), epoch)
+        return [self._complete(kind, epoch, data, ep or _Epoch())]
+
+    def _progress(self, kind: int, epoch: int) -> list[Action]:
+        ep = self._open[(kind, epoch)]
+        if ep.sent or len(ep.local) < len(self.local_ranks) or len(ep.children) < len(
+            self.children
+        ):
+            return []
+        ep.sent = True
+        pieces: list[Any] = [self._local_piece(kind, ep)]
+        pieces.extend(ep.children[c] for c in self.children)
+        up = _merge(kind, pieces)
+        if not self.is_root:
+            return [SendUp(epoch, kind, up)]
+        return self.result_in(epoch, kind, _root_result(kind, self.size, up))
+
+    def _local_piece(self, kind: int, ep: _Epoch) -> Any:
+        ranks = self.local_ranks
+        if kind == RING:
+            if not ranks:
+                return None
+            return [ep.local[ranks[0]], ep.local[ranks[-1]]]
+        if kind in (FENCE, ALLGATHER):
+            return _merge(kind, [ep.local[r] for r in ranks])
+        return None
+
+    def _complete(self, kind: int, epoch: int, data: Any, ep: _Epoch) -> Complete:
+        if kind != RING:
+            return Complete(epoch, kind, dict.fromkeys(self.local_ranks, data),
+                            dict.fromkeys(self.children, data), data)
+        left_out, right_out = data
+        # Walk the pieces in ring order: own ranks, then each child's [first, last].
+        seq: list[tuple[str, Any, Any]] = [("r", r, ep.local.get(r)) for r in self.local_ranks]
+        seq += [("c", c, ep.children.get(c)) for c in self.children if ep.children.get(c)]
+        local: dict[int, Any] = {}
+        children: dict[int, Any] = {}
+        for i, (what, ident, val) in enumerate(seq):
+            prev = seq[i - 1] if i > 0 else None
+            nxt = seq[i + 1] if i + 1 < len(seq) else None
+            left = left_out if prev is None else (prev[2] if prev[0] == "r" else prev[2][1])
+            right = right_out if nxt is None else (nxt[2] if nxt[0] == "r" else nxt[2][0])
+            if what == "r":
+                local[ident] = [left, right]
+            else:
+                children[ident] = [left, right]
+        return Complete(epoch, kind, local, children, data)

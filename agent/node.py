@@ -1,0 +1,631 @@
+"""The agent's side of one job: spawn the node's ranks, serve PMI, aggregate.
+
+A :class:`JobAgent` is one vertex of the job's tree.  Its *parent* is the next
+agent up (or, for vertex 0, the head in the same process); its *children* are
+agents it started itself.  Everything it says travels as ``pm.proto.tree``
+messages through :class:`Uplink`/:class:`Downlinks`, so the same code runs
+in-process under the head and in a separate ``pm-agent`` process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pm.agent.collectives import Collectives, Complete, SendUp
+from pm.agent.kvs import NodeKVS
+from pm.agent.pmi_server import PmiSession
+from pm.agent.spawn import PMI_FD, ChildWatch, ExitStatus, Guardian, SpawnError, resolve, spawn
+from pm.jobspec import JobPlan
+from pm.mapping import local_ranks, place
+from pm.output import STDERR, STDOUT, LineBuffer
+from pm.proto import tree as t
+from pm.proto.errors import PMError, RankFailed
+from pm.tree import Tree
+
+log = logging.getLogger("pm.agent")
+
+#: How long a rank's pipes may stay open after it exited before its exit is reported anyway.
+DRAIN_AFTER_EXIT = 1.0
+#: How long a rank may live after closing its PMI connection before finalize.
+EOF_GRACE = 1.0
+
+
+class Uplink(Protocol):
+    def send(self, msg: t.Msg) -> None: ...
+
+
+class Downlinks(Protocol):
+    def send(self, vertex: int, msg: t.Msg) -> None: ...
+
+
+@dataclass(slots=True)
+class RankProc:
+    rank: int
+    local_rank: int
+    pid: int = 0
+    session: PmiSession | None = None
+    streams: dict[int, LineBuffer] = field(default_factory=dict)
+    fds: dict[int, int] = field(default_factory=dict)
+    status: ExitStatus | None = None
+    reason: str = ""
+    initialized: bool = False
+    finalized: bool = False
+    pmi_eof: bool = False
+    reported: bool = False
+    stdin_fd: int = -1
+
+
+class JobAgent:
+    """Vertex ``vertex`` of the tree running ``plan``."""
+
+    def __init__(self, plan: JobPlan, vertex: int, parent: Uplink, host: str | None = None) -> None:
+        self.plan = plan
+        self.vertex = vertex
+        self.parent = parent
+        self.children_link: Downlinks | None = None
+        self.host = host or socket.gethostname()
+        self.size = plan.size
+        self.kvsname = plan.kvsname
+        self.tree = Tree(len(plan.hosts), plan.fanout)
+        self.children = list(self.tree.children(vertex))
+        self.node_of_rank = place(plan.size, plan.slots)
+        self.local = local_ranks(self.node_of_rank).get(vertex, [])
+        self.ranks: dict[int, RankProc] = {
+            r: RankProc(r, i) for i, r in enumerate(self.local)
+        }
+        self.kvs = NodeKVS()
+        self.coll = Collectives(self.local, self.children, plan.size, vertex == 0)
+        self._contiguous = self._ring_order_is_rank_order()
+        self._coll_futs: dict[tuple[int, int, int], asyncio.Future[Any]] = {}
+        self._ring_ag: dict[tuple[int, int], int] = {}
+        self._node_attrs: dict[str, str] = {}
+        self._node_waiters: dict[str, list[asyncio.Future[str | None]]] = {}
+        self._names: dict[str, str] = {}
+        self._reqs: dict[int, asyncio.Future[Any]] = {}
+        self._next_req = 1
+        self._out: list[Any] = []
+        self._exits: list[Any] = []
+        self._flush_scheduled = False
+        self._children_done: set[int] = set()
+        self._done_sent = False
+        self._killing = False
+        self.guardian: Guardian | None = None
+        self.watch: ChildWatch | None = None
+        self.loop = asyncio.get_running_loop()
+        self.done = self.loop.create_future()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.job_attrs: dict[str, str] = {}
+        if plan.mapping:
+            self.job_attrs["PMI_process_mapping"] = plan.mapping
+        self.extra_env: dict[str, str] = {}
+        self.on_close: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------------ launch
+    def _ring_order_is_rank_order(self) -> bool:
+        order: list[int] = []
+        locals_of = local_ranks(self.node_of_rank)
+        for v in range(len(self.plan.hosts)):  # pre-order numbering = tree order
+            order.extend(locals_of.get(v, []))
+        return order == list(range(self.size))
+
+    def start_ranks(self) -> None:
+        """Spawn every local rank (synchronously: posix_spawn is fast)."""
+        if not self.local:
+            self._check_done()
+            return
+        self.watch = ChildWatch()
+        self.guardian = Guardian()
+        plan = self.plan
+        base = dict(plan.env)
+        base.update(self.extra_env)
+        nlocal = str(len(self.local))
+        resolved: dict[int, str | SpawnError] = {}
+        first_rank_of_app = []
+        acc = 0
+        for app in plan.apps:
+            first_rank_of_app.append(acc)
+            acc += app[1]
+        for rank in self.local:
+            proc = self.ranks[rank]
+            appnum = plan.app_of_rank(rank)
+            argv, _n, app_env, wdir = plan.apps[appnum]
+            env = dict(base)
+            env.update(app_env)
+            env.update(
+                PMI_FD=str(PMI_FD), PMI_RANK=str(rank), PMI_SIZE=str(self.size),
+                PMI_HOSTNAME=self.host, MPI_LOCALRANKID=str(proc.local_rank),
+                MPI_LOCALNRANKS=nlocal, GFORTRAN_UNBUFFERED_PRECONNECTED="y",
+            )
+            if appnum not in resolved:
+                try:
+                    resolved[appnum] = resolve(argv[0], env, wdir)
+                except SpawnError as exc:
+                    resolved[appnum] = exc
+            path = resolved[appnum]
+            if isinstance(path, SpawnError):
+                self._spawn_failed(proc, str(path))
+                continue
+            self._spawn_one(proc, path, argv, env, wdir)
+
+    def _spawn_one(self, proc: RankProc, path: str, argv: list[str], env: dict[str, str],
+                   wdir: str | None) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        if proc.rank == 0:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        else:
+            in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
+        assert self.guardian is not None and self.watch is not None
+        try:
+            proc.pid = spawn(path, argv, env, cwd=wdir,
+                             fds={0: in_r, 1: out_w, 2: err_w, PMI_FD: theirs.fileno()},
+                             pgid=self.guardian.pgid)
+        except SpawnError as exc:
+            for fd in (out_r, err_r, in_w):
+                if fd >= 0:
+                    os.close(fd)
+            ours.close()
+            self._spawn_failed(proc, str(exc))
+            return
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+            theirs.close()
+        proc.stdin_fd = in_w
+        if in_w >= 0:
+            os.set_blocking(in_w, False)
+        session = PmiSession(self, proc.rank)
+        proc.session = session
+        self._own(self.loop.create_task(self._serve(session, ours)))
+        for stream, fd in ((STDOUT, out_r), (STDERR, err_r)):
+            proc.streams[stream] = LineBuffer()
+            proc.fds[stream] = fd
+            os.set_blocking(fd, False)
+            self.loop.add_reader(fd, self._read_output, proc, stream)
+        self.watch.watch(proc.pid).add_done_callback(
+            lambda f, p=proc: self._exited(p, f.result()) if not f.cancelled() else None
+        )
+
+    async def _serve(self, session: PmiSession, sock: socket.socket) -> None:
+        await self.loop.connect_accepted_socket(lambda: session, sock)
+
+    def _spawn_failed(self, proc: RankProc, why: str) -> None:
+        log.error("rank %d: %s", proc.rank, why)
+        proc.status = ExitStatus(127, 0)
+        proc.reason = f"could not start: {why}"
+        self._report(proc)
+
+    def _own(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ output
+    def _read_output(self, proc: RankProc, stream: int) -> None:
+        fd = proc.fds[stream]
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        buf = proc.streams[stream]
+        if data:
+            lines = buf.feed(data)
+        else:
+            lines = buf.flush()
+            self.loop.remove_reader(fd)
+            os.close(fd)
+            del proc.fds[stream]
+            if proc.status is not None and not proc.fds:
+                self._report(proc)
+        if lines:
+            self._out.append([proc.rank, stream, lines])
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out:
+            out, self._out = self._out, []
+            self.parent.send(t.Output(out))
+        if self._exits:
+            exits, self._exits = self._exits, []
+            self.parent.send(t.Exits(exits))
+        self._check_done()
+
+    # ------------------------------------------------------------------ exits
+    def _exited(self, proc: RankProc, status: ExitStatus) -> None:
+        proc.status = status
+        if proc.stdin_fd >= 0:
+            self.loop.remove_writer(proc.stdin_fd)
+            os.close(proc.stdin_fd)
+            proc.stdin_fd = -1
+        if status.ok and proc.initialized and not proc.finalized and not self._killing:
+            proc.reason = "exited without calling PMI finalize"
+            proc.status = ExitStatus(1, 0)
+        if not proc.fds:
+            self._report(proc)
+        else:
+            # Let the pipes drain (a rank's last lines come before its exit report).
+            self.loop.call_later(DRAIN_AFTER_EXIT, self._report, proc)
+
+    def _report(self, proc: RankProc) -> None:
+        if proc.reported or proc.status is None:
+            return
+        proc.reported = True
+        for stream in list(proc.fds):
+            self._read_output(proc, stream)  # whatever is left
+        st = proc.status
+        self._exits.append([proc.rank, self.vertex, st.code, st.signal, proc.reason])
+        self.kvs.settle(proc.rank)
+        self._schedule_flush()
+
+    def rank_event(self, rank: int, event: str, detail: Any = None) -> None:
+        proc = self.ranks[rank]
+        if event == "init":
+            proc.initialized = True
+        elif event == "finalize":
+            proc.finalized = True
+            self.kvs.settle(rank)
+        elif event == "abort":
+            code, message = detail
+            self.parent.send(t.Abort(rank, self.vertex, code, message))
+        elif event == "eof":
+            proc.pmi_eof = True
+            if not detail and proc.status is None:
+                self.loop.call_later(EOF_GRACE, self._eof_without_finalize, proc)
+        elif event == "error":
+            log.error("rank %d: %s", rank, detail)
+
+    def _eof_without_finalize(self, proc: RankProc) -> None:
+        if proc.status is None and not self._killing:
+            proc.reason = "closed its PMI connection before finalize"
+            self._exits.append([proc.rank, self.vertex, -1, 0, proc.reason])
+            self._schedule_flush()
+
+    def _check_done(self) -> None:
+        if self._done_sent:
+            return
+        if all(p.reported for p in self.ranks.values()) and self._children_done.issuperset(
+            self.children
+        ):
+            if self._out or self._exits:
+                self._schedule_flush()
+                return
+            self._done_sent = True
+            self.parent.send(t.Done(self.vertex, {"kvs_bytes": self.kvs.bytes}))
+            if not self.done.done():
+                self.done.set_result(None)
+
+    # ------------------------------------------------------------------ KVS
+    def appnum(self, rank: int) -> int:
+        return self.plan.app_of_rank(rank)
+
+    def universe_size(self) -> int:
+        return self.size
+
+    def native_info(self, rank: int) -> dict[str, Any]:
+        proc = self.ranks[rank]
+        return {
+            "rank": rank, "size": self.size, "local_rank": proc.local_rank,
+            "local_size": len(self.local), "appnum": self.appnum(rank),
+            "kvsname": self.kvsname, "node": self.vertex, "nnodes": len(self.plan.hosts),
+            "host": self.host, "job_id": self.plan.job_id, "shm": None,
+        }
+
+    def job_attr(self, key: str) -> str | None:
+        if key == "universeSize":
+            return str(self.size)
+        return self.job_attrs.get(key)
+
+    def put(self, rank: int, key: bytes, value: bytes) -> None:
+        self.kvs.put(rank, key, value)
+
+    def get_now(self, key: bytes) -> bytes | None:
+        return self.kvs.get(key)
+
+    def get_from(self, rank: int, src: int, key: bytes) -> asyncio.Future[bytes | None]:
+        value = self.kvs.get(key)
+        if value is not None:
+            fut: asyncio.Future[bytes | None] = self.loop.create_future()
+            fut.set_result(value)
+            return fut
+        owner = self.node_of_rank[src]
+        if owner == self.vertex:
+            return self.kvs.wait_for(src, key)
+        req, fut = self._new_req()
+        self._route(owner, t.GetReq(req, self.vertex, owner, key, src))
+        return fut
+
+    def _new_req(self) -> tuple[int, asyncio.Future[Any]]:
+        req = self._next_req
+        self._next_req += 1
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self._reqs[req] = fut
+        return req, fut
+
+    def node_attr_put(self, key: str, value: str) -> None:
+        self._node_attrs[key] = value
+        for fut in self._node_waiters.pop(key, []):
+            if not fut.done():
+                fut.set_result(value)
+
+    def node_attr_get(self, key: str, wait: bool) -> asyncio.Future[str | None]:
+        fut: asyncio.Future[str | None] = self.loop.create_future()
+        value = self._node_attrs.get(key)
+        if value is not None or not wait:
+            fut.set_result(value)
+        else:
+            self._node_waiters.setdefault(key, []).append(fut)
+        return fut
+
+    def name_service(self, action: str, service: str, port: str) -> asyncio.Future[Any]:
+        req, fut = self._new_req()
+        self._name_req(t.NameReq(req, self.vertex, action, service, port))
+        return fut
+
+    def _name_req(self, m: t.NameReq) -> None:
+        if self.vertex != 0:
+            self.parent.send(m)
+            return
+        ok, port = True, m.port
+        if m.action == "publish":
+            ok = m.service not in self._names
+            if ok:
+                self._names[m.service] = m.port
+        elif m.action == "unpublish":
+            ok = self._names.pop(m.service, None) is not None
+        else:
+            got = self._names.get(m.service)
+            ok, port = got is not None, got or ""
+        self._route(m.origin, t.NameResp(m.req, m.origin, ok, port))
+
+    def reserve(self, rank: int, nbytes: int) -> asyncio.Future[int]:
+        fut: asyncio.Future[int] = self.loop.create_future()
+        fut.set_exception(PMError("memory reservations need a memory governor on this agent"))
+        return fut
+
+    def release(self, rank: int, ident: int) -> None:
+        return None
+
+    # ------------------------------------------------------------------ collectives
+    def collective(self, kind: int, rank: int, value: Any) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        if kind == t.RING and not self._contiguous:
+            # Ring order is not rank order on this mapping: ride an allgather.
+            kind, value, ring = t.ALLGATHER, value, True
+        else:
+            ring = False
+        if kind == t.FENCE:
+            piece: Any = self.kvs.take_pending(rank)
+        elif kind == t.ALLGATHER:
+            piece = [rank, value]
+        elif kind == t.RING:
+            piece = value
+        else:
+            piece = None
+        epoch, actions = self.coll.contribute(kind, rank, piece)
+        self._coll_futs[(kind, epoch, rank)] = fut
+        if ring:
+            self._ring_ag[(epoch, rank)] = 1
+        self._act(actions)
+        return fut
+
+    def _act(self, actions: list[Any]) -> None:
+        for a in actions:
+            if isinstance(a, SendUp):
+                self.parent.send(t.CollIn(a.epoch, a.kind, a.data))
+            elif isinstance(a, Complete):
+                self._complete(a)
+
+    def _complete(self, c: Complete) -> None:
+        if c.kind == t.FENCE:
+            self.kvs.insert_many(c.data)
+            for r in self.local:
+                self.kvs.unsettle(r)
+        if self.children_link is not None:
+            for child, data in c.children.items():
+                self.children_link.send(child, t.CollOut(c.epoch, c.kind, data))
+        for rank, result in c.local.items():
+            fut = self._coll_futs.pop((c.kind, c.epoch, rank), None)
+            if fut is None or fut.done():
+                continue
+            if c.kind == t.ALLGATHER and self._ring_ag.pop((c.epoch, rank), None):
+                n = self.size
+                result = [result[(rank - 1) % n], result[(rank + 1) % n]]
+            fut.set_result(result if c.kind in (t.ALLGATHER, t.RING) else None)
+
+    def fail_collectives(self, why: str) -> None:
+        for fut in self._coll_futs.values():
+            if not fut.done():
+                fut.set_exception(RankFailed(why))
+        self._coll_futs.clear()
+        for fut in self._reqs.values():
+            if not fut.done():
+                fut.set_exception(RankFailed(why))
+        self._reqs.clear()
+        self.kvs.fail_waiters()
+
+    # ------------------------------------------------------------------ tree messages
+    def _route(self, dst: int, msg: t.Msg) -> None:
+        if dst == self.vertex:
+            self.from_tree(msg)
+            return
+        hop = self.tree.route(self.vertex, dst)
+        if hop == self.tree.parent(self.vertex):
+            self.parent.send(msg)
+        elif self.children_link is not None:
+            self.children_link.send(hop, msg)
+
+    def from_parent(self, msg: t.Msg) -> None:
+        """A message that came down the tree."""
+        if isinstance(msg, t.CollOut):
+            self._act(self.coll.result_in(msg.epoch, msg.kind, msg.data))
+        elif isinstance(msg, t.Kill):
+            self.kill(msg.reason, msg.grace)
+        elif isinstance(msg, t.Signal):
+            self._down_all(msg)
+            if self.guardian is not None:
+                self.guardian.signal(msg.signum)
+        else:
+            self.from_tree(msg)
+
+    def from_child(self, child: int, msg: t.Msg) -> None:
+        """A message that came up from child agent ``child``."""
+        if isinstance(msg, t.CollIn):
+            self._act(self.coll.child_in(child, msg.epoch, msg.kind, msg.data))
+        elif isinstance(msg, t.Done):
+            self._children_done.add(child)
+            self._check_done()
+        elif isinstance(msg, t.NameReq):
+            self._name_req(msg)
+        elif isinstance(msg, (t.Output, t.Exits, t.Abort, t.AgentError, t.AgentGone,
+                              t.Started, t.StdinAck)):
+            self.parent.send(msg)
+        else:
+            self.from_tree(msg)
+
+    def from_tree(self, msg: t.Msg) -> None:
+        """Routed messages, wherever they came from."""
+        if isinstance(msg, t.GetReq):
+            if msg.dst != self.vertex:
+                self._route(msg.dst, msg)
+                return
+            got = self.kvs.wait_for(msg.rank, msg.key)
+            got.add_done_callback(lambda f, m=msg: self._route(
+                m.origin, t.GetResp(m.req, m.origin, f.result() is not None, f.result() or b"")))
+        elif isinstance(msg, (t.GetResp, t.NameResp)):
+            if msg.dst != self.vertex:
+                self._route(msg.dst, msg)
+                return
+            fut = self._reqs.pop(msg.req, None)
+            if fut is None or fut.done():
+                return
+            if isinstance(msg, t.GetResp):
+                if msg.found:
+                    fut.set_result(msg.value)
+                else:
+                    fut.set_result(None)
+            else:
+                fut.set_result((msg.ok, msg.port))
+        elif isinstance(msg, t.Stdin):
+            if msg.dst != self.vertex:
+                self._route(msg.dst, msg)
+            else:
+                self._stdin(msg.data, msg.eof)
+        else:
+            log.warning("agent %d: unexpected %s", self.vertex, type(msg).__name__)
+
+    def _down_all(self, msg: t.Msg) -> None:
+        if self.children_link is not None:
+            for c in self.children:
+                self.children_link.send(c, msg)
+
+    # ------------------------------------------------------------------ stdin
+    def _stdin(self, data: bytes, eof: bool) -> None:
+        proc = self.ranks.get(0)
+        if proc is None or proc.stdin_fd < 0:
+            if data:
+                self.parent.send(t.StdinAck(len(data)))  # nobody to read it: drop, keep credit flowing
+            return
+        self._stdin_buf = getattr(self, "_stdin_buf", b"") + data
+        self._stdin_eof = eof
+        self._stdin_write(proc)
+
+    def _stdin_write(self, proc: RankProc) -> None:
+        fd = proc.stdin_fd
+        if fd < 0:
+            return
+        buf: bytes = self._stdin_buf
+        written = 0
+        try:
+            while buf:
+                n = os.write(fd, buf)
+                written += n
+                buf = buf[n:]
+        except BlockingIOError:
+            pass
+        except OSError:  # rank 0 closed its stdin: drop the rest
+            written += len(buf)
+            buf = b""
+        self._stdin_buf = buf
+        if written:
+            self.parent.send(t.StdinAck(written))
+        self.loop.remove_writer(fd)
+        if buf:
+            self.loop.add_writer(fd, self._stdin_write, proc)
+        elif self._stdin_eof:
+            os.close(fd)
+            proc.stdin_fd = -1
+
+    # ------------------------------------------------------------------ ending
+    def kill(self, reason: str, grace: float) -> None:
+        """SIGTERM every rank of the subtree, SIGKILL after ``grace`` seconds."""
+        first = not self._killing
+        self._killing = True
+        self._down_all(t.Kill(reason, grace))
+        if first:
+            log.debug("agent %d: killing ranks: %s", self.vertex, reason)
+        self.fail_collectives(reason)
+        if self.guardian is None:
+            return
+        if grace <= 0:
+            self.guardian.kill_all()
+            return
+        self.guardian.signal(signal.SIGTERM)
+        if first:
+            self.loop.call_later(grace, self._kill_hard)
+
+    def _kill_hard(self) -> None:
+        if self.guardian is not None and any(p.status is None for p in self.ranks.values()
+                                             if p.pid):
+            self.guardian.kill_all()
+
+    def close(self) -> None:
+        """Release everything; ranks still alive are killed. Idempotent."""
+        for t_ in list(self._tasks):
+            t_.cancel()
+        for proc in self.ranks.values():
+            for fd in proc.fds.values():
+                with contextlib.suppress(ValueError, OSError):
+                    self.loop.remove_reader(fd)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            proc.fds.clear()
+            if proc.stdin_fd >= 0:
+                with contextlib.suppress(ValueError, OSError):
+                    self.loop.remove_writer(proc.stdin_fd)
+                os.close(proc.stdin_fd)
+                proc.stdin_fd = -1
+            if proc.session is not None and proc.session.transport is not None:
+                proc.session.transport.abort()
+        if self.guardian is not None:
+            if any(p.status is None and p.pid for p in self.ranks.values()):
+                self.guardian.kill_all()
+            self.guardian.release()
+            self.guardian = None
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
+        for cb in self.on_close:
+            with contextlib.suppress(Exception):
+                cb()
+        self.on_close.clear()
+
+
+def now() -> float:
+    return time.monotonic()

@@ -1,0 +1,34 @@
+"""Start agents on this machine with fork/exec (``--local-nodes`` and single hosts)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from pm.agent.spawn import spawn
+from pm.bootstrap.base import AgentConfig, Bootstrap, agent_command
+
+
+def start_with_stdin(argv: list[str], config: AgentConfig, env: dict[str, str] | None = None
+                     ) -> tuple[int, int]:
+    """Spawn ``argv`` with a pipe on stdin carrying the config as its first line."""
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    try:
+        # The agent's stdout must never mix with the job's output: point it at our stderr.
+        pid = spawn(argv[0], argv, env if env is not None else dict(os.environ),
+                    fds={0: rfd, 1: 2, 2: 2})
+    finally:
+        os.close(rfd)
+    os.write(wfd, json.dumps(config.to_wire()).encode() + b"\n")
+    return pid, wfd
+
+
+class LocalBootstrap(Bootstrap):
+    name = "local"
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+
+    def start(self, host: str, config: AgentConfig) -> tuple[int, int]:
+        return start_with_stdin(agent_command(self.options.get("python")), config)

@@ -1,0 +1,275 @@
+"""``pmrun``: the command line.  Parses Hydra-style options into a JobSpec and
+runs it through :class:`pm.head.JobRun` (the same path as ``pm.run``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+from pm.jobspec import AppSpec, JobSpec
+
+USAGE = """\
+usage: pmrun [options] prog [args...] [: [options] prog2 [args...] ...]
+
+Start the ranks of a parallel job through a tree of node agents and serve them
+PMI (PMI-1 and PMI-2 wire protocols for unmodified MPICH and Intel MPI, and
+pmrun's own protocol for Python ranks using pm.client).
+
+Ranks and placement:
+  -n, -np N               number of ranks of the program (default 1)
+  -ppn N                  ranks per node (fills each node with N ranks, then wraps)
+  -hosts H1,H2[:SLOTS]    hosts to run on; node[01-04] ranges are expanded
+  -f, --hostfile FILE     hosts from FILE ("host", "host:4" or "host slots=4" per line)
+  --local-nodes N         run N node agents on this machine, each acting as a separate
+                          node with its own KVS (to try and test the tree on one host)
+  --fanout K              width of the agent tree (default 32)
+
+Environment:
+  -genv NAME VALUE        set NAME=VALUE for every rank
+  -env NAME VALUE         set NAME=VALUE for this program's ranks (MPMD section)
+  -genvall                pass the whole environment on (default)
+  -genvnone               pass nothing but -genv/-env (and PATH, HOME, USER, LANG, TERM)
+  -genvlist A,B           pass only these variables
+  -wdir DIR               working directory of the ranks
+
+Output and control:
+  -l, --label             prefix every output line with [rank]
+  --timeout SECONDS       kill the job after SECONDS (exit status 124); also MPIEXEC_TIMEOUT
+  --kvs shm|socket        how ranks using pm.client read the node's KVS (default shm)
+  -v, --verbose           say what pmrun does (twice: debug)
+  --version               print the version and exit
+  -h, --help              show this help and exit
+
+Exit status: 0 if every rank exited 0; else the status of the first rank that failed
+(128+N for signal N, the code given to MPI_Abort); 124 on --timeout; 255 when pmrun
+itself could not run the job (a node was lost, an agent failed to start).
+Ctrl-C is forwarded to every rank; a second Ctrl-C kills the job at once.
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class CliOptions:
+    spec: JobSpec
+    hosts: str | None = None
+    hostfile: str | None = None
+    local_nodes: int | None = None
+    fanout: int = 32
+    verbose: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+_GLOBAL_VALUE = {
+    "-ppn": "ppn", "-hosts": "hosts", "-host": "hosts", "-f": "hostfile", "-hostfile": "hostfile",
+    "--hostfile": "hostfile", "--local-nodes": "local_nodes", "--fanout": "fanout",
+    "--timeout": "timeout", "-timeout": "timeout", "--kvs": "kvs", "-genvlist": "genvlist",
+    "--bind-to": "bind_to", "-bind-to": "bind_to", "--map-by": "map_by", "-map-by": "map_by",
+    "--profile": "profile", "--launcher": "launcher", "-launcher": "launcher",
+}
+_FLAGS = {
+    "-l": "label", "--label": "label", "-prepend-rank": "label", "-genvall": "genvall",
+    "-genvnone": "genvnone", "-v": "verbose", "--verbose": "verbose", "-verbose": "verbose",
+    "--report-bindings": "report_bindings",
+}
+
+
+def _int(text: str, opt: str, minimum: int = 1) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{opt} takes a whole number, not {text!r}") from None
+    if value < minimum:
+        raise UsageError(f"{opt} must be at least {minimum}")
+    return value
+
+
+def parse(argv: list[str]) -> CliOptions:
+    """argv (without the program name) -> options. Raises UsageError."""
+    spec = JobSpec(apps=[])
+    opts = CliOptions(spec)
+    i = 0
+    app = AppSpec([])
+
+    def value(opt: str) -> str:
+        nonlocal i
+        if i + 1 >= len(argv):
+            raise UsageError(f"{opt} needs a value")
+        i += 1
+        return argv[i]
+
+    while i < len(argv):
+        arg = argv[i]
+        if arg == ":":
+            raise UsageError("':' must follow a program")
+        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if not arg.startswith("-") or arg == "-":
+            # The program and its arguments, up to a ':' section separator.
+            j = i
+            while j < len(argv) and argv[j] != ":":
+                j += 1
+            app.argv = argv[i:j]
+            spec.apps.append(app)
+            app = AppSpec([])
+            i = j + 1
+            if j < len(argv) and j + 1 >= len(argv):
+                raise UsageError("nothing after ':'")
+            continue
+        get = (lambda o: inline) if eq else value  # noqa: E731
+        if name in ("-h", "--help", "-help"):
+            raise SystemExit(_print(USAGE, 0))
+        if name in ("--version", "-version"):
+            from pm import __version__
+
+            raise SystemExit(_print(f"pmrun {__version__}\n", 0))
+        if name in ("-n", "-np", "--np"):
+            app.n = _int(get(name), name)
+        elif name in ("-genv", "-env"):
+            var = get(name)
+            val = value(name)
+            (spec.genv if name == "-genv" else app.env)[var] = val
+        elif name in ("-wdir", "--wdir", "-dir"):
+            w = get(name)
+            if not os.path.isdir(w):
+                raise UsageError(f"-wdir {w}: no such directory")
+            app.wdir = os.path.abspath(w)
+        elif name in _FLAGS:
+            key = _FLAGS[name]
+            if key == "label":
+                spec.label = True
+            elif key == "genvall":
+                spec.env_mode = "all"
+            elif key == "genvnone":
+                spec.env_mode = "none"
+            elif key == "verbose":
+                opts.verbose += 1
+            elif key == "report_bindings":
+                spec.report_bindings = True
+        elif name in _GLOBAL_VALUE:
+            key, val = _GLOBAL_VALUE[name], get(name)
+            if key == "ppn":
+                spec.ppn = _int(val, name)
+            elif key == "hosts":
+                opts.hosts = val
+            elif key == "hostfile":
+                opts.hostfile = val
+            elif key == "local_nodes":
+                opts.local_nodes = _int(val, name)
+            elif key == "fanout":
+                opts.fanout = _int(val, name)
+            elif key == "timeout":
+                try:
+                    spec.timeout = float(val)
+                except ValueError:
+                    raise UsageError(f"{name} takes seconds, not {val!r}") from None
+            elif key == "kvs":
+                spec.kvs = val
+            elif key == "genvlist":
+                spec.env_mode = "list"
+                spec.genvlist = [v for v in val.split(",") if v]
+            elif key == "bind_to":
+                spec.bind_to = val
+            elif key == "map_by":
+                spec.map_by = val
+            elif key == "profile":
+                spec.profile = val
+            else:
+                opts.extra[key] = val
+        else:
+            raise UsageError(f"unknown option {arg} (see pmrun --help)")
+        i += 1
+    if not spec.apps:
+        raise UsageError("no program given (see pmrun --help)")
+    if spec.timeout is None and os.environ.get("MPIEXEC_TIMEOUT"):
+        spec.timeout = float(os.environ["MPIEXEC_TIMEOUT"])
+    return opts
+
+
+def _print(text: str, code: int) -> int:
+    sys.stdout.write(text)
+    return code
+
+
+def nodes_of(opts: CliOptions) -> object:
+    from pm.head import Nodes
+
+    if opts.hosts or opts.hostfile:
+        from pm.hostlist import parse_hostfile, parse_hosts_option
+
+        if opts.hostfile:
+            with open(opts.hostfile) as f:
+                entries = parse_hostfile(f.read())
+        else:
+            entries = parse_hosts_option(opts.hosts or "")
+        if opts.local_nodes:
+            raise UsageError("--local-nodes and -hosts/-f do not go together")
+        launcher = opts.extra.get("launcher", "local")
+        return Nodes([e.host for e in entries], [e.slots for e in entries], opts.fanout,
+                     {"name": launcher})
+    return Nodes.local(opts.local_nodes or 1, opts.fanout)
+
+
+async def _main(opts: CliOptions) -> int:
+    import asyncio
+    import signal
+
+    from pm.head import JobRun, Nodes, stdin_for_job
+
+    nodes = nodes_of(opts)
+    assert isinstance(nodes, Nodes)
+    job = JobRun(opts.spec, nodes, stdin=stdin_for_job(), verbose=opts.verbose > 0)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, job.interrupt, sig)
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        loop.add_signal_handler(sig, job.signal, sig)
+    await job.start()
+    result = await job.wait()
+    if opts.verbose:
+        import logging
+
+        logging.getLogger("pm").info("kvs bytes on node 0: %s", result.stats.get("kvs_bytes"))
+    return result.returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        opts = parse(args)
+        opts.spec.validate()
+    except UsageError as exc:
+        sys.stderr.write(f"pmrun: {exc}\n")
+        return 2
+    except Exception as exc:  # JobSpecError, HostlistError: the user's input
+        from pm.proto.errors import PMError
+
+        if isinstance(exc, PMError):
+            sys.stderr.write(f"pmrun: {exc}\n")
+            return 2
+        raise
+    level = logging.WARNING if not opts.verbose else (
+        logging.INFO if opts.verbose == 1 else logging.DEBUG)
+    logging.basicConfig(format="pmrun: %(message)s", level=level)
+    from pm.agent.spawn import raise_fd_limit
+
+    raise_fd_limit()
+    try:
+        import uvloop
+
+        return int(uvloop.run(_main(opts)))
+    except ImportError:
+        import asyncio
+
+        return int(asyncio.run(_main(opts)))
+    except UsageError as exc:
+        sys.stderr.write(f"pmrun: {exc}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""The head: root of the tree, writer of the job's output, judge of its exit status.
+
+:class:`JobRun` is the one code path behind ``pmrun`` and ``pm.run``/``pm.Cluster``.
+It builds the :class:`JobPlan`, runs vertex 0's agent in its own process (no
+extra interpreter start-up for a single-node job), has that agent start the
+rest of the tree, and turns what comes up the tree into output and a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pm.agent.node import JobAgent
+from pm.agent.spawn import ExitStatus
+from pm.jobspec import JobPlan, JobSpec, new_job_id, sequence_slots
+from pm.mapping import place, process_mapping
+from pm.output import Writer
+from pm.proto import tree as t
+
+log = logging.getLogger("pm")
+
+#: Seconds between SIGTERM and SIGKILL when a job is torn down.
+KILL_GRACE = 2.0
+#: Exit status of pmrun when the job timed out (as timeout(1)) or the launcher itself failed.
+EXIT_TIMEOUT = 124
+EXIT_LAUNCHER = 255
+STDIN_WINDOW = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class RankResult:
+    rank: int
+    node: int
+    code: int
+    signal: int
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0 and self.signal == 0 and not self.reason
+
+
+@dataclass(slots=True)
+class JobResult:
+    """How a job ended: ``returncode`` is what ``pmrun`` exits with."""
+
+    returncode: int
+    ranks: dict[int, RankResult] = field(default_factory=dict)
+    cause: str | None = None
+    stats: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def exit_codes(self) -> list[int]:
+        """Per-rank exit status as a shell reports it (128 + signal when killed)."""
+        return [
+            (128 + r.signal if r.signal else r.code) if (r := self.ranks.get(i)) else -1
+            for i in range(len(self.ranks))
+        ]
+
+
+@dataclass(slots=True)
+class Nodes:
+    """Where the job runs: one entry per node agent."""
+
+    hosts: list[str]
+    slots: list[int | None]
+    fanout: int = 32
+    bootstrap: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def local(cls, count: int = 1, fanout: int = 32) -> Nodes:
+        host = socket.gethostname()
+        return cls([host] * count, [None] * count, fanout, {"name": "local"})
+
+
+OutputSink = Callable[[int, int, bytes], None]
+
+
+class JobRun:
+    """One job through the tree. ``start()``, then ``wait()``; ``signal``/``kill`` any time."""
+
+    def __init__(self, spec: JobSpec, nodes: Nodes, *, sink: OutputSink | None = None,
+                 stdin: int | None = None, verbose: bool = False) -> None:
+        spec.validate()
+        self.spec = spec
+        self.nodes = nodes
+        self.writer = Writer(spec.label) if sink is None else None
+        self.sink = sink
+        self.stdin_fd = stdin
+        self.verbose = verbose
+        self.loop = asyncio.get_running_loop()
+        self.secret = secrets.token_bytes(32)
+        job_id = new_job_id()
+        slots = sequence_slots(spec, len(nodes.hosts), nodes.slots)
+        node_of_rank = place(spec.size, slots)
+        used = max(node_of_rank) + 1
+        self.plan = JobPlan(
+            job_id=job_id, kvsname=f"kvs_{job_id}", size=spec.size,
+            hosts=nodes.hosts[:used], slots=slots[:used], fanout=max(1, nodes.fanout),
+            apps=[[a.argv, a.n, a.env, a.wdir or spec.wdir] for a in spec.apps],
+            env=spec.base_env(), mapping=process_mapping(node_of_rank),
+            label=spec.label, kvs=spec.kvs, bind_to=spec.bind_to, map_by=spec.map_by,
+            report_bindings=spec.report_bindings, timeout=spec.timeout,
+            profile=spec.profile is not None, bootstrap=dict(nodes.bootstrap),
+        )
+        self.ranks: dict[int, RankResult] = {}
+        self.cause: str | None = None
+        self.returncode: int | None = None
+        self.finished = self.loop.create_future()
+        self.agent: JobAgent | None = None
+        self.children: object | None = None
+        self._interrupts = 0
+        self._killing = False
+        self._stdin_credit = STDIN_WINDOW
+        self._stdin_dst = self.plan.hosts and place(spec.size, self.plan.slots)[0]
+        self._stdin_reading = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.started_at = time.monotonic()
+        self.stats: dict[str, object] = {}
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        plan = self.plan
+        agent = JobAgent(plan, 0, self, host=plan.hosts[0])
+        self.agent = agent
+        if self.spec.timeout:
+            self._timer = self.loop.call_later(self.spec.timeout, self._timed_out)
+        children = None
+        if agent.children:
+            from pm.agent.children import Children
+
+            children = Children(agent, self.secret)
+            agent.children_link = children
+            self.children = children
+            children.spawn_all()
+        agent.start_ranks()
+        if children is not None:
+            try:
+                await children.join(time.monotonic() + float(plan.bootstrap.get("join_timeout", 60)))
+            except Exception as exc:
+                self._fail(str(exc), EXIT_LAUNCHER)
+        self._start_stdin()
+        log.info("job %s: %d ranks on %d nodes, fanout %d", plan.job_id, plan.size,
+                 len(plan.hosts), plan.fanout)
+
+    async def wait(self) -> JobResult:
+        try:
+            await self.finished
+        finally:
+            await self.aclose()
+        code = self.returncode if self.returncode is not None else 0
+        return JobResult(code, dict(sorted(self.ranks.items())), self.cause, self.stats)
+
+    async def aclose(self) -> None:
+        """Tear everything down (idempotent): ranks, agents, pipes."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._stop_stdin()
+        if self.agent is not None:
+            if not self.finished.done():
+                self.agent.kill("launcher closing", 0)
+            self.agent.close()
+        children = self.children
+        if children is not None:
+            from pm.agent.children import Children
+
+            assert isinstance(children, Children)
+            for v in children.agent.children:
+                children.send(v, t.Shutdown("job over"))
+            children.close()
+            await children.wait_exit(5.0)
+            self.children = None
+
+    # ------------------------------------------------------------ control
+    def signal(self, signum: int) -> None:
+        """Forward ``signum`` to every rank."""
+        if self.agent is not None:
+            self.agent.from_parent(t.Signal(signum))
+
+    def interrupt(self, signum: int) -> None:
+        """Ctrl-C / SIGTERM to the launcher: forward once, kill at once the second time."""
+        self._interrupts += 1
+        if self._interrupts == 1:
+            log.warning("forwarding %s to all ranks (again to kill them)",
+                        signal.Signals(signum).name)
+            self.signal(signum)
+        else:
+            self._fail("interrupted twice: killing the job", 128 + signum, grace=0)
+
+    def kill(self, reason: str = "killed by the user") -> None:
+        self._fail(reason, EXIT_LAUNCHER)
+
+    def _timed_out(self) -> None:
+        self._fail(f"job timed out after {self.spec.timeout:g} s", EXIT_TIMEOUT)
+
+    def _fail(self, cause: str, code: int, grace: float = KILL_GRACE) -> None:
+        """The first failure names the cause and fixes the exit code; all fail the job."""
+        if self.cause is None:
+            self.cause = cause
+            self.returncode = code
+            log.error("%s", cause)
+        if grace <= 0 or not self._killing:
+            self._killing = True
+            if self.agent is not None:
+                self.agent.kill(cause, grace)
+
+    # ------------------------------------------------------------ Uplink (from vertex 0)
+    def send(self, msg: t.Msg) -> None:
+        if isinstance(msg, t.Output):
+            for rank, stream, data in msg.items:
+                if self.sink is not None:
+                    self.sink(rank, stream, data)
+                elif self.writer is not None:
+                    self.writer.write(rank, stream, data)
+        elif isinstance(msg, t.Exits):
+            for rank, vertex, code, sig, reason in msg.items:
+                self._rank_ended(RankResult(rank, vertex, code, sig, reason))
+        elif isinstance(msg, t.Abort):
+            host = self.plan.hosts[msg.vertex]
+            text = f" ({msg.message})" if msg.message else ""
+            self._fail(f"rank {msg.rank} (node {msg.vertex}, {host}) called abort with "
+                       f"code {msg.code}{text}", msg.code)
+        elif isinstance(msg, t.Done):
+            self.stats.update(msg.stats)
+            if not self.finished.done():
+                self.finished.set_result(None)
+        elif isinstance(msg, (t.AgentGone, t.AgentError)):
+            what = msg.text
+            self._fail(f"node {msg.vertex} ({msg.host}) lost: {what}", EXIT_LAUNCHER)
+            # Ranks of a lost node will never report: the job ends when the rest has.
+            self._forget_node(msg.vertex)
+        elif isinstance(msg, t.StdinAck):
+            self._stdin_credit += msg.nbytes
+            self._start_stdin()
+        elif isinstance(msg, t.Started):
+            pass
+        else:
+            log.debug("head: ignored %s", type(msg).__name__)
+
+    def _forget_node(self, vertex: int) -> None:
+        agent = self.agent
+        if agent is None:
+            return
+        for v in agent.tree.subtree(vertex):
+            for rank, node in enumerate(agent.node_of_rank):
+                if node == v and rank not in self.ranks:
+                    self.ranks[rank] = RankResult(rank, v, -1, 0, "node lost")
+        # Let the subtree count as done so the job can finish.
+        while vertex not in agent.children:
+            parent = agent.tree.parent(vertex)
+            if parent is None:
+                return
+            vertex = parent
+        agent.from_child(vertex, t.Done(vertex, {}))
+
+    def _rank_ended(self, r: RankResult) -> None:
+        self.ranks[r.rank] = r
+        if r.ok or self._killing:
+            return
+        host = self.plan.hosts[r.node]
+        where = f"rank {r.rank} (node {r.node}, {host})"
+        if r.reason and r.code in (-1, 1) and not r.signal:
+            self._fail(f"{where} {r.reason}", 1)
+        elif r.reason:
+            self._fail(f"{where} {r.reason}", r.code if r.code > 0 else 1)
+        else:
+            status = ExitStatus(r.code, r.signal)
+            self._fail(f"{where} {status.describe()}", status.shell_code)
+
+    # ------------------------------------------------------------ stdin to rank 0
+    def _start_stdin(self) -> None:
+        fd = self.stdin_fd
+        if fd is None or self._stdin_reading or self._stdin_credit <= 0 or self.agent is None:
+            return
+        self._stdin_reading = True
+        try:
+            self.loop.add_reader(fd, self._read_stdin)
+        except (PermissionError, OSError):
+            # A regular file cannot be polled; it never blocks either.
+            self._stdin_reading = False
+            self.loop.call_soon(self._read_stdin)
+
+    def _stop_stdin(self) -> None:
+        if self._stdin_reading and self.stdin_fd is not None:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self.stdin_fd)
+        self._stdin_reading = False
+
+    def _read_stdin(self) -> None:
+        fd = self.stdin_fd
+        if fd is None or self.agent is None:
+            return
+        try:
+            data = os.read(fd, min(65536, self._stdin_credit))
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        dst = int(self._stdin_dst or 0)
+        if not data:
+            self._stop_stdin()
+            self.stdin_fd = None
+            self.agent.from_tree(t.Stdin(dst, b"", True))
+            return
+        self._stdin_credit -= len(data)
+        self.agent.from_tree(t.Stdin(dst, data, False))
+        if self._stdin_credit <= 0:
+            self._stop_stdin()
+        elif not self._stdin_reading:
+            self.loop.call_soon(self._read_stdin)
+
+
+def stdin_for_job() -> int | None:
+    """Our stdin, if there is one worth forwarding to rank 0."""
+    try:
+        st = os.fstat(0)
+    except OSError:
+        return None
+    if stat.S_ISCHR(st.st_mode) and not os.isatty(0):
+        return None  # /dev/null and the like
+    return 0

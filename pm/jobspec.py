@@ -1,0 +1,153 @@
+"""What the user asked for (JobSpec) and what the tree executes (JobPlan)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pm.proto.errors import PMError
+
+
+class JobSpecError(PMError, ValueError):
+    """The job cannot be run as described (no program, more ranks than allowed, ...)."""
+
+
+#: Never passed on to ranks: they would make MPI pick the wrong PMI or mis-place ranks.
+_ENV_DROP_PREFIXES = ("PMI_", "PMIX_", "PMI2_", "SLURM_", "OMPI_", "PRTE_", "HYDRA_", "HYDI_")
+_ENV_DROP = frozenset({"MPI_LOCALRANKID", "MPI_LOCALNRANKS", "I_MPI_PMI_LIBRARY", "PM_SECRET"})
+
+
+def filter_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The part of an environment that may be propagated to ranks."""
+    return {
+        k: v
+        for k, v in env.items()
+        if k not in _ENV_DROP and not k.startswith(_ENV_DROP_PREFIXES)
+    }
+
+
+@dataclass(slots=True)
+class AppSpec:
+    """One program of an (MPMD) job: ``argv`` on ``n`` ranks."""
+
+    argv: list[str]
+    n: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    wdir: str | None = None
+
+
+@dataclass(slots=True)
+class JobSpec:
+    """A job as the user describes it (CLI or ``pm.run``)."""
+
+    apps: list[AppSpec]
+    genv: dict[str, str] = field(default_factory=dict)
+    #: "all": propagate the launcher's environment (Hydra's -genvall, the default);
+    #: "none": only what -genv/-env set (plus PATH and HOME); "list": genvlist only.
+    env_mode: str = "all"
+    genvlist: list[str] = field(default_factory=list)
+    wdir: str | None = None
+    label: bool = False
+    timeout: float | None = None
+    ppn: int | None = None
+    kvs: str = "shm"
+    bind_to: str = "none"
+    map_by: str = "core"
+    report_bindings: bool = False
+    profile: str | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(a.n for a in self.apps)
+
+    def validate(self) -> None:
+        if not self.apps:
+            raise JobSpecError("no program to run")
+        for i, app in enumerate(self.apps):
+            if not app.argv:
+                raise JobSpecError(f"program {i} has no command")
+            if app.n < 1:
+                raise JobSpecError(f"program {app.argv[0]}: -n must be at least 1, got {app.n}")
+        if self.env_mode not in ("all", "none", "list"):
+            raise JobSpecError(f"bad environment mode {self.env_mode!r}")
+        if self.kvs not in ("shm", "socket"):
+            raise JobSpecError(f"--kvs takes shm or socket, not {self.kvs!r}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise JobSpecError("--timeout must be positive")
+
+    def base_env(self, launcher_env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment every rank starts from, before per-app and per-rank variables."""
+        src = os.environ if launcher_env is None else launcher_env
+        if self.env_mode == "all":
+            env = filter_env(src)
+        else:
+            keep = ("PATH", "HOME", "USER", "LANG", "TERM") if self.env_mode == "none" else ()
+            env = {k: src[k] for k in (*keep, *self.genvlist) if k in src}
+        env.update(self.genv)
+        return env
+
+
+@dataclass(slots=True)
+class JobPlan:
+    """Everything an agent needs to run its part of a job; travels in ``Launch``."""
+
+    job_id: str
+    kvsname: str
+    size: int
+    #: One entry per node (tree vertex): host name, and how many ranks it may take per pass.
+    hosts: list[str]
+    slots: list[int]
+    fanout: int
+    #: [argv, n, env, wdir] per app; ranks are numbered app after app.
+    apps: list[list[Any]]
+    env: dict[str, str]
+    mapping: str
+    label: bool = False
+    kvs: str = "shm"
+    bind_to: str = "none"
+    map_by: str = "core"
+    report_bindings: bool = False
+    timeout: float | None = None
+    profile: bool = False
+    #: How child agents are started: bootstrap name and its options.
+    bootstrap: dict[str, Any] = field(default_factory=dict)
+    #: Ranks emulated in-process per agent (0: real processes).
+    sim_ranks: int = 0
+    sim: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> JobPlan:
+        return cls(**d)
+
+    def app_of_rank(self, rank: int) -> int:
+        first = 0
+        for i, app in enumerate(self.apps):
+            first += app[1]
+            if rank < first:
+                return i
+        raise IndexError(rank)
+
+
+def new_job_id() -> str:
+    """A job id unique on the machine and across machines (MPICH names shm after the kvsname)."""
+    host = socket.gethostname().split(".")[0].replace("_", "-")[:16]
+    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def sequence_slots(spec: JobSpec, nodes: int, given: Sequence[int | None]) -> list[int]:
+    """Slots per node: -ppn wins, then the host list's slots, else an even block split."""
+    if spec.ppn is not None:
+        if spec.ppn < 1:
+            raise JobSpecError("-ppn must be at least 1")
+        return [spec.ppn] * nodes
+    if given and all(s is not None for s in given):
+        return [int(s) for s in given]  # type: ignore[arg-type]
+    per = -(-spec.size // nodes)  # ceil: block distribution over the nodes
+    return [int(s) if s is not None else per for s in (given or [None] * nodes)]

@@ -1,0 +1,279 @@
+"""Messages between the head and the node agents (msgpack, sans-IO).
+
+Every message is a frozen, slotted dataclass with a small integer ``op``; on
+the wire it is the msgpack array ``[op, field1, field2, ...]``.  Frames on a
+tree link are authenticated: ``mac(16 bytes) || payload`` where mac is the
+truncated HMAC-SHA256 of the payload under the job's secret (see
+:func:`seal`/:func:`unseal`).  Nothing else in pmrun builds these frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgpack
+
+from pm.proto.errors import AuthError, ProtocolError
+
+MAC_LEN = 16
+PROTOCOL_VERSION = 1
+
+
+class Msg:
+    """Base of all tree messages; subclasses register their ``op``."""
+
+    __slots__ = ()
+    op: ClassVar[int]
+    _by_op: ClassVar[dict[int, type[Msg]]] = {}
+    _nfields: ClassVar[int]
+
+    def __init_subclass__(cls, op: int = -1, **kw: Any) -> None:
+        # @dataclass(slots=True) builds a new class after this runs: the
+        # registry is filled at the end of the module from the final classes.
+        super().__init_subclass__(**kw)
+        if op >= 0:
+            cls.op = op
+
+    def fields(self) -> list[Any]:
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+
+
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Msg, op=1):
+    """First message of an agent on its link to its parent."""
+
+    vertex: int
+    host: str
+    pid: int
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Launch(Msg, op=2):
+    """The job plan (pm.jobspec.JobPlan as a dict): start your subtree and your ranks."""
+
+    plan: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Started(Msg, op=3):
+    """A whole subtree has spawned its ranks (``ranks`` of them, on ``vertices`` agents)."""
+
+    vertex: int
+    vertices: int
+    ranks: int
+    timeline: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CollIn(Msg, op=4):
+    """A subtree's contribution to collective ``epoch`` (one per agent per collective)."""
+
+    epoch: int
+    kind: int
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class CollOut(Msg, op=5):
+    """The result of collective ``epoch``, sent down once per agent."""
+
+    epoch: int
+    kind: int
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Output(Msg, op=6):
+    """Complete lines (or a last partial line at EOF): ``[[rank, stream, bytes], ...]``."""
+
+    items: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Stdin(Msg, op=7):
+    """Bytes for rank 0's stdin, routed to vertex ``dst``; ``eof`` closes it."""
+
+    dst: int
+    data: bytes
+    eof: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StdinAck(Msg, op=8):
+    """Rank 0's stdin took ``nbytes`` more: the head may send that much again."""
+
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Exits(Msg, op=9):
+    """Ranks that ended: ``[[rank, vertex, code, signal, reason], ...]``.
+
+    ``code`` is the exit status (or -1), ``signal`` the killing signal (or 0),
+    ``reason`` empty for an ordinary exit, else what went wrong first
+    ("exited before PMI finalize", "spawn failed: ...").
+    """
+
+    items: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Abort(Msg, op=10):
+    """A rank asked to abort the job (PMI abort / MPI_Abort)."""
+
+    rank: int
+    vertex: int
+    code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Signal(Msg, op=11):
+    """Deliver signal ``signum`` to every rank."""
+
+    signum: int
+
+
+@dataclass(frozen=True, slots=True)
+class Kill(Msg, op=12):
+    """End the job now: SIGTERM, grace, SIGKILL every rank; ``reason`` is logged."""
+
+    reason: str
+    grace: float
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Msg, op=13):
+    """Every rank of the subtree rooted at ``vertex`` has ended and been reported."""
+
+    vertex: int
+    stats: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GetReq(Msg, op=14):
+    """Direct get: ask vertex ``dst`` for the value ``rank`` put under ``key``."""
+
+    req: int
+    origin: int
+    dst: int
+    key: bytes
+    rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetResp(Msg, op=15):
+    """Answer to :class:`GetReq`: ``found`` False means the rank will never put it."""
+
+    req: int
+    dst: int
+    found: bool
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NameReq(Msg, op=16):
+    """publish / unpublish / lookup of a service name (served by the root)."""
+
+    req: int
+    origin: int
+    action: str
+    service: str
+    port: str
+
+
+@dataclass(frozen=True, slots=True)
+class NameResp(Msg, op=17):
+    req: int
+    dst: int
+    ok: bool
+    port: str
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Msg, op=18):
+    vertex: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown(Msg, op=19):
+    """The job is over: clean up and exit."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentError(Msg, op=20):
+    """Something an agent could not do (bootstrap a child, bind, ...): fatal for the job."""
+
+    vertex: int
+    host: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentGone(Msg, op=21):
+    """An agent below reports that its child ``vertex`` (on ``host``) was lost."""
+
+    vertex: int
+    host: str
+    text: str
+
+
+def _register() -> None:
+    for obj in list(globals().values()):
+        if isinstance(obj, type) and issubclass(obj, Msg) and obj is not Msg:
+            if obj.op in Msg._by_op:
+                raise TypeError(f"tree op {obj.op} used twice")
+            Msg._by_op[obj.op] = obj
+
+
+def encode(msg: Msg) -> bytes:
+    return msgpack.packb([msg.op, *msg.fields()], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode(data: bytes | memoryview) -> Msg:
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"undecodable tree message: {exc}") from exc
+    if not isinstance(obj, list) or not obj or not isinstance(obj[0], int):
+        raise ProtocolError("tree message is not [op, ...]")
+    cls = Msg._by_op.get(obj[0])
+    if cls is None:
+        raise ProtocolError(f"unknown tree op {obj[0]}")
+    try:
+        return cls(*obj[1:])
+    except TypeError as exc:
+        raise ProtocolError(f"bad fields for {cls.__name__}: {exc}") from exc
+
+
+def seal(secret: bytes, payload: bytes) -> bytes:
+    """Prefix ``payload`` with its MAC under ``secret``."""
+    return hmac.digest(secret, payload, "sha256")[:MAC_LEN] + payload
+
+
+def unseal(secret: bytes, frame: bytes) -> bytes:
+    """Check a frame's MAC and return the payload; :class:`AuthError` if it does not match."""
+    if len(frame) < MAC_LEN:
+        raise AuthError("frame shorter than its MAC")
+    payload = frame[MAC_LEN:]
+    if not hmac.compare_digest(hmac.digest(secret, payload, "sha256")[:MAC_LEN], frame[:MAC_LEN]):
+        raise AuthError("frame MAC does not match the job secret")
+    return payload
+
+
+# Collective kinds (CollIn/CollOut.kind).
+FENCE = 1
+BARRIER = 2
+ALLGATHER = 3
+RING = 4
+
+
+_register()
