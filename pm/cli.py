@@ -33,6 +33,34 @@ Environment:
   -genvlist A,B           pass only these variables
   -wdir DIR               working directory of the ranks
 
+Multiple hosts:
+  --launcher NAME         how agents start on hosts: local, ssh, slurm, exec, persistent
+  --launcher-exec TMPL    exec launcher template, e.g. 'ip netns exec {host} {command}'
+  --ssh CMD, --user USER  ssh command and remote user for the ssh launcher
+  --ssh-limit N           at most N ssh connections starting at once (default 32)
+  --agents FILE           use running pm-agent services listed in FILE (host:port per line)
+  --iface ADDR|NAME       address or interface agents listen on for their children
+  --join-timeout S        give up when a node has not joined after S seconds (default 60)
+  --heartbeat S           a node silent for S seconds is lost (default 5)
+
+Binding and topology:
+  --bind-to TARGET        none, hwthread, core, l3cache, numa, package, user:0,1+2
+  --map-by TARGET         slot, core, numa, package
+  --report-bindings       print each rank's cpus
+  --topology              print this node's topology as the agent sees it, and exit
+
+Task ensembles (memory-controlled):
+  --tasks FILE            run one command per line of FILE over the nodes
+  --mem-per-task SIZE     memory reserved for each task (e.g. 2G); a line may say [mem=SIZE]
+  --mem-high SIZE|PCT     stop admitting work above this node memory use (default 90%)
+  --mem-low SIZE|PCT      resume admitting below this (default 80%)
+  --retries N             rerun a failed task up to N times
+  --mem-overrun ACTION    warn (default), kill or suspend a task over its declared size
+
+Start-up analysis:
+  --profile FILE          write a Chrome trace of the start-up timeline to FILE
+  --sim-ranks-per-node R  emulate R ranks per agent in-process (scale tests)
+
 Output and control:
   -l, --label             prefix every output line with [rank]
   --timeout SECONDS       kill the job after SECONDS (exit status 124); also MPIEXEC_TIMEOUT
@@ -69,11 +97,18 @@ _GLOBAL_VALUE = {
     "--timeout": "timeout", "-timeout": "timeout", "--kvs": "kvs", "-genvlist": "genvlist",
     "--bind-to": "bind_to", "-bind-to": "bind_to", "--map-by": "map_by", "-map-by": "map_by",
     "--profile": "profile", "--launcher": "launcher", "-launcher": "launcher",
+    "--launcher-exec": "launcher_exec", "-launcher-exec": "launcher_exec",
+    "--ssh": "ssh", "--user": "user", "--iface": "iface", "-iface": "iface",
+    "--agents": "agents", "--ssh-limit": "ssh_limit", "--join-timeout": "join_timeout",
+    "--heartbeat": "heartbeat",
+    "--tasks": "tasks", "--mem-per-task": "mem_per_task", "--mem-high": "mem_high",
+    "--mem-low": "mem_low", "--retries": "retries", "--mem-overrun": "mem_overrun",
+    "--sim-ranks-per-node": "sim_ranks", "--sim-value-size": "sim_value_size",
 }
 _FLAGS = {
     "-l": "label", "--label": "label", "-prepend-rank": "label", "-genvall": "genvall",
     "-genvnone": "genvnone", "-v": "verbose", "--verbose": "verbose", "-verbose": "verbose",
-    "--report-bindings": "report_bindings",
+    "--report-bindings": "report_bindings", "--topology": "topology",
 }
 
 
@@ -148,6 +183,8 @@ def parse(argv: list[str]) -> CliOptions:
                 opts.verbose += 1
             elif key == "report_bindings":
                 spec.report_bindings = True
+            else:
+                opts.extra[key] = "1"
         elif name in _GLOBAL_VALUE:
             key, val = _GLOBAL_VALUE[name], get(name)
             if key == "ppn":
@@ -181,7 +218,7 @@ def parse(argv: list[str]) -> CliOptions:
         else:
             raise UsageError(f"unknown option {arg} (see pmrun --help)")
         i += 1
-    if not spec.apps:
+    if not spec.apps and not ({"tasks", "topology"} & opts.extra.keys()):
         raise UsageError("no program given (see pmrun --help)")
     if spec.timeout is None and os.environ.get("MPIEXEC_TIMEOUT"):
         spec.timeout = float(os.environ["MPIEXEC_TIMEOUT"])
@@ -216,6 +253,16 @@ async def _main(opts: CliOptions) -> int:
     import asyncio
     import signal
 
+    if "topology" in opts.extra:
+        from pm.agent.topology import discover_async, summary
+
+        sys.stdout.write(summary(await discover_async()) + "\n")
+        return 0
+    if "tasks" in opts.extra:
+        from pm.ensemble import run_cli
+
+        return await run_cli(opts)
+
     from pm.head import JobRun, Nodes, stdin_for_job
 
     nodes = nodes_of(opts)
@@ -241,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
         opts = parse(args)
-        opts.spec.validate()
+        if opts.spec.apps:
+            opts.spec.validate()
     except UsageError as exc:
         sys.stderr.write(f"pmrun: {exc}\n")
         return 2
