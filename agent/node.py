@@ -96,6 +96,7 @@ class JobAgent:
         self._exits: list[Any] = []
         self._flush_scheduled = False
         self._children_done: set[int] = set()
+        self._child_stats: list[dict[str, Any]] = []
         self._done_sent = False
         self._killing = False
         self.guardian: Guardian | None = None
@@ -107,6 +108,8 @@ class JobAgent:
         if plan.mapping:
             self.job_attrs["PMI_process_mapping"] = plan.mapping
         self.extra_env: dict[str, str] = {}
+        #: Start-up events (wall time, vertex, rank, name, args) when profiling.
+        self.timeline: list[Any] | None = [] if plan.profile else None
         self.on_close: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ launch
@@ -117,10 +120,21 @@ class JobAgent:
             order.extend(locals_of.get(v, []))
         return order == list(range(self.size))
 
+    def mark(self, what: str, rank: int = -1, **args: Any) -> None:
+        """Record a start-up event for --profile (a no-op otherwise)."""
+        if self.timeline is not None:
+            self.timeline.append([time.time(), self.vertex, rank, what, args])
+
     def start_ranks(self) -> None:
         """Spawn every local rank (synchronously: posix_spawn is fast)."""
         if not self.local:
             self._check_done()
+            return
+        if self.plan.sim_ranks:
+            # Ranks emulated in-process (scale studies): everything but processes and sockets.
+            from pm.agent.sim import start_sim
+
+            start_sim(self)
             return
         self.watch = ChildWatch()
         self.guardian = Guardian()
@@ -307,7 +321,16 @@ class JobAgent:
                 self._schedule_flush()
                 return
             self._done_sent = True
-            self.parent.send(t.Done(self.vertex, {"kvs_bytes": self.kvs.bytes}))
+            # Per-node figures of the whole subtree travel up with Done.
+            kvs_bytes = {str(self.vertex): self.kvs.bytes}
+            timeline = list(self.timeline or [])
+            for st in self._child_stats:
+                kvs_bytes.update(st.get("kvs_bytes", {}))
+                timeline.extend(st.get("timeline", []))
+            stats: dict[str, Any] = {"kvs_bytes": kvs_bytes}
+            if self.timeline is not None:
+                stats["timeline"] = timeline
+            self.parent.send(t.Done(self.vertex, stats))
             if not self.done.done():
                 self.done.set_result(None)
 
@@ -490,6 +513,7 @@ class JobAgent:
             self._act(self.coll.child_in(child, msg.epoch, msg.kind, msg.data))
         elif isinstance(msg, t.Done):
             self._children_done.add(child)
+            self._child_stats.append(msg.stats)
             self._check_done()
         elif isinstance(msg, t.NameReq):
             self._name_req(msg)

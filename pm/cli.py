@@ -278,7 +278,10 @@ async def _main(opts: CliOptions) -> int:
     if opts.verbose:
         import logging
 
-        logging.getLogger("pm").info("kvs bytes on node 0: %s", result.stats.get("kvs_bytes"))
+        kb = result.stats.get("kvs_bytes") or {}
+        assert isinstance(kb, dict)
+        logging.getLogger("pm").info("KVS bytes per node: %s", ", ".join(
+            f"node {k}: {v}" for k, v in sorted(kb.items(), key=lambda kv: int(kv[0]))))
     return result.returncode
 
 
