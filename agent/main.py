@@ -81,6 +81,7 @@ async def run_child(cfg: dict[str, Any]) -> int:
             children = Children(agent, secret, bind=_bind_of(cfg["parent"]))
             agent.children_link = children
             children.spawn_all()  # children start while we spawn our own ranks
+        await agent.prepare()
         agent.start_ranks()
         if children is not None:
             await children.join(time.monotonic() + float(plan.bootstrap.get("join_timeout", 60)))

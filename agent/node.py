@@ -108,6 +108,8 @@ class JobAgent:
         if plan.mapping:
             self.job_attrs["PMI_process_mapping"] = plan.mapping
         self.extra_env: dict[str, str] = {}
+        self.cpusets: list[frozenset[int]] | None = None
+        self.shm: Any = None  # pm.agent.shmkvs.ShmKVSWriter when --kvs shm
         #: Start-up events (wall time, vertex, rank, name, args) when profiling.
         self.timeline: list[Any] | None = [] if plan.profile else None
         self.on_close: list[Callable[[], None]] = []
@@ -124,6 +126,58 @@ class JobAgent:
         """Record a start-up event for --profile (a no-op otherwise)."""
         if self.timeline is not None:
             self.timeline.append([time.time(), self.vertex, rank, what, args])
+
+    async def prepare(self) -> None:
+        """What the node's ranks need before they start: topology XML, shared-memory KVS."""
+        if not self.local or self.plan.sim_ranks:
+            return
+        plan = self.plan
+        from pm.agent import topo_share
+
+        topo = None
+        xml = None if plan.bind_to not in ("", "none") else topo_share.cached_xml()
+        if xml is None:
+            try:
+                topo = await asyncio.to_thread(topo_share.discover_and_cache)
+                xml = topo.xml
+            except PMError as exc:
+                log.info("agent %d: no topology for the ranks: %s", self.vertex, exc)
+        if xml:
+            path = topo_share.write_job_xml(xml, plan.job_id)
+            self.on_close.append(lambda: _unlink(path))
+            self.extra_env.update(HWLOC_XMLFILE=path, HWLOC_THISSYSTEM="1")
+            self.job_attrs["PMI_hwloc_xmlfile"] = path
+        if topo is not None and plan.bind_to not in ("", "none"):
+            self._bind(topo)
+        if plan.kvs == "shm":
+            self._open_shm()
+
+    def _bind(self, topo: Any) -> None:
+        from pm.agent.binding import compute_bindings, report_line
+
+        b = compute_bindings(topo, len(self.local), self.plan.bind_to, self.plan.map_by or "core")
+        if b.notice:
+            log.warning("node %d: %s", self.vertex, b.notice)
+        self.cpusets = list(b.cpusets) if b.cpusets is not None else None
+        if self.plan.report_bindings:
+            out = []
+            for i, r in enumerate(self.local):
+                cpus = self.cpusets[i] if self.cpusets else None
+                out.append([r, STDERR, (report_line(r, self.host, cpus) + "\n").encode()])
+            self.parent.send(t.Output(out))
+
+    def _open_shm(self) -> None:
+        from pm.agent.shmkvs import ShmKVSWriter, cleanup_stale
+
+        try:
+            cleanup_stale()
+            self.shm = ShmKVSWriter(self.plan.job_id, self.vertex)
+        except PMError as exc:
+            log.warning("node %d: shared-memory KVS unavailable, ranks use the socket: %s",
+                        self.vertex, exc)
+            return
+        shm = self.shm
+        self.on_close.append(shm.close)
 
     def start_ranks(self) -> None:
         """Spawn every local rank (synchronously: posix_spawn is fast)."""
@@ -168,10 +222,11 @@ class JobAgent:
             if isinstance(path, SpawnError):
                 self._spawn_failed(proc, str(path))
                 continue
-            self._spawn_one(proc, path, argv, env, wdir)
+            cpus = self.cpusets[proc.local_rank] if self.cpusets else None
+            self._spawn_one(proc, path, argv, env, wdir, cpus)
 
     def _spawn_one(self, proc: RankProc, path: str, argv: list[str], env: dict[str, str],
-                   wdir: str | None) -> None:
+                   wdir: str | None, cpus: frozenset[int] | None = None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -183,7 +238,7 @@ class JobAgent:
         try:
             proc.pid = spawn(path, argv, env, cwd=wdir,
                              fds={0: in_r, 1: out_w, 2: err_w, PMI_FD: theirs.fileno()},
-                             pgid=self.guardian.pgid)
+                             pgid=self.guardian.pgid, cpus=cpus)
         except SpawnError as exc:
             for fd in (out_r, err_r, in_w):
                 if fd >= 0:
@@ -347,7 +402,8 @@ class JobAgent:
             "rank": rank, "size": self.size, "local_rank": proc.local_rank,
             "local_size": len(self.local), "appnum": self.appnum(rank),
             "kvsname": self.kvsname, "node": self.vertex, "nnodes": len(self.plan.hosts),
-            "host": self.host, "job_id": self.plan.job_id, "shm": None,
+            "host": self.host, "job_id": self.plan.job_id,
+            "shm": self.shm.name if self.shm is not None else None,
         }
 
     def job_attr(self, key: str) -> str | None:
@@ -456,10 +512,20 @@ class JobAgent:
                 self._complete(a)
 
     def _complete(self, c: Complete) -> None:
+        shm_reply = None
         if c.kind == t.FENCE:
             self.kvs.insert_many(c.data)
             for r in self.local:
                 self.kvs.unsettle(r)
+            if self.shm is not None:
+                it = iter(c.data)
+                self._shm_insert([(k, v) for k, _r, v in zip(it, it, it, strict=True)])
+        elif c.kind == t.ALLGATHER and self.shm is not None and not self._ring_ag:
+            from pm.proto.native import allgather_key
+
+            # Kept once per node: native clients read the values from shared memory.
+            if self._shm_insert([(allgather_key(c.epoch, r), v) for r, v in enumerate(c.data)]):
+                shm_reply = ["shm", c.epoch]
         if self.children_link is not None:
             for child, data in c.children.items():
                 self.children_link.send(child, t.CollOut(c.epoch, c.kind, data))
@@ -470,7 +536,18 @@ class JobAgent:
             if c.kind == t.ALLGATHER and self._ring_ag.pop((c.epoch, rank), None):
                 n = self.size
                 result = [result[(rank - 1) % n], result[(rank + 1) % n]]
+            if shm_reply is not None and c.kind == t.ALLGATHER:
+                result = shm_reply
             fut.set_result(result if c.kind in (t.ALLGATHER, t.RING) else None)
+
+    def _shm_insert(self, items: list[tuple[bytes, bytes]]) -> bool:
+        try:
+            self.shm.insert_many(items)
+            return True
+        except PMError as exc:
+            log.warning("node %d: shared-memory KVS full, serving from the socket: %s",
+                        self.vertex, exc)
+            return False
 
     def fail_collectives(self, why: str) -> None:
         for fut in self._coll_futs.values():
@@ -649,6 +726,11 @@ class JobAgent:
             with contextlib.suppress(Exception):
                 cb()
         self.on_close.clear()
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def now() -> float:

@@ -147,6 +147,7 @@ class JobRun:
             agent.children_link = children
             self.children = children
             children.spawn_all()
+        await agent.prepare()
         agent.start_ranks()
         if children is not None:
             try:

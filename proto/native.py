@@ -71,3 +71,8 @@ class FrameDecoder:
         if pos:
             del buf[:pos]
         return out
+
+
+def allgather_key(epoch: int, rank: int) -> bytes:
+    """Where the agent keeps rank ``rank``'s value of allgather ``epoch`` in the node's shm KVS."""
+    return b"\0ag%d\0%d" % (epoch, rank)
