@@ -1,0 +1,134 @@
+"""Shared fixtures for the whole test suite.
+
+Launching jobs (helpers in ``tests/launch_util.py``, importable as ``launch_util``):
+
+``pmrun``
+    ``pmrun("-n", "4", "python", "-c", "...", input=b"...", timeout=60, env={...})``
+    runs ``[sys.executable, "-m", "pm.cli", *args]`` in the test's ``tmp_path``
+    with ``PYTHONPATH`` at the checkout and the interpreter's ``bin`` first on
+    ``PATH``, and returns a ``subprocess.CompletedProcess[str]`` (``returncode``,
+    ``stdout``, ``stderr``; ``input`` may be bytes or str).  A job that outlives
+    ``timeout`` fails the test.
+``pmrun_popen``
+    Same arguments, but returns the running ``subprocess.Popen`` (binary pipes
+    for stdout/stderr, stdin from /dev/null unless ``stdin=`` is given) for
+    signal tests; anything still running at teardown is killed and reaped.
+``marker``
+    A unique word to put in ranks' command lines so tests can find them in
+    ``/proc`` (``launch_util.pids_with``); leftovers carrying it are killed at
+    teardown so one failing test does not disturb the next.
+``c_hello``
+    ``tests/c/hello.c`` compiled once per session with the venv's ``mpicc``
+    (skips with a reason when mpicc or a C compiler is missing).
+
+Tests marked ``@pytest.mark.mpi`` are skipped with a reason when mpi4py or the
+MPICH wheel is not installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import launch_util  # (importable after the path insert)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("mpi") is not None:
+        why = launch_util.mpi_missing()
+        if why:
+            pytest.skip(why)
+
+
+class PmrunRunner:
+    """Callable behind the ``pmrun`` fixture (see the module docstring)."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+
+    def __call__(self, *args: str, input: bytes | str | None = None, timeout: float = 60.0,
+                 env: Mapping[str, str] | None = None, cwd: Path | str | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+        data = input.encode() if isinstance(input, str) else input
+        try:
+            proc = subprocess.run(
+                launch_util.pmrun_argv(*args), input=data,
+                stdin=None if data is not None else subprocess.DEVNULL,
+                capture_output=True, timeout=timeout, env=launch_util.pmrun_env(env),
+                cwd=str(cwd or self.cwd))
+        except subprocess.TimeoutExpired as exc:
+            out = (exc.stdout or b"")[-2000:].decode(errors="replace")
+            err = (exc.stderr or b"")[-2000:].decode(errors="replace")
+            pytest.fail(f"pmrun {' '.join(args)} did not end within {timeout:g} s\n"
+                        f"stdout: {out}\nstderr: {err}")
+        return subprocess.CompletedProcess(
+            proc.args, proc.returncode, proc.stdout.decode(errors="replace"),
+            proc.stderr.decode(errors="replace"))
+
+
+class PmrunStarter:
+    """Callable behind the ``pmrun_popen`` fixture; reaps what it started."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __call__(self, *args: str, env: Mapping[str, str] | None = None,
+                 stdin: int | None = subprocess.DEVNULL, cwd: Path | str | None = None
+                 ) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            launch_util.pmrun_argv(*args), stdin=stdin, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=launch_util.pmrun_env(env), cwd=str(cwd or self.cwd))
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
+                proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def pmrun(tmp_path: Path) -> PmrunRunner:
+    """Run pmrun to completion in ``tmp_path``; see the module docstring."""
+    return PmrunRunner(tmp_path)
+
+
+@pytest.fixture
+def pmrun_popen(tmp_path: Path) -> Iterator[PmrunStarter]:
+    """Start pmrun in the background in ``tmp_path``; see the module docstring."""
+    starter = PmrunStarter(tmp_path)
+    yield starter
+    starter.close()
+
+
+@pytest.fixture
+def marker() -> Iterator[str]:
+    """A unique word for ranks' command lines; processes left carrying it are killed."""
+    word = f"pmtest-{uuid.uuid4().hex[:12]}"
+    yield word
+    launch_util.kill_marked(word)
+
+
+@pytest.fixture(scope="session")
+def c_hello(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/c/hello.c built with the venv's mpicc (session-wide)."""
+    if launch_util.mpicc() is None:
+        pytest.skip(f"no mpicc next to {sys.executable} (MPICH wheel not installed)")
+    out = tmp_path_factory.mktemp("c") / "hello"
+    try:
+        return launch_util.compile_c(Path(__file__).parent / "c" / "hello.c", out)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"mpicc failed: {exc.stderr}")

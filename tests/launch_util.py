@@ -1,0 +1,164 @@
+"""Helpers for tests that launch jobs through ``pmrun`` (used by ``conftest.py``).
+
+Everything here is plain functions so tests and benchmarks can share them:
+
+* :func:`pmrun_env` / :func:`pmrun_argv`: how to call ``python -m pm.cli`` from a
+  source checkout (``PYTHONPATH`` = repository root, the interpreter's ``bin``
+  first on ``PATH`` so ``python``, ``mpicc`` and ``mpiexec`` of the venv are found).
+* :func:`mpi_missing`: why MPI tests cannot run here (``None`` when they can).
+* :func:`pids_with` / :func:`wait_gone` / :func:`wait_until`: poll ``/proc``
+  against a deadline instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+POLL = 0.02
+
+
+def pmrun_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Our environment with PYTHONPATH at the checkout and the venv ``bin`` first on PATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["PATH"] = os.pathsep.join(p for p in (str(BIN), env.get("PATH", "")) if p)
+    env.pop("MPIEXEC_TIMEOUT", None)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def pmrun_argv(*args: str) -> list[str]:
+    """``[python, -m, pm.cli, *args]``."""
+    return [sys.executable, "-m", "pm.cli", *args]
+
+
+def mpicc() -> Path | None:
+    """The MPICH wheel's compiler wrapper next to the interpreter, if any."""
+    path = BIN / "mpicc"
+    return path if path.exists() else None
+
+
+def mpiexec() -> Path | None:
+    """The MPICH wheel's Hydra ``mpiexec`` next to the interpreter, if any."""
+    path = BIN / "mpiexec.hydra"
+    if not path.exists():
+        path = BIN / "mpiexec"
+    return path if path.exists() else None
+
+
+def mpi_missing() -> str | None:
+    """Why MPI tests must be skipped (mpi4py or the MPICH wheel missing), else None."""
+    if importlib.util.find_spec("mpi4py") is None:
+        return f"mpi4py is not installed in {sys.prefix}"
+    try:
+        importlib.metadata.version("mpich")
+    except importlib.metadata.PackageNotFoundError:
+        return f"the mpich wheel is not installed in {sys.prefix}"
+    return None
+
+
+def compile_c(source: Path, out: Path, *flags: str) -> Path:
+    """Compile ``source`` with the wheel's mpicc; raises CalledProcessError with its output."""
+    cc = mpicc()
+    if cc is None:
+        raise FileNotFoundError(f"no mpicc next to {sys.executable}")
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        raise FileNotFoundError("no C compiler (cc) for mpicc to drive")
+    subprocess.run([str(cc), "-O2", "-o", str(out), str(source), *flags],
+                   check=True, capture_output=True, text=True, timeout=120,
+                   env=pmrun_env())
+    return out
+
+
+def cmdline(pid: int) -> list[str] | None:
+    """argv of ``pid`` as /proc shows it, or None once it is gone (or a zombie)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    if not raw:
+        return None  # zombie or kernel thread: nothing left alive
+    return raw.rstrip(b"\0").decode(errors="replace").split("\0")
+
+
+def pids_with(marker: str) -> list[int]:
+    """Live processes (not zombies) whose command line contains ``marker``, except us."""
+    me = os.getpid()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        argv = cmdline(int(entry.name))
+        if argv is not None and any(marker in a for a in argv):
+            found.append(int(entry.name))
+    return found
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``pred`` until it holds; AssertionError naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(POLL)
+
+
+def wait_count(marker: str, count: int, timeout: float) -> list[int]:
+    """Wait until at least ``count`` live processes carry ``marker``; their pids."""
+    pids: list[int] = []
+
+    def enough() -> bool:
+        nonlocal pids
+        pids = pids_with(marker)
+        return len(pids) >= count
+
+    wait_until(enough, timeout, f"{count} processes with {marker!r} (saw {len(pids)})")
+    return pids
+
+
+def wait_gone(marker: str, timeout: float) -> None:
+    """Wait until no live process carries ``marker``; fail naming the survivors."""
+    left: list[int] = []
+
+    def none_left() -> bool:
+        nonlocal left
+        left = pids_with(marker)
+        return not left
+
+    try:
+        wait_until(none_left, timeout, f"processes with {marker!r} to end")
+    except AssertionError:
+        names = {p: " ".join(cmdline(p) or []) for p in left}
+        raise AssertionError(f"still alive after {timeout:g} s: {names}") from None
+
+
+def kill_marked(marker: str) -> None:
+    """SIGKILL what a failed test left behind (only processes carrying its own marker)."""
+    import signal
+
+    for pid in pids_with(marker):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def script(directory: Path, name: str, text: str) -> Path:
+    """Write a small rank program (Python source) into ``directory``; its path."""
+    import textwrap
+
+    path = directory / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
