@@ -110,6 +110,7 @@ class JobAgent:
         self.extra_env: dict[str, str] = {}
         self.cpusets: list[frozenset[int]] | None = None
         self.shm: Any = None  # pm.agent.shmkvs.ShmKVSWriter when --kvs shm
+        self._shm_tried = False
         #: Start-up events (wall time, vertex, rank, name, args) when profiling.
         self.timeline: list[Any] | None = [] if plan.profile else None
         self.on_close: list[Callable[[], None]] = []
@@ -149,8 +150,6 @@ class JobAgent:
             self.job_attrs["PMI_hwloc_xmlfile"] = path
         if topo is not None and plan.bind_to not in ("", "none"):
             self._bind(topo)
-        if plan.kvs == "shm":
-            self._open_shm()
 
     def _bind(self, topo: Any) -> None:
         from pm.agent.binding import compute_bindings, report_line
@@ -167,6 +166,8 @@ class JobAgent:
             self.parent.send(t.Output(out))
 
     def _open_shm(self) -> None:
+        """Open the node's shared-memory KVS: on the first native client (MPI ranks never use it)."""
+        self._shm_tried = True
         from pm.agent.shmkvs import ShmKVSWriter, cleanup_stale
 
         try:
@@ -178,6 +179,8 @@ class JobAgent:
             return
         shm = self.shm
         self.on_close.append(shm.close)
+        # What this node already holds from fences becomes visible in shm too.
+        self._shm_insert(list(self.kvs.values.items()))
 
     def start_ranks(self) -> None:
         """Spawn every local rank (synchronously: posix_spawn is fast)."""
@@ -398,6 +401,8 @@ class JobAgent:
 
     def native_info(self, rank: int) -> dict[str, Any]:
         proc = self.ranks[rank]
+        if self.plan.kvs == "shm" and not self._shm_tried:
+            self._open_shm()
         return {
             "rank": rank, "size": self.size, "local_rank": proc.local_rank,
             "local_size": len(self.local), "appnum": self.appnum(rank),

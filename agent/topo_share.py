@@ -15,7 +15,10 @@ import hashlib
 import os
 import tempfile
 
-from pm.agent.topology import Topology, discover
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pm.agent.topology import Topology
 
 
 def _cache_path() -> str:
@@ -42,6 +45,8 @@ def cached_xml() -> bytes | None:
 
 def discover_and_cache() -> Topology:
     """Discover (blocking: run it in a thread) and refresh the cache."""
+    from pm.agent.topology import discover  # hwloc and cffi only when the cache misses
+
     topo = discover()
     if topo.xml:
         path = _cache_path()

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import signal
 import socket
 import stat
@@ -103,7 +102,7 @@ class JobRun:
         self.stdin_fd = stdin
         self.verbose = verbose
         self.loop = asyncio.get_running_loop()
-        self.secret = secrets.token_bytes(32)
+        self.secret = os.urandom(32)
         job_id = new_job_id()
         slots = sequence_slots(spec, len(nodes.hosts), nodes.slots)
         node_of_rank = place(spec.size, slots)

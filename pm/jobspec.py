@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -138,7 +137,7 @@ class JobPlan:
 def new_job_id() -> str:
     """A job id unique on the machine and across machines (MPICH names shm after the kvsname)."""
     host = socket.gethostname().split(".")[0].replace("_", "-")[:16]
-    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+    return f"{host}-{os.getpid()}-{os.urandom(4).hex()}"
 
 
 def sequence_slots(spec: JobSpec, nodes: int, given: Sequence[int | None]) -> list[int]:

@@ -10,7 +10,6 @@ truncated HMAC-SHA256 of the payload under the job's secret (see
 from __future__ import annotations
 
 import dataclasses
-import hmac
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -256,11 +255,15 @@ def decode(data: bytes | memoryview) -> Msg:
 
 def seal(secret: bytes, payload: bytes) -> bytes:
     """Prefix ``payload`` with its MAC under ``secret``."""
+    import hmac  # only multi-node jobs seal frames
+
     return hmac.digest(secret, payload, "sha256")[:MAC_LEN] + payload
 
 
 def unseal(secret: bytes, frame: bytes) -> bytes:
     """Check a frame's MAC and return the payload; :class:`AuthError` if it does not match."""
+    import hmac
+
     if len(frame) < MAC_LEN:
         raise AuthError("frame shorter than its MAC")
     payload = frame[MAC_LEN:]
