@@ -15,43 +15,49 @@ two boundary values of each subtree).
 
 from __future__ import annotations
 
+import os
+import sys
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 from pm.proto.tree import ALLGATHER, BARRIER, FENCE, RING
 
 KIND_NAMES = {FENCE: "fence", BARRIER: "barrier", ALLGATHER: "allgather", RING: "ring"}
 
 
-@dataclass(slots=True)
 class SendUp:
-    epoch: int
-    kind: int
-    data: Any
+    """Send this subtree's aggregate of ``epoch`` to the parent."""
+
+    __slots__ = ("data", "epoch", "kind")
+
+    def __init__(self, epoch: int, kind: int, data: Any) -> None:
+        self.epoch, self.kind, self.data = epoch, kind, data
 
 
-@dataclass(slots=True)
 class Complete:
     """Epoch done on this agent: ``local`` maps each local rank to its result;
-    ``children`` maps each child vertex to the data to send it."""
+    ``children`` maps each child vertex to the data to send it; ``data`` is the
+    whole result as it came down (kept once per node by the agent)."""
 
-    epoch: int
-    kind: int
-    local: dict[int, Any]
-    children: dict[int, Any]
-    #: The whole result as it came down (kept once per node by the agent).
-    data: Any
+    __slots__ = ("children", "data", "epoch", "kind", "local")
+
+    def __init__(self, epoch: int, kind: int, local: dict[int, Any], children: dict[int, Any],
+                 data: Any) -> None:
+        self.epoch, self.kind, self.local, self.children, self.data = (
+            epoch, kind, local, children, data)
 
 
 Action = SendUp | Complete
 
 
-@dataclass(slots=True)
 class _Epoch:
-    local: dict[int, Any] = field(default_factory=dict)
-    children: dict[int, Any] = field(default_factory=dict)
-    sent: bool = False
+    __slots__ = ("children", "local", "sent")
+
+    def __init__(self) -> None:
+        self.local: dict[int, Any] = {}
+        self.children: dict[int, Any] = {}
+        self.sent = False
 
 
 def _merge(kind: int, pieces: Sequence[Any]) -> Any:
@@ -101,6 +107,11 @@ class Collectives:
         self._next: dict[tuple[int, int], int] = {}  # (kind, rank) -> next epoch
         self._child_next: dict[tuple[int, int], int] = {}
         self._last_done: dict[int, int] = {}
+        #: Tree messages this agent caused, per kind: one up per epoch (if not
+        #: the root), one down per child per epoch; ``epochs`` completed here.
+        self.sent_up: Counter[int] = Counter()
+        self.sent_down: Counter[int] = Counter()
+        self.epochs: Counter[int] = Counter()
 
     def next_epoch(self, kind: int, rank: int) -> int:
         return self._next.get((kind, rank), 1)
@@ -129,7 +140,17 @@ class Collectives:
         """The parent sent the result of ``epoch``."""
         ep = self._open.pop((kind, epoch), None)
         self._last_done[kind] = max(self._last_done.get(kind, 0), epoch)
-        return [self._complete(kind, epoch, data, ep or _Epoch())]
+        done = self._complete(kind, epoch, data, ep or _Epoch())
+        self.epochs[kind] += 1
+        self.sent_down[kind] += len(done.children)
+        return [done]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Messages sent and epochs completed so far, by kind name."""
+        return {
+            name: {"up": self.sent_up[k], "down": self.sent_down[k], "epochs": self.epochs[k]}
+            for k, name in KIND_NAMES.items() if self.epochs[k] or self.sent_up[k]
+        }
 
     def _progress(self, kind: int, epoch: int) -> list[Action]:
         ep = self._open[(kind, epoch)]
@@ -142,6 +163,7 @@ class Collectives:
         pieces.extend(ep.children[c] for c in self.children)
         up = _merge(kind, pieces)
         if not self.is_root:
+            self.sent_up[kind] += 1
             return [SendUp(epoch, kind, up)]
         return self.result_in(epoch, kind, _root_result(kind, self.size, up))
 
@@ -159,12 +181,13 @@ class Collectives:
         if kind != RING:
             return Complete(epoch, kind, dict.fromkeys(self.local_ranks, data),
                             dict.fromkeys(self.children, data), data)
-        left_out, right_out = data
+        left_out, right_out = data if data is not None else (None, None)
         # Walk the pieces in ring order: own ranks, then each child's [first, last].
         seq: list[tuple[str, Any, Any]] = [("r", r, ep.local.get(r)) for r in self.local_ranks]
         seq += [("c", c, ep.children.get(c)) for c in self.children if ep.children.get(c)]
         local: dict[int, Any] = {}
-        children: dict[int, Any] = {}
+        # A child subtree without ranks gets a result too, so it closes the epoch.
+        children: dict[int, Any] = dict.fromkeys(self.children)
         for i, (what, ident, val) in enumerate(seq):
             prev = seq[i - 1] if i > 0 else None
             nxt = seq[i + 1] if i + 1 < len(seq) else None
@@ -175,3 +198,20 @@ class Collectives:
             else:
                 children[ident] = [left, right]
         return Complete(epoch, kind, local, children, data)
+
+
+#: Set to make every agent write its collective message counts to stderr at its end.
+COUNT_ENV = "PM_COUNT_MSGS"
+
+
+def report_counts(vertex: int, coll: Collectives, out: TextIO | None = None) -> None:
+    """Write ``coll-msgs vertex=<v> <kind>=<up>/<down>/<epochs> ...`` when PM_COUNT_MSGS is set.
+
+    One line per agent, for benchmarks that check the tree's message costs.
+    """
+    if not os.environ.get(COUNT_ENV) and out is None:
+        return
+    parts = [f"{name}={c['up']}/{c['down']}/{c['epochs']}" for name, c in coll.counts().items()]
+    stream = out if out is not None else sys.stderr
+    stream.write(f"coll-msgs vertex={vertex} {' '.join(parts)}\n")
+    stream.flush()

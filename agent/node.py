@@ -17,10 +17,9 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pm.agent.collectives import Collectives, Complete, SendUp
+from pm.agent.collectives import Collectives, Complete, SendUp, report_counts
 from pm.agent.kvs import NodeKVS
 from pm.agent.pmi_server import PmiSession
 from pm.agent.spawn import PMI_FD, ChildWatch, ExitStatus, Guardian, SpawnError, resolve, spawn
@@ -39,29 +38,35 @@ DRAIN_AFTER_EXIT = 1.0
 EOF_GRACE = 1.0
 
 
-class Uplink(Protocol):
-    def send(self, msg: t.Msg) -> None: ...
+if TYPE_CHECKING:
+
+    class Uplink(Protocol):
+        def send(self, msg: t.Msg) -> None: ...
+
+    class Downlinks(Protocol):
+        def send(self, vertex: int, msg: t.Msg) -> None: ...
 
 
-class Downlinks(Protocol):
-    def send(self, vertex: int, msg: t.Msg) -> None: ...
-
-
-@dataclass(slots=True)
 class RankProc:
-    rank: int
-    local_rank: int
-    pid: int = 0
-    session: PmiSession | None = None
-    streams: dict[int, LineBuffer] = field(default_factory=dict)
-    fds: dict[int, int] = field(default_factory=dict)
-    status: ExitStatus | None = None
-    reason: str = ""
-    initialized: bool = False
-    finalized: bool = False
-    pmi_eof: bool = False
-    reported: bool = False
-    stdin_fd: int = -1
+    """One local rank: its process, PMI session, pipes and how it ended."""
+
+    __slots__ = ("fds", "finalized", "initialized", "local_rank", "pid", "pmi_eof", "rank",
+                 "reason", "reported", "session", "status", "stdin_fd", "streams")
+
+    def __init__(self, rank: int, local_rank: int) -> None:
+        self.rank = rank
+        self.local_rank = local_rank
+        self.pid = 0
+        self.session: PmiSession | None = None
+        self.streams: dict[int, LineBuffer] = {}
+        self.fds: dict[int, int] = {}
+        self.status: ExitStatus | None = None
+        self.reason = ""
+        self.initialized = False
+        self.finalized = False
+        self.pmi_eof = False
+        self.reported = False
+        self.stdin_fd = -1
 
 
 class JobAgent:
@@ -379,6 +384,7 @@ class JobAgent:
                 self._schedule_flush()
                 return
             self._done_sent = True
+            report_counts(self.vertex, self.coll)  # only with PM_COUNT_MSGS set
             # Per-node figures of the whole subtree travel up with Done.
             kvs_bytes = {str(self.vertex): self.kvs.bytes}
             timeline = list(self.timeline or [])

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pm.proto import native, pmi1, pmi2
 from pm.proto.errors import PMError, ProtocolError
@@ -23,26 +23,28 @@ from pm.proto.tree import ALLGATHER, BARRIER, FENCE, RING
 log = logging.getLogger("pm.agent.pmi")
 
 
-class RankHost(Protocol):
-    """What a session needs from the job it belongs to."""
+if TYPE_CHECKING:
+    # Only for type checking: a Protocol class costs start-up time to build.
+    class RankHost(Protocol):
+        """What a session needs from the job it belongs to."""
 
-    size: int
-    kvsname: str
+        size: int
+        kvsname: str
 
-    def appnum(self, rank: int) -> int: ...
-    def universe_size(self) -> int: ...
-    def native_info(self, rank: int) -> dict[str, Any]: ...
-    def job_attr(self, key: str) -> str | None: ...
-    def put(self, rank: int, key: bytes, value: bytes) -> None: ...
-    def get_now(self, key: bytes) -> bytes | None: ...
-    def get_from(self, rank: int, src: int, key: bytes) -> Awaitable[bytes | None]: ...
-    def collective(self, kind: int, rank: int, value: Any) -> Awaitable[Any]: ...
-    def node_attr_put(self, key: str, value: str) -> None: ...
-    def node_attr_get(self, key: str, wait: bool) -> Awaitable[str | None]: ...
-    def name_service(self, action: str, service: str, port: str) -> Awaitable[tuple[bool, str]]: ...
-    def reserve(self, rank: int, nbytes: int) -> Awaitable[int]: ...
-    def release(self, rank: int, ident: int) -> None: ...
-    def rank_event(self, rank: int, event: str, detail: Any = None) -> None: ...
+        def appnum(self, rank: int) -> int: ...
+        def universe_size(self) -> int: ...
+        def native_info(self, rank: int) -> dict[str, Any]: ...
+        def job_attr(self, key: str) -> str | None: ...
+        def put(self, rank: int, key: bytes, value: bytes) -> None: ...
+        def get_now(self, key: bytes) -> bytes | None: ...
+        def get_from(self, rank: int, src: int, key: bytes) -> Awaitable[bytes | None]: ...
+        def collective(self, kind: int, rank: int, value: Any) -> Awaitable[Any]: ...
+        def node_attr_put(self, key: str, value: str) -> None: ...
+        def node_attr_get(self, key: str, wait: bool) -> Awaitable[str | None]: ...
+        def name_service(self, action: str, service: str, port: str) -> Awaitable[tuple[bool, str]]: ...
+        def reserve(self, rank: int, nbytes: int) -> Awaitable[int]: ...
+        def release(self, rank: int, ident: int) -> None: ...
+        def rank_event(self, rank: int, event: str, detail: Any = None) -> None: ...
 
 
 class PmiSession(asyncio.Protocol):
@@ -138,15 +140,20 @@ class PmiSession(asyncio.Protocol):
                 self._write(out)
             elif out is not None:
                 self._busy = True
-                self._spawn(self._finish(out))
+                self._spawn(self._finish(req, out))
 
-    async def _finish(self, pending: Awaitable[bytes | None]) -> None:
+    async def _finish(self, req: Any, pending: Awaitable[bytes | None]) -> None:
         try:
             reply = await pending
             if reply:
                 self._write(reply)
         except PMError as exc:
-            self._bad(str(exc), pmi1.reply_error("error", str(exc)))
+            # The error reply must use the framing the client is reading.
+            if isinstance(req, pmi2.Pmi2Command):
+                self._bad(str(exc), pmi2.response(req, [("errmsg", str(exc))], rc=1))
+            else:
+                self._bad(str(exc), pmi1.reply_error(pmi1.REPLY_OF.get(req.cmd, req.cmd),
+                                                     str(exc)))
         finally:
             self._busy = False
         self._pump()
@@ -335,20 +342,25 @@ class PmiSession(asyncio.Protocol):
         req, op, args = frame[0], frame[1], frame[2:]
         try:
             result = self._native_op(op, args)
-        except (PMError, TypeError, ValueError) as exc:
-            log.warning("rank %d: native %s failed: %s", self.rank, op, exc)
-            self._write(native.pack([req, False, str(exc)]))
+        except (PMError, TypeError, ValueError, IndexError, KeyError) as exc:
+            # A bad request fails alone: the rank gets the reason, the agent a log line.
+            self._native_error(req, op, exc)
             return
         if isinstance(result, Awaitable):
             self._spawn(self._native_finish(req, op, result))
         elif op != native.ABORT:
             self._write(native.pack([req, True, result]))
 
+    def _native_error(self, req: Any, op: str, exc: BaseException) -> None:
+        what = str(exc) if not isinstance(exc, IndexError) else f"missing arguments to {op}"
+        log.warning("rank %d: native %s failed: %s", self.rank, op, what)
+        self._write(native.pack([req, False, what]))
+
     async def _native_finish(self, req: int, op: str, pending: Awaitable[Any]) -> None:
         try:
             result = await pending
         except PMError as exc:
-            self._write(native.pack([req, False, str(exc)]))
+            self._native_error(req, op, exc)
             return
         self._write(native.pack([req, True, result]))
 
@@ -361,43 +373,52 @@ class PmiSession(asyncio.Protocol):
         if not self.initialized:
             raise ProtocolError(f"{op} before init")
         if op == native.PUT:
-            key, value = _bytes(args[0], "key"), _bytes(args[1], "value")
-            if len(key) > native.MAX_KEY:
-                raise ProtocolError(f"key of {len(key)} bytes exceeds {native.MAX_KEY}")
-            host.put(rank, _scoped(rank, key), value)
+            _nargs(op, args, 2)
+            key, value = _key(args[0]), _bytes(args[1], "value")
+            if len(value) > native.MAX_VALUE:
+                raise ProtocolError(f"value of {len(value)} bytes exceeds {native.MAX_VALUE}")
+            host.put(rank, native.rank_key(rank, key), value)
             return None
         if op == native.GET:
-            key, src = _bytes(args[0], "key"), args[1]
-            if src is None:
+            _nargs(op, args, 2)
+            key, src = _key(args[0]), args[1]
+            if src is None:  # the job-wide namespace of PMI-1/PMI-2 ranks
                 return host.get_now(key)
-            if not isinstance(src, int) or not 0 <= src < host.size:
+            if type(src) is not int or not 0 <= src < host.size:
                 raise ProtocolError(f"get from rank {src!r}: ranks are 0..{host.size - 1}")
-            return host.get_from(rank, src, _scoped(src, key))
+            if src == rank:  # a rank's own puts are visible at once: a miss is final
+                return host.get_now(native.rank_key(rank, key))
+            return host.get_from(rank, src, native.rank_key(src, key))
         if op in (native.FENCE, native.BARRIER):
             return host.collective(FENCE if op == native.FENCE else BARRIER, rank, None)
         if op == native.ALLGATHER:
+            _nargs(op, args, 1)
             return host.collective(ALLGATHER, rank, _bytes(args[0], "value"))
         if op == native.RING:
+            _nargs(op, args, 1)
             return host.collective(RING, rank, _bytes(args[0], "value"))
         if op == native.FINALIZE:
             self.finalized = True
             host.rank_event(rank, "finalize")
             return None
         if op == native.ABORT:
-            host.rank_event(rank, "abort", (int(args[0]), str(args[1])))
+            code = args[0] if args and type(args[0]) is int else 1
+            message = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
+            host.rank_event(rank, "abort", (code, message))
             return None
         if op == native.RESERVE:
-            return host.reserve(rank, int(args[0]))
+            _nargs(op, args, 1)
+            nbytes = args[0]
+            if type(nbytes) is not int or nbytes < 0:
+                raise ProtocolError(f"reserve needs a byte count >= 0, not {nbytes!r}")
+            return host.reserve(rank, nbytes)
         if op == native.RELEASE:
-            host.release(rank, int(args[0]))
+            _nargs(op, args, 1)
+            if type(args[0]) is not int:
+                raise ProtocolError(f"release needs a reservation id, not {args[0]!r}")
+            host.release(rank, args[0])
             return None
         raise ProtocolError(f"unknown native op {op!r}")
-
-
-def _scoped(rank: int, key: bytes) -> bytes:
-    from pm.agent.kvs import rank_key
-
-    return rank_key(rank, key)
 
 
 def _enc(text: str) -> bytes:
@@ -420,6 +441,18 @@ def _int(text: str, what: str) -> int:
         return int(text)
     except ValueError:
         raise ProtocolError(f"{what}={text!r} is not an integer") from None
+
+
+def _nargs(op: str, args: list[Any], n: int) -> None:
+    if len(args) != n:
+        raise ProtocolError(f"{op} takes {n} argument(s), got {len(args)}")
+
+
+def _key(v: Any) -> bytes:
+    key = _bytes(v, "key")
+    if len(key) > native.MAX_KEY:
+        raise ProtocolError(f"key of {len(key)} bytes exceeds the limit of {native.MAX_KEY}")
+    return key
 
 
 def _bytes(v: Any, what: str) -> bytes:
