@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -269,9 +270,11 @@ class JobAgent:
             proc.fds[stream] = fd
             os.set_blocking(fd, False)
             self.loop.add_reader(fd, self._read_output, proc, stream)
-        self.watch.watch(proc.pid).add_done_callback(
-            lambda f, p=proc: self._exited(p, f.result()) if not f.cancelled() else None
-        )
+        self.watch.watch(proc.pid).add_done_callback(functools.partial(self._on_exit, proc))
+
+    def _on_exit(self, proc: RankProc, fut: asyncio.Future[ExitStatus]) -> None:
+        if not fut.cancelled():
+            self._exited(proc, fut.result())
 
     async def _serve(self, session: PmiSession, sock: socket.socket) -> None:
         await self.loop.connect_accepted_socket(lambda: session, sock)
@@ -544,7 +547,7 @@ class JobAgent:
             fut = self._coll_futs.pop((c.kind, c.epoch, rank), None)
             if fut is None or fut.done():
                 continue
-            if c.kind == t.ALLGATHER and self._ring_ag.pop((c.epoch, rank), None):
+            if c.kind == t.ALLGATHER and self._ring_ag.pop((c.epoch, rank), 0):
                 n = self.size
                 result = [result[(rank - 1) % n], result[(rank + 1) % n]]
             if shm_reply is not None and c.kind == t.ALLGATHER:
@@ -618,8 +621,7 @@ class JobAgent:
                 self._route(msg.dst, msg)
                 return
             got = self.kvs.wait_for(msg.rank, msg.key)
-            got.add_done_callback(lambda f, m=msg: self._route(
-                m.origin, t.GetResp(m.req, m.origin, f.result() is not None, f.result() or b"")))
+            got.add_done_callback(functools.partial(self._answer_get, msg))
         elif isinstance(msg, (t.GetResp, t.NameResp)):
             if msg.dst != self.vertex:
                 self._route(msg.dst, msg)
@@ -641,6 +643,10 @@ class JobAgent:
                 self._stdin(msg.data, msg.eof)
         else:
             log.warning("agent %d: unexpected %s", self.vertex, type(msg).__name__)
+
+    def _answer_get(self, msg: t.GetReq, fut: asyncio.Future[bytes | None]) -> None:
+        value = None if fut.cancelled() else fut.result()
+        self._route(msg.origin, t.GetResp(msg.req, msg.origin, value is not None, value or b""))
 
     def _down_all(self, msg: t.Msg) -> None:
         if self.children_link is not None:

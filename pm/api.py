@@ -157,7 +157,8 @@ def run(argv: Sequence[str], n: int = 1, *, local_nodes: int = 1, fanout: int = 
             job = await cluster.launch(argv, n, env=env, output="inherit", **opts)
             return await job.wait(check=check)
 
-    return _run_loop(main())
+    result: JobResult = _run_loop(main())
+    return result
 
 
 def _run_loop(coro: Any) -> Any:
