@@ -93,8 +93,35 @@ def _root_result(kind: int, size: int, data: Any) -> Any:
     return data
 
 
+def ring_follows_ranks(node_of_rank: Sequence[int], nvertices: int) -> bool:
+    """Whether tree order (each vertex's ranks, vertices in pre-order) is rank order.
+
+    Only then can the ring move just the boundary values of each subtree; on
+    other mappings (cyclic placement) it rides an allgather.
+    """
+    order: list[int] = []
+    by_vertex: list[list[int]] = [[] for _ in range(nvertices)]
+    for rank, v in enumerate(node_of_rank):
+        by_vertex[v].append(rank)
+    for ranks in by_vertex:
+        order.extend(ranks)
+    return order == list(range(len(node_of_rank)))
+
+
+def ring_from_allgather(values: Sequence[Any], rank: int) -> list[Any]:
+    """``[left, right]`` of ``rank`` (wrapping) from an allgather's values."""
+    n = len(values)
+    return [values[(rank - 1) % n], values[(rank + 1) % n]]
+
+
 class Collectives:
-    """The collective bookkeeping of one agent for one job."""
+    """The collective bookkeeping of one agent for one job.
+
+    ``local_ranks`` are this vertex's ranks, ``children`` its child vertices.
+    Every vertex of a job holds at least one rank (the head drops nodes past
+    the last rank), so every agent takes part in every collective: it hears
+    of an epoch from its own ranks or from a child.
+    """
 
     def __init__(self, local_ranks: Sequence[int], children: Sequence[int], size: int,
                  is_root: bool) -> None:
@@ -188,7 +215,7 @@ class Collectives:
         local: dict[int, Any] = {}
         # A child subtree without ranks gets a result too, so it closes the epoch.
         children: dict[int, Any] = dict.fromkeys(self.children)
-        for i, (what, ident, val) in enumerate(seq):
+        for i, (what, ident, _val) in enumerate(seq):
             prev = seq[i - 1] if i > 0 else None
             nxt = seq[i + 1] if i + 1 < len(seq) else None
             left = left_out if prev is None else (prev[2] if prev[0] == "r" else prev[2][1])

@@ -6,6 +6,12 @@ big-endian length and a msgpack array.  Requests are
 ``[req_id, op, *args]``; replies are ``[req_id, ok, result]`` where ``result``
 is the error message when ``ok`` is false.  Several requests may be in
 flight; replies can come in any order.  Keys and values are raw bytes.
+
+Keys a rank puts are scoped by its rank in the node KVS (:func:`rank_key`),
+so a get names the rank whose value it wants.  An allgather's reply is either
+the list of values indexed by rank or ``["shm", epoch]``: the values are then
+in the node's shared-memory KVS under :func:`allgather_key` (one copy per node
+instead of one per rank).
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ import struct
 from typing import Any
 
 import msgpack
-
 from pm.proto.errors import ProtocolError
 
 MAGIC = b"\0PMN"
@@ -27,7 +32,7 @@ PUT = "put"              # (key, value) -> None
 GET = "get"              # (key, rank | None) -> value | None (None: not found)
 FENCE = "fence"          # () -> None
 BARRIER = "barrier"      # () -> None
-ALLGATHER = "allgather"  # (value) -> list[value] | {"shm": epoch} when the values are in shm
+ALLGATHER = "allgather"  # (value) -> list[value] | ["shm", epoch] when the values are in shm
 RING = "ring"            # (value) -> [left, right]
 FINALIZE = "finalize"    # () -> None
 ABORT = "abort"          # (code, message) -> never answered
@@ -39,13 +44,39 @@ MAX_KEY = 1024
 MAX_VALUE = 64 << 20
 
 
+#: First element of an allgather reply whose values are in shared memory.
+SHM_REPLY = "shm"
+
+
+def rank_key(rank: int, key: bytes) -> bytes:
+    """The node-KVS key of ``key`` put by ``rank`` through this protocol.
+
+    It starts with NUL, which no PMI-1/PMI-2 key contains, so the native
+    namespace cannot clash with MPI's keys.
+    """
+    return b"\0%d\0%s" % (rank, key)
+
+
+def allgather_key(epoch: int, rank: int) -> bytes:
+    """The shared-memory key of ``rank``'s value in allgather ``epoch``.
+
+    ``a`` is not a digit, so it never equals a :func:`rank_key`.
+    """
+    return b"\0ag%d\0%d" % (epoch, rank)
+
+
 def pack(obj: Any) -> bytes:
+    """One frame: 4-byte big-endian length, then the msgpack body."""
     body: bytes = msgpack.packb(obj, use_bin_type=True)
     return _LEN.pack(len(body)) + body
 
 
 class FrameDecoder:
-    """Incremental decoder of length-prefixed msgpack frames."""
+    """Incremental decoder of length-prefixed msgpack frames.
+
+    :meth:`feed` returns every frame completed by the new bytes; a frame over
+    :data:`MAX_FRAME` or an undecodable body raises :class:`ProtocolError`.
+    """
 
     __slots__ = ("_buf",)
 
@@ -71,8 +102,3 @@ class FrameDecoder:
         if pos:
             del buf[:pos]
         return out
-
-
-def allgather_key(epoch: int, rank: int) -> bytes:
-    """Where the agent keeps rank ``rank``'s value of allgather ``epoch`` in the node's shm KVS."""
-    return b"\0ag%d\0%d" % (epoch, rank)

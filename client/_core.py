@@ -1,0 +1,164 @@
+"""What the async client and the blocking facade share: environment, requests, replies.
+
+Pure helpers, no I/O except opening the shared-memory reader: turning the
+caller's arguments into native requests (:mod:`pm.proto.native`) and the
+agent's replies into results or exceptions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pm.client.shmkvs import ShmKVSReader
+from pm.proto import native
+from pm.proto.errors import KeyNotFound, PMError, ProtocolError
+
+__all__ = ["Info", "RequestFailed", "Session", "env_fd"]
+
+#: Anything a key or value may be given as.
+Data = str | bytes | bytearray | memoryview
+
+
+class RequestFailed(PMError):
+    """The node agent refused a request; the message says why (it logged the same)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    """Who this rank is, as the agent told it at init."""
+
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    appnum: int
+    raw: dict[str, Any]
+
+
+def env_fd(fd: int | None) -> int:
+    """The fd to talk to the agent on: ``fd`` or ``$PMI_FD``; PMError if neither."""
+    if fd is not None:
+        return fd
+    text = os.environ.get("PMI_FD")
+    if text is None:
+        raise PMError("PMI_FD is not set: this process was not started by pmrun")
+    try:
+        return int(text)
+    except ValueError:
+        raise PMError(f"PMI_FD={text!r} is not a file descriptor number") from None
+
+
+def to_bytes(v: Any) -> Any:
+    """str as UTF-8, bytes-likes as bytes; anything else unchanged (the agent judges it)."""
+    if isinstance(v, str):
+        return v.encode()
+    if isinstance(v, (bytearray, memoryview)):
+        return bytes(v)
+    return v
+
+
+def check_info(info: Any) -> Info:
+    """The init reply as :class:`Info`, checked against ``PMI_RANK``/``PMI_SIZE`` if set."""
+    if not isinstance(info, dict):
+        raise ProtocolError(f"init reply is not a dict: {info!r}")
+    try:
+        got = Info(int(info["rank"]), int(info["size"]), int(info["local_rank"]),
+                   int(info["local_size"]), int(info["appnum"]), info)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"init reply lacks a field: {exc}") from exc
+    for var, value in (("PMI_RANK", got.rank), ("PMI_SIZE", got.size)):
+        text = os.environ.get(var)
+        if text is not None and text.strip() != str(value):
+            raise ProtocolError(f"the agent says {var.lower()[4:]} {value}, {var} says {text}")
+    return got
+
+
+class Session:
+    """Request ids, the shared-memory view and reply decoding for one connection."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self.info: Info | None = None
+        self.shm: ShmKVSReader | None = None
+
+    def request(self, op: str, *args: Any) -> tuple[int, bytes]:
+        """A new request id and the frame carrying ``[id, op, *args]``."""
+        self._next += 1
+        try:
+            frame = native.pack([self._next, op, *args])
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{op}: arguments cannot be sent: {exc}") from exc
+        return self._next, frame
+
+    def opened(self, info: Any) -> Info:
+        """Take the init reply; open the node's shared-memory KVS if the agent offers one."""
+        self.info = check_info(info)
+        name = info.get("shm")
+        if name:
+            try:
+                self.shm = ShmKVSReader(str(name))
+            except PMError:
+                self.shm = None  # the socket serves everything
+        return self.info
+
+    def close(self) -> None:
+        if self.shm is not None:
+            self.shm.close()
+            self.shm = None
+
+    # -- per-op reply decoding -------------------------------------------
+    @staticmethod
+    def result(op: str, ok: Any, result: Any) -> Any:
+        if ok is not True:
+            raise RequestFailed(f"{op} refused by the node agent: {result}")
+        return result
+
+    def shm_get(self, key: Any, rank: int | None) -> bytes | None:
+        """A value another rank published, straight from shared memory (None: ask the agent)."""
+        if self.shm is None or rank is None or not isinstance(key, bytes):
+            return None
+        try:
+            return self.shm.get(native.rank_key(rank, key))
+        except PMError:
+            return None
+
+    @staticmethod
+    def got(key: Any, rank: int | None) -> Callable[[Any], bytes]:
+        """Decoder of a get reply: None means nobody put it (and nobody will)."""
+
+        def decode(value: Any) -> bytes:
+            if value is None:
+                src = "" if rank is None else f" by rank {rank}"
+                raise KeyNotFound(f"key {key!r} was not put{src}")
+            if not isinstance(value, bytes):
+                raise ProtocolError(f"get reply is not bytes: {type(value).__name__}")
+            return value
+
+        return decode
+
+    def gathered(self, reply: Any) -> list[bytes]:
+        """An allgather reply: the values, or ``["shm", epoch]`` to read them from shm."""
+        size = self.info.size if self.info is not None else 0
+        if isinstance(reply, list) and len(reply) == 2 and reply[0] == native.SHM_REPLY:
+            epoch = reply[1]
+            if self.shm is None:
+                raise ProtocolError("allgather answered through shared memory, which is not open")
+            out: list[bytes] = []
+            for r in range(size):
+                value = self.shm.get(native.allgather_key(epoch, r))
+                if value is None:
+                    raise ProtocolError(f"allgather {epoch}: rank {r}'s value is not in shm")
+                out.append(value)
+            return out
+        if not isinstance(reply, list) or len(reply) != size:
+            raise ProtocolError(f"allgather reply is not {size} values")
+        return reply
+
+    @staticmethod
+    def ringed(reply: Any) -> tuple[bytes, bytes]:
+        if not isinstance(reply, list) or len(reply) != 2:
+            raise ProtocolError(f"ring reply is not [left, right]: {reply!r}")
+        return reply[0], reply[1]

@@ -1,0 +1,92 @@
+"""The node KVS: when a direct get waits, when it misses at once."""
+
+from __future__ import annotations
+
+import pytest
+from pm.agent.kvs import NodeKVS, rank_key
+from pm.proto import native
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def test_rank_keys_are_scoped_and_apart_from_allgather_keys() -> None:
+    assert rank_key(3, b"k") == b"\0" + b"3" + b"\0k" == native.rank_key(3, b"k")
+    assert rank_key(1, b"2\0k") != rank_key(12, b"k")
+    assert native.allgather_key(5, 2) == b"\0ag5\0" + b"2"
+    assert not native.allgather_key(1, 1).startswith(b"\0" + b"1")
+
+
+async def test_get_waits_for_the_put() -> None:
+    kvs = NodeKVS()
+    fut = kvs.wait_for(2, rank_key(2, b"k"))
+    assert not fut.done() and kvs.waiting() == 1
+    kvs.put(2, rank_key(2, b"other"), b"x")
+    assert not fut.done()
+    kvs.put(2, rank_key(2, b"k"), b"v\0=;\n")
+    assert fut.done() and fut.result() == b"v\0=;\n"
+    assert kvs.waiting() == 0
+
+
+async def test_fence_or_finalize_without_the_put_misses() -> None:
+    kvs = NodeKVS()
+    a = kvs.wait_for(1, b"a")
+    b = kvs.wait_for(2, b"b")
+    kvs.put(1, b"x", b"1")
+    assert kvs.take_pending(1) == [b"x", 1, b"1"]
+    assert a.done() and a.result() is None
+    assert not b.done()
+    # While rank 1 is inside its fence, a new get misses at once.
+    late = kvs.wait_for(1, b"a")
+    assert late.done() and late.result() is None
+    kvs.settle(2)  # finalized
+    assert b.done() and b.result() is None
+    assert kvs.wait_for(2, b"b").result() is None
+
+
+async def test_after_the_fence_completes_gets_wait_again() -> None:
+    kvs = NodeKVS()
+    kvs.take_pending(0)
+    kvs.unsettle(0)
+    fut = kvs.wait_for(0, b"k")
+    assert not fut.done()
+    kvs.put(0, b"k", b"v")
+    assert fut.result() == b"v"
+
+
+async def test_two_fences_in_flight_keep_the_rank_settled() -> None:
+    kvs = NodeKVS()
+    kvs.take_pending(0)  # ifence 1
+    kvs.take_pending(0)  # ifence 2
+    kvs.unsettle(0)      # fence 1 completed; fence 2 still in flight
+    assert kvs.settled(0)
+    assert kvs.wait_for(0, b"k").result() is None
+    kvs.unsettle(0)
+    assert not kvs.settled(0)
+
+
+async def test_pending_puts_travel_once_with_the_last_value() -> None:
+    kvs = NodeKVS()
+    kvs.put(4, b"k", b"old")
+    kvs.put(4, b"k", b"new")
+    kvs.put(4, b"j", b"j")
+    assert kvs.take_pending(4) == [b"k", 4, b"new", b"j", 4, b"j"]
+    assert kvs.take_pending(4) == []
+    assert kvs.get(b"k") == b"new"
+
+
+async def test_fence_results_insert_and_replace() -> None:
+    seen: list[tuple[bytes, bytes]] = []
+    kvs = NodeKVS(on_insert=seen.extend)
+    kvs.insert_many([b"a", 0, b"1", b"b", 1, b"2"])
+    kvs.insert_many([b"a", 0, b"1", b"b", 1, b"3"])
+    assert kvs.get(b"a") == b"1" and kvs.get(b"b") == b"3"
+    assert seen == [(b"a", b"1"), (b"b", b"2"), (b"b", b"3")]
+    assert kvs.bytes == len(b"a1") + len(b"b3")
+
+
+async def test_fail_waiters_misses_everything() -> None:
+    kvs = NodeKVS()
+    futs = [kvs.wait_for(r, b"k") for r in range(3)]
+    kvs.fail_waiters()
+    assert [f.result() for f in futs] == [None, None, None]
+    assert kvs.waiting() == 0
