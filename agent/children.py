@@ -1,42 +1,172 @@
-"""An agent's children: start them (tree spawn), link to them, notice when they die."""
+"""An agent's children: start them (tree spawn), link to them, notice when they are lost.
+
+A child is *lost* when its agent process ends before it reported its subtree
+done, when its link stays silent for the heartbeat timeout, when it does not
+join within the join timeout, or when its bootstrap fails.  The parent then
+sends :class:`AgentGone` up (the head names the node, kills the job and exits
+non-zero) and counts the child's subtree as done, so the job can end.
+
+:class:`RootRelay` is the head's stand-in for vertex 0 when the head stays off
+the nodes (``pm.bootstrap.base.head_relays``): vertex 0 then runs on
+``hosts[0]`` like any other agent and the head is its parent, with one link.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import signal
+import socket
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from pm.agent.links import ChildPort
+from pm.agent.links import ChildPort, endpoint_host, iface_address, is_ip, route_source
 from pm.agent.spawn import ChildWatch, ExitStatus
-from pm.bootstrap.base import AgentConfig, get_bootstrap
+from pm.bootstrap.base import (
+    LOCAL_NAMES,
+    AgentConfig,
+    Bootstrap,
+    get_bootstrap,
+    heartbeat_of,
+    join_timeout_of,
+)
+from pm.hostlist import compress
+from pm.jobspec import JobPlan
+from pm.mapping import place
 from pm.proto import tree as t
-from pm.proto.errors import AgentLost, Timeout
-
-if TYPE_CHECKING:
-    from pm.agent.node import JobAgent
+from pm.tree import Tree
 
 log = logging.getLogger("pm.agent.children")
 
+#: Seconds a child agent gets to exit after its stdin closed before it is killed.
+EXIT_GRACE = 5.0
+
+
+class Uplink(Protocol):
+    def send(self, msg: t.Msg) -> None: ...
+
+
+class Vertex(Protocol):
+    """What :class:`Children` needs of the agent it belongs to."""
+
+    @property
+    def plan(self) -> JobPlan: ...
+    @property
+    def vertex(self) -> int: ...
+    @property
+    def children(self) -> list[int]: ...
+    @property
+    def parent(self) -> Uplink: ...
+    def from_child(self, child: int, msg: t.Msg) -> None: ...
+
+
+def listen_endpoint(options: dict[str, Any], parent: str | None,
+                    toward: str | None = None) -> str:
+    """The endpoint (``tcp://ADDR``, no port) an agent listens on for its children.
+
+    Local trees use loopback.  ``--iface`` names an interface (used on every
+    host) or an address (used by the head only: agents elsewhere listen on the
+    address they reach their parent through).  The head without ``--iface``
+    uses its address on the route to ``toward`` (its first child's host).
+    """
+    if str(options.get("name", "local")) in LOCAL_NAMES:
+        return "tcp://127.0.0.1"
+    iface = options.get("iface")
+    if iface:
+        if parent is None or not is_ip(str(iface)):
+            return f"tcp://{iface_address(str(iface))}"
+    src = None
+    if parent is not None:
+        src = route_source(endpoint_host(parent))
+    else:
+        src = route_source(toward) if toward else None
+        if src is None:
+            src = route_source(socket.getfqdn())
+    if src is None or src.startswith("127."):
+        log.warning("listening for agents on loopback: agents on other hosts cannot reach "
+                    "it (use --iface)")
+        src = src or "127.0.0.1"
+    return f"tcp://{src}"
+
 
 class Children:
-    """The Downlinks of an agent with children."""
+    """The downlinks of an agent with children (or of the head's :class:`RootRelay`)."""
 
-    def __init__(self, agent: JobAgent, secret: bytes, bind: str = "tcp://127.0.0.1") -> None:
+    def __init__(self, agent: Vertex, secret: bytes, bind: str = "tcp://127.0.0.1", *,
+                 port: ChildPort | None = None) -> None:
         self.agent = agent
         self.secret = secret
-        self.port = ChildPort(secret, bind, self._hello, self._msg)
-        self._hellos: dict[int, asyncio.Future[t.Hello]] = {
-            v: asyncio.get_running_loop().create_future() for v in agent.children
+        plan = agent.plan
+        self.heartbeat = heartbeat_of(plan.bootstrap)
+        if port is None:
+            port = ChildPort(secret, bind, self._hello, self._msg, heartbeat=self.heartbeat,
+                             on_lost=self._silent)
+        else:
+            port.attach(self._hello, self._msg, self._silent)
+        self.port = port
+        loop = asyncio.get_running_loop()
+        self._hellos: dict[int, asyncio.Future[bool]] = {
+            v: loop.create_future() for v in agent.children
         }
         self._stdin: dict[int, int] = {}
         self._pids: dict[int, int] = {}
         self.watch = ChildWatch()
         self.closing = False
         self.joined: dict[int, float] = {}
+        self.gone: set[int] = set()
+        self.done: set[int] = set()
         self._exits: list[asyncio.Future[ExitStatus]] = []
+        self._todo: list[int] = []
+        self._boot: Bootstrap | None = None
+        self._launch: bytes | None = None
+        self._level = logging.getLogger("pm").getEffectiveLevel()
+        for v, hello in port.take_early():
+            self._hello(v, hello)
+
+    # ------------------------------------------------------------------ start
+    async def start(self, deadline: float) -> None:
+        """Bootstrap every child and hand it the plan; children that fail are reported lost."""
+        self.spawn_all()
+        await self.join(deadline)
+
+    def spawn_all(self) -> None:
+        """Start child agent processes (they join on their own); at most ``limit`` at once."""
+        plan = self.agent.plan
+        boot = get_bootstrap(str(plan.bootstrap.get("name", "local")), plan.bootstrap)
+        boot.on_failure = self._boot_failed
+        boot.prepare(plan.hosts, plan.fanout)
+        self._boot = boot
+        if boot.head_driven and self.agent.vertex >= 0:
+            return  # the head starts our children for us; they come to our port
+        self._todo = list(self.agent.children)
+        self._start_more()
+
+    def _start_more(self) -> None:
+        boot = self._boot
+        if boot is None or self.closing:
+            return
+        limit = boot.limit or len(self._todo)
+        starting = sum(1 for v in self._pids if not self._hellos[v].done())
+        while self._todo and starting < limit:
+            v = self._todo.pop(0)
+            host = self.agent.plan.hosts[v]
+            cfg = AgentConfig(v, self.port.address, self.secret.hex(), self.agent.plan.job_id,
+                              host, self._level, self.heartbeat)
+            try:
+                pid, wfd = boot.start(host, cfg)
+            except Exception as exc:  # SpawnError, a bad template, ...: the node is lost
+                self._lost(v, f"could not start its agent: {exc}")
+                continue
+            self._stdin[v] = wfd
+            if pid > 0:
+                self._pids[v] = pid
+                starting += 1
+                fut = self.watch.watch(pid)
+                self._exits.append(fut)
+                fut.add_done_callback(functools.partial(self._exited, v))
 
     def _hello(self, vertex: int, hello: t.Hello) -> None:
         fut = self._hellos.get(vertex)
@@ -44,72 +174,188 @@ class Children:
             log.warning("refused hello from vertex %d: not a child of vertex %d", vertex,
                         self.agent.vertex)
             return
-        if not fut.done():
-            self.joined[vertex] = time.monotonic()
-            fut.set_result(hello)
-
-    def _msg(self, vertex: int, msg: t.Msg) -> None:
-        self.agent.from_child(vertex, msg)
-
-    async def start(self, deadline: float) -> None:
-        """Bootstrap every child and hand it the plan; raise naming a child that did not join."""
-        self.spawn_all()
-        await self.join(deadline)
-
-    def spawn_all(self) -> None:
-        """Start every child agent process (they join on their own)."""
-        plan = self.agent.plan
-        boot = get_bootstrap(plan.bootstrap.get("name", "local"), plan.bootstrap)
-        level = logging.getLogger("pm").getEffectiveLevel()
-        for v in self.agent.children:
-            host = plan.hosts[v]
-            cfg = AgentConfig(v, self.port.address, self.secret.hex(), plan.job_id, host, level)
-            pid, wfd = boot.start(host, cfg)
-            self._pids[v] = pid
-            self._stdin[v] = wfd
-            fut = self.watch.watch(pid)
-            self._exits.append(fut)
-            fut.add_done_callback(
-                lambda f, v=v: self._died(v, f.result()) if not f.cancelled() else None)
+        if fut.done():
+            return
+        self.joined[vertex] = time.monotonic()
+        fut.set_result(True)
+        if self._launch is None:
+            self._launch = t.seal(self.secret, t.encode(t.Launch(self.agent.plan.to_wire())))
+        self.port.send_raw(vertex, self._launch)
+        self._start_more()
 
     async def join(self, deadline: float) -> None:
-        """Wait for each child's hello and send it the plan."""
-        plan = self.agent.plan
-        launch = t.Launch(plan.to_wire())
-        frame = t.seal(self.secret, t.encode(launch))
-        for v, fut in self._hellos.items():
-            try:
-                await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                raise Timeout(f"node {v} ({plan.hosts[v]}) did not join the tree in time") from None
-            self.port.send_raw(v, frame)
+        """Wait until every child joined or was lost; name (and drop) the late ones."""
+        pending = [f for f in self._hellos.values() if not f.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+        late = [v for v, f in self._hellos.items() if not f.done()]
+        if late:
+            timeout = join_timeout_of(self.agent.plan.bootstrap)
+            for v in late:
+                self._lost(v, f"did not join the tree within {timeout:g} s")
+            hosts = compress([self.agent.plan.hosts[v] for v in late])
+            log.error("agent %d: nodes %s (%s) did not join in time", self.agent.vertex,
+                      ",".join(map(str, late)), hosts)
 
-    def _died(self, vertex: int, status: ExitStatus) -> None:
-        if self.closing:
-            return
-        host = self.agent.plan.hosts[vertex]
-        fut = self._hellos.get(vertex)
-        if fut is not None and not fut.done():
-            fut.set_exception(AgentLost(f"agent for node {vertex} ({host}) {status.describe()} "
-                                        "before joining"))
-        text = f"agent {status.describe()}"
-        self.agent.parent.send(t.AgentGone(vertex, host, text))
+    # ------------------------------------------------------------------ messages
+    def _msg(self, vertex: int, msg: t.Msg) -> None:
+        if isinstance(msg, t.Done):
+            self.done.add(vertex)
+            self.port.forget(vertex)
+        if vertex in self.gone:
+            return  # reported lost already: whatever it still says comes too late
+        self.agent.from_child(vertex, msg)
 
     def send(self, vertex: int, msg: t.Msg) -> None:
+        fut = self._hellos.get(vertex)
+        if isinstance(msg, t.Kill) and fut is not None and not fut.done():
+            # The job is being killed before this child joined: stop waiting for it.
+            self._abandon(vertex)
+            return
         self.port.send(vertex, msg)
 
+    # ------------------------------------------------------------------ losses
+    def _lost(self, vertex: int, why: str) -> None:
+        """Report ``vertex`` lost (once) and count its subtree as done."""
+        if self.closing or vertex in self.gone or vertex in self.done:
+            return
+        self.gone.add(vertex)
+        self.port.drop(vertex)
+        fut = self._hellos.get(vertex)
+        if fut is not None and not fut.done():
+            fut.set_result(False)
+        host = self.agent.plan.hosts[vertex]
+        self.agent.parent.send(t.AgentGone(vertex, host, why))
+        self.agent.from_child(vertex, t.Done(vertex, {}))
+        self._start_more()
+
+    def _abandon(self, vertex: int) -> None:
+        if vertex in self.gone:
+            return
+        self.gone.add(vertex)
+        fut = self._hellos[vertex]
+        if not fut.done():
+            fut.set_result(False)
+        self.agent.from_child(vertex, t.Done(vertex, {}))
+
+    def _exited(self, vertex: int, fut: asyncio.Future[ExitStatus]) -> None:
+        if not fut.cancelled():
+            self._died(vertex, fut.result())
+
+    def _died(self, vertex: int, status: ExitStatus) -> None:
+        if self.closing or vertex in self.done:
+            return
+        fut = self._hellos.get(vertex)
+        when = " before joining the tree" if fut is not None and not fut.done() else ""
+        self._lost(vertex, f"agent {status.describe()}{when}")
+
+    def _silent(self, vertex: int, why: str) -> None:
+        self._lost(vertex, why)
+
+    def _boot_failed(self, vertex: int, host: str, why: str) -> None:
+        if vertex in self._hellos:
+            self._lost(vertex, why)
+        elif not self.closing:
+            # A deeper vertex the head starts for its parent: only the head hears of it.
+            self.agent.parent.send(t.AgentGone(vertex, host, why))
+
+    # ------------------------------------------------------------------ ending
     def close(self) -> None:
-        """Tell children to go (closing their stdin) and stop listening. Idempotent."""
+        """Tell children to go (Shutdown, then closing their stdin) and stop listening.
+
+        Bootstrap processes of children that never joined are killed at once:
+        nothing would ever tell them to stop.  Idempotent.
+        """
+        if self.closing:
+            return
         self.closing = True
+        bye = t.seal(self.secret, t.encode(t.Shutdown("job over")))
+        for v, fut in self._hellos.items():
+            if fut.done() and fut.result():
+                self.port.send_raw(v, bye)
+            elif v in self._pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self._pids[v], signal.SIGKILL)
         for wfd in self._stdin.values():
-            with contextlib.suppress(OSError):
-                os.close(wfd)
+            if wfd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(wfd)
         self._stdin.clear()
         self.port.close()
+        if self._boot is not None:
+            self._boot.close()
 
-    async def wait_exit(self, timeout: float) -> None:
-        """Wait for child agent processes to exit (they do once their stdin closes)."""
+    async def wait_exit(self, timeout: float = EXIT_GRACE) -> None:
+        """Wait for child agent processes to exit; SIGKILL those still there after ``timeout``."""
         pending = [f for f in self._exits if not f.done()]
         if pending:
-            await asyncio.wait(pending, timeout=timeout)
+            _, pending_set = await asyncio.wait(pending, timeout=timeout)
+            if pending_set:
+                for v, pid in self._pids.items():
+                    log.warning("agent %d: child agent %d (pid %d) did not exit: killing it",
+                                self.agent.vertex, v, pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                await asyncio.wait(pending_set, timeout=2.0)
         self.watch.close()
+
+
+class RootRelay:
+    """The head's side of vertex 0 when vertex 0 runs on ``hosts[0]`` (no ranks in the head).
+
+    It offers what :class:`pm.head.JobRun` uses of an in-process
+    :class:`~pm.agent.node.JobAgent` and relays: messages from vertex 0 go to
+    the head unchanged, the head's Kill / Signal / Stdin go down to vertex 0.
+    """
+
+    vertex = -1
+
+    def __init__(self, plan: JobPlan, parent: Uplink) -> None:
+        self.plan = plan
+        self.parent = parent
+        self.tree = Tree(len(plan.hosts), plan.fanout)
+        self.children = [0]
+        self.node_of_rank = place(plan.size, plan.slots)
+        self.children_link: Children | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.host = socket.gethostname()
+        #: Start-up events are recorded by vertex 0 and come up with its Done.
+        self.timeline: list[Any] | None = None
+        self._killing = False
+
+    def mark(self, what: str, rank: int = -1, **args: Any) -> None:
+        """Nothing to record: the head's own events are not part of any node's timeline."""
+
+    async def prepare(self) -> None:
+        """Nothing to prepare: the head runs no ranks."""
+
+    def start_ranks(self) -> None:
+        """The head runs no ranks."""
+
+    def from_child(self, child: int, msg: t.Msg) -> None:
+        if isinstance(msg, t.Done) and not self.done.done():
+            self.done.set_result(None)
+        self.parent.send(msg)
+
+    def from_parent(self, msg: t.Msg) -> None:
+        if isinstance(msg, t.Kill):
+            self.kill(msg.reason, msg.grace)
+        else:
+            self._down(msg)
+
+    def from_tree(self, msg: t.Msg) -> None:
+        self._down(msg)
+
+    def _down(self, msg: t.Msg) -> None:
+        if self.children_link is not None:
+            self.children_link.send(0, msg)
+
+    def kill(self, reason: str, grace: float) -> None:
+        """Kill the job on every node (vertex 0 passes it down the tree)."""
+        first = not self._killing
+        self._killing = True
+        if first or grace <= 0:
+            self._down(t.Kill(reason, grace))
+
+    def close(self) -> None:
+        """Nothing of its own to release: the head closes the :class:`Children`."""

@@ -3,18 +3,30 @@
 Every frame is sealed with the job secret (``pm.proto.tree.seal``): a peer that
 does not know it cannot join the tree, inject data, start processes or read
 output; its frames are dropped and logged, and the link keeps serving.
+
+Both ends send a :class:`~pm.proto.tree.Heartbeat` every ``heartbeat / 4``
+seconds (any frame counts as a sign of life).  A child silent for
+``heartbeat`` seconds is reported through ``on_lost(vertex, why)``; a parent
+silent that long through ``on_lost(why)``: the agent then kills its ranks and
+leaves, so a cut link never leaves anything running on either side.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import ipaddress
 import logging
-from collections.abc import Callable
-from typing import Any
+import socket
+import struct
+import time
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, TypeVar
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from pm.proto import tree as t
 from pm.proto.errors import AuthError, ProtocolError, TransportError
@@ -22,6 +34,8 @@ from pm.proto.errors import AuthError, ProtocolError, TransportError
 log = logging.getLogger("pm.agent.links")
 
 _ctx: zmq.asyncio.Context | None = None
+
+K = TypeVar("K", bound=Hashable)
 
 
 def context() -> zmq.asyncio.Context:
@@ -38,27 +52,177 @@ def _configure(sock: zmq.asyncio.Socket) -> None:
     sock.setsockopt(zmq.MAXMSGSIZE, 1 << 31)
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.debug("tree send failed: %s", fut.exception())
+
+
+def _settle(fut: Any) -> None:
+    """A send's future may end in an error (peer gone): read it so it is not reported."""
+    if isinstance(fut, asyncio.Future):
+        fut.add_done_callback(_retrieve)
+
+
+def interval_of(timeout: float) -> float:
+    """How often a link with ``timeout`` sends heartbeats and checks its peers."""
+    return max(0.02, min(1.0, timeout / 4))
+
+
+class Liveness(Generic[K]):
+    """Last-seen times of peers and which of them fell silent (pure; the caller gives ``now``).
+
+    A check that comes much later than planned means our own process stalled
+    (a swapped-out or starved agent), not that the peers did: their clocks are
+    then restarted instead of declaring them all lost.
+    """
+
+    def __init__(self, timeout: float, interval: float, now: float) -> None:
+        self.timeout = timeout
+        self.interval = interval
+        self._seen: dict[K, float] = {}
+        self._last_check = now
+
+    def seen(self, key: K, now: float) -> None:
+        self._seen[key] = now
+
+    def forget(self, key: K) -> None:
+        self._seen.pop(key, None)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._seen
+
+    def check(self, now: float) -> list[K]:
+        """Peers silent for longer than the timeout (they are forgotten)."""
+        if now - self._last_check > max(3 * self.interval, self.timeout / 2):
+            for key in self._seen:
+                self._seen[key] = now
+        self._last_check = now
+        lost = [k for k, at in self._seen.items() if now - at > self.timeout]
+        for k in lost:
+            del self._seen[k]
+        return lost
+
+
+async def log_refused_handshakes(sock: zmq.asyncio.Socket, what: str) -> None:
+    """Log every connection ``sock`` refused during the ZMTP handshake (bad protocol or key)."""
+    events = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+              | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+    mon = sock.get_monitor_socket(events)
+    try:
+        while True:
+            frames = await mon.recv_multipart()
+            try:
+                ev = parse_monitor_message(frames)
+            except Exception:  # a monitor message we do not understand: not worth dying for
+                continue
+            event = int(ev["event"])
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                kind = "authentication failed"
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                kind = "protocol error"
+            else:
+                kind = "malformed handshake"
+            raw = ev["endpoint"]
+            endpoint = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+            log.warning("%s: refused a connection on %s: %s", what, endpoint, kind)
+    finally:
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disable_monitor()
+        mon.close(linger=0)
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def iface_address(name_or_addr: str) -> str:
+    """The IPv4 address of interface ``name_or_addr``, or the address itself if it is one."""
+    if is_ip(name_or_addr):
+        return name_or_addr
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            req = struct.pack("256s", name_or_addr.encode()[:15])
+            res = fcntl.ioctl(s.fileno(), siocgifaddr, req)
+        except OSError as exc:
+            raise TransportError(f"interface {name_or_addr!r}: {exc.strerror}") from None
+    return socket.inet_ntoa(res[20:24])
+
+
+def route_source(host: str) -> str | None:
+    """Our address on the route to ``host`` (``None`` if it does not resolve).
+
+    A UDP ``connect`` only looks the route up: nothing is sent.
+    """
+    try:
+        infos = socket.getaddrinfo(host, 9, socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError:
+        return None
+    for *_, addr in infos:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.connect(addr)
+                return str(s.getsockname()[0])
+            except OSError:
+                continue
+    return None
+
+
+def endpoint_host(address: str) -> str:
+    """``tcp://10.0.0.1:4000`` -> ``10.0.0.1``."""
+    rest = address.split("://", 1)[-1]
+    host = rest.rsplit(":", 1)[0]
+    return host.strip("[]")
+
+
 class ChildPort:
     """The ROUTER children connect to.  ``on_msg(vertex, msg)`` gets their messages
-    once they said a valid :class:`Hello`; ``on_hello(vertex, hello)`` is told first."""
+    once they said a valid :class:`Hello`; ``on_hello(vertex, hello)`` is told first.
+
+    ``bind`` is an endpoint without port (``tcp://10.0.0.1``); the port is
+    random (within ``ports`` when given).  With ``heartbeat`` > 0, a joined
+    child silent that long is forgotten and reported to ``on_lost``.
+    """
 
     def __init__(self, secret: bytes, bind: str,
-                 on_hello: Callable[[int, t.Hello], None],
-                 on_msg: Callable[[int, t.Msg], None]) -> None:
+                 on_hello: Callable[[int, t.Hello], None] | None,
+                 on_msg: Callable[[int, t.Msg], None] | None, *,
+                 heartbeat: float = 0.0,
+                 on_lost: Callable[[int, str], None] | None = None,
+                 ports: tuple[int, int] | None = None) -> None:
         self.secret = secret
         self.sock = context().socket(zmq.ROUTER)
         _configure(self.sock)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        loop = asyncio.get_running_loop()
+        self._monitor = loop.create_task(log_refused_handshakes(self.sock, "tree port"))
         try:
-            port = self.sock.bind_to_random_port(bind)
+            if ports is not None:
+                port = self.sock.bind_to_random_port(bind, ports[0], ports[1] + 1)
+            else:
+                port = self.sock.bind_to_random_port(bind)
         except zmq.ZMQError as exc:
+            self._monitor.cancel()
+            self.sock.close(linger=0)
             raise TransportError(f"cannot listen on {bind}: {exc}") from exc
         self.address = f"{bind}:{port}"
         self._peers: dict[bytes, int] = {}
         self._ids: dict[int, bytes] = {}
         self.on_hello = on_hello
         self.on_msg = on_msg
-        self._task = asyncio.get_running_loop().create_task(self._recv())
+        self.on_lost = on_lost
+        self._early: list[tuple[int, t.Hello]] = []
+        self.heartbeat = heartbeat
+        self._live: Liveness[int] | None = None
+        self._task = loop.create_task(self._recv())
+        self._beat: asyncio.Task[None] | None = None
+        if heartbeat > 0:
+            self._live = Liveness(heartbeat, interval_of(heartbeat), time.monotonic())
+            self._beat = loop.create_task(self._heartbeats())
 
     async def _recv(self) -> None:
         while True:
@@ -73,7 +237,7 @@ class ChildPort:
             except (AuthError, ProtocolError) as exc:
                 peer = ""
                 with contextlib.suppress(Exception):
-                    peer = frame.get("Peer-Address") or ""
+                    peer = str(frame.get("Peer-Address") or "")
                 log.warning("refused a message from %s: %s", peer or "an unknown peer", exc)
                 continue
             vertex = self._peers.get(ident)
@@ -84,13 +248,56 @@ class ChildPort:
                     continue
                 self._peers[ident] = msg.vertex
                 self._ids[msg.vertex] = ident
-                self.on_hello(msg.vertex, msg)
+                if self._live is not None:
+                    self._live.seen(msg.vertex, time.monotonic())
+                if self.on_hello is None:
+                    self._early.append((msg.vertex, msg))
+                else:
+                    self.on_hello(msg.vertex, msg)
+                continue
+            if self._live is not None and vertex in self._live:
+                self._live.seen(vertex, time.monotonic())
+            if isinstance(msg, t.Heartbeat) or self.on_msg is None:
                 continue
             try:
                 self.on_msg(vertex, msg)
             except Exception:
                 log.exception("agent failed handling %s from vertex %d", type(msg).__name__,
                               vertex)
+
+    async def _heartbeats(self) -> None:
+        live = self._live
+        assert live is not None
+        beat = t.seal(self.secret, t.encode(t.Heartbeat(-1)))
+        while True:
+            await asyncio.sleep(live.interval)  # a period, not a wait for an event
+            for vertex in list(self._ids):
+                if vertex in live:
+                    self.send_raw(vertex, beat)
+            for vertex in live.check(time.monotonic()):
+                log.warning("vertex %d: no sign of life for %g s", vertex, live.timeout)
+                if self.on_lost is not None:
+                    try:
+                        self.on_lost(vertex, f"no heartbeat for {live.timeout:g} s "
+                                             "(link down or agent hung)")
+                    except Exception:
+                        log.exception("handling the loss of vertex %d failed", vertex)
+
+    def attach(self, on_hello: Callable[[int, t.Hello], None],
+               on_msg: Callable[[int, t.Msg], None],
+               on_lost: Callable[[int, str], None] | None) -> None:
+        """Set the handlers of a port opened before its owner existed."""
+        self.on_hello, self.on_msg, self.on_lost = on_hello, on_msg, on_lost
+
+    def take_early(self) -> list[tuple[int, t.Hello]]:
+        """Hellos that came while the port had no ``on_hello`` (the caller replays them)."""
+        early, self._early = self._early, []
+        return early
+
+    def forget(self, vertex: int) -> None:
+        """Stop watching ``vertex`` (it is done or known to be gone)."""
+        if self._live is not None:
+            self._live.forget(vertex)
 
     def send(self, vertex: int, msg: t.Msg) -> None:
         self.send_raw(vertex, t.seal(self.secret, t.encode(msg)))
@@ -101,36 +308,66 @@ class ChildPort:
             log.debug("no link to vertex %d (yet): dropped a message", vertex)
             return
         with contextlib.suppress(zmq.ZMQError):
-            self.sock.send_multipart([ident, frame], copy=False)
+            _settle(self.sock.send_multipart([ident, frame], copy=False))
 
-    def close(self) -> None:
+    def drop(self, vertex: int) -> None:
+        """Forget ``vertex`` altogether (it is lost): nothing more is sent to it."""
+        self.forget(vertex)
+        ident = self._ids.pop(vertex, None)
+        if ident is not None:
+            self._peers.pop(ident, None)
+
+    def close(self, linger: int = 500) -> None:
         self._task.cancel()
-        self.sock.close(linger=500)
+        self._monitor.cancel()
+        if self._beat is not None:
+            self._beat.cancel()
+        self.sock.close(linger=linger)
 
 
 class ParentLink:
-    """The DEALER an agent talks to its parent through."""
+    """The DEALER an agent talks to its parent through.
+
+    With ``heartbeat`` > 0 it sends heartbeats from the start and calls
+    ``on_lost(why)`` once if the parent stays silent for that long.
+    """
 
     def __init__(self, secret: bytes, address: str, vertex: int,
-                 on_msg: Callable[[t.Msg], None]) -> None:
+                 on_msg: Callable[[t.Msg], None], *,
+                 heartbeat: float = 0.0,
+                 on_lost: Callable[[str], None] | None = None) -> None:
         self.secret = secret
+        self.vertex = vertex
         self.sock = context().socket(zmq.DEALER)
         _configure(self.sock)
         self.sock.setsockopt(zmq.IDENTITY, b"v%d" % vertex)
         self.sock.connect(address)
         self.on_msg = on_msg
+        self.on_lost = on_lost
         self._task: asyncio.Task[Any] | None = None
+        self._beat: asyncio.Task[None] | None = None
+        self._live: Liveness[str] | None = None
+        if heartbeat > 0:
+            self._live = Liveness(heartbeat, interval_of(heartbeat), time.monotonic())
+            self._live.seen("parent", time.monotonic())
+            self._beat = asyncio.get_running_loop().create_task(self._heartbeats())
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._recv())
 
     async def recv(self) -> t.Msg:
+        """The next message from the parent (heartbeats are consumed here)."""
         while True:
             frame = await self.sock.recv()
             try:
-                return t.decode(t.unseal(self.secret, frame))
+                msg = t.decode(t.unseal(self.secret, frame))
             except (AuthError, ProtocolError) as exc:
                 log.warning("refused a message from the parent link: %s", exc)
+                continue
+            if self._live is not None and "parent" in self._live:
+                self._live.seen("parent", time.monotonic())
+            if not isinstance(msg, t.Heartbeat):
+                return msg
 
     async def _recv(self) -> None:
         while True:
@@ -140,11 +377,28 @@ class ParentLink:
             except Exception:
                 log.exception("agent failed handling %s from its parent", type(msg).__name__)
 
+    async def _heartbeats(self) -> None:
+        live = self._live
+        assert live is not None
+        beat = t.seal(self.secret, t.encode(t.Heartbeat(self.vertex)))
+        while True:
+            await asyncio.sleep(live.interval)  # a period, not a wait for an event
+            with contextlib.suppress(zmq.ZMQError):
+                await self.sock.send(beat, flags=zmq.NOBLOCK)
+            if live.check(time.monotonic()):
+                log.warning("agent %d: no sign of life from the parent for %g s", self.vertex,
+                            live.timeout)
+                if self.on_lost is not None:
+                    self.on_lost(f"no heartbeat from the parent for {live.timeout:g} s")
+                return
+
     def send(self, msg: t.Msg) -> None:
         with contextlib.suppress(zmq.ZMQError):
-            self.sock.send(t.seal(self.secret, t.encode(msg)), copy=False)
+            _settle(self.sock.send(t.seal(self.secret, t.encode(msg)), copy=False))
 
-    def close(self) -> None:
+    def close(self, linger: int = 1000) -> None:
         if self._task is not None:
             self._task.cancel()
-        self.sock.close(linger=1000)
+        if self._beat is not None:
+            self._beat.cancel()
+        self.sock.close(linger=linger)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pm.agent.admission import (
     DEFAULT_HIGH_PERCENT,
@@ -47,6 +47,7 @@ __all__ = [
     "Overrun",
     "OverrunEvent",
     "OverrunPolicy",
+    "RankReservations",
     "SizeError",
     "Watermarks",
     "format_size",
@@ -328,7 +329,7 @@ class MemoryGovernor:
         self._clock = clock
         self.admission = Admission(watermarks, backfill=backfill, settle=settle, margin=margin)
         self._waiters: dict[Ident, _Waiter] = {}
-        self._watched: dict[Ident, int] = {}
+        self._watched: dict[Ident, tuple[int, int]] = {}  # ident -> (pid, baseline)
         self._acted = _Acted()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -351,12 +352,18 @@ class MemoryGovernor:
 
     async def aclose(self) -> None:
         """Stop sampling, fail pending admissions, resume suspended work. Idempotent."""
+        task = self._task
+        self.close()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def close(self) -> None:
+        """:meth:`aclose` for synchronous teardown: the sampler is cancelled, not awaited."""
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         for ident, waiter in list(self._waiters.items()):
             self.admission.release(ident)
             if not waiter.future.done():
@@ -405,9 +412,13 @@ class MemoryGovernor:
             self._forget(ident)
         self._wake(self.admission.release_owner(owner))
 
-    def watch(self, ident: Ident, pid: int) -> None:
-        """Sample the process tree of ``pid`` as ``ident``'s usage from now on."""
-        self._watched[ident] = pid
+    def watch(self, ident: Ident, pid: int, *, baseline: int = 0) -> None:
+        """Sample the process tree of ``pid`` as ``ident``'s usage from now on.
+
+        ``baseline``: bytes of that tree that are not ``ident``'s (a rank's
+        memory before its reservation): the usage is what it holds above them.
+        """
+        self._watched[ident] = (pid, baseline)
 
     def resize(self, ident: Ident, nbytes: int) -> None:
         self._wake(self.admission.resize(ident, nbytes))
@@ -432,9 +443,9 @@ class MemoryGovernor:
             except Exception:  # a failed probe must not stop admission for good
                 log.exception("memory sampling failed")
 
-    def _measure(self, watched: Mapping[Ident, int]) -> tuple[int, dict[Ident, int]]:
+    def _measure(self, watched: Mapping[Ident, tuple[int, int]]) -> tuple[int, dict[Ident, int]]:
         used = self._usage()
-        return used, {ident: tree_rss(pid) for ident, pid in watched.items()}
+        return used, {i: max(0, tree_rss(pid) - base) for i, (pid, base) in watched.items()}
 
     def _forget(self, ident: Ident) -> None:
         self._watched.pop(ident, None)
@@ -503,9 +514,132 @@ class MemoryGovernor:
             self._emit(o, "resumed")
 
     def _signal(self, ident: Ident, sig: signal.Signals) -> None:
-        pid = self._watched.get(ident)
-        if pid is None:
+        watched = self._watched.get(ident)
+        if watched is None:
             return
-        for p in tree_pids(pid):
+        for p in tree_pids(watched[0]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, sig)
+
+
+# ------------------------------------------------------------------- rank reservations
+
+
+class _Held(NamedTuple):
+    rank: int
+    baseline: int  # the rank's tree bytes that are not this reservation's
+    nbytes: int
+
+
+class _Key(NamedTuple):
+    """A governor ident that names the reservation in log lines."""
+
+    rank: int
+    ident: int
+
+    def __repr__(self) -> str:
+        return f"rank {self.rank} reservation {self.ident}"
+
+
+class RankReservations:
+    """The ``pmi.reserve`` blocks of one job's ranks on a node: one budget for them all.
+
+    The :class:`MemoryGovernor` is made on the first :meth:`reserve`, with
+    watermarks resolved against this node's memory (``high``/``low``: sizes or
+    percentages of it, None for the defaults).  While a reservation is held
+    its usage is what the rank's process tree grew by since it was admitted,
+    a rank's reservations being filled in the order they were admitted (two
+    of them never count the same growth).  :meth:`close` fails what waits.
+    """
+
+    def __init__(
+        self,
+        high: str | None,
+        low: str | None,
+        overrun: OverrunPolicy = "warn",
+        *,
+        cgroup: str | os.PathLike[str] | None = None,
+        interval: float = 0.1,
+        where: str = "this node",
+    ) -> None:
+        self._high, self._low, self._overrun = high, low, overrun
+        self._cgroup, self._interval, self._where = cgroup, interval, where
+        self._gov: MemoryGovernor | None = None
+        self._started: asyncio.Task[None] | None = None
+        self._held: dict[int, _Held] = {}
+        self._tasks: set[asyncio.Task[int]] = set()
+        self._next = 1
+
+    @property
+    def governor(self) -> MemoryGovernor | None:
+        return self._gov
+
+    def reserve(self, rank: int, pid: int, nbytes: int) -> asyncio.Future[int]:
+        """The reservation's id, once ``nbytes`` are admitted for ``rank`` (process ``pid``).
+
+        Cancelling the future withdraws the request.  Fails with a :class:`PMError`
+        (:class:`ResourceLimit`, :class:`SizeError`) the rank is told about.
+        """
+        ident, self._next = self._next, self._next + 1
+        task = asyncio.get_running_loop().create_task(self._admit(ident, rank, pid, nbytes))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def release(self, rank: int, ident: int) -> None:
+        """Give back reservation ``ident`` of ``rank`` (unknown or another rank's: ignored)."""
+        held = self._held.get(ident)
+        if held is not None and held.rank == rank and self._gov is not None:
+            del self._held[ident]
+            self._gov.release(_Key(rank, ident))
+
+    def release_rank(self, rank: int) -> None:
+        """Everything ``rank`` holds or waits for (it exited)."""
+        for ident in [i for i, h in self._held.items() if h.rank == rank]:
+            del self._held[ident]
+        if self._gov is not None:
+            self._gov.release_owner(rank)
+
+    def close(self) -> None:
+        """Stop the governor; pending reservations fail.  Idempotent."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._started is not None:
+            self._started.cancel()
+        if self._gov is not None:
+            self._gov.close()
+        self._held.clear()
+
+    def _done(self, task: asyncio.Task[int]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # the session reports it; never "exception never retrieved"
+
+    def _governor(self) -> MemoryGovernor:
+        if self._gov is None:
+            probe = NodeMemory(self._cgroup)
+            snap = probe.read()
+            marks = Watermarks.resolve(snap.total, self._high, self._low)
+            log.info("%s: %s", self._where, marks.describe(snap.total, snap.limit_source))
+            self._gov = MemoryGovernor(
+                marks, usage=probe.used, interval=self._interval, overrun=self._overrun
+            )
+        return self._gov
+
+    async def _admit(self, ident: int, rank: int, pid: int, nbytes: int) -> int:
+        try:
+            gov = self._governor()
+            if self._started is None:
+                self._started = asyncio.get_running_loop().create_task(gov.start())
+            await asyncio.shield(self._started)
+        except (OSError, ValueError) as exc:  # a probe that cannot be read
+            raise ResourceLimit(f"no memory accounting on {self._where}: {exc}") from exc
+        key = _Key(rank, ident)
+        await gov.admit(key, nbytes, owner=rank)
+        # Its growth counts once the rank's earlier reservations are full (a few /proc reads).
+        ends = [h.baseline + h.nbytes for h in self._held.values() if h.rank == rank]
+        base = max([tree_rss(pid) if pid else 0, *ends])
+        self._held[ident] = _Held(rank, base, nbytes)
+        if pid:
+            gov.watch(key, pid, baseline=base)
+        return ident

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pm.agent.collectives import Collectives, Complete, SendUp, report_counts
+from pm.agent.collectives import KIND_NAMES, Collectives, Complete, SendUp, report_counts
 from pm.agent.kvs import NodeKVS
 from pm.agent.pmi_server import PmiSession
 from pm.agent.spawn import PMI_FD, ChildWatch, ExitStatus, Guardian, SpawnError, resolve, spawn
@@ -119,6 +119,10 @@ class JobAgent:
         self._shm_tried = False
         #: Start-up events (wall time, vertex, rank, name, args) when profiling.
         self.timeline: list[Any] | None = [] if plan.profile else None
+        #: Figures of the simulated ranks (pm.agent.sim), merged up with Done.
+        self.sim_stats: dict[str, Any] | None = None
+        #: Direct gets in flight, by key: concurrent gets of one key share one request.
+        self._fetching: dict[bytes, asyncio.Future[bytes | None]] = {}
         self.on_close: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ launch
@@ -199,6 +203,7 @@ class JobAgent:
 
             start_sim(self)
             return
+        self.mark("spawn start", ranks=len(self.local))
         self.watch = ChildWatch()
         self.guardian = Guardian()
         plan = self.plan
@@ -233,6 +238,7 @@ class JobAgent:
                 continue
             cpus = self.cpusets[proc.local_rank] if self.cpusets else None
             self._spawn_one(proc, path, argv, env, wdir, cpus)
+        self.mark("ranks spawned")
 
     def _spawn_one(self, proc: RankProc, path: str, argv: list[str], env: dict[str, str],
                    wdir: str | None, cpus: frozenset[int] | None = None) -> None:
@@ -259,6 +265,8 @@ class JobAgent:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
             theirs.close()
+        if self.timeline is not None:
+            self.mark("rank spawned", proc.rank, pid=proc.pid)
         proc.stdin_fd = in_w
         if in_w >= 0:
             os.set_blocking(in_w, False)
@@ -330,6 +338,8 @@ class JobAgent:
     # ------------------------------------------------------------------ exits
     def _exited(self, proc: RankProc, status: ExitStatus) -> None:
         proc.status = status
+        if self.timeline is not None:
+            self.mark("rank exit", proc.rank, code=status.code, signal=status.signal)
         if proc.stdin_fd >= 0:
             self.loop.remove_writer(proc.stdin_fd)
             os.close(proc.stdin_fd)
@@ -352,10 +362,14 @@ class JobAgent:
         st = proc.status
         self._exits.append([proc.rank, self.vertex, st.code, st.signal, proc.reason])
         self.kvs.settle(proc.rank)
+        if getattr(self, "reservations", None) is not None:
+            self.reservations.release_rank(proc.rank)  # a rank that died holds nothing
         self._schedule_flush()
 
     def rank_event(self, rank: int, event: str, detail: Any = None) -> None:
         proc = self.ranks[rank]
+        if self.timeline is not None:
+            self.mark(_EVENT_MARKS.get(event, event), rank)
         if event == "init":
             proc.initialized = True
         elif event == "finalize":
@@ -395,7 +409,13 @@ class JobAgent:
                 kvs_bytes.update(st.get("kvs_bytes", {}))
                 timeline.extend(st.get("timeline", []))
             stats: dict[str, Any] = {"kvs_bytes": kvs_bytes}
+            if self.plan.sim_ranks:
+                from pm.agent.sim import merge_stats
+
+                stats["sim"] = merge_stats(self.sim_stats,
+                                           [st.get("sim") for st in self._child_stats])
             if self.timeline is not None:
+                timeline.append([time.time(), self.vertex, -1, "done", {}])
                 stats["timeline"] = timeline
             self.parent.send(t.Done(self.vertex, stats))
             if not self.done.done():
@@ -426,6 +446,8 @@ class JobAgent:
         return self.job_attrs.get(key)
 
     def put(self, rank: int, key: bytes, value: bytes) -> None:
+        if self.timeline is not None:
+            self.mark("put", rank, key=key.decode("utf-8", "replace"), size=len(value))
         self.kvs.put(rank, key, value)
 
     def get_now(self, key: bytes) -> bytes | None:
@@ -438,11 +460,20 @@ class JobAgent:
             fut.set_result(value)
             return fut
         owner = self.node_of_rank[src]
+        if self.timeline is not None:
+            self.mark("get", rank, src=src, node=owner)
         if owner == self.vertex:
             return self.kvs.wait_for(src, key)
-        req, fut = self._new_req()
-        self._route(owner, t.GetReq(req, self.vertex, owner, key, src))
-        return fut
+        shared = self._fetching.get(key)
+        if shared is None:
+            req, shared = self._new_req()
+            self._fetching[key] = shared
+            shared.add_done_callback(lambda _f, k=key: self._fetching.pop(k, None))
+            self._route(owner, t.GetReq(req, self.vertex, owner, key, src))
+        # Each asker gets its own future: cancelling one must not cancel the others.
+        mine: asyncio.Future[bytes | None] = self.loop.create_future()
+        shared.add_done_callback(lambda f, m=mine: _copy_result(f, m))
+        return mine
 
     def _new_req(self) -> tuple[int, asyncio.Future[Any]]:
         req = self._next_req
@@ -488,12 +519,20 @@ class JobAgent:
         self._route(m.origin, t.NameResp(m.req, m.origin, ok, port))
 
     def reserve(self, rank: int, nbytes: int) -> asyncio.Future[int]:
-        fut: asyncio.Future[int] = self.loop.create_future()
-        fut.set_exception(PMError("memory reservations need a memory governor on this agent"))
-        return fut
+        """A ``pmi.reserve`` block: the id once the node admits ``nbytes`` for ``rank``
+        under the plan's watermarks (one budget for all of this job's ranks here)."""
+        if getattr(self, "reservations", None) is None:
+            from pm.agent.memory import RankReservations
+
+            self.reservations = RankReservations(
+                self.plan.mem_high, self.plan.mem_low,
+                self.plan.mem_overrun,  # type: ignore[arg-type]  # checked by JobSpec
+                where=f"node {self.vertex} ({self.host})")
+        return self.reservations.reserve(rank, self.ranks[rank].pid, nbytes)
 
     def release(self, rank: int, ident: int) -> None:
-        return None
+        if getattr(self, "reservations", None) is not None:
+            self.reservations.release(rank, ident)
 
     # ------------------------------------------------------------------ collectives
     def collective(self, kind: int, rank: int, value: Any) -> asyncio.Future[Any]:
@@ -513,6 +552,8 @@ class JobAgent:
             piece = None
         epoch, actions = self.coll.contribute(kind, rank, piece)
         self._coll_futs[(kind, epoch, rank)] = fut
+        if self.timeline is not None:
+            self.mark(f"{KIND_NAMES[kind]} in", rank, epoch=epoch)
         if ring:
             self._ring_ag[(epoch, rank)] = 1
         self._act(actions)
@@ -521,6 +562,8 @@ class JobAgent:
     def _act(self, actions: list[Any]) -> None:
         for a in actions:
             if isinstance(a, SendUp):
+                if self.timeline is not None:
+                    self.mark("coll up", kind=KIND_NAMES[a.kind], epoch=a.epoch)
                 self.parent.send(t.CollIn(a.epoch, a.kind, a.data))
             elif isinstance(a, Complete):
                 self._complete(a)
@@ -540,10 +583,20 @@ class JobAgent:
             # Kept once per node: native clients read the values from shared memory.
             if self._shm_insert([(allgather_key(c.epoch, r), v) for r, v in enumerate(c.data)]):
                 shm_reply = ["shm", c.epoch]
-        if self.children_link is not None:
-            for child, data in c.children.items():
-                self.children_link.send(child, t.CollOut(c.epoch, c.kind, data))
+        if self.timeline is not None:
+            self.mark("coll down", kind=KIND_NAMES[c.kind], epoch=c.epoch)
+        if self.children_link is not None and c.children:
+            if c.kind == t.RING:
+                for child, data in c.children.items():
+                    self.children_link.send(child, t.CollOut(c.epoch, c.kind, data))
+            else:
+                # Every child gets the same result: encode and seal it once.
+                self._send_same(list(c.children), t.CollOut(c.epoch, c.kind, c.data))
+        tl = self.timeline
+        out_mark = f"{KIND_NAMES[c.kind]} out"
         for rank, result in c.local.items():
+            if tl is not None:
+                self.mark(out_mark, rank, epoch=c.epoch)
             fut = self._coll_futs.pop((c.kind, c.epoch, rank), None)
             if fut is None or fut.done():
                 continue
@@ -553,6 +606,20 @@ class JobAgent:
             if shm_reply is not None and c.kind == t.ALLGATHER:
                 result = shm_reply
             fut.set_result(result if c.kind in (t.ALLGATHER, t.RING) else None)
+
+    def _send_same(self, children: list[int], msg: t.Msg) -> None:
+        """Send one message to several children, encoded and sealed once."""
+        link = self.children_link
+        from pm.agent.children import Children
+
+        if not isinstance(link, Children):
+            for child in children:
+                assert link is not None
+                link.send(child, msg)
+            return
+        frame = t.seal(link.secret, t.encode(msg))
+        for child in children:
+            link.port.send_raw(child, frame)
 
     def _shm_insert(self, items: list[tuple[bytes, bytes]]) -> bool:
         try:
@@ -588,6 +655,8 @@ class JobAgent:
     def from_parent(self, msg: t.Msg) -> None:
         """A message that came down the tree."""
         if isinstance(msg, t.CollOut):
+            if self.timeline is not None:
+                self.mark("coll result in", kind=KIND_NAMES[msg.kind], epoch=msg.epoch)
             self._act(self.coll.result_in(msg.epoch, msg.kind, msg.data))
         elif isinstance(msg, t.Kill):
             self.kill(msg.reason, msg.grace)
@@ -601,6 +670,9 @@ class JobAgent:
     def from_child(self, child: int, msg: t.Msg) -> None:
         """A message that came up from child agent ``child``."""
         if isinstance(msg, t.CollIn):
+            if self.timeline is not None:
+                self.mark("coll child in", child=child, kind=KIND_NAMES[msg.kind],
+                          epoch=msg.epoch)
             self._act(self.coll.child_in(child, msg.epoch, msg.kind, msg.data))
         elif isinstance(msg, t.Done):
             self._children_done.add(child)
@@ -620,6 +692,8 @@ class JobAgent:
             if msg.dst != self.vertex:
                 self._route(msg.dst, msg)
                 return
+            if self.timeline is not None:
+                self.mark("get served", msg.rank, origin=msg.origin)
             got = self.kvs.wait_for(msg.rank, msg.key)
             got.add_done_callback(functools.partial(self._answer_get, msg))
         elif isinstance(msg, (t.GetResp, t.NameResp)):
@@ -717,6 +791,8 @@ class JobAgent:
         """Release everything; ranks still alive are killed. Idempotent."""
         for t_ in list(self._tasks):
             t_.cancel()
+        if getattr(self, "reservations", None) is not None:
+            self.reservations.close()
         for proc in self.ranks.values():
             for fd in proc.fds.values():
                 with contextlib.suppress(ValueError, OSError):
@@ -743,6 +819,21 @@ class JobAgent:
             with contextlib.suppress(Exception):
                 cb()
         self.on_close.clear()
+
+
+#: Profile names of the PMI events a session reports.
+_EVENT_MARKS = {"init": "PMI init", "finalize": "finalize", "abort": "abort", "eof": "PMI eof"}
+
+
+def _copy_result(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
+    if dst.done():
+        return
+    if src.cancelled():
+        dst.cancel()
+    elif (exc := src.exception()) is not None:
+        dst.set_exception(exc)
+    else:
+        dst.set_result(src.result())
 
 
 def _unlink(path: str) -> None:

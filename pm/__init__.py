@@ -19,9 +19,9 @@ if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isfile(
     __path__.append(_root)
 
 if TYPE_CHECKING:
-    from pm.api import Cluster, Job, JobResult, run
+    from pm.api import Cluster, Job, JobResult, run, run_tasks
 
-__all__ = ["Cluster", "Job", "JobResult", "run"]
+__all__ = ["Cluster", "Job", "JobResult", "run", "run_tasks"]
 __version__ = "0.1.0"
 
 

@@ -17,15 +17,18 @@ Async::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pm.head import JobResult, JobRun, Nodes, RankResult
 from pm.jobspec import AppSpec, JobSpec
 from pm.proto.errors import RankFailed
 
-__all__ = ["Cluster", "Job", "JobFailed", "JobResult", "RankResult", "run"]
+if TYPE_CHECKING:
+    from pm.ensemble import Ensemble, Task, TaskResult
+
+__all__ = ["Cluster", "Job", "JobFailed", "JobResult", "RankResult", "run", "run_tasks"]
 
 
 class JobFailed(RankFailed):
@@ -111,13 +114,19 @@ class Cluster:
 
     def __init__(self, local_nodes: int = 1, *, fanout: int = 32,
                  hosts: Sequence[str] | None = None, slots: Sequence[int | None] | None = None,
-                 bootstrap: Mapping[str, Any] | None = None) -> None:
+                 bootstrap: Mapping[str, Any] | None = None, mem_high: str | None = None,
+                 mem_low: str | None = None, mem_overrun: str = "warn",
+                 retries: int = 0) -> None:
         if hosts:
             self.nodes = Nodes(list(hosts), list(slots or [None] * len(hosts)), fanout,
                                dict(bootstrap or {"name": "local"}))
         else:
             self.nodes = Nodes.local(local_nodes, fanout)
         self._jobs: list[Job] = []
+        # Node memory watermarks: for submit()'s tasks and for the ranks' pmi.reserve.
+        self._mem = {"mem_high": mem_high, "mem_low": mem_low, "mem_overrun": mem_overrun}
+        self._retries = retries
+        self._ensemble: Ensemble | None = None
 
     async def __aenter__(self) -> Cluster:
         return self
@@ -127,7 +136,10 @@ class Cluster:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Kill and reap every job still running. Idempotent."""
+        """Kill and reap every job and task still running. Idempotent."""
+        if self._ensemble is not None:
+            await self._ensemble.aclose()
+            self._ensemble = None
         for job in self._jobs:
             if job._result is None:
                 job.kill("cluster closed")
@@ -142,10 +154,30 @@ class Cluster:
         (label, timeout, wdir, ppn, kvs, bind_to, ...)."""
         if output not in ("capture", "inherit"):
             raise ValueError("output must be 'capture' or 'inherit'")
+        for key, value in self._mem.items():
+            opts.setdefault(key, value)
         job = Job(_spec(argv, n, env, **opts), self.nodes, output == "capture", stdin)
         await job._start()
         self._jobs.append(job)
         return job
+
+    async def submit(self, argv: Sequence[str], mem: str | int | None = None, *,
+                     env: Mapping[str, str] | None = None, wdir: str | None = None) -> Task:
+        """Queue ``argv`` as a task under memory admission; returns once a node admits it.
+
+        While no node can (memory, or a node that passed its high watermark and
+        is not yet under its low one), the await does not return.  ``mem``: the
+        task's bound (``"2G"`` or bytes; None: learned from finished tasks of the
+        same command).  ``await task.wait()`` gives its :class:`pm.ensemble.TaskResult`
+        (its output captured).  Tasks of one cluster share one :class:`pm.ensemble.Ensemble`.
+        """
+        if self._ensemble is None:
+            from pm.ensemble import Ensemble
+
+            self._ensemble = Ensemble(
+                self.nodes, mem_high=self._mem["mem_high"], mem_low=self._mem["mem_low"],
+                overrun=self._mem["mem_overrun"] or "warn", retries=self._retries)
+        return await self._ensemble.submit(argv, mem, env=dict(env or {}), wdir=wdir)
 
 
 def run(argv: Sequence[str], n: int = 1, *, local_nodes: int = 1, fanout: int = 32,
@@ -159,6 +191,22 @@ def run(argv: Sequence[str], n: int = 1, *, local_nodes: int = 1, fanout: int = 
 
     result: JobResult = _run_loop(main())
     return result
+
+
+def run_tasks(tasks: Iterable[Sequence[str] | str], *, local_nodes: int = 1,
+              output: str = "inherit", **options: Any) -> list[TaskResult]:
+    """Run tasks on this machine under memory admission, to their end; their results in order.
+
+    ``tasks``: argv lists, or tasks-file lines (``"[mem=2G] ./sim 1"``).  ``output``:
+    ``"inherit"`` writes their lines here prefixed ``[task N] ``, ``"capture"`` keeps
+    them in the results.  ``options``: :class:`pm.ensemble.Ensemble`'s (``mem_per_task``
+    in bytes, ``mem_high``, ``mem_low``, ``retries``, ``overrun``, ``settle``, ...).
+    """
+    from pm.ensemble import run_ensemble
+
+    results: list[TaskResult] = _run_loop(
+        run_ensemble(tasks, Nodes.local(local_nodes), output=output, **options))
+    return results
 
 
 def _run_loop(coro: Any) -> Any:

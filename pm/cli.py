@@ -56,10 +56,17 @@ Task ensembles (memory-controlled):
   --mem-low SIZE|PCT      resume admitting below this (default 80%)
   --retries N             rerun a failed task up to N times
   --mem-overrun ACTION    warn (default), kill or suspend a task over its declared size
+  --mem-settle S|off      shrink a task's reservation to its measured peak once that peak
+                          held S seconds (default 1); off: reservations only grow
+  (--mem-high, --mem-low and --mem-overrun also govern ranks' pmi.reserve blocks)
 
 Start-up analysis:
   --profile FILE          write a Chrome trace of the start-up timeline to FILE
-  --sim-ranks-per-node R  emulate R ranks per agent in-process (scale tests)
+  --sim-ranks-per-node R  emulate R ranks per agent in-process (scale tests; no program):
+                          put an address, exchange it, get a few peers' addresses, check
+  --sim-value-size B      bytes of each simulated address (default 64)
+  --sim-exchange KIND     allgather (default) or fence
+  --sim-gets LIST         peers each simulated rank gets from: left,right,leader (default), far
 
 Output and control:
   -l, --label             prefix every output line with [rank]
@@ -103,7 +110,9 @@ _GLOBAL_VALUE = {
     "--heartbeat": "heartbeat",
     "--tasks": "tasks", "--mem-per-task": "mem_per_task", "--mem-high": "mem_high",
     "--mem-low": "mem_low", "--retries": "retries", "--mem-overrun": "mem_overrun",
+    "--mem-settle": "mem_settle",
     "--sim-ranks-per-node": "sim_ranks", "--sim-value-size": "sim_value_size",
+    "--sim-exchange": "sim_exchange", "--sim-gets": "sim_gets",
 }
 _FLAGS = {
     "-l": "label", "--label": "label", "-prepend-rank": "label", "-genvall": "genvall",
@@ -218,10 +227,23 @@ def parse(argv: list[str]) -> CliOptions:
         else:
             raise UsageError(f"unknown option {arg} (see pmrun --help)")
         i += 1
-    if not spec.apps and not ({"tasks", "topology"} & opts.extra.keys()):
+    if "sim_ranks" in opts.extra:
+        from pm.agent.sim import sim_settings
+
+        if spec.apps:
+            raise UsageError("--sim-ranks-per-node emulates the ranks: give no program")
+        try:
+            sim_settings(opts.extra)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if not spec.apps and not ({"tasks", "topology", "sim_ranks"} & opts.extra.keys()):
         raise UsageError("no program given (see pmrun --help)")
     if spec.timeout is None and os.environ.get("MPIEXEC_TIMEOUT"):
         spec.timeout = float(os.environ["MPIEXEC_TIMEOUT"])
+    # Memory watermarks also govern the ranks' reserve blocks: they travel in the plan.
+    spec.mem_high = opts.extra.get("mem_high")
+    spec.mem_low = opts.extra.get("mem_low")
+    spec.mem_overrun = opts.extra.get("mem_overrun", "warn")
     return opts
 
 
@@ -231,8 +253,18 @@ def _print(text: str, code: int) -> int:
 
 
 def nodes_of(opts: CliOptions) -> object:
+    from pm.bootstrap.base import LOCAL_NAMES, bootstrap_options, default_hosts
     from pm.head import Nodes
 
+    try:
+        boot = bootstrap_options(opts.extra, bool(opts.hosts or opts.hostfile))
+        given = None if (opts.hosts or opts.hostfile) else default_hosts(boot)
+    except (ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    if given is not None:
+        if opts.local_nodes:
+            raise UsageError(f"--local-nodes and --launcher {boot['name']} do not go together")
+        return Nodes([h for h, _ in given], [s for _, s in given], opts.fanout, boot)
     if opts.hosts or opts.hostfile:
         from pm.hostlist import parse_hostfile, parse_hosts_option
 
@@ -243,10 +275,12 @@ def nodes_of(opts: CliOptions) -> object:
             entries = parse_hosts_option(opts.hosts or "")
         if opts.local_nodes:
             raise UsageError("--local-nodes and -hosts/-f do not go together")
-        launcher = opts.extra.get("launcher", "local")
-        return Nodes([e.host for e in entries], [e.slots for e in entries], opts.fanout,
-                     {"name": launcher})
-    return Nodes.local(opts.local_nodes or 1, opts.fanout)
+        return Nodes([e.host for e in entries], [e.slots for e in entries], opts.fanout, boot)
+    if boot["name"] not in LOCAL_NAMES:
+        raise UsageError(f"--launcher {boot['name']} needs hosts (-hosts or -f)")
+    nodes = Nodes.local(opts.local_nodes or 1, opts.fanout)
+    nodes.bootstrap.update(boot)
+    return nodes
 
 
 async def _main(opts: CliOptions) -> int:
@@ -267,7 +301,12 @@ async def _main(opts: CliOptions) -> int:
 
     nodes = nodes_of(opts)
     assert isinstance(nodes, Nodes)
-    job = JobRun(opts.spec, nodes, stdin=stdin_for_job(), verbose=opts.verbose > 0)
+    sim = None
+    if "sim_ranks" in opts.extra:
+        from pm.agent.sim import sim_job
+
+        sim = sim_job(opts.spec, len(nodes.hosts), opts.extra)
+    job = JobRun(opts.spec, nodes, stdin=stdin_for_job(), verbose=opts.verbose > 0, sim=sim)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, job.interrupt, sig)
@@ -275,6 +314,14 @@ async def _main(opts: CliOptions) -> int:
         loop.add_signal_handler(sig, job.signal, sig)
     await job.start()
     result = await job.wait()
+    if sim is not None:
+        from pm.agent.sim import phase_report, summary_line
+
+        sys.stdout.write(summary_line(result.stats.get("sim"), job.plan.size,
+                                      len(job.plan.hosts)) + "\n")
+        sys.stdout.flush()
+        if opts.verbose:
+            sys.stderr.write(phase_report(result.stats.get("sim")))
     if opts.verbose:
         import logging
 

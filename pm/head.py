@@ -15,16 +15,22 @@ import os
 import signal
 import socket
 import stat
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from pm.agent.node import JobAgent
+from pm.bootstrap.base import head_relays
 from pm.agent.spawn import ExitStatus
 from pm.jobspec import JobPlan, JobSpec, new_job_id, sequence_slots
 from pm.mapping import place, process_mapping
 from pm.output import Writer
 from pm.proto import tree as t
+
+if TYPE_CHECKING:
+    from pm.agent.children import RootRelay
 
 log = logging.getLogger("pm")
 
@@ -93,7 +99,9 @@ class JobRun:
     """One job through the tree. ``start()``, then ``wait()``; ``signal``/``kill`` any time."""
 
     def __init__(self, spec: JobSpec, nodes: Nodes, *, sink: OutputSink | None = None,
-                 stdin: int | None = None, verbose: bool = False) -> None:
+                 stdin: int | None = None, verbose: bool = False,
+                 sim: dict[str, Any] | None = None) -> None:
+        self._t0 = time.time()  # the head's start, for --profile
         spec.validate()
         self.spec = spec
         self.nodes = nodes
@@ -115,12 +123,16 @@ class JobRun:
             label=spec.label, kvs=spec.kvs, bind_to=spec.bind_to, map_by=spec.map_by,
             report_bindings=spec.report_bindings, timeout=spec.timeout,
             profile=spec.profile is not None, bootstrap=dict(nodes.bootstrap),
+            mem_high=spec.mem_high, mem_low=spec.mem_low, mem_overrun=spec.mem_overrun,
         )
+        if sim:  # simulated ranks (pm.agent.sim): the app is a placeholder, never started
+            self.plan.sim_ranks = int(sim["ranks_per_node"])
+            self.plan.sim = dict(sim)
         self.ranks: dict[int, RankResult] = {}
         self.cause: str | None = None
         self.returncode: int | None = None
         self.finished = self.loop.create_future()
-        self.agent: JobAgent | None = None
+        self.agent: JobAgent | RootRelay | None = None
         self.children: object | None = None
         self._interrupts = 0
         self._killing = False
@@ -134,18 +146,31 @@ class JobRun:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         plan = self.plan
-        agent = JobAgent(plan, 0, self, host=plan.hosts[0])
+        agent: JobAgent | RootRelay
+        if head_relays(plan.bootstrap):
+            # Nodes are other hosts: vertex 0 runs on hosts[0], the head only relays.
+            from pm.agent.children import RootRelay
+
+            agent = RootRelay(plan, self)
+        else:
+            agent = JobAgent(plan, 0, self, host=plan.hosts[0])
         self.agent = agent
         if self.spec.timeout:
             self._timer = self.loop.call_later(self.spec.timeout, self._timed_out)
         children = None
         if agent.children:
-            from pm.agent.children import Children
+            from pm.agent.children import Children, listen_endpoint
 
-            children = Children(agent, self.secret)
+            bind = listen_endpoint(plan.bootstrap, None, plan.hosts[agent.children[0]])
+            children = Children(agent, self.secret, bind=bind)
             agent.children_link = children
             self.children = children
+            agent.mark("bootstrap start", children=len(agent.children))
             children.spawn_all()
+        if agent.timeline is not None:
+            from pm.profile import mark_process_start
+
+            mark_process_start(agent, "head start", self._t0)
         await agent.prepare()
         agent.start_ranks()
         if children is not None:
@@ -153,6 +178,10 @@ class JobRun:
                 await children.join(time.monotonic() + float(plan.bootstrap.get("join_timeout", 60)))
             except Exception as exc:
                 self._fail(str(exc), EXIT_LAUNCHER)
+            if agent.timeline is not None:
+                from pm.profile import mark_joined
+
+                mark_joined(agent, children.joined)
         self._start_stdin()
         log.info("job %s: %d ranks on %d nodes, fanout %d", plan.job_id, plan.size,
                  len(plan.hosts), plan.fanout)
@@ -162,6 +191,11 @@ class JobRun:
             await self.finished
         finally:
             await self.aclose()
+        if self.spec.profile:
+            from pm.profile import write_profile
+
+            sys.stderr.write(write_profile(self.spec.profile, self.stats.get("timeline"),
+                                           len(self.plan.hosts), self.plan.fanout))
         code = self.returncode if self.returncode is not None else 0
         return JobResult(code, dict(sorted(self.ranks.items())), self.cause, self.stats)
 
@@ -259,13 +293,7 @@ class JobRun:
             for rank, node in enumerate(agent.node_of_rank):
                 if node == v and rank not in self.ranks:
                     self.ranks[rank] = RankResult(rank, v, -1, 0, "node lost")
-        # Let the subtree count as done so the job can finish.
-        while vertex not in agent.children:
-            parent = agent.tree.parent(vertex)
-            if parent is None:
-                return
-            vertex = parent
-        agent.from_child(vertex, t.Done(vertex, {}))
+        # The agent that lost the node counts its subtree as done (agent/children.py).
 
     def _rank_ended(self, r: RankResult) -> None:
         self.ranks[r.rank] = r

@@ -58,6 +58,11 @@ class JobSpec:
     map_by: str = "core"
     report_bindings: bool = False
     profile: str | None = None
+    #: Node memory watermarks for the ranks' ``pmi.reserve`` (sizes or "NN%"; None: 90/80 %),
+    #: and what to do with a reservation's rank using more than it reserved.
+    mem_high: str | None = None
+    mem_low: str | None = None
+    mem_overrun: str = "warn"
 
     @property
     def size(self) -> int:
@@ -77,6 +82,17 @@ class JobSpec:
             raise JobSpecError(f"--kvs takes shm or socket, not {self.kvs!r}")
         if self.timeout is not None and self.timeout <= 0:
             raise JobSpecError("--timeout must be positive")
+        if self.mem_overrun not in ("warn", "kill", "suspend"):
+            raise JobSpecError(
+                f"--mem-overrun takes warn, kill or suspend, not {self.mem_overrun!r}")
+        for opt, size in (("--mem-high", self.mem_high), ("--mem-low", self.mem_low)):
+            if size is not None:
+                from pm.agent.admission import SizeError, parse_size
+
+                try:
+                    parse_size(size, total=1 << 40)  # the node's total is known on the node
+                except SizeError as exc:
+                    raise JobSpecError(f"{opt}: {exc}") from None
 
     def base_env(self, launcher_env: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment every rank starts from, before per-app and per-rank variables."""
@@ -117,6 +133,10 @@ class JobPlan:
     #: Ranks emulated in-process per agent (0: real processes).
     sim_ranks: int = 0
     sim: dict[str, Any] = field(default_factory=dict)
+    #: Memory watermarks for ``reserve`` on each node, as in JobSpec.
+    mem_high: str | None = None
+    mem_low: str | None = None
+    mem_overrun: str = "warn"
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

@@ -258,6 +258,7 @@ class EnsembleScheduler:
         self._tasks: dict[int, TaskRecord] = {}
         self._queue: deque[int] = deque()
         self._learned: dict[tuple[str, ...], int] = {}
+        self._failed_unrun: list[int] = []
 
     # -- queries
     def record(self, index: int) -> TaskRecord:
@@ -380,6 +381,21 @@ class EnsembleScheduler:
             rec.status = TaskStatus.FAILED
         return self.schedule()
 
+    def cancel(self, index: int, reason: str = "cancelled") -> list[Start]:
+        """Withdraw a queued task: it fails with ``reason`` (a running one is left alone)."""
+        rec = self._tasks[index]
+        if rec.status is TaskStatus.QUEUED:
+            self._queue.remove(index)
+            rec.status, rec.reason = TaskStatus.FAILED, reason
+            self._failed_unrun.append(index)
+        return self.schedule()
+
+    def take_failed_unrun(self) -> list[int]:
+        """Tasks failed since the last call without a run ending: cancelled, or too big
+        for every node (their failure comes with no :meth:`task_exited`)."""
+        out, self._failed_unrun = self._failed_unrun, []
+        return out
+
     def node_lost(self, node: NodeId) -> list[Start]:
         """A node is gone: its running tasks count as failed runs (retried if allowed)."""
         n = self._nodes[node]
@@ -435,6 +451,7 @@ class EnsembleScheduler:
             return False
         self._queue.remove(rec.spec.index)
         rec.status = TaskStatus.FAILED
+        self._failed_unrun.append(rec.spec.index)
         rec.reason = (
             f"needs {format_size(nbytes)}, more than any node's high watermark "
             f"({format_size(max(highs))})"

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
+from typing import IO
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,7 +151,7 @@ def kill_marked(marker: str) -> None:
     """SIGKILL what a failed test left behind (only processes carrying its own marker)."""
     import signal
 
-    for pid in pids_with(marker):
+    for pid in {*pids_with(marker), *pids_with_env(marker)}:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
 
@@ -162,3 +163,38 @@ def script(directory: Path, name: str, text: str) -> Path:
     path = directory / name
     path.write_text(textwrap.dedent(text).lstrip())
     return path
+
+
+def pids_with_env(marker: str) -> list[int]:
+    """Live processes whose *environment* contains ``marker`` (launchers, agents, ranks)."""
+    me = os.getpid()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            env = Path(f"/proc/{entry.name}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in env and cmdline(int(entry.name)) is not None:
+            found.append(int(entry.name))
+    return found
+
+
+def read_lines(stream: IO[bytes], count: int, timeout: float) -> list[bytes]:
+    """Read ``count`` lines from a pipe (a Popen's stdout) within ``timeout`` seconds."""
+    import select
+
+    fd = stream.fileno()
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while buf.count(b"\n") < count:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {count} lines, "
+                                 f"got {buf!r}")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise AssertionError(f"EOF after {buf!r}, expected {count} lines")
+        buf += chunk
+    return buf.splitlines(keepends=True)

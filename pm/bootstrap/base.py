@@ -1,11 +1,35 @@
-"""The interface every way of starting agents implements."""
+"""The interface every way of starting agents implements.
+
+A bootstrap's options travel in ``JobPlan.bootstrap`` (a plain dict) to every
+agent of the tree, so each agent starts its own children the same way the
+head started the first level (tree spawn).  Keys every bootstrap understands:
+
+``name``
+    the module: ``local`` (fork/exec), ``exec`` (a command template),
+    ``ssh``, ``slurm`` or ``persistent`` (running ``pm-agent serve`` services).
+``join_timeout``
+    seconds a child may take to join before the job fails naming it.
+``heartbeat``
+    seconds of silence after which a tree link counts as lost.
+``iface``
+    address or interface name agents listen on for their children.
+"""
 
 from __future__ import annotations
 
 import abc
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+#: Seconds a tree link may stay silent before its peer counts as lost (``--heartbeat``).
+DEFAULT_HEARTBEAT = 5.0
+#: Seconds a child agent may take to join the tree (``--join-timeout``).
+DEFAULT_JOIN_TIMEOUT = 60.0
+
+#: Bootstraps that start agents on this machine: vertex 0 may run in the head's process.
+LOCAL_NAMES = frozenset({"", "local", "fork"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,15 +42,38 @@ class AgentConfig:
     job_id: str
     host: str
     log_level: int
+    heartbeat: float = DEFAULT_HEARTBEAT
 
     def to_wire(self) -> dict[str, Any]:
         return {"vertex": self.vertex, "parent": self.parent, "secret": self.secret,
-                "job_id": self.job_id, "host": self.host, "log_level": self.log_level}
+                "job_id": self.job_id, "host": self.host, "log_level": self.log_level,
+                "heartbeat": self.heartbeat}
 
 
 def agent_command(python: str | None = None) -> list[str]:
     """The argv that starts an agent with the same interpreter (-P: never import from the cwd)."""
     return [python or sys.executable, "-P", "-m", "pm.agent.main", "child"]
+
+
+def heartbeat_of(options: Mapping[str, Any]) -> float:
+    """The link timeout the options ask for (``DEFAULT_HEARTBEAT`` if none; 0 disables)."""
+    return float(options.get("heartbeat", DEFAULT_HEARTBEAT))
+
+
+def join_timeout_of(options: Mapping[str, Any]) -> float:
+    return float(options.get("join_timeout", DEFAULT_JOIN_TIMEOUT))
+
+
+def head_relays(options: Mapping[str, Any]) -> bool:
+    """Whether the head stays off the nodes: vertex 0 runs on ``hosts[0]`` like any agent.
+
+    True for every bootstrap that reaches other machines (or network
+    namespaces): the head then keeps a single tree link, to vertex 0, and runs
+    no ranks itself.
+    """
+    if "head_only" in options:
+        return bool(options["head_only"])
+    return str(options.get("name", "local")) not in LOCAL_NAMES
 
 
 class Bootstrap(abc.ABC):
@@ -35,17 +82,131 @@ class Bootstrap(abc.ABC):
     ``start`` returns the pid of a *local* process whose lifetime is the
     agent's (the agent itself, or the ssh/srun/exec command that runs it), and
     the write end of its stdin: closing it tells the agent its parent is gone.
+    A bootstrap with no local process (``persistent``) returns ``(0, -1)``.
     """
 
     name: str = ""
+    #: At most this many children of one agent are being started at once (None: no limit).
+    limit: int | None = None
+    #: True when the head starts every agent of the tree itself (agents then only
+    #: listen for the children the head sends them).
+    head_driven: bool = False
+    #: Set by the caller before ``start``: told ``(vertex, host, why)`` when
+    #: starting an agent failed after ``start`` returned.
+    on_failure: Callable[[int, str, str], None] | None = None
 
     @abc.abstractmethod
     def start(self, host: str, config: AgentConfig) -> tuple[int, int]: ...
 
+    def prepare(self, hosts: list[str], fanout: int) -> None:
+        """Told the job's nodes and tree fan-out before the first ``start``."""
+        return None
+
+    def close(self) -> None:
+        """Release what the bootstrap holds (connections, tasks). Idempotent."""
+        return None
+
 
 def get_bootstrap(name: str, options: dict[str, Any]) -> Bootstrap:
-    if name in ("", "local", "fork"):
+    """The bootstrap called ``name``, configured by ``options`` (``JobPlan.bootstrap``)."""
+    if name in LOCAL_NAMES:
         from pm.bootstrap.local import LocalBootstrap
 
         return LocalBootstrap(options)
+    if name == "exec":
+        from pm.bootstrap.exec import ExecBootstrap
+
+        return ExecBootstrap(options)
+    if name == "ssh":
+        from pm.bootstrap.ssh import SshBootstrap
+
+        return SshBootstrap(options)
+    if name == "slurm":
+        from pm.bootstrap.slurm import SlurmBootstrap
+
+        return SlurmBootstrap(options)
+    if name == "persistent":
+        from pm.bootstrap.persistent import PersistentBootstrap
+
+        return PersistentBootstrap(options)
     raise ValueError(f"unknown bootstrap {name!r}")
+
+
+def _number(extra: Mapping[str, str], key: str, opt: str, kind: type[float] | type[int],
+            minimum: float) -> float | int | None:
+    text = extra.get(key)
+    if text is None:
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{opt} takes a number, not {text!r}") from None
+    if value < minimum:
+        raise ValueError(f"{opt} must be at least {minimum:g}")
+    return value
+
+
+def bootstrap_options(extra: Mapping[str, str], hosts_given: bool = False) -> dict[str, Any]:
+    """The bootstrap dict (``JobPlan.bootstrap``) for the launcher options of the command line.
+
+    ``extra`` holds the raw option values (``launcher``, ``launcher_exec``,
+    ``ssh``, ``user``, ``ssh_limit``, ``agents``, ``iface``, ``join_timeout``,
+    ``heartbeat``).  Without ``--launcher`` the launcher follows from the other
+    options: ``--launcher-exec`` means exec, ``--agents`` persistent, and a
+    Slurm allocation (when no hosts are given) slurm.  ``ValueError`` names a
+    bad option.
+    """
+    import os
+
+    name = extra.get("launcher")
+    if not name:
+        if "launcher_exec" in extra:
+            name = "exec"
+        elif "agents" in extra:
+            name = "persistent"
+        elif not hosts_given and os.environ.get("SLURM_JOB_NODELIST") and os.environ.get(
+                "SLURM_JOB_ID"):
+            name = "slurm"
+        else:
+            name = "local"
+    known = ("local", "fork", "ssh", "slurm", "exec", "persistent")
+    if name not in known:
+        raise ValueError(f"--launcher takes one of {', '.join(known)}, not {name!r}")
+    opts: dict[str, Any] = {"name": name}
+    for key, opt, kind, minimum in (("join_timeout", "--join-timeout", float, 0.001),
+                                    ("heartbeat", "--heartbeat", float, 0.0),
+                                    ("ssh_limit", "--ssh-limit", int, 1)):
+        value = _number(extra, key, opt, kind, minimum)
+        if value is not None:
+            opts["limit" if key == "ssh_limit" else key] = value
+    if "iface" in extra:
+        opts["iface"] = extra["iface"]
+    if name == "exec":
+        if not extra.get("launcher_exec"):
+            raise ValueError("--launcher exec needs --launcher-exec TEMPLATE")
+        opts["template"] = extra["launcher_exec"]
+    elif name == "ssh":
+        if "ssh" in extra:
+            opts["ssh"] = extra["ssh"]
+        if "user" in extra:
+            opts["user"] = extra["user"]
+    elif name == "persistent":
+        if not extra.get("agents"):
+            raise ValueError("--launcher persistent needs --agents FILE")
+        from pm.bootstrap.persistent import read_agents_file
+
+        opts["services"] = read_agents_file(extra["agents"])
+    return opts
+
+
+def default_hosts(options: Mapping[str, Any]) -> list[tuple[str, int | None]] | None:
+    """Hosts a launcher brings along when none are given: the Slurm allocation, or the
+    services of an ``--agents`` file.  ``None`` for the others."""
+    name = options.get("name")
+    if name == "slurm":
+        from pm.bootstrap.slurm import allocation_hosts
+
+        return allocation_hosts()
+    if name == "persistent":
+        return [(host, None) for host in options.get("services", {})]
+    return None

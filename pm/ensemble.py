@@ -1,0 +1,940 @@
+"""Task ensembles under memory admission: ``pmrun --tasks``, ``Cluster.submit``, ``run_tasks``.
+
+An :class:`Ensemble` runs one-command tasks over the nodes of a
+:class:`~pm.head.Nodes` as fast as each node's memory admits them: the pure
+:class:`~pm.tasks.EnsembleScheduler` decides, this module runs processes,
+samples memory, applies the overrun policy and reports.
+
+Nodes and memory.  The scheduler's nodes are *memory domains*.  Every node
+entry on this machine (``--local-nodes N``, or every host with the local
+launcher) is one domain, since they share one machine's memory: one
+admission for the machine, N execution targets that label the tasks
+(``PMRUN_TASK_NODE``).  Tasks per domain are bounded by memory alone, or by
+``-ppn`` / host slots when given.  This machine's tasks are started here
+directly (posix_spawn into one guardian process group); its memory is the
+cgroup's or the machine's (:class:`~pm.agent.memory.NodeMemory`) and each
+task's process tree is read from /proc (anonymous resident bytes: shared
+library pages are not the task's).  Any other host is a domain of its own:
+each of its tasks runs as a job through the agent tree (vertex 0, here,
+runs ``true``; vertex 1 the task), and a probe job there (``python -m
+pm.ensemble probe``) reports the host's memory and its tasks' usage, found
+by the ``PMRUN_ENSEMBLE`` variable they carry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shlex
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pm.agent.memory import (
+    NodeMemory,
+    OverrunPolicy,
+    SizeError,
+    Watermarks,
+    format_size,
+    parse_size,
+    tree_pids,
+)
+from pm.agent.spawn import ChildWatch, Guardian, SpawnError, resolve, spawn
+from pm.jobspec import AppSpec, JobSpec
+from pm.output import STDERR, STDOUT, LineBuffer
+from pm.proto.errors import PMError, ResourceLimit
+from pm.tasks import (
+    DEFAULT_RESERVATION,
+    EnsembleScheduler,
+    Start,
+    TaskSpec,
+    TaskStatus,
+    parse_tasks,
+)
+
+if TYPE_CHECKING:
+    from pm.cli import CliOptions
+    from pm.head import JobRun, Nodes
+
+__all__ = ["DEFAULT_SETTLE", "Ensemble", "Event", "Task", "TaskResult", "probe_main", "run_cli",
+           "run_ensemble"]
+
+log = logging.getLogger("pm.ensemble")
+
+#: Seconds a running task's peak must hold still before its reservation shrinks to it.
+DEFAULT_SETTLE = 1.0
+#: Seconds between two memory samples of a node.
+DEFAULT_INTERVAL = 0.1
+#: How long a task's pipes may stay open after it exited (a daemon it left behind).
+DRAIN = 1.0
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_LOCAL_LAUNCHERS = ("", "local", "fork")
+
+#: Receives a task's output: (task index, 1 for stdout or 2 for stderr, whole lines).
+TaskSink = Callable[[int, int, bytes], None]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """How a task ended.  ``returncode``: the last run's status as a shell shows it
+    (128 + N for signal N), None if it never ran to an end (lost node, cancelled,
+    too big for every node: see ``reason``); ``exit_codes``: one per run."""
+
+    index: int
+    argv: tuple[str, ...]
+    returncode: int | None
+    exit_codes: tuple[int | None, ...]
+    node: str | None
+    peak: int  # largest sample of its memory, bytes
+    reservation: int  # what its last run reserved
+    reason: str | None = None
+    started: float | None = None  # wall clock of the last run's start and end
+    ended: float | None = None
+    stdout: bytes = b""  # when captured
+    stderr: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something the ensemble did or saw, for logs and callers.
+
+    ``kind``: ``watermarks`` (a node's figures are known), ``start``, ``exit``,
+    ``blocked`` (the node passed its high watermark), ``unblocked`` (back under
+    its low one), ``sample`` (a memory sample), ``overrun`` (a task over its
+    declared bound), ``killed`` / ``suspended`` / ``resumed`` (the overrun
+    policy acted), ``lost`` (a node's probe is gone).  ``used`` and
+    ``reserved`` are the node's figures when it happened.
+    """
+
+    kind: str
+    time: float
+    node: str
+    text: str
+    task: int | None = None
+    used: int = 0
+    reserved: int = 0
+    high: int = 0
+    low: int = 0
+
+
+class Task:
+    """A submitted task: ``await task.wait()`` gives its :class:`TaskResult`."""
+
+    def __init__(self, spec: TaskSpec, env: dict[str, str], wdir: str | None) -> None:
+        self.spec = spec
+        self.env = env
+        self.wdir = wdir
+        loop = asyncio.get_running_loop()
+        self.admitted: asyncio.Future[None] = loop.create_future()
+        self._result: asyncio.Future[TaskResult] = loop.create_future()
+        self.node: str | None = None
+        self.pid = 0  # of the current run on this machine
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.out: list[bytes] | None = None
+        self.err: list[bytes] | None = None
+
+    @property
+    def index(self) -> int:
+        return self.spec.index
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        return self.spec.argv
+
+    def done(self) -> bool:
+        return self._result.done()
+
+    async def wait(self) -> TaskResult:
+        """The result once the task succeeded or failed for good (retries included)."""
+        return await asyncio.shield(self._result)
+
+
+@dataclass
+class _Domain:
+    name: str
+    local: bool
+    entries: list[int] = field(default_factory=list)  # node indices in Nodes
+    slots: int | None = 0
+    running: dict[int, int] = field(default_factory=dict)  # entry -> tasks on it
+    blocked: bool = False
+    peak_used: int = 0
+    first: asyncio.Future[None] | None = None  # remote: the first sample arrived
+    probe: JobRun | None = None
+    reported: set[int] = field(default_factory=set)
+    killed: set[int] = field(default_factory=set)
+    suspended: set[int] = field(default_factory=set)
+    exempt: set[int] = field(default_factory=set)
+
+
+class Ensemble:
+    """Runs tasks over ``nodes`` under memory admission (see the module docstring).
+
+    ``mem_high`` / ``mem_low``: watermarks per node, sizes or percentages of
+    its memory (None: 90 % / 80 %).  ``mem_per_task``: the bound of a task
+    that states none (None: learned from finished tasks of the same command,
+    else a guess).  ``retries``: reruns of a failed task.  ``overrun``: what
+    to do with a task over its bound while its node is over the high
+    watermark (``warn``, ``kill``, ``suspend``).  ``settle``: a running task's
+    reservation shrinks to its measured peak (+10 %) once that peak held
+    ``settle`` seconds (None: reservations only grow).  ``spec``: environment
+    and working directory of the tasks, and ``ppn`` (tasks per node entry).
+    ``output``: a :data:`TaskSink`, or None to keep each task's output in its
+    result.  ``on_event``: every :class:`Event`.  ``cgroup``: the memory cgroup
+    of this machine's tasks (default: this process's).  ``local_hosts``: host
+    names that are this machine (default: all with the local launcher, else
+    this host's names).  Use ``async with`` or :meth:`start` / :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        nodes: Nodes,
+        *,
+        mem_high: str | int | None = None,
+        mem_low: str | int | None = None,
+        mem_per_task: int | None = None,
+        retries: int = 0,
+        overrun: str = "warn",
+        settle: float | None = DEFAULT_SETTLE,
+        interval: float = DEFAULT_INTERVAL,
+        spec: JobSpec | None = None,
+        output: TaskSink | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        cgroup: str | os.PathLike[str] | None = None,
+        local_hosts: Collection[str] | None = None,
+        default_reservation: int = DEFAULT_RESERVATION,
+    ) -> None:
+        if overrun not in ("warn", "kill", "suspend"):
+            raise SizeError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
+        self._nodes = nodes
+        self._high, self._low = mem_high, mem_low
+        self._mem_per_task = mem_per_task
+        self._overrun: OverrunPolicy = overrun  # type: ignore[assignment]  # checked above
+        self._interval = interval
+        self._spec = spec or JobSpec(apps=[])
+        self._output = output
+        self._on_event = on_event
+        self._probe_mem = NodeMemory(cgroup)
+        self._token = secrets.token_hex(6)
+        self._here = socket.gethostname()
+        self._domains = self._make_domains(local_hosts)
+        self._sched = EnsembleScheduler(
+            list(self._domains), retries, slots={d.name: d.slots for d in self._domains.values()
+                                                 if d.slots is not None},
+            settle=settle, default_reservation=default_reservation,
+        )
+        self._tasks: dict[int, Task] = {}
+        self._runs: set[asyncio.Task[None]] = set()
+        self._jobs: dict[int, JobRun] = {}  # remote runs
+        self._guardian: Guardian | None = None
+        self._watch: ChildWatch | None = None
+        self._sampler: asyncio.Task[None] | None = None
+        self._starting: asyncio.Future[None] | None = None
+        self._closed = False
+        self._stopping = False  # interrupted: start nothing new
+        self.on_progress: Callable[[], None] | None = None
+
+    # ----------------------------------------------------------------- set-up
+    def _make_domains(self, local_hosts: Collection[str] | None) -> dict[str, _Domain]:
+        nodes = self._nodes
+        if local_hosts is None:
+            if str(nodes.bootstrap.get("name", "local")) in _LOCAL_LAUNCHERS:
+                local_hosts = set(nodes.hosts)
+            else:
+                local_hosts = {self._here, self._here.split(".")[0], "localhost", "127.0.0.1"}
+        domains: dict[str, _Domain] = {}
+        for i, host in enumerate(nodes.hosts):
+            local = host in local_hosts
+            name = self._here if local else host
+            d = domains.setdefault(name, _Domain(name, local))
+            d.entries.append(i)
+            slots = self._spec.ppn or nodes.slots[i]
+            d.slots = None if slots is None or d.slots is None else d.slots + slots
+        return domains
+
+    async def __aenter__(self) -> Ensemble:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Read every node's memory and watermarks; then tasks can start.  Idempotent."""
+        if self._closed:
+            raise ResourceLimit("the task ensemble is closed")
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
+        for d in self._domains.values():
+            if d.local:
+                snap = await asyncio.to_thread(self._probe_mem.read)
+                self._memory_known(d, snap.total, snap.used, snap.limit_source)
+                if self._sampler is None:
+                    self._watch, self._guardian = ChildWatch(), Guardian()
+                    self._sampler = asyncio.ensure_future(self._sample_local(d))
+            else:
+                await self._start_probe(d)
+
+    def _memory_known(self, d: _Domain, total: int, used: int, source: str) -> None:
+        marks = Watermarks.resolve(total, self._high, self._low)
+        self._event("watermarks", d, marks.describe(total, source))
+        self._apply(self._sched.node_memory(d.name, used, marks, now=time.monotonic()))
+        d.peak_used = max(d.peak_used, used)
+
+    # ----------------------------------------------------------------- submitting
+    def add(self, argv: Sequence[str], mem: str | int | None = None, *,
+            env: dict[str, str] | None = None, wdir: str | None = None,
+            spec: TaskSpec | None = None) -> Task:
+        """Queue a task without waiting for its admission (``spec``: a parsed line)."""
+        if self._closed:
+            raise ResourceLimit("the task ensemble is closed")
+        index = len(self._tasks)
+        if spec is None:
+            nbytes = parse_size(mem) if isinstance(mem, str) else mem
+            if nbytes is None:
+                nbytes = self._mem_per_task
+            spec = TaskSpec(index, tuple(argv), nbytes, shlex.join(argv))
+        elif spec.index != index:
+            spec = TaskSpec(index, spec.argv, spec.mem, spec.line, spec.lineno)
+        if not spec.argv:
+            raise ValueError("a task needs a command")
+        task = Task(spec, dict(env or {}), wdir or self._spec.wdir)
+        if self._output is None:
+            task.out, task.err = [], []
+        self._tasks[index] = task
+        self._apply(self._sched.add([spec]))
+        return task
+
+    async def submit(self, argv: Sequence[str], mem: str | int | None = None, *,
+                     env: dict[str, str] | None = None, wdir: str | None = None) -> Task:
+        """Queue ``argv`` and return once it is admitted on a node (it is then starting).
+
+        ``mem``: its memory bound (``"2G"`` or bytes; default ``mem_per_task``).
+        While no node can admit it (memory, or a node waiting to fall under its
+        low watermark), this does not return.  Cancelling withdraws the task.
+        Raises :class:`ResourceLimit` if it can never be admitted.
+        """
+        await self.start()
+        task = self.add(argv, mem, env=env, wdir=wdir)
+        try:
+            await asyncio.shield(task.admitted)
+        except asyncio.CancelledError:
+            self._apply(self._sched.cancel(task.index))
+            raise
+        return task
+
+    async def join(self) -> list[TaskResult]:
+        """Every task's result, in submission order, once all have ended."""
+        return [await t.wait() for t in list(self._tasks.values())]
+
+    def progress_text(self) -> str:
+        return self._sched.progress().format(len(self._tasks))
+
+    def summary_text(self) -> str:
+        lines = [self._sched.summary().format()]
+        for d in self._domains.values():
+            adm = self._sched.admission(d.name)
+            if adm is not None:
+                lines.append(f"node {d.name}: peak memory in use {format_size(d.peak_used)} "
+                             f"(high watermark {format_size(adm.watermarks.high)})")
+        return "\n".join(lines)
+
+    # ----------------------------------------------------------------- stopping
+    def interrupt(self, signum: int) -> None:
+        """First call: start nothing more, pass ``signum`` to running tasks; then kill them."""
+        if not self._stopping:
+            self._stopping = True
+            for t in self._tasks.values():
+                if self._sched.record(t.index).status is TaskStatus.QUEUED:
+                    self._sched.cancel(t.index, f"not run: {signal.Signals(signum).name}")
+            self._apply([])
+            if self._guardian is not None:
+                self._guardian.signal(signum)
+            for job in self._jobs.values():
+                job.signal(signum)
+        else:
+            self._kill_all("interrupted twice")
+
+    def _kill_all(self, why: str) -> None:
+        if self._guardian is not None:
+            for t in self._tasks.values():
+                if t.pid:
+                    _signal_tree(t.pid, signal.SIGKILL)
+        for job in list(self._jobs.values()):
+            job.kill(why)
+
+    async def aclose(self) -> None:
+        """Kill what runs, fail what waits, stop sampling and probes.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = self._stopping = True
+        for t in self._tasks.values():
+            if self._sched.record(t.index).status is TaskStatus.QUEUED:
+                self._sched.cancel(t.index, "the ensemble closed")
+        self._apply([])
+        self._kill_all("the ensemble closed")
+        if self._runs:
+            await asyncio.wait(set(self._runs))
+        for d in self._domains.values():
+            if d.probe is not None:
+                d.probe.signal(signal.SIGTERM)
+                with contextlib.suppress(Exception):
+                    await d.probe.wait()
+        for job_task in (self._sampler, self._starting):
+            if job_task is not None and not job_task.done():
+                job_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await job_task
+        if self._watch is not None:
+            self._watch.close()
+        if self._guardian is not None:
+            self._guardian.release()
+
+    # ----------------------------------------------------------------- running
+    def _apply(self, starts: list[Start]) -> None:
+        for start in starts:
+            run = asyncio.ensure_future(self._run(start))
+            self._runs.add(run)
+            run.add_done_callback(self._runs.discard)
+        for index in self._sched.take_failed_unrun():
+            task = self._tasks[index]
+            rec = self._sched.record(index)
+            if not task.admitted.done():
+                task.admitted.set_exception(ResourceLimit(f"task {index}: {rec.reason}"))
+                task.admitted.exception()  # an add()-ed task may have no submitter
+            self._finish(task)
+        if self.on_progress is not None:
+            self.on_progress()
+
+    async def _run(self, start: Start) -> None:
+        task = self._tasks[start.task.index]
+        d = self._domains[str(start.node)]
+        entry = min(d.entries, key=lambda e: d.running.get(e, 0))
+        d.running[entry] = d.running.get(entry, 0) + 1
+        task.node, task.started, task.ended = d.name, time.time(), None
+        if not task.admitted.done():
+            task.admitted.set_result(None)
+        env = {**task.env, "PMRUN_ENSEMBLE": self._token, "PMRUN_TASK": str(task.index),
+               "PMRUN_TASK_NODE": str(entry), "PMRUN_TASK_ATTEMPT": str(start.attempt)}
+        self._event("start", d, f"[task {task.index}] started on node {entry} ({d.name}), "
+                    f"reserving {format_size(start.reservation)}: {task.spec.line}", task.index)
+        code: int | None = None
+        try:
+            if d.local:
+                code = await self._run_here(task, env)
+            else:
+                code = await self._run_there(task, d, env)
+        finally:
+            task.ended = time.time()
+            d.running[entry] -= 1
+            for s in (d.reported, d.killed, d.suspended, d.exempt):
+                s.discard(task.index)
+            peak = self._sched.record(task.index).peak
+            self._event("exit", d, f"[task {task.index}] exited with {code} after "
+                        f"{task.ended - task.started:.2f} s, peak {format_size(peak)}", task.index)
+            self._apply(self._sched.task_exited(task.index, code))
+            if self._sched.record(task.index).status in (TaskStatus.DONE, TaskStatus.FAILED):
+                self._finish(task)
+
+    def _finish(self, task: Task) -> None:
+        if task.done():
+            return
+        rec = self._sched.record(task.index)
+        codes = tuple(rec.exit_codes)
+        task._result.set_result(TaskResult(
+            task.index, task.argv, codes[-1] if codes else None, codes, task.node, rec.peak,
+            rec.reservation, rec.reason, task.started, task.ended,
+            b"".join(task.out or []), b"".join(task.err or [])))
+
+    def _emit(self, task: Task, stream: int, data: bytes) -> None:
+        if self._output is not None:
+            self._output(task.index, stream, data)
+        else:
+            buf = task.out if stream == STDOUT else task.err
+            assert buf is not None
+            buf.append(data)
+
+    async def _run_here(self, task: Task, env: dict[str, str]) -> int:
+        """One run on this machine: posix_spawn into our guardian's group, pipes read here."""
+        assert self._guardian is not None and self._watch is not None
+        full = self._spec.base_env()
+        full.update(env)
+        try:
+            path = resolve(task.argv[0], full, task.wdir)
+        except SpawnError as exc:
+            self._emit(task, STDERR, f"pmrun: {exc}\n".encode())
+            return 127
+        loop = asyncio.get_running_loop()
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            task.pid = spawn(path, task.argv, full, cwd=task.wdir,
+                             fds={0: null, 1: out_w, 2: err_w}, pgid=self._guardian.pgid)
+        except SpawnError as exc:
+            os.close(out_r)
+            os.close(err_r)
+            self._emit(task, STDERR, f"pmrun: {exc}\n".encode())
+            return 127
+        finally:
+            for fd in (null, out_w, err_w):
+                os.close(fd)
+        open_fds = {STDOUT: out_r, STDERR: err_r}
+        drained = loop.create_future()
+        bufs = {STDOUT: LineBuffer(), STDERR: LineBuffer()}
+
+        def readable(stream: int, last: bool = False) -> None:
+            fd = open_fds[stream]
+            try:
+                data = b"" if last else os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            lines = bufs[stream].feed(data) if data else bufs[stream].flush()
+            if lines:
+                self._emit(task, stream, lines)
+            if not data:
+                loop.remove_reader(fd)
+                os.close(fd)
+                del open_fds[stream]
+                if not open_fds and not drained.done():
+                    drained.set_result(None)
+
+        for stream, fd in open_fds.items():
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, readable, stream)
+        try:
+            status = await self._watch.watch(task.pid)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(drained), DRAIN)
+        finally:
+            task.pid = 0
+            for stream in list(open_fds):
+                readable(stream, last=True)
+        return status.shell_code
+
+    async def _run_there(self, task: Task, d: _Domain, env: dict[str, str]) -> int | None:
+        """One run on another host: a job whose vertex 0 (here) runs ``true``."""
+        from pm.head import JobRun
+
+        spec = self._remote_spec([task.argv[0], *task.argv[1:]], env, task.wdir)
+
+        def sink(rank: int, stream: int, data: bytes) -> None:
+            if rank == 1:
+                self._emit(task, stream, data)
+
+        job = JobRun(spec, self._pair(d), sink=sink)
+        self._jobs[task.index] = job
+        try:
+            await job.start()
+            result = await job.wait()
+        finally:
+            self._jobs.pop(task.index, None)
+        r = result.ranks.get(1)
+        if r is None or r.reason == "node lost":
+            return None
+        if r.reason.startswith("could not start"):
+            self._emit(task, STDERR, f"pmrun: {r.reason}\n".encode())
+        return 128 + r.signal if r.signal else r.code
+
+    def _remote_spec(self, argv: list[str], env: dict[str, str], wdir: str | None) -> JobSpec:
+        s = self._spec
+        return JobSpec([AppSpec(["true"]), AppSpec(argv, 1, env, wdir)], genv=dict(s.genv),
+                       env_mode=s.env_mode, genvlist=list(s.genvlist))
+
+    def _pair(self, d: _Domain) -> Nodes:
+        from pm.head import Nodes
+
+        return Nodes([self._here, d.name], [1, 1], 2, dict(self._nodes.bootstrap))
+
+    # ----------------------------------------------------------------- memory
+    async def _sample_local(self, d: _Domain) -> None:
+        while True:
+            await asyncio.sleep(self._interval)  # the sampling period, not a wait for an event
+            pids = {t.index: t.pid for t in self._tasks.values() if t.pid and t.node == d.name}
+            try:
+                used, sizes = await asyncio.to_thread(self._measure, pids)
+            except OSError as exc:  # a probe that failed once must not stop the ensemble
+                log.warning("memory sample failed: %s", exc)
+                continue
+            self._sampled(d, used, sizes)
+
+    def _measure(self, pids: dict[int, int]) -> tuple[int, dict[int, int]]:
+        return self._probe_mem.used(), {i: _tree_anon(p) for i, p in pids.items()}
+
+    def _sampled(self, d: _Domain, used: int, sizes: dict[int, int]) -> None:
+        d.peak_used = max(d.peak_used, used)
+        starts = self._sched.node_memory(d.name, used, tasks=sizes, now=time.monotonic())
+        adm = self._sched.admission(d.name)
+        assert adm is not None
+        if adm.blocked != d.blocked:
+            d.blocked = adm.blocked
+            marks = adm.watermarks
+            if adm.blocked:
+                text = (f"over the high watermark {format_size(marks.high)}: admitting "
+                        f"nothing until it is under the low one ({format_size(marks.low)})")
+            else:
+                text = f"under the low watermark {format_size(marks.low)}: admitting again"
+            self._event("blocked" if adm.blocked else "unblocked", d,
+                        f"node {d.name}: used+reserved {format_size(adm.used + adm.reserved)} "
+                        + text)
+        self._event("sample", d, f"node {d.name}: used {format_size(adm.used)}, "
+                    f"reserved {format_size(adm.reserved)}")
+        self._overruns(d)
+        self._apply(starts)
+
+    def _overruns(self, d: _Domain) -> None:
+        """Report tasks over their bound; act on them per policy while the node is blocked."""
+        adm = self._sched.admission(d.name)
+        assert adm is not None
+        overruns = [(_index(o.ident), o) for o in adm.overruns()]
+        for index, o in overruns:
+            if index not in d.reported:
+                d.reported.add(index)
+                self._event("overrun", d, f"[task {index}] uses {format_size(o.measured)}, "
+                            f"over its bound of {format_size(o.bound)}", index)
+        if not adm.blocked:
+            d.exempt.clear()
+            self._resume(d)
+            return
+        running = {_index(i) for i in adm.admitted()} - d.suspended
+        for index, _o in overruns:
+            if index in d.killed or index in d.suspended or index in d.exempt:
+                continue
+            if self._overrun == "kill":
+                d.killed.add(index)
+                self._act(d, index, signal.SIGKILL, "killed")
+            elif self._overrun == "suspend" and running - {index}:
+                # Only while something else runs that can end and free memory.
+                running.discard(index)
+                d.suspended.add(index)
+                self._act(d, index, signal.SIGSTOP, "suspended")
+        if d.suspended and not running:
+            d.exempt.update(d.suspended)  # waiting cannot free memory any more
+            self._resume(d)
+
+    def _resume(self, d: _Domain) -> None:
+        for index in sorted(d.suspended):
+            self._act(d, index, signal.SIGCONT, "resumed")
+        d.suspended.clear()
+
+    def _act(self, d: _Domain, index: int, sig: signal.Signals, what: str) -> None:
+        task = self._tasks[index]
+        if d.local and task.pid:
+            _signal_tree(task.pid, sig)
+        elif index in self._jobs:
+            if sig == signal.SIGKILL:
+                self._jobs[index].kill(f"task {index} over its memory bound")
+            else:
+                self._jobs[index].signal(sig)
+        self._event(what, d, f"[task {index}] {what}: over its bound while node {d.name} "
+                    "is over its high watermark", index)
+
+    def _event(self, kind: str, d: _Domain, text: str, task: int | None = None) -> None:
+        if self._on_event is None:
+            return
+        adm = self._sched.admission(d.name)
+        figures = (adm.used, adm.reserved, adm.watermarks.high, adm.watermarks.low) if adm else (
+            0, 0, 0, 0)
+        self._on_event(Event(kind, time.time(), d.name, text, task, *figures))
+
+    # ----------------------------------------------------------------- remote probes
+    async def _start_probe(self, d: _Domain) -> None:
+        from pm.head import JobRun
+
+        argv = [sys.executable, "-m", "pm.ensemble", "probe", self._token, str(self._interval)]
+        loop = asyncio.get_running_loop()
+        d.first = loop.create_future()
+        d.probe = JobRun(self._remote_spec(argv, {}, None), self._pair(d),
+                         sink=lambda rank, stream, data: self._probe_lines(d, data))
+        await d.probe.start()
+        ended = asyncio.ensure_future(d.probe.wait())
+        ended.add_done_callback(lambda f: self._probe_ended(d, f))
+        deadline = float(str(self._nodes.bootstrap.get("join_timeout", 60)))
+        first: asyncio.Future[Any] = d.first
+        await asyncio.wait({first, ended}, timeout=deadline, return_when="FIRST_COMPLETED")
+        if not d.first.done():
+            self._lost(d, "its memory probe sent nothing")
+
+    def _probe_lines(self, d: _Domain, data: bytes) -> None:
+        for line in data.decode(errors="replace").splitlines():
+            words = line.split()
+            if len(words) < 4 or words[0] != "pmrun-probe":
+                continue
+            total, used = int(words[1]), int(words[2])
+            sizes = {int(k): int(v) for k, _, v in (w.partition("=") for w in words[4:])}
+            if d.first is not None and not d.first.done():
+                self._memory_known(d, total, used, f"{words[3]} on {d.name}")
+                d.first.set_result(None)
+            else:
+                self._sampled(d, used, sizes)
+
+    def _probe_ended(self, d: _Domain, f: asyncio.Future[Any]) -> None:
+        if not self._closed:
+            self._lost(d, "its memory probe ended")
+
+    def _lost(self, d: _Domain, why: str) -> None:
+        if d.first is not None and not d.first.done():
+            d.first.set_result(None)
+        self._event("lost", d, f"node {d.name} lost: {why}")
+        log.warning("node %s lost: %s", d.name, why)
+        self._apply(self._sched.node_lost(d.name))
+
+
+def _index(ident: object) -> int:
+    assert isinstance(ident, int)  # the scheduler's admission idents are task indices
+    return ident
+
+
+def _tree_anon(pid: int) -> int:
+    """Anonymous resident bytes of ``pid`` and its descendants (statm: resident - shared)."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                fields = f.read().split()
+            total += (int(fields[1]) - int(fields[2])) * _PAGE
+        except (OSError, IndexError, ValueError):  # exited between the walk and the read
+            continue
+    return total
+
+
+def _signal_tree(pid: int, sig: signal.Signals) -> None:
+    for p in tree_pids(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, sig)
+
+
+# --------------------------------------------------------------------- front ends
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    from pm.output import _write_all as write
+
+    write(fd, data)
+
+
+class _Console:
+    """Task output with a ``[task N] `` prefix, messages, and on a terminal's stderr
+    a progress line redrawn in place (cleared before anything else is written)."""
+
+    def __init__(self, verbose: int, tty: bool) -> None:
+        self.verbose = verbose
+        self.tty = tty
+        self._shown = False
+        self._text = ""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def output(self, index: int, stream: int, data: bytes) -> None:
+        prefix = b"[task %d] " % index
+        lines = data.split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()
+        self._clear()
+        _write_all(stream, b"".join(prefix + line + b"\n" for line in lines))
+        self._later()
+
+    def message(self, text: str) -> None:
+        self._clear()
+        _write_all(2, f"pmrun: {text}\n".encode())
+        self._later()
+
+    def event(self, e: Event) -> None:
+        if e.kind in ("overrun", "killed", "suspended", "resumed", "lost"):
+            level = 0
+        elif e.kind in ("watermarks", "blocked", "unblocked"):
+            level = 1
+        elif e.kind in ("start", "exit") or (e.kind == "sample" and e.used + e.reserved > e.low):
+            level = 2  # samples only while they matter: between the watermarks or above
+        else:
+            return
+        if self.verbose >= level:
+            self.message(e.text)
+
+    def progress(self, text: str) -> None:
+        self._text = text
+        self._later()
+
+    def _later(self) -> None:
+        if self.tty and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(0.1, self._draw)
+
+    def _draw(self) -> None:
+        self._timer = None
+        if self._text:
+            _write_all(2, f"\r{self._text}\x1b[K".encode())
+            self._shown = True
+
+    def _clear(self) -> None:
+        if self._shown:
+            _write_all(2, b"\r\x1b[K")
+            self._shown = False
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._clear()
+
+
+def _options(extra: dict[str, str]) -> dict[str, Any]:
+    """Ensemble keyword arguments from the CLI's option values (UsageError if bad)."""
+    from pm.cli import UsageError
+
+    out: dict[str, Any] = {"mem_high": extra.get("mem_high"), "mem_low": extra.get("mem_low")}
+    try:
+        if "mem_per_task" in extra:
+            out["mem_per_task"] = parse_size(extra["mem_per_task"])
+        out["retries"] = int(extra.get("retries", "0"))
+        if "mem_settle" in extra:
+            value = extra["mem_settle"]
+            out["settle"] = None if value in ("off", "0") else float(value)
+    except (SizeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    if out["retries"] < 0:
+        raise UsageError("--retries must be at least 0")
+    overrun = extra.get("mem_overrun", "warn")
+    if overrun not in ("warn", "kill", "suspend"):
+        raise UsageError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
+    out["overrun"] = overrun
+    return out
+
+
+def _read_text(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    with open(path) as f:
+        return f.read()
+
+
+async def run_cli(opts: CliOptions) -> int:
+    """``pmrun --tasks FILE``: run the file's tasks, print a summary; the exit status is 0
+    if every task succeeded, 1 if one failed for good, 128 + N after signal N."""
+    from pm.cli import UsageError, nodes_of
+    from pm.head import Nodes
+
+    extra = opts.extra
+    path = extra["tasks"]
+    options = _options(extra)
+    try:
+        text = await asyncio.to_thread(_read_text, path)
+        specs = parse_tasks(text, options.get("mem_per_task"))
+    except OSError as exc:
+        raise UsageError(f"--tasks {path}: {exc.strerror}") from None
+    except PMError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    nodes = nodes_of(opts)
+    assert isinstance(nodes, Nodes)
+    console = _Console(opts.verbose, os.isatty(2))
+    interrupted: list[int] = []
+    try:
+        ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,
+                       **options)
+        await ens.start()
+    except SizeError as exc:
+        raise UsageError(str(exc)) from None
+    loop = asyncio.get_running_loop()
+
+    def interrupt(signum: int) -> None:
+        interrupted.append(signum)
+        console.message(f"{signal.Signals(signum).name}: starting no more tasks"
+                        if len(interrupted) == 1 else "killing the running tasks")
+        ens.interrupt(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, interrupt, sig)
+    try:
+        ens.on_progress = lambda: console.progress(ens.progress_text())
+        for spec in specs:
+            ens.add(spec.argv, spec=spec)
+        results = await ens.join()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await ens.aclose()
+        console.close()
+    summary = ens.summary_text()
+    _write_all(2, (summary if opts.verbose else summary.split("\n node ")[0]).encode() + b"\n")
+    if interrupted:
+        return 128 + interrupted[0]
+    return 0 if all(r.ok for r in results) else 1
+
+
+async def run_ensemble(tasks: Iterable[Sequence[str] | str], nodes: Nodes, *,
+                       output: str = "inherit", **options: Any) -> list[TaskResult]:
+    """Run ``tasks`` (argv lists, or tasks-file lines like ``"[mem=2G] ./sim 1"``)
+    to their end; ``options`` are :class:`Ensemble`'s.  ``output="inherit"``
+    writes their lines to our stdout/stderr with ``[task N] ``; ``"capture"``
+    keeps them in the results."""
+    if output not in ("inherit", "capture"):
+        raise ValueError("output must be 'inherit' or 'capture'")
+    sink = _Console(0, False).output if output == "inherit" else None
+    async with Ensemble(nodes, output=sink, **options) as ens:
+        for item in tasks:
+            if isinstance(item, str):
+                for spec in parse_tasks(item, options.get("mem_per_task")):
+                    ens.add(spec.argv, spec=spec)
+            else:
+                ens.add(item)
+        return await ens.join()
+
+
+# --------------------------------------------------------------------- remote probe
+
+
+def probe_main(token: str, interval: float) -> int:
+    """``python -m pm.ensemble probe TOKEN INTERVAL``: every INTERVAL seconds, one line
+    ``pmrun-probe TOTAL USED KIND INDEX=BYTES...`` with this node's memory and the
+    anonymous resident bytes of the processes whose environment carries
+    ``PMRUN_ENSEMBLE=TOKEN``, summed per ``PMRUN_TASK``.  Ends on SIGTERM or SIGINT."""
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    probe = NodeMemory()
+    marker = b"PMRUN_ENSEMBLE=" + token.encode()
+    while not stop.is_set():
+        snap = probe.read()
+        sizes: dict[int, int] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/environ", "rb") as f:
+                    env = f.read().split(b"\0")
+                if marker not in env:
+                    continue
+                index = next(int(v[11:]) for v in env if v.startswith(b"PMRUN_TASK="))
+                with open(f"/proc/{entry.name}/statm") as f:
+                    fields = f.read().split()
+                sizes[index] = sizes.get(index, 0) + (int(fields[1]) - int(fields[2])) * _PAGE
+            except (OSError, StopIteration, ValueError, IndexError):
+                continue  # gone, not ours to read, or not a task
+        kind = snap.limit_source.split(":")[0]
+        words = " ".join(f"{i}={n}" for i, n in sorted(sizes.items()))
+        print(f"pmrun-probe {snap.total} {snap.used} {kind} {words}", flush=True)
+        stop.wait(interval)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "probe":
+        sys.exit(probe_main(sys.argv[2], float(sys.argv[3])))
+    sys.stderr.write("usage: python -m pm.ensemble probe TOKEN INTERVAL\n")
+    sys.exit(2)
