@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 from pm.agent.links import ChildPort, endpoint_host, iface_address, is_ip, route_source
 from pm.agent.spawn import ChildWatch, ExitStatus
+from pm.proto import tree as t
+
 from pm.bootstrap.base import (
     LOCAL_NAMES,
     AgentConfig,
@@ -36,7 +38,6 @@ from pm.bootstrap.base import (
 from pm.hostlist import compress
 from pm.jobspec import JobPlan
 from pm.mapping import place
-from pm.proto import tree as t
 from pm.tree import Tree
 
 log = logging.getLogger("pm.agent.children")
@@ -111,6 +112,8 @@ class Children:
         self._hellos: dict[int, asyncio.Future[bool]] = {
             v: loop.create_future() for v in agent.children
         }
+        #: Frames for children that have not joined yet: sent after their Launch.
+        self._queued: dict[int, list[bytes]] = {}
         self._stdin: dict[int, int] = {}
         self._pids: dict[int, int] = {}
         self.watch = ChildWatch()
@@ -181,6 +184,8 @@ class Children:
         if self._launch is None:
             self._launch = t.seal(self.secret, t.encode(t.Launch(self.agent.plan.to_wire())))
         self.port.send_raw(vertex, self._launch)
+        for frame in self._queued.pop(vertex, ()):
+            self.port.send_raw(vertex, frame)
         self._start_more()
 
     async def join(self, deadline: float) -> None:
@@ -212,6 +217,10 @@ class Children:
             # The job is being killed before this child joined: stop waiting for it.
             self._abandon(vertex)
             return
+        if fut is not None and not fut.done():
+            # A rank's direct get can reach a child that is still starting.
+            self._queued.setdefault(vertex, []).append(t.seal(self.secret, t.encode(msg)))
+            return
         self.port.send(vertex, msg)
 
     # ------------------------------------------------------------------ losses
@@ -220,6 +229,7 @@ class Children:
         if self.closing or vertex in self.gone or vertex in self.done:
             return
         self.gone.add(vertex)
+        self._queued.pop(vertex, None)
         self.port.drop(vertex)
         fut = self._hellos.get(vertex)
         if fut is not None and not fut.done():
@@ -233,6 +243,7 @@ class Children:
         if vertex in self.gone:
             return
         self.gone.add(vertex)
+        self._queued.pop(vertex, None)
         fut = self._hellos[vertex]
         if not fut.done():
             fut.set_result(False)

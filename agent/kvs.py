@@ -5,13 +5,16 @@ keys are scoped by the rank that put them (:func:`rank_key`), which is what
 lets a get name its source rank and be fetched on demand from that rank's
 node ("direct get").
 
-When does a get for a key a local rank has not put give up?  While the rank
-can still put it: a get waits.  Once the rank is inside a fence (its puts for
-this phase are done), or has finalized or exited, it will not put it any more
-before the asker could notice, so the answer is "not found" at once.  A rank
-whose fence completed may put again, so a later get waits again.  Because a
-rank may have several non-blocking fences in flight, "inside a fence" is a
-count of fences entered and not yet completed, not a flag.
+When does a get for a key a local rank has not put give up?  The rule is
+Hydra's fence-epoch rule, extended to gets made before any fence: a get
+carries a *threshold*, the number of fences the asking rank has entered (at
+least 1).  It waits while the source rank has entered fewer fences than that
+and has not ended; once the source rank reaches the threshold (every put it
+made before that fence is in), or finalizes or exits, the answer is "not
+found" at once.  Counts only grow, so the answer does not depend on when a
+fence happens to complete.  A get made before any fence therefore waits for
+the put, the source's first fence, or its end; a get made after the asker's
+k-th fence misses at once if the source is in or past its k-th fence.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ class NodeKVS:
         self.values: dict[bytes, bytes] = {}
         #: Per local rank, its puts since its last fence (the last value of a key wins).
         self._pending: dict[int, dict[bytes, bytes]] = {}
-        #: rank -> key -> gets waiting for that rank to put that key.
-        self._waiters: dict[int, dict[bytes, list[asyncio.Future[bytes | None]]]] = {}
-        self._fencing: dict[int, int] = {}
+        #: rank -> key -> (threshold, get) waiting for that rank to put that key.
+        self._waiters: dict[int, dict[bytes, list[tuple[int, asyncio.Future[bytes | None]]]]] = {}
+        #: Per local rank, how many fences it has entered.
+        self._entered: dict[int, int] = {}
         self._ended: set[int] = set()
         self.on_insert = on_insert
         self.bytes = 0
@@ -51,7 +55,7 @@ class NodeKVS:
         self._pending.setdefault(rank, {})[key] = value
         by_key = self._waiters.get(rank)
         if by_key is not None:
-            for fut in by_key.pop(key, ()):
+            for _threshold, fut in by_key.pop(key, ()):
                 if not fut.done():
                     fut.set_result(value)
             if not by_key:
@@ -64,11 +68,10 @@ class NodeKVS:
     def take_pending(self, rank: int) -> list[Any]:
         """The rank enters a fence: its puts since its last fence, flat ``[key, rank, value, ...]``.
 
-        Until that fence completes (:meth:`unsettle`), gets waiting for its
-        keys miss at once.
+        Gets waiting for its keys with a threshold it now reaches miss.
         """
-        self._fencing[rank] = self._fencing.get(rank, 0) + 1
-        self._wake_misses(rank)
+        entered = self._entered[rank] = self._entered.get(rank, 0) + 1
+        self._wake_misses(rank, entered)
         flat: list[Any] = []
         for key, value in self._pending.pop(rank, {}).items():
             flat += (key, rank, value)
@@ -79,33 +82,29 @@ class NodeKVS:
         self._ended.add(rank)
         self._wake_misses(rank)
 
-    def unsettle(self, rank: int) -> None:
-        """One fence of the rank completed: once none is in flight it may put again."""
-        n = self._fencing.get(rank, 0) - 1
-        if n > 0:
-            self._fencing[rank] = n
-        else:
-            self._fencing.pop(rank, None)
+    def threshold(self, asker: int) -> int:
+        """The threshold of a get made now by local rank ``asker``."""
+        return max(self._entered.get(asker, 0), 1)
 
-    def settled(self, rank: int) -> bool:
-        """Whether a get for a key ``rank`` has not put would miss now."""
-        return rank in self._ended or rank in self._fencing
+    def settled(self, rank: int, threshold: int) -> bool:
+        """Whether a get with ``threshold`` for a key ``rank`` has not put misses now."""
+        return rank in self._ended or self._entered.get(rank, 0) >= threshold
 
-    def wait_for(self, rank: int, key: bytes) -> asyncio.Future[bytes | None]:
+    def wait_for(self, rank: int, key: bytes, threshold: int) -> asyncio.Future[bytes | None]:
         """Value of ``key`` once local ``rank`` puts it; None if it settles first."""
         fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         value = self.values.get(key)
         if value is not None:
             fut.set_result(value)
-        elif self.settled(rank):
+        elif self.settled(rank, threshold):
             fut.set_result(None)
         else:
-            self._waiters.setdefault(rank, {}).setdefault(key, []).append(fut)
+            self._waiters.setdefault(rank, {}).setdefault(key, []).append((threshold, fut))
         return fut
 
     def waiting(self) -> int:
         """How many gets wait for a local rank's put."""
-        return sum(len(f) for by_key in self._waiters.values() for f in by_key.values())
+        return sum(len(w) for by_key in self._waiters.values() for w in by_key.values())
 
     # -- what other nodes put -----------------------------------------------
     def insert_many(self, flat: list[Any]) -> None:
@@ -133,11 +132,20 @@ class NodeKVS:
             self._wake_misses(rank)
 
     # -- internals -----------------------------------------------------------
-    def _wake_misses(self, rank: int) -> None:
-        for futs in self._waiters.pop(rank, {}).values():
-            for fut in futs:
-                if not fut.done():
+    def _wake_misses(self, rank: int, entered: int | None = None) -> None:
+        """Miss the gets waiting for ``rank``: all, or those with threshold <= ``entered``."""
+        by_key = self._waiters.pop(rank, None)
+        if not by_key:
+            return
+        stay: dict[bytes, list[tuple[int, asyncio.Future[bytes | None]]]] = {}
+        for key, waits in by_key.items():
+            for threshold, fut in waits:
+                if entered is not None and threshold > entered:
+                    stay.setdefault(key, []).append((threshold, fut))
+                elif not fut.done():
                     fut.set_result(None)
+        if stay:
+            self._waiters[rank] = stay
 
     def _store(self, key: bytes, value: bytes) -> None:
         old = self.values.get(key)

@@ -26,10 +26,9 @@ from typing import Any, Generic, TypeVar
 
 import zmq
 import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
-
 from pm.proto import tree as t
 from pm.proto.errors import AuthError, ProtocolError, TransportError
+from zmq.utils.monitor import parse_monitor_message
 
 log = logging.getLogger("pm.agent.links")
 

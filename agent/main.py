@@ -43,8 +43,9 @@ async def run_child(cfg: dict[str, Any]) -> int:
     from pm.agent.children import Children, listen_endpoint
     from pm.agent.links import ChildPort, ParentLink
     from pm.agent.node import JobAgent
-    from pm.jobspec import JobPlan
     from pm.proto import tree as t
+
+    from pm.jobspec import JobPlan
 
     secret = bytes.fromhex(cfg["secret"])
     vertex = int(cfg["vertex"])

@@ -24,11 +24,12 @@ from pm.agent.collectives import KIND_NAMES, Collectives, Complete, SendUp, repo
 from pm.agent.kvs import NodeKVS
 from pm.agent.pmi_server import PmiSession
 from pm.agent.spawn import PMI_FD, ChildWatch, ExitStatus, Guardian, SpawnError, resolve, spawn
+from pm.proto import tree as t
+from pm.proto.errors import PMError, RankFailed
+
 from pm.jobspec import JobPlan
 from pm.mapping import local_ranks, place
 from pm.output import STDERR, STDOUT, LineBuffer
-from pm.proto import tree as t
-from pm.proto.errors import PMError, RankFailed
 from pm.tree import Tree
 
 log = logging.getLogger("pm.agent")
@@ -122,7 +123,7 @@ class JobAgent:
         #: Figures of the simulated ranks (pm.agent.sim), merged up with Done.
         self.sim_stats: dict[str, Any] | None = None
         #: Direct gets in flight, by key: concurrent gets of one key share one request.
-        self._fetching: dict[bytes, asyncio.Future[bytes | None]] = {}
+        self._fetching: dict[tuple[bytes, int], asyncio.Future[bytes | None]] = {}
         self.on_close: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ launch
@@ -462,14 +463,17 @@ class JobAgent:
         owner = self.node_of_rank[src]
         if self.timeline is not None:
             self.mark("get", rank, src=src, node=owner)
+        threshold = self.kvs.threshold(rank)
         if owner == self.vertex:
-            return self.kvs.wait_for(src, key)
-        shared = self._fetching.get(key)
+            return self.kvs.wait_for(src, key, threshold)
+        # Askers at the same threshold share one request to the owner.
+        shared = self._fetching.get((key, threshold))
         if shared is None:
             req, shared = self._new_req()
-            self._fetching[key] = shared
-            shared.add_done_callback(lambda _f, k=key: self._fetching.pop(k, None))
-            self._route(owner, t.GetReq(req, self.vertex, owner, key, src))
+            self._fetching[(key, threshold)] = shared
+            shared.add_done_callback(
+                lambda _f, k=(key, threshold): self._fetching.pop(k, None))
+            self._route(owner, t.GetReq(req, self.vertex, owner, key, src, threshold))
         # Each asker gets its own future: cancelling one must not cancel the others.
         mine: asyncio.Future[bytes | None] = self.loop.create_future()
         shared.add_done_callback(lambda f, m=mine: _copy_result(f, m))
@@ -572,8 +576,6 @@ class JobAgent:
         shm_reply = None
         if c.kind == t.FENCE:
             self.kvs.insert_many(c.data)
-            for r in self.local:
-                self.kvs.unsettle(r)
             if self.shm is not None:
                 it = iter(c.data)
                 self._shm_insert([(k, v) for k, _r, v in zip(it, it, it, strict=True)])
@@ -631,13 +633,12 @@ class JobAgent:
             return False
 
     def fail_collectives(self, why: str) -> None:
-        for fut in self._coll_futs.values():
+        for fut in [*self._coll_futs.values(), *self._reqs.values()]:
             if not fut.done():
                 fut.set_exception(RankFailed(why))
+                # Its session may be gone already: nobody else need retrieve it.
+                fut.exception()
         self._coll_futs.clear()
-        for fut in self._reqs.values():
-            if not fut.done():
-                fut.set_exception(RankFailed(why))
         self._reqs.clear()
         self.kvs.fail_waiters()
 
@@ -694,7 +695,7 @@ class JobAgent:
                 return
             if self.timeline is not None:
                 self.mark("get served", msg.rank, origin=msg.origin)
-            got = self.kvs.wait_for(msg.rank, msg.key)
+            got = self.kvs.wait_for(msg.rank, msg.key, msg.threshold)
             got.add_done_callback(functools.partial(self._answer_get, msg))
         elif isinstance(msg, (t.GetResp, t.NameResp)):
             if msg.dst != self.vertex:
@@ -832,6 +833,7 @@ def _copy_result(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
         dst.cancel()
     elif (exc := src.exception()) is not None:
         dst.set_exception(exc)
+        dst.exception()  # the asker may have gone: never "exception never retrieved"
     else:
         dst.set_result(src.result())
 

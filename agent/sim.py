@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from pm.agent.node import JobAgent
+
     from pm.jobspec import JobSpec
 
 #: argv of the placeholder program of a simulated job (never started).

@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import os
 import tempfile
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -162,7 +162,7 @@ def parse(argv: list[str]) -> CliOptions:
             if j < len(argv) and j + 1 >= len(argv):
                 raise UsageError("nothing after ':'")
             continue
-        get = (lambda o: inline) if eq else value  # noqa: E731
+        get = (lambda o: inline) if eq else value
         if name in ("-h", "--help", "-help"):
             raise SystemExit(_print(USAGE, 0))
         if name in ("--version", "-version"):

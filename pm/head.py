@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pm.agent.node import JobAgent
-from pm.bootstrap.base import head_relays
 from pm.agent.spawn import ExitStatus
+from pm.bootstrap.base import head_relays
 from pm.jobspec import JobPlan, JobSpec, new_job_id, sequence_slots
 from pm.mapping import place, process_mapping
 from pm.output import Writer

@@ -184,9 +184,7 @@ def build_trace(timeline: Sequence[Event], hosts: int = 0) -> dict[str, Any]:
         if fin is not None and gone is not None:
             slice_("exit", v, rank, fin, gone)
         for e in evs:
-            if e[3] in ("put", "get", "abort", "get served"):
-                instant(e)
-            elif e[3] in ("rank spawned", "PMI init", "finalize", "rank exit"):
+            if e[3] in ("put", "get", "abort", "get served") or e[3] in ("rank spawned", "PMI init", "finalize", "rank exit"):
                 instant(e)
     return {"traceEvents": out, "displayTimeUnit": "ms",
             "otherData": {"origin_unix_time": t0}}

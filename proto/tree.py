@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, ClassVar, dataclass_transform
 
 import msgpack
-
 from pm.proto.errors import AuthError, ProtocolError
 
 MAC_LEN = 16
@@ -177,6 +176,8 @@ class GetReq(Msg, op=14):
     dst: int
     key: bytes
     rank: int
+    #: Fences the asker had entered (at least 1): see :mod:`pm.agent.kvs`.
+    threshold: int = 1
 
 
 class GetResp(Msg, op=15):

@@ -21,8 +21,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import IO
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

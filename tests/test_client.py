@@ -56,23 +56,9 @@ async def main():
         # Direct get: the next rank's key, put by it without any fence yet.
         await pmi.put("early", f"e{r}")
         out["early"] = (await pmi.get("early", rank=(r + 1) % n)).decode()
-        await pmi.put("str", f"s{r}")
-        await pmi.put(BIN_KEY, bin_value(r))
-        await pmi.put(b"big", big_value(r))
-        await pmi.fence()
-        out["str"] = [(await pmi.get("str", rank=i)).decode() for i in range(n)]
-        out["own"] = (await pmi.get("str")).decode()
-        out["bin"] = [await pmi.get(BIN_KEY, rank=i) == bin_value(i) for i in range(n)]
-        out["big"] = [hashlib.sha256(await pmi.get(b"big", rank=i)).hexdigest()
-                      for i in range(n)]
-        try:
-            await pmi.get("never", rank=(r + 1) % n)
-            out["missing"] = "found"
-        except KeyNotFound as exc:
-            out["missing"] = str(exc)
-
         # Overlap: the last rank's allgather cannot complete before its own put
-        # below, because rank 0 joins the allgather only once it has that put.
+        # below, because rank 0 joins the allgather only once it has that put
+        # (before any fence, rank 0's get waits for it).
         order = []
         if r == 0 and n > 1:
             await pmi.get("side", rank=n - 1)
@@ -83,6 +69,25 @@ async def main():
         order.append("put")
         out["allgather"] = [v.decode() for v in await fut]
         out["order"] = order
+
+        await pmi.put("str", f"s{r}")
+        await pmi.put(BIN_KEY, bin_value(r))
+        await pmi.put(b"big", big_value(r))
+        await pmi.fence()
+        out["str"] = [(await pmi.get("str", rank=i)).decode() for i in range(n)]
+        out["own"] = (await pmi.get("str")).decode()
+        out["bin"] = [await pmi.get(BIN_KEY, rank=i) == bin_value(i) for i in range(n)]
+        out["big"] = [hashlib.sha256(await pmi.get(b"big", rank=i)).hexdigest()
+                      for i in range(n)]
+        # Not found once the next rank is inside a fence without having put it
+        # (after a completed fence a get waits: the rank may still put).
+        entered = pmi.ifence()
+        try:
+            await pmi.get("never", rank=(r + 1) % n)
+            out["missing"] = "found"
+        except KeyNotFound as exc:
+            out["missing"] = str(exc)
+        await entered
 
         # Two allgathers in flight, then an ifence, a ring and a barrier.
         done = []
@@ -231,10 +236,12 @@ with connect() as pmi:
     req.wait()
     out["bin"] = [pmi.get(BIN_KEY, rank=i) == b"\0=;\n%d" % i for i in range(n)]
     out["big"] = [pmi.get("big", rank=i) == bytes([i]) * (1 << 20) for i in range(n)]
+    entered = pmi.ifence()
     try:
         pmi.get("never", rank=(r + 1) % n)
     except KeyNotFound as exc:
         out["missing"] = str(exc)
+    entered.wait()
     a = pmi.iallgather("a%d" % r)
     b = pmi.iallgather("b%d" % r)
     out["done_at_call"] = a.done()
@@ -262,7 +269,7 @@ def test_sync_facade(pmrun: Any, tmp_path: Path, opts: list[str]) -> None:
         assert res["done_at_call"] is False
         assert res["ag"] == [[f"b{i}" for i in range(n)], [f"a{i}" for i in range(n)]]
         assert res["ring"] == [f"r{(r - 1) % n}", f"r{(r + 1) % n}"]
-        assert "reserve refused by the node agent" in res["reserve"]
+        assert res["reserve"] == "admitted"
 
 
 ERRORS = r'''
@@ -289,7 +296,7 @@ async def main():
             except TypeError as exc:
                 out["unsendable"] = "TypeError"
             try:
-                async with pmi.reserve(1 << 30):
+                async with pmi.reserve(1 << 50):  # more than any node has
                     out["reserve"] = "admitted"
             except RequestFailed as exc:
                 out["reserve"] = str(exc)
@@ -316,7 +323,8 @@ def test_errors_are_clear_and_hurt_nobody_else(pmrun: Any, tmp_path: Path,
     assert bad["range"] == "get refused by the node agent: get from rank 3: ranks are 0..2"
     assert bad["negative"] == "get refused by the node agent: get from rank -1: ranks are 0..2"
     assert bad["unsendable"] == "TypeError"
-    assert bad["reserve"].startswith("reserve refused by the node agent: ")
+    assert bad["reserve"].startswith("reserve refused by the node agent: "), bad["reserve"]
+    assert "high watermark" in bad["reserve"], bad["reserve"]
     for r in range(n):
         assert got[r]["after"] == [f"v{i}" for i in range(n)] + [str(i) for i in range(n)]
     # The agent logged each refusal, naming the rank.

@@ -18,7 +18,7 @@ def test_rank_keys_are_scoped_and_apart_from_allgather_keys() -> None:
 
 async def test_get_waits_for_the_put() -> None:
     kvs = NodeKVS()
-    fut = kvs.wait_for(2, rank_key(2, b"k"))
+    fut = kvs.wait_for(2, rank_key(2, b"k"), kvs.threshold(0))
     assert not fut.done() and kvs.waiting() == 1
     kvs.put(2, rank_key(2, b"other"), b"x")
     assert not fut.done()
@@ -29,39 +29,45 @@ async def test_get_waits_for_the_put() -> None:
 
 async def test_fence_or_finalize_without_the_put_misses() -> None:
     kvs = NodeKVS()
-    a = kvs.wait_for(1, b"a")
-    b = kvs.wait_for(2, b"b")
+    a = kvs.wait_for(1, b"a", 1)
+    b = kvs.wait_for(2, b"b", 1)
     kvs.put(1, b"x", b"1")
     assert kvs.take_pending(1) == [b"x", 1, b"1"]
     assert a.done() and a.result() is None
     assert not b.done()
-    # While rank 1 is inside its fence, a new get misses at once.
-    late = kvs.wait_for(1, b"a")
+    # Rank 1 has entered its first fence: a new get before any fence misses at once.
+    late = kvs.wait_for(1, b"a", 1)
     assert late.done() and late.result() is None
     kvs.settle(2)  # finalized
     assert b.done() and b.result() is None
-    assert kvs.wait_for(2, b"b").result() is None
+    assert kvs.wait_for(2, b"b", 5).result() is None
 
 
-async def test_after_the_fence_completes_gets_wait_again() -> None:
+async def test_threshold_is_the_askers_fence_count() -> None:
     kvs = NodeKVS()
+    assert kvs.threshold(0) == 1  # before any fence: wait for the source's first
     kvs.take_pending(0)
-    kvs.unsettle(0)
-    fut = kvs.wait_for(0, b"k")
-    assert not fut.done()
-    kvs.put(0, b"k", b"v")
-    assert fut.result() == b"v"
+    kvs.take_pending(1)
+    assert kvs.threshold(0) == 1
+    # Both are in (or past) fence 1: a get at threshold 1 misses at once,
+    # whether or not that fence has completed.
+    assert kvs.wait_for(1, b"k", kvs.threshold(0)).result() is None
+    kvs.take_pending(0)  # rank 0 enters fence 2 (an ifence) and asks rank 1
+    fut = kvs.wait_for(1, b"k", kvs.threshold(0))
+    assert kvs.threshold(0) == 2 and not fut.done()
+    kvs.take_pending(1)  # rank 1 reaches fence 2 without having put it
+    assert fut.result() is None
 
 
-async def test_two_fences_in_flight_keep_the_rank_settled() -> None:
+async def test_only_gets_at_a_reached_threshold_miss() -> None:
     kvs = NodeKVS()
-    kvs.take_pending(0)  # ifence 1
-    kvs.take_pending(0)  # ifence 2
-    kvs.unsettle(0)      # fence 1 completed; fence 2 still in flight
-    assert kvs.settled(0)
-    assert kvs.wait_for(0, b"k").result() is None
-    kvs.unsettle(0)
-    assert not kvs.settled(0)
+    low = kvs.wait_for(3, b"k", 1)
+    high = kvs.wait_for(3, b"k", 2)
+    kvs.take_pending(3)
+    assert low.result() is None and not high.done()
+    assert kvs.waiting() == 1
+    kvs.put(3, b"k", b"v")
+    assert high.result() == b"v"
 
 
 async def test_pending_puts_travel_once_with_the_last_value() -> None:
@@ -86,7 +92,7 @@ async def test_fence_results_insert_and_replace() -> None:
 
 async def test_fail_waiters_misses_everything() -> None:
     kvs = NodeKVS()
-    futs = [kvs.wait_for(r, b"k") for r in range(3)]
+    futs = [kvs.wait_for(r, b"k", 1) for r in range(3)]
     kvs.fail_waiters()
     assert [f.result() for f in futs] == [None, None, None]
     assert kvs.waiting() == 0

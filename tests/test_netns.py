@@ -22,8 +22,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from launch_util import mpi_missing, pmrun_argv, pmrun_env, script  # noqa: E402
-from netns_util import NetnsHosts, exec_launcher_args, netns_missing  # noqa: E402
+from launch_util import mpi_missing, pmrun_argv, pmrun_env, script
+from netns_util import NetnsHosts, exec_launcher_args, netns_missing
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(90)]
 
