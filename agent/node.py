@@ -472,11 +472,11 @@ class JobAgent:
             req, shared = self._new_req()
             self._fetching[(key, threshold)] = shared
             shared.add_done_callback(
-                lambda _f, k=(key, threshold): self._fetching.pop(k, None))
+                functools.partial(_forget, self._fetching, (key, threshold)))
             self._route(owner, t.GetReq(req, self.vertex, owner, key, src, threshold))
         # Each asker gets its own future: cancelling one must not cancel the others.
         mine: asyncio.Future[bytes | None] = self.loop.create_future()
-        shared.add_done_callback(lambda f, m=mine: _copy_result(f, m))
+        shared.add_done_callback(functools.partial(_copy_result, dst=mine))
         return mine
 
     def _new_req(self) -> tuple[int, asyncio.Future[Any]]:
@@ -824,6 +824,10 @@ class JobAgent:
 
 #: Profile names of the PMI events a session reports.
 _EVENT_MARKS = {"init": "PMI init", "finalize": "finalize", "abort": "abort", "eof": "PMI eof"}
+
+
+def _forget(table: dict[Any, Any], key: Any, _fut: asyncio.Future[Any]) -> None:
+    table.pop(key, None)
 
 
 def _copy_result(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:

@@ -1,0 +1,106 @@
+"""Shared pieces of the benchmarks: timing, medians, the MPICH wheel's tools, report sections.
+
+Conventions every ``bench/NAME.py`` follows:
+
+* runnable as ``python -m bench.NAME [--quick]`` from the checkout (``--quick``
+  is a short run for checking that it works; the report uses the full run);
+* compares against Hydra or against pmrun's other path *in the same run*,
+  interleaving the contenders round-robin, and reports medians (min–max);
+* writes its Markdown section with :func:`write_section` (and any plot next to
+  it as ``bench/results/NAME*.png``); ``python -m bench`` assembles
+  ``bench/REPORT.md`` from the sections.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def median_range(xs: Sequence[float], fmt: str = "{:.3f}") -> str:
+    """``median (min–max)`` of ``xs``, each formatted with ``fmt``."""
+    return (f"{fmt.format(statistics.median(xs))} "
+            f"({fmt.format(min(xs))}–{fmt.format(max(xs))})")
+
+
+def timed(argv: Sequence[str], env: Mapping[str, str] | None = None,
+          timeout: float = 600.0, cwd: str | Path | None = None) -> float:
+    """Wall time in seconds of one run of ``argv`` (fork to reap); raises if it fails."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(list(argv), env=dict(env) if env is not None else None,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          timeout=timeout, cwd=cwd)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: "
+                           f"{proc.stderr.decode(errors='replace')[-2000:]}")
+    return elapsed
+
+
+def interleaved(contenders: Mapping[str, Callable[[], float]], runs: int,
+                warmup: int = 1) -> dict[str, list[float]]:
+    """Run each contender ``runs`` times, round-robin, after ``warmup`` rounds."""
+    out: dict[str, list[float]] = {name: [] for name in contenders}
+    for i in range(warmup + runs):
+        for name, fn in contenders.items():
+            value = fn()
+            if i >= warmup:
+                out[name].append(value)
+    return out
+
+
+def tool(name: str) -> str:
+    """Path of a tool installed beside this Python (the MPICH wheel's ``mpiexec``,
+    ``mpicc``; pmrun's ``pmrun``), else from PATH."""
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} is not installed (pip install '.[mpi]')")
+    return found
+
+
+def pmrun() -> list[str]:
+    """argv prefix that runs pmrun as a user would."""
+    return [tool("pmrun")]
+
+
+def build_c(src: Path, out: Path, *, mpi: bool = True, extra: Sequence[str] = ()) -> Path:
+    """Compile ``src`` (with the wheel's ``mpicc`` when ``mpi``) unless ``out`` is newer."""
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cc = tool("mpicc") if mpi else os.environ.get("CC", "cc")
+        subprocess.run([cc, "-O2", "-o", str(out), str(src), *extra], check=True)
+    return out
+
+
+def write_section(name: str, markdown: str) -> Path:
+    """Store a benchmark's report section (and print it)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.md"
+    path.write_text(markdown.rstrip() + "\n")
+    print(markdown)
+    return path
+
+
+def machine() -> str:
+    """One line describing where the figures were taken."""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({cpu or 'unknown'}), Python {sys.version.split()[0]}"
