@@ -35,7 +35,9 @@ class Msg:
         super().__init_subclass__(**kw)
         if op >= 0:
             cls.op = op
-        names = tuple(n for n in cls.__dict__.get("__annotations__", {}) if n != "op")
+        # Not inspect.get_annotations: importing inspect costs every launch.
+        own = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
+        names = tuple(n for n in own if n != "op")
         cls._fields = names
         cls._defaults = {n: cls.__dict__[n] for n in names if n in cls.__dict__}
 
