@@ -1,0 +1,125 @@
+"""Output, stdin, timeouts and signals of a job, as a user of pmrun sees them."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from launch_util import read_lines, script, wait_gone
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+Start = Callable[..., subprocess.Popen[bytes]]
+
+pytestmark = pytest.mark.timeout(60)
+
+CHATTY = """
+    import os, sys
+    rank = os.environ["PMI_RANK"]
+    # Long lines written in small pieces: pmrun must never mix two ranks in one line.
+    for i in range(200):
+        for piece in range(8):
+            sys.stdout.write(f"r{rank}-{i}-{piece}:" + "x" * 300)
+            sys.stdout.flush()
+        sys.stdout.write("\\n")
+    sys.stderr.write(f"err from {rank}\\n")
+"""
+
+
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"]])
+def test_lines_arrive_whole_and_labelled(pmrun: Run, tmp_path: Path, opts: list[str]) -> None:
+    prog = script(tmp_path, "chatty.py", CHATTY)
+    r = pmrun("-n", "4", *opts, "-l", "python", str(prog))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4 * 200
+    for line in lines:
+        m = re.fullmatch(r"\[(\d)\] (r(\d)-(\d+)-0:x{300}(r\3-\4-\d:x{300}){7})", line)
+        assert m and m.group(1) == m.group(3), line[:120]
+    assert sorted(r.stderr.splitlines()) == [f"[{i}] err from {i}" for i in range(4)]
+
+
+def test_no_label_by_default(pmrun: Run) -> None:
+    r = pmrun("-n", "2", "python", "-c", "print('plain')")
+    assert r.returncode == 0 and r.stdout.splitlines() == ["plain", "plain"]
+
+
+STDIN = """
+    import hashlib, os, sys
+    data = sys.stdin.buffer.read()
+    print(os.environ["PMI_RANK"], len(data), hashlib.sha256(data).hexdigest(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "3"]])
+def test_stdin_goes_to_rank_0_whole_and_others_read_eof(pmrun: Run, tmp_path: Path,
+                                                        opts: list[str]) -> None:
+    data = bytes(range(256)) * 4096 + b"tail without newline"  # 1 MiB and a bit
+    prog = script(tmp_path, "stdin.py", STDIN)
+    r = pmrun("-n", "3", *opts, "python", str(prog), input=data)
+    assert r.returncode == 0, r.stderr
+    got = {int(line.split()[0]): line.split()[1:] for line in r.stdout.splitlines()}
+    assert got[0] == [str(len(data)), hashlib.sha256(data).hexdigest()]
+    assert got[1] == got[2] == ["0", hashlib.sha256(b"").hexdigest()]
+
+
+def test_timeout_ends_a_hung_job(pmrun: Run, marker: str) -> None:
+    r = pmrun("-n", "2", "--timeout", "1", "python", "-c",
+              "import time, sys; time.sleep(120)", marker)
+    assert r.returncode == 124, r.stderr
+    assert re.search(r"pmrun: .*timed? ?out.*1", r.stderr, re.IGNORECASE), r.stderr
+    wait_gone(marker, 10)
+
+
+def test_mpiexec_timeout_variable_works_like_timeout(pmrun: Run, marker: str) -> None:
+    r = pmrun("-n", "1", "python", "-c", "import time; time.sleep(120)", marker,
+              env={"MPIEXEC_TIMEOUT": "1"})
+    assert r.returncode == 124, r.stderr
+    wait_gone(marker, 10)
+
+
+STUBBORN = """
+    import os, signal, sys, time
+    # Ignores the first SIGINT, as a rank busy in a long computation might.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("up", os.environ["PMI_RANK"], flush=True)
+    time.sleep(300)
+"""
+
+
+def test_second_ctrl_c_kills_at_once(pmrun_popen: Start, tmp_path: Path, marker: str) -> None:
+    prog = script(tmp_path, "stubborn.py", STUBBORN)
+    p = pmrun_popen("-n", "2", "--local-nodes", "2", "python", str(prog), marker)
+    assert p.stdout is not None
+    read_lines(p.stdout, 2, 30)
+    assert p.stderr is not None
+    p.send_signal(signal.SIGINT)
+    # The ranks ignore it; pmrun says what it did and what a second Ctrl-C does.
+    assert b"forwarding SIGINT" in read_lines(p.stderr, 1, 10)[0]
+    p.send_signal(signal.SIGINT)
+    _out, err = p.communicate(timeout=20)
+    assert p.returncode != 0
+    assert re.search(r"killed by SIGKILL|killing", err.decode()), err.decode()
+    wait_gone(marker, 10)
+
+
+def test_sigterm_to_pmrun_is_forwarded(pmrun_popen: Start, tmp_path: Path,
+                                       marker: str) -> None:
+    prog = script(tmp_path, "sleep.py", """
+        import os, time
+        print("up", os.environ["PMI_RANK"], flush=True)
+        time.sleep(300)
+    """)
+    p = pmrun_popen("-n", "3", "python", str(prog), marker)
+    assert p.stdout is not None
+    read_lines(p.stdout, 3, 30)
+    p.send_signal(signal.SIGTERM)
+    _out, err = p.communicate(timeout=20)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert re.search(r"rank \d \(node 0, [^)]*\) killed by SIGTERM", err.decode()), err
+    wait_gone(marker, 10)
