@@ -1,0 +1,64 @@
+"""The Python launcher API (pm.run, pm.Cluster): the same code path as pmrun."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import pytest
+
+import pm
+from pm.api import JobFailed
+
+pytestmark = pytest.mark.timeout(60)
+
+PY = sys.executable
+
+
+def test_run_blocking_returns_per_rank_codes(capfd: pytest.CaptureFixture[str]) -> None:
+    result = pm.run([PY, "-c", "import os, sys; print('hi', flush=True); "
+                              "sys.exit(int(os.environ['PMI_RANK']) == 1 and 5)"],
+                    n=3, local_nodes=2)
+    assert result.returncode == 5 and not result.ok
+    assert result.exit_codes[1] == 5
+    assert result.cause is not None and result.cause.startswith("rank 1 (node 0, ")
+    assert capfd.readouterr().out.count("hi") >= 1
+
+
+def test_run_with_env_and_check() -> None:
+    ok = pm.run([PY, "-c", "import os, sys; sys.exit(os.environ['X'] != 'y')"], n=2,
+                env={"X": "y"}, check=True)
+    assert ok.ok and ok.exit_codes == [0, 0]
+    with pytest.raises(JobFailed, match=r"rank 0 \(node 0, [^)]*\) exited with code 1") as info:
+        pm.run([PY, "-c", "import sys; sys.exit(1)"], n=1, check=True)
+    assert info.value.result.returncode == 1
+
+
+async def test_cluster_output_signal_and_wait() -> None:
+    async with pm.Cluster(local_nodes=2, fanout=2) as cluster:
+        job = await cluster.launch(
+            [PY, "-c", "import os, sys, time\n"
+                       "print('ready', os.environ['PMI_RANK'], flush=True)\n"
+                       "print('to stderr', file=sys.stderr, flush=True)\n"
+                       "time.sleep(60)"], n=4)
+        seen: set[int] = set()
+        streams: set[str] = set()
+        async for rank, stream, line in job.output():
+            streams.add(stream)
+            if line.startswith(b"ready"):
+                seen.add(rank)
+            if len(seen) == 4 and streams == {"stdout", "stderr"}:
+                job.send_signal(signal.SIGTERM)
+        result = await job.wait()
+        assert seen == {0, 1, 2, 3}
+        assert result.returncode == 128 + signal.SIGTERM
+        assert result.exit_codes == [128 + signal.SIGTERM] * 4
+        assert result.cause is not None and "killed by SIGTERM" in result.cause
+
+
+async def test_two_jobs_at_once_on_one_cluster() -> None:
+    async with pm.Cluster(local_nodes=2) as cluster:
+        jobs = [await cluster.launch([PY, "-c", f"print({i})"], n=2) for i in range(2)]
+        results = await asyncio.gather(*(j.wait() for j in jobs))
+        assert [r.returncode for r in results] == [0, 0]
