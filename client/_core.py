@@ -76,6 +76,42 @@ def check_info(info: Any) -> Info:
     return got
 
 
+class Identity:
+    """Who the rank is, once connected: the part both clients share."""
+
+    _info: Info | None = None
+
+    @property
+    def rank(self) -> int:
+        return self._me.rank
+
+    @property
+    def size(self) -> int:
+        return self._me.size
+
+    @property
+    def local_rank(self) -> int:
+        return self._me.local_rank
+
+    @property
+    def local_size(self) -> int:
+        return self._me.local_size
+
+    @property
+    def appnum(self) -> int:
+        return self._me.appnum
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return dict(self._me.raw)
+
+    @property
+    def _me(self) -> Info:
+        if self._info is None:
+            raise PMError("not connected")
+        return self._info
+
+
 class Session:
     """Request ids, the shared-memory view and reply decoding for one connection."""
 

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable, Generator
 from types import TracebackType
 from typing import Any
 
-from pm.client._core import Info, RequestFailed, Session, env_fd, to_bytes
+from pm.client._core import Identity, Info, RequestFailed, Session, env_fd, to_bytes
 from pm.proto import native
 from pm.proto.errors import PMError, ProtocolError, TransportError
 
@@ -60,7 +60,7 @@ class _Link(asyncio.Protocol):
         self.client._broken(TransportError("the connection to the node agent was lost"))
 
 
-class PMIClient:
+class PMIClient(Identity):
     """One rank's connection to its node agent (create it with :func:`connect`).
 
     ``rank``, ``size``, ``local_rank``, ``local_size``, ``appnum`` describe the
@@ -106,37 +106,6 @@ class PMIClient:
             self._transport = None
             raise
         return self
-
-    # -- who am I ---------------------------------------------------------
-    @property
-    def rank(self) -> int:
-        return self._me.rank
-
-    @property
-    def size(self) -> int:
-        return self._me.size
-
-    @property
-    def local_rank(self) -> int:
-        return self._me.local_rank
-
-    @property
-    def local_size(self) -> int:
-        return self._me.local_size
-
-    @property
-    def appnum(self) -> int:
-        return self._me.appnum
-
-    @property
-    def info(self) -> dict[str, Any]:
-        return dict(self._me.raw)
-
-    @property
-    def _me(self) -> Info:
-        if self._info is None:
-            raise PMError("not connected")
-        return self._info
 
     # -- KVS --------------------------------------------------------------
     async def put(self, key: str | bytes, value: str | bytes) -> None:

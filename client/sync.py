@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Generic, NoReturn, TypeVar
 
-from pm.client._core import Info, RequestFailed, Session, env_fd, to_bytes
+from pm.client._core import Identity, Info, RequestFailed, Session, env_fd, to_bytes
 from pm.proto import native
 from pm.proto.errors import PMError, ProtocolError, Timeout, TransportError
 
@@ -85,7 +85,7 @@ class Request(Generic[T]):
         return True
 
 
-class SyncPMIClient:
+class SyncPMIClient(Identity):
     """A rank's blocking connection to its node agent (create it with :func:`connect`).
 
     Same attributes, methods and errors as :class:`pm.client.pmi.PMIClient`,
@@ -122,37 +122,6 @@ class SyncPMIClient:
             sock.close()
             raise
         return self
-
-    # -- who am I ---------------------------------------------------------
-    @property
-    def rank(self) -> int:
-        return self._me.rank
-
-    @property
-    def size(self) -> int:
-        return self._me.size
-
-    @property
-    def local_rank(self) -> int:
-        return self._me.local_rank
-
-    @property
-    def local_size(self) -> int:
-        return self._me.local_size
-
-    @property
-    def appnum(self) -> int:
-        return self._me.appnum
-
-    @property
-    def info(self) -> dict[str, Any]:
-        return dict(self._me.raw)
-
-    @property
-    def _me(self) -> Info:
-        if self._info is None:
-            raise PMError("not connected")
-        return self._info
 
     # -- KVS --------------------------------------------------------------
     def put(self, key: str | bytes, value: str | bytes) -> None:
