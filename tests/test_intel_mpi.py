@@ -1,0 +1,54 @@
+"""Unmodified Intel MPI (the impi-rt wheel) through pmrun's PMI-1 server.
+
+Intel MPI lives in its own virtual environment (it cannot share one with the
+MPICH wheel): ``PMRUN_IMPI_PYTHON`` names its python, else ``.ci/impi`` in the
+checkout (``.ci/run`` makes it: ``pip install impi-rt mpi4py``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _impi_python() -> str | None:
+    path = os.environ.get("PMRUN_IMPI_PYTHON") or str(REPO / ".ci" / "impi" / "bin" / "python")
+    return path if os.access(path, os.X_OK) else None
+
+
+IMPI = _impi_python()
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(IMPI is None, reason="Intel MPI not installed: set PMRUN_IMPI_PYTHON "
+                                            "to a python with impi-rt and mpi4py"),
+]
+
+PROG = """
+from mpi4py import MPI
+c = MPI.COMM_WORLD
+node = c.Split_type(MPI.COMM_TYPE_SHARED)
+print(c.rank, c.size, node.size, c.allreduce(c.rank + 1),
+      MPI.Get_library_version().splitlines()[0], flush=True)
+"""
+
+
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"]], ids=["1node", "2nodes"])
+def test_intel_mpi_allreduce(pmrun: Run, opts: list[str]) -> None:
+    assert IMPI is not None
+    r = pmrun("-n", "4", *opts, IMPI, "-c", PROG, timeout=100)
+    assert r.returncode == 0, r.stderr
+    lines = sorted(r.stdout.splitlines())
+    assert len(lines) == 4, r.stdout
+    per_node = "2" if opts else "4"
+    for rank, line in enumerate(lines):
+        assert re.match(rf"{rank} 4 {per_node} 10 Intel\(R\) MPI Library", line), line
