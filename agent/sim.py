@@ -17,7 +17,8 @@ One simulated rank:
    peer lives on another node): its left and right neighbours and the first
    rank of the next node by default;
 4. check every value it saw, finalize, and exit 0 (1 with "saw a wrong value
-   for rank X" when a value is not what that rank put).
+   for rank X" when a value is not what that rank put).  ``PM_SIM_CORRUPT=R``
+   makes rank R put a wrong address, to see the checks fail.
 
 Ranks are driven by callbacks on the agent's futures, not by one task each,
 so 1,024 ranks per agent cost little more than the agent's own bookkeeping.
@@ -28,6 +29,7 @@ the head prints one summary line.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -56,6 +58,8 @@ KEY = b"addr"
 #: the rank half the job away (a remote get per rank: expensive by design).
 PEER_KINDS = ("left", "right", "leader", "far")
 DEFAULT_GETS = ("left", "right", "leader")
+#: Environment variable naming a rank that puts a wrong address (to see the checks fail).
+CORRUPT_ENV = "PM_SIM_CORRUPT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +107,14 @@ def sim_settings(extra: Mapping[str, str]) -> dict[str, Any]:
     if bad:
         raise ValueError(f"--sim-gets: unknown peer {bad[0]!r} (choose from "
                          f"{', '.join(PEER_KINDS)})")
+    corrupt = os.environ.get(CORRUPT_ENV, "-1")
+    try:
+        bad_rank = int(corrupt)
+    except ValueError:
+        raise ValueError(f"{CORRUPT_ENV} takes a rank, not {corrupt!r}") from None
     return SimOptions(whole("sim_ranks", "--sim-ranks-per-node", 1),
                       whole("sim_value_size", "--sim-value-size", 64), exchange,
-                      gets).to_wire()
+                      gets, bad_rank).to_wire()
 
 
 def sim_job(spec: JobSpec, nodes: int, extra: Mapping[str, str]) -> dict[str, Any]:
@@ -148,20 +157,52 @@ class ValuePattern:
     2**64 ranks) and no value is a shifted copy of another.
     """
 
+    #: Up to this many bytes of values, :meth:`prepare` keeps every rank's value
+    #: (checking a result is then one list comparison; above it, column by column).
+    KEEP_LIMIT = 64 << 20
+
     def __init__(self, size: int, value_size: int) -> None:
         self.size = size
         self.value_size = value_size
         tail = max(0, value_size - 8)
         self._tails = [bytes((b + p) & 255 for p in range(8, 8 + tail)) for b in range(256)]
+        self._all: list[bytes] | None = None
 
     def value(self, rank: int) -> bytes:
+        if self._all is not None:
+            return self._all[rank]
         return (rank.to_bytes(8, "little") + self._tails[rank & 255])[: self.value_size]
+
+    def prepare(self) -> None:
+        """Compute every rank's value now (before the timed exchange), if not too big."""
+        n, s = self.size, self.value_size
+        if self._all is not None or n * (s + 40) > self.KEEP_LIMIT:
+            return
+        if s < 8:
+            self._all = [self.value(r) for r in range(n)]
+            return
+        # Every value at C speed: the tails repeat every 256 ranks, then the
+        # 8 bytes of each rank's number go in column by column.
+        block = b"".join(bytes(8) + self._tails[r] for r in range(min(n, 256)))
+        blob = bytearray(block * (n // 256 + 1))
+        del blob[n * s:]
+        ids = array("Q", range(n))
+        if sys.byteorder != "little":
+            ids.byteswap()
+        header = ids.tobytes()
+        for p in range(8):
+            blob[p::s] = header[p::8]
+        view = bytes(blob)
+        self._all = [view[i:i + s] for i in range(0, n * s, s)]
 
     def first_wrong(self, values: Sequence[bytes | None]) -> int:
         """The first rank whose entry in ``values`` is wrong, or -1 if all are right."""
         n, s = self.size, self.value_size
         if len(values) != n:
             return min(len(values), n)
+        if self._all is not None:
+            # One comparison in C (a length check and a memcmp per value).
+            return -1 if values == self._all else self._scan(values)
         try:
             blob = b"".join(values)  # type: ignore[arg-type]  # None -> TypeError
         except TypeError:
@@ -187,8 +228,8 @@ class ValuePattern:
         return len(values) if len(values) < self.size else -1
 
 
-#: _ADD[k] maps byte b to (b + k) & 255 (bytes.translate tables).
-_ADD = [bytes((b + k) & 255 for b in range(256)) for k in range(256)]
+#: _ADD[k] maps byte b to (b + k) & 255 (bytes.translate tables; built at C speed).
+_ADD = [bytes(range(k, 256)) + bytes(range(k)) for k in range(256)]
 
 
 class SimRanks:
@@ -216,6 +257,9 @@ class SimRanks:
     # -- the life of a rank, as callbacks ---------------------------------
     def start(self) -> None:
         agent = self.agent
+        # Test-harness work (the values every rank will check) happens before
+        # this agent joins the start barrier: it is not part of the exchange.
+        self.pattern.prepare()
         self.stats["first_init"] = time.time()
         agent.mark("sim start", ranks=len(agent.local))
         for r in agent.local:
@@ -251,7 +295,14 @@ class SimRanks:
         agent = self.agent
         waiting = 0
         for src in peers_of(rank, agent.size, self.opts.ranks_per_node, self.opts.gets):
-            got = agent.get_from(rank, src, rank_key(src, KEY))
+            key = rank_key(src, KEY)
+            # As a PMI session does: the node's cache first, then a get that may wait.
+            value = agent.get_now(key)
+            if value is not None:
+                if value != self.pattern.value(src):
+                    self._wrong.setdefault(rank, src)
+                continue
+            got = agent.get_from(rank, src, key)
             if got.done():
                 self._saw(rank, src, got)
             else:

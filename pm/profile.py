@@ -40,6 +40,9 @@ from pm.tree import Tree
 #: Thread id of an agent's own events (above any rank; sorted first by metadata).
 AGENT_TID = 2**31 - 1
 KINDS = ("fence", "barrier", "allgather", "ring")
+#: Rank events drawn as instants on the rank's thread (collectives are slices).
+_RANK_INSTANTS = frozenset(("put", "get", "abort", "get served", "PMI eof",
+                            "rank spawned", "PMI init", "finalize", "rank exit"))
 
 Event = Sequence[Any]  # [wall, vertex, rank, what, args]
 
@@ -159,11 +162,11 @@ def build_trace(timeline: Sequence[Event], hosts: int = 0) -> dict[str, Any]:
         if e[2] < 0:
             per_vertex[int(e[1])].append(e)
     for v, evs in per_vertex.items():
-        for name, a, b in (("interpreter start-up", "process start", "agent main"),
-                           ("interpreter start-up", "process start", "head start"),
-                           ("waiting for the plan", "agent main", "plan received"),
-                           ("spawning ranks", "spawn start", "ranks spawned")):
-            ta, tb = _first(evs, a), _first(evs, b)
+        for name, first, then in (("interpreter start-up", "process start", "agent main"),
+                                  ("interpreter start-up", "process start", "head start"),
+                                  ("waiting for the plan", "agent main", "plan received"),
+                                  ("spawning ranks", "spawn start", "ranks spawned")):
+            ta, tb = _first(evs, first), _first(evs, then)
             if ta is not None and tb is not None and tb >= ta:
                 slice_(name, v, AGENT_TID, ta, tb)
         for e in evs:
@@ -184,7 +187,7 @@ def build_trace(timeline: Sequence[Event], hosts: int = 0) -> dict[str, Any]:
         if fin is not None and gone is not None:
             slice_("exit", v, rank, fin, gone)
         for e in evs:
-            if e[3] in ("put", "get", "abort", "get served") or e[3] in ("rank spawned", "PMI init", "finalize", "rank exit"):
+            if e[3] in _RANK_INSTANTS:
                 instant(e)
     return {"traceEvents": out, "displayTimeUnit": "ms",
             "otherData": {"origin_unix_time": t0}}
@@ -192,8 +195,9 @@ def build_trace(timeline: Sequence[Event], hosts: int = 0) -> dict[str, Any]:
 
 def _origin(events: Sequence[Event]) -> float:
     """The head's process start if recorded, else the earliest event."""
-    head = [e[0] for e in events if e[1] == 0 and e[3] in ("process start", "head start")]
-    return min(head) if head else min(e[0] for e in events)
+    head = [float(e[0]) for e in events
+            if e[1] == 0 and e[3] in ("process start", "head start")]
+    return min(head) if head else min(float(e[0]) for e in events)
 
 
 def breakdown(timeline: Sequence[Event], hosts: int, fanout: int) -> list[tuple[str, str, str]]:
