@@ -20,6 +20,9 @@ Launching jobs (helpers in ``tests/launch_util.py``, importable as ``launch_util
 ``c_hello``
     ``tests/c/hello.c`` compiled once per session with the venv's ``mpicc``
     (skips with a reason when mpicc or a C compiler is missing).
+``pmi2_client``
+    ``tests/c/pmi2_client.c`` built against Slurm's libpmi2 (skips with a
+    reason when it or a C compiler is missing).
 
 Tests marked ``@pytest.mark.mpi`` are skipped with a reason when mpi4py or the
 MPICH wheel is not installed.
@@ -28,6 +31,8 @@ MPICH wheel is not installed.
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
+import shutil
 import subprocess
 import sys
 import uuid
@@ -132,3 +137,20 @@ def c_hello(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(str(exc))
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"mpicc failed: {exc.stderr}")
+
+
+@pytest.fixture(scope="session")
+def pmi2_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/c/pmi2_client.c built against Slurm's libpmi2 (session-wide), or skip."""
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler (cc) on PATH")
+    if ctypes.util.find_library("pmi2") is None or not Path("/usr/include/slurm/pmi2.h").exists():
+        pytest.skip("Slurm's libpmi2 (Debian libpmi2-0-dev) is not installed")
+    out = tmp_path_factory.mktemp("pmi2c") / "pmi2_client"
+    proc = subprocess.run([cc, "-O1", "-o", str(out), str(Path(__file__).parent / "c" /
+                                                        "pmi2_client.c"), "-lpmi2"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"building pmi2_client failed:\n{proc.stderr}")
+    return out

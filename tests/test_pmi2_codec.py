@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes.util
 import os
-import shutil
 import socket
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -295,30 +292,6 @@ def test_encode_rejects_bad_keys() -> None:
 
 
 # ------------------------------------------------- end to end against libpmi2
-
-CLIENT_SRC = Path(__file__).parent / "c" / "pmi2_client.c"
-
-
-@pytest.fixture(scope="module")
-def pmi2_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Build tests/c/pmi2_client.c against Slurm's libpmi2, or skip."""
-    cc = shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler (cc) on PATH")
-    if ctypes.util.find_library("pmi2") is None or not Path("/usr/include/slurm/pmi2.h").exists():
-        pytest.skip("Slurm's libpmi2 (Debian libpmi2-0-dev) is not installed")
-    out = tmp_path_factory.mktemp("pmi2c") / "pmi2_client"
-    proc = subprocess.run(
-        [cc, "-O1", "-o", str(out), str(CLIENT_SRC), "-lpmi2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"building pmi2_client failed:\n{proc.stderr}")
-    return out
-
 
 def mapping_for(size: int) -> str:
     return f"(vector,(0,1,{size}))"

@@ -9,9 +9,7 @@ rides an allgather), with two MPMD programs (appnum), and with an abort.
 
 from __future__ import annotations
 
-import ctypes.util
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,25 +19,6 @@ import pytest
 from pm.mapping import place, process_mapping
 
 pytestmark = pytest.mark.timeout(60)
-
-CLIENT_SRC = Path(__file__).parent / "c" / "pmi2_client.c"
-
-
-@pytest.fixture(scope="module")
-def pmi2_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/c/pmi2_client.c built against Slurm's libpmi2, or skip."""
-    cc = shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler (cc) on PATH")
-    if ctypes.util.find_library("pmi2") is None or not Path("/usr/include/slurm/pmi2.h").exists():
-        pytest.skip("Slurm's libpmi2 (Debian libpmi2-0-dev) is not installed")
-    out = tmp_path_factory.mktemp("pmi2e2e") / "pmi2_client"
-    proc = subprocess.run([cc, "-O1", "-o", str(out), str(CLIENT_SRC), "-lpmi2"],
-                          capture_output=True, text=True, timeout=60, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"building pmi2_client failed:\n{proc.stderr}")
-    return out
-
 
 def labelled(stdout: str) -> dict[int, list[str]]:
     """``[rank] line`` output of ``pmrun -l`` as lines per rank."""
