@@ -1,0 +1,382 @@
+"""Launch overhead: pmrun against MPICH's Hydra (``mpiexec`` from the same wheel).
+
+    python -m bench.launch [--quick]
+
+1. *Whole launch* of ``true`` and of the C hello (``tests/c/hello.c``, built
+   with the wheel's ``mpicc``) at N = 1, 16, 64 ranks on one node: pmrun,
+   Hydra, and bare fork+exec (``sh`` starting N copies, no launcher) as the
+   floor, interleaved round-robin, medians (min-max) and the ratio pmrun/Hydra
+   against the targets.
+2. *Resident memory* (peak RSS, ``VmHWM`` sampled from ``/proc``) of pmrun
+   serving 64 local ranks and of one agent serving 64 local ranks
+   (``--local-nodes 2``), with Hydra's ``mpiexec`` and proxy beside them.
+3. *Where pmrun's start-up goes*: interpreter start and exit, imports (and,
+   from ``python -X importtime``, which of them cost most), and the run
+   itself (plan, spawn, wait, teardown).
+
+pmrun runs from cached bytecode, as an installed package does: the launches
+get ``PYTHONPYCACHEPREFIX=bench/out/pycache`` and never
+``PYTHONDONTWRITEBYTECODE`` (without a bytecode cache every start compiles
+pmrun's modules; section 3 shows what that costs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from bench._util import (
+    ROOT,
+    build_c,
+    interleaved,
+    machine,
+    median_range,
+    pmrun,
+    tool,
+    write_section,
+)
+
+OUT = ROOT / "bench" / "out"
+HELLO_LINE = re.compile(r"hello from (\d+) ranks, max MPI_Init ([\d.]+) ms")
+IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
+#: What pmrun imports on its way to the first spawn (pm.cli's lazy imports included).
+PMRUN_IMPORTS = "import pm.cli, pm.head, pm.agent.topo_share, uvloop"
+
+#: (program, N) -> the largest pmrun/Hydra ratio that meets the target.
+TARGETS = {("true", 16): 2.0, ("true", 64): 2.0, ("hello", 16): 1.2, ("hello", 64): 1.05}
+
+
+def launch_env() -> dict[str, str]:
+    """The environment of every launch: pmrun's bytecode cached under bench/out/."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(OUT / "pycache")
+    return env
+
+
+def no_cache_env() -> dict[str, str]:
+    """pmrun as this checkout runs it by default here: no bytecode written or read."""
+    env = dict(os.environ)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONPYCACHEPREFIX"] = str(OUT / "pycache-empty")
+    return env
+
+
+def run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float = 600.0,
+             sink: list[float] | None = None) -> float:
+    """Wall seconds of one launch; the hello's reported max MPI_Init (ms) goes to ``sink``."""
+    t0 = time.perf_counter()
+    p = subprocess.run(list(argv), env=dict(env), capture_output=True, timeout=timeout,
+                       cwd=tempfile.gettempdir())
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {p.returncode}: "
+                           f"{(p.stdout + p.stderr).decode(errors='replace')[-2000:]}")
+    if sink is not None:
+        m = HELLO_LINE.search(p.stdout.decode(errors="replace"))
+        if m is not None:
+            sink.append(float(m[2]))
+    return wall
+
+
+def floor_argv(prog: str, n: int) -> list[str]:
+    """N copies of ``prog`` started by sh, no launcher (the hello runs as N singletons)."""
+    return ["sh", "-c", f'for i in $(seq {n}); do "$0" & done; wait', prog]
+
+
+# ---------------------------------------------------------------- 1. whole launch
+def launch_table(progs: dict[str, str], sizes: Sequence[int], runs: int
+                 ) -> tuple[dict[tuple[str, int, str], list[float]],
+                            dict[tuple[str, int, str], list[float]]]:
+    """Wall seconds per (program, N, launcher), and the hello's MPI_Init ms."""
+    env = launch_env()
+    walls: dict[tuple[str, int, str], list[float]] = {}
+    inits: dict[tuple[str, int, str], list[float]] = defaultdict(list)
+    for name, prog in progs.items():
+        for n in sizes:
+            argvs = {
+                "pmrun": [*pmrun(), "-n", str(n), prog],
+                "hydra": [tool("mpiexec"), "-n", str(n), prog],
+                "fork+exec": floor_argv(prog, n),
+            }
+
+            def one(argv: list[str], key: tuple[str, int, str]) -> Callable[[], float]:
+                return lambda: run_once(argv, env, sink=inits[key])
+
+            got = interleaved({k: one(a, (name, n, k)) for k, a in argvs.items()}, runs)
+            for k, xs in got.items():
+                walls[(name, n, k)] = xs
+                # The warm-up's Init figure is not one of the runs.
+                inits[(name, n, k)] = inits[(name, n, k)][-runs:]
+            print(f"{name} N={n}: " + ", ".join(
+                f"{k} {statistics.median(xs):.3f}" for k, xs in got.items()), flush=True)
+    return walls, inits
+
+
+def ratio(walls: Mapping[tuple[str, int, str], list[float]], name: str, n: int) -> float:
+    return (statistics.median(walls[(name, n, "pmrun")])
+            / statistics.median(walls[(name, n, "hydra")]))
+
+
+def launch_section(walls: Mapping[tuple[str, int, str], list[float]],
+                   inits: Mapping[tuple[str, int, str], list[float]],
+                   progs: Sequence[str], sizes: Sequence[int], runs: int) -> str:
+    head = "| program | launcher | " + " | ".join(f"N={n}" for n in sizes) + " |"
+    rule = "|---|---|" + "---|" * len(sizes)
+    lines = [f"Whole launch, wall seconds, median (min\u2013max) of {runs} interleaved runs "
+             "after one warm-up round.", "", head, rule]
+    for name in progs:
+        for who in ("pmrun", "hydra", "fork+exec"):
+            label = {"hydra": "Hydra (`mpiexec`)", "fork+exec": "fork+exec (no launcher)"
+                     }.get(who, "pmrun")
+            lines.append(f"| {name} | {label} | " + " | ".join(
+                median_range(walls[(name, n, who)]) for n in sizes) + " |")
+        lines.append(f"| {name} | **pmrun / Hydra** | " + " | ".join(
+            f"**{ratio(walls, name, n):.2f}x**" for n in sizes) + " |")
+    if "hello" in progs:
+        lines += ["", "The hello's own figure, max `MPI_Init` over ranks (ms), median:", "",
+                  "| launcher | " + " | ".join(f"N={n}" for n in sizes) + " |",
+                  "|---|" + "---|" * len(sizes)]
+        for who in ("pmrun", "hydra", "fork+exec"):
+            cells = [f"{statistics.median(xs):.1f}" if (xs := inits.get(("hello", n, who)))
+                     else "-" for n in sizes]
+            lines.append(f"| {who} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append("(fork+exec runs the hello as N independent singletons: no PMI, no "
+                     "shared-memory wire-up between them, so it is a floor, not a peer.)")
+    lines += ["", "Targets (pmrun / Hydra):", "", "| case | target | measured | met |",
+              "|---|---|---|---|"]
+    for (name, n), limit in TARGETS.items():
+        if name in progs and n in sizes:
+            r = ratio(walls, name, n)
+            lines.append(f"| {name}, N={n} | <= {limit:g}x | {r:.2f}x | "
+                         f"{'yes' if r <= limit else '**no**'} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- 2. resident memory
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+def _hwm_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _role(pid: int, roles: Mapping[str, str]) -> str | None:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return None
+    for role, needle in roles.items():
+        if needle in cmd:
+            return role
+    return None
+
+
+def peak_rss(argv: Sequence[str], roles: Mapping[str, str], env: Mapping[str, str],
+             timeout: float = 600.0) -> dict[str, float]:
+    """Peak RSS (MiB) of the launched process (``launcher``) and of its descendants whose
+    command line holds ``roles[role]``: VmHWM sampled every few ms until the launch ends."""
+    proc = subprocess.Popen(list(argv), env=dict(env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, cwd=tempfile.gettempdir())
+    peak: dict[str, int] = defaultdict(int)
+    seen: dict[int, str | None] = {}
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        hwm = _hwm_kib(proc.pid)
+        if hwm is not None:
+            peak["launcher"] = max(peak["launcher"], hwm)
+        todo = _children(proc.pid)
+        while todo:
+            pid = todo.pop()
+            if pid not in seen:
+                seen[pid] = _role(pid, roles)
+            role = seen[pid]
+            if role is not None:
+                hwm = _hwm_kib(pid)
+                if hwm is not None:
+                    peak[role] = max(peak[role], hwm)
+                todo.extend(_children(pid))
+        time.sleep(0.003)  # sampling period; the benchmark is not event driven
+    _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: "
+                           f"{err.decode(errors='replace')[-2000:]}")
+    return {k: v / 1024 for k, v in peak.items()}
+
+
+def memory_section(hello: str, per_node: int) -> str:
+    env = launch_env()
+    one = peak_rss([*pmrun(), "-n", str(per_node), hello], {}, env)
+    two = peak_rss([*pmrun(), "--local-nodes", "2", "-ppn", str(per_node),
+                    "-n", str(2 * per_node), hello], {"agent": "pm.agent.main"}, env)
+    hy = peak_rss([tool("mpiexec"), "-n", str(per_node), hello],
+                  {"proxy": "hydra_pmi_proxy"}, env)
+
+    def ok(mib: float) -> str:
+        return "yes" if mib <= 40 else "**no**"
+
+    return "\n".join([
+        f"Peak resident memory (VmHWM, MiB) while serving {per_node} local ranks of the C hello:",
+        "", "| process | peak RSS | target <= 40 MiB |", "|---|---|---|",
+        f"| pmrun, one node ({per_node} ranks, agent in-process) | {one['launcher']:.1f} | "
+        f"{ok(one['launcher'])} |",
+        f"| pmrun head, `--local-nodes 2` (its own {per_node} ranks) | {two['launcher']:.1f} | "
+        f"{ok(two['launcher'])} |",
+        f"| agent process of node 1 (`--local-nodes 2`, {per_node} ranks) | "
+        f"{two.get('agent', float('nan')):.1f} | {ok(two.get('agent', 1e9))} |",
+        f"| Hydra `mpiexec` | {hy['launcher']:.1f} | |",
+        f"| Hydra `hydra_pmi_proxy` | {hy.get('proxy', float('nan')):.1f} | |",
+    ])
+
+
+# ---------------------------------------------------------------- 3. start-up breakdown
+def import_groups(env: Mapping[str, str], runs: int) -> list[tuple[str, float]]:
+    """``python -X importtime`` of a 1-rank pmrun: self time per module (min over runs),
+    summed into groups by the outermost module of interest on its import chain."""
+    best: dict[str, int] = {}
+    parents: dict[str, str | None] = {}
+    for _ in range(runs):
+        p = subprocess.run([sys.executable, "-X", "importtime", "-m", "pm.cli", "-n", "1",
+                            "true"], env=dict(env), capture_output=True, text=True,
+                           cwd=tempfile.gettempdir(), check=True)
+        # importtime prints a module after its imports, indented one step deeper: a line
+        # is the parent of the deeper lines just before it.
+        pending: list[tuple[int, str]] = []
+        for line in p.stderr.splitlines():
+            m = IMPORT_LINE.match(line)
+            if m is None:
+                continue
+            depth, name = len(m[3]) // 2, m[4]
+            best[name] = min(best.get(name, 1 << 60), int(m[1]))
+            while pending and pending[-1][0] > depth:
+                parents[pending.pop()[1]] = name
+            pending.append((depth, name))
+        for _, name in pending:
+            parents.setdefault(name, None)
+
+    def group(name: str) -> str:
+        chain = [name]
+        while (up := parents.get(chain[-1])) is not None:
+            chain.append(up)
+        for mod in reversed(chain):  # outermost first
+            if mod == "site":
+                return "site (this venv's .pth files: the editable-install finder)"
+            if mod in ("asyncio", "ssl", "_ssl") or mod.startswith("asyncio."):
+                return "asyncio (with ssl, which it imports)"
+            if mod == "uvloop" or mod.startswith("uvloop."):
+                return "uvloop"
+            if mod in ("msgpack", "zmq") or mod.startswith(("msgpack.", "zmq.")):
+                return "msgpack / zmq"
+        if name == "pm" or name.startswith("pm."):
+            return "pmrun's own modules (self time)"
+        return "other standard library (dataclasses, logging, socket, typing, ...)"
+
+    sums: dict[str, float] = defaultdict(float)
+    for name, us in best.items():
+        if name in parents:
+            sums[group(name)] += us / 1000
+    return sorted(sums.items(), key=lambda kv: -kv[1])
+
+
+def breakdown_section(runs: int) -> str:
+    env = launch_env()
+    py = sys.executable
+    cases = {
+        "bare": [py, "-I", "-S", "-c", "pass"],
+        "python": [py, "-c", "pass"],
+        "imports": [py, "-c", PMRUN_IMPORTS],
+        "pmrun1": [*pmrun(), "-n", "1", "true"],
+        "pmrun1-nocache": [*pmrun(), "-n", "1", "true"],
+        "pmrun64": [*pmrun(), "-n", "64", "true"],
+        "hydra1": [tool("mpiexec"), "-n", "1", "true"],
+        "hydra64": [tool("mpiexec"), "-n", "64", "true"],
+    }
+    envs = {k: (no_cache_env() if k.endswith("nocache") else env) for k in cases}
+
+    def one(argv: list[str], env: dict[str, str]) -> Callable[[], float]:
+        return lambda: run_once(argv, env)
+
+    got = interleaved({k: one(a, envs[k]) for k, a in cases.items()}, runs)
+    ms = {k: statistics.median(v) * 1000 for k, v in got.items()}
+    groups = import_groups(env, max(3, runs // 2))
+    per_rank = (ms["pmrun64"] - ms["pmrun1"]) / 63
+    per_rank_hy = (ms["hydra64"] - ms["hydra1"]) / 63
+    lines = [
+        f"Where a 1-rank `pmrun -n 1 true` spends its time (medians of {runs} interleaved "
+        "runs, ms):",
+        "", "| part | ms |", "|---|---|",
+        f"| interpreter start and exit, bare (`python -I -S -c pass`) | {ms['bare']:.1f} |",
+        f"| + this venv's site (`python -c pass`) | {ms['python'] - ms['bare']:.1f} |",
+        f"| + imports (`{PMRUN_IMPORTS}`) | {ms['imports'] - ms['python']:.1f} |",
+        f"| + the run: plan, guardian, spawn, wait, teardown | "
+        f"{ms['pmrun1'] - ms['imports']:.1f} |",
+        f"| = `pmrun -n 1 true` | {ms['pmrun1']:.1f} |",
+        f"| (the same without a bytecode cache) | {ms['pmrun1-nocache']:.1f} |",
+        f"| Hydra `mpiexec -n 1 true` | {ms['hydra1']:.1f} |",
+        "",
+        f"Each further rank (N=1 -> 64): pmrun {per_rank:.2f} ms, Hydra {per_rank_hy:.2f} ms.",
+        "",
+        "Imports by group (`python -X importtime -m pm.cli -n 1 true`, self time per module, "
+        "least of several runs; importtime's own overhead inflates them):",
+        "", "| group | ms |", "|---|---|",
+    ]
+    lines += [f"| {g} | {v:.1f} |" for g, v in groups]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short run to check that it works")
+    args = ap.parse_args(argv)
+    hello = str(build_c(ROOT / "tests" / "c" / "hello.c", OUT / "hello"))
+    if args.quick:
+        sizes, runs, per_node = [1, 16], 3, 8
+    else:
+        sizes, runs, per_node = [1, 16, 64], 7, 64
+    # Warm the bytecode cache so that no measured run compiles.
+    run_once([*pmrun(), "-n", "1", "true"], launch_env())
+    progs = {"true": "true", "hello": hello}
+    walls, inits = launch_table(progs, sizes, runs)
+    parts = [
+        "## Launch: pmrun against Hydra",
+        "",
+        f"{machine()}. MPICH wheel's Hydra `mpiexec` and pmrun from the same venv; one node; "
+        "`python -m bench.launch`" + (" --quick" if args.quick else "") + ".",
+        "",
+        launch_section(walls, inits, list(progs), sizes, runs),
+        "",
+        "### Resident memory",
+        "",
+        memory_section(hello, per_node),
+        "",
+        "### Where pmrun's start-up goes",
+        "",
+        breakdown_section(runs),
+    ]
+    write_section("launch", "\n".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
