@@ -172,6 +172,25 @@ def codec_costs(entries: int = 65536) -> tuple[float, float, float, float]:
             statistics.median(root_t) / entries)
 
 
+def map_cost(entries: int = 65536, per: int = 1024) -> float:
+    """Seconds per rank of the rank map every agent computes from the plan (placement,
+    its local ranks, the ring-order check: what ``JobAgent.__init__`` does, O(ranks))."""
+    from pm.mapping import local_ranks, place
+
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        node_of_rank = place(entries, [per] * (entries // per))
+        by_node = local_ranks(node_of_rank)
+        local_ranks(node_of_rank)
+        order: list[int] = []
+        for v in range(entries // per):
+            order.extend(by_node.get(v, []))
+        _same = order == list(range(entries))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) / entries
+
+
 def tree_costs() -> dict[str, float]:
     """Per-level latencies and boot/spawn costs from --profile runs on this machine."""
     trace = Path(tempfile.gettempdir()) / "pm-bench-scale-tree.json"
@@ -219,6 +238,8 @@ def model(nodes: int, per: int, k: int, c: dict[str, float], bw: float) -> dict[
     out = {
         # Level by level: a parent starts up to k children, each boots and says hello.
         "tree bootstrap": d * (c["agent_boot"] + k * c["spawn"]),
+        # Every agent maps all N·P ranks from the plan before it spawns its own.
+        "rank map (per agent)": entries * c["map"],
         "rank spawn + init": per * c["spawn"] + c["rank_init"],
         "start barrier": d * c["hop"],
         # Up: every level's aggregate is encoded once and decoded once on the way up
@@ -249,9 +270,11 @@ def model_section(c: dict[str, float], bw: float) -> str:
         f"allgather codec {c['enc'] * 1e9:.2f} ns/B encode+seal, {c['dec'] * 1e9:.2f} ns/B "
         f"unseal+decode, {c['entry_bytes']:.1f} B per 64-byte entry; root assembly "
         f"{c['root_entry'] * 1e9:.0f} ns per entry; agent work "
-        f"{c['per_rank'] * 1e6:.1f} µs per local rank (one agent, 1,024 simulated ranks).", "",
-        "Model, per phase (``d`` = tree height, ``S`` = result bytes = N·P·entry, ``k`` = "
-        "fan-out): bootstrap d·(boot + k·spawn); ranks P·spawn + init; barrier d·hop; "
+        f"{c['per_rank'] * 1e6:.1f} µs per local rank (one agent, 1,024 simulated ranks); "
+        f"rank map {c['map'] * 1e9:.0f} ns per rank of the job, on every agent.", "",
+        "Model, per phase (d = tree height, N nodes, P ranks per node, S = result bytes = "
+        "N·P·entry, k = fan-out): bootstrap d·(boot + k·spawn); rank map N·P·map; "
+        "ranks P·spawn + init; barrier d·hop; "
         "allgather up d·hop↑ + S·(enc+dec)·k/(k-1) + N·P·root; down d·(hop↓ + S·(enc+dec) + "
         f"k·S/B); completion P·per-rank; gets 2d·hop.  B = {bw / 1e9:.1f} GB/s per node "
         "(assumed: a 100 Gb/s link).", "",
@@ -260,7 +283,8 @@ def model_section(c: dict[str, float], bw: float) -> str:
         "and forward per level (no pipelining inside a message); the network is not "
         "congested beyond each node's link; hop latency as measured on loopback "
         "(a real network adds a few µs); bootstrap by local spawn (ssh/Slurm add their "
-        "own per-level cost); ranks' own start-up is the MPICH hello's.", "",
+        "own per-level cost); ranks' own start-up is the MPICH hello's.  Not modelled: "
+        "the exit path (every rank's exit status travels to the head: O(N·P) there).", "",
         "| phase | " + " | ".join(f"{n:,} nodes ({n * p:,} ranks), s" for n, p in cases) + " |",
         "|---|" + "---:|" * len(cases)]
     for phase in proj[cases[0][0]]:
@@ -339,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     enc, dec, entry_bytes, root_entry = codec_costs()
     costs = tree_costs()
     costs.update(enc=enc, dec=dec, entry_bytes=entry_bytes, root_entry=root_entry,
-                 per_rank=statistics.median(res_deep[(1, 1024)]) / 1024)
+                 per_rank=statistics.median(res_deep[(1, 1024)]) / 1024, map=map_cost())
 
     off, on = statistics.median(prof["off"]), statistics.median(prof["on"])
     accounted = events * per_event + write_s
