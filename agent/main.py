@@ -40,6 +40,8 @@ async def run_child(cfg: dict[str, Any]) -> int:
     the head must know it to send us children) with ``ports`` (lo, hi) and
     ``iface``.
     """
+    import gc
+
     from pm.agent.children import Children, listen_endpoint
     from pm.agent.links import ChildPort, ParentLink
     from pm.agent.node import JobAgent
@@ -47,6 +49,8 @@ async def run_child(cfg: dict[str, Any]) -> int:
 
     from pm.jobspec import JobPlan
 
+    gc.freeze()  # what the imports made lives as long as we do
+    gc.enable()
     secret = bytes.fromhex(cfg["secret"])
     vertex = int(cfg["vertex"])
     heartbeat = float(cfg.get("heartbeat", 0))
@@ -212,7 +216,15 @@ def main(argv: list[str] | None = None) -> int:
         from pm.agent.spawn import raise_fd_limit
 
         raise_fd_limit()
-        return _run(run_child(cfg))
+        import gc
+
+        gc.disable()  # imports ahead: nothing worth collecting (run_child turns it back on)
+        code = _run(run_child(cfg))
+        # Our part of the job is over and closed: skip the interpreter's teardown.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     p.print_help()
     return 2
 
