@@ -242,6 +242,12 @@ class Admission:
         return self._blocked
 
     @property
+    def foreign(self) -> int:
+        """Bytes in use that admitted work does not account for (``used`` minus what
+        the work measures): the agent, other programs; what work ending cannot free."""
+        return max(0, self._used - sum(w.measured for w in self._works.values()))
+
+    @property
     def headroom(self) -> int:
         """``high - used - reserved``; negative when the node is over its high watermark."""
         return self._wm.high - self._used - self.reserved

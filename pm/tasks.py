@@ -299,9 +299,13 @@ class EnsembleScheduler:
             return max(spec.mem, again), True
         learned = self._learned.get(command_key(spec.argv)) if self._learn else None
         guess = max(self._default if learned is None else int(learned * self._margin), again)
-        # A guess is no promise: never let it alone make a task too big for every node.
-        highs = [n.admission.watermarks.high for n in self._nodes.values() if n.admission]
-        return (min(guess, max(highs)) if highs else guess), False
+        # A guess is no promise: never let it alone keep a task off every node, so cap it
+        # at what the roomiest node can give once our tasks there have ended.
+        rooms = [n.admission.watermarks.high - n.admission.foreign
+                 for n in self._nodes.values() if n.alive and n.admission is not None]
+        if rooms and max(rooms) > 0:
+            guess = min(guess, max(rooms))
+        return guess, False
 
     # -- events
     def add(self, specs: Iterable[TaskSpec]) -> list[Start]:

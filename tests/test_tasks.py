@@ -240,6 +240,20 @@ def test_guess_is_capped_and_unschedulable_fails() -> None:
     assert "task 1 (line 0): needs 2 KiB" in s.summary().format()
 
 
+def test_guess_is_capped_at_what_the_node_can_give_once_our_tasks_end() -> None:
+    # 300 of the node are in use by something else: a 1000-byte guess could never
+    # pass 1000 - 300; capped at 700 it starts, and waits only for our own tasks.
+    s = EnsembleScheduler(["n"], default_reservation=5000)
+    s.node_memory("n", 300, W)
+    assert started(s.add(specs(None))) == [(0, "n")]
+    assert s.record(0).reservation == 700 and s.record(0).status is TaskStatus.RUNNING
+    s.add(specs(None, None)[1:])
+    s.node_memory("n", 600, W, tasks={0: 300})  # task 0 uses 300: foreign is still 300
+    assert s.record(1).status is TaskStatus.QUEUED  # 600 + 400 unused + 700 > 1000
+    assert started(s.task_exited(0, 0)) == [(1, "n")]  # learned: 300 x 1.25
+    assert s.record(1).reservation == 375
+
+
 def test_node_lost() -> None:
     s = EnsembleScheduler(["a", "b"], retries=1, slots=1)
     s.node_memory("a", 0, W)
