@@ -372,6 +372,7 @@ async def main():
     if r == 0:
         async with pmi.reserve(GiB):
             out["held"] = time.time()
+            await pmi.put("held", "1")
             await pmi.get("asking", rank=1)   # rank 1 is about to ask
             await asyncio.sleep(0.5)          # a window for it to be (wrongly) admitted
             out["released"] = time.time()
@@ -380,6 +381,7 @@ async def main():
             out["admitted_after_exit"] = time.time()
         await pmi.close()
     else:
+        await pmi.get("held", rank=0)        # ask only once rank 0 holds its gigabyte
         await pmi.put("asking", "1")
         async with pmi.reserve(GiB):
             out["admitted"] = time.time()
