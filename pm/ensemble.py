@@ -582,6 +582,8 @@ class Ensemble:
         starts = self._sched.node_memory(d.name, used, tasks=sizes, now=time.monotonic())
         adm = self._sched.admission(d.name)
         assert adm is not None
+        # The figures of the sample itself: without what it just admitted (unused yet).
+        reserved = adm.reserved - sum(s.reservation for s in starts if s.node == d.name)
         if adm.blocked != d.blocked:
             d.blocked = adm.blocked
             marks = adm.watermarks
@@ -591,10 +593,10 @@ class Ensemble:
             else:
                 text = f"under the low watermark {format_size(marks.low)}: admitting again"
             self._event("blocked" if adm.blocked else "unblocked", d,
-                        f"node {d.name}: used+reserved {format_size(adm.used + adm.reserved)} "
-                        + text)
+                        f"node {d.name}: used+reserved {format_size(adm.used + reserved)} "
+                        + text, reserved=reserved)
         self._event("sample", d, f"node {d.name}: used {format_size(adm.used)}, "
-                    f"reserved {format_size(adm.reserved)}")
+                    f"reserved {format_size(reserved)}", reserved=reserved)
         self._overruns(d)
         self._apply(starts)
 
@@ -645,12 +647,13 @@ class Ensemble:
         self._event(what, d, f"[task {index}] {what}: over its bound while node {d.name} "
                     "is over its high watermark", index)
 
-    def _event(self, kind: str, d: _Domain, text: str, task: int | None = None) -> None:
+    def _event(self, kind: str, d: _Domain, text: str, task: int | None = None, *,
+               reserved: int | None = None) -> None:
         if self._on_event is None:
             return
         adm = self._sched.admission(d.name)
-        figures = (adm.used, adm.reserved, adm.watermarks.high, adm.watermarks.low) if adm else (
-            0, 0, 0, 0)
+        figures = (adm.used, adm.reserved if reserved is None else reserved,
+                   adm.watermarks.high, adm.watermarks.low) if adm else (0, 0, 0, 0)
         self._on_event(Event(kind, time.time(), d.name, text, task, *figures))
 
     # ----------------------------------------------------------------- remote probes
