@@ -49,13 +49,24 @@ from types import TracebackType
 from pm.proto import shm_layout as L
 from pm.proto.errors import PMError, ResourceLimit
 
-__all__ = ["ShmKVSWriter", "cleanup_stale", "default_max_bytes"]
+__all__ = ["MAX_BYTES_ENV", "ShmKVSWriter", "cleanup_stale", "default_max_bytes"]
 
 _RESOURCE_ERRNOS = {errno.ENOSPC, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EDQUOT}
 
 
+#: Overrides the default bound of one node's segments (bytes, or with a K/M/G suffix).
+MAX_BYTES_ENV = "PM_SHM_MAX_BYTES"
+
+
 def default_max_bytes() -> int:
-    """1 GiB or half of /dev/shm, whichever is smaller."""
+    """``$PM_SHM_MAX_BYTES`` if set, else 1 GiB or half of /dev/shm, whichever is smaller."""
+    text = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if text:
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+        try:
+            return int(text[:-1] if scale > 1 else text) * scale
+        except ValueError:
+            raise PMError(f"{MAX_BYTES_ENV}={text!r} is not a size (e.g. 64M)") from None
     try:
         st = os.statvfs(L.SHM_DIR)
         half = st.f_frsize * st.f_blocks // 2
@@ -346,7 +357,8 @@ class ShmKVSWriter:
         if total > self._max:
             raise ResourceLimit(
                 f"shared-memory KVS limit max_bytes={self._max} reached: "
-                f"{os.path.join(L.SHM_DIR, self.name)} would need {total} bytes")
+                f"{os.path.join(L.SHM_DIR, self.name)} would need {total} bytes "
+                f"(raise it with {MAX_BYTES_ENV})")
 
     def _grow(self, extra_entries: int, extra_heap: int) -> _Generation:
         """Build, publish and switch to a generation with room for the extras."""
