@@ -13,6 +13,8 @@ internal processes" rule and so can enable ``+memory`` for its children
 while still holding processes; with cgroup v1, a child of this process's
 own memory cgroup (v1 has no such rule).  If neither works, the context
 manager skips the test with the reason (:func:`cgroup_unavailable`).
+:func:`capped_cgroup` is the same without pytest (benchmarks): it raises
+:class:`CgroupUnavailable` instead of skipping.
 """
 
 from __future__ import annotations
@@ -22,11 +24,9 @@ import os
 import signal
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 _counter = itertools.count()
 
@@ -154,12 +154,30 @@ def _write(path: Path, value: str) -> None:
         path.write_text(value)
 
 
+class CgroupUnavailable(RuntimeError):
+    """No memory-capped cgroup can be made here; the message says why."""
+
+
 @contextmanager
 def memory_cgroup(limit: int) -> Iterator[MemCgroup]:
     """A fresh cgroup capped at ``limit`` bytes without swap; skips the test if impossible."""
+    import pytest  # only tests skip; benchmarks use capped_cgroup
+
+    with ExitStack() as stack:
+        try:
+            cg = stack.enter_context(capped_cgroup(limit))
+        except CgroupUnavailable as e:
+            pytest.skip(f"no memory-capped cgroup: {e}")
+        yield cg
+
+
+@contextmanager
+def capped_cgroup(limit: int) -> Iterator[MemCgroup]:
+    """A fresh cgroup capped at ``limit`` bytes without swap, removed at exit after
+    killing what is left in it; :class:`CgroupUnavailable` if it cannot be made."""
     reason = cgroup_unavailable()
     if reason is not None:
-        pytest.skip(f"no memory-capped cgroup: {reason}")
+        raise CgroupUnavailable(reason)
     where = _parent_dir()
     assert not isinstance(where, str)
     parent, version = where
@@ -167,7 +185,7 @@ def memory_cgroup(limit: int) -> Iterator[MemCgroup]:
     try:
         path.mkdir()
     except OSError as e:
-        pytest.skip(f"no memory-capped cgroup: cannot create {path}: {e}")
+        raise CgroupUnavailable(f"cannot create {path}: {e}") from e
     cg = MemCgroup(path, version, limit)
     try:
         if version == 2:
