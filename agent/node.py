@@ -154,7 +154,7 @@ class JobAgent:
                 xml = topo.xml
             except PMError as exc:
                 log.info("agent %d: no topology for the ranks: %s", self.vertex, exc)
-        if xml:
+        if xml and topo_share.sharing_enabled(plan.env):
             path = topo_share.write_job_xml(xml, plan.job_id)
             self.on_close.append(lambda: _unlink(path))
             self.extra_env.update(HWLOC_XMLFILE=path, HWLOC_THISSYSTEM="1")

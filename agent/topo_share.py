@@ -6,6 +6,10 @@ the cpus it may use (a persistent agent discovers once per boot, an ad-hoc
 one once per boot too), and gives each job a private copy (mode 0600,
 removed with the job).  Ranks get ``HWLOC_XMLFILE``, ``HWLOC_THISSYSTEM=1``
 and the PMI key ``PMI_hwloc_xmlfile``.
+
+``PM_TOPOLOGY_SHARE=0`` in the job's environment (``pmrun -genv
+PM_TOPOLOGY_SHARE 0``, or exported) turns the hand-over off: each rank's MPI
+library then discovers the node itself (what ``bench/topology.py`` compares).
 """
 
 from __future__ import annotations
@@ -14,10 +18,20 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pm.agent.topology import Topology
+
+
+#: Job environment variable: "0", "no", "off" or "false" turns sharing the XML off.
+SHARE_ENV = "PM_TOPOLOGY_SHARE"
+
+
+def sharing_enabled(job_env: Mapping[str, str]) -> bool:
+    """Whether the ranks get the node's XML (see the module docstring)."""
+    return job_env.get(SHARE_ENV, "1").strip().lower() not in ("0", "no", "off", "false")
 
 
 def _cache_path() -> str:
