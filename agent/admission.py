@@ -256,6 +256,11 @@ class Admission:
         """Whether a request of ``nbytes`` would be admitted now (ignoring the queue)."""
         return not self._blocked and nbytes <= self.headroom
 
+    def unmeasured_guesses(self) -> int:
+        """Admitted work whose reservation is a guess (no declared bound) and that no
+        sample has measured yet: what it will really take is still unknown."""
+        return sum(w.bound is None and w.peak_at is None for w in self._works.values())
+
     def is_admitted(self, ident: Ident) -> bool:
         return ident in self._works
 
@@ -316,10 +321,19 @@ class Admission:
         self._pump()
         return ident in self._works
 
-    def release(self, ident: Ident) -> list[Ident]:
-        """Drop ``ident``'s reservation or queued request (no-op if unknown)."""
-        if self._works.pop(ident, None) is None:
+    def release(self, ident: Ident, *, exited: bool = False) -> list[Ident]:
+        """Drop ``ident``'s reservation or queued request (no-op if unknown).
+
+        ``exited``: the work's processes have ended and been reaped, so the kernel
+        has already freed what they used: its last measured figure leaves ``used``
+        now rather than at the next sample (which would hold the next work back
+        one sampling period for memory that is free).
+        """
+        work = self._works.pop(ident, None)
+        if work is None:
             self._queue = deque(r for r in self._queue if r.ident != ident)
+        elif exited:
+            self._used = max(0, self._used - work.measured)
         return self._pump()
 
     def release_owner(self, owner: Hashable) -> list[Ident]:

@@ -228,7 +228,9 @@ class EnsembleScheduler:
     largest high watermark).  ``slots``: tasks at most
     per node (None: memory is the only limit).  ``backfill``: a task that
     fits may pass an earlier one that does not (default: strict FIFO).
-    A rerun reserves at least its previous peak x ``margin``.
+    A rerun reserves at least its previous peak x ``margin``.  A task reserving a
+    guess starts on a node only once the node's last guessed task was measured by
+    a sample (slow start: a burst of under-guessed tasks cannot start at once).
     Node choice: the most headroom (high - used - reserved), then the
     fewest running tasks, then the order of ``nodes``.
     """
@@ -371,7 +373,7 @@ class EnsembleScheduler:
         node = self._nodes[rec.node]
         node.running.discard(index)
         if node.admission is not None:
-            node.admission.release(index)
+            node.admission.release(index, exited=code is not None)
         rec.exit_codes.append(code)
         if rec.peak:
             key = command_key(rec.spec.argv)
@@ -414,7 +416,7 @@ class EnsembleScheduler:
         for index in list(self._queue):
             rec = self._tasks[index]
             nbytes, declared = self.reservation_for(rec.spec)
-            node_id = self._pick(nbytes)
+            node_id = self._pick(nbytes, guess=not declared)
             if node_id is None:
                 if self._unschedulable(rec, nbytes):
                     continue
@@ -433,12 +435,16 @@ class EnsembleScheduler:
         return starts
 
     # -- internals
-    def _pick(self, nbytes: int) -> NodeId | None:
+    def _pick(self, nbytes: int, guess: bool = False) -> NodeId | None:
         best: tuple[int, int, int] | None = None
         choice: NodeId | None = None
         for pos, node_id in enumerate(self._order):
             n = self._nodes[node_id]
             if n.free_slots() <= 0 or n.admission is None or not n.admission.fits(nbytes):
+                continue
+            if guess and n.admission.unmeasured_guesses():
+                # One guess in flight per node: the tasks it would start together may all
+                # be far bigger than guessed, and start before any sample shows it.
                 continue
             rank = (-n.admission.headroom, len(n.running), pos)
             if best is None or rank < best:

@@ -130,6 +130,17 @@ def test_admission_fifo_and_release() -> None:
     assert a.report().admitted == 0 and a.reserved == 0
 
 
+def test_admission_release_of_exited_work_frees_its_usage_at_once() -> None:
+    a = Admission(Watermarks(100, 80))
+    assert a.request("a", 50) and a.request("b", 30)
+    a.observe(70, {"a": 50, "b": 5})  # 15 of the node are someone else's
+    assert not a.request("c", 40)  # 70 + 25 unused + 40 > 100
+    assert a.release("a", exited=True) == ["c"]  # its 50 left with it: 20 + 25 + 40
+    assert a.used == 20
+    a.release("b")  # a rank's block ends, the rank lives on: its memory stays counted
+    assert a.used == 20 and a.release("c", exited=True) == [] and a.used == 20
+
+
 def test_admission_backfill() -> None:
     a = Admission(Watermarks(100, 80), backfill=True)
     a.request("a", 60)
