@@ -23,6 +23,7 @@ pmrun's modules; section 3 shows what that costs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import statistics
@@ -165,11 +166,16 @@ def launch_section(walls: Mapping[tuple[str, int, str], list[float]],
 
 # ---------------------------------------------------------------- 2. resident memory
 def _children(pid: int) -> list[int]:
+    """Children of every thread of ``pid`` (Hydra forks its proxy from a thread)."""
+    out: list[int] = []
     try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return []
-    return [int(x) for x in text.split()]
+        return out
+    for task in tasks:
+        with contextlib.suppress(OSError):
+            out.extend(int(x) for x in (task / "children").read_text().split())
+    return out
 
 
 def _hwm_kib(pid: int) -> int | None:
@@ -183,10 +189,13 @@ def _hwm_kib(pid: int) -> int | None:
 
 
 def _role(pid: int, roles: Mapping[str, str]) -> str | None:
+    """The role whose needle ``pid``'s command line holds; "" if it has none (gone)."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
-        return None
+        return ""
+    if not cmd:
+        return ""
     for role, needle in roles.items():
         if needle in cmd:
             return role
@@ -196,33 +205,51 @@ def _role(pid: int, roles: Mapping[str, str]) -> str | None:
 def peak_rss(argv: Sequence[str], roles: Mapping[str, str], env: Mapping[str, str],
              timeout: float = 600.0) -> dict[str, float]:
     """Peak RSS (MiB) of the launched process (``launcher``) and of its descendants whose
-    command line holds ``roles[role]``: VmHWM sampled every few ms until the launch ends."""
+    command line holds ``roles[role]`` (VmHWM sampled every few ms until the launch ends),
+    and their CPU time (``cpu:ROLE``, ms, all processes of the role, as last sampled)."""
     proc = subprocess.Popen(list(argv), env=dict(env), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, cwd=tempfile.gettempdir())
-    peak: dict[str, int] = defaultdict(int)
-    seen: dict[int, str | None] = {}
+    hwm_of: dict[int, int] = {}
+    cpu_of: dict[int, int] = {}
+    role_of: dict[int, str] = {proc.pid: "launcher"}
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
-        hwm = _hwm_kib(proc.pid)
-        if hwm is not None:
-            peak["launcher"] = max(peak["launcher"], hwm)
-        todo = _children(proc.pid)
+        todo = [proc.pid]
         while todo:
             pid = todo.pop()
-            if pid not in seen:
-                seen[pid] = _role(pid, roles)
-            role = seen[pid]
-            if role is not None:
-                hwm = _hwm_kib(pid)
-                if hwm is not None:
-                    peak[role] = max(peak[role], hwm)
-                todo.extend(_children(pid))
+            if pid != proc.pid:
+                # Looked up every time: a new child shows its parent's cmdline until it
+                # execs.  A zombie shows none: then the role it had stays.
+                role = _role(pid, roles)
+                if role == "":
+                    continue
+                if role is None:
+                    role_of.pop(pid, None)
+                    continue
+                role_of[pid] = role
+            hwm = _hwm_kib(pid)
+            if hwm is not None:
+                hwm_of[pid] = max(hwm_of.get(pid, 0), hwm)
+            cpu_of[pid] = _cpu_ns(pid) or cpu_of.get(pid, 0)
+            todo.extend(_children(pid))
         time.sleep(0.003)  # sampling period; the benchmark is not event driven
     _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: "
                            f"{err.decode(errors='replace')[-2000:]}")
-    return {k: v / 1024 for k, v in peak.items()}
+    out: dict[str, float] = {}
+    for pid, role in role_of.items():
+        out[role] = max(out.get(role, 0.0), hwm_of.get(pid, 0) / 1024)
+        out[f"cpu:{role}"] = out.get(f"cpu:{role}", 0.0) + cpu_of.get(pid, 0) / 1e6
+    return out
+
+
+def _cpu_ns(pid: int) -> int:
+    """CPU time of ``pid`` so far (ns, /proc/PID/schedstat); 0 once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def memory_section(hello: str, per_node: int) -> str:
@@ -247,6 +274,13 @@ def memory_section(hello: str, per_node: int) -> str:
         f"{two.get('agent', float('nan')):.1f} | {ok(two.get('agent', 1e9))} |",
         f"| Hydra `mpiexec` | {hy['launcher']:.1f} | |",
         f"| Hydra `hydra_pmi_proxy` | {hy.get('proxy', float('nan')):.1f} | |",
+        "",
+        f"The launcher's own CPU time in the same {per_node}-rank runs (ms, from "
+        "`/proc/PID/schedstat`; independent of how loaded the machine is):",
+        "", "| launcher | CPU ms |", "|---|---|",
+        f"| pmrun (head with node 0's agent in-process) | {one['cpu:launcher']:.0f} |",
+        f"| Hydra (`mpiexec` + `hydra_pmi_proxy`) | "
+        f"{hy['cpu:launcher'] + hy.get('cpu:proxy', 0.0):.0f} |",
     ])
 
 
@@ -318,12 +352,13 @@ def breakdown_section(runs: int) -> str:
         return lambda: run_once(argv, env)
 
     got = interleaved({k: one(a, envs[k]) for k, a in cases.items()}, runs)
-    ms = {k: statistics.median(v) * 1000 for k, v in got.items()}
+    # Least of the runs: each part is a cost that other load on the machine only adds to.
+    ms = {k: min(v) * 1000 for k, v in got.items()}
     groups = import_groups(env, max(3, runs // 2))
     per_rank = (ms["pmrun64"] - ms["pmrun1"]) / 63
     per_rank_hy = (ms["hydra64"] - ms["hydra1"]) / 63
     lines = [
-        f"Where a 1-rank `pmrun -n 1 true` spends its time (medians of {runs} interleaved "
+        f"Where a 1-rank `pmrun -n 1 true` spends its time (least of {runs} interleaved "
         "runs, ms):",
         "", "| part | ms |", "|---|---|",
         f"| interpreter start and exit, bare (`python -I -S -c pass`) | {ms['bare']:.1f} |",
@@ -357,12 +392,17 @@ def main(argv: list[str] | None = None) -> int:
     # Warm the bytecode cache so that no measured run compiles.
     run_once([*pmrun(), "-n", "1", "true"], launch_env())
     progs = {"true": "true", "hello": hello}
+    load0 = os.getloadavg()[0]
     walls, inits = launch_table(progs, sizes, runs)
+    load1 = os.getloadavg()[0]
     parts = [
         "## Launch: pmrun against Hydra",
         "",
         f"{machine()}. MPICH wheel's Hydra `mpiexec` and pmrun from the same venv; one node; "
-        "`python -m bench.launch`" + (" --quick" if args.quick else "") + ".",
+        "`python -m bench.launch`" + (" --quick" if args.quick else "") + f". Load average "
+        f"{load0:.1f} before and {load1:.1f} after the launch table (2 cores: anything above "
+        "2 means other work shared the machine, which stretches pmrun's larger CPU share "
+        "more than Hydra's).",
         "",
         launch_section(walls, inits, list(progs), sizes, runs),
         "",
