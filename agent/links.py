@@ -346,6 +346,9 @@ class ParentLink:
         self._task: asyncio.Task[Any] | None = None
         self._beat: asyncio.Task[None] | None = None
         self._live: Liveness[str] | None = None
+        #: The frame of the message being handled: an agent forwards a collective's
+        #: result to its children as it came (same secret, same bytes, no re-encoding).
+        self.frame: zmq.Frame | None = None
         if heartbeat > 0:
             self._live = Liveness(heartbeat, interval_of(heartbeat), time.monotonic())
             self._live.seen("parent", time.monotonic())
@@ -366,6 +369,7 @@ class ParentLink:
             if self._live is not None and "parent" in self._live:
                 self._live.seen("parent", time.monotonic())
             if not isinstance(msg, t.Heartbeat):
+                self.frame = frame
                 return msg
 
     async def _recv(self) -> None:
@@ -375,6 +379,8 @@ class ParentLink:
                 self.on_msg(msg)
             except Exception:
                 log.exception("agent failed handling %s from its parent", type(msg).__name__)
+            finally:
+                self.frame = None
 
     async def _heartbeats(self) -> None:
         live = self._live

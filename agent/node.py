@@ -124,6 +124,7 @@ class JobAgent:
         self.sim_stats: dict[str, Any] | None = None
         #: Direct gets in flight, by key: concurrent gets of one key share one request.
         self._fetching: dict[tuple[bytes, int], asyncio.Future[bytes | None]] = {}
+        self._frame_down: Any = None  # the parent's frame of the CollOut being handled
         self.on_close: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ launch
@@ -592,8 +593,10 @@ class JobAgent:
                 for child, data in c.children.items():
                     self.children_link.send(child, t.CollOut(c.epoch, c.kind, data))
             else:
-                # Every child gets the same result: encode and seal it once.
-                self._send_same(list(c.children), t.CollOut(c.epoch, c.kind, c.data))
+                # Every child gets the same result: encode and seal it once, or
+                # forward the parent's frame (a multi-MiB allgather is not re-encoded).
+                self._send_same(list(c.children), t.CollOut(c.epoch, c.kind, c.data),
+                                self._frame_down)
         tl = self.timeline
         out_mark = f"{KIND_NAMES[c.kind]} out"
         for rank, result in c.local.items():
@@ -609,8 +612,9 @@ class JobAgent:
                 result = shm_reply
             fut.set_result(result if c.kind in (t.ALLGATHER, t.RING) else None)
 
-    def _send_same(self, children: list[int], msg: t.Msg) -> None:
-        """Send one message to several children, encoded and sealed once."""
+    def _send_same(self, children: list[int], msg: t.Msg, frame: Any = None) -> None:
+        """Send one message to several children, encoded and sealed once (``frame``:
+        ``msg`` as sealed by the parent, forwarded as it is)."""
         link = self.children_link
         from pm.agent.children import Children
 
@@ -619,7 +623,8 @@ class JobAgent:
                 assert link is not None
                 link.send(child, msg)
             return
-        frame = t.seal(link.secret, t.encode(msg))
+        if frame is None or getattr(self.parent, "secret", None) != link.secret:
+            frame = t.seal(link.secret, t.encode(msg))
         for child in children:
             link.port.send_raw(child, frame)
 
@@ -658,7 +663,12 @@ class JobAgent:
         if isinstance(msg, t.CollOut):
             if self.timeline is not None:
                 self.mark("coll result in", kind=KIND_NAMES[msg.kind], epoch=msg.epoch)
-            self._act(self.coll.result_in(msg.epoch, msg.kind, msg.data))
+            # The frame as it came, for the children (see _complete); None under the head.
+            self._frame_down = getattr(self.parent, "frame", None)
+            try:
+                self._act(self.coll.result_in(msg.epoch, msg.kind, msg.data))
+            finally:
+                self._frame_down = None
         elif isinstance(msg, t.Kill):
             self.kill(msg.reason, msg.grace)
         elif isinstance(msg, t.Signal):
