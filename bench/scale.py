@@ -54,8 +54,10 @@ def _run(args: Sequence[str], timeout: float = 600.0) -> tuple[float, str, str]:
 
 def sim(nodes: int, per: int, *extra: str) -> tuple[float, float, str]:
     """(exchange s, wall s, stderr) of a simulated job; fails on a wrong value."""
+    # A generous heartbeat: 64 agents on 2 shared cores may not run for seconds when
+    # the machine is busy, and a lost agent would end the run.
     wall, out, err = _run(["--local-nodes", str(nodes), "--sim-ranks-per-node", str(per),
-                           "--sim-value-size", str(VALUE), *extra])
+                           "--sim-value-size", str(VALUE), "--heartbeat", "60", *extra])
     m = SUMMARY.search(out)
     if m is None or "all values right" not in out:
         raise RuntimeError(f"unexpected sim output: {out}")
