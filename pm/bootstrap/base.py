@@ -195,7 +195,9 @@ def bootstrap_options(extra: Mapping[str, str], hosts_given: bool = False) -> di
             raise ValueError("--launcher persistent needs --agents FILE")
         from pm.bootstrap.persistent import read_agents_file
 
-        opts["services"] = read_agents_file(extra["agents"])
+        # The services' addresses and public keys, and the path of our key pair
+        # (the secret key itself is read by the head only, never put in the plan).
+        opts.update(read_agents_file(extra["agents"]))
     return opts
 
 

@@ -1,0 +1,458 @@
+"""``pm-agent serve``: a node agent service that runs for ever and serves many jobs.
+
+A head (``pmrun --agents FILE``) connects to the service's ROUTER over TCP,
+secured with ZeroMQ CURVE: the connection is encrypted, the head checks the
+service's public key, and the service admits only the client keys listed in
+its configuration (a ZAP handler here; anything else is refused during the
+handshake and logged, and the service keeps serving).  For each vertex of a
+job the head asks for, the service starts one ``pm-agent child`` process
+(``pm.agent.main.run_child``): jobs are isolated from each other as ad-hoc
+agents are (own process, KVS, job secret, shared-memory segment), and any
+number run at once.  See ``deploy/README.md`` for the security model.
+
+Who ranks run as: a client key is bound to a user name in the configuration.
+A service running as root starts the job's agents (and so its ranks) as that
+user (uid, gid, supplementary groups); it refuses to run them as root unless
+``allow_root = true``.  A service running as another user can only run jobs
+as itself, and refuses keys bound to anybody else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import pwd
+import signal
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from pm.proto import service as sp
+from pm.proto.errors import ProtocolError
+from zmq.utils import z85
+
+log = logging.getLogger("pm.agent.serve")
+
+#: The service's port unless configured otherwise.
+DEFAULT_PORT = 7300
+#: Seconds a listening job agent may take to report its port.
+START_TIMEOUT = 30.0
+#: Seconds a job's agents get to leave after their job ended before they are killed.
+END_GRACE = 10.0
+_ZAP = "inproc://zeromq.zap.01"
+
+
+class KeyFileError(Exception):
+    """A key or configuration file that cannot be used."""
+
+
+# --------------------------------------------------------------------- keys
+
+
+def write_keypair(prefix: str) -> str:
+    """Write a new CURVE key pair: ``PREFIX.key`` (secret, mode 0600) and ``PREFIX.pub``.
+
+    Refuses to overwrite an existing key file.  Returns the public key (Z85).
+    """
+    public, secret = zmq.curve_keypair()
+    key, pub = Path(prefix + ".key"), Path(prefix + ".pub")
+    for path in (key, pub):
+        if path.exists():
+            raise KeyFileError(f"{path} exists: not overwriting a key")
+    # O_EXCL and mode 0600 at creation: the secret is never readable by others.
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("# pmrun CURVE key pair: keep this file secret\n"
+                f'public = "{public.decode()}"\nsecret = "{secret.decode()}"\n')
+    pub.write_text(public.decode() + "\n")
+    return public.decode()
+
+
+def read_keypair(path: str | Path) -> tuple[bytes, bytes]:
+    """(public, secret) Z85 keys of a ``.key`` file written by :func:`write_keypair`."""
+    path = Path(path).expanduser()
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise KeyFileError(f"key file {path}: {exc}") from None
+    try:
+        secret = str(data["secret"]).encode()
+        public = zmq.curve_public(secret)
+    except (KeyError, ValueError, zmq.ZMQError) as exc:
+        raise KeyFileError(f"key file {path}: no valid secret key ({exc})") from None
+    if "public" in data and str(data["public"]).encode() != public:
+        raise KeyFileError(f"key file {path}: public and secret keys do not match")
+    return public, secret
+
+
+def read_public(text: str, base: Path | None = None) -> bytes:
+    """A public key given as Z85 text (40 characters) or as the path of a ``.pub`` file."""
+    text = text.strip()
+    if len(text) == 40 and "/" not in text:
+        try:
+            if len(z85.decode(text.encode())) == 32:
+                return text.encode()
+        except (ValueError, KeyError):
+            pass
+    path = Path(text).expanduser()
+    if base is not None and not path.is_absolute():
+        path = base / path
+    try:
+        key = path.read_text().split()[0]
+    except (OSError, IndexError):
+        raise KeyFileError(f"{text!r} is neither a public key nor a readable .pub file") from None
+    try:
+        if len(z85.decode(key.encode())) != 32:
+            raise ValueError
+    except (ValueError, KeyError):
+        raise KeyFileError(f"{path}: not a public key") from None
+    return key.encode()
+
+
+# --------------------------------------------------------------------- configuration
+
+
+@dataclass(slots=True)
+class ServiceConfig:
+    listen: str                          # tcp://ADDR:PORT
+    key: str                             # path of the service's key pair
+    clients: dict[bytes, str]            # public key (Z85) -> user the key's jobs run as
+    allow_root: bool = False
+    iface: str | None = None             # where job agents listen for their children
+    ports: tuple[int, int] | None = None  # range of the job agents' ports
+    max_agents: int = 256
+    python: str = field(default_factory=lambda: sys.executable)
+
+
+def endpoint(listen: str) -> str:
+    """``ADDR[:PORT]`` or ``tcp://ADDR:PORT`` -> ``tcp://ADDR:PORT``."""
+    rest = listen.split("://", 1)[1] if "://" in listen else listen
+    if rest.startswith("["):
+        host, _, port = rest[1:].partition("]")
+        port = port.lstrip(":")
+        host = f"[{host}]"
+    elif rest.count(":") == 1:
+        host, port = rest.split(":")
+    else:
+        host, port = rest, ""
+    return f"tcp://{host or '0.0.0.0'}:{int(port) if port else DEFAULT_PORT}"
+
+
+def load_config(path: str | None, listen: str | None = None) -> ServiceConfig:
+    """The service configuration (TOML; see ``deploy/pm-agent.toml``)."""
+    if path is None:
+        raise KeyFileError("pm-agent serve needs --config FILE")
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise KeyFileError(f"config {path}: {exc}") from None
+    base = file.resolve().parent
+    if "key" not in data:
+        raise KeyFileError(f"config {path}: no key (the service's key pair, pm-agent keygen)")
+    key = Path(str(data["key"])).expanduser()
+    clients: dict[bytes, str] = {}
+    table = data.get("clients", {})
+    if not isinstance(table, dict):
+        raise KeyFileError(f"config {path}: [clients] must be a table of user = [keys]")
+    for user, keys in table.items():
+        for k in [keys] if isinstance(keys, str) else list(keys):
+            clients[read_public(str(k), base)] = str(user)
+    ports = data.get("ports")
+    if ports is not None and (not isinstance(ports, list) or len(ports) != 2
+                              or not all(isinstance(p, int) and 0 < p < 65536 for p in ports)
+                              or ports[0] > ports[1]):
+        raise KeyFileError(f"config {path}: ports must be [LOW, HIGH]")
+    cfg = ServiceConfig(
+        listen=endpoint(listen or str(data.get("listen", f"0.0.0.0:{DEFAULT_PORT}"))),
+        key=str(key if key.is_absolute() else base / key), clients=clients,
+        allow_root=bool(data.get("allow_root", False)),
+        iface=str(data["iface"]) if data.get("iface") else None,
+        ports=(int(ports[0]), int(ports[1])) if ports else None,
+        max_agents=int(data.get("max_agents", 256)),
+        python=str(data.get("python", sys.executable)))
+    if not cfg.clients:
+        log.warning("config %s: no client keys in [clients]: every job will be refused", path)
+    return cfg
+
+
+# --------------------------------------------------------------------- the service
+
+
+@dataclass(slots=True)
+class JobAgentProc:
+    job: str
+    vertex: int
+    client: bytes                 # ROUTER identity of the head that asked for it
+    proc: asyncio.subprocess.Process
+    ended: bool = False
+
+
+class Service:
+    """The ROUTER heads talk to, its ZAP handler, and the job agents it started."""
+
+    def __init__(self, cfg: ServiceConfig) -> None:
+        self.cfg = cfg
+        self.public, secret = read_keypair(cfg.key)
+        self.ctx = zmq.asyncio.Context()
+        self.zap = self.ctx.socket(zmq.REP)
+        self.zap.linger = 0
+        self.zap.bind(_ZAP)  # before the ROUTER binds: no handshake without a verdict
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.linger = 1000
+        self.sock.curve_server = True
+        self.sock.curve_secretkey = secret
+        self.sock.curve_publickey = self.public
+        self.sock.zap_domain = b"pmrun"
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)  # a start request is < 1 KiB
+        self.agents: dict[tuple[str, int], JobAgentProc] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.stopping = asyncio.get_running_loop().create_future()
+        self.sock.bind(cfg.listen)
+        self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        log.info("pm-agent service %s listening on %s as %s, %d client keys", self.public.decode(),
+                 self.address, me, len(cfg.clients))
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def run(self) -> None:
+        from pm.agent.links import log_refused_handshakes
+
+        self._spawn_task(self._zap_loop())
+        self._spawn_task(log_refused_handshakes(self.sock, "pm-agent service"))
+        recv = asyncio.ensure_future(self._recv_loop())
+        try:
+            await asyncio.wait([recv, self.stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            recv.cancel()
+            await self._end_all()
+            tasks = [recv, *self.tasks]
+            for task in tasks:
+                task.cancel()
+            # Let their finally blocks close what they own (the monitor socket) first.
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.sock.close(linger=0)
+            self.zap.close(linger=0)
+            self.ctx.destroy(linger=0)
+
+    def stop(self, why: str) -> None:
+        if not self.stopping.done():
+            log.info("stopping: %s", why)
+            self.stopping.set_result(None)
+
+    # ------------------------------------------------------------ authentication
+    async def _zap_loop(self) -> None:
+        """Answer libzmq's ZAP requests: admit CURVE clients whose key is listed."""
+        while True:
+            frames = await self.zap.recv_multipart()
+            if len(frames) < 6:
+                continue
+            version, request_id, _domain, address, _identity, mechanism = frames[:6]
+            creds = frames[6:]
+            peer = address.decode(errors="replace")
+            user = ""
+            if mechanism == b"CURVE" and creds and len(creds[0]) == 32:
+                key = z85.encode(creds[0])
+                user = self.cfg.clients.get(key, "")
+                if not user:
+                    log.warning("refused a client from %s: key %s is not allowed", peer,
+                                key.decode())
+            else:
+                log.warning("refused a client from %s: mechanism %s", peer,
+                            mechanism.decode(errors="replace"))
+            if user:
+                log.info("client from %s admitted as %s", peer, user)
+                reply = [version, request_id, b"200", b"OK", user.encode(), b""]
+            else:
+                reply = [version, request_id, b"400", b"not allowed", b"", b""]
+            await self.zap.send_multipart(reply)
+
+    # ------------------------------------------------------------ requests
+    async def _recv_loop(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart(copy=False)
+            if len(frames) != 2:
+                log.warning("dropped a malformed request (%d parts)", len(frames))
+                continue
+            ident, frame = frames[0].bytes, frames[1]
+            user = ""
+            with contextlib.suppress(Exception):
+                user = str(frame.get("User-Id") or "")
+            try:
+                msg = sp.decode(frame.bytes)
+                self._handle(ident, user, msg)
+            except ProtocolError as exc:
+                peer = ""
+                with contextlib.suppress(Exception):
+                    peer = str(frame.get("Peer-Address") or "")
+                log.warning("refused a request from %s: %s", peer or "a client", exc)
+                self._reply(ident, sp.encode("error", why=str(exc)))
+
+    def _reply(self, ident: bytes, data: bytes) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            fut = self.sock.send_multipart([ident, data])
+            if isinstance(fut, asyncio.Future):
+                fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def _handle(self, ident: bytes, user: str, msg: dict[str, Any]) -> None:
+        op = msg["op"]
+        if op == "start":
+            cfg = sp.check_start(msg)
+            self._spawn_task(self._start(ident, user, cfg))
+        elif op == "end":
+            self._end_job(sp.check_job(msg))
+        else:
+            raise ProtocolError(f"unknown request {op!r}")
+
+    def _credentials(self, user: str) -> dict[str, Any]:
+        """How to start a job agent for ``user``: Popen keywords; ``PermissionError`` if not."""
+        me = os.geteuid()
+        if not user:
+            raise PermissionError("the client's key is bound to no user")
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            raise PermissionError(f"no such user {user!r} on this node") from None
+        if pw.pw_uid == 0 and not self.cfg.allow_root:
+            raise PermissionError("this service refuses to run jobs as root "
+                                  "(allow_root = true in its configuration)")
+        env = dict(os.environ)
+        env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+        if pw.pw_uid == me:
+            return {"env": env, "cwd": pw.pw_dir if os.path.isdir(pw.pw_dir) else "/"}
+        if me != 0:
+            raise PermissionError(f"this service runs as uid {me} and cannot run jobs as "
+                                  f"{user!r}")
+        return {"env": env, "cwd": "/", "user": pw.pw_uid, "group": pw.pw_gid,
+                "extra_groups": os.getgrouplist(pw.pw_name, pw.pw_gid)}
+
+    async def _start(self, ident: bytes, user: str, cfg: dict[str, Any]) -> None:
+        job, vertex = cfg["job_id"], cfg["vertex"]
+
+        def failed(why: str) -> None:
+            log.warning("job %s vertex %d: not started: %s", job, vertex, why)
+            self._reply(ident, sp.encode("failed", job=job, vertex=vertex, why=why))
+
+        if (job, vertex) in self.agents:
+            return failed("this vertex of the job runs here already")
+        if len(self.agents) >= self.cfg.max_agents:
+            return failed(f"the service runs {self.cfg.max_agents} job agents already")
+        try:
+            creds = self._credentials(user)
+        except PermissionError as exc:
+            return failed(str(exc))
+        line = dict(cfg)
+        line["iface"] = self.cfg.iface
+        line["ports"] = list(self.cfg.ports) if self.cfg.ports else None
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.cfg.python, "-P", "-m", "pm.agent.main", "child",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                start_new_session=True, **creds)
+        except OSError as exc:
+            return failed(f"cannot start an agent: {exc}")
+        assert proc.stdin is not None and proc.stdout is not None
+        entry = JobAgentProc(job, vertex, ident, proc)
+        self.agents[(job, vertex)] = entry
+        self._spawn_task(self._watch(entry))
+        proc.stdin.write(json.dumps(line).encode() + b"\n")
+        address = ""
+        if cfg["listen"]:
+            try:
+                first = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
+                address = str(json.loads(first)["address"])
+            except (TimeoutError, ValueError, KeyError, TypeError):
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                return failed("the job agent did not report its port")
+        self._spawn_task(self._drain(proc.stdout))
+        log.info("job %s vertex %d: agent pid %d as %s%s", job, vertex, proc.pid, user,
+                 f", port {address}" if address else "")
+        self._reply(ident, sp.encode("started", job=job, vertex=vertex, address=address))
+
+    @staticmethod
+    async def _drain(stdout: asyncio.StreamReader) -> None:
+        # Nothing else comes on an agent's stdout, but a full pipe must never block it.
+        while await stdout.read(65536):
+            pass
+
+    async def _watch(self, entry: JobAgentProc) -> None:
+        code = await entry.proc.wait()
+        entry.ended = True
+        self.agents.pop((entry.job, entry.vertex), None)
+        status = {"code": code if code >= 0 else -1, "signal": -code if code < 0 else 0}
+        if code:
+            log.warning("job %s vertex %d: agent ended with %s", entry.job, entry.vertex,
+                        f"code {code}" if code > 0 else f"signal {-code}")
+        self._reply(entry.client, sp.encode("exited", job=entry.job, vertex=entry.vertex,
+                                            **status))
+
+    def _end_job(self, job: str) -> None:
+        """The head says the job is over: close its agents' stdin, kill them after a grace."""
+        mine = [e for (j, _), e in self.agents.items() if j == job]
+        for entry in mine:
+            if entry.proc.stdin is not None:
+                entry.proc.stdin.close()
+        if mine:
+            self._spawn_task(self._reap(mine, END_GRACE))
+
+    async def _reap(self, entries: list[JobAgentProc], grace: float) -> None:
+        waits = [asyncio.ensure_future(e.proc.wait()) for e in entries]
+        _, pending = await asyncio.wait(waits, timeout=grace)
+        for e in entries:
+            if not e.ended and e.proc.returncode is None:
+                log.warning("job %s vertex %d: agent still there %g s after its job: killing it",
+                            e.job, e.vertex, grace)
+                with contextlib.suppress(ProcessLookupError):
+                    e.proc.kill()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+    async def _end_all(self) -> None:
+        entries = list(self.agents.values())
+        for e in entries:
+            if e.proc.stdin is not None:
+                e.proc.stdin.close()
+        if entries:
+            await self._reap(entries, 5.0)
+
+
+async def serve(cfg: ServiceConfig) -> int:
+    service = Service(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop, signal.Signals(sig).name)
+    await service.run()
+    return 0
+
+
+def serve_main(config: str | None, listen: str | None) -> int:
+    """``pm-agent serve``: run until SIGTERM (the systemd unit's stop)."""
+    try:
+        cfg = load_config(config, listen)
+        read_keypair(cfg.key)
+    except KeyFileError as exc:
+        sys.stderr.write(f"pm-agent serve: {exc}\n")
+        return 2
+    if not zmq.has("curve"):
+        sys.stderr.write("pm-agent serve: this libzmq has no CURVE support\n")
+        return 2
+    # The default loop, not uvloop: job agents start with user/group switches that
+    # uvloop's subprocess support does not take.  The agents themselves use uvloop.
+    try:
+        return asyncio.run(serve(cfg))
+    except zmq.ZMQError as exc:
+        sys.stderr.write(f"pm-agent serve: cannot listen on {cfg.listen}: {exc}\n")
+        return 1
