@@ -19,7 +19,6 @@ Writes ``bench/results/scale.md`` and ``bench/results/scale.png``.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import subprocess
@@ -207,23 +206,13 @@ def tree_costs() -> dict[str, float]:
         _w, _o, err = _run(["--profile", str(trace), "-n", "8", "--local-nodes", "2",
                             str(hello)])
         rows = table_rows(err)
-        boots.append(rows["bootstrap: head start -> agent connected (1 agents)"][0]
-                     - _head_start(trace))
+        boots.append(rows["bootstrap: head start -> agent connected (1 agents)"][0])
         spawns.append(rows["spawn: agent spawning its ranks"][0] / 4)
         inits.append(rows["rank: spawned -> PMI init (8 ranks)"][0])
     return {"hop": statistics.median(ups) + statistics.median(downs),
             "hop_up": statistics.median(ups), "hop_down": statistics.median(downs),
             "agent_boot": statistics.median(boots), "spawn": statistics.median(spawns),
             "rank_init": statistics.median(inits)}
-
-
-def _head_start(trace: Path) -> float:
-    """Seconds from the head's process start to its ``head start`` mark (the table's origin
-    is the process start; an agent's boot is counted from ``head start``)."""
-    for e in json.loads(trace.read_text())["traceEvents"]:
-        if e["ph"] == "i" and e["pid"] == 0 and e["name"] == "head start":
-            return float(e["ts"]) * 1e-6
-    return 0.0
 
 
 def height(nodes: int, fanout: int) -> int:

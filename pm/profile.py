@@ -217,7 +217,11 @@ def breakdown(timeline: Sequence[Event], hosts: int, fanout: int) -> list[tuple[
     for e in events:
         if e[2] < 0:
             agents[int(e[1])].append(e)
-    connected = [e[0] - t0 for e in events if e[3] == "agent connected"]
+    # Bootstrap counts from the head's first mark (its interpreter start-up is its own row).
+    head = _first([e for e in events if e[1] == 0 and e[2] < 0], "head start")
+    start = head if head is not None else t0
+    connected = [e[0] - start for e in events if e[3] == "agent connected"]
+    row("head: interpreter start-up", [start - t0] if head is not None and start > t0 else [])
     row("bootstrap: head start -> agent connected", connected, f"{len(connected)} agents")
     row("  agent interpreter start-up", [
         b - a for evs in agents.values()
@@ -254,7 +258,7 @@ def breakdown(timeline: Sequence[Event], hosts: int, fanout: int) -> list[tuple[
         row(f"tree level {depth}: collective down (parent -> child)", down)
     ends = [e[0] - t0 for e in events if e[3] in ("rank exit", "done")]
     if ends:
-        rows.append(("total: head start -> last exit", _s(max(ends)), _s(max(ends))))
+        rows.append(("total: pmrun start -> last exit", _s(max(ends)), _s(max(ends))))
     return rows
 
 

@@ -103,7 +103,7 @@ def test_profile_of_an_mpi_job(pmrun: Run, c_hello: Path, tmp_path: Path,
     assert f"-> {out}" in r.stderr
     for row in ("bootstrap: head start -> agent connected", "spawn: agent spawning its ranks",
                 f"rank: spawned -> PMI init ({n} ranks)", "PMI exchange: init -> finalize",
-                "barrier waits", "tree level 1: collective up", "total: head start -> last exit"):
+                "barrier waits", "tree level 1: collective up", "total: pmrun start -> last exit"):
         assert row in r.stderr, r.stderr
     if nodes == 4:  # fanout 2: vertex 3 hangs below vertex 1
         assert "tree level 2: collective down" in r.stderr, r.stderr
@@ -142,6 +142,7 @@ def test_no_profile_no_file(pmrun: Run, tmp_path: Path) -> None:
 def test_trace_and_breakdown_of_a_made_up_timeline() -> None:
     t = 1000.0
     timeline = [
+        [t - 0.1, 0, -1, "process start", {}],
         [t, 0, -1, "head start", {}],
         [t + 0.10, 0, -1, "agent connected", {"child": 1}],
         [t + 0.05, 1, -1, "process start", {}], [t + 0.08, 1, -1, "agent main", {}],
@@ -163,13 +164,15 @@ def test_trace_and_breakdown_of_a_made_up_timeline() -> None:
     json.dumps(trace)  # serialisable
     slices = {(e["name"], e["tid"]): e for e in trace["traceEvents"] if e["ph"] == "X"}
     assert slices[("launch", 7)]["dur"] == pytest.approx(100_000, abs=1)
-    assert slices[("fence", 7)]["ts"] == pytest.approx(320_000, abs=1)
+    # Times count from the head's process start.
+    assert slices[("fence", 7)]["ts"] == pytest.approx(420_000, abs=1)
     assert slices[("interpreter start-up", AGENT_TID)]["dur"] == pytest.approx(30_000, abs=1)
     rows = {name: (med, mx) for name, med, mx in breakdown(timeline, hosts=2, fanout=2)}
     assert rows["bootstrap: head start -> agent connected (1 agents)"] == ("100.00 ms",) * 2
     assert rows["tree level 1: collective up (child -> parent)"] == ("10.00 ms",) * 2
     assert rows["tree level 1: collective down (parent -> child)"] == ("20.00 ms",) * 2
     assert rows["    fence, each"] == ("60.00 ms",) * 2
-    assert rows["total: head start -> last exit"] == ("450.00 ms",) * 2
+    assert rows["head: interpreter start-up"] == ("100.00 ms",) * 2
+    assert rows["total: pmrun start -> last exit"] == ("550.00 ms",) * 2
     assert "no events" in format_table([])
     assert build_trace([])["traceEvents"] == []
