@@ -222,6 +222,7 @@ class Admission:
         self._works: dict[Ident, _Work] = {}
         self._queue: deque[_Request] = deque()
         self._blocked = False
+        self._now = 0.0  # time of the last sample of work
         self._update_blocked()
 
     # -- queries
@@ -257,9 +258,11 @@ class Admission:
         return not self._blocked and nbytes <= self.headroom
 
     def unmeasured_guesses(self) -> int:
-        """Admitted work whose reservation is a guess (no declared bound) and that no
-        sample has measured yet: what it will really take is still unknown."""
-        return sum(w.bound is None and w.peak_at is None for w in self._works.values())
+        """Admitted work whose reservation is a guess (no declared bound) and whose
+        size is not known yet: no sample measured it, or its peak grew at the last
+        sample (it may still be allocating)."""
+        return sum(w.bound is None and (w.peak_at is None or w.peak_at >= self._now)
+                   for w in self._works.values())
 
     def is_admitted(self, ident: Ident) -> bool:
         return ident in self._works
@@ -382,6 +385,7 @@ class Admission:
         work = self._works.get(ident)
         if work is None:  # released meanwhile, or never admitted: a late sample
             return
+        self._now = max(self._now, now)
         work.measured = nbytes
         if work.peak_at is None or nbytes > work.peak:
             work.peak, work.peak_at = nbytes, now

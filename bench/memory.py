@@ -189,7 +189,8 @@ def lower_bound(tasks: list[tuple[int, float]], high: int) -> float:
     return max(area / high, max(secs for _, secs in tasks))
 
 
-def plot(traces: dict[str, list[tuple[float, int]]], high: int, path: Path) -> bool:
+def plot(traces: dict[str, list[tuple[float, int]]], high: int, ratio: float,
+         path: Path) -> bool:
     try:
         import matplotlib
 
@@ -205,7 +206,7 @@ def plot(traces: dict[str, list[tuple[float, int]]], high: int, path: Path) -> b
     ax.axhline(high / MiB, color="black", ls=":", lw=1, label="pmrun high watermark")
     ax.set_xlabel("seconds")
     ax.set_ylabel("cgroup memory usage (MiB)")
-    ax.set_title("One ensemble (2.6x the limit), one run of each")
+    ax.set_title(f"One ensemble ({ratio:.1f}x the limit), one run of each")
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -291,7 +292,7 @@ def main() -> int:
         "cgroup; 'cgroup-aware free' gives it the cgroup's free memory instead.",
     ]
     png = ROOT / "bench" / "results" / "memory.png"
-    if plot({name: runs[0].trace for name, runs in results.items()}, high, png):
+    if plot({name: runs[0].trace for name, runs in results.items()}, high, total / CAP, png):
         lines += ["", "![cgroup memory usage over one run of each](memory.png)"]
     write_section("memory", "\n".join(lines))
     return 0

@@ -204,9 +204,14 @@ def test_learning_from_finished_tasks() -> None:
     s.node_memory("n", 0, W)
     sim = s.add(specs(None, None, None, None, argv=("./sim",)))
     assert [(x.reservation, x.declared) for x in sim] == [(300, False)]  # one guess in flight
-    assert started(s.node_memory("n", 80, tasks={0: 80})) == [(1, "n")]
-    assert started(s.node_memory("n", 240, tasks={0: 80, 1: 160})) == [(2, "n")]
-    s.node_memory("n", 240, tasks={0: 80, 1: 160, 2: 0})  # 240 + 220 + 140 + 300 + 300 > 1000
+    # Measured, and its peak held for a sample: the next guess may start.
+    assert started(s.node_memory("n", 80, tasks={0: 80}, now=1)) == []
+    assert started(s.node_memory("n", 80, tasks={0: 80}, now=2)) == [(1, "n")]
+    assert started(s.node_memory("n", 240, tasks={0: 80, 1: 160}, now=3)) == []
+    assert started(s.node_memory("n", 240, tasks={0: 80, 1: 160}, now=4)) == [(2, "n")]
+    # 240 + 220 + 140 + 300 + 300 > 1000
+    s.node_memory("n", 240, tasks={0: 80, 1: 160, 2: 0}, now=5)
+    s.node_memory("n", 240, tasks={0: 80, 1: 160, 2: 0}, now=5.5)
     assert s.record(3).status is TaskStatus.QUEUED
     s.add([TaskSpec(4, ("./other",), None, "./other")])
     (nxt,) = s.task_exited(0, 0)  # learned from task 0 (running ones do not count): 80 x 1.25
@@ -214,20 +219,22 @@ def test_learning_from_finished_tasks() -> None:
     assert s.record(4).status is TaskStatus.QUEUED  # ./other: still the 300 default
     s.task_exited(1, 0)
     assert s.record(4).status is TaskStatus.QUEUED  # task 3's guess is not measured yet
-    s.node_memory("n", 100, tasks={2: 0, 3: 60})
+    s.node_memory("n", 100, tasks={2: 0, 3: 60}, now=6)
+    s.node_memory("n", 100, tasks={2: 0, 3: 60}, now=7)
     assert s.record(4).reservation == 300
     # The largest finished peak, task 1's: 160 x 1.25.
     assert s.reservation_for(TaskSpec(5, ("./sim",), None, "./sim")) == (200, False)
 
 
 def test_one_unmeasured_guess_per_node() -> None:
-    # Guesses start one by one, each once the previous was measured; bounds do not wait.
+    # Guesses start one by one, each once the previous one's peak held for a sample.
     s = EnsembleScheduler(["a", "b"], default_reservation=100)
     s.node_memory("a", 0, W)
     s.node_memory("b", 0, W)
     assert started(s.add(specs(None, None, None))) == [(0, "a"), (1, "b")]
     assert started(s.add(specs(None, None, None, 50)[3:])) == []  # FIFO behind task 2
-    assert started(s.node_memory("a", 400, tasks={0: 400})) == [(2, "a"), (3, "b")]
+    assert started(s.node_memory("a", 400, tasks={0: 400}, now=1)) == []  # still growing?
+    assert started(s.node_memory("a", 400, tasks={0: 400}, now=2)) == [(2, "a"), (3, "b")]
     adm = s.admission("a")
     assert adm is not None and adm.reservation(0) == 400  # corrected up to the measure
 
