@@ -8,7 +8,7 @@ silent for the heartbeat timeout, and a Shutdown from the parent.
 
 ``pm-agent serve --listen ADDR --config FILE`` is the persistent service
 (``pm.agent.serve``); ``pm-agent keygen NAME`` writes a CURVE key pair.
-``pm-agent --cleanup`` removes shared-memory segments of dead jobs.
+``pm-agent --cleanup`` removes shared-memory segments and topology files of dead jobs.
 """
 
 from __future__ import annotations
@@ -190,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
 
         for name in cleanup_stale():
             print(f"removed /dev/shm/{name}")
+        from pm.agent import topo_share  # job copies of the topology XML, too
+
+        for path in topo_share.cleanup_stale():
+            print(f"removed {path}")
         return 0
     if args.mode == "keygen":
         from pm.agent.serve import KeyFileError, write_keypair

@@ -157,7 +157,7 @@ class JobAgent:
                 log.info("agent %d: no topology for the ranks: %s", self.vertex, exc)
         if xml and topo_share.sharing_enabled(plan.env):
             path = topo_share.write_job_xml(xml, plan.job_id)
-            self.on_close.append(lambda: _unlink(path))
+            self.on_close.append(lambda: topo_share.remove_job_xml(path))
             self.extra_env.update(HWLOC_XMLFILE=path, HWLOC_THISSYSTEM="1")
             self.job_attrs["PMI_hwloc_xmlfile"] = path
         if topo is not None and plan.bind_to not in ("", "none"):

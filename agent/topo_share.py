@@ -15,8 +15,10 @@ library then discovers the node itself (what ``bench/topology.py`` compares).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -72,9 +74,75 @@ def discover_and_cache() -> Topology:
     return topo
 
 
+#: Job copies: ``pm-topo-<job>-<random>.xml`` in the temporary directory.
+_PREFIX, _SUFFIX = "pm-topo-", ".xml"
+#: Open, flock'ed descriptor of each job copy this process holds (see write_job_xml).
+_held: dict[str, int] = {}
+
+
 def write_job_xml(xml: bytes, job_id: str) -> str:
-    """A copy private to the job (mode 0600); the caller removes it with the job."""
-    fd, path = tempfile.mkstemp(prefix=f"pm-topo-{job_id}-", suffix=".xml")
-    with os.fdopen(fd, "wb") as f:
-        f.write(xml)
+    """A copy private to the job (mode 0600); :func:`remove_job_xml` removes it.
+
+    The writer holds ``flock(LOCK_EX)`` on the copy until then, so that an
+    agent killed with SIGKILL leaves a file :func:`cleanup_stale` can tell is
+    orphaned (the kernel drops the lock with the process).  The copy is built
+    under a ``.tmp`` name and renamed once locked, so a sweep never sees an
+    unlocked live one.  Stale copies of dead agents are swept first.
+    """
+    cleanup_stale()
+    fd, tmp = tempfile.mkstemp(prefix=f"{_PREFIX}{job_id}-", suffix=".tmp")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, xml)  # a few KiB to tmpfs or a local disk: one call
+        path = tmp[: -len(".tmp")] + _SUFFIX
+        os.rename(tmp, path)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _held[path] = fd
     return path
+
+
+def remove_job_xml(path: str) -> None:
+    """Unlink a job copy, then drop its lock; idempotent."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fd = _held.pop(path, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def cleanup_stale(directory: str | None = None) -> list[str]:
+    """Remove job copies whose writer is gone (nobody holds their lock); their paths."""
+    base = directory or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
+            continue
+        path = os.path.join(base, name)
+        if path in _held:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its agent is alive
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed.append(path)
+        finally:
+            os.close(fd)
+    return removed

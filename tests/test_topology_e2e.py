@@ -14,12 +14,14 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from client_util import results, write_program
-from launch_util import read_lines
+from launch_util import cmdline, pmrun_env, read_lines, wait_until
 from pm.agent.topology import Topology, discover, summary
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,7 +37,7 @@ if path:
         root = ET.fromstring(f.read())
     cores = sum(1 for o in root.iter("object") if o.get("type") == "Core")
 report(rank=int(os.environ["PMI_RANK"]), xml=path, thissystem=os.environ.get("HWLOC_THISSYSTEM"),
-       cores=cores, cpus=sorted(os.sched_getaffinity(0)))
+       cores=cores, cpus=sorted(os.sched_getaffinity(0)), agent=os.getppid())
 if os.environ.get("WAIT"):
     import signal
     signal.pause()
@@ -82,6 +84,23 @@ def test_xml_gone_after_ctrl_c(pmrun_popen: Any, tmp_path: Path) -> None:
     p.send_signal(signal.SIGINT)
     p.communicate(timeout=30)
     assert not os.path.exists(path)
+
+
+def test_xml_of_a_killed_agent_removed_by_cleanup(pmrun_popen: Any, tmp_path: Path) -> None:
+    prog = write_program(tmp_path, "probe.py", PROBE)
+    p = pmrun_popen("-n", "2", "--local-nodes", "2", "python", str(prog), env={"WAIT": "1"})
+    assert p.stdout is not None
+    got = results(b"".join(read_lines(p.stdout, 2, 60)).decode())
+    path, agent = got[1]["xml"], got[1]["agent"]
+    assert path and os.path.exists(path)
+    os.kill(agent, signal.SIGKILL)
+    p.communicate(timeout=30)
+    assert not os.path.exists(got[0]["xml"])  # the live agent removed its own
+    wait_until(lambda: cmdline(agent) is None, 10, "the killed agent to be gone")
+    out = subprocess.run([sys.executable, "-m", "pm.agent.main", "--cleanup"], env=pmrun_env(),
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert not os.path.exists(path)
+    assert f"removed {path}" in out or not out  # (another agent may have swept it first)
 
 
 def stat_mode(path: str) -> int:
