@@ -95,15 +95,16 @@ def read_keypair(path: str | Path) -> tuple[bytes, bytes]:
 def read_public(text: str, base: Path | None = None) -> bytes:
     """A public key given as Z85 text (40 characters) or as the path of a ``.pub`` file."""
     text = text.strip()
-    if len(text) == 40 and "/" not in text:
+    path = Path(text).expanduser()
+    if base is not None and not path.is_absolute():
+        path = base / path
+    # Z85 has '/' and '.' in its alphabet: a 40-character text is a key unless it names a file.
+    if len(text) == 40 and not path.exists():
         try:
             if len(z85.decode(text.encode())) == 32:
                 return text.encode()
         except (ValueError, KeyError):
             pass
-    path = Path(text).expanduser()
-    if base is not None and not path.is_absolute():
-        path = base / path
     try:
         key = path.read_text().split()[0]
     except (OSError, IndexError):
@@ -184,6 +185,32 @@ def load_config(path: str | None, listen: str | None = None) -> ServiceConfig:
 
 
 # --------------------------------------------------------------------- the service
+
+
+def credentials(user: str, allow_root: bool, me: int | None = None) -> dict[str, Any]:
+    """How a service running as uid ``me`` starts a job agent for ``user`` (subprocess
+    keywords), or ``PermissionError`` saying why it may not (see the module docstring)."""
+    me = os.geteuid() if me is None else me
+    if not user:
+        raise PermissionError("the client's key is bound to no user")
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise PermissionError(f"no such user {user!r} on this node") from None
+    if pw.pw_uid == 0 and not allow_root:
+        raise PermissionError("this service refuses to run jobs as root "
+                              "(allow_root = true in its configuration)")
+    env = dict(os.environ)
+    env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+    if pw.pw_uid == me:
+        return {"env": env, "cwd": pw.pw_dir if os.path.isdir(pw.pw_dir) else "/"}
+    if me != 0:
+        raise PermissionError(f"this service runs as uid {me} and cannot run jobs as "
+                              f"{user!r}")
+    return {"env": env, "cwd": "/", "user": pw.pw_uid, "group": pw.pw_gid,
+            "extra_groups": os.getgrouplist(pw.pw_name, pw.pw_gid)}
+
+
 
 
 @dataclass(slots=True)
@@ -316,28 +343,6 @@ class Service:
         else:
             raise ProtocolError(f"unknown request {op!r}")
 
-    def _credentials(self, user: str) -> dict[str, Any]:
-        """How to start a job agent for ``user``: Popen keywords; ``PermissionError`` if not."""
-        me = os.geteuid()
-        if not user:
-            raise PermissionError("the client's key is bound to no user")
-        try:
-            pw = pwd.getpwnam(user)
-        except KeyError:
-            raise PermissionError(f"no such user {user!r} on this node") from None
-        if pw.pw_uid == 0 and not self.cfg.allow_root:
-            raise PermissionError("this service refuses to run jobs as root "
-                                  "(allow_root = true in its configuration)")
-        env = dict(os.environ)
-        env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
-        if pw.pw_uid == me:
-            return {"env": env, "cwd": pw.pw_dir if os.path.isdir(pw.pw_dir) else "/"}
-        if me != 0:
-            raise PermissionError(f"this service runs as uid {me} and cannot run jobs as "
-                                  f"{user!r}")
-        return {"env": env, "cwd": "/", "user": pw.pw_uid, "group": pw.pw_gid,
-                "extra_groups": os.getgrouplist(pw.pw_name, pw.pw_gid)}
-
     async def _start(self, ident: bytes, user: str, cfg: dict[str, Any]) -> None:
         job, vertex = cfg["job_id"], cfg["vertex"]
 
@@ -350,7 +355,7 @@ class Service:
         if len(self.agents) >= self.cfg.max_agents:
             return failed(f"the service runs {self.cfg.max_agents} job agents already")
         try:
-            creds = self._credentials(user)
+            creds = credentials(user, self.cfg.allow_root)
         except PermissionError as exc:
             return failed(str(exc))
         line = dict(cfg)

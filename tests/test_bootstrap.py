@@ -11,19 +11,40 @@ and the TCP links between the namespaces are the real ones.
 from __future__ import annotations
 
 import os
+import pwd
 import shlex
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import msgpack
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from launch_util import pmrun_env, script
 from netns_util import NetnsHosts, netns_missing
+from pm.agent.serve import (
+    KeyFileError,
+    credentials,
+    endpoint,
+    load_config,
+    read_keypair,
+    read_public,
+    write_keypair,
+)
+from pm.proto import service as sp
+from pm.proto.errors import ProtocolError
 
-from pm.bootstrap.base import AgentConfig, agent_command, bootstrap_options, get_bootstrap
+from pm.bootstrap.base import (
+    AgentConfig,
+    agent_command,
+    bootstrap_options,
+    default_hosts,
+    get_bootstrap,
+)
+from pm.bootstrap.persistent import AgentsFileError, parse_agents
 from pm.bootstrap.slurm import SRUN_OPTIONS, allocation_hosts, srun_argv, tasks_per_node
 from pm.bootstrap.ssh import DEFAULT_SSH, SshBootstrap, ssh_argv
 from pm.hostlist import HostlistError
@@ -236,3 +257,103 @@ def test_slurm_launcher_inside_a_fake_allocation(tmp_path: Path) -> None:
         # fanout 1 is a chain: every srun but the first ran inside a namespace host.
         assert len({c.split()[0] for c in calls}) == 3
         assert not hosts.wait_empty(15)
+
+
+# ----------------------------------------------------------------- persistent: files, codec
+
+
+def test_keygen_writes_a_private_key_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    public = write_keypair(str(tmp_path / "node"))
+    key, pub = tmp_path / "node.key", tmp_path / "node.pub"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert pub.read_text().strip() == public
+    assert read_keypair(key)[0].decode() == public
+    assert read_public(str(pub)) == public.encode() == read_public(public)
+    with pytest.raises(KeyFileError, match="exists"):
+        write_keypair(str(tmp_path / "node"))
+    other = write_keypair(str(tmp_path / "other"))
+    text = key.read_text().replace(public, other)
+    (tmp_path / "mixed.key").write_text(text)
+    with pytest.raises(KeyFileError, match="do not match"):
+        read_keypair(tmp_path / "mixed.key")
+    with pytest.raises(KeyFileError, match="neither a public key"):
+        read_public("not-a-key")
+
+
+def test_service_config(tmp_path: Path) -> None:
+    write_keypair(str(tmp_path / "svc"))
+    alice = write_keypair(str(tmp_path / "alice"))
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('listen = "10.0.0.1"\nkey = "svc.key"\nports = [7301, 7310]\n'
+                   'iface = "eth1"\n[clients]\nalice = ["alice.pub"]\n'
+                   f'bob = "{write_keypair(str(tmp_path / "bob"))}"\n')
+    conf = load_config(str(cfg))
+    assert conf.listen == "tcp://10.0.0.1:7300"
+    assert conf.key == str(tmp_path / "svc.key")
+    assert conf.clients[alice.encode()] == "alice" and len(conf.clients) == 2
+    assert conf.ports == (7301, 7310) and conf.iface == "eth1" and not conf.allow_root
+    assert load_config(str(cfg), "tcp://0.0.0.0:9000").listen == "tcp://0.0.0.0:9000"
+    assert endpoint("[::1]:7") == "tcp://[::1]:7"
+    cfg.write_text('key = "svc.key"\nports = [7310, 7301]\n')
+    with pytest.raises(KeyFileError, match="ports"):
+        load_config(str(cfg))
+    cfg.write_text('listen = "x"\n')
+    with pytest.raises(KeyFileError, match="no key"):
+        load_config(str(cfg))
+
+
+def test_agents_file(tmp_path: Path) -> None:
+    server = write_keypair(str(tmp_path / "server"))
+    other = write_keypair(str(tmp_path / "n3"))
+    text = ("# three services\nclient-key = me.key\nserver-key = server.pub\n"
+            "n1\nn2:7301   # another port\nn3 10.0.0.3:7300 key=n3.pub\n")
+    parsed = parse_agents(text, tmp_path)
+    assert parsed["client_key"] == str(tmp_path / "me.key")
+    assert parsed["services"] == {
+        "n1": {"address": "tcp://n1:7300", "key": server},
+        "n2": {"address": "tcp://n2:7301", "key": server},
+        "n3": {"address": "tcp://10.0.0.3:7300", "key": other},
+    }
+    with pytest.raises(AgentsFileError, match="no key for n1"):
+        parse_agents("n1\n", tmp_path)
+    with pytest.raises(AgentsFileError, match="listed twice"):
+        parse_agents("server-key = server.pub\nn1\nn1:7301\n", tmp_path)
+    with pytest.raises(AgentsFileError, match="no services"):
+        parse_agents("# nothing\n", tmp_path)
+    agents = tmp_path / "agents"
+    agents.write_text("server-key = server.pub\nn1\nn2\n")
+    opts = bootstrap_options({"agents": str(agents)})
+    assert opts["name"] == "persistent" and list(opts["services"]) == ["n1", "n2"]
+    assert default_hosts(opts) == [("n1", None), ("n2", None)]
+
+
+def test_service_requests_are_checked_field_by_field() -> None:
+    cfg = AgentConfig(2, "tcp://10.0.0.1:7301", "ab" * 32, "host-12-abcd", "n2", 30, 5.0)
+    msg = sp.decode(sp.encode("start", cfg=cfg.to_wire(), listen=True))
+    assert sp.check_start(msg) == {**cfg.to_wire(), "listen": True}
+    for field, bad in (("vertex", -1), ("vertex", "1"), ("secret", "zz"), ("job_id", "../x"),
+                       ("parent", "ipc:///tmp/x"), ("heartbeat", None), ("vertex", True)):
+        wire = {**cfg.to_wire(), field: bad}
+        with pytest.raises(ProtocolError):
+            sp.check_start({"op": "start", "cfg": wire})
+    with pytest.raises(ProtocolError):
+        sp.decode(b"\xc1garbage")
+    with pytest.raises(ProtocolError):
+        sp.decode(msgpack.packb([1, 2]))
+    with pytest.raises(ProtocolError):
+        sp.check_job({"op": "end", "job": "a b"})
+
+
+def test_who_job_agents_run_as() -> None:
+    nobody = pwd.getpwnam("nobody")
+    as_root = credentials("nobody", allow_root=False, me=0)
+    assert (as_root["user"], as_root["group"]) == (nobody.pw_uid, nobody.pw_gid)
+    assert as_root["env"]["USER"] == "nobody"
+    assert "user" not in credentials("nobody", allow_root=False, me=nobody.pw_uid)
+    with pytest.raises(PermissionError, match="refuses to run jobs as root"):
+        credentials("root", allow_root=False, me=0)
+    assert "user" not in credentials("root", allow_root=True, me=0)
+    with pytest.raises(PermissionError, match="cannot run jobs as 'nobody'"):
+        credentials("nobody", allow_root=False, me=nobody.pw_uid + 1)
+    with pytest.raises(PermissionError, match="no such user"):
+        credentials("no-such-user-here", allow_root=False, me=0)

@@ -13,10 +13,13 @@ refusal to run jobs as root unless the configuration allows it.
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +107,8 @@ class Services:
                               timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def start_services(hosts: NetnsHosts, tmp: Path, allow_root: bool = True) -> Services:
+def start_services(hosts: NetnsHosts, tmp: Path, allow_root: bool = True,
+                   user: str = "root") -> Services:
     keygen(tmp / "server")
     keygen(tmp / "client")
     svc = Services(hosts, tmp)
@@ -114,7 +118,7 @@ def start_services(hosts: NetnsHosts, tmp: Path, allow_root: bool = True) -> Ser
         cfg.write_text(f'listen = "{hosts.addr(i)}:{PORT}"\nkey = "server.key"\n'
                        f"allow_root = {'true' if allow_root else 'false'}\n"
                        "ports = [7301, 7399]\n"
-                       '[clients]\nroot = ["client.pub"]\n')
+                       f'[clients]\n{user} = ["client.pub"]\n')
         log = tmp / f"{ns}.log"
         svc.logs.append(log)
         with log.open("wb") as err:
@@ -272,3 +276,34 @@ def test_jobs_as_root_are_refused_unless_allowed(tmp_path: Path) -> None:
             assert svc.alive()
         finally:
             stop_services(svc)
+
+
+def test_a_root_service_runs_ranks_as_the_user_bound_to_the_key(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    try:
+        subprocess.run([sys.executable, "-c", "import zmq, msgpack"], user="nobody",
+                       env=pmrun_env(), check=True, capture_output=True, timeout=30, cwd="/")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"user nobody cannot run this interpreter with pmrun's modules: {exc}")
+    shared = Path(tempfile.mkdtemp(prefix="pm-user-"))
+    try:
+        shared.chmod(0o755)
+        prog = shared / "who.py"
+        prog.write_text("import os\nprint(os.environ['PMI_RANK'], os.getuid(), os.getgid(), "
+                        "os.environ.get('USER'), flush=True)\n")
+        prog.chmod(0o644)
+        with NetnsHosts(2) as hosts:
+            svc = start_services(hosts, tmp_path, allow_root=False, user="nobody")
+            try:
+                res = svc.run("-wdir", "/", "-ppn", "1", "-n", "2", sys.executable, str(prog))
+                assert res.returncode == 0, res.stderr
+                nobody = pwd.getpwnam("nobody")
+                rows = sorted(line.split() for line in res.stdout.splitlines())
+                assert rows == [[str(r), str(nobody.pw_uid), str(nobody.pw_gid), "nobody"]
+                                for r in range(2)]
+                assert_no_job_agents(svc)
+            finally:
+                stop_services(svc)
+    finally:
+        shutil.rmtree(shared)
