@@ -405,7 +405,8 @@ class JobAgent:
             self._done_sent = True
             report_counts(self.vertex, self.coll)  # only with PM_COUNT_MSGS set
             # Per-node figures of the whole subtree travel up with Done.
-            kvs_bytes = {str(self.vertex): self.kvs.bytes}
+            kvs_bytes = {str(self.vertex): [
+                self.kvs.bytes, self.shm.bytes_used if self.shm is not None else 0]}
             timeline = list(self.timeline or [])
             for st in self._child_stats:
                 kvs_bytes.update(st.get("kvs_bytes", {}))

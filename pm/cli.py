@@ -4,6 +4,7 @@ runs it through :class:`pm.head.JobRun` (the same path as ``pm.run``)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from dataclasses import dataclass, field
@@ -163,7 +164,7 @@ def parse(argv: list[str]) -> CliOptions:
             if j < len(argv) and j + 1 >= len(argv):
                 raise UsageError("nothing after ':'")
             continue
-        get = (lambda o: inline) if eq else value
+        get = functools.partial(_inline, inline) if eq else value
         if name in ("-h", "--help", "-help"):
             raise SystemExit(_print(USAGE, 0))
         if name in ("--version", "-version"):
@@ -337,9 +338,16 @@ async def _main(opts: CliOptions) -> int:
 
         kb = result.stats.get("kvs_bytes") or {}
         assert isinstance(kb, dict)
+        # [bytes the agent keeps, bytes in the node's shared-memory KVS] per node.
         logging.getLogger("pm").info("KVS bytes per node: %s", ", ".join(
-            f"node {k}: {v}" for k, v in sorted(kb.items(), key=lambda kv: int(kv[0]))))
+            f"node {k}: {v[0]} in the agent + {v[1]} in shared memory"
+            for k, v in sorted(kb.items(), key=lambda kv: int(kv[0]))))
     return result.returncode
+
+
+def _inline(text: str, _option: str) -> str:
+    """The value given as ``--option=value``."""
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

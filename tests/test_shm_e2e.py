@@ -10,6 +10,7 @@ agent on the node, or ``pm-agent --cleanup``, removes what it left).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,7 +89,11 @@ def test_8_ranks_on_2_nodes_exchange_through_shm(pmrun: Any, tmp_path: Path) -> 
     prefix = job_of(names[0])
     assert job_of(names[1]) == prefix
     assert leftovers(prefix) == []
-    assert "KVS bytes per node: node 0:" in proc.stderr and "node 1:" in proc.stderr
+    # One copy per node: both nodes hold the same exchanged data in shared memory.
+    per_node = re.findall(r"node (\d): (\d+) in the agent \+ (\d+) in shared memory",
+                          proc.stderr)
+    assert [n for n, _, _ in per_node] == ["0", "1"], proc.stderr
+    assert per_node[0][2] == per_node[1][2] and int(per_node[0][2]) > 0, proc.stderr
 
 
 def test_socket_kvs_serves_everything_over_the_socket(pmrun: Any, tmp_path: Path) -> None:
