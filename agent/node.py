@@ -580,7 +580,8 @@ class JobAgent:
             self.kvs.insert_many(c.data)
             if self.shm is not None:
                 it = iter(c.data)
-                self._shm_insert([(k, v) for k, _r, v in zip(it, it, it, strict=True)])
+                self._shm_insert([(k, v) for k, _r, v in zip(it, it, it, strict=True)],
+                                 replace=True)
         elif c.kind == t.ALLGATHER and self.shm is not None and not self._ring_ag:
             from pm.proto.native import allgather_key
 
@@ -629,9 +630,9 @@ class JobAgent:
         for child in children:
             link.port.send_raw(child, frame)
 
-    def _shm_insert(self, items: list[tuple[bytes, bytes]]) -> bool:
+    def _shm_insert(self, items: list[tuple[bytes, bytes]], replace: bool = False) -> bool:
         try:
-            self.shm.insert_many(items)
+            self.shm.insert_many(items, replace=replace)
             return True
         except PMError as exc:
             log.warning("node %d: shared-memory KVS full, serving from the socket: %s",

@@ -291,26 +291,31 @@ class ShmKVSWriter:
         if self._count + 1 > cur.nslots * L.MAX_LOAD or cur.heap_used + need > cur.heap_end:
             cur = self._grow(1, need)
             i = cur.find(key, h)[0]
-        off = cur.heap_used
-        mm = cur.seg.mm
-        # Entry first, then the slot word (see the module docstring).
-        L.ENTRY.pack_into(mm, off, klen, vlen, L.entry_crc(h, value), 0)
-        ko = off + L.ENTRY_SIZE
-        mm[ko : ko + klen] = key
-        mm[ko + klen : ko + klen + vlen] = value
-        cur.heap_used = off + need
-        cur.slots[i] = L.slot_word(h, off)
-        self._count += 1
-        self.bytes_used += klen + vlen
+        self._place(cur, i, h, key, value)
         return True
 
-    def insert_many(self, items: Iterable[tuple[bytes, bytes]]) -> int:
+    def insert_many(self, items: Iterable[tuple[bytes, bytes]], *, replace: bool = False) -> int:
         """Insert every pair (first one wins for repeated keys); return how many were new.
 
+        With ``replace``, a key already in the table with another value gets the
+        new one (the last of the batch): entries are immutable, so the writer
+        builds and publishes a new generation holding the new values, and
+        readers move to it (they check the generation on every get).
         Grows at most once up front when the batch's size is known.
         """
         batch = [(bytes(k), bytes(v)) for k, v in items]
         cur = self._live()
+        changes: dict[bytes, bytes] = {}
+        if replace:
+            fresh: dict[bytes, bytes] = {}
+            for k, v in batch:
+                i, found = cur.find(k, L.key_hash(k))
+                if found:
+                    if self._value(cur, cur.slots[i]) != v:
+                        changes[k] = v
+                else:
+                    fresh[k] = v
+            batch = list(fresh.items())
         need = sum(L.entry_size(len(k), len(v)) for k, v in batch)
         if self._count + len(batch) > cur.nslots * L.MAX_LOAD or \
                 cur.heap_used + need > cur.heap_end:
@@ -318,7 +323,10 @@ class ShmKVSWriter:
             # fall back to growing item by item.
             with contextlib.suppress(ResourceLimit):
                 self._grow(len(batch), need)
-        return sum(self.insert(k, v) for k, v in batch)
+        added = sum(self.insert(k, v) for k, v in batch)
+        if changes:
+            self._rebuild(changes)
+        return added
 
     def close(self) -> None:
         """Unmap and unlink every segment; idempotent.
@@ -344,6 +352,54 @@ class ShmKVSWriter:
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    def _place(self, gen: _Generation, i: int, h: int, key: bytes, value: bytes) -> None:
+        """Write an entry into ``gen``'s heap, then publish it in slot ``i``."""
+        klen, vlen = len(key), len(value)
+        off = gen.heap_used
+        mm = gen.seg.mm
+        # Entry first, then the slot word (see the module docstring).
+        L.ENTRY.pack_into(mm, off, klen, vlen, L.entry_crc(h, value), 0)
+        ko = off + L.ENTRY_SIZE
+        mm[ko : ko + klen] = key
+        mm[ko + klen : ko + klen + vlen] = value
+        gen.heap_used = off + L.entry_size(klen, vlen)
+        gen.slots[i] = L.slot_word(h, off)
+        self._count += 1
+        self.bytes_used += klen + vlen
+
+    @staticmethod
+    def _entry(gen: _Generation, word: int) -> tuple[bytes, bytes]:
+        off = L.slot_offset(word)
+        klen, vlen = L.ENTRY.unpack_from(gen.seg.mm, off)[:2]
+        ko = off + L.ENTRY_SIZE
+        mm = gen.seg.mm
+        return mm[ko : ko + klen], mm[ko + klen : ko + klen + vlen]
+
+    def _value(self, gen: _Generation, word: int) -> bytes:
+        return self._entry(gen, word)[1]
+
+    def _rebuild(self, changes: dict[bytes, bytes]) -> None:
+        """Publish a generation in which the keys of ``changes`` have their new values."""
+        old = self._live()
+        items = []
+        for w in old.slots.tolist():
+            if w:
+                k, v = self._entry(old, w)
+                items.append((k, changes.get(k, v)))
+        heap = sum(L.entry_size(len(k), len(v)) for k, v in items)
+        nslots = L.slots_for(2 * len(items), old.nslots)
+        heap = max(old.heap_end - old.heap_off, 2 * heap)
+        self._check_limit(L.data_geometry(nslots, heap)[2], old.seg.size)
+        new = self._build(old.generation + 1, nslots, heap, None)
+        self._count = self.bytes_used = 0
+        for k, v in items:
+            h = L.key_hash(k)
+            self._place(new, new.find(k, h)[0], h, k, v)
+        assert self._gen_word is not None
+        self._gen_word[0] = new.generation  # publish (after the whole generation is written)
+        self._cur = new
+        old.release(unlink=True)
 
     # -- growth --------------------------------------------------------------
 

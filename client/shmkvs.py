@@ -94,7 +94,9 @@ class ShmKVSReader:
                 v = cache.get(key)
             except TypeError:  # an unhashable bytes-like key
                 v = cache.get(bytes(key))
-            if v is not None:
+            # A cached entry holds while the table is the generation it came from
+            # (a key's value can change only in a new generation).
+            if v is not None and self._gen_word[0] == self.generation:
                 return v.tobytes()
         v = self._lookup(key)
         return None if v is None else v.tobytes()
@@ -110,7 +112,7 @@ class ShmKVSReader:
                 v = cache.get(key)
             except TypeError:
                 v = cache.get(bytes(key))
-            if v is not None:
+            if v is not None and self._gen_word[0] == self.generation:
                 return v[:]
         v = self._lookup(key)
         return None if v is None else v[:]
@@ -145,6 +147,8 @@ class ShmKVSReader:
         h = _crc32(key)
         klen = len(key)
         tries = 0
+        if self._gen_word[0] != self.generation:
+            self._attach()
         while True:
             slots, mask, u32 = self._slots, self._mask, self._u32
             i = h & mask

@@ -266,10 +266,12 @@ def test_sync_facade(pmrun: Any, tmp_path: Path, opts: list[str]) -> None:
         assert res["early"] == f"e{(r + 1) % n}"
         assert res["bin"] == [True] * n and res["big"] == [True] * n
         assert res["missing"] == f"key 'never' was not put by rank {(r + 1) % n}"
-        assert res["done_at_call"] is False
         assert res["ag"] == [[f"b{i}" for i in range(n)], [f"a{i}" for i in range(n)]]
         assert res["ring"] == [f"r{(r - 1) % n}", f"r{(r + 1) % n}"]
         assert res["reserve"] == "admitted"
+    # The first rank to call iallgather cannot see it done: the others are not in yet
+    # (the last one may: its request completes the collective at once).
+    assert not all(res["done_at_call"] for res in got.values())
 
 
 ERRORS = r'''
@@ -333,3 +335,28 @@ def test_errors_are_clear_and_hurt_nobody_else(pmrun: Any, tmp_path: Path,
                  "get failed: get from rank 3: ranks are 0..2",
                  "reserve failed: "):
         assert re.search(rf"rank 1: native {re.escape(what)}", proc.stderr), proc.stderr
+
+
+REPUT = r'''
+from pm.client import connect
+
+async def main():
+    async with connect() as pmi:
+        r, n = pmi.rank, pmi.size
+        seen = []
+        for round in range(3):
+            await pmi.put("k", f"{round}-{r}")
+            await pmi.fence()
+            seen.append([(await pmi.get("k", rank=i)).decode() for i in range(n)])
+    report(rank=r, seen=seen)
+
+asyncio.run(main())
+'''
+
+
+@pytest.mark.parametrize("opts", LAYOUTS)
+def test_a_later_put_replaces_the_value(pmrun: Any, tmp_path: Path, opts: list[str]) -> None:
+    n = 4
+    got, _ = run_ranks(pmrun, tmp_path, "reput.py", REPUT, n, *opts)
+    for res in got.values():
+        assert res["seen"] == [[f"{k}-{i}" for i in range(n)] for k in range(3)]

@@ -84,6 +84,26 @@ def test_duplicates_keep_the_first_value(job: str) -> None:
         assert len(w) == 3
 
 
+def test_replace_publishes_a_generation_readers_follow(job: str) -> None:
+    with ShmKVSWriter(job, 1) as w, ShmKVSReader(w.name) as r, \
+            ShmKVSReader(w.name, cache=False) as plain:
+        w.insert_many([(b"k", b"v1"), (b"other", b"o")])
+        assert r.get(b"k") == b"v1" and bytes(r.get_view(b"k") or b"") == b"v1"  # now cached
+        held = r.get_view(b"k")
+        gen = w.generation
+        # Same value: nothing changes; new value: a new generation with it.
+        assert w.insert_many([(b"k", b"v1")], replace=True) == 0 and w.generation == gen
+        assert w.insert_many([(b"k", b"v2"), (b"new", b"n")], replace=True) == 1
+        assert w.generation == gen + 1 and len(w) == 3
+        assert r.get(b"k") == b"v2" and plain.get(b"k") == b"v2"
+        assert bytes(r.get_view(b"k") or b"") == b"v2"
+        assert r.get(b"other") == b"o" and r.get(b"new") == b"n"
+        # A view taken before the switch still reads what it read.
+        assert held is not None and bytes(held) == b"v1"
+        held.release()
+        assert files(job) == sorted([w.name, L.data_name(w.name, gen + 1)])
+
+
 def _same_home(n: int, mask: int) -> list[bytes]:
     """``n`` keys whose hashes share their low bits (same home slot for ``mask``)."""
     buckets: dict[int, list[bytes]] = {}
