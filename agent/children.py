@@ -76,9 +76,8 @@ def listen_endpoint(options: dict[str, Any], parent: str | None,
     if str(options.get("name", "local")) in LOCAL_NAMES:
         return "tcp://127.0.0.1"
     iface = options.get("iface")
-    if iface:
-        if parent is None or not is_ip(str(iface)):
-            return f"tcp://{iface_address(str(iface))}"
+    if iface and (parent is None or not is_ip(str(iface))):
+        return f"tcp://{iface_address(str(iface))}"
     src = None
     if parent is not None:
         src = route_source(endpoint_host(parent))
@@ -296,7 +295,8 @@ class Children:
         if self._boot is not None:
             self._boot.close()
 
-    async def wait_exit(self, timeout: float = EXIT_GRACE) -> None:
+    # A grace period before SIGKILL, not a cancellation timeout.
+    async def wait_exit(self, timeout: float = EXIT_GRACE) -> None:  # noqa: ASYNC109
         """Wait for child agent processes to exit; SIGKILL those still there after ``timeout``."""
         pending = [f for f in self._exits if not f.done()]
         if pending:

@@ -178,7 +178,7 @@ class JobAgent:
             self.parent.send(t.Output(out))
 
     def _open_shm(self) -> None:
-        """Open the node's shared-memory KVS: on the first native client (MPI ranks never use it)."""
+        """Open the node's shared-memory KVS on the first native client (MPI ranks never use it)."""
         self._shm_tried = True
         from pm.agent.shmkvs import ShmKVSWriter, cleanup_stale
 
@@ -745,7 +745,8 @@ class JobAgent:
         proc = self.ranks.get(0)
         if proc is None or proc.stdin_fd < 0:
             if data:
-                self.parent.send(t.StdinAck(len(data)))  # nobody to read it: drop, keep credit flowing
+                # Nobody reads it: drop it, but keep the credit flowing.
+                self.parent.send(t.StdinAck(len(data)))
             return
         self._stdin_buf = getattr(self, "_stdin_buf", b"") + data
         self._stdin_eof = eof

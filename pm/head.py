@@ -175,7 +175,8 @@ class JobRun:
         agent.start_ranks()
         if children is not None:
             try:
-                await children.join(time.monotonic() + float(plan.bootstrap.get("join_timeout", 60)))
+                join = float(plan.bootstrap.get("join_timeout", 60))
+                await children.join(time.monotonic() + join)
             except Exception as exc:
                 self._fail(str(exc), EXIT_LAUNCHER)
             if agent.timeline is not None:
