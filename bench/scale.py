@@ -19,6 +19,7 @@ Writes ``bench/results/scale.md`` and ``bench/results/scale.png``.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -51,8 +52,13 @@ def _run(args: Sequence[str], timeout: float = 600.0) -> tuple[float, str, str]:
     return wall, p.stdout, p.stderr
 
 
+#: The 1-minute load average before each simulated job (how busy the machine was).
+LOADS: list[float] = []
+
+
 def sim(nodes: int, per: int, *extra: str) -> tuple[float, float, str]:
     """(exchange s, wall s, stderr) of a simulated job; fails on a wrong value."""
+    LOADS.append(os.getloadavg()[0])
     # A generous heartbeat: 64 agents on 2 shared cores may not run for seconds when
     # the machine is busy, and a lost agent would end the run.
     wall, out, err = _run(["--local-nodes", str(nodes), "--sim-ranks-per-node", str(per),
@@ -374,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if big:
         lines += [f"65,536 ranks (64 x 1,024): exchange {median_range(big)} s "
                   f"(target ≤ 5.8 s, stretch ≤ 2 s).", ""]
+    lines += [f"Load average (1 min) before the runs: {median_range(LOADS, '{:.1f}')}; the "
+              "64-agent figures grow with whatever else runs on the machine.", ""]
     lines += [
         f"**Cost of `--profile`** (MPICH hello, 8 ranks on 2 local nodes, "
         f"{len(prof['on'])} runs interleaved): job wall time off {median_range(prof['off'])} "
