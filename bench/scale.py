@@ -52,13 +52,10 @@ def _run(args: Sequence[str], timeout: float = 600.0) -> tuple[float, str, str]:
     return wall, p.stdout, p.stderr
 
 
-#: The 1-minute load average before each simulated job (how busy the machine was).
-LOADS: list[float] = []
 
 
 def sim(nodes: int, per: int, *extra: str) -> tuple[float, float, str]:
     """(exchange s, wall s, stderr) of a simulated job; fails on a wrong value."""
-    LOADS.append(os.getloadavg()[0])
     # A generous heartbeat: 64 agents on 2 shared cores may not run for seconds when
     # the machine is busy, and a lost agent would end the run.
     wall, out, err = _run(["--local-nodes", str(nodes), "--sim-ranks-per-node", str(per),
@@ -122,16 +119,30 @@ def profile_overhead(runs: int) -> tuple[dict[str, list[float]], int, float]:
         return wall
 
     got = interleaved({"off": lambda: _run(job)[0], "on": on}, runs)
-    # What writing costs, measured apart: write a made-up timeline of as many events.
-    from pm.profile import write_profile
-
+    # What writing costs, measured apart and cold, as pmrun does it once per job: in a
+    # fresh interpreter, import pm.profile and write a timeline of as many events.
     n = max(counted)
-    now = time.time()
-    timeline = [[now + i * 1e-4, i % 2, (i % 8) if i % 3 else -1, "put", {"size": 64}]
-                for i in range(n)]
-    t0 = time.perf_counter()
-    write_profile(str(trace), timeline, 2, FANOUT)
-    return got, n, time.perf_counter() - t0
+    writes = []
+    for _ in range(3):
+        p = subprocess.run([sys.executable, "-c", _WRITE, str(trace), str(n)], cwd=ROOT,
+                           capture_output=True, text=True, check=True)
+        writes.append(float(p.stdout))
+    return got, n, statistics.median(writes)
+
+
+_WRITE = """
+import sys, time
+import pm  # pmrun has it loaded before a job starts
+t0 = time.perf_counter()
+from pm.profile import write_profile
+now = time.time()
+n = int(sys.argv[2])
+timeline = [[now + i * 1e-4, i % 2, (i % 8) if i % 3 else -1, "put", {"size": 64}]
+            for i in range(n)]
+t1 = time.perf_counter()
+write_profile(sys.argv[1], timeline, 2, 32)
+print((time.perf_counter() - t1) + (t1 - t0))
+"""
 
 
 def mark_cost(events: int = 20000) -> float:
@@ -340,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="per-node link bandwidth of the model, bytes/s (default 12.5e9)")
     args = ap.parse_args(argv)
     quick = args.quick
+    load = os.getloadavg()[0]
     runs = 1 if quick else 3
     if quick:
         wide = [(64, 16), (64, 256)]
@@ -380,8 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if big:
         lines += [f"65,536 ranks (64 x 1,024): exchange {median_range(big)} s "
                   f"(target ≤ 5.8 s, stretch ≤ 2 s).", ""]
-    lines += [f"Load average (1 min) before the runs: {median_range(LOADS, '{:.1f}')}; the "
-              "64-agent figures grow with whatever else runs on the machine.", ""]
+    lines += [f"Load average (1 min) when the benchmark started: {load:.1f}; the 64-agent "
+              "figures grow with whatever else runs on the machine.", ""]
     lines += [
         f"**Cost of `--profile`** (MPICH hello, 8 ranks on 2 local nodes, "
         f"{len(prof['on'])} runs interleaved): job wall time off {median_range(prof['off'])} "
