@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pm.profile import AGENT_TID, breakdown, build_trace, coll_spans, format_table
+from pm.profile_report import AGENT_TID, breakdown, build_trace, coll_spans, format_table
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
