@@ -132,7 +132,7 @@ def profile_overhead(runs: int) -> tuple[dict[str, list[float]], int, float]:
 
 _WRITE = """
 import sys, time
-import pm  # pmrun has it loaded before a job starts
+import json, typing, pm.tree  # pmrun has these loaded whether it profiles or not
 t0 = time.perf_counter()
 from pm.profile import write_profile
 now = time.time()
