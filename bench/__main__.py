@@ -128,9 +128,12 @@ def assemble(outcomes: Sequence[Outcome], quick: bool) -> str:
         "| benchmark | status | time |", "|---|---|---:|",
     ]
     for o in outcomes:
-        lines.append(f"| [{o.name}](#{o.name}) | {o.status} | "
-                     f"{o.seconds:.0f} s |" if o.status != "not run" else
-                     f"| {o.name} | not run (section from an earlier run) | |")
+        if o.status != "not run":
+            lines.append(f"| [{o.name}](#{o.name}) | {o.status} | {o.seconds:.0f} s |")
+        elif o.section:
+            lines.append(f"| [{o.name}](#{o.name}) | not run here: section of an earlier run | |")
+        else:
+            lines.append(f"| {o.name} | not run, no section yet | |")
     for o in outcomes:
         lines += ["", f'<a id="{o.name}"></a>', ""]
         if o.section:
