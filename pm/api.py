@@ -202,7 +202,7 @@ def run_tasks(tasks: Iterable[Sequence[str] | str], *, local_nodes: int = 1,
     them in the results.  ``options``: :class:`pm.ensemble.Ensemble`'s (``mem_per_task``
     in bytes, ``mem_high``, ``mem_low``, ``retries``, ``overrun``, ``settle``, ...).
     """
-    from pm.ensemble import run_ensemble
+    from pm.ensemble_cli import run_ensemble
 
     results: list[TaskResult] = _run_loop(
         run_ensemble(tasks, Nodes.local(local_nodes), output=output, **options))

@@ -303,7 +303,7 @@ async def _main(opts: CliOptions) -> int:
         sys.stdout.write(summary(await discover_async()) + "\n")
         return 0
     if "tasks" in opts.extra:
-        from pm.ensemble import run_cli
+        from pm.ensemble_cli import run_cli
 
         return await run_cli(opts)
 

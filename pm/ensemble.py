@@ -33,7 +33,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,22 +49,19 @@ from pm.agent.memory import (
 from pm.agent.spawn import ChildWatch, Guardian, SpawnError, resolve, spawn
 from pm.jobspec import AppSpec, JobSpec
 from pm.output import STDERR, STDOUT, LineBuffer
-from pm.proto.errors import PMError, ResourceLimit
+from pm.proto.errors import ResourceLimit
 from pm.tasks import (
     DEFAULT_RESERVATION,
     EnsembleScheduler,
     Start,
     TaskSpec,
     TaskStatus,
-    parse_tasks,
 )
 
 if TYPE_CHECKING:
-    from pm.cli import CliOptions
     from pm.head import JobRun, Nodes
 
-__all__ = ["DEFAULT_SETTLE", "Ensemble", "Event", "Task", "TaskResult", "probe_main", "run_cli",
-           "run_ensemble"]
+__all__ = ["DEFAULT_SETTLE", "Ensemble", "Event", "Task", "TaskResult", "probe_main"]
 
 log = logging.getLogger("pm.ensemble")
 
@@ -721,180 +718,6 @@ def _signal_tree(pid: int, sig: signal.Signals) -> None:
     for p in tree_pids(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, sig)
-
-
-# --------------------------------------------------------------------- front ends
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    from pm.output import _write_all as write
-
-    write(fd, data)
-
-
-class _Console:
-    """Task output with a ``[task N] `` prefix, messages, and on a terminal's stderr
-    a progress line redrawn in place (cleared before anything else is written)."""
-
-    def __init__(self, verbose: int, tty: bool) -> None:
-        self.verbose = verbose
-        self.tty = tty
-        self._shown = False
-        self._text = ""
-        self._timer: asyncio.TimerHandle | None = None
-
-    def output(self, index: int, stream: int, data: bytes) -> None:
-        prefix = b"[task %d] " % index
-        lines = data.split(b"\n")
-        if lines[-1] == b"":
-            lines.pop()
-        self._clear()
-        _write_all(stream, b"".join(prefix + line + b"\n" for line in lines))
-        self._later()
-
-    def message(self, text: str) -> None:
-        self._clear()
-        _write_all(2, f"pmrun: {text}\n".encode())
-        self._later()
-
-    def event(self, e: Event) -> None:
-        if e.kind in ("overrun", "killed", "suspended", "resumed", "lost"):
-            level = 0
-        elif e.kind in ("watermarks", "blocked", "unblocked"):
-            level = 1
-        elif e.kind in ("start", "exit") or (e.kind == "sample" and e.used + e.reserved > e.low):
-            level = 2  # samples only while they matter: between the watermarks or above
-        else:
-            return
-        if self.verbose >= level:
-            self.message(e.text)
-
-    def progress(self, text: str) -> None:
-        self._text = text
-        self._later()
-
-    def _later(self) -> None:
-        if self.tty and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(0.1, self._draw)
-
-    def _draw(self) -> None:
-        self._timer = None
-        if self._text:
-            _write_all(2, f"\r{self._text}\x1b[K".encode())
-            self._shown = True
-
-    def _clear(self) -> None:
-        if self._shown:
-            _write_all(2, b"\r\x1b[K")
-            self._shown = False
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._clear()
-
-
-def _options(extra: dict[str, str]) -> dict[str, Any]:
-    """Ensemble keyword arguments from the CLI's option values (UsageError if bad)."""
-    from pm.cli import UsageError
-
-    out: dict[str, Any] = {"mem_high": extra.get("mem_high"), "mem_low": extra.get("mem_low")}
-    try:
-        if "mem_per_task" in extra:
-            out["mem_per_task"] = parse_size(extra["mem_per_task"])
-        out["retries"] = int(extra.get("retries", "0"))
-        if "mem_settle" in extra:
-            value = extra["mem_settle"]
-            out["settle"] = None if value in ("off", "0") else float(value)
-    except (SizeError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
-    if out["retries"] < 0:
-        raise UsageError("--retries must be at least 0")
-    overrun = extra.get("mem_overrun", "warn")
-    if overrun not in ("warn", "kill", "suspend"):
-        raise UsageError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
-    out["overrun"] = overrun
-    return out
-
-
-def _read_text(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    with open(path) as f:
-        return f.read()
-
-
-async def run_cli(opts: CliOptions) -> int:
-    """``pmrun --tasks FILE``: run the file's tasks, print a summary; the exit status is 0
-    if every task succeeded, 1 if one failed for good, 128 + N after signal N."""
-    from pm.cli import UsageError, nodes_of
-    from pm.head import Nodes
-
-    extra = opts.extra
-    path = extra["tasks"]
-    options = _options(extra)
-    try:
-        text = await asyncio.to_thread(_read_text, path)
-        specs = parse_tasks(text, options.get("mem_per_task"))
-    except OSError as exc:
-        raise UsageError(f"--tasks {path}: {exc.strerror}") from None
-    except PMError as exc:
-        raise UsageError(f"{path}: {exc}") from None
-    nodes = nodes_of(opts)
-    assert isinstance(nodes, Nodes)
-    console = _Console(opts.verbose, os.isatty(2))
-    interrupted: list[int] = []
-    try:
-        ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,
-                       **options)
-        await ens.start()
-    except SizeError as exc:
-        raise UsageError(str(exc)) from None
-    loop = asyncio.get_running_loop()
-
-    def interrupt(signum: int) -> None:
-        interrupted.append(signum)
-        console.message(f"{signal.Signals(signum).name}: starting no more tasks"
-                        if len(interrupted) == 1 else "killing the running tasks")
-        ens.interrupt(signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, interrupt, sig)
-    try:
-        ens.on_progress = lambda: console.progress(ens.progress_text())
-        for spec in specs:
-            ens.add(spec.argv, spec=spec)
-        results = await ens.join()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        await ens.aclose()
-        console.close()
-    summary = ens.summary_text()
-    _write_all(2, (summary if opts.verbose else summary.split("\n node ")[0]).encode() + b"\n")
-    if interrupted:
-        return 128 + interrupted[0]
-    return 0 if all(r.ok for r in results) else 1
-
-
-async def run_ensemble(tasks: Iterable[Sequence[str] | str], nodes: Nodes, *,
-                       output: str = "inherit", **options: Any) -> list[TaskResult]:
-    """Run ``tasks`` (argv lists, or tasks-file lines like ``"[mem=2G] ./sim 1"``)
-    to their end; ``options`` are :class:`Ensemble`'s.  ``output="inherit"``
-    writes their lines to our stdout/stderr with ``[task N] ``; ``"capture"``
-    keeps them in the results."""
-    if output not in ("inherit", "capture"):
-        raise ValueError("output must be 'inherit' or 'capture'")
-    sink = _Console(0, False).output if output == "inherit" else None
-    async with Ensemble(nodes, output=sink, **options) as ens:
-        for item in tasks:
-            if isinstance(item, str):
-                for spec in parse_tasks(item, options.get("mem_per_task")):
-                    ens.add(spec.argv, spec=spec)
-            else:
-                ens.add(item)
-        return await ens.join()
 
 
 # --------------------------------------------------------------------- remote probe
