@@ -67,6 +67,9 @@ class PmiSession(asyncio.Protocol):
         self._busy = False
         self._head = b""
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Native collectives of each kind in request order, and replies ready out of turn.
+        self._coll_order: dict[str, deque[Any]] = {}
+        self._coll_ready: dict[Any, bytes] = {}
 
     # -- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -350,22 +353,35 @@ class PmiSession(asyncio.Protocol):
             self._native_error(req, op, exc)
             return
         if isinstance(result, Awaitable):
+            if op in _COLLECTIVE_OPS:
+                self._coll_order.setdefault(op, deque()).append(req)
             self._spawn(self._native_finish(req, op, result))
         elif op != native.ABORT:
             self._write(native.pack([req, True, result]))
 
     def _native_error(self, req: Any, op: str, exc: BaseException) -> None:
+        self._write(self._error_reply(req, op, exc))
+
+    def _error_reply(self, req: Any, op: str, exc: BaseException) -> bytes:
         what = str(exc) if not isinstance(exc, IndexError) else f"missing arguments to {op}"
         log.warning("rank %d: native %s failed: %s", self.rank, op, what)
-        self._write(native.pack([req, False, what]))
+        return native.pack([req, False, what])
 
     async def _native_finish(self, req: int, op: str, pending: Awaitable[Any]) -> None:
         try:
-            result = await pending
+            reply = native.pack([req, True, await pending])
         except PMError as exc:
-            self._native_error(req, op, exc)
+            reply = self._error_reply(req, op, exc)
+        order = self._coll_order.get(op) if op in _COLLECTIVE_OPS else None
+        if order is None:
+            self._write(reply)
             return
-        self._write(native.pack([req, True, result]))
+        # A rank's collectives of one kind complete in the order it started them:
+        # the agent completes epochs in order, but the tasks that write the replies
+        # need not run in that order, so a reply waits for the earlier ones.
+        self._coll_ready[req] = reply
+        while order and order[0] in self._coll_ready:
+            self._write(self._coll_ready.pop(order.popleft()))
 
     def _native_op(self, op: str, args: list[Any]) -> Any:
         host, rank = self.host, self.rank
@@ -422,6 +438,10 @@ class PmiSession(asyncio.Protocol):
             host.release(rank, args[0])
             return None
         raise ProtocolError(f"unknown native op {op!r}")
+
+
+#: Native ops whose replies keep request order per kind.
+_COLLECTIVE_OPS = frozenset((native.FENCE, native.BARRIER, native.ALLGATHER, native.RING))
 
 
 def _enc(text: str) -> bytes:
