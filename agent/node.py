@@ -662,6 +662,26 @@ class JobAgent:
 
     def from_parent(self, msg: t.Msg) -> None:
         """A message that came down the tree."""
+        try:
+            self._from_parent(msg)
+        except Exception as exc:
+            self._internal_error(msg, exc)
+
+    def from_child(self, child: int, msg: t.Msg) -> None:
+        """A message that came up from child agent ``child``."""
+        try:
+            self._from_child(child, msg)
+        except Exception as exc:
+            self._internal_error(msg, exc)
+
+    def _internal_error(self, msg: t.Msg, exc: Exception) -> None:
+        # A bug here would leave collectives waiting for ever: end the job instead,
+        # naming the node, as for any other fatal agent error.
+        log.exception("agent %d failed handling %s", self.vertex, type(msg).__name__)
+        self.parent.send(t.AgentError(self.vertex, self.host,
+                                      f"internal error handling {type(msg).__name__}: {exc!r}"))
+
+    def _from_parent(self, msg: t.Msg) -> None:
         if isinstance(msg, t.CollOut):
             if self.timeline is not None:
                 self.mark("coll result in", kind=KIND_NAMES[msg.kind], epoch=msg.epoch)
@@ -680,8 +700,7 @@ class JobAgent:
         else:
             self.from_tree(msg)
 
-    def from_child(self, child: int, msg: t.Msg) -> None:
-        """A message that came up from child agent ``child``."""
+    def _from_child(self, child: int, msg: t.Msg) -> None:
         if isinstance(msg, t.CollIn):
             if self.timeline is not None:
                 self.mark("coll child in", child=child, kind=KIND_NAMES[msg.kind],

@@ -1,0 +1,43 @@
+"""An agent that cannot handle a tree message ends the job naming itself, never hangs it."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from pm.agent.node import JobAgent
+from pm.proto import tree as t
+
+from pm.head import JobRun, Nodes
+from pm.jobspec import AppSpec, JobSpec
+
+pytestmark = pytest.mark.timeout(20)
+
+
+class Uplink:
+    """Where vertex 1 sends what goes up the tree (its parent link, without the socket)."""
+
+    def __init__(self) -> None:
+        self.sent: list[t.Msg] = []
+
+    def send(self, msg: t.Msg) -> None:
+        self.sent.append(msg)
+
+
+async def test_a_message_the_agent_cannot_handle_becomes_an_agent_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    run = JobRun(JobSpec([AppSpec(["true"], 4)]), Nodes.local(2, 2))
+    up = Uplink()
+    agent = JobAgent(run.plan, 1, up, host="node-b")
+    with caplog.at_level(logging.ERROR):
+        # A fence result that is not [key, rank, value, ...]: the node KVS cannot take it.
+        agent.from_parent(t.CollOut(1, t.FENCE, [b"k"]))
+    assert len(up.sent) == 1
+    err = up.sent[0]
+    assert isinstance(err, t.AgentError) and err.vertex == 1 and err.host == "node-b"
+    assert err.text.startswith("internal error handling CollOut: ValueError(")
+    assert "agent 1 failed handling CollOut" in caplog.text
+    # The agent goes on serving: a well-formed result is handled without a new error.
+    agent.from_parent(t.CollOut(2, t.FENCE, []))
+    assert len(up.sent) == 1
+    agent.close()
