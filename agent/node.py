@@ -475,11 +475,23 @@ class JobAgent:
             self._fetching[(key, threshold)] = shared
             shared.add_done_callback(
                 functools.partial(_forget, self._fetching, (key, threshold)))
+            shared.add_done_callback(functools.partial(self._fetched, key))
             self._route(owner, t.GetReq(req, self.vertex, owner, key, src, threshold))
         # Each asker gets its own future: cancelling one must not cancel the others.
         mine: asyncio.Future[bytes | None] = self.loop.create_future()
         shared.add_done_callback(functools.partial(_copy_result, dst=mine))
         return mine
+
+    def _fetched(self, key: bytes, fut: asyncio.Future[bytes | None]) -> None:
+        """Keep a value fetched from another node: the node's next get of it is local
+        (and in shared memory, a native rank's is no request at all)."""
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        value = fut.result()
+        if value is not None and self.kvs.get(key) is None:
+            self.kvs.cache(key, value)
+            if self.shm is not None:
+                self._shm_insert([(key, value)])
 
     def _new_req(self) -> tuple[int, asyncio.Future[Any]]:
         req = self._next_req

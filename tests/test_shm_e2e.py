@@ -202,3 +202,32 @@ def test_agent_killed_then_cleanup(pmrun: Any, pmrun_popen: Any, tmp_path: Path,
     else:
         run_ranks(pmrun, tmp_path, "exchange.py", EXCHANGE, 1)
     wait_until(lambda: leftovers(prefix) == [], 10, f"no segment left of {prefix}")
+
+
+#: Rank 2 puts without a fence; rank 0 fetches it from rank 2's node; then rank 1,
+#: on rank 0's node, finds it in its node's shared memory: no request at all.
+FETCHED = r'''
+from pm.client.sync import connect
+
+with connect() as pmi:
+    r = pmi.rank
+    s = pmi._session
+    out = dict(rank=r)
+    if r == 2:
+        pmi.put("early", b"from rank 2")
+    if r == 0:
+        out["got"] = pmi.get("early", rank=2).decode()
+    pmi.barrier()
+    if r == 1:
+        before = s._next
+        out["got"] = pmi.get("early", rank=2).decode()
+        out["requests"] = s._next - before
+    report(**out)
+'''
+
+
+def test_a_value_fetched_from_another_node_is_kept_on_the_asking_node(
+        pmrun: Any, tmp_path: Path) -> None:
+    got, _ = run_ranks(pmrun, tmp_path, "fetched.py", FETCHED, 4, "--local-nodes", "2")
+    assert got[0]["got"] == got[1]["got"] == "from rank 2"
+    assert got[1]["requests"] == 0
