@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pm.agent.memory import SizeError, parse_size
 from pm.ensemble import Ensemble, Event, TaskResult
+from pm.output import write_all
 from pm.proto.errors import PMError
 from pm.tasks import parse_tasks
 
@@ -23,12 +24,6 @@ if TYPE_CHECKING:
     from pm.head import Nodes
 
 __all__ = ["run_cli", "run_ensemble"]
-
-def _write_all(fd: int, data: bytes) -> None:
-    from pm.output import _write_all as write
-
-    write(fd, data)
-
 
 class _Console:
     """Task output with a ``[task N] `` prefix, messages, and on a terminal's stderr
@@ -47,12 +42,12 @@ class _Console:
         if lines[-1] == b"":
             lines.pop()
         self._clear()
-        _write_all(stream, b"".join(prefix + line + b"\n" for line in lines))
+        write_all(stream, b"".join(prefix + line + b"\n" for line in lines))
         self._later()
 
     def message(self, text: str) -> None:
         self._clear()
-        _write_all(2, f"pmrun: {text}\n".encode())
+        write_all(2, f"pmrun: {text}\n".encode())
         self._later()
 
     def event(self, e: Event) -> None:
@@ -78,12 +73,12 @@ class _Console:
     def _draw(self) -> None:
         self._timer = None
         if self._text:
-            _write_all(2, f"\r{self._text}\x1b[K".encode())
+            write_all(2, f"\r{self._text}\x1b[K".encode())
             self._shown = True
 
     def _clear(self) -> None:
         if self._shown:
-            _write_all(2, b"\r\x1b[K")
+            write_all(2, b"\r\x1b[K")
             self._shown = False
 
     def close(self) -> None:
@@ -170,7 +165,7 @@ async def run_cli(opts: CliOptions) -> int:
         await ens.aclose()
         console.close()
     summary = ens.summary_text()
-    _write_all(2, (summary if opts.verbose else summary.split("\n node ")[0]).encode() + b"\n")
+    write_all(2, (summary if opts.verbose else summary.split("\n node ")[0]).encode() + b"\n")
     if interrupted:
         return 128 + interrupted[0]
     return 0 if all(r.ok for r in results) else 1

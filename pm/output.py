@@ -55,10 +55,10 @@ class Writer:
             if lines and lines[-1] == b"":
                 lines.pop()
             chunk = b"".join(prefix + line + b"\n" for line in lines)
-        _write_all(self._fds[stream], chunk)
+        write_all(self._fds[stream], chunk)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         try:
