@@ -24,7 +24,7 @@ import time
 from typing import Any, Protocol
 
 from pm.agent.links import ChildPort, endpoint_host, iface_address, is_ip, route_source
-from pm.agent.spawn import ChildWatch, ExitStatus
+from pm.agent.watch import ChildWatch, ExitStatus
 from pm.proto import tree as t
 
 from pm.bootstrap.base import (

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pm.agent.collectives import KIND_NAMES, Collectives, Complete, SendUp, report_counts
 from pm.agent.kvs import NodeKVS
 from pm.agent.pmi_server import PmiSession
-from pm.agent.spawn import PMI_FD, ChildWatch, ExitStatus, Guardian, SpawnError, resolve, spawn
+from pm.agent.spawn import PMI_FD, Guardian, SpawnError, rank_env, resolve, spawn
+from pm.agent.watch import ChildWatch, ExitStatus
 from pm.proto import tree as t
 from pm.proto.errors import PMError, RankFailed
 
@@ -41,6 +42,7 @@ EOF_GRACE = 1.0
 
 
 if TYPE_CHECKING:
+    from pm.quick import QuickStart
 
     class Uplink(Protocol):
         def send(self, msg: t.Msg) -> None: ...
@@ -211,24 +213,13 @@ class JobAgent:
         plan = self.plan
         base = dict(plan.env)
         base.update(self.extra_env)
-        nlocal = str(len(self.local))
         resolved: dict[int, str | SpawnError] = {}
-        first_rank_of_app = []
-        acc = 0
-        for app in plan.apps:
-            first_rank_of_app.append(acc)
-            acc += app[1]
         for rank in self.local:
             proc = self.ranks[rank]
             appnum = plan.app_of_rank(rank)
             argv, _n, app_env, wdir = plan.apps[appnum]
-            env = dict(base)
-            env.update(app_env)
-            env.update(
-                PMI_FD=str(PMI_FD), PMI_RANK=str(rank), PMI_SIZE=str(self.size),
-                PMI_HOSTNAME=self.host, MPI_LOCALRANKID=str(proc.local_rank),
-                MPI_LOCALNRANKS=nlocal, GFORTRAN_UNBUFFERED_PRECONNECTED="y",
-            )
+            env = rank_env(base, app_env, rank, self.size, self.host, proc.local_rank,
+                           len(self.local))
             if appnum not in resolved:
                 try:
                     resolved[appnum] = resolve(argv[0], env, wdir)
@@ -269,18 +260,55 @@ class JobAgent:
             theirs.close()
         if self.timeline is not None:
             self.mark("rank spawned", proc.rank, pid=proc.pid)
+        self._attach(proc, ours, out_r, err_r, in_w)
+
+    def _attach(self, proc: RankProc, sock: socket.socket, out_r: int, err_r: int, in_w: int,
+                partial: tuple[LineBuffer, LineBuffer] | None = None) -> None:
+        """Serve a started rank: its PMI socket, output pipes, stdin pipe and exit."""
+        assert self.watch is not None
         proc.stdin_fd = in_w
         if in_w >= 0:
             os.set_blocking(in_w, False)
         session = PmiSession(self, proc.rank)
         proc.session = session
-        self._own(self.loop.create_task(self._serve(session, ours)))
-        for stream, fd in ((STDOUT, out_r), (STDERR, err_r)):
-            proc.streams[stream] = LineBuffer()
+        self._own(self.loop.create_task(self._serve(session, sock)))
+        buffers = partial or (LineBuffer(), LineBuffer())
+        for stream, fd, buf in ((STDOUT, out_r, buffers[0]), (STDERR, err_r, buffers[1])):
+            if fd < 0:
+                continue  # already at EOF
+            proc.streams[stream] = buf
             proc.fds[stream] = fd
             os.set_blocking(fd, False)
             self.loop.add_reader(fd, self._read_output, proc, stream)
         self.watch.watch(proc.pid).add_done_callback(functools.partial(self._on_exit, proc))
+
+    def adopt_ranks(self, started: QuickStart) -> None:
+        """Take over the ranks ``pmrun``'s quick path started (:mod:`pm.quick`).
+
+        They run with the same environment and fds :meth:`start_ranks` gives;
+        what they already printed has been written, except partial lines,
+        which ``started`` hands over with the pipes.  A rank that has exited
+        is still a zombie: its watch reports it at once.
+        """
+        self.mark("spawn start", ranks=len(self.local))
+        self.watch = ChildWatch()
+        self.guardian = started.guardian
+        if started.xml_path:
+            from pm.agent import topo_share
+
+            path = started.xml_path
+            self.on_close.append(lambda: topo_share.remove_job_xml(path))
+            self.extra_env.update(HWLOC_XMLFILE=path, HWLOC_THISSYSTEM="1")
+            self.job_attrs["PMI_hwloc_xmlfile"] = path
+        for r in started.ranks:
+            proc = self.ranks[r.rank]
+            if r.pid == 0:
+                self._spawn_failed(proc, r.failure)
+                continue
+            proc.pid = r.pid
+            self._attach(proc, socket.socket(fileno=r.pmi_fd), r.out_fd, r.err_fd, r.stdin_fd,
+                         (r.out, r.err))
+        self.mark("ranks spawned")
 
     def _on_exit(self, proc: RankProc, fut: asyncio.Future[ExitStatus]) -> None:
         if not fut.cancelled():

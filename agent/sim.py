@@ -40,7 +40,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pm.agent.kvs import rank_key
-from pm.agent.spawn import ExitStatus
+from pm.agent.watch import ExitStatus
 from pm.proto.tree import ALLGATHER, BARRIER, FENCE
 
 if TYPE_CHECKING:

@@ -1,27 +1,28 @@
-"""Starting, watching and killing processes (ranks, child agents).
+"""Starting and killing processes (ranks, child agents), without the event loop.
 
 * ``posix_spawn`` (vfork + exec in glibc): no Python runs in the child, so a
   node's ranks start in well under a millisecond each.
-* Each process is watched through a pidfd on the event loop (uvloop reserves
-  SIGCHLD for itself), so no exit is lost, even one that happens before the
-  caller starts waiting.
 * A *guardian* process leads the process group of a job's ranks on a node.  It
   blocks reading a pipe that only the agent holds: if the agent dies, even by
   SIGKILL, the read returns and the guardian kills the whole group.  Ranks
   therefore never outlive their agent.
+
+``pmrun``'s quick path (:mod:`pm.quick`) starts ranks with this module before
+anything heavier is imported, so it imports nothing but C modules: ``_signal``
+(``signal.py`` would bring enum and functools) and no ``shutil``.  Watching
+processes on the event loop is :mod:`pm.agent.watch`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import _signal
 import os
-import shutil
-import signal
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from pm.proto.errors import PMError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 # The guardian ignores the job-control signals the agent forwards to the group.
 _GUARDIAN = "trap '' INT TERM HUP QUIT USR1 USR2; read _; kill -KILL 0"
@@ -34,53 +35,43 @@ class SpawnError(PMError):
     """A process could not be started (command not found, not executable, ...)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ExitStatus:
-    """How a process ended: ``code`` for an exit, ``signal`` when killed by one."""
-
-    code: int
-    signal: int
-
-    @classmethod
-    def from_wait(cls, status: int) -> ExitStatus:
-        if os.WIFSIGNALED(status):
-            return cls(-1, os.WTERMSIG(status))
-        return cls(os.waitstatus_to_exitcode(status), 0)
-
-    @property
-    def ok(self) -> bool:
-        return self.code == 0 and self.signal == 0
-
-    @property
-    def shell_code(self) -> int:
-        """The code a shell would report: the exit code, or 128 + signal."""
-        return 128 + self.signal if self.signal else self.code
-
-    def describe(self) -> str:
-        if self.signal:
-            try:
-                name = signal.Signals(self.signal).name
-            except ValueError:
-                name = f"signal {self.signal}"
-            return f"killed by {name}"
-        return f"exited with code {self.code}"
-
-
 def resolve(argv0: str, env: Mapping[str, str], cwd: str | None) -> str:
     """Find the program the way a shell would (PATH of the rank's environment)."""
     if "/" in argv0:
         path = argv0 if os.path.isabs(argv0) or cwd is None else os.path.join(cwd, argv0)
         if not os.path.exists(path):
             raise SpawnError(f"{argv0}: no such file")
-        if not os.access(path, os.X_OK) or os.path.isdir(path):
+        if not _executable(path):
             raise SpawnError(f"{argv0}: not executable")
         return path
-    found = shutil.which(argv0, path=env.get("PATH", os.defpath))
+    found = None
+    for directory in env.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory, argv0)
+        if _executable(candidate):
+            found = candidate
+            break
     if found is None:
         raise SpawnError(f"{argv0}: command not found")
     if cwd is not None and not os.path.isabs(found):
         found = os.path.join(cwd, found)
     return found
+
+
+def _executable(path: str) -> bool:
+    return os.access(path, os.X_OK) and not os.path.isdir(path)
+
+
+def rank_env(base: Mapping[str, str], app_env: Mapping[str, str], rank: int, size: int,
+             host: str, local_rank: int, local_size: int) -> dict[str, str]:
+    """A rank's environment: the job's, its program's, then what PMI-1 clients read."""
+    env = dict(base)
+    env.update(app_env)
+    env.update(
+        PMI_FD=str(PMI_FD), PMI_RANK=str(rank), PMI_SIZE=str(size), PMI_HOSTNAME=host,
+        MPI_LOCALRANKID=str(local_rank), MPI_LOCALNRANKS=str(local_size),
+        GFORTRAN_UNBUFFERED_PRECONNECTED="y",
+    )
+    return env
 
 
 def spawn(
@@ -112,7 +103,7 @@ def spawn(
         kwargs["setpgroup"] = pgid
     # The agent blocks SIGCHLD and friends in no thread; reset handlers the
     # interpreter ignores (SIGPIPE) so ranks see default behaviour.
-    kwargs["setsigdef"] = (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    kwargs["setsigdef"] = (_signal.SIGPIPE, _signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
     kwargs["setsigmask"] = ()
     old_cpus = None
     if cpus:
@@ -134,60 +125,6 @@ def spawn(
             os.chdir(old_cwd)
         if old_cpus is not None:
             os.sched_setaffinity(0, old_cpus)
-
-
-class ChildWatch:
-    """Futures for process exits, driven by pidfds on the running loop."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._futs: dict[int, asyncio.Future[ExitStatus]] = {}
-        self._fds: dict[int, int] = {}
-
-    def watch(self, pid: int) -> asyncio.Future[ExitStatus]:
-        """The exit status of ``pid`` (a child of ours) when it ends."""
-        fut = self._futs.get(pid)
-        if fut is not None:
-            return fut
-        fut = self._loop.create_future()
-        self._futs[pid] = fut
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            self._reap(pid)
-            return fut
-        self._fds[pid] = fd
-        self._loop.add_reader(fd, self._reap, pid)
-        return fut
-
-    def _reap(self, pid: int) -> None:
-        try:
-            got, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            got, status = pid, 255 << 8  # reaped elsewhere: report a failure, never hang
-        if got == 0:
-            return  # spurious wake-up
-        fd = self._fds.pop(pid, None)
-        if fd is not None:
-            self._loop.remove_reader(fd)
-            os.close(fd)
-        fut = self._futs.pop(pid, None)
-        if fut is not None and not fut.done():
-            fut.set_result(ExitStatus.from_wait(status))
-
-    @property
-    def running(self) -> int:
-        return len(self._futs)
-
-    def close(self) -> None:
-        """Stop watching (processes are not touched)."""
-        for pid, fd in list(self._fds.items()):
-            self._loop.remove_reader(fd)
-            os.close(fd)
-            fut = self._futs.pop(pid, None)
-            if fut is not None and not fut.done():
-                fut.cancel()
-        self._fds.clear()
 
 
 class Guardian:
@@ -214,12 +151,14 @@ class Guardian:
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to every process of the group (the guardian ignores most)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        try:
             os.killpg(self.pgid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def kill_all(self) -> None:
         """SIGKILL the whole group, guardian included."""
-        self.signal(signal.SIGKILL)
+        self.signal(_signal.SIGKILL)
 
     def release(self) -> None:
         """Close our end of the pipe: the guardian kills what is left of the group and exits."""
@@ -234,5 +173,7 @@ def raise_fd_limit() -> None:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
+        try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass

@@ -14,16 +14,15 @@ library then discovers the node itself (what ``bench/topology.py`` compares).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import hashlib
 import os
 import stat
-import tempfile
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+import zlib
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from pm.agent.topology import Topology
 
 
@@ -43,9 +42,32 @@ def _cache_path() -> str:
     except OSError:
         boot = "noboot"
     cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-    key = hashlib.sha1(f"{boot}/{cpus}".encode()).hexdigest()[:16]
-    base = os.path.join(tempfile.gettempdir(), f"pmrun-{os.getuid()}")
+    key = f"{boot[:8]}-{zlib.crc32(f'{boot}/{cpus}'.encode()):08x}"
+    base = os.path.join(temp_dir(), f"pmrun-{os.getuid()}")
     return os.path.join(base, f"topo-{key}.xml")
+
+
+def temp_dir() -> str:
+    """Where job copies and the cache go: $TMPDIR (or $TEMP, $TMP) if it is a directory, else
+    /tmp (tempfile.gettempdir's choice in practice, without importing tempfile)."""
+    for var in ("TMPDIR", "TEMP", "TMP"):
+        path = os.environ.get(var)
+        if path and os.path.isdir(path):
+            return os.path.abspath(path)
+    return "/tmp"
+
+
+def _create(directory: str, prefix: str, suffix: str) -> tuple[int, str]:
+    """A new file only we can read (mode 0600), opened for writing: (fd, path)."""
+    for _ in range(100):
+        path = os.path.join(directory, f"{prefix}{os.urandom(6).hex()}{suffix}")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                         | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            continue
+        return fd, path
+    raise FileExistsError(f"no free name for {prefix}*{suffix} in {directory}")
 
 
 def cached_xml() -> bytes | None:
@@ -65,12 +87,14 @@ def discover_and_cache() -> Topology:
     topo = discover()
     if topo.xml:
         path = _cache_path()
-        with contextlib.suppress(OSError):
+        try:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+            fd, tmp = _create(os.path.dirname(path), "topo-", ".tmp")
             with os.fdopen(fd, "wb") as f:
                 f.write(topo.xml)
             os.replace(tmp, path)
+        except OSError:
+            pass  # no cache: the next agent discovers again
     return topo
 
 
@@ -90,7 +114,7 @@ def write_job_xml(xml: bytes, job_id: str) -> str:
     unlocked live one.  Stale copies of dead agents are swept first.
     """
     cleanup_stale()
-    fd, tmp = tempfile.mkstemp(prefix=f"{_PREFIX}{job_id}-", suffix=".tmp")
+    fd, tmp = _create(temp_dir(), f"{_PREFIX}{job_id}-", ".tmp")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.write(fd, xml)  # a few KiB to tmpfs or a local disk: one call
@@ -98,8 +122,7 @@ def write_job_xml(xml: bytes, job_id: str) -> str:
         os.rename(tmp, path)
     except BaseException:
         os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _unlink(tmp)
         raise
     _held[path] = fd
     return path
@@ -107,8 +130,7 @@ def write_job_xml(xml: bytes, job_id: str) -> str:
 
 def remove_job_xml(path: str) -> None:
     """Unlink a job copy, then drop its lock; idempotent."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    _unlink(path)
     fd = _held.pop(path, None)
     if fd is not None:
         os.close(fd)
@@ -116,7 +138,7 @@ def remove_job_xml(path: str) -> None:
 
 def cleanup_stale(directory: str | None = None) -> list[str]:
     """Remove job copies whose writer is gone (nobody holds their lock); their paths."""
-    base = directory or tempfile.gettempdir()
+    base = directory or temp_dir()
     removed: list[str] = []
     try:
         names = os.listdir(base)
@@ -140,9 +162,16 @@ def cleanup_stale(directory: str | None = None) -> list[str]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue  # its agent is alive
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            if _unlink(path):
                 removed.append(path)
         finally:
             os.close(fd)
     return removed
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except OSError:
+        return False
+    return True

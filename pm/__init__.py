@@ -7,7 +7,8 @@ node agents up and launches jobs on it.  Both are what ``pmrun`` runs.
 from __future__ import annotations
 
 import os as _os
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (pmrun's start-up)
 
 # In a source checkout pm.agent, pm.client and pm.proto live in the folders
 # beside pm/ (pyproject.toml maps them).  Let them import from there too, so a
@@ -19,6 +20,8 @@ if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isfile(
     __path__.append(_root)
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from pm.api import Cluster, Job, JobResult, run, run_tasks
 
 __all__ = ["Cluster", "Job", "JobResult", "run", "run_tasks"]

@@ -8,8 +8,12 @@ import functools
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pm.jobspec import AppSpec, JobSpec
+
+if TYPE_CHECKING:
+    from pm.quick import QuickStart
 
 USAGE = """\
 usage: pmrun [options] prog [args...] [: [options] prog2 [args...] ...]
@@ -293,7 +297,7 @@ def _collect_from_now_on() -> None:
     gc.enable()
 
 
-async def _main(opts: CliOptions) -> int:
+async def _main(opts: CliOptions, started: QuickStart | None = None) -> int:
     import asyncio
     import signal
 
@@ -307,7 +311,8 @@ async def _main(opts: CliOptions) -> int:
 
         return await run_cli(opts)
 
-    from pm.head import JobRun, Nodes, stdin_for_job
+    from pm.head import JobRun, Nodes
+    from pm.output import stdin_for_job
 
     _collect_from_now_on()
     nodes = nodes_of(opts)
@@ -317,13 +322,19 @@ async def _main(opts: CliOptions) -> int:
         from pm.agent.sim import sim_job
 
         sim = sim_job(opts.spec, len(nodes.hosts), opts.extra)
-    job = JobRun(opts.spec, nodes, stdin=stdin_for_job(), verbose=opts.verbose > 0, sim=sim)
+    job = JobRun(opts.spec, nodes, stdin=stdin_for_job(), verbose=opts.verbose > 0, sim=sim,
+                 started=started)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, job.interrupt, sig)
-    for sig in (signal.SIGUSR1, signal.SIGUSR2):
-        loop.add_signal_handler(sig, job.signal, sig)
+    handlers = {signal.SIGINT: job.interrupt, signal.SIGTERM: job.interrupt,
+                signal.SIGHUP: job.interrupt, signal.SIGUSR1: job.signal,
+                signal.SIGUSR2: job.signal}
+    for sig, handler in handlers.items():
+        loop.add_signal_handler(sig, handler, sig)
     await job.start()
+    if started is not None:
+        # What reached pmrun before the loop's handlers were in place.
+        for signum in started.pending_signals():
+            handlers[signal.Signals(signum)](signum)
     result = await job.wait()
     if sim is not None:
         from pm.agent.sim import phase_report, summary_line
@@ -364,18 +375,30 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         # Skip the interpreter's teardown (freeing every module and object, ~10 ms):
         # the job is over and everything it held is closed; only buffers remain.
-        import logging
-
-        logging.shutdown()
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
+        _flush_all()
         os._exit(code)
     return code
 
 
-def _run(argv: list[str] | None) -> int:
+def _flush_all() -> None:
+    import logging
+
+    logging.shutdown()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+
+
+def take_over(started: QuickStart) -> int:
+    """The full path for a job pmrun's quick path started (:mod:`pm.quick`): its ranks are
+    running, the in-process agent takes them over, and the job goes on as if started here."""
+    code = _run(started.argv, started)
+    _flush_all()
+    return code
+
+
+def _run(argv: list[str] | None, started: QuickStart | None = None) -> int:
     import logging
 
     args = sys.argv[1:] if argv is None else argv
@@ -402,11 +425,11 @@ def _run(argv: list[str] | None) -> int:
     try:
         import uvloop
 
-        return int(uvloop.run(_main(opts)))
+        return int(uvloop.run(_main(opts, started)))
     except ImportError:
         import asyncio
 
-        return int(asyncio.run(_main(opts)))
+        return int(asyncio.run(_main(opts, started)))
     except UsageError as exc:
         sys.stderr.write(f"pmrun: {exc}\n")
         return 2

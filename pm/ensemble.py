@@ -46,7 +46,8 @@ from pm.agent.memory import (
     parse_size,
     tree_pids,
 )
-from pm.agent.spawn import ChildWatch, Guardian, SpawnError, resolve, spawn
+from pm.agent.spawn import Guardian, SpawnError, resolve, spawn
+from pm.agent.watch import ChildWatch
 from pm.jobspec import AppSpec, JobSpec
 from pm.output import STDERR, STDOUT, LineBuffer
 from pm.proto.errors import ResourceLimit

@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import socket
-import stat
 import sys
 import time
 from collections.abc import Callable
@@ -22,15 +21,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pm.agent.node import JobAgent
-from pm.agent.spawn import ExitStatus
+from pm.agent.watch import ExitStatus
 from pm.bootstrap.base import head_relays
-from pm.jobspec import JobPlan, JobSpec, new_job_id, sequence_slots
+from pm.jobenv import new_job_id
+from pm.jobspec import JobPlan, JobSpec, sequence_slots
 from pm.mapping import place, process_mapping
 from pm.output import Writer
 from pm.proto import tree as t
 
 if TYPE_CHECKING:
     from pm.agent.children import RootRelay
+    from pm.quick import QuickStart
 
 log = logging.getLogger("pm")
 
@@ -100,7 +101,7 @@ class JobRun:
 
     def __init__(self, spec: JobSpec, nodes: Nodes, *, sink: OutputSink | None = None,
                  stdin: int | None = None, verbose: bool = False,
-                 sim: dict[str, Any] | None = None) -> None:
+                 sim: dict[str, Any] | None = None, started: QuickStart | None = None) -> None:
         self._t0 = time.time()  # the head's start, for --profile
         spec.validate()
         self.spec = spec
@@ -111,7 +112,9 @@ class JobRun:
         self.verbose = verbose
         self.loop = asyncio.get_running_loop()
         self.secret = os.urandom(32)
-        job_id = new_job_id()
+        #: Ranks pmrun's quick path already started (pm.quick): vertex 0 adopts them.
+        self._started = started
+        job_id = started.job_id if started is not None else new_job_id()
         slots = sequence_slots(spec, len(nodes.hosts), nodes.slots)
         node_of_rank = place(spec.size, slots)
         used = max(node_of_rank) + 1
@@ -156,7 +159,9 @@ class JobRun:
             agent = JobAgent(plan, 0, self, host=plan.hosts[0])
         self.agent = agent
         if self.spec.timeout:
-            self._timer = self.loop.call_later(self.spec.timeout, self._timed_out)
+            began = self._started.t0 if self._started is not None else time.monotonic()
+            self._timer = self.loop.call_later(
+                max(0.0, self.spec.timeout - (time.monotonic() - began)), self._timed_out)
         children = None
         if agent.children:
             from pm.agent.children import Children, listen_endpoint
@@ -171,8 +176,12 @@ class JobRun:
             from pm.profile import mark_process_start
 
             mark_process_start(agent, "head start", self._t0)
-        await agent.prepare()
-        agent.start_ranks()
+        if self._started is not None:
+            assert isinstance(agent, JobAgent) and not agent.children
+            agent.adopt_ranks(self._started)
+        else:
+            await agent.prepare()
+            agent.start_ranks()
         if children is not None:
             try:
                 join = float(plan.bootstrap.get("join_timeout", 60))
@@ -351,14 +360,3 @@ class JobRun:
             self._stop_stdin()
         elif not self._stdin_reading:
             self.loop.call_soon(self._read_stdin)
-
-
-def stdin_for_job() -> int | None:
-    """Our stdin, if there is one worth forwarding to rank 0."""
-    try:
-        st = os.fstat(0)
-    except OSError:
-        return None
-    if stat.S_ISCHR(st.st_mode) and not os.isatty(0):
-        return None  # /dev/null and the like
-    return 0

@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pm.jobenv import filter_env
 from pm.proto.errors import PMError
 
 
 class JobSpecError(PMError, ValueError):
     """The job cannot be run as described (no program, more ranks than allowed, ...)."""
-
-
-#: Never passed on to ranks: they would make MPI pick the wrong PMI or mis-place ranks.
-_ENV_DROP_PREFIXES = ("PMI_", "PMIX_", "PMI2_", "SLURM_", "OMPI_", "PRTE_", "HYDRA_", "HYDI_")
-_ENV_DROP = frozenset({"MPI_LOCALRANKID", "MPI_LOCALNRANKS", "I_MPI_PMI_LIBRARY", "PM_SECRET"})
-
-
-def filter_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The part of an environment that may be propagated to ranks."""
-    return {
-        k: v
-        for k, v in env.items()
-        if k not in _ENV_DROP and not k.startswith(_ENV_DROP_PREFIXES)
-    }
 
 
 @dataclass(slots=True)
@@ -152,12 +138,6 @@ class JobPlan:
             if rank < first:
                 return i
         raise IndexError(rank)
-
-
-def new_job_id() -> str:
-    """A job id unique on the machine and across machines (MPICH names shm after the kvsname)."""
-    host = socket.gethostname().split(".")[0].replace("_", "-")[:16]
-    return f"{host}-{os.getpid()}-{os.urandom(4).hex()}"
 
 
 def sequence_slots(spec: JobSpec, nodes: int, given: Sequence[int | None]) -> list[int]:

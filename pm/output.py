@@ -1,8 +1,10 @@
-"""Output of ranks: line assembly on the agent, tagging and writing on the head."""
+"""Output of ranks: line assembly on the agent, tagging and writing on the head; and which
+stdin goes to rank 0."""
 
 from __future__ import annotations
 
 import os
+import stat
 
 #: A line longer than this is passed on in pieces (a rank printing without newlines).
 MAX_LINE = 1 << 20
@@ -71,3 +73,14 @@ def write_all(fd: int, data: bytes) -> None:
         except BrokenPipeError:
             return  # the reader went away (e.g. `| head`): drop output, keep running the job
         view = view[n:]
+
+
+def stdin_for_job() -> int | None:
+    """Our stdin, if there is one worth forwarding to rank 0."""
+    try:
+        st = os.fstat(0)
+    except OSError:
+        return None
+    if stat.S_ISCHR(st.st_mode) and not os.isatty(0):
+        return None  # /dev/null and the like
+    return 0

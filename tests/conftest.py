@@ -4,9 +4,9 @@ Launching jobs (helpers in ``tests/launch_util.py``, importable as ``launch_util
 
 ``pmrun``
     ``pmrun("-n", "4", "python", "-c", "...", input=b"...", timeout=60, env={...})``
-    runs ``[sys.executable, "-m", "pm.cli", *args]`` in the test's ``tmp_path``
-    with ``PYTHONPATH`` at the checkout and the interpreter's ``bin`` first on
-    ``PATH``, and returns a ``subprocess.CompletedProcess[str]`` (``returncode``,
+    runs ``[sys.executable, "-m", "pm", *args]`` (what the ``pmrun`` script runs) in
+    the test's ``tmp_path`` with ``PYTHONPATH`` at the checkout and the interpreter's
+    ``bin`` first on ``PATH``, and returns a ``subprocess.CompletedProcess[str]`` (``returncode``,
     ``stdout``, ``stderr``; ``input`` may be bytes or str).  A job that outlives
     ``timeout`` fails the test.
 ``pmrun_popen``

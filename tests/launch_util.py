@@ -43,8 +43,8 @@ def pmrun_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def pmrun_argv(*args: str) -> list[str]:
-    """``[python, -m, pm.cli, *args]``."""
-    return [sys.executable, "-m", "pm.cli", *args]
+    """``[python, -m, pm, *args]``: what the ``pmrun`` script runs (pm.quick, then pm.cli)."""
+    return [sys.executable, "-m", "pm", *args]
 
 
 def mpicc() -> Path | None:

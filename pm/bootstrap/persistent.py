@@ -301,7 +301,7 @@ class PersistentBootstrap(Bootstrap):
         code, sig = int(msg.get("code", 0)), int(msg.get("signal", 0))
         if code == 0 and sig == 0:
             return
-        from pm.agent.spawn import ExitStatus
+        from pm.agent.watch import ExitStatus
 
         vertex = int(msg.get("vertex", -1))
         host = self.hosts[vertex] if 0 <= vertex < len(self.hosts) else "?"

@@ -1,0 +1,99 @@
+"""How processes end: exit statuses, and futures for them on the event loop.
+
+* Each process is watched through a pidfd on the event loop (uvloop reserves
+  SIGCHLD for itself), so no exit is lost, even one that happens before the
+  caller starts waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """How a process ended: ``code`` for an exit, ``signal`` when killed by one."""
+
+    code: int
+    signal: int
+
+    @classmethod
+    def from_wait(cls, status: int) -> ExitStatus:
+        if os.WIFSIGNALED(status):
+            return cls(-1, os.WTERMSIG(status))
+        return cls(os.waitstatus_to_exitcode(status), 0)
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0 and self.signal == 0
+
+    @property
+    def shell_code(self) -> int:
+        """The code a shell would report: the exit code, or 128 + signal."""
+        return 128 + self.signal if self.signal else self.code
+
+    def describe(self) -> str:
+        if self.signal:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            return f"killed by {name}"
+        return f"exited with code {self.code}"
+
+
+class ChildWatch:
+    """Futures for process exits, driven by pidfds on the running loop."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._futs: dict[int, asyncio.Future[ExitStatus]] = {}
+        self._fds: dict[int, int] = {}
+
+    def watch(self, pid: int) -> asyncio.Future[ExitStatus]:
+        """The exit status of ``pid`` (a child of ours) when it ends."""
+        fut = self._futs.get(pid)
+        if fut is not None:
+            return fut
+        fut = self._loop.create_future()
+        self._futs[pid] = fut
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._reap(pid)
+            return fut
+        self._fds[pid] = fd
+        self._loop.add_reader(fd, self._reap, pid)
+        return fut
+
+    def _reap(self, pid: int) -> None:
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            got, status = pid, 255 << 8  # reaped elsewhere: report a failure, never hang
+        if got == 0:
+            return  # spurious wake-up
+        fd = self._fds.pop(pid, None)
+        if fd is not None:
+            self._loop.remove_reader(fd)
+            os.close(fd)
+        fut = self._futs.pop(pid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(ExitStatus.from_wait(status))
+
+    @property
+    def running(self) -> int:
+        return len(self._futs)
+
+    def close(self) -> None:
+        """Stop watching (processes are not touched)."""
+        for pid, fd in list(self._fds.items()):
+            self._loop.remove_reader(fd)
+            os.close(fd)
+            fut = self._futs.pop(pid, None)
+            if fut is not None and not fut.done():
+                fut.cancel()
+        self._fds.clear()

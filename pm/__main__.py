@@ -1,0 +1,5 @@
+"""``python -m pm``: the same as the ``pmrun`` command."""
+
+from pm.quick import main
+
+main()

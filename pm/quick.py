@@ -1,0 +1,423 @@
+"""``pmrun``'s entry point, and its quick path for jobs on this machine alone.
+
+Most of pmrun's own start-up is importing asyncio, the agent and the PMI
+server.  A job that runs on this machine only (no hosts, no Slurm allocation,
+and no option beyond ``-n``, ``-genv``/``-env``, ``-l``, ``-wdir`` and
+``--timeout``) is therefore started *before* any of that is imported, by
+this module, which imports C modules and three small modules of pmrun only.
+A poll loop then writes the ranks' output and watches them.
+
+The first thing that needs more hands the running job to the full path: a
+rank sends a byte on its PMI socket, a rank fails, stdin has data for rank 0,
+pmrun gets a signal, or the timeout passes.  The ranks' pids, PMI sockets,
+pipes and partial output lines go to the in-process agent of
+:mod:`pm.head` (:meth:`pm.agent.node.JobAgent.adopt_ranks`), which serves
+them from there as if it had started them; an MPI rank spends its first
+milliseconds loading its library, so the import overlaps its start-up.  A
+job whose programs never speak PMI (``true``, a shell script) ends here, and
+pmrun costs little more than the interpreter's start.
+
+Ranks started here get exactly the environment and descriptors the full
+path gives (:func:`pm.agent.spawn.rank_env`, the same guardian, the same
+per-job topology XML).  ``PM_QUICK=0`` in pmrun's environment turns the
+quick path off.
+"""
+
+from __future__ import annotations
+
+import _signal
+import _socket
+import gc
+import os
+import select
+import sys
+import time
+
+from pm.agent import topo_share
+from pm.agent.spawn import (
+    PMI_FD,
+    Guardian,
+    SpawnError,
+    raise_fd_limit,
+    rank_env,
+    resolve,
+    spawn,
+)
+from pm.jobenv import filter_env, new_job_id
+from pm.output import STDERR, STDOUT, LineBuffer, Writer, stdin_for_job
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+#: Signals pmrun handles (pm.cli installs the same on the event loop).
+SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGUSR1, _signal.SIGUSR2)
+
+_LABEL = frozenset({"-l", "--label", "-prepend-rank"})
+_N = frozenset({"-n", "-np", "--np"})
+_WDIR = frozenset({"-wdir", "--wdir", "-dir"})
+_TIMEOUT = frozenset({"--timeout", "-timeout"})
+#: What a watched fd is, besides STDOUT and STDERR.
+_PMI, _EXIT = 3, 4
+
+
+class QuickOptions:
+    """The part of a command line the quick path runs (one program, on this machine)."""
+
+    __slots__ = ("app_env", "argv", "genv", "label", "n", "timeout", "wdir")
+
+    def __init__(self) -> None:
+        self.n = 1
+        self.argv: list[str] = []
+        self.genv: dict[str, str] = {}
+        self.app_env: dict[str, str] = {}
+        self.wdir: str | None = None
+        self.label = False
+        self.timeout: float | None = None
+
+
+def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
+    """The options if the quick path can run this command line as ``pm.cli`` would, else None.
+
+    Anything it does not know, or finds wrong, is left to ``pm.cli.parse``,
+    which runs it or says what is wrong.
+    """
+    if environ.get("PM_QUICK", "1").strip() == "0":
+        return None
+    if environ.get("SLURM_JOB_NODELIST") and environ.get("SLURM_JOB_ID"):
+        return None  # pm.cli runs the job over the allocation
+    opts = QuickOptions()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("-") or arg == "-":
+            break
+        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if name in _LABEL and not eq:
+            opts.label = True
+            i += 1
+            continue
+        if name == "-genvall":
+            i += 1
+            continue
+        if name in ("-genv", "-env") and i + 2 < len(argv):
+            (opts.genv if name == "-genv" else opts.app_env)[argv[i + 1]] = argv[i + 2]
+            i += 3
+            continue
+        if not eq:
+            if i + 1 >= len(argv):
+                return None
+            i += 1
+            inline = argv[i]
+        i += 1
+        if name in _N:
+            if not inline.isdigit() or int(inline) < 1:
+                return None
+            opts.n = int(inline)
+        elif name in _WDIR:
+            if not os.path.isdir(inline):
+                return None
+            opts.wdir = os.path.abspath(inline)
+        elif name in _TIMEOUT:
+            opts.timeout = _seconds(inline)
+            if opts.timeout is None:
+                return None
+        else:
+            return None
+    opts.argv = argv[i:]
+    if not opts.argv or ":" in opts.argv:
+        return None  # no program (a usage error), or MPMD
+    if opts.timeout is None and environ.get("MPIEXEC_TIMEOUT"):
+        opts.timeout = _seconds(environ["MPIEXEC_TIMEOUT"])
+        if opts.timeout is None:
+            return None
+    return opts
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+class QuickRank:
+    """A rank the quick path started: what the agent needs to take it over."""
+
+    __slots__ = ("err", "err_fd", "failure", "out", "out_fd", "pid", "pidfd",
+                 "pmi", "rank", "stdin_fd")
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        self.pid = 0
+        self.failure = ""
+        self.pmi: _socket.socket | None = None
+        self.pidfd = -1
+        self.out_fd = -1
+        self.err_fd = -1
+        self.stdin_fd = -1
+        self.out = LineBuffer()
+        self.err = LineBuffer()
+
+    @property
+    def pmi_fd(self) -> int:
+        """Our end of the rank's PMI socket (ours no more once taken)."""
+        assert self.pmi is not None
+        return self.pmi.detach()
+
+
+class QuickStart:
+    """A job the quick path started; :meth:`watch` runs it, or says it needs the full path."""
+
+    def __init__(self, opts: QuickOptions, argv: list[str]) -> None:
+        self.opts = opts
+        self.argv = argv
+        self.t0 = time.monotonic()
+        self.job_id = new_job_id()
+        self.host = os.uname().nodename
+        self.ranks = [QuickRank(r) for r in range(opts.n)]
+        self.guardian: Guardian | None = None
+        self.xml_path: str | None = None
+        #: Why the full path takes over (for the debug log).
+        self.reason = ""
+        self._writer = Writer(opts.label)
+        self._sig_r = self._sig_w = -1
+        self._stdin = stdin_for_job()
+        self._poll = select.poll()
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> bool:
+        """Start the ranks; False (nothing started) when the full path must run the job."""
+        opts = self.opts
+        base = filter_env(os.environ)
+        base.update(opts.genv)
+        if topo_share.sharing_enabled(base):
+            xml = topo_share.cached_xml()
+            if xml is None:
+                return False  # the full path discovers the topology (and caches it)
+            self.xml_path = topo_share.write_job_xml(xml, self.job_id)
+            base.update(HWLOC_XMLFILE=self.xml_path, HWLOC_THISSYSTEM="1")
+        envs = [rank_env(base, opts.app_env, r, opts.n, self.host, r, opts.n)
+                for r in range(opts.n)]
+        try:
+            path = resolve(opts.argv[0], envs[0], opts.wdir)
+        except SpawnError:
+            self._remove_xml()
+            return False  # the full path reports it
+        raise_fd_limit()
+        self._catch_signals()
+        self.guardian = Guardian()
+        for rank, env in zip(self.ranks, envs, strict=True):
+            self._spawn(rank, path, env)
+        return True
+
+    def _spawn(self, rank: QuickRank, path: str, env: dict[str, str]) -> None:
+        assert self.guardian is not None
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        if rank.rank == 0 and self._stdin is not None:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        else:
+            in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
+        try:
+            rank.pid = spawn(path, self.opts.argv, env, cwd=self.opts.wdir,
+                             fds={0: in_r, 1: out_w, 2: err_w, PMI_FD: theirs.fileno()},
+                             pgid=self.guardian.pgid)
+        except SpawnError as exc:
+            rank.failure = str(exc)
+            for fd in (out_r, err_r, in_w):
+                if fd >= 0:
+                    os.close(fd)
+            ours.close()
+            return
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+            theirs.close()
+        os.set_blocking(out_r, False)
+        os.set_blocking(err_r, False)
+        rank.pmi, rank.out_fd, rank.err_fd, rank.stdin_fd = ours, out_r, err_r, in_w
+        rank.pidfd = os.pidfd_open(rank.pid)
+
+    def _catch_signals(self) -> None:
+        # The handler notes the signal; the wake-up pipe ends the poll.
+        self._sig_r, self._sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        _signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
+        for sig in SIGNALS:
+            _signal.signal(sig, _note)
+
+    # ------------------------------------------------------------------ watch
+    def watch(self) -> int | None:
+        """Serve the ranks until they all ended well (0), or the full path must go on (None)."""
+        if any(r.failure for r in self.ranks):
+            self.reason = "a rank could not start"
+            return None
+        poll = self._poll
+        # fd -> (what, rank): STDOUT, STDERR, _PMI or _EXIT (the pidfd).
+        table: dict[int, tuple[int, QuickRank]] = {}
+        for r in self.ranks:
+            assert r.pmi is not None
+            for what, fd in ((STDOUT, r.out_fd), (STDERR, r.err_fd), (_PMI, r.pmi.fileno()),
+                             (_EXIT, r.pidfd)):
+                table[fd] = (what, r)
+                poll.register(fd, select.POLLIN)
+        poll.register(self._sig_r, select.POLLIN)
+        if self._stdin is not None:
+            poll.register(self._stdin, select.POLLIN)
+        deadline = None if self.opts.timeout is None else self.t0 + self.opts.timeout
+        running = len(self.ranks)
+        while running or any(r.out_fd >= 0 or r.err_fd >= 0 for r in self.ranks):
+            wait = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            events = poll.poll(wait)
+            if not events and deadline is not None and time.monotonic() >= deadline:
+                self.reason = "timeout"
+                return None
+            for fd, _mask in events:
+                if fd == self._sig_r:
+                    self.reason = "a signal"
+                    return None
+                if fd == self._stdin:
+                    self.reason = "stdin"
+                    return None
+                what, r = table[fd]
+                if what in (STDOUT, STDERR):
+                    self._read(r, what)
+                elif what == _PMI:
+                    assert r.pmi is not None
+                    try:
+                        data = r.pmi.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        continue
+                    if data:
+                        self.reason = f"rank {r.rank} speaks PMI"
+                        return None
+                    poll.unregister(fd)  # closed without a word: not an MPI program
+                elif r.pidfd >= 0:
+                    ended = self._ended(r)
+                    if ended is None:
+                        continue
+                    if not ended:
+                        self.reason = f"rank {r.rank} failed"
+                        return None
+                    running -= 1
+                    if r.out_fd >= 0 or r.err_fd >= 0:
+                        self.reason = f"rank {r.rank} left its output open"
+                        return None
+        return 0
+
+    def _read(self, r: QuickRank, stream: int) -> int:
+        """Pass on what the rank wrote: 1 if there was data, 0 at EOF (the pipe is closed
+        then), -1 if there is none yet."""
+        fd = r.out_fd if stream == STDOUT else r.err_fd
+        if fd < 0:
+            return 0
+        buf = r.out if stream == STDOUT else r.err
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return -1
+        except OSError:
+            data = b""
+        lines = buf.feed(data) if data else buf.flush()
+        if lines:
+            self._writer.write(r.rank, stream, lines)
+        if data:
+            return 1
+        self._poll.unregister(fd)
+        os.close(fd)
+        if stream == STDOUT:
+            r.out_fd = -1
+        else:
+            r.err_fd = -1
+        return 0
+
+    def _ended(self, r: QuickRank) -> bool | None:
+        """A rank's exit, noted without reaping it (the agent may still need to see it):
+        None if it still runs, False if it failed."""
+        info = os.waitid(os.P_PID, r.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if info is None:
+            return None
+        if info.si_code != os.CLD_EXITED or info.si_status != 0:
+            return False
+        self._poll.unregister(r.pidfd)
+        os.close(r.pidfd)
+        r.pidfd = -1
+        # Its ends of the pipes closed before it became a zombie: what is left is there.
+        for stream in (STDOUT, STDERR):
+            while self._read(r, stream) > 0:
+                pass
+        return True
+
+    # ------------------------------------------------------------------ end
+    def finish(self) -> None:
+        """Every rank ended well: reap them, let the guardian go, remove the job's files."""
+        for r in self.ranks:
+            os.waitpid(r.pid, 0)
+            if r.pmi is not None:
+                r.pmi.close()
+            if r.stdin_fd >= 0:
+                os.close(r.stdin_fd)
+        if self.guardian is not None:
+            self.guardian.release()
+        self._remove_xml()
+
+    def handover(self) -> None:
+        """Stop watching: the full path takes over (pm.cli.take_over)."""
+        for r in self.ranks:
+            if r.pidfd >= 0:
+                os.close(r.pidfd)
+                r.pidfd = -1
+        # Signals are still noted (until the event loop installs its handlers); the event
+        # loop brings its own wake-up fd.
+        _signal.set_wakeup_fd(-1)
+        for fd in (self._sig_r, self._sig_w):
+            if fd >= 0:
+                os.close(fd)
+        self._sig_r = self._sig_w = -1
+
+    @staticmethod
+    def pending_signals() -> list[int]:
+        """The signals pmrun got since the last call, oldest first."""
+        got = _signals[:]
+        del _signals[:len(got)]
+        return got
+
+    def _remove_xml(self) -> None:
+        if self.xml_path:
+            topo_share.remove_job_xml(self.xml_path)
+            self.xml_path = None
+
+
+#: Signals pmrun got and has not acted on yet (see QuickStart.pending_signals).
+_signals: list[int] = []
+
+
+def _note(signum: int, frame: object) -> None:
+    _signals.append(signum)
+
+
+def main() -> int:
+    """``pmrun``: the quick path when it applies (see the module docstring), else ``pm.cli``."""
+    argv = sys.argv[1:]
+    opts = parse(argv, os.environ)
+    job = None
+    if opts is not None:
+        gc.disable()  # start-up allocates nothing worth collecting
+        job = QuickStart(opts, argv)
+        if not job.start():
+            job = None
+    if job is None:
+        from pm.cli import main as full
+
+        return full()
+    code = job.watch()
+    if code is None:
+        job.handover()
+        from pm.cli import take_over
+
+        code = take_over(job)
+    else:
+        job.finish()
+    os._exit(code)

@@ -1,0 +1,19 @@
+# The part of CPython's _signal (the C module behind signal.py) pmrun uses where
+# importing signal.py would cost its enum and functools imports (pm.quick).
+from collections.abc import Callable
+from types import FrameType
+
+SIGHUP: int
+SIGINT: int
+SIGKILL: int
+SIGPIPE: int
+SIGTERM: int
+SIGUSR1: int
+SIGUSR2: int
+SIG_DFL: int
+SIG_IGN: int
+
+_Handler = Callable[[int, FrameType | None], object] | int | None
+
+def signal(signalnum: int, handler: _Handler, /) -> _Handler: ...
+def set_wakeup_fd(fd: int, /, *, warn_on_full_buffer: bool = ...) -> int: ...
