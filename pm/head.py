@@ -192,6 +192,9 @@ class JobRun:
                 from pm.profile import mark_joined
 
                 mark_joined(agent, children.joined)
+        if self.stdin_fd is None and isinstance(self._stdin_dst, int):
+            # Nothing to forward: rank 0 reads EOF at once, as from /dev/null.
+            self.agent.from_tree(t.Stdin(self._stdin_dst, b"", True))
         self._start_stdin()
         log.info("job %s: %d ranks on %d nodes, fanout %d", plan.job_id, plan.size,
                  len(plan.hosts), plan.fanout)

@@ -1,0 +1,218 @@
+"""pmrun's quick path (pm.quick): one-node jobs start before asyncio is imported, and the
+full path takes the running ranks over when they need it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from launch_util import (
+    cmdline,
+    pids_with,
+    pmrun_argv,
+    pmrun_env,
+    read_lines,
+    script,
+    wait_gone,
+    wait_until,
+)
+
+from pm.cli import parse as full_parse
+from pm.quick import parse as quick_parse
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def imported(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, set[str]]:
+    """Exit status and the modules a pmrun command line imported (``-X importtime``)."""
+    p = subprocess.run([sys.executable, "-X", "importtime", *argv[1:]], env=env, cwd=cwd,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    mods = {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+    return p.returncode, mods
+
+
+def test_a_job_that_never_speaks_pmi_ends_without_asyncio(tmp_path: Path) -> None:
+    env = pmrun_env()
+    # The first job on a machine may discover and cache the topology (the full path).
+    first = subprocess.run(pmrun_argv("-n", "1", "true"), env=env, cwd=tmp_path,
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    code, mods = imported(pmrun_argv("-n", "4", "true"), env, tmp_path)
+    assert code == 0
+    assert "pm.quick" in mods and "asyncio" not in mods and "pm.agent.node" not in mods
+    # The same job with the quick path off goes through the agent (the check can fail).
+    code, mods = imported(pmrun_argv("-n", "4", "true"), {**env, "PM_QUICK": "0"}, tmp_path)
+    assert code == 0 and "asyncio" in mods and "pm.agent.node" in mods
+
+
+ENV_DUMP = """
+    import json, os
+    print(json.dumps(dict(os.environ)), flush=True)
+"""
+
+
+def test_ranks_get_the_same_environment_either_way(pmrun: Run, tmp_path: Path) -> None:
+    prog = script(tmp_path, "env.py", ENV_DUMP)
+    args = ("-n", "3", "-l", "-genv", "FOO", "g", "-env", "BAR", "a", "-wdir", str(tmp_path),
+            "python", str(prog))
+    got = []
+    for extra in ({}, {"PM_QUICK": "0"}):
+        r = pmrun(*args, env={"PM_QUICK": "1", **extra, "SOME_USER_VAR": "x"})
+        assert r.returncode == 0, r.stderr
+        envs = {}
+        for line in r.stdout.splitlines():
+            label, _, text = line.partition(" ")
+            env = json.loads(text)
+            assert env["FOO"] == "g" and env["BAR"] == "a" and env["SOME_USER_VAR"] == "x"
+            xml = env.pop("HWLOC_XMLFILE", None)  # a copy per job: the path differs
+            assert xml is None or Path(xml).name.startswith("pm-topo-")
+            del env["PM_QUICK"]
+            envs[label] = env
+        got.append(envs)
+    quick, full = got
+    assert sorted(quick) == ["[0]", "[1]", "[2]"]
+    assert quick == full
+
+
+PART_THEN_PMI = """
+    import os, sys, time
+    sys.stdout.write("part-")
+    sys.stdout.flush()
+    time.sleep(0.2)  # the quick path reads the partial line before the rank speaks PMI
+    from pm.client import sync
+    pmi = sync.connect()
+    pmi.put("k", os.environ["PMI_RANK"])
+    pmi.fence()
+    print("rest", pmi.get("k", rank=(pmi.rank + 1) % pmi.size).decode(), flush=True)
+    pmi.finalize()
+"""
+
+
+def test_a_partial_line_survives_the_take_over(pmrun: Run, tmp_path: Path) -> None:
+    prog = script(tmp_path, "part.py", PART_THEN_PMI)
+    r = pmrun("-n", "3", "-l", "python", str(prog))
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == [f"[{i}] part-rest {(i + 1) % 3}" for i in range(3)]
+
+
+def test_output_held_open_by_a_grandchild(pmrun: Run, marker: str) -> None:
+    # The rank exits at once; a background process it left keeps its stdout open.
+    t0 = time.monotonic()
+    r = pmrun("-n", "2", "sh", "-c",
+              f"python -c 'import time; time.sleep(30)' {marker} & echo hi")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["hi", "hi"]
+    assert time.monotonic() - t0 < 20  # the job does not wait for the grandchild
+    wait_gone(marker, 10)  # the guardian took it along with the job
+
+
+def test_nothing_is_left_in_the_temporary_directory(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = pmrun_env({"TMPDIR": str(tmp)})
+    for _ in range(2):  # the first discovers the topology (full path), the second is quick
+        code, mods = imported(pmrun_argv("-n", "2", "true"), env, tmp_path)
+        assert code == 0
+    assert "asyncio" not in mods
+    left = sorted(p.name for p in tmp.iterdir())
+    assert left == [f"pmrun-{os.getuid()}"], left  # the topology cache only
+
+
+QUICK_CASES = [
+    ["-n", "4", "true"],
+    ["-np", "2", "-l", "echo", "a", "-n", "5"],
+    ["--np=3", "--label", "x"],
+    ["-genv", "A", "1", "-env", "B", "2", "-genvall", "prog", ":x"],
+    ["--timeout", "2.5", "-n", "1", "prog"],
+    ["--timeout=7", "-prepend-rank", "prog"],
+]
+FULL_CASES = [
+    ["-n", "2", "a", ":", "-n", "1", "b"],  # MPMD
+    ["--local-nodes", "2", "-n", "2", "true"],
+    ["-hosts", "a,b", "true"],
+    ["-n", "0", "true"],
+    ["-n", "x", "true"],
+    ["--timeout", "0", "true"],
+    ["-v", "true"],
+    ["--profile", "p.json", "true"],
+    ["-genvnone", "true"],
+    ["-n", "2"],
+    ["-n"],
+    ["--help"],
+    ["-wdir", "/no/such/dir", "true"],
+]
+
+
+@pytest.mark.parametrize("argv", QUICK_CASES)
+def test_quick_options_mean_what_the_full_parser_says(argv: list[str]) -> None:
+    q = quick_parse(argv, {})
+    assert q is not None
+    spec = full_parse(argv).spec
+    (app,) = spec.apps
+    assert (q.n, q.argv, q.genv, q.app_env, q.wdir, q.label, q.timeout) == (
+        app.n, app.argv, spec.genv, app.env, app.wdir, spec.label, spec.timeout)
+
+
+@pytest.mark.parametrize("argv", FULL_CASES)
+def test_everything_else_is_left_to_the_full_parser(argv: list[str]) -> None:
+    assert quick_parse(argv, {}) is None
+
+
+def test_environment_that_sends_a_job_to_the_full_path() -> None:
+    assert quick_parse(["true"], {"PM_QUICK": "0"}) is None
+    assert quick_parse(["true"], {"SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "n1"}) is None
+    assert quick_parse(["true"], {"MPIEXEC_TIMEOUT": "nope"}) is None
+    q = quick_parse(["true"], {"MPIEXEC_TIMEOUT": "9"})
+    assert q is not None and q.timeout == 9.0
+
+
+Start = Callable[..., subprocess.Popen[bytes]]
+
+SLEEPY = """
+    import os, signal, sys, time
+    if sys.argv[1] == "stubborn":  # a rank busy in a long computation ignores Ctrl-C
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print("up", os.environ["PMI_RANK"], flush=True)
+    time.sleep(300)
+"""
+
+
+def test_kill9_of_pmrun_before_any_pmi_leaves_nothing(pmrun_popen: Start, tmp_path: Path,
+                                                      marker: str) -> None:
+    prog = script(tmp_path, "sleepy.py", SLEEPY)
+    p = pmrun_popen("-n", "3", "python", str(prog), "plain", marker)
+    assert p.stdout is not None
+    read_lines(p.stdout, 3, 30)
+    ranks = [pid for pid in pids_with(marker) if pid != p.pid]
+    assert len(ranks) == 3
+    (guardian,) = {os.getpgid(pid) for pid in ranks}
+    assert (cmdline(guardian) or [""])[0] == "pm-guardian"
+    p.kill()
+    p.wait(10)
+    wait_gone(marker, 10)
+    wait_until(lambda: cmdline(guardian) is None, 10, "the guardian to end")
+
+
+def test_second_ctrl_c_before_any_pmi_kills_at_once(pmrun_popen: Start, tmp_path: Path,
+                                                    marker: str) -> None:
+    prog = script(tmp_path, "sleepy.py", SLEEPY)
+    p = pmrun_popen("-n", "2", "python", str(prog), "stubborn", marker)
+    assert p.stdout is not None and p.stderr is not None
+    read_lines(p.stdout, 2, 30)
+    p.send_signal(signal.SIGINT)  # arrives in the quick path: the full path forwards it
+    assert b"forwarding SIGINT" in read_lines(p.stderr, 1, 20)[0]
+    p.send_signal(signal.SIGINT)
+    _out, err = p.communicate(timeout=20)
+    assert p.returncode == 128 + signal.SIGINT, err
+    assert b"interrupted twice" in err
+    wait_gone(marker, 10)
