@@ -123,3 +123,12 @@ def test_sigterm_to_pmrun_is_forwarded(pmrun_popen: Start, tmp_path: Path,
     assert p.returncode == 128 + signal.SIGTERM, err
     assert re.search(r"rank \d \(node 0, [^)]*\) killed by SIGTERM", err.decode()), err
     wait_gone(marker, 10)
+
+
+@pytest.mark.parametrize("opts", [["--local-nodes", "2"], ["-genv", "X", "1"]])
+def test_rank_0_reads_eof_when_pmrun_has_no_stdin(pmrun: Run, opts: list[str]) -> None:
+    # stdin is /dev/null here: `cat` on rank 0 must end, not wait for ever.
+    r = pmrun("-n", "2", *opts, "-l", "sh", "-c", "cat; echo done", env={"PM_QUICK": "0"},
+              timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["[0] done", "[1] done"]
