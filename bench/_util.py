@@ -18,6 +18,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -73,6 +74,43 @@ def tool(name: str) -> str:
 def pmrun() -> list[str]:
     """argv prefix that runs pmrun as a user would."""
     return [tool("pmrun")]
+
+
+def release_install() -> Path:
+    """This checkout installed the way the README installs it (``pip install .``, not
+    editable) into its own venv, ``bench/out/release``; its ``python``.
+
+    Start-up benchmarks run pmrun from here: an editable install adds its import
+    finder to every start (about 10 ms), which no user's install has.  The
+    dependencies (uvloop, msgpack, pyzmq, cffi) are this interpreter's, through a
+    ``.pth`` line; only pmrun is rebuilt, each time, from the checkout.
+    """
+    venv = ROOT / "bench" / "out" / "release"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True, capture_output=True, text=True).stdout.strip()
+    import sysconfig
+
+    Path(purelib, "pmrun_bench_deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        # A copy of what the package is made of: building in the checkout would leave
+        # build/ and *.egg-info there.
+        src = Path(tmp) / "src"
+        for name in ("pyproject.toml", "README.md", "pm", "agent", "client", "proto",
+                     "scripts"):
+            if (ROOT / name).is_dir():
+                shutil.copytree(ROOT / name, src / name,
+                                ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                src.mkdir(exist_ok=True)
+                shutil.copy2(ROOT / name, src / name)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps",
+                        "--force-reinstall", str(src)], check=True, cwd=tmp,
+                       env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    return python
 
 
 def build_c(src: Path, out: Path, *, mpi: bool = True, extra: Sequence[str] = ()) -> Path:

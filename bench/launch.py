@@ -14,10 +14,12 @@
    from ``python -X importtime``, which of them cost most), and the run
    itself (plan, spawn, wait, teardown).
 
-pmrun runs from cached bytecode, as an installed package does: the launches
-get ``PYTHONPYCACHEPREFIX=bench/out/pycache`` and never
-``PYTHONDONTWRITEBYTECODE`` (without a bytecode cache every start compiles
-pmrun's modules; section 3 shows what that costs).
+pmrun runs as a user's install runs it: built from the checkout with ``pip
+install .`` into ``bench/out/release`` (not editable: an editable install's
+import finder adds about 10 ms to every start), from its bytecode, without
+``PYTHONDONTWRITEBYTECODE``.  Its quick path (``pm.quick``) starts every job
+of the table; the MPI hello's ranks then speak PMI and the full path takes
+them over.  ``PM_QUICK=0`` (the full path from the start) runs beside it.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from bench._util import (
     interleaved,
     machine,
     median_range,
-    pmrun,
+    release_install,
     tool,
     write_section,
 )
@@ -49,18 +51,32 @@ from bench._util import (
 OUT = ROOT / "bench" / "out"
 HELLO_LINE = re.compile(r"hello from (\d+) ranks, max MPI_Init ([\d.]+) ms")
 IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
-#: What pmrun imports on its way to the first spawn (pm.cli's lazy imports included).
-PMRUN_IMPORTS = "import pm.cli, pm.head, pm.agent.topo_share, uvloop"
+#: What the quick path imports before it spawns; what the full path imports (pm.cli's lazy
+#: imports included) when a rank first speaks PMI, or from the start with PM_QUICK=0.
+QUICK_IMPORTS = "import pm.quick"
+FULL_IMPORTS = "import pm.cli, pm.head, pm.agent.topo_share, uvloop"
+#: The release install's python (release_install), set by main().
+_PYTHON: list[Path] = []
+
+
+def python() -> str:
+    """The interpreter of the release install (bench/out/release)."""
+    return str(_PYTHON[0])
+
+
+def pmrun() -> list[str]:
+    """argv prefix of the release install's ``pmrun`` script."""
+    return [str(_PYTHON[0].parent / "pmrun")]
 
 #: (program, N) -> the largest pmrun/Hydra ratio that meets the target.
 TARGETS = {("true", 16): 2.0, ("true", 64): 2.0, ("hello", 16): 1.2, ("hello", 64): 1.05}
 
 
 def launch_env() -> dict[str, str]:
-    """The environment of every launch: pmrun's bytecode cached under bench/out/."""
+    """The environment of every launch: ours, bytecode allowed (pip compiled pmrun's)."""
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(OUT / "pycache")
+    env.pop("PM_QUICK", None)
     return env
 
 
@@ -106,12 +122,13 @@ def launch_table(progs: dict[str, str], sizes: Sequence[int], runs: int
         for n in sizes:
             argvs = {
                 "pmrun": [*pmrun(), "-n", str(n), prog],
+                "pmrun-full": [*pmrun(), "-n", str(n), prog],
                 "hydra": [tool("mpiexec"), "-n", str(n), prog],
                 "fork+exec": floor_argv(prog, n),
             }
-
             def one(argv: list[str], key: tuple[str, int, str]) -> Callable[[], float]:
-                return lambda: run_once(argv, env, sink=inits[key])
+                env_k = {**env, "PM_QUICK": "0"} if key[2] == "pmrun-full" else env
+                return lambda: run_once(argv, env_k, sink=inits[key])
 
             got = interleaved({k: one(a, (name, n, k)) for k, a in argvs.items()}, runs)
             for k, xs in got.items():
@@ -121,6 +138,11 @@ def launch_table(progs: dict[str, str], sizes: Sequence[int], runs: int
             print(f"{name} N={n}: " + ", ".join(
                 f"{k} {statistics.median(xs):.3f}" for k, xs in got.items()), flush=True)
     return walls, inits
+
+
+WHO = ("pmrun", "pmrun-full", "hydra", "fork+exec")
+LABELS = {"pmrun": "pmrun", "pmrun-full": "pmrun, quick path off (`PM_QUICK=0`)",
+          "hydra": "Hydra (`mpiexec`)", "fork+exec": "fork+exec (no launcher)"}
 
 
 def ratio(walls: Mapping[tuple[str, int, str], list[float]], name: str, n: int) -> float:
@@ -136,9 +158,8 @@ def launch_section(walls: Mapping[tuple[str, int, str], list[float]],
     lines = [f"Whole launch, wall seconds, median (min\u2013max) of {runs} interleaved runs "
              "after one warm-up round.", "", head, rule]
     for name in progs:
-        for who in ("pmrun", "hydra", "fork+exec"):
-            label = {"hydra": "Hydra (`mpiexec`)", "fork+exec": "fork+exec (no launcher)"
-                     }.get(who, "pmrun")
+        for who in WHO:
+            label = LABELS[who]
             lines.append(f"| {name} | {label} | " + " | ".join(
                 median_range(walls[(name, n, who)]) for n in sizes) + " |")
         lines.append(f"| {name} | **pmrun / Hydra** | " + " | ".join(
@@ -147,10 +168,10 @@ def launch_section(walls: Mapping[tuple[str, int, str], list[float]],
         lines += ["", "The hello's own figure, max `MPI_Init` over ranks (ms), median:", "",
                   "| launcher | " + " | ".join(f"N={n}" for n in sizes) + " |",
                   "|---|" + "---|" * len(sizes)]
-        for who in ("pmrun", "hydra", "fork+exec"):
+        for who in WHO:
             cells = [f"{statistics.median(xs):.1f}" if (xs := inits.get(("hello", n, who)))
                      else "-" for n in sizes]
-            lines.append(f"| {who} | " + " | ".join(cells) + " |")
+            lines.append(f"| {LABELS[who]} | " + " | ".join(cells) + " |")
         lines.append("")
         lines.append("(fork+exec runs the hello as N independent singletons: no PMI, no "
                      "shared-memory wire-up between them, so it is a floor, not a peer.)")
@@ -286,13 +307,14 @@ def memory_section(hello: str, per_node: int) -> str:
 
 # ---------------------------------------------------------------- 3. start-up breakdown
 def import_groups(env: Mapping[str, str], runs: int) -> list[tuple[str, float]]:
-    """``python -X importtime`` of a 1-rank pmrun: self time per module (min over runs),
-    summed into groups by the outermost module of interest on its import chain."""
+    """``python -X importtime`` of a 1-rank pmrun on the full path: self time per module
+    (min over runs), summed into groups by the outermost module of interest on its import
+    chain."""
     best: dict[str, int] = {}
     parents: dict[str, str | None] = {}
     for _ in range(runs):
-        p = subprocess.run([sys.executable, "-X", "importtime", "-m", "pm.cli", "-n", "1",
-                            "true"], env=dict(env), capture_output=True, text=True,
+        p = subprocess.run([python(), "-X", "importtime", *pmrun(), "-n", "1", "true"],
+                           env={**env, "PM_QUICK": "0"}, capture_output=True, text=True,
                            cwd=tempfile.gettempdir(), check=True)
         # importtime prints a module after its imports, indented one step deeper: a line
         # is the parent of the deeper lines just before it.
@@ -315,11 +337,10 @@ def import_groups(env: Mapping[str, str], runs: int) -> list[tuple[str, float]]:
             chain.append(up)
         for mod in reversed(chain):  # outermost first
             if mod == "site":
-                return "site (this venv's .pth files: the editable-install finder)"
-            if mod in ("asyncio", "ssl", "_ssl") or mod.startswith("asyncio."):
-                return "asyncio (with ssl, which it imports)"
-            if mod == "uvloop" or mod.startswith("uvloop."):
-                return "uvloop"
+                return "site (the venv's .pth files)"
+            if mod in ("asyncio", "ssl", "_ssl", "uvloop") or mod.startswith(
+                    ("asyncio.", "uvloop.")):
+                return "asyncio and uvloop (with ssl, which asyncio imports)"
             if mod in ("msgpack", "zmq") or mod.startswith(("msgpack.", "zmq.")):
                 return "msgpack / zmq"
         if name == "pm" or name.startswith("pm."):
@@ -335,24 +356,26 @@ def import_groups(env: Mapping[str, str], runs: int) -> list[tuple[str, float]]:
 
 def breakdown_section(runs: int) -> str:
     env = launch_env()
-    py = sys.executable
+    py = python()
+    full = {**env, "PM_QUICK": "0"}
     cases = {
-        "bare": [py, "-I", "-S", "-c", "pass"],
-        "python": [py, "-c", "pass"],
-        # pmrun ends with os._exit (no interpreter teardown): so does this.
-        "imports": [py, "-c", PMRUN_IMPORTS + ", os; os._exit(0)"],
-        "pmrun1": [*pmrun(), "-n", "1", "true"],
-        "pmrun1-nocache": [*pmrun(), "-n", "1", "true"],
-        "pmrun64": [*pmrun(), "-n", "64", "true"],
-        "hydra1": [tool("mpiexec"), "-n", "1", "true"],
-        "hydra64": [tool("mpiexec"), "-n", "64", "true"],
+        "bare": ([py, "-I", "-S", "-c", "pass"], env),
+        "python": ([py, "-c", "pass"], env),
+        # pmrun ends with os._exit (no interpreter teardown): so do these.
+        "quick-imports": ([py, "-c", QUICK_IMPORTS + ", os; os._exit(0)"], env),
+        "full-imports": ([py, "-c", FULL_IMPORTS + ", os; os._exit(0)"], env),
+        "pmrun1": ([*pmrun(), "-n", "1", "true"], env),
+        "pmrun1-full": ([*pmrun(), "-n", "1", "true"], full),
+        "pmrun1-nocache": ([*pmrun(), "-n", "1", "true"], no_cache_env()),
+        "pmrun64": ([*pmrun(), "-n", "64", "true"], env),
+        "hydra1": ([tool("mpiexec"), "-n", "1", "true"], env),
+        "hydra64": ([tool("mpiexec"), "-n", "64", "true"], env),
     }
-    envs = {k: (no_cache_env() if k.endswith("nocache") else env) for k in cases}
 
     def one(argv: list[str], env: dict[str, str]) -> Callable[[], float]:
         return lambda: run_once(argv, env)
 
-    got = interleaved({k: one(a, envs[k]) for k, a in cases.items()}, runs)
+    got = interleaved({k: one(*case) for k, case in cases.items()}, runs)
     # Least of the runs: each part is a cost that other load on the machine only adds to.
     ms = {k: min(v) * 1000 for k, v in got.items()}
     groups = import_groups(env, max(3, runs // 2))
@@ -363,18 +386,24 @@ def breakdown_section(runs: int) -> str:
         "runs, ms):",
         "", "| part | ms |", "|---|---|",
         f"| interpreter start and exit, bare (`python -I -S -c pass`) | {ms['bare']:.1f} |",
-        f"| + this venv's site (`python -c pass`) | {ms['python'] - ms['bare']:.1f} |",
-        f"| + imports (`{PMRUN_IMPORTS}`) | {ms['imports'] - ms['python']:.1f} |",
-        f"| + the run: plan, guardian, spawn, wait, teardown | "
-        f"{ms['pmrun1'] - ms['imports']:.1f} |",
+        f"| + the venv's site (`python -c pass`) | {ms['python'] - ms['bare']:.1f} |",
+        f"| + the quick path's imports (`{QUICK_IMPORTS}`) | "
+        f"{ms['quick-imports'] - ms['python']:.1f} |",
+        f"| + the run: guardian, spawn, wait, teardown | "
+        f"{ms['pmrun1'] - ms['quick-imports']:.1f} |",
         f"| = `pmrun -n 1 true` | {ms['pmrun1']:.1f} |",
-        f"| (the same without a bytecode cache) | {ms['pmrun1-nocache']:.1f} |",
         f"| Hydra `mpiexec -n 1 true` | {ms['hydra1']:.1f} |",
+        f"| what the full path imports (`{FULL_IMPORTS}`), paid when a rank first "
+        f"speaks PMI | {ms['full-imports'] - ms['python']:.1f} |",
+        f"| `pmrun -n 1 true` on the full path from the start (`PM_QUICK=0`) | "
+        f"{ms['pmrun1-full']:.1f} |",
+        f"| `pmrun -n 1 true` without a bytecode cache | {ms['pmrun1-nocache']:.1f} |",
         "",
         f"Each further rank (N=1 -> 64): pmrun {per_rank:.2f} ms, Hydra {per_rank_hy:.2f} ms.",
         "",
-        "Imports by group (`python -X importtime -m pm.cli -n 1 true`, self time per module, "
-        "least of several runs; importtime's own overhead inflates them):",
+        "The full path's imports by group (`python -X importtime pmrun -n 1 true` with "
+        "`PM_QUICK=0`, self time per module, least of several runs; importtime's own overhead "
+        "inflates them):",
         "", "| group | ms |", "|---|---|",
     ]
     lines += [f"| {g} | {v:.1f} |" for g, v in groups]
@@ -386,11 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short run to check that it works")
     args = ap.parse_args(argv)
     hello = str(build_c(ROOT / "tests" / "c" / "hello.c", OUT / "hello"))
+    _PYTHON[:] = [release_install()]
     if args.quick:
         sizes, runs, per_node = [1, 16], 3, 8
     else:
         sizes, runs, per_node = [1, 16, 64], 7, 64
-    # Warm the bytecode cache so that no measured run compiles.
+    # The first job on a machine discovers and caches the topology: not a measured one.
     run_once([*pmrun(), "-n", "1", "true"], launch_env())
     progs = {"true": "true", "hello": hello}
     load0 = os.getloadavg()[0]
@@ -399,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     parts = [
         "## Launch: pmrun against Hydra",
         "",
-        f"{machine()}. MPICH wheel's Hydra `mpiexec` and pmrun from the same venv; one node; "
+        f"{machine()}. MPICH wheel's Hydra `mpiexec`, and pmrun installed from the checkout "
+        "with `pip install .` (bench/out/release); one node; "
         "`python -m bench.launch`" + (" --quick" if args.quick else "") + f". Load average "
         f"{load0:.1f} before and {load1:.1f} after the launch table (2 cores: anything above "
         "2 means other work shared the machine, which stretches pmrun's larger CPU share "
