@@ -306,8 +306,8 @@ class JobAgent:
                 self._spawn_failed(proc, r.failure)
                 continue
             proc.pid = r.pid
-            self._attach(proc, socket.socket(fileno=r.pmi_fd), r.out_fd, r.err_fd, r.stdin_fd,
-                         (r.out, r.err))
+            sock = socket.socket(fileno=r.take_pmi_fd())
+            self._attach(proc, sock, r.out_fd, r.err_fd, r.stdin_fd, (r.out, r.err))
         self.mark("ranks spawned")
 
     def _on_exit(self, proc: RankProc, fut: asyncio.Future[ExitStatus]) -> None:

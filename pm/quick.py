@@ -160,11 +160,11 @@ class QuickRank:
         self.out = LineBuffer()
         self.err = LineBuffer()
 
-    @property
-    def pmi_fd(self) -> int:
-        """Our end of the rank's PMI socket (ours no more once taken)."""
+    def take_pmi_fd(self) -> int:
+        """Our end of the rank's PMI socket, for the agent (ours no more)."""
         assert self.pmi is not None
-        return self.pmi.detach()
+        fd, self.pmi = self.pmi.detach(), None
+        return fd
 
 
 class QuickStart:
@@ -179,8 +179,6 @@ class QuickStart:
         self.ranks = [QuickRank(r) for r in range(opts.n)]
         self.guardian: Guardian | None = None
         self.xml_path: str | None = None
-        #: Why the full path takes over (for the debug log).
-        self.reason = ""
         self._writer = Writer(opts.label)
         self._sig_r = self._sig_w = -1
         self._stdin = stdin_for_job()
@@ -252,7 +250,6 @@ class QuickStart:
     def watch(self) -> int | None:
         """Serve the ranks until they all ended well (0), or the full path must go on (None)."""
         if any(r.failure for r in self.ranks):
-            self.reason = "a rank could not start"
             return None
         poll = self._poll
         # fd -> (what, rank): STDOUT, STDERR, _PMI or _EXIT (the pidfd).
@@ -269,18 +266,14 @@ class QuickStart:
         deadline = None if self.opts.timeout is None else self.t0 + self.opts.timeout
         running = len(self.ranks)
         while running or any(r.out_fd >= 0 or r.err_fd >= 0 for r in self.ranks):
-            wait = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            events = poll.poll(wait)
-            if not events and deadline is not None and time.monotonic() >= deadline:
-                self.reason = "timeout"
-                return None
-            for fd, _mask in events:
-                if fd == self._sig_r:
-                    self.reason = "a signal"
-                    return None
-                if fd == self._stdin:
-                    self.reason = "stdin"
-                    return None
+            wait = -1
+            if deadline is not None:
+                wait = int((deadline - time.monotonic()) * 1000)
+                if wait <= 0:
+                    return None  # --timeout: the full path ends the job and says so
+            for fd, _mask in poll.poll(wait):
+                if fd in (self._sig_r, self._stdin):
+                    return None  # a signal to forward, or data for rank 0
                 what, r = table[fd]
                 if what in (STDOUT, STDERR):
                     self._read(r, what)
@@ -291,20 +284,17 @@ class QuickStart:
                     except BlockingIOError:
                         continue
                     if data:
-                        self.reason = f"rank {r.rank} speaks PMI"
-                        return None
+                        return None  # an MPI rank: the agent serves it from its first byte
                     poll.unregister(fd)  # closed without a word: not an MPI program
                 elif r.pidfd >= 0:
                     ended = self._ended(r)
                     if ended is None:
                         continue
                     if not ended:
-                        self.reason = f"rank {r.rank} failed"
-                        return None
+                        return None  # the full path names the failure and ends the job
                     running -= 1
                     if r.out_fd >= 0 or r.err_fd >= 0:
-                        self.reason = f"rank {r.rank} left its output open"
-                        return None
+                        return None  # something it started holds its output open
         return 0
 
     def _read(self, r: QuickRank, stream: int) -> int:

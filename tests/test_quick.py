@@ -216,3 +216,11 @@ def test_second_ctrl_c_before_any_pmi_kills_at_once(pmrun_popen: Start, tmp_path
     assert p.returncode == 128 + signal.SIGINT, err
     assert b"interrupted twice" in err
     wait_gone(marker, 10)
+
+
+def test_timeout_ends_a_job_that_never_stops_printing(pmrun: Run) -> None:
+    t0 = time.monotonic()
+    r = pmrun("--timeout", "1", "-n", "2", "sh", "-c", "while :; do echo x; done", timeout=30)
+    assert r.returncode == 124, r.stderr[-500:]
+    assert "timed out after 1 s" in r.stderr
+    assert time.monotonic() - t0 < 15
