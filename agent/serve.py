@@ -15,12 +15,20 @@ A service running as root starts the job's agents (and so its ranks) as that
 user (uid, gid, supplementary groups); it refuses to run them as root unless
 ``allow_root = true``.  A service running as another user can only run jobs
 as itself, and refuses keys bound to anybody else.
+
+What job agents inherit: not the service's environment (whatever systemd or
+the administrator gave the service), but a small fixed one made from the
+user's passwd entry and the configuration (:func:`agent_env`).  Ranks never
+see even that: their environment is the one the head sends in the job plan,
+the user's own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
+import importlib.util
 import json
 import logging
 import os
@@ -28,6 +36,7 @@ import pwd
 import signal
 import sys
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +55,14 @@ DEFAULT_PORT = 7300
 START_TIMEOUT = 30.0
 #: Seconds a job's agents get to leave after their job ended before they are killed.
 END_GRACE = 10.0
+#: PATH of job agents unless the configuration sets ``path``: systemd's default for
+#: services, whatever the service's own PATH is.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: What a job agent's environment always has; ``pass_env`` cannot replace these.
+FIXED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "PYTHONPATH")
+#: Top-level modules a job agent imports: a PYTHONPATH entry of the service's
+#: that one of them comes from is passed on (:func:`agent_pythonpath`).
+_AGENT_IMPORTS = ("pm", "zmq", "msgpack", "uvloop", "cffi")
 _ZAP = "inproc://zeromq.zap.01"
 
 
@@ -130,6 +147,8 @@ class ServiceConfig:
     ports: tuple[int, int] | None = None  # range of the job agents' ports
     max_agents: int = 256
     python: str = field(default_factory=lambda: sys.executable)
+    path: str = DEFAULT_PATH             # PATH of job agents
+    pass_env: tuple[str, ...] = ()       # service variables (names, globs) job agents get
 
 
 def endpoint(listen: str) -> str:
@@ -171,6 +190,16 @@ def load_config(path: str | None, listen: str | None = None) -> ServiceConfig:
                               or not all(isinstance(p, int) and 0 < p < 65536 for p in ports)
                               or ports[0] > ports[1]):
         raise KeyFileError(f"config {path}: ports must be [LOW, HIGH]")
+    agent_path = data.get("path", DEFAULT_PATH)
+    if not isinstance(agent_path, str) or not agent_path:
+        raise KeyFileError(f"config {path}: path must be a PATH string (DIR:DIR...)")
+    pass_env = data.get("pass_env", [])
+    if not isinstance(pass_env, list) or not all(isinstance(n, str) and n for n in pass_env):
+        raise KeyFileError(f"config {path}: pass_env must be a list of variable names")
+    fixed = [n for n in pass_env if n in FIXED_ENV]
+    if fixed:
+        raise KeyFileError(f"config {path}: pass_env cannot pass {fixed[0]}: job agents "
+                           "always get their own (PATH: the path key)")
     cfg = ServiceConfig(
         listen=endpoint(listen or str(data.get("listen", f"0.0.0.0:{DEFAULT_PORT}"))),
         key=str(key if key.is_absolute() else base / key), clients=clients,
@@ -178,7 +207,8 @@ def load_config(path: str | None, listen: str | None = None) -> ServiceConfig:
         iface=str(data["iface"]) if data.get("iface") else None,
         ports=(int(ports[0]), int(ports[1])) if ports else None,
         max_agents=int(data.get("max_agents", 256)),
-        python=str(data.get("python", sys.executable)))
+        python=str(data.get("python", sys.executable)),
+        path=agent_path, pass_env=tuple(pass_env))
     if not cfg.clients:
         log.warning("config %s: no client keys in [clients]: every job will be refused", path)
     return cfg
@@ -187,9 +217,64 @@ def load_config(path: str | None, listen: str | None = None) -> ServiceConfig:
 # --------------------------------------------------------------------- the service
 
 
-def credentials(user: str, allow_root: bool, me: int | None = None) -> dict[str, Any]:
+def agent_pythonpath(environ: Mapping[str, str]) -> str | None:
+    """The entries of the service's PYTHONPATH (``environ``) that pmrun or a module it
+    needs is imported from, made absolute; ``None`` when there are none.
+
+    A job agent is ``PYTHON -P -m pm.agent.main child``: with pmrun installed in
+    the interpreter's environment it needs no PYTHONPATH, and then gets none.  A
+    service run from a source tree (``PYTHONPATH=/src/pmrun``) must hand that
+    entry on or its agents cannot import ``pm``; other entries stay the service's.
+    """
+    entries = [os.path.abspath(p) for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if not entries:
+        return None
+    origins: list[str] = []
+    for name in _AGENT_IMPORTS:
+        with contextlib.suppress(ImportError, ValueError):
+            spec = importlib.util.find_spec(name)
+            if spec is not None and spec.origin:
+                origins.append(os.path.realpath(spec.origin))
+    keep = [e for e in entries
+            if any(o.startswith(os.path.join(os.path.realpath(e), "")) for o in origins)]
+    return os.pathsep.join(dict.fromkeys(keep)) or None
+
+
+def agent_env(pw: pwd.struct_passwd, path: str = DEFAULT_PATH, pass_env: Sequence[str] = (),
+              environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a job agent for the user of ``pw`` starts with.
+
+    Minimal and explicit, as sshd and systemd make a session's: PATH (``path``),
+    HOME, USER, LOGNAME and SHELL from the passwd entry, PYTHONPATH only where
+    the agent needs it to import pmrun (:func:`agent_pythonpath`), and the
+    service's variables named in ``pass_env`` (names or globs such as ``LC_*``,
+    from ``environ``, the service's environment by default).  Nothing else of
+    the service's environment: what systemd or the administrator set for the
+    service is theirs, not the user's, and a root service must not hand it to
+    another user's processes.  The ranks do not get this environment at all:
+    theirs comes from the job plan (the user's own, ``-genv``, ``-envnone``...).
+    """
+    environ = os.environ if environ is None else environ
+    env = {k: v for k, v in environ.items()
+           if any(fnmatch.fnmatchcase(k, pattern) for pattern in pass_env)}
+    env.update(PATH=path, HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name,
+               SHELL=pw.pw_shell or "/bin/sh")
+    env.pop("PYTHONPATH", None)
+    pythonpath = agent_pythonpath(environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    return env
+
+
+def credentials(user: str, allow_root: bool, me: int | None = None, *,
+                path: str = DEFAULT_PATH, pass_env: Sequence[str] = (),
+                environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """How a service running as uid ``me`` starts a job agent for ``user`` (subprocess
-    keywords), or ``PermissionError`` saying why it may not (see the module docstring)."""
+    keywords), or ``PermissionError`` saying why it may not (see the module docstring).
+
+    The agent's environment is :func:`agent_env`'s (``path``, ``pass_env`` and
+    ``environ`` go there), never the service's own.
+    """
     me = os.geteuid() if me is None else me
     if not user:
         raise PermissionError("the client's key is bound to no user")
@@ -200,8 +285,7 @@ def credentials(user: str, allow_root: bool, me: int | None = None) -> dict[str,
     if pw.pw_uid == 0 and not allow_root:
         raise PermissionError("this service refuses to run jobs as root "
                               "(allow_root = true in its configuration)")
-    env = dict(os.environ)
-    env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+    env = agent_env(pw, path, pass_env, environ)
     if pw.pw_uid == me:
         return {"env": env, "cwd": pw.pw_dir if os.path.isdir(pw.pw_dir) else "/"}
     if me != 0:
@@ -209,8 +293,6 @@ def credentials(user: str, allow_root: bool, me: int | None = None) -> dict[str,
                               f"{user!r}")
     return {"env": env, "cwd": "/", "user": pw.pw_uid, "group": pw.pw_gid,
             "extra_groups": os.getgrouplist(pw.pw_name, pw.pw_gid)}
-
-
 
 
 @dataclass(slots=True)
@@ -355,7 +437,8 @@ class Service:
         if len(self.agents) >= self.cfg.max_agents:
             return failed(f"the service runs {self.cfg.max_agents} job agents already")
         try:
-            creds = credentials(user, self.cfg.allow_root)
+            creds = credentials(user, self.cfg.allow_root, path=self.cfg.path,
+                                pass_env=self.cfg.pass_env)
         except PermissionError as exc:
             return failed(str(exc))
         line = dict(cfg)

@@ -6,12 +6,15 @@ services list in their configuration.  Shown here: an MPICH job across the
 hosts with a two-level tree, a second job after a failed one on the same
 services, two jobs at once, a client whose key is not listed (and a
 connection that is not even ZeroMQ) refused and logged while the services
-keep serving, a job agent killed under a running job naming its node, and the
-refusal to run jobs as root unless the configuration allows it.
+keep serving, a job agent killed under a running job naming its node, the
+refusal to run jobs as root unless the configuration allows it, and the
+environments: the job agent's is the service's fixed one, not the service's
+own, and the ranks' is the user's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -28,7 +31,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from launch_util import mpi_missing, pmrun_argv, pmrun_env, script, wait_until
+from launch_util import REPO, mpi_missing, pmrun_argv, pmrun_env, script, wait_until
 from netns_util import NetnsHosts, netns_missing
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
@@ -108,7 +111,10 @@ class Services:
 
 
 def start_services(hosts: NetnsHosts, tmp: Path, allow_root: bool = True,
-                   user: str = "root") -> Services:
+                   user: str = "root", env: dict[str, str] | None = None,
+                   config: str = "") -> Services:
+    """One service per namespace host; ``env``: variables added to the services'
+    environment, ``config``: lines added to their configuration (before [clients])."""
     keygen(tmp / "server")
     keygen(tmp / "client")
     svc = Services(hosts, tmp)
@@ -118,13 +124,13 @@ def start_services(hosts: NetnsHosts, tmp: Path, allow_root: bool = True,
         cfg.write_text(f'listen = "{hosts.addr(i)}:{PORT}"\nkey = "server.key"\n'
                        f"allow_root = {'true' if allow_root else 'false'}\n"
                        "ports = [7301, 7399]\n"
-                       f'[clients]\n{user} = ["client.pub"]\n')
+                       f'{config}[clients]\n{user} = ["client.pub"]\n')
         log = tmp / f"{ns}.log"
         svc.logs.append(log)
         with log.open("wb") as err:
             svc.procs.append(subprocess.Popen(
                 ["ip", "netns", "exec", ns, sys.executable, "-m", "pm.agent.main", "serve",
-                 "--config", str(cfg)], env=pmrun_env(), stdin=subprocess.DEVNULL,
+                 "--config", str(cfg)], env=pmrun_env(env), stdin=subprocess.DEVNULL,
                 stdout=err, stderr=err))
         lines.append(f"{ns} {hosts.addr(i)}:{PORT}")
     svc.agents_file.write_text("\n".join(lines) + "\n")
@@ -307,3 +313,62 @@ def test_a_root_service_runs_ranks_as_the_user_bound_to_the_key(tmp_path: Path) 
                 stop_services(svc)
     finally:
         shutil.rmtree(shared)
+
+
+ENV_PROBE = """
+    import json, os
+    agent = f"/proc/{os.getppid()}"
+    with open(f"{agent}/environ", "rb") as f:
+        agent_env = dict(v.decode().split("=", 1) for v in f.read().split(b"\\0") if v)
+    with open(f"{agent}/cmdline", "rb") as f:
+        agent_cmd = f.read().decode().split("\\0")
+    mine = {k: os.environ.get(k) for k in
+            ("SERVICE_ONLY", "SERVICE_PASSED", "USER_GENV", "USER_EXPORTED", "PATH")}
+    print(json.dumps({"rank": os.environ["PMI_RANK"], "mine": mine, "agent": agent_env,
+                      "agent_cmd": agent_cmd}), flush=True)
+"""
+
+
+def test_job_agents_get_a_fixed_environment_and_ranks_the_users(tmp_path: Path) -> None:
+    """A variable of the service's own environment reaches neither the job agents nor the
+    ranks; one named in pass_env reaches the agents only; the user's reach the ranks."""
+    agent_path = "/usr/bin:/bin"
+    with NetnsHosts(2) as hosts:
+        svc = start_services(hosts, tmp_path,
+                             env={"SERVICE_ONLY": "leak", "SERVICE_PASSED": "passed"},
+                             config=f'path = "{agent_path}"\npass_env = ["SERVICE_PASS*"]\n')
+        try:
+            prog = script(svc.dir, "env_probe.py", ENV_PROBE)
+            user_env = pmrun_env({"USER_EXPORTED": "exported"})
+            assert "SERVICE_ONLY" not in user_env and "SERVICE_PASSED" not in user_env
+            res = subprocess.run(
+                pmrun_argv("--agents", str(svc.agents_file), "--iface", hosts.bridge_addr,
+                           "-genv", "USER_GENV", "from-genv", "-ppn", "1", "-n", "2",
+                           sys.executable, str(prog)),
+                cwd=svc.dir, env=user_env, capture_output=True, text=True, timeout=60,
+                stdin=subprocess.DEVNULL)
+            assert res.returncode == 0, res.stderr
+            rows = sorted((json.loads(line) for line in res.stdout.splitlines()),
+                          key=lambda r: r["rank"])
+            assert [r["rank"] for r in rows] == ["0", "1"]
+            root = pwd.getpwuid(os.geteuid())
+            for row in rows:
+                # The ranks: the user's environment (exported and -genv), none of the service's.
+                assert row["mine"] == {"SERVICE_ONLY": None, "SERVICE_PASSED": None,
+                                       "USER_GENV": "from-genv", "USER_EXPORTED": "exported",
+                                       "PATH": user_env["PATH"]}
+                # Their parent, the job agent: the fixed set and pass_env, nothing else.
+                assert "pm.agent.main" in row["agent_cmd"] and "child" in row["agent_cmd"]
+                agent = dict(row["agent"])
+                # The services import pm from the checkout (PYTHONPATH): the agents must too,
+                # and get no entry the services' PYTHONPATH does not have.
+                pythonpath = agent.pop("PYTHONPATH", "").split(os.pathsep)
+                assert pythonpath[0] == str(REPO), row["agent"]
+                assert set(pythonpath) <= set(pmrun_env()["PYTHONPATH"].split(os.pathsep))
+                assert agent == {
+                    "PATH": agent_path, "HOME": root.pw_dir, "USER": root.pw_name,
+                    "LOGNAME": root.pw_name, "SHELL": root.pw_shell or "/bin/sh",
+                    "SERVICE_PASSED": "passed"}
+            assert_no_job_agents(svc)
+        finally:
+            stop_services(svc)
