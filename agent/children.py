@@ -175,6 +175,7 @@ class Children:
         if fut is None:
             log.warning("refused hello from vertex %d: not a child of vertex %d", vertex,
                         self.agent.vertex)
+            self.port.drop(vertex)  # its frames are sealed for its own parent's port
             return
         if fut.done():
             return

@@ -1,8 +1,28 @@
 """Tree links over ZeroMQ: a ROUTER towards an agent's children, a DEALER to its parent.
 
 Every frame is sealed with the job secret (``pm.proto.tree.seal``): a peer that
-does not know it cannot join the tree, inject data, start processes or read
-output; its frames are dropped and logged, and the link keeps serving.
+does not know it cannot join the tree, inject data or start processes; its
+frames are dropped and logged, and the link keeps serving.
+
+Nor can a peer that only captured frames replay them.  A frame is two zmq
+parts, ``[envelope, body]`` (see :mod:`pm.proto.tree`).  The body is sealed
+once per message, whoever it goes to: :class:`ChildPort` ``send_raw`` takes
+such a body (the same one for several children, or the parent's body of a
+collective's result, forwarded as it came) and stamps it, child by child,
+with an envelope whose MAC binds the body's MAC to the child's link, the
+direction and that direction's next sequence number.  So a body is never
+re-sealed or copied per child; each child costs one HMAC of 46 bytes and a
+29-byte part.  Both ends keep a :class:`~pm.proto.tree.LinkSeal`: a frame
+for the other direction (reflected), for another link, or whose sequence
+number is not above the last accepted on its link (replayed) is dropped with
+a warning naming the peer and the fault, and everything else is served as
+before.  Counters are per link and per job (a job has its own secret): the
+child's :class:`~pm.proto.tree.Hello` is its link's frame 0, and a port
+that has seen it takes no second one for that vertex.  An owner refusing a
+hello (not its child) drops the vertex from the port, so a child's frames,
+sealed for its own parent's port, are taken nowhere else.  zmq keeps the order of
+a socket's sends, so a link's frames arrive in sequence; a frame lost on the
+way only leaves a gap, which is allowed.
 
 Both ends send a :class:`~pm.proto.tree.Heartbeat` every ``heartbeat / 4``
 seconds (any frame counts as a sign of life).  A child silent for
@@ -60,6 +80,16 @@ def _settle(fut: Any) -> None:
     """A send's future may end in an error (peer gone): read it so it is not reported."""
     if isinstance(fut, asyncio.Future):
         fut.add_done_callback(_retrieve)
+
+
+def _peer_name(vertex: int | None, frame: zmq.Frame) -> str:
+    """``vertex 3`` for a joined child, else the address the frame came from."""
+    if vertex is not None:
+        return f"vertex {vertex}"
+    peer = ""
+    with contextlib.suppress(Exception):
+        peer = str(frame.get("Peer-Address") or "")
+    return peer or "an unknown peer"
 
 
 def interval_of(timeout: float) -> float:
@@ -194,6 +224,7 @@ class ChildPort:
                  on_lost: Callable[[int, str], None] | None = None,
                  ports: tuple[int, int] | None = None) -> None:
         self.secret = secret
+        self._seal = t.LinkSeal(secret, t.UP)
         self.sock = context().socket(zmq.ROUTER)
         _configure(self.sock)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -226,33 +257,22 @@ class ChildPort:
     async def _recv(self) -> None:
         while True:
             frames = await self.sock.recv_multipart(copy=False)
-            if len(frames) != 2:
+            if len(frames) != 3:
                 log.warning("dropped a malformed frame set (%d parts) on the tree port",
                             len(frames))
                 continue
-            ident, frame = frames[0].bytes, frames[1]
-            try:
-                msg = t.decode(t.unseal(self.secret, frame.buffer))  # no copy
-            except (AuthError, ProtocolError) as exc:
-                peer = ""
-                with contextlib.suppress(Exception):
-                    peer = str(frame.get("Peer-Address") or "")
-                log.warning("refused a message from %s: %s", peer or "an unknown peer", exc)
-                continue
+            ident, envelope, body = frames[0].bytes, frames[1], frames[2]
             vertex = self._peers.get(ident)
+            try:
+                link, seq, payload = self._seal.open(envelope.buffer, body.buffer, vertex)
+                if vertex is not None:
+                    self._seal.accept(link, seq)  # an authentic frame of a known child
+                msg = t.decode(payload)  # no copy
+            except (AuthError, ProtocolError) as exc:
+                log.warning("refused a message from %s: %s", _peer_name(vertex, body), exc)
+                continue
             if vertex is None:
-                if not isinstance(msg, t.Hello):
-                    log.warning("refused %s from a peer that did not say hello",
-                                type(msg).__name__)
-                    continue
-                self._peers[ident] = msg.vertex
-                self._ids[msg.vertex] = ident
-                if self._live is not None:
-                    self._live.seen(msg.vertex, time.monotonic())
-                if self.on_hello is None:
-                    self._early.append((msg.vertex, msg))
-                else:
-                    self.on_hello(msg.vertex, msg)
+                self._join(ident, link, seq, msg, body)
                 continue
             if self._live is not None and vertex in self._live:
                 self._live.seen(vertex, time.monotonic())
@@ -263,6 +283,25 @@ class ChildPort:
             except Exception:
                 log.exception("agent failed handling %s from vertex %d", type(msg).__name__,
                               vertex)
+
+    def _join(self, ident: bytes, link: int, seq: int, msg: t.Msg, body: zmq.Frame) -> None:
+        """The first frame from ``ident``: a Hello sealed for its own link joins it."""
+        if not isinstance(msg, t.Hello):
+            log.warning("refused %s from a peer that did not say hello", type(msg).__name__)
+            return
+        if msg.vertex != link:
+            log.warning("refused a hello of vertex %d from %s: sealed for vertex %d's link",
+                        msg.vertex, _peer_name(None, body), link)
+            return
+        self._seal.accept(link, seq)  # so this hello is never taken again
+        self._peers[ident] = msg.vertex
+        self._ids[msg.vertex] = ident
+        if self._live is not None:
+            self._live.seen(msg.vertex, time.monotonic())
+        if self.on_hello is None:
+            self._early.append((msg.vertex, msg))
+        else:
+            self.on_hello(msg.vertex, msg)
 
     async def _heartbeats(self) -> None:
         live = self._live
@@ -301,13 +340,19 @@ class ChildPort:
     def send(self, vertex: int, msg: t.Msg) -> None:
         self.send_raw(vertex, t.seal(self.secret, t.encode(msg)))
 
-    def send_raw(self, vertex: int, frame: bytes) -> None:
+    def send_raw(self, vertex: int, frame: bytes | zmq.Frame) -> None:
+        """Send a sealed body (``pm.proto.tree.seal``) to ``vertex``, stamped for its link.
+
+        The same body may go to several children: only its envelope is theirs.
+        """
         ident = self._ids.get(vertex)
         if ident is None:
             log.debug("no link to vertex %d (yet): dropped a message", vertex)
             return
+        body = frame.buffer if isinstance(frame, zmq.Frame) else frame
+        envelope = self._seal.envelope(vertex, body)
         with contextlib.suppress(zmq.ZMQError):
-            _settle(self.sock.send_multipart([ident, frame], copy=False))
+            _settle(self.sock.send_multipart([ident, envelope, frame], copy=False))
 
     def drop(self, vertex: int) -> None:
         """Forget ``vertex`` altogether (it is lost): nothing more is sent to it."""
@@ -337,6 +382,7 @@ class ParentLink:
                  on_lost: Callable[[str], None] | None = None) -> None:
         self.secret = secret
         self.vertex = vertex
+        self._seal = t.LinkSeal(secret, t.DOWN)
         self.sock = context().socket(zmq.DEALER)
         _configure(self.sock)
         self.sock.setsockopt(zmq.IDENTITY, b"v%d" % vertex)
@@ -346,8 +392,9 @@ class ParentLink:
         self._task: asyncio.Task[Any] | None = None
         self._beat: asyncio.Task[None] | None = None
         self._live: Liveness[str] | None = None
-        #: The frame of the message being handled: an agent forwards a collective's
-        #: result to its children as it came (same secret, same bytes, no re-encoding).
+        #: The body of the message being handled: an agent forwards a collective's
+        #: result to its children as it came (same secret, same bytes, no re-encoding;
+        #: the children's port stamps it for their links).
         self.frame: zmq.Frame | None = None
         if heartbeat > 0:
             self._live = Liveness(heartbeat, interval_of(heartbeat), time.monotonic())
@@ -360,16 +407,23 @@ class ParentLink:
     async def recv(self) -> t.Msg:
         """The next message from the parent (heartbeats are consumed here)."""
         while True:
-            frame = await self.sock.recv(copy=False)
+            frames = await self.sock.recv_multipart(copy=False)
+            if len(frames) != 2:
+                log.warning("agent %d: dropped a malformed frame set (%d parts) from the parent",
+                            self.vertex, len(frames))
+                continue
+            envelope, body = frames
             try:
-                msg = t.decode(t.unseal(self.secret, frame.buffer))  # no copy
+                _, seq, payload = self._seal.open(envelope.buffer, body.buffer, self.vertex)
+                self._seal.accept(self.vertex, seq)
+                msg = t.decode(payload)  # no copy
             except (AuthError, ProtocolError) as exc:
-                log.warning("refused a message from the parent link: %s", exc)
+                log.warning("agent %d: refused a message from the parent: %s", self.vertex, exc)
                 continue
             if self._live is not None and "parent" in self._live:
                 self._live.seen("parent", time.monotonic())
             if not isinstance(msg, t.Heartbeat):
-                self.frame = frame
+                self.frame = body
                 return msg
 
     async def _recv(self) -> None:
@@ -389,7 +443,7 @@ class ParentLink:
         while True:
             await asyncio.sleep(live.interval)  # a period, not a wait for an event
             with contextlib.suppress(zmq.ZMQError):
-                await self.sock.send(beat, flags=zmq.NOBLOCK)
+                await self.sock.send_multipart([self._envelope(beat), beat], flags=zmq.NOBLOCK)
             if live.check(time.monotonic()):
                 log.warning("agent %d: no sign of life from the parent for %g s", self.vertex,
                             live.timeout)
@@ -397,9 +451,13 @@ class ParentLink:
                     self.on_lost(f"no heartbeat from the parent for {live.timeout:g} s")
                 return
 
+    def _envelope(self, body: bytes) -> bytes:
+        return self._seal.envelope(self.vertex, body)
+
     def send(self, msg: t.Msg) -> None:
+        body = t.seal(self.secret, t.encode(msg))
         with contextlib.suppress(zmq.ZMQError):
-            _settle(self.sock.send(t.seal(self.secret, t.encode(msg)), copy=False))
+            _settle(self.sock.send_multipart([self._envelope(body), body], copy=False))
 
     def close(self, linger: int = 1000) -> None:
         if self._task is not None:

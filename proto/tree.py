@@ -1,21 +1,52 @@
 """Messages between the head and the node agents (msgpack, sans-IO).
 
 Every message is a frozen, slotted dataclass with a small integer ``op``; on
-the wire it is the msgpack array ``[op, field1, field2, ...]``.  Frames on a
-tree link are authenticated: ``mac(16 bytes) || payload`` where mac is the
-truncated HMAC-SHA256 of the payload under the job's secret (see
-:func:`seal`/:func:`unseal`).  Nothing else in pmrun builds these frames.
+the wire it is the msgpack array ``[op, field1, field2, ...]``.  Nothing else in
+pmrun builds the frames that carry them.
+
+A message crosses a tree link as two zmq parts, an *envelope* and a *body*:
+
+* body = ``mac(16) || payload``, mac the truncated HMAC-SHA256 of the payload
+  under the job's secret (:func:`seal`/:func:`unseal`).  It says nothing about
+  where it goes, so one body serves every child a message goes to, and an
+  agent forwards its parent's body to its children as it came.
+* envelope = ``tag(16) || seq(8) || link(4) || direction(1)``, tag the
+  truncated HMAC-SHA256 of ``0xc1 || seq || link || direction || mac``
+  (:func:`stamp`/:func:`open_envelope`).  ``link`` is the child's vertex (each
+  vertex has one parent in a job, so it names the link), ``direction``
+  :data:`UP` (child to parent) or :data:`DOWN`, and ``seq`` counts the frames
+  of that direction of that link from 0.
+
+The tag covers the body's MAC, not its payload: binding a body to another
+child costs one HMAC of 46 bytes, however large the body.  A receiver
+(:class:`LinkSeal`) takes a frame only if both MACs match, the direction is the
+one it receives, the link is the one the frame came on, and ``seq`` is above
+the last it accepted on that link: a captured frame cannot be replayed, sent
+back to its sender, or sent to another agent.  A new job has a new secret, so
+the counters start again at 0 with every job.  The tag's input starts with
+0xc1, which msgpack never uses, so it is never a payload: a body's MAC cannot
+pass for an envelope's tag.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any, ClassVar, dataclass_transform
 
 import msgpack
 from pm.proto.errors import AuthError, ProtocolError
 
 MAC_LEN = 16
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: frames are [envelope, body]
+
+#: Directions of a tree link (bound under an envelope's tag).
+UP = 1  # child to parent
+DOWN = 2  # parent to child
+_WAYS = {UP: "child-to-parent", DOWN: "parent-to-child"}
+_HEAD = struct.Struct(">QiB")  # seq, link (the child's vertex), direction
+ENVELOPE_LEN = MAC_LEN + _HEAD.size
+#: First byte of what a tag covers: unused by msgpack, so never a payload's.
+_TAGGED = b"\xc1"
 
 
 @dataclass_transform()
@@ -283,6 +314,83 @@ def unseal(secret: bytes, frame: bytes | memoryview) -> bytes | memoryview:
     if not hmac.compare_digest(hmac.digest(secret, payload, "sha256")[:MAC_LEN], frame[:MAC_LEN]):
         raise AuthError("frame MAC does not match the job secret")
     return payload
+
+
+def _tag(secret: bytes, head: bytes | memoryview, body: bytes | memoryview) -> bytes:
+    import hmac
+
+    return hmac.digest(secret, b"".join((_TAGGED, head, body[:MAC_LEN])), "sha256")[:MAC_LEN]
+
+
+def stamp(secret: bytes, body: bytes | memoryview, link: int, direction: int,
+          seq: int) -> bytes:
+    """The envelope that sends sealed ``body`` as frame ``seq`` of ``direction`` on ``link``."""
+    head = _HEAD.pack(seq, link, direction)
+    return _tag(secret, head, body) + head
+
+
+def open_envelope(secret: bytes, envelope: bytes | memoryview,
+                  body: bytes | memoryview) -> tuple[int, int, int]:
+    """``(link, direction, seq)`` of an envelope; :class:`AuthError` if its tag does not match.
+
+    Only the envelope is checked (cheap): :func:`unseal` checks the body.
+    """
+    import hmac
+
+    if len(envelope) != ENVELOPE_LEN or len(body) < MAC_LEN:
+        raise AuthError("frame envelope or body too short")
+    head = envelope[MAC_LEN:]
+    if not hmac.compare_digest(_tag(secret, head, body), envelope[:MAC_LEN]):
+        raise AuthError("frame MAC does not match the job secret")
+    seq, link, direction = _HEAD.unpack(head)
+    return link, direction, seq
+
+
+class LinkSeal:
+    """Envelopes at one end of tree links: the next ``seq`` to send, the last one accepted.
+
+    Pure (no sockets).  An agent's parent link is one end of one link, its
+    child port one end of each child's link; ``inbound`` is the direction this
+    end receives.  Counters are per link (the child's vertex) and start at 0.
+    """
+
+    def __init__(self, secret: bytes, inbound: int) -> None:
+        self.secret = secret
+        self.inbound = inbound
+        self.outbound = UP if inbound == DOWN else DOWN
+        self._next: dict[int, int] = {}
+        self._last: dict[int, int] = {}
+
+    def envelope(self, link: int, body: bytes | memoryview) -> bytes:
+        """The envelope of the next frame this end sends on ``link`` (it takes a ``seq``)."""
+        seq = self._next.get(link, 0)
+        self._next[link] = seq + 1
+        return stamp(self.secret, body, link, self.outbound, seq)
+
+    def open(self, envelope: bytes | memoryview, body: bytes | memoryview,
+             link: int | None) -> tuple[int, int, bytes | memoryview]:
+        """Check a frame that came on ``link``: its ``(link, seq, payload)``.
+
+        ``link`` is ``None`` for a peer not known yet (its :class:`Hello` names
+        its link).  :class:`AuthError` says what is wrong: a MAC, a frame
+        sealed for the other direction or another link, or a ``seq`` not above
+        the last accepted (a replay).  Nothing is recorded: :meth:`accept` does.
+        """
+        got, direction, seq = open_envelope(self.secret, envelope, body)
+        if direction != self.inbound:
+            raise AuthError(f"frame sealed for the {_WAYS.get(direction, 'unknown')} direction "
+                            "(reflected back to its sender?)")
+        if link is not None and got != link:
+            raise AuthError(f"frame sealed for vertex {got}'s link, not vertex {link}'s")
+        last = self._last.get(got, -1)
+        if seq <= last:
+            raise AuthError(f"replayed or out-of-order frame (sequence {seq}, last accepted "
+                            f"{last})")
+        return got, seq, unseal(self.secret, body)
+
+    def accept(self, link: int, seq: int) -> None:
+        """Frame ``seq`` of ``link`` was taken: no frame up to it is taken again."""
+        self._last[link] = seq
 
 
 # Collective kinds (CollIn/CollOut.kind).
