@@ -4,7 +4,7 @@ Most of pmrun's own start-up is importing asyncio, the agent and the PMI
 server.  A job that runs on this machine only (no hosts, no Slurm allocation,
 and no option beyond ``-n``, ``-genv``/``-env``, ``-l``, ``-wdir`` and
 ``--timeout``) is therefore started *before* any of that is imported, by
-this module, which imports C modules and three small modules of pmrun only.
+this module, which imports C modules and a few small modules of pmrun only.
 A poll loop then writes the ranks' output and watches them.
 
 The first thing that needs more hands the running job to the full path: a
