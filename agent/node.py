@@ -1,6 +1,9 @@
-"""The agent's side of one job: spawn the node's ranks, serve PMI, aggregate.
+"""The agent's side of one job: the node's ranks, the PMI they are served, aggregation.
 
-A :class:`JobAgent` is one vertex of the job's tree.  Its *parent* is the next
+A :class:`JobAgent` is one vertex of the job's tree.  Its ranks as processes
+(spawn, pipes, stdin, exits, the kill) are :class:`pm.agent.ranks.LocalRanks`;
+this module is what the ranks are served: the KVS, collectives, the name
+service, and the tree messages that carry them.  Its *parent* is the next
 agent up (or, for vertex 0, the head in the same process); its *children* are
 agents it started itself.  Everything it says travels as ``pm.proto.tree``
 messages through :class:`Uplink`/:class:`Downlinks`, so the same code runs
@@ -14,7 +17,6 @@ import contextlib
 import functools
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -22,21 +24,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pm.agent.collectives import KIND_NAMES, Collectives, Complete, SendUp, report_counts
 from pm.agent.kvs import NodeKVS
-from pm.agent.pmi_server import PmiSession
-from pm.agent.spawn import PMI_FD, Guardian, SpawnError, rank_env, resolve, spawn
-from pm.agent.watch import ChildWatch, ExitStatus
+from pm.agent.ranks import LocalRanks, RankProc
 from pm.proto import tree as t
 from pm.proto.errors import PMError, RankFailed
 
 from pm.jobspec import JobPlan
 from pm.mapping import local_ranks, place
-from pm.output import STDERR, STDOUT, LineBuffer
+from pm.output import STDERR
 from pm.tree import Tree
 
 log = logging.getLogger("pm.agent")
 
-#: How long a rank's pipes may stay open after it exited before its exit is reported anyway.
-DRAIN_AFTER_EXIT = 1.0
 #: How long a rank may live after closing its PMI connection before finalize.
 EOF_GRACE = 1.0
 
@@ -49,28 +47,6 @@ if TYPE_CHECKING:
 
     class Downlinks(Protocol):
         def send(self, vertex: int, msg: t.Msg) -> None: ...
-
-
-class RankProc:
-    """One local rank: its process, PMI session, pipes and how it ended."""
-
-    __slots__ = ("fds", "finalized", "initialized", "local_rank", "pid", "pmi_eof", "rank",
-                 "reason", "reported", "session", "status", "stdin_fd", "streams")
-
-    def __init__(self, rank: int, local_rank: int) -> None:
-        self.rank = rank
-        self.local_rank = local_rank
-        self.pid = 0
-        self.session: PmiSession | None = None
-        self.streams: dict[int, LineBuffer] = {}
-        self.fds: dict[int, int] = {}
-        self.status: ExitStatus | None = None
-        self.reason = ""
-        self.initialized = False
-        self.finalized = False
-        self.pmi_eof = False
-        self.reported = False
-        self.stdin_fd = -1
 
 
 class JobAgent:
@@ -88,9 +64,6 @@ class JobAgent:
         self.children = list(self.tree.children(vertex))
         self.node_of_rank = place(plan.size, plan.slots)
         self.local = local_ranks(self.node_of_rank).get(vertex, [])
-        self.ranks: dict[int, RankProc] = {
-            r: RankProc(r, i) for i, r in enumerate(self.local)
-        }
         self.kvs = NodeKVS()
         self.coll = Collectives(self.local, self.children, plan.size, vertex == 0)
         self._contiguous = self._ring_order_is_rank_order()
@@ -107,12 +80,13 @@ class JobAgent:
         self._children_done: set[int] = set()
         self._child_stats: list[dict[str, Any]] = []
         self._done_sent = False
-        self._killing = False
-        self.guardian: Guardian | None = None
-        self.watch: ChildWatch | None = None
+        #: Set once the job is being killed: exits from then on are the kill's doing.
+        self.killing = False
         self.loop = asyncio.get_running_loop()
         self.done = self.loop.create_future()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        #: The node's ranks as processes; ``ranks`` is theirs, by rank.
+        self.procs = LocalRanks(self, self.local)
+        self.ranks = self.procs.ranks
         self.job_attrs: dict[str, str] = {}
         if plan.mapping:
             self.job_attrs["PMI_process_mapping"] = plan.mapping
@@ -207,92 +181,13 @@ class JobAgent:
 
             start_sim(self)
             return
-        self.mark("spawn start", ranks=len(self.local))
-        self.watch = ChildWatch()
-        self.guardian = Guardian()
-        plan = self.plan
-        base = dict(plan.env)
+        base = dict(self.plan.env)
         base.update(self.extra_env)
-        resolved: dict[int, str | SpawnError] = {}
-        for rank in self.local:
-            proc = self.ranks[rank]
-            appnum = plan.app_of_rank(rank)
-            argv, _n, app_env, wdir = plan.apps[appnum]
-            env = rank_env(base, app_env, rank, self.size, self.host, proc.local_rank,
-                           len(self.local))
-            if appnum not in resolved:
-                try:
-                    resolved[appnum] = resolve(argv[0], env, wdir)
-                except SpawnError as exc:
-                    resolved[appnum] = exc
-            path = resolved[appnum]
-            if isinstance(path, SpawnError):
-                self._spawn_failed(proc, str(path))
-                continue
-            cpus = self.cpusets[proc.local_rank] if self.cpusets else None
-            self._spawn_one(proc, path, argv, env, wdir, cpus)
-        self.mark("ranks spawned")
-
-    def _spawn_one(self, proc: RankProc, path: str, argv: list[str], env: dict[str, str],
-                   wdir: str | None, cpus: frozenset[int] | None = None) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        if proc.rank == 0:
-            in_r, in_w = os.pipe2(os.O_CLOEXEC)
-        else:
-            in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
-        assert self.guardian is not None and self.watch is not None
-        try:
-            proc.pid = spawn(path, argv, env, cwd=wdir,
-                             fds={0: in_r, 1: out_w, 2: err_w, PMI_FD: theirs.fileno()},
-                             pgid=self.guardian.pgid, cpus=cpus)
-        except SpawnError as exc:
-            for fd in (out_r, err_r, in_w):
-                if fd >= 0:
-                    os.close(fd)
-            ours.close()
-            self._spawn_failed(proc, str(exc))
-            return
-        finally:
-            for fd in (in_r, out_w, err_w):
-                os.close(fd)
-            theirs.close()
-        if self.timeline is not None:
-            self.mark("rank spawned", proc.rank, pid=proc.pid)
-        self._attach(proc, ours, out_r, err_r, in_w)
-
-    def _attach(self, proc: RankProc, sock: socket.socket, out_r: int, err_r: int, in_w: int,
-                partial: tuple[LineBuffer, LineBuffer] | None = None) -> None:
-        """Serve a started rank: its PMI socket, output pipes, stdin pipe and exit."""
-        assert self.watch is not None
-        proc.stdin_fd = in_w
-        if in_w >= 0:
-            os.set_blocking(in_w, False)
-        session = PmiSession(self, proc.rank)
-        proc.session = session
-        self._own(self.loop.create_task(self._serve(session, sock)))
-        buffers = partial or (LineBuffer(), LineBuffer())
-        for stream, fd, buf in ((STDOUT, out_r, buffers[0]), (STDERR, err_r, buffers[1])):
-            if fd < 0:
-                continue  # already at EOF
-            proc.streams[stream] = buf
-            proc.fds[stream] = fd
-            os.set_blocking(fd, False)
-            self.loop.add_reader(fd, self._read_output, proc, stream)
-        self.watch.watch(proc.pid).add_done_callback(functools.partial(self._on_exit, proc))
+        self.procs.start(base, self.cpusets)
 
     def adopt_ranks(self, started: QuickStart) -> None:
-        """Take over the ranks ``pmrun``'s quick path started (:mod:`pm.quick`).
-
-        They run with the same environment and fds :meth:`start_ranks` gives;
-        what they already printed has been written, except partial lines,
-        which ``started`` hands over with the pipes.  A rank that has exited
-        is still a zombie: its watch reports it at once.
-        """
-        self.mark("spawn start", ranks=len(self.local))
-        self.watch = ChildWatch()
-        self.guardian = started.guardian
+        """Take over the ranks ``pmrun``'s quick path started (:mod:`pm.quick`), and their
+        topology XML: what :meth:`prepare` and :meth:`start_ranks` would have done."""
         if started.xml_path:
             from pm.agent import topo_share
 
@@ -300,55 +195,13 @@ class JobAgent:
             self.on_close.append(lambda: topo_share.remove_job_xml(path))
             self.extra_env.update(HWLOC_XMLFILE=path, HWLOC_THISSYSTEM="1")
             self.job_attrs["PMI_hwloc_xmlfile"] = path
-        for r in started.ranks:
-            proc = self.ranks[r.rank]
-            if r.pid == 0:
-                self._spawn_failed(proc, r.failure)
-                continue
-            proc.pid = r.pid
-            sock = socket.socket(fileno=r.take_pmi_fd())
-            self._attach(proc, sock, r.out_fd, r.err_fd, r.stdin_fd, (r.out, r.err))
-        self.mark("ranks spawned")
+        self.procs.adopt(started)
 
-    def _on_exit(self, proc: RankProc, fut: asyncio.Future[ExitStatus]) -> None:
-        if not fut.cancelled():
-            self._exited(proc, fut.result())
-
-    async def _serve(self, session: PmiSession, sock: socket.socket) -> None:
-        await self.loop.connect_accepted_socket(lambda: session, sock)
-
-    def _spawn_failed(self, proc: RankProc, why: str) -> None:
-        log.error("rank %d: %s", proc.rank, why)
-        proc.status = ExitStatus(127, 0)
-        proc.reason = f"could not start: {why}"
-        self._report(proc)
-
-    def _own(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    # ------------------------------------------------------------------ output
-    def _read_output(self, proc: RankProc, stream: int) -> None:
-        fd = proc.fds[stream]
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        buf = proc.streams[stream]
-        if data:
-            lines = buf.feed(data)
-        else:
-            lines = buf.flush()
-            self.loop.remove_reader(fd)
-            os.close(fd)
-            del proc.fds[stream]
-            if proc.status is not None and not proc.fds:
-                self._report(proc)
-        if lines:
-            self._out.append([proc.rank, stream, lines])
-            self._schedule_flush()
+    # ------------------------------------------------------------------ output, exits
+    def rank_output(self, rank: int, stream: int, lines: bytes) -> None:
+        """Complete lines a local rank wrote (pm.agent.ranks): up the tree, batched."""
+        self._out.append([rank, stream, lines])
+        self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -365,31 +218,10 @@ class JobAgent:
             self.parent.send(t.Exits(exits))
         self._check_done()
 
-    # ------------------------------------------------------------------ exits
-    def _exited(self, proc: RankProc, status: ExitStatus) -> None:
-        proc.status = status
-        if self.timeline is not None:
-            self.mark("rank exit", proc.rank, code=status.code, signal=status.signal)
-        if proc.stdin_fd >= 0:
-            self.loop.remove_writer(proc.stdin_fd)
-            os.close(proc.stdin_fd)
-            proc.stdin_fd = -1
-        if status.ok and proc.initialized and not proc.finalized and not self._killing:
-            proc.reason = "exited without calling PMI finalize"
-            proc.status = ExitStatus(1, 0)
-        if not proc.fds:
-            self._report(proc)
-        else:
-            # Let the pipes drain (a rank's last lines come before its exit report).
-            self.loop.call_later(DRAIN_AFTER_EXIT, self._report, proc)
-
-    def _report(self, proc: RankProc) -> None:
-        if proc.reported or proc.status is None:
-            return
-        proc.reported = True
-        for stream in list(proc.fds):
-            self._read_output(proc, stream)  # whatever is left
+    def rank_ended(self, proc: RankProc) -> None:
+        """A local rank ended and its pipes are drained (pm.agent.ranks): report it."""
         st = proc.status
+        assert st is not None
         self._exits.append([proc.rank, self.vertex, st.code, st.signal, proc.reason])
         self.kvs.settle(proc.rank)
         if getattr(self, "reservations", None) is not None:
@@ -416,7 +248,7 @@ class JobAgent:
             log.error("rank %d: %s", rank, detail)
 
     def _eof_without_finalize(self, proc: RankProc) -> None:
-        if proc.status is None and not self._killing:
+        if proc.status is None and not self.killing:
             proc.reason = "closed its PMI connection before finalize"
             self._exits.append([proc.rank, self.vertex, -1, 0, proc.reason])
             self._schedule_flush()
@@ -735,8 +567,7 @@ class JobAgent:
             self.kill(msg.reason, msg.grace)
         elif isinstance(msg, t.Signal):
             self._down_all(msg)
-            if self.guardian is not None:
-                self.guardian.signal(msg.signum)
+            self.procs.signal(msg.signum)
         else:
             self.from_tree(msg)
 
@@ -786,7 +617,7 @@ class JobAgent:
             if msg.dst != self.vertex:
                 self._route(msg.dst, msg)
             else:
-                self._stdin(msg.data, msg.eof)
+                self.procs.stdin(msg.data, msg.eof)
         else:
             log.warning("agent %d: unexpected %s", self.vertex, type(msg).__name__)
 
@@ -799,95 +630,22 @@ class JobAgent:
             for c in self.children:
                 self.children_link.send(c, msg)
 
-    # ------------------------------------------------------------------ stdin
-    def _stdin(self, data: bytes, eof: bool) -> None:
-        proc = self.ranks.get(0)
-        if proc is None or proc.stdin_fd < 0:
-            if data:
-                # Nobody reads it: drop it, but keep the credit flowing.
-                self.parent.send(t.StdinAck(len(data)))
-            return
-        self._stdin_buf = getattr(self, "_stdin_buf", b"") + data
-        self._stdin_eof = eof
-        self._stdin_write(proc)
-
-    def _stdin_write(self, proc: RankProc) -> None:
-        fd = proc.stdin_fd
-        if fd < 0:
-            return
-        buf: bytes = self._stdin_buf
-        written = 0
-        try:
-            while buf:
-                n = os.write(fd, buf)
-                written += n
-                buf = buf[n:]
-        except BlockingIOError:
-            pass
-        except OSError:  # rank 0 closed its stdin: drop the rest
-            written += len(buf)
-            buf = b""
-        self._stdin_buf = buf
-        if written:
-            self.parent.send(t.StdinAck(written))
-        self.loop.remove_writer(fd)
-        if buf:
-            self.loop.add_writer(fd, self._stdin_write, proc)
-        elif self._stdin_eof:
-            os.close(fd)
-            proc.stdin_fd = -1
-
     # ------------------------------------------------------------------ ending
     def kill(self, reason: str, grace: float) -> None:
         """SIGTERM every rank of the subtree, SIGKILL after ``grace`` seconds."""
-        first = not self._killing
-        self._killing = True
+        first = not self.killing
+        self.killing = True
         self._down_all(t.Kill(reason, grace))
         if first:
             log.debug("agent %d: killing ranks: %s", self.vertex, reason)
         self.fail_collectives(reason)
-        if self.guardian is None:
-            return
-        if grace <= 0:
-            self.guardian.kill_all()
-            return
-        self.guardian.signal(signal.SIGTERM)
-        if first:
-            self.loop.call_later(grace, self._kill_hard)
-
-    def _kill_hard(self) -> None:
-        if self.guardian is not None and any(p.status is None for p in self.ranks.values()
-                                             if p.pid):
-            self.guardian.kill_all()
+        self.procs.kill(grace, first)
 
     def close(self) -> None:
         """Release everything; ranks still alive are killed. Idempotent."""
-        for t_ in list(self._tasks):
-            t_.cancel()
         if getattr(self, "reservations", None) is not None:
             self.reservations.close()
-        for proc in self.ranks.values():
-            for fd in proc.fds.values():
-                with contextlib.suppress(ValueError, OSError):
-                    self.loop.remove_reader(fd)
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            proc.fds.clear()
-            if proc.stdin_fd >= 0:
-                with contextlib.suppress(ValueError, OSError):
-                    self.loop.remove_writer(proc.stdin_fd)
-                os.close(proc.stdin_fd)
-                proc.stdin_fd = -1
-            if proc.session is not None and proc.session.transport is not None:
-                proc.session.transport.abort()
-        if self.guardian is not None:
-            if any(p.status is None and p.pid for p in self.ranks.values()):
-                self.guardian.kill_all()
-            self.guardian.release()
-            self.guardian = None
-        if self.watch is not None:
-            self.watch.close()
-            self.watch = None
+        self.procs.close()
         for cb in self.on_close:
             with contextlib.suppress(Exception):
                 cb()

@@ -369,7 +369,7 @@ class SimRanks:
         proc = self.agent.ranks[rank]
         if proc.reported:
             return True
-        if self.agent._killing:
+        if self.agent.killing:
             proc.status = ExitStatus(0, signal.SIGTERM)  # as a killed process would
         else:
             proc.status = ExitStatus(1, 0)
@@ -384,7 +384,7 @@ class SimRanks:
         self.stats["last_done"] = now = time.time()
         if self.stats["ranks"] == len(self.agent.local):
             self.stats["phases"]["done"] = [now, now]
-        self.agent._report(proc)
+        self.agent.procs.report(proc)
 
     def _phase(self, name: str) -> None:
         now = time.time()

@@ -1,0 +1,325 @@
+"""A node's ranks as processes: started (or adopted), their pipes, stdin, exits, the kill.
+
+:class:`LocalRanks` holds what a rank is to the operating system: its pid and
+exit watch, its PMI socket's session task, its output pipes and line buffers,
+rank 0's stdin pipe, and the guardian whose process group they all join
+(:mod:`pm.agent.spawn`).  It knows nothing of the tree, the KVS or
+collectives: what it learns goes to its :class:`~pm.agent.node.JobAgent` —
+complete output lines (:meth:`JobAgent.rank_output`), a rank that ended and
+whose pipes are drained (:meth:`JobAgent.rank_ended`), stdin written
+(``StdinAck`` up the tree) — and each rank's PMI session is served with the
+agent as its host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pm.agent.pmi_server import PmiSession
+from pm.agent.spawn import PMI_FD, Guardian, SpawnError, rank_env, resolve, spawn
+from pm.agent.watch import ChildWatch, ExitStatus
+from pm.proto import tree as t
+
+from pm.output import STDERR, STDOUT, LineBuffer
+
+if TYPE_CHECKING:
+    from pm.agent.node import JobAgent
+
+    from pm.quick import QuickStart
+
+log = logging.getLogger("pm.agent")
+
+#: How long a rank's pipes may stay open after it exited before its exit is reported anyway.
+DRAIN_AFTER_EXIT = 1.0
+
+
+class RankProc:
+    """One local rank: its process, PMI session, pipes and how it ended."""
+
+    __slots__ = ("fds", "finalized", "initialized", "local_rank", "pid", "pmi_eof", "rank",
+                 "reason", "reported", "session", "status", "stdin_fd", "streams")
+
+    def __init__(self, rank: int, local_rank: int) -> None:
+        self.rank = rank
+        self.local_rank = local_rank
+        self.pid = 0
+        self.session: PmiSession | None = None
+        self.streams: dict[int, LineBuffer] = {}
+        self.fds: dict[int, int] = {}
+        self.status: ExitStatus | None = None
+        self.reason = ""
+        self.initialized = False
+        self.finalized = False
+        self.pmi_eof = False
+        self.reported = False
+        self.stdin_fd = -1
+
+
+class LocalRanks:
+    """The ranks ``agent`` runs on its node (``local``, in rank order)."""
+
+    def __init__(self, agent: JobAgent, local: Sequence[int]) -> None:
+        self.agent = agent
+        self.loop = agent.loop
+        self.ranks: dict[int, RankProc] = {r: RankProc(r, i) for i, r in enumerate(local)}
+        self.guardian: Guardian | None = None
+        self.watch: ChildWatch | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stdin_buf = b""
+        self._stdin_eof = False
+
+    # ------------------------------------------------------------------ start
+    def start(self, base_env: dict[str, str], cpusets: list[frozenset[int]] | None) -> None:
+        """Spawn every rank (synchronously: posix_spawn is fast) with the job's environment."""
+        agent, plan = self.agent, self.agent.plan
+        agent.mark("spawn start", ranks=len(self.ranks))
+        self.watch = ChildWatch()
+        self.guardian = Guardian()
+        resolved: dict[int, str | SpawnError] = {}
+        for rank, proc in self.ranks.items():
+            appnum = plan.app_of_rank(rank)
+            argv, _n, app_env, wdir = plan.apps[appnum]
+            env = rank_env(base_env, app_env, rank, plan.size, agent.host, proc.local_rank,
+                           len(self.ranks))
+            if appnum not in resolved:
+                try:
+                    resolved[appnum] = resolve(argv[0], env, wdir)
+                except SpawnError as exc:
+                    resolved[appnum] = exc
+            path = resolved[appnum]
+            if isinstance(path, SpawnError):
+                self._spawn_failed(proc, str(path))
+                continue
+            cpus = cpusets[proc.local_rank] if cpusets else None
+            self._spawn_one(proc, path, argv, env, wdir, cpus)
+        agent.mark("ranks spawned")
+
+    def _spawn_one(self, proc: RankProc, path: str, argv: list[str], env: dict[str, str],
+                   wdir: str | None, cpus: frozenset[int] | None = None) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        if proc.rank == 0:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        else:
+            in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
+        assert self.guardian is not None
+        try:
+            proc.pid = spawn(path, argv, env, cwd=wdir,
+                             fds={0: in_r, 1: out_w, 2: err_w, PMI_FD: theirs.fileno()},
+                             pgid=self.guardian.pgid, cpus=cpus)
+        except SpawnError as exc:
+            for fd in (out_r, err_r, in_w):
+                if fd >= 0:
+                    os.close(fd)
+            ours.close()
+            self._spawn_failed(proc, str(exc))
+            return
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+            theirs.close()
+        if self.agent.timeline is not None:
+            self.agent.mark("rank spawned", proc.rank, pid=proc.pid)
+        self._attach(proc, ours, out_r, err_r, in_w)
+
+    def adopt(self, started: QuickStart) -> None:
+        """Take over the ranks ``pmrun``'s quick path started (:mod:`pm.quick`).
+
+        They run with the environment and fds :meth:`start` gives; what they
+        printed has been written, except partial lines, which ``started`` hands
+        over with the pipes.  A rank that has exited is still a zombie: its
+        watch reports it at once.
+        """
+        self.agent.mark("spawn start", ranks=len(self.ranks))
+        self.watch = ChildWatch()
+        self.guardian = started.guardian
+        for r in started.ranks:
+            proc = self.ranks[r.rank]
+            if r.pid == 0:
+                self._spawn_failed(proc, r.failure)
+                continue
+            proc.pid = r.pid
+            sock = socket.socket(fileno=r.take_pmi_fd())
+            self._attach(proc, sock, r.out_fd, r.err_fd, r.stdin_fd, (r.out, r.err))
+        self.agent.mark("ranks spawned")
+
+    def _attach(self, proc: RankProc, sock: socket.socket, out_r: int, err_r: int, in_w: int,
+                partial: tuple[LineBuffer, LineBuffer] | None = None) -> None:
+        """Serve a started rank: its PMI socket, output pipes, stdin pipe and exit."""
+        assert self.watch is not None
+        proc.stdin_fd = in_w
+        if in_w >= 0:
+            os.set_blocking(in_w, False)
+        session = PmiSession(self.agent, proc.rank)
+        proc.session = session
+        task = self.loop.create_task(self._serve(session, sock))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        buffers = partial or (LineBuffer(), LineBuffer())
+        for stream, fd, buf in ((STDOUT, out_r, buffers[0]), (STDERR, err_r, buffers[1])):
+            if fd < 0:
+                continue  # already at EOF
+            proc.streams[stream] = buf
+            proc.fds[stream] = fd
+            os.set_blocking(fd, False)
+            self.loop.add_reader(fd, self._read_output, proc, stream)
+        self.watch.watch(proc.pid).add_done_callback(functools.partial(self._on_exit, proc))
+
+    async def _serve(self, session: PmiSession, sock: socket.socket) -> None:
+        await self.loop.connect_accepted_socket(lambda: session, sock)
+
+    def _spawn_failed(self, proc: RankProc, why: str) -> None:
+        log.error("rank %d: %s", proc.rank, why)
+        proc.status = ExitStatus(127, 0)
+        proc.reason = f"could not start: {why}"
+        self.report(proc)
+
+    # ------------------------------------------------------------------ output
+    def _read_output(self, proc: RankProc, stream: int) -> None:
+        fd = proc.fds[stream]
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        buf = proc.streams[stream]
+        if data:
+            lines = buf.feed(data)
+        else:
+            lines = buf.flush()
+            self.loop.remove_reader(fd)
+            os.close(fd)
+            del proc.fds[stream]
+            if proc.status is not None and not proc.fds:
+                self.report(proc)
+        if lines:
+            self.agent.rank_output(proc.rank, stream, lines)
+
+    # ------------------------------------------------------------------ exits
+    def _on_exit(self, proc: RankProc, fut: asyncio.Future[ExitStatus]) -> None:
+        if not fut.cancelled():
+            self._exited(proc, fut.result())
+
+    def _exited(self, proc: RankProc, status: ExitStatus) -> None:
+        proc.status = status
+        if self.agent.timeline is not None:
+            self.agent.mark("rank exit", proc.rank, code=status.code, signal=status.signal)
+        if proc.stdin_fd >= 0:
+            self.loop.remove_writer(proc.stdin_fd)
+            os.close(proc.stdin_fd)
+            proc.stdin_fd = -1
+        if status.ok and proc.initialized and not proc.finalized and not self.agent.killing:
+            proc.reason = "exited without calling PMI finalize"
+            proc.status = ExitStatus(1, 0)
+        if not proc.fds:
+            self.report(proc)
+        else:
+            # Let the pipes drain (a rank's last lines come before its exit report).
+            self.loop.call_later(DRAIN_AFTER_EXIT, self.report, proc)
+
+    def report(self, proc: RankProc) -> None:
+        """Once per rank, when it ended: pass on what is left in its pipes, then the end."""
+        if proc.reported or proc.status is None:
+            return
+        proc.reported = True
+        for stream in list(proc.fds):
+            self._read_output(proc, stream)  # whatever is left
+        self.agent.rank_ended(proc)
+
+    # ------------------------------------------------------------------ stdin
+    def stdin(self, data: bytes, eof: bool) -> None:
+        """Bytes for rank 0's stdin (``eof``: close it after them); acknowledged once written."""
+        proc = self.ranks.get(0)
+        if proc is None or proc.stdin_fd < 0:
+            if data:
+                # Nobody reads it: drop it, but keep the credit flowing.
+                self.agent.parent.send(t.StdinAck(len(data)))
+            return
+        self._stdin_buf += data
+        self._stdin_eof = eof
+        self._stdin_write(proc)
+
+    def _stdin_write(self, proc: RankProc) -> None:
+        fd = proc.stdin_fd
+        if fd < 0:
+            return
+        buf = self._stdin_buf
+        written = 0
+        try:
+            while buf:
+                n = os.write(fd, buf)
+                written += n
+                buf = buf[n:]
+        except BlockingIOError:
+            pass
+        except OSError:  # rank 0 closed its stdin: drop the rest
+            written += len(buf)
+            buf = b""
+        self._stdin_buf = buf
+        if written:
+            self.agent.parent.send(t.StdinAck(written))
+        self.loop.remove_writer(fd)
+        if buf:
+            self.loop.add_writer(fd, self._stdin_write, proc)
+        elif self._stdin_eof:
+            os.close(fd)
+            proc.stdin_fd = -1
+
+    # ------------------------------------------------------------------ signals, ending
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to every rank (their guardian ignores it)."""
+        if self.guardian is not None:
+            self.guardian.signal(signum)
+
+    def kill(self, grace: float, first: bool) -> None:
+        """SIGTERM every rank, SIGKILL after ``grace`` seconds (at once if ``grace`` <= 0)."""
+        if self.guardian is None:
+            return
+        if grace <= 0:
+            self.guardian.kill_all()
+            return
+        self.guardian.signal(signal.SIGTERM)
+        if first:
+            self.loop.call_later(grace, self._kill_hard)
+
+    def _kill_hard(self) -> None:
+        if self.guardian is not None and any(p.status is None for p in self.ranks.values()
+                                             if p.pid):
+            self.guardian.kill_all()
+
+    def close(self) -> None:
+        """Release everything; ranks still alive are killed. Idempotent."""
+        for task in list(self._tasks):
+            task.cancel()
+        for proc in self.ranks.values():
+            for fd in proc.fds.values():
+                with contextlib.suppress(ValueError, OSError):
+                    self.loop.remove_reader(fd)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            proc.fds.clear()
+            if proc.stdin_fd >= 0:
+                with contextlib.suppress(ValueError, OSError):
+                    self.loop.remove_writer(proc.stdin_fd)
+                os.close(proc.stdin_fd)
+                proc.stdin_fd = -1
+            if proc.session is not None and proc.session.transport is not None:
+                proc.session.transport.abort()
+        if self.guardian is not None:
+            if any(p.status is None and p.pid for p in self.ranks.values()):
+                self.guardian.kill_all()
+            self.guardian.release()
+            self.guardian = None
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
