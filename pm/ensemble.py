@@ -2,23 +2,28 @@
 
 An :class:`Ensemble` runs one-command tasks over the nodes of a
 :class:`~pm.head.Nodes` as fast as each node's memory admits them: the pure
-:class:`~pm.tasks.EnsembleScheduler` decides, this module runs processes,
-samples memory, applies the overrun policy and reports.
+:class:`~pm.tasks.EnsembleScheduler` decides; this module feeds it memory
+samples, applies the overrun policy, has the admitted tasks run and reports
+what happens (:class:`Event`).
 
-Nodes and memory.  The scheduler's nodes are *memory domains*.  Every node
-entry on this machine (``--local-nodes N``, or every host with the local
-launcher) is one domain, since they share one machine's memory: one
-admission for the machine, N execution targets that label the tasks
-(``PMRUN_TASK_NODE``).  Tasks per domain are bounded by memory alone, or by
-``-ppn`` / host slots when given.  This machine's tasks are started here
-directly (posix_spawn into one guardian process group); its memory is the
+Nodes and memory.  The scheduler's nodes are *memory domains*
+(:mod:`pm.ensemble_domain`).  Every node entry on this machine
+(``--local-nodes N``, or every host with the local launcher) is one domain,
+since they share one machine's memory: one admission for the machine, N
+execution targets that label the tasks (``PMRUN_TASK_NODE``).  Tasks per
+domain are bounded by memory alone, or by ``-ppn`` / host slots when given.
+This machine's tasks are started here directly (posix_spawn into one
+guardian process group: :mod:`pm.ensemble_local`); its memory is the
 cgroup's or the machine's (:class:`~pm.agent.memory.NodeMemory`) and each
 task's process tree is read from /proc (anonymous resident bytes: shared
-library pages are not the task's).  Any other host is a domain of its own:
-each of its tasks runs as a job through the agent tree (vertex 0, here,
-runs ``true``; vertex 1 the task), and a probe job there (``python -m
-pm.ensemble probe``) reports the host's memory and its tasks' usage, found
-by the ``PMRUN_ENSEMBLE`` variable they carry.
+library pages are not the task's).  Any other host is a domain of its own
+(:mod:`pm.ensemble_remote`): each of its tasks runs as a job through the
+agent tree (vertex 0, here, runs ``true``; vertex 1 the task), and a probe
+job there (``python -m pm.ensemble probe``) reports the host's memory and
+its tasks' usage, found by the ``PMRUN_ENSEMBLE`` variable they carry.
+
+:class:`Task` and :class:`TaskResult` are defined in :mod:`pm.ensemble_task`
+and imported from here; the command-line front end is :mod:`pm.ensemble_cli`.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pm.agent.memory import (
@@ -44,12 +49,13 @@ from pm.agent.memory import (
     Watermarks,
     format_size,
     parse_size,
-    tree_pids,
 )
-from pm.agent.spawn import Guardian, SpawnError, resolve, spawn
-from pm.agent.watch import ChildWatch
-from pm.jobspec import AppSpec, JobSpec
-from pm.output import STDERR, STDOUT, LineBuffer
+from pm.ensemble_domain import Domain, make_domains
+from pm.ensemble_local import LocalRunner, signal_tree, tree_anon
+from pm.ensemble_remote import RemoteRunner, parse_probe_line, probe_main
+from pm.ensemble_task import Task, TaskResult
+from pm.jobspec import JobSpec
+from pm.output import STDOUT
 from pm.proto.errors import ResourceLimit
 from pm.tasks import (
     DEFAULT_RESERVATION,
@@ -60,7 +66,7 @@ from pm.tasks import (
 )
 
 if TYPE_CHECKING:
-    from pm.head import JobRun, Nodes
+    from pm.head import Nodes
 
 __all__ = ["DEFAULT_SETTLE", "Ensemble", "Event", "Task", "TaskResult", "probe_main"]
 
@@ -70,37 +76,9 @@ log = logging.getLogger("pm.ensemble")
 DEFAULT_SETTLE = 1.0
 #: Seconds between two memory samples of a node.
 DEFAULT_INTERVAL = 0.1
-#: How long a task's pipes may stay open after it exited (a daemon it left behind).
-DRAIN = 1.0
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-_LOCAL_LAUNCHERS = ("", "local", "fork")
 
 #: Receives a task's output: (task index, 1 for stdout or 2 for stderr, whole lines).
 TaskSink = Callable[[int, int, bytes], None]
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """How a task ended.  ``returncode``: the last run's status as a shell shows it
-    (128 + N for signal N), None if it never ran to an end (lost node, cancelled,
-    too big for every node: see ``reason``); ``exit_codes``: one per run."""
-
-    index: int
-    argv: tuple[str, ...]
-    returncode: int | None
-    exit_codes: tuple[int | None, ...]
-    node: str | None
-    peak: int  # largest sample of its memory, bytes
-    reservation: int  # what its last run reserved
-    reason: str | None = None
-    started: float | None = None  # wall clock of the last run's start and end
-    ended: float | None = None
-    stdout: bytes = b""  # when captured
-    stderr: bytes = b""
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
 
 
 @dataclass(frozen=True)
@@ -124,56 +102,6 @@ class Event:
     reserved: int = 0
     high: int = 0
     low: int = 0
-
-
-class Task:
-    """A submitted task: ``await task.wait()`` gives its :class:`TaskResult`."""
-
-    def __init__(self, spec: TaskSpec, env: dict[str, str], wdir: str | None) -> None:
-        self.spec = spec
-        self.env = env
-        self.wdir = wdir
-        loop = asyncio.get_running_loop()
-        self.admitted: asyncio.Future[None] = loop.create_future()
-        self._result: asyncio.Future[TaskResult] = loop.create_future()
-        self.node: str | None = None
-        self.pid = 0  # of the current run on this machine
-        self.started: float | None = None
-        self.ended: float | None = None
-        self.out: list[bytes] | None = None
-        self.err: list[bytes] | None = None
-
-    @property
-    def index(self) -> int:
-        return self.spec.index
-
-    @property
-    def argv(self) -> tuple[str, ...]:
-        return self.spec.argv
-
-    def done(self) -> bool:
-        return self._result.done()
-
-    async def wait(self) -> TaskResult:
-        """The result once the task succeeded or failed for good (retries included)."""
-        return await asyncio.shield(self._result)
-
-
-@dataclass
-class _Domain:
-    name: str
-    local: bool
-    entries: list[int] = field(default_factory=list)  # node indices in Nodes
-    slots: int | None = 0
-    running: dict[int, int] = field(default_factory=dict)  # entry -> tasks on it
-    blocked: bool = False
-    peak_used: int = 0
-    first: asyncio.Future[None] | None = None  # remote: the first sample arrived
-    probe: JobRun | None = None
-    reported: set[int] = field(default_factory=set)
-    killed: set[int] = field(default_factory=set)
-    suspended: set[int] = field(default_factory=set)
-    exempt: set[int] = field(default_factory=set)
 
 
 class Ensemble:
@@ -226,7 +154,7 @@ class Ensemble:
         self._probe_mem = NodeMemory(cgroup)
         self._token = secrets.token_hex(6)
         self._here = socket.gethostname()
-        self._domains = self._make_domains(local_hosts)
+        self._domains = make_domains(nodes, self._spec.ppn, self._here, local_hosts)
         self._sched = EnsembleScheduler(
             list(self._domains), retries, slots={d.name: d.slots for d in self._domains.values()
                                                  if d.slots is not None},
@@ -234,9 +162,8 @@ class Ensemble:
         )
         self._tasks: dict[int, Task] = {}
         self._runs: set[asyncio.Task[None]] = set()
-        self._jobs: dict[int, JobRun] = {}  # remote runs
-        self._guardian: Guardian | None = None
-        self._watch: ChildWatch | None = None
+        self._remote = RemoteRunner(nodes, self._spec, self._here)
+        self._local: LocalRunner | None = None  # from the start, with a local domain
         self._sampler: asyncio.Task[None] | None = None
         self._starting: asyncio.Future[None] | None = None
         self._closed = False
@@ -244,23 +171,6 @@ class Ensemble:
         self.on_progress: Callable[[], None] | None = None
 
     # ----------------------------------------------------------------- set-up
-    def _make_domains(self, local_hosts: Collection[str] | None) -> dict[str, _Domain]:
-        nodes = self._nodes
-        if local_hosts is None:
-            if str(nodes.bootstrap.get("name", "local")) in _LOCAL_LAUNCHERS:
-                local_hosts = set(nodes.hosts)
-            else:
-                local_hosts = {self._here, self._here.split(".")[0], "localhost", "127.0.0.1"}
-        domains: dict[str, _Domain] = {}
-        for i, host in enumerate(nodes.hosts):
-            local = host in local_hosts
-            name = self._here if local else host
-            d = domains.setdefault(name, _Domain(name, local))
-            d.entries.append(i)
-            slots = self._spec.ppn or nodes.slots[i]
-            d.slots = None if slots is None or d.slots is None else d.slots + slots
-        return domains
-
     async def __aenter__(self) -> Ensemble:
         await self.start()
         return self
@@ -282,12 +192,12 @@ class Ensemble:
                 snap = await asyncio.to_thread(self._probe_mem.read)
                 self._memory_known(d, snap.total, snap.used, snap.limit_source)
                 if self._sampler is None:
-                    self._watch, self._guardian = ChildWatch(), Guardian()
+                    self._local = LocalRunner(self._spec)
                     self._sampler = asyncio.ensure_future(self._sample_local(d))
             else:
                 await self._start_probe(d)
 
-    def _memory_known(self, d: _Domain, total: int, used: int, source: str) -> None:
+    def _memory_known(self, d: Domain, total: int, used: int, source: str) -> None:
         marks = Watermarks.resolve(total, self._high, self._low)
         self._event("watermarks", d, marks.describe(total, source))
         self._apply(self._sched.node_memory(d.name, used, marks, now=time.monotonic()))
@@ -360,19 +270,19 @@ class Ensemble:
                 if self._sched.record(t.index).status is TaskStatus.QUEUED:
                     self._sched.cancel(t.index, f"not run: {signal.Signals(signum).name}")
             self._apply([])
-            if self._guardian is not None:
-                self._guardian.signal(signum)
-            for job in self._jobs.values():
+            if self._local is not None:
+                self._local.signal(signum)
+            for job in self._remote.jobs.values():
                 job.signal(signum)
         else:
             self._kill_all("interrupted twice")
 
     def _kill_all(self, why: str) -> None:
-        if self._guardian is not None:
+        if self._local is not None:
             for t in self._tasks.values():
                 if t.pid:
-                    _signal_tree(t.pid, signal.SIGKILL)
-        for job in list(self._jobs.values()):
+                    signal_tree(t.pid, signal.SIGKILL)
+        for job in list(self._remote.jobs.values()):
             job.kill(why)
 
     async def aclose(self) -> None:
@@ -397,10 +307,8 @@ class Ensemble:
                 job_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await job_task
-        if self._watch is not None:
-            self._watch.close()
-        if self._guardian is not None:
-            self._guardian.release()
+        if self._local is not None:
+            self._local.close()
 
     # ----------------------------------------------------------------- running
     def _apply(self, starts: list[Start]) -> None:
@@ -433,9 +341,10 @@ class Ensemble:
         code: int | None = None
         try:
             if d.local:
-                code = await self._run_here(task, env)
+                assert self._local is not None
+                code = await self._local.run(task, env, self._emit)
             else:
-                code = await self._run_there(task, d, env)
+                code = await self._remote.run(task, d.name, env, self._emit)
         finally:
             task.ended = time.time()
             d.running[entry] -= 1
@@ -466,102 +375,8 @@ class Ensemble:
             assert buf is not None
             buf.append(data)
 
-    async def _run_here(self, task: Task, env: dict[str, str]) -> int:
-        """One run on this machine: posix_spawn into our guardian's group, pipes read here."""
-        assert self._guardian is not None and self._watch is not None
-        full = self._spec.base_env()
-        full.update(env)
-        try:
-            path = resolve(task.argv[0], full, task.wdir)
-        except SpawnError as exc:
-            self._emit(task, STDERR, f"pmrun: {exc}\n".encode())
-            return 127
-        loop = asyncio.get_running_loop()
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            task.pid = spawn(path, task.argv, full, cwd=task.wdir,
-                             fds={0: null, 1: out_w, 2: err_w}, pgid=self._guardian.pgid)
-        except SpawnError as exc:
-            os.close(out_r)
-            os.close(err_r)
-            self._emit(task, STDERR, f"pmrun: {exc}\n".encode())
-            return 127
-        finally:
-            for fd in (null, out_w, err_w):
-                os.close(fd)
-        open_fds = {STDOUT: out_r, STDERR: err_r}
-        drained = loop.create_future()
-        bufs = {STDOUT: LineBuffer(), STDERR: LineBuffer()}
-
-        def readable(stream: int, last: bool = False) -> None:
-            fd = open_fds[stream]
-            try:
-                data = b"" if last else os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            lines = bufs[stream].feed(data) if data else bufs[stream].flush()
-            if lines:
-                self._emit(task, stream, lines)
-            if not data:
-                loop.remove_reader(fd)
-                os.close(fd)
-                del open_fds[stream]
-                if not open_fds and not drained.done():
-                    drained.set_result(None)
-
-        for stream, fd in open_fds.items():
-            os.set_blocking(fd, False)
-            loop.add_reader(fd, readable, stream)
-        try:
-            status = await self._watch.watch(task.pid)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(drained), DRAIN)
-        finally:
-            task.pid = 0
-            for stream in list(open_fds):
-                readable(stream, last=True)
-        return status.shell_code
-
-    async def _run_there(self, task: Task, d: _Domain, env: dict[str, str]) -> int | None:
-        """One run on another host: a job whose vertex 0 (here) runs ``true``."""
-        from pm.head import JobRun
-
-        spec = self._remote_spec([task.argv[0], *task.argv[1:]], env, task.wdir)
-
-        def sink(rank: int, stream: int, data: bytes) -> None:
-            if rank == 1:
-                self._emit(task, stream, data)
-
-        job = JobRun(spec, self._pair(d), sink=sink)
-        self._jobs[task.index] = job
-        try:
-            await job.start()
-            result = await job.wait()
-        finally:
-            self._jobs.pop(task.index, None)
-        r = result.ranks.get(1)
-        if r is None or r.reason == "node lost":
-            return None
-        if r.reason.startswith("could not start"):
-            self._emit(task, STDERR, f"pmrun: {r.reason}\n".encode())
-        return 128 + r.signal if r.signal else r.code
-
-    def _remote_spec(self, argv: list[str], env: dict[str, str], wdir: str | None) -> JobSpec:
-        s = self._spec
-        return JobSpec([AppSpec(["true"]), AppSpec(argv, 1, env, wdir)], genv=dict(s.genv),
-                       env_mode=s.env_mode, genvlist=list(s.genvlist))
-
-    def _pair(self, d: _Domain) -> Nodes:
-        from pm.head import Nodes
-
-        return Nodes([self._here, d.name], [1, 1], 2, dict(self._nodes.bootstrap))
-
     # ----------------------------------------------------------------- memory
-    async def _sample_local(self, d: _Domain) -> None:
+    async def _sample_local(self, d: Domain) -> None:
         while True:
             await asyncio.sleep(self._interval)  # the sampling period, not a wait for an event
             pids = {t.index: t.pid for t in self._tasks.values() if t.pid and t.node == d.name}
@@ -573,9 +388,9 @@ class Ensemble:
             self._sampled(d, used, sizes)
 
     def _measure(self, pids: dict[int, int]) -> tuple[int, dict[int, int]]:
-        return self._probe_mem.used(), {i: _tree_anon(p) for i, p in pids.items()}
+        return self._probe_mem.used(), {i: tree_anon(p) for i, p in pids.items()}
 
-    def _sampled(self, d: _Domain, used: int, sizes: dict[int, int]) -> None:
+    def _sampled(self, d: Domain, used: int, sizes: dict[int, int]) -> None:
         d.peak_used = max(d.peak_used, used)
         starts = self._sched.node_memory(d.name, used, tasks=sizes, now=time.monotonic())
         adm = self._sched.admission(d.name)
@@ -598,7 +413,7 @@ class Ensemble:
         self._overruns(d)
         self._apply(starts)
 
-    def _overruns(self, d: _Domain) -> None:
+    def _overruns(self, d: Domain) -> None:
         """Report tasks over their bound; act on them per policy while the node is blocked."""
         adm = self._sched.admission(d.name)
         assert adm is not None
@@ -628,24 +443,25 @@ class Ensemble:
             d.exempt.update(d.suspended)  # waiting cannot free memory any more
             self._resume(d)
 
-    def _resume(self, d: _Domain) -> None:
+    def _resume(self, d: Domain) -> None:
         for index in sorted(d.suspended):
             self._act(d, index, signal.SIGCONT, "resumed")
         d.suspended.clear()
 
-    def _act(self, d: _Domain, index: int, sig: signal.Signals, what: str) -> None:
+    def _act(self, d: Domain, index: int, sig: signal.Signals, what: str) -> None:
         task = self._tasks[index]
+        jobs = self._remote.jobs
         if d.local and task.pid:
-            _signal_tree(task.pid, sig)
-        elif index in self._jobs:
+            signal_tree(task.pid, sig)
+        elif index in jobs:
             if sig == signal.SIGKILL:
-                self._jobs[index].kill(f"task {index} over its memory bound")
+                jobs[index].kill(f"task {index} over its memory bound")
             else:
-                self._jobs[index].signal(sig)
+                jobs[index].signal(sig)
         self._event(what, d, f"[task {index}] {what}: over its bound while node {d.name} "
                     "is over its high watermark", index)
 
-    def _event(self, kind: str, d: _Domain, text: str, task: int | None = None, *,
+    def _event(self, kind: str, d: Domain, text: str, task: int | None = None, *,
                reserved: int | None = None) -> None:
         if self._on_event is None:
             return
@@ -655,14 +471,11 @@ class Ensemble:
         self._on_event(Event(kind, time.time(), d.name, text, task, *figures))
 
     # ----------------------------------------------------------------- remote probes
-    async def _start_probe(self, d: _Domain) -> None:
-        from pm.head import JobRun
-
-        argv = [sys.executable, "-m", "pm.ensemble", "probe", self._token, str(self._interval)]
+    async def _start_probe(self, d: Domain) -> None:
         loop = asyncio.get_running_loop()
         d.first = loop.create_future()
-        d.probe = JobRun(self._remote_spec(argv, {}, None), self._pair(d),
-                         sink=lambda rank, stream, data: self._probe_lines(d, data))
+        d.probe = self._remote.probe(d.name, self._token, self._interval,
+                                     lambda data: self._probe_lines(d, data))
         await d.probe.start()
         ended = asyncio.ensure_future(d.probe.wait())
         ended.add_done_callback(lambda f: self._probe_ended(d, f))
@@ -672,24 +485,23 @@ class Ensemble:
         if not d.first.done():
             self._lost(d, "its memory probe sent nothing")
 
-    def _probe_lines(self, d: _Domain, data: bytes) -> None:
+    def _probe_lines(self, d: Domain, data: bytes) -> None:
         for line in data.decode(errors="replace").splitlines():
-            words = line.split()
-            if len(words) < 4 or words[0] != "pmrun-probe":
+            sample = parse_probe_line(line)
+            if sample is None:
                 continue
-            total, used = int(words[1]), int(words[2])
-            sizes = {int(k): int(v) for k, _, v in (w.partition("=") for w in words[4:])}
+            total, used, kind, sizes = sample
             if d.first is not None and not d.first.done():
-                self._memory_known(d, total, used, f"{words[3]} on {d.name}")
+                self._memory_known(d, total, used, f"{kind} on {d.name}")
                 d.first.set_result(None)
             else:
                 self._sampled(d, used, sizes)
 
-    def _probe_ended(self, d: _Domain, f: asyncio.Future[Any]) -> None:
+    def _probe_ended(self, d: Domain, f: asyncio.Future[Any]) -> None:
         if not self._closed:
             self._lost(d, "its memory probe ended")
 
-    def _lost(self, d: _Domain, why: str) -> None:
+    def _lost(self, d: Domain, why: str) -> None:
         if d.first is not None and not d.first.done():
             d.first.set_result(None)
         self._event("lost", d, f"node {d.name} lost: {why}")
@@ -700,64 +512,6 @@ class Ensemble:
 def _index(ident: object) -> int:
     assert isinstance(ident, int)  # the scheduler's admission idents are task indices
     return ident
-
-
-def _tree_anon(pid: int) -> int:
-    """Anonymous resident bytes of ``pid`` and its descendants (statm: resident - shared)."""
-    total = 0
-    for p in tree_pids(pid):
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                fields = f.read().split()
-            total += (int(fields[1]) - int(fields[2])) * _PAGE
-        except (OSError, IndexError, ValueError):  # exited between the walk and the read
-            continue
-    return total
-
-
-def _signal_tree(pid: int, sig: signal.Signals) -> None:
-    for p in tree_pids(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, sig)
-
-
-# --------------------------------------------------------------------- remote probe
-
-
-def probe_main(token: str, interval: float) -> int:
-    """``python -m pm.ensemble probe TOKEN INTERVAL``: every INTERVAL seconds, one line
-    ``pmrun-probe TOTAL USED KIND INDEX=BYTES...`` with this node's memory and the
-    anonymous resident bytes of the processes whose environment carries
-    ``PMRUN_ENSEMBLE=TOKEN``, summed per ``PMRUN_TASK``.  Ends on SIGTERM or SIGINT."""
-    import threading
-
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    probe = NodeMemory()
-    marker = b"PMRUN_ENSEMBLE=" + token.encode()
-    while not stop.is_set():
-        snap = probe.read()
-        sizes: dict[int, int] = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/environ", "rb") as f:
-                    env = f.read().split(b"\0")
-                if marker not in env:
-                    continue
-                index = next(int(v[11:]) for v in env if v.startswith(b"PMRUN_TASK="))
-                with open(f"/proc/{entry.name}/statm") as f:
-                    fields = f.read().split()
-                sizes[index] = sizes.get(index, 0) + (int(fields[1]) - int(fields[2])) * _PAGE
-            except (OSError, StopIteration, ValueError, IndexError):
-                continue  # gone, not ours to read, or not a task
-        kind = snap.limit_source.split(":")[0]
-        words = " ".join(f"{i}={n}" for i, n in sorted(sizes.items()))
-        print(f"pmrun-probe {snap.total} {snap.used} {kind} {words}", flush=True)
-        stop.wait(interval)
-    return 0
 
 
 if __name__ == "__main__":
