@@ -2,6 +2,8 @@
 
     python -m bench [--quick] [--only NAME[,NAME...]] [--no-run] [--timeout S]
 
+``--only`` runs some benchmarks and keeps the others' sections from their last run.
+
 Runs each benchmark module that exists, in a fixed order (then any other
 ``bench/NAME.py`` that writes a report section), each as its own
 ``python -m bench.NAME [--quick]`` subprocess from the checkout.  A benchmark
@@ -158,16 +160,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="seconds each benchmark may take (default 3600, 900 with --quick)")
     args = ap.parse_args(argv)
     names = benches()
+    wanted = names
     if args.only:
         wanted = [n for n in args.only.split(",") if n]
         unknown = [n for n in wanted if n not in names]
         if unknown:
             ap.error(f"no benchmark named {', '.join(unknown)} (have: {', '.join(names)})")
-        names = [n for n in names if n in wanted]
     timeout = args.timeout or (900.0 if args.quick else 3600.0)
     outcomes = []
     for name in names:
-        if args.no_run:
+        if name not in wanted:
+            # Not run this time: the report keeps its section from the run that wrote it.
+            o = Outcome(name, "not run", section=section_of(name, None))
+        elif args.no_run:
             o = Outcome(name, "not run", section=section_of(name, None))
         else:
             started = time.time() - 1  # file times are coarser than this clock
