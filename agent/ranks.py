@@ -24,7 +24,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pm.agent.pmi_server import PmiSession
-from pm.agent.spawn import PMI_FD, Guardian, SpawnError, rank_env, resolve, spawn
+from pm.agent.spawn import (
+    Guardian,
+    RankFds,
+    SpawnError,
+    fd_shortage,
+    rank_env,
+    resolve,
+    spawn,
+)
 from pm.agent.watch import ChildWatch, ExitStatus
 from pm.proto import tree as t
 
@@ -82,6 +90,11 @@ class LocalRanks:
         agent, plan = self.agent, self.agent.plan
         agent.mark("spawn start", ranks=len(self.ranks))
         self.watch = ChildWatch()
+        short = fd_shortage(len(self.ranks))
+        if short is not None:
+            for proc in self.ranks.values():  # the head names the first: no log per rank
+                self._spawn_failed(proc, short, quiet=True)
+            return
         self.guardian = Guardian()
         resolved: dict[int, str | SpawnError] = {}
         for rank, proc in self.ranks.items():
@@ -104,32 +117,24 @@ class LocalRanks:
 
     def _spawn_one(self, proc: RankProc, path: str, argv: list[str], env: dict[str, str],
                    wdir: str | None, cpus: frozenset[int] | None = None) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        if proc.rank == 0:
-            in_r, in_w = os.pipe2(os.O_CLOEXEC)
-        else:
-            in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
         assert self.guardian is not None
         try:
-            proc.pid = spawn(path, argv, env, cwd=wdir,
-                             fds={0: in_r, 1: out_w, 2: err_w, PMI_FD: theirs.fileno()},
+            fds = RankFds(stdin_pipe=proc.rank == 0)
+        except SpawnError as exc:
+            self._spawn_failed(proc, f"{argv[0]}: {exc}")
+            return
+        try:
+            proc.pid = spawn(path, argv, env, cwd=wdir, fds=fds.child_fds,
                              pgid=self.guardian.pgid, cpus=cpus)
         except SpawnError as exc:
-            for fd in (out_r, err_r, in_w):
-                if fd >= 0:
-                    os.close(fd)
-            ours.close()
+            fds.close_ours()
             self._spawn_failed(proc, str(exc))
             return
         finally:
-            for fd in (in_r, out_w, err_w):
-                os.close(fd)
-            theirs.close()
+            fds.close_child_ends()
         if self.agent.timeline is not None:
             self.agent.mark("rank spawned", proc.rank, pid=proc.pid)
-        self._attach(proc, ours, out_r, err_r, in_w)
+        self._attach(proc, socket.socket(fileno=fds.pmi), fds.out, fds.err, fds.stdin)
 
     def adopt(self, started: QuickStart) -> None:
         """Take over the ranks ``pmrun``'s quick path started (:mod:`pm.quick`).
@@ -145,7 +150,7 @@ class LocalRanks:
         for r in started.ranks:
             proc = self.ranks[r.rank]
             if r.pid == 0:
-                self._spawn_failed(proc, r.failure)
+                self._spawn_failed(proc, r.failure, quiet=r.skipped)
                 continue
             proc.pid = r.pid
             sock = socket.socket(fileno=r.take_pmi_fd())
@@ -177,8 +182,9 @@ class LocalRanks:
     async def _serve(self, session: PmiSession, sock: socket.socket) -> None:
         await self.loop.connect_accepted_socket(lambda: session, sock)
 
-    def _spawn_failed(self, proc: RankProc, why: str) -> None:
-        log.error("rank %d: %s", proc.rank, why)
+    def _spawn_failed(self, proc: RankProc, why: str, quiet: bool = False) -> None:
+        if not quiet:
+            log.error("rank %d: %s", proc.rank, why)
         proc.status = ExitStatus(127, 0)
         proc.reason = f"could not start: {why}"
         self.report(proc)

@@ -16,6 +16,7 @@ processes on the event loop is :mod:`pm.agent.watch`.
 from __future__ import annotations
 
 import _signal
+import _socket
 import os
 
 from pm.proto.errors import PMError
@@ -72,6 +73,50 @@ def rank_env(base: Mapping[str, str], app_env: Mapping[str, str], rank: int, siz
         GFORTRAN_UNBUFFERED_PRECONNECTED="y",
     )
     return env
+
+
+class RankFds:
+    """The descriptors of a rank about to start: the ends it gets (``child_fds``) and ours
+    (its PMI socket, its stdout and stderr pipes, its stdin pipe if it reads ours)."""
+
+    __slots__ = ("_child", "err", "out", "pmi", "stdin")
+
+    def __init__(self, stdin_pipe: bool) -> None:
+        """Raises :class:`SpawnError` (nothing left open) when the descriptors run out."""
+        self.pmi = self.out = self.err = self.stdin = -1
+        self._child: dict[int, int] = {}
+        try:
+            ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            self.pmi, self._child[PMI_FD] = ours.detach(), theirs.detach()
+            self.out, self._child[1] = os.pipe2(os.O_CLOEXEC)
+            self.err, self._child[2] = os.pipe2(os.O_CLOEXEC)
+            if stdin_pipe:
+                self._child[0], self.stdin = os.pipe2(os.O_CLOEXEC)
+            else:
+                self._child[0] = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self.close_ours()
+            self.close_child_ends()
+            raise SpawnError(f"cannot create its pipes: {exc.strerror}") from exc
+        os.set_blocking(self.out, False)
+        os.set_blocking(self.err, False)
+
+    @property
+    def child_fds(self) -> dict[int, int]:
+        """``spawn``'s ``fds``: stdin, stdout, stderr and PMI_FD of the rank."""
+        return self._child
+
+    def close_child_ends(self) -> None:
+        """Once the rank started (or failed to): its ends are its own."""
+        for fd in self._child.values():
+            os.close(fd)
+        self._child = {}
+
+    def close_ours(self) -> None:
+        for fd in (self.pmi, self.out, self.err, self.stdin):
+            if fd >= 0:
+                os.close(fd)
+        self.pmi = self.out = self.err = self.stdin = -1
 
 
 def spawn(
@@ -167,8 +212,13 @@ class Guardian:
             self._wfd = -1
 
 
+#: Descriptors an agent holds per local rank (PMI socket, stdout, stderr, pidfd, and
+#: rank 0's stdin), and what it needs besides (event loop, tree links, logs, imports).
+FDS_PER_RANK, FDS_SPARE = 5, 64
+
+
 def raise_fd_limit() -> None:
-    """Ranks need four fds each: raise the soft limit to the hard one."""
+    """Ranks need five fds each: raise the soft limit to the hard one."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -177,3 +227,16 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (ValueError, OSError):
             pass
+
+
+def fd_shortage(ranks: int) -> str | None:
+    """Why ``ranks`` local ranks cannot be served under this process's descriptor limit
+    (after :func:`raise_fd_limit`), or None if they can."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    need = ranks * FDS_PER_RANK + FDS_SPARE
+    if limit == resource.RLIM_INFINITY or need <= limit:
+        return None
+    return (f"{ranks} ranks on one node need about {need} file descriptors, but the limit "
+            f"is {limit} (raise it with ulimit -n, or use fewer ranks per node)")

@@ -35,9 +35,10 @@ import time
 
 from pm.agent import topo_share
 from pm.agent.spawn import (
-    PMI_FD,
     Guardian,
+    RankFds,
     SpawnError,
+    fd_shortage,
     raise_fd_limit,
     rank_env,
     resolve,
@@ -146,12 +147,14 @@ class QuickRank:
     """A rank the quick path started: what the agent needs to take it over."""
 
     __slots__ = ("err", "err_fd", "failure", "out", "out_fd", "pid", "pidfd",
-                 "pmi", "rank", "stdin_fd")
+                 "pmi", "rank", "skipped", "stdin_fd")
 
     def __init__(self, rank: int) -> None:
         self.rank = rank
         self.pid = 0
         self.failure = ""
+        #: Not started because an earlier rank could not be (``failure`` says which).
+        self.skipped = False
         self.pmi: _socket.socket | None = None
         self.pidfd = -1
         self.out_fd = -1
@@ -204,39 +207,39 @@ class QuickStart:
             self._remove_xml()
             return False  # the full path reports it
         raise_fd_limit()
+        if fd_shortage(opts.n):
+            self._remove_xml()
+            return False  # the full path says so
         self._catch_signals()
         self.guardian = Guardian()
         for rank, env in zip(self.ranks, envs, strict=True):
             self._spawn(rank, path, env)
+            if rank.failure:
+                # The full path reports it; the ranks after it are not started.
+                for later in self.ranks[rank.rank + 1:]:
+                    later.failure = f"not started: rank {rank.rank} could not start"
+                    later.skipped = True
+                break
         return True
 
     def _spawn(self, rank: QuickRank, path: str, env: dict[str, str]) -> None:
         assert self.guardian is not None
-        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        if rank.rank == 0 and self._stdin is not None:
-            in_r, in_w = os.pipe2(os.O_CLOEXEC)
-        else:
-            in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
+        try:
+            fds = RankFds(stdin_pipe=rank.rank == 0 and self._stdin is not None)
+        except SpawnError as exc:
+            rank.failure = f"{self.opts.argv[0]}: {exc}"
+            return
         try:
             rank.pid = spawn(path, self.opts.argv, env, cwd=self.opts.wdir,
-                             fds={0: in_r, 1: out_w, 2: err_w, PMI_FD: theirs.fileno()},
-                             pgid=self.guardian.pgid)
+                             fds=fds.child_fds, pgid=self.guardian.pgid)
         except SpawnError as exc:
             rank.failure = str(exc)
-            for fd in (out_r, err_r, in_w):
-                if fd >= 0:
-                    os.close(fd)
-            ours.close()
+            fds.close_ours()
             return
         finally:
-            for fd in (in_r, out_w, err_w):
-                os.close(fd)
-            theirs.close()
-        os.set_blocking(out_r, False)
-        os.set_blocking(err_r, False)
-        rank.pmi, rank.out_fd, rank.err_fd, rank.stdin_fd = ours, out_r, err_r, in_w
+            fds.close_child_ends()
+        rank.pmi = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fds.pmi)
+        rank.out_fd, rank.err_fd, rank.stdin_fd = fds.out, fds.err, fds.stdin
         rank.pidfd = os.pidfd_open(rank.pid)
 
     def _catch_signals(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -224,3 +225,26 @@ def test_timeout_ends_a_job_that_never_stops_printing(pmrun: Run) -> None:
     assert r.returncode == 124, r.stderr[-500:]
     assert "timed out after 1 s" in r.stderr
     assert time.monotonic() - t0 < 15
+
+
+@pytest.mark.parametrize("quick", ["1", "0"])
+def test_too_few_descriptors_for_the_ranks_is_said_plainly(tmp_path: Path, quick: str) -> None:
+    argv = " ".join(pmrun_argv("-n", "100", "true"))
+    p = subprocess.run(["sh", "-c", f"ulimit -n 256 && exec {argv}"], cwd=tmp_path,
+                       env=pmrun_env({"PM_QUICK": quick}), stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 127, p.stderr
+    assert "Traceback" not in p.stderr
+    (line,) = p.stderr.splitlines()
+    assert "rank 0 (node 0" in line and "file descriptors" in line and "ulimit -n" in line
+
+
+def test_a_program_that_cannot_be_executed_is_named_once(pmrun: Run, tmp_path: Path) -> None:
+    # Executable, found, but its interpreter is missing: posix_spawn itself fails.
+    prog = tmp_path / "bad"
+    prog.write_text("#!/no/such/interpreter\n")
+    prog.chmod(0o755)
+    r = pmrun("-n", "3", str(prog))
+    assert r.returncode == 127, r.stderr
+    assert "Traceback" not in r.stderr
+    assert re.search(r"rank 0 \(node 0, [^)]*\) could not start: .*bad", r.stderr), r.stderr
