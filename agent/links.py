@@ -404,6 +404,16 @@ class ParentLink:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._recv())
 
+    def hold(self, held: bool) -> None:
+        """While ``held`` the parent's silence is no loss: the job is suspended (Ctrl-Z)
+        and the head has stopped itself until SIGCONT, which releases the hold."""
+        if self._live is None:
+            return
+        if held:
+            self._live.forget("parent")
+        else:
+            self._live.seen("parent", time.monotonic())
+
     async def recv(self) -> t.Msg:
         """The next message from the parent (heartbeats are consumed here)."""
         while True:

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -568,6 +569,12 @@ class JobAgent:
         elif isinstance(msg, t.Signal):
             self._down_all(msg)
             self.procs.signal(msg.signum)
+            if msg.signum in (signal.SIGTSTP, signal.SIGCONT):
+                # After a SIGTSTP the head stops itself until SIGCONT: a parent that
+                # watches the link for silence (ParentLink) holds that watch meanwhile.
+                hold = getattr(self.parent, "hold", None)
+                if hold is not None:
+                    hold(msg.signum == signal.SIGTSTP)
         else:
             self.from_tree(msg)
 

@@ -25,8 +25,9 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-# The guardian ignores the job-control signals the agent forwards to the group.
-_GUARDIAN = "trap '' INT TERM HUP QUIT USR1 USR2; read _; kill -KILL 0"
+# The guardian ignores the signals the agent forwards to the group, the stop signals
+# too: a stopped guardian could not kill the group if its agent died meanwhile.
+_GUARDIAN = "trap '' INT TERM HUP QUIT USR1 USR2 TSTP TTIN TTOU; read _; kill -KILL 0"
 
 #: Target fd number of the PMI socket in a rank (``PMI_FD``).
 PMI_FD = 3

@@ -85,7 +85,8 @@ Output and control:
 Exit status: 0 if every rank exited 0; else the status of the first rank that failed
 (128+N for signal N, the code given to MPI_Abort); 124 on --timeout; 255 when pmrun
 itself could not run the job (a node was lost, an agent failed to start).
-Ctrl-C is forwarded to every rank; a second Ctrl-C kills the job at once.
+Ctrl-C is forwarded to every rank; a second Ctrl-C kills the job at once. Ctrl-Z stops
+every rank and pmrun; fg or bg continues them.
 """
 
 
@@ -327,7 +328,8 @@ async def _main(opts: CliOptions, started: QuickStart | None = None) -> int:
     loop = asyncio.get_running_loop()
     handlers = {signal.SIGINT: job.interrupt, signal.SIGTERM: job.interrupt,
                 signal.SIGHUP: job.interrupt, signal.SIGUSR1: job.signal,
-                signal.SIGUSR2: job.signal}
+                signal.SIGUSR2: job.signal, signal.SIGTSTP: job.suspend,
+                signal.SIGCONT: job.signal}
     for sig, handler in handlers.items():
         loop.add_signal_handler(sig, handler, sig)
     await job.start()

@@ -41,6 +41,8 @@ KILL_GRACE = 2.0
 EXIT_TIMEOUT = 124
 EXIT_LAUNCHER = 255
 STDIN_WINDOW = 1 << 20
+#: Seconds the head lets a suspend message leave (to child agents) before it stops itself.
+SUSPEND_FLUSH = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +239,15 @@ class JobRun:
         """Forward ``signum`` to every rank."""
         if self.agent is not None:
             self.agent.from_parent(t.Signal(signum))
+
+    def suspend(self, _signum: int) -> None:
+        """Ctrl-Z: stop every rank, then the launcher itself; SIGCONT (``fg``, ``bg``) to the
+        launcher continues them (:meth:`signal`).  Agents hold their watch on the head
+        meanwhile: its silence is no loss."""
+        self.signal(signal.SIGTSTP)
+        # The stop goes down the tree through zmq's I/O thread: give it time to leave.
+        delay = SUSPEND_FLUSH if self.children is not None else 0.0
+        self.loop.call_later(delay, os.kill, os.getpid(), signal.SIGSTOP)
 
     def interrupt(self, signum: int) -> None:
         """Ctrl-C / SIGTERM to the launcher: forward once, kill at once the second time."""

@@ -52,7 +52,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 #: Signals pmrun handles (pm.cli installs the same on the event loop).
-SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGUSR1, _signal.SIGUSR2)
+SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGUSR1, _signal.SIGUSR2,
+           _signal.SIGTSTP, _signal.SIGCONT)
 
 _LABEL = frozenset({"-l", "--label", "-prepend-rank"})
 _N = frozenset({"-n", "-np", "--np"})
@@ -275,8 +276,13 @@ class QuickStart:
                 if wait <= 0:
                     return None  # --timeout: the full path ends the job and says so
             for fd, _mask in poll.poll(wait):
-                if fd in (self._sig_r, self._stdin):
-                    return None  # a signal to forward, or data for rank 0
+                if fd == self._sig_r:
+                    os.read(fd, 512)
+                    if not self._job_control():
+                        return None  # a signal the full path forwards
+                    continue
+                if fd == self._stdin:
+                    return None  # data for rank 0
                 what, r = table[fd]
                 if what in (STDOUT, STDERR):
                     self._read(r, what)
@@ -299,6 +305,17 @@ class QuickStart:
                     if r.out_fd >= 0 or r.err_fd >= 0:
                         return None  # something it started holds its output open
         return 0
+
+    def _job_control(self) -> bool:
+        """Ctrl-Z and fg/bg: stop every rank, then pmrun; SIGCONT continues them.  False if
+        another signal came (it stays noted for the full path)."""
+        assert self.guardian is not None
+        while _signals and _signals[0] in (_signal.SIGTSTP, _signal.SIGCONT):
+            signum = _signals.pop(0)
+            self.guardian.signal(signum)
+            if signum == _signal.SIGTSTP:
+                os.kill(os.getpid(), _signal.SIGSTOP)  # until SIGCONT (noted, handled next)
+        return not _signals
 
     def _read(self, r: QuickRank, stream: int) -> int:
         """Pass on what the rank wrote: 1 if there was data, 0 at EOF (the pipe is closed

@@ -3,11 +3,14 @@
 from collections.abc import Callable
 from types import FrameType
 
+SIGCONT: int
 SIGHUP: int
 SIGINT: int
 SIGKILL: int
 SIGPIPE: int
+SIGSTOP: int
 SIGTERM: int
+SIGTSTP: int
 SIGUSR1: int
 SIGUSR2: int
 SIG_DFL: int

@@ -16,8 +16,11 @@ def start_with_stdin(argv: list[str], config: AgentConfig, env: dict[str, str] |
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
     try:
         # The agent's stdout must never mix with the job's output: point it at our stderr.
+        # Its own process group: what the terminal sends (Ctrl-C, Ctrl-Z) reaches the
+        # head alone, which passes it on down the tree; an agent, ssh or srun in the
+        # terminal's group would die of a Ctrl-C, or stop at a Ctrl-Z, by itself.
         pid = spawn(argv[0], argv, env if env is not None else dict(os.environ),
-                    fds={0: rfd, 1: 2, 2: 2})
+                    fds={0: rfd, 1: 2, 2: 2}, pgid=0)
     finally:
         os.close(rfd)
     os.write(wfd, json.dumps(config.to_wire()).encode() + b"\n")

@@ -1,0 +1,108 @@
+"""Signals from the terminal: they reach pmrun's process group, and pmrun alone passes them
+on (Ctrl-C), or suspends and continues the whole job (Ctrl-Z, then fg)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from launch_util import pids_with, pmrun_argv, pmrun_env, read_lines, script, wait_gone, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@contextlib.contextmanager
+def in_own_group(args: list[str], cwd: Path, env: dict[str, str] | None = None
+                 ) -> Iterator[subprocess.Popen[bytes]]:
+    """pmrun leading its own process group, as a shell's foreground job does."""
+    p = subprocess.Popen(pmrun_argv(*args), cwd=cwd, env=pmrun_env(env), start_new_session=True,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGCONT)
+            p.kill()
+        p.communicate(timeout=20)
+
+
+def state(pid: int) -> str:
+    """The process state letter of ``pid`` ("T" stopped), "" if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+SLEEPER = """
+    import os, sys, time
+    print("up", os.environ["PMI_RANK"], flush=True)
+    time.sleep(60)
+"""
+
+
+def test_ctrl_c_at_the_terminal_reaches_the_agents_through_pmrun(tmp_path: Path,
+                                                                 marker: str) -> None:
+    prog = script(tmp_path, "sleeper.py", SLEEPER)
+    with in_own_group(["--local-nodes", "2", "-n", "2", "python", str(prog), marker],
+                      tmp_path) as p:
+        assert p.stdout is not None
+        read_lines(p.stdout, 2, 30)
+        os.killpg(p.pid, signal.SIGINT)  # the whole foreground group, as the terminal does
+        _out, err = p.communicate(timeout=30)
+    text = err.decode()
+    assert p.returncode == 130, text
+    assert "forwarding SIGINT" in text
+    # Only the ranks died of it (forwarded); no agent got it from the terminal itself.
+    assert text.count("KeyboardInterrupt") == 2, text
+    assert "lost" not in text and "agent/main.py" not in text, text
+    wait_gone(marker, 10)
+
+
+WAITER = """
+    import os, sys, time
+    print("up", os.environ["PMI_RANK"], flush=True)
+    go = sys.argv[1]
+    while not os.path.exists(go):
+        time.sleep(0.02)
+    print("done", os.environ["PMI_RANK"], flush=True)
+"""
+
+
+@pytest.mark.parametrize(("opts", "quick"), [
+    ([], "1"), ([], "0"), (["--local-nodes", "2", "--heartbeat", "1"], "1")],
+    ids=["one-node", "one-node-agent", "two-nodes"])
+def test_ctrl_z_suspends_the_job_and_fg_continues_it(tmp_path: Path, marker: str,
+                                                     opts: list[str], quick: str) -> None:
+    prog = script(tmp_path, "waiter.py", WAITER)
+    go = tmp_path / "go"
+    with in_own_group([*opts, "-n", "2", "-l", "python", str(prog), str(go), marker],
+                      tmp_path, {"PM_QUICK": quick}) as p:
+        assert p.stdout is not None
+        read_lines(p.stdout, 2, 30)
+        ranks = [pid for pid in pids_with(marker) if pid != p.pid]
+        assert len(ranks) == 2
+        os.killpg(p.pid, signal.SIGTSTP)  # Ctrl-Z
+        wait_until(lambda: all(state(pid) == "T" for pid in [p.pid, *ranks]), 10,
+                   "pmrun and its ranks to stop")
+        # Suspended for longer than the heartbeat: a stopped head is no lost node.
+        until = time.monotonic() + 2.0
+        while time.monotonic() < until:
+            assert all(state(pid) == "T" for pid in [p.pid, *ranks])
+            time.sleep(0.1)  # sampling a state that must hold, not waiting for an event
+        go.touch()
+        os.killpg(p.pid, signal.SIGCONT)  # fg
+        out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err.decode()
+    # (The "up" lines were read above.)
+    assert sorted(out.decode().splitlines()) == ["[0] done 0", "[1] done 1"]
+    assert "lost" not in err.decode()
