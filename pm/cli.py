@@ -403,6 +403,10 @@ def take_over(started: QuickStart) -> int:
 def _run(argv: list[str] | None, started: QuickStart | None = None) -> int:
     import logging
 
+    from pm.output import ensure_std_fds
+
+    ensure_std_fds()
+
     args = sys.argv[1:] if argv is None else argv
     try:
         opts = parse(args)

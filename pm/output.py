@@ -84,3 +84,13 @@ def stdin_for_job() -> int | None:
     if stat.S_ISCHR(st.st_mode) and not os.isatty(0):
         return None  # /dev/null and the like
     return 0
+
+
+def ensure_std_fds() -> None:
+    """Give a closed stdin, stdout or stderr /dev/null, before any other descriptor is made:
+    else the first pipe of a rank would take its number, and the job's output would go in."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: ``fd``

@@ -45,7 +45,7 @@ from pm.agent.spawn import (
     spawn,
 )
 from pm.jobenv import filter_env, new_job_id
-from pm.output import STDERR, STDOUT, LineBuffer, Writer, stdin_for_job
+from pm.output import STDERR, STDOUT, LineBuffer, Writer, ensure_std_fds, stdin_for_job
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -410,6 +410,7 @@ def _note(signum: int, frame: object) -> None:
 
 def main() -> int:
     """``pmrun``: the quick path when it applies (see the module docstring), else ``pm.cli``."""
+    ensure_std_fds()
     argv = sys.argv[1:]
     opts = parse(argv, os.environ)
     job = None

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from launch_util import read_lines, script, wait_gone
+from launch_util import pmrun_argv, pmrun_env, read_lines, script, wait_gone
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 Start = Callable[..., subprocess.Popen[bytes]]
@@ -132,3 +132,14 @@ def test_rank_0_reads_eof_when_pmrun_has_no_stdin(pmrun: Run, opts: list[str]) -
               timeout=30)
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.splitlines()) == ["[0] done", "[1] done"]
+
+
+@pytest.mark.parametrize("quick", ["1", "0"])
+def test_closed_stdout_is_no_crash(tmp_path: Path, quick: str) -> None:
+    # `pmrun ... >&-`: the ranks' output has nowhere to go; the job still runs and ends well.
+    argv = " ".join(pmrun_argv("-n", "2", "sh", "-c", "'echo out; echo err >&2'"))
+    p = subprocess.run(["sh", "-c", f"exec {argv} >&-"], cwd=tmp_path,
+                       env=pmrun_env({"PM_QUICK": quick}), stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines() == ["err", "err"]
