@@ -82,6 +82,11 @@ Output and control:
   --version               print the version and exit
   -h, --help              show this help and exit
 
+pmrun reads from its own environment:
+  MPIEXEC_TIMEOUT=S       as --timeout S
+  PM_QUICK=0              start even a one-node job through the agent, not the quick path
+  (a rank's environment: see -genv*; PM_TOPOLOGY_SHARE=0 there stops sharing the topology)
+
 Exit status: 0 if every rank exited 0; else the status of the first rank that failed
 (128+N for signal N, the code given to MPI_Abort); 124 on --timeout; 255 when pmrun
 itself could not run the job (a node was lost, an agent failed to start).
