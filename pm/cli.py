@@ -76,6 +76,10 @@ Start-up analysis:
 
 Output and control:
   -l, --label             prefix every output line with [rank]
+  --output PATTERN        write the ranks' stdout to files: %r (or %t) is the rank, %j the
+                          job id, %% a percent sign; without %r all ranks share the file
+                          (Hydra's -outfile-pattern)
+  --error PATTERN         the same for their stderr (-errfile-pattern)
   --timeout SECONDS       kill the job after SECONDS (exit status 124); also MPIEXEC_TIMEOUT
   --kvs shm|socket        how ranks using pm.client read the node's KVS (default shm)
   -v, --verbose           say what pmrun does (twice: debug)
@@ -114,6 +118,8 @@ _GLOBAL_VALUE = {
     "-ppn": "ppn", "-hosts": "hosts", "-host": "hosts", "-f": "hostfile", "-hostfile": "hostfile",
     "--hostfile": "hostfile", "--local-nodes": "local_nodes", "--fanout": "fanout",
     "--timeout": "timeout", "-timeout": "timeout", "--kvs": "kvs", "-genvlist": "genvlist",
+    "--output": "output", "-outfile-pattern": "output", "--error": "error",
+    "-errfile-pattern": "error",
     "--bind-to": "bind_to", "-bind-to": "bind_to", "--map-by": "map_by", "-map-by": "map_by",
     "--profile": "profile", "--launcher": "launcher", "-launcher": "launcher",
     "--launcher-exec": "launcher_exec", "-launcher-exec": "launcher_exec",
@@ -234,6 +240,13 @@ def parse(argv: list[str]) -> CliOptions:
                 spec.map_by = val
             elif key == "profile":
                 spec.profile = val
+            elif key in ("output", "error"):
+                from pm.output import pattern_problem
+
+                problem = pattern_problem(name, val)
+                if problem:
+                    raise UsageError(problem)
+                setattr(spec, key, val)
             else:
                 opts.extra[key] = val
         else:

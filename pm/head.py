@@ -26,7 +26,7 @@ from pm.bootstrap.base import head_relays
 from pm.jobenv import new_job_id
 from pm.jobspec import JobPlan, JobSpec, sequence_slots
 from pm.mapping import place, process_mapping
-from pm.output import Writer
+from pm.output import STDERR, STDOUT, Writer
 from pm.proto import tree as t
 
 if TYPE_CHECKING:
@@ -108,7 +108,6 @@ class JobRun:
         spec.validate()
         self.spec = spec
         self.nodes = nodes
-        self.writer = Writer(spec.label) if sink is None else None
         self.sink = sink
         self.stdin_fd = stdin
         self.verbose = verbose
@@ -117,6 +116,9 @@ class JobRun:
         #: Ranks pmrun's quick path already started (pm.quick): vertex 0 adopts them.
         self._started = started
         job_id = started.job_id if started is not None else new_job_id()
+        self.writer = Writer(spec.label, files={STDOUT: spec.output or "",
+                                                STDERR: spec.error or ""},
+                             job_id=job_id) if sink is None else None
         slots = sequence_slots(spec, len(nodes.hosts), nodes.slots)
         node_of_rank = place(spec.size, slots)
         used = max(node_of_rank) + 1
@@ -206,6 +208,8 @@ class JobRun:
             await self.finished
         finally:
             await self.aclose()
+            if self.writer is not None:
+                self.writer.close()
         if self.spec.profile:
             from pm.profile import write_profile
 

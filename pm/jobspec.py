@@ -44,6 +44,9 @@ class JobSpec:
     map_by: str = "core"
     report_bindings: bool = False
     profile: str | None = None
+    #: Files for the ranks' stdout / stderr instead of the launcher's (pm.output patterns).
+    output: str | None = None
+    error: str | None = None
     #: Node memory watermarks for the ranks' ``pmi.reserve`` (sizes or "NN%"; None: 90/80 %),
     #: and what to do with a reservation's rank using more than it reserved.
     mem_high: str | None = None

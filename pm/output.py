@@ -41,12 +41,19 @@ class LineBuffer:
 
 
 class Writer:
-    """Writes ranks' lines to the launcher's stdout/stderr, tagged ``[rank]`` on demand."""
+    """Writes ranks' lines to the launcher's stdout/stderr, tagged ``[rank]`` on demand, or to
+    files named by a pattern per stream (``files``: see :func:`expand_pattern`)."""
 
-    def __init__(self, label: bool, out_fd: int = 1, err_fd: int = 2) -> None:
+    def __init__(self, label: bool, out_fd: int = 1, err_fd: int = 2,
+                 files: dict[int, str] | None = None, job_id: str = "") -> None:
         self.label = label
         self._fds = {STDOUT: out_fd, STDERR: err_fd}
         self._prefixes: dict[int, bytes] = {}
+        self._patterns = {k: v for k, v in (files or {}).items() if v}
+        self._job_id = job_id
+        #: (stream, rank) -> fd of its file (-1: it could not be opened); path -> fd.
+        self._to: dict[tuple[int, int], int] = {}
+        self._opened: dict[str, int] = {}
 
     def write(self, rank: int, stream: int, chunk: bytes) -> None:
         if self.label:
@@ -57,7 +64,62 @@ class Writer:
             if lines and lines[-1] == b"":
                 lines.pop()
             chunk = b"".join(prefix + line + b"\n" for line in lines)
-        write_all(self._fds[stream], chunk)
+        fd = self._fds[stream] if stream not in self._patterns else self._file(rank, stream)
+        if fd >= 0:
+            write_all(fd, chunk)
+
+    def _file(self, rank: int, stream: int) -> int:
+        fd = self._to.get((stream, rank))
+        if fd is None:
+            path = expand_pattern(self._patterns[stream], rank, self._job_id)
+            fd = self._opened.get(path)
+            if fd is None:
+                try:  # truncated once per job: ranks sharing a file append to it
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+                                 | os.O_CLOEXEC, 0o666)
+                except OSError as exc:
+                    fd = -1
+                    what = "output" if stream == STDOUT else "error output"
+                    write_all(2, f"pmrun: rank {rank}'s {what} is lost: cannot open {path}: "
+                                 f"{exc.strerror}\n".encode())
+                self._opened[path] = fd
+            self._to[(stream, rank)] = fd
+        return fd
+
+    def close(self) -> None:
+        """Close the output files (idempotent)."""
+        for fd in self._opened.values():
+            if fd >= 0:
+                os.close(fd)
+        self._opened.clear()
+        self._to.clear()
+
+
+def pattern_problem(option: str, pattern: str) -> str | None:
+    """What is wrong with an output file pattern (its folder is missing), or None."""
+    folder = os.path.dirname(expand_pattern(pattern, 0, "job"))
+    if folder and not os.path.isdir(folder):
+        return f"{option} {pattern}: no such directory {folder}"
+    return None
+
+
+def expand_pattern(pattern: str, rank: int, job_id: str) -> str:
+    """An output file name: ``%r`` (or Slurm's ``%t``) is the rank, ``%j`` the job id,
+    ``%%`` a percent sign; without ``%r``, every rank writes to the one file."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "%" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            sub = {"r": str(rank), "t": str(rank), "j": job_id, "%": "%"}.get(nxt)
+            if sub is not None:
+                out.append(sub)
+                i += 2
+                continue
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def write_all(fd: int, data: bytes) -> None:

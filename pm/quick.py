@@ -2,9 +2,10 @@
 
 Most of pmrun's own start-up is importing asyncio, the agent and the PMI
 server.  A job that runs on this machine only (no hosts, no Slurm allocation,
-and no option beyond ``-n``, ``-genv``/``-env``, ``-l``, ``-wdir`` and
-``--timeout``) is therefore started *before* any of that is imported, by
-this module, which imports C modules and a few small modules of pmrun only.
+and no option beyond ``-n``, ``-genv``/``-env``, ``-l``, ``-wdir``,
+``--timeout`` and ``--output``/``--error``) is therefore started *before* any
+of that is imported, by this module, which imports C modules and a few small
+modules of pmrun only.
 A poll loop then writes the ranks' output and watches them.
 
 The first thing that needs more hands the running job to the full path: a
@@ -45,7 +46,15 @@ from pm.agent.spawn import (
     spawn,
 )
 from pm.jobenv import filter_env, new_job_id
-from pm.output import STDERR, STDOUT, LineBuffer, Writer, ensure_std_fds, stdin_for_job
+from pm.output import (
+    STDERR,
+    STDOUT,
+    LineBuffer,
+    Writer,
+    ensure_std_fds,
+    pattern_problem,
+    stdin_for_job,
+)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -59,6 +68,8 @@ _LABEL = frozenset({"-l", "--label", "-prepend-rank"})
 _N = frozenset({"-n", "-np", "--np"})
 _WDIR = frozenset({"-wdir", "--wdir", "-dir"})
 _TIMEOUT = frozenset({"--timeout", "-timeout"})
+_OUTPUT = frozenset({"--output", "-outfile-pattern"})
+_ERROR = frozenset({"--error", "-errfile-pattern"})
 #: What a watched fd is, besides STDOUT and STDERR.
 _PMI, _EXIT = 3, 4
 
@@ -66,7 +77,7 @@ _PMI, _EXIT = 3, 4
 class QuickOptions:
     """The part of a command line the quick path runs (one program, on this machine)."""
 
-    __slots__ = ("app_env", "argv", "genv", "label", "n", "timeout", "wdir")
+    __slots__ = ("app_env", "argv", "error", "genv", "label", "n", "output", "timeout", "wdir")
 
     def __init__(self) -> None:
         self.n = 1
@@ -76,6 +87,8 @@ class QuickOptions:
         self.wdir: str | None = None
         self.label = False
         self.timeout: float | None = None
+        self.output: str | None = None
+        self.error: str | None = None
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
@@ -124,6 +137,13 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
             opts.timeout = _seconds(inline)
             if opts.timeout is None:
                 return None
+        elif name in _OUTPUT or name in _ERROR:
+            if pattern_problem(name, inline):
+                return None
+            if name in _OUTPUT:
+                opts.output = inline
+            else:
+                opts.error = inline
         else:
             return None
     opts.argv = argv[i:]
@@ -183,7 +203,8 @@ class QuickStart:
         self.ranks = [QuickRank(r) for r in range(opts.n)]
         self.guardian: Guardian | None = None
         self.xml_path: str | None = None
-        self._writer = Writer(opts.label)
+        self._writer = Writer(opts.label, files={STDOUT: opts.output or "",
+                                                 STDERR: opts.error or ""}, job_id=self.job_id)
         self._sig_r = self._sig_w = -1
         self._stdin = stdin_for_job()
         self._poll = select.poll()

@@ -143,3 +143,33 @@ def test_closed_stdout_is_no_crash(tmp_path: Path, quick: str) -> None:
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stderr.splitlines() == ["err", "err"]
+
+
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"], ["-genv", "PM_X", "1"]])
+def test_output_files_per_rank_and_shared(pmrun: Run, tmp_path: Path, opts: list[str]) -> None:
+    prog = "echo out $PMI_RANK; echo err $PMI_RANK >&2"
+    r = pmrun("-n", "3", *opts, "--output", str(tmp_path / "out.%r"),
+              "-errfile-pattern", str(tmp_path / "err-%%.log"), "sh", "-c", prog,
+              env={"PM_QUICK": "0" if opts[:1] == ["-genv"] else "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and r.stderr == ""
+    for rank in range(3):
+        assert (tmp_path / f"out.{rank}").read_text() == f"out {rank}\n"
+    # No %r: the ranks share one file, line by line.
+    assert sorted((tmp_path / "err-%.log").read_text().splitlines()) == [
+        "err 0", "err 1", "err 2"]
+
+
+def test_output_file_pattern_in_a_missing_folder_is_a_usage_error(pmrun: Run) -> None:
+    r = pmrun("-n", "1", "--output", "/no/such/folder/out.%r", "true")
+    assert r.returncode == 2
+    assert "no such directory /no/such/folder" in r.stderr
+
+
+def test_an_output_file_that_cannot_be_opened_is_said_once(pmrun: Run, tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    folder.mkdir()
+    r = pmrun("-n", "2", "-l", "--output", str(folder), "sh", "-c", "echo a; echo b")
+    assert r.returncode == 0, r.stderr
+    (line,) = r.stderr.splitlines()  # the ranks share the (unopenable) file: one message
+    assert "output is lost: cannot open" in line and str(folder) in line

@@ -136,6 +136,7 @@ QUICK_CASES = [
     ["-genv", "A", "1", "-env", "B", "2", "-genvall", "prog", ":x"],
     ["--timeout", "2.5", "-n", "1", "prog"],
     ["--timeout=7", "-prepend-rank", "prog"],
+    ["--output", "o.%r", "-errfile-pattern", "e.%j", "prog"],
 ]
 FULL_CASES = [
     ["-n", "2", "a", ":", "-n", "1", "b"],  # MPMD
@@ -151,6 +152,7 @@ FULL_CASES = [
     ["-n"],
     ["--help"],
     ["-wdir", "/no/such/dir", "true"],
+    ["--output", "/no/such/dir/out.%r", "true"],
 ]
 
 
@@ -160,8 +162,9 @@ def test_quick_options_mean_what_the_full_parser_says(argv: list[str]) -> None:
     assert q is not None
     spec = full_parse(argv).spec
     (app,) = spec.apps
-    assert (q.n, q.argv, q.genv, q.app_env, q.wdir, q.label, q.timeout) == (
-        app.n, app.argv, spec.genv, app.env, app.wdir, spec.label, spec.timeout)
+    assert (q.n, q.argv, q.genv, q.app_env, q.wdir, q.label, q.timeout, q.output, q.error) == (
+        app.n, app.argv, spec.genv, app.env, app.wdir, spec.label, spec.timeout, spec.output,
+        spec.error)
 
 
 @pytest.mark.parametrize("argv", FULL_CASES)
