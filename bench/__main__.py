@@ -113,14 +113,15 @@ def commit() -> str:
     return head + (" (with uncommitted changes)" if dirty else "")
 
 
-def assemble(outcomes: Sequence[Outcome], quick: bool) -> str:
+def assemble(outcomes: Sequence[Outcome], quick: bool, only: str = "") -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# pmrun benchmark report", "",
         f"* Machine: {machine()}",
         f"* Date: {now}",
         f"* Commit: {commit()}",
-        f"* Run: `python -m bench{' --quick' if quick else ''}`"
+        f"* Run: `python -m bench{' --quick' if quick else ''}"
+        f"{f' --only {only}' if only else ''}`"
         + (" (quick: short runs that check the benchmarks work; not for citing)"
            if quick else ""),
         "",
@@ -179,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             o = run_one(name, args.quick, timeout)
             o.section = section_of(name, started)
         outcomes.append(o)
-    REPORT.write_text(assemble(outcomes, args.quick))
+    REPORT.write_text(assemble(outcomes, args.quick, args.only))
     failed = [o.name for o in outcomes if o.status not in ("ok", "not run")]
     print(f"bench: wrote {REPORT.relative_to(ROOT)}"
           + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
