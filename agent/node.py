@@ -3,7 +3,10 @@
 A :class:`JobAgent` is one vertex of the job's tree.  Its ranks as processes
 (spawn, pipes, stdin, exits, the kill) are :class:`pm.agent.ranks.LocalRanks`;
 this module is what the ranks are served: the KVS, collectives, the name
-service, and the tree messages that carry them.  Its *parent* is the next
+service, and the tree messages that carry them.  Collectives are served by its
+:class:`~pm.agent.coll_shell.NodeCollectives`, direct gets of other nodes'
+keys and the name service by its :class:`~pm.agent.tree_requests.TreeRequests`;
+this module routes the messages they exchange.  Its *parent* is the next
 agent up (or, for vertex 0, the head in the same process); its *children* are
 agents it started itself.  Everything it says travels as ``pm.proto.tree``
 messages through :class:`Uplink`/:class:`Downlinks`, so the same code runs
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -23,11 +25,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pm.agent.collectives import KIND_NAMES, Collectives, Complete, SendUp, report_counts
+from pm.agent.coll_shell import NodeCollectives
+from pm.agent.collectives import report_counts
 from pm.agent.kvs import NodeKVS
 from pm.agent.ranks import LocalRanks, RankProc
+from pm.agent.tree_requests import TreeRequests
 from pm.proto import tree as t
-from pm.proto.errors import PMError, RankFailed
+from pm.proto.errors import PMError
 
 from pm.jobspec import JobPlan
 from pm.mapping import local_ranks, place
@@ -66,15 +70,8 @@ class JobAgent:
         self.node_of_rank = place(plan.size, plan.slots)
         self.local = local_ranks(self.node_of_rank).get(vertex, [])
         self.kvs = NodeKVS()
-        self.coll = Collectives(self.local, self.children, plan.size, vertex == 0)
-        self._contiguous = self._ring_order_is_rank_order()
-        self._coll_futs: dict[tuple[int, int, int], asyncio.Future[Any]] = {}
-        self._ring_ag: dict[tuple[int, int], int] = {}
         self._node_attrs: dict[str, str] = {}
         self._node_waiters: dict[str, list[asyncio.Future[str | None]]] = {}
-        self._names: dict[str, str] = {}
-        self._reqs: dict[int, asyncio.Future[Any]] = {}
-        self._next_req = 1
         self._out: list[Any] = []
         self._exits: list[Any] = []
         self._flush_scheduled = False
@@ -85,6 +82,9 @@ class JobAgent:
         self.killing = False
         self.loop = asyncio.get_running_loop()
         self.done = self.loop.create_future()
+        #: The ranks' collectives; gets of other nodes' keys and names, through the tree.
+        self.coll = NodeCollectives(self)
+        self.requests = TreeRequests(self)
         #: The node's ranks as processes; ``ranks`` is theirs, by rank.
         self.procs = LocalRanks(self, self.local)
         self.ranks = self.procs.ranks
@@ -99,19 +99,9 @@ class JobAgent:
         self.timeline: list[Any] | None = [] if plan.profile else None
         #: Figures of the simulated ranks (pm.agent.sim), merged up with Done.
         self.sim_stats: dict[str, Any] | None = None
-        #: Direct gets in flight, by key: concurrent gets of one key share one request.
-        self._fetching: dict[tuple[bytes, int], asyncio.Future[bytes | None]] = {}
-        self._frame_down: Any = None  # the parent's frame of the CollOut being handled
         self.on_close: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ launch
-    def _ring_order_is_rank_order(self) -> bool:
-        order: list[int] = []
-        locals_of = local_ranks(self.node_of_rank)
-        for v in range(len(self.plan.hosts)):  # pre-order numbering = tree order
-            order.extend(locals_of.get(v, []))
-        return order == list(range(self.size))
-
     def mark(self, what: str, rank: int = -1, **args: Any) -> None:
         """Record a start-up event for --profile (a no-op otherwise)."""
         if self.timeline is not None:
@@ -169,7 +159,7 @@ class JobAgent:
         shm = self.shm
         self.on_close.append(shm.close)
         # What this node already holds from fences becomes visible in shm too.
-        self._shm_insert(list(self.kvs.values.items()))
+        self.shm_insert(list(self.kvs.values.items()))
 
     def start_ranks(self) -> None:
         """Spawn every local rank (synchronously: posix_spawn is fast)."""
@@ -264,7 +254,7 @@ class JobAgent:
                 self._schedule_flush()
                 return
             self._done_sent = True
-            report_counts(self.vertex, self.coll)  # only with PM_COUNT_MSGS set
+            report_counts(self.vertex, self.coll.machine)  # only with PM_COUNT_MSGS set
             # Per-node figures of the whole subtree travel up with Done.
             kvs_bytes = {str(self.vertex): [
                 self.kvs.bytes, self.shm.bytes_used if self.shm is not None else 0]}
@@ -318,48 +308,7 @@ class JobAgent:
         return self.kvs.get(key)
 
     def get_from(self, rank: int, src: int, key: bytes) -> asyncio.Future[bytes | None]:
-        value = self.kvs.get(key)
-        if value is not None:
-            fut: asyncio.Future[bytes | None] = self.loop.create_future()
-            fut.set_result(value)
-            return fut
-        owner = self.node_of_rank[src]
-        if self.timeline is not None:
-            self.mark("get", rank, src=src, node=owner)
-        threshold = self.kvs.threshold(rank)
-        if owner == self.vertex:
-            return self.kvs.wait_for(src, key, threshold)
-        # Askers at the same threshold share one request to the owner.
-        shared = self._fetching.get((key, threshold))
-        if shared is None:
-            req, shared = self._new_req()
-            self._fetching[(key, threshold)] = shared
-            shared.add_done_callback(
-                functools.partial(_forget, self._fetching, (key, threshold)))
-            shared.add_done_callback(functools.partial(self._fetched, key))
-            self._route(owner, t.GetReq(req, self.vertex, owner, key, src, threshold))
-        # Each asker gets its own future: cancelling one must not cancel the others.
-        mine: asyncio.Future[bytes | None] = self.loop.create_future()
-        shared.add_done_callback(functools.partial(_copy_result, dst=mine))
-        return mine
-
-    def _fetched(self, key: bytes, fut: asyncio.Future[bytes | None]) -> None:
-        """Keep a value fetched from another node: the node's next get of it is local
-        (and in shared memory, a native rank's is no request at all)."""
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        value = fut.result()
-        if value is not None and self.kvs.get(key) is None:
-            self.kvs.cache(key, value)
-            if self.shm is not None:
-                self._shm_insert([(key, value)])
-
-    def _new_req(self) -> tuple[int, asyncio.Future[Any]]:
-        req = self._next_req
-        self._next_req += 1
-        fut: asyncio.Future[Any] = self.loop.create_future()
-        self._reqs[req] = fut
-        return req, fut
+        return self.requests.get_from(rank, src, key)
 
     def node_attr_put(self, key: str, value: str) -> None:
         self._node_attrs[key] = value
@@ -377,25 +326,7 @@ class JobAgent:
         return fut
 
     def name_service(self, action: str, service: str, port: str) -> asyncio.Future[Any]:
-        req, fut = self._new_req()
-        self._name_req(t.NameReq(req, self.vertex, action, service, port))
-        return fut
-
-    def _name_req(self, m: t.NameReq) -> None:
-        if self.vertex != 0:
-            self.parent.send(m)
-            return
-        ok, port = True, m.port
-        if m.action == "publish":
-            ok = m.service not in self._names
-            if ok:
-                self._names[m.service] = m.port
-        elif m.action == "unpublish":
-            ok = self._names.pop(m.service, None) is not None
-        else:
-            got = self._names.get(m.service)
-            ok, port = got is not None, got or ""
-        self._route(m.origin, t.NameResp(m.req, m.origin, ok, port))
+        return self.requests.name_service(action, service, port)
 
     def reserve(self, rank: int, nbytes: int) -> asyncio.Future[int]:
         """A ``pmi.reserve`` block: the id once the node admits ``nbytes`` for ``rank``
@@ -415,95 +346,10 @@ class JobAgent:
 
     # ------------------------------------------------------------------ collectives
     def collective(self, kind: int, rank: int, value: Any) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = self.loop.create_future()
-        if kind == t.RING and not self._contiguous:
-            # Ring order is not rank order on this mapping: ride an allgather.
-            kind, value, ring = t.ALLGATHER, value, True
-        else:
-            ring = False
-        if kind == t.FENCE:
-            piece: Any = self.kvs.take_pending(rank)
-        elif kind == t.ALLGATHER:
-            piece = [rank, value]
-        elif kind == t.RING:
-            piece = value
-        else:
-            piece = None
-        epoch, actions = self.coll.contribute(kind, rank, piece)
-        self._coll_futs[(kind, epoch, rank)] = fut
-        if self.timeline is not None:
-            self.mark(f"{KIND_NAMES[kind]} in", rank, epoch=epoch)
-        if ring:
-            self._ring_ag[(epoch, rank)] = 1
-        self._act(actions)
-        return fut
+        return self.coll.collective(kind, rank, value)
 
-    def _act(self, actions: list[Any]) -> None:
-        for a in actions:
-            if isinstance(a, SendUp):
-                if self.timeline is not None:
-                    self.mark("coll up", kind=KIND_NAMES[a.kind], epoch=a.epoch)
-                self.parent.send(t.CollIn(a.epoch, a.kind, a.data))
-            elif isinstance(a, Complete):
-                self._complete(a)
-
-    def _complete(self, c: Complete) -> None:
-        shm_reply = None
-        if c.kind == t.FENCE:
-            self.kvs.insert_many(c.data)
-            if self.shm is not None:
-                it = iter(c.data)
-                self._shm_insert([(k, v) for k, _r, v in zip(it, it, it, strict=True)],
-                                 replace=True)
-        elif c.kind == t.ALLGATHER and self.shm is not None and not self._ring_ag:
-            from pm.proto.native import allgather_key
-
-            # Kept once per node: native clients read the values from shared memory.
-            if self._shm_insert([(allgather_key(c.epoch, r), v) for r, v in enumerate(c.data)]):
-                shm_reply = ["shm", c.epoch]
-        if self.timeline is not None:
-            self.mark("coll down", kind=KIND_NAMES[c.kind], epoch=c.epoch)
-        if self.children_link is not None and c.children:
-            if c.kind == t.RING:
-                for child, data in c.children.items():
-                    self.children_link.send(child, t.CollOut(c.epoch, c.kind, data))
-            else:
-                # Every child gets the same result: encode and seal it once, or
-                # forward the parent's frame (a multi-MiB allgather is not re-encoded).
-                self._send_same(list(c.children), t.CollOut(c.epoch, c.kind, c.data),
-                                self._frame_down)
-        tl = self.timeline
-        out_mark = f"{KIND_NAMES[c.kind]} out"
-        for rank, result in c.local.items():
-            if tl is not None:
-                self.mark(out_mark, rank, epoch=c.epoch)
-            fut = self._coll_futs.pop((c.kind, c.epoch, rank), None)
-            if fut is None or fut.done():
-                continue
-            if c.kind == t.ALLGATHER and self._ring_ag.pop((c.epoch, rank), 0):
-                n = self.size
-                result = [result[(rank - 1) % n], result[(rank + 1) % n]]
-            if shm_reply is not None and c.kind == t.ALLGATHER:
-                result = shm_reply
-            fut.set_result(result if c.kind in (t.ALLGATHER, t.RING) else None)
-
-    def _send_same(self, children: list[int], msg: t.Msg, frame: Any = None) -> None:
-        """Send one message to several children, encoded and sealed once (``frame``:
-        ``msg`` as sealed by the parent, forwarded as it is)."""
-        link = self.children_link
-        from pm.agent.children import Children
-
-        if not isinstance(link, Children):
-            for child in children:
-                assert link is not None
-                link.send(child, msg)
-            return
-        if frame is None or getattr(self.parent, "secret", None) != link.secret:
-            frame = t.seal(link.secret, t.encode(msg))
-        for child in children:
-            link.port.send_raw(child, frame)
-
-    def _shm_insert(self, items: list[tuple[bytes, bytes]], replace: bool = False) -> bool:
+    def shm_insert(self, items: list[tuple[bytes, bytes]], replace: bool = False) -> bool:
+        """Into the node's shared-memory KVS; False (and served from the socket) when full."""
         try:
             self.shm.insert_many(items, replace=replace)
             return True
@@ -513,17 +359,13 @@ class JobAgent:
             return False
 
     def fail_collectives(self, why: str) -> None:
-        for fut in [*self._coll_futs.values(), *self._reqs.values()]:
-            if not fut.done():
-                fut.set_exception(RankFailed(why))
-                # Its session may be gone already: nobody else need retrieve it.
-                fut.exception()
-        self._coll_futs.clear()
-        self._reqs.clear()
+        self.coll.fail(why)
+        self.requests.fail(why)
         self.kvs.fail_waiters()
 
     # ------------------------------------------------------------------ tree messages
-    def _route(self, dst: int, msg: t.Msg) -> None:
+    def route(self, dst: int, msg: t.Msg) -> None:
+        """Send ``msg`` on its way to vertex ``dst`` (handled here when it is this one)."""
         if dst == self.vertex:
             self.from_tree(msg)
             return
@@ -556,14 +398,7 @@ class JobAgent:
 
     def _from_parent(self, msg: t.Msg) -> None:
         if isinstance(msg, t.CollOut):
-            if self.timeline is not None:
-                self.mark("coll result in", kind=KIND_NAMES[msg.kind], epoch=msg.epoch)
-            # The frame as it came, for the children (see _complete); None under the head.
-            self._frame_down = getattr(self.parent, "frame", None)
-            try:
-                self._act(self.coll.result_in(msg.epoch, msg.kind, msg.data))
-            finally:
-                self._frame_down = None
+            self.coll.from_parent(msg)
         elif isinstance(msg, t.Kill):
             self.kill(msg.reason, msg.grace)
         elif isinstance(msg, t.Signal):
@@ -580,16 +415,13 @@ class JobAgent:
 
     def _from_child(self, child: int, msg: t.Msg) -> None:
         if isinstance(msg, t.CollIn):
-            if self.timeline is not None:
-                self.mark("coll child in", child=child, kind=KIND_NAMES[msg.kind],
-                          epoch=msg.epoch)
-            self._act(self.coll.child_in(child, msg.epoch, msg.kind, msg.data))
+            self.coll.from_child(child, msg)
         elif isinstance(msg, t.Done):
             self._children_done.add(child)
             self._child_stats.append(msg.stats)
             self._check_done()
         elif isinstance(msg, t.NameReq):
-            self._name_req(msg)
+            self.requests.name_req(msg)
         elif isinstance(msg, (t.Output, t.Exits, t.Abort, t.AgentError, t.AgentGone,
                               t.Started, t.StdinAck)):
             self.parent.send(msg)
@@ -600,37 +432,21 @@ class JobAgent:
         """Routed messages, wherever they came from."""
         if isinstance(msg, t.GetReq):
             if msg.dst != self.vertex:
-                self._route(msg.dst, msg)
+                self.route(msg.dst, msg)
                 return
-            if self.timeline is not None:
-                self.mark("get served", msg.rank, origin=msg.origin)
-            got = self.kvs.wait_for(msg.rank, msg.key, msg.threshold)
-            got.add_done_callback(functools.partial(self._answer_get, msg))
+            self.requests.serve_get(msg)
         elif isinstance(msg, (t.GetResp, t.NameResp)):
             if msg.dst != self.vertex:
-                self._route(msg.dst, msg)
+                self.route(msg.dst, msg)
                 return
-            fut = self._reqs.pop(msg.req, None)
-            if fut is None or fut.done():
-                return
-            if isinstance(msg, t.GetResp):
-                if msg.found:
-                    fut.set_result(msg.value)
-                else:
-                    fut.set_result(None)
-            else:
-                fut.set_result((msg.ok, msg.port))
+            self.requests.response(msg)
         elif isinstance(msg, t.Stdin):
             if msg.dst != self.vertex:
-                self._route(msg.dst, msg)
+                self.route(msg.dst, msg)
             else:
                 self.procs.stdin(msg.data, msg.eof)
         else:
             log.warning("agent %d: unexpected %s", self.vertex, type(msg).__name__)
-
-    def _answer_get(self, msg: t.GetReq, fut: asyncio.Future[bytes | None]) -> None:
-        value = None if fut.cancelled() else fut.result()
-        self._route(msg.origin, t.GetResp(msg.req, msg.origin, value is not None, value or b""))
 
     def _down_all(self, msg: t.Msg) -> None:
         if self.children_link is not None:
@@ -661,22 +477,6 @@ class JobAgent:
 
 #: Profile names of the PMI events a session reports.
 _EVENT_MARKS = {"init": "PMI init", "finalize": "finalize", "abort": "abort", "eof": "PMI eof"}
-
-
-def _forget(table: dict[Any, Any], key: Any, _fut: asyncio.Future[Any]) -> None:
-    table.pop(key, None)
-
-
-def _copy_result(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
-    if dst.done():
-        return
-    if src.cancelled():
-        dst.cancel()
-    elif (exc := src.exception()) is not None:
-        dst.set_exception(exc)
-        dst.exception()  # the asker may have gone: never "exception never retrieved"
-    else:
-        dst.set_result(src.result())
 
 
 def _unlink(path: str) -> None:
