@@ -1,11 +1,13 @@
-"""Memory subscription control for one node: probes and the asyncio governor.
+"""Memory subscription control for one node: the asyncio governor.
 
-* :class:`NodeMemory` / :func:`read_node_memory`, :func:`tree_rss` -- the
-  kernel's figures (cgroup v2, cgroup v1, ``/proc/meminfo``; ``/proc/<pid>``).
 * :class:`MemoryGovernor` -- owns an :class:`Admission` and a sampler task.
+* :class:`RankReservations` -- one job's ``pmi.reserve`` blocks on a node.
 
 The pure parts (:func:`parse_size`, :class:`Watermarks`, :class:`Admission`)
-live in :mod:`pm.agent.admission` and are re-exported here.
+live in :mod:`pm.agent.admission`, the kernel's figures (:class:`NodeMemory`,
+:func:`read_node_memory`, :func:`tree_pids`, :func:`tree_rss`: cgroup v2,
+cgroup v1, ``/proc/meminfo``; ``/proc/<pid>``) in :mod:`pm.agent.memprobe`;
+both are re-exported here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import signal
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, NamedTuple
 
 from pm.agent.admission import (
@@ -32,6 +33,13 @@ from pm.agent.admission import (
     Watermarks,
     format_size,
     parse_size,
+)
+from pm.agent.memprobe import (
+    MemorySnapshot,
+    NodeMemory,
+    read_node_memory,
+    tree_pids,
+    tree_rss,
 )
 from pm.proto.errors import ResourceLimit
 
@@ -58,205 +66,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# ---------------------------------------------------------------------------- probes
-
-
-@dataclass(frozen=True)
-class MemorySnapshot:
-    """The node's memory as admission sees it.
-
-    ``total``: the memory cgroup limit when the process (or the cgroup
-    given) is under one smaller than the machine, else MemTotal.
-    ``used``: for a cgroup, its usage minus its inactive page cache
-    (``inactive_file``: the kernel reclaims it before it OOM-kills, so it is
-    not pressure); for the machine, MemTotal - MemAvailable.
-    ``limit_source``: ``"cgroup2:<dir>"``, ``"cgroup1:<dir>"`` or ``"meminfo"``.
-    """
-
-    total: int
-    used: int
-    limit_source: str
-
-    @property
-    def available(self) -> int:
-        return max(0, self.total - self.used)
-
-
-_V2 = ("memory.max", "memory.current", "inactive_file")
-_V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
-
-
-def _meminfo() -> dict[str, int]:
-    out: dict[str, int] = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            parts = rest.split()
-            if parts:
-                out[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
-    return out
-
-
-def _read_int(path: Path) -> int | None:
-    """An integer file, or None for "max", a missing file or a vanished cgroup."""
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return None if text == "max" else int(text)
-
-
-def _stat_field(directory: Path, name: str) -> int:
-    try:
-        with open(directory / "memory.stat") as f:
-            for line in f:
-                key, _, value = line.partition(" ")
-                if key == name:
-                    return int(value)
-    except OSError:
-        pass
-    return 0
-
-
-def _own_cgroup() -> tuple[Path, tuple[str, str, str]] | None:
-    """The memory cgroup directory of this process and its file names, if visible."""
-    v1_path = v2_path = None
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            hid, controllers, path = line.rstrip("\n").split(":", 2)
-            if hid == "0" and controllers == "":
-                v2_path = path
-            elif "memory" in controllers.split(","):
-                v1_path = path
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line.split() for line in f]
-    for fields in mounts:
-        sep = fields.index("-")
-        fstype, root, point, opts = fields[sep + 1], fields[3], fields[4], fields[-1]
-        if fstype == "cgroup" and v1_path is not None and "memory" in opts.split(","):
-            path, files = v1_path, _V1
-        elif fstype == "cgroup2" and v2_path is not None and v1_path is None:
-            path, files = v2_path, _V2
-        else:
-            continue
-        # A mount may expose only a subtree (containers): map the path under its root.
-        rel = os.path.relpath(path, root)
-        if not rel.startswith(".."):
-            return Path(point, rel).resolve(), files
-    return None
-
-
-class NodeMemory:
-    """A probe of the node's memory, resolved once, read on every :meth:`read`.
-
-    ``cgroup``: a cgroup directory to watch (v1 memory hierarchy or v2, told
-    apart by its files), e.g. the cgroup the tasks run in; default: this
-    process's own memory cgroup.  The limit is the smallest one on the path
-    from that cgroup up to the mount point, and the usage is read where
-    that limit is set.  With no limit below MemTotal the machine's figures
-    from /proc/meminfo are used.
-    """
-
-    def __init__(self, cgroup: str | os.PathLike[str] | None = None) -> None:
-        self._chain: list[Path] = []
-        self._files = _V2
-        if cgroup is not None:
-            start = Path(cgroup)
-            self._files = _V2 if (start / "memory.current").exists() else _V1
-            if not (start / self._files[1]).exists():
-                raise SizeError(f"{start} is not a memory cgroup directory")
-        else:
-            own = _own_cgroup()
-            if own is None:
-                return
-            start, self._files = own
-        # Walk up while the parent is a cgroup of the same hierarchy.
-        d = start
-        while (d / self._files[1]).exists() or (d / self._files[0]).exists():
-            self._chain.append(d)
-            if d.parent == d:
-                break
-            d = d.parent
-
-    def read(self) -> MemorySnapshot:
-        info = _meminfo()
-        mem_total = info["MemTotal"]
-        best: tuple[int, Path] | None = None
-        for d in self._chain:
-            limit = _read_int(d / self._files[0])
-            if limit is not None and limit < mem_total and (best is None or limit < best[0]):
-                best = (limit, d)
-        if best is not None:
-            limit, d = best
-            current = _read_int(d / self._files[1])
-            if current is not None:
-                used = max(0, current - _stat_field(d, self._files[2]))
-                version = "cgroup2" if self._files is _V2 else "cgroup1"
-                return MemorySnapshot(limit, used, f"{version}:{d}")
-        available = info.get("MemAvailable", info.get("MemFree", 0))
-        return MemorySnapshot(mem_total, mem_total - available, "meminfo")
-
-    def used(self) -> int:
-        """``read().used``: a usage source for :class:`MemoryGovernor`."""
-        return self.read().used
-
-
-def read_node_memory(cgroup: str | os.PathLike[str] | None = None) -> MemorySnapshot:
-    """One-off :meth:`NodeMemory.read` (see :class:`NodeMemory` for ``cgroup``)."""
-    return NodeMemory(cgroup).read()
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def tree_pids(pid: int) -> list[int]:
-    """``pid`` and all its descendants alive now (empty if ``pid`` is gone).
-
-    Reads ``/proc/<pid>/task/<tid>/children``; a process exiting mid-walk
-    is skipped (its children, reparented, are lost for this walk).
-    """
-    out: list[int] = []
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            tids = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        out.append(p)
-        for tid in tids:
-            try:
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    stack.extend(int(c) for c in f.read().split())
-            except OSError:
-                continue
-    return out
-
-
-def tree_rss(pid: int, *, pss: bool = False) -> int:
-    """Resident bytes of ``pid`` and its descendants; 0 if it is gone.
-
-    RSS (from ``statm``) counts shared pages once per process, so it
-    overestimates a tree sharing libraries; ``pss=True`` reads the
-    proportional figure from ``smaps_rollup`` instead (exact, but the kernel
-    walks page tables: costs more for big processes).
-    """
-    total = 0
-    for p in tree_pids(pid):
-        try:
-            if pss:
-                with open(f"/proc/{p}/smaps_rollup") as f:
-                    total += next(
-                        (int(ln.split()[1]) * 1024 for ln in f if ln.startswith("Pss:")), 0
-                    )
-            else:
-                with open(f"/proc/{p}/statm") as f:
-                    total += int(f.read().split()[1]) * _PAGE
-        except (OSError, IndexError, ValueError):  # exited between the walk and the read
-            continue
-    return total
-
 
 # -------------------------------------------------------------------------- governor
 
