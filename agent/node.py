@@ -1,16 +1,17 @@
 """The agent's side of one job: the node's ranks, the PMI they are served, aggregation.
 
-A :class:`JobAgent` is one vertex of the job's tree.  Its ranks as processes
-(spawn, pipes, stdin, exits, the kill) are :class:`pm.agent.ranks.LocalRanks`;
-this module is what the ranks are served: the KVS, collectives, the name
-service, and the tree messages that carry them.  Collectives are served by its
-:class:`~pm.agent.coll_shell.NodeCollectives`, direct gets of other nodes'
-keys and the name service by its :class:`~pm.agent.tree_requests.TreeRequests`;
-this module routes the messages they exchange.  Its *parent* is the next
-agent up (or, for vertex 0, the head in the same process); its *children* are
-agents it started itself.  Everything it says travels as ``pm.proto.tree``
-messages through :class:`Uplink`/:class:`Downlinks`, so the same code runs
-in-process under the head and in a separate ``pm-agent`` process.
+A :class:`JobAgent` is one vertex of the job's tree.  It owns three parts:
+its ranks as processes (spawn, pipes, stdin, exits, the kill) in
+:class:`pm.agent.ranks.LocalRanks`, collectives in
+:class:`pm.agent.coll_shell.NodeCollectives`, and direct gets of other nodes'
+keys and the name service in :class:`pm.agent.tree_requests.TreeRequests`.
+This module keeps the node's KVS, is the host the ranks' PMI sessions talk
+to, and routes the tree messages the parts exchange.  Its *parent* is the
+next agent up (or, for vertex 0, the head in the same process); its
+*children* are agents it started itself.  Everything it says travels as
+``pm.proto.tree`` messages through :class:`Uplink`/:class:`Downlinks`, so
+the same code runs in-process under the head and in a separate ``pm-agent``
+process.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import time
@@ -477,12 +477,3 @@ class JobAgent:
 
 #: Profile names of the PMI events a session reports.
 _EVENT_MARKS = {"init": "PMI init", "finalize": "finalize", "abort": "abort", "eof": "PMI eof"}
-
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
-def now() -> float:
-    return time.monotonic()

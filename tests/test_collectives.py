@@ -1,6 +1,6 @@
 """The collective state machines, many agents and ranks simulated in one process.
 
-A small harness plays the agents' part (pm.agent.node does the same with
+A small harness plays the agents' part (pm.agent.coll_shell does the same with
 sockets): it feeds contributions into one :class:`Collectives` per tree
 vertex, carries SendUp / Complete.children as messages over FIFO links
 between parent and child, delivers them in a random interleaving, and
