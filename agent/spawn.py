@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 # The guardian ignores the signals the agent forwards to the group, the stop signals
 # too: a stopped guardian could not kill the group if its agent died meanwhile.
-_GUARDIAN = "trap '' INT TERM HUP QUIT USR1 USR2 TSTP TTIN TTOU; read _; kill -KILL 0"
+_GUARDIAN = "trap '' INT TERM HUP QUIT PIPE USR1 USR2 TSTP TTIN TTOU; read _; kill -KILL 0"
 
 #: Target fd number of the PMI socket in a rank (``PMI_FD``).
 PMI_FD = 3

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -119,6 +120,8 @@ class JobRun:
         self.writer = Writer(spec.label, files={STDOUT: spec.output or "",
                                                 STDERR: spec.error or ""},
                              job_id=job_id) if sink is None else None
+        if self.writer is not None:
+            self.writer.on_broken = functools.partial(self.signal, signal.SIGPIPE)
         slots = sequence_slots(spec, len(nodes.hosts), nodes.slots)
         node_of_rank = place(spec.size, slots)
         used = max(node_of_rank) + 1

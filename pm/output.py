@@ -6,6 +6,10 @@ from __future__ import annotations
 import os
 import stat
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (pmrun's quick path)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 #: A line longer than this is passed on in pieces (a rank printing without newlines).
 MAX_LINE = 1 << 20
 
@@ -54,6 +58,8 @@ class Writer:
         #: (stream, rank) -> fd of its file (-1: it could not be opened); path -> fd.
         self._to: dict[tuple[int, int], int] = {}
         self._opened: dict[str, int] = {}
+        #: Called once when the reader of our stdout or stderr went away (the output is lost).
+        self.on_broken: Callable[[], None] | None = None
 
     def write(self, rank: int, stream: int, chunk: bytes) -> None:
         if self.label:
@@ -64,9 +70,14 @@ class Writer:
             if lines and lines[-1] == b"":
                 lines.pop()
             chunk = b"".join(prefix + line + b"\n" for line in lines)
-        fd = self._fds[stream] if stream not in self._patterns else self._file(rank, stream)
-        if fd >= 0:
-            write_all(fd, chunk)
+        if stream in self._patterns:
+            fd = self._file(rank, stream)
+            if fd >= 0:
+                write_all(fd, chunk)
+        elif not write_all(self._fds[stream], chunk) and self.on_broken is not None:
+            # `pmrun ... | head`: as in a shell pipeline, the writers get SIGPIPE.
+            on_broken, self.on_broken = self.on_broken, None
+            on_broken()
 
     def _file(self, rank: int, stream: int) -> int:
         fd = self._to.get((stream, rank))
@@ -122,7 +133,8 @@ def expand_pattern(pattern: str, rank: int, job_id: str) -> str:
     return "".join(out)
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> bool:
+    """Write all of ``data`` (waiting if ``fd`` is non-blocking); False if nobody reads it."""
     view = memoryview(data)
     while view:
         try:
@@ -133,8 +145,9 @@ def write_all(fd: int, data: bytes) -> None:
             select.select([], [fd], [])
             continue
         except BrokenPipeError:
-            return  # the reader went away (e.g. `| head`): drop output, keep running the job
+            return False  # the reader went away (e.g. `| head`)
         view = view[n:]
+    return True
 
 
 def stdin_for_job() -> int | None:

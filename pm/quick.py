@@ -205,6 +205,7 @@ class QuickStart:
         self.xml_path: str | None = None
         self._writer = Writer(opts.label, files={STDOUT: opts.output or "",
                                                  STDERR: opts.error or ""}, job_id=self.job_id)
+        self._writer.on_broken = self._reader_gone
         self._sig_r = self._sig_w = -1
         self._stdin = stdin_for_job()
         self._poll = select.poll()
@@ -326,6 +327,12 @@ class QuickStart:
                     if r.out_fd >= 0 or r.err_fd >= 0:
                         return None  # something it started holds its output open
         return 0
+
+    def _reader_gone(self) -> None:
+        """Our stdout or stderr has no reader: the ranks get SIGPIPE (their failure, if they
+        die of it, goes to the full path)."""
+        if self.guardian is not None:
+            self.guardian.signal(_signal.SIGPIPE)
 
     def _job_control(self) -> bool:
         """Ctrl-Z and fg/bg: stop every rank, then pmrun; SIGCONT continues them.  False if

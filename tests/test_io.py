@@ -173,3 +173,17 @@ def test_an_output_file_that_cannot_be_opened_is_said_once(pmrun: Run, tmp_path:
     assert r.returncode == 0, r.stderr
     (line,) = r.stderr.splitlines()  # the ranks share the (unopenable) file: one message
     assert "output is lost: cannot open" in line and str(folder) in line
+
+
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"], ["-genv", "PM_X", "1"]])
+def test_a_closed_output_pipe_ends_the_job_as_in_a_shell_pipeline(tmp_path: Path,
+                                                                  opts: list[str]) -> None:
+    # `pmrun -n 2 yes | head -1`: the ranks get SIGPIPE, pmrun exits 128+SIGPIPE.
+    argv = " ".join(pmrun_argv("-n", "2", *opts, "yes"))
+    quick = "0" if opts[:1] == ["-genv"] else "1"
+    p = subprocess.run(["bash", "-c", f"{argv} | head -1; exit ${{PIPESTATUS[0]}}"],
+                       cwd=tmp_path, env=pmrun_env({"PM_QUICK": quick}),
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 128 + signal.SIGPIPE, p.stderr
+    assert p.stdout == "y\n"
+    assert "killed by SIGPIPE" in p.stderr
