@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pm.jobenv import filter_env
+from pm.jobenv import base_env
 from pm.proto.errors import PMError
 
 
@@ -86,13 +86,7 @@ class JobSpec:
     def base_env(self, launcher_env: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment every rank starts from, before per-app and per-rank variables."""
         src = os.environ if launcher_env is None else launcher_env
-        if self.env_mode == "all":
-            env = filter_env(src)
-        else:
-            keep = ("PATH", "HOME", "USER", "LANG", "TERM") if self.env_mode == "none" else ()
-            env = {k: src[k] for k in (*keep, *self.genvlist) if k in src}
-        env.update(self.genv)
-        return env
+        return base_env(self.env_mode, self.genvlist, self.genv, src)
 
 
 @dataclass(slots=True)

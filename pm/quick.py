@@ -2,8 +2,9 @@
 
 Most of pmrun's own start-up is importing asyncio, the agent and the PMI
 server.  A job that runs on this machine only (no hosts, no Slurm allocation,
-and no option beyond ``-n``, ``-genv``/``-env``, ``-l``, ``-wdir``,
-``--timeout`` and ``--output``/``--error``) is therefore started *before* any
+and no option beyond ``-n``, ``-genv``/``-env``/``-genvall``/``-genvnone``/``-genvlist``,
+``-l``, ``-wdir``, ``--timeout``, ``--output``/``--error`` and, meaning nothing on one
+node, ``-ppn``/``--fanout``) is therefore started *before* any
 of that is imported, by this module, which imports C modules and a few small
 modules of pmrun only.
 A poll loop then writes the ranks' output and watches them.
@@ -45,7 +46,7 @@ from pm.agent.spawn import (
     resolve,
     spawn,
 )
-from pm.jobenv import filter_env, new_job_id
+from pm.jobenv import base_env, new_job_id
 from pm.output import (
     STDERR,
     STDOUT,
@@ -68,6 +69,7 @@ _LABEL = frozenset({"-l", "--label", "-prepend-rank"})
 _N = frozenset({"-n", "-np", "--np"})
 _WDIR = frozenset({"-wdir", "--wdir", "-dir"})
 _TIMEOUT = frozenset({"--timeout", "-timeout"})
+_COUNTS = frozenset({"-ppn", "--fanout"})
 _OUTPUT = frozenset({"--output", "-outfile-pattern"})
 _ERROR = frozenset({"--error", "-errfile-pattern"})
 #: What a watched fd is, besides STDOUT and STDERR.
@@ -77,12 +79,15 @@ _PMI, _EXIT = 3, 4
 class QuickOptions:
     """The part of a command line the quick path runs (one program, on this machine)."""
 
-    __slots__ = ("app_env", "argv", "error", "genv", "label", "n", "output", "timeout", "wdir")
+    __slots__ = ("app_env", "argv", "env_mode", "error", "genv", "genvlist", "label", "n",
+                 "output", "timeout", "wdir")
 
     def __init__(self) -> None:
         self.n = 1
         self.argv: list[str] = []
         self.genv: dict[str, str] = {}
+        self.env_mode = "all"
+        self.genvlist: list[str] = []
         self.app_env: dict[str, str] = {}
         self.wdir: str | None = None
         self.label = False
@@ -112,7 +117,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
             opts.label = True
             i += 1
             continue
-        if name == "-genvall":
+        if name in ("-genvall", "-genvnone"):
+            opts.env_mode = "all" if name == "-genvall" else "none"
             i += 1
             continue
         if name in ("-genv", "-env") and i + 2 < len(argv):
@@ -136,6 +142,12 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
         elif name in _TIMEOUT:
             opts.timeout = _seconds(inline)
             if opts.timeout is None:
+                return None
+        elif name == "-genvlist":
+            opts.env_mode = "list"
+            opts.genvlist = [v for v in inline.split(",") if v]
+        elif name in _COUNTS:  # one node: -ppn and --fanout change nothing but are checked
+            if not inline.isdigit() or int(inline) < 1:
                 return None
         elif name in _OUTPUT or name in _ERROR:
             if pattern_problem(name, inline):
@@ -214,8 +226,7 @@ class QuickStart:
     def start(self) -> bool:
         """Start the ranks; False (nothing started) when the full path must run the job."""
         opts = self.opts
-        base = filter_env(os.environ)
-        base.update(opts.genv)
+        base = base_env(opts.env_mode, opts.genvlist, opts.genv, os.environ)
         if topo_share.sharing_enabled(base):
             xml = topo_share.cached_xml()
             if xml is None:

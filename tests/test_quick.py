@@ -62,10 +62,13 @@ ENV_DUMP = """
 """
 
 
-def test_ranks_get_the_same_environment_either_way(pmrun: Run, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "extra", [[], ["-ppn", "2"], ["-genvlist", "PATH,PYTHONPATH,SOME_USER_VAR"]])
+def test_ranks_get_the_same_environment_either_way(pmrun: Run, tmp_path: Path,
+                                                   extra: list[str]) -> None:
     prog = script(tmp_path, "env.py", ENV_DUMP)
-    args = ("-n", "3", "-l", "-genv", "FOO", "g", "-env", "BAR", "a", "-wdir", str(tmp_path),
-            "python", str(prog))
+    args = ("-n", "3", "-l", *extra, "-genv", "FOO", "g", "-env", "BAR", "a", "-wdir",
+            str(tmp_path), "python", str(prog))
     got = []
     for extra in ({}, {"PM_QUICK": "0"}):
         r = pmrun(*args, env={"PM_QUICK": "1", **extra, "SOME_USER_VAR": "x"})
@@ -77,7 +80,7 @@ def test_ranks_get_the_same_environment_either_way(pmrun: Run, tmp_path: Path) -
             assert env["FOO"] == "g" and env["BAR"] == "a" and env["SOME_USER_VAR"] == "x"
             xml = env.pop("HWLOC_XMLFILE", None)  # a copy per job: the path differs
             assert xml is None or Path(xml).name.startswith("pm-topo-")
-            del env["PM_QUICK"]
+            env.pop("PM_QUICK", None)
             envs[label] = env
         got.append(envs)
     quick, full = got
@@ -137,6 +140,9 @@ QUICK_CASES = [
     ["--timeout", "2.5", "-n", "1", "prog"],
     ["--timeout=7", "-prepend-rank", "prog"],
     ["--output", "o.%r", "-errfile-pattern", "e.%j", "prog"],
+    ["-genvnone", "-genv", "A", "1", "prog"],
+    ["-genvlist", "HOME,PATH", "-genvall", "-genvlist", "PATH", "prog"],
+    ["-ppn", "2", "--fanout", "4", "-n", "4", "prog"],
 ]
 FULL_CASES = [
     ["-n", "2", "a", ":", "-n", "1", "b"],  # MPMD
@@ -147,7 +153,8 @@ FULL_CASES = [
     ["--timeout", "0", "true"],
     ["-v", "true"],
     ["--profile", "p.json", "true"],
-    ["-genvnone", "true"],
+    ["-ppn", "0", "true"],
+    ["--fanout", "x", "true"],
     ["-n", "2"],
     ["-n"],
     ["--help"],
@@ -162,9 +169,10 @@ def test_quick_options_mean_what_the_full_parser_says(argv: list[str]) -> None:
     assert q is not None
     spec = full_parse(argv).spec
     (app,) = spec.apps
-    assert (q.n, q.argv, q.genv, q.app_env, q.wdir, q.label, q.timeout, q.output, q.error) == (
+    assert (q.n, q.argv, q.genv, q.app_env, q.wdir, q.label, q.timeout, q.output, q.error,
+            q.env_mode, q.genvlist) == (
         app.n, app.argv, spec.genv, app.env, app.wdir, spec.label, spec.timeout, spec.output,
-        spec.error)
+        spec.error, spec.env_mode, spec.genvlist)
 
 
 @pytest.mark.parametrize("argv", FULL_CASES)
