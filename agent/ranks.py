@@ -26,12 +26,11 @@ from typing import TYPE_CHECKING, Any
 from pm.agent.pmi_server import PmiSession
 from pm.agent.spawn import (
     Guardian,
-    RankFds,
     SpawnError,
     fd_shortage,
     rank_env,
     resolve,
-    spawn,
+    spawn_rank,
 )
 from pm.agent.watch import ChildWatch, ExitStatus
 from pm.proto import tree as t
@@ -119,19 +118,11 @@ class LocalRanks:
                    wdir: str | None, cpus: frozenset[int] | None = None) -> None:
         assert self.guardian is not None
         try:
-            fds = RankFds(stdin_pipe=proc.rank == 0)
+            proc.pid, fds = spawn_rank(path, argv, env, stdin_pipe=proc.rank == 0, cwd=wdir,
+                                       pgid=self.guardian.pgid, cpus=cpus)
         except SpawnError as exc:
-            self._spawn_failed(proc, f"{argv[0]}: {exc}")
-            return
-        try:
-            proc.pid = spawn(path, argv, env, cwd=wdir, fds=fds.child_fds,
-                             pgid=self.guardian.pgid, cpus=cpus)
-        except SpawnError as exc:
-            fds.close_ours()
             self._spawn_failed(proc, str(exc))
             return
-        finally:
-            fds.close_child_ends()
         if self.agent.timeline is not None:
             self.agent.mark("rank spawned", proc.rank, pid=proc.pid)
         self._attach(proc, socket.socket(fileno=fds.pmi), fds.out, fds.err, fds.stdin)

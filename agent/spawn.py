@@ -173,6 +173,28 @@ def spawn(
             os.sched_setaffinity(0, old_cpus)
 
 
+def spawn_rank(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin_pipe: bool,
+               cwd: str | None, pgid: int, cpus: frozenset[int] | None = None
+               ) -> tuple[int, RankFds]:
+    """Start a rank with its descriptors (:class:`RankFds`): its pid, and our ends of them.
+
+    Raises :class:`SpawnError` (nothing left open) if the descriptors or the
+    process cannot be made.
+    """
+    try:
+        fds = RankFds(stdin_pipe)
+    except SpawnError as exc:
+        raise SpawnError(f"{argv[0]}: {exc}") from exc
+    try:
+        pid = spawn(path, argv, env, cwd=cwd, fds=fds.child_fds, pgid=pgid, cpus=cpus)
+    except SpawnError:
+        fds.close_ours()
+        raise
+    finally:
+        fds.close_child_ends()
+    return pid, fds
+
+
 class Guardian:
     """Leads a process group; kills it when the agent that started it dies.
 

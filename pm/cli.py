@@ -385,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``pmrun``; given no ``argv`` (run as a program) it ends the process."""
     import gc
 
+    if argv is None:
+        from pm.output import ensure_std_fds
+
+        ensure_std_fds()  # pmrun's own descriptors (pm.quick does this for its path)
     # Start-up allocates only long-lived objects (modules, classes): collecting
     # them is wasted time.  _main freezes them and turns the collector back on.
     gc.disable()
@@ -420,10 +424,6 @@ def take_over(started: QuickStart) -> int:
 
 def _run(argv: list[str] | None, started: QuickStart | None = None) -> int:
     import logging
-
-    from pm.output import ensure_std_fds
-
-    ensure_std_fds()
 
     args = sys.argv[1:] if argv is None else argv
     try:

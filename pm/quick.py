@@ -38,13 +38,12 @@ import time
 from pm.agent import topo_share
 from pm.agent.spawn import (
     Guardian,
-    RankFds,
     SpawnError,
     fd_shortage,
     raise_fd_limit,
     rank_env,
     resolve,
-    spawn,
+    spawn_rank,
 )
 from pm.jobenv import base_env, new_job_id
 from pm.output import (
@@ -259,19 +258,12 @@ class QuickStart:
     def _spawn(self, rank: QuickRank, path: str, env: dict[str, str]) -> None:
         assert self.guardian is not None
         try:
-            fds = RankFds(stdin_pipe=rank.rank == 0 and self._stdin is not None)
-        except SpawnError as exc:
-            rank.failure = f"{self.opts.argv[0]}: {exc}"
-            return
-        try:
-            rank.pid = spawn(path, self.opts.argv, env, cwd=self.opts.wdir,
-                             fds=fds.child_fds, pgid=self.guardian.pgid)
+            rank.pid, fds = spawn_rank(
+                path, self.opts.argv, env, stdin_pipe=rank.rank == 0 and self._stdin is not None,
+                cwd=self.opts.wdir, pgid=self.guardian.pgid)
         except SpawnError as exc:
             rank.failure = str(exc)
-            fds.close_ours()
             return
-        finally:
-            fds.close_child_ends()
         rank.pmi = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fds.pmi)
         rank.out_fd, rank.err_fd, rank.stdin_fd = fds.out, fds.err, fds.stdin
         rank.pidfd = os.pidfd_open(rank.pid)
