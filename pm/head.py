@@ -149,6 +149,9 @@ class JobRun:
         self._stdin_credit = STDIN_WINDOW
         self._stdin_dst = self.plan.hosts and place(spec.size, self.plan.slots)[0]
         self._stdin_reading = False
+        #: False once stdin proved a regular file: read by one chain of call_soon then.
+        self._stdin_polled = True
+        self._stdin_next: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.started_at = time.monotonic()
         self.stats: dict[str, object] = {}
@@ -346,22 +349,30 @@ class JobRun:
         if fd is None or self._stdin_reading or self._stdin_credit <= 0 or self.agent is None:
             return
         self._stdin_reading = True
-        try:
-            self.loop.add_reader(fd, self._read_stdin)
-        except (PermissionError, OSError):
-            # A regular file cannot be polled; it never blocks either.
-            self._stdin_reading = False
-            self.loop.call_soon(self._read_stdin)
+        if self._stdin_polled:
+            try:
+                self.loop.add_reader(fd, self._read_stdin)
+                return
+            except (PermissionError, OSError):
+                self._stdin_polled = False  # a regular file cannot be polled (nor blocks)
+        self._stdin_next = self.loop.call_soon(self._read_stdin)
 
     def _stop_stdin(self) -> None:
-        if self._stdin_reading and self.stdin_fd is not None:
+        if self._stdin_reading and self.stdin_fd is not None and self._stdin_polled:
             with contextlib.suppress(Exception):
                 self.loop.remove_reader(self.stdin_fd)
+        if self._stdin_next is not None:
+            self._stdin_next.cancel()
+            self._stdin_next = None
         self._stdin_reading = False
 
     def _read_stdin(self) -> None:
+        """One chunk of stdin for rank 0, as much as the credit allows (never a read of 0
+        bytes: that would look like the end of the file)."""
+        self._stdin_next = None
         fd = self.stdin_fd
-        if fd is None or self.agent is None:
+        if fd is None or self.agent is None or self._stdin_credit <= 0:
+            self._stop_stdin()
             return
         try:
             data = os.read(fd, min(65536, self._stdin_credit))
@@ -379,5 +390,5 @@ class JobRun:
         self.agent.from_tree(t.Stdin(dst, data, False))
         if self._stdin_credit <= 0:
             self._stop_stdin()
-        elif not self._stdin_reading:
-            self.loop.call_soon(self._read_stdin)
+        elif not self._stdin_polled and self._stdin_reading:
+            self._stdin_next = self.loop.call_soon(self._read_stdin)
