@@ -117,9 +117,13 @@ class JobRun:
         #: Ranks pmrun's quick path already started (pm.quick): vertex 0 adopts them.
         self._started = started
         job_id = started.job_id if started is not None else new_job_id()
-        self.writer = Writer(spec.label, files={STDOUT: spec.output or "",
-                                                STDERR: spec.error or ""},
-                             job_id=job_id) if sink is None else None
+        self.writer: Writer | None = None
+        if sink is None and started is not None:
+            # The quick path's writer, with the files it opened (and truncated) already.
+            self.writer = started.writer
+        elif sink is None:
+            self.writer = Writer(spec.label, files={STDOUT: spec.output or "",
+                                                    STDERR: spec.error or ""}, job_id=job_id)
         if self.writer is not None:
             self.writer.on_broken = functools.partial(self.signal, signal.SIGPIPE)
         slots = sequence_slots(spec, len(nodes.hosts), nodes.slots)

@@ -214,9 +214,9 @@ class QuickStart:
         self.ranks = [QuickRank(r) for r in range(opts.n)]
         self.guardian: Guardian | None = None
         self.xml_path: str | None = None
-        self._writer = Writer(opts.label, files={STDOUT: opts.output or "",
+        self.writer = Writer(opts.label, files={STDOUT: opts.output or "",
                                                  STDERR: opts.error or ""}, job_id=self.job_id)
-        self._writer.on_broken = self._reader_gone
+        self.writer.on_broken = self._reader_gone
         self._sig_r = self._sig_w = -1
         self._stdin = stdin_for_job()
         self._poll = select.poll()
@@ -363,7 +363,7 @@ class QuickStart:
             data = b""
         lines = buf.feed(data) if data else buf.flush()
         if lines:
-            self._writer.write(r.rank, stream, lines)
+            self.writer.write(r.rank, stream, lines)
         if data:
             return 1
         self._poll.unregister(fd)

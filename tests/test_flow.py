@@ -49,3 +49,35 @@ def test_stdin_arrives_whole_from_a_file_and_a_pipe(tmp_path: Path, big_file: tu
         assert p.returncode == 0, p.stderr
         got = {int(line.split()[0]): line.split()[1:] for line in p.stdout.splitlines()}
         assert got[0] == [str(BIG), digest]
+
+
+HANDOVER = """
+    import os, socket, sys
+    rank = os.environ["PMI_RANK"]
+    print(f"before {rank}", flush=True)
+    print(f"err before {rank}", file=sys.stderr, flush=True)
+    # The first PMI request hands the job from pmrun's quick path to the agent.
+    pmi = socket.socket(fileno=int(os.environ["PMI_FD"]))
+    f = pmi.makefile("rwb")
+    for cmd in (b"cmd=init pmi_version=1 pmi_subversion=1\\n", b"cmd=barrier_in\\n",
+                b"cmd=finalize\\n"):
+        f.write(cmd)
+        f.flush()
+        assert f.readline()
+    print(f"after {rank}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("quick", ["1", "0"])
+def test_output_files_keep_every_line_across_the_hand_over(tmp_path: Path, quick: str) -> None:
+    prog = script(tmp_path, "handover.py", HANDOVER)
+    p = subprocess.run(pmrun_argv("-n", "3", "--output", str(tmp_path / "out.%r"),
+                                  "--error", str(tmp_path / "err.log"), "python", str(prog)),
+                       cwd=tmp_path, env=pmrun_env({"PM_QUICK": quick}),
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "" and p.stderr == ""
+    for rank in range(3):
+        assert (tmp_path / f"out.{rank}").read_text() == f"before {rank}\nafter {rank}\n"
+    assert sorted((tmp_path / "err.log").read_text().splitlines()) == [
+        f"err before {r}" for r in range(3)]
