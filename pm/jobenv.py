@@ -13,17 +13,30 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 #: Never passed on to ranks: they would make MPI pick the wrong PMI or mis-place ranks.
-_ENV_DROP_PREFIXES = ("PMI_", "PMIX_", "PMI2_", "SLURM_", "OMPI_", "PRTE_", "HYDRA_", "HYDI_")
-_ENV_DROP = frozenset({"MPI_LOCALRANKID", "MPI_LOCALNRANKS", "I_MPI_PMI_LIBRARY", "PM_SECRET"})
+_ENV_DROP_PREFIXES = ("PMI_", "PMIX_", "PMI2_", "OMPI_", "PRTE_", "HYDRA_", "HYDI_",
+                      # Slurm's step, task and PMI variables describe srun's tasks, not
+                      # pmrun's ranks; the job's own (SLURM_JOB_ID, SLURM_ARRAY_*,
+                      # SLURM_CPUS_PER_TASK, SLURM_NODELIST, ...) are site facts and pass.
+                      "SLURM_STEP_", "SLURM_PMI", "SLURM_CPU_BIND", "SLURM_MEM_BIND",
+                      "SLURM_SRUN_COMM_")
+_ENV_DROP = frozenset({
+    "MPI_LOCALRANKID", "MPI_LOCALNRANKS", "I_MPI_PMI_LIBRARY", "PM_SECRET",
+    # Open MPI reads SLURM_NPROCS/SLURM_PROCID as size and rank without PMI; Intel MPI
+    # picks its PMI from SLURM_MPI_TYPE and reads SLURM_NTASKS/SLURM_TASKS_PER_NODE.
+    "SLURM_STEPID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_GTIDS",
+    "SLURM_TASK_PID", "SLURM_NTASKS", "SLURM_NPROCS", "SLURM_TASKS_PER_NODE",
+    "SLURM_MPI_TYPE", "SLURM_DISTRIBUTION", "SLURM_DIST_PLANESIZE", "SLURM_LAUNCH_NODE_IPADDR",
+})
+
+
+def dropped(name: str) -> bool:
+    """Whether pmrun keeps ``name`` from ranks (documented in the README: Environment)."""
+    return name in _ENV_DROP or name.startswith(_ENV_DROP_PREFIXES)
 
 
 def filter_env(env: Mapping[str, str]) -> dict[str, str]:
     """The part of an environment that may be propagated to ranks."""
-    return {
-        k: v
-        for k, v in env.items()
-        if k not in _ENV_DROP and not k.startswith(_ENV_DROP_PREFIXES)
-    }
+    return {k: v for k, v in env.items() if not dropped(k)}
 
 
 def base_env(mode: str, genvlist: Sequence[str], genv: Mapping[str, str],
