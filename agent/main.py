@@ -179,20 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listen", help="serve: ADDR:PORT to listen on (overrides the config)")
     p.add_argument("--config", help="serve: configuration file (TOML)")
     p.add_argument("--cleanup", action="store_true",
-                   help="remove shared-memory segments left by dead jobs, then exit")
+                   help="remove shared-memory segments and topology files left by dead jobs, "
+                        "then exit")
     p.add_argument("-v", "--verbose", action="count", default=0)
     args = p.parse_args(argv)
     level = logging.WARNING if not args.verbose else (
         logging.INFO if args.verbose == 1 else logging.DEBUG)
     logging.basicConfig(format="pm-agent[%(process)d]: %(message)s", level=level)
     if args.cleanup:
-        from pm.agent.shmkvs import cleanup_stale
+        from pm.agent.shm_reaper import sweep_node
 
-        for name in cleanup_stale():
-            print(f"removed /dev/shm/{name}")
-        from pm.agent import topo_share  # job copies of the topology XML, too
-
-        for path in topo_share.cleanup_stale():
+        # pmrun's KVS segments, topology copies and MPI segments nobody uses any more.
+        for path in sweep_node():
             print(f"removed {path}")
         return 0
     if args.mode == "keygen":

@@ -29,6 +29,7 @@ from pm.agent.coll_shell import NodeCollectives
 from pm.agent.collectives import report_counts
 from pm.agent.kvs import NodeKVS
 from pm.agent.ranks import LocalRanks, RankProc
+from pm.agent.shm_reaper import ShmReaper, sweep_node
 from pm.agent.tree_requests import TreeRequests
 from pm.proto import tree as t
 from pm.proto.errors import PMError
@@ -42,6 +43,8 @@ log = logging.getLogger("pm.agent")
 
 #: How long a rank may live after closing its PMI connection before finalize.
 EOF_GRACE = 1.0
+#: Seconds between two looks at which /dev/shm files the ranks map.
+SHM_SAMPLE_PERIOD = 2.0
 
 
 if TYPE_CHECKING:
@@ -100,6 +103,9 @@ class JobAgent:
         #: Figures of the simulated ranks (pm.agent.sim), merged up with Done.
         self.sim_stats: dict[str, Any] | None = None
         self.on_close: list[Callable[[], None]] = []
+        #: The /dev/shm files the node's ranks create, removed with the job (pm.agent.shm_reaper).
+        self.shm_reaper: ShmReaper | None = None
+        self._shm_sampler: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ launch
     def mark(self, what: str, rank: int = -1, **args: Any) -> None:
@@ -174,6 +180,7 @@ class JobAgent:
             return
         base = dict(self.plan.env)
         base.update(self.extra_env)
+        self._watch_shm(ShmReaper())
         self.procs.start(base, self.cpusets)
 
     def adopt_ranks(self, started: QuickStart) -> None:
@@ -186,7 +193,23 @@ class JobAgent:
             self.on_close.append(lambda: topo_share.remove_job_xml(path))
             self.extra_env.update(HWLOC_XMLFILE=path, HWLOC_THISSYSTEM="1")
             self.job_attrs["PMI_hwloc_xmlfile"] = path
+        self._watch_shm(started.shm_reaper or ShmReaper())
         self.procs.adopt(started)
+
+    def _watch_shm(self, reaper: ShmReaper) -> None:
+        self.shm_reaper = reaper
+        self._shm_sampler = self.loop.call_later(SHM_SAMPLE_PERIOD, self._sample_shm, True)
+
+    def _live_pids(self) -> list[int]:
+        return [p.pid for p in self.ranks.values() if p.pid and p.status is None]
+
+    def _sample_shm(self, again: bool = False) -> None:
+        """Note the /dev/shm files the live ranks map (they go when the job ends)."""
+        if self.shm_reaper is None:
+            return
+        self.shm_reaper.sample(self._live_pids())
+        if again:
+            self._shm_sampler = self.loop.call_later(SHM_SAMPLE_PERIOD, self._sample_shm, True)
 
     # ------------------------------------------------------------------ output, exits
     def rank_output(self, rank: int, stream: int, lines: bytes) -> None:
@@ -213,6 +236,8 @@ class JobAgent:
         """A local rank ended and its pipes are drained (pm.agent.ranks): report it."""
         st = proc.status
         assert st is not None
+        if not st.ok:
+            self._sample_shm()  # what the others map, before the job is killed
         self._exits.append([proc.rank, self.vertex, st.code, st.signal, proc.reason])
         self.kvs.settle(proc.rank)
         if getattr(self, "reservations", None) is not None:
@@ -461,6 +486,7 @@ class JobAgent:
         self._down_all(t.Kill(reason, grace))
         if first:
             log.debug("agent %d: killing ranks: %s", self.vertex, reason)
+            self._sample_shm()
         self.fail_collectives(reason)
         self.procs.kill(grace, first)
 
@@ -468,11 +494,30 @@ class JobAgent:
         """Release everything; ranks still alive are killed. Idempotent."""
         if getattr(self, "reservations", None) is not None:
             self.reservations.close()
+        live = self._live_pids()
         self.procs.close()
+        self._reap_shm(live)
         for cb in self.on_close:
             with contextlib.suppress(Exception):
                 cb()
         self.on_close.clear()
+
+
+    def _reap_shm(self, dying: list[int]) -> None:
+        """Remove the /dev/shm files the ranks left (``dying``: ranks just killed), and what
+        agents killed by SIGKILL left on this node."""
+        reaper, self.shm_reaper = self.shm_reaper, None
+        if self._shm_sampler is not None:
+            self._shm_sampler.cancel()
+            self._shm_sampler = None
+        if reaper is None:
+            return
+        try:
+            for name in reaper.reap(dying):
+                log.debug("agent %d: removed /dev/shm/%s", self.vertex, name)
+            sweep_node()
+        except Exception as exc:  # never worth failing the job's end for
+            log.warning("agent %d: cleaning /dev/shm failed: %s", self.vertex, exc)
 
 
 #: Profile names of the PMI events a session reports.

@@ -537,6 +537,10 @@ def serve_main(config: str | None, listen: str | None) -> int:
     if not zmq.has("curve"):
         sys.stderr.write("pm-agent serve: this libzmq has no CURVE support\n")
         return 2
+    # What agents killed with SIGKILL (a service restart) left on this node.
+    from pm.agent.shm_reaper import sweep_node
+
+    sweep_node()
     # The default loop, not uvloop: job agents start with user/group switches that
     # uvloop's subprocess support does not take.  The agents themselves use uvloop.
     try:

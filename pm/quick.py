@@ -36,6 +36,7 @@ import sys
 import time
 
 from pm.agent import topo_share
+from pm.agent.shm_reaper import ShmReaper
 from pm.agent.spawn import (
     Guardian,
     SpawnError,
@@ -214,6 +215,8 @@ class QuickStart:
         self.ranks = [QuickRank(r) for r in range(opts.n)]
         self.guardian: Guardian | None = None
         self.xml_path: str | None = None
+        #: /dev/shm as the ranks found it (the full path removes what they leave there).
+        self.shm_reaper: ShmReaper | None = None
         self.writer = Writer(opts.label, files={STDOUT: opts.output or "",
                                                  STDERR: opts.error or ""}, job_id=self.job_id)
         self.writer.on_broken = self._reader_gone
@@ -244,6 +247,7 @@ class QuickStart:
             self._remove_xml()
             return False  # the full path says so
         self._catch_signals()
+        self.shm_reaper = ShmReaper()
         self.guardian = Guardian()
         for rank, env in zip(self.ranks, envs, strict=True):
             self._spawn(rank, path, env)

@@ -1,0 +1,134 @@
+"""Nothing of a failed job stays in /dev/shm (pm.agent.shm_reaper)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+CRASH_MPI = r"""
+import json, os, sys
+from mpi4py import MPI
+c = MPI.COMM_WORLD
+c.Barrier()
+maps = sorted({l.split()[5] for l in open('/proc/self/maps')
+               if ' /dev/shm/' in l and not l.rstrip().endswith('(deleted)')})
+print(json.dumps(maps), flush=True)
+c.Barrier()
+if c.rank == 1:
+    os._exit(3)
+c.Barrier()
+"""
+
+# Rank 0 maps a file of its own (a name no MPI library uses) and waits; rank 1 waits
+# until it exists and fails: the job is killed with rank 0 still mapping it.
+CRASH_OWN = r"""
+import mmap, os, sys, time
+path = sys.argv[1]
+if os.environ["PMI_RANK"] == "0":
+    fd = os.open(path + ".tmp", os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, 1 << 20)
+    m = mmap.mmap(fd, 1 << 20)
+    os.close(fd)
+    os.rename(path + ".tmp", path)
+    while True:
+        time.sleep(1)
+else:
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    sys.exit(5)
+"""
+
+
+def _segments(stdout: str) -> set[str]:
+    found: set[str] = set()
+    for line in stdout.splitlines():
+        if line.startswith("["):
+            found.update(json.loads(line))
+    return found
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("nodes", ["1", "2"])
+def test_failed_mpich_job_leaves_no_segments(pmrun, tmp_path: Path, nodes: str) -> None:
+    prog = tmp_path / "crash.py"
+    prog.write_text(CRASH_MPI)
+    res = pmrun("-n", "3", "--local-nodes", nodes, "python", str(prog), timeout=90)
+    assert res.returncode == 3, res.stderr
+    segs = _segments(res.stdout)
+    assert segs, res.stdout  # MPICH did map its segments
+    left = sorted(s for s in segs if os.path.exists(s))
+    assert not left, f"left in /dev/shm: {left}"
+
+
+@pytest.mark.timeout(60)
+def test_segment_a_killed_rank_mapped_is_removed(pmrun, tmp_path: Path, marker: str) -> None:
+    path = f"/dev/shm/{marker}-own"
+    prog = tmp_path / "own.py"
+    prog.write_text(CRASH_OWN)
+    try:
+        res = pmrun("-n", "2", "python", str(prog), path, timeout=45)
+        assert res.returncode == 5, res.stderr
+        assert not os.path.exists(path)
+    finally:
+        for p in (path, path + ".tmp"):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+def test_a_file_in_use_is_kept(tmp_path: Path, marker: str) -> None:
+    from pm.agent.shm_reaper import ShmReaper
+
+    reaper = ShmReaper()
+    path = f"/dev/shm/mpich_shm_{marker}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # created during the "job", still held
+    try:
+        assert reaper.reap() == []
+        assert os.path.exists(path)
+    finally:
+        os.close(fd)
+    assert reaper.reap() == [f"mpich_shm_{marker}"]
+    assert not os.path.exists(path)
+
+
+#: A native-client rank (so its node has a KVS segment) that says where its segment, its
+#: topology copy and its agent are, then waits for ever.
+NATIVE_WAITER = r"""
+import json, os, sys
+from pm.client.sync import connect
+
+with connect() as pmi:
+    pmi.allgather(b"x")
+    print(json.dumps({"rank": pmi.rank, "shm": pmi.info.get("shm"), "agent": os.getppid(),
+                      "xml": os.environ.get("HWLOC_XMLFILE")}), flush=True)
+    pmi.fence()
+    pmi.get("never", rank=(pmi.rank + 1) % pmi.size)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_next_agent_sweeps_what_a_killed_agent_left(pmrun, pmrun_popen, tmp_path: Path) -> None:
+    import signal
+
+    from launch_util import cmdline, read_lines, wait_until
+
+    prog = tmp_path / "waiter.py"
+    prog.write_text(NATIVE_WAITER)
+    p = pmrun_popen("-n", "2", "--local-nodes", "2", "python", str(prog))
+    assert p.stdout is not None
+    got = {d["rank"]: d for d in map(json.loads, read_lines(p.stdout, 2, 60))}
+    last = got[1]
+    assert last["shm"] and last["xml"], last
+    mine = [f"/dev/shm/{f}" for f in os.listdir("/dev/shm") if f.startswith(last["shm"])]
+    assert mine and os.path.exists(last["xml"])
+    os.kill(last["agent"], signal.SIGKILL)
+    p.communicate(timeout=30)
+    wait_until(lambda: cmdline(last["agent"]) is None, 10, "the killed agent to be gone")
+    # The next job uses no native client and no shared-memory KVS: its agents sweep anyway.
+    res = pmrun("-n", "2", "--local-nodes", "2", "true", timeout=60)
+    assert res.returncode == 0, res.stderr
+    left = [f for f in [*mine, last["xml"]] if os.path.exists(f)]
+    assert not left, f"left behind: {left}"
