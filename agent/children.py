@@ -44,6 +44,10 @@ log = logging.getLogger("pm.agent.children")
 
 #: Seconds a child agent gets to exit after its stdin closed before it is killed.
 EXIT_GRACE = 5.0
+#: Seconds between "not joined yet" lines while children are awaited.
+JOIN_NOTICE = 5.0
+#: How many of the missing nodes such a line names.
+JOIN_NAMED = 4
 
 
 class Uplink(Protocol):
@@ -124,6 +128,7 @@ class Children:
         self._todo: list[int] = []
         self._boot: Bootstrap | None = None
         self._launch: bytes | None = None
+        self._spawned: float | None = None
         self._level = logging.getLogger("pm").getEffectiveLevel()
         for v, hello in port.take_early():
             self._hello(v, hello)
@@ -141,6 +146,7 @@ class Children:
         boot.on_failure = self._boot_failed
         boot.prepare(plan.hosts, plan.fanout)
         self._boot = boot
+        self._spawned = time.monotonic()
         if boot.head_driven and self.agent.vertex >= 0:
             return  # the head starts our children for us; they come to our port
         self._todo = list(self.agent.children)
@@ -189,10 +195,22 @@ class Children:
         self._start_more()
 
     async def join(self, deadline: float) -> None:
-        """Wait until every child joined or was lost; name (and drop) the late ones."""
-        pending = [f for f in self._hellos.values() if not f.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+        """Wait until every child joined or was lost; name (and drop) the late ones.
+
+        A long wait says what it waits for: every :data:`JOIN_NOTICE` seconds, one
+        line with how many children have not joined yet and which (the first few).
+        """
+        since = self._spawned if self._spawned is not None else time.monotonic()
+        notice = since + JOIN_NOTICE
+        while True:
+            pending = [f for f in self._hellos.values() if not f.done()]
+            now = time.monotonic()
+            if not pending or now >= deadline:
+                break
+            if now >= notice:
+                self._say_missing(now - since)
+                notice += JOIN_NOTICE * (1 + int((now - notice) // JOIN_NOTICE))
+            await asyncio.wait(pending, timeout=min(deadline, notice) - now)
         late = [v for v, f in self._hellos.items() if not f.done()]
         if late:
             timeout = join_timeout_of(self.agent.plan.bootstrap)
@@ -201,6 +219,16 @@ class Children:
             hosts = compress([self.agent.plan.hosts[v] for v in late])
             log.error("agent %d: nodes %s (%s) did not join in time", self.agent.vertex,
                       ",".join(map(str, late)), hosts)
+
+    def _say_missing(self, waited: float) -> None:
+        missing = [v for v, f in self._hellos.items() if not f.done()]
+        hosts = self.agent.plan.hosts
+        named = ", ".join(f"node {v} ({hosts[v]})" for v in missing[:JOIN_NAMED])
+        more = f" and {len(missing) - JOIN_NAMED} more" if len(missing) > JOIN_NAMED else ""
+        nodes = "node has" if len(missing) == 1 else "nodes have"
+        log.warning("%d %s not joined after %.0f s (--join-timeout %g s): %s%s",
+                    len(missing), nodes, waited, join_timeout_of(self.agent.plan.bootstrap),
+                    named, more)
 
     # ------------------------------------------------------------------ messages
     def _msg(self, vertex: int, msg: t.Msg) -> None:
