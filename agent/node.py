@@ -260,8 +260,11 @@ class JobAgent:
             proc.pmi_eof = True
             if not detail and proc.status is None:
                 self.loop.call_later(EOF_GRACE, self._eof_without_finalize, proc)
-        elif event == "error":
-            log.error("rank %d: %s", rank, detail)
+        elif event == "error" and proc.status is None and not self.killing:
+            # A PMI stream that cannot be followed: the rank fails, named with the cause.
+            proc.reason = f"sent a PMI stream that cannot be served: {detail}"
+            self._exits.append([proc.rank, self.vertex, -1, 0, proc.reason])
+            self._schedule_flush()
 
     def _eof_without_finalize(self, proc: RankProc) -> None:
         if proc.status is None and not self.killing:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pm.proto import native, pmi1, pmi2
-from pm.proto.errors import PMError, ProtocolError
+from pm.proto.errors import PMError, ProtocolError, RankFailed
 from pm.proto.tree import ALLGATHER, BARRIER, FENCE, RING
 
 log = logging.getLogger("pm.agent.pmi")
@@ -70,6 +71,8 @@ class PmiSession(asyncio.Protocol):
         #: Native collectives of each kind in request order, and replies ready out of turn.
         self._coll_order: dict[str, deque[Any]] = {}
         self._coll_ready: dict[Any, bytes] = {}
+        self._causes: set[str] = set()
+        self._nbad = self._nlogged = 0
 
     # -- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -86,6 +89,9 @@ class PmiSession(asyncio.Protocol):
             self._fatal(str(exc))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._nbad > self._nlogged:
+            log.warning("rank %d: %d bad PMI requests in all, %d logged", self.rank,
+                        self._nbad, self._nlogged)
         for t in self._tasks:
             t.cancel()
         self.transport = None
@@ -156,10 +162,14 @@ class PmiSession(asyncio.Protocol):
         except PMError as exc:
             # The error reply must use the framing the client is reading.
             if isinstance(req, pmi2.Pmi2Command):
-                self._bad(str(exc), pmi2.response(req, [("errmsg", str(exc))], rc=1))
+                reply = pmi2.response(req, [("errmsg", str(exc))], rc=1)
             else:
-                self._bad(str(exc), pmi1.reply_error(pmi1.REPLY_OF.get(req.cmd, req.cmd),
-                                                     str(exc)))
+                reply = pmi1.reply_error(pmi1.REPLY_OF.get(req.cmd, req.cmd), str(exc))
+            if not isinstance(exc, RankFailed):
+                self._bad(str(exc), reply)
+            else:  # the job is failing (another rank's fault): not this rank's request
+                log.debug("rank %d: PMI %s failed: %s", self.rank, req.cmd, exc)
+                self._write(reply)
         finally:
             self._busy = False
         self._pump()
@@ -174,11 +184,23 @@ class PmiSession(asyncio.Protocol):
             self.transport.write(data)
 
     def _bad(self, what: str, reply: bytes) -> None:
-        log.warning("rank %d: bad PMI request: %s", self.rank, what)
+        self._bad_request(what)
         self._write(reply)
 
+    def _bad_request(self, what: str, label: str = "bad PMI request") -> None:
+        """Log a bad request once per cause (its quoted excerpts aside), a few causes per rank:
+        a rank sending garbage must not flood the log; the total comes at the end."""
+        self._nbad += 1
+        cause = _QUOTED.sub("", what)
+        if cause in self._causes:
+            return
+        if len(self._causes) < MAX_CAUSES:
+            self._causes.add(cause)
+            self._nlogged += 1
+            log.warning("rank %d: %s: %s", self.rank, label, what)
+
     def _fatal(self, what: str) -> None:
-        log.error("rank %d: PMI protocol error, closing its connection: %s", self.rank, what)
+        # The stream cannot be followed any more: the rank fails (the host names it).
         self.host.rank_event(self.rank, "error", what)
         if self.transport is not None:
             self.transport.close()
@@ -208,6 +230,8 @@ class PmiSession(asyncio.Protocol):
             return enc("my_kvsname", ("rc", 0), ("kvsname", host.kvsname))
         if cmd == "get_universe_size":
             return enc("universe_size", ("rc", 0), ("size", host.universe_size()))
+        if cmd in ("put", "get"):
+            self._check_kvsname(c)
         if cmd == "put":
             key = _need(c, "key")
             if key.startswith("PMI_"):
@@ -231,7 +255,7 @@ class PmiSession(asyncio.Protocol):
             host.rank_event(self.rank, "finalize")
             return enc("finalize_ack", ("rc", 0))
         if cmd == "abort":
-            code = _int(a.get("exitcode", "1"), "exitcode")
+            code = _clamp(_int(a.get("exitcode", "1"), "exitcode"))
             host.rank_event(self.rank, "abort", (code, a.get("message") or a.get("msg") or ""))
             return None
         if cmd in ("publish_name", "unpublish_name", "lookup_name"):
@@ -241,6 +265,11 @@ class PmiSession(asyncio.Protocol):
         if cmd == "initack":
             raise ProtocolError("initack is only for PMI_PORT clients")
         raise ProtocolError(f"unknown PMI-1 command {cmd!r}")
+
+    def _check_kvsname(self, c: pmi1.Pmi1Command) -> None:
+        name = c.args.get("kvsname")
+        if name is not None and name != self.host.kvsname:
+            raise ProtocolError(f"kvsname {name} is not this job's ({self.host.kvsname})")
 
     def _names1(self, c: pmi1.Pmi1Command) -> Awaitable[bytes | None]:
         action = c.cmd.split("_")[0]
@@ -323,7 +352,7 @@ class PmiSession(asyncio.Protocol):
             host.rank_event(self.rank, "finalize")
             return resp(c)
         if cmd == "abort":
-            code = _int(c.get("exitcode", "1") or "1", "exitcode")
+            code = _clamp(_int(c.get("exitcode", "1") or "1", "exitcode"))
             host.rank_event(self.rank, "abort", (code, c.get("message") or c.get("msg") or ""))
             return None
         if cmd in ("name-publish", "name-unpublish", "name-lookup"):
@@ -346,6 +375,12 @@ class PmiSession(asyncio.Protocol):
         if not isinstance(frame, list) or len(frame) < 2 or not isinstance(frame[1], str):
             raise ProtocolError("native request is not [id, op, ...]")
         req, op, args = frame[0], frame[1], frame[2:]
+        if type(req) is not int:
+            # Replies are matched (and collectives ordered) by id: it must be hashable.
+            self._bad_request(f"request id must be an integer, not {type(req).__name__}")
+            self._write(native.pack([req, False, "request id must be an integer, "
+                                     f"not {type(req).__name__}"]))
+            return
         try:
             result = self._native_op(op, args)
         except (PMError, TypeError, ValueError, IndexError, KeyError) as exc:
@@ -364,7 +399,10 @@ class PmiSession(asyncio.Protocol):
 
     def _error_reply(self, req: Any, op: str, exc: BaseException) -> bytes:
         what = str(exc) if not isinstance(exc, IndexError) else f"missing arguments to {op}"
-        log.warning("rank %d: native %s failed: %s", self.rank, op, what)
+        if isinstance(exc, RankFailed):  # the job is failing: not this rank's request
+            log.debug("rank %d: native %s failed: %s", self.rank, op, what)
+        else:
+            self._bad_request(what, f"native {op} failed")
         return native.pack([req, False, what])
 
     async def _native_finish(self, req: int, op: str, pending: Awaitable[Any]) -> None:
@@ -421,7 +459,7 @@ class PmiSession(asyncio.Protocol):
             host.rank_event(rank, "finalize")
             return None
         if op == native.ABORT:
-            code = args[0] if args and type(args[0]) is int else 1
+            code = _clamp(args[0]) if args and type(args[0]) is int else 1
             message = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
             host.rank_event(rank, "abort", (code, message))
             return None
@@ -439,6 +477,10 @@ class PmiSession(asyncio.Protocol):
             return None
         raise ProtocolError(f"unknown native op {op!r}")
 
+
+#: Distinct causes of bad requests logged per rank (then only counted).
+MAX_CAUSES = 8
+_QUOTED = re.compile("b?'[^']*'|b?\"[^\"]*\"")
 
 #: Native ops whose replies keep request order per kind.
 _COLLECTIVE_OPS = frozenset((native.FENCE, native.BARRIER, native.ALLGATHER, native.RING))
@@ -464,6 +506,11 @@ def _int(text: str, what: str) -> int:
         return int(text)
     except ValueError:
         raise ProtocolError(f"{what}={text!r} is not an integer") from None
+
+
+def _clamp(code: int) -> int:
+    """An abort code that fits the tree's 64-bit integers (the head maps it to a status)."""
+    return max(-(1 << 63), min(code, (1 << 63) - 1))
 
 
 def _nargs(op: str, args: list[Any], n: int) -> None:

@@ -51,6 +51,11 @@ def env_fd(fd: int | None) -> int:
         raise PMError(f"PMI_FD={text!r} is not a file descriptor number") from None
 
 
+def abort_code(code: int) -> int:
+    """``code`` as the wire's 64-bit integer (pmrun maps it to an exit status modulo 256)."""
+    return max(-(1 << 63), min(int(code), (1 << 63) - 1))
+
+
 def to_bytes(v: Any) -> Any:
     """str as UTF-8, bytes-likes as bytes; anything else unchanged (the agent judges it)."""
     if isinstance(v, str):

@@ -31,7 +31,15 @@ from collections.abc import AsyncIterator, Callable, Generator
 from types import TracebackType
 from typing import Any
 
-from pm.client._core import Identity, Info, RequestFailed, Session, env_fd, to_bytes
+from pm.client._core import (
+    Identity,
+    Info,
+    RequestFailed,
+    Session,
+    abort_code,
+    env_fd,
+    to_bytes,
+)
 from pm.proto import native
 from pm.proto.errors import PMError, ProtocolError, TransportError
 
@@ -180,7 +188,7 @@ class PMIClient(Identity):
     def abort(self, code: int = 1, message: str = "") -> None:
         """Ask pmrun to end the whole job with exit status ``code`` (no reply comes)."""
         if self._transport is not None and self._error is None:
-            _rid, frame = self._session.request(native.ABORT, int(code), str(message))
+            _rid, frame = self._session.request(native.ABORT, abort_code(code), str(message))
             self._transport.write(frame)
 
     async def close(self) -> None:

@@ -28,7 +28,15 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Generic, NoReturn, TypeVar
 
-from pm.client._core import Identity, Info, RequestFailed, Session, env_fd, to_bytes
+from pm.client._core import (
+    Identity,
+    Info,
+    RequestFailed,
+    Session,
+    abort_code,
+    env_fd,
+    to_bytes,
+)
 from pm.proto import native
 from pm.proto.errors import PMError, ProtocolError, Timeout, TransportError
 
@@ -182,7 +190,7 @@ class SyncPMIClient(Identity):
     def abort(self, code: int = 1, message: str = "") -> None:
         """Ask pmrun to end the whole job with exit status ``code`` (no reply comes)."""
         if not self._closed and self._error is None:
-            _rid, frame = self._session.request(native.ABORT, int(code), str(message))
+            _rid, frame = self._session.request(native.ABORT, abort_code(code), str(message))
             self._write(frame)
 
     def close(self) -> None:

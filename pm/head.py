@@ -59,6 +59,12 @@ class RankResult:
         return self.code == 0 and self.signal == 0 and not self.reason
 
 
+def abort_status(code: int) -> int:
+    """pmrun's exit status for an abort with ``code``: modulo 256, as exit() takes it,
+    and 1 where that leaves 0 (an aborted job never reports success)."""
+    return code % 256 or 1
+
+
 @dataclass(slots=True)
 class JobResult:
     """How a job ended: ``returncode`` is what ``pmrun`` exits with."""
@@ -305,7 +311,7 @@ class JobRun:
             host = self.plan.hosts[msg.vertex]
             text = f" ({msg.message})" if msg.message else ""
             self._fail(f"rank {msg.rank} (node {msg.vertex}, {host}) called abort with "
-                       f"code {msg.code}{text}", msg.code)
+                       f"code {msg.code}{text}", abort_status(msg.code))
         elif isinstance(msg, t.Done):
             self.stats.update(msg.stats)
             if not self.finished.done():

@@ -79,16 +79,18 @@ class Pmi1Decoder:
     with an error and closes the connection.
     """
 
-    __slots__ = ("_buf", "_mcmd")
+    __slots__ = ("_buf", "_mcmd", "_mcmd_bytes")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._mcmd: list[bytes] | None = None
+        self._mcmd_bytes = 0
 
     def feed(self, data: bytes) -> list[Pmi1Command | ProtocolError]:
         """Complete commands; a malformed line comes out as its ProtocolError
         (line framing survives it, so the session answers it and goes on).
-        Raises ProtocolError only for a line over :data:`MAX_LINE`."""
+        Raises ProtocolError only for a line, or a whole ``mcmd=`` spawn
+        request, over :data:`MAX_LINE`."""
         self._buf += data
         out: list[Pmi1Command | ProtocolError] = []
         while True:
@@ -100,6 +102,11 @@ class Pmi1Decoder:
             line = bytes(self._buf[:nl]).rstrip(b"\r")
             del self._buf[: nl + 1]
             if self._mcmd is not None:
+                # A spawn block is one request: the line bound holds for all of it.
+                self._mcmd_bytes += nl + 1
+                if self._mcmd_bytes > MAX_LINE:
+                    self._mcmd = None
+                    raise ProtocolError(f"PMI-1 spawn request longer than {MAX_LINE} bytes")
                 self._mcmd.append(line)
                 if line == b"endcmd":
                     try:
@@ -115,6 +122,7 @@ class Pmi1Decoder:
                 continue
             if line.startswith(b"mcmd="):
                 self._mcmd = [line[1:]]  # keep "cmd=spawn" as a plain pair
+                self._mcmd_bytes = nl + 1
                 continue
             if not line.strip():
                 continue
