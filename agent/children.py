@@ -18,7 +18,6 @@ import contextlib
 import functools
 import logging
 import os
-import signal
 import socket
 import time
 from typing import Any, Protocol
@@ -313,8 +312,7 @@ class Children:
             if fut.done() and fut.result():
                 self.port.send_raw(v, bye)
             elif v in self._pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self._pids[v], signal.SIGKILL)
+                self.watch.kill(self._pids[v])  # only if not reaped yet
         for wfd in self._stdin.values():
             if wfd >= 0:
                 with contextlib.suppress(OSError):
@@ -332,10 +330,10 @@ class Children:
             _, pending_set = await asyncio.wait(pending, timeout=timeout)
             if pending_set:
                 for v, pid in self._pids.items():
-                    log.warning("agent %d: child agent %d (pid %d) did not exit: killing it",
-                                self.agent.vertex, v, pid)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                    # Only what we still own: a child reaped already is not ours any more.
+                    if self.watch.kill(pid):
+                        log.warning("agent %d: child agent %d (pid %d) did not exit: killed it",
+                                    self.agent.vertex, v, pid)
                 await asyncio.wait(pending_set, timeout=2.0)
         self.watch.close()
 

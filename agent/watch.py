@@ -3,6 +3,8 @@
 * Each process is watched through a pidfd on the event loop (uvloop reserves
   SIGCHLD for itself), so no exit is lost, even one that happens before the
   caller starts waiting.
+* Signals go through the same pidfd (:meth:`ChildWatch.kill`): once a process
+  is reaped its pid may be another process's, and it is never signalled.
 """
 
 from __future__ import annotations
@@ -83,6 +85,21 @@ class ChildWatch:
         fut = self._futs.pop(pid, None)
         if fut is not None and not fut.done():
             fut.set_result(ExitStatus.from_wait(status))
+
+    def kill(self, pid: int, signum: int = signal.SIGKILL) -> bool:
+        """Send ``signum`` to ``pid`` if it is still ours: watched and not reaped yet.
+
+        Through its pidfd, which names that very process: a pid already reaped
+        (and perhaps reused by another process) is never signalled.  True if sent.
+        """
+        fd = self._fds.get(pid)
+        if fd is None:
+            return False
+        try:
+            signal.pidfd_send_signal(fd, signum)
+        except (ProcessLookupError, PermissionError):
+            return False  # exited (not reaped yet) or not ours to signal
+        return True
 
     @property
     def running(self) -> int:

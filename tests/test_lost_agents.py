@@ -1,0 +1,62 @@
+"""After a lost node, only what pmrun still owns is signalled (pidfds, never bare pids)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from launch_util import cmdline, read_lines, wait_until
+from pm.agent.watch import ChildWatch
+
+#: Each rank says who its agent is, then waits to be killed.
+WAITER = r"""
+import json, os, sys, time
+print(json.dumps({"rank": int(os.environ["PMI_RANK"]), "agent": os.getppid()}), flush=True)
+while True:
+    time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_reaped_agent_is_not_killed_again(pmrun_popen: Any, tmp_path: Path) -> None:
+    prog = tmp_path / "waiter.py"
+    prog.write_text(WAITER)
+    p = pmrun_popen("-n", "3", "--local-nodes", "3", "--heartbeat", "2", "python", str(prog))
+    assert p.stdout is not None and p.stderr is not None
+    agents = {d["rank"]: d["agent"] for d in map(json.loads, read_lines(p.stdout, 3, 60))}
+    # Node 1's agent dies (pmrun reaps it); node 2's hangs, so pmrun has to kill it.
+    os.kill(agents[1], signal.SIGKILL)
+    os.kill(agents[2], signal.SIGSTOP)
+    try:
+        _, err = p.communicate(timeout=60)
+    finally:
+        if cmdline(agents[2]) is not None:
+            os.kill(agents[2], signal.SIGKILL)
+    text = err.decode()
+    assert p.returncode != 0
+    assert "node 1" in text, text
+    assert f"child agent 1 (pid {agents[1]})" not in text, text
+    wait_until(lambda: cmdline(agents[2]) is None, 10, "node 2's agent to be gone")
+
+
+def _start(*argv: str) -> int:
+    return os.posix_spawn(argv[0], list(argv), {})
+
+
+async def test_watch_signals_only_unreaped_processes() -> None:
+    watch = ChildWatch()
+    pid = _start("/bin/true")
+    status = await asyncio.wait_for(watch.watch(pid), 30)
+    assert status.ok
+    assert watch.kill(pid) is False  # reaped: its pid is nobody's to signal now
+    live = _start("/bin/sleep", "60")
+    fut = watch.watch(live)
+    assert watch.kill(live) is True
+    status = await asyncio.wait_for(fut, 30)
+    assert status.signal == signal.SIGKILL
+    watch.close()
