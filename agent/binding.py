@@ -73,11 +73,14 @@ class BindPolicy:
     target: str
     user_sets: tuple[frozenset[int], ...] = ()
     overload_allowed: bool = False
+    #: Objects of ``target`` per rank (Hydra's ``core:2``: each rank on two cores).
+    count: int = 1
 
     def __str__(self) -> str:
         if self.target == "user":
             return "user:" + ",".join("+".join(_ranges(s)) for s in self.user_sets)
-        return self.target + (f":{OVERLOAD_ALLOWED}" if self.overload_allowed else "")
+        return (self.target + (f":{self.count}" if self.count > 1 else "")
+                + (f":{OVERLOAD_ALLOWED}" if self.overload_allowed else ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,17 +111,24 @@ def parse_bind(spec: str) -> BindPolicy:
     text = spec.strip().lower()
     if text.startswith("user:"):
         return BindPolicy("user", user_sets=_parse_user(text[len("user:") :], spec))
-    name, _, qualifier = text.partition(":")
+    name, _, qualifiers = text.partition(":")
     target = _BIND_SPELLINGS.get(name)
     if target is None:
         raise BindingError(f"unknown --bind-to {spec!r}: expected {_BIND_HELP}")
-    if qualifier and qualifier != OVERLOAD_ALLOWED:
-        raise BindingError(
-            f"unknown qualifier {qualifier!r} in --bind-to {spec!r}: only {OVERLOAD_ALLOWED!r}"
-        )
-    if qualifier and target == "none":
+    count, overload = 1, False
+    for qualifier in qualifiers.split(":") if qualifiers else ():
+        if qualifier == OVERLOAD_ALLOWED:
+            overload = True
+        elif qualifier.isdigit() and int(qualifier) >= 1:
+            count = int(qualifier)  # Hydra's core:N: N cores per rank
+        else:
+            raise BindingError(
+                f"unknown qualifier {qualifier!r} in --bind-to {spec!r}: a count of "
+                f"{name}s per rank (e.g. {name}:2) or {OVERLOAD_ALLOWED!r}"
+            )
+    if qualifiers and target == "none":
         raise BindingError(f"--bind-to {spec!r}: 'none' takes no qualifier")
-    return BindPolicy(target, overload_allowed=bool(qualifier))
+    return BindPolicy(target, overload_allowed=overload, count=count)
 
 
 def _parse_user(body: str, spec: str) -> tuple[frozenset[int], ...]:
@@ -187,6 +197,8 @@ def compute_bindings(
         return Bindings(None, "no L3 cache information on this node: not binding")
 
     by_thread = "hwthread" in (policy.target, mapping)
+    if policy.count > 1:
+        return _counted_bindings(topo, nlocal, policy, mapping)
     places = _places(topo, mapping, by_thread=by_thread, compact=policy.target == "hwthread")
     if not places:
         return Bindings(None, "no usable cpus in the topology: not binding")
@@ -202,6 +214,42 @@ def compute_bindings(
             return Bindings(None, f"cpu {pu} is in no {policy.target} object: not binding")
         cpusets.append(obj)
     return Bindings(tuple(cpusets))
+
+
+def _counted_bindings(topo: Topology, nlocal: int, policy: BindPolicy, mapping: str
+                      ) -> Bindings:
+    """Hydra's ``core:N``: each rank on N neighbouring objects of the bind type, taken
+    within one mapping domain (the node, or a numa/package/l3cache for those map-by),
+    the domains taking turns as for one object per rank."""
+    # Neighbours: a core's hardware threads before the next core's.
+    order = [pu for core in sorted(sorted(c) for c in topo.cores) for pu in core]
+    containing = _containing(topo, policy.target)
+    domains: list[frozenset[int]] = [frozenset(topo.pus)]
+    if mapping in ("numa", "package", "l3cache"):
+        domains = list({"numa": topo.numa_nodes, "package": topo.packages,
+                        "l3cache": topo.l3caches}[mapping])
+    per_domain: list[list[int]] = []  # chunk numbers per domain
+    chunks: list[frozenset[int]] = []
+    for domain in domains:
+        objs: list[frozenset[int]] = []
+        for pu in order:
+            obj = containing.get(pu)
+            if pu in domain and obj is not None and obj not in objs:
+                objs.append(obj)
+        mine = []
+        for k in range(0, len(objs) - policy.count + 1, policy.count):
+            mine.append(len(chunks))
+            chunks.append(frozenset().union(*objs[k:k + policy.count]))
+        per_domain.append(mine)
+    ordered = [chunks[c] for c in _round_robin(per_domain)]
+    if not ordered:
+        return Bindings(None, f"fewer than {policy.count} {policy.target} objects per "
+                              f"{'node' if len(domains) == 1 else mapping}: not binding")
+    if nlocal > len(ordered) and not policy.overload_allowed:
+        return Bindings(None, f"{nlocal} ranks with {policy.count} {policy.target} objects "
+                              f"each, room for {len(ordered)}: not binding (use --bind-to "
+                              f"{policy.target}:{policy.count}:{OVERLOAD_ALLOWED} to share)")
+    return Bindings(tuple(ordered[i % len(ordered)] for i in range(nlocal)))
 
 
 def _user_bindings(topo: Topology, nlocal: int, policy: BindPolicy) -> Bindings:

@@ -135,11 +135,13 @@ class JobRun:
         slots = sequence_slots(spec, len(nodes.hosts), nodes.slots)
         node_of_rank = place(spec.size, slots)
         used = max(node_of_rank) + 1
+        env, app_envs = spec.plan_env()
         self.plan = JobPlan(
             job_id=job_id, kvsname=f"kvs_{job_id}", size=spec.size,
             hosts=nodes.hosts[:used], slots=slots[:used], fanout=max(1, nodes.fanout),
-            apps=[[a.argv, a.n, a.env, a.wdir or spec.wdir] for a in spec.apps],
-            env=spec.base_env(), mapping=process_mapping(node_of_rank),
+            apps=[[a.argv, a.n, e, a.wdir or spec.wdir]
+                  for a, e in zip(spec.apps, app_envs, strict=True)],
+            env=env, mapping=process_mapping(node_of_rank),
             label=spec.label, kvs=spec.kvs, bind_to=spec.bind_to, map_by=spec.map_by,
             report_bindings=spec.report_bindings, timeout=spec.timeout,
             profile=spec.profile is not None, bootstrap=dict(nodes.bootstrap),

@@ -23,6 +23,9 @@ class AppSpec:
     n: int = 1
     env: dict[str, str] = field(default_factory=dict)
     wdir: str | None = None
+    #: Hydra's -envall/-envnone/-envlist for this program (None: the job's -genv* mode).
+    env_mode: str | None = None
+    envlist: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -65,8 +68,9 @@ class JobSpec:
                 raise JobSpecError(f"program {i} has no command")
             if app.n < 1:
                 raise JobSpecError(f"program {app.argv[0]}: -n must be at least 1, got {app.n}")
-        if self.env_mode not in ("all", "none", "list"):
-            raise JobSpecError(f"bad environment mode {self.env_mode!r}")
+        for mode in (self.env_mode, *(a.env_mode for a in self.apps if a.env_mode)):
+            if mode not in ("all", "none", "list"):
+                raise JobSpecError(f"bad environment mode {mode!r}")
         if self.kvs not in ("shm", "socket"):
             raise JobSpecError(f"--kvs takes shm or socket, not {self.kvs!r}")
         if self.timeout is not None and self.timeout <= 0:
@@ -87,6 +91,24 @@ class JobSpec:
         """The environment every rank starts from, before per-app and per-rank variables."""
         src = os.environ if launcher_env is None else launcher_env
         return base_env(self.env_mode, self.genvlist, self.genv, src)
+
+    def plan_env(self, launcher_env: Mapping[str, str] | None = None
+                 ) -> tuple[dict[str, str], list[dict[str, str]]]:
+        """The job's environment and each program's own part of it (``JobPlan.env`` and the
+        apps' env): a rank gets the job's, updated with its program's."""
+        base = self.base_env(launcher_env)
+        if not any(a.env_mode for a in self.apps):
+            return base, [a.env for a in self.apps]
+        # A program with its own -env* mode: what all programs share goes in the job's
+        # environment, the rest in each program's (the agents merge them as always).
+        src = os.environ if launcher_env is None else launcher_env
+        full = [{**(base_env(a.env_mode, a.envlist, self.genv, src) if a.env_mode else base),
+                 **a.env} for a in self.apps]
+        common = {k: val for k, val in full[0].items()
+                  if all(f.get(k) == val for f in full[1:])}
+        # A variable every program has, but not with the same value, or one some lack: the
+        # programs that have it carry it.
+        return common, [{k: val for k, val in f.items() if k not in common} for f in full]
 
 
 @dataclass(slots=True)

@@ -2,11 +2,12 @@
 
 Most of pmrun's own start-up is importing asyncio, the agent and the PMI
 server.  A job that runs on this machine only (no hosts, no Slurm allocation,
-and no option beyond ``-n``, ``-genv``/``-env``/``-genvall``/``-genvnone``/``-genvlist``,
-``-l``, ``-wdir``, ``--timeout``, ``--output``/``--error`` and, meaning nothing on one
-node, ``-ppn``/``--fanout``) is therefore started *before* any
-of that is imported, by this module, which imports C modules and a few small
-modules of pmrun only.
+one program, and only options the table of :mod:`pm.options` marks ``quick``:
+``-n``, the ``-genv*``/``-env*`` family, ``-l``, ``-wdir``, ``--timeout``,
+``--output``/``--error`` and, meaning nothing on one node, ``-ppn``/``--fanout``;
+see :func:`pm.options.quick_ok`) is therefore started *before* any of that is
+imported, by this module, which imports C modules and a few small modules of
+pmrun only.  The command line is checked by the same parser either way.
 A poll loop then writes the ranks' output and watches them.
 
 The first thing that needs more hands the running job to the full path: a
@@ -47,13 +48,14 @@ from pm.agent.spawn import (
     spawn_rank,
 )
 from pm.jobenv import base_env, new_job_id
+from pm.options import UsageError, quick_ok, refuse
+from pm.options import parse as parse_options
 from pm.output import (
     STDERR,
     STDOUT,
     LineBuffer,
     Writer,
     ensure_std_fds,
-    pattern_problem,
     stdin_for_job,
 )
 
@@ -65,13 +67,6 @@ if TYPE_CHECKING:
 SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGUSR1, _signal.SIGUSR2,
            _signal.SIGTSTP, _signal.SIGCONT)
 
-_LABEL = frozenset({"-l", "--label", "-prepend-rank"})
-_N = frozenset({"-n", "-np", "--np"})
-_WDIR = frozenset({"-wdir", "--wdir", "-dir"})
-_TIMEOUT = frozenset({"--timeout", "-timeout"})
-_COUNTS = frozenset({"-ppn", "--fanout"})
-_OUTPUT = frozenset({"--output", "-outfile-pattern"})
-_ERROR = frozenset({"--error", "-errfile-pattern"})
 #: What a watched fd is, besides STDOUT and STDERR.
 _PMI, _EXIT = 3, 4
 
@@ -97,83 +92,27 @@ class QuickOptions:
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
-    """The options if the quick path can run this command line as ``pm.cli`` would, else None.
-
-    Anything it does not know, or finds wrong, is left to ``pm.cli.parse``,
-    which runs it or says what is wrong.
-    """
-    if environ.get("PM_QUICK", "1").strip() == "0":
+    """The options if the quick path runs this command line (:func:`pm.options.quick_ok`),
+    else None.  Raises :class:`pm.options.UsageError` for a command line pmrun refuses."""
+    parsed = parse_options(argv, environ)
+    if not quick_ok(parsed, environ):
         return None
-    if environ.get("SLURM_JOB_NODELIST") and environ.get("SLURM_JOB_ID"):
-        return None  # pm.cli runs the job over the allocation
+    v = parsed.values
+    (section,) = parsed.sections
+    s = section.values
     opts = QuickOptions()
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("-") or arg == "-":
-            break
-        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
-        if name in _LABEL and not eq:
-            opts.label = True
-            i += 1
-            continue
-        if name in ("-genvall", "-genvnone"):
-            opts.env_mode = "all" if name == "-genvall" else "none"
-            i += 1
-            continue
-        if name in ("-genv", "-env") and i + 2 < len(argv):
-            (opts.genv if name == "-genv" else opts.app_env)[argv[i + 1]] = argv[i + 2]
-            i += 3
-            continue
-        if not eq:
-            if i + 1 >= len(argv):
-                return None
-            i += 1
-            inline = argv[i]
-        i += 1
-        if name in _N:
-            if not inline.isdigit() or int(inline) < 1:
-                return None
-            opts.n = int(inline)
-        elif name in _WDIR:
-            if not os.path.isdir(inline):
-                return None
-            opts.wdir = os.path.abspath(inline)
-        elif name in _TIMEOUT:
-            opts.timeout = _seconds(inline)
-            if opts.timeout is None:
-                return None
-        elif name == "-genvlist":
-            opts.env_mode = "list"
-            opts.genvlist = [v for v in inline.split(",") if v]
-        elif name in _COUNTS:  # one node: -ppn and --fanout change nothing but are checked
-            if not inline.isdigit() or int(inline) < 1:
-                return None
-        elif name in _OUTPUT or name in _ERROR:
-            if pattern_problem(name, inline):
-                return None
-            if name in _OUTPUT:
-                opts.output = inline
-            else:
-                opts.error = inline
-        else:
-            return None
-    opts.argv = argv[i:]
-    if not opts.argv or ":" in opts.argv:
-        return None  # no program (a usage error), or MPMD
-    if opts.timeout is None and environ.get("MPIEXEC_TIMEOUT"):
-        opts.timeout = _seconds(environ["MPIEXEC_TIMEOUT"])
-        if opts.timeout is None:
-            return None
+    opts.argv = section.argv
+    opts.n = int(s.get("n", 1))  # type: ignore[call-overload]
+    opts.genv = dict(v.get("genv", {}))  # type: ignore[call-overload]
+    opts.app_env = dict(s.get("env", {}))  # type: ignore[call-overload]
+    # One program: its own -env* mode is the job's.
+    opts.env_mode, opts.genvlist = s.get("env_mode") or v.get("env_mode") or ("all", [])  # type: ignore[misc]
+    opts.wdir = s.get("wdir")  # type: ignore[assignment]
+    opts.label = "prepend" in v
+    opts.timeout = v.get("timeout")  # type: ignore[assignment]
+    opts.output = v.get("output")  # type: ignore[assignment]
+    opts.error = v.get("error")  # type: ignore[assignment]
     return opts
-
-
-def _seconds(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if value > 0 else None
 
 
 class QuickRank:
@@ -447,7 +386,10 @@ def main() -> int:
     """``pmrun``: the quick path when it applies (see the module docstring), else ``pm.cli``."""
     ensure_std_fds()
     argv = sys.argv[1:]
-    opts = parse(argv, os.environ)
+    try:
+        opts = parse(argv, os.environ)
+    except UsageError as exc:
+        os._exit(refuse(exc))
     job = None
     if opts is not None:
         gc.disable()  # start-up allocates nothing worth collecting

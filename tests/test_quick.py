@@ -144,25 +144,15 @@ QUICK_CASES = [
     ["-genvlist", "HOME,PATH", "-genvall", "-genvlist", "PATH", "prog"],
     ["-ppn", "2", "--fanout", "4", "-n", "4", "prog"],
 ]
-FULL_CASES = [
+FULL_CASES = [  # valid, but for the full path
     ["-n", "2", "a", ":", "-n", "1", "b"],  # MPMD
     ["--local-nodes", "2", "-n", "2", "true"],
     ["-hosts", "a,b", "true"],
-    ["-n", "0", "true"],
-    ["-n", "x", "true"],
-    ["--timeout", "0", "true"],
     ["-v", "true"],
     ["--profile", "p.json", "true"],
-    ["-ppn", "0", "true"],
-    ["--fanout", "x", "true"],
-    ["-n", "2"],
-    ["-n"],
     ["--help"],
-    ["-wdir", "/no/such/dir", "true"],
-    ["--output", "/no/such/dir/out.%r", "true"],
 ]
-
-
+# Refused by both paths the same way: tests/test_cli_first_contact.py.
 @pytest.mark.parametrize("argv", QUICK_CASES)
 def test_quick_options_mean_what_the_full_parser_says(argv: list[str]) -> None:
     q = quick_parse(argv, {})
@@ -183,7 +173,6 @@ def test_everything_else_is_left_to_the_full_parser(argv: list[str]) -> None:
 def test_environment_that_sends_a_job_to_the_full_path() -> None:
     assert quick_parse(["true"], {"PM_QUICK": "0"}) is None
     assert quick_parse(["true"], {"SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "n1"}) is None
-    assert quick_parse(["true"], {"MPIEXEC_TIMEOUT": "nope"}) is None
     q = quick_parse(["true"], {"MPIEXEC_TIMEOUT": "9"})
     assert q is not None and q.timeout == 9.0
 

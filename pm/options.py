@@ -1,0 +1,601 @@
+"""pmrun's command line options: one table, one parser, one way to refuse a bad value.
+
+Both of pmrun's paths read the command line through :func:`parse`: the quick
+path (:mod:`pm.quick`, which runs before asyncio is imported) and the full
+one (:mod:`pm.cli`, which turns the result into a JobSpec).  :func:`quick_ok`
+says whether the quick path may run the job; a bad value is refused here,
+before either path starts anything, with one line (``pmrun: ...``) and exit
+status 2 (:func:`refuse`).  ``pmrun --help`` is written from the same table.
+
+Kept free of heavy imports (no dataclasses, typing or re at import time):
+checkers that need more import it when the option is used.
+"""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (pmrun's start-up)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    Check = Callable[[str, str], object]
+
+#: Exit status of a command line pmrun refuses.
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A command line (or an environment variable) pmrun cannot run; the message is one line."""
+
+
+# ------------------------------------------------------------------ value checkers
+# Each takes (text, option as the user spelled it) and returns the value, or raises
+# UsageError naming the option and what was wrong.
+def whole(minimum: int = 1) -> Check:
+    def check(text: str, opt: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise UsageError(f"{opt} takes a whole number, not {text!r}") from None
+        if value < minimum:
+            raise UsageError(f"{opt} must be at least {minimum}")
+        return value
+
+    return check
+
+
+def seconds(text: str, opt: str) -> float:
+    """A positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{opt} takes seconds, not {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise UsageError(f"{opt} must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def number(minimum: float) -> Check:
+    """A number of seconds from ``minimum`` (kept as text: the launcher reads it)."""
+
+    def check(text: str, opt: str) -> str:
+        try:
+            value = float(text)
+        except ValueError:
+            raise UsageError(f"{opt} takes a number, not {text!r}") from None
+        if not value >= minimum or value == float("inf"):
+            raise UsageError(f"{opt} must be at least {minimum:g}, not {text!r}")
+        return text
+
+    return check
+
+
+def choice(*allowed: str) -> Check:
+    def check(text: str, opt: str) -> str:
+        if text not in allowed:
+            raise UsageError(f"{opt} takes {_or(allowed)}, not {text!r}")
+        return text
+
+    return check
+
+
+def _or(words: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+
+
+def text(value: str, opt: str) -> str:
+    if not value:
+        raise UsageError(f"{opt} takes a value, not an empty string")
+    return value
+
+
+def directory(value: str, opt: str) -> str:
+    if not os.path.isdir(value):
+        raise UsageError(f"{opt} {value}: no such directory")
+    return os.path.abspath(value)
+
+
+def readable_file(value: str, opt: str) -> str:
+    if not os.path.isfile(value):
+        raise UsageError(f"{opt} {value}: no such file")
+    if not os.access(value, os.R_OK):
+        raise UsageError(f"{opt} {value}: cannot be read (permission denied)")
+    return value
+
+
+def writable_file(value: str, opt: str) -> str:
+    """A file pmrun will write at the end of the job: checked now, not after the job."""
+    folder = os.path.dirname(value) or "."
+    if os.path.isdir(value):
+        raise UsageError(f"{opt} {value}: is a directory")
+    if not os.path.isdir(folder):
+        raise UsageError(f"{opt} {value}: no such directory {folder}")
+    if os.path.exists(value) and not os.access(value, os.W_OK):
+        raise UsageError(f"{opt} {value}: cannot be written (permission denied)")
+    if not os.path.exists(value) and not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{opt} {value}: cannot create a file in {folder} (permission denied)")
+    return value
+
+
+def env_names(value: str, opt: str) -> list[str]:
+    names = [v for v in value.split(",") if v]
+    for name in names:
+        if "=" in name:
+            raise UsageError(f"{opt} takes variable names separated by commas, not {name!r}")
+    return names
+
+
+def out_pattern(value: str, opt: str) -> str:
+    from pm.output import pattern_problem
+
+    problem = pattern_problem(opt, value)
+    if problem:
+        raise UsageError(problem)
+    return value
+
+
+def prepend_pattern(value: str, opt: str) -> str:
+    i = 0
+    while i < len(value):
+        if value[i] == "%":
+            if i + 1 >= len(value):
+                raise UsageError(f"{opt} {value!r}: a '%' ends the pattern (%% is a percent sign)")
+            if value[i + 1] not in PREPEND_KEYS:
+                raise UsageError(f"{opt} {value!r}: unknown %{value[i + 1]} (the pattern takes "
+                                 "%r rank, %h host, %p node, %g job, %% percent)")
+            i += 1
+        i += 1
+    return value
+
+
+#: What -prepend-pattern's %-letters stand for (Hydra's): rank, host, proxy (node), process group.
+PREPEND_KEYS = "rhpg%"
+
+
+def bind_to(value: str, opt: str) -> str:
+    from pm.agent.binding import BindingError, parse_bind
+
+    try:
+        parse_bind(value)
+    except BindingError as exc:
+        raise UsageError(str(exc).replace("--bind-to", opt, 1)) from None
+    return value
+
+
+def map_by(value: str, opt: str) -> str:
+    from pm.agent.binding import BindingError, parse_map
+
+    try:
+        parse_map(value)
+    except BindingError as exc:
+        raise UsageError(str(exc).replace("--map-by", opt, 1)) from None
+    return value
+
+
+def hosts(value: str, opt: str) -> str:
+    from pm.hostlist import HostlistError, parse_hosts_option
+
+    try:
+        if not parse_hosts_option(value):
+            raise UsageError(f"{opt} names no host")
+    except HostlistError as exc:
+        raise UsageError(f"{opt}: {exc}") from None
+    return value
+
+
+def hostfile(value: str, opt: str) -> str:
+    readable_file(value, opt)
+    from pm.hostlist import HostlistError, parse_hostfile
+
+    try:
+        with open(value) as f:
+            if not parse_hostfile(f.read()):
+                raise UsageError(f"{opt} {value}: names no host")
+    except HostlistError as exc:
+        raise UsageError(f"{opt} {value}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{opt} {value}: cannot be read ({exc})") from None
+    return value
+
+
+def size(value: str, opt: str) -> str:
+    from pm.agent.admission import SizeError, parse_size
+
+    try:
+        parse_size(value, total=1 << 40)  # a percentage: of the node's memory, known there
+    except SizeError as exc:
+        raise UsageError(f"{opt}: {exc}") from None
+    return value
+
+
+def universe(value: str, opt: str) -> int | str:
+    """Hydra's -usize: a number of ranks, SYSTEM (the slots given) or INFINITE."""
+    if value.upper() in ("SYSTEM", "INFINITE"):
+        return value.upper()
+    try:
+        count = int(value)
+    except ValueError:
+        raise UsageError(f"{opt} takes a number of ranks, SYSTEM or INFINITE, not {value!r}"
+                         ) from None
+    if count < 1:
+        raise UsageError(f"{opt} must be at least 1")
+    return count
+
+
+#: Launchers (how agents start on hosts), with Hydra's names for them.
+LAUNCHERS = ("local", "fork", "ssh", "rsh", "slurm", "exec", "persistent", "persist")
+
+
+# ------------------------------------------------------------------ the table
+FLAG, VALUE, PAIR, COUNT, ACTION, FILE = range(6)
+
+
+class Opt:
+    """One option: its spellings, where its value goes, how it is checked, and its help."""
+
+    __slots__ = ("check", "const", "group", "help", "key", "kind", "local", "metavar", "names",
+                 "quick")
+
+    def __init__(self, names: str, key: str, check: Check | None = None, *, kind: int = VALUE,
+                 const: object = True, metavar: str = "", help: str = "", group: str = "",
+                 quick: bool = False, local: bool = False) -> None:
+        self.names = tuple(names.split())
+        self.key = key
+        self.check = check
+        self.kind = kind
+        self.const = const
+        self.metavar = metavar
+        self.help = help
+        self.group = group
+        #: The quick path runs a job with this option (one node, nothing asyncio needs).
+        self.quick = quick
+        #: Belongs to one program of an MPMD job (Hydra's "local" options), not the job.
+        self.local = local
+
+
+PLACE = "Process placement"
+ENV = "Environment"
+IO = "Input and output"
+LAUNCH = "Launch: how agents start on hosts"
+TREE = "The agent tree and start-up analysis"
+MEMORY = "Memory and task ensembles"
+MISC = "Other"
+GROUPS = (PLACE, ENV, IO, LAUNCH, TREE, MEMORY, MISC)
+
+OPTIONS = (
+    # Process placement
+    Opt("-n -np --np", "n", whole(1), metavar="N", local=True, quick=True, group=PLACE,
+        help="number of ranks of the program (default 1)"),
+    Opt("-ppn", "ppn", whole(1), metavar="N", quick=True, group=PLACE,
+        help="ranks per node (fills each node with N ranks, then wraps)"),
+    Opt("-hosts -host", "hosts", hosts, metavar="H1,H2[:SLOTS]", group=PLACE,
+        help="hosts to run on; node[01-04] ranges are expanded"),
+    Opt("-f -hostfile --hostfile", "hostfile", hostfile, metavar="FILE", group=PLACE,
+        help='hosts from FILE ("host", "host:4" or "host slots=4" per line)'),
+    Opt("-usize --universe-size", "universe_size", universe, metavar="N", group=PLACE,
+        help="MPI universe size the ranks are told (room for MPI_Comm_spawn); SYSTEM: the "
+             "slots given, INFINITE: no limit (default: the job's size)"),
+    Opt("--bind-to -bind-to", "bind_to", bind_to, metavar="TARGET", group=PLACE,
+        help="none, hwthread, core, l3cache, numa, package, each with :N (N of them per "
+             "rank) or :overload-allowed, or user:0+1,2"),
+    Opt("--map-by -map-by", "map_by", map_by, metavar="TARGET", group=PLACE,
+        help="slot, hwthread, core, l3cache, numa, package"),
+    Opt("--report-bindings -report-bindings", "report_bindings", kind=FLAG, group=PLACE,
+        help="print each rank's cpus"),
+    Opt("--topology", "topology", kind=FLAG, group=PLACE,
+        help="print this node's topology as the agent sees it, and exit"),
+    # Environment
+    Opt("-genv", "genv", kind=PAIR, metavar="NAME VALUE", quick=True, group=ENV,
+        help="set NAME=VALUE for every rank (also -genv NAME=VALUE)"),
+    Opt("-genvall", "env_mode", kind=FLAG, const=("all", []), quick=True, group=ENV,
+        help="pass pmrun's whole environment on (default)"),
+    Opt("-genvnone", "env_mode", kind=FLAG, const=("none", []), quick=True, group=ENV,
+        help="pass nothing but -genv/-env (and PATH, HOME, USER, LANG, TERM)"),
+    Opt("-genvlist", "env_mode", env_names, metavar="A,B", quick=True, group=ENV,
+        help="pass only these variables"),
+    Opt("-env", "env", kind=PAIR, metavar="NAME VALUE", local=True, quick=True, group=ENV,
+        help="set NAME=VALUE for this program's ranks (its MPMD section)"),
+    Opt("-envall", "env_mode", kind=FLAG, const=("all", []), local=True, quick=True, group=ENV,
+        help="-genvall for this program's ranks"),
+    Opt("-envnone", "env_mode", kind=FLAG, const=("none", []), local=True, quick=True,
+        group=ENV, help="-genvnone for this program's ranks"),
+    Opt("-envlist", "env_mode", env_names, metavar="A,B", local=True, quick=True, group=ENV,
+        help="-genvlist for this program's ranks"),
+    Opt("-wdir --wdir -dir", "wdir", directory, metavar="DIR", local=True, quick=True,
+        group=ENV, help="working directory of the program's ranks"),
+    # Input and output
+    Opt("-l --label -prepend-rank", "prepend", kind=FLAG, const="[%r] ", quick=True, group=IO,
+        help="prefix every output line with [rank]"),
+    Opt("-prepend-pattern", "prepend", prepend_pattern, metavar="PATTERN", quick=True,
+        group=IO, help="prefix every output line with PATTERN: %r rank, %h host, %p node "
+                       "number, %g job (0; spawned jobs count on), %% a percent sign"),
+    Opt("--output -outfile-pattern", "output", out_pattern, metavar="PATTERN", quick=True,
+        group=IO, help="write the ranks' stdout to files: %r (or %t) is the rank, %j the job "
+                       "id, %% a percent sign; without %r all ranks share the file"),
+    Opt("--error -errfile-pattern", "error", out_pattern, metavar="PATTERN", quick=True,
+        group=IO, help="the same for their stderr"),
+    Opt("-print-all-exitcodes --print-all-exitcodes", "print_all_exitcodes", kind=FLAG,
+        group=IO, help="at the end, print every rank's exit status"),
+    # Launch
+    Opt("--launcher -launcher -bootstrap", "launcher", choice(*LAUNCHERS), metavar="NAME",
+        group=LAUNCH, help="local, ssh (rsh), slurm, exec, or persistent (persist): the "
+                           "pm-agent services of --agents"),
+    Opt("--launcher-exec -launcher-exec -bootstrap-exec", "launcher_exec", text,
+        metavar="CMD", group=LAUNCH,
+        help="a template with {host} and {command} (launcher exec, e.g. 'ip netns exec "
+             "{host} {command}'), or, as in Hydra, the ssh/rsh program to use"),
+    Opt("--ssh", "ssh", text, metavar="CMD", group=LAUNCH, help="ssh command of the ssh launcher"),
+    Opt("--user", "user", text, metavar="USER", group=LAUNCH, help="remote user for ssh"),
+    Opt("--ssh-limit", "ssh_limit", number(1), metavar="N", group=LAUNCH,
+        help="at most N ssh connections starting at once (default 32)"),
+    Opt("--agents", "agents", readable_file, metavar="FILE", group=LAUNCH,
+        help="use running pm-agent services listed in FILE (host:port per line)"),
+    Opt("--iface -iface", "iface", text, metavar="NAME|ADDR", group=LAUNCH,
+        help="network interface the agents listen on for their children, on every node "
+             "(an address: the head's only)"),
+    Opt("--join-timeout", "join_timeout", number(0.001), metavar="S", group=LAUNCH,
+        help="give up when a node has not joined after S seconds (default 60)"),
+    Opt("--heartbeat", "heartbeat", number(0), metavar="S", group=LAUNCH,
+        help="a node silent for S seconds is lost (default 5)"),
+    # The tree
+    Opt("--local-nodes", "local_nodes", whole(1), metavar="N", group=TREE,
+        help="run N node agents on this machine, each acting as a node with its own KVS"),
+    Opt("--fanout", "fanout", whole(1), metavar="K", quick=True, group=TREE,
+        help="width of the agent tree (default 32)"),
+    Opt("--kvs", "kvs", choice("shm", "socket"), metavar="shm|socket", group=TREE,
+        help="how ranks using pm.client read the node's KVS (default shm)"),
+    Opt("--profile", "profile", writable_file, metavar="FILE", group=TREE,
+        help="write a Chrome trace of the start-up timeline to FILE"),
+    Opt("--sim-ranks-per-node", "sim_ranks", text, metavar="R", group=TREE,
+        help="emulate R ranks per agent in-process (scale tests; no program)"),
+    Opt("--sim-value-size", "sim_value_size", text, metavar="B", group=TREE,
+        help="bytes of each simulated address (default 64)"),
+    Opt("--sim-exchange", "sim_exchange", text, metavar="KIND", group=TREE,
+        help="allgather (default) or fence"),
+    Opt("--sim-gets", "sim_gets", text, metavar="LIST", group=TREE,
+        help="peers each simulated rank gets from: left,right,leader (default), far"),
+    # Memory and ensembles
+    Opt("--tasks", "tasks", text, metavar="FILE", group=MEMORY,
+        help="run one command per line of FILE over the nodes"),
+    Opt("--mem-per-task", "mem_per_task", text, metavar="SIZE", group=MEMORY,
+        help="memory reserved for each task (e.g. 2G); a line may say [mem=SIZE]"),
+    Opt("--mem-high", "mem_high", size, metavar="SIZE|PCT", group=MEMORY,
+        help="stop admitting work above this node memory use (default 90%)"),
+    Opt("--mem-low", "mem_low", size, metavar="SIZE|PCT", group=MEMORY,
+        help="resume admitting below this (default 80%)"),
+    Opt("--retries", "retries", text, metavar="N", group=MEMORY,
+        help="rerun a failed task up to N times"),
+    Opt("--mem-overrun", "mem_overrun", choice("warn", "kill", "suspend"), metavar="ACTION",
+        group=MEMORY, help="warn (default), kill or suspend a task over its declared size"),
+    Opt("--mem-settle", "mem_settle", text, metavar="S|off", group=MEMORY,
+        help="shrink a task's reservation to its measured peak once that peak held S "
+             "seconds (default 1); off: reservations only grow"),
+    # Other
+    Opt("--timeout -timeout", "timeout", seconds, metavar="SECONDS", quick=True, group=MISC,
+        help="kill the job after SECONDS (exit status 124); also MPIEXEC_TIMEOUT"),
+    Opt("-configfile --configfile", "configfile", kind=FILE, metavar="FILE", group=MISC,
+        help="the programs and their options, one MPMD section a line ('#' comments)"),
+    Opt("-v --verbose -verbose", "verbose", kind=COUNT, group=MISC,
+        help="say what pmrun does (twice: debug)"),
+    Opt("--version -version", "version", kind=ACTION, group=MISC,
+        help="print the version and exit"),
+    Opt("-h --help -help", "help", kind=ACTION, group=MISC, help="show this help and exit"),
+)
+
+BY_NAME = {name: opt for opt in OPTIONS for name in opt.names}
+
+#: Environment variables pmrun itself reads: (name, what it means).
+ENVIRONMENT = (
+    ("MPIEXEC_TIMEOUT=S", "as --timeout S"),
+    ("PM_QUICK=0", "start even a one-node job through the agent, not the quick path"),
+    ("SLURM_JOB_ID, SLURM_JOB_NODELIST", "inside a Slurm allocation, run on its nodes"),
+)
+
+
+# ------------------------------------------------------------------ parsing
+class Section:
+    """One program of the job (an MPMD section) and its own options."""
+
+    __slots__ = ("argv", "values")
+
+    def __init__(self) -> None:
+        self.argv: list[str] = []
+        #: key -> value of the section's options (``env`` is a dict).
+        self.values: dict[str, object] = {}
+
+
+class Parsed:
+    """A command line, checked: the job-wide values, the sections, and what was used."""
+
+    __slots__ = ("action", "sections", "used", "values", "verbose")
+
+    def __init__(self) -> None:
+        self.values: dict[str, object] = {}
+        self.sections: list[Section] = []
+        #: The options given (one Opt each, however spelled): quick_ok looks at them.
+        self.used: set[Opt] = set()
+        self.verbose = 0
+        #: "help" or "version" when one was asked for (nothing else is checked then).
+        self.action = ""
+
+
+def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
+    """Check a command line (without the program name); raises :class:`UsageError`."""
+    out = Parsed()
+    sec = Section()
+    argv = list(argv)
+    read_config = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == ":":
+            raise UsageError("':' must follow a program")
+        if not arg.startswith("-") or arg == "-":
+            # The program and its arguments, up to a ':' section separator.
+            j = argv.index(":", i) if ":" in argv[i:] else len(argv)
+            sec.argv = argv[i:j]
+            out.sections.append(sec)
+            sec = Section()
+            if j < len(argv) and j + 1 >= len(argv):
+                raise UsageError("nothing after ':'")
+            i = j + 1
+            continue
+        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        opt = BY_NAME.get(name)
+        if opt is None:
+            raise UsageError(f"unknown option {arg} (see pmrun --help)")
+        out.used.add(opt)
+        if opt.kind == ACTION:
+            out.action = opt.key
+            return out
+        if opt.kind in (FLAG, COUNT):
+            if eq:
+                raise UsageError(f"{name} takes no value")
+            if opt.kind == COUNT:
+                out.verbose += 1
+            else:
+                (sec.values if opt.local else out.values)[opt.key] = opt.const
+            i += 1
+            continue
+        if eq:
+            raw = inline
+        elif i + 1 < len(argv):
+            i += 1
+            raw = argv[i]
+        else:
+            raise UsageError(f"{name} needs {opt.metavar or 'a value'}")
+        i += 1
+        if opt.kind == PAIR:
+            var, is_one_word, val = raw.partition("=")
+            if not is_one_word:
+                if i >= len(argv):
+                    raise UsageError(f"{name} needs NAME VALUE (or NAME=VALUE)")
+                val = argv[i]
+                i += 1
+            if not var:
+                raise UsageError(f"{name} needs a variable name, not {raw!r}")
+            target = sec.values if opt.local else out.values
+            env = target.setdefault(opt.key, {})
+            assert isinstance(env, dict)
+            env[var] = val
+        elif opt.kind == FILE:
+            if read_config:
+                raise UsageError(f"{name} inside a {name} file")
+            read_config = True
+            argv[i:i] = config_args(readable_file(raw, name), name)
+        else:
+            assert opt.check is not None
+            value = opt.check(raw, name)
+            if opt.key == "env_mode":
+                value = ("list", value)
+            (sec.values if opt.local else out.values)[opt.key] = value
+    if sec.values:
+        flags = " ".join(sorted({o.names[0] for o in out.used if o.local and o.key in sec.values}))
+        raise UsageError(f"{flags} must come before a program" if out.sections
+                         else "no program given (see pmrun --help)")
+    if not out.sections and not ({"tasks", "topology", "sim_ranks"} & out.values.keys()):
+        raise UsageError("no program given (see pmrun --help)")
+    if "timeout" not in out.values and environ.get("MPIEXEC_TIMEOUT"):
+        out.values["timeout"] = seconds(environ["MPIEXEC_TIMEOUT"].strip(), "MPIEXEC_TIMEOUT")
+    return out
+
+
+def config_args(path: str, opt: str) -> list[str]:
+    """Hydra's -configfile: each line one program with its options (an MPMD section),
+    ``#`` starts a comment, a line ending in ``\\`` goes on on the next."""
+    import shlex
+
+    try:
+        with open(path) as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{opt} {path}: cannot be read ({exc})") from None
+    args: list[str] = []
+    for number_, line in enumerate(text.replace("\\\n", " ").splitlines(), 1):
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as exc:
+            raise UsageError(f"{opt} {path}, line {number_}: {exc}") from None
+        if words:
+            if args:
+                args.append(":")
+            args.extend(words)
+    if not args:
+        raise UsageError(f"{opt} {path}: no program in it")
+    return args
+
+
+def quick_ok(parsed: Parsed, environ: Mapping[str, str]) -> bool:
+    """Whether the quick path (:mod:`pm.quick`) runs this job: one program on this machine,
+    and only options it knows."""
+    if parsed.action or len(parsed.sections) != 1:
+        return False
+    if environ.get("PM_QUICK", "1").strip() == "0":
+        return False
+    if environ.get("SLURM_JOB_NODELIST") and environ.get("SLURM_JOB_ID"):
+        return False  # pm.cli runs the job over the allocation
+    return all(opt.quick for opt in parsed.used)
+
+
+def refuse(exc: Exception) -> int:
+    """Say what is wrong with the command line, on one line; the exit status for it."""
+    os.write(2, f"pmrun: {exc}\n".encode(errors="replace"))
+    return EXIT_USAGE
+
+
+# ------------------------------------------------------------------ help
+HEAD = """\
+usage: pmrun [options] prog [args...] [: [options] prog2 [args...] ...]
+       pmrun [options] -configfile FILE
+
+Start the ranks of a parallel job through a tree of node agents and serve them
+PMI (PMI-1 and PMI-2 wire protocols for unmodified MPICH and Intel MPI, and
+pmrun's own protocol for Python ranks using pm.client).  Options spelled with
+one dash are Hydra's (mpiexec); those with two are pmrun's; --opt=value works
+for the latter.  Options marked * belong to the program they precede.
+"""
+
+TAIL = """
+Exit status: 0 if every rank exited 0; else the status of the first rank that failed
+(128+N for signal N, the code given to MPI_Abort); 124 on --timeout; 2 for a command
+line pmrun cannot run; 255 when pmrun itself could not run the job (a node was lost,
+an agent failed to start).
+Ctrl-C is forwarded to every rank; a second Ctrl-C kills the job at once. Ctrl-Z stops
+every rank and pmrun; fg or bg continues them.
+"""
+
+
+def usage() -> str:
+    """``pmrun --help``, from the table."""
+    lines = [HEAD]
+    for group in GROUPS:
+        lines.append(f"{group}:")
+        for opt in OPTIONS:
+            if opt.group != group:
+                continue
+            left = ", ".join(opt.names) + (f" {opt.metavar}" if opt.metavar else "")
+            left = ("* " if opt.local else "  ") + left
+            lines.extend(_wrap(left, opt.help))
+        lines.append("")
+    lines.append("pmrun reads from its own environment:")
+    for name, meaning in ENVIRONMENT:
+        lines.extend(_wrap("  " + name, meaning))
+    lines.append("  (in a rank's environment: PM_TOPOLOGY_SHARE=0 stops sharing the topology)")
+    return "\n".join(lines) + "\n" + TAIL
+
+
+def _wrap(left: str, help: str, width: int = 88, col: int = 30) -> list[str]:
+    words = help.split()
+    out: list[str] = []
+    line = left + " " * (col - len(left)) if len(left) < col - 1 else left
+    if len(left) >= col - 1:
+        out.append(line)
+        line = " " * col
+    for word in words:
+        if len(line) + len(word) + 1 > width and line.strip() and len(line) > col:
+            out.append(line.rstrip())
+            line = " " * col
+        line += ("" if line.endswith(" ") else " ") + word
+    out.append(line.rstrip())
+    return out

@@ -1,0 +1,235 @@
+"""A new user's first commands: bad values get one line and exit 2 (never a traceback),
+on both of pmrun's paths, from the one option table (pm.options); Hydra's spellings work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pm import options
+from pm.cli import parse as full_parse
+from pm.options import OPTIONS, UsageError
+from pm.quick import parse as quick_parse
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+pytestmark = pytest.mark.timeout(60)
+
+#: A bad value for every option whose value the table checks (key -> value).
+BAD_VALUE = {
+    "n": "x", "ppn": "0", "hosts": "a[1-", "hostfile": "/no/such/hostfile",
+    "universe_size": "lots", "bind_to": "corez", "map_by": "foo", "env_mode": "A=1",
+    "wdir": "/no/such/dir", "prepend": "%q", "output": "/no/such/dir/out.%r",
+    "error": "/no/such/dir/err", "launcher": "rocket", "launcher_exec": "",
+    "ssh": "", "user": "", "ssh_limit": "many", "agents": "/no/such/agents",
+    "iface": "", "join_timeout": "0", "heartbeat": "-1", "local_nodes": "0",
+    "fanout": "x", "kvs": "disk", "profile": "/nonexistent/x.json", "sim_ranks": "",
+    "sim_value_size": "", "sim_exchange": "", "sim_gets": "", "tasks": "",
+    "mem_per_task": "", "mem_high": "lots", "mem_low": "90 apples", "retries": "",
+    "mem_overrun": "explode", "mem_settle": "", "timeout": "abc",
+}
+CHECKED = [(opt, name) for opt in OPTIONS if opt.check is not None for name in opt.names]
+
+
+def refusal(argv: list[str], environ: dict[str, str] | None = None) -> tuple[str, str]:
+    """The messages both parsers refuse ``argv`` with."""
+    with pytest.raises(UsageError) as quick:
+        quick_parse(argv, environ or {})
+    with pytest.raises(UsageError) as full:
+        old = dict(os.environ)
+        os.environ.update(environ or {})
+        try:
+            full_parse(argv)
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+    return str(quick.value), str(full.value)
+
+
+@pytest.mark.parametrize(("opt", "name"), CHECKED, ids=[n for _, n in CHECKED])
+def test_the_table_refuses_every_bad_value_the_same_way_on_both_paths(
+        opt: options.Opt, name: str) -> None:
+    assert opt.key in BAD_VALUE, f"add a bad value for {name} to BAD_VALUE"
+    quick, full = refusal([name, BAD_VALUE[opt.key], "true"])
+    assert quick == full
+    assert name in quick and "\n" not in quick
+
+
+def test_every_option_is_in_the_help_and_spelled_once() -> None:
+    names = [n for opt in OPTIONS for n in opt.names]
+    assert len(names) == len(set(names))
+    text = options.usage()
+    for opt in OPTIONS:
+        assert ", ".join(opt.names) in text
+    for group in options.GROUPS:
+        assert f"\n{group}:\n" in text
+    assert "MPIEXEC_TIMEOUT" in text and "PM_QUICK" in text
+
+
+# ------------------------------------------------------------------ as a user runs it
+CASES = [
+    (["--bind-to", "corez", "-n", "1", "true"], {},
+     "unknown --bind-to 'corez': expected one of none, hwthread, core, l3cache, numa, "
+     "package (socket), or user:<cpus>,..."),
+    (["--map-by", "foo", "--bind-to", "core", "-n", "1", "true"], {},
+     "unknown --map-by 'foo': expected one of core, hwthread, l3cache, numa, numanode, "
+     "package, slot, socket"),
+    (["-bind-to", "core:x", "true"], {},
+     "unknown qualifier 'x' in -bind-to 'core:x': a count of cores per rank (e.g. core:2) "
+     "or 'overload-allowed'"),
+    (["--profile", "/nonexistent/x.json", "-n", "1", "true"], {},
+     "--profile /nonexistent/x.json: no such directory /nonexistent"),
+    (["-n", "1", "true"], {"MPIEXEC_TIMEOUT": "abc"}, "MPIEXEC_TIMEOUT takes seconds, not 'abc'"),
+    (["-n", "0", "true"], {}, "-n must be at least 1"),
+    (["-genv"], {}, "-genv needs NAME VALUE"),
+    (["-genv", "A"], {}, "-genv needs NAME VALUE (or NAME=VALUE)"),
+    (["--nosuch", "true"], {}, "unknown option --nosuch (see pmrun --help)"),
+    (["-n", "2"], {}, "no program given (see pmrun --help)"),
+    (["-l=1", "true"], {}, "unknown option -l=1 (see pmrun --help)"),
+    (["--label=1", "true"], {}, "--label takes no value"),
+    (["-n", "1", "a", ":", "-n", "2"], {}, "-n must come before a program"),
+    (["-prepend-pattern", "[%x]", "true"], {},
+     "-prepend-pattern '[%x]': unknown %x (the pattern takes %r rank, %h host, %p node, "
+     "%g job, %% percent)"),
+    (["-usize", "0", "true"], {}, "-usize must be at least 1"),
+    (["-launcher", "rocket", "true"], {},
+     "-launcher takes local, fork, ssh, rsh, slurm, exec, persistent or persist, not 'rocket'"),
+    (["-configfile", "/no/such/file"], {}, "-configfile /no/such/file: no such file"),
+]
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), CASES, ids=[" ".join(c[0]) for c in CASES])
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_a_bad_command_line_is_one_line_and_exit_2(pmrun: Run, tmp_path: Path, argv: list[str],
+                                                  env: dict[str, str], message: str,
+                                                  quick: str) -> None:
+    r = pmrun(*argv, env={**env, "PM_QUICK": quick})
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: {message}\n")
+
+
+def test_profile_is_checked_before_the_job_runs(pmrun: Run, tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    (tmp_path / "ro").mkdir(mode=0o500)
+    r = pmrun("--profile", str(tmp_path / "ro" / "p.json"), "touch", str(ran))
+    if os.geteuid() == 0:  # root writes anywhere: the job runs, the profile is written
+        assert r.returncode == 0 and ran.exists()
+        return
+    assert r.returncode == 2 and "permission denied" in r.stderr and not ran.exists()
+
+
+def test_help_groups_the_options_as_hydra_users_look_for_them(pmrun: Run) -> None:
+    r = pmrun("--help")
+    assert r.returncode == 0 and r.stderr == ""
+    order = [r.stdout.index(f"\n{g}:\n") for g in options.GROUPS]
+    assert order == sorted(order)
+    assert "pmrun reads from its own environment:" in r.stdout
+    assert "MPIEXEC_TIMEOUT" in r.stdout
+
+
+# ------------------------------------------------------------------ Hydra's spellings
+def test_genv_takes_one_word_and_two_word_forms(pmrun: Run) -> None:
+    r = pmrun("-genv", "A=1", "-genv", "B", "2=3", "-n", "2", "sh", "-c", 'echo "$A $B"')
+    assert (r.returncode, r.stdout, r.stderr) == (0, "1 2=3\n1 2=3\n", "")
+    r = pmrun("-genv", "A=1", "-env", "C=x=y", "-n", "1", "sh", "-c", 'echo "$A $C"',
+              env={"PM_QUICK": "0"})
+    assert (r.returncode, r.stdout) == (0, "1 x=y\n"), r.stderr
+
+
+def test_per_program_environment_modes(pmrun: Run) -> None:
+    show = 'echo "$PMI_RANK ${KEEP:-none} ${DROP:-none} ${SET:-none}"'
+    r = pmrun("-genv", "SET", "g",
+              "-envnone", "-n", "1", "sh", "-c", show, ":",
+              "-envlist", "KEEP", "-n", "1", "sh", "-c", show, ":",
+              "-n", "1", "sh", "-c", show,
+              env={"KEEP": "k", "DROP": "d"})
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["0 none none g", "1 k none g", "2 k d g"]
+    # One program: the quick path gives it the same.
+    r = pmrun("-envlist", "KEEP", "sh", "-c", show, env={"KEEP": "k", "DROP": "d"})
+    assert (r.returncode, r.stdout) == (0, "0 k none none\n"), r.stderr
+
+
+def test_configfile_is_one_program_per_line(pmrun: Run, tmp_path: Path) -> None:
+    conf = tmp_path / "job.conf"
+    conf.write_text("# two programs\n"
+                    "-n 2 sh -c 'echo first $PMI_RANK'   # a comment\n"
+                    "\n"
+                    "-env WHO second -n 1 \\\n"
+                    "  sh -c 'echo $WHO $PMI_RANK'\n")
+    r = pmrun("-l", "-configfile", str(conf))
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["[0] first 0", "[1] first 1", "[2] second 2"]
+
+
+def test_core_n_binds_each_rank_to_n_cores(pmrun: Run) -> None:
+    ncores = len(os.sched_getaffinity(0))
+    if ncores < 2:
+        pytest.skip("one cpu")
+    show = "import os; print(sorted(os.sched_getaffinity(0)))"
+    r = pmrun("-bind-to", "core:1", "-n", "1", "python", "-c", show)
+    assert r.returncode == 0, r.stderr
+    assert len(eval(r.stdout)) >= 1
+    one = eval(r.stdout)
+    r = pmrun("-bind-to", "core:2", "-n", "1", "python", "-c", show)
+    assert r.returncode == 0, r.stderr
+    two = eval(r.stdout)
+    assert set(one) < set(two)
+
+
+def test_core_n_takes_neighbours_within_the_mapping_domain() -> None:
+    from pm.agent.binding import compute_bindings, parse_bind
+    from pm.agent.topology import Topology
+
+    f = frozenset
+    # Two numa nodes of four cores, two hardware threads each: core c is cpus c and c+8.
+    numa = (f([0, 1, 2, 3, 8, 9, 10, 11]), f([4, 5, 6, 7, 12, 13, 14, 15]))
+    topo = Topology("test", tuple(range(16)), tuple(f({c, c + 8}) for c in range(8)), numa,
+                    (f(range(16)),), (), 0, None)
+
+    def cpus(bind: str, map_by: str, n: int = 4) -> list[list[int]] | str | None:
+        b = compute_bindings(topo, n, bind, map_by)
+        return [sorted(c) for c in b.cpusets] if b.cpusets is not None else b.notice
+
+    assert cpus("core:2", "core") == [[0, 1, 8, 9], [2, 3, 10, 11], [4, 5, 12, 13],
+                                      [6, 7, 14, 15]]
+    assert cpus("core:2", "numa") == [[0, 1, 8, 9], [4, 5, 12, 13], [2, 3, 10, 11],
+                                      [6, 7, 14, 15]]
+    assert cpus("hwthread:2", "core") == [[0, 8], [1, 9], [2, 10], [3, 11]]
+    assert cpus("core:3", "core") == ("4 ranks with 3 core objects each, room for 2: not "
+                                      "binding (use --bind-to core:3:overload-allowed to share)")
+    assert cpus("core:3:overload-allowed", "core", 3) == [[0, 1, 2, 8, 9, 10],
+                                                          [3, 4, 5, 11, 12, 13],
+                                                          [0, 1, 2, 8, 9, 10]]
+    assert str(parse_bind("core:1")) == "core" and str(parse_bind("Core:2")) == "core:2"
+
+
+@pytest.mark.parametrize(("argv", "extra"), [
+    (["-launcher", "persist", "--agents", "AGENTS"], {"launcher": "persistent",
+                                                      "agents": "AGENTS"}),
+    (["-bootstrap", "ssh"], {"launcher": "ssh"}),
+    (["-bootstrap", "rsh"], {"launcher": "ssh", "ssh": "rsh"}),
+    (["-launcher-exec", "/opt/bin/myssh"], {"launcher": "ssh", "ssh": "/opt/bin/myssh"}),
+    (["-bootstrap", "ssh", "-bootstrap-exec", "/opt/bin/myssh"],
+     {"launcher": "ssh", "ssh": "/opt/bin/myssh"}),
+    (["-launcher-exec", "ip netns exec {host} {command}"],
+     {"launcher_exec": "ip netns exec {host} {command}"}),
+    (["-iface", "eth0"], {"iface": "eth0"}),
+])
+def test_hydra_launcher_spellings(argv: list[str], extra: dict[str, str],
+                                  tmp_path: Path) -> None:
+    agents = tmp_path / "agents"
+    agents.write_text("")
+    argv = [str(agents) if a == "AGENTS" else a for a in argv]
+    want = {k: str(agents) if v == "AGENTS" else v for k, v in extra.items()}
+    assert full_parse([*argv, "prog"]).extra == want
+
+
+def test_a_launcher_exec_that_contradicts_the_launcher_is_refused() -> None:
+    for argv in (["-launcher", "slurm", "-launcher-exec", "/usr/bin/ssh"],
+                 ["-launcher", "ssh", "-launcher-exec", "x {host} {command}"]):
+        with pytest.raises(UsageError, match="goes with --launcher"):
+            full_parse([*argv, "prog"])
