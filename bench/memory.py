@@ -141,7 +141,8 @@ def _in_cgroup(argv: list[str], env: dict[str, str] | None = None, cwd: Path | N
 def run_pmrun(s: Setup, bounds: bool) -> Run:
     path = s.work / ("bounded.txt" if bounds else "unbounded.txt")
     path.write_text("\n".join(s.lines(bounds)) + "\n")
-    run, err = _in_cgroup([*pmrun(), "--tasks", str(path)], cwd=s.work)
+    # -j 0: memory is the only limit, as for parallel -j0 (pmrun's default is one per core).
+    run, err = _in_cgroup([*pmrun(), "-j", "0", "--tasks", str(path)], cwd=s.work)
     # The exit status says only whether all succeeded: take the count from the summary.
     m = re.search(r"^\d+ tasks: \d+ succeeded, (\d+) failed", err, re.M)
     run.failed = int(m.group(1)) if m else len(s.tasks)

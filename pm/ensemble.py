@@ -11,7 +11,9 @@ Nodes and memory.  The scheduler's nodes are *memory domains*
 (``--local-nodes N``, or every host with the local launcher) is one domain,
 since they share one machine's memory: one admission for the machine, N
 execution targets that label the tasks (``PMRUN_TASK_NODE``).  Tasks per
-domain are bounded by memory alone, or by ``-ppn`` / host slots when given.
+domain are bounded by ``jobs`` (``-j``), else by ``-ppn`` / host slots when
+given, else (``jobs="cores"``, the command line's default) by its cores, else
+by memory alone; memory admission applies on top.
 This machine's tasks are started here directly (posix_spawn into one
 guardian process group: :mod:`pm.ensemble_local`); its memory is the
 cgroup's or the machine's (:class:`~pm.agent.memory.NodeMemory`) and each
@@ -116,6 +118,9 @@ class Ensemble:
     reservation shrinks to its measured peak (+10 %) once that peak held
     ``settle`` seconds (None: reservations only grow).  ``spec``: environment
     and working directory of the tasks, and ``ppn`` (tasks per node entry).
+    ``jobs``: tasks at most per host (0: memory alone), or ``"cores"``: one per
+    core of the host unless ``ppn`` or the hosts give slots (None: those slots,
+    else memory alone).
     ``output``: a :data:`TaskSink`, or None to keep each task's output in its
     result.  ``on_event``: every :class:`Event`.  ``cgroup``: the memory cgroup
     of this machine's tasks (default: this process's).  ``local_hosts``: host
@@ -140,6 +145,7 @@ class Ensemble:
         cgroup: str | os.PathLike[str] | None = None,
         local_hosts: Collection[str] | None = None,
         default_reservation: int = DEFAULT_RESERVATION,
+        jobs: int | str | None = None,
     ) -> None:
         if overrun not in ("warn", "kill", "suspend"):
             raise SizeError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
@@ -154,11 +160,15 @@ class Ensemble:
         self._probe_mem = NodeMemory(cgroup)
         self._token = secrets.token_hex(6)
         self._here = socket.gethostname()
-        self._domains = make_domains(nodes, self._spec.ppn, self._here, local_hosts)
+        if not (jobs is None or jobs == "cores" or (isinstance(jobs, int) and jobs >= 0)):
+            raise SizeError(f"-j takes a whole number of tasks (0: no limit), not {jobs!r}")
+        self._domains = make_domains(nodes, self._spec.ppn, self._here, local_hosts, jobs)
+        by_cores = all(d.cores for d in self._domains.values())
         self._sched = EnsembleScheduler(
             list(self._domains), retries, slots={d.name: d.slots for d in self._domains.values()
                                                  if d.slots is not None},
             settle=settle, default_reservation=default_reservation,
+            slot_word="a core" if by_cores else "a free slot",
         )
         self._tasks: dict[int, Task] = {}
         self._runs: set[asyncio.Task[None]] = set()
@@ -490,8 +500,11 @@ class Ensemble:
             sample = parse_probe_line(line)
             if sample is None:
                 continue
-            total, used, kind, sizes = sample
+            total, used, kind, sizes, cores = sample
             if d.first is not None and not d.first.done():
+                if d.cores and not d.local:
+                    d.slots = cores
+                    self._apply(self._sched.set_slots(d.name, cores))
                 self._memory_known(d, total, used, f"{kind} on {d.name}")
                 d.first.set_result(None)
             else:

@@ -104,6 +104,11 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
         raise UsageError(str(exc)) from None
     if out["retries"] < 0:
         raise UsageError("--retries must be at least 0")
+    jobs = extra.get("jobs")
+    if jobs is None:
+        out["jobs"] = "cores"  # GNU parallel's default: one task per core
+    else:
+        out["jobs"] = int(jobs)  # checked by pm.options.task_slots
     overrun = extra.get("mem_overrun", "warn")
     if overrun not in ("warn", "kill", "suspend"):
         raise UsageError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")

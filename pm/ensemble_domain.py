@@ -14,6 +14,7 @@ once, before anything runs.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ class Domain:
     local: bool
     entries: list[int] = field(default_factory=list)  # node indices in Nodes
     slots: int | None = 0
+    cores: bool = False  # its slots are its cores (a remote host's: from its probe)
     running: dict[int, int] = field(default_factory=dict)  # entry -> tasks on it
     blocked: bool = False
     peak_used: int = 0
@@ -47,11 +49,14 @@ class Domain:
 
 
 def make_domains(nodes: Nodes, ppn: int | None, here: str,
-                 local_hosts: Collection[str] | None) -> dict[str, Domain]:
+                 local_hosts: Collection[str] | None,
+                 jobs: int | str | None = None) -> dict[str, Domain]:
     """The domains of ``nodes`` by name.  ``ppn``: tasks per node entry (None: the
     hosts' slots).  ``here``: this host's name, the name of its domain.
     ``local_hosts``: host names that are this machine (None: all with the local
-    launcher, else this host's names)."""
+    launcher, else this host's names).  ``jobs``: tasks at most per domain (0:
+    memory alone), or ``"cores"``: its cores where neither ``ppn`` nor the
+    hosts gave slots (None: those slots, else memory alone)."""
     if local_hosts is None:
         if str(nodes.bootstrap.get("name", "local")) in _LOCAL_LAUNCHERS:
             local_hosts = set(nodes.hosts)
@@ -65,4 +70,15 @@ def make_domains(nodes: Nodes, ppn: int | None, here: str,
         d.entries.append(i)
         slots = ppn or nodes.slots[i]
         d.slots = None if slots is None or d.slots is None else d.slots + slots
+    for d in domains.values():
+        if isinstance(jobs, int):
+            d.slots = jobs or None
+        elif jobs == "cores" and d.slots is None:
+            # A remote host's cores come with its probe's first sample: none until then.
+            d.slots, d.cores = (local_cores() if d.local else 0), True
     return domains
+
+
+def local_cores() -> int:
+    """The cores this process may run on (a Slurm or cgroup cpuset counts)."""
+    return len(os.sched_getaffinity(0)) or 1

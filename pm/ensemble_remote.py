@@ -92,20 +92,23 @@ class RemoteRunner:
         return Nodes([self._here, host], [1, 1], 2, dict(self._nodes.bootstrap))
 
 
-def parse_probe_line(line: str) -> tuple[int, int, str, dict[int, int]] | None:
-    """``(total, used, kind, {task index: bytes})`` of one line of :func:`probe_main`,
-    None if ``line`` is not one."""
+def parse_probe_line(line: str) -> tuple[int, int, str, dict[int, int], int | None] | None:
+    """``(total, used, kind, {task index: bytes}, cores)`` of one line of
+    :func:`probe_main`, None if ``line`` is not one."""
     words = line.split()
     if len(words) < 4 or words[0] != "pmrun-probe":
         return None
     total, used = int(words[1]), int(words[2])
-    sizes = {int(k): int(v) for k, _, v in (w.partition("=") for w in words[4:])}
-    return total, used, words[3], sizes
+    pairs = [w.partition("=") for w in words[4:]]
+    cores = next((int(v) for k, _, v in pairs if k == "cores"), None)
+    sizes = {int(k): int(v) for k, _, v in pairs if k != "cores"}
+    return total, used, words[3], sizes, cores
 
 
 def probe_main(token: str, interval: float) -> int:
     """``python -m pm.ensemble probe TOKEN INTERVAL``: every INTERVAL seconds, one line
-    ``pmrun-probe TOTAL USED KIND INDEX=BYTES...`` with this node's memory and the
+    ``pmrun-probe TOTAL USED KIND cores=N INDEX=BYTES...`` with this node's memory, the
+    cores it may run on and the
     anonymous resident bytes of the processes whose environment carries
     ``PMRUN_ENSEMBLE=TOKEN``, summed per ``PMRUN_TASK``.  Ends on SIGTERM or SIGINT."""
     import threading
@@ -114,6 +117,7 @@ def probe_main(token: str, interval: float) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     probe = NodeMemory()
+    cores = len(os.sched_getaffinity(0)) or 1
     marker = b"PMRUN_ENSEMBLE=" + token.encode()
     while not stop.is_set():
         snap = probe.read()
@@ -134,6 +138,6 @@ def probe_main(token: str, interval: float) -> int:
                 continue  # gone, not ours to read, or not a task
         kind = snap.limit_source.split(":")[0]
         words = " ".join(f"{i}={n}" for i, n in sorted(sizes.items()))
-        print(f"pmrun-probe {snap.total} {snap.used} {kind} {words}", flush=True)
+        print(f"pmrun-probe {snap.total} {snap.used} {kind} cores={cores} {words}", flush=True)
         stop.wait(interval)
     return 0

@@ -209,6 +209,14 @@ def size(value: str, opt: str) -> str:
     return value
 
 
+def task_slots(value: str, opt: str) -> str:
+    """``-j``: tasks at once per host, 0 for no limit but memory."""
+    if not value.isdigit():
+        raise UsageError(f"{opt} takes a whole number of tasks at once per host (0: no limit), "
+                         f"not {value!r}")
+    return value
+
+
 def universe(value: str, opt: str) -> int | str:
     """Hydra's -usize: a number of ranks, SYSTEM (the slots given) or INFINITE."""
     if value.upper() in ("SYSTEM", "INFINITE"):
@@ -357,7 +365,9 @@ OPTIONS = (
         help="peers each simulated rank gets from: left,right,leader (default), far"),
     # Memory and ensembles
     Opt("--tasks", "tasks", text, metavar="FILE", group=MEMORY,
-        help="run one command per line of FILE over the nodes"),
+        help="run each line of FILE with sh -c over the nodes, as GNU parallel does"),
+    Opt("-j --jobs", "jobs", task_slots, metavar="N", group=MEMORY,
+        help="at most N tasks at once per host (default: one per core; 0: memory alone)"),
     Opt("--mem-per-task", "mem_per_task", text, metavar="SIZE", group=MEMORY,
         help="memory reserved for each task (e.g. 2G); a line may say [mem=SIZE]"),
     Opt("--mem-high", "mem_high", size, metavar="SIZE|PCT", group=MEMORY,

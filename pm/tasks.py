@@ -1,9 +1,12 @@
 """Task ensembles (``pmrun --tasks FILE``): the tasks file and the scheduler.
 
-Tasks file: one command per line, split into words like a shell does
-(quotes, backslashes) but run without a shell (write ``sh -c '...'`` for
-pipes and redirections).  Blank lines and lines starting with ``#`` are
-skipped; a ``#`` that starts a word begins a comment.  A line may start
+Tasks file: one command per line, run by ``sh -c LINE`` as GNU parallel
+runs its lines (pipes, ``;``, redirections, variables and globs work).  Blank
+lines and lines starting with ``#`` are skipped; a ``#`` that starts a word
+begins a comment.  The line is also split into words like a shell does
+(quotes, backslashes): a line that cannot be is refused before anything runs,
+and the words name the command that sizes are learned from
+(:func:`command_key`).  A line may start
 with an options block in brackets, ``[mem=2G]``: ``mem`` is the task's
 memory bound (a size as in :func:`parse_size`, not a percentage); without
 it the bound is the file-wide default (``--mem-per-task``), else unknown.
@@ -50,13 +53,20 @@ class TaskFileError(PMError, ValueError):
 @dataclass(frozen=True)
 class TaskSpec:
     """One task: ``index`` (0-based, in file order), ``argv``, its memory bound
-    in bytes (None = unknown), the line as written and its 1-based number."""
+    in bytes (None = unknown), the line as written and its 1-based number;
+    ``words``: a tasks-file line's command as words (its ``argv`` is ``sh -c``)."""
 
     index: int
     argv: tuple[str, ...]
     mem: int | None
     line: str
     lineno: int = 0
+    words: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """What sizes are learned under (:func:`command_key` of its command)."""
+        return command_key(self.words or self.argv)
 
 
 def _strip_comment(line: str) -> str:
@@ -107,12 +117,12 @@ def parse_tasks(text: str, default_mem: int | None = None) -> list[TaskSpec]:
                 except SizeError as e:
                     raise TaskFileError(f"line {lineno}: {e}") from e
         try:
-            argv = tuple(shlex.split(_strip_comment(body)))
+            words = tuple(shlex.split(_strip_comment(body)))
         except ValueError as e:
             raise TaskFileError(f"line {lineno}: {e}: {line}") from e
-        if not argv:
+        if not words:
             raise TaskFileError(f"line {lineno}: options but no command: {line}")
-        tasks.append(TaskSpec(len(tasks), argv, mem, line, lineno))
+        tasks.append(TaskSpec(len(tasks), ("sh", "-c", body), mem, line, lineno, words))
     return tasks
 
 
@@ -167,19 +177,17 @@ class TaskRecord:
 
 class Progress(NamedTuple):
     """``done`` (finished, well or not), ``running``, ``queued`` (waiting to
-    start, retries included) and, of these, ``blocked_on_memory``: those
-    that a free slot awaits but no node can admit."""
+    start, retries included) and ``waiting``: what the first queued task waits
+    for (the others wait behind it), "" if nothing holds it back."""
 
     done: int
     running: int
     queued: int
-    blocked_on_memory: int
+    waiting: str = ""
 
     def format(self, total: int) -> str:
-        return (
-            f"tasks: {self.done}/{total} done, {self.running} running, {self.queued} queued "
-            f"({self.blocked_on_memory} blocked on memory)"
-        )
+        text = f"tasks: {self.done}/{total} done, {self.running} running, {self.queued} queued"
+        return f"{text}, waiting for {self.waiting}" if self.queued and self.waiting else text
 
 
 @dataclass(frozen=True)
@@ -226,7 +234,8 @@ class EnsembleScheduler:
     measured in finished tasks of the same :func:`command_key`, times
     ``margin``; else ``default_reservation`` (a guess, capped at the
     largest high watermark).  ``slots``: tasks at most
-    per node (None: memory is the only limit).  ``backfill``: a task that
+    per node (None: memory is the only limit); ``slot_word`` says what a slot
+    is in the progress line ("a core" when slots are the node's cores).  ``backfill``: a task that
     fits may pass an earlier one that does not (default: strict FIFO).
     A rerun reserves at least its previous peak x ``margin``.  A task reserving a
     guess starts on a node only once the node's last guessed task was measured by
@@ -246,8 +255,10 @@ class EnsembleScheduler:
         default_reservation: int = DEFAULT_RESERVATION,
         margin: float = LEARN_MARGIN,
         settle: float | None = None,
+        slot_word: str = "a free slot",
     ) -> None:
         self._order = list(nodes)
+        self._slot_word = slot_word
         self._nodes = {
             n: _Node(slots.get(n) if isinstance(slots, Mapping) else slots) for n in nodes
         }
@@ -277,9 +288,32 @@ class EnsembleScheduler:
     def progress(self) -> Progress:
         done = sum(r.status in (TaskStatus.DONE, TaskStatus.FAILED) for r in self._tasks.values())
         running = sum(len(n.running) for n in self._nodes.values())
-        free = sum(n.free_slots() for n in self._nodes.values())
-        blocked = int(min(len(self._queue), free))
-        return Progress(done, running, len(self._queue), blocked)
+        return Progress(done, running, len(self._queue), self._waiting_for())
+
+    def _waiting_for(self) -> str:
+        """What the first queued task waits for, by the rule :meth:`schedule` applies."""
+        if not self._queue:
+            return ""
+        spec = self._tasks[self._queue[0]].spec
+        nbytes, declared = self.reservation_for(spec)
+        live = [n for n in self._nodes.values() if n.alive]
+        if live and all(n.admission is None for n in live):
+            return "the nodes' memory figures"
+        free = [n for n in live if n.free_slots() > 0]
+        if not free:
+            return self._slot_word
+        fitting = [n for n in free if n.admission is not None and n.admission.fits(nbytes)]
+        if not fitting:
+            return "memory"
+        if not declared and all(n.admission.unmeasured_guesses() for n in fitting
+                                if n.admission is not None):
+            return "a running task's first measurement"
+        return ""
+
+    def set_slots(self, node: NodeId, slots: int | None) -> list[Start]:
+        """Change a node's task slots (a host's cores, once its probe told them)."""
+        self._nodes[node].slots = slots
+        return self.schedule()
 
     def summary(self) -> Summary:
         recs = sorted(self._tasks.values(), key=lambda r: r.spec.index)
@@ -299,7 +333,7 @@ class EnsembleScheduler:
         again = int(rec.peak * self._margin) if rec is not None else 0
         if spec.mem is not None:
             return max(spec.mem, again), True
-        learned = self._learned.get(command_key(spec.argv)) if self._learn else None
+        learned = self._learned.get(spec.key) if self._learn else None
         guess = max(self._default if learned is None else int(learned * self._margin), again)
         # A guess is no promise: never let it alone keep a task off every node, so cap it
         # at what the roomiest node can give once our tasks there have ended.
@@ -376,7 +410,7 @@ class EnsembleScheduler:
             node.admission.release(index, exited=code is not None)
         rec.exit_codes.append(code)
         if rec.peak:
-            key = command_key(rec.spec.argv)
+            key = rec.spec.key
             self._learned[key] = max(self._learned.get(key, 0), rec.peak)
         if code == 0:
             rec.status = TaskStatus.DONE

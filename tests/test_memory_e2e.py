@@ -116,7 +116,7 @@ async def test_cli_ensemble_twice_the_cap_runs_without_oom(tmp_path: Path, touch
     lines = [*_mixed(touch, bounds=True), f"{PY} -S -c 'raise SystemExit(3)'"]
     (tmp_path / "tasks.txt").write_text("\n".join(lines) + "\n")
     with memory_cgroup(256 * MiB) as cg:
-        code, out, err = await _pmrun_in(cg, tmp_path, "-v", "-v", "--retries", "1",
+        code, out, err = await _pmrun_in(cg, tmp_path, "-v", "-v", "--retries", "1", "-j", "0",
                                          "--tasks", "tasks.txt")
         assert cg.oom_kills() == 0
         kernel_peak = cg.peak()
@@ -163,7 +163,7 @@ async def test_correction_to_measured_usage_lets_more_tasks_in(tmp_path: Path,
         with memory_cgroup(512 * MiB) as cg:
             code, _, err = await _pmrun_in(
                 cg, tmp_path, "-v", "-v", "--mem-high", "400M", "--mem-low", "300M",
-                "--mem-settle", settle, "--tasks", "tasks.txt")
+                "--mem-settle", settle, "-j", "0", "--tasks", "tasks.txt")
             assert cg.oom_kills() == 0
         assert code == 0, err
         most[settle] = max(len(r) for r in _concurrency(err))
@@ -200,7 +200,8 @@ async def test_progress_line_on_a_terminal(tmp_path: Path, touch: Path) -> None:
         leader, follower = pty.openpty()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *cg.wrap(pmrun_argv("--tasks", "tasks.txt")), stdin=asyncio.subprocess.DEVNULL,
+                *cg.wrap(pmrun_argv("-j", "0", "--tasks", "tasks.txt")),
+                stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=follower, env=pmrun_env(),
                 cwd=tmp_path)
             os.close(follower)
@@ -221,7 +222,8 @@ async def test_progress_line_on_a_terminal(tmp_path: Path, touch: Path) -> None:
             if follower >= 0:
                 os.close(follower)
     text = b"".join(chunks).decode(errors="replace")
-    assert re.search(r"\rtasks: \d/6 done, \d running, \d queued \(\d blocked on memory\)", text)
+    # 60 MiB bounds under a 230 MiB high watermark: three at once, the others wait for memory.
+    assert re.search(r"\rtasks: \d/6 done, \d running, \d queued, waiting for memory\x1b", text)
     assert "6 tasks: 6 succeeded, 0 failed, 0 retries" in text
 
 

@@ -40,7 +40,17 @@ echo \\# not-a-comment
 [mem=0] true
 """
     tasks = parse_tasks(text, default_mem=100)
+    # Each line runs through sh -c as written (after its options block) ...
     assert [t.argv for t in tasks] == [
+        ("sh", "-c", "./sim --n 1"),
+        ("sh", "-c", "./sim --n 2   # big one"),
+        ("sh", "-c", """python3 fit.py 'a b' "c#d" e#f"""),
+        ("sh", "-c", "[ -f x ]"),
+        ("sh", "-c", "echo \\# not-a-comment"),
+        ("sh", "-c", "true"),
+    ]
+    # ... and its words (split as a shell does) say which command it is.
+    assert [t.words for t in tasks] == [
         ("./sim", "--n", "1"),
         ("./sim", "--n", "2"),
         ("python3", "fit.py", "a b", "c#d", "e#f"),
@@ -97,10 +107,10 @@ def started(starts: list[Start]) -> list[tuple[int, str]]:
 def test_small_tasks_many_at_once_big_ones_few() -> None:
     s = EnsembleScheduler(["n0"])
     assert s.add(specs(*[100] * 12)) == []  # no node has reported yet
-    assert s.progress() == Progress(0, 0, 12, 0)
+    assert s.progress() == Progress(0, 0, 12, "the nodes' memory figures")
     starts = s.node_memory("n0", 0, W)
     assert len(starts) == 10 and all(x.reservation == 100 and x.declared for x in starts)
-    assert s.progress() == Progress(0, 10, 2, 2)
+    assert s.progress() == Progress(0, 10, 2, "memory")
 
     big = EnsembleScheduler(["n0"])
     big.node_memory("n0", 0, W)
@@ -116,7 +126,7 @@ def test_node_with_most_headroom_first() -> None:
     # Headroom b 900, a 500 -> b; b 600 -> b; a 500 vs b 300 -> a; a 200 vs b 300 -> b.
     assert started(starts) == [(0, "b"), (1, "b"), (2, "a"), (3, "b")]
     assert started(s.add([TaskSpec(4, ("work",), 300, "")])) == []
-    assert s.progress() == Progress(0, 4, 1, 1)
+    assert s.progress() == Progress(0, 4, 1, "memory")
 
 
 def test_fifo_and_backfill() -> None:
@@ -133,7 +143,34 @@ def test_slots_limit_per_node() -> None:
     s.node_memory("a", 0, W)
     s.node_memory("b", 0, W)
     assert len(s.add(specs(*[10] * 5))) == 3
-    assert s.progress() == Progress(0, 3, 2, 0)  # waiting for slots, not memory
+    assert s.progress() == Progress(0, 3, 2, "a free slot")  # not memory
+    assert s.progress().format(5) == "tasks: 0/5 done, 3 running, 2 queued, waiting for a free slot"
+
+
+def test_progress_says_what_the_first_queued_task_waits_for() -> None:
+    s = EnsembleScheduler(["a"], slots=2, slot_word="a core", default_reservation=300)
+    s.add(specs(None, None, 500, 600))
+    assert s.progress().waiting == "the nodes' memory figures"
+    assert started(s.node_memory("a", 0, W)) == [(0, "a")]
+    # One guessed task at a time until a sample measured it.
+    assert s.progress() == Progress(0, 1, 3, "a running task's first measurement")
+    # Measured, and its peak held for a sample: the next guess may start.
+    assert started(s.node_memory("a", 50, tasks={0: 50}, now=1)) == []
+    assert started(s.node_memory("a", 50, tasks={0: 50}, now=2)) == [(1, "a")]
+    assert s.progress() == Progress(0, 2, 2, "a core")
+    s.task_exited(0, 0)
+    s.task_exited(1, 0)
+    # Task 2 (500) started; task 3 (600) does not fit beside it under the high watermark.
+    assert s.progress() == Progress(2, 1, 1, "memory")
+    assert s.progress().format(4) == "tasks: 2/4 done, 1 running, 1 queued, waiting for memory"
+    s.task_exited(2, 0)
+    s.task_exited(3, 0)
+    assert s.progress().format(4) == "tasks: 4/4 done, 0 running, 0 queued"
+
+
+def test_learning_uses_the_lines_command_not_sh() -> None:
+    a, b = parse_tasks("python3 fit.py 1 | tee x\npython3 fit.py 2")
+    assert a.argv[:2] == ("sh", "-c") and a.key == b.key == ("python3", "fit.py")
 
 
 def test_hysteresis_on_a_node() -> None:
@@ -145,7 +182,7 @@ def test_hysteresis_on_a_node() -> None:
     s.task_exited(1, 0)
     assert s.node_memory("n", 850, W) == []  # 850 + 100 reserved: above low
     s.add([TaskSpec(3, ("work",), 100, "work")])
-    assert s.progress().blocked_on_memory == 1
+    assert s.progress().waiting == "memory"
     assert started(s.node_memory("n", 600, W)) == [(3, "n")]  # 600 + 100 <= low
 
 
@@ -187,7 +224,7 @@ def test_retries() -> None:
     assert (summary.total, summary.succeeded, summary.failed, summary.retries) == (2, 1, 1, 2)
     assert summary.exit_codes == {0: (1, -9, 3), 1: (0,)}
     assert "task 0 (line 0): exit codes 1, -9, 3" in summary.format()
-    assert s.progress() == Progress(2, 0, 0, 0)
+    assert s.progress() == Progress(2, 0, 0, "")
 
 
 def test_retry_reserves_at_least_the_last_peak() -> None:

@@ -1,0 +1,113 @@
+"""``pmrun --tasks`` as a GNU parallel user meets it: lines run by ``sh -c``, ``-j N``
+(default one task per core), and a progress line that says what tasks wait for."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from launch_util import pmrun_argv, pmrun_env
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+pytestmark = pytest.mark.timeout(60)
+
+CORES = len(os.sched_getaffinity(0))
+
+
+def _most_at_once(stderr: str) -> int:
+    """The most tasks running together, from ``-v -v`` start/exit lines."""
+    running = most = 0
+    for m in re.finditer(r"^pmrun: \[task \d+\] (started|exited)", stderr, re.M):
+        running += 1 if m.group(1) == "started" else -1
+        most = max(most, running)
+    return most
+
+
+def test_lines_run_through_sh_like_gnu_parallel(pmrun: Run, tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text(
+        "sleep 0.1; echo two\n"
+        "echo one | tr o O\n"
+        "[mem=10M] for i in 1 2; do echo $i; done > out.$PMRUN_TASK; cat out.2\n"
+        "echo 'a;b' \"$((6 * 7))\" # a comment\n"
+        "exit 3\n")
+    r = pmrun("--tasks", "t.txt")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert sorted(r.stdout.splitlines()) == sorted(
+        ["[task 0] two", "[task 1] One", "[task 2] 1", "[task 2] 2", "[task 3] a;b 42"])
+    assert r.stderr.splitlines()[0] == "5 tasks: 4 succeeded, 1 failed, 0 retries"
+    assert "task 4 (line 5): exit codes 3: exit 3" in r.stderr
+
+
+def test_j1_runs_one_task_at_a_time(pmrun: Run, tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text("sleep 0.2\n" * 3)
+    r = pmrun("-v", "-v", "-j", "1", "--tasks", "t.txt")
+    assert r.returncode == 0, r.stderr
+    assert _most_at_once(r.stderr) == 1, r.stderr
+
+
+def test_default_is_one_task_per_core(pmrun: Run, tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text("sleep 0.4\n" * (CORES + 2))
+    r = pmrun("-v", "-v", "--tasks", "t.txt")
+    assert r.returncode == 0, r.stderr
+    assert _most_at_once(r.stderr) == CORES, r.stderr
+    # -j 0: memory is the only limit.
+    r = pmrun("-v", "-v", "-j", "0", "--mem-per-task", "1M", "--tasks", "t.txt")
+    assert r.returncode == 0, r.stderr
+    assert _most_at_once(r.stderr) == CORES + 2, r.stderr
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "2.5"])
+def test_a_bad_j_is_one_line(pmrun: Run, tmp_path: Path, value: str) -> None:
+    (tmp_path / "t.txt").write_text("true\n")
+    r = pmrun("-j", value, "--tasks", "t.txt")
+    assert r.returncode == 2
+    assert r.stderr == ("pmrun: -j takes a whole number of tasks at once per host "
+                        f"(0: no limit), not {value!r}\n")
+    assert r.stdout == ""
+
+
+def _progress_on_a_terminal(tmp_path: Path, *args: str) -> str:
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(pmrun_argv(*args), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=follower,
+                                env=pmrun_env(), cwd=tmp_path)
+        os.close(follower)
+        follower = -1
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_line_says_tasks_wait_for_a_core(tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text("sleep 0.5\n" * (CORES + 2))
+    text = _progress_on_a_terminal(tmp_path, "--mem-per-task", "1M", "--tasks", "t.txt")
+    assert re.search(rf"\rtasks: 0/{CORES + 2} done, {CORES} running, 2 queued, "
+                     r"waiting for a core\x1b", text), text
+    assert "blocked on memory" not in text
+    text = _progress_on_a_terminal(tmp_path, "-j", "1", "--mem-per-task", "1M",
+                                   "--tasks", "t.txt")
+    assert re.search(rf"\rtasks: 0/{CORES + 2} done, 1 running, {CORES + 1} queued, "
+                     r"waiting for a free slot\x1b", text), text
