@@ -308,7 +308,8 @@ class JobAgent:
         return self.plan.app_of_rank(rank)
 
     def universe_size(self) -> int:
-        return self.size
+        """-usize when given, else the job's size (spawned jobs fit in what is left)."""
+        return self.plan.universe_size or self.size
 
     def native_info(self, rank: int) -> dict[str, Any]:
         proc = self.ranks[rank]
@@ -324,7 +325,7 @@ class JobAgent:
 
     def job_attr(self, key: str) -> str | None:
         if key == "universeSize":
-            return str(self.size)
+            return str(self.universe_size())
         return self.job_attrs.get(key)
 
     def put(self, rank: int, key: bytes, value: bytes) -> None:

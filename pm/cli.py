@@ -9,11 +9,14 @@ import sys
 from typing import TYPE_CHECKING
 
 from pm.jobspec import AppSpec, JobSpec
-from pm.options import Parsed, Section, refuse
+from pm.options import Parsed, Section, prepend_of, refuse
 from pm.options import UsageError as UsageError  # (pm.ensemble_cli raises it too)
 from pm.options import parse as parse_options
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from pm.head import RankResult
     from pm.quick import QuickStart
 
 class CliOptions:
@@ -81,6 +84,12 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.error = v.get("error")  # type: ignore[assignment]
     spec.report_bindings = bool(v.get("report_bindings"))
     spec.label = "prepend" in v
+    spec.prepend = prepend_of(v)
+    usize = v.get("universe_size")
+    if usize == "SYSTEM":
+        opts.extra["usize_system"] = "1"  # the slots of the nodes: known with the nodes
+    elif usize is not None:
+        spec.universe_size = -1 if usize == "INFINITE" else int(usize)  # type: ignore[call-overload]
     opts.hosts = v.get("hosts")  # type: ignore[assignment]
     opts.hostfile = v.get("hostfile")  # type: ignore[assignment]
     opts.local_nodes = v.get("local_nodes")  # type: ignore[assignment]
@@ -167,6 +176,30 @@ def nodes_of(opts: CliOptions) -> object:
     return nodes
 
 
+def system_size(slots: list[int | None], bootstrap: dict[str, object]) -> int:
+    """-usize SYSTEM: the slots of the nodes (Hydra: their cores); a node given without
+    slots counts this machine's cpus if it is this machine, else 1."""
+    from pm.bootstrap.base import LOCAL_NAMES
+
+    here = len(os.sched_getaffinity(0)) if bootstrap.get("name") in LOCAL_NAMES else 1
+    return sum(s if s is not None else here for s in slots)
+
+
+def exit_codes(ranks: Mapping[int, RankResult], size: int, hosts: list[str],
+               slots: list[int]) -> str:
+    """-print-all-exitcodes: every rank's exit status (128+N for signal N, - if it never
+    reached pmrun), one line per node as Hydra prints them."""
+    from pm.mapping import place
+
+    per_node: dict[int, list[str]] = {}
+    for rank, node in enumerate(place(size, slots)):
+        r = ranks.get(rank)
+        code = "-" if r is None else str(128 + r.signal if r.signal else r.code)
+        per_node.setdefault(node, []).append(code)
+    return "".join(f"pmrun: exit codes [{hosts[node]}] {','.join(codes)}\n"
+                   for node, codes in sorted(per_node.items()))
+
+
 def _collect_from_now_on() -> None:
     """Imports are done: keep their objects out of every collection, collect again."""
     import gc
@@ -195,6 +228,8 @@ async def _main(opts: CliOptions, started: QuickStart | None = None) -> int:
     _collect_from_now_on()
     nodes = nodes_of(opts)
     assert isinstance(nodes, Nodes)
+    if "usize_system" in opts.extra:
+        opts.spec.universe_size = system_size(nodes.slots, nodes.bootstrap)
     sim = None
     if "sim_ranks" in opts.extra:
         from pm.agent.sim import sim_job
@@ -215,6 +250,9 @@ async def _main(opts: CliOptions, started: QuickStart | None = None) -> int:
         for signum in started.pending_signals():
             handlers[signal.Signals(signum)](signum)
     result = await job.wait()
+    if "print_all_exitcodes" in opts.extra:
+        sys.stderr.write(exit_codes(result.ranks, job.plan.size, job.plan.hosts,
+                                    job.plan.slots))
     if sim is not None:
         from pm.agent.sim import phase_report, summary_line
 
@@ -298,16 +336,27 @@ def _run(argv: list[str] | None, started: QuickStart | None = None) -> int:
     from pm.agent.spawn import raise_fd_limit
 
     raise_fd_limit()
+    from collections.abc import Callable, Coroutine
+    from typing import Any
+
+    run: Callable[[Coroutine[Any, Any, int]], int]
     try:
         import uvloop
 
-        return int(uvloop.run(_main(opts, started)))
+        run = uvloop.run
     except ImportError:
         import asyncio
 
-        return int(asyncio.run(_main(opts, started)))
+        run = asyncio.run
+    from pm.proto.errors import PMError
+
+    try:
+        return int(run(_main(opts, started)))
     except UsageError as exc:
         return refuse(exc)
+    except PMError as exc:  # a layer's own failure, said where it happened: one line
+        sys.stderr.write(f"pmrun: {exc}\n")
+        return 255
 
 
 if __name__ == "__main__":

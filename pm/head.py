@@ -105,6 +105,13 @@ class Nodes:
 OutputSink = Callable[[int, int, bytes], None]
 
 
+def _prefix(pattern: str, hosts: list[str], node_of_rank: list[int], rank: int) -> bytes:
+    from pm.options import prepend_prefix
+
+    node = node_of_rank[rank] if rank < len(node_of_rank) else 0
+    return prepend_prefix(pattern, rank, hosts[node] if node < len(hosts) else "", node)
+
+
 class JobRun:
     """One job through the tree. ``start()``, then ``wait()``; ``signal``/``kill`` any time."""
 
@@ -146,7 +153,11 @@ class JobRun:
             report_bindings=spec.report_bindings, timeout=spec.timeout,
             profile=spec.profile is not None, bootstrap=dict(nodes.bootstrap),
             mem_high=spec.mem_high, mem_low=spec.mem_low, mem_overrun=spec.mem_overrun,
+            universe_size=spec.universe_size,
         )
+        if self.writer is not None and spec.prepend is not None:
+            self.writer.prefix = functools.partial(_prefix, spec.prepend, self.plan.hosts,
+                                                   node_of_rank)
         if sim:  # simulated ranks (pm.agent.sim): the app is a placeholder, never started
             self.plan.sim_ranks = int(sim["ranks_per_node"])
             self.plan.sim = dict(sim)

@@ -40,6 +40,10 @@ class JobSpec:
     genvlist: list[str] = field(default_factory=list)
     wdir: str | None = None
     label: bool = False
+    #: Hydra's -prepend-pattern (``%r`` rank, ``%h`` host, ...) when labelling; None: ``[%r] ``.
+    prepend: str | None = None
+    #: The universe size ranks are told (PMI, MPI_UNIVERSE_SIZE); None: the job's size.
+    universe_size: int | None = None
     timeout: float | None = None
     ppn: int | None = None
     kvs: str = "shm"
@@ -73,6 +77,8 @@ class JobSpec:
                 raise JobSpecError(f"bad environment mode {mode!r}")
         if self.kvs not in ("shm", "socket"):
             raise JobSpecError(f"--kvs takes shm or socket, not {self.kvs!r}")
+        if self.universe_size is not None and self.universe_size < 1 and self.universe_size != -1:
+            raise JobSpecError("the universe size must be at least 1 (or -1: no limit)")
         if self.timeout is not None and self.timeout <= 0:
             raise JobSpecError("--timeout must be positive")
         if self.mem_overrun not in ("warn", "kill", "suspend"):
@@ -142,6 +148,8 @@ class JobPlan:
     mem_high: str | None = None
     mem_low: str | None = None
     mem_overrun: str = "warn"
+    #: The universe size ranks are told (None: the job's size).
+    universe_size: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

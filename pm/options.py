@@ -153,6 +153,56 @@ def prepend_pattern(value: str, opt: str) -> str:
 PREPEND_KEYS = "rhpg%"
 
 
+def prepend_of(values: Mapping[str, object]) -> str | None:
+    """The -prepend-pattern of parsed options; None for none or -l's ``[rank] ``."""
+    pattern = values.get("prepend")
+    return pattern if isinstance(pattern, str) and pattern != LABEL else None
+
+
+#: -l's prefix, as a -prepend-pattern.
+LABEL = "[%r] "
+
+
+def prepend_prefix(pattern: str, rank: int, host: str, node: int, job: int = 0) -> bytes:
+    """A rank's -prepend-pattern prefix (the pattern was checked by :func:`prepend_pattern`)."""
+    subs = {"r": str(rank), "h": host, "p": str(node), "g": str(job), "%": "%"}
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "%" and i + 1 < len(pattern):
+            out.append(subs.get(pattern[i + 1], pattern[i:i + 2]))
+            i += 2
+        else:
+            out.append(pattern[i])
+            i += 1
+    return "".join(out).encode(errors="surrogateescape")
+
+
+def iface(value: str, opt: str) -> str:
+    """An interface name (it must exist here: the head listens on it too) or an address."""
+    import socket
+
+    text(value, opt)
+    names = [name for _, name in socket.if_nameindex()]
+    if value not in names and not _is_address(value):
+        some = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise UsageError(f"{opt} {value}: no such interface here ({some}) and not an "
+                         "IP address")
+    return value
+
+
+def _is_address(value: str) -> bool:
+    import socket
+
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, value)
+        except OSError:
+            continue
+        return True
+    return False
+
+
 def bind_to(value: str, opt: str) -> str:
     from pm.agent.binding import BindingError, parse_bind
 
@@ -313,7 +363,7 @@ OPTIONS = (
     Opt("-wdir --wdir -dir", "wdir", directory, metavar="DIR", local=True, quick=True,
         group=ENV, help="working directory of the program's ranks"),
     # Input and output
-    Opt("-l --label -prepend-rank", "prepend", kind=FLAG, const="[%r] ", quick=True, group=IO,
+    Opt("-l --label -prepend-rank", "prepend", kind=FLAG, const=LABEL, quick=True, group=IO,
         help="prefix every output line with [rank]"),
     Opt("-prepend-pattern", "prepend", prepend_pattern, metavar="PATTERN", quick=True,
         group=IO, help="prefix every output line with PATTERN: %r rank, %h host, %p node "
@@ -339,7 +389,7 @@ OPTIONS = (
         help="at most N ssh connections starting at once (default 32)"),
     Opt("--agents", "agents", readable_file, metavar="FILE", group=LAUNCH,
         help="use running pm-agent services listed in FILE (host:port per line)"),
-    Opt("--iface -iface", "iface", text, metavar="NAME|ADDR", group=LAUNCH,
+    Opt("--iface -iface", "iface", iface, metavar="NAME|ADDR", group=LAUNCH,
         help="network interface the agents listen on for their children, on every node "
              "(an address: the head's only)"),
     Opt("--join-timeout", "join_timeout", number(0.001), metavar="S", group=LAUNCH,

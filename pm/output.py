@@ -55,6 +55,8 @@ class Writer:
         self._prefixes: dict[int, bytes] = {}
         self._patterns = {k: v for k, v in (files or {}).items() if v}
         self._job_id = job_id
+        #: A rank's line prefix when labelling (None: ``[rank] ``): -prepend-pattern's.
+        self.prefix: Callable[[int], bytes] | None = None
         #: (stream, rank) -> fd of its file (-1: it could not be opened); path -> fd.
         self._to: dict[tuple[int, int], int] = {}
         self._opened: dict[str, int] = {}
@@ -65,7 +67,8 @@ class Writer:
         if self.label:
             prefix = self._prefixes.get(rank)
             if prefix is None:
-                prefix = self._prefixes[rank] = b"[%d] " % rank
+                prefix = self._prefixes[rank] = (b"[%d] " % rank if self.prefix is None
+                                                 else self.prefix(rank))
             lines = chunk.split(b"\n")
             if lines and lines[-1] == b"":
                 lines.pop()

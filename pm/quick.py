@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import _signal
 import _socket
+import functools
 import gc
 import os
 import select
@@ -48,7 +49,7 @@ from pm.agent.spawn import (
     spawn_rank,
 )
 from pm.jobenv import base_env, new_job_id
-from pm.options import UsageError, quick_ok, refuse
+from pm.options import UsageError, prepend_of, prepend_prefix, quick_ok, refuse
 from pm.options import parse as parse_options
 from pm.output import (
     STDERR,
@@ -75,7 +76,7 @@ class QuickOptions:
     """The part of a command line the quick path runs (one program, on this machine)."""
 
     __slots__ = ("app_env", "argv", "env_mode", "error", "genv", "genvlist", "label", "n",
-                 "output", "timeout", "wdir")
+                 "output", "prepend", "timeout", "wdir")
 
     def __init__(self) -> None:
         self.n = 1
@@ -86,6 +87,8 @@ class QuickOptions:
         self.app_env: dict[str, str] = {}
         self.wdir: str | None = None
         self.label = False
+        #: -prepend-pattern (None: ``[rank] `` when labelling).
+        self.prepend: str | None = None
         self.timeout: float | None = None
         self.output: str | None = None
         self.error: str | None = None
@@ -109,6 +112,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     opts.env_mode, opts.genvlist = s.get("env_mode") or v.get("env_mode") or ("all", [])  # type: ignore[misc]
     opts.wdir = s.get("wdir")  # type: ignore[assignment]
     opts.label = "prepend" in v
+    opts.prepend = prepend_of(v)
     opts.timeout = v.get("timeout")  # type: ignore[assignment]
     opts.output = v.get("output")  # type: ignore[assignment]
     opts.error = v.get("error")  # type: ignore[assignment]
@@ -159,6 +163,9 @@ class QuickStart:
         self.writer = Writer(opts.label, files={STDOUT: opts.output or "",
                                                  STDERR: opts.error or ""}, job_id=self.job_id)
         self.writer.on_broken = self._reader_gone
+        if opts.prepend is not None:
+            self.writer.prefix = functools.partial(prepend_prefix, opts.prepend, host=self.host,
+                                                   node=0)
         self._sig_r = self._sig_w = -1
         self._stdin = stdin_for_job()
         self._poll = select.poll()

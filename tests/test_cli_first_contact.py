@@ -233,3 +233,68 @@ def test_a_launcher_exec_that_contradicts_the_launcher_is_refused() -> None:
                  ["-launcher", "ssh", "-launcher-exec", "x {host} {command}"]):
         with pytest.raises(UsageError, match="goes with --launcher"):
             full_parse([*argv, "prog"])
+
+
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_prepend_pattern(pmrun: Run, quick: str) -> None:
+    host = os.uname().nodename
+    r = pmrun("-prepend-pattern", "%h:%p:%g:%r%% ", "-n", "2", "echo", "hi",
+              env={"PM_QUICK": quick})
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == [f"{host}:0:0:0% hi", f"{host}:0:0:1% hi"]
+
+
+def test_prepend_pattern_names_each_rank_s_node(pmrun: Run) -> None:
+    r = pmrun("-prepend-pattern", "<%r@%p> ", "--local-nodes", "2", "-n", "3", "echo", "hi")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["<0@0> hi", "<1@0> hi", "<2@1> hi"]
+
+
+def test_print_all_exitcodes(pmrun: Run) -> None:
+    host = os.uname().nodename
+    r = pmrun("-print-all-exitcodes", "--local-nodes", "2", "-n", "4", "true")
+    assert (r.returncode, r.stderr) == (0, f"pmrun: exit codes [{host}] 0,0\n"
+                                           f"pmrun: exit codes [{host}] 0,0\n")
+    r = pmrun("-print-all-exitcodes", "-n", "2", "sh", "-c", "exit $((PMI_RANK * 3))")
+    assert r.returncode == 3
+    assert r.stderr.splitlines()[-1] == f"pmrun: exit codes [{host}] 0,3"
+
+
+PMI1_USIZE = """
+import os, socket
+f = socket.socket(fileno=int(os.environ["PMI_FD"])).makefile("rwb", buffering=0)
+def ask(line):
+    f.write(line.encode())
+    return f.readline().decode().split()
+ask("cmd=init pmi_version=1 pmi_subversion=1\\n")
+print(dict(w.split("=", 1) for w in ask("cmd=get_universe_size\\n"))["size"])
+ask("cmd=finalize\\n")
+"""
+
+
+@pytest.mark.parametrize(("args", "size"), [
+    ((), "2"), (("-usize", "7"), "7"), (("--universe-size=9",), "9"),
+    (("-usize", "INFINITE"), "-1"),
+    (("-usize", "SYSTEM", "--local-nodes", "2"), str(2 * len(os.sched_getaffinity(0)))),
+])
+def test_universe_size_reaches_the_ranks(pmrun: Run, args: tuple[str, ...], size: str) -> None:
+    r = pmrun(*args, "-n", "2", "python", "-c", PMI1_USIZE)
+    assert (r.returncode, r.stdout) == (0, f"{size}\n{size}\n"), r.stderr
+
+
+@pytest.mark.mpi
+def test_mpi_universe_size_is_usize(pmrun: Run) -> None:
+    show = "from mpi4py import MPI; print(MPI.COMM_WORLD.Get_attr(MPI.UNIVERSE_SIZE))"
+    r = pmrun("-usize", "5", "-n", "2", "python", "-c", show)
+    assert (r.returncode, r.stdout) == (0, "5\n5\n"), r.stderr
+
+
+def test_iface_is_an_interface_of_this_machine_or_an_address(pmrun: Run) -> None:
+    r = pmrun("-iface", "nosuch0", "true")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("pmrun: -iface nosuch0: no such interface here (lo")
+    assert len(r.stderr.splitlines()) == 1
+    # Used by every agent of the tree (here: agents started through the exec launcher).
+    r = pmrun("--launcher-exec", "env {command}", "-hosts", "a,b", "-iface", "lo", "-n", "2",
+              "sh", "-c", "echo $PMI_RANK")
+    assert (r.returncode, sorted(r.stdout.split())) == (0, ["0", "1"]), r.stderr
