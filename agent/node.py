@@ -106,6 +106,10 @@ class JobAgent:
         #: The /dev/shm files the node's ranks create, removed with the job (pm.agent.shm_reaper).
         self.shm_reaper: ShmReaper | None = None
         self._shm_sampler: asyncio.TimerHandle | None = None
+        #: The job as a PMIx namespace (pm.agent.pmix_job) when the plan asks for PMIx.
+        self.pmix: Any = None
+        self._pmix_failed = False
+        self._pmix_early: list[t.GetReq] = []  # direct gets that came before the server
 
     # ------------------------------------------------------------------ launch
     def mark(self, what: str, rank: int = -1, **args: Any) -> None:
@@ -120,6 +124,8 @@ class JobAgent:
         plan = self.plan
         from pm.agent import topo_share
 
+        # The PMIx server starts (in a thread) while the topology is discovered.
+        pmix = asyncio.ensure_future(self._open_pmix()) if plan.pmix else None
         topo = None
         xml = None if plan.bind_to not in ("", "none") else topo_share.cached_xml()
         if xml is None:
@@ -135,6 +141,23 @@ class JobAgent:
             self.job_attrs["PMI_hwloc_xmlfile"] = path
         if topo is not None and plan.bind_to not in ("", "none"):
             self._bind(topo)
+        if pmix is not None:
+            await pmix
+
+    async def _open_pmix(self) -> None:
+        from pm.agent.pmix_job import PmixJob
+
+        try:
+            self.pmix = await PmixJob.open(self)
+        except PMError as exc:
+            # One line naming the node; the head ends the job (no rank starts here).
+            self._pmix_failed = True
+            self.parent.send(t.AgentError(self.vertex, self.host, f"cannot serve PMIx: {exc}"))
+            return
+        self.on_close.append(self.pmix.close)
+        early, self._pmix_early = self._pmix_early, []
+        for msg in early:
+            self.pmix.serve_get(msg)
 
     def _bind(self, topo: Any) -> None:
         from pm.agent.binding import compute_bindings, report_line
@@ -177,6 +200,8 @@ class JobAgent:
             from pm.agent.sim import start_sim
 
             start_sim(self)
+            return
+        if self._pmix_failed:
             return
         base = dict(self.plan.env)
         base.update(self.extra_env)
@@ -462,6 +487,13 @@ class JobAgent:
         if isinstance(msg, t.GetReq):
             if msg.dst != self.vertex:
                 self.route(msg.dst, msg)
+                return
+            if self.plan.pmix and msg.key.startswith(b"\x00pmix."):
+                # A rank's PMIx data, from the PMIx server (once it runs here).
+                if self.pmix is not None:
+                    self.pmix.serve_get(msg)
+                else:
+                    self._pmix_early.append(msg)
                 return
             self.requests.serve_get(msg)
         elif isinstance(msg, (t.GetResp, t.NameResp)):

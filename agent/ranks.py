@@ -101,6 +101,8 @@ class LocalRanks:
             argv, _n, app_env, wdir = plan.apps[appnum]
             env = rank_env(base_env, app_env, rank, plan.size, agent.host, proc.local_rank,
                            len(self.ranks))
+            if agent.pmix is not None:
+                env.update(agent.pmix.fork_env(rank))
             if appnum not in resolved:
                 try:
                     resolved[appnum] = resolve(argv[0], env, wdir)

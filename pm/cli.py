@@ -38,7 +38,7 @@ class CliOptions:
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
 _SPEC_KEYS = frozenset({"ppn", "hosts", "hostfile", "local_nodes", "fanout", "timeout", "kvs",
                         "genv", "env_mode", "bind_to", "map_by", "profile", "output", "error",
-                        "prepend", "report_bindings", "universe_size"})
+                        "prepend", "report_bindings", "universe_size", "mpi"})
 
 
 def parse(argv: list[str]) -> CliOptions:
@@ -79,6 +79,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.kvs = str(v.get("kvs", spec.kvs))
     spec.bind_to = str(v.get("bind_to", spec.bind_to))
     spec.map_by = str(v.get("map_by", spec.map_by))
+    spec.mpi = str(v.get("mpi", spec.mpi))
     spec.profile = v.get("profile")  # type: ignore[assignment]
     spec.output = v.get("output")  # type: ignore[assignment]
     spec.error = v.get("error")  # type: ignore[assignment]

@@ -155,6 +155,11 @@ class JobRun:
             mem_high=spec.mem_high, mem_low=spec.mem_low, mem_overrun=spec.mem_overrun,
             universe_size=spec.universe_size,
         )
+        if not sim:
+            from pm.agent.pmix_detect import wants_pmix
+
+            self.plan.pmix = wants_pmix(spec.mpi, [a.argv[0] for a in spec.apps],
+                                        self.plan.env.get("PATH"))
         if self.writer is not None and spec.prepend is not None:
             self.writer.prefix = functools.partial(_prefix, spec.prepend, self.plan.hosts,
                                                    node_of_rank)

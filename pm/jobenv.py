@@ -29,8 +29,14 @@ _ENV_DROP = frozenset({
 })
 
 
+#: ... except the user's settings of Open MPI's and PMIx's components (mpirun passes them on).
+_ENV_KEEP_PREFIXES = ("OMPI_MCA_", "PMIX_MCA_")
+
+
 def dropped(name: str) -> bool:
     """Whether pmrun keeps ``name`` from ranks (documented in the README: Environment)."""
+    if name.startswith(_ENV_KEEP_PREFIXES):
+        return False
     return name in _ENV_DROP or name.startswith(_ENV_DROP_PREFIXES)
 
 

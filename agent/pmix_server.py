@@ -1,0 +1,388 @@
+"""The agent's PMIx server: OpenPMIx's server library, its upcalls handed to the event loop.
+
+Open MPI speaks only PMIx.  Rather than the wire protocol, the agent runs
+OpenPMIx's own server library (:mod:`pm.agent.pmix_lib`) in its process, one
+per process (the library allows no more); each job served is a namespace
+registered with it (:class:`pm.agent.pmix_job.PmixJob`).
+
+The library answers clients from its own progress thread and calls the
+*upcalls* of a server module there.  Each upcall here only copies what it was
+given into Python values and hands it to the agent's event loop with
+``call_soon_threadsafe``; it returns at once and the library waits for the
+completion callback, which the loop calls later (the library's callbacks
+may be called from any thread: they shift themselves to its progress
+thread).  Nothing here blocks the loop but the short, synchronous
+registration calls.
+
+The server's rendezvous files and directories live in one directory per
+process, ``pm-pmix-<pid>-*`` in the temporary directory, whose ``.lock`` the
+process holds with ``flock``: :func:`cleanup_stale` (run by the next agent
+and by ``pm-agent --cleanup``) removes the directories of processes that died
+without removing theirs (SIGKILL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pm.agent import pmix_lib as L
+
+log = logging.getLogger("pm.agent.pmix")
+
+_PREFIX = "pm-pmix-"
+_LOCK = ".lock"
+
+
+class Upcalls:
+    """What a served namespace is told (implemented by :class:`pm.agent.pmix_job.PmixJob`);
+    every method runs on the event loop."""
+
+    def client_event(self, rank: int, event: str, detail: Any = None) -> None: ...
+    def fence(self, blob: bytes, collect: bool, done: Callable[[int, bytes], None]) -> None: ...
+    def direct_modex(self, rank: int, done: Callable[[int, bytes], None]) -> None: ...
+    def publish(self, rank: int, items: dict[str, Any], done: Callable[[int], None]) -> None: ...
+    def lookup(self, rank: int, keys: list[str],
+               done: Callable[[int, list[tuple[str, str]]], None]) -> None: ...
+    def unpublish(self, rank: int, keys: list[str], done: Callable[[int], None]) -> None: ...
+
+
+class PmixServer:
+    """The process's PMIx server (see :func:`server`)."""
+
+    def __init__(self, hostname: str) -> None:
+        self.ffi, self.lib = L.load()
+        self.jobs: dict[str, Upcalls] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._keep: dict[int, Any] = {}  # buffers handed to the library, until released
+        self._next = 1
+        self.dir = _make_dir()
+        self.hostname = hostname
+        self.init_ms = 0.0
+        ffi = self.ffi
+        mod = ffi.new("pmix_server_module_t *")
+        # The callbacks must live as long as the library may call them: for ever.
+        self._cbs = [
+            ffi.callback("pmix_server_client_connected_fn_t", self._connected,
+                         error=L.ERROR),
+            ffi.callback("pmix_server_client_finalized_fn_t", self._finalized,
+                         error=L.ERROR),
+            ffi.callback("pmix_server_abort_fn_t", self._abort, error=L.ERROR),
+            ffi.callback("pmix_server_fencenb_fn_t", self._fence, error=L.ERROR),
+            ffi.callback("pmix_server_dmodex_req_fn_t", self._dmodex, error=L.ERROR),
+            ffi.callback("pmix_server_publish_fn_t", self._publish, error=L.ERROR),
+            ffi.callback("pmix_server_lookup_fn_t", self._lookup, error=L.ERROR),
+            ffi.callback("pmix_server_unpublish_fn_t", self._unpublish, error=L.ERROR),
+            ffi.callback("pmix_server_spawn_fn_t", self._spawn, error=L.ERROR),
+            ffi.callback("pmix_release_cbfunc_t", self._release),
+            ffi.callback("pmix_dmodex_response_fn_t", self._dmodex_answer),
+        ]
+        (mod.client_connected, mod.client_finalized, mod.abort, mod.fence_nb,
+         mod.direct_modex, mod.publish, mod.lookup, mod.unpublish, mod.spawn) = self._cbs[:9]
+        self._release_cb, self._dmodex_cb = self._cbs[9], self._cbs[10]
+        self._module = mod
+        info = L.InfoArray(ffi, [
+            ("pmix.srvr.tmpdir", (L.STRING, self.dir)),  # PMIX_SERVER_TMPDIR
+            ("pmix.sys.tmpdir", (L.STRING, self.dir)),  # PMIX_SYSTEM_TMPDIR
+            ("pmix.srv.nspace", (L.STRING, f"pmrun-agent-{os.getpid()}")),
+            ("pmix.srv.rank", (L.PROC_RANK, 0)),
+            ("pmix.hname", (L.STRING, hostname)),  # PMIX_HOSTNAME: the node map's name
+        ])
+        t0 = time.perf_counter()
+        rc = self.lib.PMIx_server_init(mod, info.ptr, info.n)
+        self.init_ms = (time.perf_counter() - t0) * 1e3
+        if rc != L.SUCCESS:
+            _remove_dir(self.dir)
+            raise L.PmixError(f"PMIx_server_init: {L.status_text(self.lib, ffi, rc)}")
+        self.version = ffi.string(self.lib.PMIx_Get_version()).decode(errors="replace")
+
+    # ------------------------------------------------------------------ helpers for jobs
+    def keep(self, obj: Any) -> Any:
+        """A handle (``void *``) for ``obj``, held until the library calls the release."""
+        ident = self._next
+        self._next += 1
+        self._keep[ident] = obj
+        return self.ffi.cast("void *", ident)
+
+    def modex_done(self, cbfunc: Any, cbdata: Any) -> Callable[[int, bytes], None]:
+        """A ``done(status, data)`` that completes a fence or direct modex (on the loop)."""
+        ffi = self.ffi
+
+        def done(status: int, data: bytes) -> None:
+            if data:
+                buf = ffi.new("char[]", data)
+                cbfunc(status, buf, len(data), cbdata, self._release_cb, self.keep(buf))
+            else:
+                cbfunc(status, ffi.NULL, 0, cbdata, ffi.NULL, ffi.NULL)
+
+        return done
+
+    def _release(self, handle: Any) -> None:
+        self._keep.pop(int(self.ffi.cast("uintptr_t", handle)), None)
+
+    def _post(self, nspace: str, fn: Callable[..., None], *args: Any) -> int:
+        """Run ``fn(job, *args)`` on the loop; PMIx status of the hand-over."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return L.ERR_NOT_FOUND
+        try:
+            loop.call_soon_threadsafe(self._deliver, nspace, fn, args)
+        except RuntimeError:  # the loop closed meanwhile
+            return L.ERROR
+        return L.SUCCESS
+
+    def _deliver(self, nspace: str, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        job = self.jobs.get(nspace)
+        if job is None:
+            log.debug("PMIx upcall for unknown namespace %s", nspace)
+            return
+        try:
+            fn(job, *args)
+        except Exception:
+            log.exception("PMIx upcall for %s failed", nspace)
+
+    def _proc(self, proc: Any) -> tuple[str, int]:
+        return self.ffi.string(proc.nspace).decode(errors="replace"), int(proc.rank)
+
+    # ------------------------------------------------------------------ upcalls (PMIx thread)
+    def _connected(self, proc: Any, _obj: Any, _cbfunc: Any, _cbdata: Any) -> int:
+        ns, rank = self._proc(proc)
+        rc = self._post(ns, lambda job: job.client_event(rank, "init"))
+        return L.OPERATION_SUCCEEDED if rc == L.SUCCESS else rc
+
+    def _finalized(self, proc: Any, _obj: Any, _cbfunc: Any, _cbdata: Any) -> int:
+        ns, rank = self._proc(proc)
+        rc = self._post(ns, lambda job: job.client_event(rank, "finalize"))
+        return L.OPERATION_SUCCEEDED if rc == L.SUCCESS else rc
+
+    def _abort(self, proc: Any, _obj: Any, status: int, msg: Any, _procs: Any, _n: int,
+               cbfunc: Any, cbdata: Any) -> int:
+        ns, rank = self._proc(proc)
+        text = self.ffi.string(msg).decode(errors="replace") if msg else ""
+
+        def deliver(job: Upcalls) -> None:
+            job.client_event(rank, "abort", (int(status), text))
+            if cbfunc:
+                cbfunc(L.SUCCESS, cbdata)
+
+        return self._post(ns, deliver)
+
+    def _fence(self, procs: Any, nprocs: int, info: Any, ninfo: int, data: Any, ndata: int,
+               cbfunc: Any, cbdata: Any) -> int:
+        ffi = self.ffi
+        if nprocs < 1:
+            return L.ERR_BAD_PARAM
+        ns = ffi.string(procs[0].nspace).decode(errors="replace")
+        # pmrun's tree fences a whole job: a fence of some of its ranks is not served.
+        if nprocs != 1 or procs[0].rank != L.RANK_WILDCARD:
+            log.warning("PMIx fence over %d ranks of %s: only whole-job fences are served",
+                        nprocs, ns)
+            return L.ERR_NOT_SUPPORTED
+        directives = L.read_infos(ffi, info, ninfo)
+        collect = bool(directives.get("pmix.collect"))
+        blob = bytes(ffi.buffer(data, ndata)) if ndata else b""
+        done = self.modex_done(cbfunc, cbdata)
+        return self._post(ns, lambda job: job.fence(blob, collect, done))
+
+    def _dmodex(self, proc: Any, _info: Any, _ninfo: int, cbfunc: Any, cbdata: Any) -> int:
+        ns, rank = self._proc(proc)
+        done = self.modex_done(cbfunc, cbdata)
+        return self._post(ns, lambda job: job.direct_modex(rank, done))
+
+    def _publish(self, proc: Any, info: Any, ninfo: int, cbfunc: Any, cbdata: Any) -> int:
+        ns, rank = self._proc(proc)
+        items = {k: v for k, v in L.read_infos(self.ffi, info, ninfo).items()
+                 if not k.startswith("pmix.")}  # directives (range, persistence) aside
+
+        def done(status: int) -> None:
+            cbfunc(status, cbdata)
+
+        return self._post(ns, lambda job: job.publish(rank, items, done))
+
+    def _keys(self, keys: Any) -> list[str]:
+        out: list[str] = []
+        i = 0
+        while keys and keys[i] != self.ffi.NULL:
+            out.append(self.ffi.string(keys[i]).decode(errors="replace"))
+            i += 1
+        return out
+
+    def _lookup(self, proc: Any, keys: Any, _info: Any, _ninfo: int, cbfunc: Any,
+                cbdata: Any) -> int:
+        ns, rank = self._proc(proc)
+        names = self._keys(keys)
+        ffi = self.ffi
+
+        def done(status: int, found: list[tuple[str, str]]) -> None:
+            if not found:
+                cbfunc(status if status != L.SUCCESS else L.ERR_NOT_FOUND, ffi.NULL, 0, cbdata)
+                return
+            arr = ffi.new("pmix_pdata_t[]", len(found))
+            strings = []
+            for i, (key, value) in enumerate(found):
+                arr[i].proc.nspace = ns.encode()
+                arr[i].proc.rank = L.RANK_UNDEF
+                arr[i].key = key.encode()
+                s = ffi.new("char[]", value.encode())
+                strings.append(s)
+                arr[i].value.type = L.STRING
+                arr[i].value.data.string = s
+            cbfunc(L.SUCCESS, arr, len(found), cbdata)  # the library copies what it keeps
+
+        return self._post(ns, lambda job: job.lookup(rank, names, done))
+
+    def _unpublish(self, proc: Any, keys: Any, _info: Any, _ninfo: int, cbfunc: Any,
+                   cbdata: Any) -> int:
+        ns, rank = self._proc(proc)
+        names = self._keys(keys)
+
+        def done(status: int) -> None:
+            cbfunc(status, cbdata)
+
+        return self._post(ns, lambda job: job.unpublish(rank, names, done))
+
+    def _spawn(self, proc: Any, *_args: Any) -> int:
+        ns, rank = self._proc(proc)
+        self._post(ns, lambda job: job.client_event(
+            rank, "error", "PMIx_Spawn (MPI_Comm_spawn) is not supported by pmrun yet"))
+        return L.ERR_NOT_SUPPORTED
+
+    # ------------------------------------------------------------------ direct modex (owner)
+    def dmodex_request(self, nspace: str, rank: int, done: Callable[[int, bytes], None]) -> None:
+        """Ask the library for the data of local rank ``rank``: ``done(status, blob)`` on
+        the loop once it is there."""
+        proc = self.ffi.new("pmix_proc_t *")
+        proc.nspace = nspace.encode()
+        proc.rank = rank
+        handle = self.keep(done)
+        rc = self.lib.PMIx_server_dmodex_request(proc, self._dmodex_cb, handle)
+        if rc != L.SUCCESS:
+            self._keep.pop(int(self.ffi.cast("uintptr_t", handle)), None)
+            done(rc, b"")
+
+    def _dmodex_answer(self, status: int, data: Any, size: int, handle: Any) -> None:
+        done = self._keep.pop(int(self.ffi.cast("uintptr_t", handle)), None)
+        if done is None or self.loop is None:
+            return
+        blob = bytes(self.ffi.buffer(data, size)) if size else b""
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(done, int(status), blob)
+
+
+_server: PmixServer | None = None
+_server_lock = threading.Lock()
+
+
+def server(hostname: str) -> PmixServer:
+    """The process's server, started on the first call (in a thread: it takes tens of ms)."""
+    global _server
+    with _server_lock:
+        if _server is None:
+            _server = PmixServer(hostname)
+        return _server
+
+
+def current() -> PmixServer | None:
+    return _server
+
+
+def shutdown() -> None:
+    """Finalize the process's server once it serves no job, and remove its directory
+    (the process may end with ``os._exit``: nothing would remove it later)."""
+    global _server
+    with _server_lock:
+        srv = _server
+        if srv is None or srv.jobs:
+            return
+        _server = None
+    srv.lib.PMIx_server_finalize()
+    srv.loop = None
+    _remove_dir(srv.dir)
+
+
+# -------------------------------------------------------------------------- the directory
+_held: dict[str, int] = {}
+
+
+#: Removes the directory once the pipe's write end (held by this process) closes,
+#: however the process ends; detached, so nobody need reap it.
+_SWEEPER = '(read _; rm -rf -- "$0") <&3 >/dev/null 2>&1 &'
+
+
+def _make_dir() -> str:
+    cleanup_stale()
+    path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
+    fd = os.open(os.path.join(path, _LOCK), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _held[path] = fd
+    _sweep_on_exit(path)
+    return path
+
+
+def _sweep_on_exit(path: str) -> None:
+    """Start the sweeper of ``path`` (SIGKILL included); on failure the flock'ed ``.lock``
+    still lets :func:`cleanup_stale` tell the directory is orphaned."""
+    from pm.agent.spawn import SpawnError, spawn
+
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = spawn("/bin/sh", ["pm-pmix-sweep", "-c", _SWEEPER, path], {"PATH": os.defpath},
+                    fds={3: rfd}, pgid=0)
+        os.waitpid(pid, 0)  # the shell exits at once, its background part lives on
+    except (SpawnError, OSError) as exc:
+        log.info("no sweeper for %s: %s", path, exc)
+        os.close(wfd)
+        return
+    finally:
+        os.close(rfd)
+    _pipes[path] = wfd
+
+
+_pipes: dict[str, int] = {}
+
+
+def _remove_dir(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    for table in (_held, _pipes):
+        fd = table.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+
+
+def cleanup_stale(directory: str | None = None) -> list[str]:
+    """Remove the PMIx directories of processes that are gone (their lock is free)."""
+    base = directory or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(base, name)
+        if not name.startswith(_PREFIX) or path in _held:
+            continue
+        try:
+            fd = os.open(os.path.join(path, _LOCK), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_uid != os.getuid():
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its process is alive
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
