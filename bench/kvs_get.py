@@ -1,6 +1,6 @@
-"""Get latency and KVS memory per node: shared-memory KVS against the socket.
+"""Get latency and KVS memory per node: shared-memory KVS against the socket; the wire.
 
-    python -m bench.kvs_get [--quick]
+    python -m bench.kvs_get [--quick] [--part wire|latency|memory]
 
 1. *Get latency seen by a Python rank.*  1, 8 and 32 ranks on one node put a
    64-byte value each, fence, then all get at once, round-robin over every
@@ -10,7 +10,15 @@
    gives the median (min-max) over runs, ``--kvs shm`` and ``--kvs socket``
    interleaved.  The first get of each key (the table probe before the
    reader's cache has it) is reported apart.
-2. *KVS memory per node.*  R = 1..32 ranks on one node share a KVS of a fixed
+2. *The PMI wire against Hydra.*  One raw PMI-1 client (Python: ``sendall``
+   of the request line, ``readline`` of the reply, nothing else) runs under
+   pmrun and under the MPICH wheel's Hydra ``mpiexec``, alternately: every
+   rank puts a 64-byte value, ``barrier_in``, then all ranks get round-robin
+   over every rank's key for a fixed time, each call timed alone.  Beside it,
+   under pmrun only: the same loop on the native protocol with a raw client
+   (one msgpack frame out, one in) and through ``pm.client.sync`` over the
+   socket (``--kvs socket``).  Figures as in 1.
+3. *KVS memory per node.*  R = 1..32 ranks on one node share a KVS of a fixed
    size S (each puts S/R bytes), then every rank takes hold of every value:
    with shm as zero-copy views into the node's segment
    (``pm.client.shmkvs.ShmKVSReader.get_view``), with the socket as the bytes
@@ -30,7 +38,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench._util import interleaved, machine, median_range, pmrun, write_section
+from bench._util import interleaved, machine, median_range, pmrun, tool, write_section
 
 MIB = 1 << 20
 
@@ -67,6 +75,93 @@ with connect() as pmi:
     print("RESULT " + json.dumps(dict(rank=r, first=statistics.median(first),
                                       median=statistics.median(rest), gets=i,
                                       shm=pmi.info.get("shm") is not None)), flush=True)
+'''
+
+WIRE_RANK = r'''
+import json, os, socket, statistics, sys, time
+
+clock = time.perf_counter_ns
+mode, duration = sys.argv[1], float(sys.argv[2])
+r, n = int(os.environ["PMI_RANK"]), int(os.environ["PMI_SIZE"])
+value = b"%064d" % r
+if mode == "client":  # pm.client.sync over the socket
+    from pm.client.sync import connect
+
+    pmi = connect()
+    pmi.put("addr", value)
+    pmi.fence()
+    def get(src, _get=pmi.get):
+        _get("addr", rank=src)
+    def barrier():
+        pmi.barrier()
+else:
+    sock = socket.socket(fileno=int(os.environ["PMI_FD"]))
+    send, recv = sock.sendall, sock.recv
+    if mode == "pmi1":
+        reader = sock.makefile("rb")
+        readline = reader.readline
+        def ask(line):
+            send(line)
+            return readline()
+        ask(b"cmd=init pmi_version=1 pmi_subversion=1\n")
+        kvs = ask(b"cmd=get_my_kvsname\n").split(b"kvsname=")[1].strip()
+        ask(b"cmd=put kvsname=%s key=addr%d value=%s\n" % (kvs, r, value))
+        ask(b"cmd=barrier_in\n")
+        lines = [b"cmd=get kvsname=%s key=addr%d\n" % (kvs, i) for i in range(n)]
+        def get(src):
+            send(lines[src])
+            if not readline().startswith(b"cmd=get_result rc=0"):
+                raise SystemExit("get failed")
+        def barrier():
+            ask(b"cmd=barrier_in\n")
+    else:  # raw native frames
+        import msgpack
+        from pm.proto import native
+
+        unpackb = msgpack.unpackb
+        def ask(*req):
+            send(native.pack(list(req)))
+            buf = b""
+            while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
+                buf += recv(65536)
+            return unpackb(buf[4:])
+        send(native.MAGIC)
+        ask(0, "init")
+        ask(1, "put", b"addr", value)
+        ask(2, "fence")
+        frames = [native.pack([3, "get", b"addr", i]) for i in range(n)]
+        def get(src):
+            send(frames[src])
+            buf = recv(65536)
+            while len(buf) < 4 + int.from_bytes(buf[:4], "big"):
+                buf += recv(65536)
+        def barrier():
+            ask(4, "barrier")
+overhead = []
+for _ in range(5000):
+    t0 = clock()
+    overhead.append(clock() - t0)
+ov = statistics.median(overhead)
+times = []
+barrier()  # everyone starts getting at once
+end = time.monotonic() + duration
+i = 0
+while True:
+    t0 = clock()
+    get(i % n)
+    times.append(clock() - t0 - ov)
+    i += 1
+    if not i & 63 and time.monotonic() > end:
+        break
+barrier()
+if mode == "pmi1":
+    ask(b"cmd=finalize\n")
+elif mode == "native":
+    ask(5, "finalize")
+else:
+    pmi.close()
+print("RESULT " + json.dumps(dict(rank=r, median=statistics.median(times[n:]), gets=i,
+                                  shm=False)), flush=True)
 '''
 
 MEMORY_RANK = r'''
@@ -115,8 +210,10 @@ def results(stdout: str) -> list[dict[str, float]]:
     return [json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("RESULT ")]
 
 
-def run_job(prog: Path, n: int, kvs: str, *args: str) -> list[dict[str, float]]:
-    argv = [*pmrun(), "-n", str(n), "--kvs", kvs, sys.executable, str(prog), *args]
+def run_job(prog: Path, n: int, kvs: str, *args: str, launcher: Sequence[str] = ()
+            ) -> list[dict[str, float]]:
+    argv = [*(launcher or [*pmrun(), "--kvs", kvs]), "-n", str(n), sys.executable, str(prog),
+            *args]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     got = results(p.stdout)
     if p.returncode != 0 or len(got) != n:
@@ -150,6 +247,47 @@ def latency(prog: Path, counts: Sequence[int], runs: int, duration: float
         print(f"latency n={n}: shm {median_range(med['shm'], '{:.0f}')} ns, "
               f"socket {median_range(med['socket'], '{:.0f}')} ns", file=sys.stderr, flush=True)
     return out
+
+
+def wire(prog: Path, counts: Sequence[int], runs: int, duration: float
+         ) -> dict[int, dict[str, list[float]]]:
+    hydra = [tool("mpiexec")]
+    out: dict[int, dict[str, list[float]]] = {}
+    for n in counts:
+        def one(mode: str, launcher: Sequence[str] = (), n: int = n) -> Callable[[], float]:
+            def go() -> float:
+                got = run_job(prog, n, "socket", mode, str(duration), launcher=launcher)
+                return statistics.median(g["median"] for g in got)
+            return go
+
+        out[n] = interleaved({"hydra": one("pmi1", hydra), "pmi1": one("pmi1"),
+                              "native": one("native"), "client": one("client")}, runs,
+                             warmup=0)
+        print(f"wire n={n}: " + ", ".join(f"{k} {median_range(v, '{:.0f}')} ns"
+                                          for k, v in out[n].items()),
+              file=sys.stderr, flush=True)
+    return out
+
+
+def wire_section(res: dict[int, dict[str, list[float]]], runs: int, duration: float) -> str:
+    md = ["## The PMI wire: one get round trip, pmrun vs Hydra", "",
+          f"{machine()}; {runs} run(s) per point, the contenders interleaved; each run's "
+          f"figure is the median over its ranks of each rank's median call, all ranks "
+          f"getting round-robin from every rank's 64-byte value for {duration:g} s at "
+          "once; medians (min-max) over runs.  Same raw PMI-1 client (Python "
+          "`sendall` + `readline`) under both launchers.  Targets: PMI-1 under pmrun <= "
+          "1.0x Hydra; native <= PMI-1.", "",
+          "| ranks | Hydra PMI-1 (us) | pmrun PMI-1 (us) | pmrun / Hydra | pmrun native raw "
+          "(us) | pm.client.sync, socket (us) |",
+          "|---:|---:|---:|---:|---:|---:|"]
+    for n, d in res.items():
+        us = {k: [x / 1000 for x in v] for k, v in d.items()}
+        ratio = statistics.median(d["pmi1"]) / statistics.median(d["hydra"])
+        md.append(f"| {n} | {median_range(us['hydra'], '{:.1f}')} | "
+                  f"{median_range(us['pmi1'], '{:.1f}')} | {ratio:.2f}x | "
+                  f"{median_range(us['native'], '{:.1f}')} | "
+                  f"{median_range(us['client'], '{:.1f}')} |")
+    return "\n".join(md)
 
 
 def memory(prog: Path, counts: Sequence[int], runs: int, total: int
@@ -198,12 +336,22 @@ def plot(mem: dict[int, dict[str, list[float]]], total: int) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short run: does it work?")
+    ap.add_argument("--part", choices=("wire", "latency", "memory"),
+                    help="only this part (the wire writes its own section, kvs_wire)")
     args = ap.parse_args()
     runs = 1 if args.quick else 5
     duration = 0.3 if args.quick else 1.0
     lat_counts = (1, 8) if args.quick else (1, 8, 32)
     mem_counts = (1, 4) if args.quick else (1, 2, 4, 8, 16, 32)
     total = (1 if args.quick else 8) * MIB
+    if args.part in (None, "wire"):
+        with tempfile.TemporaryDirectory(prefix="pm-bench-wire-") as d:
+            wire_prog = Path(d) / "wire.py"
+            wire_prog.write_text(WIRE_RANK)
+            res = wire(wire_prog, lat_counts, runs, duration)
+        write_section("kvs_wire", wire_section(res, runs, duration))
+        if args.part == "wire":
+            return
     with tempfile.TemporaryDirectory(prefix="pm-bench-kvs-") as d:
         lat_prog = Path(d) / "latency.py"
         lat_prog.write_text(LATENCY_RANK)

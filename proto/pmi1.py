@@ -132,6 +132,11 @@ class Pmi1Decoder:
                 out.append(exc)
 
     @property
+    def idle(self) -> bool:
+        """No partial line and no spawn block under way: a complete line may skip the buffer."""
+        return not self._buf and self._mcmd is None
+
+    @property
     def pending(self) -> bytes:
         """Bytes received but not yet part of a complete line."""
         return bytes(self._buf)
