@@ -490,8 +490,14 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     sec = Section()
     argv = list(argv)
     read_config = False
+    config: list[str] = []
     i = 0
-    while i < len(argv):
+    while i < len(argv) or config:
+        if i >= len(argv):
+            # The command line is read: the -configfile's programs come after its options.
+            argv.extend(config)
+            config = []
+            continue
         arg = argv[i]
         if arg == ":":
             raise UsageError("':' must follow a program")
@@ -503,7 +509,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             sec = Section()
             if j < len(argv) and j + 1 >= len(argv):
                 raise UsageError("nothing after ':'")
-            i = j + 1
+            i = j + 1 if j < len(argv) else j
             continue
         name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
         opt = BY_NAME.get(name)
@@ -547,7 +553,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             if read_config:
                 raise UsageError(f"{name} inside a {name} file")
             read_config = True
-            argv[i:i] = config_args(readable_file(raw, name), name)
+            config = config_args(readable_file(raw, name), name)
         else:
             assert opt.check is not None
             value = opt.check(raw, name)

@@ -160,9 +160,19 @@ def test_configfile_is_one_program_per_line(pmrun: Run, tmp_path: Path) -> None:
                     "\n"
                     "-env WHO second -n 1 \\\n"
                     "  sh -c 'echo $WHO $PMI_RANK'\n")
-    r = pmrun("-l", "-configfile", str(conf))
+    for argv in (("-l", "-configfile", str(conf)), ("-configfile", str(conf), "-l")):
+        r = pmrun(*argv)
+        assert r.returncode == 0, r.stderr
+        assert sorted(r.stdout.splitlines()) == ["[0] first 0", "[1] first 1", "[2] second 2"]
+    # A program on the command line too: it comes first, then the file's.
+    r = pmrun("-l", "-configfile", str(conf), "-n", "1", "sh", "-c", "echo cmdline $PMI_RANK")
     assert r.returncode == 0, r.stderr
-    assert sorted(r.stdout.splitlines()) == ["[0] first 0", "[1] first 1", "[2] second 2"]
+    assert sorted(r.stdout.splitlines()) == ["[0] cmdline 0", "[1] first 1", "[2] first 2",
+                                             "[3] second 3"]
+    nested = tmp_path / "nested.conf"
+    nested.write_text(f"-configfile {conf}\n")
+    r = pmrun("-configfile", str(nested))
+    assert (r.returncode, r.stderr) == (2, "pmrun: -configfile inside a -configfile file\n")
 
 
 def test_core_n_binds_each_rank_to_n_cores(pmrun: Run) -> None:
@@ -298,3 +308,29 @@ def test_iface_is_an_interface_of_this_machine_or_an_address(pmrun: Run) -> None
     r = pmrun("--launcher-exec", "env {command}", "-hosts", "a,b", "-iface", "lo", "-n", "2",
               "sh", "-c", "echo $PMI_RANK")
     assert (r.returncode, sorted(r.stdout.split())) == (0, ["0", "1"]), r.stderr
+
+
+#: A good value for every option the quick path takes (key -> argv words after the option).
+GOOD_VALUE: dict[str, list[str]] = {
+    "n": ["3"], "ppn": ["2"], "genv": ["A=1"], "env": ["B", "2"], "env_mode": ["HOME,PATH"],
+    "wdir": ["/"], "prepend": ["%h %r: "], "output": ["o.%r"], "error": ["e.%j"],
+    "fanout": ["4"], "timeout": ["2.5"],
+}
+QUICK = [(opt, name) for opt in OPTIONS if opt.quick for name in opt.names]
+
+
+@pytest.mark.parametrize(("opt", "name"), QUICK, ids=[n for _, n in QUICK])
+def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
+        opt: options.Opt, name: str) -> None:
+    words = [] if opt.kind == options.FLAG else GOOD_VALUE[opt.key]
+    argv = [name, *words, "prog", "arg"]
+    q = quick_parse(argv, {})
+    assert q is not None, f"{name} is marked quick but the quick path does not take it"
+    spec = full_parse(argv).spec
+    (app,) = spec.apps
+    mode, names = (app.env_mode, app.envlist) if app.env_mode else (spec.env_mode,
+                                                                   spec.genvlist)
+    assert (q.n, q.argv, q.genv, q.app_env, q.wdir, q.label, q.prepend, q.timeout, q.output,
+            q.error, q.env_mode, q.genvlist) == (
+        app.n, app.argv, spec.genv, app.env, app.wdir, spec.label, spec.prepend, spec.timeout,
+        spec.output, spec.error, mode, names)
