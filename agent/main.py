@@ -170,6 +170,12 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
         return int(asyncio.run(coro))
 
 
+def _version() -> str:
+    from pm import __version__
+
+    return __version__
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pm-agent", description="pmrun node agent")
     p.add_argument("mode", nargs="?", choices=["child", "serve", "keygen"],
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="remove shared-memory segments and topology files left by dead jobs, "
                         "then exit")
     p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("--version", action="version", version=f"pm-agent {_version()}")
     args = p.parse_args(argv)
     level = logging.WARNING if not args.verbose else (
         logging.INFO if args.verbose == 1 else logging.DEBUG)

@@ -8,7 +8,10 @@ handshake and logged, and the service keeps serving).  For each vertex of a
 job the head asks for, the service starts one ``pm-agent child`` process
 (``pm.agent.main.run_child``): jobs are isolated from each other as ad-hoc
 agents are (own process, KVS, job secret, shared-memory segment), and any
-number run at once.  See ``deploy/README.md`` for the security model.
+number run at once.  SIGHUP (``systemctl reload``) reads the configuration again
+(client keys, limits, job agents' settings) and leaves running jobs alone; keys
+and configuration are :mod:`pm.agent.service_config`'s.  See
+``deploy/README.md`` for the security model.
 
 Who ranks run as: a client key is bound to a user name in the configuration.
 A service running as root starts the job's agents (and so its ranks) as that
@@ -35,183 +38,42 @@ import os
 import pwd
 import signal
 import sys
-import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 import zmq.asyncio
+from pm.agent.service_config import (
+    DEFAULT_PATH,
+    DEFAULT_PORT,
+    FIXED_ENV,
+    KeyFileError,
+    ServiceConfig,
+    endpoint,
+    load_config,
+    read_keypair,
+    read_public,
+    write_keypair,
+)
 from pm.proto import service as sp
 from pm.proto.errors import ProtocolError
 from zmq.utils import z85
 
+__all__ = ["DEFAULT_PATH", "DEFAULT_PORT", "FIXED_ENV", "KeyFileError", "ServiceConfig",
+           "agent_env", "agent_pythonpath", "credentials", "endpoint", "load_config",
+           "read_keypair", "read_public", "serve_main", "write_keypair"]
+
 log = logging.getLogger("pm.agent.serve")
 
-#: The service's port unless configured otherwise.
-DEFAULT_PORT = 7300
 #: Seconds a listening job agent may take to report its port.
 START_TIMEOUT = 30.0
 #: Seconds a job's agents get to leave after their job ended before they are killed.
 END_GRACE = 10.0
-#: PATH of job agents unless the configuration sets ``path``: systemd's default for
-#: services, whatever the service's own PATH is.
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-#: What a job agent's environment always has; ``pass_env`` cannot replace these.
-FIXED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "PYTHONPATH")
 #: Top-level modules a job agent imports: a PYTHONPATH entry of the service's
 #: that one of them comes from is passed on (:func:`agent_pythonpath`).
 _AGENT_IMPORTS = ("pm", "zmq", "msgpack", "uvloop", "cffi")
 _ZAP = "inproc://zeromq.zap.01"
-
-
-class KeyFileError(Exception):
-    """A key or configuration file that cannot be used."""
-
-
-# --------------------------------------------------------------------- keys
-
-
-def write_keypair(prefix: str) -> str:
-    """Write a new CURVE key pair: ``PREFIX.key`` (secret, mode 0600) and ``PREFIX.pub``.
-
-    Refuses to overwrite an existing key file.  Returns the public key (Z85).
-    """
-    public, secret = zmq.curve_keypair()
-    key, pub = Path(prefix + ".key"), Path(prefix + ".pub")
-    for path in (key, pub):
-        if path.exists():
-            raise KeyFileError(f"{path} exists: not overwriting a key")
-    # O_EXCL and mode 0600 at creation: the secret is never readable by others.
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("# pmrun CURVE key pair: keep this file secret\n"
-                f'public = "{public.decode()}"\nsecret = "{secret.decode()}"\n')
-    pub.write_text(public.decode() + "\n")
-    return public.decode()
-
-
-def read_keypair(path: str | Path) -> tuple[bytes, bytes]:
-    """(public, secret) Z85 keys of a ``.key`` file written by :func:`write_keypair`."""
-    path = Path(path).expanduser()
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise KeyFileError(f"key file {path}: {exc}") from None
-    try:
-        secret = str(data["secret"]).encode()
-        public = zmq.curve_public(secret)
-    except (KeyError, ValueError, zmq.ZMQError) as exc:
-        raise KeyFileError(f"key file {path}: no valid secret key ({exc})") from None
-    if "public" in data and str(data["public"]).encode() != public:
-        raise KeyFileError(f"key file {path}: public and secret keys do not match")
-    return public, secret
-
-
-def read_public(text: str, base: Path | None = None) -> bytes:
-    """A public key given as Z85 text (40 characters) or as the path of a ``.pub`` file."""
-    text = text.strip()
-    path = Path(text).expanduser()
-    if base is not None and not path.is_absolute():
-        path = base / path
-    # Z85 has '/' and '.' in its alphabet: a 40-character text is a key unless it names a file.
-    if len(text) == 40 and not path.exists():
-        try:
-            if len(z85.decode(text.encode())) == 32:
-                return text.encode()
-        except (ValueError, KeyError):
-            pass
-    try:
-        key = path.read_text().split()[0]
-    except (OSError, IndexError):
-        raise KeyFileError(f"{text!r} is neither a public key nor a readable .pub file") from None
-    try:
-        if len(z85.decode(key.encode())) != 32:
-            raise ValueError
-    except (ValueError, KeyError):
-        raise KeyFileError(f"{path}: not a public key") from None
-    return key.encode()
-
-
-# --------------------------------------------------------------------- configuration
-
-
-@dataclass(slots=True)
-class ServiceConfig:
-    listen: str                          # tcp://ADDR:PORT
-    key: str                             # path of the service's key pair
-    clients: dict[bytes, str]            # public key (Z85) -> user the key's jobs run as
-    allow_root: bool = False
-    iface: str | None = None             # where job agents listen for their children
-    ports: tuple[int, int] | None = None  # range of the job agents' ports
-    max_agents: int = 256
-    python: str = field(default_factory=lambda: sys.executable)
-    path: str = DEFAULT_PATH             # PATH of job agents
-    pass_env: tuple[str, ...] = ()       # service variables (names, globs) job agents get
-
-
-def endpoint(listen: str) -> str:
-    """``ADDR[:PORT]`` or ``tcp://ADDR:PORT`` -> ``tcp://ADDR:PORT``."""
-    rest = listen.split("://", 1)[1] if "://" in listen else listen
-    if rest.startswith("["):
-        host, _, port = rest[1:].partition("]")
-        port = port.lstrip(":")
-        host = f"[{host}]"
-    elif rest.count(":") == 1:
-        host, port = rest.split(":")
-    else:
-        host, port = rest, ""
-    return f"tcp://{host or '0.0.0.0'}:{int(port) if port else DEFAULT_PORT}"
-
-
-def load_config(path: str | None, listen: str | None = None) -> ServiceConfig:
-    """The service configuration (TOML; see ``deploy/pm-agent.toml``)."""
-    if path is None:
-        raise KeyFileError("pm-agent serve needs --config FILE")
-    file = Path(path)
-    try:
-        data = tomllib.loads(file.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise KeyFileError(f"config {path}: {exc}") from None
-    base = file.resolve().parent
-    if "key" not in data:
-        raise KeyFileError(f"config {path}: no key (the service's key pair, pm-agent keygen)")
-    key = Path(str(data["key"])).expanduser()
-    clients: dict[bytes, str] = {}
-    table = data.get("clients", {})
-    if not isinstance(table, dict):
-        raise KeyFileError(f"config {path}: [clients] must be a table of user = [keys]")
-    for user, keys in table.items():
-        for k in [keys] if isinstance(keys, str) else list(keys):
-            clients[read_public(str(k), base)] = str(user)
-    ports = data.get("ports")
-    if ports is not None and (not isinstance(ports, list) or len(ports) != 2
-                              or not all(isinstance(p, int) and 0 < p < 65536 for p in ports)
-                              or ports[0] > ports[1]):
-        raise KeyFileError(f"config {path}: ports must be [LOW, HIGH]")
-    agent_path = data.get("path", DEFAULT_PATH)
-    if not isinstance(agent_path, str) or not agent_path:
-        raise KeyFileError(f"config {path}: path must be a PATH string (DIR:DIR...)")
-    pass_env = data.get("pass_env", [])
-    if not isinstance(pass_env, list) or not all(isinstance(n, str) and n for n in pass_env):
-        raise KeyFileError(f"config {path}: pass_env must be a list of variable names")
-    fixed = [n for n in pass_env if n in FIXED_ENV]
-    if fixed:
-        raise KeyFileError(f"config {path}: pass_env cannot pass {fixed[0]}: job agents "
-                           "always get their own (PATH: the path key)")
-    cfg = ServiceConfig(
-        listen=endpoint(listen or str(data.get("listen", f"0.0.0.0:{DEFAULT_PORT}"))),
-        key=str(key if key.is_absolute() else base / key), clients=clients,
-        allow_root=bool(data.get("allow_root", False)),
-        iface=str(data["iface"]) if data.get("iface") else None,
-        ports=(int(ports[0]), int(ports[1])) if ports else None,
-        max_agents=int(data.get("max_agents", 256)),
-        python=str(data.get("python", sys.executable)),
-        path=agent_path, pass_env=tuple(pass_env))
-    if not cfg.clients:
-        log.warning("config %s: no client keys in [clients]: every job will be refused", path)
-    return cfg
 
 
 # --------------------------------------------------------------------- the service
@@ -307,8 +169,10 @@ class JobAgentProc:
 class Service:
     """The ROUTER heads talk to, its ZAP handler, and the job agents it started."""
 
-    def __init__(self, cfg: ServiceConfig) -> None:
+    def __init__(self, cfg: ServiceConfig, config_path: str | None = None,
+                 listen: str | None = None) -> None:
         self.cfg = cfg
+        self._config_path, self._listen = config_path, listen
         self.public, secret = read_keypair(cfg.key)
         self.ctx = zmq.asyncio.Context()
         self.zap = self.ctx.socket(zmq.REP)
@@ -355,6 +219,28 @@ class Service:
             self.sock.close(linger=0)
             self.zap.close(linger=0)
             self.ctx.destroy(linger=0)
+
+    def reload(self) -> None:
+        """SIGHUP (``systemctl reload``): read the configuration again."""
+        self._spawn_task(self._reload())
+
+    async def _reload(self) -> None:
+        """New client keys, limits and job agents' settings apply to the next start
+        request; running job agents are not touched.  A configuration that cannot be
+        read leaves the running one in place."""
+        try:
+            cfg = await asyncio.to_thread(load_config, self._config_path, self._listen)
+        except KeyFileError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return
+        for name in ("listen", "key"):
+            if getattr(cfg, name) != getattr(self.cfg, name):
+                log.warning("reload: %s changed: it applies at the next restart (which ends "
+                            "the running jobs)", name)
+        cfg.listen, cfg.key = self.cfg.listen, self.cfg.key
+        self.cfg = cfg
+        log.info("reloaded %s: %d client keys; %d job agents running, untouched",
+                 self._config_path, len(cfg.clients), len(self.agents))
 
     def stop(self, why: str) -> None:
         if not self.stopping.done():
@@ -436,6 +322,9 @@ class Service:
             return failed("this vertex of the job runs here already")
         if len(self.agents) >= self.cfg.max_agents:
             return failed(f"the service runs {self.cfg.max_agents} job agents already")
+        if user not in self.cfg.clients.values():
+            # Admitted at the handshake, but its key left the configuration since (reload).
+            return failed(f"no key of {user or 'this client'} is listed any more")
         try:
             creds = credentials(user, self.cfg.allow_root, path=self.cfg.path,
                                 pass_env=self.cfg.pass_env)
@@ -517,17 +406,20 @@ class Service:
             await self._reap(entries, 5.0)
 
 
-async def serve(cfg: ServiceConfig) -> int:
-    service = Service(cfg)
+async def serve(cfg: ServiceConfig, config_path: str | None = None,
+                listen: str | None = None) -> int:
+    service = Service(cfg, config_path, listen)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop, signal.Signals(sig).name)
+    loop.add_signal_handler(signal.SIGHUP, service.reload)
     await service.run()
     return 0
 
 
 def serve_main(config: str | None, listen: str | None) -> int:
-    """``pm-agent serve``: run until SIGTERM (the systemd unit's stop)."""
+    """``pm-agent serve``: run until SIGTERM (the systemd unit's stop); SIGHUP (its
+    reload) reads the configuration again without touching running jobs."""
     try:
         cfg = load_config(config, listen)
         read_keypair(cfg.key)
@@ -544,7 +436,7 @@ def serve_main(config: str | None, listen: str | None) -> int:
     # The default loop, not uvloop: job agents start with user/group switches that
     # uvloop's subprocess support does not take.  The agents themselves use uvloop.
     try:
-        return asyncio.run(serve(cfg))
+        return asyncio.run(serve(cfg, config, listen))
     except zmq.ZMQError as exc:
         sys.stderr.write(f"pm-agent serve: cannot listen on {cfg.listen}: {exc}\n")
         return 1

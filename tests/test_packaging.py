@@ -1,4 +1,5 @@
-"""What a checkout ships: the licence its metadata names."""
+"""What a checkout ships: the licence its metadata names, the service's files where the guide
+says ``pip install .`` puts them."""
 
 from __future__ import annotations
 
@@ -20,3 +21,19 @@ def test_the_license_file_is_the_one_the_metadata_names() -> None:
     assert text.startswith("BSD 3-Clause License\n")
     assert "Copyright (c) 2026, The pmrun authors" in text
     assert "3. Neither the name of the copyright holder" in text
+
+
+def test_pip_install_puts_the_service_files_where_the_guide_says() -> None:
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    data = tool["data-files"]
+    shipped = {Path(f).name for f in data["share/pmrun/deploy"]}
+    on_disk = {p.name for p in (REPO / "deploy").iterdir() if p.is_file()}
+    assert shipped == on_disk  # every file of deploy/, nothing missing
+    assert data["share/doc/pmrun"] == ["README.md", "LICENSE"]
+    guide = (REPO / "deploy" / "README.md").read_text()
+    assert "python3 -m venv /opt/pmrun && /opt/pmrun/bin/pip install ." in guide
+    for name in ("pm-agent.toml", "pm-agent.service", "pm-agent-jobs.conf"):
+        assert f"/opt/pmrun/share/pmrun/deploy/{name}" in guide, name
+    unit = (REPO / "deploy" / "pm-agent.service").read_text()
+    assert "ExecStart=/opt/pmrun/bin/pm-agent serve --config /etc/pmrun/agent.toml" in unit
+    assert "Documentation=file:///opt/pmrun/share/pmrun/deploy/README.md" in unit
