@@ -506,6 +506,11 @@ class JobAgent:
                 self.route(msg.dst, msg)
             else:
                 self.procs.stdin(msg.data, msg.eof)
+        elif isinstance(msg, t.OutputAck):
+            if msg.dst != self.vertex:
+                self.route(msg.dst, msg)
+            else:
+                self.procs.output_credit(msg.nbytes)
         else:
             log.warning("agent %d: unexpected %s", self.vertex, type(msg).__name__)
 

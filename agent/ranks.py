@@ -35,7 +35,7 @@ from pm.agent.spawn import (
 from pm.agent.watch import ChildWatch, ExitStatus
 from pm.proto import tree as t
 
-from pm.output import STDERR, STDOUT, LineBuffer
+from pm.output import STDERR, STDOUT, LineBuffer, output_window
 
 if TYPE_CHECKING:
     from pm.agent.node import JobAgent
@@ -82,6 +82,10 @@ class LocalRanks:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stdin_buf = b""
         self._stdin_eof = False
+        #: Bytes of output this node may still send up (pm.output.output_window); without
+        #: credit the pipes are not read, so the ranks wait for the head's reader.
+        self._credit = output_window(len(agent.plan.hosts))
+        self._paused = False
 
     # ------------------------------------------------------------------ start
     def start(self, base_env: dict[str, str], cpusets: list[frozenset[int]] | None) -> None:
@@ -169,7 +173,8 @@ class LocalRanks:
             proc.streams[stream] = buf
             proc.fds[stream] = fd
             os.set_blocking(fd, False)
-            self.loop.add_reader(fd, self._read_output, proc, stream)
+            if not self._paused:
+                self.loop.add_reader(fd, self._read_output, proc, stream)
         self.watch.watch(proc.pid).add_done_callback(functools.partial(self._on_exit, proc))
 
     async def _serve(self, session: PmiSession, sock: socket.socket) -> None:
@@ -194,6 +199,9 @@ class LocalRanks:
         buf = proc.streams[stream]
         if data:
             lines = buf.feed(data)
+            self._credit -= len(data)
+            if self._credit <= 0 and not self._paused:
+                self._pause(True)
         else:
             lines = buf.flush()
             self.loop.remove_reader(fd)
@@ -203,6 +211,21 @@ class LocalRanks:
                 self.report(proc)
         if lines:
             self.agent.rank_output(proc.rank, stream, lines)
+
+    def output_credit(self, nbytes: int) -> None:
+        """The head wrote ``nbytes`` of our output: read the pipes again if they waited."""
+        self._credit += nbytes
+        if self._paused and self._credit > 0:
+            self._pause(False)
+
+    def _pause(self, pause: bool) -> None:
+        self._paused = pause
+        for proc in self.ranks.values():
+            for stream, fd in proc.fds.items():
+                if pause:
+                    self.loop.remove_reader(fd)
+                else:
+                    self.loop.add_reader(fd, self._read_output, proc, stream)
 
     # ------------------------------------------------------------------ exits
     def _on_exit(self, proc: RankProc, fut: asyncio.Future[ExitStatus]) -> None:
@@ -224,7 +247,15 @@ class LocalRanks:
             self.report(proc)
         else:
             # Let the pipes drain (a rank's last lines come before its exit report).
-            self.loop.call_later(DRAIN_AFTER_EXIT, self.report, proc)
+            self.loop.call_later(DRAIN_AFTER_EXIT, self._drained, proc)
+
+    def _drained(self, proc: RankProc) -> None:
+        """A rank's pipes stayed open after its exit: report it, unless they only wait
+        for output credit (its lines are not lost to a slow reader then)."""
+        if self._paused and proc.fds and not self.agent.killing:
+            self.loop.call_later(DRAIN_AFTER_EXIT, self._drained, proc)
+        else:
+            self.report(proc)
 
     def report(self, proc: RankProc) -> None:
         """Once per rank, when it ended: pass on what is left in its pipes, then the end."""

@@ -27,7 +27,7 @@ from pm.bootstrap.base import head_relays
 from pm.jobenv import new_job_id
 from pm.jobspec import JobPlan, JobSpec, sequence_slots
 from pm.mapping import place, process_mapping
-from pm.output import STDERR, STDOUT, Writer
+from pm.output import STDERR, STDOUT, Writer, output_window
 from pm.proto import tree as t
 
 if TYPE_CHECKING:
@@ -141,6 +141,7 @@ class JobRun:
             self.writer.on_broken = functools.partial(self.signal, signal.SIGPIPE)
         slots = sequence_slots(spec, len(nodes.hosts), nodes.slots)
         node_of_rank = place(spec.size, slots)
+        self._node_of_rank = node_of_rank
         used = max(node_of_rank) + 1
         env, app_envs = spec.plan_env()
         self.plan = JobPlan(
@@ -181,6 +182,9 @@ class JobRun:
         self._stdin_polled = True
         self._stdin_next: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
+        #: Output credit: what the head wrote of each node's output and has not acked yet.
+        self._window = output_window(len(self.plan.hosts))
+        self._unacked: dict[int, int] = {}
         self.started_at = time.monotonic()
         self.stats: dict[str, object] = {}
 
@@ -196,6 +200,10 @@ class JobRun:
         else:
             agent = JobAgent(plan, 0, self, host=plan.hosts[0])
         self.agent = agent
+        if self.writer is not None:
+            # A slow reader of our stdout must not stop the loop (heartbeats, PMI): it
+            # holds the nodes' output credit instead, which holds the ranks.
+            self.writer.write_behind(self.loop.call_soon_threadsafe, self._output_written)
         if self.spec.timeout:
             began = self._started.t0 if self._started is not None else time.monotonic()
             self._timer = self.loop.call_later(
@@ -243,6 +251,7 @@ class JobRun:
         finally:
             await self.aclose()
             if self.writer is not None:
+                await asyncio.to_thread(self.writer.drain)  # what a slow reader has not read
                 self.writer.close()
         if self.spec.profile:
             from pm.profile import write_profile
@@ -295,6 +304,8 @@ class JobRun:
                         signal.Signals(signum).name)
             self.signal(signum)
         else:
+            if self.writer is not None:
+                self.writer.abandon()  # nor wait for a reader that does not read
             self._fail("interrupted twice: killing the job", 128 + signum, grace=0)
 
     def kill(self, reason: str = "killed by the user") -> None:
@@ -317,11 +328,13 @@ class JobRun:
     # ------------------------------------------------------------ Uplink (from vertex 0)
     def send(self, msg: t.Msg) -> None:
         if isinstance(msg, t.Output):
+            node_of_rank = self._node_of_rank
             for rank, stream, data in msg.items:
                 if self.sink is not None:
                     self.sink(rank, stream, data)
+                    self._output_written(node_of_rank[rank], len(data))
                 elif self.writer is not None:
-                    self.writer.write(rank, stream, data)
+                    self.writer.write(rank, stream, data, node_of_rank[rank])
         elif isinstance(msg, t.Exits):
             for rank, vertex, code, sig, reason in msg.items:
                 self._rank_ended(RankResult(rank, vertex, code, sig, reason))
@@ -370,6 +383,16 @@ class JobRun:
         else:
             status = ExitStatus(r.code, r.signal)
             self._fail(f"{where} {status.describe()}", status.shell_code)
+
+    def _output_written(self, vertex: int, nbytes: int) -> None:
+        """``nbytes`` of node ``vertex``'s output are out: give the credit back, in
+        quarters of its window (a node without credit has a whole window here)."""
+        done = self._unacked.get(vertex, 0) + nbytes
+        if done < self._window // 4 or self.agent is None:
+            self._unacked[vertex] = done
+            return
+        self._unacked[vertex] = 0
+        self.agent.from_tree(t.OutputAck(vertex, done))
 
     # ------------------------------------------------------------ stdin to rank 0
     def _start_stdin(self) -> None:

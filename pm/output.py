@@ -44,9 +44,27 @@ class LineBuffer:
         return part + b"\n" if part else b""
 
 
+def output_window(nodes: int) -> int:
+    """Bytes of output a node's agent may have on their way to the head (its credit): the
+    head holds at most ``nodes`` times this while its stdout is slow."""
+    return max(OUTPUT_WINDOW_MIN, OUTPUT_BUDGET // max(1, nodes))
+
+
+#: What the head may hold of the ranks' output in all, and at least per node.
+OUTPUT_BUDGET = 8 << 20
+OUTPUT_WINDOW_MIN = 256 << 10
+
+#: Called with (tag, bytes) once a chunk handed to :meth:`Writer.write` is out of the way.
 class Writer:
     """Writes ranks' lines to the launcher's stdout/stderr, tagged ``[rank]`` on demand, or to
-    files named by a pattern per stream (``files``: see :func:`expand_pattern`)."""
+    files named by a pattern per stream (``files``: see :func:`expand_pattern`).
+
+    It starts out writing in the caller's thread (pmrun's quick path: a slow
+    reader simply holds the ranks).  :meth:`write_behind` makes stdout and stderr
+    writes go through a thread instead, so an event loop never waits for a slow
+    reader: ``written(tag, nbytes)`` then says, on the loop, when a chunk left
+    (this is what the head turns into output credit for the nodes).
+    """
 
     def __init__(self, label: bool, out_fd: int = 1, err_fd: int = 2,
                  files: dict[int, str] | None = None, job_id: str = "") -> None:
@@ -62,8 +80,22 @@ class Writer:
         self._opened: dict[str, int] = {}
         #: Called once when the reader of our stdout or stderr went away (the output is lost).
         self.on_broken: Callable[[], None] | None = None
+        self._behind: _WriteBehind | None = None
+        self._broken = False
 
-    def write(self, rank: int, stream: int, chunk: bytes) -> None:
+    def write_behind(self, call_soon: Callable[[Callable[[], None]], object],
+                     written: Callable[[int, int], None]) -> None:
+        """From now on, write stdout and stderr from a thread (see the class)."""
+        if self._behind is None:
+            self._behind = _WriteBehind(call_soon, written, self._gone)
+
+    @property
+    def queued(self) -> int:
+        """Bytes waiting for the thread (0 when writing in the caller's thread)."""
+        return self._behind.queued if self._behind is not None else 0
+
+    def write(self, rank: int, stream: int, chunk: bytes, tag: int = -1) -> None:
+        size = len(chunk)
         if self.label:
             prefix = self._prefixes.get(rank)
             if prefix is None:
@@ -73,13 +105,26 @@ class Writer:
             if lines and lines[-1] == b"":
                 lines.pop()
             chunk = b"".join(prefix + line + b"\n" for line in lines)
+        behind = self._behind
         if stream in self._patterns:
             fd = self._file(rank, stream)
             if fd >= 0:
-                write_all(fd, chunk)
-        elif not write_all(self._fds[stream], chunk) and self.on_broken is not None:
-            # `pmrun ... | head`: as in a shell pipeline, the writers get SIGPIPE.
-            on_broken, self.on_broken = self.on_broken, None
+                write_all(fd, chunk)  # a regular file: no reader to wait for
+        elif self._broken:
+            pass  # nobody reads it any more: dropped
+        elif behind is not None:
+            behind.put(self._fds[stream], chunk, tag, size)
+            return
+        elif not write_all(self._fds[stream], chunk):
+            self._gone()
+        if behind is not None:
+            behind.written(tag, size)
+
+    def _gone(self) -> None:
+        # `pmrun ... | head`: as in a shell pipeline, the writers get SIGPIPE.
+        self._broken = True
+        on_broken, self.on_broken = self.on_broken, None
+        if on_broken is not None:
             on_broken()
 
     def _file(self, rank: int, stream: int) -> int:
@@ -100,13 +145,111 @@ class Writer:
             self._to[(stream, rank)] = fd
         return fd
 
+    def drain(self) -> None:
+        """Wait until what the thread holds is written (or its reader is gone).  Blocks:
+        call it from a thread, or when nothing else has to run."""
+        if self._behind is not None:
+            self._behind.drain()
+
+    def abandon(self) -> None:
+        """Drop what is not written yet (the job is being killed): :meth:`drain` returns."""
+        if self._behind is not None:
+            self._behind.abandon()
+
     def close(self) -> None:
-        """Close the output files (idempotent)."""
+        """Close the output files (idempotent); what the thread holds is dropped."""
+        if self._behind is not None:
+            self._behind.abandon()
         for fd in self._opened.values():
             if fd >= 0:
                 os.close(fd)
         self._opened.clear()
         self._to.clear()
+
+
+class _WriteBehind:
+    """The thread that writes a :class:`Writer`'s stdout and stderr chunks in order."""
+
+    def __init__(self, call_soon: Callable[[Callable[[], None]], object],
+                 written: Callable[[int, int], None], broken: Callable[[], None]) -> None:
+        import threading
+
+        self._call_soon = call_soon
+        self.written = written
+        self._broken = broken
+        self._cond = threading.Condition()
+        self._items: list[tuple[int, bytes, int, int]] = []
+        self._done: dict[int, int] = {}  # tag -> bytes written, not yet reported
+        self._gone = False
+        self._idle = True
+        self.queued = 0
+        self._thread = threading.Thread(target=self._run, name="pm-output", daemon=True)
+        self._thread.start()
+
+    def put(self, fd: int, chunk: bytes, tag: int, size: int) -> None:
+        with self._cond:
+            if self._gone:
+                gone = True
+            else:
+                gone = False
+                self._items.append((fd, chunk, tag, size))
+                self.queued += size
+                self._cond.notify()
+        if gone:
+            self.written(tag, size)
+
+    def _run(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._items:
+                    self._idle = True
+                    cond.notify_all()
+                    cond.wait()
+                self._idle = False
+                items, self._items = self._items, []
+            for i, (fd, chunk, tag, size) in enumerate(items):
+                if self._gone:
+                    break  # abandoned
+                if not write_all(fd, chunk):
+                    self._lost(items[i:])
+                    break
+                with cond:
+                    self.queued -= size
+                    report = not self._done
+                    self._done[tag] = self._done.get(tag, 0) + size
+                if report:
+                    self._call_soon(self._report)
+
+    def _lost(self, items: list[tuple[int, bytes, int, int]]) -> None:
+        """Our reader went away: nothing more is written; every chunk counts as out."""
+        with self._cond:
+            self._gone = True
+            items = items + self._items
+            self._items = []
+            for _fd, _chunk, tag, size in items:
+                self._done[tag] = self._done.get(tag, 0) + size
+            self.queued = 0
+        self._call_soon(self._broken)
+        self._call_soon(self._report)
+
+    def _report(self) -> None:
+        with self._cond:
+            done, self._done = self._done, {}
+        for tag, size in done.items():
+            self.written(tag, size)
+
+    def drain(self) -> None:
+        with self._cond:
+            while (self._items or not self._idle) and not self._gone:
+                self._cond.wait()
+
+    def abandon(self) -> None:
+        with self._cond:
+            self._gone = True
+            self._items = []
+            self.queued = 0
+            self._cond.notify_all()
 
 
 def pattern_problem(option: str, pattern: str) -> str | None:

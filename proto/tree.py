@@ -161,6 +161,14 @@ class StdinAck(Msg, op=8):
     nbytes: int
 
 
+class OutputAck(Msg, op=31):
+    """The head wrote ``nbytes`` more of vertex ``dst``'s output: its agent may send that
+    much again (output credit, routed down the tree; see :func:`pm.output.output_window`)."""
+
+    dst: int
+    nbytes: int
+
+
 class Exits(Msg, op=9):
     """Ranks that ended: ``[[rank, vertex, code, signal, reason], ...]``.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -81,3 +82,77 @@ def test_output_files_keep_every_line_across_the_hand_over(tmp_path: Path, quick
         assert (tmp_path / f"out.{rank}").read_text() == f"before {rank}\nafter {rank}\n"
     assert sorted((tmp_path / "err.log").read_text().splitlines()) == [
         f"err before {r}" for r in range(3)]
+
+
+FLOOD = """
+    import sys
+    chunk = (b"x" * 99 + b"\\n") * 1000
+    for _ in range(int(sys.argv[1])):
+        sys.stdout.buffer.write(chunk)
+"""
+
+#: Runs pmrun (argv[1:]) and reports its peak RSS in kB (wait4) on stderr, with its status.
+MAXRSS = """
+import os, subprocess, sys
+p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+_, status, usage = os.wait4(p.pid, 0)
+sys.stderr.write(f"maxrss {usage.ru_maxrss}\\n")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def _slow_reader_run(tmp_path: Path, reader: str, *args: str,
+                     quick: str = "1") -> tuple[int, str, str, int]:
+    """``pmrun args | reader`` with --heartbeat 1: pmrun's status, the reader's output,
+    pmrun's stderr and its peak RSS (kB)."""
+    wrapper = tmp_path / "maxrss.py"
+    wrapper.write_text(MAXRSS)
+    argv = " ".join(pmrun_argv("--heartbeat", "1", *args))
+    p = subprocess.run(
+        ["bash", "-c", f"python {wrapper} {argv} 2>err | {reader}; "
+                       "exit ${PIPESTATUS[0]}"],
+        cwd=tmp_path, env=pmrun_env({"PM_QUICK": quick}), stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=100)
+    err = (tmp_path / "err").read_text()
+    rss = [int(line.split()[1]) for line in err.splitlines() if line.startswith("maxrss ")]
+    return p.returncode, p.stdout, err, rss[0]
+
+
+def test_a_slow_reader_slows_the_ranks_and_loses_no_node(tmp_path: Path) -> None:
+    # The reader sleeps for three heartbeat timeouts: the head's loop must go on meanwhile.
+    code, _out, err, _rss = _slow_reader_run(
+        tmp_path, "(sleep 3; head -c 1000000 >/dev/null)", "-n", "4", "--local-nodes", "2",
+        "yes")
+    assert code == 128 + signal.SIGPIPE, err
+    assert "lost" not in err and "heartbeat" not in err, err
+    assert "killed by SIGPIPE" in err
+
+
+#: A reader of 50 MB/s at most, far slower than the ranks write.
+SLOW_READER = """
+import sys, time
+n = 0
+while data := sys.stdin.buffer.read1(1 << 20):
+    n += len(data)
+    if n % (1 << 20) < len(data):
+        time.sleep(0.02)  # after each MB
+print(n)
+"""
+
+
+@pytest.mark.parametrize("nodes", ["1", "2"])
+def test_output_flood_to_a_slow_reader_arrives_whole_in_bounded_memory(
+        tmp_path: Path, nodes: str) -> None:
+    prog = script(tmp_path, "flood.py", FLOOD)
+    reader = tmp_path / "reader.py"
+    reader.write_text(SLOW_READER)
+    code, out, err, rss = _slow_reader_run(
+        tmp_path, f"python {reader}", "-n", "2", "--local-nodes", nodes, "python", str(prog),
+        "1500",
+        quick="0")  # on one node too: the quick path writes as a blocking loop would
+    assert code == 0, err
+    assert int(out) == 2 * 1500 * 100_000  # 300 MB, every byte
+    assert "lost" not in err, err
+    print("peak RSS of pmrun", rss, "kB")
+    # kB: without flow control it held what the reader had not read yet (>100 MB).
+    assert rss < 100_000
