@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import socket
@@ -85,6 +86,11 @@ def listen_endpoint(options: dict[str, Any], parent: str | None,
     if parent is not None:
         src = route_source(endpoint_host(parent))
     else:
+        if toward and str(options.get("name")) == "ssh":
+            from pm.bootstrap.ssh import resolve_host
+
+            # Where ssh goes for that name (Host aliases), which DNS may not know.
+            toward = resolve_host(toward, options)
         src = route_source(toward) if toward else None
         if src is None:
             src = route_source(socket.getfqdn())
@@ -125,6 +131,8 @@ class Children:
         self.done: set[int] = set()
         self._exits: list[asyncio.Future[ExitStatus]] = []
         self._todo: list[int] = []
+        #: Agents we started whose parent is another agent (``start == "first"``).
+        self._fosters: set[int] = set()
         self._boot: Bootstrap | None = None
         self._launch: bytes | None = None
         self._spawned: float | None = None
@@ -143,37 +151,86 @@ class Children:
         plan = self.agent.plan
         boot = get_bootstrap(str(plan.bootstrap.get("name", "local")), plan.bootstrap)
         boot.on_failure = self._boot_failed
+        boot.on_report = self._reported
         boot.prepare(plan.hosts, plan.fanout)
         self._boot = boot
         self._spawned = time.monotonic()
-        if boot.head_driven and self.agent.vertex >= 0:
+        mode = plan.bootstrap.get("start")
+        vertex = self.agent.vertex
+        if vertex >= 0 and (boot.head_driven or mode == "step"
+                            or (mode == "first" and vertex == 0)):
             return  # the head starts our children for us; they come to our port
         self._todo = list(self.agent.children)
+        if vertex < 0 and mode == "step" and self._start_step(boot):
+            return
+        if vertex < 0 and mode == "first":
+            # One hop to two levels: vertex 0's children start with vertex 0.
+            self._fosters = set(Tree(len(plan.hosts), plan.fanout).children(0))
+            self._todo += sorted(self._fosters)
         self._start_more()
+
+    def _config(self, vertex: int, host: str, **extra: Any) -> AgentConfig:
+        plan = self.agent.plan
+        extra.setdefault("parent", self.port.address)
+        return AgentConfig(vertex, secret=self.secret.hex(), job_id=plan.job_id, host=host,
+                           log_level=self._level, heartbeat=self.heartbeat,
+                           head=self.port.address,
+                           iface=str(plan.bootstrap.get("iface") or ""), **extra)
+
+    def _start_step(self, boot: Bootstrap) -> bool:
+        """Start every agent with one command; False when the bootstrap cannot."""
+        plan = self.agent.plan
+        cfg = self._config(-1, "", hosts=compress(plan.hosts), fanout=plan.fanout)
+        try:
+            started = boot.start_tree(plan.hosts, plan.fanout, cfg)
+        except Exception as exc:  # a missing srun, ...: the nodes are lost
+            self._todo = []
+            self._lost(0, f"could not start the agents: {exc}")
+            return True
+        if started is None:
+            return False
+        self._todo = []
+        self._track(0, *started)
+        return True
+
+    def _track(self, vertex: int, pid: int, wfd: int) -> None:
+        self._stdin[vertex] = wfd
+        if pid > 0:
+            self._pids[vertex] = pid
+            fut = self.watch.watch(pid)
+            self._exits.append(fut)
+            fut.add_done_callback(functools.partial(self._exited, vertex))
+
+    def _reported(self, vertex: int, address: str) -> None:
+        """An agent we started listens at ``address``: tell those waiting for it."""
+        line = json.dumps({"addresses": {str(vertex): address}}).encode() + b"\n"
+        # (One step: a single stdin, srun's, reaches every agent.)
+        for wfd in self._stdin.values():
+            if wfd >= 0:
+                with contextlib.suppress(OSError):
+                    os.write(wfd, line)
 
     def _start_more(self) -> None:
         boot = self._boot
         if boot is None or self.closing:
             return
         limit = boot.limit or len(self._todo)
-        starting = sum(1 for v in self._pids if not self._hellos[v].done())
-        while self._todo and starting < limit:
+        # The head's first level (vertex 0 and its fosters) starts at once.
+        starting = sum(1 for v in self._pids if v in self._hellos and not self._hellos[v].done())
+        while self._todo and (starting < limit or self._fosters):
             v = self._todo.pop(0)
             host = self.agent.plan.hosts[v]
-            cfg = AgentConfig(v, self.port.address, self.secret.hex(), self.agent.plan.job_id,
-                              host, self._level, self.heartbeat)
+            if v in self._fosters:
+                cfg = self._config(v, host, parent="", up=0)
+            else:
+                cfg = self._config(v, host, listen=bool(self._fosters) and v == 0)
             try:
                 pid, wfd = boot.start(host, cfg)
             except Exception as exc:  # SpawnError, a bad template, ...: the node is lost
                 self._lost(v, f"could not start its agent: {exc}")
                 continue
-            self._stdin[v] = wfd
-            if pid > 0:
-                self._pids[v] = pid
-                starting += 1
-                fut = self.watch.watch(pid)
-                self._exits.append(fut)
-                fut.add_done_callback(functools.partial(self._exited, v))
+            self._track(v, pid, wfd)
+            starting += 1
 
     def _hello(self, vertex: int, hello: t.Hello) -> None:
         fut = self._hellos.get(vertex)
@@ -231,6 +288,12 @@ class Children:
 
     # ------------------------------------------------------------------ messages
     def _msg(self, vertex: int, msg: t.Msg) -> None:
+        if isinstance(msg, t.AgentGone) and msg.vertex in self._fosters:
+            # Its parent gave up on it: whatever we started for it (an ssh still
+            # connecting) is no use any more.
+            self.gone.add(msg.vertex)
+            if msg.vertex in self._pids:
+                self.watch.kill(self._pids[msg.vertex])
         if isinstance(msg, t.Done):
             self.done.add(vertex)
             self.port.forget(vertex)
@@ -254,6 +317,11 @@ class Children:
     def _lost(self, vertex: int, why: str) -> None:
         """Report ``vertex`` lost (once) and count its subtree as done."""
         if self.closing or vertex in self.gone or vertex in self.done:
+            return
+        if vertex in self._fosters:
+            # Its parent is vertex 0, which counts its subtree; the head hears it first.
+            self.gone.add(vertex)
+            self.agent.parent.send(t.AgentGone(vertex, self.agent.plan.hosts[vertex], why))
             return
         self.gone.add(vertex)
         self._queued.pop(vertex, None)
@@ -285,12 +353,20 @@ class Children:
             return
         fut = self._hellos.get(vertex)
         when = " before joining the tree" if fut is not None and not fut.done() else ""
-        self._lost(vertex, f"agent {status.describe()}{when}")
+        why = ""
+        if self._boot is not None and vertex in self._pids:
+            # ssh's or srun's own last words (srun's may name another node first).
+            why = self._boot.explain(self._pids[vertex])
+        if self.closing or vertex in self.done:
+            return
+        self._lost(vertex, f"agent {status.describe()}{when}" + (f": {why}" if why else ""))
 
     def _silent(self, vertex: int, why: str) -> None:
         self._lost(vertex, why)
 
     def _boot_failed(self, vertex: int, host: str, why: str) -> None:
+        if vertex < 0:  # an agent of one step that found no place in the job
+            vertex = 0
         if vertex in self._hellos:
             self._lost(vertex, why)
         elif not self.closing:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import socket
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 log = logging.getLogger("pm.agent")
@@ -32,13 +33,83 @@ STDIN_EOF = "parent closed our stdin"
 _T_MAIN = time.time()
 
 
-async def run_child(cfg: dict[str, Any]) -> int:
+def place_in_step(cfg: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Fill in our vertex, host, parent and whether we listen, for an agent started by
+    one Slurm step over all hosts (``vertex`` -1): our place is our node's place in the
+    job's host list; vertex 0's parent is the head, every other parent comes later on
+    stdin.  ``ValueError`` when this node is not in the list."""
+    from pm.hostlist import expand
+    from pm.tree import Tree
+
+    hosts = expand(str(cfg["hosts"]))
+    name = env.get("SLURMD_NODENAME") or socket.gethostname()
+    if name in hosts:
+        vertex = hosts.index(name)
+    elif env.get("SLURM_NODEID", "").isdigit() and int(env["SLURM_NODEID"]) < len(hosts):
+        vertex = int(env["SLURM_NODEID"])
+    else:
+        raise ValueError(f"node {name} is not one of the job's hosts")
+    tree = Tree(len(hosts), int(cfg["fanout"]))
+    cfg["vertex"] = vertex
+    cfg["host"] = hosts[vertex]
+    cfg["listen"] = bool(tree.children(vertex))
+    up = tree.parent(vertex)
+    if up is not None:
+        cfg["parent"] = ""
+        cfg["up"] = up
+
+
+def _parent_from(buf: bytearray, up: int) -> str | None:
+    """The address of vertex ``up`` in the ``{"addresses": {...}}`` lines of ``buf``
+    (consumed up to the last whole line)."""
+    found = None
+    *lines, rest = bytes(buf).split(b"\n")
+    buf[:] = rest
+    for line in lines:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            found = json.loads(line).get("addresses", {}).get(str(up)) or found
+    return found
+
+
+async def _await_parent(buf: bytearray, up: int) -> str | None:
+    """Read stdin until the address of our parent (vertex ``up``) arrives; None on EOF."""
+    loop = asyncio.get_running_loop()
+    found = _parent_from(buf, up)
+    if found:
+        return found
+    ready: asyncio.Future[str | None] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            data = os.read(0, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            ready.set_result(None)
+            return
+        buf.extend(data)
+        address = _parent_from(buf, up)
+        if address:
+            ready.set_result(address)
+
+    loop.add_reader(0, readable)
+    try:
+        return await ready
+    finally:
+        loop.remove_reader(0)
+
+
+async def run_child(cfg: dict[str, Any], stdin_rest: bytes = b"") -> int:
     """Run one vertex of one job as described by ``cfg`` (see ``AgentConfig``).
 
-    Extra keys a persistent service adds: ``listen`` (open the port for our
-    children before joining and write ``{"address": ...}`` on stdout, since
-    the head must know it to send us children) with ``ports`` (lo, hi) and
-    ``iface``.
+    ``listen``: open the port for our children before joining and write
+    ``{"vertex": V, "address": ...}`` on stdout (whoever started us passes it to
+    our children, which started at the same time); a persistent service adds
+    ``ports`` (lo, hi).  ``parent`` empty: the parent's address (of vertex
+    ``up``) comes on stdin.  ``vertex`` -1: see :func:`place_in_step`.
+    ``stdin_rest``: what was read from stdin after the config line.
     """
     import gc
 
@@ -46,11 +117,17 @@ async def run_child(cfg: dict[str, Any]) -> int:
     from pm.agent.links import ChildPort, ParentLink
     from pm.agent.node import JobAgent
     from pm.proto import tree as t
+    from pm.proto.errors import PMError
 
     from pm.jobspec import JobPlan
 
     gc.freeze()  # what the imports made lives as long as we do
     gc.enable()
+    if int(cfg["vertex"]) < 0:
+        try:
+            place_in_step(cfg, os.environ)
+        except ValueError as exc:
+            return _cannot_start(-1, str(exc))
     secret = bytes.fromhex(cfg["secret"])
     vertex = int(cfg["vertex"])
     heartbeat = float(cfg.get("heartbeat", 0))
@@ -84,11 +161,20 @@ async def run_child(cfg: dict[str, Any]) -> int:
     port: ChildPort | None = None
     if cfg.get("listen"):
         ports = cfg.get("ports")
-        port = ChildPort(secret, listen_endpoint({"name": "persistent", "iface": cfg.get("iface")},
-                                                 cfg["parent"]),
-                         None, None, heartbeat=heartbeat,
-                         ports=(int(ports[0]), int(ports[1])) if ports else None)
-        os.write(1, json.dumps({"address": port.address}).encode() + b"\n")
+        try:
+            bind = listen_endpoint({"name": "tree", "iface": cfg.get("iface")},
+                                   cfg["parent"] or cfg.get("head") or None)
+            port = ChildPort(secret, bind, None, None, heartbeat=heartbeat,
+                             ports=(int(ports[0]), int(ports[1])) if ports else None)
+        except (PMError, OSError) as exc:  # no such interface here, no free port, ...
+            return _cannot_start(vertex, str(exc))
+        os.write(1, json.dumps({"vertex": vertex, "address": port.address}).encode() + b"\n")
+    if not cfg["parent"]:
+        parent = await _await_parent(bytearray(stdin_rest), int(cfg["up"]))
+        if parent is None:  # the job ended before we knew where to join
+            _close_quietly(port, None)
+            return 1
+        cfg["parent"] = parent
     link = ParentLink(secret, cfg["parent"], vertex, on_msg, heartbeat=heartbeat, on_lost=gone)
     link.send(t.Hello(vertex, cfg.get("host") or socket.gethostname(), os.getpid()))
     loop.add_reader(0, on_stdin)
@@ -155,10 +241,32 @@ async def run_child(cfg: dict[str, Any]) -> int:
     return 0
 
 
+def _cannot_start(vertex: int, why: str) -> int:
+    """Say why we cannot join the job, on stdout: whoever started us names it in one line."""
+    try:
+        os.write(1, json.dumps({"vertex": vertex, "error": why}).encode() + b"\n")
+    except OSError:
+        log.error("agent %d: %s", vertex, why)
+    return 1
+
+
 def _close_quietly(port: Any, link: Any) -> None:
     if port is not None:
         port.close(linger=0)
-    link.close()
+    if link is not None:
+        link.close()
+
+
+def _first_line() -> tuple[bytes, bytes]:
+    """The config line from stdin, and what came after it (unbuffered: stdin stays ours)."""
+    buf = b""
+    while b"\n" not in buf:
+        data = os.read(0, 65536)
+        if not data:
+            break
+        buf += data
+    line, _, rest = buf.partition(b"\n")
+    return line, rest
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -219,8 +327,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("pm").setLevel(min(level, logging.INFO))
         return serve_main(args.config, args.listen)
     if args.mode == "child":
-        line = sys.stdin.buffer.readline()
-        cfg = json.loads(line)
+        line, rest = _first_line()
+        try:
+            cfg = json.loads(line)
+        except ValueError:
+            sys.stderr.write("pm-agent child: no configuration on stdin\n")
+            return 2
         logging.getLogger("pm").setLevel(int(cfg.get("log_level", logging.WARNING)))
         from pm.agent.spawn import raise_fd_limit
 
@@ -228,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         import gc
 
         gc.disable()  # imports ahead: nothing worth collecting (run_child turns it back on)
-        code = _run(run_child(cfg))
+        code = _run(run_child(cfg, rest))
         # Our part of the job is over and closed: skip the interpreter's teardown.
         logging.shutdown()
         sys.stdout.flush()

@@ -150,23 +150,26 @@ def nodes_of(opts: CliOptions) -> object:
     from pm.bootstrap.base import LOCAL_NAMES, bootstrap_options, default_hosts
     from pm.head import Nodes
 
+    entries = None
     try:
-        boot = bootstrap_options(opts.extra, bool(opts.hosts or opts.hostfile))
-        given = None if (opts.hosts or opts.hostfile) else default_hosts(boot)
+        if opts.hosts or opts.hostfile:
+            from pm.hostlist import parse_hostfile, parse_hosts_option
+
+            if opts.hostfile:
+                with open(opts.hostfile) as f:
+                    entries = parse_hostfile(f.read())
+            else:
+                entries = parse_hosts_option(opts.hosts or "")
+        # Hosts that are other machines are reached over ssh unless told otherwise.
+        boot = bootstrap_options(opts.extra, [e.host for e in entries] if entries else False)
+        given = None if entries is not None else default_hosts(boot)
     except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
     if given is not None:
         if opts.local_nodes:
             raise UsageError(f"--local-nodes and --launcher {boot['name']} do not go together")
         return Nodes([h for h, _ in given], [s for _, s in given], opts.fanout, boot)
-    if opts.hosts or opts.hostfile:
-        from pm.hostlist import parse_hostfile, parse_hosts_option
-
-        if opts.hostfile:
-            with open(opts.hostfile) as f:
-                entries = parse_hostfile(f.read())
-        else:
-            entries = parse_hosts_option(opts.hosts or "")
+    if entries is not None:
         if opts.local_nodes:
             raise UsageError("--local-nodes and -hosts/-f do not go together")
         return Nodes([e.host for e in entries], [e.slots for e in entries], opts.fanout, boot)

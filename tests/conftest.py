@@ -23,6 +23,11 @@ Launching jobs (helpers in ``tests/launch_util.py``, importable as ``launch_util
 ``pmi2_client``
     ``tests/c/pmi2_client.c`` built against Slurm's libpmi2 (skips with a
     reason when it or a C compiler is missing).
+``ssh_cluster`` / ``slurm_cluster``
+    A :class:`realcluster_util.RealCluster` of 4 network-namespace hosts, one per
+    test module: real ``sshd`` on each (``ssh_cluster``), plus a real Slurm
+    cluster (``slurm_cluster``: slurmctld, a slurmd per host, munged).  Skip
+    with a reason when not root or the packages are missing.
 
 Tests marked ``@pytest.mark.mpi`` are skipped with a reason when mpi4py or the
 MPICH wheel is not installed.
@@ -154,3 +159,25 @@ def pmi2_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if proc.returncode != 0:
         pytest.fail(f"building pmi2_client failed:\n{proc.stderr}")
     return out
+
+
+def _cluster(slurm: bool) -> Iterator[object]:
+    from realcluster_util import real_cluster, realcluster_missing
+
+    why = realcluster_missing(slurm=slurm, ssh=True)
+    if why:
+        pytest.skip(why)
+    with real_cluster(4, slurm=slurm, ssh=True) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def ssh_cluster() -> Iterator[object]:
+    """4 namespace hosts, each with its own sshd (see realcluster_util), per module."""
+    yield from _cluster(slurm=False)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster() -> Iterator[object]:
+    """4 namespace hosts with a Slurm cluster and sshds (see realcluster_util), per module."""
+    yield from _cluster(slurm=True)

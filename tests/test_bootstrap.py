@@ -1,20 +1,14 @@
-"""The ssh and Slurm bootstraps: their commands (pure), then real jobs through them.
+"""The ssh, Slurm and persistent bootstraps: their commands and files (pure).
 
-The real runs use network-namespace hosts (tests/netns_util.py): ``--ssh``
-points at a small wrapper that runs the remote command line in the host's
-namespace (``ip netns exec HOST sh -c CMD``), and a stand-in ``srun`` on PATH
-runs its command in the namespace of each node of its ``--nodelist``.  Only
-ssh and srun are stand-ins: the bootstrap code, the agents, their tree spawn
-and the TCP links between the namespaces are the real ones.
+Jobs through real sshds and a real Slurm cluster are in tests/test_ssh.py and
+tests/test_slurm.py.
 """
 
 from __future__ import annotations
 
-import os
 import pwd
 import shlex
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,8 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from launch_util import pmrun_env, script
-from netns_util import NetnsHosts, netns_missing
+from pm.agent.main import place_in_step
 from pm.agent.serve import (
     KeyFileError,
     credentials,
@@ -45,52 +38,18 @@ from pm.bootstrap.base import (
     get_bootstrap,
 )
 from pm.bootstrap.persistent import AgentsFileError, parse_agents
-from pm.bootstrap.slurm import SRUN_OPTIONS, allocation_hosts, srun_argv, tasks_per_node
+from pm.bootstrap.slurm import (
+    SRUN_OPTIONS,
+    allocation_hosts,
+    srun_argv,
+    step_argv,
+    tasks_per_node,
+)
 from pm.bootstrap.ssh import DEFAULT_SSH, SshBootstrap, ssh_argv
 from pm.hostlist import HostlistError
 from pm.tree import Tree
 
 pytestmark = pytest.mark.timeout(90)
-
-_NETNS = netns_missing()
-needs_netns = pytest.mark.skipif(_NETNS is not None, reason=str(_NETNS))
-
-WHERE = """
-    import os
-    print(os.environ["PMI_RANK"], os.environ["PMI_HOSTNAME"],
-          os.readlink("/proc/self/ns/net"), flush=True)
-"""
-
-#: ssh stand-in: ``fake-ssh [-l USER] HOST CMDLINE`` runs CMDLINE in HOST's namespace
-#: through a shell, as sshd would; it logs each call so the test sees who started whom.
-FAKE_SSH = """#!/bin/sh
-user=
-if [ "$1" = -l ]; then user=$2; shift 2; fi
-host=$1; shift
-echo "$(readlink /proc/self/ns/net) user=$user host=$host" >> "$FAKE_LOG"
-exec ip netns exec "$host" sh -c "$*"
-"""
-
-#: srun stand-in: runs the command (after the options) in the namespace of each node of
-#: --nodelist (bracket syntax), one process per node, and waits for them all.
-FAKE_SRUN = """#!{python}
-import os, subprocess, sys
-from pm.hostlist import expand
-args = sys.argv[1:]
-nodes = []
-while args and args[0].startswith("-"):
-    opt = args.pop(0)
-    if opt.startswith("--nodelist="):
-        nodes = expand(opt.split("=", 1)[1])
-    elif opt in ("-w", "--nodelist"):
-        nodes = expand(args.pop(0))
-if not nodes:
-    nodes = expand(os.environ["SLURM_JOB_NODELIST"])
-with open(os.environ["FAKE_LOG"], "a") as log:
-    log.write(f"{{os.readlink('/proc/self/ns/net')}} srun {{' '.join(sys.argv[1:])}}\\n")
-procs = [subprocess.Popen(["ip", "netns", "exec", n, *args]) for n in nodes]
-sys.exit(max(p.wait() for p in procs))
-"""
 
 
 # ----------------------------------------------------------------- commands (pure)
@@ -109,12 +68,16 @@ def test_ssh_argv_default_user_and_custom_command() -> None:
 def test_ssh_bootstrap_options_and_errors() -> None:
     opts = bootstrap_options({"launcher": "ssh", "ssh": "myssh -q", "user": "u",
                               "ssh_limit": "4"})
-    assert opts == {"name": "ssh", "ssh": "myssh -q", "user": "u", "limit": 4}
+    assert opts == {"name": "ssh", "ssh": "myssh -q", "user": "u", "limit": 4,
+                    "start": "first"}
     boot = get_bootstrap("ssh", opts)
     assert isinstance(boot, SshBootstrap)
     assert boot.limit == 4
     assert boot.argv("h9") == ["myssh", "-q", "-l", "u", "h9", shlex.join(agent_command())]
     assert get_bootstrap("ssh", {"name": "ssh"}).limit == 32
+    # The default ssh gives up connecting within the join timeout (and names why).
+    default = get_bootstrap("ssh", {"name": "ssh", "join_timeout": 7.5})
+    assert "ConnectTimeout=8" in default.argv("h")  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="--ssh-limit must be at least 1"):
         bootstrap_options({"launcher": "ssh", "ssh_limit": "0"})
     with pytest.raises(ValueError, match="--ssh"):
@@ -165,98 +128,25 @@ def test_agent_config_is_never_on_the_command_line() -> None:
         assert cfg.secret not in " ".join(argv)
 
 
-# ----------------------------------------------------------------- real jobs
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pm.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
-
-
-def _rows(stdout: str) -> list[list[str]]:
-    return sorted(line.split() for line in stdout.splitlines() if line.strip())
-
-
-@needs_netns
-@pytest.mark.netns
-def test_ssh_launcher_tree_spawn_across_four_namespace_hosts(tmp_path: Path) -> None:
-    fake = tmp_path / "fake-ssh"
-    fake.write_text(FAKE_SSH)
-    fake.chmod(0o755)
-    log = tmp_path / "ssh.log"
-    prog = script(tmp_path, "where.py", WHERE)
-    with NetnsHosts(4) as hosts:
-        env = pmrun_env({"FAKE_LOG": str(log)})
-        res = _run(["--launcher", "ssh", "--ssh", str(fake), "--user", "alice",
-                    "--ssh-limit", "1", "-hosts", ",".join(hosts.names), "--fanout", "2",
-                    "--iface", hosts.bridge_addr, "-ppn", "1", "-n", "4",
-                    sys.executable, str(prog)], tmp_path, env)
-        assert res.returncode == 0, res.stderr
-        rows = _rows(res.stdout)
-        assert [r[1] for r in rows] == hosts.names
-        assert len({r[2] for r in rows}) == 4  # each rank in its own host's namespace
-        calls = log.read_text().splitlines()
-        assert len(calls) == 4 and all("user=alice" in c for c in calls)
-        # Tree spawn: the head ssh'd only to vertex 0's host; every other host was
-        # reached from its tree parent's namespace.
-        ns_of = {r[1]: r[2] for r in rows}
-        called_from = {c.split("host=")[1]: c.split()[0] for c in calls}
-        tree = Tree(4, 2)
-        h = hosts.names
-        assert called_from[h[0]] == os.readlink("/proc/self/ns/net")
-        for v in range(1, 4):
-            parent = tree.parent(v)
-            assert parent is not None
-            assert called_from[h[v]] == ns_of[h[parent]], (v, calls)
-        assert tree.height() == 2  # a real second level
-        assert not hosts.wait_empty(15)
-
-
-@needs_netns
-@pytest.mark.netns
-def test_ssh_launcher_names_a_host_it_cannot_reach(tmp_path: Path) -> None:
-    fake = tmp_path / "fake-ssh"
-    fake.write_text(FAKE_SSH)
-    fake.chmod(0o755)
-    with NetnsHosts(2) as hosts:
-        env = pmrun_env({"FAKE_LOG": str(tmp_path / "log")})
-        res = _run(["--launcher", "ssh", "--ssh", str(fake), "-hosts",
-                    f"{hosts.names[0]},nosuchhost", "--iface", hosts.bridge_addr,
-                    "--join-timeout", "10", "-ppn", "1", "-n", "2", "true"], tmp_path, env)
-        assert res.returncode == 255, res.stderr
-        assert "node 1 (nosuchhost) lost" in res.stderr
-        assert not hosts.wait_empty(15)
-
-
-@needs_netns
-@pytest.mark.netns
-def test_slurm_launcher_inside_a_fake_allocation(tmp_path: Path) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    srun = bindir / "srun"
-    srun.write_text(FAKE_SRUN.format(python=sys.executable))
-    srun.chmod(0o755)
-    log = tmp_path / "srun.log"
-    prog = script(tmp_path, "where.py", WHERE)
-    with NetnsHosts(3) as hosts:
-        nodelist = f"pm{hosts.k}h[1-3]"
-        env = pmrun_env({"FAKE_LOG": str(log), "SLURM_JOB_ID": "4242",
-                         "SLURM_JOB_NODELIST": nodelist, "SLURM_TASKS_PER_NODE": "2(x3)"})
-        env["PATH"] = f"{bindir}:{env['PATH']}"
-        # No -hosts, no --launcher: the allocation decides both, slots included (2 per node).
-        res = _run(["--fanout", "1", "--iface", hosts.bridge_addr, "-n", "6",
-                    sys.executable, str(prog)], tmp_path, env)
-        assert res.returncode == 0, res.stderr
-        rows = _rows(res.stdout)
-        assert [r[1] for r in rows] == sorted(h for h in hosts.names for _ in range(2))
-        assert len({r[2] for r in rows}) == 3
-        calls = log.read_text().splitlines()
-        assert len(calls) == 3, calls
-        assert all("--overlap" in c for c in calls)
-        # fanout 1 is a chain: every srun but the first ran inside a namespace host.
-        assert len({c.split()[0] for c in calls}) == 3
-        assert not hosts.wait_empty(15)
+def test_one_step_starts_every_agent_and_each_finds_its_place() -> None:
+    argv = step_argv(["n1", "n2", "n3"], ["python", "-m", "x"])
+    assert argv[0] == "srun" and "--overlap" in argv and "--nodelist=n[1-3]" in argv
+    assert "--nodes=3" in argv and "--ntasks=3" in argv and "--ntasks-per-node=1" in argv
+    assert not any("kill-on-bad-exit" in a for a in argv)
+    assert argv[-3:] == ["python", "-m", "x"]
+    # Every agent gets the same config; its node's place in the list is its vertex.
+    for name, vertex, parent, listen in (("n1", 0, "tcp://head:1", True),
+                                         ("n2", 1, "", True), ("n3", 2, "", False),
+                                         ("n4", 3, "", False)):
+        cfg = {"vertex": -1, "parent": "tcp://head:1", "hosts": "n[1-4]", "fanout": 2}
+        place_in_step(cfg, {"SLURMD_NODENAME": name})
+        assert (cfg["vertex"], cfg["host"], cfg["parent"], cfg["listen"]) == (
+            vertex, name, parent, listen)
+        if vertex:
+            assert cfg["up"] == Tree(4, 2).parent(vertex)
+    with pytest.raises(ValueError, match="not one of the job's hosts"):
+        place_in_step({"vertex": -1, "parent": "", "hosts": "n[1-2]", "fanout": 2},
+                      {"SLURMD_NODENAME": "other", "SLURM_NODEID": "7"})
 
 
 # ----------------------------------------------------------------- persistent: files, codec

@@ -13,13 +13,20 @@ head started the first level (tree spawn).  Keys every bootstrap understands:
     seconds of silence after which a tree link counts as lost.
 ``iface``
     address or interface name agents listen on for their children.
+``start``
+    who starts which agent (set by ``bootstrap_options``): absent, every agent
+    starts its own children (tree spawn); ``"first"``, the head starts vertex 0
+    *and* vertex 0's children at once (one hop to the first two levels; those
+    children learn vertex 0's address on their stdin); ``"step"``, the head
+    starts every agent with one command (one Slurm step), each agent finding its
+    vertex and parent itself.
 """
 
 from __future__ import annotations
 
 import abc
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,11 +50,28 @@ class AgentConfig:
     host: str
     log_level: int
     heartbeat: float = DEFAULT_HEARTBEAT
+    #: Open our port for children before joining and report its address on stdout.
+    listen: bool = False
+    #: With ``parent == ""``: the vertex whose address comes later on our stdin.
+    up: int = -1
+    #: The head's address (where to route from when our parent is not known yet).
+    head: str = ""
+    #: ``start == "step"``: all hosts (compressed list) and the fan-out, to find our place.
+    hosts: str = ""
+    fanout: int = 0
+    iface: str = ""
 
     def to_wire(self) -> dict[str, Any]:
-        return {"vertex": self.vertex, "parent": self.parent, "secret": self.secret,
-                "job_id": self.job_id, "host": self.host, "log_level": self.log_level,
-                "heartbeat": self.heartbeat}
+        wire: dict[str, Any] = {
+            "vertex": self.vertex, "parent": self.parent, "secret": self.secret,
+            "job_id": self.job_id, "host": self.host, "log_level": self.log_level,
+            "heartbeat": self.heartbeat}
+        for key, unset in (("listen", False), ("up", -1), ("head", ""), ("hosts", ""),
+                           ("fanout", 0), ("iface", "")):
+            value = getattr(self, key)
+            if value != unset:
+                wire[key] = value
+        return wire
 
 
 def agent_command(python: str | None = None) -> list[str]:
@@ -94,9 +118,21 @@ class Bootstrap(abc.ABC):
     #: Set by the caller before ``start``: told ``(vertex, host, why)`` when
     #: starting an agent failed after ``start`` returned.
     on_failure: Callable[[int, str, str], None] | None = None
+    #: Set by the caller before ``start``: told ``(vertex, address)`` when a started
+    #: agent reports the port it listens on for its children.
+    on_report: Callable[[int, str], None] | None = None
 
     @abc.abstractmethod
     def start(self, host: str, config: AgentConfig) -> tuple[int, int]: ...
+
+    def start_tree(self, hosts: list[str], fanout: int, config: AgentConfig
+                   ) -> tuple[int, int] | None:
+        """Start every agent at once (``start == "step"``); ``None``: not supported."""
+        return None
+
+    def explain(self, pid: int) -> str:
+        """One line on why the command ``pid`` (started by us, now ended) failed, or ``""``."""
+        return ""
 
     def prepare(self, hosts: list[str], fanout: int) -> None:
         """Told the job's nodes and tree fan-out before the first ``start``."""
@@ -146,24 +182,40 @@ def _number(extra: Mapping[str, str], key: str, opt: str, kind: type[float] | ty
     return value
 
 
-def bootstrap_options(extra: Mapping[str, str], hosts_given: bool = False) -> dict[str, Any]:
+def is_template(text: str) -> bool:
+    """Whether a ``--launcher-exec`` value is pmrun's template (``{host}``/``{command}``)
+    rather than Hydra's meaning, the path of the ssh program to use."""
+    return "{host}" in text or "{command}" in text
+
+
+def bootstrap_options(extra: Mapping[str, str],
+                      hosts_given: bool | Sequence[str] = False) -> dict[str, Any]:
     """The bootstrap dict (``JobPlan.bootstrap``) for the launcher options of the command line.
 
     ``extra`` holds the raw option values (``launcher``, ``launcher_exec``,
     ``ssh``, ``user``, ``ssh_limit``, ``agents``, ``iface``, ``join_timeout``,
     ``heartbeat``).  Without ``--launcher`` the launcher follows from the other
-    options: ``--launcher-exec`` means exec, ``--agents`` persistent, and a
-    Slurm allocation (when no hosts are given) slurm.  ``ValueError`` names a
-    bad option.
+    options: ``--launcher-exec TEMPLATE`` means exec (``--launcher-exec PROGRAM``
+    without ``{host}``/``{command}`` is Hydra's: the ssh program), ``--ssh``
+    ssh, ``--agents`` persistent, hosts (``hosts_given``: their names) of which
+    one is another machine ssh, as Hydra does, and a Slurm allocation (when no
+    hosts are given) slurm.  ``ValueError`` names a bad option.
     """
     import os
 
     name = extra.get("launcher")
+    exec_value = extra.get("launcher_exec")
     if not name:
-        if "launcher_exec" in extra:
+        if exec_value is not None and is_template(exec_value):
             name = "exec"
+        elif exec_value is not None or "ssh" in extra:
+            name = "ssh"
         elif "agents" in extra:
             name = "persistent"
+        elif hosts_given and not isinstance(hosts_given, bool):
+            from pm.bootstrap.ssh import is_this_machine
+
+            name = "local" if all(map(is_this_machine, hosts_given)) else "ssh"
         elif not hosts_given and os.environ.get("SLURM_JOB_NODELIST") and os.environ.get(
                 "SLURM_JOB_ID"):
             name = "slurm"
@@ -185,11 +237,17 @@ def bootstrap_options(extra: Mapping[str, str], hosts_given: bool = False) -> di
         if not extra.get("launcher_exec"):
             raise ValueError("--launcher exec needs --launcher-exec TEMPLATE")
         opts["template"] = extra["launcher_exec"]
+        opts["start"] = "first"
     elif name == "ssh":
         if "ssh" in extra:
             opts["ssh"] = extra["ssh"]
+        elif exec_value:
+            opts["ssh"] = exec_value  # Hydra's -launcher-exec: the ssh program
+        opts["start"] = "first"
         if "user" in extra:
             opts["user"] = extra["user"]
+    elif name == "slurm":
+        opts["start"] = "step"
     elif name == "persistent":
         if not extra.get("agents"):
             raise ValueError("--launcher persistent needs --agents FILE")

@@ -16,13 +16,14 @@ its stdin reaches the agent: the same contract as the local bootstrap.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from typing import Any
 
 from pm.agent.spawn import resolve
 from pm.bootstrap.base import AgentConfig, Bootstrap, agent_command
-from pm.bootstrap.local import start_with_stdin
+from pm.bootstrap.pipes import Piped
 
 
 class TemplateError(ValueError):
@@ -53,13 +54,51 @@ def expand_template(template: str, host: str, command: list[str]) -> list[str]:
     return argv
 
 
-def start_command(argv: list[str], config: AgentConfig) -> tuple[int, int]:
-    """Start ``argv`` (looked up on our PATH) with the agent config on its stdin."""
-    path = resolve(argv[0], os.environ, None)
-    return start_with_stdin([path, *argv[1:]], config)
+class CommandBootstrap(Bootstrap):
+    """A bootstrap that runs a command on this machine per agent (or per tree)."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, Piped] = {}
+        self.hosts: list[str] = []
+
+    def prepare(self, hosts: list[str], fanout: int) -> None:
+        self.hosts = hosts
+
+    def run(self, argv: list[str], config: AgentConfig) -> tuple[int, int]:
+        """Start ``argv`` (looked up on our PATH) with the agent config on its stdin."""
+        path = resolve(argv[0], os.environ, None)
+        line = json.dumps(config.to_wire()).encode() + b"\n"
+        proc = Piped([path, *argv[1:]], line, dict(os.environ), on_report=self._report,
+                     on_error=self._error, on_error_line=self.error_line)
+        self._procs[proc.pid] = proc
+        return proc.pid, proc.stdin
+
+    def _report(self, vertex: int, address: str) -> None:
+        if self.on_report is not None:
+            self.on_report(vertex, address)
+
+    def _error(self, vertex: int, text: str) -> None:
+        if self.on_failure is not None:
+            host = self.hosts[vertex] if 0 <= vertex < len(self.hosts) else ""
+            self.on_failure(vertex, host, text)
+
+    def error_line(self, text: str) -> bool:
+        """A line the command wrote on stderr; True when it was dealt with (not shown)."""
+        return False
+
+    def explain(self, pid: int) -> str:
+        proc = self._procs.get(pid)
+        if proc is None:
+            return ""
+        proc.drain()
+        return proc.last[-1] if proc.last else ""
+
+    def close(self) -> None:
+        for proc in self._procs.values():
+            proc.close()
 
 
-class ExecBootstrap(Bootstrap):
+class ExecBootstrap(CommandBootstrap):
     """``options``: ``template`` (required), ``python`` (agent interpreter, default ours)."""
 
     name = "exec"
@@ -68,6 +107,7 @@ class ExecBootstrap(Bootstrap):
         template = options.get("template")
         if not template:
             raise TemplateError("the exec launcher needs --launcher-exec TEMPLATE")
+        super().__init__()
         self.template = str(template)
         self.python = options.get("python")
         expand_template(self.template, "h", ["c"])  # fail early on a broken template
@@ -76,4 +116,4 @@ class ExecBootstrap(Bootstrap):
         return expand_template(self.template, host, agent_command(self.python))
 
     def start(self, host: str, config: AgentConfig) -> tuple[int, int]:
-        return start_command(self.argv(host), config)
+        return self.run(self.argv(host), config)

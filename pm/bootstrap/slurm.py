@@ -1,18 +1,27 @@
 """Start agents inside a Slurm allocation (``--launcher slurm``).
 
 Hosts come from ``SLURM_JOB_NODELIST`` (bracket syntax, ``pm.hostlist``) and
-their slots from ``SLURM_TASKS_PER_NODE`` (``2(x3),1``).  Each agent is one
-job step task: ``srun --overlap --nodes=1 --ntasks=1 --nodelist=HOST ...
-python -P -m pm.agent.main child``.  Agents start their own children the same
-way (tree spawn; the allocation's environment reaches them through srun), so
-the head runs at most ``fanout`` sruns.
+their slots from ``SLURM_TASKS_PER_NODE`` (``2(x3),1``).  All agents start as
+**one** job step, one task per node (``srun --overlap --nodes=N --ntasks=N
+--ntasks-per-node=1 --nodelist=HOSTS ... python -P -m pm.agent.main child``):
+Slurm's own tree starts them, as Hydra's ``-launcher slurm`` does.  srun
+gives every task the same stdin: the config line (vertex -1, the host list
+and the fan-out), from which each agent finds its vertex (its node's place in
+the list) and its parent; agents with children report their port on stdout,
+and the head sends those addresses back on the step's stdin
+(``agent.main.place_in_step``).  When srun says a task on some node failed
+(``srun: error: NODE: task N: ...``), that node is the one named.
+
+Without ``start == "step"`` (an old plan) each agent is a step of its own,
+started by its tree parent: ``srun ... --nodes=1 --ntasks=1 --nodelist=HOST``.
 
 Why these srun options: ``--overlap`` lets the agent step share the nodes
 with the user's other steps (and with the agents' own sruns); ``--whole``
 gives the step every CPU of the node, since the agent spawns all the node's
 ranks and binds them itself (``--cpu-bind=none``); ``--mpi=none`` keeps
-Slurm's own PMI out of the ranks' way; ``--kill-on-bad-exit`` ends the step
-when the agent fails.  ``srun`` keeps our stdin open to the agent, so closing
+Slurm's own PMI out of the ranks' way.  No ``--kill-on-bad-exit``: when an
+agent fails the others end their ranks themselves (Slurm would kill them
+before they clean up).  ``srun`` keeps our stdin open to the agent, so closing
 it still tells the agent its parent is gone.  ``options["srun"]`` replaces the
 option words (for old Slurm releases without ``--overlap``/``--whole``).
 """
@@ -25,12 +34,14 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from pm.bootstrap.base import AgentConfig, Bootstrap, agent_command
-from pm.bootstrap.exec import start_command
-from pm.hostlist import HostlistError, expand
+from pm.bootstrap.base import AgentConfig, agent_command
+from pm.bootstrap.exec import CommandBootstrap
+from pm.hostlist import HostlistError, compress, expand
 
-SRUN_OPTIONS = ("--overlap", "--whole", "--kill-on-bad-exit=1", "--cpu-bind=none",
-                "--mpi=none", "--quiet")
+SRUN_OPTIONS = ("--overlap", "--whole", "--cpu-bind=none", "--mpi=none", "--quiet")
+#: What srun says about a task that failed on a node, or a node that failed.
+_TASK_FAILED = re.compile(r"^srun: error: ([^\s:]+): tasks? [0-9,\-]+: (.*)$")
+_NODE_FAILED = re.compile(r"^srun: error: Node failure on ([^\s,]+)")
 
 _TASKS = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
 
@@ -68,6 +79,14 @@ def allocation_hosts(env: Mapping[str, str] | None = None) -> list[tuple[str, in
     return list(zip(hosts, slots, strict=True))
 
 
+def step_argv(hosts: list[str], command: list[str], srun: str | None = None) -> list[str]:
+    """The argv that runs ``command`` once on every host of ``hosts``, as one step (pure)."""
+    options = shlex.split(srun) if srun is not None else list(SRUN_OPTIONS)
+    n = len(hosts)
+    return ["srun", *options, f"--nodes={n}", f"--ntasks={n}", "--ntasks-per-node=1",
+            f"--nodelist={compress(hosts)}", "--job-name=pm-agents", *command]
+
+
 def srun_argv(host: str, command: list[str], srun: str | None = None) -> list[str]:
     """The argv that runs ``command`` as one task on ``host`` (pure)."""
     options = shlex.split(srun) if srun is not None else list(SRUN_OPTIONS)
@@ -75,12 +94,13 @@ def srun_argv(host: str, command: list[str], srun: str | None = None) -> list[st
             "--job-name=pm-agent", *command]
 
 
-class SlurmBootstrap(Bootstrap):
+class SlurmBootstrap(CommandBootstrap):
     """``options``: ``srun`` (option words instead of ``SRUN_OPTIONS``), ``python``, ``limit``."""
 
     name = "slurm"
 
     def __init__(self, options: dict[str, Any]) -> None:
+        super().__init__()
         self.srun = options.get("srun")
         self.python = options.get("python")
         # slurmctld handles step creation one by one: a burst only queues there.
@@ -90,4 +110,18 @@ class SlurmBootstrap(Bootstrap):
         return srun_argv(host, agent_command(self.python), self.srun)
 
     def start(self, host: str, config: AgentConfig) -> tuple[int, int]:
-        return start_command(self.argv(host), config)
+        return self.run(self.argv(host), config)
+
+    def start_tree(self, hosts: list[str], fanout: int, config: AgentConfig
+                   ) -> tuple[int, int] | None:
+        return self.run(step_argv(hosts, agent_command(self.python), self.srun), config)
+
+    def error_line(self, text: str) -> bool:
+        """Name the node of a failed task: the job's one line says it (with srun's words)."""
+        if "lacks support for cpu binding" in text:
+            return True  # our --cpu-bind=none on a cluster without task/affinity: harmless
+        m = _TASK_FAILED.match(text) or _NODE_FAILED.match(text)
+        if m is not None and self.on_failure is not None and m.group(1) in self.hosts:
+            self.on_failure(self.hosts.index(m.group(1)), m.group(1), text)
+            return True
+        return False

@@ -1,0 +1,182 @@
+"""Jobs over real OpenSSH: one sshd per network-namespace host (tests/realcluster_util.py).
+
+Host names exist only in the cluster's ssh configuration (``Host pm<k>h1`` /
+``HostName 10.213.<k>.1``), not in DNS: pmrun must go where ssh goes.  Hosts
+that are other machines use ssh without ``--launcher``, as with Hydra.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from launch_util import mpi_missing, pmrun_argv, pmrun_env, script
+from realcluster_util import RealCluster
+
+from pm.bootstrap.base import bootstrap_options
+from pm.tree import Tree
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
+
+WHERE = """
+    import os
+    print(os.environ["PMI_RANK"], os.environ["PMI_HOSTNAME"], os.uname().nodename,
+          os.readlink("/proc/self/ns/net"), flush=True)
+"""
+
+MPI_PROGRAM = """
+    import os
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    total = comm.allreduce(comm.rank)
+    nets = comm.allgather(os.readlink("/proc/self/ns/net"))
+    if comm.rank == 0:
+        print("sum", total, "size", comm.size, "netns", len(set(nets)), flush=True)
+"""
+
+
+def run(args: list[str], cwd: Path, timeout: float = 90
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(pmrun_argv(*args), cwd=cwd, env=pmrun_env(), capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def netns_of(cluster: RealCluster, ns: str) -> str:
+    res = subprocess.run(["ip", "netns", "exec", ns, "readlink", "/proc/self/ns/net"],
+                         capture_output=True, text=True, check=True, timeout=30)
+    return res.stdout.strip()
+
+
+def assert_clean(cluster: RealCluster) -> None:
+    left = cluster.wait_clean(20)
+    assert not left, f"left on the hosts: {left}"
+
+
+def accepted_from(log: str) -> list[str]:
+    return re.findall(r"Accepted publickey for root from (\S+)", log)
+
+
+# ------------------------------------------------------------------ no cluster needed
+
+
+def test_hosts_that_are_other_machines_mean_ssh() -> None:
+    assert bootstrap_options({}, ["nodeA", "nodeB"])["name"] == "ssh"
+    assert bootstrap_options({}, ["localhost", socket.gethostname()])["name"] == "local"
+    # Hydra's -launcher-exec is the ssh program; pmrun's is a template.
+    hydra = bootstrap_options({"launcher_exec": "/opt/bin/myssh"}, ["n1"])
+    assert hydra["name"] == "ssh" and hydra["ssh"] == "/opt/bin/myssh"
+    assert bootstrap_options({"launcher_exec": "ip netns exec {host} {command}"},
+                             ["n1"])["name"] == "exec"
+    assert bootstrap_options({"ssh": "ssh -F x"}, ["n1"])["name"] == "ssh"
+
+
+@pytest.mark.skipif(subprocess.run(["which", "ssh"], capture_output=True).returncode != 0,
+                    reason="no ssh client")
+def test_unknown_hosts_are_named_not_run_here(tmp_path: Path) -> None:
+    start = time.monotonic()
+    res = run(["-hosts", "nosuchhost-xyz:2,otherbad:2", "-n", "4", "hostname"], tmp_path)
+    assert res.returncode == 255
+    assert socket.gethostname() not in res.stdout  # nothing ran on this machine
+    assert re.search(r"node \d \((nosuchhost-xyz|otherbad)\) lost: .*"
+                     r"Could not resolve hostname", res.stderr), res.stderr
+    assert "Traceback" not in res.stderr
+    assert time.monotonic() - start < 30
+
+
+# ------------------------------------------------------------------ real sshds
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(mpi_missing() is not None, reason=str(mpi_missing()))
+def test_fanout_2_tree_over_four_ssh_hosts(ssh_cluster: RealCluster, tmp_path: Path) -> None:
+    c = ssh_cluster
+    before = [len(c.sshd_log(i)) for i in range(4)]
+    prog = script(tmp_path, "where.py", WHERE)
+    # No --launcher, no --iface: names go through ssh's configuration, the head's
+    # address is found on the route ssh would take.
+    res = run(["-hosts", ",".join(c.names), "--ssh", c.ssh_command(), "--fanout", "2",
+               "-n", "8", sys.executable, str(prog)], tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = sorted(line.split() for line in res.stdout.splitlines())
+    assert [int(r[0]) for r in rows] == list(range(8))
+    for _, host, nodename, net in rows:
+        assert nodename == host  # the sshd's namespace host, not this machine
+        assert net == netns_of(c, host)
+    # Tree of fan-out 2 over 4 hosts: 0 -> {1 -> 2, 3}.  The head itself ssh'd to
+    # vertex 0 and to vertex 0's children at once; vertex 2 was reached from
+    # vertex 1's host.
+    tree = Tree(4, 2)
+    assert tree.parent(2) == 1 and tree.parent(1) == 0 and tree.parent(3) == 0
+    logs = [c.sshd_log(i)[before[i]:] for i in range(4)]
+    assert accepted_from(logs[0]) == [c.bridge_addr]
+    assert accepted_from(logs[1]) == [c.bridge_addr]
+    assert accepted_from(logs[3]) == [c.bridge_addr]
+    assert accepted_from(logs[2]) == [c.hosts.addr(1)]
+    assert_clean(c)
+
+    mpi = script(tmp_path, "mpi.py", MPI_PROGRAM)
+    res = run(["-hosts", ",".join(c.names), "--ssh", c.ssh_command(), "--fanout", "2",
+               "-genv", "FI_PROVIDER", "tcp", "-n", "8", sys.executable, str(mpi)], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "sum 28 size 8 netns 4" in res.stdout
+    assert_clean(c)
+
+
+def test_hostfile_and_hydras_launcher_exec(ssh_cluster: RealCluster, tmp_path: Path) -> None:
+    c = ssh_cluster
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text(f"{c.names[2]}:2\n{c.names[3]} slots=1\n")
+    prog = script(tmp_path, "where.py", WHERE)
+    res = run(["-f", str(hostfile), "-launcher-exec", str(c.ssh_wrapper), "-n", "3",
+               sys.executable, str(prog)], tmp_path)
+    assert res.returncode == 0, res.stderr
+    hosts = sorted(line.split()[2] for line in res.stdout.splitlines())
+    assert hosts == sorted([c.names[2], c.names[2], c.names[3]])
+    assert_clean(c)
+
+
+@pytest.mark.parametrize("case", ["refused key", "host key"])
+def test_ssh_refusals_are_named_in_one_line(ssh_cluster: RealCluster, tmp_path: Path,
+                                            case: str) -> None:
+    c = ssh_cluster
+    if case == "refused key":
+        config = c.ssh_config_variant("refused", identity=c.refused_key)
+        expected = "Permission denied (publickey)"
+    else:
+        config = c.ssh_config_variant("hostkey", wrong_host_key=True)
+        expected = "Host key verification failed"
+    res = run(["-hosts", ",".join(c.names[:3]), "--ssh", f"ssh -F {config}", "-n", "3",
+               "true"], tmp_path)
+    assert res.returncode == 255
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    assert re.fullmatch(rf"pmrun: node \d \({c.names[0][:-1]}\d\) lost: .*{re.escape(expected)}.*",
+                        lines[0]), lines
+    assert_clean(c)
+
+
+def test_unreachable_host_is_named_within_the_join_timeout(ssh_cluster: RealCluster,
+                                                          tmp_path: Path) -> None:
+    c = ssh_cluster
+    c.hosts.link_down(1)
+    try:
+        start = time.monotonic()
+        res = run(["-hosts", ",".join(c.names[:3]), "--ssh", c.ssh_command(),
+                   "--join-timeout", "4", "-n", "3", "true"], tmp_path)
+        took = time.monotonic() - start
+    finally:
+        subprocess.run(["ip", "link", "set", c.hosts.veth(1), "up"], check=True, timeout=30)
+    assert res.returncode == 255
+    assert f"node 1 ({c.names[1]}) lost" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert took < 4 + 6, took
+    assert_clean(c)
