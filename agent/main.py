@@ -307,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         # pmrun's KVS segments, topology copies and MPI segments nobody uses any more.
         for path in sweep_node():
             print(f"removed {path}")
+        from pm.agent.pmix_server import cleanup_stale as pmix_dirs  # PMIx servers' files
+
+        for path in pmix_dirs():
+            print(f"removed {path}")
         return 0
     if args.mode == "keygen":
         from pm.agent.serve import KeyFileError, write_keypair

@@ -202,6 +202,11 @@ class JobAgent:
             start_sim(self)
             return
         if self._pmix_failed:
+            from pm.agent.watch import ExitStatus
+
+            for proc in self.ranks.values():  # never started: ended, so the node is done
+                proc.status, proc.reason = ExitStatus(127, 0), "could not start: no PMIx server"
+                self.procs.report(proc)
             return
         base = dict(self.plan.env)
         base.update(self.extra_env)

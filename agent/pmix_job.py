@@ -105,7 +105,7 @@ class PmixJob(Upcalls):
         items: list[tuple[str, L.Value]] = [
             ("pmix.jobid", (L.STRING, self.nspace)),
             ("pmix.job.size", (L.UINT32, plan.size)),
-            ("pmix.univ.size", (L.UINT32, plan.size)),
+            ("pmix.univ.size", (L.UINT32, max(agent.universe_size(), plan.size))),
             ("pmix.max.size", (L.UINT32, plan.size)),
             ("pmix.num.nodes", (L.UINT32, len(names))),
             ("pmix.job.napps", (L.UINT32, napps)),

