@@ -3,6 +3,7 @@ says ``pip install .`` puts them."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -37,3 +38,19 @@ def test_pip_install_puts_the_service_files_where_the_guide_says() -> None:
     unit = (REPO / "deploy" / "pm-agent.service").read_text()
     assert "ExecStart=/opt/pmrun/bin/pm-agent serve --config /etc/pmrun/agent.toml" in unit
     assert "Documentation=file:///opt/pmrun/share/pmrun/deploy/README.md" in unit
+
+
+def test_the_hydra_habits_the_readme_promises_are_options() -> None:
+    """Every option the README's "Coming from Hydra" table says carries over is one pmrun takes."""
+    from pm.options import OPTIONS
+
+    names = {n for opt in OPTIONS for n in opt.names}
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Coming from Hydra / srun / GNU parallel", 1)[1].split("\n## ")[0]
+    carried = section.split("And a few things differ", 1)[0]
+    spans = [sp for sp in re.findall(r"`([^`]+)`", carried) if not sp.startswith("sh ")]
+    claimed = {w for span in spans for w in span.split() if re.fullmatch(r"--?[a-z][\w-]*", w)}
+    assert claimed >= {"-configfile", "-prepend-pattern", "-print-all-exitcodes", "-envlist",
+                       "-envnone", "-envall", "-launcher", "-bootstrap", "-launcher-exec",
+                       "-usize", "-iface", "-j"}
+    assert claimed <= names, sorted(claimed - names)
