@@ -48,6 +48,9 @@ SHM_SAMPLE_PERIOD = 2.0
 
 
 if TYPE_CHECKING:
+    from pm.agent.spawn_jobs import AgentSpawns, SpawnRequests
+    from pm.proto.spawn import SpawnRequest, SpawnResult
+
     from pm.quick import QuickStart
 
     class Uplink(Protocol):
@@ -70,7 +73,16 @@ class JobAgent:
         self.kvsname = plan.kvsname
         self.tree = Tree(len(plan.hosts), plan.fanout)
         self.children = list(self.tree.children(vertex))
-        self.node_of_rank = place(plan.size, plan.slots)
+        if plan.spawned:
+            # A spawned job (pm.agent.spawn_jobs): placed by the head, and only the
+            # subtrees holding its ranks take part.
+            from pm.agent.spawn_jobs import members
+
+            self.node_of_rank = list(plan.spawned["placement"])
+            taking_part = members(self.tree, self.node_of_rank)
+            self.children = [c for c in self.children if c in taking_part]
+        else:
+            self.node_of_rank = place(plan.size, plan.slots)
         self.local = local_ranks(self.node_of_rank).get(vertex, [])
         self.kvs = NodeKVS()
         self._node_attrs: dict[str, str] = {}
@@ -110,6 +122,11 @@ class JobAgent:
         self.pmix: Any = None
         self._pmix_failed = False
         self._pmix_early: list[t.GetReq] = []  # direct gets that came before the server
+        #: Spawned jobs running here too (launched job only), and our ranks' spawns.
+        self.spawns: AgentSpawns | None = None
+        self.spawn_requests: SpawnRequests | None = None
+        if plan.spawned.get("spawner"):
+            self.job_attrs["spawner-jobid"] = plan.spawned["spawner"]
 
     # ------------------------------------------------------------------ launch
     def mark(self, what: str, rank: int = -1, **args: Any) -> None:
@@ -338,7 +355,7 @@ class JobAgent:
         return self.plan.app_of_rank(rank)
 
     def universe_size(self) -> int:
-        """-usize when given, else the job's size (spawned jobs fit in what is left)."""
+        """-usize when given, else the slots of the job's nodes (pm.spawnjobs.universe_size)."""
         return self.plan.universe_size or self.size
 
     def native_info(self, rank: int) -> dict[str, Any]:
@@ -386,6 +403,12 @@ class JobAgent:
 
     def name_service(self, action: str, service: str, port: str) -> asyncio.Future[Any]:
         return self.requests.name_service(action, service, port)
+
+    def spawn(self, rank: int, request: SpawnRequest) -> asyncio.Future[SpawnResult]:
+        """A new job for ``rank`` (MPI_Comm_spawn): answered once its ranks are started."""
+        from pm.agent.spawn_jobs import requests_of
+
+        return requests_of(self).request(rank, request)
 
     def reserve(self, rank: int, nbytes: int) -> asyncio.Future[int]:
         """A ``pmi.reserve`` block: the id once the node admits ``nbytes`` for ``rank``
@@ -458,11 +481,21 @@ class JobAgent:
     def _from_parent(self, msg: t.Msg) -> None:
         if isinstance(msg, t.CollOut):
             self.coll.from_parent(msg)
+        elif isinstance(msg, (t.Sub, t.SpawnLaunch)):
+            from pm.agent.spawn_jobs import on_agent
+
+            spawns = on_agent(self)
+            if isinstance(msg, t.Sub):
+                spawns.from_parent(msg)
+            else:
+                spawns.launch(msg)
         elif isinstance(msg, t.Kill):
             self.kill(msg.reason, msg.grace)
         elif isinstance(msg, t.Signal):
             self._down_all(msg)
             self.procs.signal(msg.signum)
+            if self.spawns is not None:
+                self.spawns.signal(msg.signum)
             if msg.signum in (signal.SIGTSTP, signal.SIGCONT):
                 # After a SIGTSTP the head stops itself until SIGCONT: a parent that
                 # watches the link for silence (ParentLink) holds that watch meanwhile.
@@ -481,8 +514,12 @@ class JobAgent:
             self._check_done()
         elif isinstance(msg, t.NameReq):
             self.requests.name_req(msg)
+        elif isinstance(msg, t.Sub):
+            from pm.agent.spawn_jobs import on_agent
+
+            on_agent(self).from_child(child, msg)
         elif isinstance(msg, (t.Output, t.Exits, t.Abort, t.AgentError, t.AgentGone,
-                              t.Started, t.StdinAck)):
+                              t.Started, t.StdinAck, t.SpawnReq)):
             self.parent.send(msg)
         else:
             self.from_tree(msg)
@@ -516,6 +553,11 @@ class JobAgent:
                 self.route(msg.dst, msg)
             else:
                 self.procs.output_credit(msg.nbytes)
+        elif isinstance(msg, t.SpawnResp):
+            if msg.dst != self.vertex:
+                self.route(msg.dst, msg)
+            elif self.spawn_requests is not None:
+                self.spawn_requests.response(msg)
         else:
             log.warning("agent %d: unexpected %s", self.vertex, type(msg).__name__)
 
@@ -535,6 +577,10 @@ class JobAgent:
             self._sample_shm()
         self.fail_collectives(reason)
         self.procs.kill(grace, first)
+        if self.spawns is not None:
+            self.spawns.kill(reason, grace)
+        if self.spawn_requests is not None:
+            self.spawn_requests.fail(reason)
 
     def close(self) -> None:
         """Release everything; ranks still alive are killed. Idempotent."""
@@ -543,6 +589,8 @@ class JobAgent:
         live = self._live_pids()
         self.procs.close()
         self._reap_shm(live)
+        if self.spawns is not None:
+            self.spawns.close()
         for cb in self.on_close:
             with contextlib.suppress(Exception):
                 cb()

@@ -31,8 +31,8 @@ collectives of one kind are answered in the order it started them.
 A bad request gets an error reply in the client's framing and one log line
 per cause (a few causes per rank, then only counted); a stream that cannot
 be followed any more (a runaway line, a broken frame) gives ``error`` and
-``Close``.  Spawn (``mcmd=spawn``, PMI-2 ``spawn``) is refused here; a spawn
-call joins the calls below and is completed with per-command results.
+``Close``.  A spawn (``mcmd=spawn``, PMI-2 ``spawn``, native ``spawn``) is a
+:class:`Spawn` call, completed with a :class:`pm.proto.spawn.SpawnResult`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pm.proto import native, pmi1, pmi2
+from pm.proto import native, pmi1, pmi2, spawn
 from pm.proto.errors import PMError, ProtocolError, RankFailed
 from pm.proto.tree import ALLGATHER, BARRIER, FENCE, RING
 
@@ -131,8 +131,17 @@ class Reserve:
     nbytes: int
 
 
-#: Everything that waits (the spawn call joins these).
-Call = Collective | GetFrom | NodeAttrGet | NameService | Reserve
+@dataclass(slots=True)
+class Spawn:
+    """A new job (MPI_Comm_spawn): a :class:`pm.proto.spawn.SpawnResult` once its ranks
+    are started, or why they could not be."""
+
+    token: int
+    request: spawn.SpawnRequest
+
+
+#: Everything that waits.
+Call = Collective | GetFrom | NodeAttrGet | NameService | Reserve | Spawn
 Action = Send | Event | Close | Call
 
 #: Distinct causes of bad requests logged per rank (then only counted).
@@ -492,8 +501,7 @@ class PmiEngine:
                     finish)
 
     def _spawn1(self, c: pmi1.Pmi1Command) -> None:
-        self._out.append(pmi1.reply_error("spawn_result",
-                                          "MPI_Comm_spawn is not supported by pmrun"))
+        self._wait1(Spawn(self._token(), spawn.parse_pmi1(c)), c, spawn.reply_pmi1)
 
     def _initack1(self, c: pmi1.Pmi1Command) -> None:
         raise ProtocolError("initack is only for PMI_PORT clients")
@@ -503,9 +511,12 @@ class PmiEngine:
         self.initialized = True
         self._event("init")
         store = self.store
+        # A spawned job's ranks learn they have a parent from spawner-jobid.
+        spawner = store.job_attr("spawner-jobid")
         self._out.append(pmi2.response(c, [
             ("pmi-version", "2"), ("pmi-subversion", "0"), ("rank", str(self.rank)),
             ("size", str(store.size)), ("appnum", str(store.appnum(self.rank))),
+            *([("spawner-jobid", spawner)] if spawner else []),
             ("debugged", "FALSE"), ("pmiverbose", "FALSE")]))
 
     def _jobid2(self, c: pmi2.Pmi2Command) -> None:
@@ -583,7 +594,8 @@ class PmiEngine:
                                 c.get("port", "") or ""), c, finish)
 
     def _spawn2(self, c: pmi2.Pmi2Command) -> None:
-        self._out.append(pmi2.response(c, [("errmsg", "spawn_not_supported")], rc=1))
+        self._wait2(Spawn(self._token(), spawn.parse_pmi2(c)), c,
+                    lambda result: spawn.reply_pmi2(c, result))
 
     # ------------------------------------------------------------------ native
     def _native(self, frame: Any) -> None:
@@ -687,6 +699,20 @@ class PmiEngine:
             if type(nbytes) is not int or nbytes < 0:
                 raise ProtocolError(f"reserve needs a byte count >= 0, not {nbytes!r}")
             self._native_wait(req, op, Reserve(self._token(), nbytes))
+        elif op == native.SPAWN:
+            _nargs(op, frame, 2)
+            commands, preput = frame[2], frame[3]
+            if not isinstance(commands, list) or not isinstance(preput, dict):
+                raise ProtocolError("spawn takes [[argv, n, info], ...] and {key: value}")
+            try:
+                request = spawn.SpawnRequest(
+                    [spawn.SpawnCommand.from_wire(cmd) for cmd in commands],
+                    {str(k): str(v) for k, v in preput.items()})
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise ProtocolError(f"spawn: bad command list: {exc}") from None
+            request.check()
+            self._native_wait(req, op, Spawn(self._token(), request),
+                              lambda result: self._pack([req, True, spawn.native_reply(result)]))
         elif op == native.RELEASE:
             _nargs(op, frame, 1)
             if type(frame[2]) is not int:

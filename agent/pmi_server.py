@@ -23,12 +23,14 @@ from pm.agent.pmi_engine import (
     PmiEngine,
     Reserve,
     Send,
+    Spawn,
 )
 
 if TYPE_CHECKING:
     from typing import Protocol
 
     from pm.agent.pmi_engine import Call, Store
+    from pm.proto.spawn import SpawnRequest, SpawnResult
 
     class RankHost(Store, Protocol):
         """What a session needs from the job it belongs to."""
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
         def name_service(self, action: str, service: str,
                          port: str) -> asyncio.Future[tuple[bool, str]]: ...
         def reserve(self, rank: int, nbytes: int) -> asyncio.Future[int]: ...
+        def spawn(self, rank: int, request: SpawnRequest) -> asyncio.Future[SpawnResult]: ...
         def rank_event(self, rank: int, event: str, detail: Any = None) -> None: ...
 
 
@@ -102,6 +105,8 @@ class PmiSession(asyncio.Protocol):
             fut = host.name_service(call.action, call.service, call.port)
         elif type(call) is Reserve:
             fut = host.reserve(rank, call.nbytes)
+        elif type(call) is Spawn:
+            fut = host.spawn(rank, call.request)
         else:
             raise TypeError(f"unknown PMI engine call {call!r}")
         self._waiting[call.token] = fut

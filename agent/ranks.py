@@ -124,7 +124,9 @@ class LocalRanks:
                    wdir: str | None, cpus: frozenset[int] | None = None) -> None:
         assert self.guardian is not None
         try:
-            proc.pid, fds = spawn_rank(path, argv, env, stdin_pipe=proc.rank == 0, cwd=wdir,
+            # Stdin goes to the launched job's rank 0 only (a spawned job's reads /dev/null).
+            stdin_pipe = proc.rank == 0 and not self.agent.plan.spawned
+            proc.pid, fds = spawn_rank(path, argv, env, stdin_pipe=stdin_pipe, cwd=wdir,
                                        pgid=self.guardian.pgid, cpus=cpus)
         except SpawnError as exc:
             self._spawn_failed(proc, str(exc))

@@ -52,7 +52,7 @@ class Job:
     """A running job. Its output is queued for :meth:`output` unless ``output="inherit"``."""
 
     def __init__(self, spec: JobSpec, nodes: Nodes, capture: bool, stdin: int | None) -> None:
-        self._queue: asyncio.Queue[tuple[int, str, bytes] | None] | None = (
+        self._queue: asyncio.Queue[tuple[int | str, str, bytes] | None] | None = (
             asyncio.Queue() if capture else None)
         self._run = JobRun(spec, nodes, sink=self._sink if capture else None, stdin=stdin)
         self._result: JobResult | None = None
@@ -62,11 +62,12 @@ class Job:
     def plan(self) -> Any:
         return self._run.plan
 
-    def _sink(self, rank: int, stream: int, data: bytes) -> None:
+    def _sink(self, rank: int, stream: int, data: bytes, job: int = 0) -> None:
         assert self._queue is not None
         name = "stdout" if stream == 1 else "stderr"
+        who: int | str = rank if not job else f"{job}:{rank}"
         for line in data.splitlines(keepends=True):
-            self._queue.put_nowait((rank, name, line))
+            self._queue.put_nowait((who, name, line))
 
     async def _start(self) -> None:
         await self._run.start()
@@ -79,8 +80,9 @@ class Job:
         self._result = result
         return result
 
-    async def output(self) -> AsyncIterator[tuple[int, str, bytes]]:
-        """``(rank, "stdout" | "stderr", line)`` until every rank has ended."""
+    async def output(self) -> AsyncIterator[tuple[int | str, str, bytes]]:
+        """``(rank, "stdout" | "stderr", line)`` until every rank has ended; a rank of a
+        spawned job is ``"J:R"`` (rank R of spawned job J)."""
         if self._queue is None:
             raise RuntimeError("this job's output goes to the launcher's stdout/stderr")
         while True:

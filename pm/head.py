@@ -33,6 +33,7 @@ from pm.proto import tree as t
 if TYPE_CHECKING:
     from pm.agent.children import RootRelay
     from pm.quick import QuickStart
+    from pm.spawnjobs import HeadSpawns
 
 log = logging.getLogger("pm")
 
@@ -73,6 +74,8 @@ class JobResult:
     ranks: dict[int, RankResult] = field(default_factory=dict)
     cause: str | None = None
     stats: dict[str, object] = field(default_factory=dict)
+    #: Jobs the ranks spawned (MPI_Comm_spawn), by number: pm.spawnjobs.SpawnedJob.summary().
+    spawned: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -102,7 +105,7 @@ class Nodes:
         return cls([host] * count, [None] * count, fanout, {"name": "local"})
 
 
-OutputSink = Callable[[int, int, bytes], None]
+OutputSink = Callable[..., None]
 
 
 def _prefix(pattern: str, hosts: list[str], node_of_rank: list[int], rank: int) -> bytes:
@@ -164,6 +167,7 @@ class JobRun:
         if self.writer is not None and spec.prepend is not None:
             self.writer.prefix = functools.partial(_prefix, spec.prepend, self.plan.hosts,
                                                    node_of_rank)
+        self.plan.universe_size = spec.universe_size or _universe(self)
         if sim:  # simulated ranks (pm.agent.sim): the app is a placeholder, never started
             self.plan.sim_ranks = int(sim["ranks_per_node"])
             self.plan.sim = dict(sim)
@@ -187,6 +191,9 @@ class JobRun:
         self._unacked: dict[int, int] = {}
         self.started_at = time.monotonic()
         self.stats: dict[str, object] = {}
+        #: Jobs spawned by the ranks (pm.spawnjobs), made on the first spawn.
+        self.spawns: HeadSpawns | None = None
+        self._top_done = False
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -256,10 +263,19 @@ class JobRun:
         if self.spec.profile:
             from pm.profile import write_profile
 
-            sys.stderr.write(write_profile(self.spec.profile, self.stats.get("timeline"),
+            timeline = self.stats.get("timeline")
+            if self.spawns is not None and isinstance(timeline, list):
+                timeline = timeline + self.spawns.timeline()
+            sys.stderr.write(write_profile(self.spec.profile, timeline,
                                            len(self.plan.hosts), self.plan.fanout))
+            if self.spawns is not None:
+                from pm.spawnjobs import profile_lines
+
+                sys.stderr.write(profile_lines(self.spawns))
         code = self.returncode if self.returncode is not None else 0
-        return JobResult(code, dict(sorted(self.ranks.items())), self.cause, self.stats)
+        spawned = self.spawns.results() if self.spawns is not None else {}
+        return JobResult(code, dict(sorted(self.ranks.items())), self.cause, self.stats,
+                         spawned)
 
     async def aclose(self) -> None:
         """Tear everything down (idempotent): ranks, agents, pipes."""
@@ -345,8 +361,13 @@ class JobRun:
                        f"code {msg.code}{text}", abort_status(msg.code))
         elif isinstance(msg, t.Done):
             self.stats.update(msg.stats)
-            if not self.finished.done():
-                self.finished.set_result(None)
+            self._top_done = True
+            self.spawned_done()
+        elif isinstance(msg, t.Sub):
+            if self.spawns is not None:
+                self.spawns.from_job(msg.job, t.unwrap(msg))
+        elif isinstance(msg, t.SpawnReq):
+            self._spawner().request(0, msg)
         elif isinstance(msg, (t.AgentGone, t.AgentError)):
             what = msg.text
             self._fail(f"node {msg.vertex} ({msg.host}) lost: {what}", EXIT_LAUNCHER)
@@ -360,6 +381,37 @@ class JobRun:
         else:
             log.debug("head: ignored %s", type(msg).__name__)
 
+    def _spawner(self) -> HeadSpawns:
+        if self.spawns is None:
+            from pm.spawnjobs import HeadSpawns
+
+            self.spawns = HeadSpawns(self)
+        return self.spawns
+
+    def spawned_done(self) -> None:
+        """The launched job or a spawned one ended: the run ends once all have."""
+        if not self._top_done or self.finished.done():
+            return
+        if self.spawns is None or self.spawns.all_done():
+            self.finished.set_result(None)
+        elif self._killing:
+            # A spawned job on a lost node may never say it is done: do not wait for ever.
+            self.loop.call_later(KILL_GRACE + 3.0, self._give_up_spawned)
+
+    def _give_up_spawned(self) -> None:
+        if self.spawns is not None and not self.finished.done():
+            self.spawns.forget()
+            self.finished.set_result(None)
+
+    def job_output(self, job: int, rank: int, stream: int, data: bytes, vertex: int) -> None:
+        """Lines of rank ``rank`` (on ``vertex``) of spawned job ``job``."""
+        tag = -(job << 24 | vertex) - 2  # its node's credit comes back to that job's agent
+        if self.sink is not None:
+            self.sink(rank, stream, data, job)
+            self._output_written(tag, len(data))
+        elif self.writer is not None:
+            self.writer.write(rank, stream, data, tag, job)
+
     def _forget_node(self, vertex: int) -> None:
         agent = self.agent
         if agent is None:
@@ -371,6 +423,7 @@ class JobRun:
         # The agent that lost the node counts its subtree as done (agent/children.py).
 
     def _rank_ended(self, r: RankResult) -> None:
+        # (Spawned jobs' ranks: pm.spawnjobs.HeadSpawns._rank_ended.)
         self.ranks[r.rank] = r
         if r.ok or self._killing:
             return
@@ -386,12 +439,17 @@ class JobRun:
 
     def _output_written(self, vertex: int, nbytes: int) -> None:
         """``nbytes`` of node ``vertex``'s output are out: give the credit back, in
-        quarters of its window (a node without credit has a whole window here)."""
+        quarters of its window (a node without credit has a whole window here).
+        ``vertex`` below -1 is a spawned job's node (:meth:`job_output`)."""
         done = self._unacked.get(vertex, 0) + nbytes
         if done < self._window // 4 or self.agent is None:
             self._unacked[vertex] = done
             return
         self._unacked[vertex] = 0
+        if vertex < -1:
+            job, node = divmod(-vertex - 2, 1 << 24)
+            self.agent.from_parent(t.wrap(job, t.OutputAck(node, done)))
+            return
         self.agent.from_tree(t.OutputAck(vertex, done))
 
     # ------------------------------------------------------------ stdin to rank 0
@@ -443,3 +501,9 @@ class JobRun:
             self._stop_stdin()
         elif not self._stdin_polled and self._stdin_reading:
             self._stdin_next = self.loop.call_soon(self._read_stdin)
+
+
+def _universe(run: JobRun) -> int:
+    from pm.spawnjobs import universe_size
+
+    return universe_size(run)

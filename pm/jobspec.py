@@ -157,6 +157,10 @@ class JobPlan:
     universe_size: int | None = None
     #: Serve PMIx to the ranks too (pm.agent.pmix_job).
     pmix: bool = False
+    #: Set for a job made by a spawn (pm.spawnjobs): ``job`` (its number), ``placement``
+    #: (vertex of each rank), ``preput`` (keys in its KVS from the start), ``spawner``
+    #: (the spawner's kvsname).
+    spawned: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

@@ -94,13 +94,18 @@ class Writer:
         """Bytes waiting for the thread (0 when writing in the caller's thread)."""
         return self._behind.queued if self._behind is not None else 0
 
-    def write(self, rank: int, stream: int, chunk: bytes, tag: int = -1) -> None:
+    def write(self, rank: int, stream: int, chunk: bytes, tag: int = -1, job: int = 0
+              ) -> None:
+        """Lines of ``rank`` (of spawned job ``job``, labelled ``[job:rank]``, when not 0);
+        ``tag`` comes back with the byte count once they are written."""
         size = len(chunk)
         if self.label:
-            prefix = self._prefixes.get(rank)
+            who = rank if not job else -((job << 32) | rank) - 1
+            prefix = self._prefixes.get(who)
             if prefix is None:
-                prefix = self._prefixes[rank] = (b"[%d] " % rank if self.prefix is None
-                                                 else self.prefix(rank))
+                prefix = self._prefixes[who] = (
+                    b"[%d:%d] " % (job, rank) if job
+                    else b"[%d] " % rank if self.prefix is None else self.prefix(rank))
             lines = chunk.split(b"\n")
             if lines and lines[-1] == b"":
                 lines.pop()

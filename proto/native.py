@@ -39,6 +39,7 @@ FINALIZE = "finalize"    # () -> None
 ABORT = "abort"          # (code, message) -> never answered
 RESERVE = "reserve"      # (nbytes) -> reservation id, once admitted
 RELEASE = "release"      # (reservation id) -> None
+SPAWN = "spawn"          # ([[argv, n, info], ...], preput) -> {job, kvsname, ok, error, errcodes}
 
 #: Limits a client can check before sending.
 MAX_KEY = 1024

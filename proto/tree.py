@@ -273,6 +273,70 @@ class AgentGone(Msg, op=21):
     text: str
 
 
+class Sub(Msg, op=22):
+    """Message ``msg`` (``[op, *fields]`` of a tree message) of spawned job ``job``.
+
+    A spawned job runs on the agents of the job that spawned it, over the same
+    links: its agents' messages travel wrapped in this, so each end hands them
+    to that job's own agent (:mod:`pm.agent.spawn_jobs`) or, at the head, to
+    its record (:mod:`pm.spawnjobs`).
+    """
+
+    job: int
+    msg: list[Any]
+
+
+class SpawnReq(Msg, op=23):
+    """Rank ``rank`` (on vertex ``origin``) asks for a new job: ``request`` is
+    :class:`pm.proto.spawn.SpawnRequest` as ``[[argv, n, info], ...], preput``."""
+
+    req: int
+    origin: int
+    rank: int
+    commands: list[Any]
+    preput: dict[str, str]
+
+
+class SpawnLaunch(Msg, op=24):
+    """Start spawned job ``job`` (its :class:`pm.jobspec.JobPlan` as a dict) on the vertices
+    its ``placement`` names and their ancestors."""
+
+    job: int
+    plan: dict[str, Any]
+
+
+class SpawnResp(Msg, op=25):
+    """Answer to :class:`SpawnReq`, routed to vertex ``dst``: the children are started
+    (``ok``, their ``job`` and ``kvsname``) or could not be (``error``, ``errcodes``)."""
+
+    req: int
+    dst: int
+    ok: bool
+    job: int
+    kvsname: str
+    error: str
+    errcodes: list[int]
+
+
+def wrap(job: int, msg: Msg) -> Sub:
+    """``msg`` as a message of spawned job ``job``."""
+    return Sub(job, [msg.op, *msg.fields()])
+
+
+def unwrap(sub: Sub) -> Msg:
+    """The message a :class:`Sub` carries; ProtocolError if it is not one."""
+    inner = sub.msg
+    if not isinstance(inner, list) or not inner or not isinstance(inner[0], int):
+        raise ProtocolError("wrapped tree message is not [op, ...]")
+    cls = Msg._by_op.get(inner[0])
+    if cls is None or cls is Sub:
+        raise ProtocolError(f"unknown wrapped tree op {inner[0]}")
+    try:
+        return cls(*inner[1:])
+    except TypeError as exc:
+        raise ProtocolError(f"bad fields for {cls.__name__}: {exc}") from exc
+
+
 def _register() -> None:
     for obj in list(globals().values()):
         if isinstance(obj, type) and issubclass(obj, Msg) and obj is not Msg:

@@ -126,8 +126,15 @@ TABLE: list[tuple[str, str]] = [
     ("cmd=lookup_name service=nothing", r"cmd=lookup_result rc=1 msg=\S+"),
     ("cmd=barrier_in", r"cmd=barrier_out rc=0"),
     ("cmd=unpublish_name service=svc{rank}", r"cmd=unpublish_result rc=0"),
-    ("mcmd=spawn\nnprocs=1\nexecname=x\ntotspawns=1\nspawnssofar=1\nargcnt=0\npreput_num=0\n"
-     "info_num=0\nendcmd", r"cmd=spawn_result rc=1 msg=\S+"),
+    # A program not found: one error code per process, nothing started.
+    ("mcmd=spawn\nnprocs=2\nexecname=no-such-program\ntotspawns=1\nspawnssofar=1\nargcnt=0\n"
+     "preput_num=0\ninfo_num=0\nendcmd", r"cmd=spawn_result rc=1 errcodes=1,1 msg=\S+"),
+    # Two commands (spawn_multiple), a preput and info keys: answered once started.
+    ("mcmd=spawn\nnprocs=1\nexecname=true\ntotspawns=2\nspawnssofar=1\nargcnt=1\narg1=a b\n"
+     "preput_num=1\npreput_key_0=PARENT_ROOT_PORT_NAME\npreput_val_0=tag#port$\ninfo_num=1\n"
+     "info_key_0=wdir\ninfo_val_0=/\nendcmd\nmcmd=spawn\nnprocs=2\nexecname=true\ntotspawns=2\n"
+     "spawnssofar=2\nargcnt=0\npreput_num=0\ninfo_num=1\ninfo_key_0=path\ninfo_val_0=/bin\n"
+     "endcmd", r"cmd=spawn_result rc=0 errcodes=0,0,0"),
     ("cmd=get_appnum", r"cmd=appnum rc=0 appnum=0"),
     ("cmd=finalize", r"cmd=finalize_ack rc=0"),
 ]
