@@ -18,15 +18,13 @@ launched job and every spawned job have ended; a kill takes them all.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pm.agent.watch import ExitStatus
-from pm.bootstrap.base import LOCAL_NAMES
 from pm.jobspec import JobPlan
-from pm.mapping import MappingError, process_mapping
+from pm.mapping import MappingError, place, process_mapping
 from pm.proto import tree as t
 from pm.proto.spawn import SpawnCommand
 
@@ -102,22 +100,20 @@ class SpawnedJob:
 
 
 def universe_size(run: JobRun) -> int:
-    """MPI_UNIVERSE_SIZE by default: the slots of the job's nodes (a node given without
-    slots counts its CPUs when it is this machine), never below the job's size."""
+    """MPI_UNIVERSE_SIZE by default: the slots of the job's nodes (:func:`capacities`),
+    never below the job's size."""
     return max(run.plan.size, sum(capacities(run)))
 
 
 def capacities(run: JobRun) -> list[int]:
-    """Slots of each vertex: as given, else this machine's CPUs for local nodes, else
-    what the launched job's placement gave it."""
-    local = str(run.plan.bootstrap.get("name", "local")) in LOCAL_NAMES
+    """Slots of each vertex: as the host list gave them, else the launched job's ranks
+    there (a plain ``-n N`` has room for N; children beyond it oversubscribe)."""
     given = run.nodes.slots
-    cpus = os.cpu_count() or 1
-    out = []
-    for v, slots in enumerate(run.plan.slots):
-        g = given[v] if v < len(given) else None
-        out.append(int(g) if g is not None else (max(cpus, slots) if local else slots))
-    return out
+    used = [0] * len(run.plan.hosts)
+    for v in place(run.plan.size, run.plan.slots):
+        used[v] += 1
+    return [int(g) if (g := given[v] if v < len(given) else None) is not None else used[v]
+            for v in range(len(used))]
 
 
 class HeadSpawns:

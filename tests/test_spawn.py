@@ -1,0 +1,256 @@
+"""MPI_Comm_spawn under pmrun with the real MPICH wheel and mpi4py.
+
+Spawned jobs run on the running job's agents (one node, a local tree, namespace
+hosts); parents and children merge and agree; spawn_multiple, MPIPoolExecutor,
+nested spawn, a failing child, ``-l`` labels, ``--profile``, and a ``kill -9``
+of pmrun while children are being spawned.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from launch_util import pmrun_argv, pmrun_env, script, wait_count, wait_gone
+from pm.proto.shm_layout import NAME_PREFIX
+
+pytestmark = [pytest.mark.mpi, pytest.mark.timeout(120)]
+
+#: 2 parents spawn 3 children; the 5 merge and allreduce their merged ranks.
+MERGE = """
+    import sys
+    from mpi4py import MPI
+
+    parent = MPI.Comm.Get_parent()
+    if parent == MPI.COMM_NULL:
+        inter = MPI.COMM_WORLD.Spawn(sys.executable, args=[__file__] + sys.argv[1:],
+                                     maxprocs=3)
+        merged = inter.Merge(high=False)
+    else:
+        inter = parent
+        merged = parent.Merge(high=True)
+    total = merged.allreduce(merged.rank)
+    who = "child" if parent != MPI.COMM_NULL else "parent"
+    print(who, MPI.COMM_WORLD.rank, "of", MPI.COMM_WORLD.size, "merged", merged.size,
+          "sum", total, "universe", MPI.COMM_WORLD.Get_attr(MPI.UNIVERSE_SIZE), flush=True)
+    merged.Free()
+    inter.Disconnect()
+"""
+
+
+def run(tmp_path: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(pmrun_argv(*args), cwd=tmp_path, env=pmrun_env(), text=True,
+                          capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def check_merge(res: subprocess.CompletedProcess[str]) -> None:
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = [line for line in res.stdout.splitlines() if "merged" in line]
+    assert len(lines) == 5, res.stdout + res.stderr
+    assert all("merged 5 sum 10" in line for line in lines), res.stdout
+    assert sum("parent" in line and "of 2" in line for line in lines) == 2
+    assert sum("child" in line and "of 3" in line for line in lines) == 3
+
+
+def test_spawn_merge_allreduce_one_node(tmp_path: Path) -> None:
+    prog = script(tmp_path, "merge.py", MERGE)
+    res = run(tmp_path, "-n", "2", sys.executable, str(prog))
+    check_merge(res)
+
+
+def test_spawn_merge_allreduce_local_tree(tmp_path: Path) -> None:
+    prog = script(tmp_path, "merge.py", MERGE)
+    res = run(tmp_path, "--local-nodes", "3", "--fanout", "2", "-n", "3", "-ppn", "1",
+              "-l", sys.executable, str(prog))
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = [line for line in res.stdout.splitlines() if "merged" in line]
+    # 3 parents (one per node) and 3 children: labels say who is who.
+    assert len(lines) == 6 and all("merged 6 sum 15" in line for line in lines), res.stdout
+    assert sorted(line.split()[0] for line in lines) == [
+        "[0]", "[1:0]", "[1:1]", "[1:2]", "[1]", "[2]"], res.stdout
+
+
+def test_spawn_two_parents_on_a_local_tree(tmp_path: Path) -> None:
+    prog = script(tmp_path, "merge.py", MERGE)
+    res = run(tmp_path, "--local-nodes", "3", "--fanout", "2", "-n", "2", "-ppn", "1",
+              sys.executable, str(prog))
+    check_merge(res)
+
+
+def test_spawn_multiple_two_programs(tmp_path: Path) -> None:
+    prog = script(tmp_path, "multi.py", """
+        import os, sys
+        from mpi4py import MPI
+
+        parent = MPI.Comm.Get_parent()
+        if parent == MPI.COMM_NULL:
+            other = os.path.join(os.path.dirname(__file__), "other.py")
+            inter = MPI.COMM_WORLD.Spawn_multiple(
+                [sys.executable, sys.executable], args=[[__file__, "first"], [other]],
+                maxprocs=[1, 2])
+            merged = inter.Merge(high=False)
+            print("parent sum", merged.allreduce(1), flush=True)
+        else:
+            inter = parent
+            merged = parent.Merge(high=True)
+            print("first", MPI.COMM_WORLD.rank, "appnum",
+                  MPI.COMM_WORLD.Get_attr(MPI.APPNUM), merged.allreduce(1),
+                  os.environ["PMI_SPAWNED"], flush=True)
+        merged.Free()
+        inter.Disconnect()
+    """)
+    script(tmp_path, "other.py", """
+        from mpi4py import MPI
+
+        parent = MPI.Comm.Get_parent()
+        merged = parent.Merge(high=True)
+        print("other", MPI.COMM_WORLD.rank, "appnum", MPI.COMM_WORLD.Get_attr(MPI.APPNUM),
+              merged.allreduce(1), flush=True)
+        merged.Free()
+        parent.Disconnect()
+    """)
+    res = run(tmp_path, "-n", "1", sys.executable, str(prog))
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = sorted(res.stdout.splitlines())
+    assert out == ["first 0 appnum 0 4 1", "other 1 appnum 1 4", "other 2 appnum 1 4",
+                   "parent sum 4"], res.stdout
+
+
+def test_pool_executor_maps_100_items_without_usize(tmp_path: Path) -> None:
+    prog = script(tmp_path, "pool.py", """
+        from mpi4py.futures import MPIPoolExecutor
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            with MPIPoolExecutor() as pool:
+                got = list(pool.map(square, range(100)))
+            print("sum", sum(got), "ok", got == [x * x for x in range(100)], flush=True)
+    """)
+    res = run(tmp_path, "-n", "1", sys.executable, str(prog))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "sum 328350 ok True" in res.stdout
+
+
+def test_nested_spawn(tmp_path: Path) -> None:
+    prog = script(tmp_path, "nest.py", """
+        import sys
+        from mpi4py import MPI
+
+        depth = int(sys.argv[1])
+        parent = MPI.Comm.Get_parent()
+        got = []
+        if depth < 2:
+            inter = MPI.COMM_WORLD.Spawn(sys.executable, args=[__file__, str(depth + 1)],
+                                         maxprocs=1)
+            got.append(inter.bcast(None, root=0))
+            inter.Disconnect()
+        if parent != MPI.COMM_NULL:
+            parent.bcast(f"from depth {depth}", root=MPI.ROOT)
+            parent.Disconnect()
+        print("depth", depth, got, flush=True)
+    """)
+    res = run(tmp_path, "-n", "1", "-l", sys.executable, str(prog), "0")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(res.stdout.splitlines()) == [
+        "[0] depth 0 ['from depth 1']", "[1:0] depth 1 ['from depth 2']", "[2:0] depth 2 []"]
+
+
+def test_failing_child_fails_the_run_with_its_status(tmp_path: Path, marker: str) -> None:
+    prog = script(tmp_path, "fail.py", """
+        import os, sys, time
+        from mpi4py import MPI
+
+        parent = MPI.Comm.Get_parent()
+        if parent == MPI.COMM_NULL:
+            MPI.COMM_WORLD.Spawn(sys.executable, args=[__file__, sys.argv[1]], maxprocs=2)
+        elif MPI.COMM_WORLD.rank == 1:
+            os._exit(5)
+        time.sleep(120)  # killed when the child fails
+    """)
+    res = run(tmp_path, "-n", "1", sys.executable, str(prog), marker, timeout=60)
+    assert res.returncode == 5, res.stdout + res.stderr
+    assert "rank 1 of spawned job 1" in res.stderr and "code 5" in res.stderr, res.stderr
+    wait_gone(marker, 10)
+
+
+def test_profile_shows_spawned_jobs(tmp_path: Path) -> None:
+    prog = script(tmp_path, "merge.py", MERGE)
+    res = run(tmp_path, "--profile", "-", "-n", "2", sys.executable, str(prog))
+    check_merge(res)
+    assert "spawned job 1 (by the launched job): 3 ranks of" in res.stderr, res.stderr
+
+
+def test_universe_size_is_the_nodes_slots(tmp_path: Path) -> None:
+    prog = script(tmp_path, "merge.py", MERGE)
+    res = run(tmp_path, "-n", "2", sys.executable, str(prog))
+    check_merge(res)
+    # No slots given: the job's own ranks fill the node (children and parents agree).
+    assert all("universe 2" in line for line in res.stdout.splitlines()), res.stdout
+
+
+def test_kill_9_of_pmrun_during_a_spawn_leaves_nothing(tmp_path: Path, marker: str) -> None:
+    prog = script(tmp_path, "spawner.py", """
+        import sys
+        from mpi4py import MPI
+
+        parent = MPI.Comm.Get_parent()
+        if parent == MPI.COMM_NULL:
+            while True:  # spawn after spawn until killed
+                inter = MPI.COMM_WORLD.Spawn(sys.executable, args=[__file__, sys.argv[1]],
+                                             maxprocs=2)
+                print("spawned", flush=True)
+        else:
+            import time
+            time.sleep(300)
+    """)
+    before = set(os.listdir("/dev/shm"))
+    proc = subprocess.Popen(pmrun_argv("--local-nodes", "2", "-n", "2", "-ppn", "1",
+                                       sys.executable, str(prog), marker),
+                            cwd=tmp_path, env=pmrun_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_count(marker, 6, 60)  # parents and some children running, more coming
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        wait_gone(marker, 20)
+        # No agent is left to remove its segments: none of pmrun's may remain.
+        left = [n for n in set(os.listdir("/dev/shm")) - before if n.startswith(NAME_PREFIX)]
+        assert not left, left
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_api_job_reports_spawned_jobs(tmp_path: Path) -> None:
+    prog = script(tmp_path, "merge.py", MERGE)
+    code = f"""
+import asyncio, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+import pm
+
+async def main():
+    async with pm.Cluster() as cluster:
+        job = await cluster.launch([sys.executable, {str(prog)!r}], n=2)
+        lines = [(who, line) async for who, _s, line in job.output()]
+        res = await job.wait()
+    kids = res.spawned[1]
+    print("RC", res.returncode, "KIDS", kids["size"], sorted(kids["ranks"]),
+          all(r.ok for r in kids["ranks"].values()),
+          sorted(str(w) for w, _ in lines))
+
+asyncio.run(main())
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=pmrun_env(),
+                         capture_output=True, text=True, timeout=90)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "RC 0 KIDS 3 [0, 1, 2] True ['0', '1', '1:0', '1:1', '1:2']" in res.stdout, res.stdout

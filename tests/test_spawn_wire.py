@@ -1,0 +1,231 @@
+"""Spawn on the wire: PMI-1 ``mcmd=spawn`` and PMI-2 ``spawn`` parsed and answered
+(sans-IO), placement and membership as pure functions, and both wires over a real
+``PMI_FD`` with real child processes (the children check what they were given)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pm.agent.spawn_jobs import members
+from pm.proto import pmi1, pmi2, spawn
+from pm.proto import tree as t
+from pm.proto.errors import ProtocolError
+
+from pm.spawnjobs import SpawnRefused, dense, place_spawn
+from pm.tree import Tree
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from launch_util import pmrun_argv, pmrun_env, script
+
+pytestmark = pytest.mark.timeout(60)
+
+#: MPICH 4.1+ (preputs in the first block only) as PMIU_msg_set_query_spawn writes it.
+PMI1_TWO_COMMANDS = (
+    b"mcmd=spawn\nnprocs=2\nexecname=/bin/prog a\ntotspawns=2\nspawnssofar=1\nargcnt=2\n"
+    b"arg1=x y\narg2=z\npreput_num=1\npreput_key_0=PARENT_ROOT_PORT_NAME\n"
+    b"preput_val_0=tag#0$port#5$\ninfo_num=2\ninfo_key_0=wdir\ninfo_val_0=/tmp\n"
+    b"info_key_1=host\ninfo_val_1=n1,n2\nendcmd\n"
+    b"mcmd=spawn\nnprocs=1\nexecname=other\ntotspawns=2\nspawnssofar=2\nargcnt=0\n"
+    b"info_num=0\nendcmd\n")
+
+#: MPICH <= 4.0 repeats the preputs in every block.
+PMI1_OLD = (
+    b"mcmd=spawn\nnprocs=1\nexecname=a\ntotspawns=1\nspawnssofar=1\nargcnt=0\npreput_num=1\n"
+    b"preput_key_0=k\npreput_val_0=v\ninfo_num=0\nendcmd\n")
+
+PMI2_TWO_COMMANDS = (
+    b"cmd=spawn;ncmds=2;preputcount=1;ppkey0=PARENT_ROOT_PORT_NAME;ppval0=tag#0$;"
+    b"subcmd=/bin/prog;maxprocs=2;argc=2;argv0=x y;argv1=z;infokeycount=1;infokey0=path;"
+    b"infoval0=/opt/bin;subcmd=other;maxprocs=1;argc=0;infokeycount=0;")
+
+
+def _one_pmi1(wire: bytes) -> pmi1.Pmi1Command:
+    (cmd,) = pmi1.Pmi1Decoder().feed(wire)
+    assert isinstance(cmd, pmi1.Pmi1Command)
+    return cmd
+
+
+def test_pmi1_two_commands() -> None:
+    req = spawn.parse_pmi1(_one_pmi1(PMI1_TWO_COMMANDS))
+    assert [(c.argv, c.n) for c in req.commands] == [(["/bin/prog a", "x y", "z"], 2),
+                                                     (["other"], 1)]
+    assert req.preput == {"PARENT_ROOT_PORT_NAME": "tag#0$port#5$"}
+    first = req.commands[0]
+    assert first.wdir == "/tmp" and first.hosts() == ["n1", "n2"]
+    assert req.commands[1].info == {} and req.size == 3
+
+
+def test_pmi1_old_client_repeats_preputs() -> None:
+    req = spawn.parse_pmi1(_one_pmi1(PMI1_OLD))
+    assert req.preput == {"k": "v"} and req.commands[0].argv == ["a"]
+
+
+@pytest.mark.parametrize(("wire", "why"), [
+    (PMI1_OLD.replace(b"argcnt=0", b"argcnt=1"), "argcnt=1 but 0 args"),
+    (PMI1_OLD.replace(b"execname=a\n", b""), "without execname"),
+    (PMI1_OLD.replace(b"nprocs=1", b"nprocs=0"), "maxprocs 0"),
+    (PMI1_OLD.replace(b"nprocs=1", b"nprocs=x"), "not an integer"),
+])
+def test_pmi1_bad_requests(wire: bytes, why: str) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        spawn.parse_pmi1(_one_pmi1(wire))
+
+
+def test_pmi2_two_commands() -> None:
+    (cmd,) = pmi2.Pmi2Decoder().feed(b"%6d" % len(PMI2_TWO_COMMANDS) + PMI2_TWO_COMMANDS)
+    assert isinstance(cmd, pmi2.Pmi2Command)
+    req = spawn.parse_pmi2(cmd)
+    assert [(c.argv, c.n, c.info) for c in req.commands] == [
+        (["/bin/prog", "x y", "z"], 2, {"path": "/opt/bin"}), (["other"], 1, {})]
+    assert req.preput == {"PARENT_ROOT_PORT_NAME": "tag#0$"}
+    with pytest.raises(ProtocolError, match="announced 3 commands"):
+        bad = PMI2_TWO_COMMANDS.replace(b"ncmds=2", b"ncmds=3")
+        (cmd,) = pmi2.Pmi2Decoder().feed(b"%6d" % len(bad) + bad)
+        assert isinstance(cmd, pmi2.Pmi2Command)
+        spawn.parse_pmi2(cmd)
+
+
+def test_replies() -> None:
+    ok = spawn.SpawnResult(True, 1, "kvs_x_s1", errcodes=[0, 0, 0])
+    assert spawn.reply_pmi1(ok) == b"cmd=spawn_result rc=0 errcodes=0,0,0\n"
+    bad = spawn.SpawnResult(False, error="cannot spawn x: command not found", errcodes=[1])
+    assert spawn.reply_pmi1(bad) == (b"cmd=spawn_result rc=1 errcodes=1 "
+                                     b"msg=cannot_spawn_x:_command_not_found\n")
+    (cmd,) = pmi2.Pmi2Decoder().feed(b"%6d" % len(PMI2_TWO_COMMANDS) + PMI2_TWO_COMMANDS)
+    assert isinstance(cmd, pmi2.Pmi2Command)
+    assert spawn.reply_pmi2(cmd, ok) == b"    39cmd=spawn-response;rc=0;jobid=kvs_x_s1;"
+    assert spawn.reply_pmi2(cmd, bad).startswith(b"    ")
+    assert b"rc=1;jobid=;errmsg=cannot spawn x" in spawn.reply_pmi2(cmd, bad)
+
+
+def test_placement_fills_free_slots_from_the_spawner_then_oversubscribes() -> None:
+    assert place_spawn(3, [1, 1], 0, [0, 1]) == [0, 1, 0]
+    assert place_spawn(4, [0, 2, 1], 1, [0, 1, 2]) == [1, 1, 2, 1]
+    assert place_spawn(2, [3, 3], 1, [0, 1]) == [1, 1]
+    assert place_spawn(3, [5, 5, 5], 0, [2]) == [2, 2, 2]
+    with pytest.raises(SpawnRefused):
+        place_spawn(1, [1], 0, [])
+    assert dense([4, 2, 4, 7]) == [0, 1, 0, 2]
+
+
+def test_members_are_the_ranks_vertices_and_their_ancestors() -> None:
+    tree = Tree(7, 2)  # 0 -> 1 (-> 2, 3), 4 (-> 5, 6)
+    assert members(tree, [3, 3]) == {0, 1, 3}
+    assert members(tree, [0]) == {0}
+    assert members(tree, [6, 2]) == {0, 1, 2, 4, 6}
+
+
+def test_sub_wraps_and_unwraps_any_tree_message() -> None:
+    inner = t.Exits([[0, 1, 5, 0, ""]])
+    sub = t.decode(t.encode(t.wrap(3, inner)))
+    assert isinstance(sub, t.Sub) and sub.job == 3 and t.unwrap(sub) == inner
+    with pytest.raises(ProtocolError):
+        t.unwrap(t.Sub(1, [999]))
+
+
+# ---------------------------------------------------------------- over a real PMI_FD
+
+RANK = """
+    import json, os, socket, sys
+
+    sock = socket.socket(fileno=int(os.environ["PMI_FD"]))
+    reader = sock.makefile("rb")
+    wire = sys.argv[1]
+    out = {"rank": os.environ["PMI_RANK"], "size": os.environ["PMI_SIZE"],
+           "spawned": os.environ.get("PMI_SPAWNED"), "argv": sys.argv[2:]}
+
+    def one(text):
+        sock.sendall(text.encode())
+        return reader.readline().decode().rstrip("\\n")
+
+    def two(body):
+        body = body.encode()
+        sock.sendall(b"%6d" % len(body) + body)
+        n = int(reader.read(6))
+        return reader.read(n).decode()
+
+    if wire == "1":
+        one("cmd=init pmi_version=1 pmi_subversion=1\\n")
+        kvs = one("cmd=get_my_kvsname\\n").split("kvsname=")[1]
+        out["kvs"] = kvs
+        out["appnum"] = one("cmd=get_appnum\\n")
+        out["port"] = one(f"cmd=get kvsname={kvs} key=PARENT_ROOT_PORT_NAME\\n")
+        out["mapping"] = one(f"cmd=get kvsname={kvs} key=PMI_process_mapping\\n")
+        if not out["spawned"]:
+            out["reply"] = one(
+                "mcmd=spawn\\nnprocs=2\\nexecname=" + sys.executable + "\\ntotspawns=2\\n"
+                "spawnssofar=1\\nargcnt=3\\narg1=" + __file__ + "\\narg2=1\\narg3=a b\\n"
+                "preput_num=1\\npreput_key_0=PARENT_ROOT_PORT_NAME\\npreput_val_0=port#1$\\n"
+                "info_num=0\\nendcmd\\nmcmd=spawn\\nnprocs=1\\nexecname=" + sys.executable +
+                "\\ntotspawns=2\\nspawnssofar=2\\nargcnt=2\\narg1=" + __file__ + "\\narg2=1\\n"
+                "info_num=0\\nendcmd\\n")
+        one("cmd=barrier_in\\n")
+        one("cmd=finalize\\n")
+    else:
+        sock.sendall(b"cmd=init pmi_version=2 pmi_subversion=0\\n")
+        reader.readline()
+        out["fullinit"] = two(f"cmd=fullinit;pmirank={out['rank']};")
+        out["jobid"] = two("cmd=job-getid;")
+        out["port"] = two("cmd=kvs-get;jobid=;srcid=-1;key=PARENT_ROOT_PORT_NAME;")
+        out["universe"] = two("cmd=info-getjobattr;key=universeSize;")
+        if "spawner-jobid" not in out["fullinit"]:
+            out["reply"] = two(
+                "cmd=spawn;ncmds=1;preputcount=1;ppkey0=PARENT_ROOT_PORT_NAME;ppval0=p2;"
+                "subcmd=" + sys.executable + ";maxprocs=2;argc=2;argv0=" + __file__ +
+                ";argv1=2;infokeycount=0;")
+        two("cmd=kvs-fence;")
+        two("cmd=finalize;")
+    print("RESULT " + json.dumps(out), flush=True)
+"""
+
+
+def _results(stdout: str) -> list[dict[str, object]]:
+    return [json.loads(line.split("RESULT ", 1)[1]) for line in stdout.splitlines()
+            if "RESULT " in line]
+
+
+def test_pmi1_spawn_over_a_real_fd(tmp_path: Path) -> None:
+    prog = script(tmp_path, "rank.py", RANK)
+    res = subprocess.run(pmrun_argv("-n", "1", "-l", sys.executable, str(prog), "1"),
+                         cwd=tmp_path, env=pmrun_env(), capture_output=True, text=True,
+                         timeout=40, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = _results(res.stdout)
+    parent = next(r for r in got if not r["spawned"])
+    kids = sorted((r for r in got if r["spawned"]), key=lambda r: str(r["rank"]))
+    assert parent["reply"] == "cmd=spawn_result rc=0 errcodes=0,0,0"
+    assert parent["port"] == "cmd=get_result rc=1 msg=key_not_found"
+    assert [(k["rank"], k["size"], k["spawned"]) for k in kids] == [
+        ("0", "3", "1"), ("1", "3", "1"), ("2", "3", "1")]
+    assert [k["appnum"] for k in kids] == ["cmd=appnum rc=0 appnum=0"] * 2 + [
+        "cmd=appnum rc=0 appnum=1"]
+    assert [k["argv"] for k in kids] == [["a b"], ["a b"], []]
+    assert all(k["port"] == "cmd=get_result rc=0 value=port#1$" for k in kids)
+    assert all(k["mapping"] == "cmd=get_result rc=0 value=(vector,(0,1,3))" for k in kids)
+    assert {k["kvs"] for k in kids} == {f"{parent['kvs']}_s1"}
+    # Output of the children is labelled with their job and rank.
+    assert sum(line.startswith("[1:") for line in res.stdout.splitlines()) == 3
+
+
+def test_pmi2_spawn_over_a_real_fd(tmp_path: Path) -> None:
+    prog = script(tmp_path, "rank.py", RANK)
+    res = subprocess.run(pmrun_argv("-n", "1", sys.executable, str(prog), "2"),
+                         cwd=tmp_path, env=pmrun_env(), capture_output=True, text=True,
+                         timeout=40, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = _results(res.stdout)
+    parent = next(r for r in got if "reply" in r)
+    kids = [r for r in got if "reply" not in r]
+    jobid = str(parent["jobid"]).split("jobid=")[1].rstrip(";")
+    assert parent["reply"] == f"cmd=spawn-response;rc=0;jobid={jobid}_s1;"
+    assert len(kids) == 2
+    for k in kids:
+        assert f"spawner-jobid={jobid};" in str(k["fullinit"])
+        assert k["jobid"] == f"cmd=job-getid-response;rc=0;jobid={jobid}_s1;"
+        assert k["port"] == "cmd=kvs-get-response;rc=0;found=TRUE;value=p2;"
+        assert str(k["universe"]).startswith("cmd=info-getjobattr-response;rc=0;found=TRUE;")
