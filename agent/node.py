@@ -368,6 +368,9 @@ class JobAgent:
             "kvsname": self.kvsname, "node": self.vertex, "nnodes": len(self.plan.hosts),
             "host": self.host, "job_id": self.plan.job_id,
             "shm": self.shm.name if self.shm is not None else None,
+            # A spawned job: its number, and the keys its spawner pre-put (pm.client.spawn).
+            "spawned": self.plan.spawned.get("job", 0),
+            "preput": self.plan.spawned.get("preput", {}),
         }
 
     def job_attr(self, key: str) -> str | None:

@@ -16,7 +16,7 @@ from pm.client.shmkvs import ShmKVSReader
 from pm.proto import native
 from pm.proto.errors import KeyNotFound, PMError, ProtocolError
 
-__all__ = ["Info", "RequestFailed", "Session", "env_fd"]
+__all__ = ["Info", "RequestFailed", "Session", "Spawned", "env_fd", "spawn_args"]
 
 #: Anything a key or value may be given as.
 Data = str | bytes | bytearray | memoryview
@@ -36,6 +36,39 @@ class Info:
     local_size: int
     appnum: int
     raw: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    """A job this rank spawned: its number (``[job:rank]`` in pmrun's labels), kvsname
+    and ranks (0..n-1 of its own world)."""
+
+    job: int
+    kvsname: str
+    ranks: range
+
+
+def spawn_args(argv: Any, n: int, env: Any = None, wdir: str | None = None,
+               hosts: Any = None, preput: Any = None) -> tuple[list[Any], dict[str, str]]:
+    """The native request of a spawn of ``argv`` on ``n`` ranks (``env``: extra variables,
+    ``hosts``: the host names it may use, ``preput``: keys in its KVS from the start)."""
+    args = [str(a) for a in ([argv] if isinstance(argv, str) else argv)]
+    info: dict[str, str] = {}
+    if env:
+        info["env"] = " ".join(f"{k}={v}" for k, v in dict(env).items())
+    if wdir:
+        info["wdir"] = str(wdir)
+    if hosts:
+        info["hosts"] = hosts if isinstance(hosts, str) else ",".join(hosts)
+    return [[args, int(n), info]], {str(k): str(v) for k, v in dict(preput or {}).items()}
+
+
+def spawned(reply: Any) -> Spawned:
+    """A spawn's reply as :class:`Spawned`; RequestFailed if the children did not start."""
+    if not isinstance(reply, dict) or not reply.get("ok"):
+        why = reply.get("error") if isinstance(reply, dict) else repr(reply)
+        raise RequestFailed(f"spawn failed: {why}")
+    return Spawned(int(reply["job"]), str(reply["kvsname"]), range(len(reply["errcodes"])))
 
 
 def env_fd(fd: int | None) -> int:

@@ -36,8 +36,11 @@ from pm.client._core import (
     Info,
     RequestFailed,
     Session,
+    Spawned,
     abort_code,
     env_fd,
+    spawn_args,
+    spawned,
     to_bytes,
 )
 from pm.proto import native
@@ -164,6 +167,18 @@ class PMIClient(Identity):
 
     async def ring(self, value: str | bytes) -> tuple[bytes, bytes]:
         return await self.iring(value)
+
+    # -- new jobs ---------------------------------------------------------
+    async def spawn(self, argv: str | list[str], n: int = 1, *,
+                    env: dict[str, str] | None = None, wdir: str | None = None,
+                    hosts: list[str] | str | None = None,
+                    preput: dict[str, str] | None = None) -> Spawned:
+        """Start ``argv`` on ``n`` new ranks, a job of their own (as MPI_Comm_spawn does):
+        returns once they are started.  ``env`` adds to their environment, ``hosts``
+        limits the job's nodes they may run on, ``preput`` are keys they can get at once.
+        Raises :class:`RequestFailed` if they could not be started (program not found)."""
+        commands, pre = spawn_args(argv, n, env, wdir, hosts, preput)
+        return await self._call(native.SPAWN, commands, pre, decode=spawned)  # type: ignore[no-any-return]
 
     # -- memory -----------------------------------------------------------
     @contextlib.asynccontextmanager

@@ -33,8 +33,11 @@ from pm.client._core import (
     Info,
     RequestFailed,
     Session,
+    Spawned,
     abort_code,
     env_fd,
+    spawn_args,
+    spawned,
     to_bytes,
 )
 from pm.proto import native
@@ -170,6 +173,16 @@ class SyncPMIClient(Identity):
 
     def ring(self, value: str | bytes) -> tuple[bytes, bytes]:
         return self.iring(value).wait()
+
+    # -- new jobs ---------------------------------------------------------
+    def spawn(self, argv: str | list[str], n: int = 1, *, env: dict[str, str] | None = None,
+              wdir: str | None = None, hosts: list[str] | str | None = None,
+              preput: dict[str, str] | None = None) -> Spawned:
+        """Start ``argv`` on ``n`` new ranks and wait until they are started; see
+        :meth:`pm.client.pmi.PMIClient.spawn`."""
+        commands, pre = spawn_args(argv, n, env, wdir, hosts, preput)
+        got: Spawned = self._call(native.SPAWN, commands, pre, decode=spawned).wait()
+        return got
 
     # -- memory -----------------------------------------------------------
     @contextlib.contextmanager

@@ -223,7 +223,9 @@ def test_kill_9_of_pmrun_during_a_spawn_leaves_nothing(tmp_path: Path, marker: s
         proc.wait(10)
         wait_gone(marker, 20)
         # No agent is left to remove its segments: none of pmrun's may remain.
-        left = [n for n in set(os.listdir("/dev/shm")) - before if n.startswith(NAME_PREFIX)]
+        ours = f"-{proc.pid}-"  # job ids (and their segments) name the head's pid
+        left = [n for n in set(os.listdir("/dev/shm")) - before
+                if n.startswith(NAME_PREFIX) and ours in n]
         assert not left, left
     finally:
         if proc.poll() is None:

@@ -229,3 +229,32 @@ def test_pmi2_spawn_over_a_real_fd(tmp_path: Path) -> None:
         assert k["jobid"] == f"cmd=job-getid-response;rc=0;jobid={jobid}_s1;"
         assert k["port"] == "cmd=kvs-get-response;rc=0;found=TRUE;value=p2;"
         assert str(k["universe"]).startswith("cmd=info-getjobattr-response;rc=0;found=TRUE;")
+
+
+def test_native_client_spawn(tmp_path: Path) -> None:
+    prog = script(tmp_path, "native.py", """
+        import os, sys
+        from pm.client.sync import RequestFailed, connect
+
+        pmi = connect()
+        if len(sys.argv) == 1:
+            kids = pmi.spawn([sys.executable, __file__, "child"], 2, env={"EXTRA": "yes"},
+                             preput={"hello": "from the parent"})
+            print("spawned", kids.job, kids.kvsname.endswith("_s1"), list(kids.ranks),
+                  flush=True)
+            try:
+                pmi.spawn("no-such-program", 1)
+            except RequestFailed as exc:
+                print("refused", "no-such-program" in str(exc), flush=True)
+        else:
+            print("child", pmi.rank, pmi.size, os.environ["EXTRA"], os.environ["PMI_SPAWNED"],
+                  pmi.info["spawned"], pmi.info["preput"]["hello"], flush=True)
+        pmi.close()
+    """)
+    res = subprocess.run(pmrun_argv("-n", "1", "-l", sys.executable, str(prog)),
+                         cwd=tmp_path, env=pmrun_env(), capture_output=True, text=True,
+                         timeout=40, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(res.stdout.splitlines()) == [
+        "[0] refused True", "[0] spawned 1 True [0, 1]",
+        "[1:0] child 0 2 yes 1 1 from the parent", "[1:1] child 1 2 yes 1 1 from the parent"]
