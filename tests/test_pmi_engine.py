@@ -26,9 +26,11 @@ from pm.agent.pmi_engine import (
     PmiEngine,
     Reserve,
     Send,
+    Spawn,
 )
 from pm.proto import native, pmi1
 from pm.proto.errors import RankFailed
+from pm.proto.spawn import SpawnCommand, SpawnRequest, SpawnResult
 from pm.proto.tree import ALLGATHER, BARRIER, FENCE, RING
 
 pytestmark = pytest.mark.timeout(30)
@@ -180,9 +182,26 @@ PMI1 = [
     Row(b"cmd=no_such\n", b"cmd=no_such rc=1 msg=unknown_PMI-1_command_'no_such'\n"),
     Row(b"cmd=get kvsname=kvs_golden_1\n", b"cmd=get_result rc=1 msg=get_without_key=\n"),
     Row(b"cmd=initack pmiid=0\n", b"cmd=initack rc=1 msg=initack_is_only_for_PMI_PORT_clients\n"),
-    Row(b"mcmd=spawn\nnprocs=1\nexecname=./a b\ntotspawns=1\nspawnssofar=1\nargcnt=0\n"
+    # MPI_Comm_spawn_multiple as MPICH 4.1+ writes it: answered once the children started,
+    # one error code per process.
+    Row(b"mcmd=spawn\nnprocs=2\nexecname=./a b\ntotspawns=2\nspawnssofar=1\nargcnt=1\n"
+        b"arg1=x y\npreput_num=1\npreput_key_0=PARENT_ROOT_PORT_NAME\npreput_val_0=tag#0$\n"
+        b"info_num=1\ninfo_key_0=wdir\ninfo_val_0=/tmp\nendcmd\n"
+        b"mcmd=spawn\nnprocs=1\nexecname=other\ntotspawns=2\nspawnssofar=2\nargcnt=0\n"
+        b"info_num=0\nendcmd\n",
+        b"cmd=spawn_result rc=0 errcodes=0,0,0\n",
+        Spawn(0, SpawnRequest([SpawnCommand(["./a b", "x y"], 2, {"wdir": "/tmp"}),
+                               SpawnCommand(["other"], 1, {})],
+                              {"PARENT_ROOT_PORT_NAME": "tag#0$"})),
+        SpawnResult(True, 1, "kvs_golden_1_s1", errcodes=[0, 0, 0])),
+    Row(b"mcmd=spawn\nnprocs=1\nexecname=x\ntotspawns=1\nspawnssofar=1\nargcnt=0\n"
         b"preput_num=0\ninfo_num=0\nendcmd\n",
-        b"cmd=spawn_result rc=1 msg=MPI_Comm_spawn_is_not_supported_by_pmrun\n"),
+        b"cmd=spawn_result rc=1 errcodes=1 msg=cannot_spawn_x:_command_not_found\n",
+        Spawn(0, SpawnRequest([SpawnCommand(["x"], 1, {})], {})),
+        SpawnResult(False, error="cannot spawn x: command not found", errcodes=[1])),
+    Row(b"mcmd=spawn\nnprocs=0\nexecname=x\ntotspawns=1\nspawnssofar=1\nargcnt=0\n"
+        b"preput_num=0\ninfo_num=0\nendcmd\n",
+        b"cmd=spawn_result rc=1 msg=spawn_of_x:_maxprocs_0_is_below_1\n"),
     Row(b"\n", b""),
     Row(b"cmd=finalize\n", b"cmd=finalize_ack rc=0\n"),
 ]
@@ -326,8 +345,20 @@ PMI2 = [
         f2(b"cmd=kvs-put-response;rc=1;errmsg=PMI-2 kvs-put: missing key 'key';")),
     Row(f2(b"cmd=bogus;"),
         f2(b"cmd=bogus-response;rc=1;errmsg=unknown PMI-2 command 'bogus';")),
+    Row(f2(b"cmd=spawn;ncmds=2;preputcount=1;ppkey0=PARENT_ROOT_PORT_NAME;ppval0=tag#0$;"
+           b"subcmd=/bin/prog;maxprocs=2;argc=1;argv0=z;infokeycount=1;infokey0=path;"
+           b"infoval0=/opt;subcmd=other;maxprocs=1;argc=0;infokeycount=0;"),
+        f2(b"cmd=spawn-response;rc=0;jobid=kvs_golden_1_s1;"),
+        Spawn(0, SpawnRequest([SpawnCommand(["/bin/prog", "z"], 2, {"path": "/opt"}),
+                               SpawnCommand(["other"], 1, {})],
+                              {"PARENT_ROOT_PORT_NAME": "tag#0$"})),
+        SpawnResult(True, 1, "kvs_golden_1_s1", errcodes=[0, 0, 0])),
     Row(f2(b"cmd=spawn;ncmds=1;preputcount=0;subcmd=x;maxprocs=1;argc=0;infokeycount=0;"),
-        f2(b"cmd=spawn-response;rc=1;errmsg=spawn_not_supported;")),
+        f2(b"cmd=spawn-response;rc=1;jobid=;errmsg=cannot spawn x: command not found;"),
+        Spawn(0, SpawnRequest([SpawnCommand(["x"], 1, {})], {})),
+        SpawnResult(False, error="cannot spawn x: command not found", errcodes=[1])),
+    Row(f2(b"cmd=spawn;ncmds=2;preputcount=0;subcmd=x;maxprocs=1;argc=0;infokeycount=0;"),
+        f2(b"cmd=spawn-response;rc=1;errmsg=spawn announced 2 commands and sent 1;")),
     Row(f2(b"cmd=abort;isworld=TRUE;msg=abort;; from 1;"), b""),
     Row(f2(b"cmd=finalize;"), f2(b"cmd=finalize-response;rc=0;")),
 ]
@@ -387,6 +418,13 @@ NATIVE = [
     Row(fr([18], "barrier"), fr([18], False, "request id must be an integer, not list")),
     Row(fr(19, "nosuch"), fr(19, False, "unknown native op 'nosuch'")),
     Row(fr(20, "reserve", -1), fr(20, False, "reserve needs a byte count >= 0, not -1")),
+    Row(fr(21, "spawn", [[["prog", "a"], 2, {"env": "X=1"}]], {"k": "v"}),
+        fr(21, True, {"job": 2, "kvsname": "kvs_golden_1_s2", "ok": True, "error": "",
+                      "errcodes": [0, 0]}),
+        Spawn(0, SpawnRequest([SpawnCommand(["prog", "a"], 2, {"env": "X=1"})], {"k": "v"})),
+        SpawnResult(True, 2, "kvs_golden_1_s2", errcodes=[0, 0])),
+    Row(fr(23, "spawn", "prog", {}),
+        fr(23, False, "spawn takes [[argv, n, info], ...] and {key: value}")),
     Row(fr(21, "abort", 256, "bye"), b""),
     Row(fr(22, "finalize"), fr(22, True, None)),
 ]
