@@ -31,12 +31,18 @@ Launching jobs (helpers in ``tests/launch_util.py``, importable as ``launch_util
 
 Tests marked ``@pytest.mark.mpi`` are skipped with a reason when mpi4py or the
 MPICH wheel is not installed.
+
+The suite ends with nothing of its own running: the session makes pytest the reaper of
+its orphaned descendants and marks its environment (``PM_TEST_SESSION``); when the tests
+are over, any process still alive that descends from pytest or carries the mark is
+listed, killed, and fails the run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes.util
+import os
 import shutil
 import subprocess
 import sys
@@ -49,6 +55,44 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import launch_util  # (importable after the path insert)
+
+
+_SESSION_TOKEN = uuid.uuid4().hex[:16]
+#: How long processes of the last test get to finish on their own before they count as left.
+_SETTLE = 10.0
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    os.environ[launch_util.SESSION_ENV] = _SESSION_TOKEN
+    launch_util.become_subreaper()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if anything the tests started is still running (then kill it)."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + _SETTLE
+    left = launch_util.session_leftovers(_SESSION_TOKEN)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)  # a poll against a deadline: agents and ranks of the last test exit
+        left = launch_util.session_leftovers(_SESSION_TOKEN)
+    if not left:
+        return
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    launch_util.session_leftovers(_SESSION_TOKEN)  # reap what was ours
+    lines = "\n".join(f"  {pid}: {cmd}" for pid, cmd in left.items())
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    text = f"the test session left {len(left)} process(es) running (now killed):\n{lines}"
+    if reporter is not None:
+        reporter.write_sep("=", "processes left behind", red=True)
+        reporter.write_line(text)
+    else:
+        sys.stderr.write(text + "\n")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -198,3 +198,65 @@ def read_lines(stream: IO[bytes], count: int, timeout: float) -> list[bytes]:
             raise AssertionError(f"EOF after {buf!r}, expected {count} lines")
         buf += chunk
     return buf.splitlines(keepends=True)
+
+
+#: Set by conftest.py for the whole test session: every process the suite starts inherits it.
+SESSION_ENV = "PM_TEST_SESSION"
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux prctl); True if so.
+
+    A daemon a test started (an MPICH singleton's ``hydra_pmi_proxy``, a double-forked
+    helper) then stays our child instead of becoming init's, where nobody would look.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(36, 1, 0, 0, 0)) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) of ``pid``, or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2:].split()
+    return fields[0].decode(), int(fields[1])
+
+
+def session_leftovers(token: str) -> dict[int, str]:
+    """Live processes of this test session other than us: our descendants (orphans came
+    to us, see :func:`become_subreaper`) and whatever carries the session's token in its
+    environment (launched through Slurm, say).  Reaps the zombies among our children."""
+    me = os.getpid()
+    parent: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            st = _stat(int(entry.name))
+            if st is None:
+                continue
+            if st[0] == "Z":
+                if st[1] == me:
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(int(entry.name), os.WNOHANG)
+                continue
+            parent[int(entry.name)] = st[1]
+    ours: set[int] = set()
+
+    def descends(pid: int) -> bool:
+        seen = 0
+        while pid in parent and seen < 64:
+            pid = parent[pid]
+            if pid == me:
+                return True
+            seen += 1
+        return False
+
+    ours = {p for p in parent if p != me and descends(p)}
+    ours.update(p for p in pids_with_env(f"{SESSION_ENV}={token}") if p != me)
+    return {p: " ".join(cmdline(p) or ["?"])[:200] for p in sorted(ours) if cmdline(p)}
