@@ -1,11 +1,20 @@
 """Tree links over ZeroMQ: a ROUTER towards an agent's children, a DEALER to its parent.
 
+Links are encrypted with CURVE (:func:`secure`), the job's key pairs derived
+from its secret (``pm.proto.tree.curve_keys``): a peer that is not one of the
+job's agents fails the handshake and is logged with its address, at most a
+few times per 10 s per port (:class:`RateLimit`).  No zmq frame over
+``pm.proto.tree.PART_MAX`` (4 MiB) is taken from anyone (``ZMQ_MAXMSGSIZE``:
+libzmq refuses it from the header, before storing it or authenticating its
+sender); bodies over it are sent as several parts and joined on arrival.
+
 Every frame is sealed with the job secret (``pm.proto.tree.seal``): a peer that
 does not know it cannot join the tree, inject data or start processes; its
 frames are dropped and logged, and the link keeps serving.
 
 Nor can a peer that only captured frames replay them.  A frame is two zmq
-parts, ``[envelope, body]`` (see :mod:`pm.proto.tree`).  The body is sealed
+parts, ``[envelope, body]`` (see :mod:`pm.proto.tree`; the body in several parts
+when large).  The body is sealed
 once per message, whoever it goes to: :class:`ChildPort` ``send_raw`` takes
 such a body (the same one for several children, or the parent's body of a
 collective's result, forwarded as it came) and stamps it, child by child,
@@ -38,6 +47,7 @@ import contextlib
 import fcntl
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import time
@@ -46,9 +56,9 @@ from typing import Any, Generic, TypeVar
 
 import zmq
 import zmq.asyncio
+from pm.agent.refusals import RateLimit, fd_peer, log_refusals, watch_refusals
 from pm.proto import tree as t
 from pm.proto.errors import AuthError, ProtocolError, TransportError
-from zmq.utils.monitor import parse_monitor_message
 
 log = logging.getLogger("pm.agent.links")
 
@@ -64,11 +74,48 @@ def context() -> zmq.asyncio.Context:
     return _ctx
 
 
-def _configure(sock: zmq.asyncio.Socket) -> None:
+#: Whether tree links are encrypted (CURVE): whenever libzmq can (pyzmq's wheels can), unless
+#: ``PM_TREE_CURVE=0`` is in the environment of pmrun and of every agent (a site setting, for
+#: measurements: both ends of a link must agree).
+CURVE = zmq.has("curve") and os.environ.get("PM_TREE_CURVE", "1") != "0"
+
+
+def _configure(sock: zmq.asyncio.Socket, secret: bytes, server: bool) -> None:
     sock.setsockopt(zmq.LINGER, 2000)
     sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block a tree message
     sock.setsockopt(zmq.RCVHWM, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, 1 << 31)
+    # Before authentication too: a stranger's frame over the bound is refused by libzmq
+    # before it is stored (our own large bodies travel as several parts).
+    # (CURVE adds its box and nonce to each frame on the wire: the bound leaves room for it.)
+    sock.setsockopt(zmq.MAXMSGSIZE, t.PART_MAX + 1024)
+    secure(sock, secret, server)
+
+
+def secure(sock: zmq.Socket[Any], secret: bytes, server: bool) -> None:
+    """Encrypt ``sock``'s links with the job's CURVE keys (``pm.proto.tree.curve_keys``):
+    as a tree port (``server``) or as a child's link to one.  A no-op without CURVE."""
+    if not CURVE:
+        return
+    server_pub, server_sec, client_pub, client_sec = t.curve_keys(secret)
+    if server:
+        sock.curve_server = True
+        sock.curve_secretkey = server_sec
+        sock.curve_publickey = server_pub
+    else:
+        sock.curve_serverkey = server_pub
+        sock.curve_secretkey = client_sec
+        sock.curve_publickey = client_pub
+
+
+def _join(parts: list[zmq.Frame]) -> zmq.Frame | bytes:
+    """A body that came as ``parts`` (see ``pm.proto.tree.split``): one part is kept as it is."""
+    if len(parts) == 1:
+        return parts[0]
+    return b"".join(p.buffer for p in parts)
+
+
+def _buffer(body: zmq.Frame | bytes) -> memoryview | bytes:
+    return body.buffer if isinstance(body, zmq.Frame) else body
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -83,12 +130,12 @@ def _settle(fut: Any) -> None:
 
 
 def _peer_name(vertex: int | None, frame: zmq.Frame) -> str:
-    """``vertex 3`` for a joined child, else the address the frame came from."""
+    """``vertex 3`` for a joined child, else the address the frame came from (the peer's)."""
     if vertex is not None:
         return f"vertex {vertex}"
     peer = ""
     with contextlib.suppress(Exception):
-        peer = str(frame.get("Peer-Address") or "")
+        peer = fd_peer(int(frame.get(zmq.SRCFD))) or str(frame.get("Peer-Address") or "")
     return peer or "an unknown peer"
 
 
@@ -130,34 +177,6 @@ class Liveness(Generic[K]):
         for k in lost:
             del self._seen[k]
         return lost
-
-
-async def log_refused_handshakes(sock: zmq.asyncio.Socket, what: str) -> None:
-    """Log every connection ``sock`` refused during the ZMTP handshake (bad protocol or key)."""
-    events = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-              | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-    mon = sock.get_monitor_socket(events)
-    try:
-        while True:
-            frames = await mon.recv_multipart()
-            try:
-                ev = parse_monitor_message(frames)
-            except Exception:  # a monitor message we do not understand: not worth dying for
-                continue
-            event = int(ev["event"])
-            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                kind = "authentication failed"
-            elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-                kind = "protocol error"
-            else:
-                kind = "malformed handshake"
-            raw = ev["endpoint"]
-            endpoint = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-            log.warning("%s: refused a connection on %s: %s", what, endpoint, kind)
-    finally:
-        with contextlib.suppress(zmq.ZMQError):
-            sock.disable_monitor()
-        mon.close(linger=0)
 
 
 def is_ip(text: str) -> bool:
@@ -226,10 +245,17 @@ class ChildPort:
         self.secret = secret
         self._seal = t.LinkSeal(secret, t.UP)
         self.sock = context().socket(zmq.ROUTER)
-        _configure(self.sock)
+        _configure(self.sock, secret, server=True)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         loop = asyncio.get_running_loop()
-        self._monitor = loop.create_task(log_refused_handshakes(self.sock, "tree port"))
+        #: fds of connections whose peer joined (their disconnect is no refusal).
+        self._joined_fds: set[int] = set()
+        self._refusals = RateLimit()
+        #: Peer address of each open connection, by fd (what a refusal names).
+        self.connections: dict[int, str] = {}
+        self._monitor = loop.create_task(log_refusals(
+            self.sock, watch_refusals(self.sock), "tree port", self._joined_fds, self._refusals,
+            self.connections))
         try:
             if ports is not None:
                 port = self.sock.bind_to_random_port(bind, ports[0], ports[1] + 1)
@@ -257,22 +283,23 @@ class ChildPort:
     async def _recv(self) -> None:
         while True:
             frames = await self.sock.recv_multipart(copy=False)
-            if len(frames) != 3:
-                log.warning("dropped a malformed frame set (%d parts) on the tree port",
-                            len(frames))
+            if len(frames) < 3:
+                self._refusals.warn("refused a malformed frame set (%d parts) from %s",
+                                    len(frames), _peer_name(None, frames[-1]))
                 continue
-            ident, envelope, body = frames[0].bytes, frames[1], frames[2]
+            ident, envelope, body = frames[0].bytes, frames[1], _join(frames[2:])
             vertex = self._peers.get(ident)
             try:
-                link, seq, payload = self._seal.open(envelope.buffer, body.buffer, vertex)
+                link, seq, payload = self._seal.open(envelope.buffer, _buffer(body), vertex)
                 if vertex is not None:
                     self._seal.accept(link, seq)  # an authentic frame of a known child
                 msg = t.decode(payload)  # no copy
             except (AuthError, ProtocolError) as exc:
-                log.warning("refused a message from %s: %s", _peer_name(vertex, body), exc)
+                self._refusals.warn("refused a message from %s: %s",
+                                    _peer_name(vertex, frames[-1]), exc)
                 continue
             if vertex is None:
-                self._join(ident, link, seq, msg, body)
+                self._join(ident, link, seq, msg, frames[-1])
                 continue
             if self._live is not None and vertex in self._live:
                 self._live.seen(vertex, time.monotonic())
@@ -287,13 +314,16 @@ class ChildPort:
     def _join(self, ident: bytes, link: int, seq: int, msg: t.Msg, body: zmq.Frame) -> None:
         """The first frame from ``ident``: a Hello sealed for its own link joins it."""
         if not isinstance(msg, t.Hello):
-            log.warning("refused %s from a peer that did not say hello", type(msg).__name__)
+            self._refusals.warn("refused %s from %s, which did not say hello",
+                                type(msg).__name__, _peer_name(None, body))
             return
         if msg.vertex != link:
-            log.warning("refused a hello of vertex %d from %s: sealed for vertex %d's link",
-                        msg.vertex, _peer_name(None, body), link)
+            self._refusals.warn("refused a hello of vertex %d from %s: sealed for vertex %d's "
+                                "link", msg.vertex, _peer_name(None, body), link)
             return
         self._seal.accept(link, seq)  # so this hello is never taken again
+        with contextlib.suppress(Exception):
+            self._joined_fds.add(int(body.get(zmq.SRCFD)))
         self._peers[ident] = msg.vertex
         self._ids[msg.vertex] = ident
         if self._live is not None:
@@ -351,8 +381,9 @@ class ChildPort:
             return
         body = frame.buffer if isinstance(frame, zmq.Frame) else frame
         envelope = self._seal.envelope(vertex, body)
+        parts: list[Any] = [frame] if len(body) <= t.PART_MAX else t.split(body)
         with contextlib.suppress(zmq.ZMQError):
-            _settle(self.sock.send_multipart([ident, envelope, frame], copy=False))
+            _settle(self.sock.send_multipart([ident, envelope, *parts], copy=False))
 
     def drop(self, vertex: int) -> None:
         """Forget ``vertex`` altogether (it is lost): nothing more is sent to it."""
@@ -384,7 +415,7 @@ class ParentLink:
         self.vertex = vertex
         self._seal = t.LinkSeal(secret, t.DOWN)
         self.sock = context().socket(zmq.DEALER)
-        _configure(self.sock)
+        _configure(self.sock, secret, server=False)
         self.sock.setsockopt(zmq.IDENTITY, b"v%d" % vertex)
         self.sock.connect(address)
         self.on_msg = on_msg
@@ -395,7 +426,7 @@ class ParentLink:
         #: The body of the message being handled: an agent forwards a collective's
         #: result to its children as it came (same secret, same bytes, no re-encoding;
         #: the children's port stamps it for their links).
-        self.frame: zmq.Frame | None = None
+        self.frame: zmq.Frame | bytes | None = None
         if heartbeat > 0:
             self._live = Liveness(heartbeat, interval_of(heartbeat), time.monotonic())
             self._live.seen("parent", time.monotonic())
@@ -418,13 +449,13 @@ class ParentLink:
         """The next message from the parent (heartbeats are consumed here)."""
         while True:
             frames = await self.sock.recv_multipart(copy=False)
-            if len(frames) != 2:
+            if len(frames) < 2:
                 log.warning("agent %d: dropped a malformed frame set (%d parts) from the parent",
                             self.vertex, len(frames))
                 continue
-            envelope, body = frames
+            envelope, body = frames[0], _join(frames[1:])
             try:
-                _, seq, payload = self._seal.open(envelope.buffer, body.buffer, self.vertex)
+                _, seq, payload = self._seal.open(envelope.buffer, _buffer(body), self.vertex)
                 self._seal.accept(self.vertex, seq)
                 msg = t.decode(payload)  # no copy
             except (AuthError, ProtocolError) as exc:
@@ -467,7 +498,8 @@ class ParentLink:
     def send(self, msg: t.Msg) -> None:
         body = t.seal(self.secret, t.encode(msg))
         with contextlib.suppress(zmq.ZMQError):
-            _settle(self.sock.send_multipart([self._envelope(body), body], copy=False))
+            _settle(self.sock.send_multipart([self._envelope(body), *t.split(body)],
+                                             copy=False))
 
     def close(self, linger: int = 1000) -> None:
         if self._task is not None:

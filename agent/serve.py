@@ -201,7 +201,7 @@ class Service:
         task.add_done_callback(self.tasks.discard)
 
     async def run(self) -> None:
-        from pm.agent.links import log_refused_handshakes
+        from pm.agent.refusals import log_refused_handshakes
 
         self._spawn_task(self._zap_loop())
         self._spawn_task(log_refused_handshakes(self.sock, "pm-agent service"))

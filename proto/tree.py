@@ -365,6 +365,42 @@ def decode(data: bytes | memoryview) -> Msg:
         raise ProtocolError(f"bad fields for {cls.__name__}: {exc}") from exc
 
 
+#: Largest zmq frame a tree socket takes (ZMQ_MAXMSGSIZE): a peer's frame above it is refused
+#: by libzmq before any of it is stored, authenticated or not.  A body larger than this
+#: crosses a link as several parts (:func:`split`), joined again on arrival.
+PART_MAX = 4 << 20
+
+
+def split(body: bytes | memoryview) -> list[bytes | memoryview]:
+    """``body`` as parts of at most :data:`PART_MAX` bytes (one part, itself, if it fits)."""
+    if len(body) <= PART_MAX:
+        return [body]
+    view = memoryview(body)
+    return [view[i:i + PART_MAX] for i in range(0, len(view), PART_MAX)]
+
+
+def curve_keys(secret: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """The job's CURVE keys, derived from its secret: (server public, server secret,
+    client public, client secret), Z85-encoded as zmq takes them.
+
+    Every agent of a job got the secret over its bootstrap channel (stdin of
+    ssh, srun or the service's CURVE link), so every agent can make them and
+    nobody else can: a peer without the job's server public key cannot
+    complete the handshake of a tree port, and nobody on the network reads
+    the links.  A new job has new keys.
+    """
+    import hmac
+
+    import zmq
+    from zmq.utils import z85
+
+    keys = []
+    for role in (b"curve-server", b"curve-client"):
+        sec = z85.encode(hmac.digest(secret, role, "sha256"))
+        keys += [zmq.curve_public(sec), sec]
+    return keys[0], keys[1], keys[2], keys[3]
+
+
 def seal(secret: bytes, payload: bytes) -> bytes:
     """Prefix ``payload`` with its MAC under ``secret``."""
     import hmac  # only multi-node jobs seal frames

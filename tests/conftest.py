@@ -56,7 +56,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import launch_util  # (importable after the path insert)
 
-
 _SESSION_TOKEN = uuid.uuid4().hex[:16]
 #: How long processes of the last test get to finish on their own before they count as left.
 _SETTLE = 10.0

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+from collections.abc import Callable
 
 import msgpack
 import pytest
 import zmq
 import zmq.asyncio
-from pm.agent.links import ChildPort
+from pm.agent import links
+from pm.agent.links import ChildPort, secure
 from pm.proto import tree as t
 from pm.proto.errors import AuthError, ProtocolError
 
@@ -71,6 +75,13 @@ def test_seal_rejects_another_secret_and_tampering() -> None:
         t.unseal(SECRET, b"abc")
 
 
+async def until(pred: Callable[[], bool], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 10
+    while not pred():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 async def test_a_peer_without_the_secret_is_refused_and_the_port_keeps_serving(
         caplog: pytest.LogCaptureFixture) -> None:
     hellos: list[int] = []
@@ -83,34 +94,101 @@ async def test_a_peer_without_the_secret_is_refused_and_the_port_keeps_serving(
 
     port = ChildPort(SECRET, "tcp://127.0.0.1", lambda v, h: hellos.append(v), on_msg)
     ctx = zmq.asyncio.Context()
-    stranger = ctx.socket(zmq.DEALER)
+    stranger = ctx.socket(zmq.DEALER)  # knows nothing of the job: not even its CURVE keys
+    insider = ctx.socket(zmq.DEALER)  # has the link keys but seals with another secret
     friend = ctx.socket(zmq.DEALER)
+    secure(insider, SECRET, server=False)
+    secure(friend, SECRET, server=False)
     try:
         with caplog.at_level(logging.WARNING):
             stranger.connect(port.address)
-            # Wrong secret, garbage, and a message before hello from a sealed peer.
             await stranger.send_multipart(up(b"x" * 32, 1, 0, t.Hello(1, "evil", 1)))
-            await stranger.send_multipart([b"garbage", b"more garbage"])
-            await stranger.send(b"garbage")
+            insider.connect(port.address)
+            # Wrong secret, garbage, and a message before hello from a sealed peer.
+            await insider.send_multipart(up(b"x" * 32, 1, 0, t.Hello(1, "evil", 1)))
+            await insider.send_multipart([b"garbage", b"more garbage"])
+            await insider.send(b"garbage")
             friend.connect(port.address)
             await friend.send_multipart(up(SECRET, 2, 0, t.Signal(9)))
             await friend.send_multipart(up(SECRET, 2, 1, t.Hello(2, "good", 2)))
             await friend.send_multipart(up(SECRET, 2, 2, t.Signal(10)))
             await asyncio.wait_for(got.wait(), 10)
-            # The stranger's frames came on another connection: maybe not handled yet.
-            deadline = asyncio.get_running_loop().time() + 10
-            while "does not match the job secret" not in caplog.text \
-                    or "malformed frame set" not in caplog.text:
-                assert asyncio.get_running_loop().time() < deadline
-                await asyncio.sleep(0.01)
+            # The others came on other connections: maybe not handled yet.
+            await until(lambda: "does not match the job secret" in caplog.text
+                        and "malformed frame set" in caplog.text
+                        and "refused a connection from" in caplog.text, "the refusals")
         assert hellos == [2]
         assert msgs == [t.Signal(10)]
         text = caplog.text
-        assert "refused a message from" in text and "does not match the job secret" in text
+        own = port.address.rsplit(":", 1)[1]
+        # Never by the port's own address (the stranger's when the kernel still knew it).
+        assert "refused a connection from" in text
+        assert all(p != own for p in re.findall(r"refused a connection from [\d.]+:(\d+)", text))
+        assert "refused a message from 127.0.0.1:" in text
         assert "too short" in text or "does not match" in text
-        assert "refused Signal from a peer that did not say hello" in text
+        assert re.search(r"refused Signal from 127\.0\.0\.1:\d+, which did not say hello", text)
     finally:
         stranger.close(0)
+        insider.close(0)
         friend.close(0)
         ctx.term()
+        port.close(0)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def test_a_huge_frame_before_authentication_is_refused_unread(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A raw TCP stranger announcing a 400 MB frame in the handshake: the port drops it
+    without storing it, names its address, and keeps serving."""
+    port = ChildPort(SECRET, "tcp://127.0.0.1", lambda v, h: None, lambda v, m: None)
+    host, tcp = port.address.split("://")[1].rsplit(":", 1)
+    before = _rss()
+    loop = asyncio.get_running_loop()
+    with caplog.at_level(logging.WARNING):
+        reader, writer = await asyncio.open_connection(host, int(tcp))
+        # ZMTP 3.0 greeting (signature, version, mechanism, as-server, filler) ...
+        mech = b"CURVE" if links.CURVE else b"NULL"
+        writer.write(b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + mech.ljust(20, b"\x00")
+                     + b"\x00" + bytes(31))
+        # ... then a long command frame of 400 MB, sent in 1 MB pieces while we may.
+        writer.write(b"\x06" + (400 << 20).to_bytes(8, "big"))
+        sent = 0
+        chunk = bytes(1 << 20)
+        try:
+            while sent < 400 << 20:
+                writer.write(chunk)
+                await asyncio.wait_for(writer.drain(), 10)
+                sent += len(chunk)
+        except (ConnectionError, OSError):
+            pass
+        writer.close()
+        await until(lambda: "refused a connection from" in caplog.text, "the refusal")
+    assert sent < 64 << 20, f"the port read {sent} bytes of a frame over its bound"
+    assert _rss() - before < 64 << 20
+    del reader, loop
+    port.close(0)
+
+
+async def test_a_refused_peer_is_named_by_its_address(caplog: pytest.LogCaptureFixture) -> None:
+    port = ChildPort(SECRET, "tcp://127.0.0.1", lambda v, h: None, lambda v, m: None)
+    host, tcp = port.address.split("://")[1].rsplit(":", 1)
+    try:
+        with caplog.at_level(logging.WARNING):
+            reader, writer = await asyncio.open_connection(host, int(tcp))
+            me = "{}:{}".format(*writer.get_extra_info("sockname")[:2])
+            await until(lambda: me in port.connections.values(), "the port to see us")
+            # A greeting for another security mechanism than the port's.
+            mech = b"PLAIN" if links.CURVE else b"CURVE"
+            writer.write(b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + mech.ljust(20, b"\x00")
+                         + b"\x00" + bytes(31))
+            await until(lambda: f"refused a connection from {me}: " in caplog.text,
+                        "the refusal naming us")
+            writer.close()
+            del reader
+        assert port.address.split("://")[1] not in caplog.text
+    finally:
         port.close(0)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 
 import pytest
 import zmq
 import zmq.asyncio
-from pm.agent.links import ChildPort, ParentLink
+from pm.agent.links import ChildPort, ParentLink, secure
 from pm.proto import tree as t
 from pm.proto.errors import AuthError
 
@@ -140,6 +141,8 @@ async def test_child_port_drops_replayed_reflected_and_misrouted_frames(
     port = ChildPort(SECRET, "tcp://127.0.0.1", lambda v, h: None, on_msg)
     ctx = zmq.asyncio.Context()
     child, spy = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+    secure(child, SECRET, server=False)
+    secure(spy, SECRET, server=False)  # a spy inside the job's encryption, at worst
     end = t.LinkSeal(SECRET, t.DOWN)  # the child's side of its link
     sent: list[list[bytes]] = []
 
@@ -187,7 +190,8 @@ async def test_child_port_drops_replayed_reflected_and_misrouted_frames(
 
             # A spy replaying the child's hello cannot take over its link.
             await spy.send_multipart(sent[0])
-            await until(lambda: "refused a message from 127.0.0.1: replayed" in caplog.text)
+            await until(lambda: re.search(r"refused a message from 127\.0\.0\.1:\d+: replayed",
+                                          caplog.text) is not None)
             port.send(2, t.Signal(6))
             again = await asyncio.wait_for(child.recv_multipart(), 10)
             assert take(end, again[0], again[1], 2) == t.Signal(6)
@@ -205,6 +209,7 @@ async def test_parent_link_drops_replayed_and_reflected_frames(
     """A real ParentLink of vertex 3 under a raw ROUTER that replays and reflects."""
     ctx = zmq.asyncio.Context()
     router = ctx.socket(zmq.ROUTER)
+    secure(router, SECRET, server=True)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     msgs: list[t.Msg] = []
     got = asyncio.Event()
@@ -294,6 +299,7 @@ async def test_a_refused_hello_leaves_the_peer_unknown(caplog: pytest.LogCapture
     port = ChildPort(SECRET, "tcp://127.0.0.1", on_hello, lambda v, m: msgs.append(m))
     ctx = zmq.asyncio.Context()
     peer = ctx.socket(zmq.DEALER)
+    secure(peer, SECRET, server=False)
     end = t.LinkSeal(SECRET, t.DOWN)
     try:
         with caplog.at_level(logging.WARNING, logger="pm.agent.links"):
@@ -302,8 +308,8 @@ async def test_a_refused_hello_leaves_the_peer_unknown(caplog: pytest.LogCapture
                 body = body_of(msg)
                 await peer.send_multipart([end.envelope(9, body), body])
             await asyncio.wait_for(refused.wait(), 10)
-            await until(lambda: "refused Signal from a peer that did not say hello"
-                        in caplog.text)
+            await until(lambda: re.search(r"refused Signal from 127\.0\.0\.1:\d+, which did "
+                                          r"not say hello", caplog.text) is not None)
         assert msgs == []
     finally:
         peer.close(0)
