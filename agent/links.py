@@ -376,8 +376,10 @@ class ChildPort:
         The same body may go to several children: only its envelope is theirs.
         """
         ident = self._ids.get(vertex)
-        if ident is None:
-            log.debug("no link to vertex %d (yet): dropped a message", vertex)
+        if ident is None or self.sock.closed:
+            # (On a closed socket pyzmq fails the send's future and then raises itself,
+            # leaving that future unread: "Future exception was never retrieved".)
+            log.debug("no link to vertex %d (yet, or any more): dropped a message", vertex)
             return
         body = frame.buffer if isinstance(frame, zmq.Frame) else frame
         envelope = self._seal.envelope(vertex, body)
@@ -496,6 +498,8 @@ class ParentLink:
         return self._seal.envelope(self.vertex, body)
 
     def send(self, msg: t.Msg) -> None:
+        if self.sock.closed:
+            return  # the link is closed: nothing more goes up (see ChildPort.send_raw)
         body = t.seal(self.secret, t.encode(msg))
         with contextlib.suppress(zmq.ZMQError):
             _settle(self.sock.send_multipart([self._envelope(body), *t.split(body)],

@@ -111,3 +111,27 @@ def test_progress_line_says_tasks_wait_for_a_core(tmp_path: Path) -> None:
                                    "--tasks", "t.txt")
     assert re.search(rf"\rtasks: 0/{CORES + 2} done, 1 running, {CORES + 1} queued, "
                      r"waiting for a free slot\x1b", text), text
+
+
+@pytest.mark.timeout(90)
+def test_tasks_on_other_hosts_run_one_per_core_of_each(pmrun: Run, tmp_path: Path) -> None:
+    """Hosts reached through a launcher (here this machine under other names): each
+    host's cores come with its memory probe's first sample."""
+    (tmp_path / "t.txt").write_text("sleep 0.5\n" * (2 * CORES + 1))
+    r = pmrun("--launcher", "exec", "--launcher-exec", "env {command}", "--iface", "127.0.0.1",
+              "-hosts", "n1,n2", "-v", "-v", "--tasks", "t.txt", timeout=80)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "never retrieved" not in r.stderr, r.stderr
+    host_of: dict[str, str] = {}
+    running = {"n1": 0, "n2": 0}
+    most = dict(running)
+    for m in re.finditer(r"^pmrun: \[task (\d+)\] (started on node \d+ \((\w+)\)|exited)",
+                         r.stderr, re.M):
+        if m.group(3):
+            host_of[m.group(1)] = m.group(3)
+            running[m.group(3)] += 1
+            most[m.group(3)] = max(most[m.group(3)], running[m.group(3)])
+        else:
+            running[host_of[m.group(1)]] -= 1
+    assert most == {"n1": CORES, "n2": CORES}, r.stderr
+    assert f"{2 * CORES + 1} tasks: {2 * CORES + 1} succeeded, 0 failed, 0 retries" in r.stderr
