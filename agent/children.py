@@ -92,6 +92,12 @@ def listen_endpoint(options: dict[str, Any], parent: str | None,
             # Where ssh goes for that name (Host aliases), which DNS may not know.
             toward = resolve_host(toward, options)
         src = route_source(toward) if toward else None
+        if src is None and toward and str(options.get("name")) == "slurm":
+            from pm.bootstrap.slurm import node_address
+
+            # A node name DNS does not know: Slurm knows its address.
+            address = node_address(toward)
+            src = route_source(address) if address else None
         if src is None:
             src = route_source(socket.getfqdn())
     if src is None or src.startswith("127."):
@@ -152,6 +158,7 @@ class Children:
         boot = get_bootstrap(str(plan.bootstrap.get("name", "local")), plan.bootstrap)
         boot.on_failure = self._boot_failed
         boot.on_report = self._reported
+        boot.on_ended = self._ended
         boot.prepare(plan.hosts, plan.fanout)
         self._boot = boot
         self._spawned = time.monotonic()
@@ -200,6 +207,14 @@ class Children:
             fut = self.watch.watch(pid)
             self._exits.append(fut)
             fut.add_done_callback(functools.partial(self._exited, vertex))
+
+    def _ended(self, why: str, code: int) -> None:
+        """The resource manager ended the job: the head says so and exits with ``code``."""
+        ended = getattr(self.agent.parent, "ended", None)
+        if callable(ended):
+            ended(why, code)
+        elif not self.closing:
+            self.agent.parent.send(t.AgentError(self.agent.vertex, "", why))
 
     def _reported(self, vertex: int, address: str) -> None:
         """An agent we started listens at ``address``: tell those waiting for it."""

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 class CliOptions:
     """The command line as the full path runs it: the job, the nodes, the launcher's options."""
 
-    __slots__ = ("extra", "fanout", "hostfile", "hosts", "local_nodes", "spec", "verbose")
+    __slots__ = ("extra", "fanout", "hostfile", "hosts", "local_nodes", "n_given", "spec",
+                 "verbose")
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
@@ -33,6 +34,8 @@ class CliOptions:
         self.verbose = 0
         #: The other options' values as text (launcher, memory, ensemble, simulation, ...).
         self.extra: dict[str, str] = {}
+        #: False when no -n was given: the hosts' slots decide (nodes_of), as in Hydra/srun.
+        self.n_given = True
 
 
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
@@ -99,6 +102,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
         if key not in _SPEC_KEYS:
             opts.extra[key] = "1" if value is True else str(value)
     _launcher(opts.extra)
+    opts.n_given = len(parsed.sections) != 1 or "n" in parsed.sections[0].values
     if "sim_ranks" in opts.extra:
         from pm.agent.sim import sim_settings
 
@@ -147,6 +151,18 @@ def _print(text: str, code: int) -> int:
 
 
 def nodes_of(opts: CliOptions) -> object:
+    nodes = _nodes_of(opts)
+    from pm.head import Nodes
+
+    assert isinstance(nodes, Nodes)
+    if not opts.n_given and opts.spec.apps and nodes.slots and all(
+            s is not None for s in nodes.slots):
+        # No -n: one rank per slot the allocation or host file gives (Hydra, srun).
+        opts.spec.apps[0].n = sum(int(s or 0) for s in nodes.slots)
+    return nodes
+
+
+def _nodes_of(opts: CliOptions) -> object:
     from pm.bootstrap.base import LOCAL_NAMES, bootstrap_options, default_hosts
     from pm.head import Nodes
 

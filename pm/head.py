@@ -324,6 +324,10 @@ class JobRun:
                 self.writer.abandon()  # nor wait for a reader that does not read
             self._fail("interrupted twice: killing the job", 128 + signum, grace=0)
 
+    def ended(self, why: str, code: int) -> None:
+        """The resource manager ended the job (scancel, time limit): ``code`` is our status."""
+        self._fail(why, code)
+
     def kill(self, reason: str = "killed by the user") -> None:
         self._fail(reason, EXIT_LAUNCHER)
 

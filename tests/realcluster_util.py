@@ -130,7 +130,7 @@ SetEnv PYTHONPATH={pythonpath}
 class RealCluster:
     """``n`` namespace hosts with Slurm and/or sshd (see the module docstring)."""
 
-    def __init__(self, n: int, *, slurm: bool = True, ssh: bool = True, cpus: int = 2) -> None:
+    def __init__(self, n: int, *, slurm: bool = True, ssh: bool = True, cpus: int = 4) -> None:
         self.n = n
         self.cpus = cpus
         self.hosts = NetnsHosts(n)
@@ -209,22 +209,40 @@ class RealCluster:
         env = self.env()
         # slurmctld listens on the bridge address only, and must believe that is its
         # host name (a name resolving to 127.0.0.1 makes it unreachable from the nodes).
-        ctld = subprocess.Popen(
-            ["unshare", "--uts", "sh", "-c",
-             f"hostname {self.bridge_addr} && exec slurmctld -D -c -f {conf}"],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(d / "log" / "slurmctld.out", "wb"))  # noqa: SIM115
+        with open(d / "log" / "slurmctld.out", "wb") as err:
+            ctld = subprocess.Popen(
+                ["unshare", "--uts", "sh", "-c",
+                 f"hostname {self.bridge_addr} && exec slurmctld -D -c -f {conf}"],
+                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         self._pids.append(("slurmctld", ctld.pid))
         self._procs = [ctld]
         for name in self.names:
-            # Without a host name of its own slurmd cannot tell which node it is.
+            self._start_slurmd(name)
+
+    def _start_slurmd(self, name: str) -> None:
+        conf = self.dir / "slurm.conf"
+        # Without a host name of its own slurmd cannot tell which node it is.
+        with open(self.dir / "log" / f"slurmd.{name}.out", "ab") as err:
             p = subprocess.Popen(
                 ["ip", "netns", "exec", name, "unshare", "--uts", "sh", "-c",
                  f"hostname {name} && exec slurmd -D -f {conf} -N {name}"],
-                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=open(d / "log" / f"slurmd.{name}.out", "wb"))  # noqa: SIM115
-            self._pids.append((f"slurmd {name}", p.pid))
-            self._procs.append(p)
+                env=self.env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=err)
+        self._pids.append((f"slurmd {name}", p.pid))
+        self._procs.append(p)
+
+    def restart_slurmd(self, i: int) -> None:
+        """Start host ``i``'s slurmd again (after :meth:`kill_node`) and wait until every
+        node is idle and the queue empty."""
+        name = self.names[i]
+        self._pids = [(w, p) for w, p in self._pids if w != f"slurmd {name}"]
+        self._start_slurmd(name)
+        self._run_quiet(["scontrol", "update", f"nodename={name}", "state=resume"])
+        self.wait_queue_empty(60)
+        self._wait_slurm_ready()
+
+    def _run_quiet(self, argv: list[str]) -> None:
+        _run(argv, self.env(), check=False)
 
     def _write_slurm_conf(self, sock: Path) -> None:
         d = self.dir

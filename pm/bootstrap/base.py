@@ -121,6 +121,9 @@ class Bootstrap(abc.ABC):
     #: Set by the caller before ``start``: told ``(vertex, address)`` when a started
     #: agent reports the port it listens on for its children.
     on_report: Callable[[int, str], None] | None = None
+    #: Set by the caller: told ``(why, exit status)`` when the resource manager ended the
+    #: job (a cancelled allocation, its time limit).
+    on_ended: Callable[[str, int], None] | None = None
 
     @abc.abstractmethod
     def start(self, host: str, config: AgentConfig) -> tuple[int, int]: ...

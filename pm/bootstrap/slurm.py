@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,6 +43,26 @@ SRUN_OPTIONS = ("--overlap", "--whole", "--cpu-bind=none", "--mpi=none", "--quie
 #: What srun says about a task that failed on a node, or a node that failed.
 _TASK_FAILED = re.compile(r"^srun: error: ([^\s:]+): tasks? [0-9,\-]+: (.*)$")
 _NODE_FAILED = re.compile(r"^srun: error: Node failure on ([^\s,]+)")
+#: What slurmstepd says when Slurm ends a job or step (scancel, the time limit, ...).
+_CANCELLED = re.compile(r"\*\*\* (JOB|STEP) (\S+) ON (\S+) CANCELLED AT (\S+)(?: DUE TO ([^*]+?))?"
+                        r"(?: \*\*\*)")
+#: pmrun's exit status when Slurm cancelled the job (as a shell reports SIGTERM), or
+#: when the job reached its time limit (as pmrun's own --timeout).
+EXIT_CANCELLED = 128 + 15
+EXIT_TIME_LIMIT = 124
+
+
+def cancelled(text: str) -> tuple[str, int] | None:
+    """``(why, exit status)`` if ``text`` is slurmstepd saying Slurm ended the job (pure)."""
+    m = _CANCELLED.search(text)
+    if m is None:
+        return None
+    what = "job" if m.group(1) == "JOB" else "job step"
+    due = (m.group(5) or "").strip()
+    if due.upper() == "TIME LIMIT":
+        return f"Slurm ended the {what} {m.group(2)}: time limit reached", EXIT_TIME_LIMIT
+    reason = f" ({due.lower()})" if due else ""
+    return f"Slurm cancelled the {what} {m.group(2)}{reason}", EXIT_CANCELLED
 
 _TASKS = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
 
@@ -77,6 +98,17 @@ def allocation_hosts(env: Mapping[str, str] | None = None) -> list[tuple[str, in
         if len(counts) == len(hosts):
             slots = list(counts)
     return list(zip(hosts, slots, strict=True))
+
+
+def node_address(host: str) -> str | None:
+    """The address Slurm has for node ``host`` (``NodeAddr``), or None."""
+    try:
+        res = subprocess.run(["scontrol", "show", "node", "-o", host], capture_output=True,
+                             text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"\bNodeAddr=(\S+)", res.stdout)
+    return m.group(1) if m else None
 
 
 def step_argv(hosts: list[str], command: list[str], srun: str | None = None) -> list[str]:
@@ -120,6 +152,11 @@ class SlurmBootstrap(CommandBootstrap):
         """Name the node of a failed task: the job's one line says it (with srun's words)."""
         if "lacks support for cpu binding" in text:
             return True  # our --cpu-bind=none on a cluster without task/affinity: harmless
+        ended = cancelled(text)
+        if ended is not None:
+            if self.on_ended is not None:
+                self.on_ended(*ended)
+            return True
         m = _TASK_FAILED.match(text) or _NODE_FAILED.match(text)
         if m is not None and self.on_failure is not None and m.group(1) in self.hosts:
             self.on_failure(self.hosts.index(m.group(1)), m.group(1), text)

@@ -1,0 +1,203 @@
+"""Jobs inside a real Slurm cluster (tests/realcluster_util.py: slurmctld, a slurmd per
+network-namespace node, munged).
+
+pmrun runs as a user would: ``salloc -N4 -n8 pmrun -n 8 ./app`` from this machine, and an
+``sbatch`` script whose batch host is a node.  No ``--launcher``, no ``--iface``: the
+allocation decides both.  All agents start as one ``srun`` step.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from launch_util import BIN, REPO, mpi_missing, script
+from realcluster_util import RealCluster
+
+from pm.bootstrap.slurm import EXIT_CANCELLED, EXIT_TIME_LIMIT, cancelled
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
+
+MPI_PROGRAM = """
+    import os
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    total = comm.allreduce(comm.rank)
+    where = comm.gather((os.uname().nodename, os.readlink("/proc/self/ns/net")))
+    if comm.rank == 0:
+        nodes = sorted({w[0] for w in where})
+        print("sum", total, "size", comm.size, "netns", len({w[1] for w in where}),
+              "nodes", ",".join(nodes), MPI.Get_library_version().split()[0], flush=True)
+"""
+
+
+def env_for(c: RealCluster) -> dict[str, str]:
+    """What a user's shell would have: pmrun importable, the venv first on PATH."""
+    return c.env({"PYTHONPATH": str(REPO), "PATH": f"{BIN}:{os.environ['PATH']}",
+                  "PYTHONUNBUFFERED": "1"})
+
+
+def salloc(c: RealCluster, opts: list[str], *pmrun: str, timeout: float = 120
+           ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["salloc", "--quiet", *opts, sys.executable, "-m", "pm", *pmrun],
+                          env=env_for(c), capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def assert_clean(c: RealCluster) -> None:
+    c.wait_queue_empty(30)
+    left = c.wait_clean(20)
+    assert not left, f"left on the nodes: {left}"
+
+
+def test_slurm_says_it_ended_the_job() -> None:
+    line = "slurmstepd: error: *** STEP 25.0 ON n1 CANCELLED AT 2026-12-02T01:11:55 ***"
+    assert cancelled(line) == ("Slurm cancelled the job step 25.0", EXIT_CANCELLED)
+    line = "slurmstepd: error: *** JOB 27 ON n1 CANCELLED AT 2026-12-02T01:11:55 DUE TO TIME " \
+           "LIMIT ***"
+    assert cancelled(line) == ("Slurm ended the job 27: time limit reached", EXIT_TIME_LIMIT)
+    assert cancelled("srun: error: n1: task 0: Exited with exit code 1") is None
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(mpi_missing() is not None, reason=str(mpi_missing()))
+def test_salloc_mpich_allreduce_on_four_nodes(slurm_cluster: RealCluster,
+                                              tmp_path: Path) -> None:
+    c = slurm_cluster
+    prog = script(tmp_path, "mpi.py", MPI_PROGRAM)
+    res = salloc(c, ["-N4", "-n8"], "-genv", "FI_PROVIDER", "tcp", "-n", "8",
+                 sys.executable, str(prog))
+    assert res.returncode == 0, res.stderr
+    assert f"sum 28 size 8 netns 4 nodes {','.join(c.names)} MPICH" in res.stdout, res.stdout
+    assert res.stderr == ""
+    assert_clean(c)
+
+
+def test_salloc_places_ranks_as_slurm_says(slurm_cluster: RealCluster, tmp_path: Path) -> None:
+    c = slurm_cluster
+    # Heterogeneous tasks per node (3 on the first, 1 on the second), read from Slurm.
+    res = salloc(c, ["-N2", "-n4", "--ntasks-per-node=3"], "-n", "4", "sh", "-c",
+                 "echo $PMI_RANK $(hostname)")
+    assert res.returncode == 0, res.stderr
+    rows = sorted(line.split() for line in res.stdout.splitlines())
+    per_node = [sum(1 for r in rows if r[1] == n) for n in c.names[:2]]
+    assert per_node == [3, 1], rows
+    assert_clean(c)
+
+
+@pytest.mark.skipif(not os.path.exists(os.environ.get("PMRUN_IMPI_PYTHON",
+                                                      "/work/venvs/impi/bin/python")),
+                    reason="no Intel MPI venv (PMRUN_IMPI_PYTHON)")
+def test_salloc_intel_mpi_allreduce(slurm_cluster: RealCluster, tmp_path: Path) -> None:
+    c = slurm_cluster
+    python = os.environ.get("PMRUN_IMPI_PYTHON", "/work/venvs/impi/bin/python")
+    prog = script(tmp_path, "mpi.py", MPI_PROGRAM)
+    res = salloc(c, ["-N3", "-n6"], "-genv", "FI_PROVIDER", "tcp", "-genv",
+                 "I_MPI_FABRICS", "ofi", "-n", "6", python, str(prog))
+    assert res.returncode == 0, res.stderr
+    assert f"sum 15 size 6 netns 3 nodes {','.join(c.names[:3])} Intel" in res.stdout, \
+        res.stdout
+    assert_clean(c)
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(mpi_missing() is not None, reason=str(mpi_missing()))
+def test_sbatch_script(slurm_cluster: RealCluster, tmp_path: Path) -> None:
+    c = slurm_cluster
+    prog = script(tmp_path, "mpi.py", MPI_PROGRAM)
+    out = tmp_path / "job.out"
+    job = tmp_path / "job.sh"
+    # As in the README: no launcher, no hosts, no -n (the allocation's 6 tasks).
+    job.write_text(f"""#!/bin/sh
+#SBATCH --nodes=3 --ntasks=6 --time=2 --output={out}
+export FI_PROVIDER=tcp
+pmrun {sys.executable} {prog}
+echo "pmrun exit $?"
+""")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "pmrun").write_text(f"#!/bin/sh\nexec {sys.executable} -m pm \"$@\"\n")
+    (bindir / "pmrun").chmod(0o755)
+    env = env_for(c)
+    env["PATH"] = f"{bindir}:{env['PATH']}"
+    res = subprocess.run(["sbatch", "--parsable", str(job)], env=env, capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    jobid = res.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if not c.run(["squeue", "-h", "-j", jobid]).stdout.strip():
+            break
+        time.sleep(0.2)
+    text = out.read_text()
+    assert f"sum 15 size 6 netns 3 nodes {','.join(c.names[:3])}" in text, text
+    assert "pmrun exit 0" in text, text
+    assert_clean(c)
+
+
+def _start_sleeping(c: RealCluster, nodes: int, ranks: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        ["salloc", "--quiet", f"-N{nodes}", f"-n{ranks}", sys.executable, "-m", "pm", "-n",
+         str(ranks), "sleep", "300"], env=env_for(c), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        sleeping = sum(1 for procs in c.leftovers().values() for p in procs
+                       if p.endswith("sleep 300 "))
+        if sleeping == ranks:
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    out, err = proc.communicate()
+    pytest.fail(f"ranks did not start (rc {proc.returncode}): {out}\n{err}")
+
+
+def test_cancelled_allocation_ends_the_job(slurm_cluster: RealCluster) -> None:
+    c = slurm_cluster
+    proc = _start_sleeping(c, 4, 8)
+    jobid = c.queue()[0].split()[0]
+    c.run(["scancel", jobid])
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_CANCELLED, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == [f"pmrun: Slurm cancelled the job step {jobid}.0"], err
+    assert_clean(c)
+
+
+def test_missing_interface_on_the_nodes_is_one_line(slurm_cluster: RealCluster) -> None:
+    c = slurm_cluster
+    # The bridge exists here, not on the nodes.
+    res = salloc(c, ["-N2", "-n2"], "--iface", c.bridge, "-n", "2", "true")
+    assert res.returncode == 255
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.fullmatch(
+        rf"pmrun: node 0 \({c.names[0]}\) lost: interface '{c.bridge}': No such device",
+        lines[0]), res.stderr
+    assert_clean(c)
+
+
+def test_a_dead_node_is_named(slurm_cluster: RealCluster) -> None:
+    c = slurm_cluster
+    proc = _start_sleeping(c, 4, 8)
+    try:
+        c.kill_node(2)  # slurmd, slurmstepd, the agent and its ranks: the node is gone
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 255, err
+        first = next(line for line in err.splitlines() if line.startswith("pmrun:"))
+        assert first.startswith(f"pmrun: node 2 ({c.names[2]}) lost"), err
+        assert "Traceback" not in err
+        c.run(["scancel", "--full", c.queue()[0].split()[0]] if c.queue() else ["true"])
+    finally:
+        c.restart_slurmd(2)
+    assert_clean(c)
