@@ -240,10 +240,6 @@ class PmiEngine:
                         self._nbad, self._nlogged)
         return [Event("eof", self.finalized or not self.initialized)]
 
-    @property
-    def pending_calls(self) -> int:
-        return len(self._calls)
-
     # ------------------------------------------------------------------ internals
     def _flush(self) -> list[Action]:
         acts = self._acts

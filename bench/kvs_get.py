@@ -338,8 +338,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="short run: does it work?")
     ap.add_argument("--part", choices=("wire", "latency", "memory"),
                     help="only this part (the wire writes its own section, kvs_wire)")
+    ap.add_argument("--runs", type=int, help="runs per point (default 5, 1 with --quick)")
     args = ap.parse_args()
-    runs = 1 if args.quick else 5
+    runs = args.runs or (1 if args.quick else 5)
     duration = 0.3 if args.quick else 1.0
     lat_counts = (1, 8) if args.quick else (1, 8, 32)
     mem_counts = (1, 4) if args.quick else (1, 2, 4, 8, 16, 32)

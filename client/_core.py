@@ -155,6 +155,7 @@ class Session:
 
     def __init__(self) -> None:
         self._next = 0
+        self._pack = native.frame_packer()  # one msgpack Packer: a client is one thread's
         self.info: Info | None = None
         self.shm: ShmKVSReader | None = None
 
@@ -162,7 +163,7 @@ class Session:
         """A new request id and the frame carrying ``[id, op, *args]``."""
         self._next += 1
         try:
-            frame = native.pack([self._next, op, *args])
+            frame = self._pack([self._next, op, *args])
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{op}: arguments cannot be sent: {exc}") from exc
         return self._next, frame
