@@ -142,7 +142,7 @@ class JobAgent:
         from pm.agent import topo_share
 
         # The PMIx server starts (in a thread) while the topology is discovered.
-        pmix = asyncio.ensure_future(self._open_pmix()) if plan.pmix else None
+        pmix = asyncio.ensure_future(self._start_pmix()) if plan.pmix else None
         topo = None
         xml = None if plan.bind_to not in ("", "none") else topo_share.cached_xml()
         if xml is None:
@@ -159,19 +159,32 @@ class JobAgent:
         if topo is not None and plan.bind_to not in ("", "none"):
             self._bind(topo)
         if pmix is not None:
-            await pmix
+            self._open_pmix(await pmix, topo)
 
-    async def _open_pmix(self) -> None:
+    async def _start_pmix(self) -> Any:
         from pm.agent.pmix_job import PmixJob
 
         try:
-            self.pmix = await PmixJob.open(self)
+            return await PmixJob.start_server(self)
+        except PMError as exc:
+            return exc
+
+    def _open_pmix(self, srv: Any, topo: Any) -> None:
+        """The job registered with the PMIx server (or the server's failure reported)."""
+        from pm.agent.pmix_job import PmixJob
+
+        try:
+            if isinstance(srv, PMError):
+                raise srv
+            job = PmixJob(self, srv)
+            self.on_close.append(job.close)
+            job.register(topo)
+            self.pmix = job
         except PMError as exc:
             # One line naming the node; the head ends the job (no rank starts here).
             self._pmix_failed = True
             self.parent.send(t.AgentError(self.vertex, self.host, f"cannot serve PMIx: {exc}"))
             return
-        self.on_close.append(self.pmix.close)
         early, self._pmix_early = self._pmix_early, []
         for msg in early:
             self.pmix.serve_get(msg)

@@ -52,6 +52,35 @@ def node_names(hosts: list[str]) -> list[str]:
     return [f"{h}-{i}" for i, h in enumerate(hosts)]
 
 
+def locality_string(topo: Any, cpus: frozenset[int]) -> str | None:
+    """Where a rank bound to ``cpus`` sits, as PMIx's hwloc support writes it
+    (``SK0:L30:CR2-3:HT4-7:NM0``: logical indexes of the packages, L3 caches, cores,
+    PUs and NUMA nodes it touches); None for a rank free to run anywhere."""
+    from pm.agent.topology import format_cpuset
+
+    if not cpus or cpus.issuperset(topo.pus):
+        return None
+    parts = []
+    for tag, objs in (("SK", topo.packages), ("L3", topo.l3caches), ("CR", topo.cores)):
+        touched = [i for i, o in enumerate(objs) if o & cpus]
+        if touched:
+            parts.append(tag + format_cpuset(touched))
+    # PUs numbered as hwloc does: in tree order, core after core.
+    pus = [pu for core in topo.cores for pu in sorted(core)] or list(topo.pus)
+    parts.append("HT" + format_cpuset(i for i, pu in enumerate(pus) if pu in cpus))
+    numa = [i for i, o in enumerate(topo.numa_nodes) if o & cpus]
+    if numa:
+        parts.append("NM" + format_cpuset(numa))
+    return ":".join(parts)
+
+
+def cpuset_string(cpus: frozenset[int]) -> str:
+    """PMIX_CPUSET as PMIx's hwloc support writes it: ``hwloc:`` and the bitmap's list."""
+    from pm.agent.topology import format_cpuset
+
+    return "hwloc:" + format_cpuset(cpus)
+
+
 class PmixJob(Upcalls):
     """``agent``'s job as a PMIx namespace on this node."""
 
@@ -62,18 +91,17 @@ class PmixJob(Upcalls):
         self.dir = os.path.join(srv.dir, self.nspace)
         self.closed = False
 
-    @classmethod
-    async def open(cls, agent: JobAgent) -> PmixJob:
-        """Start the server if this process has none (in a thread), register the job."""
-        name = node_names(agent.plan.hosts)[agent.vertex]
-        srv = await asyncio.to_thread(server, name)
+    @staticmethod
+    async def start_server(agent: JobAgent) -> PmixServer:
+        """The process's server, started (in a thread: tens of ms) if it has none."""
+        srv = await asyncio.to_thread(server, node_names(agent.plan.hosts)[agent.vertex])
         srv.loop = agent.loop
-        job = cls(agent, srv)
-        job._register()
-        return job
+        return srv
 
     # ------------------------------------------------------------------ registration
-    def _register(self) -> None:
+    def register(self, topo: Any = None) -> None:
+        """The job with its keys, and each local rank as a client; ``topo`` (the node's
+        :class:`~pm.agent.topology.Topology`) gives bound ranks their locality strings."""
         agent, plan, ffi, lib = self.agent, self.agent.plan, self.srv.ffi, self.srv.lib
         os.makedirs(self.dir, exist_ok=True)
         names = node_names(plan.hosts)
@@ -125,7 +153,7 @@ class PmixJob(Upcalls):
         for v in range(len(names)):
             for lr, r in enumerate(by_node.get(v, [])):
                 appnum = plan.app_of_rank(r)
-                items.append(("pmix.pdata", (L.INFO, [  # PMIX_PROC_DATA
+                pdata: list[tuple[str, L.Value]] = [
                     ("pmix.rank", (L.PROC_RANK, r)),
                     ("pmix.nodeid", (L.UINT32, v)),
                     ("pmix.lrank", (L.UINT16, lr)),
@@ -133,7 +161,13 @@ class PmixJob(Upcalls):
                     ("pmix.appnum", (L.UINT32, appnum)),
                     ("pmix.apprank", (L.PROC_RANK, r - app_first[appnum])),
                     ("pmix.grank", (L.PROC_RANK, r)),
-                ])))
+                ]
+                cpus = agent.cpusets[lr] if v == agent.vertex and agent.cpusets else None
+                where = locality_string(topo, cpus) if topo is not None and cpus else None
+                if where and cpus:
+                    pdata.append(("pmix.locstr", (L.STRING, where)))  # PMIX_LOCALITY_STRING
+                    pdata.append(("pmix.cpuset", (L.STRING, cpuset_string(cpus))))
+                items.append(("pmix.pdata", (L.INFO, pdata)))  # PMIX_PROC_DATA
         info = L.InfoArray(ffi, items)
         try:
             rc = lib.PMIx_server_register_nspace(self.nspace.encode(), len(local), info.ptr,

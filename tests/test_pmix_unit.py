@@ -133,3 +133,21 @@ def test_cleanup_removes_only_directories_whose_owner_is_gone(tmp_path: Path) ->
         os.close(fd)
         if child is not None:
             child.communicate(b"")
+
+
+def test_locality_strings_name_what_a_bound_rank_touches() -> None:
+    from pm.agent.pmix_job import cpuset_string, locality_string
+    from pm.agent.topology import Topology
+
+    # 2 packages x 2 cores x 2 PUs; core k holds PUs k and k+4 (Intel's numbering).
+    cores = tuple(frozenset({k, k + 4}) for k in range(4))
+    topo = Topology(source="sysfs", pus=tuple(range(8)), cores=cores,
+                    numa_nodes=(frozenset({0, 1, 4, 5}), frozenset({2, 3, 6, 7})),
+                    packages=(frozenset({0, 1, 4, 5}), frozenset({2, 3, 6, 7})),
+                    l3caches=(frozenset({0, 1, 4, 5}), frozenset({2, 3, 6, 7})),
+                    memory_bytes=1 << 30, xml=None)
+    # PUs in tree order: 0,4 | 1,5 | 2,6 | 3,7 -> core 2 holds PUs #4 and #5.
+    assert locality_string(topo, frozenset({2, 6})) == "SK1:L31:CR2:HT4-5:NM1"
+    assert locality_string(topo, frozenset({0, 1})) == "SK0:L30:CR0-1:HT0,2:NM0"
+    assert locality_string(topo, frozenset(range(8))) is None  # free to run anywhere
+    assert cpuset_string(frozenset({0, 1, 2, 5})) == "hwloc:0-2,5"
