@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pm.proto.errors import PMError
 
 __all__ = [
+    "BATCH_HOSTFILES",
     "MAX_HOSTS",
     "HostSlots",
     "HostlistError",
+    "batch_hostfile",
+    "batch_hosts",
     "compress",
     "expand",
     "parse_hostfile",
@@ -298,3 +301,35 @@ def parse_hostfile(text: str) -> list[HostSlots]:
             raise HostlistError(f"empty host name in host file {where}")
         entries.extend((h, slots) for h in hosts)
     return _merge(entries)
+
+
+#: Host files other batch systems give a job: one line per slot (host names repeat).
+BATCH_HOSTFILES = (("PBS_NODEFILE", "PBS/Torque"), ("LSB_DJOB_HOSTFILE", "LSF"))
+
+
+def batch_hostfile(env: Mapping[str, str]) -> tuple[str, str] | None:
+    """``(variable, path)`` of the host file a PBS/Torque or LSF job has, if any."""
+    for var, _system in BATCH_HOSTFILES:
+        path = env.get(var)
+        if path:
+            return var, path
+    return None
+
+
+def batch_hosts(env: Mapping[str, str]) -> list[HostSlots] | None:
+    """The hosts and slots of a PBS/Torque (``PBS_NODEFILE``) or LSF
+    (``LSB_DJOB_HOSTFILE``) job, or None outside one.  ``HostlistError`` names the file
+    when it cannot be read."""
+    found = batch_hostfile(env)
+    if found is None:
+        return None
+    var, path = found
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as exc:
+        raise HostlistError(f"{var}={path}: {exc.strerror}") from None
+    hosts = parse_hostfile(text)
+    if not hosts:
+        raise HostlistError(f"{var}={path}: no hosts in the file")
+    return [HostSlots(h.host, h.slots or 1) for h in hosts]  # each line is one slot

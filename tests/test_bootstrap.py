@@ -46,7 +46,7 @@ from pm.bootstrap.slurm import (
     tasks_per_node,
 )
 from pm.bootstrap.ssh import DEFAULT_SSH, SshBootstrap, ssh_argv
-from pm.hostlist import HostlistError
+from pm.hostlist import HostlistError, HostSlots, batch_hosts
 from pm.tree import Tree
 
 pytestmark = pytest.mark.timeout(90)
@@ -247,3 +247,23 @@ def test_who_job_agents_run_as() -> None:
         credentials("nobody", allow_root=False, me=nobody.pw_uid + 1)
     with pytest.raises(PermissionError, match="no such user"):
         credentials("no-such-user-here", allow_root=False, me=0)
+
+
+def test_pbs_and_lsf_host_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("SLURM_JOB_NODELIST", "SLURM_JOB_ID", "PBS_NODEFILE", "LSB_DJOB_HOSTFILE"):
+        monkeypatch.delenv(var, raising=False)
+    assert batch_hosts({}) is None
+    # PBS/Torque and LSF: one line per slot, host names repeated.
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("cn01\ncn01\ncn02\ncn01\ncn03\n")
+    for var in ("PBS_NODEFILE", "LSB_DJOB_HOSTFILE"):
+        assert batch_hosts({var: str(nodefile)}) == [
+            HostSlots("cn01", 3), HostSlots("cn02", 1), HostSlots("cn03", 1)]
+    monkeypatch.setenv("PBS_NODEFILE", str(nodefile))
+    opts = bootstrap_options({})
+    assert opts["name"] == "ssh" and opts["batch"]
+    assert default_hosts(opts) == [("cn01", 3), ("cn02", 1), ("cn03", 1)]
+    # Hosts given on the command line win over the batch system's file.
+    assert "batch" not in bootstrap_options({}, ["other1"])
+    with pytest.raises(HostlistError, match="LSB_DJOB_HOSTFILE=/no/such: No such file"):
+        batch_hosts({"LSB_DJOB_HOSTFILE": "/no/such"})

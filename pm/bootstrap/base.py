@@ -206,8 +206,11 @@ def bootstrap_options(extra: Mapping[str, str],
     """
     import os
 
+    from pm.hostlist import batch_hostfile
+
     name = extra.get("launcher")
     exec_value = extra.get("launcher_exec")
+    batch = False
     if not name:
         if exec_value is not None and is_template(exec_value):
             name = "exec"
@@ -222,6 +225,9 @@ def bootstrap_options(extra: Mapping[str, str],
         elif not hosts_given and os.environ.get("SLURM_JOB_NODELIST") and os.environ.get(
                 "SLURM_JOB_ID"):
             name = "slurm"
+        elif not hosts_given and batch_hostfile(os.environ):
+            name = "ssh"  # a PBS/Torque or LSF job: its host file, reached over ssh
+            batch = True
         else:
             name = "local"
     known = ("local", "fork", "ssh", "slurm", "exec", "persistent")
@@ -251,6 +257,8 @@ def bootstrap_options(extra: Mapping[str, str],
             opts["user"] = extra["user"]
     elif name == "slurm":
         opts["start"] = "step"
+    if batch:
+        opts["batch"] = True
     elif name == "persistent":
         if not extra.get("agents"):
             raise ValueError("--launcher persistent needs --agents FILE")
@@ -263,9 +271,15 @@ def bootstrap_options(extra: Mapping[str, str],
 
 
 def default_hosts(options: Mapping[str, Any]) -> list[tuple[str, int | None]] | None:
-    """Hosts a launcher brings along when none are given: the Slurm allocation, or the
-    services of an ``--agents`` file.  ``None`` for the others."""
+    """Hosts a launcher brings along when none are given: the Slurm allocation, a PBS/LSF
+    job's host file, or the services of an ``--agents`` file.  ``None`` for the others."""
     name = options.get("name")
+    if options.get("batch"):
+        import os
+
+        from pm.hostlist import batch_hosts
+
+        return [(h.host, h.slots) for h in batch_hosts(os.environ) or []]
     if name == "slurm":
         from pm.bootstrap.slurm import allocation_hosts
 
