@@ -366,6 +366,8 @@ class JobRun:
         elif isinstance(msg, t.Done):
             self.stats.update(msg.stats)
             self._top_done = True
+            if self.spawns is not None:
+                self.spawns.job_ended(0)
             self.spawned_done()
         elif isinstance(msg, t.Sub):
             if self.spawns is not None:

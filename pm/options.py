@@ -333,7 +333,8 @@ OPTIONS = (
         help='hosts from FILE ("host", "host:4" or "host slots=4" per line)'),
     Opt("-usize --universe-size", "universe_size", universe, metavar="N", group=PLACE,
         help="MPI universe size the ranks are told (room for MPI_Comm_spawn); SYSTEM: the "
-             "slots given, INFINITE: no limit (default: the job's size)"),
+             "slots given, INFINITE: no limit (default: the slots given with the hosts, else "
+             "the job's size)"),
     Opt("--bind-to -bind-to", "bind_to", bind_to, metavar="TARGET", group=PLACE,
         help="none, hwthread, core, l3cache, numa, package, each with :N (N of them per "
              "rank) or :overload-allowed, or user:0+1,2"),

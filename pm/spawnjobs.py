@@ -84,6 +84,8 @@ class SpawnedJob:
     started_at: float = 0.0
     ended_at: float = 0.0
     done: bool = False
+    #: Ended by pmrun because its parent job ended first: its ranks' ends are no failure.
+    orphaned: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -116,6 +118,28 @@ def capacities(run: JobRun) -> list[int]:
             for v in range(len(used))]
 
 
+#: Seconds a spawned job may outlive the job that spawned it before it is ended.
+ORPHAN_GRACE = 5.0
+
+
+def info_hosts(info: dict[str, str]) -> list[str] | None:
+    """Host names a command's ``host``/``hosts`` (a host list: ``h1,h[2-3]``) or
+    ``hostfile`` info key allows (Hydra's keys; read here, as mpiexec does), or None."""
+    from pm.hostlist import HostlistError, parse_hostfile, parse_hosts_option
+
+    try:
+        if info.get("host") or info.get("hosts"):
+            return [h.host for h in parse_hosts_option(info.get("host") or info["hosts"])]
+        if info.get("hostfile"):
+            with open(info["hostfile"]) as f:
+                return [h.host for h in parse_hostfile(f.read())]
+    except HostlistError as exc:
+        raise SpawnRefused(f"bad host info key: {exc}") from None
+    except OSError as exc:
+        raise SpawnRefused(f"hostfile {info['hostfile']}: {exc.strerror}") from None
+    return None
+
+
 class HeadSpawns:
     """Every spawned job of ``run`` (all levels of nesting), by number."""
 
@@ -141,13 +165,12 @@ class HeadSpawns:
         hosts = run.plan.hosts
         allowed = set(range(len(hosts)))
         for c in commands:
-            names = c.hosts()
+            names = info_hosts(c.info)
             if names is not None:
-                ok = {v for v, h in enumerate(hosts) if h in names}
                 missing = [h for h in names if h not in hosts]
                 if missing:
                     raise SpawnRefused(f"host {missing[0]} is not one of the job's nodes")
-                allowed &= ok
+                allowed &= {v for v, h in enumerate(hosts) if h in names}
         n = sum(c.n for c in commands)
         placement = place_spawn(n, self._free(), self._vertex_of(parent, msg.origin),
                                 sorted(allowed))
@@ -246,6 +269,7 @@ class HeadSpawns:
             rec.done = True
             rec.ended_at = time.monotonic()
             rec.stats = dict(msg.stats)
+            self.job_ended(job)
             run.spawned_done()
         else:
             log.debug("head: ignored %s of spawned job %d", type(msg).__name__, job)
@@ -253,7 +277,7 @@ class HeadSpawns:
     def _rank_ended(self, rec: SpawnedJob, r: RankResult) -> None:
         rec.ranks[r.rank] = r
         run = self.run
-        if r.ok or run._killing:
+        if r.ok or run._killing or rec.orphaned:
             return
         host = run.plan.hosts[r.node] if 0 <= r.node < len(run.plan.hosts) else "?"
         where = f"rank {r.rank} of spawned job {rec.job} (node {r.node}, {host})"
@@ -264,6 +288,26 @@ class HeadSpawns:
             run._fail(f"{where} {status.describe()}", status.shell_code)
 
     # ------------------------------------------------------------ the end
+    def job_ended(self, job: int) -> None:
+        """Every rank of ``job`` (0: the launched job) ended: the jobs it spawned that
+        still run get :data:`ORPHAN_GRACE` seconds to end, then are ended."""
+        for rec in self.jobs.values():
+            if rec.parent == job and not rec.done:
+                self.run.loop.call_later(ORPHAN_GRACE, self._end_orphan, rec.job)
+
+    def _end_orphan(self, job: int) -> None:
+        rec = self.jobs[job]
+        agent = self.run.agent
+        if rec.done or rec.orphaned or agent is None:
+            return
+        rec.orphaned = True
+        who = "the launched job" if rec.parent == 0 else f"spawned job {rec.parent}"
+        why = f"spawned job {job} outlived {who} by {ORPHAN_GRACE:g} s: ending it"
+        log.warning("%s", why)
+        from pm.head import KILL_GRACE
+
+        agent.from_parent(t.wrap(job, t.Kill(why, KILL_GRACE)))
+
     def all_done(self) -> bool:
         return all(j.done for j in self.jobs.values())
 

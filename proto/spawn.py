@@ -20,7 +20,8 @@ the *preput* keys the children find in their new KVS (MPICH's only one is
   ``spawn-response`` must carry ``jobid`` (the children's kvsname).
 * Info keys Hydra honours: ``path`` (the program is ``path/execname``),
   ``wdir``, ``host``/``hosts`` (comma-separated) and ``hostfile``; it ignores
-  the rest.  pmrun honours those and ``env`` (``VAR=value`` words, separated
+  the rest.  pmrun honours those (the host keys at the head,
+  :func:`pm.spawnjobs.info_hosts`) and ``env`` (``VAR=value`` words, separated
   by newlines or spaces): the children's extra environment.
 """
 
@@ -57,13 +58,6 @@ class SpawnCommand:
             if sep and name:
                 out[name] = value
         return out
-
-    def hosts(self) -> list[str] | None:
-        """Host names the ``host``/``hosts``/``hostfile`` info keys allow, or None (any)."""
-        names = self.info.get("host") or self.info.get("hosts")
-        if names:
-            return [h.strip().split(":")[0] for h in names.split(",") if h.strip()]
-        return None
 
     def to_wire(self) -> list[Any]:
         return [self.argv, self.n, self.info]

@@ -256,3 +256,79 @@ asyncio.run(main())
                          capture_output=True, text=True, timeout=90)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "RC 0 KIDS 3 [0, 1, 2] True ['0', '1', '1:0', '1:1', '1:2']" in res.stdout, res.stdout
+
+
+def test_host_info_key_and_an_unknown_host(tmp_path: Path) -> None:
+    prog = script(tmp_path, "hosts.py", """
+        import socket, sys
+        from mpi4py import MPI
+
+        parent = MPI.Comm.Get_parent()
+        if parent == MPI.COMM_NULL:
+            here = MPI.Info.Create()
+            here.Set("host", socket.gethostname())
+            inter = MPI.COMM_SELF.Spawn(sys.executable, args=[__file__], maxprocs=2, info=here)
+            print("spawned", inter.Get_remote_size(), flush=True)
+            inter.Barrier()
+            inter.Disconnect()
+            elsewhere = MPI.Info.Create()
+            elsewhere.Set("host", "no-such-node-anywhere")
+            try:
+                MPI.COMM_SELF.Spawn(sys.executable, args=[__file__], maxprocs=1,
+                                    info=elsewhere)
+                print("spawned on a host that is not ours", flush=True)
+            except MPI.Exception:
+                print("refused", flush=True)
+        else:
+            parent.Barrier()
+            parent.Disconnect()
+    """)
+    res = run(tmp_path, "-n", "1", sys.executable, str(prog))
+    assert "spawned 2" in res.stdout and "refused" in res.stdout, res.stdout + res.stderr
+    assert "no-such-node-anywhere is not one of the job's nodes" in res.stderr
+
+
+def test_children_that_outlive_their_parent_are_ended(tmp_path: Path, marker: str) -> None:
+    prog = script(tmp_path, "orphan.py", """
+        import sys, time
+        from mpi4py import MPI
+
+        parent = MPI.Comm.Get_parent()
+        if parent == MPI.COMM_NULL:
+            inter = MPI.COMM_WORLD.Spawn(sys.executable, args=[__file__, sys.argv[1]],
+                                         maxprocs=2)
+            inter.Disconnect()
+            print("parent done", flush=True)
+        else:
+            parent.Disconnect()
+            time.sleep(300)  # never ends on its own
+    """)
+    res = run(tmp_path, "-n", "1", sys.executable, str(prog), marker, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "parent done" in res.stdout
+    assert "spawned job 1 outlived the launched job" in res.stderr, res.stderr
+    wait_gone(marker, 10)
+
+
+def test_a_spawned_jobs_output_arrives_whole(tmp_path: Path) -> None:
+    prog = script(tmp_path, "chatty.py", """
+        import sys
+        from mpi4py import MPI
+
+        parent = MPI.Comm.Get_parent()
+        if parent == MPI.COMM_NULL:
+            inter = MPI.COMM_WORLD.Spawn(sys.executable, args=[__file__], maxprocs=2)
+        else:
+            inter = parent
+            line = f"{MPI.COMM_WORLD.rank} " + "x" * 200 + "\\n"
+            for _ in range(40000):  # 8 MB each, beyond the output window
+                sys.stdout.write(line)
+            sys.stdout.flush()
+        inter.Barrier()
+        inter.Disconnect()
+    """)
+    res = run(tmp_path, "-n", "1", sys.executable, str(prog))
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 80000 and all(len(line) == 202 for line in lines)
+    assert sum(line.startswith("1 ") for line in lines) == 40000

@@ -15,7 +15,7 @@ from pm.proto import pmi1, pmi2, spawn
 from pm.proto import tree as t
 from pm.proto.errors import ProtocolError
 
-from pm.spawnjobs import SpawnRefused, dense, place_spawn
+from pm.spawnjobs import SpawnRefused, dense, info_hosts, place_spawn
 from pm.tree import Tree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,7 +56,7 @@ def test_pmi1_two_commands() -> None:
                                                      (["other"], 1)]
     assert req.preput == {"PARENT_ROOT_PORT_NAME": "tag#0$port#5$"}
     first = req.commands[0]
-    assert first.wdir == "/tmp" and first.hosts() == ["n1", "n2"]
+    assert first.wdir == "/tmp" and info_hosts(first.info) == ["n1", "n2"]
     assert req.commands[1].info == {} and req.size == 3
 
 
