@@ -339,9 +339,10 @@ class ChildPort:
         beat = t.seal(self.secret, t.encode(t.Heartbeat(-1)))
         while True:
             await asyncio.sleep(live.interval)  # a period, not a wait for an event
+            # Every linked child, also one whose subtree is done (not watched any more):
+            # it stays until the job is over and takes our silence for our loss.
             for vertex in list(self._ids):
-                if vertex in live:
-                    self.send_raw(vertex, beat)
+                self.send_raw(vertex, beat)
             for vertex in live.check(time.monotonic()):
                 log.warning("vertex %d: no sign of life for %g s", vertex, live.timeout)
                 if self.on_lost is not None:

@@ -56,3 +56,13 @@ def test_a_line_names_the_first_few_of_many_missing_nodes(pmrun: Run, tmp_path: 
                         r"node 2 \(n3\), node 3 \(n4\), node 4 \(n5\) and 2 more",
                         lines[0]), lines
     assert "lost: did not join the tree within 6 s" in r.stderr
+
+
+def test_a_subtree_done_early_waits_for_the_others_quietly(pmrun: Run, tmp_path: Path) -> None:
+    # Node 1's rank ends at once, node 2's after 7 s (more than the 5 s heartbeat): node 1's
+    # agent stays until the job is over and must keep hearing from its parent meanwhile.
+    r = pmrun(*_stalling(tmp_path, ["none"]), "-hosts", "n1,n2,n3", "--fanout", "2", "-n", "3",
+              "sh", "-c", '[ "$PMI_RANK" = 2 ] && sleep 7; echo done $PMI_RANK', timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["done 0", "done 1", "done 2"]
+    assert "heartbeat" not in r.stderr and "sign of life" not in r.stderr, r.stderr
