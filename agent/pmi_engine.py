@@ -37,6 +37,7 @@ be followed any more (a runaway line, a broken frame) gives ``error`` and
 
 from __future__ import annotations
 
+import enum
 import logging
 import re
 from collections import deque
@@ -67,6 +68,24 @@ if TYPE_CHECKING:
         def get_now(self, key: bytes) -> bytes | None: ...
         def node_attr_put(self, key: str, value: str) -> None: ...
         def release(self, rank: int, ident: int) -> None: ...
+
+
+class Wire(enum.StrEnum):
+    """The protocol a connection speaks (UNKNOWN until its first bytes)."""
+
+    UNKNOWN = ""
+    PMI1 = "pmi1"
+    PMI2 = "pmi2"
+    NATIVE = "native"
+
+
+class Phase(enum.Enum):
+    """Where the rank is in its PMI life."""
+
+    NEW = 0
+    INITIALIZED = 1
+    FINALIZED = 2
+    CLOSED = 3  # the stream was refused or the rank closed it: nothing more is served
 
 
 # --------------------------------------------------------------------- actions
@@ -161,10 +180,10 @@ class PmiEngine:
     def __init__(self, store: Store, rank: int) -> None:
         self.store = store
         self.rank = rank
-        self.protocol = ""
-        self.initialized = False
-        self.finalized = False
-        self.closed = False
+        self.protocol = Wire.UNKNOWN
+        self.phase = Phase.NEW
+        #: Whether the rank ever initialized / finalized (CLOSED keeps what came before).
+        self._inited = self._finalized = False
         self._kvsname = store.kvsname.encode()
         self._head = b""
         self._p1: pmi1.Pmi1Decoder | None = None
@@ -184,15 +203,34 @@ class PmiEngine:
         self._causes: set[str] = set()
         self._nbad = self._nlogged = 0
 
+    @property
+    def initialized(self) -> bool:
+        return self._inited
+
+    @property
+    def finalized(self) -> bool:
+        return self._finalized
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSED
+
+    def _enter(self, phase: Phase) -> None:
+        if phase is Phase.INITIALIZED:
+            self._inited = True
+        elif phase is Phase.FINALIZED:
+            self._finalized = True
+        self.phase = phase
+
     # ------------------------------------------------------------------ driving
     def feed(self, data: bytes) -> list[Action]:
         """Bytes the rank sent: the actions they call for."""
         if self.closed:
             return []
         try:
-            if not self.protocol:
+            if self.protocol is Wire.UNKNOWN:
                 data = self._detect(data)
-                if not self.protocol:
+                if self.protocol is Wire.UNKNOWN:
                     return []
             nat = self._nat
             if nat is not None:
@@ -233,7 +271,7 @@ class PmiEngine:
 
     def eof(self) -> list[Action]:
         """The rank closed its end: the last event (clean if finalized or never initialized)."""
-        self.closed = True
+        self._enter(Phase.CLOSED)
         self._calls.clear()
         if self._nbad > self._nlogged:
             log.warning("rank %d: %d bad PMI requests in all, %d logged", self.rank,
@@ -284,7 +322,7 @@ class PmiEngine:
         # The stream cannot be followed any more: the rank fails (the job names it).
         self._event("error", why)
         self._acts.append(Close(why))
-        self.closed = True
+        self._enter(Phase.CLOSED)
         self._queue.clear()
 
     def _bad(self, what: str, label: str = "bad PMI request") -> None:
@@ -312,16 +350,16 @@ class PmiEngine:
             return b""
         self._head = b""
         if head.startswith(native.MAGIC):
-            self.protocol = "native"
+            self.protocol = Wire.NATIVE
             self._nat = native.FrameDecoder()
             self._pack = native.frame_packer()
             return head[4:]
         if head.startswith((b"cmd=", b"mcmd")):
-            self.protocol = "pmi1"
+            self.protocol = Wire.PMI1
             self._p1 = pmi1.Pmi1Decoder()
             return head
         if len(head) >= 6 and head[:6].strip().isdigit():
-            self.protocol = "pmi2"
+            self.protocol = Wire.PMI2
             self._p2 = pmi2.Pmi2Decoder()
             return head
         if len(head) < 6:
@@ -411,11 +449,11 @@ class PmiEngine:
 
     # -- PMI-1 commands (each adds its reply to _out, or starts a call)
     def _init1(self, c: pmi1.Pmi1Command) -> None:
-        self.initialized = True
+        self._enter(Phase.INITIALIZED)
         self._event("init")
         if c.args.get("pmi_version") == "2":
             # A PMI-2 client: everything after this line is length-framed.
-            self.protocol = "pmi2"
+            self.protocol = Wire.PMI2
             rest = self._p1.pending if self._p1 is not None else b""
             self._p1, self._p2 = None, pmi2.Pmi2Decoder()
             self._out.append(pmi2.encode_init_response())
@@ -471,7 +509,7 @@ class PmiEngine:
                     lambda _r: b"cmd=barrier_out rc=0\n")
 
     def _finalize1(self, c: pmi1.Pmi1Command) -> None:
-        self.finalized = True
+        self._enter(Phase.FINALIZED)
         self._event("finalize")
         self._out.append(b"cmd=finalize_ack rc=0\n")
 
@@ -504,7 +542,7 @@ class PmiEngine:
 
     # -- PMI-2 commands
     def _fullinit2(self, c: pmi2.Pmi2Command) -> None:
-        self.initialized = True
+        self._enter(Phase.INITIALIZED)
         self._event("init")
         store = self.store
         # A spawned job's ranks learn they have a parent from spawner-jobid.
@@ -569,7 +607,7 @@ class PmiEngine:
         self._wait2(Collective(self._token(), RING, _enc(value)), c, finish)
 
     def _finalize2(self, c: pmi2.Pmi2Command) -> None:
-        self.finalized = True
+        self._enter(Phase.FINALIZED)
         self._event("finalize")
         self._out.append(pmi2.response(c))
 
@@ -640,7 +678,7 @@ class PmiEngine:
     def _native_op(self, req: int, op: str, frame: list[Any]) -> None:
         store, rank, out = self.store, self.rank, self._out
         if op == native.INIT:
-            self.initialized = True
+            self._enter(Phase.INITIALIZED)
             self._event("init")
             out.append(self._pack([req, True, store.native_info(rank)]))
             return
@@ -681,7 +719,7 @@ class PmiEngine:
             value = _bytes(frame[2], "value")
             self._native_wait(req, op, Collective(self._token(), RING, value))
         elif op == native.FINALIZE:
-            self.finalized = True
+            self._enter(Phase.FINALIZED)
             self._event("finalize")
             out.append(self._pack([req, True, None]))
         elif op == native.ABORT:

@@ -24,6 +24,7 @@ from pm.agent.pmi_engine import (
     Reserve,
     Send,
     Spawn,
+    Wire,
 )
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class PmiSession(asyncio.Protocol):
         self._waiting: dict[int, asyncio.Future[Any]] = {}
 
     @property
-    def protocol(self) -> str:
+    def protocol(self) -> Wire:
         return self.engine.protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

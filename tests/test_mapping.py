@@ -321,78 +321,72 @@ _RANK_PROGRAM = textwrap.dedent(
 )
 
 
-class _MiniPMI1:
-    """Just enough of a PMI-1 server over PMI_FD to take MPICH through MPI_Init.
-
-    It serves one fixed PMI_process_mapping; everything else is a flat KVS
-    and a barrier over all ranks.
-    """
+class _Job:
+    """The job the PMI engine serves here: one fixed PMI_process_mapping, a flat KVS,
+    a barrier over all ranks (the engine, pm.agent.pmi_engine, speaks the wire)."""
 
     def __init__(self, n: int, mapping: str) -> None:
-        self.n = n
+        self.size = n
         self.kvsname = f"kvs_maptest_{uuid.uuid4().hex}"  # MPICH keys its shm by this
-        self.kvs = {"PMI_process_mapping": mapping}
-        self.cond = threading.Condition()
-        self.waiting = 0
-        self.generation = 0
+        self.mapping = mapping
+        self.kvs: dict[bytes, bytes] = {}
+        self.lock = threading.Lock()
+        self.barrier = threading.Barrier(n)
         self.aborted: list[str] = []
 
-    def barrier(self) -> None:
-        with self.cond:
-            gen = self.generation
-            self.waiting += 1
-            if self.waiting == self.n:
-                self.waiting = 0
-                self.generation += 1
-                self.cond.notify_all()
-            else:
-                self.cond.wait_for(lambda: self.generation != gen or bool(self.aborted))
+    def appnum(self, rank: int) -> int:
+        return 0
 
-    def serve(self, sock: socket.socket) -> None:
-        with sock, sock.makefile("rb") as lines:
-            for raw in lines:
-                line = raw.decode()
-                args = dict(t.split("=", 1) for t in line.split() if "=" in t)
-                cmd = args.get("cmd")
-                if cmd == "init":
-                    reply = "response_to_init rc=0 pmi_version=1 pmi_subversion=1"
-                elif cmd == "get_maxes":
-                    reply = "maxes rc=0 kvsname_max=256 keylen_max=64 vallen_max=1024"
-                elif cmd == "get_appnum":
-                    reply = "appnum rc=0 appnum=0"
-                elif cmd == "get_my_kvsname":
-                    reply = f"my_kvsname rc=0 kvsname={self.kvsname}"
-                elif cmd == "get_universe_size":
-                    reply = f"universe_size rc=0 size={self.n}"
-                elif cmd == "put":
-                    with self.cond:
-                        self.kvs[args["key"]] = args["value"]
-                    reply = "put_result rc=0"
-                elif cmd == "get":
-                    with self.cond:
-                        value = self.kvs.get(args["key"])
-                    reply = (
-                        "get_result rc=1 msg=key_not_found"
-                        if value is None
-                        else f"get_result rc=0 value={value}"
-                    )
-                elif cmd == "barrier_in":
-                    self.barrier()
-                    reply = "barrier_out rc=0"
-                elif cmd == "finalize":
-                    sock.sendall(b"cmd=finalize_ack rc=0\n")
-                    return
-                else:
-                    with self.cond:
-                        self.aborted.append(line)
-                        self.cond.notify_all()
-                    return
-                sock.sendall(f"cmd={reply}\n".encode())
+    def universe_size(self) -> int:
+        return self.size
+
+    def native_info(self, rank: int) -> dict[str, object]:
+        return {}
+
+    def job_attr(self, key: str) -> str | None:
+        return self.mapping if key == "PMI_process_mapping" else None
+
+    def put(self, rank: int, key: bytes, value: bytes) -> None:
+        with self.lock:
+            self.kvs[key] = value
+
+    def get_now(self, key: bytes) -> bytes | None:
+        with self.lock:
+            return self.kvs.get(key)
+
+    def node_attr_put(self, key: str, value: str) -> None:
+        raise AssertionError("PMI-1 has no node attributes")
+
+    def release(self, rank: int, ident: int) -> None:
+        raise AssertionError("PMI-1 has no reservations")
+
+    def serve(self, rank: int, sock: socket.socket) -> None:
+        from pm.agent.pmi_engine import Close, Collective, Event, PmiEngine, Send
+
+        engine = PmiEngine(self, rank)
+        with sock:
+            while data := sock.recv(65536):
+                acts = engine.feed(data)
+                while acts:
+                    act = acts.pop(0)
+                    if isinstance(act, Send):
+                        sock.sendall(act.data)
+                    elif isinstance(act, Collective):
+                        try:
+                            self.barrier.wait(timeout=60)
+                        except threading.BrokenBarrierError:
+                            return
+                        acts += engine.complete(act.token, None)
+                    elif isinstance(act, Close) or (isinstance(act, Event)
+                                                    and act.name in ("abort", "error")):
+                        self.aborted.append(f"rank {rank}: {act}")
+                        self.barrier.abort()
+                        return
 
 
 def _node_mates_under_mpich(nodes: list[int], mapping: str) -> dict[int, list[int]]:
     """Run len(nodes) MPICH ranks given ``mapping``; each rank's MPI shared-memory group."""
-    server = _MiniPMI1(len(nodes), mapping)
+    server = _Job(len(nodes), mapping)
     procs: list[subprocess.Popen[str]] = []
     threads: list[threading.Thread] = []
     try:
@@ -410,7 +404,8 @@ def _node_mates_under_mpich(nodes: list[int], mapping: str) -> dict[int, list[in
                 )
             )
             theirs.close()
-            threads.append(threading.Thread(target=server.serve, args=(ours,), daemon=True))
+            threads.append(threading.Thread(target=server.serve, args=(rank, ours),
+                                            daemon=True))
             threads[-1].start()
         outputs = [p.communicate(timeout=60)[0] for p in procs]
     finally:

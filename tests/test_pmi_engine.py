@@ -27,6 +27,7 @@ from pm.agent.pmi_engine import (
     Reserve,
     Send,
     Spawn,
+    Wire,
 )
 from pm.proto import native, pmi1
 from pm.proto.errors import RankFailed
@@ -369,7 +370,7 @@ def test_pmi2_golden_table() -> None:
     run_table(d, PMI2)
     assert [e.name for e in d.events] == ["init", "init", "abort", "finalize"]
     assert d.events[2].detail == (1, "abort; from 1")
-    assert d.engine.protocol == "pmi2"
+    assert d.engine.protocol is Wire.PMI2
 
 
 def test_pmi2_frames_after_the_init_line_in_one_read() -> None:
