@@ -94,7 +94,8 @@ class PmixJob(Upcalls):
     @staticmethod
     async def start_server(agent: JobAgent) -> PmixServer:
         """The process's server, started (in a thread: tens of ms) if it has none."""
-        srv = await asyncio.to_thread(server, node_names(agent.plan.hosts)[agent.vertex])
+        srv = await asyncio.to_thread(server, node_names(agent.plan.hosts)[agent.vertex],
+                                      agent.extra_env.get("HWLOC_XMLFILE"))
         srv.loop = agent.loop
         return srv
 

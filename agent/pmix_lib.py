@@ -65,12 +65,7 @@ def load() -> tuple[Any, Any]:
     with _lock:
         if _lib is not None:
             return _lib
-        try:
-            cffi = importlib.import_module("cffi")
-        except ImportError as exc:
-            raise PmixError(f"serving PMIx needs the cffi module: {exc}") from exc
-        ffi = cffi.FFI()
-        ffi.cdef((Path(__file__).with_name("pmix.h")).read_text())
+        ffi = _ffi()
         name = os.environ.get(LIB_ENV) or DEFAULT_SONAME
         try:
             lib = ffi.dlopen(name)
@@ -79,6 +74,22 @@ def load() -> tuple[Any, Any]:
             raise PmixError(f"cannot load {name}: {INSTALL_HINT}") from exc
         _lib = (ffi, lib)
         return _lib
+
+
+def _ffi() -> Any:
+    """The declarations of ``pmix.h``: pre-parsed (``_pmix_ffi``, made by
+    scripts/gen_pmix_ffi.py) unless this cffi cannot read that module, else parsed now."""
+    try:
+        return importlib.import_module("pm.agent._pmix_ffi").ffi
+    except Exception:  # another cffi version: parse the header (tens of ms)
+        pass
+    try:
+        cffi = importlib.import_module("cffi")
+    except ImportError as exc:
+        raise PmixError(f"serving PMIx needs the cffi module: {exc}") from exc
+    ffi = cffi.FFI()
+    ffi.cdef((Path(__file__).with_name("pmix.h")).read_text())
+    return ffi
 
 
 def status_text(lib: Any, ffi: Any, rc: int) -> str:

@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pm.agent import pmix_lib as L
@@ -59,7 +59,7 @@ class Upcalls:
 class PmixServer:
     """The process's PMIx server (see :func:`server`)."""
 
-    def __init__(self, hostname: str) -> None:
+    def __init__(self, hostname: str, topology_xml: str | None = None) -> None:
         self.ffi, self.lib = L.load()
         self.jobs: dict[str, Upcalls] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -98,7 +98,8 @@ class PmixServer:
             ("pmix.hname", (L.STRING, hostname)),  # PMIX_HOSTNAME: the node map's name
         ])
         t0 = time.perf_counter()
-        rc = self.lib.PMIx_server_init(mod, info.ptr, info.n)
+        with _hwloc_from(topology_xml):
+            rc = self.lib.PMIx_server_init(mod, info.ptr, info.n)
         self.init_ms = (time.perf_counter() - t0) * 1e3
         if rc != L.SUCCESS:
             _remove_dir(self.dir)
@@ -278,16 +279,33 @@ class PmixServer:
             self.loop.call_soon_threadsafe(done, int(status), blob)
 
 
+@contextlib.contextmanager
+def _hwloc_from(xml: str | None) -> Iterator[None]:
+    """The library discovers the node's topology as it starts (tens of ms); hwloc reads
+    the agent's XML of it instead when told so by these variables (set only meanwhile:
+    the ranks' environment is the plan's, not ours)."""
+    if not xml or "HWLOC_XMLFILE" in os.environ:
+        yield
+        return
+    os.environ.update(HWLOC_XMLFILE=xml, HWLOC_THISSYSTEM="1")
+    try:
+        yield
+    finally:
+        for name in ("HWLOC_XMLFILE", "HWLOC_THISSYSTEM"):
+            os.environ.pop(name, None)
+
+
 _server: PmixServer | None = None
 _server_lock = threading.Lock()
 
 
-def server(hostname: str) -> PmixServer:
-    """The process's server, started on the first call (in a thread: it takes tens of ms)."""
+def server(hostname: str, topology_xml: str | None = None) -> PmixServer:
+    """The process's server, started on the first call (in a thread: it takes tens of ms);
+    ``topology_xml``: the node's hwloc XML, which spares the library its own discovery."""
     global _server
     with _server_lock:
         if _server is None:
-            _server = PmixServer(hostname)
+            _server = PmixServer(hostname, topology_xml)
         return _server
 
 

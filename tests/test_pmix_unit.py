@@ -151,3 +151,19 @@ def test_locality_strings_name_what_a_bound_rank_touches() -> None:
     assert locality_string(topo, frozenset({0, 1})) == "SK0:L30:CR0-1:HT0,2:NM0"
     assert locality_string(topo, frozenset(range(8))) is None  # free to run anywhere
     assert cpuset_string(frozenset({0, 1, 2, 5})) == "hwloc:0-2,5"
+
+
+def test_the_pre_parsed_declarations_match_pmix_h() -> None:
+    # agent/_pmix_ffi.py is made from agent/pmix.h by scripts/gen_pmix_ffi.py.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    try:
+        import gen_pmix_ffi
+    finally:
+        sys.path.pop(0)
+    fresh = gen_pmix_ffi.generate()
+    stored = gen_pmix_ffi.OUT.read_text()
+
+    def body(text: str) -> list[str]:  # the cffi version stamp aside
+        return [ln for ln in text.splitlines() if "_version" not in ln]
+
+    assert body(fresh) == body(stored), "run: python scripts/gen_pmix_ffi.py"
