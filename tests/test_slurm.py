@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -40,10 +41,18 @@ MPI_PROGRAM = """
 """
 
 
-def env_for(c: RealCluster) -> dict[str, str]:
-    """What a user's shell would have: pmrun importable, the venv first on PATH."""
-    return c.env({"PYTHONPATH": str(REPO), "PATH": f"{BIN}:{os.environ['PATH']}",
-                  "PYTHONUNBUFFERED": "1"})
+def env_for(c: RealCluster, tmp: Path | None = None) -> dict[str, str]:
+    """What a user's shell would have: a ``pmrun`` command (in ``tmp``/bin), pmrun
+    importable, the venv first on PATH; MPICH's TCP provider (namespaces on one machine)."""
+    path = f"{BIN}:{os.environ['PATH']}"
+    if tmp is not None:
+        bindir = tmp / "bin"
+        bindir.mkdir(exist_ok=True)
+        (bindir / "pmrun").write_text(f"#!/bin/sh\nexec {sys.executable} -m pm \"$@\"\n")
+        (bindir / "pmrun").chmod(0o755)
+        path = f"{bindir}:{path}"
+    return c.env({"PYTHONPATH": str(REPO), "PATH": path, "PYTHONUNBUFFERED": "1",
+                  "FI_PROVIDER": "tcp"})
 
 
 def salloc(c: RealCluster, opts: list[str], *pmrun: str, timeout: float = 120
@@ -73,9 +82,13 @@ def test_slurm_says_it_ended_the_job() -> None:
 def test_salloc_mpich_allreduce_on_four_nodes(slurm_cluster: RealCluster,
                                               tmp_path: Path) -> None:
     c = slurm_cluster
-    prog = script(tmp_path, "mpi.py", MPI_PROGRAM)
-    res = salloc(c, ["-N4", "-n8"], "-genv", "FI_PROVIDER", "tcp", "-n", "8",
-                 sys.executable, str(prog))
+    app = tmp_path / "app"
+    app.write_text(f"#!{sys.executable}\n" + textwrap.dedent(MPI_PROGRAM))
+    app.chmod(0o755)
+    # The README's words: salloc -N4 -n8, then pmrun ./app.
+    res = subprocess.run(["salloc", "--quiet", "-N4", "-n8", "pmrun", "./app"],
+                         env=env_for(c, tmp_path), capture_output=True, text=True,
+                         timeout=120, stdin=subprocess.DEVNULL, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert f"sum 28 size 8 netns 4 nodes {','.join(c.names)} MPICH" in res.stdout, res.stdout
     assert res.stderr == ""
@@ -101,8 +114,7 @@ def test_salloc_intel_mpi_allreduce(slurm_cluster: RealCluster, tmp_path: Path) 
     c = slurm_cluster
     python = os.environ.get("PMRUN_IMPI_PYTHON", "/work/venvs/impi/bin/python")
     prog = script(tmp_path, "mpi.py", MPI_PROGRAM)
-    res = salloc(c, ["-N3", "-n6"], "-genv", "FI_PROVIDER", "tcp", "-genv",
-                 "I_MPI_FABRICS", "ofi", "-n", "6", python, str(prog))
+    res = salloc(c, ["-N3", "-n6"], "-genv", "I_MPI_FABRICS", "ofi", python, str(prog))
     assert res.returncode == 0, res.stderr
     assert f"sum 15 size 6 netns 3 nodes {','.join(c.names[:3])} Intel" in res.stdout, \
         res.stdout
@@ -118,17 +130,11 @@ def test_sbatch_script(slurm_cluster: RealCluster, tmp_path: Path) -> None:
     job = tmp_path / "job.sh"
     # As in the README: no launcher, no hosts, no -n (the allocation's 6 tasks).
     job.write_text(f"""#!/bin/sh
-#SBATCH --nodes=3 --ntasks=6 --time=2 --output={out}
-export FI_PROVIDER=tcp
+#SBATCH --nodes=3 --ntasks=6 --time=10 --output={out}
 pmrun {sys.executable} {prog}
 echo "pmrun exit $?"
 """)
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "pmrun").write_text(f"#!/bin/sh\nexec {sys.executable} -m pm \"$@\"\n")
-    (bindir / "pmrun").chmod(0o755)
-    env = env_for(c)
-    env["PATH"] = f"{bindir}:{env['PATH']}"
+    env = env_for(c, tmp_path)
     res = subprocess.run(["sbatch", "--parsable", str(job)], env=env, capture_output=True,
                          text=True, timeout=60, cwd=tmp_path)
     assert res.returncode == 0, res.stderr

@@ -134,14 +134,16 @@ def test_fanout_2_tree_over_four_ssh_hosts(ssh_cluster: RealCluster, tmp_path: P
 def test_hostfile_and_hydras_launcher_exec(ssh_cluster: RealCluster, tmp_path: Path) -> None:
     c = ssh_cluster
     hostfile = tmp_path / "hosts"
-    hostfile.write_text(f"{c.names[2]}:2\n{c.names[3]} slots=1\n")
+    hostfile.write_text(f"{c.names[2]}:2\n{c.names[3]}:2\n")
     prog = script(tmp_path, "where.py", WHERE)
-    res = run(["-f", str(hostfile), "-launcher-exec", str(c.ssh_wrapper), "-n", "3",
-               sys.executable, str(prog)], tmp_path)
-    assert res.returncode == 0, res.stderr
-    hosts = sorted(line.split()[2] for line in res.stdout.splitlines())
-    assert hosts == sorted([c.names[2], c.names[2], c.names[3]])
-    assert_clean(c)
+    # The README's words: pmrun -f hosts --ssh '...' ./app (no -n: the file's 4 slots),
+    # and Hydra's -launcher-exec PROGRAM.
+    for how in (["--ssh", c.ssh_command()], ["-launcher-exec", str(c.ssh_wrapper)]):
+        res = run(["-f", str(hostfile), *how, sys.executable, str(prog)], tmp_path)
+        assert res.returncode == 0, res.stderr
+        hosts = sorted(line.split()[2] for line in res.stdout.splitlines())
+        assert hosts == sorted([c.names[2], c.names[2], c.names[3], c.names[3]]), how
+        assert_clean(c)
 
 
 @pytest.mark.parametrize("case", ["refused key", "host key"])
