@@ -49,9 +49,8 @@ SHM_SAMPLE_PERIOD = 2.0
 
 if TYPE_CHECKING:
     from pm.agent.spawn_jobs import AgentSpawns, SpawnRequests
+    from pm.agent.started import StartedRanks
     from pm.proto.spawn import SpawnRequest, SpawnResult
-
-    from pm.quick import QuickStart
 
     class Uplink(Protocol):
         def send(self, msg: t.Msg) -> None: ...
@@ -243,17 +242,19 @@ class JobAgent:
         self._watch_shm(ShmReaper())
         self.procs.start(base, self.cpusets)
 
-    def adopt_ranks(self, started: QuickStart) -> None:
-        """Take over the ranks ``pmrun``'s quick path started (:mod:`pm.quick`), and their
-        topology XML: what :meth:`prepare` and :meth:`start_ranks` would have done."""
-        if started.xml_path:
+    def adopt_ranks(self, started: StartedRanks) -> None:
+        """Take over the ranks ``pmrun``'s quick path started (:mod:`pm.quick`), their
+        topology XML and /dev/shm baseline: what :meth:`prepare` and :meth:`start_ranks`
+        would have done.  They are this agent's from now on (``started`` lets them go)."""
+        path, started.xml_path = started.xml_path, None
+        if path:
             from pm.agent import topo_share
 
-            path = started.xml_path
             self.on_close.append(lambda: topo_share.remove_job_xml(path))
             self.extra_env.update(HWLOC_XMLFILE=path, HWLOC_THISSYSTEM="1")
             self.job_attrs["PMI_hwloc_xmlfile"] = path
-        self._watch_shm(started.shm_reaper or ShmReaper())
+        reaper, started.shm_reaper = started.shm_reaper, None
+        self._watch_shm(reaper or ShmReaper())
         self.procs.adopt(started)
 
     def _watch_shm(self, reaper: ShmReaper) -> None:

@@ -24,23 +24,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pm.agent.pmi_server import PmiSession
-from pm.agent.spawn import (
-    Guardian,
-    SpawnError,
-    fd_shortage,
-    rank_env,
-    resolve,
-    spawn_rank,
-)
+from pm.agent.spawn import Guardian, SpawnError, fd_shortage, rank_env, resolve
+from pm.agent.started import RankStart, StartedRank, StartedRanks, start_local
 from pm.agent.watch import ChildWatch, ExitStatus
 from pm.proto import tree as t
 
-from pm.output import STDERR, STDOUT, LineBuffer, output_window
+from pm.output import STDERR, STDOUT, LineBuffer, output_window, read_pipe
 
 if TYPE_CHECKING:
     from pm.agent.node import JobAgent
-
-    from pm.quick import QuickStart
 
 log = logging.getLogger("pm.agent")
 
@@ -89,17 +81,18 @@ class LocalRanks:
 
     # ------------------------------------------------------------------ start
     def start(self, base_env: dict[str, str], cpusets: list[frozenset[int]] | None) -> None:
-        """Spawn every rank (synchronously: posix_spawn is fast) with the job's environment."""
+        """Spawn every rank (synchronously: posix_spawn is fast) with the job's environment,
+        as pmrun's quick path does (:func:`pm.agent.started.start_local`), and serve them."""
         agent, plan = self.agent, self.agent.plan
         agent.mark("spawn start", ranks=len(self.ranks))
-        self.watch = ChildWatch()
         short = fd_shortage(len(self.ranks))
         if short is not None:
+            self.watch = ChildWatch()
             for proc in self.ranks.values():  # the head names the first: no log per rank
                 self._spawn_failed(proc, short, quiet=True)
             return
-        self.guardian = Guardian()
         resolved: dict[int, str | SpawnError] = {}
+        todo = []
         for rank, proc in self.ranks.items():
             appnum = plan.app_of_rank(rank)
             argv, _n, app_env, wdir = plan.apps[appnum]
@@ -113,63 +106,49 @@ class LocalRanks:
                 except SpawnError as exc:
                     resolved[appnum] = exc
             path = resolved[appnum]
-            if isinstance(path, SpawnError):
-                self._spawn_failed(proc, str(path))
-                continue
             cpus = cpusets[proc.local_rank] if cpusets else None
-            self._spawn_one(proc, path, argv, env, wdir, cpus)
-        agent.mark("ranks spawned")
+            todo.append(RankStart(rank, proc.local_rank, path if isinstance(path, str) else "",
+                                  argv, env, wdir, cpus, failure=_why(path)))
+        # Stdin goes to the launched job's rank 0 only (a spawned job's reads /dev/null).
+        self.adopt(start_local(todo, stdin_rank=None if plan.spawned else 0), mark=False)
 
-    def _spawn_one(self, proc: RankProc, path: str, argv: list[str], env: dict[str, str],
-                   wdir: str | None, cpus: frozenset[int] | None = None) -> None:
-        assert self.guardian is not None
-        try:
-            # Stdin goes to the launched job's rank 0 only (a spawned job's reads /dev/null).
-            stdin_pipe = proc.rank == 0 and not self.agent.plan.spawned
-            proc.pid, fds = spawn_rank(path, argv, env, stdin_pipe=stdin_pipe, cwd=wdir,
-                                       pgid=self.guardian.pgid, cpus=cpus)
-        except SpawnError as exc:
-            self._spawn_failed(proc, str(exc))
-            return
-        if self.agent.timeline is not None:
-            self.agent.mark("rank spawned", proc.rank, pid=proc.pid)
-        self._attach(proc, socket.socket(fileno=fds.pmi), fds.out, fds.err, fds.stdin)
+    def adopt(self, started: StartedRanks, mark: bool = True) -> None:
+        """Serve the ranks ``started`` holds (:func:`~pm.agent.started.start_local`, here or
+        in ``pmrun``'s quick path, :mod:`pm.quick`): they are ours from now on.
 
-    def adopt(self, started: QuickStart) -> None:
-        """Take over the ranks ``pmrun``'s quick path started (:mod:`pm.quick`).
-
-        They run with the environment and fds :meth:`start` gives; what they
-        printed has been written, except partial lines, which ``started`` hands
-        over with the pipes.  A rank that has exited is still a zombie: its
-        watch reports it at once.
+        What they printed has been passed on, except partial lines, which come
+        with the pipes.  A rank that has exited is still a zombie: its watch
+        reports it at once.
         """
-        self.agent.mark("spawn start", ranks=len(self.ranks))
+        if mark:
+            self.agent.mark("spawn start", ranks=len(self.ranks))
         self.watch = ChildWatch()
-        self.guardian = started.guardian
-        for r in started.ranks:
+        ranks, started.ranks = started.ranks, []
+        self.guardian, started.guardian = started.guardian, None
+        for r in ranks:
             proc = self.ranks[r.rank]
             if r.pid == 0:
                 self._spawn_failed(proc, r.failure, quiet=r.skipped)
                 continue
             proc.pid = r.pid
-            sock = socket.socket(fileno=r.take_pmi_fd())
-            self._attach(proc, sock, r.out_fd, r.err_fd, r.stdin_fd, (r.out, r.err))
+            if self.agent.timeline is not None:
+                self.agent.timeline.append([r.started_at, self.agent.vertex, r.rank,
+                                            "rank spawned", {"pid": r.pid}])
+            self._attach(proc, r)
         self.agent.mark("ranks spawned")
 
-    def _attach(self, proc: RankProc, sock: socket.socket, out_r: int, err_r: int, in_w: int,
-                partial: tuple[LineBuffer, LineBuffer] | None = None) -> None:
+    def _attach(self, proc: RankProc, r: StartedRank) -> None:
         """Serve a started rank: its PMI socket, output pipes, stdin pipe and exit."""
         assert self.watch is not None
-        proc.stdin_fd = in_w
-        if in_w >= 0:
-            os.set_blocking(in_w, False)
+        proc.stdin_fd, r.stdin_fd = r.stdin_fd, -1
+        if proc.stdin_fd >= 0:
+            os.set_blocking(proc.stdin_fd, False)
         session = PmiSession(self.agent, proc.rank)
         proc.session = session
-        task = self.loop.create_task(self._serve(session, sock))
+        task = self.loop.create_task(self._serve(session, socket.socket(fileno=r.take_pmi_fd())))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        buffers = partial or (LineBuffer(), LineBuffer())
-        for stream, fd, buf in ((STDOUT, out_r, buffers[0]), (STDERR, err_r, buffers[1])):
+        for stream, fd, buf in ((STDOUT, r.out_fd, r.out), (STDERR, r.err_fd, r.err)):
             if fd < 0:
                 continue  # already at EOF
             proc.streams[stream] = buf
@@ -177,7 +156,10 @@ class LocalRanks:
             os.set_blocking(fd, False)
             if not self._paused:
                 self.loop.add_reader(fd, self._read_output, proc, stream)
-        self.watch.watch(proc.pid).add_done_callback(functools.partial(self._on_exit, proc))
+        r.out_fd = r.err_fd = -1
+        pidfd, r.pidfd = r.pidfd, -1
+        self.watch.watch(proc.pid, pidfd).add_done_callback(functools.partial(self._on_exit,
+                                                                              proc))
 
     async def _serve(self, session: PmiSession, sock: socket.socket) -> None:
         await self.loop.connect_accepted_socket(lambda: session, sock)
@@ -192,20 +174,14 @@ class LocalRanks:
     # ------------------------------------------------------------------ output
     def _read_output(self, proc: RankProc, stream: int) -> None:
         fd = proc.fds[stream]
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
+        lines, got = read_pipe(fd, proc.streams[stream])
+        if got < 0:
             return
-        except OSError:
-            data = b""
-        buf = proc.streams[stream]
-        if data:
-            lines = buf.feed(data)
-            self._credit -= len(data)
+        if got:
+            self._credit -= got
             if self._credit <= 0 and not self._paused:
                 self._pause(True)
         else:
-            lines = buf.flush()
             self.loop.remove_reader(fd)
             os.close(fd)
             del proc.fds[stream]
@@ -355,3 +331,7 @@ class LocalRanks:
         if self.watch is not None:
             self.watch.close()
             self.watch = None
+
+
+def _why(path: str | SpawnError) -> str:
+    return str(path) if isinstance(path, SpawnError) else ""

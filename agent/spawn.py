@@ -82,13 +82,14 @@ class RankFds:
 
     __slots__ = ("_child", "err", "out", "pmi", "stdin")
 
-    def __init__(self, stdin_pipe: bool) -> None:
+    def __init__(self, stdin_pipe: bool, pmi: bool = True) -> None:
         """Raises :class:`SpawnError` (nothing left open) when the descriptors run out."""
         self.pmi = self.out = self.err = self.stdin = -1
         self._child: dict[int, int] = {}
         try:
-            ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-            self.pmi, self._child[PMI_FD] = ours.detach(), theirs.detach()
+            if pmi:
+                ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+                self.pmi, self._child[PMI_FD] = ours.detach(), theirs.detach()
             self.out, self._child[1] = os.pipe2(os.O_CLOEXEC)
             self.err, self._child[2] = os.pipe2(os.O_CLOEXEC)
             if stdin_pipe:
@@ -174,15 +175,15 @@ def spawn(
 
 
 def spawn_rank(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin_pipe: bool,
-               cwd: str | None, pgid: int, cpus: frozenset[int] | None = None
-               ) -> tuple[int, RankFds]:
+               cwd: str | None, pgid: int, cpus: frozenset[int] | None = None,
+               pmi: bool = True) -> tuple[int, RankFds]:
     """Start a rank with its descriptors (:class:`RankFds`): its pid, and our ends of them.
 
     Raises :class:`SpawnError` (nothing left open) if the descriptors or the
     process cannot be made.
     """
     try:
-        fds = RankFds(stdin_pipe)
+        fds = RankFds(stdin_pipe, pmi)
     except SpawnError as exc:
         raise SpawnError(f"{argv[0]}: {exc}") from exc
     try:

@@ -55,15 +55,18 @@ class ChildWatch:
         self._futs: dict[int, asyncio.Future[ExitStatus]] = {}
         self._fds: dict[int, int] = {}
 
-    def watch(self, pid: int) -> asyncio.Future[ExitStatus]:
-        """The exit status of ``pid`` (a child of ours) when it ends."""
+    def watch(self, pid: int, pidfd: int = -1) -> asyncio.Future[ExitStatus]:
+        """The exit status of ``pid`` (a child of ours) when it ends.  ``pidfd``: its
+        pidfd if the caller has one (the watch owns it from now on)."""
         fut = self._futs.get(pid)
         if fut is not None:
+            if pidfd >= 0:
+                os.close(pidfd)
             return fut
         fut = self._loop.create_future()
         self._futs[pid] = fut
         try:
-            fd = os.pidfd_open(pid)
+            fd = pidfd if pidfd >= 0 else os.pidfd_open(pid)
         except ProcessLookupError:
             self._reap(pid)
             return fut

@@ -99,8 +99,10 @@ def release_install() -> Path:
         # A copy of what the package is made of: building in the checkout would leave
         # build/ and *.egg-info there.
         src = Path(tmp) / "src"
-        for name in ("pyproject.toml", "README.md", "pm", "agent", "client", "proto",
-                     "scripts"):
+        for name in ("pyproject.toml", "README.md", "LICENSE", "pm", "agent", "client",
+                     "proto", "scripts", "deploy"):
+            if not (ROOT / name).exists():
+                continue
             if (ROOT / name).is_dir():
                 shutil.copytree(ROOT / name, src / name,
                                 ignore=shutil.ignore_patterns("__pycache__"))

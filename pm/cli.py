@@ -16,8 +16,8 @@ from pm.options import parse as parse_options
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from pm.agent.started import StartedRanks
     from pm.head import RankResult
-    from pm.quick import QuickStart
 
 class CliOptions:
     """The command line as the full path runs it: the job, the nodes, the launcher's options."""
@@ -228,7 +228,7 @@ def _collect_from_now_on() -> None:
     gc.enable()
 
 
-async def _main(opts: CliOptions, started: QuickStart | None = None) -> int:
+async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
     import asyncio
     import signal
 
@@ -326,15 +326,15 @@ def _flush_all() -> None:
         sys.stderr.flush()
 
 
-def take_over(started: QuickStart) -> int:
+def take_over(argv: list[str], started: StartedRanks) -> int:
     """The full path for a job pmrun's quick path started (:mod:`pm.quick`): its ranks are
     running, the in-process agent takes them over, and the job goes on as if started here."""
-    code = _run(started.argv, started)
+    code = _run(argv, started)
     _flush_all()
     return code
 
 
-def _run(argv: list[str] | None, started: QuickStart | None = None) -> int:
+def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
     import logging
 
     args = sys.argv[1:] if argv is None else argv

@@ -1,12 +1,14 @@
 """An ensemble's tasks on this machine: their processes, pipes and memory.
 
-:class:`LocalRunner` starts each run with posix_spawn into one guardian
-process group, reads its stdout and stderr on the loop as whole lines and
-waits for its exit; :func:`tree_anon` measures a task from /proc and
-:func:`signal_tree` signals it.  Apart from :mod:`pm.ensemble` because this
-is what a task is to this machine's operating system, while the ensemble
-decides what runs where and when; a task on another host is a job of the
-agent tree instead (:mod:`pm.ensemble_remote`).
+:class:`LocalRunner` starts each run as a node's ranks start
+(:func:`pm.agent.started.start_local`) into one guardian process group,
+reads its stdout and stderr on the loop as whole lines (the one pipe
+reader, :func:`pm.output.read_pipe`) and waits for its exit;
+:func:`tree_anon` measures a task from /proc and :func:`signal_tree`
+signals it.  Apart from :mod:`pm.ensemble` because this is what a task is
+to this machine's operating system, while the ensemble decides what runs
+where and when; a task on another host is a job of the agent tree instead
+(:mod:`pm.ensemble_remote`).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import signal
 from collections.abc import Callable
 
 from pm.agent.memory import tree_pids
-from pm.agent.spawn import Guardian, SpawnError, resolve, spawn
+from pm.agent.spawn import Guardian, SpawnError, resolve
+from pm.agent.started import RankStart, start_local
 from pm.agent.watch import ChildWatch
 from pm.ensemble_task import Task
 from pm.jobspec import JobSpec
-from pm.output import STDERR, STDOUT, LineBuffer
+from pm.output import STDERR, STDOUT, read_pipe
 
 __all__ = ["DRAIN", "LocalRunner", "signal_tree", "tree_anon"]
 
@@ -56,36 +59,28 @@ class LocalRunner:
             emit(task, STDERR, f"pmrun: {exc}\n".encode())
             return 127
         loop = asyncio.get_running_loop()
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            task.pid = spawn(path, task.argv, full, cwd=task.wdir,
-                             fds={0: null, 1: out_w, 2: err_w}, pgid=self._guardian.pgid)
-        except SpawnError as exc:
-            os.close(out_r)
-            os.close(err_r)
-            emit(task, STDERR, f"pmrun: {exc}\n".encode())
+        # Started as ranks are (no PMI socket, stdin from /dev/null), in our group.
+        started = start_local([RankStart(0, 0, path, task.argv, full, task.wdir)],
+                              stdin_rank=None, pmi=False, guardian=self._guardian)
+        (r,) = started.ranks
+        if r.failure:
+            emit(task, STDERR, f"pmrun: {r.failure}\n".encode())
             return 127
-        finally:
-            for fd in (null, out_w, err_w):
-                os.close(fd)
-        open_fds = {STDOUT: out_r, STDERR: err_r}
+        task.pid = r.pid
+        open_fds = {STDOUT: r.out_fd, STDERR: r.err_fd}
+        bufs = {STDOUT: r.out, STDERR: r.err}
+        r.out_fd = r.err_fd = -1
         drained = loop.create_future()
-        bufs = {STDOUT: LineBuffer(), STDERR: LineBuffer()}
 
         def readable(stream: int, last: bool = False) -> None:
             fd = open_fds[stream]
-            try:
-                data = b"" if last else os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            lines = bufs[stream].feed(data) if data else bufs[stream].flush()
+            if last:  # the drain time is over: what is left of the line, and no more
+                lines, got = bufs[stream].flush(), 0
+            else:
+                lines, got = read_pipe(fd, bufs[stream])
             if lines:
                 emit(task, stream, lines)
-            if not data:
+            if got == 0:
                 loop.remove_reader(fd)
                 os.close(fd)
                 del open_fds[stream]
@@ -93,10 +88,10 @@ class LocalRunner:
                     drained.set_result(None)
 
         for stream, fd in open_fds.items():
-            os.set_blocking(fd, False)
             loop.add_reader(fd, readable, stream)
+        pidfd, r.pidfd = r.pidfd, -1
         try:
-            status = await self._watch.watch(task.pid)
+            status = await self._watch.watch(task.pid, pidfd)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(drained), DRAIN)
         finally:

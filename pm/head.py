@@ -32,7 +32,7 @@ from pm.proto import tree as t
 
 if TYPE_CHECKING:
     from pm.agent.children import RootRelay
-    from pm.quick import QuickStart
+    from pm.agent.started import StartedRanks
     from pm.spawnjobs import HeadSpawns
 
 log = logging.getLogger("pm")
@@ -120,7 +120,7 @@ class JobRun:
 
     def __init__(self, spec: JobSpec, nodes: Nodes, *, sink: OutputSink | None = None,
                  stdin: int | None = None, verbose: bool = False,
-                 sim: dict[str, Any] | None = None, started: QuickStart | None = None) -> None:
+                 sim: dict[str, Any] | None = None, started: StartedRanks | None = None) -> None:
         self._t0 = time.time()  # the head's start, for --profile
         spec.validate()
         self.spec = spec
@@ -136,7 +136,7 @@ class JobRun:
         self.writer: Writer | None = None
         if sink is None and started is not None:
             # The quick path's writer, with the files it opened (and truncated) already.
-            self.writer = started.writer
+            self.writer, started.writer = started.writer, None
         elif sink is None:
             self.writer = Writer(spec.label, files={STDOUT: spec.output or "",
                                                     STDERR: spec.error or ""}, job_id=job_id)

@@ -54,7 +54,26 @@ def output_window(nodes: int) -> int:
 OUTPUT_BUDGET = 8 << 20
 OUTPUT_WINDOW_MIN = 256 << 10
 
-#: Called with (tag, bytes) once a chunk handed to :meth:`Writer.write` is out of the way.
+def read_pipe(fd: int, buf: LineBuffer) -> tuple[bytes, int]:
+    """One read of a rank's output pipe (non-blocking), assembled into lines by ``buf``.
+
+    Returns the complete lines and how many bytes were read: -1 if none were
+    there yet, 0 at EOF (the last partial line comes with it; the caller
+    closes ``fd``).  The only reader of ranks' pipes, in every phase.
+    """
+    try:
+        data = os.read(fd, PIPE_READ)
+    except BlockingIOError:
+        return b"", -1
+    except OSError:
+        data = b""
+    return (buf.feed(data) if data else buf.flush()), len(data)
+
+
+#: Bytes read from a rank's pipe at once (a pipe holds 64 KiB by default).
+PIPE_READ = 65536
+
+
 class Writer:
     """Writes ranks' lines to the launcher's stdout/stderr, tagged ``[rank]`` on demand, or to
     files named by a pattern per stream (``files``: see :func:`expand_pattern`).

@@ -40,23 +40,22 @@ import time
 from pm.agent import topo_share
 from pm.agent.shm_reaper import ShmReaper
 from pm.agent.spawn import (
-    Guardian,
     SpawnError,
     fd_shortage,
     raise_fd_limit,
     rank_env,
     resolve,
-    spawn_rank,
 )
+from pm.agent.started import RankStart, StartedRank, StartedRanks, start_local
 from pm.jobenv import base_env, new_job_id
 from pm.options import UsageError, prepend_of, prepend_prefix, quick_ok, refuse
 from pm.options import parse as parse_options
 from pm.output import (
     STDERR,
     STDOUT,
-    LineBuffer,
     Writer,
     ensure_std_fds,
+    read_pipe,
     stdin_for_job,
 )
 
@@ -119,68 +118,45 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     return opts
 
 
-class QuickRank:
-    """A rank the quick path started: what the agent needs to take it over."""
-
-    __slots__ = ("err", "err_fd", "failure", "out", "out_fd", "pid", "pidfd",
-                 "pmi", "rank", "skipped", "stdin_fd")
-
-    def __init__(self, rank: int) -> None:
-        self.rank = rank
-        self.pid = 0
-        self.failure = ""
-        #: Not started because an earlier rank could not be (``failure`` says which).
-        self.skipped = False
-        self.pmi: _socket.socket | None = None
-        self.pidfd = -1
-        self.out_fd = -1
-        self.err_fd = -1
-        self.stdin_fd = -1
-        self.out = LineBuffer()
-        self.err = LineBuffer()
-
-    def take_pmi_fd(self) -> int:
-        """Our end of the rank's PMI socket, for the agent (ours no more)."""
-        assert self.pmi is not None
-        fd, self.pmi = self.pmi.detach(), None
-        return fd
-
-
 class QuickStart:
-    """A job the quick path started; :meth:`watch` runs it, or says it needs the full path."""
+    """A job the quick path started; :meth:`watch` runs it, or says it needs the full path.
+
+    What it started is :attr:`started` (:class:`~pm.agent.started.StartedRanks`),
+    handed whole to the full path by :meth:`handover`.
+    """
 
     def __init__(self, opts: QuickOptions, argv: list[str]) -> None:
         self.opts = opts
         self.argv = argv
-        self.t0 = time.monotonic()
-        self.job_id = new_job_id()
         self.host = os.uname().nodename
-        self.ranks = [QuickRank(r) for r in range(opts.n)]
-        self.guardian: Guardian | None = None
-        self.xml_path: str | None = None
-        #: /dev/shm as the ranks found it (the full path removes what they leave there).
-        self.shm_reaper: ShmReaper | None = None
-        self.writer = Writer(opts.label, files={STDOUT: opts.output or "",
-                                                 STDERR: opts.error or ""}, job_id=self.job_id)
-        self.writer.on_broken = self._reader_gone
+        started = self.started = StartedRanks(new_job_id())
+        started.signals = _signals  # what _note appends to
+        writer = started.writer = Writer(opts.label, files={STDOUT: opts.output or "",
+                                                            STDERR: opts.error or ""},
+                                         job_id=started.job_id)
+        writer.on_broken = self._reader_gone
         if opts.prepend is not None:
-            self.writer.prefix = functools.partial(prepend_prefix, opts.prepend, host=self.host,
-                                                   node=0)
+            writer.prefix = functools.partial(prepend_prefix, opts.prepend, host=self.host,
+                                              node=0)
         self._sig_r = self._sig_w = -1
         self._stdin = stdin_for_job()
         self._poll = select.poll()
 
+    @property
+    def ranks(self) -> list[StartedRank]:
+        return self.started.ranks
+
     # ------------------------------------------------------------------ start
     def start(self) -> bool:
         """Start the ranks; False (nothing started) when the full path must run the job."""
-        opts = self.opts
+        opts, started = self.opts, self.started
         base = base_env(opts.env_mode, opts.genvlist, opts.genv, os.environ)
         if topo_share.sharing_enabled(base):
             xml = topo_share.cached_xml()
             if xml is None:
                 return False  # the full path discovers the topology (and caches it)
-            self.xml_path = topo_share.write_job_xml(xml, self.job_id)
-            base.update(HWLOC_XMLFILE=self.xml_path, HWLOC_THISSYSTEM="1")
+            started.xml_path = topo_share.write_job_xml(xml, started.job_id)
+            base.update(HWLOC_XMLFILE=started.xml_path, HWLOC_THISSYSTEM="1")
         envs = [rank_env(base, opts.app_env, r, opts.n, self.host, r, opts.n)
                 for r in range(opts.n)]
         try:
@@ -193,30 +169,13 @@ class QuickStart:
             self._remove_xml()
             return False  # the full path says so
         self._catch_signals()
-        self.shm_reaper = ShmReaper()
-        self.guardian = Guardian()
-        for rank, env in zip(self.ranks, envs, strict=True):
-            self._spawn(rank, path, env)
-            if rank.failure:
-                # The full path reports it; the ranks after it are not started.
-                for later in self.ranks[rank.rank + 1:]:
-                    later.failure = f"not started: rank {rank.rank} could not start"
-                    later.skipped = True
-                break
+        started.shm_reaper = ShmReaper()
+        # After a rank that cannot start, the full path reports it; the rest do not start.
+        start_local([RankStart(r, r, path, opts.argv, env, opts.wdir)
+                     for r, env in enumerate(envs)],
+                    stdin_rank=0 if self._stdin is not None else None, stop_at_failure=True,
+                    into=started)
         return True
-
-    def _spawn(self, rank: QuickRank, path: str, env: dict[str, str]) -> None:
-        assert self.guardian is not None
-        try:
-            rank.pid, fds = spawn_rank(
-                path, self.opts.argv, env, stdin_pipe=rank.rank == 0 and self._stdin is not None,
-                cwd=self.opts.wdir, pgid=self.guardian.pgid)
-        except SpawnError as exc:
-            rank.failure = str(exc)
-            return
-        rank.pmi = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fds.pmi)
-        rank.out_fd, rank.err_fd, rank.stdin_fd = fds.out, fds.err, fds.stdin
-        rank.pidfd = os.pidfd_open(rank.pid)
 
     def _catch_signals(self) -> None:
         # The handler notes the signal; the wake-up pipe ends the poll.
@@ -228,11 +187,11 @@ class QuickStart:
     # ------------------------------------------------------------------ watch
     def watch(self) -> int | None:
         """Serve the ranks until they all ended well (0), or the full path must go on (None)."""
-        if any(r.failure for r in self.ranks):
+        if self.started.failed:
             return None
         poll = self._poll
         # fd -> (what, rank): STDOUT, STDERR, _PMI or _EXIT (the pidfd).
-        table: dict[int, tuple[int, QuickRank]] = {}
+        table: dict[int, tuple[int, StartedRank]] = {}
         for r in self.ranks:
             assert r.pmi is not None
             for what, fd in ((STDOUT, r.out_fd), (STDERR, r.err_fd), (_PMI, r.pmi.fileno()),
@@ -242,8 +201,9 @@ class QuickStart:
         poll.register(self._sig_r, select.POLLIN)
         if self._stdin is not None:
             poll.register(self._stdin, select.POLLIN)
-        deadline = None if self.opts.timeout is None else self.t0 + self.opts.timeout
+        deadline = None if self.opts.timeout is None else self.started.t0 + self.opts.timeout
         running = len(self.ranks)
+        exited: set[int] = set()
         while running or any(r.out_fd >= 0 or r.err_fd >= 0 for r in self.ranks):
             wait = -1
             if deadline is not None:
@@ -270,12 +230,13 @@ class QuickStart:
                     if data:
                         return None  # an MPI rank: the agent serves it from its first byte
                     poll.unregister(fd)  # closed without a word: not an MPI program
-                elif r.pidfd >= 0:
+                elif r.rank not in exited:
                     ended = self._ended(r)
                     if ended is None:
                         continue
                     if not ended:
                         return None  # the full path names the failure and ends the job
+                    exited.add(r.rank)
                     running -= 1
                     if r.out_fd >= 0 or r.err_fd >= 0:
                         return None  # something it started holds its output open
@@ -284,38 +245,34 @@ class QuickStart:
     def _reader_gone(self) -> None:
         """Our stdout or stderr has no reader: the ranks get SIGPIPE (their failure, if they
         die of it, goes to the full path)."""
-        if self.guardian is not None:
-            self.guardian.signal(_signal.SIGPIPE)
+        if self.started.guardian is not None:
+            self.started.guardian.signal(_signal.SIGPIPE)
 
     def _job_control(self) -> bool:
         """Ctrl-Z and fg/bg: stop every rank, then pmrun; SIGCONT continues them.  False if
         another signal came (it stays noted for the full path)."""
-        assert self.guardian is not None
+        guardian = self.started.guardian
+        assert guardian is not None
         while _signals and _signals[0] in (_signal.SIGTSTP, _signal.SIGCONT):
             signum = _signals.pop(0)
-            self.guardian.signal(signum)
+            guardian.signal(signum)
             if signum == _signal.SIGTSTP:
                 os.kill(os.getpid(), _signal.SIGSTOP)  # until SIGCONT (noted, handled next)
         return not _signals
 
-    def _read(self, r: QuickRank, stream: int) -> int:
-        """Pass on what the rank wrote: 1 if there was data, 0 at EOF (the pipe is closed
-        then), -1 if there is none yet."""
+    def _read(self, r: StartedRank, stream: int) -> int:
+        """Pass on what the rank wrote: how many bytes were read (0 at EOF: the pipe is
+        closed then; -1 if there are none yet)."""
         fd = r.out_fd if stream == STDOUT else r.err_fd
         if fd < 0:
             return 0
-        buf = r.out if stream == STDOUT else r.err
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return -1
-        except OSError:
-            data = b""
-        lines = buf.feed(data) if data else buf.flush()
+        lines, got = read_pipe(fd, r.out if stream == STDOUT else r.err)
         if lines:
-            self.writer.write(r.rank, stream, lines)
-        if data:
-            return 1
+            writer = self.started.writer
+            assert writer is not None
+            writer.write(r.rank, stream, lines)
+        if got:
+            return got
         self._poll.unregister(fd)
         os.close(fd)
         if stream == STDOUT:
@@ -324,7 +281,7 @@ class QuickStart:
             r.err_fd = -1
         return 0
 
-    def _ended(self, r: QuickRank) -> bool | None:
+    def _ended(self, r: StartedRank) -> bool | None:
         """A rank's exit, noted without reaping it (the agent may still need to see it):
         None if it still runs, False if it failed."""
         info = os.waitid(os.P_PID, r.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -332,9 +289,7 @@ class QuickStart:
             return None
         if info.si_code != os.CLD_EXITED or info.si_status != 0:
             return False
-        self._poll.unregister(r.pidfd)
-        os.close(r.pidfd)
-        r.pidfd = -1
+        self._poll.unregister(r.pidfd)  # its pidfd stays open: the agent may watch it
         # Its ends of the pipes closed before it became a zombie: what is left is there.
         for stream in (STDOUT, STDERR):
             while self._read(r, stream) > 0:
@@ -344,22 +299,16 @@ class QuickStart:
     # ------------------------------------------------------------------ end
     def finish(self) -> None:
         """Every rank ended well: reap them, let the guardian go, remove the job's files."""
-        for r in self.ranks:
+        started = self.started
+        for r in started.ranks:
             os.waitpid(r.pid, 0)
-            if r.pmi is not None:
-                r.pmi.close()
-            if r.stdin_fd >= 0:
-                os.close(r.stdin_fd)
-        if self.guardian is not None:
-            self.guardian.release()
+            r.close()
+        if started.guardian is not None:
+            started.guardian.release()
         self._remove_xml()
 
-    def handover(self) -> None:
-        """Stop watching: the full path takes over (pm.cli.take_over)."""
-        for r in self.ranks:
-            if r.pidfd >= 0:
-                os.close(r.pidfd)
-                r.pidfd = -1
+    def handover(self) -> StartedRanks:
+        """Stop watching: what was started goes, whole, to the full path (pm.cli.take_over)."""
         # Signals are still noted (until the event loop installs its handlers); the event
         # loop brings its own wake-up fd.
         _signal.set_wakeup_fd(-1)
@@ -367,21 +316,15 @@ class QuickStart:
             if fd >= 0:
                 os.close(fd)
         self._sig_r = self._sig_w = -1
-
-    @staticmethod
-    def pending_signals() -> list[int]:
-        """The signals pmrun got since the last call, oldest first."""
-        got = _signals[:]
-        del _signals[:len(got)]
-        return got
+        return self.started.take()
 
     def _remove_xml(self) -> None:
-        if self.xml_path:
-            topo_share.remove_job_xml(self.xml_path)
-            self.xml_path = None
+        if self.started.xml_path:
+            topo_share.remove_job_xml(self.started.xml_path)
+            self.started.xml_path = None
 
 
-#: Signals pmrun got and has not acted on yet (see QuickStart.pending_signals).
+#: Signals pmrun got and has not acted on yet (StartedRanks.signals, for the full path).
 _signals: list[int] = []
 
 
@@ -409,10 +352,10 @@ def main() -> int:
         return full()
     code = job.watch()
     if code is None:
-        job.handover()
+        started = job.handover()
         from pm.cli import take_over
 
-        code = take_over(job)
+        code = take_over(argv, started)
     else:
         job.finish()
     os._exit(code)

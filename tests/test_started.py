@@ -1,0 +1,142 @@
+"""One way to start a node's ranks (pm.agent.started.start_local), the one pipe reader
+(pm.output.read_pipe), and the hand-over of what was started: whole, one owner at a time."""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+
+import pytest
+from pm.agent.spawn import PMI_FD, rank_env
+from pm.agent.started import RankStart, StartedRanks, start_local
+from pm.agent.watch import ChildWatch
+
+from pm.output import LineBuffer, read_pipe
+
+pytestmark = pytest.mark.timeout(30)
+
+PROG = ("import os, sys; sys.stdout.write('line ' + os.environ['PMI_RANK'] + '\\npart'); "
+        "sys.stdout.flush(); sys.stdin.read()")
+
+
+def _todo(n: int, argv: list[str] | None = None) -> list[RankStart]:
+    argv = argv or [sys.executable, "-c", PROG]
+    return [RankStart(r, r, argv[0], argv, rank_env(os.environ, {}, r, n, "h", r, n))
+            for r in range(n)]
+
+
+def _drain(fd: int, buf: LineBuffer) -> tuple[bytes, int]:
+    """Everything up to EOF through read_pipe (polling, with a deadline)."""
+    got = b""
+    while True:
+        assert select.select([fd], [], [], 10)[0], "no output within 10 s"
+        lines, n = read_pipe(fd, buf)
+        got += lines
+        if n == 0:
+            return got, n
+
+
+def test_ranks_start_with_their_descriptors_and_stdin_for_one() -> None:
+    started = start_local(_todo(2), stdin_rank=0)
+    try:
+        assert started.guardian is not None and not started.failed
+        r0, r1 = started.ranks
+        assert r0.pid > 0 and r1.pid > 0 and r0.pidfd >= 0 and r1.pidfd >= 0
+        assert r0.pmi is not None and r1.pmi is not None
+        assert r0.stdin_fd >= 0 and r1.stdin_fd == -1  # rank 1 reads /dev/null
+        os.close(r0.stdin_fd)
+        r0.stdin_fd = -1
+        for r in (r0, r1):
+            lines, n = _drain(r.out_fd, r.out)
+            # The partial line comes, newline-terminated, at EOF.
+            assert (lines, n) == (b"line %d\npart\n" % r.rank, 0)
+            os.waitpid(r.pid, 0)
+            r.pid = 0
+    finally:
+        for r in started.ranks:
+            r.close()
+        assert started.guardian is not None
+        started.guardian.release()
+
+
+def test_a_rank_that_cannot_start_stops_the_rest_when_asked() -> None:
+    todo = _todo(3)
+    todo[1] = RankStart(1, 1, "/no/such/program", ["/no/such/program"], {})
+    started = start_local(todo, stop_at_failure=True)
+    try:
+        r0, r1, r2 = started.ranks
+        assert r0.pid > 0 and not r0.failure
+        assert r1.pid == 0 and "/no/such/program" in r1.failure and not r1.skipped
+        assert r2.pid == 0 and r2.skipped and "rank 1 could not start" in r2.failure
+    finally:
+        for r in started.ranks:
+            r.close()
+        assert started.guardian is not None
+        started.guardian.kill_all()
+        started.guardian.release()
+        os.waitpid(r0.pid, 0)
+
+
+def test_a_task_without_pmi_gets_no_socket() -> None:
+    started = start_local(_todo(1, ["/bin/sh", "-c", f"echo hi; test -e /proc/self/fd/{PMI_FD}"
+                                                      " && echo leak"]),
+                          stdin_rank=None, pmi=False)
+    (r,) = started.ranks
+    try:
+        assert r.pmi is None and r.stdin_fd == -1
+        assert _drain(r.out_fd, r.out)[0] == b"hi\n"
+    finally:
+        os.waitpid(r.pid, 0)
+        r.close()
+        assert started.guardian is not None
+        started.guardian.release()
+
+
+def test_take_moves_everything_and_leaves_nothing_behind() -> None:
+    started = start_local(_todo(1), stdin_rank=0)
+    started.job_id, started.xml_path = "j1", "/tmp/x.xml"
+    started.signals.append(2)
+    t0 = started.t0
+    new = started.take()
+    # The old owner holds nothing it could close or signal any more.
+    assert (started.ranks, started.guardian, started.xml_path, started.signals) == (
+        [], None, None, [])
+    assert new.job_id == "j1" and new.t0 == t0 and new.xml_path == "/tmp/x.xml"
+    assert new.pending_signals() == [2] and new.pending_signals() == []
+    (r,) = new.ranks
+    os.close(r.stdin_fd)
+    r.stdin_fd = -1
+    os.waitpid(r.pid, 0)
+    r.close()
+    assert new.guardian is not None
+    new.guardian.release()
+
+
+async def test_the_watch_takes_the_pidfd_it_is_given() -> None:
+    started = start_local(_todo(1, ["/bin/sh", "-c", "exit 3"]), stdin_rank=None)
+    (r,) = started.ranks
+    watch = ChildWatch()
+    pidfd, r.pidfd = r.pidfd, -1
+    try:
+        status = await watch.watch(r.pid, pidfd)
+        assert status.code == 3 and watch.running == 0
+    finally:
+        watch.close()
+        r.close()
+        assert started.guardian is not None
+        started.guardian.release()
+
+
+def test_started_ranks_is_importable_without_asyncio() -> None:
+    import subprocess
+
+    code = ("import sys; import pm.agent.started, pm.output; "
+            "sys.exit('asyncio' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=30).returncode == 0
+
+
+def test_an_empty_started_ranks_has_nothing_to_hand_over() -> None:
+    s = StartedRanks("job")
+    assert s.take().ranks == [] and not s.failed
