@@ -169,7 +169,10 @@ def runner(argv: Sequence[str], samples: list[float], failures: list[str]
                            cwd=tempfile.gettempdir())
         times = [float(m.group(2)) for m in SPAWN_LINE.finditer(p.stdout)]
         if p.returncode != 0:
-            failures.append(f"{argv[0].rsplit('/', 1)[-1]} exited {p.returncode}")
+            why = [line for line in p.stderr.splitlines()
+                   if line.startswith(("pmrun:", "Abort", "="))][:1]
+            failures.append(f"{argv[0].rsplit('/', 1)[-1]} exited {p.returncode}"
+                            + (f" ({why[0][:120]})" if why else ""))
             return 0.0
         samples.extend(times[1:])
         return statistics.median(times[1:]) if len(times) > 1 else 0.0

@@ -152,6 +152,8 @@ class HeadSpawns:
     def request(self, parent: int, msg: t.SpawnReq) -> None:
         """Rank ``msg.rank`` of job ``parent`` asks for a new job."""
         try:
+            if self.run._killing:
+                raise SpawnRefused("the run is ending")
             self._launch(parent, msg)
         except (SpawnRefused, MappingError, ValueError, TypeError, KeyError) as exc:
             n = sum(int(c[1]) for c in msg.commands if isinstance(c, list) and len(c) == 3)
@@ -172,8 +174,8 @@ class HeadSpawns:
                     raise SpawnRefused(f"host {missing[0]} is not one of the job's nodes")
                 allowed &= {v for v, h in enumerate(hosts) if h in names}
         n = sum(c.n for c in commands)
-        placement = place_spawn(n, self._free(), self._vertex_of(parent, msg.origin),
-                                sorted(allowed))
+        start = msg.origin if 0 <= msg.origin < len(hosts) else 0  # the spawner's node
+        placement = place_spawn(n, self._free(), start, sorted(allowed))
         job = len(self.jobs) + 1
         kvsname = f"{run.plan.kvsname}_s{job}"
         top = run.plan
@@ -208,9 +210,6 @@ class HeadSpawns:
 
     def _kvsname(self, job: int) -> str:
         return self.run.plan.kvsname if job == 0 else self.jobs[job].kvsname
-
-    def _vertex_of(self, job: int, vertex: int) -> int:
-        return vertex if 0 <= vertex < len(self.run.plan.hosts) else 0
 
     def _free(self) -> list[int]:
         """Slots of each vertex not taken by a rank still running."""
@@ -263,8 +262,10 @@ class HeadSpawns:
         elif isinstance(msg, t.Abort):
             host = run.plan.hosts[msg.vertex] if 0 <= msg.vertex < len(run.plan.hosts) else "?"
             text = f" ({msg.message})" if msg.message else ""
+            from pm.head import abort_status
+
             run._fail(f"rank {msg.rank} of spawned job {job} (node {msg.vertex}, {host}) "
-                      f"called abort with code {msg.code}{text}", msg.code)
+                      f"called abort with code {msg.code}{text}", abort_status(msg.code))
         elif isinstance(msg, t.Done):
             rec.done = True
             rec.ended_at = time.monotonic()

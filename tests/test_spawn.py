@@ -332,3 +332,22 @@ def test_a_spawned_jobs_output_arrives_whole(tmp_path: Path) -> None:
     lines = res.stdout.splitlines()
     assert len(lines) == 80000 and all(len(line) == 202 for line in lines)
     assert sum(line.startswith("1 ") for line in lines) == 40000
+
+
+def test_abort_in_a_spawned_job_ends_the_run(tmp_path: Path, marker: str) -> None:
+    prog = script(tmp_path, "abort.py", """
+        import sys, time
+        from mpi4py import MPI
+
+        parent = MPI.Comm.Get_parent()
+        if parent == MPI.COMM_NULL:
+            MPI.COMM_WORLD.Spawn(sys.executable, args=[__file__, sys.argv[1]], maxprocs=2)
+            time.sleep(120)
+        elif MPI.COMM_WORLD.rank == 1:
+            MPI.COMM_WORLD.Abort(7)
+        time.sleep(120)
+    """)
+    res = run(tmp_path, "-n", "1", sys.executable, str(prog), marker, timeout=60)
+    assert res.returncode == 7, res.stdout + res.stderr
+    assert "rank 1 of spawned job 1" in res.stderr and "abort with code 7" in res.stderr
+    wait_gone(marker, 10)
