@@ -45,6 +45,8 @@ log = logging.getLogger("pm.agent")
 EOF_GRACE = 1.0
 #: Seconds between two looks at which /dev/shm files the ranks map.
 SHM_SAMPLE_PERIOD = 2.0
+#: A rank's first collectives (MPI_Init's) at which its maps are read.
+EARLY_SAMPLES = 3
 
 
 if TYPE_CHECKING:
@@ -117,6 +119,7 @@ class JobAgent:
         #: The /dev/shm files the node's ranks create, removed with the job (pm.agent.shm_reaper).
         self.shm_reaper: ShmReaper | None = None
         self._shm_sampler: asyncio.TimerHandle | None = None
+        self._early_colls: dict[int, int] = {}
         #: The job as a PMIx namespace (pm.agent.pmix_job) when the plan asks for PMIx.
         self.pmix: Any = None
         self._pmix_failed = False
@@ -241,6 +244,7 @@ class JobAgent:
         base.update(self.extra_env)
         self._watch_shm(ShmReaper())
         self.procs.start(base, self.cpusets)
+        self._note_xml()
 
     def adopt_ranks(self, started: StartedRanks) -> None:
         """Take over the ranks ``pmrun``'s quick path started (:mod:`pm.quick`), their
@@ -256,6 +260,13 @@ class JobAgent:
         reaper, started.shm_reaper = started.shm_reaper, None
         self._watch_shm(reaper or ShmReaper())
         self.procs.adopt(started)
+        self._note_xml()
+
+    def _note_xml(self) -> None:
+        """The job's topology copy goes with the ranks' guardian too, if this agent dies."""
+        path = self.extra_env.get("HWLOC_XMLFILE")
+        if path and self.procs.guardian is not None:
+            self.procs.guardian.note([path])
 
     def _watch_shm(self, reaper: ShmReaper) -> None:
         self.shm_reaper = reaper
@@ -264,11 +275,14 @@ class JobAgent:
     def _live_pids(self) -> list[int]:
         return [p.pid for p in self.ranks.values() if p.pid and p.status is None]
 
-    def _sample_shm(self, again: bool = False) -> None:
-        """Note the /dev/shm files the live ranks map (they go when the job ends)."""
+    def _sample_shm(self, again: bool = False, pids: list[int] | None = None) -> None:
+        """Note the /dev/shm files the live ranks map (they go when the job ends, and with
+        the ranks' guardian if this agent dies first)."""
         if self.shm_reaper is None:
             return
-        self.shm_reaper.sample(self._live_pids())
+        fresh = self.shm_reaper.sample(self._live_pids() if pids is None else pids)
+        if fresh and self.procs.guardian is not None:
+            self.procs.guardian.note(fresh)
         if again:
             self._shm_sampler = self.loop.call_later(SHM_SAMPLE_PERIOD, self._sample_shm, True)
 
@@ -445,6 +459,12 @@ class JobAgent:
 
     # ------------------------------------------------------------------ collectives
     def collective(self, kind: int, rank: int, value: Any) -> asyncio.Future[Any]:
+        if self.shm_reaper is not None and self._early_colls.get(rank, 0) < EARLY_SAMPLES:
+            # MPI_Init makes the rank's segments before its first collectives: see them now.
+            self._early_colls[rank] = self._early_colls.get(rank, 0) + 1
+            proc = self.ranks.get(rank)
+            if proc is not None and proc.pid:
+                self._sample_shm(pids=[proc.pid])
         return self.coll.collective(kind, rank, value)
 
     def shm_insert(self, items: list[tuple[bytes, bytes]], replace: bool = False) -> bool:

@@ -10,14 +10,17 @@ still reach the node's shared-memory KVS and topology files).  Instead the
 agent follows what the ranks map:
 
 * :class:`ShmReaper` notes the inodes already in ``/dev/shm`` when the job's
-  ranks start, reads the ranks' ``/proc/PID/maps`` now and then (every few
-  seconds, when a rank ends, before a kill) and remembers every new file
-  under ``/dev/shm`` they map;
+  ranks start, reads the ranks' ``/proc/PID/maps`` now and then (at a rank's
+  first collectives, where MPI_Init makes its segments, every few seconds,
+  when a rank fails, before a kill) and remembers every new file under
+  ``/dev/shm`` they map, and names it to the ranks' guardian
+  (``pm.agent.spawn.Guardian.note``), which removes it if the agent dies;
 * when the job ends on the node (however it ends), every such file, and
   every new file named like an MPI library's segment (a rank killed before
   it was sampled), is removed unless a live process still maps or holds it.
 
-An agent killed by SIGKILL cannot do that; :func:`sweep_node`, run by every
+An agent killed by SIGKILL cannot do that: its guardian removes the files
+named to it; what was not sampled yet, :func:`sweep_node`, run by every
 agent when its job ends and by ``pm-agent serve`` when it starts, removes
 MPI segments nobody maps or holds any more (older than a few seconds, so a
 segment being created is never taken), pmrun's own KVS segments whose
@@ -72,10 +75,10 @@ def _read(path: str) -> bytes:
         os.close(fd)
 
 
-def mapped_inodes(pid: int) -> set[int]:
-    """Inodes of the ``/dev/shm`` files process ``pid`` maps (empty if it is gone)."""
+def mapped_inodes(pid: int) -> dict[int, str]:
+    """The ``/dev/shm`` files process ``pid`` maps, path by inode (empty if it is gone)."""
     data = _read(f"/proc/{pid}/maps")
-    found: set[int] = set()
+    found: dict[int, str] = {}
     if _NEEDLE not in data:
         return found
     for line in data.split(b"\n"):
@@ -83,7 +86,7 @@ def mapped_inodes(pid: int) -> set[int]:
             parts = line.split(None, 5)
             if (len(parts) == 6 and not parts[5].endswith(b"(deleted)")
                     and parts[4].isdigit()):
-                found.add(int(parts[4]))
+                found[int(parts[4])] = parts[5].decode(errors="surrogateescape")
     return found
 
 
@@ -97,7 +100,7 @@ def busy_inodes() -> set[int]:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        busy |= mapped_inodes(int(name))
+        busy.update(mapped_inodes(int(name)))
         fd_dir = f"/proc/{name}/fd"
         try:
             fds = os.listdir(fd_dir)
@@ -139,12 +142,15 @@ class ShmReaper:
         self._before = _dir_inodes()
         self._seen: set[int] = set()
 
-    def sample(self, pids: Iterable[int]) -> None:
-        """Note the new ``/dev/shm`` files ``pids`` map now."""
+    def sample(self, pids: Iterable[int]) -> list[str]:
+        """Note the new ``/dev/shm`` files ``pids`` map now; the paths not seen before."""
+        fresh = []
         for pid in pids:
-            for ino in mapped_inodes(pid):
-                if ino not in self._before:
+            for ino, path in mapped_inodes(pid).items():
+                if ino not in self._before and ino not in self._seen:
                     self._seen.add(ino)
+                    fresh.append(path)
+        return fresh
 
     def candidates(self) -> list[os.DirEntry[str]]:
         try:

@@ -4,8 +4,9 @@
   node's ranks start in well under a millisecond each.
 * A *guardian* process leads the process group of a job's ranks on a node.  It
   blocks reading a pipe that only the agent holds: if the agent dies, even by
-  SIGKILL, the read returns and the guardian kills the whole group.  Ranks
-  therefore never outlive their agent.
+  SIGKILL, the read returns and the guardian removes the files the agent named
+  to it (the job's shared-memory segments and topology copy) and kills the
+  whole group.  Ranks therefore never outlive their agent, nor do their files.
 
 ``pmrun``'s quick path (:mod:`pm.quick`) starts ranks with this module before
 anything heavier is imported, so it imports nothing but C modules: ``_signal``
@@ -26,8 +27,11 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 # The guardian ignores the signals the agent forwards to the group, the stop signals
-# too: a stopped guardian could not kill the group if its agent died meanwhile.
-_GUARDIAN = "trap '' INT TERM HUP QUIT PIPE USR1 USR2 TSTP TTIN TTOU; read _; kill -KILL 0"
+# too: a stopped guardian could not kill the group if its agent died meanwhile.  The
+# lines it reads are files of the job's (Guardian.note): gone with the agent, they go too.
+_GUARDIAN = ("trap '' INT TERM HUP QUIT PIPE USR1 USR2 TSTP TTIN TTOU; "
+             'while IFS= read -r p; do set -- "$@" "$p"; done; '
+             '[ $# -eq 0 ] || rm -f -- "$@"; kill -KILL 0')
 
 #: Target fd number of the PMI socket in a rank (``PMI_FD``).
 PMI_FD = 3
@@ -228,6 +232,18 @@ class Guardian:
     def kill_all(self) -> None:
         """SIGKILL the whole group, guardian included."""
         self.signal(_signal.SIGKILL)
+
+    def note(self, paths: Sequence[str]) -> None:
+        """Files the job made on this node (shared-memory segments its ranks mapped, its
+        topology copy): if the agent dies, even by SIGKILL, the guardian removes them
+        before it kills the group.  (A normal end removes them first: then this is moot.)"""
+        lines = "".join(p + "\n" for p in paths if "\n" not in p and p.startswith("/"))
+        if self._wfd < 0 or not lines:
+            return
+        try:
+            os.write(self._wfd, lines.encode())
+        except OSError:
+            pass  # a guardian gone: nothing left to clean after
 
     def release(self) -> None:
         """Close our end of the pipe: the guardian kills what is left of the group and exits."""

@@ -8,7 +8,7 @@ interleaved, on this machine's virtual nodes (``--local-nodes``):
 
 1. the 8-node launch: ``pmrun --local-nodes 8 -n 8 true``, wall time;
 2. the collectives of ``bench/collectives.py`` (fence, allgather, ring of
-   64-byte values) with 64 ranks on 8 nodes, and an allgather of 1 MiB per rank
+   64-byte values) with 32 ranks on 8 nodes, and an allgather of 1 MiB per rank
    (bulk data, where encryption costs most) with 8 ranks on 8 nodes.
 """
 
@@ -71,8 +71,8 @@ def launch(curve: bool) -> float:
 
 
 def collectives(curve: bool, reps: int) -> dict[str, list[float]]:
-    p = run(pm("--local-nodes", "8", "-n", "64", sys.executable, str(RANK), "ops", str(reps)),
-            curve)
+    p = run(pm("--local-nodes", "8", "-n", "32", "--heartbeat", "30", sys.executable,
+               str(RANK), "ops", str(reps)), curve)
     res = [json.loads(line[5:]) for line in p.stdout.splitlines() if line.startswith("COLL ")]
     return {k: [max(r[k][i] for r in res) for i in range(reps)] for k in KINDS}
 
@@ -81,7 +81,8 @@ def bulk(curve: bool, reps: int) -> list[float]:
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(BULK.replace("REPS", str(reps)))
     try:
-        p = run(pm("--local-nodes", "8", "-n", "8", sys.executable, f.name), curve)
+        p = run(pm("--local-nodes", "8", "-n", "8", "--heartbeat", "30", sys.executable,
+                   f.name), curve)
     finally:
         os.unlink(f.name)
     per_rank = [[float(x) for x in line[5:].split(",")] for line in p.stdout.splitlines()
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
              row(f"launch, 8 nodes, `true` ({launches} runs)", times[True], times[False],
                  1e3, "ms")]
     for k in KINDS:
-        lines.append(row(f"{k}, 64 ranks on 8 nodes ({jobs}×{reps})", coll[True][k],
+        lines.append(row(f"{k}, 32 ranks on 8 nodes ({jobs}×{reps})", coll[True][k],
                          coll[False][k], 1e3, "ms"))
     lines.append(row(f"allgather of 1 MiB per rank, 8 ranks on 8 nodes ({jobs}×{reps})",
                      big[True], big[False], 1e3, "ms"))

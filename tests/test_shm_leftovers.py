@@ -132,3 +132,40 @@ def test_next_agent_sweeps_what_a_killed_agent_left(pmrun, pmrun_popen, tmp_path
     assert res.returncode == 0, res.stderr
     left = [f for f in [*mine, last["xml"]] if os.path.exists(f)]
     assert not left, f"left behind: {left}"
+
+
+#: MPI ranks that say which /dev/shm files they map, their agent and topology copy, then wait.
+MPI_WAITER = r"""
+import json, os, time
+from mpi4py import MPI
+c = MPI.COMM_WORLD
+c.Barrier()
+maps = sorted({l.split()[5] for l in open('/proc/self/maps')
+               if ' /dev/shm/' in l and not l.rstrip().endswith('(deleted)')})
+print(json.dumps({"rank": c.rank, "maps": maps, "agent": os.getppid(),
+                  "xml": os.environ.get("HWLOC_XMLFILE")}), flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+def test_an_agent_killed_by_sigkill_leaves_no_segments(pmrun_popen, tmp_path: Path) -> None:
+    import signal
+
+    from launch_util import read_lines, wait_until
+
+    prog = tmp_path / "waiter.py"
+    prog.write_text(MPI_WAITER)
+    p = pmrun_popen("-n", "2", "--local-nodes", "2", "python", str(prog))
+    assert p.stdout is not None
+    got = {d["rank"]: d for d in map(json.loads, read_lines(p.stdout, 2, 90))}
+    victim = got[1]
+    files = [*victim["maps"], *([victim["xml"]] if victim["xml"] else [])]
+    assert victim["maps"], victim
+    os.kill(victim["agent"], signal.SIGKILL)
+    p.communicate(timeout=60)
+    # Its guardian removes them, with no later job to sweep them.
+    wait_until(lambda: not any(os.path.exists(f) for f in files), 10,
+               f"the killed agent's files to go: {files}")
