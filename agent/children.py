@@ -35,6 +35,8 @@ from pm.bootstrap.base import (
     heartbeat_of,
     join_timeout_of,
 )
+from pm.bootstrap.early import abandon_all as abandon_early
+from pm.bootstrap.early import take as take_early
 from pm.hostlist import compress
 from pm.jobspec import JobPlan
 from pm.mapping import place
@@ -175,6 +177,8 @@ class Children:
             self._fosters = set(Tree(len(plan.hosts), plan.fanout).children(0))
             self._todo += sorted(self._fosters)
         self._start_more()
+        if vertex < 0:
+            abandon_early()  # started early for a plan that turned out otherwise
 
     def _config(self, vertex: int, host: str, **extra: Any) -> AgentConfig:
         plan = self.agent.plan
@@ -240,7 +244,11 @@ class Children:
             else:
                 cfg = self._config(v, host, listen=bool(self._fosters) and v == 0)
             try:
-                pid, wfd = boot.start(host, cfg)
+                early = take_early(v, host) if self.agent.vertex < 0 else None
+                if early is not None:
+                    pid, wfd = boot.adopt(early, cfg)  # type: ignore[attr-defined]
+                else:
+                    pid, wfd = boot.start(host, cfg)
             except Exception as exc:  # SpawnError, a bad template, ...: the node is lost
                 self._lost(v, f"could not start its agent: {exc}")
                 continue

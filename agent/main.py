@@ -257,6 +257,20 @@ def _close_quietly(port: Any, link: Any) -> None:
         link.close()
 
 
+def _preimport() -> None:
+    """What every child agent imports, imported before its config is read."""
+    import gc
+
+    gc.disable()
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401
+    import pm.agent.children
+    import pm.agent.links
+    import pm.agent.node
+
+    import pm.jobspec  # noqa: F401
+
+
 def _first_line() -> tuple[bytes, bytes]:
     """The config line from stdin, and what came after it (unbuffered: stdin stays ours)."""
     buf = b""
@@ -331,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("pm").setLevel(min(level, logging.INFO))
         return serve_main(args.config, args.listen)
     if args.mode == "child":
+        _preimport()  # while the config may still be on its way (pm.bootstrap.early)
         line, rest = _first_line()
+        if not line.strip():
+            os._exit(0)  # whoever started us gave up before telling us anything
         try:
             cfg = json.loads(line)
         except ValueError:

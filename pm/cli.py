@@ -151,20 +151,41 @@ def _print(text: str, code: int) -> int:
 
 
 def nodes_of(opts: CliOptions) -> object:
-    nodes = _nodes_of(opts)
     from pm.head import Nodes
 
-    assert isinstance(nodes, Nodes)
-    if not opts.n_given and opts.spec.apps and nodes.slots and all(
-            s is not None for s in nodes.slots):
+    where = hosts_of(opts)
+    if where is None:
+        boot = bootstrap_options_of(opts)
+        nodes = Nodes.local(opts.local_nodes or 1, opts.fanout)
+        nodes.bootstrap.update(boot)
+        return nodes
+    hosts, slots, boot = where
+    return Nodes(hosts, slots, opts.fanout, boot)
+
+
+def bootstrap_options_of(opts: CliOptions) -> dict[str, object]:
+    from pm.bootstrap.base import bootstrap_options
+
+    try:
+        return bootstrap_options(opts.extra)
+    except (ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, object]] | None:
+    """The job's hosts, their slots and the bootstrap options; None for this machine alone.
+    Light (no asyncio, no agent code): it also runs before the heavy imports, to start the
+    first agents early (:func:`pm.bootstrap.early.prestart`)."""
+    where = _where(opts)
+    if where is not None and not opts.n_given and opts.spec.apps and all(
+            s is not None for s in where[1]):
         # No -n: one rank per slot the allocation or host file gives (Hydra, srun).
-        opts.spec.apps[0].n = sum(int(s or 0) for s in nodes.slots)
-    return nodes
+        opts.spec.apps[0].n = sum(int(s or 0) for s in where[1])
+    return where
 
 
-def _nodes_of(opts: CliOptions) -> object:
+def _where(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, object]] | None:
     from pm.bootstrap.base import LOCAL_NAMES, bootstrap_options, default_hosts
-    from pm.head import Nodes
 
     entries = None
     try:
@@ -184,16 +205,14 @@ def _nodes_of(opts: CliOptions) -> object:
     if given is not None:
         if opts.local_nodes:
             raise UsageError(f"--local-nodes and --launcher {boot['name']} do not go together")
-        return Nodes([h for h, _ in given], [s for _, s in given], opts.fanout, boot)
+        return [h for h, _ in given], [s for _, s in given], boot
     if entries is not None:
         if opts.local_nodes:
             raise UsageError("--local-nodes and -hosts/-f do not go together")
-        return Nodes([e.host for e in entries], [e.slots for e in entries], opts.fanout, boot)
+        return [e.host for e in entries], [e.slots for e in entries], boot
     if boot["name"] not in LOCAL_NAMES:
         raise UsageError(f"--launcher {boot['name']} needs hosts (-hosts or -f)")
-    nodes = Nodes.local(opts.local_nodes or 1, opts.fanout)
-    nodes.bootstrap.update(boot)
-    return nodes
+    return None
 
 
 def system_size(slots: list[int | None], bootstrap: dict[str, object]) -> int:
@@ -356,6 +375,16 @@ def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
     from pm.agent.spawn import raise_fd_limit
 
     raise_fd_limit()
+    if started is None and "sim_ranks" not in opts.extra and "tasks" not in opts.extra:
+        try:
+            where = hosts_of(opts)
+        except UsageError as exc:
+            return refuse(exc)
+        if where is not None:
+            from pm.bootstrap.early import prestart
+
+            # ssh to the first agents now: the connection is made while we import.
+            prestart(where[0], where[1], where[2], opts.spec, opts.fanout)
     from collections.abc import Callable, Coroutine
     from typing import Any
 

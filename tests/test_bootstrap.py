@@ -6,6 +6,7 @@ tests/test_slurm.py.
 
 from __future__ import annotations
 
+import os
 import pwd
 import shlex
 import stat
@@ -267,3 +268,28 @@ def test_pbs_and_lsf_host_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert "batch" not in bootstrap_options({}, ["other1"])
     with pytest.raises(HostlistError, match="LSB_DJOB_HOSTFILE=/no/such: No such file"):
         batch_hosts({"LSB_DJOB_HOSTFILE": "/no/such"})
+
+
+def test_first_agents_start_before_the_head_listens() -> None:
+    from pm.bootstrap import early
+    from pm.jobspec import AppSpec, JobSpec
+
+    # A command that waits for its stdin to close, as an agent waiting for its config.
+    opts = {"name": "exec", "template": "sh -c 'cat >/dev/null' {host}", "start": "first"}
+    spec = JobSpec(apps=[AppSpec(["true"], n=4)])
+    hosts = ["h1", "h2", "h3", "h4"]
+    early.prestart(hosts, [None] * 4, opts, spec, 2)
+    # Vertex 0 and its children (fan-out 2 over 4: vertices 1 and 3), nothing deeper.
+    assert sorted(early._STARTED) == [0, 1, 3]
+    pids = [p.pid for _, p in early._STARTED.values()]
+    first = early.take(0, "h1")
+    assert first is not None and first.pid > 0 and first.stdin >= 0
+    assert early.take(1, "other") is None  # a plan that turned out otherwise: let go
+    early.abandon_all()
+    first.abandon()
+    for pid in pids:  # each ends once its stdin is closed
+        assert os.waitpid(pid, 0)[0] == pid
+    assert early._STARTED == {}
+    # Bootstraps that do not start the first level at once start nothing early.
+    early.prestart(hosts, [None] * 4, {"name": "slurm", "start": "step"}, spec, 2)
+    assert early._STARTED == {}

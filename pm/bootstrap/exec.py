@@ -64,12 +64,29 @@ class CommandBootstrap(Bootstrap):
     def prepare(self, hosts: list[str], fanout: int) -> None:
         self.hosts = hosts
 
+    def command(self, host: str) -> list[str]:
+        """The argv that starts an agent on ``host``."""
+        raise NotImplementedError
+
     def run(self, argv: list[str], config: AgentConfig) -> tuple[int, int]:
         """Start ``argv`` (looked up on our PATH) with the agent config on its stdin."""
         path = resolve(argv[0], os.environ, None)
-        line = json.dumps(config.to_wire()).encode() + b"\n"
-        proc = Piped([path, *argv[1:]], line, dict(os.environ), on_report=self._report,
-                     on_error=self._error, on_error_line=self.error_line)
+        proc = Piped([path, *argv[1:]], None, dict(os.environ))
+        return self.adopt(proc, config)
+
+    def launch(self, host: str) -> Piped:
+        """Start the agent command for ``host`` now; its config comes later (:meth:`adopt`)."""
+        argv = self.command(host)
+        return Piped([resolve(argv[0], os.environ, None), *argv[1:]], None, dict(os.environ))
+
+    def adopt(self, proc: Piped, config: AgentConfig) -> tuple[int, int]:
+        """Give ``proc`` (started by :meth:`launch`, perhaps before the loop ran) its config
+        and read its output from now on."""
+        proc.on_report = self._report
+        proc.on_error = self._error
+        proc.on_error_line = self.error_line
+        proc.write(json.dumps(config.to_wire()).encode() + b"\n")
+        proc.attach()
         self._procs[proc.pid] = proc
         return proc.pid, proc.stdin
 
@@ -114,6 +131,8 @@ class ExecBootstrap(CommandBootstrap):
 
     def argv(self, host: str) -> list[str]:
         return expand_template(self.template, host, agent_command(self.python))
+
+    command = argv
 
     def start(self, host: str, config: AgentConfig) -> tuple[int, int]:
         return self.run(self.argv(host), config)

@@ -12,15 +12,18 @@ denied (publickey).", "Host key verification failed.", ...).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import os
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pm.agent.spawn import spawn
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("pm.bootstrap")
 
@@ -31,7 +34,7 @@ KEEP_LINES = 8
 class Piped:
     """One started command; reads its stdout and stderr on the running loop."""
 
-    def __init__(self, argv: list[str], first_line: bytes, env: dict[str, str], *,
+    def __init__(self, argv: list[str], first_line: bytes | None, env: dict[str, str], *,
                  on_report: Callable[[int, str], None] | None = None,
                  on_error: Callable[[int, str], None] | None = None,
                  on_error_line: Callable[[str], bool] | None = None) -> None:
@@ -62,10 +65,29 @@ class Piped:
         self._bufs = {out_r: b"", err_r: b""}
         os.set_blocking(out_r, False)
         os.set_blocking(err_r, False)
-        self.write(first_line)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if first_line is not None:
+            self.write(first_line)
+            self.attach()
+
+    def attach(self) -> None:
+        """Read stdout and stderr on the running loop (started before it: now)."""
+        import asyncio
+
+        if self._loop is not None:
+            return
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(out_r, self._read, out_r)
-        self._loop.add_reader(err_r, self._read, err_r)
+        for fd in (self._out, self._err):
+            if fd >= 0:
+                self._loop.add_reader(fd, self._read, fd)
+
+    def abandon(self) -> None:
+        """We will never use it: close our ends (its stdin's EOF ends it)."""
+        if self.stdin >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.stdin)
+            self.stdin = -1
+        self.close()
 
     def write(self, data: bytes) -> bool:
         """Write ``data`` on the command's stdin (small lines: a pipe takes them whole)."""
@@ -93,8 +115,9 @@ class Piped:
             self._line(fd, line)
 
     def _eof(self, fd: int) -> None:
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(fd)
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(fd)
         rest = self._bufs.pop(fd, b"")
         if rest:
             self._line(fd, rest)
@@ -161,8 +184,9 @@ class Piped:
         """Stop reading (idempotent); stdin is the caller's to close."""
         for fd in (self._out, self._err):
             if fd >= 0:
-                with contextlib.suppress(Exception):
-                    self._loop.remove_reader(fd)
+                if self._loop is not None:
+                    with contextlib.suppress(Exception):
+                        self._loop.remove_reader(fd)
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._out = self._err = -1

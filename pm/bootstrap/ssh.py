@@ -123,7 +123,8 @@ class SshBootstrap(CommandBootstrap):
         key, ...) end up, as one line, in the reason the job gives for losing the node."""
         return not text.startswith("pm-agent")
 
+    def command(self, host: str) -> list[str]:
+        return agent_command(self.python) if is_this_machine(host) else self.argv(host)
+
     def start(self, host: str, config: AgentConfig) -> tuple[int, int]:
-        if is_this_machine(host):
-            return self.run(agent_command(self.python), config)
-        return self.run(self.argv(host), config)
+        return self.run(self.command(host), config)
