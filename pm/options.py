@@ -454,7 +454,11 @@ BY_NAME = {name: opt for opt in OPTIONS for name in opt.names}
 ENVIRONMENT = (
     ("MPIEXEC_TIMEOUT=S", "as --timeout S"),
     ("PM_QUICK=0", "start even a one-node job through the agent, not the quick path"),
-    ("SLURM_JOB_ID, SLURM_JOB_NODELIST", "inside a Slurm allocation, run on its nodes"),
+    ("SLURM_JOB_ID, SLURM_JOB_NODELIST", "inside a Slurm allocation (without -hosts/-f), "
+     "run on its nodes; SLURM_TASKS_PER_NODE gives their slots"),
+    ("PM_CLIENT_KEY=FILE", "the key pair --agents connects with (default "
+     "~/.config/pmrun/client.key)"),
+    ("TMPDIR (TEMP, TMP)", "where the node's topology cache and the job's copy go"),
 )
 
 
