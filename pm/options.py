@@ -329,7 +329,7 @@ OPTIONS = (
         help="ranks per node (fills each node with N ranks, then wraps)"),
     Opt("-hosts -host", "hosts", hosts, metavar="H1,H2[:SLOTS]", group=PLACE,
         help="hosts to run on; node[01-04] ranges are expanded"),
-    Opt("-f -hostfile --hostfile", "hostfile", hostfile, metavar="FILE", group=PLACE,
+    Opt("-f -hostfile --hostfile -machinefile", "hostfile", hostfile, metavar="FILE", group=PLACE,
         help='hosts from FILE ("host", "host:4" or "host slots=4" per line)'),
     Opt("-usize --universe-size", "universe_size", universe, metavar="N", group=PLACE,
         help="MPI universe size the ranks are told (room for MPI_Comm_spawn); SYSTEM: the "

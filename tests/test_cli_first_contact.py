@@ -30,7 +30,7 @@ BAD_VALUE = {
     "fanout": "x", "kvs": "disk", "profile": "/nonexistent/x.json", "sim_ranks": "",
     "sim_value_size": "", "sim_exchange": "", "sim_gets": "", "tasks": "",
     "mem_per_task": "", "mem_high": "lots", "mem_low": "90 apples", "retries": "",
-    "mem_overrun": "explode", "mem_settle": "", "timeout": "abc", "jobs": "x",
+    "mem_overrun": "explode", "mem_settle": "", "timeout": "abc", "mpi": "ompi", "jobs": "x",
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check is not None for name in opt.names]
 
