@@ -18,7 +18,6 @@ headers.
 from __future__ import annotations
 
 import os
-import struct
 
 MODES = ("auto", "pmix", "pmi", "none")
 #: Libraries whose users speak PMIx.
@@ -78,12 +77,17 @@ def _speaks_pmix(prog: str, path_env: str | None, depth: int = 0) -> bool:
     return False
 
 
+def _u(buf: bytes, off: int, size: int) -> int:
+    """A little-endian unsigned field (no struct import on pmrun's start-up path)."""
+    return int.from_bytes(buf[off:off + size], "little")
+
+
 def _elf_needed(fd: int, head: bytes) -> list[bytes]:
     """DT_NEEDED entries of a 64-bit little-endian ELF file ([] for anything else)."""
     if len(head) < 64 or head[4] != 2 or head[5] != 1:
         return []
-    phoff, = struct.unpack_from("<Q", head, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+    phoff = _u(head, 0x20, 8)
+    phentsize, phnum = _u(head, 0x36, 2), _u(head, 0x38, 2)
     if phentsize < 56 or phnum > 128:
         return []
     ph = os.pread(fd, phentsize * phnum, phoff)
@@ -92,8 +96,9 @@ def _elf_needed(fd: int, head: bytes) -> list[bytes]:
     for i in range(phnum):
         if (i + 1) * phentsize > len(ph):
             break
-        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(
-            "<IIQQQQ", ph, i * phentsize)
+        base_off = i * phentsize
+        p_type, p_offset = _u(ph, base_off, 4), _u(ph, base_off + 8, 8)
+        p_vaddr, p_filesz = _u(ph, base_off + 16, 8), _u(ph, base_off + 32, 8)
         if p_type == 1:
             loads.append((p_vaddr, p_offset, p_filesz))
         elif p_type == 2:
@@ -104,7 +109,7 @@ def _elf_needed(fd: int, head: bytes) -> list[bytes]:
     strtab = None
     needed: list[int] = []
     for off in range(0, len(data) - 15, 16):
-        tag, val = struct.unpack_from("<qQ", data, off)
+        tag, val = _u(data, off, 8), _u(data, off + 8, 8)
         if tag == 0:
             break
         if tag == 1:
