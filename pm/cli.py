@@ -120,29 +120,27 @@ def cli_options(parsed: Parsed) -> CliOptions:
 
 
 def _launcher(extra: dict[str, str]) -> None:
-    """Hydra's launcher spellings as pmrun's: ``persist`` is the persistent agents, ``rsh`` is
-    ssh run as rsh, and ``-launcher-exec`` without ``{...}`` names the ssh (rsh) program."""
+    """Hydra's launcher names as pmrun's (``persist``: the persistent agents; ``rsh``: ssh
+    run as rsh), and a ``-launcher-exec`` that contradicts the launcher refused.  Whether
+    its value is a template or the ssh program is :func:`pm.bootstrap.base.is_template`'s."""
+    from pm.bootstrap.base import is_template
+
     name = extra.get("launcher")
     if name == "persist":
-        extra["launcher"] = "persistent"
+        extra["launcher"] = name = "persistent"
     elif name == "rsh":
-        extra["launcher"] = "ssh"
+        extra["launcher"] = name = "ssh"
         extra.setdefault("ssh", "rsh")
     command = extra.get("launcher_exec")
-    if command is None:
+    if command is None or name is None:
         return
-    if "{" in command:  # a template: the exec launcher
-        if extra.get("launcher", "exec") != "exec":
-            raise UsageError(f"--launcher-exec {command!r} is a template (it holds '{{'): it "
-                             f"goes with --launcher exec, not {extra['launcher']}")
-        return
-    if extra.get("launcher", "ssh") != "ssh":
+    if is_template(command) and name != "exec":
+        raise UsageError(f"--launcher-exec {command!r} is a template (it holds {{host}} or "
+                         f"{{command}}): it goes with --launcher exec, not {name}")
+    if not is_template(command) and name != "ssh":
         raise UsageError(f"--launcher-exec {command} names the ssh program: it goes with "
                          f"--launcher ssh (a template for --launcher exec holds {{host}} and "
                          "{command})")
-    del extra["launcher_exec"]
-    extra["launcher"] = "ssh"
-    extra["ssh"] = command
 
 
 def _print(text: str, code: int) -> int:
