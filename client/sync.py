@@ -264,7 +264,8 @@ class SyncPMIClient(Identity):
             if not ready:
                 return
         try:
-            data = self._sock.recv(1 << 20)
+            # 64 KiB: a bigger buffer is an mmap, mremap and munmap per reply (glibc)
+            data = self._sock.recv(65536)
         except OSError as exc:
             self._fail(TransportError(f"the connection to the node agent broke: {exc}"))
         if not data:
