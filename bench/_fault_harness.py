@@ -4,7 +4,8 @@ Each run gets a token in pmrun's environment (``PM_FAULTS_TOKEN``) that its
 agents and ranks inherit: whatever carries it once pmrun has ended (after a
 grace of :data:`SETTLE` seconds) is a leftover, listed and killed.  Files: new
 entries of ``/dev/shm`` that no live process maps or holds, and new pmrun
-entries of ``/tmp``, once the run's processes are gone.  pmrun's peak RSS comes
+entries of ``/tmp``, still there once the run's processes are gone (within
+half that grace: guardians remove files a moment after pmrun ends).  pmrun's peak RSS comes
 from ``wait4``.  A run that outlives its deadline is a hang: its process group
 is killed.
 """
@@ -201,7 +202,13 @@ def run(argv: Sequence[str], *, timeout: float = 90.0, env: dict[str, str] | Non
     for p in left:
         with contextlib.suppress(OSError):
             os.kill(p, signal.SIGKILL)
+    # A job's files may go a moment after pmrun (the ranks' guardians remove what their
+    # agents named to them): poll them against the same grace.
     res.files = new_files(shm_before, tmp_before)
+    deadline = time.monotonic() + settle / 2
+    while res.files and time.monotonic() < deadline:
+        time.sleep(0.1)
+        res.files = [f for f in new_files(shm_before, tmp_before) if f in res.files]
     return res
 
 
