@@ -171,6 +171,7 @@ class Children:
             return  # the head starts our children for us; they come to our port
         self._todo = list(self.agent.children)
         if vertex < 0 and mode == "step" and self._start_step(boot):
+            abandon_early()
             return
         if vertex < 0 and mode == "first":
             # One hop to two levels: vertex 0's children start with vertex 0.

@@ -1,6 +1,25 @@
-"""Launch time over hosts and tree fan-out: does the tree's depth show?
+"""Launch time over hosts: pmrun against Hydra over real sshds and against srun in Slurm.
 
-    python -m bench.hosts [--quick]
+    python -m bench.hosts [--quick] [--part ssh,slurm,model,exec,local]
+
+``ssh``: 4 and 8 network-namespace hosts, each with a real sshd
+(tests/realcluster_util.py), host names only in an ssh configuration:
+``pmrun -hosts ... --ssh 'ssh -F CONFIG' -ppn 1 -n N`` against Hydra's
+``mpiexec -launcher ssh -launcher-exec WRAPPER -iface BRIDGE -hosts ... -ppn 1
+-n N`` (WRAPPER: ``exec ssh -F CONFIG "$@"``), for ``true`` and the mpi4py
+hello, interleaved, medians.
+
+``slurm``: inside one ``salloc -N4 -n8`` on a real Slurm cluster of 4 namespace
+nodes: ``pmrun -n 8`` against ``srun --mpi=pmi2 -n 8``, same programs.
+
+``model``: per-hop costs measured here (an ssh round trip, an agent's start, the
+CPU one ssh client costs its parent) put into a launch-time model of pmrun's
+tree (the head reaches two levels in one hop, then one hop per level, each
+parent starting up to ``k`` children) and of Hydra (the head ssh'es to every
+host), at 64, 1,024 and 16,384 hosts, with the fan-out pmrun would pick.
+
+``exec`` / ``local``: the older rows, exec launcher (``ip netns exec``) and
+``--local-nodes``, fan-out 2, 8, 32.
 
 Wall time of ``pmrun -ppn 1 -n N true`` (start every agent, run one rank per
 node, tear down), medians (min-max) of interleaved runs:
@@ -26,7 +45,13 @@ from collections.abc import Callable, Sequence
 if __package__ in (None, ""):  # run as a script from a checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._util import ROOT, interleaved, machine, median_range, pmrun, timed, write_section
+import json
+import resource
+import statistics
+import subprocess
+import time
+
+from bench._util import ROOT, interleaved, machine, median_range, timed, tool, write_section
 from pm.tree import Tree
 
 sys.path.insert(0, str(ROOT / "tests"))
@@ -38,7 +63,146 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.pop("MPIEXEC_TIMEOUT", None)
+    # Namespaces on one machine: MPICH's default transports would use shared memory.
+    env["FI_PROVIDER"] = "tcp"
     return env
+
+
+def pmrun() -> list[str]:
+    """pmrun from this checkout, with this interpreter (the remote agents use it too)."""
+    return [sys.executable, "-m", "pm"]
+
+
+HELLO = [sys.executable, "-m", "mpi4py.bench", "helloworld"]
+PROGRAMS = {"true": ["true"], "hello": HELLO}
+
+
+def ssh_rows(sizes: Sequence[int], runs: int) -> tuple[list[str], dict[str, float]]:
+    """Rows of pmrun vs Hydra over real sshds, and the ratios (for the summary)."""
+    from realcluster_util import RealCluster, realcluster_missing
+
+    why = realcluster_missing(slurm=False)
+    if why:
+        return [f"| ssh | skipped: {why} | | | |"], {}
+    rows: list[str] = []
+    ratios: dict[str, float] = {}
+    hydra = tool("mpiexec")
+    for n in sizes:
+        with RealCluster(n, slurm=False) as c:
+            hosts = ",".join(c.names)
+            contenders = {}
+            for prog, argv in PROGRAMS.items():
+                contenders[f"pmrun {prog}"] = _runner(
+                    [*pmrun(), "-hosts", hosts, "--ssh", c.ssh_command(), "-ppn", "1",
+                     "-n", str(n), *argv])
+                contenders[f"hydra {prog}"] = _runner(
+                    [hydra, "-launcher", "ssh", "-launcher-exec", str(c.ssh_wrapper),
+                     "-iface", c.bridge, "-hosts", hosts, "-ppn", "1", "-n", str(n), *argv])
+            res = interleaved(contenders, runs)
+            for prog in PROGRAMS:
+                p, h = res[f"pmrun {prog}"], res[f"hydra {prog}"]
+                ratio = statistics.median(p) / statistics.median(h)
+                ratios[f"{n} {prog}"] = ratio
+                rows.append(f"| {n} hosts | {prog} | {median_range(p, '{:.2f}')} | "
+                            f"{median_range(h, '{:.2f}')} | {ratio:.2f}x |")
+    return rows, ratios
+
+
+#: Runs inside the allocation: times pmrun and srun round-robin, prints JSON.
+_IN_ALLOCATION = """
+import json, subprocess, sys, time
+runs, warmup = int(sys.argv[1]), 1
+contenders = json.loads(sys.argv[2])
+out = {name: [] for name in contenders}
+for i in range(warmup + runs):
+    for name, argv in contenders.items():
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if proc.returncode:
+            sys.exit(f"{argv} exited {proc.returncode}: {proc.stderr[-1000:]!r}")
+        if i >= warmup:
+            out[name].append(time.perf_counter() - t0)
+print(json.dumps(out))
+"""
+
+
+def slurm_rows(runs: int) -> tuple[list[str], dict[str, float]]:
+    from realcluster_util import RealCluster, realcluster_missing
+
+    why = realcluster_missing(slurm=True, ssh=False)
+    if why:
+        return [f"| Slurm | skipped: {why} | | | |"], {}
+    contenders = {}
+    for prog, argv in PROGRAMS.items():
+        contenders[f"pmrun {prog}"] = [*pmrun(), "-n", "8", *argv]
+        contenders[f"srun {prog}"] = ["srun", "--mpi=pmi2", "-n", "8", *argv]
+    with RealCluster(4, ssh=False) as c:
+        res = subprocess.run(["salloc", "--quiet", "-N4", "-n8", sys.executable, "-c",
+                              _IN_ALLOCATION, str(runs), json.dumps(contenders)],
+                             env=c.env(_env()), capture_output=True, text=True, timeout=1800)
+        if res.returncode:
+            raise RuntimeError(f"salloc run failed: {res.stderr[-2000:]}")
+        times = json.loads(res.stdout.strip().splitlines()[-1])
+    rows, ratios = [], {}
+    for prog in PROGRAMS:
+        p, s = times[f"pmrun {prog}"], times[f"srun {prog}"]
+        ratio = statistics.median(p) / statistics.median(s)
+        ratios[prog] = ratio
+        rows.append(f"| 4 nodes, 8 ranks | {prog} | {median_range(p, '{:.2f}')} | "
+                    f"{median_range(s, '{:.2f}')} | {ratio:.2f}x |")
+    return rows, ratios
+
+
+def _ssh_costs(runs: int) -> dict[str, float]:
+    """Measured: ssh round trip, remote agent start, CPU of one ssh client, per child."""
+    from realcluster_util import RealCluster
+
+    with RealCluster(1, slurm=False) as c:
+        ssh = ["ssh", "-F", str(c.ssh_config), c.names[0]]
+        hop, agent, cpu = [], [], []
+        for _ in range(runs):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            subprocess.run([*ssh, "true"], check=True)
+            hop.append(time.perf_counter() - t0)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
+            t0 = time.perf_counter()
+            subprocess.run([*ssh, sys.executable, "-P", "-c",
+                            "'import pm.agent.main, pm.agent.node, pm.agent.children'"],
+                           check=True, env=_env())
+            agent.append(time.perf_counter() - t0 - hop[-1])
+    return {"hop": statistics.median(hop), "agent": max(0.0, statistics.median(agent)),
+            "client_cpu": statistics.median(cpu)}
+
+
+def model_time(n: int, k: int, costs: dict[str, float]) -> float:
+    """pmrun's launch over ssh for ``n`` hosts, fan-out ``k`` (seconds, modelled).
+
+    One hop reaches vertex 0 and its children (the head starts them all at once,
+    paying one ssh client's CPU each); each further level is one more hop, its
+    parent paying one client's CPU per child it starts (at most ``k``)."""
+    tree = Tree(n, k)
+    levels = tree.height()
+    step = costs["hop"] + costs["agent"]
+    first = min(n, 1 + k) * costs["client_cpu"]
+    deeper = max(0, levels - 1) * (step + k * costs["client_cpu"])
+    return step + first + deeper
+
+
+def hydra_model(n: int, costs: dict[str, float]) -> float:
+    """Hydra over ssh: the head's ssh clients to every host, one hop, a C proxy (no start)."""
+    return costs["hop"] + n * costs["client_cpu"]
+
+
+def model_rows(costs: dict[str, float]) -> list[str]:
+    rows = []
+    for n in (64, 1024, 16384):
+        best = min((2, 4, 8, 16, 32, 64, 128, 256), key=lambda k: model_time(n, k, costs))
+        rows.append(f"| {n:,} | {model_time(n, 32, costs):.2f} s (h{Tree(n, 32).height()}) | "
+                    f"{best}: {model_time(n, best, costs):.2f} s (h{Tree(n, best).height()}) | "
+                    f"{hydra_model(n, costs):.2f} s |")
+    return rows
 
 
 def _runner(argv: list[str]) -> Callable[[], float]:
@@ -83,19 +247,67 @@ def local_rows(sizes: Sequence[int], runs: int) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     ap.add_argument("--quick", action="store_true", help="a short run that checks it works")
+    ap.add_argument("--part", default="ssh,slurm,model,exec,local",
+                    help="which parts to run (comma-separated)")
     args = ap.parse_args(argv)
+    parts = set(args.part.split(","))
     runs = 1 if args.quick else 5
-    hosts = (1, 2, 4) if args.quick else (1, 2, 4, 8)
-    local = (1, 8, 16) if args.quick else (1, 8, 16, 32, 64)
-    rows = netns_rows(hosts, runs) + local_rows(local, runs)
+    sections = []
+    if "ssh" in parts:
+        rows, _ = ssh_rows((4,) if args.quick else (4, 8), runs)
+        sections += [
+            "## Launch over real ssh: pmrun against Hydra",
+            "",
+            f"Wall seconds, median (min-max) of {runs} interleaved runs, one rank per host; "
+            "namespace hosts each with its own sshd, names only in an ssh configuration; "
+            f"mpi4py hello with MPICH's TCP provider. {machine()}"
+            f"{', quick run' if args.quick else ''}.",
+            "",
+            "| hosts | program | pmrun | Hydra `-launcher ssh` | pmrun / Hydra |",
+            "|---|---|---|---|---|", *rows, ""]
+    if "slurm" in parts:
+        rows, _ = slurm_rows(runs)
+        sections += [
+            "## Launch inside a Slurm allocation: pmrun against srun",
+            "",
+            f"Inside one `salloc -N4 -n8` (real slurmctld, 4 slurmd): `pmrun -n 8` against "
+            f"`srun --mpi=pmi2 -n 8`, wall seconds, median (min-max) of {runs} interleaved "
+            "runs.",
+            "",
+            "| allocation | program | pmrun | srun | pmrun / srun |",
+            "|---|---|---|---|---|", *rows, ""]
+    if "model" in parts:
+        costs = _ssh_costs(3 if args.quick else 7)
+        sections += [
+            "## Launch model for large host counts",
+            "",
+            f"Measured here: one ssh round trip {costs['hop']:.2f} s, an agent's start after "
+            f"ssh {costs['agent']:.2f} s, one ssh client's CPU {costs['client_cpu'] * 1000:.0f}"
+            " ms. pmrun: the head reaches vertex 0 and its children in one hop, each further "
+            "level is one hop plus its parent's ssh clients; Hydra: one hop, the head runs "
+            "every host's ssh client (its proxies are C: no start-up to pay).",
+            "",
+            "| hosts | pmrun, fan-out 32 (default) | best fan-out: pmrun | Hydra |",
+            "|---|---|---|---|", *model_rows(costs), ""]
+    if "exec" in parts or "local" in parts:
+        hosts = (1, 2, 4) if args.quick else (1, 2, 4, 8)
+        local = (1, 8, 16) if args.quick else (1, 8, 16, 32, 64)
+        rows = (netns_rows(hosts, runs) if "exec" in parts else []) + (
+            local_rows(local, runs) if "local" in parts else [])
+        sections += [_fanout_section(rows, runs, args.quick)]
+    write_section("hosts", "\n".join(sections))
+    return 0
+
+
+def _fanout_section(rows: list[str], runs: int, quick: bool) -> str:
     head = " | ".join(f"fan-out {k}" for k in FANOUTS)
-    md = "\n".join([
+    return "\n".join([
         "## Launch time over hosts and fan-out",
         "",
         f"`pmrun -ppn 1 -n N true`, wall seconds, median (min-max) of {runs} interleaved "
         "runs; (hN) is the tree height (levels of agents below vertex 0). Namespace hosts: "
         "exec launcher (`ip netns exec`), TCP between namespaces, agents start their "
-        f"children. {machine()}{', quick run' if args.quick else ''}.",
+        f"children. {machine()}{', quick run' if quick else ''}.",
         "",
         f"| nodes | {head} |",
         "|---|" + "---|" * len(FANOUTS),
@@ -106,8 +318,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(fan-out 2) adds a level of start-up latency per level, a flat tree starts all "
         "agents from one parent.",
     ])
-    write_section("hosts", md)
-    return 0
 
 
 if __name__ == "__main__":

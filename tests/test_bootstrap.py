@@ -291,5 +291,5 @@ def test_first_agents_start_before_the_head_listens() -> None:
         assert os.waitpid(pid, 0)[0] == pid
     assert early._STARTED == {}
     # Bootstraps that do not start the first level at once start nothing early.
-    early.prestart(hosts, [None] * 4, {"name": "slurm", "start": "step"}, spec, 2)
+    early.prestart(hosts, [None] * 4, {"name": "local"}, spec, 2)
     assert early._STARTED == {}

@@ -12,6 +12,7 @@ their stdin and they leave without a word.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -24,8 +25,9 @@ _STARTED: dict[int, tuple[str, Piped]] = {}
 
 def prestart(hosts: list[str], given: list[int | None], options: dict[str, Any],
              spec: JobSpec, fanout: int) -> None:
-    """Start vertex 0's and its children's commands, if the bootstrap is one that can."""
-    if options.get("start") != "first" or not spec.apps:
+    """Start vertex 0's and its children's commands (``start == "first"``), or the one
+    command that starts every agent (``"step"``), if the bootstrap is one that can."""
+    if options.get("start") not in ("first", "step") or not spec.apps:
         return
     from pm.bootstrap.base import get_bootstrap
     from pm.bootstrap.exec import CommandBootstrap
@@ -40,6 +42,12 @@ def prestart(hosts: list[str], given: list[int | None], options: dict[str, Any],
     except Exception:  # the full path names whatever is wrong
         return
     if not isinstance(boot, CommandBootstrap):
+        return
+    if options.get("start") == "step":
+        from pm.hostlist import compress
+
+        with contextlib.suppress(Exception):  # vertex -1: the step that starts them all
+            _STARTED[-1] = (compress(hosts[:used]), boot.launch_step(hosts[:used]))
         return
     for v in (0, *Tree(used, max(1, fanout)).children(0)):
         try:

@@ -76,8 +76,15 @@ class CommandBootstrap(Bootstrap):
 
     def launch(self, host: str) -> Piped:
         """Start the agent command for ``host`` now; its config comes later (:meth:`adopt`)."""
-        argv = self.command(host)
+        return self.launch_argv(self.command(host))
+
+    @staticmethod
+    def launch_argv(argv: list[str]) -> Piped:
         return Piped([resolve(argv[0], os.environ, None), *argv[1:]], None, dict(os.environ))
+
+    def launch_step(self, hosts: list[str]) -> Piped:
+        """Start the command that starts every agent of ``hosts`` now (config later)."""
+        raise NotImplementedError
 
     def adopt(self, proc: Piped, config: AgentConfig) -> tuple[int, int]:
         """Give ``proc`` (started by :meth:`launch`, perhaps before the loop ran) its config

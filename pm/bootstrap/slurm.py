@@ -37,6 +37,7 @@ from typing import Any
 
 from pm.bootstrap.base import AgentConfig, agent_command
 from pm.bootstrap.exec import CommandBootstrap
+from pm.bootstrap.pipes import Piped
 from pm.hostlist import HostlistError, compress, expand
 
 SRUN_OPTIONS = ("--overlap", "--whole", "--cpu-bind=none", "--mpi=none", "--quiet")
@@ -146,7 +147,15 @@ class SlurmBootstrap(CommandBootstrap):
 
     def start_tree(self, hosts: list[str], fanout: int, config: AgentConfig
                    ) -> tuple[int, int] | None:
+        from pm.bootstrap.early import take
+
+        early = take(-1, compress(hosts))  # started before the head's imports
+        if early is not None:
+            return self.adopt(early, config)
         return self.run(step_argv(hosts, agent_command(self.python), self.srun), config)
+
+    def launch_step(self, hosts: list[str]) -> Piped:
+        return self.launch_argv(step_argv(hosts, agent_command(self.python), self.srun))
 
     def error_line(self, text: str) -> bool:
         """Name the node of a failed task: the job's one line says it (with srun's words)."""
