@@ -91,7 +91,8 @@ def test_salloc_mpich_allreduce_on_four_nodes(slurm_cluster: RealCluster,
                          timeout=120, stdin=subprocess.DEVNULL, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert f"sum 28 size 8 netns 4 nodes {','.join(c.names)} MPICH" in res.stdout, res.stdout
-    assert res.stderr == ""
+    # (A step slow to end on a loaded machine is only warned about.)
+    assert all("did not exit" in line for line in res.stderr.splitlines()), res.stderr
     assert_clean(c)
 
 
