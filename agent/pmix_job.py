@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pm.agent import pmix_lib as L
-from pm.agent.pmix_server import PmixServer, Upcalls, server, shutdown
+from pm.agent.pmix_server import PmixServer, Upcalls, server
 from pm.proto import tree as t
 
 from pm.mapping import local_ranks
@@ -327,5 +327,5 @@ class PmixJob(Upcalls):
                 lib.PMIx_server_deregister_client(self._proc(r), ffi.NULL, ffi.NULL)
             lib.PMIx_server_deregister_nspace(self.nspace.encode(), ffi.NULL, ffi.NULL)
         shutil.rmtree(self.dir, ignore_errors=True)
-        if not srv.jobs:
-            shutdown()
+        # The server stays for the process's next job (OpenPMIx cannot start again once
+        # finalized); its directory goes with the process (the sweeper).

@@ -331,8 +331,9 @@ def prestart(mode: str, programs: list[str]) -> None:
 
 
 def shutdown() -> None:
-    """Finalize the process's server once it serves no job, and remove its directory
-    (the process may end with ``os._exit``: nothing would remove it later)."""
+    """Finalize the process's server once it serves no job, and remove its directory.
+    For a process that serves no more PMIx jobs (benchmarks): OpenPMIx cannot start a
+    server again in the same process."""
     global _server
     with _server_lock:
         srv = _server

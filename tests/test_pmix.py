@@ -224,6 +224,29 @@ def _pmix_dirs() -> set[str]:
     return {n for n in os.listdir(base) if n.startswith("pm-pmix-")}
 
 
+def _pid_of(name: str) -> int:
+    return int(name.split("-")[2])
+
+
+def _job_pids(root: int) -> set[int]:
+    """``root`` and its descendants (pmrun and its agents)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        out.add(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
 @needs_wheel
 def test_kill_9_of_pmrun_leaves_nothing(tmp_path: Path, marker: str) -> None:
     assert OMPI is not None
@@ -235,14 +258,15 @@ def test_kill_9_of_pmrun_leaves_nothing(tmp_path: Path, marker: str) -> None:
     try:
         assert p.stdout is not None
         read_lines(p.stdout, 4, 60)
-        assert len(_pmix_dirs() - before) == 2  # one per agent (two processes here)
+        ours = {d for d in _pmix_dirs() - before if _pid_of(d) in _job_pids(p.pid)}
+        assert len(ours) == 2, ours  # one per agent (two processes here)
         p.send_signal(signal.SIGKILL)
         p.wait(10)
         wait_gone(marker, 20)
         deadline = time.monotonic() + 20
-        while _pmix_dirs() - before and time.monotonic() < deadline:
+        while ours & _pmix_dirs() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _pmix_dirs() - before, "PMIx directories left behind"
+        assert not ours & _pmix_dirs(), "PMIx directories left behind"
     finally:
         if p.poll() is None:
             p.kill()
@@ -329,3 +353,30 @@ def test_open_mpi_across_three_namespace_hosts(tmp_path: Path, program: str,
         assert expect in r.stdout, r.stdout
         left = hosts.wait_empty(15)
         assert not left, f"processes left in the namespaces: {left}"
+
+
+@needs_wheel
+def test_two_open_mpi_jobs_in_one_process(tmp_path: Path) -> None:
+    # pm.Cluster runs jobs one after another in one process: one PMIx server serves them
+    # all (OpenPMIx cannot start a second one once the first is finalized).
+    assert OMPI is not None
+    prog = script(tmp_path, "allreduce.py", ALLREDUCE)
+    driver = script(tmp_path, "driver.py", f"""
+        import asyncio, os
+        import pm
+
+        os.environ.update({ENV!r})
+
+        async def main():
+            async with pm.Cluster() as cluster:
+                for i in range(2):
+                    job = await cluster.launch([{OMPI!r}, {str(prog)!r}], n=2)
+                    result = await job.wait()
+                    print("job", i, result.returncode, flush=True)
+
+        asyncio.run(main())
+    """)
+    r = subprocess.run([sys.executable, str(driver)], cwd=tmp_path, env=pmrun_env(),
+                       capture_output=True, text=True, timeout=100)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["job 0 0", "job 1 0"], r.stdout + r.stderr
