@@ -252,9 +252,10 @@ class PmixServer:
         return self._post(ns, lambda job: job.unpublish(rank, names, done))
 
     def _spawn(self, proc: Any, *_args: Any) -> int:
+        # The call fails in the rank (MPI_Comm_spawn returns an error): the job goes on.
         ns, rank = self._proc(proc)
-        self._post(ns, lambda job: job.client_event(
-            rank, "error", "PMIx_Spawn (MPI_Comm_spawn) is not supported by pmrun yet"))
+        log.warning("rank %d of %s: PMIx_Spawn (MPI_Comm_spawn) is not supported by pmrun "
+                    "yet; the call fails", rank, ns)
         return L.ERR_NOT_SUPPORTED
 
     # ------------------------------------------------------------------ direct modex (owner)
