@@ -398,3 +398,22 @@ def test_spawn_fails_in_the_rank_with_a_clear_line(pmrun: Run, tmp_path: Path) -
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "spawn failed", r.stdout
     assert "PMIx_Spawn (MPI_Comm_spawn) is not supported by pmrun yet" in r.stderr, r.stderr
+
+
+@needs_wheel
+def test_exit_without_finalize_fails_the_job(pmrun: Run, tmp_path: Path, marker: str) -> None:
+    # PMIx's connect and finalize are the rank events a PMI session reports.
+    assert OMPI is not None
+    prog = script(tmp_path, "nofin.py", """
+        import os, time
+        from mpi4py import MPI
+        MPI.COMM_WORLD.Barrier()
+        if MPI.COMM_WORLD.rank == 1:
+            os._exit(0)
+        time.sleep(300)
+    """)
+    r = pmrun("-n", "2", OMPI, str(prog), marker, env=ENV)
+    assert r.returncode == 1, r.stderr
+    assert re.search(r"rank 1 \(node 0, [^)]*\) exited without calling PMI finalize",
+                     r.stderr), r.stderr
+    wait_gone(marker, 20)
