@@ -1,7 +1,7 @@
 """The PMI engine of one rank's connection, sans-IO: bytes in, actions out.
 
 :meth:`PmiEngine.feed` takes what the rank sent and returns what to do, as
-:data:`Action` records (all of them are defined here, in one place):
+:data:`Action` records (all defined in :mod:`pm.agent.pmi_actions`, re-exported here):
 
 * :class:`Send` -- bytes to write to the rank: every reply a read produced,
   batched into one write;
@@ -37,17 +37,33 @@ be followed any more (a runaway line, a broken frame) gives ``error`` and
 
 from __future__ import annotations
 
-import enum
 import logging
 import re
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pm.agent.pmi_actions import (  # re-exported: the engine's vocabulary
+    Action,
+    Call,
+    Close,
+    Collective,
+    Event,
+    GetFrom,
+    NameService,
+    NodeAttrGet,
+    Phase,
+    Reserve,
+    Send,
+    Spawn,
+    Wire,
+)
 from pm.proto import native, pmi1, pmi2, spawn
 from pm.proto.errors import PMError, ProtocolError, RankFailed
 from pm.proto.tree import ALLGATHER, BARRIER, FENCE, RING
+
+__all__ = ["Action", "Call", "Close", "Collective", "Event", "GetFrom", "NameService",
+           "NodeAttrGet", "Phase", "PmiEngine", "Reserve", "Send", "Spawn", "Wire"]
 
 log = logging.getLogger("pm.agent.pmi")
 
@@ -69,99 +85,6 @@ if TYPE_CHECKING:
         def node_attr_put(self, key: str, value: str) -> None: ...
         def release(self, rank: int, ident: int) -> None: ...
 
-
-class Wire(enum.StrEnum):
-    """The protocol a connection speaks (UNKNOWN until its first bytes)."""
-
-    UNKNOWN = ""
-    PMI1 = "pmi1"
-    PMI2 = "pmi2"
-    NATIVE = "native"
-
-
-class Phase(enum.Enum):
-    """Where the rank is in its PMI life."""
-
-    NEW = 0
-    INITIALIZED = 1
-    FINALIZED = 2
-    CLOSED = 3  # the stream was refused or the rank closed it: nothing more is served
-
-
-# --------------------------------------------------------------------- actions
-@dataclass(slots=True)
-class Send:
-    data: bytes
-
-
-@dataclass(slots=True)
-class Event:
-    name: str
-    detail: Any = None
-
-
-@dataclass(slots=True)
-class Close:
-    why: str
-
-
-@dataclass(slots=True)
-class Collective:
-    """The rank's contribution to its next collective of ``kind`` (pm.proto.tree)."""
-
-    token: int
-    kind: int
-    value: Any
-
-
-@dataclass(slots=True)
-class GetFrom:
-    """A key rank ``src`` puts, not on this node yet: bytes, or None if never put."""
-
-    token: int
-    src: int
-    key: bytes
-
-
-@dataclass(slots=True)
-class NodeAttrGet:
-    """A node attribute (PMI-2); with ``wait``, once some rank of the node puts it."""
-
-    token: int
-    key: str
-    wait: bool
-
-
-@dataclass(slots=True)
-class NameService:
-    """publish/unpublish/lookup: ``(ok, port)``."""
-
-    token: int
-    action: str
-    service: str
-    port: str
-
-
-@dataclass(slots=True)
-class Reserve:
-    """A memory reservation of ``nbytes``: its id once admitted."""
-
-    token: int
-    nbytes: int
-
-
-@dataclass(slots=True)
-class Spawn:
-    """A new job (MPI_Comm_spawn): a :class:`pm.proto.spawn.SpawnResult` once its ranks
-    are started, or why they could not be."""
-
-    token: int
-    request: spawn.SpawnRequest
-
-
-#: Everything that waits.
-Call = Collective | GetFrom | NodeAttrGet | NameService | Reserve | Spawn
-Action = Send | Event | Close | Call
 
 #: Distinct causes of bad requests logged per rank (then only counted).
 MAX_CAUSES = 8
