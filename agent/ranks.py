@@ -178,7 +178,9 @@ class LocalRanks:
         if got < 0:
             return
         if got:
-            self._credit -= got
+            # What goes up counts, not what was read: a long line held here while it
+            # grows (up to pm.output.MAX_LINE) must not use up a small window for ever.
+            self._credit -= len(lines)
             if self._credit <= 0 and not self._paused:
                 self._pause(True)
         else:

@@ -108,11 +108,6 @@ class Writer:
         if self._behind is None:
             self._behind = _WriteBehind(call_soon, written, self._gone)
 
-    @property
-    def queued(self) -> int:
-        """Bytes waiting for the thread (0 when writing in the caller's thread)."""
-        return self._behind.queued if self._behind is not None else 0
-
     def write(self, rank: int, stream: int, chunk: bytes, tag: int = -1, job: int = 0
               ) -> None:
         """Lines of ``rank`` (of spawned job ``job``, labelled ``[job:rank]``, when not 0);
@@ -198,7 +193,7 @@ class _WriteBehind:
                  written: Callable[[int, int], None], broken: Callable[[], None]) -> None:
         import threading
 
-        self._call_soon = call_soon
+        self._loop_call = call_soon
         self.written = written
         self._broken = broken
         self._cond = threading.Condition()
@@ -206,7 +201,6 @@ class _WriteBehind:
         self._done: dict[int, int] = {}  # tag -> bytes written, not yet reported
         self._gone = False
         self._idle = True
-        self.queued = 0
         self._thread = threading.Thread(target=self._run, name="pm-output", daemon=True)
         self._thread.start()
 
@@ -217,7 +211,6 @@ class _WriteBehind:
             else:
                 gone = False
                 self._items.append((fd, chunk, tag, size))
-                self.queued += size
                 self._cond.notify()
         if gone:
             self.written(tag, size)
@@ -239,11 +232,16 @@ class _WriteBehind:
                     self._lost(items[i:])
                     break
                 with cond:
-                    self.queued -= size
                     report = not self._done
                     self._done[tag] = self._done.get(tag, 0) + size
                 if report:
                     self._call_soon(self._report)
+
+    def _call_soon(self, fn: Callable[[], None]) -> None:
+        try:  # noqa: SIM105 (contextlib is not imported on pmrun's quick path)
+            self._loop_call(fn)
+        except RuntimeError:
+            pass  # the loop is closed: the job is over, nobody waits for credit
 
     def _lost(self, items: list[tuple[int, bytes, int, int]]) -> None:
         """Our reader went away: nothing more is written; every chunk counts as out."""
@@ -253,7 +251,6 @@ class _WriteBehind:
             self._items = []
             for _fd, _chunk, tag, size in items:
                 self._done[tag] = self._done.get(tag, 0) + size
-            self.queued = 0
         self._call_soon(self._broken)
         self._call_soon(self._report)
 
@@ -272,7 +269,6 @@ class _WriteBehind:
         with self._cond:
             self._gone = True
             self._items = []
-            self.queued = 0
             self._cond.notify_all()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import select
 import sys
+from typing import Any
 
 import pytest
 from pm.agent.spawn import PMI_FD, rank_env
@@ -140,3 +141,61 @@ def test_started_ranks_is_importable_without_asyncio() -> None:
 def test_an_empty_started_ranks_has_nothing_to_hand_over() -> None:
     s = StartedRanks("job")
     assert s.take().ranks == [] and not s.failed
+
+
+class _Agent:
+    """What LocalRanks needs of its JobAgent, for a node of a 64-node job (a small window)."""
+
+    def __init__(self, n: int) -> None:
+        import asyncio
+        from types import SimpleNamespace
+
+        self.loop = asyncio.get_running_loop()
+        self.plan = SimpleNamespace(hosts=["h"] * 64, spawned=False)
+        self.timeline = None
+        self.killing = False
+        self.vertex = 0
+        self.kvsname = "kvs"
+        self.out: list[bytes] = []
+        self.ended = self.loop.create_future()
+        self._left = n
+        self.procs: Any = None
+
+    def mark(self, *args: object, **kw: object) -> None:
+        pass
+
+    def rank_output(self, rank: int, stream: int, lines: bytes) -> None:
+        # As the head does once it wrote them: the credit comes back.
+        self.out.append(lines)
+        self.loop.call_soon(self.procs.output_credit, len(lines))
+
+    def rank_ended(self, proc: object) -> None:
+        self._left -= 1
+        if not self._left and not self.ended.done():
+            self.ended.set_result(None)
+
+    def __getattr__(self, name: str) -> object:
+        return lambda *a, **k: None  # PMI events of a rank that never speaks PMI
+
+
+@pytest.mark.timeout(120)
+async def test_a_line_longer_than_the_output_window_is_not_stuck() -> None:
+    # The window of a 64-node job is 256 KiB; a 600 KB line grows in the agent's line
+    # buffer first.  Counting what was read (not what went up) used the credit up with
+    # nothing sent, so nothing ever came back: the job hung.
+    import asyncio
+
+    from pm.agent.ranks import LocalRanks
+
+    from pm.output import output_window
+
+    assert output_window(64) < 600_000
+    agent = _Agent(1)
+    procs = agent.procs = LocalRanks(agent, [0])  # type: ignore[arg-type]
+    prog = "import sys; [sys.stdout.write('x' * 1000) for _ in range(600)]; print()"
+    procs.adopt(start_local(_todo(1, [sys.executable, "-c", prog]), stdin_rank=None))
+    try:
+        await asyncio.wait_for(agent.ended, 90)
+    finally:
+        procs.close()
+    assert b"".join(agent.out) == b"x" * 600_000 + b"\n"
