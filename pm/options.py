@@ -204,22 +204,20 @@ def _is_address(value: str) -> bool:
 
 
 def bind_to(value: str, opt: str) -> str:
-    from pm.agent.binding import BindingError, parse_bind
-
-    try:
-        parse_bind(value)
-    except BindingError as exc:
-        raise UsageError(str(exc).replace("--bind-to", opt, 1)) from None
-    return value
+    return _binding(value, opt, "parse_bind", "--bind-to")
 
 
 def map_by(value: str, opt: str) -> str:
-    from pm.agent.binding import BindingError, parse_map
+    return _binding(value, opt, "parse_map", "--map-by")
+
+
+def _binding(value: str, opt: str, parser: str, spelled: str) -> str:
+    from pm.agent import binding
 
     try:
-        parse_map(value)
-    except BindingError as exc:
-        raise UsageError(str(exc).replace("--map-by", opt, 1)) from None
+        getattr(binding, parser)(value)
+    except binding.BindingError as exc:  # its message, with the option as the user spelled it
+        raise UsageError(str(exc).replace(spelled, opt, 1)) from None
     return value
 
 
