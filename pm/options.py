@@ -380,7 +380,7 @@ OPTIONS = (
                            "pm-agent services of --agents"),
     Opt("--launcher-exec -launcher-exec -bootstrap-exec", "launcher_exec", text,
         metavar="CMD", group=LAUNCH,
-        help="a template with {host} and {command} (launcher exec, e.g. 'ip netns exec "
+        help="a template holding {host} or {command} (launcher exec, e.g. 'ip netns exec "
              "{host} {command}'), or, as in Hydra, the ssh/rsh program to use"),
     Opt("--ssh", "ssh", text, metavar="CMD", group=LAUNCH, help="ssh command of the ssh launcher"),
     Opt("--user", "user", text, metavar="USER", group=LAUNCH, help="remote user for ssh"),
