@@ -258,3 +258,27 @@ def test_native_client_spawn(tmp_path: Path) -> None:
     assert sorted(res.stdout.splitlines()) == [
         "[0] refused True", "[0] spawned 1 True [0, 1]",
         "[1:0] child 0 2 yes 1 1 from the parent", "[1:1] child 1 2 yes 1 1 from the parent"]
+
+
+def test_libpmi2_job_spawn(tmp_path: Path) -> None:
+    """Slurm's libpmi2 (a real PMI-2 client): PMI2_Job_Spawn gets the children's job id,
+    and the children learn from PMI2_Init that they were spawned."""
+    import ctypes.util
+    import shutil
+
+    cc = shutil.which("cc")
+    if cc is None or ctypes.util.find_library("pmi2") is None or not Path(
+            "/usr/include/slurm/pmi2.h").exists():
+        pytest.skip("needs a C compiler and Slurm's libpmi2 (Debian libpmi2-0-dev)")
+    exe = tmp_path / "pmi2_spawn"
+    subprocess.run([cc, "-O1", "-o", str(exe), str(Path(__file__).parent / "c" / "pmi2_spawn.c"),
+                    "-lpmi2"], check=True, capture_output=True, timeout=60)
+    res = subprocess.run(pmrun_argv("-n", "1", "-l", str(exe)), cwd=tmp_path, env=pmrun_env(),
+                         capture_output=True, text=True, timeout=40, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = sorted(res.stdout.splitlines())
+    parent = lines[0]
+    jobid = parent.split("jobid=")[1].split()[0]
+    assert parent == f"[0] parent jobid={jobid} rc=0 child={jobid}_s1 errors=0,0", lines
+    assert lines[1:] == [f"[1:{r}] child rank={r} size=2 appnum=0 jobid={jobid}_s1"
+                         for r in (0, 1)], lines
