@@ -64,6 +64,9 @@ def test_ssh_argv_default_user_and_custom_command() -> None:
     assert custom == ["ssh", "-p", "2222", "-i", "/k/my key", "-l", "bob", "n2", "'a b' c"]
     # The remote shell gets the words back whole.
     assert shlex.split(custom[-1]) == ["a b", "c"]
+    # No shell runs --ssh: its ~ is expanded here (README: --ssh 'ssh -F ~/.ssh/...').
+    assert ssh_argv("n1", ["c"], ssh="ssh -F ~/.ssh/cluster")[:3] == [
+        "ssh", "-F", os.path.expanduser("~/.ssh/cluster")]
 
 
 def test_ssh_bootstrap_options_and_errors() -> None:

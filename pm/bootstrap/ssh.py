@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import shlex
 import socket
 import subprocess
@@ -45,7 +46,7 @@ DEFAULT_LIMIT = 32
 
 def ssh_argv(host: str, command: list[str], ssh: str | None = None,
              user: str | None = None) -> list[str]:
-    """The argv that runs ``command`` on ``host`` through ``ssh`` (pure).
+    """The argv that runs ``command`` on ``host`` through ``ssh`` (pure but for ``~``).
 
     The remote side gets one shell-quoted command line: ssh joins its words
     with spaces for the remote shell anyway, so quoting here keeps words with
@@ -53,7 +54,8 @@ def ssh_argv(host: str, command: list[str], ssh: str | None = None,
     """
     if ssh:
         try:
-            base = shlex.split(ssh)
+            # No shell runs it: expand ~ ourselves ('ssh -F ~/.ssh/cluster'), on each host.
+            base = [os.path.expanduser(w) if w.startswith("~") else w for w in shlex.split(ssh)]
         except ValueError as exc:
             raise ValueError(f"--ssh {ssh!r}: {exc}") from None
         if not base:
