@@ -57,7 +57,8 @@ def test_j1_runs_one_task_at_a_time(pmrun: Run, tmp_path: Path) -> None:
 
 def test_default_is_one_task_per_core(pmrun: Run, tmp_path: Path) -> None:
     (tmp_path / "t.txt").write_text("sleep 0.4\n" * (CORES + 2))
-    r = pmrun("-v", "-v", "--tasks", "t.txt")
+    # Declared bounds: no first measurement to wait for, cores are the only limit.
+    r = pmrun("-v", "-v", "--mem-per-task", "1M", "--tasks", "t.txt")
     assert r.returncode == 0, r.stderr
     assert _most_at_once(r.stderr) == CORES, r.stderr
     # -j 0: memory is the only limit.
@@ -119,7 +120,8 @@ def test_tasks_on_other_hosts_run_one_per_core_of_each(pmrun: Run, tmp_path: Pat
     host's cores come with its memory probe's first sample."""
     (tmp_path / "t.txt").write_text("sleep 0.5\n" * (2 * CORES + 1))
     r = pmrun("--launcher", "exec", "--launcher-exec", "env {command}", "--iface", "127.0.0.1",
-              "-hosts", "n1,n2", "-v", "-v", "--tasks", "t.txt", timeout=80)
+              "-hosts", "n1,n2", "-v", "-v", "--mem-per-task", "1M", "--tasks", "t.txt",
+              timeout=80)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and "never retrieved" not in r.stderr, r.stderr
     host_of: dict[str, str] = {}
