@@ -103,7 +103,7 @@ def _progress_on_a_terminal(tmp_path: Path, *args: str) -> str:
 
 
 def test_progress_line_says_tasks_wait_for_a_core(tmp_path: Path) -> None:
-    (tmp_path / "t.txt").write_text("sleep 0.5\n" * (CORES + 2))
+    (tmp_path / "t.txt").write_text("sleep 1\n" * (CORES + 2))  # long enough to be drawn
     text = _progress_on_a_terminal(tmp_path, "--mem-per-task", "1M", "--tasks", "t.txt")
     assert re.search(rf"\rtasks: 0/{CORES + 2} done, {CORES} running, 2 queued, "
                      r"waiting for a core\x1b", text), text
