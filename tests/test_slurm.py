@@ -108,16 +108,36 @@ def test_salloc_places_ranks_as_slurm_says(slurm_cluster: RealCluster, tmp_path:
     assert_clean(c)
 
 
-@pytest.mark.skipif(not os.path.exists(os.environ.get("PMRUN_IMPI_PYTHON",
-                                                      "/work/venvs/impi/bin/python")),
-                    reason="no Intel MPI venv (PMRUN_IMPI_PYTHON)")
+def _venv_python(var: str, ci: str) -> str | None:
+    """The python of an MPI wheel's venv: ``$var``, else ``.ci/<ci>`` (as test_pmix and
+    test_intel_mpi find them)."""
+    path = os.environ.get(var) or str(REPO / ".ci" / ci / "bin" / "python")
+    return path if os.access(path, os.X_OK) else None
+
+
+IMPI = _venv_python("PMRUN_IMPI_PYTHON", "impi")
+OMPI = _venv_python("PMRUN_OMPI_PYTHON", "ompi")
+
+
+@pytest.mark.skipif(IMPI is None, reason="no Intel MPI venv (PMRUN_IMPI_PYTHON or .ci/impi)")
 def test_salloc_intel_mpi_allreduce(slurm_cluster: RealCluster, tmp_path: Path) -> None:
     c = slurm_cluster
-    python = os.environ.get("PMRUN_IMPI_PYTHON", "/work/venvs/impi/bin/python")
     prog = script(tmp_path, "mpi.py", MPI_PROGRAM)
-    res = salloc(c, ["-N3", "-n6"], "-genv", "I_MPI_FABRICS", "ofi", python, str(prog))
+    res = salloc(c, ["-N3", "-n6"], "-genv", "I_MPI_FABRICS", "ofi", str(IMPI), str(prog))
     assert res.returncode == 0, res.stderr
     assert f"sum 15 size 6 netns 3 nodes {','.join(c.names[:3])} Intel" in res.stdout, \
+        res.stdout
+    assert_clean(c)
+
+
+@pytest.mark.skipif(OMPI is None, reason="no Open MPI venv (PMRUN_OMPI_PYTHON or .ci/ompi)")
+def test_salloc_open_mpi_allreduce_over_pmix(slurm_cluster: RealCluster,
+                                             tmp_path: Path) -> None:
+    c = slurm_cluster
+    prog = script(tmp_path, "mpi.py", MPI_PROGRAM)
+    res = salloc(c, ["-N2", "-n4"], str(OMPI), str(prog))
+    assert res.returncode == 0, res.stderr
+    assert f"sum 6 size 4 netns 2 nodes {','.join(c.names[:2])} Open" in res.stdout, \
         res.stdout
     assert_clean(c)
 
