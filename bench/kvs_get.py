@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -349,8 +350,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="pm-bench-wire-") as d:
             wire_prog = Path(d) / "wire.py"
             wire_prog.write_text(WIRE_RANK)
+            load0 = os.getloadavg()[0]
             res = wire(wire_prog, lat_counts, runs, duration)
-        write_section("kvs_wire", wire_section(res, runs, duration))
+        load = f"\n\nLoad average (1 min) at the start and the end: {load0:.1f}, " \
+            f"{os.getloadavg()[0]:.1f} (figures on a loaded machine swing widely)."
+        write_section("kvs_wire", wire_section(res, runs, duration) + load)
         if args.part == "wire":
             return
     with tempfile.TemporaryDirectory(prefix="pm-bench-kvs-") as d:
