@@ -103,11 +103,11 @@ sys.exit(os.waitstatus_to_exitcode(status))
 
 def _slow_reader_run(tmp_path: Path, reader: str, *args: str,
                      quick: str = "1") -> tuple[int, str, str, int]:
-    """``pmrun args | reader`` with --heartbeat 1: pmrun's status, the reader's output,
+    """``pmrun args | reader`` with --heartbeat 2: pmrun's status, the reader's output,
     pmrun's stderr and its peak RSS (kB)."""
     wrapper = tmp_path / "maxrss.py"
     wrapper.write_text(MAXRSS)
-    argv = " ".join(pmrun_argv("--heartbeat", "1", *args))
+    argv = " ".join(pmrun_argv("--heartbeat", "2", *args))
     p = subprocess.run(
         ["bash", "-c", f"python {wrapper} {argv} 2>err | {reader}; "
                        "exit ${PIPESTATUS[0]}"],
@@ -119,9 +119,9 @@ def _slow_reader_run(tmp_path: Path, reader: str, *args: str,
 
 
 def test_a_slow_reader_slows_the_ranks_and_loses_no_node(tmp_path: Path) -> None:
-    # The reader sleeps for three heartbeat timeouts: the head's loop must go on meanwhile.
+    # The reader sleeps for 2.5 heartbeat timeouts: the head's loop must go on meanwhile.
     code, _out, err, _rss = _slow_reader_run(
-        tmp_path, "(sleep 3; head -c 1000000 >/dev/null)", "-n", "4", "--local-nodes", "2",
+        tmp_path, "(sleep 5; head -c 1000000 >/dev/null)", "-n", "4", "--local-nodes", "2",
         "yes")
     assert code == 128 + signal.SIGPIPE, err
     assert "lost" not in err and "heartbeat" not in err, err
