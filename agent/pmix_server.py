@@ -306,7 +306,12 @@ def server(hostname: str, topology_xml: str | None = None) -> PmixServer:
     global _server
     with _server_lock:
         if _server is None:
-            _server = PmixServer(hostname, topology_xml)
+            try:
+                _server = PmixServer(hostname, topology_xml)
+            except L.PmixError:
+                raise
+            except Exception as exc:  # cffi callbacks refused (W^X), no temporary directory
+                raise L.PmixError(f"cannot start a PMIx server: {exc}") from exc
         return _server
 
 
