@@ -228,3 +228,33 @@ def test_a_dead_node_is_named(slurm_cluster: RealCluster) -> None:
     finally:
         c.restart_slurmd(2)
     assert_clean(c)
+
+
+SPAWN_PROGRAM = """
+    import os, sys
+    from mpi4py import MPI
+
+    parent = MPI.Comm.Get_parent()
+    if parent == MPI.COMM_NULL:
+        inter = MPI.COMM_WORLD.Spawn(sys.executable, [__file__], maxprocs=2)
+        root = MPI.ROOT if MPI.COMM_WORLD.rank == 0 else MPI.PROC_NULL
+        names = inter.gather(None, root=root)
+        if MPI.COMM_WORLD.rank == 0:
+            print("children on", ",".join(sorted(names)), flush=True)
+        inter.Disconnect()
+    else:
+        parent.gather(os.uname().nodename, root=0)
+        parent.Disconnect()
+"""
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(mpi_missing() is not None, reason=str(mpi_missing()))
+def test_salloc_spawn_places_children_on_the_nodes(slurm_cluster: RealCluster,
+                                                   tmp_path: Path) -> None:
+    c = slurm_cluster
+    prog = script(tmp_path, "spawn.py", SPAWN_PROGRAM)
+    res = salloc(c, ["-N2", "-n2"], "-usize", "4", sys.executable, str(prog))
+    assert res.returncode == 0, res.stderr
+    assert f"children on {c.names[0]},{c.names[1]}" in res.stdout, res.stdout
+    assert_clean(c)
