@@ -103,8 +103,11 @@ def listen_endpoint(options: dict[str, Any], parent: str | None,
         if src is None:
             src = route_source(socket.getfqdn())
     if src is None or src.startswith("127."):
-        log.warning("listening for agents on loopback: agents on other hosts cannot reach "
-                    "it (use --iface)")
+        # Under a parent on loopback (``--iface 127.0.0.1``) the whole tree is on this
+        # machine by the user's choice: nothing to warn about.
+        if parent is None or not endpoint_host(parent).startswith("127."):
+            log.warning("listening for agents on loopback: agents on other hosts cannot "
+                        "reach it (use --iface)")
         src = src or "127.0.0.1"
     return f"tcp://{src}"
 

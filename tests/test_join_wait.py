@@ -65,4 +65,5 @@ def test_a_subtree_done_early_waits_for_the_others_quietly(pmrun: Run, tmp_path:
               "sh", "-c", '[ "$PMI_RANK" = 2 ] && sleep 7; echo done $PMI_RANK', timeout=30)
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.splitlines()) == ["done 0", "done 1", "done 2"]
-    assert "heartbeat" not in r.stderr and "sign of life" not in r.stderr, r.stderr
+    # Nothing to say: no lost parent, and no loopback warning under --iface 127.0.0.1.
+    assert r.stderr == ""
