@@ -17,7 +17,7 @@ from pm.agent.memory import SizeError, parse_size
 from pm.ensemble import Ensemble, Event, TaskResult
 from pm.output import write_all
 from pm.proto.errors import PMError
-from pm.tasks import parse_tasks
+from pm.tasks import parse_tasks, with_arguments
 
 if TYPE_CHECKING:
     from pm.cli import CliOptions
@@ -116,6 +116,23 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def _arguments(opts: CliOptions) -> list[str] | None:
+    """The arguments after ``:::`` (None without it); a program there is refused, since
+    ``--tasks`` runs the file's lines and would silently leave it out."""
+    from pm.cli import UsageError
+
+    apps = opts.spec.apps
+    if not apps:
+        return None
+    argv = apps[0].argv
+    if len(apps) > 1 or argv[0] != ":::":
+        raise UsageError(f"--tasks runs the lines of {opts.extra['tasks']}, not {argv[0]!r}: "
+                         "put the command in the file (arguments for its {} go after :::)")
+    if len(argv) == 1:
+        raise UsageError("::: needs arguments")
+    return argv[1:]
+
+
 def _read_text(path: str) -> str:
     if path == "-":
         return sys.stdin.read()
@@ -132,6 +149,7 @@ async def run_cli(opts: CliOptions) -> int:
     extra = opts.extra
     path = extra["tasks"]
     options = _options(extra)
+    args = _arguments(opts)
     try:
         text = await asyncio.to_thread(_read_text, path)
         specs = parse_tasks(text, options.get("mem_per_task"))
@@ -139,6 +157,8 @@ async def run_cli(opts: CliOptions) -> int:
         raise UsageError(f"--tasks {path}: {exc.strerror}") from None
     except PMError as exc:
         raise UsageError(f"{path}: {exc}") from None
+    if args is not None:
+        specs = with_arguments(specs, args)
     nodes = nodes_of(opts)
     assert isinstance(nodes, Nodes)
     console = _Console(opts.verbose, os.isatty(2))

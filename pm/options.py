@@ -414,7 +414,8 @@ OPTIONS = (
         help="peers each simulated rank gets from: left,right,leader (default), far"),
     # Memory and ensembles
     Opt("--tasks", "tasks", text, metavar="FILE", group=MEMORY,
-        help="run each line of FILE with sh -c over the nodes, as GNU parallel does"),
+        help="run each line of FILE with sh -c over the nodes, as GNU parallel does; "
+             "--tasks FILE ::: A B runs each line once per argument, {} replaced by it"),
     Opt("-j --jobs", "jobs", task_slots, metavar="N", group=MEMORY,
         help="at most N tasks at once per host (default: one per core; 0: memory alone)"),
     Opt("--mem-per-task", "mem_per_task", text, metavar="SIZE", group=MEMORY,

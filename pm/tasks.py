@@ -126,6 +126,22 @@ def parse_tasks(text: str, default_mem: int | None = None) -> list[TaskSpec]:
     return tasks
 
 
+def with_arguments(specs: Sequence[TaskSpec], args: Sequence[str]) -> list[TaskSpec]:
+    """GNU parallel's ``:::``: each task once per argument, in argument order, ``{}`` in
+    its line replaced by the argument (shell-quoted), or the argument appended."""
+    out: list[TaskSpec] = []
+    for spec in specs:
+        body = spec.argv[2]
+        prefix = spec.line[: len(spec.line) - len(body)]  # the options block, if any
+        for arg in args:
+            quoted = shlex.quote(arg)
+            new = body.replace("{}", quoted) if "{}" in body else f"{body} {quoted}"
+            words = tuple(shlex.split(_strip_comment(new)))
+            out.append(TaskSpec(len(out), ("sh", "-c", new), spec.mem, prefix + new,
+                                spec.lineno, words))
+    return out
+
+
 def command_key(argv: Sequence[str]) -> tuple[str, ...]:
     """What tasks learn sizes from: the program (``argv[0]``), and for an
     interpreter (python, sh, perl, ...) also its script, the first argument

@@ -18,6 +18,7 @@ from pm.tasks import (
     TaskStatus,
     command_key,
     parse_tasks,
+    with_arguments,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -82,6 +83,18 @@ def test_parse_tasks_errors(text: str, message: str) -> None:
     with pytest.raises(TaskFileError, match=message) as info:
         parse_tasks(text)
     assert isinstance(info.value, ValueError)
+
+
+def test_arguments_after_three_colons() -> None:
+    specs = parse_tasks("[mem=1M] sim -i {} -o out.{}\necho hi\n")
+    tasks = with_arguments(specs, ["1", "a b"])
+    assert [t.argv[2] for t in tasks] == [
+        "sim -i 1 -o out.1", "sim -i 'a b' -o out.'a b'", "echo hi 1", "echo hi 'a b'"]
+    assert [t.index for t in tasks] == [0, 1, 2, 3]
+    assert [t.lineno for t in tasks] == [1, 1, 2, 2]
+    assert tasks[1].line == "[mem=1M] sim -i 'a b' -o out.'a b'" and tasks[1].mem == 1 << 20
+    assert tasks[1].words == ("sim", "-i", "a b", "-o", "out.a b")
+    assert tasks[0].key == tasks[1].key == ("sim",)
 
 
 def test_command_key() -> None:

@@ -137,3 +137,24 @@ def test_tasks_on_other_hosts_run_one_per_core_of_each(pmrun: Run, tmp_path: Pat
             running[host_of[m.group(1)]] -= 1
     assert most == {"n1": CORES, "n2": CORES}, r.stderr
     assert f"{2 * CORES + 1} tasks: {2 * CORES + 1} succeeded, 0 failed, 0 retries" in r.stderr
+
+
+def test_arguments_after_three_colons_fill_each_lines_braces(pmrun: Run, tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text("echo x{}y\necho line2\n")
+    r = pmrun("--tasks", "t.txt", ":::", "1", "b c", "it's")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == sorted([
+        "[task 0] x1y", "[task 1] xb cy", "[task 2] xit'sy",
+        "[task 3] line2 1", "[task 4] line2 b c", "[task 5] line2 it's"])
+
+
+@pytest.mark.parametrize(("tail", "message"), [
+    (["./app", "1"], "--tasks runs the lines of t.txt, not './app': put the command in the "
+                     "file (arguments for its {} go after :::)"),
+    ([":::"], "::: needs arguments"),
+])
+def test_a_program_beside_tasks_is_refused(pmrun: Run, tmp_path: Path, tail: list[str],
+                                           message: str) -> None:
+    (tmp_path / "t.txt").write_text("true\n")
+    r = pmrun("--tasks", "t.txt", *tail)
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: {message}\n")
