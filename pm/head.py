@@ -447,6 +447,8 @@ class JobRun:
         """``nbytes`` of node ``vertex``'s output are out: give the credit back, in
         quarters of its window (a node without credit has a whole window here).
         ``vertex`` below -1 is a spawned job's node (:meth:`job_output`)."""
+        if vertex == -1:
+            return  # no node's (the writer's default tag)
         done = self._unacked.get(vertex, 0) + nbytes
         if done < self._window // 4 or self.agent is None:
             self._unacked[vertex] = done
