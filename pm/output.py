@@ -222,6 +222,8 @@ class _WriteBehind:
                 while not self._items:
                     self._idle = True
                     cond.notify_all()
+                    if self._gone:
+                        return  # closed (or nobody reads): the thread ends
                     cond.wait()
                 self._idle = False
                 items, self._items = self._items, []

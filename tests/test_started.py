@@ -199,3 +199,32 @@ async def test_a_line_longer_than_the_output_window_is_not_stuck() -> None:
     finally:
         procs.close()
     assert b"".join(agent.out) == b"x" * 600_000 + b"\n"
+
+
+async def test_the_output_thread_writes_in_order_reports_credit_and_ends_with_close() -> None:
+    import asyncio
+    import threading
+
+    from pm.output import Writer
+
+    r, w = os.pipe()
+    writer = Writer(True, out_fd=w)
+    got: dict[int, int] = {}
+    writer.write_behind(asyncio.get_running_loop().call_soon_threadsafe,
+                        lambda tag, n: got.__setitem__(tag, got.get(tag, 0) + n))
+    for i in range(100):
+        writer.write(i % 3, 1, b"line %d\n" % i, i % 2)
+    await asyncio.to_thread(writer.drain)
+    await asyncio.sleep(0)  # the thread's last report, queued on the loop
+    writer.close()
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        lines = f.read().splitlines()
+    assert lines == [b"[%d] line %d" % (i % 3, i) for i in range(100)]
+    # Credit counts the bytes as they came, labels not included.
+    assert got == {t: sum(len(b"line %d\n" % i) for i in range(t, 100, 2)) for t in (0, 1)}
+    for _ in range(100):
+        if not any(t.name == "pm-output" for t in threading.enumerate()):
+            break
+        await asyncio.sleep(0.01)
+    assert not any(t.name == "pm-output" for t in threading.enumerate())
