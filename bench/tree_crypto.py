@@ -9,7 +9,11 @@ interleaved, on this machine's virtual nodes (``--local-nodes``):
 1. the 8-node launch: ``pmrun --local-nodes 8 -n 8 true``, wall time;
 2. the collectives of ``bench/collectives.py`` (fence, allgather, ring of
    64-byte values) with 32 ranks on 8 nodes, and an allgather of 1 MiB per rank
-   (bulk data, where encryption costs most) with 8 ranks on 8 nodes.
+   (bulk data, where encryption costs most) with 8 ranks on 8 nodes;
+3. one link in this process (a ChildPort and a ParentLink over TCP loopback):
+   the time to join (TCP, ZMTP and CURVE handshakes, hello) and the round trip
+   of a 64-byte and of a 1 MiB message, which the figures above are made of
+   and which a loaded machine disturbs less.
 """
 
 from __future__ import annotations
@@ -90,13 +94,70 @@ def bulk(curve: bool, reps: int) -> list[float]:
     return [max(col) for col in zip(*per_rank, strict=True)]
 
 
+async def _link(curve: bool, sizes: Sequence[int], reps: int) -> dict[str, list[float]]:
+    import asyncio
+
+    from pm.agent import links
+    from pm.proto import tree as t
+
+    links.CURVE = curve
+    secret = os.urandom(32)
+    loop = asyncio.get_running_loop()
+    up: asyncio.Queue[t.Msg] = asyncio.Queue()
+    down: asyncio.Queue[t.Msg] = asyncio.Queue()
+    joined = loop.create_future()
+    out: dict[str, list[float]] = {}
+    port = links.ChildPort(secret, "tcp://127.0.0.1", lambda v, h: joined.set_result(v),
+                           lambda v, m: up.put_nowait(m))
+    t0 = time.perf_counter()
+    link = links.ParentLink(secret, port.address, 1, down.put_nowait)
+    link.send(t.Hello(1, "bench", os.getpid()))
+    await asyncio.wait_for(joined, 30)
+    out["join"] = [time.perf_counter() - t0]
+    link.start()
+    try:
+        for size in sizes:
+            payload = os.urandom(size)
+            times = []
+            for _ in range(reps + 1):
+                t1 = time.perf_counter()
+                link.send(t.Output([[0, 1, payload]]))
+                await asyncio.wait_for(up.get(), 30)
+                port.send(1, t.Output([[0, 1, payload]]))
+                await asyncio.wait_for(down.get(), 30)
+                times.append(time.perf_counter() - t1)
+            out[f"rtt {size}"] = times[1:]
+    finally:
+        link.close(0)
+        port.close(0)
+    return out
+
+
+def link_costs(rounds: int, reps: int) -> dict[bool, dict[str, list[float]]]:
+    import asyncio
+
+    got: dict[bool, dict[str, list[float]]] = {True: {}, False: {}}
+    for _ in range(rounds):
+        for curve in (True, False):
+            for k, v in asyncio.run(_link(curve, (64, 1 << 20), reps)).items():
+                got[curve].setdefault(k, []).extend(v)
+    return got
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short run to check that it works")
+    ap.add_argument("--link-only", action="store_true", help="only the one-link figures")
+    ap.add_argument("--launches", type=int, default=0, help="launches each way (default 21)")
+    ap.add_argument("--jobs", type=int, default=0, help="collective jobs each way (default 3)")
     args = ap.parse_args(argv)
+    link = link_costs(3 if args.quick else 15, 20 if args.quick else 100)
     launches, jobs, reps = (3, 1, 5) if args.quick else (21, 3, 20)
+    launches, jobs = args.launches or launches, args.jobs or jobs
+    if args.link_only:
+        launches = jobs = 0
     times: dict[bool, list[float]] = {True: [], False: []}
-    for i in range(launches + 1):
+    for i in range(launches + 1 if launches else 0):
         for curve in (True, False):
             t = launch(curve)
             if i:
@@ -115,14 +176,20 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [f"Machine: {machine()}.  Medians; CURVE on (the default) against "
              "`PM_TREE_CURVE=0`, interleaved.", "",
-             "| what | CURVE | HMAC only | ratio |", "|---|---|---|---|",
-             row(f"launch, 8 nodes, `true` ({launches} runs)", times[True], times[False],
-                 1e3, "ms")]
-    for k in KINDS:
-        lines.append(row(f"{k}, 32 ranks on 8 nodes ({jobs}×{reps})", coll[True][k],
-                         coll[False][k], 1e3, "ms"))
-    lines.append(row(f"allgather of 1 MiB per rank, 8 ranks on 8 nodes ({jobs}×{reps})",
-                     big[True], big[False], 1e3, "ms"))
+             "| what | CURVE | HMAC only | ratio |", "|---|---|---|---|"]
+    for k, label, scale, unit in (("join", "one link: connect and join", 1e3, "ms"),
+                                  ("rtt 64", "one link: round trip, 64 B", 1e6, "µs"),
+                                  (f"rtt {1 << 20}", "one link: round trip, 1 MiB", 1e3, "ms")):
+        lines.append(row(label, link[True][k], link[False][k], scale, unit))
+    if launches:
+        lines.append(row(f"launch, 8 nodes, `true` ({launches} runs)", times[True],
+                         times[False], 1e3, "ms"))
+    if jobs:
+        for k in KINDS:
+            lines.append(row(f"{k}, 32 ranks on 8 nodes ({jobs}×{reps})", coll[True][k],
+                             coll[False][k], 1e3, "ms"))
+        lines.append(row(f"allgather of 1 MiB per rank, 8 ranks on 8 nodes ({jobs}×{reps})",
+                         big[True], big[False], 1e3, "ms"))
     write_section("tree_crypto", "\n".join(lines))
     return 0
 
