@@ -137,10 +137,14 @@ def link_costs(rounds: int, reps: int) -> dict[bool, dict[str, list[float]]]:
     import asyncio
 
     got: dict[bool, dict[str, list[float]]] = {True: {}, False: {}}
-    for _ in range(rounds):
-        for curve in (True, False):
-            for k, v in asyncio.run(_link(curve, (64, 1 << 20), reps)).items():
-                got[curve].setdefault(k, []).extend(v)
+
+    async def all_rounds() -> None:  # one event loop: pmrun's zmq context lives in it
+        for _ in range(rounds):
+            for curve in (True, False):
+                for k, v in (await _link(curve, (64, 1 << 20), reps)).items():
+                    got[curve].setdefault(k, []).extend(v)
+
+    asyncio.run(all_rounds())
     return got
 
 
