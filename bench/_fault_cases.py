@@ -151,7 +151,7 @@ def _pmi1_lines(rng: random.Random, draw: Callable[[], Any]) -> bytes:
         st.just("mcmd=spawn\n"), st.just("endcmd\n"),
         st.builds(lambda n: "cmd=put key=k value=" + "v" * n + "\n", st.integers(0, 70000)),
     )
-    lines = draw_many((line, 300))
+    lines = draw_many((line, 350))
     return "".join(lines).encode("latin-1")
 
 
@@ -166,7 +166,7 @@ def _pmi2_frames(rng: random.Random, draw: Callable[[], Any]) -> bytes:
         st.builds(lambda c, kv: f"cmd={c};" + "".join(f"{k}={v};" for k, v in kv),
                   st.sampled_from(cmds), st.lists(st.tuples(word, word), max_size=6)),
         st.builds(lambda b: b.decode("latin-1"), st.binary(max_size=200)))
-    frames = draw_many((st.tuples(body, st.integers(-3, 3), st.booleans()), 300))
+    frames = draw_many((st.tuples(body, st.integers(-3, 3), st.booleans()), 350))
     out = f"{len(b'cmd=init;pmi_version=2;'):<6}".encode() + b"cmd=init;pmi_version=2;"
     for text, skew, bad_len in frames:
         data = text.encode("latin-1")
@@ -191,7 +191,7 @@ def _native_frames(rng: random.Random, draw: Callable[[], Any]) -> bytes:
                   ops, st.lists(st.recursive(leaf, lambda c: st.lists(c, max_size=3),
                                              max_leaves=5), max_size=4)),
         st.recursive(leaf, lambda c: st.lists(c, max_size=3), max_leaves=6))
-    msgs = draw_many((st.tuples(req, st.integers(-2, 2)), 300))
+    msgs = draw_many((st.tuples(req, st.integers(-2, 2)), 350))
     out = bytearray(MAGIC)
     for m, skew in msgs:
         data = msgpack.packb(m)
@@ -227,7 +227,7 @@ def malformed(wire: str) -> Callable[[Any], Run]:
     def once(ctx: Any) -> Run:
         rng = random.Random()
         data = GARBAGE[wire](rng, lambda: None)
-        SENT[wire] += data.count(b"\n") if wire == "pmi1" else 300
+        SENT[wire] += data.count(b"\n") if wire == "pmi1" else 350
         with tempfile.NamedTemporaryFile(prefix="pmfault-", suffix=f".{wire}",
                                          delete=False) as f:
             f.write(data)
@@ -428,11 +428,11 @@ CASES: list[Case] = [
          r"node 2 .*lost", ci=False),
     Case("link-down", "namespace host 3's link cut (3 hosts, --heartbeat 2)", link_down,
          frozenset({255}), r"node 2 .*lost", setup=netns_setup, ci=False),
-    Case("malformed-pmi1", "a rank sends hypothesis-made PMI-1 lines (up to 300 per run)",
+    Case("malformed-pmi1", "a rank sends hypothesis-made PMI-1 lines (up to 350 per run)",
          malformed("pmi1"), None, None),
-    Case("malformed-pmi2", "a rank sends hypothesis-made PMI-2 frames (up to 300 per run)",
+    Case("malformed-pmi2", "a rank sends hypothesis-made PMI-2 frames (up to 350 per run)",
          malformed("pmi2"), None, None),
-    Case("malformed-native", "a rank sends hypothesis-made native frames (up to 300 per run)",
+    Case("malformed-native", "a rank sends hypothesis-made native frames (up to 350 per run)",
          malformed("native"), None, None),
     Case("strangers", "junk, 400 MB frames (NULL and CURVE greetings) on every tree port, "
          "then the job goes on", strangers, frozenset({0}), None),
