@@ -455,6 +455,10 @@ Host pm{self.k}h* 10.213.{self.k}.*
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            # A daemon (munged, sshd) may have become our child (a subreaper up the
+            # tree): reap it rather than leave a zombie.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
         for p in getattr(self, "_procs", []):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(5)
