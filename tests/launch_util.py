@@ -260,3 +260,10 @@ def session_leftovers(token: str) -> dict[int, str]:
     ours = {p for p in parent if p != me and descends(p)}
     ours.update(p for p in pids_with_env(f"{SESSION_ENV}={token}") if p != me)
     return {p: " ".join(cmdline(p) or ["?"])[:200] for p in sorted(ours) if cmdline(p)}
+
+
+def first_cause(stderr: str) -> str:
+    """The first ``pmrun:`` line of ``stderr`` that is not a progress notice (a wait for
+    nodes to join, which a loaded machine can print before a job fails)."""
+    return next(line for line in stderr.splitlines()
+                if line.startswith("pmrun:") and " not joined after " not in line)

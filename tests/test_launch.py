@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from launch_util import (
     cmdline,
+    first_cause,
     pids_with,
     pids_with_env,
     read_lines,
@@ -164,7 +165,7 @@ def test_failing_rank_is_named(pmrun: Run, tmp_path: Path, marker: str, how: str
     r = pmrun("-n", "4", "--local-nodes", "2", "python", str(prog), str(rank), how, marker)
     assert r.returncode == code, r.stderr
     # The root cause comes first and is named once, with the node it ran on.
-    first = next(line for line in r.stderr.splitlines() if line.startswith("pmrun:"))
+    first = first_cause(r.stderr)
     assert re.search(named, first), r.stderr
     wait_gone(marker, 10)
 
@@ -258,6 +259,6 @@ def test_pmi_eof_before_finalize_fails_the_job(pmrun: Run, tmp_path: Path, marke
     prog = script(tmp_path, "pmi_eof.py", PMI_EOF)
     r = pmrun("-n", "2", "--local-nodes", "2", sys.executable, str(prog), how, marker)
     assert r.returncode == 1, r.stderr
-    first = r.stderr.splitlines()[0]
+    first = first_cause(r.stderr)
     assert first == "pmrun: " + named.format(host=os.uname().nodename), r.stderr
     wait_gone(marker, 10)

@@ -24,7 +24,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from launch_util import pids_with, pmrun_argv, pmrun_env, read_lines, script, wait_gone
+from launch_util import (
+    first_cause,
+    pids_with,
+    pmrun_argv,
+    pmrun_env,
+    read_lines,
+    script,
+    wait_gone,
+)
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -202,7 +210,7 @@ def test_failing_rank_is_named(pmrun: Run, tmp_path: Path, marker: str, how: str
     r = pmrun("-n", "4", "--local-nodes", "2", OMPI, str(prog), str(rank), how, marker,
               env=ENV, timeout=100)
     assert r.returncode == code, r.stderr
-    first = next(line for line in r.stderr.splitlines() if line.startswith("pmrun:"))
+    first = first_cause(r.stderr)
     assert re.search(named, first), r.stderr
     wait_gone(marker, 20)
 
