@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 class CliOptions:
     """The command line as the full path runs it: the job, the nodes, the launcher's options."""
 
-    __slots__ = ("extra", "fanout", "hostfile", "hosts", "local_nodes", "n_given", "spec",
-                 "verbose")
+    __slots__ = ("extra", "fanout", "fanout_given", "hostfile", "hosts", "local_nodes",
+                 "n_given", "spec", "verbose")
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
@@ -36,6 +36,8 @@ class CliOptions:
         self.extra: dict[str, str] = {}
         #: False when no -n was given: the hosts' slots decide (nodes_of), as in Hydra/srun.
         self.n_given = True
+        #: False when no --fanout was given: the launcher's measured default applies.
+        self.fanout_given = True
 
 
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
@@ -98,6 +100,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     opts.hostfile = v.get("hostfile")  # type: ignore[assignment]
     opts.local_nodes = v.get("local_nodes")  # type: ignore[assignment]
     opts.fanout = int(v.get("fanout", 32))  # type: ignore[call-overload]
+    opts.fanout_given = "fanout" in v
     for key, value in v.items():
         if key not in _SPEC_KEYS:
             opts.extra[key] = "1" if value is True else str(value)
@@ -175,6 +178,10 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
     Light (no asyncio, no agent code): it also runs before the heavy imports, to start the
     first agents early (:func:`pm.bootstrap.early.prestart`)."""
     where = _where(opts)
+    if where is not None and not opts.fanout_given and where[2].get("name") == "ssh":
+        from pm.bootstrap.ssh import DEFAULT_FANOUT
+
+        opts.fanout = DEFAULT_FANOUT
     if where is not None and not opts.n_given and opts.spec.apps and all(
             s is not None for s in where[1]):
         # No -n: one rank per slot the allocation or host file gives (Hydra, srun).
