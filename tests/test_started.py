@@ -210,8 +210,10 @@ async def test_the_output_thread_writes_in_order_reports_credit_and_ends_with_cl
     r, w = os.pipe()
     writer = Writer(True, out_fd=w)
     got: dict[int, int] = {}
+    before = set(threading.enumerate())
     writer.write_behind(asyncio.get_running_loop().call_soon_threadsafe,
                         lambda tag, n: got.__setitem__(tag, got.get(tag, 0) + n))
+    (thread,) = (t for t in set(threading.enumerate()) - before if t.name == "pm-output")
     for i in range(100):
         writer.write(i % 3, 1, b"line %d\n" % i, i % 2)
     await asyncio.to_thread(writer.drain)
@@ -223,8 +225,5 @@ async def test_the_output_thread_writes_in_order_reports_credit_and_ends_with_cl
     assert lines == [b"[%d] line %d" % (i % 3, i) for i in range(100)]
     # Credit counts the bytes as they came, labels not included.
     assert got == {t: sum(len(b"line %d\n" % i) for i in range(t, 100, 2)) for t in (0, 1)}
-    for _ in range(100):
-        if not any(t.name == "pm-output" for t in threading.enumerate()):
-            break
-        await asyncio.sleep(0.01)
-    assert not any(t.name == "pm-output" for t in threading.enumerate())
+    await asyncio.to_thread(thread.join, 10)
+    assert not thread.is_alive()
