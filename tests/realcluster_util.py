@@ -464,6 +464,7 @@ Host pm{self.k}h* 10.213.{self.k}.*
                 p.wait(5)
         self._pids.clear()
         self._pidfiles.clear()
+        _reap_daemon_zombies()
         self.hosts.close()  # kills whatever still runs in the namespaces
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -473,6 +474,21 @@ Host pm{self.k}h* 10.213.{self.k}.*
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _reap_daemon_zombies() -> None:
+    """Reap our zombie children that were the daemons' own forks (munged and sshd fork to
+    daemonize; under a child subreaper those forks end up ours)."""
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            comm = text[text.index("(") + 1:text.rindex(")")]
+            state, ppid = text.rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == me and state == "Z" and comm in ("munged", "sshd", "slurmctld",
+                                                              "slurmd"):
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(int(stat.parent.name), os.WNOHANG)
 
 
 @contextlib.contextmanager
