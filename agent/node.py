@@ -528,6 +528,11 @@ class JobAgent:
                 spawns.launch(msg)
         elif isinstance(msg, t.Kill):
             self.kill(msg.reason, msg.grace)
+        elif isinstance(msg, t.OutputGone):
+            self._down_all(msg)
+            self.procs.output_gone(msg.stream)
+            if self.spawns is not None:
+                self.spawns.output_gone(msg.stream)
         elif isinstance(msg, t.Signal):
             self._down_all(msg)
             self.procs.signal(msg.signum)

@@ -78,6 +78,8 @@ class LocalRanks:
         #: credit the pipes are not read, so the ranks wait for the head's reader.
         self._credit = output_window(len(agent.plan.hosts))
         self._paused = False
+        #: Streams the head has no reader for (t.OutputGone): their pipes are closed here.
+        self.gone: set[int] = set()
 
     # ------------------------------------------------------------------ start
     def start(self, base_env: dict[str, str], cpusets: list[frozenset[int]] | None) -> None:
@@ -151,6 +153,9 @@ class LocalRanks:
         for stream, fd, buf in ((STDOUT, r.out_fd, r.out), (STDERR, r.err_fd, r.err)):
             if fd < 0:
                 continue  # already at EOF
+            if stream in self.gone:
+                os.close(fd)  # nobody reads it: the rank's writes fail
+                continue
             proc.streams[stream] = buf
             proc.fds[stream] = fd
             os.set_blocking(fd, False)
@@ -197,6 +202,20 @@ class LocalRanks:
         self._credit += nbytes
         if self._paused and self._credit > 0:
             self._pause(False)
+
+    def output_gone(self, stream: int) -> None:
+        """Nobody reads the head's ``stream`` any more: close our ends of the ranks' pipes
+        of it, so that their writes fail (EPIPE, or SIGPIPE) instead of waiting for credit
+        that will not come; what they had written there is dropped."""
+        self.gone.add(stream)
+        for proc in self.ranks.values():
+            fd = proc.fds.pop(stream, None)
+            if fd is None:
+                continue
+            self.loop.remove_reader(fd)
+            os.close(fd)
+            if proc.status is not None and not proc.fds:
+                self.report(proc)
 
     def _pause(self, pause: bool) -> None:
         self._paused = pause

@@ -113,6 +113,8 @@ class AgentSpawns:
             agent.kvs.cache(key.encode(), value.encode())
         agent.mark("spawned job launch", job=msg.job)
         agent.start_ranks()
+        for stream in top.procs.gone:  # the head's stdout went before this job started
+            agent.procs.output_gone(stream)
         agent.parent.send(t.Started(top.vertex, 1, len(agent.local), []))
         if self._kill is not None:  # the run is ending: what just started ends with it
             agent.kill(*self._kill)
@@ -136,6 +138,10 @@ class AgentSpawns:
     def signal(self, signum: int) -> None:
         for agent in self.jobs.values():
             agent.procs.signal(signum)
+
+    def output_gone(self, stream: int) -> None:
+        for agent in self.jobs.values():
+            agent.procs.output_gone(stream)
 
     def kill(self, reason: str, grace: float) -> None:
         self._kill = (reason, grace)

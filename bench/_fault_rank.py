@@ -94,8 +94,12 @@ def main() -> int:
     if mode == "flood":
         line = b"y" * 79 + b"\n"
         block = line * 1000
-        while True:
-            os.write(1, block)
+        try:
+            while True:
+                os.write(1, block)
+        except BrokenPipeError:
+            # Python ignores SIGPIPE: a closed stdout is this error (a traceback otherwise).
+            return 1
     return mpi_mode(mode, arg)
 
 

@@ -140,8 +140,12 @@ class JobRun:
         elif sink is None:
             self.writer = Writer(spec.label, files={STDOUT: spec.output or "",
                                                     STDERR: spec.error or ""}, job_id=job_id)
+        #: Our stdout / stderr whose reader went away (the ranks' writes to it fail);
+        #: perhaps already in pmrun's quick path, which told the ranks then.
+        self._lost_streams: set[int] = set()
         if self.writer is not None:
-            self.writer.on_broken = functools.partial(self.signal, signal.SIGPIPE)
+            self._lost_streams.update(self.writer.broken)
+            self.writer.on_broken = self._output_lost
         slots = sequence_slots(spec, len(nodes.hosts), nodes.slots)
         node_of_rank = place(spec.size, slots)
         self._node_of_rank = node_of_rank
@@ -245,6 +249,8 @@ class JobRun:
                 from pm.profile import mark_joined
 
                 mark_joined(agent, children.joined)
+        for stream in sorted(self._lost_streams):  # lost in pmrun's quick path
+            self.agent.from_parent(t.OutputGone(stream))
         if self.stdin_fd is None and isinstance(self._stdin_dst, int):
             # Nothing to forward: rank 0 reads EOF at once, as from /dev/null.
             self.agent.from_tree(t.Stdin(self._stdin_dst, b"", True))
@@ -302,6 +308,18 @@ class JobRun:
         """Forward ``signum`` to every rank."""
         if self.agent is not None:
             self.agent.from_parent(t.Signal(signum))
+
+    def _output_lost(self, stream: int) -> None:
+        """Nobody reads our ``stream`` any more (`pmrun ... | head`): as in a shell
+        pipeline, the ranks get SIGPIPE, and their writes to it fail (EPIPE) from now on
+        rather than wait for ever (ranks that ignore SIGPIPE, such as Python's, end then)."""
+        if stream in self._lost_streams:
+            return
+        self._lost_streams.add(stream)
+        if len(self._lost_streams) == 1:
+            self.signal(signal.SIGPIPE)
+        if self.agent is not None:
+            self.agent.from_parent(t.OutputGone(stream))
 
     def suspend(self, _signum: int) -> None:
         """Ctrl-Z: stop every rank, then the launcher itself; SIGCONT (``fg``, ``bg``) to the
@@ -435,7 +453,14 @@ class JobRun:
             return
         host = self.plan.hosts[r.node]
         where = f"rank {r.rank} (node {r.node}, {host})"
-        if r.reason and r.code in (-1, 1) and not r.signal:
+        if self._lost_streams:
+            # Most likely its writes to our closed stdout failed: as in a shell pipeline
+            # whose reader went away, pmrun's status is SIGPIPE's.
+            what = r.reason or ExitStatus(r.code, r.signal).describe()
+            self._fail(f"{where} {what} after pmrun's standard "
+                       f"{'output' if STDOUT in self._lost_streams else 'error'} was closed",
+                       128 + signal.SIGPIPE)
+        elif r.reason and r.code in (-1, 1) and not r.signal:
             self._fail(f"{where} {r.reason}", 1)
         elif r.reason:
             self._fail(f"{where} {r.reason}", r.code if r.code > 0 else 1)

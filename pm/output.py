@@ -3,6 +3,7 @@ stdin goes to rank 0."""
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 
@@ -97,16 +98,18 @@ class Writer:
         #: (stream, rank) -> fd of its file (-1: it could not be opened); path -> fd.
         self._to: dict[tuple[int, int], int] = {}
         self._opened: dict[str, int] = {}
-        #: Called once when the reader of our stdout or stderr went away (the output is lost).
-        self.on_broken: Callable[[], None] | None = None
+        #: Called once per stream (STDOUT, STDERR) whose reader went away (its output is
+        #: lost from then on).
+        self.on_broken: Callable[[int], None] | None = None
         self._behind: _WriteBehind | None = None
-        self._broken = False
+        #: The streams nobody reads any more.
+        self.broken: set[int] = set()
 
     def write_behind(self, call_soon: Callable[[Callable[[], None]], object],
                      written: Callable[[int, int], None]) -> None:
         """From now on, write stdout and stderr from a thread (see the class)."""
         if self._behind is None:
-            self._behind = _WriteBehind(call_soon, written, self._gone)
+            self._behind = _WriteBehind(call_soon, written, self._fd_gone)
 
     def write(self, rank: int, stream: int, chunk: bytes, tag: int = -1, job: int = 0
               ) -> None:
@@ -129,22 +132,24 @@ class Writer:
             fd = self._file(rank, stream)
             if fd >= 0:
                 write_all(fd, chunk)  # a regular file: no reader to wait for
-        elif self._broken:
+        elif stream in self.broken:
             pass  # nobody reads it any more: dropped
         elif behind is not None:
             behind.put(self._fds[stream], chunk, tag, size)
             return
         elif not write_all(self._fds[stream], chunk):
-            self._gone()
+            self._fd_gone(self._fds[stream])
         if behind is not None:
             behind.written(tag, size)
 
-    def _gone(self) -> None:
-        # `pmrun ... | head`: as in a shell pipeline, the writers get SIGPIPE.
-        self._broken = True
-        on_broken, self.on_broken = self.on_broken, None
-        if on_broken is not None:
-            on_broken()
+    def _fd_gone(self, fd: int) -> None:
+        # `pmrun ... | head`: the streams written to ``fd`` are lost (and their writers are
+        # told, as in a shell pipeline).
+        for stream, to in self._fds.items():
+            if to == fd and stream not in self.broken and stream not in self._patterns:
+                self.broken.add(stream)
+                if self.on_broken is not None:
+                    self.on_broken(stream)
 
     def _file(self, rank: int, stream: int) -> int:
         fd = self._to.get((stream, rank))
@@ -190,7 +195,7 @@ class _WriteBehind:
     """The thread that writes a :class:`Writer`'s stdout and stderr chunks in order."""
 
     def __init__(self, call_soon: Callable[[Callable[[], None]], object],
-                 written: Callable[[int, int], None], broken: Callable[[], None]) -> None:
+                 written: Callable[[int, int], None], broken: Callable[[int], None]) -> None:
         import threading
 
         self._loop_call = call_soon
@@ -200,6 +205,8 @@ class _WriteBehind:
         self._items: list[tuple[int, bytes, int, int]] = []
         self._done: dict[int, int] = {}  # tag -> bytes written, not yet reported
         self._gone = False
+        #: Descriptors whose reader went away: what is for them counts as written.
+        self._dead: set[int] = set()
         self._idle = True
         self._thread = threading.Thread(target=self._run, name="pm-output", daemon=True)
         self._thread.start()
@@ -227,12 +234,12 @@ class _WriteBehind:
                     cond.wait()
                 self._idle = False
                 items, self._items = self._items, []
-            for i, (fd, chunk, tag, size) in enumerate(items):
+            for fd, chunk, tag, size in items:
                 if self._gone:
                     break  # abandoned
-                if not write_all(fd, chunk):
-                    self._lost(items[i:])
-                    break
+                if fd not in self._dead and not write_all(fd, chunk):
+                    self._dead.add(fd)  # the other stream may still have a reader
+                    self._call_soon(functools.partial(self._broken, fd))
                 with cond:
                     report = not self._done
                     self._done[tag] = self._done.get(tag, 0) + size
@@ -244,17 +251,6 @@ class _WriteBehind:
             self._loop_call(fn)
         except RuntimeError:
             pass  # the loop is closed: the job is over, nobody waits for credit
-
-    def _lost(self, items: list[tuple[int, bytes, int, int]]) -> None:
-        """Our reader went away: nothing more is written; every chunk counts as out."""
-        with self._cond:
-            self._gone = True
-            items = items + self._items
-            self._items = []
-            for _fd, _chunk, tag, size in items:
-                self._done[tag] = self._done.get(tag, 0) + size
-        self._call_soon(self._broken)
-        self._call_soon(self._report)
 
     def _report(self) -> None:
         with self._cond:

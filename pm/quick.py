@@ -242,10 +242,12 @@ class QuickStart:
                         return None  # something it started holds its output open
         return 0
 
-    def _reader_gone(self) -> None:
+    def _reader_gone(self, stream: int) -> None:
         """Our stdout or stderr has no reader: the ranks get SIGPIPE (their failure, if they
-        die of it, goes to the full path)."""
-        if self.started.guardian is not None:
+        die of it, goes to the full path); :meth:`_read` closes that stream's pipes."""
+        writer = self.started.writer
+        assert writer is not None
+        if len(writer.broken) == 1 and self.started.guardian is not None:
             self.started.guardian.signal(_signal.SIGPIPE)
 
     def _job_control(self) -> bool:
@@ -267,19 +269,31 @@ class QuickStart:
         if fd < 0:
             return 0
         lines, got = read_pipe(fd, r.out if stream == STDOUT else r.err)
+        writer = self.started.writer
+        assert writer is not None
         if lines:
-            writer = self.started.writer
-            assert writer is not None
             writer.write(r.rank, stream, lines)
+        if stream in writer.broken:
+            # Nobody reads it: the ranks' writes to it fail from now on (EPIPE), rather
+            # than go on for nothing (ranks that ignore SIGPIPE, such as Python's).
+            for other in self.ranks:
+                self._close(other, stream)
+            return 0
         if got:
             return got
+        self._close(r, stream)
+        return 0
+
+    def _close(self, r: StartedRank, stream: int) -> None:
+        fd = r.out_fd if stream == STDOUT else r.err_fd
+        if fd < 0:
+            return
         self._poll.unregister(fd)
         os.close(fd)
         if stream == STDOUT:
             r.out_fd = -1
         else:
             r.err_fd = -1
-        return 0
 
     def _ended(self, r: StartedRank) -> bool | None:
         """A rank's exit, noted without reaping it (the agent may still need to see it):

@@ -169,6 +169,13 @@ class OutputAck(Msg, op=31):
     nbytes: int
 
 
+class OutputGone(Msg, op=32):
+    """Nobody reads the head's ``stream`` (1 stdout, 2 stderr) any more: every agent closes
+    its ends of the ranks' pipes of that stream, so their writes fail instead of waiting."""
+
+    stream: int
+
+
 class Exits(Msg, op=9):
     """Ranks that ended: ``[[rank, vertex, code, signal, reason], ...]``.
 

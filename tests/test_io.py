@@ -187,3 +187,27 @@ def test_a_closed_output_pipe_ends_the_job_as_in_a_shell_pipeline(tmp_path: Path
     assert p.returncode == 128 + signal.SIGPIPE, p.stderr
     assert p.stdout == "y\n"
     assert "killed by SIGPIPE" in p.stderr
+
+
+PY_FLOOD = """
+    while True:
+        print("x" * 99)
+"""
+
+
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"], ["-genv", "PM_X", "1"]])
+def test_a_closed_output_pipe_ends_ranks_that_ignore_sigpipe(tmp_path: Path, marker: str,
+                                                             opts: list[str]) -> None:
+    # Python ignores SIGPIPE: its writes must fail (EPIPE) instead of waiting for ever on
+    # a pipe nobody reads any more, so that `| head` ends the job.
+    prog = script(tmp_path, "flood.py", PY_FLOOD)
+    argv = " ".join(pmrun_argv("-n", "2", *opts, "python", str(prog), marker))
+    quick = "0" if opts[:1] == ["-genv"] else "1"
+    p = subprocess.run(["bash", "-c", f"{argv} | head -c 1000; exit ${{PIPESTATUS[0]}}"],
+                       cwd=tmp_path, env=pmrun_env({"PM_QUICK": quick}),
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=40)
+    assert p.returncode == 128 + signal.SIGPIPE, p.stderr
+    assert p.stdout == ("x" * 99 + "\n") * 10
+    causes = [line for line in p.stderr.splitlines() if line.startswith("pmrun:")]
+    assert len(causes) == 1 and "output was closed" in causes[0], p.stderr
+    wait_gone(marker, 10)

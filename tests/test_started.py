@@ -227,3 +227,42 @@ async def test_the_output_thread_writes_in_order_reports_credit_and_ends_with_cl
     assert got == {t: sum(len(b"line %d\n" % i) for i in range(t, 100, 2)) for t in (0, 1)}
     await asyncio.to_thread(thread.join, 10)
     assert not thread.is_alive()
+
+
+async def test_the_output_thread_keeps_writing_stderr_after_stdout_lost_its_reader() -> None:
+    import asyncio
+
+    from pm.output import STDERR, STDOUT, Writer
+
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    os.close(out_r)  # `pmrun ... | head` once head has gone
+    writer = Writer(False, out_fd=out_w, err_fd=err_w)
+    lost: list[int] = []
+    broken = asyncio.get_running_loop().create_future()
+
+    def on_broken(stream: int) -> None:
+        lost.append(stream)
+        if not broken.done():
+            broken.set_result(None)
+
+    writer.on_broken = on_broken
+    got: dict[int, int] = {}
+    writer.write_behind(asyncio.get_running_loop().call_soon_threadsafe,
+                        lambda tag, n: got.__setitem__(tag, got.get(tag, 0) + n))
+    try:
+        writer.write(0, STDOUT, b"out\n", 5)
+        await asyncio.wait_for(broken, 10)
+        for _ in range(3):
+            writer.write(0, STDOUT, b"out\n", 5)  # dropped, but credited
+            writer.write(0, STDERR, b"err\n", 6)
+        await asyncio.to_thread(writer.drain)
+        await asyncio.sleep(0)  # the thread's last report, queued on the loop
+    finally:
+        writer.close()
+        os.close(out_w)
+        os.close(err_w)
+    with os.fdopen(err_r, "rb") as f:
+        assert f.read() == b"err\n" * 3
+    assert lost == [STDOUT] and writer.broken == {STDOUT}
+    assert got == {5: 16, 6: 12}
