@@ -21,7 +21,6 @@ import contextlib
 import logging
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -649,20 +648,12 @@ class JobAgent:
             self._shm_sampler = None
         if reaper is None:
             return
-        vertex = self.vertex
-
-        def reap() -> None:
-            try:
-                for name in reaper.reap(dying):
-                    log.debug("agent %d: removed /dev/shm/%s", vertex, name)
-                sweep_node()
-            except Exception as exc:  # never worth failing the job's end for
-                log.warning("agent %d: cleaning /dev/shm failed: %s", vertex, exc)
-
-        # Waiting for killed ranks to die and scanning /proc must not stall a loop that
-        # serves other jobs (pm.api, ensembles): a thread of its own, not a daemon, so the
-        # process does not exit before it is done.
-        threading.Thread(target=reap, name="pm-shm-reap").start()
+        try:
+            for name in reaper.reap(dying):
+                log.debug("agent %d: removed /dev/shm/%s", self.vertex, name)
+            sweep_node()
+        except Exception as exc:  # never worth failing the job's end for
+            log.warning("agent %d: cleaning /dev/shm failed: %s", self.vertex, exc)
 
 
 #: Profile names of the PMI events a session reports.
