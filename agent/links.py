@@ -253,8 +253,9 @@ class ChildPort:
         self._refusals = RateLimit()
         #: Peer address of each open connection, by fd (what a refusal names).
         self.connections: dict[int, str] = {}
+        self._mon = watch_refusals(self.sock)
         self._monitor = loop.create_task(log_refusals(
-            self.sock, watch_refusals(self.sock), "tree port", self._joined_fds, self._refusals,
+            self.sock, self._mon, "tree port", self._joined_fds, self._refusals,
             self.connections))
         try:
             if ports is not None:
@@ -263,6 +264,7 @@ class ChildPort:
                 port = self.sock.bind_to_random_port(bind)
         except zmq.ZMQError as exc:
             self._monitor.cancel()
+            self._mon.close(linger=0)
             self.sock.close(linger=0)
             raise TransportError(f"cannot listen on {bind}: {exc}") from exc
         self.address = f"{bind}:{port}"
@@ -400,6 +402,11 @@ class ChildPort:
         self._monitor.cancel()
         if self._beat is not None:
             self._beat.cancel()
+        # The monitor now, not in its task's finally: a loop that ends right after this
+        # never runs it, and the monitor's socket would stay open in the shared context.
+        with contextlib.suppress(zmq.ZMQError):
+            self.sock.disable_monitor()
+        self._mon.close(linger=0)
         self.sock.close(linger=linger)
 
 
