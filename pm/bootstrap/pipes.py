@@ -99,20 +99,22 @@ class Piped:
             return False
         return True
 
-    def _read(self, fd: int) -> None:
+    def _read(self, fd: int) -> bool:
+        """Take what ``fd`` holds now; whether there may be more (not empty, not at its end)."""
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if not data:
             self._eof(fd)
-            return
+            return False
         buf = self._bufs[fd] + data
         *lines, self._bufs[fd] = buf.split(b"\n")
         for line in lines:
             self._line(fd, line)
+        return True
 
     def _eof(self, fd: int) -> None:
         if self._loop is not None:
@@ -159,20 +161,8 @@ class Piped:
     def drain(self) -> None:
         """Read what the pipes hold now (the command ended: its last words are there)."""
         for fd in (self._out, self._err):
-            while fd >= 0 and fd in self._bufs:
-                try:
-                    data = os.read(fd, 65536)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    data = b""
-                if not data:
-                    self._eof(fd)
-                    break
-                buf = self._bufs[fd] + data
-                *lines, self._bufs[fd] = buf.split(b"\n")
-                for line in lines:
-                    self._line(fd, line)
+            while fd >= 0 and fd in self._bufs and self._read(fd):
+                pass
 
     def close_stdin(self) -> None:
         if self.stdin >= 0:
