@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 class CliOptions:
     """The command line as the full path runs it: the job, the nodes, the launcher's options."""
 
-    __slots__ = ("extra", "fanout", "fanout_given", "hostfile", "hosts", "local_nodes",
-                 "n_given", "spec", "verbose")
+    __slots__ = ("bind_given", "extra", "fanout", "fanout_given", "hostfile", "hosts",
+                 "local_nodes", "n_given", "spec", "verbose")
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
@@ -38,6 +38,8 @@ class CliOptions:
         self.n_given = True
         #: False when no --fanout was given: the launcher's measured default applies.
         self.fanout_given = True
+        #: False when no --bind-to was given: inside Slurm, its cpus per task decide.
+        self.bind_given = True
 
 
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
@@ -83,6 +85,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.timeout = v.get("timeout")  # type: ignore[assignment]
     spec.kvs = str(v.get("kvs", spec.kvs))
     spec.bind_to = str(v.get("bind_to", spec.bind_to))
+    opts.bind_given = "bind_to" in v
     spec.map_by = str(v.get("map_by", spec.map_by))
     spec.mpi = str(v.get("mpi", spec.mpi))
     spec.profile = v.get("profile")  # type: ignore[assignment]
@@ -182,11 +185,28 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
         from pm.bootstrap.ssh import DEFAULT_FANOUT
 
         opts.fanout = DEFAULT_FANOUT
+    if where is not None and not opts.bind_given and where[2].get("name") == "slurm":
+        opts.spec.bind_to = slurm_binding(os.environ) or opts.spec.bind_to
     if where is not None and not opts.n_given and opts.spec.apps and all(
             s is not None for s in where[1]):
         # No -n: one rank per slot the allocation or host file gives (Hydra, srun).
         opts.spec.apps[0].n = sum(int(s or 0) for s in where[1])
     return where
+
+
+def slurm_binding(env: Mapping[str, str]) -> str | None:
+    """The ``--bind-to`` that srun would apply in this allocation, or None (pure).
+
+    With ``-c N`` (``SLURM_CPUS_PER_TASK``) srun binds each task to N cpus of what the
+    job has on the node; pmrun does the same unless told otherwise (``hwthread:N``: N
+    neighbouring hardware threads, a Slurm cpu being one).  The agents only ever see
+    the cpus the allocation grants on their node (the step's cgroup and affinity), so
+    the ranks stay within them.
+    """
+    text = env.get("SLURM_CPUS_PER_TASK", "").strip()
+    if not text.isdigit() or int(text) < 1:
+        return None
+    return "hwthread" if int(text) == 1 else f"hwthread:{int(text)}"
 
 
 def _where(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, object]] | None:

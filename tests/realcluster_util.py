@@ -71,6 +71,18 @@ def realcluster_missing(slurm: bool = True, ssh: bool = True) -> str | None:
     return None
 
 
+CPUSET = Path("/sys/fs/cgroup/cpuset")
+
+
+def cpuset_missing() -> str | None:
+    """Why Slurm cannot confine steps with cgroup v1 cpusets here (``None`` when it can)."""
+    if not (CPUSET / "cpuset.cpus").exists():
+        return "no cgroup v1 cpuset hierarchy at /sys/fs/cgroup/cpuset"
+    if not os.access(CPUSET, os.W_OK):
+        return "the cpuset hierarchy is read-only"
+    return None
+
+
 def _run(argv: list[str], env: Mapping[str, str] | None = None, check: bool = True,
          timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout,
@@ -130,9 +142,11 @@ SetEnv PYTHONPATH={pythonpath}
 class RealCluster:
     """``n`` namespace hosts with Slurm and/or sshd (see the module docstring)."""
 
-    def __init__(self, n: int, *, slurm: bool = True, ssh: bool = True, cpus: int = 4) -> None:
+    def __init__(self, n: int, *, slurm: bool = True, ssh: bool = True, cpus: int = 4,
+                 cgroup: bool = False) -> None:
         self.n = n
         self.cpus = cpus
+        self.cgroup = cgroup
         self.hosts = NetnsHosts(n)
         self.names = self.hosts.names
         self.k = self.hosts.k
@@ -222,9 +236,13 @@ class RealCluster:
     def _start_slurmd(self, name: str) -> None:
         conf = self.dir / "slurm.conf"
         # Without a host name of its own slurmd cannot tell which node it is.
+        # With cgroups, nsenter keeps this machine's /sys (ip netns exec mounts a fresh
+        # one, without the cgroup hierarchies).
+        enter = ["nsenter", f"--net=/run/netns/{name}"] if self.cgroup else \
+            ["ip", "netns", "exec", name]
         with open(self.dir / "log" / f"slurmd.{name}.out", "ab") as err:
             p = subprocess.Popen(
-                ["ip", "netns", "exec", name, "unshare", "--uts", "sh", "-c",
+                [*enter, "unshare", "--uts", "sh", "-c",
                  f"hostname {name} && exec slurmd -D -f {conf} -N {name}"],
                 env=self.env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=err)
@@ -267,7 +285,7 @@ SlurmdPidFile={d}/run/slurmd.%n.pid
 SlurmctldLogFile={d}/log/slurmctld.log
 SlurmdLogFile={d}/log/slurmd.%n.log
 ProctrackType=proctrack/pgid
-TaskPlugin=task/none
+TaskPlugin={"task/cgroup,task/affinity" if self.cgroup else "task/none"}
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 SwitchType=switch/none
@@ -288,7 +306,8 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
         # ip netns exec mounts a fresh /sys without the cgroup mounts: cgroup/v1 loads
         # without touching the file system (nothing here uses cgroups).
-        (d / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\n")
+        (d / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\n" + (
+            "CgroupMountpoint=/sys/fs/cgroup\nConstrainCores=yes\n" if self.cgroup else ""))
         for name in self.names:
             (d / "state" / name / "tmp").mkdir(parents=True)
 
@@ -466,7 +485,21 @@ Host pm{self.k}h* 10.213.{self.k}.*
         self._pidfiles.clear()
         _reap_daemon_zombies()
         self.hosts.close()  # kills whatever still runs in the namespaces
+        if self.cgroup:
+            self._remove_cgroups()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _remove_cgroups(self) -> None:
+        """slurmd's cpusets (``slurm_<node>/uid_*/job_*/step_*``), deepest first."""
+        for name in self.names:
+            top = CPUSET / f"slurm_{name}"
+            if not top.exists():
+                continue
+            dirs = sorted((p for p in top.rglob("*") if p.is_dir()),
+                          key=lambda p: len(p.parts), reverse=True)
+            for d in [*dirs, top]:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
 
     def __enter__(self) -> RealCluster:
         return self
