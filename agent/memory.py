@@ -37,7 +37,9 @@ from pm.agent.admission import (
 from pm.agent.memprobe import (
     MemorySnapshot,
     NodeMemory,
+    pidfd_alive,
     read_node_memory,
+    signal_tree,
     tree_pids,
     tree_rss,
 )
@@ -139,6 +141,7 @@ class MemoryGovernor:
         self.admission = Admission(watermarks, backfill=backfill, settle=settle, margin=margin)
         self._waiters: dict[Ident, _Waiter] = {}
         self._watched: dict[Ident, tuple[int, int]] = {}  # ident -> (pid, baseline)
+        self._pidfds: dict[Ident, int] = {}  # ident -> its process's pidfd (we own it)
         self._acted = _Acted()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -179,6 +182,10 @@ class MemoryGovernor:
                 waiter.future.set_exception(ResourceLimit("the memory governor closed"))
         self._waiters.clear()
         self._resume_all()
+        for fd in self._pidfds.values():
+            os.close(fd)
+        self._pidfds.clear()
+        self._watched.clear()
 
     async def admit(
         self, ident: Ident, nbytes: int, *, declared: bool = True, owner: Hashable | None = None
@@ -221,12 +228,24 @@ class MemoryGovernor:
             self._forget(ident)
         self._wake(self.admission.release_owner(owner))
 
-    def watch(self, ident: Ident, pid: int, *, baseline: int = 0) -> None:
+    def watch(self, ident: Ident, pid: int, *, baseline: int = 0, pidfd: int = -1) -> None:
         """Sample the process tree of ``pid`` as ``ident``'s usage from now on.
 
         ``baseline``: bytes of that tree that are not ``ident``'s (a rank's
         memory before its reservation): the usage is what it holds above them.
+        ``pidfd``: a pidfd of ``pid`` the governor owns from now on; without
+        one it opens its own (the caller vouches ``pid`` is its unreaped child).
+        Overrun actions signal through it: never a pid reused by someone else.
         """
+        if pidfd < 0:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                return  # gone: nothing to sample or act on
+        old = self._pidfds.pop(ident, -1)
+        if old >= 0:
+            os.close(old)
+        self._pidfds[ident] = pidfd
         self._watched[ident] = (pid, baseline)
 
     def resize(self, ident: Ident, nbytes: int) -> None:
@@ -238,7 +257,7 @@ class MemoryGovernor:
     async def sample(self) -> None:
         """One sampling round now (the sampler calls it every ``interval``)."""
         async with self._lock:
-            watched = dict(self._watched)
+            watched = {i: (*w, self._pidfds.get(i, -1)) for i, w in self._watched.items()}
             used, measured = await asyncio.to_thread(self._measure, watched)
             self._wake(self.admission.observe(used, measured, now=self._clock()))
             self._handle_overruns()
@@ -252,12 +271,21 @@ class MemoryGovernor:
             except Exception:  # a failed probe must not stop admission for good
                 log.exception("memory sampling failed")
 
-    def _measure(self, watched: Mapping[Ident, tuple[int, int]]) -> tuple[int, dict[Ident, int]]:
+    def _measure(self, watched: Mapping[Ident, tuple[int, int, int]]
+                 ) -> tuple[int, dict[Ident, int]]:
         used = self._usage()
-        return used, {i: max(0, tree_rss(pid) - base) for i, (pid, base) in watched.items()}
+        out = {}
+        for i, (pid, base, fd) in watched.items():
+            rss = tree_rss(pid)
+            # Read, then checked: a pid whose process was reaped may be someone else's now.
+            out[i] = max(0, rss - base) if pidfd_alive(fd) else 0
+        return used, out
 
     def _forget(self, ident: Ident) -> None:
         self._watched.pop(ident, None)
+        fd = self._pidfds.pop(ident, -1)
+        if fd >= 0:
+            os.close(fd)
         self._acted.suspended.pop(ident, None)
         for s in (self._acted.exempt, self._acted.killed, self._acted.reported):
             s.discard(ident)
@@ -323,12 +351,9 @@ class MemoryGovernor:
             self._emit(o, "resumed")
 
     def _signal(self, ident: Ident, sig: signal.Signals) -> None:
-        watched = self._watched.get(ident)
-        if watched is None:
-            return
-        for p in tree_pids(watched[0]):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, sig)
+        watched, fd = self._watched.get(ident), self._pidfds.get(ident, -1)
+        if watched is not None and fd >= 0:
+            signal_tree(fd, watched[0], sig)
 
 
 # ------------------------------------------------------------------- rank reservations
@@ -383,14 +408,18 @@ class RankReservations:
     def governor(self) -> MemoryGovernor | None:
         return self._gov
 
-    def reserve(self, rank: int, pid: int, nbytes: int) -> asyncio.Future[int]:
-        """The reservation's id, once ``nbytes`` are admitted for ``rank`` (process ``pid``).
+    def reserve(self, rank: int, pid: int, nbytes: int, *,
+                pidfd: int = -1) -> asyncio.Future[int]:
+        """The reservation's id, once ``nbytes`` are admitted for ``rank`` (process ``pid``;
+        ``pidfd``: a pidfd of it, ours from now on, through which it is signalled on an
+        overrun: -1 if it is gone, then it is not watched).
 
         Cancelling the future withdraws the request.  Fails with a :class:`PMError`
         (:class:`ResourceLimit`, :class:`SizeError`) the rank is told about.
         """
         ident, self._next = self._next, self._next + 1
-        task = asyncio.get_running_loop().create_task(self._admit(ident, rank, pid, nbytes))
+        task = asyncio.get_running_loop().create_task(
+            self._admit(ident, rank, pid, nbytes, pidfd))
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
@@ -435,7 +464,16 @@ class RankReservations:
             )
         return self._gov
 
-    async def _admit(self, ident: int, rank: int, pid: int, nbytes: int) -> int:
+    async def _admit(self, ident: int, rank: int, pid: int, nbytes: int, pidfd: int) -> int:
+        try:
+            return await self._admit_watched(ident, rank, pid, nbytes, pidfd)
+        except BaseException:
+            if pidfd >= 0:
+                os.close(pidfd)  # not handed to the governor
+            raise
+
+    async def _admit_watched(self, ident: int, rank: int, pid: int, nbytes: int,
+                             pidfd: int) -> int:
         try:
             gov = self._governor()
             if self._started is None:
@@ -449,6 +487,8 @@ class RankReservations:
         ends = [h.baseline + h.nbytes for h in self._held.values() if h.rank == rank]
         base = max([tree_rss(pid) if pid else 0, *ends])
         self._held[ident] = _Held(rank, base, nbytes)
-        if pid:
-            gov.watch(key, pid, baseline=base)
+        if pid and pidfd >= 0:
+            gov.watch(key, pid, baseline=base, pidfd=pidfd)  # the governor's from now on
+        elif pidfd >= 0:
+            os.close(pidfd)
         return ident

@@ -14,6 +14,7 @@ the governor is asyncio state; :mod:`pm.agent.memory` re-exports these names.
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,6 +190,80 @@ def tree_pids(pid: int) -> list[int]:
                     stack.extend(int(c) for c in f.read().split())
             except OSError:
                 continue
+    return out
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[1])  # after "(comm)": state, ppid
+
+
+def _send(fd: int, sig: int) -> bool:
+    try:
+        signal.pidfd_send_signal(fd, sig)
+    except OSError:  # ended and reaped, not ours, or the fd closed under us
+        return False
+    return True
+
+
+def pidfd_alive(fd: int) -> bool:
+    """True while the process ``fd`` names is not reaped (its pid is still its own)."""
+    return _send(fd, 0)
+
+
+def signal_tree(pidfd: int, pid: int, sig: int) -> int:
+    """Send ``sig`` to the process ``pidfd`` names (``pid``) and to its descendants.
+
+    Only to processes this call can prove are that tree: each one through a
+    pidfd opened first, and signalled only if its parent is still the process
+    it was found under (that parent's pidfd still names a live or unreaped
+    process, so its pid was not reused).  A pid that ended and was reused by
+    someone else is never signalled.  Returns how many processes got ``sig``.
+    """
+    sent = 0
+    if _send(pidfd, 0):
+        # Children first found, then the root signalled last: a stopped or killed root
+        # does not hide its children (they stay its children until it is reaped).
+        stack: list[tuple[int, int]] = [(pid, pidfd)]
+        owned: list[int] = []
+        verified: list[int] = []
+        try:
+            while stack:
+                p, pfd = stack.pop()
+                for child in _children(p):
+                    try:
+                        cfd = os.pidfd_open(child)
+                    except OSError:
+                        continue  # gone already
+                    owned.append(cfd)
+                    try:
+                        ours = _ppid(child) == p and _send(pfd, 0)
+                    except (OSError, ValueError, IndexError):
+                        ours = False
+                    if ours:
+                        verified.append(cfd)
+                        stack.append((child, cfd))
+            for fd in verified:
+                sent += _send(fd, sig)
+        finally:
+            for fd in owned:
+                os.close(fd)
+        sent += _send(pidfd, sig)
+    return sent
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
     return out
 
 

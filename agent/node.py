@@ -451,7 +451,8 @@ class JobAgent:
                 self.plan.mem_high, self.plan.mem_low,
                 self.plan.mem_overrun,  # type: ignore[arg-type]  # checked by JobSpec
                 where=f"node {self.vertex} ({self.host})")
-        return self.reservations.reserve(rank, self.ranks[rank].pid, nbytes)
+        return self.reservations.reserve(rank, self.ranks[rank].pid, nbytes,
+                                         pidfd=self.procs.pidfd(rank))
 
     def release(self, rank: int, ident: int) -> None:
         if getattr(self, "reservations", None) is not None:

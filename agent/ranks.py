@@ -305,6 +305,13 @@ class LocalRanks:
             proc.stdin_fd = -1
 
     # ------------------------------------------------------------------ signals, ending
+    def pidfd(self, rank: int) -> int:
+        """A pidfd of local ``rank`` the caller owns, -1 if it was reaped (or never ran)."""
+        proc = self.ranks.get(rank)
+        if proc is None or self.watch is None or proc.status is not None:
+            return -1
+        return self.watch.dup_pidfd(proc.pid)
+
     def signal(self, signum: int) -> None:
         """Send ``signum`` to every rank (their guardian ignores it)."""
         if self.guardian is not None:

@@ -104,6 +104,12 @@ class ChildWatch:
             return False  # exited (not reaped yet) or not ours to signal
         return True
 
+    def dup_pidfd(self, pid: int) -> int:
+        """A pidfd of ``pid`` for the caller to own (-1 once it is not ours any more):
+        what signals it later reaches that very process, whatever became of the pid."""
+        fd = self._fds.get(pid)
+        return os.dup(fd) if fd is not None else -1
+
     @property
     def running(self) -> int:
         return len(self._futs)

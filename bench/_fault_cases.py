@@ -119,6 +119,28 @@ def netns_setup(stack: ExitStack) -> Any:
     return stack.enter_context(NetnsHosts(3))
 
 
+def ns_mpi(mode: str, arg: str = "") -> Callable[[Any], Run]:
+    """An MPI fault on 3 namespace hosts (one agent each, the exec launcher)."""
+    def once(ctx: Any) -> Run:
+        from netns_util import exec_launcher_args
+
+        return run(pmrun_argv("-n", "3", *exec_launcher_args(ctx), *rank_argv(mode, arg)))
+    return once
+
+
+def ns_waiting(harm: Callable[[subprocess.Popen[bytes], dict[int, int], Run], None],
+               *opts: str) -> Callable[[Any], Run]:
+    """Ranks waiting on 3 namespace hosts; ``harm`` once all are ready."""
+    def once(ctx: Any) -> Run:
+        from netns_util import exec_launcher_args
+
+        def argv_of(go: str) -> list[str]:
+            return pmrun_argv("-n", "3", *exec_launcher_args(ctx), *opts,
+                              *rank_argv("wait", go))
+        return waiting(harm, argv_of=argv_of)(ctx)
+    return once
+
+
 def link_down(ctx: Any) -> Run:
     from netns_util import exec_launcher_args
 
@@ -151,7 +173,7 @@ def _pmi1_lines(rng: random.Random, draw: Callable[[], Any]) -> bytes:
         st.just("mcmd=spawn\n"), st.just("endcmd\n"),
         st.builds(lambda n: "cmd=put key=k value=" + "v" * n + "\n", st.integers(0, 70000)),
     )
-    lines = draw_many((line, 350))
+    lines = draw_many((line, FUZZ[0]))
     return "".join(lines).encode("latin-1")
 
 
@@ -166,7 +188,7 @@ def _pmi2_frames(rng: random.Random, draw: Callable[[], Any]) -> bytes:
         st.builds(lambda c, kv: f"cmd={c};" + "".join(f"{k}={v};" for k, v in kv),
                   st.sampled_from(cmds), st.lists(st.tuples(word, word), max_size=6)),
         st.builds(lambda b: b.decode("latin-1"), st.binary(max_size=200)))
-    frames = draw_many((st.tuples(body, st.integers(-3, 3), st.booleans()), 350))
+    frames = draw_many((st.tuples(body, st.integers(-3, 3), st.booleans()), FUZZ[0]))
     out = f"{len(b'cmd=init;pmi_version=2;'):<6}".encode() + b"cmd=init;pmi_version=2;"
     for text, skew, bad_len in frames:
         data = text.encode("latin-1")
@@ -191,7 +213,7 @@ def _native_frames(rng: random.Random, draw: Callable[[], Any]) -> bytes:
                   ops, st.lists(st.recursive(leaf, lambda c: st.lists(c, max_size=3),
                                              max_leaves=5), max_size=4)),
         st.recursive(leaf, lambda c: st.lists(c, max_size=3), max_leaves=6))
-    msgs = draw_many((st.tuples(req, st.integers(-2, 2)), 350))
+    msgs = draw_many((st.tuples(req, st.integers(-2, 2)), FUZZ[0]))
     out = bytearray(MAGIC)
     for m, skew in msgs:
         data = msgpack.packb(m)
@@ -218,6 +240,8 @@ def draw_many(strategy: Any) -> list[Any]:
     return out
 
 
+#: Examples hypothesis draws per run (lines or frames); ``bench.faults --fuzz N``.
+FUZZ = [350]
 GARBAGE = {"pmi1": _pmi1_lines, "pmi2": _pmi2_frames, "native": _native_frames}
 #: Lines (PMI-1) or frames (PMI-2, native) sent so far, by wire.
 SENT: dict[str, int] = {k: 0 for k in GARBAGE}
@@ -227,7 +251,7 @@ def malformed(wire: str) -> Callable[[Any], Run]:
     def once(ctx: Any) -> Run:
         rng = random.Random()
         data = GARBAGE[wire](rng, lambda: None)
-        SENT[wire] += data.count(b"\n") if wire == "pmi1" else 350
+        SENT[wire] += data.count(b"\n") if wire == "pmi1" else FUZZ[0]
         with tempfile.NamedTemporaryFile(prefix="pmfault-", suffix=f".{wire}",
                                          delete=False) as f:
             f.write(data)
@@ -347,8 +371,12 @@ def flood_python(ctx: Any) -> Run:
     return _flood(rank_argv("flood"))
 
 
-def _flood(prog: list[str]) -> Run:
-    cmd = (" ".join(pmrun_argv("-n", "4", "--local-nodes", "2", *prog))
+def flood_1(ctx: Any) -> Run:
+    return _flood(["yes"], ())
+
+
+def _flood(prog: list[str], nodes: tuple[str, ...] = ("--local-nodes", "2")) -> Run:
+    cmd = (" ".join(pmrun_argv("-n", "4", *nodes, *prog))
            + f" | {sys.executable} -c '{SLOW_READER}'; exit ${{PIPESTATUS[0]}}")
     return run(["bash", "-c", cmd], stdout=subprocess.DEVNULL, timeout=90)
 
@@ -372,16 +400,16 @@ def stdin_setup(stack: ExitStack) -> Any:
     return stack.enter_context(_big_file(STDIN_BYTES))
 
 
-def stdin_file(ctx: Any) -> Run:
+def stdin_file(ctx: Any, nodes: tuple[str, ...] = ("--local-nodes", "2")) -> Run:
     with open(ctx, "rb") as f:
-        res = run(pmrun_argv("-n", "1", "--local-nodes", "2", *rank_argv("stdin")), stdin=f)
+        res = run(pmrun_argv("-n", "1", *nodes, *rank_argv("stdin")), stdin=f)
     if res.out.strip() != str(STDIN_BYTES):
         res.rc = res.rc or 98
         res.extra["short"] = res.out.strip()
     return res
 
 
-def stdin_pipe(ctx: Any) -> Run:
+def stdin_pipe(ctx: Any, nodes: tuple[str, ...] = ("--local-nodes", "2")) -> Run:
     def feed(proc: subprocess.Popen[bytes], out: Lines, res: Run) -> None:
         assert proc.stdin is not None
 
@@ -394,12 +422,26 @@ def stdin_pipe(ctx: Any) -> Run:
                 res.extra["stdin_error"] = repr(exc)
         threading.Thread(target=write, daemon=True).start()
 
-    res = run(pmrun_argv("-n", "1", "--local-nodes", "2", *rank_argv("stdin")),
+    res = run(pmrun_argv("-n", "1", *nodes, *rank_argv("stdin")),
               stdin=subprocess.PIPE, action=feed)
     if res.out.strip() != str(STDIN_BYTES):
         res.rc = res.rc or 98
         res.extra["short"] = res.out.strip()
     return res
+
+
+def stdin_file_1(ctx: Any) -> Run:
+    return stdin_file(ctx, ())
+
+
+def stdin_pipe_1(ctx: Any) -> Run:
+    return stdin_pipe(ctx, ())
+
+
+def one_node(mode: str, arg: str = "") -> Callable[[Any], Run]:
+    def once(ctx: Any) -> Run:
+        return run(pmrun_argv("-n", "2", *rank_argv(mode, arg)))
+    return once
 
 
 SIG = r"rank 2 \(node 2, [^)]*\) "
@@ -408,6 +450,11 @@ CASES: list[Case] = [
          frozenset({7}), SIG + "exited with code 7"),
     Case("rank-exit-1-node", "rank 1 of 2 (one node, quick path) exits 7",
          one_node_exit, frozenset({7}), r"rank 1 .*exited with code 7", ci=False),
+    Case("rank-abort-1-node", "rank 1 of 2 (one node) calls MPI_Abort(5)",
+         one_node("abort", "5"), frozenset({5}), r"rank 1 .*called abort with code 5", ci=False),
+    Case("rank-exit-ns", "rank 2 of 3 on 3 namespace hosts exits 7 after MPI_Init",
+         ns_mpi("exit", "7"), frozenset({7}), r"rank 2 .*exited with code 7",
+         setup=netns_setup, ci=False),
     Case("rank-signal", "rank 2 of 3 kills itself with SIGSEGV", mpi("signal", "11"),
          frozenset({139}), SIG + "killed by SIGSEGV", ci=False),
     Case("rank-abort", "rank 2 of 3 calls MPI_Abort(5)", mpi("abort", "5"),
@@ -423,16 +470,28 @@ CASES: list[Case] = [
         signal.SIGINT)), frozenset({130}), r"SIGINT"),
     Case("agent-sigkill", "node 2's agent killed with SIGKILL", waiting(agent(signal.SIGKILL)),
          frozenset({255}), r"node 2 .*lost"),
+    Case("agent-sigkill-ns", "node 2's agent (3 namespace hosts) killed with SIGKILL",
+         ns_waiting(agent(signal.SIGKILL)), frozenset({255}), r"node 2 .*lost",
+         setup=netns_setup, ci=False),
+    Case("pmrun-sigkill-ns", "pmrun killed with SIGKILL while ranks on 3 namespace hosts wait",
+         ns_waiting(kill_pmrun(signal.SIGKILL)), frozenset({-9}), None, setup=netns_setup,
+         ci=False),
+    Case("pmrun-sigkill-1-node", "pmrun killed with SIGKILL while 2 ranks on one node wait",
+         waiting(kill_pmrun(signal.SIGKILL), nodes=2, argv_of=lambda go: pmrun_argv(
+             "-n", "2", *rank_argv("wait", go))), frozenset({-9}), None, ci=False),
+    Case("pmrun-sigint-1-node", "SIGINT to pmrun while 2 ranks on one node wait",
+         waiting(kill_pmrun(signal.SIGINT), nodes=2, argv_of=lambda go: pmrun_argv(
+             "-n", "2", *rank_argv("wait", go))), frozenset({130}), r"SIGINT", ci=False),
     Case("agent-sigstop", "node 2's agent stopped (SIGSTOP), --heartbeat 2",
          waiting(agent(signal.SIGSTOP), "--heartbeat", "2"), frozenset({255}),
          r"node 2 .*lost", ci=False),
     Case("link-down", "namespace host 3's link cut (3 hosts, --heartbeat 2)", link_down,
          frozenset({255}), r"node 2 .*lost", setup=netns_setup, ci=False),
-    Case("malformed-pmi1", "a rank sends hypothesis-made PMI-1 lines (up to 350 per run)",
+    Case("malformed-pmi1", "a rank sends hypothesis-made PMI-1 lines",
          malformed("pmi1"), None, None),
-    Case("malformed-pmi2", "a rank sends hypothesis-made PMI-2 frames (up to 350 per run)",
+    Case("malformed-pmi2", "a rank sends hypothesis-made PMI-2 frames",
          malformed("pmi2"), None, None),
-    Case("malformed-native", "a rank sends hypothesis-made native frames (up to 350 per run)",
+    Case("malformed-native", "a rank sends hypothesis-made native frames",
          malformed("native"), None, None),
     Case("strangers", "junk, 400 MB frames (NULL and CURVE greetings) on every tree port, "
          "then the job goes on", strangers, frozenset({0}), None),
@@ -442,10 +501,16 @@ CASES: list[Case] = [
          frozenset({0}), None, ci=False),
     Case("flood", "4 ranks of `yes` on 2 nodes; reader slow for 3 s, then closes",
          flood, frozenset({141}), None, forbidden=r"lost"),
+    Case("flood-1-node", "4 ranks of `yes` on one node; reader slow for 3 s, then closes",
+         flood_1, frozenset({141}), None, forbidden=r"lost", ci=False),
     Case("flood-python", "the same with Python ranks (they ignore SIGPIPE)",
          flood_python, frozenset({141}), None, forbidden=r"lost", ci=False),
     Case("stdin-file", "100 MB stdin from a file to rank 0 (2 nodes)", stdin_file,
          frozenset({0}), None, setup=stdin_setup),
     Case("stdin-pipe", "100 MB stdin from a pipe to rank 0 (2 nodes)", stdin_pipe,
+         frozenset({0}), None, setup=stdin_setup, ci=False),
+    Case("stdin-file-1-node", "100 MB stdin from a file to rank 0 (one node)", stdin_file_1,
+         frozenset({0}), None, setup=stdin_setup, ci=False),
+    Case("stdin-pipe-1-node", "100 MB stdin from a pipe to rank 0 (one node)", stdin_pipe_1,
          frozenset({0}), None, setup=stdin_setup, ci=False),
 ]

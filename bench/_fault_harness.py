@@ -50,6 +50,7 @@ class Run:
     out: str = ""
     err: str = ""
     peak_kb: int = 0
+    agent_peak_kb: int = 0
     leftovers: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -169,23 +170,36 @@ def run(argv: Sequence[str], *, timeout: float = 90.0, env: dict[str, str] | Non
 
     reaper = threading.Thread(target=reap, daemon=True)
     reaper.start()
+
+    def sample() -> None:
+        # pmrun's peak RSS: its VmHWM, read until it ends (wait4's ru_maxrss would count
+        # its ranks); pmrun itself, or pmrun under the shell of a pipeline.  The agents'
+        # (a walk of the tree) every fourth time.  From the start: a harm may end pmrun.
+        polls = 0
+        while reaper.is_alive():
+            res.peak_kb = max([res.peak_kb, hwm_kb(proc.pid),
+                               *map(hwm_kb, filter(is_pmrun, children(proc.pid)))])
+            if polls % 4 == 0:
+                res.agent_peak_kb = max([res.agent_peak_kb, *map(
+                    hwm_kb, filter(is_agent, descendants(proc.pid)))])
+            polls += 1
+            reaper.join(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     try:
         if action is not None and out is not None:
             action(proc, out, res)
     except Exception as exc:  # the harm could not be done: say so in the run
         res.extra["action_error"] = repr(exc)
-    # pmrun's peak RSS: its VmHWM, read until it ends (wait4's ru_maxrss would count the
-    # memory of the process that forked it).
-    while reaper.is_alive() and time.monotonic() < t0 + timeout:
-        # (pmrun itself, or pmrun under the shell of a pipeline)
-        res.peak_kb = max([res.peak_kb, hwm_kb(proc.pid), *map(hwm_kb, children(proc.pid))])
-        reaper.join(min(0.05, max(0.0, t0 + timeout - time.monotonic())))
+    reaper.join(max(0.0, t0 + timeout - time.monotonic()))
     if reaper.is_alive():
         res.hung = True
         with_pg = os.getpgid(proc.pid) if _alive(proc.pid) else None
         if with_pg is not None:
             os.killpg(with_pg, signal.SIGKILL)
         reaper.join(10)
+    sampler.join(5)
     res.seconds = time.monotonic() - t0
     if "status" in waited:
         res.rc = os.waitstatus_to_exitcode(waited["status"])
@@ -300,6 +314,30 @@ def children(pid: int) -> list[int]:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except (OSError, ValueError):
         return []
+
+
+def is_pmrun(pid: int) -> bool:
+    """``python -m pm …`` (not an agent, not a rank)."""
+    try:
+        return b"\0-m\0pm\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def is_agent(pid: int) -> bool:
+    try:
+        return b"pm.agent" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def descendants(pid: int) -> list[int]:
+    out, stack = [], [pid]
+    while stack:
+        for c in children(stack.pop()):
+            out.append(c)
+            stack.append(c)
+    return out
 
 
 def _status_kb(pid: int, key: str) -> int:

@@ -1,6 +1,11 @@
 """The fault matrix: every way a job can go wrong, many times, and what pmrun left behind.
 
-    python -m bench.faults [--runs N] [--ci] [--only CASE[,CASE...]]
+    python -m bench.faults [--runs N] [--ci] [--case CASE[,CASE...]] [--json FILE]
+    python -m bench.faults --merge FILE [FILE...]
+
+A full matrix takes hours on a small machine: run it in chunks, one case and a
+number of runs at a time, each chunk's tallies saved with ``--json``; then
+``--merge`` adds the chunks up (by case) and writes the table.
 
 Each case (``bench/_fault_cases.py``: ranks exiting, killed by a signal,
 aborting or closing PMI early; pmrun and agents killed or stopped; SIGTERM
@@ -31,14 +36,16 @@ The exit status is 1 when any count is not 0.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
-from bench._fault_cases import CASES, SENT, Case
+from bench._fault_cases import CASES, FUZZ, SENT, Case
 from bench._fault_harness import Run
 from bench._util import machine, write_section
 
@@ -56,6 +63,7 @@ class Tally:
     procs: int = 0
     files: int = 0
     peaks: list[int] = field(default_factory=list)
+    agent_peaks: list[int] = field(default_factory=list)
     seconds: float = 0.0
     skipped: str = ""
     samples: list[str] = field(default_factory=list)
@@ -87,10 +95,30 @@ class Tally:
         if "action_error" in r.extra:
             bad.append(f"harness: {r.extra['action_error']}")
         self.peaks.append(r.peak_kb)
+        self.agent_peaks.append(r.agent_peak_kb)
         self.extra.append(r.extra)
         if bad and len(self.samples) < 3:
             tail = r.err.strip().splitlines()[-3:]
             self.samples.append(f"{'; '.join(bad)} | stderr: {' / '.join(tail)[:300]}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"case": self.case.name, "runs": self.runs, "hangs": self.hangs,
+                "wrong_rc": self.wrong_rc, "unnamed": self.unnamed,
+                "tracebacks": self.tracebacks, "procs": self.procs, "files": self.files,
+                "peaks": self.peaks, "agent_peaks": self.agent_peaks, "seconds": self.seconds,
+                "skipped": self.skipped,
+                "samples": self.samples, "extra": [_plain(e) for e in self.extra]}
+
+    def merge(self, d: dict[str, Any]) -> None:
+        """Add a chunk's tallies (``to_json``) to these."""
+        for k in ("runs", "hangs", "wrong_rc", "unnamed", "tracebacks", "procs", "files"):
+            setattr(self, k, getattr(self, k) + int(d[k]))
+        self.peaks += [int(p) for p in d["peaks"]]
+        self.agent_peaks += [int(p) for p in d.get("agent_peaks", [])]
+        self.seconds += float(d["seconds"])
+        self.skipped = self.skipped or str(d["skipped"])
+        self.samples = (self.samples + list(d["samples"]))[:3]
+        self.extra += list(d["extra"])
 
     @property
     def clean(self) -> bool:
@@ -117,6 +145,11 @@ def run_case(case: Case, runs: int) -> Tally:
     return tally
 
 
+def _plain(e: dict[str, object]) -> dict[str, object]:
+    """A run's extra figures, JSON-safe (int keys become strings; back with int())."""
+    return json.loads(json.dumps(e, default=str))
+
+
 def _mb(kb: float) -> str:
     return f"{kb / 1024:.0f}"
 
@@ -129,21 +162,24 @@ def growth(t: Tally) -> str:
     return f"{_mb(max(t.peaks))} ({_mb(first)} → {_mb(last)})"
 
 
-def table(tallies: list[Tally], runs: int, ci: bool) -> str:
-    lines = [f"Machine: {machine()}.  {runs} runs per case"
+def table(tallies: list[Tally], runs: int | None, ci: bool) -> str:
+    per = f"{runs} runs per case" if runs else "runs per case as listed"
+    lines = [f"Machine: {machine()}.  {per}"
              f"{' (the CI version)' if ci else ''}; counts are runs with the problem.  "
              "Shared machine: other jobs ran meanwhile (files of theirs could be counted).", "",
              "| case | what | runs | hangs | wrong rc | unnamed cause | tracebacks | "
-             "leftover procs | leftover files | pmrun peak RSS MB (first → last) | s/run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "leftover procs | leftover files | pmrun peak RSS MB (first → last) | "
+             "agent peak RSS MB | s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in tallies:
         if t.skipped:
             lines.append(f"| {t.case.name} | {t.case.what} | skipped: {t.skipped} "
-                         "| | | | | | | | |")
+                         "| | | | | | | | | |")
             continue
         lines.append(
             f"| {t.case.name} | {t.case.what} | {t.runs} | {t.hangs} | {t.wrong_rc} | "
             f"{t.unnamed} | {t.tracebacks} | {t.procs} | {t.files} | {growth(t)} | "
+            f"{_mb(max(t.agent_peaks, default=0)) if any(t.agent_peaks) else '–'} | "
             f"{t.seconds / max(1, t.runs):.1f} |")
     total = sum(t.runs for t in tallies)
     bad = [t for t in tallies if not t.clean and not t.skipped]
@@ -155,7 +191,7 @@ def table(tallies: list[Tally], runs: int, ci: bool) -> str:
     for t in tallies:
         extra = [e for e in t.extra if e]
         if t.case.name == "strangers" and extra:
-            grow = max(int(str(e.get("rss_growth_kb", 0))) for e in extra)
+            grow = max(float(str(e.get("rss_growth_kb", 0))) for e in extra)
             ports = max(int(str(e.get("ports", 0))) for e in extra)
             lines.append(f"Strangers: {ports} tree ports attacked per run; the largest RSS "
                          f"growth of pmrun or an agent during the attack: {grow / 1024:.1f} MB.")
@@ -163,6 +199,8 @@ def table(tallies: list[Tally], runs: int, ci: bool) -> str:
             start = extra[-1].get("service_start", {})
             end = extra[-1].get("service", {})
             if isinstance(start, dict) and isinstance(end, dict):
+                start = {str(k): v for k, v in start.items()}
+                end = {str(k): v for k, v in end.items()}
                 parts = [f"{start[p][0] / 1024:.0f} → {end[p][0] / 1024:.0f} MB RSS, "
                          f"{start[p][1]} → {end[p][1]} fds" for p in start if p in end]
                 lines.append(f"Persistent services over {t.runs} jobs: " + "; ".join(parts)
@@ -177,8 +215,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=0, help="runs per case (default 100; --ci 10)")
     ap.add_argument("--ci", action="store_true", help="the short version CI runs")
     ap.add_argument("--quick", action="store_true", help="as --ci (python -m bench --quick)")
-    ap.add_argument("--only", default="", help="comma-separated case names")
+    ap.add_argument("--only", "--case", dest="only", default="",
+                    help="comma-separated case names")
+    ap.add_argument("--json", default="", help="also save the tallies here (a chunk)")
+    ap.add_argument("--merge", nargs="+", default=[], metavar="FILE",
+                    help="add up chunks saved with --json and write the table")
+    ap.add_argument("--fuzz", type=int, default=FUZZ[0],
+                    help=f"malformed lines or frames per run (default {FUZZ[0]})")
+    ap.add_argument("--list", action="store_true", help="list the cases and exit")
     args = ap.parse_args(argv)
+    if args.list:
+        for c in CASES:
+            print(f"{c.name:22} {'ci ' if c.ci else '   '}{c.what}")
+        return 0
+    if args.merge:
+        return merge(args.merge)
+    FUZZ[0] = args.fuzz
     ci = args.ci or args.quick
     runs = args.runs or (10 if ci else 100)
     only = {n for n in args.only.split(",") if n}
@@ -187,8 +239,31 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     tallies = [run_case(c, runs) for c in cases]
-    write_section("faults", "## Fault matrix (`bench/faults.py`)\n\n" + table(tallies, runs, ci))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"sent": SENT, "tallies": [t.to_json() for t in tallies]}, f)
+    else:
+        write_section("faults", "## Fault matrix (`bench/faults.py`)\n\n"
+                      + table(tallies, runs, ci))
     return 0 if all(t.clean for t in tallies) else 1
+
+
+def merge(paths: list[str]) -> int:
+    """Add up chunks (``--json``) by case, in the matrix's order, and write the table."""
+    by_name = {c.name: c for c in CASES}
+    tallies: dict[str, Tally] = {}
+    for path in paths:
+        with open(path) as f:
+            chunk = json.load(f)
+        for k, v in chunk["sent"].items():
+            SENT[k] = SENT.get(k, 0) + int(v)
+        for d in chunk["tallies"]:
+            t = tallies.setdefault(d["case"], Tally(by_name[d["case"]]))
+            t.merge(d)
+    ordered = [tallies[c.name] for c in CASES if c.name in tallies]
+    write_section("faults", "## Fault matrix (`bench/faults.py`)\n\n"
+                  + table(ordered, None, False))
+    return 0 if all(t.clean for t in ordered) else 1
 
 
 if __name__ == "__main__":

@@ -156,3 +156,31 @@ def test_output_flood_to_a_slow_reader_arrives_whole_in_bounded_memory(
     print("peak RSS of pmrun", rss, "kB")
     # kB: without flow control it held what the reader had not read yet (>100 MB).
     assert rss < 100_000
+
+
+@pytest.mark.parametrize("source", ["file", "pipe"])
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"]])
+def test_stdin_of_100_mb_keeps_pmrun_small(tmp_path: Path, source: str,
+                                           opts: list[str]) -> None:
+    # pmrun reads stdin only as far as rank 0's node has taken it (a 1 MiB window): 100 MB
+    # pass through without pmrun (nor an agent, nor `wc`: its waited-for descendants, all
+    # counted in wait4's figure) growing towards their size.
+    path = tmp_path / "big.bin"
+    with path.open("wb") as f:
+        block = os.urandom(1 << 20)
+        for _ in range(100):
+            f.write(block)
+    argv = " ".join(pmrun_argv("-n", "1", *opts, "wc", "-c"))
+    feed = f"exec {argv} < {path}" if source == "file" else f"cat {path} | {argv}"
+    proc = subprocess.Popen(["bash", "-c", feed], cwd=tmp_path, env=pmrun_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    with proc.stdout, proc.stderr:
+        out = proc.stdout.read()  # until pmrun ends (its output is a line)
+        err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    path.unlink()
+    assert proc.returncode == 0, err
+    assert out.split() == [str(100 << 20).encode()], err
+    assert usage.ru_maxrss < 64 << 10, f"a process of the job peaked at {usage.ru_maxrss} KiB"
