@@ -112,6 +112,15 @@ def listen_endpoint(options: dict[str, Any], parent: str | None,
     return f"tcp://{src}"
 
 
+async def find_listen_endpoint(options: dict[str, Any], parent: str | None,
+                               toward: str | None = None) -> str:
+    """:func:`listen_endpoint` off the loop: finding it may run ``ssh -G`` or ``scontrol``
+    and ask DNS, which can take seconds.  A local tree's is known at once."""
+    if str(options.get("name", "local")) in LOCAL_NAMES:
+        return "tcp://127.0.0.1"
+    return await asyncio.to_thread(listen_endpoint, options, parent, toward)
+
+
 class Children:
     """The downlinks of an agent with children (or of the head's :class:`RootRelay`)."""
 
@@ -439,6 +448,9 @@ class Children:
                                     self.agent.vertex, v, pid)
                 await asyncio.wait(pending_set, timeout=2.0)
         self.watch.close()
+        await self.port.aclose()
+        if self._boot is not None:
+            await self._boot.aclose()
 
 
 class RootRelay:
@@ -497,6 +509,9 @@ class RootRelay:
         self._killing = True
         if first or grace <= 0:
             self._down(t.Kill(reason, grace))
+
+    async def aclose(self) -> None:
+        self.close()
 
     def close(self) -> None:
         """Nothing of its own to release: the head closes the :class:`Children`."""

@@ -56,6 +56,7 @@ from typing import Any, Generic, TypeVar
 
 import zmq
 import zmq.asyncio
+from pm.agent.owned import Owned
 from pm.agent.refusals import RateLimit, fd_peer, log_refusals, watch_refusals
 from pm.proto import tree as t
 from pm.proto.errors import AuthError, ProtocolError, TransportError
@@ -254,7 +255,9 @@ class ChildPort:
         #: Peer address of each open connection, by fd (what a refusal names).
         self.connections: dict[int, str] = {}
         self._mon = watch_refusals(self.sock)
-        self._monitor = loop.create_task(log_refusals(
+        #: The receiving, heartbeat and refusal-logging tasks: ended by close()/aclose().
+        self._owned = Owned(loop)
+        self._owned.spawn(log_refusals(
             self.sock, self._mon, "tree port", self._joined_fds, self._refusals,
             self.connections))
         try:
@@ -263,7 +266,7 @@ class ChildPort:
             else:
                 port = self.sock.bind_to_random_port(bind)
         except zmq.ZMQError as exc:
-            self._monitor.cancel()
+            self._owned.cancel()
             self._mon.close(linger=0)
             self.sock.close(linger=0)
             raise TransportError(f"cannot listen on {bind}: {exc}") from exc
@@ -276,11 +279,10 @@ class ChildPort:
         self._early: list[tuple[int, t.Hello]] = []
         self.heartbeat = heartbeat
         self._live: Liveness[int] | None = None
-        self._task = loop.create_task(self._recv())
-        self._beat: asyncio.Task[None] | None = None
+        self._owned.spawn(self._recv())
         if heartbeat > 0:
             self._live = Liveness(heartbeat, interval_of(heartbeat), time.monotonic())
-            self._beat = loop.create_task(self._heartbeats())
+            self._owned.spawn(self._heartbeats())
 
     async def _recv(self) -> None:
         while True:
@@ -397,11 +399,14 @@ class ChildPort:
         if ident is not None:
             self._peers.pop(ident, None)
 
+    async def aclose(self, linger: int = 500) -> None:
+        """:meth:`close`, then wait for our tasks to end."""
+        self.close(linger)
+        await self._owned.aclose()
+
     def close(self, linger: int = 500) -> None:
-        self._task.cancel()
-        self._monitor.cancel()
-        if self._beat is not None:
-            self._beat.cancel()
+        """Cancel our tasks, close the sockets. Idempotent."""
+        self._owned.cancel()
         # The monitor now, not in its task's finally: a loop that ends right after this
         # never runs it, and the monitor's socket would stay open in the shared context.
         with contextlib.suppress(zmq.ZMQError):
@@ -430,8 +435,8 @@ class ParentLink:
         self.sock.connect(address)
         self.on_msg = on_msg
         self.on_lost = on_lost
-        self._task: asyncio.Task[Any] | None = None
-        self._beat: asyncio.Task[None] | None = None
+        #: The receiving and heartbeat tasks: ended by close()/aclose().
+        self._owned = Owned(asyncio.get_running_loop())
         self._live: Liveness[str] | None = None
         #: The body of the message being handled: an agent forwards a collective's
         #: result to its children as it came (same secret, same bytes, no re-encoding;
@@ -440,10 +445,10 @@ class ParentLink:
         if heartbeat > 0:
             self._live = Liveness(heartbeat, interval_of(heartbeat), time.monotonic())
             self._live.seen("parent", time.monotonic())
-            self._beat = asyncio.get_running_loop().create_task(self._heartbeats())
+            self._owned.spawn(self._heartbeats())
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._recv())
+        self._owned.spawn(self._recv())
 
     def hold(self, held: bool) -> None:
         """While ``held`` the parent's silence is no loss: the job is suspended (Ctrl-Z)
@@ -513,9 +518,12 @@ class ParentLink:
             _settle(self.sock.send_multipart([self._envelope(body), *t.split(body)],
                                              copy=False))
 
+    async def aclose(self, linger: int = 1000) -> None:
+        """:meth:`close`, then wait for our tasks to end."""
+        self.close(linger)
+        await self._owned.aclose()
+
     def close(self, linger: int = 1000) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        if self._beat is not None:
-            self._beat.cancel()
+        """Cancel our tasks, close the socket. Idempotent."""
+        self._owned.cancel()
         self.sock.close(linger=linger)

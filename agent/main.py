@@ -172,7 +172,7 @@ async def run_child(cfg: dict[str, Any], stdin_rest: bytes = b"") -> int:
     if not cfg["parent"]:
         parent = await _await_parent(bytearray(stdin_rest), int(cfg["up"]))
         if parent is None:  # the job ended before we knew where to join
-            _close_quietly(port, None)
+            await _close_quietly(port, None)
             return 1
         cfg["parent"] = parent
     link = ParentLink(secret, cfg["parent"], vertex, on_msg, heartbeat=heartbeat, on_lost=gone)
@@ -183,13 +183,14 @@ async def run_child(cfg: dict[str, Any], stdin_rest: bytes = b"") -> int:
     await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     if not receiving.done():
         receiving.cancel()
+        await asyncio.gather(receiving, return_exceptions=True)
         log.warning("agent %d: left before the job started: %s", vertex, parent_gone.result())
-        _close_quietly(port, link)
+        await _close_quietly(port, link)
         return 1
     launch = receiving.result()
     if not isinstance(launch, t.Launch):
         log.error("agent %d: expected the job plan, got %s", vertex, type(launch).__name__)
-        _close_quietly(port, link)
+        await _close_quietly(port, link)
         return 1
     plan = JobPlan.from_wire(launch.plan)
     agent = JobAgent(plan, vertex, link, host=cfg.get("host"))
@@ -230,11 +231,11 @@ async def run_child(cfg: dict[str, Any], stdin_rest: bytes = b"") -> int:
         why = str(exc)
     finally:
         agent.kill("agent shutting down", 0.5 if not agent.done.done() else 0)
-        agent.close()
+        await agent.aclose()  # the job's /dev/shm files are gone before we exit
         if children is not None:
             children.close()
             await children.wait_exit()
-        _close_quietly(port, link)
+        await _close_quietly(port, link)
     if why and not (agent.done.done() and why == STDIN_EOF):
         log.warning("agent %d: %s", vertex, why)
         return 1
@@ -250,11 +251,11 @@ def _cannot_start(vertex: int, why: str) -> int:
     return 1
 
 
-def _close_quietly(port: Any, link: Any) -> None:
+async def _close_quietly(port: Any, link: Any) -> None:
     if port is not None:
-        port.close(linger=0)
+        await port.aclose(linger=0)
     if link is not None:
-        link.close()
+        await link.aclose()
 
 
 def _preimport() -> None:

@@ -20,7 +20,7 @@ import signal
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pm.agent.admission import (
     DEFAULT_HIGH_PERCENT,
@@ -447,6 +447,16 @@ class RankReservations:
         if self._gov is not None:
             self._gov.close()
         self._held.clear()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, then wait for the admissions and the governor's sampler to end."""
+        self.close()
+        tasks: list[asyncio.Future[Any]] = [*self._tasks]
+        if self._started is not None:
+            tasks.append(self._started)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._gov is not None:
+            await self._gov.aclose()
 
     def _done(self, task: asyncio.Task[int]) -> None:
         self._tasks.discard(task)

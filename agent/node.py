@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import signal
 import socket
@@ -28,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pm.agent.coll_shell import NodeCollectives
 from pm.agent.collectives import report_counts
 from pm.agent.kvs import NodeKVS
-from pm.agent.ranks import LocalRanks, RankProc
+from pm.agent.owned import Owned
+from pm.agent.ranks import LocalRanks, PmiPhase, RankLife, RankProc
 from pm.agent.shm_reaper import ShmReaper, sweep_node
 from pm.agent.tree_requests import TreeRequests
 from pm.proto import tree as t
@@ -59,6 +61,14 @@ if TYPE_CHECKING:
 
     class Downlinks(Protocol):
         def send(self, vertex: int, msg: t.Msg) -> None: ...
+
+
+class AgentState(enum.Enum):
+    """Where a vertex is in its job."""
+
+    RUNNING = "running"
+    KILLING = "killing"  # the job is being killed: what ends now is the kill's doing
+    DONE = "done"  # every rank of the subtree ended and Done went up
 
 
 class JobAgent:
@@ -93,10 +103,11 @@ class JobAgent:
         self._flush_scheduled = False
         self._children_done: set[int] = set()
         self._child_stats: list[dict[str, Any]] = []
-        self._done_sent = False
-        #: Set once the job is being killed: exits from then on are the kill's doing.
-        self.killing = False
+        #: Running, killing (exits from then on are the kill's doing), or done (said so up).
+        self.state = AgentState.RUNNING
         self.loop = asyncio.get_running_loop()
+        #: Our tasks and timers (the ranks' are ``procs.owned``): ended by close()/aclose().
+        self.owned = Owned(self.loop)
         self.done = self.loop.create_future()
         #: The ranks' collectives; gets of other nodes' keys and names, through the tree.
         self.coll = NodeCollectives(self)
@@ -130,6 +141,11 @@ class JobAgent:
         if plan.spawned.get("spawner"):
             self.job_attrs["spawner-jobid"] = plan.spawned["spawner"]
 
+    @property
+    def killing(self) -> bool:
+        """The job is ending here: killed, or done."""
+        return self.state is not AgentState.RUNNING
+
     # ------------------------------------------------------------------ launch
     def mark(self, what: str, rank: int = -1, **args: Any) -> None:
         """Record a start-up event for --profile (a no-op otherwise)."""
@@ -144,7 +160,7 @@ class JobAgent:
         from pm.agent import topo_share
 
         # The PMIx server starts (in a thread) while the topology is discovered.
-        pmix = asyncio.ensure_future(self._start_pmix()) if plan.pmix else None
+        pmix = self.owned.spawn(self._start_pmix()) if plan.pmix else None
         topo = None
         xml = None if plan.bind_to not in ("", "none") else topo_share.cached_xml()
         if xml is None:
@@ -270,7 +286,7 @@ class JobAgent:
 
     def _watch_shm(self, reaper: ShmReaper) -> None:
         self.shm_reaper = reaper
-        self._shm_sampler = self.loop.call_later(SHM_SAMPLE_PERIOD, self._sample_shm, True)
+        self._shm_sampler = self.owned.call_later(SHM_SAMPLE_PERIOD, self._sample_shm, True)
 
     def _live_pids(self) -> list[int]:
         return [p.pid for p in self.ranks.values() if p.pid and p.status is None]
@@ -284,7 +300,7 @@ class JobAgent:
         if fresh and self.procs.guardian is not None:
             self.procs.guardian.note(fresh)
         if again:
-            self._shm_sampler = self.loop.call_later(SHM_SAMPLE_PERIOD, self._sample_shm, True)
+            self._shm_sampler = self.owned.call_later(SHM_SAMPLE_PERIOD, self._sample_shm, True)
 
     # ------------------------------------------------------------------ output, exits
     def rank_output(self, rank: int, stream: int, lines: bytes) -> None:
@@ -324,17 +340,16 @@ class JobAgent:
         if self.timeline is not None:
             self.mark(_EVENT_MARKS.get(event, event), rank)
         if event == "init":
-            proc.initialized = True
+            proc.pmi = PmiPhase.INITIALIZED
         elif event == "finalize":
-            proc.finalized = True
+            proc.pmi = PmiPhase.FINALIZED
             self.kvs.settle(rank)
         elif event == "abort":
             code, message = detail
             self.parent.send(t.Abort(rank, self.vertex, code, message))
         elif event == "eof":
-            proc.pmi_eof = True
             if not detail and proc.status is None:
-                self.loop.call_later(EOF_GRACE, self._eof_without_finalize, proc)
+                self.owned.call_later(EOF_GRACE, self._eof_without_finalize, proc)
         elif event == "error" and proc.status is None and not self.killing:
             # A PMI stream that cannot be followed: the rank fails, named with the cause.
             proc.reason = f"sent a PMI stream that cannot be served: {detail}"
@@ -348,15 +363,14 @@ class JobAgent:
             self._schedule_flush()
 
     def _check_done(self) -> None:
-        if self._done_sent:
+        if self.state is AgentState.DONE:
             return
-        if all(p.reported for p in self.ranks.values()) and self._children_done.issuperset(
-            self.children
-        ):
+        if all(p.life is RankLife.REPORTED for p in self.ranks.values()) and (
+                self._children_done.issuperset(self.children)):
             if self._out or self._exits:
                 self._schedule_flush()
                 return
-            self._done_sent = True
+            self.state = AgentState.DONE
             report_counts(self.vertex, self.coll.machine)  # only with PM_COUNT_MSGS set
             # Per-node figures of the whole subtree travel up with Done.
             kvs_bytes = {str(self.vertex): [
@@ -612,8 +626,9 @@ class JobAgent:
     # ------------------------------------------------------------------ ending
     def kill(self, reason: str, grace: float) -> None:
         """SIGTERM every rank of the subtree, SIGKILL after ``grace`` seconds."""
-        first = not self.killing
-        self.killing = True
+        first = self.state is AgentState.RUNNING
+        if first:
+            self.state = AgentState.KILLING
         self._down_all(t.Kill(reason, grace))
         if first:
             log.debug("agent %d: killing ranks: %s", self.vertex, reason)
@@ -626,29 +641,46 @@ class JobAgent:
             self.spawn_requests.fail(reason)
 
     def close(self) -> None:
-        """Release everything; ranks still alive are killed. Idempotent."""
+        """Release everything; ranks still alive are killed. Idempotent.  Removing the
+        job's /dev/shm files may wait up to a second for killed ranks: :meth:`aclose`
+        does that in a thread, this in the caller's."""
+        if self.spawns is not None:
+            self.spawns.close()
+        reap = self._close()
+        if reap is not None:
+            self._reap_shm(*reap)
+
+    async def aclose(self) -> None:
+        """:meth:`close` without blocking the loop; returns once our tasks have ended and
+        the job's /dev/shm files are gone (a child agent exits right after)."""
+        if self.spawns is not None:
+            await self.spawns.aclose()
+        reap = self._close()
+        if reap is not None:
+            await asyncio.to_thread(self._reap_shm, *reap)
+        await self.procs.owned.aclose()
+        await self.owned.aclose()
+        if getattr(self, "reservations", None) is not None:
+            await self.reservations.aclose()
+
+    def _close(self) -> tuple[ShmReaper, list[int]] | None:
+        """All of closing but the /dev/shm files: the reaper and the ranks just killed."""
+        self.owned.cancel()
+        self._shm_sampler = None
         if getattr(self, "reservations", None) is not None:
             self.reservations.close()
         live = self._live_pids()
         self.procs.close()
-        self._reap_shm(live)
-        if self.spawns is not None:
-            self.spawns.close()
+        reaper, self.shm_reaper = self.shm_reaper, None
         for cb in self.on_close:
             with contextlib.suppress(Exception):
                 cb()
         self.on_close.clear()
+        return (reaper, live) if reaper is not None else None
 
-
-    def _reap_shm(self, dying: list[int]) -> None:
+    def _reap_shm(self, reaper: ShmReaper, dying: list[int]) -> None:
         """Remove the /dev/shm files the ranks left (``dying``: ranks just killed), and what
         agents killed by SIGKILL left on this node."""
-        reaper, self.shm_reaper = self.shm_reaper, None
-        if self._shm_sampler is not None:
-            self._shm_sampler.cancel()
-            self._shm_sampler = None
-        if reaper is None:
-            return
         try:
             for name in reaper.reap(dying):
                 log.debug("agent %d: removed /dev/shm/%s", self.vertex, name)

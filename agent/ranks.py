@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
 import logging
 import os
 import signal
 import socket
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from pm.agent.owned import Owned
 from pm.agent.pmi_server import PmiSession
 from pm.agent.spawn import Guardian, SpawnError, fd_shortage, rank_env, resolve
 from pm.agent.started import RankStart, StartedRank, StartedRanks, start_local
@@ -40,11 +42,27 @@ log = logging.getLogger("pm.agent")
 DRAIN_AFTER_EXIT = 1.0
 
 
+class PmiPhase(enum.Enum):
+    """How far a rank got with PMI."""
+
+    NONE = "none"  # never called init
+    INITIALIZED = "initialized"
+    FINALIZED = "finalized"
+
+
+class RankLife(enum.Enum):
+    """A rank as a process, as its agent sees it."""
+
+    RUNNING = "running"  # or never started: ``status`` says how it ended once it has
+    EXITED = "exited"  # ended; its last output may still be in its pipes
+    REPORTED = "reported"  # its end went up the tree (once)
+
+
 class RankProc:
     """One local rank: its process, PMI session, pipes and how it ended."""
 
-    __slots__ = ("fds", "finalized", "initialized", "local_rank", "pid", "pmi_eof", "rank",
-                 "reason", "reported", "session", "status", "stdin_fd", "streams")
+    __slots__ = ("fds", "life", "local_rank", "pid", "pmi", "rank", "reason", "session",
+                 "status", "stdin_fd", "streams")
 
     def __init__(self, rank: int, local_rank: int) -> None:
         self.rank = rank
@@ -55,10 +73,8 @@ class RankProc:
         self.fds: dict[int, int] = {}
         self.status: ExitStatus | None = None
         self.reason = ""
-        self.initialized = False
-        self.finalized = False
-        self.pmi_eof = False
-        self.reported = False
+        self.pmi = PmiPhase.NONE
+        self.life = RankLife.RUNNING
         self.stdin_fd = -1
 
 
@@ -71,7 +87,8 @@ class LocalRanks:
         self.ranks: dict[int, RankProc] = {r: RankProc(r, i) for i, r in enumerate(local)}
         self.guardian: Guardian | None = None
         self.watch: ChildWatch | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        #: The PMI sessions' tasks and the drain and kill timers.
+        self.owned = Owned(self.loop)
         self._stdin_buf = b""
         self._stdin_eof = False
         #: Bytes of output this node may still send up (pm.output.output_window); without
@@ -147,9 +164,7 @@ class LocalRanks:
             os.set_blocking(proc.stdin_fd, False)
         session = PmiSession(self.agent, proc.rank)
         proc.session = session
-        task = self.loop.create_task(self._serve(session, socket.socket(fileno=r.take_pmi_fd())))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.owned.spawn(self._serve(session, socket.socket(fileno=r.take_pmi_fd())))
         for stream, fd, buf in ((STDOUT, r.out_fd, r.out), (STDERR, r.err_fd, r.err)):
             if fd < 0:
                 continue  # already at EOF
@@ -173,6 +188,7 @@ class LocalRanks:
         if not quiet:
             log.error("rank %d: %s", proc.rank, why)
         proc.status = ExitStatus(127, 0)
+        proc.life = RankLife.EXITED
         proc.reason = f"could not start: {why}"
         self.report(proc)
 
@@ -233,34 +249,35 @@ class LocalRanks:
 
     def _exited(self, proc: RankProc, status: ExitStatus) -> None:
         proc.status = status
+        proc.life = RankLife.EXITED
         if self.agent.timeline is not None:
             self.agent.mark("rank exit", proc.rank, code=status.code, signal=status.signal)
         if proc.stdin_fd >= 0:
             self.loop.remove_writer(proc.stdin_fd)
             os.close(proc.stdin_fd)
             proc.stdin_fd = -1
-        if status.ok and proc.initialized and not proc.finalized and not self.agent.killing:
+        if status.ok and proc.pmi is PmiPhase.INITIALIZED and not self.agent.killing:
             proc.reason = "exited without calling PMI finalize"
             proc.status = ExitStatus(1, 0)
         if not proc.fds:
             self.report(proc)
         else:
             # Let the pipes drain (a rank's last lines come before its exit report).
-            self.loop.call_later(DRAIN_AFTER_EXIT, self._drained, proc)
+            self.owned.call_later(DRAIN_AFTER_EXIT, self._drained, proc)
 
     def _drained(self, proc: RankProc) -> None:
         """A rank's pipes stayed open after its exit: report it, unless they only wait
         for output credit (its lines are not lost to a slow reader then)."""
         if self._paused and proc.fds and not self.agent.killing:
-            self.loop.call_later(DRAIN_AFTER_EXIT, self._drained, proc)
+            self.owned.call_later(DRAIN_AFTER_EXIT, self._drained, proc)
         else:
             self.report(proc)
 
     def report(self, proc: RankProc) -> None:
         """Once per rank, when it ended: pass on what is left in its pipes, then the end."""
-        if proc.reported or proc.status is None:
+        if proc.life is RankLife.REPORTED or proc.status is None:
             return
-        proc.reported = True
+        proc.life = RankLife.REPORTED
         for stream in list(proc.fds):
             self._read_output(proc, stream)  # whatever is left
         self.agent.rank_ended(proc)
@@ -326,17 +343,21 @@ class LocalRanks:
             return
         self.guardian.signal(signal.SIGTERM)
         if first:
-            self.loop.call_later(grace, self._kill_hard)
+            self.owned.call_later(grace, self._kill_hard)
 
     def _kill_hard(self) -> None:
         if self.guardian is not None and any(p.status is None for p in self.ranks.values()
                                              if p.pid):
             self.guardian.kill_all()
 
+    async def aclose(self) -> None:
+        """:meth:`close`, then wait for the PMI sessions' tasks to end."""
+        self.close()
+        await self.owned.aclose()
+
     def close(self) -> None:
         """Release everything; ranks still alive are killed. Idempotent."""
-        for task in list(self._tasks):
-            task.cancel()
+        self.owned.cancel()  # the owner (JobAgent.aclose) awaits the sessions' tasks
         for proc in self.ranks.values():
             for fd in proc.fds.values():
                 with contextlib.suppress(ValueError, OSError):

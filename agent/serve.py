@@ -44,6 +44,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+from pm.agent.owned import Owned
 from pm.agent.service_config import (
     DEFAULT_PATH,
     DEFAULT_PORT,
@@ -187,7 +188,8 @@ class Service:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)  # a start request is < 1 KiB
         self.agents: dict[tuple[str, int], JobAgentProc] = {}
-        self.tasks: set[asyncio.Task[Any]] = set()
+        #: Handling requests, watching agents, reloads: ended with the service.
+        self.owned = Owned()
         self.stopping = asyncio.get_running_loop().create_future()
         self.sock.bind(cfg.listen)
         self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -196,26 +198,21 @@ class Service:
                  self.address, me, len(cfg.clients))
 
     def _spawn_task(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.owned.spawn(coro)
 
     async def run(self) -> None:
         from pm.agent.refusals import log_refused_handshakes
 
         self._spawn_task(self._zap_loop())
         self._spawn_task(log_refused_handshakes(self.sock, "pm-agent service"))
-        recv = asyncio.ensure_future(self._recv_loop())
+        recv = self.owned.spawn(self._recv_loop())
         try:
             await asyncio.wait([recv, self.stopping], return_when=asyncio.FIRST_COMPLETED)
         finally:
             recv.cancel()
             await self._end_all()
-            tasks = [recv, *self.tasks]
-            for task in tasks:
-                task.cancel()
             # Let their finally blocks close what they own (the monitor socket) first.
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.owned.aclose()
             self.sock.close(linger=0)
             self.zap.close(linger=0)
             self.ctx.destroy(linger=0)
@@ -395,7 +392,10 @@ class Service:
                 with contextlib.suppress(ProcessLookupError):
                     e.proc.kill()
         if pending:
-            await asyncio.wait(pending, timeout=5)
+            _, pending = await asyncio.wait(pending, timeout=5)
+        for w in pending:  # not ours to wait for any longer
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
 
     async def _end_all(self) -> None:
         entries = list(self.agents.values())

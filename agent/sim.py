@@ -40,6 +40,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pm.agent.kvs import rank_key
+from pm.agent.ranks import RankLife
 from pm.agent.watch import ExitStatus
 from pm.proto.tree import ALLGATHER, BARRIER, FENCE
 
@@ -367,7 +368,7 @@ class SimRanks:
                 return False
             why = str(exc)
         proc = self.agent.ranks[rank]
-        if proc.reported:
+        if proc.life is RankLife.REPORTED:
             return True
         if self.agent.killing:
             proc.status = ExitStatus(0, signal.SIGTERM)  # as a killed process would

@@ -152,6 +152,10 @@ class AgentSpawns:
         for agent in self.jobs.values():
             agent.close()
 
+    async def aclose(self) -> None:
+        for agent in list(self.jobs.values()):
+            await agent.aclose()
+
 
 class SpawnRequests:
     """Spawn requests of ``agent``'s ranks waiting for the head's answer."""

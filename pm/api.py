@@ -99,6 +99,14 @@ class Job:
     def kill(self, reason: str = "killed by the user") -> None:
         self._run.kill(reason)
 
+    async def aclose(self, reason: str = "cluster closed") -> None:
+        """Kill the job if it still runs and wait for its end (the waiting task is ours)."""
+        if self._waiter is None:
+            return
+        if not self._waiter.done():
+            self.kill(reason)
+        await self._waiter
+
     async def wait(self, *, check: bool = False) -> JobResult:
         """The job's result once every rank has ended (``check``: raise JobFailed if it failed)."""
         assert self._waiter is not None
@@ -143,9 +151,7 @@ class Cluster:
             await self._ensemble.aclose()
             self._ensemble = None
         for job in self._jobs:
-            if job._result is None:
-                job.kill("cluster closed")
-                await job.wait()
+            await job.aclose()
         self._jobs.clear()
 
     async def launch(self, argv: Sequence[str], n: int = 1, *,

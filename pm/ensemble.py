@@ -172,6 +172,8 @@ class Ensemble:
         )
         self._tasks: dict[int, Task] = {}
         self._runs: set[asyncio.Task[None]] = set()
+        #: Waits for the remote memory probes to end: awaited by aclose() once they are told to.
+        self._probe_ends: set[asyncio.Future[Any]] = set()
         self._remote = RemoteRunner(nodes, self._spec, self._here)
         self._local: LocalRunner | None = None  # from the start, with a local domain
         self._sampler: asyncio.Task[None] | None = None
@@ -312,6 +314,8 @@ class Ensemble:
                 d.probe.signal(signal.SIGTERM)
                 with contextlib.suppress(Exception):
                     await d.probe.wait()
+        if self._probe_ends:
+            await asyncio.wait(set(self._probe_ends))
         for job_task in (self._sampler, self._starting):
             if job_task is not None and not job_task.done():
                 job_task.cancel()
@@ -488,6 +492,8 @@ class Ensemble:
                                      lambda data: self._probe_lines(d, data))
         await d.probe.start()
         ended = asyncio.ensure_future(d.probe.wait())
+        self._probe_ends.add(ended)
+        ended.add_done_callback(self._probe_ends.discard)
         ended.add_done_callback(lambda f: self._probe_ended(d, f))
         deadline = float(str(self._nodes.bootstrap.get("join_timeout", 60)))
         first: asyncio.Future[Any] = d.first

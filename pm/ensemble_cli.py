@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pm.agent.memory import SizeError, parse_size
 from pm.ensemble import Ensemble, Event, TaskResult
-from pm.output import write_all
+from pm.output import STDERR, Writer
 from pm.proto.errors import PMError
 from pm.tasks import parse_tasks, with_arguments
 
@@ -27,7 +27,11 @@ __all__ = ["run_cli", "run_ensemble"]
 
 class _Console:
     """Task output with a ``[task N] `` prefix, messages, and on a terminal's stderr
-    a progress line redrawn in place (cleared before anything else is written)."""
+    a progress line redrawn in place (cleared before anything else is written).
+
+    Written in order by the output thread (:class:`pm.output.Writer`): a slow reader
+    of our stdout never stops the loop that runs the tasks.  :meth:`aclose` waits
+    until all is written."""
 
     def __init__(self, verbose: int, tty: bool) -> None:
         self.verbose = verbose
@@ -35,6 +39,12 @@ class _Console:
         self._shown = False
         self._text = ""
         self._timer: asyncio.TimerHandle | None = None
+        self._writer = Writer(False)
+        self._writer.write_behind(asyncio.get_running_loop().call_soon_threadsafe,
+                                  lambda _tag, _n: None)
+
+    def _write(self, stream: int, data: bytes) -> None:
+        self._writer.write(0, stream, data)
 
     def output(self, index: int, stream: int, data: bytes) -> None:
         prefix = b"[task %d] " % index
@@ -42,12 +52,12 @@ class _Console:
         if lines[-1] == b"":
             lines.pop()
         self._clear()
-        write_all(stream, b"".join(prefix + line + b"\n" for line in lines))
+        self._write(stream, b"".join(prefix + line + b"\n" for line in lines))
         self._later()
 
     def message(self, text: str) -> None:
         self._clear()
-        write_all(2, f"pmrun: {text}\n".encode())
+        self._write(STDERR, f"pmrun: {text}\n".encode())
         self._later()
 
     def event(self, e: Event) -> None:
@@ -73,19 +83,24 @@ class _Console:
     def _draw(self) -> None:
         self._timer = None
         if self._text:
-            write_all(2, f"\r{self._text}\x1b[K".encode())
+            self._write(STDERR, f"\r{self._text}\x1b[K".encode())
             self._shown = True
 
     def _clear(self) -> None:
         if self._shown:
-            write_all(2, b"\r\x1b[K")
+            self._write(STDERR, b"\r\x1b[K")
             self._shown = False
 
-    def close(self) -> None:
+    async def aclose(self, last: str = "") -> None:
+        """Clear the progress line, write ``last``, and wait until everything is written."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._clear()
+        if last:
+            self._write(STDERR, last.encode())
+        await asyncio.to_thread(self._writer.drain)
+        self._writer.close()
 
 
 def _options(extra: dict[str, str]) -> dict[str, Any]:
@@ -168,6 +183,7 @@ async def run_cli(opts: CliOptions) -> int:
                        **options)
         await ens.start()
     except SizeError as exc:
+        await console.aclose()
         raise UsageError(str(exc)) from None
     loop = asyncio.get_running_loop()
 
@@ -188,9 +204,8 @@ async def run_cli(opts: CliOptions) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await ens.aclose()
-        console.close()
-    summary = ens.summary_text()
-    write_all(2, (summary if opts.verbose else summary.split("\n node ")[0]).encode() + b"\n")
+        summary = ens.summary_text()
+        await console.aclose((summary if opts.verbose else summary.split("\n node ")[0]) + "\n")
     if interrupted:
         return 128 + interrupted[0]
     return 0 if all(r.ok for r in results) else 1
@@ -204,12 +219,17 @@ async def run_ensemble(tasks: Iterable[Sequence[str] | str], nodes: Nodes, *,
     keeps them in the results."""
     if output not in ("inherit", "capture"):
         raise ValueError("output must be 'inherit' or 'capture'")
-    sink = _Console(0, False).output if output == "inherit" else None
-    async with Ensemble(nodes, output=sink, **options) as ens:
-        for item in tasks:
-            if isinstance(item, str):
-                for spec in parse_tasks(item, options.get("mem_per_task")):
-                    ens.add(spec.argv, spec=spec)
-            else:
-                ens.add(item)
-        return await ens.join()
+    console = _Console(0, False) if output == "inherit" else None
+    try:
+        async with Ensemble(nodes, output=console.output if console else None,
+                            **options) as ens:
+            for item in tasks:
+                if isinstance(item, str):
+                    for spec in parse_tasks(item, options.get("mem_per_task")):
+                        ens.add(spec.argv, spec=spec)
+                else:
+                    ens.add(item)
+            return await ens.join()
+    finally:
+        if console is not None:
+            await console.aclose()

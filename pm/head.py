@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pm.agent.node import JobAgent
+from pm.agent.owned import Owned
 from pm.agent.watch import ExitStatus
 from pm.bootstrap.base import head_relays
 from pm.jobenv import new_job_id
@@ -189,7 +190,8 @@ class JobRun:
         #: False once stdin proved a regular file: read by one chain of call_soon then.
         self._stdin_polled = True
         self._stdin_next: asyncio.Handle | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        #: Our timers (and tasks): cancelled by aclose().
+        self.owned = Owned(self.loop)
         #: Output credit: what the head wrote of each node's output and has not acked yet.
         self._window = output_window(len(self.plan.hosts))
         self._unacked: dict[int, int] = {}
@@ -217,13 +219,14 @@ class JobRun:
             self.writer.write_behind(self.loop.call_soon_threadsafe, self._output_written)
         if self.spec.timeout:
             began = self._started.t0 if self._started is not None else time.monotonic()
-            self._timer = self.loop.call_later(
+            self.owned.call_later(
                 max(0.0, self.spec.timeout - (time.monotonic() - began)), self._timed_out)
         children = None
         if agent.children:
-            from pm.agent.children import Children, listen_endpoint
+            from pm.agent.children import Children, find_listen_endpoint
 
-            bind = listen_endpoint(plan.bootstrap, None, plan.hosts[agent.children[0]])
+            bind = await find_listen_endpoint(plan.bootstrap, None,
+                                              plan.hosts[agent.children[0]])
             children = Children(agent, self.secret, bind=bind)
             agent.children_link = children
             self.children = children
@@ -285,13 +288,12 @@ class JobRun:
 
     async def aclose(self) -> None:
         """Tear everything down (idempotent): ranks, agents, pipes."""
-        if self._timer is not None:
-            self._timer.cancel()
+        self.owned.cancel()
         self._stop_stdin()
         if self.agent is not None:
             if not self.finished.done():
                 self.agent.kill("launcher closing", 0)
-            self.agent.close()
+            await self.agent.aclose()
         children = self.children
         if children is not None:
             from pm.agent.children import Children
@@ -302,6 +304,7 @@ class JobRun:
             children.close()
             await children.wait_exit(5.0)
             self.children = None
+        await self.owned.aclose()
 
     # ------------------------------------------------------------ control
     def signal(self, signum: int) -> None:
@@ -328,7 +331,7 @@ class JobRun:
         self.signal(signal.SIGTSTP)
         # The stop goes down the tree through zmq's I/O thread: give it time to leave.
         delay = SUSPEND_FLUSH if self.children is not None else 0.0
-        self.loop.call_later(delay, os.kill, os.getpid(), signal.SIGSTOP)
+        self.owned.call_later(delay, os.kill, os.getpid(), signal.SIGSTOP)
 
     def interrupt(self, signum: int) -> None:
         """Ctrl-C / SIGTERM to the launcher: forward once, kill at once the second time."""
@@ -420,7 +423,7 @@ class JobRun:
             self.finished.set_result(None)
         elif self._killing:
             # A spawned job on a lost node may never say it is done: do not wait for ever.
-            self.loop.call_later(KILL_GRACE + 3.0, self._give_up_spawned)
+            self.owned.call_later(KILL_GRACE + 3.0, self._give_up_spawned)
 
     def _give_up_spawned(self) -> None:
         if self.spawns is not None and not self.finished.done():

@@ -294,7 +294,7 @@ class HeadSpawns:
         still run get :data:`ORPHAN_GRACE` seconds to end, then are ended."""
         for rec in self.jobs.values():
             if rec.parent == job and not rec.done:
-                self.run.loop.call_later(ORPHAN_GRACE, self._end_orphan, rec.job)
+                self.run.owned.call_later(ORPHAN_GRACE, self._end_orphan, rec.job)
 
     def _end_orphan(self, job: int) -> None:
         rec = self.jobs[job]

@@ -42,12 +42,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes.util
+import inspect
 import os
 import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import launch_util  # (importable after the path insert)
+import pytest_asyncio
+from loopguard_util import LoopGuard, runners_guarded
 
 _SESSION_TOKEN = uuid.uuid4().hex[:16]
 #: How long processes of the last test get to finish on their own before they count as left.
@@ -92,6 +95,43 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     else:
         sys.stderr.write(text + "\n")
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _loop_guard(request: pytest.FixtureRequest) -> Iterator[LoopGuard]:
+    """Fail a test that leaves, on an event loop of this process, a task nobody owns or an
+    exception nobody handled (see ``loopguard_util``): async tests' loops, and the loops
+    ``pm.run`` & co. start with ``asyncio.run``/``uvloop.run``.  Torn down last, after
+    the test's loop is closed: an exception never retrieved shows only then."""
+    guard = LoopGuard()
+    request.node.stash[_GUARD] = guard
+    with runners_guarded(guard):
+        yield guard
+    found = guard.finish()
+    if found:
+        pytest.fail("left on the event loop:\n  " + "\n  ".join(found), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _async_test_guarded(request: pytest.FixtureRequest, _loop_guard: LoopGuard) -> None:
+    """An async test's loop is watched from before its fixtures start to after they end
+    (set up after ``_loop_guard``, so torn down before it)."""
+    if inspect.iscoroutinefunction(getattr(request.node, "obj", None)):
+        request.getfixturevalue("_async_loop_guard")
+
+
+_GUARD = pytest.StashKey[LoopGuard]()
+
+
+@pytest_asyncio.fixture
+async def _async_loop_guard(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """The async test's loop, watched from before its fixtures start to after they end."""
+    import asyncio
+
+    guard = request.node.stash[_GUARD]
+    guard.watch(asyncio.get_running_loop())
+    yield
+    await guard.check_tasks()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -197,7 +197,7 @@ async def test_a_line_longer_than_the_output_window_is_not_stuck() -> None:
     try:
         await asyncio.wait_for(agent.ended, 90)
     finally:
-        procs.close()
+        await procs.aclose()
     assert b"".join(agent.out) == b"x" * 600_000 + b"\n"
 
 

@@ -145,6 +145,10 @@ class Bootstrap(abc.ABC):
         """Release what the bootstrap holds (connections, tasks). Idempotent."""
         return None
 
+    async def aclose(self) -> None:
+        """:meth:`close`, and wait for the tasks it had to end. Idempotent."""
+        self.close()
+
 
 def get_bootstrap(name: str, options: dict[str, Any]) -> Bootstrap:
     """The bootstrap called ``name``, configured by ``options`` (``JobPlan.bootstrap``)."""

@@ -36,6 +36,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from pm.agent.owned import Owned
 from pm.bootstrap.base import AgentConfig, Bootstrap, join_timeout_of
 from pm.proto import service as sp
 from pm.proto.errors import ProtocolError
@@ -141,7 +142,10 @@ class _Service:
                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         self._mon = self.sock.get_monitor_socket(events)
         self.sock.connect(address)
-        self._tasks = [loop.create_task(self._recv()), loop.create_task(self._watch())]
+        #: Receiving replies, watching handshakes: ended by close()/aclose().
+        self.owned = Owned(loop)
+        self.owned.spawn(self._recv())
+        self.owned.spawn(self._watch())
 
     async def _watch(self) -> None:
         """A failed handshake (our key refused, a wrong server key) fails our requests at once."""
@@ -203,8 +207,7 @@ class _Service:
                 fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        self.owned.cancel()
         with contextlib.suppress(zmq.ZMQError):
             self.sock.disable_monitor()
         self._mon.close(linger=0)
@@ -228,7 +231,9 @@ class PersistentBootstrap(Bootstrap):
         self.hosts: list[str] = []
         self._conns: dict[str, _Service] = {}
         self._ctx: zmq.asyncio.Context | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._owned: Owned | None = None  # the start's task, made with it (in the loop)
+        #: Connections closed, whose tasks aclose() still awaits.
+        self._closed_conns: list[_Service] = []
         self._job = ""
         self._gate: asyncio.Semaphore | None = None
         self._ended: set[int] = set()
@@ -246,8 +251,8 @@ class PersistentBootstrap(Bootstrap):
         self._job = config.job_id
         self._gate = asyncio.Semaphore(self._limit)
         self._deadline = time.monotonic() + self.timeout
-        self._task = asyncio.get_running_loop().create_task(
-            self._start_vertex(config.vertex, config))
+        self._owned = Owned()
+        self._owned.spawn(self._start_vertex(config.vertex, config))
         return 0, -1
 
     def _conn(self, host: str) -> _Service:
@@ -312,9 +317,18 @@ class PersistentBootstrap(Bootstrap):
         if self.closed:
             return
         self.closed = True
-        if self._task is not None:
-            self._task.cancel()
+        if self._owned is not None:
+            self._owned.cancel()
         for conn in self._conns.values():
             conn.end(self._job)
             conn.close()
+        self._closed_conns += self._conns.values()
         self._conns.clear()
+
+    async def aclose(self) -> None:
+        self.close()
+        if self._owned is not None:
+            await self._owned.aclose()
+        conns, self._closed_conns = self._closed_conns, []
+        for conn in conns:
+            await conn.owned.aclose()
