@@ -201,6 +201,7 @@ def _pmi2_frames(rng: random.Random, draw: Callable[[], Any]) -> bytes:
 def _native_frames(rng: random.Random, draw: Callable[[], Any]) -> bytes:
     import msgpack
     from hypothesis import strategies as st
+
     from pm.proto.native import MAGIC
 
     leaf = st.one_of(st.integers(-2**63, 2**64 - 1), st.binary(max_size=40), st.text(max_size=20),

@@ -52,7 +52,7 @@ import subprocess
 import time
 
 from bench._util import ROOT, interleaved, machine, median_range, timed, tool, write_section
-from pm.tree import Tree
+from pm.common.kary_tree import Tree
 
 sys.path.insert(0, str(ROOT / "tests"))
 

@@ -135,7 +135,7 @@ def profile_overhead(runs: int) -> tuple[dict[str, list[float]], int, float]:
 
 _WRITE = """
 import sys, time
-import json, typing, pm.tree  # pmrun has these loaded whether it profiles or not
+import json, typing, pm.common.kary_tree  # pmrun has these loaded whether it profiles or not
 t0 = time.perf_counter()
 from pm.profile import write_profile
 now = time.time()
@@ -162,7 +162,7 @@ def codec_costs(entries: int = 65536) -> tuple[float, float, float, float]:
     """(encode+seal s/byte, unseal+decode s/byte, bytes per entry, root s/entry) of an
     allgather result, with the real tree codec and collective state machine."""
     from pm.agent.collectives import Collectives
-    from pm.proto import tree as t
+    from pm.proto import tree_wire as t
 
     values = [bytes([i & 255]) * VALUE for i in range(entries)]
     secret = b"k" * 32
@@ -196,7 +196,7 @@ def codec_costs(entries: int = 65536) -> tuple[float, float, float, float]:
 def map_cost(entries: int = 65536, per: int = 1024) -> float:
     """Seconds per rank of the rank map every agent computes from the plan (placement,
     its local ranks, the ring-order check: what ``JobAgent.__init__`` does, O(ranks))."""
-    from pm.mapping import local_ranks, place
+    from pm.common.mapping import local_ranks, place
 
     times = []
     for _ in range(3):
@@ -236,7 +236,7 @@ def tree_costs() -> dict[str, float]:
 
 
 def height(nodes: int, fanout: int) -> int:
-    from pm.tree import Tree
+    from pm.common.kary_tree import Tree
 
     return Tree(nodes, fanout).height()
 

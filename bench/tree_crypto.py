@@ -98,7 +98,7 @@ async def _link(curve: bool, sizes: Sequence[int], reps: int) -> dict[str, list[
     import asyncio
 
     from pm.agent import links
-    from pm.proto import tree as t
+    from pm.proto import tree_wire as t
 
     links.CURVE = curve
     secret = os.urandom(32)

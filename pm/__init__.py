@@ -6,18 +6,7 @@ node agents up and launches jobs on it.  Both are what ``pmrun`` runs.
 
 from __future__ import annotations
 
-import os as _os
-
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (pmrun's start-up)
-
-# In a source checkout pm.agent, pm.client and pm.proto live in the folders
-# beside pm/ (pyproject.toml maps them).  Let them import from there too, so a
-# rank or an agent started with the checkout on sys.path finds them.
-_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isfile(
-    _os.path.join(_root, "proto", "__init__.py")
-):
-    __path__.append(_root)
 
 if TYPE_CHECKING:
     from typing import Any

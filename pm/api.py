@@ -21,7 +21,8 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from pm.head import JobResult, JobRun, Nodes, RankResult
+from pm.common.nodes import Nodes
+from pm.head import JobResult, JobRun, RankResult
 from pm.jobspec import AppSpec, JobSpec
 from pm.proto.errors import RankFailed
 
@@ -210,7 +211,7 @@ def run_tasks(tasks: Iterable[Sequence[str] | str], *, local_nodes: int = 1,
     them in the results.  ``options``: :class:`pm.ensemble.Ensemble`'s (``mem_per_task``
     in bytes, ``mem_high``, ``mem_low``, ``retries``, ``overrun``, ``settle``, ...).
     """
-    from pm.ensemble_cli import run_ensemble
+    from pm.ensemble.cli import run_ensemble
 
     results: list[TaskResult] = _run_loop(
         run_ensemble(tasks, Nodes.local(local_nodes), output=output, **options))

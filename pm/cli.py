@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from pm.jobspec import AppSpec, JobSpec
 from pm.options import Parsed, Section, prepend_of, refuse
-from pm.options import UsageError as UsageError  # (pm.ensemble_cli raises it too)
 from pm.options import parse as parse_options
+from pm.proto.errors import UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -128,8 +128,8 @@ def cli_options(parsed: Parsed) -> CliOptions:
 def _launcher(extra: dict[str, str]) -> None:
     """Hydra's launcher names as pmrun's (``persist``: the persistent agents; ``rsh``: ssh
     run as rsh), and a ``-launcher-exec`` that contradicts the launcher refused.  Whether
-    its value is a template or the ssh program is :func:`pm.bootstrap.base.is_template`'s."""
-    from pm.bootstrap.base import is_template
+    its value is a template or the ssh program is :func:`pm.bootstrap.is_template`'s."""
+    from pm.bootstrap import is_template
 
     name = extra.get("launcher")
     if name == "persist":
@@ -155,7 +155,7 @@ def _print(text: str, code: int) -> int:
 
 
 def nodes_of(opts: CliOptions) -> object:
-    from pm.head import Nodes
+    from pm.common.nodes import Nodes
 
     where = hosts_of(opts)
     if where is None:
@@ -168,7 +168,7 @@ def nodes_of(opts: CliOptions) -> object:
 
 
 def bootstrap_options_of(opts: CliOptions) -> dict[str, object]:
-    from pm.bootstrap.base import bootstrap_options
+    from pm.bootstrap import bootstrap_options
 
     try:
         return bootstrap_options(opts.extra)
@@ -210,12 +210,13 @@ def slurm_binding(env: Mapping[str, str]) -> str | None:
 
 
 def _where(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, object]] | None:
-    from pm.bootstrap.base import LOCAL_NAMES, bootstrap_options, default_hosts
+    from pm.bootstrap import bootstrap_options, default_hosts
+    from pm.bootstrap.base import LOCAL_NAMES
 
     entries = None
     try:
         if opts.hosts or opts.hostfile:
-            from pm.hostlist import parse_hostfile, parse_hosts_option
+            from pm.common.hostlist import parse_hostfile, parse_hosts_option
 
             if opts.hostfile:
                 with open(opts.hostfile) as f:
@@ -253,7 +254,7 @@ def exit_codes(ranks: Mapping[int, RankResult], size: int, hosts: list[str],
                slots: list[int]) -> str:
     """-print-all-exitcodes: every rank's exit status (128+N for signal N, - if it never
     reached pmrun), one line per node as Hydra prints them."""
-    from pm.mapping import place
+    from pm.common.mapping import place
 
     per_node: dict[int, list[str]] = {}
     for rank, node in enumerate(place(size, slots)):
@@ -282,12 +283,13 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
         sys.stdout.write(summary(await discover_async()) + "\n")
         return 0
     if "tasks" in opts.extra:
-        from pm.ensemble_cli import run_cli
+        from pm.ensemble.cli import run_cli
 
         return await run_cli(opts)
 
-    from pm.head import JobRun, Nodes
-    from pm.output import stdin_for_job
+    from pm.common.nodes import Nodes
+    from pm.common.output import stdin_for_job
+    from pm.head import JobRun
 
     _collect_from_now_on()
     nodes = nodes_of(opts)
@@ -342,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     import gc
 
     if argv is None:
-        from pm.output import ensure_std_fds
+        from pm.common.output import ensure_std_fds
 
         ensure_std_fds()  # pmrun's own descriptors (pm.quick does this for its path)
     # Start-up allocates only long-lived objects (modules, classes): collecting

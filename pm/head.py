@@ -14,7 +14,6 @@ import functools
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -25,16 +24,17 @@ from pm.agent.node import JobAgent
 from pm.agent.owned import Owned
 from pm.agent.watch import ExitStatus
 from pm.bootstrap.base import head_relays
+from pm.common.mapping import place, process_mapping
+from pm.common.nodes import Nodes
+from pm.common.output import STDERR, STDOUT, Writer, output_window
 from pm.jobenv import new_job_id
 from pm.jobspec import JobPlan, JobSpec, sequence_slots
-from pm.mapping import place, process_mapping
-from pm.output import STDERR, STDOUT, Writer, output_window
-from pm.proto import tree as t
+from pm.proto import tree_wire as t
 
 if TYPE_CHECKING:
     from pm.agent.children import RootRelay
     from pm.agent.started import StartedRanks
-    from pm.spawnjobs import HeadSpawns
+    from pm.spawned_jobs import HeadSpawns
 
 log = logging.getLogger("pm")
 
@@ -75,7 +75,7 @@ class JobResult:
     ranks: dict[int, RankResult] = field(default_factory=dict)
     cause: str | None = None
     stats: dict[str, object] = field(default_factory=dict)
-    #: Jobs the ranks spawned (MPI_Comm_spawn), by number: pm.spawnjobs.SpawnedJob.summary().
+    #: Jobs the ranks spawned (MPI_Comm_spawn), by number: pm.spawned_jobs.SpawnedJob.summary().
     spawned: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -89,21 +89,6 @@ class JobResult:
             (128 + r.signal if r.signal else r.code) if (r := self.ranks.get(i)) else -1
             for i in range(len(self.ranks))
         ]
-
-
-@dataclass(slots=True)
-class Nodes:
-    """Where the job runs: one entry per node agent."""
-
-    hosts: list[str]
-    slots: list[int | None]
-    fanout: int = 32
-    bootstrap: dict[str, object] = field(default_factory=dict)
-
-    @classmethod
-    def local(cls, count: int = 1, fanout: int = 32) -> Nodes:
-        host = socket.gethostname()
-        return cls([host] * count, [None] * count, fanout, {"name": "local"})
 
 
 OutputSink = Callable[..., None]
@@ -197,7 +182,7 @@ class JobRun:
         self._unacked: dict[int, int] = {}
         self.started_at = time.monotonic()
         self.stats: dict[str, object] = {}
-        #: Jobs spawned by the ranks (pm.spawnjobs), made on the first spawn.
+        #: Jobs spawned by the ranks (pm.spawned_jobs), made on the first spawn.
         self.spawns: HeadSpawns | None = None
         self._top_done = False
 
@@ -278,7 +263,7 @@ class JobRun:
             sys.stderr.write(write_profile(self.spec.profile, timeline,
                                            len(self.plan.hosts), self.plan.fanout))
             if self.spawns is not None:
-                from pm.spawnjobs import profile_lines
+                from pm.spawned_jobs import profile_lines
 
                 sys.stderr.write(profile_lines(self.spawns))
         code = self.returncode if self.returncode is not None else 0
@@ -410,7 +395,7 @@ class JobRun:
 
     def _spawner(self) -> HeadSpawns:
         if self.spawns is None:
-            from pm.spawnjobs import HeadSpawns
+            from pm.spawned_jobs import HeadSpawns
 
             self.spawns = HeadSpawns(self)
         return self.spawns
@@ -447,10 +432,10 @@ class JobRun:
             for rank, node in enumerate(agent.node_of_rank):
                 if node == v and rank not in self.ranks:
                     self.ranks[rank] = RankResult(rank, v, -1, 0, "node lost")
-        # The agent that lost the node counts its subtree as done (agent/children.py).
+        # The agent that lost the node counts its subtree as done (pm/agent/children.py).
 
     def _rank_ended(self, r: RankResult) -> None:
-        # (Spawned jobs' ranks: pm.spawnjobs.HeadSpawns._rank_ended.)
+        # (Spawned jobs' ranks: pm.spawned_jobs.HeadSpawns._rank_ended.)
         self.ranks[r.rank] = r
         if r.ok or self._killing:
             return
@@ -540,6 +525,6 @@ class JobRun:
 
 
 def _universe(run: JobRun) -> int:
-    from pm.spawnjobs import universe_size
+    from pm.spawned_jobs import universe_size
 
     return universe_size(run)

@@ -51,7 +51,7 @@ class JobSpec:
     map_by: str = "core"
     report_bindings: bool = False
     profile: str | None = None
-    #: Files for the ranks' stdout / stderr instead of the launcher's (pm.output patterns).
+    #: Files for the ranks' stdout / stderr instead of the launcher's (pm.common.output patterns).
     output: str | None = None
     error: str | None = None
     #: Node memory watermarks for the ranks' ``pmi.reserve`` (sizes or "NN%"; None: 90/80 %),
@@ -157,7 +157,7 @@ class JobPlan:
     universe_size: int | None = None
     #: Serve PMIx to the ranks too (pm.agent.pmix_job).
     pmix: bool = False
-    #: Set for a job made by a spawn (pm.spawnjobs): ``job`` (its number), ``placement``
+    #: Set for a job made by a spawn (pm.spawned_jobs): ``job`` (its number), ``placement``
     #: (vertex of each rank), ``preput`` (keys in its KVS from the start), ``spawner``
     #: (the spawner's kvsname).
     spawned: dict[str, Any] = field(default_factory=dict)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 
+from pm.proto.errors import UsageError
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (pmrun's start-up)
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -23,10 +25,6 @@ if TYPE_CHECKING:
 
 #: Exit status of a command line pmrun refuses.
 EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """A command line (or an environment variable) pmrun cannot run; the message is one line."""
 
 
 # ------------------------------------------------------------------ value checkers
@@ -127,7 +125,7 @@ def env_names(value: str, opt: str) -> list[str]:
 
 
 def out_pattern(value: str, opt: str) -> str:
-    from pm.output import pattern_problem
+    from pm.common.output import pattern_problem
 
     problem = pattern_problem(opt, value)
     if problem:
@@ -222,7 +220,7 @@ def _binding(value: str, opt: str, parser: str, spelled: str) -> str:
 
 
 def hosts(value: str, opt: str) -> str:
-    from pm.hostlist import HostlistError, parse_hosts_option
+    from pm.common.hostlist import HostlistError, parse_hosts_option
 
     try:
         if not parse_hosts_option(value):
@@ -234,7 +232,7 @@ def hosts(value: str, opt: str) -> str:
 
 def hostfile(value: str, opt: str) -> str:
     readable_file(value, opt)
-    from pm.hostlist import HostlistError, parse_hostfile
+    from pm.common.hostlist import HostlistError, parse_hostfile
 
     try:
         with open(value) as f:

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pm.tree import Tree
+from pm.common.kary_tree import Tree
 
 #: Thread id of an agent's own events (above any rank; sorted first by metadata).
 AGENT_TID = 2**31 - 1

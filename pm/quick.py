@@ -47,10 +47,7 @@ from pm.agent.spawn import (
     resolve,
 )
 from pm.agent.started import RankStart, StartedRank, StartedRanks, start_local
-from pm.jobenv import base_env, new_job_id
-from pm.options import UsageError, prepend_of, prepend_prefix, quick_ok, refuse
-from pm.options import parse as parse_options
-from pm.output import (
+from pm.common.output import (
     STDERR,
     STDOUT,
     Writer,
@@ -58,6 +55,10 @@ from pm.output import (
     read_pipe,
     stdin_for_job,
 )
+from pm.jobenv import base_env, new_job_id
+from pm.options import parse as parse_options
+from pm.options import prepend_of, prepend_prefix, quick_ok, refuse
+from pm.proto.errors import UsageError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ class QuickOptions:
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     """The options if the quick path runs this command line (:func:`pm.options.quick_ok`),
-    else None.  Raises :class:`pm.options.UsageError` for a command line pmrun refuses."""
+    else None.  Raises :class:`pm.proto.errors.UsageError` for a command line pmrun refuses."""
     parsed = parse_options(argv, environ)
     if not quick_ok(parsed, environ):
         return None

@@ -1,4 +1,4 @@
-"""Write agent/_pmix_ffi.py: agent/pmix.h compiled by cffi for out-of-line ABI mode.
+"""Write pm/agent/_pmix_ffi.py: pm/agent/pmix.h compiled by cffi for out-of-line ABI mode.
 
     python scripts/gen_pmix_ffi.py [OUT]
 
@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HEADER = ROOT / "agent" / "pmix.h"
-OUT = ROOT / "agent" / "_pmix_ffi.py"
-PREAMBLE = ("# Generated from agent/pmix.h by scripts/gen_pmix_ffi.py (cffi, out-of-line ABI "
+HEADER = ROOT / "pm" / "agent" / "pmix.h"
+OUT = ROOT / "pm" / "agent" / "_pmix_ffi.py"
+PREAMBLE = ("# Generated from pm/agent/pmix.h by scripts/gen_pmix_ffi.py (cffi, out-of-line ABI "
             "mode): do not edit.\n# ruff: noqa\n# mypy: ignore-errors\n")
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 
 import pytest
-from pm.agent.node import JobAgent
-from pm.proto import tree as t
 
-from pm.head import JobRun, Nodes
+from pm.agent.node import JobAgent
+from pm.common.nodes import Nodes
+from pm.head import JobRun
 from pm.jobspec import AppSpec, JobSpec
+from pm.proto import tree_wire as t
 
 pytestmark = pytest.mark.timeout(20)
 

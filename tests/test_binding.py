@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from pm.agent.binding import (
     BIND_TARGETS,
     MAP_TARGETS,

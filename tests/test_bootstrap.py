@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pm.agent.main import place_in_step
-from pm.agent.serve import (
+from pm.agent.service import (
     KeyFileError,
     credentials,
     endpoint,
@@ -28,16 +28,8 @@ from pm.agent.serve import (
     read_public,
     write_keypair,
 )
-from pm.proto import service as sp
-from pm.proto.errors import ProtocolError
-
-from pm.bootstrap.base import (
-    AgentConfig,
-    agent_command,
-    bootstrap_options,
-    default_hosts,
-    get_bootstrap,
-)
+from pm.bootstrap import bootstrap_options, default_hosts, get_bootstrap
+from pm.bootstrap.base import AgentConfig, agent_command
 from pm.bootstrap.persistent import AgentsFileError, parse_agents
 from pm.bootstrap.slurm import (
     SRUN_OPTIONS,
@@ -47,8 +39,10 @@ from pm.bootstrap.slurm import (
     tasks_per_node,
 )
 from pm.bootstrap.ssh import DEFAULT_SSH, SshBootstrap, ssh_argv
-from pm.hostlist import HostlistError, HostSlots, batch_hosts
-from pm.tree import Tree
+from pm.common.hostlist import HostlistError, HostSlots, batch_hosts
+from pm.common.kary_tree import Tree
+from pm.proto import service_wire as sp
+from pm.proto.errors import ProtocolError
 
 pytestmark = pytest.mark.timeout(90)
 

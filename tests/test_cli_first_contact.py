@@ -12,7 +12,8 @@ import pytest
 
 from pm import options
 from pm.cli import parse as full_parse
-from pm.options import OPTIONS, UsageError
+from pm.options import OPTIONS
+from pm.proto.errors import UsageError
 from pm.quick import parse as quick_parse
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -233,7 +234,7 @@ def test_core_n_takes_neighbours_within_the_mapping_domain() -> None:
 ])
 def test_hydra_launcher_spellings(argv: list[str], want: dict[str, str],
                                   tmp_path: Path) -> None:
-    from pm.bootstrap.base import bootstrap_options
+    from pm.bootstrap import bootstrap_options
 
     agents = tmp_path / "agents"
     agents.write_text("")

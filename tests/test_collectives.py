@@ -15,6 +15,7 @@ from collections import Counter, deque
 from typing import Any
 
 import pytest
+
 from pm.agent.collectives import (
     Collectives,
     Complete,
@@ -23,10 +24,9 @@ from pm.agent.collectives import (
     ring_follows_ranks,
     ring_from_allgather,
 )
-from pm.proto.tree import ALLGATHER, BARRIER, FENCE, RING
-
-from pm.mapping import local_ranks
-from pm.tree import Tree
+from pm.common.kary_tree import Tree
+from pm.common.mapping import local_ranks
+from pm.proto.tree_wire import ALLGATHER, BARRIER, FENCE, RING
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,13 +1,12 @@
-"""pm.hostlist: Slurm host lists, Hydra -hosts and host files."""
+"""pm.common.hostlist: Slurm host lists, Hydra -hosts and host files."""
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pm.proto.errors import PMError
 
-from pm.hostlist import (
+from pm.common.hostlist import (
     MAX_HOSTS,
     HostlistError,
     HostSlots,
@@ -16,6 +15,7 @@ from pm.hostlist import (
     parse_hostfile,
     parse_hosts_option,
 )
+from pm.proto.errors import PMError
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -64,7 +64,7 @@ def test_ctrl_c_at_the_terminal_reaches_the_agents_through_pmrun(tmp_path: Path,
     assert "forwarding SIGINT" in text
     # Only the ranks died of it (forwarded); no agent got it from the terminal itself.
     assert text.count("KeyboardInterrupt") == 2, text
-    assert "lost" not in text and "agent/main.py" not in text, text
+    assert "lost" not in text and "pm/agent/main.py" not in text, text
     wait_gone(marker, 10)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pm.agent.kvs import NodeKVS, rank_key
 from pm.proto import native
 

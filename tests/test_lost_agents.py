@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from launch_util import cmdline, read_lines, wait_until
+
 from pm.agent.watch import ChildWatch
 
 #: Each rank says who its agent is, then waits to be killed.

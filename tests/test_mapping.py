@@ -1,4 +1,4 @@
-"""pm.mapping: Hydra's rank placement and MPICH's PMI_process_mapping."""
+"""pm.common.mapping: Hydra's rank placement and MPICH's PMI_process_mapping."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ import uuid
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pm.proto.errors import PMError
 
-from pm.mapping import (
+from pm.common.mapping import (
     MAX_MAPPING_LEN,
     MappingError,
     local_ranks,
@@ -24,6 +23,7 @@ from pm.mapping import (
     place,
     process_mapping,
 )
+from pm.proto.errors import PMError
 
 pytestmark = pytest.mark.timeout(60)
 

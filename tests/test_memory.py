@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from pm.agent.memory import (
     Admission,
     MemoryGovernor,

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from cgroup_util import MemCgroup, memory_cgroup
 from launch_util import pmrun_argv, pmrun_env
-from pm.agent.memory import parse_size
 
+from pm.agent.memory import parse_size
+from pm.common.nodes import Nodes
 from pm.ensemble import Ensemble, Event
-from pm.head import Nodes
 
 pytestmark = pytest.mark.cgroup
 

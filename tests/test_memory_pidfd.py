@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+
 from pm.agent.memory import MemoryGovernor, OverrunEvent, Watermarks
 from pm.agent.memprobe import signal_tree
 

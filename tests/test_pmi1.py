@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from launch_util import script
+
 from pm.proto import pmi1
 from pm.proto.errors import ProtocolError
 

@@ -6,6 +6,7 @@ What the engine answers is in tests/test_pmi_engine.py; Slurm's libpmi2 client
 from __future__ import annotations
 
 import pytest
+
 from pm.proto.errors import ProtocolError
 from pm.proto.pmi2 import (
     Pmi2Command,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pm.mapping import place, process_mapping
+from pm.common.mapping import place, process_mapping
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
 from pm.agent.pmi_engine import (
     Action,
     Close,
@@ -32,7 +33,7 @@ from pm.agent.pmi_engine import (
 from pm.proto import native, pmi1
 from pm.proto.errors import RankFailed
 from pm.proto.spawn import SpawnCommand, SpawnRequest, SpawnResult
-from pm.proto.tree import ALLGATHER, BARRIER, FENCE, RING
+from pm.proto.tree_wire import ALLGATHER, BARRIER, FENCE, RING
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from pm.agent import pmix_detect, pmix_server
 from pm.agent.pmix_job import node_names
 
@@ -154,7 +155,7 @@ def test_locality_strings_name_what_a_bound_rank_touches() -> None:
 
 
 def test_the_pre_parsed_declarations_match_pmix_h() -> None:
-    # agent/_pmix_ffi.py is made from agent/pmix.h by scripts/gen_pmix_ffi.py.
+    # pm/agent/_pmix_ffi.py is made from pm/agent/pmix.h by scripts/gen_pmix_ffi.py.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
     try:
         import gen_pmix_ffi

@@ -1,4 +1,4 @@
-"""The environment ``pm-agent serve`` gives the job agents it starts (``pm.agent.serve``).
+"""The environment ``pm-agent serve`` gives the job agents it starts (``pm.agent.service``).
 
 Pure functions, no service: the fixed set made from the passwd entry and the
 configuration, the variables ``pass_env`` names, PYTHONPATH only with the
@@ -14,7 +14,9 @@ import pwd
 from pathlib import Path
 
 import pytest
-from pm.agent.serve import (
+
+import pm
+from pm.agent.service import (
     DEFAULT_PATH,
     KeyFileError,
     agent_env,
@@ -23,8 +25,6 @@ from pm.agent.serve import (
     load_config,
     write_keypair,
 )
-
-import pm
 
 pytestmark = pytest.mark.timeout(30)
 

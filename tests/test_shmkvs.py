@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from pm.agent.shmkvs import ShmKVSWriter, cleanup_stale
 from pm.client.shmkvs import ShmKVSReader
 from pm.proto import shm_layout as L

@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
+
 from pm.agent.sim import (
     CORRUPT_ENV,
     ValuePattern,

@@ -19,6 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from launch_util import pmrun_argv, pmrun_env, script, wait_count, wait_gone
+
 from pm.proto.shm_layout import NAME_PREFIX
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(120)]

@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from pm.agent.spawn_jobs import members
-from pm.proto import pmi1, pmi2, spawn
-from pm.proto import tree as t
-from pm.proto.errors import ProtocolError
 
-from pm.spawnjobs import SpawnRefused, dense, info_hosts, place_spawn
-from pm.tree import Tree
+from pm.agent.spawned_jobs import members
+from pm.common.kary_tree import Tree
+from pm.proto import pmi1, pmi2, spawn
+from pm.proto import tree_wire as t
+from pm.proto.errors import ProtocolError
+from pm.spawned_jobs import SpawnRefused, dense, info_hosts, place_spawn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

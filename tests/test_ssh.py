@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from launch_util import mpi_missing, pmrun_argv, pmrun_env, script
 from realcluster_util import RealCluster
 
-from pm.bootstrap.base import bootstrap_options
-from pm.tree import Tree
+from pm.bootstrap import bootstrap_options
+from pm.common.kary_tree import Tree
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 

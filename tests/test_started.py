@@ -1,5 +1,5 @@
 """One way to start a node's ranks (pm.agent.started.start_local), the one pipe reader
-(pm.output.read_pipe), and the hand-over of what was started: whole, one owner at a time."""
+(pm.common.output.read_pipe), and the hand-over of what was started: whole, one owner at a time."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import sys
 from typing import Any
 
 import pytest
+
 from pm.agent.spawn import PMI_FD, rank_env
 from pm.agent.started import RankStart, StartedRanks, start_local
 from pm.agent.watch import ChildWatch
-
-from pm.output import LineBuffer, read_pipe
+from pm.common.output import LineBuffer, read_pipe
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -132,7 +132,7 @@ async def test_the_watch_takes_the_pidfd_it_is_given() -> None:
 def test_started_ranks_is_importable_without_asyncio() -> None:
     import subprocess
 
-    code = ("import sys; import pm.agent.started, pm.output; "
+    code = ("import sys; import pm.agent.started, pm.common.output; "
             "sys.exit('asyncio' in sys.modules)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=30).returncode == 0
@@ -186,8 +186,7 @@ async def test_a_line_longer_than_the_output_window_is_not_stuck() -> None:
     import asyncio
 
     from pm.agent.ranks import LocalRanks
-
-    from pm.output import output_window
+    from pm.common.output import output_window
 
     assert output_window(64) < 600_000
     agent = _Agent(1)
@@ -205,7 +204,7 @@ async def test_the_output_thread_writes_in_order_reports_credit_and_ends_with_cl
     import asyncio
     import threading
 
-    from pm.output import Writer
+    from pm.common.output import Writer
 
     r, w = os.pipe()
     writer = Writer(True, out_fd=w)
@@ -232,7 +231,7 @@ async def test_the_output_thread_writes_in_order_reports_credit_and_ends_with_cl
 async def test_the_output_thread_keeps_writing_stderr_after_stdout_lost_its_reader() -> None:
     import asyncio
 
-    from pm.output import STDERR, STDOUT, Writer
+    from pm.common.output import STDERR, STDOUT, Writer
 
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from pm.agent.memory import NodeMemory, Watermarks, tree_rss
 
-from pm.tasks import (
+from pm.agent.memory import NodeMemory, Watermarks, tree_rss
+from pm.ensemble.scheduler import (
     EnsembleScheduler,
     Progress,
     Start,

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
 from pm.agent import topology
 from pm.agent.topology import (
     Topology,

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from client_util import results, write_program
 from launch_util import cmdline, pmrun_env, read_lines, wait_until
+
 from pm.agent.topology import Topology, discover, summary
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,4 +1,4 @@
-"""pm.tree: shape, pre-order numbering, routing and speed of the agent tree."""
+"""pm.common.kary_tree: shape, pre-order numbering, routing and speed of the agent tree."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pm.tree import Tree
+from pm.common.kary_tree import Tree
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pm.proto import tree as t
+
+from pm.proto import tree_wire as t
 
 BIG = r"""
 import hashlib

@@ -12,9 +12,10 @@ import msgpack
 import pytest
 import zmq
 import zmq.asyncio
+
 from pm.agent import links
 from pm.agent.links import ChildPort, secure
-from pm.proto import tree as t
+from pm.proto import tree_wire as t
 from pm.proto.errors import AuthError, ProtocolError
 
 pytestmark = pytest.mark.timeout(20)

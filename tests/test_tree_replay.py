@@ -1,6 +1,6 @@
 """Tree frames cannot be replayed, reflected, or sent to another link.
 
-The codec (``pm.proto.tree`` envelopes and :class:`~pm.proto.tree.LinkSeal`)
+The codec (``pm.proto.tree_wire`` envelopes and :class:`~pm.proto.tree_wire.LinkSeal`)
 without sockets, then the real zmq links: a :class:`ChildPort` and a
 :class:`ParentLink` facing a peer that replays what it captured.
 """
@@ -16,8 +16,9 @@ from collections.abc import Callable
 import pytest
 import zmq
 import zmq.asyncio
+
 from pm.agent.links import ChildPort, ParentLink, secure
-from pm.proto import tree as t
+from pm.proto import tree_wire as t
 from pm.proto.errors import AuthError
 
 pytestmark = pytest.mark.timeout(30)

@@ -29,11 +29,11 @@ def prestart(hosts: list[str], given: list[int | None], options: dict[str, Any],
     command that starts every agent (``"step"``), if the bootstrap is one that can."""
     if options.get("start") not in ("first", "step") or not spec.apps:
         return
-    from pm.bootstrap.base import get_bootstrap
+    from pm.bootstrap import get_bootstrap
     from pm.bootstrap.exec import CommandBootstrap
+    from pm.common.kary_tree import Tree
+    from pm.common.mapping import place
     from pm.jobspec import sequence_slots
-    from pm.mapping import place
-    from pm.tree import Tree
 
     try:
         slots = sequence_slots(spec, len(hosts), given)
@@ -44,7 +44,7 @@ def prestart(hosts: list[str], given: list[int | None], options: dict[str, Any],
     if not isinstance(boot, CommandBootstrap):
         return
     if options.get("start") == "step":
-        from pm.hostlist import compress
+        from pm.common.hostlist import compress
 
         with contextlib.suppress(Exception):  # vertex -1: the step that starts them all
             _STARTED[-1] = (compress(hosts[:used]), boot.launch_step(hosts[:used]))

@@ -1,7 +1,7 @@
 """Use running ``pm-agent serve`` services (``--agents FILE``): no process to start per host.
 
 The head asks each node's service, over a CURVE-secured ZeroMQ connection,
-to start the agent of one vertex of the job (``pm.proto.service``).  An agent
+to start the agent of one vertex of the job (``pm.proto.service_wire``).  An agent
 with children opens its tree port first and the service returns its
 address; the head then asks the children's services to start their agents
 with that address as parent.  So the tree of links is the same as with the
@@ -38,9 +38,9 @@ import zmq.asyncio
 
 from pm.agent.owned import Owned
 from pm.bootstrap.base import AgentConfig, Bootstrap, join_timeout_of
-from pm.proto import service as sp
+from pm.common.kary_tree import Tree
+from pm.proto import service_wire as sp
 from pm.proto.errors import ProtocolError
-from pm.tree import Tree
 
 log = logging.getLogger("pm.bootstrap.persistent")
 
@@ -69,7 +69,7 @@ def _host_of(word: str) -> str:
 
 def parse_agents(text: str, base: Path | None = None) -> dict[str, Any]:
     """``{"services": {host: {"address", "key"}}, "client_key": path}`` of an agents file."""
-    from pm.agent.serve import KeyFileError, read_public
+    from pm.agent.service import KeyFileError, read_public
 
     services: dict[str, dict[str, str]] = {}
     client_key = os.environ.get("PM_CLIENT_KEY") or DEFAULT_CLIENT_KEY
@@ -263,7 +263,7 @@ class PersistentBootstrap(Bootstrap):
         if entry is None:
             raise LookupError(f"no pm-agent service for {host} in the agents file")
         from pm.agent.links import context
-        from pm.agent.serve import read_keypair
+        from pm.agent.service import read_keypair
 
         keys = read_keypair(str(self.options.get("client_key") or DEFAULT_CLIENT_KEY))
         self._ctx = context()

@@ -1,6 +1,6 @@
 """Start agents inside a Slurm allocation (``--launcher slurm``).
 
-Hosts come from ``SLURM_JOB_NODELIST`` (bracket syntax, ``pm.hostlist``) and
+Hosts come from ``SLURM_JOB_NODELIST`` (bracket syntax, ``pm.common.hostlist``) and
 their slots from ``SLURM_TASKS_PER_NODE`` (``2(x3),1``).  All agents start as
 **one** job step, one task per node (``srun --overlap --nodes=N --ntasks=N
 --ntasks-per-node=1 --nodelist=HOSTS ... python -P -m pm.agent.main child``):
@@ -38,7 +38,7 @@ from typing import Any
 from pm.bootstrap.base import AgentConfig, agent_command
 from pm.bootstrap.exec import CommandBootstrap
 from pm.bootstrap.pipes import Piped
-from pm.hostlist import HostlistError, compress, expand
+from pm.common.hostlist import HostlistError, compress, expand
 
 SRUN_OPTIONS = ("--overlap", "--whole", "--cpu-bind=none", "--mpi=none", "--quiet")
 #: What srun says about a task that failed on a node, or a node that failed.

@@ -1,0 +1,692 @@
+"""The agent's side of one job: the node's ranks, the PMI they are served, aggregation.
+
+A :class:`JobAgent` is one vertex of the job's tree.  It owns three parts:
+its ranks as processes (spawn, pipes, stdin, exits, the kill) in
+:class:`pm.agent.ranks.LocalRanks`, collectives in
+:class:`pm.agent.coll_shell.NodeCollectives`, and direct gets of other nodes'
+keys and the name service in :class:`pm.agent.tree_requests.TreeRequests`.
+This module keeps the node's KVS, is the host the ranks' PMI sessions talk
+to, and routes the tree messages the parts exchange.  Its *parent* is the
+next agent up (or, for vertex 0, the head in the same process); its
+*children* are agents it started itself.  Everything it says travels as
+``pm.proto.tree_wire`` messages through :class:`Uplink`/:class:`Downlinks`, so
+the same code runs in-process under the head and in a separate ``pm-agent``
+process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pm.agent.coll_shell import NodeCollectives
+from pm.agent.collectives import report_counts
+from pm.agent.kvs import NodeKVS
+from pm.agent.owned import Owned
+from pm.agent.ranks import LocalRanks, PmiPhase, RankLife, RankProc
+from pm.agent.shm_reaper import ShmReaper, sweep_node
+from pm.agent.tree_requests import TreeRequests
+from pm.common.kary_tree import Tree
+from pm.common.mapping import local_ranks, place
+from pm.common.output import STDERR
+from pm.jobspec import JobPlan
+from pm.proto import tree_wire as t
+from pm.proto.errors import PMError
+
+log = logging.getLogger("pm.agent")
+
+#: How long a rank may live after closing its PMI connection before finalize.
+EOF_GRACE = 1.0
+#: Seconds between two looks at which /dev/shm files the ranks map.
+SHM_SAMPLE_PERIOD = 2.0
+#: A rank's first collectives (MPI_Init's) at which its maps are read.
+EARLY_SAMPLES = 3
+
+
+if TYPE_CHECKING:
+    from pm.agent.spawned_jobs import AgentSpawns, SpawnRequests
+    from pm.agent.started import StartedRanks
+    from pm.proto.spawn import SpawnRequest, SpawnResult
+
+    class Uplink(Protocol):
+        def send(self, msg: t.Msg) -> None: ...
+
+    class Downlinks(Protocol):
+        def send(self, vertex: int, msg: t.Msg) -> None: ...
+
+
+class AgentState(enum.Enum):
+    """Where a vertex is in its job."""
+
+    RUNNING = "running"
+    KILLING = "killing"  # the job is being killed: what ends now is the kill's doing
+    DONE = "done"  # every rank of the subtree ended and Done went up
+
+
+class JobAgent:
+    """Vertex ``vertex`` of the tree running ``plan``."""
+
+    def __init__(self, plan: JobPlan, vertex: int, parent: Uplink, host: str | None = None) -> None:
+        self.plan = plan
+        self.vertex = vertex
+        self.parent = parent
+        self.children_link: Downlinks | None = None
+        self.host = host or socket.gethostname()
+        self.size = plan.size
+        self.kvsname = plan.kvsname
+        self.tree = Tree(len(plan.hosts), plan.fanout)
+        self.children = list(self.tree.children(vertex))
+        if plan.spawned:
+            # A spawned job (pm.agent.spawned_jobs): placed by the head, and only the
+            # subtrees holding its ranks take part.
+            from pm.agent.spawned_jobs import members
+
+            self.node_of_rank = list(plan.spawned["placement"])
+            taking_part = members(self.tree, self.node_of_rank)
+            self.children = [c for c in self.children if c in taking_part]
+        else:
+            self.node_of_rank = place(plan.size, plan.slots)
+        self.local = local_ranks(self.node_of_rank).get(vertex, [])
+        self.kvs = NodeKVS()
+        self._node_attrs: dict[str, str] = {}
+        self._node_waiters: dict[str, list[asyncio.Future[str | None]]] = {}
+        self._out: list[Any] = []
+        self._exits: list[Any] = []
+        self._flush_scheduled = False
+        self._children_done: set[int] = set()
+        self._child_stats: list[dict[str, Any]] = []
+        #: Running, killing (exits from then on are the kill's doing), or done (said so up).
+        self.state = AgentState.RUNNING
+        self.loop = asyncio.get_running_loop()
+        #: Our tasks and timers (the ranks' are ``procs.owned``): ended by close()/aclose().
+        self.owned = Owned(self.loop)
+        self.done = self.loop.create_future()
+        #: The ranks' collectives; gets of other nodes' keys and names, through the tree.
+        self.coll = NodeCollectives(self)
+        self.requests = TreeRequests(self)
+        #: The node's ranks as processes; ``ranks`` is theirs, by rank.
+        self.procs = LocalRanks(self, self.local)
+        self.ranks = self.procs.ranks
+        self.job_attrs: dict[str, str] = {}
+        if plan.mapping:
+            self.job_attrs["PMI_process_mapping"] = plan.mapping
+        self.extra_env: dict[str, str] = {}
+        self.cpusets: list[frozenset[int]] | None = None
+        self.shm: Any = None  # pm.agent.shmkvs.ShmKVSWriter when --kvs shm
+        self._shm_tried = False
+        #: Start-up events (wall time, vertex, rank, name, args) when profiling.
+        self.timeline: list[Any] | None = [] if plan.profile else None
+        #: Figures of the simulated ranks (pm.agent.sim), merged up with Done.
+        self.sim_stats: dict[str, Any] | None = None
+        self.on_close: list[Callable[[], None]] = []
+        #: The /dev/shm files the node's ranks create, removed with the job (pm.agent.shm_reaper).
+        self.shm_reaper: ShmReaper | None = None
+        self._shm_sampler: asyncio.TimerHandle | None = None
+        self._early_colls: dict[int, int] = {}
+        #: The job as a PMIx namespace (pm.agent.pmix_job) when the plan asks for PMIx.
+        self.pmix: Any = None
+        self._pmix_failed = False
+        self._pmix_early: list[t.GetReq] = []  # direct gets that came before the server
+        #: Spawned jobs running here too (launched job only), and our ranks' spawns.
+        self.spawns: AgentSpawns | None = None
+        self.spawn_requests: SpawnRequests | None = None
+        if plan.spawned.get("spawner"):
+            self.job_attrs["spawner-jobid"] = plan.spawned["spawner"]
+
+    @property
+    def killing(self) -> bool:
+        """The job is ending here: killed, or done."""
+        return self.state is not AgentState.RUNNING
+
+    # ------------------------------------------------------------------ launch
+    def mark(self, what: str, rank: int = -1, **args: Any) -> None:
+        """Record a start-up event for --profile (a no-op otherwise)."""
+        if self.timeline is not None:
+            self.timeline.append([time.time(), self.vertex, rank, what, args])
+
+    async def prepare(self) -> None:
+        """What the node's ranks need before they start: topology XML, shared-memory KVS."""
+        if not self.local or self.plan.sim_ranks:
+            return
+        plan = self.plan
+        from pm.agent import topo_share
+
+        # The PMIx server starts (in a thread) while the topology is discovered.
+        pmix = self.owned.spawn(self._start_pmix()) if plan.pmix else None
+        topo = None
+        xml = None if plan.bind_to not in ("", "none") else topo_share.cached_xml()
+        if xml is None:
+            try:
+                topo = await asyncio.to_thread(topo_share.discover_and_cache)
+                xml = topo.xml
+            except PMError as exc:
+                log.info("agent %d: no topology for the ranks: %s", self.vertex, exc)
+        if xml and topo_share.sharing_enabled(plan.env):
+            path = topo_share.write_job_xml(xml, plan.job_id)
+            self.on_close.append(lambda: topo_share.remove_job_xml(path))
+            self.extra_env.update(HWLOC_XMLFILE=path, HWLOC_THISSYSTEM="1")
+            self.job_attrs["PMI_hwloc_xmlfile"] = path
+        if topo is not None and plan.bind_to not in ("", "none"):
+            self._bind(topo)
+        if pmix is not None:
+            self._open_pmix(await pmix, topo)
+
+    async def _start_pmix(self) -> Any:
+        from pm.agent.pmix_job import PmixJob
+
+        try:
+            return await PmixJob.start_server(self)
+        except PMError as exc:
+            return exc
+
+    def _open_pmix(self, srv: Any, topo: Any) -> None:
+        """The job registered with the PMIx server (or the server's failure reported)."""
+        from pm.agent.pmix_job import PmixJob
+
+        try:
+            if isinstance(srv, PMError):
+                raise srv
+            job = PmixJob(self, srv)
+            self.on_close.append(job.close)
+            job.register(topo)
+            self.pmix = job
+        except PMError as exc:
+            # One line naming the node; the head ends the job (no rank starts here).
+            self._pmix_failed = True
+            self.parent.send(t.AgentError(self.vertex, self.host, f"cannot serve PMIx: {exc}"))
+            return
+        early, self._pmix_early = self._pmix_early, []
+        for msg in early:
+            self.pmix.serve_get(msg)
+
+    def _bind(self, topo: Any) -> None:
+        from pm.agent.binding import compute_bindings, report_line
+
+        b = compute_bindings(topo, len(self.local), self.plan.bind_to, self.plan.map_by or "core")
+        if b.notice:
+            log.warning("node %d: %s", self.vertex, b.notice)
+        self.cpusets = list(b.cpusets) if b.cpusets is not None else None
+        if self.plan.report_bindings:
+            out = []
+            for i, r in enumerate(self.local):
+                cpus = self.cpusets[i] if self.cpusets else None
+                out.append([r, STDERR, (report_line(r, self.host, cpus) + "\n").encode()])
+            self.parent.send(t.Output(out))
+
+    def _open_shm(self) -> None:
+        """Open the node's shared-memory KVS on the first native client (MPI ranks never use it)."""
+        self._shm_tried = True
+        from pm.agent.shmkvs import ShmKVSWriter, cleanup_stale
+
+        try:
+            cleanup_stale()
+            self.shm = ShmKVSWriter(self.plan.job_id, self.vertex)
+        except PMError as exc:
+            log.warning("node %d: shared-memory KVS unavailable, ranks use the socket: %s",
+                        self.vertex, exc)
+            return
+        shm = self.shm
+        self.on_close.append(shm.close)
+        # What this node already holds from fences becomes visible in shm too.
+        self.shm_insert(list(self.kvs.values.items()))
+
+    def start_ranks(self) -> None:
+        """Spawn every local rank (synchronously: posix_spawn is fast)."""
+        if not self.local:
+            self._check_done()
+            return
+        if self.plan.sim_ranks:
+            # Ranks emulated in-process (scale studies): everything but processes and sockets.
+            from pm.agent.sim import start_sim
+
+            start_sim(self)
+            return
+        if self._pmix_failed:
+            from pm.agent.watch import ExitStatus
+
+            for proc in self.ranks.values():  # never started: ended, so the node is done
+                proc.status, proc.reason = ExitStatus(127, 0), "could not start: no PMIx server"
+                self.procs.report(proc)
+            return
+        base = dict(self.plan.env)
+        base.update(self.extra_env)
+        self._watch_shm(ShmReaper())
+        self.procs.start(base, self.cpusets)
+        self._note_xml()
+
+    def adopt_ranks(self, started: StartedRanks) -> None:
+        """Take over the ranks ``pmrun``'s quick path started (:mod:`pm.quick`), their
+        topology XML and /dev/shm baseline: what :meth:`prepare` and :meth:`start_ranks`
+        would have done.  They are this agent's from now on (``started`` lets them go)."""
+        path, started.xml_path = started.xml_path, None
+        if path:
+            from pm.agent import topo_share
+
+            self.on_close.append(lambda: topo_share.remove_job_xml(path))
+            self.extra_env.update(HWLOC_XMLFILE=path, HWLOC_THISSYSTEM="1")
+            self.job_attrs["PMI_hwloc_xmlfile"] = path
+        reaper, started.shm_reaper = started.shm_reaper, None
+        self._watch_shm(reaper or ShmReaper())
+        self.procs.adopt(started)
+        self._note_xml()
+
+    def _note_xml(self) -> None:
+        """The job's topology copy goes with the ranks' guardian too, if this agent dies."""
+        path = self.extra_env.get("HWLOC_XMLFILE")
+        if path and self.procs.guardian is not None:
+            self.procs.guardian.note([path])
+
+    def _watch_shm(self, reaper: ShmReaper) -> None:
+        self.shm_reaper = reaper
+        self._shm_sampler = self.owned.call_later(SHM_SAMPLE_PERIOD, self._sample_shm, True)
+
+    def _live_pids(self) -> list[int]:
+        return [p.pid for p in self.ranks.values() if p.pid and p.status is None]
+
+    def _sample_shm(self, again: bool = False, pids: list[int] | None = None) -> None:
+        """Note the /dev/shm files the live ranks map (they go when the job ends, and with
+        the ranks' guardian if this agent dies first)."""
+        if self.shm_reaper is None:
+            return
+        fresh = self.shm_reaper.sample(self._live_pids() if pids is None else pids)
+        if fresh and self.procs.guardian is not None:
+            self.procs.guardian.note(fresh)
+        if again:
+            self._shm_sampler = self.owned.call_later(SHM_SAMPLE_PERIOD, self._sample_shm, True)
+
+    # ------------------------------------------------------------------ output, exits
+    def rank_output(self, rank: int, stream: int, lines: bytes) -> None:
+        """Complete lines a local rank wrote (pm.agent.ranks): up the tree, batched."""
+        self._out.append([rank, stream, lines])
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out:
+            out, self._out = self._out, []
+            self.parent.send(t.Output(out))
+        if self._exits:
+            exits, self._exits = self._exits, []
+            self.parent.send(t.Exits(exits))
+        self._check_done()
+
+    def rank_ended(self, proc: RankProc) -> None:
+        """A local rank ended and its pipes are drained (pm.agent.ranks): report it."""
+        st = proc.status
+        assert st is not None
+        if not st.ok:
+            self._sample_shm()  # what the others map, before the job is killed
+        self._exits.append([proc.rank, self.vertex, st.code, st.signal, proc.reason])
+        self.kvs.settle(proc.rank)
+        if getattr(self, "reservations", None) is not None:
+            self.reservations.release_rank(proc.rank)  # a rank that died holds nothing
+        self._schedule_flush()
+
+    def rank_event(self, rank: int, event: str, detail: Any = None) -> None:
+        proc = self.ranks[rank]
+        if self.timeline is not None:
+            self.mark(_EVENT_MARKS.get(event, event), rank)
+        if event == "init":
+            proc.pmi = PmiPhase.INITIALIZED
+        elif event == "finalize":
+            proc.pmi = PmiPhase.FINALIZED
+            self.kvs.settle(rank)
+        elif event == "abort":
+            code, message = detail
+            self.parent.send(t.Abort(rank, self.vertex, code, message))
+        elif event == "eof":
+            if not detail and proc.status is None:
+                self.owned.call_later(EOF_GRACE, self._eof_without_finalize, proc)
+        elif event == "error" and proc.status is None and not self.killing:
+            # A PMI stream that cannot be followed: the rank fails, named with the cause.
+            proc.reason = f"sent a PMI stream that cannot be served: {detail}"
+            self._exits.append([proc.rank, self.vertex, -1, 0, proc.reason])
+            self._schedule_flush()
+
+    def _eof_without_finalize(self, proc: RankProc) -> None:
+        if proc.status is None and not self.killing:
+            proc.reason = "closed its PMI connection before finalize"
+            self._exits.append([proc.rank, self.vertex, -1, 0, proc.reason])
+            self._schedule_flush()
+
+    def _check_done(self) -> None:
+        if self.state is AgentState.DONE:
+            return
+        if all(p.life is RankLife.REPORTED for p in self.ranks.values()) and (
+                self._children_done.issuperset(self.children)):
+            if self._out or self._exits:
+                self._schedule_flush()
+                return
+            self.state = AgentState.DONE
+            report_counts(self.vertex, self.coll.machine)  # only with PM_COUNT_MSGS set
+            # Per-node figures of the whole subtree travel up with Done.
+            kvs_bytes = {str(self.vertex): [
+                self.kvs.bytes, self.shm.bytes_used if self.shm is not None else 0]}
+            timeline = list(self.timeline or [])
+            for st in self._child_stats:
+                kvs_bytes.update(st.get("kvs_bytes", {}))
+                timeline.extend(st.get("timeline", []))
+            stats: dict[str, Any] = {"kvs_bytes": kvs_bytes}
+            if self.plan.sim_ranks:
+                from pm.agent.sim import merge_stats
+
+                stats["sim"] = merge_stats(self.sim_stats,
+                                           [st.get("sim") for st in self._child_stats])
+            if self.timeline is not None:
+                timeline.append([time.time(), self.vertex, -1, "done", {}])
+                stats["timeline"] = timeline
+            self.parent.send(t.Done(self.vertex, stats))
+            if not self.done.done():
+                self.done.set_result(None)
+
+    # ------------------------------------------------------------------ KVS
+    def appnum(self, rank: int) -> int:
+        return self.plan.app_of_rank(rank)
+
+    def universe_size(self) -> int:
+        """-usize when given, else the slots of the job's nodes (pm.spawned_jobs.universe_size)."""
+        return self.plan.universe_size or self.size
+
+    def native_info(self, rank: int) -> dict[str, Any]:
+        proc = self.ranks[rank]
+        if self.plan.kvs == "shm" and not self._shm_tried:
+            self._open_shm()
+        return {
+            "rank": rank, "size": self.size, "local_rank": proc.local_rank,
+            "local_size": len(self.local), "appnum": self.appnum(rank),
+            "kvsname": self.kvsname, "node": self.vertex, "nnodes": len(self.plan.hosts),
+            "host": self.host, "job_id": self.plan.job_id,
+            "shm": self.shm.name if self.shm is not None else None,
+            # A spawned job: its number, and the keys its spawner pre-put (pm.client.spawn).
+            "spawned": self.plan.spawned.get("job", 0),
+            "preput": self.plan.spawned.get("preput", {}),
+        }
+
+    def job_attr(self, key: str) -> str | None:
+        if key == "universeSize":
+            return str(self.universe_size())
+        return self.job_attrs.get(key)
+
+    def put(self, rank: int, key: bytes, value: bytes) -> None:
+        if self.timeline is not None:
+            self.mark("put", rank, key=key.decode("utf-8", "replace"), size=len(value))
+        self.kvs.put(rank, key, value)
+
+    def get_now(self, key: bytes) -> bytes | None:
+        return self.kvs.get(key)
+
+    def get_from(self, rank: int, src: int, key: bytes) -> asyncio.Future[bytes | None]:
+        return self.requests.get_from(rank, src, key)
+
+    def node_attr_put(self, key: str, value: str) -> None:
+        self._node_attrs[key] = value
+        for fut in self._node_waiters.pop(key, []):
+            if not fut.done():
+                fut.set_result(value)
+
+    def node_attr_get(self, key: str, wait: bool) -> asyncio.Future[str | None]:
+        fut: asyncio.Future[str | None] = self.loop.create_future()
+        value = self._node_attrs.get(key)
+        if value is not None or not wait:
+            fut.set_result(value)
+        else:
+            self._node_waiters.setdefault(key, []).append(fut)
+        return fut
+
+    def name_service(self, action: str, service: str, port: str) -> asyncio.Future[Any]:
+        return self.requests.name_service(action, service, port)
+
+    def spawn(self, rank: int, request: SpawnRequest) -> asyncio.Future[SpawnResult]:
+        """A new job for ``rank`` (MPI_Comm_spawn): answered once its ranks are started."""
+        from pm.agent.spawned_jobs import requests_of
+
+        return requests_of(self).request(rank, request)
+
+    def reserve(self, rank: int, nbytes: int) -> asyncio.Future[int]:
+        """A ``pmi.reserve`` block: the id once the node admits ``nbytes`` for ``rank``
+        under the plan's watermarks (one budget for all of this job's ranks here)."""
+        if getattr(self, "reservations", None) is None:
+            from pm.agent.memory import RankReservations
+
+            self.reservations = RankReservations(
+                self.plan.mem_high, self.plan.mem_low,
+                self.plan.mem_overrun,  # type: ignore[arg-type]  # checked by JobSpec
+                where=f"node {self.vertex} ({self.host})")
+        return self.reservations.reserve(rank, self.ranks[rank].pid, nbytes,
+                                         pidfd=self.procs.pidfd(rank))
+
+    def release(self, rank: int, ident: int) -> None:
+        if getattr(self, "reservations", None) is not None:
+            self.reservations.release(rank, ident)
+
+    # ------------------------------------------------------------------ collectives
+    def collective(self, kind: int, rank: int, value: Any) -> asyncio.Future[Any]:
+        if self.shm_reaper is not None and self._early_colls.get(rank, 0) < EARLY_SAMPLES:
+            # MPI_Init makes the rank's segments before its first collectives: see them now.
+            self._early_colls[rank] = self._early_colls.get(rank, 0) + 1
+            proc = self.ranks.get(rank)
+            if proc is not None and proc.pid:
+                self._sample_shm(pids=[proc.pid])
+        return self.coll.collective(kind, rank, value)
+
+    def shm_insert(self, items: list[tuple[bytes, bytes]], replace: bool = False) -> bool:
+        """Into the node's shared-memory KVS; False (and served from the socket) when full."""
+        try:
+            self.shm.insert_many(items, replace=replace)
+            return True
+        except PMError as exc:
+            log.warning("node %d: shared-memory KVS full, serving from the socket: %s",
+                        self.vertex, exc)
+            return False
+
+    def fail_collectives(self, why: str) -> None:
+        self.coll.fail(why)
+        self.requests.fail(why)
+        self.kvs.fail_waiters()
+
+    # ------------------------------------------------------------------ tree messages
+    def route(self, dst: int, msg: t.Msg) -> None:
+        """Send ``msg`` on its way to vertex ``dst`` (handled here when it is this one)."""
+        if dst == self.vertex:
+            self.from_tree(msg)
+            return
+        hop = self.tree.route(self.vertex, dst)
+        if hop == self.tree.parent(self.vertex):
+            self.parent.send(msg)
+        elif self.children_link is not None:
+            self.children_link.send(hop, msg)
+
+    def from_parent(self, msg: t.Msg) -> None:
+        """A message that came down the tree."""
+        try:
+            self._from_parent(msg)
+        except Exception as exc:
+            self._internal_error(msg, exc)
+
+    def from_child(self, child: int, msg: t.Msg) -> None:
+        """A message that came up from child agent ``child``."""
+        try:
+            self._from_child(child, msg)
+        except Exception as exc:
+            self._internal_error(msg, exc)
+
+    def _internal_error(self, msg: t.Msg, exc: Exception) -> None:
+        # A bug here would leave collectives waiting for ever: end the job instead,
+        # naming the node, as for any other fatal agent error.
+        log.exception("agent %d failed handling %s", self.vertex, type(msg).__name__)
+        self.parent.send(t.AgentError(self.vertex, self.host,
+                                      f"internal error handling {type(msg).__name__}: {exc!r}"))
+
+    def _from_parent(self, msg: t.Msg) -> None:
+        if isinstance(msg, t.CollOut):
+            self.coll.from_parent(msg)
+        elif isinstance(msg, (t.Sub, t.SpawnLaunch)):
+            from pm.agent.spawned_jobs import on_agent
+
+            spawns = on_agent(self)
+            if isinstance(msg, t.Sub):
+                spawns.from_parent(msg)
+            else:
+                spawns.launch(msg)
+        elif isinstance(msg, t.Kill):
+            self.kill(msg.reason, msg.grace)
+        elif isinstance(msg, t.OutputGone):
+            self._down_all(msg)
+            self.procs.output_gone(msg.stream)
+            if self.spawns is not None:
+                self.spawns.output_gone(msg.stream)
+        elif isinstance(msg, t.Signal):
+            self._down_all(msg)
+            self.procs.signal(msg.signum)
+            if self.spawns is not None:
+                self.spawns.signal(msg.signum)
+            if msg.signum in (signal.SIGTSTP, signal.SIGCONT):
+                # After a SIGTSTP the head stops itself until SIGCONT: a parent that
+                # watches the link for silence (ParentLink) holds that watch meanwhile.
+                hold = getattr(self.parent, "hold", None)
+                if hold is not None:
+                    hold(msg.signum == signal.SIGTSTP)
+        else:
+            self.from_tree(msg)
+
+    def _from_child(self, child: int, msg: t.Msg) -> None:
+        if isinstance(msg, t.CollIn):
+            self.coll.from_child(child, msg)
+        elif isinstance(msg, t.Done):
+            self._children_done.add(child)
+            self._child_stats.append(msg.stats)
+            self._check_done()
+        elif isinstance(msg, t.NameReq):
+            self.requests.name_req(msg)
+        elif isinstance(msg, t.Sub):
+            from pm.agent.spawned_jobs import on_agent
+
+            on_agent(self).from_child(child, msg)
+        elif isinstance(msg, (t.Output, t.Exits, t.Abort, t.AgentError, t.AgentGone,
+                              t.Started, t.StdinAck, t.SpawnReq)):
+            self.parent.send(msg)
+        else:
+            self.from_tree(msg)
+
+    def from_tree(self, msg: t.Msg) -> None:
+        """Routed messages, wherever they came from."""
+        if isinstance(msg, t.GetReq):
+            if msg.dst != self.vertex:
+                self.route(msg.dst, msg)
+                return
+            if self.plan.pmix and msg.key.startswith(b"\x00pmix."):
+                # A rank's PMIx data, from the PMIx server (once it runs here).
+                if self.pmix is not None:
+                    self.pmix.serve_get(msg)
+                else:
+                    self._pmix_early.append(msg)
+                return
+            self.requests.serve_get(msg)
+        elif isinstance(msg, (t.GetResp, t.NameResp)):
+            if msg.dst != self.vertex:
+                self.route(msg.dst, msg)
+                return
+            self.requests.response(msg)
+        elif isinstance(msg, t.Stdin):
+            if msg.dst != self.vertex:
+                self.route(msg.dst, msg)
+            else:
+                self.procs.stdin(msg.data, msg.eof)
+        elif isinstance(msg, t.OutputAck):
+            if msg.dst != self.vertex:
+                self.route(msg.dst, msg)
+            else:
+                self.procs.output_credit(msg.nbytes)
+        elif isinstance(msg, t.SpawnResp):
+            if msg.dst != self.vertex:
+                self.route(msg.dst, msg)
+            elif self.spawn_requests is not None:
+                self.spawn_requests.response(msg)
+        else:
+            log.warning("agent %d: unexpected %s", self.vertex, type(msg).__name__)
+
+    def _down_all(self, msg: t.Msg) -> None:
+        if self.children_link is not None:
+            for c in self.children:
+                self.children_link.send(c, msg)
+
+    # ------------------------------------------------------------------ ending
+    def kill(self, reason: str, grace: float) -> None:
+        """SIGTERM every rank of the subtree, SIGKILL after ``grace`` seconds."""
+        first = self.state is AgentState.RUNNING
+        if first:
+            self.state = AgentState.KILLING
+        self._down_all(t.Kill(reason, grace))
+        if first:
+            log.debug("agent %d: killing ranks: %s", self.vertex, reason)
+            self._sample_shm()
+        self.fail_collectives(reason)
+        self.procs.kill(grace, first)
+        if self.spawns is not None:
+            self.spawns.kill(reason, grace)
+        if self.spawn_requests is not None:
+            self.spawn_requests.fail(reason)
+
+    def close(self) -> None:
+        """Release everything; ranks still alive are killed. Idempotent.  Removing the
+        job's /dev/shm files may wait up to a second for killed ranks: :meth:`aclose`
+        does that in a thread, this in the caller's."""
+        if self.spawns is not None:
+            self.spawns.close()
+        reap = self._close()
+        if reap is not None:
+            self._reap_shm(*reap)
+
+    async def aclose(self) -> None:
+        """:meth:`close` without blocking the loop; returns once our tasks have ended and
+        the job's /dev/shm files are gone (a child agent exits right after)."""
+        if self.spawns is not None:
+            await self.spawns.aclose()
+        reap = self._close()
+        if reap is not None:
+            await asyncio.to_thread(self._reap_shm, *reap)
+        await self.procs.owned.aclose()
+        await self.owned.aclose()
+        if getattr(self, "reservations", None) is not None:
+            await self.reservations.aclose()
+
+    def _close(self) -> tuple[ShmReaper, list[int]] | None:
+        """All of closing but the /dev/shm files: the reaper and the ranks just killed."""
+        self.owned.cancel()
+        self._shm_sampler = None
+        if getattr(self, "reservations", None) is not None:
+            self.reservations.close()
+        live = self._live_pids()
+        self.procs.close()
+        reaper, self.shm_reaper = self.shm_reaper, None
+        for cb in self.on_close:
+            with contextlib.suppress(Exception):
+                cb()
+        self.on_close.clear()
+        return (reaper, live) if reaper is not None else None
+
+    def _reap_shm(self, reaper: ShmReaper, dying: list[int]) -> None:
+        """Remove the /dev/shm files the ranks left (``dying``: ranks just killed), and what
+        agents killed by SIGKILL left on this node."""
+        try:
+            for name in reaper.reap(dying):
+                log.debug("agent %d: removed /dev/shm/%s", self.vertex, name)
+            sweep_node()
+        except Exception as exc:  # never worth failing the job's end for
+            log.warning("agent %d: cleaning /dev/shm failed: %s", self.vertex, exc)
+
+
+#: Profile names of the PMI events a session reports.
+_EVENT_MARKS = {"init": "PMI init", "finalize": "finalize", "abort": "abort", "eof": "PMI eof"}

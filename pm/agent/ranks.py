@@ -1,0 +1,385 @@
+"""A node's ranks as processes: started (or adopted), their pipes, stdin, exits, the kill.
+
+:class:`LocalRanks` holds what a rank is to the operating system: its pid and
+exit watch, its PMI socket's session task, its output pipes and line buffers,
+rank 0's stdin pipe, and the guardian whose process group they all join
+(:mod:`pm.agent.spawn`).  It knows nothing of the tree, the KVS or
+collectives: what it learns goes to its :class:`~pm.agent.node.JobAgent` —
+complete output lines (:meth:`JobAgent.rank_output`), a rank that ended and
+whose pipes are drained (:meth:`JobAgent.rank_ended`), stdin written
+(``StdinAck`` up the tree) — and each rank's PMI session is served with the
+agent as its host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import logging
+import os
+import signal
+import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from pm.agent.owned import Owned
+from pm.agent.pmi_shell import PmiSession
+from pm.agent.spawn import Guardian, SpawnError, fd_shortage, rank_env, resolve
+from pm.agent.started import RankStart, StartedRank, StartedRanks, start_local
+from pm.agent.watch import ChildWatch, ExitStatus
+from pm.common.output import STDERR, STDOUT, LineBuffer, output_window, read_pipe
+from pm.proto import tree_wire as t
+
+if TYPE_CHECKING:
+    from pm.agent.node import JobAgent
+
+log = logging.getLogger("pm.agent")
+
+#: How long a rank's pipes may stay open after it exited before its exit is reported anyway.
+DRAIN_AFTER_EXIT = 1.0
+
+
+class PmiPhase(enum.Enum):
+    """How far a rank got with PMI."""
+
+    NONE = "none"  # never called init
+    INITIALIZED = "initialized"
+    FINALIZED = "finalized"
+
+
+class RankLife(enum.Enum):
+    """A rank as a process, as its agent sees it."""
+
+    RUNNING = "running"  # or never started: ``status`` says how it ended once it has
+    EXITED = "exited"  # ended; its last output may still be in its pipes
+    REPORTED = "reported"  # its end went up the tree (once)
+
+
+class RankProc:
+    """One local rank: its process, PMI session, pipes and how it ended."""
+
+    __slots__ = ("fds", "life", "local_rank", "pid", "pmi", "rank", "reason", "session",
+                 "status", "stdin_fd", "streams")
+
+    def __init__(self, rank: int, local_rank: int) -> None:
+        self.rank = rank
+        self.local_rank = local_rank
+        self.pid = 0
+        self.session: PmiSession | None = None
+        self.streams: dict[int, LineBuffer] = {}
+        self.fds: dict[int, int] = {}
+        self.status: ExitStatus | None = None
+        self.reason = ""
+        self.pmi = PmiPhase.NONE
+        self.life = RankLife.RUNNING
+        self.stdin_fd = -1
+
+
+class LocalRanks:
+    """The ranks ``agent`` runs on its node (``local``, in rank order)."""
+
+    def __init__(self, agent: JobAgent, local: Sequence[int]) -> None:
+        self.agent = agent
+        self.loop = agent.loop
+        self.ranks: dict[int, RankProc] = {r: RankProc(r, i) for i, r in enumerate(local)}
+        self.guardian: Guardian | None = None
+        self.watch: ChildWatch | None = None
+        #: The PMI sessions' tasks and the drain and kill timers.
+        self.owned = Owned(self.loop)
+        self._stdin_buf = b""
+        self._stdin_eof = False
+        #: Bytes of output this node may still send up (pm.common.output.output_window); without
+        #: credit the pipes are not read, so the ranks wait for the head's reader.
+        self._credit = output_window(len(agent.plan.hosts))
+        self._paused = False
+        #: Streams the head has no reader for (t.OutputGone): their pipes are closed here.
+        self.gone: set[int] = set()
+
+    # ------------------------------------------------------------------ start
+    def start(self, base_env: dict[str, str], cpusets: list[frozenset[int]] | None) -> None:
+        """Spawn every rank (synchronously: posix_spawn is fast) with the job's environment,
+        as pmrun's quick path does (:func:`pm.agent.started.start_local`), and serve them."""
+        agent, plan = self.agent, self.agent.plan
+        agent.mark("spawn start", ranks=len(self.ranks))
+        short = fd_shortage(len(self.ranks))
+        if short is not None:
+            self.watch = ChildWatch()
+            for proc in self.ranks.values():  # the head names the first: no log per rank
+                self._spawn_failed(proc, short, quiet=True)
+            return
+        resolved: dict[int, str | SpawnError] = {}
+        todo = []
+        for rank, proc in self.ranks.items():
+            appnum = plan.app_of_rank(rank)
+            argv, _n, app_env, wdir = plan.apps[appnum]
+            env = rank_env(base_env, app_env, rank, plan.size, agent.host, proc.local_rank,
+                           len(self.ranks))
+            if agent.pmix is not None:
+                env.update(agent.pmix.fork_env(rank))
+            if appnum not in resolved:
+                try:
+                    resolved[appnum] = resolve(argv[0], env, wdir)
+                except SpawnError as exc:
+                    resolved[appnum] = exc
+            path = resolved[appnum]
+            cpus = cpusets[proc.local_rank] if cpusets else None
+            todo.append(RankStart(rank, proc.local_rank, path if isinstance(path, str) else "",
+                                  argv, env, wdir, cpus, failure=_why(path)))
+        # Stdin goes to the launched job's rank 0 only (a spawned job's reads /dev/null).
+        self.adopt(start_local(todo, stdin_rank=None if plan.spawned else 0), mark=False)
+
+    def adopt(self, started: StartedRanks, mark: bool = True) -> None:
+        """Serve the ranks ``started`` holds (:func:`~pm.agent.started.start_local`, here or
+        in ``pmrun``'s quick path, :mod:`pm.quick`): they are ours from now on.
+
+        What they printed has been passed on, except partial lines, which come
+        with the pipes.  A rank that has exited is still a zombie: its watch
+        reports it at once.
+        """
+        if mark:
+            self.agent.mark("spawn start", ranks=len(self.ranks))
+        self.watch = ChildWatch()
+        ranks, started.ranks = started.ranks, []
+        self.guardian, started.guardian = started.guardian, None
+        for r in ranks:
+            proc = self.ranks[r.rank]
+            if r.pid == 0:
+                self._spawn_failed(proc, r.failure, quiet=r.skipped)
+                continue
+            proc.pid = r.pid
+            if self.agent.timeline is not None:
+                self.agent.timeline.append([r.started_at, self.agent.vertex, r.rank,
+                                            "rank spawned", {"pid": r.pid}])
+            self._attach(proc, r)
+        self.agent.mark("ranks spawned")
+
+    def _attach(self, proc: RankProc, r: StartedRank) -> None:
+        """Serve a started rank: its PMI socket, output pipes, stdin pipe and exit."""
+        assert self.watch is not None
+        proc.stdin_fd, r.stdin_fd = r.stdin_fd, -1
+        if proc.stdin_fd >= 0:
+            os.set_blocking(proc.stdin_fd, False)
+        session = PmiSession(self.agent, proc.rank)
+        proc.session = session
+        self.owned.spawn(self._serve(session, socket.socket(fileno=r.take_pmi_fd())))
+        for stream, fd, buf in ((STDOUT, r.out_fd, r.out), (STDERR, r.err_fd, r.err)):
+            if fd < 0:
+                continue  # already at EOF
+            if stream in self.gone:
+                os.close(fd)  # nobody reads it: the rank's writes fail
+                continue
+            proc.streams[stream] = buf
+            proc.fds[stream] = fd
+            os.set_blocking(fd, False)
+            if not self._paused:
+                self.loop.add_reader(fd, self._read_output, proc, stream)
+        r.out_fd = r.err_fd = -1
+        pidfd, r.pidfd = r.pidfd, -1
+        self.watch.watch(proc.pid, pidfd).add_done_callback(functools.partial(self._on_exit,
+                                                                              proc))
+
+    async def _serve(self, session: PmiSession, sock: socket.socket) -> None:
+        await self.loop.connect_accepted_socket(lambda: session, sock)
+
+    def _spawn_failed(self, proc: RankProc, why: str, quiet: bool = False) -> None:
+        if not quiet:
+            log.error("rank %d: %s", proc.rank, why)
+        proc.status = ExitStatus(127, 0)
+        proc.life = RankLife.EXITED
+        proc.reason = f"could not start: {why}"
+        self.report(proc)
+
+    # ------------------------------------------------------------------ output
+    def _read_output(self, proc: RankProc, stream: int) -> None:
+        fd = proc.fds[stream]
+        lines, got = read_pipe(fd, proc.streams[stream])
+        if got < 0:
+            return
+        if got:
+            # What goes up counts, not what was read: a long line held here while it
+            # grows (up to pm.common.output.MAX_LINE) must not use up a small window for ever.
+            self._credit -= len(lines)
+            if self._credit <= 0 and not self._paused:
+                self._pause(True)
+        else:
+            self.loop.remove_reader(fd)
+            os.close(fd)
+            del proc.fds[stream]
+            if proc.status is not None and not proc.fds:
+                self.report(proc)
+        if lines:
+            self.agent.rank_output(proc.rank, stream, lines)
+
+    def output_credit(self, nbytes: int) -> None:
+        """The head wrote ``nbytes`` of our output: read the pipes again if they waited."""
+        self._credit += nbytes
+        if self._paused and self._credit > 0:
+            self._pause(False)
+
+    def output_gone(self, stream: int) -> None:
+        """Nobody reads the head's ``stream`` any more: close our ends of the ranks' pipes
+        of it, so that their writes fail (EPIPE, or SIGPIPE) instead of waiting for credit
+        that will not come; what they had written there is dropped."""
+        self.gone.add(stream)
+        for proc in self.ranks.values():
+            fd = proc.fds.pop(stream, None)
+            if fd is None:
+                continue
+            self.loop.remove_reader(fd)
+            os.close(fd)
+            if proc.status is not None and not proc.fds:
+                self.report(proc)
+
+    def _pause(self, pause: bool) -> None:
+        self._paused = pause
+        for proc in self.ranks.values():
+            for stream, fd in proc.fds.items():
+                if pause:
+                    self.loop.remove_reader(fd)
+                else:
+                    self.loop.add_reader(fd, self._read_output, proc, stream)
+
+    # ------------------------------------------------------------------ exits
+    def _on_exit(self, proc: RankProc, fut: asyncio.Future[ExitStatus]) -> None:
+        if not fut.cancelled():
+            self._exited(proc, fut.result())
+
+    def _exited(self, proc: RankProc, status: ExitStatus) -> None:
+        proc.status = status
+        proc.life = RankLife.EXITED
+        if self.agent.timeline is not None:
+            self.agent.mark("rank exit", proc.rank, code=status.code, signal=status.signal)
+        if proc.stdin_fd >= 0:
+            self.loop.remove_writer(proc.stdin_fd)
+            os.close(proc.stdin_fd)
+            proc.stdin_fd = -1
+        if status.ok and proc.pmi is PmiPhase.INITIALIZED and not self.agent.killing:
+            proc.reason = "exited without calling PMI finalize"
+            proc.status = ExitStatus(1, 0)
+        if not proc.fds:
+            self.report(proc)
+        else:
+            # Let the pipes drain (a rank's last lines come before its exit report).
+            self.owned.call_later(DRAIN_AFTER_EXIT, self._drained, proc)
+
+    def _drained(self, proc: RankProc) -> None:
+        """A rank's pipes stayed open after its exit: report it, unless they only wait
+        for output credit (its lines are not lost to a slow reader then)."""
+        if self._paused and proc.fds and not self.agent.killing:
+            self.owned.call_later(DRAIN_AFTER_EXIT, self._drained, proc)
+        else:
+            self.report(proc)
+
+    def report(self, proc: RankProc) -> None:
+        """Once per rank, when it ended: pass on what is left in its pipes, then the end."""
+        if proc.life is RankLife.REPORTED or proc.status is None:
+            return
+        proc.life = RankLife.REPORTED
+        for stream in list(proc.fds):
+            self._read_output(proc, stream)  # whatever is left
+        self.agent.rank_ended(proc)
+
+    # ------------------------------------------------------------------ stdin
+    def stdin(self, data: bytes, eof: bool) -> None:
+        """Bytes for rank 0's stdin (``eof``: close it after them); acknowledged once written."""
+        proc = self.ranks.get(0)
+        if proc is None or proc.stdin_fd < 0:
+            if data:
+                # Nobody reads it: drop it, but keep the credit flowing.
+                self.agent.parent.send(t.StdinAck(len(data)))
+            return
+        self._stdin_buf += data
+        self._stdin_eof = eof
+        self._stdin_write(proc)
+
+    def _stdin_write(self, proc: RankProc) -> None:
+        fd = proc.stdin_fd
+        if fd < 0:
+            return
+        buf = self._stdin_buf
+        written = 0
+        try:
+            while buf:
+                n = os.write(fd, buf)
+                written += n
+                buf = buf[n:]
+        except BlockingIOError:
+            pass
+        except OSError:  # rank 0 closed its stdin: drop the rest
+            written += len(buf)
+            buf = b""
+        self._stdin_buf = buf
+        if written:
+            self.agent.parent.send(t.StdinAck(written))
+        self.loop.remove_writer(fd)
+        if buf:
+            self.loop.add_writer(fd, self._stdin_write, proc)
+        elif self._stdin_eof:
+            os.close(fd)
+            proc.stdin_fd = -1
+
+    # ------------------------------------------------------------------ signals, ending
+    def pidfd(self, rank: int) -> int:
+        """A pidfd of local ``rank`` the caller owns, -1 if it was reaped (or never ran)."""
+        proc = self.ranks.get(rank)
+        if proc is None or self.watch is None or proc.status is not None:
+            return -1
+        return self.watch.dup_pidfd(proc.pid)
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to every rank (their guardian ignores it)."""
+        if self.guardian is not None:
+            self.guardian.signal(signum)
+
+    def kill(self, grace: float, first: bool) -> None:
+        """SIGTERM every rank, SIGKILL after ``grace`` seconds (at once if ``grace`` <= 0)."""
+        if self.guardian is None:
+            return
+        if grace <= 0:
+            self.guardian.kill_all()
+            return
+        self.guardian.signal(signal.SIGTERM)
+        if first:
+            self.owned.call_later(grace, self._kill_hard)
+
+    def _kill_hard(self) -> None:
+        if self.guardian is not None and any(p.status is None for p in self.ranks.values()
+                                             if p.pid):
+            self.guardian.kill_all()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, then wait for the PMI sessions' tasks to end."""
+        self.close()
+        await self.owned.aclose()
+
+    def close(self) -> None:
+        """Release everything; ranks still alive are killed. Idempotent."""
+        self.owned.cancel()  # the owner (JobAgent.aclose) awaits the sessions' tasks
+        for proc in self.ranks.values():
+            for fd in proc.fds.values():
+                with contextlib.suppress(ValueError, OSError):
+                    self.loop.remove_reader(fd)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            proc.fds.clear()
+            if proc.stdin_fd >= 0:
+                with contextlib.suppress(ValueError, OSError):
+                    self.loop.remove_writer(proc.stdin_fd)
+                os.close(proc.stdin_fd)
+                proc.stdin_fd = -1
+            if proc.session is not None and proc.session.transport is not None:
+                proc.session.transport.abort()
+        if self.guardian is not None:
+            if any(p.status is None and p.pid for p in self.ranks.values()):
+                self.guardian.kill_all()
+            self.guardian.release()
+            self.guardian = None
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
+
+
+def _why(path: str | SpawnError) -> str:
+    return str(path) if isinstance(path, SpawnError) else ""

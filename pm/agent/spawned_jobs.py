@@ -1,0 +1,231 @@
+"""Spawned jobs on an agent: their part on this node, and this node's ranks' spawn requests.
+
+A job spawned by ``MPI_Comm_spawn`` (or ``pm.client``'s ``spawn``) runs on the
+agents of the job that was launched, over the same tree links: on each vertex
+that holds some of its ranks, and on the vertices between those and vertex 0,
+a second :class:`~pm.agent.node.JobAgent` runs it with its own plan (kvsname,
+mapping, KVS, collectives, ranks).  Its messages travel wrapped in
+:class:`pm.proto.tree_wire.Sub`; :class:`AgentSpawns`, owned by the launched job's
+agent, unwraps them for it.  Spawned jobs are kept flat, by job number: a
+spawned job that spawns makes a sibling here, not a nested registry.
+
+Ranks start through the same path as the launched job's
+(:meth:`JobAgent.start_ranks`), on the node's topology file, and end with it:
+a kill, a signal or the agent's close reach them too.
+
+:class:`SpawnRequests` is the spawner's side, on whichever agent (launched or
+spawned job) serves the rank that asked: a program that cannot be found on
+the spawner's node fails its request at once, with per-process error codes;
+otherwise the request goes up to the head, which places the children and
+answers once every vertex reported them started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from pm.agent.spawn import SpawnError, resolve
+from pm.jobspec import JobPlan
+from pm.proto import tree_wire as t
+from pm.proto.spawn import SpawnRequest, SpawnResult
+
+if TYPE_CHECKING:
+    from pm.agent.node import JobAgent, Uplink
+    from pm.common.kary_tree import Tree
+
+log = logging.getLogger("pm.agent")
+
+
+def members(tree: Tree, node_of_rank: list[int]) -> set[int]:
+    """Vertices that take part in a spawned job: those with its ranks, their ancestors
+    (which relay its collectives and messages) and vertex 0 (its root)."""
+    out = {0}
+    for v in set(node_of_rank):
+        node: int | None = v
+        while node is not None and node not in out:
+            out.add(node)
+            node = tree.parent(node)
+    return out
+
+
+class _Up:
+    """A spawned job's link to its parent: the launched job's, each message wrapped."""
+
+    __slots__ = ("job", "link")
+
+    def __init__(self, job: int, link: Uplink) -> None:
+        self.job = job
+        self.link = link
+
+    def send(self, msg: t.Msg) -> None:
+        self.link.send(t.wrap(self.job, msg))
+
+
+class _Down:
+    """A spawned job's links to its children: the launched job's, each message wrapped."""
+
+    __slots__ = ("job", "top")
+
+    def __init__(self, job: int, top: JobAgent) -> None:
+        self.job = job
+        self.top = top
+
+    def send(self, vertex: int, msg: t.Msg) -> None:
+        if self.top.children_link is not None:
+            self.top.children_link.send(vertex, t.wrap(self.job, msg))
+
+
+class AgentSpawns:
+    """The spawned jobs the launched job's agent ``top`` runs a part of, by job number."""
+
+    def __init__(self, top: JobAgent) -> None:
+        self.top = top
+        self.jobs: dict[int, JobAgent] = {}
+        self._kill: tuple[str, float] | None = None
+
+    def launch(self, msg: t.SpawnLaunch) -> None:
+        """Start our part of a spawned job, after passing the launch on to the children
+        that take part (they start theirs meanwhile)."""
+        from pm.agent.node import JobAgent
+
+        top = self.top
+        if msg.job in self.jobs:
+            return
+        plan = JobPlan.from_wire(msg.plan)
+        agent = JobAgent(plan, top.vertex, _Up(msg.job, top.parent), host=top.host)
+        self.jobs[msg.job] = agent
+        if agent.children:
+            agent.children_link = _Down(msg.job, top)
+            if top.children_link is not None:
+                for child in agent.children:
+                    top.children_link.send(child, msg)
+        # The node's topology file serves every job on it.
+        agent.extra_env.update(top.extra_env)
+        xml = top.job_attrs.get("PMI_hwloc_xmlfile")
+        if xml:
+            agent.job_attrs["PMI_hwloc_xmlfile"] = xml
+        for key, value in plan.spawned.get("preput", {}).items():
+            agent.kvs.cache(key.encode(), value.encode())
+        agent.mark("spawned job launch", job=msg.job)
+        agent.start_ranks()
+        for stream in top.procs.gone:  # the head's stdout went before this job started
+            agent.procs.output_gone(stream)
+        agent.parent.send(t.Started(top.vertex, 1, len(agent.local), []))
+        if self._kill is not None:  # the run is ending: what just started ends with it
+            agent.kill(*self._kill)
+
+    def from_parent(self, sub: t.Sub) -> None:
+        agent = self.jobs.get(sub.job)
+        if agent is None:
+            log.warning("agent %d: message for spawned job %d, not running here",
+                        self.top.vertex, sub.job)
+            return
+        agent.from_parent(t.unwrap(sub))
+
+    def from_child(self, child: int, sub: t.Sub) -> None:
+        agent = self.jobs.get(sub.job)
+        if agent is None:
+            log.warning("agent %d: message from vertex %d for spawned job %d, not running here",
+                        self.top.vertex, child, sub.job)
+            return
+        agent.from_child(child, t.unwrap(sub))
+
+    def signal(self, signum: int) -> None:
+        for agent in self.jobs.values():
+            agent.procs.signal(signum)
+
+    def output_gone(self, stream: int) -> None:
+        for agent in self.jobs.values():
+            agent.procs.output_gone(stream)
+
+    def kill(self, reason: str, grace: float) -> None:
+        self._kill = (reason, grace)
+        for agent in self.jobs.values():
+            agent.kill(reason, grace)
+
+    def close(self) -> None:
+        for agent in self.jobs.values():
+            agent.close()
+
+    async def aclose(self) -> None:
+        for agent in list(self.jobs.values()):
+            await agent.aclose()
+
+
+class SpawnRequests:
+    """Spawn requests of ``agent``'s ranks waiting for the head's answer."""
+
+    def __init__(self, agent: JobAgent) -> None:
+        self.agent = agent
+        self._next = 0
+        self._waiting: dict[int, asyncio.Future[SpawnResult]] = {}
+
+    def request(self, rank: int, req: SpawnRequest) -> asyncio.Future[SpawnResult]:
+        agent = self.agent
+        fut: asyncio.Future[SpawnResult] = agent.loop.create_future()
+        problem = self._programs(req)
+        if problem is not None:
+            fut.set_result(problem)
+            return fut
+        if agent.killing:
+            fut.set_result(SpawnResult(False, error="the job is ending",
+                                       errcodes=[1] * req.size))
+            return fut
+        self._next += 1
+        self._waiting[self._next] = fut
+        agent.mark("spawn request", rank, procs=req.size)
+        agent.parent.send(t.SpawnReq(self._next, agent.vertex, rank,
+                                     [c.to_wire() for c in req.commands], dict(req.preput)))
+        return fut
+
+    def _programs(self, req: SpawnRequest) -> SpawnResult | None:
+        """Each command's program, found as its ranks will look for it (``path`` info key:
+        the program is in that folder); the first that cannot be, as the answer."""
+        plan = self.agent.plan
+        codes: list[int] = []
+        first = ""
+        for c in req.commands:
+            if c.info.get("path") and "/" not in c.argv[0]:
+                c.argv[0] = os.path.join(c.info["path"], c.argv[0])
+            env = dict(plan.env)
+            env.update(c.env)
+            wdir = c.wdir or (plan.apps[0][3] if plan.apps else None)
+            try:
+                resolve(c.argv[0], env, wdir)
+                codes.extend([0] * c.n)
+            except SpawnError as exc:
+                codes.extend([1] * c.n)
+                first = first or str(exc)
+        if not first:
+            return None
+        return SpawnResult(False, error=f"cannot spawn {first}", errcodes=codes)
+
+    def response(self, msg: t.SpawnResp) -> None:
+        fut = self._waiting.pop(msg.req, None)
+        if fut is not None and not fut.done():
+            fut.set_result(SpawnResult(msg.ok, msg.job, msg.kvsname, msg.error,
+                                       list(msg.errcodes)))
+
+    def fail(self, why: str) -> None:
+        """The job is ending: every waiting spawn fails."""
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_result(SpawnResult(False, error=why))
+        self._waiting.clear()
+
+
+def on_agent(agent: JobAgent) -> AgentSpawns:
+    """``agent``'s registry of spawned jobs (made on first use)."""
+    if agent.spawns is None:
+        agent.spawns = AgentSpawns(agent)
+    return agent.spawns
+
+
+def requests_of(agent: JobAgent) -> SpawnRequests:
+    """``agent``'s ranks' pending spawn requests (made on first use)."""
+    if agent.spawn_requests is None:
+        agent.spawn_requests = SpawnRequests(agent)
+    return agent.spawn_requests

@@ -1,0 +1,177 @@
+"""Starting a node's ranks without an event loop, and what is handed over with them.
+
+:func:`start_local` is the one way ranks (and an ensemble's tasks) start on a
+node: ``pmrun``'s quick phase (:mod:`pm.quick`), the agent
+(:mod:`pm.agent.ranks`) and the ensemble runner (:mod:`pm.ensemble.local`) all
+call it.  It returns :class:`StartedRanks`: per rank its pid and pidfd, our
+ends of its PMI socket and pipes, its partial output lines and when it
+started; and for the job its guardian, the output writer with the files it
+opened, the topology file, the /dev/shm baseline and the signals pmrun got and
+has not acted on.  It has one owner at a time: :meth:`StartedRanks.take` moves
+everything into a new object (the quick phase gives it to the agent whole)
+and leaves the old one empty.
+
+Like :mod:`pm.agent.spawn`, it imports no asyncio: the quick phase runs it
+before anything heavy is loaded.
+"""
+
+from __future__ import annotations
+
+import _socket
+import os
+import time
+
+from pm.agent.spawn import Guardian, SpawnError, spawn_rank
+from pm.common.output import LineBuffer
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from pm.agent.shm_reaper import ShmReaper
+    from pm.common.output import Writer
+
+
+class RankStart:
+    """What to start for one rank: ``path`` (resolved) runs ``argv`` with ``env``, or
+    ``failure`` says why it cannot be started."""
+
+    __slots__ = ("argv", "cpus", "env", "failure", "local_rank", "path", "rank", "wdir")
+
+    def __init__(self, rank: int, local_rank: int, path: str, argv: Sequence[str],
+                 env: Mapping[str, str], wdir: str | None = None,
+                 cpus: frozenset[int] | None = None, failure: str = "") -> None:
+        self.rank = rank
+        self.local_rank = local_rank
+        self.path = path
+        self.argv = argv
+        self.env = env
+        self.wdir = wdir
+        self.cpus = cpus
+        self.failure = failure
+
+
+class StartedRank:
+    """A rank :func:`start_local` started (``pid`` 0: it did not start, ``failure`` says
+    why; ``skipped`` if only because an earlier rank failed)."""
+
+    __slots__ = ("err", "err_fd", "failure", "local_rank", "out", "out_fd", "pid", "pidfd",
+                 "pmi", "rank", "skipped", "started_at", "stdin_fd")
+
+    def __init__(self, rank: int, local_rank: int) -> None:
+        self.rank = rank
+        self.local_rank = local_rank
+        self.pid = 0
+        self.pidfd = -1
+        self.failure = ""
+        self.skipped = False
+        #: Our end of its PMI socket (None for a task without PMI, or once taken).
+        self.pmi: _socket.socket | None = None
+        self.out_fd = self.err_fd = self.stdin_fd = -1
+        #: Partial lines of its stdout and stderr (read, not yet passed on).
+        self.out = LineBuffer()
+        self.err = LineBuffer()
+        #: Wall clock of its start (for --profile).
+        self.started_at = 0.0
+
+    def take_pmi_fd(self) -> int:
+        """Our end of the rank's PMI socket, detached (ours no more)."""
+        assert self.pmi is not None
+        fd, self.pmi = self.pmi.detach(), None
+        return fd
+
+    def close(self) -> None:
+        """Close every descriptor of ours (idempotent); the process is not touched."""
+        if self.pmi is not None:
+            self.pmi.close()
+            self.pmi = None
+        for name in ("pidfd", "out_fd", "err_fd", "stdin_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+
+class StartedRanks:
+    """A node's started ranks and what goes with them (see the module docstring)."""
+
+    __slots__ = ("guardian", "job_id", "ranks", "shm_reaper", "signals", "t0", "writer",
+                 "xml_path")
+
+    def __init__(self, job_id: str = "", t0: float | None = None) -> None:
+        self.job_id = job_id
+        #: When the job started (monotonic): --timeout counts from here.
+        self.t0 = time.monotonic() if t0 is None else t0
+        self.ranks: list[StartedRank] = []
+        #: The process group's guardian, when these ranks own it.
+        self.guardian: Guardian | None = None
+        #: Writes the ranks' output (pmrun's quick phase), with the files it opened.
+        self.writer: Writer | None = None
+        #: The job's topology XML (removed when the job ends).
+        self.xml_path: str | None = None
+        #: /dev/shm as the ranks found it (pm.agent.shm_reaper).
+        self.shm_reaper: ShmReaper | None = None
+        #: Signals pmrun got and has not acted on (appended to by a signal handler).
+        self.signals: list[int] = []
+
+    def take(self) -> StartedRanks:
+        """Everything, in a new object: the new owner's.  This one is left empty."""
+        new = StartedRanks(self.job_id, self.t0)
+        for name in ("ranks", "guardian", "writer", "xml_path", "shm_reaper", "signals"):
+            setattr(new, name, getattr(self, name))
+        self.ranks, self.signals = [], []
+        self.guardian = self.writer = self.xml_path = self.shm_reaper = None
+        return new
+
+    def pending_signals(self) -> list[int]:
+        """The signals noted since the last call, oldest first."""
+        got = self.signals[:]
+        del self.signals[:len(got)]
+        return got
+
+    @property
+    def failed(self) -> bool:
+        return any(r.failure for r in self.ranks)
+
+
+def start_local(todo: Sequence[RankStart], *, stdin_rank: int | None = 0, pmi: bool = True,
+                guardian: Guardian | None = None, stop_at_failure: bool = False,
+                into: StartedRanks | None = None) -> StartedRanks:
+    """Start ``todo`` in one process group (posix_spawn: no Python runs in the children).
+
+    Each gets a PMI socket (``pmi``), stdout and stderr pipes, and stdin: a
+    pipe for rank ``stdin_rank``, /dev/null for the others.  Without
+    ``guardian``, a new one leads the group and the result owns it.  A rank
+    that cannot start gets its ``failure``; with ``stop_at_failure`` the
+    ranks after it are not started (``skipped``).  ``into`` receives the
+    ranks (else a new :class:`StartedRanks`).
+    """
+    started = into if into is not None else StartedRanks()
+    if guardian is None:
+        guardian = started.guardian = Guardian()
+    stop = ""
+    for spec in todo:
+        r = StartedRank(spec.rank, spec.local_rank)
+        started.ranks.append(r)
+        if stop:
+            r.failure, r.skipped = stop, True
+            continue
+        r.failure = spec.failure or _spawn(r, spec, spec.rank == stdin_rank, pmi, guardian.pgid)
+        if r.failure and stop_at_failure:
+            stop = f"not started: rank {spec.rank} could not start"
+    return started
+
+
+def _spawn(r: StartedRank, spec: RankStart, stdin_pipe: bool, pmi: bool, pgid: int) -> str:
+    """Start one rank into ``r``: '' or why it could not start."""
+    try:
+        r.pid, fds = spawn_rank(spec.path, spec.argv, spec.env, stdin_pipe=stdin_pipe,
+                                cwd=spec.wdir, pgid=pgid, cpus=spec.cpus, pmi=pmi)
+    except SpawnError as exc:
+        return str(exc)
+    r.started_at = time.time()
+    if fds.pmi >= 0:
+        r.pmi = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fds.pmi)
+    r.out_fd, r.err_fd, r.stdin_fd = fds.out, fds.err, fds.stdin
+    r.pidfd = os.pidfd_open(r.pid)  # our child (a zombie at worst) until we wait for it
+    return ""

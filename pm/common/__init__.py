@@ -1,0 +1,7 @@
+"""What the head, the agents and the ensemble runner share: not the head's, not an agent's.
+
+The agent tree's shape (:mod:`~pm.common.kary_tree`), host lists, rank placement and
+``PMI_process_mapping`` (:mod:`~pm.common.mapping`), the job's node list
+(:mod:`~pm.common.nodes`) and output lines and their writer (:mod:`~pm.common.output`).
+Kept light: pmrun's quick phase imports some of it before asyncio.
+"""

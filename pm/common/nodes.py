@@ -1,0 +1,23 @@
+"""Where a job runs: one entry per node agent (the head, the API and the ensembles share it)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+__all__ = ["Nodes"]
+
+
+@dataclass(slots=True)
+class Nodes:
+    """Where the job runs: one entry per node agent."""
+
+    hosts: list[str]
+    slots: list[int | None]
+    fanout: int = 32
+    bootstrap: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def local(cls, count: int = 1, fanout: int = 32) -> Nodes:
+        host = socket.gethostname()
+        return cls([host] * count, [None] * count, fanout, {"name": "local"})

@@ -1,0 +1,31 @@
+"""Task ensembles under memory admission: ``pmrun --tasks``, ``Cluster.submit``, ``run_tasks``.
+
+* :mod:`~pm.ensemble.scheduler`: the tasks file and the pure scheduler (events in, starts out);
+* :mod:`~pm.ensemble.core`: the :class:`Ensemble` that feeds it memory samples and runs tasks;
+* :mod:`~pm.ensemble.domain`: which node entries share one machine's memory;
+* :mod:`~pm.ensemble.local` / :mod:`~pm.ensemble.remote`: a task's processes on this machine,
+  and on other hosts through the agent tree (with the hosts' memory probe);
+* :mod:`~pm.ensemble.task`: the :class:`Task` handle and its :class:`TaskResult`;
+* :mod:`~pm.ensemble.cli`: ``pmrun --tasks FILE`` and :func:`pm.run_tasks`.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from pm.ensemble.core import DEFAULT_SETTLE, Ensemble, Event
+    from pm.ensemble.task import Task, TaskResult
+
+__all__ = ["DEFAULT_SETTLE", "Ensemble", "Event", "Task", "TaskResult"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the memory probe (python -m pm.ensemble probe) needs none of the machinery.
+    if name in __all__:
+        from pm.ensemble import core
+
+        return getattr(core, name)
+    raise AttributeError(name)

@@ -1,0 +1,237 @@
+"""Front ends of task ensembles: ``pmrun --tasks FILE`` and :func:`pm.run_tasks`.
+
+The console prefixes each task's lines with ``[task N] `` and, on a terminal,
+keeps a progress line redrawn in place; the machinery is :mod:`pm.ensemble`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pm.agent.memory import SizeError, parse_size
+from pm.common.output import STDERR, Writer
+from pm.ensemble.core import Ensemble, Event
+from pm.ensemble.scheduler import parse_tasks, with_arguments
+from pm.ensemble.task import TaskResult
+from pm.proto.errors import PMError
+
+if TYPE_CHECKING:
+    from pm.cli import CliOptions
+    from pm.common.nodes import Nodes
+
+__all__ = ["run_cli", "run_ensemble"]
+
+class _Console:
+    """Task output with a ``[task N] `` prefix, messages, and on a terminal's stderr
+    a progress line redrawn in place (cleared before anything else is written).
+
+    Written in order by the output thread (:class:`pm.common.output.Writer`): a slow reader
+    of our stdout never stops the loop that runs the tasks.  :meth:`aclose` waits
+    until all is written."""
+
+    def __init__(self, verbose: int, tty: bool) -> None:
+        self.verbose = verbose
+        self.tty = tty
+        self._shown = False
+        self._text = ""
+        self._timer: asyncio.TimerHandle | None = None
+        self._writer = Writer(False)
+        self._writer.write_behind(asyncio.get_running_loop().call_soon_threadsafe,
+                                  lambda _tag, _n: None)
+
+    def _write(self, stream: int, data: bytes) -> None:
+        self._writer.write(0, stream, data)
+
+    def output(self, index: int, stream: int, data: bytes) -> None:
+        prefix = b"[task %d] " % index
+        lines = data.split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()
+        self._clear()
+        self._write(stream, b"".join(prefix + line + b"\n" for line in lines))
+        self._later()
+
+    def message(self, text: str) -> None:
+        self._clear()
+        self._write(STDERR, f"pmrun: {text}\n".encode())
+        self._later()
+
+    def event(self, e: Event) -> None:
+        if e.kind in ("overrun", "killed", "suspended", "resumed", "lost"):
+            level = 0
+        elif e.kind in ("watermarks", "blocked", "unblocked"):
+            level = 1
+        elif e.kind in ("start", "exit") or (e.kind == "sample" and e.used + e.reserved > e.low):
+            level = 2  # samples only while they matter: between the watermarks or above
+        else:
+            return
+        if self.verbose >= level:
+            self.message(e.text)
+
+    def progress(self, text: str) -> None:
+        self._text = text
+        self._later()
+
+    def _later(self) -> None:
+        if self.tty and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(0.1, self._draw)
+
+    def _draw(self) -> None:
+        self._timer = None
+        if self._text:
+            self._write(STDERR, f"\r{self._text}\x1b[K".encode())
+            self._shown = True
+
+    def _clear(self) -> None:
+        if self._shown:
+            self._write(STDERR, b"\r\x1b[K")
+            self._shown = False
+
+    async def aclose(self, last: str = "") -> None:
+        """Clear the progress line, write ``last``, and wait until everything is written."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._clear()
+        if last:
+            self._write(STDERR, last.encode())
+        await asyncio.to_thread(self._writer.drain)
+        self._writer.close()
+
+
+def _options(extra: dict[str, str]) -> dict[str, Any]:
+    """Ensemble keyword arguments from the CLI's option values (UsageError if bad)."""
+    from pm.proto.errors import UsageError
+
+    out: dict[str, Any] = {"mem_high": extra.get("mem_high"), "mem_low": extra.get("mem_low")}
+    try:
+        if "mem_per_task" in extra:
+            out["mem_per_task"] = parse_size(extra["mem_per_task"])
+        out["retries"] = int(extra.get("retries", "0"))
+        if "mem_settle" in extra:
+            value = extra["mem_settle"]
+            out["settle"] = None if value in ("off", "0") else float(value)
+    except (SizeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    if out["retries"] < 0:
+        raise UsageError("--retries must be at least 0")
+    jobs = extra.get("jobs")
+    if jobs is None:
+        out["jobs"] = "cores"  # GNU parallel's default: one task per core
+    else:
+        out["jobs"] = int(jobs)  # checked by pm.options.task_slots
+    overrun = extra.get("mem_overrun", "warn")
+    if overrun not in ("warn", "kill", "suspend"):
+        raise UsageError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
+    out["overrun"] = overrun
+    return out
+
+
+def _arguments(opts: CliOptions) -> list[str] | None:
+    """The arguments after ``:::`` (None without it); a program there is refused, since
+    ``--tasks`` runs the file's lines and would silently leave it out."""
+    from pm.proto.errors import UsageError
+
+    apps = opts.spec.apps
+    if not apps:
+        return None
+    argv = apps[0].argv
+    if len(apps) > 1 or argv[0] != ":::":
+        raise UsageError(f"--tasks runs the lines of {opts.extra['tasks']}, not {argv[0]!r}: "
+                         "put the command in the file (arguments for its {} go after :::)")
+    if len(argv) == 1:
+        raise UsageError("::: needs arguments")
+    return argv[1:]
+
+
+def _read_text(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    with open(path) as f:
+        return f.read()
+
+
+async def run_cli(opts: CliOptions) -> int:
+    """``pmrun --tasks FILE``: run the file's tasks, print a summary; the exit status is 0
+    if every task succeeded, 1 if one failed for good, 128 + N after signal N."""
+    from pm.cli import nodes_of
+    from pm.common.nodes import Nodes
+    from pm.proto.errors import UsageError
+
+    extra = opts.extra
+    path = extra["tasks"]
+    options = _options(extra)
+    args = _arguments(opts)
+    try:
+        text = await asyncio.to_thread(_read_text, path)
+        specs = parse_tasks(text, options.get("mem_per_task"))
+    except OSError as exc:
+        raise UsageError(f"--tasks {path}: {exc.strerror}") from None
+    except PMError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    if args is not None:
+        specs = with_arguments(specs, args)
+    nodes = nodes_of(opts)
+    assert isinstance(nodes, Nodes)
+    console = _Console(opts.verbose, os.isatty(2))
+    interrupted: list[int] = []
+    try:
+        ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,
+                       **options)
+        await ens.start()
+    except SizeError as exc:
+        await console.aclose()
+        raise UsageError(str(exc)) from None
+    loop = asyncio.get_running_loop()
+
+    def interrupt(signum: int) -> None:
+        interrupted.append(signum)
+        console.message(f"{signal.Signals(signum).name}: starting no more tasks"
+                        if len(interrupted) == 1 else "killing the running tasks")
+        ens.interrupt(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, interrupt, sig)
+    try:
+        ens.on_progress = lambda: console.progress(ens.progress_text())
+        for spec in specs:
+            ens.add(spec.argv, spec=spec)
+        results = await ens.join()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await ens.aclose()
+        summary = ens.summary_text()
+        await console.aclose((summary if opts.verbose else summary.split("\n node ")[0]) + "\n")
+    if interrupted:
+        return 128 + interrupted[0]
+    return 0 if all(r.ok for r in results) else 1
+
+
+async def run_ensemble(tasks: Iterable[Sequence[str] | str], nodes: Nodes, *,
+                       output: str = "inherit", **options: Any) -> list[TaskResult]:
+    """Run ``tasks`` (argv lists, or tasks-file lines like ``"[mem=2G] ./sim 1"``)
+    to their end; ``options`` are :class:`Ensemble`'s.  ``output="inherit"``
+    writes their lines to our stdout/stderr with ``[task N] ``; ``"capture"``
+    keeps them in the results."""
+    if output not in ("inherit", "capture"):
+        raise ValueError("output must be 'inherit' or 'capture'")
+    console = _Console(0, False) if output == "inherit" else None
+    try:
+        async with Ensemble(nodes, output=console.output if console else None,
+                            **options) as ens:
+            for item in tasks:
+                if isinstance(item, str):
+                    for spec in parse_tasks(item, options.get("mem_per_task")):
+                        ens.add(spec.argv, spec=spec)
+                else:
+                    ens.add(item)
+            return await ens.join()
+    finally:
+        if console is not None:
+            await console.aclose()

@@ -1,0 +1,533 @@
+"""Task ensembles under memory admission: ``pmrun --tasks``, ``Cluster.submit``, ``run_tasks``.
+
+An :class:`Ensemble` runs one-command tasks over the nodes of a
+:class:`~pm.common.nodes.Nodes` as fast as each node's memory admits them: the pure
+:class:`~pm.ensemble.scheduler.EnsembleScheduler` decides; this module feeds it memory
+samples, applies the overrun policy, has the admitted tasks run and reports
+what happens (:class:`Event`).
+
+Nodes and memory.  The scheduler's nodes are *memory domains*
+(:mod:`pm.ensemble.domain`).  Every node entry on this machine
+(``--local-nodes N``, or every host with the local launcher) is one domain,
+since they share one machine's memory: one admission for the machine, N
+execution targets that label the tasks (``PMRUN_TASK_NODE``).  Tasks per
+domain are bounded by ``jobs`` (``-j``), else by ``-ppn`` / host slots when
+given, else (``jobs="cores"``, the command line's default) by its cores, else
+by memory alone; memory admission applies on top.
+This machine's tasks are started here directly (posix_spawn into one
+guardian process group: :mod:`pm.ensemble.local`); its memory is the
+cgroup's or the machine's (:class:`~pm.agent.memory.NodeMemory`) and each
+task's process tree is read from /proc (anonymous resident bytes: shared
+library pages are not the task's).  Any other host is a domain of its own
+(:mod:`pm.ensemble.remote`): each of its tasks runs as a job through the
+agent tree (vertex 0, here, runs ``true``; vertex 1 the task), and a probe
+job there (``python -m pm.ensemble probe``) reports the host's memory and
+its tasks' usage, found by the ``PMRUN_ENSEMBLE`` variable they carry.
+
+:class:`Task` and :class:`TaskResult` are defined in :mod:`pm.ensemble.task`
+and imported from here; the command-line front end is :mod:`pm.ensemble.cli`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shlex
+import signal
+import socket
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pm.agent.memory import (
+    NodeMemory,
+    OverrunPolicy,
+    SizeError,
+    Watermarks,
+    format_size,
+    parse_size,
+)
+from pm.common.output import STDOUT
+from pm.ensemble.domain import Domain, make_domains
+from pm.ensemble.local import LocalRunner, signal_tree, tree_anon
+from pm.ensemble.remote import RemoteRunner, parse_probe_line
+from pm.ensemble.scheduler import (
+    DEFAULT_RESERVATION,
+    EnsembleScheduler,
+    Start,
+    TaskSpec,
+    TaskStatus,
+)
+from pm.ensemble.task import Task, TaskResult
+from pm.jobspec import JobSpec
+from pm.proto.errors import ResourceLimit
+
+if TYPE_CHECKING:
+    from pm.common.nodes import Nodes
+
+__all__ = ["DEFAULT_SETTLE", "Ensemble", "Event", "Task", "TaskResult"]
+
+log = logging.getLogger("pm.ensemble")
+
+#: Seconds a running task's peak must hold still before its reservation shrinks to it.
+DEFAULT_SETTLE = 1.0
+#: Seconds between two memory samples of a node.
+DEFAULT_INTERVAL = 0.1
+
+#: Receives a task's output: (task index, 1 for stdout or 2 for stderr, whole lines).
+TaskSink = Callable[[int, int, bytes], None]
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something the ensemble did or saw, for logs and callers.
+
+    ``kind``: ``watermarks`` (a node's figures are known), ``start``, ``exit``,
+    ``blocked`` (the node passed its high watermark), ``unblocked`` (back under
+    its low one), ``sample`` (a memory sample), ``overrun`` (a task over its
+    declared bound), ``killed`` / ``suspended`` / ``resumed`` (the overrun
+    policy acted), ``lost`` (a node's probe is gone).  ``used`` and
+    ``reserved`` are the node's figures when it happened.
+    """
+
+    kind: str
+    time: float
+    node: str
+    text: str
+    task: int | None = None
+    used: int = 0
+    reserved: int = 0
+    high: int = 0
+    low: int = 0
+
+
+class Ensemble:
+    """Runs tasks over ``nodes`` under memory admission (see the module docstring).
+
+    ``mem_high`` / ``mem_low``: watermarks per node, sizes or percentages of
+    its memory (None: 90 % / 80 %).  ``mem_per_task``: the bound of a task
+    that states none (None: learned from finished tasks of the same command,
+    else a guess).  ``retries``: reruns of a failed task.  ``overrun``: what
+    to do with a task over its bound while its node is over the high
+    watermark (``warn``, ``kill``, ``suspend``).  ``settle``: a running task's
+    reservation shrinks to its measured peak (+10 %) once that peak held
+    ``settle`` seconds (None: reservations only grow).  ``spec``: environment
+    and working directory of the tasks, and ``ppn`` (tasks per node entry).
+    ``jobs``: tasks at most per host (0: memory alone), or ``"cores"``: one per
+    core of the host unless ``ppn`` or the hosts give slots (None: those slots,
+    else memory alone).
+    ``output``: a :data:`TaskSink`, or None to keep each task's output in its
+    result.  ``on_event``: every :class:`Event`.  ``cgroup``: the memory cgroup
+    of this machine's tasks (default: this process's).  ``local_hosts``: host
+    names that are this machine (default: all with the local launcher, else
+    this host's names).  Use ``async with`` or :meth:`start` / :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        nodes: Nodes,
+        *,
+        mem_high: str | int | None = None,
+        mem_low: str | int | None = None,
+        mem_per_task: int | None = None,
+        retries: int = 0,
+        overrun: str = "warn",
+        settle: float | None = DEFAULT_SETTLE,
+        interval: float = DEFAULT_INTERVAL,
+        spec: JobSpec | None = None,
+        output: TaskSink | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        cgroup: str | os.PathLike[str] | None = None,
+        local_hosts: Collection[str] | None = None,
+        default_reservation: int = DEFAULT_RESERVATION,
+        jobs: int | str | None = None,
+    ) -> None:
+        if overrun not in ("warn", "kill", "suspend"):
+            raise SizeError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
+        self._nodes = nodes
+        self._high, self._low = mem_high, mem_low
+        self._mem_per_task = mem_per_task
+        self._overrun: OverrunPolicy = overrun  # type: ignore[assignment]  # checked above
+        self._interval = interval
+        self._spec = spec or JobSpec(apps=[])
+        self._output = output
+        self._on_event = on_event
+        self._probe_mem = NodeMemory(cgroup)
+        self._token = secrets.token_hex(6)
+        self._here = socket.gethostname()
+        if not (jobs is None or jobs == "cores" or (isinstance(jobs, int) and jobs >= 0)):
+            raise SizeError(f"-j takes a whole number of tasks (0: no limit), not {jobs!r}")
+        self._domains = make_domains(nodes, self._spec.ppn, self._here, local_hosts, jobs)
+        by_cores = all(d.cores for d in self._domains.values())
+        self._sched = EnsembleScheduler(
+            list(self._domains), retries, slots={d.name: d.slots for d in self._domains.values()
+                                                 if d.slots is not None},
+            settle=settle, default_reservation=default_reservation,
+            slot_word="a core" if by_cores else "a free slot",
+        )
+        self._tasks: dict[int, Task] = {}
+        self._runs: set[asyncio.Task[None]] = set()
+        #: Waits for the remote memory probes to end: awaited by aclose() once they are told to.
+        self._probe_ends: set[asyncio.Future[Any]] = set()
+        self._remote = RemoteRunner(nodes, self._spec, self._here)
+        self._local: LocalRunner | None = None  # from the start, with a local domain
+        self._sampler: asyncio.Task[None] | None = None
+        self._starting: asyncio.Future[None] | None = None
+        self._closed = False
+        self._stopping = False  # interrupted: start nothing new
+        self.on_progress: Callable[[], None] | None = None
+
+    # ----------------------------------------------------------------- set-up
+    async def __aenter__(self) -> Ensemble:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Read every node's memory and watermarks; then tasks can start.  Idempotent."""
+        if self._closed:
+            raise ResourceLimit("the task ensemble is closed")
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
+        for d in self._domains.values():
+            if d.local:
+                snap = await asyncio.to_thread(self._probe_mem.read)
+                self._memory_known(d, snap.total, snap.used, snap.limit_source)
+                if self._sampler is None:
+                    self._local = LocalRunner(self._spec)
+                    self._sampler = asyncio.ensure_future(self._sample_local(d))
+            else:
+                await self._start_probe(d)
+
+    def _memory_known(self, d: Domain, total: int, used: int, source: str) -> None:
+        marks = Watermarks.resolve(total, self._high, self._low)
+        self._event("watermarks", d, marks.describe(total, source))
+        self._apply(self._sched.node_memory(d.name, used, marks, now=time.monotonic()))
+        d.peak_used = max(d.peak_used, used)
+
+    # ----------------------------------------------------------------- submitting
+    def add(self, argv: Sequence[str], mem: str | int | None = None, *,
+            env: dict[str, str] | None = None, wdir: str | None = None,
+            spec: TaskSpec | None = None) -> Task:
+        """Queue a task without waiting for its admission (``spec``: a parsed line)."""
+        if self._closed:
+            raise ResourceLimit("the task ensemble is closed")
+        index = len(self._tasks)
+        if spec is None:
+            nbytes = parse_size(mem) if isinstance(mem, str) else mem
+            if nbytes is None:
+                nbytes = self._mem_per_task
+            spec = TaskSpec(index, tuple(argv), nbytes, shlex.join(argv))
+        elif spec.index != index:
+            spec = TaskSpec(index, spec.argv, spec.mem, spec.line, spec.lineno)
+        if not spec.argv:
+            raise ValueError("a task needs a command")
+        task = Task(spec, dict(env or {}), wdir or self._spec.wdir)
+        if self._output is None:
+            task.out, task.err = [], []
+        self._tasks[index] = task
+        self._apply(self._sched.add([spec]))
+        return task
+
+    async def submit(self, argv: Sequence[str], mem: str | int | None = None, *,
+                     env: dict[str, str] | None = None, wdir: str | None = None) -> Task:
+        """Queue ``argv`` and return once it is admitted on a node (it is then starting).
+
+        ``mem``: its memory bound (``"2G"`` or bytes; default ``mem_per_task``).
+        While no node can admit it (memory, or a node waiting to fall under its
+        low watermark), this does not return.  Cancelling withdraws the task.
+        Raises :class:`ResourceLimit` if it can never be admitted.
+        """
+        await self.start()
+        task = self.add(argv, mem, env=env, wdir=wdir)
+        try:
+            await asyncio.shield(task.admitted)
+        except asyncio.CancelledError:
+            self._apply(self._sched.cancel(task.index))
+            raise
+        return task
+
+    async def join(self) -> list[TaskResult]:
+        """Every task's result, in submission order, once all have ended."""
+        return [await t.wait() for t in list(self._tasks.values())]
+
+    def progress_text(self) -> str:
+        return self._sched.progress().format(len(self._tasks))
+
+    def summary_text(self) -> str:
+        lines = [self._sched.summary().format()]
+        for d in self._domains.values():
+            adm = self._sched.admission(d.name)
+            if adm is not None:
+                lines.append(f"node {d.name}: peak memory in use {format_size(d.peak_used)} "
+                             f"(high watermark {format_size(adm.watermarks.high)})")
+        return "\n".join(lines)
+
+    # ----------------------------------------------------------------- stopping
+    def interrupt(self, signum: int) -> None:
+        """First call: start nothing more, pass ``signum`` to running tasks; then kill them."""
+        if not self._stopping:
+            self._stopping = True
+            for t in self._tasks.values():
+                if self._sched.record(t.index).status is TaskStatus.QUEUED:
+                    self._sched.cancel(t.index, f"not run: {signal.Signals(signum).name}")
+            self._apply([])
+            if self._local is not None:
+                self._local.signal(signum)
+            for job in self._remote.jobs.values():
+                job.signal(signum)
+        else:
+            self._kill_all("interrupted twice")
+
+    def _kill_all(self, why: str) -> None:
+        if self._local is not None:
+            for t in self._tasks.values():
+                if t.pid:
+                    signal_tree(t.pid, signal.SIGKILL)
+        for job in list(self._remote.jobs.values()):
+            job.kill(why)
+
+    async def aclose(self) -> None:
+        """Kill what runs, fail what waits, stop sampling and probes.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = self._stopping = True
+        for t in self._tasks.values():
+            if self._sched.record(t.index).status is TaskStatus.QUEUED:
+                self._sched.cancel(t.index, "the ensemble closed")
+        self._apply([])
+        self._kill_all("the ensemble closed")
+        if self._runs:
+            await asyncio.wait(set(self._runs))
+        for d in self._domains.values():
+            if d.probe is not None:
+                d.probe.signal(signal.SIGTERM)
+                with contextlib.suppress(Exception):
+                    await d.probe.wait()
+        if self._probe_ends:
+            await asyncio.wait(set(self._probe_ends))
+        for job_task in (self._sampler, self._starting):
+            if job_task is not None and not job_task.done():
+                job_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await job_task
+        if self._local is not None:
+            self._local.close()
+
+    # ----------------------------------------------------------------- running
+    def _apply(self, starts: list[Start]) -> None:
+        for start in starts:
+            run = asyncio.ensure_future(self._run(start))
+            self._runs.add(run)
+            run.add_done_callback(self._runs.discard)
+        for index in self._sched.take_failed_unrun():
+            task = self._tasks[index]
+            rec = self._sched.record(index)
+            if not task.admitted.done():
+                task.admitted.set_exception(ResourceLimit(f"task {index}: {rec.reason}"))
+                task.admitted.exception()  # an add()-ed task may have no submitter
+            self._finish(task)
+        if self.on_progress is not None:
+            self.on_progress()
+
+    async def _run(self, start: Start) -> None:
+        task = self._tasks[start.task.index]
+        d = self._domains[str(start.node)]
+        entry = min(d.entries, key=lambda e: d.running.get(e, 0))
+        d.running[entry] = d.running.get(entry, 0) + 1
+        task.node, task.started, task.ended = d.name, time.time(), None
+        if not task.admitted.done():
+            task.admitted.set_result(None)
+        env = {**task.env, "PMRUN_ENSEMBLE": self._token, "PMRUN_TASK": str(task.index),
+               "PMRUN_TASK_NODE": str(entry), "PMRUN_TASK_ATTEMPT": str(start.attempt)}
+        self._event("start", d, f"[task {task.index}] started on node {entry} ({d.name}), "
+                    f"reserving {format_size(start.reservation)}: {task.spec.line}", task.index)
+        code: int | None = None
+        try:
+            if d.local:
+                assert self._local is not None
+                code = await self._local.run(task, env, self._emit)
+            else:
+                code = await self._remote.run(task, d.name, env, self._emit)
+        finally:
+            task.ended = time.time()
+            d.running[entry] -= 1
+            for s in (d.reported, d.killed, d.suspended, d.exempt):
+                s.discard(task.index)
+            peak = self._sched.record(task.index).peak
+            self._event("exit", d, f"[task {task.index}] exited with {code} after "
+                        f"{task.ended - task.started:.2f} s, peak {format_size(peak)}", task.index)
+            self._apply(self._sched.task_exited(task.index, code))
+            if self._sched.record(task.index).status in (TaskStatus.DONE, TaskStatus.FAILED):
+                self._finish(task)
+
+    def _finish(self, task: Task) -> None:
+        if task.done():
+            return
+        rec = self._sched.record(task.index)
+        codes = tuple(rec.exit_codes)
+        task._result.set_result(TaskResult(
+            task.index, task.argv, codes[-1] if codes else None, codes, task.node, rec.peak,
+            rec.reservation, rec.reason, task.started, task.ended,
+            b"".join(task.out or []), b"".join(task.err or [])))
+
+    def _emit(self, task: Task, stream: int, data: bytes) -> None:
+        if self._output is not None:
+            self._output(task.index, stream, data)
+        else:
+            buf = task.out if stream == STDOUT else task.err
+            assert buf is not None
+            buf.append(data)
+
+    # ----------------------------------------------------------------- memory
+    async def _sample_local(self, d: Domain) -> None:
+        while True:
+            await asyncio.sleep(self._interval)  # the sampling period, not a wait for an event
+            pids = {t.index: t.pid for t in self._tasks.values() if t.pid and t.node == d.name}
+            try:
+                used, sizes = await asyncio.to_thread(self._measure, pids)
+            except OSError as exc:  # a probe that failed once must not stop the ensemble
+                log.warning("memory sample failed: %s", exc)
+                continue
+            self._sampled(d, used, sizes)
+
+    def _measure(self, pids: dict[int, int]) -> tuple[int, dict[int, int]]:
+        return self._probe_mem.used(), {i: tree_anon(p) for i, p in pids.items()}
+
+    def _sampled(self, d: Domain, used: int, sizes: dict[int, int]) -> None:
+        d.peak_used = max(d.peak_used, used)
+        starts = self._sched.node_memory(d.name, used, tasks=sizes, now=time.monotonic())
+        adm = self._sched.admission(d.name)
+        assert adm is not None
+        # The figures of the sample itself: without what it just admitted (unused yet).
+        reserved = adm.reserved - sum(s.reservation for s in starts if s.node == d.name)
+        if adm.blocked != d.blocked:
+            d.blocked = adm.blocked
+            marks = adm.watermarks
+            if adm.blocked:
+                text = (f"over the high watermark {format_size(marks.high)}: admitting "
+                        f"nothing until it is under the low one ({format_size(marks.low)})")
+            else:
+                text = f"under the low watermark {format_size(marks.low)}: admitting again"
+            self._event("blocked" if adm.blocked else "unblocked", d,
+                        f"node {d.name}: used+reserved {format_size(adm.used + reserved)} "
+                        + text, reserved=reserved)
+        self._event("sample", d, f"node {d.name}: used {format_size(adm.used)}, "
+                    f"reserved {format_size(reserved)}", reserved=reserved)
+        self._overruns(d)
+        self._apply(starts)
+
+    def _overruns(self, d: Domain) -> None:
+        """Report tasks over their bound; act on them per policy while the node is blocked."""
+        adm = self._sched.admission(d.name)
+        assert adm is not None
+        overruns = [(_index(o.ident), o) for o in adm.overruns()]
+        for index, o in overruns:
+            if index not in d.reported:
+                d.reported.add(index)
+                self._event("overrun", d, f"[task {index}] uses {format_size(o.measured)}, "
+                            f"over its bound of {format_size(o.bound)}", index)
+        if not adm.blocked:
+            d.exempt.clear()
+            self._resume(d)
+            return
+        running = {_index(i) for i in adm.admitted()} - d.suspended
+        for index, _o in overruns:
+            if index in d.killed or index in d.suspended or index in d.exempt:
+                continue
+            if self._overrun == "kill":
+                d.killed.add(index)
+                self._act(d, index, signal.SIGKILL, "killed")
+            elif self._overrun == "suspend" and running - {index}:
+                # Only while something else runs that can end and free memory.
+                running.discard(index)
+                d.suspended.add(index)
+                self._act(d, index, signal.SIGSTOP, "suspended")
+        if d.suspended and not running:
+            d.exempt.update(d.suspended)  # waiting cannot free memory any more
+            self._resume(d)
+
+    def _resume(self, d: Domain) -> None:
+        for index in sorted(d.suspended):
+            self._act(d, index, signal.SIGCONT, "resumed")
+        d.suspended.clear()
+
+    def _act(self, d: Domain, index: int, sig: signal.Signals, what: str) -> None:
+        task = self._tasks[index]
+        jobs = self._remote.jobs
+        if d.local and task.pid:
+            signal_tree(task.pid, sig)
+        elif index in jobs:
+            if sig == signal.SIGKILL:
+                jobs[index].kill(f"task {index} over its memory bound")
+            else:
+                jobs[index].signal(sig)
+        self._event(what, d, f"[task {index}] {what}: over its bound while node {d.name} "
+                    "is over its high watermark", index)
+
+    def _event(self, kind: str, d: Domain, text: str, task: int | None = None, *,
+               reserved: int | None = None) -> None:
+        if self._on_event is None:
+            return
+        adm = self._sched.admission(d.name)
+        figures = (adm.used, adm.reserved if reserved is None else reserved,
+                   adm.watermarks.high, adm.watermarks.low) if adm else (0, 0, 0, 0)
+        self._on_event(Event(kind, time.time(), d.name, text, task, *figures))
+
+    # ----------------------------------------------------------------- remote probes
+    async def _start_probe(self, d: Domain) -> None:
+        loop = asyncio.get_running_loop()
+        d.first = loop.create_future()
+        d.probe = self._remote.probe(d.name, self._token, self._interval,
+                                     lambda data: self._probe_lines(d, data))
+        await d.probe.start()
+        ended = asyncio.ensure_future(d.probe.wait())
+        self._probe_ends.add(ended)
+        ended.add_done_callback(self._probe_ends.discard)
+        ended.add_done_callback(lambda f: self._probe_ended(d, f))
+        deadline = float(str(self._nodes.bootstrap.get("join_timeout", 60)))
+        first: asyncio.Future[Any] = d.first
+        await asyncio.wait({first, ended}, timeout=deadline, return_when="FIRST_COMPLETED")
+        if not d.first.done():
+            self._lost(d, "its memory probe sent nothing")
+
+    def _probe_lines(self, d: Domain, data: bytes) -> None:
+        for line in data.decode(errors="replace").splitlines():
+            sample = parse_probe_line(line)
+            if sample is None:
+                continue
+            total, used, kind, sizes, cores = sample
+            if d.first is not None and not d.first.done():
+                if d.cores and not d.local:
+                    d.slots = cores
+                    self._apply(self._sched.set_slots(d.name, cores))
+                self._memory_known(d, total, used, f"{kind} on {d.name}")
+                d.first.set_result(None)
+            else:
+                self._sampled(d, used, sizes)
+
+    def _probe_ended(self, d: Domain, f: asyncio.Future[Any]) -> None:
+        if not self._closed:
+            self._lost(d, "its memory probe ended")
+
+    def _lost(self, d: Domain, why: str) -> None:
+        if d.first is not None and not d.first.done():
+            d.first.set_result(None)
+        self._event("lost", d, f"node {d.name} lost: {why}")
+        log.warning("node %s lost: %s", d.name, why)
+        self._apply(self._sched.node_lost(d.name))
+
+
+def _index(ident: object) -> int:
+    assert isinstance(ident, int)  # the scheduler's admission idents are task indices
+    return ident
+

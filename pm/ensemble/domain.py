@@ -1,0 +1,85 @@
+"""An ensemble's memory domains: which node entries share one machine's memory.
+
+The scheduler admits tasks per memory domain, not per node entry.  Every
+node entry on this machine (``--local-nodes N``, or every host with the
+local launcher) belongs to one domain, since they share one machine's
+memory; any other host is a domain of its own.  :func:`make_domains` forms
+them from a :class:`~pm.common.nodes.Nodes`, with the task slots of each (memory
+alone bounds a domain without slots).  A :class:`Domain` also carries what
+the ensemble tracks of it while tasks run.  Apart from :mod:`pm.ensemble`
+because it is how a job's node list becomes the scheduler's nodes, decided
+once, before anything runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pm.common.nodes import Nodes
+    from pm.head import JobRun
+
+__all__ = ["Domain", "make_domains"]
+
+_LOCAL_LAUNCHERS = ("", "local", "fork")
+
+
+@dataclass
+class Domain:
+    """One memory domain (named after its host) and the ensemble's state of it."""
+
+    name: str
+    local: bool
+    entries: list[int] = field(default_factory=list)  # node indices in Nodes
+    slots: int | None = 0
+    cores: bool = False  # its slots are its cores (a remote host's: from its probe)
+    running: dict[int, int] = field(default_factory=dict)  # entry -> tasks on it
+    blocked: bool = False
+    peak_used: int = 0
+    first: asyncio.Future[None] | None = None  # remote: the first sample arrived
+    probe: JobRun | None = None
+    # Task indices, for the overrun policy:
+    reported: set[int] = field(default_factory=set)
+    killed: set[int] = field(default_factory=set)
+    suspended: set[int] = field(default_factory=set)
+    exempt: set[int] = field(default_factory=set)
+
+
+def make_domains(nodes: Nodes, ppn: int | None, here: str,
+                 local_hosts: Collection[str] | None,
+                 jobs: int | str | None = None) -> dict[str, Domain]:
+    """The domains of ``nodes`` by name.  ``ppn``: tasks per node entry (None: the
+    hosts' slots).  ``here``: this host's name, the name of its domain.
+    ``local_hosts``: host names that are this machine (None: all with the local
+    launcher, else this host's names).  ``jobs``: tasks at most per domain (0:
+    memory alone), or ``"cores"``: its cores where neither ``ppn`` nor the
+    hosts gave slots (None: those slots, else memory alone)."""
+    if local_hosts is None:
+        if str(nodes.bootstrap.get("name", "local")) in _LOCAL_LAUNCHERS:
+            local_hosts = set(nodes.hosts)
+        else:
+            local_hosts = {here, here.split(".")[0], "localhost", "127.0.0.1"}
+    domains: dict[str, Domain] = {}
+    for i, host in enumerate(nodes.hosts):
+        local = host in local_hosts
+        name = here if local else host
+        d = domains.setdefault(name, Domain(name, local))
+        d.entries.append(i)
+        slots = ppn or nodes.slots[i]
+        d.slots = None if slots is None or d.slots is None else d.slots + slots
+    for d in domains.values():
+        if isinstance(jobs, int):
+            d.slots = jobs or None
+        elif jobs == "cores" and d.slots is None:
+            # A remote host's cores come with its probe's first sample: none until then.
+            d.slots, d.cores = (local_cores() if d.local else 0), True
+    return domains
+
+
+def local_cores() -> int:
+    """The cores this process may run on (a Slurm or cgroup cpuset counts)."""
+    return len(os.sched_getaffinity(0)) or 1

@@ -1,0 +1,130 @@
+"""An ensemble's tasks on this machine: their processes, pipes and memory.
+
+:class:`LocalRunner` starts each run as a node's ranks start
+(:func:`pm.agent.started.start_local`) into one guardian process group,
+reads its stdout and stderr on the loop as whole lines (the one pipe
+reader, :func:`pm.common.output.read_pipe`) and waits for its exit;
+:func:`tree_anon` measures a task from /proc and :func:`signal_tree`
+signals it.  Apart from :mod:`pm.ensemble` because this is what a task is
+to this machine's operating system, while the ensemble decides what runs
+where and when; a task on another host is a job of the agent tree instead
+(:mod:`pm.ensemble.remote`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+
+from pm.agent.memory import tree_pids
+from pm.agent.spawn import Guardian, SpawnError, resolve
+from pm.agent.started import RankStart, start_local
+from pm.agent.watch import ChildWatch
+from pm.common.output import STDERR, STDOUT, read_pipe
+from pm.ensemble.task import Task
+from pm.jobspec import JobSpec
+
+__all__ = ["DRAIN", "LocalRunner", "signal_tree", "tree_anon"]
+
+#: How long a task's pipes may stay open after it exited (a daemon it left behind).
+DRAIN = 1.0
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class LocalRunner:
+    """Runs tasks on this machine, in the environment and directory of ``spec``.
+
+    Owns the guardian of their process group and the watch on their exits
+    from the ensemble's start to :meth:`close`.
+    """
+
+    def __init__(self, spec: JobSpec) -> None:
+        self._spec = spec
+        self._watch = ChildWatch()
+        self._guardian = Guardian()
+
+    async def run(self, task: Task, env: dict[str, str],
+                  emit: Callable[[Task, int, bytes], None]) -> int:
+        """One run of ``task`` with ``env`` over the spec's environment: posix_spawn into
+        our guardian's group, pipes read here and their lines passed to ``emit`` (task,
+        stream, data).  ``task.pid`` is the run's while it runs.  Returns its shell status."""
+        full = self._spec.base_env()
+        full.update(env)
+        try:
+            path = resolve(task.argv[0], full, task.wdir)
+        except SpawnError as exc:
+            emit(task, STDERR, f"pmrun: {exc}\n".encode())
+            return 127
+        loop = asyncio.get_running_loop()
+        # Started as ranks are (no PMI socket, stdin from /dev/null), in our group.
+        started = start_local([RankStart(0, 0, path, task.argv, full, task.wdir)],
+                              stdin_rank=None, pmi=False, guardian=self._guardian)
+        (r,) = started.ranks
+        if r.failure:
+            emit(task, STDERR, f"pmrun: {r.failure}\n".encode())
+            return 127
+        task.pid = r.pid
+        open_fds = {STDOUT: r.out_fd, STDERR: r.err_fd}
+        bufs = {STDOUT: r.out, STDERR: r.err}
+        r.out_fd = r.err_fd = -1
+        drained = loop.create_future()
+
+        def readable(stream: int, last: bool = False) -> None:
+            fd = open_fds[stream]
+            if last:  # the drain time is over: what is left of the line, and no more
+                lines, got = bufs[stream].flush(), 0
+            else:
+                lines, got = read_pipe(fd, bufs[stream])
+            if lines:
+                emit(task, stream, lines)
+            if got == 0:
+                loop.remove_reader(fd)
+                os.close(fd)
+                del open_fds[stream]
+                if not open_fds and not drained.done():
+                    drained.set_result(None)
+
+        for stream, fd in open_fds.items():
+            loop.add_reader(fd, readable, stream)
+        pidfd, r.pidfd = r.pidfd, -1
+        try:
+            status = await self._watch.watch(task.pid, pidfd)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(drained), DRAIN)
+        finally:
+            task.pid = 0
+            for stream in list(open_fds):
+                readable(stream, last=True)
+        return status.shell_code
+
+    def signal(self, signum: int) -> None:
+        """Pass ``signum`` to every task running here (their whole process group)."""
+        self._guardian.signal(signum)
+
+    def close(self) -> None:
+        """Stop watching exits and release the process group."""
+        self._watch.close()
+        self._guardian.release()
+
+
+def tree_anon(pid: int) -> int:
+    """Anonymous resident bytes of ``pid`` and its descendants (statm: resident - shared)."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                fields = f.read().split()
+            total += (int(fields[1]) - int(fields[2])) * _PAGE
+        except (OSError, IndexError, ValueError):  # exited between the walk and the read
+            continue
+    return total
+
+
+def signal_tree(pid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to ``pid`` and its descendants."""
+    for p in tree_pids(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, sig)

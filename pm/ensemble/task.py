@@ -1,0 +1,74 @@
+"""A submitted task as its caller holds it: the :class:`Task` handle and its :class:`TaskResult`.
+
+Apart from :mod:`pm.ensemble` because both sides of an ensemble share them:
+the :class:`~pm.ensemble.Ensemble` that admits and finishes tasks, and the
+runners that start their processes on this machine
+(:mod:`pm.ensemble.local`) or on other hosts (:mod:`pm.ensemble.remote`).
+Callers import both names from :mod:`pm.ensemble`, which re-exports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from pm.ensemble.scheduler import TaskSpec
+
+__all__ = ["Task", "TaskResult"]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """How a task ended.  ``returncode``: the last run's status as a shell shows it
+    (128 + N for signal N), None if it never ran to an end (lost node, cancelled,
+    too big for every node: see ``reason``); ``exit_codes``: one per run."""
+
+    index: int
+    argv: tuple[str, ...]
+    returncode: int | None
+    exit_codes: tuple[int | None, ...]
+    node: str | None
+    peak: int  # largest sample of its memory, bytes
+    reservation: int  # what its last run reserved
+    reason: str | None = None
+    started: float | None = None  # wall clock of the last run's start and end
+    ended: float | None = None
+    stdout: bytes = b""  # when captured
+    stderr: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class Task:
+    """A submitted task: ``await task.wait()`` gives its :class:`TaskResult`."""
+
+    def __init__(self, spec: TaskSpec, env: dict[str, str], wdir: str | None) -> None:
+        self.spec = spec
+        self.env = env
+        self.wdir = wdir
+        loop = asyncio.get_running_loop()
+        self.admitted: asyncio.Future[None] = loop.create_future()
+        self._result: asyncio.Future[TaskResult] = loop.create_future()
+        self.node: str | None = None
+        self.pid = 0  # of the current run on this machine
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.out: list[bytes] | None = None
+        self.err: list[bytes] | None = None
+
+    @property
+    def index(self) -> int:
+        return self.spec.index
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        return self.spec.argv
+
+    def done(self) -> bool:
+        return self._result.done()
+
+    async def wait(self) -> TaskResult:
+        """The result once the task succeeded or failed for good (retries included)."""
+        return await asyncio.shield(self._result)

@@ -1,0 +1,53 @@
+"""One exception family for every layer of pmrun.
+
+Lower-level errors (OSError, zmq errors, cffi return codes) are translated
+into these at the edge where they happen and chained with ``from``.
+"""
+
+from __future__ import annotations
+
+
+class UsageError(Exception):
+    """A command line (or an environment variable) pmrun cannot run; the message is one line.
+
+    Not a :class:`PMError`: nothing ran.  Here because the head's parsers, the quick
+    phase and the ensemble front end all raise it."""
+
+
+class PMError(Exception):
+    """Base of every error pmrun raises on purpose."""
+
+
+class ProtocolError(PMError):
+    """A peer sent bytes that are not a valid message of the protocol in use."""
+
+
+class TransportError(PMError):
+    """A connection could not be made, or broke."""
+
+
+class AuthError(TransportError):
+    """A peer could not prove that it knows the job's secret or key."""
+
+
+class Timeout(PMError):
+    """A deadline passed."""
+
+
+class RankFailed(PMError):
+    """A rank exited badly, was killed, aborted, or dropped its PMI connection."""
+
+
+class AgentLost(PMError):
+    """A node agent died or its link went silent."""
+
+
+class KeyNotFound(PMError, KeyError):
+    """A KVS key that no rank has put (and none will)."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable.
+        return str(self.args[0]) if self.args else "key not found"
+
+
+class ResourceLimit(PMError):
+    """A limit of the node was reached (shared memory, memory watermark, file descriptors)."""

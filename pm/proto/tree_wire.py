@@ -1,0 +1,519 @@
+"""Messages between the head and the node agents (msgpack, sans-IO).
+
+Every message is a frozen, slotted dataclass with a small integer ``op``; on
+the wire it is the msgpack array ``[op, field1, field2, ...]``.  Nothing else in
+pmrun builds the frames that carry them.
+
+A message crosses a tree link as two zmq parts, an *envelope* and a *body*:
+
+* body = ``mac(16) || payload``, mac the truncated HMAC-SHA256 of the payload
+  under the job's secret (:func:`seal`/:func:`unseal`).  It says nothing about
+  where it goes, so one body serves every child a message goes to, and an
+  agent forwards its parent's body to its children as it came.
+* envelope = ``tag(16) || seq(8) || link(4) || direction(1)``, tag the
+  truncated HMAC-SHA256 of ``0xc1 || seq || link || direction || mac``
+  (:func:`stamp`/:func:`open_envelope`).  ``link`` is the child's vertex (each
+  vertex has one parent in a job, so it names the link), ``direction``
+  :data:`UP` (child to parent) or :data:`DOWN`, and ``seq`` counts the frames
+  of that direction of that link from 0.
+
+The tag covers the body's MAC, not its payload: binding a body to another
+child costs one HMAC of 46 bytes, however large the body.  A receiver
+(:class:`LinkSeal`) takes a frame only if both MACs match, the direction is the
+one it receives, the link is the one the frame came on, and ``seq`` is above
+the last it accepted on that link: a captured frame cannot be replayed, sent
+back to its sender, or sent to another agent.  A new job has a new secret, so
+the counters start again at 0 with every job.  The tag's input starts with
+0xc1, which msgpack never uses, so it is never a payload: a body's MAC cannot
+pass for an envelope's tag.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, ClassVar, dataclass_transform
+
+import msgpack
+
+from pm.proto.errors import AuthError, ProtocolError
+
+MAC_LEN = 16
+PROTOCOL_VERSION = 2  # 2: frames are [envelope, body]
+
+#: Directions of a tree link (bound under an envelope's tag).
+UP = 1  # child to parent
+DOWN = 2  # parent to child
+_WAYS = {UP: "child-to-parent", DOWN: "parent-to-child"}
+_HEAD = struct.Struct(">QiB")  # seq, link (the child's vertex), direction
+ENVELOPE_LEN = MAC_LEN + _HEAD.size
+#: First byte of what a tag covers: unused by msgpack, so never a payload's.
+_TAGGED = b"\xc1"
+
+
+@dataclass_transform()
+class Msg:
+    """Base of all tree messages: fields are the class's annotations, in order.
+
+    (Built without ``dataclasses``: generating ~20 dataclasses costs several
+    milliseconds of every launch.)
+    """
+
+    op: ClassVar[int]
+    _by_op: ClassVar[dict[int, type[Msg]]] = {}
+    _fields: ClassVar[tuple[str, ...]] = ()
+    _defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, op: int = -1, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if op >= 0:
+            cls.op = op
+        # Not inspect.get_annotations: importing inspect costs every launch.
+        own = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
+        names = tuple(n for n in own if n != "op")
+        cls._fields = names
+        cls._defaults = {n: cls.__dict__[n] for n in names if n in cls.__dict__}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        fields = self._fields
+        if len(args) > len(fields):
+            raise TypeError(f"{type(self).__name__} takes {len(fields)} fields")
+        for name, value in zip(fields, args, strict=False):
+            setattr(self, name, value)
+        for name in fields[len(args):]:
+            if name in kwargs:
+                setattr(self, name, kwargs.pop(name))
+            elif name in self._defaults:
+                setattr(self, name, self._defaults[name])
+            else:
+                raise TypeError(f"{type(self).__name__} missing field {name!r}")
+        if kwargs:
+            raise TypeError(f"{type(self).__name__} has no field {next(iter(kwargs))!r}")
+
+    def fields(self) -> list[Any]:
+        return [getattr(self, n) for n in self._fields]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields)
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.fields() == other.fields()  # type: ignore[attr-defined,unused-ignore]
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class Hello(Msg, op=1):
+    """First message of an agent on its link to its parent."""
+
+    vertex: int
+    host: str
+    pid: int
+    version: int = PROTOCOL_VERSION
+
+
+class Launch(Msg, op=2):
+    """The job plan (pm.jobspec.JobPlan as a dict): start your subtree and your ranks."""
+
+    plan: dict[str, Any]
+
+
+class Started(Msg, op=3):
+    """A whole subtree has spawned its ranks (``ranks`` of them, on ``vertices`` agents)."""
+
+    vertex: int
+    vertices: int
+    ranks: int
+    timeline: list[Any]
+
+
+class CollIn(Msg, op=4):
+    """A subtree's contribution to collective ``epoch`` (one per agent per collective)."""
+
+    epoch: int
+    kind: int
+    data: Any
+
+
+class CollOut(Msg, op=5):
+    """The result of collective ``epoch``, sent down once per agent."""
+
+    epoch: int
+    kind: int
+    data: Any
+
+
+class Output(Msg, op=6):
+    """Complete lines (or a last partial line at EOF): ``[[rank, stream, bytes], ...]``."""
+
+    items: list[Any]
+
+
+class Stdin(Msg, op=7):
+    """Bytes for rank 0's stdin, routed to vertex ``dst``; ``eof`` closes it."""
+
+    dst: int
+    data: bytes
+    eof: bool
+
+
+class StdinAck(Msg, op=8):
+    """Rank 0's stdin took ``nbytes`` more: the head may send that much again."""
+
+    nbytes: int
+
+
+class OutputAck(Msg, op=31):
+    """The head wrote ``nbytes`` more of vertex ``dst``'s output: its agent may send that
+    much again (output credit, routed down the tree; see :func:`pm.common.output.output_window`)."""
+
+    dst: int
+    nbytes: int
+
+
+class OutputGone(Msg, op=32):
+    """Nobody reads the head's ``stream`` (1 stdout, 2 stderr) any more: every agent closes
+    its ends of the ranks' pipes of that stream, so their writes fail instead of waiting."""
+
+    stream: int
+
+
+class Exits(Msg, op=9):
+    """Ranks that ended: ``[[rank, vertex, code, signal, reason], ...]``.
+
+    ``code`` is the exit status (or -1), ``signal`` the killing signal (or 0),
+    ``reason`` empty for an ordinary exit, else what went wrong first
+    ("exited before PMI finalize", "spawn failed: ...").
+    """
+
+    items: list[Any]
+
+
+class Abort(Msg, op=10):
+    """A rank asked to abort the job (PMI abort / MPI_Abort)."""
+
+    rank: int
+    vertex: int
+    code: int
+    message: str
+
+
+class Signal(Msg, op=11):
+    """Deliver signal ``signum`` to every rank."""
+
+    signum: int
+
+
+class Kill(Msg, op=12):
+    """End the job now: SIGTERM, grace, SIGKILL every rank; ``reason`` is logged."""
+
+    reason: str
+    grace: float
+
+
+class Done(Msg, op=13):
+    """Every rank of the subtree rooted at ``vertex`` has ended and been reported."""
+
+    vertex: int
+    stats: dict[str, Any]
+
+
+class GetReq(Msg, op=14):
+    """Direct get: ask vertex ``dst`` for the value ``rank`` put under ``key``."""
+
+    req: int
+    origin: int
+    dst: int
+    key: bytes
+    rank: int
+    #: Fences the asker had entered (at least 1): see :mod:`pm.agent.kvs`.
+    threshold: int = 1
+
+
+class GetResp(Msg, op=15):
+    """Answer to :class:`GetReq`: ``found`` False means the rank will never put it."""
+
+    req: int
+    dst: int
+    found: bool
+    value: bytes
+
+
+class NameReq(Msg, op=16):
+    """publish / unpublish / lookup of a service name (served by the root)."""
+
+    req: int
+    origin: int
+    action: str
+    service: str
+    port: str
+
+
+class NameResp(Msg, op=17):
+    req: int
+    dst: int
+    ok: bool
+    port: str
+
+
+class Heartbeat(Msg, op=18):
+    vertex: int
+
+
+class Shutdown(Msg, op=19):
+    """The job is over: clean up and exit."""
+
+    reason: str
+
+
+class AgentError(Msg, op=20):
+    """Something an agent could not do (bootstrap a child, bind, ...): fatal for the job."""
+
+    vertex: int
+    host: str
+    text: str
+
+
+class AgentGone(Msg, op=21):
+    """An agent below reports that its child ``vertex`` (on ``host``) was lost."""
+
+    vertex: int
+    host: str
+    text: str
+
+
+class Sub(Msg, op=22):
+    """Message ``msg`` (``[op, *fields]`` of a tree message) of spawned job ``job``.
+
+    A spawned job runs on the agents of the job that spawned it, over the same
+    links: its agents' messages travel wrapped in this, so each end hands them
+    to that job's own agent (:mod:`pm.agent.spawned_jobs`) or, at the head, to
+    its record (:mod:`pm.spawned_jobs`).
+    """
+
+    job: int
+    msg: list[Any]
+
+
+class SpawnReq(Msg, op=23):
+    """Rank ``rank`` (on vertex ``origin``) asks for a new job: ``request`` is
+    :class:`pm.proto.spawn.SpawnRequest` as ``[[argv, n, info], ...], preput``."""
+
+    req: int
+    origin: int
+    rank: int
+    commands: list[Any]
+    preput: dict[str, str]
+
+
+class SpawnLaunch(Msg, op=24):
+    """Start spawned job ``job`` (its :class:`pm.jobspec.JobPlan` as a dict) on the vertices
+    its ``placement`` names and their ancestors."""
+
+    job: int
+    plan: dict[str, Any]
+
+
+class SpawnResp(Msg, op=25):
+    """Answer to :class:`SpawnReq`, routed to vertex ``dst``: the children are started
+    (``ok``, their ``job`` and ``kvsname``) or could not be (``error``, ``errcodes``)."""
+
+    req: int
+    dst: int
+    ok: bool
+    job: int
+    kvsname: str
+    error: str
+    errcodes: list[int]
+
+
+def wrap(job: int, msg: Msg) -> Sub:
+    """``msg`` as a message of spawned job ``job``."""
+    return Sub(job, [msg.op, *msg.fields()])
+
+
+def unwrap(sub: Sub) -> Msg:
+    """The message a :class:`Sub` carries; ProtocolError if it is not one."""
+    inner = sub.msg
+    if not isinstance(inner, list) or not inner or not isinstance(inner[0], int):
+        raise ProtocolError("wrapped tree message is not [op, ...]")
+    cls = Msg._by_op.get(inner[0])
+    if cls is None or cls is Sub:
+        raise ProtocolError(f"unknown wrapped tree op {inner[0]}")
+    try:
+        return cls(*inner[1:])
+    except TypeError as exc:
+        raise ProtocolError(f"bad fields for {cls.__name__}: {exc}") from exc
+
+
+def _register() -> None:
+    for obj in list(globals().values()):
+        if isinstance(obj, type) and issubclass(obj, Msg) and obj is not Msg:
+            if obj.op in Msg._by_op:
+                raise TypeError(f"tree op {obj.op} used twice")
+            Msg._by_op[obj.op] = obj
+
+
+def encode(msg: Msg) -> bytes:
+    return msgpack.packb([msg.op, *msg.fields()], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode(data: bytes | memoryview) -> Msg:
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"undecodable tree message: {exc}") from exc
+    if not isinstance(obj, list) or not obj or not isinstance(obj[0], int):
+        raise ProtocolError("tree message is not [op, ...]")
+    cls = Msg._by_op.get(obj[0])
+    if cls is None:
+        raise ProtocolError(f"unknown tree op {obj[0]}")
+    try:
+        return cls(*obj[1:])
+    except TypeError as exc:
+        raise ProtocolError(f"bad fields for {cls.__name__}: {exc}") from exc
+
+
+#: Largest zmq frame a tree socket takes (ZMQ_MAXMSGSIZE): a peer's frame above it is refused
+#: by libzmq before any of it is stored, authenticated or not.  A body larger than this
+#: crosses a link as several parts (:func:`split`), joined again on arrival.
+PART_MAX = 4 << 20
+
+
+def split(body: bytes | memoryview) -> list[bytes | memoryview]:
+    """``body`` as parts of at most :data:`PART_MAX` bytes (one part, itself, if it fits)."""
+    if len(body) <= PART_MAX:
+        return [body]
+    view = memoryview(body)
+    return [view[i:i + PART_MAX] for i in range(0, len(view), PART_MAX)]
+
+
+def curve_keys(secret: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """The job's CURVE keys, derived from its secret: (server public, server secret,
+    client public, client secret), Z85-encoded as zmq takes them.
+
+    Every agent of a job got the secret over its bootstrap channel (stdin of
+    ssh, srun or the service's CURVE link), so every agent can make them and
+    nobody else can: a peer without the job's server public key cannot
+    complete the handshake of a tree port, and nobody on the network reads
+    the links.  A new job has new keys.
+    """
+    import hmac
+
+    import zmq
+    from zmq.utils import z85
+
+    keys = []
+    for role in (b"curve-server", b"curve-client"):
+        sec = z85.encode(hmac.digest(secret, role, "sha256"))
+        keys += [zmq.curve_public(sec), sec]
+    return keys[0], keys[1], keys[2], keys[3]
+
+
+def seal(secret: bytes, payload: bytes) -> bytes:
+    """Prefix ``payload`` with its MAC under ``secret``."""
+    import hmac  # only multi-node jobs seal frames
+
+    return hmac.digest(secret, payload, "sha256")[:MAC_LEN] + payload
+
+
+def unseal(secret: bytes, frame: bytes | memoryview) -> bytes | memoryview:
+    """Check a frame's MAC and return the payload; :class:`AuthError` if it does not match.
+
+    A memoryview frame gives a memoryview payload: a multi-MiB allgather result
+    is then never copied before it is decoded (fresh pages cost more than the MAC).
+    """
+    import hmac
+
+    if len(frame) < MAC_LEN:
+        raise AuthError("frame shorter than its MAC")
+    payload = frame[MAC_LEN:]
+    if not hmac.compare_digest(hmac.digest(secret, payload, "sha256")[:MAC_LEN], frame[:MAC_LEN]):
+        raise AuthError("frame MAC does not match the job secret")
+    return payload
+
+
+def _tag(secret: bytes, head: bytes | memoryview, body: bytes | memoryview) -> bytes:
+    import hmac
+
+    return hmac.digest(secret, b"".join((_TAGGED, head, body[:MAC_LEN])), "sha256")[:MAC_LEN]
+
+
+def stamp(secret: bytes, body: bytes | memoryview, link: int, direction: int,
+          seq: int) -> bytes:
+    """The envelope that sends sealed ``body`` as frame ``seq`` of ``direction`` on ``link``."""
+    head = _HEAD.pack(seq, link, direction)
+    return _tag(secret, head, body) + head
+
+
+def open_envelope(secret: bytes, envelope: bytes | memoryview,
+                  body: bytes | memoryview) -> tuple[int, int, int]:
+    """``(link, direction, seq)`` of an envelope; :class:`AuthError` if its tag does not match.
+
+    Only the envelope is checked (cheap): :func:`unseal` checks the body.
+    """
+    import hmac
+
+    if len(envelope) != ENVELOPE_LEN or len(body) < MAC_LEN:
+        raise AuthError("frame envelope or body too short")
+    head = envelope[MAC_LEN:]
+    if not hmac.compare_digest(_tag(secret, head, body), envelope[:MAC_LEN]):
+        raise AuthError("frame MAC does not match the job secret")
+    seq, link, direction = _HEAD.unpack(head)
+    return link, direction, seq
+
+
+class LinkSeal:
+    """Envelopes at one end of tree links: the next ``seq`` to send, the last one accepted.
+
+    Pure (no sockets).  An agent's parent link is one end of one link, its
+    child port one end of each child's link; ``inbound`` is the direction this
+    end receives.  Counters are per link (the child's vertex) and start at 0.
+    """
+
+    def __init__(self, secret: bytes, inbound: int) -> None:
+        self.secret = secret
+        self.inbound = inbound
+        self.outbound = UP if inbound == DOWN else DOWN
+        self._next: dict[int, int] = {}
+        self._last: dict[int, int] = {}
+
+    def envelope(self, link: int, body: bytes | memoryview) -> bytes:
+        """The envelope of the next frame this end sends on ``link`` (it takes a ``seq``)."""
+        seq = self._next.get(link, 0)
+        self._next[link] = seq + 1
+        return stamp(self.secret, body, link, self.outbound, seq)
+
+    def open(self, envelope: bytes | memoryview, body: bytes | memoryview,
+             link: int | None) -> tuple[int, int, bytes | memoryview]:
+        """Check a frame that came on ``link``: its ``(link, seq, payload)``.
+
+        ``link`` is ``None`` for a peer not known yet (its :class:`Hello` names
+        its link).  :class:`AuthError` says what is wrong: a MAC, a frame
+        sealed for the other direction or another link, or a ``seq`` not above
+        the last accepted (a replay).  Nothing is recorded: :meth:`accept` does.
+        """
+        got, direction, seq = open_envelope(self.secret, envelope, body)
+        if direction != self.inbound:
+            raise AuthError(f"frame sealed for the {_WAYS.get(direction, 'unknown')} direction "
+                            "(reflected back to its sender?)")
+        if link is not None and got != link:
+            raise AuthError(f"frame sealed for vertex {got}'s link, not vertex {link}'s")
+        last = self._last.get(got, -1)
+        if seq <= last:
+            raise AuthError(f"replayed or out-of-order frame (sequence {seq}, last accepted "
+                            f"{last})")
+        return got, seq, unseal(self.secret, body)
+
+    def accept(self, link: int, seq: int) -> None:
+        """Frame ``seq`` of ``link`` was taken: no frame up to it is taken again."""
+        self._last[link] = seq
+
+
+# Collective kinds (CollIn/CollOut.kind).
+FENCE = 1
+BARRIER = 2
+ALLGATHER = 3
+RING = 4
+
+
+_register()

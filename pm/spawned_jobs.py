@@ -1,0 +1,346 @@
+"""Spawned jobs at the head: numbering, placement, plan, and one fate with the run.
+
+A spawn request (:class:`pm.proto.tree_wire.SpawnReq`) comes up the tree from the
+spawner's agent.  The head gives the new job the next number ``J`` and the
+kvsname ``<launched kvsname>_s<J>``, places its ranks on the running job's
+agents (:func:`place_spawn`: free slots first, from the spawner's node on, the
+``host`` info key narrowing the nodes), and sends the plan down
+(:class:`pm.proto.tree_wire.SpawnLaunch`); the agents start the ranks
+(:mod:`pm.agent.spawned_jobs`).  Once every vertex taking part reported its
+ranks started, the spawner gets its answer.  Nothing is forked by the head.
+
+What the job says comes up wrapped (:class:`pm.proto.tree_wire.Sub`): its output,
+labelled ``[J:R]`` under ``-l``; its exits, where a failing rank fails the
+whole run named "rank R of spawned job J"; its Done.  The run ends once the
+launched job and every spawned job have ended; a kill takes them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pm.agent.watch import ExitStatus
+from pm.common.mapping import MappingError, place, process_mapping
+from pm.jobspec import JobPlan
+from pm.proto import tree_wire as t
+from pm.proto.spawn import SpawnCommand
+
+if TYPE_CHECKING:
+    from pm.head import JobRun, RankResult
+
+log = logging.getLogger("pm")
+
+
+class SpawnRefused(ValueError):
+    """A spawn that cannot be placed (a host that is not one of the job's nodes, ...)."""
+
+
+def place_spawn(n: int, free: list[int], start: int, allowed: list[int]) -> list[int]:
+    """Vertex of each of ``n`` new ranks.
+
+    Free slots first, node after node from ``start`` (the spawner's node) on,
+    wrapping around; then, when there are not enough, one more rank per node
+    in the same order (oversubscribed).  Only ``allowed`` vertices take ranks.
+    ``place_spawn(3, [1, 1], 0, [0, 1]) == [0, 1, 0]``.
+    """
+    if not allowed:
+        raise SpawnRefused("no node to place the ranks on")
+    count = len(free)
+    order = [v for i in range(count) if (v := (start + i) % count) in set(allowed)]
+    out: list[int] = []
+    for v in order:
+        take = min(max(free[v], 0), n - len(out))
+        out.extend([v] * take)
+    while len(out) < n:
+        out.extend(order[: n - len(out)])
+    return out
+
+
+def dense(node_of_rank: list[int]) -> list[int]:
+    """Vertices renumbered 0, 1, ... in order of first use (mapping node ids)."""
+    ids: dict[int, int] = {}
+    return [ids.setdefault(v, len(ids)) for v in node_of_rank]
+
+
+@dataclass(slots=True)
+class SpawnedJob:
+    """One spawned job as the head knows it."""
+
+    job: int
+    kvsname: str
+    argv: list[list[str]]
+    placement: list[int]
+    #: The job whose rank asked for it (0: the launched job) and where to answer.
+    parent: int
+    req: int
+    origin: int
+    members: set[int]
+    ranks: dict[int, RankResult] = field(default_factory=dict)
+    started: set[int] = field(default_factory=set)
+    requested_at: float = 0.0
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    done: bool = False
+    #: Ended by pmrun because its parent job ended first: its ranks' ends are no failure.
+    orphaned: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.placement)
+
+    def summary(self) -> dict[str, Any]:
+        """What :class:`pm.head.JobResult` reports of it."""
+        return {"job": self.job, "kvsname": self.kvsname, "argv": self.argv,
+                "parent": self.parent, "size": self.size, "nodes": sorted(set(self.placement)),
+                "ranks": dict(sorted(self.ranks.items())),
+                "spawn_seconds": max(0.0, self.started_at - self.requested_at)
+                if self.started_at else None}
+
+
+def universe_size(run: JobRun) -> int:
+    """MPI_UNIVERSE_SIZE by default: the slots of the job's nodes (:func:`capacities`),
+    never below the job's size."""
+    return max(run.plan.size, sum(capacities(run)))
+
+
+def capacities(run: JobRun) -> list[int]:
+    """Slots of each vertex: as the host list gave them, else the launched job's ranks
+    there (a plain ``-n N`` has room for N; children beyond it oversubscribe)."""
+    given = run.nodes.slots
+    used = [0] * len(run.plan.hosts)
+    for v in place(run.plan.size, run.plan.slots):
+        used[v] += 1
+    return [int(g) if (g := given[v] if v < len(given) else None) is not None else used[v]
+            for v in range(len(used))]
+
+
+#: Seconds a spawned job may outlive the job that spawned it before it is ended.
+ORPHAN_GRACE = 5.0
+
+
+def info_hosts(info: dict[str, str]) -> list[str] | None:
+    """Host names a command's ``host``/``hosts`` (a host list: ``h1,h[2-3]``) or
+    ``hostfile`` info key allows (Hydra's keys; read here, as mpiexec does), or None."""
+    from pm.common.hostlist import HostlistError, parse_hostfile, parse_hosts_option
+
+    try:
+        if info.get("host") or info.get("hosts"):
+            return [h.host for h in parse_hosts_option(info.get("host") or info["hosts"])]
+        if info.get("hostfile"):
+            with open(info["hostfile"]) as f:
+                return [h.host for h in parse_hostfile(f.read())]
+    except HostlistError as exc:
+        raise SpawnRefused(f"bad host info key: {exc}") from None
+    except OSError as exc:
+        raise SpawnRefused(f"hostfile {info['hostfile']}: {exc.strerror}") from None
+    return None
+
+
+class HeadSpawns:
+    """Every spawned job of ``run`` (all levels of nesting), by number."""
+
+    def __init__(self, run: JobRun) -> None:
+        self.run = run
+        self.jobs: dict[int, SpawnedJob] = {}
+        self._capacity = capacities(run)
+
+    # ------------------------------------------------------------ requests
+    def request(self, parent: int, msg: t.SpawnReq) -> None:
+        """Rank ``msg.rank`` of job ``parent`` asks for a new job."""
+        try:
+            if self.run._killing:
+                raise SpawnRefused("the run is ending")
+            self._launch(parent, msg)
+        except (SpawnRefused, MappingError, ValueError, TypeError, KeyError) as exc:
+            n = sum(int(c[1]) for c in msg.commands if isinstance(c, list) and len(c) == 3)
+            log.warning("spawn by rank %d of job %d refused: %s", msg.rank, parent, exc)
+            self._answer(parent, t.SpawnResp(msg.req, msg.origin, False, 0, "", str(exc),
+                                             [1] * n))
+
+    def _launch(self, parent: int, msg: t.SpawnReq) -> None:
+        run = self.run
+        commands = [SpawnCommand.from_wire(c) for c in msg.commands]
+        hosts = run.plan.hosts
+        allowed = set(range(len(hosts)))
+        for c in commands:
+            names = info_hosts(c.info)
+            if names is not None:
+                missing = [h for h in names if h not in hosts]
+                if missing:
+                    raise SpawnRefused(f"host {missing[0]} is not one of the job's nodes")
+                allowed &= {v for v, h in enumerate(hosts) if h in names}
+        n = sum(c.n for c in commands)
+        start = msg.origin if 0 <= msg.origin < len(hosts) else 0  # the spawner's node
+        placement = place_spawn(n, self._free(), start, sorted(allowed))
+        job = len(self.jobs) + 1
+        kvsname = f"{run.plan.kvsname}_s{job}"
+        top = run.plan
+        base_wdir = top.apps[0][3] if top.apps else None
+        apps = []
+        for c in commands:
+            env = dict(c.env)
+            env["PMI_SPAWNED"] = "1"
+            apps.append([c.argv, c.n, env, c.wdir or base_wdir])
+        spawner = self._kvsname(parent)
+        plan = JobPlan(
+            job_id=f"{top.job_id}s{job}", kvsname=kvsname, size=n, hosts=top.hosts,
+            slots=top.slots, fanout=top.fanout, apps=apps, env=dict(top.env),
+            mapping=process_mapping(dense(placement)), label=top.label, kvs=top.kvs,
+            profile=top.profile, bootstrap=top.bootstrap, mem_high=top.mem_high,
+            mem_low=top.mem_low, mem_overrun=top.mem_overrun,
+            universe_size=top.universe_size,
+            spawned={"job": job, "placement": placement, "preput": dict(msg.preput),
+                     "spawner": spawner})
+        from pm.agent.spawned_jobs import members
+        from pm.common.kary_tree import Tree
+
+        record = SpawnedJob(job, kvsname, [c.argv for c in commands], placement, parent,
+                            msg.req, msg.origin,
+                            members(Tree(len(top.hosts), top.fanout), placement),
+                            requested_at=time.monotonic())
+        self.jobs[job] = record
+        log.info("spawned job %d: %d ranks of %s on nodes %s", job, n,
+                 " + ".join(a[0] for a in record.argv), sorted(set(placement)))
+        assert run.agent is not None
+        run.agent.from_parent(t.SpawnLaunch(job, plan.to_wire()))
+
+    def _kvsname(self, job: int) -> str:
+        return self.run.plan.kvsname if job == 0 else self.jobs[job].kvsname
+
+    def _free(self) -> list[int]:
+        """Slots of each vertex not taken by a rank still running."""
+        run = self.run
+        free = list(self._capacity)
+        agent = run.agent
+        node_of_rank = getattr(agent, "node_of_rank", [])
+        for rank, v in enumerate(node_of_rank):
+            if rank not in run.ranks:
+                free[v] -= 1
+        for job in self.jobs.values():
+            for rank, v in enumerate(job.placement):
+                if rank not in job.ranks:
+                    free[v] -= 1
+        return free
+
+    def _answer(self, parent: int, resp: t.SpawnResp) -> None:
+        agent = self.run.agent
+        if agent is None:
+            return
+        if parent == 0:
+            agent.from_tree(resp)
+        else:
+            agent.from_parent(t.wrap(parent, resp))
+
+    # ------------------------------------------------------------ what jobs say
+    def from_job(self, job: int, msg: t.Msg) -> None:
+        rec = self.jobs.get(job)
+        if rec is None:
+            log.debug("head: message for unknown spawned job %d", job)
+            return
+        run = self.run
+        if isinstance(msg, t.Output):
+            placement = rec.placement
+            for rank, stream, data in msg.items:
+                run.job_output(job, rank, stream, data, placement[rank])
+        elif isinstance(msg, t.Exits):
+            from pm.head import RankResult
+
+            for rank, vertex, code, sig, reason in msg.items:
+                self._rank_ended(rec, RankResult(rank, vertex, code, sig, reason))
+        elif isinstance(msg, t.Started):
+            rec.started.add(msg.vertex)
+            if rec.started >= rec.members and not rec.started_at:
+                rec.started_at = time.monotonic()
+                self._answer(rec.parent, t.SpawnResp(rec.req, rec.origin, True, job,
+                                                     rec.kvsname, "", [0] * rec.size))
+        elif isinstance(msg, t.SpawnReq):
+            self.request(job, msg)
+        elif isinstance(msg, t.Abort):
+            host = run.plan.hosts[msg.vertex] if 0 <= msg.vertex < len(run.plan.hosts) else "?"
+            text = f" ({msg.message})" if msg.message else ""
+            from pm.head import abort_status
+
+            run._fail(f"rank {msg.rank} of spawned job {job} (node {msg.vertex}, {host}) "
+                      f"called abort with code {msg.code}{text}", abort_status(msg.code))
+        elif isinstance(msg, t.Done):
+            rec.done = True
+            rec.ended_at = time.monotonic()
+            rec.stats = dict(msg.stats)
+            self.job_ended(job)
+            run.spawned_done()
+        else:
+            log.debug("head: ignored %s of spawned job %d", type(msg).__name__, job)
+
+    def _rank_ended(self, rec: SpawnedJob, r: RankResult) -> None:
+        rec.ranks[r.rank] = r
+        run = self.run
+        if r.ok or run._killing or rec.orphaned:
+            return
+        host = run.plan.hosts[r.node] if 0 <= r.node < len(run.plan.hosts) else "?"
+        where = f"rank {r.rank} of spawned job {rec.job} (node {r.node}, {host})"
+        if r.reason:
+            run._fail(f"{where} {r.reason}", r.code if r.code > 1 else 1)
+        else:
+            status = ExitStatus(r.code, r.signal)
+            run._fail(f"{where} {status.describe()}", status.shell_code)
+
+    # ------------------------------------------------------------ the end
+    def job_ended(self, job: int) -> None:
+        """Every rank of ``job`` (0: the launched job) ended: the jobs it spawned that
+        still run get :data:`ORPHAN_GRACE` seconds to end, then are ended."""
+        for rec in self.jobs.values():
+            if rec.parent == job and not rec.done:
+                self.run.owned.call_later(ORPHAN_GRACE, self._end_orphan, rec.job)
+
+    def _end_orphan(self, job: int) -> None:
+        rec = self.jobs[job]
+        agent = self.run.agent
+        if rec.done or rec.orphaned or agent is None:
+            return
+        rec.orphaned = True
+        who = "the launched job" if rec.parent == 0 else f"spawned job {rec.parent}"
+        why = f"spawned job {job} outlived {who} by {ORPHAN_GRACE:g} s: ending it"
+        log.warning("%s", why)
+        from pm.head import KILL_GRACE
+
+        agent.from_parent(t.wrap(job, t.Kill(why, KILL_GRACE)))
+
+    def all_done(self) -> bool:
+        return all(j.done for j in self.jobs.values())
+
+    def forget(self) -> None:
+        """The run is over without them (lost nodes, a kill that did not finish)."""
+        for j in self.jobs.values():
+            j.done = True
+
+    def results(self) -> dict[int, dict[str, Any]]:
+        return {j: rec.summary() for j, rec in sorted(self.jobs.items())}
+
+    def timeline(self) -> list[Any]:
+        """Start-up events of every spawned job, each named with its job number."""
+        out: list[Any] = []
+        for job, rec in sorted(self.jobs.items()):
+            for ev in rec.stats.get("timeline", []):
+                ev = list(ev)
+                ev[3] = f"job {job}: {ev[3]}"
+                out.append(ev)
+        return out
+
+
+def profile_lines(spawns: HeadSpawns) -> str:
+    """The ``--profile`` lines of the spawned jobs: size, nodes, spawn time, lifetime."""
+    lines = []
+    for job, rec in sorted(spawns.jobs.items()):
+        took = (f"{(rec.started_at - rec.requested_at) * 1e3:.1f} ms to start"
+                if rec.started_at else "never started")
+        lived = (f", ended {rec.ended_at - rec.requested_at:.3f} s after the request"
+                 if rec.ended_at else "")
+        nodes = ",".join(map(str, sorted(set(rec.placement))))
+        who = "the launched job" if rec.parent == 0 else f"spawned job {rec.parent}"
+        lines.append(f"spawned job {job} (by {who}): {rec.size} ranks of "
+                     f"{' + '.join(a[0] for a in rec.argv)} on nodes {nodes}, {took}{lived}\n")
+    return "".join(lines)
