@@ -99,8 +99,7 @@ def release_install() -> Path:
         # A copy of what the package is made of: building in the checkout would leave
         # build/ and *.egg-info there.
         src = Path(tmp) / "src"
-        for name in ("pyproject.toml", "README.md", "LICENSE", "pm", "agent", "client",
-                     "proto", "scripts", "deploy"):
+        for name in ("pyproject.toml", "README.md", "LICENSE", "pm", "scripts", "deploy"):
             if not (ROOT / name).exists():
                 continue
             if (ROOT / name).is_dir():
