@@ -120,7 +120,7 @@ def profile_overhead(runs: int) -> tuple[dict[str, list[float]], int, float]:
 
     got = interleaved({"off": lambda: _run(job)[0], "on": on}, runs)
     # What writing costs, measured apart and cold, as pmrun does it once per job: in a
-    # fresh interpreter, import pm.profile and write a timeline of as many events.
+    # fresh interpreter, import pm.common.profile and write a timeline of as many events.
     n = max(counted)
     writes = []
     # From bytecode, as an installed pmrun runs (the first run writes it).
@@ -137,7 +137,7 @@ _WRITE = """
 import sys, time
 import json, typing, pm.common.kary_tree  # pmrun has these loaded whether it profiles or not
 t0 = time.perf_counter()
-from pm.profile import write_profile
+from pm.common.profile import write_profile
 now = time.time()
 n = int(sys.argv[2])
 timeline = [[now + i * 1e-4, i % 2, (i % 8) if i % 3 else -1, "put", {"size": 64}]

@@ -218,7 +218,7 @@ class JobRun:
             agent.mark("bootstrap start", children=len(agent.children))
             children.spawn_all()
         if agent.timeline is not None:
-            from pm.profile import mark_process_start
+            from pm.common.profile import mark_process_start
 
             mark_process_start(agent, "head start", self._t0)
         if self._started is not None:
@@ -234,7 +234,7 @@ class JobRun:
             except Exception as exc:
                 self._fail(str(exc), EXIT_LAUNCHER)
             if agent.timeline is not None:
-                from pm.profile import mark_joined
+                from pm.common.profile import mark_joined
 
                 mark_joined(agent, children.joined)
         for stream in sorted(self._lost_streams):  # lost in pmrun's quick path
@@ -255,7 +255,7 @@ class JobRun:
                 await asyncio.to_thread(self.writer.drain)  # what a slow reader has not read
                 self.writer.close()
         if self.spec.profile:
-            from pm.profile import write_profile
+            from pm.common.profile import write_profile
 
             timeline = self.stats.get("timeline")
             if self.spawns is not None and isinstance(timeline, list):

@@ -1,6 +1,6 @@
 """The analysis of a ``pmrun --profile`` timeline: Chrome trace events and the breakdown.
 
-See :mod:`pm.profile` for the events and the trace layout.  Loaded by the head
+See :mod:`pm.common.profile` for the events and the trace layout.  Loaded by the head
 once, at the end of a profiled job.
 """
 

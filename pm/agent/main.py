@@ -194,7 +194,7 @@ async def run_child(cfg: dict[str, Any], stdin_rest: bytes = b"") -> int:
     plan = JobPlan.from_wire(launch.plan)
     agent = JobAgent(plan, vertex, link, host=cfg.get("host"))
     if agent.timeline is not None:
-        from pm.profile import mark_process_start
+        from pm.common.profile import mark_process_start
 
         mark_process_start(agent, "agent main", _T_MAIN)
         agent.mark("plan received")
@@ -215,7 +215,7 @@ async def run_child(cfg: dict[str, Any], stdin_rest: bytes = b"") -> int:
 
             await children.join(time.monotonic() + join_timeout_of(plan.bootstrap))
             if agent.timeline is not None:
-                from pm.profile import mark_joined
+                from pm.common.profile import mark_joined
 
                 mark_joined(agent, children.joined)
         for m in early:
