@@ -121,9 +121,9 @@ async def _link(curve: bool, sizes: Sequence[int], reps: int) -> dict[str, list[
             times = []
             for _ in range(reps + 1):
                 t1 = time.perf_counter()
-                link.send(t.Output([[0, 1, payload]]))
+                link.send(t.Output([t.RankOutput(0, 1, payload)]))
                 await asyncio.wait_for(up.get(), 30)
-                port.send(1, t.Output([[0, 1, payload]]))
+                port.send(1, t.Output([t.RankOutput(0, 1, payload)]))
                 await asyncio.wait_for(down.get(), 30)
                 times.append(time.perf_counter() - t1)
             out[f"rtt {size}"] = times[1:]

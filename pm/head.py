@@ -28,8 +28,9 @@ from pm.common.mapping import place, process_mapping
 from pm.common.nodes import Nodes
 from pm.common.output import STDERR, STDOUT, Writer, output_window
 from pm.jobenv import new_job_id
-from pm.jobspec import JobPlan, JobSpec, sequence_slots
+from pm.jobspec import JobSpec, sequence_slots
 from pm.proto import tree_wire as t
+from pm.proto.plan import AppPlan, JobPlan
 
 if TYPE_CHECKING:
     from pm.agent.children import RootRelay
@@ -140,7 +141,7 @@ class JobRun:
         self.plan = JobPlan(
             job_id=job_id, kvsname=f"kvs_{job_id}", size=spec.size,
             hosts=nodes.hosts[:used], slots=slots[:used], fanout=max(1, nodes.fanout),
-            apps=[[a.argv, a.n, e, a.wdir or spec.wdir]
+            apps=[AppPlan(a.argv, a.n, e, a.wdir or spec.wdir)
                   for a, e in zip(spec.apps, app_envs, strict=True)],
             env=env, mapping=process_mapping(node_of_rank),
             label=spec.label, kvs=spec.kvs, bind_to=spec.bind_to, map_by=spec.map_by,
@@ -355,15 +356,15 @@ class JobRun:
     def send(self, msg: t.Msg) -> None:
         if isinstance(msg, t.Output):
             node_of_rank = self._node_of_rank
-            for rank, stream, data in msg.items:
+            for out in msg.items:
                 if self.sink is not None:
-                    self.sink(rank, stream, data)
-                    self._output_written(node_of_rank[rank], len(data))
+                    self.sink(out.rank, out.stream, out.data)
+                    self._output_written(node_of_rank[out.rank], len(out.data))
                 elif self.writer is not None:
-                    self.writer.write(rank, stream, data, node_of_rank[rank])
+                    self.writer.write(out.rank, out.stream, out.data, node_of_rank[out.rank])
         elif isinstance(msg, t.Exits):
-            for rank, vertex, code, sig, reason in msg.items:
-                self._rank_ended(RankResult(rank, vertex, code, sig, reason))
+            for ex in msg.items:
+                self._rank_ended(RankResult(ex.rank, ex.vertex, ex.code, ex.signal, ex.reason))
         elif isinstance(msg, t.Abort):
             host = self.plan.hosts[msg.vertex]
             text = f" ({msg.message})" if msg.message else ""

@@ -1,11 +1,10 @@
-"""What the user asked for (JobSpec) and what the tree executes (JobPlan)."""
+"""What the user asked for (JobSpec); what the tree executes is its plan (pm.proto.plan.JobPlan)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 from pm.jobenv import base_env
 from pm.proto.errors import PMError
@@ -120,62 +119,6 @@ class JobSpec:
         # A variable every program has, but not with the same value, or one some lack: the
         # programs that have it carry it.
         return common, [{k: val for k, val in f.items() if k not in common} for f in full]
-
-
-@dataclass(slots=True)
-class JobPlan:
-    """Everything an agent needs to run its part of a job; travels in ``Launch``."""
-
-    job_id: str
-    kvsname: str
-    size: int
-    #: One entry per node (tree vertex): host name, and how many ranks it may take per pass.
-    hosts: list[str]
-    slots: list[int]
-    fanout: int
-    #: [argv, n, env, wdir] per app; ranks are numbered app after app.
-    apps: list[list[Any]]
-    env: dict[str, str]
-    mapping: str
-    label: bool = False
-    kvs: str = "shm"
-    bind_to: str = "none"
-    map_by: str = "core"
-    report_bindings: bool = False
-    timeout: float | None = None
-    profile: bool = False
-    #: How child agents are started: bootstrap name and its options.
-    bootstrap: dict[str, Any] = field(default_factory=dict)
-    #: Ranks emulated in-process per agent (0: real processes).
-    sim_ranks: int = 0
-    sim: dict[str, Any] = field(default_factory=dict)
-    #: Memory watermarks for ``reserve`` on each node, as in JobSpec.
-    mem_high: str | None = None
-    mem_low: str | None = None
-    mem_overrun: str = "warn"
-    #: The universe size ranks are told (None: the job's size).
-    universe_size: int | None = None
-    #: Serve PMIx to the ranks too (pm.agent.pmix_job).
-    pmix: bool = False
-    #: Set for a job made by a spawn (pm.spawned_jobs): ``job`` (its number), ``placement``
-    #: (vertex of each rank), ``preput`` (keys in its KVS from the start), ``spawner``
-    #: (the spawner's kvsname).
-    spawned: dict[str, Any] = field(default_factory=dict)
-
-    def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_wire(cls, d: Mapping[str, Any]) -> JobPlan:
-        return cls(**d)
-
-    def app_of_rank(self, rank: int) -> int:
-        first = 0
-        for i, app in enumerate(self.apps):
-            first += app[1]
-            if rank < first:
-                return i
-        raise IndexError(rank)
 
 
 def sequence_slots(spec: JobSpec, nodes: int, given: Sequence[int | None]) -> list[int]:

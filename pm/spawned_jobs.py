@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from pm.agent.watch import ExitStatus
 from pm.common.mapping import MappingError, place, process_mapping
-from pm.jobspec import JobPlan
 from pm.proto import tree_wire as t
+from pm.proto.plan import AppPlan, JobPlan, SpawnOrigin
 from pm.proto.spawn import SpawnCommand
 
 if TYPE_CHECKING:
@@ -179,12 +179,12 @@ class HeadSpawns:
         job = len(self.jobs) + 1
         kvsname = f"{run.plan.kvsname}_s{job}"
         top = run.plan
-        base_wdir = top.apps[0][3] if top.apps else None
+        base_wdir = top.apps[0].wdir if top.apps else None
         apps = []
         for c in commands:
             env = dict(c.env)
             env["PMI_SPAWNED"] = "1"
-            apps.append([c.argv, c.n, env, c.wdir or base_wdir])
+            apps.append(AppPlan(c.argv, c.n, env, c.wdir or base_wdir))
         spawner = self._kvsname(parent)
         plan = JobPlan(
             job_id=f"{top.job_id}s{job}", kvsname=kvsname, size=n, hosts=top.hosts,
@@ -193,8 +193,7 @@ class HeadSpawns:
             profile=top.profile, bootstrap=top.bootstrap, mem_high=top.mem_high,
             mem_low=top.mem_low, mem_overrun=top.mem_overrun,
             universe_size=top.universe_size,
-            spawned={"job": job, "placement": placement, "preput": dict(msg.preput),
-                     "spawner": spawner})
+            spawned=SpawnOrigin(job, placement, dict(msg.preput), spawner))
         from pm.agent.spawned_jobs import members
         from pm.common.kary_tree import Tree
 
@@ -206,7 +205,7 @@ class HeadSpawns:
         log.info("spawned job %d: %d ranks of %s on nodes %s", job, n,
                  " + ".join(a[0] for a in record.argv), sorted(set(placement)))
         assert run.agent is not None
-        run.agent.from_parent(t.SpawnLaunch(job, plan.to_wire()))
+        run.agent.from_parent(t.SpawnLaunch(job, plan))
 
     def _kvsname(self, job: int) -> str:
         return self.run.plan.kvsname if job == 0 else self.jobs[job].kvsname
@@ -244,13 +243,14 @@ class HeadSpawns:
         run = self.run
         if isinstance(msg, t.Output):
             placement = rec.placement
-            for rank, stream, data in msg.items:
-                run.job_output(job, rank, stream, data, placement[rank])
+            for out in msg.items:
+                run.job_output(job, out.rank, out.stream, out.data, placement[out.rank])
         elif isinstance(msg, t.Exits):
             from pm.head import RankResult
 
-            for rank, vertex, code, sig, reason in msg.items:
-                self._rank_ended(rec, RankResult(rank, vertex, code, sig, reason))
+            for ex in msg.items:
+                self._rank_ended(rec, RankResult(ex.rank, ex.vertex, ex.code, ex.signal,
+                                                 ex.reason))
         elif isinstance(msg, t.Started):
             rec.started.add(msg.vertex)
             if rec.started >= rec.members and not rec.started_at:

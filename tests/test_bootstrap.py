@@ -29,7 +29,7 @@ from pm.agent.service import (
     write_keypair,
 )
 from pm.bootstrap import bootstrap_options, default_hosts, get_bootstrap
-from pm.bootstrap.base import AgentConfig, agent_command
+from pm.bootstrap.base import agent_command
 from pm.bootstrap.persistent import AgentsFileError, parse_agents
 from pm.bootstrap.slurm import (
     SRUN_OPTIONS,
@@ -43,6 +43,7 @@ from pm.common.hostlist import HostlistError, HostSlots, batch_hosts
 from pm.common.kary_tree import Tree
 from pm.proto import service_wire as sp
 from pm.proto.errors import ProtocolError
+from pm.proto.plan import AgentConfig
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -136,14 +137,13 @@ def test_one_step_starts_every_agent_and_each_finds_its_place() -> None:
     for name, vertex, parent, listen in (("n1", 0, "tcp://head:1", True),
                                          ("n2", 1, "", True), ("n3", 2, "", False),
                                          ("n4", 3, "", False)):
-        cfg = {"vertex": -1, "parent": "tcp://head:1", "hosts": "n[1-4]", "fanout": 2}
+        cfg = AgentConfig(-1, "tcp://head:1", "ab" * 16, "j", "", 30, hosts="n[1-4]", fanout=2)
         place_in_step(cfg, {"SLURMD_NODENAME": name})
-        assert (cfg["vertex"], cfg["host"], cfg["parent"], cfg["listen"]) == (
-            vertex, name, parent, listen)
+        assert (cfg.vertex, cfg.host, cfg.parent, cfg.listen) == (vertex, name, parent, listen)
         if vertex:
-            assert cfg["up"] == Tree(4, 2).parent(vertex)
+            assert cfg.up == Tree(4, 2).parent(vertex)
     with pytest.raises(ValueError, match="not one of the job's hosts"):
-        place_in_step({"vertex": -1, "parent": "", "hosts": "n[1-2]", "fanout": 2},
+        place_in_step(AgentConfig(-1, "", "ab" * 16, "j", "", 30, hosts="n[1-2]", fanout=2),
                       {"SLURMD_NODENAME": "other", "SLURM_NODEID": "7"})
 
 
@@ -217,19 +217,27 @@ def test_agents_file(tmp_path: Path) -> None:
 
 def test_service_requests_are_checked_field_by_field() -> None:
     cfg = AgentConfig(2, "tcp://10.0.0.1:7301", "ab" * 32, "host-12-abcd", "n2", 30, 5.0)
-    msg = sp.decode(sp.encode("start", cfg=cfg.to_wire(), listen=True))
-    assert sp.check_start(msg) == {**cfg.to_wire(), "listen": True}
+    msg = sp.decode(sp.encode(sp.Start(cfg, True)))
+    assert msg == sp.Start(cfg, True)
+    assert isinstance(msg, sp.Start) and msg.cfg.heartbeat == 5.0 and msg.cfg.host == "n2"
     for field, bad in (("vertex", -1), ("vertex", "1"), ("secret", "zz"), ("job_id", "../x"),
-                       ("parent", "ipc:///tmp/x"), ("heartbeat", None), ("vertex", True)):
-        wire = {**cfg.to_wire(), field: bad}
+                       ("parent", "ipc:///tmp/x"), ("heartbeat", None), ("vertex", True),
+                       ("ports", [1]), ("listen", 1)):
+        wire = cfg.to_wire()
+        wire[AgentConfig._fields.index(field)] = bad
         with pytest.raises(ProtocolError):
-            sp.check_start({"op": "start", "cfg": wire})
+            sp.decode(msgpack.packb([sp.Start.op, wire, True]))
     with pytest.raises(ProtocolError):
         sp.decode(b"\xc1garbage")
     with pytest.raises(ProtocolError):
         sp.decode(msgpack.packb([1, 2]))
-    with pytest.raises(ProtocolError):
-        sp.check_job({"op": "end", "job": "a b"})
+    with pytest.raises(ProtocolError, match="not \\[op"):
+        sp.decode(msgpack.packb({"op": "start"}))
+    with pytest.raises(ProtocolError, match="bad job id"):
+        sp.decode(sp.encode(sp.End("a b")))
+    for reply in (sp.Started("j1", 3, "tcp://h:1"), sp.Failed("j1", 3, "no"),
+                  sp.Exited("j1", 3, -1, 9), sp.Error("bad")):
+        assert sp.decode(sp.encode(reply)) == reply
 
 
 def test_who_job_agents_run_as() -> None:

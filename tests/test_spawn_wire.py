@@ -121,7 +121,7 @@ def test_members_are_the_ranks_vertices_and_their_ancestors() -> None:
 
 
 def test_sub_wraps_and_unwraps_any_tree_message() -> None:
-    inner = t.Exits([[0, 1, 5, 0, ""]])
+    inner = t.Exits([t.RankExit(0, 1, 5, 0, "")])
     sub = t.decode(t.encode(t.wrap(3, inner)))
     assert isinstance(sub, t.Sub) and sub.job == 3 and t.unwrap(sub) == inner
     with pytest.raises(ProtocolError):

@@ -28,7 +28,6 @@ from pm.agent.watch import ChildWatch, ExitStatus
 from pm.bootstrap import get_bootstrap
 from pm.bootstrap.base import (
     LOCAL_NAMES,
-    AgentConfig,
     Bootstrap,
     heartbeat_of,
     join_timeout_of,
@@ -38,8 +37,8 @@ from pm.bootstrap.early import take as take_early
 from pm.common.hostlist import compress
 from pm.common.kary_tree import Tree
 from pm.common.mapping import place
-from pm.jobspec import JobPlan
 from pm.proto import tree_wire as t
+from pm.proto.plan import AgentConfig, JobPlan
 
 log = logging.getLogger("pm.agent.children")
 
@@ -276,10 +275,16 @@ class Children:
             return
         if fut.done():
             return
+        if hello.version != t.PROTOCOL_VERSION:
+            # Another pmrun there: it would misread the plan, or we its messages.
+            self._lost(vertex, f"its agent speaks tree protocol version {hello.version}, "
+                               f"this pmrun speaks version {t.PROTOCOL_VERSION} (install the "
+                               "same pmrun on every node)")
+            return
         self.joined[vertex] = time.monotonic()
         fut.set_result(True)
         if self._launch is None:
-            self._launch = t.seal(self.secret, t.encode(t.Launch(self.agent.plan.to_wire())))
+            self._launch = t.seal(self.secret, t.encode(t.Launch(self.agent.plan)))
         self.port.send_raw(vertex, self._launch)
         for frame in self._queued.pop(vertex, ()):
             self.port.send_raw(vertex, frame)

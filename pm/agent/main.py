@@ -23,7 +23,10 @@ import socket
 import sys
 import time
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pm.proto.plan import AgentConfig
 
 log = logging.getLogger("pm.agent")
 
@@ -33,7 +36,7 @@ STDIN_EOF = "parent closed our stdin"
 _T_MAIN = time.time()
 
 
-def place_in_step(cfg: dict[str, Any], env: Mapping[str, str]) -> None:
+def place_in_step(cfg: AgentConfig, env: Mapping[str, str]) -> None:
     """Fill in our vertex, host, parent and whether we listen, for an agent started by
     one Slurm step over all hosts (``vertex`` -1): our place is our node's place in the
     job's host list; vertex 0's parent is the head, every other parent comes later on
@@ -41,7 +44,7 @@ def place_in_step(cfg: dict[str, Any], env: Mapping[str, str]) -> None:
     from pm.common.hostlist import expand
     from pm.common.kary_tree import Tree
 
-    hosts = expand(str(cfg["hosts"]))
+    hosts = expand(cfg.hosts)
     name = env.get("SLURMD_NODENAME") or socket.gethostname()
     if name in hosts:
         vertex = hosts.index(name)
@@ -49,14 +52,14 @@ def place_in_step(cfg: dict[str, Any], env: Mapping[str, str]) -> None:
         vertex = int(env["SLURM_NODEID"])
     else:
         raise ValueError(f"node {name} is not one of the job's hosts")
-    tree = Tree(len(hosts), int(cfg["fanout"]))
-    cfg["vertex"] = vertex
-    cfg["host"] = hosts[vertex]
-    cfg["listen"] = bool(tree.children(vertex))
+    tree = Tree(len(hosts), cfg.fanout)
+    cfg.vertex = vertex
+    cfg.host = hosts[vertex]
+    cfg.listen = bool(tree.children(vertex))
     up = tree.parent(vertex)
     if up is not None:
-        cfg["parent"] = ""
-        cfg["up"] = up
+        cfg.parent = ""
+        cfg.up = up
 
 
 def _parent_from(buf: bytearray, up: int) -> str | None:
@@ -101,8 +104,8 @@ async def _await_parent(buf: bytearray, up: int) -> str | None:
         loop.remove_reader(0)
 
 
-async def run_child(cfg: dict[str, Any], stdin_rest: bytes = b"") -> int:
-    """Run one vertex of one job as described by ``cfg`` (see ``AgentConfig``).
+async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
+    """Run one vertex of one job as described by ``cfg``.
 
     ``listen``: open the port for our children before joining and write
     ``{"vertex": V, "address": ...}`` on stdout (whoever started us passes it to
@@ -116,20 +119,19 @@ async def run_child(cfg: dict[str, Any], stdin_rest: bytes = b"") -> int:
     from pm.agent.children import Children, listen_endpoint
     from pm.agent.links import ChildPort, ParentLink
     from pm.agent.node import JobAgent
-    from pm.jobspec import JobPlan
     from pm.proto import tree_wire as t
     from pm.proto.errors import PMError
 
     gc.freeze()  # what the imports made lives as long as we do
     gc.enable()
-    if int(cfg["vertex"]) < 0:
+    if cfg.vertex < 0:
         try:
             place_in_step(cfg, os.environ)
         except ValueError as exc:
             return _cannot_start(-1, str(exc))
-    secret = bytes.fromhex(cfg["secret"])
-    vertex = int(cfg["vertex"])
-    heartbeat = float(cfg.get("heartbeat", 0))
+    secret = bytes.fromhex(cfg.secret)
+    vertex = cfg.vertex
+    heartbeat = float(cfg.heartbeat)
     loop = asyncio.get_running_loop()
     parent_gone: asyncio.Future[str] = loop.create_future()
 
@@ -158,24 +160,24 @@ async def run_child(cfg: dict[str, Any], stdin_rest: bytes = b"") -> int:
             agent.from_parent(msg)
 
     port: ChildPort | None = None
-    if cfg.get("listen"):
-        ports = cfg.get("ports")
+    if cfg.listen:
+        ports = cfg.ports
         try:
-            bind = listen_endpoint({"name": "tree", "iface": cfg.get("iface")},
-                                   cfg["parent"] or cfg.get("head") or None)
+            bind = listen_endpoint({"name": "tree", "iface": cfg.iface},
+                                   cfg.parent or cfg.head or None)
             port = ChildPort(secret, bind, None, None, heartbeat=heartbeat,
                              ports=(int(ports[0]), int(ports[1])) if ports else None)
         except (PMError, OSError) as exc:  # no such interface here, no free port, ...
             return _cannot_start(vertex, str(exc))
         os.write(1, json.dumps({"vertex": vertex, "address": port.address}).encode() + b"\n")
-    if not cfg["parent"]:
-        parent = await _await_parent(bytearray(stdin_rest), int(cfg["up"]))
+    if not cfg.parent:
+        parent = await _await_parent(bytearray(stdin_rest), cfg.up)
         if parent is None:  # the job ended before we knew where to join
             await _close_quietly(port, None)
             return 1
-        cfg["parent"] = parent
-    link = ParentLink(secret, cfg["parent"], vertex, on_msg, heartbeat=heartbeat, on_lost=gone)
-    link.send(t.Hello(vertex, cfg.get("host") or socket.gethostname(), os.getpid()))
+        cfg.parent = parent
+    link = ParentLink(secret, cfg.parent, vertex, on_msg, heartbeat=heartbeat, on_lost=gone)
+    link.send(t.Hello(vertex, cfg.host or socket.gethostname(), os.getpid()))
     loop.add_reader(0, on_stdin)
     receiving = asyncio.ensure_future(link.recv())
     waiting: list[asyncio.Future[Any]] = [receiving, parent_gone]
@@ -191,8 +193,8 @@ async def run_child(cfg: dict[str, Any], stdin_rest: bytes = b"") -> int:
         log.error("agent %d: expected the job plan, got %s", vertex, type(launch).__name__)
         await _close_quietly(port, link)
         return 1
-    plan = JobPlan.from_wire(launch.plan)
-    agent = JobAgent(plan, vertex, link, host=cfg.get("host"))
+    plan = launch.plan
+    agent = JobAgent(plan, vertex, link, host=cfg.host or None)
     if agent.timeline is not None:
         from pm.common.profile import mark_process_start
 
@@ -202,7 +204,7 @@ async def run_child(cfg: dict[str, Any], stdin_rest: bytes = b"") -> int:
     children = None
     try:
         if agent.children:
-            bind = "" if port is not None else listen_endpoint(plan.bootstrap, cfg["parent"])
+            bind = "" if port is not None else listen_endpoint(plan.bootstrap, cfg.parent)
             children = Children(agent, secret, bind=bind, port=port)
             port = None
             agent.children_link = children
@@ -267,7 +269,7 @@ def _preimport() -> None:
     import pm.agent.children
     import pm.agent.links
     import pm.agent.node
-    import pm.jobspec  # noqa: F401
+    import pm.proto.plan  # noqa: F401
 
 
 def _first_line() -> tuple[bytes, bytes]:
@@ -348,12 +350,18 @@ def main(argv: list[str] | None = None) -> int:
         line, rest = _first_line()
         if not line.strip():
             os._exit(0)  # whoever started us gave up before telling us anything
+        from pm.proto.errors import ProtocolError
+        from pm.proto.plan import AgentConfig
+
         try:
-            cfg = json.loads(line)
+            cfg = AgentConfig.from_wire(json.loads(line))
         except ValueError:
             sys.stderr.write("pm-agent child: no configuration on stdin\n")
             return 2
-        logging.getLogger("pm").setLevel(int(cfg.get("log_level", logging.WARNING)))
+        except ProtocolError as exc:
+            sys.stderr.write(f"pm-agent child: {exc}\n")
+            return 2
+        logging.getLogger("pm").setLevel(cfg.log_level)
         from pm.agent.spawn import raise_fd_limit
 
         raise_fd_limit()

@@ -36,9 +36,9 @@ from pm.agent.tree_requests import TreeRequests
 from pm.common.kary_tree import Tree
 from pm.common.mapping import local_ranks, place
 from pm.common.output import STDERR
-from pm.jobspec import JobPlan
 from pm.proto import tree_wire as t
 from pm.proto.errors import PMError
+from pm.proto.plan import JobPlan
 
 log = logging.getLogger("pm.agent")
 
@@ -88,7 +88,7 @@ class JobAgent:
             # subtrees holding its ranks take part.
             from pm.agent.spawned_jobs import members
 
-            self.node_of_rank = list(plan.spawned["placement"])
+            self.node_of_rank = list(plan.spawned.placement)
             taking_part = members(self.tree, self.node_of_rank)
             self.children = [c for c in self.children if c in taking_part]
         else:
@@ -97,8 +97,8 @@ class JobAgent:
         self.kvs = NodeKVS()
         self._node_attrs: dict[str, str] = {}
         self._node_waiters: dict[str, list[asyncio.Future[str | None]]] = {}
-        self._out: list[Any] = []
-        self._exits: list[Any] = []
+        self._out: list[t.RankOutput] = []
+        self._exits: list[t.RankExit] = []
         self._flush_scheduled = False
         self._children_done: set[int] = set()
         self._child_stats: list[dict[str, Any]] = []
@@ -137,8 +137,8 @@ class JobAgent:
         #: Spawned jobs running here too (launched job only), and our ranks' spawns.
         self.spawns: AgentSpawns | None = None
         self.spawn_requests: SpawnRequests | None = None
-        if plan.spawned.get("spawner"):
-            self.job_attrs["spawner-jobid"] = plan.spawned["spawner"]
+        if plan.spawned is not None and plan.spawned.spawner:
+            self.job_attrs["spawner-jobid"] = plan.spawned.spawner
 
     @property
     def killing(self) -> bool:
@@ -217,7 +217,8 @@ class JobAgent:
             out = []
             for i, r in enumerate(self.local):
                 cpus = self.cpusets[i] if self.cpusets else None
-                out.append([r, STDERR, (report_line(r, self.host, cpus) + "\n").encode()])
+                line = (report_line(r, self.host, cpus) + "\n").encode()
+                out.append(t.RankOutput(r, STDERR, line))
             self.parent.send(t.Output(out))
 
     def _open_shm(self) -> None:
@@ -304,7 +305,7 @@ class JobAgent:
     # ------------------------------------------------------------------ output, exits
     def rank_output(self, rank: int, stream: int, lines: bytes) -> None:
         """Complete lines a local rank wrote (pm.agent.ranks): up the tree, batched."""
-        self._out.append([rank, stream, lines])
+        self._out.append(t.RankOutput(rank, stream, lines))
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -328,7 +329,7 @@ class JobAgent:
         assert st is not None
         if not st.ok:
             self._sample_shm()  # what the others map, before the job is killed
-        self._exits.append([proc.rank, self.vertex, st.code, st.signal, proc.reason])
+        self._exits.append(t.RankExit(proc.rank, self.vertex, st.code, st.signal, proc.reason))
         self.kvs.settle(proc.rank)
         if getattr(self, "reservations", None) is not None:
             self.reservations.release_rank(proc.rank)  # a rank that died holds nothing
@@ -352,13 +353,13 @@ class JobAgent:
         elif event == "error" and proc.status is None and not self.killing:
             # A PMI stream that cannot be followed: the rank fails, named with the cause.
             proc.reason = f"sent a PMI stream that cannot be served: {detail}"
-            self._exits.append([proc.rank, self.vertex, -1, 0, proc.reason])
+            self._exits.append(t.RankExit(proc.rank, self.vertex, -1, 0, proc.reason))
             self._schedule_flush()
 
     def _eof_without_finalize(self, proc: RankProc) -> None:
         if proc.status is None and not self.killing:
             proc.reason = "closed its PMI connection before finalize"
-            self._exits.append([proc.rank, self.vertex, -1, 0, proc.reason])
+            self._exits.append(t.RankExit(proc.rank, self.vertex, -1, 0, proc.reason))
             self._schedule_flush()
 
     def _check_done(self) -> None:
@@ -410,8 +411,8 @@ class JobAgent:
             "host": self.host, "job_id": self.plan.job_id,
             "shm": self.shm.name if self.shm is not None else None,
             # A spawned job: its number, and the keys its spawner pre-put (pm.client.spawn).
-            "spawned": self.plan.spawned.get("job", 0),
-            "preput": self.plan.spawned.get("preput", {}),
+            "spawned": self.plan.spawned.job if self.plan.spawned else 0,
+            "preput": self.plan.spawned.preput if self.plan.spawned else {},
         }
 
     def job_attr(self, key: str) -> str | None:

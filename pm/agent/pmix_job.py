@@ -125,7 +125,8 @@ class PmixJob(Upcalls):
         first = 0
         apps: list[tuple[str, L.Value]] = []
         app_first: list[int] = []
-        for i, (_argv, count, _env, _wdir) in enumerate(plan.apps):
+        for i, app in enumerate(plan.apps):
+            count = app.n
             app_first.append(first)
             apps.append(("pmix.app.info", (L.INFO, [  # PMIX_APP_INFO
                 ("pmix.appnum", (L.UINT32, i)), ("pmix.app.size", (L.UINT32, count)),

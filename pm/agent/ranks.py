@@ -113,7 +113,8 @@ class LocalRanks:
         todo = []
         for rank, proc in self.ranks.items():
             appnum = plan.app_of_rank(rank)
-            argv, _n, app_env, wdir = plan.apps[appnum]
+            app = plan.apps[appnum]
+            argv, app_env, wdir = app.argv, app.env, app.wdir
             env = rank_env(base_env, app_env, rank, plan.size, agent.host, proc.local_rank,
                            len(self.ranks))
             if agent.pmix is not None:

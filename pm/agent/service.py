@@ -61,6 +61,7 @@ from pm.agent.service_config import (
 )
 from pm.proto import service_wire as sp
 from pm.proto.errors import ProtocolError
+from pm.proto.plan import AgentConfig
 
 __all__ = ["DEFAULT_PATH", "DEFAULT_PORT", "FIXED_ENV", "KeyFileError", "ServiceConfig",
            "agent_env", "agent_pythonpath", "credentials", "endpoint", "load_config",
@@ -291,7 +292,7 @@ class Service:
                 with contextlib.suppress(Exception):
                     peer = str(frame.get("Peer-Address") or "")
                 log.warning("refused a request from %s: %s", peer or "a client", exc)
-                self._reply(ident, sp.encode("error", why=str(exc)))
+                self._reply(ident, sp.encode(sp.Error(str(exc))))
 
     def _reply(self, ident: bytes, data: bytes) -> None:
         with contextlib.suppress(zmq.ZMQError):
@@ -299,22 +300,20 @@ class Service:
             if isinstance(fut, asyncio.Future):
                 fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
-    def _handle(self, ident: bytes, user: str, msg: dict[str, Any]) -> None:
-        op = msg["op"]
-        if op == "start":
-            cfg = sp.check_start(msg)
-            self._spawn_task(self._start(ident, user, cfg))
-        elif op == "end":
-            self._end_job(sp.check_job(msg))
+    def _handle(self, ident: bytes, user: str, msg: sp.ServiceMsg) -> None:
+        if isinstance(msg, sp.Start):
+            self._spawn_task(self._start(ident, user, msg))
+        elif isinstance(msg, sp.End):
+            self._end_job(msg.job)
         else:
-            raise ProtocolError(f"unknown request {op!r}")
+            raise ProtocolError(f"not a request: {type(msg).__name__}")
 
-    async def _start(self, ident: bytes, user: str, cfg: dict[str, Any]) -> None:
-        job, vertex = cfg["job_id"], cfg["vertex"]
+    async def _start(self, ident: bytes, user: str, req: sp.Start) -> None:
+        job, vertex = req.cfg.job_id, req.cfg.vertex
 
         def failed(why: str) -> None:
             log.warning("job %s vertex %d: not started: %s", job, vertex, why)
-            self._reply(ident, sp.encode("failed", job=job, vertex=vertex, why=why))
+            self._reply(ident, sp.encode(sp.Failed(job, vertex, why)))
 
         if (job, vertex) in self.agents:
             return failed("this vertex of the job runs here already")
@@ -328,9 +327,11 @@ class Service:
                                 pass_env=self.cfg.pass_env)
         except PermissionError as exc:
             return failed(str(exc))
-        line = dict(cfg)
-        line["iface"] = self.cfg.iface
-        line["ports"] = list(self.cfg.ports) if self.cfg.ports else None
+        # What the head may say, and where this service lets its agents listen.
+        got = req.cfg
+        cfg = AgentConfig(vertex, got.parent, got.secret, job, got.host, got.log_level,
+                          got.heartbeat, listen=req.listen, iface=self.cfg.iface or "",
+                          ports=list(self.cfg.ports) if self.cfg.ports else None)
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.cfg.python, "-P", "-m", "pm.agent.main", "child",
@@ -342,9 +343,9 @@ class Service:
         entry = JobAgentProc(job, vertex, ident, proc)
         self.agents[(job, vertex)] = entry
         self._spawn_task(self._watch(entry))
-        proc.stdin.write(json.dumps(line).encode() + b"\n")
+        proc.stdin.write(json.dumps(cfg.to_wire()).encode() + b"\n")
         address = ""
-        if cfg["listen"]:
+        if cfg.listen:
             try:
                 first = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
                 address = str(json.loads(first)["address"])
@@ -355,7 +356,7 @@ class Service:
         self._spawn_task(self._drain(proc.stdout))
         log.info("job %s vertex %d: agent pid %d as %s%s", job, vertex, proc.pid, user,
                  f", port {address}" if address else "")
-        self._reply(ident, sp.encode("started", job=job, vertex=vertex, address=address))
+        self._reply(ident, sp.encode(sp.Started(job, vertex, address)))
 
     @staticmethod
     async def _drain(stdout: asyncio.StreamReader) -> None:
@@ -367,12 +368,12 @@ class Service:
         code = await entry.proc.wait()
         entry.ended = True
         self.agents.pop((entry.job, entry.vertex), None)
-        status = {"code": code if code >= 0 else -1, "signal": -code if code < 0 else 0}
         if code:
             log.warning("job %s vertex %d: agent ended with %s", entry.job, entry.vertex,
                         f"code {code}" if code > 0 else f"signal {-code}")
-        self._reply(entry.client, sp.encode("exited", job=entry.job, vertex=entry.vertex,
-                                            **status))
+        self._reply(entry.client, sp.encode(sp.Exited(entry.job, entry.vertex,
+                                                      code if code >= 0 else -1,
+                                                      -code if code < 0 else 0)))
 
     def _end_job(self, job: str) -> None:
         """The head says the job is over: close its agents' stdin, kill them after a grace."""

@@ -28,7 +28,6 @@ import os
 from typing import TYPE_CHECKING
 
 from pm.agent.spawn import SpawnError, resolve
-from pm.jobspec import JobPlan
 from pm.proto import tree_wire as t
 from pm.proto.spawn import SpawnRequest, SpawnResult
 
@@ -94,7 +93,7 @@ class AgentSpawns:
         top = self.top
         if msg.job in self.jobs:
             return
-        plan = JobPlan.from_wire(msg.plan)
+        plan = msg.plan
         agent = JobAgent(plan, top.vertex, _Up(msg.job, top.parent), host=top.host)
         self.jobs[msg.job] = agent
         if agent.children:
@@ -107,7 +106,7 @@ class AgentSpawns:
         xml = top.job_attrs.get("PMI_hwloc_xmlfile")
         if xml:
             agent.job_attrs["PMI_hwloc_xmlfile"] = xml
-        for key, value in plan.spawned.get("preput", {}).items():
+        for key, value in (plan.spawned.preput if plan.spawned else {}).items():
             agent.kvs.cache(key.encode(), value.encode())
         agent.mark("spawned job launch", job=msg.job)
         agent.start_ranks()
@@ -192,7 +191,7 @@ class SpawnRequests:
                 c.argv[0] = os.path.join(c.info["path"], c.argv[0])
             env = dict(plan.env)
             env.update(c.env)
-            wdir = c.wdir or (plan.apps[0][3] if plan.apps else None)
+            wdir = c.wdir or (plan.apps[0].wdir if plan.apps else None)
             try:
                 resolve(c.argv[0], env, wdir)
                 codes.extend([0] * c.n)

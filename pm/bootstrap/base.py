@@ -27,51 +27,15 @@ from __future__ import annotations
 import abc
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-#: Seconds a tree link may stay silent before its peer counts as lost (``--heartbeat``).
-DEFAULT_HEARTBEAT = 5.0
+from pm.proto.plan import DEFAULT_HEARTBEAT, AgentConfig
+
 #: Seconds a child agent may take to join the tree (``--join-timeout``).
 DEFAULT_JOIN_TIMEOUT = 60.0
 
 #: Bootstraps that start agents on this machine: vertex 0 may run in the head's process.
 LOCAL_NAMES = frozenset({"", "local", "fork"})
-
-
-@dataclass(frozen=True, slots=True)
-class AgentConfig:
-    """What a new agent needs to join the tree; sent on its stdin, never on argv."""
-
-    vertex: int
-    parent: str          # zmq address of the parent's ROUTER
-    secret: str          # hex job secret
-    job_id: str
-    host: str
-    log_level: int
-    heartbeat: float = DEFAULT_HEARTBEAT
-    #: Open our port for children before joining and report its address on stdout.
-    listen: bool = False
-    #: With ``parent == ""``: the vertex whose address comes later on our stdin.
-    up: int = -1
-    #: The head's address (where to route from when our parent is not known yet).
-    head: str = ""
-    #: ``start == "step"``: all hosts (compressed list) and the fan-out, to find our place.
-    hosts: str = ""
-    fanout: int = 0
-    iface: str = ""
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {
-            "vertex": self.vertex, "parent": self.parent, "secret": self.secret,
-            "job_id": self.job_id, "host": self.host, "log_level": self.log_level,
-            "heartbeat": self.heartbeat}
-        for key, unset in (("listen", False), ("up", -1), ("head", ""), ("hosts", ""),
-                           ("fanout", 0), ("iface", "")):
-            value = getattr(self, key)
-            if value != unset:
-                wire[key] = value
-        return wire
 
 
 def agent_command(python: str | None = None) -> list[str]:

@@ -22,8 +22,9 @@ import shlex
 from typing import Any
 
 from pm.agent.spawn import resolve
-from pm.bootstrap.base import AgentConfig, Bootstrap, agent_command
+from pm.bootstrap.base import Bootstrap, agent_command
 from pm.bootstrap.pipes import Piped
+from pm.proto.plan import AgentConfig
 
 
 class TemplateError(ValueError):

@@ -7,7 +7,8 @@ import os
 from typing import Any
 
 from pm.agent.spawn import spawn
-from pm.bootstrap.base import AgentConfig, Bootstrap, agent_command
+from pm.bootstrap.base import Bootstrap, agent_command
+from pm.proto.plan import AgentConfig
 
 
 def start_with_stdin(argv: list[str], config: AgentConfig, env: dict[str, str] | None = None

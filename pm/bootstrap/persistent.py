@@ -37,10 +37,11 @@ import zmq
 import zmq.asyncio
 
 from pm.agent.owned import Owned
-from pm.bootstrap.base import AgentConfig, Bootstrap, join_timeout_of
+from pm.bootstrap.base import Bootstrap, join_timeout_of
 from pm.common.kary_tree import Tree
 from pm.proto import service_wire as sp
 from pm.proto.errors import ProtocolError
+from pm.proto.plan import AgentConfig
 
 log = logging.getLogger("pm.bootstrap.persistent")
 
@@ -126,7 +127,7 @@ class _Service:
     """Our connection to one service: requests out, replies routed to futures."""
 
     def __init__(self, ctx: zmq.asyncio.Context, host: str, address: str, server_key: bytes,
-                 keys: tuple[bytes, bytes], on_exit: Callable[[dict[str, Any]], None]) -> None:
+                 keys: tuple[bytes, bytes], on_exit: Callable[[sp.Exited], None]) -> None:
         self.address = address
         self.host = host
         self.sock = ctx.socket(zmq.DEALER)
@@ -168,30 +169,31 @@ class _Service:
             except ProtocolError as exc:
                 log.warning("service %s: %s", self.address, exc)
                 continue
-            op = msg["op"]
-            if op == "error":
-                log.error("service %s refused a request: %s", self.address, msg.get("why"))
+            if isinstance(msg, sp.Error):
+                log.error("service %s refused a request: %s", self.address, msg.why)
                 continue
-            key = (str(msg.get("job")), int(msg.get("vertex", -1)))
-            if op == "exited":
+            if isinstance(msg, sp.Exited):
                 self.on_exit(msg)
                 continue
-            fut = self.pending.pop(key, None)
+            if not isinstance(msg, sp.Started | sp.Failed):
+                log.warning("service %s: unexpected %s", self.address, type(msg).__name__)
+                continue
+            fut = self.pending.pop((msg.job, msg.vertex), None)
             if fut is None or fut.done():
                 continue
-            if op == "started":
-                fut.set_result(str(msg.get("address") or ""))
+            if isinstance(msg, sp.Started):
+                fut.set_result(msg.address)
             else:
-                fut.set_exception(RuntimeError(str(msg.get("why") or op)))
+                fut.set_exception(RuntimeError(msg.why))
 
-    async def start(self, cfg: dict[str, Any], listen: bool, deadline: float) -> str:
+    async def start(self, cfg: AgentConfig, listen: bool, deadline: float) -> str:
         """Ask for one vertex's agent; its port address ("" for a leaf) by ``deadline``."""
         if self.refused:
             raise ConnectionRefusedError(self.refused)
-        key = (str(cfg["job_id"]), int(cfg["vertex"]))
+        key = (cfg.job_id, cfg.vertex)
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.pending[key] = fut
-        await self.sock.send(sp.encode("start", cfg=cfg, listen=listen))
+        await self.sock.send(sp.encode(sp.Start(cfg, listen)))
         try:
             return await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
         except TimeoutError:
@@ -202,7 +204,7 @@ class _Service:
 
     def end(self, job: str) -> None:
         with contextlib.suppress(zmq.ZMQError):
-            fut = self.sock.send(sp.encode("end", job=job), flags=zmq.NOBLOCK)
+            fut = self.sock.send(sp.encode(sp.End(job)), flags=zmq.NOBLOCK)
             if isinstance(fut, asyncio.Future):
                 fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
@@ -279,7 +281,7 @@ class PersistentBootstrap(Bootstrap):
         try:
             async with self._gate:
                 conn = self._conn(host)
-                address = await conn.start(cfg.to_wire(), bool(kids), self._deadline)
+                address = await conn.start(cfg, bool(kids), self._deadline)
         except Exception as exc:  # every way a start fails names the node
             if not self.closed:
                 where = self.services.get(host, {}).get("address", "?")
@@ -299,16 +301,16 @@ class PersistentBootstrap(Bootstrap):
         else:
             log.error("node %d (%s): %s", vertex, host, why)
 
-    def _exited(self, msg: dict[str, Any]) -> None:
+    def _exited(self, msg: sp.Exited) -> None:
         """A job agent ended: early (not after ``close``) and badly, that loses the node."""
-        if self.closed or msg.get("job") != self._job:
+        if self.closed or msg.job != self._job:
             return
-        code, sig = int(msg.get("code", 0)), int(msg.get("signal", 0))
+        code, sig = msg.code, msg.signal
         if code == 0 and sig == 0:
             return
         from pm.agent.watch import ExitStatus
 
-        vertex = int(msg.get("vertex", -1))
+        vertex = msg.vertex
         host = self.hosts[vertex] if 0 <= vertex < len(self.hosts) else "?"
         self._fail(vertex, host, f"agent {ExitStatus(code, sig).describe()}")
 

@@ -33,8 +33,9 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
-from pm.bootstrap.base import AgentConfig, agent_command, join_timeout_of
+from pm.bootstrap.base import agent_command, join_timeout_of
 from pm.bootstrap.exec import CommandBootstrap
+from pm.proto.plan import AgentConfig
 
 log = logging.getLogger("pm.bootstrap.ssh")
 

@@ -54,7 +54,7 @@ from pm.agent.memory import (
 from pm.common.output import STDOUT
 from pm.ensemble.domain import Domain, make_domains
 from pm.ensemble.local import LocalRunner, signal_tree, tree_anon
-from pm.ensemble.remote import RemoteRunner, parse_probe_line
+from pm.ensemble.remote import RemoteRunner
 from pm.ensemble.scheduler import (
     DEFAULT_RESERVATION,
     EnsembleScheduler,
@@ -65,6 +65,7 @@ from pm.ensemble.scheduler import (
 from pm.ensemble.task import Task, TaskResult
 from pm.jobspec import JobSpec
 from pm.proto.errors import ResourceLimit
+from pm.proto.probe import ProbeSample
 
 if TYPE_CHECKING:
     from pm.common.nodes import Nodes
@@ -502,18 +503,17 @@ class Ensemble:
 
     def _probe_lines(self, d: Domain, data: bytes) -> None:
         for line in data.decode(errors="replace").splitlines():
-            sample = parse_probe_line(line)
+            sample = ProbeSample.parse(line)
             if sample is None:
                 continue
-            total, used, kind, sizes, cores = sample
             if d.first is not None and not d.first.done():
                 if d.cores and not d.local:
-                    d.slots = cores
-                    self._apply(self._sched.set_slots(d.name, cores))
-                self._memory_known(d, total, used, f"{kind} on {d.name}")
+                    d.slots = sample.cores
+                    self._apply(self._sched.set_slots(d.name, sample.cores))
+                self._memory_known(d, sample.total, sample.used, f"{sample.kind} on {d.name}")
                 d.first.set_result(None)
             else:
-                self._sampled(d, used, sizes)
+                self._sampled(d, sample.used, sample.sizes)
 
     def _probe_ended(self, d: Domain, f: asyncio.Future[Any]) -> None:
         if not self._closed:

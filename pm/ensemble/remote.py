@@ -5,7 +5,7 @@ vertex 0 here running ``true`` and vertex 1 there the task, and starts the
 host's memory probe the same way.  The probe is :func:`probe_main` (``python
 -m pm.ensemble probe``): it reports the host's memory and its tasks' usage,
 found by the ``PMRUN_ENSEMBLE`` variable they carry, one line per sample,
-which :func:`parse_probe_line` reads back.  Apart from :mod:`pm.ensemble`
+which :class:`pm.proto.probe.ProbeSample` reads back.  Apart from :mod:`pm.ensemble`
 because this is how the head reaches a host it cannot see, both ends of the
 probe's lines together; this machine's tasks are :mod:`pm.ensemble.local`'s.
 """
@@ -22,12 +22,13 @@ from pm.agent.memory import NodeMemory
 from pm.common.output import STDERR
 from pm.ensemble.task import Task
 from pm.jobspec import AppSpec, JobSpec
+from pm.proto.probe import ProbeSample
 
 if TYPE_CHECKING:
     from pm.common.nodes import Nodes
     from pm.head import JobRun
 
-__all__ = ["RemoteRunner", "parse_probe_line", "probe_main"]
+__all__ = ["RemoteRunner", "probe_main"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -93,23 +94,10 @@ class RemoteRunner:
         return Nodes([self._here, host], [1, 1], 2, dict(self._nodes.bootstrap))
 
 
-def parse_probe_line(line: str) -> tuple[int, int, str, dict[int, int], int | None] | None:
-    """``(total, used, kind, {task index: bytes}, cores)`` of one line of
-    :func:`probe_main`, None if ``line`` is not one."""
-    words = line.split()
-    if len(words) < 4 or words[0] != "pmrun-probe":
-        return None
-    total, used = int(words[1]), int(words[2])
-    pairs = [w.partition("=") for w in words[4:]]
-    cores = next((int(v) for k, _, v in pairs if k == "cores"), None)
-    sizes = {int(k): int(v) for k, _, v in pairs if k != "cores"}
-    return total, used, words[3], sizes, cores
-
-
 def probe_main(token: str, interval: float) -> int:
-    """``python -m pm.ensemble probe TOKEN INTERVAL``: every INTERVAL seconds, one line
-    ``pmrun-probe TOTAL USED KIND cores=N INDEX=BYTES...`` with this node's memory, the
-    cores it may run on and the
+    """``python -m pm.ensemble probe TOKEN INTERVAL``: every INTERVAL seconds, one
+    :class:`~pm.proto.probe.ProbeSample` line with this node's memory, the cores it may
+    run on and the
     anonymous resident bytes of the processes whose environment carries
     ``PMRUN_ENSEMBLE=TOKEN``, summed per ``PMRUN_TASK``.  Ends on SIGTERM or SIGINT."""
     import threading
@@ -138,7 +126,6 @@ def probe_main(token: str, interval: float) -> int:
             except (OSError, StopIteration, ValueError, IndexError):
                 continue  # gone, not ours to read, or not a task
         kind = snap.limit_source.split(":")[0]
-        words = " ".join(f"{i}={n}" for i, n in sorted(sizes.items()))
-        print(f"pmrun-probe {snap.total} {snap.used} {kind} cores={cores} {words}", flush=True)
+        print(ProbeSample(snap.total, snap.used, kind, cores, sizes).line(), flush=True)
         stop.wait(interval)
     return 0

@@ -31,14 +31,16 @@ pass for an envelope's tag.
 from __future__ import annotations
 
 import struct
-from typing import Any, ClassVar, dataclass_transform
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import msgpack
 
 from pm.proto.errors import AuthError, ProtocolError
+from pm.proto.plan import JobPlan
+from pm.proto.record import Message, Record
 
 MAC_LEN = 16
-PROTOCOL_VERSION = 2  # 2: frames are [envelope, body]
+PROTOCOL_VERSION = 3  # 2: frames are [envelope, body]; 3: typed records (plans, items)
 
 #: Directions of a tree link (bound under an envelope's tag).
 UP = 1  # child to parent
@@ -50,60 +52,78 @@ ENVELOPE_LEN = MAC_LEN + _HEAD.size
 _TAGGED = b"\xc1"
 
 
-@dataclass_transform()
-class Msg:
-    """Base of all tree messages: fields are the class's annotations, in order.
+class Msg(Message):
+    """Base of all tree messages: fields are the class's annotations, in order
+    (:class:`pm.proto.record.Record`); on the wire ``[op, *fields]``."""
 
-    (Built without ``dataclasses``: generating ~20 dataclasses costs several
-    milliseconds of every launch.)
+    _by_op: ClassVar[dict[int, type[Message]]] = {}
+
+
+class RankOutput(NamedTuple):
+    """Complete lines of one rank's stream (1 stdout, 2 stderr), or a last partial line at EOF.
+
+    A tuple (an item of :class:`Output`, sent by the thousand): msgpack packs it as the
+    array it is, and reading one back is a single tuple.
     """
 
-    op: ClassVar[int]
-    _by_op: ClassVar[dict[int, type[Msg]]] = {}
-    _fields: ClassVar[tuple[str, ...]] = ()
-    _defaults: ClassVar[dict[str, Any]] = {}
+    rank: int
+    stream: int
+    data: bytes
 
-    def __init_subclass__(cls, op: int = -1, **kw: Any) -> None:
-        super().__init_subclass__(**kw)
-        if op >= 0:
-            cls.op = op
-        # Not inspect.get_annotations: importing inspect costs every launch.
-        own = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
-        names = tuple(n for n in own if n != "op")
-        cls._fields = names
-        cls._defaults = {n: cls.__dict__[n] for n in names if n in cls.__dict__}
+    @classmethod
+    def from_wire(cls, values: Any) -> RankOutput:
+        return _rows(cls, [values])[0]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        fields = self._fields
-        if len(args) > len(fields):
-            raise TypeError(f"{type(self).__name__} takes {len(fields)} fields")
-        for name, value in zip(fields, args, strict=False):
-            setattr(self, name, value)
-        for name in fields[len(args):]:
-            if name in kwargs:
-                setattr(self, name, kwargs.pop(name))
-            elif name in self._defaults:
-                setattr(self, name, self._defaults[name])
-            else:
-                raise TypeError(f"{type(self).__name__} missing field {name!r}")
-        if kwargs:
-            raise TypeError(f"{type(self).__name__} has no field {next(iter(kwargs))!r}")
+    @classmethod
+    def many(cls, values: list[Any]) -> list[RankOutput]:
+        return _rows(cls, values)
 
-    def fields(self) -> list[Any]:
-        return [getattr(self, n) for n in self._fields]
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields)
-        return f"{type(self).__name__}({args})"
+class RankExit(NamedTuple):
+    """A rank that ended (an item of :class:`Exits`): ``code`` its exit status (or -1),
+    ``signal`` the killing signal (or 0), ``reason`` empty for an ordinary exit, else what
+    went wrong first ("exited before PMI finalize", "spawn failed: ...")."""
 
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self.fields() == other.fields()  # type: ignore[attr-defined,unused-ignore]
+    rank: int
+    vertex: int
+    code: int
+    signal: int
+    reason: str
 
-    __hash__ = None  # type: ignore[assignment]
+    @classmethod
+    def from_wire(cls, values: Any) -> RankExit:
+        return _rows(cls, [values])[0]
+
+    @classmethod
+    def many(cls, values: list[Any]) -> list[RankExit]:
+        return _rows(cls, values)
+
+
+_Row = TypeVar("_Row", RankOutput, RankExit)
+
+
+def _rows(cls: type[_Row], values: list[Any]) -> list[_Row]:
+    # One pass of tuple.__new__, checked after: Output is read for every line a job writes.
+    new = tuple.__new__
+    n = len(cls._fields)
+    if all(type(v) is list and len(v) == n for v in values):
+        return [new(cls, v) for v in values]
+    if all(type(v) is cls for v in values):  # handed over in process, not decoded
+        return values
+    bad = next(v for v in values if type(v) is not list or len(v) != n)
+    raise ProtocolError(f"bad fields for {cls.__name__}: {bad!r:.60}")
 
 
 class Hello(Msg, op=1):
-    """First message of an agent on its link to its parent."""
+    """First message of an agent on its link to its parent.
+
+    Its first four fields never change: they are how agents of different versions
+    meet, and the parent refuses a child whose ``version`` is not its own
+    (:data:`PROTOCOL_VERSION`), naming both.  Fields a later version adds go after
+    them and are ignored here (``_open``).
+    """
+
+    _open = True
 
     vertex: int
     host: str
@@ -112,9 +132,11 @@ class Hello(Msg, op=1):
 
 
 class Launch(Msg, op=2):
-    """The job plan (pm.jobspec.JobPlan as a dict): start your subtree and your ranks."""
+    """The job plan: start your subtree and your ranks."""
 
-    plan: dict[str, Any]
+    _nested = {"plan": JobPlan}
+
+    plan: JobPlan
 
 
 class Started(Msg, op=3):
@@ -143,9 +165,11 @@ class CollOut(Msg, op=5):
 
 
 class Output(Msg, op=6):
-    """Complete lines (or a last partial line at EOF): ``[[rank, stream, bytes], ...]``."""
+    """Output of ranks, in the order it was read."""
 
-    items: list[Any]
+    _nested = {"items": [RankOutput]}
+
+    items: list[RankOutput]
 
 
 class Stdin(Msg, op=7):
@@ -178,14 +202,11 @@ class OutputGone(Msg, op=32):
 
 
 class Exits(Msg, op=9):
-    """Ranks that ended: ``[[rank, vertex, code, signal, reason], ...]``.
+    """Ranks that ended."""
 
-    ``code`` is the exit status (or -1), ``signal`` the killing signal (or 0),
-    ``reason`` empty for an ordinary exit, else what went wrong first
-    ("exited before PMI finalize", "spawn failed: ...").
-    """
+    _nested = {"items": [RankExit]}
 
-    items: list[Any]
+    items: list[RankExit]
 
 
 class Abort(Msg, op=10):
@@ -306,11 +327,13 @@ class SpawnReq(Msg, op=23):
 
 
 class SpawnLaunch(Msg, op=24):
-    """Start spawned job ``job`` (its :class:`pm.jobspec.JobPlan` as a dict) on the vertices
-    its ``placement`` names and their ancestors."""
+    """Start spawned job ``job`` (its plan) on the vertices its ``placement`` names and
+    their ancestors."""
+
+    _nested = {"plan": JobPlan}
 
     job: int
-    plan: dict[str, Any]
+    plan: JobPlan
 
 
 class SpawnResp(Msg, op=25):
@@ -334,27 +357,23 @@ def wrap(job: int, msg: Msg) -> Sub:
 def unwrap(sub: Sub) -> Msg:
     """The message a :class:`Sub` carries; ProtocolError if it is not one."""
     inner = sub.msg
-    if not isinstance(inner, list) or not inner or not isinstance(inner[0], int):
-        raise ProtocolError("wrapped tree message is not [op, ...]")
-    cls = Msg._by_op.get(inner[0])
-    if cls is None or cls is Sub:
-        raise ProtocolError(f"unknown wrapped tree op {inner[0]}")
-    try:
-        return cls(*inner[1:])
-    except TypeError as exc:
-        raise ProtocolError(f"bad fields for {cls.__name__}: {exc}") from exc
-
-
-def _register() -> None:
-    for obj in list(globals().values()):
-        if isinstance(obj, type) and issubclass(obj, Msg) and obj is not Msg:
-            if obj.op in Msg._by_op:
-                raise TypeError(f"tree op {obj.op} used twice")
-            Msg._by_op[obj.op] = obj
+    if isinstance(inner, list) and inner and inner[0] == Sub.op:
+        raise ProtocolError("a wrapped tree message wraps another")
+    msg = Msg.decode_list(inner, "wrapped tree message")
+    assert isinstance(msg, Msg)
+    return msg
 
 
 def encode(msg: Msg) -> bytes:
-    return msgpack.packb([msg.op, *msg.fields()], use_bin_type=True)  # type: ignore[no-any-return]
+    # Records inside a message (output, exits, plans) go through the default hook.
+    return msgpack.packb([msg.op, *msg.fields()], use_bin_type=True,  # type: ignore[no-any-return]
+                         default=_pack_record)
+
+
+def _pack_record(obj: Any) -> Any:  # (output and exit items are tuples: packed natively)
+    if isinstance(obj, Record):
+        return obj.to_wire()
+    raise TypeError(f"cannot pack {type(obj).__name__}")
 
 
 def decode(data: bytes | memoryview) -> Msg:
@@ -367,8 +386,11 @@ def decode(data: bytes | memoryview) -> Msg:
     cls = Msg._by_op.get(obj[0])
     if cls is None:
         raise ProtocolError(f"unknown tree op {obj[0]}")
-    try:
-        return cls(*obj[1:])
+    if cls._nested or cls._open:
+        msg: Msg = cls.from_wire(obj[1:])
+        return msg
+    try:  # the common case, kept short: collectives and gets are hot
+        return cls(*obj[1:])  # type: ignore[return-value]
     except TypeError as exc:
         raise ProtocolError(f"bad fields for {cls.__name__}: {exc}") from exc
 
@@ -516,4 +538,3 @@ ALLGATHER = 3
 RING = 4
 
 
-_register()

@@ -1,0 +1,139 @@
+"""What an agent is given: its config (how to join the tree) and the job plan (what to run).
+
+Both are typed records (:class:`pm.proto.record.Record`).  The plan travels
+down the tree in :class:`pm.proto.tree_wire.Launch` (and ``SpawnLaunch``); the
+config on an agent's stdin as one JSON line (it crosses ssh, srun and exec
+templates as text) and inside a persistent service's ``Start`` request, and is
+checked field by field where it arrives (:meth:`AgentConfig.from_wire`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pm.proto.errors import ProtocolError
+from pm.proto.record import Record
+
+__all__ = ["DEFAULT_HEARTBEAT", "AgentConfig", "AppPlan", "JobPlan", "SpawnOrigin"]
+
+#: Seconds a tree link may stay silent before its peer counts as lost (``--heartbeat``).
+DEFAULT_HEARTBEAT = 5.0
+
+
+class AppPlan(Record):
+    """One program of the job (MPMD: several), run by ``n`` ranks numbered after the
+    previous program's."""
+
+    argv: list[str]
+    n: int
+    #: What the program's ranks add to the job's environment.
+    env: dict[str, str]
+    wdir: str | None
+
+
+class SpawnOrigin(Record):
+    """What a spawned job (``MPI_Comm_spawn``, :mod:`pm.spawned_jobs`) carries of its making."""
+
+    #: Its number in the run.
+    job: int
+    #: The vertex of each rank.
+    placement: list[int]
+    #: Keys in its KVS from the start.
+    preput: dict[str, str]
+    #: The spawner's kvsname.
+    spawner: str
+
+
+class JobPlan(Record):
+    """Everything an agent needs to run its part of a job; travels in ``Launch``."""
+
+    _nested = {"apps": [AppPlan], "spawned": SpawnOrigin}
+
+    job_id: str
+    kvsname: str
+    size: int
+    #: One entry per node (tree vertex): host name, and how many ranks it may take per pass.
+    hosts: list[str]
+    slots: list[int]
+    fanout: int
+    #: The programs; ranks are numbered program after program.
+    apps: list[AppPlan]
+    env: dict[str, str]
+    mapping: str
+    label: bool = False
+    kvs: str = "shm"
+    bind_to: str = "none"
+    map_by: str = "core"
+    report_bindings: bool = False
+    timeout: float | None = None
+    profile: bool = False
+    #: How child agents are started: bootstrap name and its options (each launcher's own).
+    bootstrap: dict[str, Any] = {}
+    #: Ranks emulated in-process per agent (0: real processes).
+    sim_ranks: int = 0
+    #: The simulation's settings (:class:`pm.agent.sim.SimOptions` as a map).
+    sim: dict[str, Any] = {}
+    #: Memory watermarks for ``reserve`` on each node, as in JobSpec.
+    mem_high: str | None = None
+    mem_low: str | None = None
+    mem_overrun: str = "warn"
+    #: The universe size ranks are told (None: the job's size).
+    universe_size: int | None = None
+    #: Serve PMIx to the ranks too (pm.agent.pmix_job).
+    pmix: bool = False
+    #: Set for a job made by a spawn.
+    spawned: SpawnOrigin | None = None
+
+    def app_of_rank(self, rank: int) -> int:
+        first = 0
+        for i, app in enumerate(self.apps):
+            first += app.n
+            if rank < first:
+                return i
+        raise IndexError(rank)
+
+
+class AgentConfig(Record):
+    """What a new agent needs to join the tree; sent on its stdin, never on argv."""
+
+    vertex: int
+    parent: str          # zmq address of the parent's ROUTER
+    secret: str          # hex job secret
+    job_id: str
+    host: str
+    log_level: int
+    heartbeat: float = DEFAULT_HEARTBEAT
+    #: Open our port for children before joining and report its address on stdout.
+    listen: bool = False
+    #: With ``parent == ""``: the vertex whose address comes later on our stdin.
+    up: int = -1
+    #: The head's address (where to route from when our parent is not known yet).
+    head: str = ""
+    #: ``start == "step"``: all hosts (compressed list) and the fan-out, to find our place.
+    hosts: str = ""
+    fanout: int = 0
+    iface: str = ""
+    #: Ports a persistent service's job agent may listen on (``None``: any).
+    ports: list[int] | None = None
+
+    @classmethod
+    def from_wire(cls, values: Any) -> Any:
+        """The config in ``values``, each field of the type it must have; :class:`ProtocolError`
+        names the first that is not (a service takes these from the network)."""
+        cfg = super().from_wire(values)
+        for name in cls._fields:
+            value = getattr(cfg, name)
+            kind = _KINDS[name]
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                raise ProtocolError(f"agent config: bad field {name!r}")
+        if cfg.ports is not None and (len(cfg.ports) != 2 or not all(
+                isinstance(p, int) and not isinstance(p, bool) for p in cfg.ports)):
+            raise ProtocolError("agent config: bad field 'ports'")
+        return cfg
+
+
+_KINDS: dict[str, type | tuple[type, ...]] = {
+    "vertex": int, "parent": str, "secret": str, "job_id": str, "host": str, "log_level": int,
+    "heartbeat": (int, float), "listen": bool, "up": int, "head": str, "hosts": str,
+    "fanout": int, "iface": str, "ports": (list, type(None)),
+}
