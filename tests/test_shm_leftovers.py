@@ -169,3 +169,28 @@ def test_an_agent_killed_by_sigkill_leaves_no_segments(pmrun_popen, tmp_path: Pa
     # Its guardian removes them, with no later job to sweep them.
     wait_until(lambda: not any(os.path.exists(f) for f in files), 10,
                f"the killed agent's files to go: {files}")
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+def test_pmrun_killed_by_sigkill_on_one_node_leaves_no_segments(pmrun_popen,
+                                                                 tmp_path: Path) -> None:
+    # One node: pmrun is the agent.  MPICH makes its segment inside MPI_Init with no PMI
+    # request after it, so a pmrun killed at once has seen nothing to name to the ranks'
+    # guardian: the guardian finds what its ranks map before it kills them.
+    import signal
+
+    from launch_util import read_lines, wait_until
+
+    prog = tmp_path / "waiter.py"
+    prog.write_text(MPI_WAITER)
+    p = pmrun_popen("-n", "2", "python", str(prog))
+    assert p.stdout is not None
+    got = [json.loads(line) for line in read_lines(p.stdout, 2, 90)]
+    files = sorted({f for d in got for f in d["maps"] if "/mpich_shm_" in f})
+    assert files, got
+    os.kill(p.pid, signal.SIGKILL)
+    p.communicate(timeout=60)
+    # (Within 3 s: a later job's sweep takes orphans only once they are 5 s old.)
+    wait_until(lambda: not any(os.path.exists(f) for f in files), 3,
+               f"the job's segments to go: {files}")

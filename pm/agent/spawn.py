@@ -31,6 +31,16 @@ if TYPE_CHECKING:
 # lines it reads are files of the job's (Guardian.note): gone with the agent, they go too.
 _GUARDIAN = ("trap '' INT TERM HUP QUIT PIPE USR1 USR2 TSTP TTIN TTOU; "
              'while IFS= read -r p; do set -- "$@" "$p"; done; '
+             # The MPI segments its group's processes (the ranks) map now: an agent killed
+             # before it saw them (MPICH makes its segment between two PMI requests of
+             # MPI_Init, and no PMI request may follow until finalize) named none of them.
+             'for d in /proc/[0-9]*; do '
+             '{ read -r s < "$d/stat"; } 2>/dev/null || continue; '
+             's=${s##*) }; s=${s#* }; s=${s#* }; [ "${s%% *}" = $$ ] || continue; '
+             'while read -r a b c e i f; do case $f in '
+             '/dev/shm/mpich_shm_*|/dev/shm/sm_segment.*|/dev/shm/vader_segment.*|'
+             '/dev/shm/shm-col-space-*) set -- "$@" "${f% (deleted)}";; esac; '
+             'done 2>/dev/null < "$d/maps"; done; '
              '[ $# -eq 0 ] || rm -f -- "$@"; kill -KILL 0')
 
 #: Target fd number of the PMI socket in a rank (``PMI_FD``).
