@@ -171,6 +171,8 @@ def run(argv: Sequence[str], *, timeout: float = 90.0, env: dict[str, str] | Non
     reaper = threading.Thread(target=reap, daemon=True)
     reaper.start()
 
+    mapped: set[str] = set()  # /dev/shm files the run's processes mapped
+
     def sample() -> None:
         # pmrun's peak RSS: its VmHWM, read until it ends (wait4's ru_maxrss would count
         # its ranks); pmrun itself, or pmrun under the shell of a pipeline.  The agents'
@@ -180,8 +182,11 @@ def run(argv: Sequence[str], *, timeout: float = 90.0, env: dict[str, str] | Non
             res.peak_kb = max([res.peak_kb, hwm_kb(proc.pid),
                                *map(hwm_kb, filter(is_pmrun, children(proc.pid)))])
             if polls % 4 == 0:
+                desc = descendants(proc.pid)
                 res.agent_peak_kb = max([res.agent_peak_kb, *map(
-                    hwm_kb, filter(is_agent, descendants(proc.pid)))])
+                    hwm_kb, filter(is_agent, desc))])
+                for p in desc:
+                    mapped.update(shm_mapped(p))
             polls += 1
             reaper.join(0.05)
 
@@ -223,7 +228,28 @@ def run(argv: Sequence[str], *, timeout: float = 90.0, env: dict[str, str] | Non
     while res.files and time.monotonic() < deadline:
         time.sleep(0.1)
         res.files = [f for f in new_files(shm_before, tmp_before) if f in res.files]
+    # On a shared machine other jobs' segments come and go meanwhile: a /dev/shm file
+    # none of this run's processes was seen mapping is kept apart (counted, not blamed).
+    others = [f for f in res.files if f.startswith("/dev/shm/") and f not in mapped]
+    if others:
+        res.extra["others_files"] = others
+        res.files = [f for f in res.files if f not in others]
     return res
+
+
+def shm_mapped(pid: int) -> set[str]:
+    """The /dev/shm files ``pid`` maps now."""
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            data = f.read()
+    except OSError:
+        return set()
+    out = set()
+    for line in data.splitlines():
+        i = line.find(b" /dev/shm/")
+        if i >= 0:
+            out.add(line[i + 1:].decode(errors="replace").removesuffix(" (deleted)"))
+    return out
 
 
 def _alive(pid: int) -> bool:

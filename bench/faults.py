@@ -62,16 +62,20 @@ class Tally:
     tracebacks: int = 0
     procs: int = 0
     files: int = 0
+    others: int = 0
     peaks: list[int] = field(default_factory=list)
     agent_peaks: list[int] = field(default_factory=list)
     seconds: float = 0.0
     skipped: str = ""
     samples: list[str] = field(default_factory=list)
+    other_samples: list[str] = field(default_factory=list)
+    attributed: int = 0  # runs whose files were told apart (ours / other jobs')
     extra: list[dict[str, object]] = field(default_factory=list)
 
     def add(self, r: Run) -> None:
         c = self.case
         self.runs += 1
+        self.attributed += 1
         bad: list[str] = []
         if r.hung:
             self.hangs += 1
@@ -92,6 +96,10 @@ class Tally:
         if r.files:
             self.files += 1
             bad.append(f"files {r.files[:3]}")
+        if r.extra.get("others_files"):
+            self.others += 1
+            if len(self.other_samples) < 3:
+                self.other_samples.append(", ".join(r.extra["others_files"][:3]))
         if "action_error" in r.extra:
             bad.append(f"harness: {r.extra['action_error']}")
         self.peaks.append(r.peak_kb)
@@ -105,6 +113,8 @@ class Tally:
         return {"case": self.case.name, "runs": self.runs, "hangs": self.hangs,
                 "wrong_rc": self.wrong_rc, "unnamed": self.unnamed,
                 "tracebacks": self.tracebacks, "procs": self.procs, "files": self.files,
+                "others": self.others, "attributed": self.attributed,
+                "other_samples": self.other_samples,
                 "peaks": self.peaks, "agent_peaks": self.agent_peaks, "seconds": self.seconds,
                 "skipped": self.skipped,
                 "samples": self.samples, "extra": [_plain(e) for e in self.extra]}
@@ -113,6 +123,9 @@ class Tally:
         """Add a chunk's tallies (``to_json``) to these."""
         for k in ("runs", "hangs", "wrong_rc", "unnamed", "tracebacks", "procs", "files"):
             setattr(self, k, getattr(self, k) + int(d[k]))
+        self.others += int(d.get("others", 0))
+        self.attributed += int(d.get("attributed", 0))
+        self.other_samples = (self.other_samples + list(d.get("other_samples", [])))[:3]
         self.peaks += [int(p) for p in d["peaks"]]
         self.agent_peaks += [int(p) for p in d.get("agent_peaks", [])]
         self.seconds += float(d["seconds"])
@@ -150,6 +163,13 @@ def _plain(e: dict[str, object]) -> dict[str, object]:
     return json.loads(json.dumps(e, default=str))
 
 
+def others(t: Tally) -> str:
+    """Runs that saw other jobs' new /dev/shm files (of the runs that told them apart)."""
+    if not t.attributed:
+        return "–"
+    return f"{t.others}" + (f" (of {t.attributed})" if t.attributed != t.runs else "")
+
+
 def _mb(kb: float) -> str:
     return f"{kb / 1024:.0f}"
 
@@ -168,17 +188,17 @@ def table(tallies: list[Tally], runs: int | None, ci: bool) -> str:
              f"{' (the CI version)' if ci else ''}; counts are runs with the problem.  "
              "Shared machine: other jobs ran meanwhile (files of theirs could be counted).", "",
              "| case | what | runs | hangs | wrong rc | unnamed cause | tracebacks | "
-             "leftover procs | leftover files | pmrun peak RSS MB (first → last) | "
-             "agent peak RSS MB | s/run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "leftover procs | leftover files | other jobs' files | "
+             "pmrun peak RSS MB (first → last) | agent peak RSS MB | s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in tallies:
         if t.skipped:
             lines.append(f"| {t.case.name} | {t.case.what} | skipped: {t.skipped} "
-                         "| | | | | | | | | |")
+                         "| | | | | | | | | | |")
             continue
         lines.append(
             f"| {t.case.name} | {t.case.what} | {t.runs} | {t.hangs} | {t.wrong_rc} | "
-            f"{t.unnamed} | {t.tracebacks} | {t.procs} | {t.files} | {growth(t)} | "
+            f"{t.unnamed} | {t.tracebacks} | {t.procs} | {t.files} | {others(t)} | {growth(t)} | "
             f"{_mb(max(t.agent_peaks, default=0)) if any(t.agent_peaks) else '–'} | "
             f"{t.seconds / max(1, t.runs):.1f} |")
     total = sum(t.runs for t in tallies)
