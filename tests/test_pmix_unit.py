@@ -168,3 +168,57 @@ def test_the_pre_parsed_declarations_match_pmix_h() -> None:
         return [ln for ln in text.splitlines() if "_version" not in ln]
 
     assert body(fresh) == body(stored), "run: python scripts/gen_pmix_ffi.py"
+
+
+class _Job:
+    def __init__(self) -> None:
+        self.events: list[tuple[int, str]] = []
+
+    def client_event(self, rank: int, event: str, detail: object = None) -> None:
+        self.events.append((rank, event))
+
+
+def test_upcalls_before_the_loop_wait_for_it_and_urgent_ones_wake_the_quick_path() -> None:
+    """pmrun's quick path serves a one-node job with no event loop: upcalls queue, an
+    urgent one (abort, publish...) writes to the wake pipe, attach() delivers them all."""
+    import asyncio
+
+    srv = object.__new__(pmix_server.PmixServer)  # no library: the hand-over alone
+    srv.loop = None
+    srv._pending = []
+    srv._post_lock = __import__("threading").Lock()
+    r, w = os.pipe2(os.O_NONBLOCK)
+    srv.wake_fd = w
+    job = _Job()
+    srv.jobs = {"ns": job}  # type: ignore[dict-item]
+    try:
+        post = srv._post
+        assert post("ns", lambda j: j.client_event(0, "init"), urgent=False) == 0
+        with pytest.raises(BlockingIOError):
+            os.read(r, 1)  # a rank connecting needs nobody
+        assert post("ns", lambda j: j.client_event(0, "abort")) == 0
+        assert os.read(r, 8) == b"!"
+        assert job.events == []
+
+        async def attach() -> None:
+            srv.attach(asyncio.get_running_loop())
+            post("ns", lambda j: j.client_event(1, "finalize"), urgent=False)
+            for _ in range(3):
+                await asyncio.sleep(0)
+
+        asyncio.run(attach())
+        assert job.events == [(0, "init"), (0, "abort"), (1, "finalize")]
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_the_quick_path_modules_import_no_asyncio_logging_or_typing() -> None:
+    code = ("import sys; import pm.agent.pmix_register, pm.agent.pmix_server; "
+            "print(sorted({'asyncio', 'logging', 'typing', 'tempfile', 'shutil'} "
+            "& set(sys.modules)))")
+    repo = str(Path(__file__).parents[1])
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                         timeout=30, env={"PYTHONPATH": repo}, cwd=repo)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -206,6 +206,18 @@ class JobAgent:
         for msg in early:
             self.pmix.serve_get(msg)
 
+    def _adopt_pmix(self, nspace: str) -> None:
+        """The PMIx namespace the quick path registered for the ranks it started."""
+        from pm.agent.pmix_job import PmixJob
+        from pm.agent.pmix_server import current
+
+        srv = current()
+        assert srv is not None and nspace == self.plan.kvsname
+        job = PmixJob(self, srv)
+        self.on_close.append(job.close)
+        self.pmix = job
+        job.adopt()
+
     def _bind(self, topo: Any) -> None:
         from pm.agent.binding import compute_bindings, report_line
 
@@ -275,6 +287,9 @@ class JobAgent:
             self.job_attrs["PMI_hwloc_xmlfile"] = path
         reaper, started.shm_reaper = started.shm_reaper, None
         self._watch_shm(reaper or ShmReaper())
+        nspace, started.pmix = started.pmix, None
+        if nspace is not None:
+            self._adopt_pmix(nspace)
         self.procs.adopt(started)
         self._note_xml()
 
@@ -334,6 +349,11 @@ class JobAgent:
         if getattr(self, "reservations", None) is not None:
             self.reservations.release_rank(proc.rank)  # a rank that died holds nothing
         self._schedule_flush()
+
+    def rank_started(self, rank: int, pid: int) -> None:
+        """A local rank runs as ``pid`` (its PMIx connection gets TCP_NODELAY)."""
+        if self.pmix is not None:
+            self.pmix.srv.pids[self.pmix.nspace, rank] = pid
 
     def rank_event(self, rank: int, event: str, detail: Any = None) -> None:
         proc = self.ranks[rank]

@@ -158,3 +158,6 @@ pmix_status_t PMIx_server_dmodex_request(const pmix_proc_t *proc,
                                          pmix_dmodex_response_fn_t cbfunc, void *cbdata);
 
 void free(void *ptr);
+
+/* pidfd_getfd(2) through syscall(2): the ranks' PMIx sockets get TCP_NODELAY (pm.agent.pmix_server). */
+long syscall(long number, ...);

@@ -2,15 +2,16 @@
 
 A :class:`PmixJob` belongs to a :class:`~pm.agent.node.JobAgent` whose plan
 asks for PMIx.  It registers the job with the process's server
-(:mod:`pm.agent.pmix_server`) as the namespace ``plan.kvsname``: the job-level
-keys Open MPI and mpi4py read (sizes, local peers, node and process maps,
-application numbers, temporary directories) and per-rank data (node id,
-local and node rank); each local rank is registered as a client and gets the
-environment of ``PMIx_server_setup_fork`` beside ``PMI_FD``.
+(:mod:`pm.agent.pmix_server`) as the namespace ``plan.kvsname``
+(:mod:`pm.agent.pmix_register`: the keys Open MPI and mpi4py read); each
+local rank gets the environment of ``PMIx_server_setup_fork`` beside
+``PMI_FD``.  A one-node job that pmrun's quick path started comes registered
+already (:meth:`PmixJob.adopt`).
 
 What the library asks of the host maps onto what pmrun already does:
 
-* a fence is one contribution per node to the agent's tree collectives
+* a fence over a job on this node alone is completed by the library itself
+  (it never asks); otherwise it is one contribution per node to the agent's tree collectives
   (an allgather whose only value on each node is the blob the library packed
   for it): one message up and one down per agent, the blobs of all nodes
   concatenated for the library, with or without ``PMIX_COLLECT_DATA``;
@@ -32,6 +33,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pm.agent import pmix_lib as L
+from pm.agent.pmix_register import (  # noqa: F401  (names of this module before)
+    Layout,
+    cpuset_string,
+    fork_env,
+    locality_string,
+    node_names,
+    proc,
+    register,
+)
 from pm.agent.pmix_server import PmixServer, Upcalls, server
 from pm.common.mapping import local_ranks
 from pm.proto import tree_wire as t
@@ -43,42 +53,6 @@ log = logging.getLogger("pm.agent.pmix")
 
 #: Key prefix of a direct get that asks another node's server for a rank's PMIx data.
 DMODEX_KEY = b"\x00pmix.dmodex."
-
-
-def node_names(hosts: list[str]) -> list[str]:
-    """One distinct name per node for the node map (``--local-nodes`` repeats a host)."""
-    if len(set(hosts)) == len(hosts):
-        return list(hosts)
-    return [f"{h}-{i}" for i, h in enumerate(hosts)]
-
-
-def locality_string(topo: Any, cpus: frozenset[int]) -> str | None:
-    """Where a rank bound to ``cpus`` sits, as PMIx's hwloc support writes it
-    (``SK0:L30:CR2-3:HT4-7:NM0``: logical indexes of the packages, L3 caches, cores,
-    PUs and NUMA nodes it touches); None for a rank free to run anywhere."""
-    from pm.agent.topology import format_cpuset
-
-    if not cpus or cpus.issuperset(topo.pus):
-        return None
-    parts = []
-    for tag, objs in (("SK", topo.packages), ("L3", topo.l3caches), ("CR", topo.cores)):
-        touched = [i for i, o in enumerate(objs) if o & cpus]
-        if touched:
-            parts.append(tag + format_cpuset(touched))
-    # PUs numbered as hwloc does: in tree order, core after core.
-    pus = [pu for core in topo.cores for pu in sorted(core)] or list(topo.pus)
-    parts.append("HT" + format_cpuset(i for i, pu in enumerate(pus) if pu in cpus))
-    numa = [i for i, o in enumerate(topo.numa_nodes) if o & cpus]
-    if numa:
-        parts.append("NM" + format_cpuset(numa))
-    return ":".join(parts)
-
-
-def cpuset_string(cpus: frozenset[int]) -> str:
-    """PMIX_CPUSET as PMIx's hwloc support writes it: ``hwloc:`` and the bitmap's list."""
-    from pm.agent.topology import format_cpuset
-
-    return "hwloc:" + format_cpuset(cpus)
 
 
 class PmixJob(Upcalls):
@@ -96,127 +70,31 @@ class PmixJob(Upcalls):
         """The process's server, started (in a thread: tens of ms) if it has none."""
         srv = await asyncio.to_thread(server, node_names(agent.plan.hosts)[agent.vertex],
                                       agent.extra_env.get("HWLOC_XMLFILE"))
-        srv.loop = agent.loop
+        srv.attach(agent.loop)
         return srv
 
     # ------------------------------------------------------------------ registration
     def register(self, topo: Any = None) -> None:
         """The job with its keys, and each local rank as a client; ``topo`` (the node's
         :class:`~pm.agent.topology.Topology`) gives bound ranks their locality strings."""
-        agent, plan, ffi, lib = self.agent, self.agent.plan, self.srv.ffi, self.srv.lib
-        os.makedirs(self.dir, exist_ok=True)
-        names = node_names(plan.hosts)
+        agent, plan = self.agent, self.agent.plan
         by_node = local_ranks(agent.node_of_rank)
-        raw: list[Any] = []  # strings the library allocated, freed after the call
-
-        def generate(fn: Any, text: str) -> Any:
-            out = ffi.new("char **")
-            rc = fn(text.encode(), out)
-            if rc != L.SUCCESS:
-                raise L.PmixError(f"PMIx regex of {text[:60]!r}: {L.status_text(lib, ffi, rc)}")
-            raw.append(out[0])
-            return out[0]  # passed as it is: a compressed map may hold NUL bytes
-
-        node_map = generate(lib.PMIx_generate_regex, ",".join(names))
-        proc_map = generate(lib.PMIx_generate_ppn, ";".join(
-            ",".join(map(str, by_node.get(v, []))) for v in range(len(names))))
-        local = agent.local
-        napps = len(plan.apps)
-        first = 0
-        apps: list[tuple[str, L.Value]] = []
-        app_first: list[int] = []
-        for i, app in enumerate(plan.apps):
-            count = app.n
-            app_first.append(first)
-            apps.append(("pmix.app.info", (L.INFO, [  # PMIX_APP_INFO
-                ("pmix.appnum", (L.UINT32, i)), ("pmix.app.size", (L.UINT32, count)),
-                ("pmix.aldr", (L.PROC_RANK, first))])))
-            first += count
-        items: list[tuple[str, L.Value]] = [
-            ("pmix.jobid", (L.STRING, self.nspace)),
-            ("pmix.job.size", (L.UINT32, plan.size)),
-            ("pmix.univ.size", (L.UINT32, max(agent.universe_size(), plan.size))),
-            ("pmix.max.size", (L.UINT32, plan.size)),
-            ("pmix.num.nodes", (L.UINT32, len(names))),
-            ("pmix.job.napps", (L.UINT32, napps)),
-            ("pmix.nmap", (L.STRING, node_map)),
-            ("pmix.pmap", (L.STRING, proc_map)),
-            ("pmix.lpeers", (L.STRING, ",".join(map(str, local)))),
-            ("pmix.local.size", (L.UINT32, len(local))),
-            ("pmix.lldr", (L.PROC_RANK, local[0])),
-            ("pmix.tmpdir", (L.STRING, self.dir)),
-            ("pmix.nsdir", (L.STRING, self.dir)),
-            ("pmix.tdir.rmclean", (L.BOOL, True)),
-        ]
-        if napps == 1:
-            items.append(("pmix.appnum", (L.UINT32, 0)))
-        items += apps
-        # Each rank's place: the library derives host names from the maps.
-        for v in range(len(names)):
-            for lr, r in enumerate(by_node.get(v, [])):
-                appnum = plan.app_of_rank(r)
-                pdata: list[tuple[str, L.Value]] = [
-                    ("pmix.rank", (L.PROC_RANK, r)),
-                    ("pmix.nodeid", (L.UINT32, v)),
-                    ("pmix.lrank", (L.UINT16, lr)),
-                    ("pmix.nrank", (L.UINT16, lr)),
-                    ("pmix.appnum", (L.UINT32, appnum)),
-                    ("pmix.apprank", (L.PROC_RANK, r - app_first[appnum])),
-                    ("pmix.grank", (L.PROC_RANK, r)),
-                ]
-                cpus = agent.cpusets[lr] if v == agent.vertex and agent.cpusets else None
-                where = locality_string(topo, cpus) if topo is not None and cpus else None
-                if where and cpus:
-                    pdata.append(("pmix.locstr", (L.STRING, where)))  # PMIX_LOCALITY_STRING
-                    pdata.append(("pmix.cpuset", (L.STRING, cpuset_string(cpus))))
-                items.append(("pmix.pdata", (L.INFO, pdata)))  # PMIX_PROC_DATA
-        info = L.InfoArray(ffi, items)
-        try:
-            rc = lib.PMIx_server_register_nspace(self.nspace.encode(), len(local), info.ptr,
-                                                 info.n, ffi.NULL, ffi.NULL)
-        finally:
-            for p in raw:
-                lib.free(p)
-        if rc not in (L.SUCCESS, L.OPERATION_SUCCEEDED):
-            raise L.PmixError(f"PMIx_server_register_nspace: {L.status_text(lib, ffi, rc)}")
+        names = node_names(plan.hosts)
+        layout = Layout(self.nspace, names, [by_node.get(v, []) for v in range(len(names))],
+                        agent.vertex, [app.n for app in plan.apps], agent.universe_size(),
+                        agent.cpusets, topo)
+        register(self.srv, layout)
         self.srv.jobs[self.nspace] = self
-        uid, gid = os.getuid(), os.getgid()
-        for r in local:
-            rc = lib.PMIx_server_register_client(self._proc(r), uid, gid, ffi.NULL, ffi.NULL,
-                                                 ffi.NULL)
-            if rc not in (L.SUCCESS, L.OPERATION_SUCCEEDED):
-                raise L.PmixError(
-                    f"PMIx_server_register_client {r}: {L.status_text(lib, ffi, rc)}")
 
-    def _proc(self, rank: int) -> Any:
-        proc = self.srv.ffi.new("pmix_proc_t *")
-        proc.nspace = self.nspace.encode()
-        proc.rank = rank
-        return proc
+    def adopt(self) -> None:
+        """Serve the namespace pmrun's quick path registered (:func:`start_one_node`)
+        for this job, whose ranks it started; upcalls that waited are delivered now."""
+        self.srv.jobs[self.nspace] = self
+        self.srv.attach(self.agent.loop)
 
     def fork_env(self, rank: int) -> dict[str, str]:
         """The variables ``PMIx_server_setup_fork`` gives local rank ``rank``."""
-        ffi, lib = self.srv.ffi, self.srv.lib
-        envp = ffi.new("char ***")
-        rc = lib.PMIx_server_setup_fork(self._proc(rank), envp)
-        env: dict[str, str] = {}
-        arr = envp[0]
-        if arr != ffi.NULL:
-            i = 0
-            while arr[i] != ffi.NULL:
-                k, _, v = ffi.string(arr[i]).decode(errors="replace").partition("=")
-                env[k] = v
-                lib.free(arr[i])
-                i += 1
-            lib.free(arr)
-        if rc != L.SUCCESS:
-            raise L.PmixError(f"PMIx_server_setup_fork {rank}: {L.status_text(lib, ffi, rc)}")
-        # Open MPI 4.x takes a PMIx server for a direct launch only when one of the
-        # resource managers it knows is named (else it starts as a singleton); its Flux
-        # check asks for nothing but this variable and changes nothing else that pmrun
-        # does not already do (it leaves binding to the launcher).  Open MPI 5 ignores it.
-        env.setdefault("FLUX_JOB_ID", self.nspace)
-        return env
+        return fork_env(self.srv, self.nspace, rank)
 
     # ------------------------------------------------------------------ upcalls (on the loop)
     def client_event(self, rank: int, event: str, detail: Any = None) -> None:
@@ -320,11 +198,13 @@ class PmixJob(Upcalls):
             return
         self.closed = True
         srv = self.srv
+        for r in self.agent.local:
+            srv.clients.pop((self.nspace, r), None)
         if srv.jobs.get(self.nspace) is self:
             del srv.jobs[self.nspace]
             ffi, lib = srv.ffi, srv.lib
             for r in self.agent.local:
-                lib.PMIx_server_deregister_client(self._proc(r), ffi.NULL, ffi.NULL)
+                lib.PMIx_server_deregister_client(proc(srv, self.nspace, r), ffi.NULL, ffi.NULL)
             lib.PMIx_server_deregister_nspace(self.nspace.encode(), ffi.NULL, ffi.NULL)
         shutil.rmtree(self.dir, ignore_errors=True)
         # The server stays for the process's next job (OpenPMIx cannot start again once

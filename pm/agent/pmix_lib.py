@@ -13,13 +13,15 @@ Everything typed ``Any`` (cffi objects) stays in this module and
 
 from __future__ import annotations
 
-import importlib
 import os
 import threading
-from pathlib import Path
-from typing import Any
 
 from pm.proto.errors import PMError
+
+# No typing, pathlib or importlib at import: pmrun's quick path loads this module.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Set to a path or soname to serve PMIx with another libpmix (e.g. a wheel's).
 LIB_ENV = "PM_LIBPMIX"
@@ -80,15 +82,18 @@ def _ffi() -> Any:
     """The declarations of ``pmix.h``: pre-parsed (``_pmix_ffi``, made by
     scripts/gen_pmix_ffi.py) unless this cffi cannot read that module, else parsed now."""
     try:
-        return importlib.import_module("pm.agent._pmix_ffi").ffi
+        from pm.agent import _pmix_ffi
+
+        return _pmix_ffi.ffi
     except Exception:  # another cffi version: parse the header (tens of ms)
         pass
     try:
-        cffi = importlib.import_module("cffi")
+        import cffi  # type: ignore[import-untyped]
     except ImportError as exc:
         raise PmixError(f"serving PMIx needs the cffi module: {exc}") from exc
     ffi = cffi.FFI()
-    ffi.cdef((Path(__file__).with_name("pmix.h")).read_text())
+    with open(os.path.join(os.path.dirname(__file__), "pmix.h")) as f:
+        ffi.cdef(f.read())
     return ffi
 
 
@@ -96,7 +101,8 @@ def status_text(lib: Any, ffi: Any, rc: int) -> str:
     return f"{ffi.string(lib.PMIx_Error_string(rc)).decode(errors='replace')} ({rc})"
 
 
-Value = tuple[int, Any]  # (PMIx data type, Python value)
+if TYPE_CHECKING:
+    Value = tuple[int, Any]  # (PMIx data type, Python value)
 
 
 class InfoArray:

@@ -23,23 +23,37 @@ without removing theirs (SIGKILL).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
-import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from pm.agent import pmix_lib as L
 
-log = logging.getLogger("pm.agent.pmix")
+# No asyncio or typing at import: pmrun's quick path starts the server (pm.quick).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
+    from typing import Any
+
+
+
+class _Log:
+    """``logging.getLogger("pm.agent.pmix")``, imported on the first message (logging costs
+    pmrun's quick path 10 ms, and it logs nothing)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import logging
+
+        return getattr(logging.getLogger("pm.agent.pmix"), name)
+
+
+log = _Log()
 
 _PREFIX = "pm-pmix-"
+_PIDFD_GETFD = 438  # x86-64 and aarch64 alike (the generic syscall table)
 _LOCK = ".lock"
 
 
@@ -59,13 +73,29 @@ class Upcalls:
 class PmixServer:
     """The process's PMIx server (see :func:`server`)."""
 
-    def __init__(self, hostname: str, topology_xml: str | None = None) -> None:
+    def __init__(self, hostname: str, topology_xml: str | None = None, sweep: bool = True
+                 ) -> None:
         self.ffi, self.lib = L.load()
         self.jobs: dict[str, Upcalls] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: Upcalls that came before an event loop was attached (pmrun's quick path
+        #: serves a one-node job without one), delivered by :meth:`attach`.
+        self._pending: list[tuple[str, Callable[..., None], tuple[Any, ...]]] = []
+        self._post_lock = threading.Lock()
+        #: Written to (one byte) when an upcall that needs the loop waits for it.
+        self.wake_fd = -1
+        #: ``(nspace, rank)`` -> "init" or "finalize": the last of a client's two events
+        #: (pmrun's quick path asks whether a rank that exited had finalized).
+        self.clients: dict[tuple[str, int], str] = {}
+        #: ``(nspace, rank)`` -> pid, noted by whoever starts the ranks (:meth:`nodelay`).
+        self.pids: dict[tuple[str, int], int] = {}
+        #: The port clients connect to (from the URI ``setup_fork`` gives them).
+        self.port = 0
         self._keep: dict[int, Any] = {}  # buffers handed to the library, until released
         self._next = 1
         self.dir = _make_dir()
+        if sweep:
+            self.sweep()
         self.hostname = hostname
         self.init_ms = 0.0
         ffi = self.ffi
@@ -106,6 +136,13 @@ class PmixServer:
             raise L.PmixError(f"PMIx_server_init: {L.status_text(self.lib, ffi, rc)}")
         self.version = ffi.string(self.lib.PMIx_Get_version()).decode(errors="replace")
 
+    def sweep(self) -> None:
+        """Start the process that removes the server's directory when this process ends
+        (SIGKILL included); idempotent.  Until then, the next agent's
+        :func:`cleanup_stale` removes it."""
+        if self.dir not in _pipes:
+            _sweep_on_exit(self.dir)
+
     # ------------------------------------------------------------------ helpers for jobs
     def keep(self, obj: Any) -> Any:
         """A handle (``void *``) for ``obj``, held until the library calls the release."""
@@ -130,10 +167,27 @@ class PmixServer:
     def _release(self, handle: Any) -> None:
         self._keep.pop(int(self.ffi.cast("uintptr_t", handle)), None)
 
-    def _post(self, nspace: str, fn: Callable[..., None], *args: Any) -> int:
-        """Run ``fn(job, *args)`` on the loop; PMIx status of the hand-over."""
-        loop = self.loop
-        if loop is None or loop.is_closed():
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve upcalls on ``loop`` from now on, those that waited for it first."""
+        with self._post_lock:
+            self.loop = loop
+            pending, self._pending = self._pending, []
+            for nspace, fn, args in pending:
+                loop.call_soon_threadsafe(self._deliver, nspace, fn, args)
+
+    def _post(self, nspace: str, fn: Callable[..., None], *args: Any, urgent: bool = True
+              ) -> int:
+        """Run ``fn(job, *args)`` on the loop (once there is one: ``urgent`` ones wake
+        whoever waits on :attr:`wake_fd`); PMIx status of the hand-over."""
+        with self._post_lock:
+            loop = self.loop
+            if loop is None:
+                self._pending.append((nspace, fn, args))
+                if urgent and self.wake_fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.write(self.wake_fd, b"!")
+                return L.SUCCESS
+        if loop.is_closed():
             return L.ERR_NOT_FOUND
         try:
             loop.call_soon_threadsafe(self._deliver, nspace, fn, args)
@@ -157,12 +211,17 @@ class PmixServer:
     # ------------------------------------------------------------------ upcalls (PMIx thread)
     def _connected(self, proc: Any, _obj: Any, _cbfunc: Any, _cbdata: Any) -> int:
         ns, rank = self._proc(proc)
-        rc = self._post(ns, lambda job: job.client_event(rank, "init"))
+        self.clients[ns, rank] = "init"
+        pid = self.pids.get((ns, rank))
+        if pid and self.port:
+            self.nodelay(pid)
+        rc = self._post(ns, lambda job: job.client_event(rank, "init"), urgent=False)
         return L.OPERATION_SUCCEEDED if rc == L.SUCCESS else rc
 
     def _finalized(self, proc: Any, _obj: Any, _cbfunc: Any, _cbdata: Any) -> int:
         ns, rank = self._proc(proc)
-        rc = self._post(ns, lambda job: job.client_event(rank, "finalize"))
+        self.clients[ns, rank] = "finalize"
+        rc = self._post(ns, lambda job: job.client_event(rank, "finalize"), urgent=False)
         return L.OPERATION_SUCCEEDED if rc == L.SUCCESS else rc
 
     def _abort(self, proc: Any, _obj: Any, status: int, msg: Any, _procs: Any, _n: int,
@@ -258,6 +317,55 @@ class PmixServer:
                     "yet; the call fails", rank, ns)
         return L.ERR_NOT_SUPPORTED
 
+    def nodelay(self, pid: int) -> bool:
+        """Turn Nagle's algorithm off on process ``pid``'s connection to this server.
+
+        Neither end of a PMIx connection sets TCP_NODELAY (OpenPMIx 4 and 5 have
+        the call and never make it), and a client's ``PMIx_Finalize`` sends a
+        request the server does not answer (deregistering its event handlers)
+        right before the one it waits for: that second small segment waits for the
+        first one's delayed ACK, 40 ms on Linux, in every rank's ``MPI_Finalize``.
+        The rank is our child: ``pidfd_getfd`` lends us its socket for the
+        ``setsockopt``.  Best effort (False when the kernel or a sandbox refuses).
+        """
+        import _socket
+
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return False
+        done = False
+        try:
+            for name in names:
+                try:
+                    if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                        continue
+                except OSError:
+                    continue
+                fd = int(self.lib.syscall(self.ffi.cast("long", _PIDFD_GETFD),
+                                          self.ffi.cast("int", pidfd),
+                                          self.ffi.cast("int", int(name)),
+                                          self.ffi.cast("unsigned int", 0)))
+                if fd < 0:
+                    if self.ffi.errno in (1, 38):  # EPERM, ENOSYS: never will
+                        return False
+                    continue
+                sock = _socket.socket(fileno=fd)
+                try:
+                    if (sock.family in (_socket.AF_INET, _socket.AF_INET6)
+                            and sock.type == _socket.SOCK_STREAM
+                            and sock.getpeername()[1] == self.port):
+                        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+                        done = True
+                except OSError:
+                    pass
+                finally:
+                    sock.close()
+        finally:
+            os.close(pidfd)
+        return done
+
     # ------------------------------------------------------------------ direct modex (owner)
     def dmodex_request(self, nspace: str, rank: int, done: Callable[[int, bytes], None]) -> None:
         """Ask the library for the data of local rank ``rank``: ``done(status, blob)`` on
@@ -280,6 +388,12 @@ class PmixServer:
             self.loop.call_soon_threadsafe(done, int(status), blob)
 
 
+#: hwloc plugins the library's start loads for nothing when it reads the topology from
+#: XML: I/O device discovery (GL and X11, OpenCL, PCI) and libxml2 (with ICU and
+#: libstdc++; hwloc's own parser reads the file).  About 10 ms of dlopen.
+_HWLOC_SKIP = "hwloc_gl,hwloc_opencl,hwloc_pci,hwloc_xml_libxml"
+
+
 @contextlib.contextmanager
 def _hwloc_from(xml: str | None) -> Iterator[None]:
     """The library discovers the node's topology as it starts (tens of ms); hwloc reads
@@ -288,11 +402,14 @@ def _hwloc_from(xml: str | None) -> Iterator[None]:
     if not xml or "HWLOC_XMLFILE" in os.environ:
         yield
         return
-    os.environ.update(HWLOC_XMLFILE=xml, HWLOC_THISSYSTEM="1")
+    extra = {"HWLOC_XMLFILE": xml, "HWLOC_THISSYSTEM": "1"}
+    if "HWLOC_PLUGINS_BLACKLIST" not in os.environ:
+        extra["HWLOC_PLUGINS_BLACKLIST"] = _HWLOC_SKIP
+    os.environ.update(extra)
     try:
         yield
     finally:
-        for name in ("HWLOC_XMLFILE", "HWLOC_THISSYSTEM"):
+        for name in extra:
             os.environ.pop(name, None)
 
 
@@ -300,14 +417,16 @@ _server: PmixServer | None = None
 _server_lock = threading.Lock()
 
 
-def server(hostname: str, topology_xml: str | None = None) -> PmixServer:
+def server(hostname: str, topology_xml: str | None = None, sweep: bool = True
+           ) -> PmixServer:
     """The process's server, started on the first call (in a thread: it takes tens of ms);
-    ``topology_xml``: the node's hwloc XML, which spares the library its own discovery."""
+    ``topology_xml``: the node's hwloc XML, which spares the library its own discovery;
+    ``sweep``: start its directory's sweeper now (else :meth:`PmixServer.sweep`)."""
     global _server
     with _server_lock:
         if _server is None:
             try:
-                _server = PmixServer(hostname, topology_xml)
+                _server = PmixServer(hostname, topology_xml, sweep)
             except L.PmixError:
                 raise
             except Exception as exc:  # cffi callbacks refused (W^X), no temporary directory
@@ -360,12 +479,27 @@ _held: dict[str, int] = {}
 _SWEEPER = '(read _; rm -rf -- "$0") <&3 >/dev/null 2>&1 &'
 
 
+def _tmp() -> str:
+    """The temporary directory, as :func:`tempfile.gettempdir` finds it (without importing
+    tempfile: pmrun's quick path starts the server)."""
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        d = os.environ.get(name)
+        if d and os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK):
+            return d
+    return "/tmp"
+
+
 def _make_dir() -> str:
-    path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
+    while True:
+        path = os.path.join(_tmp(), f"{_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            os.mkdir(path, 0o700)
+            break
+        except FileExistsError:
+            continue
     fd = os.open(os.path.join(path, _LOCK), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     _held[path] = fd
-    _sweep_on_exit(path)
     return path
 
 
@@ -375,15 +509,18 @@ def _sweep_on_exit(path: str) -> None:
     from pm.agent.spawn import SpawnError, spawn
 
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    # Not our stdout or stderr: whoever reads pmrun's output would wait for the sweeper.
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
         pid = spawn("/bin/sh", ["pm-pmix-sweep", "-c", _SWEEPER, path], {"PATH": os.defpath},
-                    fds={3: rfd}, pgid=0)
+                    fds={0: null, 1: null, 2: null, 3: rfd}, pgid=0)
     except (SpawnError, OSError) as exc:
         log.info("no sweeper for %s: %s", path, exc)
         os.close(wfd)
         return
     finally:
         os.close(rfd)
+        os.close(null)
     _pipes[path] = wfd
     # Off the start's path: reap the shell (it exits at once, its background part lives
     # on) and sweep what dead processes left.
@@ -401,6 +538,8 @@ _pipes: dict[str, int] = {}
 
 
 def _remove_dir(path: str) -> None:
+    import shutil
+
     shutil.rmtree(path, ignore_errors=True)
     for table in (_held, _pipes):
         fd = table.pop(path, None)
@@ -410,7 +549,7 @@ def _remove_dir(path: str) -> None:
 
 def cleanup_stale(directory: str | None = None) -> list[str]:
     """Remove the PMIx directories of processes that are gone (their lock is free)."""
-    base = directory or tempfile.gettempdir()
+    base = directory or _tmp()
     removed: list[str] = []
     try:
         names = os.listdir(base)
@@ -431,6 +570,8 @@ def cleanup_stale(directory: str | None = None) -> list[str]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue  # its process is alive
+            import shutil  # (here: pmrun's quick path runs this, and rarely removes)
+
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
         finally:

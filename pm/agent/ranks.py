@@ -150,6 +150,7 @@ class LocalRanks:
                 self._spawn_failed(proc, r.failure, quiet=r.skipped)
                 continue
             proc.pid = r.pid
+            self.agent.rank_started(r.rank, r.pid)
             if self.agent.timeline is not None:
                 self.agent.timeline.append([r.started_at, self.agent.vertex, r.rank,
                                             "rank spawned", {"pid": r.pid}])

@@ -95,8 +95,8 @@ class StartedRank:
 class StartedRanks:
     """A node's started ranks and what goes with them (see the module docstring)."""
 
-    __slots__ = ("guardian", "job_id", "ranks", "shm_reaper", "signals", "t0", "writer",
-                 "xml_path")
+    __slots__ = ("guardian", "job_id", "pmix", "ranks", "shm_reaper", "signals", "t0",
+                 "writer", "xml_path")
 
     def __init__(self, job_id: str = "", t0: float | None = None) -> None:
         self.job_id = job_id
@@ -113,14 +113,17 @@ class StartedRanks:
         self.shm_reaper: ShmReaper | None = None
         #: Signals pmrun got and has not acted on (appended to by a signal handler).
         self.signals: list[int] = []
+        #: The PMIx namespace registered for these ranks (pm.agent.pmix_register).
+        self.pmix: str | None = None
 
     def take(self) -> StartedRanks:
         """Everything, in a new object: the new owner's.  This one is left empty."""
         new = StartedRanks(self.job_id, self.t0)
-        for name in ("ranks", "guardian", "writer", "xml_path", "shm_reaper", "signals"):
+        for name in ("ranks", "guardian", "writer", "xml_path", "shm_reaper", "signals",
+                     "pmix"):
             setattr(new, name, getattr(self, name))
         self.ranks, self.signals = [], []
-        self.guardian = self.writer = self.xml_path = self.shm_reaper = None
+        self.guardian = self.writer = self.xml_path = self.shm_reaper = self.pmix = None
         return new
 
     def pending_signals(self) -> list[int]:
