@@ -352,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
             "### What serving PMIx costs", "", cost_section(cost_runs), "",
             "pmrun pays this only for jobs that need PMIx (`--mpi=pmix`, or a program "
             "linked with Open MPI or libpmix, or a Python whose environment holds Open "
-            "MPI: `pm.agent.pmix_detect`); other jobs keep the quick path."])
+            "MPI: `pm.agent.pmix_detect`). A one-node job runs on pmrun's quick path either "
+            "way: the server starts and registers the job before asyncio is imported "
+            "(`pm.agent.pmix_register`), and the library completes a one-node job's fences "
+            "itself."])
     if "fence" in parts_run:
         out["fence"] = "### A fence with data\n\n" + fence_section(ompi, pmrun, max(2, runs))
     write_section("ompi", _merge(out))

@@ -20,6 +20,11 @@ milliseconds loading its library, so the import overlaps its start-up.  A
 job whose programs never speak PMI (``true``, a shell script) ends here, and
 pmrun costs little more than the interpreter's start.
 
+A job that needs PMIx (:mod:`pm.agent.pmix_detect`) is registered with the
+PMIx server here (:func:`pm.agent.pmix_register.start_one_node`); the library
+completes a one-node job's fences itself, and an upcall that needs the agent
+(abort, publish, spawn) hands the job over like a PMI byte.
+
 Ranks started here get exactly the environment and descriptors the full
 path gives (:func:`pm.agent.spawn.rank_env`, the same guardian, the same
 per-job topology XML).  ``PM_QUICK=0`` in pmrun's environment turns the

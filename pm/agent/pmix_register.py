@@ -198,10 +198,16 @@ def fork_env(srv: PmixServer, nspace: str, rank: int) -> dict[str, str]:
         uri = env.get("PMIX_SERVER_URI41") or env.get("PMIX_SERVER_URI4") or ""
         port = uri.rpartition(":")[2]
         srv.port = int(port) if port.isdigit() else 0
-    # Open MPI 4.x takes a PMIx server for a direct launch only when one of the
-    # resource managers it knows is named (else it starts as a singleton); its Flux
-    # check asks for nothing but this variable and changes nothing else that pmrun
-    # does not already do (it leaves binding to the launcher).  Open MPI 5 ignores it.
+    # Open MPI 4.x (ORTE) decides how it was launched in its "schizo" framework
+    # before it looks at PMIx: its ess/pmi component is refused unless a schizo
+    # module says "direct launch", and the only modules that can (flux, slurm, alps,
+    # jsm) each require their resource manager's variables; else schizo/orte declares
+    # a singleton (or, with OMPI_MCA_orte_local_daemon_uri, a child of an orted it
+    # would then contact).  No PMIx key or MCA variable alone does it.  Flux's module
+    # asks for nothing but FLUX_JOB_ID and only sets ess=pmi, binding policy none and
+    # "externally bound": what pmrun does (it binds, or leaves ranks free).  Its opal
+    # pmix/flux client (PMI-1 through Flux's library, priority 20) loses to ext3x,
+    # priority 100 once PMIX_NAMESPACE is set.  Open MPI 5 ignores the variable.
     env.setdefault("FLUX_JOB_ID", nspace)
     return env
 

@@ -362,6 +362,8 @@ class PmixServer:
                     pass
                 finally:
                     sock.close()
+                if done:
+                    break  # one connection per client
         finally:
             os.close(pidfd)
         return done
