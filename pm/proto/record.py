@@ -19,7 +19,7 @@ import msgpack
 
 from pm.proto.errors import ProtocolError
 
-__all__ = ["Message", "Record", "packb"]
+__all__ = ["Message", "Record", "pack_default", "packb"]
 
 
 @dataclass_transform()
@@ -155,8 +155,9 @@ class Message(Record):
         return msg
 
 
-def _default(obj: Any) -> Any:
-    # msgpack calls this only for what it cannot pack itself: records inside messages.
+def pack_default(obj: Any) -> Any:
+    """msgpack's ``default`` hook: it is called only for what msgpack cannot pack itself,
+    records inside messages (so messages without records pay nothing)."""
     if isinstance(obj, Record):
         return obj.to_wire()
     raise TypeError(f"cannot pack {type(obj).__name__}")
@@ -164,4 +165,4 @@ def _default(obj: Any) -> Any:
 
 def packb(obj: Any) -> bytes:
     """``obj`` as msgpack; records anywhere in it go as their arrays."""
-    return msgpack.packb(obj, use_bin_type=True, default=_default)  # type: ignore[no-any-return]
+    return msgpack.packb(obj, use_bin_type=True, default=pack_default)  # type: ignore[no-any-return]

@@ -1,8 +1,10 @@
 """Messages between the head and the node agents (msgpack, sans-IO).
 
-Every message is a frozen, slotted dataclass with a small integer ``op``; on
-the wire it is the msgpack array ``[op, field1, field2, ...]``.  Nothing else in
-pmrun builds the frames that carry them.
+Every message is a typed record (:mod:`pm.proto.record`) with a small integer
+``op``; on the wire it is the msgpack array ``[op, field1, field2, ...]``, and the
+records it holds (the job plan, output and exit items) their own arrays.  A child's
+:class:`Hello` carries its :data:`PROTOCOL_VERSION`; its parent refuses another one,
+naming both.  Nothing else in pmrun builds the frames that carry them.
 
 A message crosses a tree link as two zmq parts, an *envelope* and a *body*:
 
@@ -37,7 +39,7 @@ import msgpack
 
 from pm.proto.errors import AuthError, ProtocolError
 from pm.proto.plan import JobPlan
-from pm.proto.record import Message, Record
+from pm.proto.record import Message, pack_default
 
 MAC_LEN = 16
 PROTOCOL_VERSION = 3  # 2: frames are [envelope, body]; 3: typed records (plans, items)
@@ -365,15 +367,10 @@ def unwrap(sub: Sub) -> Msg:
 
 
 def encode(msg: Msg) -> bytes:
-    # Records inside a message (output, exits, plans) go through the default hook.
+    # Plans inside a message go through the default hook; output and exit items are
+    # tuples, which msgpack packs as they are.
     return msgpack.packb([msg.op, *msg.fields()], use_bin_type=True,  # type: ignore[no-any-return]
-                         default=_pack_record)
-
-
-def _pack_record(obj: Any) -> Any:  # (output and exit items are tuples: packed natively)
-    if isinstance(obj, Record):
-        return obj.to_wire()
-    raise TypeError(f"cannot pack {type(obj).__name__}")
+                         default=pack_default)
 
 
 def decode(data: bytes | memoryview) -> Msg:
