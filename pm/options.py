@@ -367,7 +367,8 @@ OPTIONS = (
                        "number, %g job (0; spawned jobs count on), %% a percent sign"),
     Opt("--output -outfile-pattern", "output", out_pattern, metavar="PATTERN", quick=True,
         group=IO, help="write the ranks' stdout to files: %r (or %t) is the rank, %j the job "
-                       "id, %% a percent sign; without %r all ranks share the file"),
+                       "id, %% a percent sign; without %r all ranks share the file. Spawned "
+                       "job J's ranks: %j is the id and sJ, else .sJ ends a name with %r"),
     Opt("--error -errfile-pattern", "error", out_pattern, metavar="PATTERN", quick=True,
         group=IO, help="the same for their stderr"),
     Opt("-print-all-exitcodes --print-all-exitcodes", "print_all_exitcodes", kind=FLAG,

@@ -192,14 +192,17 @@ class HeadSpawns:
             mapping=process_mapping(dense(placement)), label=top.label, kvs=top.kvs,
             profile=top.profile, bootstrap=top.bootstrap, mem_high=top.mem_high,
             mem_low=top.mem_low, mem_overrun=top.mem_overrun,
-            universe_size=top.universe_size,
-            spawned=SpawnOrigin(job, placement, dict(msg.preput), spawner))
+            universe_size=top.universe_size, pmix=top.pmix,
+            # Its ranks are bound as the launched job's are (pm.agent.binding).
+            bind_to=top.bind_to, map_by=top.map_by, report_bindings=top.report_bindings,
+            spawned=SpawnOrigin(job, placement, dict(msg.preput), spawner, msg.rank))
         from pm.agent.spawned_jobs import members
         from pm.common.kary_tree import Tree
 
         record = SpawnedJob(job, kvsname, [c.argv for c in commands], placement, parent,
                             msg.req, msg.origin,
-                            members(Tree(len(top.hosts), top.fanout), placement),
+                            members(Tree(len(top.hosts), top.fanout), placement,
+                                    top.pmix),
                             requested_at=time.monotonic())
         self.jobs[job] = record
         log.info("spawned job %d: %d ranks of %s on nodes %s", job, n,

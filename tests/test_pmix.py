@@ -391,24 +391,6 @@ def test_two_open_mpi_jobs_in_one_process(tmp_path: Path) -> None:
 
 
 @needs_wheel
-def test_spawn_fails_in_the_rank_with_a_clear_line(pmrun: Run, tmp_path: Path) -> None:
-    assert OMPI is not None
-    prog = script(tmp_path, "spawn.py", """
-        import sys
-        from mpi4py import MPI
-        try:
-            MPI.COMM_SELF.Spawn(sys.executable, ["-c", "pass"], maxprocs=1)
-            print("spawned", flush=True)
-        except MPI.Exception:
-            print("spawn failed", flush=True)
-    """)
-    r = pmrun("-n", "1", OMPI, str(prog), env=ENV)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "spawn failed", r.stdout
-    assert "PMIx_Spawn (MPI_Comm_spawn) is not supported by pmrun yet" in r.stderr, r.stderr
-
-
-@needs_wheel
 def test_exit_without_finalize_fails_the_job(pmrun: Run, tmp_path: Path, marker: str) -> None:
     # PMIx's connect and finalize are the rank events a PMI session reports.
     assert OMPI is not None

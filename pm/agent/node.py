@@ -89,7 +89,7 @@ class JobAgent:
             from pm.agent.spawned_jobs import members
 
             self.node_of_rank = list(plan.spawned.placement)
-            taking_part = members(self.tree, self.node_of_rank)
+            taking_part = members(self.tree, self.node_of_rank, plan.pmix)
             self.children = [c for c in self.children if c in taking_part]
         else:
             self.node_of_rank = place(plan.size, plan.slots)
@@ -119,6 +119,7 @@ class JobAgent:
             self.job_attrs["PMI_process_mapping"] = plan.mapping
         self.extra_env: dict[str, str] = {}
         self.cpusets: list[frozenset[int]] | None = None
+        self.topology: Any = None  # the node's, when prepare discovered it
         self.shm: Any = None  # pm.agent.shmkvs.ShmKVSWriter when --kvs shm
         self._shm_tried = False
         #: Start-up events (wall time, vertex, rank, name, args) when profiling.
@@ -173,6 +174,7 @@ class JobAgent:
             self.on_close.append(lambda: topo_share.remove_job_xml(path))
             self.extra_env.update(HWLOC_XMLFILE=path, HWLOC_THISSYSTEM="1")
             self.job_attrs["PMI_hwloc_xmlfile"] = path
+        self.topology = topo
         if topo is not None and plan.bind_to not in ("", "none"):
             self._bind(topo)
         if pmix is not None:
@@ -218,13 +220,26 @@ class JobAgent:
         self.pmix = job
         job.adopt()
 
-    def _bind(self, topo: Any) -> None:
+    def _bind(self, topo: Any, taken: list[frozenset[int]] | None = None) -> None:
+        """Each local rank's cpuset; ``taken``: those of the node's ranks already running
+        (a spawned job's ranks take the next places, as if launched with them)."""
         from pm.agent.binding import compute_bindings, report_line
 
-        b = compute_bindings(topo, len(self.local), self.plan.bind_to, self.plan.map_by or "core")
+        taken = taken or []
+        b = compute_bindings(topo, len(taken) + len(self.local), self.plan.bind_to,
+                             self.plan.map_by or "core")
         if b.notice:
             log.warning("node %d: %s", self.vertex, b.notice)
-        self.cpusets = list(b.cpusets) if b.cpusets is not None else None
+        self.cpusets = None
+        if b.cpusets is not None:
+            busy = list(taken)
+            mine: list[frozenset[int]] = []
+            for place in b.cpusets:
+                if place in busy:
+                    busy.remove(place)
+                else:
+                    mine.append(place)
+            self.cpusets = mine[:len(self.local)]
         if self.plan.report_bindings:
             out = []
             for i, r in enumerate(self.local):

@@ -61,6 +61,16 @@ typedef struct pmix_info {
     pmix_value_t value;
 } pmix_info_t;
 
+typedef struct pmix_app {
+    char *cmd;
+    char **argv;
+    char **env;
+    char *cwd;
+    int maxprocs;
+    pmix_info_t *info;
+    size_t ninfo;
+} pmix_app_t;
+
 typedef struct pmix_pdata {
     pmix_proc_t proc;
     pmix_key_t key;
@@ -74,6 +84,7 @@ typedef void (*pmix_modex_cbfunc_t)(pmix_status_t status, const char *data, size
                                     void *release_cbdata);
 typedef void (*pmix_lookup_cbfunc_t)(pmix_status_t status, pmix_pdata_t data[], size_t ndata,
                                      void *cbdata);
+typedef void (*pmix_spawn_cbfunc_t)(pmix_status_t status, pmix_nspace_t nspace, void *cbdata);
 typedef void (*pmix_dmodex_response_fn_t)(pmix_status_t status, char *data, size_t sz,
                                           void *cbdata);
 
@@ -101,7 +112,10 @@ typedef pmix_status_t (*pmix_server_unpublish_fn_t)(
     pmix_op_cbfunc_t cbfunc, void *cbdata);
 typedef pmix_status_t (*pmix_server_spawn_fn_t)(
     const pmix_proc_t *proc, const pmix_info_t job_info[], size_t ninfo,
-    const void *apps, size_t napps, void *cbfunc, void *cbdata);
+    const pmix_app_t apps[], size_t napps, pmix_spawn_cbfunc_t cbfunc, void *cbdata);
+typedef pmix_status_t (*pmix_server_connect_fn_t)(
+    const pmix_proc_t procs[], size_t nprocs, const pmix_info_t info[], size_t ninfo,
+    pmix_op_cbfunc_t cbfunc, void *cbdata);
 
 /* Slots this module leaves NULL are declared as plain pointers. */
 typedef struct pmix_server_module {
@@ -114,8 +128,8 @@ typedef struct pmix_server_module {
     pmix_server_lookup_fn_t lookup;
     pmix_server_unpublish_fn_t unpublish;
     pmix_server_spawn_fn_t spawn;
-    void *connect;
-    void *disconnect;
+    pmix_server_connect_fn_t connect;
+    pmix_server_connect_fn_t disconnect;  /* the same signature */
     void *register_events;
     void *deregister_events;
     void *listener;

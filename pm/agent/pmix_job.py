@@ -42,7 +42,7 @@ from pm.agent.pmix_register import (  # noqa: F401  (names of this module before
     proc,
     register,
 )
-from pm.agent.pmix_server import PmixServer, Upcalls, server
+from pm.agent.pmix_server import BYTES_MARK, PmixServer, SpawnApp, Upcalls, server
 from pm.common.mapping import local_ranks
 from pm.proto import tree_wire as t
 
@@ -80,9 +80,11 @@ class PmixJob(Upcalls):
         agent, plan = self.agent, self.agent.plan
         by_node = local_ranks(agent.node_of_rank)
         names = node_names(plan.hosts)
+        spawned = plan.spawned
         layout = Layout(self.nspace, names, [by_node.get(v, []) for v in range(len(names))],
                         agent.vertex, [app.n for app in plan.apps], agent.universe_size(),
-                        agent.cpusets, topo)
+                        agent.cpusets, topo,
+                        (spawned.spawner, spawned.spawner_rank) if spawned else None)
         register(self.srv, layout)
         self.srv.jobs[self.nspace] = self
 
@@ -131,7 +133,8 @@ class PmixJob(Upcalls):
         if not 0 <= rank < agent.size:
             done(L.ERR_BAD_PARAM, b"")
             return
-        fut = agent.requests.get_from(agent.local[0], rank, DMODEX_KEY + str(rank).encode())
+        asker = agent.local[0] if agent.local else 0  # (a node that only knows the job)
+        fut = agent.requests.get_from(asker, rank, DMODEX_KEY + str(rank).encode())
 
         def finished(f: asyncio.Future[bytes | None]) -> None:
             log.debug("PMIx %s: direct modex of rank %d answered", self.nspace, rank)
@@ -157,13 +160,17 @@ class PmixJob(Upcalls):
 
         self.srv.dmodex_request(self.nspace, msg.rank, answer)
 
-    def publish(self, rank: int, items: dict[str, Any], done: Callable[[int], None]) -> None:
-        self._names("publish", [(k, "" if v is None else str(v)) for k, v in items.items()],
+    def publish(self, rank: int, items: dict[str, Any], done: Callable[[int], None],
+                once: bool = False) -> None:
+        self._names("publish-once" if once else "publish",
+                    [(k, BYTES_MARK + v.hex() if isinstance(v, bytes)
+                      else "" if v is None else str(v)) for k, v in items.items()],
                     lambda found, ok: done(L.SUCCESS if ok else L.ERROR))
 
     def lookup(self, rank: int, keys: list[str],
-               done: Callable[[int, list[tuple[str, str]]], None]) -> None:
-        self._names("lookup", [(k, "") for k in keys],
+               done: Callable[[int, list[tuple[str, str]]], None], wait: bool = False
+               ) -> None:
+        self._names("lookup-wait" if wait else "lookup", [(k, "") for k in keys],
                     lambda found, ok: done(L.SUCCESS if found else L.ERR_NOT_FOUND, found))
 
     def unpublish(self, rank: int, keys: list[str], done: Callable[[int], None]) -> None:
@@ -173,6 +180,7 @@ class PmixJob(Upcalls):
     def _names(self, action: str, pairs: list[tuple[str, str]],
                then: Callable[[list[tuple[str, str]], bool], None]) -> None:
         """One name-service request per key; ``then(found, all_ok)`` once all are answered."""
+        log.debug("PMIx %s: %s %s", self.nspace, action, [k for k, _v in pairs])
         if not pairs:
             then([], True)
             return
@@ -190,6 +198,87 @@ class PmixJob(Upcalls):
 
         gathered = asyncio.gather(*futs, return_exceptions=True)
         gathered.add_done_callback(finished)
+
+    def spawn(self, rank: int, apps: list[SpawnApp], done: Callable[[int, str], None]
+              ) -> None:
+        """PMIx_Spawn: a spawn request like a PMI one (:mod:`pm.agent.spawned_jobs`); ``done``
+        gets the children's namespace once they are started."""
+        from pm.proto.errors import ProtocolError
+        from pm.proto.spawn import SpawnCommand, SpawnRequest
+
+        commands = []
+        for argv, n, env, cwd, info in apps:
+            keys: dict[str, str] = {}
+            wdir = info.get("pmix.wdir") or cwd
+            if wdir:
+                keys["wdir"] = str(wdir)
+            for pkey, key in (("pmix.host", "host"), ("pmix.hostfile", "hostfile")):
+                if info.get(pkey):
+                    keys[key] = str(info[pkey])
+            if env:  # one per line: values may hold spaces
+                keys["env"] = "\n".join(env) + "\n"
+            commands.append(SpawnCommand(argv, n, keys))
+        req = SpawnRequest(commands)
+        try:
+            req.check()
+        except ProtocolError as exc:
+            log.warning("rank %d of %s: PMIx_Spawn refused: %s", rank, self.nspace, exc)
+            done(L.ERR_BAD_PARAM, "")
+            return
+        fut = self.agent.spawn(rank, req)
+
+        def finished(f: asyncio.Future[Any]) -> None:
+            res = None if f.cancelled() or f.exception() is not None else f.result()
+            if res is not None and res.ok:
+                done(L.SUCCESS, res.kvsname)
+                return
+            why = res.error if res is not None else "the job is ending"
+            log.warning("rank %d of %s: PMIx_Spawn failed: %s", rank, self.nspace, why)
+            done(L.ERR_JOB_FAILED_TO_LAUNCH, "")
+
+        fut.add_done_callback(finished)
+
+    def connect(self, procs: list[tuple[str, int]], done: Callable[[int], None]) -> None:
+        """PMIx_Connect (Open MPI's connect/accept between a parent and its children)."""
+        self._rendezvous("connect", procs, b"",
+                         lambda status, _data: done(status))
+
+    def group_fence(self, procs: list[tuple[str, int]], blob: bytes, collect: bool,
+                    done: Callable[[int, bytes], None]) -> None:
+        """A fence over some ranks, maybe of several jobs (Open MPI's disconnect)."""
+        self._rendezvous("fence", procs, blob,
+                         lambda status, data: done(status, data if collect else b""))
+
+    def _rendezvous(self, kind: str, procs: list[tuple[str, int]], blob: bytes,
+                    done: Callable[[int, bytes], None]) -> None:
+        """A rendezvous at vertex 0 (the name service's ``connect`` action) of every node
+        with participants in ``procs``: each node counts its own, the rendezvous is over
+        when the counts reach the ranks named, and every node gets all nodes' blobs."""
+        srv = self.srv
+        total = here = 0
+        for ns, rank in procs:
+            job = srv.jobs.get(ns)
+            if not isinstance(job, PmixJob):
+                log.warning("PMIx %s of namespace %s, unknown on node %d", kind, ns,
+                            self.agent.vertex)
+                done(L.ERR_NOT_FOUND, b"")
+                return
+            if rank == L.RANK_WILDCARD:
+                total += job.agent.size
+                here += len(job.agent.local)
+            else:
+                total += 1
+                here += rank in job.agent.ranks
+        name = f"\x00{kind}:" + ",".join(f"{ns}.{r}" for ns, r in sorted(procs))
+        fut = self.agent.name_service("connect", name, f"{here}/{total}/{blob.hex()}")
+
+        def finished(f: asyncio.Future[Any]) -> None:
+            if f.cancelled() or f.exception() is not None or not f.result()[0]:
+                done(L.ERROR, b"")
+            else:
+                done(L.SUCCESS, bytes.fromhex(f.result()[1]))
+
+        fut.add_done_callback(finished)
 
     # ------------------------------------------------------------------ end
     def close(self) -> None:

@@ -35,6 +35,7 @@ ERROR = -1
 ERR_NOT_SUPPORTED = -47
 ERR_NOT_FOUND = -46
 ERR_BAD_PARAM = -27
+ERR_JOB_FAILED_TO_LAUNCH = -181
 OPERATION_SUCCEEDED = -157
 RANK_WILDCARD = 0xFFFFFFFE
 RANK_UNDEF = 0xFFFFFFFF
@@ -47,10 +48,14 @@ INT = 6
 UINT16 = 13
 UINT32 = 14
 UINT64 = 15
+PROC = 22
 INFO = 24
 BYTE_OBJECT = 27
+PERSIST = 30
 DATA_ARRAY = 39
 PROC_RANK = 40
+#: PMIX_PERSIST_FIRST_READ: a published name goes with its first lookup.
+PERSIST_FIRST_READ = 1
 
 
 class PmixError(PMError):
@@ -149,6 +154,12 @@ class InfoArray:
             v.data.integer = value
         elif typ == UINT64:
             v.data.uint64 = value
+        elif typ == PROC:  # (nspace, rank)
+            proc = ffi.new("pmix_proc_t *")
+            proc.nspace = str(value[0]).encode()
+            proc.rank = int(value[1])
+            self._keep.append(proc)
+            v.data.proc = proc
         elif typ == INFO:
             inner = InfoArray(ffi, value)
             self._keep.append(inner)
@@ -170,6 +181,8 @@ def read_value(ffi: Any, v: Any) -> Any:
         return ffi.string(v.data.string).decode(errors="replace") if v.data.string else ""
     if typ == BOOL:
         return bool(v.data.flag)
+    if typ == PERSIST:
+        return int(v.data.byte)
     if typ in (UINT32, PROC_RANK):
         return int(v.data.uint32)
     if typ == INT:

@@ -63,14 +63,17 @@ class Layout:
     """A job as the registration needs it: ``by_node[v]`` are node ``v``'s ranks in
     order, ``vertex`` is this node, ``app_sizes`` the ranks of each program in order;
     ``cpusets`` (this node's ranks' bindings, by local rank) and ``topo`` (its
-    :class:`~pm.agent.topology.Topology`) give bound ranks their locality."""
+    :class:`~pm.agent.topology.Topology`) give bound ranks their locality; ``parent``
+    (the spawner's namespace and rank) marks a job made by PMIx_Spawn."""
 
-    __slots__ = ("app_sizes", "by_node", "cpusets", "names", "nspace", "size", "topo",
-                 "universe", "vertex")
+    __slots__ = ("app_sizes", "by_node", "cpusets", "names", "nspace", "parent", "size",
+                 "topo", "universe", "vertex")
 
     def __init__(self, nspace: str, names: list[str], by_node: list[list[int]], vertex: int,
                  app_sizes: list[int], universe: int = 0,
-                 cpusets: list[frozenset[int]] | None = None, topo: Any = None) -> None:
+                 cpusets: list[frozenset[int]] | None = None, topo: Any = None,
+                 parent: tuple[str, int] | None = None) -> None:
+        self.parent = parent
         self.nspace = nspace
         self.names = names
         self.by_node = by_node
@@ -124,13 +127,16 @@ def register(srv: PmixServer, job: Layout) -> None:
         ("pmix.job.napps", (L.UINT32, napps)),
         ("pmix.nmap", (L.STRING, node_map)),
         ("pmix.pmap", (L.STRING, proc_map)),
-        ("pmix.lpeers", (L.STRING, ",".join(map(str, local)))),
-        ("pmix.local.size", (L.UINT32, len(local))),
-        ("pmix.lldr", (L.PROC_RANK, local[0])),
         ("pmix.tmpdir", (L.STRING, tmp)),
         ("pmix.nsdir", (L.STRING, tmp)),
         ("pmix.tdir.rmclean", (L.BOOL, True)),
     ]
+    if local:  # (a node that only knows the job, for a connect with it, has none)
+        items += [("pmix.lpeers", (L.STRING, ",".join(map(str, local)))),
+                  ("pmix.local.size", (L.UINT32, len(local))),
+                  ("pmix.lldr", (L.PROC_RANK, local[0]))]
+    if job.parent is not None:  # PMIX_SPAWNED, PMIX_PARENT_ID: whose PMIx_Spawn made it
+        items += [("pmix.spawned", (L.BOOL, True)), ("pmix.parent", (L.PROC, job.parent))]
     if napps == 1:
         items.append(("pmix.appnum", (L.UINT32, 0)))
     items += apps

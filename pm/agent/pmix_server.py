@@ -64,10 +64,26 @@ class Upcalls:
     def client_event(self, rank: int, event: str, detail: Any = None) -> None: ...
     def fence(self, blob: bytes, collect: bool, done: Callable[[int, bytes], None]) -> None: ...
     def direct_modex(self, rank: int, done: Callable[[int, bytes], None]) -> None: ...
-    def publish(self, rank: int, items: dict[str, Any], done: Callable[[int], None]) -> None: ...
+    def publish(self, rank: int, items: dict[str, Any], done: Callable[[int], None],
+                once: bool = False) -> None: ...
     def lookup(self, rank: int, keys: list[str],
-               done: Callable[[int, list[tuple[str, str]]], None]) -> None: ...
+               done: Callable[[int, list[tuple[str, str]]], None], wait: bool = False
+               ) -> None: ...
     def unpublish(self, rank: int, keys: list[str], done: Callable[[int], None]) -> None: ...
+    def spawn(self, rank: int, apps: list[SpawnApp], done: Callable[[int, str], None]
+              ) -> None: ...
+    def connect(self, procs: list[tuple[str, int]], done: Callable[[int], None]) -> None: ...
+    def group_fence(self, procs: list[tuple[str, int]], blob: bytes, collect: bool,
+                    done: Callable[[int, bytes], None]) -> None: ...
+
+
+#: How a value published as bytes (Open MPI's connect/accept publishes byte objects) is
+#: kept in the name service, whose values are strings: this, then the bytes in hex.
+BYTES_MARK = "\x00pmix-bytes:"
+
+#: One application of a PMIx_Spawn: argv (program first), process count, environment
+#: (``NAME=value`` strings), working directory (or ""), and its info keys.
+SpawnApp = tuple[list[str], int, list[str], str, dict[str, Any]]
 
 
 class PmixServer:
@@ -113,12 +129,15 @@ class PmixServer:
             ffi.callback("pmix_server_lookup_fn_t", self._lookup, error=L.ERROR),
             ffi.callback("pmix_server_unpublish_fn_t", self._unpublish, error=L.ERROR),
             ffi.callback("pmix_server_spawn_fn_t", self._spawn, error=L.ERROR),
+            ffi.callback("pmix_server_connect_fn_t", self._connect, error=L.ERROR),
+            ffi.callback("pmix_server_connect_fn_t", self._disconnect, error=L.ERROR),
             ffi.callback("pmix_release_cbfunc_t", self._release),
             ffi.callback("pmix_dmodex_response_fn_t", self._dmodex_answer),
         ]
         (mod.client_connected, mod.client_finalized, mod.abort, mod.fence_nb,
-         mod.direct_modex, mod.publish, mod.lookup, mod.unpublish, mod.spawn) = self._cbs[:9]
-        self._release_cb, self._dmodex_cb = self._cbs[9], self._cbs[10]
+         mod.direct_modex, mod.publish, mod.lookup, mod.unpublish, mod.spawn, mod.connect,
+         mod.disconnect) = self._cbs[:11]
+        self._release_cb, self._dmodex_cb = self._cbs[11], self._cbs[12]
         self._module = mod
         info = L.InfoArray(ffi, [
             ("pmix.srvr.tmpdir", (L.STRING, self.dir)),  # PMIX_SERVER_TMPDIR
@@ -242,15 +261,16 @@ class PmixServer:
         if nprocs < 1:
             return L.ERR_BAD_PARAM
         ns = ffi.string(procs[0].nspace).decode(errors="replace")
-        # pmrun's tree fences a whole job: a fence of some of its ranks is not served.
-        if nprocs != 1 or procs[0].rank != L.RANK_WILDCARD:
-            log.warning("PMIx fence over %d ranks of %s: only whole-job fences are served",
-                        nprocs, ns)
-            return L.ERR_NOT_SUPPORTED
         directives = L.read_infos(ffi, info, ninfo)
         collect = bool(directives.get("pmix.collect"))
         blob = bytes(ffi.buffer(data, ndata)) if ndata else b""
         done = self.modex_done(cbfunc, cbdata)
+        if nprocs != 1 or procs[0].rank != L.RANK_WILDCARD:
+            # Some ranks, maybe of several jobs (Open MPI's disconnect fences parents and
+            # children): a rendezvous like a connect's, carrying the blobs.
+            members = [self._proc(procs[i]) for i in range(nprocs)]
+            return self._group(members, lambda job: job.group_fence(members, blob, collect,
+                                                                    done))
         return self._post(ns, lambda job: job.fence(blob, collect, done))
 
     def _dmodex(self, proc: Any, _info: Any, _ninfo: int, cbfunc: Any, cbdata: Any) -> int:
@@ -260,13 +280,15 @@ class PmixServer:
 
     def _publish(self, proc: Any, info: Any, ninfo: int, cbfunc: Any, cbdata: Any) -> int:
         ns, rank = self._proc(proc)
-        items = {k: v for k, v in L.read_infos(self.ffi, info, ninfo).items()
+        given = L.read_infos(self.ffi, info, ninfo)
+        items = {k: v for k, v in given.items()
                  if not k.startswith("pmix.")}  # directives (range, persistence) aside
+        once = given.get("pmix.persist") == L.PERSIST_FIRST_READ
 
         def done(status: int) -> None:
             cbfunc(status, cbdata)
 
-        return self._post(ns, lambda job: job.publish(rank, items, done))
+        return self._post(ns, lambda job: job.publish(rank, items, done, once=once))
 
     def _keys(self, keys: Any) -> list[str]:
         out: list[str] = []
@@ -276,10 +298,12 @@ class PmixServer:
             i += 1
         return out
 
-    def _lookup(self, proc: Any, keys: Any, _info: Any, _ninfo: int, cbfunc: Any,
+    def _lookup(self, proc: Any, keys: Any, info: Any, ninfo: int, cbfunc: Any,
                 cbdata: Any) -> int:
         ns, rank = self._proc(proc)
         names = self._keys(keys)
+        # PMIX_WAIT: held until the names are published (MPI_Comm_spawn's connect/accept).
+        wait = "pmix.wait" in L.read_infos(self.ffi, info, ninfo)
         ffi = self.ffi
 
         def done(status: int, found: list[tuple[str, str]]) -> None:
@@ -292,13 +316,21 @@ class PmixServer:
                 arr[i].proc.nspace = ns.encode()
                 arr[i].proc.rank = L.RANK_UNDEF
                 arr[i].key = key.encode()
+                if value.startswith(BYTES_MARK):  # published as bytes: handed back as bytes
+                    blob = bytes.fromhex(value[len(BYTES_MARK):])
+                    s = ffi.new("char[]", blob or b"\0")
+                    strings.append(s)
+                    arr[i].value.type = L.BYTE_OBJECT
+                    arr[i].value.data.bo.bytes = s
+                    arr[i].value.data.bo.size = len(blob)
+                    continue
                 s = ffi.new("char[]", value.encode())
                 strings.append(s)
                 arr[i].value.type = L.STRING
                 arr[i].value.data.string = s
             cbfunc(L.SUCCESS, arr, len(found), cbdata)  # the library copies what it keeps
 
-        return self._post(ns, lambda job: job.lookup(rank, names, done))
+        return self._post(ns, lambda job: job.lookup(rank, names, done, wait=wait))
 
     def _unpublish(self, proc: Any, keys: Any, _info: Any, _ninfo: int, cbfunc: Any,
                    cbdata: Any) -> int:
@@ -310,12 +342,88 @@ class PmixServer:
 
         return self._post(ns, lambda job: job.unpublish(rank, names, done))
 
-    def _spawn(self, proc: Any, *_args: Any) -> int:
-        # The call fails in the rank (MPI_Comm_spawn returns an error): the job goes on.
+    def _strings(self, arr: Any) -> list[str]:
+        """A NULL-terminated ``char **`` as a list."""
+        out: list[str] = []
+        i = 0
+        while arr and arr[i] != self.ffi.NULL:
+            out.append(self.ffi.string(arr[i]).decode(errors="replace"))
+            i += 1
+        return out
+
+    def _spawn(self, proc: Any, _job_info: Any, _ninfo: int, apps: Any, napps: int,
+               cbfunc: Any, cbdata: Any) -> int:
+        """PMIx_Spawn (MPI_Comm_spawn): the same placement as a PMI spawn; the callback
+        gets the children's namespace once they are started."""
+        ffi = self.ffi
         ns, rank = self._proc(proc)
-        log.warning("rank %d of %s: PMIx_Spawn (MPI_Comm_spawn) is not supported by pmrun "
-                    "yet; the call fails", rank, ns)
-        return L.ERR_NOT_SUPPORTED
+        todo: list[SpawnApp] = []
+        for i in range(napps):
+            app = apps[i]
+            cmd = ffi.string(app.cmd).decode(errors="replace") if app.cmd else ""
+            argv = self._strings(app.argv)
+            if cmd and (not argv or argv[0] != cmd):  # argv[0] may be the bare name
+                argv = [cmd, *argv[1:]] if argv else [cmd]
+            cwd = ffi.string(app.cwd).decode(errors="replace") if app.cwd else ""
+            todo.append((argv, int(app.maxprocs), self._strings(app.env), cwd,
+                         L.read_infos(ffi, app.info, app.ninfo)))
+
+        def done(status: int, nspace: str) -> None:
+            cbfunc(status, nspace.encode() if nspace else ffi.NULL, cbdata)
+
+        return self._post(ns, lambda job: job.spawn(rank, todo, done))
+
+    def _connect(self, procs: Any, nprocs: int, _info: Any, _ninfo: int, cbfunc: Any,
+                 cbdata: Any) -> int:
+        """PMIx_Connect of ranks of several namespaces (MPI_Comm_spawn's connect/accept):
+        completed once every node taking part got to it (:meth:`PmixJob.connect`)."""
+        members = [self._proc(procs[i]) for i in range(nprocs)]
+        if not members:
+            return L.ERR_BAD_PARAM
+
+        def done(status: int) -> None:
+            cbfunc(status, cbdata)
+
+        return self._group(members, lambda job: job.connect(members, done))
+
+    def _group(self, members: list[tuple[str, int]], fn: Callable[[Upcalls], None]) -> int:
+        """Run ``fn(job)`` on the loop for an operation over ``members`` (ranks of one or
+        more namespaces): the library asks once per node, for its local participants,
+        and any of their namespaces served here handles it."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return L.ERR_NOT_FOUND
+        try:
+            loop.call_soon_threadsafe(self._deliver_group, members, fn)
+        except RuntimeError:
+            return L.ERROR
+        return L.SUCCESS
+
+    def _deliver_group(self, members: list[tuple[str, int]],
+                       fn: Callable[[Upcalls], None]) -> None:
+        for ns, _rank in members:
+            job = self.jobs.get(ns)
+            if job is not None:
+                try:
+                    fn(job)
+                except Exception:
+                    log.exception("PMIx operation over %d ranks of %s failed", len(members), ns)
+                return
+        log.warning("PMIx operation over namespaces this node does not serve: %s",
+                    sorted({ns for ns, _ in members}))
+
+    def _disconnect(self, _procs: Any, _nprocs: int, _info: Any, _ninfo: int, cbfunc: Any,
+                    cbdata: Any) -> int:
+        # Nothing to undo (pmrun's connect leaves no state behind): done at once, from the
+        # loop (the library's versions differ on an answer given inside the upcall).
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return L.ERR_NOT_FOUND
+        try:
+            loop.call_soon_threadsafe(cbfunc, L.SUCCESS, cbdata)
+        except RuntimeError:
+            return L.ERROR
+        return L.SUCCESS
 
     def nodelay(self, pid: int) -> bool:
         """Turn Nagle's algorithm off on process ``pid``'s connection to this server.

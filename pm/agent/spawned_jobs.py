@@ -25,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pm.agent.spawn import SpawnError, resolve
 from pm.proto import tree_wire as t
+from pm.proto.errors import PMError
 from pm.proto.spawn import SpawnRequest, SpawnResult
 
 if TYPE_CHECKING:
@@ -38,9 +39,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("pm.agent")
 
 
-def members(tree: Tree, node_of_rank: list[int]) -> set[int]:
+def members(tree: Tree, node_of_rank: list[int], everywhere: bool = False) -> set[int]:
     """Vertices that take part in a spawned job: those with its ranks, their ancestors
-    (which relay its collectives and messages) and vertex 0 (its root)."""
+    (which relay its collectives and messages) and vertex 0 (its root); ``everywhere``
+    (a PMIx job): every vertex, as PMIx's connect between the job and its parent
+    needs each node's server to know both namespaces."""
+    if everywhere:
+        return set(range(tree.size))
     out = {0}
     for v in set(node_of_rank):
         node: int | None = v
@@ -84,6 +89,7 @@ class AgentSpawns:
         self.top = top
         self.jobs: dict[int, JobAgent] = {}
         self._kill: tuple[str, float] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def launch(self, msg: t.SpawnLaunch) -> None:
         """Start our part of a spawned job, after passing the launch on to the children
@@ -101,14 +107,69 @@ class AgentSpawns:
             if top.children_link is not None:
                 for child in agent.children:
                     top.children_link.send(child, msg)
-        # The node's topology file serves every job on it.
+        # The node's topology file serves every job on it; the run has one name service.
         agent.extra_env.update(top.extra_env)
         xml = top.job_attrs.get("PMI_hwloc_xmlfile")
         if xml:
             agent.job_attrs["PMI_hwloc_xmlfile"] = xml
+        agent.requests.names = top.requests.names
         for key, value in (plan.spawned.preput if plan.spawned else {}).items():
             agent.kvs.cache(key.encode(), value.encode())
         agent.mark("spawned job launch", job=msg.job)
+        if plan.pmix or (agent.local and plan.bind_to not in ("", "none")):
+            # Binding needs the topology, PMIx a registered namespace (and the node's
+            # server, started here if the launched job has no rank on this node): an
+            # owned task, cancelled on close.
+            task = agent.loop.create_task(self._prepare(agent))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        self._start(agent)
+
+    async def _prepare(self, agent: JobAgent) -> None:
+        top, plan = self.top, agent.plan
+        topo = top.topology
+        if agent.local and plan.bind_to not in ("", "none"):
+            if topo is None:
+                from pm.agent import topo_share
+
+                try:
+                    topo = top.topology = await asyncio.to_thread(topo_share.discover_and_cache)
+                except PMError as exc:
+                    log.info("agent %d: no topology to bind spawned ranks: %s", top.vertex, exc)
+            if topo is not None:
+                agent._bind(topo, self._taken(agent))
+        if plan.pmix:
+            await self._start_pmix(agent, topo)
+        self._start(agent)
+
+    def _taken(self, agent: JobAgent) -> list[frozenset[int]]:
+        """Cpusets of the node's ranks still running (the launched job's and other
+        spawned jobs')."""
+        out: list[frozenset[int]] = []
+        for job in (self.top, *self.jobs.values()):
+            if job is agent or not job.cpusets:
+                continue
+            for proc in job.ranks.values():
+                if proc.status is None and proc.local_rank < len(job.cpusets):
+                    out.append(job.cpusets[proc.local_rank])
+        return out
+
+    async def _start_pmix(self, agent: JobAgent, topo: Any) -> None:
+        from pm.agent import pmix_server
+
+        top = self.top
+        srv = pmix_server.current()
+        if srv is None or srv.loop is not agent.loop:
+            srv = await agent._start_pmix()
+        if (not isinstance(srv, Exception) and top.plan.pmix and top.pmix is None
+                and not top._pmix_failed):
+            top._open_pmix(srv, None)  # the parent's namespace, for the connect
+        agent._open_pmix(srv, topo)  # (a failure is reported; the ranks do not start)
+
+    def _start(self, agent: JobAgent) -> None:
+        """Start ``agent``'s ranks here and tell the head."""
+        top = self.top
         agent.start_ranks()
         for stream in top.procs.gone:  # the head's stdout went before this job started
             agent.procs.output_gone(stream)
@@ -146,6 +207,8 @@ class AgentSpawns:
             agent.kill(reason, grace)
 
     def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         for agent in self.jobs.values():
             agent.close()
 

@@ -31,7 +31,9 @@ class TreeRequests:
 
     def __init__(self, agent: JobAgent) -> None:
         self.agent = agent
-        self._names: dict[str, str] = {}  # the job's name service (on vertex 0 only)
+        #: The run's name service (on vertex 0 only): its spawned jobs share the launched
+        #: job's (pm.agent.spawned_jobs), so a parent and its children find each other's names.
+        self.names = NameService()
         self._reqs: dict[int, asyncio.Future[Any]] = {}
         self._next_req = 1
         #: Direct gets in flight, by key: concurrent gets of one key share one request.
@@ -105,17 +107,7 @@ class TreeRequests:
         if agent.vertex != 0:
             agent.parent.send(m)
             return
-        ok, port = True, m.port
-        if m.action == "publish":
-            ok = m.service not in self._names
-            if ok:
-                self._names[m.service] = m.port
-        elif m.action == "unpublish":
-            ok = self._names.pop(m.service, None) is not None
-        else:
-            got = self._names.get(m.service)
-            ok, port = got is not None, got or ""
-        agent.route(m.origin, t.NameResp(m.req, m.origin, ok, port))
+        self.names.serve(agent, m)
 
     # ------------------------------------------------------------------ responses
     def response(self, msg: t.GetResp | t.NameResp) -> None:
@@ -162,3 +154,73 @@ def _copy_result(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
         dst.exception()  # the asker may have gone: never "exception never retrieved"
     else:
         dst.set_result(src.result())
+
+
+class NameService:
+    """Names published in a run, served at vertex 0; requests of any of its jobs.
+
+    Actions of :class:`pm.proto.tree.NameReq`: ``publish`` (``port`` is the
+    value; a second publish of a name fails), ``publish-once`` (the same,
+    the name going with its first lookup: PMIx's ``PMIX_PERSIST_FIRST_READ``),
+    ``unpublish``, ``lookup`` (answered at once, found or not), ``lookup-wait``
+    (held until the name is published: PMIx's ``PMIX_WAIT``), and ``connect``,
+    a rendezvous: ``port`` is ``here/total/hex``, the participants of the asking
+    node and of all and its data; every asker is answered, with all the data
+    (hex, in the order of arrival), once the counts reach the total.
+    """
+
+    def __init__(self) -> None:
+        self._names: dict[str, str] = {}
+        self._once: set[str] = set()
+        self._waiting: dict[str, list[tuple[JobAgent, t.NameReq]]] = {}
+        self._connects: dict[str, tuple[int, list[tuple[JobAgent, t.NameReq]]]] = {}
+
+    def serve(self, agent: JobAgent, m: t.NameReq) -> None:
+        ok, port = True, m.port
+        if m.action in ("publish", "publish-once"):
+            ok = m.service not in self._names
+            if ok:
+                self._names[m.service] = m.port
+                if m.action == "publish-once":
+                    self._once.add(m.service)
+                for asker, w in self._waiting.pop(m.service, []):
+                    self._answer(asker, w)
+        elif m.action == "unpublish":
+            ok = self._names.pop(m.service, None) is not None
+            self._once.discard(m.service)
+        elif m.action == "connect":
+            self._connect(agent, m)
+            return
+        elif m.action == "lookup-wait" and m.service not in self._names:
+            self._waiting.setdefault(m.service, []).append((agent, m))
+            return
+        else:
+            self._answer(agent, m)
+            return
+        agent.route(m.origin, t.NameResp(m.req, m.origin, ok, port))
+
+    def _answer(self, agent: JobAgent, m: t.NameReq) -> None:
+        """A lookup's answer, found or not (a name published once goes with it)."""
+        got = self._names.get(m.service)
+        if got is not None and m.service in self._once:
+            del self._names[m.service]
+            self._once.discard(m.service)
+        agent.route(m.origin, t.NameResp(m.req, m.origin, got is not None, got or ""))
+
+    def _connect(self, agent: JobAgent, m: t.NameReq) -> None:
+        try:
+            here, total, _data = m.port.split("/")
+            count, askers = self._connects.get(m.service, (0, []))
+            count += int(here)
+            askers.append((agent, m))
+            done = count >= int(total)
+        except ValueError:
+            agent.route(m.origin, t.NameResp(m.req, m.origin, False, ""))
+            return
+        if not done:
+            self._connects[m.service] = (count, askers)
+            return
+        self._connects.pop(m.service, None)
+        joined = "".join(w.port.split("/")[2] for _a, w in askers)
+        for asker, w in askers:
+            asker.route(w.origin, t.NameResp(w.req, w.origin, True, joined))

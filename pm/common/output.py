@@ -96,7 +96,7 @@ class Writer:
         #: A rank's line prefix when labelling (None: ``[rank] ``): -prepend-pattern's.
         self.prefix: Callable[[int], bytes] | None = None
         #: (stream, rank) -> fd of its file (-1: it could not be opened); path -> fd.
-        self._to: dict[tuple[int, int], int] = {}
+        self._to: dict[tuple[int, int, int], int] = {}
         self._opened: dict[str, int] = {}
         #: Called once per stream (STDOUT, STDERR) whose reader went away (its output is
         #: lost from then on).
@@ -129,7 +129,7 @@ class Writer:
             chunk = b"".join(prefix + line + b"\n" for line in lines)
         behind = self._behind
         if stream in self._patterns:
-            fd = self._file(rank, stream)
+            fd = self._file(rank, stream, job)
             if fd >= 0:
                 write_all(fd, chunk)  # a regular file: no reader to wait for
         elif stream in self.broken:
@@ -151,10 +151,10 @@ class Writer:
                 if self.on_broken is not None:
                     self.on_broken(stream)
 
-    def _file(self, rank: int, stream: int) -> int:
-        fd = self._to.get((stream, rank))
+    def _file(self, rank: int, stream: int, job: int = 0) -> int:
+        fd = self._to.get((stream, job, rank))
         if fd is None:
-            path = expand_pattern(self._patterns[stream], rank, self._job_id)
+            path = expand_pattern(self._patterns[stream], rank, self._job_id, job)
             fd = self._opened.get(path)
             if fd is None:
                 try:  # truncated once per job: ranks sharing a file append to it
@@ -166,7 +166,7 @@ class Writer:
                     write_all(2, f"pmrun: rank {rank}'s {what} is lost: cannot open {path}: "
                                  f"{exc.strerror}\n".encode())
                 self._opened[path] = fd
-            self._to[(stream, rank)] = fd
+            self._to[(stream, job, rank)] = fd
         return fd
 
     def drain(self) -> None:
@@ -278,22 +278,34 @@ def pattern_problem(option: str, pattern: str) -> str | None:
     return None
 
 
-def expand_pattern(pattern: str, rank: int, job_id: str) -> str:
+def expand_pattern(pattern: str, rank: int, job_id: str, spawned: int = 0) -> str:
     """An output file name: ``%r`` (or Slurm's ``%t``) is the rank, ``%j`` the job id,
-    ``%%`` a percent sign; without ``%r``, every rank writes to the one file."""
+    ``%%`` a percent sign; without ``%r``, every rank writes to the one file.
+
+    A rank of spawned job ``J`` (``spawned``) has its own file, never rank R's of the
+    launched job: ``%j`` is the job id followed by ``sJ``, and a pattern with a rank
+    but no ``%j`` gets ``.sJ`` at the end (``out.%r`` -> ``out.3.s1``).
+    """
+    if spawned:
+        job_id = f"{job_id}s{spawned}"
     out = []
     i = 0
+    ranked = has_job = False
     while i < len(pattern):
         c = pattern[i]
         if c == "%" and i + 1 < len(pattern):
             nxt = pattern[i + 1]
             sub = {"r": str(rank), "t": str(rank), "j": job_id, "%": "%"}.get(nxt)
             if sub is not None:
+                ranked = ranked or nxt in "rt"
+                has_job = has_job or nxt == "j"
                 out.append(sub)
                 i += 2
                 continue
         out.append(c)
         i += 1
+    if spawned and ranked and not has_job:
+        out.append(f".s{spawned}")
     return "".join(out)
 
 

@@ -42,6 +42,8 @@ class SpawnOrigin(Record):
     preput: dict[str, str]
     #: The spawner's kvsname.
     spawner: str
+    #: The spawner's rank (PMIx's ``PMIX_PARENT_ID``).
+    spawner_rank: int = 0
 
 
 class JobPlan(Record):
