@@ -8,6 +8,7 @@ of pmrun while children are being spawned.
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
 import subprocess
@@ -352,3 +353,34 @@ def test_abort_in_a_spawned_job_ends_the_run(tmp_path: Path, marker: str) -> Non
     assert res.returncode == 7, res.stdout + res.stderr
     assert "rank 1 of spawned job 1" in res.stderr and "abort with code 7" in res.stderr
     wait_gone(marker, 10)
+
+
+def test_spawned_ranks_are_bound_and_write_their_own_output_files(tmp_path: Path) -> None:
+    # --bind-to core on a node with the parent on the first core: the child takes the next
+    # one, as if launched with it; --output out.%r: the child's rank 0 writes out.0.s1, not
+    # the parent's out.0.
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cpus")
+    prog = script(tmp_path, "bound.py", """
+        import os, sys
+        from mpi4py import MPI
+
+        parent = MPI.Comm.Get_parent()
+        if parent == MPI.COMM_NULL:
+            inter = MPI.COMM_WORLD.Spawn(sys.executable, args=[__file__], maxprocs=1)
+        else:
+            inter = parent
+        who = "child" if parent != MPI.COMM_NULL else "parent"
+        print(who, sorted(os.sched_getaffinity(0)), flush=True)
+        inter.Disconnect()
+    """)
+    res = run(tmp_path, "-n", "1", "--bind-to", "core", "--output", "out.%r", sys.executable,
+              str(prog))
+    assert res.returncode == 0, res.stdout + res.stderr
+    parent = (tmp_path / "out.0").read_text()
+    child = (tmp_path / "out.0.s1").read_text()
+    assert parent.startswith("parent ["), parent
+    assert child.startswith("child ["), child
+    assert len(ast.literal_eval(parent.split(" ", 1)[1])) == 1, parent  # one core each
+    assert len(ast.literal_eval(child.split(" ", 1)[1])) == 1, child
+    assert parent.split(" ", 1)[1] != child.split(" ", 1)[1], parent + child

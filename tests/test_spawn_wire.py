@@ -282,3 +282,38 @@ def test_libpmi2_job_spawn(tmp_path: Path) -> None:
     assert parent == f"[0] parent jobid={jobid} rc=0 child={jobid}_s1 errors=0,0", lines
     assert lines[1:] == [f"[1:{r}] child rank={r} size=2 appnum=0 jobid={jobid}_s1"
                          for r in (0, 1)], lines
+
+
+def test_a_spawned_ranks_output_file_is_its_own() -> None:
+    from pm.common.output import expand_pattern
+
+    assert expand_pattern("out.%r", 3, "j1") == "out.3"
+    assert expand_pattern("out.%r", 3, "j1", spawned=2) == "out.3.s2"
+    assert expand_pattern("out.%j.%r", 3, "j1", spawned=2) == "out.j1s2.3"
+    assert expand_pattern("all.txt", 3, "j1", spawned=2) == "all.txt"  # shared on purpose
+
+
+def test_the_run_name_service_waits_publishes_once_and_meets() -> None:
+    from pm.agent.tree_requests import NameService
+    from pm.proto import tree_wire as t
+
+    class Agent:
+        def __init__(self) -> None:
+            self.sent: list[t.NameResp] = []
+
+        def route(self, _dst: int, msg: t.NameResp) -> None:
+            self.sent.append(msg)
+
+    names, a, b = NameService(), Agent(), Agent()
+    names.serve(a, t.NameReq(1, 0, "lookup-wait", "port", ""))  # type: ignore[arg-type]
+    assert a.sent == []
+    names.serve(b, t.NameReq(2, 1, "publish-once", "port", "v"))  # type: ignore[arg-type]
+    assert [(m.req, m.ok, m.port) for m in a.sent] == [(1, True, "v")]
+    names.serve(a, t.NameReq(3, 0, "lookup", "port", ""))  # type: ignore[arg-type]
+    assert (a.sent[-1].req, a.sent[-1].ok) == (3, False)  # gone with its first lookup
+    # A rendezvous of 3 ranks: 2 on one node, 1 on another; all get both blobs.
+    names.serve(a, t.NameReq(4, 0, "connect", "c", "2/3/aa"))  # type: ignore[arg-type]
+    assert a.sent[-1].req == 3
+    names.serve(b, t.NameReq(5, 1, "connect", "c", "1/3/bb"))  # type: ignore[arg-type]
+    assert (a.sent[-1].req, a.sent[-1].port) == (4, "aabb")
+    assert (b.sent[-1].req, b.sent[-1].port) == (5, "aabb")
