@@ -42,12 +42,13 @@ from pm.agent.pmix_register import (  # noqa: F401  (names of this module before
     proc,
     register,
 )
-from pm.agent.pmix_server import BYTES_MARK, PmixServer, SpawnApp, Upcalls, server
+from pm.agent.pmix_server import BYTES_MARK, PmixServer, Upcalls, server
 from pm.common.mapping import local_ranks
 from pm.proto import tree_wire as t
 
 if TYPE_CHECKING:
     from pm.agent.node import JobAgent
+    from pm.agent.pmix_server import SpawnApp
 
 log = logging.getLogger("pm.agent.pmix")
 

@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     import asyncio
     from typing import Any
 
+    #: One application of a PMIx_Spawn: argv (program first), process count, environment
+    #: (``NAME=value`` strings), working directory (or ""), and its info keys.
+    SpawnApp = tuple[list[str], int, list[str], str, dict[str, Any]]
+
 
 
 class _Log:
@@ -81,9 +85,6 @@ class Upcalls:
 #: kept in the name service, whose values are strings: this, then the bytes in hex.
 BYTES_MARK = "\x00pmix-bytes:"
 
-#: One application of a PMIx_Spawn: argv (program first), process count, environment
-#: (``NAME=value`` strings), working directory (or ""), and its info keys.
-SpawnApp = tuple[list[str], int, list[str], str, dict[str, Any]]
 
 
 class PmixServer:
