@@ -72,7 +72,8 @@ def test_ssh_bootstrap_options_and_errors() -> None:
     boot = get_bootstrap("ssh", opts)
     assert isinstance(boot, SshBootstrap)
     assert boot.limit == 4
-    assert boot.argv("h9") == ["myssh", "-q", "-l", "u", "h9", shlex.join(agent_command())]
+    assert boot.argv("h9") == ["myssh", "-q", "-l", "u", "h9",
+                               shlex.join(agent_command(lean=True))]
     assert get_bootstrap("ssh", {"name": "ssh"}).limit == 32
     # The default ssh gives up connecting within the join timeout (and names why).
     default = get_bootstrap("ssh", {"name": "ssh", "join_timeout": 7.5})
@@ -81,6 +82,22 @@ def test_ssh_bootstrap_options_and_errors() -> None:
         bootstrap_options({"launcher": "ssh", "ssh_limit": "0"})
     with pytest.raises(ValueError, match="--ssh"):
         get_bootstrap("ssh", {"ssh": "ssh 'unclosed"})
+
+
+def test_lean_agent_command_starts_without_site_and_falls_back(tmp_path: Path) -> None:
+    import subprocess
+
+    from pm.bootstrap.base import lean_code
+
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PATH": os.defpath}
+    lean = agent_command(lean=True)
+    assert lean[1:3] == ["-S", "-P"] and lean[-1] == "child"
+    # Our site directories found pmrun and pyzmq; with none, site runs after all.
+    for argv in ([*lean[:-1], "--version"],
+                 [sys.executable, "-S", "-P", "-c", lean_code([]), "--version"]):
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env,
+                             cwd=tmp_path)
+        assert res.returncode == 0 and res.stdout.startswith("pm-agent "), res
 
 
 def test_srun_argv() -> None:

@@ -171,10 +171,11 @@ echo "pmrun exit $?"
     assert_clean(c)
 
 
-def _start_sleeping(c: RealCluster, nodes: int, ranks: int) -> subprocess.Popen[str]:
+def _start_sleeping(c: RealCluster, nodes: int, ranks: int, *pmrun: str
+                    ) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        ["salloc", "--quiet", f"-N{nodes}", f"-n{ranks}", sys.executable, "-m", "pm", "-n",
-         str(ranks), "sleep", "300"], env=env_for(c), stdout=subprocess.PIPE,
+        ["salloc", "--quiet", f"-N{nodes}", f"-n{ranks}", sys.executable, "-m", "pm", *pmrun,
+         "-n", str(ranks), "sleep", "300"], env=env_for(c), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -199,6 +200,35 @@ def test_cancelled_allocation_ends_the_job(slurm_cluster: RealCluster) -> None:
     assert proc.returncode == EXIT_CANCELLED, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == [f"pmrun: Slurm cancelled the job step {jobid}.0"], err
+    assert_clean(c)
+
+
+def test_cancelled_agent_step_ends_the_job(slurm_cluster: RealCluster) -> None:
+    c = slurm_cluster
+    proc = _start_sleeping(c, 3, 6)
+    steps = c.run(["squeue", "-h", "-s", "-o", "%i %j"]).stdout.split("\n")
+    step = next(line.split()[0] for line in steps if line.endswith(" pm-agents"))
+    c.run(["scancel", step])  # the agents' step only: the allocation stays
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_CANCELLED, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == [f"pmrun: Slurm cancelled the job step {step}"], err
+    assert_clean(c)
+
+
+def test_link_down_inside_a_node_is_named(slurm_cluster: RealCluster) -> None:
+    c = slurm_cluster
+    proc = _start_sleeping(c, 4, 4, "--heartbeat", "2")
+    down = ["ip", "netns", "exec", c.names[3], "ip", "link", "set", "eth0"]
+    try:
+        subprocess.run([*down, "down"], check=True, timeout=30)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        subprocess.run([*down, "up"], check=True, timeout=30)
+    assert proc.returncode == 255, err
+    first = next(line for line in err.splitlines() if " lost" in line)
+    assert first.startswith(f"pmrun: node 3 ({c.names[3]}) lost"), err
+    assert "Traceback" not in err
     assert_clean(c)
 
 
@@ -258,4 +288,38 @@ def test_salloc_spawn_places_children_on_the_nodes(slurm_cluster: RealCluster,
     res = salloc(c, ["-N2", "-n2"], "-usize", "4", sys.executable, str(prog))
     assert res.returncode == 0, res.stderr
     assert f"children on {c.names[0]},{c.names[1]}" in res.stdout, res.stdout
+    assert_clean(c)
+
+
+def _wait_gone(c: RealCluster, jobid: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while c.run(["squeue", "-h", "-j", jobid]).stdout.strip():
+        assert time.monotonic() < deadline, f"job {jobid} still queued after {timeout:g} s"
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(240)
+def test_time_limit_of_an_sbatch_job(slurm_cluster: RealCluster, tmp_path: Path) -> None:
+    c = slurm_cluster
+    out = tmp_path / "job.out"
+    job = tmp_path / "job.sh"
+    # Slurm's shortest limit is a minute; it checks limits every 30 s (KillWait=2 here).
+    job.write_text(f"""#!/bin/sh
+#SBATCH --nodes=2 --ntasks=4 --time=1 --output={out}
+date +"start %s"
+pmrun sleep 300
+echo "pmrun exit $?"
+""")
+    t0 = time.time()
+    res = subprocess.run(["sbatch", "--parsable", str(job)], env=env_for(c, tmp_path),
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    jobid = res.stdout.strip().split(";")[0]
+    _wait_gone(c, jobid, 200)
+    text = out.read_text() + f"\n(submitted {t0:.0f}, gone {time.time():.0f})"
+    print(text)
+    mine = [line for line in text.splitlines() if line.startswith("pmrun")]
+    assert f"pmrun: Slurm ended the job {jobid}: time limit reached" in mine \
+        or f"pmrun: Slurm ended the job step {jobid}.0: time limit reached" in mine, text
+    assert "Traceback" not in text
     assert_clean(c)

@@ -13,7 +13,6 @@ silent for the heartbeat timeout, and a Shutdown from the parent.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -299,7 +298,45 @@ def _version() -> str:
     return __version__
 
 
+def _child() -> int:
+    """``pm-agent child``: read our config on stdin, run our part of the job, exit."""
+    _preimport()  # while the config may still be on its way (pm.bootstrap.early)
+    line, rest = _first_line()
+    if not line.strip():
+        os._exit(0)  # whoever started us gave up before telling us anything
+    from pm.proto.errors import ProtocolError
+    from pm.proto.plan import AgentConfig
+
+    try:
+        cfg = AgentConfig.from_wire(json.loads(line))
+    except ValueError:
+        sys.stderr.write("pm-agent child: no configuration on stdin\n")
+        return 2
+    except ProtocolError as exc:
+        sys.stderr.write(f"pm-agent child: {exc}\n")
+        return 2
+    logging.getLogger("pm").setLevel(cfg.log_level)
+    from pm.agent.spawn import raise_fd_limit
+
+    raise_fd_limit()
+    import gc
+
+    gc.disable()  # imports ahead: nothing worth collecting (run_child turns it back on)
+    code = _run(run_child(cfg, rest))
+    # Our part of the job is over and closed: skip the interpreter's teardown.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["child"]:
+        # What every bootstrap runs: no argparse to import on the launch's critical path.
+        logging.basicConfig(format="pm-agent[%(process)d]: %(message)s", level=logging.WARNING)
+        return _child()
+    import argparse
+
     p = argparse.ArgumentParser(prog="pm-agent", description="pmrun node agent")
     p.add_argument("mode", nargs="?", choices=["child", "serve", "keygen"],
                    help="child: started by a bootstrap; serve: the persistent service; "
@@ -346,34 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("pm").setLevel(min(level, logging.INFO))
         return serve_main(args.config, args.listen)
     if args.mode == "child":
-        _preimport()  # while the config may still be on its way (pm.bootstrap.early)
-        line, rest = _first_line()
-        if not line.strip():
-            os._exit(0)  # whoever started us gave up before telling us anything
-        from pm.proto.errors import ProtocolError
-        from pm.proto.plan import AgentConfig
-
-        try:
-            cfg = AgentConfig.from_wire(json.loads(line))
-        except ValueError:
-            sys.stderr.write("pm-agent child: no configuration on stdin\n")
-            return 2
-        except ProtocolError as exc:
-            sys.stderr.write(f"pm-agent child: {exc}\n")
-            return 2
-        logging.getLogger("pm").setLevel(cfg.log_level)
-        from pm.agent.spawn import raise_fd_limit
-
-        raise_fd_limit()
-        import gc
-
-        gc.disable()  # imports ahead: nothing worth collecting (run_child turns it back on)
-        code = _run(run_child(cfg, rest))
-        # Our part of the job is over and closed: skip the interpreter's teardown.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        return _child()
     p.print_help()
     return 2
 

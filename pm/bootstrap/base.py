@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import abc
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pm.proto.plan import DEFAULT_HEARTBEAT, AgentConfig
@@ -38,9 +38,32 @@ DEFAULT_JOIN_TIMEOUT = 60.0
 LOCAL_NAMES = frozenset({"", "local", "fork"})
 
 
-def agent_command(python: str | None = None) -> list[str]:
-    """The argv that starts an agent with the same interpreter (-P: never import from the cwd)."""
-    return [python or sys.executable, "-P", "-m", "pm.agent.main", "child"]
+def agent_command(python: str | None = None, lean: bool = False) -> list[str]:
+    """The argv that starts an agent with the same interpreter (-P: never import from the cwd).
+
+    ``lean``: without the ``site`` module (``-S``), our site directories put on the path
+    by hand.  ``site`` reads every ``.pth`` file of every site directory at each start
+    (40 ms of CPU here, as much as the interpreter itself), and an agent per node pays it
+    on the critical path of a launch.  If pmrun or pyzmq is not found that way (an
+    editable install's import hook, other directories there), the agent runs ``site``
+    after all.  Only for commands we build whole (ssh, srun): the code has spaces.
+    """
+    exe = python or sys.executable
+    if not lean:
+        return [exe, "-P", "-m", "pm.agent.main", "child"]
+    return [exe, "-S", "-P", "-c", lean_code(site_dirs()), "child"]
+
+
+def site_dirs() -> list[str]:
+    """Our interpreter's site directories (where pyzmq and msgpack live)."""
+    return [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+
+
+def lean_code(dirs: Sequence[str]) -> str:
+    """The ``-c`` program of a lean agent (see :func:`agent_command`)."""
+    return (f"import sys;sys.path+={list(dirs)!r};import importlib.util as u\n"
+            "if not all(map(u.find_spec,('pm','zmq','msgpack'))):import site;site.main()\n"
+            "from pm.agent.main import main;sys.exit(main(sys.argv[1:]))")
 
 
 def heartbeat_of(options: Mapping[str, Any]) -> float:

@@ -3,9 +3,10 @@
 Hosts come from ``SLURM_JOB_NODELIST`` (bracket syntax, ``pm.common.hostlist``) and
 their slots from ``SLURM_TASKS_PER_NODE`` (``2(x3),1``).  All agents start as
 **one** job step, one task per node (``srun --overlap --nodes=N --ntasks=N
---ntasks-per-node=1 --nodelist=HOSTS ... python -P -m pm.agent.main child``):
-Slurm's own tree starts them, as Hydra's ``-launcher slurm`` does.  srun
-gives every task the same stdin: the config line (vertex -1, the host list
+--ntasks-per-node=1 --nodelist=HOSTS ... python -S -P -c ... child``, a lean start:
+``pm.bootstrap.base.agent_command``): Slurm's own tree starts them, as Hydra's
+``-launcher slurm`` does.  srun gives every task the same stdin: the config line
+(vertex -1, the host list
 and the fan-out), from which each agent finds its vertex (its node's place in
 the list) and its parent; agents with children report their port on stdout,
 and the head sends those addresses back on the step's stdin
@@ -141,7 +142,7 @@ class SlurmBootstrap(CommandBootstrap):
         self.limit = int(options.get("limit", 64))
 
     def argv(self, host: str) -> list[str]:
-        return srun_argv(host, agent_command(self.python), self.srun)
+        return srun_argv(host, agent_command(self.python, lean=True), self.srun)
 
     def start(self, host: str, config: AgentConfig) -> tuple[int, int]:
         return self.run(self.argv(host), config)
@@ -153,10 +154,10 @@ class SlurmBootstrap(CommandBootstrap):
         early = take(-1, compress(hosts))  # started before the head's imports
         if early is not None:
             return self.adopt(early, config)
-        return self.run(step_argv(hosts, agent_command(self.python), self.srun), config)
+        return self.run(step_argv(hosts, agent_command(self.python, lean=True), self.srun), config)
 
     def launch_step(self, hosts: list[str]) -> Piped:
-        return self.launch_argv(step_argv(hosts, agent_command(self.python), self.srun))
+        return self.launch_argv(step_argv(hosts, agent_command(self.python, lean=True), self.srun))
 
     def error_line(self, text: str) -> bool:
         """Name the node of a failed task: the job's one line says it (with srun's words)."""

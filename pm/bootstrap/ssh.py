@@ -1,8 +1,9 @@
 """Start agents over ssh (``--launcher ssh``).
 
-Each agent runs ``ssh [-l USER] HOST 'python -P -m pm.agent.main child'``; ssh
-carries the agent's config on stdin and closes it when our end closes, so the
-ssh process's lifetime is the agent's (the same contract as the local
+Each agent runs ``ssh [-l USER] HOST 'python -S -P -c ... child'`` (a lean start:
+``pm.bootstrap.base.agent_command``); ssh carries the agent's config on stdin and
+closes it when our end closes, so the ssh process's lifetime is the agent's (the
+same contract as the local
 bootstrap).  Agents start their own children over ssh too (tree spawn): the
 head opens at most ``fanout`` connections, and each agent at most ``limit``
 at a time (``--ssh-limit``, default 32; sshd's ``MaxStartups`` refuses bursts).
@@ -121,7 +122,7 @@ class SshBootstrap(CommandBootstrap):
         ssh_argv("h", ["c"], self.ssh, self.user)  # fail early on a broken --ssh
 
     def argv(self, host: str) -> list[str]:
-        argv = ssh_argv(host, agent_command(self.python), self.ssh, self.user)
+        argv = ssh_argv(host, agent_command(self.python, lean=True), self.ssh, self.user)
         if not self.ssh:
             argv[1:1] = ["-o", f"ConnectTimeout={self.connect_timeout}"]
         return argv
@@ -132,7 +133,7 @@ class SshBootstrap(CommandBootstrap):
         return not text.startswith("pm-agent")
 
     def command(self, host: str) -> list[str]:
-        return agent_command(self.python) if is_this_machine(host) else self.argv(host)
+        return agent_command(self.python, lean=True) if is_this_machine(host) else self.argv(host)
 
     def start(self, host: str, config: AgentConfig) -> tuple[int, int]:
         return self.run(self.command(host), config)
