@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -208,7 +209,9 @@ with connect() as pmi:
 
 
 def results(stdout: str) -> list[dict[str, float]]:
-    return [json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("RESULT ")]
+    # Found anywhere, not per line: Hydra's mpiexec may write one rank's line and its
+    # newline in two pieces, with another rank's line in between (seen at 8 ranks).
+    return [json.loads(m) for m in re.findall(r"RESULT (\{[^{}\n]*\})", stdout)]
 
 
 def run_job(prog: Path, n: int, kvs: str, *args: str, launcher: Sequence[str] = ()

@@ -27,7 +27,7 @@ from pm.bootstrap.base import head_relays
 from pm.common.mapping import place, process_mapping
 from pm.common.nodes import Nodes
 from pm.common.output import STDERR, STDOUT, Writer, output_window
-from pm.jobenv import new_job_id
+from pm.jobenv import kvsname_of, new_job_id
 from pm.jobspec import JobSpec, sequence_slots
 from pm.proto import tree_wire as t
 from pm.proto.plan import AppPlan, JobPlan
@@ -139,7 +139,7 @@ class JobRun:
         used = max(node_of_rank) + 1
         env, app_envs = spec.plan_env()
         self.plan = JobPlan(
-            job_id=job_id, kvsname=f"kvs_{job_id}", size=spec.size,
+            job_id=job_id, kvsname=kvsname_of(job_id), size=spec.size,
             hosts=nodes.hosts[:used], slots=slots[:used], fanout=max(1, nodes.fanout),
             apps=[AppPlan(a.argv, a.n, e, a.wdir or spec.wdir)
                   for a, e in zip(spec.apps, app_envs, strict=True)],

@@ -66,3 +66,8 @@ def new_job_id() -> str:
     """A job id unique on the machine and across machines (MPICH names shm after the kvsname)."""
     host = os.uname().nodename.split(".")[0].replace("_", "-")[:16]
     return f"{host}-{os.getpid()}-{os.urandom(4).hex()}"
+
+
+def kvsname_of(job_id: str) -> str:
+    """The job's PMI kvsname (the quick phase serves it before the head exists)."""
+    return f"kvs_{job_id}"

@@ -10,15 +10,18 @@ imported, by this module, which imports C modules and a few small modules of
 pmrun only.  The command line is checked by the same parser either way.
 A poll loop then writes the ranks' output and watches them.
 
-The first thing that needs more hands the running job to the full path: a
-rank sends a byte on its PMI socket, a rank fails, stdin has data for rank 0,
-pmrun gets a signal, or the timeout passes.  The ranks' pids, PMI sockets,
-pipes and partial output lines go to the in-process agent of
-:mod:`pm.head` (:meth:`pm.agent.node.JobAgent.adopt_ranks`), which serves
-them from there as if it had started them; an MPI rank spends its first
-milliseconds loading its library, so the import overlaps its start-up.  A
-job whose programs never speak PMI (``true``, a shell script) ends here, and
-pmrun costs little more than the interpreter's start.
+The same loop serves the ranks' PMI-1 and PMI-2 requests with the agent's own
+sans-IO engine (:mod:`pm.agent.pmi_quick`): an MPI job on one node is wired up,
+runs and ends here, without asyncio or the agent ever being imported.  The
+first thing that needs more hands the running job to the full path: a request
+the quick phase does not serve (a native ``pm.client`` rank, spawn, the name
+service, an abort, a broken stream), a rank that fails, stdin data for rank 0,
+a signal pmrun must forward, or the timeout.  The ranks' pids, PMI sockets
+(with their engines, the KVS and what is left to do), pipes and partial output
+lines go to the in-process agent of :mod:`pm.head`
+(:meth:`pm.agent.node.JobAgent.adopt_ranks`), which serves them from there as
+if it had started them.  A job whose programs never speak PMI (``true``, a
+shell script) costs little more than the interpreter's start.
 
 A job that needs PMIx (:mod:`pm.agent.pmix_detect`) is registered with the
 PMIx server here (:func:`pm.agent.pmix_register.start_one_node`); the library
@@ -34,7 +37,6 @@ quick path off.
 from __future__ import annotations
 
 import _signal
-import _socket
 import functools
 import gc
 import os
@@ -61,7 +63,7 @@ from pm.common.output import (
     read_pipe,
     stdin_for_job,
 )
-from pm.jobenv import base_env, new_job_id
+from pm.jobenv import base_env, kvsname_of, new_job_id
 from pm.options import parse as parse_options
 from pm.options import prepend_of, prepend_prefix, quick_ok, refuse
 from pm.proto.errors import UsageError
@@ -70,6 +72,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
+
+    from pm.agent.pmi_quick import QuickPmi
 
 #: Signals pmrun handles (pm.cli installs the same on the event loop).
 SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGUSR1, _signal.SIGUSR2,
@@ -154,6 +158,8 @@ class QuickStart:
         self._pmix: Any = None  # pm.agent.pmix_server.PmixServer
         self._stdin = stdin_for_job()
         self._poll = select.poll()
+        #: The ranks' PMI, from the first byte one of them sends.
+        self.pmi: QuickPmi | None = None
 
     @property
     def ranks(self) -> list[StartedRank]:
@@ -207,7 +213,7 @@ class QuickStart:
         from pm.proto.errors import PMError
 
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        nspace = f"kvs_{self.started.job_id}"  # the full path's kvsname (pm.head)
+        nspace = kvsname_of(self.started.job_id)  # the full path's kvsname (pm.head)
         try:
             self._pmix, extra = start_one_node(nspace, self.opts.n, self.host,
                                          self.started.xml_path, self._wake_w)
@@ -258,6 +264,7 @@ class QuickStart:
         if self._stdin is not None:
             poll.register(self._stdin, select.POLLIN)
         deadline = None if self.opts.timeout is None else self.started.t0 + self.opts.timeout
+        opts_n = self.opts.n
         running = len(self.ranks)
         exited: set[int] = set()
         while running or any(r.out_fd >= 0 or r.err_fd >= 0 for r in self.ranks):
@@ -280,14 +287,17 @@ class QuickStart:
                 if what in (STDOUT, STDERR):
                     self._read(r, what)
                 elif what == _PMI:
-                    assert r.pmi is not None
-                    try:
-                        data = r.pmi.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT)
-                    except BlockingIOError:
-                        continue
-                    if data:
-                        return None  # an MPI rank: the agent serves it from its first byte
-                    poll.unregister(fd)  # closed without a word: not an MPI program
+                    pmi = self.pmi
+                    if pmi is None:
+                        from pm.agent.pmi_quick import QuickPmi
+
+                        pmi = self.pmi = QuickPmi(self.started,
+                                                  kvsname_of(self.started.job_id), opts_n)
+                    served = pmi.serve(r)
+                    if served is None:
+                        poll.unregister(fd)  # its end: finalized, or never spoke
+                    elif not served:
+                        return None  # the agent takes it from there
                 elif r.rank not in exited:
                     ended = self._ended(r)
                     if ended is None:
@@ -364,6 +374,9 @@ class QuickStart:
             return None
         if info.si_code != os.CLD_EXITED or info.si_status != 0:
             return False
+        engine = self.pmi.engines.get(r.rank) if self.pmi is not None else None
+        if engine is not None and engine.initialized and not engine.finalized:
+            return False  # exited without PMI finalize: the agent names it
         self._poll.unregister(r.pidfd)  # its pidfd stays open: the agent may watch it
         # Its ends of the pipes closed before it became a zombie: what is left is there.
         for stream in (STDOUT, STDERR):
@@ -381,6 +394,12 @@ class QuickStart:
         if started.guardian is not None:
             started.guardian.release()
         self._remove_xml()
+        if self.pmi is not None and started.shm_reaper is not None:
+            # MPI ranks: the /dev/shm files they left, as the agent removes them.
+            try:
+                started.shm_reaper.reap()
+            except OSError:
+                pass
 
     def handover(self) -> StartedRanks:
         """Stop watching: what was started goes, whole, to the full path (pm.cli.take_over)."""
@@ -392,6 +411,7 @@ class QuickStart:
                 os.close(fd)
         self._sig_r = self._sig_w = -1
         self._close_wake()
+        self.started.pmi = self.pmi
         return self.started.take()
 
     def _remove_xml(self) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pm.agent.kvs import NodeKVS, rank_key
+from pm.agent.kvs import NodeKVS
 from pm.proto import native
+from pm.proto.native import rank_key
 
 pytestmark = pytest.mark.timeout(10)
 

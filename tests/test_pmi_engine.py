@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -471,3 +472,46 @@ def test_unknown_protocol_closes() -> None:
     assert d.closed and "unknown protocol" in d.closed[0]
     assert d.take(d.engine.eof()) == b""
     assert d.events[-1] == Event("eof", True)  # never initialized: not a PMI failure
+
+
+def test_engine_constants_match_the_wire_modules() -> None:
+    """The engine names the collective kinds and the native magic without loading the
+    tree's codec or msgpack: its copies must equal the wire modules'."""
+    from pm.agent import pmi_actions, pmi_engine
+    from pm.proto import native
+    from pm.proto import tree_wire as t
+
+    assert (pmi_actions.FENCE, pmi_actions.BARRIER, pmi_actions.ALLGATHER,
+            pmi_actions.RING) == (t.FENCE, t.BARRIER, t.ALLGATHER, t.RING)
+    assert pmi_engine.NATIVE_MAGIC == native.MAGIC
+
+
+def test_pmi1_engine_loads_nothing_heavy() -> None:
+    """pmrun's quick phase serves PMI-1 with this engine before asyncio is imported:
+    serving a rank's MPI_Init must not load asyncio, logging, dataclasses or msgpack."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "import pm.quick\n"
+        "from pm.agent.pmi_engine import PmiEngine\n"
+        "class S:\n"
+        "    size = 1; kvsname = 'kvs_x'\n"
+        "    def appnum(self, r): return 0\n"
+        "    def universe_size(self): return 1\n"
+        "    def job_attr(self, k): return None\n"
+        "    def put(self, r, k, v): pass\n"
+        "    def get_now(self, k): return None\n"
+        "e = PmiEngine(S(), 0)\n"
+        "for line in (b'cmd=init pmi_version=1 pmi_subversion=1\\n', b'cmd=get_maxes\\n',\n"
+        "             b'cmd=get_my_kvsname\\n', b'cmd=get kvsname=kvs_x key=k\\n',\n"
+        "             b'cmd=put kvsname=kvs_x key=k value=v\\n', b'cmd=barrier_in\\n'):\n"
+        "    e.feed(line)\n"
+        "print(' '.join(m for m in ('asyncio', 'logging', 'dataclasses', 'msgpack')\n"
+        "               if m in sys.modules and m not in before))\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60, cwd=str(root))
+    assert out.stdout.strip() == ""

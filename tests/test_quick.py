@@ -248,3 +248,56 @@ def test_a_program_that_cannot_be_executed_is_named_once(pmrun: Run, tmp_path: P
     assert r.returncode == 127, r.stderr
     assert "Traceback" not in r.stderr
     assert re.search(r"rank 0 \(node 0, [^)]*\) could not start: .*bad", r.stderr), r.stderr
+
+
+def test_an_mpi_job_on_one_node_is_served_without_asyncio(tmp_path: Path,
+                                                          c_hello: Path) -> None:
+    """MPI_Init is served PMI by the quick phase itself: no asyncio, no agent import."""
+    env = pmrun_env()
+    code, mods = imported(pmrun_argv("-n", "3", str(c_hello)), env, tmp_path)
+    assert code == 0
+    assert "pm.agent.pmi_quick" in mods
+    assert "asyncio" not in mods and "pm.agent.node" not in mods
+    r = subprocess.run(pmrun_argv("-n", "3", str(c_hello)), env=env, cwd=tmp_path,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("hello from 3 ranks"), r.stdout
+
+
+# Rank 0 waits in a barrier while rank 1 publishes a name (which the quick phase leaves to
+# the agent), after sending the start of that request with a put: the agent must take
+# over the KVS, the barrier rank 0 is in and rank 1's half-received line.
+HANDOVER_STATE = """
+    import os, socket
+    sock = socket.socket(fileno=int(os.environ["PMI_FD"]))
+    reader = sock.makefile("rb")
+    rank = int(os.environ["PMI_RANK"])
+
+    def ask(line):
+        sock.sendall(line)
+        return reader.readline().decode().split()
+
+    ask(b"cmd=init pmi_version=1 pmi_subversion=1\\n")
+    kvs = ask(b"cmd=get_my_kvsname\\n")[-1].split("=")[1].encode()
+    ask(b"cmd=put kvsname=%s key=first%d value=v%d\\n" % (kvs, rank, rank))
+    assert ask(b"cmd=barrier_in\\n")[:2] == ["cmd=barrier_out", "rc=0"]
+    if rank == 1:
+        got = ask(b"cmd=put kvsname=%s key=late value=L\\ncmd=publish_na" % kvs)
+        assert got == ["cmd=put_result", "rc=0"], got
+        got = ask(b"me service=svc%s port=tcp://here:1\\n" % kvs[-8:])
+        assert got == ["cmd=publish_result", "rc=0"], got
+    assert ask(b"cmd=barrier_in\\n")[:2] == ["cmd=barrier_out", "rc=0"]
+    other = 1 - rank
+    values = [ask(b"cmd=get kvsname=%s key=%s\\n" % (kvs, k))[-1]
+              for k in (b"first%d" % other, b"late")]
+    print(rank, *values, flush=True)
+    ask(b"cmd=finalize\\n")
+"""
+
+
+def test_the_take_over_keeps_what_the_quick_phase_served(pmrun: Run, tmp_path: Path) -> None:
+    prog = script(tmp_path, "state.py", HANDOVER_STATE)
+    for _ in range(3):
+        r = pmrun("-n", "2", "python", str(prog))
+        assert r.returncode == 0, r.stderr
+        assert sorted(r.stdout.splitlines()) == ["0 value=v1 value=L", "1 value=v0 value=L"]

@@ -19,13 +19,14 @@ k-th fence misses at once if the source is in or past its k-th fence.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterable
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    # Types only: pmrun's quick phase keeps a node KVS before asyncio is loaded.
+    import asyncio
+    from collections.abc import Callable, Iterable
+    from typing import Any
 
-from pm.proto.native import rank_key
-
-__all__ = ["NodeKVS", "rank_key"]
+__all__ = ["NodeKVS"]
 
 
 class NodeKVS:
@@ -92,6 +93,8 @@ class NodeKVS:
 
     def wait_for(self, rank: int, key: bytes, threshold: int) -> asyncio.Future[bytes | None]:
         """Value of ``key`` once local ``rank`` puts it; None if it settles first."""
+        import asyncio
+
         fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         value = self.values.get(key)
         if value is not None:

@@ -292,7 +292,9 @@ class JobAgent:
     def adopt_ranks(self, started: StartedRanks) -> None:
         """Take over the ranks ``pmrun``'s quick path started (:mod:`pm.quick`), their
         topology XML and /dev/shm baseline: what :meth:`prepare` and :meth:`start_ranks`
-        would have done.  They are this agent's from now on (``started`` lets them go)."""
+        would have done; and the PMI it served them (:mod:`pm.agent.pmi_quick`: engines,
+        KVS, node attributes, what is left to do).  They are this agent's from now on
+        (``started`` lets them go)."""
         path, started.xml_path = started.xml_path, None
         if path:
             from pm.agent import topo_share
@@ -305,6 +307,10 @@ class JobAgent:
         nspace, started.pmix = started.pmix, None
         if nspace is not None:
             self._adopt_pmix(nspace)
+        if started.pmi is not None:
+            # The quick phase served their PMI: its KVS and node attributes are the node's.
+            self.kvs = started.pmi.kvs
+            self._node_attrs.update(started.pmi.node_attrs)
         self.procs.adopt(started)
         self._note_xml()
 

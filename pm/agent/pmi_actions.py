@@ -10,10 +10,12 @@ through ``PmiEngine.complete``.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Any
 
-from pm.proto import spawn
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
+    from pm.proto import spawn
 
 
 class Wire(enum.StrEnum):
@@ -35,76 +37,116 @@ class Phase(enum.Enum):
 
 
 # --------------------------------------------------------------------- actions
-@dataclass(slots=True)
-class Send:
-    data: bytes
+# Plain records, not dataclasses: pmrun's quick phase imports this module when a
+# rank first speaks PMI, and the dataclasses machinery costs milliseconds to load.
+class _Record:
+    """Compared by value, shown as constructed (``__slots__`` in the constructor's order)."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(
+            getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
+        return f"{type(self).__name__}({args})"
 
 
-@dataclass(slots=True)
-class Event:
-    name: str
-    detail: Any = None
+class Send(_Record):
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
-@dataclass(slots=True)
-class Close:
-    why: str
+class Event(_Record):
+    __slots__ = ("name", "detail")  # noqa: RUF023  # the constructor's order
+
+    def __init__(self, name: str, detail: Any = None) -> None:
+        self.name = name
+        self.detail = detail
 
 
-@dataclass(slots=True)
-class Collective:
+class Close(_Record):
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+class Collective(_Record):
     """The rank's contribution to its next collective of ``kind`` (pm.proto.tree_wire)."""
 
-    token: int
-    kind: int
-    value: Any
+    __slots__ = ("token", "kind", "value")  # noqa: RUF023  # the constructor's order
+
+    def __init__(self, token: int, kind: int, value: Any) -> None:
+        self.token = token
+        self.kind = kind
+        self.value = value
 
 
-@dataclass(slots=True)
-class GetFrom:
+class GetFrom(_Record):
     """A key rank ``src`` puts, not on this node yet: bytes, or None if never put."""
 
-    token: int
-    src: int
-    key: bytes
+    __slots__ = ("token", "src", "key")  # noqa: RUF023  # the constructor's order
+
+    def __init__(self, token: int, src: int, key: bytes) -> None:
+        self.token = token
+        self.src = src
+        self.key = key
 
 
-@dataclass(slots=True)
-class NodeAttrGet:
+class NodeAttrGet(_Record):
     """A node attribute (PMI-2); with ``wait``, once some rank of the node puts it."""
 
-    token: int
-    key: str
-    wait: bool
+    __slots__ = ("token", "key", "wait")  # noqa: RUF023  # the constructor's order
+
+    def __init__(self, token: int, key: str, wait: bool) -> None:
+        self.token = token
+        self.key = key
+        self.wait = wait
 
 
-@dataclass(slots=True)
-class NameService:
+class NameService(_Record):
     """publish/unpublish/lookup: ``(ok, port)``."""
 
-    token: int
-    action: str
-    service: str
-    port: str
+    __slots__ = ("token", "action", "service", "port")  # noqa: RUF023  # the constructor's order
+
+    def __init__(self, token: int, action: str, service: str, port: str) -> None:
+        self.token = token
+        self.action = action
+        self.service = service
+        self.port = port
 
 
-@dataclass(slots=True)
-class Reserve:
+class Reserve(_Record):
     """A memory reservation of ``nbytes``: its id once admitted."""
 
-    token: int
-    nbytes: int
+    __slots__ = ("token", "nbytes")  # noqa: RUF023  # the constructor's order
+
+    def __init__(self, token: int, nbytes: int) -> None:
+        self.token = token
+        self.nbytes = nbytes
 
 
-@dataclass(slots=True)
-class Spawn:
+class Spawn(_Record):
     """A new job (MPI_Comm_spawn): a :class:`pm.proto.spawn.SpawnResult` once its ranks
     are started, or why they could not be."""
 
-    token: int
-    request: spawn.SpawnRequest
+    __slots__ = ("token", "request")  # noqa: RUF023  # the constructor's order
+
+    def __init__(self, token: int, request: spawn.SpawnRequest) -> None:
+        self.token = token
+        self.request = request
 
 
 #: Everything that waits.
 Call = Collective | GetFrom | NodeAttrGet | NameService | Reserve | Spawn
 Action = Send | Event | Close | Call
+
+#: Collective kinds, as :mod:`pm.proto.tree_wire` numbers them (tests hold them equal; the
+#: quick phase does not load the tree's codec).
+FENCE, BARRIER, ALLGATHER, RING = 1, 2, 3, 4

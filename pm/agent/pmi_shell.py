@@ -50,10 +50,17 @@ class PmiSession(asyncio.Protocol):
     """Serves one rank. Events reported to the host: ``init``, ``finalize``,
     ``abort`` (detail: (code, message)), ``eof`` (detail: finalized?), ``error``."""
 
-    def __init__(self, host: RankHost, rank: int) -> None:
+    def __init__(self, host: RankHost, rank: int, engine: PmiEngine | None = None,
+                 todo: list[Action] | None = None) -> None:
         self.host = host
         self.rank = rank
-        self.engine = PmiEngine(host, rank)
+        if engine is None:
+            engine = PmiEngine(host, rank)
+        else:  # served so far by pmrun's quick phase (pm.agent.pmi_quick): ours now
+            engine.store = host
+        self.engine = engine
+        #: What the quick phase left to carry out, run once connected.
+        self._todo = todo or []
         self.transport: asyncio.Transport | None = None
         self._waiting: dict[int, asyncio.Future[Any]] = {}
 
@@ -63,6 +70,9 @@ class PmiSession(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        todo, self._todo = self._todo, []
+        if todo:
+            self._run(todo)
 
     def data_received(self, data: bytes) -> None:
         acts = self.engine.feed(data)

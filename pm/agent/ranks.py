@@ -34,6 +34,7 @@ from pm.proto import tree_wire as t
 
 if TYPE_CHECKING:
     from pm.agent.node import JobAgent
+    from pm.agent.pmi_quick import QuickPmi
 
 log = logging.getLogger("pm.agent")
 
@@ -144,6 +145,7 @@ class LocalRanks:
         self.watch = ChildWatch()
         ranks, started.ranks = started.ranks, []
         self.guardian, started.guardian = started.guardian, None
+        quick, started.pmi = started.pmi, None
         for r in ranks:
             proc = self.ranks[r.rank]
             if r.pid == 0:
@@ -154,18 +156,29 @@ class LocalRanks:
             if self.agent.timeline is not None:
                 self.agent.timeline.append([r.started_at, self.agent.vertex, r.rank,
                                             "rank spawned", {"pid": r.pid}])
-            self._attach(proc, r)
+            self._attach(proc, r, quick)
         self.agent.mark("ranks spawned")
 
-    def _attach(self, proc: RankProc, r: StartedRank) -> None:
-        """Serve a started rank: its PMI socket, output pipes, stdin pipe and exit."""
+    def _attach(self, proc: RankProc, r: StartedRank, quick: QuickPmi | None = None) -> None:
+        """Serve a started rank: its PMI socket, output pipes, stdin pipe and exit; with
+        ``quick``, its PMI engine as the quick phase leaves it, and what is left to do."""
         assert self.watch is not None
         proc.stdin_fd, r.stdin_fd = r.stdin_fd, -1
         if proc.stdin_fd >= 0:
             os.set_blocking(proc.stdin_fd, False)
-        session = PmiSession(self.agent, proc.rank)
+        engine = quick.engines.get(proc.rank) if quick is not None else None
+        if engine is not None:
+            assert quick is not None
+            if engine.finalized:
+                proc.pmi = PmiPhase.FINALIZED
+            elif engine.initialized:
+                proc.pmi = PmiPhase.INITIALIZED
+            session = PmiSession(self.agent, proc.rank, engine, quick.todo(proc.rank))
+        else:
+            session = PmiSession(self.agent, proc.rank)
         proc.session = session
-        self.owned.spawn(self._serve(session, socket.socket(fileno=r.take_pmi_fd())))
+        if r.pmi is not None:  # (None: closed after finalize while the quick phase served it)
+            self.owned.spawn(self._serve(session, socket.socket(fileno=r.take_pmi_fd())))
         for stream, fd, buf in ((STDOUT, r.out_fd, r.out), (STDERR, r.err_fd, r.err)):
             if fd < 0:
                 continue  # already at EOF

@@ -39,9 +39,9 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from pm.agent.kvs import rank_key
 from pm.agent.ranks import RankLife
 from pm.agent.watch import ExitStatus
+from pm.proto.native import rank_key
 from pm.proto.tree_wire import ALLGATHER, BARRIER, FENCE
 
 if TYPE_CHECKING:

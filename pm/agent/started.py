@@ -28,6 +28,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from pm.agent.pmi_quick import QuickPmi
     from pm.agent.shm_reaper import ShmReaper
     from pm.common.output import Writer
 
@@ -95,7 +96,7 @@ class StartedRank:
 class StartedRanks:
     """A node's started ranks and what goes with them (see the module docstring)."""
 
-    __slots__ = ("guardian", "job_id", "pmix", "ranks", "shm_reaper", "signals", "t0",
+    __slots__ = ("guardian", "job_id", "pmi", "pmix", "ranks", "shm_reaper", "signals", "t0",
                  "writer", "xml_path")
 
     def __init__(self, job_id: str = "", t0: float | None = None) -> None:
@@ -115,15 +116,18 @@ class StartedRanks:
         self.signals: list[int] = []
         #: The PMIx namespace registered for these ranks (pm.agent.pmix_register).
         self.pmix: str | None = None
+        #: The PMI the quick phase served the ranks (engines, KVS, what is left to do).
+        self.pmi: QuickPmi | None = None
 
     def take(self) -> StartedRanks:
         """Everything, in a new object: the new owner's.  This one is left empty."""
         new = StartedRanks(self.job_id, self.t0)
         for name in ("ranks", "guardian", "writer", "xml_path", "shm_reaper", "signals",
-                     "pmix"):
+                     "pmix", "pmi"):
             setattr(new, name, getattr(self, name))
         self.ranks, self.signals = [], []
         self.guardian = self.writer = self.xml_path = self.shm_reaper = self.pmix = None
+        self.pmi = None
         return new
 
     def pending_signals(self) -> list[int]:

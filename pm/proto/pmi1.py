@@ -12,8 +12,6 @@ Facts this relies on (see the PMI wire reference):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from pm.proto.errors import ProtocolError
 
 #: Advertised limits: Hydra's and Slurm's (old clients assert on larger ones).
@@ -25,17 +23,30 @@ VALLEN_MAX = 1024
 MAX_LINE = 4 << 20
 
 
-@dataclass(slots=True)
 class Pmi1Command:
     """One request: ``cmd`` and its arguments (later duplicates win).
 
     ``pairs`` keeps the arguments in wire order, which spawn's numbered
-    ``argN``/``preput_key_N`` keys need.
+    ``argN``/``preput_key_N`` keys need.  (A plain class: pmrun's quick phase
+    loads this module when a rank first speaks, and dataclasses cost a few ms.)
     """
 
-    cmd: str
-    args: dict[str, str]
-    pairs: list[tuple[str, str]] = field(default_factory=list)
+    __slots__ = ("args", "cmd", "pairs")
+
+    def __init__(self, cmd: str, args: dict[str, str],
+                 pairs: list[tuple[str, str]] | None = None) -> None:
+        self.cmd = cmd
+        self.args = args
+        self.pairs = [] if pairs is None else pairs
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Pmi1Command) and self.cmd == other.cmd
+                and self.args == other.args and self.pairs == other.pairs)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Pmi1Command(cmd={self.cmd!r}, args={self.args!r}, pairs={self.pairs!r})"
 
 
 def parse_line(line: bytes) -> Pmi1Command:

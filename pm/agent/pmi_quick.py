@@ -1,0 +1,207 @@
+"""PMI served without an event loop: the first phase of a one-node job's agent.
+
+pmrun's quick phase (:mod:`pm.quick`) starts a one-node job before asyncio
+and the agent are imported.  :class:`QuickPmi` lets its poll loop serve the
+ranks' PMI-1 and PMI-2 requests with the same sans-IO engine the agent uses
+(:class:`pm.agent.pmi_engine.PmiEngine`), so that ``MPI_Init`` does not wait
+for those imports.  It is the engines' store (the job's attributes and a
+:class:`pm.agent.kvs.NodeKVS`), and it completes what one node can complete
+alone: fences and barriers once every rank has entered, node attributes.
+
+Whatever needs the full runtime -- a native client, a spawn, the name
+service, an abort, a broken stream, a rank that closes its connection
+before ``finalize`` -- is not carried out here: :meth:`QuickPmi.serve`
+returns False, and the caller hands the job over.  The hand-over carries
+the engines (with their partial input and pending calls), the KVS, the node
+attributes, and per rank the actions not yet carried out
+(:meth:`QuickPmi.todo`), which the agent's sessions run first
+(:meth:`pm.agent.node.JobAgent.adopt_ranks`).
+
+Like :mod:`pm.quick`, this module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import _socket
+
+from pm.agent import pmi_engine
+from pm.agent.kvs import NodeKVS
+from pm.agent.pmi_actions import FENCE, Collective, Event, NodeAttrGet, Send
+from pm.agent.pmi_engine import NATIVE_MAGIC, PmiEngine
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
+    from pm.agent.pmi_actions import Action
+    from pm.agent.started import StartedRank, StartedRanks
+
+#: The first fences after which the ranks' /dev/shm maps are noted (MPI_Init makes its
+#: segments before them), as the agent does (pm.agent.node.EARLY_SAMPLES).
+EARLY_SAMPLES = 3
+
+
+class QuickPmi:
+    """The PMI of a one-node job's ranks ``started`` holds, job ``kvsname`` of ``size``."""
+
+    def __init__(self, started: StartedRanks, kvsname: str, size: int) -> None:
+        self.started = started
+        self.size = size
+        self.kvsname = kvsname
+        self.kvs = NodeKVS()
+        self.node_attrs: dict[str, str] = {}
+        self.job_attrs = {"PMI_process_mapping": f"(vector,(0,1,{size}))"}
+        if started.xml_path:
+            self.job_attrs["PMI_hwloc_xmlfile"] = started.xml_path
+        #: rank -> its engine, made at its first PMI byte.
+        self.engines: dict[int, PmiEngine] = {}
+        #: rank -> the fence call it waits in (until every rank entered).
+        self._fence: dict[int, Collective] = {}
+        self._fences = 0
+        #: node attribute -> the (rank, call) waiting for it.
+        self._attr_waits: dict[str, list[tuple[int, NodeAttrGet]]] = {}
+        self._woken: list[tuple[int, NodeAttrGet, str | None]] = []
+        #: rank -> actions the full runtime must carry out (in order).
+        self._left: dict[int, list[Action]] = {}
+        pmi_engine.log_setup = _log_setup
+
+    # ------------------------------------------------------------------ Store
+    def appnum(self, rank: int) -> int:
+        return 0  # one program
+
+    def universe_size(self) -> int:
+        return self.size  # the head's default on one node without -usize
+
+    def native_info(self, rank: int) -> dict[str, Any]:
+        raise AssertionError("native clients are served by the agent")
+
+    def job_attr(self, key: str) -> str | None:
+        if key == "universeSize":
+            return str(self.size)
+        return self.job_attrs.get(key)
+
+    def put(self, rank: int, key: bytes, value: bytes) -> None:
+        self.kvs.put(rank, key, value)
+
+    def get_now(self, key: bytes) -> bytes | None:
+        return self.kvs.get(key)
+
+    def node_attr_put(self, key: str, value: str) -> None:
+        self.node_attrs[key] = value
+        for rank, call in self._attr_waits.pop(key, ()):
+            self._woken.append((rank, call, value))
+
+    def release(self, rank: int, ident: int) -> None:
+        raise AssertionError("native clients are served by the agent")
+
+    # ------------------------------------------------------------------ serving
+    def serve(self, r: StartedRank) -> bool | None:
+        """Rank ``r``'s PMI socket is readable: serve what it sent.  True: go on; None: the
+        socket reached its end cleanly (never spoke, or after finalize), stop watching
+        it; False: the full runtime must take over (nothing is lost: see :meth:`todo`)."""
+        sock = r.pmi
+        assert sock is not None
+        engine = self.engines.get(r.rank)
+        if engine is None:
+            try:
+                head = sock.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return True
+            if not head:
+                return None  # closed without a word: not an MPI program
+            if head == NATIVE_MAGIC[:1]:
+                return False  # pm.client: the agent serves it, from its first byte
+            engine = self.engines[r.rank] = PmiEngine(self, r.rank)
+        try:
+            data = sock.recv(262144, _socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        if not data:
+            if not engine.finalized:
+                return False  # closed before finalize: the agent names it
+            # Served to the end (the engine says how many bad requests it had).
+            engine.eof()
+            r.pmi = None
+            sock.close()
+            return None
+        ok = self._run(r.rank, engine.feed(data))
+        return self._settle() and ok
+
+    def _run(self, rank: int, acts: list[Action]) -> bool:
+        """Carry out ``acts`` of ``rank``; False (the rest kept for the agent) at the first
+        that needs the full runtime."""
+        for i, act in enumerate(acts):
+            if isinstance(act, Send):
+                sock = self.started.ranks[rank].pmi
+                assert sock is not None
+                # Blocking, but small: the rank reads its replies (PMI-1 and PMI-2
+                # clients wait for each one).
+                sock.sendall(act.data)
+            elif isinstance(act, Event) and act.name in ("init", "finalize"):
+                if act.name == "finalize":
+                    self.kvs.settle(rank)
+            elif isinstance(act, Collective) and act.kind == FENCE:
+                self._fence[rank] = act
+            elif isinstance(act, NodeAttrGet):
+                value = self.node_attrs.get(act.key)
+                if value is not None or not act.wait:
+                    self._woken.append((rank, act, value))
+                else:
+                    self._attr_waits.setdefault(act.key, []).append((rank, act))
+            else:
+                self._left.setdefault(rank, []).extend(acts[i:])
+                return False
+        return True
+
+    def _settle(self) -> bool:
+        """Complete what became complete: node-attribute gets, a fence every rank entered."""
+        ok = True
+        while True:
+            if self._woken:
+                rank, call, value = self._woken.pop(0)
+                ok = self._run(rank, self.engines[rank].complete(call.token, value)) and ok
+                continue
+            if len(self._fence) < self.size:
+                return ok
+            # Every rank entered: their puts are in (NodeKVS counts the fence), all go on.
+            fence, self._fence = self._fence, {}
+            for rank in sorted(fence):
+                self.kvs.take_pending(rank)
+            for rank in sorted(fence):
+                ok = self._run(rank, self.engines[rank].complete(fence[rank].token, None)) and ok
+            self._fences += 1
+            if self._fences <= EARLY_SAMPLES:
+                self._sample_shm()
+
+    def _sample_shm(self) -> None:
+        """Note the /dev/shm files the ranks map now (they go with the job)."""
+        reaper, guardian = self.started.shm_reaper, self.started.guardian
+        if reaper is None:
+            return
+        fresh = reaper.sample([r.pid for r in self.started.ranks if r.pid])
+        if fresh and guardian is not None:
+            guardian.note(fresh)
+
+    # ------------------------------------------------------------------ hand-over
+    def todo(self, rank: int) -> list[Action]:
+        """What the full runtime must carry out for ``rank`` first: the actions the
+        quick phase left, then the calls it still held (a fence others had not entered,
+        a node attribute not put yet)."""
+        acts = list(self._left.pop(rank, ()))
+        fence = self._fence.pop(rank, None)
+        if fence is not None:
+            acts.append(fence)
+        for key in list(self._attr_waits):
+            waits = self._attr_waits[key]
+            acts.extend(call for r, call in waits if r == rank)
+            self._attr_waits[key] = [(r, c) for r, c in waits if r != rank]
+        return acts
+
+
+def _log_setup() -> None:
+    """The engine's first log line in the quick phase: pmrun's format (pm.cli's, which a
+    command line the quick phase runs configures no differently)."""
+    import logging
+
+    if not logging.root.handlers:
+        logging.basicConfig(format="pmrun: %(message)s", level=logging.WARNING)
