@@ -432,7 +432,9 @@ def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
     from pm.proto.errors import PMError
 
     try:
-        return int(run(_main(opts, started)))
+        from pm.agent.owned import checked
+
+        return int(run(checked(_main(opts, started))))
     except UsageError as exc:
         return refuse(exc)
     except PMError as exc:  # a layer's own failure, said where it happened: one line

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
 import logging
 import os
@@ -102,6 +103,13 @@ def _prefix(pattern: str, hosts: list[str], node_of_rank: list[int], rank: int) 
     return prepend_prefix(pattern, rank, hosts[node] if node < len(hosts) else "", node)
 
 
+class RunState(enum.Enum):
+    """Where a job run is, as the head sees it."""
+
+    RUNNING = "running"
+    KILLING = "killing"  # failed or killed: the first cause is named, the rest go
+
+
 class JobRun:
     """One job through the tree. ``start()``, then ``wait()``; ``signal``/``kill`` any time."""
 
@@ -169,7 +177,8 @@ class JobRun:
         self.agent: JobAgent | RootRelay | None = None
         self.children: object | None = None
         self._interrupts = 0
-        self._killing = False
+        #: Running, or killing: ranks that fail from then on do not name the cause.
+        self.state = RunState.RUNNING
         self._stdin_credit = STDIN_WINDOW
         self._stdin_dst = self.plan.hosts and place(spec.size, self.plan.slots)[0]
         self._stdin_reading = False
@@ -347,8 +356,8 @@ class JobRun:
             self.cause = cause
             self.returncode = code
             log.error("%s", cause)
-        if grace <= 0 or not self._killing:
-            self._killing = True
+        if grace <= 0 or self.state is RunState.RUNNING:
+            self.state = RunState.KILLING
             if self.agent is not None:
                 self.agent.kill(cause, grace)
 
@@ -407,7 +416,7 @@ class JobRun:
             return
         if self.spawns is None or self.spawns.all_done():
             self.finished.set_result(None)
-        elif self._killing:
+        elif self.state is RunState.KILLING:
             # A spawned job on a lost node may never say it is done: do not wait for ever.
             self.owned.call_later(KILL_GRACE + 3.0, self._give_up_spawned)
 
@@ -438,7 +447,7 @@ class JobRun:
     def _rank_ended(self, r: RankResult) -> None:
         # (Spawned jobs' ranks: pm.spawned_jobs.HeadSpawns._rank_ended.)
         self.ranks[r.rank] = r
-        if r.ok or self._killing:
+        if r.ok or self.state is RunState.KILLING:
             return
         host = self.plan.hosts[r.node]
         where = f"rank {r.rank} (node {r.node}, {host})"

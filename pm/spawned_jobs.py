@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pm.agent.watch import ExitStatus
 from pm.common.mapping import MappingError, place, process_mapping
+from pm.head import RunState
 from pm.proto import tree_wire as t
 from pm.proto.plan import AppPlan, JobPlan, SpawnOrigin
 from pm.proto.spawn import SpawnCommand
@@ -152,7 +153,7 @@ class HeadSpawns:
     def request(self, parent: int, msg: t.SpawnReq) -> None:
         """Rank ``msg.rank`` of job ``parent`` asks for a new job."""
         try:
-            if self.run._killing:
+            if self.run.state is RunState.KILLING:
                 raise SpawnRefused("the run is ending")
             self._launch(parent, msg)
         except (SpawnRefused, MappingError, ValueError, TypeError, KeyError) as exc:
@@ -281,7 +282,7 @@ class HeadSpawns:
     def _rank_ended(self, rec: SpawnedJob, r: RankResult) -> None:
         rec.ranks[r.rank] = r
         run = self.run
-        if r.ok or run._killing or rec.orphaned:
+        if r.ok or run.state is RunState.KILLING or rec.orphaned:
             return
         host = run.plan.hosts[r.node] if 0 <= r.node < len(run.plan.hosts) else "?"
         where = f"rank {r.rank} of spawned job {rec.job} (node {r.node}, {host})"

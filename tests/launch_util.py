@@ -37,6 +37,7 @@ def pmrun_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env["PATH"] = os.pathsep.join(p for p in (str(BIN), env.get("PATH", "")) if p)
     env.pop("MPIEXEC_TIMEOUT", None)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env["PM_LOOP_CHECK"] = "1"  # pmrun and its agents fail on a task or exception left
     if extra:
         env.update(extra)
     return env

@@ -73,3 +73,40 @@ def test_the_guard_fails_leaked_tasks_and_unhandled_exceptions(tmp_path: Path) -
         line = next(ln for ln in out.splitlines() if f"ERROR test_cases.py::{name}" in ln)
         assert "left on the event loop" in out and why in out, line
     assert proc.returncode == 1, out
+
+
+LEAKY_PROCESS = '''
+import asyncio, sys
+from pm.agent.owned import checked
+
+async def main() -> int:
+    async def fail() -> None:
+        raise RuntimeError("nobody looked")
+    asyncio.get_running_loop().create_task(asyncio.sleep(3600), name="leaked-sleeper")
+    asyncio.get_running_loop().create_task(fail())
+    await asyncio.sleep(0.01)  # the behaviour under test: the failed task goes unobserved
+    return int(sys.argv[1])
+
+sys.exit(asyncio.run(checked(main())))
+'''
+
+
+@pytest.mark.parametrize("check", ["1", ""])
+def test_pmrun_and_agents_fail_on_a_task_or_exception_left_with_the_check_set(
+        tmp_path: Path, check: str) -> None:
+    # pmrun and its agents run their loop through pm.agent.owned.checked; the suite sets
+    # PM_LOOP_CHECK for every pmrun it starts (launch_util.pmrun_env).
+    from launch_util import pmrun_env
+
+    prog = tmp_path / "leaky.py"
+    prog.write_text(LEAKY_PROCESS)
+    proc = subprocess.run([sys.executable, str(prog), "3"], capture_output=True, text=True,
+                          timeout=30, env=pmrun_env({"PM_LOOP_CHECK": check}))
+    if not check:
+        assert proc.returncode == 3, proc.stderr
+        return
+    assert proc.returncode == 70, proc.stderr
+    assert "pm loop check: task left running, nobody owns it" in proc.stderr
+    assert "leaked-sleeper" in proc.stderr
+    assert "pm loop check: Task exception was never retrieved: RuntimeError('nobody looked')" \
+        in proc.stderr, proc.stderr

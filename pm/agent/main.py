@@ -284,6 +284,9 @@ def _first_line() -> tuple[bytes, bytes]:
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
+    from pm.agent.owned import checked
+
+    coro = checked(coro)
     try:
         import uvloop
 

@@ -104,3 +104,39 @@ def _current() -> asyncio.Task[Any] | None:
         return asyncio.current_task()
     except RuntimeError:  # no running loop
         return None
+
+
+#: When set (the test suite sets it), a loop that ends with tasks nobody owns, or that saw
+#: an exception nobody handled, says so on stderr and its process exits with LOOP_CHECK_EXIT.
+CHECK_ENV = "PM_LOOP_CHECK"
+LOOP_CHECK_EXIT = 70
+
+
+def checked(main: Coroutine[Any, Any, int]) -> Coroutine[Any, Any, int]:
+    """``main`` (a process's whole life on its loop), watched if :data:`CHECK_ENV` is set."""
+    import os
+
+    return _checked(main) if os.environ.get(CHECK_ENV) else main
+
+
+async def _checked(main: Coroutine[Any, Any, int]) -> int:
+    import gc
+    import sys
+
+    loop = asyncio.get_running_loop()
+    problems: list[str] = []
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        problems.append(str(context.get("message")) + (f": {exc!r}" if exc else ""))
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    code = await main
+    gc.collect()  # a task's exception nobody retrieved is reported when it is collected
+    me = asyncio.current_task()
+    problems += [f"task left running, nobody owns it: {t!r:.300}"
+                 for t in asyncio.all_tasks() if t is not me and not t.done()]
+    for what in problems:
+        sys.stderr.write(f"pm loop check: {what}\n")
+    return LOOP_CHECK_EXIT if problems else code
