@@ -80,13 +80,19 @@ def test_a_rank_that_cannot_start_stops_the_rest_when_asked() -> None:
 
 
 def test_a_task_without_pmi_gets_no_socket() -> None:
-    started = start_local(_todo(1, ["/bin/sh", "-c", f"echo hi; test -e /proc/self/fd/{PMI_FD}"
-                                                      " && echo leak"]),
+    # What the task finds at PMI_FD must be what pmrun itself had there (an fd its
+    # caller passed down, or nothing), never a socket made for it.
+    try:
+        ours = os.readlink(f"/proc/self/fd/{PMI_FD}") if os.get_inheritable(PMI_FD) else "none"
+    except OSError:
+        ours = "none"
+    started = start_local(_todo(1, ["/bin/sh", "-c", f"echo hi; readlink /proc/self/fd/{PMI_FD}"
+                                                      " || echo none"]),
                           stdin_rank=None, pmi=False)
     (r,) = started.ranks
     try:
         assert r.pmi is None and r.stdin_fd == -1
-        assert _drain(r.out_fd, r.out)[0] == b"hi\n"
+        assert _drain(r.out_fd, r.out)[0] == f"hi\n{ours}\n".encode()
     finally:
         os.waitpid(r.pid, 0)
         r.close()
