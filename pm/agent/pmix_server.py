@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from pm.agent import pmix_lib as L
+from pm.agent import topo_share
 
 # No asyncio or typing at import: pmrun's quick path starts the server (pm.quick).
 TYPE_CHECKING = False
@@ -660,31 +661,12 @@ def _remove_dir(path: str) -> None:
 
 def cleanup_stale(directory: str | None = None) -> list[str]:
     """Remove the PMIx directories of processes that are gone (their lock is free)."""
-    base = directory or _tmp()
-    removed: list[str] = []
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return removed
-    for name in names:
-        path = os.path.join(base, name)
-        if not name.startswith(_PREFIX) or path in _held:
-            continue
-        try:
-            fd = os.open(os.path.join(path, _LOCK), os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            if os.fstat(fd).st_uid != os.getuid():
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # its process is alive
-            import shutil  # (here: pmrun's quick path runs this, and rarely removes)
+    return topo_share.sweep_unlocked(directory or _tmp(), lambda name: name.startswith(_PREFIX),
+                                     lambda path: os.path.join(path, _LOCK), _rmtree, _held)
 
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-        finally:
-            os.close(fd)
-    return removed
+
+def _rmtree(path: str) -> bool:
+    import shutil  # (here: pmrun's quick path runs this, and rarely removes)
+
+    shutil.rmtree(path, ignore_errors=True)
+    return True

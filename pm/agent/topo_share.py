@@ -21,7 +21,7 @@ import zlib
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from pm.agent.topology import Topology
 
@@ -138,20 +138,30 @@ def remove_job_xml(path: str) -> None:
 
 def cleanup_stale(directory: str | None = None) -> list[str]:
     """Remove job copies whose writer is gone (nobody holds their lock); their paths."""
-    base = directory or temp_dir()
+    return sweep_unlocked(directory or temp_dir(),
+                          lambda name: name.startswith(_PREFIX) and name.endswith(_SUFFIX),
+                          lambda path: path, _unlink, _held)
+
+
+def sweep_unlocked(base: str, ours: Callable[[str], bool], lock_of: Callable[[str], str],
+                   remove: Callable[[str], bool], held: Mapping[str, int]) -> list[str]:
+    """Remove the entries of ``base`` whose maker is gone; their paths.
+
+    An entry is one ``ours(name)`` picks, not in ``held`` (this process's own), whose
+    lock file ``lock_of(path)`` is a regular file of this user that nobody holds a
+    flock on: its maker held one until it died.  ``remove(path)`` says whether it went.
+    """
     removed: list[str] = []
     try:
         names = os.listdir(base)
     except OSError:
         return removed
     for name in names:
-        if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
-            continue
         path = os.path.join(base, name)
-        if path in _held:
+        if not ours(name) or path in held:
             continue
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(lock_of(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             continue
         try:
@@ -161,8 +171,8 @@ def cleanup_stale(directory: str | None = None) -> list[str]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                continue  # its agent is alive
-            if _unlink(path):
+                continue  # its maker is alive
+            if remove(path):
                 removed.append(path)
         finally:
             os.close(fd)
