@@ -591,19 +591,9 @@ _held: dict[str, int] = {}
 _SWEEPER = '(read _; rm -rf -- "$0") <&3 >/dev/null 2>&1 &'
 
 
-def _tmp() -> str:
-    """The temporary directory, as :func:`tempfile.gettempdir` finds it (without importing
-    tempfile: pmrun's quick path starts the server)."""
-    for name in ("TMPDIR", "TEMP", "TMP"):
-        d = os.environ.get(name)
-        if d and os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK):
-            return d
-    return "/tmp"
-
-
 def _make_dir() -> str:
     while True:
-        path = os.path.join(_tmp(), f"{_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
+        path = os.path.join(topo_share.temp_dir(), f"{_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
         try:
             os.mkdir(path, 0o700)
             break
@@ -661,7 +651,8 @@ def _remove_dir(path: str) -> None:
 
 def cleanup_stale(directory: str | None = None) -> list[str]:
     """Remove the PMIx directories of processes that are gone (their lock is free)."""
-    return topo_share.sweep_unlocked(directory or _tmp(), lambda name: name.startswith(_PREFIX),
+    return topo_share.sweep_unlocked(directory or topo_share.temp_dir(),
+                                     lambda name: name.startswith(_PREFIX),
                                      lambda path: os.path.join(path, _LOCK), _rmtree, _held)
 
 

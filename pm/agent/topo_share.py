@@ -48,11 +48,12 @@ def _cache_path() -> str:
 
 
 def temp_dir() -> str:
-    """Where job copies and the cache go: $TMPDIR (or $TEMP, $TMP) if it is a directory, else
-    /tmp (tempfile.gettempdir's choice in practice, without importing tempfile)."""
+    """Where job copies, the cache and the PMIx server's directories go: $TMPDIR (or $TEMP,
+    $TMP) if it is a directory we may write, else /tmp (tempfile.gettempdir's choice in
+    practice, without importing tempfile)."""
     for var in ("TMPDIR", "TEMP", "TMP"):
         path = os.environ.get(var)
-        if path and os.path.isdir(path):
+        if path and os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK):
             return os.path.abspath(path)
     return "/tmp"
 
