@@ -184,6 +184,36 @@ def test_unreachable_host_is_named_within_the_join_timeout(ssh_cluster: RealClus
     assert_clean(c)
 
 
+def test_ssh_options_pmrun_adds_keep_the_users_choices(tmp_path: Path) -> None:
+    """-T -x ControlMaster=no for an OpenSSH client; the cheap key exchange first only
+    where neither the configuration nor --ssh chose one; nothing for another program."""
+    from pm.bootstrap.ssh import SLOW_KEX, tuning
+
+    plain = tmp_path / "plain"
+    plain.write_text("Host *\n    User nobody\n")
+    chosen = tmp_path / "chosen"
+    chosen.write_text("Host picky\n    KexAlgorithms sntrup761x25519-sha512@openssh.com\n")
+    default = subprocess.run(["ssh", "-F", "none", "-G", "h"], capture_output=True, text=True,
+                             check=True, timeout=30).stdout
+    kex = next(line.split()[1] for line in default.splitlines()
+               if line.startswith("kexalgorithms "))
+    extra = tuning(["ssh", "-F", str(plain)], "anyhost")
+    assert extra[:4] == ["-T", "-x", "-o", "ControlMaster=no"]
+    if kex.split(",")[0] in SLOW_KEX:  # OpenSSH 9: a post-quantum hybrid first
+        assert extra[4] == "-o"
+        ours = extra[5].removeprefix("KexAlgorithms=").split(",")
+        assert sorted(ours) == sorted(kex.split(","))  # the same, reordered
+        assert ours[0] not in SLOW_KEX and ours[-1] in SLOW_KEX
+    # The configuration chose for this host (not for another); --ssh chose.
+    assert not any(w.startswith("KexAlgorithms") for w in tuning(["ssh", "-F", str(chosen)],
+                                                                 "picky"))
+    assert not any(w.startswith("KexAlgorithms") for w in tuning(
+        ["ssh", "-F", str(plain), "-o", "KexAlgorithms=curve25519-sha256"], "anyhost"))
+    assert tuning(["ssh", "-T", "-x", "-F", str(plain)], "h")[:2] == ["-o", "ControlMaster=no"]
+    # Not OpenSSH (no -G): nothing added; a missing program: nothing either.
+    assert tuning(["true"], "h") == [] and tuning([str(tmp_path / "nossh")], "h") == []
+
+
 def test_default_fanout_over_ssh_is_the_measured_one() -> None:
     from pm.bootstrap.ssh import DEFAULT_FANOUT
     from pm.cli import nodes_of, parse

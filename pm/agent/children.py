@@ -187,6 +187,9 @@ class Children:
             # One hop to two levels: vertex 0's children start with vertex 0.
             self._fosters = set(Tree(len(plan.hosts), plan.fanout).children(0))
             self._todo += sorted(self._fosters)
+        prefetch = getattr(boot, "prefetch", None)
+        if prefetch is not None:  # ssh -G for every child at once, not one by one
+            prefetch([plan.hosts[v] for v in self._todo])
         self._start_more()
         if vertex < 0:
             abandon_early()  # started early for a plan that turned out otherwise

@@ -49,7 +49,12 @@ def prestart(hosts: list[str], given: list[int | None], options: dict[str, Any],
         with contextlib.suppress(Exception):  # vertex -1: the step that starts them all
             _STARTED[-1] = (compress(hosts[:used]), boot.launch_step(hosts[:used]))
         return
-    for v in (0, *Tree(used, max(1, fanout)).children(0)):
+    first = (0, *Tree(used, max(1, fanout)).children(0))
+    prefetch = getattr(boot, "prefetch", None)
+    if prefetch is not None:
+        with contextlib.suppress(Exception):  # ssh -G for every host at once
+            prefetch([hosts[v] for v in first])
+    for v in first:
         try:
             _STARTED[v] = (hosts[v], boot.launch(hosts[v]))
         except Exception:  # started the usual way later, which names the failure
