@@ -37,7 +37,7 @@ quick path off.
 from __future__ import annotations
 
 import _signal
-import functools
+import _socket
 import gc
 import os
 import select
@@ -81,6 +81,10 @@ SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGUSR1, _si
 
 #: What a watched fd is, besides STDOUT and STDERR.
 _PMI, _EXIT = 3, 4
+
+#: Milliseconds without an event after which the quick phase imports the PMI engine
+#: before a rank asks for it (a program such as ``true`` has ended by then).
+IDLE_MS = 4
 
 
 class QuickOptions:
@@ -151,8 +155,8 @@ class QuickStart:
                                          job_id=started.job_id)
         writer.on_broken = self._reader_gone
         if opts.prepend is not None:
-            writer.prefix = functools.partial(prepend_prefix, opts.prepend, host=self.host,
-                                              node=0)
+            pattern, host = opts.prepend, self.host
+            writer.prefix = lambda rank: prepend_prefix(pattern, rank, host=host, node=0)
         self._sig_r = self._sig_w = -1
         self._wake_r = self._wake_w = -1  # PMIx upcalls that need the full path
         self._pmix: Any = None  # pm.agent.pmix_server.PmixServer
@@ -174,7 +178,7 @@ class QuickStart:
             xml = topo_share.cached_xml()
             if xml is None:
                 return False  # the full path discovers the topology (and caches it)
-            started.xml_path = topo_share.write_job_xml(xml, started.job_id)
+            started.xml_path = topo_share.write_job_xml(xml, started.job_id, sweep=False)
             base.update(HWLOC_XMLFILE=started.xml_path, HWLOC_THISSYSTEM="1")
         envs = [rank_env(base, opts.app_env, r, opts.n, self.host, r, opts.n)
                 for r in range(opts.n)]
@@ -202,6 +206,8 @@ class QuickStart:
                 if r.pid:
                     self._pmix.pids[started.pmix, r.rank] = r.pid
             self._pmix.sweep()  # its files go with pmrun, however it ends (off the ranks' path)
+        if started.xml_path:
+            topo_share.cleanup_stale()  # copies of dead agents, swept off the ranks' path too
         return True
 
     def _start_pmix(self, envs: list[dict[str, str]]) -> bool:
@@ -267,13 +273,24 @@ class QuickStart:
         opts_n = self.opts.n
         running = len(self.ranks)
         exited: set[int] = set()
+        # The PMI engine is imported at a rank's first request, or before it, once the
+        # ranks leave us idle a moment (an MPI program's libraries load meanwhile): then
+        # MPI_Init does not wait for the import.
+        idle = self.pmi is None
         while running or any(r.out_fd >= 0 or r.err_fd >= 0 for r in self.ranks):
             wait = -1
             if deadline is not None:
                 wait = int((deadline - time.monotonic()) * 1000)
                 if wait <= 0:
                     return None  # --timeout: the full path ends the job and says so
-            for fd, _mask in poll.poll(wait):
+            if idle:
+                wait = IDLE_MS if wait < 0 else min(wait, IDLE_MS)
+            events = poll.poll(wait)
+            if idle and not events:
+                idle = False
+                import pm.agent.pmi_quick  # noqa: F401
+                continue
+            for fd, _mask in events:
                 if fd == self._sig_r:
                     os.read(fd, 512)
                     if not self._job_control():
@@ -289,6 +306,9 @@ class QuickStart:
                 elif what == _PMI:
                     pmi = self.pmi
                     if pmi is None:
+                        if not _speaks(r):
+                            poll.unregister(fd)  # closed without a word: not an MPI program
+                            continue
                         from pm.agent.pmi_quick import QuickPmi
 
                         pmi = self.pmi = QuickPmi(self.started,
@@ -391,15 +411,18 @@ class QuickStart:
         for r in started.ranks:
             os.waitpid(r.pid, 0)
             r.close()
-        if started.guardian is not None:
-            started.guardian.release()
         self._remove_xml()
-        if self.pmi is not None and started.shm_reaper is not None:
-            # MPI ranks: the /dev/shm files they left, as the agent removes them.
+        clean = False
+        if started.shm_reaper is not None:
+            # The /dev/shm files MPI ranks left, as the agent removes them.
             try:
                 started.shm_reaper.reap()
+                clean = not started.shm_reaper.candidates()
             except OSError:
                 pass
+        if started.guardian is not None:
+            # clean: no segment is left for the guardian to look for in its group's maps.
+            started.guardian.release(clean=clean)
 
     def handover(self) -> StartedRanks:
         """Stop watching: what was started goes, whole, to the full path (pm.cli.take_over)."""
@@ -418,6 +441,18 @@ class QuickStart:
         if self.started.xml_path:
             topo_share.remove_job_xml(self.started.xml_path)
             self.started.xml_path = None
+
+
+def _speaks(r: StartedRank) -> bool:
+    """Whether rank ``r``'s readable PMI socket holds a request rather than its end (a
+    program that never speaks PMI costs no import of the PMI engine)."""
+    assert r.pmi is not None
+    try:
+        return bool(r.pmi.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return True  # nothing after all: QuickPmi.serve says so
+    except OSError:
+        return True  # a broken stream: QuickPmi.serve hands it over
 
 
 #: Signals pmrun got and has not acted on yet (StartedRanks.signals, for the full path).

@@ -94,6 +94,45 @@ def test_a_file_in_use_is_kept(tmp_path: Path, marker: str) -> None:
     assert not os.path.exists(path)
 
 
+MAPPER = r"""
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+os.ftruncate(fd, 4096)
+m = mmap.mmap(fd, 4096)
+os.close(fd)
+print("mapped", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_sample_notes_the_new_files_a_rank_maps_once(marker: str) -> None:
+    """sample() names what the ranks map that is new in /dev/shm, once; with nothing new
+    there it names nothing (and reads no maps)."""
+    import subprocess
+    import sys
+
+    from pm.agent.shm_reaper import ShmReaper
+
+    reaper = ShmReaper()
+    path = f"/dev/shm/mpich_shm_{marker}"
+    idle = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", marker],
+                            stdin=subprocess.PIPE)
+    mapper = None
+    try:
+        assert reaper.sample([idle.pid]) == []
+        mapper = subprocess.Popen([sys.executable, "-c", MAPPER, path, marker],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert mapper.stdout is not None and mapper.stdout.readline() == "mapped\n"
+        assert reaper.sample([idle.pid, mapper.pid]) == [path]
+        assert reaper.sample([idle.pid, mapper.pid]) == []  # seen already
+    finally:
+        for p in (idle, mapper):
+            if p is not None:
+                p.communicate(timeout=30)
+    assert reaper.reap() == [f"mpich_shm_{marker}"]  # nobody maps it any more
+    assert not os.path.exists(path)
+
+
 #: A native-client rank (so its node has a KVS segment) that says where its segment, its
 #: topology copy and its agent are, then waits for ever.
 NATIVE_WAITER = r"""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import select
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -133,6 +134,28 @@ async def test_the_watch_takes_the_pidfd_it_is_given() -> None:
         r.close()
         assert started.guardian is not None
         started.guardian.release()
+
+
+def test_a_guardian_released_clean_still_removes_its_files_and_kills_its_group(
+        tmp_path: Path) -> None:
+    """release(clean=True) spares the guardian its look through every process's maps; the
+    files it was told of go and what is left of the group is killed all the same."""
+    started = start_local(_todo(1, ["/bin/sh", "-c", "sleep 60"]), stdin_rank=None)
+    (r,) = started.ranks
+    guardian = started.guardian
+    assert guardian is not None
+    noted = tmp_path / "noted"
+    noted.write_text("x")
+    guardian.note([str(noted)])
+    guardian.release(clean=True)
+    try:
+        assert select.select([r.pidfd], [], [], 10)[0], "the rank outlived its guardian"
+        _, status = os.waitpid(r.pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9
+        # The guardian removed the file before it killed the group (itself included).
+        assert not noted.exists()
+    finally:
+        r.close()
 
 
 def test_started_ranks_is_importable_without_asyncio() -> None:

@@ -144,13 +144,37 @@ class ShmReaper:
 
     def sample(self, pids: Iterable[int]) -> list[str]:
         """Note the new ``/dev/shm`` files ``pids`` map now; the paths not seen before."""
+        news = self._news()
+        if news is not None and not news:
+            return []  # nothing they could map is new (MPICH unlinks its segment in MPI_Init)
         fresh = []
         for pid in pids:
             for ino, path in mapped_inodes(pid).items():
                 if ino not in self._before and ino not in self._seen:
                     self._seen.add(ino)
                     fresh.append(path)
+                    if news is not None:
+                        news.discard(ino)
+            if news is not None and not news:
+                break  # every new file is found (one rank maps what MPI_Init made)
         return fresh
+
+    def _news(self) -> set[int] | None:
+        """The inodes in ``/dev/shm`` neither there before nor seen since; None if that
+        cannot be told (a directory, whose files it does not list).  The ranks' maps (tens
+        of KiB each, which the kernel writes out on every read) are read only for these."""
+        news: set[int] = set()
+        try:
+            with os.scandir(SHM_DIR) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        return None
+                    ino = e.inode()
+                    if ino not in self._before and ino not in self._seen:
+                        news.add(ino)
+        except OSError:
+            return None
+        return news
 
     def candidates(self) -> list[os.DirEntry[str]]:
         try:

@@ -30,11 +30,14 @@ if TYPE_CHECKING:
 # too: a stopped guardian could not kill the group if its agent died meanwhile.  The
 # lines it reads are files of the job's (Guardian.note): gone with the agent, they go too.
 _GUARDIAN = ("trap '' INT TERM HUP QUIT PIPE USR1 USR2 TSTP TTIN TTOU; "
-             'while IFS= read -r p; do set -- "$@" "$p"; done; '
+             # A line that is not a path: the agent ended the job itself (Guardian.release).
+             'z=; while IFS= read -r p; do case $p in /*) set -- "$@" "$p";; *) z=1;; esac; '
+             'done; '
              # The MPI segments its group's processes (the ranks) map now: an agent killed
              # before it saw them (MPICH makes its segment between two PMI requests of
              # MPI_Init, and no PMI request may follow until finalize) named none of them.
-             'for d in /proc/[0-9]*; do '
+             # Reading every process's stat takes tens of ms of CPU: only when it may help.
+             '[ -n "$z" ] || for d in /proc/[0-9]*; do '
              '{ read -r s < "$d/stat"; } 2>/dev/null || continue; '
              's=${s##*) }; s=${s#* }; s=${s#* }; [ "${s%% *}" = $$ ] || continue; '
              'while read -r a b c e i f; do case $f in '
@@ -255,11 +258,21 @@ class Guardian:
         except OSError:
             pass  # a guardian gone: nothing left to clean after
 
-    def release(self) -> None:
-        """Close our end of the pipe: the guardian kills what is left of the group and exits."""
-        if self._wfd >= 0:
-            os.close(self._wfd)
-            self._wfd = -1
+    def release(self, clean: bool = False) -> None:
+        """Close our end of the pipe: the guardian kills what is left of the group and exits.
+
+        ``clean``: every rank ended and no MPI segment of theirs is left in /dev/shm, so
+        the guardian need not look for any in its group's maps (it removes the files
+        :meth:`note` named all the same)."""
+        if self._wfd < 0:
+            return
+        if clean:
+            try:
+                os.write(self._wfd, b"clean\n")
+            except OSError:
+                pass
+        os.close(self._wfd)
+        self._wfd = -1
 
 
 #: Descriptors an agent holds per local rank (PMI socket, stdout, stderr, pidfd, and

@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
-import zlib
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -42,9 +41,24 @@ def _cache_path() -> str:
     except OSError:
         boot = "noboot"
     cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-    key = f"{boot[:8]}-{zlib.crc32(f'{boot}/{cpus}'.encode()):08x}"
+    key = f"{boot[:8]}-{_crc32(f'{boot}/{cpus}'.encode()):08x}"
     base = os.path.join(temp_dir(), f"pmrun-{os.getuid()}")
     return os.path.join(base, f"topo-{key}.xml")
+
+
+def _crc32(data: bytes) -> int:
+    """zlib.crc32 of ``data``: a few dozen bytes without loading zlib (and libz) on
+    pmrun's start, which costs more than this loop."""
+    if len(data) > 96:  # many cpus
+        import zlib
+
+        return zlib.crc32(data)
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0xEDB88320 & -(crc & 1))
+    return crc ^ 0xFFFFFFFF
 
 
 def temp_dir() -> str:
@@ -105,16 +119,18 @@ _PREFIX, _SUFFIX = "pm-topo-", ".xml"
 _held: dict[str, int] = {}
 
 
-def write_job_xml(xml: bytes, job_id: str) -> str:
+def write_job_xml(xml: bytes, job_id: str, sweep: bool = True) -> str:
     """A copy private to the job (mode 0600); :func:`remove_job_xml` removes it.
 
     The writer holds ``flock(LOCK_EX)`` on the copy until then, so that an
     agent killed with SIGKILL leaves a file :func:`cleanup_stale` can tell is
     orphaned (the kernel drops the lock with the process).  The copy is built
     under a ``.tmp`` name and renamed once locked, so a sweep never sees an
-    unlocked live one.  Stale copies of dead agents are swept first.
+    unlocked live one.  Stale copies of dead agents are swept first (``sweep``; else the
+    caller runs :func:`cleanup_stale` itself, after its ranks started).
     """
-    cleanup_stale()
+    if sweep:
+        cleanup_stale()
     fd, tmp = _create(temp_dir(), f"{_PREFIX}{job_id}-", ".tmp")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -158,8 +174,10 @@ def sweep_unlocked(base: str, ours: Callable[[str], bool], lock_of: Callable[[st
     except OSError:
         return removed
     for name in names:
+        if not ours(name):
+            continue  # most of a shared /tmp
         path = os.path.join(base, name)
-        if not ours(name) or path in held:
+        if path in held:
             continue
         try:
             fd = os.open(lock_of(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)

@@ -3,7 +3,6 @@ stdin goes to rank 0."""
 
 from __future__ import annotations
 
-import functools
 import os
 import stat
 
@@ -239,12 +238,15 @@ class _WriteBehind:
                     break  # abandoned
                 if fd not in self._dead and not write_all(fd, chunk):
                     self._dead.add(fd)  # the other stream may still have a reader
-                    self._call_soon(functools.partial(self._broken, fd))
+                    self._broken_soon(fd)
                 with cond:
                     report = not self._done
                     self._done[tag] = self._done.get(tag, 0) + size
                 if report:
                     self._call_soon(self._report)
+
+    def _broken_soon(self, fd: int) -> None:
+        self._call_soon(lambda: self._broken(fd))
 
     def _call_soon(self, fn: Callable[[], None]) -> None:
         try:  # noqa: SIM105 (contextlib is not imported on pmrun's quick path)
