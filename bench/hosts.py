@@ -161,25 +161,36 @@ def _ssh_costs(runs: int) -> dict[str, float]:
     """Measured: ssh round trip, remote agent start, CPU of one ssh client, per child."""
     from realcluster_util import RealCluster
 
+    from pm.bootstrap.ssh import tuning
+
     with RealCluster(1, slurm=False) as c:
-        ssh = ["ssh", "-F", str(c.ssh_config), c.names[0]]
-        hop, agent, cpu = [], [], []
-        for _ in range(runs):
+        base = ["ssh", "-F", str(c.ssh_config)]
+        ssh = [*base, c.names[0]]
+        # As pmrun runs ssh (its options: pm.bootstrap.ssh.tuning), and as Hydra does.
+        ours = [*base, *tuning(base, c.names[0]), c.names[0]]
+        hop, agent, cpu, plain_cpu = [], [], [], []
+
+        def client(argv: list[str], cpus: list[float]) -> float:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
-            subprocess.run([*ssh, "true"], check=True)
-            hop.append(time.perf_counter() - t0)
+            subprocess.run([*argv, "true"], check=True)
+            took = time.perf_counter() - t0
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
+            cpus.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
+            return took
+
+        for _ in range(runs):
+            hop.append(client(ours, cpu))
+            client(ssh, plain_cpu)
             t0 = time.perf_counter()
             # As a remote agent starts (pm.bootstrap.base.agent_command, lean).
-            subprocess.run([*ssh, shlex.join([
+            subprocess.run([*ours, shlex.join([
                 sys.executable, "-S", "-P", "-c", f"import sys;sys.path+={site_dirs()!r};"
                 "import pm.agent.main, pm.agent.node, pm.agent.children"])],
                 check=True, env=_env())
             agent.append(time.perf_counter() - t0 - hop[-1])
     return {"hop": statistics.median(hop), "agent": max(0.0, statistics.median(agent)),
-            "client_cpu": statistics.median(cpu)}
+            "client_cpu": statistics.median(cpu), "plain_cpu": statistics.median(plain_cpu)}
 
 
 def model_time(n: int, k: int, costs: dict[str, float], limit: int = DEFAULT_LIMIT) -> float:
@@ -202,8 +213,9 @@ def model_time(n: int, k: int, costs: dict[str, float], limit: int = DEFAULT_LIM
 
 
 def hydra_model(n: int, costs: dict[str, float]) -> float:
-    """Hydra over ssh: the head's ssh clients to every host, one hop, a C proxy (no start)."""
-    return costs["hop"] + n * costs["client_cpu"]
+    """Hydra over ssh: the head's ssh clients to every host, one hop, a C proxy (no start);
+    its clients use ssh's default key exchange (``plain_cpu`` each)."""
+    return costs["hop"] + n * costs.get("plain_cpu", costs["client_cpu"])
 
 
 #: Fan-outs the model tries, and ssh limits.
@@ -272,7 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = 1 if args.quick else 5
     sections = []
     if "ssh" in parts:
+        load0 = os.getloadavg()[0]
+        t0 = time.strftime("%H:%M", time.gmtime())
         rows, _ = ssh_rows((4,) if args.quick else (4, 8), runs)
+        load = (f"Measured {t0}–{time.strftime('%H:%M', time.gmtime())} UTC, 1-minute load "
+                f"average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.")
         sections += [
             "## Launch over real ssh: pmrun against Hydra",
             "",
@@ -282,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{', quick run' if args.quick else ''}.",
             "",
             "| hosts | program | pmrun | Hydra `-launcher ssh` | pmrun / Hydra |",
-            "|---|---|---|---|---|", *rows, ""]
+            "|---|---|---|---|---|", *rows, "", load, ""]
     if "slurm" in parts:
         rows, _ = slurm_rows(runs)
         sections += [
@@ -301,10 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             f"Measured here: one ssh round trip {costs['hop']:.2f} s, an agent's start after "
             f"ssh {costs['agent']:.2f} s, one ssh client's CPU {costs['client_cpu'] * 1000:.0f}"
-            " ms. pmrun: the head reaches vertex 0 and its children in one hop, each further "
-            "level is one hop plus its parent's ssh clients (in waves of `--ssh-limit`, one "
-            "hop each); Hydra: one hop, the head runs every host's ssh client (its proxies "
-            "are C: no start-up to pay). Each host has CPUs of its own, as on a cluster.",
+            f" ms as pmrun runs it ({costs['plain_cpu'] * 1000:.0f} ms with ssh's default key "
+            "exchange, as Hydra runs it). pmrun: the head reaches vertex 0 and its children "
+            "in one hop, each further level is one hop plus its parent's ssh clients (in "
+            "waves of `--ssh-limit`, one hop each); Hydra: one hop, the head runs every "
+            "host's ssh client (its proxies are C: no start-up to pay). Each host has CPUs "
+            "of its own, as on a cluster.",
             "",
             f"| hosts | pmrun, fan-out {DEFAULT_FANOUT} (default) | best fan-out: pmrun | "
             f"fan-out 32 | fan-out 32, `--ssh-limit 8` | Hydra |",
@@ -321,8 +339,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = (netns_rows(hosts, runs) if "exec" in parts else []) + (
             local_rows(local, runs) if "local" in parts else [])
         sections += [_fanout_section(rows, runs, args.quick)]
-    write_section("hosts", "\n".join(sections))
+    write_section("hosts", _keep_others("\n".join(sections)))
     return 0
+
+
+def _keep_others(new: str) -> str:
+    """``new`` with the sections of the stored report it does not replace (a run of some
+    parts keeps the others' last figures), in the stored order."""
+    path = ROOT / "bench" / "results" / "hosts.md"
+
+    def split(text: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for chunk in ("\n" + text).split("\n## ")[1:]:
+            out[chunk.split("\n", 1)[0]] = "## " + chunk.rstrip() + "\n"
+        return out
+
+    fresh = split(new)
+    old = split(path.read_text()) if path.exists() else {}
+    merged = [fresh.pop(title, body) for title, body in old.items()] + list(fresh.values())
+    return "\n".join(merged)
 
 
 def _fanout_section(rows: list[str], runs: int, quick: bool) -> str:

@@ -204,9 +204,13 @@ def test_ssh_options_pmrun_adds_keep_the_users_choices(tmp_path: Path) -> None:
         ours = extra[5].removeprefix("KexAlgorithms=").split(",")
         assert sorted(ours) == sorted(kex.split(","))  # the same, reordered
         assert ours[0] not in SLOW_KEX and ours[-1] in SLOW_KEX
-    # The configuration chose for this host (not for another); --ssh chose.
+    # The configuration chose (for some host, here or in a file it includes); --ssh chose.
     assert not any(w.startswith("KexAlgorithms") for w in tuning(["ssh", "-F", str(chosen)],
                                                                  "picky"))
+    including = tmp_path / "including"
+    including.write_text(f"Include {chosen}\nHost *\n    User nobody\n")
+    assert not any(w.startswith("KexAlgorithms") for w in tuning(
+        ["ssh", "-F", str(including)], "other"))
     assert not any(w.startswith("KexAlgorithms") for w in tuning(
         ["ssh", "-F", str(plain), "-o", "KexAlgorithms=curve25519-sha256"], "anyhost"))
     assert tuning(["ssh", "-T", "-x", "-F", str(plain)], "h")[:2] == ["-o", "ControlMaster=no"]

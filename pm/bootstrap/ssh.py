@@ -24,21 +24,26 @@ verification failed.``, ``connect to host ... No route to host``.
 Options pmrun adds (:func:`tuning`), to an OpenSSH client only (one that answers
 ``ssh -G``), after the user's words so the ssh configuration still decides the rest:
 ``-T -x`` (no tty, no X11, as Hydra's ``-x``), ``ControlMaster=no`` (a master the
-user already has is used; none is ever left behind), and, when neither the
-configuration nor ``--ssh`` chose the key exchange, the classic ``curve25519``
-exchange first: OpenSSH 9's default, ``sntrup761x25519``, costs the client ~90 ms
-of CPU per connection (measured here: 105 ms against 15 ms a client), which a
-head starting many agents pays on the launch's critical path.  The post-quantum
-exchange stays in the list, after it.  ``--ssh 'ssh -o KexAlgorithms=...'`` or
-the ssh configuration's ``KexAlgorithms`` keeps the user's choice.
+user already has is used; none is ever left behind), and, when neither ``--ssh``
+nor the configuration files ssh reads (with their ``Include``s) name
+``KexAlgorithms``, the classic ``curve25519`` exchange first: OpenSSH 9's
+default, ``sntrup761x25519``, costs the client ~90 ms of CPU per connection
+(measured here: 105 ms against 15 ms a client), which a head starting many
+agents pays on the launch's critical path.  The post-quantum exchange stays in
+the list, after it.  ``--ssh 'ssh -o KexAlgorithms=...'`` or a ``KexAlgorithms``
+line in the ssh configuration keeps the user's choice.  One ``ssh -G`` (``-F
+none``: the client's own defaults) stands for every host; a wrapper given as
+``--ssh`` (which may read another file) is asked about each host.
 """
 
 from __future__ import annotations
 
 import functools
+import glob
 import logging
 import math
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -120,21 +125,22 @@ def _parse_g(text: str) -> dict[str, str]:
     return out
 
 
-def ssh_config(base: list[str], hosts: list[str]) -> dict[str, dict[str, str]]:
-    """What ``ssh -G`` (the configuration only, no connection: ~6 ms of CPU) says for each
-    of ``hosts`` with the command ``base``; cached, and run for all uncached hosts at once.
-    ``{}`` for a host when that ssh cannot say (not OpenSSH, a wrapper that ignores -G)."""
-    key = tuple(base)
-    todo = [h for h in dict.fromkeys(hosts) if (key, h) not in _CONFIG]
-    procs: list[tuple[str, subprocess.Popen[str] | None]] = []
-    for host in todo:
+def _ask(pairs: list[tuple[list[str], str]]) -> None:
+    """Run ``ssh -G`` (the configuration only, no connection: ~6 ms of CPU) for every
+    uncached (command, host) of ``pairs`` at once and cache what each says (``{}`` when
+    that ssh cannot say: not OpenSSH, a wrapper that ignores -G)."""
+    procs: list[tuple[tuple[tuple[str, ...], str], subprocess.Popen[str] | None]] = []
+    for base, host in pairs:
+        key = (tuple(base), host)
+        if key in _CONFIG or any(k == key for k, _ in procs):
+            continue
         try:
-            procs.append((host, subprocess.Popen(
+            procs.append((key, subprocess.Popen(
                 [*base, "-G", host], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL, text=True)))
         except OSError:
-            procs.append((host, None))
-    for host, proc in procs:
+            procs.append((key, None))
+    for key, proc in procs:
         out = ""
         if proc is not None:
             try:
@@ -143,31 +149,100 @@ def ssh_config(base: list[str], hosts: list[str]) -> dict[str, dict[str, str]]:
                 proc.kill()
                 proc.communicate()
             out = out if proc.returncode == 0 else ""
-        _CONFIG[(key, host)] = _parse_g(out)
-    return {h: _CONFIG[(key, h)] for h in hosts}
+        _CONFIG[key] = _parse_g(out)
 
 
-def _default_kex(program: str) -> str:
-    """The key exchanges ``program`` uses when no configuration chooses (``-F none``)."""
-    return ssh_config([program, "-F", "none"], ["h"])["h"].get("kexalgorithms", "")
+def ssh_config(base: list[str], hosts: list[str]) -> dict[str, dict[str, str]]:
+    """What ``ssh -G`` says for each of ``hosts`` with the command ``base`` (cached)."""
+    _ask([(base, h) for h in hosts])
+    return {h: _CONFIG[(tuple(base), h)] for h in hosts}
+
+
+def _default_base(program: str) -> list[str]:
+    """``program`` with no configuration (``-F none``): what it does when nobody chose."""
+    return [program, "-F", "none"]
+
+
+_KEX_LINE = re.compile(r"^\s*kexalgorithms\b", re.IGNORECASE | re.MULTILINE)
+_INCLUDE = re.compile(r"^\s*include\s+(.+)$", re.IGNORECASE | re.MULTILINE)
+
+
+@functools.cache
+def _config_mentions_kex(base: tuple[str, ...]) -> bool | None:
+    """Whether the ssh command ``base`` or a configuration file it reads names
+    ``KexAlgorithms`` anywhere (for any host); None when we cannot tell: not the ssh
+    program itself (a wrapper may read another file), an unreadable file.  When it
+    does not, no host's key exchange was chosen and one ``ssh -G`` stands for all."""
+    if os.path.basename(base[0]) != "ssh":
+        return None
+    words = list(base[1:])
+    if any("kexalgorithms" in w.lower() for w in words):
+        return True
+    files: list[str] = []
+    for i, w in enumerate(words):
+        if w == "-F" and i + 1 < len(words):
+            files = [words[i + 1]]
+        elif w.startswith("-F") and len(w) > 2:
+            files = [w[2:]]
+    if files == ["none"]:
+        return False
+    user_dir = os.path.expanduser("~/.ssh")
+    todo = [(f, user_dir) for f in files] or [
+        (os.path.join(user_dir, "config"), user_dir), ("/etc/ssh/ssh_config", "/etc/ssh")]
+    seen: set[str] = set()
+    while todo:
+        path, rel = todo.pop()
+        if path in seen or len(seen) > 64:
+            continue
+        seen.add(path)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+        if _KEX_LINE.search(text):
+            return True
+        for line in _INCLUDE.findall(text):
+            for pattern in shlex.split(line):
+                pattern = os.path.join(rel, os.path.expanduser(pattern))
+                todo += [(p, rel) for p in sorted(glob.glob(pattern))]
+    return False
+
+
+def _kex_choice(base: list[str], host: str) -> tuple[bool, str]:
+    """(whether ``base`` is an OpenSSH client, the key exchanges pmrun puts first for
+    ``host``: ``""`` when it keeps what the user's ssh does)."""
+    mentions = _config_mentions_kex(tuple(base))
+    default = _default_base(base[0])
+    if mentions is None:
+        _ask([(base, host), (default, "h")])
+        kex = _CONFIG[(tuple(base), host)].get("kexalgorithms", "")
+    else:
+        _ask([(default, "h")])
+        kex = _CONFIG[(tuple(default), "h")].get("kexalgorithms", "")
+    if not kex:
+        return False, ""
+    algos = kex.split(",")
+    fast = [a for a in algos if a not in SLOW_KEX]
+    if mentions or algos[0] not in SLOW_KEX or not fast or \
+            kex != _CONFIG[(tuple(default), "h")].get("kexalgorithms"):
+        return True, ""
+    return True, ",".join(fast + [a for a in algos if a in SLOW_KEX])
 
 
 def tuning(base: list[str], host: str) -> list[str]:
     """The options pmrun adds for ``host`` after ``base`` (see the module docstring);
     none for an ssh that does not answer ``-G`` like OpenSSH."""
-    conf = ssh_config(base, [host])[host]
-    kex = conf.get("kexalgorithms")
-    if not kex:
+    openssh, kex = _kex_choice(base, host)
+    if not openssh:
         return []
     extra = [w for w in ("-T", "-x") if w not in base]
     if "ControlMaster=no" not in base:
         extra += ["-o", "ControlMaster=no"]
-    algos = kex.split(",")
-    if algos[0] in SLOW_KEX and kex == _default_kex(base[0]):
-        fast = [a for a in algos if a not in SLOW_KEX]
-        if fast:
-            extra += ["-o", "KexAlgorithms=" + ",".join(fast + [a for a in algos
-                                                               if a in SLOW_KEX])]
+    if kex:
+        extra += ["-o", "KexAlgorithms=" + kex]
     return extra
 
 
@@ -196,8 +271,13 @@ class SshBootstrap(CommandBootstrap):
         ssh_argv("h", ["c"], self.ssh, self.user)  # fail early on a broken --ssh
 
     def prefetch(self, hosts: list[str]) -> None:
-        """Ask ``ssh -G`` about all of ``hosts`` at once (before they are started one by one)."""
-        ssh_config(ssh_base(self.ssh, self.user), [h for h in hosts if not is_this_machine(h)])
+        """Ask ``ssh -G`` what it must about all of ``hosts`` at once (before they start one
+        by one): once in all, or once a host when the configuration cannot be read here."""
+        base = ssh_base(self.ssh, self.user)
+        pairs = [(_default_base(base[0]), "h")]
+        if _config_mentions_kex(tuple(base)) is None:
+            pairs += [(base, h) for h in hosts if not is_this_machine(h)]
+        _ask(pairs)
 
     def argv(self, host: str) -> list[str]:
         argv = ssh_argv(host, agent_command(self.python, lean=True), self.ssh, self.user)
