@@ -223,7 +223,7 @@ def test_default_fanout_over_ssh_is_the_measured_one() -> None:
     from pm.cli import nodes_of, parse
 
     nodes = nodes_of(parse(["-hosts", "nodeA,nodeB", "true"]))
-    assert nodes.fanout == DEFAULT_FANOUT == 8  # type: ignore[attr-defined]
+    assert nodes.fanout == DEFAULT_FANOUT == 16  # type: ignore[attr-defined]
     nodes = nodes_of(parse(["-hosts", "nodeA,nodeB", "--fanout", "32", "true"]))
     assert nodes.fanout == 32  # type: ignore[attr-defined]
     assert nodes_of(parse(["--local-nodes", "2", "true"])).fanout == 32  # type: ignore[attr-defined]

@@ -61,10 +61,12 @@ DEFAULT_SSH = ("ssh", "-T", "-x", "-o", "BatchMode=yes")
 #: How many ssh connections one agent starts at once unless told (``--ssh-limit``).
 DEFAULT_LIMIT = 32
 #: The tree's fan-out over ssh unless told (``--fanout``).  Measured here (bench/hosts.py):
-#: an ssh hop 0.39 s, an agent's start 0.23 s, one ssh client 75 ms of its parent's CPU;
-#: the launch model then favours 8 (64 hosts: 2.5 s against 6.1 s with 32; 16,384: 6.2 s
-#: against 9.1 s): a parent's clients cost more than a level's hop beyond that.
-DEFAULT_FANOUT = 8
+#: an ssh hop 0.28 s, an agent's start 0.13 s, one ssh client 16 ms of its parent's CPU
+#: (with :func:`tuning`'s key exchange; 113 ms with OpenSSH 9's default).  The launch model
+#: then favours 16 from tens to thousands of hosts (16 hosts: 0.67 s against 1.09 s with 8;
+#: 1,024: 2.01 s against 2.17 s; 16,384: 2.68 s against 2.71 s), 8 at 64 hosts (1.09 s
+#: against 1.35 s): 16 is never more than 24 % off the best there, 8 up to 63 %.
+DEFAULT_FANOUT = 16
 
 
 #: Key exchanges that cost the client far more CPU than curve25519 (post-quantum hybrids).
@@ -205,7 +207,11 @@ def _config_mentions_kex(base: tuple[str, ...]) -> bool | None:
         if _KEX_LINE.search(text):
             return True
         for line in _INCLUDE.findall(text):
-            for pattern in shlex.split(line):
+            try:
+                patterns = shlex.split(line)
+            except ValueError:  # ssh would refuse it: let ssh -G say for each host
+                return None
+            for pattern in patterns:
                 pattern = os.path.join(rel, os.path.expanduser(pattern))
                 todo += [(p, rel) for p in sorted(glob.glob(pattern))]
     return False
