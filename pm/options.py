@@ -399,7 +399,7 @@ OPTIONS = (
         help="run N node agents on this machine, each acting as a node with its own KVS"),
     Opt("--fanout", "fanout", whole(1), metavar="K", quick=True, group=TREE,
         help="width of the agent tree (default 32; 16 over ssh)"),
-    Opt("--kvs", "kvs", choice("shm", "socket"), metavar="shm|socket", group=TREE,
+    Opt("--kvs", "kvs", choice("shm", "socket"), metavar="shm|socket", quick=True, group=TREE,
         help="how ranks using pm.client read the node's KVS (default shm)"),
     Opt("--profile", "profile", writable_file, metavar="FILE", group=TREE,
         help="write a Chrome trace of the start-up timeline to FILE"),

@@ -4,7 +4,7 @@ Most of pmrun's own start-up is importing asyncio, the agent and the PMI
 server.  A job that runs on this machine only (no hosts, no Slurm allocation,
 one program, and only options the table of :mod:`pm.options` marks ``quick``:
 ``-n``, the ``-genv*``/``-env*`` family, ``-l``, ``-wdir``, ``--timeout``,
-``--output``/``--error`` and, meaning nothing on one node, ``-ppn``/``--fanout``;
+``--output``/``--error``, ``--kvs`` and, meaning nothing on one node, ``-ppn``/``--fanout``;
 see :func:`pm.options.quick_ok`) is therefore started *before* any of that is
 imported, by this module, which imports C modules and a few small modules of
 pmrun only.  The command line is checked by the same parser either way.
@@ -14,11 +14,11 @@ The same loop serves the ranks' PMI-1 and PMI-2 requests with the agent's own
 sans-IO engine (:mod:`pm.agent.pmi_quick`): an MPI job on one node is wired up,
 runs and ends here, without asyncio or the agent ever being imported.  The
 first thing that needs more hands the running job to the full path: a request
-the quick phase does not serve (a native ``pm.client`` rank, spawn, the name
-service, an abort, a broken stream), a rank that fails, stdin data for rank 0,
-a signal pmrun must forward, or the timeout.  The ranks' pids, PMI sockets
-(with their engines, the KVS and what is left to do), pipes and partial output
-lines go to the in-process agent of :mod:`pm.head`
+the quick phase does not serve (a ``pm.client`` rank unless ``--kvs socket``, an
+allgather, spawn, the name service, an abort, a broken stream), a rank that
+fails, stdin data for rank 0, a signal pmrun must forward, or the timeout.
+The ranks' pids, PMI sockets (with their engines, the KVS and what is left to
+do), pipes and partial output lines go to the in-process agent of :mod:`pm.head`
 (:meth:`pm.agent.node.JobAgent.adopt_ranks`), which serves them from there as
 if it had started them.  A job whose programs never speak PMI (``true``, a
 shell script) costs little more than the interpreter's start.
@@ -90,8 +90,8 @@ IDLE_MS = 4
 class QuickOptions:
     """The part of a command line the quick path runs (one program, on this machine)."""
 
-    __slots__ = ("app_env", "argv", "env_mode", "error", "genv", "genvlist", "label", "n",
-                 "output", "pmix", "prepend", "timeout", "wdir")
+    __slots__ = ("app_env", "argv", "env_mode", "error", "genv", "genvlist", "kvs", "label",
+                 "n", "output", "pmix", "prepend", "timeout", "wdir")
 
     def __init__(self) -> None:
         self.n = 1
@@ -109,6 +109,8 @@ class QuickOptions:
         self.error: str | None = None
         #: Serve PMIx too (pm.agent.pmix_detect): the ranks get the server's variables.
         self.pmix = False
+        #: --kvs: with "socket", pm.client ranks are served here too (pm.agent.pmi_quick).
+        self.kvs = "shm"
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
@@ -133,6 +135,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     opts.timeout = v.get("timeout")  # type: ignore[assignment]
     opts.output = v.get("output")  # type: ignore[assignment]
     opts.error = v.get("error")  # type: ignore[assignment]
+    opts.kvs = v.get("kvs") or "shm"  # type: ignore[assignment]
     opts.pmix = wants_pmix(str(v.get("mpi") or "auto"), opts.argv[:1], environ.get("PATH"))
     return opts
 
@@ -161,7 +164,9 @@ class QuickStart:
         self._wake_r = self._wake_w = -1  # PMIx upcalls that need the full path
         self._pmix: Any = None  # pm.agent.pmix_server.PmixServer
         self._stdin = stdin_for_job()
-        self._poll = select.poll()
+        #: The loop's fds, registered once (epoll: its cost is what is ready, not what is
+        #: watched, which with 32 ranks is 130 fds).
+        self._poll: select.epoll | None = None
         #: The ranks' PMI, from the first byte one of them sends.
         self.pmi: QuickPmi | None = None
 
@@ -255,7 +260,10 @@ class QuickStart:
         """Serve the ranks until they all ended well (0), or the full path must go on (None)."""
         if self.started.failed:
             return None
-        poll = self._poll
+        try:
+            poll = self._poll = select.epoll()
+        except OSError:
+            return None  # out of descriptors: the full path says so
         # fd -> (what, rank): STDOUT, STDERR, _PMI or _EXIT (the pidfd).
         table: dict[int, tuple[int, StartedRank]] = {}
         for r in self.ranks:
@@ -263,12 +271,15 @@ class QuickStart:
             for what, fd in ((STDOUT, r.out_fd), (STDERR, r.err_fd), (_PMI, r.pmi.fileno()),
                              (_EXIT, r.pidfd)):
                 table[fd] = (what, r)
-                poll.register(fd, select.POLLIN)
-        poll.register(self._sig_r, select.POLLIN)
+                poll.register(fd, select.EPOLLIN)
+        poll.register(self._sig_r, select.EPOLLIN)
         if self._wake_r >= 0:
-            poll.register(self._wake_r, select.POLLIN)
+            poll.register(self._wake_r, select.EPOLLIN)
         if self._stdin is not None:
-            poll.register(self._stdin, select.POLLIN)
+            try:
+                poll.register(self._stdin, select.EPOLLIN)
+            except PermissionError:
+                return None  # a regular file: data for rank 0 at once
         deadline = None if self.opts.timeout is None else self.started.t0 + self.opts.timeout
         opts_n = self.opts.n
         running = len(self.ranks)
@@ -278,9 +289,9 @@ class QuickStart:
         # MPI_Init does not wait for the import.
         idle = self.pmi is None
         while running or any(r.out_fd >= 0 or r.err_fd >= 0 for r in self.ranks):
-            wait = -1
+            wait = -1.0
             if deadline is not None:
-                wait = int((deadline - time.monotonic()) * 1000)
+                wait = deadline - time.monotonic()
                 if wait <= 0:
                     return None  # --timeout: the full path ends the job and says so
             if idle:
@@ -312,10 +323,13 @@ class QuickStart:
                         from pm.agent.pmi_quick import QuickPmi
 
                         pmi = self.pmi = QuickPmi(self.started,
-                                                  kvsname_of(self.started.job_id), opts_n)
+                                                  kvsname_of(self.started.job_id), opts_n,
+                                                  native=self.opts.kvs == "socket",
+                                                  host=self.host)
                     served = pmi.serve(r)
-                    if served is None:
-                        poll.unregister(fd)  # its end: finalized, or never spoke
+                    if served is None:  # its end: finalized, or never spoke
+                        if r.pmi is not None:
+                            poll.unregister(fd)  # (a closed fd leaves the set by itself)
                     elif not served:
                         return None  # the agent takes it from there
                 elif r.rank not in exited:
@@ -379,6 +393,7 @@ class QuickStart:
         fd = r.out_fd if stream == STDOUT else r.err_fd
         if fd < 0:
             return
+        assert self._poll is not None
         self._poll.unregister(fd)
         os.close(fd)
         if stream == STDOUT:
@@ -397,6 +412,7 @@ class QuickStart:
         engine = self.pmi.engines.get(r.rank) if self.pmi is not None else None
         if engine is not None and engine.initialized and not engine.finalized:
             return False  # exited without PMI finalize: the agent names it
+        assert self._poll is not None
         self._poll.unregister(r.pidfd)  # its pidfd stays open: the agent may watch it
         # Its ends of the pipes closed before it became a zombie: what is left is there.
         for stream in (STDOUT, STDERR):
@@ -429,6 +445,9 @@ class QuickStart:
         # Signals are still noted (until the event loop installs its handlers); the event
         # loop brings its own wake-up fd.
         _signal.set_wakeup_fd(-1)
+        if self._poll is not None:
+            self._poll.close()
+            self._poll = None
         for fd in (self._sig_r, self._sig_w):
             if fd >= 0:
                 os.close(fd)

@@ -515,3 +515,77 @@ def test_pmi1_engine_loads_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60, cwd=str(root))
     assert out.stdout.strip() == ""
+
+
+# --------------------------------------------------------------------- the hot path
+@dataclass
+class AnsweringDriver(Driver):
+    """Drives the engine as the shells do: :meth:`PmiEngine.answer` first, then
+    ``feed(data, fast=False)`` when it declines."""
+
+    answered: list[bytes] = field(default_factory=list)
+
+    def feed(self, data: bytes) -> bytes:
+        reply = self.engine.answer(data)
+        if reply is not None:
+            self.answered.append(data)
+            return reply
+        return self.take(self.engine.feed(data, fast=False))
+
+
+@pytest.mark.parametrize(("table", "rank"), [(PMI1, 0), (PMI2, 1), (NATIVE, 0)],
+                         ids=["pmi1", "pmi2", "native"])
+def test_answer_then_feed_gives_the_golden_replies(table: list[Row], rank: int) -> None:
+    """Every golden row reads the same reply when the hot path is tried first; the hot
+    path answers only gets (and PMI-1 puts) the store has an answer for now."""
+    d = AnsweringDriver(PmiEngine(Store(), rank))
+    run_table(d, table)
+    if table is PMI2:
+        assert d.answered == []  # PMI-2 takes the general path
+        return
+    assert d.answered, "the hot path answered nothing"
+    for wire in d.answered:
+        assert b"get" in wire or b"cmd=put" in wire, wire
+
+
+def test_answer_declines_without_doing_anything() -> None:
+    """None from answer() means nothing was consumed or changed: feed takes the bytes."""
+    store = Store()
+    e = PmiEngine(store, 0)
+    put = b"cmd=put kvsname=kvs_golden_1 key=a value=1\n"
+    assert e.answer(put) is None  # protocol not known yet
+    e.feed(b"cmd=init pmi_version=1 pmi_subversion=1\n")
+    assert e.answer(put) == b"cmd=put_result rc=0\n" and store.kvs == {b"a": b"1"}
+    get = b"cmd=get kvsname=kvs_golden_1 key=a\n"
+    assert e.answer(get) == b"cmd=get_result rc=0 value=1\n"
+    for declined in (b"cmd=get kvsname=kvs_golden_1 key=a extra\n",  # a bad token
+                     b"cmd=get kvsname=kvs_golden_1 key=PMI_process_mapping\n",  # job attribute
+                     b"cmd=get kvsname=kvs_other key=a\n",  # another job: an error reply
+                     b"cmd=put kvsname=kvs_golden_1 key=PMI_x value=1\n",  # reserved
+                     get + get,  # two lines: one write for both, from feed
+                     get[:-1],  # a partial line
+                     b"cmd=barrier_in\n"):
+        assert e.answer(declined) is None, declined
+    assert store.kvs == {b"a": b"1"}
+    assert e.feed(b"cmd=get kvsname=kvs_golden_1 ") == []  # a partial line is buffered
+    assert e.answer(b"key=a\n") is None  # ... so the rest is not a line of its own
+    assert e.feed(b"key=a\n", fast=False) == [Send(b"cmd=get_result rc=0 value=1\n")]
+    assert e.feed(b"cmd=barrier_in\n") and e.answer(get) is None  # behind a pending call
+
+
+def test_native_answer_declines_what_may_wait() -> None:
+    store = Store()
+    e = PmiEngine(store, 0)
+    assert e.answer(native.MAGIC + fr(1, "init")) is None
+    e.feed(native.MAGIC)
+    assert e.answer(fr(2, "get", b"k", 0)) is None  # before init: feed refuses it
+    e.feed(fr(1, "init"))
+    assert e.answer(fr(3, "get", b"k", 0)) == fr(3, True, None)  # own key: a final miss
+    assert e.answer(fr(4, "get", b"k", 1)) is None  # another rank's: may come (a call)
+    store.kvs[native.rank_key(1, b"k")] = b"v1"
+    assert e.answer(fr(5, "get", b"k", 1)) == fr(5, True, b"v1")
+    assert e.answer(fr(6, "get", b"k", 1) + fr(7, "get", b"k", 1)) is None  # two frames
+    assert e.answer(fr(8, "put", b"k", b"v")) is None  # puts take the general path
+    assert e.answer(fr(9, "get", b"k", 5)) is None  # a bad rank: feed names it
+    assert e.feed(fr(10, "get", b"k", 1)[:3]) == []
+    assert e.answer(fr(11, "get", b"k", 1)) is None  # a frame under way

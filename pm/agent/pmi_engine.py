@@ -134,6 +134,7 @@ class PmiEngine:
         #: Whether the rank ever initialized / finalized (CLOSED keeps what came before).
         self._inited = self._finalized = False
         self._kvsname = store.kvsname.encode()
+        self._get_head = b"cmd=get kvsname=%s key=" % self._kvsname
         self._head = b""
         self._p1: pmi1.Pmi1Decoder | None = None
         self._p2: pmi2.Pmi2Decoder | None = None
@@ -175,8 +176,9 @@ class PmiEngine:
         self.phase = phase
 
     # ------------------------------------------------------------------ driving
-    def feed(self, data: bytes) -> list[Action]:
-        """Bytes the rank sent: the actions they call for."""
+    def feed(self, data: bytes, fast: bool = True) -> list[Action]:
+        """Bytes the rank sent: the actions they call for.  ``fast=False``: the caller
+        tried :meth:`answer` on these bytes already (it is not tried again)."""
         if self.closed:
             return []
         try:
@@ -190,15 +192,32 @@ class PmiEngine:
                 for frame in nat.feed(data):
                     serve(self, frame)
             elif self._p1 is not None:
-                if not (self._p1.idle and not self._busy and self._fast1(data)):
+                reply = self._fast1(data) if fast and self._p1.idle and not self._busy else None
+                if reply is None:
                     self._queue.extend(self._p1.feed(data))
                     self._pump()
+                else:
+                    self._out.append(reply)
             elif self._p2 is not None:
                 self._queue.extend(self._p2.feed(data))
                 self._pump()
         except ProtocolError as exc:
             self._fatal(str(exc))
         return self._flush()
+
+    def answer(self, data: bytes) -> bytes | None:
+        """The reply if ``data`` is exactly one get (or a PMI-1 put) the rank may send now
+        and the store answers at once; else None, with nothing done (:meth:`feed` takes
+        the bytes).  A shell's hot path: one call, the reply to write, no action list."""
+        if self._busy or self.phase is Phase.CLOSED:
+            return None
+        p1 = self._p1
+        if p1 is not None:
+            return self._fast1(data) if p1.idle else None
+        if self._nat is not None:
+            reply: bytes | None = self._native.answer(self, data)
+            return reply
+        return None
 
     def complete(self, token: int, result: Any) -> list[Action]:
         """The call ``token`` finished with ``result``."""
@@ -364,21 +383,32 @@ class PmiEngine:
         self._busy = True
         self._call(call, finish, on_error)
 
-    def _fast1(self, data: bytes) -> bool:
-        """A lone plain get or put line, answered without building a command; False
-        (nothing done) for anything else, which takes the general path."""
+    def _fast1(self, data: bytes) -> bytes | None:
+        """The reply to a lone plain get or put line, answered without building a command;
+        None (nothing done) for anything else, which takes the general path."""
         if data[-1:] != b"\n" or data.find(b"\n") != len(data) - 1 or not data.isascii():
-            return False
+            return None
+        if not data.startswith(self._get_head):
+            return self._fast1_tokens(data)
+        # MPICH's get, exactly: "cmd=get kvsname=<ours> key=<key>\n".
+        key = data[len(self._get_head):-1]
+        if not (key.isalnum() or key.split() == [key]) or key.startswith(b"PMI_"):
+            return self._fast1_tokens(data)  # more tokens, or a job attribute
+        raw = self.store.get_now(key)
+        return (b"cmd=get_result rc=1 msg=key_not_found\n" if raw is None
+                else b"cmd=get_result rc=0 value=%s\n" % raw)
+
+    def _fast1_tokens(self, data: bytes) -> bytes | None:
         toks = data.split()
         cmd = toks[0] if toks else b""
         if cmd != b"cmd=get" and cmd != b"cmd=put":
-            return False
+            return None
         kvs = key = None
         value = b""
         for tok in toks[1:]:
             k, sep, v = tok.partition(b"=")
             if not sep or not k:
-                return False
+                return None
             if k == b"key":
                 key = v
             elif k == b"kvsname":
@@ -387,15 +417,13 @@ class PmiEngine:
                 value = v
         if key is None or key.startswith(b"PMI_") or (
                 kvs is not None and kvs != self._kvsname):
-            return False
+            return None
         if cmd == b"cmd=get":
             raw = self.store.get_now(key)
-            self._out.append(b"cmd=get_result rc=1 msg=key_not_found\n" if raw is None
-                             else b"cmd=get_result rc=0 value=%s\n" % raw)
-        else:
-            self.store.put(self.rank, key, value)
-            self._out.append(b"cmd=put_result rc=0\n")
-        return True
+            return (b"cmd=get_result rc=1 msg=key_not_found\n" if raw is None
+                    else b"cmd=get_result rc=0 value=%s\n" % raw)
+        self.store.put(self.rank, key, value)
+        return b"cmd=put_result rc=0\n"
 
     # -- PMI-1 commands (each adds its reply to _out, or starts a call)
     def _init1(self, c: pmi1.Pmi1Command) -> None:

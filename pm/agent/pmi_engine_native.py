@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+
 from pm.agent.pmi_actions import (
     ALLGATHER,
     BARRIER,
@@ -23,7 +25,7 @@ from pm.agent.pmi_actions import (
     Spawn,
 )
 from pm.agent.pmi_engine import _clamp
-from pm.proto import native, spawn
+from pm.proto import native
 from pm.proto.errors import PMError, ProtocolError
 
 if TYPE_CHECKING:
@@ -32,6 +34,35 @@ if TYPE_CHECKING:
 
 #: Native ops whose replies keep request order per kind.
 _COLLECTIVE_OPS = frozenset((native.FENCE, native.BARRIER, native.ALLGATHER, native.RING))
+
+
+_unpackb = msgpack.unpackb
+
+
+def answer(e: PmiEngine, data: bytes) -> bytes | None:
+    """The reply if ``data`` is exactly one frame, a get of a key this node has (or of
+    the rank's own, a miss then), and the rank is initialized; else None, nothing done."""
+    if (len(data) < 5 or int.from_bytes(data[:4], "big") + 4 != len(data)
+            or not e._inited or not e._nat.idle):  # type: ignore[union-attr]
+        return None
+    try:
+        frame = _unpackb(data[4:], raw=False)
+    except Exception:
+        return None  # the general path names it
+    if type(frame) is not list or len(frame) != 4 or frame[1] != "get":
+        return None
+    req, key, src = frame[0], frame[2], frame[3]
+    if type(req) is not int or type(key) is not bytes or len(key) > native.MAX_KEY:
+        return None
+    if src is None:
+        value = e.store.get_now(key)
+    elif type(src) is int and 0 <= src < e.store.size:
+        value = e.store.get_now(b"\0%d\0%s" % (src, key))  # native.rank_key
+        if value is None and src != e.rank:
+            return None  # it may come: a call
+    else:
+        return None
+    return e._pack([req, True, value])
 
 
 def serve(e: PmiEngine, frame: Any) -> None:
@@ -140,6 +171,8 @@ def _native_op(e: PmiEngine, req: int, op: str, frame: list[Any]) -> None:
             raise ProtocolError(f"reserve needs a byte count >= 0, not {nbytes!r}")
         _native_wait(e, req, op, Reserve(e._token(), nbytes))
     elif op == native.SPAWN:
+        from pm.proto import spawn  # dataclasses: not loaded until a rank spawns
+
         _nargs(op, frame, 2)
         commands, preput = frame[2], frame[3]
         if not isinstance(commands, list) or not isinstance(preput, dict):

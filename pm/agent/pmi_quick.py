@@ -26,7 +26,7 @@ import _socket
 
 from pm.agent import pmi_engine
 from pm.agent.kvs import NodeKVS
-from pm.agent.pmi_actions import FENCE, Collective, Event, NodeAttrGet, Send
+from pm.agent.pmi_actions import BARRIER, FENCE, Collective, Event, NodeAttrGet, Send
 from pm.agent.pmi_engine import NATIVE_MAGIC, PmiEngine
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
@@ -42,12 +42,20 @@ EARLY_SAMPLES = 3
 
 
 class QuickPmi:
-    """The PMI of a one-node job's ranks ``started`` holds, job ``kvsname`` of ``size``."""
+    """The PMI of a one-node job's ranks ``started`` holds, job ``kvsname`` of ``size``.
 
-    def __init__(self, started: StartedRanks, kvsname: str, size: int) -> None:
+    With ``native`` (``--kvs socket``: no shared-memory KVS to make), ``pm.client`` ranks
+    are served here too: init, put, get, fence, barrier and finalize; the rest (an
+    allgather, a get that must wait...) hands the job over like anything else.
+    """
+
+    def __init__(self, started: StartedRanks, kvsname: str, size: int, *,
+                 native: bool = False, host: str = "") -> None:
         self.started = started
         self.size = size
         self.kvsname = kvsname
+        self.native = native
+        self.host = host
         self.kvs = NodeKVS()
         self.node_attrs: dict[str, str] = {}
         self.job_attrs = {"PMI_process_mapping": f"(vector,(0,1,{size}))"}
@@ -55,9 +63,9 @@ class QuickPmi:
             self.job_attrs["PMI_hwloc_xmlfile"] = started.xml_path
         #: rank -> its engine, made at its first PMI byte.
         self.engines: dict[int, PmiEngine] = {}
-        #: rank -> the fence call it waits in (until every rank entered).
-        self._fence: dict[int, Collective] = {}
-        self._fences = 0
+        #: kind (FENCE, BARRIER) -> rank -> the call it waits in (until every rank entered).
+        self._colls: dict[int, dict[int, Collective]] = {FENCE: {}, BARRIER: {}}
+        self._colls_done = 0
         #: node attribute -> the (rank, call) waiting for it.
         self._attr_waits: dict[str, list[tuple[int, NodeAttrGet]]] = {}
         self._woken: list[tuple[int, NodeAttrGet, str | None]] = []
@@ -73,7 +81,11 @@ class QuickPmi:
         return self.size  # the head's default on one node without -usize
 
     def native_info(self, rank: int) -> dict[str, Any]:
-        raise AssertionError("native clients are served by the agent")
+        # What the agent says (pm.agent.node.JobAgent.native_info) of a one-node job.
+        return {"rank": rank, "size": self.size, "local_rank": rank, "local_size": self.size,
+                "appnum": 0, "kvsname": self.kvsname, "node": 0, "nnodes": 1,
+                "host": self.host, "job_id": self.started.job_id, "shm": None, "spawned": 0,
+                "preput": {}}
 
     def job_attr(self, key: str) -> str | None:
         if key == "universeSize":
@@ -92,7 +104,7 @@ class QuickPmi:
             self._woken.append((rank, call, value))
 
     def release(self, rank: int, ident: int) -> None:
-        raise AssertionError("native clients are served by the agent")
+        pass  # nothing is reserved here (a reserve hands the job over): as the agent
 
     # ------------------------------------------------------------------ serving
     def serve(self, r: StartedRank) -> bool | None:
@@ -109,11 +121,12 @@ class QuickPmi:
                 return True
             if not head:
                 return None  # closed without a word: not an MPI program
-            if head == NATIVE_MAGIC[:1]:
-                return False  # pm.client: the agent serves it, from its first byte
+            if head == NATIVE_MAGIC[:1] and not self.native:
+                return False  # pm.client with shared memory: the agent serves it
             engine = self.engines[r.rank] = PmiEngine(self, r.rank)
         try:
-            data = sock.recv(262144, _socket.MSG_DONTWAIT)
+            # 64 KiB, not more: a larger buffer is mmapped and unmapped by malloc per read.
+            data = sock.recv(65536, _socket.MSG_DONTWAIT)
         except BlockingIOError:
             return True
         if not data:
@@ -124,7 +137,11 @@ class QuickPmi:
             r.pmi = None
             sock.close()
             return None
-        ok = self._run(r.rank, engine.feed(data))
+        reply = engine.answer(data)  # the hot path: a get or a put, nothing else
+        if reply is not None:
+            sock.sendall(reply)
+            return True
+        ok = self._run(r.rank, engine.feed(data, fast=False))
         return self._settle() and ok
 
     def _run(self, rank: int, acts: list[Action]) -> bool:
@@ -140,8 +157,9 @@ class QuickPmi:
             elif isinstance(act, Event) and act.name in ("init", "finalize"):
                 if act.name == "finalize":
                     self.kvs.settle(rank)
-            elif isinstance(act, Collective) and act.kind == FENCE:
-                self._fence[rank] = act
+            elif isinstance(act, Collective) and act.kind in self._colls and (
+                    rank not in self._colls[act.kind]):
+                self._colls[act.kind][rank] = act
             elif isinstance(act, NodeAttrGet):
                 value = self.node_attrs.get(act.key)
                 if value is not None or not act.wait:
@@ -154,23 +172,27 @@ class QuickPmi:
         return True
 
     def _settle(self) -> bool:
-        """Complete what became complete: node-attribute gets, a fence every rank entered."""
+        """Complete what became complete: node-attribute gets, a fence or barrier every
+        rank entered."""
         ok = True
         while True:
             if self._woken:
                 rank, call, value = self._woken.pop(0)
                 ok = self._run(rank, self.engines[rank].complete(call.token, value)) and ok
                 continue
-            if len(self._fence) < self.size:
+            kind = next((k for k, calls in self._colls.items() if len(calls) == self.size),
+                        None)
+            if kind is None:
                 return ok
-            # Every rank entered: their puts are in (NodeKVS counts the fence), all go on.
-            fence, self._fence = self._fence, {}
-            for rank in sorted(fence):
-                self.kvs.take_pending(rank)
-            for rank in sorted(fence):
-                ok = self._run(rank, self.engines[rank].complete(fence[rank].token, None)) and ok
-            self._fences += 1
-            if self._fences <= EARLY_SAMPLES:
+            # Every rank entered: for a fence, their puts are in (NodeKVS counts it).
+            done, self._colls[kind] = self._colls[kind], {}
+            if kind == FENCE:
+                for rank in sorted(done):
+                    self.kvs.take_pending(rank)
+            for rank in sorted(done):
+                ok = self._run(rank, self.engines[rank].complete(done[rank].token, None)) and ok
+            self._colls_done += 1
+            if self._colls_done <= EARLY_SAMPLES:
                 self._sample_shm()
 
     def _sample_shm(self) -> None:
@@ -184,17 +206,18 @@ class QuickPmi:
 
     # ------------------------------------------------------------------ hand-over
     def todo(self, rank: int) -> list[Action]:
-        """What the full runtime must carry out for ``rank`` first: the actions the
-        quick phase left, then the calls it still held (a fence others had not entered,
-        a node attribute not put yet)."""
-        acts = list(self._left.pop(rank, ()))
-        fence = self._fence.pop(rank, None)
-        if fence is not None:
-            acts.append(fence)
+        """What the full runtime must carry out for ``rank`` first: the calls the quick
+        phase still held (a collective others had not entered, a node attribute not put
+        yet), then the actions it left (those came later: a native rank's collectives of
+        one kind keep their order)."""
+        held = [calls.pop(rank) for calls in self._colls.values() if rank in calls]
+        held.sort(key=lambda call: call.token)  # in the order they were started
+        acts: list[Action] = [*held]
         for key in list(self._attr_waits):
             waits = self._attr_waits[key]
             acts.extend(call for r, call in waits if r == rank)
             self._attr_waits[key] = [(r, c) for r, c in waits if r != rank]
+        acts.extend(self._left.pop(rank, ()))
         return acts
 
 

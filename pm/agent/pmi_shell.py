@@ -75,9 +75,15 @@ class PmiSession(asyncio.Protocol):
             self._run(todo)
 
     def data_received(self, data: bytes) -> None:
-        acts = self.engine.feed(data)
+        # The hot path: a get answered from the store, one write.
+        reply = self.engine.answer(data)
+        if reply is not None:
+            if self.transport is not None:
+                self.transport.write(reply)
+            return
+        acts = self.engine.feed(data, fast=False)
         if acts:
-            # The hot path: one batched reply and nothing else.
+            # Every reply of one read is batched into one Send.
             if len(acts) == 1 and type(acts[0]) is Send and self.transport is not None:
                 self.transport.write(acts[0].data)
             else:

@@ -98,6 +98,11 @@ class FrameDecoder:
     def __init__(self) -> None:
         self._buf = bytearray()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing buffered: the next bytes start a frame."""
+        return not self._buf
+
     def feed(self, data: bytes) -> list[Any]:
         buf = self._buf
         if not buf and len(data) >= 4 and _LEN.unpack_from(data)[0] + 4 == len(data):
