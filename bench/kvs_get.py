@@ -14,10 +14,11 @@
    of the request line, ``readline`` of the reply, nothing else) runs under
    pmrun and under the MPICH wheel's Hydra ``mpiexec``, alternately: every
    rank puts a 64-byte value, ``barrier_in``, then all ranks get round-robin
-   over every rank's key for a fixed time, each call timed alone.  Beside it,
-   under pmrun only: the same loop on the native protocol with a raw client
-   (one msgpack frame out, one in) and through ``pm.client.sync`` over the
-   socket (``--kvs socket``).  Figures as in 1.
+   over every rank's key for a fixed time, each call timed alone (under pmrun
+   served by the quick phase, and again with ``PM_QUICK=0`` by the asyncio
+   agent).  Beside it, under pmrun only: the same loop on the native protocol
+   with a raw client (one msgpack frame out, one in) and through
+   ``pm.client.sync`` over the socket (``--kvs socket``).  Figures as in 1.
 3. *KVS memory per node.*  R = 1..32 ranks on one node share a KVS of a fixed
    size S (each puts S/R bytes), then every rank takes hold of every value:
    with shm as zero-copy views into the node's segment
@@ -214,11 +215,12 @@ def results(stdout: str) -> list[dict[str, float]]:
     return [json.loads(m) for m in re.findall(r"RESULT (\{[^{}\n]*\})", stdout)]
 
 
-def run_job(prog: Path, n: int, kvs: str, *args: str, launcher: Sequence[str] = ()
-            ) -> list[dict[str, float]]:
+def run_job(prog: Path, n: int, kvs: str, *args: str, launcher: Sequence[str] = (),
+            env: dict[str, str] | None = None) -> list[dict[str, float]]:
     argv = [*(launcher or [*pmrun(), "--kvs", kvs]), "-n", str(n), sys.executable, str(prog),
             *args]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, **env} if env else None)
     got = results(p.stdout)
     if p.returncode != 0 or len(got) != n:
         raise RuntimeError(f"{' '.join(argv)} exited {p.returncode} with {len(got)} results:\n"
@@ -258,13 +260,16 @@ def wire(prog: Path, counts: Sequence[int], runs: int, duration: float
     hydra = [tool("mpiexec")]
     out: dict[int, dict[str, list[float]]] = {}
     for n in counts:
-        def one(mode: str, launcher: Sequence[str] = (), n: int = n) -> Callable[[], float]:
+        def one(mode: str, launcher: Sequence[str] = (), n: int = n,
+                env: dict[str, str] | None = None) -> Callable[[], float]:
             def go() -> float:
-                got = run_job(prog, n, "socket", mode, str(duration), launcher=launcher)
+                got = run_job(prog, n, "socket", mode, str(duration), launcher=launcher,
+                              env=env)
                 return statistics.median(g["median"] for g in got)
             return go
 
         out[n] = interleaved({"hydra": one("pmi1", hydra), "pmi1": one("pmi1"),
+                              "pmi1_agent": one("pmi1", env={"PM_QUICK": "0"}),
                               "native": one("native"), "client": one("client")}, runs,
                              warmup=0)
         print(f"wire n={n}: " + ", ".join(f"{k} {median_range(v, '{:.0f}')} ns"
@@ -279,17 +284,24 @@ def wire_section(res: dict[int, dict[str, list[float]]], runs: int, duration: fl
           f"figure is the median over its ranks of each rank's median call, all ranks "
           f"getting round-robin from every rank's 64-byte value for {duration:g} s at "
           "once; medians (min-max) over runs.  Same raw PMI-1 client (Python "
-          "`sendall` + `readline`) under both launchers.  Targets: PMI-1 under pmrun <= "
-          "1.0x Hydra; native <= PMI-1.", "",
-          "| ranks | Hydra PMI-1 (us) | pmrun PMI-1 (us) | pmrun / Hydra | pmrun native raw "
-          "(us) | pm.client.sync, socket (us) |",
-          "|---:|---:|---:|---:|---:|---:|"]
+          "`sendall` + `readline`) under both launchers.  pmrun's columns serve a one-node "
+          "job from its quick phase (pm.agent.pmi_quick, a poll loop), as a plain "
+          "`pmrun -n N prog` does; *agent* is the same job with the quick phase off "
+          "(`PM_QUICK=0`: the asyncio agent, as on several nodes).  Targets: PMI-1 under "
+          "pmrun <= 1.0x Hydra; native <= PMI-1.", "",
+          "| ranks | Hydra PMI-1 (us) | pmrun PMI-1 (us) | pmrun / Hydra | pmrun PMI-1, agent "
+          "(us) | agent / Hydra | pmrun native raw (us) | native / PMI-1 | "
+          "pm.client.sync, socket (us) |",
+          "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n, d in res.items():
         us = {k: [x / 1000 for x in v] for k, v in d.items()}
-        ratio = statistics.median(d["pmi1"]) / statistics.median(d["hydra"])
+        med = {k: statistics.median(v) for k, v in d.items()}
         md.append(f"| {n} | {median_range(us['hydra'], '{:.1f}')} | "
-                  f"{median_range(us['pmi1'], '{:.1f}')} | {ratio:.2f}x | "
+                  f"{median_range(us['pmi1'], '{:.1f}')} | {med['pmi1'] / med['hydra']:.2f}x | "
+                  f"{median_range(us['pmi1_agent'], '{:.1f}')} | "
+                  f"{med['pmi1_agent'] / med['hydra']:.2f}x | "
                   f"{median_range(us['native'], '{:.1f}')} | "
+                  f"{med['native'] / med['pmi1']:.2f}x | "
                   f"{median_range(us['client'], '{:.1f}')} |")
     return "\n".join(md)
 

@@ -467,7 +467,7 @@ class JobAgent:
         self.kvs.put(rank, key, value)
 
     def get_now(self, key: bytes) -> bytes | None:
-        return self.kvs.get(key)
+        return self.kvs.values.get(key)  # NodeKVS.get, one call less on the hot path
 
     def get_from(self, rank: int, src: int, key: bytes) -> asyncio.Future[bytes | None]:
         return self.requests.get_from(rank, src, key)
