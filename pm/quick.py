@@ -295,7 +295,7 @@ class QuickStart:
                 if wait <= 0:
                     return None  # --timeout: the full path ends the job and says so
             if idle:
-                wait = IDLE_MS if wait < 0 else min(wait, IDLE_MS)
+                wait = IDLE_MS / 1000 if wait < 0 else min(wait, IDLE_MS / 1000)  # (epoll: s)
             events = poll.poll(wait)
             if idle and not events:
                 idle = False
