@@ -2,13 +2,15 @@
 
 pmrun's quick phase (:mod:`pm.quick`) starts a one-node job before asyncio
 and the agent are imported.  :class:`QuickPmi` lets its poll loop serve the
-ranks' PMI-1 and PMI-2 requests with the same sans-IO engine the agent uses
+ranks' PMI-1 and PMI-2 requests (and, under ``--kvs socket``, pm.client's native
+ones) with the same sans-IO engine the agent uses
 (:class:`pm.agent.pmi_engine.PmiEngine`), so that ``MPI_Init`` does not wait
 for those imports.  It is the engines' store (the job's attributes and a
 :class:`pm.agent.kvs.NodeKVS`), and it completes what one node can complete
 alone: fences and barriers once every rank has entered, node attributes.
 
-Whatever needs the full runtime -- a native client, a spawn, the name
+Whatever needs the full runtime -- a native client with the shared-memory
+KVS, an allgather or ring, a get that waits, a reservation, a spawn, the name
 service, an abort, a broken stream, a rank that closes its connection
 before ``finalize`` -- is not carried out here: :meth:`QuickPmi.serve`
 returns False, and the caller hands the job over.  The hand-over carries
