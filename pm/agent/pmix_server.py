@@ -550,7 +550,7 @@ def _job_data_by_message(major: int) -> Iterator[None]:
     if major < 5 or "PMIX_MCA_gds" in os.environ:
         yield
         return
-    os.environ["PMIX_MCA_gds"] = "hash"
+    os.environ["PMIX_MCA_gds"] = "hash"  # noqa: SIM112  (PMIx spells it so)
     try:
         yield
     finally:
