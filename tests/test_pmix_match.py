@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from launch_util import pmrun_argv, pmrun_env, script
 
 from pm.agent import pmix_detect
+from pm.agent.pmix_register import SLACK_MAX_NS, rank_timerslack_ns
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -204,8 +205,10 @@ def test_an_oversubscribed_node_is_marked_and_its_ranks_sleep_with_slack(
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == n, r.stdout
+    want = str(rank_timerslack_ns(NCPUS + 1))
+    assert want != Path("/proc/self/timerslack_ns").read_text().strip()
     for line in lines:
-        assert line.split()[1:] == ["oversubscribed", "1000000"], r.stdout
+        assert line.split()[1:] == ["oversubscribed", want], r.stdout
 
 
 def test_a_node_with_a_cpu_per_rank_is_left_alone(pmrun: Run, pmix_client: Path) -> None:
@@ -214,6 +217,13 @@ def test_a_node_with_a_cpu_per_rank_is_left_alone(pmrun: Run, pmix_client: Path)
     default = Path("/proc/self/timerslack_ns").read_text().strip()
     for line in r.stdout.splitlines():
         assert line.split()[1:] == ["not-oversubscribed", default], r.stdout
+
+
+def test_the_slack_grows_with_the_ranks_a_cpu_runs_up_to_a_bound() -> None:
+    assert rank_timerslack_ns(NCPUS) == 0
+    assert 0 < rank_timerslack_ns(NCPUS + 1) <= rank_timerslack_ns(8 * NCPUS)
+    assert rank_timerslack_ns(8 * NCPUS) == 1_000_000
+    assert rank_timerslack_ns(1000 * NCPUS) == SLACK_MAX_NS
 
 
 def test_the_slack_can_be_turned_off_and_other_jobs_never_get_it(pmrun: Run,

@@ -89,14 +89,29 @@ class Layout:
         return self.by_node[self.vertex]
 
 
-#: Timer slack the ranks of a PMIx job start with on an oversubscribed node, ns
-#: (``PM_RANK_TIMERSLACK_NS`` overrides it; 0 leaves the kernel's default, 50 us).
-RANK_TIMERSLACK_NS = 1_000_000
+#: Timer slack of a PMIx job's ranks on an oversubscribed node, per rank a CPU runs,
+#: and at most (ns): 64 ranks on 2 CPUs get 4 ms, 16 get 1 ms.
+SLACK_PER_RANK_A_CPU_NS = 125_000
+SLACK_MAX_NS = 4_000_000
 
 
 def oversubscribed(nlocal: int) -> bool:
     """More ranks on this node than CPUs this process may run on."""
     return nlocal > len(os.sched_getaffinity(0))
+
+
+def rank_timerslack_ns(nlocal: int) -> int:
+    """The timer slack ``nlocal`` ranks of a PMIx job start with on this node; 0: the
+    kernel's default.  ``PM_RANK_TIMERSLACK_NS`` sets it for any oversubscribed node
+    (0 turns it off).  On a node with ``k`` ranks a CPU, a rank runs about once
+    every ``k`` time slices anyway: waking it more often only takes CPU from the others."""
+    ncpus = len(os.sched_getaffinity(0))
+    if nlocal <= ncpus:
+        return 0
+    env = os.environ.get("PM_RANK_TIMERSLACK_NS", "")
+    if env.isdigit():
+        return int(env)
+    return min(SLACK_MAX_NS, SLACK_PER_RANK_A_CPU_NS * nlocal // ncpus)
 
 
 class RankTimerSlack:
@@ -107,17 +122,17 @@ class RankTimerSlack:
     ``usleep(100)``, again and again (ompi_rte.h, OMPI_LAZY_WAIT_FOR_COMPLETION).
     With more ranks than CPUs, every early rank wakes 10,000 times a second and
     takes CPU from the ranks still starting, whose arrival all of them wait for:
-    at 64 ranks on 2 CPUs, three quarters of the ranks' CPU time in MPI_Init.  A
-    slack of a millisecond lets the kernel batch those wake-ups.  Only sleeps and
+    at 64 ranks on 2 CPUs, two thirds of the ranks' CPU time in MPI_Init (149 ms
+    a rank; 96 with 1 ms of slack, 72 with 4 ms).  The slack lets the kernel
+    batch those wake-ups.  Only sleeps and
     timeouts are affected (a sleep may end up to the slack later), never a wake-up
-    by I/O; the spawning thread gets its own value back at once."""
+    by I/O; the spawning thread gets its own value back at once.  How much:
+    :func:`rank_timerslack_ns`."""
 
     __slots__ = ("_old", "_slack")
 
     def __init__(self, nlocal: int) -> None:
-        env = os.environ.get("PM_RANK_TIMERSLACK_NS", "")
-        slack = int(env) if env.isdigit() else RANK_TIMERSLACK_NS
-        self._slack = slack if slack and oversubscribed(nlocal) else 0
+        self._slack = rank_timerslack_ns(nlocal)
         self._old = ""
 
     def __enter__(self) -> RankTimerSlack:
