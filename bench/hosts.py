@@ -95,21 +95,62 @@ def ssh_rows(sizes: Sequence[int], runs: int) -> tuple[list[str], dict[str, floa
         with RealCluster(n, slurm=False) as c:
             hosts = ",".join(c.names)
             contenders = {}
+            cpu: dict[str, list[tuple[float, float]]] = {}
             for prog, argv in PROGRAMS.items():
-                contenders[f"pmrun {prog}"] = _runner(
+                contenders[f"pmrun {prog}"] = _cpu_runner(
                     [*pmrun(), "-hosts", hosts, "--ssh", c.ssh_command(), "-ppn", "1",
-                     "-n", str(n), *argv])
-                contenders[f"hydra {prog}"] = _runner(
+                     "-n", str(n), *argv], c, cpu.setdefault(f"pmrun {prog}", []))
+                contenders[f"hydra {prog}"] = _cpu_runner(
                     [hydra, "-launcher", "ssh", "-launcher-exec", str(c.ssh_wrapper),
-                     "-iface", c.bridge, "-hosts", hosts, "-ppn", "1", "-n", str(n), *argv])
+                     "-iface", c.bridge, "-hosts", hosts, "-ppn", "1", "-n", str(n), *argv],
+                    c, cpu.setdefault(f"hydra {prog}", []))
             res = interleaved(contenders, runs)
             for prog in PROGRAMS:
                 p, h = res[f"pmrun {prog}"], res[f"hydra {prog}"]
                 ratio = statistics.median(p) / statistics.median(h)
                 ratios[f"{n} {prog}"] = ratio
                 rows.append(f"| {n} hosts | {prog} | {median_range(p, '{:.2f}')} | "
-                            f"{median_range(h, '{:.2f}')} | {ratio:.2f}x |")
+                            f"{median_range(h, '{:.2f}')} | {ratio:.2f}x | "
+                            f"{_cpu_text(cpu[f'pmrun {prog}'][-runs:])} | "
+                            f"{_cpu_text(cpu[f'hydra {prog}'][-runs:])} |")
     return rows, ratios
+
+
+def _sshd_cpu(cluster: object) -> float:
+    """CPU seconds the cluster's sshds' sessions used (everything ssh started on the hosts:
+    shells, agents or proxies, ranks), once they have been reaped."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for f in getattr(cluster, "_pidfiles", []):
+        if "sshd" not in f.name:
+            continue
+        with open(f"/proc/{int(f.read_text())}/stat") as st:
+            fields = st.read().rsplit(")", 1)[1].split()
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / tick
+
+
+def _cpu_runner(argv: list[str], cluster: object, out: list[tuple[float, float]]
+                ) -> Callable[[], float]:
+    """A runner that also records (CPU of the launcher's own processes, CPU on the hosts)."""
+    env = _env()
+
+    def run() -> float:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        remote = _sshd_cpu(cluster)
+        took = timed(argv, env=env, timeout=300)
+        time.sleep(0.3)  # the sessions' ends are reaped by their sshd
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out.append((after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime,
+                    _sshd_cpu(cluster) - remote))
+        return took
+    return run
+
+
+def _cpu_text(values: list[tuple[float, float]]) -> str:
+    head = statistics.median(v[0] for v in values)
+    hosts = statistics.median(v[1] for v in values)
+    return f"{head:.2f} + {hosts:.2f}"
 
 
 #: Runs inside the allocation: times pmrun and srun round-robin, prints JSON.
@@ -316,8 +357,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"mpi4py hello with MPICH's TCP provider. {machine()}"
             f"{', quick run' if args.quick else ''}.",
             "",
-            "| hosts | program | pmrun | Hydra `-launcher ssh` | pmrun / Hydra |",
-            "|---|---|---|---|---|", *rows, "", load, ""]
+            "| hosts | program | pmrun | Hydra `-launcher ssh` | pmrun / Hydra | "
+            "CPU s, pmrun: here + hosts | CPU s, Hydra: here + hosts |",
+            "|---|---|---|---|---|---|---|", *rows, "",
+            "CPU (medians): *here*, the launcher and every process it started on this side "
+            "(the ssh clients); *hosts*, everything the sshds ran for the job (the login "
+            "shell with its rc files, pmrun's agents or Hydra's proxies, the ranks).", "",
+            load, ""]
     if "slurm" in parts:
         rows, _ = slurm_rows(runs)
         sections += [
