@@ -214,6 +214,7 @@ def test_ssh_options_pmrun_adds_keep_the_users_choices(tmp_path: Path) -> None:
     assert not any(w.startswith("KexAlgorithms") for w in tuning(
         ["ssh", "-F", str(plain), "-o", "KexAlgorithms=curve25519-sha256"], "anyhost"))
     assert tuning(["ssh", "-T", "-x", "-F", str(plain)], "h")[:2] == ["-o", "ControlMaster=no"]
+    assert tuning(["ssh", "-Y", "-t", "-F", str(plain)], "h")[:2] == ["-o", "ControlMaster=no"]
     # Not OpenSSH (no -G): nothing added; a missing program: nothing either.
     assert tuning(["true"], "h") == [] and tuning([str(tmp_path / "nossh")], "h") == []
 

@@ -23,7 +23,8 @@ verification failed.``, ``connect to host ... No route to host``.
 
 Options pmrun adds (:func:`tuning`), to an OpenSSH client only (one that answers
 ``ssh -G``), after the user's words so the ssh configuration still decides the rest:
-``-T -x`` (no tty, no X11, as Hydra's ``-x``), ``ControlMaster=no`` (a master the
+``-T -x`` (no tty, no X11, as Hydra's ``-x``; not against ``-t``/``-X``/``-Y`` in
+``--ssh``), ``ControlMaster=no`` (a master the
 user already has is used; none is ever left behind), and, when neither ``--ssh``
 nor the configuration files ssh reads (with their ``Include``s) name
 ``KexAlgorithms``, the classic ``curve25519`` exchange first: OpenSSH 9's
@@ -244,7 +245,9 @@ def tuning(base: list[str], host: str) -> list[str]:
     openssh, kex = _kex_choice(base, host)
     if not openssh:
         return []
-    extra = [w for w in ("-T", "-x") if w not in base]
+    # Not against the user's own words: -t (a tty), -X/-Y (X11 forwarding).
+    extra = [] if {"-T", "-t", "-tt"} & set(base) else ["-T"]
+    extra += [] if {"-x", "-X", "-Y"} & set(base) else ["-x"]
     if "ControlMaster=no" not in base:
         extra += ["-o", "ControlMaster=no"]
     if kex:
