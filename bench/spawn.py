@@ -1,6 +1,7 @@
 """MPI_Comm_spawn: pmrun against MPICH's Hydra (``mpiexec`` from the same wheel).
 
-    python -m bench.spawn [--quick]
+    python -m bench.spawn [--quick] [--nodes 1,4] [--sizes 1,4,16] [--runs R] [--reps S]
+                          [--no-reference] [--baseline CHECKOUT]
 
 A C program built with the wheel's ``mpicc`` spawns N = 1, 4, 16 children of
 itself, several times in a row, and times each ``MPI_Comm_spawn`` call in the
@@ -20,6 +21,11 @@ pmrun and Hydra jobs run interleaved, round-robin; a cell is the median
 opens its port then).  pmrun runs from the checkout (``python -m pm``): the
 figure is measured inside the running job, so the launcher's start-up is not
 in it.
+
+The first spawn of each job is reported apart (median over the jobs): it also
+holds what a process manager does on its first spawn.  ``--baseline CHECKOUT``
+runs a second pmrun, from another checkout, interleaved with the two (printed,
+not written to the results): before/after figures from one window.
 
 For reference, the same run times a plain launch of N ranks of an
 ``MPI_Init``/``MPI_Finalize`` program (wall time of ``pmrun -n N`` and
@@ -136,9 +142,9 @@ def program() -> Path:
     return _build("spawn_bench", PROGRAM)
 
 
-def _env() -> dict[str, str]:
+def _env(root: Path = ROOT) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     env.pop("MPIEXEC_TIMEOUT", None)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
@@ -157,12 +163,12 @@ def commands(prog: Path, n: int, reps: int, nodes: int) -> dict[str, list[str]]:
                       "-n", str(nodes), *args]}
 
 
-def runner(argv: Sequence[str], samples: list[float], failures: list[str]
-           ) -> Callable[[], float]:
-    """One job: its spawn times (all but the first) go to ``samples``; a failed job
-    (MPICH's shared-memory transport sometimes fails a spawn, under both launchers)
-    is noted in ``failures`` and its figures dropped."""
-    env = _env()
+def runner(argv: Sequence[str], samples: list[float], failures: list[str],
+           firsts: list[float], root: Path = ROOT) -> Callable[[], float]:
+    """One job: its spawn times (all but the first) go to ``samples``, the first to
+    ``firsts``; a failed job (MPICH's shared-memory transport sometimes fails a spawn,
+    under both launchers) is noted in ``failures`` and its figures dropped."""
+    env = _env(root)
 
     def run() -> float:
         p = subprocess.run(list(argv), env=env, capture_output=True, text=True, timeout=300,
@@ -175,22 +181,41 @@ def runner(argv: Sequence[str], samples: list[float], failures: list[str]
                             + (f" ({why[0][:120]})" if why else ""))
             return 0.0
         samples.extend(times[1:])
+        firsts.extend(times[:1])
         return statistics.median(times[1:]) if len(times) > 1 else 0.0
 
     return run
 
 
-def measure(prog: Path, sizes: Sequence[int], nodes: int, runs: int, reps: int
-            ) -> tuple[list[str], list[str]]:
-    rows, notes = [], []
+def measure(prog: Path, sizes: Sequence[int], nodes: int, runs: int, reps: int,
+            baseline: Path | None = None) -> tuple[list[str], list[str], list[str]]:
+    rows, notes, firsts_rows = [], [], []
     for n in sizes:
-        samples: dict[str, list[float]] = {"pmrun": [], "hydra": []}
+        samples: dict[str, list[float]] = {"pmrun": [], "hydra": [], "baseline": []}
+        firsts: dict[str, list[float]] = {"pmrun": [], "hydra": [], "baseline": []}
         failures: list[str] = []
         cmds = commands(prog, n, reps, nodes)
-        interleaved({k: runner(v, samples[k], failures) for k, v in cmds.items()}, runs,
-                    warmup=1)
+        contenders = {k: runner(v, samples[k], failures, firsts[k]) for k, v in cmds.items()}
+        if baseline is not None:
+            contenders["baseline"] = runner(cmds["pmrun"], samples["baseline"], failures,
+                                            firsts["baseline"], baseline)
+        interleaved(contenders, runs, warmup=1)
         pm_ms = [x * 1e3 for x in samples["pmrun"]]
         hy_ms = [x * 1e3 for x in samples["hydra"]]
+        if baseline is not None and samples["baseline"] and hy_ms:
+            base_ms = [x * 1e3 for x in samples["baseline"]]
+            print(f"baseline {baseline}: {nodes} node(s), N={n}: "
+                  f"{median_range(base_ms, '{:.0f}')} ms, "
+                  f"{statistics.median(base_ms) / statistics.median(hy_ms):.2f}x Hydra; "
+                  f"first spawn {statistics.median(firsts['baseline']) * 1e3:.0f} ms",
+                  flush=True)
+        if firsts["pmrun"] and firsts["hydra"]:
+            f_pm = [x * 1e3 for x in firsts["pmrun"]]
+            f_hy = [x * 1e3 for x in firsts["hydra"]]
+            firsts_rows.append(
+                f"| {nodes} | {n} | {median_range(f_pm, '{:.0f}')} | "
+                f"{median_range(f_hy, '{:.0f}')} | "
+                f"{statistics.median(f_pm) / statistics.median(f_hy):.2f}x |")
         if not pm_ms or not hy_ms:
             rows.append(f"| {nodes} | {n} | - | - | - | no figures ({'; '.join(failures)}) |")
             continue
@@ -201,23 +226,36 @@ def measure(prog: Path, sizes: Sequence[int], nodes: int, runs: int, reps: int
         if failures:
             notes.append(f"{nodes} node(s), N={n}: {len(failures)} job(s) failed and were "
                          f"left out ({', '.join(sorted(set(failures)))})")
-    return rows, notes
+    return rows, notes, firsts_rows
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer runs")
+    ap.add_argument("--nodes", type=_ints, default=[1, 4], help="node counts (1,4)")
+    ap.add_argument("--sizes", type=_ints, default=[1, 4, 16], help="children (1,4,16)")
+    ap.add_argument("--runs", type=int, help="jobs of each launcher per point")
+    ap.add_argument("--reps", type=int, help="spawns in a job")
+    ap.add_argument("--no-reference", action="store_true", help="skip the plain launches")
+    ap.add_argument("--baseline", type=Path, help="also run pmrun from this checkout")
     args = ap.parse_args(argv)
     runs, reps = (3, 3) if args.quick else (6, 4)
-    sizes = (1, 4, 16)
+    runs, reps = args.runs or runs, args.reps or reps
+    sizes = args.sizes
     prog = program()
     rows: list[str] = []
     notes: list[str] = []
-    for nodes in (1, 4):
-        r, n = measure(prog, sizes, nodes, runs, reps)
+    firsts: list[str] = []
+    for nodes in args.nodes:
+        r, n, f = measure(prog, sizes, nodes, runs, reps, args.baseline)
         rows += r
         notes += n
-    reference = launch_rows(sizes, runs)
+        firsts += f
+    reference = [] if args.no_reference else launch_rows(sizes, runs)
     load = os.getloadavg()[0]
     text = "\n".join([
         "## MPI_Comm_spawn",
@@ -234,13 +272,21 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *(f"- {note}" for note in notes),
         "",
-        "Reference, same run: wall time of a plain launch of N ranks of an "
-        "`MPI_Init`/`MPI_Finalize` program (ms).",
+        "First spawn of each job, same run (median over the jobs, ms): pmrun's one-node "
+        "jobs start on the quick path and go to the full runtime on their first spawn.",
         "",
         "| nodes | N | pmrun (ms) | Hydra (ms) | pmrun/Hydra |",
         "|---|---|---|---|---|",
-        *reference,
+        *firsts,
         "",
+        *([] if not reference else [
+            "Reference, same run: wall time of a plain launch of N ranks of an "
+            "`MPI_Init`/`MPI_Finalize` program (ms).",
+            "",
+            "| nodes | N | pmrun (ms) | Hydra (ms) | pmrun/Hydra |",
+            "|---|---|---|---|---|",
+            *reference,
+            ""]),
         f"Load average when the run ended: {load:.1f} on {os.cpu_count()} CPUs.",
     ])
     write_section("spawn", text)

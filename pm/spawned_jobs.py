@@ -141,6 +141,23 @@ def info_hosts(info: dict[str, str]) -> list[str] | None:
     return None
 
 
+def nodes_named(name: str, hosts: list[str]) -> set[int]:
+    """Vertices a ``host`` info key's ``name`` means: those of that host, or, where nodes
+    share a host name (``--local-nodes``), node N alone as ``<host>-<N>`` (its name in
+    the PMIx node map).  :class:`SpawnRefused` when there is none."""
+    from pm.agent.pmix_register import node_names
+
+    own = node_names(hosts)
+    found = {v for v, h in enumerate(hosts) if name in (h, own[v])}
+    if found:
+        return found
+    known = list(dict.fromkeys(hosts))
+    sep = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
+    if len(known) < len(hosts):
+        sep += f"; one node: {own[0]} to {own[-1]}"
+    raise SpawnRefused(f"host {name} is not one of the job's nodes ({sep})")
+
+
 class HeadSpawns:
     """Every spawned job of ``run`` (all levels of nesting), by number."""
 
@@ -166,17 +183,20 @@ class HeadSpawns:
         run = self.run
         commands = [SpawnCommand.from_wire(c) for c in msg.commands]
         hosts = run.plan.hosts
-        allowed = set(range(len(hosts)))
+        start = msg.origin if 0 <= msg.origin < len(hosts) else 0  # the spawner's node
+        # Each command on its own nodes (spawn_multiple: one host key per command), the
+        # slots the earlier commands took no longer free.
+        free = self._free()
+        placement: list[int] = []
         for c in commands:
             names = info_hosts(c.info)
-            if names is not None:
-                missing = [h for h in names if h not in hosts]
-                if missing:
-                    raise SpawnRefused(f"host {missing[0]} is not one of the job's nodes")
-                allowed &= {v for v, h in enumerate(hosts) if h in names}
-        n = sum(c.n for c in commands)
-        start = msg.origin if 0 <= msg.origin < len(hosts) else 0  # the spawner's node
-        placement = place_spawn(n, self._free(), start, sorted(allowed))
+            allowed = (range(len(hosts)) if names is None
+                       else sorted(set().union(*(nodes_named(h, hosts) for h in names))))
+            mine = place_spawn(c.n, free, start, list(allowed))
+            for v in mine:
+                free[v] -= 1
+            placement += mine
+        n = len(placement)
         job = len(self.jobs) + 1
         kvsname = f"{run.plan.kvsname}_s{job}"
         top = run.plan

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from launch_util import script
 from test_pmix import ENV, LAYOUT_IDS, LAYOUTS, OMPI, WHY_NO_PMIX, Run, needs_wheel
+from test_spawn import ON_NAMED_NODES
 
 pytestmark = [
     pytest.mark.timeout(150),
@@ -106,3 +107,17 @@ def test_two_spawns_in_a_row_and_a_spawn_of_a_missing_program(pmrun: Run,
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.splitlines() == ["spawn 0 remote 2", "spawn 1 remote 2",
                                      "missing program refused"], r.stdout + r.stderr
+
+
+def test_host_info_key_names_a_node_under_local_nodes(pmrun: Run, tmp_path: Path) -> None:
+    # Open MPI passes MPI_Info "host" to PMIx_Spawn as PMIX_HOST: the same placement.
+    assert OMPI is not None
+    prog = script(tmp_path, "nodes.py", ON_NAMED_NODES)
+    r = pmrun("--local-nodes", "3", "-ppn", "1", "-n", "3", OMPI, str(prog), env=ENV,
+              timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines() == [
+        "on node 2: [2, 2]", "on nodes 1 and 0: [1, 0]", "on the host: [0, 1, 2]",
+        "node 7 refused"], r.stdout + r.stderr
+    why = [line for line in r.stderr.splitlines() if "-7 is not one of the job's nodes" in line]
+    assert len(why) == 1, r.stderr

@@ -290,6 +290,101 @@ def test_host_info_key_and_an_unknown_host(tmp_path: Path) -> None:
     assert "no-such-node-anywhere is not one of the job's nodes" in res.stderr
 
 
+#: Under --local-nodes 3 -ppn 1 rank R runs on node R, a child of that node's agent: rank 0
+#: spawns with the host info key naming one node (``<host>-<N>``), each child answers with
+#: its parent process (its agent), and rank 0 checks it is node N's.  spawn_multiple places
+#: each command on its own named node; a node the run does not have is refused.
+ON_NAMED_NODES = """
+    import os, socket, sys
+    from mpi4py import MPI
+
+    parent = MPI.Comm.Get_parent()
+    if parent != MPI.COMM_NULL:
+        parent.send(os.getppid(), dest=0)
+        parent.Barrier()
+        parent.Disconnect()
+        sys.exit(0)
+    agents = MPI.COMM_WORLD.allgather(os.getppid())  # rank R's is node R's agent
+    if MPI.COMM_WORLD.rank == 0:
+        me = socket.gethostname()
+
+        def spawn(hosts, nprocs):
+            infos = []
+            for h in hosts:
+                infos.append(MPI.Info.Create())
+                infos[-1].Set("host", h)
+            inter = MPI.COMM_SELF.Spawn_multiple([sys.executable] * len(hosts),
+                                                 [[__file__]] * len(hosts), nprocs, info=infos)
+            got = [inter.recv(source=i) for i in range(sum(nprocs))]
+            inter.Barrier()
+            inter.Disconnect()
+            return [agents.index(p) if p in agents else None for p in got]
+
+        print("on node 2:", spawn([f"{me}-2"], [2]), flush=True)
+        print("on nodes 1 and 0:", spawn([f"{me}-1", f"{me}-0"], [1, 1]), flush=True)
+        print("on the host:", sorted(set(spawn([me], [3]))), flush=True)
+        try:
+            spawn([f"{me}-7"], [1])
+            print("spawned on a node the run does not have", flush=True)
+        except MPI.Exception:
+            print("node 7 refused", flush=True)
+    MPI.COMM_WORLD.Barrier()
+"""
+
+
+def test_host_info_key_names_a_node_under_local_nodes(tmp_path: Path) -> None:
+    prog = script(tmp_path, "nodes.py", ON_NAMED_NODES)
+    res = run(tmp_path, "--local-nodes", "3", "-ppn", "1", "-n", "3", sys.executable, str(prog))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines() == [
+        "on node 2: [2, 2]", "on nodes 1 and 0: [1, 0]", "on the host: [0, 1, 2]",
+        "node 7 refused"], res.stdout + res.stderr
+    # One line says why, naming the node and what the run has.
+    why = [line for line in res.stderr.splitlines() if "-7 is not" in line]
+    assert len(why) == 1 and "-7 is not one of the job's nodes" in why[0], res.stderr
+    assert "one node: " in why[0] and "-0 to " in why[0] and why[0].endswith("-2)"), why
+
+
+def test_spawned_jobs_that_ended_leave_no_guardian(tmp_path: Path) -> None:
+    # Each spawned job's ranks have a guardian (pm.agent.spawn.Guardian): it goes when the
+    # job ends, not at the end of the run -- a pool or a manager spawns again and again.
+    prog = script(tmp_path, "again.py", """
+        import os, sys, time
+        from mpi4py import MPI
+
+        def guardians(agent):
+            out = 0
+            for d in os.listdir("/proc"):
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        st = f.read().rsplit(")", 1)[1].split()
+                    with open(f"/proc/{d}/cmdline", "rb") as f:
+                        argv0 = f.read().split(b"\\0")[0]
+                except (OSError, IndexError):
+                    continue
+                out += st[0] != "Z" and int(st[1]) == agent and argv0 == b"pm-guardian"
+            return out
+
+        parent = MPI.Comm.Get_parent()
+        if parent != MPI.COMM_NULL:
+            parent.Barrier()
+            parent.Disconnect()
+            sys.exit(0)
+        for i in range(6):
+            inter = MPI.COMM_SELF.Spawn(sys.executable, args=[__file__], maxprocs=2)
+            inter.Barrier()
+            inter.Disconnect()
+        deadline = time.monotonic() + 20
+        # The launched job's guardian, and one made ahead for the next spawn.
+        while guardians(os.getppid()) > 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print("guardians", guardians(os.getppid()), flush=True)
+    """)
+    res = run(tmp_path, "-n", "1", sys.executable, str(prog))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.split() in (["guardians", "1"], ["guardians", "2"]), res.stdout
+
+
 def test_children_that_outlive_their_parent_are_ended(tmp_path: Path, marker: str) -> None:
     prog = script(tmp_path, "orphan.py", """
         import sys, time

@@ -31,7 +31,8 @@ class NodeCollectives:
 
     def __init__(self, agent: JobAgent) -> None:
         self.agent = agent
-        self.machine = Collectives(agent.local, agent.children, agent.size, agent.vertex == 0)
+        self.machine = Collectives(agent.local, agent.coll_children, agent.size,
+                                   agent.vertex == 0)
         self._contiguous = self._ring_order_is_rank_order()
         self._coll_futs: dict[tuple[int, int, int], asyncio.Future[Any]] = {}
         self._ring_ag: dict[tuple[int, int], int] = {}

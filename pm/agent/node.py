@@ -51,6 +51,7 @@ EARLY_SAMPLES = 3
 
 
 if TYPE_CHECKING:
+    from pm.agent.spawn import Guardian
     from pm.agent.spawned_jobs import AgentSpawns, SpawnRequests
     from pm.agent.started import StartedRanks
     from pm.proto.spawn import SpawnRequest, SpawnResult
@@ -91,8 +92,13 @@ class JobAgent:
             self.node_of_rank = list(plan.spawned.placement)
             taking_part = members(self.tree, self.node_of_rank, plan.pmix)
             self.children = [c for c in self.children if c in taking_part]
+            # Collectives go through the subtrees holding ranks only (a PMIx job is on
+            # every node, where a node without ranks would never contribute).
+            holding = members(self.tree, self.node_of_rank)
+            self.coll_children = [c for c in self.children if c in holding]
         else:
             self.node_of_rank = place(plan.size, plan.slots)
+            self.coll_children = self.children
         self.local = local_ranks(self.node_of_rank).get(vertex, [])
         self.kvs = NodeKVS()
         self._node_attrs: dict[str, str] = {}
@@ -265,8 +271,9 @@ class JobAgent:
         # What this node already holds from fences becomes visible in shm too.
         self.shm_insert(list(self.kvs.values.items()))
 
-    def start_ranks(self) -> None:
-        """Spawn every local rank (synchronously: posix_spawn is fast)."""
+    def start_ranks(self, guardian: Guardian | None = None) -> None:
+        """Spawn every local rank (synchronously: posix_spawn is fast); ``guardian``: one
+        made beforehand for their process group (:meth:`LocalRanks.start`)."""
         if not self.local:
             self._check_done()
             return
@@ -286,7 +293,7 @@ class JobAgent:
         base = dict(self.plan.env)
         base.update(self.extra_env)
         self._watch_shm(ShmReaper())
-        self.procs.start(base, self.cpusets)
+        self.procs.start(base, self.cpusets, guardian)
         self._note_xml()
 
     def adopt_ranks(self, started: StartedRanks) -> None:

@@ -87,10 +87,13 @@ class PmixJob(Upcalls):
         by_node = local_ranks(agent.node_of_rank)
         names = node_names(plan.hosts)
         spawned = plan.spawned
-        layout = Layout(self.nspace, names, [by_node.get(v, []) for v in range(len(names))],
-                        agent.vertex, [app.n for app in plan.apps], agent.universe_size(),
+        # A spawned job's maps name only its own nodes (the host key may leave some out).
+        used = [v for v in range(len(names)) if by_node.get(v)]
+        layout = Layout(self.nspace, [names[v] for v in used], [by_node[v] for v in used],
+                        used.index(agent.vertex) if agent.vertex in used else -1,
+                        [app.n for app in plan.apps], agent.universe_size(),
                         agent.cpusets, topo,
-                        (spawned.spawner, spawned.spawner_rank) if spawned else None)
+                        (spawned.spawner, spawned.spawner_rank) if spawned else None, used)
         register(self.srv, layout)
         self.srv.jobs[self.nspace] = self
 
@@ -239,7 +242,8 @@ class PmixJob(Upcalls):
                 done(L.SUCCESS, res.kvsname)
                 return
             why = res.error if res is not None else "the job is ending"
-            log.warning("rank %d of %s: PMIx_Spawn failed: %s", rank, self.nspace, why)
+            if res is None or not res.reported:  # (one line for one refusal)
+                log.warning("rank %d of %s: PMIx_Spawn failed: %s", rank, self.nspace, why)
             done(L.ERR_JOB_FAILED_TO_LAUNCH, "")
 
         fut.add_done_callback(finished)

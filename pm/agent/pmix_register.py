@@ -64,16 +64,21 @@ class Layout:
     order, ``vertex`` is this node, ``app_sizes`` the ranks of each program in order;
     ``cpusets`` (this node's ranks' bindings, by local rank) and ``topo`` (its
     :class:`~pm.agent.topology.Topology`) give bound ranks their locality; ``parent``
-    (the spawner's namespace and rank) marks a job made by PMIx_Spawn."""
+    (the spawner's namespace and rank) marks a job made by PMIx_Spawn.  Only nodes
+    with ranks of the job are in its maps (PMIx refuses a node with none);
+    ``node_ids`` are their numbers in the run (default 0, 1, ...), ``vertex`` is -1
+    on a node that only knows the job."""
 
-    __slots__ = ("app_sizes", "by_node", "cpusets", "names", "nspace", "parent", "size",
-                 "topo", "universe", "vertex")
+    __slots__ = ("app_sizes", "by_node", "cpusets", "names", "node_ids", "nspace", "parent",
+                 "size", "topo", "universe", "vertex")
 
     def __init__(self, nspace: str, names: list[str], by_node: list[list[int]], vertex: int,
                  app_sizes: list[int], universe: int = 0,
                  cpusets: list[frozenset[int]] | None = None, topo: Any = None,
-                 parent: tuple[str, int] | None = None) -> None:
+                 parent: tuple[str, int] | None = None,
+                 node_ids: list[int] | None = None) -> None:
         self.parent = parent
+        self.node_ids = list(range(len(by_node))) if node_ids is None else node_ids
         self.nspace = nspace
         self.names = names
         self.by_node = by_node
@@ -86,7 +91,7 @@ class Layout:
 
     @property
     def local(self) -> list[int]:
-        return self.by_node[self.vertex]
+        return self.by_node[self.vertex] if self.vertex >= 0 else []
 
 
 #: Timer slack of a PMIx job's ranks on an oversubscribed node, per rank a CPU runs,
@@ -219,7 +224,7 @@ def register(srv: PmixServer, job: Layout) -> None:
             appnum = next(i for i in range(napps - 1, -1, -1) if r >= app_first[i])
             pdata: list[tuple[str, L.Value]] = [
                 ("pmix.rank", (L.PROC_RANK, r)),
-                ("pmix.nodeid", (L.UINT32, v)),
+                ("pmix.nodeid", (L.UINT32, job.node_ids[v])),
                 ("pmix.lrank", (L.UINT16, lr)),
                 ("pmix.nrank", (L.UINT16, lr)),
                 ("pmix.appnum", (L.UINT32, appnum)),

@@ -99,9 +99,11 @@ class LocalRanks:
         self.gone: set[int] = set()
 
     # ------------------------------------------------------------------ start
-    def start(self, base_env: dict[str, str], cpusets: list[frozenset[int]] | None) -> None:
+    def start(self, base_env: dict[str, str], cpusets: list[frozenset[int]] | None,
+              guardian: Guardian | None = None) -> None:
         """Spawn every rank (synchronously: posix_spawn is fast) with the job's environment,
-        as pmrun's quick path does (:func:`pm.agent.started.start_local`), and serve them."""
+        as pmrun's quick path does (:func:`pm.agent.started.start_local`), and serve them.
+        ``guardian``: one started beforehand (a spawned job's), else a new one."""
         agent, plan = self.agent, self.agent.plan
         agent.mark("spawn start", ranks=len(self.ranks))
         short = fd_shortage(len(self.ranks))
@@ -130,13 +132,17 @@ class LocalRanks:
             todo.append(RankStart(rank, proc.local_rank, path if isinstance(path, str) else "",
                                   argv, env, wdir, cpus, failure=_why(path)))
         # Stdin goes to the launched job's rank 0 only (a spawned job's reads /dev/null).
+        started = StartedRanks()
+        started.guardian = guardian
         if agent.pmix is not None:
             from pm.agent.pmix_register import RankTimerSlack
 
             with RankTimerSlack(len(todo)):
-                started = start_local(todo, stdin_rank=None if plan.spawned else 0)
+                start_local(todo, stdin_rank=None if plan.spawned else 0, guardian=guardian,
+                            into=started)
         else:
-            started = start_local(todo, stdin_rank=None if plan.spawned else 0)
+            start_local(todo, stdin_rank=None if plan.spawned else 0, guardian=guardian,
+                        into=started)
         self.adopt(started, mark=False)
 
     def adopt(self, started: StartedRanks, mark: bool = True) -> None:

@@ -258,6 +258,13 @@ class Guardian:
         except OSError:
             pass  # a guardian gone: nothing left to clean after
 
+    def reaped(self) -> bool:
+        """Whether the guardian's exit is collected now (after :meth:`release`)."""
+        try:
+            return os.waitpid(self.pid, os.WNOHANG)[0] != 0
+        except ChildProcessError:
+            return True
+
     def release(self, clean: bool = False) -> None:
         """Close our end of the pipe: the guardian kills what is left of the group and exits.
 

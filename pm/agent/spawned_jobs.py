@@ -27,13 +27,14 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from pm.agent.spawn import SpawnError, resolve
+from pm.agent.spawn import Guardian, SpawnError, resolve
 from pm.proto import tree_wire as t
 from pm.proto.errors import PMError
 from pm.proto.spawn import SpawnRequest, SpawnResult
 
 if TYPE_CHECKING:
     from pm.agent.node import JobAgent, Uplink
+    from pm.agent.shm_reaper import ShmReaper
     from pm.common.kary_tree import Tree
 
 log = logging.getLogger("pm.agent")
@@ -90,6 +91,13 @@ class AgentSpawns:
         self.jobs: dict[int, JobAgent] = {}
         self._kill: tuple[str, float] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: A guardian started ahead for the next spawned job's ranks: its start (a fork
+        #: and exec of sh) is then not between a spawn request and the children's start.
+        self._spare: Guardian | None = None
+        self._spare_soon = False
+        #: Guardians let go whose exit is not collected yet.
+        self._released: list[Guardian] = []
+        self._closed = False
 
     def launch(self, msg: t.SpawnLaunch) -> None:
         """Start our part of a spawned job, after passing the launch on to the children
@@ -170,12 +178,71 @@ class AgentSpawns:
     def _start(self, agent: JobAgent) -> None:
         """Start ``agent``'s ranks here and tell the head."""
         top = self.top
-        agent.start_ranks()
+        spare, self._spare = (self._spare, None) if agent.local else (None, self._spare)
+        agent.start_ranks(spare)
+        if spare is not None and agent.procs.guardian is not spare:  # (not used after all)
+            self._let_go(spare)
         for stream in top.procs.gone:  # the head's stdout went before this job started
             agent.procs.output_gone(stream)
         agent.parent.send(t.Started(top.vertex, 1, len(agent.local), []))
         if self._kill is not None:  # the run is ending: what just started ends with it
             agent.kill(*self._kill)
+            return
+        agent.done.add_done_callback(lambda _: self._retire(agent))
+        if agent.local and not self._spare_soon:
+            # After the answer has gone (callbacks run in order): the next spawn's guardian.
+            self._spare_soon = True
+            agent.loop.call_soon(self._make_spare)
+
+    def _make_spare(self) -> None:
+        self._spare_soon = False
+        if self._spare is not None or self._closed or self._kill is not None:
+            return
+        try:
+            self._spare = Guardian()
+        except OSError as exc:  # the next spawn makes its own (and reports what fails)
+            log.info("agent %d: no spare guardian: %s", self.top.vertex, exc)
+
+    def _retire(self, agent: JobAgent) -> None:
+        """Every rank of ``agent`` here ended and was reported: its guardian goes now, and
+        its /dev/shm files, not at the end of the run (a pool spawns again and again)."""
+        if self._closed:
+            return
+        procs = agent.procs
+        guardian, procs.guardian = procs.guardian, None
+        reaper, agent.shm_reaper = agent.shm_reaper, None
+        if agent._shm_sampler is not None:
+            agent._shm_sampler.cancel()
+            agent._shm_sampler = None
+        if reaper is None:
+            if guardian is not None:
+                self._let_go(guardian)
+            return
+        task = agent.loop.create_task(self._reap(agent, reaper, guardian))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reap(self, agent: JobAgent, reaper: ShmReaper, guardian: Guardian | None
+                    ) -> None:
+        """The job's /dev/shm files removed, its guardian goes without looking for any."""
+        clean = False
+        try:
+            for name in await asyncio.to_thread(reaper.reap):
+                log.debug("agent %d: removed /dev/shm/%s", agent.vertex, name)
+            clean = True
+        except OSError as exc:  # never worth failing anything for
+            log.warning("agent %d: cleaning /dev/shm failed: %s", agent.vertex, exc)
+        finally:
+            if guardian is not None:
+                self._let_go(guardian, clean=clean)
+
+    def _let_go(self, guardian: Guardian, kill: bool = False, clean: bool = False) -> None:
+        """Release ``guardian`` and collect the exits of those released before."""
+        if kill:
+            guardian.kill_all()
+        guardian.release(clean=clean or kill)
+        self._released = [g for g in self._released if not g.reaped()]
+        self._released.append(guardian)
 
     def from_parent(self, sub: t.Sub) -> None:
         agent = self.jobs.get(sub.job)
@@ -203,12 +270,19 @@ class AgentSpawns:
 
     def kill(self, reason: str, grace: float) -> None:
         self._kill = (reason, grace)
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            self._let_go(spare, kill=True)
         for agent in self.jobs.values():
             agent.kill(reason, grace)
 
     def close(self) -> None:
+        self._closed = True
         for task in self._tasks:
             task.cancel()
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            self._let_go(spare, kill=True)
         for agent in self.jobs.values():
             agent.close()
 
@@ -268,8 +342,9 @@ class SpawnRequests:
     def response(self, msg: t.SpawnResp) -> None:
         fut = self._waiting.pop(msg.req, None)
         if fut is not None and not fut.done():
+            # (The head logs each refusal it answers.)
             fut.set_result(SpawnResult(msg.ok, msg.job, msg.kvsname, msg.error,
-                                       list(msg.errcodes)))
+                                       list(msg.errcodes), reported=not msg.ok))
 
     def fail(self, why: str) -> None:
         """The job is ending: every waiting spawn fails."""

@@ -181,7 +181,8 @@ def parse_pmi2(c: pmi2.Pmi2Command) -> SpawnRequest:
 class SpawnResult:
     """What the spawner is told: the children's job, or why there are none.
 
-    ``errcodes`` has one code per process requested (0: started).
+    ``errcodes`` has one code per process requested (0: started); ``reported``: the
+    head has already said why on pmrun's stderr (a refusal).
     """
 
     ok: bool
@@ -189,6 +190,7 @@ class SpawnResult:
     kvsname: str = ""
     error: str = ""
     errcodes: list[int] = field(default_factory=list)
+    reported: bool = False
 
 
 def reply_pmi1(result: SpawnResult) -> bytes:
