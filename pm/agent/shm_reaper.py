@@ -176,6 +176,10 @@ class ShmReaper:
             return None
         return news
 
+    def reap_would_look(self) -> bool:
+        """Whether a ``reap(seen_only=True)`` has any file to look at (a directory scan)."""
+        return bool(self._seen) and any(e.inode() in self._seen for e in self.candidates())
+
     def candidates(self) -> list[os.DirEntry[str]]:
         try:
             with os.scandir(SHM_DIR) as it:
@@ -186,13 +190,18 @@ class ShmReaper:
                 and not e.name.startswith(_OWN_PREFIX)
                 and (e.inode() in self._seen or e.name.startswith(MPI_PREFIXES))]
 
-    def reap(self, wait_pids: Iterable[int] = (), timeout: float = 1.0) -> list[str]:
+    def reap(self, wait_pids: Iterable[int] = (), timeout: float = 1.0,
+             seen_only: bool = False) -> list[str]:
         """Remove the job's files nobody maps or holds any more; their names.
 
         ``wait_pids`` are ranks just killed: up to ``timeout`` seconds are given
         to them to die first (a dying process still maps its segments).
+        ``seen_only``: only files the ranks were seen to map (a spawned job ending while
+        others run, whose new segments are not its own; the run's end takes the rest).
         """
         cand = self.candidates()
+        if seen_only:
+            cand = [e for e in cand if e.inode() in self._seen]
         if not cand:
             return []
         _wait_gone(list(wait_pids), timeout)

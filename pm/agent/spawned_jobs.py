@@ -214,9 +214,9 @@ class AgentSpawns:
         if agent._shm_sampler is not None:
             agent._shm_sampler.cancel()
             agent._shm_sampler = None
-        if reaper is None:
+        if reaper is None or not reaper.reap_would_look():
             if guardian is not None:
-                self._let_go(guardian)
+                self._let_go(guardian, clean=reaper is not None)
             return
         task = agent.loop.create_task(self._reap(agent, reaper, guardian))
         self._tasks.add(task)
@@ -227,7 +227,7 @@ class AgentSpawns:
         """The job's /dev/shm files removed, its guardian goes without looking for any."""
         clean = False
         try:
-            for name in await asyncio.to_thread(reaper.reap):
+            for name in await asyncio.to_thread(reaper.reap, (), 1.0, True):
                 log.debug("agent %d: removed /dev/shm/%s", agent.vertex, name)
             clean = True
         except OSError as exc:  # never worth failing anything for
