@@ -282,3 +282,52 @@ def test_a_pmix_5_server_hands_job_data_by_message(pmrun: Run, tmp_path: Path,
     assert r.returncode == 0, r.stderr
     counts = {line.split()[1] for line in r.stdout.splitlines()}
     assert counts == ({"0"} if not gds else counts - {"0"}) and counts, r.stdout
+
+
+PARTIAL_C = r"""
+#include <pmix.h>
+#include <stdio.h>
+/* Ranks 0 and 2 (on two nodes) fence with their data, alone; then everyone fences. */
+int main(void)
+{
+    pmix_proc_t me, pair[2], peer;
+    pmix_value_t v, *got = NULL;
+    pmix_info_t collect;
+    bool yes = true;
+    int rc;
+    if (PMIx_Init(&me, NULL, 0) != PMIX_SUCCESS) return 1;
+    PMIX_VALUE_LOAD(&v, &(int){(int)me.rank * 10 + 7}, PMIX_INT);
+    PMIx_Put(PMIX_GLOBAL, "partial.k", &v);
+    PMIx_Commit();
+    if (me.rank == 0 || me.rank == 2) {
+        PMIX_LOAD_PROCID(&pair[0], me.nspace, 0);
+        PMIX_LOAD_PROCID(&pair[1], me.nspace, 2);
+        PMIX_INFO_LOAD(&collect, PMIX_COLLECT_DATA, &yes, PMIX_BOOL);
+        rc = PMIx_Fence(pair, 2, &collect, 1);
+        PMIX_LOAD_PROCID(&peer, me.nspace, me.rank == 0 ? 2 : 0);
+        if (rc == PMIX_SUCCESS)
+            rc = PMIx_Get(&peer, "partial.k", NULL, 0, &got);
+        printf("%u fence %d peer %d\n", me.rank, rc, got ? got->data.integer : -1);
+        fflush(stdout);
+    }
+    rc = PMIx_Fence(NULL, 0, NULL, 0);
+    PMIx_Finalize(NULL, 0);
+    return rc == PMIX_SUCCESS ? 0 : 2;
+}
+"""
+
+
+def test_a_fence_over_part_of_a_job_between_nodes(pmrun: Run, pmix_client: Path) -> None:
+    # Two ranks on two nodes fence alone, with their data (a rendezvous at the root
+    # agent), while the others wait in the job's full fence.
+    src = pmix_client.parent / "partial.c"
+    src.write_text(PARTIAL_C)
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc is not None
+    out = pmix_client.parent / "partial"
+    subprocess.run([cc, "-o", str(out), str(src), f"-I{DEBIAN_PMIX / 'include'}",
+                    f"-L{DEBIAN_PMIX / 'lib'}", f"-Wl,-rpath,{DEBIAN_PMIX / 'lib'}", "-lpmix"],
+                   check=True, capture_output=True, timeout=120)
+    r = pmrun("-n", "4", "--local-nodes", "2", str(out), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["0 fence 0 peer 27", "2 fence 0 peer 7"], r.stdout
