@@ -34,7 +34,7 @@ from pm.proto import tree_wire as t
 from pm.proto.plan import AppPlan, JobPlan
 
 if TYPE_CHECKING:
-    from pm.agent.children import RootRelay
+    from pm.agent.children import Children, RootRelay
     from pm.agent.started import StartedRanks
     from pm.spawned_jobs import HeadSpawns
 
@@ -175,8 +175,10 @@ class JobRun:
         self.returncode: int | None = None
         self.finished = self.loop.create_future()
         self.agent: JobAgent | RootRelay | None = None
-        self.children: object | None = None
+        self.children: Children | None = None
         self._interrupts = 0
+        #: The first signal that told pmrun to stop (SIGINT, SIGTERM, SIGHUP), or 0.
+        self._signalled = 0
         #: Running, or killing: ranks that fail from then on do not name the cause.
         self.state = RunState.RUNNING
         self._stdin_credit = STDIN_WINDOW
@@ -291,9 +293,6 @@ class JobRun:
             await self.agent.aclose()
         children = self.children
         if children is not None:
-            from pm.agent.children import Children
-
-            assert isinstance(children, Children)
             for v in children.agent.children:
                 children.send(v, t.Shutdown("job over"))
             children.close()
@@ -332,9 +331,14 @@ class JobRun:
         """Ctrl-C / SIGTERM to the launcher: forward once, kill at once the second time."""
         self._interrupts += 1
         if self._interrupts == 1:
+            self._signalled = signum
             log.warning("forwarding %s to all ranks (again to kill them)",
                         signal.Signals(signum).name)
             self.signal(signum)
+            if self.children is not None:
+                # Nodes whose end is held back (pm.bootstrap.slurm) are named now: the
+                # same signal most likely ended them (a batch job Slurm cancelled).
+                self.children.release()
         else:
             if self.writer is not None:
                 self.writer.abandon()  # nor wait for a reader that does not read
@@ -392,7 +396,10 @@ class JobRun:
             self._spawner().request(0, msg)
         elif isinstance(msg, (t.AgentGone, t.AgentError)):
             what = msg.text
-            self._fail(f"node {msg.vertex} ({msg.host}) lost: {what}", EXIT_LAUNCHER)
+            # After pmrun's own SIGTERM (or Ctrl-C) a node lost is most likely that
+            # signal's doing too: pmrun's status is the signal's, as a shell's would be.
+            code = 128 + self._signalled if self._signalled else EXIT_LAUNCHER
+            self._fail(f"node {msg.vertex} ({msg.host}) lost: {what}", code)
             # Ranks of a lost node will never report: the job ends when the rest has.
             self._forget_node(msg.vertex)
         elif isinstance(msg, t.StdinAck):

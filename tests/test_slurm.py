@@ -8,8 +8,10 @@ allocation decides both.  All agents start as one ``srun`` step.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -23,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from launch_util import BIN, REPO, mpi_missing, script
 from realcluster_util import RealCluster
 
+from pm.agent.main import STDIN_LOST
 from pm.bootstrap.slurm import EXIT_CANCELLED, EXIT_TIME_LIMIT, cancelled
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
@@ -203,6 +206,63 @@ def test_cancelled_allocation_ends_the_job(slurm_cluster: RealCluster) -> None:
     assert_clean(c)
 
 
+def _agent_pid(c: RealCluster, i: int) -> int:
+    """The pid of the pmrun agent running on node ``i``."""
+    for pid in c.hosts.pids(c.names[i]):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv[-2:] == [b"child", b""] and any(b"pm.agent.main" in a for a in argv):
+                return pid
+    pytest.fail(f"no agent on {c.names[i]}: {c.leftovers()}")
+
+
+def _wait_dead(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and \
+            Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, f"pid {pid} still there after {timeout:g} s"
+        time.sleep(0.02)
+
+
+def test_cancel_seen_after_a_task_terminated(slurm_cluster: RealCluster) -> None:
+    """When Slurm cancels the job, srun's "task 1: Terminated" may reach pmrun before the
+    first node's "*** STEP ... CANCELLED ***" line (another connection; a loaded machine
+    shows it).  That order on purpose: node 1's agent gets its SIGTERM first."""
+    c = slurm_cluster
+    proc = _start_sleeping(c, 4, 8)
+    jobid = c.queue()[0].split()[0]
+    agent = _agent_pid(c, 1)
+    os.kill(agent, signal.SIGTERM)  # what node 1's slurmstepd does first
+    _wait_dead(agent, 10)
+    c.run(["scancel", jobid])
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_CANCELLED, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == [f"pmrun: Slurm cancelled the job step {jobid}.0"], err
+    assert_clean(c)
+
+
+@pytest.mark.parametrize(("signum", "words"), [(signal.SIGKILL, "Killed"),
+                                                 (signal.SIGTERM, "Terminated")])
+def test_a_killed_agent_is_named(slurm_cluster: RealCluster, signum: int, words: str) -> None:
+    """An agent killed by someone else than Slurm: named from srun's line at once (SIGKILL),
+    or once Slurm had time to say it ended the job and did not (SIGTERM); not after the
+    heartbeat (a minute here)."""
+    c = slurm_cluster
+    proc = _start_sleeping(c, 4, 8, "--heartbeat", "60")
+    agent = _agent_pid(c, 1)
+    t0 = time.monotonic()
+    os.kill(agent, signum)
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - t0
+    assert proc.returncode == 255, err
+    first = next(line for line in err.splitlines() if " lost" in line)
+    assert first == f"pmrun: node 1 ({c.names[1]}) lost: srun: error: {c.names[1]}: task 1: " \
+        f"{words}", err
+    assert took < 30, f"named after {took:.1f} s"
+    assert_clean(c)
+
+
 def test_cancelled_agent_step_ends_the_job(slurm_cluster: RealCluster) -> None:
     c = slurm_cluster
     proc = _start_sleeping(c, 3, 6)
@@ -256,6 +316,102 @@ def test_a_dead_node_is_named(slurm_cluster: RealCluster) -> None:
         assert first.startswith(f"pmrun: node 2 ({c.names[2]}) lost"), err
         assert "Traceback" not in err
         c.run(["scancel", "--full", c.queue()[0].split()[0]] if c.queue() else ["true"])
+    finally:
+        c.restart_slurmd(2)
+    assert_clean(c)
+
+
+def _slurm_pids_on(c: RealCluster, i: int, what: tuple[str, ...]) -> list[int]:
+    """Pids of node ``i``'s processes whose command starts with one of ``what``."""
+    out = []
+    for pid in c.hosts.pids(c.names[i]):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(tuple(
+                    w.encode() for w in what)):
+                out.append(pid)
+    return out
+
+
+def _ours_left(c: RealCluster) -> dict[str, list[str]]:
+    """What pmrun left on the nodes (agents, ranks): Slurm's own processes aside."""
+    return {ns: procs for ns, procs in
+            ((ns, [p for p in procs if "slurmstepd" not in p]) for ns, procs in
+             c.leftovers().items()) if procs}
+
+
+def _wait_ours_gone(c: RealCluster, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while (left := _ours_left(c)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"left on the nodes: {left}"
+
+
+def test_job_outlives_a_killed_slurmd(slurm_cluster: RealCluster, tmp_path: Path) -> None:
+    """Only slurmd dies on node 2: its step (slurmstepd, the agent, the ranks) goes on,
+    and the job ends as it would have."""
+    c = slurm_cluster
+    go = tmp_path / "go"
+    proc = subprocess.Popen(
+        ["salloc", "--quiet", "-N4", "-n8", sys.executable, "-m", "pm", "-n", "8", "sh", "-c",
+         f"while [ ! -e {go} ]; do sleep 0.05; done; echo ok"], env=env_for(c),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(len(_slurm_pids_on(c, i, ("sh\0-c",))) for i in range(4)) < 8:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.kill(c.slurm_pids()[f"slurmd {c.names[2]}"], signal.SIGKILL)
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert out.split() == ["ok"] * 8, out
+        assert not [line for line in err.splitlines() if line.strip()], err
+        _wait_ours_gone(c, 20)
+    finally:
+        c.restart_slurmd(2)
+    assert_clean(c)
+
+
+@pytest.mark.timeout(240)
+def test_killed_slurmd_ends_the_job_when_slurm_says_the_node_failed(
+        slurm_cluster: RealCluster) -> None:
+    """slurmd dies and the job runs on: once slurmctld declares the node down
+    (SlurmdTimeout, 30 s here) srun says so and pmrun names the node."""
+    c = slurm_cluster
+    proc = _start_sleeping(c, 4, 8)
+    try:
+        os.kill(c.slurm_pids()[f"slurmd {c.names[2]}"], signal.SIGKILL)
+        _, err = proc.communicate(timeout=150)
+        assert proc.returncode == 255, err
+        # (salloc says "Node failure" too.)
+        lines = [line for line in err.splitlines() if line.startswith("pmrun")]
+        assert lines[0] == f"pmrun: node 2 ({c.names[2]}) lost: srun: error: Node failure on " \
+            f"{c.names[2]}", err
+        assert "Traceback" not in err
+        _wait_ours_gone(c, 20)
+    finally:
+        c.restart_slurmd(2)
+    assert_clean(c)
+
+
+def test_killed_slurmd_and_slurmstepd_are_named_at_once(slurm_cluster: RealCluster) -> None:
+    """slurmd and the step's slurmstepd die on node 2, its agent lives: the agent sees its
+    stdin close and says so before it leaves; pmrun names the node at once (not after the
+    heartbeat, a minute here)."""
+    c = slurm_cluster
+    proc = _start_sleeping(c, 4, 8, "--heartbeat", "60")
+    try:
+        t0 = time.monotonic()
+        for pid in _slurm_pids_on(c, 2, ("slurmd", "slurmstepd")):
+            os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - t0
+        assert proc.returncode == 255, err
+        first = next(line for line in err.splitlines() if " lost" in line)
+        assert first == f"pmrun: node 2 ({c.names[2]}) lost: {STDIN_LOST}", err
+        assert "Traceback" not in err
+        assert took < 30, f"named after {took:.1f} s"
+        _wait_ours_gone(c, 20)
     finally:
         c.restart_slurmd(2)
     assert_clean(c)

@@ -44,6 +44,8 @@ log = logging.getLogger("pm.agent.children")
 
 #: Seconds a child agent gets to exit after its stdin closed before it is killed.
 EXIT_GRACE = 5.0
+#: ... when the agents are one Slurm step and a node of it was named lost.
+STEP_LOST_GRACE = 1.5
 #: Seconds between "not joined yet" lines while children are awaited.
 JOIN_NOTICE = 5.0
 #: How many of the missing nodes such a line names.
@@ -146,8 +148,12 @@ class Children:
         self.closing = False
         self.joined: dict[int, float] = {}
         self.gone: set[int] = set()
+        #: A node below us was named lost (here or further down).
+        self.lost = False
         self.done: set[int] = set()
         self._exits: list[asyncio.Future[ExitStatus]] = []
+        #: Ended bootstrap commands not named lost yet (``Bootstrap.hold``): timer, line.
+        self._held: dict[int, tuple[asyncio.TimerHandle, str]] = {}
         self._todo: list[int] = []
         #: Agents we started whose parent is another agent (``start == "first"``).
         self._fosters: set[int] = set()
@@ -233,6 +239,8 @@ class Children:
             ended(why, code)
         elif not self.closing:
             self.agent.parent.send(t.AgentError(self.agent.vertex, "", why))
+        for vertex in list(self._held):  # named: what was held only counts as done now
+            self._held_over(vertex)
 
     def _reported(self, vertex: int, address: str) -> None:
         """An agent we started listens at ``address``: tell those waiting for it."""
@@ -331,12 +339,18 @@ class Children:
 
     # ------------------------------------------------------------------ messages
     def _msg(self, vertex: int, msg: t.Msg) -> None:
+        if isinstance(msg, t.AgentGone) and msg.vertex == vertex:
+            # The child itself says it is leaving mid-job (pm.agent.main.STDIN_LOST).
+            self._lost(vertex, msg.text)
+            return
         if isinstance(msg, t.AgentGone) and msg.vertex in self._fosters:
             # Its parent gave up on it: whatever we started for it (an ssh still
             # connecting) is no use any more.
             self.gone.add(msg.vertex)
             if msg.vertex in self._pids:
                 self.watch.kill(self._pids[msg.vertex])
+        if isinstance(msg, (t.AgentGone, t.AgentError)):
+            self.lost = True
         if isinstance(msg, t.Done):
             self.done.add(vertex)
             self.port.forget(vertex)
@@ -361,6 +375,7 @@ class Children:
         """Report ``vertex`` lost (once) and count its subtree as done."""
         if self.closing or vertex in self.gone or vertex in self.done:
             return
+        self.lost = True
         if vertex in self._fosters:
             # Its parent is vertex 0, which counts its subtree; the head hears it first.
             self.gone.add(vertex)
@@ -397,12 +412,33 @@ class Children:
         fut = self._hellos.get(vertex)
         when = " before joining the tree" if fut is not None and not fut.done() else ""
         why = ""
+        delay = 0.0
         if self._boot is not None and vertex in self._pids:
             # ssh's or srun's own last words (srun's may name another node first).
             why = self._boot.explain(self._pids[vertex])
+            delay = self._boot.hold(self._pids[vertex], status)
         if self.closing or vertex in self.done:
             return
-        self._lost(vertex, f"agent {status.describe()}{when}" + (f": {why}" if why else ""))
+        text = f"agent {status.describe()}{when}" + (f": {why}" if why else "")
+        if delay > 0:
+            # Perhaps the resource manager's end of the job: its word may be on its way.
+            timer = asyncio.get_running_loop().call_later(delay, self._held_over, vertex)
+            self._held[vertex] = (timer, text)
+            return
+        self._lost(vertex, text)
+
+    def _held_over(self, vertex: int) -> None:
+        held = self._held.pop(vertex, None)
+        if held is not None:
+            held[0].cancel()
+            self._lost(vertex, held[1])
+
+    def release(self) -> None:
+        """The job is ending anyway (the launcher got a signal): name what was held now."""
+        if self._boot is not None:
+            self._boot.release()
+        for vertex in list(self._held):
+            self._held_over(vertex)
 
     def _silent(self, vertex: int, why: str) -> None:
         self._lost(vertex, why)
@@ -414,7 +450,28 @@ class Children:
             self._lost(vertex, why)
         elif not self.closing:
             # A deeper vertex the head starts for its parent: only the head hears of it.
-            self.agent.parent.send(t.AgentGone(vertex, host, why))
+            gone = t.AgentGone(vertex, host, why)
+            self.lost = True
+            self.agent.parent.send(gone)
+            if self.agent.vertex < 0 and 0 in self._hellos:
+                # Its parent would only notice the silence (the heartbeat): tell it, so
+                # its subtree counts as done and the job ends now.
+                self.send(0, gone)
+
+    def forget(self, vertex: int, why: str) -> None:
+        """The head says our child ``vertex`` is lost (it heard it from the bootstrap):
+        count its subtree as done, without naming it again."""
+        if self.closing or vertex in self.gone or vertex in self.done \
+                or vertex not in self._hellos:
+            return
+        log.info("agent %d: child %d lost: %s", self.agent.vertex, vertex, why)
+        self.gone.add(vertex)
+        self._queued.pop(vertex, None)
+        self.port.drop(vertex)
+        fut = self._hellos[vertex]
+        if not fut.done():
+            fut.set_result(False)
+        self.agent.from_child(vertex, t.Done(vertex, {}))
 
     # ------------------------------------------------------------------ ending
     def close(self) -> None:
@@ -426,6 +483,9 @@ class Children:
         if self.closing:
             return
         self.closing = True
+        for timer, _ in self._held.values():
+            timer.cancel()
+        self._held.clear()
         bye = t.seal(self.secret, t.encode(t.Shutdown("job over")))
         for v, fut in self._hellos.items():
             if fut.done() and fut.result():
@@ -445,14 +505,25 @@ class Children:
     async def wait_exit(self, timeout: float = EXIT_GRACE) -> None:  # noqa: ASYNC109
         """Wait for child agent processes to exit; SIGKILL those still there after ``timeout``."""
         pending = [f for f in self._exits if not f.done()]
+        step = self.agent.plan.bootstrap.get("start") == "step" and self.agent.vertex < 0
+        if pending and step and self.lost:
+            # srun waits for the lost node's tasks until Slurm declares the node down
+            # (SlurmdTimeout: minutes): the other agents need only a moment to leave.
+            timeout = min(timeout, STEP_LOST_GRACE)
         if pending:
             _, pending_set = await asyncio.wait(pending, timeout=timeout)
             if pending_set:
                 for v, pid in self._pids.items():
                     # Only what we still own: a child reaped already is not ours any more.
-                    if self.watch.kill(pid):
-                        log.warning("agent %d: child agent %d (pid %d) did not exit: killed it",
-                                    self.agent.vertex, v, pid)
+                    if not self.watch.kill(pid):
+                        continue
+                    if step:
+                        # With a node named lost already, this is expected: no second line.
+                        log.log(logging.INFO if self.lost else logging.WARNING,
+                                "the agents' srun (pid %d) did not exit: killed it", pid)
+                    else:
+                        log.warning("agent %d: child agent %d (pid %d) did not exit: killed "
+                                    "it", self.agent.vertex, v, pid)
                 await asyncio.wait(pending_set, timeout=2.0)
         self.watch.close()
         await self.port.aclose()

@@ -31,6 +31,9 @@ log = logging.getLogger("pm.agent")
 
 #: Why an agent leaves when its stdin closes (normal once its part of the job is done).
 STDIN_EOF = "parent closed our stdin"
+#: What the job's one line says when that happens while the job runs.
+STDIN_LOST = "its agent's standard input closed while the job ran (its slurmstepd or " \
+             "ssh connection is gone)"
 #: When this process reached pmrun's code (its interpreter start-up is before): for --profile.
 _T_MAIN = time.time()
 
@@ -222,6 +225,10 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
         for m in early:
             on_msg(m)
         await asyncio.wait([agent.done, parent_gone], return_when=asyncio.FIRST_COMPLETED)
+        if parent_gone.done() and parent_gone.result() == STDIN_EOF and not agent.killing:
+            # Whoever started us went away mid-job (a slurmstepd or sshd killed): say so
+            # now rather than leave our parent to notice the silence (the heartbeat).
+            link.send(t.AgentGone(vertex, agent.host, STDIN_LOST))
         # Our part is done; stay until the head says the job is over (it may
         # still route messages through us) or our parent goes away.
         why = await parent_gone

@@ -663,6 +663,17 @@ class JobAgent:
                 self.route(msg.dst, msg)
             elif self.spawn_requests is not None:
                 self.spawn_requests.response(msg)
+        elif isinstance(msg, t.AgentGone):
+            # Down the tree: the head heard (from srun) that a node below us is lost.
+            if not 0 < msg.vertex < len(self.plan.hosts):
+                return
+            up = self.tree.parent(msg.vertex)
+            if up is not None and up != self.vertex:
+                self.route(up, msg)
+            elif up == self.vertex:
+                forget = getattr(self.children_link, "forget", None)  # (not a spawned job's)
+                if forget is not None:
+                    forget(msg.vertex, msg.text)
         else:
             log.warning("agent %d: unexpected %s", self.vertex, type(msg).__name__)
 

@@ -27,9 +27,12 @@ from __future__ import annotations
 import abc
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pm.proto.plan import DEFAULT_HEARTBEAT, AgentConfig
+
+if TYPE_CHECKING:
+    from pm.agent.watch import ExitStatus
 
 #: Seconds a child agent may take to join the tree (``--join-timeout``).
 DEFAULT_JOIN_TIMEOUT = 60.0
@@ -123,6 +126,15 @@ class Bootstrap(abc.ABC):
     def explain(self, pid: int) -> str:
         """One line on why the command ``pid`` (started by us, now ended) failed, or ``""``."""
         return ""
+
+    def hold(self, pid: int, status: ExitStatus) -> float:
+        """Seconds to wait before naming the end of the command ``pid`` (0: at once): a
+        resource manager's word on why may be on its way (``pm.bootstrap.slurm``)."""
+        return 0.0
+
+    def release(self) -> None:
+        """Name the failures held back (the job is ending anyway). Idempotent."""
+        return None
 
     def prepare(self, hosts: list[str], fanout: int) -> None:
         """Told the job's nodes and tree fan-out before the first ``start``."""

@@ -25,6 +25,13 @@ agent fails the others end their ranks themselves (Slurm would kill them
 before they clean up).  ``srun`` keeps our stdin open to the agent, so closing
 it still tells the agent its parent is gone.  ``options["srun"]`` replaces the
 option words (for old Slurm releases without ``--overlap``/``--whole``).
+
+When Slurm ends the job (scancel, the time limit) every slurmstepd sends its tasks
+SIGTERM, and srun's "task N: Terminated" for one node may reach us before the first
+node's "*** STEP ... CANCELLED ***" line (they travel on different connections), or
+before pmrun's own SIGTERM (in a batch script).  So a node whose agent Slurm's SIGTERM
+ended is named lost only after :data:`SIGNAL_GRACE` seconds without either; any other
+end (SIGKILL, an exit code, a node failure) is named at once.
 """
 
 from __future__ import annotations
@@ -32,9 +39,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
+import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pm.bootstrap.base import agent_command
 from pm.bootstrap.exec import CommandBootstrap
@@ -42,10 +51,20 @@ from pm.bootstrap.pipes import Piped
 from pm.common.hostlist import HostlistError, compress, expand
 from pm.proto.plan import AgentConfig
 
+if TYPE_CHECKING:
+    import asyncio
+
+    from pm.agent.watch import ExitStatus
+
 SRUN_OPTIONS = ("--overlap", "--whole", "--cpu-bind=none", "--mpi=none", "--quiet")
 #: What srun says about a task that failed on a node, or a node that failed.
 _TASK_FAILED = re.compile(r"^srun: error: ([^\s:]+): tasks? [0-9,\-]+: (.*)$")
 _NODE_FAILED = re.compile(r"^srun: error: Node failure on ([^\s,]+)")
+#: How srun says a task was killed by SIGTERM (what slurmstepd sends when Slurm ends a step).
+_TERMINATED = re.compile(r": tasks? [0-9,\-]+: Terminated$")
+#: Seconds a node whose agent died of SIGTERM is held before it is named lost: Slurm's
+#: word that it ended the job (or pmrun's own SIGTERM) comes in that time if it comes.
+SIGNAL_GRACE = 3.0
 #: What slurmstepd says when Slurm ends a job or step (scancel, the time limit, ...).
 _CANCELLED = re.compile(r"\*\*\* (JOB|STEP) (\S+) ON (\S+) CANCELLED AT (\S+)(?: DUE TO ([^*]+?))?"
                         r"(?: \*\*\*)")
@@ -140,6 +159,14 @@ class SlurmBootstrap(CommandBootstrap):
         self.python = options.get("python")
         # slurmctld handles step creation one by one: a burst only queues there.
         self.limit = int(options.get("limit", 64))
+        #: Slurm said it ended the job: later task failures are its doing.
+        self.ended = False
+        #: Failures held back (see the module docstring): (vertex, host, line).
+        self._held: list[tuple[int, str, str]] = []
+        self._hold_until = 0.0
+        #: A failure was held and has been named since: no more holding.
+        self._named = False
+        self._timer: asyncio.TimerHandle | None = None
 
     def argv(self, host: str) -> list[str]:
         return srun_argv(host, agent_command(self.python, lean=True), self.srun)
@@ -165,11 +192,54 @@ class SlurmBootstrap(CommandBootstrap):
             return True  # our --cpu-bind=none on a cluster without task/affinity: harmless
         ended = cancelled(text)
         if ended is not None:
+            self.ended = True
             if self.on_ended is not None:
                 self.on_ended(*ended)
+            self.release()  # named already: what was held is only bookkeeping now
             return True
         m = _TASK_FAILED.match(text) or _NODE_FAILED.match(text)
         if m is not None and self.on_failure is not None and m.group(1) in self.hosts:
-            self.on_failure(self.hosts.index(m.group(1)), m.group(1), text)
+            vertex = self.hosts.index(m.group(1))
+            if not self.ended and _TERMINATED.search(text):
+                self._hold(vertex, m.group(1), text)
+            else:
+                self.on_failure(vertex, m.group(1), text)
             return True
         return False
+
+    def _hold(self, vertex: int, host: str, text: str) -> None:
+        import asyncio
+
+        if not self._held:
+            self._hold_until = time.monotonic() + SIGNAL_GRACE
+            self._timer = asyncio.get_running_loop().call_later(SIGNAL_GRACE, self.release)
+        self._held.append((vertex, host, text))
+
+    def release(self) -> None:
+        """Name the held failures now (the grace is over, or the job's end is known)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        held, self._held = self._held, []
+        self._named = self._named or bool(held)
+        for vertex, host, text in held:
+            if self.on_failure is not None:
+                self.on_failure(vertex, host, text)
+
+    def hold(self, pid: int, status: ExitStatus) -> float:
+        """srun ended: seconds to wait before naming that, if its tasks (or srun itself)
+        died of SIGTERM and Slurm has not said yet that it ended the job."""
+        if self.ended or self._named:
+            return 0.0
+        if self._held:
+            return max(0.0, self._hold_until - time.monotonic())
+        if status.signal == signal.SIGTERM or status.code == 128 + signal.SIGTERM:
+            return SIGNAL_GRACE
+        return 0.0
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._held = []
+        super().close()
