@@ -332,8 +332,9 @@ class JobRun:
         self._interrupts += 1
         if self._interrupts == 1:
             self._signalled = signum
-            log.warning("forwarding %s to all ranks (again to kill them)",
-                        signal.Signals(signum).name)
+            if self.state is RunState.RUNNING:  # (else the job's end is named already)
+                log.warning("forwarding %s to all ranks (again to kill them)",
+                            signal.Signals(signum).name)
             self.signal(signum)
             if self.children is not None:
                 # Nodes whose end is held back (pm.bootstrap.slurm) are named now: the

@@ -224,17 +224,21 @@ def _wait_dead(pid: int, timeout: float) -> None:
         time.sleep(0.02)
 
 
-def test_cancel_seen_after_a_task_terminated(slurm_cluster: RealCluster) -> None:
-    """When Slurm cancels the job, srun's "task 1: Terminated" may reach pmrun before the
-    first node's "*** STEP ... CANCELLED ***" line (another connection; a loaded machine
-    shows it).  That order on purpose: node 1's agent gets its SIGTERM first."""
+@pytest.mark.parametrize(("signum", "cancel"), [(signal.SIGTERM, "job"),
+                                                 (signal.SIGKILL, "step")])
+def test_cancel_seen_after_a_task_ended(slurm_cluster: RealCluster, signum: int,
+                                        cancel: str) -> None:
+    """When Slurm cancels the job (SIGTERM to every task) or the agents' step (SIGKILL),
+    srun's "task 1: Terminated" (or "Killed") may reach pmrun before the first node's
+    "*** STEP ... CANCELLED ***" line (another connection; a loaded machine shows it).
+    That order on purpose: node 1's agent gets the signal first."""
     c = slurm_cluster
     proc = _start_sleeping(c, 4, 8)
     jobid = c.queue()[0].split()[0]
     agent = _agent_pid(c, 1)
-    os.kill(agent, signal.SIGTERM)  # what node 1's slurmstepd does first
+    os.kill(agent, signum)  # what node 1's slurmstepd does first
     _wait_dead(agent, 10)
-    c.run(["scancel", jobid])
+    c.run(["scancel", jobid if cancel == "job" else f"{jobid}.0"])
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_CANCELLED, err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -245,9 +249,9 @@ def test_cancel_seen_after_a_task_terminated(slurm_cluster: RealCluster) -> None
 @pytest.mark.parametrize(("signum", "words"), [(signal.SIGKILL, "Killed"),
                                                  (signal.SIGTERM, "Terminated")])
 def test_a_killed_agent_is_named(slurm_cluster: RealCluster, signum: int, words: str) -> None:
-    """An agent killed by someone else than Slurm: named from srun's line at once (SIGKILL),
-    or once Slurm had time to say it ended the job and did not (SIGTERM); not after the
-    heartbeat (a minute here)."""
+    """An agent killed by someone else than Slurm: named from srun's line once Slurm had
+    time to say it ended the job and did not (pm.bootstrap.slurm.SIGNAL_GRACE), not after
+    the heartbeat (a minute here)."""
     c = slurm_cluster
     proc = _start_sleeping(c, 4, 8, "--heartbeat", "60")
     agent = _agent_pid(c, 1)

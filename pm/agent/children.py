@@ -23,7 +23,14 @@ import socket
 import time
 from typing import Any, Protocol
 
-from pm.agent.links import ChildPort, endpoint_host, iface_address, is_ip, route_source
+from pm.agent.links import (
+    ANY_ADDRESS,
+    ChildPort,
+    endpoint_host,
+    iface_address,
+    is_ip,
+    route_source,
+)
 from pm.agent.watch import ChildWatch, ExitStatus
 from pm.bootstrap import get_bootstrap
 from pm.bootstrap.base import (
@@ -94,12 +101,12 @@ def listen_endpoint(options: dict[str, Any], parent: str | None,
             # Where ssh goes for that name (Host aliases), which DNS may not know.
             toward = resolve_host(toward, options)
         src = route_source(toward) if toward else None
-        if src is None and toward and str(options.get("name")) == "slurm":
-            from pm.bootstrap.slurm import node_address
-
-            # A node name DNS does not know: Slurm knows its address.
-            address = node_address(toward)
-            src = route_source(address) if address else None
+        if src is None and str(options.get("name")) == "slurm" and options.get("start") == "step":
+            # A node name DNS does not know (Slurm's NodeAddr only): asking slurmctld
+            # costs a round trip on the launch's path.  Listen on every address instead;
+            # the agents reach us where srun runs (SLURM_LAUNCH_NODE_IPADDR, what their
+            # slurmd saw srun's connection come from: agent.main.place_in_step).
+            return f"tcp://{ANY_ADDRESS}"
         if src is None:
             src = route_source(socket.getfqdn())
     if src is None or src.startswith("127."):

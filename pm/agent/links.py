@@ -181,6 +181,10 @@ class Liveness(Generic[K]):
         return lost
 
 
+#: The address a port listens on when it listens on all of them.
+ANY_ADDRESS = "0.0.0.0"
+
+
 def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)

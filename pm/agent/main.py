@@ -43,9 +43,19 @@ def place_in_step(cfg: AgentConfig, env: Mapping[str, str]) -> None:
     one Slurm step over all hosts (``vertex`` -1): our place is our node's place in the
     job's host list; vertex 0's parent is the head, every other parent comes later on
     stdin.  ``ValueError`` when this node is not in the list."""
+    from pm.agent.links import ANY_ADDRESS, endpoint_host
     from pm.common.hostlist import expand
     from pm.common.kary_tree import Tree
 
+    if endpoint_host(cfg.head) == ANY_ADDRESS:
+        # The head listens on every address: it is where srun runs.
+        launcher = env.get("SLURM_LAUNCH_NODE_IPADDR", "")
+        if not launcher:
+            raise ValueError("cannot tell where pmrun listens (no SLURM_LAUNCH_NODE_IPADDR "
+                             "from srun): give pmrun --iface")
+        cfg.head = cfg.head.replace(ANY_ADDRESS, launcher, 1)
+        if cfg.parent:
+            cfg.parent = cfg.parent.replace(ANY_ADDRESS, launcher, 1)
     hosts = expand(cfg.hosts)
     name = env.get("SLURMD_NODENAME") or socket.gethostname()
     if name in hosts:

@@ -27,11 +27,11 @@ it still tells the agent its parent is gone.  ``options["srun"]`` replaces the
 option words (for old Slurm releases without ``--overlap``/``--whole``).
 
 When Slurm ends the job (scancel, the time limit) every slurmstepd sends its tasks
-SIGTERM, and srun's "task N: Terminated" for one node may reach us before the first
-node's "*** STEP ... CANCELLED ***" line (they travel on different connections), or
-before pmrun's own SIGTERM (in a batch script).  So a node whose agent Slurm's SIGTERM
-ended is named lost only after :data:`SIGNAL_GRACE` seconds without either; any other
-end (SIGKILL, an exit code, a node failure) is named at once.
+SIGTERM (a cancelled step, SIGKILL), and srun's "task N: Terminated" for one node may
+reach us before the first node's "*** STEP ... CANCELLED ***" line (they travel on
+different connections), or before pmrun's own SIGTERM (in a batch script).  So a node
+whose agent died of SIGTERM or SIGKILL is named lost only after :data:`SIGNAL_GRACE`
+seconds without either; any other end (an exit code, a node failure) is named at once.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import os
 import re
 import shlex
 import signal
-import subprocess
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -60,11 +59,13 @@ SRUN_OPTIONS = ("--overlap", "--whole", "--cpu-bind=none", "--mpi=none", "--quie
 #: What srun says about a task that failed on a node, or a node that failed.
 _TASK_FAILED = re.compile(r"^srun: error: ([^\s:]+): tasks? [0-9,\-]+: (.*)$")
 _NODE_FAILED = re.compile(r"^srun: error: Node failure on ([^\s,]+)")
-#: How srun says a task was killed by SIGTERM (what slurmstepd sends when Slurm ends a step).
-_TERMINATED = re.compile(r": tasks? [0-9,\-]+: Terminated$")
-#: Seconds a node whose agent died of SIGTERM is held before it is named lost: Slurm's
-#: word that it ended the job (or pmrun's own SIGTERM) comes in that time if it comes.
+#: How srun says a task was killed by SIGTERM or SIGKILL (what slurmstepd sends when Slurm
+#: ends a job, or a step: ``scancel STEP`` kills at once).
+_TERMINATED = re.compile(r": tasks? [0-9,\-]+: (?:Terminated|Killed)$")
+#: Seconds a node whose agent died of such a signal is held before it is named lost:
+#: Slurm's word that it ended the job (or pmrun's own SIGTERM) comes in that time if at all.
 SIGNAL_GRACE = 3.0
+_SLURM_SIGNALS = (signal.SIGTERM, signal.SIGKILL)
 #: What slurmstepd says when Slurm ends a job or step (scancel, the time limit, ...).
 _CANCELLED = re.compile(r"\*\*\* (JOB|STEP) (\S+) ON (\S+) CANCELLED AT (\S+)(?: DUE TO ([^*]+?))?"
                         r"(?: \*\*\*)")
@@ -120,17 +121,6 @@ def allocation_hosts(env: Mapping[str, str] | None = None) -> list[tuple[str, in
         if len(counts) == len(hosts):
             slots = list(counts)
     return list(zip(hosts, slots, strict=True))
-
-
-def node_address(host: str) -> str | None:
-    """The address Slurm has for node ``host`` (``NodeAddr``), or None."""
-    try:
-        res = subprocess.run(["scontrol", "show", "node", "-o", host], capture_output=True,
-                             text=True, timeout=10, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.search(r"\bNodeAddr=(\S+)", res.stdout)
-    return m.group(1) if m else None
 
 
 def step_argv(hosts: list[str], command: list[str], srun: str | None = None) -> list[str]:
@@ -233,7 +223,7 @@ class SlurmBootstrap(CommandBootstrap):
             return 0.0
         if self._held:
             return max(0.0, self._hold_until - time.monotonic())
-        if status.signal == signal.SIGTERM or status.code == 128 + signal.SIGTERM:
+        if status.signal in _SLURM_SIGNALS or status.code - 128 in _SLURM_SIGNALS:
             return SIGNAL_GRACE
         return 0.0
 
