@@ -543,6 +543,9 @@ class JobRun:
 
 
 def _universe(run: JobRun) -> int:
-    from pm.spawned_jobs import universe_size
+    """MPI_UNIVERSE_SIZE by default: the slots of the job's nodes, never below the job's
+    size (as pm.spawned_jobs.universe_size; not imported here: spawning is rare)."""
+    from pm.common.mapping import capacities
 
-    return universe_size(run)
+    return max(run.plan.size, sum(capacities(run.nodes.slots, run.plan.size,
+                                             run.plan.slots, len(run.plan.hosts))))

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pm.agent.watch import ExitStatus
-from pm.common.mapping import MappingError, place, process_mapping
+from pm.common.mapping import MappingError, process_mapping
+from pm.common.mapping import capacities as slot_capacities
 from pm.head import RunState
 from pm.proto import tree_wire as t
 from pm.proto.plan import AppPlan, JobPlan, SpawnOrigin
@@ -109,14 +110,9 @@ def universe_size(run: JobRun) -> int:
 
 
 def capacities(run: JobRun) -> list[int]:
-    """Slots of each vertex: as the host list gave them, else the launched job's ranks
-    there (a plain ``-n N`` has room for N; children beyond it oversubscribe)."""
-    given = run.nodes.slots
-    used = [0] * len(run.plan.hosts)
-    for v in place(run.plan.size, run.plan.slots):
-        used[v] += 1
-    return [int(g) if (g := given[v] if v < len(given) else None) is not None else used[v]
-            for v in range(len(used))]
+    """Slots of each vertex (:func:`pm.common.mapping.capacities`)."""
+    return slot_capacities(run.nodes.slots, run.plan.size, run.plan.slots,
+                           len(run.plan.hosts))
 
 
 #: Seconds a spawned job may outlive the job that spawned it before it is ended.

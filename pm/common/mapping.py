@@ -296,3 +296,14 @@ def local_ranks(node_of_rank: Sequence[int]) -> dict[int, list[int]]:
     for rank, node in enumerate(node_of_rank):
         out.setdefault(node, []).append(rank)
     return dict(sorted(out.items()))
+
+
+def capacities(given: list[int | None], size: int, slots: list[int], nodes: int) -> list[int]:
+    """Slots of each of ``nodes`` vertices: as the host list gave them (``given``), else the
+    launched job's ranks there (a plain ``-n N`` has room for N; children beyond it
+    oversubscribe)."""
+    used = [0] * nodes
+    for v in place(size, slots):
+        used[v] += 1
+    return [int(g) if (g := given[v] if v < len(given) else None) is not None else used[v]
+            for v in range(nodes)]
