@@ -160,3 +160,22 @@ def test_calls_held_go_over_before_what_came_after_them() -> None:
         assert ranks.pmi.todo(0) == []  # handed over once
     finally:
         ranks.close()
+
+
+def test_a_request_larger_than_a_read_is_served_whole() -> None:
+    """The quick phase reads a little first (most requests are small), then the rest."""
+    ranks = Ranks(1)
+    try:
+        assert ranks.send(0, native.MAGIC + fr(1, "init"))
+        ranks.read(0)
+        big = bytes(range(256)) * 400  # 100 KiB: several reads
+        ranks.peers[0].setblocking(True)
+        assert ranks.send(0, fr(2, "put", b"big", big) + fr(3, "get", b"big", 0))
+        want = fr(2, True, None) + fr(3, True, big)
+        got = b""
+        ranks.peers[0].settimeout(10)
+        while len(got) < len(want):
+            got += ranks.peers[0].recv(1 << 20)
+        assert got == want
+    finally:
+        ranks.close()

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 #: The first fences after which the ranks' /dev/shm maps are noted (MPI_Init makes its
 #: segments before them), as the agent does (pm.agent.node.EARLY_SAMPLES).
 EARLY_SAMPLES = 3
+#: Bytes of a rank's first read (more are read at once when it fills).
+READ = 4096
 
 
 class QuickPmi:
@@ -127,10 +129,14 @@ class QuickPmi:
                 return False  # pm.client with shared memory: the agent serves it
             engine = self.engines[r.rank] = PmiEngine(self, r.rank)
         try:
-            # 64 KiB, not more: a larger buffer is mmapped and unmapped by malloc per read.
-            data = sock.recv(65536, _socket.MSG_DONTWAIT)
+            # A small read: a request fits, and malloc serves it from its free lists.
+            data = sock.recv(READ, _socket.MSG_DONTWAIT)
         except BlockingIOError:
             return True
+        except OSError:
+            return False  # a broken stream: the agent names it
+        if len(data) == READ:
+            data = _read_more(sock, data)
         if not data:
             if not engine.finalized:
                 return False  # closed before finalize: the agent names it
@@ -221,6 +227,24 @@ class QuickPmi:
             self._attr_waits[key] = [(r, c) for r, c in waits if r != rank]
         acts.extend(self._left.pop(rank, ()))
         return acts
+
+
+def _read_more(sock: _socket.socket, data: bytes) -> bytes:
+    """A full first read: the rest of what is there, in larger reads (64 KiB, not more: a
+    larger buffer is mmapped and unmapped by malloc at every read).  An end of stream met
+    here is met again at the next read."""
+    parts = [data]
+    while True:
+        try:
+            more = sock.recv(65536, _socket.MSG_DONTWAIT)
+        except OSError:  # nothing more now (or a broken stream, seen at the next read)
+            break
+        if not more:
+            break
+        parts.append(more)
+        if len(more) < 65536:
+            break
+    return b"".join(parts)
 
 
 def _log_setup() -> None:
