@@ -310,19 +310,17 @@ class QuickStart:
                 import pm.agent.pmi_quick  # noqa: F401
                 continue
             for fd, _mask in events:
-                if fd == self._sig_r:
-                    os.read(fd, 512)
-                    if not self._job_control():
-                        return None  # a signal the full path forwards
-                    continue
-                if fd == self._stdin:
-                    return None  # data for rank 0
-                if fd == self._wake_r:
-                    return None  # a PMIx request the agent serves (abort, publish...)
-                what, r = table[fd]
-                if what in (STDOUT, STDERR):
-                    self._read(r, what)
-                elif what == _PMI:
+                entry = table.get(fd)
+                if entry is None:  # not a rank's: the signal pipe, stdin or the PMIx wake-up
+                    if fd == self._sig_r:
+                        os.read(fd, 512)
+                        if not self._job_control():
+                            return None  # a signal the full path forwards
+                        continue
+                    # Data for rank 0, or a PMIx request the agent serves (abort, publish...).
+                    return None
+                what, r = entry
+                if what == _PMI:  # the hot path: a request
                     pmi = self.pmi
                     if pmi is None:
                         if not _speaks(r):
@@ -340,6 +338,8 @@ class QuickStart:
                             poll.unregister(fd)  # (a closed fd leaves the set by itself)
                     elif not served:
                         return None  # the agent takes it from there
+                elif what in (STDOUT, STDERR):
+                    self._read(r, what)
                 elif r.rank not in exited:
                     ended = self._ended(r)
                     if ended is None:

@@ -386,17 +386,18 @@ class PmiEngine:
     def _fast1(self, data: bytes) -> bytes | None:
         """The reply to a lone plain get or put line, answered without building a command;
         None (nothing done) for anything else, which takes the general path."""
+        head = self._get_head
+        if data.startswith(head) and data[-1:] == b"\n":
+            # MPICH's get, exactly: "cmd=get kvsname=<ours> key=<key>\n".
+            key = data[len(head):-1]
+            if (key.isalnum() or (key.isascii() and key.split() == [key])) and (
+                    not key.startswith(b"PMI_")):  # (a job attribute: the general path)
+                raw = self.store.get_now(key)
+                return (b"cmd=get_result rc=1 msg=key_not_found\n" if raw is None
+                        else b"cmd=get_result rc=0 value=%s\n" % raw)
         if data[-1:] != b"\n" or data.find(b"\n") != len(data) - 1 or not data.isascii():
             return None
-        if not data.startswith(self._get_head):
-            return self._fast1_tokens(data)
-        # MPICH's get, exactly: "cmd=get kvsname=<ours> key=<key>\n".
-        key = data[len(self._get_head):-1]
-        if not (key.isalnum() or key.split() == [key]) or key.startswith(b"PMI_"):
-            return self._fast1_tokens(data)  # more tokens, or a job attribute
-        raw = self.store.get_now(key)
-        return (b"cmd=get_result rc=1 msg=key_not_found\n" if raw is None
-                else b"cmd=get_result rc=0 value=%s\n" % raw)
+        return self._fast1_tokens(data)
 
     def _fast1_tokens(self, data: bytes) -> bytes | None:
         toks = data.split()
