@@ -324,7 +324,7 @@ def test_iface_is_an_interface_of_this_machine_or_an_address(pmrun: Run) -> None
 GOOD_VALUE: dict[str, list[str]] = {
     "n": ["3"], "ppn": ["2"], "genv": ["A=1"], "env": ["B", "2"], "env_mode": ["HOME,PATH"],
     "wdir": ["/"], "prepend": ["%h %r: "], "output": ["o.%r"], "error": ["e.%j"],
-    "fanout": ["4"], "timeout": ["2.5"], "mpi": ["pmix"],
+    "fanout": ["4"], "timeout": ["2.5"], "mpi": ["pmix"], "kvs": ["socket"],
 }
 QUICK = [(opt, name) for opt in OPTIONS if opt.quick for name in opt.names]
 
@@ -347,3 +347,4 @@ def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
     from pm.agent.pmix_detect import wants_pmix
 
     assert q.pmix == wants_pmix(spec.mpi, app.argv[:1])
+    assert q.kvs == spec.kvs
