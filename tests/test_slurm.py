@@ -267,6 +267,40 @@ def test_a_killed_agent_is_named(slurm_cluster: RealCluster, signum: int, words:
     assert_clean(c)
 
 
+def test_cancelled_batch_job_ends_pmrun_with_sigterms_status(slurm_cluster: RealCluster,
+                                                             tmp_path: Path) -> None:
+    """In a batch script pmrun gets Slurm's SIGTERM itself, at about the time its agents
+    do: whichever pmrun sees first, it ends with SIGTERM's status (143)."""
+    c = slurm_cluster
+    out = tmp_path / "job.out"
+    job = tmp_path / "job.sh"
+    # The script outlives the SIGTERM (trap) to say how pmrun ended.
+    job.write_text(f"""#!/bin/sh
+#SBATCH --nodes=3 --ntasks=6 --output={out}
+trap 'echo "script got TERM"' TERM
+pmrun sleep 300 &
+pid=$!
+wait $pid
+wait $pid
+echo "pmrun exit $?"
+""")
+    res = subprocess.run(["sbatch", "--parsable", str(job)], env=env_for(c, tmp_path),
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    jobid = res.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 60
+    while sum(1 for procs in c.leftovers().values() for p in procs
+              if p.endswith("sleep 300 ")) < 6:
+        assert time.monotonic() < deadline, out.read_text() if out.exists() else "no output"
+        time.sleep(0.05)
+    c.run(["scancel", jobid])
+    _wait_gone(c, jobid, 60)
+    text = out.read_text()
+    assert "pmrun exit 143" in text, text
+    assert "Traceback" not in text, text
+    assert_clean(c)
+
+
 def test_cancelled_agent_step_ends_the_job(slurm_cluster: RealCluster) -> None:
     c = slurm_cluster
     proc = _start_sleeping(c, 3, 6)
