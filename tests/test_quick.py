@@ -109,6 +109,23 @@ def test_a_partial_line_survives_the_take_over(pmrun: Run, tmp_path: Path) -> No
     assert sorted(r.stdout.splitlines()) == [f"[{i}] part-rest {(i + 1) % 3}" for i in range(3)]
 
 
+GETS_THEN_GONE = """
+import os
+fd = int(os.environ["PMI_FD"])
+# More replies than the socket holds: the quick phase is still writing them when the
+# rank is gone (an end of stream or a broken pipe under the writer, never a traceback).
+os.write(fd, b"cmd=get key=x\\n" * 20000)
+os._exit(0)
+"""
+
+
+def test_a_rank_gone_while_its_replies_are_written(pmrun: Run, tmp_path: Path) -> None:
+    prog = script(tmp_path, "gone.py", GETS_THEN_GONE)
+    r = pmrun("-n", "2", "python", str(prog))
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 0, r.stderr
+
+
 def test_output_held_open_by_a_grandchild(pmrun: Run, marker: str) -> None:
     # The rank exits at once; a background process it left keeps its stdout open.
     t0 = time.monotonic()

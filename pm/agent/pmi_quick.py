@@ -147,7 +147,10 @@ class QuickPmi:
             return None
         reply = engine.answer(data)  # the hot path: a get or a put, nothing else
         if reply is not None:
-            sock.sendall(reply)
+            try:
+                sock.sendall(reply)
+            except OSError:
+                return False  # the rank went away meanwhile: the agent names it
             return True
         ok = self._run(r.rank, engine.feed(data, fast=False))
         return self._settle() and ok
@@ -161,7 +164,11 @@ class QuickPmi:
                 assert sock is not None
                 # Blocking, but small: the rank reads its replies (PMI-1 and PMI-2
                 # clients wait for each one).
-                sock.sendall(act.data)
+                try:
+                    sock.sendall(act.data)
+                except OSError:  # the rank went away meanwhile: the agent names it
+                    self._left.setdefault(rank, []).extend(acts[i + 1:])
+                    return False
             elif isinstance(act, Event) and act.name in ("init", "finalize"):
                 if act.name == "finalize":
                     self.kvs.settle(rank)
