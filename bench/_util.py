@@ -76,16 +76,17 @@ def pmrun() -> list[str]:
     return [tool("pmrun")]
 
 
-def release_install() -> Path:
-    """This checkout installed the way the README installs it (``pip install .``, not
-    editable) into its own venv, ``bench/out/release``; its ``python``.
+def release_install(src_root: Path = ROOT, name: str = "release") -> Path:
+    """This checkout (or ``src_root``, another checkout of pmrun) installed the way the
+    README installs it (``pip install .``, not editable) into its own venv,
+    ``bench/out/NAME``; its ``python``.
 
     Start-up benchmarks run pmrun from here: an editable install adds its import
     finder to every start (about 10 ms), which no user's install has.  The
     dependencies (uvloop, msgpack, pyzmq, cffi) are this interpreter's, through a
     ``.pth`` line; only pmrun is rebuilt, each time, from the checkout.
     """
-    venv = ROOT / "bench" / "out" / "release"
+    venv = ROOT / "bench" / "out" / name
     python = venv / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -99,15 +100,15 @@ def release_install() -> Path:
         # A copy of what the package is made of: building in the checkout would leave
         # build/ and *.egg-info there.
         src = Path(tmp) / "src"
-        for name in ("pyproject.toml", "README.md", "LICENSE", "pm", "scripts", "deploy"):
-            if not (ROOT / name).exists():
+        for part in ("pyproject.toml", "README.md", "LICENSE", "pm", "scripts", "deploy"):
+            if not (src_root / part).exists():
                 continue
-            if (ROOT / name).is_dir():
-                shutil.copytree(ROOT / name, src / name,
+            if (src_root / part).is_dir():
+                shutil.copytree(src_root / part, src / part,
                                 ignore=shutil.ignore_patterns("__pycache__"))
             else:
                 src.mkdir(exist_ok=True)
-                shutil.copy2(ROOT / name, src / name)
+                shutil.copy2(src_root / part, src / part)
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps",
                         "--force-reinstall", str(src)], check=True, cwd=tmp,
                        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})

@@ -52,9 +52,18 @@ import shlex
 import statistics
 import subprocess
 import time
+from pathlib import Path
 
-from bench._util import ROOT, interleaved, machine, median_range, timed, tool, write_section
-from pm.bootstrap.base import site_dirs
+from bench._util import (
+    ROOT,
+    interleaved,
+    machine,
+    median_range,
+    release_install,
+    timed,
+    tool,
+    write_section,
+)
 from pm.bootstrap.ssh import DEFAULT_FANOUT, DEFAULT_LIMIT
 from pm.common.kary_tree import Tree
 
@@ -63,22 +72,47 @@ sys.path.insert(0, str(ROOT / "tests"))
 FANOUTS = (2, 8, 32)
 
 
+#: The release installs pmrun runs from (bench._util.release_install), by label: "pmrun"
+#: is this checkout; "before" another checkout (``--before PATH``), run interleaved with it.
+_INSTALLS: dict[str, Path] = {}
+
+
 def _env() -> dict[str, str]:
+    """The environment of every launch: ours, without a path to this checkout (pmrun, its
+    agents and the hello's ranks run from the release install), bytecode allowed (pip
+    compiled pmrun's)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env.pop("PYTHONPATH", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.pop("PM_QUICK", None)
     env.pop("MPIEXEC_TIMEOUT", None)
     # Namespaces on one machine: MPICH's default transports would use shared memory.
     env["FI_PROVIDER"] = "tcp"
     return env
 
 
-def pmrun() -> list[str]:
-    """pmrun from this checkout, with this interpreter (the remote agents use it too)."""
-    return [sys.executable, "-m", "pm"]
+def python(label: str = "pmrun") -> str:
+    """The release install's interpreter (the agents on the hosts run it too: pmrun starts
+    them with its own ``sys.executable``)."""
+    return str(_INSTALLS[label])
 
 
-HELLO = [sys.executable, "-m", "mpi4py.bench", "helloworld"]
-PROGRAMS = {"true": ["true"], "hello": HELLO}
+def pmrun(label: str = "pmrun") -> list[str]:
+    """The release install's ``pmrun`` script, as a user runs it."""
+    return [str(_INSTALLS[label].parent / "pmrun")]
+
+
+def hello() -> list[str]:
+    """The mpi4py hello, the same rank program under every launcher."""
+    return [python(), "-m", "mpi4py.bench", "helloworld"]
+
+
+def programs() -> dict[str, list[str]]:
+    return {"true": ["true"], "hello": hello()}
+
+
+def _label(label: str, prog: str) -> str:
+    return prog if label == "pmrun" else f"{prog} ({label})"
 
 
 def ssh_rows(sizes: Sequence[int], runs: int) -> tuple[list[str], dict[str, float]]:
@@ -92,27 +126,30 @@ def ssh_rows(sizes: Sequence[int], runs: int) -> tuple[list[str], dict[str, floa
     ratios: dict[str, float] = {}
     hydra = tool("mpiexec")
     for n in sizes:
-        with RealCluster(n, slurm=False) as c:
+        with RealCluster(n, slurm=False, pythonpath=None) as c:
             hosts = ",".join(c.names)
             contenders = {}
             cpu: dict[str, list[tuple[float, float]]] = {}
-            for prog, argv in PROGRAMS.items():
-                contenders[f"pmrun {prog}"] = _cpu_runner(
-                    [*pmrun(), "-hosts", hosts, "--ssh", c.ssh_command(), "-ppn", "1",
-                     "-n", str(n), *argv], c, cpu.setdefault(f"pmrun {prog}", []))
+            for prog, argv in programs().items():
+                for label in _INSTALLS:
+                    contenders[f"{label} {prog}"] = _cpu_runner(
+                        [*pmrun(label), "-hosts", hosts, "--ssh", c.ssh_command(), "-ppn",
+                         "1", "-n", str(n), *argv], c, cpu.setdefault(f"{label} {prog}", []))
                 contenders[f"hydra {prog}"] = _cpu_runner(
                     [hydra, "-launcher", "ssh", "-launcher-exec", str(c.ssh_wrapper),
                      "-iface", c.bridge, "-hosts", hosts, "-ppn", "1", "-n", str(n), *argv],
                     c, cpu.setdefault(f"hydra {prog}", []))
             res = interleaved(contenders, runs)
-            for prog in PROGRAMS:
-                p, h = res[f"pmrun {prog}"], res[f"hydra {prog}"]
-                ratio = statistics.median(p) / statistics.median(h)
-                ratios[f"{n} {prog}"] = ratio
-                rows.append(f"| {n} hosts | {prog} | {median_range(p, '{:.2f}')} | "
-                            f"{median_range(h, '{:.2f}')} | {ratio:.2f}x | "
-                            f"{_cpu_text(cpu[f'pmrun {prog}'][-runs:])} | "
-                            f"{_cpu_text(cpu[f'hydra {prog}'][-runs:])} |")
+            for prog in programs():
+                for label in _INSTALLS:
+                    p, h = res[f"{label} {prog}"], res[f"hydra {prog}"]
+                    ratio = statistics.median(p) / statistics.median(h)
+                    ratios[f"{n} {_label(label, prog)}"] = ratio
+                    rows.append(f"| {n} hosts | {_label(label, prog)} | "
+                                f"{median_range(p, '{:.2f}')} | "
+                                f"{median_range(h, '{:.2f}')} | {ratio:.2f}x | "
+                                f"{_cpu_text(cpu[f'{label} {prog}'][-runs:])} | "
+                                f"{_cpu_text(cpu[f'hydra {prog}'][-runs:])} |")
     return rows, ratios
 
 
@@ -178,10 +215,11 @@ def slurm_rows(runs: int) -> tuple[list[str], dict[str, float]]:
     if why:
         return [f"| Slurm | skipped: {why} | | | |"], {}
     contenders = {}
-    for prog, argv in PROGRAMS.items():
-        contenders[f"pmrun {prog}"] = [*pmrun(), "-n", "8", *argv]
+    for prog, argv in programs().items():
+        for label in _INSTALLS:
+            contenders[f"{label} {prog}"] = [*pmrun(label), "-n", "8", *argv]
         contenders[f"srun {prog}"] = ["srun", "--mpi=pmi2", "-n", "8", *argv]
-    with RealCluster(4, ssh=False) as c:
+    with RealCluster(4, ssh=False, pythonpath=None) as c:
         res = subprocess.run(["salloc", "--quiet", "-N4", "-n8", sys.executable, "-c",
                               _IN_ALLOCATION, str(runs), json.dumps(contenders)],
                              env=c.env(_env()), capture_output=True, text=True, timeout=1800)
@@ -189,12 +227,14 @@ def slurm_rows(runs: int) -> tuple[list[str], dict[str, float]]:
             raise RuntimeError(f"salloc run failed: {res.stderr[-2000:]}")
         times = json.loads(res.stdout.strip().splitlines()[-1])
     rows, ratios = [], {}
-    for prog in PROGRAMS:
-        p, s = times[f"pmrun {prog}"], times[f"srun {prog}"]
-        ratio = statistics.median(p) / statistics.median(s)
-        ratios[prog] = ratio
-        rows.append(f"| 4 nodes, 8 ranks | {prog} | {median_range(p, '{:.2f}')} | "
-                    f"{median_range(s, '{:.2f}')} | {ratio:.2f}x |")
+    for prog in programs():
+        for label in _INSTALLS:
+            p, s = times[f"{label} {prog}"], times[f"srun {prog}"]
+            ratio = statistics.median(p) / statistics.median(s)
+            ratios[_label(label, prog)] = ratio
+            rows.append(f"| 4 nodes, 8 ranks | {_label(label, prog)} | "
+                        f"{median_range(p, '{:.2f}')} | {median_range(s, '{:.2f}')} | "
+                        f"{ratio:.2f}x |")
     return rows, ratios
 
 
@@ -204,7 +244,7 @@ def _ssh_costs(runs: int) -> dict[str, float]:
 
     from pm.bootstrap.ssh import tuning
 
-    with RealCluster(1, slurm=False) as c:
+    with RealCluster(1, slurm=False, pythonpath=None) as c:
         base = ["ssh", "-F", str(c.ssh_config)]
         ssh = [*base, c.names[0]]
         # As pmrun runs ssh (its options: pm.bootstrap.ssh.tuning), and as Hydra does.
@@ -226,12 +266,20 @@ def _ssh_costs(runs: int) -> dict[str, float]:
             t0 = time.perf_counter()
             # As a remote agent starts (pm.bootstrap.base.agent_command, lean).
             subprocess.run([*ours, shlex.join([
-                sys.executable, "-S", "-P", "-c", f"import sys;sys.path+={site_dirs()!r};"
+                python(), "-S", "-P", "-c", f"import sys;sys.path+={_site_dirs()!r};"
                 "import pm.agent.main, pm.agent.node, pm.agent.children"])],
                 check=True, env=_env())
             agent.append(time.perf_counter() - t0 - hop[-1])
     return {"hop": statistics.median(hop), "agent": max(0.0, statistics.median(agent)),
             "client_cpu": statistics.median(cpu), "plain_cpu": statistics.median(plain_cpu)}
+
+
+def _site_dirs() -> list[str]:
+    """The site directories a lean agent of the release install puts on its path."""
+    out = subprocess.run([python(), "-c", "import json; from pm.bootstrap.base import "
+                          "site_dirs; print(json.dumps(site_dirs()))"],
+                         check=True, capture_output=True, text=True, env=_env()).stdout
+    return list(json.loads(out))
 
 
 def model_time(n: int, k: int, costs: dict[str, float], limit: int = DEFAULT_LIMIT) -> float:
@@ -333,20 +381,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a short run that checks it works")
     ap.add_argument("--part", default="ssh,slurm,model,exec,local",
                     help="which parts to run (comma-separated)")
+    ap.add_argument("--before", metavar="CHECKOUT",
+                    help="also run pmrun from this other checkout, interleaved (its rows "
+                         "are marked 'before')")
+    ap.add_argument("--runs", type=int, help="interleaved runs a point (default 5)")
+    ap.add_argument("--hosts", help="ssh part: these host counts (default 4,8)")
     args = ap.parse_args(argv)
     parts = set(args.part.split(","))
-    # pmrun runs from this checkout: its bytecode is written now, as an install does (under
-    # PYTHONDONTWRITEBYTECODE a module changed since its last .pyc would be compiled at
-    # every start, ~3 ms each, a cost no installed pmrun pays).
-    import compileall
-
-    compileall.compile_dir(str(ROOT / "pm"), quiet=1)
-    runs = 1 if args.quick else 5
+    # pmrun (head and agents) runs from a release install of this checkout, as a user's.
+    _INSTALLS["pmrun"] = release_install()
+    if args.before:
+        _INSTALLS["before"] = release_install(Path(args.before).resolve(), "release-before")
+    runs = args.runs or (1 if args.quick else 5)
     sections = []
     if "ssh" in parts:
         load0 = os.getloadavg()[0]
         t0 = time.strftime("%H:%M", time.gmtime())
-        rows, _ = ssh_rows((4,) if args.quick else (4, 8), runs)
+        sizes = [int(n) for n in args.hosts.split(",")] if args.hosts else (
+            [4] if args.quick else [4, 8])
+        rows, _ = ssh_rows(sizes, runs)
         load = (f"Measured {t0}–{time.strftime('%H:%M', time.gmtime())} UTC, 1-minute load "
                 f"average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.")
         sections += [

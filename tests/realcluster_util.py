@@ -134,17 +134,19 @@ PrintLastLog no
 UseDNS no
 MaxStartups 200
 MaxSessions 200
-# Remote agents import pmrun from this checkout (a real cluster installs it).
-SetEnv PYTHONPATH={pythonpath}
-"""
+{setenv}"""
 
 
 class RealCluster:
     """``n`` namespace hosts with Slurm and/or sshd (see the module docstring)."""
 
     def __init__(self, n: int, *, slurm: bool = True, ssh: bool = True, cpus: int = 4,
-                 cgroup: bool = False) -> None:
+                 cgroup: bool = False, pythonpath: str | None = str(REPO)) -> None:
+        """``pythonpath``: what every ssh session's ``PYTHONPATH`` is (by default this
+        checkout: remote agents import pmrun from it; a real cluster installs it); ``None``:
+        none is set (pmrun runs from an install)."""
         self.n = n
+        self.pythonpath = pythonpath
         self.cpus = cpus
         self.cgroup = cgroup
         self.hosts = NetnsHosts(n)
@@ -354,7 +356,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         host_pub = (s / "host_key.pub").read_text().split()
         pattern = f"pm{self.k}h*,10.213.{self.k}.*"
         (s / "known_hosts").write_text(f"{pattern} {host_pub[0]} {host_pub[1]}\n")
-        (s / "sshd_config").write_text(SSHD_CONFIG.format(dir=s, pythonpath=REPO))
+        # Remote agents import pmrun from this checkout unless told otherwise.
+        setenv = f"SetEnv PYTHONPATH={self.pythonpath}\n" if self.pythonpath else ""
+        (s / "sshd_config").write_text(SSHD_CONFIG.format(dir=s, setenv=setenv))
         hosts = "\n".join(f"Host {name}\n    HostName {self.hosts.addr(i)}"
                           for i, name in enumerate(self.names))
         self.ssh_config.write_text(f"""\

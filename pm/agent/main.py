@@ -13,7 +13,6 @@ silent for the heartbeat timeout, and a Shutdown from the parent.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -25,6 +24,8 @@ from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import asyncio
+
     from pm.proto.plan import AgentConfig
 
 log = logging.getLogger("pm.agent")
@@ -88,6 +89,8 @@ def _parent_from(buf: bytearray, up: int) -> str | None:
 
 async def _await_parent(buf: bytearray, up: int) -> str | None:
     """Read stdin until the address of our parent (vertex ``up``) arrives; None on EOF."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     found = _parent_from(buf, up)
     if found:
@@ -126,9 +129,9 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
     ``up``) comes on stdin.  ``vertex`` -1: see :func:`place_in_step`.
     ``stdin_rest``: what was read from stdin after the config line.
     """
+    import asyncio
     import gc
 
-    from pm.agent.children import Children, listen_endpoint
     from pm.agent.links import ChildPort, ParentLink
     from pm.agent.node import JobAgent
     from pm.proto import tree_wire as t
@@ -173,6 +176,8 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
 
     port: ChildPort | None = None
     if cfg.listen:
+        from pm.agent.children import listen_endpoint
+
         ports = cfg.ports
         try:
             bind = listen_endpoint({"name": "tree", "iface": cfg.iface},
@@ -216,6 +221,8 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
     children = None
     try:
         if agent.children:
+            from pm.agent.children import Children, listen_endpoint
+
             bind = "" if port is not None else listen_endpoint(plan.bootstrap, cfg.parent)
             children = Children(agent, secret, bind=bind, port=port)
             port = None
@@ -276,13 +283,19 @@ async def _close_quietly(port: Any, link: Any) -> None:
 
 
 def _preimport() -> None:
-    """What every child agent imports, imported before its config is read."""
+    """What every child agent imports, imported before its config is read.
+
+    Not ``pm.agent.children`` (only an agent with children of its own needs it), nor
+    uvloop, nor ssl: a child agent runs on asyncio's own loop, which starts 9 ms of CPU
+    cheaper (uvloop imports ssl, and so does asyncio when it can: an agent never speaks
+    TLS); every host of a launch pays that on the launch's critical path.
+    """
     import gc
 
     gc.disable()
-    with contextlib.suppress(ImportError):
-        import uvloop  # noqa: F401
-    import pm.agent.children
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+    import asyncio  # noqa: F401
+
     import pm.agent.links
     import pm.agent.node
     import pm.proto.plan  # noqa: F401
@@ -301,15 +314,12 @@ def _first_line() -> tuple[bytes, bytes]:
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
+    """Run a child agent's coroutine on asyncio's loop (see :func:`_preimport`)."""
+    import asyncio
+
     from pm.agent.owned import checked
 
-    coro = checked(coro)
-    try:
-        import uvloop
-
-        return int(uvloop.run(coro))
-    except ImportError:
-        return int(asyncio.run(coro))
+    return int(asyncio.run(checked(coro)))
 
 
 def _version() -> str:

@@ -716,7 +716,10 @@ class JobAgent:
             await self.spawns.aclose()
         reap = self._close()
         if reap is not None:
-            await asyncio.to_thread(self._reap_shm, *reap)
+            if reap[1]:  # ranks just killed: their files may wait up to a second
+                await asyncio.to_thread(self._reap_shm, *reap)
+            else:  # nothing to wait for (and no thread pool to start, 2 ms of CPU)
+                self._reap_shm(*reap)
         await self.procs.owned.aclose()
         await self.owned.aclose()
         if getattr(self, "reservations", None) is not None:
