@@ -264,7 +264,8 @@ class JobRun:
         finally:
             await self.aclose()
             if self.writer is not None:
-                await asyncio.to_thread(self.writer.drain)  # what a slow reader has not read
+                if not self.writer.drained():  # what a slow reader has not read
+                    await asyncio.to_thread(self.writer.drain)
                 self.writer.close()
         if self.spec.profile:
             from pm.common.profile import write_profile

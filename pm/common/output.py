@@ -174,6 +174,10 @@ class Writer:
         if self._behind is not None:
             self._behind.drain()
 
+    def drained(self) -> bool:
+        """Whether :meth:`drain` would return at once (nothing is waiting to be written)."""
+        return self._behind is None or self._behind.drained()
+
     def abandon(self) -> None:
         """Drop what is not written yet (the job is being killed): :meth:`drain` returns."""
         if self._behind is not None:
@@ -264,6 +268,10 @@ class _WriteBehind:
         with self._cond:
             while (self._items or not self._idle) and not self._gone:
                 self._cond.wait()
+
+    def drained(self) -> bool:
+        with self._cond:
+            return self._gone or (not self._items and self._idle)
 
     def abandon(self) -> None:
         with self._cond:
