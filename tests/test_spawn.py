@@ -365,24 +365,34 @@ def test_spawned_jobs_that_ended_leave_no_guardian(tmp_path: Path) -> None:
                 out += st[0] != "Z" and int(st[1]) == agent and argv0 == b"pm-guardian"
             return out
 
+        def topology():
+            return os.path.exists(os.environ.get("HWLOC_XMLFILE", "/nonexistent"))
+
         parent = MPI.Comm.Get_parent()
         if parent != MPI.COMM_NULL:
-            parent.Barrier()
+            parent.gather(topology(), root=0)
             parent.Disconnect()
             sys.exit(0)
         for i in range(6):
             inter = MPI.COMM_SELF.Spawn(sys.executable, args=[__file__], maxprocs=2)
-            inter.Barrier()
+            inter.gather(None, root=MPI.ROOT)
             inter.Disconnect()
         deadline = time.monotonic() + 20
         # The launched job's guardian, and one made ahead for the next spawn.
         while guardians(os.getppid()) > 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         print("guardians", guardians(os.getppid()), flush=True)
+        # The node's topology copy (the launched job's) outlives the spawned jobs that
+        # read it: the next one's ranks read it too.
+        inter = MPI.COMM_SELF.Spawn(sys.executable, args=[__file__], maxprocs=2)
+        print("topology", topology(), inter.gather(None, root=MPI.ROOT), flush=True)
+        inter.Disconnect()
     """)
     res = run(tmp_path, "-n", "1", sys.executable, str(prog))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.split() in (["guardians", "1"], ["guardians", "2"]), res.stdout
+    lines = res.stdout.splitlines()
+    assert lines[0] in ("guardians 1", "guardians 2"), res.stdout
+    assert lines[1:] == ["topology True [True, True]"], res.stdout + res.stderr
 
 
 def test_children_that_outlive_their_parent_are_ended(tmp_path: Path, marker: str) -> None:

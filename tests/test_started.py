@@ -294,3 +294,36 @@ async def test_the_output_thread_keeps_writing_stderr_after_stdout_lost_its_read
         assert f.read() == b"err\n" * 3
     assert lost == [STDOUT] and writer.broken == {STDOUT}
     assert got == {5: 16, 6: 12}
+
+
+def test_a_guardian_whose_files_are_gone_removes_nothing_and_kills_its_group(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """release(clean=True) once every file it was told of is gone: it says so ("done"),
+    so the guardian runs no rm; what is left of the group is killed all the same."""
+    started = start_local(_todo(1, ["/bin/sh", "-c", "sleep 60"]), stdin_rank=None)
+    (r,) = started.ranks
+    guardian = started.guardian
+    assert guardian is not None
+    noted = tmp_path / "noted"
+    noted.write_text("x")
+    guardian.note([str(noted)])
+    noted.unlink()  # the agent removed it itself
+    said: list[bytes] = []
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        said.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    guardian.release(clean=True)
+    monkeypatch.undo()
+    try:
+        assert said == [b"done\n"]
+        assert select.select([r.pidfd], [], [], 10)[0], "the rank outlived its guardian"
+        _, status = os.waitpid(r.pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9
+        _, gst = os.waitpid(guardian.pid, 0)  # it ended the group, itself included
+        assert os.WIFSIGNALED(gst) and os.WTERMSIG(gst) == 9
+    finally:
+        r.close()

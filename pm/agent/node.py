@@ -322,9 +322,11 @@ class JobAgent:
         self._note_xml()
 
     def _note_xml(self) -> None:
-        """The job's topology copy goes with the ranks' guardian too, if this agent dies."""
+        """The job's topology copy goes with the ranks' guardian too, if this agent dies.
+        A spawned job's ranks read the launched job's copy: its guardian, which goes
+        when the spawned job ends, must not remove it (the launched job's does)."""
         path = self.extra_env.get("HWLOC_XMLFILE")
-        if path and self.procs.guardian is not None:
+        if path and self.procs.guardian is not None and self.plan.spawned is None:
             self.procs.guardian.note([path])
 
     def _watch_shm(self, reaper: ShmReaper) -> None:
@@ -522,13 +524,16 @@ class JobAgent:
 
     # ------------------------------------------------------------------ collectives
     def collective(self, kind: int, rank: int, value: Any) -> asyncio.Future[Any]:
+        fut = self.coll.collective(kind, rank, value)
         if self.shm_reaper is not None and self._early_colls.get(rank, 0) < EARLY_SAMPLES:
-            # MPI_Init makes the rank's segments before its first collectives: see them now.
+            # MPI_Init makes the rank's segments before its first collectives: see them,
+            # once the replies this collective completes are written (the callbacks of a
+            # future done now are queued after this one: the look goes behind them).
             self._early_colls[rank] = self._early_colls.get(rank, 0) + 1
             proc = self.ranks.get(rank)
             if proc is not None and proc.pid:
-                self._sample_shm(pids=[proc.pid])
-        return self.coll.collective(kind, rank, value)
+                self.loop.call_soon(self.loop.call_soon, self._sample_shm, False, [proc.pid])
+        return fut
 
     def shm_insert(self, items: list[tuple[bytes, bytes]], replace: bool = False) -> bool:
         """Into the node's shared-memory KVS; False (and served from the socket) when full."""

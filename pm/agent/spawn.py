@@ -30,8 +30,10 @@ if TYPE_CHECKING:
 # too: a stopped guardian could not kill the group if its agent died meanwhile.  The
 # lines it reads are files of the job's (Guardian.note): gone with the agent, they go too.
 _GUARDIAN = ("trap '' INT TERM HUP QUIT PIPE USR1 USR2 TSTP TTIN TTOU; "
-             # A line that is not a path: the agent ended the job itself (Guardian.release).
-             'z=; while IFS= read -r p; do case $p in /*) set -- "$@" "$p";; *) z=1;; esac; '
+             # A line that is not a path: the agent ended the job itself (Guardian.release);
+             # "done": and every file named here is gone already.
+             'z=; while IFS= read -r p; do case $p in /*) set -- "$@" "$p";; done) z=1; set --;; '
+             '*) z=1;; esac; '
              'done; '
              # The MPI segments its group's processes (the ranks) map now: an agent killed
              # before it saw them (MPICH makes its segment between two PMI requests of
@@ -221,6 +223,8 @@ class Guardian:
 
     def __init__(self) -> None:
         rfd, self._wfd = os.pipe2(os.O_CLOEXEC)
+        #: The files named to it (:meth:`note`).
+        self._noted: list[str] = []
         null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         try:
             self.pid = spawn(
@@ -250,9 +254,11 @@ class Guardian:
         """Files the job made on this node (shared-memory segments its ranks mapped, its
         topology copy): if the agent dies, even by SIGKILL, the guardian removes them
         before it kills the group.  (A normal end removes them first: then this is moot.)"""
-        lines = "".join(p + "\n" for p in paths if "\n" not in p and p.startswith("/"))
-        if self._wfd < 0 or not lines:
+        paths = [p for p in paths if "\n" not in p and p.startswith("/")]
+        if self._wfd < 0 or not paths:
             return
+        self._noted.extend(paths)
+        lines = "".join(p + "\n" for p in paths)
         try:
             os.write(self._wfd, lines.encode())
         except OSError:
@@ -270,12 +276,14 @@ class Guardian:
 
         ``clean``: every rank ended and no MPI segment of theirs is left in /dev/shm, so
         the guardian need not look for any in its group's maps (it removes the files
-        :meth:`note` named all the same)."""
+        :meth:`note` named all the same, unless every one of them is gone already: then
+        it removes nothing, and runs no ``rm``)."""
         if self._wfd < 0:
             return
         if clean:
+            gone = not any(os.path.lexists(p) for p in self._noted)
             try:
-                os.write(self._wfd, b"clean\n")
+                os.write(self._wfd, b"done\n" if gone else b"clean\n")
             except OSError:
                 pass
         os.close(self._wfd)
