@@ -91,6 +91,8 @@ class AgentSpawns:
         self.jobs: dict[int, JobAgent] = {}
         self._kill: tuple[str, float] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Of those, the ones removing an ended job's /dev/shm files (they run to their end).
+        self._reaps: set[asyncio.Task[None]] = set()
         #: A guardian started ahead for the next spawned job's ranks: its start (a fork
         #: and exec of sh) is then not between a spawn request and the children's start.
         self._spare: Guardian | None = None
@@ -220,7 +222,9 @@ class AgentSpawns:
             return
         task = agent.loop.create_task(self._reap(agent, reaper, guardian))
         self._tasks.add(task)
+        self._reaps.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._reaps.discard)
 
     async def _reap(self, agent: JobAgent, reaper: ShmReaper, guardian: Guardian | None
                     ) -> None:
@@ -287,8 +291,17 @@ class AgentSpawns:
             agent.close()
 
     async def aclose(self) -> None:
+        """:meth:`close`'s work for the spawned jobs, without blocking the loop; returns once
+        our own tasks have ended too: a job still being prepared is given up, an ended job's
+        /dev/shm files are removed and its guardian let go (that runs to its end)."""
         for agent in list(self.jobs.values()):
             await agent.aclose()
+        tasks = list(self._tasks)
+        for task in tasks:
+            if task not in self._reaps:
+                task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class SpawnRequests:
