@@ -1,6 +1,15 @@
 """Get latency and KVS memory per node: shared-memory KVS against the socket; the wire.
 
-    python -m bench.kvs_get [--quick] [--part wire|latency|memory]
+    python -m bench.kvs_get [--quick] [--part wire|latency|memory] [--runs R]
+        [--ranks 1,8,32] [--modes hydra,pmi1,...] [--duration S] [--baseline PMRUN]
+
+pmrun is the checkout installed as a user installs it (``pip install .`` into
+``bench/out/release``, :func:`bench._util.release_install`), and the ranks run
+that install's interpreter under both launchers.  ``--ranks``, ``--modes`` and
+``--runs`` measure some points only: printed, the results file left as the
+full run wrote it.  ``--baseline PMRUN`` adds, interleaved with the rest, the
+PMI-1 and native columns of another pmrun (an install of an earlier commit) as
+``base_pmi1`` and ``base_native``: before and after in one window.
 
 1. *Get latency seen by a Python rank.*  1, 8 and 32 ranks on one node put a
    64-byte value each, fence, then all get at once, round-robin over every
@@ -41,9 +50,23 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench._util import interleaved, machine, median_range, pmrun, tool, write_section
+from bench._util import interleaved, machine, median_range, release_install, tool, write_section
 
 MIB = 1 << 20
+#: The wire part's contenders (--modes).
+MODES = ("hydra", "pmi1", "pmi1_agent", "native", "client")
+#: The release install's python (release_install) and the pmrun script beside it, set by
+#: main(); the ranks run the same interpreter.
+_PYTHON: list[Path] = []
+
+
+def pmrun() -> list[str]:
+    """argv prefix of the release install's ``pmrun`` script (as a user runs it)."""
+    return [str(_PYTHON[0].parent / "pmrun")]
+
+
+def python() -> str:
+    return str(_PYTHON[0]) if _PYTHON else sys.executable
 
 LATENCY_RANK = r'''
 import json, os, statistics, sys, time
@@ -217,8 +240,7 @@ def results(stdout: str) -> list[dict[str, float]]:
 
 def run_job(prog: Path, n: int, kvs: str, *args: str, launcher: Sequence[str] = (),
             env: dict[str, str] | None = None) -> list[dict[str, float]]:
-    argv = [*(launcher or [*pmrun(), "--kvs", kvs]), "-n", str(n), sys.executable, str(prog),
-            *args]
+    argv = [*(launcher or [*pmrun(), "--kvs", kvs]), "-n", str(n), python(), str(prog), *args]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=600,
                        env={**os.environ, **env} if env else None)
     got = results(p.stdout)
@@ -255,7 +277,8 @@ def latency(prog: Path, counts: Sequence[int], runs: int, duration: float
     return out
 
 
-def wire(prog: Path, counts: Sequence[int], runs: int, duration: float
+def wire(prog: Path, counts: Sequence[int], runs: int, duration: float,
+         modes: Sequence[str] = MODES, baseline: str | None = None
          ) -> dict[int, dict[str, list[float]]]:
     hydra = [tool("mpiexec")]
     out: dict[int, dict[str, list[float]]] = {}
@@ -268,10 +291,15 @@ def wire(prog: Path, counts: Sequence[int], runs: int, duration: float
                 return statistics.median(g["median"] for g in got)
             return go
 
-        out[n] = interleaved({"hydra": one("pmi1", hydra), "pmi1": one("pmi1"),
-                              "pmi1_agent": one("pmi1", env={"PM_QUICK": "0"}),
-                              "native": one("native"), "client": one("client")}, runs,
-                             warmup=0)
+        every = {"hydra": one("pmi1", hydra), "pmi1": one("pmi1"),
+                 "pmi1_agent": one("pmi1", env={"PM_QUICK": "0"}),
+                 "native": one("native"), "client": one("client")}
+        todo = {k: v for k, v in every.items() if k in modes}
+        if baseline:
+            base = [baseline, "--kvs", "socket"]
+            todo["base_pmi1"] = one("pmi1", base)
+            todo["base_native"] = one("native", base)
+        out[n] = interleaved(todo, runs, warmup=0)
         print(f"wire n={n}: " + ", ".join(f"{k} {median_range(v, '{:.0f}')} ns"
                                           for k, v in out[n].items()),
               file=sys.stderr, flush=True)
@@ -349,16 +377,51 @@ def plot(mem: dict[int, dict[str, list[float]]], total: int) -> str:
     return "\n![KVS memory per node](kvs_get.png)\n"
 
 
+def _words(text: str) -> list[str]:
+    return [w for w in text.split(",") if w]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(w) for w in _words(text)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short run: does it work?")
     ap.add_argument("--part", choices=("wire", "latency", "memory"),
                     help="only this part (the wire writes its own section, kvs_wire)")
     ap.add_argument("--runs", type=int, help="runs per point (default 5, 1 with --quick)")
+    ap.add_argument("--ranks", type=_ints, help="only these rank counts (1,8,32)")
+    ap.add_argument("--modes", type=_words, help=f"wire: only these ({','.join(MODES)})")
+    ap.add_argument("--duration", type=float, help="seconds of gets a run (default 1)")
+    ap.add_argument("--baseline", metavar="PMRUN",
+                    help="wire: also another pmrun's PMI-1 and native columns")
     args = ap.parse_args()
+    if not set(args.modes or ()) <= set(MODES):
+        ap.error(f"--modes takes {','.join(MODES)}")
+    _PYTHON[:] = [release_install()]
     runs = args.runs or (1 if args.quick else 5)
-    duration = 0.3 if args.quick else 1.0
-    lat_counts = (1, 8) if args.quick else (1, 8, 32)
+    duration = args.duration or (0.3 if args.quick else 1.0)
+    lat_counts = args.ranks or ((1, 8) if args.quick else (1, 8, 32))
+    if args.ranks or args.modes or args.duration or args.baseline:
+        # Some points only: printed, the results files left as the full run wrote them.
+        with tempfile.TemporaryDirectory(prefix="pm-bench-wire-") as d:
+            wire_prog = Path(d) / "wire.py"
+            wire_prog.write_text(WIRE_RANK)
+            load0 = os.getloadavg()[0]
+            res = wire(wire_prog, lat_counts, runs, duration, args.modes or MODES,
+                       args.baseline)
+        for n, d_ in res.items():
+            med = {k: statistics.median(v) / 1000 for k, v in d_.items()}
+            ratios = [f"{k}/hydra {med[k] / med['hydra']:.2f}x" for k in med
+                      if k != "hydra" and "hydra" in med and "pmi1" in k]
+            ratios += [f"{k}/{p} {med[k] / med[p]:.2f}x"
+                       for k, p in (("native", "pmi1"), ("base_native", "base_pmi1"))
+                       if k in med and p in med]
+            print(f"n={n}: " + ", ".join(f"{k} {v:.1f} us" for k, v in med.items())
+                  + "; " + ", ".join(ratios))
+        print(f"(load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after)")
+        return
     mem_counts = (1, 4) if args.quick else (1, 2, 4, 8, 16, 32)
     total = (1 if args.quick else 8) * MIB
     if args.part in (None, "wire"):

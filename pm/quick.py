@@ -70,7 +70,7 @@ from pm.proto.errors import UsageError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any
 
     from pm.agent.pmi_quick import QuickPmi
@@ -296,6 +296,10 @@ class QuickStart:
         # ranks leave us idle a moment (an MPI program's libraries load meanwhile): then
         # MPI_Init does not wait for the import.
         idle = self.pmi is None
+        # The hot path: fd -> what serves a rank's request at once (QuickPmi.hot, once
+        # the first rank spoke; see pm.agent.pmi_quick).
+        hot: dict[int, Callable[[], bool | None]] = {}
+        hot_get = hot.get
         while running or any(r.out_fd >= 0 or r.err_fd >= 0 for r in self.ranks):
             wait = -1.0
             if deadline is not None:
@@ -310,18 +314,43 @@ class QuickStart:
                 import pm.agent.pmi_quick  # noqa: F401
                 continue
             for fd, _mask in events:
-                entry = table.get(fd)
-                if entry is None:  # not a rank's: the signal pipe, stdin or the PMIx wake-up
-                    if fd == self._sig_r:
-                        os.read(fd, 512)
-                        if not self._job_control():
-                            return None  # a signal the full path forwards
+                serve = hot_get(fd)
+                if serve is not None:  # a ready rank's request: most likely a get
+                    served = serve()
+                    if served:
                         continue
-                    # Data for rank 0, or a PMIx request the agent serves (abort, publish...).
-                    return None
-                what, r = entry
-                if what == _PMI:  # the hot path: a request
-                    pmi = self.pmi
+                    r = table[fd][1]
+                else:
+                    entry = table.get(fd)
+                    if entry is None:  # not a rank's: the signal pipe, stdin or PMIx wake-up
+                        if fd == self._sig_r:
+                            os.read(fd, 512)
+                            if not self._job_control():
+                                return None  # a signal the full path forwards
+                            continue
+                        # Data for rank 0, or a PMIx request the agent serves (abort...).
+                        return None
+                    what, r = entry
+                    if what in (STDOUT, STDERR):
+                        self._read(r, what)
+                        continue
+                    if what == _EXIT:
+                        if r.rank in exited:
+                            continue
+                        ended = self._ended(r)
+                        if ended is None:
+                            continue
+                        if not ended:
+                            return None  # the full path names the failure and ends the job
+                        if self._pmix is not None and self._pmix.clients.get(
+                                (self.started.pmix, r.rank)) == "init":
+                            return None  # a PMIx client that did not finalize: a failure
+                        exited.add(r.rank)
+                        running -= 1
+                        if r.out_fd >= 0 or r.err_fd >= 0:
+                            return None  # something it started holds its output open
+                        continue
+                    pmi = self.pmi  # a request, not ready for the hot path
                     if pmi is None:
                         if not _speaks(r):
                             poll.unregister(fd)  # closed without a word: not an MPI program
@@ -332,27 +361,15 @@ class QuickStart:
                                                   kvsname_of(self.started.job_id), opts_n,
                                                   native=self.opts.kvs == "socket",
                                                   host=self.host)
+                        hot_get = pmi.hot.get
                     served = pmi.serve(r)
-                    if served is None:  # its end: finalized, or never spoke
-                        if r.pmi is not None:
-                            poll.unregister(fd)  # (a closed fd leaves the set by itself)
-                    elif not served:
-                        return None  # the agent takes it from there
-                elif what in (STDOUT, STDERR):
-                    self._read(r, what)
-                elif r.rank not in exited:
-                    ended = self._ended(r)
-                    if ended is None:
+                    if served:
                         continue
-                    if not ended:
-                        return None  # the full path names the failure and ends the job
-                    if self._pmix is not None and self._pmix.clients.get(
-                            (self.started.pmix, r.rank)) == "init":
-                        return None  # a PMIx client that did not finalize: a failure
-                    exited.add(r.rank)
-                    running -= 1
-                    if r.out_fd >= 0 or r.err_fd >= 0:
-                        return None  # something it started holds its output open
+                if served is None:  # its end: finalized, or never spoke
+                    if r.pmi is not None:
+                        poll.unregister(fd)  # (a closed fd leaves the set by itself)
+                else:
+                    return None  # the agent takes it from there
         return 0
 
     def _reader_gone(self, stream: int) -> None:

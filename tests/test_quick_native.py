@@ -9,17 +9,15 @@ to the agent with the engines, the KVS and the calls held, in order.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from launch_util import pmrun_argv, pmrun_env, script
+from quick_util import Ranks
 
 from pm.agent.pmi_actions import ALLGATHER, BARRIER, FENCE, Collective
-from pm.agent.pmi_quick import QuickPmi
-from pm.agent.started import StartedRank, StartedRanks
 from pm.proto import native
 
 pytestmark = pytest.mark.timeout(60)
@@ -90,37 +88,6 @@ def test_pm_client_ranks_with_shared_memory_go_to_the_agent(tmp_path: Path) -> N
 
 
 # ------------------------------------------------------------------ no processes
-class Ranks:
-    """A QuickPmi over socket pairs: each rank's end is ours to write and read."""
-
-    def __init__(self, n: int) -> None:
-        self.started = StartedRanks("7")
-        self.peers: list[socket.socket] = []
-        for rank in range(n):
-            r = StartedRank(rank, rank)
-            r.pmi, peer = socket.socketpair()
-            self.started.ranks.append(r)
-            self.peers.append(peer)
-        self.pmi = QuickPmi(self.started, "kvs_7_0", n, native=True, host="here")
-
-    def send(self, rank: int, data: bytes) -> bool | None:
-        self.peers[rank].sendall(data)
-        return self.pmi.serve(self.started.ranks[rank])
-
-    def read(self, rank: int) -> bytes:
-        self.peers[rank].setblocking(False)
-        try:
-            return self.peers[rank].recv(65536)
-        except BlockingIOError:
-            return b""
-
-    def close(self) -> None:
-        for r, peer in zip(self.started.ranks, self.peers, strict=True):
-            peer.close()
-            if r.pmi is not None:
-                r.pmi.close()
-
-
 def fr(*obj: object) -> bytes:
     return native.pack(list(obj))
 

@@ -219,6 +219,20 @@ class PmiEngine:
             return reply
         return None
 
+    def ready(self) -> bool:
+        """Whether the next request, if it is one complete get, is answered the way it
+        would be alone: nothing buffered, nothing waiting, not closed (and initialized, for
+        a native rank).  A shell may then answer it from a cache of earlier replies."""
+        if self._busy or self._queue or self.phase is Phase.CLOSED:
+            return False
+        if self._p1 is not None:
+            return self._p1.idle
+        if self._p2 is not None:
+            return not self._p2.buffered
+        if self._nat is not None:
+            return self._inited and self._nat.idle
+        return False
+
     def complete(self, token: int, result: Any) -> list[Action]:
         """The call ``token`` finished with ``result``."""
         entry = self._calls.pop(token, None)

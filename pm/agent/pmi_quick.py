@@ -19,6 +19,15 @@ attributes, and per rank the actions not yet carried out
 (:meth:`QuickPmi.todo`), which the agent's sessions run first
 (:meth:`pm.agent.node.JobAgent.adopt_ranks`).
 
+The hot path.  A get answered once is answered again from a cache of replies:
+the request's exact bytes (a PMI-1 line, a PMI-2 frame; a native frame without
+its request id) map to the reply's (the job's values are the same whichever
+rank asks, and every put empties the caches).  A rank's socket is in
+:attr:`QuickPmi.hot` while its engine could take such a reply (nothing
+buffered, nothing waiting: :meth:`~pm.agent.pmi_engine.PmiEngine.ready`), with
+the function that serves it there: one read, one dictionary look-up, one
+write.  Anything else it reads goes to the engine as before.
+
 Like :mod:`pm.quick`, this module imports nothing heavy.
 """
 
@@ -28,11 +37,12 @@ import _socket
 
 from pm.agent import pmi_engine
 from pm.agent.kvs import NodeKVS
-from pm.agent.pmi_actions import BARRIER, FENCE, Collective, Event, NodeAttrGet, Send
+from pm.agent.pmi_actions import BARRIER, FENCE, Collective, Event, NodeAttrGet, Send, Wire
 from pm.agent.pmi_engine import NATIVE_MAGIC, PmiEngine
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from pm.agent.pmi_actions import Action
@@ -43,6 +53,20 @@ if TYPE_CHECKING:
 EARLY_SAMPLES = 3
 #: Bytes of a rank's first read (more are read at once when it fills).
 READ = 4096
+#: Replies kept by the caches (all of them; past it they start again empty), and the
+#: longest one kept.
+CACHE_ENTRIES = 4096
+CACHE_REPLY = 4096
+_DONTWAIT = _socket.MSG_DONTWAIT
+#: Bytes of a native request id, by its first byte (msgpack's integer formats, but for
+#: the positive fixints 0x00-0x7f, one byte).
+_ID_BYTES = {0xcc: 2, 0xcd: 3, 0xce: 5, 0xcf: 9, 0xd0: 2, 0xd1: 3, 0xd2: 5, 0xd3: 9,
+             **dict.fromkeys(range(0xe0, 0x100), 1)}
+
+
+def _id_bytes(first: int) -> int:
+    """Bytes of a msgpack integer starting with ``first`` (0: not an integer)."""
+    return 1 if first < 0x80 else _ID_BYTES.get(first, 0)
 
 
 class QuickPmi:
@@ -75,6 +99,18 @@ class QuickPmi:
         self._woken: list[tuple[int, NodeAttrGet, str | None]] = []
         #: rank -> actions the full runtime must carry out (in order).
         self._left: dict[int, list[Action]] = {}
+        #: The reply caches (see the module doc), emptied (never replaced) at every put.
+        #: PMI-1 get line / PMI-2 kvs-get frame -> its reply.
+        self._replies1: dict[bytes, bytes] = {}
+        self._replies2: dict[bytes, bytes] = {}
+        #: Native get frame -> its reply, and the frame without its request id -> the
+        #: reply's length field and array head, and what follows the id (values found
+        #: only: a miss may be answered differently to another rank).
+        self._replies_native: dict[bytes, bytes] = {}
+        self._replies_any_id: dict[bytes, tuple[bytes, bytes]] = {}
+        #: A ready rank's PMI fd -> what serves it (see :meth:`serve`).
+        self.hot: dict[int, Callable[[], bool | None]] = {}
+        self._hot_fns: dict[int, tuple[Wire, Callable[[], bool | None]]] = {}
         pmi_engine.log_setup = _log_setup
 
     # ------------------------------------------------------------------ Store
@@ -98,6 +134,10 @@ class QuickPmi:
 
     def put(self, rank: int, key: bytes, value: bytes) -> None:
         self.kvs.put(rank, key, value)
+        self._replies1.clear()
+        self._replies2.clear()
+        self._replies_native.clear()
+        self._replies_any_id.clear()
 
     def get_now(self, key: bytes) -> bytes | None:
         return self.kvs.values.get(key)  # NodeKVS.get, one call less on the hot path
@@ -114,13 +154,17 @@ class QuickPmi:
     def serve(self, r: StartedRank) -> bool | None:
         """Rank ``r``'s PMI socket is readable: serve what it sent.  True: go on; None: the
         socket reached its end cleanly (never spoke, or after finalize), stop watching
-        it; False: the full runtime must take over (nothing is lost: see :meth:`todo`)."""
+        it; False: the full runtime must take over (nothing is lost: see :meth:`todo`).
+        A poll loop calls ``hot[fd]()`` instead where there is one: the same, faster."""
         sock = r.pmi
         assert sock is not None
+        hot = self.hot.get(sock.fileno())
+        if hot is not None:
+            return hot()
         engine = self.engines.get(r.rank)
         if engine is None:
             try:
-                head = sock.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT)
+                head = sock.recv(1, _socket.MSG_PEEK | _DONTWAIT)
             except BlockingIOError:
                 return True
             if not head:
@@ -130,14 +174,22 @@ class QuickPmi:
             engine = self.engines[r.rank] = PmiEngine(self, r.rank)
         try:
             # A small read: a request fits, and malloc serves it from its free lists.
-            data = sock.recv(READ, _socket.MSG_DONTWAIT)
+            data = sock.recv(READ, _DONTWAIT)
         except BlockingIOError:
             return True
         except OSError:
             return False  # a broken stream: the agent names it
+        return self._serve(r, engine, data)
+
+    def _serve(self, r: StartedRank, engine: PmiEngine, data: bytes) -> bool | None:
+        """What :meth:`serve` read (a first read of :data:`READ` bytes), served by the
+        engine; the rank's hot entry follows its engine's state."""
+        sock = r.pmi
+        assert sock is not None
         if len(data) == READ:
             data = _read_more(sock, data)
         if not data:
+            self.hot.pop(sock.fileno(), None)
             if not engine.finalized:
                 return False  # closed before finalize: the agent names it
             # Served to the end (the engine says how many bad requests it had).
@@ -145,15 +197,135 @@ class QuickPmi:
             r.pmi = None
             sock.close()
             return None
-        reply = engine.answer(data)  # the hot path: a get or a put, nothing else
+        reply = engine.answer(data)  # a get or a put, nothing else
         if reply is not None:
             try:
                 sock.sendall(reply)
             except OSError:
                 return False  # the rank went away meanwhile: the agent names it
+            self._keep(engine, data, reply)
+            self._rehot(r, engine)
             return True
-        ok = self._run(r.rank, engine.feed(data, fast=False))
-        return self._settle() and ok
+        ready = engine.protocol is Wire.PMI2 and engine.ready()
+        acts = engine.feed(data, fast=False)
+        if ready and len(acts) == 1 and type(acts[0]) is Send:
+            self._keep(engine, data, acts[0].data)  # (a PMI-2 get answered at once?)
+        ok = self._run(r.rank, acts)
+        ok = self._settle() and ok
+        if ok:
+            self._rehot(r, engine)
+        return ok
+
+    # ------------------------------------------------------------------ the hot path
+    def _keep(self, engine: PmiEngine, data: bytes, reply: bytes) -> None:
+        """Cache ``reply`` if it answered ``data``, one get, with what the job holds."""
+        if len(reply) > CACHE_REPLY:
+            return
+        proto = engine.protocol
+        if proto is Wire.PMI1:
+            if not reply.startswith(b"cmd=get_result "):
+                return
+            cache = self._replies1
+        elif proto is Wire.PMI2:
+            # One frame, a kvs-get (no thrid: its reply would echo it), answered rc=0.
+            if not (data[6:18] == b"cmd=kvs-get;" and int(data[:6]) + 6 == len(data)
+                    and reply[6:].startswith(b"cmd=kvs-get-response;rc=0;")):
+                return
+            cache = self._replies2
+        elif proto is Wire.NATIVE:
+            # [id, "get", key, rank] -> [id, True, value], a value found.
+            n, m = _id_bytes(data[5]), _id_bytes(reply[5])
+            if not (data[4] == 0x94 and n and data[5 + n:5 + n + 4] == b"\xa3get"
+                    and reply[4] == 0x93 and m and reply[5 + m] == 0xc3
+                    and reply[6 + m] != 0xc0):
+                return
+            body = reply[5 + m:]
+            any_id = self._replies_any_id
+            if len(any_id) >= CACHE_ENTRIES:
+                any_id.clear()
+            # The same request with another id of as many bytes (the length field says).
+            any_id[data[:5] + data[5 + n:]] = ((1 + n + len(body)).to_bytes(4, "big")
+                                               + b"\x93", body)
+            cache = self._replies_native
+        else:
+            return
+        if len(cache) >= CACHE_ENTRIES:
+            cache.clear()
+        cache[data] = reply
+
+    def _rehot(self, r: StartedRank, engine: PmiEngine) -> None:
+        """Rank ``r``'s hot entry: there while its engine may take a cached reply."""
+        sock = r.pmi
+        if sock is None:
+            return
+        fd = sock.fileno()
+        if not engine.ready():
+            self.hot.pop(fd, None)
+            return
+        proto = engine.protocol
+        made = self._hot_fns.get(r.rank)
+        if made is None or made[0] is not proto:
+            made = self._hot_fns[r.rank] = (proto, self._hot_fn(r, engine))
+        self.hot[fd] = made[1]
+
+    def _hot_fn(self, r: StartedRank, engine: PmiEngine) -> Callable[[], bool | None]:
+        """What serves rank ``r`` while it is ready: a request whose reply is cached is
+        answered here (one read, one look-up, one write), anything else by the engine."""
+        if engine.protocol is Wire.NATIVE:
+            return self._hot_native(r, engine)
+        sock = r.pmi
+        assert sock is not None
+        recv, sendall, slow = sock.recv, sock.sendall, self._serve
+        get = (self._replies1 if engine.protocol is Wire.PMI1 else self._replies2).get
+
+        def serve() -> bool | None:
+            try:
+                data = recv(READ, _DONTWAIT)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False  # a broken stream: the agent names it
+            reply = get(data)
+            if reply is None:
+                return slow(r, engine, data)
+            try:
+                sendall(reply)
+            except OSError:
+                return False  # the rank went away meanwhile: the agent names it
+            return True
+
+        return serve
+
+    def _hot_native(self, r: StartedRank, engine: PmiEngine) -> Callable[[], bool | None]:
+        sock = r.pmi
+        assert sock is not None
+        recv, sendall, slow = sock.recv, sock.sendall, self._serve
+        get, get_any_id, ids = self._replies_native.get, self._replies_any_id.get, _ID_BYTES
+
+        def serve() -> bool | None:
+            try:
+                data = recv(READ, _DONTWAIT)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False  # a broken stream: the agent names it
+            reply = get(data)
+            if reply is None and len(data) > 9:
+                # The same get with another request id, which the reply takes.
+                first = data[5]
+                n = 1 if first < 0x80 else ids.get(first, 0)
+                hit = get_any_id(data[:5] + data[5 + n:]) if n else None
+                if hit is not None:
+                    reply = hit[0] + data[5:5 + n] + hit[1]
+            if reply is None:
+                return slow(r, engine, data)
+            try:
+                sendall(reply)
+            except OSError:
+                return False  # the rank went away meanwhile: the agent names it
+            return True
+
+        return serve
 
     def _run(self, rank: int, acts: list[Action]) -> bool:
         """Carry out ``acts`` of ``rank``; False (the rest kept for the agent) at the first
@@ -193,7 +365,7 @@ class QuickPmi:
         while True:
             if self._woken:
                 rank, call, value = self._woken.pop(0)
-                ok = self._run(rank, self.engines[rank].complete(call.token, value)) and ok
+                ok = self._completed(rank, self.engines[rank].complete(call.token, value)) and ok
                 continue
             kind = next((k for k, calls in self._colls.items() if len(calls) == self.size),
                         None)
@@ -205,10 +377,18 @@ class QuickPmi:
                 for rank in sorted(done):
                     self.kvs.take_pending(rank)
             for rank in sorted(done):
-                ok = self._run(rank, self.engines[rank].complete(done[rank].token, None)) and ok
+                ok = self._completed(rank, self.engines[rank].complete(done[rank].token, None)
+                                     ) and ok
             self._colls_done += 1
             if self._colls_done <= EARLY_SAMPLES:
                 self._sample_shm()
+
+    def _completed(self, rank: int, acts: list[Action]) -> bool:
+        """Carry out what a completed call of ``rank`` led to; its hot entry follows."""
+        ok = self._run(rank, acts)
+        if ok:
+            self._rehot(self.started.ranks[rank], self.engines[rank])
+        return ok
 
     def _sample_shm(self) -> None:
         """Note the /dev/shm files the ranks map now (they go with the job)."""
