@@ -70,7 +70,7 @@ from pm.proto.errors import UsageError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
     from typing import Any
 
     from pm.agent.pmi_quick import QuickPmi
@@ -296,10 +296,14 @@ class QuickStart:
         # ranks leave us idle a moment (an MPI program's libraries load meanwhile): then
         # MPI_Init does not wait for the import.
         idle = self.pmi is None
-        # The hot path: fd -> what serves a rank's request at once (QuickPmi.hot, once
-        # the first rank spoke; see pm.agent.pmi_quick).
-        hot: dict[int, Callable[[], bool | None]] = {}
+        # The hot path: a ready rank's fd -> the replies its requests may have (QuickPmi.hot,
+        # once the first rank spoke; see pm.agent.pmi_quick).
+        hot: dict[int, dict[bytes, bytes]] = {}
         hot_get = hot.get
+        read, write, nread = os.read, os.write, 0
+        pmi = self.pmi
+        # (epoll's buffer for the events, allocated at every call: as large as needed)
+        most = len(table) + 3
         while running or any(r.out_fd >= 0 or r.err_fd >= 0 for r in self.ranks):
             wait = -1.0
             if deadline is not None:
@@ -308,15 +312,27 @@ class QuickStart:
                     return None  # --timeout: the full path ends the job and says so
             if idle:
                 wait = IDLE_MS / 1000 if wait < 0 else min(wait, IDLE_MS / 1000)  # (epoll: s)
-            events = poll.poll(wait)
+            events = poll.poll(wait, most)
             if idle and not events:
                 idle = False
                 import pm.agent.pmi_quick  # noqa: F401
                 continue
             for fd, _mask in events:
-                serve = hot_get(fd)
-                if serve is not None:  # a ready rank's request: most likely a get
-                    served = serve()
+                replies = hot_get(fd)
+                if replies is not None:  # a ready rank's request: most likely a get again
+                    rest = None
+                    try:
+                        data = read(fd, nread)  # (readable: this does not wait)
+                        reply = replies.get(data)
+                        if reply is not None:
+                            n = write(fd, reply)
+                            if n == len(reply):
+                                continue
+                            rest = reply[n:]
+                    except OSError:
+                        return None  # a broken stream, or the rank went away: the agent
+                    assert pmi is not None
+                    served = pmi.missed(fd, data, rest)
                     if served:
                         continue
                     r = table[fd][1]
@@ -355,6 +371,7 @@ class QuickStart:
                         if not _speaks(r):
                             poll.unregister(fd)  # closed without a word: not an MPI program
                             continue
+                        from pm.agent.pmi_quick import READ as nread
                         from pm.agent.pmi_quick import QuickPmi
 
                         pmi = self.pmi = QuickPmi(self.started,

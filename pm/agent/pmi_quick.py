@@ -20,13 +20,15 @@ attributes, and per rank the actions not yet carried out
 (:meth:`pm.agent.node.JobAgent.adopt_ranks`).
 
 The hot path.  A get answered once is answered again from a cache of replies:
-the request's exact bytes (a PMI-1 line, a PMI-2 frame; a native frame without
-its request id) map to the reply's (the job's values are the same whichever
-rank asks, and every put empties the caches).  A rank's socket is in
-:attr:`QuickPmi.hot` while its engine could take such a reply (nothing
-buffered, nothing waiting: :meth:`~pm.agent.pmi_engine.PmiEngine.ready`), with
-the function that serves it there: one read, one dictionary look-up, one
-write.  Anything else it reads goes to the engine as before.
+the request's exact bytes (a PMI-1 line, a PMI-2 frame, a native frame; or a
+native frame without its request id) map to the reply's (the job's values are
+the same whichever rank asks, and every put empties the caches).  A rank's
+socket is in :attr:`QuickPmi.hot` while its engine could take such a reply
+(nothing buffered, nothing waiting:
+:meth:`~pm.agent.pmi_engine.PmiEngine.ready`), with the cache of its
+protocol: the poll loop then reads, looks the bytes up and writes the reply
+itself (:meth:`QuickPmi.hot_serve` is the same), and hands anything else to
+:meth:`QuickPmi.missed`, which goes on as :meth:`QuickPmi.serve` would.
 
 Like :mod:`pm.quick`, this module imports nothing heavy.
 """
@@ -34,6 +36,7 @@ Like :mod:`pm.quick`, this module imports nothing heavy.
 from __future__ import annotations
 
 import _socket
+import os
 
 from pm.agent import pmi_engine
 from pm.agent.kvs import NodeKVS
@@ -42,7 +45,6 @@ from pm.agent.pmi_engine import NATIVE_MAGIC, PmiEngine
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any
 
     from pm.agent.pmi_actions import Action
@@ -108,9 +110,10 @@ class QuickPmi:
         #: only: a miss may be answered differently to another rank).
         self._replies_native: dict[bytes, bytes] = {}
         self._replies_any_id: dict[bytes, tuple[bytes, bytes]] = {}
-        #: A ready rank's PMI fd -> what serves it (see :meth:`serve`).
-        self.hot: dict[int, Callable[[], bool | None]] = {}
-        self._hot_fns: dict[int, tuple[Wire, Callable[[], bool | None]]] = {}
+        #: A ready rank's PMI fd -> the reply cache of its protocol (see the module doc).
+        self.hot: dict[int, dict[bytes, bytes]] = {}
+        #: fd -> its rank and engine, for the ranks in :attr:`hot`.
+        self._hot_ranks: dict[int, tuple[StartedRank, PmiEngine]] = {}
         pmi_engine.log_setup = _log_setup
 
     # ------------------------------------------------------------------ Store
@@ -155,12 +158,12 @@ class QuickPmi:
         """Rank ``r``'s PMI socket is readable: serve what it sent.  True: go on; None: the
         socket reached its end cleanly (never spoke, or after finalize), stop watching
         it; False: the full runtime must take over (nothing is lost: see :meth:`todo`).
-        A poll loop calls ``hot[fd]()`` instead where there is one: the same, faster."""
+        A poll loop does what :meth:`hot_serve` does instead where it can: the same."""
         sock = r.pmi
         assert sock is not None
-        hot = self.hot.get(sock.fileno())
-        if hot is not None:
-            return hot()
+        fd = sock.fileno()
+        if fd in self.hot:
+            return self.hot_serve(fd)
         engine = self.engines.get(r.rank)
         if engine is None:
             try:
@@ -190,6 +193,7 @@ class QuickPmi:
             data = _read_more(sock, data)
         if not data:
             self.hot.pop(sock.fileno(), None)
+            self._hot_ranks.pop(sock.fileno(), None)
             if not engine.finalized:
                 return False  # closed before finalize: the agent names it
             # Served to the end (the engine says how many bad requests it had).
@@ -263,69 +267,50 @@ class QuickPmi:
             self.hot.pop(fd, None)
             return
         proto = engine.protocol
-        made = self._hot_fns.get(r.rank)
-        if made is None or made[0] is not proto:
-            made = self._hot_fns[r.rank] = (proto, self._hot_fn(r, engine))
-        self.hot[fd] = made[1]
+        self.hot[fd] = (self._replies1 if proto is Wire.PMI1 else
+                        self._replies2 if proto is Wire.PMI2 else self._replies_native)
+        self._hot_ranks[fd] = (r, engine)
 
-    def _hot_fn(self, r: StartedRank, engine: PmiEngine) -> Callable[[], bool | None]:
-        """What serves rank ``r`` while it is ready: a request whose reply is cached is
-        answered here (one read, one look-up, one write), anything else by the engine."""
-        if engine.protocol is Wire.NATIVE:
-            return self._hot_native(r, engine)
+    def hot_serve(self, fd: int) -> bool | None:
+        """Serve the request on ``fd``, a socket in :attr:`hot`, as the poll loop does:
+        one read, one look-up, one write, or :meth:`missed`."""
+        rest = None
+        try:
+            data = os.read(fd, READ)  # (the socket is readable: this does not wait)
+            reply = self.hot[fd].get(data)
+            if reply is not None:
+                n = os.write(fd, reply)
+                if n == len(reply):
+                    return True
+                rest = reply[n:]
+        except OSError:
+            return False  # a broken stream, or the rank went away: the agent names it
+        return self.missed(fd, data, rest)
+
+    def missed(self, fd: int, data: bytes, rest: bytes | None) -> bool | None:
+        """What the hot path read from ``fd`` and did not answer (``rest``: or the part of
+        its reply a signal kept it from writing), served as :meth:`serve` serves it."""
+        r, engine = self._hot_ranks[fd]
         sock = r.pmi
         assert sock is not None
-        recv, sendall, slow = sock.recv, sock.sendall, self._serve
-        get = (self._replies1 if engine.protocol is Wire.PMI1 else self._replies2).get
-
-        def serve() -> bool | None:
-            try:
-                data = recv(READ, _DONTWAIT)
-            except BlockingIOError:
+        if rest is None and engine.protocol is Wire.NATIVE and len(data) > 9:
+            # The same get with another request id, which the reply takes.
+            first = data[5]
+            n = 1 if first < 0x80 else _ID_BYTES.get(first, 0)
+            hit = self._replies_any_id.get(data[:5] + data[5 + n:]) if n else None
+            if hit is not None:
+                try:
+                    sock.sendall(hit[0] + data[5:5 + n] + hit[1])
+                except OSError:
+                    return False  # the rank went away meanwhile: the agent names it
                 return True
-            except OSError:
-                return False  # a broken stream: the agent names it
-            reply = get(data)
-            if reply is None:
-                return slow(r, engine, data)
-            try:
-                sendall(reply)
-            except OSError:
-                return False  # the rank went away meanwhile: the agent names it
-            return True
-
-        return serve
-
-    def _hot_native(self, r: StartedRank, engine: PmiEngine) -> Callable[[], bool | None]:
-        sock = r.pmi
-        assert sock is not None
-        recv, sendall, slow = sock.recv, sock.sendall, self._serve
-        get, get_any_id, ids = self._replies_native.get, self._replies_any_id.get, _ID_BYTES
-
-        def serve() -> bool | None:
-            try:
-                data = recv(READ, _DONTWAIT)
-            except BlockingIOError:
-                return True
-            except OSError:
-                return False  # a broken stream: the agent names it
-            reply = get(data)
-            if reply is None and len(data) > 9:
-                # The same get with another request id, which the reply takes.
-                first = data[5]
-                n = 1 if first < 0x80 else ids.get(first, 0)
-                hit = get_any_id(data[:5] + data[5 + n:]) if n else None
-                if hit is not None:
-                    reply = hit[0] + data[5:5 + n] + hit[1]
-            if reply is None:
-                return slow(r, engine, data)
-            try:
-                sendall(reply)
-            except OSError:
-                return False  # the rank went away meanwhile: the agent names it
-            return True
-
-        return serve
+        if rest is None:
+            return self._serve(r, engine, data)
+        try:
+            sock.sendall(rest)
+        except OSError:
+            return False  # the rank went away meanwhile: the agent names it
+        return True
 
     def _run(self, rank: int, acts: list[Action]) -> bool:
         """Carry out ``acts`` of ``rank``; False (the rest kept for the agent) at the first
