@@ -232,7 +232,9 @@ class QuickPmi:
             cache = self._replies1
         elif proto is Wire.PMI2:
             # One frame, a kvs-get (no thrid: its reply would echo it), answered rc=0.
-            if not (data[6:18] == b"cmd=kvs-get;" and int(data[:6]) + 6 == len(data)
+            head = data[:6].lstrip()
+            if not (data[6:18] == b"cmd=kvs-get;" and head.isdigit()
+                    and int(head) + 6 == len(data)
                     and reply[6:].startswith(b"cmd=kvs-get-response;rc=0;")):
                 return
             cache = self._replies2
