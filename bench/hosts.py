@@ -267,7 +267,7 @@ def _ssh_costs(runs: int) -> dict[str, float]:
             # As a remote agent starts (pm.bootstrap.base.agent_command, lean).
             subprocess.run([*ours, shlex.join([
                 python(), "-S", "-P", "-c", f"import sys;sys.path+={_site_dirs()!r};"
-                "import pm.agent.main, pm.agent.node, pm.agent.children"])],
+                "from pm.agent.main import _preimport;_preimport()"])],
                 check=True, env=_env())
             agent.append(time.perf_counter() - t0 - hop[-1])
     return {"hop": statistics.median(hop), "agent": max(0.0, statistics.median(agent)),
