@@ -169,6 +169,8 @@ class QuickStart:
         self._poll: select.epoll | None = None
         #: The ranks' PMI, from the first byte one of them sends.
         self.pmi: QuickPmi | None = None
+        #: Whether the ranks' fds are in :attr:`_poll` (not while :meth:`_ended_early` looks).
+        self._registered = False
 
     @property
     def ranks(self) -> list[StartedRank]:
@@ -272,14 +274,28 @@ class QuickStart:
             poll = self._poll = select.epoll()
         except OSError:
             return None  # out of descriptors: the full path says so
+        opts_n = self.opts.n
+        running = len(self.ranks)
+        exited: set[int] = set()
+        # Ranks that ended while the others started (a short program such as ``true``)
+        # are seen to the end here, without the loop registering and removing their fds.
+        early = self._pmix is None  # (a PMIx client's end is judged by the loop)
+        for r in self.ranks:
+            if early and self._ended_early(r):
+                exited.add(r.rank)
+                running -= 1
+        self._registered = True
         # fd -> (what, rank): STDOUT, STDERR, _PMI or _EXIT (the pidfd).
         table: dict[int, tuple[int, StartedRank]] = {}
         for r in self.ranks:
+            if r.rank in exited:
+                continue
             assert r.pmi is not None
             for what, fd in ((STDOUT, r.out_fd), (STDERR, r.err_fd), (_PMI, r.pmi.fileno()),
                              (_EXIT, r.pidfd)):
-                table[fd] = (what, r)
-                poll.register(fd, select.EPOLLIN)
+                if fd >= 0:  # (a pipe the pass above found at its end is closed)
+                    table[fd] = (what, r)
+                    poll.register(fd, select.EPOLLIN)
         poll.register(self._sig_r, select.EPOLLIN)
         if self._wake_r >= 0:
             poll.register(self._wake_r, select.EPOLLIN)
@@ -289,9 +305,6 @@ class QuickStart:
             except PermissionError:
                 return None  # a regular file: data for rank 0 at once
         deadline = None if self.opts.timeout is None else self.started.t0 + self.opts.timeout
-        opts_n = self.opts.n
-        running = len(self.ranks)
-        exited: set[int] = set()
         # The PMI engine is imported at a rank's first request, or before it, once the
         # ranks leave us idle a moment (an MPI program's libraries load meanwhile): then
         # MPI_Init does not wait for the import.
@@ -435,13 +448,36 @@ class QuickStart:
         fd = r.out_fd if stream == STDOUT else r.err_fd
         if fd < 0:
             return
-        assert self._poll is not None
-        self._poll.unregister(fd)
+        if self._registered:
+            assert self._poll is not None
+            self._poll.unregister(fd)
         os.close(fd)
         if stream == STDOUT:
             r.out_fd = -1
         else:
             r.err_fd = -1
+
+    def _ended_early(self, r: StartedRank) -> bool:
+        """Whether rank ``r`` has already exited with status 0 without a word of PMI and
+        its output pipes are at their end: then what it wrote is passed on and its pipes
+        closed, as the loop would (before the loop watches any fd)."""
+        info = os.waitid(os.P_PID, r.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if info is None or info.si_code != os.CLD_EXITED or info.si_status != 0:
+            return False
+        assert r.pmi is not None
+        try:
+            if r.pmi.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT):
+                return False  # a request: the loop serves it
+        except OSError:
+            return False  # not at its end (something it started holds it), or broken
+        # Its ends of the pipes closed before it became a zombie: what is left is there,
+        # unless something it started holds them (then the loop hands the job over).
+        for stream in (STDOUT, STDERR):
+            while (got := self._read(r, stream)) > 0:
+                pass
+            if got < 0:
+                return False
+        return True
 
     def _ended(self, r: StartedRank) -> bool | None:
         """A rank's exit, noted without reaping it (the agent may still need to see it):
@@ -471,7 +507,13 @@ class QuickStart:
             r.close()
         self._remove_xml()
         clean = False
-        if started.shm_reaper is not None:
+        if self.pmi is None and self._pmix is None:
+            # No rank spoke PMI, so no MPI library started in the job and none of the MPI
+            # segments that appeared meanwhile are its own: they are other jobs' on this
+            # node, not to be looked for in every process's maps (tens of ms of CPU, here
+            # and in the guardian).
+            clean = True
+        elif started.shm_reaper is not None:
             # The /dev/shm files MPI ranks left, as the agent removes them.
             try:
                 started.shm_reaper.reap()

@@ -205,6 +205,35 @@ SLEEPY = """
 """
 
 
+def test_a_job_without_pmi_leaves_other_jobs_segments_alone(pmrun_popen: Start,
+                                                           tmp_path: Path, marker: str) -> None:
+    """An MPI segment another job makes on the node while a job that speaks no PMI runs is
+    not that job's: it stays, though nobody maps or holds it when the job ends."""
+    seg = Path(f"/dev/shm/mpich_shm_{marker}")
+    up = tmp_path / "up"
+    p = pmrun_popen("-n", "2", "sh", "-c",
+                    f"touch {up}; while [ ! -e {seg} ]; do sleep 0.01; done; echo done")
+    try:
+        wait_until(up.exists, 30, "the ranks to start")
+        seg.write_bytes(b"segment")  # after the job's look at /dev/shm, held by nobody
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+        assert out == b"done\ndone\n"
+        assert seg.read_bytes() == b"segment"
+    finally:
+        seg.unlink(missing_ok=True)
+
+
+def test_output_of_ranks_that_ended_while_others_started_is_whole(pmrun: Run) -> None:
+    """Ranks that end before the loop starts (the job's first ranks, while the last ones
+    start) are seen to their end without it: every line, the partial last one too."""
+    res = pmrun("-n", "24", "sh", "-c",
+                'echo "out $PMI_RANK"; printf "err $PMI_RANK" >&2', timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert sorted(res.stdout.splitlines()) == sorted(f"out {r}" for r in range(24))
+    assert sorted(res.stderr.splitlines()) == sorted(f"err {r}" for r in range(24))
+
+
 def test_kill9_of_pmrun_before_any_pmi_leaves_nothing(pmrun_popen: Start, tmp_path: Path,
                                                       marker: str) -> None:
     prog = script(tmp_path, "sleepy.py", SLEEPY)

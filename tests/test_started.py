@@ -62,6 +62,33 @@ def test_ranks_start_with_their_descriptors_and_stdin_for_one() -> None:
         started.guardian.release()
 
 
+def _open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def test_ranks_share_one_devnull_and_it_is_closed_after() -> None:
+    """The ranks that do not read our stdin read one /dev/null, which start_local closes:
+    what is left open is each rank's pipes, socket and pidfd, and the guardian's pipe."""
+    before = _open_fds()
+    started = start_local(_todo(3, ["/bin/sleep", "30"]), stdin_rank=None)
+    try:
+        ours = {fd for r in started.ranks
+                for fd in (r.out_fd, r.err_fd, r.pidfd, r.pmi.fileno() if r.pmi else -1)}
+        assert -1 not in ours and len(ours) == 12
+        # (the guardian's end of its pipe is the one more)
+        assert len(_open_fds() - before - ours) == 1
+        for r in started.ranks:
+            assert os.readlink(f"/proc/{r.pid}/fd/0") == os.devnull
+            os.kill(r.pid, 9)
+            os.waitpid(r.pid, 0)
+    finally:
+        for r in started.ranks:
+            r.close()
+        assert started.guardian is not None
+        started.guardian.release()
+    assert _open_fds() == before
+
+
 def test_a_rank_that_cannot_start_stops_the_rest_when_asked() -> None:
     todo = _todo(3)
     todo[1] = RankStart(1, 1, "/no/such/program", ["/no/such/program"], {})

@@ -99,20 +99,29 @@ class RankFds:
     """The descriptors of a rank about to start: the ends it gets (``child_fds``) and ours
     (its PMI socket, its stdout and stderr pipes, its stdin pipe if it reads ours)."""
 
-    __slots__ = ("_child", "err", "out", "pmi", "stdin")
+    __slots__ = ("_child", "_shared", "err", "out", "pmi", "stdin")
 
-    def __init__(self, stdin_pipe: bool, pmi: bool = True) -> None:
-        """Raises :class:`SpawnError` (nothing left open) when the descriptors run out."""
-        self.pmi = self.out = self.err = self.stdin = -1
+    def __init__(self, stdin_pipe: bool, pmi: bool = True, devnull: int = -1) -> None:
+        """Raises :class:`SpawnError` (nothing left open) when the descriptors run out.
+
+        ``devnull``: an open /dev/null (read) the caller keeps, given as stdin to a rank
+        without the stdin pipe (else one is opened for it)."""
+        #: Our end of the PMI socket (None without PMI).
+        self.pmi: _socket.socket | None = None
+        self.out = self.err = self.stdin = -1
         self._child: dict[int, int] = {}
+        #: A child end that is the caller's (not closed here).
+        self._shared = -1
         try:
             if pmi:
-                ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-                self.pmi, self._child[PMI_FD] = ours.detach(), theirs.detach()
+                self.pmi, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+                self._child[PMI_FD] = theirs.detach()
             self.out, self._child[1] = os.pipe2(os.O_CLOEXEC)
             self.err, self._child[2] = os.pipe2(os.O_CLOEXEC)
             if stdin_pipe:
                 self._child[0], self.stdin = os.pipe2(os.O_CLOEXEC)
+            elif devnull >= 0:
+                self._child[0] = self._shared = devnull
             else:
                 self._child[0] = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -130,14 +139,18 @@ class RankFds:
     def close_child_ends(self) -> None:
         """Once the rank started (or failed to): its ends are its own."""
         for fd in self._child.values():
-            os.close(fd)
+            if fd != self._shared:
+                os.close(fd)
         self._child = {}
 
     def close_ours(self) -> None:
-        for fd in (self.pmi, self.out, self.err, self.stdin):
+        if self.pmi is not None:
+            self.pmi.close()
+            self.pmi = None
+        for fd in (self.out, self.err, self.stdin):
             if fd >= 0:
                 os.close(fd)
-        self.pmi = self.out = self.err = self.stdin = -1
+        self.out = self.err = self.stdin = -1
 
 
 def spawn(
@@ -195,14 +208,14 @@ def spawn(
 
 def spawn_rank(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin_pipe: bool,
                cwd: str | None, pgid: int, cpus: frozenset[int] | None = None,
-               pmi: bool = True) -> tuple[int, RankFds]:
+               pmi: bool = True, devnull: int = -1) -> tuple[int, RankFds]:
     """Start a rank with its descriptors (:class:`RankFds`): its pid, and our ends of them.
 
     Raises :class:`SpawnError` (nothing left open) if the descriptors or the
-    process cannot be made.
+    process cannot be made.  ``devnull``: see :class:`RankFds`.
     """
     try:
-        fds = RankFds(stdin_pipe, pmi)
+        fds = RankFds(stdin_pipe, pmi, devnull)
     except SpawnError as exc:
         raise SpawnError(f"{argv[0]}: {exc}") from exc
     try:

@@ -157,28 +157,38 @@ def start_local(todo: Sequence[RankStart], *, stdin_rank: int | None = 0, pmi: b
     if guardian is None:
         guardian = started.guardian = Guardian()
     stop = ""
-    for spec in todo:
-        r = StartedRank(spec.rank, spec.local_rank)
-        started.ranks.append(r)
-        if stop:
-            r.failure, r.skipped = stop, True
-            continue
-        r.failure = spec.failure or _spawn(r, spec, spec.rank == stdin_rank, pmi, guardian.pgid)
-        if r.failure and stop_at_failure:
-            stop = f"not started: rank {spec.rank} could not start"
+    # One /dev/null is every rank's stdin but the one that reads ours (not one open each).
+    try:
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        devnull = -1  # RankFds opens one per rank, and says why if it cannot
+    try:
+        for spec in todo:
+            r = StartedRank(spec.rank, spec.local_rank)
+            started.ranks.append(r)
+            if stop:
+                r.failure, r.skipped = stop, True
+                continue
+            r.failure = spec.failure or _spawn(r, spec, spec.rank == stdin_rank, pmi,
+                                               guardian.pgid, devnull)
+            if r.failure and stop_at_failure:
+                stop = f"not started: rank {spec.rank} could not start"
+    finally:
+        if devnull >= 0:
+            os.close(devnull)
     return started
 
 
-def _spawn(r: StartedRank, spec: RankStart, stdin_pipe: bool, pmi: bool, pgid: int) -> str:
+def _spawn(r: StartedRank, spec: RankStart, stdin_pipe: bool, pmi: bool, pgid: int,
+           devnull: int) -> str:
     """Start one rank into ``r``: '' or why it could not start."""
     try:
         r.pid, fds = spawn_rank(spec.path, spec.argv, spec.env, stdin_pipe=stdin_pipe,
-                                cwd=spec.wdir, pgid=pgid, cpus=spec.cpus, pmi=pmi)
+                                cwd=spec.wdir, pgid=pgid, cpus=spec.cpus, pmi=pmi,
+                                devnull=devnull)
     except SpawnError as exc:
         return str(exc)
     r.started_at = time.time()
-    if fds.pmi >= 0:
-        r.pmi = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fds.pmi)
-    r.out_fd, r.err_fd, r.stdin_fd = fds.out, fds.err, fds.stdin
+    r.pmi, r.out_fd, r.err_fd, r.stdin_fd = fds.pmi, fds.out, fds.err, fds.stdin
     r.pidfd = os.pidfd_open(r.pid)  # our child (a zombie at worst) until we wait for it
     return ""
