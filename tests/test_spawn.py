@@ -346,8 +346,9 @@ def test_host_info_key_names_a_node_under_local_nodes(tmp_path: Path) -> None:
 
 
 def test_spawned_jobs_that_ended_leave_no_guardian(tmp_path: Path) -> None:
-    # Each spawned job's ranks have a guardian (pm.agent.spawn.Guardian): it goes when the
-    # job ends, not at the end of the run -- a pool or a manager spawns again and again.
+    # Spawned ranks on a node where the launched job has ranks join their guardian's
+    # process group (pm.agent.spawn.Guardian): no guardian is started, or left, per spawned
+    # job -- a pool or a manager spawns again and again.
     prog = script(tmp_path, "again.py", """
         import os, sys, time
         from mpi4py import MPI
@@ -371,28 +372,32 @@ def test_spawned_jobs_that_ended_leave_no_guardian(tmp_path: Path) -> None:
         parent = MPI.Comm.Get_parent()
         if parent != MPI.COMM_NULL:
             parent.gather(topology(), root=0)
+            parent.gather(os.getpgrp(), root=0)
             parent.Disconnect()
             sys.exit(0)
+        groups = set()
         for i in range(6):
             inter = MPI.COMM_SELF.Spawn(sys.executable, args=[__file__], maxprocs=2)
             inter.gather(None, root=MPI.ROOT)
+            groups.update(inter.gather(None, root=MPI.ROOT))
             inter.Disconnect()
+        print("same group", groups == {os.getpgrp()}, flush=True)
         deadline = time.monotonic() + 20
-        # The launched job's guardian, and one made ahead for the next spawn.
-        while guardians(os.getppid()) > 2 and time.monotonic() < deadline:
+        # The launched job's guardian only.
+        while guardians(os.getppid()) > 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         print("guardians", guardians(os.getppid()), flush=True)
         # The node's topology copy (the launched job's) outlives the spawned jobs that
         # read it: the next one's ranks read it too.
         inter = MPI.COMM_SELF.Spawn(sys.executable, args=[__file__], maxprocs=2)
         print("topology", topology(), inter.gather(None, root=MPI.ROOT), flush=True)
+        inter.gather(None, root=MPI.ROOT)
         inter.Disconnect()
     """)
     res = run(tmp_path, "-n", "1", sys.executable, str(prog))
     assert res.returncode == 0, res.stdout + res.stderr
-    lines = res.stdout.splitlines()
-    assert lines[0] in ("guardians 1", "guardians 2"), res.stdout
-    assert lines[1:] == ["topology True [True, True]"], res.stdout + res.stderr
+    assert res.stdout.splitlines() == [
+        "same group True", "guardians 1", "topology True [True, True]"], res.stdout + res.stderr
 
 
 def test_children_that_outlive_their_parent_are_ended(tmp_path: Path, marker: str) -> None:

@@ -271,9 +271,10 @@ class JobAgent:
         # What this node already holds from fences becomes visible in shm too.
         self.shm_insert(list(self.kvs.values.items()))
 
-    def start_ranks(self, guardian: Guardian | None = None) -> None:
+    def start_ranks(self, guardian: Guardian | None = None, shared: bool = False) -> None:
         """Spawn every local rank (synchronously: posix_spawn is fast); ``guardian``: one
-        made beforehand for their process group (:meth:`LocalRanks.start`)."""
+        made beforehand for their process group, ``shared``: another job's, whose group
+        they join (:meth:`LocalRanks.start`)."""
         if not self.local:
             self._check_done()
             return
@@ -293,7 +294,7 @@ class JobAgent:
         base = dict(self.plan.env)
         base.update(self.extra_env)
         self._watch_shm(ShmReaper())
-        self.procs.start(base, self.cpusets, guardian)
+        self.procs.start(base, self.cpusets, guardian, shared)
         self._note_xml()
 
     def adopt_ranks(self, started: StartedRanks) -> None:

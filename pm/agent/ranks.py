@@ -86,6 +86,10 @@ class LocalRanks:
         self.loop = agent.loop
         self.ranks: dict[int, RankProc] = {r: RankProc(r, i) for i, r in enumerate(local)}
         self.guardian: Guardian | None = None
+        #: The guardian is another job's (the launched job's, on this node): its process
+        #: group holds our ranks too, so they are signalled one by one, never as a group,
+        #: and the guardian is not ours to let go.
+        self.shared = False
         self.watch: ChildWatch | None = None
         #: The PMI sessions' tasks and the drain and kill timers.
         self.owned = Owned(self.loop)
@@ -100,10 +104,12 @@ class LocalRanks:
 
     # ------------------------------------------------------------------ start
     def start(self, base_env: dict[str, str], cpusets: list[frozenset[int]] | None,
-              guardian: Guardian | None = None) -> None:
+              guardian: Guardian | None = None, shared: bool = False) -> None:
         """Spawn every rank (synchronously: posix_spawn is fast) with the job's environment,
         as pmrun's quick path does (:func:`pm.agent.started.start_local`), and serve them.
-        ``guardian``: one started beforehand (a spawned job's), else a new one."""
+        ``guardian``: one started beforehand (a spawned job's), else a new one; ``shared``:
+        it is another job's, whose group our ranks join (see :attr:`shared`)."""
+        self.shared = shared and guardian is not None
         agent, plan = self.agent, self.agent.plan
         agent.mark("spawn start", ranks=len(self.ranks))
         short = fd_shortage(len(self.ranks))
@@ -357,25 +363,43 @@ class LocalRanks:
         return self.watch.dup_pidfd(proc.pid)
 
     def signal(self, signum: int) -> None:
-        """Send ``signum`` to every rank (their guardian ignores it)."""
-        if self.guardian is not None:
+        """Send ``signum`` to every rank (their guardian ignores it).  Ranks in a shared
+        group get it from the group's own job (:meth:`JobAgent.from_parent` signals every
+        job of the node), not once more from here."""
+        if self.guardian is not None and not self.shared:
             self.guardian.signal(signum)
+
+    def _signal_each(self, signum: int) -> None:
+        """``signum`` to each of our ranks still running, through its pidfd."""
+        if self.watch is not None:
+            for proc in self.ranks.values():
+                if proc.pid and proc.status is None:
+                    self.watch.kill(proc.pid, signum)
 
     def kill(self, grace: float, first: bool) -> None:
         """SIGTERM every rank, SIGKILL after ``grace`` seconds (at once if ``grace`` <= 0)."""
         if self.guardian is None:
             return
         if grace <= 0:
-            self.guardian.kill_all()
+            self._kill_all()
             return
-        self.guardian.signal(signal.SIGTERM)
+        if self.shared:
+            self._signal_each(signal.SIGTERM)
+        else:
+            self.guardian.signal(signal.SIGTERM)
         if first:
             self.owned.call_later(grace, self._kill_hard)
+
+    def _kill_all(self) -> None:
+        if self.shared:
+            self._signal_each(signal.SIGKILL)
+        elif self.guardian is not None:
+            self.guardian.kill_all()
 
     def _kill_hard(self) -> None:
         if self.guardian is not None and any(p.status is None for p in self.ranks.values()
                                              if p.pid):
-            self.guardian.kill_all()
+            self._kill_all()
 
     async def aclose(self) -> None:
         """:meth:`close`, then wait for the PMI sessions' tasks to end."""
@@ -401,8 +425,9 @@ class LocalRanks:
                 proc.session.transport.abort()
         if self.guardian is not None:
             if any(p.status is None and p.pid for p in self.ranks.values()):
-                self.guardian.kill_all()
-            self.guardian.release()
+                self._kill_all()
+            if not self.shared:
+                self.guardian.release()
             self.guardian = None
         if self.watch is not None:
             self.watch.close()

@@ -178,12 +178,19 @@ class AgentSpawns:
         agent._open_pmix(srv, topo)  # (a failure is reported; the ranks do not start)
 
     def _start(self, agent: JobAgent) -> None:
-        """Start ``agent``'s ranks here and tell the head."""
+        """Start ``agent``'s ranks here and tell the head.  Where the launched job has
+        ranks on this node, ours join their guardian's process group (no guardian of our
+        own to start and let go: a pool spawns again and again); elsewhere they get one,
+        started ahead (:meth:`_make_spare`)."""
         top = self.top
-        spare, self._spare = (self._spare, None) if agent.local else (None, self._spare)
-        agent.start_ranks(spare)
-        if spare is not None and agent.procs.guardian is not spare:  # (not used after all)
-            self._let_go(spare)
+        host = top.procs.guardian if agent.local and not top.procs.shared else None
+        if host is not None:
+            agent.start_ranks(host, shared=True)
+        else:
+            spare, self._spare = (self._spare, None) if agent.local else (None, self._spare)
+            agent.start_ranks(spare)
+            if spare is not None and agent.procs.guardian is not spare:  # (not used after all)
+                self._let_go(spare)
         for stream in top.procs.gone:  # the head's stdout went before this job started
             agent.procs.output_gone(stream)
         agent.parent.send(t.Started(top.vertex, 1, len(agent.local), []))
@@ -191,7 +198,7 @@ class AgentSpawns:
             agent.kill(*self._kill)
             return
         agent.done.add_done_callback(lambda _: self._retire(agent))
-        if agent.local and not self._spare_soon:
+        if agent.local and host is None and not self._spare_soon:
             # After the answer has gone (callbacks run in order): the next spawn's guardian.
             self._spare_soon = True
             agent.loop.call_soon(self._make_spare)
@@ -212,6 +219,8 @@ class AgentSpawns:
             return
         procs = agent.procs
         guardian, procs.guardian = procs.guardian, None
+        if procs.shared:
+            guardian = None  # the launched job's: it stays
         reaper, agent.shm_reaper = agent.shm_reaper, None
         if agent._shm_sampler is not None:
             agent._shm_sampler.cancel()
