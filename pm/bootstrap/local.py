@@ -7,8 +7,23 @@ import os
 from typing import Any
 
 from pm.agent.spawn import spawn
-from pm.bootstrap.base import Bootstrap, agent_command
+from pm.bootstrap.base import Bootstrap, agent_command, site_dirs
 from pm.proto.plan import AgentConfig
+
+#: The directory pmrun is imported from.
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def agent_env() -> dict[str, str]:
+    """A local agent's environment: ours, with pmrun's directory on ``PYTHONPATH`` when
+    pmrun is not installed (a checkout imported from the current directory, which the
+    agent, started with ``-P``, does not look in)."""
+    env = dict(os.environ)
+    if _ROOT not in site_dirs():
+        path = env.get("PYTHONPATH")
+        if _ROOT not in (path or "").split(os.pathsep):
+            env["PYTHONPATH"] = _ROOT + (os.pathsep + path if path else "")
+    return env
 
 
 def start_with_stdin(argv: list[str], config: AgentConfig, env: dict[str, str] | None = None
@@ -20,7 +35,7 @@ def start_with_stdin(argv: list[str], config: AgentConfig, env: dict[str, str] |
         # Its own process group: what the terminal sends (Ctrl-C, Ctrl-Z) reaches the
         # head alone, which passes it on down the tree; an agent, ssh or srun in the
         # terminal's group would die of a Ctrl-C, or stop at a Ctrl-Z, by itself.
-        pid = spawn(argv[0], argv, env if env is not None else dict(os.environ),
+        pid = spawn(argv[0], argv, env if env is not None else agent_env(),
                     fds={0: rfd, 1: 2, 2: 2}, pgid=0)
     finally:
         os.close(rfd)
