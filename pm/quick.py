@@ -581,6 +581,15 @@ def main() -> int:
         if not job.start():
             job = None
     if job is None:
+        if os.environ.get("SLURM_JOB_ID"):
+            from pm.bootstrap.early import step_now
+            from pm.options import parse as parse_all
+
+            # The agents' Slurm step starts before the full path's imports.
+            try:
+                step_now(parse_all(argv, os.environ), os.environ)
+            except Exception:  # the full path names what is wrong
+                pass
         from pm.cli import main as full
 
         return full()

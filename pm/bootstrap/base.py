@@ -29,10 +29,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pm.proto.plan import DEFAULT_HEARTBEAT, AgentConfig
-
 if TYPE_CHECKING:
     from pm.agent.watch import ExitStatus
+    from pm.proto.plan import AgentConfig
 
 #: Seconds a child agent may take to join the tree (``--join-timeout``).
 DEFAULT_JOIN_TIMEOUT = 60.0
@@ -73,6 +72,8 @@ def lean_code(dirs: Sequence[str]) -> str:
 
 def heartbeat_of(options: Mapping[str, Any]) -> float:
     """The link timeout the options ask for (``DEFAULT_HEARTBEAT`` if none; 0 disables)."""
+    from pm.proto.plan import DEFAULT_HEARTBEAT
+
     return float(options.get("heartbeat", DEFAULT_HEARTBEAT))
 
 

@@ -13,11 +13,15 @@ their stdin and they leave without a word.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see step_now)
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
     from pm.bootstrap.pipes import Piped
     from pm.jobspec import JobSpec
+    from pm.options import Parsed
 
 #: vertex -> (host, started command) of the agents started early.
 _STARTED: dict[int, tuple[str, Piped]] = {}
@@ -44,10 +48,8 @@ def prestart(hosts: list[str], given: list[int | None], options: dict[str, Any],
     if not isinstance(boot, CommandBootstrap):
         return
     if options.get("start") == "step":
-        from pm.common.hostlist import compress
-
-        with contextlib.suppress(Exception):  # vertex -1: the step that starts them all
-            _STARTED[-1] = (compress(hosts[:used]), boot.launch_step(hosts[:used]))
+        if -1 not in _STARTED:  # (pmrun's quick check may have started it: step_now)
+            _start_step(boot, hosts[:used])
         return
     first = (0, *Tree(used, max(1, fanout)).children(0))
     prefetch = getattr(boot, "prefetch", None)
@@ -59,6 +61,51 @@ def prestart(hosts: list[str], given: list[int | None], options: dict[str, Any],
             _STARTED[v] = (hosts[v], boot.launch(hosts[v]))
         except Exception:  # started the usual way later, which names the failure
             continue
+
+
+def _start_step(boot: Any, hosts: list[str]) -> None:
+    from pm.common.hostlist import compress
+
+    with contextlib.suppress(Exception):  # vertex -1: the step that starts them all
+        _STARTED[-1] = (compress(hosts), boot.launch_step(hosts))
+
+
+def step_now(parsed: Parsed, environ: Mapping[str, str]) -> None:
+    """Inside a Slurm allocation, start the agents' step (``start == "step"``) as soon as
+    pmrun's quick check has read the command line, before the full path's imports (20 ms
+    of CPU), when the command line is one program with options the quick path knows (so
+    none of them changes the hosts, their slots or the launcher).  The full path takes
+    the step if its plan has the same hosts (:func:`take`), else lets it go."""
+    if parsed.action or len(parsed.sections) != 1 or -1 in _STARTED:
+        return
+    if not all(opt.quick for opt in parsed.used) or "launcher" in parsed.values:
+        return
+    if not (environ.get("SLURM_JOB_ID") and environ.get("SLURM_JOB_NODELIST")):
+        return
+    try:
+        from pm.bootstrap import bootstrap_options, default_hosts, get_bootstrap
+        from pm.bootstrap.exec import CommandBootstrap
+        from pm.common.mapping import place
+
+        options = bootstrap_options({}, False)
+        given = default_hosts(options)
+        if options.get("name") != "slurm" or options.get("start") != "step" or not given:
+            return
+        values = parsed.sections[0].values
+        if "n" in values:
+            n = int(values["n"])  # type: ignore[call-overload]
+        elif all(s is not None for _, s in given):
+            n = sum(int(s or 0) for _, s in given)  # no -n: a rank per slot (pm.cli)
+        else:
+            return
+        per = -(-n // len(given))  # pm.jobspec.sequence_slots without -ppn
+        slots = [int(s) if s is not None else per for _, s in given]
+        used = max(place(n, slots)) + 1
+        boot = get_bootstrap("slurm", options)
+    except Exception:  # the full path names whatever is wrong
+        return
+    if isinstance(boot, CommandBootstrap):
+        _start_step(boot, [h for h, _ in given][:used])
 
 
 def take(vertex: int, host: str) -> Piped | None:

@@ -16,15 +16,16 @@ its stdin reaches the agent: the same contract as the local bootstrap.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pm.agent.spawn import resolve
 from pm.bootstrap.base import Bootstrap, agent_command
 from pm.bootstrap.pipes import Piped
-from pm.proto.plan import AgentConfig
+
+if TYPE_CHECKING:
+    from pm.proto.plan import AgentConfig
 
 
 class TemplateError(ValueError):
@@ -93,6 +94,8 @@ class CommandBootstrap(Bootstrap):
         proc.on_report = self._report
         proc.on_error = self._error
         proc.on_error_line = self.error_line
+        import json
+
         proc.write(json.dumps(config.to_wire()).encode() + b"\n")
         proc.attach()
         self._procs[proc.pid] = proc

@@ -13,8 +13,6 @@ denied (publickey).", "Host key verification failed.", ...).
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import os
 from collections import deque
 from collections.abc import Callable
@@ -25,7 +23,6 @@ from pm.agent.spawn import spawn
 if TYPE_CHECKING:
     import asyncio
 
-log = logging.getLogger("pm.bootstrap")
 
 #: How many stderr lines of a bootstrap command are kept to explain its failure.
 KEEP_LINES = 8
@@ -143,12 +140,17 @@ class Piped:
 
     def _report(self, line: bytes) -> None:
         try:
+            import json
+
             msg = json.loads(line)
             vertex = int(msg["vertex"])
             error = msg.get("error")
             address = "" if error is not None else str(msg["address"])
         except (ValueError, KeyError, TypeError, AttributeError):
-            log.warning("bootstrap: ignored output %r", line[:200])
+            import logging
+
+            logging.getLogger("pm.bootstrap").warning("bootstrap: ignored output %r",
+                                                      line[:200])
             return
         if error is not None:
             # An agent that could not start says why here, for the job's one line.

@@ -48,12 +48,12 @@ from pm.bootstrap.base import agent_command
 from pm.bootstrap.exec import CommandBootstrap
 from pm.bootstrap.pipes import Piped
 from pm.common.hostlist import HostlistError, compress, expand
-from pm.proto.plan import AgentConfig
 
 if TYPE_CHECKING:
     import asyncio
 
     from pm.agent.watch import ExitStatus
+    from pm.proto.plan import AgentConfig
 
 SRUN_OPTIONS = ("--overlap", "--whole", "--cpu-bind=none", "--mpi=none", "--quiet")
 #: What srun says about a task that failed on a node, or a node that failed.

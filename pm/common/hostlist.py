@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from pm.proto.errors import PMError
 
@@ -42,12 +41,30 @@ class HostlistError(PMError, ValueError):
     """A host list, ``-hosts`` option or host file that cannot be parsed."""
 
 
-@dataclass(frozen=True, slots=True)
 class HostSlots:
-    """One host and the number of rank slots given for it (``None``: not given)."""
+    """One host and the number of rank slots given for it (``None``: not given).
 
+    A plain class, not a dataclass: a host list is read before pmrun's heavy imports
+    (``pm.bootstrap.early``), and ``dataclasses`` costs 5 ms of CPU to import."""
+
+    __slots__ = ("host", "slots")
     host: str
     slots: int | None
+
+    def __init__(self, host: str, slots: int | None) -> None:
+        self.host = host
+        self.slots = slots
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HostSlots):
+            return NotImplemented
+        return (self.host, self.slots) == (other.host, other.slots)
+
+    def __hash__(self) -> int:
+        return hash((self.host, self.slots))
+
+    def __repr__(self) -> str:
+        return f"HostSlots(host={self.host!r}, slots={self.slots!r})"
 
 
 def _split_top(spec: str, sep: str) -> list[str]:
@@ -150,13 +167,18 @@ def _split_number(host: str) -> tuple[str, str, str]:
     return host[: last.start()], last.group(), host[last.end() :]
 
 
-@dataclass(slots=True)
 class _Range:
     """Consecutive values ``lo .. hi`` printed with the width of ``lo_text``."""
 
+    __slots__ = ("hi", "lo", "lo_text")
     lo_text: str
     lo: int
     hi: int
+
+    def __init__(self, lo_text: str, lo: int, hi: int) -> None:
+        self.lo_text = lo_text
+        self.lo = lo
+        self.hi = hi
 
     def __str__(self) -> str:
         if self.lo == self.hi:
