@@ -315,3 +315,45 @@ def test_first_agents_start_before_the_head_listens() -> None:
     # Bootstraps that do not start the first level at once start nothing early.
     early.prestart(hosts, [None] * 4, {"name": "local"}, spec, 2)
     assert early._STARTED == {}
+
+
+@pytest.mark.parametrize("argv", [["-n", "8", "true"], ["-n", "3", "true"], ["true"],
+                                  ["-n", "5", "-genv", "A", "1", "true", "x"],
+                                  ["-ppn", "1", "-n", "3", "true"], ["-ppn", "3", "true"]])
+def test_the_early_slurm_step_has_the_full_paths_hosts(monkeypatch: pytest.MonkeyPatch,
+                                                      argv: list[str]) -> None:
+    """pmrun starts the agents' step right after its quick check (step_now): on the hosts
+    the full path then plans (else that path lets the step go and starts another)."""
+    from pm import cli
+    from pm.bootstrap.early import step_hosts
+    from pm.common.mapping import place
+    from pm.jobspec import sequence_slots
+    from pm.options import parse as parse_all
+
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "n[1-4]")
+    monkeypatch.setenv("SLURM_TASKS_PER_NODE", "2(x4)")
+    found = step_hosts(parse_all(argv, os.environ), os.environ)
+    opts = cli.parse(argv)
+    where = cli.hosts_of(opts)
+    assert where is not None
+    hosts, given, boot = where
+    used = max(place(opts.spec.size, sequence_slots(opts.spec, len(hosts), given))) + 1
+    assert found == (hosts[:used], boot)
+
+
+def test_no_early_slurm_step_for_what_the_full_path_decides(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pm.bootstrap.early import step_hosts
+    from pm.options import parse as parse_all
+
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "n[1-4]")
+    monkeypatch.delenv("SLURM_TASKS_PER_NODE", raising=False)
+    assert step_hosts(parse_all(["true"], os.environ), os.environ) is None  # no slots, no -n
+    monkeypatch.setenv("SLURM_TASKS_PER_NODE", "2(x4)")
+    for argv in (["-hosts", "a,b", "true"],
+                 ["-n", "2", "a", ":", "-n", "2", "b"], ["--launcher", "ssh", "true"]):
+        assert step_hosts(parse_all(argv, os.environ), os.environ) is None, argv
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert step_hosts(parse_all(["-n", "2", "true"], os.environ), os.environ) is None

@@ -73,39 +73,57 @@ def _start_step(boot: Any, hosts: list[str]) -> None:
 def step_now(parsed: Parsed, environ: Mapping[str, str]) -> None:
     """Inside a Slurm allocation, start the agents' step (``start == "step"``) as soon as
     pmrun's quick check has read the command line, before the full path's imports (20 ms
-    of CPU), when the command line is one program with options the quick path knows (so
-    none of them changes the hosts, their slots or the launcher).  The full path takes
-    the step if its plan has the same hosts (:func:`take`), else lets it go."""
-    if parsed.action or len(parsed.sections) != 1 or -1 in _STARTED:
-        return
-    if not all(opt.quick for opt in parsed.used) or "launcher" in parsed.values:
-        return
-    if not (environ.get("SLURM_JOB_ID") and environ.get("SLURM_JOB_NODELIST")):
+    of CPU), when :func:`step_hosts` can tell its hosts.  The full path takes the step if
+    its plan has the same hosts (:func:`take`), else lets it go."""
+    if -1 in _STARTED:
         return
     try:
-        from pm.bootstrap import bootstrap_options, default_hosts, get_bootstrap
+        found = step_hosts(parsed, environ)
+        if found is None:
+            return
+        from pm.bootstrap import get_bootstrap
         from pm.bootstrap.exec import CommandBootstrap
-        from pm.common.mapping import place
 
-        options = bootstrap_options({}, False)
-        given = default_hosts(options)
-        if options.get("name") != "slurm" or options.get("start") != "step" or not given:
-            return
-        values = parsed.sections[0].values
-        if "n" in values:
-            n = int(values["n"])  # type: ignore[call-overload]
-        elif all(s is not None for _, s in given):
-            n = sum(int(s or 0) for _, s in given)  # no -n: a rank per slot (pm.cli)
-        else:
-            return
-        per = -(-n // len(given))  # pm.jobspec.sequence_slots without -ppn
-        slots = [int(s) if s is not None else per for _, s in given]
-        used = max(place(n, slots)) + 1
-        boot = get_bootstrap("slurm", options)
+        boot = get_bootstrap("slurm", found[1])
     except Exception:  # the full path names whatever is wrong
         return
     if isinstance(boot, CommandBootstrap):
-        _start_step(boot, [h for h, _ in given][:used])
+        _start_step(boot, found[0])
+
+
+def step_hosts(parsed: Parsed, environ: Mapping[str, str]
+               ) -> tuple[list[str], dict[str, Any]] | None:
+    """The hosts of the agents' Slurm step for this command line, and the bootstrap
+    options, as the full path finds them (``pm.cli.hosts_of``, then :func:`prestart`);
+    None unless the command line is one program with options the quick path knows (none
+    of which changes the hosts, their slots or the launcher) inside an allocation."""
+    if parsed.action or len(parsed.sections) != 1:
+        return None
+    if not all(opt.quick for opt in parsed.used) or "launcher" in parsed.values:
+        return None
+    if not (environ.get("SLURM_JOB_ID") and environ.get("SLURM_JOB_NODELIST")):
+        return None
+    from pm.bootstrap import bootstrap_options, default_hosts
+    from pm.common.mapping import place
+
+    options = bootstrap_options({}, False)
+    given = default_hosts(options)
+    if options.get("name") != "slurm" or options.get("start") != "step" or not given:
+        return None
+    values = parsed.sections[0].values
+    if "n" in values:
+        n = int(values["n"])  # type: ignore[call-overload]
+    elif all(s is not None for _, s in given):
+        n = sum(int(s or 0) for _, s in given)  # no -n: a rank per slot (pm.cli.hosts_of)
+    else:
+        return None
+    if "ppn" in parsed.values:  # pm.jobspec.sequence_slots
+        slots = [int(parsed.values["ppn"])] * len(given)  # type: ignore[call-overload]
+    else:
+        per = -(-n // len(given))
+        slots = [int(s) if s is not None else per for _, s in given]
+    used = max(place(n, slots)) + 1
+    return [h for h, _ in given][:used], options
 
 
 def take(vertex: int, host: str) -> Piped | None:
