@@ -461,3 +461,48 @@ def test_ranks_pmix_connection_has_nagle_off(pmrun: Run, tmp_path: Path, quick: 
     r = pmrun("-n", "2", OMPI, str(prog), env={**ENV, "PM_QUICK": quick})
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.splitlines()) == ["rank 0 nodelay [1]", "rank 1 nodelay [1]"]
+
+
+CLEANUP = """
+    import ctypes, os, sys
+    from mpi4py import MPI
+
+    class Proc(ctypes.Structure):
+        _fields_ = [("nspace", ctypes.c_char * 256), ("rank", ctypes.c_uint32)]
+
+    class Value(ctypes.Structure):  # pmix_value_t holding a string
+        _fields_ = [("type", ctypes.c_uint16), ("string", ctypes.c_char_p),
+                    ("rest", ctypes.c_char * 8)]
+
+    class Info(ctypes.Structure):
+        _fields_ = [("key", ctypes.c_char * 512), ("flags", ctypes.c_uint32),
+                    ("value", Value)]
+
+    path = os.path.join(sys.argv[1], f"rank{MPI.COMM_WORLD.rank}")
+    open(path, "w").close()
+    me = Proc(os.environ["PMIX_NAMESPACE"].encode(), int(os.environ["PMIX_RANK"]))
+    info = Info(b"pmix.reg.cleanup", 0, Value(3, path.encode()))  # PMIX_REGISTER_CLEANUP
+    lib = ctypes.CDLL("libpmix.so.2")  # the one libmpi loaded
+    lib.PMIx_Job_control.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                                     ctypes.c_size_t]
+    rc = lib.PMIx_Job_control(ctypes.byref(me), 1, ctypes.byref(info), 1)
+    print("rank", MPI.COMM_WORLD.rank, "registered", rc, os.path.exists(path), flush=True)
+"""
+
+
+@needs_wheel
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_files_a_rank_registers_for_cleanup_go_with_it(pmrun: Run, tmp_path: Path,
+                                                       quick: str) -> None:
+    """PMIx_Job_control with PMIX_REGISTER_CLEANUP (how Open MPI's shared-memory transport
+    hands its /dev/shm segment to the server): the library removes the file when the rank
+    is gone, so pmrun need not look through every process's maps for it."""
+    assert OMPI is not None
+    prog = script(tmp_path, "cleanup.py", CLEANUP)
+    files = tmp_path / "files"
+    files.mkdir()
+    r = pmrun("-n", "2", OMPI, str(prog), str(files), env={**ENV, "PM_QUICK": quick})
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["rank 0 registered 0 True",
+                                             "rank 1 registered 0 True"]
+    assert list(files.iterdir()) == []

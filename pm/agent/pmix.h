@@ -87,6 +87,9 @@ typedef void (*pmix_lookup_cbfunc_t)(pmix_status_t status, pmix_pdata_t data[], 
 typedef void (*pmix_spawn_cbfunc_t)(pmix_status_t status, pmix_nspace_t nspace, void *cbdata);
 typedef void (*pmix_dmodex_response_fn_t)(pmix_status_t status, char *data, size_t sz,
                                           void *cbdata);
+typedef void (*pmix_info_cbfunc_t)(pmix_status_t status, pmix_info_t *info, size_t ninfo,
+                                   void *cbdata, pmix_release_cbfunc_t release_fn,
+                                   void *release_cbdata);
 
 typedef pmix_status_t (*pmix_server_client_connected_fn_t)(
     const pmix_proc_t *proc, void *server_object, pmix_op_cbfunc_t cbfunc, void *cbdata);
@@ -116,6 +119,9 @@ typedef pmix_status_t (*pmix_server_spawn_fn_t)(
 typedef pmix_status_t (*pmix_server_connect_fn_t)(
     const pmix_proc_t procs[], size_t nprocs, const pmix_info_t info[], size_t ninfo,
     pmix_op_cbfunc_t cbfunc, void *cbdata);
+typedef pmix_status_t (*pmix_server_job_control_fn_t)(
+    const pmix_proc_t *requestor, const pmix_proc_t targets[], size_t ntargets,
+    const pmix_info_t directives[], size_t ndirs, pmix_info_cbfunc_t cbfunc, void *cbdata);
 
 /* Slots this module leaves NULL are declared as plain pointers. */
 typedef struct pmix_server_module {
@@ -138,7 +144,7 @@ typedef struct pmix_server_module {
     void *tool_connected;
     void *log;
     void *allocate;
-    void *job_control;
+    pmix_server_job_control_fn_t job_control;
     void *monitor;
     void *get_credential;
     void *validate_credential;

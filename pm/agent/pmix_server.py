@@ -138,13 +138,15 @@ class PmixServer:
             ffi.callback("pmix_server_spawn_fn_t", self._spawn, error=L.ERROR),
             ffi.callback("pmix_server_connect_fn_t", self._connect, error=L.ERROR),
             ffi.callback("pmix_server_connect_fn_t", self._disconnect, error=L.ERROR),
+            ffi.callback("pmix_server_job_control_fn_t", self._job_control,
+                         error=L.ERR_NOT_SUPPORTED),
             ffi.callback("pmix_release_cbfunc_t", self._release),
             ffi.callback("pmix_dmodex_response_fn_t", self._dmodex_answer),
         ]
         (mod.client_connected, mod.client_finalized, mod.abort, mod.fence_nb,
          mod.direct_modex, mod.publish, mod.lookup, mod.unpublish, mod.spawn, mod.connect,
-         mod.disconnect) = self._cbs[:11]
-        self._release_cb, self._dmodex_cb = self._cbs[11], self._cbs[12]
+         mod.disconnect, mod.job_control) = self._cbs[:12]
+        self._release_cb, self._dmodex_cb = self._cbs[12], self._cbs[13]
         self._module = mod
         info = L.InfoArray(ffi, [
             ("pmix.srvr.tmpdir", (L.STRING, self.dir)),  # PMIX_SERVER_TMPDIR
@@ -460,6 +462,14 @@ class PmixServer:
         except RuntimeError:
             return L.ERROR
         return L.SUCCESS
+
+    def _job_control(self, _requestor: Any, _targets: Any, _ntargets: int, _dirs: Any,
+                     _ndirs: int, _cbfunc: Any, _cbdata: Any) -> int:
+        """PMIx_Job_control: what reaches us is refused.  The slot is filled for what the
+        library does itself before it asks the host: the files a client registers for
+        removal at its end (``PMIX_REGISTER_CLEANUP``: Open MPI's shared-memory segments in
+        /dev/shm), which it takes only from a server that has the slot."""
+        return L.ERR_NOT_SUPPORTED
 
     def nodelay(self, pid: int) -> bool:
         """Turn Nagle's algorithm off on process ``pid``'s connection to this server.
