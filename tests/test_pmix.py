@@ -428,6 +428,7 @@ def test_one_node_open_mpi_job_is_served_before_asyncio(tmp_path: Path) -> None:
             if line.startswith("import time:") and "|" in line}
     assert "pm.agent.pmix_register" in mods
     assert "asyncio" not in mods and "pm.agent.node" not in mods
+    assert "pm.agent.pmi_quick" not in mods  # Open MPI speaks no PMI-1: no engine to load
 
 
 NODELAY = """

@@ -17,12 +17,12 @@ Everything typed ``Any`` (cffi objects) stays in this module and
 
 from __future__ import annotations
 
+import _thread
 import os
-import threading
 
 from pm.proto.errors import PMError
 
-# No typing, pathlib or importlib at import: pmrun's quick path loads this module.
+# No typing, pathlib, importlib or threading at import: pmrun's quick path loads this module.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -66,7 +66,7 @@ class PmixError(PMError):
     """libpmix could not be loaded, or one of its calls failed."""
 
 
-_lock = threading.Lock()
+_lock = _thread.allocate_lock()
 _lib: tuple[Any, Any] | None = None
 
 

@@ -141,10 +141,10 @@ class RankTimerSlack:
         self._old = ""
 
     def __enter__(self) -> RankTimerSlack:
-        import threading
+        import _thread
 
         # /proc/self/timerslack_ns is the main thread's (the one that spawns, here).
-        if self._slack and threading.get_native_id() == os.getpid():
+        if self._slack and _thread.get_native_id() == os.getpid():
             try:
                 with open("/proc/self/timerslack_ns", "r+") as f:
                     self._old = f.read().strip()

@@ -23,20 +23,20 @@ without removing theirs (SIGKILL).
 
 from __future__ import annotations
 
-import contextlib
+import _thread
 import fcntl
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator
 
 from pm.agent import pmix_lib as L
 from pm.agent import topo_share
 
-# No asyncio or typing at import: pmrun's quick path starts the server (pm.quick).
+# No asyncio, typing, threading or contextlib at import (about 3 ms): pmrun's quick path
+# starts the server (pm.quick) before its ranks.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable
     from typing import Any
 
     #: One application of a PMIx_Spawn: argv (program first), process count, environment
@@ -104,7 +104,7 @@ class PmixServer:
         #: Upcalls that came before an event loop was attached (pmrun's quick path
         #: serves a one-node job without one), delivered by :meth:`attach`.
         self._pending: list[tuple[str, Callable[..., None], tuple[Any, ...]]] = []
-        self._post_lock = threading.Lock()
+        self._post_lock = _thread.allocate_lock()
         #: Written to (one byte) when an upcall that needs the loop waits for it.
         self.wake_fd = -1
         #: ``(nspace, rank)`` -> "init" or "finalize": the last of a client's two events
@@ -159,8 +159,13 @@ class PmixServer:
             ("pmix.srvr.share", (L.BOOL, True)),
         ])
         t0 = time.perf_counter()
-        with _hwloc_from(topology_xml), _job_data_by_message(L.major_version(ffi, self.lib)):
+        meanwhile = _init_env(topology_xml, L.major_version(ffi, self.lib))
+        os.environ.update(meanwhile)
+        try:
             rc = self.lib.PMIx_server_init(mod, info.ptr, info.n)
+        finally:
+            for name in meanwhile:
+                os.environ.pop(name, None)
         self.init_ms = (time.perf_counter() - t0) * 1e3
         if rc != L.SUCCESS:
             _remove_dir(self.dir)
@@ -241,8 +246,10 @@ class PmixServer:
             if loop is None:
                 self._pending.append((nspace, fn, args))
                 if urgent and self.wake_fd >= 0:
-                    with contextlib.suppress(OSError):
+                    try:  # noqa: SIM105 (contextlib is not imported on pmrun's quick path)
                         os.write(self.wake_fd, b"!")
+                    except OSError:
+                        pass
                 return L.SUCCESS
         if loop.is_closed():
             return L.ERR_NOT_FOUND
@@ -540,8 +547,10 @@ class PmixServer:
         if done is None or self.loop is None:
             return
         blob = bytes(self.ffi.buffer(data, size)) if size else b""
-        with contextlib.suppress(RuntimeError):
+        try:  # noqa: SIM105 (the same)
             self.loop.call_soon_threadsafe(done, int(status), blob)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
 
 
 #: hwloc plugins the library's start loads for nothing when it reads the topology from
@@ -550,44 +559,29 @@ class PmixServer:
 _HWLOC_SKIP = "hwloc_gl,hwloc_opencl,hwloc_pci,hwloc_xml_libxml"
 
 
-@contextlib.contextmanager
-def _job_data_by_message(major: int) -> Iterator[None]:
-    """PMIx 5 hands the job's data to its own clients in shared memory (gds/shmem2),
-    which here costs each client about 4 ms more CPU in ``MPI_Init`` than receiving
-    it in the connection handshake (gds/hash), as PMIx 4.2 serves PMIx 5 clients:
-    at 64 ranks on 2 CPUs that is the launch's critical path.  The server picks hash
-    when told so at its start (``PMIX_MCA_gds``; a user's setting is kept)."""
-    if major < 5 or "PMIX_MCA_gds" in os.environ:
-        yield
-        return
-    os.environ["PMIX_MCA_gds"] = "hash"  # noqa: SIM112  (PMIx spells it so)
-    try:
-        yield
-    finally:
-        os.environ.pop("PMIX_MCA_gds", None)
+def _init_env(xml: str | None, major: int) -> dict[str, str]:
+    """Variables set in our environment while the library starts (only then: the ranks'
+    environment is the plan's, not ours); a user's own settings are kept.
 
-
-@contextlib.contextmanager
-def _hwloc_from(xml: str | None) -> Iterator[None]:
-    """The library discovers the node's topology as it starts (tens of ms); hwloc reads
-    the agent's XML of it instead when told so by these variables (set only meanwhile:
-    the ranks' environment is the plan's, not ours)."""
-    if not xml or "HWLOC_XMLFILE" in os.environ:
-        yield
-        return
-    extra = {"HWLOC_XMLFILE": xml, "HWLOC_THISSYSTEM": "1"}
-    if "HWLOC_PLUGINS_BLACKLIST" not in os.environ:
-        extra["HWLOC_PLUGINS_BLACKLIST"] = _HWLOC_SKIP
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for name in extra:
-            os.environ.pop(name, None)
+    * The library discovers the node's topology as it starts (tens of ms); hwloc reads
+      the agent's XML of it instead (``xml``) when told so by ``HWLOC_XMLFILE``.
+    * PMIx 5 hands the job's data to its own clients in shared memory (gds/shmem2),
+      which here costs each client about 4 ms more CPU in ``MPI_Init`` than receiving
+      it in the connection handshake (gds/hash), as PMIx 4.2 serves PMIx 5 clients:
+      at 64 ranks on 2 CPUs that is the launch's critical path.  The server picks hash
+      when told so at its start (``PMIX_MCA_gds``)."""
+    extra: dict[str, str] = {}
+    if xml and "HWLOC_XMLFILE" not in os.environ:
+        extra.update(HWLOC_XMLFILE=xml, HWLOC_THISSYSTEM="1")
+        if "HWLOC_PLUGINS_BLACKLIST" not in os.environ:
+            extra["HWLOC_PLUGINS_BLACKLIST"] = _HWLOC_SKIP
+    if major >= 5 and "PMIX_MCA_gds" not in os.environ:
+        extra["PMIX_MCA_gds"] = "hash"
+    return extra
 
 
 _server: PmixServer | None = None
-_server_lock = threading.Lock()
+_server_lock = _thread.allocate_lock()
 
 
 def server(hostname: str, topology_xml: str | None = None, sweep: bool = True,
@@ -621,7 +615,9 @@ def prestart(mode: str, programs: list[str]) -> None:
 
     if not wants_pmix(mode, programs):
         return
+    import contextlib
     import socket
+    import threading
 
     def start() -> None:
         with contextlib.suppress(Exception):
@@ -690,13 +686,14 @@ def _sweep_on_exit(path: str) -> None:
     _pipes[path] = wfd
     # Off the start's path: reap the shell (it exits at once, its background part lives
     # on) and sweep what dead processes left.
-    threading.Thread(target=_reap_and_sweep, args=(pid,), name="pm-pmix-sweep",
-                     daemon=True).start()
+    _thread.start_new_thread(_reap_and_sweep, (pid,))
 
 
 def _reap_and_sweep(pid: int) -> None:
-    with contextlib.suppress(OSError):
+    try:  # noqa: SIM105 (the same)
         os.waitpid(pid, 0)
+    except OSError:
+        pass
     cleanup_stale()
 
 
