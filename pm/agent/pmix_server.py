@@ -498,7 +498,9 @@ class PmixServer:
             return False
         done = False
         try:
-            for name in names:
+            # Newest first: the connection being made is the rank's highest socket so far
+            # (one readlink or two instead of one per descriptor an MPI library opened).
+            for name in sorted(names, key=int, reverse=True):
                 try:
                     if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
                         continue
