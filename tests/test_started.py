@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from pm.agent.spawn import PMI_FD, rank_env
-from pm.agent.started import RankStart, StartedRanks, start_local
+from pm.agent.spawn import PMI_FD, Guardian, rank_env
+from pm.agent.started import RankStart, StartedRank, StartedRanks, start_local
 from pm.agent.watch import ChildWatch
 from pm.common.output import LineBuffer, read_pipe
 
@@ -163,10 +163,8 @@ async def test_the_watch_takes_the_pidfd_it_is_given() -> None:
         started.guardian.release()
 
 
-def test_a_guardian_released_clean_still_removes_its_files_and_kills_its_group(
-        tmp_path: Path) -> None:
-    """release(clean=True) spares the guardian its look through every process's maps; the
-    files it was told of go and what is left of the group is killed all the same."""
+def _guarded_sleeper(tmp_path: Path) -> tuple[StartedRank, Guardian, Path]:
+    """One rank sleeping under its guardian, which was told of one file (``noted``)."""
     started = start_local(_todo(1, ["/bin/sh", "-c", "sleep 60"]), stdin_rank=None)
     (r,) = started.ranks
     guardian = started.guardian
@@ -174,6 +172,14 @@ def test_a_guardian_released_clean_still_removes_its_files_and_kills_its_group(
     noted = tmp_path / "noted"
     noted.write_text("x")
     guardian.note([str(noted)])
+    return r, guardian, noted
+
+
+def test_a_guardian_released_clean_still_removes_its_files_and_kills_its_group(
+        tmp_path: Path) -> None:
+    """release(clean=True) spares the guardian its look through every process's maps; the
+    files it was told of go and what is left of the group is killed all the same."""
+    r, guardian, noted = _guarded_sleeper(tmp_path)
     guardian.release(clean=True)
     try:
         assert select.select([r.pidfd], [], [], 10)[0], "the rank outlived its guardian"
@@ -327,13 +333,7 @@ def test_a_guardian_whose_files_are_gone_removes_nothing_and_kills_its_group(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """release(clean=True) once every file it was told of is gone: it says so ("done"),
     so the guardian runs no rm; what is left of the group is killed all the same."""
-    started = start_local(_todo(1, ["/bin/sh", "-c", "sleep 60"]), stdin_rank=None)
-    (r,) = started.ranks
-    guardian = started.guardian
-    assert guardian is not None
-    noted = tmp_path / "noted"
-    noted.write_text("x")
-    guardian.note([str(noted)])
+    r, guardian, noted = _guarded_sleeper(tmp_path)
     noted.unlink()  # the agent removed it itself
     said: list[bytes] = []
     real_write = os.write
