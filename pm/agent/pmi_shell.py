@@ -63,6 +63,10 @@ class PmiSession(asyncio.Protocol):
         self._todo = todo or []
         self.transport: asyncio.Transport | None = None
         self._waiting: dict[int, asyncio.Future[Any]] = {}
+        #: Calls answered as they were made (a spawn served by an in-process head, a
+        #: fence of one rank): completed at the end of the :meth:`_run` that made them,
+        #: not one loop iteration later.
+        self._ready: list[tuple[int, asyncio.Future[Any]]] = []
 
     @property
     def protocol(self) -> Wire:
@@ -108,6 +112,10 @@ class PmiSession(asyncio.Protocol):
                     self.transport.close()
             else:
                 self._start(act)  # type: ignore[arg-type]
+        ready = self._ready
+        while ready:
+            token, fut = ready.pop(0)
+            self._done(token, fut)
 
     def _start(self, call: Call) -> None:
         host, rank = self.host, self.rank
@@ -127,7 +135,10 @@ class PmiSession(asyncio.Protocol):
         else:
             raise TypeError(f"unknown PMI engine call {call!r}")
         self._waiting[call.token] = fut
-        fut.add_done_callback(functools.partial(self._done, call.token))
+        if fut.done():
+            self._ready.append((call.token, fut))
+        else:
+            fut.add_done_callback(functools.partial(self._done, call.token))
 
     def _done(self, token: int, fut: asyncio.Future[Any]) -> None:
         if self._waiting.pop(token, None) is None or fut.cancelled():
