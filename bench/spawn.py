@@ -32,6 +32,10 @@ For reference, the same run times a plain launch of N ranks of an
 ``mpiexec -n N``, interleaved): a spawn of N children costs what such a launch
 costs, so the two ratios side by side tell a cost of spawning from a cost of
 serving N ranks' start-up on this machine.
+
+A run of only some points (``--nodes``, ``--sizes``, ``--no-reference``,
+``--baseline``) prints its tables and leaves ``bench/results/spawn.md`` alone;
+the whole run writes it.
 """
 
 from __future__ import annotations
@@ -289,7 +293,13 @@ def main(argv: list[str] | None = None) -> int:
             ""]),
         f"Load average when the run ended: {load:.1f} on {os.cpu_count()} CPUs.",
     ])
-    write_section("spawn", text)
+    # Only the whole table (every node count and size, the reference) replaces the results.
+    partial = (args.nodes != [1, 4] or sizes != [1, 4, 16] or args.no_reference
+               or args.baseline is not None)
+    if partial:
+        print(text)
+    else:
+        write_section("spawn", text)
     return 0
 
 
