@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from pm.common.mapping import slots_per_node
 from pm.jobenv import base_env
 from pm.proto.errors import PMError
 
@@ -123,11 +124,6 @@ class JobSpec:
 
 def sequence_slots(spec: JobSpec, nodes: int, given: Sequence[int | None]) -> list[int]:
     """Slots per node: -ppn wins, then the host list's slots, else an even block split."""
-    if spec.ppn is not None:
-        if spec.ppn < 1:
-            raise JobSpecError("-ppn must be at least 1")
-        return [spec.ppn] * nodes
-    if given and all(s is not None for s in given):
-        return [int(s) for s in given]  # type: ignore[arg-type]
-    per = -(-spec.size // nodes)  # ceil: block distribution over the nodes
-    return [int(s) if s is not None else per for s in (given or [None] * nodes)]
+    if spec.ppn is not None and spec.ppn < 1:
+        raise JobSpecError("-ppn must be at least 1")
+    return slots_per_node(spec.size, spec.ppn, nodes, given)

@@ -297,8 +297,7 @@ class QuickPmi:
         assert sock is not None
         if rest is None and engine.protocol is Wire.NATIVE and len(data) > 9:
             # The same get with another request id, which the reply takes.
-            first = data[5]
-            n = 1 if first < 0x80 else _ID_BYTES.get(first, 0)
+            n = _id_bytes(data[5])
             hit = self._replies_any_id.get(data[:5] + data[5 + n:]) if n else None
             if hit is not None:
                 try:

@@ -104,7 +104,7 @@ def step_hosts(parsed: Parsed, environ: Mapping[str, str]
     if not (environ.get("SLURM_JOB_ID") and environ.get("SLURM_JOB_NODELIST")):
         return None
     from pm.bootstrap import bootstrap_options, default_hosts
-    from pm.common.mapping import place
+    from pm.common.mapping import place, slots_per_node
 
     options = bootstrap_options({}, False)
     given = default_hosts(options)
@@ -117,12 +117,8 @@ def step_hosts(parsed: Parsed, environ: Mapping[str, str]
         n = sum(int(s or 0) for _, s in given)  # no -n: a rank per slot (pm.cli.hosts_of)
     else:
         return None
-    if "ppn" in parsed.values:  # pm.jobspec.sequence_slots
-        slots = [int(parsed.values["ppn"])] * len(given)  # type: ignore[call-overload]
-    else:
-        per = -(-n // len(given))
-        slots = [int(s) if s is not None else per for _, s in given]
-    used = max(place(n, slots)) + 1
+    ppn = int(parsed.values["ppn"]) if "ppn" in parsed.values else None  # type: ignore[call-overload]
+    used = max(place(n, slots_per_node(n, ppn, len(given), [s for _, s in given]))) + 1
     return [h for h, _ in given][:used], options
 
 

@@ -67,6 +67,19 @@ def place(n: int, slots: Sequence[int]) -> list[int]:
     return one_pass * full + one_pass[:rest]
 
 
+def slots_per_node(n: int, ppn: int | None, nodes: int, given: Sequence[int | None]
+                   ) -> list[int]:
+    """Slots per node for ``n`` ranks: ``ppn`` wins, then the host list's slots, else an
+    even block split (where the host list gives none).  Pure and light: it also runs
+    before pmrun's heavy imports (:func:`pm.bootstrap.early.step_hosts`)."""
+    if ppn is not None:
+        return [ppn] * nodes
+    if given and all(s is not None for s in given):
+        return [int(s) for s in given]  # type: ignore[arg-type]
+    per = -(-n // nodes)  # ceil: block distribution over the nodes
+    return [int(s) if s is not None else per for s in (given or [None] * nodes)]
+
+
 def _runs(nodes: Sequence[int]) -> list[tuple[int, int]]:
     """Run-length form of ``nodes``: (node, count) for each maximal run."""
     out: list[tuple[int, int]] = []
