@@ -436,7 +436,7 @@ def serve_main(config: str | None, listen: str | None) -> int:
 
     sweep_node()
     # The default loop, not uvloop: job agents start with user/group switches that
-    # uvloop's subprocess support does not take.  (Job agents use it too: pm.agent.main.)
+    # uvloop's subprocess support does not take.  (Job agents run on it too: pm.agent.main.)
     try:
         return asyncio.run(serve(cfg, config, listen))
     except zmq.ZMQError as exc:
