@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [f"Machine: {machine()}.  Medians; CURVE on (the default) against "
              "`PM_TREE_CURVE=0`, interleaved.", "",
-             "| what | CURVE | HMAC only | ratio |", "|---|---|---|---|"]
+             "| what | CURVE | MACs only | ratio |", "|---|---|---|---|"]
     for k, label, scale, unit in (("join", "one link: connect and join", 1e3, "ms"),
                                   ("rtt 64", "one link: round trip, 64 B", 1e6, "µs"),
                                   (f"rtt {1 << 20}", "one link: round trip, 1 MiB", 1e3, "ms")):

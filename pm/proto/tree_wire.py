@@ -8,19 +8,19 @@ naming both.  Nothing else in pmrun builds the frames that carry them.
 
 A message crosses a tree link as two zmq parts, an *envelope* and a *body*:
 
-* body = ``mac(16) || payload``, mac the truncated HMAC-SHA256 of the payload
-  under the job's secret (:func:`seal`/:func:`unseal`).  It says nothing about
+* body = ``mac(16) || payload``, mac the keyed BLAKE2b (RFC 7693, 16 bytes) of
+  the payload under the job's secret (:func:`seal`/:func:`unseal`).  It says nothing about
   where it goes, so one body serves every child a message goes to, and an
   agent forwards its parent's body to its children as it came.
 * envelope = ``tag(16) || seq(8) || link(4) || direction(1)``, tag the
-  truncated HMAC-SHA256 of ``0xc1 || seq || link || direction || mac``
+  same MAC of ``0xc1 || seq || link || direction || mac``
   (:func:`stamp`/:func:`open_envelope`).  ``link`` is the child's vertex (each
   vertex has one parent in a job, so it names the link), ``direction``
   :data:`UP` (child to parent) or :data:`DOWN`, and ``seq`` counts the frames
   of that direction of that link from 0.
 
 The tag covers the body's MAC, not its payload: binding a body to another
-child costs one HMAC of 46 bytes, however large the body.  A receiver
+child costs one MAC of 46 bytes, however large the body.  A receiver
 (:class:`LinkSeal`) takes a frame only if both MACs match, the direction is the
 one it receives, the link is the one the frame came on, and ``seq`` is above
 the last it accepted on that link: a captured frame cannot be replayed, sent
@@ -28,6 +28,11 @@ back to its sender, or sent to another agent.  A new job has a new secret, so
 the counters start again at 0 with every job.  The tag's input starts with
 0xc1, which msgpack never uses, so it is never a payload: a body's MAC cannot
 pass for an envelope's tag.
+
+Keyed BLAKE2b is a MAC by design (no HMAC construction needed); it comes from
+CPython's own module behind ``hashlib.blake2b``, and MACs are compared with the
+constant-time comparison behind ``hmac.compare_digest``: importing ``hashlib`` or
+``hmac`` loads OpenSSL, 3 ms of CPU at the start of every agent of a launch.
 """
 
 from __future__ import annotations
@@ -37,12 +42,20 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import msgpack
 
+try:
+    from _blake2 import blake2b
+    from _operator import _compare_digest as compare_digest
+except ImportError:  # a Python without them: the same functions, through OpenSSL's modules
+    from hashlib import blake2b
+    from hmac import compare_digest  # type: ignore[no-redef]
+
 from pm.proto.errors import AuthError, ProtocolError
 from pm.proto.plan import JobPlan
 from pm.proto.record import Message, pack_default
 
 MAC_LEN = 16
-PROTOCOL_VERSION = 3  # 2: frames are [envelope, body]; 3: typed records (plans, items)
+#: 2: frames are [envelope, body]; 3: typed records (plans, items); 4: BLAKE2b MACs
+PROTOCOL_VERSION = 4
 
 #: Directions of a tree link (bound under an envelope's tag).
 UP = 1  # child to parent
@@ -416,23 +429,25 @@ def curve_keys(secret: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     complete the handshake of a tree port, and nobody on the network reads
     the links.  A new job has new keys.
     """
-    import hmac
-
     import zmq
     from zmq.utils import z85
 
     keys = []
     for role in (b"curve-server", b"curve-client"):
-        sec = z85.encode(hmac.digest(secret, role, "sha256"))
+        sec = z85.encode(blake2b(role, key=secret, digest_size=32).digest())
         keys += [zmq.curve_public(sec), sec]
     return keys[0], keys[1], keys[2], keys[3]
 
 
+def mac(secret: bytes, data: bytes | memoryview) -> bytes:
+    """The MAC of ``data`` under ``secret`` (keyed BLAKE2b, :data:`MAC_LEN` bytes; a key
+    is at most 64 bytes: a job's secret has 32)."""
+    return blake2b(data, key=secret, digest_size=MAC_LEN).digest()
+
+
 def seal(secret: bytes, payload: bytes) -> bytes:
     """Prefix ``payload`` with its MAC under ``secret``."""
-    import hmac  # only multi-node jobs seal frames
-
-    return hmac.digest(secret, payload, "sha256")[:MAC_LEN] + payload
+    return mac(secret, payload) + payload
 
 
 def unseal(secret: bytes, frame: bytes | memoryview) -> bytes | memoryview:
@@ -441,20 +456,16 @@ def unseal(secret: bytes, frame: bytes | memoryview) -> bytes | memoryview:
     A memoryview frame gives a memoryview payload: a multi-MiB allgather result
     is then never copied before it is decoded (fresh pages cost more than the MAC).
     """
-    import hmac
-
     if len(frame) < MAC_LEN:
         raise AuthError("frame shorter than its MAC")
     payload = frame[MAC_LEN:]
-    if not hmac.compare_digest(hmac.digest(secret, payload, "sha256")[:MAC_LEN], frame[:MAC_LEN]):
+    if not compare_digest(mac(secret, payload), frame[:MAC_LEN]):
         raise AuthError("frame MAC does not match the job secret")
     return payload
 
 
 def _tag(secret: bytes, head: bytes | memoryview, body: bytes | memoryview) -> bytes:
-    import hmac
-
-    return hmac.digest(secret, b"".join((_TAGGED, head, body[:MAC_LEN])), "sha256")[:MAC_LEN]
+    return mac(secret, b"".join((_TAGGED, head, body[:MAC_LEN])))
 
 
 def stamp(secret: bytes, body: bytes | memoryview, link: int, direction: int,
@@ -470,12 +481,10 @@ def open_envelope(secret: bytes, envelope: bytes | memoryview,
 
     Only the envelope is checked (cheap): :func:`unseal` checks the body.
     """
-    import hmac
-
     if len(envelope) != ENVELOPE_LEN or len(body) < MAC_LEN:
         raise AuthError("frame envelope or body too short")
     head = envelope[MAC_LEN:]
-    if not hmac.compare_digest(_tag(secret, head, body), envelope[:MAC_LEN]):
+    if not compare_digest(_tag(secret, head, body), envelope[:MAC_LEN]):
         raise AuthError("frame MAC does not match the job secret")
     seq, link, direction = _HEAD.unpack(head)
     return link, direction, seq
