@@ -94,6 +94,14 @@ def test_a_file_in_use_is_kept(tmp_path: Path, marker: str) -> None:
     assert not os.path.exists(path)
 
 
+def test_the_sweep_knows_kvs_segments_by_the_layouts_name() -> None:
+    """sweep_node looks for the shared-memory KVS by name without importing its layout."""
+    from pm.agent.shm_reaper import _OWN_PREFIX
+    from pm.proto.shm_layout import NAME_PREFIX, header_name
+
+    assert _OWN_PREFIX == NAME_PREFIX and header_name("j", 0).startswith(_OWN_PREFIX)
+
+
 MAPPER = r"""
 import mmap, os, sys
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)

@@ -180,18 +180,19 @@ class Children:
     def spawn_all(self) -> None:
         """Start child agent processes (they join on their own); at most ``limit`` at once."""
         plan = self.agent.plan
+        self._spawned = time.monotonic()
+        mode = plan.bootstrap.get("start")
+        vertex = self.agent.vertex
+        if vertex >= 0 and (mode == "step" or (mode == "first" and vertex == 0)):
+            return  # the head starts our children for us; they come to our port
         boot = get_bootstrap(str(plan.bootstrap.get("name", "local")), plan.bootstrap)
         boot.on_failure = self._boot_failed
         boot.on_report = self._reported
         boot.on_ended = self._ended
         boot.prepare(plan.hosts, plan.fanout)
         self._boot = boot
-        self._spawned = time.monotonic()
-        mode = plan.bootstrap.get("start")
-        vertex = self.agent.vertex
-        if vertex >= 0 and (boot.head_driven or mode == "step"
-                            or (mode == "first" and vertex == 0)):
-            return  # the head starts our children for us; they come to our port
+        if vertex >= 0 and boot.head_driven:
+            return  # (the same: the head reaches every service itself)
         self._todo = list(self.agent.children)
         if vertex < 0 and mode == "step" and self._start_step(boot):
             abandon_early()

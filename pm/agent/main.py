@@ -365,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         # What every bootstrap runs: no argparse to import on the launch's critical path.
         logging.basicConfig(format="pm-agent[%(process)d]: %(message)s", level=logging.WARNING)
         return _child()
+    import gc
+
+    gc.enable()  # (off if a lean agent's program started us: pm.bootstrap.base.lean_code)
     import argparse
 
     p = argparse.ArgumentParser(prog="pm-agent", description="pmrun node agent")

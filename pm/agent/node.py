@@ -176,7 +176,9 @@ class JobAgent:
             except PMError as exc:
                 log.info("agent %d: no topology for the ranks: %s", self.vertex, exc)
         if xml and topo_share.sharing_enabled(plan.env):
-            path = topo_share.write_job_xml(xml, plan.job_id)
+            # Copies dead agents left are swept when the job ends here (sweep_node), off
+            # the ranks' path (a listing of the temporary directory).
+            path = topo_share.write_job_xml(xml, plan.job_id, sweep=False)
             self.on_close.append(lambda: topo_share.remove_job_xml(path))
             self.extra_env.update(HWLOC_XMLFILE=path, HWLOC_THISSYSTEM="1")
             self.job_attrs["PMI_hwloc_xmlfile"] = path

@@ -269,11 +269,10 @@ def sweep_node() -> list[str]:
 
 
 def _any_kvs_segment() -> bool:
-    """Whether ``SHM_DIR`` holds any shared-memory KVS segment (``pm.proto.shm_layout``)."""
-    from pm.proto import shm_layout as L
-
+    """Whether ``SHM_DIR`` holds any of pmrun's shared-memory KVS segments (named as
+    ``pm.proto.shm_layout`` says, which every agent would import for it at its end)."""
     try:
-        with os.scandir(L.SHM_DIR) as it:
-            return any(e.name.startswith(L.NAME_PREFIX) for e in it)
+        with os.scandir(SHM_DIR) as it:
+            return any(e.name.startswith(_OWN_PREFIX) for e in it)
     except OSError:
         return False
