@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pm.agent.node import JobAgent
 from pm.agent.owned import Owned
 from pm.agent.watch import ExitStatus
 from pm.bootstrap.base import head_relays
@@ -35,6 +34,7 @@ from pm.proto.plan import AppPlan, JobPlan
 
 if TYPE_CHECKING:
     from pm.agent.children import Children, RootRelay
+    from pm.agent.node import JobAgent
     from pm.agent.started import StartedRanks
     from pm.spawned_jobs import HeadSpawns
 
@@ -208,6 +208,8 @@ class JobRun:
 
             agent = RootRelay(plan, self)
         else:
+            from pm.agent.node import JobAgent
+
             agent = JobAgent(plan, 0, self, host=plan.hosts[0])
         self.agent = agent
         if self.writer is not None:
@@ -234,6 +236,8 @@ class JobRun:
 
             mark_process_start(agent, "head start", self._t0)
         if self._started is not None:
+            from pm.agent.node import JobAgent  # (loaded: the head runs vertex 0 then)
+
             assert isinstance(agent, JobAgent) and not agent.children
             agent.adopt_ranks(self._started)
         else:
