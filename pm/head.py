@@ -124,10 +124,14 @@ class JobRun:
         self.stdin_fd = stdin
         self.verbose = verbose
         self.loop = asyncio.get_running_loop()
-        self.secret = os.urandom(32)
         #: Ranks pmrun's quick path already started (pm.quick): vertex 0 adopts them.
         self._started = started
-        job_id = started.job_id if started is not None else new_job_id()
+        from pm.bootstrap.early import take_identity
+
+        told = take_identity() if sink is None else None  # the early Slurm step's
+        self.secret = told[0] if told is not None else os.urandom(32)
+        job_id = started.job_id if started is not None else (
+            told[1] if told is not None else new_job_id())
         self.writer: Writer | None = None
         if sink is None and started is not None:
             # The quick path's writer, with the files it opened (and truncated) already.
@@ -222,11 +226,15 @@ class JobRun:
                 max(0.0, self.spec.timeout - (time.monotonic() - began)), self._timed_out)
         children = None
         if agent.children:
-            from pm.agent.children import Children, find_listen_endpoint
+            from pm.agent.children import Children, find_listen_endpoint, step_port
 
-            bind = await find_listen_endpoint(plan.bootstrap, None,
-                                              plan.hosts[agent.children[0]])
-            children = Children(agent, self.secret, bind=bind)
+            port = step_port(plan, self.secret)  # the early Slurm step's, if any
+            if port is not None:
+                children = Children(agent, self.secret, port=port)
+            else:
+                bind = await find_listen_endpoint(plan.bootstrap, None,
+                                                  plan.hosts[agent.children[0]])
+                children = Children(agent, self.secret, bind=bind)
             agent.children_link = children
             self.children = children
             agent.mark("bootstrap start", children=len(agent.children))

@@ -317,6 +317,89 @@ def test_first_agents_start_before_the_head_listens() -> None:
     assert early._STARTED == {}
 
 
+def test_the_early_step_is_told_its_config_and_the_head_serves_its_socket(tmp_path: Path
+                                                                         ) -> None:
+    """Inside an allocation the step's config line goes right after srun starts: agents
+    connect to a socket the head's port adopts later (pm.bootstrap.early)."""
+    import asyncio
+    import json
+    import time
+
+    from pm.agent.links import ChildPort, ParentLink
+    from pm.bootstrap import early
+    from pm.bootstrap.pipes import Piped
+    from pm.options import parse
+    from pm.proto import tree_wire as t
+
+    told = tmp_path / "told"
+
+    def step() -> Piped:  # what the step's agents are told, kept (a command, no srun)
+        proc = Piped(["/bin/sh", "-c", f"cat >{told}"], None, dict(os.environ))
+        early._STARTED[-1] = ("h[1-2]", proc)
+        early._tell_step(proc, ["h1", "h2"], {"name": "slurm", "start": "step"},
+                         parse(["-n", "4", "true"], {}))
+        return proc
+
+    def line() -> str:
+        deadline = time.monotonic() + 10
+        while not told.exists() or b"\n" not in told.read_bytes():
+            assert time.monotonic() < deadline, "no config line written"
+            time.sleep(0.01)
+        return told.read_text().splitlines()[0]
+
+    proc = step()
+    identity = early.take_identity()
+    assert identity is not None
+    secret, job_id = identity
+    cfg = AgentConfig.from_wire(json.loads(line()))
+    assert (cfg.vertex, cfg.hosts, cfg.fanout, cfg.job_id) == (-1, "h[1-2]", 32, job_id)
+    assert cfg.secret == secret.hex() and cfg.parent == cfg.head
+    assert cfg.head.startswith("tcp://0.0.0.0:")
+    wire = cfg.to_wire()
+
+    async def join() -> list[int]:
+        # Vertex 0 says hello before the head has a port: the kernel holds it.
+        link = ParentLink(secret, cfg.head.replace("0.0.0.0", "127.0.0.1"), 0, lambda m: None)
+        link.send(t.Hello(0, "h1", os.getpid()))
+        taken = early.take_listener(lambda address: wire if address == cfg.head else None)
+        assert taken is not None
+        port = ChildPort(secret, "tcp://0.0.0.0", None, None, listening=taken)
+        assert port.address == cfg.head
+        deadline = time.monotonic() + 10
+        hellos: list[int] = []
+        while not hellos and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            hellos = [v for v, _ in port.take_early()]
+        await link.aclose()
+        await port.aclose(linger=0)
+        return hellos
+
+    assert asyncio.run(join()) == [0]
+    # The full path takes that step as it is: its config is not written again.
+    taken = early.take(-1, "h[1-2]")
+    assert taken is proc and early.configured(proc)
+    proc.abandon()
+    assert os.waitpid(proc.pid, 0)[0] == proc.pid
+    assert told.read_text().count("\n") == 1
+    early.abandon_all()
+
+    # A plan that turned out otherwise: the step and its socket go.
+    told.unlink()
+    proc = step()
+    line()
+    assert early.take_listener(lambda address: None) is None
+    assert early.take(-1, "h[1-2]") is None and proc.stdin < 0
+    assert os.waitpid(proc.pid, 0)[0] == proc.pid
+    # ... and one never taken goes with the rest.
+    told.unlink()
+    proc = step()
+    line()
+    assert early.take(-1, "h[1-2]") is None  # its socket was never the head's
+    early.abandon_all()
+    assert os.waitpid(proc.pid, 0)[0] == proc.pid
+    assert early._STARTED == {} and early.take_identity() is None
+
+
 @pytest.mark.parametrize("argv", [["-n", "8", "true"], ["-n", "3", "true"], ["true"],
                                   ["-n", "5", "-genv", "A", "1", "true", "x"],
                                   ["-ppn", "1", "-n", "3", "true"], ["-ppn", "3", "true"]])

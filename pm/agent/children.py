@@ -45,6 +45,7 @@ from pm.common.hostlist import compress
 from pm.common.kary_tree import Tree
 from pm.common.mapping import place
 from pm.proto import tree_wire as t
+from pm.proto.errors import PMError
 from pm.proto.plan import AgentConfig, JobPlan
 
 log = logging.getLogger("pm.agent.children")
@@ -126,6 +127,38 @@ async def find_listen_endpoint(options: dict[str, Any], parent: str | None,
     if str(options.get("name", "local")) in LOCAL_NAMES:
         return "tcp://127.0.0.1"
     return await asyncio.to_thread(listen_endpoint, options, parent, toward)
+
+
+def step_config(plan: JobPlan, secret: bytes, address: str, level: int) -> AgentConfig:
+    """The config line of every agent of one Slurm step (``start == "step"``), the head
+    listening at ``address``."""
+    return AgentConfig(-1, secret=secret.hex(), job_id=plan.job_id, host="", log_level=level,
+                       heartbeat=heartbeat_of(plan.bootstrap), head=address,
+                       iface=str(plan.bootstrap.get("iface") or ""), hosts=compress(plan.hosts),
+                       fanout=plan.fanout, parent=address)
+
+
+def step_port(plan: JobPlan, secret: bytes) -> ChildPort | None:
+    """The head's port on the socket whose address the early Slurm step was told
+    (:mod:`pm.bootstrap.early`), if the config it was told is this plan's; else None (and
+    that step is let go)."""
+    if plan.bootstrap.get("start") != "step":
+        return None
+    from pm.bootstrap.early import abandon_all, take_listener
+
+    level = logging.getLogger("pm").getEffectiveLevel()
+    taken = take_listener(lambda address: step_config(plan, secret, address, level).to_wire())
+    if taken is None:
+        return None
+    try:
+        return ChildPort(secret, f"tcp://{ANY_ADDRESS}", None, None,
+                         heartbeat=heartbeat_of(plan.bootstrap), listening=taken)
+    except (PMError, OSError) as exc:
+        log.info("cannot serve the early step's socket (%s): starting the agents anew", exc)
+        with contextlib.suppress(OSError):
+            os.close(taken[0])
+        abandon_all()
+        return None
 
 
 class Children:
@@ -219,7 +252,7 @@ class Children:
     def _start_step(self, boot: Bootstrap) -> bool:
         """Start every agent with one command; False when the bootstrap cannot."""
         plan = self.agent.plan
-        cfg = self._config(-1, "", hosts=compress(plan.hosts), fanout=plan.fanout)
+        cfg = step_config(plan, self.secret, self.port.address, self._level)
         try:
             started = boot.start_tree(plan.hosts, plan.fanout, cfg)
         except Exception as exc:  # a missing srun, ...: the nodes are lost

@@ -245,8 +245,10 @@ class ChildPort:
     once they said a valid :class:`Hello`; ``on_hello(vertex, hello)`` is told first.
 
     ``bind`` is an endpoint without port (``tcp://10.0.0.1``); the port is
-    random (within ``ports`` when given).  With ``heartbeat`` > 0, a joined
-    child silent that long is forgotten and reported to ``on_lost``.
+    random (within ``ports`` when given).  ``listening``: ``(fd, port)`` of a socket
+    already listening on ``bind``, served from now on (pm.bootstrap.early).  With
+    ``heartbeat`` > 0, a joined child silent that long is forgotten and reported to
+    ``on_lost``.
     """
 
     def __init__(self, secret: bytes, bind: str,
@@ -254,7 +256,8 @@ class ChildPort:
                  on_msg: Callable[[int, t.Msg], None] | None, *,
                  heartbeat: float = 0.0,
                  on_lost: Callable[[int, str], None] | None = None,
-                 ports: tuple[int, int] | None = None) -> None:
+                 ports: tuple[int, int] | None = None,
+                 listening: tuple[int, int] | None = None) -> None:
         self.secret = secret
         self._seal = t.LinkSeal(secret, t.UP)
         self.sock = context().socket(zmq.ROUTER)
@@ -273,7 +276,13 @@ class ChildPort:
             self.sock, self._mon, "tree port", self._joined_fds, self._refusals,
             self.connections))
         try:
-            if ports is not None:
+            if listening is not None:
+                # A socket listening already (fd, port) on ``bind``: zmq serves it (and
+                # closes it), with the connections the kernel took for it meanwhile.
+                self.sock.setsockopt(zmq.USE_FD, listening[0])
+                port = listening[1]
+                self.sock.bind(f"{bind}:{port}")
+            elif ports is not None:
                 port = self.sock.bind_to_random_port(bind, ports[0], ports[1] + 1)
             else:
                 port = self.sock.bind_to_random_port(bind)

@@ -8,6 +8,12 @@ agents import while ssh connects and the head imports, and the head writes each
 one's config line on its stdin once it listens (:mod:`agent.children` takes
 them with :func:`take`).  If the job never gets that far, our exit closes
 their stdin and they leave without a word.
+
+Inside a Slurm allocation (:func:`step_now`) the step's config line goes too, right
+after srun starts: a listening socket made here (the head's zmq port adopts it later:
+:func:`take_listener`), the job's secret and id (:func:`take_identity`).  The agents then
+find their place, vertex 0 opens its port and reports it, and every agent connects
+while the head still imports; the kernel holds the connections until the head listens.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import contextlib
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see step_now)
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any
 
     from pm.bootstrap.pipes import Piped
@@ -25,6 +31,28 @@ if TYPE_CHECKING:
 
 #: vertex -> (host, started command) of the agents started early.
 _STARTED: dict[int, tuple[str, Piped]] = {}
+
+
+class _Head:
+    """What the early step's config line told its agents (see the module docstring)."""
+
+    __slots__ = ("address", "job_id", "secret", "sock", "wire")
+
+    def __init__(self, sock: Any, address: str, secret: bytes, job_id: str, wire: object
+                 ) -> None:
+        self.sock = sock
+        self.address = address
+        self.secret = secret
+        self.job_id = job_id
+        self.wire = wire
+
+
+#: The early step's config, its socket not taken yet (None: no config was written).
+_HEAD: _Head | None = None
+#: The early step, told a config whose socket is not taken yet: only that port serves it.
+_TOLD: list[Piped] = []
+#: ... and once the head took that socket (:func:`configured`).
+_ADOPTED: list[Piped] = []
 
 
 def prestart(hosts: list[str], given: list[int | None], options: dict[str, Any],
@@ -89,6 +117,83 @@ def step_now(parsed: Parsed, environ: Mapping[str, str]) -> None:
         return
     if isinstance(boot, CommandBootstrap):
         _start_step(boot, found[0])
+        if -1 in _STARTED:
+            # (No socket to be had, ...: the head writes the config, as without this.)
+            with contextlib.suppress(Exception):
+                _tell_step(_STARTED[-1][1], found[0], found[1], parsed)
+
+
+def _tell_step(proc: Piped, hosts: list[str], options: dict[str, Any], parsed: Parsed) -> None:
+    """Write the step's config line now (see the module docstring)."""
+    global _HEAD
+    import json
+    import os
+    import socket
+
+    from pm.bootstrap.base import heartbeat_of
+    from pm.common.hostlist import compress
+    from pm.jobenv import new_job_id
+    from pm.proto.plan import AgentConfig
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        # Every address, as the head's port when node names do not resolve
+        # (pm.agent.children.listen_endpoint): the agents reach it where srun runs.
+        sock.bind(("0.0.0.0", 0))
+        sock.listen(256)
+        address = f"tcp://0.0.0.0:{sock.getsockname()[1]}"
+        secret, job_id = os.urandom(32), new_job_id()
+        level = 30 if not parsed.verbose else 20 if parsed.verbose == 1 else 10  # as pm.cli
+        fanout = parsed.values.get("fanout", 32)
+        cfg = AgentConfig(-1, secret=secret.hex(), job_id=job_id, host="", log_level=level,
+                          heartbeat=heartbeat_of(options), head=address, iface="",
+                          hosts=compress(hosts), fanout=max(1, int(fanout)),  # type: ignore[call-overload]
+                          parent=address)
+        wire = cfg.to_wire()
+    except BaseException:
+        sock.close()
+        raise
+    _HEAD = _Head(sock, address, secret, job_id, wire)
+    if proc.write(json.dumps(wire).encode() + b"\n"):
+        _TOLD.append(proc)
+
+
+def take_identity() -> tuple[bytes, str] | None:
+    """The job secret and id the early step's agents were told, if any (the head's now)."""
+    return (_HEAD.secret, _HEAD.job_id) if _HEAD is not None else None
+
+
+def take_listener(wire_of: Callable[[str], object]) -> tuple[int, int] | None:
+    """The early step's listening socket as ``(fd, port)``, now the caller's, if the config
+    its agents got is the one the head would write (``wire_of(address)``); else the early
+    step goes (its agents would look for another port) and None."""
+    global _HEAD
+    head, _HEAD = _HEAD, None
+    if head is None:
+        return None
+    port = int(head.sock.getsockname()[1])
+    if _TOLD and wire_of(head.address) == head.wire:
+        _ADOPTED.extend(_TOLD)
+        _TOLD.clear()
+        return head.sock.detach(), port
+    head.sock.close()
+    _drop_told()
+    return None
+
+
+def configured(proc: Piped) -> bool:
+    """Whether ``proc`` (from :func:`take`) has its config line already."""
+    return proc in _ADOPTED
+
+
+def _drop_told() -> None:
+    """Let the steps told a config go: no port of ours serves it."""
+    while _TOLD:
+        told = _TOLD.pop()
+        for vertex, (_, proc) in list(_STARTED.items()):
+            if proc is told:
+                del _STARTED[vertex]
+                proc.abandon()
 
 
 def step_hosts(parsed: Parsed, environ: Mapping[str, str]
@@ -127,7 +232,7 @@ def take(vertex: int, host: str) -> Piped | None:
     entry = _STARTED.pop(vertex, None)
     if entry is None:
         return None
-    if entry[0] != host:  # not the plan we guessed: let it go
+    if entry[0] != host or entry[1] in _TOLD:  # not the plan we guessed: let it go
         entry[1].abandon()
         return None
     return entry[1]
@@ -135,6 +240,12 @@ def take(vertex: int, host: str) -> Piped | None:
 
 def abandon_all() -> None:
     """Let go of what was started early and not taken (closing its stdin ends it)."""
+    global _HEAD
+    if _HEAD is not None:
+        _HEAD.sock.close()
+        _HEAD = None
+    _TOLD.clear()
+    _ADOPTED.clear()
     while _STARTED:
         _, (_, proc) = _STARTED.popitem()
         proc.abandon()

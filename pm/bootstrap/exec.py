@@ -88,15 +88,16 @@ class CommandBootstrap(Bootstrap):
         """Start the command that starts every agent of ``hosts`` now (config later)."""
         raise NotImplementedError
 
-    def adopt(self, proc: Piped, config: AgentConfig) -> tuple[int, int]:
+    def adopt(self, proc: Piped, config: AgentConfig, send: bool = True) -> tuple[int, int]:
         """Give ``proc`` (started by :meth:`launch`, perhaps before the loop ran) its config
-        and read its output from now on."""
+        (unless ``send`` is False: it has it already) and read its output from now on."""
         proc.on_report = self._report
         proc.on_error = self._error
         proc.on_error_line = self.error_line
-        import json
+        if send:
+            import json
 
-        proc.write(json.dumps(config.to_wire()).encode() + b"\n")
+            proc.write(json.dumps(config.to_wire()).encode() + b"\n")
         proc.attach()
         self._procs[proc.pid] = proc
         return proc.pid, proc.stdin

@@ -166,11 +166,11 @@ class SlurmBootstrap(CommandBootstrap):
 
     def start_tree(self, hosts: list[str], fanout: int, config: AgentConfig
                    ) -> tuple[int, int] | None:
-        from pm.bootstrap.early import take
+        from pm.bootstrap.early import configured, take
 
         early = take(-1, compress(hosts))  # started before the head's imports
         if early is not None:
-            return self.adopt(early, config)
+            return self.adopt(early, config, send=not configured(early))
         return self.run(step_argv(hosts, agent_command(self.python, lean=True), self.srun), config)
 
     def launch_step(self, hosts: list[str]) -> Piped:
