@@ -261,6 +261,24 @@ def test_a_pmix_5_server_hands_job_data_by_message(pmrun: Run, tmp_path: Path,
     assert counts == ({"0"} if not gds else counts - {"0"}) and counts, r.stdout
 
 
+@needs_wheel
+def test_ranks_with_their_own_pmix_5_are_offered_the_hash_store_alone(pmrun: Run,
+                                                                     tmp_path: Path) -> None:
+    # PMIx 5 clients cannot use PMIx 4's shared-memory dstore: the system's PMIx 4 server
+    # neither offers it to them nor sets it up.
+    assert OMPI is not None
+    prog = script(tmp_path, "gds.py", """
+        import os
+        from mpi4py import MPI
+        top = os.environ["PMIX_SERVER_TMPDIR"]
+        ds = [d for d in os.listdir(top) if d.startswith("pmix_dstor")]
+        print(MPI.COMM_WORLD.rank, os.environ["PMIX_GDS_MODULE"], len(ds), flush=True)
+    """)
+    r = pmrun("-n", "2", OMPI, str(prog), env=dict(ENV), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["0 hash 0", "1 hash 0"], r.stdout
+
+
 PARTIAL_C = r"""
 #include <pmix.h>
 #include <stdio.h>

