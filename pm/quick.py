@@ -85,6 +85,14 @@ _PMI, _EXIT = 3, 4
 #: Milliseconds without an event after which the quick phase imports the PMI engine
 #: before a rank asks for it (a program such as ``true`` has ended by then).
 IDLE_MS = 4
+#: Nanoseconds the loop keeps polling, without sleeping, after it served a PMI request,
+#: when the node has more CPUs than ranks: the rank's next request (a get after a get,
+#: the run of requests of MPI_Init) then finds pmrun awake.  Asleep, pmrun's CPU goes
+#: idle, and each request wakes it again, which a virtual machine does slowly (a 1-rank
+#: get round trip on a 2-CPU VM: 70 us, 24 us polling).  Each empty poll yields the CPU
+#: to whatever else is runnable on it; with as many ranks as CPUs, pmrun does not poll
+#: (no CPU is idle: it would only take time from the ranks).
+SPIN_NS = 50_000
 
 
 class QuickOptions:
@@ -318,6 +326,10 @@ class QuickStart:
         pmi = self.pmi
         # (epoll's buffer for the events, allocated at every call: as large as needed)
         most = len(table) + 3
+        # Polling after a request (SPIN_NS): until spin_until (monotonic ns), 0 when not.
+        spin_ns = SPIN_NS if spins(opts_n) else 0
+        spin_until, asked = 0, False
+        now_ns, yield_cpu = time.monotonic_ns, os.sched_yield
         while running or any(r.out_fd >= 0 or r.err_fd >= 0 for r in self.ranks):
             wait = -1.0
             if deadline is not None:
@@ -326,14 +338,25 @@ class QuickStart:
                     return None  # --timeout: the full path ends the job and says so
             if idle:
                 wait = IDLE_MS / 1000 if wait < 0 else min(wait, IDLE_MS / 1000)  # (epoll: s)
-            events = poll.poll(wait, most)
-            if idle and not events:
-                idle = False
-                import pm.agent.pmi_quick  # noqa: F401
-                continue
+            if asked:  # the last events had a PMI request
+                asked = False
+                if spin_ns:
+                    spin_until = now_ns() + spin_ns
+            events = poll.poll(0, most) if spin_until else None
+            if not events:
+                if spin_until > now_ns():
+                    yield_cpu()
+                    continue
+                spin_until = 0
+                events = poll.poll(wait, most)
+                if idle and not events:
+                    idle = False
+                    import pm.agent.pmi_quick  # noqa: F401
+                    continue
             for fd, _mask in events:
                 replies = hot_get(fd)
                 if replies is not None:  # a ready rank's request: most likely a get again
+                    asked = True
                     rest = None
                     try:
                         data = read(fd, nread)  # (readable: this does not wait)
@@ -393,6 +416,7 @@ class QuickStart:
                                                   native=self.opts.kvs == "socket",
                                                   host=self.host)
                         hot_get = pmi.hot.get
+                    asked = True
                     served = pmi.serve(r)
                     if served:
                         continue
@@ -545,6 +569,12 @@ class QuickStart:
         if self.started.xml_path:
             topo_share.remove_job_xml(self.started.xml_path)
             self.started.xml_path = None
+
+
+def spins(ranks: int) -> bool:
+    """Whether the loop polls a while after a PMI request (:data:`SPIN_NS`): with fewer
+    ranks than the CPUs pmrun may run on, one of those is idle anyway."""
+    return ranks < len(os.sched_getaffinity(0))
 
 
 def _speaks(r: StartedRank) -> bool:

@@ -27,6 +27,7 @@ from launch_util import (
 
 from pm.cli import parse as full_parse
 from pm.quick import parse as quick_parse
+from pm.quick import spins as quick_spins
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -347,3 +348,45 @@ def test_the_take_over_keeps_what_the_quick_phase_served(pmrun: Run, tmp_path: P
         r = pmrun("-n", "2", "python", str(prog))
         assert r.returncode == 0, r.stderr
         assert sorted(r.stdout.splitlines()) == ["0 value=v1 value=L", "1 value=v0 value=L"]
+
+
+# A rank that asks for a value many times, then makes no request for a while: pmrun
+# polls after each request (pm.quick.SPIN_NS, with fewer ranks than CPUs), then sleeps.
+QUIET_RANK = """
+    import os, socket, time
+    sock = socket.socket(fileno=int(os.environ["PMI_FD"]))
+    reader = sock.makefile("rb")
+
+    def ask(line):
+        sock.sendall(line)
+        return reader.readline()
+
+    def cpu(pid):  # user + system time, in clock ticks
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    ask(b"cmd=init pmi_version=1 pmi_subversion=1\\n")
+    kvs = ask(b"cmd=get_my_kvsname\\n").split(b"kvsname=")[1].strip()
+    ask(b"cmd=put kvsname=%s key=k value=v\\n" % kvs)
+    ask(b"cmd=barrier_in\\n")
+    for _ in range(2000):
+        assert ask(b"cmd=get kvsname=%s key=k\\n" % kvs) == b"cmd=get_result rc=0 value=v\\n"
+    before = cpu(os.getppid())
+    time.sleep(0.5)  # (the rank's work, without a request)
+    print(cpu(os.getppid()) - before, os.sysconf("SC_CLK_TCK"), flush=True)
+    ask(b"cmd=finalize\\n")
+"""
+
+
+def test_pmrun_sleeps_while_ranks_make_no_request(pmrun: Run, tmp_path: Path) -> None:
+    r = pmrun("-n", "1", "python", str(script(tmp_path, "quiet.py", QUIET_RANK)))
+    assert r.returncode == 0, r.stderr
+    ticks, per_s = map(int, r.stdout.split())
+    assert ticks / per_s < 0.1  # of the rank's 0.5 s without a request
+
+
+def test_pmrun_polls_after_requests_only_with_cpus_to_spare() -> None:
+    cpus = len(os.sched_getaffinity(0))
+    assert quick_spins(cpus) is False
+    assert quick_spins(cpus - 1) is (cpus > 1)
