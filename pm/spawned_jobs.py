@@ -7,7 +7,9 @@ agents (:func:`place_spawn`: free slots first, from the spawner's node on, the
 ``host`` info key narrowing the nodes), and sends the plan down
 (:class:`pm.proto.tree_wire.SpawnLaunch`); the agents start the ranks
 (:mod:`pm.agent.spawned_jobs`).  Once every vertex taking part reported its
-ranks started, the spawner gets its answer.  Nothing is forked by the head.
+ranks started (for an MPI spawner, also initialized:
+:attr:`pm.proto.spawn.SpawnRequest.after_init`), the spawner gets its answer.
+Nothing is forked by the head.
 
 What the job says comes up wrapped (:class:`pm.proto.tree_wire.Sub`): its output,
 labelled ``[J:R]`` under ``-l``; its exits, where a failing rank fails the
@@ -83,7 +85,9 @@ class SpawnedJob:
     ranks: dict[int, RankResult] = field(default_factory=dict)
     started: set[int] = field(default_factory=set)
     requested_at: float = 0.0
+    #: When every vertex reported its ranks started (and, ``after_init``, initialized).
     started_at: float = 0.0
+    after_init: bool = False
     ended_at: float = 0.0
     done: bool = False
     #: Ended by pmrun because its parent job ended first: its ranks' ends are no failure.
@@ -212,7 +216,8 @@ class HeadSpawns:
             universe_size=top.universe_size, pmix=top.pmix,
             # Its ranks are bound as the launched job's are (pm.agent.binding).
             bind_to=top.bind_to, map_by=top.map_by, report_bindings=top.report_bindings,
-            spawned=SpawnOrigin(job, placement, dict(msg.preput), spawner, msg.rank))
+            spawned=SpawnOrigin(job, placement, dict(msg.preput), spawner, msg.rank,
+                                bool(msg.after_init)))
         from pm.agent.spawned_jobs import members
         from pm.common.kary_tree import Tree
 
@@ -220,7 +225,7 @@ class HeadSpawns:
                             msg.req, msg.origin,
                             members(Tree(len(top.hosts), top.fanout), placement,
                                     top.pmix),
-                            requested_at=time.monotonic())
+                            requested_at=time.monotonic(), after_init=bool(msg.after_init))
         self.jobs[job] = record
         log.info("spawned job %d: %d ranks of %s on nodes %s", job, n,
                  " + ".join(a[0] for a in record.argv), sorted(set(placement)))
@@ -355,7 +360,8 @@ def profile_lines(spawns: HeadSpawns) -> str:
     """The ``--profile`` lines of the spawned jobs: size, nodes, spawn time, lifetime."""
     lines = []
     for job, rec in sorted(spawns.jobs.items()):
-        took = (f"{(rec.started_at - rec.requested_at) * 1e3:.1f} ms to start"
+        what = "to start and initialize PMI" if rec.after_init else "to start"
+        took = (f"{(rec.started_at - rec.requested_at) * 1e3:.1f} ms {what}"
                 if rec.started_at else "never started")
         lived = (f", ended {rec.ended_at - rec.requested_at:.3f} s after the request"
                  if rec.ended_at else "")

@@ -231,6 +231,47 @@ def test_pmi2_spawn_over_a_real_fd(tmp_path: Path) -> None:
         assert str(k["universe"]).startswith("cmd=info-getjobattr-response;rc=0;found=TRUE;")
 
 
+def test_an_mpi_spawner_is_answered_once_its_children_initialized(tmp_path: Path) -> None:
+    # The spawner (PMI-1, as MPICH's) sleeps in its PMI read while its children start,
+    # instead of busy-polling for their connection: answered once each one initialized
+    # PMI, or ended without it.
+    prog = script(tmp_path, "late.py", """
+        import os, socket, sys, time
+
+        sock = socket.socket(fileno=int(os.environ["PMI_FD"]))
+        reader = sock.makefile("rb")
+        here = os.path.dirname(os.path.abspath(__file__))
+
+        def one(text):
+            sock.sendall(text.encode())
+            return reader.readline().decode().rstrip("\\n")
+
+        def command(i, n, arg):
+            return ("mcmd=spawn\\nnprocs=%d\\nexecname=%s\\ntotspawns=2\\nspawnssofar=%d\\n"
+                    "argcnt=2\\narg1=%s\\narg2=%s\\ninfo_num=0\\nendcmd\\n"
+                    % (n, sys.executable, i, __file__, arg))
+
+        if os.environ.get("PMI_SPAWNED"):
+            if sys.argv[1] == "quit":
+                sys.exit(0)  # never a word of PMI: ended, as good as initialized
+            time.sleep(0.5)  # a slow start
+            open(os.path.join(here, "init-" + os.environ["PMI_RANK"]), "w").close()
+            one("cmd=init pmi_version=1 pmi_subversion=1\\n")
+            one("cmd=finalize\\n")
+            sys.exit(0)
+        one("cmd=init pmi_version=1 pmi_subversion=1\\n")
+        reply = one(command(1, 2, "late") + command(2, 1, "quit"))
+        print(reply, sorted(f for f in os.listdir(here) if f.startswith("init-")), flush=True)
+        one("cmd=finalize\\n")
+    """)
+    res = subprocess.run(pmrun_argv("-n", "1", sys.executable, str(prog)),
+                         cwd=tmp_path, env=pmrun_env(), capture_output=True, text=True,
+                         timeout=40, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines() == [
+        "cmd=spawn_result rc=0 errcodes=0,0,0 ['init-0', 'init-1']"], res.stdout + res.stderr
+
+
 def test_native_client_spawn(tmp_path: Path) -> None:
     prog = script(tmp_path, "native.py", """
         import os, sys

@@ -144,6 +144,10 @@ class JobAgent:
         #: Spawned jobs running here too (launched job only), and our ranks' spawns.
         self.spawns: AgentSpawns | None = None
         self.spawn_requests: SpawnRequests | None = None
+        #: Local ranks that have neither initialized PMI nor ended, and what to call then
+        #: (when_initialized).
+        self._init_waiting: set[int] = set()
+        self._on_initialized: Callable[[], None] | None = None
         if plan.spawned is not None and plan.spawned.spawner:
             self.job_attrs["spawner-jobid"] = plan.spawned.spawner
 
@@ -378,6 +382,7 @@ class JobAgent:
         if not st.ok:
             self._sample_shm()  # what the others map, before the job is killed
         self._exits.append(t.RankExit(proc.rank, self.vertex, st.code, st.signal, proc.reason))
+        self._initialized(proc.rank)  # (as good as initialized for when_initialized)
         self.kvs.settle(proc.rank)
         if getattr(self, "reservations", None) is not None:
             self.reservations.release_rank(proc.rank)  # a rank that died holds nothing
@@ -388,12 +393,32 @@ class JobAgent:
         if self.pmix is not None:
             self.pmix.srv.pids[self.pmix.nspace, rank] = pid
 
+    def when_initialized(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every local rank has initialized PMI or ended (now, if
+        they all have)."""
+        waiting = {r for r, p in self.ranks.items()
+                   if p.pmi is PmiPhase.NONE and p.life is not RankLife.REPORTED}
+        if not waiting:
+            callback()
+            return
+        self._init_waiting, self._on_initialized = waiting, callback
+
+    def _initialized(self, rank: int) -> None:
+        waiting = self._init_waiting
+        if waiting and rank in waiting:
+            waiting.discard(rank)
+            if not waiting:
+                callback, self._on_initialized = self._on_initialized, None
+                if callback is not None:
+                    callback()
+
     def rank_event(self, rank: int, event: str, detail: Any = None) -> None:
         proc = self.ranks[rank]
         if self.timeline is not None:
             self.mark(_EVENT_MARKS.get(event, event), rank)
         if event == "init":
             proc.pmi = PmiPhase.INITIALIZED
+            self._initialized(rank)
         elif event == "finalize":
             proc.pmi = PmiPhase.FINALIZED
             self.kvs.settle(rank)

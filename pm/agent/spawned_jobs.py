@@ -17,7 +17,8 @@ a kill, a signal or the agent's close reach them too.
 spawned job) serves the rank that asked: a program that cannot be found on
 the spawner's node fails its request at once, with per-process error codes;
 otherwise the request goes up to the head, which places the children and
-answers once every vertex reported them started.
+answers once every vertex reported them started (an MPI spawner's once they
+initialized PMI, too: :meth:`JobAgent.when_initialized`).
 """
 
 from __future__ import annotations
@@ -193,7 +194,12 @@ class AgentSpawns:
                 self._let_go(spare)
         for stream in top.procs.gone:  # the head's stdout went before this job started
             agent.procs.output_gone(stream)
-        agent.parent.send(t.Started(top.vertex, 1, len(agent.local), []))
+        started = t.Started(top.vertex, 1, len(agent.local), [])
+        if agent.plan.spawned is not None and agent.plan.spawned.after_init:
+            # An MPI spawner is answered once its children here initialized PMI (or ended).
+            agent.when_initialized(lambda: agent.parent.send(started))
+        else:
+            agent.parent.send(started)
         if self._kill is not None:  # the run is ending: what just started ends with it
             agent.kill(*self._kill)
             return
@@ -336,7 +342,8 @@ class SpawnRequests:
         self._waiting[self._next] = fut
         agent.mark("spawn request", rank, procs=req.size)
         agent.parent.send(t.SpawnReq(self._next, agent.vertex, rank,
-                                     [c.to_wire() for c in req.commands], dict(req.preput)))
+                                     [c.to_wire() for c in req.commands], dict(req.preput),
+                                     req.after_init))
         return fut
 
     def _programs(self, req: SpawnRequest) -> SpawnResult | None:

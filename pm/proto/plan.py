@@ -44,6 +44,9 @@ class SpawnOrigin(Record):
     spawner: str
     #: The spawner's rank (PMIx's ``PMIX_PARENT_ID``).
     spawner_rank: int = 0
+    #: Its agents report it started once its ranks there initialized PMI (or ended):
+    #: the spawner is answered then (:attr:`pm.proto.spawn.SpawnRequest.after_init`).
+    after_init: bool = False
 
 
 class JobPlan(Record):

@@ -332,13 +332,14 @@ class Sub(Msg, op=22):
 
 class SpawnReq(Msg, op=23):
     """Rank ``rank`` (on vertex ``origin``) asks for a new job: ``request`` is
-    :class:`pm.proto.spawn.SpawnRequest` as ``[[argv, n, info], ...], preput``."""
+    :class:`pm.proto.spawn.SpawnRequest` as ``[[argv, n, info], ...], preput, after_init``."""
 
     req: int
     origin: int
     rank: int
     commands: list[Any]
     preput: dict[str, str]
+    after_init: bool = False
 
 
 class SpawnLaunch(Msg, op=24):
