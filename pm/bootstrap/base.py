@@ -48,7 +48,10 @@ def agent_command(python: str | None = None, lean: bool = False) -> list[str]:
     (40 ms of CPU here, as much as the interpreter itself), and an agent per node pays it
     on the critical path of a launch.  If pmrun or pyzmq is not found that way (an
     editable install's import hook, other directories there), the agent runs ``site``
-    after all.  Only for commands we build whole (ssh, srun): the code has spaces.
+    after all.  Only where we know how the argv reaches the interpreter (the local
+    launcher starts it, ssh and srun get it quoted by us): the code has spaces and new
+    lines, which a user's exec template may hand to one more shell (``ssh {host}
+    {command}``).
     """
     exe = python or sys.executable
     if not lean:

@@ -50,4 +50,4 @@ class LocalBootstrap(Bootstrap):
         self.options = options
 
     def start(self, host: str, config: AgentConfig) -> tuple[int, int]:
-        return start_with_stdin(agent_command(self.options.get("python")), config)
+        return start_with_stdin(agent_command(self.options.get("python"), lean=True), config)
