@@ -270,12 +270,24 @@ def test_prepend_pattern_names_each_rank_s_node(pmrun: Run) -> None:
     assert sorted(r.stdout.splitlines()) == ["<0@0> hi", "<1@0> hi", "<2@1> hi"]
 
 
-def test_print_all_exitcodes(pmrun: Run) -> None:
+#: Rank 0 exits 0; rank 1 exits 3 once rank 0 is gone (reaped), so that its failure, which
+#: ends the job, cannot kill rank 0 first.
+EXIT_AFTER_RANK_0 = """
+pid=$1/pid
+if [ "$PMI_RANK" = 0 ]; then echo $$ > "$pid.tmp" && mv "$pid.tmp" "$pid"; exit 0; fi
+until [ -s "$pid" ]; do sleep 0.01; done
+while kill -0 "$(cat "$pid")" 2>/dev/null; do sleep 0.01; done
+exit 3
+"""
+
+
+def test_print_all_exitcodes(pmrun: Run, tmp_path: Path) -> None:
     host = os.uname().nodename
     r = pmrun("-print-all-exitcodes", "--local-nodes", "2", "-n", "4", "true")
     assert (r.returncode, r.stderr) == (0, f"pmrun: exit codes [{host}] 0,0\n"
                                            f"pmrun: exit codes [{host}] 0,0\n")
-    r = pmrun("-print-all-exitcodes", "-n", "2", "sh", "-c", "exit $((PMI_RANK * 3))")
+    r = pmrun("-print-all-exitcodes", "-n", "2", "sh", "-c", EXIT_AFTER_RANK_0, "sh",
+              str(tmp_path))
     assert r.returncode == 3
     assert r.stderr.splitlines()[-1] == f"pmrun: exit codes [{host}] 0,3"
 
