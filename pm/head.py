@@ -46,6 +46,16 @@ KILL_GRACE = 2.0
 EXIT_TIMEOUT = 124
 EXIT_LAUNCHER = 255
 STDIN_WINDOW = 1 << 20
+#: Seconds an abort that comes first waits, while ranks of other nodes run, for the report of
+#: a rank a signal ended before it: a rank often aborts because it saw a peer die (Open MPI's
+#: lost-peer abort), and that death, reported by another node's agent, may come second.  An
+#: abort with no rank on another node running is named at once (its own node's ranks are
+#: looked at by its agent: pm.agent.node); no other failure waits.
+ABORT_GRACE = 0.05
+#: How much later than an abort a death by a signal may have been seen on its node and still
+#: count as before it: its agent sees the end when its loop gets to it (clocks of different
+#: hosts may differ by as much).
+DEATH_SLACK = 0.01
 #: Seconds the head lets a suspend message leave (to child agents) before it stops itself.
 SUSPEND_FLUSH = 0.05
 
@@ -201,6 +211,9 @@ class JobRun:
         #: Jobs spawned by the ranks (pm.spawned_jobs), made on the first spawn.
         self.spawns: HeadSpawns | None = None
         self._top_done = False
+        #: The abort that came first, held for ABORT_GRACE (:meth:`_aborted`), and its timer.
+        self._held_abort: t.Abort | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -370,6 +383,8 @@ class JobRun:
 
     def _fail(self, cause: str, code: int, grace: float = KILL_GRACE) -> None:
         """The first failure names the cause and fixes the exit code; all fail the job."""
+        if self._held_abort is not None:
+            self._name_abort()  # it came first
         if self.cause is None:
             self.cause = cause
             self.returncode = code
@@ -391,13 +406,13 @@ class JobRun:
                     self.writer.write(out.rank, out.stream, out.data, node_of_rank[out.rank])
         elif isinstance(msg, t.Exits):
             for ex in msg.items:
-                self._rank_ended(RankResult(ex.rank, ex.vertex, ex.code, ex.signal, ex.reason))
+                self._rank_ended(RankResult(ex.rank, ex.vertex, ex.code, ex.signal, ex.reason),
+                                 ex.at)
         elif isinstance(msg, t.Abort):
-            host = self.plan.hosts[msg.vertex]
-            text = f" ({msg.message})" if msg.message else ""
-            self._fail(f"rank {msg.rank} (node {msg.vertex}, {host}) called abort with "
-                       f"code {msg.code}{text}", abort_status(msg.code))
+            self._aborted(msg)
         elif isinstance(msg, t.Done):
+            if self._held_abort is not None:
+                self._name_abort()
             self.stats.update(msg.stats)
             self._top_done = True
             if self.spawns is not None:
@@ -423,6 +438,39 @@ class JobRun:
             pass
         else:
             log.debug("head: ignored %s", type(msg).__name__)
+
+    def _aborted(self, msg: t.Abort) -> None:
+        """A rank called abort: named at once, unless it is the first failure and ranks of
+        other nodes run, which may yet report a death by a signal that came before it (then
+        the abort waits up to ABORT_GRACE; :meth:`_rank_ended`)."""
+        if self._held_abort is not None:
+            return  # the same failure's echo, most likely: the first abort is named
+        if self.cause is None and self.state is RunState.RUNNING and any(
+                node != msg.vertex and rank not in self.ranks
+                for rank, node in enumerate(self._node_of_rank)):
+            self._held_abort = msg
+            self._abort_timer = self.owned.call_later(ABORT_GRACE, self._name_abort)
+        else:
+            self._fail_abort(msg)
+
+    def _fail_abort(self, msg: t.Abort) -> None:
+        host = self.plan.hosts[msg.vertex]
+        text = f" ({msg.message})" if msg.message else ""
+        self._fail(f"rank {msg.rank} (node {msg.vertex}, {host}) called abort with "
+                   f"code {msg.code}{text}", abort_status(msg.code))
+
+    def _name_abort(self) -> None:
+        """The held abort's grace is over (or another failure came): name it."""
+        msg = self._drop_abort()
+        if msg is not None:
+            self._fail_abort(msg)
+
+    def _drop_abort(self) -> t.Abort | None:
+        msg, self._held_abort = self._held_abort, None
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
+        return msg
 
     def _spawner(self) -> HeadSpawns:
         if self.spawns is None:
@@ -465,11 +513,17 @@ class JobRun:
                     self.ranks[rank] = RankResult(rank, v, -1, 0, "node lost")
         # The agent that lost the node counts its subtree as done (pm/agent/children.py).
 
-    def _rank_ended(self, r: RankResult) -> None:
+    def _rank_ended(self, r: RankResult, at: float = 0.0) -> None:
+        """Rank ``r`` ended (its agent learned of it at ``at``, its node's ``time.time()``)."""
         # (Spawned jobs' ranks: pm.spawned_jobs.HeadSpawns._rank_ended.)
         self.ranks[r.rank] = r
         if r.ok or self.state is RunState.KILLING:
             return
+        held = self._held_abort
+        if held is not None:
+            if not (r.signal and r.rank != held.rank and at <= held.at + DEATH_SLACK):
+                return  # after the abort, or the aborting rank's own end: the abort is first
+            self._drop_abort()  # a death the abort followed: the death is the cause
         host = self.plan.hosts[r.node]
         where = f"rank {r.rank} (node {r.node}, {host})"
         if self._lost_streams:

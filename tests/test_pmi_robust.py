@@ -91,6 +91,47 @@ def test_abort_codes_map_to_an_exit_status(pmrun: Run, tmp_path: Path, code: int
     no_traceback(r)
 
 
+ABORT_AFTER_DEATH = """
+    import os, select, signal, sys, time
+    from pathlib import Path
+    from pm.client import sync
+    pmi = sync.connect()
+    killed, aborter, pidfile = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    if pmi.rank == killed:
+        Path(f"{pidfile}.tmp").write_text(str(os.getpid()))
+        os.rename(f"{pidfile}.tmp", pidfile)
+        os.kill(os.getpid(), signal.SIGKILL)
+    if pmi.rank == aborter:
+        # Abort the moment the killed rank is seen dead (as Open MPI does on a lost peer),
+        # before its agent may have noticed.
+        deadline = time.monotonic() + 20
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        try:
+            select.select([os.pidfd_open(int(pidfile.read_text()))], [], [], 20)
+        except ProcessLookupError:
+            pass  # reaped already
+        pmi.abort(14, "lost a peer")
+    time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize(("layout", "killed", "aborter"), [
+    (("-n", "2"), 1, 0),  # same node: its agent sees the death at once
+    (("-n", "4", "--local-nodes", "2"), 3, 1),  # the death on node 1, the abort on node 0
+])
+def test_a_death_comes_before_the_abort_it_caused(pmrun: Run, tmp_path: Path,
+                                                 layout: tuple[str, ...], killed: int,
+                                                 aborter: int) -> None:
+    prog = script(tmp_path, "abort_after.py", ABORT_AFTER_DEATH)
+    r = pmrun(*layout, "python", str(prog), str(killed), str(aborter), str(tmp_path / "pid"),
+              timeout=30)
+    assert r.returncode == 137, r.stderr
+    first = next(line for line in r.stderr.splitlines() if line.startswith("pmrun:"))
+    assert re.search(rf"rank {killed} \(node \d, [^)]*\) killed by SIGKILL", first), r.stderr
+    no_traceback(r)
+
+
 def test_pmi1_abort_code_out_of_range(pmrun: Run, tmp_path: Path) -> None:
     prog = script(tmp_path, "abort1.py", RAW + """
     ask("cmd=init pmi_version=1 pmi_subversion=1")

@@ -105,6 +105,11 @@ class JobAgent:
         self._node_waiters: dict[str, list[asyncio.Future[str | None]]] = {}
         self._out: list[t.RankOutput] = []
         self._exits: list[t.RankExit] = []
+        #: Aborts held until the local ranks a signal ended before them are reported
+        #: (those ranks, the abort): the death is the job's first failure, the abort its echo.
+        self._held_aborts: list[tuple[set[int], t.Abort]] = []
+        #: Aborts whose held-for ranks are reported: they go up after those exits.
+        self._aborts: list[t.Abort] = []
         self._flush_scheduled = False
         self._children_done: set[int] = set()
         self._child_stats: list[dict[str, Any]] = []
@@ -373,6 +378,10 @@ class JobAgent:
         if self._exits:
             exits, self._exits = self._exits, []
             self.parent.send(t.Exits(exits))
+        if self._aborts:
+            aborts, self._aborts = self._aborts, []
+            for abort in aborts:
+                self.parent.send(abort)
         self._check_done()
 
     def rank_ended(self, proc: RankProc) -> None:
@@ -381,7 +390,10 @@ class JobAgent:
         assert st is not None
         if not st.ok:
             self._sample_shm()  # what the others map, before the job is killed
-        self._exits.append(t.RankExit(proc.rank, self.vertex, st.code, st.signal, proc.reason))
+        self._exits.append(t.RankExit(proc.rank, self.vertex, st.code, st.signal, proc.reason,
+                                      proc.ended_at))
+        if self._held_aborts:
+            self._release_aborts(proc.rank)
         self._initialized(proc.rank)  # (as good as initialized for when_initialized)
         self.kvs.settle(proc.rank)
         if getattr(self, "reservations", None) is not None:
@@ -424,7 +436,17 @@ class JobAgent:
             self.kvs.settle(rank)
         elif event == "abort":
             code, message = detail
-            self.parent.send(t.Abort(rank, self.vertex, code, message))
+            # A local rank a signal ended before the abort (which is most likely what
+            # the aborting rank noticed) goes up first, as do the exits not sent yet:
+            # the head names the first failure.
+            killed = self.procs.killed(rank)
+            abort = t.Abort(rank, self.vertex, code, message, time.time())
+            if killed:
+                self._held_aborts.append((killed, abort))
+            elif self._exits:
+                self._aborts.append(abort)  # (their flush is scheduled)
+            else:
+                self.parent.send(abort)
         elif event == "eof":
             if not detail and proc.status is None:
                 self.owned.call_later(EOF_GRACE, self._eof_without_finalize, proc)
@@ -433,6 +455,17 @@ class JobAgent:
             proc.reason = f"sent a PMI stream that cannot be served: {detail}"
             self._exits.append(t.RankExit(proc.rank, self.vertex, -1, 0, proc.reason))
             self._schedule_flush()
+
+    def _release_aborts(self, rank: int) -> None:
+        """Local ``rank`` is reported: the aborts held for it alone go up after its exit."""
+        held = []
+        for killed, abort in self._held_aborts:
+            killed.discard(rank)
+            if killed:
+                held.append((killed, abort))
+            else:
+                self._aborts.append(abort)
+        self._held_aborts = held
 
     def _eof_without_finalize(self, proc: RankProc) -> None:
         if proc.status is None and not self.killing:

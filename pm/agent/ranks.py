@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -61,8 +62,8 @@ class RankLife(enum.Enum):
 class RankProc:
     """One local rank: its process, PMI session, pipes and how it ended."""
 
-    __slots__ = ("fds", "life", "local_rank", "pid", "pmi", "rank", "reason", "session",
-                 "status", "stdin_fd", "streams")
+    __slots__ = ("ended", "ended_at", "fds", "life", "local_rank", "pid", "pmi", "rank", "reason",
+                 "session", "status", "stdin_fd", "streams")
 
     def __init__(self, rank: int, local_rank: int) -> None:
         self.rank = rank
@@ -72,6 +73,10 @@ class RankProc:
         self.streams: dict[int, LineBuffer] = {}
         self.fds: dict[int, int] = {}
         self.status: ExitStatus | None = None
+        #: Its exit status once the watch has it (``status`` once the loop took it).
+        self.ended: asyncio.Future[ExitStatus] | None = None
+        #: When we learned that it ended (``time.time()``), 0 while it runs.
+        self.ended_at = 0.0
         self.reason = ""
         self.pmi = PmiPhase.NONE
         self.life = RankLife.RUNNING
@@ -211,8 +216,8 @@ class LocalRanks:
                 self.loop.add_reader(fd, self._read_output, proc, stream)
         r.out_fd = r.err_fd = -1
         pidfd, r.pidfd = r.pidfd, -1
-        self.watch.watch(proc.pid, pidfd).add_done_callback(functools.partial(self._on_exit,
-                                                                              proc))
+        proc.ended = self.watch.watch(proc.pid, pidfd)
+        proc.ended.add_done_callback(functools.partial(self._on_exit, proc))
 
     async def _serve(self, session: PmiSession, sock: socket.socket) -> None:
         await self.loop.connect_accepted_socket(lambda: session, sock)
@@ -282,6 +287,7 @@ class LocalRanks:
 
     def _exited(self, proc: RankProc, status: ExitStatus) -> None:
         proc.status = status
+        proc.ended_at = proc.ended_at or time.time()  # (perhaps seen already: killed)
         proc.life = RankLife.EXITED
         if self.agent.timeline is not None:
             self.agent.mark("rank exit", proc.rank, code=status.code, signal=status.signal)
@@ -361,6 +367,24 @@ class LocalRanks:
         if proc is None or self.watch is None or proc.status is not None:
             return -1
         return self.watch.dup_pidfd(proc.pid)
+
+    def killed(self, but: int) -> set[int]:
+        """Local ranks but ``but`` that a signal ended and that are not reported yet, even
+        those whose end the loop has not got to yet (they are reaped now)."""
+        found = set()
+        for proc in self.ranks.values():
+            if proc.rank == but or proc.life is RankLife.REPORTED:
+                continue
+            st, ended = proc.status, proc.ended
+            if st is None and ended is not None:
+                if not ended.done() and self.watch is not None:
+                    self.watch.poll(proc.pid)
+                if ended.done() and not ended.cancelled():
+                    st = ended.result()  # (its callback, _on_exit, comes soon)
+                    proc.ended_at = proc.ended_at or time.time()
+            if st is not None and st.signal:
+                found.add(proc.rank)
+        return found
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to every rank (their guardian ignores it).  Ranks in a shared

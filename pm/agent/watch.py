@@ -90,6 +90,12 @@ class ChildWatch:
         if fut is not None and not fut.done():
             fut.set_result(ExitStatus.from_wait(status))
 
+    def poll(self, pid: int) -> None:
+        """Reap ``pid`` now if it has ended, before the loop gets to it (its future's
+        callbacks are called soon)."""
+        if pid in self._fds:
+            self._reap(pid)
+
     def kill(self, pid: int, signum: int = signal.SIGKILL) -> bool:
         """Send ``signum`` to ``pid`` if it is still ours: watched and not reaped yet.
 

@@ -54,8 +54,9 @@ from pm.proto.plan import JobPlan
 from pm.proto.record import Message, pack_default
 
 MAC_LEN = 16
-#: 2: frames are [envelope, body]; 3: typed records (plans, items); 4: BLAKE2b MACs
-PROTOCOL_VERSION = 4
+#: 2: frames are [envelope, body]; 3: typed records (plans, items); 4: BLAKE2b MACs;
+#: 5: exits and aborts carry the time their agent learned of them
+PROTOCOL_VERSION = 5
 
 #: Directions of a tree link (bound under an envelope's tag).
 UP = 1  # child to parent
@@ -97,13 +98,15 @@ class RankOutput(NamedTuple):
 class RankExit(NamedTuple):
     """A rank that ended (an item of :class:`Exits`): ``code`` its exit status (or -1),
     ``signal`` the killing signal (or 0), ``reason`` empty for an ordinary exit, else what
-    went wrong first ("exited before PMI finalize", "spawn failed: ...")."""
+    went wrong first ("exited before PMI finalize", "spawn failed: ..."); ``at`` when its
+    agent learned of the end (``time.time()`` on its node; 0 if unknown)."""
 
     rank: int
     vertex: int
     code: int
     signal: int
     reason: str
+    at: float = 0.0
 
     @classmethod
     def from_wire(cls, values: Any) -> RankExit:
@@ -225,12 +228,14 @@ class Exits(Msg, op=9):
 
 
 class Abort(Msg, op=10):
-    """A rank asked to abort the job (PMI abort / MPI_Abort)."""
+    """A rank asked to abort the job (PMI abort / MPI_Abort); ``at`` when its agent got
+    the request (``time.time()`` on its node)."""
 
     rank: int
     vertex: int
     code: int
     message: str
+    at: float = 0.0
 
 
 class Signal(Msg, op=11):
