@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from pm.jobspec import AppSpec, JobSpec
-from pm.options import Parsed, Section, prepend_of, refuse
+from pm.options import Parsed, Section, log_level, prepend_of, refuse
 from pm.options import parse as parse_options
 from pm.proto.errors import UsageError
 
@@ -396,9 +396,7 @@ def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
         if isinstance(exc, PMError):
             return refuse(exc)
         raise
-    level = logging.WARNING if not opts.verbose else (
-        logging.INFO if opts.verbose == 1 else logging.DEBUG)
-    logging.basicConfig(format="pmrun: %(message)s", level=level)
+    logging.basicConfig(format="pmrun: %(message)s", level=log_level(opts.verbose))
     if opts.spec.apps and not (opts.hosts or opts.hostfile or opts.local_nodes
                                or "launcher" in opts.extra or os.environ.get("SLURM_JOB_ID")):
         from pm.agent.pmix_server import prestart as pmix_prestart  # vertex 0 runs here

@@ -473,6 +473,12 @@ class Section:
         self.values: dict[str, object] = {}
 
 
+def log_level(verbose: int) -> int:
+    """The logging level ``-v`` given ``verbose`` times asks for: WARNING, INFO, DEBUG
+    (as numbers: this module is read before ``logging`` is imported)."""
+    return 30 if verbose <= 0 else 20 if verbose == 1 else 10
+
+
 class Parsed:
     """A command line, checked: the job-wide values, the sections, and what was used."""
 

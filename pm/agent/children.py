@@ -38,6 +38,7 @@ from pm.bootstrap.base import (
     Bootstrap,
     heartbeat_of,
     join_timeout_of,
+    step_config,
 )
 from pm.bootstrap.early import abandon_all as abandon_early
 from pm.bootstrap.early import take as take_early
@@ -129,13 +130,10 @@ async def find_listen_endpoint(options: dict[str, Any], parent: str | None,
     return await asyncio.to_thread(listen_endpoint, options, parent, toward)
 
 
-def step_config(plan: JobPlan, secret: bytes, address: str, level: int) -> AgentConfig:
-    """The config line of every agent of one Slurm step (``start == "step"``), the head
-    listening at ``address``."""
-    return AgentConfig(-1, secret=secret.hex(), job_id=plan.job_id, host="", log_level=level,
-                       heartbeat=heartbeat_of(plan.bootstrap), head=address,
-                       iface=str(plan.bootstrap.get("iface") or ""), hosts=compress(plan.hosts),
-                       fanout=plan.fanout, parent=address)
+def _step_config(plan: JobPlan, secret: bytes, address: str, level: int) -> AgentConfig:
+    """This plan's :func:`~pm.bootstrap.base.step_config`."""
+    return step_config(secret=secret, job_id=plan.job_id, address=address, level=level,
+                       options=plan.bootstrap, hosts=compress(plan.hosts), fanout=plan.fanout)
 
 
 def step_port(plan: JobPlan, secret: bytes) -> ChildPort | None:
@@ -147,7 +145,7 @@ def step_port(plan: JobPlan, secret: bytes) -> ChildPort | None:
     from pm.bootstrap.early import abandon_all, take_listener
 
     level = logging.getLogger("pm").getEffectiveLevel()
-    taken = take_listener(lambda address: step_config(plan, secret, address, level).to_wire())
+    taken = take_listener(lambda address: _step_config(plan, secret, address, level).to_wire())
     if taken is None:
         return None
     try:
@@ -252,7 +250,7 @@ class Children:
     def _start_step(self, boot: Bootstrap) -> bool:
         """Start every agent with one command; False when the bootstrap cannot."""
         plan = self.agent.plan
-        cfg = step_config(plan, self.secret, self.port.address, self._level)
+        cfg = _step_config(plan, self.secret, self.port.address, self._level)
         try:
             started = boot.start_tree(plan.hosts, plan.fanout, cfg)
         except Exception as exc:  # a missing srun, ...: the nodes are lost

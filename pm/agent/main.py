@@ -383,8 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("--version", action="version", version=f"pm-agent {_version()}")
     args = p.parse_args(argv)
-    level = logging.WARNING if not args.verbose else (
-        logging.INFO if args.verbose == 1 else logging.DEBUG)
+    from pm.options import log_level
+
+    level = log_level(args.verbose)
     logging.basicConfig(format="pm-agent[%(process)d]: %(message)s", level=level)
     if args.cleanup:
         from pm.agent.shm_reaper import sweep_node

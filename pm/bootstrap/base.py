@@ -75,6 +75,19 @@ def lean_code(dirs: Sequence[str]) -> str:
             "from pm.agent.main import main;sys.exit(main(sys.argv[1:]))")
 
 
+def step_config(*, secret: bytes, job_id: str, address: str, level: int,
+                options: Mapping[str, Any], hosts: str, fanout: int) -> AgentConfig:
+    """The config line of every agent of one Slurm step (``start == "step"``, vertex -1),
+    the head listening at ``address``: what pmrun's quick check tells an early step
+    (:mod:`pm.bootstrap.early`) and what the head would tell it must be the same line."""
+    from pm.proto.plan import AgentConfig
+
+    return AgentConfig(-1, secret=secret.hex(), job_id=job_id, host="", log_level=level,
+                       heartbeat=heartbeat_of(options), head=address,
+                       iface=str(options.get("iface") or ""), hosts=hosts, fanout=fanout,
+                       parent=address)
+
+
 def heartbeat_of(options: Mapping[str, Any]) -> float:
     """The link timeout the options ask for (``DEFAULT_HEARTBEAT`` if none; 0 disables)."""
     from pm.proto.plan import DEFAULT_HEARTBEAT

@@ -130,10 +130,10 @@ def _tell_step(proc: Piped, hosts: list[str], options: dict[str, Any], parsed: P
     import os
     import socket
 
-    from pm.bootstrap.base import heartbeat_of
+    from pm.bootstrap.base import step_config
     from pm.common.hostlist import compress
     from pm.jobenv import new_job_id
-    from pm.proto.plan import AgentConfig
+    from pm.options import log_level
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -143,13 +143,12 @@ def _tell_step(proc: Piped, hosts: list[str], options: dict[str, Any], parsed: P
         sock.listen(256)
         address = f"tcp://0.0.0.0:{sock.getsockname()[1]}"
         secret, job_id = os.urandom(32), new_job_id()
-        level = 30 if not parsed.verbose else 20 if parsed.verbose == 1 else 10  # as pm.cli
         fanout = parsed.values.get("fanout", 32)
-        cfg = AgentConfig(-1, secret=secret.hex(), job_id=job_id, host="", log_level=level,
-                          heartbeat=heartbeat_of(options), head=address, iface="",
-                          hosts=compress(hosts), fanout=max(1, int(fanout)),  # type: ignore[call-overload]
-                          parent=address)
-        wire = cfg.to_wire()
+        wire = step_config(secret=secret, job_id=job_id, address=address,
+                           level=log_level(parsed.verbose), options=options,
+                           hosts=compress(hosts),
+                           fanout=max(1, int(fanout)),  # type: ignore[call-overload]
+                           ).to_wire()
     except BaseException:
         sock.close()
         raise
