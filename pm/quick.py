@@ -546,7 +546,7 @@ class QuickStart:
             except OSError:
                 pass
         if started.guardian is not None:
-            # clean: no segment is left for the guardian to look for in the ranks' maps.
+            # clean: no segment is left for the guardian to look for in its group's maps.
             started.guardian.release(clean=clean)
 
     def handover(self) -> StartedRanks:

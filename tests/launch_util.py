@@ -97,20 +97,6 @@ def cmdline(pid: int) -> list[str] | None:
     return raw.rstrip(b"\0").decode(errors="replace").split("\0")
 
 
-def parent(pid: int) -> int | None:
-    """The parent of ``pid`` (/proc's stat), or None once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def all_pids() -> list[int]:
-    """Every process's pid."""
-    return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
-
-
 def pids_with(marker: str) -> list[int]:
     """Live processes (not zombies) whose command line contains ``marker``, except us."""
     me = os.getpid()

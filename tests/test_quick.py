@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 from launch_util import (
-    all_pids,
     cmdline,
-    parent,
     pids_with,
     pmrun_argv,
     pmrun_env,
@@ -245,9 +243,8 @@ def test_kill9_of_pmrun_before_any_pmi_leaves_nothing(pmrun_popen: Start, tmp_pa
     read_lines(p.stdout, 3, 30)
     ranks = [pid for pid in pids_with(marker) if pid != p.pid]
     assert len(ranks) == 3
-    assert all(os.getsid(pid) == pid for pid in ranks)  # each in a session of its own
-    (guardian,) = {pid for pid in all_pids() if parent(pid) == p.pid
-                   and (cmdline(pid) or [""])[0] == "pm-guardian"}
+    (guardian,) = {os.getpgid(pid) for pid in ranks}
+    assert (cmdline(guardian) or [""])[0] == "pm-guardian"
     p.kill()
     p.wait(10)
     wait_gone(marker, 10)

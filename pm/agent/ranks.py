@@ -2,7 +2,7 @@
 
 :class:`LocalRanks` holds what a rank is to the operating system: its pid and
 exit watch, its PMI socket's session task, its output pipes and line buffers,
-rank 0's stdin pipe, and the guardian their process groups are named to
+rank 0's stdin pipe, and the guardian whose process group they all join
 (:mod:`pm.agent.spawn`).  It knows nothing of the tree, the KVS or
 collectives: what it learns goes to its :class:`~pm.agent.node.JobAgent` —
 complete output lines (:meth:`JobAgent.rank_output`), a rank that ended and
@@ -91,8 +91,8 @@ class LocalRanks:
         self.loop = agent.loop
         self.ranks: dict[int, RankProc] = {r: RankProc(r, i) for i, r in enumerate(local)}
         self.guardian: Guardian | None = None
-        #: The guardian is another job's (the launched job's, on this node): it signals
-        #: our ranks with its own, so ours are signalled one by one, never through it,
+        #: The guardian is another job's (the launched job's, on this node): its process
+        #: group holds our ranks too, so they are signalled one by one, never as a group,
         #: and the guardian is not ours to let go.
         self.shared = False
         self.watch: ChildWatch | None = None
@@ -287,8 +287,6 @@ class LocalRanks:
 
     def _exited(self, proc: RankProc, status: ExitStatus) -> None:
         proc.status = status
-        if self.guardian is not None and proc.pid:
-            self.guardian.forget(proc.pid)
         proc.ended_at = proc.ended_at or time.time()  # (perhaps seen already: killed)
         proc.life = RankLife.EXITED
         if self.agent.timeline is not None:
@@ -389,8 +387,8 @@ class LocalRanks:
         return found
 
     def signal(self, signum: int) -> None:
-        """Send ``signum`` to every rank's process group.  Ranks of a shared guardian
-        get it from the guardian's own job (:meth:`JobAgent.from_parent` signals every
+        """Send ``signum`` to every rank (their guardian ignores it).  Ranks in a shared
+        group get it from the group's own job (:meth:`JobAgent.from_parent` signals every
         job of the node), not once more from here."""
         if self.guardian is not None and not self.shared:
             self.guardian.signal(signum)

@@ -2,17 +2,11 @@
 
 * ``posix_spawn`` (vfork + exec in glibc): no Python runs in the child, so a
   node's ranks start in well under a millisecond each.
-* Each rank starts in a session of its own, as under Hydra: the kernel shares
-  CPU time between sessions (autogroups) before it shares it between the
-  processes of one, so a job's ranks each get a share of a loaded machine
-  instead of one between them, and a rank's own children are in its process
-  group, which pmrun signals as a whole.
-* A *guardian* process watches a job's ranks on a node.  It blocks reading a
-  pipe that only the agent holds, on which the agent names the ranks' process
-  groups (and forgets those that are gone): if the agent dies, even by SIGKILL,
-  the read returns and the guardian removes the files the agent named to it
-  (the job's shared-memory segments and topology copy) and kills every group it
-  was told of.  Ranks therefore never outlive their agent, nor do their files.
+* A *guardian* process leads the process group of a job's ranks on a node.  It
+  blocks reading a pipe that only the agent holds: if the agent dies, even by
+  SIGKILL, the read returns and the guardian removes the files the agent named
+  to it (the job's shared-memory segments and topology copy) and kills the
+  whole group.  Ranks therefore never outlive their agent, nor do their files.
 
 ``pmrun``'s quick path (:mod:`pm.quick`) starts ranks with this module before
 anything heavier is imported, so it imports nothing but C modules: ``_signal``
@@ -32,34 +26,27 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-# The guardian ignores the signals the agent forwards, the stop signals too: a stopped
-# guardian could not kill the ranks if their agent died meanwhile.  The lines it reads:
-# "/..." a file of the job's (Guardian.note: gone with the agent, it goes too); "+P Q ..."
-# the process groups of ranks (Guardian.adopt), "-P" one that is gone (Guardian.forget).
+# The guardian ignores the signals the agent forwards to the group, the stop signals
+# too: a stopped guardian could not kill the group if its agent died meanwhile.  The
+# lines it reads are files of the job's (Guardian.note): gone with the agent, they go too.
 _GUARDIAN = ("trap '' INT TERM HUP QUIT PIPE USR1 USR2 TSTP TTIN TTOU; "
-             # Any other line: the agent ended the job itself (Guardian.release); "done":
-             # and every file named here is gone already.
-             'z=; g=" "; while IFS= read -r p; do case $p in /*) set -- "$@" "$p";; '
-             '+*) g="$g${p#+} ";; '
-             '-*) case $g in *" ${p#-} "*) g="${g%% ${p#-} *} ${g#* ${p#-} }";; esac;; '
-             'done) z=1; set --;; *) z=1;; esac; '
+             # A line that is not a path: the agent ended the job itself (Guardian.release);
+             # "done": and every file named here is gone already.
+             'z=; while IFS= read -r p; do case $p in /*) set -- "$@" "$p";; done) z=1; set --;; '
+             '*) z=1;; esac; '
              'done; '
-             # The MPI segments the ranks' processes map now: an agent killed before it
-             # saw them (MPICH makes its segment between two PMI requests of MPI_Init, and
-             # no PMI request may follow until finalize) named none of them.  Reading every
-             # process's stat takes tens of ms of CPU: only when it may help.
-             '[ -n "$z" ] || [ "$g" = " " ] || for d in /proc/[0-9]*; do '
+             # The MPI segments its group's processes (the ranks) map now: an agent killed
+             # before it saw them (MPICH makes its segment between two PMI requests of
+             # MPI_Init, and no PMI request may follow until finalize) named none of them.
+             # Reading every process's stat takes tens of ms of CPU: only when it may help.
+             '[ -n "$z" ] || for d in /proc/[0-9]*; do '
              '{ read -r s < "$d/stat"; } 2>/dev/null || continue; '
-             's=${s##*) }; s=${s#* }; s=${s#* }; case $g in *" ${s%% *} "*) ;; *) continue;; '
-             'esac; '
+             's=${s##*) }; s=${s#* }; s=${s#* }; [ "${s%% *}" = $$ ] || continue; '
              'while read -r a b c e i f; do case $f in '
              '/dev/shm/mpich_shm_*|/dev/shm/sm_segment.*|/dev/shm/vader_segment.*|'
              '/dev/shm/shm-col-space-*) set -- "$@" "${f% (deleted)}";; esac; '
              'done 2>/dev/null < "$d/maps"; done; '
-             '[ $# -eq 0 ] || rm -f -- "$@"; '
-             # (dash's kill goes on past a group that is gone.)
-             'set --; for p in $g; do set -- "$@" "-$p"; done; '
-             '[ $# -eq 0 ] || kill -KILL "$@" 2>/dev/null; exit 0')
+             '[ $# -eq 0 ] || rm -f -- "$@"; kill -KILL 0')
 
 #: Target fd number of the PMI socket in a rank (``PMI_FD``).
 PMI_FD = 3
@@ -174,15 +161,13 @@ def spawn(
     cwd: str | None = None,
     fds: Mapping[int, int] | None = None,
     pgid: int | None = None,
-    session: bool = False,
     cpus: frozenset[int] | None = None,
 ) -> int:
     """Start ``path`` and return its pid.
 
     ``fds`` maps target fd numbers in the child (0, 1, 2, PMI_FD) to fds of
     ours (which stay close-on-exec here; dup2 clears the flag in the child).
-    ``pgid`` puts the child in that process group (0: a new group it leads);
-    ``session``: in a new session it leads (and so a new group).
+    ``pgid`` puts the child in that process group (0: a new group it leads).
     ``cpus`` binds the child before exec: the calling thread's affinity is
     inherited by the child, so it is set around the spawn and restored.
     """
@@ -193,9 +178,7 @@ def spawn(
         else:
             actions.append((os.POSIX_SPAWN_DUP2, src, target))
     kwargs: dict[str, object] = {"file_actions": actions}
-    if session:
-        kwargs["setsid"] = True
-    elif pgid is not None:
+    if pgid is not None:
         kwargs["setpgroup"] = pgid
     # The agent blocks SIGCHLD and friends in no thread; reset handlers the
     # interpreter ignores (SIGPIPE) so ranks see default behaviour.
@@ -224,10 +207,9 @@ def spawn(
 
 
 def spawn_rank(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin_pipe: bool,
-               cwd: str | None, cpus: frozenset[int] | None = None,
+               cwd: str | None, pgid: int, cpus: frozenset[int] | None = None,
                pmi: bool = True, devnull: int = -1) -> tuple[int, RankFds]:
-    """Start a rank, in a session of its own, with its descriptors (:class:`RankFds`): its
-    pid, and our ends of them (the caller tells the rank's guardian: :meth:`Guardian.adopt`).
+    """Start a rank with its descriptors (:class:`RankFds`): its pid, and our ends of them.
 
     Raises :class:`SpawnError` (nothing left open) if the descriptors or the
     process cannot be made.  ``devnull``: see :class:`RankFds`.
@@ -237,7 +219,7 @@ def spawn_rank(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin_
     except SpawnError as exc:
         raise SpawnError(f"{argv[0]}: {exc}") from exc
     try:
-        pid = spawn(path, argv, env, cwd=cwd, fds=fds.child_fds, session=True, cpus=cpus)
+        pid = spawn(path, argv, env, cwd=cwd, fds=fds.child_fds, pgid=pgid, cpus=cpus)
     except SpawnError:
         fds.close_ours()
         raise
@@ -247,19 +229,15 @@ def spawn_rank(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin_
 
 
 class Guardian:
-    """Kills a job's ranks on a node (their process groups) when the agent that started
-    them dies, and removes the job's files there.
+    """Leads a process group; kills it when the agent that started it dies.
 
-    Ranks lead their own sessions (:func:`spawn_rank`); the agent names them to their
-    guardian (:meth:`adopt`) and signals them through it (:meth:`signal`).
+    Ranks join the group with ``spawn(..., pgid=guardian.pgid)``.
     """
 
     def __init__(self) -> None:
         rfd, self._wfd = os.pipe2(os.O_CLOEXEC)
         #: The files named to it (:meth:`note`).
         self._noted: list[str] = []
-        #: The process groups of the ranks (their pids), while they may have members.
-        self.members: dict[int, None] = {}
         null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         try:
             self.pid = spawn(
@@ -272,57 +250,18 @@ class Guardian:
         finally:
             os.close(rfd)
             os.close(null)
-
-    def adopt(self, pids: Sequence[int]) -> None:
-        """Ranks just started: the guardian kills their groups if the agent dies."""
-        pids = [p for p in pids if p > 0 and p not in self.members]
-        if not pids:
-            return
-        self.members.update(dict.fromkeys(pids))
-        self._tell(b"+" + " ".join(map(str, pids)).encode() + b"\n")
-
-    def forget(self, pid: int) -> None:
-        """Rank ``pid`` was reaped: once nothing of its group is left, its number may be
-        another process's, which the guardian must not kill."""
-        if pid not in self.members:
-            return
-        try:
-            os.killpg(pid, 0)
-            return  # something it started lives on in its group: the group stays ours
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            pass  # a group of someone else's: the number is not ours any more
-        del self.members[pid]
-        self._tell(b"-%d\n" % pid)
-
-    def _tell(self, line: bytes) -> None:
-        if self._wfd < 0:
-            return
-        try:
-            os.write(self._wfd, line)
-        except OSError:
-            pass  # a guardian gone: nothing left to clean after
+        self.pgid = self.pid
 
     def signal(self, signum: int) -> None:
-        """Send ``signum`` to the process group of every rank.  SIGTSTP is sent as SIGSTOP:
-        a rank's group is orphaned (its parent is in another session), and the kernel drops
-        the terminal's stop signals there."""
-        if signum == _signal.SIGTSTP:
-            signum = _signal.SIGSTOP
-        for pid in self.members:
-            try:
-                os.killpg(pid, signum)
-            except (ProcessLookupError, PermissionError):
-                pass
+        """Send ``signum`` to every process of the group (the guardian ignores most)."""
+        try:
+            os.killpg(self.pgid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def kill_all(self) -> None:
-        """SIGKILL every rank's group, and the guardian."""
+        """SIGKILL the whole group, guardian included."""
         self.signal(_signal.SIGKILL)
-        try:
-            os.kill(self.pid, _signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def note(self, paths: Sequence[str]) -> None:
         """Files the job made on this node (shared-memory segments its ranks mapped, its
@@ -332,7 +271,11 @@ class Guardian:
         if self._wfd < 0 or not paths:
             return
         self._noted.extend(paths)
-        self._tell("".join(p + "\n" for p in paths).encode())
+        lines = "".join(p + "\n" for p in paths)
+        try:
+            os.write(self._wfd, lines.encode())
+        except OSError:
+            pass  # a guardian gone: nothing left to clean after
 
     def reaped(self) -> bool:
         """Whether the guardian's exit is collected now (after :meth:`release`)."""
@@ -342,11 +285,10 @@ class Guardian:
             return True
 
     def release(self, clean: bool = False) -> None:
-        """Close our end of the pipe: the guardian kills what is left of the ranks' groups
-        and exits.
+        """Close our end of the pipe: the guardian kills what is left of the group and exits.
 
         ``clean``: every rank ended and no MPI segment of theirs is left in /dev/shm, so
-        the guardian need not look for any in their processes' maps (it removes the files
+        the guardian need not look for any in its group's maps (it removes the files
         :meth:`note` named all the same, unless every one of them is gone already: then
         it removes nothing, and runs no ``rm``)."""
         if self._wfd < 0:

@@ -180,7 +180,7 @@ class AgentSpawns:
 
     def _start(self, agent: JobAgent) -> None:
         """Start ``agent``'s ranks here and tell the head.  Where the launched job has
-        ranks on this node, ours are named to their guardian (no guardian of our
+        ranks on this node, ours join their guardian's process group (no guardian of our
         own to start and let go: a pool spawns again and again); elsewhere they get one,
         started ahead (:meth:`_make_spare`)."""
         top = self.top

@@ -104,7 +104,7 @@ class StartedRanks:
         #: When the job started (monotonic): --timeout counts from here.
         self.t0 = time.monotonic() if t0 is None else t0
         self.ranks: list[StartedRank] = []
-        #: The ranks' guardian, when these ranks own it.
+        #: The process group's guardian, when these ranks own it.
         self.guardian: Guardian | None = None
         #: Writes the ranks' output (pmrun's quick phase), with the files it opened.
         self.writer: Writer | None = None
@@ -144,12 +144,11 @@ class StartedRanks:
 def start_local(todo: Sequence[RankStart], *, stdin_rank: int | None = 0, pmi: bool = True,
                 guardian: Guardian | None = None, stop_at_failure: bool = False,
                 into: StartedRanks | None = None) -> StartedRanks:
-    """Start ``todo``, each in a session of its own (posix_spawn: no Python runs in the
-    children), named to their guardian.
+    """Start ``todo`` in one process group (posix_spawn: no Python runs in the children).
 
     Each gets a PMI socket (``pmi``), stdout and stderr pipes, and stdin: a
     pipe for rank ``stdin_rank``, /dev/null for the others.  Without
-    ``guardian``, a new one watches them and the result owns it.  A rank
+    ``guardian``, a new one leads the group and the result owns it.  A rank
     that cannot start gets its ``failure``; with ``stop_at_failure`` the
     ranks after it are not started (``skipped``).  ``into`` receives the
     ranks (else a new :class:`StartedRanks`).
@@ -171,22 +170,22 @@ def start_local(todo: Sequence[RankStart], *, stdin_rank: int | None = 0, pmi: b
                 r.failure, r.skipped = stop, True
                 continue
             r.failure = spec.failure or _spawn(r, spec, spec.rank == stdin_rank, pmi,
-                                               devnull)
+                                               guardian.pgid, devnull)
             if r.failure and stop_at_failure:
                 stop = f"not started: rank {spec.rank} could not start"
     finally:
         if devnull >= 0:
             os.close(devnull)
-        guardian.adopt([r.pid for r in started.ranks if r.pid])
     return started
 
 
-def _spawn(r: StartedRank, spec: RankStart, stdin_pipe: bool, pmi: bool,
+def _spawn(r: StartedRank, spec: RankStart, stdin_pipe: bool, pmi: bool, pgid: int,
            devnull: int) -> str:
-    """Start one rank into ``r`` (in a session of its own): '' or why it could not start."""
+    """Start one rank into ``r``: '' or why it could not start."""
     try:
         r.pid, fds = spawn_rank(spec.path, spec.argv, spec.env, stdin_pipe=stdin_pipe,
-                                cwd=spec.wdir, cpus=spec.cpus, pmi=pmi, devnull=devnull)
+                                cwd=spec.wdir, pgid=pgid, cpus=spec.cpus, pmi=pmi,
+                                devnull=devnull)
     except SpawnError as exc:
         return str(exc)
     r.started_at = time.time()

@@ -14,8 +14,8 @@ execution targets that label the tasks (``PMRUN_TASK_NODE``).  Tasks per
 domain are bounded by ``jobs`` (``-j``), else by ``-ppn`` / host slots when
 given, else (``jobs="cores"``, the command line's default) by its cores, else
 by memory alone; memory admission applies on top.
-This machine's tasks are started here directly (posix_spawn, each in a
-session of its own that one guardian watches: :mod:`pm.ensemble.local`); its memory is the
+This machine's tasks are started here directly (posix_spawn into one
+guardian process group: :mod:`pm.ensemble.local`); its memory is the
 cgroup's or the machine's (:class:`~pm.agent.memory.NodeMemory`) and each
 task's process tree is read from /proc (anonymous resident bytes: shared
 library pages are not the task's).  Any other host is a domain of its own

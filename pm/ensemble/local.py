@@ -1,7 +1,7 @@
 """An ensemble's tasks on this machine: their processes, pipes and memory.
 
 :class:`LocalRunner` starts each run as a node's ranks start
-(:func:`pm.agent.started.start_local`), each named to one guardian,
+(:func:`pm.agent.started.start_local`) into one guardian process group,
 reads its stdout and stderr on the loop as whole lines (the one pipe
 reader, :func:`pm.common.output.read_pipe`) and waits for its exit;
 :func:`tree_anon` measures a task from /proc and :func:`signal_tree`
@@ -37,7 +37,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 class LocalRunner:
     """Runs tasks on this machine, in the environment and directory of ``spec``.
 
-    Owns the guardian of their process groups and the watch on their exits
+    Owns the guardian of their process group and the watch on their exits
     from the ensemble's start to :meth:`close`.
     """
 
@@ -48,10 +48,9 @@ class LocalRunner:
 
     async def run(self, task: Task, env: dict[str, str],
                   emit: Callable[[Task, int, bytes], None]) -> int:
-        """One run of ``task`` with ``env`` over the spec's environment: posix_spawn into a
-        session of its own that our guardian watches, pipes read here and their lines
-        passed to ``emit`` (task, stream, data).  ``task.pid`` is the run's while it runs.
-        Returns its shell status."""
+        """One run of ``task`` with ``env`` over the spec's environment: posix_spawn into
+        our guardian's group, pipes read here and their lines passed to ``emit`` (task,
+        stream, data).  ``task.pid`` is the run's while it runs.  Returns its shell status."""
         full = self._spec.base_env()
         full.update(env)
         try:
@@ -60,7 +59,7 @@ class LocalRunner:
             emit(task, STDERR, f"pmrun: {exc}\n".encode())
             return 127
         loop = asyncio.get_running_loop()
-        # Started as ranks are (no PMI socket, stdin from /dev/null), named to our guardian.
+        # Started as ranks are (no PMI socket, stdin from /dev/null), in our group.
         started = start_local([RankStart(0, 0, path, task.argv, full, task.wdir)],
                               stdin_rank=None, pmi=False, guardian=self._guardian)
         (r,) = started.ranks
@@ -97,7 +96,6 @@ class LocalRunner:
                 await asyncio.wait_for(asyncio.shield(drained), DRAIN)
         finally:
             task.pid = 0
-            self._guardian.forget(r.pid)
             for stream in list(open_fds):
                 readable(stream, last=True)
         return status.shell_code
@@ -107,7 +105,7 @@ class LocalRunner:
         self._guardian.signal(signum)
 
     def close(self) -> None:
-        """Stop watching exits and release the guardian."""
+        """Stop watching exits and release the process group."""
         self._watch.close()
         self._guardian.release()
 
