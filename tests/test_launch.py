@@ -175,6 +175,9 @@ SLEEPER = """
     if sys.argv[1] == "mpi":
         from mpi4py import MPI
         MPI.COMM_WORLD.Barrier()
+    if sys.argv[1] == "child":  # a process of the rank's own, in its process group
+        import subprocess
+        subprocess.Popen(["sh", "-c", "sleep 300; : " + sys.argv[2]])
     print("up", os.environ["PMI_RANK"], flush=True)
     time.sleep(300)
 """
@@ -199,23 +202,34 @@ def test_sigint_is_forwarded(pmrun_popen: Start, tmp_path: Path, marker: str) ->
     wait_gone(marker, 10)
 
 
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("nodes", [1, 2])
 def test_kill9_of_pmrun_leaves_nothing(pmrun_popen: Start, tmp_path: Path, marker: str,
                                        nodes: int) -> None:
     prog = script(tmp_path, "sleeper.py", SLEEPER)
-    p = pmrun_popen("-n", "4", "--local-nodes", str(nodes), "python", str(prog), "plain",
+    p = pmrun_popen("-n", "4", "--local-nodes", str(nodes), "python", str(prog), "child",
                     marker, env={"PMTEST_MARK": marker})
     assert p.stdout is not None
     read_lines(p.stdout, 4, 30)
-    ranks = [pid for pid in pids_with(marker) if pid != p.pid]
+    ranks = [pid for pid in pids_with(marker)
+             if pid != p.pid and (cmdline(pid) or [""])[0] != "sh"]
     assert len(ranks) == 4
-    # Each node's ranks are in the process group its guardian leads.
+    # Each node's ranks are in the process group its guardian leads, and so is what each
+    # rank started (here a shell and its sleep: they must go too).
     guardians = {os.getpgid(pid) for pid in ranks}
     assert len(guardians) == nodes
     assert all(cmdline(g)[0] == "pm-guardian" for g in guardians)
+    theirs = [pid for pid in pids_with(marker) if pid != p.pid and pid not in ranks]
+    assert len(theirs) == 4 and {os.getpgid(pid) for pid in theirs} == guardians
     family = set(pids_with_env(marker))
-    agents = [pid for pid in family if pid != p.pid and pid not in ranks]
+    agents = [pid for pid in family if pid != p.pid and _pgid(pid) not in guardians]
     # The child agent of node 1 when there are two nodes.
     assert len(agents) == nodes - 1, agents
     p.kill()
