@@ -227,6 +227,8 @@ class QuickStart:
                     self._pmix.pids[started.pmix, r.rank] = r.pid
             self._pmix.sweep()  # its files go with pmrun, however it ends (off the ranks' path)
         if started.xml_path:
+            if started.guardian is not None:
+                started.guardian.note([started.xml_path])  # gone with pmrun, even by SIGKILL
             topo_share.cleanup_stale()  # copies of dead agents, swept off the ranks' path too
         return True
 

@@ -251,6 +251,29 @@ def test_kill9_of_pmrun_before_any_pmi_leaves_nothing(pmrun_popen: Start, tmp_pa
     wait_until(lambda: cmdline(guardian) is None, 10, "the guardian to end")
 
 
+def test_kill9_of_pmrun_leaves_no_topology_copy(pmrun_popen: Start, tmp_path: Path,
+                                                marker: str) -> None:
+    """The job's copy of the node's topology (HWLOC_XMLFILE) goes with a pmrun killed by
+    SIGKILL on the quick path too: its ranks' guardian removes it."""
+    assert subprocess.run(pmrun_argv("-n", "1", "true"), env=pmrun_env(),
+                          timeout=60).returncode == 0  # the node's topology is cached now
+    prog = script(tmp_path, "xml.py", """
+        import os, sys, time
+        print("xml", os.environ.get("HWLOC_XMLFILE", ""), os.getppid(), flush=True)
+        time.sleep(300)
+    """)
+    p = pmrun_popen("-n", "1", "python", str(prog), marker)
+    assert p.stdout is not None
+    (line,) = read_lines(p.stdout, 1, 30)
+    _, xml, parent = line.decode().split()
+    assert int(parent) == p.pid, "not started on the quick path"
+    assert xml and os.path.exists(xml)
+    p.kill()
+    p.wait(10)
+    wait_gone(marker, 10)
+    wait_until(lambda: not os.path.exists(xml), 10, "the topology copy to go")
+
+
 def test_second_ctrl_c_before_any_pmi_kills_at_once(pmrun_popen: Start, tmp_path: Path,
                                                     marker: str) -> None:
     prog = script(tmp_path, "sleepy.py", SLEEPY)
