@@ -320,6 +320,17 @@ def test_a_program_that_cannot_be_executed_is_named_once(pmrun: Run, tmp_path: P
     assert re.search(r"rank 0 \(node 0, [^)]*\) could not start: .*bad", r.stderr), r.stderr
 
 
+@pytest.mark.parametrize("where", [(), ("--local-nodes", "2")])
+def test_a_missing_program_is_one_line_however_many_ranks(pmrun: Run, tmp_path: Path,
+                                                          where: tuple[str, ...]) -> None:
+    r = pmrun("-n", "8", *where, "./no-such-program")
+    assert r.returncode == 127, r.stderr
+    host = os.uname().nodename
+    assert r.stderr.splitlines() == [
+        f"pmrun: rank 0 (node 0, {host}) could not start: ./no-such-program: no such file"
+    ], r.stderr
+
+
 def test_an_mpi_job_on_one_node_is_served_without_asyncio(tmp_path: Path,
                                                           c_hello: Path) -> None:
     """MPI_Init is served PMI by the quick phase itself: no asyncio, no agent import."""

@@ -223,8 +223,10 @@ class LocalRanks:
         await self.loop.connect_accepted_socket(lambda: session, sock)
 
     def _spawn_failed(self, proc: RankProc, why: str, quiet: bool = False) -> None:
+        """Rank ``proc`` could not start: the head names the job's first such rank in one
+        line (each is logged only under ``-v``: 64 ranks of a missing program are one line)."""
         if not quiet:
-            log.error("rank %d: %s", proc.rank, why)
+            log.info("rank %d could not start: %s", proc.rank, why)
         proc.status = ExitStatus(127, 0)
         proc.life = RankLife.EXITED
         proc.reason = f"could not start: {why}"
