@@ -354,3 +354,30 @@ def test_a_guardian_whose_files_are_gone_removes_nothing_and_kills_its_group(
         assert os.WIFSIGNALED(gst) and os.WTERMSIG(gst) == 9
     finally:
         r.close()
+
+
+def test_a_file_named_twice_to_the_guardian_is_told_once(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quick phase names the topology copy, and the agent adopting its ranks names it
+    again: the guardian is told once."""
+    r, guardian, noted = _guarded_sleeper(tmp_path)
+    said: list[bytes] = []
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        said.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    guardian.note([str(noted), str(noted)])
+    other = tmp_path / "other"
+    guardian.note([str(other), str(noted)])
+    monkeypatch.undo()
+    try:
+        assert said == [f"{other}\n".encode()]
+    finally:
+        guardian.release()
+        assert select.select([r.pidfd], [], [], 10)[0], "the rank outlived its guardian"
+        os.waitpid(r.pid, 0)
+        r.close()
+        os.waitpid(guardian.pid, 0)

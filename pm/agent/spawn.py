@@ -242,7 +242,7 @@ class Guardian:
     def __init__(self) -> None:
         rfd, self._wfd = os.pipe2(os.O_CLOEXEC)
         #: The files named to it (:meth:`note`).
-        self._noted: list[str] = []
+        self._noted: dict[str, None] = {}
         null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         try:
             self.pid = spawn(
@@ -271,11 +271,14 @@ class Guardian:
     def note(self, paths: Sequence[str]) -> None:
         """Files the job made on this node (shared-memory segments its ranks mapped, its
         topology copy): if the agent dies, even by SIGKILL, the guardian removes them
-        before it kills the group.  (A normal end removes them first: then this is moot.)"""
-        paths = [p for p in paths if "\n" not in p and p.startswith("/")]
+        before it kills the group.  (A normal end removes them first: then this is moot.)
+        A file named already is not named again (a job the quick phase hands over: it named
+        the topology copy, and so does the agent that adopts the ranks)."""
+        paths = [p for p in dict.fromkeys(paths)
+                 if "\n" not in p and p.startswith("/") and p not in self._noted]
         if self._wfd < 0 or not paths:
             return
-        self._noted.extend(paths)
+        self._noted.update(dict.fromkeys(paths))
         lines = "".join(p + "\n" for p in paths)
         try:
             os.write(self._wfd, lines.encode())
