@@ -261,6 +261,9 @@ class JobRun:
 
             assert isinstance(agent, JobAgent) and not agent.children
             agent.adopt_ranks(self._started)
+            spawned, self._started.spawned = self._started.spawned, []
+            for q in spawned:  # jobs the quick phase spawned, in order
+                self._spawner().adopt(q)
         else:
             await agent.prepare()
             agent.start_ranks()

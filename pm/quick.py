@@ -12,15 +12,18 @@ A poll loop then writes the ranks' output and watches them.
 
 The same loop serves the ranks' PMI-1 and PMI-2 requests with the agent's own
 sans-IO engine (:mod:`pm.agent.pmi_quick`): an MPI job on one node is wired up,
-runs and ends here, without asyncio or the agent ever being imported.  The
-first thing that needs more hands the running job to the full path: a request
-the quick phase does not serve (a ``pm.client`` rank unless ``--kvs socket``, an
-allgather, spawn, the name service, an abort, a broken stream), a rank that
-fails, stdin data for rank 0, a signal pmrun must forward, or the timeout.
-The ranks' pids, PMI sockets (with their engines, the KVS and what is left to
-do), pipes and partial output lines go to the in-process agent of :mod:`pm.head`
+runs and ends here, without asyncio or the agent ever being imported.  So do
+the jobs it spawns (:mod:`pm.agent.quick_spawns`: their ranks start here, and
+their PMI is served by the same loop).  The first thing that needs more hands
+the running job to the full path: a request the quick phase does not serve (a
+``pm.client`` rank unless ``--kvs socket``, an allgather, a spawn naming hosts,
+the name service, an abort, a broken stream), a rank that fails, stdin data for
+rank 0, a signal pmrun must forward, or the timeout.  The ranks' pids, PMI
+sockets (with their engines, the KVS and what is left to do), pipes and partial
+output lines go to the in-process agent of :mod:`pm.head`
 (:meth:`pm.agent.node.JobAgent.adopt_ranks`), which serves them from there as
-if it had started them.  A job whose programs never speak PMI (``true``, a
+if it had started them; the spawned jobs go along
+(:meth:`pm.spawned_jobs.HeadSpawns.adopt`).  A job whose programs never speak PMI (``true``, a
 shell script) costs little more than the interpreter's start.
 
 A job that needs PMIx (:mod:`pm.agent.pmix_detect`) is registered with the
@@ -70,10 +73,12 @@ from pm.proto.errors import UsageError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any
 
+    from pm.agent.pmi_actions import Spawn
     from pm.agent.pmi_quick import QuickPmi
+    from pm.agent.quick_spawns import QuickSpawns
 
 #: Signals pmrun handles (pm.cli installs the same on the event loop).
 SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGUSR1, _signal.SIGUSR2,
@@ -177,6 +182,12 @@ class QuickStart:
         self._poll: select.epoll | None = None
         #: The ranks' PMI, from the first byte one of them sends.
         self.pmi: QuickPmi | None = None
+        #: The jobs the ranks spawned (pm.agent.quick_spawns), from the first spawn.
+        self.spawns: QuickSpawns | None = None
+        #: The job's environment (a spawned job's too).
+        self._base: dict[str, str] = {}
+        #: Registers started ranks with the running loop (watch's).
+        self._watch_more: Callable[[list[StartedRank]], None] | None = None
         #: Whether the ranks' fds are in :attr:`_poll` (not while :meth:`_ended_early` looks).
         self._registered = False
 
@@ -195,6 +206,7 @@ class QuickStart:
                 return False  # the full path discovers the topology (and caches it)
             started.xml_path = topo_share.write_job_xml(xml, started.job_id, sweep=False)
             base.update(HWLOC_XMLFILE=started.xml_path, HWLOC_THISSYSTEM="1")
+        self._base = base
         envs = [rank_env(base, opts.app_env, r, opts.n, self.host, r, opts.n)
                 for r in range(opts.n)]
         if opts.pmix and not self._start_pmix(envs):
@@ -285,27 +297,32 @@ class QuickStart:
         except OSError:
             return None  # out of descriptors: the full path says so
         opts_n = self.opts.n
-        running = len(self.ranks)
-        exited: set[int] = set()
+        running = len(self.ranks)  # (the launched job's; QuickSpawns counts the others)
+        exited: set[StartedRank] = set()
         # Ranks that ended while the others started (a short program such as ``true``)
         # are seen to the end here, without the loop registering and removing their fds.
         early = self._pmix is None  # (a PMIx client's end is judged by the loop)
         for r in self.ranks:
             if early and self._ended_early(r):
-                exited.add(r.rank)
+                exited.add(r)
                 running -= 1
         self._registered = True
         # fd -> (what, rank): STDOUT, STDERR, _PMI or _EXIT (the pidfd).
         table: dict[int, tuple[int, StartedRank]] = {}
-        for r in self.ranks:
-            if r.rank in exited:
-                continue
-            assert r.pmi is not None
-            for what, fd in ((STDOUT, r.out_fd), (STDERR, r.err_fd), (_PMI, r.pmi.fileno()),
-                             (_EXIT, r.pidfd)):
-                if fd >= 0:  # (a pipe the pass above found at its end is closed)
-                    table[fd] = (what, r)
-                    poll.register(fd, select.EPOLLIN)
+
+        def watch_more(ranks: list[StartedRank]) -> None:
+            for r in ranks:
+                if r in exited or not r.pid:
+                    continue
+                assert r.pmi is not None
+                for what, fd in ((STDOUT, r.out_fd), (STDERR, r.err_fd), (_PMI, r.pmi.fileno()),
+                                 (_EXIT, r.pidfd)):
+                    if fd >= 0:  # (a pipe the pass above found at its end is closed)
+                        table[fd] = (what, r)
+                        poll.register(fd, select.EPOLLIN)
+
+        watch_more(self.ranks)
+        self._watch_more = watch_more  # (a spawn's ranks)
         poll.register(self._sig_r, select.EPOLLIN)
         if self._wake_r >= 0:
             poll.register(self._wake_r, select.EPOLLIN)
@@ -326,31 +343,36 @@ class QuickStart:
         hot_get = hot.get
         read, write, nread = os.read, os.write, 0
         pmi = self.pmi
-        # (epoll's buffer for the events, allocated at every call: as large as needed)
-        most = len(table) + 3
         # Polling after a request (SPIN_NS): until spin_until (monotonic ns), 0 when not.
         spin_ns = SPIN_NS if spins(opts_n) else 0
         spin_until, asked = 0, False
         now_ns, yield_cpu = time.monotonic_ns, os.sched_yield
-        while running or any(r.out_fd >= 0 or r.err_fd >= 0 for r in self.ranks):
+        orphans_at = None  # when a spawned job that outlives its parent is handed over
+        while running or self._more_to_watch():
             wait = -1.0
             if deadline is not None:
                 wait = deadline - time.monotonic()
                 if wait <= 0:
                     return None  # --timeout: the full path ends the job and says so
+            if orphans_at is not None:
+                left = orphans_at - time.monotonic()
+                if left <= 0:
+                    return None  # the full path ends the orphans (and says so)
+                wait = left if wait < 0 else min(wait, left)
             if idle:
                 wait = IDLE_MS / 1000 if wait < 0 else min(wait, IDLE_MS / 1000)  # (epoll: s)
             if asked:  # the last events had a PMI request
                 asked = False
                 if spin_ns:
                     spin_until = now_ns() + spin_ns
-            events = poll.poll(0, most) if spin_until else None
+            # (epoll's buffer for the events, allocated at every call: as large as needed)
+            events = poll.poll(0, len(table) + 3) if spin_until else None
             if not events:
                 if spin_until > now_ns():
                     yield_cpu()
                     continue
                 spin_until = 0
-                events = poll.poll(wait, most)
+                events = poll.poll(wait, len(table) + 3)
                 if idle and not events:
                     idle = False
                     import pm.agent.pmi_quick  # noqa: F401
@@ -373,6 +395,10 @@ class QuickStart:
                     assert pmi is not None
                     served = pmi.missed(fd, data, rest)
                     if served:
+                        if self.spawns is not None:  # (the request may have spawned)
+                            spin_ns = self._spin(running)
+                            if spin_ns < 0:
+                                return None
                         continue
                     r = table[fd][1]
                 else:
@@ -390,7 +416,7 @@ class QuickStart:
                         self._read(r, what)
                         continue
                     if what == _EXIT:
-                        if r.rank in exited:
+                        if r in exited:
                             continue
                         ended = self._ended(r)
                         if ended is None:
@@ -400,13 +426,28 @@ class QuickStart:
                         if self._pmix is not None and self._pmix.clients.get(
                                 (self.started.pmix, r.rank)) == "init":
                             return None  # a PMIx client that did not finalize: a failure
-                        exited.add(r.rank)
-                        running -= 1
+                        exited.add(r)
+                        if r.job:
+                            assert self.spawns is not None
+                            if not self.spawns.ended(r):
+                                return None
+                        else:
+                            running -= 1
                         if r.out_fd >= 0 or r.err_fd >= 0:
                             return None  # something it started holds its output open
+                        if (orphans_at is None and self.spawns is not None
+                                and self.spawns.orphaned(exited.__contains__)):
+                            from pm.proto.spawn import ORPHAN_GRACE
+
+                            orphans_at = time.monotonic() + ORPHAN_GRACE
                         continue
-                    pmi = self.pmi  # a request, not ready for the hot path
-                    if pmi is None:
+                    # A request, not ready for the hot path.
+                    if r.job:  # a spawned job's rank
+                        assert self.spawns is not None
+                        owner = self.spawns.pmi_of(r.job)
+                    elif (pmi := self.pmi) is not None:
+                        owner = pmi
+                    else:
                         if not _speaks(r):
                             poll.unregister(fd)  # closed without a word: not an MPI program
                             continue
@@ -417,10 +458,16 @@ class QuickStart:
                                                   kvsname_of(self.started.job_id), opts_n,
                                                   native=self.opts.kvs == "socket",
                                                   host=self.host)
+                        pmi.on_spawn = self._first_spawn
                         hot_get = pmi.hot.get
+                        owner = pmi
                     asked = True
-                    served = pmi.serve(r)
+                    served = owner.serve(r)
                     if served:
+                        if self.spawns is not None:  # (the request may have spawned)
+                            spin_ns = self._spin(running)
+                            if spin_ns < 0:
+                                return None
                         continue
                 if served is None:  # its end: finalized, or never spoke
                     if r.pmi is not None:
@@ -428,6 +475,32 @@ class QuickStart:
                 else:
                     return None  # the agent takes it from there
         return 0
+
+    def _more_to_watch(self) -> bool:
+        """Whether, the launched job's ranks having ended, something is left to watch: a
+        spawned job's ranks, or output pipes still open."""
+        if self.spawns is not None and self.spawns.running:
+            return True
+        return any(r.out_fd >= 0 or r.err_fd >= 0 for r in self._all_ranks())
+
+    def _spin(self, running: int) -> int:
+        """After a request, once the ranks have spawned: -1 if the job must be handed over
+        (a spawned rank could not start), else how long the loop polls after a request
+        (:data:`SPIN_NS`, counting the spawned jobs' ranks too: see :func:`spins`)."""
+        assert self.spawns is not None
+        if self.spawns.failed:
+            return -1
+        return SPIN_NS if spins(running + self.spawns.running) else 0
+
+    def _first_spawn(self, parent: QuickPmi, rank: int, call: Spawn) -> bool:
+        """A rank's first spawn: from now on the quick phase runs spawned jobs too
+        (:mod:`pm.agent.quick_spawns`)."""
+        from pm.agent.quick_spawns import QuickSpawns
+
+        assert self.pmi is not None and self._watch_more is not None
+        spawns = self.spawns = QuickSpawns(self.pmi, self._base, self.opts.wdir,
+                                           self._watch_more)
+        return spawns.spawn(parent, rank, call)
 
     def _reader_gone(self, stream: int) -> None:
         """Our stdout or stderr has no reader: the ranks get SIGPIPE (their failure, if they
@@ -459,11 +532,11 @@ class QuickStart:
         writer = self.started.writer
         assert writer is not None
         if lines:
-            writer.write(r.rank, stream, lines)
+            writer.write(r.rank, stream, lines, -1, r.job)
         if stream in writer.broken:
             # Nobody reads it: the ranks' writes to it fail from now on (EPIPE), rather
             # than go on for nothing (ranks that ignore SIGPIPE, such as Python's).
-            for other in self.ranks:
+            for other in self._all_ranks():
                 self._close(other, stream)
             return 0
         if got:
@@ -514,7 +587,8 @@ class QuickStart:
             return None
         if info.si_code != os.CLD_EXITED or info.si_status != 0:
             return False
-        engine = self.pmi.engines.get(r.rank) if self.pmi is not None else None
+        pmi = self.pmi if not r.job or self.spawns is None else self.spawns.pmi_of(r.job)
+        engine = pmi.engines.get(r.rank) if pmi is not None else None
         if engine is not None and engine.initialized and not engine.finalized:
             return False  # exited without PMI finalize: the agent names it
         assert self._poll is not None
@@ -529,7 +603,7 @@ class QuickStart:
     def finish(self) -> None:
         """Every rank ended well: reap them, let the guardian go, remove the job's files."""
         started = self.started
-        for r in started.ranks:
+        for r in self._all_ranks():
             os.waitpid(r.pid, 0)
             r.close()
         self._remove_xml()
@@ -565,7 +639,14 @@ class QuickStart:
         self._sig_r = self._sig_w = -1
         self._close_wake()
         self.started.pmi = self.pmi
+        if self.spawns is not None:
+            self.spawns.answer_all()
+            self.started.spawned = self.spawns.jobs
         return self.started.take()
+
+    def _all_ranks(self) -> list[StartedRank]:
+        """The launched job's ranks, and those of the jobs they spawned."""
+        return self.ranks if self.spawns is None else [*self.ranks, *self.spawns.ranks()]
 
     def _remove_xml(self) -> None:
         if self.started.xml_path:

@@ -9,7 +9,9 @@ agents (:func:`place_spawn`: free slots first, from the spawner's node on, the
 (:mod:`pm.agent.spawned_jobs`).  Once every vertex taking part reported its
 ranks started (for an MPI spawner, also initialized:
 :attr:`pm.proto.spawn.SpawnRequest.after_init`), the spawner gets its answer.
-Nothing is forked by the head.
+Nothing is forked by the head.  A one-node job's quick phase starts its spawned
+jobs itself (:mod:`pm.agent.quick_spawns`); if it hands the job over, the head
+registers them as it would have placed them (:meth:`HeadSpawns.adopt`).
 
 What the job says comes up wrapped (:class:`pm.proto.tree_wire.Sub`): its output,
 labelled ``[J:R]`` under ``-l``; its exits, where a failing rank fails the
@@ -30,9 +32,10 @@ from pm.common.mapping import capacities as slot_capacities
 from pm.head import RunState
 from pm.proto import tree_wire as t
 from pm.proto.plan import AppPlan, JobPlan, SpawnOrigin
-from pm.proto.spawn import SpawnCommand
+from pm.proto.spawn import ORPHAN_GRACE, SpawnCommand
 
 if TYPE_CHECKING:
+    from pm.agent.quick_spawns import QuickJob
     from pm.head import JobRun, RankResult
 
 log = logging.getLogger("pm")
@@ -92,6 +95,9 @@ class SpawnedJob:
     done: bool = False
     #: Ended by pmrun because its parent job ended first: its ranks' ends are no failure.
     orphaned: bool = False
+    #: When its parent job's ranks had all ended while it ran, if that was before the
+    #: head knew of it (pmrun's quick phase, :meth:`HeadSpawns.adopt`); else 0.
+    parent_ended_at: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -117,10 +123,6 @@ def capacities(run: JobRun) -> list[int]:
     """Slots of each vertex (:func:`pm.common.mapping.capacities`)."""
     return slot_capacities(run.nodes.slots, run.plan.size, run.plan.slots,
                            len(run.plan.hosts))
-
-
-#: Seconds a spawned job may outlive the job that spawned it before it is ended.
-ORPHAN_GRACE = 5.0
 
 
 def info_hosts(info: dict[str, str]) -> list[str] | None:
@@ -180,6 +182,34 @@ class HeadSpawns:
                                              [1] * n))
 
     def _launch(self, parent: int, msg: t.SpawnReq) -> None:
+        record, plan = self._new_job(parent, msg)
+        log.info("spawned job %d: %d ranks of %s on nodes %s", record.job, record.size,
+                 " + ".join(a[0] for a in record.argv), sorted(set(record.placement)))
+        assert self.run.agent is not None
+        self.run.agent.from_parent(t.SpawnLaunch(record.job, plan))
+
+    def adopt(self, q: QuickJob) -> None:
+        """A job pmrun's quick phase spawned, and started on vertex 0 (:mod:`pm.quick`,
+        :mod:`pm.agent.quick_spawns`), handed over with its ranks: registered as if placed
+        here, its spawner answered already; the launched job's agent adopts its ranks."""
+        msg = t.SpawnReq(0, 0, q.rank, [c.to_wire() for c in q.commands], q.preput,
+                         q.after_init)
+        record, plan = self._new_job(q.parent, msg)
+        assert record.job == q.job and record.kvsname == q.kvsname
+        record.requested_at, record.started_at = q.requested_at, q.started_at
+        record.started = set(record.members)
+        record.parent_ended_at = q.parent_ended_at
+        log.info("spawned job %d: %d ranks of %s on node 0", record.job, record.size,
+                 " + ".join(a[0] for a in record.argv))
+        from pm.agent.node import JobAgent
+        from pm.agent.spawned_jobs import on_agent
+
+        agent = self.run.agent
+        assert isinstance(agent, JobAgent)  # (the quick phase's job runs on vertex 0 here)
+        on_agent(agent).adopt(record.job, plan, q.started)
+
+    def _new_job(self, parent: int, msg: t.SpawnReq) -> tuple[SpawnedJob, JobPlan]:
+        """The next job, placed, and its plan, for ``msg`` of a rank of job ``parent``."""
         run = self.run
         commands = [SpawnCommand.from_wire(c) for c in msg.commands]
         hosts = run.plan.hosts
@@ -227,10 +257,7 @@ class HeadSpawns:
                                     top.pmix),
                             requested_at=time.monotonic(), after_init=bool(msg.after_init))
         self.jobs[job] = record
-        log.info("spawned job %d: %d ranks of %s on nodes %s", job, n,
-                 " + ".join(a[0] for a in record.argv), sorted(set(placement)))
-        assert run.agent is not None
-        run.agent.from_parent(t.SpawnLaunch(job, plan))
+        return record, plan
 
     def _kvsname(self, job: int) -> str:
         return self.run.plan.kvsname if job == 0 else self.jobs[job].kvsname
@@ -319,7 +346,9 @@ class HeadSpawns:
         still run get :data:`ORPHAN_GRACE` seconds to end, then are ended."""
         for rec in self.jobs.values():
             if rec.parent == job and not rec.done:
-                self.run.owned.call_later(ORPHAN_GRACE, self._end_orphan, rec.job)
+                since = rec.parent_ended_at or time.monotonic()
+                left = max(0.0, since + ORPHAN_GRACE - time.monotonic())
+                self.run.owned.call_later(left, self._end_orphan, rec.job)
 
     def _end_orphan(self, job: int) -> None:
         rec = self.jobs[job]

@@ -86,6 +86,16 @@ def compile_c(source: Path, out: Path, *flags: str) -> Path:
     return out
 
 
+def imported(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, set[str]]:
+    """Exit status and the modules a pmrun command line (:func:`pmrun_argv`) imported
+    (``-X importtime``, which the ranks do not inherit)."""
+    p = subprocess.run([sys.executable, "-X", "importtime", *argv[1:]], env=env, cwd=cwd,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    mods = {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+    return p.returncode, mods
+
+
 def cmdline(pid: int) -> list[str] | None:
     """argv of ``pid`` as /proc shows it, or None once it is gone (or a zombie)."""
     try:

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 from launch_util import (
     cmdline,
+    imported,
     pids_with,
     pmrun_argv,
     pmrun_env,
@@ -32,15 +32,6 @@ from pm.quick import spins as quick_spins
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def imported(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, set[str]]:
-    """Exit status and the modules a pmrun command line imported (``-X importtime``)."""
-    p = subprocess.run([sys.executable, "-X", "importtime", *argv[1:]], env=env, cwd=cwd,
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
-    mods = {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines()
-            if line.startswith("import time:") and "|" in line}
-    return p.returncode, mods
 
 
 def test_a_job_that_never_speaks_pmi_ends_without_asyncio(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from launch_util import pmrun_argv, pmrun_env, script, wait_count, wait_gone
+from launch_util import imported, pmrun_argv, pmrun_env, script, wait_count, wait_gone
 
 from pm.proto.shm_layout import NAME_PREFIX
 
@@ -65,6 +65,74 @@ def test_spawn_merge_allreduce_one_node(tmp_path: Path) -> None:
     prog = script(tmp_path, "merge.py", MERGE)
     res = run(tmp_path, "-n", "2", sys.executable, str(prog))
     check_merge(res)
+
+
+def test_a_one_node_spawn_is_served_without_asyncio(tmp_path: Path) -> None:
+    """The quick phase starts and serves a one-node job's spawned jobs itself."""
+    prog = script(tmp_path, "merge.py", MERGE)
+    code, mods = imported(pmrun_argv("-n", "2", sys.executable, str(prog)), pmrun_env(),
+                          tmp_path)
+    assert code == 0
+    assert "pm.agent.quick_spawns" in mods
+    assert "asyncio" not in mods and "pm.agent.node" not in mods
+
+
+# Raw PMI-1: the parent spawns 2 children with a pre-put key, then publishes a name
+# (which hands the job over to the agent) and says so in a file; the children, started
+# and served by the quick phase, go on under the agent: a barrier, a get, an exit 3.
+HANDED_OVER_CHILDREN = """
+    import os, socket, sys, time
+    sock = socket.socket(fileno=int(os.environ["PMI_FD"]))
+    reader = sock.makefile("rb")
+    rank = int(os.environ["PMI_RANK"])
+    handed = os.path.join(os.path.dirname(os.path.abspath(__file__)), "handed")
+
+    def ask(line):
+        sock.sendall(line)
+        return reader.readline().decode().split()
+
+    ask(b"cmd=init pmi_version=1 pmi_subversion=1\\n")
+    kvs = ask(b"cmd=get_my_kvsname\\n")[-1].split("=")[1]
+    if os.environ.get("PMI_SPAWNED") != "1":
+        got = ask(b"mcmd=spawn\\nnprocs=2\\nexecname=%s\\ntotspawns=1\\nspawnssofar=1\\n"
+                  b"argcnt=1\\narg1=%s\\npreput_num=1\\npreput_key_0=PARENT\\n"
+                  b"preput_val_0=%s\\ninfo_num=0\\nendcmd\\n"
+                  % (sys.executable.encode(), os.path.abspath(__file__).encode(),
+                     kvs.encode()))
+        print("spawned", *got, flush=True)
+        got = ask(b"cmd=publish_name service=svc%s port=tcp://here:1\\n" % kvs.encode())
+        assert got == ["cmd=publish_result", "rc=0"], got
+        open(handed, "w").close()
+        ask(b"cmd=finalize\\n")
+        sys.exit(0)
+    ask(b"cmd=put kvsname=%s key=c%d value=v%d\\n" % (kvs.encode(), rank, rank))
+    assert ask(b"cmd=barrier_in\\n")[:2] == ["cmd=barrier_out", "rc=0"]
+    parent = ask(b"cmd=get kvsname=%s key=PARENT\\n" % kvs.encode())[-1]
+    print("child", rank, kvs, parent, flush=True)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(handed):  # the agent serves the job from now on
+        assert time.monotonic() < deadline, "the parent never published its name"
+        time.sleep(0.01)
+    assert ask(b"cmd=barrier_in\\n")[:2] == ["cmd=barrier_out", "rc=0"]
+    other = ask(b"cmd=get kvsname=%s key=c%d\\n" % (kvs.encode(), 1 - rank))[-1]
+    print("child after", rank, other, flush=True)
+    ask(b"cmd=finalize\\n")
+    sys.exit(3 if rank == 1 else 0)
+"""
+
+
+def test_a_job_handed_over_takes_its_spawned_jobs_along(tmp_path: Path) -> None:
+    prog = script(tmp_path, "handed.py", HANDED_OVER_CHILDREN)
+    res = run(tmp_path, "-l", "-n", "1", sys.executable, str(prog), timeout=60)
+    out = res.stdout.splitlines()
+    assert "[0] spawned cmd=spawn_result rc=0 errcodes=0,0" in out, res.stdout + res.stderr
+    kvs = next(line.split("value=")[1] for line in out if line.startswith("[1:0] child 0 "))
+    assert f"[1:0] child 0 {kvs}_s1 value={kvs}" in out, res.stdout
+    assert f"[1:1] child 1 {kvs}_s1 value={kvs}" in out, res.stdout
+    assert "[1:0] child after 0 value=v1" in out and "[1:1] child after 1 value=v0" in out
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "rank 1 of spawned job 1 (node 0" in res.stderr and "code 3" in res.stderr, (
+        res.stderr)
 
 
 def test_spawn_merge_allreduce_local_tree(tmp_path: Path) -> None:

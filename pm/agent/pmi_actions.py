@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import enum
 
+from pm.proto.value import Value
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from typing import Any
@@ -39,30 +41,14 @@ class Phase(enum.Enum):
 # --------------------------------------------------------------------- actions
 # Plain records, not dataclasses: pmrun's quick phase imports this module when a
 # rank first speaks PMI, and the dataclasses machinery costs milliseconds to load.
-class _Record:
-    """Compared by value, shown as constructed (``__slots__`` in the constructor's order)."""
-
-    __slots__: tuple[str, ...] = ()
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and all(
-            getattr(self, f) == getattr(other, f) for f in self.__slots__)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
-        return f"{type(self).__name__}({args})"
-
-
-class Send(_Record):
+class Send(Value):
     __slots__ = ("data",)
 
     def __init__(self, data: bytes) -> None:
         self.data = data
 
 
-class Event(_Record):
+class Event(Value):
     __slots__ = ("name", "detail")  # noqa: RUF023  # the constructor's order
 
     def __init__(self, name: str, detail: Any = None) -> None:
@@ -70,14 +56,14 @@ class Event(_Record):
         self.detail = detail
 
 
-class Close(_Record):
+class Close(Value):
     __slots__ = ("why",)
 
     def __init__(self, why: str) -> None:
         self.why = why
 
 
-class Collective(_Record):
+class Collective(Value):
     """The rank's contribution to its next collective of ``kind`` (pm.proto.tree_wire)."""
 
     __slots__ = ("token", "kind", "value")  # noqa: RUF023  # the constructor's order
@@ -88,7 +74,7 @@ class Collective(_Record):
         self.value = value
 
 
-class GetFrom(_Record):
+class GetFrom(Value):
     """A key rank ``src`` puts, not on this node yet: bytes, or None if never put."""
 
     __slots__ = ("token", "src", "key")  # noqa: RUF023  # the constructor's order
@@ -99,7 +85,7 @@ class GetFrom(_Record):
         self.key = key
 
 
-class NodeAttrGet(_Record):
+class NodeAttrGet(Value):
     """A node attribute (PMI-2); with ``wait``, once some rank of the node puts it."""
 
     __slots__ = ("token", "key", "wait")  # noqa: RUF023  # the constructor's order
@@ -110,7 +96,7 @@ class NodeAttrGet(_Record):
         self.wait = wait
 
 
-class NameService(_Record):
+class NameService(Value):
     """publish/unpublish/lookup: ``(ok, port)``."""
 
     __slots__ = ("token", "action", "service", "port")  # noqa: RUF023  # the constructor's order
@@ -122,7 +108,7 @@ class NameService(_Record):
         self.port = port
 
 
-class Reserve(_Record):
+class Reserve(Value):
     """A memory reservation of ``nbytes``: its id once admitted."""
 
     __slots__ = ("token", "nbytes")  # noqa: RUF023  # the constructor's order
@@ -132,7 +118,7 @@ class Reserve(_Record):
         self.nbytes = nbytes
 
 
-class Spawn(_Record):
+class Spawn(Value):
     """A new job (MPI_Comm_spawn): a :class:`pm.proto.spawn.SpawnResult` once its ranks
     are started, or why they could not be."""
 

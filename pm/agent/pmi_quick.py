@@ -10,10 +10,12 @@ for those imports.  It is the engines' store (the job's attributes and a
 alone: fences and barriers once every rank has entered, node attributes.
 
 Whatever needs the full runtime -- a native client with the shared-memory
-KVS, an allgather or ring, a get that waits, a reservation, a spawn, the name
+KVS, an allgather or ring, a get that waits, a reservation, the name
 service, an abort, a broken stream, a rank that closes its connection
 before ``finalize`` -- is not carried out here: :meth:`QuickPmi.serve`
-returns False, and the caller hands the job over.  The hand-over carries
+returns False, and the caller hands the job over.  A spawn goes to
+:attr:`QuickPmi.on_spawn` (:mod:`pm.agent.quick_spawns`), which starts the
+children here when it can: each spawned job has a QuickPmi of its own.  The hand-over carries
 the engines (with their partial input and pending calls), the KVS, the node
 attributes, and per rank the actions not yet carried out
 (:meth:`QuickPmi.todo`), which the agent's sessions run first
@@ -40,14 +42,25 @@ import os
 
 from pm.agent import pmi_engine
 from pm.agent.kvs import NodeKVS
-from pm.agent.pmi_actions import BARRIER, FENCE, Collective, Event, NodeAttrGet, Send, Wire
+from pm.agent.pmi_actions import (
+    BARRIER,
+    FENCE,
+    Collective,
+    Event,
+    NodeAttrGet,
+    Send,
+    Spawn,
+    Wire,
+)
 from pm.agent.pmi_engine import NATIVE_MAGIC, PmiEngine
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from pm.agent.pmi_actions import Action
+    from pm.agent.quick_spawns import Spawned
     from pm.agent.started import StartedRank, StartedRanks
 
 #: The first fences after which the ranks' /dev/shm maps are noted (MPI_Init makes its
@@ -80,7 +93,7 @@ class QuickPmi:
     """
 
     def __init__(self, started: StartedRanks, kvsname: str, size: int, *,
-                 native: bool = False, host: str = "") -> None:
+                 native: bool = False, host: str = "", spawned: Spawned | None = None) -> None:
         self.started = started
         self.size = size
         self.kvsname = kvsname
@@ -91,6 +104,16 @@ class QuickPmi:
         self.job_attrs = {"PMI_process_mapping": f"(vector,(0,1,{size}))"}
         if started.xml_path:
             self.job_attrs["PMI_hwloc_xmlfile"] = started.xml_path
+        #: What a spawned job is told of its origin (None: the launched job).
+        self.spawned = spawned
+        #: Called with (this, rank, the Spawn call) for a spawn: True if the quick phase
+        #: started the children (pm.agent.quick_spawns), else the job is handed over.
+        self.on_spawn: Callable[[QuickPmi, int, Spawn], bool] | None = None
+        #: Called with (this, rank) when a rank initialized PMI: False if the job must be
+        #: handed over.
+        self.on_init: Callable[[QuickPmi, int], bool] | None = None
+        #: Calls completed from outside (rank, token, result), carried out by _settle.
+        self._results: list[tuple[int, int, Any]] = []
         #: rank -> its engine, made at its first PMI byte.
         self.engines: dict[int, PmiEngine] = {}
         #: kind (FENCE, BARRIER) -> rank -> the call it waits in (until every rank entered).
@@ -110,29 +133,38 @@ class QuickPmi:
         #: only: a miss may be answered differently to another rank).
         self._replies_native: dict[bytes, bytes] = {}
         self._replies_any_id: dict[bytes, tuple[bytes, bytes]] = {}
-        #: A ready rank's PMI fd -> the reply cache of its protocol (see the module doc).
+        #: A ready rank's PMI fd -> the reply cache of its protocol (see the module doc);
+        #: one table for the launched job's ranks and those of the jobs it spawned.
         self.hot: dict[int, dict[bytes, bytes]] = {}
-        #: fd -> its rank and engine, for the ranks in :attr:`hot`.
-        self._hot_ranks: dict[int, tuple[StartedRank, PmiEngine]] = {}
+        #: fd -> its rank, engine and job's QuickPmi, for the ranks in :attr:`hot`.
+        self._hot_ranks: dict[int, tuple[StartedRank, PmiEngine, QuickPmi]] = {}
+        if spawned is not None:
+            self.hot, self._hot_ranks = spawned.launched.hot, spawned.launched._hot_ranks
+            self.job_attrs["spawner-jobid"] = spawned.spawner
+            for key, value in spawned.preput.items():
+                self.kvs.cache(key.encode(), value.encode())
         pmi_engine.log_setup = _log_setup
 
     # ------------------------------------------------------------------ Store
     def appnum(self, rank: int) -> int:
-        return 0  # one program
+        return self.spawned.appnums[rank] if self.spawned is not None else 0  # one program
 
     def universe_size(self) -> int:
-        return self.size  # the head's default on one node without -usize
+        # The head's default on one node without -usize: the launched job's size.
+        return self.spawned.launched.size if self.spawned is not None else self.size
 
     def native_info(self, rank: int) -> dict[str, Any]:
         # What the agent says (pm.agent.node.JobAgent.native_info) of a one-node job.
+        spawned = self.spawned
         return {"rank": rank, "size": self.size, "local_rank": rank, "local_size": self.size,
-                "appnum": 0, "kvsname": self.kvsname, "node": 0, "nnodes": 1,
-                "host": self.host, "job_id": self.started.job_id, "shm": None, "spawned": 0,
-                "preput": {}}
+                "appnum": self.appnum(rank), "kvsname": self.kvsname, "node": 0, "nnodes": 1,
+                "host": self.host, "job_id": self.started.job_id, "shm": None,
+                "spawned": spawned.job if spawned is not None else 0,
+                "preput": dict(spawned.preput) if spawned is not None else {}}
 
     def job_attr(self, key: str) -> str | None:
         if key == "universeSize":
-            return str(self.size)
+            return str(self.universe_size())
         return self.job_attrs.get(key)
 
     def put(self, rank: int, key: bytes, value: bytes) -> None:
@@ -271,7 +303,7 @@ class QuickPmi:
         proto = engine.protocol
         self.hot[fd] = (self._replies1 if proto is Wire.PMI1 else
                         self._replies2 if proto is Wire.PMI2 else self._replies_native)
-        self._hot_ranks[fd] = (r, engine)
+        self._hot_ranks[fd] = (r, engine, self)
 
     def hot_serve(self, fd: int) -> bool | None:
         """Serve the request on ``fd``, a socket in :attr:`hot`, as the poll loop does:
@@ -292,7 +324,9 @@ class QuickPmi:
     def missed(self, fd: int, data: bytes, rest: bytes | None) -> bool | None:
         """What the hot path read from ``fd`` and did not answer (``rest``: or the part of
         its reply a signal kept it from writing), served as :meth:`serve` serves it."""
-        r, engine = self._hot_ranks[fd]
+        r, engine, owner = self._hot_ranks[fd]
+        if owner is not self:
+            return owner.missed(fd, data, rest)  # a rank of another job of the run
         sock = r.pmi
         assert sock is not None
         if rest is None and engine.protocol is Wire.NATIVE and len(data) > 9:
@@ -330,6 +364,12 @@ class QuickPmi:
             elif isinstance(act, Event) and act.name in ("init", "finalize"):
                 if act.name == "finalize":
                     self.kvs.settle(rank)
+                elif self.on_init is not None and not self.on_init(self, rank):
+                    self._left.setdefault(rank, []).extend(acts[i + 1:])
+                    return False
+            elif (isinstance(act, Spawn) and self.on_spawn is not None
+                  and self.on_spawn(self, rank, act)):
+                pass  # its answer comes with finish_call
             elif isinstance(act, Collective) and act.kind in self._colls and (
                     rank not in self._colls[act.kind]):
                 self._colls[act.kind][rank] = act
@@ -349,6 +389,10 @@ class QuickPmi:
         rank entered."""
         ok = True
         while True:
+            if self._results:
+                rank, token, result = self._results.pop(0)
+                ok = self._completed(rank, self.engines[rank].complete(token, result)) and ok
+                continue
             if self._woken:
                 rank, call, value = self._woken.pop(0)
                 ok = self._completed(rank, self.engines[rank].complete(call.token, value)) and ok
@@ -368,6 +412,13 @@ class QuickPmi:
             self._colls_done += 1
             if self._colls_done <= EARLY_SAMPLES:
                 self._sample_shm()
+
+    def finish_call(self, rank: int, token: int, result: Any, now: bool = True) -> bool:
+        """Complete rank ``rank``'s call ``token`` with ``result`` (a spawn's answer);
+        ``now``: carry out what follows at once, else at the next settling.  False if the
+        job must be handed over."""
+        self._results.append((rank, token, result))
+        return self._settle() if now else True
 
     def _completed(self, rank: int, acts: list[Action]) -> bool:
         """Carry out what a completed call of ``rank`` led to; its hot entry follows."""

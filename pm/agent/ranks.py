@@ -114,7 +114,6 @@ class LocalRanks:
         as pmrun's quick path does (:func:`pm.agent.started.start_local`), and serve them.
         ``guardian``: one started beforehand (a spawned job's), else a new one; ``shared``:
         it is another job's, whose group our ranks join (see :attr:`shared`)."""
-        self.shared = shared and guardian is not None
         agent, plan = self.agent, self.agent.plan
         agent.mark("spawn start", ranks=len(self.ranks))
         short = fd_shortage(len(self.ranks))
@@ -144,7 +143,7 @@ class LocalRanks:
                                   argv, env, wdir, cpus, failure=_why(path)))
         # Stdin goes to the launched job's rank 0 only (a spawned job's reads /dev/null).
         started = StartedRanks()
-        started.guardian = guardian
+        started.guardian, started.shared = guardian, shared
         if agent.pmix is not None:
             from pm.agent.pmix_register import RankTimerSlack
 
@@ -169,6 +168,7 @@ class LocalRanks:
         self.watch = ChildWatch()
         ranks, started.ranks = started.ranks, []
         self.guardian, started.guardian = started.guardian, None
+        self.shared, started.shared = started.shared and self.guardian is not None, False
         quick, started.pmi = started.pmi, None
         for r in ranks:
             proc = self.ranks[r.rank]

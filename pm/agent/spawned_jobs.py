@@ -11,7 +11,9 @@ spawned job that spawns makes a sibling here, not a nested registry.
 
 Ranks start through the same path as the launched job's
 (:meth:`JobAgent.start_ranks`), on the node's topology file, and end with it:
-a kill, a signal or the agent's close reach them too.
+a kill, a signal or the agent's close reach them too.  A one-node job's
+spawned jobs that pmrun's quick phase started (:mod:`pm.agent.quick_spawns`)
+are adopted instead, ranks and PMI as it leaves them (:meth:`AgentSpawns.adopt`).
 
 :class:`SpawnRequests` is the spawner's side, on whichever agent (launched or
 spawned job) serves the rank that asked: a program that cannot be found on
@@ -36,7 +38,9 @@ from pm.proto.spawn import SpawnRequest, SpawnResult
 if TYPE_CHECKING:
     from pm.agent.node import JobAgent, Uplink
     from pm.agent.shm_reaper import ShmReaper
+    from pm.agent.started import StartedRanks
     from pm.common.kary_tree import Tree
+    from pm.proto.plan import JobPlan
 
 log = logging.getLogger("pm.agent")
 
@@ -105,25 +109,16 @@ class AgentSpawns:
     def launch(self, msg: t.SpawnLaunch) -> None:
         """Start our part of a spawned job, after passing the launch on to the children
         that take part (they start theirs meanwhile)."""
-        from pm.agent.node import JobAgent
-
         top = self.top
         if msg.job in self.jobs:
             return
         plan = msg.plan
-        agent = JobAgent(plan, top.vertex, _Up(msg.job, top.parent), host=top.host)
-        self.jobs[msg.job] = agent
+        agent = self._join(msg.job, plan)
         if agent.children:
             agent.children_link = _Down(msg.job, top)
             if top.children_link is not None:
                 for child in agent.children:
                     top.children_link.send(child, msg)
-        # The node's topology file serves every job on it; the run has one name service.
-        agent.extra_env.update(top.extra_env)
-        xml = top.job_attrs.get("PMI_hwloc_xmlfile")
-        if xml:
-            agent.job_attrs["PMI_hwloc_xmlfile"] = xml
-        agent.requests.names = top.requests.names
         for key, value in (plan.spawned.preput if plan.spawned else {}).items():
             agent.kvs.cache(key.encode(), value.encode())
         agent.mark("spawned job launch", job=msg.job)
@@ -136,6 +131,36 @@ class AgentSpawns:
             task.add_done_callback(self._tasks.discard)
             return
         self._start(agent)
+
+    def _join(self, job: int, plan: JobPlan) -> JobAgent:
+        """Spawned job ``job``'s agent here, sharing the node's topology file (every job on
+        the node reads it) and the run's name service."""
+        from pm.agent.node import JobAgent
+
+        top = self.top
+        agent = JobAgent(plan, top.vertex, _Up(job, top.parent), host=top.host)
+        self.jobs[job] = agent
+        agent.extra_env.update(top.extra_env)
+        xml = top.job_attrs.get("PMI_hwloc_xmlfile")
+        if xml:
+            agent.job_attrs["PMI_hwloc_xmlfile"] = xml
+        agent.requests.names = top.requests.names
+        return agent
+
+    def adopt(self, job: int, plan: JobPlan, started: StartedRanks) -> None:
+        """Serve spawned job ``job``'s ranks pmrun's quick phase started here, in the
+        launched job's process group, with their PMI as it leaves it (KVS included:
+        :meth:`JobAgent.adopt_ranks`); the head knows them started."""
+        top = self.top
+        agent = self._join(job, plan)
+        agent.mark("spawned job adopted", job=job)
+        agent.adopt_ranks(started)
+        for stream in top.procs.gone:
+            agent.procs.output_gone(stream)
+        if self._kill is not None:
+            agent.kill(*self._kill)
+            return
+        agent.done.add_done_callback(lambda _: self._retire(agent))
 
     async def _prepare(self, agent: JobAgent) -> None:
         top, plan = self.top, agent.plan

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from pm.agent.pmi_quick import QuickPmi
+    from pm.agent.quick_spawns import QuickJob
     from pm.agent.shm_reaper import ShmReaper
     from pm.common.output import Writer
 
@@ -56,12 +57,14 @@ class StartedRank:
     """A rank :func:`start_local` started (``pid`` 0: it did not start, ``failure`` says
     why; ``skipped`` if only because an earlier rank failed)."""
 
-    __slots__ = ("err", "err_fd", "failure", "local_rank", "out", "out_fd", "pid", "pidfd",
-                 "pmi", "rank", "skipped", "started_at", "stdin_fd")
+    __slots__ = ("err", "err_fd", "failure", "job", "local_rank", "out", "out_fd", "pid",
+                 "pidfd", "pmi", "rank", "skipped", "started_at", "stdin_fd")
 
-    def __init__(self, rank: int, local_rank: int) -> None:
+    def __init__(self, rank: int, local_rank: int, job: int = 0) -> None:
         self.rank = rank
         self.local_rank = local_rank
+        #: Its job: 0 the launched job, J the J-th job spawned (pm.agent.quick_spawns).
+        self.job = job
         self.pid = 0
         self.pidfd = -1
         self.failure = ""
@@ -96,16 +99,18 @@ class StartedRank:
 class StartedRanks:
     """A node's started ranks and what goes with them (see the module docstring)."""
 
-    __slots__ = ("guardian", "job_id", "pmi", "pmix", "ranks", "shm_reaper", "signals", "t0",
-                 "writer", "xml_path")
+    __slots__ = ("guardian", "job_id", "pmi", "pmix", "ranks", "shared", "shm_reaper", "signals",
+                 "spawned", "t0", "writer", "xml_path")
 
     def __init__(self, job_id: str = "", t0: float | None = None) -> None:
         self.job_id = job_id
         #: When the job started (monotonic): --timeout counts from here.
         self.t0 = time.monotonic() if t0 is None else t0
         self.ranks: list[StartedRank] = []
-        #: The process group's guardian, when these ranks own it.
+        #: The process group's guardian, when these ranks own it (or, ``shared``, the
+        #: launched job's, whose group a spawned job's ranks join).
         self.guardian: Guardian | None = None
+        self.shared = False
         #: Writes the ranks' output (pmrun's quick phase), with the files it opened.
         self.writer: Writer | None = None
         #: The job's topology XML (removed when the job ends).
@@ -118,14 +123,16 @@ class StartedRanks:
         self.pmix: str | None = None
         #: The PMI the quick phase served the ranks (engines, KVS, what is left to do).
         self.pmi: QuickPmi | None = None
+        #: The jobs the quick phase spawned, in order (pm.agent.quick_spawns.QuickJob).
+        self.spawned: list[QuickJob] = []
 
     def take(self) -> StartedRanks:
         """Everything, in a new object: the new owner's.  This one is left empty."""
         new = StartedRanks(self.job_id, self.t0)
-        for name in ("ranks", "guardian", "writer", "xml_path", "shm_reaper", "signals",
-                     "pmix", "pmi"):
+        for name in ("ranks", "guardian", "shared", "writer", "xml_path", "shm_reaper",
+                     "signals", "pmix", "pmi", "spawned"):
             setattr(new, name, getattr(self, name))
-        self.ranks, self.signals = [], []
+        self.ranks, self.signals, self.spawned, self.shared = [], [], [], False
         self.guardian = self.writer = self.xml_path = self.shm_reaper = self.pmix = None
         self.pmi = None
         return new
@@ -143,7 +150,7 @@ class StartedRanks:
 
 def start_local(todo: Sequence[RankStart], *, stdin_rank: int | None = 0, pmi: bool = True,
                 guardian: Guardian | None = None, stop_at_failure: bool = False,
-                into: StartedRanks | None = None) -> StartedRanks:
+                into: StartedRanks | None = None, job: int = 0) -> StartedRanks:
     """Start ``todo`` in one process group (posix_spawn: no Python runs in the children).
 
     Each gets a PMI socket (``pmi``), stdout and stderr pipes, and stdin: a
@@ -151,7 +158,7 @@ def start_local(todo: Sequence[RankStart], *, stdin_rank: int | None = 0, pmi: b
     ``guardian``, a new one leads the group and the result owns it.  A rank
     that cannot start gets its ``failure``; with ``stop_at_failure`` the
     ranks after it are not started (``skipped``).  ``into`` receives the
-    ranks (else a new :class:`StartedRanks`).
+    ranks (else a new :class:`StartedRanks`); ``job``: theirs (:attr:`StartedRank.job`).
     """
     started = into if into is not None else StartedRanks()
     if guardian is None:
@@ -164,7 +171,7 @@ def start_local(todo: Sequence[RankStart], *, stdin_rank: int | None = 0, pmi: b
         devnull = -1  # RankFds opens one per rank, and says why if it cannot
     try:
         for spec in todo:
-            r = StartedRank(spec.rank, spec.local_rank)
+            r = StartedRank(spec.rank, spec.local_rank, job)
             started.ranks.append(r)
             if stop:
                 r.failure, r.skipped = stop, True

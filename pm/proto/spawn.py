@@ -27,23 +27,35 @@ the *preput* keys the children find in their new KVS (MPICH's only one is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
-from pm.proto import pmi1, pmi2
+from pm.proto import pmi1
 from pm.proto.errors import ProtocolError
+from pm.proto.value import Value
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
+    from pm.proto import pmi2
 
 #: A spawn of more processes than this in one request is refused (a runaway maxprocs).
 MAX_PROCS = 1 << 16
 
+#: Seconds a spawned job may outlive the job that spawned it before it is ended.
+ORPHAN_GRACE = 5.0
 
-@dataclass(slots=True)
-class SpawnCommand:
+
+# Plain records, not dataclasses: pmrun's quick phase carries out a one-node job's
+# spawns (pm.agent.quick_spawns), and loading the dataclasses machinery would cost the
+# first spawn milliseconds.
+class SpawnCommand(Value):
     """One program of a spawn: ``argv`` (program first) on ``n`` processes."""
 
-    argv: list[str]
-    n: int
-    info: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("argv", "n", "info")  # noqa: RUF023  # the constructor's order
+
+    def __init__(self, argv: list[str], n: int, info: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        self.n = n
+        self.info = {} if info is None else info
 
     @property
     def wdir(self) -> str | None:
@@ -68,8 +80,7 @@ class SpawnCommand:
         return cls([str(a) for a in argv], int(n), {str(k): str(v) for k, v in info.items()})
 
 
-@dataclass(slots=True)
-class SpawnRequest:
+class SpawnRequest(Value):
     """Every command of one spawn and the keys pre-put in the children's KVS.
 
     ``after_init``: answer once every child has initialized PMI (or ended), not
@@ -80,9 +91,13 @@ class SpawnRequest:
     initializes PMI first, so nothing it does waits for the answer.
     """
 
-    commands: list[SpawnCommand]
-    preput: dict[str, str] = field(default_factory=dict)
-    after_init: bool = False
+    __slots__ = ("commands", "preput", "after_init")  # noqa: RUF023  # the constructor's order
+
+    def __init__(self, commands: list[SpawnCommand], preput: dict[str, str] | None = None,
+                 after_init: bool = False) -> None:
+        self.commands = commands
+        self.preput = {} if preput is None else preput
+        self.after_init = after_init
 
     @property
     def size(self) -> int:
@@ -186,20 +201,23 @@ def parse_pmi2(c: pmi2.Pmi2Command) -> SpawnRequest:
     return req
 
 
-@dataclass(slots=True)
-class SpawnResult:
+class SpawnResult(Value):
     """What the spawner is told: the children's job, or why there are none.
 
     ``errcodes`` has one code per process requested (0: started); ``reported``: the
     head has already said why on pmrun's stderr (a refusal).
     """
 
-    ok: bool
-    job: int = 0
-    kvsname: str = ""
-    error: str = ""
-    errcodes: list[int] = field(default_factory=list)
-    reported: bool = False
+    __slots__ = ("ok", "job", "kvsname", "error", "errcodes", "reported")  # noqa: RUF023
+
+    def __init__(self, ok: bool, job: int = 0, kvsname: str = "", error: str = "",
+                 errcodes: list[int] | None = None, reported: bool = False) -> None:
+        self.ok = ok
+        self.job = job
+        self.kvsname = kvsname
+        self.error = error
+        self.errcodes = [] if errcodes is None else errcodes
+        self.reported = reported
 
 
 def reply_pmi1(result: SpawnResult) -> bytes:
@@ -226,6 +244,8 @@ def native_reply(result: SpawnResult) -> dict[str, Any]:
 
 def reply_pmi2(c: pmi2.Pmi2Command, result: SpawnResult) -> bytes:
     """``spawn-response`` with the children's ``jobid`` (the client requires it)."""
+    from pm.proto import pmi2  # (loaded: the request came as a PMI-2 frame)
+
     if result.ok:
         return pmi2.response(c, [("jobid", result.kvsname)])
     return pmi2.response(c, [("jobid", ""), ("errmsg", result.error or "spawn failed")], rc=1)
