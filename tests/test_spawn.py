@@ -19,7 +19,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from launch_util import imported, pmrun_argv, pmrun_env, script, wait_count, wait_gone
+from launch_util import (
+    imported,
+    pmrun_argv,
+    pmrun_env,
+    read_lines,
+    script,
+    wait_count,
+    wait_gone,
+)
 
 from pm.proto.shm_layout import NAME_PREFIX
 
@@ -267,7 +275,10 @@ def test_universe_size_is_the_nodes_slots(tmp_path: Path) -> None:
     assert all("universe 2" in line for line in res.stdout.splitlines()), res.stdout
 
 
-def test_kill_9_of_pmrun_during_a_spawn_leaves_nothing(tmp_path: Path, marker: str) -> None:
+@pytest.mark.parametrize("where", [["--local-nodes", "2", "-ppn", "1"], []],
+                         ids=["agents", "quick-phase"])
+def test_kill_9_of_pmrun_during_a_spawn_leaves_nothing(tmp_path: Path, marker: str,
+                                                       where: list[str]) -> None:
     prog = script(tmp_path, "spawner.py", """
         import sys
         from mpi4py import MPI
@@ -283,8 +294,7 @@ def test_kill_9_of_pmrun_during_a_spawn_leaves_nothing(tmp_path: Path, marker: s
             time.sleep(300)
     """)
     before = set(os.listdir("/dev/shm"))
-    proc = subprocess.Popen(pmrun_argv("--local-nodes", "2", "-n", "2", "-ppn", "1",
-                                       sys.executable, str(prog), marker),
+    proc = subprocess.Popen(pmrun_argv(*where, "-n", "2", sys.executable, str(prog), marker),
                             cwd=tmp_path, env=pmrun_env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -297,6 +307,45 @@ def test_kill_9_of_pmrun_during_a_spawn_leaves_nothing(tmp_path: Path, marker: s
         left = [n for n in set(os.listdir("/dev/shm")) - before
                 if n.startswith(NAME_PREFIX) and ours in n]
         assert not left, left
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigterm_reaches_the_children_of_a_one_node_job(tmp_path: Path, marker: str) -> None:
+    """pmrun's SIGTERM reaches the ranks its quick phase spawned (the job is handed over
+    to the agent, which forwards it), and nothing is left."""
+    prog = script(tmp_path, "term.py", """
+        import signal, sys, time
+        from mpi4py import MPI
+
+        parent = MPI.Comm.Get_parent()
+        if parent == MPI.COMM_NULL:
+            MPI.COMM_WORLD.Spawn(sys.executable, args=[__file__, sys.argv[1]], maxprocs=2)
+        else:
+            def bye(signum, frame):
+                print("child", MPI.COMM_WORLD.rank, "got", signal.Signals(signum).name,
+                      flush=True)
+                sys.exit(0)
+
+            signal.signal(signal.SIGTERM, bye)
+            print("ready", flush=True)
+        while True:
+            time.sleep(1)
+    """)
+    proc = subprocess.Popen(pmrun_argv("-n", "1", sys.executable, str(prog), marker),
+                            cwd=tmp_path, env=pmrun_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert read_lines(proc.stdout, 2, 30) == [b"ready\n"] * 2
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert sorted(out.decode().splitlines()) == ["child 0 got SIGTERM",
+                                                     "child 1 got SIGTERM"], err
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        wait_gone(marker, 10)
     finally:
         if proc.poll() is None:
             proc.kill()
