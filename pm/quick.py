@@ -321,6 +321,12 @@ class QuickStart:
                         table[fd] = (what, r)
                         poll.register(fd, select.EPOLLIN)
 
+        def unwatch(fd: int) -> None:
+            # A rank's PMI socket about to be closed leaves the set first: epoll drops a
+            # closed fd only once no process holds its file, and a rank being spawned
+            # holds ours until its exec closes them (after posix_spawn has returned).
+            poll.unregister(fd)  # (its table entry stays: the loop may still look it up)
+
         watch_more(self.ranks)
         self._watch_more = watch_more  # (a spawn's ranks)
         poll.register(self._sig_r, select.EPOLLIN)
@@ -458,7 +464,7 @@ class QuickStart:
                                                   kvsname_of(self.started.job_id), opts_n,
                                                   native=self.opts.kvs == "socket",
                                                   host=self.host)
-                        pmi.on_spawn = self._first_spawn
+                        pmi.on_spawn, pmi.on_close = self._first_spawn, unwatch
                         hot_get = pmi.hot.get
                         owner = pmi
                     asked = True
@@ -471,7 +477,7 @@ class QuickStart:
                         continue
                 if served is None:  # its end: finalized, or never spoke
                     if r.pmi is not None:
-                        poll.unregister(fd)  # (a closed fd leaves the set by itself)
+                        poll.unregister(fd)  # (a closed one went with unwatch)
                 else:
                     return None  # the agent takes it from there
         return 0

@@ -9,6 +9,7 @@ answered the repeats.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -113,8 +114,14 @@ def test_pmi1_the_end_of_a_hot_rank() -> None:
         assert ranks.hot(0)
         ranks.peers[0].close()
         fd = ranks.started.ranks[0].pmi.fileno()  # type: ignore[union-attr]
+        # The poll loop is told while the socket is still open: epoll keeps a closed fd
+        # as long as a process being spawned holds its file (until that one's exec).
+        told: list[tuple[int, int]] = []
+        ranks.pmi.on_close = lambda fd: told.append((fd, os.fstat(fd).st_ino))
+        ino = os.fstat(fd).st_ino
         assert ranks.pmi.serve(ranks.started.ranks[0]) is None  # its end, clean
         assert ranks.started.ranks[0].pmi is None and fd not in ranks.pmi.hot
+        assert told == [(fd, ino)]
     finally:
         ranks.close()
 

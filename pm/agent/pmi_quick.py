@@ -112,6 +112,8 @@ class QuickPmi:
         #: Called with (this, rank) when a rank initialized PMI: False if the job must be
         #: handed over.
         self.on_init: Callable[[QuickPmi, int], bool] | None = None
+        #: Called with a rank's PMI fd before its socket is closed here (at its end).
+        self.on_close: Callable[[int], None] | None = None
         #: Calls completed from outside (rank, token, result), carried out by _settle.
         self._results: list[tuple[int, int, Any]] = []
         #: rank -> its engine, made at its first PMI byte.
@@ -230,6 +232,8 @@ class QuickPmi:
                 return False  # closed before finalize: the agent names it
             # Served to the end (the engine says how many bad requests it had).
             engine.eof()
+            if self.on_close is not None:
+                self.on_close(sock.fileno())
             r.pmi = None
             sock.close()
             return None

@@ -169,7 +169,7 @@ class QuickSpawns:
         pmi = started.pmi = QuickPmi(
             started, kvsname, n, native=launched.native, host=launched.host,
             spawned=Spawned(job, launched, parent.kvsname, req.preput, appnums))
-        pmi.on_spawn, pmi.on_init = self.spawn, self._initialized
+        pmi.on_spawn, pmi.on_init, pmi.on_close = self.spawn, self._initialized, launched.on_close
         parent_job = parent.spawned.job if parent.spawned is not None else 0
         q = QuickJob(job, parent_job, rank, call.token, kvsname, commands, req.preput,
                      req.after_init, started)
