@@ -23,8 +23,8 @@ sockets (with their engines, the KVS and what is left to do), pipes and partial
 output lines go to the in-process agent of :mod:`pm.head`
 (:meth:`pm.agent.node.JobAgent.adopt_ranks`), which serves them from there as
 if it had started them; the spawned jobs go along
-(:meth:`pm.spawned_jobs.HeadSpawns.adopt`).  A job whose programs never speak PMI (``true``, a
-shell script) costs little more than the interpreter's start.
+(:meth:`pm.spawned_jobs.HeadSpawns.adopt`).  A job whose programs never speak
+PMI (``true``, a shell script) costs little more than the interpreter's start.
 
 A job that needs PMIx (:mod:`pm.agent.pmix_detect`) is registered with the
 PMIx server here (:func:`pm.agent.pmix_register.start_one_node`); the library
