@@ -439,6 +439,10 @@ def stdin_pipe_1(ctx: Any) -> Run:
     return stdin_pipe(ctx, ())
 
 
+def one_node_spawn(ctx: Any) -> Run:
+    return run(pmrun_argv("-n", "1", *rank_argv("spawn-exit", "7")))
+
+
 def one_node(mode: str, arg: str = "") -> Callable[[Any], Run]:
     def once(ctx: Any) -> Run:
         return run(pmrun_argv("-n", "2", *rank_argv(mode, arg)))
@@ -483,6 +487,17 @@ CASES: list[Case] = [
     Case("pmrun-sigint-1-node", "SIGINT to pmrun while 2 ranks on one node wait",
          waiting(kill_pmrun(signal.SIGINT), nodes=2, argv_of=lambda go: pmrun_argv(
              "-n", "2", *rank_argv("wait", go))), frozenset({130}), r"SIGINT", ci=False),
+    Case("spawn-exit-1-node", "a spawned rank (one node: the quick phase spawned it) exits 7",
+         one_node_spawn, frozenset({7}), r"rank 1 of spawned job 1 .*exited with code 7",
+         ci=False),
+    Case("spawn-sigkill-1-node", "pmrun killed with SIGKILL while a one-node job and the 2 "
+         "ranks it spawned wait",
+         waiting(kill_pmrun(signal.SIGKILL), nodes=3, argv_of=lambda go: pmrun_argv(
+             "-n", "1", *rank_argv("spawn-wait", go))), frozenset({-9}), None, ci=False),
+    Case("spawn-sigint-1-node", "SIGINT to pmrun while a one-node job and the 2 ranks it "
+         "spawned wait",
+         waiting(kill_pmrun(signal.SIGINT), nodes=3, argv_of=lambda go: pmrun_argv(
+             "-n", "1", *rank_argv("spawn-wait", go))), frozenset({130}), r"SIGINT", ci=False),
     Case("agent-sigstop", "node 2's agent stopped (SIGSTOP), --heartbeat 2",
          waiting(agent(signal.SIGSTOP), "--heartbeat", "2"), frozenset({255}),
          r"node 2 .*lost", ci=False),

@@ -5,7 +5,9 @@
 MPI modes (mpi4py on MPICH): ``exit CODE``, ``signal SIG``, ``abort CODE``,
 ``pmi-close`` (the last rank does it after ``MPI_Init``; the others wait in a
 barrier), ``wait`` (every rank prints ``READY rank agent-pid`` and waits for
-the file ``ARG`` to exist, then finalizes), ``hello``.
+the file ``ARG`` to exist, then finalizes), ``hello``; with a spawn (each rank of
+the job spawns 2 children running the same mode): ``spawn-exit CODE`` (child
+rank 1 exits with CODE), ``spawn-wait`` (as ``wait``, children included).
 Other modes: ``garbage FILE`` (send FILE's bytes on ``PMI_FD``, read what
 comes back until the agent closes or goes quiet, exit 0), ``stdin`` (print how
 many bytes stdin held), ``flood`` (write lines for ever).
@@ -17,6 +19,7 @@ import os
 import select
 import sys
 import time
+from typing import Any
 
 
 def mpi_mode(mode: str, arg: str) -> int:
@@ -26,6 +29,8 @@ def mpi_mode(mode: str, arg: str) -> int:
     rank, size = comm.Get_rank(), comm.Get_size()
     last = rank == size - 1
     comm.Barrier()
+    if mode.startswith("spawn-"):
+        return spawn_mode(MPI, mode, arg)
     if mode == "wait":
         print(f"READY {rank} {os.getppid()}", flush=True)
         while not os.path.exists(arg):
@@ -48,6 +53,26 @@ def mpi_mode(mode: str, arg: str) -> int:
             time.sleep(30)  # alive, PMI gone: pmrun must name it and end the job
             return 0
     comm.Barrier()  # the others wait here until the job is ended for them
+    return 0
+
+
+def spawn_mode(MPI: Any, mode: str, arg: str) -> int:
+    """The job spawns 2 children (running this mode too); they go on with it together."""
+    comm = MPI.COMM_WORLD
+    parent = MPI.Comm.Get_parent()
+    spawned = parent != MPI.COMM_NULL
+    if spawned:
+        inter = parent
+    else:
+        inter = comm.Spawn(sys.executable, [os.path.abspath(__file__), mode, arg], maxprocs=2)
+    if mode == "spawn-wait":
+        print(f"READY {comm.Get_rank()} {os.getppid()}", flush=True)
+        while not os.path.exists(arg):
+            time.sleep(0.05)  # a rank polling for its go-file
+    elif spawned and comm.Get_rank() == 1:
+        os._exit(int(arg))
+    inter.Barrier()  # parents and children wait here until the job is ended for them
+    inter.Disconnect()
     return 0
 
 
