@@ -156,6 +156,7 @@ RANK = """
         out["appnum"] = one("cmd=get_appnum\\n")
         out["port"] = one(f"cmd=get kvsname={kvs} key=PARENT_ROOT_PORT_NAME\\n")
         out["mapping"] = one(f"cmd=get kvsname={kvs} key=PMI_process_mapping\\n")
+        out["xml"] = one(f"cmd=get kvsname={kvs} key=PMI_hwloc_xmlfile\\n")
         if not out["spawned"]:
             out["reply"] = one(
                 "mcmd=spawn\\nnprocs=2\\nexecname=" + sys.executable + "\\ntotspawns=2\\n"
@@ -173,6 +174,7 @@ RANK = """
         out["jobid"] = two("cmd=job-getid;")
         out["port"] = two("cmd=kvs-get;jobid=;srcid=-1;key=PARENT_ROOT_PORT_NAME;")
         out["universe"] = two("cmd=info-getjobattr;key=universeSize;")
+        out["xml"] = two("cmd=info-getjobattr;key=PMI_hwloc_xmlfile;")
         if "spawner-jobid" not in out["fullinit"]:
             out["reply"] = two(
                 "cmd=spawn;ncmds=1;preputcount=1;ppkey0=PARENT_ROOT_PORT_NAME;ppval0=p2;"
@@ -208,6 +210,8 @@ def test_pmi1_spawn_over_a_real_fd(tmp_path: Path) -> None:
     assert all(k["port"] == "cmd=get_result rc=0 value=port#1$" for k in kids)
     assert all(k["mapping"] == "cmd=get_result rc=0 value=(vector,(0,1,3))" for k in kids)
     assert {k["kvs"] for k in kids} == {f"{parent['kvs']}_s1"}
+    # The node's topology file, as the launched job has it (MPICH loads it from there).
+    assert all(k["xml"] == parent["xml"] for k in kids), got
     # Output of the children is labelled with their job and rank.
     assert sum(line.startswith("[1:") for line in res.stdout.splitlines()) == 3
 
@@ -229,6 +233,7 @@ def test_pmi2_spawn_over_a_real_fd(tmp_path: Path) -> None:
         assert k["jobid"] == f"cmd=job-getid-response;rc=0;jobid={jobid}_s1;"
         assert k["port"] == "cmd=kvs-get-response;rc=0;found=TRUE;value=p2;"
         assert str(k["universe"]).startswith("cmd=info-getjobattr-response;rc=0;found=TRUE;")
+        assert k["xml"] == parent["xml"], got
 
 
 def test_an_mpi_spawner_is_answered_once_its_children_initialized(tmp_path: Path) -> None:

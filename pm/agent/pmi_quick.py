@@ -143,6 +143,11 @@ class QuickPmi:
         if spawned is not None:
             self.hot, self._hot_ranks = spawned.launched.hot, spawned.launched._hot_ranks
             self.job_attrs["spawner-jobid"] = spawned.spawner
+            # The node's topology file serves every job on it (MPICH reads it from here:
+            # with HWLOC_XMLFILE alone its MPI_Init is slower than with neither).
+            xml = spawned.launched.job_attrs.get("PMI_hwloc_xmlfile")
+            if xml:
+                self.job_attrs["PMI_hwloc_xmlfile"] = xml
             for key, value in spawned.preput.items():
                 self.kvs.cache(key.encode(), value.encode())
         pmi_engine.log_setup = _log_setup
