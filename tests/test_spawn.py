@@ -611,3 +611,26 @@ def test_spawned_ranks_are_bound_and_write_their_own_output_files(tmp_path: Path
     assert len(ast.literal_eval(parent.split(" ", 1)[1])) == 1, parent  # one core each
     assert len(ast.literal_eval(child.split(" ", 1)[1])) == 1, child
     assert parent.split(" ", 1)[1] != child.split(" ", 1)[1], parent + child
+
+
+def test_a_one_node_jobs_spawned_ranks_write_their_own_output_files(tmp_path: Path) -> None:
+    # The quick phase's writer (no binding: the job never leaves it): --output out.%r gives
+    # spawned job 1's rank R the file out.R.s1, never the launched rank R's.
+    prog = script(tmp_path, "files.py", """
+        import sys
+        from mpi4py import MPI
+
+        parent = MPI.Comm.Get_parent()
+        if parent == MPI.COMM_NULL:
+            inter = MPI.COMM_WORLD.Spawn(sys.executable, args=[__file__], maxprocs=2)
+        else:
+            inter = parent
+        who = "child" if parent != MPI.COMM_NULL else "parent"
+        print(who, MPI.COMM_WORLD.rank, flush=True)
+        inter.Disconnect()
+    """)
+    res = run(tmp_path, "-n", "1", "--output", "out.%r", sys.executable, str(prog))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout == ""
+    files = {p.name: p.read_text() for p in tmp_path.glob("out.*")}
+    assert files == {"out.0": "parent 0\n", "out.0.s1": "child 0\n", "out.1.s1": "child 1\n"}
