@@ -188,6 +188,8 @@ class QuickStart:
         self._base: dict[str, str] = {}
         #: Registers started ranks with the running loop (watch's).
         self._watch_more: Callable[[list[StartedRank]], None] | None = None
+        #: The CPUs pmrun may run on (see :func:`spins`), once the loop runs.
+        self._cpus = 0
         #: Whether the ranks' fds are in :attr:`_poll` (not while :meth:`_ended_early` looks).
         self._registered = False
 
@@ -350,7 +352,8 @@ class QuickStart:
         read, write, nread = os.read, os.write, 0
         pmi = self.pmi
         # Polling after a request (SPIN_NS): until spin_until (monotonic ns), 0 when not.
-        spin_ns = SPIN_NS if spins(opts_n) else 0
+        self._cpus = len(os.sched_getaffinity(0))
+        spin_ns = SPIN_NS if spins(opts_n, self._cpus) else 0
         spin_until, asked = 0, False
         now_ns, yield_cpu = time.monotonic_ns, os.sched_yield
         orphans_at = None  # when a spawned job that outlives its parent is handed over
@@ -496,7 +499,7 @@ class QuickStart:
         assert self.spawns is not None
         if self.spawns.failed:
             return -1
-        return SPIN_NS if spins(running + self.spawns.running) else 0
+        return SPIN_NS if spins(running + self.spawns.running, self._cpus) else 0
 
     def _first_spawn(self, parent: QuickPmi, rank: int, call: Spawn) -> bool:
         """A rank's first spawn: from now on the quick phase runs spawned jobs too
@@ -660,10 +663,11 @@ class QuickStart:
             self.started.xml_path = None
 
 
-def spins(ranks: int) -> bool:
+def spins(ranks: int, cpus: int = 0) -> bool:
     """Whether the loop polls a while after a PMI request (:data:`SPIN_NS`): with fewer
-    ranks than the CPUs pmrun may run on, one of those is idle anyway."""
-    return ranks < len(os.sched_getaffinity(0))
+    ranks than the CPUs pmrun may run on (``cpus``, else asked), one of those is idle
+    anyway."""
+    return ranks < (cpus or len(os.sched_getaffinity(0)))
 
 
 def _speaks(r: StartedRank) -> bool:

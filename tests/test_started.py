@@ -329,12 +329,8 @@ async def test_the_output_thread_keeps_writing_stderr_after_stdout_lost_its_read
     assert got == {5: 16, 6: 12}
 
 
-def test_a_guardian_whose_files_are_gone_removes_nothing_and_kills_its_group(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """release(clean=True) once every file it was told of is gone: it says so ("done"),
-    so the guardian runs no rm; what is left of the group is killed all the same."""
-    r, guardian, noted = _guarded_sleeper(tmp_path)
-    noted.unlink()  # the agent removed it itself
+def _spy_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What os.write writes from now on (until ``monkeypatch.undo()``), as it goes."""
     said: list[bytes] = []
     real_write = os.write
 
@@ -343,6 +339,16 @@ def test_a_guardian_whose_files_are_gone_removes_nothing_and_kills_its_group(
         return real_write(fd, data)
 
     monkeypatch.setattr(os, "write", write)
+    return said
+
+
+def test_a_guardian_whose_files_are_gone_removes_nothing_and_kills_its_group(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """release(clean=True) once every file it was told of is gone: it says so ("done"),
+    so the guardian runs no rm; what is left of the group is killed all the same."""
+    r, guardian, noted = _guarded_sleeper(tmp_path)
+    noted.unlink()  # the agent removed it itself
+    said = _spy_writes(monkeypatch)
     guardian.release(clean=True)
     monkeypatch.undo()
     try:
@@ -361,14 +367,7 @@ def test_a_file_named_twice_to_the_guardian_is_told_once(tmp_path: Path,
     """The quick phase names the topology copy, and the agent adopting its ranks names it
     again: the guardian is told once."""
     r, guardian, noted = _guarded_sleeper(tmp_path)
-    said: list[bytes] = []
-    real_write = os.write
-
-    def write(fd: int, data: bytes) -> int:
-        said.append(bytes(data))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", write)
+    said = _spy_writes(monkeypatch)
     guardian.note([str(noted), str(noted)])
     other = tmp_path / "other"
     guardian.note([str(other), str(noted)])

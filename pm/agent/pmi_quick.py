@@ -15,9 +15,9 @@ service, an abort, a broken stream, a rank that closes its connection
 before ``finalize`` -- is not carried out here: :meth:`QuickPmi.serve`
 returns False, and the caller hands the job over.  A spawn goes to
 :attr:`QuickPmi.on_spawn` (:mod:`pm.agent.quick_spawns`), which starts the
-children here when it can: each spawned job has a QuickPmi of its own.  The hand-over carries
-the engines (with their partial input and pending calls), the KVS, the node
-attributes, and per rank the actions not yet carried out
+children here when it can: each spawned job has a QuickPmi of its own.  The
+hand-over carries the engines (with their partial input and pending calls),
+the KVS, the node attributes, and per rank the actions not yet carried out
 (:meth:`QuickPmi.todo`), which the agent's sessions run first
 (:meth:`pm.agent.node.JobAgent.adopt_ranks`).
 
@@ -114,8 +114,6 @@ class QuickPmi:
         self.on_init: Callable[[QuickPmi, int], bool] | None = None
         #: Called with a rank's PMI fd before its socket is closed here (at its end).
         self.on_close: Callable[[int], None] | None = None
-        #: Calls completed from outside (rank, token, result), carried out by _settle.
-        self._results: list[tuple[int, int, Any]] = []
         #: rank -> its engine, made at its first PMI byte.
         self.engines: dict[int, PmiEngine] = {}
         #: kind (FENCE, BARRIER) -> rank -> the call it waits in (until every rank entered).
@@ -123,7 +121,9 @@ class QuickPmi:
         self._colls_done = 0
         #: node attribute -> the (rank, call) waiting for it.
         self._attr_waits: dict[str, list[tuple[int, NodeAttrGet]]] = {}
-        self._woken: list[tuple[int, NodeAttrGet, str | None]] = []
+        #: Calls completed, to carry out in order (rank, token, result): node attributes
+        #: put, a spawn's answer (finish_call).
+        self._done: list[tuple[int, int, Any]] = []
         #: rank -> actions the full runtime must carry out (in order).
         self._left: dict[int, list[Action]] = {}
         #: The reply caches (see the module doc), emptied (never replaced) at every put.
@@ -143,8 +143,8 @@ class QuickPmi:
         if spawned is not None:
             self.hot, self._hot_ranks = spawned.launched.hot, spawned.launched._hot_ranks
             self.job_attrs["spawner-jobid"] = spawned.spawner
-            # The node's topology file serves every job on it (MPICH reads it from here:
-            # with HWLOC_XMLFILE alone its MPI_Init is slower than with neither).
+            # The node's topology file serves every job on it, as the agent gives it to a
+            # spawned job (the ranks' environment names it too).
             xml = spawned.launched.job_attrs.get("PMI_hwloc_xmlfile")
             if xml:
                 self.job_attrs["PMI_hwloc_xmlfile"] = xml
@@ -187,7 +187,7 @@ class QuickPmi:
     def node_attr_put(self, key: str, value: str) -> None:
         self.node_attrs[key] = value
         for rank, call in self._attr_waits.pop(key, ()):
-            self._woken.append((rank, call, value))
+            self._done.append((rank, call.token, value))
 
     def release(self, rank: int, ident: int) -> None:
         pass  # nothing is reserved here (a reserve hands the job over): as the agent
@@ -385,7 +385,7 @@ class QuickPmi:
             elif isinstance(act, NodeAttrGet):
                 value = self.node_attrs.get(act.key)
                 if value is not None or not act.wait:
-                    self._woken.append((rank, act, value))
+                    self._done.append((rank, act.token, value))
                 else:
                     self._attr_waits.setdefault(act.key, []).append((rank, act))
             else:
@@ -398,13 +398,9 @@ class QuickPmi:
         rank entered."""
         ok = True
         while True:
-            if self._results:
-                rank, token, result = self._results.pop(0)
+            if self._done:
+                rank, token, result = self._done.pop(0)
                 ok = self._completed(rank, self.engines[rank].complete(token, result)) and ok
-                continue
-            if self._woken:
-                rank, call, value = self._woken.pop(0)
-                ok = self._completed(rank, self.engines[rank].complete(call.token, value)) and ok
                 continue
             kind = next((k for k, calls in self._colls.items() if len(calls) == self.size),
                         None)
@@ -426,7 +422,7 @@ class QuickPmi:
         """Complete rank ``rank``'s call ``token`` with ``result`` (a spawn's answer);
         ``now``: carry out what follows at once, else at the next settling.  False if the
         job must be handed over."""
-        self._results.append((rank, token, result))
+        self._done.append((rank, token, result))
         return self._settle() if now else True
 
     def _completed(self, rank: int, acts: list[Action]) -> bool:

@@ -23,7 +23,6 @@ Like :mod:`pm.quick`, it imports nothing heavy (it is loaded at the first spawn)
 
 from __future__ import annotations
 
-import os
 import time
 
 from pm.agent.pmi_quick import QuickPmi
@@ -133,7 +132,7 @@ class QuickSpawns:
         """Start the children rank ``rank`` of ``parent``'s job asks for: True if they
         started (the answer follows), False if the full runtime must do it."""
         req = call.request
-        commands = [SpawnCommand(list(c.argv), c.n, dict(c.info)) for c in req.commands]
+        commands = req.commands  # (each program completed as the agent does it)
         if any(c.info.get(k) for c in commands for k in HOST_KEYS):
             return False
         n = sum(c.n for c in commands)
@@ -146,8 +145,7 @@ class QuickSpawns:
         todo: list[RankStart] = []
         appnums: list[int] = []
         for appnum, c in enumerate(commands):
-            if c.info.get("path") and "/" not in c.argv[0]:
-                c.argv[0] = os.path.join(c.info["path"], c.argv[0])
+            c.argv[0] = c.program
             app_env = {**c.env, "PMI_SPAWNED": "1"}
             wdir = c.wdir or self.wdir
             path = ""

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 from pm.agent.spawn import Guardian, SpawnError, resolve
@@ -378,8 +377,7 @@ class SpawnRequests:
         codes: list[int] = []
         first = ""
         for c in req.commands:
-            if c.info.get("path") and "/" not in c.argv[0]:
-                c.argv[0] = os.path.join(c.info["path"], c.argv[0])
+            c.argv[0] = c.program
             env = dict(plan.env)
             env.update(c.env)
             wdir = c.wdir or (plan.apps[0].wdir if plan.apps else None)

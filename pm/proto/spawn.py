@@ -27,6 +27,8 @@ the *preput* keys the children find in their new KVS (MPICH's only one is
 
 from __future__ import annotations
 
+import os
+
 from pm.proto import pmi1
 from pm.proto.errors import ProtocolError
 from pm.proto.value import Value
@@ -56,6 +58,12 @@ class SpawnCommand(Value):
         self.argv = argv
         self.n = n
         self.info = {} if info is None else info
+
+    @property
+    def program(self) -> str:
+        """The program, in the ``path`` info key's folder when it names none (Hydra's key)."""
+        prog, folder = self.argv[0], self.info.get("path")
+        return os.path.join(folder, prog) if folder and "/" not in prog else prog
 
     @property
     def wdir(self) -> str | None:
