@@ -630,10 +630,11 @@ usage: pmrun [options] prog [args...] [: [options] prog2 [args...] ...]
        pmrun [options] -configfile FILE
 
 Start the ranks of a parallel job through a tree of node agents and serve them
-PMI (PMI-1 and PMI-2 wire protocols for unmodified MPICH and Intel MPI, and
-pmrun's own protocol for Python ranks using pm.client).  Options spelled with
-one dash are Hydra's (mpiexec); those with two are pmrun's; --opt=value works
-for the latter.  Options marked * belong to the program they precede.
+PMI: PMI-1 and PMI-2 for unmodified MPICH and Intel MPI, PMIx for unmodified Open
+MPI (see --mpi), and pmrun's own protocol for Python ranks using pm.client.
+MPI_Comm_spawn grows a job.  Options spelled with one dash are Hydra's
+(mpiexec); those with two are pmrun's; --opt=value works for the latter.
+Options marked * belong to the program they precede.
 """
 
 TAIL = """
