@@ -52,3 +52,33 @@ def test_intel_mpi_allreduce(pmrun: Run, opts: list[str]) -> None:
     per_node = "2" if opts else "4"
     for rank, line in enumerate(lines):
         assert re.match(rf"{rank} 4 {per_node} 10 Intel\(R\) MPI Library", line), line
+
+
+SPAWN = """
+import sys
+from mpi4py import MPI
+parent = MPI.Comm.Get_parent()
+if parent == MPI.COMM_NULL:
+    inter = MPI.COMM_WORLD.Spawn(sys.executable, [sys.argv[0]], maxprocs=3)
+    both = inter.Merge(high=False)
+else:
+    inter = parent
+    both = inter.Merge(high=True)
+print("child" if parent != MPI.COMM_NULL else "parent", both.size, both.allreduce(both.rank),
+      flush=True)
+both.Free()
+inter.Disconnect()
+"""
+
+
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"]], ids=["1node", "2nodes"])
+def test_intel_mpi_spawn(pmrun: Run, opts: list[str], tmp_path: Path) -> None:
+    """MPI_Comm_spawn of 3 children from 2 Intel MPI parents, which merge and allreduce.
+    Intel MPI serves spawn only with I_MPI_SPAWN=on (without it its ranks crash in the
+    spawn, under its own mpiexec as well, before asking the process manager anything)."""
+    assert IMPI is not None
+    prog = tmp_path / "spawn.py"
+    prog.write_text(SPAWN)
+    r = pmrun("-n", "2", *opts, IMPI, str(prog), env={"I_MPI_SPAWN": "on"}, timeout=100)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["child 5 10"] * 3 + ["parent 5 10"] * 2, r.stdout
