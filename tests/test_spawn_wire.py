@@ -76,6 +76,16 @@ def test_pmi1_bad_requests(wire: bytes, why: str) -> None:
         spawn.parse_pmi1(_one_pmi1(wire))
 
 
+def test_pmi1_new_line_in_an_argument_is_named() -> None:
+    """PMI-1's spawn block is one key=value a line: an argument holding a new line (MPICH's
+    client sends it as it is) cannot travel, and the refusal says which value broke."""
+    wire = PMI1_OLD.replace(b"argcnt=0\n", b"argcnt=1\narg1=print(1)\nprint(2)\n")
+    (got,) = pmi1.Pmi1Decoder().feed(wire)
+    assert isinstance(got, ProtocolError)
+    assert str(got) == ("spawn line without key=value: 'print(2)' (after arg1: a new line "
+                        "inside its value? PMI-1 cannot carry one)")
+
+
 def test_pmi2_two_commands() -> None:
     (cmd,) = pmi2.Pmi2Decoder().feed(b"%6d" % len(PMI2_TWO_COMMANDS) + PMI2_TWO_COMMANDS)
     assert isinstance(cmd, pmi2.Pmi2Command)

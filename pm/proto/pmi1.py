@@ -78,7 +78,9 @@ def _parse_mcmd(lines: list[bytes]) -> Pmi1Command:
             continue
         key, sep, value = text.partition("=")
         if not sep:
-            raise ProtocolError(f"spawn line without key=value: {text[:80]!r}")
+            after = f" (after {pairs[-1][0]}: a new line inside its value? PMI-1 cannot " \
+                    "carry one)" if pairs and pairs[-1][0] not in ("mcmd", "endcmd") else ""
+            raise ProtocolError(f"spawn line without key=value: {text[:80]!r}{after}")
         pairs.append((key, value))
     return Pmi1Command("spawn", dict(pairs), pairs)
 
