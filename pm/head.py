@@ -394,7 +394,15 @@ class JobRun:
             log.error("%s", cause)
         if grace <= 0 or self.state is RunState.RUNNING:
             self.state = RunState.KILLING
-            if self.agent is not None:
+            if self.agent is None:
+                return
+            if self._signalled and grace > 0:
+                # Every rank has the user's signal already (Ctrl-C, SIGTERM): a rank that
+                # died of it first must not cut the others' own ends short (the traceback
+                # a Python rank prints, a handler that saves its state).  The rest get
+                # SIGTERM after KILL_GRACE; a second interrupt kills at once.
+                self.owned.call_later(KILL_GRACE, self.agent.kill, cause, grace)
+            else:
                 self.agent.kill(cause, grace)
 
     # ------------------------------------------------------------ Uplink (from vertex 0)

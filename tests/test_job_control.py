@@ -68,6 +68,38 @@ def test_ctrl_c_at_the_terminal_reaches_the_agents_through_pmrun(tmp_path: Path,
     wait_gone(marker, 10)
 
 
+SAVER = """
+    import os, sys, time
+    rank = os.environ["PMI_RANK"]
+    print("up", rank, flush=True)
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        if rank == "1":  # a handler that takes its time (saving its state, say)
+            time.sleep(0.5)
+            print("saved", rank, flush=True)
+        raise
+"""
+
+
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"]], ids=["one-node", "two-nodes"])
+def test_ctrl_c_lets_every_rank_end_by_it(tmp_path: Path, marker: str, opts: list[str]) -> None:
+    """After Ctrl-C, the first rank that dies of it does not get the others SIGTERM at
+    once: their own KeyboardInterrupt handlers run to the end."""
+    prog = script(tmp_path, "saver.py", SAVER)
+    with in_own_group([*opts, "-n", "2", "python", str(prog), marker], tmp_path) as p:
+        assert p.stdout is not None
+        read_lines(p.stdout, 2, 30)
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    text = err.decode()
+    assert p.returncode == 130, text
+    assert out.decode().splitlines()[-1:] == ["saved 1"], (out, text)
+    assert text.count("KeyboardInterrupt") == 2, text
+    assert "rank 0 (node 0, " in text and "killed by SIGINT" in text, text
+    wait_gone(marker, 10)
+
+
 WAITER = """
     import os, sys, time
     print("up", os.environ["PMI_RANK"], flush=True)
