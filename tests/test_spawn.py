@@ -582,55 +582,48 @@ def test_abort_in_a_spawned_job_ends_the_run(tmp_path: Path, marker: str) -> Non
     wait_gone(marker, 10)
 
 
+#: A parent spawns ``argv[1]`` children; each rank says who it is, its rank and its CPUs.
+WHO = """
+    import os, sys
+    from mpi4py import MPI
+
+    parent = MPI.Comm.Get_parent()
+    if parent == MPI.COMM_NULL:
+        inter = MPI.COMM_WORLD.Spawn(sys.executable, args=[__file__, "0"],
+                                     maxprocs=int(sys.argv[1]))
+    else:
+        inter = parent
+    who = "child" if parent != MPI.COMM_NULL else "parent"
+    print(who, MPI.COMM_WORLD.rank, sorted(os.sched_getaffinity(0)), flush=True)
+    inter.Disconnect()
+"""
+
+
 def test_spawned_ranks_are_bound_and_write_their_own_output_files(tmp_path: Path) -> None:
     # --bind-to core on a node with the parent on the first core: the child takes the next
     # one, as if launched with it; --output out.%r: the child's rank 0 writes out.0.s1, not
     # the parent's out.0.
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 cpus")
-    prog = script(tmp_path, "bound.py", """
-        import os, sys
-        from mpi4py import MPI
-
-        parent = MPI.Comm.Get_parent()
-        if parent == MPI.COMM_NULL:
-            inter = MPI.COMM_WORLD.Spawn(sys.executable, args=[__file__], maxprocs=1)
-        else:
-            inter = parent
-        who = "child" if parent != MPI.COMM_NULL else "parent"
-        print(who, sorted(os.sched_getaffinity(0)), flush=True)
-        inter.Disconnect()
-    """)
+    prog = script(tmp_path, "bound.py", WHO)
     res = run(tmp_path, "-n", "1", "--bind-to", "core", "--output", "out.%r", sys.executable,
-              str(prog))
+              str(prog), "1")
     assert res.returncode == 0, res.stdout + res.stderr
     parent = (tmp_path / "out.0").read_text()
     child = (tmp_path / "out.0.s1").read_text()
-    assert parent.startswith("parent ["), parent
-    assert child.startswith("child ["), child
-    assert len(ast.literal_eval(parent.split(" ", 1)[1])) == 1, parent  # one core each
-    assert len(ast.literal_eval(child.split(" ", 1)[1])) == 1, child
-    assert parent.split(" ", 1)[1] != child.split(" ", 1)[1], parent + child
+    assert parent.startswith("parent 0 ["), parent
+    assert child.startswith("child 0 ["), child
+    parent_cpus, child_cpus = (ast.literal_eval(x.split(" ", 2)[2]) for x in (parent, child))
+    assert len(parent_cpus) == 1 and len(child_cpus) == 1, parent + child  # one core each
+    assert parent_cpus != child_cpus, parent + child
 
 
 def test_a_one_node_jobs_spawned_ranks_write_their_own_output_files(tmp_path: Path) -> None:
     # The quick phase's writer (no binding: the job never leaves it): --output out.%r gives
     # spawned job 1's rank R the file out.R.s1, never the launched rank R's.
-    prog = script(tmp_path, "files.py", """
-        import sys
-        from mpi4py import MPI
-
-        parent = MPI.Comm.Get_parent()
-        if parent == MPI.COMM_NULL:
-            inter = MPI.COMM_WORLD.Spawn(sys.executable, args=[__file__], maxprocs=2)
-        else:
-            inter = parent
-        who = "child" if parent != MPI.COMM_NULL else "parent"
-        print(who, MPI.COMM_WORLD.rank, flush=True)
-        inter.Disconnect()
-    """)
-    res = run(tmp_path, "-n", "1", "--output", "out.%r", sys.executable, str(prog))
+    prog = script(tmp_path, "files.py", WHO)
+    res = run(tmp_path, "-n", "1", "--output", "out.%r", sys.executable, str(prog), "2")
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout == ""
-    files = {p.name: p.read_text() for p in tmp_path.glob("out.*")}
-    assert files == {"out.0": "parent 0\n", "out.0.s1": "child 0\n", "out.1.s1": "child 1\n"}
+    files = {p.name: p.read_text().rsplit(" [", 1)[0] for p in tmp_path.glob("out.*")}
+    assert files == {"out.0": "parent 0", "out.0.s1": "child 0", "out.1.s1": "child 1"}

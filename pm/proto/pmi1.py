@@ -79,7 +79,7 @@ def _parse_mcmd(lines: list[bytes]) -> Pmi1Command:
         key, sep, value = text.partition("=")
         if not sep:
             after = f" (after {pairs[-1][0]}: a new line inside its value? PMI-1 cannot " \
-                    "carry one)" if pairs and pairs[-1][0] not in ("mcmd", "endcmd") else ""
+                    "carry one)" if len(pairs) > 1 else ""  # (pairs[0] is mcmd=spawn)
             raise ProtocolError(f"spawn line without key=value: {text[:80]!r}{after}")
         pairs.append((key, value))
     return Pmi1Command("spawn", dict(pairs), pairs)
