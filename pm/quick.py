@@ -368,6 +368,13 @@ class QuickStart:
                 if left <= 0:
                     return None  # the full path ends the orphans (and says so)
                 wait = left if wait < 0 else min(wait, left)
+            if self.spawns is not None and (due := self.spawns.answer_deadline()):
+                left = due - time.monotonic()  # (a spawner waiting for its children)
+                if left <= 0:
+                    if not self.spawns.expire():
+                        return None
+                    continue
+                wait = left if wait < 0 else min(wait, left)
             if idle:
                 wait = IDLE_MS / 1000 if wait < 0 else min(wait, IDLE_MS / 1000)  # (epoll: s)
             if asked:  # the last events had a PMI request

@@ -7,7 +7,7 @@ agents (:func:`place_spawn`: free slots first, from the spawner's node on, the
 ``host`` info key narrowing the nodes), and sends the plan down
 (:class:`pm.proto.tree_wire.SpawnLaunch`); the agents start the ranks
 (:mod:`pm.agent.spawned_jobs`).  Once every vertex taking part reported its
-ranks started (for an MPI spawner, also initialized:
+ranks started (for an MPI spawner, once they need it:
 :attr:`pm.proto.spawn.SpawnRequest.after_init`), the spawner gets its answer.
 Nothing is forked by the head.  A one-node job's quick phase starts its spawned
 jobs itself (:mod:`pm.agent.quick_spawns`); if it hands the job over, the head
@@ -88,8 +88,10 @@ class SpawnedJob:
     ranks: dict[int, RankResult] = field(default_factory=dict)
     started: set[int] = field(default_factory=set)
     requested_at: float = 0.0
-    #: When every vertex reported its ranks started (and, ``after_init``, initialized).
+    #: When every vertex reported its ranks started and one of them reported them
+    #: needing the spawner (pm.agent.spawn_answer; without ``after_init``: at once).
     started_at: float = 0.0
+    needed: bool = False
     after_init: bool = False
     ended_at: float = 0.0
     done: bool = False
@@ -305,7 +307,8 @@ class HeadSpawns:
                                                  ex.reason))
         elif isinstance(msg, t.Started):
             rec.started.add(msg.vertex)
-            if rec.started >= rec.members and not rec.started_at:
+            rec.needed = rec.needed or msg.needed
+            if rec.started >= rec.members and rec.needed and not rec.started_at:
                 rec.started_at = time.monotonic()
                 self._answer(rec.parent, t.SpawnResp(rec.req, rec.origin, True, job,
                                                      rec.kvsname, "", [0] * rec.size))
@@ -389,7 +392,7 @@ def profile_lines(spawns: HeadSpawns) -> str:
     """The ``--profile`` lines of the spawned jobs: size, nodes, spawn time, lifetime."""
     lines = []
     for job, rec in sorted(spawns.jobs.items()):
-        what = "to start and initialize PMI" if rec.after_init else "to start"
+        what = "to start and need their spawner" if rec.after_init else "to start"
         took = (f"{(rec.started_at - rec.requested_at) * 1e3:.1f} ms {what}"
                 if rec.started_at else "never started")
         lived = (f", ended {rec.ended_at - rec.requested_at:.3f} s after the request"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pm.agent.spawn_answer import WANT_WAIT, SpawnAnswer
 from pm.agent.spawned_jobs import members
 from pm.common.kary_tree import Tree
 from pm.proto import pmi1, pmi2, spawn
@@ -111,6 +112,61 @@ def test_replies() -> None:
     assert spawn.reply_pmi2(cmd, ok) == b"    39cmd=spawn-response;rc=0;jobid=kvs_x_s1;"
     assert spawn.reply_pmi2(cmd, bad).startswith(b"    ")
     assert b"rc=1;jobid=;errmsg=cannot spawn x" in spawn.reply_pmi2(cmd, bad)
+
+
+def test_spawn_answer_reports_started_then_needed() -> None:
+    told: list[bool] = []
+    armed: list[float] = []
+    a = SpawnAnswer([0, 1], ["PARENT_ROOT_PORT_NAME"], told.append, armed.append)
+    a.initialized(0)
+    a.looked_up(b"PMI_process_mapping")
+    assert told == [] and a.pending
+    a.initialized(1)  # all initialized, none needs the spawner yet
+    assert told == [False] and armed == [WANT_WAIT] and a.deadline > 0
+    a.looked_up(b"other")
+    assert told == [False]
+    a.looked_up(b"PARENT_ROOT_PORT_NAME")
+    assert told == [False, True] and not a.pending
+    a.want()
+    a.ended(0)
+    assert told == [False, True]  # True once, last
+
+
+@pytest.mark.parametrize(("preput", "steps", "told"), [
+    # Needed before the last init: one True then.
+    (["k"], ["init 0", "want", "end 1"], [True]),
+    (["k"], ["init 0", "read", "init 1"], [True]),
+    # Nothing pre-put: nothing to wait for once they initialized.
+    ([], ["init 0", "init 1"], [True]),
+    # The deadline: a False, then a True when it passed (not before).
+    (["k"], ["init 0", "init 1", "early", "late"], [False, True]),
+])
+def test_spawn_answer_steps(preput: list[str], steps: list[str], told: list[bool]) -> None:
+    got: list[bool] = []
+    a = SpawnAnswer([0, 1], preput, got.append)
+    for step in steps:
+        what, _, arg = step.partition(" ")
+        if what == "init":
+            a.initialized(int(arg))
+        elif what == "end":
+            a.ended(int(arg))
+        elif what == "read":
+            a.looked_up(b"k")
+        elif what == "want":
+            a.want()
+        elif what == "early":
+            a.expire(a.deadline - 0.1)
+            assert got == [False]
+        else:
+            a.expire(a.deadline)
+    assert got == told
+
+
+def test_spawn_answer_of_a_node_without_children_keeps_no_deadline() -> None:
+    got: list[bool] = []
+    a = SpawnAnswer([], ["k"], got.append, lambda _: pytest.fail("armed"))
+    a.check()
+    assert got == [False] and a.deadline == 0 and a.pending
 
 
 def test_placement_fills_free_slots_from_the_spawner_then_oversubscribes() -> None:
@@ -285,6 +341,87 @@ def test_an_mpi_spawner_is_answered_once_its_children_initialized(tmp_path: Path
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.splitlines() == [
         "cmd=spawn_result rc=0 errcodes=0,0,0 ['init-0', 'init-1']"], res.stdout + res.stderr
+
+
+#: A PMI-1 spawner (as MPICH's) pre-puts its port for 2 children; child 0 needs it
+#: (``how``: reads it, or enters a barrier) 0.2 s after its PMI init, or none ever does
+#: ("never"); the others wait for the spawner's answer.  The spawner prints what it got
+#: and when (seconds after the children's last PMI init; after child 0 needed it).
+NEEDED = """
+    import json, os, socket, sys, time
+
+    sock = socket.socket(fileno=int(os.environ["PMI_FD"]))
+    reader = sock.makefile("rb")
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def one(text):
+        sock.sendall(text.encode())
+        return reader.readline().decode().rstrip("\\n")
+
+    def mark(name):  # when (the monotonic clock is the machine's)
+        with open(os.path.join(here, name), "w") as f:
+            f.write(repr(time.monotonic()))
+
+    def marks(prefix):
+        return [float(open(os.path.join(here, f)).read())
+                for f in os.listdir(here) if f.startswith(prefix)]
+
+    one("cmd=init pmi_version=1 pmi_subversion=1\\n")
+    if os.environ.get("PMI_SPAWNED"):
+        how, rank = sys.argv[1], os.environ["PMI_RANK"]
+        mark("init-" + rank)
+        kvs = one("cmd=get_my_kvsname\\n").split("kvsname=")[1]
+        if rank == "0" and how != "never":
+            time.sleep(0.2)  # (an MPI library's start, before it connects)
+            mark("need-0")
+            if how == "read":
+                one(f"cmd=get kvsname={kvs} key=PARENT_ROOT_PORT_NAME\\n")
+        if rank != "0" or how != "barrier":
+            deadline = time.monotonic() + 20
+            while not marks("answered") and time.monotonic() < deadline:
+                time.sleep(0.01)
+        one("cmd=barrier_in\\n")
+        one("cmd=finalize\\n")
+        sys.exit(0)
+    reply = one("mcmd=spawn\\nnprocs=2\\nexecname=%s\\ntotspawns=1\\nspawnssofar=1\\n"
+                "argcnt=2\\narg1=%s\\narg2=%s\\npreput_num=1\\n"
+                "preput_key_0=PARENT_ROOT_PORT_NAME\\npreput_val_0=port#1$\\ninfo_num=0\\n"
+                "endcmd\\n" % (sys.executable, __file__, sys.argv[1]))
+    now = time.monotonic()
+    mark("answered")
+    inits, need = marks("init-"), marks("need-")
+    print("RESULT " + json.dumps({"reply": reply, "inits": len(inits),
+                                  "after_init": now - max(inits),
+                                  "after_need": now - need[0] if need else None}), flush=True)
+    one("cmd=finalize\\n")
+"""
+
+
+@pytest.mark.parametrize("where", [[], ["--local-nodes", "2", "-ppn", "1"]],
+                         ids=["one-node", "agents"])
+@pytest.mark.parametrize("how", ["read", "barrier", "never"])
+def test_an_mpi_spawner_is_answered_once_its_children_need_it(
+        tmp_path: Path, how: str, where: list[str]) -> None:
+    """Answered at its PMI init, an MPI spawner would busy-poll for its children's
+    connection while they start: it is answered once one of them reads the key it
+    pre-put, or enters a collective; at the latest WANT_WAIT after they initialized."""
+    from pm.agent.spawn_answer import WANT_WAIT
+
+    prog = script(tmp_path, "needed.py", NEEDED)
+    res = subprocess.run(pmrun_argv(*where, "-n", "1", sys.executable, str(prog), how),
+                         cwd=tmp_path, env=pmrun_env(), capture_output=True, text=True,
+                         timeout=40, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (got,) = _results(res.stdout)
+    assert got["reply"] == "cmd=spawn_result rc=0 errcodes=0,0" and got["inits"] == 2, got
+    after_init = got["after_init"]
+    assert isinstance(after_init, float)
+    if how == "never":  # nothing seen: answered anyway, WANT_WAIT after the last init
+        assert after_init >= WANT_WAIT - 0.01, got
+    else:  # after child 0 needed it (0.2 s after its init), not at WANT_WAIT
+        after_need = got["after_need"]
+        assert isinstance(after_need, float) and after_need >= 0, got
+        assert after_init < WANT_WAIT, got
 
 
 def test_native_client_spawn(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from pm.agent.kvs import NodeKVS
 from pm.agent.owned import Owned
 from pm.agent.ranks import LocalRanks, PmiPhase, RankLife, RankProc
 from pm.agent.shm_reaper import ShmReaper, sweep_node
+from pm.agent.spawn_answer import SpawnAnswer
 from pm.agent.tree_requests import TreeRequests
 from pm.common.kary_tree import Tree
 from pm.common.mapping import local_ranks, place
@@ -149,10 +150,9 @@ class JobAgent:
         #: Spawned jobs running here too (launched job only), and our ranks' spawns.
         self.spawns: AgentSpawns | None = None
         self.spawn_requests: SpawnRequests | None = None
-        #: Local ranks that have neither initialized PMI nor ended, and what to call then
-        #: (when_initialized).
-        self._init_waiting: set[int] = set()
-        self._on_initialized: Callable[[], None] | None = None
+        #: A spawned job's: when its spawner is answered, while that is to come
+        #: (report_when_needed).
+        self.spawn_answer: SpawnAnswer | None = None
         if plan.spawned is not None and plan.spawned.spawner:
             self.job_attrs["spawner-jobid"] = plan.spawned.spawner
 
@@ -394,7 +394,8 @@ class JobAgent:
                                       proc.ended_at))
         if self._held_aborts:
             self._release_aborts(proc.rank)
-        self._initialized(proc.rank)  # (as good as initialized for when_initialized)
+        if self.spawn_answer is not None:
+            self.spawn_answer.ended(proc.rank)
         self.kvs.settle(proc.rank)
         if getattr(self, "reservations", None) is not None:
             self.reservations.release_rank(proc.rank)  # a rank that died holds nothing
@@ -405,24 +406,24 @@ class JobAgent:
         if self.pmix is not None:
             self.pmix.srv.pids[self.pmix.nspace, rank] = pid
 
-    def when_initialized(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once every local rank has initialized PMI or ended (now, if
-        they all have)."""
+    def report_when_needed(self, report: Callable[[bool], None]) -> None:
+        """Call ``report`` (with False, then True; or True at once) as the local ranks of
+        this spawned job initialize and need their spawner (:mod:`pm.agent.spawn_answer`)."""
         waiting = {r for r, p in self.ranks.items()
                    if p.pmi is PmiPhase.NONE and p.life is not RankLife.REPORTED}
-        if not waiting:
-            callback()
-            return
-        self._init_waiting, self._on_initialized = waiting, callback
 
-    def _initialized(self, rank: int) -> None:
-        waiting = self._init_waiting
-        if waiting and rank in waiting:
-            waiting.discard(rank)
-            if not waiting:
-                callback, self._on_initialized = self._on_initialized, None
-                if callback is not None:
-                    callback()
+        def told(needed: bool) -> None:
+            if needed:
+                self.spawn_answer = None
+            report(needed)
+
+        answer = self.spawn_answer = SpawnAnswer(
+            waiting, self.plan.spawned.preput if self.plan.spawned is not None else (),
+            told, lambda delay: self.owned.call_later(delay, answer.expire))
+        if any(p.life is RankLife.REPORTED for p in self.ranks.values()):
+            answer.want()  # (one ended)
+        else:
+            answer.check()
 
     def rank_event(self, rank: int, event: str, detail: Any = None) -> None:
         proc = self.ranks[rank]
@@ -430,7 +431,8 @@ class JobAgent:
             self.mark(_EVENT_MARKS.get(event, event), rank)
         if event == "init":
             proc.pmi = PmiPhase.INITIALIZED
-            self._initialized(rank)
+            if self.spawn_answer is not None:
+                self.spawn_answer.initialized(rank)
         elif event == "finalize":
             proc.pmi = PmiPhase.FINALIZED
             self.kvs.settle(rank)
@@ -513,6 +515,8 @@ class JobAgent:
 
     def native_info(self, rank: int) -> dict[str, Any]:
         proc = self.ranks[rank]
+        if self.spawn_answer is not None:
+            self.spawn_answer.want()  # (the pre-put keys come with it)
         if self.plan.kvs == "shm" and not self._shm_tried:
             self._open_shm()
         return {
@@ -537,6 +541,8 @@ class JobAgent:
         self.kvs.put(rank, key, value)
 
     def get_now(self, key: bytes) -> bytes | None:
+        if self.spawn_answer is not None:
+            self.spawn_answer.looked_up(key)
         return self.kvs.values.get(key)  # NodeKVS.get, one call less on the hot path
 
     def get_from(self, rank: int, src: int, key: bytes) -> asyncio.Future[bytes | None]:
@@ -585,6 +591,8 @@ class JobAgent:
 
     # ------------------------------------------------------------------ collectives
     def collective(self, kind: int, rank: int, value: Any) -> asyncio.Future[Any]:
+        if self.spawn_answer is not None:
+            self.spawn_answer.want()
         fut = self.coll.collective(kind, rank, value)
         if self.shm_reaper is not None and self._early_colls.get(rank, 0) < EARLY_SAMPLES:
             # MPI_Init makes the rank's segments before its first collectives: see them,

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
     from pm.agent.pmi_actions import Action
     from pm.agent.quick_spawns import Spawned
+    from pm.agent.spawn_answer import SpawnAnswer
     from pm.agent.started import StartedRank, StartedRanks
 
 #: The first fences after which the ranks' /dev/shm maps are noted (MPI_Init makes its
@@ -114,6 +115,9 @@ class QuickPmi:
         self.on_init: Callable[[QuickPmi, int], bool] | None = None
         #: Called with a rank's PMI fd before its socket is closed here (at its end).
         self.on_close: Callable[[int], None] | None = None
+        #: A spawned job's: when its spawner is answered (pm.agent.spawn_answer), while
+        #: that is to come.
+        self.spawn_answer: SpawnAnswer | None = None
         #: rank -> its engine, made at its first PMI byte.
         self.engines: dict[int, PmiEngine] = {}
         #: kind (FENCE, BARRIER) -> rank -> the call it waits in (until every rank entered).
@@ -162,6 +166,8 @@ class QuickPmi:
 
     def native_info(self, rank: int) -> dict[str, Any]:
         # What the agent says (pm.agent.node.JobAgent.native_info) of a one-node job.
+        if self.spawn_answer is not None:
+            self.spawn_answer.want()  # (the pre-put keys come with it)
         spawned = self.spawned
         return {"rank": rank, "size": self.size, "local_rank": rank, "local_size": self.size,
                 "appnum": self.appnum(rank), "kvsname": self.kvsname, "node": 0, "nnodes": 1,
@@ -182,6 +188,8 @@ class QuickPmi:
         self._replies_any_id.clear()
 
     def get_now(self, key: bytes) -> bytes | None:
+        if self.spawn_answer is not None:
+            self.spawn_answer.looked_up(key)
         return self.kvs.values.get(key)  # NodeKVS.get, one call less on the hot path
 
     def node_attr_put(self, key: str, value: str) -> None:
@@ -382,6 +390,8 @@ class QuickPmi:
             elif isinstance(act, Collective) and act.kind in self._colls and (
                     rank not in self._colls[act.kind]):
                 self._colls[act.kind][rank] = act
+                if self.spawn_answer is not None:
+                    self.spawn_answer.want()
             elif isinstance(act, NodeAttrGet):
                 value = self.node_attrs.get(act.key)
                 if value is not None or not act.wait:

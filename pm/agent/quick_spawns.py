@@ -7,8 +7,8 @@ the way the agent starts a spawned job's ranks (:mod:`pm.agent.spawned_jobs`):
 the same environment (``PMI_SPAWNED=1``, the job's kvsname ``<kvsname>_s<J>``,
 the node's topology file), in the launched job's process group, with their own
 :class:`~pm.agent.pmi_quick.QuickPmi` (their KVS holds the spawner's pre-put
-keys).  An MPI spawner is answered once every child initialized PMI or ended,
-as the head answers it.  Their output is labelled ``[J:R]`` like the head's.
+keys).  An MPI spawner is answered once its children need it, as an agent
+answers it (:mod:`pm.agent.spawn_answer`).  Their output is labelled ``[J:R]`` like the head's.
 
 What the quick phase does not do (a ``host`` info key, a program that cannot
 be found, more ranks than descriptors) hands the job over with the spawn
@@ -28,6 +28,7 @@ import time
 from pm.agent.pmi_quick import QuickPmi
 from pm.agent.shm_reaper import ShmReaper
 from pm.agent.spawn import SpawnError, fd_shortage, rank_env, resolve
+from pm.agent.spawn_answer import SpawnAnswer
 from pm.agent.started import RankStart, StartedRanks, start_local
 from pm.proto.spawn import SpawnCommand, SpawnResult
 
@@ -64,13 +65,13 @@ class QuickJob:
     ``parent`` (0: the launched job), running ``commands``; ``started`` holds its ranks
     and their :class:`QuickPmi`."""
 
-    __slots__ = ("after_init", "answered", "commands", "job", "kvsname", "parent",
+    __slots__ = ("after_init", "answer", "commands", "job", "kvsname", "parent",
                  "parent_ended_at", "preput", "rank", "requested_at", "started", "started_at",
-                 "token", "waiting")
+                 "token")
 
     def __init__(self, job: int, parent: int, rank: int, token: int, kvsname: str,
                  commands: list[SpawnCommand], preput: Mapping[str, str],
-                 after_init: bool, started: StartedRanks) -> None:
+                 after_init: bool, started: StartedRanks, answer: SpawnAnswer) -> None:
         self.job = job
         self.parent = parent
         self.rank = rank
@@ -80,9 +81,8 @@ class QuickJob:
         self.preput = dict(preput)
         self.after_init = after_init
         self.started = started
-        #: Its ranks that have neither initialized PMI nor ended (the spawner waits).
-        self.waiting: set[int] = set()
-        self.answered = False
+        #: When its spawner gets the answer (pending: it waits).
+        self.answer = answer
         #: Monotonic times of the request and of the answer (for --profile, after a
         #: hand-over).
         self.requested_at = time.monotonic()
@@ -117,8 +117,11 @@ class QuickSpawns:
         self.jobs: list[QuickJob] = []
         #: Ranks of spawned jobs still running.
         self.running = 0
-        #: A rank could not start: the loop hands the job over (the head names it).
+        #: A rank could not start (the head names it), or a spawner's answer led to what
+        #: the full runtime does: the loop hands the job over.
         self.failed = False
+        #: The jobs whose spawners wait for their answer.
+        self._unanswered: list[QuickJob] = []
         launched.on_spawn = self.spawn
 
     def pmi_of(self, job: int) -> QuickPmi:
@@ -169,46 +172,70 @@ class QuickSpawns:
             spawned=Spawned(job, launched, parent.kvsname, req.preput, appnums))
         pmi.on_spawn, pmi.on_init, pmi.on_close = self.spawn, self._initialized, launched.on_close
         parent_job = parent.spawned.job if parent.spawned is not None else 0
+        alive = [r.rank for r in started.ranks if r.pid]
+
+        def report(needed: bool) -> None:
+            if needed:
+                self._answer(q)
+
         q = QuickJob(job, parent_job, rank, call.token, kvsname, commands, req.preput,
-                     req.after_init, started)
+                     req.after_init, started, SpawnAnswer(alive, req.preput, report))
         self.jobs.append(q)
-        q.waiting = {r.rank for r in started.ranks if r.pid}
-        self.running += len(q.waiting)
+        self.running += len(alive)
         self.failed = self.failed or started.failed
         self.watch(started.ranks)
-        if not req.after_init or not q.waiting:
-            self._answer(q, now=False)  # (parent is carrying out this call's actions)
+        if req.after_init and alive:  # an MPI spawner: once its children need it
+            pmi.spawn_answer = q.answer
+            self._unanswered.append(q)
+        else:  # now (this call being carried out, the parent's QuickPmi sends it after)
+            q.answer.report = None
+            self._answer(q, now=False)
         return True
 
     def _initialized(self, pmi: QuickPmi, rank: int) -> bool:
         assert pmi.spawned is not None
-        return self._done_with(self.jobs[pmi.spawned.job - 1], rank)
+        answer = self.jobs[pmi.spawned.job - 1].answer
+        if answer.pending:
+            answer.initialized(rank)
+        return not self.failed
 
     def ended(self, r: StartedRank) -> bool:
         """Rank ``r`` of a spawned job ended well: False if the job must be handed over."""
         self.running -= 1
-        return self._done_with(self.jobs[r.job - 1], r.rank)
+        answer = self.jobs[r.job - 1].answer
+        if answer.pending:
+            answer.ended(r.rank)
+        return not self.failed
 
-    def _done_with(self, q: QuickJob, rank: int) -> bool:
-        """Rank ``rank`` of ``q`` initialized PMI or ended: the spawner is answered once
-        every rank has."""
-        q.waiting.discard(rank)
-        if q.waiting or q.answered:
-            return True
-        return self._answer(q)
-
-    def _answer(self, q: QuickJob, now: bool = True) -> bool:
-        q.answered = True
+    def _answer(self, q: QuickJob, now: bool = True) -> None:
         q.started_at = time.monotonic()
+        q.pmi.spawn_answer = None
+        if q in self._unanswered:
+            self._unanswered.remove(q)
         result = SpawnResult(True, q.job, q.kvsname, "", [0] * q.size)
-        return self.pmi_of(q.parent).finish_call(q.rank, q.token, result, now)
+        if not self.pmi_of(q.parent).finish_call(q.rank, q.token, result, now):
+            self.failed = True
+
+    def answer_deadline(self) -> float:
+        """When a spawner waiting for children that initialized PMI is answered anyway
+        (monotonic; 0: none is)."""
+        return min((q.answer.deadline for q in self._unanswered if q.answer.deadline),
+                   default=0.0)
+
+    def expire(self) -> bool:
+        """Answer the spawners whose :meth:`answer_deadline` passed: False if the job must
+        be handed over."""
+        now = time.monotonic()
+        for q in list(self._unanswered):
+            q.answer.expire(now)
+        return not self.failed
 
     def answer_all(self) -> None:
         """Answer every spawner still waiting (the job is handed over: its children are
         started, which is all the full runtime would wait for now)."""
-        for q in self.jobs:
-            if not q.answered:
-                self._answer(q)  # (a spawner gone meanwhile: its agent names it)
+        for q in list(self._unanswered):
+            q.answer.report = None
+            self._answer(q)  # (a spawner gone meanwhile: its agent names it)
 
     def orphaned(self, ended: Callable[[StartedRank], bool]) -> bool:
         """Whether a spawned job still runs after every rank of the job that spawned it

@@ -20,7 +20,7 @@ spawned job) serves the rank that asked: a program that cannot be found on
 the spawner's node fails its request at once, with per-process error codes;
 otherwise the request goes up to the head, which places the children and
 answers once every vertex reported them started (an MPI spawner's once they
-initialized PMI, too: :meth:`JobAgent.when_initialized`).
+need it: :meth:`JobAgent.report_when_needed`).
 """
 
 from __future__ import annotations
@@ -218,12 +218,13 @@ class AgentSpawns:
                 self._let_go(spare)
         for stream in top.procs.gone:  # the head's stdout went before this job started
             agent.procs.output_gone(stream)
-        started = t.Started(top.vertex, 1, len(agent.local), [])
+        vertex, nlocal = top.vertex, len(agent.local)
         if agent.plan.spawned is not None and agent.plan.spawned.after_init:
-            # An MPI spawner is answered once its children here initialized PMI (or ended).
-            agent.when_initialized(lambda: agent.parent.send(started))
+            # An MPI spawner is answered once its children need it (pm.agent.spawn_answer).
+            agent.report_when_needed(
+                lambda needed: agent.parent.send(t.Started(vertex, 1, nlocal, [], needed)))
         else:
-            agent.parent.send(started)
+            agent.parent.send(t.Started(vertex, 1, nlocal, []))
         if self._kill is not None:  # the run is ending: what just started ends with it
             agent.kill(*self._kill)
             return

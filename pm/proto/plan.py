@@ -44,7 +44,7 @@ class SpawnOrigin(Record):
     spawner: str
     #: The spawner's rank (PMIx's ``PMIX_PARENT_ID``).
     spawner_rank: int = 0
-    #: Its agents report it started once its ranks there initialized PMI (or ended):
+    #: Its agents report when its ranks there need their spawner (pm.agent.spawn_answer):
     #: the spawner is answered then (:attr:`pm.proto.spawn.SpawnRequest.after_init`).
     after_init: bool = False
 

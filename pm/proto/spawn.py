@@ -91,12 +91,12 @@ class SpawnCommand(Value):
 class SpawnRequest(Value):
     """Every command of one spawn and the keys pre-put in the children's KVS.
 
-    ``after_init``: answer once every child has initialized PMI (or ended), not
-    as soon as they are started.  An MPI spawner (PMI-1 ``mcmd=spawn``, PMI-2
-    ``spawn``) waits for its children to connect once answered, busy-polling:
-    asleep in the PMI read meanwhile, it leaves the CPUs to the children's
-    start (measured on 2 CPUs: 4 children 144 -> 123 ms).  Every MPI child
-    initializes PMI first, so nothing it does waits for the answer.
+    ``after_init``: answer once the children need their spawner (every child
+    initialized PMI, and one read a pre-put key: :mod:`pm.agent.spawn_answer`),
+    not as soon as they are started.  An MPI spawner (PMI-1 ``mcmd=spawn``,
+    PMI-2 ``spawn``) waits for its children to connect once answered,
+    busy-polling: asleep in the PMI read meanwhile, it leaves the CPUs to the
+    children's start.
     """
 
     __slots__ = ("commands", "preput", "after_init")  # noqa: RUF023  # the constructor's order

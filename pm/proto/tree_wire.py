@@ -56,7 +56,7 @@ from pm.proto.record import Message, pack_default
 MAC_LEN = 16
 #: 2: frames are [envelope, body]; 3: typed records (plans, items); 4: BLAKE2b MACs;
 #: 5: exits and aborts carry the time their agent learned of them
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 #: Directions of a tree link (bound under an envelope's tag).
 UP = 1  # child to parent
@@ -158,12 +158,17 @@ class Launch(Msg, op=2):
 
 
 class Started(Msg, op=3):
-    """A whole subtree has spawned its ranks (``ranks`` of them, on ``vertices`` agents)."""
+    """A whole subtree has spawned its ranks (``ranks`` of them, on ``vertices`` agents).
+
+    A spawned job's vertex whose spawner waits for its children to need it
+    (:mod:`pm.agent.spawn_answer`) says ``needed`` False once its ranks initialized
+    PMI, then again with True once they need it."""
 
     vertex: int
     vertices: int
     ranks: int
     timeline: list[Any]
+    needed: bool = True
 
 
 class CollIn(Msg, op=4):
