@@ -342,8 +342,9 @@ class QuickStart:
         deadline = None if self.opts.timeout is None else self.started.t0 + self.opts.timeout
         # The PMI engine is imported at a rank's first request, or before it, once the
         # ranks leave us idle a moment (an MPI program's libraries load meanwhile): then
-        # MPI_Init does not wait for the import.  Not for ranks served PMIx (Open MPI
-        # speaks no PMI-1 or PMI-2): the import's CPU would only slow their start.
+        # MPI_Init does not wait for the import, nor a first spawn for its own (~1 ms).
+        # Not for ranks served PMIx (Open MPI speaks no PMI-1 or PMI-2): the import's CPU
+        # would only slow their start.
         idle = self.pmi is None and self._pmix is None
         # The hot path: a ready rank's fd -> the replies its requests may have (QuickPmi.hot,
         # once the first rank spoke; see pm.agent.pmi_quick).
@@ -391,7 +392,8 @@ class QuickStart:
                 events = poll.poll(wait, len(table) + 3)
                 if idle and not events:
                     idle = False
-                    import pm.agent.pmi_quick  # noqa: F401
+                    import pm.agent.pmi_quick
+                    import pm.agent.quick_spawns  # noqa: F401
                     continue
             for fd, _mask in events:
                 replies = hot_get(fd)
