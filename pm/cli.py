@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from pm.jobspec import AppSpec, JobSpec
-from pm.options import Parsed, Section, log_level, prepend_of, refuse
+from pm.options import Parsed, Section, internal_error, log_level, prepend_of, refuse
 from pm.options import parse as parse_options
 from pm.proto.errors import UsageError
 
@@ -453,6 +453,8 @@ def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
     except PMError as exc:  # a layer's own failure, said where it happened: one line
         sys.stderr.write(f"pmrun: {exc}\n")
         return 255
+    except Exception as exc:  # a defect of pmrun's: one line (-v: the traceback too)
+        return internal_error(exc, opts.verbose > 0)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 #: Exit status of a command line pmrun refuses.
 EXIT_USAGE = 2
+#: The exit status when pmrun itself failed (sysexits' EX_SOFTWARE).
+EXIT_INTERNAL = 70
 
 
 # ------------------------------------------------------------------ value checkers
@@ -622,6 +624,26 @@ def refuse(exc: Exception) -> int:
     """Say what is wrong with the command line, on one line; the exit status for it."""
     os.write(2, f"pmrun: {exc}\n".encode(errors="replace"))
     return EXIT_USAGE
+
+
+def internal_error(exc: BaseException, traceback: bool = False) -> int:
+    """Say on one line that pmrun itself failed, where (its innermost frame in pmrun) and
+    with what; ``traceback`` (``-v``): the whole traceback before it.  The exit status for
+    it.  The job's ranks end with pmrun: their guardian sees it go (pm.agent.spawn)."""
+    import traceback as tb
+
+    if traceback:
+        tb.print_exception(exc)
+    where = ""
+    for frame in reversed(tb.extract_tb(exc.__traceback__)):
+        path = frame.filename.replace(os.sep, "/")
+        if "/pm/" in path:
+            where = f" at pm/{path.rsplit('/pm/', 1)[1]}:{frame.lineno}"
+            break
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    os.write(2, f"pmrun: internal error{where}: {what} (a defect of pmrun's own; please "
+                f"report it, with the output of -v)\n".encode(errors="replace"))
+    return EXIT_INTERNAL
 
 
 # ------------------------------------------------------------------ help

@@ -67,8 +67,8 @@ from pm.common.output import (
     stdin_for_job,
 )
 from pm.jobenv import base_env, kvsname_of, new_job_id
+from pm.options import internal_error, prepend_of, prepend_prefix, quick_ok, refuse
 from pm.options import parse as parse_options
-from pm.options import prepend_of, prepend_prefix, quick_ok, refuse
 from pm.proto.errors import UsageError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
@@ -704,9 +704,16 @@ def main() -> int:
     ensure_std_fds()
     argv = sys.argv[1:]
     try:
+        os._exit(_main(argv))
+    except Exception as exc:  # a defect of pmrun's: one line (the ranks end with pmrun)
+        os._exit(internal_error(exc))
+
+
+def _main(argv: list[str]) -> int:
+    try:
         opts = parse(argv, os.environ)
     except UsageError as exc:
-        os._exit(refuse(exc))
+        return refuse(exc)
     job = None
     if opts is not None:
         gc.disable()  # start-up allocates nothing worth collecting
@@ -731,7 +738,6 @@ def main() -> int:
         started = job.handover()
         from pm.cli import take_over
 
-        code = take_over(argv, started)
-    else:
-        job.finish()
-    os._exit(code)
+        return take_over(argv, started)
+    job.finish()
+    return code

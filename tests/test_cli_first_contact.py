@@ -360,3 +360,51 @@ def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
 
     assert q.pmix == wants_pmix(spec.mpi, app.argv[:1])
     assert q.kvs == spec.kvs
+
+
+#: pmrun with a defect put into one of its steps (``where``): the quick phase's watch,
+#: or the full path's job (``-v``: the traceback is asked for).
+DEFECT = """
+import sys
+where, marker = sys.argv[1], sys.argv[2]
+if where == "quick":
+    import pm.quick as entry
+
+    def broken(self):
+        return {}[5]
+
+    entry.QuickStart.watch = broken
+    sys.argv = ["pmrun", "-n", "2", "sleep", marker]
+    entry.main()
+else:
+    import pm.cli as entry
+
+    async def broken(opts, started):
+        raise RuntimeError("boom")
+
+    entry._main = broken
+    sys.argv = ["pmrun", "-v", "-n", "2", "sleep", marker]
+    entry.main()
+"""
+
+
+@pytest.mark.parametrize("where", ["quick", "full"])
+def test_a_defect_of_pmrun_is_one_line_and_ends_the_ranks(tmp_path: Path, where: str) -> None:
+    import sys
+
+    from launch_util import pmrun_env, wait_gone
+
+    marker = "31.25" if where == "quick" else "31.5"  # (sleep's argument: the ranks)
+    res = subprocess.run([sys.executable, "-c", DEFECT, where, marker], cwd=tmp_path,
+                         env=pmrun_env(), capture_output=True, text=True, timeout=30,
+                         stdin=subprocess.DEVNULL)
+    assert res.returncode == options.EXIT_INTERNAL, res.stderr
+    last = res.stderr.splitlines()[-1]
+    # Where: the innermost frame of pmrun's own (the defect is in code put in from outside).
+    assert last.startswith("pmrun: internal error at pm/") and last.endswith(
+        "(a defect of pmrun's own; please report it, with the output of -v)"), res.stderr
+    if where == "quick":
+        assert res.stderr.count("\n") == 1 and "KeyError: 5" in last, res.stderr
+    else:  # -v: the traceback first
+        assert res.stderr.startswith("Traceback") and "RuntimeError: boom" in last
+    wait_gone(f"sleep {marker}", 10)
