@@ -7,8 +7,9 @@ the way the agent starts a spawned job's ranks (:mod:`pm.agent.spawned_jobs`):
 the same environment (``PMI_SPAWNED=1``, the job's kvsname ``<kvsname>_s<J>``,
 the node's topology file), in the launched job's process group, with their own
 :class:`~pm.agent.pmi_quick.QuickPmi` (their KVS holds the spawner's pre-put
-keys).  An MPI spawner is answered once its children need it, as an agent
-answers it (:mod:`pm.agent.spawn_answer`).  Their output is labelled ``[J:R]`` like the head's.
+keys).  An MPI spawner is answered once its children need it, by the rule the
+agents follow (:mod:`pm.agent.spawn_answer`).  Their output is labelled
+``[J:R]`` like the head's.
 
 What the quick phase does not do (a ``host`` info key, a program that cannot
 be found, more ranks than descriptors) hands the job over with the spawn
