@@ -302,39 +302,47 @@ def test_pmi2_spawn_over_a_real_fd(tmp_path: Path) -> None:
         assert k["xml"] == parent["xml"], got
 
 
+#: What the raw PMI-1 programs below start with: the rank's PMI socket, one request.
+PMI1 = """
+    import json, os, socket, sys, time
+
+    sock = socket.socket(fileno=int(os.environ["PMI_FD"]))
+    reader = sock.makefile("rb")
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def one(text):
+        sock.sendall(text.encode())
+        return reader.readline().decode().rstrip("\\n")
+"""
+
+#: A PMI-1 spawner of 3 children (two commands) without pre-put keys; two children
+#: initialize PMI after a slow start, one ends without a word of PMI.
+LATE = """
+    def command(i, n, arg):
+        return ("mcmd=spawn\\nnprocs=%d\\nexecname=%s\\ntotspawns=2\\nspawnssofar=%d\\n"
+                "argcnt=2\\narg1=%s\\narg2=%s\\ninfo_num=0\\nendcmd\\n"
+                % (n, sys.executable, i, __file__, arg))
+
+    if os.environ.get("PMI_SPAWNED"):
+        if sys.argv[1] == "quit":
+            sys.exit(0)  # never a word of PMI: ended, as good as initialized
+        time.sleep(0.5)  # a slow start
+        open(os.path.join(here, "init-" + os.environ["PMI_RANK"]), "w").close()
+        one("cmd=init pmi_version=1 pmi_subversion=1\\n")
+        one("cmd=finalize\\n")
+        sys.exit(0)
+    one("cmd=init pmi_version=1 pmi_subversion=1\\n")
+    reply = one(command(1, 2, "late") + command(2, 1, "quit"))
+    print(reply, sorted(f for f in os.listdir(here) if f.startswith("init-")), flush=True)
+    one("cmd=finalize\\n")
+"""
+
+
 def test_an_mpi_spawner_is_answered_once_its_children_initialized(tmp_path: Path) -> None:
     # The spawner (PMI-1, as MPICH's) sleeps in its PMI read while its children start,
     # instead of busy-polling for their connection: answered once each one initialized
     # PMI, or ended without it.
-    prog = script(tmp_path, "late.py", """
-        import os, socket, sys, time
-
-        sock = socket.socket(fileno=int(os.environ["PMI_FD"]))
-        reader = sock.makefile("rb")
-        here = os.path.dirname(os.path.abspath(__file__))
-
-        def one(text):
-            sock.sendall(text.encode())
-            return reader.readline().decode().rstrip("\\n")
-
-        def command(i, n, arg):
-            return ("mcmd=spawn\\nnprocs=%d\\nexecname=%s\\ntotspawns=2\\nspawnssofar=%d\\n"
-                    "argcnt=2\\narg1=%s\\narg2=%s\\ninfo_num=0\\nendcmd\\n"
-                    % (n, sys.executable, i, __file__, arg))
-
-        if os.environ.get("PMI_SPAWNED"):
-            if sys.argv[1] == "quit":
-                sys.exit(0)  # never a word of PMI: ended, as good as initialized
-            time.sleep(0.5)  # a slow start
-            open(os.path.join(here, "init-" + os.environ["PMI_RANK"]), "w").close()
-            one("cmd=init pmi_version=1 pmi_subversion=1\\n")
-            one("cmd=finalize\\n")
-            sys.exit(0)
-        one("cmd=init pmi_version=1 pmi_subversion=1\\n")
-        reply = one(command(1, 2, "late") + command(2, 1, "quit"))
-        print(reply, sorted(f for f in os.listdir(here) if f.startswith("init-")), flush=True)
-        one("cmd=finalize\\n")
-    """)
+    prog = script(tmp_path, "late.py", PMI1 + LATE)
     res = subprocess.run(pmrun_argv("-n", "1", sys.executable, str(prog)),
                          cwd=tmp_path, env=pmrun_env(), capture_output=True, text=True,
                          timeout=40, stdin=subprocess.DEVNULL)
@@ -348,16 +356,6 @@ def test_an_mpi_spawner_is_answered_once_its_children_initialized(tmp_path: Path
 #: ("never"); the others wait for the spawner's answer.  The spawner prints what it got
 #: and when (seconds after the children's last PMI init; after child 0 needed it).
 NEEDED = """
-    import json, os, socket, sys, time
-
-    sock = socket.socket(fileno=int(os.environ["PMI_FD"]))
-    reader = sock.makefile("rb")
-    here = os.path.dirname(os.path.abspath(__file__))
-
-    def one(text):
-        sock.sendall(text.encode())
-        return reader.readline().decode().rstrip("\\n")
-
     def mark(name):  # when (the monotonic clock is the machine's)
         with open(os.path.join(here, name), "w") as f:
             f.write(repr(time.monotonic()))
@@ -407,7 +405,7 @@ def test_an_mpi_spawner_is_answered_once_its_children_need_it(
     pre-put, or enters a collective; at the latest WANT_WAIT after they initialized."""
     from pm.agent.spawn_answer import WANT_WAIT
 
-    prog = script(tmp_path, "needed.py", NEEDED)
+    prog = script(tmp_path, "needed.py", PMI1 + NEEDED)
     res = subprocess.run(pmrun_argv(*where, "-n", "1", sys.executable, str(prog), how),
                          cwd=tmp_path, env=pmrun_env(), capture_output=True, text=True,
                          timeout=40, stdin=subprocess.DEVNULL)
