@@ -356,18 +356,19 @@ def test_an_mpi_spawner_is_answered_once_its_children_initialized(tmp_path: Path
 #: ("never"); the others wait for the spawner's answer.  The spawner prints what it got
 #: and when (seconds after the children's last PMI init; after child 0 needed it).
 NEEDED = """
-    def mark(name):  # when (the monotonic clock is the machine's)
-        with open(os.path.join(here, name), "w") as f:
+    def mark(name):  # when (the monotonic clock is the machine's), whole or not at all
+        with open(os.path.join(here, "." + name), "w") as f:
             f.write(repr(time.monotonic()))
+        os.replace(os.path.join(here, "." + name), os.path.join(here, name))
 
     def marks(prefix):
         return [float(open(os.path.join(here, f)).read())
                 for f in os.listdir(here) if f.startswith(prefix)]
 
-    one("cmd=init pmi_version=1 pmi_subversion=1\\n")
     if os.environ.get("PMI_SPAWNED"):
         how, rank = sys.argv[1], os.environ["PMI_RANK"]
-        mark("init-" + rank)
+        mark("init-" + rank)  # (before: the spawner may be answered at this init)
+        one("cmd=init pmi_version=1 pmi_subversion=1\\n")
         kvs = one("cmd=get_my_kvsname\\n").split("kvsname=")[1]
         if rank == "0" and how != "never":
             time.sleep(0.2)  # (an MPI library's start, before it connects)
@@ -381,6 +382,7 @@ NEEDED = """
         one("cmd=barrier_in\\n")
         one("cmd=finalize\\n")
         sys.exit(0)
+    one("cmd=init pmi_version=1 pmi_subversion=1\\n")
     reply = one("mcmd=spawn\\nnprocs=2\\nexecname=%s\\ntotspawns=1\\nspawnssofar=1\\n"
                 "argcnt=2\\narg1=%s\\narg2=%s\\npreput_num=1\\n"
                 "preput_key_0=PARENT_ROOT_PORT_NAME\\npreput_val_0=port#1$\\ninfo_num=0\\n"
