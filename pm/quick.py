@@ -369,10 +369,11 @@ class QuickStart:
                 if left <= 0:
                     return None  # the full path ends the orphans (and says so)
                 wait = left if wait < 0 else min(wait, left)
-            if self.spawns is not None and (due := self.spawns.answer_deadline()):
+            spawns = self.spawns
+            if spawns is not None and spawns.unanswered and (due := spawns.answer_deadline()):
                 left = due - time.monotonic()  # (a spawner waiting for its children)
                 if left <= 0:
-                    if not self.spawns.expire():
+                    if not spawns.expire():
                         return None
                     continue
                 wait = left if wait < 0 else min(wait, left)

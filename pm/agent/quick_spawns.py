@@ -122,7 +122,7 @@ class QuickSpawns:
         #: the full runtime does: the loop hands the job over.
         self.failed = False
         #: The jobs whose spawners wait for their answer.
-        self._unanswered: list[QuickJob] = []
+        self.unanswered: list[QuickJob] = []  # (the poll loop looks at it after each batch)
         launched.on_spawn = self.spawn
 
     def pmi_of(self, job: int) -> QuickPmi:
@@ -187,7 +187,7 @@ class QuickSpawns:
         self.watch(started.ranks)
         if req.after_init and alive:  # an MPI spawner: once its children need it
             pmi.spawn_answer = q.answer
-            self._unanswered.append(q)
+            self.unanswered.append(q)
         else:  # now (this call being carried out, the parent's QuickPmi sends it after)
             q.answer.report = None
             self._answer(q, now=False)
@@ -195,24 +195,20 @@ class QuickSpawns:
 
     def _initialized(self, pmi: QuickPmi, rank: int) -> bool:
         assert pmi.spawned is not None
-        answer = self.jobs[pmi.spawned.job - 1].answer
-        if answer.pending:
-            answer.initialized(rank)
+        self.jobs[pmi.spawned.job - 1].answer.initialized(rank)
         return not self.failed
 
     def ended(self, r: StartedRank) -> bool:
         """Rank ``r`` of a spawned job ended well: False if the job must be handed over."""
         self.running -= 1
-        answer = self.jobs[r.job - 1].answer
-        if answer.pending:
-            answer.ended(r.rank)
+        self.jobs[r.job - 1].answer.ended(r.rank)
         return not self.failed
 
     def _answer(self, q: QuickJob, now: bool = True) -> None:
         q.started_at = time.monotonic()
         q.pmi.spawn_answer = None
-        if q in self._unanswered:
-            self._unanswered.remove(q)
+        if q in self.unanswered:
+            self.unanswered.remove(q)
         result = SpawnResult(True, q.job, q.kvsname, "", [0] * q.size)
         if not self.pmi_of(q.parent).finish_call(q.rank, q.token, result, now):
             self.failed = True
@@ -220,21 +216,21 @@ class QuickSpawns:
     def answer_deadline(self) -> float:
         """When a spawner waiting for children that initialized PMI is answered anyway
         (monotonic; 0: none is)."""
-        return min((q.answer.deadline for q in self._unanswered if q.answer.deadline),
+        return min((q.answer.deadline for q in self.unanswered if q.answer.deadline),
                    default=0.0)
 
     def expire(self) -> bool:
         """Answer the spawners whose :meth:`answer_deadline` passed: False if the job must
         be handed over."""
         now = time.monotonic()
-        for q in list(self._unanswered):
+        for q in list(self.unanswered):
             q.answer.expire(now)
         return not self.failed
 
     def answer_all(self) -> None:
         """Answer every spawner still waiting (the job is handed over: its children are
         started, which is all the full runtime would wait for now)."""
-        for q in list(self._unanswered):
+        for q in list(self.unanswered):
             q.answer.report = None
             self._answer(q)  # (a spawner gone meanwhile: its agent names it)
 

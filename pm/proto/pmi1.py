@@ -78,8 +78,8 @@ def _parse_mcmd(lines: list[bytes]) -> Pmi1Command:
             continue
         key, sep, value = text.partition("=")
         if not sep:
-            after = f" (after {pairs[-1][0]}: a new line inside its value? PMI-1 cannot " \
-                    "carry one)" if len(pairs) > 1 else ""  # (pairs[0] is mcmd=spawn)
+            after = (f" (after {pairs[-1][0]}: a new line inside its value? PMI-1 cannot "
+                     "carry one)") if len(pairs) > 1 else ""  # (pairs[0] is mcmd=spawn)
             raise ProtocolError(f"spawn line without key=value: {text[:80]!r}{after}")
         pairs.append((key, value))
     return Pmi1Command("spawn", dict(pairs), pairs)
