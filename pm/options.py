@@ -284,7 +284,7 @@ LAUNCHERS = ("local", "fork", "ssh", "rsh", "slurm", "exec", "persistent", "pers
 
 
 # ------------------------------------------------------------------ the table
-FLAG, VALUE, PAIR, COUNT, ACTION, FILE = range(6)
+FLAG, VALUE, PAIR, COUNT, ACTION, FILE, EXPORT = range(7)
 
 
 class Opt:
@@ -323,9 +323,9 @@ OPTIONS = (
     # Process placement
     Opt("-n -np --np", "n", whole(1), metavar="N", local=True, quick=True, group=PLACE,
         help="number of ranks of the program (default 1)"),
-    Opt("-ppn", "ppn", whole(1), metavar="N", quick=True, group=PLACE,
+    Opt("-ppn --npernode -npernode", "ppn", whole(1), metavar="N", quick=True, group=PLACE,
         help="ranks per node (fills each node with N ranks, then wraps)"),
-    Opt("-hosts -host", "hosts", hosts, metavar="H1,H2[:SLOTS]", group=PLACE,
+    Opt("-hosts -host --host -H", "hosts", hosts, metavar="H1,H2[:SLOTS]", group=PLACE,
         help="hosts to run on; node[01-04] ranges are expanded"),
     Opt("-f -hostfile --hostfile -machinefile", "hostfile", hostfile, metavar="FILE", group=PLACE,
         help='hosts from FILE ("host", "host:4" or "host slots=4" per line)'),
@@ -359,11 +359,20 @@ OPTIONS = (
         group=ENV, help="-genvnone for this program's ranks"),
     Opt("-envlist", "env_mode", env_names, metavar="A,B", local=True, quick=True, group=ENV,
         help="-genvlist for this program's ranks"),
-    Opt("-wdir --wdir -dir", "wdir", directory, metavar="DIR", local=True, quick=True,
+    Opt("-x", "genv", kind=EXPORT, metavar="NAME[=VALUE]", quick=True, group=ENV,
+        help="pass NAME with its value here (Open MPI's mpirun -x; an unset NAME is named and "
+             "skipped), or set it to VALUE"),
+    Opt("--mca -mca --gmca -gmca", "genv", kind=PAIR, const="OMPI_MCA_", metavar="KEY VALUE",
+        quick=True, group=ENV, help="set Open MPI's parameter KEY for every rank "
+                                    "(OMPI_MCA_KEY=VALUE, as mpirun --mca)"),
+    Opt("--pmixmca -pmixmca", "genv", kind=PAIR, const="PMIX_MCA_", metavar="KEY VALUE",
+        quick=True, group=ENV,
+        help="set PMIx's parameter KEY for every rank (PMIX_MCA_KEY=VALUE)"),
+    Opt("-wdir --wdir -dir -wd --wd", "wdir", directory, metavar="DIR", local=True, quick=True,
         group=ENV, help="working directory of the program's ranks"),
     # Input and output
-    Opt("-l --label -prepend-rank", "prepend", kind=FLAG, const=LABEL, quick=True, group=IO,
-        help="prefix every output line with [rank]"),
+    Opt("-l --label -prepend-rank --tag-output", "prepend", kind=FLAG, const=LABEL, quick=True,
+        group=IO, help="prefix every output line with [rank]"),
     Opt("-prepend-pattern", "prepend", prepend_pattern, metavar="PATTERN", quick=True,
         group=IO, help="prefix every output line with PATTERN: %r rank, %h host, %p node "
                        "number, %g job (0; spawned jobs count on), %% a percent sign"),
@@ -433,6 +442,10 @@ OPTIONS = (
         help="shrink a task's reservation to its measured peak once that peak held S "
              "seconds (default 1); off: reservations only grow"),
     # Other
+    Opt("--oversubscribe -oversubscribe --allow-run-as-root -allow-run-as-root", "",
+        kind=FLAG, quick=True, group=MISC,
+        help="taken for Open MPI's mpirun, and meaning nothing here: pmrun runs as any "
+             "user, and never refuses more ranks than cores"),
     Opt("--mpi -mpi", "mpi", choice("auto", "pmix", "pmi", "none"), metavar="pmix|pmi|auto",
         quick=True, group=MISC,
         help="pmix: serve PMIx besides PMI-1/PMI-2 (Open MPI); pmi (none): not; "
@@ -536,7 +549,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                 raise UsageError(f"{name} takes no value")
             if opt.kind == COUNT:
                 out.verbose += 1
-            else:
+            elif opt.key:
                 (sec.values if opt.local else out.values)[opt.key] = opt.const
             i += 1
             continue
@@ -552,13 +565,28 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             var, is_one_word, val = raw.partition("=")
             if not is_one_word:
                 if i >= len(argv):
-                    raise UsageError(f"{name} needs NAME VALUE (or NAME=VALUE)")
+                    raise UsageError(f"{name} needs {opt.metavar} (or "
+                                     f"{opt.metavar.replace(' ', '=')})")
                 val = argv[i]
                 i += 1
             if not var:
                 raise UsageError(f"{name} needs a variable name, not {raw!r}")
+            if isinstance(opt.const, str):  # --mca KEY VALUE: the variable's prefix
+                var = opt.const + var
             target = sec.values if opt.local else out.values
             env = target.setdefault(opt.key, {})
+            assert isinstance(env, dict)
+            env[var] = val
+        elif opt.kind == EXPORT:
+            var, is_one_word, val = raw.partition("=")
+            if not var:
+                raise UsageError(f"{name} needs a variable name, not {raw!r}")
+            if not is_one_word:
+                if var not in environ:
+                    _warn(f"{name} {var}: not set in pmrun's environment, so not passed")
+                    continue
+                val = environ[var]
+            env = out.values.setdefault(opt.key, {})
             assert isinstance(env, dict)
             env[var] = val
         elif opt.kind == FILE:
@@ -581,6 +609,17 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     if "timeout" not in out.values and environ.get("MPIEXEC_TIMEOUT"):
         out.values["timeout"] = seconds(environ["MPIEXEC_TIMEOUT"].strip(), "MPIEXEC_TIMEOUT")
     return out
+
+
+#: Warnings said already: the command line is parsed again when a job moves to the full path.
+_WARNED: set[str] = set()
+
+
+def _warn(text: str) -> None:
+    """A line on stderr about the command line that does not stop the job (once)."""
+    if text not in _WARNED:
+        _WARNED.add(text)
+        os.write(2, f"pmrun: {text}\n".encode(errors="replace"))
 
 
 def config_args(path: str, opt: str) -> list[str]:

@@ -3,8 +3,9 @@
 Most of pmrun's own start-up is importing asyncio, the agent and the PMI
 server.  A job that runs on this machine only (no hosts, no Slurm allocation,
 one program, and only options the table of :mod:`pm.options` marks ``quick``:
-``-n``, the ``-genv*``/``-env*`` family, ``-l``, ``-wdir``, ``--timeout``,
-``--output``/``--error``, ``--kvs`` and, meaning nothing on one node, ``-ppn``/``--fanout``;
+``-n``, the ``-genv*``/``-env*`` family with Open MPI's ``-x`` and ``--mca``, ``-l``,
+``-wdir``, ``--timeout``, ``--output``/``--error``, ``--kvs`` and, meaning nothing on one
+node, ``-ppn``/``--fanout`` and mpirun's ``--oversubscribe``/``--allow-run-as-root``;
 see :func:`pm.options.quick_ok`) is therefore started *before* any of that is
 imported, by this module, which imports C modules and a few small modules of
 pmrun only.  The command line is checked by the same parser either way.

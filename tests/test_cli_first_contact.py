@@ -408,3 +408,50 @@ def test_a_defect_of_pmrun_is_one_line_and_ends_the_ranks(tmp_path: Path, where:
     else:  # -v: the traceback first
         assert res.stderr.startswith("Traceback") and "RuntimeError: boom" in last
     wait_gone(f"sleep {marker}", 10)
+
+
+# ------------------------------------------------------------------ Open MPI's mpirun habits
+#: What an Open MPI user types out of habit, on a line the quick path takes too.
+MPIRUN_HABITS = ["--allow-run-as-root", "--oversubscribe", "-x", "KEEP", "-x", "SET=a=b",
+                 "-x", "UNSET_X", "--mca", "btl", "^ofi", "-gmca", "pml", "ob1", "--pmixmca",
+                 "gds", "hash", "--tag-output", "-wd", "/", "-np", "2", "prog"]
+
+
+def test_open_mpi_mpirun_habits_mean_the_same_on_both_paths(
+        capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEEP", "kept")
+    monkeypatch.delenv("UNSET_X", raising=False)
+    monkeypatch.setattr(options, "_WARNED", set())
+    q = quick_parse(MPIRUN_HABITS, os.environ)
+    spec = full_parse(MPIRUN_HABITS).spec
+    want = {"KEEP": "kept", "SET": "a=b", "OMPI_MCA_btl": "^ofi", "OMPI_MCA_pml": "ob1",
+            "PMIX_MCA_gds": "hash"}
+    assert q is not None, "the quick path takes mpirun's spellings"
+    assert q.genv == want and spec.genv == want
+    assert (q.n, q.label, q.wdir) == (2, True, "/")
+    assert (spec.apps[0].n, spec.label, spec.apps[0].wdir) == (2, True, "/")
+    # Named once, though both paths read the command line (a job handed over does too).
+    assert capfd.readouterr().err == \
+        "pmrun: -x UNSET_X: not set in pmrun's environment, so not passed\n"
+
+
+def test_open_mpi_placement_spellings_are_pmrun_s_options() -> None:
+    p = options.parse(["-H", "a:2,b", "--npernode", "2", "prog"], {})
+    assert (p.values["hosts"], p.values["ppn"]) == ("a:2,b", 2)
+    assert options.parse(["--host=a,b", "-npernode", "1", "prog"], {}).values == {
+        "hosts": "a,b", "ppn": 1}
+    with pytest.raises(UsageError, match=r"^-x needs a variable name, not '=1'$"):
+        options.parse(["-x", "=1", "prog"], {})
+    with pytest.raises(UsageError, match=r"^--mca needs KEY VALUE \(or KEY=VALUE\)$"):
+        options.parse(["--mca", "btl"], {})
+    with pytest.raises(UsageError, match=r"^--oversubscribe takes no value$"):
+        options.parse(["--oversubscribe=1", "prog"], {})
+
+
+@pytest.mark.parametrize("layout", [[], ["--local-nodes", "2"]], ids=["quick", "2nodes"])
+def test_mpirun_habits_reach_every_rank(pmrun: Run, layout: list[str]) -> None:
+    r = pmrun("--allow-run-as-root", "--oversubscribe", "-x", "KEEP", "-x", "UNSET_X",
+              "--mca", "btl", "^ofi", "-np", "2", *layout, "sh", "-c",
+              'echo "$KEEP $OMPI_MCA_btl ${UNSET_X-unset}"', env={"KEEP": "kept"})
+    assert (r.returncode, r.stdout) == (0, "kept ^ofi unset\n" * 2), r.stderr
+    assert r.stderr == "pmrun: -x UNSET_X: not set in pmrun's environment, so not passed\n"

@@ -46,11 +46,13 @@ def test_the_hydra_habits_the_readme_promises_are_options() -> None:
 
     names = {n for opt in OPTIONS for n in opt.names}
     readme = (REPO / "README.md").read_text()
-    section = readme.split("## Coming from Hydra / srun / GNU parallel", 1)[1].split("\n## ")[0]
+    heading = "## Coming from Hydra / Open MPI / srun / GNU parallel"
+    section = readme.split(heading, 1)[1].split("\n## ")[0]
     carried = section.split("And a few things differ", 1)[0]
     spans = [sp for sp in re.findall(r"`([^`]+)`", carried) if not sp.startswith("sh ")]
-    claimed = {w for span in spans for w in span.split() if re.fullmatch(r"--?[a-z][\w-]*", w)}
+    claimed = {w for span in spans for w in span.split() if re.fullmatch(r"--?[a-zA-Z][\w-]*", w)}
     assert claimed >= {"-configfile", "-prepend-pattern", "-print-all-exitcodes", "-envlist",
                        "-envnone", "-envall", "-launcher", "-bootstrap", "-launcher-exec",
-                       "-usize", "-iface", "-j"}
+                       "-usize", "-iface", "-j", "--allow-run-as-root", "--oversubscribe", "-x",
+                       "--mca", "--pmixmca", "-H", "--npernode", "--tag-output", "--wd"}
     assert claimed <= names, sorted(claimed - names)

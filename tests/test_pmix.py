@@ -121,6 +121,28 @@ def test_mpi4py_bench(pmrun: Run, layout: list[str], bench: str) -> None:
 
 
 @needs_wheel
+@pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
+def test_an_mpirun_command_line_runs_as_it_is(pmrun: Run, tmp_path: Path,
+                                              layout: list[str]) -> None:
+    # Open MPI's own spellings: the flags mpirun wants, -x, and --mca, which Open MPI reads
+    # (mpi_show_mca_params=enviro: it prints the parameters it took from the environment).
+    assert OMPI is not None
+    prog = script(tmp_path, "habits.py", """
+        import os
+        from mpi4py import MPI
+
+        print("rank", MPI.COMM_WORLD.rank, os.environ["KEEP"], flush=True)
+    """)
+    r = pmrun("--allow-run-as-root", "--oversubscribe", "-x", "KEEP", "--mca", "btl", "^ofi",
+              "--mca", "mtl", "^ofi", "--mca", "btl_tcp_if_include", "lo", "--mca",
+              "mpi_show_mca_params", "enviro", "-np", "3", *layout, OMPI, str(prog),
+              env={"KEEP": "kept"}, timeout=100)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == [f"rank {i} kept" for i in range(3)], r.stdout
+    assert re.search(r"\] btl=\^ofi \(environment\)", r.stderr), r.stderr
+
+
+@needs_wheel
 def test_fence_without_data_and_direct_modex_between_nodes(pmrun: Run, tmp_path: Path) -> None:
     # Without PMIX_COLLECT_DATA the endpoints are fetched one by one from the node that
     # runs the rank: pmrun's direct get, served by that node's PMIx server.  (Open MPI's
