@@ -208,6 +208,12 @@ def bind_to(value: str, opt: str) -> str:
 
 
 def map_by(value: str, opt: str) -> str:
+    if value.lower().startswith("ppr:"):  # Open MPI's ranks per resource: per node, -ppn
+        count, _, per = value[4:].partition(":")
+        if per.lower() != "node" or not count.isdigit() or int(count) < 1:
+            raise UsageError(f"{opt} {value!r}: of Open MPI's ppr:N:RESOURCE, pmrun takes "
+                             "ppr:N:node (N ranks per node, as -ppn N)")
+        return value
     return _binding(value, opt, "parse_map", "--map-by")
 
 
@@ -337,7 +343,7 @@ OPTIONS = (
         help="none, hwthread, core, l3cache, numa, package, each with :N (N of them per "
              "rank) or :overload-allowed, or user:0+1,2"),
     Opt("--map-by -map-by", "map_by", map_by, metavar="TARGET", group=PLACE,
-        help="slot, hwthread, core, l3cache, numa, package"),
+        help="slot, hwthread, core, l3cache, numa, package; Open MPI's ppr:N:node is -ppn N"),
     Opt("--report-bindings -report-bindings", "report_bindings", kind=FLAG, group=PLACE,
         help="print each rank's cpus"),
     Opt("--topology", "topology", kind=FLAG, group=PLACE,
@@ -606,6 +612,12 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                          else "no program given (see pmrun --help)")
     if not out.sections and not ({"tasks", "topology", "sim_ranks"} & out.values.keys()):
         raise UsageError("no program given (see pmrun --help)")
+    mapped = out.values.get("map_by")
+    if isinstance(mapped, str) and mapped.lower().startswith("ppr:"):
+        per_node = int(mapped.split(":")[1])
+        if out.values.setdefault("ppn", per_node) != per_node:
+            raise UsageError(f"--map-by {mapped} and -ppn {out.values['ppn']} disagree")
+        del out.values["map_by"]
     if "timeout" not in out.values and environ.get("MPIEXEC_TIMEOUT"):
         out.values["timeout"] = seconds(environ["MPIEXEC_TIMEOUT"].strip(), "MPIEXEC_TIMEOUT")
     return out

@@ -440,6 +440,13 @@ def test_open_mpi_placement_spellings_are_pmrun_s_options() -> None:
     assert (p.values["hosts"], p.values["ppn"]) == ("a:2,b", 2)
     assert options.parse(["--host=a,b", "-npernode", "1", "prog"], {}).values == {
         "hosts": "a,b", "ppn": 1}
+    assert options.parse(["--map-by", "ppr:2:node", "prog"], {}).values == {"ppn": 2}
+    assert full_parse(["--map-by", "ppr:3:node", "-ppn", "3", "prog"]).spec.ppn == 3
+    with pytest.raises(UsageError, match=r"^--map-by ppr:2:node and -ppn 3 disagree$"):
+        options.parse(["--map-by", "ppr:2:node", "-ppn", "3", "prog"], {})
+    with pytest.raises(UsageError, match=r"^--map-by 'ppr:2:socket': of Open MPI's "
+                                         r"ppr:N:RESOURCE, pmrun takes ppr:N:node \("):
+        options.parse(["--map-by", "ppr:2:socket", "prog"], {})
     with pytest.raises(UsageError, match=r"^-x needs a variable name, not '=1'$"):
         options.parse(["-x", "=1", "prog"], {})
     with pytest.raises(UsageError, match=r"^--mca needs KEY VALUE \(or KEY=VALUE\)$"):
