@@ -2,15 +2,17 @@
 
 The mapping string is ``(vector,(s,n,p),(s,n,p),...)``: each block ``(s,n,p)``
 stands for ``n`` nodes numbered from ``s`` holding ``p`` consecutive ranks
-each, in rank order.  When the blocks run out before the last rank, MPICH
-starts again from the first block whose start node is 0 (``MPL_rankmap`` in
-5.x, ``MPIR_NODEMAP`` before; the old reader falls back to the first block if
-none starts at 0, the new one leaves the remaining ranks unmapped).  Both read
-the same ranks whenever rank 0 is on node 0.  Readers stop in the middle of a
-block once every rank has a node.  Newer MPICH also accepts a
-bare node id ``k`` for ``(k,1,1)`` and ``[blocks]xK`` for blocks repeated K
-times; ``parse_process_mapping`` accepts them, ``process_mapping`` never
-writes them, so that every PMI client version can read what it writes.
+each, in rank order.  MPICH's readers also take a shorter string: when the
+blocks run out before the last rank, they start again from the first block
+whose start node is 0 (``MPL_rankmap`` in 5.x, ``MPIR_NODEMAP`` before), and
+newer MPICH reads a bare node id ``k`` for ``(k,1,1)`` and ``[blocks]xK`` for
+blocks repeated K times.  Intel MPI's reader does not start again: given a
+mapping that relies on it, its ``MPI_Init`` crashes (SIGSEGV in
+``build_locality``, or an abort in ``MPIDU_bc_table_create``; Intel MPI
+2021.18).  So :func:`process_mapping` writes every rank's block, as both
+Hydras do for such a placement (Intel's ``(vector,(0,2,1),(0,1,1))`` for three
+ranks on two nodes, one each), and :func:`parse_process_mapping` reads every
+form.
 """
 
 from __future__ import annotations
@@ -106,74 +108,22 @@ def _format(blocks: Sequence[Block]) -> str:
     return "(vector," + ",".join(f"({b.start},{b.nnodes},{b.ppn})" for b in blocks) + ")"
 
 
-def _periods(seq: Sequence[int]) -> Iterator[int]:
-    """Every p in 1..len(seq) with seq[i] == seq[i - p] for all i >= p, decreasing.
-
-    These are len(seq) minus each border of seq, read off the prefix function.
-    """
-    n = len(seq)
-    pi = [0] * n
-    for i in range(1, n):
-        k = pi[i - 1]
-        while k and seq[i] != seq[k]:
-            k = pi[k - 1]
-        if seq[i] == seq[k]:
-            k += 1
-        pi[i] = k
-    yield n
-    border = pi[n - 1]
-    while border:
-        yield n - border
-        border = pi[border - 1]
-
-
-def _prefix_block_counts(nodes: Sequence[int]) -> list[int]:
-    """``out[p]`` is ``len(_blocks(nodes[:p]))`` for every p in 0..len(nodes), in O(n)."""
-    n = len(nodes)
-    out = [0] * (n + 1)
-    # Walk the runs of the whole list; a prefix ending inside run j is the
-    # greedy form of runs 0..j-1 plus run j cut short, which joins the block
-    # before it only if its nodes line up and its cut count equals that ppn.
-    blocks = 0  # blocks of runs 0..j-1
-    last_ppn = 0  # ppn of the block holding run j-1
-    last_node = -2
-    rank = 0
-    for node, count in _runs(nodes):
-        joinable = node == last_node + 1
-        for c in range(1, count + 1):
-            out[rank + c] = blocks + (0 if joinable and c == last_ppn else 1)
-        if not (joinable and count == last_ppn):
-            blocks += 1
-            last_ppn = count
-        last_node = node
-        rank += count
-    return out
-
-
 def process_mapping(node_of_rank: Sequence[int]) -> str:
     """MPICH's ``PMI_process_mapping`` value for ranks placed on ``node_of_rank``.
 
-    Of all block lists that describe the placement (repetition included) this
-    picks one with the fewest blocks, and among those the one that relies
-    least on repetition: ``[0,0,1,1] -> "(vector,(0,2,2))"``,
-    ``[0,1,0,1] -> "(vector,(0,2,1))"``, ``[0,0,0] -> "(vector,(0,1,3))"``,
-    ``[0,0,1] -> "(vector,(0,1,2),(1,1,1))"``.  Repetition is used only when
-    rank 0 is on node 0, where every reader agrees on where it restarts.
-    Returns ``""`` (no mapping) for no ranks or when the value would exceed
-    ``MAX_MAPPING_LEN`` characters.  ``MappingError`` for a negative node.
+    Every rank is in a block (no repetition: see the module docstring), and runs
+    of ranks join a block while their nodes and counts line up:
+    ``[0,0,1,1] -> "(vector,(0,2,2))"``, ``[0,1,0,1] -> "(vector,(0,2,1),(0,2,1))"``,
+    ``[0,0,1] -> "(vector,(0,1,2),(1,1,1))"``.  Returns ``""`` (no mapping: the
+    clients find their nodes themselves, as under Hydra) for no ranks or when the
+    value would exceed ``MAX_MAPPING_LEN`` characters.  ``MappingError`` for a
+    negative node.
     """
     if not node_of_rank:
         return ""
     if min(node_of_rank) < 0:
         raise MappingError(f"negative node index {min(node_of_rank)} in a placement")
-    n = len(node_of_rank)
-    best = n
-    if node_of_rank[0] == 0:
-        counts = _prefix_block_counts(node_of_rank)
-        for p in _periods(node_of_rank):  # decreasing, so ties keep the longest prefix
-            if counts[p] < counts[best]:
-                best = p
-    text = _format(_blocks(node_of_rank[:best]))
+    text = _format(_blocks(node_of_rank))
     return text if len(text) <= MAX_MAPPING_LEN else ""
 
 
