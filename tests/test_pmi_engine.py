@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pm.agent.pmi_engine import (
     Action,
@@ -589,3 +591,78 @@ def test_native_answer_declines_what_may_wait() -> None:
     assert e.answer(fr(9, "get", b"k", 5)) is None  # a bad rank: feed names it
     assert e.feed(fr(10, "get", b"k", 1)[:3]) == []
     assert e.answer(fr(11, "get", b"k", 1)) is None  # a frame under way
+
+
+# --------------------------------------------------------------------- any bytes
+#: Each call kind -> the results the golden tables complete it with (any of them may come).
+RESULTS: dict[tuple[str, Any], list[Any]] = {}
+for _row in PMI1 + PMI2 + NATIVE:
+    if _row.call is not None:
+        RESULTS.setdefault((type(_row.call).__name__, getattr(_row.call, "kind", None)),
+                           []).append(_row.result)
+#: Bytes a broken or hostile client might slip in.
+JUNK = [b"=", b";", b"\n", b" ", b"\0", b"cmd=", b"mcmd=", b"endcmd\n", b"-1", b"9" * 30,
+        b"\xff\xfe", b"    99", b"%", b"kvsname=", b"key=", b"value="]
+
+
+@st.composite
+def broken_sessions(draw: st.DrawFn) -> tuple[bytes, list[int], list[int]]:
+    """A golden session with some requests damaged, cut into arbitrary reads, and the
+    order (and fate) of the calls it makes."""
+    table = draw(st.sampled_from([PMI1, PMI2, NATIVE]))
+    wires = [row.wire for row in table]
+    first = draw(st.integers(0, len(wires) - 1))
+    parts = wires[:1] if first else []  # (the init, so that most requests are served)
+    for wire in wires[first:first + draw(st.integers(1, 8))]:
+        if draw(st.booleans()):
+            at = draw(st.integers(0, len(wire)))
+            cut = draw(st.integers(0, 6))
+            junk = draw(st.sampled_from(JUNK) | st.binary(max_size=8))
+            wire = wire[:at] + junk + wire[at + cut:]
+        parts.append(wire)
+    cuts = draw(st.lists(st.integers(1, 64), max_size=12))
+    fates = draw(st.lists(st.integers(0, 9), max_size=40))
+    return b"".join(parts), cuts, fates
+
+
+@given(broken_sessions(), st.integers(0, 1))
+@settings(max_examples=300, deadline=None)
+def test_whatever_a_rank_sends_the_engine_answers_without_raising(
+        session: tuple[bytes, list[int], list[int]], rank: int) -> None:
+    """A damaged request gets an error reply or closes the stream; it never raises out
+    of feed, complete or fail (the agent would lose every other rank's service too), and
+    nothing is written to a stream after it was closed."""
+    data, cuts, fates = session
+    e = PmiEngine(Store(), rank)
+    pending: list[Any] = []
+    closed = False
+    fate = iter(fates)
+
+    def take(acts: list[Action]) -> None:
+        nonlocal closed
+        for a in acts:
+            if isinstance(a, Send):
+                assert not closed and isinstance(a.data, bytes) and a.data
+            elif isinstance(a, Close):
+                closed = True
+            elif not isinstance(a, Event):
+                pending.append(a)
+
+    logging.disable(logging.CRITICAL)
+    try:
+        pos = 0
+        for n in [*cuts, len(data)]:
+            if pos >= len(data) or closed:
+                break
+            take(e.feed(data[pos:pos + n]))
+            pos += n
+            while pending:  # the calls end, in any order, each done or failed
+                f = next(fate, 0)
+                call = pending.pop(f % len(pending))
+                results = RESULTS.get((type(call).__name__, getattr(call, "kind", None)))
+                if f >= 8 or not results:
+                    take(e.fail(call.token, RankFailed(1, "rank 1 failed")))
+                else:
+                    take(e.complete(call.token, results[f % len(results)]))
+    finally:
+        logging.disable(logging.NOTSET)
