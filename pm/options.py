@@ -207,7 +207,21 @@ def bind_to(value: str, opt: str) -> str:
     return _binding(value, opt, "parse_bind", "--bind-to")
 
 
+def _pe_of(value: str) -> tuple[str, str]:
+    """Open MPI's ``TARGET:PE=N`` (N cores per rank) as (TARGET, N); (value, "") without."""
+    head, sep, last = value.rpartition(":")
+    if sep and last[:3].upper() == "PE=":
+        return head, last[3:]
+    return value, ""
+
+
 def map_by(value: str, opt: str) -> str:
+    target, pe = _pe_of(value)
+    if pe or target != value:
+        if not pe.isdigit() or int(pe) < 1:
+            raise UsageError(f"{opt} {value!r}: PE= takes a number of cores per rank")
+        map_by(target, opt)
+        return value
     if value.lower().startswith("ppr:"):  # Open MPI's ranks per resource: per node, -ppn
         count, _, per = value[4:].partition(":")
         if per.lower() != "node" or not count.isdigit() or int(count) < 1:
@@ -343,7 +357,8 @@ OPTIONS = (
         help="none, hwthread, core, l3cache, numa, package, each with :N (N of them per "
              "rank) or :overload-allowed, or user:0+1,2"),
     Opt("--map-by -map-by", "map_by", map_by, metavar="TARGET", group=PLACE,
-        help="slot, hwthread, core, l3cache, numa, package; Open MPI's ppr:N:node is -ppn N"),
+        help="slot, hwthread, core, l3cache, numa, package; Open MPI's ppr:N:node is -ppn N, "
+             "and TARGET:PE=N binds N cores per rank (--bind-to core:N)"),
     Opt("--report-bindings -report-bindings", "report_bindings", kind=FLAG, group=PLACE,
         help="print each rank's cpus"),
     Opt("--topology", "topology", kind=FLAG, group=PLACE,
@@ -613,6 +628,14 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     if not out.sections and not ({"tasks", "topology", "sim_ranks"} & out.values.keys()):
         raise UsageError("no program given (see pmrun --help)")
     mapped = out.values.get("map_by")
+    if isinstance(mapped, str) and _pe_of(mapped)[1]:  # PE=N: N cores per rank, bound
+        mapped, pe = _pe_of(mapped)
+        out.values["map_by"] = mapped
+        bind = str(out.values.get("bind_to", "core"))
+        if bind.lower() not in ("core", "hwthread"):
+            raise UsageError(f"--map-by {mapped}:PE={pe} binds {pe} cores per rank: "
+                             f"--bind-to {bind} disagrees")
+        out.values["bind_to"] = f"{bind}:{pe}"
     if isinstance(mapped, str) and mapped.lower().startswith("ppr:"):
         per_node = int(mapped.split(":")[1])
         if out.values.setdefault("ppn", per_node) != per_node:

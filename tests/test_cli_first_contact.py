@@ -190,6 +190,8 @@ def test_core_n_binds_each_rank_to_n_cores(pmrun: Run) -> None:
     assert r.returncode == 0, r.stderr
     two = eval(r.stdout)
     assert set(one) < set(two)
+    r = pmrun("--map-by", "slot:PE=2", "-n", "1", "python", "-c", show)  # Open MPI's way
+    assert (r.returncode, eval(r.stdout)) == (0, two), r.stderr
 
 
 def test_core_n_takes_neighbours_within_the_mapping_domain() -> None:
@@ -447,6 +449,17 @@ def test_open_mpi_placement_spellings_are_pmrun_s_options() -> None:
     with pytest.raises(UsageError, match=r"^--map-by 'ppr:2:socket': of Open MPI's "
                                          r"ppr:N:RESOURCE, pmrun takes ppr:N:node \("):
         options.parse(["--map-by", "ppr:2:socket", "prog"], {})
+    # TARGET:PE=N: N cores per rank, bound (Open MPI's hybrid MPI+threads habit).
+    assert options.parse(["--map-by", "slot:PE=2", "prog"], {}).values == {
+        "map_by": "slot", "bind_to": "core:2"}
+    assert options.parse(["--bind-to", "hwthread", "--map-by", "ppr:1:node:pe=4", "prog"],
+                         {}).values == {"bind_to": "hwthread:4", "ppn": 1}
+    with pytest.raises(UsageError, match=r"^--map-by slot:PE=2 binds 2 cores per rank: "
+                                         r"--bind-to numa disagrees$"):
+        options.parse(["--map-by", "slot:PE=2", "--bind-to", "numa", "prog"], {})
+    with pytest.raises(UsageError, match=r"^--map-by 'core:PE=0': PE= takes a number of "
+                                         r"cores per rank$"):
+        options.parse(["--map-by", "core:PE=0", "prog"], {})
     with pytest.raises(UsageError, match=r"^-x needs a variable name, not '=1'$"):
         options.parse(["-x", "=1", "prog"], {})
     with pytest.raises(UsageError, match=r"^--mca needs KEY VALUE \(or KEY=VALUE\)$"):
