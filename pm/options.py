@@ -217,7 +217,7 @@ def _pe_of(value: str) -> tuple[str, str]:
 
 def map_by(value: str, opt: str) -> str:
     target, pe = _pe_of(value)
-    if pe or target != value:
+    if target != value:
         if not pe.isdigit() or int(pe) < 1:
             raise UsageError(f"{opt} {value!r}: PE= takes a number of cores per rank")
         map_by(target, opt)
@@ -627,23 +627,29 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                          else "no program given (see pmrun --help)")
     if not out.sections and not ({"tasks", "topology", "sim_ranks"} & out.values.keys()):
         raise UsageError("no program given (see pmrun --help)")
-    mapped = out.values.get("map_by")
-    if isinstance(mapped, str) and _pe_of(mapped)[1]:  # PE=N: N cores per rank, bound
-        mapped, pe = _pe_of(mapped)
-        out.values["map_by"] = mapped
-        bind = str(out.values.get("bind_to", "core"))
-        if bind.lower() not in ("core", "hwthread"):
-            raise UsageError(f"--map-by {mapped}:PE={pe} binds {pe} cores per rank: "
-                             f"--bind-to {bind} disagrees")
-        out.values["bind_to"] = f"{bind}:{pe}"
-    if isinstance(mapped, str) and mapped.lower().startswith("ppr:"):
-        per_node = int(mapped.split(":")[1])
-        if out.values.setdefault("ppn", per_node) != per_node:
-            raise UsageError(f"--map-by {mapped} and -ppn {out.values['ppn']} disagree")
-        del out.values["map_by"]
+    _open_mpi_mapping(out.values)
     if "timeout" not in out.values and environ.get("MPIEXEC_TIMEOUT"):
         out.values["timeout"] = seconds(environ["MPIEXEC_TIMEOUT"].strip(), "MPIEXEC_TIMEOUT")
     return out
+
+
+def _open_mpi_mapping(values: dict[str, object]) -> None:
+    """Open MPI's ``--map-by`` words as pmrun's options: ``TARGET:PE=N`` binds N cores per
+    rank (``--bind-to core:N``), ``ppr:N:node`` is ``-ppn N``."""
+    mapped = values.get("map_by")
+    if isinstance(mapped, str) and _pe_of(mapped)[1]:  # PE=N: N cores per rank, bound
+        mapped, pe = _pe_of(mapped)
+        values["map_by"] = mapped
+        bind = str(values.get("bind_to", "core"))
+        if bind.lower() not in ("core", "hwthread"):
+            raise UsageError(f"--map-by {mapped}:PE={pe} binds {pe} cores per rank: "
+                             f"--bind-to {bind} disagrees")
+        values["bind_to"] = f"{bind}:{pe}"
+    if isinstance(mapped, str) and mapped.lower().startswith("ppr:"):
+        per_node = int(mapped.split(":")[1])
+        if values.setdefault("ppn", per_node) != per_node:
+            raise UsageError(f"--map-by {mapped} and -ppn {values['ppn']} disagree")
+        del values["map_by"]
 
 
 #: Warnings said already: the command line is parsed again when a job moves to the full path.
