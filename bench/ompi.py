@@ -156,7 +156,7 @@ def ablation_table(hello: str, pmrun: list[str], mpirun: list[str], sizes: Seque
     from pm.agent.pmix_detect import libpmix_for
 
     base = env_for_both()
-    wheel = libpmix_for([hello]) or "libpmix.so.2"
+    wheel = libpmix_for([[hello]]) or "libpmix.so.2"
     who: dict[str, tuple[list[str], dict[str, str]]] = {
         "pmrun": (pmrun, base),
         "pmrun, no timer slack": (pmrun, {**base, "PM_RANK_TIMERSLACK_NS": "0"}),
@@ -250,7 +250,7 @@ def cost_section(runs: int, ompi: Path) -> str:
 
     from pm.agent.pmix_detect import libpmix_for
 
-    lib = libpmix_for([str(ompi)]) or ""
+    lib = libpmix_for([[str(ompi)]]) or ""
 
     from pm.agent import topo_share
 

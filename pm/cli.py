@@ -399,10 +399,9 @@ def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
     logging.basicConfig(format="pmrun: %(message)s", level=log_level(opts.verbose))
     if opts.spec.apps and not (opts.hosts or opts.hostfile or opts.local_nodes
                                or "launcher" in opts.extra or os.environ.get("SLURM_JOB_ID")):
-        from pm.agent.pmix_detect import program_of
         from pm.agent.pmix_server import prestart as pmix_prestart  # vertex 0 runs here
 
-        pmix_prestart(opts.spec.mpi, [program_of(a.argv) for a in opts.spec.apps])
+        pmix_prestart(opts.spec.mpi, [a.argv for a in opts.spec.apps])
     from pm.agent.spawn import raise_fd_limit
 
     raise_fd_limit()

@@ -173,11 +173,10 @@ class JobRun:
             universe_size=spec.universe_size,
         )
         if not sim:
-            from pm.agent.pmix_detect import program_of, wants_pmix
+            from pm.agent.pmix_detect import wants_pmix
 
-            path = self.plan.env.get("PATH")
-            self.plan.pmix = wants_pmix(spec.mpi, [program_of(a.argv, path) for a in spec.apps],
-                                        path)
+            self.plan.pmix = wants_pmix(spec.mpi, [a.argv for a in spec.apps],
+                                        self.plan.env.get("PATH"))
         if self.writer is not None and spec.prepend is not None:
             self.writer.prefix = functools.partial(_prefix, spec.prepend, self.plan.hosts,
                                                    node_of_rank)

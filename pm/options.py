@@ -582,9 +582,9 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         else:
             raise UsageError(f"{name} needs {opt.metavar or 'a value'}")
         i += 1
-        if opt.kind == PAIR:
+        if opt.kind in (PAIR, EXPORT):  # NAME VALUE or NAME=VALUE; -x NAME: its value here
             var, is_one_word, val = raw.partition("=")
-            if not is_one_word:
+            if not is_one_word and opt.kind == PAIR:
                 if i >= len(argv):
                     raise UsageError(f"{name} needs {opt.metavar} (or "
                                      f"{opt.metavar.replace(' ', '=')})")
@@ -592,22 +592,15 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                 i += 1
             if not var:
                 raise UsageError(f"{name} needs a variable name, not {raw!r}")
-            if isinstance(opt.const, str):  # --mca KEY VALUE: the variable's prefix
-                var = opt.const + var
-            target = sec.values if opt.local else out.values
-            env = target.setdefault(opt.key, {})
-            assert isinstance(env, dict)
-            env[var] = val
-        elif opt.kind == EXPORT:
-            var, is_one_word, val = raw.partition("=")
-            if not var:
-                raise UsageError(f"{name} needs a variable name, not {raw!r}")
-            if not is_one_word:
+            if not is_one_word and opt.kind == EXPORT:
                 if var not in environ:
                     _warn(f"{name} {var}: not set in pmrun's environment, so not passed")
                     continue
                 val = environ[var]
-            env = out.values.setdefault(opt.key, {})
+            if isinstance(opt.const, str):  # --mca KEY VALUE: the variable's prefix
+                var = opt.const + var
+            target = sec.values if opt.local else out.values
+            env = target.setdefault(opt.key, {})
             assert isinstance(env, dict)
             env[var] = val
         elif opt.kind == FILE:
@@ -636,16 +629,18 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
 def _open_mpi_mapping(values: dict[str, object]) -> None:
     """Open MPI's ``--map-by`` words as pmrun's options: ``TARGET:PE=N`` binds N cores per
     rank (``--bind-to core:N``), ``ppr:N:node`` is ``-ppn N``."""
-    mapped = values.get("map_by")
-    if isinstance(mapped, str) and _pe_of(mapped)[1]:  # PE=N: N cores per rank, bound
-        mapped, pe = _pe_of(mapped)
+    given = values.get("map_by")
+    if not isinstance(given, str):
+        return
+    mapped, pe = _pe_of(given)
+    if pe:  # N cores per rank, bound
         values["map_by"] = mapped
         bind = str(values.get("bind_to", "core"))
         if bind.lower() not in ("core", "hwthread"):
             raise UsageError(f"--map-by {mapped}:PE={pe} binds {pe} cores per rank: "
                              f"--bind-to {bind} disagrees")
         values["bind_to"] = f"{bind}:{pe}"
-    if isinstance(mapped, str) and mapped.lower().startswith("ppr:"):
+    if mapped.lower().startswith("ppr:"):
         per_node = int(mapped.split(":")[1])
         if values.setdefault("ppn", per_node) != per_node:
             raise UsageError(f"--map-by {mapped} and -ppn {values['ppn']} disagree")

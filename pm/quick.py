@@ -49,7 +49,7 @@ import sys
 import time
 
 from pm.agent import topo_share
-from pm.agent.pmix_detect import program_of, wants_pmix
+from pm.agent.pmix_detect import wants_pmix
 from pm.agent.shm_reaper import ShmReaper
 from pm.agent.spawn import (
     SpawnError,
@@ -150,8 +150,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     opts.output = v.get("output")  # type: ignore[assignment]
     opts.error = v.get("error")  # type: ignore[assignment]
     opts.kvs = v.get("kvs") or "shm"  # type: ignore[assignment]
-    path = environ.get("PATH")
-    opts.pmix = wants_pmix(str(v.get("mpi") or "auto"), [program_of(opts.argv, path)], path)
+    opts.pmix = wants_pmix(str(v.get("mpi") or "auto"), [opts.argv], environ.get("PATH"))
     return opts
 
 
@@ -262,8 +261,8 @@ class QuickStart:
         try:
             self._pmix, extra = start_one_node(
                 nspace, self.opts.n, self.host, self.started.xml_path, self._wake_w,
-                libpmix_for([program_of(self.opts.argv, envs[0].get("PATH"))],
-                            envs[0].get("PATH"), envs[0].get("LD_LIBRARY_PATH")))
+                libpmix_for([self.opts.argv], envs[0].get("PATH"),
+                            envs[0].get("LD_LIBRARY_PATH")))
         except PMError:
             self._close_wake()
             return False

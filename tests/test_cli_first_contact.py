@@ -358,9 +358,9 @@ def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
             q.error, q.env_mode, q.genvlist) == (
         app.n, app.argv, spec.genv, app.env, app.wdir, spec.label, spec.prepend, spec.timeout,
         spec.output, spec.error, mode, names)
-    from pm.agent.pmix_detect import program_of, wants_pmix
+    from pm.agent.pmix_detect import wants_pmix
 
-    assert q.pmix == wants_pmix(spec.mpi, [program_of(app.argv)])
+    assert q.pmix == wants_pmix(spec.mpi, [app.argv])
     assert q.kvs == spec.kvs
 
 

@@ -110,14 +110,14 @@ def test_the_systems_libpmix_comes_first_and_the_ranks_own_is_the_fallback(
 def test_detection_finds_the_wheels_libpmix_as_libmpi_does(tmp_path: Path) -> None:
     assert OMPI is not None
     want = str(_wheel_libpmix())
-    assert pmix_detect.libpmix_for([OMPI]) == want
+    assert pmix_detect.libpmix_for([[OMPI]]) == want
     cc = Path(OMPI).parent / "mpicc"
     out = tmp_path / "hello"
     subprocess.run([str(cc), "-o", str(out), str(HELLO_C)], check=True, timeout=120,
                    capture_output=True)
-    assert pmix_detect.libpmix_for([str(out)]) == want  # through the program's RUNPATH
-    assert pmix_detect.libpmix_for(["/bin/sh", str(out)]) == want  # the first that has one
-    assert pmix_detect.libpmix_for([sys.executable]) is None
+    assert pmix_detect.libpmix_for([[str(out)]]) == want  # through the program's RUNPATH
+    assert pmix_detect.libpmix_for([["/bin/sh"], [str(out)]]) == want  # the first that has one
+    assert pmix_detect.libpmix_for([[sys.executable]]) is None
 
 
 def test_the_program_a_wrapper_runs_is_the_one_looked_at(tmp_path: Path) -> None:
@@ -160,8 +160,8 @@ def test_debian_open_mpi_keeps_the_systems_libpmix(tmp_path: Path) -> None:
     out = tmp_path / "hello_deb"
     subprocess.run([cc, "-o", str(out), str(HELLO_C)], check=True, timeout=120,
                    capture_output=True)
-    assert pmix_detect.wants_pmix("auto", [str(out)])
-    assert pmix_detect.libpmix_for([str(out)]) is None
+    assert pmix_detect.wants_pmix("auto", [[str(out)]])
+    assert pmix_detect.libpmix_for([[str(out)]]) is None
 
 
 OVERSUB_C = r"""

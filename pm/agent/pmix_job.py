@@ -69,11 +69,10 @@ class PmixJob(Upcalls):
     @staticmethod
     async def start_server(agent: JobAgent) -> PmixServer:
         """The process's server, started (in a thread: tens of ms) if it has none."""
-        from pm.agent.pmix_detect import libpmix_for, program_of
+        from pm.agent.pmix_detect import libpmix_for
 
         plan = agent.plan
-        path = plan.env.get("PATH")
-        lib = libpmix_for([program_of(app.argv, path) for app in plan.apps], path,
+        lib = libpmix_for([app.argv for app in plan.apps], plan.env.get("PATH"),
                           plan.env.get("LD_LIBRARY_PATH"))
         srv = await asyncio.to_thread(server, node_names(plan.hosts)[agent.vertex],
                                       agent.extra_env.get("HWLOC_XMLFILE"), True, lib)

@@ -616,13 +616,13 @@ def current() -> PmixServer | None:
     return _server
 
 
-def prestart(mode: str, programs: list[str]) -> None:
+def prestart(mode: str, commands: list[list[str]]) -> None:
     """Start the server now, in a thread, for a job on this machine alone that needs PMIx:
     the library's start (tens of ms, in C) overlaps pmrun's own imports.  A failure is
     left for the job's own start to report."""
     from pm.agent.pmix_detect import libpmix_for, wants_pmix
 
-    if not wants_pmix(mode, programs):
+    if not wants_pmix(mode, commands):
         return
     import contextlib
     import socket
@@ -630,7 +630,7 @@ def prestart(mode: str, programs: list[str]) -> None:
 
     def start() -> None:
         with contextlib.suppress(Exception):
-            server(socket.gethostname(), lib=libpmix_for(programs, None,
+            server(socket.gethostname(), lib=libpmix_for(commands, None,
                                                          os.environ.get("LD_LIBRARY_PATH")))
 
     threading.Thread(target=start, name="pm-pmix-start", daemon=True).start()
