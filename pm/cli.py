@@ -273,6 +273,11 @@ def _collect_from_now_on() -> None:
     gc.enable()
 
 
+def _tasks(opts: CliOptions) -> bool:
+    """Whether the command line runs an ensemble (``--tasks FILE``, ``CMD ::: ARGS``)."""
+    return "tasks" in opts.extra or "tasks_line" in opts.extra
+
+
 async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
     import asyncio
     import signal
@@ -282,7 +287,7 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
 
         sys.stdout.write(summary(await discover_async()) + "\n")
         return 0
-    if "tasks" in opts.extra:
+    if _tasks(opts):
         from pm.ensemble.cli import run_cli
 
         return await run_cli(opts)
@@ -397,8 +402,9 @@ def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
             return refuse(exc)
         raise
     logging.basicConfig(format="pmrun: %(message)s", level=log_level(opts.verbose))
-    if opts.spec.apps and not (opts.hosts or opts.hostfile or opts.local_nodes
-                               or "launcher" in opts.extra or os.environ.get("SLURM_JOB_ID")):
+    if opts.spec.apps and not _tasks(opts) and not (
+            opts.hosts or opts.hostfile or opts.local_nodes or "launcher" in opts.extra
+            or os.environ.get("SLURM_JOB_ID")):
         from pm.agent.pmix_server import prestart as pmix_prestart  # vertex 0 runs here
 
         pmix_prestart(opts.spec.mpi, [a.argv for a in opts.spec.apps])
@@ -406,7 +412,7 @@ def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
 
     raise_fd_limit()
     relay = False
-    if started is None and "sim_ranks" not in opts.extra and "tasks" not in opts.extra:
+    if started is None and "sim_ranks" not in opts.extra and not _tasks(opts):
         try:
             where = hosts_of(opts)
         except UsageError as exc:

@@ -446,7 +446,8 @@ OPTIONS = (
     # Memory and ensembles
     Opt("--tasks", "tasks", text, metavar="FILE", group=MEMORY,
         help="run each line of FILE with sh -c over the nodes, as GNU parallel does; "
-             "--tasks FILE ::: A B runs each line once per argument, {} replaced by it"),
+             "--tasks FILE ::: A B runs each line once per argument, {} replaced by it "
+             "(also ::::, :::+, {.} {/} {//} {/.} {N} {#} {%}: README)"),
     Opt("-j --jobs", "jobs", task_slots, metavar="N", group=MEMORY,
         help="at most N tasks at once per host (default: one per core; 0: memory alone)"),
     Opt("--mem-per-task", "mem_per_task", text, metavar="SIZE", group=MEMORY,
@@ -498,6 +499,10 @@ ENVIRONMENT = (
 
 
 # ------------------------------------------------------------------ parsing
+#: Words that start GNU parallel's input sources (:mod:`pm.ensemble.inputs`).
+INPUT_SOURCES = frozenset({":::", ":::+", "::::", "::::+"})
+
+
 class Section:
     """One program of the job (an MPMD section) and its own options."""
 
@@ -620,10 +625,26 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                          else "no program given (see pmrun --help)")
     if not out.sections and not ({"tasks", "topology", "sim_ranks"} & out.values.keys()):
         raise UsageError("no program given (see pmrun --help)")
+    if len(out.sections) == 1 and "tasks" not in out.values:
+        _command_with_sources(out)
     _open_mpi_mapping(out.values)
     if "timeout" not in out.values and environ.get("MPIEXEC_TIMEOUT"):
         out.values["timeout"] = seconds(environ["MPIEXEC_TIMEOUT"].strip(), "MPIEXEC_TIMEOUT")
     return out
+
+
+def _command_with_sources(out: Parsed) -> None:
+    """GNU parallel's form, ``pmrun CMD ::: A B``: the words before the first input source
+    are one tasks line (``values["tasks_line"]``), the section keeps the sources."""
+    argv = out.sections[0].argv
+    at = next((i for i, word in enumerate(argv) if word in INPUT_SOURCES), None)
+    if at is None:
+        return
+    if at == 0:
+        raise UsageError(f"{argv[0]} gives arguments to a command: put the command before it "
+                         f"(pmrun CMD {argv[0]} ...) or give --tasks FILE")
+    out.values["tasks_line"] = " ".join(argv[:at])
+    out.sections[0].argv = argv[at:]
 
 
 def _open_mpi_mapping(values: dict[str, object]) -> None:
@@ -686,7 +707,7 @@ def config_args(path: str, opt: str) -> list[str]:
 def quick_ok(parsed: Parsed, environ: Mapping[str, str]) -> bool:
     """Whether the quick path (:mod:`pm.quick`) runs this job: one program on this machine,
     and only options it knows."""
-    if parsed.action or len(parsed.sections) != 1:
+    if parsed.action or len(parsed.sections) != 1 or "tasks_line" in parsed.values:
         return False
     if environ.get("PM_QUICK", "1").strip() == "0":
         return False
@@ -725,6 +746,7 @@ def internal_error(exc: BaseException, traceback: bool = False) -> int:
 HEAD = """\
 usage: pmrun [options] prog [args...] [: [options] prog2 [args...] ...]
        pmrun [options] -configfile FILE
+       pmrun [options] CMD ::: ARGS... | --tasks FILE [::: ARGS...]   (as GNU parallel)
 
 Start the ranks of a parallel job through a tree of node agents and serve them
 PMI: PMI-1 and PMI-2 for unmodified MPICH and Intel MPI, PMIx for unmodified Open

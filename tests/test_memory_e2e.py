@@ -124,7 +124,7 @@ async def test_cli_ensemble_twice_the_cap_runs_without_oom(tmp_path: Path, touch
     # Defaults printed by -v: 90 % / 80 % of the cgroup's limit.
     assert re.search(r"memory watermarks: high 230.4 MiB, low 204.8 MiB of 256 MiB "
                      rf"\(cgroup[12]:{re.escape(str(cg.path))}\)", err), err
-    summary = f"{SMALL + BIG + 1} tasks: {SMALL + BIG} succeeded, 1 failed, 1 retries"
+    summary = f"{SMALL + BIG + 1} tasks: {SMALL + BIG} succeeded, 1 failed, 1 retry"
     assert summary in err, err
     assert re.search(rf"task {SMALL + BIG} \(line {SMALL + BIG + 1}\): exit codes 3, 3", err)
     # Each task's output apart, prefixed with its index.

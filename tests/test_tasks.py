@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
 from pm.agent.memory import NodeMemory, Watermarks, tree_rss
+from pm.ensemble.inputs import combinations, fill
 from pm.ensemble.scheduler import (
     EnsembleScheduler,
     Progress,
@@ -20,6 +22,7 @@ from pm.ensemble.scheduler import (
     parse_tasks,
     with_arguments,
 )
+from pm.proto.errors import UsageError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cgroup_util import memory_cgroup
@@ -87,7 +90,7 @@ def test_parse_tasks_errors(text: str, message: str) -> None:
 
 def test_arguments_after_three_colons() -> None:
     specs = parse_tasks("[mem=1M] sim -i {} -o out.{}\necho hi\n")
-    tasks = with_arguments(specs, ["1", "a b"])
+    tasks = with_arguments(specs, [("1",), ("a b",)])
     assert [t.argv[2] for t in tasks] == [
         "sim -i 1 -o out.1", "sim -i 'a b' -o out.'a b'", "echo hi 1", "echo hi 'a b'"]
     assert [t.index for t in tasks] == [0, 1, 2, 3]
@@ -95,6 +98,57 @@ def test_arguments_after_three_colons() -> None:
     assert tasks[1].line == "[mem=1M] sim -i 'a b' -o out.'a b'" and tasks[1].mem == 1 << 20
     assert tasks[1].words == ("sim", "-i", "a b", "-o", "out.a b")
     assert tasks[0].key == tasks[1].key == ("sim",)
+
+
+def test_sources_combine_last_fastest_and_plus_pairs() -> None:
+    files = {"f": "l1\nl 2\n", "g": "x\n"}
+    assert combinations([":::", "a", "b", ":::", "1", "2"], files.__getitem__) == [
+        ("a", "1"), ("a", "2"), ("b", "1"), ("b", "2")]
+    assert combinations([":::", "a", "b", "c", ":::+", "1", "2"], files.__getitem__) == [
+        ("a", "1"), ("b", "2")]
+    assert combinations(["::::", "f", ":::", "z"], files.__getitem__) == [
+        ("l1", "z"), ("l 2", "z")]
+    assert combinations(["::::", "f", "g"], files.__getitem__) == [("l1", "x"), ("l 2", "x")]
+    assert combinations(["::::", "f", "::::+", "g"], files.__getitem__) == [("l1", "x")]
+
+
+@pytest.mark.parametrize(("words", "message"), [
+    ([":::"], "::: needs arguments"),
+    ([":::", "a", "::::"], ":::: needs files"),
+    ([":::+", "a"], ":::\\+ pairs its source with the one before it: there is none"),
+    (["::::", "missing"], ":::: missing: No such file"),
+])
+def test_bad_sources_are_named(words: list[str], message: str) -> None:
+    def read(path: str) -> str:
+        raise FileNotFoundError(2, "No such file or directory", path)
+
+    with pytest.raises(UsageError, match=message):
+        combinations(words, read)
+
+
+@pytest.mark.parametrize(("line", "args", "filled"), [
+    ("echo {} {.} {/} {//} {/.}", ("dir/x.tar.gz",),
+     "echo dir/x.tar.gz dir/x.tar x.tar.gz dir x.tar"),
+    ("echo {//} {.}", ("x",), "echo . x"),
+    ("echo {.}", ("y.d/z",), "echo y.d/z"),
+    ("cp {1} {2/}.{#}", ("a b", "c/d"), "cp 'a b' d.7"),
+    ("echo {}", ("a b", "it's"), "echo 'a b' 'it'\"'\"'s'"),
+    ("echo", ("a b", "c"), "echo 'a b' c"),
+    ("echo {#}", ("a",), "echo 7"),
+    ("CUDA_VISIBLE_DEVICES={%} sim", ("a",), "CUDA_VISIBLE_DEVICES=$PARALLEL_JOBSLOT sim"),
+    ("awk '{print $1}' ${HOME} {1..3}", ("f",), "awk '{print $1}' ${HOME} {1..3} f"),
+])
+def test_replacement_strings(line: str, args: tuple[str, ...], filled: str) -> None:
+    assert fill(line, args, 7) == filled
+
+
+def test_a_source_beyond_the_given_ones_is_named() -> None:
+    with pytest.raises(UsageError, match=re.escape("{3} names input source 3: there are 2")):
+        fill("echo {3}", ("a", "b"), 1)
+    specs = parse_tasks("echo\necho {2.}\n")
+    message = "line 2: {2.} names input source 2: there is 1"
+    with pytest.raises(TaskFileError, match=re.escape(message)):
+        with_arguments(specs, [("a",)])
 
 
 def test_command_key() -> None:

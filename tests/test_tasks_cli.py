@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pty
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -157,4 +158,56 @@ def test_a_program_beside_tasks_is_refused(pmrun: Run, tmp_path: Path, tail: lis
                                            message: str) -> None:
     (tmp_path / "t.txt").write_text("true\n")
     r = pmrun("--tasks", "t.txt", *tail)
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: {message}\n")
+
+
+PARALLEL = shutil.which("parallel")
+
+
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
+@pytest.mark.parametrize("tail", [
+    ["echo", "{#}", "{}", ":::", "a", "b c", ":::", "1", "2"],
+    ["echo", "{2}", "{1/.}", "{1//}", "{1.}", ":::", "d/x.tar.gz", "y", ":::+", "p", "q", "r"],
+    ["echo", "X", "::::", "args.txt", ":::", "z"],
+    ["echo {} > out.{#}; cat out.{#}", ":::", "it's", "a;b"],
+])
+def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_path: Path,
+                                                             tail: list[str]) -> None:
+    (tmp_path / "args.txt").write_text("l1\nl 2\n")
+    assert PARALLEL is not None
+    want = subprocess.run([PARALLEL, "--will-cite", "-k", *tail], cwd=tmp_path, text=True,
+                          capture_output=True, timeout=30,
+                          env={**os.environ, "HOME": str(tmp_path)})
+    assert want.returncode == 0, want.stderr
+    r = pmrun(*tail)
+    assert r.returncode == 0, r.stderr
+    got = sorted((int(m[1]), m[2]) for m in re.finditer(r"^\[task (\d+)\] (.*)$", r.stdout, re.M))
+    assert [line for _, line in got] == want.stdout.splitlines()
+    n = len(want.stdout.splitlines())  # one line a task
+    assert r.stderr == f"{n} task{'s' * (n != 1)}: {n} succeeded, 0 failed, 0 retries\n"
+
+
+def test_job_slots_are_numbered_within_j(pmrun: Run, tmp_path: Path) -> None:
+    # Declared bounds: no first measurement to wait for, -j is the only limit.
+    r = pmrun("-j", "2", "--mem-per-task", "1M", "sleep 0.2; echo {%} $PARALLEL_SEQ {#}",
+              ":::", *"abcdef")
+    assert r.returncode == 0, r.stderr
+    rows = [(int(m[1]), int(m[2]), int(m[3]), int(m[4]))
+            for m in re.finditer(r"^\[task (\d+)\] (\d+) (\d+) (\d+)$", r.stdout, re.M)]
+    assert sorted(seq for _, _, seq, _ in rows) == [1, 2, 3, 4, 5, 6], r.stdout
+    assert all(seq == task + 1 == number for task, _, seq, number in rows), r.stdout
+    assert {slot for _, slot, _, _ in rows} == {1, 2}, r.stdout
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    ([":::", "a"], "::: gives arguments to a command: put the command before it "
+                   "(pmrun CMD ::: ...) or give --tasks FILE"),
+    (["-n", "2", "echo", ":::", "a"], "-n is the number of an MPI job's ranks: here each line "
+                                      "and combination of arguments is one task (-j N: N at once)"),
+    (["echo", "{2}", ":::", "a"], "echo {2}: {2} names input source 2: there is 1"),
+    (["echo", "::::", "missing"], ":::: missing: No such file or directory"),
+    (["echo", ":::+", "a"], ":::+ pairs its source with the one before it: there is none"),
+])
+def test_a_bad_command_with_sources_is_named(pmrun: Run, argv: list[str], message: str) -> None:
+    r = pmrun(*argv)
     assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: {message}\n")

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from pm.agent.memory import SizeError, parse_size
 from pm.common.output import STDERR, Writer
 from pm.ensemble.core import Ensemble, Event
-from pm.ensemble.scheduler import parse_tasks, with_arguments
+from pm.ensemble.inputs import SEPARATORS, combinations
+from pm.ensemble.scheduler import TaskSpec, parse_tasks, with_arguments
 from pm.ensemble.task import TaskResult
 from pm.proto.errors import PMError
 
@@ -132,21 +133,23 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _arguments(opts: CliOptions) -> list[str] | None:
-    """The arguments after ``:::`` (None without it); a program there is refused, since
-    ``--tasks`` runs the file's lines and would silently leave it out."""
+def _sources(opts: CliOptions) -> list[str]:
+    """The input sources' words (``::: A B``, ``:::: FILE``...; empty without them); a
+    program beside ``--tasks FILE`` is refused, since the file's lines run and it would
+    silently be left out."""
     from pm.proto.errors import UsageError
 
     apps = opts.spec.apps
     if not apps:
-        return None
+        return []
+    if opts.n_given:
+        raise UsageError("-n is the number of an MPI job's ranks: here each line and "
+                         "combination of arguments is one task (-j N: N at once)")
     argv = apps[0].argv
-    if len(apps) > 1 or argv[0] != ":::":
+    if len(apps) > 1 or argv[0] not in SEPARATORS:
         raise UsageError(f"--tasks runs the lines of {opts.extra['tasks']}, not {argv[0]!r}: "
                          "put the command in the file (arguments for its {} go after :::)")
-    if len(argv) == 1:
-        raise UsageError("::: needs arguments")
-    return argv[1:]
+    return argv
 
 
 def _read_text(path: str) -> str:
@@ -164,18 +167,28 @@ async def run_cli(opts: CliOptions) -> int:
     from pm.proto.errors import UsageError
 
     extra = opts.extra
-    path = extra["tasks"]
+    path = extra.get("tasks")
     options = _options(extra)
-    args = _arguments(opts)
-    try:
-        text = await asyncio.to_thread(_read_text, path)
+    sources = _sources(opts)
+
+    def read_source(name: str) -> str:
+        if name == "-" and path == "-":
+            raise UsageError("--tasks - and :::: - both read standard input: give one a file")
+        return _read_text(name)
+
+    def tasks() -> list[TaskSpec]:
+        text = extra["tasks_line"] if path is None else _read_text(path)
         specs = parse_tasks(text, options.get("mem_per_task"))
+        return with_arguments(specs, combinations(sources, read_source)) if sources else specs
+
+    try:
+        specs = await asyncio.to_thread(tasks)
     except OSError as exc:
         raise UsageError(f"--tasks {path}: {exc.strerror}") from None
-    except PMError as exc:
-        raise UsageError(f"{path}: {exc}") from None
-    if args is not None:
-        specs = with_arguments(specs, args)
+    except PMError as exc:  # naming the line of the file, or the command's words
+        raise UsageError(f"{path}: {exc}" if path is not None
+                         else f"{extra['tasks_line']}: {str(exc).removeprefix('line 1: ')}"
+                         ) from None
     nodes = nodes_of(opts)
     assert isinstance(nodes, Nodes)
     console = _Console(opts.verbose, os.isatty(2))
@@ -207,7 +220,9 @@ async def run_cli(opts: CliOptions) -> int:
             loop.remove_signal_handler(sig)
         await ens.aclose()
         summary = ens.summary_text()
-        await console.aclose((summary if opts.verbose else summary.split("\n node ")[0]) + "\n")
+        if not opts.verbose:  # the nodes' memory peaks with -v
+            summary = "\n".join(x for x in summary.split("\n") if not x.startswith("node "))
+        await console.aclose(summary + "\n")
     if interrupted:
         return 128 + interrupted[0]
     return 0 if all(r.ok for r in results) else 1

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -172,6 +173,7 @@ class Ensemble:
         )
         self._tasks: dict[int, Task] = {}
         self._runs: set[asyncio.Task[None]] = set()
+        self._slots: set[int] = set()  # job slots (GNU parallel's {%}) held by running tasks
         #: Waits for the remote memory probes to end: awaited by aclose() once they are told to.
         self._probe_ends: set[asyncio.Future[Any]] = set()
         self._remote = RemoteRunner(nodes, self._spec, self._here)
@@ -348,8 +350,11 @@ class Ensemble:
         task.node, task.started, task.ended = d.name, time.time(), None
         if not task.admitted.done():
             task.admitted.set_result(None)
+        slot = next(k for k in itertools.count(1) if k not in self._slots)
+        self._slots.add(slot)
         env = {**task.env, "PMRUN_ENSEMBLE": self._token, "PMRUN_TASK": str(task.index),
-               "PMRUN_TASK_NODE": str(entry), "PMRUN_TASK_ATTEMPT": str(start.attempt)}
+               "PMRUN_TASK_NODE": str(entry), "PMRUN_TASK_ATTEMPT": str(start.attempt),
+               "PARALLEL_SEQ": str(task.index + 1), "PARALLEL_JOBSLOT": str(slot)}
         self._event("start", d, f"[task {task.index}] started on node {entry} ({d.name}), "
                     f"reserving {format_size(start.reservation)}: {task.spec.line}", task.index)
         code: int | None = None
@@ -361,6 +366,7 @@ class Ensemble:
                 code = await self._remote.run(task, d.name, env, self._emit)
         finally:
             task.ended = time.time()
+            self._slots.discard(slot)
             d.running[entry] -= 1
             for s in (d.reported, d.killed, d.suspended, d.exempt):
                 s.discard(task.index)

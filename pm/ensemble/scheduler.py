@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from pm.agent.admission import Admission, SizeError, Watermarks, format_size, parse_size
-from pm.proto.errors import PMError
+from pm.ensemble.inputs import fill
+from pm.proto.errors import PMError, UsageError
 
 NodeId = Hashable
 
@@ -126,16 +127,21 @@ def parse_tasks(text: str, default_mem: int | None = None) -> list[TaskSpec]:
     return tasks
 
 
-def with_arguments(specs: Sequence[TaskSpec], args: Sequence[str]) -> list[TaskSpec]:
-    """GNU parallel's ``:::``: each task once per argument, in argument order, ``{}`` in
-    its line replaced by the argument (shell-quoted), or the argument appended."""
+def with_arguments(specs: Sequence[TaskSpec],
+                   combos: Sequence[Sequence[str]]) -> list[TaskSpec]:
+    """GNU parallel's input sources: each task once per combination of arguments, in
+    order, its line filled by :func:`pm.ensemble.inputs.fill` (replacement strings, or
+    the arguments appended).  :class:`TaskFileError` naming the line for a ``{N}``
+    beyond the sources."""
     out: list[TaskSpec] = []
     for spec in specs:
         body = spec.argv[2]
         prefix = spec.line[: len(spec.line) - len(body)]  # the options block, if any
-        for arg in args:
-            quoted = shlex.quote(arg)
-            new = body.replace("{}", quoted) if "{}" in body else f"{body} {quoted}"
+        for args in combos:
+            try:
+                new = fill(body, args, len(out) + 1)
+            except UsageError as exc:
+                raise TaskFileError(f"line {spec.lineno}: {exc}") from None
             words = tuple(shlex.split(_strip_comment(new)))
             out.append(TaskSpec(len(out), ("sh", "-c", new), spec.mem, prefix + new,
                                 spec.lineno, words))
@@ -217,8 +223,8 @@ class Summary:
 
     def format(self) -> str:
         lines = [
-            f"{self.total} tasks: {self.succeeded} succeeded, {self.failed} failed, "
-            f"{self.retries} retries"
+            f"{self.total} task{'s' * (self.total != 1)}: {self.succeeded} succeeded, "
+            f"{self.failed} failed, {self.retries} retr{'y' if self.retries == 1 else 'ies'}"
         ]
         for rec in self.failures:
             what = rec.reason or f"exit codes {', '.join(map(str, rec.exit_codes))}"

@@ -1,0 +1,123 @@
+"""GNU parallel's input sources and replacement strings, for ``pmrun --tasks``.
+
+Input sources follow the command (``pmrun CMD ::: A B``) or the tasks file
+(``pmrun --tasks FILE ::: A B``):
+
+``::: A B ...``
+    the arguments themselves;
+``:::: FILE ...``
+    each file a source of its own, one argument a line (``-``: standard input).
+
+Several sources give every combination, the last source changing fastest.  A
+separator followed by ``+`` (``:::+``, ``::::+``) pairs its source with the one
+before it instead: ``::: a b :::+ 1 2`` gives ``a 1`` and ``b 2`` (pairs stop at
+the shorter source).
+
+Each combination fills a task's line once.  Replacement strings: ``{}`` every
+argument, ``{.}`` without its extension, ``{/}`` its base name, ``{//}`` its
+directory, ``{/.}`` its base name without extension; ``{N}``, ``{N.}``, ``{N/}``,
+``{N//}``, ``{N/.}`` the same for the Nth source's argument only; ``{#}`` the
+task's number (from 1); ``{%}`` its job slot (from 1, a slot no other running
+task holds), which the line reads from ``$PARALLEL_JOBSLOT``.  Arguments are
+shell-quoted.  A line without any replacement string gets the arguments
+appended.  Without sources, a line is run as written (braces and all).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shlex
+from collections.abc import Callable, Sequence
+
+from pm.options import INPUT_SOURCES
+from pm.proto.errors import UsageError
+
+#: The words that start an input source.
+SEPARATORS = INPUT_SOURCES
+
+_REPLACE = re.compile(r"\{(?:(?P<seq>#)|(?P<slot>%)|(?P<n>\d*)(?P<how>//|/\.|/|\.)?)\}")
+
+
+def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """A command line's words before its first input source, and the sources' words."""
+    for i, word in enumerate(argv):
+        if word in SEPARATORS:
+            return list(argv[:i]), list(argv[i:])
+    return list(argv), []
+
+
+def combinations(words: Sequence[str], read: Callable[[str], str]) -> list[tuple[str, ...]]:
+    """The argument tuples of the input sources in ``words`` (which start with a
+    separator); ``read(path)`` gives a ``::::`` file's text.  :class:`UsageError` for a
+    source without arguments, a ``+`` source with nothing before it or a file that
+    cannot be read."""
+    groups: list[list[list[str]]] = []  # sources paired with each other, in order
+    i = 0
+    while i < len(words):
+        sep = words[i]
+        j = i + 1
+        while j < len(words) and words[j] not in SEPARATORS:
+            j += 1
+        given = list(words[i + 1 : j])
+        if not given:
+            raise UsageError(f"{sep} needs {'files' if sep.startswith('::::') else 'arguments'}")
+        files = sep.startswith("::::")
+        sources = [_lines(path, read) for path in given] if files else [given]
+        if sep.endswith("+"):
+            if not groups:
+                raise UsageError(f"{sep} pairs its source with the one before it: there is none")
+            groups[-1].extend(sources)
+        else:
+            groups.append(sources[:1])
+            groups.extend([s] for s in sources[1:])
+        i = j
+    rows = [list(zip(*group, strict=False)) for group in groups]  # pairs: the shorter
+    return [tuple(arg for row in combo for arg in row) for combo in itertools.product(*rows)]
+
+
+def _lines(path: str, read: Callable[[str], str]) -> list[str]:
+    try:
+        return read(path).splitlines()
+    except OSError as exc:
+        raise UsageError(f":::: {path}: {exc.strerror or exc}") from None
+
+
+def _edit(value: str, how: str | None) -> str:
+    if not how:
+        return value
+    if how == ".":
+        return os.path.splitext(value)[0]
+    base = value.rsplit("/", 1)[-1]
+    if how == "/":
+        return base
+    if how == "/.":
+        return os.path.splitext(base)[0]
+    return os.path.dirname(value) or "."  # "//"
+
+
+def fill(line: str, args: Sequence[str], seq: int) -> str:
+    """``line`` with its replacement strings filled from ``args`` (one combination) for
+    the task numbered ``seq``; without any, the arguments appended.  :class:`UsageError`
+    for ``{N}`` beyond the sources."""
+    used = False
+
+    def one(m: re.Match[str]) -> str:
+        nonlocal used
+        used = True
+        if m["seq"]:
+            return str(seq)
+        if m["slot"]:
+            return "$PARALLEL_JOBSLOT"
+        values = args
+        if m["n"]:
+            k = int(m["n"])
+            if not 1 <= k <= len(args):
+                raise UsageError(f"{m[0]} names input source {k}: there "
+                                 f"{'is' if len(args) == 1 else 'are'} {len(args)}")
+            values = args[k - 1 : k]
+        return " ".join(shlex.quote(_edit(v, m["how"])) for v in values)
+
+    out = _REPLACE.sub(one, line)
+    return out if used else " ".join([line, *map(shlex.quote, args)])
