@@ -458,6 +458,14 @@ OPTIONS = (
         help="resume admitting below this (default 80%)"),
     Opt("--retries", "retries", text, metavar="N", group=MEMORY,
         help="rerun a failed task up to N times"),
+    Opt("--joblog", "joblog", text, metavar="FILE", group=MEMORY,
+        help="a line per ended task in FILE, GNU parallel's columns (Seq ... Exitval ...)"),
+    Opt("--resume", "resume", kind=FLAG, group=MEMORY,
+        help="with --joblog: run only the tasks not in FILE (appending to it)"),
+    Opt("--resume-failed", "resume_failed", kind=FLAG, group=MEMORY,
+        help="with --joblog: run the tasks not in FILE and those that failed there"),
+    Opt("--dry-run", "dry_run", kind=FLAG, group=MEMORY,
+        help="print each task's command line instead of running it"),
     Opt("--mem-overrun", "mem_overrun", choice("warn", "kill", "suspend"), metavar="ACTION",
         group=MEMORY, help="warn (default), kill or suspend a task over its declared size"),
     Opt("--mem-settle", "mem_settle", text, metavar="S|off", group=MEMORY,
@@ -627,6 +635,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         raise UsageError("no program given (see pmrun --help)")
     if len(out.sections) == 1 and "tasks" not in out.values:
         _command_with_sources(out)
+    _ensemble_only(out)
     _open_mpi_mapping(out.values)
     if "timeout" not in out.values and environ.get("MPIEXEC_TIMEOUT"):
         out.values["timeout"] = seconds(environ["MPIEXEC_TIMEOUT"].strip(), "MPIEXEC_TIMEOUT")
@@ -645,6 +654,29 @@ def _command_with_sources(out: Parsed) -> None:
                          f"(pmrun CMD {argv[0]} ...) or give --tasks FILE")
     out.values["tasks_line"] = " ".join(argv[:at])
     out.sections[0].argv = argv[at:]
+
+
+#: Options that only task ensembles take.
+_ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
+                  "dry_run")
+
+
+def _ensemble_only(out: Parsed) -> None:
+    """Refuse an ensemble's option on an MPI job (it would mean nothing there), and
+    --resume without the log it reads."""
+    values = out.values
+    if "tasks" in values or "tasks_line" in values:
+        resume = "resume" in values or "resume_failed" in values
+        if resume and "joblog" not in values:
+            raise UsageError(f"{'--resume' if 'resume' in values else '--resume-failed'} "
+                             "reads the log of --joblog FILE: give it")
+        if "resume" in values and "resume_failed" in values:
+            raise UsageError("--resume and --resume-failed: give one of them")
+        return
+    for opt in out.used:
+        if opt.key in _ENSEMBLE_KEYS:
+            raise UsageError(f"{opt.names[0]} is for task ensembles (pmrun CMD ::: ARGS, "
+                             "--tasks FILE), not for an MPI job's ranks")
 
 
 def _open_mpi_mapping(values: dict[str, object]) -> None:

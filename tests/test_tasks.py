@@ -11,6 +11,7 @@ import pytest
 
 from pm.agent.memory import NodeMemory, Watermarks, tree_rss
 from pm.ensemble.inputs import combinations, fill
+from pm.ensemble.joblog import JobLog, read_joblog
 from pm.ensemble.scheduler import (
     EnsembleScheduler,
     Progress,
@@ -22,6 +23,7 @@ from pm.ensemble.scheduler import (
     parse_tasks,
     with_arguments,
 )
+from pm.ensemble.task import TaskResult
 from pm.proto.errors import UsageError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -465,3 +467,36 @@ async def test_ensemble_runs_in_a_capped_cgroup_without_oom(tmp_path: Path) -> N
         assert most == 2  # two 80 MiB bounds fit under 200 MiB, never a third
         learned = [sched.record(i).reservation for i in (6, 7, 8)]
         assert all(64 * MiB < r < 100 * MiB for r in learned)  # peak of a 64 MiB run x 1.25
+
+
+# ------------------------------------------------------------------------- job log
+
+
+def test_the_job_log_has_gnu_parallels_columns(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    log = JobLog(str(path), append=False)
+    log.record(TaskResult(0, (), 0, (0,), "n1", 0, 0, None, 100.0, 100.25), "echo a", 2)
+    log.record(TaskResult(1, (), 137, (137,), "n2", 0, 0, None, 101.0, 101.5), "kill\t-9", 0)
+    log.record(TaskResult(2, (), 3, (1, 3), "n1", 0, 0, None, 102.0, 103.0), "exit 3", 0)
+    log.record(TaskResult(3, (), None, (None,), None, 0, 0, "lost", 0.0, 1.0), "x", 0)
+    log.record(TaskResult(4, (), None, (), None, 0, 0, "not run: SIGTERM"), "y", 0)
+    log.close()
+    assert path.read_text().splitlines() == [
+        "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand",
+        "1\tn1\t100.000\t     0.250\t0\t2\t0\t0\techo a",
+        "2\tn2\t101.000\t     0.500\t0\t0\t0\t9\tkill -9",
+        "3\tn1\t102.000\t     1.000\t0\t0\t3\t0\texit 3",
+        "4\t:\t0.000\t     1.000\t0\t0\t-1\t0\tx"]
+    assert read_joblog(str(path)) == {1: True, 2: False, 3: False, 4: False}
+    JobLog(str(path), append=True).close()  # no second header
+    with path.open("a") as f:
+        f.write("3\tn1\t104.000\t     1.000\t0\t0\t0\t0\texit 3\n")  # the rerun succeeded
+    assert read_joblog(str(path))[3] is True
+    assert path.read_text().count("Seq\t") == 1
+
+
+def test_a_job_log_that_is_not_one_is_named(tmp_path: Path) -> None:
+    assert read_joblog(str(tmp_path / "none")) == {}
+    (tmp_path / "bad").write_text("Seq\tHost\n1\tn1\tx\n")
+    with pytest.raises(UsageError, match="line 2 is not a job log's"):
+        read_joblog(str(tmp_path / "bad"))

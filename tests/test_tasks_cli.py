@@ -7,6 +7,7 @@ import os
 import pty
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from launch_util import pmrun_argv, pmrun_env
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
+Popen = Callable[..., subprocess.Popen[bytes]]
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -211,3 +213,61 @@ def test_job_slots_are_numbered_within_j(pmrun: Run, tmp_path: Path) -> None:
 def test_a_bad_command_with_sources_is_named(pmrun: Run, argv: list[str], message: str) -> None:
     r = pmrun(*argv)
     assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: {message}\n")
+
+
+def _log_rows(path: Path) -> list[tuple[int, int, str]]:
+    """(Seq, Exitval, Command) of each line of a job log, its header checked."""
+    lines = path.read_text().splitlines()
+    assert lines[0].split("\t") == ["Seq", "Host", "Starttime", "JobRuntime", "Send", "Receive",
+                                    "Exitval", "Signal", "Command"]
+    return [(int(f[0]), int(f[6]), f[8]) for f in (line.split("\t") for line in lines[1:])]
+
+
+def test_resume_failed_reruns_what_failed_and_resume_what_did_not_run(pmrun: Run,
+                                                                      tmp_path: Path) -> None:
+    line = "test -e ok.{} || { touch ok.{}; exit 1; }; echo {}"  # fails once per argument
+    r = pmrun("--joblog", "log", line, ":::", "a", "b")
+    assert r.returncode == 1, r.stderr
+    assert sorted(_log_rows(tmp_path / "log")) == [(1, 1, line.replace("{}", "a")),
+                                                   (2, 1, line.replace("{}", "b"))]
+    r = pmrun("--resume-failed", "--joblog", "log", "--dry-run", line, ":::", "a", "b", "c")
+    assert (r.returncode, r.stdout.splitlines()) == (0, [line.replace("{}", x) for x in "abc"])
+    r = pmrun("--resume-failed", "--joblog", "log", line, ":::", "a", "b")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["[task 0] a", "[task 1] b"]
+    assert [row[:2] for row in _log_rows(tmp_path / "log")][2:] in ([(1, 0), (2, 0)],
+                                                                    [(2, 0), (1, 0)])
+    r = pmrun("--resume", "--joblog", "log", line, ":::", "a", "b", "c")  # c fails once
+    assert (r.returncode, r.stdout) == (1, ""), r.stderr
+    assert "task 2 (line 1): exit codes 1" in r.stderr
+    r = pmrun("--resume", "--joblog", "log", line, ":::", "a", "b", "c")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "0 tasks: 0 succeeded, 0 failed, "
+                                                         "0 retries\n")
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(pmrun: Run, pmrun_popen: Popen,
+                                                     tmp_path: Path) -> None:
+    args = [str(i) for i in range(1, 7)]
+    proc = pmrun_popen("-j", "1", "--joblog", "log", "sleep 0.2; echo {}", ":::", *args)
+    assert proc.stdout is not None
+    seen = [proc.stdout.readline(), proc.stdout.readline()]
+    assert seen == [b"[task 0] 1\n", b"[task 1] 2\n"]
+    proc.send_signal(signal.SIGTERM)  # as Slurm does at an allocation's time limit
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    first = {seq for seq, code, _ in _log_rows(tmp_path / "log") if code == 0}
+    assert {1, 2} <= first < set(range(1, 7)), (tmp_path / "log").read_text()
+    r = pmrun("-j", "1", "--resume", "--joblog", "log", "sleep 0.2; echo {}", ":::", *args)
+    assert r.returncode == 0, r.stderr
+    rerun = {int(line.split()[2]) for line in r.stdout.splitlines()}
+    done = {seq for seq, code, _ in _log_rows(tmp_path / "log") if code == 0}
+    assert rerun == set(range(1, 7)) - first and done == set(range(1, 7)), r.stdout
+
+
+@pytest.mark.parametrize("option", [["-j", "2"], ["--retries", "1"], ["--mem-per-task", "1G"],
+                                    ["--joblog", "log"], ["--resume"], ["--dry-run"]])
+def test_an_ensembles_option_on_an_mpi_job_is_refused(pmrun: Run, option: list[str]) -> None:
+    r = pmrun(*option, "-n", "1", "true")
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: {option[0]} is for task "
+                                                  "ensembles (pmrun CMD ::: ARGS, --tasks "
+                                                  "FILE), not for an MPI job's ranks\n")

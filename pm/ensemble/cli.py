@@ -17,6 +17,7 @@ from pm.agent.memory import SizeError, parse_size
 from pm.common.output import STDERR, Writer
 from pm.ensemble.core import Ensemble, Event
 from pm.ensemble.inputs import SEPARATORS, combinations
+from pm.ensemble.joblog import JobLog, read_joblog
 from pm.ensemble.scheduler import TaskSpec, parse_tasks, with_arguments
 from pm.ensemble.task import TaskResult
 from pm.proto.errors import PMError
@@ -189,6 +190,16 @@ async def run_cli(opts: CliOptions) -> int:
         raise UsageError(f"{path}: {exc}" if path is not None
                          else f"{extra['tasks_line']}: {str(exc).removeprefix('line 1: ')}"
                          ) from None
+    joblog = extra.get("joblog")
+    if joblog is not None and ("resume" in extra or "resume_failed" in extra):
+        seen = await asyncio.to_thread(read_joblog, joblog)
+        again = "resume_failed" in extra
+        specs = [s for s in specs if s.index + 1 not in seen or (again and not seen[s.index + 1])]
+    if "dry_run" in extra:
+        sys.stdout.write("".join(f"{s.argv[2]}\n" for s in specs))
+        return 0
+    log = None if joblog is None else JobLog(
+        joblog, append="resume" in extra or "resume_failed" in extra)
     nodes = nodes_of(opts)
     assert isinstance(nodes, Nodes)
     console = _Console(opts.verbose, os.isatty(2))
@@ -199,6 +210,8 @@ async def run_cli(opts: CliOptions) -> int:
         await ens.start()
     except SizeError as exc:
         await console.aclose()
+        if log is not None:
+            log.close()
         raise UsageError(str(exc)) from None
     loop = asyncio.get_running_loop()
 
@@ -212,6 +225,9 @@ async def run_cli(opts: CliOptions) -> int:
         loop.add_signal_handler(sig, interrupt, sig)
     try:
         ens.on_progress = lambda: console.progress(ens.progress_text())
+        if log is not None:
+            ens.on_done = lambda task, result: log.record(result, task.spec.argv[2],
+                                                          task.received)
         for spec in specs:
             ens.add(spec.argv, spec=spec)
         results = await ens.join()
@@ -219,6 +235,8 @@ async def run_cli(opts: CliOptions) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await ens.aclose()
+        if log is not None:
+            log.close()
         summary = ens.summary_text()
         if not opts.verbose:  # the nodes' memory peaks with -v
             summary = "\n".join(x for x in summary.split("\n") if not x.startswith("node "))

@@ -41,7 +41,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pm.agent.memory import (
@@ -183,6 +183,8 @@ class Ensemble:
         self._closed = False
         self._stopping = False  # interrupted: start nothing new
         self.on_progress: Callable[[], None] | None = None
+        #: Called with each task and its result once it has ended for good.
+        self.on_done: Callable[[Task, TaskResult], None] | None = None
 
     # ----------------------------------------------------------------- set-up
     async def __aenter__(self) -> Ensemble:
@@ -224,14 +226,15 @@ class Ensemble:
         """Queue a task without waiting for its admission (``spec``: a parsed line)."""
         if self._closed:
             raise ResourceLimit("the task ensemble is closed")
-        index = len(self._tasks)
+        index = max(self._tasks, default=-1) + 1
         if spec is None:
             nbytes = parse_size(mem) if isinstance(mem, str) else mem
             if nbytes is None:
                 nbytes = self._mem_per_task
             spec = TaskSpec(index, tuple(argv), nbytes, shlex.join(argv))
-        elif spec.index != index:
-            spec = TaskSpec(index, spec.argv, spec.mem, spec.line, spec.lineno)
+        elif spec.index in self._tasks or spec.index < 0:
+            spec = replace(spec, index=index)
+        index = spec.index  # a parsed line keeps its number (--resume skips some)
         if not spec.argv:
             raise ValueError("a task needs a command")
         task = Task(spec, dict(env or {}), wdir or self._spec.wdir)
@@ -382,12 +385,16 @@ class Ensemble:
             return
         rec = self._sched.record(task.index)
         codes = tuple(rec.exit_codes)
-        task._result.set_result(TaskResult(
+        result = TaskResult(
             task.index, task.argv, codes[-1] if codes else None, codes, task.node, rec.peak,
             rec.reservation, rec.reason, task.started, task.ended,
-            b"".join(task.out or []), b"".join(task.err or [])))
+            b"".join(task.out or []), b"".join(task.err or []))
+        task._result.set_result(result)
+        if self.on_done is not None:
+            self.on_done(task, result)
 
     def _emit(self, task: Task, stream: int, data: bytes) -> None:
+        task.received += len(data)
         if self._output is not None:
             self._output(task.index, stream, data)
         else:

@@ -56,6 +56,8 @@ class Task:
         self.started: float | None = None
         self.ended: float | None = None
         self.out: list[bytes] | None = None
+        #: Bytes of output its runs wrote (GNU parallel's joblog "Receive").
+        self.received = 0
         self.err: list[bytes] | None = None
 
     @property

@@ -1,0 +1,101 @@
+"""GNU parallel's job log, for ``pmrun --joblog FILE`` (and ``--resume``, ``--resume-failed``).
+
+One tab-separated line per task once it has ended for good (its retries
+included), in GNU parallel's columns::
+
+    Seq  Host  Starttime  JobRuntime  Send  Receive  Exitval  Signal  Command
+
+``Seq`` is the task's number (``{#}``, from 1), ``Host`` the node it last ran on,
+``Starttime`` and ``JobRuntime`` its last run's start (seconds since the epoch) and
+length, ``Send`` 0 (nothing is sent to a task), ``Receive`` the bytes of output it
+wrote, ``Exitval`` its exit status, ``Signal`` N when its status was 128 + N (as a
+shell reports a signal), and ``Command`` the line as written.  A task that started but
+never ran to an end (its node was lost) has ``Exitval`` -1; one that never started
+(the run was interrupted first, no node could admit it) is not in the log.
+
+Each line is written as the task ends, so the log of an interrupted run (an
+allocation's time limit, a Ctrl-C) holds every task that finished:
+:func:`read_joblog` gives them to ``--resume`` (skip every task in the log) and
+``--resume-failed`` (skip those that succeeded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+
+from pm.ensemble.task import TaskResult
+from pm.proto.errors import UsageError
+
+log = logging.getLogger("pm.ensemble")
+
+HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
+_SIGNALS = frozenset(int(s) for s in signal.Signals)
+
+
+def read_joblog(path: str) -> dict[int, bool]:
+    """Each task number in the log at ``path``: whether its last entry succeeded (exit
+    status 0, no signal).  Empty if the file does not exist; :class:`UsageError` naming
+    the file and line if a line is not a job log's."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise UsageError(f"--joblog {path}: {exc.strerror or exc}") from None
+    done: dict[int, bool] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or (lineno == 1 and line.startswith("Seq\t")):
+            continue
+        fields = line.split("\t")
+        try:
+            seq, code, sig = int(fields[0]), int(fields[6]), int(fields[7])
+        except (IndexError, ValueError):
+            raise UsageError(f"--joblog {path}: line {lineno} is not a job log's "
+                             f"(Seq, Host, ... Exitval, Signal, Command): {line[:80]!r}") from None
+        done[seq] = code == 0 and sig == 0
+    return done
+
+
+class JobLog:
+    """The job log being written: :meth:`record` appends a task's line, flushed at once."""
+
+    def __init__(self, path: str, append: bool) -> None:
+        self.path = path
+        try:
+            fresh = not append or not os.path.getsize(path)
+        except OSError:
+            fresh = True
+        try:
+            self._file = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise UsageError(f"--joblog {path}: {exc.strerror or exc}") from None
+        if fresh:
+            self._file.write(HEADER)
+            self._file.flush()
+
+    def record(self, result: TaskResult, line: str, received: int) -> None:
+        start, end = result.started, result.ended
+        if self._file.closed or start is None:
+            return  # a task that never started (interrupted, too big) is run by --resume
+        code = result.returncode
+        sig = code - 128 if code is not None and code > 128 and code - 128 in _SIGNALS else 0
+        exitval = -1 if code is None else 0 if sig else code
+        took = 0.0 if end is None else end - start
+        command = line.replace("\t", " ").replace("\n", " ")
+        try:
+            self._file.write(f"{result.index + 1}\t{result.node or ':'}\t{start:.3f}\t"
+                             f"{took:10.3f}\t0\t{received}\t{exitval}\t{sig}\t{command}\n")
+            self._file.flush()
+        except OSError as exc:  # the tasks go on; the log stops, named once
+            log.error("--joblog %s: %s: no more lines written (from task %d on)",
+                      self.path, exc.strerror or exc, result.index)
+            with contextlib.suppress(OSError):
+                self._file.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
