@@ -111,6 +111,24 @@ def test_salloc_places_ranks_as_slurm_says(slurm_cluster: RealCluster, tmp_path:
     assert_clean(c)
 
 
+def test_salloc_runs_a_gnu_parallel_ensemble_on_the_nodes(slurm_cluster: RealCluster,
+                                                           tmp_path: Path) -> None:
+    c = slurm_cluster
+    # salloc's shell runs here, on no node of the allocation (a login node's case).
+    log = tmp_path / "log"
+    res = salloc(c, ["-N3", "-n6"], "--joblog", str(log), "echo {} $(hostname)",
+                 ":::", *"abcdef")
+    assert res.returncode == 0, res.stderr
+    rows = sorted(line.split()[2:] for line in res.stdout.splitlines())
+    assert [r[0] for r in rows] == list("abcdef"), res.stdout
+    assert {r[1] for r in rows} <= set(c.names[:3]), rows
+    entries = [line.split("\t") for line in log.read_text().splitlines()[1:]]
+    assert sorted((int(e[0]), e[1], e[6]) for e in entries) == [
+        (i + 1, row[1], "0") for i, row in enumerate(rows)], log.read_text()
+    assert res.stderr == "6 tasks: 6 succeeded, 0 failed, 0 retries\n"
+    assert_clean(c)
+
+
 def _venv_python(var: str, ci: str) -> str | None:
     """The python of an MPI wheel's venv: ``$var``, else ``.ci/<ci>`` (as test_pmix and
     test_intel_mpi find them)."""

@@ -146,6 +146,21 @@ def test_hostfile_and_hydras_launcher_exec(ssh_cluster: RealCluster, tmp_path: P
         assert_clean(c)
 
 
+def test_a_gnu_parallel_ensemble_over_ssh_hosts(ssh_cluster: RealCluster,
+                                                tmp_path: Path) -> None:
+    c = ssh_cluster
+    # GNU parallel's -S host1,host2 habit: each task in a namespace host, by ssh.
+    res = run(["-hosts", ",".join(c.names[:2]), "--ssh", c.ssh_command(), "-j", "1",
+               "echo {} $(hostname) $(readlink /proc/self/ns/net)", ":::", *"abcd"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = sorted(line.split()[2:] for line in res.stdout.splitlines())
+    assert [r[0] for r in rows] == list("abcd"), res.stdout
+    for _, host, net in rows:
+        assert host in c.names[:2] and net == netns_of(c, host), rows
+    assert res.stderr == "4 tasks: 4 succeeded, 0 failed, 0 retries\n"
+    assert_clean(c)
+
+
 @pytest.mark.parametrize("case", ["refused key", "host key"])
 def test_ssh_refusals_are_named_in_one_line(ssh_cluster: RealCluster, tmp_path: Path,
                                             case: str) -> None:

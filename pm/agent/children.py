@@ -103,11 +103,11 @@ def listen_endpoint(options: dict[str, Any], parent: str | None,
             # Where ssh goes for that name (Host aliases), which DNS may not know.
             toward = resolve_host(toward, options)
         src = route_source(toward) if toward else None
-        if src is None and str(options.get("name")) == "slurm" and options.get("start") == "step":
+        if src is None and str(options.get("name")) == "slurm":
             # A node name DNS does not know (Slurm's NodeAddr only): asking slurmctld
             # costs a round trip on the launch's path.  Listen on every address instead;
             # the agents reach us where srun runs (SLURM_LAUNCH_NODE_IPADDR, what their
-            # slurmd saw srun's connection come from: agent.main.place_in_step).
+            # slurmd saw srun's connection come from: agent.main.reach_launcher).
             return f"tcp://{ANY_ADDRESS}"
         if src is None:
             src = route_source(socket.getfqdn())

@@ -39,24 +39,32 @@ STDIN_LOST = "its agent's standard input closed while the job ran (its slurmstep
 _T_MAIN = time.time()
 
 
+def reach_launcher(cfg: AgentConfig, env: Mapping[str, str]) -> None:
+    """Where the head listens on every address (under Slurm, for node names DNS does not
+    know: :func:`pm.agent.children.listen_endpoint`), reach it where srun ran, the address
+    our slurmd saw srun's connection come from.  ``ValueError`` without it."""
+    from pm.agent.links import ANY_ADDRESS, endpoint_host
+
+    if endpoint_host(cfg.head) != ANY_ADDRESS:
+        return
+    launcher = env.get("SLURM_LAUNCH_NODE_IPADDR", "")
+    if not launcher:
+        raise ValueError("cannot tell where pmrun listens (no SLURM_LAUNCH_NODE_IPADDR "
+                         "from srun): give pmrun --iface")
+    cfg.head = cfg.head.replace(ANY_ADDRESS, launcher, 1)
+    if cfg.parent:
+        cfg.parent = cfg.parent.replace(ANY_ADDRESS, launcher, 1)
+
+
 def place_in_step(cfg: AgentConfig, env: Mapping[str, str]) -> None:
     """Fill in our vertex, host, parent and whether we listen, for an agent started by
     one Slurm step over all hosts (``vertex`` -1): our place is our node's place in the
     job's host list; vertex 0's parent is the head, every other parent comes later on
     stdin.  ``ValueError`` when this node is not in the list."""
-    from pm.agent.links import ANY_ADDRESS, endpoint_host
     from pm.common.hostlist import expand
     from pm.common.kary_tree import Tree
 
-    if endpoint_host(cfg.head) == ANY_ADDRESS:
-        # The head listens on every address: it is where srun runs.
-        launcher = env.get("SLURM_LAUNCH_NODE_IPADDR", "")
-        if not launcher:
-            raise ValueError("cannot tell where pmrun listens (no SLURM_LAUNCH_NODE_IPADDR "
-                             "from srun): give pmrun --iface")
-        cfg.head = cfg.head.replace(ANY_ADDRESS, launcher, 1)
-        if cfg.parent:
-            cfg.parent = cfg.parent.replace(ANY_ADDRESS, launcher, 1)
+    reach_launcher(cfg, env)
     hosts = expand(cfg.hosts)
     name = env.get("SLURMD_NODENAME") or socket.gethostname()
     if name in hosts:
@@ -139,11 +147,13 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
 
     gc.freeze()  # what the imports made lives as long as we do
     gc.enable()
-    if cfg.vertex < 0:
-        try:
+    try:
+        if cfg.vertex < 0:
             place_in_step(cfg, os.environ)
-        except ValueError as exc:
-            return _cannot_start(-1, str(exc))
+        else:
+            reach_launcher(cfg, os.environ)
+    except ValueError as exc:
+        return _cannot_start(cfg.vertex, str(exc))
     secret = bytes.fromhex(cfg.secret)
     vertex = cfg.vertex
     heartbeat = float(cfg.heartbeat)

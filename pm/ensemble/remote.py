@@ -89,9 +89,14 @@ class RemoteRunner:
                        env_mode=s.env_mode, genvlist=list(s.genvlist))
 
     def _pair(self, host: str) -> Nodes:
+        """The two nodes of a run on ``host``: vertex 0 in our process, vertex 1 started
+        there by it (not by a Slurm step over both, nor by a head relaying to vertex 0:
+        this machine need not be one of the allocation's nodes)."""
         from pm.common.nodes import Nodes
 
-        return Nodes([self._here, host], [1, 1], 2, dict(self._nodes.bootstrap))
+        boot = {k: v for k, v in self._nodes.bootstrap.items() if k != "start"}
+        boot["head_only"] = False
+        return Nodes([self._here, host], [1, 1], 2, boot)
 
 
 def probe_main(token: str, interval: float) -> int:
