@@ -192,6 +192,52 @@ echo "pmrun exit $?"
     assert_clean(c)
 
 
+def test_the_readmes_ensemble_batch_script_resumes(slurm_cluster: RealCluster,
+                                                   tmp_path: Path) -> None:
+    c = slurm_cluster
+    readme = (REPO / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("pmrun --joblog done.log"))
+    (tmp_path / "sim").write_text("#!/bin/sh\necho \"$1 on $(hostname)\"\n")
+    (tmp_path / "sim").chmod(0o755)
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "out").mkdir()
+    job = tmp_path / "job.sh"
+    job.write_text(f"#!/bin/sh\n#SBATCH --nodes=3 --time=10 --output={tmp_path}/job.out\n"
+                   f"{line}\necho \"pmrun exit $?\"\n")
+    env = env_for(c, tmp_path)
+
+    def batch() -> str:
+        res = subprocess.run(["sbatch", "--parsable", str(job)], env=env, capture_output=True,
+                             text=True, timeout=60, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        jobid = res.stdout.strip().split(";")[0]
+        deadline = time.monotonic() + 120
+        while c.run(["squeue", "-h", "-j", jobid]).stdout.strip():
+            assert time.monotonic() < deadline, f"batch job {jobid} did not end"
+            time.sleep(0.2)
+        return (tmp_path / "job.out").read_text()
+
+    def logged() -> list[str]:
+        return sorted(x.split("\t")[8] for x in
+                      (tmp_path / "done.log").read_text().splitlines()[1:])
+
+    for name in ("a", "b"):
+        (tmp_path / "inputs" / f"{name}.dat").write_text("")
+    text = batch()
+    assert "pmrun exit 0" in text, text
+    assert [p.name for p in sorted((tmp_path / "out").iterdir())] == ["a.txt", "b.txt"]
+    assert all((tmp_path / "out" / n).read_text().split()[2] in c.names[:3]
+               for n in ("a.txt", "b.txt"))
+    first = logged()
+    assert len(first) == 2, first
+    # The next job (after a time limit, or with more inputs) runs only what is not done.
+    (tmp_path / "inputs" / "c.dat").write_text("")
+    text = batch()
+    assert "pmrun exit 0" in text and "1 task: 1 succeeded" in text, text
+    assert len(logged()) == 3 and set(first) < set(logged())
+    assert_clean(c)
+
+
 def _start_sleeping(c: RealCluster, nodes: int, ranks: int, *pmrun: str
                     ) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
