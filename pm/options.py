@@ -482,7 +482,8 @@ OPTIONS = (
              "auto (default): PMIx when a program is linked with Open MPI or "
              "libpmix, or is a Python whose environment holds Open MPI"),
     Opt("--timeout -timeout", "timeout", seconds, metavar="SECONDS", quick=True, group=MISC,
-        help="kill the job after SECONDS (exit status 124); also MPIEXEC_TIMEOUT"),
+        help="kill the job after SECONDS (exit status 124); also MPIEXEC_TIMEOUT; of "
+             "tasks, each task's run (as GNU parallel)"),
     Opt("-configfile --configfile", "configfile", kind=FILE, metavar="FILE", group=MISC,
         help="the programs and their options, one MPMD section a line ('#' comments)"),
     Opt("-v --verbose -verbose", "verbose", kind=COUNT, group=MISC,

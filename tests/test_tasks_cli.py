@@ -271,3 +271,19 @@ def test_an_ensembles_option_on_an_mpi_job_is_refused(pmrun: Run, option: list[s
     assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: {option[0]} is for task "
                                                   "ensembles (pmrun CMD ::: ARGS, --tasks "
                                                   "FILE), not for an MPI job's ranks\n")
+
+
+def test_timeout_ends_each_task_that_overruns_it(pmrun: Run, tmp_path: Path) -> None:
+    # One task ignores SIGTERM: SIGKILL follows.  The quick one is untouched.
+    r = pmrun("--timeout", "0.5", "--mem-per-task", "1M", "--joblog", "log",
+              "if [ {} = slow ]; then trap '' TERM; sleep 30; fi; echo {}", ":::",
+              "quick", "slow")
+    assert r.returncode == 1, r.stderr
+    assert r.stdout == "[task 0] quick\n"
+    assert "pmrun: [task 1] timed out after 0.5 s: terminated\n" in r.stderr
+    assert "pmrun: [task 1] timed out after 0.5 s: killed\n" in r.stderr
+    assert "task 1 (line 1): exit codes 137" in r.stderr
+    rows = {seq: code for seq, code, _ in _log_rows(tmp_path / "log")}
+    assert rows == {1: 0, 2: 0}  # (a kill is a signal, not an exit status)
+    signals = [line.split("\t")[7] for line in (tmp_path / "log").read_text().splitlines()]
+    assert signals[1:] in (["0", "9"], ["9", "0"])

@@ -64,7 +64,7 @@ class _Console:
         self._later()
 
     def event(self, e: Event) -> None:
-        if e.kind in ("overrun", "killed", "suspended", "resumed", "lost"):
+        if e.kind in ("overrun", "killed", "suspended", "resumed", "lost", "timeout"):
             level = 0
         elif e.kind in ("watermarks", "blocked", "unblocked"):
             level = 1
@@ -206,7 +206,7 @@ async def run_cli(opts: CliOptions) -> int:
     interrupted: list[int] = []
     try:
         ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,
-                       **options)
+                       timeout=opts.spec.timeout, **options)
         await ens.start()
     except SizeError as exc:
         await console.aclose()

@@ -79,6 +79,8 @@ log = logging.getLogger("pm.ensemble")
 DEFAULT_SETTLE = 1.0
 #: Seconds between two memory samples of a node.
 DEFAULT_INTERVAL = 0.1
+#: Seconds between a timed-out task's SIGTERM and its SIGKILL.
+KILL_AFTER = 2.0
 
 #: Receives a task's output: (task index, 1 for stdout or 2 for stderr, whole lines).
 TaskSink = Callable[[int, int, bytes], None]
@@ -121,7 +123,8 @@ class Ensemble:
     and working directory of the tasks, and ``ppn`` (tasks per node entry).
     ``jobs``: tasks at most per host (0: memory alone), or ``"cores"``: one per
     core of the host unless ``ppn`` or the hosts give slots (None: those slots,
-    else memory alone).
+    else memory alone).  ``timeout``: seconds a task's run may take (GNU parallel's
+    ``--timeout``): then it gets SIGTERM, and SIGKILL :data:`KILL_AFTER` seconds later.
     ``output``: a :data:`TaskSink`, or None to keep each task's output in its
     result.  ``on_event``: every :class:`Event`.  ``cgroup``: the memory cgroup
     of this machine's tasks (default: this process's).  ``local_hosts``: host
@@ -147,6 +150,7 @@ class Ensemble:
         local_hosts: Collection[str] | None = None,
         default_reservation: int = DEFAULT_RESERVATION,
         jobs: int | str | None = None,
+        timeout: float | None = None,
     ) -> None:
         if overrun not in ("warn", "kill", "suspend"):
             raise SizeError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
@@ -155,6 +159,7 @@ class Ensemble:
         self._mem_per_task = mem_per_task
         self._overrun: OverrunPolicy = overrun  # type: ignore[assignment]  # checked above
         self._interval = interval
+        self._timeout = timeout
         self._spec = spec or JobSpec(apps=[])
         self._output = output
         self._on_event = on_event
@@ -361,6 +366,10 @@ class Ensemble:
         self._event("start", d, f"[task {task.index}] started on node {entry} ({d.name}), "
                     f"reserving {format_size(start.reservation)}: {task.spec.line}", task.index)
         code: int | None = None
+        timers: list[asyncio.TimerHandle] = []
+        if self._timeout:
+            timers.append(asyncio.get_running_loop().call_later(
+                self._timeout, self._timed_out, d, task.index, timers))
         try:
             if d.local:
                 assert self._local is not None
@@ -368,6 +377,8 @@ class Ensemble:
             else:
                 code = await self._remote.run(task, d.name, env, self._emit)
         finally:
+            for timer in timers:
+                timer.cancel()
             task.ended = time.time()
             self._slots.discard(slot)
             d.running[entry] -= 1
@@ -470,21 +481,35 @@ class Ensemble:
             d.exempt.update(d.suspended)  # waiting cannot free memory any more
             self._resume(d)
 
-    def _resume(self, d: Domain) -> None:
-        for index in sorted(d.suspended):
-            self._act(d, index, signal.SIGCONT, "resumed")
-        d.suspended.clear()
+    def _timed_out(self, d: Domain, index: int, timers: list[asyncio.TimerHandle]) -> None:
+        """A task's run took its ``timeout``: SIGTERM now, SIGKILL if it is still there
+        :data:`KILL_AFTER` seconds later (the run's end cancels ``timers``)."""
+        self._event("timeout", d, f"[task {index}] timed out after {self._timeout:g} s: "
+                    f"{'killed' if timers[1:] else 'terminated'}", index)
+        self._signal_task(d, index, signal.SIGKILL if timers[1:] else signal.SIGTERM,
+                          f"task {index} timed out")
+        if not timers[1:]:
+            timers.append(asyncio.get_running_loop().call_later(
+                KILL_AFTER, self._timed_out, d, index, timers))
 
-    def _act(self, d: Domain, index: int, sig: signal.Signals, what: str) -> None:
+    def _signal_task(self, d: Domain, index: int, sig: signal.Signals, why: str) -> None:
         task = self._tasks[index]
         jobs = self._remote.jobs
         if d.local and task.pid:
             signal_tree(task.pid, sig)
         elif index in jobs:
             if sig == signal.SIGKILL:
-                jobs[index].kill(f"task {index} over its memory bound")
+                jobs[index].kill(why)
             else:
                 jobs[index].signal(sig)
+
+    def _resume(self, d: Domain) -> None:
+        for index in sorted(d.suspended):
+            self._act(d, index, signal.SIGCONT, "resumed")
+        d.suspended.clear()
+
+    def _act(self, d: Domain, index: int, sig: signal.Signals, what: str) -> None:
+        self._signal_task(d, index, sig, f"task {index} over its memory bound")
         self._event(what, d, f"[task {index}] {what}: over its bound while node {d.name} "
                     "is over its high watermark", index)
 
