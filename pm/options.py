@@ -662,11 +662,20 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "dry_run")
 
 
+#: Options about an MPI job's ranks, which task ensembles do not take.
+_RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "error", "kvs",
+               "mpi", "profile", "universe_size")
+
+
 def _ensemble_only(out: Parsed) -> None:
-    """Refuse an ensemble's option on an MPI job (it would mean nothing there), and
-    --resume without the log it reads."""
+    """Refuse an ensemble's option on an MPI job and a ranks' option on an ensemble (each
+    would be silently ignored there), and --resume without the log it reads."""
     values = out.values
     if "tasks" in values or "tasks_line" in values:
+        for opt in out.used:
+            if opt.key in _RANKS_KEYS:
+                raise UsageError(f"{opt.names[0]} is for an MPI job's ranks, not for task "
+                                 "ensembles (each task's output is prefixed [task N])")
         resume = "resume" in values or "resume_failed" in values
         if resume and "joblog" not in values:
             raise UsageError(f"{'--resume' if 'resume' in values else '--resume-failed'} "

@@ -287,3 +287,12 @@ def test_timeout_ends_each_task_that_overruns_it(pmrun: Run, tmp_path: Path) -> 
     assert rows == {1: 0, 2: 0}  # (a kill is a signal, not an exit status)
     signals = [line.split("\t")[7] for line in (tmp_path / "log").read_text().splitlines()]
     assert signals[1:] in (["0", "9"], ["9", "0"])
+
+
+@pytest.mark.parametrize("option", [["--bind-to", "core"], ["-l"], ["--output", "out.%r"],
+                                    ["--kvs", "socket"], ["--mpi", "pmix"], ["-usize", "4"]])
+def test_a_ranks_option_on_an_ensemble_is_refused(pmrun: Run, option: list[str]) -> None:
+    r = pmrun(*option, "echo", ":::", "a")
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: {option[0]} is for an MPI "
+                                                  "job's ranks, not for task ensembles (each "
+                                                  "task's output is prefixed [task N])\n")
