@@ -466,6 +466,8 @@ OPTIONS = (
         help="with --joblog: run the tasks not in FILE and those that failed there"),
     Opt("--dry-run", "dry_run", kind=FLAG, group=MEMORY,
         help="print each task's command line instead of running it"),
+    Opt("-k --keep-order", "keep_order", kind=FLAG, group=MEMORY,
+        help="tasks' output in their order (a task's waits for those before it to end)"),
     Opt("--mem-overrun", "mem_overrun", choice("warn", "kill", "suspend"), metavar="ACTION",
         group=MEMORY, help="warn (default), kill or suspend a task over its declared size"),
     Opt("--mem-settle", "mem_settle", text, metavar="S|off", group=MEMORY,
@@ -659,7 +661,7 @@ def _command_with_sources(out: Parsed) -> None:
 
 #: Options that only task ensembles take.
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
-                  "dry_run")
+                  "dry_run", "keep_order")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

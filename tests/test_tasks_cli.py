@@ -265,7 +265,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(pmrun: Run, pmrun_popen: Po
 
 
 @pytest.mark.parametrize("option", [["-j", "2"], ["--retries", "1"], ["--mem-per-task", "1G"],
-                                    ["--joblog", "log"], ["--resume"], ["--dry-run"]])
+                                    ["--joblog", "log"], ["--resume"], ["--dry-run"], ["-k"]])
 def test_an_ensembles_option_on_an_mpi_job_is_refused(pmrun: Run, option: list[str]) -> None:
     r = pmrun(*option, "-n", "1", "true")
     assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: {option[0]} is for task "
@@ -296,3 +296,13 @@ def test_a_ranks_option_on_an_ensemble_is_refused(pmrun: Run, option: list[str])
     assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: {option[0]} is for an MPI "
                                                   "job's ranks, not for task ensembles (each "
                                                   "task's output is prefixed [task N])\n")
+
+
+def test_keep_order_writes_output_in_task_order(pmrun: Run) -> None:
+    # The last task ends first; with -k its lines still come last.
+    r = pmrun("-k", "-j", "3", "--mem-per-task", "1M", "sleep 0.{}; echo {}; echo {} again",
+              ":::", "6", "3", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "[task 0] 6", "[task 0] 6 again", "[task 1] 3", "[task 1] 3 again",
+        "[task 2] 1", "[task 2] 1 again"]

@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import sys
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from pm.ensemble.core import Ensemble, Event
 from pm.ensemble.inputs import SEPARATORS, combinations
 from pm.ensemble.joblog import JobLog, read_joblog
 from pm.ensemble.scheduler import TaskSpec, parse_tasks, with_arguments
-from pm.ensemble.task import TaskResult
+from pm.ensemble.task import Task, TaskResult
 from pm.proto.errors import PMError
 
 if TYPE_CHECKING:
@@ -39,6 +40,11 @@ class _Console:
     def __init__(self, verbose: int, tty: bool) -> None:
         self.verbose = verbose
         self.tty = tty
+        #: -k: the tasks in the order their output is written (the first one's as it
+        #: comes, the others' held until those before them ended), and what is held.
+        self._order: deque[int] | None = None
+        self._held: dict[int, list[tuple[int, bytes]]] = {}
+        self._ended: set[int] = set()
         self._shown = False
         self._text = ""
         self._timer: asyncio.TimerHandle | None = None
@@ -49,7 +55,29 @@ class _Console:
     def _write(self, stream: int, data: bytes) -> None:
         self._writer.write(0, stream, data)
 
+    def keep_order(self, indices: Iterable[int]) -> None:
+        """Write tasks' output in this order (GNU parallel's ``-k``)."""
+        self._order = deque(indices)
+
+    def ended(self, index: int) -> None:
+        """Task ``index`` has ended for good: with ``-k``, the output it let wait goes."""
+        order = self._order
+        if order is None:
+            return
+        self._ended.add(index)
+        while order and order[0] in self._ended:
+            self._ended.discard(order.popleft())
+            if order:
+                for stream, data in self._held.pop(order[0], ()):
+                    self._output(order[0], stream, data)
+
     def output(self, index: int, stream: int, data: bytes) -> None:
+        if self._order is not None and self._order and self._order[0] != index:
+            self._held.setdefault(index, []).append((stream, data))
+            return
+        self._output(index, stream, data)
+
+    def _output(self, index: int, stream: int, data: bytes) -> None:
         prefix = b"[task %d] " % index
         lines = data.split(b"\n")
         if lines[-1] == b"":
@@ -225,9 +253,15 @@ async def run_cli(opts: CliOptions) -> int:
         loop.add_signal_handler(sig, interrupt, sig)
     try:
         ens.on_progress = lambda: console.progress(ens.progress_text())
-        if log is not None:
-            ens.on_done = lambda task, result: log.record(result, task.spec.argv[2],
-                                                          task.received)
+        if "keep_order" in extra:
+            console.keep_order(spec.index for spec in specs)
+
+        def done(task: Task, result: TaskResult) -> None:
+            console.ended(task.index)
+            if log is not None:
+                log.record(result, task.spec.argv[2], task.received)
+
+        ens.on_done = done
         for spec in specs:
             ens.add(spec.argv, spec=spec)
         results = await ens.join()
