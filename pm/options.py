@@ -90,6 +90,27 @@ def text(value: str, opt: str) -> str:
     return value
 
 
+#: GNU parallel's short --halt values.
+_HALT_SHORT = {"0": "never", "1": "soon,fail=1", "2": "now,fail=1", "-1": "soon,success=1",
+               "-2": "now,success=1"}
+
+
+def halt_policy(value: str, opt: str) -> str:
+    """GNU parallel's ``--halt``: ``never``, or ``soon|now,fail|success|done=N|P%`` (also
+    0, 1, 2, -1, -2), as ``when,why=N`` or ``when,why=P%``."""
+    given = _HALT_SHORT.get(value.strip(), value.strip())
+    if given == "never":
+        return given
+    when, _, rule = given.partition(",")
+    why, _, count = rule.partition("=")
+    digits = count[:-1] if count.endswith("%") else count
+    ok = when in ("soon", "now") and why in ("fail", "success", "done") and digits.isdigit()
+    if not ok or int(digits) < 1 or (count.endswith("%") and int(digits) > 100):
+        raise UsageError(f"{opt} takes never, or soon|now,fail|success|done=N (or N%), "
+                         f"e.g. now,fail=1 (also 0, 1, 2, -1, -2), not {value!r}")
+    return given
+
+
 def directory(value: str, opt: str) -> str:
     if not os.path.isdir(value):
         raise UsageError(f"{opt} {value}: no such directory")
@@ -466,6 +487,9 @@ OPTIONS = (
         help="with --joblog: run the tasks not in FILE and those that failed there"),
     Opt("--dry-run", "dry_run", kind=FLAG, group=MEMORY,
         help="print each task's command line instead of running it"),
+    Opt("--halt", "halt", halt_policy, metavar="WHEN,WHY=N", group=MEMORY,
+        help="stop once N (or N%) tasks failed, succeeded or ended: soon (start no more) "
+             "or now (kill the running too), e.g. now,fail=1"),
     Opt("-k --keep-order", "keep_order", kind=FLAG, group=MEMORY,
         help="tasks' output in their order (a task's waits for those before it to end)"),
     Opt("--mem-overrun", "mem_overrun", choice("warn", "kill", "suspend"), metavar="ACTION",
@@ -661,7 +685,7 @@ def _command_with_sources(out: Parsed) -> None:
 
 #: Options that only task ensembles take.
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
-                  "dry_run", "keep_order")
+                  "dry_run", "keep_order", "halt")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

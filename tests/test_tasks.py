@@ -296,6 +296,28 @@ def test_retries() -> None:
     assert s.progress() == Progress(2, 0, 0, "")
 
 
+def test_nothing_starts_or_is_retried_once_stopped() -> None:
+    s = EnsembleScheduler(["n"], retries=2, slots=1)
+    s.node_memory("n", 0, W)
+    assert started(s.add(specs(100, 100))) == [(0, "n")]
+    s.stop("not run: SIGINT")
+    assert s.take_failed_unrun() == [1] and s.record(1).reason == "not run: SIGINT"
+    assert s.task_exited(0, 130) == [] and s.finished  # the interrupted run: no retry
+    assert s.record(0).status is TaskStatus.FAILED and s.record(0).exit_codes == [130]
+
+
+def test_a_start_whose_run_never_began_is_withdrawn() -> None:
+    s = EnsembleScheduler(["n"], slots=1)
+    s.node_memory("n", 0, W)
+    (first,) = s.add(specs(100, 100))
+    s.stop("not run: --halt now,fail=1")
+    s.withdraw(first.task.index)
+    assert s.record(0).status is TaskStatus.FAILED and s.record(0).attempts == 0
+    assert s.record(0).reason == "not run: --halt now,fail=1"
+    assert sorted(s.take_failed_unrun()) == [0, 1] and s.finished
+    assert s.schedule() == []
+
+
 def test_retry_reserves_at_least_the_last_peak() -> None:
     s = EnsembleScheduler(["n"], retries=1, margin=1.25)
     s.node_memory("n", 0, W)

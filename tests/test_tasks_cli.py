@@ -306,3 +306,45 @@ def test_keep_order_writes_output_in_task_order(pmrun: Run) -> None:
     assert r.stdout.splitlines() == [
         "[task 0] 6", "[task 0] 6 again", "[task 1] 3", "[task 1] 3 again",
         "[task 2] 1", "[task 2] 1 again"]
+
+
+def test_an_interrupted_task_is_not_retried(pmrun_popen: Popen) -> None:
+    proc = pmrun_popen("--retries", "2", "echo started {}; sleep 30", ":::", "a")
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"[task 0] started a\n"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert out == b"" and err.decode().splitlines()[-2:] == [
+        "1 task: 0 succeeded, 1 failed, 0 retries",
+        "  task 0 (line 1): exit codes 130: echo started a; sleep 30"], err
+
+
+def test_halt_now_on_the_first_failure_kills_the_rest(pmrun: Run, tmp_path: Path) -> None:
+    r = pmrun("-j", "2", "--mem-per-task", "1M", "--halt", "now,fail=1", "--joblog", "log",
+              "sleep {}; exit 3", ":::", "0.1", "30", "0.2", "0.3")
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0] == "pmrun: --halt now,fail=1: 1 task failed: killing the running tasks"
+    assert lines[1] == "4 tasks: 0 succeeded, 4 failed, 0 retries"
+    assert "  task 1 (line 1): exit codes 137: sleep 30; exit 3" in lines  # killed
+    assert "  task 2 (line 1): not run: --halt now,fail=1: sleep 0.2; exit 3" in lines
+    assert "  task 3 (line 1): not run: --halt now,fail=1: sleep 0.3; exit 3" in lines
+    assert sorted(seq for seq, _, _ in _log_rows(tmp_path / "log")) == [1, 2]  # what ran
+
+
+def test_halt_soon_on_successes_ends_well(pmrun: Run) -> None:
+    r = pmrun("-j", "1", "--halt", "soon,success=2", "exit {}", ":::", "1", "0", "2", "0", "0")
+    assert r.returncode == 0, r.stderr  # found what was looked for
+    assert r.stderr.splitlines()[:2] == [
+        "pmrun: --halt soon,success=2: 2 tasks succeeded: starting no more",
+        "5 tasks: 2 succeeded, 3 failed, 0 retries"]
+    assert "  task 4 (line 1): not run: --halt soon,success=2: exit 0" in r.stderr
+
+
+@pytest.mark.parametrize("value", ["now,fail", "soon,fail=0", "later,fail=1", "now,fail=101%",
+                                   "now,oops=1", ""])
+def test_a_bad_halt_is_named(pmrun: Run, value: str) -> None:
+    r = pmrun("--halt", value, "true", ":::", "a")
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr.startswith("pmrun: --halt takes never, or soon|now,fail|success|done=N")

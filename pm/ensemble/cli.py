@@ -162,6 +162,36 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+class _Halt:
+    """GNU parallel's ``--halt WHEN,WHY=N`` (as :func:`pm.options.halt_policy` gives it):
+    :meth:`count` says why the ensemble stops, once."""
+
+    def __init__(self, policy: str, total: int) -> None:
+        self.policy = policy
+        when, _, rule = policy.partition(",")
+        self.now = when == "now"
+        self.why, _, count = rule.partition("=")
+        if count.endswith("%"):
+            self.limit = max(1, -(-int(count[:-1]) * total // 100))
+        else:
+            self.limit = int(count) if count else 0
+        self.seen = 0
+        self.reached = False
+
+    def count(self, result: TaskResult) -> str | None:
+        if not self.limit or result.started is None:
+            return None  # never, or a task that never ran (the stop's own, too)
+        if self.why == "done" or (self.why == "fail") != result.ok:
+            self.seen += 1
+            if self.seen == self.limit:
+                self.reached = True
+                what = {"fail": "failed", "success": "succeeded", "done": "ended"}[self.why]
+                return (f"--halt {self.policy}: {self.seen} task{'s' * (self.seen != 1)} "
+                        f"{what}: " + ("killing the running tasks" if self.now
+                                       else "starting no more"))
+        return None
+
+
 def _sources(opts: CliOptions) -> list[str]:
     """The input sources' words (``::: A B``, ``:::: FILE``...; empty without them); a
     program beside ``--tasks FILE`` is refused, since the file's lines run and it would
@@ -228,6 +258,7 @@ async def run_cli(opts: CliOptions) -> int:
         return 0
     log = None if joblog is None else JobLog(
         joblog, append="resume" in extra or "resume_failed" in extra)
+    halt = _Halt(extra.get("halt", "never"), len(specs))
     nodes = nodes_of(opts)
     assert isinstance(nodes, Nodes)
     console = _Console(opts.verbose, os.isatty(2))
@@ -260,6 +291,10 @@ async def run_cli(opts: CliOptions) -> int:
             console.ended(task.index)
             if log is not None:
                 log.record(result, task.spec.argv[2], task.received)
+            why = halt.count(result)
+            if why:
+                console.message(why)
+                ens.halt(f"not run: --halt {halt.policy}", now=halt.now)
 
         ens.on_done = done
         for spec in specs:
@@ -277,6 +312,8 @@ async def run_cli(opts: CliOptions) -> int:
         await console.aclose(summary + "\n")
     if interrupted:
         return 128 + interrupted[0]
+    if halt.reached and halt.why == "success":
+        return 0  # what was looked for was found
     return 0 if all(r.ok for r in results) else 1
 
 

@@ -288,9 +288,7 @@ class Ensemble:
         """First call: start nothing more, pass ``signum`` to running tasks; then kill them."""
         if not self._stopping:
             self._stopping = True
-            for t in self._tasks.values():
-                if self._sched.record(t.index).status is TaskStatus.QUEUED:
-                    self._sched.cancel(t.index, f"not run: {signal.Signals(signum).name}")
+            self._sched.stop(f"not run: {signal.Signals(signum).name}")
             self._apply([])
             if self._local is not None:
                 self._local.signal(signum)
@@ -298,6 +296,16 @@ class Ensemble:
                 job.signal(signum)
         else:
             self._kill_all("interrupted twice")
+
+    def halt(self, why: str, now: bool = False) -> None:
+        """Start nothing more (queued tasks fail with ``why``, failed runs are not
+        retried); ``now``: kill the running tasks too (GNU parallel's ``--halt``)."""
+        if not self._stopping:
+            self._stopping = True
+            self._sched.stop(why)
+            self._apply([])
+        if now:
+            self._kill_all(why)
 
     def _kill_all(self, why: str) -> None:
         if self._local is not None:
@@ -312,9 +320,7 @@ class Ensemble:
         if self._closed:
             return
         self._closed = self._stopping = True
-        for t in self._tasks.values():
-            if self._sched.record(t.index).status is TaskStatus.QUEUED:
-                self._sched.cancel(t.index, "the ensemble closed")
+        self._sched.stop("the ensemble closed")
         self._apply([])
         self._kill_all("the ensemble closed")
         if self._runs:
@@ -351,6 +357,10 @@ class Ensemble:
             self.on_progress()
 
     async def _run(self, start: Start) -> None:
+        if self._stopping:  # started by the scheduler just before a stop: never runs
+            self._sched.withdraw(start.task.index)
+            self._apply([])
+            return
         task = self._tasks[start.task.index]
         d = self._domains[str(start.node)]
         entry = min(d.entries, key=lambda e: d.running.get(e, 0))

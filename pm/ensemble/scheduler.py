@@ -292,6 +292,8 @@ class EnsembleScheduler:
         self._settle = settle
         self._tasks: dict[int, TaskRecord] = {}
         self._queue: deque[int] = deque()
+        #: Why nothing more starts (:meth:`stop`), or None.
+        self._stopped: str | None = None
         self._learned: dict[tuple[str, ...], int] = {}
         self._failed_unrun: list[int] = []
 
@@ -436,12 +438,34 @@ class EnsembleScheduler:
             self._learned[key] = max(self._learned.get(key, 0), rec.peak)
         if code == 0:
             rec.status = TaskStatus.DONE
-        elif rec.attempts <= self._retries:
+        elif rec.attempts <= self._retries and self._stopped is None:
             rec.status = TaskStatus.QUEUED
             self._queue.append(index)
         else:
             rec.status = TaskStatus.FAILED
         return self.schedule()
+
+    def stop(self, reason: str) -> None:
+        """Start nothing more: queued tasks fail with ``reason``, and a running task that
+        fails from now on is not retried."""
+        if self._stopped is None:
+            self._stopped = reason
+        for index in list(self._queue):
+            self.cancel(index, reason)
+
+    def withdraw(self, index: int) -> None:
+        """A task :meth:`schedule` started whose run never began (the ensemble stopped
+        first): it fails with the stop's reason, its reservation released."""
+        rec = self._tasks[index]
+        if rec.status is not TaskStatus.RUNNING or rec.node is None:
+            return
+        node = self._nodes[rec.node]
+        node.running.discard(index)
+        if node.admission is not None:
+            node.admission.release(index, exited=False)
+        rec.attempts -= 1
+        rec.status, rec.reason = TaskStatus.FAILED, self._stopped or "withdrawn"
+        self._failed_unrun.append(index)
 
     def cancel(self, index: int, reason: str = "cancelled") -> list[Start]:
         """Withdraw a queued task: it fails with ``reason`` (a running one is left alone)."""
@@ -467,8 +491,10 @@ class EnsembleScheduler:
         return self.schedule()
 
     def schedule(self) -> list[Start]:
-        """Start what the admission rule allows now, in queue order."""
+        """Start what the admission rule allows now, in queue order (nothing once stopped)."""
         starts: list[Start] = []
+        if self._stopped is not None:
+            return starts
         for index in list(self._queue):
             rec = self._tasks[index]
             nbytes, declared = self.reservation_for(rec.spec)
