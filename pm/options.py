@@ -111,6 +111,19 @@ def halt_policy(value: str, opt: str) -> str:
     return given
 
 
+def regex(value: str, opt: str) -> str:
+    """A regular expression (checked here, used by whoever takes the option)."""
+    import re
+
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise UsageError(f"{opt} {value!r}: not a regular expression ({exc})") from None
+    if not value:
+        raise UsageError(f"{opt} takes a value, not an empty string")
+    return value
+
+
 def directory(value: str, opt: str) -> str:
     if not os.path.isdir(value):
         raise UsageError(f"{opt} {value}: no such directory")
@@ -490,6 +503,9 @@ OPTIONS = (
     Opt("--halt", "halt", halt_policy, metavar="WHEN,WHY=N", group=MEMORY,
         help="stop once N (or N%) tasks failed, succeeded or ended: soon (start no more) "
              "or now (kill the running too), e.g. now,fail=1"),
+    Opt("--colsep", "colsep", regex, metavar="REGEX", group=MEMORY,
+        help="split each argument into columns where REGEX matches: {1} {2}... (as GNU "
+             "parallel, e.g. --colsep , :::: params.csv)"),
     Opt("-k --keep-order", "keep_order", kind=FLAG, group=MEMORY,
         help="tasks' output in their order (a task's waits for those before it to end)"),
     Opt("--mem-overrun", "mem_overrun", choice("warn", "kill", "suspend"), metavar="ACTION",
@@ -685,7 +701,7 @@ def _command_with_sources(out: Parsed) -> None:
 
 #: Options that only task ensembles take.
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
-                  "dry_run", "keep_order", "halt")
+                  "dry_run", "keep_order", "halt", "colsep")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

@@ -32,7 +32,7 @@ BAD_VALUE = {
     "sim_value_size": "", "sim_exchange": "", "sim_gets": "", "tasks": "",
     "mem_per_task": "", "mem_high": "lots", "mem_low": "90 apples", "retries": "",
     "mem_overrun": "explode", "mem_settle": "", "timeout": "abc", "mpi": "ompi", "jobs": "x",
-    "joblog": "", "halt": "later,fail=1",
+    "joblog": "", "halt": "later,fail=1", "colsep": "(",
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check is not None for name in opt.names]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pm.agent.memory import NodeMemory, Watermarks, tree_rss
-from pm.ensemble.inputs import combinations, fill
+from pm.ensemble.inputs import combinations, fill, split_columns
 from pm.ensemble.joblog import JobLog, read_joblog
 from pm.ensemble.scheduler import (
     EnsembleScheduler,
@@ -142,6 +142,12 @@ def test_bad_sources_are_named(words: list[str], message: str) -> None:
 ])
 def test_replacement_strings(line: str, args: tuple[str, ...], filled: str) -> None:
     assert fill(line, args, 7) == filled
+
+
+def test_colsep_splits_each_argument_into_columns() -> None:
+    combos = split_columns([("a,1", "x"), ("b c,2", "y")], r"\s*,\s*")
+    assert combos == [("a", "1", "x"), ("b c", "2", "y")]
+    assert [fill("sim {2} {1} {3}", c, 1) for c in combos] == ["sim 1 a x", "sim 2 'b c' y"]
 
 
 def test_a_source_beyond_the_given_ones_is_named() -> None:

@@ -172,10 +172,13 @@ PARALLEL = shutil.which("parallel")
     ["echo", "{2}", "{1/.}", "{1//}", "{1.}", ":::", "d/x.tar.gz", "y", ":::+", "p", "q", "r"],
     ["echo", "X", "::::", "args.txt", ":::", "z"],
     ["echo {} > out.{#}; cat out.{#}", ":::", "it's", "a;b"],
+    ["--colsep", ",", "echo", "{2}-{1}", "::::", "params.csv"],
+    ["--colsep", r"\s*,\s*", "echo", ":::", "x , y", "z"],
 ])
 def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_path: Path,
                                                              tail: list[str]) -> None:
     (tmp_path / "args.txt").write_text("l1\nl 2\n")
+    (tmp_path / "params.csv").write_text("a,1\nb c,2\n")
     assert PARALLEL is not None
     want = subprocess.run([PARALLEL, "--will-cite", "-k", *tail], cwd=tmp_path, text=True,
                           capture_output=True, timeout=30,
@@ -265,7 +268,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(pmrun: Run, pmrun_popen: Po
 
 
 @pytest.mark.parametrize("option", [["-j", "2"], ["--retries", "1"], ["--mem-per-task", "1G"],
-                                    ["--joblog", "log"], ["--resume"], ["--dry-run"], ["-k"]])
+                                    ["--joblog", "log"], ["--resume"], ["--dry-run"], ["-k"],
+                                    ["--halt", "2"], ["--colsep", ","]])
 def test_an_ensembles_option_on_an_mpi_job_is_refused(pmrun: Run, option: list[str]) -> None:
     r = pmrun(*option, "-n", "1", "true")
     assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: {option[0]} is for task "

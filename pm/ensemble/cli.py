@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pm.agent.memory import SizeError, parse_size
 from pm.common.output import STDERR, Writer
 from pm.ensemble.core import Ensemble, Event
-from pm.ensemble.inputs import SEPARATORS, combinations
+from pm.ensemble.inputs import SEPARATORS, combinations, split_columns
 from pm.ensemble.joblog import JobLog, read_joblog
 from pm.ensemble.scheduler import TaskSpec, parse_tasks, with_arguments
 from pm.ensemble.task import Task, TaskResult
@@ -238,7 +238,12 @@ async def run_cli(opts: CliOptions) -> int:
     def tasks() -> list[TaskSpec]:
         text = extra["tasks_line"] if path is None else _read_text(path)
         specs = parse_tasks(text, options.get("mem_per_task"))
-        return with_arguments(specs, combinations(sources, read_source)) if sources else specs
+        if not sources:
+            return specs
+        combos = combinations(sources, read_source)
+        if "colsep" in extra:
+            combos = split_columns(combos, extra["colsep"])
+        return with_arguments(specs, combos)
 
     try:
         specs = await asyncio.to_thread(tasks)

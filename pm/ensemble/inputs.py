@@ -18,9 +18,11 @@ argument, ``{.}`` without its extension, ``{/}`` its base name, ``{//}`` its
 directory, ``{/.}`` its base name without extension; ``{N}``, ``{N.}``, ``{N/}``,
 ``{N//}``, ``{N/.}`` the same for the Nth source's argument only; ``{#}`` the
 task's number (from 1); ``{%}`` its job slot (from 1, a slot no other running
-task holds), which the line reads from ``$PARALLEL_JOBSLOT``.  Arguments are
-shell-quoted.  A line without any replacement string gets the arguments
-appended.  Without sources, a line is run as written (braces and all).
+task holds), which the line reads from ``$PARALLEL_JOBSLOT``.  With ``--colsep
+REGEX`` each argument is split into columns first, and ``{N}`` names the Nth column
+(:func:`split_columns`).  Arguments are shell-quoted.  A line without any replacement
+string gets the arguments appended.  Without sources, a line is run as written (braces
+and all).
 """
 
 from __future__ import annotations
@@ -75,6 +77,13 @@ def combinations(words: Sequence[str], read: Callable[[str], str]) -> list[tuple
         i = j
     rows = [list(zip(*group, strict=False)) for group in groups]  # pairs: the shorter
     return [tuple(arg for row in combo for arg in row) for combo in itertools.product(*rows)]
+
+
+def split_columns(combos: Sequence[tuple[str, ...]], colsep: str) -> list[tuple[str, ...]]:
+    """``--colsep``: each argument split into columns where the regular expression
+    ``colsep`` matches (the columns are the sources ``{1}``, ``{2}``... name)."""
+    sep = re.compile(colsep)
+    return [tuple(col for arg in combo for col in sep.split(arg)) for combo in combos]
 
 
 def _lines(path: str, read: Callable[[str], str]) -> list[str]:
