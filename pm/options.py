@@ -286,6 +286,19 @@ def hosts(value: str, opt: str) -> str:
     return value
 
 
+def sshlogin(value: str, opt: str) -> str:
+    """GNU parallel's ``-S [N/]HOST,...`` (``:`` is this machine) as a ``-hosts`` value
+    (``HOST:N``): N tasks at once on HOST."""
+    out = []
+    for item in value.split(","):
+        count, slash, host = item.strip().rpartition("/")
+        if slash and not (count.isdigit() and int(count) > 0):
+            raise UsageError(f"{opt} takes [N/]HOST,... (N tasks at once on HOST), not {item!r}")
+        host = "localhost" if host == ":" else host
+        out.append(f"{host}:{count}" if slash else host)
+    return hosts(",".join(out), opt)
+
+
 def hostfile(value: str, opt: str) -> str:
     readable_file(value, opt)
     from pm.common.hostlist import HostlistError, parse_hostfile
@@ -506,6 +519,8 @@ OPTIONS = (
     Opt("--colsep", "colsep", regex, metavar="REGEX", group=MEMORY,
         help="split each argument into columns where REGEX matches: {1} {2}... (as GNU "
              "parallel, e.g. --colsep , :::: params.csv)"),
+    Opt("-S --sshlogin", "hosts", sshlogin, metavar="[N/]HOST,...", group=MEMORY,
+        help="GNU parallel's hosts: -hosts HOST:N,... (':' is this machine)"),
     Opt("-k --keep-order", "keep_order", kind=FLAG, group=MEMORY,
         help="tasks' output in their order (a task's waits for those before it to end)"),
     Opt("--mem-overrun", "mem_overrun", choice("warn", "kill", "suspend"), metavar="ACTION",

@@ -352,3 +352,15 @@ def test_a_bad_halt_is_named(pmrun: Run, value: str) -> None:
     r = pmrun("--halt", value, "true", ":::", "a")
     assert r.returncode == 2 and r.stdout == "", r.stderr
     assert r.stderr.startswith("pmrun: --halt takes never, or soon|now,fail|success|done=N")
+
+
+def test_sshlogin_sets_tasks_at_once_per_host(pmrun: Run) -> None:
+    # GNU parallel's -S 1/: (one job at a time, on this machine).
+    r = pmrun("-v", "-v", "-S", "1/:", "--mem-per-task", "1M", "sleep 0.2; echo {}",
+              ":::", "a", "b", "c")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["[task 0] a", "[task 1] b", "[task 2] c"]
+    assert _most_at_once(r.stderr) == 1, r.stderr
+    r = pmrun("-S", "x/n1", "echo", ":::", "a")
+    assert (r.returncode, r.stderr) == (2, "pmrun: -S takes [N/]HOST,... (N tasks at once on "
+                                           "HOST), not 'x/n1'\n")
