@@ -125,8 +125,12 @@ class JobRun:
 
     def __init__(self, spec: JobSpec, nodes: Nodes, *, sink: OutputSink | None = None,
                  stdin: int | None = None, verbose: bool = False,
-                 sim: dict[str, Any] | None = None, started: StartedRanks | None = None) -> None:
+                 sim: dict[str, Any] | None = None, started: StartedRanks | None = None,
+                 quiet: bool = False) -> None:
         self._t0 = time.time()  # the head's start, for --profile
+        #: The cause of a failure is kept (:attr:`cause`) but not logged: whoever runs
+        #: the job says what it means (a task ensemble's run of one task).
+        self.quiet = quiet
         spec.validate()
         self.spec = spec
         self.nodes = nodes
@@ -391,7 +395,8 @@ class JobRun:
         if self.cause is None:
             self.cause = cause
             self.returncode = code
-            log.error("%s", cause)
+            if not self.quiet:
+                log.error("%s", cause)
         if grace <= 0 or self.state is RunState.RUNNING:
             self.state = RunState.KILLING
             if self.agent is None:

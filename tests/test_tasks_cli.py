@@ -364,3 +364,18 @@ def test_sshlogin_sets_tasks_at_once_per_host(pmrun: Run) -> None:
     r = pmrun("-S", "x/n1", "echo", ":::", "a")
     assert (r.returncode, r.stderr) == (2, "pmrun: -S takes [N/]HOST,... (N tasks at once on "
                                            "HOST), not 'x/n1'\n")
+
+
+def test_a_task_failing_on_another_host_is_said_once(pmrun: Run) -> None:
+    # Hosts reached through a launcher: the ensemble names how each task ended, the
+    # job that ran it on its host says nothing of its own.
+    r = pmrun("--launcher", "exec", "--launcher-exec", "env {command}", "--iface", "127.0.0.1",
+              "-hosts", "n1", "exit {}", ":::", "3")
+    assert (r.returncode, r.stdout) == (1, ""), r.stderr
+    assert r.stderr == ("1 task: 0 succeeded, 1 failed, 0 retries\n"
+                        "  task 0 (line 1): exit codes 3: exit 3\n")
+    r = pmrun("--launcher", "exec", "--launcher-exec", "false {command}", "--iface",
+              "127.0.0.1", "-hosts", "n1", "--join-timeout", "5", "echo", ":::", "a")
+    assert r.returncode == 1
+    assert r.stderr.count("node n1 lost: its memory probe ended") == 1, r.stderr
+    assert r.stderr.endswith("  task 0 (line 1): no node left to run it: echo a\n"), r.stderr

@@ -571,7 +571,8 @@ class Ensemble:
         if d.first is not None and not d.first.done():
             d.first.set_result(None)
         self._event("lost", d, f"node {d.name} lost: {why}")
-        log.warning("node %s lost: %s", d.name, why)
+        if self._on_event is None:  # (else the event is said, once)
+            log.warning("node %s lost: %s", d.name, why)
         self._apply(self._sched.node_lost(d.name))
 
 

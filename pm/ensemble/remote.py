@@ -60,7 +60,9 @@ class RemoteRunner:
             if rank == 1:
                 emit(task, stream, data)
 
-        job = JobRun(spec, self._pair(host), sink=sink)
+        # Quiet: the ensemble says how its task ended (a failing rank is a failed run, a
+        # kill is its own), but for a lost host, named in the task's output.
+        job = JobRun(spec, self._pair(host), sink=sink, quiet=True)
         self.jobs[task.index] = job
         try:
             await job.start()
@@ -69,6 +71,8 @@ class RemoteRunner:
             self.jobs.pop(task.index, None)
         r = result.ranks.get(1)
         if r is None or r.reason == "node lost":
+            if result.cause:
+                emit(task, STDERR, f"pmrun: {result.cause}\n".encode())
             return None
         if r.reason.startswith("could not start"):
             emit(task, STDERR, f"pmrun: {r.reason}\n".encode())
