@@ -379,3 +379,13 @@ def test_a_task_failing_on_another_host_is_said_once(pmrun: Run) -> None:
     assert r.returncode == 1
     assert r.stderr.count("node n1 lost: its memory probe ended") == 1, r.stderr
     assert r.stderr.endswith("  task 0 (line 1): no node left to run it: echo a\n"), r.stderr
+
+
+def test_progress_line_estimates_the_time_left(tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text("sleep 0.3\n" * 4)
+    text = _progress_on_a_terminal(tmp_path, "-j", "1", "--mem-per-task", "1M",
+                                   "--tasks", "t.txt")
+    # After the first task (0.3 s), three are left: about 1 s.
+    m = re.search(r"\rtasks: 1/4 done, 1 running, 2 queued, waiting for a free slot, "
+                  r"about (\d+) s left\x1b", text)
+    assert m is not None and 0 <= int(m[1]) <= 3, text

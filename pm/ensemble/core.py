@@ -179,6 +179,7 @@ class Ensemble:
         self._tasks: dict[int, Task] = {}
         self._runs: set[asyncio.Task[None]] = set()
         self._slots: set[int] = set()  # job slots (GNU parallel's {%}) held by running tasks
+        self._began: float | None = None  # when the first task started (monotonic)
         #: Waits for the remote memory probes to end: awaited by aclose() once they are told to.
         self._probe_ends: set[asyncio.Future[Any]] = set()
         self._remote = RemoteRunner(nodes, self._spec, self._here)
@@ -272,7 +273,16 @@ class Ensemble:
         return [await t.wait() for t in list(self._tasks.values())]
 
     def progress_text(self) -> str:
-        return self._sched.progress().format(len(self._tasks))
+        """The progress line: counts, what the queue waits for, and once a task ended
+        an estimate of the time left (as GNU parallel's ``--eta``: the time so far per
+        ended task, times the tasks left)."""
+        progress = self._sched.progress()
+        text = progress.format(len(self._tasks))
+        left = len(self._tasks) - progress.done
+        if self._began is not None and progress.done and left:
+            eta = (time.monotonic() - self._began) / progress.done * left
+            text += f", about {_duration(eta)} left"
+        return text
 
     def summary_text(self) -> str:
         lines = [self._sched.summary().format()]
@@ -368,6 +378,8 @@ class Ensemble:
         task.node, task.started, task.ended = d.name, time.time(), None
         if not task.admitted.done():
             task.admitted.set_result(None)
+        if self._began is None:
+            self._began = time.monotonic()
         slot = next(k for k in itertools.count(1) if k not in self._slots)
         self._slots.add(slot)
         env = {**task.env, "PMRUN_ENSEMBLE": self._token, "PMRUN_TASK": str(task.index),
@@ -574,6 +586,16 @@ class Ensemble:
         if self._on_event is None:  # (else the event is said, once)
             log.warning("node %s lost: %s", d.name, why)
         self._apply(self._sched.node_lost(d.name))
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` for a person: 45 s, 3 min 20 s, 2 h 5 min."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
 
 
 def _index(ident: object) -> int:
