@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pm.agent.memory import NodeMemory, Watermarks, tree_rss
 from pm.ensemble.inputs import combinations, fill, split_columns
@@ -148,6 +150,36 @@ def test_colsep_splits_each_argument_into_columns() -> None:
     combos = split_columns([("a,1", "x"), ("b c,2", "y")], r"\s*,\s*")
     assert combos == [("a", "1", "x"), ("b c", "2", "y")]
     assert [fill("sim {2} {1} {3}", c, 1) for c in combos] == ["sim 1 a x", "sim 2 'b c' y"]
+
+
+def test_an_argument_that_unbalances_the_lines_quotes_is_left_to_the_shell() -> None:
+    (task,) = with_arguments(parse_tasks('echo "{}"\n'), [('a"b',)])
+    assert task.argv == ("sh", "-c", 'echo "\'a"b\'"') and task.words == ("echo", "{}")
+
+
+_PIECES = ["a", " ", "{}", "{1}", "{2.}", "{/}", "{#}", "{%}", "#", ".", "/", "\\", "'", '"',
+           ";", "$", "[mem=1M] ", "[", "]", "=", "\t", "x y"]
+_LINE = st.lists(st.sampled_from(_PIECES), min_size=1, max_size=12).map("".join)
+_ARG = st.text(st.sampled_from(list("ab \"'{}\\$#;\n.")), max_size=8)
+
+
+@given(st.lists(_LINE, min_size=1, max_size=3),
+       st.lists(st.lists(_ARG, min_size=1, max_size=3), min_size=1, max_size=3))
+@settings(max_examples=500, deadline=None)
+def test_any_lines_and_arguments_give_tasks_or_a_named_error(lines: list[str],
+                                                             args: list[list[str]]) -> None:
+    try:
+        specs = parse_tasks("\n".join(lines))
+    except TaskFileError:
+        return  # the file's own fault, named
+    width = min(map(len, args))
+    try:
+        tasks = with_arguments(specs, [tuple(a[:width]) for a in args])
+    except TaskFileError as exc:
+        assert "names input source" in str(exc)
+        return
+    assert len(tasks) == len(specs) * len(args)
+    assert all(t.argv[:2] == ("sh", "-c") for t in tasks)
 
 
 def test_a_source_beyond_the_given_ones_is_named() -> None:

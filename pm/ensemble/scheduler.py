@@ -142,7 +142,10 @@ def with_arguments(specs: Sequence[TaskSpec],
                 new = fill(body, args, len(out) + 1)
             except UsageError as exc:
                 raise TaskFileError(f"line {spec.lineno}: {exc}") from None
-            words = tuple(shlex.split(_strip_comment(new)))
+            try:
+                words = tuple(shlex.split(_strip_comment(new)))
+            except ValueError:  # an argument's quotes inside the line's: the shell says
+                words = spec.words
             out.append(TaskSpec(len(out), ("sh", "-c", new), spec.mem, prefix + new,
                                 spec.lineno, words))
     return out
