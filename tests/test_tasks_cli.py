@@ -389,3 +389,12 @@ def test_progress_line_estimates_the_time_left(tmp_path: Path) -> None:
     m = re.search(r"\rtasks: 1/4 done, 1 running, 2 queued, waiting for a free slot, "
                   r"about (\d+) s left\x1b", text)
     assert m is not None and 0 <= int(m[1]) <= 3, text
+
+
+def test_arguments_that_are_not_utf8_reach_the_task_unchanged(pmrun: Run,
+                                                              tmp_path: Path) -> None:
+    (tmp_path / "names").write_bytes(b"caf\xe9.dat\n")  # a Latin-1 file name
+    r = pmrun("--joblog", "log", "printf %s {} > got", "::::", "names")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "got").read_bytes() == b"caf\xe9.dat"
+    assert (tmp_path / "log").read_bytes().endswith(b"\tprintf %s 'caf\xe9.dat' > got\n")

@@ -212,9 +212,12 @@ def _sources(opts: CliOptions) -> list[str]:
 
 
 def _read_text(path: str) -> str:
+    """A tasks file's or an input source's text; bytes that are not UTF-8 (a file name in
+    another encoding) come back unchanged in the tasks' command lines (``os.fsdecode``'s
+    way)."""
     if path == "-":
-        return sys.stdin.read()
-    with open(path) as f:
+        return sys.stdin.buffer.read().decode(errors="surrogateescape")
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return f.read()
 
 

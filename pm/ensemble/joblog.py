@@ -40,7 +40,7 @@ def read_joblog(path: str) -> dict[int, bool]:
     status 0, no signal).  Empty if the file does not exist; :class:`UsageError` naming
     the file and line if a line is not a job log's."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
             text = f.read()
     except FileNotFoundError:
         return {}
@@ -70,7 +70,8 @@ class JobLog:
         except OSError:
             fresh = True
         try:
-            self._file = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+            self._file = open(path, "a" if append else "w", encoding="utf-8",  # noqa: SIM115
+                              errors="surrogateescape")
         except OSError as exc:
             raise UsageError(f"--joblog {path}: {exc.strerror or exc}") from None
         if fresh:
