@@ -39,8 +39,10 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 SHM_DIR = "/dev/shm"
-#: Names MPI libraries give their node segments (MPICH, Open MPI, Intel MPI).
-MPI_PREFIXES = ("mpich_shm_", "sm_segment.", "vader_segment.", "shm-col-space-")
+#: Names MPI libraries give their node segments (MPICH, Open MPI, Intel MPI, and UCX's
+#: posix transport under MPICH's and Open MPI's wheels).
+MPI_PREFIXES = ("mpich_shm_", "sm_segment.", "vader_segment.", "shm-col-space-",
+                "ucx_shm_posix_")
 #: pmrun's own KVS segments have their own owner and sweep (pm.agent.shmkvs).
 _OWN_PREFIX = "pmrun."
 #: A segment younger than this is never swept as an orphan (it may be being created).
