@@ -35,7 +35,8 @@ MPICH wheel is not installed.
 The suite ends with nothing of its own running: the session makes pytest the reaper of
 its orphaned descendants and marks its environment (``PM_TEST_SESSION``); when the tests
 are over, any process still alive that descends from pytest or carries the mark is
-listed, killed, and fails the run.
+listed, killed, and fails the run.  So does any shared-memory file of pmrun's or of an
+MPI library that the session made and left in ``/dev/shm`` (listed, then removed).
 """
 
 from __future__ import annotations
@@ -64,14 +65,40 @@ _SESSION_TOKEN = uuid.uuid4().hex[:16]
 _SETTLE = 10.0
 
 
+#: /dev/shm as the session found it: what the tests leave there besides is theirs.
+_SHM_BEFORE: set[str] = set()
+
+
+def _shm_names() -> set[str]:
+    try:
+        return set(os.listdir("/dev/shm"))
+    except OSError:
+        return set()
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     os.environ[launch_util.SESSION_ENV] = _SESSION_TOKEN
     launch_util.become_subreaper()
+    _SHM_BEFORE.update(_shm_names())
+
+
+def _shm_left() -> list[str]:
+    """pmrun's and MPI libraries' shared-memory files the session made and left (removed
+    now, once nothing maps them)."""
+    from pm.agent.shm_reaper import MPI_PREFIXES
+
+    left = sorted(n for n in _shm_names() - _SHM_BEFORE
+                  if n.startswith((*MPI_PREFIXES, "pmrun.")))
+    for name in left:
+        with contextlib.suppress(OSError):
+            os.unlink(f"/dev/shm/{name}")
+    return left
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if anything the tests started is still running (then kill it)."""
+    """Fail the run if anything the tests started is still running (then kill it), or
+    left shared-memory files behind (then remove them)."""
     import signal
     import time
 
@@ -80,6 +107,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     while left and time.monotonic() < deadline:
         time.sleep(0.1)  # a poll against a deadline: agents and ranks of the last test exit
         left = launch_util.session_leftovers(_SESSION_TOKEN)
+    files = _shm_left()
+    if files:
+        text = f"the test session left {len(files)} file(s) in /dev/shm (now removed): " \
+               + ", ".join(files)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("=", "files left behind", red=True)
+            reporter.write_line(text)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if not left:
         return
     for pid in left:
