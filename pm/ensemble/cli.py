@@ -291,7 +291,8 @@ async def run_cli(opts: CliOptions) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, interrupt, sig)
     try:
-        ens.on_progress = lambda: console.progress(ens.progress_text())
+        if console.tty:  # (the line is only drawn on a terminal)
+            ens.on_progress = lambda: console.progress(ens.progress_text())
         if "keep_order" in extra:
             console.keep_order(spec.index for spec in specs)
 

@@ -177,6 +177,7 @@ class Ensemble:
             slot_word="a core" if by_cores else "a free slot",
         )
         self._tasks: dict[int, Task] = {}
+        self._next_index = 0  # above every task's index
         self._runs: set[asyncio.Task[None]] = set()
         self._slots: set[int] = set()  # job slots (GNU parallel's {%}) held by running tasks
         self._began: float | None = None  # when the first task started (monotonic)
@@ -232,7 +233,7 @@ class Ensemble:
         """Queue a task without waiting for its admission (``spec``: a parsed line)."""
         if self._closed:
             raise ResourceLimit("the task ensemble is closed")
-        index = max(self._tasks, default=-1) + 1
+        index = self._next_index
         if spec is None:
             nbytes = parse_size(mem) if isinstance(mem, str) else mem
             if nbytes is None:
@@ -241,6 +242,7 @@ class Ensemble:
         elif spec.index in self._tasks or spec.index < 0:
             spec = replace(spec, index=index)
         index = spec.index  # a parsed line keeps its number (--resume skips some)
+        self._next_index = max(self._next_index, index + 1)
         if not spec.argv:
             raise ValueError("a task needs a command")
         task = Task(spec, dict(env or {}), wdir or self._spec.wdir)
