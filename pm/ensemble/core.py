@@ -298,10 +298,7 @@ class Ensemble:
     # ----------------------------------------------------------------- stopping
     def interrupt(self, signum: int) -> None:
         """First call: start nothing more, pass ``signum`` to running tasks; then kill them."""
-        if not self._stopping:
-            self._stopping = True
-            self._sched.stop(f"not run: {signal.Signals(signum).name}")
-            self._apply([])
+        if self._stop(f"not run: {signal.Signals(signum).name}"):
             if self._local is not None:
                 self._local.signal(signum)
             for job in self._remote.jobs.values():
@@ -312,12 +309,20 @@ class Ensemble:
     def halt(self, why: str, now: bool = False) -> None:
         """Start nothing more (queued tasks fail with ``why``, failed runs are not
         retried); ``now``: kill the running tasks too (GNU parallel's ``--halt``)."""
-        if not self._stopping:
-            self._stopping = True
-            self._sched.stop(why)
-            self._apply([])
+        self._stop(why)
         if now:
             self._kill_all(why)
+
+    def _stop(self, why: str) -> bool:
+        """Start nothing more: queued tasks fail with ``why``, failed runs are not retried,
+        and a start whose run has not begun is withdrawn (:meth:`_run`).  False if the
+        ensemble was stopping already."""
+        if self._stopping:
+            return False
+        self._stopping = True
+        self._sched.stop(why)
+        self._apply([])
+        return True
 
     def _kill_all(self, why: str) -> None:
         if self._local is not None:
