@@ -124,6 +124,8 @@ HANDED_OVER_CHILDREN = """
     assert ask(b"cmd=barrier_in\\n")[:2] == ["cmd=barrier_out", "rc=0"]
     other = ask(b"cmd=get kvsname=%s key=c%d\\n" % (kvs.encode(), 1 - rank))[-1]
     print("child after", rank, other, flush=True)
+    # Rank 1's exit code 3 fails the job and kills the rest: not before rank 0 printed.
+    assert ask(b"cmd=barrier_in\\n")[:2] == ["cmd=barrier_out", "rc=0"]
     ask(b"cmd=finalize\\n")
     sys.exit(3 if rank == 1 else 0)
 """

@@ -313,15 +313,19 @@ def test_keep_order_writes_output_in_task_order(pmrun: Run) -> None:
 
 
 def test_an_interrupted_task_is_not_retried(pmrun_popen: Popen) -> None:
-    proc = pmrun_popen("--retries", "2", "echo started {}; sleep 30", ":::", "a")
+    # One process prints and waits: a shell that is between two commands (echo; sleep)
+    # when SIGINT comes starts the next one all the same, and ends only after it.
+    proc = pmrun_popen("--retries", "2", f"{sys.executable} -c \"import time; "
+                       "print('started', {}, flush=True); time.sleep(30)\"", ":::", "1")
     assert proc.stdout is not None
-    assert proc.stdout.readline() == b"[task 0] started a\n"
+    assert proc.stdout.readline() == b"[task 0] started 1\n"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGINT, err
     assert out == b"" and err.decode().splitlines()[-2:] == [
         "1 task: 0 succeeded, 1 failed, 0 retries",
-        "  task 0 (line 1): exit codes 130: echo started a; sleep 30"], err
+        f"  task 0 (line 1): exit codes 130: {sys.executable} -c \"import time; "
+        "print('started', 1, flush=True); time.sleep(30)\""], err
 
 
 def test_halt_now_on_the_first_failure_kills_the_rest(pmrun: Run, tmp_path: Path) -> None:
