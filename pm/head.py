@@ -174,7 +174,7 @@ class JobRun:
             report_bindings=spec.report_bindings, timeout=spec.timeout,
             profile=spec.profile is not None, bootstrap=dict(nodes.bootstrap),
             mem_high=spec.mem_high, mem_low=spec.mem_low, mem_overrun=spec.mem_overrun,
-            universe_size=spec.universe_size,
+            universe_size=spec.universe_size, stdin_rank=spec.stdin_rank,
         )
         if not sim:
             from pm.agent.pmix_detect import wants_pmix
@@ -200,7 +200,7 @@ class JobRun:
         #: Running, or killing: ranks that fail from then on do not name the cause.
         self.state = RunState.RUNNING
         self._stdin_credit = STDIN_WINDOW
-        self._stdin_dst = self.plan.hosts and place(spec.size, self.plan.slots)[0]
+        self._stdin_dst = self.plan.hosts and node_of_rank[spec.stdin_rank]
         self._stdin_reading = False
         #: False once stdin proved a regular file: read by one chain of call_soon then.
         self._stdin_polled = True

@@ -62,6 +62,8 @@ class JobSpec:
     #: Which PMI the ranks need beyond PMI-1/PMI-2: "pmix" also serves PMIx, "pmi" (or
     #: "none") does not, "auto" looks at the programs (pm.agent.pmix_detect).
     mpi: str = "auto"
+    #: The rank that reads the launcher's stdin (the others read /dev/null).
+    stdin_rank: int = 0
 
     @property
     def size(self) -> int:
@@ -86,6 +88,9 @@ class JobSpec:
             raise JobSpecError(f"--mpi takes pmix, pmi, none or auto, not {self.mpi!r}")
         if self.timeout is not None and self.timeout <= 0:
             raise JobSpecError("--timeout must be positive")
+        if not 0 <= self.stdin_rank < self.size:
+            raise JobSpecError(f"stdin goes to rank {self.stdin_rank}, not one of the job's "
+                               f"{self.size}")
         if self.mem_overrun not in ("warn", "kill", "suspend"):
             raise JobSpecError(
                 f"--mem-overrun takes warn, kill or suspend, not {self.mem_overrun!r}")

@@ -15,7 +15,17 @@ import pytest
 from pm.proto import tree_wire as t
 from pm.proto.errors import ProtocolError
 from pm.proto.plan import AgentConfig, AppPlan, JobPlan, SpawnOrigin
-from pm.proto.probe import ProbeSample
+from pm.proto.runner import (
+    MAX_DATA,
+    ProbeSample,
+    TaskExit,
+    TaskOutput,
+    TasksEnv,
+    TaskSignal,
+    TaskStart,
+    from_ensemble,
+    from_runner,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -103,6 +113,37 @@ def test_probe_lines_are_samples() -> None:
     assert ProbeSample.parse("pmrun-probe 10 5 machine") == ProbeSample(10, 5, "machine", None, {})
     for other in ("", "hello", "pmrun-probe 1 2", "pmrun-probe x 2 machine", "pmrun-probe 1 2 m 3"):
         assert ProbeSample.parse(other) is None, other
+
+
+def test_runner_commands_come_back_whole() -> None:
+    odd = b"caf\xe9 {}".decode(errors="surrogateescape")  # an argument that is not UTF-8
+    start = TaskStart(7, ["sh", "-c", f"echo {odd}"], {"PARALLEL_SEQ": "8"}, None)
+    for cmd in (start, TaskStart(0, ["true"], {}, "/tmp/a b"), TaskSignal(-1, 2),
+                TaskSignal(3, 9), TasksEnv({"PATH": "/bin", "X": "a\nb=c"})):
+        line = cmd.line()
+        assert line.endswith(b"\n") and line.count(b"\n") == 1, line
+        assert from_ensemble(line) == cmd
+    for other in (b"", b"hello", b"pmrun-start [1,2]", b"pmrun-start {", b"pmrun-signal 1",
+                  b"pmrun-signal a 2", b"pmrun-env [1]"):
+        assert from_ensemble(other) is None, other
+
+
+def test_runner_reports_come_back_whole_and_long_lines_in_pieces() -> None:
+    for rec in (TaskExit(3, 137), TaskExit(0, 0)):
+        assert from_runner(rec.line()) == rec
+    sample = ProbeSample(10, 5, "machine", 2, {1: 4096})
+    assert from_runner(sample.line().encode() + b"\n") == sample
+    line = b"x" * (2 * MAX_DATA + 10) + b" \xff\n"  # any bytes but a newline
+    records = TaskOutput(4, 2, line).lines()
+    assert len(records) == 3 and all(r.count(b"\n") == 1 for r in records)
+    got = [from_runner(r) for r in records]
+    assert [(g.index, g.stream, g.more) for g in got if isinstance(g, TaskOutput)] == [
+        (4, 2, True), (4, 2, True), (4, 2, False)]
+    assert b"".join(g.data for g in got if isinstance(g, TaskOutput)) == line
+    assert [from_runner(r) for r in TaskOutput(1, 1, b"a\n").lines()] == [
+        TaskOutput(1, 1, b"a\n")]
+    for other in (b"", b"hello\n", b"pmrun-exit 1\n", b"pmrun-out 1\n", b"pmrun-exit a b\n"):
+        assert from_runner(other) is None, other
 
 
 def test_an_agent_of_another_protocol_version_is_named(pmrun: Run, tmp_path: Path) -> None:

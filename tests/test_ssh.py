@@ -161,6 +161,50 @@ def test_a_gnu_parallel_ensemble_over_ssh_hosts(ssh_cluster: RealCluster,
     assert_clean(c)
 
 
+def test_an_ensembles_tasks_on_a_host_share_one_runner_and_a_lost_host_is_named(
+        ssh_cluster: RealCluster, tmp_path: Path) -> None:
+    c = ssh_cluster
+    # Every task on a host is started by that host's one runner: one ssh session per host
+    # for the whole ensemble, not one per task as GNU parallel -S makes.
+    res = run(["-S", f"2/{c.names[0]},2/{c.names[1]}", "--ssh", c.ssh_command(),
+               "echo {} $(hostname) $PPID $(tr '\\0' ' ' < /proc/$PPID/cmdline)",
+               ":::", *map(str, range(12))], tmp_path)
+    assert res.returncode == 0, res.stderr
+    parents: dict[str, set[str]] = {}
+    for line in res.stdout.splitlines():
+        _, _, _, host, ppid, *cmd = line.split()
+        assert cmd[-3:] == ["pm.ensemble", "runner", "0.1"], line
+        parents.setdefault(host, set()).add(ppid)
+    assert sorted(parents) == sorted(c.names[:2]), res.stdout
+    assert all(len(p) == 1 for p in parents.values()), parents
+    assert_clean(c)
+
+    # A host whose runner is killed while its task runs is named once; the task runs again
+    # on the other host (--retries 1), and the killed one leaves nothing behind.
+    proc = subprocess.Popen(
+        pmrun_argv("-S", f"1/{c.names[0]},1/{c.names[1]}", "--ssh", c.ssh_command(),
+                   "--retries", "1", "echo up {} $(hostname) $PPID; sleep 2", ":::", "a", "b"),
+        cwd=tmp_path, env=pmrun_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        first = [proc.stdout.readline().split(), proc.stdout.readline().split()]
+        victim = next(w for w in first if w[3] == "a")
+        subprocess.run(["kill", "-KILL", victim[5]], check=True, timeout=10)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    again = [line.split() for line in out.splitlines()]
+    assert [w[3:5] for w in again] == [["a", next(h for h in c.names[:2] if h != victim[4])]]
+    assert err.splitlines() == [
+        f"pmrun: node {victim[4]} lost: its task runner was killed by SIGKILL",
+        "2 tasks: 2 succeeded, 0 failed, 1 retry"], err
+    assert_clean(c)
+
+
 @pytest.mark.parametrize("case", ["refused key", "host key"])
 def test_ssh_refusals_are_named_in_one_line(ssh_cluster: RealCluster, tmp_path: Path,
                                             case: str) -> None:

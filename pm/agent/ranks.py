@@ -141,17 +141,18 @@ class LocalRanks:
             cpus = cpusets[proc.local_rank] if cpusets else None
             todo.append(RankStart(rank, proc.local_rank, path if isinstance(path, str) else "",
                                   argv, env, wdir, cpus, failure=_why(path)))
-        # Stdin goes to the launched job's rank 0 only (a spawned job's reads /dev/null).
+        # Stdin goes to one rank of the launched job (a spawned job's read /dev/null).
+        stdin_rank = None if plan.spawned else plan.stdin_rank
         started = StartedRanks()
         started.guardian, started.shared = guardian, shared
         if agent.pmix is not None:
             from pm.agent.pmix_register import RankTimerSlack
 
             with RankTimerSlack(len(todo)):
-                start_local(todo, stdin_rank=None if plan.spawned else 0, guardian=guardian,
+                start_local(todo, stdin_rank=stdin_rank, guardian=guardian,
                             into=started)
         else:
-            start_local(todo, stdin_rank=None if plan.spawned else 0, guardian=guardian,
+            start_local(todo, stdin_rank=stdin_rank, guardian=guardian,
                         into=started)
         self.adopt(started, mark=False)
 
@@ -325,8 +326,9 @@ class LocalRanks:
 
     # ------------------------------------------------------------------ stdin
     def stdin(self, data: bytes, eof: bool) -> None:
-        """Bytes for rank 0's stdin (``eof``: close it after them); acknowledged once written."""
-        proc = self.ranks.get(0)
+        """Bytes for the stdin of the rank that reads it (``eof``: close it after them);
+        acknowledged once written."""
+        proc = self.ranks.get(self.agent.plan.stdin_rank)
         if proc is None or proc.stdin_fd < 0:
             if data:
                 # Nobody reads it: drop it, but keep the credit flowing.

@@ -1,10 +1,10 @@
-"""``python -m pm.ensemble probe TOKEN INTERVAL``: a host's memory probe (pm.ensemble.remote)."""
+"""``python -m pm.ensemble runner INTERVAL``: a host's task runner (pm.ensemble.remote)."""
 
 import sys
 
-from pm.ensemble.remote import probe_main
+from pm.ensemble.remote import runner_main
 
-if len(sys.argv) == 4 and sys.argv[1] == "probe":
-    sys.exit(probe_main(sys.argv[2], float(sys.argv[3])))
-sys.stderr.write("usage: python -m pm.ensemble probe TOKEN INTERVAL\n")
+if len(sys.argv) == 3 and sys.argv[1] == "runner":
+    sys.exit(runner_main(float(sys.argv[2])))
+sys.stderr.write("usage: python -m pm.ensemble runner INTERVAL\n")
 sys.exit(2)

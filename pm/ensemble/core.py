@@ -19,10 +19,10 @@ guardian process group: :mod:`pm.ensemble.local`); its memory is the
 cgroup's or the machine's (:class:`~pm.agent.memory.NodeMemory`) and each
 task's process tree is read from /proc (anonymous resident bytes: shared
 library pages are not the task's).  Any other host is a domain of its own
-(:mod:`pm.ensemble.remote`): each of its tasks runs as a job through the
-agent tree (vertex 0, here, runs ``true``; vertex 1 the task), and a probe
-job there (``python -m pm.ensemble probe``) reports the host's memory and
-its tasks' usage, found by the ``PMRUN_ENSEMBLE`` variable they carry.
+(:mod:`pm.ensemble.remote`): one runner there, a job of the agent tree that
+lives as long as the ensemble, starts its tasks as this machine's are
+started, passes on their output and exits, and samples the host's memory
+and its tasks' usage.
 
 :class:`Task` and :class:`TaskResult` are defined in :mod:`pm.ensemble.task`
 and imported from here; the command-line front end is :mod:`pm.ensemble.cli`.
@@ -66,7 +66,7 @@ from pm.ensemble.scheduler import (
 from pm.ensemble.task import Task, TaskResult
 from pm.jobspec import JobSpec
 from pm.proto.errors import ResourceLimit
-from pm.proto.probe import ProbeSample
+from pm.proto.runner import ProbeSample
 
 if TYPE_CHECKING:
     from pm.common.nodes import Nodes
@@ -94,7 +94,7 @@ class Event:
     ``blocked`` (the node passed its high watermark), ``unblocked`` (back under
     its low one), ``sample`` (a memory sample), ``overrun`` (a task over its
     declared bound), ``killed`` / ``suspended`` / ``resumed`` (the overrun
-    policy acted), ``lost`` (a node's probe is gone).  ``used`` and
+    policy acted), ``lost`` (a node's runner is gone).  ``used`` and
     ``reserved`` are the node's figures when it happened.
     """
 
@@ -181,8 +181,8 @@ class Ensemble:
         self._runs: set[asyncio.Task[None]] = set()
         self._slots: set[int] = set()  # job slots (GNU parallel's {%}) held by running tasks
         self._began: float | None = None  # when the first task started (monotonic)
-        #: Waits for the remote memory probes to end: awaited by aclose() once they are told to.
-        self._probe_ends: set[asyncio.Future[Any]] = set()
+        #: Waits for the remote runners to end: awaited by aclose() once they are told to.
+        self._runner_ends: set[asyncio.Future[Any]] = set()
         self._remote = RemoteRunner(nodes, self._spec, self._here)
         self._local: LocalRunner | None = None  # from the start, with a local domain
         self._sampler: asyncio.Task[None] | None = None
@@ -215,10 +215,10 @@ class Ensemble:
                 snap = await asyncio.to_thread(self._probe_mem.read)
                 self._memory_known(d, snap.total, snap.used, snap.limit_source)
                 if self._sampler is None:
-                    self._local = LocalRunner(self._spec)
+                    self._local = LocalRunner(self._spec.base_env)
                     self._sampler = asyncio.ensure_future(self._sample_local(d))
             else:
-                await self._start_probe(d)
+                await self._start_runner(d)
 
     def _memory_known(self, d: Domain, total: int, used: int, source: str) -> None:
         marks = Watermarks.resolve(total, self._high, self._low)
@@ -301,8 +301,7 @@ class Ensemble:
         if self._stop(f"not run: {signal.Signals(signum).name}"):
             if self._local is not None:
                 self._local.signal(signum)
-            for job in self._remote.jobs.values():
-                job.signal(signum)
+            self._remote.signal_all(signum)
         else:
             self._kill_all("interrupted twice")
 
@@ -329,8 +328,8 @@ class Ensemble:
             for t in self._tasks.values():
                 if t.pid:
                     signal_tree(t.pid, signal.SIGKILL)
-        for job in list(self._remote.jobs.values()):
-            job.kill(why)
+        for index in list(self._remote.running):
+            self._remote.signal(index, signal.SIGKILL)
 
     async def aclose(self) -> None:
         """Kill what runs, fail what waits, stop sampling and probes.  Idempotent."""
@@ -342,13 +341,13 @@ class Ensemble:
         self._kill_all("the ensemble closed")
         if self._runs:
             await asyncio.wait(set(self._runs))
+        self._remote.close()  # each runner ends at the end of its stdin
         for d in self._domains.values():
-            if d.probe is not None:
-                d.probe.signal(signal.SIGTERM)
+            if d.runner is not None:
                 with contextlib.suppress(Exception):
-                    await d.probe.wait()
-        if self._probe_ends:
-            await asyncio.wait(set(self._probe_ends))
+                    await d.runner.wait()
+        if self._runner_ends:
+            await asyncio.wait(set(self._runner_ends))
         for job_task in (self._sampler, self._starting):
             if job_task is not None and not job_task.done():
                 job_task.cancel()
@@ -416,7 +415,10 @@ class Ensemble:
             peak = self._sched.record(task.index).peak
             self._event("exit", d, f"[task {task.index}] exited with {code} after "
                         f"{task.ended - task.started:.2f} s, peak {format_size(peak)}", task.index)
-            self._apply(self._sched.task_exited(task.index, code))
+            rec = self._sched.record(task.index)
+            if (rec.status is TaskStatus.RUNNING and rec.node == start.node
+                    and rec.attempts == start.attempt):  # (not ended with its node already)
+                self._apply(self._sched.task_exited(task.index, code))
             if self._sched.record(task.index).status in (TaskStatus.DONE, TaskStatus.FAILED):
                 self._finish(task)
 
@@ -523,14 +525,10 @@ class Ensemble:
 
     def _signal_task(self, d: Domain, index: int, sig: signal.Signals, why: str) -> None:
         task = self._tasks[index]
-        jobs = self._remote.jobs
         if d.local and task.pid:
             signal_tree(task.pid, sig)
-        elif index in jobs:
-            if sig == signal.SIGKILL:
-                jobs[index].kill(why)
-            else:
-                jobs[index].signal(sig)
+        else:
+            self._remote.signal(index, sig)
 
     def _resume(self, d: Domain) -> None:
         for index in sorted(d.suspended):
@@ -551,42 +549,42 @@ class Ensemble:
                    adm.watermarks.high, adm.watermarks.low) if adm else (0, 0, 0, 0)
         self._on_event(Event(kind, time.time(), d.name, text, task, *figures))
 
-    # ----------------------------------------------------------------- remote probes
-    async def _start_probe(self, d: Domain) -> None:
+    # ----------------------------------------------------------------- remote runners
+    async def _start_runner(self, d: Domain) -> None:
         loop = asyncio.get_running_loop()
         d.first = loop.create_future()
-        d.probe = self._remote.probe(d.name, self._token, self._interval,
-                                     lambda data: self._probe_lines(d, data))
-        await d.probe.start()
-        ended = asyncio.ensure_future(d.probe.wait())
-        self._probe_ends.add(ended)
-        ended.add_done_callback(self._probe_ends.discard)
-        ended.add_done_callback(lambda f: self._probe_ended(d, f))
+        d.runner = await self._remote.start(d.name, self._interval,
+                                            lambda sample: self._probe_sample(d, sample),
+                                            lambda why: self._lost(d, why))
+        ended = asyncio.ensure_future(d.runner.wait())
+        self._runner_ends.add(ended)
+        ended.add_done_callback(self._runner_ends.discard)
+        ended.add_done_callback(lambda f: self._runner_ended(d, f))
         deadline = float(str(self._nodes.bootstrap.get("join_timeout", 60)))
         first: asyncio.Future[Any] = d.first
         await asyncio.wait({first, ended}, timeout=deadline, return_when="FIRST_COMPLETED")
         if not d.first.done():
-            self._lost(d, "its memory probe sent nothing")
+            self._lost(d, "its task runner sent nothing")
 
-    def _probe_lines(self, d: Domain, data: bytes) -> None:
-        for line in data.decode(errors="replace").splitlines():
-            sample = ProbeSample.parse(line)
-            if sample is None:
-                continue
-            if d.first is not None and not d.first.done():
-                if d.cores and not d.local:
-                    d.slots = sample.cores
-                    self._apply(self._sched.set_slots(d.name, sample.cores))
-                self._memory_known(d, sample.total, sample.used, f"{sample.kind} on {d.name}")
-                d.first.set_result(None)
-            else:
-                self._sampled(d, sample.used, sample.sizes)
+    def _probe_sample(self, d: Domain, sample: ProbeSample) -> None:
+        if d.first is not None and not d.first.done():
+            if d.cores and not d.local:
+                d.slots = sample.cores
+                self._apply(self._sched.set_slots(d.name, sample.cores))
+            self._memory_known(d, sample.total, sample.used, f"{sample.kind} on {d.name}")
+            d.first.set_result(None)
+        else:
+            self._sampled(d, sample.used, sample.sizes)
 
-    def _probe_ended(self, d: Domain, f: asyncio.Future[Any]) -> None:
-        if not self._closed:
-            self._lost(d, "its memory probe ended")
+    def _runner_ended(self, d: Domain, f: asyncio.Future[Any]) -> None:
+        self._lost(d, "its task runner ended")  # (said already, with the cause)
 
     def _lost(self, d: Domain, why: str) -> None:
+        """``d`` is gone: said once, its running tasks' runs fail (retried elsewhere if
+        allowed).  Nothing to say once the ensemble closed."""
+        if self._closed or d.lost:
+            return
+        d.lost = True
         if d.first is not None and not d.first.done():
             d.first.set_result(None)
         self._event("lost", d, f"node {d.name} lost: {why}")

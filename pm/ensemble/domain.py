@@ -41,7 +41,8 @@ class Domain:
     blocked: bool = False
     peak_used: int = 0
     first: asyncio.Future[None] | None = None  # remote: the first sample arrived
-    probe: JobRun | None = None
+    runner: JobRun | None = None  # remote: the job of its task runner
+    lost: bool = False
     # Task indices, for the overrun policy:
     reported: set[int] = field(default_factory=set)
     killed: set[int] = field(default_factory=set)

@@ -7,8 +7,8 @@ reader, :func:`pm.common.output.read_pipe`) and waits for its exit;
 :func:`tree_anon` measures a task from /proc and :func:`signal_tree`
 signals it.  Apart from :mod:`pm.ensemble` because this is what a task is
 to this machine's operating system, while the ensemble decides what runs
-where and when; a task on another host is a job of the agent tree instead
-(:mod:`pm.ensemble.remote`).
+where and when.  A host's runner (:mod:`pm.ensemble.remote`) starts the tasks
+of its host with it too.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pm.agent.started import RankStart, start_local
 from pm.agent.watch import ChildWatch
 from pm.common.output import STDERR, STDOUT, read_pipe
 from pm.ensemble.task import Task
-from pm.jobspec import JobSpec
 
 __all__ = ["DRAIN", "LocalRunner", "signal_tree", "tree_anon"]
 
@@ -35,23 +34,25 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class LocalRunner:
-    """Runs tasks on this machine, in the environment and directory of ``spec``.
+    """Runs tasks on this machine, each in a fresh copy of ``base_env()`` updated with
+    its own variables (the ensemble's: its spec's environment; a host's runner: what
+    the ensemble sent it).
 
     Owns the guardian of their process group and the watch on their exits
     from the ensemble's start to :meth:`close`.
     """
 
-    def __init__(self, spec: JobSpec) -> None:
-        self._spec = spec
+    def __init__(self, base_env: Callable[[], dict[str, str]]) -> None:
+        self._base_env = base_env
         self._watch = ChildWatch()
         self._guardian = Guardian()
 
     async def run(self, task: Task, env: dict[str, str],
                   emit: Callable[[Task, int, bytes], None]) -> int:
-        """One run of ``task`` with ``env`` over the spec's environment: posix_spawn into
+        """One run of ``task`` with ``env`` over the base environment: posix_spawn into
         our guardian's group, pipes read here and their lines passed to ``emit`` (task,
         stream, data).  ``task.pid`` is the run's while it runs.  Returns its shell status."""
-        full = self._spec.base_env()
+        full = self._base_env()
         full.update(env)
         try:
             path = resolve(task.argv[0], full, task.wdir)

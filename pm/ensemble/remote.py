@@ -1,17 +1,23 @@
-"""An ensemble's tasks on other hosts: each run a job of the agent tree, memory seen by a probe.
+"""An ensemble's tasks on other hosts: one runner per host, for as long as the ensemble.
 
-:class:`RemoteRunner` runs a task on another host as a job of two vertices,
-vertex 0 here running ``true`` and vertex 1 there the task, and starts the
-host's memory probe the same way.  The probe is :func:`probe_main` (``python
--m pm.ensemble probe``): it reports the host's memory and its tasks' usage,
-found by the ``PMRUN_ENSEMBLE`` variable they carry, one line per sample,
-which :class:`pm.proto.probe.ProbeSample` reads back.  Apart from :mod:`pm.ensemble`
+:class:`RemoteRunner` starts, on each other host, a job of two vertices:
+vertex 0 here runs ``true``, vertex 1 there the host's runner
+(:func:`runner_main`, ``python -m pm.ensemble runner``).  The ensemble then
+speaks to the runner on that rank's stdin and hears it on its stdout
+(:mod:`pm.proto.runner`): a task's start or signal is one line there, its
+output and exit status lines back, with a sample of the host's memory every
+interval.  So a task on another host costs what one here does (a
+``posix_spawn`` by :class:`~pm.ensemble.local.LocalRunner`, the same code),
+not an ssh session or a Slurm step of its own.  Apart from :mod:`pm.ensemble`
 because this is how the head reaches a host it cannot see, both ends of the
-probe's lines together; this machine's tasks are :mod:`pm.ensemble.local`'s.
+runner's lines together; this machine's tasks are :mod:`pm.ensemble.local`'s.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import signal
 import sys
@@ -20,80 +26,113 @@ from typing import TYPE_CHECKING
 
 from pm.agent.memory import NodeMemory
 from pm.common.output import STDERR
+from pm.ensemble.local import LocalRunner, signal_tree, tree_anon
+from pm.ensemble.scheduler import TaskSpec
 from pm.ensemble.task import Task
 from pm.jobspec import AppSpec, JobSpec
-from pm.proto.probe import ProbeSample
+from pm.proto.runner import (
+    ProbeSample,
+    TaskExit,
+    TaskOutput,
+    TasksEnv,
+    TaskSignal,
+    TaskStart,
+    from_ensemble,
+    from_runner,
+)
 
 if TYPE_CHECKING:
     from pm.common.nodes import Nodes
     from pm.head import JobRun
 
-__all__ = ["RemoteRunner", "probe_main"]
+__all__ = ["RemoteRunner", "runner_main"]
 
-_PAGE = os.sysconf("SC_PAGE_SIZE")
+log = logging.getLogger("pm.ensemble")
+
+Emit = Callable[[Task, int, bytes], None]
 
 
 class RemoteRunner:
-    """Runs tasks and memory probes on the other hosts of ``nodes``, as jobs from ``here``.
-
-    ``spec`` gives the tasks' environment settings.  :attr:`jobs` holds the
-    task runs under way, by task index, for the ensemble to signal or kill.
-    """
+    """Runs tasks on the other hosts of ``nodes`` through one runner each, started from
+    ``here`` as a job (:meth:`start`).  ``spec`` gives the tasks' environment.
+    :attr:`running` holds the task runs under way there: task index -> host."""
 
     def __init__(self, nodes: Nodes, spec: JobSpec, here: str) -> None:
         self._nodes = nodes
         self._spec = spec
         self._here = here
-        self.jobs: dict[int, JobRun] = {}
+        self._hosts: dict[str, _Host] = {}
+        self.running: dict[int, str] = {}
 
-    async def run(self, task: Task, host: str, env: dict[str, str],
-                  emit: Callable[[Task, int, bytes], None]) -> int | None:
-        """One run on another host: a job whose vertex 0 (here) runs ``true``.
-
-        Its output goes to ``emit`` (task, stream, data); returns its shell status,
-        None if the host was lost."""
+    async def start(self, host: str, interval: float, samples: Callable[[ProbeSample], None],
+                    lost: Callable[[str], None]) -> JobRun:
+        """Start ``host``'s runner, sampling every ``interval`` seconds into ``samples``:
+        its job, started.  Its end is the host's loss: ``lost`` hears why, before the runs
+        under way there end (with None)."""
         from pm.head import JobRun
 
-        spec = self._job_spec([task.argv[0], *task.argv[1:]], env, task.wdir)
-
-        def sink(rank: int, stream: int, data: bytes) -> None:
-            if rank == 1:
-                emit(task, stream, data)
-
-        # Quiet: the ensemble says how its task ended (a failing rank is a failed run, a
-        # kill is its own), but for a lost host, named in the task's output.
-        job = JobRun(spec, self._pair(host), sink=sink, quiet=True)
-        self.jobs[task.index] = job
+        h = self._hosts[host] = _Host(host, samples, lost)
+        argv = [sys.executable, "-m", "pm.ensemble", "runner", str(interval)]
+        spec = JobSpec([AppSpec(["true"]), AppSpec(argv)], genv=dict(self._spec.genv),
+                       env_mode=self._spec.env_mode, genvlist=list(self._spec.genvlist),
+                       stdin_rank=1)
+        rfd, wfd = os.pipe2(os.O_CLOEXEC)
         try:
-            await job.start()
-            result = await job.wait()
-        finally:
-            self.jobs.pop(task.index, None)
-        r = result.ranks.get(1)
-        if r is None or r.reason == "node lost":
-            if result.cause:
-                emit(task, STDERR, f"pmrun: {result.cause}\n".encode())
+            loop = asyncio.get_running_loop()
+            h.commands, _ = await loop.connect_write_pipe(
+                asyncio.BaseProtocol, os.fdopen(wfd, "wb", buffering=0))
+        except BaseException:
+            os.close(rfd)
+            os.close(wfd)
+            raise
+        h.send(TasksEnv(self._spec.base_env()).line())
+        # Quiet: the ensemble names the host's loss, once (:meth:`why_lost`).
+        h.job = JobRun(spec, self._pair(host), sink=h.sink, stdin=rfd, quiet=True)
+        try:
+            await h.job.start()
+        except BaseException:
+            h.ended(rfd)
+            raise
+        h.job.finished.add_done_callback(lambda _f: h.ended(rfd))
+        return h.job
+
+    async def run(self, task: Task, host: str, env: dict[str, str], emit: Emit) -> int | None:
+        """One run of ``task`` on ``host`` with ``env`` over the tasks' environment: its
+        output goes to ``emit`` (task, stream, data).  Returns its shell status, None if
+        the host was lost."""
+        h = self._hosts[host]
+        if h.lost is not None:
             return None
-        if r.reason.startswith("could not start"):
-            emit(task, STDERR, f"pmrun: {r.reason}\n".encode())
-        return 128 + r.signal if r.signal else r.code
+        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        h.runs[task.index] = (task, emit, fut)
+        self.running[task.index] = host
+        try:
+            h.send(TaskStart(task.index, list(task.argv), env, task.wdir).line())
+            return await fut
+        finally:
+            h.runs.pop(task.index, None)
+            self.running.pop(task.index, None)
 
-    def probe(self, host: str, token: str, interval: float,
-              lines: Callable[[bytes], None]) -> JobRun:
-        """The (unstarted) memory probe job on ``host``: its output goes to ``lines``."""
-        from pm.head import JobRun
+    def signal(self, index: int, signum: int) -> None:
+        """Send ``signum`` to task ``index``'s processes, where it runs."""
+        host = self.running.get(index)
+        if host is not None:
+            self._hosts[host].send(TaskSignal(index, signum).line())
 
-        argv = [sys.executable, "-m", "pm.ensemble", "probe", token, str(interval)]
-        return JobRun(self._job_spec(argv, {}, None), self._pair(host),
-                      sink=lambda rank, stream, data: lines(data))
+    def signal_all(self, signum: int) -> None:
+        """Send ``signum`` to every task running on another host."""
+        for h in self._hosts.values():
+            if h.runs:
+                h.send(TaskSignal(-1, signum).line())
 
-    def _job_spec(self, argv: list[str], env: dict[str, str], wdir: str | None) -> JobSpec:
-        s = self._spec
-        return JobSpec([AppSpec(["true"]), AppSpec(argv, 1, env, wdir)], genv=dict(s.genv),
-                       env_mode=s.env_mode, genvlist=list(s.genvlist))
+    def close(self) -> None:
+        """Tell every runner to end (they kill what still runs there)."""
+        for h in self._hosts.values():
+            if h.commands is not None:
+                h.commands.close()
 
     def _pair(self, host: str) -> Nodes:
-        """The two nodes of a run on ``host``: vertex 0 in our process, vertex 1 started
+        """The two nodes of the runner's job: vertex 0 in our process, vertex 1 started
         there by it (not by a Slurm step over both, nor by a head relaying to vertex 0:
         this machine need not be one of the allocation's nodes)."""
         from pm.common.nodes import Nodes
@@ -103,38 +142,196 @@ class RemoteRunner:
         return Nodes([self._here, host], [1, 1], 2, boot)
 
 
-def probe_main(token: str, interval: float) -> int:
-    """``python -m pm.ensemble probe TOKEN INTERVAL``: every INTERVAL seconds, one
-    :class:`~pm.proto.probe.ProbeSample` line with this node's memory, the cores it may
-    run on and the
-    anonymous resident bytes of the processes whose environment carries
-    ``PMRUN_ENSEMBLE=TOKEN``, summed per ``PMRUN_TASK``.  Ends on SIGTERM or SIGINT."""
-    import threading
+class _Host:
+    """One host's runner as the ensemble sees it: its job, the pipe to its stdin, the runs
+    it has under way, and what is left of a record its output cut."""
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    probe = NodeMemory()
-    cores = len(os.sched_getaffinity(0)) or 1
-    marker = b"PMRUN_ENSEMBLE=" + token.encode()
-    while not stop.is_set():
-        snap = probe.read()
-        sizes: dict[int, int] = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/environ", "rb") as f:
-                    env = f.read().split(b"\0")
-                if marker not in env:
-                    continue
-                index = next(int(v[11:]) for v in env if v.startswith(b"PMRUN_TASK="))
-                with open(f"/proc/{entry.name}/statm") as f:
-                    fields = f.read().split()
-                sizes[index] = sizes.get(index, 0) + (int(fields[1]) - int(fields[2])) * _PAGE
-            except (OSError, StopIteration, ValueError, IndexError):
-                continue  # gone, not ours to read, or not a task
+    def __init__(self, name: str, samples: Callable[[ProbeSample], None],
+                 lost: Callable[[str], None]) -> None:
+        self.name = name
+        self._samples = samples
+        self._on_lost = lost
+        self.job: JobRun | None = None
+        self.commands: asyncio.WriteTransport | None = None
+        #: Task index -> (task, its output's destination, its run's status).
+        self.runs: dict[int, tuple[Task, Emit, asyncio.Future[int | None]]] = {}
+        #: Why the host is lost (its runner's job ended), None while it runs.
+        self.lost: str | None = None
+        self._rest = b""
+        self._pieces: dict[tuple[int, int], list[bytes]] = {}
+
+    def send(self, line: bytes) -> None:
+        if self.commands is not None and not self.commands.is_closing():
+            self.commands.write(line)
+
+    def sink(self, rank: int, stream: int, data: bytes) -> None:
+        """The runner's output (rank 1; rank 0 is ``true`` and says nothing)."""
+        if rank != 1:
+            return
+        if stream == STDERR:  # the interpreter's own words: a warning, or a crash
+            for text in data.decode(errors="replace").splitlines():
+                log.warning("the task runner on %s: %s", self.name, text)
+            return
+        lines = (self._rest + data).split(b"\n")
+        self._rest = lines.pop()
+        for line in lines:
+            self._report(line + b"\n")
+
+    def _report(self, line: bytes) -> None:
+        rec = from_runner(line)
+        if isinstance(rec, TaskOutput):
+            run = self.runs.get(rec.index)
+            key = (rec.index, rec.stream)
+            if rec.more:
+                self._pieces.setdefault(key, []).append(rec.data)
+            elif run is not None:
+                data = b"".join([*self._pieces.pop(key, []), rec.data])
+                run[1](run[0], rec.stream, data)
+        elif isinstance(rec, TaskExit):
+            run = self.runs.get(rec.index)
+            for key in [k for k in self._pieces if k[0] == rec.index]:
+                data = b"".join(self._pieces.pop(key)) + b"\n"
+                if run is not None:
+                    run[1](run[0], key[1], data)
+            if run is not None and not run[2].done():
+                run[2].set_result(rec.code)
+        elif isinstance(rec, ProbeSample):
+            self._samples(rec)
+
+    def ended(self, stdin_fd: int) -> None:
+        """The runner's job ended: the host is lost to the runs still under way."""
+        os.close(stdin_fd)
+        if self.commands is not None:
+            self.commands.close()
+        self.lost = "its task runner ended"
+        job = self.job
+        r = job.ranks.get(1) if job is not None else None
+        cause = (job.cause if job is not None else None) or ""
+        if r is not None and r.signal:
+            self.lost = f"its task runner was killed by {signal.Signals(r.signal).name}"
+        elif " lost: " in cause:  # the agent there, or the way to it (ssh, Slurm's step)
+            self.lost = cause.split(" lost: ", 1)[1]
+        elif r is not None and r.reason:
+            self.lost = f"its task runner: {r.reason}"
+        elif r is not None:
+            self.lost = f"its task runner exited with code {r.code}"
+        self._on_lost(self.lost)
+        for _task, _emit, fut in list(self.runs.values()):
+            if not fut.done():
+                fut.set_result(None)
+
+
+# ---------------------------------------------------------------------- the runner
+def runner_main(interval: float) -> int:
+    """``python -m pm.ensemble runner INTERVAL``: run the tasks the ensemble sends on
+    stdin, report their output and exits on stdout, and every INTERVAL seconds a
+    :class:`~pm.proto.runner.ProbeSample` of this node's memory, the cores it may run
+    on and each task's anonymous resident bytes.  Ends at EOF on stdin, or on SIGTERM
+    or SIGHUP, killing what still runs; SIGINT is the ensemble's to pass on."""
+    async def serve() -> int:
+        return await _Runner(interval).serve()
+
+    return asyncio.run(serve())
+
+
+class _Runner:
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._env: dict[str, str] = {}
+        self._local = LocalRunner(lambda: dict(self._env))
+        self._tasks: dict[int, Task] = {}
+        self._runs: set[asyncio.Task[None]] = set()
+        self._rest = b""
+        self._memory = NodeMemory()
+        self._cores = len(os.sched_getaffinity(0)) or 1
+        self._stop = asyncio.Event()
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._stop.set)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        os.set_blocking(0, False)
+        loop.add_reader(0, self._read)
+        try:
+            while not self._stop.is_set():
+                self._sample()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self._interval)
+        except BrokenPipeError:  # nobody hears us any more
+            pass
+        finally:
+            loop.remove_reader(0)
+            for task in self._tasks.values():
+                if task.pid:
+                    signal_tree(task.pid, signal.SIGKILL)
+            if self._runs:
+                await asyncio.wait(set(self._runs))
+            self._local.close()
+        return 0
+
+    def _read(self) -> None:
+        try:
+            data = os.read(0, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(0)
+            self._stop.set()
+            return
+        lines = (self._rest + data).split(b"\n")
+        self._rest = lines.pop()
+        for line in lines:
+            cmd = from_ensemble(line)
+            if isinstance(cmd, TaskStart):
+                task = Task(TaskSpec(cmd.index, tuple(cmd.argv), None, ""), {}, cmd.wdir)
+                self._tasks[cmd.index] = task
+                run = asyncio.ensure_future(self._run(task, cmd.env))
+                self._runs.add(run)
+                run.add_done_callback(self._runs.discard)
+            elif isinstance(cmd, TaskSignal):
+                if cmd.index < 0:
+                    self._local.signal(cmd.signum)
+                elif (t := self._tasks.get(cmd.index)) is not None and t.pid:
+                    signal_tree(t.pid, signal.Signals(cmd.signum))
+            elif isinstance(cmd, TasksEnv):
+                self._env = cmd.env
+            elif line.strip():  # only pmrun writes here: this is pmrun's defect
+                sys.stderr.write(f"ignored a line that is no command: {line[:80]!r}\n")
+                sys.stderr.flush()
+
+    async def _run(self, task: Task, env: dict[str, str]) -> None:
+        try:
+            code = await self._local.run(task, env, self._emit)
+            if not self._stop.is_set():
+                self._write(TaskExit(task.index, code).line())
+        except BrokenPipeError:
+            self._stop.set()
+        finally:
+            del self._tasks[task.index]
+
+    def _emit(self, task: Task, stream: int, data: bytes) -> None:
+        lines = data.split(b"\n")
+        last = lines.pop()
+        out = [r for line in lines for r in TaskOutput(task.index, stream, line + b"\n").lines()]
+        if last:
+            out += TaskOutput(task.index, stream, last, more=True).lines()
+        try:
+            self._write(b"".join(out))
+        except BrokenPipeError:
+            self._stop.set()
+
+    def _sample(self) -> None:
+        snap = self._memory.read()
+        sizes = {i: tree_anon(t.pid) for i, t in self._tasks.items() if t.pid}
         kind = snap.limit_source.split(":")[0]
-        print(ProbeSample(snap.total, snap.used, kind, cores, sizes).line(), flush=True)
-        stop.wait(interval)
-    return 0
+        self._write(ProbeSample(snap.total, snap.used, kind, self._cores, sizes).line().encode()
+                    + b"\n")
+
+    @staticmethod
+    def _write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(1, view):]

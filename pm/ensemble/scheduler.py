@@ -230,7 +230,9 @@ class Summary:
             f"{self.failed} failed, {self.retries} retr{'y' if self.retries == 1 else 'ies'}"
         ]
         for rec in self.failures:
-            what = rec.reason or f"exit codes {', '.join(map(str, rec.exit_codes))}"
+            codes = ", ".join("lost with its node" if c is None else str(c)
+                              for c in rec.exit_codes)
+            what = rec.reason or f"exit codes {codes}"
             lines.append(
                 f"  task {rec.spec.index} (line {rec.spec.lineno}): {what}: {rec.spec.line}"
             )

@@ -88,6 +88,8 @@ class JobPlan(Record):
     pmix: bool = False
     #: Set for a job made by a spawn.
     spawned: SpawnOrigin | None = None
+    #: The rank that reads the launcher's stdin.
+    stdin_rank: int = 0
 
     def app_of_rank(self, rank: int) -> int:
         first = 0

@@ -1,0 +1,190 @@
+"""The lines between an ensemble and its runner on another host, sans-IO.
+
+The runner (``python -m pm.ensemble runner``) lives as the one rank of a job
+on that host for as long as the ensemble does.  The ensemble speaks to it on
+the rank's stdin, it answers on its stdout, one record per line::
+
+    pmrun-env JSON                    the tasks' environment (first, once)
+    pmrun-start JSON                  start a task: [index, argv, env, wdir]
+    pmrun-signal INDEX SIGNUM         signal a task's processes (INDEX -1: all tasks)
+
+    pmrun-probe TOTAL USED KIND cores=N INDEX=BYTES ...   a memory sample
+    pmrun-out INDEX STREAM DATA       a line a task wrote (DATA ends with its newline)
+    pmrun-more INDEX STREAM DATA      a piece of a longer line (its newline is not DATA's)
+    pmrun-exit INDEX CODE             a task ended, with this shell status
+
+In a sample TOTAL and USED are the node's memory in bytes, KIND where its
+limit comes from (``cgroup``, ``machine``), N the cores the runner may run on,
+and per task index the anonymous resident bytes of its processes.  DATA is
+the task's bytes as they are: a line is never longer than :data:`MAX_DATA`
+(longer ones come in pieces), so no record is cut on its way.  JSON keeps
+arguments that are not UTF-8 (surrogate escapes).  Anything else on the
+stream (a warning of the interpreter) is no record.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pm.common.output import MAX_LINE
+from pm.proto.record import Record
+
+__all__ = ["MAX_DATA", "ProbeSample", "TaskExit", "TaskOutput", "TaskSignal", "TaskStart",
+           "TasksEnv", "from_ensemble", "from_runner"]
+
+#: The most of a task's line one record carries (the agent cuts lines at MAX_LINE).
+MAX_DATA = MAX_LINE // 2
+
+_PROBE = "pmrun-probe"
+
+
+class ProbeSample(Record):
+    """One sample of a host's memory and of its tasks' usage."""
+
+    total: int
+    used: int
+    kind: str
+    cores: int | None
+    #: Task index -> anonymous resident bytes.
+    sizes: dict[int, int]
+
+    def line(self) -> str:
+        words = [_PROBE, str(self.total), str(self.used), self.kind]
+        if self.cores is not None:
+            words.append(f"cores={self.cores}")
+        words += [f"{i}={n}" for i, n in sorted(self.sizes.items())]
+        return " ".join(words)
+
+    @classmethod
+    def parse(cls, line: str) -> ProbeSample | None:
+        """The sample ``line`` holds, None if it holds none."""
+        words = line.split()
+        if len(words) < 4 or words[0] != _PROBE:
+            return None
+        try:
+            cores = None
+            sizes: dict[int, int] = {}
+            for key, _, value in (w.partition("=") for w in words[4:]):
+                if key == "cores":
+                    cores = int(value)
+                else:
+                    sizes[int(key)] = int(value)
+            return cls(int(words[1]), int(words[2]), words[3], cores, sizes)
+        except ValueError:
+            return None
+
+
+class TasksEnv(Record):
+    """The environment every task on the host starts from (the job's, as the launcher
+    computed it), before its own variables."""
+
+    env: dict[str, str]
+
+    def line(self) -> bytes:
+        return b"pmrun-env " + _json(self.env) + b"\n"
+
+
+class TaskStart(Record):
+    """Start a run of task ``index``: ``argv`` with ``env`` over the tasks' environment,
+    in ``wdir`` (None: the runner's own directory)."""
+
+    index: int
+    argv: list[str]
+    env: dict[str, str]
+    wdir: str | None
+
+    def line(self) -> bytes:
+        return b"pmrun-start " + _json(self.to_wire()) + b"\n"
+
+
+class TaskSignal(Record):
+    """Send ``signum`` to task ``index``'s processes (-1: to every task's)."""
+
+    index: int
+    signum: int
+
+    def line(self) -> bytes:
+        return b"pmrun-signal %d %d\n" % (self.index, self.signum)
+
+
+class TaskOutput(Record):
+    """Bytes a task wrote on ``stream``: one line, newline included, or (``more``) a
+    piece of a longer one."""
+
+    index: int
+    stream: int
+    data: bytes
+    more: bool = False
+
+    def lines(self) -> list[bytes]:
+        """The records that carry it, each a line (longer data is cut in pieces)."""
+        data, out = self.data, []
+        head = b"pmrun-out %d %d " % (self.index, self.stream)
+        piece = b"pmrun-more %d %d " % (self.index, self.stream)
+        while len(data) > MAX_DATA:
+            out.append(piece + data[:MAX_DATA] + b"\n")
+            data = data[MAX_DATA:]
+        if data:
+            out.append((piece + data + b"\n") if self.more or not data.endswith(b"\n")
+                       else head + data)
+        return out
+
+
+class TaskExit(Record):
+    """A run of task ``index`` ended with shell status ``code``."""
+
+    index: int
+    code: int
+
+    def line(self) -> bytes:
+        return b"pmrun-exit %d %d\n" % (self.index, self.code)
+
+
+Command = TasksEnv | TaskStart | TaskSignal
+Report = ProbeSample | TaskOutput | TaskExit
+
+
+def from_ensemble(line: bytes) -> Command | None:
+    """The command a line of the runner's stdin holds (newline included or not), None if
+    it holds none."""
+    word, _, rest = line.rstrip(b"\n").partition(b" ")
+    try:
+        if word == b"pmrun-start":
+            index, argv, env, wdir = json.loads(rest)
+            return TaskStart(int(index), [str(a) for a in argv],
+                             {str(k): str(v) for k, v in env.items()},
+                             None if wdir is None else str(wdir))
+        if word == b"pmrun-signal":
+            index_s, signum_s = rest.split()
+            return TaskSignal(int(index_s), int(signum_s))
+        if word == b"pmrun-env":
+            env = json.loads(rest)
+            return TasksEnv({str(k): str(v) for k, v in env.items()})
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return None
+
+
+def from_runner(line: bytes) -> Report | None:
+    """The report one line of the runner's stdout holds (newline included), None if it
+    holds none."""
+    word, _, rest = line.partition(b" ")
+    try:
+        if word in (b"pmrun-out", b"pmrun-more"):
+            index, stream, data = rest.split(b" ", 2)
+            more = word == b"pmrun-more"
+            return TaskOutput(int(index), int(stream), data[:-1] if more else data, more)
+        if word == b"pmrun-exit":
+            index, code = rest.split()
+            return TaskExit(int(index), int(code))
+        if word == b"pmrun-probe":
+            return ProbeSample.parse(line.decode(errors="replace"))
+    except ValueError:
+        return None
+    return None
+
+
+def _json(value: Any) -> bytes:
+    """One line of JSON: ASCII, so a surrogate escape of a non-UTF-8 byte survives."""
+    return json.dumps(value, separators=(",", ":")).encode()

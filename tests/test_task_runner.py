@@ -1,0 +1,165 @@
+"""A host's task runner (``python -m pm.ensemble runner``) as the ensemble drives it: real
+processes, commands on its stdin, records back on its stdout (pm.proto.runner)."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from pm.proto.runner import (
+    MAX_DATA,
+    ProbeSample,
+    Report,
+    TaskExit,
+    TaskOutput,
+    TasksEnv,
+    TaskSignal,
+    TaskStart,
+    from_runner,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Runner:
+    """A runner process, what it said so far, and whole lines per task and stream."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.reports: list[Report] = []
+        self.output: dict[tuple[int, int], bytes] = {}
+        self.exits: dict[int, int] = {}
+        self._rest = b""
+
+    def send(self, line: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line)
+        self.proc.stdin.flush()
+
+    def end_stdin(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.stdin = None  # (communicate() would flush it)
+
+    def until(self, done: Callable[[], bool], timeout: float = 20) -> None:
+        """Read records until ``done()`` (against a deadline)."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while not done():
+            left = deadline - time.monotonic()
+            assert left > 0, f"not done; got {self.reports}"
+            if not select.select([fd], [], [], left)[0]:
+                continue
+            data = os.read(fd, 1 << 20)
+            assert data, f"the runner ended; got {self.reports}"
+            lines = (self._rest + data).split(b"\n")
+            self._rest = lines.pop()
+            for line in lines:
+                rec = from_runner(line + b"\n")
+                assert rec is not None, line
+                self.reports.append(rec)
+                if isinstance(rec, TaskOutput):
+                    key = (rec.index, rec.stream)
+                    self.output[key] = self.output.get(key, b"") + rec.data
+                elif isinstance(rec, TaskExit):
+                    self.exits[rec.index] = rec.code
+
+
+@contextmanager
+def runner(env: dict[str, str] | None = None) -> Iterator[Runner]:
+    proc = subprocess.Popen([sys.executable, "-m", "pm.ensemble", "runner", "0.1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    r = Runner(proc)
+    try:
+        r.send(TasksEnv(env or {"PATH": os.environ["PATH"]}).line())
+        yield r
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if proc.stdin is not None:
+            r.end_stdin()
+        proc.communicate(timeout=30)
+
+
+def sh(index: int, line: str, env: dict[str, str] | None = None) -> bytes:
+    return TaskStart(index, ["sh", "-c", line], env or {}, None).line()
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_tasks_run_with_their_environment_and_report_output_and_exit() -> None:
+    with runner({"PATH": os.environ["PATH"], "BASE": "base"}) as r:
+        r.send(sh(0, "echo $BASE $MINE; echo oops >&2; exit 3", {"MINE": "mine"}))
+        long = MAX_DATA + 100  # one line in two records
+        r.send(TaskStart(1, [sys.executable, "-c", f"print('y' * {long})"], {}, "/").line())
+        r.send(TaskStart(2, ["no-such-command-here"], {}, None).line())
+        r.until(lambda: len(r.exits) == 3)
+        assert isinstance(r.reports[0], ProbeSample) and r.reports[0].cores
+        assert r.exits == {0: 3, 1: 0, 2: 127}
+        assert r.output[0, 1] == b"base mine\n" and r.output[0, 2] == b"oops\n"
+        assert r.output[1, 1] == b"y" * long + b"\n"
+        assert [x.more for x in r.reports if isinstance(x, TaskOutput) and x.index == 1] == [
+            True, False]
+        assert r.output[2, 2] == b"pmrun: no-such-command-here: command not found\n"
+        # Each task's output comes before its exit.
+        for index in (0, 1, 2):
+            at = [i for i, x in enumerate(r.reports) if getattr(x, "index", None) == index]
+            assert isinstance(r.reports[at[-1]], TaskExit), r.reports
+
+
+def test_a_signal_reaches_one_task_or_every_task() -> None:
+    with runner() as r:
+        for index in (0, 1, 2):
+            r.send(sh(index, "echo up; exec sleep 30"))
+        r.until(lambda: all((i, 1) in r.output for i in (0, 1, 2)))
+        r.send(TaskSignal(1, signal.SIGTERM).line())
+        r.until(lambda: 1 in r.exits)
+        assert r.exits == {1: 128 + signal.SIGTERM}
+        r.send(TaskSignal(-1, signal.SIGINT).line())
+        r.until(lambda: len(r.exits) == 3)
+        assert r.exits == {0: 130, 1: 143, 2: 130}
+
+
+def test_at_the_end_of_its_stdin_it_kills_its_tasks_and_ends() -> None:
+    with runner() as r:
+        r.send(sh(0, "exec python3 -c \"import os, time; b = bytearray(32 << 20); "
+                  "print(os.getpid(), flush=True); time.sleep(60)\""))
+        r.until(lambda: (0, 1) in r.output)
+        pid = int(r.output[0, 1])
+        # Its samples count the task's memory (the 32 MiB it touched).
+        r.until(lambda: any(isinstance(x, ProbeSample) and x.sizes.get(0, 0) >= 32 << 20
+                            for x in r.reports))
+        r.end_stdin()
+        assert r.proc.wait(timeout=20) == 0
+        deadline = time.monotonic() + 10
+        while not gone(pid):
+            assert time.monotonic() < deadline, f"task {pid} left running"
+            time.sleep(0.05)
+        assert 0 not in r.exits  # killed with the runner: the ensemble has gone
+
+
+def test_a_line_that_is_no_command_is_named_and_the_rest_served() -> None:
+    with runner() as r:
+        r.send(b"pmrun-start {not json\n")
+        r.send(sh(0, "echo fine"))
+        r.until(lambda: 0 in r.exits)
+        assert r.output[0, 1] == b"fine\n" and r.exits == {0: 0}
+        r.end_stdin()
+        _, err = r.proc.communicate(timeout=20)
+        assert err == b"ignored a line that is no command: b'pmrun-start {not json'\n"
