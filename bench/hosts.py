@@ -1,6 +1,6 @@
 """Launch time over hosts: pmrun against Hydra over real sshds and against srun in Slurm.
 
-    python -m bench.hosts [--quick] [--part ssh,slurm,model,exec,local]
+    python -m bench.hosts [--quick] [--part ssh,slurm,tasks,model,exec,local]
 
 ``ssh``: 4 and 8 network-namespace hosts, each with a real sshd
 (tests/realcluster_util.py), host names only in an ssh configuration:
@@ -11,6 +11,11 @@ hello, interleaved, medians.
 
 ``slurm``: inside one ``salloc -N4 -n8`` on a real Slurm cluster of 4 namespace
 nodes: ``pmrun -n 8`` against ``srun --mpi=pmi2 -n 8``, same programs.
+
+``tasks``: a task ensemble on 2 namespace hosts with real sshds, 2 tasks at once
+on each: ``pmrun -S 2/h1,2/h2 --ssh 'ssh -F CONFIG' true ::: 1..N`` against GNU
+parallel's ``parallel -S 2/h1,2/h2 --ssh 'ssh -F CONFIG' true ::: 1..N``, N = 20
+and 200, interleaved, medians.
 
 ``model``: per-hop costs measured here (an ssh round trip, an agent's start, the
 CPU one ssh client costs its parent) put into a launch-time model of pmrun's
@@ -49,6 +54,7 @@ import json
 import math
 import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import time
@@ -151,6 +157,30 @@ def ssh_rows(sizes: Sequence[int], runs: int) -> tuple[list[str], dict[str, floa
                                 f"{_cpu_text(cpu[f'{label} {prog}'][-runs:])} | "
                                 f"{_cpu_text(cpu[f'hydra {prog}'][-runs:])} |")
     return rows, ratios
+
+
+def task_rows(counts: Sequence[int], runs: int) -> list[str]:
+    """Rows of a remote task ensemble, pmrun against GNU parallel -S, on 2 sshd hosts."""
+    from realcluster_util import RealCluster, realcluster_missing
+
+    why = realcluster_missing(slurm=False)
+    parallel = shutil.which("parallel")
+    if why or parallel is None:
+        return [f"| tasks | skipped: {why or 'GNU parallel not installed'} | | | |"]
+    rows: list[str] = []
+    with RealCluster(2, slurm=False, pythonpath=None) as c:
+        logins = ",".join(f"2/{h}" for h in c.names)
+        for n in counts:
+            args = ["true", ":::", *map(str, range(1, n + 1))]
+            res = interleaved({
+                "pmrun": _runner([*pmrun(), "-S", logins, "--ssh", c.ssh_command(), *args]),
+                "parallel": _runner([parallel, "--will-cite", "-S", logins, "--ssh",
+                                     c.ssh_command(), *args]),
+            }, runs)
+            p, g = res["pmrun"], res["parallel"]
+            rows.append(f"| {n} | {median_range(p, '{:.2f}')} | {median_range(g, '{:.2f}')} | "
+                        f"{statistics.median(p) / statistics.median(g):.2f}x |")
+    return rows
 
 
 def _sshd_cpu(cluster: object) -> float:
@@ -379,7 +409,7 @@ def local_rows(sizes: Sequence[int], runs: int) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     ap.add_argument("--quick", action="store_true", help="a short run that checks it works")
-    ap.add_argument("--part", default="ssh,slurm,model,exec,local",
+    ap.add_argument("--part", default="ssh,slurm,tasks,model,exec,local",
                     help="which parts to run (comma-separated)")
     ap.add_argument("--before", metavar="CHECKOUT",
                     help="also run pmrun from this other checkout, interleaved (its rows "
@@ -428,6 +458,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             "| allocation | program | pmrun | srun | pmrun / srun |",
             "|---|---|---|---|---|", *rows, ""]
+    if "tasks" in parts:
+        rows = task_rows([20] if args.quick else [20, 200], runs)
+        sections += [
+            "## Tasks on other hosts: pmrun against GNU parallel -S",
+            "",
+            "`true` tasks on 2 namespace hosts with real sshds, 2 at a time on each: "
+            "`pmrun -S 2/h1,2/h2 --ssh 'ssh -F CONFIG' true ::: 1..N` against the same "
+            f"`parallel` command line (GNU parallel), wall seconds, median (min-max) of {runs} "
+            "interleaved runs. parallel opens an ssh session per task; pmrun one per host, "
+            f"whose runner starts every task there. {machine()}.",
+            "",
+            "| tasks | pmrun | GNU parallel | pmrun / parallel |",
+            "|---|---|---|---|", *rows, ""]
     if "model" in parts:
         costs = _ssh_costs(3 if args.quick else 7)
         sections += [

@@ -217,8 +217,13 @@ class Ensemble:
                 if self._sampler is None:
                     self._local = LocalRunner(self._spec.base_env)
                     self._sampler = asyncio.ensure_future(self._sample_local(d))
-            else:
-                await self._start_runner(d)
+        # Every other host's runner at once (each is an ssh session or a Slurm step); all
+        # have started or failed before a failure is raised (aclose() then ends them).
+        ends = await asyncio.gather(*(self._start_runner(d) for d in self._domains.values()
+                                      if not d.local), return_exceptions=True)
+        for end in ends:
+            if isinstance(end, BaseException):
+                raise end
 
     def _memory_known(self, d: Domain, total: int, used: int, source: str) -> None:
         marks = Watermarks.resolve(total, self._high, self._low)
