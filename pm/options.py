@@ -523,6 +523,16 @@ OPTIONS = (
         help="GNU parallel's hosts: -hosts HOST:N,... (':' is this machine)"),
     Opt("-k --keep-order", "keep_order", kind=FLAG, group=MEMORY,
         help="tasks' output in their order (a task's waits for those before it to end)"),
+    Opt("--group", "output_mode", kind=FLAG, const="group", group=MEMORY,
+        help="each task's output whole once it ended, stdout then stderr (the default "
+             "of pmrun CMD ::: ARGS, as GNU parallel's)"),
+    Opt("--lb --line-buffer -u --ungroup", "output_mode", kind=FLAG, const="line",
+        group=MEMORY, help="tasks' output line by line as it comes (the default of --tasks)"),
+    Opt("--tag", "tag", kind=FLAG, group=MEMORY,
+        help="prefix each line of a task's output with its arguments and a tab"),
+    Opt("--tagstring", "tagstring", text, metavar="STR", group=MEMORY,
+        help="prefix each line of a task's output with STR and a tab, its replacement "
+             "strings filled ({} {#} ...)"),
     Opt("--mem-overrun", "mem_overrun", choice("warn", "kill", "suspend"), metavar="ACTION",
         group=MEMORY, help="warn (default), kill or suspend a task over its declared size"),
     Opt("--mem-settle", "mem_settle", text, metavar="S|off", group=MEMORY,
@@ -716,7 +726,8 @@ def _command_with_sources(out: Parsed) -> None:
 
 #: Options that only task ensembles take.
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
-                  "dry_run", "keep_order", "halt", "colsep")
+                  "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
+                  "tagstring")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.
@@ -732,7 +743,8 @@ def _ensemble_only(out: Parsed) -> None:
         for opt in out.used:
             if opt.key in _RANKS_KEYS:
                 raise UsageError(f"{opt.names[0]} is for an MPI job's ranks, not for task "
-                                 "ensembles (each task's output is prefixed [task N])")
+                                 "ensembles (their output: --tag, --tagstring, --group, "
+                                 "--lb)")
         resume = "resume" in values or "resume_failed" in values
         if resume and "joblog" not in values:
             raise UsageError(f"{'--resume' if 'resume' in values else '--resume-failed'} "

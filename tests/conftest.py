@@ -82,13 +82,34 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _SHM_BEFORE.update(_shm_names())
 
 
+def _shm_mapped() -> set[str]:
+    """Names of the /dev/shm files some live process maps (a job of another session on
+    this machine, still running: not ours to judge)."""
+    names: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    at = line.find("/dev/shm/")
+                    if at >= 0:
+                        names.add(line[at + 9:].rstrip("\n").removesuffix(" (deleted)"))
+        except OSError:
+            continue
+    return names
+
+
 def _shm_left() -> list[str]:
     """pmrun's and MPI libraries' shared-memory files the session made and left (removed
-    now, once nothing maps them)."""
+    now), but for those a live process maps."""
     from pm.agent.shm_reaper import MPI_PREFIXES
 
     left = sorted(n for n in _shm_names() - _SHM_BEFORE
                   if n.startswith((*MPI_PREFIXES, "pmrun.")))
+    if left:
+        mapped = _shm_mapped()
+        left = [n for n in left if n not in mapped]
     for name in left:
         with contextlib.suppress(OSError):
             os.unlink(f"/dev/shm/{name}")

@@ -174,6 +174,9 @@ PARALLEL = shutil.which("parallel")
     ["echo {} > out.{#}; cat out.{#}", ":::", "it's", "a;b"],
     ["--colsep", ",", "echo", "{2}-{1}", "::::", "params.csv"],
     ["--colsep", r"\s*,\s*", "echo", ":::", "x , y", "z"],
+    ["--tag", "echo", ":::", "a", "b c", ":::", "1"],
+    ["--tagstring", "<{2}>{#}{1/}", "echo", "{1}", ":::", "d/x", "y", ":::", "p"],
+    ["echo {}; echo to-stderr {} >&2; echo {} again", ":::", "a", "b"],
 ])
 def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_path: Path,
                                                              tail: list[str]) -> None:
@@ -184,21 +187,66 @@ def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_pat
                           capture_output=True, timeout=30,
                           env={**os.environ, "HOME": str(tmp_path)})
     assert want.returncode == 0, want.stderr
-    r = pmrun(*tail)
+    r = pmrun("-k", *tail)
     assert r.returncode == 0, r.stderr
-    got = sorted((int(m[1]), m[2]) for m in re.finditer(r"^\[task (\d+)\] (.*)$", r.stdout, re.M))
-    assert [line for _, line in got] == want.stdout.splitlines()
-    n = len(want.stdout.splitlines())  # one line a task
-    assert r.stderr == f"{n} task{'s' * (n != 1)}: {n} succeeded, 0 failed, 0 retries\n"
+    assert r.stdout == want.stdout
+    summary = r.stderr.splitlines()[-1]  # what parallel does not say
+    assert re.fullmatch(r"(\d+) tasks?: \1 succeeded, 0 failed, 0 retries", summary), r.stderr
+    assert r.stderr.removesuffix(summary + "\n") == want.stderr
+
+
+def test_output_comes_whole_per_task_unless_line_buffered(pmrun: Run) -> None:
+    # Two tasks at once, their lines interleaved in time: b1 comes between a1 and a2.
+    lines = "if [ {} = a ]; then echo a1; sleep 0.6; echo a2; else sleep 0.3; echo b1; " \
+            "sleep 0.6; echo b2; fi"
+    group = pmrun("-j", "2", "--mem-per-task", "1M", lines, ":::", "a", "b")
+    assert (group.returncode, group.stdout) == (0, "a1\na2\nb1\nb2\n"), group.stderr
+    line = pmrun("--lb", "-j", "2", "--mem-per-task", "1M", lines, ":::", "a", "b")
+    assert (line.returncode, line.stdout) == (0, "a1\nb1\na2\nb2\n"), line.stderr
+
+
+def test_grouped_output_is_stdout_then_stderr_and_the_last_runs_only(tmp_path: Path) -> None:
+    # Merged streams, as in a terminal: a task's stdout, then its stderr, as one block.
+    # With --retries only the last run's output shows (GNU parallel's way).
+    r = subprocess.run(pmrun_argv("--retries", "2", "echo err $PMRUN_TASK_ATTEMPT >&2; echo out "
+                                  "$PMRUN_TASK_ATTEMPT; exit 1", ":::", "x"),
+                       cwd=tmp_path, env=pmrun_env(), stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, text=True)
+    assert r.returncode == 1
+    assert r.stdout.splitlines()[:3] == ["out 3", "err 3",
+                                         "1 task: 0 succeeded, 1 failed, 2 retries"], r.stdout
+
+
+def test_a_big_grouped_output_is_spooled_and_comes_back_whole(pmrun: Run) -> None:
+    # 3 MiB a task, held until it ends: past what is held in memory, in a temporary file.
+    prog = f"{sys.executable} -c \"import sys; [print(str(i) * 1000) for i in range(3000)]\""
+    r = pmrun("-k", "-j", "2", "--mem-per-task", "1M", "--tag", prog + " {}", ":::", "a", "b")
+    assert r.returncode == 0, r.stderr
+    want = "".join(f"{t}\t{i}\n".replace(f"\t{i}\n", f"\t{str(i) * 1000}\n")
+                   for t in "ab" for i in range(3000))
+    assert r.stdout == want
+
+
+def test_tasks_files_keep_their_task_prefix_unless_told(pmrun: Run, tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text("echo one\n")
+    r = pmrun("--tasks", "t.txt")
+    assert (r.returncode, r.stdout) == (0, "[task 0] one\n"), r.stderr
+    r = pmrun("--tasks", "t.txt", "--tag")
+    assert (r.returncode, r.stdout) == (0, "echo one\tone\n"), r.stderr
+    r = pmrun("--tasks", "t.txt", "--group")
+    assert (r.returncode, r.stdout) == (0, "one\n"), r.stderr
+    r = pmrun("--tagstring", "{3}", "echo", ":::", "a")
+    assert (r.returncode, r.stderr) == (2, "pmrun: --tagstring {3}: {3} names input source 3: "
+                                           "there is 1\n")
 
 
 def test_job_slots_are_numbered_within_j(pmrun: Run, tmp_path: Path) -> None:
     # Declared bounds: no first measurement to wait for, -j is the only limit.
-    r = pmrun("-j", "2", "--mem-per-task", "1M", "sleep 0.2; echo {%} $PARALLEL_SEQ {#}",
-              ":::", *"abcdef")
+    r = pmrun("-j", "2", "--mem-per-task", "1M", "--tag",
+              "sleep 0.2; echo {%} $PARALLEL_SEQ {#}", ":::", *"abcdef")
     assert r.returncode == 0, r.stderr
-    rows = [(int(m[1]), int(m[2]), int(m[3]), int(m[4]))
-            for m in re.finditer(r"^\[task (\d+)\] (\d+) (\d+) (\d+)$", r.stdout, re.M)]
+    rows = [(ord(m[1]) - ord("a"), int(m[2]), int(m[3]), int(m[4]))
+            for m in re.finditer(r"^(\w)\t(\d+) (\d+) (\d+)$", r.stdout, re.M)]
     assert sorted(seq for _, _, seq, _ in rows) == [1, 2, 3, 4, 5, 6], r.stdout
     assert all(seq == task + 1 == number for task, _, seq, number in rows), r.stdout
     assert {slot for _, slot, _, _ in rows} == {1, 2}, r.stdout
@@ -237,7 +285,7 @@ def test_resume_failed_reruns_what_failed_and_resume_what_did_not_run(pmrun: Run
     assert (r.returncode, r.stdout.splitlines()) == (0, [line.replace("{}", x) for x in "abc"])
     r = pmrun("--resume-failed", "--joblog", "log", line, ":::", "a", "b")
     assert r.returncode == 0, r.stderr
-    assert sorted(r.stdout.splitlines()) == ["[task 0] a", "[task 1] b"]
+    assert sorted(r.stdout.splitlines()) == ["a", "b"]
     assert [row[:2] for row in _log_rows(tmp_path / "log")][2:] in ([(1, 0), (2, 0)],
                                                                     [(2, 0), (1, 0)])
     r = pmrun("--resume", "--joblog", "log", line, ":::", "a", "b", "c")  # c fails once
@@ -254,7 +302,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(pmrun: Run, pmrun_popen: Po
     proc = pmrun_popen("-j", "1", "--joblog", "log", "sleep 0.2; echo {}", ":::", *args)
     assert proc.stdout is not None
     seen = [proc.stdout.readline(), proc.stdout.readline()]
-    assert seen == [b"[task 0] 1\n", b"[task 1] 2\n"]
+    assert seen == [b"1\n", b"2\n"]
     proc.send_signal(signal.SIGTERM)  # as Slurm does at an allocation's time limit
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGTERM, err
@@ -262,7 +310,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(pmrun: Run, pmrun_popen: Po
     assert {1, 2} <= first < set(range(1, 7)), (tmp_path / "log").read_text()
     r = pmrun("-j", "1", "--resume", "--joblog", "log", "sleep 0.2; echo {}", ":::", *args)
     assert r.returncode == 0, r.stderr
-    rerun = {int(line.split()[2]) for line in r.stdout.splitlines()}
+    rerun = {int(line) for line in r.stdout.splitlines()}
     done = {seq for seq, code, _ in _log_rows(tmp_path / "log") if code == 0}
     assert rerun == set(range(1, 7)) - first and done == set(range(1, 7)), r.stdout
 
@@ -283,7 +331,7 @@ def test_timeout_ends_each_task_that_overruns_it(pmrun: Run, tmp_path: Path) -> 
               "if [ {} = slow ]; then trap '' TERM; sleep 30; fi; echo {}", ":::",
               "quick", "slow")
     assert r.returncode == 1, r.stderr
-    assert r.stdout == "[task 0] quick\n"
+    assert r.stdout == "quick\n"
     assert "pmrun: [task 1] timed out after 0.5 s: terminated\n" in r.stderr
     assert "pmrun: [task 1] timed out after 0.5 s: killed\n" in r.stderr
     assert "task 1 (line 1): exit codes 137" in r.stderr
@@ -298,27 +346,26 @@ def test_timeout_ends_each_task_that_overruns_it(pmrun: Run, tmp_path: Path) -> 
 def test_a_ranks_option_on_an_ensemble_is_refused(pmrun: Run, option: list[str]) -> None:
     r = pmrun(*option, "echo", ":::", "a")
     assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: {option[0]} is for an MPI "
-                                                  "job's ranks, not for task ensembles (each "
-                                                  "task's output is prefixed [task N])\n")
+                                                  "job's ranks, not for task ensembles (their "
+                                                  "output: --tag, --tagstring, --group, --lb)\n")
 
 
 def test_keep_order_writes_output_in_task_order(pmrun: Run) -> None:
     # The last task ends first; with -k its lines still come last.
-    r = pmrun("-k", "-j", "3", "--mem-per-task", "1M", "sleep 0.{}; echo {}; echo {} again",
-              ":::", "6", "3", "1")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == [
-        "[task 0] 6", "[task 0] 6 again", "[task 1] 3", "[task 1] 3 again",
-        "[task 2] 1", "[task 2] 1 again"]
+    for mode in ("--group", "--lb"):
+        r = pmrun("-k", mode, "-j", "3", "--mem-per-task", "1M",
+                  "sleep 0.{}; echo {}; echo {} again", ":::", "6", "3", "1")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == ["6", "6 again", "3", "3 again", "1", "1 again"]
 
 
 def test_an_interrupted_task_is_not_retried(pmrun_popen: Popen) -> None:
     # One process prints and waits: a shell that is between two commands (echo; sleep)
     # when SIGINT comes starts the next one all the same, and ends only after it.
-    proc = pmrun_popen("--retries", "2", f"{sys.executable} -c \"import time; "
+    proc = pmrun_popen("--retries", "2", "--lb", f"{sys.executable} -c \"import time; "
                        "print('started', {}, flush=True); time.sleep(30)\"", ":::", "1")
     assert proc.stdout is not None
-    assert proc.stdout.readline() == b"[task 0] started 1\n"
+    assert proc.stdout.readline() == b"started 1\n"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGINT, err
@@ -363,7 +410,7 @@ def test_sshlogin_sets_tasks_at_once_per_host(pmrun: Run) -> None:
     r = pmrun("-v", "-v", "-S", "1/:", "--mem-per-task", "1M", "sleep 0.2; echo {}",
               ":::", "a", "b", "c")
     assert r.returncode == 0, r.stderr
-    assert sorted(r.stdout.splitlines()) == ["[task 0] a", "[task 1] b", "[task 2] c"]
+    assert sorted(r.stdout.splitlines()) == ["a", "b", "c"]
     assert _most_at_once(r.stderr) == 1, r.stderr
     r = pmrun("-S", "x/n1", "echo", ":::", "a")
     assert (r.returncode, r.stderr) == (2, "pmrun: -S takes [N/]HOST,... (N tasks at once on "

@@ -1,7 +1,6 @@
 """Front ends of task ensembles: ``pmrun --tasks FILE`` and :func:`pm.run_tasks`.
 
-The console prefixes each task's lines with ``[task N] `` and, on a terminal,
-keeps a progress line redrawn in place; the machinery is :mod:`pm.ensemble`.
+What is printed is :mod:`pm.ensemble.console`'s; the machinery is :mod:`pm.ensemble`.
 """
 
 from __future__ import annotations
@@ -10,14 +9,13 @@ import asyncio
 import os
 import signal
 import sys
-from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pm.agent.memory import SizeError, parse_size
-from pm.common.output import STDERR, Writer
-from pm.ensemble.core import Ensemble, Event
-from pm.ensemble.inputs import SEPARATORS, combinations, split_columns
+from pm.ensemble.console import Console
+from pm.ensemble.core import Ensemble
+from pm.ensemble.inputs import SEPARATORS, combinations, fill, split_columns
 from pm.ensemble.joblog import JobLog, read_joblog
 from pm.ensemble.scheduler import TaskSpec, parse_tasks, with_arguments
 from pm.ensemble.task import Task, TaskResult
@@ -29,109 +27,26 @@ if TYPE_CHECKING:
 
 __all__ = ["run_cli", "run_ensemble"]
 
-class _Console:
-    """Task output with a ``[task N] `` prefix, messages, and on a terminal's stderr
-    a progress line redrawn in place (cleared before anything else is written).
+def _tags(extra: dict[str, str], specs: Sequence[TaskSpec], tasks_file: bool
+          ) -> dict[int, bytes]:
+    """Each task's output line prefix: ``--tagstring STR`` filled for it and a tab,
+    ``--tag`` its arguments (its line, without sources) and a tab; else ``[task N] ``
+    for ``--tasks FILE`` without GNU parallel's output options, and none."""
+    from pm.proto.errors import UsageError
 
-    Written in order by the output thread (:class:`pm.common.output.Writer`): a slow reader
-    of our stdout never stops the loop that runs the tasks.  :meth:`aclose` waits
-    until all is written."""
-
-    def __init__(self, verbose: int, tty: bool) -> None:
-        self.verbose = verbose
-        self.tty = tty
-        #: -k: the tasks in the order their output is written (the first one's as it
-        #: comes, the others' held until those before them ended), and what is held.
-        self._order: deque[int] | None = None
-        self._held: dict[int, list[tuple[int, bytes]]] = {}
-        self._ended: set[int] = set()
-        self._shown = False
-        self._text = ""
-        self._timer: asyncio.TimerHandle | None = None
-        self._writer = Writer(False)
-        self._writer.write_behind(asyncio.get_running_loop().call_soon_threadsafe,
-                                  lambda _tag, _n: None)
-
-    def _write(self, stream: int, data: bytes) -> None:
-        self._writer.write(0, stream, data)
-
-    def keep_order(self, indices: Iterable[int]) -> None:
-        """Write tasks' output in this order (GNU parallel's ``-k``)."""
-        self._order = deque(indices)
-
-    def ended(self, index: int) -> None:
-        """Task ``index`` has ended for good: with ``-k``, the output it let wait goes."""
-        order = self._order
-        if order is None:
-            return
-        self._ended.add(index)
-        while order and order[0] in self._ended:
-            self._ended.discard(order.popleft())
-            if order:
-                for stream, data in self._held.pop(order[0], ()):
-                    self._output(order[0], stream, data)
-
-    def output(self, index: int, stream: int, data: bytes) -> None:
-        if self._order is not None and self._order and self._order[0] != index:
-            self._held.setdefault(index, []).append((stream, data))
-            return
-        self._output(index, stream, data)
-
-    def _output(self, index: int, stream: int, data: bytes) -> None:
-        prefix = b"[task %d] " % index
-        lines = data.split(b"\n")
-        if lines[-1] == b"":
-            lines.pop()
-        self._clear()
-        self._write(stream, b"".join(prefix + line + b"\n" for line in lines))
-        self._later()
-
-    def message(self, text: str) -> None:
-        self._clear()
-        self._write(STDERR, f"pmrun: {text}\n".encode())
-        self._later()
-
-    def event(self, e: Event) -> None:
-        if e.kind in ("overrun", "killed", "suspended", "resumed", "lost", "timeout"):
-            level = 0
-        elif e.kind in ("watermarks", "blocked", "unblocked"):
-            level = 1
-        elif e.kind in ("start", "exit") or (e.kind == "sample" and e.used + e.reserved > e.low):
-            level = 2  # samples only while they matter: between the watermarks or above
-        else:
-            return
-        if self.verbose >= level:
-            self.message(e.text)
-
-    def progress(self, text: str) -> None:
-        self._text = text
-        self._later()
-
-    def _later(self) -> None:
-        if self.tty and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(0.1, self._draw)
-
-    def _draw(self) -> None:
-        self._timer = None
-        if self._text:
-            self._write(STDERR, f"\r{self._text}\x1b[K".encode())
-            self._shown = True
-
-    def _clear(self) -> None:
-        if self._shown:
-            self._write(STDERR, b"\r\x1b[K")
-            self._shown = False
-
-    async def aclose(self, last: str = "") -> None:
-        """Clear the progress line, write ``last``, and wait until everything is written."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._clear()
-        if last:
-            self._write(STDERR, last.encode())
-        await asyncio.to_thread(self._writer.drain)
-        self._writer.close()
+    if "tagstring" in extra:
+        text = extra["tagstring"]
+        try:
+            return {s.index: os.fsencode(fill(text, s.args, s.index + 1, quote=False)) + b"\t"
+                    for s in specs}
+        except UsageError as exc:
+            raise UsageError(f"--tagstring {text}: {exc}") from None
+    if "tag" in extra:
+        return {s.index: os.fsencode(" ".join(s.args) if s.args else s.line) + b"\t"
+                for s in specs}
+    if tasks_file and "output_mode" not in extra:
+        return {s.index: b"[task %d] " % s.index for s in specs}
+    return {}
 
 
 def _options(extra: dict[str, str]) -> dict[str, Any]:
@@ -269,7 +184,9 @@ async def run_cli(opts: CliOptions) -> int:
     halt = _Halt(extra.get("halt", "never"), len(specs))
     nodes = nodes_of(opts)
     assert isinstance(nodes, Nodes)
-    console = _Console(opts.verbose, os.isatty(2))
+    mode = extra.get("output_mode") or ("line" if path is not None else "group")
+    console = Console(opts.verbose, os.isatty(2), group=mode == "group",
+                      tag=_tags(extra, specs, tasks_file=path is not None).get)
     interrupted: list[int] = []
     try:
         ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,
@@ -334,7 +251,8 @@ async def run_ensemble(tasks: Iterable[Sequence[str] | str], nodes: Nodes, *,
     keeps them in the results."""
     if output not in ("inherit", "capture"):
         raise ValueError("output must be 'inherit' or 'capture'")
-    console = _Console(0, False) if output == "inherit" else None
+    console = Console(0, False, tag=lambda index: b"[task %d] " % index
+                      ) if output == "inherit" else None
     try:
         async with Ensemble(nodes, output=console.output if console else None,
                             **options) as ens:

@@ -106,10 +106,12 @@ def _edit(value: str, how: str | None) -> str:
     return os.path.dirname(value) or "."  # "//"
 
 
-def fill(line: str, args: Sequence[str], seq: int) -> str:
+def fill(line: str, args: Sequence[str], seq: int, quote: bool = True) -> str:
     """``line`` with its replacement strings filled from ``args`` (one combination) for
     the task numbered ``seq``; without any, the arguments appended.  :class:`UsageError`
-    for ``{N}`` beyond the sources."""
+    for ``{N}`` beyond the sources.  ``quote=False`` (a ``--tagstring``): the arguments
+    as they are, and nothing appended."""
+    q = shlex.quote if quote else str
     used = False
 
     def one(m: re.Match[str]) -> str:
@@ -126,7 +128,7 @@ def fill(line: str, args: Sequence[str], seq: int) -> str:
                 raise UsageError(f"{m[0]} names input source {k}: there "
                                  f"{'is' if len(args) == 1 else 'are'} {len(args)}")
             values = args[k - 1 : k]
-        return " ".join(shlex.quote(_edit(v, m["how"])) for v in values)
+        return " ".join(q(_edit(v, m["how"])) for v in values)
 
     out = _REPLACE.sub(one, line)
-    return out if used else " ".join([line, *map(shlex.quote, args)])
+    return out if used or not quote else " ".join([line, *map(q, args)])

@@ -63,6 +63,8 @@ class TaskSpec:
     line: str
     lineno: int = 0
     words: tuple[str, ...] = ()
+    #: The input sources' arguments that filled its line (GNU parallel's --tag).
+    args: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -147,7 +149,7 @@ def with_arguments(specs: Sequence[TaskSpec],
             except ValueError:  # an argument's quotes inside the line's: the shell says
                 words = spec.words
             out.append(TaskSpec(len(out), ("sh", "-c", new), spec.mem, prefix + new,
-                                spec.lineno, words))
+                                spec.lineno, words, tuple(args)))
     return out
 
 

@@ -1,0 +1,217 @@
+"""What ``pmrun`` prints of a task ensemble: the tasks' output, messages, a progress line.
+
+Output comes as GNU parallel gives it: each task's whole once it ended,
+stdout then stderr (``--group``, the default of ``pmrun CMD ::: ARGS``), or
+line by line as it comes (``--lb``, the default of ``pmrun --tasks FILE``,
+whose lines are prefixed ``[task N] ``); ``--tag`` prefixes each line with
+the task's arguments and a tab, ``--tagstring STR`` with STR filled for the
+task; ``-k`` keeps task order.  What waits (a running task's output under
+``--group``, a later task's under ``-k``) is held in memory up to
+:data:`SPOOL_MEMORY` bytes a task, then in an unlinked temporary file, as
+parallel spools to files.  On a terminal a progress line is redrawn in place
+on stderr (cleared before anything else is written there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO
+
+from pm.common.output import STDERR, STDOUT, Writer
+from pm.ensemble.core import Event
+
+__all__ = ["SPOOL_MEMORY", "Console"]
+
+#: What a task's held output may take in memory before it goes to a temporary file.
+SPOOL_MEMORY = 1 << 20
+
+_RECORD = struct.Struct("<BI")  # stream, length: one piece of held output in its file
+
+
+class _Spool:
+    """A task's held output: (stream, bytes) pieces in order, in memory up to
+    :data:`SPOOL_MEMORY` bytes, then in an unlinked temporary file."""
+
+    __slots__ = ("_file", "_parts", "_size")
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[int, bytes]] = []
+        self._size = 0
+        self._file: IO[bytes] | None = None
+
+    def add(self, stream: int, data: bytes) -> None:
+        self._size += len(data)
+        if self._file is None and self._size > SPOOL_MEMORY:
+            self._file = tempfile.TemporaryFile(prefix="pmrun-output-")  # noqa: SIM115
+            for s, d in self._parts:
+                self._file.write(_RECORD.pack(s, len(d)) + d)
+            self._parts = []
+        if self._file is not None:
+            self._file.write(_RECORD.pack(stream, len(data)) + data)
+        else:
+            self._parts.append((stream, data))
+
+    def pieces(self) -> Iterator[tuple[int, bytes]]:
+        """The pieces in order (read back from the file once spooled), then closed."""
+        f = self._file
+        if f is None:
+            yield from self._parts
+            return
+        try:
+            f.seek(0)
+            while head := f.read(_RECORD.size):
+                stream, n = _RECORD.unpack(head)
+                yield stream, f.read(n)
+        finally:
+            f.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class Console:
+    """The tasks' output, ``pmrun:`` messages and the progress line of one ensemble.
+
+    ``group``: a task's output whole once it ended (else line by line).  ``tag``: a
+    task's line prefix from its index (None: none).  Written in order by
+    the output thread (:class:`pm.common.output.Writer`): a slow reader of our stdout
+    never stops the loop that runs the tasks.  :meth:`aclose` waits until all is
+    written."""
+
+    def __init__(self, verbose: int, tty: bool, *, group: bool = False,
+                 tag: Callable[[int], bytes | None] | None = None) -> None:
+        self.verbose = verbose
+        self.tty = tty
+        self._group = group
+        self._tag = tag
+        #: -k: the tasks in the order their output is written (in line mode the first
+        #: one's as it comes, the others' held until those before them ended).
+        self._order: deque[int] | None = None
+        self._held: dict[int, _Spool] = {}
+        self._ended: set[int] = set()
+        self._shown = False
+        self._text = ""
+        self._timer: asyncio.TimerHandle | None = None
+        self._writer = Writer(False)
+        self._writer.write_behind(asyncio.get_running_loop().call_soon_threadsafe,
+                                  lambda _tag, _n: None)
+
+    def _write(self, stream: int, data: bytes) -> None:
+        self._writer.write(0, stream, data)
+
+    def keep_order(self, indices: Iterable[int]) -> None:
+        """Write tasks' output in this order (GNU parallel's ``-k``)."""
+        self._order = deque(indices)
+
+    def output(self, index: int, stream: int, data: bytes) -> None:
+        """Lines task ``index`` wrote on ``stream``."""
+        order = self._order
+        if self._group or (order is not None and order and order[0] != index):
+            held = self._held.get(index)
+            if held is None:
+                held = self._held[index] = _Spool()
+            held.add(stream, data)
+            return
+        self._output(index, stream, data)
+
+    def ended(self, index: int) -> None:
+        """Task ``index`` has ended for good: its output, or with ``-k`` what waited on
+        it, goes."""
+        order = self._order
+        if order is None:
+            self._release(index)
+            return
+        self._ended.add(index)
+        while order and order[0] in self._ended:
+            self._ended.discard(done := order.popleft())
+            if self._group:
+                self._release(done)
+            elif order:
+                self._release(order[0])  # the next task's output streams from now on
+
+    def _release(self, index: int) -> None:
+        held = self._held.pop(index, None)
+        if held is None:
+            return
+        if not self._group:
+            for stream, data in held.pieces():
+                self._output(index, stream, data)
+            return
+        err: list[bytes] = []
+        for stream, data in held.pieces():  # stdout first, then stderr (as parallel)
+            if stream == STDOUT:
+                self._output(index, stream, data)
+            else:
+                err.append(data)
+        if err:
+            self._output(index, STDERR, b"".join(err))
+
+    def _output(self, index: int, stream: int, data: bytes) -> None:
+        prefix = None if self._tag is None else self._tag(index)
+        if prefix is not None:
+            lines = data.split(b"\n")
+            if lines[-1] == b"":
+                lines.pop()
+            data = b"".join(prefix + line + b"\n" for line in lines)
+        self._clear()
+        self._write(stream, data)
+        self._later()
+
+    def message(self, text: str) -> None:
+        self._clear()
+        self._write(STDERR, f"pmrun: {text}\n".encode())
+        self._later()
+
+    def event(self, e: Event) -> None:
+        if e.kind == "start" and self._group and e.task is not None:
+            held = self._held.pop(e.task, None)  # a retry: only the last run's output shows
+            if held is not None:
+                held.close()
+        if e.kind in ("overrun", "killed", "suspended", "resumed", "lost", "timeout"):
+            level = 0
+        elif e.kind in ("watermarks", "blocked", "unblocked"):
+            level = 1
+        elif e.kind in ("start", "exit") or (e.kind == "sample" and e.used + e.reserved > e.low):
+            level = 2  # samples only while they matter: between the watermarks or above
+        else:
+            return
+        if self.verbose >= level:
+            self.message(e.text)
+
+    def progress(self, text: str) -> None:
+        self._text = text
+        self._later()
+
+    def _later(self) -> None:
+        if self.tty and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(0.1, self._draw)
+
+    def _draw(self) -> None:
+        self._timer = None
+        if self._text:
+            self._write(STDERR, f"\r{self._text}\x1b[K".encode())
+            self._shown = True
+
+    def _clear(self) -> None:
+        if self._shown:
+            self._write(STDERR, b"\r\x1b[K")
+            self._shown = False
+
+    async def aclose(self, last: str = "") -> None:
+        """Clear the progress line, write what is still held (a task the end cut short),
+        then ``last``, and wait until everything is written."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._clear()
+        for index in sorted(self._held):
+            self._release(index)
+        if last:
+            self._write(STDERR, last.encode())
+        await asyncio.to_thread(self._writer.drain)
+        self._writer.close()
