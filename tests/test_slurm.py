@@ -119,7 +119,7 @@ def test_salloc_runs_a_gnu_parallel_ensemble_on_the_nodes(slurm_cluster: RealClu
     res = salloc(c, ["-N3", "-n6"], "--joblog", str(log), "echo {} $(hostname)",
                  ":::", *"abcdef")
     assert res.returncode == 0, res.stderr
-    rows = sorted(line.split()[2:] for line in res.stdout.splitlines())
+    rows = sorted(line.split() for line in res.stdout.splitlines())
     assert [r[0] for r in rows] == list("abcdef"), res.stdout
     assert {r[1] for r in rows} <= set(c.names[:3]), rows
     entries = [line.split("\t") for line in log.read_text().splitlines()[1:]]

@@ -153,7 +153,7 @@ def test_a_gnu_parallel_ensemble_over_ssh_hosts(ssh_cluster: RealCluster,
     res = run(["-hosts", ",".join(c.names[:2]), "--ssh", c.ssh_command(), "-j", "1",
                "echo {} $(hostname) $(readlink /proc/self/ns/net)", ":::", *"abcd"], tmp_path)
     assert res.returncode == 0, res.stderr
-    rows = sorted(line.split()[2:] for line in res.stdout.splitlines())
+    rows = sorted(line.split() for line in res.stdout.splitlines())
     assert [r[0] for r in rows] == list("abcd"), res.stdout
     for _, host, net in rows:
         assert host in c.names[:2] and net == netns_of(c, host), rows
@@ -172,7 +172,7 @@ def test_an_ensembles_tasks_on_a_host_share_one_runner_and_a_lost_host_is_named(
     assert res.returncode == 0, res.stderr
     parents: dict[str, set[str]] = {}
     for line in res.stdout.splitlines():
-        _, _, _, host, ppid, *cmd = line.split()
+        _, host, ppid, *cmd = line.split()
         assert cmd[-3:] == ["pm.ensemble", "runner", "0.1"], line
         parents.setdefault(host, set()).add(ppid)
     assert sorted(parents) == sorted(c.names[:2]), res.stdout
@@ -183,14 +183,15 @@ def test_an_ensembles_tasks_on_a_host_share_one_runner_and_a_lost_host_is_named(
     # on the other host (--retries 1), and the killed one leaves nothing behind.
     proc = subprocess.Popen(
         pmrun_argv("-S", f"1/{c.names[0]},1/{c.names[1]}", "--ssh", c.ssh_command(),
-                   "--retries", "1", "echo up {} $(hostname) $PPID; sleep 2", ":::", "a", "b"),
+                   "--retries", "1", "--lb", "echo up {} $(hostname) $PPID; sleep 2", ":::",
+                   "a", "b"),
         cwd=tmp_path, env=pmrun_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
         first = [proc.stdout.readline().split(), proc.stdout.readline().split()]
-        victim = next(w for w in first if w[3] == "a")
-        subprocess.run(["kill", "-KILL", victim[5]], check=True, timeout=10)
+        victim = next(w for w in first if w[1] == "a")
+        subprocess.run(["kill", "-KILL", victim[3]], check=True, timeout=10)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -198,9 +199,9 @@ def test_an_ensembles_tasks_on_a_host_share_one_runner_and_a_lost_host_is_named(
             proc.communicate()
     assert proc.returncode == 0, err
     again = [line.split() for line in out.splitlines()]
-    assert [w[3:5] for w in again] == [["a", next(h for h in c.names[:2] if h != victim[4])]]
+    assert [w[1:3] for w in again] == [["a", next(h for h in c.names[:2] if h != victim[2])]]
     assert err.splitlines() == [
-        f"pmrun: node {victim[4]} lost: its task runner was killed by SIGKILL",
+        f"pmrun: node {victim[2]} lost: its task runner was killed by SIGKILL",
         "2 tasks: 2 succeeded, 0 failed, 1 retry"], err
     assert_clean(c)
 
