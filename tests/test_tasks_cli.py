@@ -217,6 +217,13 @@ def test_grouped_output_is_stdout_then_stderr_and_the_last_runs_only(tmp_path: P
                                          "1 task: 0 succeeded, 1 failed, 2 retries"], r.stdout
 
 
+def test_the_job_logs_receive_counts_the_last_runs_bytes(pmrun: Run, tmp_path: Path) -> None:
+    r = pmrun("--retries", "2", "--joblog", "log", "echo 12345; exit 1", ":::", "x")
+    assert (r.returncode, r.stdout) == (1, "12345\n"), r.stderr
+    rows = (tmp_path / "log").read_text().splitlines()[1:]
+    assert [row.split("\t")[5] for row in rows] == ["6"], rows
+
+
 def test_a_big_grouped_output_is_spooled_and_comes_back_whole(pmrun: Run) -> None:
     # 3 MiB a task, held until it ends: past what is held in memory, in a temporary file.
     prog = f"{sys.executable} -c \"import sys; [print(str(i) * 1000) for i in range(3000)]\""

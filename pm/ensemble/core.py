@@ -387,6 +387,7 @@ class Ensemble:
         entry = min(d.entries, key=lambda e: d.running.get(e, 0))
         d.running[entry] = d.running.get(entry, 0) + 1
         task.node, task.started, task.ended = d.name, time.time(), None
+        task.received = 0  # (the job log's Receive: this run's bytes)
         if not task.admitted.done():
             task.admitted.set_result(None)
         if self._began is None:

@@ -86,7 +86,7 @@ class RemoteRunner:
             os.close(wfd)
             raise
         h.send(TasksEnv(self._spec.base_env()).line())
-        # Quiet: the ensemble names the host's loss, once (:meth:`why_lost`).
+        # Quiet: the ensemble names the host's loss, once (``lost``).
         h.job = JobRun(spec, self._pair(host), sink=h.sink, stdin=rfd, quiet=True)
         try:
             await h.job.start()

@@ -56,7 +56,7 @@ class Task:
         self.started: float | None = None
         self.ended: float | None = None
         self.out: list[bytes] | None = None
-        #: Bytes of output its runs wrote (GNU parallel's joblog "Receive").
+        #: Bytes of output its last run wrote (GNU parallel's joblog "Receive").
         self.received = 0
         self.err: list[bytes] | None = None
 
