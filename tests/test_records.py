@@ -18,13 +18,13 @@ from pm.proto.plan import AgentConfig, AppPlan, JobPlan, SpawnOrigin
 from pm.proto.runner import (
     MAX_DATA,
     ProbeSample,
+    RunnerReader,
     TaskExit,
     TaskOutput,
     TasksEnv,
     TaskSignal,
     TaskStart,
     from_ensemble,
-    from_runner,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -128,22 +128,20 @@ def test_runner_commands_come_back_whole() -> None:
         assert from_ensemble(other) is None, other
 
 
-def test_runner_reports_come_back_whole_and_long_lines_in_pieces() -> None:
-    for rec in (TaskExit(3, 137), TaskExit(0, 0)):
-        assert from_runner(rec.line()) == rec
-    sample = ProbeSample(10, 5, "machine", 2, {1: 4096})
-    assert from_runner(sample.line().encode() + b"\n") == sample
-    line = b"x" * (2 * MAX_DATA + 10) + b" \xff\n"  # any bytes but a newline
-    records = TaskOutput(4, 2, line).lines()
-    assert len(records) == 3 and all(r.count(b"\n") == 1 for r in records)
-    got = [from_runner(r) for r in records]
-    assert [(g.index, g.stream, g.more) for g in got if isinstance(g, TaskOutput)] == [
-        (4, 2, True), (4, 2, True), (4, 2, False)]
-    assert b"".join(g.data for g in got if isinstance(g, TaskOutput)) == line
-    assert [from_runner(r) for r in TaskOutput(1, 1, b"a\n").lines()] == [
-        TaskOutput(1, 1, b"a\n")]
-    for other in (b"", b"hello\n", b"pmrun-exit 1\n", b"pmrun-out 1\n", b"pmrun-exit a b\n"):
-        assert from_runner(other) is None, other
+def test_runner_reports_come_back_whole_however_the_stream_is_cut() -> None:
+    big = bytes(range(256)) * (MAX_DATA // 128)  # every byte, newlines among them: 2 records
+    exit_, sample = TaskExit(3, 137), ProbeSample(10, 5, "machine", 2, {1: 4096})
+    stream = (b"garbage\npmrun-out x\n" + exit_.line() + sample.line().encode() + b"\n"
+              + TaskOutput(4, 2, big).records()
+              + TaskOutput(1, 1, b"no newline at the end").records())
+    assert max(len(line) for line in stream.split(b"\n")) < MAX_DATA + 64  # never cut
+    for cut in (1, 7, 4096, len(stream)):
+        reader = RunnerReader()
+        got = [rec for at in range(0, len(stream), cut) for rec in reader.feed(stream[at:at + cut])]
+        outputs = [g for g in got if isinstance(g, TaskOutput)]
+        assert [g for g in got if not isinstance(g, TaskOutput)] == [exit_, sample], cut
+        assert b"".join(g.data for g in outputs if g.index == 4) == big
+        assert [g.data for g in outputs if g.index == 1] == [b"no newline at the end"]
 
 
 def test_an_agent_of_another_protocol_version_is_named(pmrun: Run, tmp_path: Path) -> None:

@@ -158,6 +158,10 @@ def test_a_gnu_parallel_ensemble_over_ssh_hosts(ssh_cluster: RealCluster,
     for _, host, net in rows:
         assert host in c.names[:2] and net == netns_of(c, host), rows
     assert res.stderr == "4 tasks: 4 succeeded, 0 failed, 0 retries\n"
+    # The bytes as the task wrote them: a 3 MB line, and an end without a newline.
+    res = run(["-S", f"1/{c.names[1]}", "--ssh", c.ssh_command(),
+               "head -c 3000000 /dev/zero; printf {}", ":::", "end"], tmp_path)
+    assert (res.returncode, res.stdout) == (0, "\0" * 3000000 + "end"), res.stderr
     assert_clean(c)
 
 

@@ -18,12 +18,12 @@ from pm.proto.runner import (
     MAX_DATA,
     ProbeSample,
     Report,
+    RunnerReader,
     TaskExit,
     TaskOutput,
     TasksEnv,
     TaskSignal,
     TaskStart,
-    from_runner,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,7 +37,7 @@ class Runner:
         self.reports: list[Report] = []
         self.output: dict[tuple[int, int], bytes] = {}
         self.exits: dict[int, int] = {}
-        self._rest = b""
+        self._reader = RunnerReader()
 
     def send(self, line: bytes) -> None:
         assert self.proc.stdin is not None
@@ -61,11 +61,7 @@ class Runner:
                 continue
             data = os.read(fd, 1 << 20)
             assert data, f"the runner ended; got {self.reports}"
-            lines = (self._rest + data).split(b"\n")
-            self._rest = lines.pop()
-            for line in lines:
-                rec = from_runner(line + b"\n")
-                assert rec is not None, line
+            for rec in self._reader.feed(data):
                 self.reports.append(rec)
                 if isinstance(rec, TaskOutput):
                     key = (rec.index, rec.stream)
@@ -106,16 +102,15 @@ def gone(pid: int) -> bool:
 def test_tasks_run_with_their_environment_and_report_output_and_exit() -> None:
     with runner({"PATH": os.environ["PATH"], "BASE": "base"}) as r:
         r.send(sh(0, "echo $BASE $MINE; echo oops >&2; exit 3", {"MINE": "mine"}))
-        long = MAX_DATA + 100  # one line in two records
-        r.send(TaskStart(1, [sys.executable, "-c", f"print('y' * {long})"], {}, "/").line())
+        long = MAX_DATA + 100  # one line in two records, without its newline
+        r.send(TaskStart(1, [sys.executable, "-c", f"print('y' * {long}, end='')"], {},
+                         "/").line())
         r.send(TaskStart(2, ["no-such-command-here"], {}, None).line())
         r.until(lambda: len(r.exits) == 3)
         assert isinstance(r.reports[0], ProbeSample) and r.reports[0].cores
         assert r.exits == {0: 3, 1: 0, 2: 127}
         assert r.output[0, 1] == b"base mine\n" and r.output[0, 2] == b"oops\n"
-        assert r.output[1, 1] == b"y" * long + b"\n"
-        assert [x.more for x in r.reports if isinstance(x, TaskOutput) and x.index == 1] == [
-            True, False]
+        assert r.output[1, 1] == b"y" * long
         assert r.output[2, 2] == b"pmrun: no-such-command-here: command not found\n"
         # Each task's output comes before its exit.
         for index in (0, 1, 2):

@@ -18,12 +18,17 @@ STDERR = 2
 
 
 class LineBuffer:
-    """Turns a stream's chunks into complete lines (newline included)."""
+    """Turns a stream's chunks into complete lines (newline included).
 
-    __slots__ = ("_part",)
+    ``terminate``: a line cut at :data:`MAX_LINE` and the last partial line get a
+    newline (a rank's, so that no other rank's bytes join it); without, they come as
+    they are (a task's output, passed on byte for byte)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_part", "_terminate")
+
+    def __init__(self, terminate: bool = True) -> None:
         self._part = b""
+        self._terminate = terminate
 
     def feed(self, data: bytes) -> bytes:
         """The complete lines in ``data`` (with what was left before); keeps the rest."""
@@ -32,16 +37,16 @@ class LineBuffer:
         if cut == 0:
             if len(buf) >= MAX_LINE:
                 self._part = b""
-                return buf + b"\n"
+                return buf + b"\n" if self._terminate else buf
             self._part = buf
             return b""
         self._part = buf[cut:]
         return buf[:cut]
 
     def flush(self) -> bytes:
-        """At EOF: the last partial line, terminated so no other rank's bytes join it."""
+        """At EOF: the last partial line (terminated, unless told not to)."""
         part, self._part = self._part, b""
-        return part + b"\n" if part else b""
+        return part + b"\n" if part and self._terminate else part
 
 
 def output_window(nodes: int) -> int:

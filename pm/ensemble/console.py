@@ -158,6 +158,8 @@ class Console:
             if lines[-1] == b"":
                 lines.pop()
             data = b"".join(prefix + line + b"\n" for line in lines)
+        elif not self._group and not data.endswith(b"\n"):
+            data += b"\n"  # a line's piece, or its end without one: no other task's joins it
         self._clear()
         self._write(stream, data)
         self._later()

@@ -23,7 +23,7 @@ from pm.agent.memory import tree_pids
 from pm.agent.spawn import Guardian, SpawnError, resolve
 from pm.agent.started import RankStart, start_local
 from pm.agent.watch import ChildWatch
-from pm.common.output import STDERR, STDOUT, read_pipe
+from pm.common.output import STDERR, STDOUT, LineBuffer, read_pipe
 from pm.ensemble.task import Task
 
 __all__ = ["DRAIN", "LocalRunner", "signal_tree", "tree_anon"]
@@ -69,7 +69,9 @@ class LocalRunner:
             return 127
         task.pid = r.pid
         open_fds = {STDOUT: r.out_fd, STDERR: r.err_fd}
-        bufs = {STDOUT: r.out, STDERR: r.err}
+        # Lines, but a task's bytes as they are: a line longer than MAX_LINE comes in
+        # pieces, and the last one without the newline it lacked.
+        bufs = {STDOUT: LineBuffer(terminate=False), STDERR: LineBuffer(terminate=False)}
         r.out_fd = r.err_fd = -1
         drained = loop.create_future()
 

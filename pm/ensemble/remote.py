@@ -32,13 +32,13 @@ from pm.ensemble.task import Task
 from pm.jobspec import AppSpec, JobSpec
 from pm.proto.runner import (
     ProbeSample,
+    RunnerReader,
     TaskExit,
     TaskOutput,
     TasksEnv,
     TaskSignal,
     TaskStart,
     from_ensemble,
-    from_runner,
 )
 
 if TYPE_CHECKING:
@@ -157,8 +157,7 @@ class _Host:
         self.runs: dict[int, tuple[Task, Emit, asyncio.Future[int | None]]] = {}
         #: Why the host is lost (its runner's job ended), None while it runs.
         self.lost: str | None = None
-        self._rest = b""
-        self._pieces: dict[tuple[int, int], list[bytes]] = {}
+        self._reader = RunnerReader()
 
     def send(self, line: bytes) -> None:
         if self.commands is not None and not self.commands.is_closing():
@@ -172,31 +171,17 @@ class _Host:
             for text in data.decode(errors="replace").splitlines():
                 log.warning("the task runner on %s: %s", self.name, text)
             return
-        lines = (self._rest + data).split(b"\n")
-        self._rest = lines.pop()
-        for line in lines:
-            self._report(line + b"\n")
-
-    def _report(self, line: bytes) -> None:
-        rec = from_runner(line)
-        if isinstance(rec, TaskOutput):
-            run = self.runs.get(rec.index)
-            key = (rec.index, rec.stream)
-            if rec.more:
-                self._pieces.setdefault(key, []).append(rec.data)
-            elif run is not None:
-                data = b"".join([*self._pieces.pop(key, []), rec.data])
-                run[1](run[0], rec.stream, data)
-        elif isinstance(rec, TaskExit):
-            run = self.runs.get(rec.index)
-            for key in [k for k in self._pieces if k[0] == rec.index]:
-                data = b"".join(self._pieces.pop(key)) + b"\n"
+        for rec in self._reader.feed(data):
+            if isinstance(rec, TaskOutput):
+                run = self.runs.get(rec.index)
                 if run is not None:
-                    run[1](run[0], key[1], data)
-            if run is not None and not run[2].done():
-                run[2].set_result(rec.code)
-        elif isinstance(rec, ProbeSample):
-            self._samples(rec)
+                    run[1](run[0], rec.stream, rec.data)
+            elif isinstance(rec, TaskExit):
+                run = self.runs.get(rec.index)
+                if run is not None and not run[2].done():
+                    run[2].set_result(rec.code)
+            else:
+                self._samples(rec)
 
     def ended(self, stdin_fd: int) -> None:
         """The runner's job ended: the host is lost to the runs still under way."""
@@ -313,13 +298,8 @@ class _Runner:
             del self._tasks[task.index]
 
     def _emit(self, task: Task, stream: int, data: bytes) -> None:
-        lines = data.split(b"\n")
-        last = lines.pop()
-        out = [r for line in lines for r in TaskOutput(task.index, stream, line + b"\n").lines()]
-        if last:
-            out += TaskOutput(task.index, stream, last, more=True).lines()
         try:
-            self._write(b"".join(out))
+            self._write(TaskOutput(task.index, stream, data).records())
         except BrokenPipeError:
             self._stop.set()
 

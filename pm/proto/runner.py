@@ -9,17 +9,17 @@ the rank's stdin, it answers on its stdout, one record per line::
     pmrun-signal INDEX SIGNUM         signal a task's processes (INDEX -1: all tasks)
 
     pmrun-probe TOTAL USED KIND cores=N INDEX=BYTES ...   a memory sample
-    pmrun-out INDEX STREAM DATA       a line a task wrote (DATA ends with its newline)
-    pmrun-more INDEX STREAM DATA      a piece of a longer line (its newline is not DATA's)
+    pmrun-out INDEX STREAM NBYTES     then NBYTES of a task's output, then a newline
     pmrun-exit INDEX CODE             a task ended, with this shell status
 
 In a sample TOTAL and USED are the node's memory in bytes, KIND where its
 limit comes from (``cgroup``, ``machine``), N the cores the runner may run on,
-and per task index the anonymous resident bytes of its processes.  DATA is
-the task's bytes as they are: a line is never longer than :data:`MAX_DATA`
-(longer ones come in pieces), so no record is cut on its way.  JSON keeps
-arguments that are not UTF-8 (surrogate escapes).  Anything else on the
-stream (a warning of the interpreter) is no record.
+and per task index the anonymous resident bytes of its processes.  Output
+comes as the task wrote it, many lines a record: at most :data:`MAX_DATA`
+bytes, so that the agent, which passes the runner's stdout on in lines of up
+to ``MAX_LINE``, never cuts one (:class:`RunnerReader` reads them back).
+JSON keeps arguments that are not UTF-8 (surrogate escapes).  Anything else
+on the stream (a warning of the interpreter) is no record.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from typing import Any
 from pm.common.output import MAX_LINE
 from pm.proto.record import Record
 
-__all__ = ["MAX_DATA", "ProbeSample", "TaskExit", "TaskOutput", "TaskSignal", "TaskStart",
-           "TasksEnv", "from_ensemble", "from_runner"]
+__all__ = ["MAX_DATA", "ProbeSample", "RunnerReader", "TaskExit", "TaskOutput", "TaskSignal",
+           "TaskStart", "TasksEnv", "from_ensemble"]
 
-#: The most of a task's line one record carries (the agent cuts lines at MAX_LINE).
+#: The most of a task's output one record carries (the agent cuts lines at MAX_LINE).
 MAX_DATA = MAX_LINE // 2
 
 _PROBE = "pmrun-probe"
@@ -109,26 +109,19 @@ class TaskSignal(Record):
 
 
 class TaskOutput(Record):
-    """Bytes a task wrote on ``stream``: one line, newline included, or (``more``) a
-    piece of a longer one."""
+    """Bytes a task wrote on ``stream``, as it wrote them (lines, or a piece of one)."""
 
     index: int
     stream: int
     data: bytes
-    more: bool = False
 
-    def lines(self) -> list[bytes]:
-        """The records that carry it, each a line (longer data is cut in pieces)."""
-        data, out = self.data, []
-        head = b"pmrun-out %d %d " % (self.index, self.stream)
-        piece = b"pmrun-more %d %d " % (self.index, self.stream)
-        while len(data) > MAX_DATA:
-            out.append(piece + data[:MAX_DATA] + b"\n")
-            data = data[MAX_DATA:]
-        if data:
-            out.append((piece + data + b"\n") if self.more or not data.endswith(b"\n")
-                       else head + data)
-        return out
+    def records(self) -> bytes:
+        """The records that carry it (more than one past :data:`MAX_DATA` bytes)."""
+        data = self.data
+        return b"".join(b"pmrun-out %d %d %d\n" % (self.index, self.stream, len(piece))
+                        + piece + b"\n"
+                        for piece in (data[at:at + MAX_DATA]
+                                      for at in range(0, len(data), MAX_DATA)))
 
 
 class TaskExit(Record):
@@ -166,15 +159,44 @@ def from_ensemble(line: bytes) -> Command | None:
     return None
 
 
-def from_runner(line: bytes) -> Report | None:
-    """The report one line of the runner's stdout holds (newline included), None if it
-    holds none."""
+class RunnerReader:
+    """The runner's reports from its stdout, fed in chunks as they come (a record may
+    span chunks: what is not whole yet waits for the next)."""
+
+    __slots__ = ("_rest",)
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, data: bytes) -> list[Report]:
+        buf = self._rest + data if self._rest else data
+        out: list[Report] = []
+        at = 0
+        while (nl := buf.find(b"\n", at)) >= 0:
+            line = buf[at:nl]
+            if line.startswith(b"pmrun-out "):
+                try:
+                    _, index, stream, count = line.split(b" ")
+                    end = nl + 1 + int(count)
+                except ValueError:  # no record: skip the line
+                    at = nl + 1
+                    continue
+                if len(buf) <= end:
+                    break  # the rest of the bytes (and the record's newline) are on their way
+                out.append(TaskOutput(int(index), int(stream), buf[nl + 1:end]))
+                at = end + 1
+                continue
+            at = nl + 1
+            rec = _report(line)
+            if rec is not None:
+                out.append(rec)
+        self._rest = buf[at:]
+        return out
+
+
+def _report(line: bytes) -> Report | None:
     word, _, rest = line.partition(b" ")
     try:
-        if word in (b"pmrun-out", b"pmrun-more"):
-            index, stream, data = rest.split(b" ", 2)
-            more = word == b"pmrun-more"
-            return TaskOutput(int(index), int(stream), data[:-1] if more else data, more)
         if word == b"pmrun-exit":
             index, code = rest.split()
             return TaskExit(int(index), int(code))
