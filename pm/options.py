@@ -130,6 +130,10 @@ def directory(value: str, opt: str) -> str:
     return os.path.abspath(value)
 
 
+def readable_or_stdin(value: str, opt: str) -> str:
+    return value if value == "-" else readable_file(value, opt)
+
+
 def readable_file(value: str, opt: str) -> str:
     if not os.path.isfile(value):
         raise UsageError(f"{opt} {value}: no such file")
@@ -297,6 +301,28 @@ def sshlogin(value: str, opt: str) -> str:
         host = "localhost" if host == ":" else host
         out.append(f"{host}:{count}" if slash else host)
     return hosts(",".join(out), opt)
+
+
+def sshloginfile(value: str, opt: str) -> str:
+    """GNU parallel's ``--slf FILE``: a ``-S`` value a line (``#`` comments), as ``-hosts``."""
+    readable_file(value, opt)
+    try:
+        with open(value) as f:
+            lines = [line.split("#", 1)[0].strip() for line in f]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{opt} {value}: cannot be read ({exc})") from None
+    given = ",".join(line for line in lines if line)
+    if not given:
+        raise UsageError(f"{opt} {value}: names no host")
+    return sshlogin(given, f"{opt} {value}:")
+
+
+def delimiter(value: str, opt: str) -> str:
+    """GNU parallel's ``-d DELIM``: one character, or ``\\n``, ``\\t``, ``\\0``."""
+    value = {"\\n": "\n", "\\t": "\t", "\\0": "\0", "\\\\": "\\"}.get(value, value)
+    if len(value) != 1:
+        raise UsageError(f"{opt} takes one character (or \\n, \\t, \\0), not {value!r}")
+    return value
 
 
 def hostfile(value: str, opt: str) -> str:
@@ -521,6 +547,15 @@ OPTIONS = (
              "parallel, e.g. --colsep , :::: params.csv)"),
     Opt("-S --sshlogin", "hosts", sshlogin, metavar="[N/]HOST,...", group=MEMORY,
         help="GNU parallel's hosts: -hosts HOST:N,... (':' is this machine)"),
+    Opt("--slf --sshloginfile", "hosts", sshloginfile, metavar="FILE", group=MEMORY,
+        help="-S's value a line of FILE"),
+    Opt("-a --arg-file", "arg_files", readable_or_stdin, metavar="FILE", group=MEMORY,
+        help="an argument a line of FILE (- : stdin) for the command: :::: FILE (again: "
+             "another source)"),
+    Opt("-0 --null", "delimiter", kind=FLAG, const="\0", group=MEMORY,
+        help="arguments of :::: and -a files end with NUL (find -print0), not newline"),
+    Opt("-d --delimiter", "delimiter", delimiter, metavar="DELIM", group=MEMORY,
+        help="arguments of :::: and -a files end with DELIM, not newline"),
     Opt("-k --keep-order", "keep_order", kind=FLAG, group=MEMORY,
         help="tasks' output in their order (a task's waits for those before it to end)"),
     Opt("--group", "output_mode", kind=FLAG, const="group", group=MEMORY,
@@ -694,6 +729,11 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             value = opt.check(raw, name)
             if opt.key == "env_mode":
                 value = ("list", value)
+            elif opt.key == "arg_files":  # -a FILE again: another input source
+                files = out.values.setdefault("arg_files", [])
+                assert isinstance(files, list)
+                files.append(value)
+                continue
             (sec.values if opt.local else out.values)[opt.key] = value
     if sec.values:
         flags = " ".join(sorted({o.names[0] for o in out.used if o.local and o.key in sec.values}))
@@ -701,7 +741,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                          else "no program given (see pmrun --help)")
     if not out.sections and not ({"tasks", "topology", "sim_ranks"} & out.values.keys()):
         raise UsageError("no program given (see pmrun --help)")
-    if len(out.sections) == 1 and "tasks" not in out.values:
+    if "arg_files" in out.values or (len(out.sections) == 1 and "tasks" not in out.values):
         _command_with_sources(out)
     _ensemble_only(out)
     _open_mpi_mapping(out.values)
@@ -713,8 +753,26 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
 def _command_with_sources(out: Parsed) -> None:
     """GNU parallel's form, ``pmrun CMD ::: A B``: the words before the first input source
     are one tasks line (``values["tasks_line"]``), the section keeps the sources."""
+    files = out.values.pop("arg_files", None)
+    if len(out.sections) > 1:
+        raise UsageError("-a FILE gives arguments to one command, not to several programs")
+    if not out.sections:
+        out.sections.append(Section())
     argv = out.sections[0].argv
     at = next((i for i, word in enumerate(argv) if word in INPUT_SOURCES), None)
+    if files:  # -a FILE: the first sources, as :::: FILE (GNU parallel's order)
+        assert isinstance(files, list)
+        cut = len(argv) if at is None else at
+        sources = ["::::", *files, *argv[cut:]]
+        if "tasks" in out.values:
+            out.sections[0].argv = [*argv[:cut], *sources]
+            return
+        if cut == 0:
+            raise UsageError("-a FILE gives arguments to a command: put the command after "
+                             "the options (pmrun -a FILE CMD) or give --tasks FILE")
+        out.values["tasks_line"] = " ".join(argv[:cut])
+        out.sections[0].argv = sources
+        return
     if at is None:
         return
     if at == 0:
@@ -727,7 +785,7 @@ def _command_with_sources(out: Parsed) -> None:
 #: Options that only task ensembles take.
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
                   "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
-                  "tagstring")
+                  "tagstring", "delimiter")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

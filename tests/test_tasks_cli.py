@@ -177,11 +177,15 @@ PARALLEL = shutil.which("parallel")
     ["--tag", "echo", ":::", "a", "b c", ":::", "1"],
     ["--tagstring", "<{2}>{#}{1/}", "echo", "{1}", ":::", "d/x", "y", ":::", "p"],
     ["echo {}; echo to-stderr {} >&2; echo {} again", ":::", "a", "b"],
+    ["-a", "args.txt", "echo", ":::", "x"],
+    ["-0", "echo", "::::", "nul.txt"],
+    ["-d", ",", "-a", "params.csv", "echo", "[{}]"],
 ])
 def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_path: Path,
                                                              tail: list[str]) -> None:
     (tmp_path / "args.txt").write_text("l1\nl 2\n")
     (tmp_path / "params.csv").write_text("a,1\nb c,2\n")
+    (tmp_path / "nul.txt").write_bytes(b"n 1\0n\n2\0")
     assert PARALLEL is not None
     want = subprocess.run([PARALLEL, "--will-cite", "-k", *tail], cwd=tmp_path, text=True,
                           capture_output=True, timeout=30,
@@ -275,8 +279,15 @@ def test_job_slots_are_numbered_within_j(pmrun: Run, tmp_path: Path) -> None:
     (["echo", "{2}", ":::", "a"], "echo {2}: {2} names input source 2: there is 1"),
     (["echo", "::::", "missing"], ":::: missing: No such file or directory"),
     (["echo", ":::+", "a"], ":::+ pairs its source with the one before it: there is none"),
+    (["-a", "missing", "echo"], "-a missing: no such file"),
+    (["-a", "-", "::::", "x"], "-a FILE gives arguments to a command: put the command after the "
+                               "options (pmrun -a FILE CMD) or give --tasks FILE"),
+    (["-d", "ab", "echo", ":::", "a"], "-d takes one character (or \\n, \\t, \\0), not 'ab'"),
+    (["--slf", "empty.txt", "echo", ":::", "a"], "--slf empty.txt: names no host"),
 ])
-def test_a_bad_command_with_sources_is_named(pmrun: Run, argv: list[str], message: str) -> None:
+def test_a_bad_command_with_sources_is_named(pmrun: Run, tmp_path: Path, argv: list[str],
+                                             message: str) -> None:
+    (tmp_path / "empty.txt").write_text("# no host\n")
     r = pmrun(*argv)
     assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: {message}\n")
 

@@ -158,7 +158,7 @@ async def run_cli(opts: CliOptions) -> int:
         specs = parse_tasks(text, options.get("mem_per_task"))
         if not sources:
             return specs
-        combos = combinations(sources, read_source)
+        combos = combinations(sources, read_source, extra.get("delimiter"))
         if "colsep" in extra:
             combos = split_columns(combos, extra["colsep"])
         return with_arguments(specs, combos)

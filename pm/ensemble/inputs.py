@@ -50,10 +50,12 @@ def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return list(argv), []
 
 
-def combinations(words: Sequence[str], read: Callable[[str], str]) -> list[tuple[str, ...]]:
+def combinations(words: Sequence[str], read: Callable[[str], str],
+                 delimiter: str | None = None) -> list[tuple[str, ...]]:
     """The argument tuples of the input sources in ``words`` (which start with a
-    separator); ``read(path)`` gives a ``::::`` file's text.  :class:`UsageError` for a
-    source without arguments, a ``+`` source with nothing before it or a file that
+    separator); ``read(path)`` gives a ``::::`` file's text, an argument a line (or
+    ending with ``delimiter``: GNU parallel's ``-0``, ``-d``).  :class:`UsageError` for
+    a source without arguments, a ``+`` source with nothing before it or a file that
     cannot be read."""
     groups: list[list[list[str]]] = []  # sources paired with each other, in order
     i = 0
@@ -66,7 +68,7 @@ def combinations(words: Sequence[str], read: Callable[[str], str]) -> list[tuple
         if not given:
             raise UsageError(f"{sep} needs {'files' if sep.startswith('::::') else 'arguments'}")
         files = sep.startswith("::::")
-        sources = [_lines(path, read) for path in given] if files else [given]
+        sources = [_lines(path, read, delimiter) for path in given] if files else [given]
         if sep.endswith("+"):
             if not groups:
                 raise UsageError(f"{sep} pairs its source with the one before it: there is none")
@@ -86,11 +88,15 @@ def split_columns(combos: Sequence[tuple[str, ...]], colsep: str) -> list[tuple[
     return [tuple(col for arg in combo for col in sep.split(arg)) for combo in combos]
 
 
-def _lines(path: str, read: Callable[[str], str]) -> list[str]:
+def _lines(path: str, read: Callable[[str], str], delimiter: str | None) -> list[str]:
     try:
-        return read(path).splitlines()
+        text = read(path)
     except OSError as exc:
         raise UsageError(f":::: {path}: {exc.strerror or exc}") from None
+    if delimiter is None:
+        return text.splitlines()
+    items = text.split(delimiter)
+    return items[:-1] if items and items[-1] in ("", "\n") else items  # (the last one's end)
 
 
 def _edit(value: str, how: str | None) -> str:
