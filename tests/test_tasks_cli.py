@@ -180,12 +180,15 @@ PARALLEL = shutil.which("parallel")
     ["-a", "args.txt", "echo", ":::", "x"],
     ["-0", "echo", "::::", "nul.txt"],
     ["-d", ",", "-a", "params.csv", "echo", "[{}]"],
+    ["--header", ":", "echo", "{b}", "{a}", "{a.}", ":::", "a", "1.x", "2", ":::", "b", "x"],
+    ["--header", ":", "--colsep", ",", "echo", "{val}-{name}", "::::", "named.csv"],
 ])
 def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_path: Path,
                                                              tail: list[str]) -> None:
     (tmp_path / "args.txt").write_text("l1\nl 2\n")
     (tmp_path / "params.csv").write_text("a,1\nb c,2\n")
     (tmp_path / "nul.txt").write_bytes(b"n 1\0n\n2\0")
+    (tmp_path / "named.csv").write_text("name,val\nfoo,1\nbar,2\n")
     assert PARALLEL is not None
     want = subprocess.run([PARALLEL, "--will-cite", "-k", *tail], cwd=tmp_path, text=True,
                           capture_output=True, timeout=30,
@@ -284,6 +287,7 @@ def test_job_slots_are_numbered_within_j(pmrun: Run, tmp_path: Path) -> None:
                                "options (pmrun -a FILE CMD) or give --tasks FILE"),
     (["-d", "ab", "echo", ":::", "a"], "-d takes one character (or \\n, \\t, \\0), not 'ab'"),
     (["--slf", "empty.txt", "echo", ":::", "a"], "--slf empty.txt: names no host"),
+    (["--header", ":", "echo", ":::", "a"], "--header: ::: has a name but no argument"),
 ])
 def test_a_bad_command_with_sources_is_named(pmrun: Run, tmp_path: Path, argv: list[str],
                                              message: str) -> None:

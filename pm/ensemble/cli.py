@@ -158,10 +158,13 @@ async def run_cli(opts: CliOptions) -> int:
         specs = parse_tasks(text, options.get("mem_per_task"))
         if not sources:
             return specs
-        combos = combinations(sources, read_source, extra.get("delimiter"))
+        names: list[str] | None = [] if "header" in extra else None
+        combos = combinations(sources, read_source, extra.get("delimiter"), names)
         if "colsep" in extra:
             combos = split_columns(combos, extra["colsep"])
-        return with_arguments(specs, combos)
+            if names:
+                names = list(split_columns([tuple(names)], extra["colsep"])[0])
+        return with_arguments(specs, combos, names or ())
 
     try:
         specs = await asyncio.to_thread(tasks)

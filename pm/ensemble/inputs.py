@@ -51,12 +51,14 @@ def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def combinations(words: Sequence[str], read: Callable[[str], str],
-                 delimiter: str | None = None) -> list[tuple[str, ...]]:
+                 delimiter: str | None = None, names: list[str] | None = None
+                 ) -> list[tuple[str, ...]]:
     """The argument tuples of the input sources in ``words`` (which start with a
     separator); ``read(path)`` gives a ``::::`` file's text, an argument a line (or
-    ending with ``delimiter``: GNU parallel's ``-0``, ``-d``).  :class:`UsageError` for
-    a source without arguments, a ``+`` source with nothing before it or a file that
-    cannot be read."""
+    ending with ``delimiter``: GNU parallel's ``-0``, ``-d``).  ``names`` (GNU
+    parallel's ``--header :``): each source's first argument is its name, appended
+    there instead.  :class:`UsageError` for a source without arguments, a ``+`` source
+    with nothing before it or a file that cannot be read."""
     groups: list[list[list[str]]] = []  # sources paired with each other, in order
     i = 0
     while i < len(words):
@@ -69,6 +71,12 @@ def combinations(words: Sequence[str], read: Callable[[str], str],
             raise UsageError(f"{sep} needs {'files' if sep.startswith('::::') else 'arguments'}")
         files = sep.startswith("::::")
         sources = [_lines(path, read, delimiter) for path in given] if files else [given]
+        if names is not None:
+            for path, source in zip(given if files else [sep], sources, strict=True):
+                if len(source) < 2:
+                    raise UsageError(f"--header: {sep} {path if files else ''}".rstrip()
+                                     + " has a name but no argument")
+                names.append(source.pop(0))
         if sep.endswith("+"):
             if not groups:
                 raise UsageError(f"{sep} pairs its source with the one before it: there is none")
@@ -86,6 +94,17 @@ def split_columns(combos: Sequence[tuple[str, ...]], colsep: str) -> list[tuple[
     ``colsep`` matches (the columns are the sources ``{1}``, ``{2}``... name)."""
     sep = re.compile(colsep)
     return [tuple(col for arg in combo for col in sep.split(arg)) for combo in combos]
+
+
+def by_name(line: str, names: Sequence[str]) -> str:
+    """``line`` with ``{NAME}`` (and ``{NAME.}``, ``{NAME/}``...) written ``{N}``, N the
+    place of NAME among the sources' (or columns') ``names`` (``--header :``)."""
+    places = {name: k for k, name in enumerate(names, 1) if name and not name.isdigit()}
+    if not places:
+        return line
+    pattern = re.compile(r"\{(" + "|".join(map(re.escape, sorted(places, key=len, reverse=True)))
+                         + r")(//|/\.|/|\.)?\}")
+    return pattern.sub(lambda m: f"{{{places[m[1]]}{m[2] or ''}}}", line)
 
 
 def _lines(path: str, read: Callable[[str], str], delimiter: str | None) -> list[str]:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from pm.agent.admission import Admission, SizeError, Watermarks, format_size, parse_size
-from pm.ensemble.inputs import fill
+from pm.ensemble.inputs import by_name, fill
 from pm.proto.errors import PMError, UsageError
 
 NodeId = Hashable
@@ -129,16 +129,17 @@ def parse_tasks(text: str, default_mem: int | None = None) -> list[TaskSpec]:
     return tasks
 
 
-def with_arguments(specs: Sequence[TaskSpec],
-                   combos: Sequence[Sequence[str]]) -> list[TaskSpec]:
+def with_arguments(specs: Sequence[TaskSpec], combos: Sequence[Sequence[str]],
+                   names: Sequence[str] = ()) -> list[TaskSpec]:
     """GNU parallel's input sources: each task once per combination of arguments, in
     order, its line filled by :func:`pm.ensemble.inputs.fill` (replacement strings, or
     the arguments appended).  :class:`TaskFileError` naming the line for a ``{N}``
-    beyond the sources."""
+    beyond the sources.  ``names``: the sources' (``--header :``), for ``{NAME}``."""
     out: list[TaskSpec] = []
     for spec in specs:
         body = spec.argv[2]
         prefix = spec.line[: len(spec.line) - len(body)]  # the options block, if any
+        body = by_name(body, names)
         for args in combos:
             try:
                 new = fill(body, args, len(out) + 1)
