@@ -542,6 +542,9 @@ OPTIONS = (
     Opt("--halt", "halt", halt_policy, metavar="WHEN,WHY=N", group=MEMORY,
         help="stop once N (or N%) tasks failed, succeeded or ended: soon (start no more) "
              "or now (kill the running too), e.g. now,fail=1"),
+    Opt("--results", "results", text, metavar="DIR", group=MEMORY,
+        help="each task's stdout and stderr in files of DIR/1/ARG1/2/ARG2/, not printed "
+             "(GNU parallel's layout)"),
     Opt("--header", "header", choice(":"), metavar=":", group=MEMORY,
         help="each source's first argument (with --colsep: its first line's columns) "
              "names it: {NAME} in the command"),
@@ -788,7 +791,7 @@ def _command_with_sources(out: Parsed) -> None:
 #: Options that only task ensembles take.
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
                   "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
-                  "tagstring", "delimiter", "header")
+                  "tagstring", "delimiter", "header", "results")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

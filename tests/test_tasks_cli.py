@@ -262,6 +262,34 @@ def test_tasks_files_keep_their_task_prefix_unless_told(pmrun: Run, tmp_path: Pa
                                            "there is 1\n")
 
 
+def _tree(top: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(top)): p.read_bytes() for p in sorted(top.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
+@pytest.mark.parametrize("tail", [
+    ["echo {1}{2}; echo e >&2", ":::", "a", "b", ":::", "x", "y/z"],
+    ["--header", ":", "echo", ":::", "a", "p\\q", ":::", "bb", "x"],
+])
+def test_results_are_files_as_gnu_parallel_writes_them(pmrun: Run, tmp_path: Path,
+                                                       tail: list[str]) -> None:
+    assert PARALLEL is not None
+    want = subprocess.run([PARALLEL, "--will-cite", "--results", "theirs", *tail], cwd=tmp_path,
+                          capture_output=True, timeout=30,
+                          env={**os.environ, "HOME": str(tmp_path)})
+    assert want.returncode == 0 and want.stdout == b"", want.stderr
+    r = pmrun("--results", "ours", *tail)
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr
+    assert _tree(tmp_path / "ours") == _tree(tmp_path / "theirs")
+    # A retried task's files hold its last run.
+    r = pmrun("--results", "again", "--retries", "1", "echo $PMRUN_TASK_ATTEMPT; exit 1",
+              ":::", "t")
+    assert r.returncode == 1
+    assert _tree(tmp_path / "again") == {"1/t/seq": b"1", "1/t/stdout": b"2\n",
+                                         "1/t/stderr": b""}
+
+
 def test_job_slots_are_numbered_within_j(pmrun: Run, tmp_path: Path) -> None:
     # Declared bounds: no first measurement to wait for, -j is the only limit.
     r = pmrun("-j", "2", "--mem-per-task", "1M", "--tag",

@@ -27,6 +27,18 @@ if TYPE_CHECKING:
 
 __all__ = ["run_cli", "run_ensemble"]
 
+def _results_dir(top: str, spec: TaskSpec, names: Sequence[str]) -> str:
+    """GNU parallel's ``--results DIR`` directory of a task: ``DIR/1/ARG1/2/ARG2`` (a
+    source's name instead of its number with ``--header``; the line for a tasks file's
+    line without sources), ``\\`` doubled and ``/`` written ``\\_`` in arguments."""
+    args = spec.args or (spec.line,)
+    parts = [top]
+    for k, arg in enumerate(args, 1):
+        name = names[k - 1] if k <= len(names) else str(k)
+        parts += [name, arg.replace("\\", "\\\\").replace("/", "\\_") or "\\0"]
+    return os.path.join(*parts)
+
+
 def _tags(extra: dict[str, str], specs: Sequence[TaskSpec], tasks_file: bool
           ) -> dict[int, bytes]:
     """Each task's output line prefix: ``--tagstring STR`` filled for it and a tab,
@@ -153,12 +165,14 @@ async def run_cli(opts: CliOptions) -> int:
             raise UsageError("--tasks - and :::: - both read standard input: give one a file")
         return _read_text(name)
 
+    names: list[str] | None = [] if "header" in extra else None
+
     def tasks() -> list[TaskSpec]:
+        nonlocal names
         text = extra["tasks_line"] if path is None else _read_text(path)
         specs = parse_tasks(text, options.get("mem_per_task"))
         if not sources:
             return specs
-        names: list[str] | None = [] if "header" in extra else None
         combos = combinations(sources, read_source, extra.get("delimiter"), names)
         if "colsep" in extra:
             combos = split_columns(combos, extra["colsep"])
@@ -188,8 +202,11 @@ async def run_cli(opts: CliOptions) -> int:
     nodes = nodes_of(opts)
     assert isinstance(nodes, Nodes)
     mode = extra.get("output_mode") or ("line" if path is not None else "group")
+    where = None
+    if "results" in extra:
+        where = {s.index: _results_dir(extra["results"], s, names or ()) for s in specs}
     console = Console(opts.verbose, os.isatty(2), group=mode == "group",
-                      tag=_tags(extra, specs, tasks_file=path is not None).get)
+                      tag=_tags(extra, specs, tasks_file=path is not None).get, results=where)
     interrupted: list[int] = []
     try:
         ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,

@@ -5,7 +5,9 @@ stdout then stderr (``--group``, the default of ``pmrun CMD ::: ARGS``), or
 line by line as it comes (``--lb``, the default of ``pmrun --tasks FILE``,
 whose lines are prefixed ``[task N] ``); ``--tag`` prefixes each line with
 the task's arguments and a tab, ``--tagstring STR`` with STR filled for the
-task; ``-k`` keeps task order.  What waits (a running task's output under
+task; ``-k`` keeps task order; ``--results DIR`` writes each task's output
+to files of its own instead (``DIR/1/ARG1/2/ARG2/stdout``, ``stderr``, ``seq``,
+as parallel names them).  What waits (a running task's output under
 ``--group``, a later task's under ``-k``) is held in memory up to
 :data:`SPOOL_MEMORY` bytes a task, then in an unlinked temporary file, as
 parallel spools to files.  On a terminal a progress line is redrawn in place
@@ -15,6 +17,7 @@ on stderr (cleared before anything else is written there).
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import tempfile
 from collections import deque
@@ -78,14 +81,17 @@ class Console:
     """The tasks' output, ``pmrun:`` messages and the progress line of one ensemble.
 
     ``group``: a task's output whole once it ended (else line by line).  ``tag``: a
-    task's line prefix from its index (None: none).  Written in order by
+    task's line prefix from its index (None: none).  ``results``: each task's directory
+    for its output files, by index (then nothing of it is printed).  Written in order by
     the output thread (:class:`pm.common.output.Writer`): a slow reader of our stdout
     never stops the loop that runs the tasks.  :meth:`aclose` waits until all is
     written."""
 
     def __init__(self, verbose: int, tty: bool, *, group: bool = False,
-                 tag: Callable[[int], bytes | None] | None = None) -> None:
+                 tag: Callable[[int], bytes | None] | None = None,
+                 results: dict[int, str] | None = None) -> None:
         self.verbose = verbose
+        self._results = results
         self.tty = tty
         self._group = group
         self._tag = tag
@@ -110,6 +116,11 @@ class Console:
 
     def output(self, index: int, stream: int, data: bytes) -> None:
         """Lines task ``index`` wrote on ``stream``."""
+        if self._results is not None:
+            name = "stdout" if stream == STDOUT else "stderr"
+            with open(os.path.join(self._results[index], name), "ab") as f:
+                f.write(data)
+            return
         order = self._order
         if self._group or (order is not None and order and order[0] != index):
             held = self._held.get(index)
@@ -123,6 +134,12 @@ class Console:
         """Task ``index`` has ended for good: its output, or with ``-k`` what waited on
         it, goes."""
         order = self._order
+        if self._results is not None:
+            path = os.path.join(self._results[index], "seq")
+            if os.path.isdir(self._results[index]):  # (it ran)
+                with open(path, "w") as f:
+                    f.write(str(index + 1))
+            return
         if order is None:
             self._release(index)
             return
@@ -170,6 +187,11 @@ class Console:
         self._later()
 
     def event(self, e: Event) -> None:
+        if e.kind == "start" and self._results is not None and e.task is not None:
+            where = self._results[e.task]  # a run begins: its files start empty
+            os.makedirs(where, exist_ok=True)
+            for name in ("stdout", "stderr"):
+                open(os.path.join(where, name), "wb").close()
         if e.kind == "start" and self._group and e.task is not None:
             held = self._held.pop(e.task, None)  # a retry: only the last run's output shows
             if held is not None:
