@@ -32,7 +32,8 @@ BAD_VALUE = {
     "sim_value_size": "", "sim_exchange": "", "sim_gets": "", "tasks": "",
     "mem_per_task": "", "mem_high": "lots", "mem_low": "90 apples", "retries": "",
     "mem_overrun": "explode", "mem_settle": "", "timeout": "abc", "mpi": "ompi", "jobs": "x",
-    "joblog": "", "halt": "later,fail=1", "colsep": "(",
+    "joblog": "", "halt": "later,fail=1", "colsep": "(", "tagstring": "",
+    "arg_files": "/no/such/args", "delimiter": "ab", "header": "x", "results": "",
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check is not None for name in opt.names]
 
