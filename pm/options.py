@@ -350,6 +350,19 @@ def size(value: str, opt: str) -> str:
     return value
 
 
+def block_size(value: str, opt: str) -> str:
+    """``--block``: bytes (``10M``, ``512k``), at least one."""
+    from pm.agent.admission import SizeError, parse_size
+
+    try:
+        n = parse_size(value)
+    except SizeError as exc:
+        raise UsageError(f"{opt}: {exc}") from None
+    if n is None or n < 1 or value.endswith("%"):
+        raise UsageError(f"{opt} takes a size in bytes (e.g. 1M), not {value!r}")
+    return value
+
+
 def task_slots(value: str, opt: str) -> str:
     """``-j``: tasks at once per host, 0 for no limit but memory."""
     if not value.isdigit():
@@ -542,6 +555,11 @@ OPTIONS = (
     Opt("--halt", "halt", halt_policy, metavar="WHEN,WHY=N", group=MEMORY,
         help="stop once N (or N%) tasks failed, succeeded or ended: soon (start no more) "
              "or now (kill the running too), e.g. now,fail=1"),
+    Opt("--pipe", "pipe", kind=FLAG, group=MEMORY,
+        help="cut stdin into blocks of whole lines, each the stdin of one run of the "
+             "command (GNU parallel's --pipe)"),
+    Opt("--block", "block", block_size, metavar="SIZE", group=MEMORY,
+        help="--pipe's block size (default 1M; a block ends with the line it cuts)"),
     Opt("--results", "results", text, metavar="DIR", group=MEMORY,
         help="each task's stdout and stderr in files of DIR/1/ARG1/2/ARG2/, not printed "
              "(GNU parallel's layout)"),
@@ -747,13 +765,30 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                          else "no program given (see pmrun --help)")
     if not out.sections and not ({"tasks", "topology", "sim_ranks"} & out.values.keys()):
         raise UsageError("no program given (see pmrun --help)")
-    if "arg_files" in out.values or (len(out.sections) == 1 and "tasks" not in out.values):
+    if "pipe" in out.values:
+        _piped_command(out)
+    elif "arg_files" in out.values or (len(out.sections) == 1 and "tasks" not in out.values):
         _command_with_sources(out)
     _ensemble_only(out)
     _open_mpi_mapping(out.values)
     if "timeout" not in out.values and environ.get("MPIEXEC_TIMEOUT"):
         out.values["timeout"] = seconds(environ["MPIEXEC_TIMEOUT"].strip(), "MPIEXEC_TIMEOUT")
     return out
+
+
+def _piped_command(out: Parsed) -> None:
+    """``pmrun --pipe CMD``: CMD is one tasks line, run once per block of stdin."""
+    values = out.values
+    if "tasks" in values or len(out.sections) != 1:
+        raise UsageError("--pipe runs one command (pmrun --pipe CMD), not --tasks FILE")
+    argv = out.sections[0].argv
+    clash = next((w for w in argv if w in INPUT_SOURCES), None)
+    given = [o.names[0] for o in out.used
+             if o.key in ("arg_files", "results", "resume", "resume_failed", "dry_run")]
+    if clash or given:
+        raise UsageError(f"--pipe gives each task a block of stdin: not {clash or given[0]}")
+    values["tasks_line"] = " ".join(argv)
+    out.sections.clear()
 
 
 def _command_with_sources(out: Parsed) -> None:
@@ -791,7 +826,7 @@ def _command_with_sources(out: Parsed) -> None:
 #: Options that only task ensembles take.
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
                   "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
-                  "tagstring", "delimiter", "header", "results")
+                  "tagstring", "delimiter", "header", "results", "pipe", "block")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

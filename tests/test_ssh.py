@@ -162,6 +162,15 @@ def test_a_gnu_parallel_ensemble_over_ssh_hosts(ssh_cluster: RealCluster,
     res = run(["-S", f"1/{c.names[1]}", "--ssh", c.ssh_command(),
                "head -c 3000000 /dev/zero; printf {}", ":::", "end"], tmp_path)
     assert (res.returncode, res.stdout) == (0, "\0" * 3000000 + "end"), res.stderr
+    # --pipe: blocks of our stdin, each the stdin of a run on either host.
+    data = "".join(f"{i}\n" for i in range(100000))
+    res = subprocess.run(pmrun_argv("-S", f"1/{c.names[0]},1/{c.names[1]}", "--ssh",
+                                    c.ssh_command(), "--pipe", "--block", "100k", "-k",
+                                    "cat; hostname >&2"),
+                         input=data, cwd=tmp_path, env=pmrun_env(), capture_output=True,
+                         text=True, timeout=90)
+    assert (res.returncode, res.stdout == data) == (0, True), res.stderr
+    assert set(res.stderr.splitlines()[:-1]) == set(c.names[:2]), res.stderr
     assert_clean(c)
 
 

@@ -290,6 +290,47 @@ def test_results_are_files_as_gnu_parallel_writes_them(pmrun: Run, tmp_path: Pat
                                          "1/t/stderr": b""}
 
 
+def test_pipe_gives_each_run_a_block_of_whole_lines(pmrun: Run) -> None:
+    data = "".join(f"{i}\n" for i in range(100000))  # 589 kB
+    r = pmrun("--pipe", "--block", "100k", "-k", "cat", input=data)
+    assert (r.returncode, r.stdout == data) == (0, True), r.stderr
+    r = pmrun("--pipe", "--block", "100k", "-k", "--tag", "wc -l; tail -c 1 | od -c | head -1",
+              input=data)
+    assert r.returncode == 0, r.stderr
+    counts = [int(line.split("\t")[1]) for line in r.stdout.splitlines()[::2]]
+    assert len(counts) == 6 and sum(counts) == 100000, r.stdout  # blocks of >= 100 KiB
+    assert r.stderr == "6 tasks: 6 succeeded, 0 failed, 0 retries\n"
+
+
+def test_pipe_reads_only_what_its_tasks_take(tmp_path: Path) -> None:
+    # Endless input: the ensemble stops after 2 runs, so must the reading.
+    with subprocess.Popen(["yes"], stdout=subprocess.PIPE) as yes:
+        r = subprocess.run(pmrun_argv("--pipe", "--block", "1k", "--halt", "now,done=2",
+                                      "head -c 10 > /dev/null"),
+                           stdin=yes.stdout, cwd=tmp_path, env=pmrun_env(), capture_output=True,
+                           text=True, timeout=60)
+        yes.kill()
+    assert r.stderr.startswith("pmrun: --halt now,done=2: 2 tasks ended"), r.stderr
+
+
+def test_pipe_ends_at_ctrl_c_while_waiting_for_input(pmrun_popen: Popen) -> None:
+    proc = pmrun_popen("-v", "-v", "--pipe", "--block", "1", "cat", stdin=subprocess.PIPE)
+    assert proc.stderr is not None and proc.stdin is not None
+    proc.stdin.write(b"first\n")
+    proc.stdin.flush()
+    while b"[task 0] exited" not in proc.stderr.readline():  # pmrun is up, a block done
+        assert proc.poll() is None
+    proc.stdin.write(b"a partial line: no newline yet")
+    proc.stdin.flush()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert out == b"first\n"
+    lines = err.decode().splitlines()  # (with -v: the node's memory last)
+    assert lines[-3:-1] == ["pmrun: SIGINT: starting no more tasks",
+                            "1 task: 1 succeeded, 0 failed, 0 retries"], lines
+
+
 def test_job_slots_are_numbered_within_j(pmrun: Run, tmp_path: Path) -> None:
     # Declared bounds: no first measurement to wait for, -j is the only limit.
     r = pmrun("-j", "2", "--mem-per-task", "1M", "--tag",
@@ -316,6 +357,10 @@ def test_job_slots_are_numbered_within_j(pmrun: Run, tmp_path: Path) -> None:
     (["-d", "ab", "echo", ":::", "a"], "-d takes one character (or \\n, \\t, \\0), not 'ab'"),
     (["--slf", "empty.txt", "echo", ":::", "a"], "--slf empty.txt: names no host"),
     (["--header", ":", "echo", ":::", "a"], "--header: ::: has a name but no argument"),
+    (["--pipe", "echo", ":::", "a"], "--pipe gives each task a block of stdin: not :::"),
+    (["--pipe", "--results", "r", "cat"], "--pipe gives each task a block of stdin: not "
+                                          "--results"),
+    (["--pipe", "--block", "0", "cat"], "--block takes a size in bytes (e.g. 1M), not '0'"),
 ])
 def test_a_bad_command_with_sources_is_named(pmrun: Run, tmp_path: Path, argv: list[str],
                                              message: str) -> None:

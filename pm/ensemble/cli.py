@@ -6,10 +6,12 @@ What is printed is :mod:`pm.ensemble.console`'s; the machinery is :mod:`pm.ensem
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import os
 import signal
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pm.agent.memory import SizeError, parse_size
@@ -37,6 +39,81 @@ def _results_dir(top: str, spec: TaskSpec, names: Sequence[str]) -> str:
         name = names[k - 1] if k <= len(names) else str(k)
         parts += [name, arg.replace("\\", "\\\\").replace("/", "\\_") or "\\0"]
     return os.path.join(*parts)
+
+
+def _same(value: bytes | None, _index: int) -> bytes | None:
+    return value
+
+
+#: --pipe: blocks read ahead of the tasks that take them.
+PIPE_AHEAD = 4
+
+
+async def _pipe(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Blocks) -> None:
+    """``--pipe``: each block of stdin the stdin of one run of ``line``, read only as fast
+    as the tasks take them (:data:`PIPE_AHEAD` blocks ahead)."""
+    index = 0
+    while not ens.stopping:
+        await ens.room(PIPE_AHEAD)
+        block = await blocks.next()
+        if block is None or ens.stopping:
+            return
+        spec = dataclasses.replace(line, index=index)
+        console.expect(index)
+        ens.add(spec.argv, spec=spec, stdin=block)
+        index += 1
+
+
+class _Blocks:
+    """Our stdin in blocks of whole lines: each at least ``size`` bytes, up to the end of
+    the line that passes it (the last block may be shorter, or end without a newline), as
+    GNU parallel's ``--pipe --block``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._buf = bytearray()
+        self._eof = False
+        self._polled = True  # False once stdin proved a regular file (it never blocks)
+
+    async def next(self) -> bytes | None:
+        while True:
+            if len(self._buf) >= self.size:
+                cut = self._buf.find(b"\n", self.size - 1)
+                if cut >= 0:
+                    block = bytes(self._buf[:cut + 1])
+                    del self._buf[:cut + 1]
+                    return block
+            if self._eof:
+                block, self._buf = bytes(self._buf), bytearray()
+                return block or None
+            data = await self._read()
+            if data:
+                self._buf += data
+            else:
+                self._eof = True
+
+    async def _read(self) -> bytes:
+        if self._polled:
+            loop = asyncio.get_running_loop()
+            ready = loop.create_future()
+
+            def wake() -> None:
+                if not ready.done():
+                    ready.set_result(None)
+
+            try:
+                loop.add_reader(0, wake)
+            except (PermissionError, OSError):
+                self._polled = False
+            else:
+                try:
+                    await ready
+                finally:
+                    loop.remove_reader(0)
+        try:
+            return os.read(0, 1 << 20)
+        except OSError:
+            return b""
 
 
 def _tags(extra: dict[str, str], specs: Sequence[TaskSpec], tasks_file: bool
@@ -205,8 +282,12 @@ async def run_cli(opts: CliOptions) -> int:
     where = None
     if "results" in extra:
         where = {s.index: _results_dir(extra["results"], s, names or ()) for s in specs}
-    console = Console(opts.verbose, os.isatty(2), group=mode == "group",
-                      tag=_tags(extra, specs, tasks_file=path is not None).get, results=where)
+    tags = _tags(extra, specs, tasks_file=path is not None)
+    tag: Callable[[int], bytes | None] = tags.get
+    if "pipe" in extra:  # one line, run once a block: every run's tag is the first's
+        tag = functools.partial(_same, tags.get(0))
+    console = Console(opts.verbose, os.isatty(2), group=mode == "group", tag=tag,
+                      results=where)
     interrupted: list[int] = []
     try:
         ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,
@@ -218,12 +299,15 @@ async def run_cli(opts: CliOptions) -> int:
             log.close()
         raise UsageError(str(exc)) from None
     loop = asyncio.get_running_loop()
+    producer: asyncio.Task[None] | None = None  # --pipe's reader of stdin
 
     def interrupt(signum: int) -> None:
         interrupted.append(signum)
         console.message(f"{signal.Signals(signum).name}: starting no more tasks"
                         if len(interrupted) == 1 else "killing the running tasks")
         ens.interrupt(signum)
+        if producer is not None:
+            producer.cancel()  # --pipe: read no more
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, interrupt, sig)
@@ -231,7 +315,7 @@ async def run_cli(opts: CliOptions) -> int:
         if console.tty:  # (the line is only drawn on a terminal)
             ens.on_progress = lambda: console.progress(ens.progress_text())
         if "keep_order" in extra:
-            console.keep_order(spec.index for spec in specs)
+            console.keep_order([] if "pipe" in extra else (spec.index for spec in specs))
 
         def done(task: Task, result: TaskResult) -> None:
             console.ended(task.index)
@@ -241,10 +325,21 @@ async def run_cli(opts: CliOptions) -> int:
             if why:
                 console.message(why)
                 ens.halt(f"not run: --halt {halt.policy}", now=halt.now)
+                if producer is not None:
+                    producer.cancel()  # no more blocks
 
         ens.on_done = done
-        for spec in specs:
-            ens.add(spec.argv, spec=spec)
+        if "pipe" in extra:
+            blocks = _Blocks(parse_size(extra.get("block", "1M")))
+            producer = asyncio.ensure_future(_pipe(ens, console, specs[0], blocks))
+            try:
+                await producer
+            except asyncio.CancelledError:
+                if not ens.stopping:
+                    raise
+        else:
+            for spec in specs:
+                ens.add(spec.argv, spec=spec)
         results = await ens.join()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -114,6 +114,11 @@ class Console:
         """Write tasks' output in this order (GNU parallel's ``-k``)."""
         self._order = deque(indices)
 
+    def expect(self, index: int) -> None:
+        """With ``-k``: task ``index`` comes after those already known (``--pipe``)."""
+        if self._order is not None:
+            self._order.append(index)
+
     def output(self, index: int, stream: int, data: bytes) -> None:
         """Lines task ``index`` wrote on ``stream``."""
         if self._results is not None:

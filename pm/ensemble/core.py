@@ -189,6 +189,7 @@ class Ensemble:
         self._starting: asyncio.Future[None] | None = None
         self._closed = False
         self._stopping = False  # interrupted: start nothing new
+        self._room: list[asyncio.Future[None]] = []  # room() callers: told at each change
         self.on_progress: Callable[[], None] | None = None
         #: Called with each task and its result once it has ended for good.
         self.on_done: Callable[[Task, TaskResult], None] | None = None
@@ -234,8 +235,9 @@ class Ensemble:
     # ----------------------------------------------------------------- submitting
     def add(self, argv: Sequence[str], mem: str | int | None = None, *,
             env: dict[str, str] | None = None, wdir: str | None = None,
-            spec: TaskSpec | None = None) -> Task:
-        """Queue a task without waiting for its admission (``spec``: a parsed line)."""
+            spec: TaskSpec | None = None, stdin: bytes | None = None) -> Task:
+        """Queue a task without waiting for its admission (``spec``: a parsed line;
+        ``stdin``: what its runs read there, else /dev/null)."""
         if self._closed:
             raise ResourceLimit("the task ensemble is closed")
         index = self._next_index
@@ -250,7 +252,7 @@ class Ensemble:
         self._next_index = max(self._next_index, index + 1)
         if not spec.argv:
             raise ValueError("a task needs a command")
-        task = Task(spec, dict(env or {}), wdir or self._spec.wdir)
+        task = Task(spec, dict(env or {}), wdir or self._spec.wdir, stdin)
         if self._output is None:
             task.out, task.err = [], []
         self._tasks[index] = task
@@ -274,6 +276,20 @@ class Ensemble:
             self._apply(self._sched.cancel(task.index))
             raise
         return task
+
+    @property
+    def stopping(self) -> bool:
+        """Interrupted, halted or closed: tasks added now never run."""
+        return self._stopping
+
+    async def room(self, most: int) -> None:
+        """Return once fewer than ``most`` tasks wait to start, or the ensemble stops (a
+        producer such as ``--pipe`` adds tasks only as fast as they are taken)."""
+        loop = asyncio.get_running_loop()
+        while self._sched.queued() >= most and not self._stopping:
+            fut = loop.create_future()
+            self._room.append(fut)
+            await fut
 
     async def join(self) -> list[TaskResult]:
         """Every task's result, in submission order, once all have ended."""
@@ -374,6 +390,11 @@ class Ensemble:
                 task.admitted.set_exception(ResourceLimit(f"task {index}: {rec.reason}"))
                 task.admitted.exception()  # an add()-ed task may have no submitter
             self._finish(task)
+        if self._room:
+            waiting, self._room = self._room, []
+            for fut in waiting:
+                if not fut.done():
+                    fut.set_result(None)
         if self.on_progress is not None:
             self.on_progress()
 

@@ -60,14 +60,19 @@ class LocalRunner:
             emit(task, STDERR, f"pmrun: {exc}\n".encode())
             return 127
         loop = asyncio.get_running_loop()
-        # Started as ranks are (no PMI socket, stdin from /dev/null), in our group.
+        # Started as ranks are (no PMI socket, stdin from /dev/null or a pipe of its
+        # block of --pipe input), in our group.
         started = start_local([RankStart(0, 0, path, task.argv, full, task.wdir)],
-                              stdin_rank=None, pmi=False, guardian=self._guardian)
+                              stdin_rank=None if task.stdin is None else 0, pmi=False,
+                              guardian=self._guardian)
         (r,) = started.ranks
         if r.failure:
             emit(task, STDERR, f"pmrun: {r.failure}\n".encode())
             return 127
         task.pid = r.pid
+        if r.stdin_fd >= 0:
+            _feed(loop, r.stdin_fd, task.stdin or b"")
+            r.stdin_fd = -1
         open_fds = {STDOUT: r.out_fd, STDERR: r.err_fd}
         # Lines, but a task's bytes as they are: a line longer than MAX_LINE comes in
         # pieces, and the last one without the newline it lacked.
@@ -111,6 +116,31 @@ class LocalRunner:
         """Stop watching exits and release the process group."""
         self._watch.close()
         self._guardian.release()
+
+
+def _feed(loop: asyncio.AbstractEventLoop, fd: int, data: bytes) -> None:
+    """Write ``data`` to the pipe ``fd`` as it takes it, then close it (owning ``fd``);
+    a reader that goes away ends it early."""
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+
+    def more() -> None:
+        nonlocal view
+        try:
+            while view:
+                view = view[os.write(fd, view[:PIPE_CHUNK]):]
+        except BlockingIOError:
+            return
+        except OSError:  # the task closed its stdin, or ended
+            pass
+        loop.remove_writer(fd)
+        os.close(fd)
+
+    loop.add_writer(fd, more)
+
+
+#: What one write to a task's stdin pipe offers.
+PIPE_CHUNK = 65536
 
 
 def tree_anon(pid: int) -> int:

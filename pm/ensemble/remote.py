@@ -31,14 +31,15 @@ from pm.ensemble.scheduler import TaskSpec
 from pm.ensemble.task import Task
 from pm.jobspec import AppSpec, JobSpec
 from pm.proto.runner import (
+    CommandReader,
     ProbeSample,
     RunnerReader,
     TaskExit,
+    TaskInput,
     TaskOutput,
     TasksEnv,
     TaskSignal,
     TaskStart,
-    from_ensemble,
 )
 
 if TYPE_CHECKING:
@@ -107,6 +108,8 @@ class RemoteRunner:
         h.runs[task.index] = (task, emit, fut)
         self.running[task.index] = host
         try:
+            if task.stdin is not None:
+                h.send(TaskInput(task.index, task.stdin).records())
             h.send(TaskStart(task.index, list(task.argv), env, task.wdir).line())
             return await fut
         finally:
@@ -226,7 +229,8 @@ class _Runner:
         self._local = LocalRunner(lambda: dict(self._env))
         self._tasks: dict[int, Task] = {}
         self._runs: set[asyncio.Task[None]] = set()
-        self._rest = b""
+        self._commands = CommandReader()
+        self._inputs: dict[int, bytes] = {}  # a task's stdin, until its start
         self._memory = NodeMemory()
         self._cores = len(os.sched_getaffinity(0)) or 1
         self._stop = asyncio.Event()
@@ -266,12 +270,12 @@ class _Runner:
             asyncio.get_running_loop().remove_reader(0)
             self._stop.set()
             return
-        lines = (self._rest + data).split(b"\n")
-        self._rest = lines.pop()
-        for line in lines:
-            cmd = from_ensemble(line)
-            if isinstance(cmd, TaskStart):
-                task = Task(TaskSpec(cmd.index, tuple(cmd.argv), None, ""), {}, cmd.wdir)
+        for cmd in self._commands.feed(data):
+            if isinstance(cmd, TaskInput):
+                self._inputs[cmd.index] = cmd.data
+            elif isinstance(cmd, TaskStart):
+                task = Task(TaskSpec(cmd.index, tuple(cmd.argv), None, ""), {}, cmd.wdir,
+                            self._inputs.pop(cmd.index, None))
                 self._tasks[cmd.index] = task
                 run = asyncio.ensure_future(self._run(task, cmd.env))
                 self._runs.add(run)
@@ -283,8 +287,8 @@ class _Runner:
                     signal_tree(t.pid, signal.Signals(cmd.signum))
             elif isinstance(cmd, TasksEnv):
                 self._env = cmd.env
-            elif line.strip():  # only pmrun writes here: this is pmrun's defect
-                sys.stderr.write(f"ignored a line that is no command: {line[:80]!r}\n")
+            else:  # only pmrun writes here: this is pmrun's defect
+                sys.stderr.write(f"ignored a line that is no command: {cmd[:80]!r}\n")
                 sys.stderr.flush()
 
     async def _run(self, task: Task, env: dict[str, str]) -> None:

@@ -317,6 +317,10 @@ class EnsembleScheduler:
         """Every task added has succeeded or failed for good."""
         return not self._queue and all(not n.running for n in self._nodes.values())
 
+    def queued(self) -> int:
+        """How many tasks wait to start."""
+        return len(self._queue)
+
     def progress(self) -> Progress:
         # Every task is queued, running or done (well or not): no pass over the tasks,
         # which made an ensemble of n tasks cost O(n^2) (20,000 took minutes).

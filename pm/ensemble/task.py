@@ -44,8 +44,11 @@ class TaskResult:
 class Task:
     """A submitted task: ``await task.wait()`` gives its :class:`TaskResult`."""
 
-    def __init__(self, spec: TaskSpec, env: dict[str, str], wdir: str | None) -> None:
+    def __init__(self, spec: TaskSpec, env: dict[str, str], wdir: str | None,
+                 stdin: bytes | None = None) -> None:
         self.spec = spec
+        #: What its runs read on stdin (``--pipe``'s block), None: /dev/null.
+        self.stdin = stdin
         self.env = env
         self.wdir = wdir
         loop = asyncio.get_running_loop()

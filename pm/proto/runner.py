@@ -7,6 +7,8 @@ the rank's stdin, it answers on its stdout, one record per line::
     pmrun-env JSON                    the tasks' environment (first, once)
     pmrun-start JSON                  start a task: [index, argv, env, wdir]
     pmrun-signal INDEX SIGNUM         signal a task's processes (INDEX -1: all tasks)
+    pmrun-stdin INDEX NBYTES          then NBYTES the task reads on stdin, then a newline
+                                      (before its start: ``--pipe``'s block)
 
     pmrun-probe TOTAL USED KIND cores=N INDEX=BYTES ...   a memory sample
     pmrun-out INDEX STREAM NBYTES     then NBYTES of a task's output, then a newline
@@ -30,8 +32,8 @@ from typing import Any
 from pm.common.output import MAX_LINE
 from pm.proto.record import Record
 
-__all__ = ["MAX_DATA", "ProbeSample", "RunnerReader", "TaskExit", "TaskOutput", "TaskSignal",
-           "TaskStart", "TasksEnv", "from_ensemble"]
+__all__ = ["MAX_DATA", "CommandReader", "ProbeSample", "RunnerReader", "TaskExit", "TaskInput",
+           "TaskOutput", "TaskSignal", "TaskStart", "TasksEnv", "from_ensemble"]
 
 #: The most of a task's output one record carries (the agent cuts lines at MAX_LINE).
 MAX_DATA = MAX_LINE // 2
@@ -108,6 +110,16 @@ class TaskSignal(Record):
         return b"pmrun-signal %d %d\n" % (self.index, self.signum)
 
 
+class TaskInput(Record):
+    """What task ``index``'s run reads on stdin."""
+
+    index: int
+    data: bytes
+
+    def records(self) -> bytes:
+        return b"pmrun-stdin %d %d\n" % (self.index, len(self.data)) + self.data + b"\n"
+
+
 class TaskOutput(Record):
     """Bytes a task wrote on ``stream``, as it wrote them (lines, or a piece of one)."""
 
@@ -134,7 +146,7 @@ class TaskExit(Record):
         return b"pmrun-exit %d %d\n" % (self.index, self.code)
 
 
-Command = TasksEnv | TaskStart | TaskSignal
+Command = TasksEnv | TaskStart | TaskSignal | TaskInput
 Report = ProbeSample | TaskOutput | TaskExit
 
 
@@ -157,6 +169,44 @@ def from_ensemble(line: bytes) -> Command | None:
     except (ValueError, TypeError, AttributeError):
         return None
     return None
+
+
+class CommandReader:
+    """The ensemble's commands on the runner's stdin, fed in chunks as they come; a line
+    that is no command comes back as bytes (for the runner to name)."""
+
+    __slots__ = ("_rest",)
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, data: bytes) -> list[Command | bytes]:
+        buf = self._rest + data if self._rest else data
+        out: list[Command | bytes] = []
+        at = 0
+        while (nl := buf.find(b"\n", at)) >= 0:
+            line = buf[at:nl]
+            if line.startswith(b"pmrun-stdin "):
+                try:
+                    _, index, count = line.split(b" ")
+                    end = nl + 1 + int(count)
+                except ValueError:
+                    out.append(line)
+                    at = nl + 1
+                    continue
+                if len(buf) <= end:
+                    break
+                out.append(TaskInput(int(index), buf[nl + 1:end]))
+                at = end + 1
+                continue
+            at = nl + 1
+            cmd = from_ensemble(line)
+            if cmd is not None:
+                out.append(cmd)
+            elif line.strip():
+                out.append(line)
+        self._rest = buf[at:]
+        return out
 
 
 class RunnerReader:
