@@ -17,9 +17,11 @@ from pm.proto.errors import ProtocolError
 from pm.proto.plan import AgentConfig, AppPlan, JobPlan, SpawnOrigin
 from pm.proto.runner import (
     MAX_DATA,
+    CommandReader,
     ProbeSample,
     RunnerReader,
     TaskExit,
+    TaskInput,
     TaskOutput,
     TasksEnv,
     TaskSignal,
@@ -126,6 +128,18 @@ def test_runner_commands_come_back_whole() -> None:
     for other in (b"", b"hello", b"pmrun-start [1,2]", b"pmrun-start {", b"pmrun-signal 1",
                   b"pmrun-signal a 2", b"pmrun-env [1]"):
         assert from_ensemble(other) is None, other
+
+
+def test_runner_commands_with_input_come_back_whole_however_the_stream_is_cut() -> None:
+    block = bytes(range(256)) * 1000  # newlines and all
+    cmds = [TasksEnv({"A": "1"}), TaskInput(2, block), TaskStart(2, ["cat"], {}, None),
+            TaskSignal(2, 15), TaskInput(3, b"")]
+    stream = b"".join(c.records() if isinstance(c, TaskInput) else c.line() for c in cmds)
+    stream += b"pmrun-stdin x\nnonsense\n"
+    for cut in (1, 13, 65536, len(stream)):
+        reader = CommandReader()
+        got = [c for at in range(0, len(stream), cut) for c in reader.feed(stream[at:at + cut])]
+        assert got == [*cmds, b"pmrun-stdin x", b"nonsense"], cut
 
 
 def test_runner_reports_come_back_whole_however_the_stream_is_cut() -> None:
