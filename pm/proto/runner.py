@@ -171,77 +171,87 @@ def from_ensemble(line: bytes) -> Command | None:
     return None
 
 
-class CommandReader:
-    """The ensemble's commands on the runner's stdin, fed in chunks as they come; a line
-    that is no command comes back as bytes (for the runner to name)."""
+class _Reader:
+    """Records of a stream fed in chunks as they come: lines, and a ``WORD ... NBYTES``
+    line followed by NBYTES bytes and a newline (:attr:`_framed` names WORD); what is
+    not whole yet waits for the next chunk."""
 
     __slots__ = ("_rest",)
+    _framed = b""
 
     def __init__(self) -> None:
         self._rest = b""
 
-    def feed(self, data: bytes) -> list[Command | bytes]:
+    def _frame(self, words: list[bytes], data: bytes) -> Any:
+        raise NotImplementedError
+
+    def _line(self, line: bytes) -> Any:
+        raise NotImplementedError
+
+    def _feed(self, data: bytes) -> list[Any]:
         buf = self._rest + data if self._rest else data
-        out: list[Command | bytes] = []
+        out = []
         at = 0
         while (nl := buf.find(b"\n", at)) >= 0:
             line = buf[at:nl]
-            if line.startswith(b"pmrun-stdin "):
+            rec = None
+            if line.startswith(self._framed):
+                words = line.split(b" ")
                 try:
-                    _, index, count = line.split(b" ")
-                    end = nl + 1 + int(count)
+                    end = nl + 1 + int(words[-1])
                 except ValueError:
-                    out.append(line)
-                    at = nl + 1
-                    continue
-                if len(buf) <= end:
-                    break
-                out.append(TaskInput(int(index), buf[nl + 1:end]))
-                at = end + 1
-                continue
-            at = nl + 1
-            cmd = from_ensemble(line)
-            if cmd is not None:
-                out.append(cmd)
-            elif line.strip():
-                out.append(line)
-        self._rest = buf[at:]
-        return out
-
-
-class RunnerReader:
-    """The runner's reports from its stdout, fed in chunks as they come (a record may
-    span chunks: what is not whole yet waits for the next)."""
-
-    __slots__ = ("_rest",)
-
-    def __init__(self) -> None:
-        self._rest = b""
-
-    def feed(self, data: bytes) -> list[Report]:
-        buf = self._rest + data if self._rest else data
-        out: list[Report] = []
-        at = 0
-        while (nl := buf.find(b"\n", at)) >= 0:
-            line = buf[at:nl]
-            if line.startswith(b"pmrun-out "):
-                try:
-                    _, index, stream, count = line.split(b" ")
-                    end = nl + 1 + int(count)
-                except ValueError:  # no record: skip the line
-                    at = nl + 1
-                    continue
-                if len(buf) <= end:
+                    end = -1
+                if end > len(buf) - 1:
                     break  # the rest of the bytes (and the record's newline) are on their way
-                out.append(TaskOutput(int(index), int(stream), buf[nl + 1:end]))
-                at = end + 1
-                continue
-            at = nl + 1
-            rec = _report(line)
+                if end >= 0:
+                    try:
+                        rec = self._frame(words, buf[nl + 1:end])
+                    except ValueError:
+                        pass
+                    else:
+                        at = end + 1
+            if rec is None:
+                rec = self._line(line)
+                at = nl + 1
             if rec is not None:
                 out.append(rec)
         self._rest = buf[at:]
         return out
+
+
+class CommandReader(_Reader):
+    """The ensemble's commands on the runner's stdin; a line that is no command comes
+    back as bytes (for the runner to name)."""
+
+    __slots__ = ()
+    _framed = b"pmrun-stdin "
+
+    def feed(self, data: bytes) -> list[Command | bytes]:
+        return self._feed(data)
+
+    def _frame(self, words: list[bytes], data: bytes) -> TaskInput:
+        _, index, _ = words
+        return TaskInput(int(index), data)
+
+    def _line(self, line: bytes) -> Command | bytes | None:
+        return from_ensemble(line) or (line if line.strip() else None)
+
+
+class RunnerReader(_Reader):
+    """The runner's reports from its stdout."""
+
+    __slots__ = ()
+    _framed = b"pmrun-out "
+
+    def feed(self, data: bytes) -> list[Report]:
+        return self._feed(data)
+
+    def _frame(self, words: list[bytes], data: bytes) -> TaskOutput:
+        _, index, stream, _ = words
+        return TaskOutput(int(index), int(stream), data)
+
+    def _line(self, line: bytes) -> Report | None:
+        return _report(line)
 
 
 def _report(line: bytes) -> Report | None:
