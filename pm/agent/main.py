@@ -99,6 +99,8 @@ async def _await_parent(buf: bytearray, up: int) -> str | None:
     """Read stdin until the address of our parent (vertex ``up``) arrives; None on EOF."""
     import asyncio
 
+    from pm.common.output import read_ready
+
     loop = asyncio.get_running_loop()
     found = _parent_from(buf, up)
     if found:
@@ -106,12 +108,9 @@ async def _await_parent(buf: bytearray, up: int) -> str | None:
     ready: asyncio.Future[str | None] = loop.create_future()
 
     def readable() -> None:
-        try:
-            data = os.read(0, 65536)
-        except BlockingIOError:
+        data = read_ready(0)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             ready.set_result(None)
             return

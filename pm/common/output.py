@@ -59,6 +59,17 @@ def output_window(nodes: int) -> int:
 OUTPUT_BUDGET = 8 << 20
 OUTPUT_WINDOW_MIN = 256 << 10
 
+def read_ready(fd: int) -> bytes | None:
+    """One read of ``fd`` that the loop said is readable: its bytes, ``b""`` at its end (or
+    an error), None if nothing was there after all."""
+    try:
+        return os.read(fd, PIPE_READ)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 def read_pipe(fd: int, buf: LineBuffer) -> tuple[bytes, int]:
     """One read of a rank's output pipe (non-blocking), assembled into lines by ``buf``.
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pm.agent.memory import NodeMemory
-from pm.common.output import STDERR
+from pm.common.output import STDERR, read_ready
 from pm.ensemble.local import LocalRunner, signal_tree, tree_anon
 from pm.ensemble.scheduler import TaskSpec
 from pm.ensemble.task import Task
@@ -260,12 +260,9 @@ class _Runner:
         return 0
 
     def _read(self) -> None:
-        try:
-            data = os.read(0, 65536)
-        except BlockingIOError:
+        data = read_ready(0)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             asyncio.get_running_loop().remove_reader(0)
             self._stop.set()
