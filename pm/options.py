@@ -350,8 +350,8 @@ def size(value: str, opt: str) -> str:
     return value
 
 
-def block_size(value: str, opt: str) -> str:
-    """``--block``: bytes (``10M``, ``512k``), at least one."""
+def byte_size(value: str, opt: str) -> str:
+    """A size in bytes (``10M``, ``512k``; ``--block``, ``--memfree``), at least one."""
     from pm.agent.admission import SizeError, parse_size
 
     try:
@@ -540,6 +540,9 @@ OPTIONS = (
         help="memory reserved for each task (e.g. 2G); a line may say [mem=SIZE]"),
     Opt("--mem-high", "mem_high", size, metavar="SIZE|PCT", group=MEMORY,
         help="stop admitting work above this node memory use (default 90%)"),
+    Opt("--memfree", "memfree", byte_size, metavar="SIZE", group=MEMORY,
+        help="start tasks on a node only while SIZE of its memory stays free (GNU "
+             "parallel's --memfree: --mem-high is its memory less SIZE)"),
     Opt("--mem-low", "mem_low", size, metavar="SIZE|PCT", group=MEMORY,
         help="resume admitting below this (default 80%)"),
     Opt("--retries", "retries", text, metavar="N", group=MEMORY,
@@ -558,7 +561,7 @@ OPTIONS = (
     Opt("--pipe", "pipe", kind=FLAG, group=MEMORY,
         help="cut stdin into blocks of whole lines, each the stdin of one run of the "
              "command (GNU parallel's --pipe)"),
-    Opt("--block", "block", block_size, metavar="SIZE", group=MEMORY,
+    Opt("--block", "block", byte_size, metavar="SIZE", group=MEMORY,
         help="--pipe's block size (default 1M; a block ends with the line it cuts)"),
     Opt("--results", "results", text, metavar="DIR", group=MEMORY,
         help="each task's stdout and stderr in files of DIR/1/ARG1/2/ARG2/, not printed "
@@ -826,7 +829,7 @@ def _command_with_sources(out: Parsed) -> None:
 #: Options that only task ensembles take.
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
                   "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
-                  "tagstring", "delimiter", "header", "results", "pipe", "block")
+                  "tagstring", "delimiter", "header", "results", "pipe", "block", "memfree")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

@@ -34,6 +34,7 @@ BAD_VALUE = {
     "mem_overrun": "explode", "mem_settle": "", "timeout": "abc", "mpi": "ompi", "jobs": "x",
     "joblog": "", "halt": "later,fail=1", "colsep": "(", "tagstring": "",
     "arg_files": "/no/such/args", "delimiter": "ab", "header": "x", "results": "",
+    "block": "0", "memfree": "lots",
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check is not None for name in opt.names]
 

@@ -71,8 +71,8 @@ def test_ctrl_c_at_the_terminal_reaches_the_agents_through_pmrun(tmp_path: Path,
 SAVER = """
     import os, sys, time
     rank = os.environ["PMI_RANK"]
-    print("up", rank, flush=True)
-    try:
+    try:  # (the test's Ctrl-C may come as soon as the line is out)
+        print("up", rank, flush=True)
         time.sleep(60)
     except KeyboardInterrupt:
         if rank == "1":  # a handler that takes its time (saving its state, say)

@@ -331,6 +331,23 @@ def test_pipe_ends_at_ctrl_c_while_waiting_for_input(pmrun_popen: Popen) -> None
                             "1 task: 1 succeeded, 0 failed, 0 retries"], lines
 
 
+def test_memfree_keeps_that_much_of_a_nodes_memory_free(pmrun: Run) -> None:
+    from pm.agent.admission import parse_size
+
+    r = pmrun("-v", "--memfree", "1G", "true", ":::", "1")
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"memory watermarks: high ([\d.]+ \w+), low [\d.]+ \w+ of ([\d.]+ \w+)",
+                  r.stderr)
+    assert m, r.stderr
+    high, total = (parse_size(m[i].replace(" ", "")) for i in (1, 2))
+    assert abs(total - high - (1 << 30)) < total // 100, r.stderr  # (figures rounded)
+    r = pmrun("--memfree", "100T", "true", ":::", "1")
+    assert r.returncode == 2 and r.stderr.startswith("pmrun: --memfree 100 TiB is all of node ")
+    r = pmrun("--memfree", "1G", "--mem-high", "50%", "true", ":::", "1")
+    assert (r.returncode, r.stderr) == (2, "pmrun: --memfree sets the high watermark: give it "
+                                           "or --mem-high\n")
+
+
 def test_job_slots_are_numbered_within_j(pmrun: Run, tmp_path: Path) -> None:
     # Declared bounds: no first measurement to wait for, -j is the only limit.
     r = pmrun("-j", "2", "--mem-per-task", "1M", "--tag",

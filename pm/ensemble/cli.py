@@ -144,6 +144,10 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
 
     out: dict[str, Any] = {"mem_high": extra.get("mem_high"), "mem_low": extra.get("mem_low")}
     try:
+        if "memfree" in extra:
+            if "mem_high" in extra:
+                raise UsageError("--memfree sets the high watermark: give it or --mem-high")
+            out["mem_free"] = parse_size(extra["memfree"])
         if "mem_per_task" in extra:
             out["mem_per_task"] = parse_size(extra["mem_per_task"])
         out["retries"] = int(extra.get("retries", "0"))

@@ -138,6 +138,7 @@ class Ensemble:
         *,
         mem_high: str | int | None = None,
         mem_low: str | int | None = None,
+        mem_free: int | None = None,
         mem_per_task: int | None = None,
         retries: int = 0,
         overrun: str = "warn",
@@ -156,6 +157,7 @@ class Ensemble:
             raise SizeError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
         self._nodes = nodes
         self._high, self._low = mem_high, mem_low
+        self._free = mem_free  # GNU parallel's --memfree: the high watermark is total - this
         self._mem_per_task = mem_per_task
         self._overrun: OverrunPolicy = overrun  # type: ignore[assignment]  # checked above
         self._interval = interval
@@ -227,7 +229,13 @@ class Ensemble:
                 raise end
 
     def _memory_known(self, d: Domain, total: int, used: int, source: str) -> None:
-        marks = Watermarks.resolve(total, self._high, self._low)
+        high = self._high
+        if self._free is not None:
+            if self._free >= total:
+                raise SizeError(f"--memfree {format_size(self._free)} is all of node {d.name}'s "
+                                f"memory ({format_size(total)}) or more")
+            high = total - self._free
+        marks = Watermarks.resolve(total, high, self._low)
         self._event("watermarks", d, marks.describe(total, source))
         self._apply(self._sched.node_memory(d.name, used, marks, now=time.monotonic()))
         d.peak_used = max(d.peak_used, used)
@@ -598,7 +606,10 @@ class Ensemble:
             if d.cores and not d.local:
                 d.slots = sample.cores
                 self._apply(self._sched.set_slots(d.name, sample.cores))
-            self._memory_known(d, sample.total, sample.used, f"{sample.kind} on {d.name}")
+            try:
+                self._memory_known(d, sample.total, sample.used, f"{sample.kind} on {d.name}")
+            except SizeError as exc:  # watermarks this node cannot have: no task goes there
+                self._lost(d, str(exc))
             d.first.set_result(None)
         else:
             self._sampled(d, sample.used, sample.sizes)
