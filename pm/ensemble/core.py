@@ -361,7 +361,7 @@ class Ensemble:
             self._remote.signal(index, signal.SIGKILL)
 
     async def aclose(self) -> None:
-        """Kill what runs, fail what waits, stop sampling and probes.  Idempotent."""
+        """Kill what runs, fail what waits, stop sampling and the hosts' runners.  Idempotent."""
         if self._closed:
             return
         self._closed = self._stopping = True

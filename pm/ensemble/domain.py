@@ -36,7 +36,7 @@ class Domain:
     local: bool
     entries: list[int] = field(default_factory=list)  # node indices in Nodes
     slots: int | None = 0
-    cores: bool = False  # its slots are its cores (a remote host's: from its probe)
+    cores: bool = False  # its slots are its cores (a remote host's: from its runner's first sample)
     running: dict[int, int] = field(default_factory=dict)  # entry -> tasks on it
     blocked: bool = False
     peak_used: int = 0
@@ -76,7 +76,7 @@ def make_domains(nodes: Nodes, ppn: int | None, here: str,
         if isinstance(jobs, int):
             d.slots = jobs or None
         elif jobs == "cores" and d.slots is None:
-            # A remote host's cores come with its probe's first sample: none until then.
+            # A remote host's cores come with its runner's first sample: none until then.
             d.slots, d.cores = (local_cores() if d.local else 0), True
     return domains
 

@@ -349,7 +349,7 @@ class EnsembleScheduler:
         return ""
 
     def set_slots(self, node: NodeId, slots: int | None) -> list[Start]:
-        """Change a node's task slots (a host's cores, once its probe told them)."""
+        """Change a node's task slots (a host's cores, once its runner told them)."""
         self._nodes[node].slots = slots
         return self.schedule()
 
