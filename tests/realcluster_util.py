@@ -91,7 +91,7 @@ def _run(argv: list[str], env: Mapping[str, str] | None = None, check: bool = Tr
 
 
 def _read_pid(path: Path) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, IndexError):  # (empty: being written)
         return int(path.read_text().split()[0])
     return None
 
