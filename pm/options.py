@@ -585,6 +585,11 @@ OPTIONS = (
         help="arguments of :::: and -a files end with DELIM, not newline"),
     Opt("-k --keep-order", "keep_order", kind=FLAG, group=MEMORY,
         help="tasks' output in their order (a task's waits for those before it to end)"),
+    Opt("--bar", "progress", kind=FLAG, group=MEMORY,
+        help="GNU parallel's: pmrun draws its progress line (counts, what waits, time left) "
+             "on a terminal always"),
+    Opt("--eta", "progress", kind=FLAG, group=MEMORY, help="as --bar"),
+    Opt("--progress", "progress", kind=FLAG, group=MEMORY, help="as --bar"),
     Opt("--group", "output_mode", kind=FLAG, const="group", group=MEMORY,
         help="each task's output whole once it ended, stdout then stderr (the default "
              "of pmrun CMD ::: ARGS, as GNU parallel's)"),
@@ -829,7 +834,8 @@ def _command_with_sources(out: Parsed) -> None:
 #: Options that only task ensembles take.
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
                   "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
-                  "tagstring", "delimiter", "header", "results", "pipe", "block", "memfree")
+                  "tagstring", "delimiter", "header", "results", "pipe", "block", "memfree",
+                  "progress")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

@@ -331,6 +331,14 @@ def test_pipe_ends_at_ctrl_c_while_waiting_for_input(pmrun_popen: Popen) -> None
                             "1 task: 1 succeeded, 0 failed, 0 retries"], lines
 
 
+def test_parallels_progress_options_are_taken(pmrun: Run) -> None:
+    for option in ("--bar", "--eta", "--progress"):
+        r = pmrun(option, "echo", ":::", "a")
+        assert (r.returncode, r.stdout) == (0, "a\n"), r.stderr
+        r = pmrun(option, "-n", "1", "true")  # an MPI job: refused in one line
+        assert r.returncode == 2 and r.stderr.startswith(f"pmrun: {option} is for task "), r.stderr
+
+
 def test_memfree_keeps_that_much_of_a_nodes_memory_free(pmrun: Run) -> None:
     from pm.agent.admission import parse_size
 
