@@ -59,6 +59,7 @@ def output_window(nodes: int) -> int:
 OUTPUT_BUDGET = 8 << 20
 OUTPUT_WINDOW_MIN = 256 << 10
 
+
 def read_ready(fd: int) -> bytes | None:
     """One read of ``fd`` that the loop said is readable: its bytes, ``b""`` at its end (or
     an error), None if nothing was there after all."""
@@ -77,12 +78,9 @@ def read_pipe(fd: int, buf: LineBuffer) -> tuple[bytes, int]:
     there yet, 0 at EOF (the last partial line comes with it; the caller
     closes ``fd``).  The only reader of ranks' pipes, in every phase.
     """
-    try:
-        data = os.read(fd, PIPE_READ)
-    except BlockingIOError:
+    data = read_ready(fd)
+    if data is None:
         return b"", -1
-    except OSError:
-        data = b""
     return (buf.feed(data) if data else buf.flush()), len(data)
 
 
