@@ -303,6 +303,8 @@ class ChildPort:
         self.address = f"{bind}:{port}"
         self._peers: dict[bytes, int] = {}
         self._ids: dict[int, bytes] = {}
+        #: Connections of children dropped as lost: what they still send is not a stranger's.
+        self._dropped: set[bytes] = set()
         self.on_hello = on_hello
         self.on_msg = on_msg
         self.on_lost = on_lost
@@ -323,6 +325,9 @@ class ChildPort:
                 continue
             ident, envelope, body = frames[0].bytes, frames[1], _join(frames[2:])
             vertex = self._peers.get(ident)
+            if vertex is None and ident in self._dropped:
+                continue  # a lost child's last words (its exits, while it ends): let go
+
             try:
                 link, seq, payload = self._seal.open(envelope.buffer, _buffer(body), vertex)
                 if vertex is not None:
@@ -428,6 +433,7 @@ class ChildPort:
         ident = self._ids.pop(vertex, None)
         if ident is not None:
             self._peers.pop(ident, None)
+            self._dropped.add(ident)
 
     async def aclose(self, linger: int = 500) -> None:
         """:meth:`close`, then wait for our tasks to end."""
