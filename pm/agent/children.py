@@ -422,7 +422,7 @@ class Children:
             return
         self.gone.add(vertex)
         self._queued.pop(vertex, None)
-        self.port.drop(vertex)
+        self.port.drop(vertex, lost=True)
         fut = self._hellos.get(vertex)
         if fut is not None and not fut.done():
             fut.set_result(False)
@@ -506,7 +506,7 @@ class Children:
         log.info("agent %d: child %d lost: %s", self.agent.vertex, vertex, why)
         self.gone.add(vertex)
         self._queued.pop(vertex, None)
-        self.port.drop(vertex)
+        self.port.drop(vertex, lost=True)
         fut = self._hellos[vertex]
         if not fut.done():
             fut.set_result(False)

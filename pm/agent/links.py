@@ -427,13 +427,16 @@ class ChildPort:
         with contextlib.suppress(zmq.ZMQError):
             _settle(self.sock.send_multipart([ident, envelope, *parts], copy=False))
 
-    def drop(self, vertex: int) -> None:
-        """Forget ``vertex`` altogether (it is lost): nothing more is sent to it."""
+    def drop(self, vertex: int, lost: bool = False) -> None:
+        """Forget ``vertex`` altogether: nothing more is sent to it, and what it sends is
+        refused as a stranger's; ``lost``: a child we let go, whose last frames (sent while
+        it ends) are dropped without a word."""
         self.forget(vertex)
         ident = self._ids.pop(vertex, None)
         if ident is not None:
             self._peers.pop(ident, None)
-            self._dropped.add(ident)
+            if lost:
+                self._dropped.add(ident)
 
     async def aclose(self, linger: int = 500) -> None:
         """:meth:`close`, then wait for our tasks to end."""
