@@ -180,7 +180,7 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
     """The job's hosts, their slots and the bootstrap options; None for this machine alone.
     Light (no asyncio, no agent code): it also runs before the heavy imports, to start the
     first agents early (:func:`pm.bootstrap.early.prestart`)."""
-    where = _where(opts)
+    where = _first_nodes(opts, _where(opts))
     if where is not None and not opts.fanout_given and where[2].get("name") == "ssh":
         from pm.bootstrap.ssh import DEFAULT_FANOUT
 
@@ -191,6 +191,47 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
             s is not None for s in where[1]):
         # No -n: one rank per slot the allocation or host file gives (Hydra, srun).
         opts.spec.apps[0].n = sum(int(s or 0) for s in where[1])
+    return where
+
+
+def _first_nodes(opts: CliOptions,
+                 where: tuple[list[str], list[int | None], dict[str, object]] | None
+                 ) -> tuple[list[str], list[int | None], dict[str, object]] | None:
+    """``-N K`` (``--nodes``): the first K of the hosts (srun's and Flux's meaning), ``-n``
+    ranks spread over them in blocks as evenly as can be (srun's default: 7 ranks on 3
+    nodes are 3, 2 and 2, whatever slots the hosts have); with ``-ppn P`` and no ``-n``,
+    K times P ranks.  Fewer hosts, or fewer ranks than K, is refused: a node without
+    ranks is not what -N asks for."""
+    if "nodes" not in opts.extra:
+        return where
+    k = int(opts.extra["nodes"])
+    if where is None:
+        have = opts.local_nodes or 1
+        if k > have:
+            raise UsageError(f"-N {k}: {have} local nodes (--local-nodes)" if opts.local_nodes
+                             else f"-N {k}: this machine is the only host (give -hosts or -f, "
+                             "or run inside an allocation)")
+        if opts.local_nodes:
+            opts.local_nodes = k
+    else:
+        hosts, slots, boot = where
+        if k > len(hosts):
+            raise UsageError(f"-N {k}: there are {len(hosts)} hosts ({', '.join(hosts[:4])}"
+                             f"{', ...' if len(hosts) > 4 else ''})")
+        where = hosts[:k], slots[:k], boot
+    apps = opts.spec.apps
+    if where is not None and not opts.n_given and not opts.spec.ppn:
+        # A rank per slot (hosts_of), a host without a count one (srun -N K: K tasks).
+        where = where[0], [1 if s is None else s for s in where[1]], where[2]
+    if not opts.n_given and opts.spec.ppn and len(apps) == 1:
+        apps[0].n = k * opts.spec.ppn
+        opts.n_given = True
+    elif (where is None or opts.n_given) and apps:
+        n = sum(a.n for a in apps)
+        if n < k:
+            raise UsageError(f"-N {k}: {n} ranks cannot fill {k} nodes")
+        if where is not None and not opts.spec.ppn:
+            where = where[0], [n // k + (i < n % k) for i in range(k)], where[2]
     return where
 
 

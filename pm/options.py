@@ -431,6 +431,11 @@ OPTIONS = (
         help="number of ranks of the program (default 1)"),
     Opt("-ppn --npernode -npernode", "ppn", whole(1), metavar="N", quick=True, group=PLACE,
         help="ranks per node (fills each node with N ranks, then wraps)"),
+    Opt("-N", "N", whole(0), metavar="N", group=PLACE,
+        help="the first N hosts only (srun's and Flux's -N; Open MPI's -N is -ppn); of a "
+             "task ensemble, the arguments each task takes (GNU parallel's -N)"),
+    Opt("--nodes", "nodes", whole(1), metavar="N", group=PLACE,
+        help="-N of an MPI job: its ranks on the first N hosts"),
     Opt("-hosts -host --host -H", "hosts", hosts, metavar="H1,H2[:SLOTS]", group=PLACE,
         help="hosts to run on; node[01-04] ranges are expanded"),
     Opt("-f -hostfile --hostfile -machinefile", "hostfile", hostfile, metavar="FILE", group=PLACE,
@@ -576,6 +581,9 @@ OPTIONS = (
         help="GNU parallel's hosts: -hosts HOST:N,... (':' is this machine)"),
     Opt("--slf --sshloginfile", "hosts", sshloginfile, metavar="FILE", group=MEMORY,
         help="-S's value a line of FILE"),
+    Opt("--max-args", "max_args", whole(0), metavar="N", group=MEMORY,
+        help="-N of a task ensemble: each task takes N arguments of its input source, "
+             "{1}..{N} (the last task fewer; 0: one argument, not inserted)"),
     Opt("-a --arg-file", "arg_files", readable_or_stdin, metavar="FILE", group=MEMORY,
         help="an argument a line of FILE (- : stdin) for the command: :::: FILE (again: "
              "another source)"),
@@ -707,6 +715,10 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             continue
         name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
         opt = BY_NAME.get(name)
+        if opt is None and not eq and len(arg) > 2 and arg[1] != "-":
+            short = BY_NAME.get(arg[:2])
+            if short is not None and short.kind == VALUE:  # -n4, -j2, -N0: srun's, parallel's
+                opt, name, eq, inline = short, arg[:2], "=", arg[2:]
         if opt is None:
             raise UsageError(f"unknown option {arg} (see pmrun --help)")
         out.used.add(opt)
@@ -835,24 +847,35 @@ def _command_with_sources(out: Parsed) -> None:
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
                   "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
                   "tagstring", "delimiter", "header", "results", "pipe", "block", "memfree",
-                  "progress")
+                  "progress", "max_args")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.
 _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "error", "kvs",
-               "mpi", "profile", "universe_size")
+               "mpi", "profile", "universe_size", "nodes")
 
 
 def _ensemble_only(out: Parsed) -> None:
     """Refuse an ensemble's option on an MPI job and a ranks' option on an ensemble (each
     would be silently ignored there), and --resume without the log it reads."""
     values = out.values
-    if "tasks" in values or "tasks_line" in values:
+    ensemble = "tasks" in values or "tasks_line" in values
+    if "N" in values:  # GNU parallel's -N in an ensemble, srun's and Flux's in an MPI job
+        n = values.pop("N")
+        key = "max_args" if ensemble else "nodes"
+        if not ensemble and n == 0:
+            raise UsageError("-N must be at least 1 (the hosts an MPI job runs on)")
+        if values.setdefault(key, n) != n:
+            raise UsageError(f"-N {n} and --{key.replace('_', '-')} {values[key]} disagree")
+    if ensemble:
+        if "max_args" in values and "pipe" in values:
+            raise UsageError("--pipe cuts stdin by size (--block), not into -N records")
         for opt in out.used:
             if opt.key in _RANKS_KEYS:
                 raise UsageError(f"{opt.names[0]} is for an MPI job's ranks, not for task "
-                                 "ensembles (their output: --tag, --tagstring, --group, "
-                                 "--lb)")
+                                 "ensembles" + (" (their hosts: -S, -hosts)" if opt.key == "nodes"
+                                                else " (their output: --tag, --tagstring, "
+                                                "--group, --lb)"))
         resume = "resume" in values or "resume_failed" in values
         if resume and "joblog" not in values:
             raise UsageError(f"{'--resume' if 'resume' in values else '--resume-failed'} "

@@ -34,7 +34,7 @@ BAD_VALUE = {
     "mem_overrun": "explode", "mem_settle": "", "timeout": "abc", "mpi": "ompi", "jobs": "x",
     "joblog": "", "halt": "later,fail=1", "colsep": "(", "tagstring": "",
     "arg_files": "/no/such/args", "delimiter": "ab", "header": "x", "results": "",
-    "block": "0", "memfree": "lots",
+    "block": "0", "memfree": "lots", "N": "x", "nodes": "0", "max_args": "-1",
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check is not None for name in opt.names]
 
@@ -103,6 +103,27 @@ CASES = [
     (["-launcher", "rocket", "true"], {},
      "-launcher takes local, fork, ssh, rsh, slurm, exec, persistent or persist, not 'rocket'"),
     (["-configfile", "/no/such/file"], {}, "-configfile /no/such/file: no such file"),
+    (["-n0", "true"], {}, "-n must be at least 1"),
+    (["-nx", "true"], {}, "-n takes a whole number, not 'x'"),
+    (["-lx", "true"], {}, "unknown option -lx (see pmrun --help)"),
+    (["-N", "0", "true"], {}, "-N must be at least 1 (the hosts an MPI job runs on)"),
+    (["-N", "2", "-n", "2", "true"], {},
+     "-N 2: this machine is the only host (give -hosts or -f, or run inside an allocation)"),
+    (["-N", "2", "--nodes", "3", "true"], {}, "-N 2 and --nodes 3 disagree"),
+    (["--local-nodes", "2", "-N", "2", "-n", "1", "true"], {},
+     "-N 2: 1 ranks cannot fill 2 nodes"),
+    (["--local-nodes", "2", "-N", "3", "true"], {}, "-N 3: 2 local nodes (--local-nodes)"),
+    (["-N", "2", "-hosts", "a,b,c", "-n", "1", "true"], {}, "-N 2: 1 ranks cannot fill 2 nodes"),
+    (["-N", "4", "-hosts", "a,b,c", "true"], {}, "-N 4: there are 3 hosts (a, b, c)"),
+    (["--max-args", "2", "true"], {},
+     "--max-args is for task ensembles (pmrun CMD ::: ARGS, --tasks FILE), not for an MPI "
+     "job's ranks"),
+    (["--nodes", "2", "echo", ":::", "a"], {},
+     "--nodes is for an MPI job's ranks, not for task ensembles (their hosts: -S, -hosts)"),
+    (["-N", "2", "echo", ":::", "a", ":::", "b"], {},
+     "-N 2 takes the arguments of one input source, not of 2"),
+    (["-N", "2", "echo", "{3}", ":::", "a"], {}, "echo {3}: {3} names argument 3: -N 2 gives 2"),
+    (["-N", "2", "--pipe", "cat"], {}, "--pipe cuts stdin by size (--block), not into -N records"),
 ]
 
 
@@ -273,6 +294,45 @@ def test_prepend_pattern_names_each_rank_s_node(pmrun: Run) -> None:
     r = pmrun("-prepend-pattern", "<%r@%p> ", "--local-nodes", "2", "-n", "3", "echo", "hi")
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.splitlines()) == ["<0@0> hi", "<1@0> hi", "<2@1> hi"]
+
+
+@pytest.mark.parametrize("spelling", [["-N", "2"], ["--nodes", "2"], ["-N2"]])
+def test_minus_n_nodes_runs_on_the_first_n_nodes_as_srun_does(pmrun: Run,
+                                                             spelling: list[str]) -> None:
+    r = pmrun(*spelling, "-prepend-pattern", "<%r@%p> ", "--local-nodes", "3", "-n", "4",
+              "echo", "hi")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["<0@0> hi", "<1@0> hi", "<2@1> hi", "<3@1> hi"]
+    # With -ppn and no -n: N nodes of ppn ranks each (srun -N 2 --ntasks-per-node 3).
+    r = pmrun(*spelling, "-ppn", "3", "-prepend-pattern", "%p ", "--local-nodes", "3", "echo")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.split()) == ["0", "0", "0", "1", "1", "1"]
+
+
+@pytest.mark.parametrize(("argv", "hosts", "slots", "n"), [
+    (["-N", "3", "-n", "7"], ["a", "b", "c"], [3, 2, 2], 7),
+    (["-N", "2", "-n", "4"], ["a", "b"], [2, 2], 4),
+    (["-N", "2", "-ppn", "3"], ["a", "b"], [4, 1], 6),
+    (["-N", "2"], ["a", "b"], [4, 1], 5),
+    (["-N", "4"], ["a", "b", "c", "d"], [4, 1, 1, 1], 7),
+])
+def test_minus_n_spreads_the_ranks_over_the_first_n_hosts(
+        argv: list[str], hosts: list[str], slots: list[int], n: int) -> None:
+    from pm.cli import hosts_of
+
+    opts = full_parse([*argv, "-hosts", "a:4,b:1,c,d", "--launcher", "exec",
+                       "--launcher-exec", "{command}", "true"])
+    where = hosts_of(opts)
+    assert where is not None
+    assert (where[0], where[1], opts.spec.apps[0].n) == (hosts, slots, n)
+
+
+def test_short_options_take_their_value_attached_as_srun_and_parallel_do(pmrun: Run) -> None:
+    r = pmrun("-n3", "-l", "echo", "x")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["[0] x", "[1] x", "[2] x"]
+    r = pmrun("-j1", "-k", "echo", ":::", "a", "b")
+    assert (r.returncode, r.stdout) == (0, "a\nb\n"), r.stderr
 
 
 #: Rank 0 exits 0; rank 1 exits 3 once rank 0 is gone (reaped), so that its failure, which

@@ -111,6 +111,21 @@ def test_salloc_places_ranks_as_slurm_says(slurm_cluster: RealCluster, tmp_path:
     assert_clean(c)
 
 
+def test_minus_n_runs_on_part_of_the_allocation(slurm_cluster: RealCluster) -> None:
+    c = slurm_cluster
+    # srun's -N inside a 3-node allocation: the first 2 nodes, 2 ranks each.
+    res = salloc(c, ["-N3", "-n6"], "-N", "2", "-n", "4", "sh", "-c",
+                 "echo $PMI_RANK $(hostname)")
+    assert res.returncode == 0, res.stderr
+    rows = sorted(line.split() for line in res.stdout.splitlines())
+    assert [r[0] for r in rows] == ["0", "1", "2", "3"], rows
+    assert sorted(r[1] for r in rows) == sorted(c.names[:2] * 2), rows
+    res = salloc(c, ["-N2", "-n2"], "-N", "3", "true")
+    assert (res.returncode, res.stderr) == (
+        2, f"pmrun: -N 3: there are 2 hosts ({c.names[0]}, {c.names[1]})\n")
+    assert_clean(c)
+
+
 def test_salloc_runs_a_gnu_parallel_ensemble_on_the_nodes(slurm_cluster: RealCluster,
                                                            tmp_path: Path) -> None:
     c = slurm_cluster

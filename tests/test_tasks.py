@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pm.agent.memory import NodeMemory, Watermarks, tree_rss
-from pm.ensemble.inputs import combinations, fill, split_columns
+from pm.ensemble.inputs import chunked, combinations, fill, split_columns
 from pm.ensemble.joblog import JobLog, read_joblog
 from pm.ensemble.scheduler import (
     EnsembleScheduler,
@@ -144,6 +144,23 @@ def test_bad_sources_are_named(words: list[str], message: str) -> None:
 ])
 def test_replacement_strings(line: str, args: tuple[str, ...], filled: str) -> None:
     assert fill(line, args, 7) == filled
+
+
+def test_max_args_groups_one_source_s_arguments() -> None:
+    combos = [("a",), ("b c",), ("d",)]
+    assert chunked(combos, 2) == [("a", "b c"), ("d",)]
+    assert chunked(combos, 0) == [(), (), ()]
+    # {k} beyond the last, shorter group is empty; without replacement strings the
+    # arguments are appended, and with -N 0 none is.
+    assert [fill("x {1}-{2} {}", c, 1, width=2) for c in chunked(combos, 2)] == [
+        "x a-'b c' a 'b c'", "x d- d"]
+    assert [fill("echo", c, 1, width=2) for c in chunked(combos, 2)] == [
+        "echo a 'b c'", "echo d"]
+    assert fill("echo hi", (), 1) == "echo hi"
+    with pytest.raises(UsageError, match="names argument 3: -N 2 gives 2"):
+        fill("{3}", ("a",), 1, width=2)
+    with pytest.raises(UsageError, match="one input source, not of 2"):
+        chunked([("a", "1")], 2)
 
 
 def test_colsep_splits_each_argument_into_columns() -> None:

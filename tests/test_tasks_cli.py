@@ -182,6 +182,10 @@ PARALLEL = shutil.which("parallel")
     ["-d", ",", "-a", "params.csv", "echo", "[{}]"],
     ["--header", ":", "echo", "{b}", "{a}", "{a.}", ":::", "a", "1.x", "2", ":::", "b", "x"],
     ["--header", ":", "--colsep", ",", "echo", "{val}-{name}", "::::", "named.csv"],
+    ["-N", "2", "echo", "{1}-{2}", ":::", "a", "b", "c"],
+    ["-N2", "echo", ":::", "a", "b", "c", "d", "e"],
+    ["-N0", "echo", "foo", ":::", "1", "2"],
+    ["--max-args", "3", "echo", "[{}]", "::::", "args.txt"],
 ])
 def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_path: Path,
                                                              tail: list[str]) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pm.agent.memory import SizeError, parse_size
 from pm.ensemble.console import Console
 from pm.ensemble.core import Ensemble
-from pm.ensemble.inputs import SEPARATORS, combinations, fill, split_columns
+from pm.ensemble.inputs import SEPARATORS, chunked, combinations, fill, split_columns
 from pm.ensemble.joblog import JobLog, read_joblog
 from pm.ensemble.scheduler import TaskSpec, parse_tasks, with_arguments
 from pm.ensemble.task import Task, TaskResult
@@ -253,13 +253,20 @@ async def run_cli(opts: CliOptions) -> int:
         text = extra["tasks_line"] if path is None else _read_text(path)
         specs = parse_tasks(text, options.get("mem_per_task"))
         if not sources:
+            if "max_args" in extra:
+                raise UsageError(f"-N {extra['max_args']} takes the arguments of an input "
+                                 "source (::: ARGS, :::: FILE, -a FILE): there is none")
             return specs
         combos = combinations(sources, read_source, extra.get("delimiter"), names)
+        width = 0
+        if "max_args" in extra:
+            width = int(extra["max_args"])
+            combos = chunked(combos, width)
         if "colsep" in extra:
             combos = split_columns(combos, extra["colsep"])
             if names:
                 names = list(split_columns([tuple(names)], extra["colsep"])[0])
-        return with_arguments(specs, combos, names or ())
+        return with_arguments(specs, combos, names or (), width)
 
     try:
         specs = await asyncio.to_thread(tasks)

@@ -89,6 +89,19 @@ def combinations(words: Sequence[str], read: Callable[[str], str],
     return [tuple(arg for row in combo for arg in row) for combo in itertools.product(*rows)]
 
 
+def chunked(combos: Sequence[tuple[str, ...]], n: int) -> list[tuple[str, ...]]:
+    """GNU parallel's ``-N n``: one input source's arguments ``n`` at a time, the last
+    group perhaps shorter (its ``{k}`` beyond it empty: :func:`fill`'s ``width``); ``n``
+    0: a task per argument, which its line does not get.  :class:`UsageError` when the
+    arguments come from several sources."""
+    if any(len(c) != 1 for c in combos):
+        raise UsageError(f"-N {n} takes the arguments of one input source, "
+                         f"not of {max(map(len, combos))}")
+    if n == 0:
+        return [()] * len(combos)
+    return [tuple(a for (a,) in combos[i : i + n]) for i in range(0, len(combos), n)]
+
+
 def split_columns(combos: Sequence[tuple[str, ...]], colsep: str) -> list[tuple[str, ...]]:
     """``--colsep``: each argument split into columns where the regular expression
     ``colsep`` matches (the columns are the sources ``{1}``, ``{2}``... name)."""
@@ -131,10 +144,12 @@ def _edit(value: str, how: str | None) -> str:
     return os.path.dirname(value) or "."  # "//"
 
 
-def fill(line: str, args: Sequence[str], seq: int, quote: bool = True) -> str:
+def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: int = 0
+         ) -> str:
     """``line`` with its replacement strings filled from ``args`` (one combination) for
     the task numbered ``seq``; without any, the arguments appended.  :class:`UsageError`
-    for ``{N}`` beyond the sources.  ``quote=False`` (a ``--tagstring``): the arguments
+    for ``{N}`` beyond the sources (``width``: ``-N``'s count, whose ``{N}`` beyond a
+    shorter last group are empty).  ``quote=False`` (a ``--tagstring``): the arguments
     as they are, and nothing appended."""
     q = shlex.quote if quote else str
     used = False
@@ -149,9 +164,13 @@ def fill(line: str, args: Sequence[str], seq: int, quote: bool = True) -> str:
         values = args
         if m["n"]:
             k = int(m["n"])
-            if not 1 <= k <= len(args):
+            if not 1 <= k <= max(len(args), width):
+                if width:
+                    raise UsageError(f"{m[0]} names argument {k}: -N {width} gives {width}")
                 raise UsageError(f"{m[0]} names input source {k}: there "
                                  f"{'is' if len(args) == 1 else 'are'} {len(args)}")
+            if k > len(args):
+                return ""  # -N's last group, shorter: as GNU parallel, empty
             values = args[k - 1 : k]
         return " ".join(q(_edit(v, m["how"])) for v in values)
 

@@ -130,11 +130,12 @@ def parse_tasks(text: str, default_mem: int | None = None) -> list[TaskSpec]:
 
 
 def with_arguments(specs: Sequence[TaskSpec], combos: Sequence[Sequence[str]],
-                   names: Sequence[str] = ()) -> list[TaskSpec]:
+                   names: Sequence[str] = (), width: int = 0) -> list[TaskSpec]:
     """GNU parallel's input sources: each task once per combination of arguments, in
     order, its line filled by :func:`pm.ensemble.inputs.fill` (replacement strings, or
     the arguments appended).  :class:`TaskFileError` naming the line for a ``{N}``
-    beyond the sources.  ``names``: the sources' (``--header :``), for ``{NAME}``."""
+    beyond the sources.  ``names``: the sources' (``--header :``), for ``{NAME}``;
+    ``width``: ``-N``'s (a group of arguments each, :func:`~pm.ensemble.inputs.chunked`)."""
     out: list[TaskSpec] = []
     for spec in specs:
         body = spec.argv[2]
@@ -142,7 +143,7 @@ def with_arguments(specs: Sequence[TaskSpec], combos: Sequence[Sequence[str]],
         body = by_name(body, names)
         for args in combos:
             try:
-                new = fill(body, args, len(out) + 1)
+                new = fill(body, args, len(out) + 1, width=width)
             except UsageError as exc:
                 raise TaskFileError(f"line {spec.lineno}: {exc}") from None
             try:
