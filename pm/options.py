@@ -427,9 +427,10 @@ GROUPS = (PLACE, ENV, IO, LAUNCH, TREE, MEMORY, MISC)
 
 OPTIONS = (
     # Process placement
-    Opt("-n -np --np", "n", whole(1), metavar="N", local=True, quick=True, group=PLACE,
+    Opt("-n -np --np --ntasks", "n", whole(1), metavar="N", local=True, quick=True, group=PLACE,
         help="number of ranks of the program (default 1)"),
-    Opt("-ppn --npernode -npernode", "ppn", whole(1), metavar="N", quick=True, group=PLACE,
+    Opt("-ppn --npernode -npernode --ntasks-per-node", "ppn", whole(1), metavar="N",
+        quick=True, group=PLACE,
         help="ranks per node (fills each node with N ranks, then wraps)"),
     Opt("-N", "N", whole(0), metavar="N", group=PLACE,
         help="the first N hosts only (srun's and Flux's -N; Open MPI's -N is -ppn); of a "
@@ -447,6 +448,9 @@ OPTIONS = (
     Opt("--bind-to -bind-to", "bind_to", bind_to, metavar="TARGET", group=PLACE,
         help="none, hwthread, core, l3cache, numa, package, each with :N (N of them per "
              "rank) or :overload-allowed, or user:0+1,2"),
+    Opt("-c --cpus-per-task", "cpus_per_task", whole(1), metavar="N", group=PLACE,
+        help="N cores for each rank, which it is bound to (srun's and Flux's -c: --bind-to "
+             "core:N)"),
     Opt("--map-by -map-by", "map_by", map_by, metavar="TARGET", group=PLACE,
         help="slot, hwthread, core, l3cache, numa, package; Open MPI's ppr:N:node is -ppn N, "
              "and TARGET:PE=N binds N cores per rank (--bind-to core:N)"),
@@ -791,6 +795,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         _command_with_sources(out)
     _ensemble_only(out)
     _open_mpi_mapping(out.values)
+    _cpus_per_task(out.values)
     if "timeout" not in out.values and environ.get("MPIEXEC_TIMEOUT"):
         out.values["timeout"] = seconds(environ["MPIEXEC_TIMEOUT"].strip(), "MPIEXEC_TIMEOUT")
     return out
@@ -852,7 +857,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
 
 #: Options about an MPI job's ranks, which task ensembles do not take.
 _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "error", "kvs",
-               "mpi", "profile", "universe_size", "nodes")
+               "mpi", "profile", "universe_size", "nodes", "cpus_per_task")
 
 
 def _ensemble_only(out: Parsed) -> None:
@@ -908,6 +913,20 @@ def _open_mpi_mapping(values: dict[str, object]) -> None:
         if values.setdefault("ppn", per_node) != per_node:
             raise UsageError(f"--map-by {mapped} and -ppn {values['ppn']} disagree")
         del values["map_by"]
+
+
+def _cpus_per_task(values: dict[str, object]) -> None:
+    """srun's and Flux's ``-c N`` as pmrun's ``--bind-to core:N`` (``hwthread:N`` with
+    ``--bind-to hwthread``): N cores a rank, bound."""
+    per = values.pop("cpus_per_task", None)
+    if per is None:
+        return
+    bind = str(values.get("bind_to", "core"))
+    kind, _, count = bind.partition(":")
+    if kind.lower() not in ("core", "hwthread") or count not in ("", str(per)):
+        raise UsageError(f"-c {per} binds each rank to {per} cores: --bind-to {bind} "
+                         "disagrees")
+    values["bind_to"] = f"{kind}:{per}"
 
 
 #: Warnings said already: the command line is parsed again when a job moves to the full path.

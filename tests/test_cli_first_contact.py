@@ -35,6 +35,7 @@ BAD_VALUE = {
     "joblog": "", "halt": "later,fail=1", "colsep": "(", "tagstring": "",
     "arg_files": "/no/such/args", "delimiter": "ab", "header": "x", "results": "",
     "block": "0", "memfree": "lots", "N": "x", "nodes": "0", "max_args": "-1",
+    "cpus_per_task": "0",
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check is not None for name in opt.names]
 
@@ -124,6 +125,13 @@ CASES = [
      "-N 2 takes the arguments of one input source, not of 2"),
     (["-N", "2", "echo", "{3}", ":::", "a"], {}, "echo {3}: {3} names argument 3: -N 2 gives 2"),
     (["-N", "2", "--pipe", "cat"], {}, "--pipe cuts stdin by size (--block), not into -N records"),
+    (["-c", "2", "--bind-to", "numa", "true"], {},
+     "-c 2 binds each rank to 2 cores: --bind-to numa disagrees"),
+    (["-c", "2", "--map-by", "slot:PE=3", "true"], {},
+     "-c 2 binds each rank to 2 cores: --bind-to core:3 disagrees"),
+    (["-c", "2", "echo", ":::", "a"], {},
+     "-c is for an MPI job's ranks, not for task ensembles (their output: --tag, --tagstring, "
+     "--group, --lb)"),
 ]
 
 
@@ -325,6 +333,20 @@ def test_minus_n_spreads_the_ranks_over_the_first_n_hosts(
     where = hosts_of(opts)
     assert where is not None
     assert (where[0], where[1], opts.spec.apps[0].n) == (hosts, slots, n)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cpus")
+def test_srun_s_long_options_and_cpus_per_task(pmrun: Run) -> None:
+    r = pmrun("--ntasks", "1", "--ntasks-per-node", "1", "-c", "2", "sh", "-c",
+              "grep Cpus_allowed_list /proc/self/status")
+    assert r.returncode == 0, r.stderr
+    allowed = set()
+    for part in r.stdout.split()[-1].split(","):
+        lo, _, hi = part.partition("-")
+        allowed.update(range(int(lo), int(hi or lo) + 1))
+    assert len(allowed) == 2, r.stdout
+    assert full_parse(["-c", "2", "--bind-to", "hwthread", "true"]).spec.bind_to == "hwthread:2"
+    assert full_parse(["-c", "2", "true"]).spec.bind_to == "core:2"
 
 
 def test_short_options_take_their_value_attached_as_srun_and_parallel_do(pmrun: Run) -> None:
