@@ -632,6 +632,9 @@ OPTIONS = (
              "tasks, each task's run (as GNU parallel)"),
     Opt("-configfile --configfile", "configfile", kind=FILE, metavar="FILE", group=MISC,
         help="the programs and their options, one MPMD section a line ('#' comments)"),
+    Opt("--multi-prog", "multi_prog", kind=FLAG, group=MISC,
+        help="srun's: the program is a file of lines RANKS PROGRAM ARGS (RANKS 0-3,5 or *; "
+             "%%t the rank, %%o its place among the line's)"),
     Opt("-v --verbose -verbose", "verbose", kind=COUNT, group=MISC,
         help="say what pmrun does (twice: debug)"),
     Opt("--version -version", "version", kind=ACTION, group=MISC,
@@ -789,6 +792,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                          else "no program given (see pmrun --help)")
     if not out.sections and not ({"tasks", "topology", "sim_ranks"} & out.values.keys()):
         raise UsageError("no program given (see pmrun --help)")
+    if "multi_prog" in out.values:
+        _multi_prog(out)
     if "pipe" in out.values:
         _piped_command(out)
     elif "arg_files" in out.values or (len(out.sections) == 1 and "tasks" not in out.values):
@@ -963,6 +968,90 @@ def config_args(path: str, opt: str) -> list[str]:
     if not args:
         raise UsageError(f"{opt} {path}: no program in it")
     return args
+
+
+def _multi_prog(out: Parsed) -> None:
+    """srun's ``--multi-prog FILE``: FILE, given as the program, says which program each
+    rank runs, a line ``RANKS PROGRAM ARGS...`` (``RANKS``: ``0-3,5``, or ``*`` on the last
+    line for the ranks no line named; ``%t`` in the words is the rank, ``%o`` its place
+    among the line's ranks; ``#`` comments).  The ranks become sections, one per run of
+    consecutive ranks with the same words (their appnum); the section's other options (-n
+    aside: the ranks' count) apply to each."""
+    import shlex
+
+    if out.values.pop("configfile", None) is not None or len(out.sections) != 1 \
+            or len(out.sections[0].argv) != 1:
+        raise UsageError("--multi-prog takes one file in place of the program (pmrun -n 8 "
+                         "--multi-prog FILE), nothing else")
+    given = out.sections[0]
+    path = given.argv[0]
+    size = given.values.pop("n", None)
+    try:
+        with open(path) as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--multi-prog {path}: cannot be read ({exc})") from None
+    words_of: dict[int, list[str]] = {}
+    rest: tuple[int, list[str]] | None = None  # the '*' line
+    for lineno, line in enumerate(text.replace("\\\n", " ").splitlines(), 1):
+        where = f"--multi-prog {path}, line {lineno}"
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as exc:
+            raise UsageError(f"{where}: {exc}") from None
+        if not words:
+            continue
+        if rest is not None:
+            raise UsageError(f"{where}: '*' must be the last line")
+        if len(words) < 2:
+            raise UsageError(f"{where}: ranks and a program, not {line.strip()!r}")
+        if words[0] == "*":
+            rest = (lineno, words[1:])
+            continue
+        ranks = _rank_list(words[0], where)
+        for offset, rank in enumerate(ranks):
+            if size is not None and rank >= int(size):  # type: ignore[call-overload]
+                raise UsageError(f"{where}: rank {rank}, beyond the {size} ranks (-n {size})")
+            if rank in words_of:
+                raise UsageError(f"{where}: rank {rank} has a line already")
+            words_of[rank] = _rank_words(words[1:], rank, offset)
+    if size is None:
+        if rest is not None:
+            raise UsageError(f"--multi-prog {path}: '*' needs the ranks' count (-n N)")
+        size = max(words_of, default=-1) + 1
+    if rest is not None:
+        left = [r for r in range(int(size)) if r not in words_of]  # type: ignore[call-overload]
+        for offset, rank in enumerate(left):
+            words_of[rank] = _rank_words(rest[1], rank, offset)
+    missing = [r for r in range(int(size)) if r not in words_of]  # type: ignore[call-overload]
+    if not words_of or missing:
+        raise UsageError(f"--multi-prog {path}: no line for rank {missing[0] if missing else 0}")
+    out.sections.clear()
+    for rank in range(len(words_of)):
+        if out.sections and out.sections[-1].argv == words_of[rank]:
+            last = out.sections[-1].values
+            last["n"] = int(last["n"]) + 1  # type: ignore[call-overload]
+            continue
+        sec = Section()
+        sec.argv = words_of[rank]
+        sec.values = {**given.values, "n": 1}
+        out.sections.append(sec)
+
+
+def _rank_list(text: str, where: str) -> list[int]:
+    """``0-3,5`` as ranks, in order."""
+    ranks: list[int] = []
+    for part in text.split(","):
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or (dash and int(hi) < int(lo)):
+            raise UsageError(f"{where}: {text!r} is not ranks (0-3,5 or *)")
+        ranks.extend(range(int(lo), int(hi if dash else lo) + 1))
+    return ranks
+
+
+def _rank_words(words: list[str], rank: int, offset: int) -> list[str]:
+    """A line's words for one of its ranks: ``%t`` the rank, ``%o`` its offset."""
+    return [w.replace("%t", str(rank)).replace("%o", str(offset)) for w in words]
 
 
 def quick_ok(parsed: Parsed, environ: Mapping[str, str]) -> bool:

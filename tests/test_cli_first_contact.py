@@ -349,6 +349,51 @@ def test_srun_s_long_options_and_cpus_per_task(pmrun: Run) -> None:
     assert full_parse(["-c", "2", "true"]).spec.bind_to == "core:2"
 
 
+#: srun's manual's example of --multi-prog, echoing where it ran hostname.
+MULTI_PROG = """# srun's example
+4-6       echo  host
+1,7       echo  task:%t
+0,2-3     echo  offset:%o
+"""
+
+
+def test_multi_prog_runs_each_rank_s_line_as_srun_does(pmrun: Run, tmp_path: Path) -> None:
+    (tmp_path / "silly.conf").write_text(MULTI_PROG)
+    r = pmrun("-n", "8", "-l", "--multi-prog", str(tmp_path / "silly.conf"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == [
+        "[0] offset:0", "[1] task:1", "[2] offset:1", "[3] offset:2", "[4] host", "[5] host",
+        "[6] host", "[7] task:7"]
+    # '*' on the last line: every rank no line named; -n counts the ranks.
+    (tmp_path / "rest.conf").write_text("0 echo first\n* sh -c 'echo %t %o $PMI_SIZE'\n")
+    r = pmrun("-n", "3", "--multi-prog", str(tmp_path / "rest.conf"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["1 0 3", "2 1 3", "first"]
+
+
+@pytest.mark.parametrize(("text", "argv", "message"), [
+    ("0 echo a\n* echo b\n", [], "'*' needs the ranks' count (-n N)"),
+    ("0-1 echo a\n", ["-n", "3"], "no line for rank 2"),
+    ("0-3 echo a\n", ["-n", "2"], ", line 1: rank 2, beyond the 2 ranks (-n 2)"),
+    ("0 echo a\n0 echo b\n", [], ", line 2: rank 0 has a line already"),
+    ("* echo a\n0 echo b\n", ["-n", "2"], ", line 2: '*' must be the last line"),
+    ("3-1 echo a\n", [], ", line 1: '3-1' is not ranks (0-3,5 or *)"),
+    ("0\n", [], ", line 1: ranks and a program, not '0'"),
+    ("# nothing\n", [], "no line for rank 0"),
+])
+def test_a_bad_multi_prog_file_is_named(pmrun: Run, tmp_path: Path, text: str,
+                                        argv: list[str], message: str) -> None:
+    conf = tmp_path / "m.conf"
+    conf.write_text(text)
+    r = pmrun(*argv, "--multi-prog", str(conf))
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: --multi-prog {conf}{message}\n"
+                                                  if message.startswith(",") else
+                                                  f"pmrun: --multi-prog {conf}: {message}\n")
+    r = pmrun("--multi-prog", str(conf), "x")
+    assert r.stderr == ("pmrun: --multi-prog takes one file in place of the program (pmrun -n 8 "
+                        "--multi-prog FILE), nothing else\n")
+
+
 def test_short_options_take_their_value_attached_as_srun_and_parallel_do(pmrun: Run) -> None:
     r = pmrun("-n3", "-l", "echo", "x")
     assert r.returncode == 0, r.stderr

@@ -111,6 +111,22 @@ def test_salloc_places_ranks_as_slurm_says(slurm_cluster: RealCluster, tmp_path:
     assert_clean(c)
 
 
+def test_multi_prog_runs_what_srun_s_runs(slurm_cluster: RealCluster, tmp_path: Path) -> None:
+    c = slurm_cluster
+    conf = tmp_path / "silly.conf"
+    conf.write_text("4-5 echo rest %t\n1,3 echo task:%t\n0,2 echo offset:%o\n")
+    script = f"srun -l --mpi=none -n 6 --multi-prog {conf}; echo ==; " \
+             f"pmrun -n 6 -prepend-pattern '%r: ' --multi-prog {conf}"
+    res = subprocess.run(["salloc", "--quiet", "-N2", "-n6", "sh", "-c", script],
+                         env=env_for(c, tmp_path), capture_output=True, text=True,
+                         timeout=120, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr
+    srun, pmrun = res.stdout.split("==\n")
+    norm = sorted(line.strip() for line in srun.splitlines())
+    assert norm == sorted(pmrun.splitlines()) and len(norm) == 6, res.stdout
+    assert_clean(c)
+
+
 def test_minus_n_runs_on_part_of_the_allocation(slurm_cluster: RealCluster) -> None:
     c = slurm_cluster
     # srun's -N inside a 3-node allocation: the first 2 nodes, 2 ranks each.
