@@ -56,6 +56,18 @@ def seconds(text: str, opt: str) -> float:
     return value
 
 
+def duration(text: str, opt: str) -> float:
+    """GNU parallel's duration: seconds, or a number with s, m, h or d (``--delay 1.5m``)."""
+    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(text[-1:].lower(), 0)
+    try:
+        value = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        raise UsageError(f"{opt} takes seconds (or 2m, 1h...), not {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise UsageError(f"{opt} must be 0 or more seconds, not {text!r}")
+    return value
+
+
 def number(minimum: float) -> Check:
     """A number of seconds from ``minimum`` (kept as text: the launcher reads it)."""
 
@@ -562,6 +574,10 @@ OPTIONS = (
         help="with --joblog: run only the tasks not in FILE (appending to it)"),
     Opt("--resume-failed", "resume_failed", kind=FLAG, group=MEMORY,
         help="with --joblog: run the tasks not in FILE and those that failed there"),
+    Opt("--delay", "delay", duration, metavar="S", group=MEMORY,
+        help="start a task at least S seconds after the one before (also 2m, 1h)"),
+    Opt("--shuf", "shuf", kind=FLAG, group=MEMORY,
+        help="start the tasks in a random order (each keeps its number, {#})"),
     Opt("--dry-run", "dry_run", kind=FLAG, group=MEMORY,
         help="print each task's command line instead of running it"),
     Opt("--halt", "halt", halt_policy, metavar="WHEN,WHY=N", group=MEMORY,
@@ -857,7 +873,7 @@ def _command_with_sources(out: Parsed) -> None:
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
                   "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
                   "tagstring", "delimiter", "header", "results", "pipe", "block", "memfree",
-                  "progress", "max_args")
+                  "progress", "max_args", "delay", "shuf")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

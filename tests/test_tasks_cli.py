@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import pty
 import re
@@ -204,6 +205,24 @@ def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_pat
     summary = r.stderr.splitlines()[-1]  # what parallel does not say
     assert re.fullmatch(r"(\d+) tasks?: \1 succeeded, 0 failed, 0 retries", summary), r.stderr
     assert r.stderr.removesuffix(summary + "\n") == want.stderr
+
+
+def test_delay_spaces_the_starts(pmrun: Run) -> None:
+    r = pmrun("--delay", "0.3", "-j", "3", "-k", "python3 -c 'import time; print(time.time())'"
+              " # {}", ":::", "1", "2", "3")
+    assert r.returncode == 0, r.stderr
+    starts = [float(x) for x in r.stdout.split()]
+    assert len(starts) == 3 and all(b - a >= 0.28 for a, b in itertools.pairwise(starts)), starts
+
+
+def test_shuf_starts_the_tasks_in_another_order_each_keeping_its_number(pmrun: Run) -> None:
+    args = [str(i) for i in range(1, 21)]
+    r = pmrun("--shuf", "-j", "1", "echo {} {#}", ":::", *args)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines()]
+    assert all(a == n for a, n in rows) and sorted(int(a) for a, _ in rows) == list(
+        range(1, 21)), rows
+    assert [a for a, _ in rows] != args  # (the same order: 1 in 20!)
 
 
 def test_output_comes_whole_per_task_unless_line_buffered(pmrun: Run) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import functools
 import os
+import random
 import signal
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -167,6 +168,8 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
     if overrun not in ("warn", "kill", "suspend"):
         raise UsageError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
     out["overrun"] = overrun
+    if "delay" in extra:
+        out["delay"] = float(extra["delay"])  # checked by pm.options.duration
     return out
 
 
@@ -281,6 +284,8 @@ async def run_cli(opts: CliOptions) -> int:
         seen = await asyncio.to_thread(read_joblog, joblog)
         again = "resume_failed" in extra
         specs = [s for s in specs if s.index + 1 not in seen or (again and not seen[s.index + 1])]
+    if "shuf" in extra:  # the order they start in; each keeps its number ({#}, the log's)
+        random.shuffle(specs)
     if "dry_run" in extra:
         sys.stdout.write("".join(f"{s.argv[2]}\n" for s in specs))
         return 0

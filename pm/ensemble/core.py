@@ -152,6 +152,7 @@ class Ensemble:
         default_reservation: int = DEFAULT_RESERVATION,
         jobs: int | str | None = None,
         timeout: float | None = None,
+        delay: float = 0.0,
     ) -> None:
         if overrun not in ("warn", "kill", "suspend"):
             raise SizeError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
@@ -162,6 +163,9 @@ class Ensemble:
         self._overrun: OverrunPolicy = overrun  # type: ignore[assignment]  # checked above
         self._interval = interval
         self._timeout = timeout
+        #: GNU parallel's --delay: seconds between two starts, and when the next may start.
+        self._delay = delay
+        self._next_start = 0.0
         self._spec = spec or JobSpec(apps=[])
         self._output = output
         self._on_event = on_event
@@ -411,6 +415,17 @@ class Ensemble:
             self._sched.withdraw(start.task.index)
             self._apply([])
             return
+        if self._delay:
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            at = max(now, self._next_start)
+            self._next_start = at + self._delay
+            if at > now:
+                await asyncio.sleep(at - now)  # (its slot is held meanwhile, as parallel's)
+                if self._stopping:
+                    self._sched.withdraw(start.task.index)
+                    self._apply([])
+                    return
         task = self._tasks[start.task.index]
         d = self._domains[str(start.node)]
         entry = min(d.entries, key=lambda e: d.running.get(e, 0))
