@@ -43,8 +43,8 @@ class CliOptions:
 
 
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
-_SPEC_KEYS = frozenset({"ppn", "hosts", "hostfile", "local_nodes", "fanout", "timeout", "kvs",
-                        "genv", "env_mode", "bind_to", "map_by", "profile", "output", "error",
+_SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fanout", "timeout",
+                        "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output", "error",
                         "prepend", "report_bindings", "universe_size", "mpi"})
 
 
@@ -82,6 +82,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     if "env_mode" in v:
         spec.env_mode, spec.genvlist = v["env_mode"]  # type: ignore[misc]
     spec.ppn = v.get("ppn")  # type: ignore[assignment]
+    spec.wdir = v.get("wdir")  # type: ignore[assignment]  # (--tasks FILE's; else per program)
     spec.timeout = v.get("timeout")  # type: ignore[assignment]
     spec.kvs = str(v.get("kvs", spec.kvs))
     spec.bind_to = str(v.get("bind_to", spec.bind_to))

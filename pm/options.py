@@ -496,8 +496,9 @@ OPTIONS = (
     Opt("--pmixmca -pmixmca", "genv", kind=PAIR, const="PMIX_MCA_", metavar="KEY VALUE",
         quick=True, group=ENV,
         help="set PMIx's parameter KEY for every rank (PMIX_MCA_KEY=VALUE)"),
-    Opt("-wdir --wdir -dir -wd --wd", "wdir", directory, metavar="DIR", local=True, quick=True,
-        group=ENV, help="working directory of the program's ranks"),
+    Opt("-wdir --wdir -dir -wd --wd --workdir", "wdir", directory, metavar="DIR", local=True,
+        quick=True, group=ENV, help="working directory of the program's ranks (of tasks: "
+        "every task's)"),
     # Input and output
     Opt("-l --label -prepend-rank --tag-output", "prepend", kind=FLAG, const=LABEL, quick=True,
         group=IO, help="prefix every output line with [rank]"),
@@ -802,6 +803,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                 files.append(value)
                 continue
             (sec.values if opt.local else out.values)[opt.key] = value
+    if not out.sections and "tasks" in out.values and set(sec.values) == {"wdir"}:
+        out.values["wdir"] = sec.values.pop("wdir")  # --tasks FILE: every task's
     if sec.values:
         flags = " ".join(sorted({o.names[0] for o in out.used if o.local and o.key in sec.values}))
         raise UsageError(f"{flags} must come before a program" if out.sections

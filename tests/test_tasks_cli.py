@@ -207,6 +207,17 @@ def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_pat
     assert r.stderr.removesuffix(summary + "\n") == want.stderr
 
 
+def test_tasks_run_in_the_working_directory_given(pmrun: Run, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    r = pmrun("--wd", str(tmp_path / "d"), "pwd; : {}", ":::", "1")
+    assert (r.returncode, r.stdout) == (0, f"{tmp_path / 'd'}\n"), r.stderr
+    (tmp_path / "tasks").write_text("pwd\n")
+    for argv in (["--workdir", str(tmp_path / "d"), "--tasks", str(tmp_path / "tasks")],
+                 ["--tasks", str(tmp_path / "tasks"), "-wdir", str(tmp_path / "d")]):
+        r = pmrun(*argv)
+        assert (r.returncode, r.stdout) == (0, f"[task 0] {tmp_path / 'd'}\n"), r.stderr
+
+
 def test_delay_spaces_the_starts(pmrun: Run) -> None:
     r = pmrun("--delay", "0.3", "-j", "3", "-k", "python3 -c 'import time; print(time.time())'"
               " # {}", ":::", "1", "2", "3")

@@ -298,6 +298,8 @@ async def run_cli(opts: CliOptions) -> int:
     where = None
     if "results" in extra:
         where = {s.index: _results_dir(extra["results"], s, names or ()) for s in specs}
+    if opts.spec.apps and opts.spec.apps[0].wdir:  # -wdir DIR CMD ::: ...: every task's
+        opts.spec.wdir = opts.spec.apps[0].wdir
     tags = _tags(extra, specs, tasks_file=path is not None)
     tag: Callable[[int], bytes | None] = tags.get
     if "pipe" in extra:  # one line, run once a block: every run's tag is the first's
