@@ -44,8 +44,8 @@ class CliOptions:
 
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
 _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fanout", "timeout",
-                        "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output", "error",
-                        "prepend", "report_bindings", "universe_size", "mpi"})
+                        "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output",
+                        "error", "prepend", "report_bindings", "universe_size", "mpi"})
 
 
 def parse(argv: list[str]) -> CliOptions:
