@@ -218,6 +218,16 @@ def test_tasks_run_in_the_working_directory_given(pmrun: Run, tmp_path: Path) ->
         assert (r.returncode, r.stdout) == (0, f"[task 0] {tmp_path / 'd'}\n"), r.stderr
 
 
+def test_the_command_s_environment_options_hold_for_every_task(pmrun: Run) -> None:
+    env = {"OUTER": "here"}
+    r = pmrun("-env", "A", "1", "-envnone", "echo ${OUTER:-unset} $A {}", ":::", "x",
+              env=env)
+    assert (r.returncode, r.stdout) == (0, "unset 1 x\n"), r.stderr
+    r = pmrun("-envlist", "OUTER", "echo ${OUTER:-unset} ${HOME:-nohome} {}", ":::", "x",
+              env=env)
+    assert (r.returncode, r.stdout) == (0, "here nohome x\n"), r.stderr
+
+
 def test_delay_spaces_the_starts(pmrun: Run) -> None:
     r = pmrun("--delay", "0.3", "-j", "3", "-k", "python3 -c 'import time; print(time.time())'"
               " # {}", ":::", "1", "2", "3")

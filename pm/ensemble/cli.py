@@ -27,6 +27,7 @@ from pm.proto.errors import PMError
 if TYPE_CHECKING:
     from pm.cli import CliOptions
     from pm.common.nodes import Nodes
+    from pm.jobspec import JobSpec
 
 __all__ = ["run_cli", "run_ensemble"]
 
@@ -203,6 +204,18 @@ class _Halt:
         return None
 
 
+def _program_options(spec: JobSpec) -> None:
+    """``pmrun -wdir DIR -env A 1 -envnone CMD ::: ...``: the options given to the command
+    (Hydra's per-program ones) hold for every task."""
+    if not spec.apps:
+        return
+    app = spec.apps[0]
+    spec.wdir = app.wdir or spec.wdir
+    spec.genv = {**spec.genv, **app.env}
+    if app.env_mode is not None:
+        spec.env_mode, spec.genvlist = app.env_mode, list(app.envlist)
+
+
 def _sources(opts: CliOptions) -> list[str]:
     """The input sources' words (``::: A B``, ``:::: FILE``...; empty without them); a
     program beside ``--tasks FILE`` is refused, since the file's lines run and it would
@@ -298,8 +311,7 @@ async def run_cli(opts: CliOptions) -> int:
     where = None
     if "results" in extra:
         where = {s.index: _results_dir(extra["results"], s, names or ()) for s in specs}
-    if opts.spec.apps and opts.spec.apps[0].wdir:  # -wdir DIR CMD ::: ...: every task's
-        opts.spec.wdir = opts.spec.apps[0].wdir
+    _program_options(opts.spec)
     tags = _tags(extra, specs, tasks_file=path is not None)
     tag: Callable[[int], bytes | None] = tags.get
     if "pipe" in extra:  # one line, run once a block: every run's tag is the first's
