@@ -967,6 +967,20 @@ def _warn(text: str) -> None:
 def config_args(path: str, opt: str) -> list[str]:
     """Hydra's -configfile: each line one program with its options (an MPMD section),
     ``#`` starts a comment, a line ending in ``\\`` goes on on the next."""
+    args: list[str] = []
+    for _, words in _file_lines(path, opt):
+        if args:
+            args.append(":")
+        args.extend(words)
+    if not args:
+        raise UsageError(f"{opt} {path}: no program in it")
+    return args
+
+
+def _file_lines(path: str, opt: str) -> list[tuple[int, list[str]]]:
+    """The words of each line of ``path`` that has any, with its number: ``#`` starts a
+    comment, a line ending in ``\\`` goes on on the next, words as the shell splits them.
+    :class:`UsageError` naming ``opt``, the file and the line for what cannot be read."""
     import shlex
 
     try:
@@ -974,19 +988,19 @@ def config_args(path: str, opt: str) -> list[str]:
             text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{opt} {path}: cannot be read ({exc})") from None
-    args: list[str] = []
+    out = []
     for number_, line in enumerate(text.replace("\\\n", " ").splitlines(), 1):
         try:
             words = shlex.split(line, comments=True)
         except ValueError as exc:
             raise UsageError(f"{opt} {path}, line {number_}: {exc}") from None
         if words:
-            if args:
-                args.append(":")
-            args.extend(words)
-    if not args:
-        raise UsageError(f"{opt} {path}: no program in it")
-    return args
+            out.append((number_, words))
+    return out
+
+
+#: The most ranks a --multi-prog file may name without -n.
+MULTI_PROG_RANKS = 1 << 20
 
 
 def _multi_prog(out: Parsed) -> None:
@@ -996,41 +1010,26 @@ def _multi_prog(out: Parsed) -> None:
     among the line's ranks; ``#`` comments).  The ranks become sections, one per run of
     consecutive ranks with the same words (their appnum); the section's other options (-n
     aside: the ranks' count) apply to each."""
-    import shlex
-
     if out.values.pop("configfile", None) is not None or len(out.sections) != 1 \
             or len(out.sections[0].argv) != 1:
         raise UsageError("--multi-prog takes one file in place of the program (pmrun -n 8 "
                          "--multi-prog FILE), nothing else")
     given = out.sections[0]
     path = given.argv[0]
-    size = given.values.pop("n", None)
-    try:
-        with open(path) as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--multi-prog {path}: cannot be read ({exc})") from None
+    n = given.values.pop("n", None)
+    size = None if n is None else int(n)  # type: ignore[call-overload]
     words_of: dict[int, list[str]] = {}
-    rest: tuple[int, list[str]] | None = None  # the '*' line
-    for lineno, line in enumerate(text.replace("\\\n", " ").splitlines(), 1):
+    rest: list[str] | None = None  # the '*' line's words
+    for lineno, words in _file_lines(path, "--multi-prog"):
         where = f"--multi-prog {path}, line {lineno}"
-        try:
-            words = shlex.split(line, comments=True)
-        except ValueError as exc:
-            raise UsageError(f"{where}: {exc}") from None
-        if not words:
-            continue
         if rest is not None:
             raise UsageError(f"{where}: '*' must be the last line")
         if len(words) < 2:
-            raise UsageError(f"{where}: ranks and a program, not {line.strip()!r}")
+            raise UsageError(f"{where}: ranks and a program, not {' '.join(words)!r}")
         if words[0] == "*":
-            rest = (lineno, words[1:])
+            rest = words[1:]
             continue
-        ranks = _rank_list(words[0], where)
-        for offset, rank in enumerate(ranks):
-            if size is not None and rank >= int(size):  # type: ignore[call-overload]
-                raise UsageError(f"{where}: rank {rank}, beyond the {size} ranks (-n {size})")
+        for offset, rank in enumerate(_rank_list(words[0], where, size)):
             if rank in words_of:
                 raise UsageError(f"{where}: rank {rank} has a line already")
             words_of[rank] = _rank_words(words[1:], rank, offset)
@@ -1039,14 +1038,14 @@ def _multi_prog(out: Parsed) -> None:
             raise UsageError(f"--multi-prog {path}: '*' needs the ranks' count (-n N)")
         size = max(words_of, default=-1) + 1
     if rest is not None:
-        left = [r for r in range(int(size)) if r not in words_of]  # type: ignore[call-overload]
+        left = [r for r in range(size) if r not in words_of]
         for offset, rank in enumerate(left):
-            words_of[rank] = _rank_words(rest[1], rank, offset)
-    missing = [r for r in range(int(size)) if r not in words_of]  # type: ignore[call-overload]
-    if not words_of or missing:
-        raise UsageError(f"--multi-prog {path}: no line for rank {missing[0] if missing else 0}")
+            words_of[rank] = _rank_words(rest, rank, offset)
+    missing = next((r for r in range(max(size, 1)) if r not in words_of), None)
+    if missing is not None:
+        raise UsageError(f"--multi-prog {path}: no line for rank {missing}")
     out.sections.clear()
-    for rank in range(len(words_of)):
+    for rank in range(size):
         if out.sections and out.sections[-1].argv == words_of[rank]:
             last = out.sections[-1].values
             last["n"] = int(last["n"]) + 1  # type: ignore[call-overload]
@@ -1057,14 +1056,21 @@ def _multi_prog(out: Parsed) -> None:
         out.sections.append(sec)
 
 
-def _rank_list(text: str, where: str) -> list[int]:
-    """``0-3,5`` as ranks, in order."""
+def _rank_list(text: str, where: str, size: int | None) -> list[int]:
+    """``0-3,5`` as ranks, in order; each below ``size`` (-n; else
+    :data:`MULTI_PROG_RANKS`), checked before a range is expanded."""
     ranks: list[int] = []
     for part in text.split(","):
         lo, dash, hi = part.partition("-")
         if not lo.isdigit() or (dash and not hi.isdigit()) or (dash and int(hi) < int(lo)):
             raise UsageError(f"{where}: {text!r} is not ranks (0-3,5 or *)")
-        ranks.extend(range(int(lo), int(hi if dash else lo) + 1))
+        top, limit = int(hi if dash else lo), size if size is not None else MULTI_PROG_RANKS
+        if top >= limit:
+            first = max(int(lo), limit)  # the first rank beyond
+            raise UsageError(f"{where}: rank {first}, beyond the {size} ranks (-n {size})"
+                             if size is not None else
+                             f"{where}: rank {first}, beyond {MULTI_PROG_RANKS} ranks")
+        ranks.extend(range(int(lo), top + 1))
     return ranks
 
 

@@ -411,21 +411,15 @@ class Ensemble:
             self.on_progress()
 
     async def _run(self, start: Start) -> None:
+        if self._delay:  # --delay: our turn (the slot is held meanwhile, as parallel's)
+            loop = asyncio.get_running_loop()
+            at = max(loop.time(), self._next_start)
+            self._next_start = at + self._delay
+            await asyncio.sleep(at - loop.time())
         if self._stopping:  # started by the scheduler just before a stop: never runs
             self._sched.withdraw(start.task.index)
             self._apply([])
             return
-        if self._delay:
-            loop = asyncio.get_running_loop()
-            now = loop.time()
-            at = max(now, self._next_start)
-            self._next_start = at + self._delay
-            if at > now:
-                await asyncio.sleep(at - now)  # (its slot is held meanwhile, as parallel's)
-                if self._stopping:
-                    self._sched.withdraw(start.task.index)
-                    self._apply([])
-                    return
         task = self._tasks[start.task.index]
         d = self._domains[str(start.node)]
         entry = min(d.entries, key=lambda e: d.running.get(e, 0))
