@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import os
 
-from pm.proto.errors import UsageError
+from pm.proto.errors import UsageError, defect
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (pmrun's start-up)
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     Check = Callable[[str, str], object]
+
+#: The most ranks of one job, and processes on one host for -n/-ppn.
+MOST_RANKS = 1 << 24
+#: The most agents --local-nodes starts on this machine.
+MOST_LOCAL_NODES = 1024
 
 #: Exit status of a command line pmrun refuses.
 EXIT_USAGE = 2
@@ -32,7 +37,7 @@ EXIT_INTERNAL = 70
 # ------------------------------------------------------------------ value checkers
 # Each takes (text, option as the user spelled it) and returns the value, or raises
 # UsageError naming the option and what was wrong.
-def whole(minimum: int = 1) -> Check:
+def whole(minimum: int = 1, most: int | None = None) -> Check:
     def check(text: str, opt: str) -> int:
         try:
             value = int(text)
@@ -40,6 +45,8 @@ def whole(minimum: int = 1) -> Check:
             raise UsageError(f"{opt} takes a whole number, not {text!r}") from None
         if value < minimum:
             raise UsageError(f"{opt} must be at least {minimum}")
+        if most is not None and value > most:
+            raise UsageError(f"{opt} {text}: more than pmrun can run (at most {most})")
         return value
 
     return check
@@ -140,6 +147,18 @@ def directory(value: str, opt: str) -> str:
     if not os.path.isdir(value):
         raise UsageError(f"{opt} {value}: no such directory")
     return os.path.abspath(value)
+
+
+def results_dir(value: str, opt: str) -> str:
+    """A directory pmrun makes if need be (GNU parallel's ``--results``): refused when it,
+    or the nearest part of its path that exists, is not a directory."""
+    text(value, opt)
+    part = os.path.abspath(value)
+    while not os.path.exists(part):
+        part = os.path.dirname(part)
+    if not os.path.isdir(part):
+        raise UsageError(f"{opt} {value}: {part} is not a directory")
+    return value
 
 
 def readable_or_stdin(value: str, opt: str) -> str:
@@ -439,15 +458,16 @@ GROUPS = (PLACE, ENV, IO, LAUNCH, TREE, MEMORY, MISC)
 
 OPTIONS = (
     # Process placement
-    Opt("-n -np --np --ntasks", "n", whole(1), metavar="N", local=True, quick=True, group=PLACE,
+    Opt("-n -np --np --ntasks", "n", whole(1, MOST_RANKS), metavar="N", local=True, quick=True,
+        group=PLACE,
         help="number of ranks of the program (default 1)"),
-    Opt("-ppn --npernode -npernode --ntasks-per-node", "ppn", whole(1), metavar="N",
+    Opt("-ppn --npernode -npernode --ntasks-per-node", "ppn", whole(1, MOST_RANKS), metavar="N",
         quick=True, group=PLACE,
         help="ranks per node (fills each node with N ranks, then wraps)"),
-    Opt("-N", "N", whole(0), metavar="N", group=PLACE,
+    Opt("-N", "N", whole(0, MOST_RANKS), metavar="N", group=PLACE,
         help="the first N hosts only (srun's and Flux's -N; Open MPI's -N is -ppn); of a "
              "task ensemble, the arguments each task takes (GNU parallel's -N)"),
-    Opt("--nodes", "nodes", whole(1), metavar="N", group=PLACE,
+    Opt("--nodes", "nodes", whole(1, MOST_RANKS), metavar="N", group=PLACE,
         help="-N of an MPI job: its ranks on the first N hosts"),
     Opt("-hosts -host --host -H", "hosts", hosts, metavar="H1,H2[:SLOTS]", group=PLACE,
         help="hosts to run on; node[01-04] ranges are expanded"),
@@ -535,7 +555,7 @@ OPTIONS = (
     Opt("--heartbeat", "heartbeat", number(0), metavar="S", group=LAUNCH,
         help="a node silent for S seconds is lost (default 5)"),
     # The tree
-    Opt("--local-nodes", "local_nodes", whole(1), metavar="N", group=TREE,
+    Opt("--local-nodes", "local_nodes", whole(1, MOST_LOCAL_NODES), metavar="N", group=TREE,
         help="run N node agents on this machine, each acting as a node with its own KVS"),
     Opt("--fanout", "fanout", whole(1), metavar="K", quick=True, group=TREE,
         help="width of the agent tree (default 32; 16 over ssh)"),
@@ -589,7 +609,7 @@ OPTIONS = (
              "command (GNU parallel's --pipe)"),
     Opt("--block", "block", byte_size, metavar="SIZE", group=MEMORY,
         help="--pipe's block size (default 1M; a block ends with the line it cuts)"),
-    Opt("--results", "results", text, metavar="DIR", group=MEMORY,
+    Opt("--results", "results", results_dir, metavar="DIR", group=MEMORY,
         help="each task's stdout and stderr in files of DIR/1/ARG1/2/ARG2/, not printed "
              "(GNU parallel's layout)"),
     Opt("--header", "header", choice(":"), metavar=":", group=MEMORY,
@@ -1105,15 +1125,8 @@ def internal_error(exc: BaseException, traceback: bool = False) -> int:
 
     if traceback:
         tb.print_exception(exc)
-    where = ""
-    for frame in reversed(tb.extract_tb(exc.__traceback__)):
-        path = frame.filename.replace(os.sep, "/")
-        if "/pm/" in path:
-            where = f" at pm/{path.rsplit('/pm/', 1)[1]}:{frame.lineno}"
-            break
-    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    os.write(2, f"pmrun: internal error{where}: {what} (a defect of pmrun's own; please "
-                f"report it, with the output of -v)\n".encode(errors="replace"))
+    os.write(2, f"pmrun: {defect(exc)} (a defect of pmrun's own; please report it, with "
+                f"the output of -v)\n".encode(errors="replace"))
     return EXIT_INTERNAL
 
 

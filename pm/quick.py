@@ -52,6 +52,7 @@ from pm.agent import topo_share
 from pm.agent.pmix_detect import wants_pmix
 from pm.agent.shm_reaper import ShmReaper
 from pm.agent.spawn import (
+    EXIT_NOT_STARTED,
     SpawnError,
     fd_shortage,
     raise_fd_limit,
@@ -193,6 +194,8 @@ class QuickStart:
         self._cpus = 0
         #: Whether the ranks' fds are in :attr:`_poll` (not while :meth:`_ended_early` looks).
         self._registered = False
+        #: Why the job cannot start at all (then :meth:`start` returned False).
+        self.refusal: str | None = None
 
     @property
     def ranks(self) -> list[StartedRank]:
@@ -202,6 +205,11 @@ class QuickStart:
     def start(self) -> bool:
         """Start the ranks; False (nothing started) when the full path must run the job."""
         opts, started = self.opts, self.started
+        raise_fd_limit()
+        short = fd_shortage(opts.n)
+        if short is not None:  # named as the full path names it, without its start-up
+            self.refusal = f"rank 0 (node 0, {self.host}) could not start: {short}"
+            return False
         base = base_env(opts.env_mode, opts.genvlist, opts.genv, os.environ)
         if topo_share.sharing_enabled(base):
             xml = topo_share.cached_xml()
@@ -220,10 +228,6 @@ class QuickStart:
         except SpawnError:
             self._remove_xml()
             return False  # the full path reports it
-        raise_fd_limit()
-        if fd_shortage(opts.n):
-            self._remove_xml()
-            return False  # the full path says so
         self._catch_signals()
         started.shm_reaper = ShmReaper()
         # After a rank that cannot start, the full path reports it; the rest do not start.
@@ -721,6 +725,9 @@ def _main(argv: list[str]) -> int:
         gc.disable()  # start-up allocates nothing worth collecting
         job = QuickStart(opts, argv)
         if not job.start():
+            if job.refusal is not None:
+                os.write(2, f"pmrun: {job.refusal}\n".encode(errors="replace"))
+                return EXIT_NOT_STARTED
             job = None
     if job is None:
         if os.environ.get("SLURM_JOB_ID"):

@@ -4,6 +4,7 @@ on both of pmrun's paths, from the one option table (pm.options); Hydra's spelli
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -129,10 +130,26 @@ CASES = [
      "-c 2 binds each rank to 2 cores: --bind-to numa disagrees"),
     (["-c", "2", "--map-by", "slot:PE=3", "true"], {},
      "-c 2 binds each rank to 2 cores: --bind-to core:3 disagrees"),
+    (["-n", "99999999999999999999", "true"], {},
+     "-n 99999999999999999999: more than pmrun can run (at most 16777216)"),
+    (["--local-nodes", "99999999999999999999", "true"], {},
+     "--local-nodes 99999999999999999999: more than pmrun can run (at most 1024)"),
+    (["--results", "/dev/null/x", "echo", ":::", "a"], {},
+     "--results /dev/null/x: /dev/null is not a directory"),
     (["-c", "2", "echo", ":::", "a"], {},
      "-c is for an MPI job's ranks, not for task ensembles (their output: --tag, --tagstring, "
      "--group, --lb)"),
 ]
+
+
+def test_more_ranks_than_descriptors_are_named_at_once(pmrun: Run) -> None:
+    """A one-node job this node cannot hold is named before anything starts, in one line,
+    as the full path names it (rank by rank, a million ranks took 30 s to refuse)."""
+    r = pmrun("-n", "1000000", "true", timeout=20)
+    assert r.returncode == 127, r.stderr
+    assert re.fullmatch(r"pmrun: rank 0 \(node 0, \S+\) could not start: 1000000 ranks on one "
+                        r"node need about \d+ file descriptors, but the limit is \d+ \(raise "
+                        r"it with ulimit -n, or use fewer ranks per node\)\n", r.stderr), r.stderr
 
 
 @pytest.mark.parametrize(("argv", "env", "message"), CASES, ids=[" ".join(c[0]) for c in CASES])

@@ -416,3 +416,26 @@ async def test_reserve_is_one_budget_for_the_ranks_of_a_node(tmp_path: Path) -> 
     assert got[0]["held"] < got[0]["released"] <= got[1]["admitted"]
     # The reservation of a rank that ended without releasing it was given back.
     assert got[1]["exiting"] <= got[0]["admitted_after_exit"]
+
+
+@pytest.mark.timeout(30)
+async def test_a_defect_in_a_task_s_run_fails_it_and_ends_the_ensemble() -> None:
+    """A run that raises (here: the caller's event hook at a start) is named on one line
+    and the ensemble ends: join returns, nothing waits for ever, nothing more starts."""
+    seen: list[Event] = []
+
+    def on_event(e: Event) -> None:
+        seen.append(e)
+        if e.kind == "start" and e.task == 0:
+            raise RuntimeError("hook broke")
+
+    ens = Ensemble(Nodes.local(1), jobs=1, on_event=on_event)
+    async with ens:
+        for _ in range(3):
+            ens.add([PY, "-S", "-c", "print(1)"])
+        results = await asyncio.wait_for(ens.join(), 20)
+    errors = [e.text for e in seen if e.kind == "error"]
+    assert len(errors) == 1 and "internal error at" in errors[0], errors
+    assert "RuntimeError: hook broke" in errors[0]
+    assert [r.returncode for r in results] == [255, None, None]
+    assert not [e for e in seen if e.kind == "start" and e.task != 0]

@@ -334,6 +334,23 @@ def test_results_are_files_as_gnu_parallel_writes_them(pmrun: Run, tmp_path: Pat
                                          "1/t/stderr": b""}
 
 
+def test_results_that_cannot_be_stored_are_named_and_nothing_hangs(pmrun: Run,
+                                                                   tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("a file\n")
+    for where in ("f", "f/x/y"):  # checked before anything runs
+        r = pmrun("--results", where, "echo", ":::", "a", "b")
+        assert (r.returncode, r.stderr) == (2, f"pmrun: --results {where}: {tmp_path / 'f'} "
+                                               "is not a directory\n")
+    (tmp_path / "r" / "1").mkdir(parents=True)
+    (tmp_path / "r" / "1" / "a").write_text("in the way\n")  # where task 0's files go
+    r = pmrun("-j", "1", "--results", "r", "echo", ":::", "a", "b", "c")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0] == "pmrun: task 0's output cannot be stored: r/1/a: File exists", lines
+    assert "task 2 (line 1): not run: task 0's output cannot be stored" in r.stderr
+    assert not (tmp_path / "r" / "1" / "b").exists()  # nothing more started
+
+
 def test_pipe_gives_each_run_a_block_of_whole_lines(pmrun: Run) -> None:
     data = "".join(f"{i}\n" for i in range(100000))  # 589 kB
     r = pmrun("--pipe", "--block", "100k", "-k", "cat", input=data)

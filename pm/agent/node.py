@@ -23,7 +23,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pm.agent.coll_shell import NodeCollectives
@@ -346,14 +346,19 @@ class JobAgent:
         self._shm_sampler = self.owned.call_later(SHM_SAMPLE_PERIOD, self._sample_shm, True)
 
     def _live_pids(self) -> list[int]:
-        return [p.pid for p in self.ranks.values() if p.pid and p.status is None]
+        return list(self._live())
+
+    def _live(self) -> Iterator[int]:
+        return (p.pid for p in self.ranks.values() if p.pid and p.status is None)
 
     def _sample_shm(self, again: bool = False, pids: list[int] | None = None) -> None:
         """Note the /dev/shm files the live ranks map (they go when the job ends, and with
         the ranks' guardian if this agent dies first)."""
         if self.shm_reaper is None:
             return
-        fresh = self.shm_reaper.sample(self._live_pids() if pids is None else pids)
+        # (Lazily: the pids are walked only if /dev/shm has new files; a rank's failure
+        # samples, and thousands can fail at once.)
+        fresh = self.shm_reaper.sample(self._live() if pids is None else pids)
         if fresh and self.procs.guardian is not None:
             self.procs.guardian.note(fresh)
         if again:

@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING
 
 from pm.agent.owned import Owned
 from pm.agent.pmi_shell import PmiSession
-from pm.agent.spawn import Guardian, SpawnError, fd_shortage, rank_env, resolve
+from pm.agent.spawn import (
+    EXIT_NOT_STARTED,
+    Guardian,
+    SpawnError,
+    fd_shortage,
+    rank_env,
+    resolve,
+)
 from pm.agent.started import RankStart, StartedRank, StartedRanks, start_local
 from pm.agent.watch import ChildWatch, ExitStatus
 from pm.common.output import STDERR, STDOUT, LineBuffer, output_window, read_pipe
@@ -228,7 +235,7 @@ class LocalRanks:
         line (each is logged only under ``-v``: 64 ranks of a missing program are one line)."""
         if not quiet:
             log.info("rank %d could not start: %s", proc.rank, why)
-        proc.status = ExitStatus(127, 0)
+        proc.status = ExitStatus(EXIT_NOT_STARTED, 0)
         proc.life = RankLife.EXITED
         proc.reason = f"could not start: {why}"
         self.report(proc)

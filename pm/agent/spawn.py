@@ -328,6 +328,10 @@ def raise_fd_limit() -> None:
             pass
 
 
+#: The exit status of a rank that could not start (as a shell's for a missing command).
+EXIT_NOT_STARTED = 127
+
+
 def fd_shortage(ranks: int) -> str | None:
     """Why ``ranks`` local ranks cannot be served under this process's descriptor limit
     (after :func:`raise_fd_limit`), or None if they can."""

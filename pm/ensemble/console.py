@@ -17,6 +17,7 @@ on stderr (cleared before anything else is written there).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import struct
 import tempfile
@@ -92,6 +93,8 @@ class Console:
                  results: dict[int, str] | None = None) -> None:
         self.verbose = verbose
         self._results = results
+        #: Tasks whose --results files could not be written: their output is printed.
+        self._unstored: set[int] = set()
         self.tty = tty
         self._group = group
         self._tag = tag
@@ -121,11 +124,16 @@ class Console:
 
     def output(self, index: int, stream: int, data: bytes) -> None:
         """Lines task ``index`` wrote on ``stream``."""
-        if self._results is not None:
+        if self._results is not None and index not in self._unstored:
             name = "stdout" if stream == STDOUT else "stderr"
-            with open(os.path.join(self._results[index], name), "ab") as f:
-                f.write(data)
-            return
+            try:
+                with open(os.path.join(self._results[index], name), "ab") as f:
+                    f.write(data)
+                return
+            except OSError as exc:  # (its files went, the disk is full...): printed instead
+                self._unstored.add(index)
+                self.message(f"task {index}'s output cannot be stored ({exc.filename}: "
+                             f"{exc.strerror}): printed from here on")
         order = self._order
         if self._group or (order is not None and order and order[0] != index):
             held = self._held.get(index)
@@ -142,9 +150,10 @@ class Console:
         if self._results is not None:
             path = os.path.join(self._results[index], "seq")
             if os.path.isdir(self._results[index]):  # (it ran)
-                with open(path, "w") as f:
-                    f.write(str(index + 1))
-            return
+                with contextlib.suppress(OSError), open(path, "w") as f:
+                    f.write(str(index + 1))  # (a failure is named at its output, if any)
+            if index not in self._unstored:
+                return
         if order is None:
             self._release(index)
             return
@@ -201,7 +210,7 @@ class Console:
             held = self._held.pop(e.task, None)  # a retry: only the last run's output shows
             if held is not None:
                 held.close()
-        if e.kind in ("overrun", "killed", "suspended", "resumed", "lost", "timeout"):
+        if e.kind in ("overrun", "killed", "suspended", "resumed", "lost", "timeout", "error"):
             level = 0
         elif e.kind in ("watermarks", "blocked", "unblocked"):
             level = 1

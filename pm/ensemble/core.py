@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -65,7 +66,7 @@ from pm.ensemble.scheduler import (
 )
 from pm.ensemble.task import Task, TaskResult
 from pm.jobspec import JobSpec
-from pm.proto.errors import ResourceLimit
+from pm.proto.errors import ResourceLimit, defect
 from pm.proto.runner import ProbeSample
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ DEFAULT_SETTLE = 1.0
 DEFAULT_INTERVAL = 0.1
 #: Seconds between a timed-out task's SIGTERM and its SIGKILL.
 KILL_AFTER = 2.0
+#: The exit code of a run that never started because its output could not be stored.
+EXIT_UNSTORED = 255
 
 #: Receives a task's output: (task index, 1 for stdout or 2 for stderr, whole lines).
 TaskSink = Callable[[int, int, bytes], None]
@@ -394,7 +397,7 @@ class Ensemble:
         for start in starts:
             run = asyncio.ensure_future(self._run(start))
             self._runs.add(run)
-            run.add_done_callback(self._runs.discard)
+            run.add_done_callback(functools.partial(self._run_ended, start.task.index))
         for index in self._sched.take_failed_unrun():
             task = self._tasks[index]
             rec = self._sched.record(index)
@@ -409,6 +412,27 @@ class Ensemble:
                     fut.set_result(None)
         if self.on_progress is not None:
             self.on_progress()
+
+    def _run_ended(self, index: int, run: asyncio.Task[None]) -> None:
+        """A run's coroutine ended; if with an exception, a defect of ours: say so on one
+        line, end the ensemble (nothing new starts, what runs is killed) and fail the task,
+        so that nobody waits for it."""
+        self._runs.discard(run)
+        if run.cancelled() or run.exception() is None:
+            return
+        exc = run.exception()
+        assert exc is not None
+        why = f"{defect(exc)} (a defect of pmrun's own)"
+        d = self._domains.get(str(self._tasks[index].node))
+        if d is not None and self._on_event is not None:
+            self._event("error", d, f"task {index}: {why}", index)
+        else:
+            log.error("task %d: %s", index, why)
+        self.halt(f"not run: {why}", now=True)
+        task = self._tasks[index]
+        if self._sched.record(index).status is TaskStatus.RUNNING:
+            self._apply(self._sched.task_exited(index, EXIT_UNSTORED))
+        self._finish(task)
 
     async def _run(self, start: Start) -> None:
         if self._delay:  # --delay: our turn (the slot is held meanwhile, as parallel's)
@@ -435,14 +459,22 @@ class Ensemble:
         env = {**task.env, "PMRUN_ENSEMBLE": self._token, "PMRUN_TASK": str(task.index),
                "PMRUN_TASK_NODE": str(entry), "PMRUN_TASK_ATTEMPT": str(start.attempt),
                "PARALLEL_SEQ": str(task.index + 1), "PARALLEL_JOBSLOT": str(slot)}
-        self._event("start", d, f"[task {task.index}] started on node {entry} ({d.name}), "
-                    f"reserving {format_size(start.reservation)}: {task.spec.line}", task.index)
         code: int | None = None
         timers: list[asyncio.TimerHandle] = []
-        if self._timeout:
-            timers.append(asyncio.get_running_loop().call_later(
-                self._timeout, self._timed_out, d, task.index, timers))
         try:
+            try:
+                self._event("start", d, f"[task {task.index}] started on node {entry} "
+                            f"({d.name}), reserving {format_size(start.reservation)}: "
+                            f"{task.spec.line}", task.index)
+            except OSError as exc:  # on_event could not make the run's files (--results)
+                code = EXIT_UNSTORED
+                why = f"task {task.index}'s output cannot be stored: {_os_error(exc)}"
+                self._event("error", d, why, task.index)
+                self.halt(f"not run: {why}")  # the others' would not be either
+                return
+            if self._timeout:
+                timers.append(asyncio.get_running_loop().call_later(
+                    self._timeout, self._timed_out, d, task.index, timers))
             if d.local:
                 assert self._local is not None
                 code = await self._local.run(task, env, self._emit)
@@ -648,6 +680,12 @@ def _duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60} min {s % 60} s"
     return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def _os_error(exc: OSError) -> str:
+    """``exc`` as one line: ``PATH: what``."""
+    what = exc.strerror or str(exc)
+    return f"{exc.filename}: {what}" if exc.filename else what
 
 
 def _index(ident: object) -> int:

@@ -51,3 +51,19 @@ class KeyNotFound(PMError, KeyError):
 
 class ResourceLimit(PMError):
     """A limit of the node was reached (shared memory, memory watermark, file descriptors)."""
+
+
+def defect(exc: BaseException) -> str:
+    """``exc``, a defect of pmrun's, in one line: where (its innermost frame in pmrun) and
+    what."""
+    import os
+    import traceback as tb
+
+    where = ""
+    for frame in reversed(tb.extract_tb(exc.__traceback__)):
+        path = frame.filename.replace(os.sep, "/")
+        if "/pm/" in path:
+            where = f" at pm/{path.rsplit('/pm/', 1)[1]}:{frame.lineno}"
+            break
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"internal error{where}: {what}"
