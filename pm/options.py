@@ -348,6 +348,11 @@ def sshloginfile(value: str, opt: str) -> str:
     return sshlogin(given, f"{opt} {value}:")
 
 
+def verbatim(value: str, opt: str) -> str:
+    """Any string, the empty one too (nothing to refuse)."""
+    return value
+
+
 def delimiter(value: str, opt: str) -> str:
     """GNU parallel's ``-d DELIM``: one character, or ``\\n``, ``\\t``, ``\\0``."""
     value = {"\\n": "\n", "\\t": "\t", "\\0": "\0", "\\\\": "\\"}.get(value, value)
@@ -609,6 +614,10 @@ OPTIONS = (
              "command (GNU parallel's --pipe)"),
     Opt("--block", "block", byte_size, metavar="SIZE", group=MEMORY,
         help="--pipe's block size (default 1M; a block ends with the line it cuts)"),
+    Opt("--recend", "recend", verbatim, metavar="STR", group=MEMORY,
+        help="--pipe's records end with STR (default a new line; '' with --recstart)"),
+    Opt("--recstart", "recstart", verbatim, metavar="STR", group=MEMORY,
+        help="--pipe's records start with STR: blocks are cut between --recend and STR"),
     Opt("--results", "results", results_dir, metavar="DIR", group=MEMORY,
         help="each task's stdout and stderr in files of DIR/1/ARG1/2/ARG2/, not printed "
              "(GNU parallel's layout)"),
@@ -895,7 +904,8 @@ def _command_with_sources(out: Parsed) -> None:
 #: Options that only task ensembles take.
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
                   "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
-                  "tagstring", "delimiter", "header", "results", "pipe", "block", "memfree",
+                  "tagstring", "delimiter", "header", "results", "pipe", "block", "recend",
+                  "recstart", "memfree",
                   "progress", "max_args", "delay", "shuf")
 
 
@@ -919,6 +929,9 @@ def _ensemble_only(out: Parsed) -> None:
     if ensemble:
         if "max_args" in values and "pipe" in values:
             raise UsageError("--pipe cuts stdin by size (--block), not into -N records")
+        for key in ("block", "recend", "recstart"):
+            if key in values and "pipe" not in values:
+                raise UsageError(f"--{key} is for --pipe (how stdin is cut into blocks)")
         for opt in out.used:
             if opt.key in _RANKS_KEYS:
                 raise UsageError(f"{opt.names[0]} is for an MPI job's ranks, not for task "

@@ -38,7 +38,8 @@ BAD_VALUE = {
     "block": "0", "memfree": "lots", "N": "x", "nodes": "0", "max_args": "-1",
     "cpus_per_task": "0", "delay": "-1",
 }
-CHECKED = [(opt, name) for opt in OPTIONS if opt.check is not None for name in opt.names]
+CHECKED = [(opt, name) for opt in OPTIONS if opt.check not in (None, options.verbatim)
+           for name in opt.names]
 
 
 def refusal(argv: list[str], environ: dict[str, str] | None = None) -> tuple[str, str]:

@@ -351,6 +351,25 @@ def test_results_that_cannot_be_stored_are_named_and_nothing_hangs(pmrun: Run,
     assert not (tmp_path / "r" / "1" / "b").exists()  # nothing more started
 
 
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
+@pytest.mark.parametrize("cut", [["--recstart", ">"], ["--recend", ";"],
+                                 ["--recend", ";", "--recstart", ">"], ["--recend", "\\n"]])
+def test_pipe_cuts_between_records_as_gnu_parallel_does(pmrun: Run, tmp_path: Path,
+                                                        cut: list[str]) -> None:
+    assert PARALLEL is not None
+    for data in (">a\nx\n>b\ny\n>c\nz\n", "a;>b;c;>d;", "a\n>b\nc\n>d\n"):
+        tail = ["--pipe", "--block", "1", *cut, "-k", "echo BLOCK; cat; echo"]
+        want = subprocess.run([PARALLEL, "--will-cite", *tail], cwd=tmp_path, input=data,
+                              capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "HOME": str(tmp_path)})
+        assert want.returncode == 0, want.stderr
+        r = pmrun(*tail, input=data)
+        assert (r.returncode, r.stdout) == (0, want.stdout), (data, r.stderr)
+    r = pmrun("--recend", ";", "echo", ":::", "a")
+    assert (r.returncode, r.stderr) == (2, "pmrun: --recend is for --pipe (how stdin is cut "
+                                           "into blocks)\n")
+
+
 def test_pipe_gives_each_run_a_block_of_whole_lines(pmrun: Run) -> None:
     data = "".join(f"{i}\n" for i in range(100000))  # 589 kB
     r = pmrun("--pipe", "--block", "100k", "-k", "cat", input=data)

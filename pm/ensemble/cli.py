@@ -66,13 +66,22 @@ async def _pipe(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Blocks
         index += 1
 
 
-class _Blocks:
-    """Our stdin in blocks of whole lines: each at least ``size`` bytes, up to the end of
-    the line that passes it (the last block may be shorter, or end without a newline), as
-    GNU parallel's ``--pipe --block``."""
+def _unescape(separator: str) -> bytes:
+    """A --recend/--recstart value with ``\\n``, ``\\t`` and ``\\r`` read as GNU parallel
+    reads them."""
+    return separator.replace("\\n", "\n").replace("\\t", "\t").replace("\\r", "\r").encode()
 
-    def __init__(self, size: int) -> None:
+
+class _Blocks:
+    """Our stdin in blocks of whole records: each at least ``size`` bytes, up to the end of
+    the record that passes it (the last block may be shorter, or end without ``end``), as
+    GNU parallel's ``--pipe --block``.  A record ends with ``end`` and the next starts
+    with ``start`` (``--recend``, ``--recstart``): a block is cut only between the two."""
+
+    def __init__(self, size: int, end: bytes = b"\n", start: bytes = b"") -> None:
         self.size = size
+        self._end = len(end)
+        self._sep = end + start
         self._buf = bytearray()
         self._eof = False
         self._polled = True  # False once stdin proved a regular file (it never blocks)
@@ -80,10 +89,16 @@ class _Blocks:
     async def next(self) -> bytes | None:
         while True:
             if len(self._buf) >= self.size:
-                cut = self._buf.find(b"\n", self.size - 1)
-                if cut >= 0:
-                    block = bytes(self._buf[:cut + 1])
-                    del self._buf[:cut + 1]
+                # (A separator may span the size: look from where it could begin.  Empty,
+                # as --recend '' alone: every byte ends a record.)
+                at = max(0, self.size - len(self._sep)) if self._sep else self.size
+                found = self._buf.find(self._sep, at) if self._sep else at
+                if found == 0 and not self._end:  # a record's start at 0 is no cut
+                    found = self._buf.find(self._sep, 1)
+                if found >= 0:
+                    cut = found + self._end
+                    block = bytes(self._buf[:cut])
+                    del self._buf[:cut]
                     return block
             if self._eof:
                 block, self._buf = bytes(self._buf), bytearray()
@@ -360,7 +375,9 @@ async def run_cli(opts: CliOptions) -> int:
 
         ens.on_done = done
         if "pipe" in extra:
-            blocks = _Blocks(parse_size(extra.get("block", "1M")))
+            start = _unescape(extra.get("recstart", ""))
+            end = _unescape(extra.get("recend", "" if "recstart" in extra else "\n"))
+            blocks = _Blocks(parse_size(extra.get("block", "1M")), end, start)
             producer = asyncio.ensure_future(_pipe(ens, console, specs[0], blocks))
             try:
                 await producer
