@@ -143,6 +143,15 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_a_host_file_with_a_control_character_is_named(pmrun: Run, tmp_path: Path,
+                                                       quick: str) -> None:
+    (tmp_path / "hosts").write_bytes(b"node1\nno\x00de2:2\n")
+    r = pmrun("-f", "hosts", "-n", "2", "true", env={"PM_QUICK": quick})
+    assert (r.returncode, r.stderr) == (2, "pmrun: -f hosts: 'no\\x00de2' is not a host name (it "
+                                           "holds a control or space character)\n")
+
+
 def test_more_ranks_than_descriptors_are_named_at_once(pmrun: Run) -> None:
     """A one-node job this node cannot hold is named before anything starts, in one line,
     as the full path names it (rank by rank, a million ranks took 30 s to refuse)."""

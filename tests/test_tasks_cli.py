@@ -370,6 +370,26 @@ def test_pipe_cuts_between_records_as_gnu_parallel_does(pmrun: Run, tmp_path: Pa
                                            "into blocks)\n")
 
 
+def test_bytes_no_program_can_take_are_named_not_a_defect(pmrun: Run, tmp_path: Path) -> None:
+    """Input files hold anything: a NUL byte (no argument can), bytes that are not UTF-8."""
+    (tmp_path / "nul").write_bytes(b"a\x00b\necho ok\n")
+    (tmp_path / "args").write_bytes(b"a\x00b\nok\n")
+    (tmp_path / "latin1").write_bytes(b"echo caf\xe9\n")
+    r = pmrun("--tasks", "nul")
+    assert r.returncode == 1 and "internal error" not in r.stderr, r.stderr
+    assert ("[task 0] pmrun: 'sh': an argument or environment variable holds a NUL byte, "
+            "which no program can be given") in r.stderr
+    assert r.stdout == "[task 1] ok\n"
+    assert "1 succeeded, 1 failed" in r.stderr
+    r = pmrun("--results", "res", "echo", "::::", "args")
+    assert r.returncode == 1 and "internal error" not in r.stderr, r.stderr
+    assert (tmp_path / "res" / "1" / "ok" / "stdout").read_text() == "ok\n"
+    assert (tmp_path / "res" / "1" / "a\\000b" / "seq").exists()
+    r = subprocess.run(pmrun_argv("--tasks", "latin1"), capture_output=True, timeout=30,
+                       env=pmrun_env(), cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, b"[task 0] caf\xe9\n"), r.stderr
+
+
 def test_pipe_gives_each_run_a_block_of_whole_lines(pmrun: Run) -> None:
     data = "".join(f"{i}\n" for i in range(100000))  # 589 kB
     r = pmrun("--pipe", "--block", "100k", "-k", "cat", input=data)

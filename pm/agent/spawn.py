@@ -63,6 +63,8 @@ class SpawnError(PMError):
 
 def resolve(argv0: str, env: Mapping[str, str], cwd: str | None) -> str:
     """Find the program the way a shell would (PATH of the rank's environment)."""
+    if "\0" in argv0:
+        raise SpawnError(f"{argv0!r}: a program name cannot hold a NUL byte")
     if "/" in argv0:
         path = argv0 if os.path.isabs(argv0) or cwd is None else os.path.join(cwd, argv0)
         if not os.path.exists(path):
@@ -204,6 +206,9 @@ def spawn(
             return os.posix_spawn(path, list(argv), dict(env), **kwargs)  # type: ignore[arg-type]
         except OSError as exc:
             raise SpawnError(f"{argv[0]}: {exc.strerror}") from exc
+        except ValueError as exc:  # (posix_spawn's word for a NUL byte in a string)
+            raise SpawnError(f"{argv[0]!r}: an argument or environment variable holds a "
+                             "NUL byte, which no program can be given") from exc
     finally:
         if old_cwd is not None:
             os.chdir(old_cwd)

@@ -253,6 +253,9 @@ def _merge(entries: Iterable[tuple[str, int | None]]) -> list[HostSlots]:
     """
     seen: dict[str, list[int | None]] = {}
     for host, slots in entries:
+        if not host.isprintable() or any(c.isspace() for c in host):  # (a NUL, a tab...)
+            raise HostlistError(f"{host!r} is not a host name (it holds a control or "
+                                "space character)")
         seen.setdefault(host, []).append(slots)
     out: list[HostSlots] = []
     for host, counts in seen.items():

@@ -34,12 +34,14 @@ __all__ = ["run_cli", "run_ensemble"]
 def _results_dir(top: str, spec: TaskSpec, names: Sequence[str]) -> str:
     """GNU parallel's ``--results DIR`` directory of a task: ``DIR/1/ARG1/2/ARG2`` (a
     source's name instead of its number with ``--header``; the line for a tasks file's
-    line without sources), ``\\`` doubled and ``/`` written ``\\_`` in arguments."""
+    line without sources), ``\\`` doubled and ``/`` written ``\\_`` in arguments (and a NUL
+    byte, which no path can hold, ``\\000``)."""
     args = spec.args or (spec.line,)
     parts = [top]
     for k, arg in enumerate(args, 1):
         name = names[k - 1] if k <= len(names) else str(k)
-        parts += [name, arg.replace("\\", "\\\\").replace("/", "\\_") or "\\0"]
+        parts += [name, arg.replace("\\", "\\\\").replace("/", "\\_").replace("\0", "\\000")
+                  or "\\0"]
     return os.path.join(*parts)
 
 

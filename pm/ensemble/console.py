@@ -197,7 +197,7 @@ class Console:
 
     def message(self, text: str) -> None:
         self._clear()
-        self._write(STDERR, f"pmrun: {text}\n".encode())
+        self._write(STDERR, f"pmrun: {text}\n".encode(errors="surrogateescape"))
         self._later()
 
     def event(self, e: Event) -> None:
@@ -232,7 +232,7 @@ class Console:
     def _draw(self) -> None:
         self._timer = None
         if self._text:
-            self._write(STDERR, f"\r{self._text}\x1b[K".encode())
+            self._write(STDERR, f"\r{self._text}\x1b[K".encode(errors="surrogateescape"))
             self._shown = True
 
     def _clear(self) -> None:
@@ -250,6 +250,6 @@ class Console:
         for index in sorted(self._held):
             self._release(index)
         if last:
-            self._write(STDERR, last.encode())
+            self._write(STDERR, last.encode(errors="surrogateescape"))
         await asyncio.to_thread(self._writer.drain)
         self._writer.close()
