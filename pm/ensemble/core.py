@@ -82,8 +82,9 @@ DEFAULT_SETTLE = 1.0
 DEFAULT_INTERVAL = 0.1
 #: Seconds between a timed-out task's SIGTERM and its SIGKILL.
 KILL_AFTER = 2.0
-#: The exit code of a run that never started because its output could not be stored.
-EXIT_UNSTORED = 255
+#: The exit code of a run that did not start because its output could not be stored, or
+#: that a defect of pmrun's broke.
+EXIT_BROKEN = 255
 
 #: Receives a task's output: (task index, 1 for stdout or 2 for stderr, whole lines).
 TaskSink = Callable[[int, int, bytes], None]
@@ -414,14 +415,21 @@ class Ensemble:
             self.on_progress()
 
     def _run_ended(self, index: int, run: asyncio.Task[None]) -> None:
-        """A run's coroutine ended; if with an exception, a defect of ours: say so on one
-        line, end the ensemble (nothing new starts, what runs is killed) and fail the task,
-        so that nobody waits for it."""
+        """A run's coroutine ended; if with an exception (outside its run: :meth:`_run`
+        names those itself), a defect of ours: fail the task so that nobody waits for it."""
         self._runs.discard(run)
         if run.cancelled() or run.exception() is None:
             return
         exc = run.exception()
         assert exc is not None
+        self._defect(index, exc)
+        if self._sched.record(index).status is TaskStatus.RUNNING:
+            self._apply(self._sched.task_exited(index, EXIT_BROKEN))
+        self._finish(self._tasks[index])
+
+    def _defect(self, index: int, exc: BaseException) -> None:
+        """A defect of ours broke task ``index``'s run: say so on one line and end the
+        ensemble (nothing new starts, what runs is killed)."""
         why = f"{defect(exc)} (a defect of pmrun's own)"
         d = self._domains.get(str(self._tasks[index].node))
         if d is not None and self._on_event is not None:
@@ -429,10 +437,6 @@ class Ensemble:
         else:
             log.error("task %d: %s", index, why)
         self.halt(f"not run: {why}", now=True)
-        task = self._tasks[index]
-        if self._sched.record(index).status is TaskStatus.RUNNING:
-            self._apply(self._sched.task_exited(index, EXIT_UNSTORED))
-        self._finish(task)
 
     async def _run(self, start: Start) -> None:
         if self._delay:  # --delay: our turn (the slot is held meanwhile, as parallel's)
@@ -467,7 +471,7 @@ class Ensemble:
                             f"({d.name}), reserving {format_size(start.reservation)}: "
                             f"{task.spec.line}", task.index)
             except OSError as exc:  # on_event could not make the run's files (--results)
-                code = EXIT_UNSTORED
+                code = EXIT_BROKEN
                 why = f"task {task.index}'s output cannot be stored: {_os_error(exc)}"
                 self._event("error", d, why, task.index)
                 self.halt(f"not run: {why}")  # the others' would not be either
@@ -480,6 +484,9 @@ class Ensemble:
                 code = await self._local.run(task, env, self._emit)
             else:
                 code = await self._remote.run(task, d.name, env, self._emit)
+        except Exception as exc:  # a defect of ours: halted before the task counts as ended
+            code = EXIT_BROKEN
+            self._defect(task.index, exc)
         finally:
             for timer in timers:
                 timer.cancel()
