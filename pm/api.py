@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pm.common.nodes import Nodes
 from pm.head import JobResult, JobRun, RankResult
-from pm.jobspec import AppSpec, JobSpec
+from pm.jobspec import AppSpec, JobSpec, check_nodes
 from pm.proto.errors import RankFailed
 
 if TYPE_CHECKING:
@@ -128,6 +128,7 @@ class Cluster:
                  bootstrap: Mapping[str, Any] | None = None, mem_high: str | None = None,
                  mem_low: str | None = None, mem_overrun: str = "warn",
                  retries: int = 0) -> None:
+        check_nodes(local_nodes, fanout)
         if hosts:
             self.nodes = Nodes(list(hosts), list(slots or [None] * len(hosts)), fanout,
                                dict(bootstrap or {"name": "local"}))

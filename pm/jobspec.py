@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pm.common.mapping import slots_per_node
 from pm.jobenv import base_env
+from pm.options import MOST_LOCAL_NODES, MOST_RANKS
 from pm.proto.errors import PMError
 
 
@@ -75,8 +77,11 @@ class JobSpec:
         for i, app in enumerate(self.apps):
             if not app.argv:
                 raise JobSpecError(f"program {i} has no command")
-            if app.n < 1:
-                raise JobSpecError(f"program {app.argv[0]}: -n must be at least 1, got {app.n}")
+            if not all(isinstance(word, str) for word in app.argv):
+                raise JobSpecError(f"program {i}: its words must be strings: {app.argv!r}")
+            counted(f"program {app.argv[0]}: -n", app.n, MOST_RANKS)
+            check_env(app.env)
+        check_env(self.genv)
         for mode in (self.env_mode, *(a.env_mode for a in self.apps if a.env_mode)):
             if mode not in ("all", "none", "list"):
                 raise JobSpecError(f"bad environment mode {mode!r}")
@@ -86,8 +91,10 @@ class JobSpec:
             raise JobSpecError("the universe size must be at least 1 (or -1: no limit)")
         if self.mpi not in ("auto", "pmix", "pmi", "none"):
             raise JobSpecError(f"--mpi takes pmix, pmi, none or auto, not {self.mpi!r}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise JobSpecError("--timeout must be positive")
+        if self.timeout is not None and not (
+                isinstance(self.timeout, int | float) and 0 < self.timeout < float("inf")):
+            raise JobSpecError(f"--timeout must be a positive number of seconds, not "
+                               f"{self.timeout!r}")
         if not 0 <= self.stdin_rank < self.size:
             raise JobSpecError(f"stdin goes to rank {self.stdin_rank}, not one of the job's "
                                f"{self.size}")
@@ -125,6 +132,35 @@ class JobSpec:
         # A variable every program has, but not with the same value, or one some lack: the
         # programs that have it carry it.
         return common, [{k: val for k, val in f.items() if k not in common} for f in full]
+
+
+def counted(what: str, value: object, most: int, least: int = 1) -> int:
+    """``value`` if it is a whole number from ``least`` to ``most``, else
+    :class:`JobSpecError` naming ``what`` (a Python caller's ``n=2.5`` or ``"4"`` too)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise JobSpecError(f"{what} must be a whole number, not {value!r}")
+    if value < least:
+        raise JobSpecError(f"{what} must be at least {least}, got {value}")
+    if value > most:
+        raise JobSpecError(f"{what} {value}: more than pmrun can run (at most {most})")
+    return value
+
+
+def check_env(env: Mapping[Any, Any]) -> None:
+    """:class:`JobSpecError` unless ``env`` maps variable names to strings a process can
+    be given (no ``=`` in a name, no NUL byte anywhere)."""
+    for name, value in env.items():
+        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+            raise JobSpecError(f"{name!r} is not an environment variable name")
+        if not isinstance(value, str) or "\0" in value:
+            raise JobSpecError(f"environment variable {name}: its value must be a string "
+                               f"without NUL bytes, not {value!r}")
+
+
+def check_nodes(local_nodes: object, fanout: object) -> None:
+    """A Python caller's ``local_nodes`` and ``fanout``, checked as the command line's."""
+    counted("local_nodes", local_nodes, MOST_LOCAL_NODES)
+    counted("fanout", fanout, MOST_RANKS)
 
 
 def sequence_slots(spec: JobSpec, nodes: int, given: Sequence[int | None]) -> list[int]:
