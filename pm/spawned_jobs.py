@@ -142,6 +142,8 @@ def info_hosts(info: dict[str, str]) -> list[str] | None:
         raise SpawnRefused(f"bad host info key: {exc}") from None
     except OSError as exc:
         raise SpawnRefused(f"hostfile {info['hostfile']}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise SpawnRefused(f"hostfile {info['hostfile']}: not text ({exc.reason})") from None
     return None
 
 

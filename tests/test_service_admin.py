@@ -54,9 +54,12 @@ BAD_CONFIGS = [
     ('max_agents = "8"', "max_agents must be a whole number from 1, not the string '8'"),
     ("max_agents = 0", "max_agents must be a whole number from 1, not 0"),
     ("ports = [7301]", "ports must be [LOW, HIGH], not [7301]"),
-    ('listen = "127.0.0.1:http"', "listen must be an address (\"ADDR:PORT\"), "
-                                   "not '127.0.0.1:http'"),
+    ('listen = "127.0.0.1:http"', "listen must be an address (\"ADDR:PORT\") with a port of "
+                                   "0-65535, not '127.0.0.1:http'"),
+    ('listen = ":-1"', "listen must be an address (\"ADDR:PORT\") with a port of 0-65535, "
+                       "not ':-1'"),
     ("iface = 3", "iface must be an interface name or address, not 3"),
+    ("\udcff", "'utf-8' codec can't decode byte 0xff in position 19: invalid start byte"),
     ("[clients]\nalice = 5", "[clients] alice must be a key or a list of keys "
                              "(.pub files or Z85 text), not 5"),
 ]
@@ -68,7 +71,7 @@ def test_a_bad_configuration_is_one_line_naming_it(tmp_path: Path, line: str,
                                                    message: str) -> None:
     assert _agent("keygen", str(tmp_path / "server")).returncode == 0
     cfg = tmp_path / "agent.toml"
-    cfg.write_text(f'key = "server.key"\n{line}\n')
+    cfg.write_bytes(f'key = "server.key"\n{line}\n'.encode(errors="surrogateescape"))
     r = _agent("serve", "--config", str(cfg))
     assert r.returncode == 2
     assert r.stderr == f"pm-agent serve: config {cfg}: {message}\n"

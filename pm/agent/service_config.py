@@ -65,7 +65,7 @@ def read_keypair(path: str | Path) -> tuple[bytes, bytes]:
     path = Path(path).expanduser()
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise KeyFileError(f"key file {path}: {exc}") from None
     try:
         secret = str(data["secret"]).encode()
@@ -92,7 +92,7 @@ def read_public(text: str, base: Path | None = None) -> bytes:
             pass
     try:
         key = path.read_text().split()[0]
-    except (OSError, IndexError):
+    except (OSError, IndexError, UnicodeDecodeError):
         raise KeyFileError(f"{text!r} is neither a public key nor a readable .pub file") from None
     try:
         if len(z85.decode(key.encode())) != 32:
@@ -130,7 +130,10 @@ def endpoint(listen: str) -> str:
         host, port = rest.split(":")
     else:
         host, port = rest, ""
-    return f"tcp://{host or '0.0.0.0'}:{int(port) if port else DEFAULT_PORT}"
+    number = int(port) if port else DEFAULT_PORT
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port {number} is not one of 0-65535")
+    return f"tcp://{host or '0.0.0.0'}:{number}"
 
 
 #: The configuration's keys and what each must be (for the one-line refusals).
@@ -194,7 +197,7 @@ def load_config(path: str | None, listen: str | None = None) -> ServiceConfig:
     file = Path(path)
     try:
         data = tomllib.loads(file.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise KeyFileError(f"config {path}: {exc}") from None
     _check(path, data)
     base = file.resolve().parent
@@ -210,8 +213,8 @@ def load_config(path: str | None, listen: str | None = None) -> ServiceConfig:
     try:
         address = endpoint(where)
     except ValueError:
-        raise KeyFileError(f"config {path}: listen must be {_KEYS['listen']}, not "
-                           f"{where!r}") from None
+        raise KeyFileError(f"config {path}: listen must be {_KEYS['listen']} with a port "
+                           f"of 0-65535, not {where!r}") from None
     cfg = ServiceConfig(
         listen=address,
         key=str(key if key.is_absolute() else base / key), clients=clients,
