@@ -30,6 +30,7 @@ from pm.common.output import STDERR, STDOUT, Writer, output_window
 from pm.jobenv import kvsname_of, new_job_id
 from pm.jobspec import JobSpec, sequence_slots
 from pm.proto import tree_wire as t
+from pm.proto.errors import rank_at
 from pm.proto.plan import AppPlan, JobPlan
 
 if TYPE_CHECKING:
@@ -472,7 +473,7 @@ class JobRun:
     def _fail_abort(self, msg: t.Abort) -> None:
         host = self.plan.hosts[msg.vertex]
         text = f" ({msg.message})" if msg.message else ""
-        self._fail(f"rank {msg.rank} (node {msg.vertex}, {host}) called abort with "
+        self._fail(f"{rank_at(msg.rank, msg.vertex, host)} called abort with "
                    f"code {msg.code}{text}", abort_status(msg.code))
 
     def _name_abort(self) -> None:
@@ -541,7 +542,7 @@ class JobRun:
                 return  # after the abort, or the aborting rank's own end: the abort is first
             self._drop_abort()  # a death the abort followed: the death is the cause
         host = self.plan.hosts[r.node]
-        where = f"rank {r.rank} (node {r.node}, {host})"
+        where = rank_at(r.rank, r.node, host)
         if self._lost_streams:
             # Most likely its writes to our closed stdout failed: as in a shell pipeline
             # whose reader went away, pmrun's status is SIGPIPE's.

@@ -10,7 +10,7 @@ from typing import Any
 from pm.common.mapping import slots_per_node
 from pm.jobenv import base_env
 from pm.options import MOST_LOCAL_NODES, MOST_RANKS
-from pm.proto.errors import PMError
+from pm.proto.errors import PMError, too_many
 
 
 class JobSpecError(PMError, ValueError):
@@ -142,7 +142,7 @@ def counted(what: str, value: object, most: int, least: int = 1) -> int:
     if value < least:
         raise JobSpecError(f"{what} must be at least {least}, got {value}")
     if value > most:
-        raise JobSpecError(f"{what} {value}: more than pmrun can run (at most {most})")
+        raise JobSpecError(too_many(what, value, most))
     return value
 
 

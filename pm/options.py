@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from pm.proto.errors import UsageError, defect
+from pm.proto.errors import UsageError, defect, too_many
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (pmrun's start-up)
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def whole(minimum: int = 1, most: int | None = None) -> Check:
         if value < minimum:
             raise UsageError(f"{opt} must be at least {minimum}")
         if most is not None and value > most:
-            raise UsageError(f"{opt} {text}: more than pmrun can run (at most {most})")
+            raise UsageError(too_many(opt, text, most))
         return value
 
     return check

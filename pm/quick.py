@@ -53,6 +53,7 @@ from pm.agent.pmix_detect import wants_pmix
 from pm.agent.shm_reaper import ShmReaper
 from pm.agent.spawn import (
     EXIT_NOT_STARTED,
+    NOT_STARTED,
     SpawnError,
     fd_shortage,
     raise_fd_limit,
@@ -71,7 +72,7 @@ from pm.common.output import (
 from pm.jobenv import base_env, kvsname_of, new_job_id
 from pm.options import internal_error, prepend_of, prepend_prefix, quick_ok, refuse
 from pm.options import parse as parse_options
-from pm.proto.errors import UsageError
+from pm.proto.errors import UsageError, rank_at
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -208,7 +209,7 @@ class QuickStart:
         raise_fd_limit()
         short = fd_shortage(opts.n)
         if short is not None:  # named as the full path names it, without its start-up
-            self.refusal = f"rank 0 (node 0, {self.host}) could not start: {short}"
+            self.refusal = f"{rank_at(0, 0, self.host)} {NOT_STARTED}: {short}"
             return False
         base = base_env(opts.env_mode, opts.genvlist, opts.genv, os.environ)
         if topo_share.sharing_enabled(base):

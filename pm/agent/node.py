@@ -296,10 +296,12 @@ class JobAgent:
             start_sim(self)
             return
         if self._pmix_failed:
+            from pm.agent.spawn import EXIT_NOT_STARTED, NOT_STARTED
             from pm.agent.watch import ExitStatus
 
             for proc in self.ranks.values():  # never started: ended, so the node is done
-                proc.status, proc.reason = ExitStatus(127, 0), "could not start: no PMIx server"
+                proc.status, proc.reason = (ExitStatus(EXIT_NOT_STARTED, 0),
+                                             f"{NOT_STARTED}: no PMIx server")
                 self.procs.report(proc)
             return
         base = dict(self.plan.env)

@@ -29,6 +29,7 @@ from pm.agent.owned import Owned
 from pm.agent.pmi_shell import PmiSession
 from pm.agent.spawn import (
     EXIT_NOT_STARTED,
+    NOT_STARTED,
     Guardian,
     SpawnError,
     fd_shortage,
@@ -237,7 +238,7 @@ class LocalRanks:
             log.info("rank %d could not start: %s", proc.rank, why)
         proc.status = ExitStatus(EXIT_NOT_STARTED, 0)
         proc.life = RankLife.EXITED
-        proc.reason = f"could not start: {why}"
+        proc.reason = f"{NOT_STARTED}: {why}"
         self.report(proc)
 
     # ------------------------------------------------------------------ output

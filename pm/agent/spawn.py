@@ -333,8 +333,10 @@ def raise_fd_limit() -> None:
             pass
 
 
-#: The exit status of a rank that could not start (as a shell's for a missing command).
+#: The exit status of a rank that could not start (as a shell's for a missing command),
+#: and the words its reason begins with.
 EXIT_NOT_STARTED = 127
+NOT_STARTED = "could not start"
 
 
 def fd_shortage(ranks: int) -> str | None:

@@ -53,6 +53,16 @@ class ResourceLimit(PMError):
     """A limit of the node was reached (shared memory, memory watermark, file descriptors)."""
 
 
+def rank_at(rank: int, node: int, host: str) -> str:
+    """How a one-line failure names a rank: ``rank 3 (node 1, host)``."""
+    return f"rank {rank} (node {node}, {host})"
+
+
+def too_many(what: str, value: object, most: int) -> str:
+    """The words refusing a count above what pmrun runs (the command line's and the API's)."""
+    return f"{what} {value}: more than pmrun can run (at most {most})"
+
+
 def defect(exc: BaseException) -> str:
     """``exc``, a defect of pmrun's, in one line: where (its innermost frame in pmrun) and
     what."""
