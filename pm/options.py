@@ -387,16 +387,28 @@ def size(value: str, opt: str) -> str:
 
 
 def byte_size(value: str, opt: str) -> str:
-    """A size in bytes (``10M``, ``512k``; ``--block``, ``--memfree``), at least one."""
-    from pm.agent.admission import SizeError, parse_size
+    """A size in bytes as GNU parallel reads it (``10M``, ``512k``: 524288 and 512000;
+    ``--block``, ``--memfree``), at least one."""
+    from pm.agent.admission import SizeError, parallel_size
 
     try:
-        n = parse_size(value)
+        n = parallel_size(value)
     except SizeError as exc:
         raise UsageError(f"{opt}: {exc}") from None
-    if n is None or n < 1 or value.endswith("%"):
+    if n < 1:
         raise UsageError(f"{opt} takes a size in bytes (e.g. 1M), not {value!r}")
     return value
+
+
+def block_size(value: str, opt: str) -> str:
+    """``--block``: a size in bytes, or ``-N`` (``--pipepart``: N blocks for each task slot,
+    as GNU parallel's negative block size)."""
+    if value.startswith("-") and value[1:].isdigit():
+        if int(value[1:]) < 1 or int(value[1:]) > MOST_RANKS:
+            raise UsageError(f"{opt} -N takes N from 1 to {MOST_RANKS} blocks a task slot, "
+                             f"not {value!r}")
+        return value
+    return byte_size(value, opt)
 
 
 def task_slots(value: str, opt: str) -> str:
@@ -612,8 +624,13 @@ OPTIONS = (
     Opt("--pipe", "pipe", kind=FLAG, group=MEMORY,
         help="cut stdin into blocks of whole lines, each the stdin of one run of the "
              "command (GNU parallel's --pipe)"),
-    Opt("--block", "block", byte_size, metavar="SIZE", group=MEMORY,
-        help="--pipe's block size (default 1M; a block ends with the line it cuts)"),
+    Opt("--pipepart", "pipepart", kind=FLAG, group=MEMORY,
+        help="--pipe with the blocks cut from the file of -a FILE (or :::: FILE), not "
+             "from stdin; --block -N: N blocks for each task slot (default -10, as GNU "
+             "parallel's)"),
+    Opt("--block", "block", block_size, metavar="SIZE", group=MEMORY,
+        help="--pipe's block size (default 1M; a block ends with the line it cuts; "
+             "--pipepart also takes -N)"),
     Opt("--recend", "recend", verbatim, metavar="STR", group=MEMORY,
         help="--pipe's records end with STR (default a new line; '' with --recstart)"),
     Opt("--recstart", "recstart", verbatim, metavar="STR", group=MEMORY,
@@ -842,7 +859,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         raise UsageError("no program given (see pmrun --help)")
     if "multi_prog" in out.values:
         _multi_prog(out)
-    if "pipe" in out.values:
+    if "pipe" in out.values or "pipepart" in out.values:
         _piped_command(out)
     elif "arg_files" in out.values or (len(out.sections) == 1 and "tasks" not in out.values):
         _command_with_sources(out)
@@ -855,16 +872,36 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
 
 
 def _piped_command(out: Parsed) -> None:
-    """``pmrun --pipe CMD``: CMD is one tasks line, run once per block of stdin."""
+    """``pmrun --pipe CMD``: CMD is one tasks line, run once per block of stdin; with
+    ``--pipepart -a FILE`` (or ``CMD :::: FILE``) once per block of FILE
+    (``values["pipe_file"]``)."""
     values = out.values
+    what = "--pipepart" if "pipepart" in values else "--pipe"
     if "tasks" in values or len(out.sections) != 1:
-        raise UsageError("--pipe runs one command (pmrun --pipe CMD), not --tasks FILE")
+        raise UsageError(f"{what} runs one command (pmrun {what} CMD), not --tasks FILE")
     argv = out.sections[0].argv
+    if "pipepart" in values:
+        values["pipe"] = True
+        files = values.pop("arg_files", None) or []
+        assert isinstance(files, list)
+        if len(argv) >= 2 and argv[-2] == "::::" and not files:
+            files, argv = [argv[-1]], argv[:-2]
+        if len(files) != 1:
+            raise UsageError("--pipepart cuts one file into blocks: give it with -a FILE "
+                             "(or CMD :::: FILE)")
+        if files[0] == "-":
+            raise UsageError("--pipepart cuts a file, not stdin: give -a FILE, or use --pipe")
+        values["pipe_file"] = readable_file(files[0], "--pipepart")
     clash = next((w for w in argv if w in INPUT_SOURCES), None)
     given = [o.names[0] for o in out.used
-             if o.key in ("arg_files", "results", "resume", "resume_failed", "dry_run")]
+             if o.key in ("arg_files", "results", "resume", "resume_failed", "dry_run")
+             and (o.key != "arg_files" or "pipepart" not in values)]
     if clash or given:
-        raise UsageError(f"--pipe gives each task a block of stdin: not {clash or given[0]}")
+        source = "stdin" if what == "--pipe" else "the file"
+        raise UsageError(f"{what} gives each task a block of {source}: not "
+                         f"{clash or given[0]}")
+    if not argv:
+        raise UsageError(f"{what} runs a command on each block: give it (pmrun {what} CMD)")
     values["tasks_line"] = " ".join(argv)
     out.sections.clear()
 
@@ -904,8 +941,8 @@ def _command_with_sources(out: Parsed) -> None:
 #: Options that only task ensembles take.
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
                   "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
-                  "tagstring", "delimiter", "header", "results", "pipe", "block", "recend",
-                  "recstart", "memfree",
+                  "tagstring", "delimiter", "header", "results", "pipe", "pipepart", "block",
+                  "recend", "recstart", "memfree",
                   "progress", "max_args", "delay", "shuf")
 
 
@@ -932,6 +969,9 @@ def _ensemble_only(out: Parsed) -> None:
         for key in ("block", "recend", "recstart"):
             if key in values and "pipe" not in values:
                 raise UsageError(f"--{key} is for --pipe (how stdin is cut into blocks)")
+        if str(values.get("block", "")).startswith("-") and "pipepart" not in values:
+            raise UsageError(f"--block {values['block']} (blocks a task slot) is for --pipepart: "
+                             "--pipe reads stdin, whose size is not known ahead")
         for opt in out.used:
             if opt.key in _RANKS_KEYS:
                 raise UsageError(f"{opt.names[0]} is for an MPI job's ranks, not for task "

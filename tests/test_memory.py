@@ -18,6 +18,7 @@ from pm.agent.memory import (
     SizeError,
     Watermarks,
     format_size,
+    parallel_size,
     parse_size,
     read_node_memory,
     tree_pids,
@@ -79,6 +80,20 @@ def test_parse_size_errors(text: str, total: int | None, message: str) -> None:
     with pytest.raises(SizeError, match=message) as info:
         parse_size(text, total=total)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("100k", 100_000), ("100K", 100 * 1024), ("1ki", 1024), ("1KiB", 1024), ("1.5m", 1_500_000),
+    ("2M", 2 * MiB), ("2g", 2 * 10**9), ("2G", 2 * GiB), ("1t", 10**12), ("7", 7), ("7b", 7),
+])
+def test_parallel_size_reads_sizes_as_gnu_parallel(text: str, expected: int) -> None:
+    assert parallel_size(text) == expected
+
+
+def test_parallel_size_takes_no_percentage() -> None:
+    for text in ("10%", "x", "1q"):
+        with pytest.raises(SizeError, match="1024-based; k, m, g, t, p: 1000-based"):
+            parallel_size(text)
 
 
 def test_format_size() -> None:

@@ -402,6 +402,51 @@ def test_pipe_gives_each_run_a_block_of_whole_lines(pmrun: Run) -> None:
     assert r.stderr == "6 tasks: 6 succeeded, 0 failed, 0 retries\n"
 
 
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
+@pytest.mark.parametrize("block", ["-1", "-3", "50k", "1", ""])
+def test_pipepart_cuts_a_file_as_gnu_parallel_does(pmrun: Run, tmp_path: Path,
+                                                   block: str) -> None:
+    """--pipepart -a FILE: blocks of the file; --block -N: N blocks for each task slot."""
+    assert PARALLEL is not None
+    data = "".join(f"{i}\n" for i in range(30000)) if block != "1" else "a\nbb\nccc\n"
+    (tmp_path / "data").write_text(data)
+    size = ["--block", block] if block else []  # (default: 10 blocks for each task slot)
+    tail = ["--pipepart", "-a", "data", *size, "-j", "2", "-k", "wc -l"]
+    want = subprocess.run([PARALLEL, "--will-cite", *tail], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=30, env={**os.environ, "HOME": str(tmp_path)})
+    assert want.returncode == 0, want.stderr
+    r = pmrun(*tail)
+    assert (r.returncode, r.stdout) == (0, want.stdout), r.stderr
+    assert len(r.stdout.splitlines()) == {"-1": 2, "-3": 6, "": 20, "1": 3}.get(block, 4)
+    r = pmrun("--pipepart", *size, "-k", "cat", "::::", "data")  # the other spelling
+    assert (r.returncode, r.stdout == data) == (0, True), r.stderr
+
+
+def test_pipepart_refuses_what_it_cannot_cut(pmrun: Run, tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("a\n")
+    for argv, message in [
+        (["--pipepart", "cat"], "--pipepart cuts one file into blocks: give it with -a FILE "
+                                "(or CMD :::: FILE)"),
+        (["--pipepart", "-a", "data", "-a", "data", "cat"],
+         "--pipepart cuts one file into blocks: give it with -a FILE (or CMD :::: FILE)"),
+        (["--pipepart", "-a", "-", "cat"], "--pipepart cuts a file, not stdin: give -a FILE, "
+                                           "or use --pipe"),
+        (["--pipepart", "-a", "data", "cat", ":::", "x"],
+         "--pipepart gives each task a block of the file: not :::"),
+        (["--pipepart", "::::", "data"], "--pipepart runs a command on each block: give it "
+                                       "(pmrun --pipepart CMD)"),
+        (["--pipe", "--block", "-1", "cat"], "--block -1 (blocks a task slot) is for "
+         "--pipepart: --pipe reads stdin, whose size is not known ahead"),
+        (["--pipepart", "-a", "data", "--block", "-0", "cat"],
+         "--block -N takes N from 1 to 16777216 blocks a task slot, not '-0'"),
+    ]:
+        r = pmrun(*argv)
+        assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: {message}\n"), argv
+    (tmp_path / "empty").write_text("")
+    r = pmrun("--pipepart", "-a", "empty", "--block", "-1", "echo", "ran")
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr  # nothing to cut: nothing runs
+
+
 def test_pipe_reads_only_what_its_tasks_take(tmp_path: Path) -> None:
     # Endless input: the ensemble stops after 2 runs, so must the reading.
     with subprocess.Popen(["yes"], stdout=subprocess.PIPE) as yes:

@@ -31,7 +31,7 @@ class SizeError(PMError, ValueError):
 
 
 _UNITS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(%|[kmgtp](?:i?b)?|b|)\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(%|[kmgtp](?:ib?|b)?|b|)\s*$", re.IGNORECASE)
 
 
 def parse_size(text: str, *, total: int | None = None) -> int:
@@ -58,6 +58,20 @@ def parse_size(text: str, *, total: int | None = None) -> int:
             raise SizeError(f"{text!r} is more than 100 % of the total")
         return int(number * total / 100)
     return int(number * (1024 ** _UNITS[unit[:1] if unit != "B" else ""]))
+
+
+def parallel_size(text: str) -> int:
+    """Bytes from a size as GNU parallel reads it (``--block``, ``--memfree``): K, M, G, T,
+    P (and Ki, ki, ..., with or without a B) are binary, k, m, g, t, p decimal: ``100k``
+    is 100000 bytes, ``100K`` 102400.  No percentage.  :class:`SizeError` if unreadable."""
+    m = _SIZE_RE.match(text)
+    if m is None or m.group(2) == "%":
+        raise SizeError(f"cannot read {text!r} as a size: expected a number with an optional "
+                        "unit (K, M, G, T, P: 1024-based; k, m, g, t, p: 1000-based)")
+    unit = m.group(2)
+    if unit[:1] in "kmgtp" and unit[:1] and unit[1:2].lower() != "i":
+        return int(Fraction(m.group(1)) * 1000 ** _UNITS[unit[:1].upper()])
+    return parse_size(text)
 
 
 def format_size(nbytes: int) -> str:

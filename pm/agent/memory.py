@@ -32,6 +32,7 @@ from pm.agent.admission import (
     SizeError,
     Watermarks,
     format_size,
+    parallel_size,
     parse_size,
 )
 from pm.agent.memprobe import (
@@ -61,6 +62,7 @@ __all__ = [
     "SizeError",
     "Watermarks",
     "format_size",
+    "parallel_size",
     "parse_size",
     "read_node_memory",
     "tree_pids",

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pm.agent.memory import SizeError, parse_size
+from pm.agent.memory import SizeError, parallel_size, parse_size
 from pm.ensemble.console import Console
 from pm.ensemble.core import Ensemble
 from pm.ensemble.inputs import SEPARATORS, chunked, combinations, fill, split_columns
@@ -75,25 +75,33 @@ def _unescape(separator: str) -> bytes:
 
 
 class _Blocks:
-    """Our stdin in blocks of whole records: each at least ``size`` bytes, up to the end of
-    the record that passes it (the last block may be shorter, or end without ``end``), as
-    GNU parallel's ``--pipe --block``.  A record ends with ``end`` and the next starts
-    with ``start`` (``--recend``, ``--recstart``): a block is cut only between the two."""
+    """Our stdin (or the open file ``fd``: ``--pipepart``) in blocks of whole records: each
+    at least ``size`` bytes, up to the end of the record that passes it (the last block may
+    be shorter, or end without ``end``), as GNU parallel's ``--pipe --block``.  A record
+    ends with ``end`` and the next starts with ``start`` (``--recend``, ``--recstart``): a
+    block is cut only between the two.  A file's blocks (``part``) are cut as GNU
+    parallel's ``--pipepart`` cuts them: at the first record boundary from ``size`` bytes
+    on (``--pipe``'s may end at ``size`` itself)."""
 
-    def __init__(self, size: int, end: bytes = b"\n", start: bytes = b"") -> None:
+    def __init__(self, size: int, end: bytes = b"\n", start: bytes = b"", fd: int = 0,
+                 part: bool = False) -> None:
         self.size = size
+        self._part = part
         self._end = len(end)
         self._sep = end + start
         self._buf = bytearray()
         self._eof = False
-        self._polled = True  # False once stdin proved a regular file (it never blocks)
+        self._fd = fd
+        #: False for a regular file (it never blocks; the loop cannot poll it).
+        self._polled = fd == 0
 
     async def next(self) -> bytes | None:
         while True:
             if len(self._buf) >= self.size:
                 # (A separator may span the size: look from where it could begin.  Empty,
                 # as --recend '' alone: every byte ends a record.)
-                at = max(0, self.size - len(self._sep)) if self._sep else self.size
+                at = (max(0, self.size - len(self._sep)) if self._sep and not self._part
+                      else self.size)
                 found = self._buf.find(self._sep, at) if self._sep else at
                 if found == 0 and not self._end:  # a record's start at 0 is no cut
                     found = self._buf.find(self._sep, 1)
@@ -121,18 +129,27 @@ class _Blocks:
                     ready.set_result(None)
 
             try:
-                loop.add_reader(0, wake)
+                loop.add_reader(self._fd, wake)
             except (PermissionError, OSError):
                 self._polled = False
             else:
                 try:
                     await ready
                 finally:
-                    loop.remove_reader(0)
+                    loop.remove_reader(self._fd)
         try:
-            return os.read(0, 1 << 20)
+            return os.read(self._fd, 1 << 20)
         except OSError:
             return b""
+
+
+def _block_size(text: str, fd: int, slots: int) -> int:
+    """``--block``'s bytes; ``-N`` (``--pipepart``): the file ``fd`` in N blocks for each of
+    the ``slots`` tasks that can run at once (GNU parallel's size: one byte more than the
+    file's size over their number)."""
+    if not text.startswith("-"):
+        return parallel_size(text) or 1
+    return 1 + os.fstat(fd).st_size // max(1, slots) // int(text[1:])
 
 
 def _tags(extra: dict[str, str], specs: Sequence[TaskSpec], tasks_file: bool
@@ -166,7 +183,7 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
         if "memfree" in extra:
             if "mem_high" in extra:
                 raise UsageError("--memfree sets the high watermark: give it or --mem-high")
-            out["mem_free"] = parse_size(extra["memfree"])
+            out["mem_free"] = parallel_size(extra["memfree"])
         if "mem_per_task" in extra:
             out["mem_per_task"] = parse_size(extra["mem_per_task"])
         out["retries"] = int(extra.get("retries", "0"))
@@ -379,13 +396,27 @@ async def run_cli(opts: CliOptions) -> int:
         if "pipe" in extra:
             start = _unescape(extra.get("recstart", ""))
             end = _unescape(extra.get("recend", "" if "recstart" in extra else "\n"))
-            blocks = _Blocks(parse_size(extra.get("block", "1M")), end, start)
-            producer = asyncio.ensure_future(_pipe(ens, console, specs[0], blocks))
+            fd = 0
+            if "pipe_file" in extra:  # --pipepart
+                try:
+                    fd = os.open(extra["pipe_file"], os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise UsageError(f"--pipepart {extra['pipe_file']}: {exc.strerror}"
+                                     ) from None
             try:
-                await producer
-            except asyncio.CancelledError:
-                if not ens.stopping:
-                    raise
+                # (--pipepart's default as GNU parallel's: 10 blocks for each task slot.)
+                size = _block_size(extra.get("block", "-10" if fd else "1M"), fd,
+                                   ens.slot_count)
+                blocks = _Blocks(size, end, start, fd, part=bool(fd))
+                producer = asyncio.ensure_future(_pipe(ens, console, specs[0], blocks))
+                try:
+                    await producer
+                except asyncio.CancelledError:
+                    if not ens.stopping:
+                        raise
+            finally:
+                if fd:
+                    os.close(fd)
         else:
             for spec in specs:
                 ens.add(spec.argv, spec=spec)

@@ -298,6 +298,12 @@ class Ensemble:
         """Interrupted, halted or closed: tasks added now never run."""
         return self._stopping
 
+    @property
+    def slot_count(self) -> int:
+        """Tasks that can run at once over every host (GNU parallel's job slots; a host
+        that memory alone bounds counts one), once :meth:`start` has returned."""
+        return sum(d.slots or 1 for d in self._domains.values())
+
     async def room(self, most: int) -> None:
         """Return once fewer than ``most`` tasks wait to start, or the ensemble stops (a
         producer such as ``--pipe`` adds tasks only as fast as they are taken)."""
