@@ -84,6 +84,8 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.ppn = v.get("ppn")  # type: ignore[assignment]
     spec.wdir = v.get("wdir")  # type: ignore[assignment]  # (--tasks FILE's; else per program)
     spec.timeout = v.get("timeout")  # type: ignore[assignment]
+    if str(v.get("stdin", "none")).isdigit():
+        spec.stdin_rank = int(v["stdin"])  # type: ignore[call-overload]
     spec.kvs = str(v.get("kvs", spec.kvs))
     spec.bind_to = str(v.get("bind_to", spec.bind_to))
     opts.bind_given = "bind_to" in v
@@ -348,7 +350,8 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
         from pm.agent.sim import sim_job
 
         sim = sim_job(opts.spec, len(nodes.hosts), opts.extra)
-    job = JobRun(opts.spec, nodes, stdin=stdin_for_job(), verbose=opts.verbose > 0, sim=sim,
+    stdin = None if opts.extra.get("stdin") == "none" else stdin_for_job()
+    job = JobRun(opts.spec, nodes, stdin=stdin, verbose=opts.verbose > 0, sim=sim,
                  started=started)
     loop = asyncio.get_running_loop()
     handlers = {signal.SIGINT: job.interrupt, signal.SIGTERM: job.interrupt,

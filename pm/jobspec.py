@@ -97,7 +97,7 @@ class JobSpec:
                                f"{self.timeout!r}")
         if not 0 <= self.stdin_rank < self.size:
             raise JobSpecError(f"stdin goes to rank {self.stdin_rank}, not one of the job's "
-                               f"{self.size}")
+                               f"{self.size} ranks")
         if self.mem_overrun not in ("warn", "kill", "suspend"):
             raise JobSpecError(
                 f"--mem-overrun takes warn, kill or suspend, not {self.mem_overrun!r}")

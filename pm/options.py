@@ -63,6 +63,57 @@ def seconds(text: str, opt: str) -> float:
     return value
 
 
+def slurm_time(text: str, opt: str) -> float | None:
+    """srun's ``-t``/``--time``: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, in
+    seconds; UNLIMITED or INFINITE: none."""
+    if text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, dash, rest = text.partition("-")
+    if not dash:
+        days, rest = "0", text
+    parts = rest.split(":")
+    if not (days.isdigit() and 1 <= len(parts) <= 3 and all(p.isdigit() for p in parts)):
+        raise UsageError(f"{opt} takes a time limit as srun's (MM, MM:SS, HH:MM:SS, D-HH, "
+                         f"D-HH:MM, D-HH:MM:SS or UNLIMITED), not {text!r}")
+    nums = [int(p) for p in parts]
+    if dash:  # D-HH, D-HH:MM, D-HH:MM:SS
+        hours, minutes, secs = nums + [0] * (3 - len(nums))
+        hours += int(days) * 24
+    elif len(nums) == 3:  # HH:MM:SS
+        hours, minutes, secs = nums
+    else:  # MM, MM:SS
+        hours, minutes, secs = 0, nums[0], (nums[1] if len(nums) == 2 else 0)
+    value = (hours * 60 + minutes) * 60 + secs
+    if value < 1:
+        raise UsageError(f"{opt} must be at least a second, not {text!r}")
+    return float(value)
+
+
+def stdin_rank(value: str, opt: str) -> str:
+    """``--stdin``/``-i``: the rank that reads pmrun's stdin, or ``none``."""
+    if value.lower() == "none":
+        return "none"
+    if value.isdigit() and int(value) < MOST_RANKS:
+        return str(int(value))
+    if value.lower() == "all":
+        raise UsageError(f"{opt} all: pmrun gives its stdin to one rank (its number) or to "
+                         "none; a program that wants it on every rank can read it on one "
+                         "and broadcast it")
+    raise UsageError(f"{opt} takes the rank that reads pmrun's stdin, or none, not {value!r}")
+
+
+def srun_export(value: str, opt: str) -> str:
+    """srun's ``--export``: ALL, NONE, or NAME[=VALUE],... (after ALL, or alone)."""
+    for item in value.split(","):
+        name = item.partition("=")[0]
+        if item.upper() in ("ALL", "NONE") and "=" not in item:
+            continue
+        if not name or not all(c.isalnum() or c == "_" for c in name) or name[0].isdigit():
+            raise UsageError(f"{opt} takes ALL, NONE or NAME[=VALUE] separated by commas; "
+                             f"{item!r} is not a variable")
+    return value
+
+
 def duration(text: str, opt: str) -> float:
     """GNU parallel's duration: seconds, or a number with s, m, h or d (``--delay 1.5m``)."""
     scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(text[-1:].lower(), 0)
@@ -533,7 +584,11 @@ OPTIONS = (
     Opt("--pmixmca -pmixmca", "genv", kind=PAIR, const="PMIX_MCA_", metavar="KEY VALUE",
         quick=True, group=ENV,
         help="set PMIx's parameter KEY for every rank (PMIX_MCA_KEY=VALUE)"),
-    Opt("-wdir --wdir -dir -wd --wd --workdir", "wdir", directory, metavar="DIR", local=True,
+    Opt("--export", "export", srun_export, metavar="ALL|NONE|A[=V],...", quick=True,
+        group=ENV, help="srun's: ALL (-genvall), NONE (-genvnone), or only these variables, "
+                        "A=V setting A (ALL,A=V: every variable, and A set)"),
+    Opt("-wdir --wdir -dir -wd --wd --workdir -D --chdir", "wdir", directory, metavar="DIR",
+        local=True,
         quick=True, group=ENV, help="working directory of the program's ranks (of tasks: "
         "every task's)"),
     # Input and output
@@ -548,6 +603,9 @@ OPTIONS = (
                        "job J's ranks: %j is the id and sJ, else .sJ ends a name with %r"),
     Opt("--error -errfile-pattern", "error", out_pattern, metavar="PATTERN", quick=True,
         group=IO, help="the same for their stderr"),
+    Opt("--stdin -stdin -i --input", "stdin", stdin_rank, metavar="RANK|none", group=IO,
+        help="the rank that reads pmrun's stdin (default 0), or none: every rank reads "
+             "/dev/null (Open MPI's --stdin, srun's -i)"),
     Opt("-print-all-exitcodes --print-all-exitcodes", "print_all_exitcodes", kind=FLAG,
         group=IO, help="at the end, print every rank's exit status"),
     # Launch
@@ -690,6 +748,10 @@ OPTIONS = (
         help="pmix: serve PMIx besides PMI-1/PMI-2 (Open MPI); pmi (none): not; "
              "auto (default): PMIx when a program is linked with Open MPI or "
              "libpmix, or is a Python whose environment holds Open MPI"),
+    Opt("-t --time", "timeout", slurm_time, metavar="TIME", quick=True, group=MISC,
+        help="srun's time limit: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]] (as --timeout)"),
+    Opt("-K --kill-on-bad-exit", "", kind=FLAG, quick=True, group=MISC,
+        help="taken for srun's: pmrun always ends the job when a rank fails"),
     Opt("--timeout -timeout", "timeout", seconds, metavar="SECONDS", quick=True, group=MISC,
         help="kill the job after SECONDS (exit status 124); also MPIEXEC_TIMEOUT; of "
              "tasks, each task's run (as GNU parallel)"),
@@ -865,6 +927,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         _command_with_sources(out)
     _ensemble_only(out)
     _open_mpi_mapping(out.values)
+    _srun_export(out)
     _cpus_per_task(out.values)
     if "timeout" not in out.values and environ.get("MPIEXEC_TIMEOUT"):
         out.values["timeout"] = seconds(environ["MPIEXEC_TIMEOUT"].strip(), "MPIEXEC_TIMEOUT")
@@ -948,7 +1011,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
 
 #: Options about an MPI job's ranks, which task ensembles do not take.
 _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "error", "kvs",
-               "mpi", "profile", "universe_size", "nodes", "cpus_per_task")
+               "mpi", "profile", "universe_size", "nodes", "cpus_per_task", "stdin")
 
 
 def _ensemble_only(out: Parsed) -> None:
@@ -974,10 +1037,12 @@ def _ensemble_only(out: Parsed) -> None:
                              "--pipe reads stdin, whose size is not known ahead")
         for opt in out.used:
             if opt.key in _RANKS_KEYS:
+                hint = {"nodes": " (their hosts: -S, -hosts)",
+                        "stdin": " (their stdin: --pipe, --pipepart)"}.get(
+                    opt.key, " (their output: --tag, --tagstring, --group, --lb)"
+                    if opt.key in ("prepend", "output", "error") else "")
                 raise UsageError(f"{opt.names[0]} is for an MPI job's ranks, not for task "
-                                 "ensembles" + (" (their hosts: -S, -hosts)" if opt.key == "nodes"
-                                                else " (their output: --tag, --tagstring, "
-                                                "--group, --lb)"))
+                                 f"ensembles{hint}")
         resume = "resume" in values or "resume_failed" in values
         if resume and "joblog" not in values:
             raise UsageError(f"{'--resume' if 'resume' in values else '--resume-failed'} "
@@ -1010,6 +1075,31 @@ def _open_mpi_mapping(values: dict[str, object]) -> None:
         if values.setdefault("ppn", per_node) != per_node:
             raise UsageError(f"--map-by {mapped} and -ppn {values['ppn']} disagree")
         del values["map_by"]
+
+
+def _srun_export(out: Parsed) -> None:
+    """srun's ``--export`` as pmrun's -genvall / -genvnone / -genvlist and -genv."""
+    given = out.values.pop("export", None)
+    if not isinstance(given, str):
+        return
+    items = given.split(",")
+    words = {item.upper() for item in items if "=" not in item}
+    if "ALL" in words and "NONE" in words:
+        raise UsageError(f"--export {given}: ALL and NONE disagree")
+    names = [item.partition("=")[0] for item in items if item.upper() not in ("ALL", "NONE")]
+    pairs = {name: value for name, eq, value in (i.partition("=") for i in items) if eq}
+    if "ALL" in words:
+        mode: tuple[str, list[str]] = ("all", [])
+    elif "NONE" in words:
+        mode = ("none", [])
+        if names:
+            raise UsageError(f"--export {given}: NONE passes no variable")
+    else:
+        mode = ("list", [n for n in names if n not in pairs])
+    out.values["env_mode"] = mode
+    genv = out.values.setdefault("genv", {})
+    assert isinstance(genv, dict)
+    genv.update(pairs)
 
 
 def _cpus_per_task(values: dict[str, object]) -> None:

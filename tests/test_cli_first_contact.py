@@ -36,7 +36,7 @@ BAD_VALUE = {
     "joblog": "", "halt": "later,fail=1", "colsep": "(", "tagstring": "",
     "arg_files": "/no/such/args", "delimiter": "ab", "header": "x", "results": "",
     "block": "0", "memfree": "lots", "N": "x", "nodes": "0", "max_args": "-1",
-    "cpus_per_task": "0", "delay": "-1",
+    "cpus_per_task": "0", "delay": "-1", "export": "A B", "stdin": "x",
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check not in (None, options.verbatim)
            for name in opt.names]
@@ -138,8 +138,24 @@ CASES = [
     (["--results", "/dev/null/x", "echo", ":::", "a"], {},
      "--results /dev/null/x: /dev/null is not a directory"),
     (["-c", "2", "echo", ":::", "a"], {},
-     "-c is for an MPI job's ranks, not for task ensembles (their output: --tag, --tagstring, "
+     "-c is for an MPI job's ranks, not for task ensembles"),
+    (["-l", "echo", ":::", "a"], {},
+     "-l is for an MPI job's ranks, not for task ensembles (their output: --tag, --tagstring, "
      "--group, --lb)"),
+    (["--stdin", "1", "echo", ":::", "a"], {},
+     "--stdin is for an MPI job's ranks, not for task ensembles (their stdin: --pipe, "
+     "--pipepart)"),
+    (["--stdin", "all", "true"], {}, "--stdin all: pmrun gives its stdin to one rank (its "
+     "number) or to none; a program that wants it on every rank can read it on one and "
+     "broadcast it"),
+    (["-n", "2", "-i", "2", "true"], {}, "stdin goes to rank 2, not one of the job's 2 ranks"),
+    (["-t", "1:2:3:4", "true"], {}, "-t takes a time limit as srun's (MM, MM:SS, HH:MM:SS, "
+     "D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED), not '1:2:3:4'"),
+    (["-t", "0", "true"], {}, "-t must be at least a second, not '0'"),
+    (["--export", "ALL,NONE", "true"], {}, "--export ALL,NONE: ALL and NONE disagree"),
+    (["--export", "NONE,A", "true"], {}, "--export NONE,A: NONE passes no variable"),
+    (["--export", "A B", "true"], {}, "--export takes ALL, NONE or NAME[=VALUE] separated by "
+     "commas; 'A B' is not a variable"),
 ]
 
 
@@ -496,14 +512,17 @@ GOOD_VALUE: dict[str, list[str]] = {
     "n": ["3"], "ppn": ["2"], "genv": ["A=1"], "env": ["B", "2"], "env_mode": ["HOME,PATH"],
     "wdir": ["/"], "prepend": ["%h %r: "], "output": ["o.%r"], "error": ["e.%j"],
     "fanout": ["4"], "timeout": ["2.5"], "mpi": ["pmix"], "kvs": ["socket"],
+    "export": ["PATH,A=1"],
 }
+#: ... where an option's spelling takes other words than its key's others (srun's -t).
+GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"]}
 QUICK = [(opt, name) for opt in OPTIONS if opt.quick for name in opt.names]
 
 
 @pytest.mark.parametrize(("opt", "name"), QUICK, ids=[n for _, n in QUICK])
 def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
         opt: options.Opt, name: str) -> None:
-    words = [] if opt.kind == options.FLAG else GOOD_VALUE[opt.key]
+    words = [] if opt.kind == options.FLAG else GOOD_FOR_NAME.get(name, GOOD_VALUE[opt.key])
     argv = [name, *words, "prog", "arg"]
     q = quick_parse(argv, {})
     assert q is not None, f"{name} is marked quick but the quick path does not take it"

@@ -67,6 +67,42 @@ def test_stdin_goes_to_rank_0_whole_and_others_read_eof(pmrun: Run, tmp_path: Pa
     assert got[1] == got[2] == ["0", hashlib.sha256(b"").hexdigest()]
 
 
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "3"]])
+@pytest.mark.parametrize("where", ["--stdin", "-i"])
+def test_stdin_goes_to_the_rank_asked_or_to_none(pmrun: Run, tmp_path: Path, opts: list[str],
+                                                 where: str) -> None:
+    """Open MPI's --stdin RANK|none and srun's -i: one rank reads pmrun's stdin, or none."""
+    data = bytes(range(256)) * 512 + b"end"
+    prog = script(tmp_path, "stdin.py", STDIN)
+    r = pmrun("-n", "3", *opts, where, "2", "python", str(prog), input=data)
+    assert r.returncode == 0, r.stderr
+    got = {int(line.split()[0]): line.split()[1:] for line in r.stdout.splitlines()}
+    assert got[2] == [str(len(data)), hashlib.sha256(data).hexdigest()]
+    assert got[0] == got[1] == ["0", hashlib.sha256(b"").hexdigest()]
+    r = pmrun("-n", "3", *opts, where, "none", "python", str(prog), input=data)
+    got = {int(line.split()[0]): line.split()[1:] for line in r.stdout.splitlines()}
+    assert r.returncode == 0 and set(map(tuple, got.values())) == {
+        ("0", hashlib.sha256(b"").hexdigest())}, (r.stdout, r.stderr)
+
+
+def test_srun_time_limit_ends_a_hung_job(pmrun: Run, marker: str) -> None:
+    """srun's -t MM:SS is --timeout in srun's words."""
+    r = pmrun("-n", "2", "-t", "0:01", "python", "-c", "import time; time.sleep(120)", marker)
+    assert r.returncode == 124, r.stderr
+    wait_gone(marker, 10)
+    r = pmrun("-n", "1", "--time", "1-0", "true")  # a day is room enough
+    assert (r.returncode, r.stderr) == (0, "")
+
+
+def test_srun_export_chdir_and_kill_on_bad_exit(pmrun: Run, tmp_path: Path) -> None:
+    env = {"PM_A": "1", "PM_B": "2"}
+    show = ["sh", "-c", 'echo "A=${PM_A-unset} B=${PM_B-unset} C=${PM_C-unset} $(pwd)"']
+    for export, want in [("NONE", "A=unset B=unset C=unset"), ("PM_A,PM_C=3", "A=1 B=unset C=3"),
+                         ("ALL,PM_C=3", "A=1 B=2 C=3"), ("ALL", "A=1 B=2 C=unset")]:
+        r = pmrun("--export", export, "-D", "/", "-K", "-n", "1", *show, env=env)
+        assert (r.returncode, r.stdout) == (0, f"{want} /\n"), (export, r.stderr)
+
+
 def test_timeout_ends_a_hung_job(pmrun: Run, marker: str) -> None:
     r = pmrun("-n", "2", "--timeout", "1", "python", "-c",
               "import time, sys; time.sleep(120)", marker)

@@ -618,9 +618,10 @@ def test_timeout_ends_each_task_that_overruns_it(pmrun: Run, tmp_path: Path) -> 
                                     ["--kvs", "socket"], ["--mpi", "pmix"], ["-usize", "4"]])
 def test_a_ranks_option_on_an_ensemble_is_refused(pmrun: Run, option: list[str]) -> None:
     r = pmrun(*option, "echo", ":::", "a")
+    hint = (" (their output: --tag, --tagstring, --group, --lb)"
+            if option[0] in ("-l", "--output") else "")
     assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: {option[0]} is for an MPI "
-                                                  "job's ranks, not for task ensembles (their "
-                                                  "output: --tag, --tagstring, --group, --lb)\n")
+                                                  f"job's ranks, not for task ensembles{hint}\n")
 
 
 def test_keep_order_writes_output_in_task_order(pmrun: Run) -> None:
