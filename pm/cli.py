@@ -309,6 +309,24 @@ def exit_codes(ranks: Mapping[int, RankResult], size: int, hosts: list[str],
                    for node, codes in sorted(per_node.items()))
 
 
+def rank_map(node_of_rank: list[int], hosts: list[str]) -> str:
+    """-print-rank-map: each node's ranks (``0-3,8``), one line per node, in node order."""
+    per_node: dict[int, list[int]] = {}
+    for rank, node in enumerate(node_of_rank):
+        per_node.setdefault(node, []).append(rank)
+    lines = []
+    for node, ranks in sorted(per_node.items()):
+        runs: list[str] = []
+        start = prev = ranks[0]
+        for r in [*ranks[1:], -2]:
+            if r != prev + 1:
+                runs.append(str(start) if start == prev else f"{start}-{prev}")
+                start = r
+            prev = r
+        lines.append(f"pmrun: rank map: node {node} ({hosts[node]}): {','.join(runs)}\n")
+    return "".join(lines)
+
+
 def _collect_from_now_on() -> None:
     """Imports are done: keep their objects out of every collection, collect again."""
     import gc
@@ -353,6 +371,8 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
     stdin = None if opts.extra.get("stdin") == "none" else stdin_for_job()
     job = JobRun(opts.spec, nodes, stdin=stdin, verbose=opts.verbose > 0, sim=sim,
                  started=started)
+    if "print_rank_map" in opts.extra:
+        sys.stderr.write(rank_map(job.node_of_rank, job.plan.hosts))
     loop = asyncio.get_running_loop()
     handlers = {signal.SIGINT: job.interrupt, signal.SIGTERM: job.interrupt,
                 signal.SIGHUP: job.interrupt, signal.SIGUSR1: job.signal,

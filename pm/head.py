@@ -162,7 +162,8 @@ class JobRun:
             self.writer.on_broken = self._output_lost
         slots = sequence_slots(spec, len(nodes.hosts), nodes.slots)
         node_of_rank = place(spec.size, slots)
-        self._node_of_rank = node_of_rank
+        #: The node of each rank (its place in the plan's hosts).
+        self.node_of_rank = node_of_rank
         used = max(node_of_rank) + 1
         env, app_envs = spec.plan_env()
         self.plan = JobPlan(
@@ -414,7 +415,7 @@ class JobRun:
     # ------------------------------------------------------------ Uplink (from vertex 0)
     def send(self, msg: t.Msg) -> None:
         if isinstance(msg, t.Output):
-            node_of_rank = self._node_of_rank
+            node_of_rank = self.node_of_rank
             for out in msg.items:
                 if self.sink is not None:
                     self.sink(out.rank, out.stream, out.data)
@@ -464,7 +465,7 @@ class JobRun:
             return  # the same failure's echo, most likely: the first abort is named
         if self.cause is None and self.state is RunState.RUNNING and any(
                 node != msg.vertex and rank not in self.ranks
-                for rank, node in enumerate(self._node_of_rank)):
+                for rank, node in enumerate(self.node_of_rank)):
             self._held_abort = msg
             self._abort_timer = self.owned.call_later(ABORT_GRACE, self._name_abort)
         else:

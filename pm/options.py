@@ -606,6 +606,9 @@ OPTIONS = (
     Opt("--stdin -stdin -i --input", "stdin", stdin_rank, metavar="RANK|none", group=IO,
         help="the rank that reads pmrun's stdin (default 0), or none: every rank reads "
              "/dev/null (Open MPI's --stdin, srun's -i)"),
+    Opt("-print-rank-map --print-rank-map --display-map", "print_rank_map", kind=FLAG,
+        group=IO, help="before the job starts, print each node's ranks (Hydra's "
+                       "-print-rank-map, Open MPI's --display-map), one line per node"),
     Opt("-print-all-exitcodes --print-all-exitcodes", "print_all_exitcodes", kind=FLAG,
         group=IO, help="at the end, print every rank's exit status"),
     # Launch
@@ -1011,7 +1014,8 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
 
 #: Options about an MPI job's ranks, which task ensembles do not take.
 _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "error", "kvs",
-               "mpi", "profile", "universe_size", "nodes", "cpus_per_task", "stdin")
+               "mpi", "profile", "universe_size", "nodes", "cpus_per_task", "stdin",
+               "print_rank_map", "print_all_exitcodes")
 
 
 def _ensemble_only(out: Parsed) -> None:

@@ -467,6 +467,21 @@ def test_print_all_exitcodes(pmrun: Run, tmp_path: Path) -> None:
     assert r.stderr.splitlines()[-1] == f"pmrun: exit codes [{host}] 0,3"
 
 
+@pytest.mark.parametrize("name", ["-print-rank-map", "--display-map"])
+def test_print_rank_map_names_each_nodes_ranks_before_the_job(pmrun: Run, name: str) -> None:
+    host = os.uname().nodename
+    r = pmrun(name, "--local-nodes", "3", "-ppn", "2", "-n", "5", "sh", "-c",
+              "echo $PMI_RANK >&2")
+    lines = r.stderr.splitlines()
+    assert r.returncode == 0 and lines[:3] == [f"pmrun: rank map: node 0 ({host}): 0-1",
+                                               f"pmrun: rank map: node 1 ({host}): 2-3",
+                                               f"pmrun: rank map: node 2 ({host}): 4"], lines
+    assert sorted(lines[3:]) == ["0", "1", "2", "3", "4"]  # the map comes before any rank's
+    r = pmrun(name, "echo", ":::", "a")
+    assert (r.returncode, r.stderr) == (2, "pmrun: -print-rank-map is for an MPI job's "
+                                           "ranks, not for task ensembles\n")
+
+
 PMI1_USIZE = """
 import os, socket
 f = socket.socket(fileno=int(os.environ["PMI_FD"])).makefile("rwb", buffering=0)
