@@ -597,11 +597,11 @@ OPTIONS = (
     Opt("-prepend-pattern", "prepend", prepend_pattern, metavar="PATTERN", quick=True,
         group=IO, help="prefix every output line with PATTERN: %r rank, %h host, %p node "
                        "number, %g job (0; spawned jobs count on), %% a percent sign"),
-    Opt("--output -outfile-pattern", "output", out_pattern, metavar="PATTERN", quick=True,
+    Opt("--output -outfile-pattern -o", "output", out_pattern, metavar="PATTERN", quick=True,
         group=IO, help="write the ranks' stdout to files: %r (or %t) is the rank, %j the job "
                        "id, %% a percent sign; without %r all ranks share the file. Spawned "
                        "job J's ranks: %j is the id and sJ, else .sJ ends a name with %r"),
-    Opt("--error -errfile-pattern", "error", out_pattern, metavar="PATTERN", quick=True,
+    Opt("--error -errfile-pattern -e", "error", out_pattern, metavar="PATTERN", quick=True,
         group=IO, help="the same for their stderr"),
     Opt("--stdin -stdin -i --input", "stdin", stdin_rank, metavar="RANK|none", group=IO,
         help="the rank that reads pmrun's stdin (default 0), or none: every rank reads "
@@ -742,10 +742,11 @@ OPTIONS = (
         help="shrink a task's reservation to its measured peak once that peak held S "
              "seconds (default 1); off: reservations only grow"),
     # Other
-    Opt("--oversubscribe -oversubscribe --allow-run-as-root -allow-run-as-root", "",
+    Opt("--oversubscribe -oversubscribe --allow-run-as-root -allow-run-as-root -O "
+        "--overcommit", "",
         kind=FLAG, quick=True, group=MISC,
-        help="taken for Open MPI's mpirun, and meaning nothing here: pmrun runs as any "
-             "user, and never refuses more ranks than cores"),
+        help="taken for Open MPI's mpirun (and srun's -O), and meaning nothing here: pmrun "
+             "runs as any user, and never refuses more ranks than cores"),
     Opt("--mpi -mpi", "mpi", choice("auto", "pmix", "pmi", "none"), metavar="pmix|pmi|auto",
         quick=True, group=MISC,
         help="pmix: serve PMIx besides PMI-1/PMI-2 (Open MPI); pmi (none): not; "

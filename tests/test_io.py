@@ -99,8 +99,13 @@ def test_srun_export_chdir_and_kill_on_bad_exit(pmrun: Run, tmp_path: Path) -> N
     show = ["sh", "-c", 'echo "A=${PM_A-unset} B=${PM_B-unset} C=${PM_C-unset} $(pwd)"']
     for export, want in [("NONE", "A=unset B=unset C=unset"), ("PM_A,PM_C=3", "A=1 B=unset C=3"),
                          ("ALL,PM_C=3", "A=1 B=2 C=3"), ("ALL", "A=1 B=2 C=unset")]:
-        r = pmrun("--export", export, "-D", "/", "-K", "-n", "1", *show, env=env)
+        r = pmrun("--export", export, "-D", "/", "-K", "-O", "-n", "1", *show, env=env)
         assert (r.returncode, r.stdout) == (0, f"{want} /\n"), (export, r.stderr)
+    r = pmrun("-n", "2", "-o", "out.%t", "-e", "err.%t", "sh", "-c", "echo o; echo e >&2")
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr
+    for rank in (0, 1):
+        assert (tmp_path / f"out.{rank}").read_text() == "o\n"
+        assert (tmp_path / f"err.{rank}").read_text() == "e\n"
 
 
 def test_timeout_ends_a_hung_job(pmrun: Run, marker: str) -> None:
