@@ -327,6 +327,55 @@ def bind_to(value: str, opt: str) -> str:
     return _binding(value, opt, "parse_bind", "--bind-to")
 
 
+#: srun's --cpu-bind types as pmrun's --bind-to targets.
+_SRUN_BIND = {"none": "none", "no": "none", "cores": "core", "threads": "hwthread",
+              "sockets": "package", "ldoms": "numa", "rank": "core"}
+
+
+def srun_cpu_bind(value: str, opt: str) -> str:
+    """srun's ``--cpu-bind=[quiet|verbose,]TYPE``, checked (:func:`cpu_bind_of` reads it)."""
+    cpu_bind_of(value, opt)
+    return value
+
+
+def cpu_bind_of(value: str, opt: str) -> tuple[str, bool]:
+    """srun's ``--cpu-bind`` as pmrun's ``--bind-to`` value, and whether it says verbose:
+    none, cores, threads, sockets, ldoms, ``map_cpu:0,2`` (a CPU each rank),
+    ``mask_cpu:0x3,0xc`` (a mask each rank).  UsageError for what pmrun cannot do."""
+    verbose = False
+    rest = value
+    while True:
+        word, sep, tail = rest.partition(",")
+        if word.lower() in ("verbose", "v", "quiet", "q") and sep:
+            verbose = verbose or word.lower() in ("verbose", "v")
+            rest = tail
+            continue
+        break
+    kind, colon, body = rest.partition(":")
+    kind = kind.lower()
+    if kind in ("verbose", "v", "quiet", "q") and not colon:
+        return "core", kind in ("verbose", "v")  # srun's default type: cores
+    if kind in _SRUN_BIND and not colon:
+        return _SRUN_BIND[kind], verbose
+    try:
+        if kind == "map_cpu" and body:
+            ranks = [c.replace("*", "x") for c in body.split(",")]
+            if all(r.partition("x")[0].isdigit() for r in ranks):
+                return _binding("user:" + ",".join(ranks), opt, "parse_bind", "--bind-to"), verbose
+        if kind == "mask_cpu" and body:
+            sets = []
+            for mask in body.split(","):
+                bits = int(mask, 16)
+                if bits <= 0:
+                    raise ValueError(mask)
+                sets.append("+".join(str(b) for b in range(bits.bit_length()) if bits >> b & 1))
+            return "user:" + ",".join(sets), verbose
+    except ValueError:
+        pass
+    raise UsageError(f"{opt} takes srun's none, cores, threads, sockets, ldoms, map_cpu:LIST "
+                     f"or mask_cpu:LIST (verbose, before them), not {value!r}")
+
+
 def _pe_of(value: str) -> tuple[str, str]:
     """Open MPI's ``TARGET:PE=N`` (N cores per rank) as (TARGET, N); (value, "") without."""
     head, sep, last = value.rpartition(":")
@@ -548,6 +597,11 @@ OPTIONS = (
     Opt("--bind-to -bind-to", "bind_to", bind_to, metavar="TARGET", group=PLACE,
         help="none, hwthread, core, l3cache, numa, package, each with :N (N of them per "
              "rank) or :overload-allowed, or user:0+1,2"),
+    Opt("--cpu-bind --cpu_bind", "cpu_bind", srun_cpu_bind, metavar="[verbose,]TYPE",
+        group=PLACE, help="srun's: none, cores, threads, sockets, ldoms (--bind-to none, core, "
+                          "hwthread, package, numa), map_cpu:0,2 or mask_cpu:0x3,0xc (a CPU "
+                          "or a mask each rank: --bind-to user:...); verbose: "
+                          "--report-bindings"),
     Opt("-c --cpus-per-task", "cpus_per_task", whole(1), metavar="N", group=PLACE,
         help="N cores for each rank, which it is bound to (srun's and Flux's -c: --bind-to "
              "core:N)"),
@@ -932,6 +986,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     _ensemble_only(out)
     _open_mpi_mapping(out.values)
     _srun_export(out)
+    _srun_cpu_bind(out.values)
     _cpus_per_task(out.values)
     if "timeout" not in out.values and environ.get("MPIEXEC_TIMEOUT"):
         out.values["timeout"] = seconds(environ["MPIEXEC_TIMEOUT"].strip(), "MPIEXEC_TIMEOUT")
@@ -1015,7 +1070,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
 
 #: Options about an MPI job's ranks, which task ensembles do not take.
 _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "error", "kvs",
-               "mpi", "profile", "universe_size", "nodes", "cpus_per_task", "stdin",
+               "mpi", "profile", "universe_size", "nodes", "cpus_per_task", "stdin", "cpu_bind",
                "print_rank_map", "print_all_exitcodes")
 
 
@@ -1105,6 +1160,18 @@ def _srun_export(out: Parsed) -> None:
     genv = out.values.setdefault("genv", {})
     assert isinstance(genv, dict)
     genv.update(pairs)
+
+
+def _srun_cpu_bind(values: dict[str, object]) -> None:
+    """srun's ``--cpu-bind`` as pmrun's ``--bind-to`` (and ``--report-bindings``)."""
+    given = values.pop("cpu_bind", None)
+    if not isinstance(given, str):
+        return
+    target, verbose = cpu_bind_of(given, "--cpu-bind")
+    if values.setdefault("bind_to", target) != target:
+        raise UsageError(f"--cpu-bind {given} and --bind-to {values['bind_to']} disagree")
+    if verbose:
+        values["report_bindings"] = True
 
 
 def _cpus_per_task(values: dict[str, object]) -> None:

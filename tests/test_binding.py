@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 
@@ -340,3 +341,43 @@ def test_bindings_on_this_node_can_be_applied(bind: str) -> None:
             [sys.executable, "-c", code, arg], capture_output=True, text=True, check=True
         )
         assert out.stdout.strip() == arg
+
+
+# ------------------------------------------------------------------ srun's --cpu-bind
+@pytest.mark.parametrize(("value", "bind", "verbose"), [
+    ("cores", "core", False), ("verbose,threads", "hwthread", True), ("none", "none", False),
+    ("sockets", "package", False), ("ldoms", "numa", False), ("q,cores", "core", False),
+    ("map_cpu:1,0", "user:1,0", False), ("map_cpu:0*2", "user:0x2", False),
+    ("mask_cpu:0x3,0xc", "user:0+1,2+3", False), ("verbose", "core", True),
+])
+def test_srun_cpu_bind_is_a_bind_to(value: str, bind: str, verbose: bool) -> None:
+    from pm.options import cpu_bind_of
+
+    assert cpu_bind_of(value, "--cpu-bind") == (bind, verbose)
+
+
+@pytest.mark.parametrize("value", ["boards", "map_ldom:0", "mask_cpu:zz", "mask_cpu:0x0",
+                                   "map_cpu:", "map_cpu:a", ""])
+def test_srun_cpu_bind_pmrun_cannot_do_is_named(value: str) -> None:
+    from pm.options import cpu_bind_of
+    from pm.proto.errors import UsageError
+
+    with pytest.raises(UsageError, match="takes srun's none, cores, threads, sockets"):
+        cpu_bind_of(value, "--cpu-bind")
+
+
+@pytest.mark.skipif(len(discover().pus) < 2, reason="needs two CPUs")
+def test_srun_cpu_bind_binds_the_ranks(tmp_path: object) -> None:
+    from launch_util import pmrun_argv, pmrun_env
+
+    show = "echo $PMI_RANK $(grep Cpus_allowed_list /proc/self/status | cut -f2)"
+    r = subprocess.run(pmrun_argv("--cpu-bind=verbose,map_cpu:1,0", "-n", "2", "sh", "-c", show),
+                       capture_output=True, text=True, timeout=60, env=pmrun_env())
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["0 1", "1 0"]
+    host = os.uname().nodename
+    assert f"rank 0 on {host}: cpus 1\n" in r.stderr, r.stderr  # verbose: --report-bindings
+    r = subprocess.run(pmrun_argv("--cpu-bind", "cores", "--bind-to", "none", "true"),
+                       capture_output=True, text=True, timeout=60, env=pmrun_env())
+    assert (r.returncode, r.stderr) == (2, "pmrun: --cpu-bind cores and --bind-to none "
+                                           "disagree\n")

@@ -36,7 +36,7 @@ BAD_VALUE = {
     "joblog": "", "halt": "later,fail=1", "colsep": "(", "tagstring": "",
     "arg_files": "/no/such/args", "delimiter": "ab", "header": "x", "results": "",
     "block": "0", "memfree": "lots", "N": "x", "nodes": "0", "max_args": "-1",
-    "cpus_per_task": "0", "delay": "-1", "export": "A B", "stdin": "x",
+    "cpus_per_task": "0", "delay": "-1", "export": "A B", "stdin": "x", "cpu_bind": "boards",
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check not in (None, options.verbatim)
            for name in opt.names]
