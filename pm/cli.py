@@ -380,6 +380,10 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
                 signal.SIGCONT: job.signal}
     for sig, handler in handlers.items():
         loop.add_signal_handler(sig, handler, sig)
+    from pm.quick import noted_signals
+
+    for signum in noted_signals():  # what reached pmrun while it imported
+        handlers[signal.Signals(signum)](signum)
     await job.start()
     if started is not None:
         # What reached pmrun before the loop's handlers were in place.

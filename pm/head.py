@@ -197,6 +197,8 @@ class JobRun:
         self.agent: JobAgent | RootRelay | None = None
         self.children: Children | None = None
         self._interrupts = 0
+        #: Interrupts before start(): acted on once the launch is under way.
+        self._early_signals: list[int] = []
         #: The first signal that told pmrun to stop (SIGINT, SIGTERM, SIGHUP), or 0.
         self._signalled = 0
         #: Running, or killing: ranks that fail from then on do not name the cause.
@@ -273,6 +275,9 @@ class JobRun:
         else:
             await agent.prepare()
             agent.start_ranks()
+        early, self._early_signals = self._early_signals, []
+        for signum in early:  # (while pmrun imported: pm.quick.noted_signals)
+            self.interrupt(signum)
         if children is not None:
             try:
                 join = float(plan.bootstrap.get("join_timeout", 60))
@@ -364,12 +369,28 @@ class JobRun:
 
     def interrupt(self, signum: int) -> None:
         """Ctrl-C / SIGTERM to the launcher: forward once, kill at once the second time."""
+        if self.agent is None:  # not started: acted on once the launch is under way
+            self._early_signals.append(signum)
+            return
         self._interrupts += 1
+        name = signal.Signals(signum).name
+        if self._interrupts == 1 and self.children is not None and self.children.waiting():
+            # Still starting: nodes that have not joined would be waited for until
+            # --join-timeout.  The job ends now, the nodes that joined as after a Ctrl-C.
+            late = self.children.waiting()
+            hosts = self.plan.hosts
+            which = ", ".join(f"node {v} ({hosts[v]})" for v in late[:3])
+            more = f" and {len(late) - 3} more" if len(late) > 3 else ""
+            self._signalled = signum
+            self.signal(signum)
+            self._fail(f"{name} while the job was starting: {which}{more} had not joined",
+                       128 + signum)
+            self.children.cut_join(f"{name} before it joined")
+            return
         if self._interrupts == 1:
             self._signalled = signum
             if self.state is RunState.RUNNING:  # (else the job's end is named already)
-                log.warning("forwarding %s to all ranks (again to kill them)",
-                            signal.Signals(signum).name)
+                log.warning("forwarding %s to all ranks (again to kill them)", name)
             self.signal(signum)
             if self.children is not None:
                 # Nodes whose end is held back (pm.bootstrap.slurm) are named now: the

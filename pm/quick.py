@@ -706,6 +706,13 @@ def _note(signum: int, frame: object) -> None:
     _signals.append(signum)
 
 
+def noted_signals() -> list[int]:
+    """The signals noted and not acted on yet, oldest first (now the caller's)."""
+    got = _signals[:]
+    del _signals[:len(got)]
+    return got
+
+
 def main() -> int:
     """``pmrun``: the quick path when it applies (see the module docstring), else ``pm.cli``."""
     ensure_std_fds()
@@ -731,6 +738,11 @@ def _main(argv: list[str]) -> int:
                 return EXIT_NOT_STARTED
             job = None
     if job is None:
+        # Ctrl-C while the full path imports is noted, not a KeyboardInterrupt's traceback
+        # (SIGTERM, SIGHUP: not an end without a word): the full path acts on it once its
+        # loop has the signals (pm.cli, pm.ensemble.cli: noted_signals).
+        for sig in SIGNALS[:3]:
+            _signal.signal(sig, _note)
         if os.environ.get("SLURM_JOB_ID"):
             from pm.bootstrap.early import step_now
             from pm.options import parse as parse_all

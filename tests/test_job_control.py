@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,3 +140,42 @@ def test_ctrl_z_suspends_the_job_and_fg_continues_it(tmp_path: Path, marker: str
     # (The "up" lines were read above.)
     assert sorted(out.decode().splitlines()) == ["[0] done 0", "[1] done 1"]
     assert "lost" not in err.decode()
+
+
+HANG_ON_HOST_C = """#!/bin/sh
+# A launcher that never gets through to host c (as ssh to a host that does not answer).
+host=$1; shift
+[ "$host" = c ] && exec {python} -c "import time; time.sleep(600)" {marker}-hang
+exec "$@"
+"""
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_while_nodes_have_not_joined_ends_the_job_at_once(
+        tmp_path: Path, marker: str, sig: signal.Signals, code: int) -> None:
+    """Ctrl-C (or SIGTERM) while the launch waits for a node: the job (or the ensemble)
+    ends now, naming what had not joined, not after --join-timeout."""
+    wrap = script(tmp_path, "wrap.sh", HANG_ON_HOST_C.replace("{marker}", marker)
+                  .replace("{python}", sys.executable))
+    wrap.chmod(0o755)
+    sleeper = ["python", "-c", "import time; time.sleep(600)", marker]
+    for argv in (["--launcher-exec", f"{wrap} {{host}} {{command}}", "-hosts", "a,c", "-n",
+                  "2", *sleeper],
+                 ["--ssh", str(wrap), "-S", "c", *sleeper, ":::", "1", "2"]):
+        with in_own_group(argv, tmp_path) as p:
+            wait_until(lambda: bool(pids_with(f"{marker}-hang")), 30,
+                       "the launch to wait for host c")
+            began = time.monotonic()
+            p.send_signal(sig)
+            _, err = p.communicate(timeout=30)
+            text = err.decode()
+            assert time.monotonic() - began < 10, text  # not --join-timeout's 60 s
+            assert p.returncode == code, text
+            assert "Traceback" not in text and "internal error" not in text, text
+            if argv[0] == "--launcher-exec":  # (node 0 too, if it had not joined yet)
+                assert re.search(rf"^pmrun: {sig.name} while the job was starting: (node 0 "
+                                 r"\(a\)|node 1 \(c\)).* had not joined$", text, re.M), text
+                assert len(text.splitlines()) == 2, text  # (and the loopback notice)
+            else:
+                assert f"task 0 (line 1): not run: {sig.name}" in text, text
+        wait_gone(marker, 10)

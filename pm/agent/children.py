@@ -366,6 +366,16 @@ class Children:
             log.error("agent %d: nodes %s (%s) did not join in time", self.agent.vertex,
                       ",".join(map(str, late)), hosts)
 
+    def waiting(self) -> list[int]:
+        """The children that have not joined (nor been lost) yet."""
+        return [v for v, f in self._hellos.items() if not f.done()]
+
+    def cut_join(self, why: str) -> None:
+        """Wait no longer for the children that have not joined: each is lost with ``why``
+        (the job ends before they could: pmrun was interrupted)."""
+        for v in self.waiting():
+            self._lost(v, why)
+
     def _say_missing(self, waited: float) -> None:
         missing = [v for v, f in self._hellos.items() if not f.done()]
         hosts = self.agent.plan.hosts
@@ -560,9 +570,10 @@ class Children:
                         # With a node named lost already, this is expected: no second line.
                         log.log(logging.INFO if self.lost else logging.WARNING,
                                 "the agents' srun (pid %d) did not exit: killed it", pid)
-                    else:
-                        log.warning("agent %d: child agent %d (pid %d) did not exit: killed "
-                                    "it", self.agent.vertex, v, pid)
+                    else:  # (a node named lost, or cut by an interrupt: expected)
+                        log.log(logging.INFO if self.lost else logging.WARNING,
+                                "agent %d: child agent %d (pid %d) did not exit: killed it",
+                                self.agent.vertex, v, pid)
                 await asyncio.wait(pending_set, timeout=2.0)
         self.watch.close()
         await self.port.aclose()

@@ -356,7 +356,6 @@ async def run_cli(opts: CliOptions) -> int:
     try:
         ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,
                        timeout=opts.spec.timeout, **options)
-        await ens.start()
     except SizeError as exc:
         await console.aclose()
         if log is not None:
@@ -375,6 +374,20 @@ async def run_cli(opts: CliOptions) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, interrupt, sig)
+    from pm.quick import noted_signals
+
+    for signum in noted_signals():  # what reached pmrun while it imported
+        interrupt(signum)
+    try:
+        await ens.start()  # (an interrupt meanwhile: hosts still starting are waited for no more)
+    except SizeError as exc:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await ens.aclose()
+        await console.aclose()
+        if log is not None:
+            log.close()
+        raise UsageError(str(exc)) from None
     try:
         if console.tty:  # (the line is only drawn on a terminal)
             ens.on_progress = lambda: console.progress(ens.progress_text())

@@ -221,6 +221,8 @@ class Ensemble:
         await asyncio.shield(self._starting)
 
     async def _start(self) -> None:
+        if self._stopping:  # interrupted before it started: nothing will run
+            return
         for d in self._domains.values():
             if d.local:
                 snap = await asyncio.to_thread(self._probe_mem.read)
@@ -345,6 +347,7 @@ class Ensemble:
             if self._local is not None:
                 self._local.signal(signum)
             self._remote.signal_all(signum)
+            self._remote.cut_starts(signum)
         else:
             self._kill_all("interrupted twice")
 

@@ -128,6 +128,13 @@ class RemoteRunner:
             if h.runs:
                 h.send(TaskSignal(-1, signum).line())
 
+    def cut_starts(self, signum: int) -> None:
+        """Wait no more for the runners still starting (pmrun was interrupted): their
+        hosts are lost, named once by the ensemble."""
+        for h in self._hosts.values():
+            if h.job is not None and h.job.children is not None and h.job.children.waiting():
+                h.job.interrupt(signum)
+
     def close(self) -> None:
         """Tell every runner to end (they kill what still runs there)."""
         for h in self._hosts.values():

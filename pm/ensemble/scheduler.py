@@ -384,12 +384,15 @@ class EnsembleScheduler:
 
     # -- events
     def add(self, specs: Iterable[TaskSpec]) -> list[Start]:
-        """Queue tasks (indices must be new)."""
+        """Queue tasks (indices must be new); once stopped, they fail with the stop's
+        reason at once (:meth:`take_failed_unrun`)."""
         for spec in specs:
             if spec.index in self._tasks:
                 raise ValueError(f"task {spec.index} was already added")
             self._tasks[spec.index] = TaskRecord(spec)
             self._queue.append(spec.index)
+        if self._stopped is not None:
+            self.stop(self._stopped)
         return self.schedule()
 
     def node_memory(
