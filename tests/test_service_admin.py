@@ -10,6 +10,7 @@ service runs here on 127.0.0.1, as root, serving a key bound to root.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import signal
@@ -81,25 +82,34 @@ def test_a_bad_configuration_is_one_line_naming_it(tmp_path: Path, line: str,
 # ------------------------------------------------------------------ reload
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
 
 
+def _ipv6_missing() -> str | None:
+    try:
+        _free_port("::1")
+    except OSError as exc:
+        return f"no IPv6 loopback here: {exc}"
+    return None
+
+
 class Service:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, host: str = "127.0.0.1") -> None:
         self.dir = tmp
         for name in ("server", "old", "new"):
             assert _agent("keygen", str(tmp / name)).returncode == 0
-        self.port = _free_port()
+        self.host = f"[{host}]" if ":" in host else host
+        self.port = _free_port(host)
         self.config = tmp / "agent.toml"
         self.write_config(["old.pub"])
         for name in ("old", "new"):
             (tmp / f"agents-{name}").write_text(
                 f"client-key = {name}.key\nserver-key = server.pub\n"
-                f"localhost 127.0.0.1:{self.port}\n")
+                f"localhost {self.host}:{self.port}\n")
         self.log = tmp / "service.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen([*AGENT, "serve", "--config", str(self.config)],
@@ -110,7 +120,7 @@ class Service:
         assert self.proc.poll() is None, self.text()
 
     def write_config(self, keys: list[str], extra: str = "allow_root = true") -> None:
-        self.config.write_text(f'listen = "127.0.0.1:{self.port}"\nkey = "server.key"\n'
+        self.config.write_text(f'listen = "{self.host}:{self.port}"\nkey = "server.key"\n'
                                f"{extra}\n[clients]\nroot = {keys!r}\n".replace("'", '"'))
 
     def text(self) -> str:
@@ -143,6 +153,30 @@ def service(tmp_path: Path) -> Iterator[Service]:
     svc = Service(tmp_path)
     try:
         yield svc
+    finally:
+        svc.close()
+
+
+@pytest.mark.skipif(_ipv6_missing() is not None, reason=str(_ipv6_missing()))
+def test_a_service_on_ipv6_serves_jobs_and_names_only_strangers(tmp_path: Path) -> None:
+    """listen = "[::1]:PORT" and an agents line "host [::1]:PORT"; a client that leaves after
+    its job is no refusal in the log, bytes that are no client are one."""
+    svc = Service(tmp_path, "::1")
+    try:
+        assert f"listening on tcp://[::1]:{svc.port}" in svc.text()
+        for _ in range(2):
+            code, out, err = svc.run("old", "-n", "2", "echo", "ok")
+            assert (code, out) == (0, "ok\nok\n"), err
+        assert "refused" not in svc.text(), svc.text()
+        with socket.create_connection(("::1", svc.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            s.settimeout(5)
+            with contextlib.suppress(ConnectionResetError, TimeoutError):
+                while s.recv(4096):
+                    pass
+        wait_until(lambda: "refused a connection from" in svc.text(), 10, "the refusal")
+        assert "dropped before any request (not a pmrun client" in svc.text(), svc.text()
+        assert svc.proc.poll() is None
     finally:
         svc.close()
 

@@ -242,6 +242,13 @@ def route_source(host: str) -> str | None:
     return None
 
 
+def allow_ipv6(sock: zmq.Socket[Any], endpoint: str) -> None:
+    """Let ``sock`` use ``endpoint`` if it is an IPv6 literal (``tcp://[::1]:7350``): libzmq
+    takes one only from a socket told so (else: "No such device")."""
+    if "://[" in endpoint:
+        sock.setsockopt(zmq.IPV6, 1)
+
+
 def endpoint_host(address: str) -> str:
     """``tcp://10.0.0.1:4000`` -> ``10.0.0.1``."""
     rest = address.split("://", 1)[-1]
@@ -285,6 +292,7 @@ class ChildPort:
             self.sock, self._mon, "tree port", self._joined_fds, self._refusals,
             self.connections))
         try:
+            allow_ipv6(self.sock, bind)
             if listening is not None:
                 # A socket listening already (fd, port) on ``bind``: zmq serves it (and
                 # closes it), with the connections the kernel took for it meanwhile.
@@ -472,6 +480,7 @@ class ParentLink:
         _configure(self.sock, secret, server=False)
         self.sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
         self.sock.setsockopt(zmq.IDENTITY, b"v%d" % vertex)
+        allow_ipv6(self.sock, address)
         self.sock.connect(address)
         self.on_msg = on_msg
         self.on_lost = on_lost

@@ -27,7 +27,7 @@ def fd_peer(fd: int) -> str:
             host, port = s.getpeername()[:2]
     except (OSError, ValueError):
         return ""
-    return f"{host}:{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class RateLimit:
@@ -63,9 +63,14 @@ _FAILED: dict[int, str] = {
                                                       "agent)"}
 
 
+#: Why a connection that was dropped without a failed handshake was (a tree port's words).
+DROPPED = "dropped before joining (a frame over the size bound, or not a tree agent)"
+
+
 async def log_refused_handshakes(sock: zmq.asyncio.Socket, what: str,
                                  joined: set[int] | None = None,
-                                 limit: RateLimit | None = None) -> None:
+                                 limit: RateLimit | None = None,
+                                 dropped: str = DROPPED) -> None:
     """Log the connections ``sock`` refused, naming the peer's address (rate-limited).
 
     libzmq reports a failed handshake without saying whose; the connection's
@@ -77,7 +82,7 @@ async def log_refused_handshakes(sock: zmq.asyncio.Socket, what: str,
     microseconds of its accept) is "an unknown peer".
     """
     mon = watch_refusals(sock)
-    await log_refusals(sock, mon, what, joined, limit)
+    await log_refusals(sock, mon, what, joined, limit, dropped=dropped)
 
 
 def watch_refusals(sock: zmq.asyncio.Socket) -> zmq.asyncio.Socket:
@@ -90,7 +95,7 @@ def watch_refusals(sock: zmq.asyncio.Socket) -> zmq.asyncio.Socket:
 
 async def log_refusals(sock: zmq.asyncio.Socket, mon: zmq.asyncio.Socket, what: str,
                         joined: set[int] | None = None, limit: RateLimit | None = None,
-                        peers: dict[int, str] | None = None) -> None:
+                        peers: dict[int, str] | None = None, *, dropped: str = DROPPED) -> None:
     limit = limit or RateLimit()
     peers = {} if peers is None else peers
     failed: str | None = None
@@ -112,8 +117,7 @@ async def log_refusals(sock: zmq.asyncio.Socket, mon: zmq.asyncio.Socket, what: 
                     joined.discard(value)
                     failed = None
                     continue
-                why = failed or "dropped before joining (a frame over the size bound, or not " \
-                                "a tree agent)"
+                why = failed or dropped
                 failed = None
                 limit.warn("%s: refused a connection from %s: %s", what, peer, why)
     finally:

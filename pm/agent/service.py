@@ -46,6 +46,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils import z85
 
+from pm.agent.links import allow_ipv6
 from pm.agent.owned import Owned
 from pm.agent.service_config import (
     DEFAULT_PATH,
@@ -190,9 +191,12 @@ class Service:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)  # a start request is < 1 KiB
         self.agents: dict[tuple[str, int], JobAgentProc] = {}
+        #: fds of connections that sent a request (log_refused_handshakes' ``joined``).
+        self._clients: set[int] = set()
         #: Handling requests, watching agents, reloads: ended with the service.
         self.owned = Owned()
         self.stopping = asyncio.get_running_loop().create_future()
+        allow_ipv6(self.sock, cfg.listen)
         self.sock.bind(cfg.listen)
         self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         me = pwd.getpwuid(os.geteuid()).pw_name
@@ -206,7 +210,10 @@ class Service:
         from pm.agent.refusals import log_refused_handshakes
 
         self._spawn_task(self._zap_loop())
-        self._spawn_task(log_refused_handshakes(self.sock, "pm-agent service"))
+        self._spawn_task(log_refused_handshakes(
+            self.sock, "pm-agent service", self._clients,
+            dropped="dropped before any request (not a pmrun client, or a frame over the size "
+                    "bound)"))
         recv = self.owned.spawn(self._recv_loop())
         try:
             await asyncio.wait([recv, self.stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -281,6 +288,8 @@ class Service:
                 log.warning("dropped a malformed request (%d parts)", len(frames))
                 continue
             ident, frame = frames[0].bytes, frames[1]
+            with contextlib.suppress(Exception):  # a client: its leaving is no refusal
+                self._clients.add(int(frame.get(zmq.SRCFD)))
             user = ""
             with contextlib.suppress(Exception):
                 user = str(frame.get("User-Id") or "")

@@ -36,6 +36,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from pm.agent.links import allow_ipv6
 from pm.agent.owned import Owned
 from pm.bootstrap.base import Bootstrap, join_timeout_of
 from pm.common.kary_tree import Tree
@@ -142,6 +143,7 @@ class _Service:
         events = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         self._mon = self.sock.get_monitor_socket(events)
+        allow_ipv6(self.sock, address)
         self.sock.connect(address)
         #: Receiving replies, watching handshakes: ended by close()/aclose().
         self.owned = Owned(loop)
