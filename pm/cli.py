@@ -311,20 +311,13 @@ def exit_codes(ranks: Mapping[int, RankResult], size: int, hosts: list[str],
 
 def rank_map(node_of_rank: list[int], hosts: list[str]) -> str:
     """-print-rank-map: each node's ranks (``0-3,8``), one line per node, in node order."""
+    from pm.agent.topology import format_cpuset  # (a kernel-style list of numbers)
+
     per_node: dict[int, list[int]] = {}
     for rank, node in enumerate(node_of_rank):
         per_node.setdefault(node, []).append(rank)
-    lines = []
-    for node, ranks in sorted(per_node.items()):
-        runs: list[str] = []
-        start = prev = ranks[0]
-        for r in [*ranks[1:], -2]:
-            if r != prev + 1:
-                runs.append(str(start) if start == prev else f"{start}-{prev}")
-                start = r
-            prev = r
-        lines.append(f"pmrun: rank map: node {node} ({hosts[node]}): {','.join(runs)}\n")
-    return "".join(lines)
+    return "".join(f"pmrun: rank map: node {node} ({hosts[node]}): {format_cpuset(ranks)}\n"
+                   for node, ranks in sorted(per_node.items()))
 
 
 def _collect_from_now_on() -> None:

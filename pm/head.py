@@ -377,14 +377,10 @@ class JobRun:
         if self._interrupts == 1 and self.children is not None and self.children.waiting():
             # Still starting: nodes that have not joined would be waited for until
             # --join-timeout.  The job ends now, the nodes that joined as after a Ctrl-C.
-            late = self.children.waiting()
-            hosts = self.plan.hosts
-            which = ", ".join(f"node {v} ({hosts[v]})" for v in late[:3])
-            more = f" and {len(late) - 3} more" if len(late) > 3 else ""
             self._signalled = signum
             self.signal(signum)
-            self._fail(f"{name} while the job was starting: {which}{more} had not joined",
-                       128 + signum)
+            self._fail(f"{name} while the job was starting: {self.children.name_waiting()} "
+                       "had not joined", 128 + signum)
             self.children.cut_join(f"{name} before it joined")
             return
         if self._interrupts == 1:

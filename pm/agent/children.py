@@ -376,15 +376,19 @@ class Children:
         for v in self.waiting():
             self._lost(v, why)
 
-    def _say_missing(self, waited: float) -> None:
-        missing = [v for v, f in self._hellos.items() if not f.done()]
+    def name_waiting(self) -> str:
+        """The children not joined yet, for a line: ``node 3 (h3), node 5 (h5) and 2 more``."""
+        missing = self.waiting()
         hosts = self.agent.plan.hosts
         named = ", ".join(f"node {v} ({hosts[v]})" for v in missing[:JOIN_NAMED])
-        more = f" and {len(missing) - JOIN_NAMED} more" if len(missing) > JOIN_NAMED else ""
-        nodes = "node has" if len(missing) == 1 else "nodes have"
-        log.warning("%d %s not joined after %.0f s (--join-timeout %g s): %s%s",
-                    len(missing), nodes, waited, join_timeout_of(self.agent.plan.bootstrap),
-                    named, more)
+        return named + (f" and {len(missing) - JOIN_NAMED} more"
+                        if len(missing) > JOIN_NAMED else "")
+
+    def _say_missing(self, waited: float) -> None:
+        count = len(self.waiting())
+        nodes = "node has" if count == 1 else "nodes have"
+        log.warning("%d %s not joined after %.0f s (--join-timeout %g s): %s", count, nodes,
+                    waited, join_timeout_of(self.agent.plan.bootstrap), self.name_waiting())
 
     # ------------------------------------------------------------------ messages
     def _msg(self, vertex: int, msg: t.Msg) -> None:
