@@ -45,7 +45,8 @@ class CliOptions:
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
 _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fanout", "timeout",
                         "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output",
-                        "error", "prepend", "report_bindings", "universe_size", "mpi"})
+                        "error", "prepend", "report_bindings", "universe_size", "mpi",
+                        "merge_stderr"})
 
 
 def parse(argv: list[str]) -> CliOptions:
@@ -95,6 +96,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.output = v.get("output")  # type: ignore[assignment]
     spec.error = v.get("error")  # type: ignore[assignment]
     spec.report_bindings = bool(v.get("report_bindings"))
+    spec.merge_stderr = bool(v.get("merge_stderr"))
     spec.label = "prepend" in v
     spec.prepend = prepend_of(v)
     usize = v.get("universe_size")

@@ -52,6 +52,8 @@ class JobSpec:
     bind_to: str = "none"
     map_by: str = "core"
     report_bindings: bool = False
+    #: Each rank's stderr is its stdout (Open MPI's --merge-stderr-to-stdout).
+    merge_stderr: bool = False
     profile: str | None = None
     #: Files for the ranks' stdout / stderr instead of the launcher's (pm.common.output patterns).
     output: str | None = None

@@ -660,6 +660,9 @@ OPTIONS = (
     Opt("--stdin -stdin -i --input", "stdin", stdin_rank, metavar="RANK|none", group=IO,
         help="the rank that reads pmrun's stdin (default 0), or none: every rank reads "
              "/dev/null (Open MPI's --stdin, srun's -i)"),
+    Opt("--merge-stderr-to-stdout -merge-stderr-to-stdout", "merge_stderr", kind=FLAG,
+        quick=True, group=IO, help="each rank's stderr goes where its stdout goes, in the "
+                                   "order the rank wrote them (Open MPI's)"),
     Opt("-print-rank-map --print-rank-map --display-map", "print_rank_map", kind=FLAG,
         group=IO, help="before the job starts, print each node's ranks (Hydra's "
                        "-print-rank-map, Open MPI's --display-map), one line per node"),
@@ -986,6 +989,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     _ensemble_only(out)
     _open_mpi_mapping(out.values)
     _srun_export(out)
+    if "merge_stderr" in out.values and "error" in out.values:
+        raise UsageError("--merge-stderr-to-stdout leaves no stderr for --error to write")
     _srun_cpu_bind(out.values)
     _cpus_per_task(out.values)
     if "timeout" not in out.values and environ.get("MPIEXEC_TIMEOUT"):
@@ -1071,6 +1076,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
 #: Options about an MPI job's ranks, which task ensembles do not take.
 _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "error", "kvs",
                "mpi", "profile", "universe_size", "nodes", "cpus_per_task", "stdin", "cpu_bind",
+               "merge_stderr",
                "print_rank_map", "print_all_exitcodes")
 
 
@@ -1100,7 +1106,7 @@ def _ensemble_only(out: Parsed) -> None:
                 hint = {"nodes": " (their hosts: -S, -hosts)",
                         "stdin": " (their stdin: --pipe, --pipepart)"}.get(
                     opt.key, " (their output: --tag, --tagstring, --group, --lb)"
-                    if opt.key in ("prepend", "output", "error") else "")
+                    if opt.key in ("prepend", "output", "error", "merge_stderr") else "")
                 raise UsageError(f"{opt.names[0]} is for an MPI job's ranks, not for task "
                                  f"ensembles{hint}")
         resume = "resume" in values or "resume_failed" in values

@@ -107,7 +107,7 @@ class QuickOptions:
     """The part of a command line the quick path runs (one program, on this machine)."""
 
     __slots__ = ("app_env", "argv", "env_mode", "error", "genv", "genvlist", "kvs", "label",
-                 "n", "output", "pmix", "prepend", "timeout", "wdir")
+                 "merge", "n", "output", "pmix", "prepend", "timeout", "wdir")
 
     def __init__(self) -> None:
         self.n = 1
@@ -127,6 +127,8 @@ class QuickOptions:
         self.pmix = False
         #: --kvs: with "socket", pm.client ranks are served here too (pm.agent.pmi_quick).
         self.kvs = "shm"
+        #: --merge-stderr-to-stdout.
+        self.merge = False
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
@@ -152,6 +154,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     opts.output = v.get("output")  # type: ignore[assignment]
     opts.error = v.get("error")  # type: ignore[assignment]
     opts.kvs = v.get("kvs") or "shm"  # type: ignore[assignment]
+    opts.merge = "merge_stderr" in v
     opts.pmix = wants_pmix(str(v.get("mpi") or "auto"), [opts.argv], environ.get("PATH"))
     return opts
 
@@ -238,9 +241,11 @@ class QuickStart:
             from pm.agent.pmix_register import RankTimerSlack
 
             with RankTimerSlack(opts.n):
-                start_local(todo, stdin_rank=stdin_rank, stop_at_failure=True, into=started)
+                start_local(todo, stdin_rank=stdin_rank, stop_at_failure=True, into=started,
+                            merge=opts.merge)
         else:
-            start_local(todo, stdin_rank=stdin_rank, stop_at_failure=True, into=started)
+            start_local(todo, stdin_rank=stdin_rank, stop_at_failure=True, into=started,
+                        merge=opts.merge)
         if self._pmix is not None:
             for r in started.ranks:
                 if r.pid:

@@ -85,6 +85,30 @@ def test_stdin_goes_to_the_rank_asked_or_to_none(pmrun: Run, tmp_path: Path, opt
         ("0", hashlib.sha256(b"").hexdigest())}, (r.stdout, r.stderr)
 
 
+MIXED = """
+    import os, sys
+    for i in range(300):  # stdout and stderr interleaved, unbuffered: one order to keep
+        os.write(1 + i % 2, b"%s %d\\n" % (os.environ["PMI_RANK"].encode(), i))
+"""
+
+
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"], ["-l"]])
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_merge_stderr_to_stdout_keeps_each_ranks_order(pmrun: Run, tmp_path: Path,
+                                                       opts: list[str], quick: str) -> None:
+    prog = script(tmp_path, "mixed.py", MIXED)
+    r = pmrun("--merge-stderr-to-stdout", "-n", "2", *opts, "python", str(prog),
+              env={"PM_QUICK": quick})
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    lines = [line.removeprefix("[0] ").removeprefix("[1] ") for line in r.stdout.splitlines()]
+    for rank in ("0", "1"):
+        assert [line for line in lines if line.startswith(rank + " ")] == [
+            f"{rank} {i}" for i in range(300)]
+    r = pmrun("--merge-stderr-to-stdout", "--error", "e.%r", "true")
+    assert (r.returncode, r.stderr) == (2, "pmrun: --merge-stderr-to-stdout leaves no stderr "
+                                           "for --error to write\n")
+
+
 def test_srun_time_limit_ends_a_hung_job(pmrun: Run, marker: str) -> None:
     """srun's -t MM:SS is --timeout in srun's words."""
     r = pmrun("-n", "2", "-t", "0:01", "python", "-c", "import time; time.sleep(120)", marker)

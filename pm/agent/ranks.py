@@ -158,10 +158,10 @@ class LocalRanks:
 
             with RankTimerSlack(len(todo)):
                 start_local(todo, stdin_rank=stdin_rank, guardian=guardian,
-                            into=started)
+                            merge=plan.merge_stderr, into=started)
         else:
             start_local(todo, stdin_rank=stdin_rank, guardian=guardian,
-                        into=started)
+                        merge=plan.merge_stderr, into=started)
         self.adopt(started, mark=False)
 
     def adopt(self, started: StartedRanks, mark: bool = True) -> None:

@@ -108,11 +108,13 @@ class RankFds:
 
     __slots__ = ("_child", "_shared", "err", "out", "pmi", "stdin")
 
-    def __init__(self, stdin_pipe: bool, pmi: bool = True, devnull: int = -1) -> None:
+    def __init__(self, stdin_pipe: bool, pmi: bool = True, devnull: int = -1,
+                 merge: bool = False) -> None:
         """Raises :class:`SpawnError` (nothing left open) when the descriptors run out.
 
         ``devnull``: an open /dev/null (read) the caller keeps, given as stdin to a rank
-        without the stdin pipe (else one is opened for it)."""
+        without the stdin pipe (else one is opened for it).  ``merge``: the rank's stderr
+        is its stdout pipe (``err`` stays -1)."""
         #: Our end of the PMI socket (None without PMI).
         self.pmi: _socket.socket | None = None
         self.out = self.err = self.stdin = -1
@@ -124,7 +126,10 @@ class RankFds:
                 self.pmi, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
                 self._child[PMI_FD] = theirs.detach()
             self.out, self._child[1] = os.pipe2(os.O_CLOEXEC)
-            self.err, self._child[2] = os.pipe2(os.O_CLOEXEC)
+            if merge:
+                self._child[2] = self._child[1]
+            else:
+                self.err, self._child[2] = os.pipe2(os.O_CLOEXEC)
             if stdin_pipe:
                 self._child[0], self.stdin = os.pipe2(os.O_CLOEXEC)
             elif devnull >= 0:
@@ -136,7 +141,8 @@ class RankFds:
             self.close_child_ends()
             raise SpawnError(f"cannot create its pipes: {exc.strerror}") from exc
         os.set_blocking(self.out, False)
-        os.set_blocking(self.err, False)
+        if self.err >= 0:
+            os.set_blocking(self.err, False)
 
     @property
     def child_fds(self) -> dict[int, int]:
@@ -145,7 +151,7 @@ class RankFds:
 
     def close_child_ends(self) -> None:
         """Once the rank started (or failed to): its ends are its own."""
-        for fd in self._child.values():
+        for fd in set(self._child.values()):  # (stdout's is stderr's too with ``merge``)
             if fd != self._shared:
                 os.close(fd)
         self._child = {}
@@ -218,14 +224,15 @@ def spawn(
 
 def spawn_rank(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin_pipe: bool,
                cwd: str | None, pgid: int, cpus: frozenset[int] | None = None,
-               pmi: bool = True, devnull: int = -1) -> tuple[int, RankFds]:
+               pmi: bool = True, devnull: int = -1, merge: bool = False
+               ) -> tuple[int, RankFds]:
     """Start a rank with its descriptors (:class:`RankFds`): its pid, and our ends of them.
 
     Raises :class:`SpawnError` (nothing left open) if the descriptors or the
     process cannot be made.  ``devnull``: see :class:`RankFds`.
     """
     try:
-        fds = RankFds(stdin_pipe, pmi, devnull)
+        fds = RankFds(stdin_pipe, pmi, devnull, merge)
     except SpawnError as exc:
         raise SpawnError(f"{argv[0]}: {exc}") from exc
     try:

@@ -70,6 +70,8 @@ class JobPlan(Record):
     bind_to: str = "none"
     map_by: str = "core"
     report_bindings: bool = False
+    #: Each rank's stderr is its stdout (one pipe: the order it wrote them).
+    merge_stderr: bool = False
     timeout: float | None = None
     profile: bool = False
     #: How child agents are started: bootstrap name and its options (each launcher's own).
