@@ -529,7 +529,7 @@ class QuickStart:
 
         assert self.pmi is not None and self._watch_more is not None
         spawns = self.spawns = QuickSpawns(self.pmi, self._base, self.opts.wdir,
-                                           self._watch_more)
+                                           self._watch_more, self.opts.merge)
         return spawns.spawn(parent, rank, call)
 
     def _reader_gone(self, stream: int) -> None:

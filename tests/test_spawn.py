@@ -629,3 +629,27 @@ def test_a_one_node_jobs_spawned_ranks_write_their_own_output_files(tmp_path: Pa
     assert res.stdout == ""
     files = {p.name: p.read_text().rsplit(" [", 1)[0] for p in tmp_path.glob("out.*")}
     assert files == {"out.0": "parent 0", "out.0.s1": "child 0", "out.1.s1": "child 1"}
+
+
+#: A spawned child writes to stderr: with --merge-stderr-to-stdout that comes on stdout.
+CHILD_STDERR = """
+    import sys
+    from mpi4py import MPI
+
+    parent = MPI.Comm.Get_parent()
+    if parent == MPI.COMM_NULL:
+        MPI.COMM_WORLD.Spawn(sys.executable, args=[__file__], maxprocs=1).Disconnect()
+    else:
+        sys.stderr.write("child's stderr\\n")
+        sys.stderr.flush()
+        parent.Disconnect()
+"""
+
+
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"]])
+def test_spawned_ranks_merge_stderr_as_the_launched_ones(tmp_path: Path,
+                                                         opts: list[str]) -> None:
+    prog = script(tmp_path, "child_stderr.py", CHILD_STDERR)
+    res = run(tmp_path, "--merge-stderr-to-stdout", *opts, "-n", "1", sys.executable, str(prog))
+    assert res.returncode == 0, res.stderr
+    assert (res.stdout, res.stderr) == ("child's stderr\n", "")

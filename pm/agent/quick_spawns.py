@@ -106,14 +106,16 @@ class QuickSpawns:
     """The jobs spawned by the job whose PMI is ``launched`` (every level of nesting).
 
     ``base``: the launched job's environment (with its topology file), ``wdir`` its
-    working directory; ``watch`` registers new ranks with the quick phase's loop.
+    working directory; ``watch`` registers new ranks with the quick phase's loop;
+    ``merge``: their stderr is their stdout, as the launched job's.
     """
 
     def __init__(self, launched: QuickPmi, base: Mapping[str, str], wdir: str | None,
-                 watch: Callable[[list[StartedRank]], None]) -> None:
+                 watch: Callable[[list[StartedRank]], None], merge: bool = False) -> None:
         self.launched = launched
         self.base = base
         self.wdir = wdir
+        self.merge = merge
         self.watch = watch
         self.jobs: list[QuickJob] = []
         #: Ranks of spawned jobs still running.
@@ -167,7 +169,8 @@ class QuickSpawns:
         started = StartedRanks(f"{top.job_id}s{job}", top.t0)
         started.guardian, started.shared = top.guardian, True
         started.shm_reaper = ShmReaper()
-        start_local(todo, stdin_rank=None, guardian=top.guardian, into=started, job=job)
+        start_local(todo, stdin_rank=None, guardian=top.guardian, into=started, job=job,
+                    merge=self.merge)
         pmi = started.pmi = QuickPmi(
             started, kvsname, n, native=launched.native, host=launched.host,
             spawned=Spawned(job, launched, parent.kvsname, req.preput, appnums))
