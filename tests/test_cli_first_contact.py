@@ -546,9 +546,9 @@ def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
     mode, names = (app.env_mode, app.envlist) if app.env_mode else (spec.env_mode,
                                                                    spec.genvlist)
     assert (q.n, q.argv, q.genv, q.app_env, q.wdir, q.label, q.prepend, q.timeout, q.output,
-            q.error, q.env_mode, q.genvlist) == (
+            q.error, q.env_mode, q.genvlist, q.merge) == (
         app.n, app.argv, spec.genv, app.env, app.wdir, spec.label, spec.prepend, spec.timeout,
-        spec.output, spec.error, mode, names)
+        spec.output, spec.error, mode, names, spec.merge_stderr)
     from pm.agent.pmix_detect import wants_pmix
 
     assert q.pmix == wants_pmix(spec.mpi, [app.argv])
