@@ -206,6 +206,8 @@ class _Host:
             self.lost = f"its task runner was killed by {signal.Signals(r.signal).name}"
         elif " lost: " in cause:  # the agent there, or the way to it (ssh, Slurm's step)
             self.lost = cause.split(" lost: ", 1)[1]
+        elif cause.endswith(" had not joined"):  # pmrun interrupted while it started
+            self.lost = f"its task runner had not started ({cause.split()[0]})"
         elif r is not None and r.reason:
             self.lost = f"its task runner: {r.reason}"
         elif r is not None:
