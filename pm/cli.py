@@ -377,13 +377,11 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
         loop.add_signal_handler(sig, handler, sig)
     from pm.quick import noted_signals
 
-    for signum in noted_signals():  # what reached pmrun while it imported
+    # What reached pmrun before the loop had its signals (in the quick phase, or while the
+    # full path imported): the job acts on them once its launch is under way (JobRun).
+    for signum in started.pending_signals() if started is not None else noted_signals():
         handlers[signal.Signals(signum)](signum)
     await job.start()
-    if started is not None:
-        # What reached pmrun before the loop's handlers were in place.
-        for signum in started.pending_signals():
-            handlers[signal.Signals(signum)](signum)
     result = await job.wait()
     if "print_all_exitcodes" in opts.extra:
         sys.stderr.write(exit_codes(result.ranks, job.plan.size, job.plan.hosts,

@@ -46,6 +46,8 @@ KILL_GRACE = 2.0
 #: Exit status of pmrun when the job timed out (as timeout(1)) or the launcher itself failed.
 EXIT_TIMEOUT = 124
 EXIT_LAUNCHER = 255
+#: How the cause of a job interrupted while nodes had not joined ends (its words end so).
+NOT_JOINED = "had not joined"
 STDIN_WINDOW = 1 << 20
 #: Seconds an abort that comes first waits, while ranks of other nodes run, for the report of
 #: a rank a signal ended before it: a rank often aborts because it saw a peer die (Open MPI's
@@ -198,8 +200,8 @@ class JobRun:
         self.agent: JobAgent | RootRelay | None = None
         self.children: Children | None = None
         self._interrupts = 0
-        #: Interrupts before start(): acted on once the launch is under way.
-        self._early_signals: list[int] = []
+        #: Signals before start() (handler, signum): acted on once the launch is under way.
+        self._early_signals: list[tuple[Callable[[int], None], int]] = []
         #: The first signal that told pmrun to stop (SIGINT, SIGTERM, SIGHUP), or 0.
         self._signalled = 0
         #: Running, or killing: ranks that fail from then on do not name the cause.
@@ -277,8 +279,8 @@ class JobRun:
             await agent.prepare()
             agent.start_ranks()
         early, self._early_signals = self._early_signals, []
-        for signum in early:  # (while pmrun imported: pm.quick.noted_signals)
-            self.interrupt(signum)
+        for handler, signum in early:  # (before the loop had them: pm.cli)
+            handler(signum)
         if children is not None:
             try:
                 join = float(plan.bootstrap.get("join_timeout", 60))
@@ -344,8 +346,10 @@ class JobRun:
     # ------------------------------------------------------------ control
     def signal(self, signum: int) -> None:
         """Forward ``signum`` to every rank."""
-        if self.agent is not None:
-            self.agent.from_parent(t.Signal(signum))
+        if self.agent is None:  # not started: acted on once the launch is under way
+            self._early_signals.append((self.signal, signum))
+            return
+        self.agent.from_parent(t.Signal(signum))
 
     def _output_lost(self, stream: int) -> None:
         """Nobody reads our ``stream`` any more (`pmrun ... | head`): as in a shell
@@ -363,6 +367,9 @@ class JobRun:
         """Ctrl-Z: stop every rank, then the launcher itself; SIGCONT (``fg``, ``bg``) to the
         launcher continues them (:meth:`signal`).  Agents hold their watch on the head
         meanwhile: its silence is no loss."""
+        if self.agent is None:
+            self._early_signals.append((self.suspend, _signum))
+            return
         self.signal(signal.SIGTSTP)
         # The stop goes down the tree through zmq's I/O thread: give it time to leave.
         delay = SUSPEND_FLUSH if self.children is not None else 0.0
@@ -371,7 +378,7 @@ class JobRun:
     def interrupt(self, signum: int) -> None:
         """Ctrl-C / SIGTERM to the launcher: forward once, kill at once the second time."""
         if self.agent is None:  # not started: acted on once the launch is under way
-            self._early_signals.append(signum)
+            self._early_signals.append((self.interrupt, signum))
             return
         self._interrupts += 1
         name = signal.Signals(signum).name
@@ -381,7 +388,7 @@ class JobRun:
             self._signalled = signum
             self.signal(signum)
             self._fail(f"{name} while the job was starting: {self.children.name_waiting()} "
-                       "had not joined", 128 + signum)
+                       f"{NOT_JOINED}", 128 + signum)
             self.children.cut_join(f"{name} before it joined")
             return
         if self._interrupts == 1:

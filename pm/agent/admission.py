@@ -69,8 +69,8 @@ def parallel_size(text: str) -> int:
         raise SizeError(f"cannot read {text!r} as a size: expected a number with an optional "
                         "unit (K, M, G, T, P: 1024-based; k, m, g, t, p: 1000-based)")
     unit = m.group(2)
-    if unit[:1] in "kmgtp" and unit[:1] and unit[1:2].lower() != "i":
-        return int(Fraction(m.group(1)) * 1000 ** _UNITS[unit[:1].upper()])
+    if unit and unit[0] in "kmgtp" and unit[1:2].lower() != "i":  # decimal: 100k, 2g
+        return int(Fraction(m.group(1)) * 1000 ** _UNITS[unit[0].upper()])
     return parse_size(text)
 
 

@@ -195,6 +195,8 @@ class _Host:
 
     def ended(self, stdin_fd: int) -> None:
         """The runner's job ended: the host is lost to the runs still under way."""
+        from pm.head import NOT_JOINED  # (loaded: the runner's job is a JobRun)
+
         os.close(stdin_fd)
         if self.commands is not None:
             self.commands.close()
@@ -206,7 +208,7 @@ class _Host:
             self.lost = f"its task runner was killed by {signal.Signals(r.signal).name}"
         elif " lost: " in cause:  # the agent there, or the way to it (ssh, Slurm's step)
             self.lost = cause.split(" lost: ", 1)[1]
-        elif cause.endswith(" had not joined"):  # pmrun interrupted while it started
+        elif cause.endswith(NOT_JOINED):  # pmrun interrupted while it started
             self.lost = f"its task runner had not started ({cause.split()[0]})"
         elif r is not None and r.reason:
             self.lost = f"its task runner: {r.reason}"
