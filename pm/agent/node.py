@@ -786,50 +786,59 @@ class JobAgent:
         does that in a thread, this in the caller's."""
         if self.spawns is not None:
             self.spawns.close()
-        reap = self._close()
-        if reap is not None:
-            self._reap_shm(*reap)
+        reap, guardian = self._close()
+        clean = self._reap_shm(*reap) if reap is not None else False
+        if guardian is not None:
+            guardian.release(clean=clean)
 
     async def aclose(self) -> None:
         """:meth:`close` without blocking the loop; returns once our tasks have ended and
         the job's /dev/shm files are gone (a child agent exits right after)."""
         if self.spawns is not None:
             await self.spawns.aclose()
-        reap = self._close()
+        reap, guardian = self._close()
+        clean = False
         if reap is not None:
             if reap[1]:  # ranks just killed: their files may wait up to a second
-                await asyncio.to_thread(self._reap_shm, *reap)
+                clean = await asyncio.to_thread(self._reap_shm, *reap)
             else:  # nothing to wait for (and no thread pool to start, 2 ms of CPU)
-                self._reap_shm(*reap)
+                clean = self._reap_shm(*reap)
+        if guardian is not None:
+            guardian.release(clean=clean)
         await self.procs.owned.aclose()
         await self.owned.aclose()
         if getattr(self, "reservations", None) is not None:
             await self.reservations.aclose()
 
-    def _close(self) -> tuple[ShmReaper, list[int]] | None:
-        """All of closing but the /dev/shm files: the reaper and the ranks just killed."""
+    def _close(self) -> tuple[tuple[ShmReaper, list[int]] | None, Guardian | None]:
+        """All of closing but the /dev/shm files: the reaper and the ranks just killed, and
+        the ranks' guardian, still to be let go (:meth:`_reap_shm` tells it how)."""
         self.owned.cancel()
         self._shm_sampler = None
         if getattr(self, "reservations", None) is not None:
             self.reservations.close()
         live = self._live_pids()
-        self.procs.close()
+        guardian = self.procs.close(keep_guardian=True)
         reaper, self.shm_reaper = self.shm_reaper, None
         for cb in self.on_close:
             with contextlib.suppress(Exception):
                 cb()
         self.on_close.clear()
-        return (reaper, live) if reaper is not None else None
+        return ((reaper, live) if reaper is not None else None), guardian
 
-    def _reap_shm(self, reaper: ShmReaper, dying: list[int]) -> None:
+    def _reap_shm(self, reaper: ShmReaper, dying: list[int]) -> bool:
         """Remove the /dev/shm files the ranks left (``dying``: ranks just killed), and what
-        agents killed by SIGKILL left on this node."""
+        agents killed by SIGKILL left on this node.  True when every rank had ended and no
+        MPI segment is left that could be theirs: the guardian need not look for any in
+        every process's maps (tens of ms of CPU after each job)."""
         try:
             for name in reaper.reap(dying):
                 log.debug("agent %d: removed /dev/shm/%s", self.vertex, name)
             sweep_node()
+            return not dying and not reaper.candidates()
         except Exception as exc:  # never worth failing the job's end for
             log.warning("agent %d: cleaning /dev/shm failed: %s", self.vertex, exc)
+            return False
 
 
 #: Profile names of the PMI events a session reports.

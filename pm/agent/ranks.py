@@ -442,8 +442,10 @@ class LocalRanks:
         self.close()
         await self.owned.aclose()
 
-    def close(self) -> None:
-        """Release everything; ranks still alive are killed. Idempotent."""
+    def close(self, keep_guardian: bool = False) -> Guardian | None:
+        """Release everything; ranks still alive are killed. Idempotent.  ``keep_guardian``:
+        our guardian is not let go but returned, for the caller to release once it knows
+        whether the ranks left any MPI segment (:meth:`Guardian.release`'s ``clean``)."""
         self.owned.cancel()  # the owner (JobAgent.aclose) awaits the sessions' tasks
         for proc in self.ranks.values():
             for fd in proc.fds.values():
@@ -459,15 +461,21 @@ class LocalRanks:
                 proc.stdin_fd = -1
             if proc.session is not None and proc.session.transport is not None:
                 proc.session.transport.abort()
+        kept = None
         if self.guardian is not None:
             if any(p.status is None and p.pid for p in self.ranks.values()):
                 self._kill_all()
-            if not self.shared:
+            if self.shared:
+                pass
+            elif keep_guardian:
+                kept = self.guardian
+            else:
                 self.guardian.release()
             self.guardian = None
         if self.watch is not None:
             self.watch.close()
             self.watch = None
+        return kept
 
 
 def _why(path: str | SpawnError) -> str:
