@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from pm.proto.errors import UsageError, defect, too_many
+from pm.proto.errors import UsageError, defect, missing_dependency, too_many
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (pmrun's start-up)
 if TYPE_CHECKING:
@@ -32,6 +32,8 @@ MOST_LOCAL_NODES = 1024
 EXIT_USAGE = 2
 #: The exit status when pmrun itself failed (sysexits' EX_SOFTWARE).
 EXIT_INTERNAL = 70
+#: The exit status when a dependency of pmrun's is not installed (sysexits' EX_UNAVAILABLE).
+EXIT_MISSING = 69
 
 
 # ------------------------------------------------------------------ value checkers
@@ -1346,6 +1348,10 @@ def internal_error(exc: BaseException, traceback: bool = False) -> int:
 
     if traceback:
         tb.print_exception(exc)
+    missing = missing_dependency(exc)
+    if missing is not None:  # not a defect: an install that lacks a part
+        os.write(2, f"pmrun: {missing}\n".encode(errors="replace"))
+        return EXIT_MISSING
     os.write(2, f"pmrun: {defect(exc)} (a defect of pmrun's own; please report it, with "
                 f"the output of -v)\n".encode(errors="replace"))
     return EXIT_INTERNAL

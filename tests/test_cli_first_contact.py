@@ -666,3 +666,21 @@ def test_mpirun_habits_reach_every_rank(pmrun: Run, layout: list[str]) -> None:
               'echo "$KEEP $OMPI_MCA_btl ${UNSET_X-unset}"', env={"KEEP": "kept"})
     assert (r.returncode, r.stdout) == (0, "kept ^ofi unset\n" * 2), r.stderr
     assert r.stderr == "pmrun: -x UNSET_X: not set in pmrun's environment, so not passed\n"
+
+
+def test_a_missing_dependency_is_named_with_what_to_install(tmp_path: Path) -> None:
+    """An install that lacks one of pmrun's dependencies (here msgpack, which the quick
+    path does not need but a job on several nodes does) is not called a defect of pmrun's:
+    one line names the package and the interpreter it is missing from."""
+    import sys
+
+    code = ("import sys; sys.modules['msgpack'] = None; from pm.quick import main; "
+            "sys.argv = ['pmrun', '--local-nodes', '2', '-n', '2', 'true']; sys.exit(main())")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=30,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert res.returncode == options.EXIT_MISSING, res.stderr
+    assert res.stderr.splitlines() == [
+        f"pmrun: msgpack, which pmrun needs, is not installed for {sys.executable} (No module "
+        f"named 'msgpack'): {sys.executable} -m pip install msgpack (or install pmrun with "
+        "its dependencies)"], res.stderr

@@ -63,6 +63,25 @@ def too_many(what: str, value: object, most: int) -> str:
     return f"{what} {value}: more than pmrun can run (at most {most})"
 
 
+#: pmrun's dependencies: the module each is imported as, and the distribution to install.
+DEPENDENCIES = {"msgpack": "msgpack", "zmq": "pyzmq", "uvloop": "uvloop", "cffi": "cffi"}
+
+
+def missing_dependency(exc: BaseException) -> str | None:
+    """When ``exc`` is one of pmrun's dependencies not found by this interpreter (an
+    install without them, another Python on a node): what to say, in one line."""
+    if not isinstance(exc, ModuleNotFoundError):
+        return None
+    top = (exc.name or "").split(".")[0]
+    if top not in DEPENDENCIES:
+        return None
+    import sys
+
+    return (f"{DEPENDENCIES[top]}, which pmrun needs, is not installed for {sys.executable} "
+            f"(No module named {top!r}): {sys.executable} -m pip install {DEPENDENCIES[top]} "
+            "(or install pmrun with its dependencies)")
+
+
 def defect(exc: BaseException) -> str:
     """``exc``, a defect of pmrun's, in one line: where (its innermost frame in pmrun) and
     what."""
