@@ -874,8 +874,9 @@ class Parsed:
     def __init__(self) -> None:
         self.values: dict[str, object] = {}
         self.sections: list[Section] = []
-        #: The options given (one Opt each, however spelled): quick_ok looks at them.
-        self.used: set[Opt] = set()
+        #: The options given, each with its first spelling on the command line (a refusal
+        #: names an option as the user wrote it); quick_ok looks at them.
+        self.used: dict[Opt, str] = {}
         self.verbose = 0
         #: "help" or "version" when one was asked for (nothing else is checked then).
         self.action = ""
@@ -916,7 +917,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                 opt, name, eq, inline = short, arg[:2], "=", arg[2:]
         if opt is None:
             raise UsageError(f"unknown option {arg} (see pmrun --help)")
-        out.used.add(opt)
+        out.used.setdefault(opt, name)
         if opt.kind == ACTION:
             out.action = opt.key
             return out
@@ -977,7 +978,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     if not out.sections and "tasks" in out.values and set(sec.values) == {"wdir"}:
         out.values["wdir"] = sec.values.pop("wdir")  # --tasks FILE: every task's
     if sec.values:
-        flags = " ".join(sorted({o.names[0] for o in out.used if o.local and o.key in sec.values}))
+        flags = " ".join(sorted({name for o, name in out.used.items()
+                                 if o.local and o.key in sec.values}))
         raise UsageError(f"{flags} must come before a program" if out.sections
                          else "no program given (see pmrun --help)")
     if not out.sections and not ({"tasks", "topology", "sim_ranks"} & out.values.keys()):
@@ -1022,7 +1024,7 @@ def _piped_command(out: Parsed) -> None:
             raise UsageError("--pipepart cuts a file, not stdin: give -a FILE, or use --pipe")
         values["pipe_file"] = readable_file(files[0], "--pipepart")
     clash = next((w for w in argv if w in INPUT_SOURCES), None)
-    given = [o.names[0] for o in out.used
+    given = [n for o, n in out.used.items()
              if o.key in ("arg_files", "results", "resume", "resume_failed", "dry_run")
              and (o.key != "arg_files" or "pipepart" not in values)]
     if clash or given:
@@ -1103,13 +1105,13 @@ def _ensemble_only(out: Parsed) -> None:
         if str(values.get("block", "")).startswith("-") and "pipepart" not in values:
             raise UsageError(f"--block {values['block']} (blocks a task slot) is for --pipepart: "
                              "--pipe reads stdin, whose size is not known ahead")
-        for opt in out.used:
+        for opt, name in out.used.items():
             if opt.key in _RANKS_KEYS:
                 hint = {"nodes": " (their hosts: -S, -hosts)",
                         "stdin": " (their stdin: --pipe, --pipepart)"}.get(
                     opt.key, " (their output: --tag, --tagstring, --group, --lb)"
                     if opt.key in ("prepend", "output", "error", "merge_stderr") else "")
-                raise UsageError(f"{opt.names[0]} is for an MPI job's ranks, not for task "
+                raise UsageError(f"{name} is for an MPI job's ranks, not for task "
                                  f"ensembles{hint}")
         resume = "resume" in values or "resume_failed" in values
         if resume and "joblog" not in values:
@@ -1118,9 +1120,9 @@ def _ensemble_only(out: Parsed) -> None:
         if "resume" in values and "resume_failed" in values:
             raise UsageError("--resume and --resume-failed: give one of them")
         return
-    for opt in out.used:
+    for opt, name in out.used.items():
         if opt.key in _ENSEMBLE_KEYS:
-            raise UsageError(f"{opt.names[0]} is for task ensembles (pmrun CMD ::: ARGS, "
+            raise UsageError(f"{name} is for task ensembles (pmrun CMD ::: ARGS, "
                              "--tasks FILE), not for an MPI job's ranks")
 
 

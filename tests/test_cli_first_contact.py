@@ -156,6 +156,13 @@ CASES = [
     (["--export", "NONE,A", "true"], {}, "--export NONE,A: NONE passes no variable"),
     (["--export", "A B", "true"], {}, "--export takes ALL, NONE or NAME[=VALUE] separated by "
      "commas; 'A B' is not a variable"),
+    # A refusal names the option as it was written, not by its first spelling.
+    (["--display-map", "echo", ":::", "a"], {},
+     "--display-map is for an MPI job's ranks, not for task ensembles"),
+    (["--jobs", "2", "true"], {},
+     "--jobs is for task ensembles (pmrun CMD ::: ARGS, --tasks FILE), not for an MPI "
+     "job's ranks"),
+    (["a", ":", "-np", "2"], {}, "-np must come before a program"),
 ]
 
 
@@ -478,7 +485,7 @@ def test_print_rank_map_names_each_nodes_ranks_before_the_job(pmrun: Run, name: 
                                                f"pmrun: rank map: node 2 ({host}): 4"], lines
     assert sorted(lines[3:]) == ["0", "1", "2", "3", "4"]  # the map comes before any rank's
     r = pmrun(name, "echo", ":::", "a")
-    assert (r.returncode, r.stderr) == (2, "pmrun: -print-rank-map is for an MPI job's "
+    assert (r.returncode, r.stderr) == (2, f"pmrun: {name} is for an MPI job's "
                                            "ranks, not for task ensembles\n")
 
 
