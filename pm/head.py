@@ -156,6 +156,7 @@ class JobRun:
         elif sink is None:
             self.writer = Writer(spec.label, files={STDOUT: spec.output or "",
                                                     STDERR: spec.error or ""}, job_id=job_id)
+            self.writer.timestamp = spec.timestamp
         #: Our stdout / stderr whose reader went away (the ranks' writes to it fail);
         #: perhaps already in pmrun's quick path, which told the ranks then.
         self._lost_streams: set[int] = set()

@@ -58,6 +58,8 @@ class JobSpec:
     #: Files for the ranks' stdout / stderr instead of the launcher's (pm.common.output patterns).
     output: str | None = None
     error: str | None = None
+    #: Every output line starts with the time it is written (Open MPI's --timestamp-output).
+    timestamp: bool = False
     #: Node memory watermarks for the ranks' ``pmi.reserve`` (sizes or "NN%"; None: 90/80 %),
     #: and what to do with a reservation's rank using more than it reserved.
     mem_high: str | None = None

@@ -659,6 +659,13 @@ OPTIONS = (
                        "job J's ranks: %j is the id and sJ, else .sJ ends a name with %r"),
     Opt("--error -errfile-pattern -e", "error", out_pattern, metavar="PATTERN", quick=True,
         group=IO, help="the same for their stderr"),
+    Opt("--output-filename -output-filename", "output_filename", text, metavar="DIR",
+        quick=True, group=IO,
+        help="Open MPI's: each rank's stdout and stderr in DIR/1/rank.R/stdout and "
+             ".../stderr (folders made as needed; ':nocopy' after DIR is taken: pmrun "
+             "never copies them to its own output)"),
+    Opt("--timestamp-output -timestamp-output", "timestamp_output", kind=FLAG, group=IO,
+        help="start every output line with the time pmrun writes it (Open MPI's)"),
     Opt("--stdin -stdin -i --input", "stdin", stdin_rank, metavar="RANK|none", group=IO,
         help="the rank that reads pmrun's stdin (default 0), or none: every rank reads "
              "/dev/null (Open MPI's --stdin, srun's -i)"),
@@ -993,6 +1000,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     _ensemble_only(out)
     _open_mpi_mapping(out.values)
     _srun_export(out)
+    _output_filename(out)
     if "merge_stderr" in out.values and "error" in out.values:
         raise UsageError("--merge-stderr-to-stdout leaves no stderr for --error to write")
     _srun_cpu_bind(out.values)
@@ -1079,6 +1087,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
 
 #: Options about an MPI job's ranks, which task ensembles do not take.
 _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "error", "kvs",
+               "output_filename", "timestamp_output",
                "mpi", "profile", "universe_size", "nodes", "cpus_per_task", "stdin", "cpu_bind",
                "merge_stderr",
                "print_rank_map", "print_all_exitcodes")
@@ -1110,7 +1119,8 @@ def _ensemble_only(out: Parsed) -> None:
                 hint = {"nodes": " (their hosts: -S, -hosts)",
                         "stdin": " (their stdin: --pipe, --pipepart)"}.get(
                     opt.key, " (their output: --tag, --tagstring, --group, --lb)"
-                    if opt.key in ("prepend", "output", "error", "merge_stderr") else "")
+                    if opt.key in ("prepend", "output", "error", "merge_stderr",
+                                   "output_filename", "timestamp_output") else "")
                 raise UsageError(f"{name} is for an MPI job's ranks, not for task "
                                  f"ensembles{hint}")
         resume = "resume" in values or "resume_failed" in values
@@ -1145,6 +1155,43 @@ def _open_mpi_mapping(values: dict[str, object]) -> None:
         if values.setdefault("ppn", per_node) != per_node:
             raise UsageError(f"--map-by {mapped} and -ppn {values['ppn']} disagree")
         del values["map_by"]
+
+
+def _output_filename(out: Parsed) -> None:
+    """Open MPI's ``--output-filename DIR`` as pmrun's --output and --error patterns: its
+    layout, ``DIR/1/rank.R/stdout`` and ``stderr`` (one folder per rank, made as needed;
+    spawned jobs' ranks as ``--output`` names them)."""
+    values = out.values
+    given = values.pop("output_filename", None)
+    if not isinstance(given, str):
+        return
+    folder = given[:-len(":nocopy")] if given.endswith(":nocopy") else given
+    if not folder:
+        raise UsageError("--output-filename takes a folder, not ''")
+    for key in ("output", "error"):
+        if key in values:
+            raise UsageError(f"--output-filename writes each rank's stdout and stderr: "
+                             f"--{key} {values[key]} disagrees")
+    base = os.path.join(folder.replace("%", "%%"), "1", "rank.%r")
+    values["output"] = os.path.join(base, "stdout")
+    if "merge_stderr" not in values:
+        values["error"] = os.path.join(base, "stderr")
+    for key in ("output", "error"):
+        problem = _folder_problem(values.get(key))
+        if problem:
+            raise UsageError(f"--output-filename {given}: {problem}")
+
+
+def _folder_problem(pattern: object) -> str | None:
+    """Why a folder for ``pattern``'s files cannot be made (a part of it is a file), or None."""
+    if not isinstance(pattern, str):
+        return None
+    part = os.path.dirname(pattern)
+    while part and not os.path.exists(part):
+        part = os.path.dirname(part)
+    if part and not os.path.isdir(part):
+        return f"{part} is not a folder"
+    return None
 
 
 def _srun_export(out: Parsed) -> None:

@@ -26,6 +26,7 @@ BAD_VALUE = {
     "n": "x", "ppn": "0", "hosts": "a[1-", "hostfile": "/no/such/hostfile",
     "universe_size": "lots", "bind_to": "corez", "map_by": "foo", "env_mode": "A=1",
     "wdir": "/no/such/dir", "prepend": "%q", "output": "/no/such/dir/out.%r",
+    "output_filename": "",
     "error": "/no/such/dir/err", "launcher": "rocket", "launcher_exec": "",
     "ssh": "", "user": "", "ssh_limit": "many", "agents": "/no/such/agents",
     "iface": "", "join_timeout": "0", "heartbeat": "-1", "local_nodes": "0",
@@ -156,6 +157,12 @@ CASES = [
     (["--export", "NONE,A", "true"], {}, "--export NONE,A: NONE passes no variable"),
     (["--export", "A B", "true"], {}, "--export takes ALL, NONE or NAME[=VALUE] separated by "
      "commas; 'A B' is not a variable"),
+    (["--output-filename", "o", "--error", "e", "true"], {},
+     "--output-filename writes each rank's stdout and stderr: --error e disagrees"),
+    (["--output-filename", ":nocopy", "true"], {}, "--output-filename takes a folder, not ''"),
+    (["--timestamp-output", "echo", ":::", "a"], {},
+     "--timestamp-output is for an MPI job's ranks, not for task ensembles (their output: "
+     "--tag, --tagstring, --group, --lb)"),
     # A refusal names the option as it was written, not by its first spelling.
     (["--display-map", "echo", ":::", "a"], {},
      "--display-map is for an MPI job's ranks, not for task ensembles"),
@@ -533,6 +540,7 @@ def test_iface_is_an_interface_of_this_machine_or_an_address(pmrun: Run) -> None
 GOOD_VALUE: dict[str, list[str]] = {
     "n": ["3"], "ppn": ["2"], "genv": ["A=1"], "env": ["B", "2"], "env_mode": ["HOME,PATH"],
     "wdir": ["/"], "prepend": ["%h %r: "], "output": ["o.%r"], "error": ["e.%j"],
+    "output_filename": ["od"],
     "fanout": ["4"], "timeout": ["2.5"], "mpi": ["pmix"], "kvs": ["socket"],
     "export": ["PATH,A=1"],
 }

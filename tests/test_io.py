@@ -225,6 +225,47 @@ def test_output_files_per_rank_and_shared(pmrun: Run, tmp_path: Path, opts: list
         "err 0", "err 1", "err 2"]
 
 
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"], ["-genv", "PM_X", "1"]])
+def test_open_mpi_output_filename_writes_each_ranks_streams_in_its_folder(
+        pmrun: Run, tmp_path: Path, opts: list[str]) -> None:
+    prog = "echo out $PMI_RANK; echo err $PMI_RANK >&2"
+    r = pmrun("-n", "3", *opts, "--output-filename", str(tmp_path / "o"), "sh", "-c", prog,
+              env={"PM_QUICK": "0" if opts[:1] == ["-genv"] else "1"})
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    # Open MPI's layout: DIR/1/rank.R/stdout and stderr, the folders made by pmrun.
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) \
+        == [f"o/1/rank.{r}/{s}" for r in range(3) for s in ("stderr", "stdout")]
+    for rank in range(3):
+        assert (tmp_path / f"o/1/rank.{rank}/stdout").read_text() == f"out {rank}\n"
+        assert (tmp_path / f"o/1/rank.{rank}/stderr").read_text() == f"err {rank}\n"
+    # ':nocopy' (Open MPI's: not also to the terminal) is what pmrun does anyway; merged,
+    # both streams go to stdout.
+    r = pmrun("-n", "1", "--merge-stderr-to-stdout", "--output-filename",
+              f"{tmp_path / 'm'}:nocopy", "sh", "-c", "echo a; echo b >&2")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert (tmp_path / "m/1/rank.0/stdout").read_text() == "a\nb\n"
+    assert not (tmp_path / "m/1/rank.0/stderr").exists()
+    # A folder per rank in an --output pattern is made too; a folder above it must be one.
+    r = pmrun("-n", "2", "--output", str(tmp_path / "p/%r/out"), "sh", "-c", "echo $PMI_RANK")
+    assert r.returncode == 0 and (tmp_path / "p/1/out").read_text() == "1\n", r.stderr
+    (tmp_path / "f").write_text("")
+    r = pmrun("--output-filename", str(tmp_path / "f/x"), "true")
+    assert (r.returncode, r.stderr) == (
+        2, f"pmrun: --output-filename {tmp_path / 'f/x'}: {tmp_path / 'f'} is not a folder\n")
+
+
+@pytest.mark.parametrize("opts", [["-l"], ["--local-nodes", "2"]])
+def test_timestamp_output_starts_every_line_with_the_time(pmrun: Run, opts: list[str]) -> None:
+    r = pmrun("-n", "2", "--timestamp-output", *opts, "sh", "-c", "echo out; echo err >&2")
+    assert r.returncode == 0, r.stderr
+    label = r"\[[01]\] " if opts == ["-l"] else ""
+    stamp = r"\[\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\] "
+    for stream, word in ((r.stdout, "out"), (r.stderr, "err")):
+        lines = stream.splitlines()
+        assert len(lines) == 2 and all(re.fullmatch(stamp + label + word, line)
+                                       for line in lines), stream
+
+
 def test_output_file_pattern_in_a_missing_folder_is_a_usage_error(pmrun: Run) -> None:
     r = pmrun("-n", "1", "--output", "/no/such/folder/out.%r", "true")
     assert r.returncode == 2

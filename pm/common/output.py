@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (pmrun's quick path)
 if TYPE_CHECKING:
@@ -117,6 +118,8 @@ class Writer:
         self._behind: _WriteBehind | None = None
         #: The streams nobody reads any more.
         self.broken: set[int] = set()
+        #: Every line starts with the time it is written (Open MPI's --timestamp-output).
+        self.timestamp = False
 
     def write_behind(self, call_soon: Callable[[Callable[[], None]], object],
                      written: Callable[[int, int], None]) -> None:
@@ -140,6 +143,9 @@ class Writer:
             if lines and lines[-1] == b"":
                 lines.pop()
             chunk = b"".join(prefix + line + b"\n" for line in lines)
+        if self.timestamp:
+            stamp = time.strftime("[%a %b %e %H:%M:%S %Y] ").encode()
+            chunk = b"".join(stamp + line for line in chunk.splitlines(keepends=True))
         behind = self._behind
         if stream in self._patterns:
             fd = self._file(rank, stream, job)
@@ -171,8 +177,7 @@ class Writer:
             fd = self._opened.get(path)
             if fd is None:
                 try:  # truncated once per job: ranks sharing a file append to it
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-                                 | os.O_CLOEXEC, 0o666)
+                    fd = _create(path, per_rank_folder(self._patterns[stream]))
                 except OSError as exc:
                     fd = -1
                     what = "output" if stream == STDOUT else "error output"
@@ -295,11 +300,32 @@ class _WriteBehind:
 
 
 def pattern_problem(option: str, pattern: str) -> str | None:
-    """What is wrong with an output file pattern (its folder is missing), or None."""
+    """What is wrong with an output file pattern (its folder is missing), or None.  A
+    folder of each rank's or job's (``out/%r/stdout``) is made when the file is."""
     folder = os.path.dirname(expand_pattern(pattern, 0, "job"))
-    if folder and not os.path.isdir(folder):
+    if folder and not os.path.isdir(folder) and not per_rank_folder(pattern):
         return f"{option} {pattern}: no such directory {folder}"
     return None
+
+
+def per_rank_folder(pattern: str) -> bool:
+    """Whether the folder part of ``pattern`` names a rank or the job (``%r``, ``%t``,
+    ``%j``): such folders cannot be there beforehand, and are made as needed."""
+    folder = os.path.dirname(pattern).replace("%%", "")
+    return any(k in folder for k in ("%r", "%t", "%j"))
+
+
+def _create(path: str, make_folder: bool) -> int:
+    """Open ``path`` for a job's output (created, truncated); ``make_folder``: with the
+    folders it needs."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o666)
+    except FileNotFoundError:
+        if not make_folder:
+            raise
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return os.open(path, flags, 0o666)
 
 
 def expand_pattern(pattern: str, rank: int, job_id: str, spawned: int = 0) -> str:
