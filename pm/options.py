@@ -778,6 +778,13 @@ OPTIONS = (
     Opt("--max-args", "max_args", whole(0), metavar="N", group=MEMORY,
         help="-N of a task ensemble: each task takes N arguments of its input source, "
              "{1}..{N} (the last task fewer; 0: one argument, not inserted)"),
+    Opt("-m", "many_args", kind=FLAG, const="-m", group=MEMORY,
+        help="several arguments a task, spread evenly over the job slots (GNU parallel's): "
+             "{} is all of them; none: appended"),
+    Opt("-X", "many_args", kind=FLAG, const="-X", group=MEMORY,
+        help="as -m, and a word holding {} (pic{}.jpg) is repeated for each argument"),
+    Opt("--xargs", "many_args", kind=FLAG, const="--xargs", group=MEMORY,
+        help="as -m, all arguments in one task (as many as a command line holds)"),
     Opt("-a --arg-file", "arg_files", readable_or_stdin, metavar="FILE", group=MEMORY,
         help="an argument a line of FILE (- : stdin) for the command: :::: FILE (again: "
              "another source)"),
@@ -1082,7 +1089,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
                   "tagstring", "delimiter", "header", "results", "pipe", "pipepart", "block",
                   "recend", "recstart", "memfree",
-                  "progress", "max_args", "delay", "shuf")
+                  "progress", "max_args", "many_args", "delay", "shuf")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.
@@ -1108,6 +1115,9 @@ def _ensemble_only(out: Parsed) -> None:
     if ensemble:
         if "max_args" in values and "pipe" in values:
             raise UsageError("--pipe cuts stdin by size (--block), not into -N records")
+        if "many_args" in values and ("pipe" in values or "max_args" in values):
+            raise UsageError(f"{values['many_args']} groups the arguments of an input source: "
+                             f"not with {'--pipe' if 'pipe' in values else '-N'}")
         for key in ("block", "recend", "recstart"):
             if key in values and "pipe" not in values:
                 raise UsageError(f"--{key} is for --pipe (how stdin is cut into blocks)")

@@ -163,6 +163,12 @@ CASES = [
     (["--timestamp-output", "echo", ":::", "a"], {},
      "--timestamp-output is for an MPI job's ranks, not for task ensembles (their output: "
      "--tag, --tagstring, --group, --lb)"),
+    (["-m", "-N", "2", "echo", ":::", "a"], {},
+     "-m groups the arguments of an input source: not with -N"),
+    (["-X", "echo", ":::", "a", ":::", "b"], {},
+     "-X takes the arguments of one input source, not of 2"),
+    (["-m", "true"], {}, "-m is for task ensembles (pmrun CMD ::: ARGS, --tasks FILE), not "
+     "for an MPI job's ranks"),
     # A refusal names the option as it was written, not by its first spelling.
     (["--display-map", "echo", ":::", "a"], {},
      "--display-map is for an MPI job's ranks, not for task ensembles"),

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pm.agent.memory import NodeMemory, Watermarks, tree_rss
-from pm.ensemble.inputs import chunked, combinations, fill, split_columns
+from pm.ensemble.inputs import chunked, combinations, fill, in_context, split_columns, spread
 from pm.ensemble.joblog import JobLog, read_joblog
 from pm.ensemble.scheduler import (
     EnsembleScheduler,
@@ -144,6 +144,18 @@ def test_bad_sources_are_named(words: list[str], message: str) -> None:
 ])
 def test_replacement_strings(line: str, args: tuple[str, ...], filled: str) -> None:
     assert fill(line, args, 7) == filled
+
+
+def test_many_args_spread_over_the_slots_and_cut_at_the_line_length() -> None:
+    combos = [(str(i),) for i in range(1, 8)]
+    assert spread(combos, 3, "-m") == [("1", "2", "3"), ("4", "5", "6"), ("7",)]
+    assert spread(combos, 0, "--xargs") == [tuple(str(i) for i in range(1, 8))]
+    # A group longer than a command line holds is cut where it would overflow.
+    assert spread([("aaaa",)] * 5, 1, "-m", budget=10) == [("aaaa", "aaaa"), ("aaaa", "aaaa"),
+                                                          ("aaaa",)]
+    assert in_context("cp {} x{}y {#} /d", ("a b", "c"), 4) == "cp 'a b' c x'a b'y xcy 4 /d"
+    with pytest.raises(UsageError, match="-X takes the arguments of one input source, not of 2"):
+        spread([("a", "1")], 2, "-X")
 
 
 def test_max_args_groups_one_source_s_arguments() -> None:

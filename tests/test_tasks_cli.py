@@ -187,6 +187,12 @@ PARALLEL = shutil.which("parallel")
     ["-N2", "echo", ":::", "a", "b", "c", "d", "e"],
     ["-N0", "echo", "foo", ":::", "1", "2"],
     ["--max-args", "3", "echo", "[{}]", "::::", "args.txt"],
+    ["-j2", "-m", "echo", ":::", "1", "2", "3", "4", "5"],
+    ["-j3", "-m", "echo", "a{}b", "x", ":::", "1", "2", "3", "4", "5", "6", "7"],
+    ["-j2", "-X", "echo", "pre-{}-post", "{#}", ":::", "1", "2", "3", "4", "5"],
+    ["-j2", "-X", "echo", "{.}", "{/}", "c", ":::", "d/a.x", "b.y", "c z"],
+    ["-j4", "-m", "echo", "::::", "many.txt"],
+    ["--xargs", "echo", "[{}]", "::::", "many.txt"],
 ])
 def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_path: Path,
                                                              tail: list[str]) -> None:
@@ -194,6 +200,7 @@ def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_pat
     (tmp_path / "params.csv").write_text("a,1\nb c,2\n")
     (tmp_path / "nul.txt").write_bytes(b"n 1\0n\n2\0")
     (tmp_path / "named.csv").write_text("name,val\nfoo,1\nbar,2\n")
+    (tmp_path / "many.txt").write_text("".join(f"{i}\n" for i in range(1, 101)))
     assert PARALLEL is not None
     want = subprocess.run([PARALLEL, "--will-cite", "-k", *tail], cwd=tmp_path, text=True,
                           capture_output=True, timeout=30,

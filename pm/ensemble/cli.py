@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from pm.agent.memory import SizeError, parallel_size, parse_size
 from pm.ensemble.console import Console
 from pm.ensemble.core import Ensemble
-from pm.ensemble.inputs import SEPARATORS, chunked, combinations, fill, split_columns
+from pm.ensemble.domain import planned_slots
+from pm.ensemble.inputs import SEPARATORS, chunked, combinations, fill, split_columns, spread
 from pm.ensemble.joblog import JobLog, read_joblog
 from pm.ensemble.scheduler import TaskSpec, parse_tasks, with_arguments
 from pm.ensemble.task import Task, TaskResult
@@ -297,6 +298,8 @@ async def run_cli(opts: CliOptions) -> int:
         return _read_text(name)
 
     names: list[str] | None = [] if "header" in extra else None
+    nodes = nodes_of(opts)
+    assert isinstance(nodes, Nodes)
 
     def tasks() -> list[TaskSpec]:
         nonlocal names
@@ -312,11 +315,16 @@ async def run_cli(opts: CliOptions) -> int:
         if "max_args" in extra:
             width = int(extra["max_args"])
             combos = chunked(combos, width)
+        many = extra.get("many_args")
+        if many is not None:  # -m, -X: spread over the job slots; --xargs: all that fit
+            slots = 0 if many == "--xargs" else planned_slots(nodes, opts.spec.ppn,
+                                                              options["jobs"])
+            combos = spread(combos, slots, many)
         if "colsep" in extra:
             combos = split_columns(combos, extra["colsep"])
             if names:
                 names = list(split_columns([tuple(names)], extra["colsep"])[0])
-        return with_arguments(specs, combos, names or (), width)
+        return with_arguments(specs, combos, names or (), width, context=many == "-X")
 
     try:
         specs = await asyncio.to_thread(tasks)
@@ -339,8 +347,6 @@ async def run_cli(opts: CliOptions) -> int:
     log = None if joblog is None else JobLog(
         joblog, append="resume" in extra or "resume_failed" in extra)
     halt = _Halt(extra.get("halt", "never"), len(specs))
-    nodes = nodes_of(opts)
-    assert isinstance(nodes, Nodes)
     mode = extra.get("output_mode") or ("line" if path is not None else "group")
     where = None
     if "results" in extra:

@@ -81,6 +81,18 @@ def make_domains(nodes: Nodes, ppn: int | None, here: str,
     return domains
 
 
+def planned_slots(nodes: Nodes, ppn: int | None, jobs: int | str | None) -> int:
+    """The job slots an ensemble over ``nodes`` will have (as :func:`make_domains` gives
+    them), before any host is reached: a remote host whose cores only its runner can tell
+    counts as many as this one has; one that memory alone bounds, one."""
+    import socket
+
+    total = 0
+    for d in make_domains(nodes, ppn, socket.gethostname(), None, jobs).values():
+        total += d.slots or (local_cores() if d.cores else 1)
+    return total
+
+
 def local_cores() -> int:
     """The cores this process may run on (a Slurm or cgroup cpuset counts)."""
     return len(os.sched_getaffinity(0)) or 1

@@ -102,6 +102,52 @@ def chunked(combos: Sequence[tuple[str, ...]], n: int) -> list[tuple[str, ...]]:
     return [tuple(a for (a,) in combos[i : i + n]) for i in range(0, len(combos), n)]
 
 
+#: The most bytes of arguments one task's line takes with -m/-X/--xargs (GNU parallel's
+#: line length on Linux is about 130 000 bytes; a group is cut there as it cuts its own).
+MANY_ARGS_BYTES = 128 << 10
+
+
+def spread(combos: Sequence[tuple[str, ...]], slots: int, option: str,
+           budget: int = MANY_ARGS_BYTES) -> list[tuple[str, ...]]:
+    """GNU parallel's ``-m``/``-X``: one input source's arguments in groups spread evenly
+    over the ``slots`` job slots (``--xargs``, ``slots`` 0: as many in one group as fit),
+    a group never longer than ``budget`` bytes of arguments.  :class:`UsageError` when the
+    arguments come from several sources (``option`` names the option then)."""
+    if any(len(c) != 1 for c in combos):
+        raise UsageError(f"{option} takes the arguments of one input source, "
+                         f"not of {max(map(len, combos))}")
+    args = [a for (a,) in combos]
+    per = -(-len(args) // slots) if slots > 0 else len(args)
+    groups: list[tuple[str, ...]] = []
+    for i in range(0, len(args), max(per, 1)):
+        group: list[str] = []
+        size = 0
+        for arg in args[i:i + per]:
+            if group and size + len(arg) + 1 > budget:
+                groups.append(tuple(group))
+                group, size = [], 0
+            group.append(arg)
+            size += len(arg) + 1
+        groups.append(tuple(group))
+    return groups
+
+
+def in_context(line: str, args: Sequence[str], seq: int, width: int = 0) -> str:
+    """GNU parallel's ``-X``: each word of ``line`` that holds an argument's replacement
+    string (``pic{}.jpg``) once per argument, side by side; the arguments appended when
+    there is none."""
+    if not any(not (m["seq"] or m["slot"]) for m in _REPLACE.finditer(line)):
+        return fill(line, args, seq, width=width)
+    out = []
+    for word in re.split(r"(\s+)", line):
+        if any(not (m["seq"] or m["slot"]) for m in _REPLACE.finditer(word)):
+            word = " ".join(fill(word, [a], seq, width=width) for a in args)
+        else:
+            word = fill(word, args, seq, width=width) if _REPLACE.search(word) else word
+        out.append(word)
+    return "".join(out)
+
+
 def split_columns(combos: Sequence[tuple[str, ...]], colsep: str) -> list[tuple[str, ...]]:
     """``--colsep``: each argument split into columns where the regular expression
     ``colsep`` matches (the columns are the sources ``{1}``, ``{2}``... name)."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from pm.agent.admission import Admission, SizeError, Watermarks, format_size, parse_size
-from pm.ensemble.inputs import by_name, fill
+from pm.ensemble.inputs import by_name, fill, in_context
 from pm.proto.errors import PMError, UsageError
 
 NodeId = Hashable
@@ -130,12 +130,14 @@ def parse_tasks(text: str, default_mem: int | None = None) -> list[TaskSpec]:
 
 
 def with_arguments(specs: Sequence[TaskSpec], combos: Sequence[Sequence[str]],
-                   names: Sequence[str] = (), width: int = 0) -> list[TaskSpec]:
+                   names: Sequence[str] = (), width: int = 0, context: bool = False
+                   ) -> list[TaskSpec]:
     """GNU parallel's input sources: each task once per combination of arguments, in
     order, its line filled by :func:`pm.ensemble.inputs.fill` (replacement strings, or
     the arguments appended).  :class:`TaskFileError` naming the line for a ``{N}``
     beyond the sources.  ``names``: the sources' (``--header :``), for ``{NAME}``;
-    ``width``: ``-N``'s (a group of arguments each, :func:`~pm.ensemble.inputs.chunked`)."""
+    ``width``: ``-N``'s (a group of arguments each, :func:`~pm.ensemble.inputs.chunked`);
+    ``context``: ``-X``'s (:func:`~pm.ensemble.inputs.in_context`)."""
     out: list[TaskSpec] = []
     for spec in specs:
         body = spec.argv[2]
@@ -143,7 +145,7 @@ def with_arguments(specs: Sequence[TaskSpec], combos: Sequence[Sequence[str]],
         body = by_name(body, names)
         for args in combos:
             try:
-                new = fill(body, args, len(out) + 1, width=width)
+                new = (in_context if context else fill)(body, args, len(out) + 1, width=width)
             except UsageError as exc:
                 raise TaskFileError(f"line {spec.lineno}: {exc}") from None
             try:
