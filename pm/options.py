@@ -65,18 +65,30 @@ def seconds(text: str, opt: str) -> float:
     return value
 
 
+#: Flux's duration units (its "FSD": ``30s``, ``1.5m``, ``2h``, ``1d``), in seconds.
+_FSD_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def slurm_time(text: str, opt: str) -> float | None:
     """srun's ``-t``/``--time``: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, in
-    seconds; UNLIMITED or INFINITE: none."""
+    seconds; UNLIMITED or INFINITE: none.  Flux's ``-t``/``--time-limit`` too: a number of
+    minutes, or of s, m, h or d (``1.5h``), which no srun time is."""
     if text.upper() in ("UNLIMITED", "INFINITE"):
         return None
+    unit = _FSD_UNITS.get(text[-1:])
+    if unit is not None and _is_number(text[:-1]):
+        value = float(text[:-1]) * unit
+        if not value >= 1 or value == float("inf"):
+            raise UsageError(f"{opt} must be at least a second, not {text!r}")
+        return value
     days, dash, rest = text.partition("-")
     if not dash:
         days, rest = "0", text
     parts = rest.split(":")
     if not (days.isdigit() and 1 <= len(parts) <= 3 and all(p.isdigit() for p in parts)):
         raise UsageError(f"{opt} takes a time limit as srun's (MM, MM:SS, HH:MM:SS, D-HH, "
-                         f"D-HH:MM, D-HH:MM:SS or UNLIMITED), not {text!r}")
+                         f"D-HH:MM, D-HH:MM:SS or UNLIMITED) or Flux's (30s, 10m, 1.5h, "
+                         f"1d), not {text!r}")
     nums = [int(p) for p in parts]
     if dash:  # D-HH, D-HH:MM, D-HH:MM:SS
         hours, minutes, secs = nums + [0] * (3 - len(nums))
@@ -89,6 +101,10 @@ def slurm_time(text: str, opt: str) -> float | None:
     if value < 1:
         raise UsageError(f"{opt} must be at least a second, not {text!r}")
     return float(value)
+
+
+def _is_number(text: str) -> bool:
+    return bool(text) and text.replace(".", "", 1).isdigit()
 
 
 def stdin_rank(value: str, opt: str) -> str:
@@ -580,13 +596,14 @@ OPTIONS = (
     Opt("-n -np --np --ntasks", "n", whole(1, MOST_RANKS), metavar="N", local=True, quick=True,
         group=PLACE,
         help="number of ranks of the program (default 1)"),
-    Opt("-ppn --npernode -npernode --ntasks-per-node", "ppn", whole(1, MOST_RANKS), metavar="N",
+    Opt("-ppn --npernode -npernode --ntasks-per-node --tasks-per-node", "ppn",
+        whole(1, MOST_RANKS), metavar="N",
         quick=True, group=PLACE,
         help="ranks per node (fills each node with N ranks, then wraps)"),
-    Opt("-N", "N", whole(0, MOST_RANKS), metavar="N", group=PLACE,
+    Opt("-N", "N", whole(0, MOST_RANKS), metavar="N", group=PLACE, quick=True,
         help="the first N hosts only (srun's and Flux's -N; Open MPI's -N is -ppn); of a "
              "task ensemble, the arguments each task takes (GNU parallel's -N)"),
-    Opt("--nodes", "nodes", whole(1, MOST_RANKS), metavar="N", group=PLACE,
+    Opt("--nodes", "nodes", whole(1, MOST_RANKS), metavar="N", group=PLACE, quick=True,
         help="-N of an MPI job: its ranks on the first N hosts"),
     Opt("-hosts -host --host -H", "hosts", hosts, metavar="H1,H2[:SLOTS]", group=PLACE,
         help="hosts to run on; node[01-04] ranges are expanded"),
@@ -604,7 +621,7 @@ OPTIONS = (
                           "hwthread, package, numa), map_cpu:0,2 or mask_cpu:0x3,0xc (a CPU "
                           "or a mask each rank: --bind-to user:...); verbose: "
                           "--report-bindings"),
-    Opt("-c --cpus-per-task", "cpus_per_task", whole(1), metavar="N", group=PLACE,
+    Opt("-c --cpus-per-task --cores-per-task", "cpus_per_task", whole(1), metavar="N", group=PLACE,
         help="N cores for each rank, which it is bound to (srun's and Flux's -c: --bind-to "
              "core:N)"),
     Opt("--map-by -map-by", "map_by", map_by, metavar="TARGET", group=PLACE,
@@ -643,12 +660,13 @@ OPTIONS = (
     Opt("--export", "export", srun_export, metavar="ALL|NONE|A[=V],...", quick=True,
         group=ENV, help="srun's: ALL (-genvall), NONE (-genvnone), or only these variables, "
                         "A=V setting A (ALL,A=V: every variable, and A set)"),
-    Opt("-wdir --wdir -dir -wd --wd --workdir -D --chdir", "wdir", directory, metavar="DIR",
+    Opt("-wdir --wdir -dir -wd --wd --workdir -D --chdir --cwd", "wdir", directory, metavar="DIR",
         local=True,
         quick=True, group=ENV, help="working directory of the program's ranks (of tasks: "
         "every task's)"),
     # Input and output
-    Opt("-l --label -prepend-rank --tag-output", "prepend", kind=FLAG, const=LABEL, quick=True,
+    Opt("-l --label -prepend-rank --tag-output --label-io", "prepend", kind=FLAG, const=LABEL,
+        quick=True,
         group=IO, help="prefix every output line with [rank]"),
     Opt("-prepend-pattern", "prepend", prepend_pattern, metavar="PATTERN", quick=True,
         group=IO, help="prefix every output line with PATTERN: %r rank, %h host, %p node "
@@ -825,8 +843,9 @@ OPTIONS = (
         help="pmix: serve PMIx besides PMI-1/PMI-2 (Open MPI); pmi (none): not; "
              "auto (default): PMIx when a program is linked with Open MPI or "
              "libpmix, or is a Python whose environment holds Open MPI"),
-    Opt("-t --time", "timeout", slurm_time, metavar="TIME", quick=True, group=MISC,
-        help="srun's time limit: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]] (as --timeout)"),
+    Opt("-t --time --time-limit", "timeout", slurm_time, metavar="TIME", quick=True, group=MISC,
+        help="srun's time limit: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]; Flux's: 30s, 10m, "
+             "1.5h, 1d (as --timeout)"),
     Opt("-K --kill-on-bad-exit", "", kind=FLAG, quick=True, group=MISC,
         help="taken for srun's: pmrun always ends the job when a rank fails"),
     Opt("--timeout -timeout", "timeout", seconds, metavar="SECONDS", quick=True, group=MISC,
@@ -1390,6 +1409,8 @@ def quick_ok(parsed: Parsed, environ: Mapping[str, str]) -> bool:
         return False
     if environ.get("SLURM_JOB_NODELIST") and environ.get("SLURM_JOB_ID"):
         return False  # pm.cli runs the job over the allocation
+    if parsed.values.get("nodes", 1) != 1:
+        return False  # several hosts (or a refusal that the full path words)
     return all(opt.quick for opt in parsed.used)
 
 

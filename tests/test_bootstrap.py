@@ -98,6 +98,16 @@ def test_lean_agent_command_starts_without_site_and_falls_back(tmp_path: Path) -
         res = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env,
                              cwd=tmp_path)
         assert res.returncode == 0 and res.stdout.startswith("pm-agent "), res
+    # A host whose Python lacks a dependency (here pyzmq): one line, the agent's last.
+    (tmp_path / "zmq").mkdir()
+    (tmp_path / "zmq" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'zmq'\", name='zmq')\n")
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
+    res = subprocess.run(lean, capture_output=True, text=True, timeout=60, env=env,
+                         cwd=tmp_path, input="")
+    assert res.returncode == 1 and res.stderr == (
+        f"pm-agent: pyzmq is not installed for {sys.executable} on this host (No module "
+        "named 'zmq')\n"), res
 
 
 def test_srun_argv() -> None:

@@ -151,7 +151,8 @@ CASES = [
      "broadcast it"),
     (["-n", "2", "-i", "2", "true"], {}, "stdin goes to rank 2, not one of the job's 2 ranks"),
     (["-t", "1:2:3:4", "true"], {}, "-t takes a time limit as srun's (MM, MM:SS, HH:MM:SS, "
-     "D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED), not '1:2:3:4'"),
+     "D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED) or Flux's (30s, 10m, 1.5h, 1d), not '1:2:3:4'"),
+    (["--time-limit", "0.5s", "true"], {}, "--time-limit must be at least a second, not '0.5s'"),
     (["-t", "0", "true"], {}, "-t must be at least a second, not '0'"),
     (["--export", "ALL,NONE", "true"], {}, "--export ALL,NONE: ALL and NONE disagree"),
     (["--export", "NONE,A", "true"], {}, "--export NONE,A: NONE passes no variable"),
@@ -380,6 +381,18 @@ def test_minus_n_nodes_runs_on_the_first_n_nodes_as_srun_does(pmrun: Run,
     assert sorted(r.stdout.split()) == ["0", "0", "0", "1", "1", "1"]
 
 
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_one_node_asked_with_minus_n_runs_on_the_quick_path(pmrun: Run, quick: str) -> None:
+    """srun's and Flux's habit ``-N 1 -n 4`` is a one-node job: the quick path takes it
+    (it took the full path, three times as slow to start), with srun's -N 1 -ppn 3 too."""
+    assert quick_parse(["-N", "1", "-n", "4", "prog"], {}) is not None
+    q = quick_parse(["--nodes", "1", "-ppn", "3", "prog"], {})
+    assert q is not None and q.n == 3
+    assert quick_parse(["-N", "2", "-n", "4", "prog"], {}) is None
+    r = pmrun("-N", "1", "-ppn", "3", "sh", "-c", "echo $PMI_SIZE", env={"PM_QUICK": quick})
+    assert (r.returncode, r.stdout) == (0, "3\n3\n3\n"), r.stderr
+
+
 @pytest.mark.parametrize(("argv", "hosts", "slots", "n"), [
     (["-N", "3", "-n", "7"], ["a", "b", "c"], [3, 2, 2], 7),
     (["-N", "2", "-n", "4"], ["a", "b"], [2, 2], 4),
@@ -548,10 +561,10 @@ GOOD_VALUE: dict[str, list[str]] = {
     "wdir": ["/"], "prepend": ["%h %r: "], "output": ["o.%r"], "error": ["e.%j"],
     "output_filename": ["od"],
     "fanout": ["4"], "timeout": ["2.5"], "mpi": ["pmix"], "kvs": ["socket"],
-    "export": ["PATH,A=1"],
+    "export": ["PATH,A=1"], "N": ["1"], "nodes": ["1"],
 }
 #: ... where an option's spelling takes other words than its key's others (srun's -t).
-GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"]}
+GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"], "--time-limit": ["1.5h"]}
 QUICK = [(opt, name) for opt in OPTIONS if opt.quick for name in opt.names]
 
 

@@ -116,6 +116,12 @@ def test_srun_time_limit_ends_a_hung_job(pmrun: Run, marker: str) -> None:
     wait_gone(marker, 10)
     r = pmrun("-n", "1", "--time", "1-0", "true")  # a day is room enough
     assert (r.returncode, r.stderr) == (0, "")
+    # Flux's words: -t 1.5s (--time-limit), -l (--label-io), --cwd, -c (--cores-per-task).
+    r = pmrun("-n", "2", "-t", "1.5s", "python", "-c", "import time; time.sleep(120)", marker)
+    assert (r.returncode, r.stderr) == (124, "pmrun: job timed out after 1.5 s\n")
+    wait_gone(marker, 10)
+    r = pmrun("-n", "2", "--label-io", "--cwd", "/", "--cores-per-task", "1", "pwd")
+    assert (r.returncode, sorted(r.stdout.splitlines())) == (0, ["[0] /", "[1] /"]), r.stderr
 
 
 def test_srun_export_chdir_and_kill_on_bad_exit(pmrun: Run, tmp_path: Path) -> None:

@@ -64,6 +64,10 @@ def site_dirs() -> list[str]:
     return [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
 
 
+#: How a lean agent that lacks pmrun, or a dependency of its, says so (its last words).
+NOT_INSTALLED = " is not installed for "
+
+
 def lean_code(dirs: Sequence[str]) -> str:
     """The ``-c`` program of a lean agent (see :func:`agent_command`)."""
     # (importlib.machinery is loaded at every start; importlib.util would cost 4 ms of CPU.
@@ -72,7 +76,15 @@ def lean_code(dirs: Sequence[str]) -> str:
     return (f"import gc,sys;gc.disable();sys.path+={list(dirs)!r};from importlib.machinery "
             "import PathFinder as f\n"
             "if not all(map(f.find_spec,('pm','zmq','msgpack'))):import site;site.main()\n"
-            "from pm.agent.main import main;sys.exit(main(sys.argv[1:]))")
+            "try:from pm.agent.main import main;c=main(sys.argv[1:])\n"
+            # pmrun, or a dependency of its, missing on this host: said in one line.
+            "except ModuleNotFoundError as e:\n"
+            " n=(e.name or'').split('.')[0];d=dict(pm='pmrun',zmq='pyzmq',msgpack='msgpack',"
+            "cffi='cffi')\n"
+            " if n not in d:raise\n"
+            f" sys.exit('pm-agent: %s{NOT_INSTALLED}%s on this host (No module named %r)'"
+            "%(d[n],sys.executable,n))\n"
+            "sys.exit(c)")
 
 
 def step_config(*, secret: bytes, job_id: str, address: str, level: int,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pm.agent.spawn import spawn
+from pm.bootstrap.base import NOT_INSTALLED
 
 if TYPE_CHECKING:
     import asyncio
@@ -134,6 +135,8 @@ class Piped:
         if not text:
             return
         self.last.append(text)
+        if NOT_INSTALLED in text and text.startswith("pm-agent: "):
+            return  # the agent's last words: the reason the job gives for the node's loss
         if self.on_error_line is not None and self.on_error_line(text):
             return
         os.write(2, line + b"\n")
