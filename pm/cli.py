@@ -87,6 +87,8 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.timeout = v.get("timeout")  # type: ignore[assignment]
     if str(v.get("stdin", "none")).isdigit():
         spec.stdin_rank = int(v["stdin"])  # type: ignore[call-overload]
+    elif str(v.get("stdin", "")).startswith("file:"):
+        spec.stdin_file = str(v["stdin"])[len("file:"):]
     spec.kvs = str(v.get("kvs", spec.kvs))
     spec.bind_to = str(v.get("bind_to", spec.bind_to))
     opts.bind_given = "bind_to" in v
@@ -364,7 +366,8 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
         from pm.agent.sim import sim_job
 
         sim = sim_job(opts.spec, len(nodes.hosts), opts.extra)
-    stdin = None if opts.extra.get("stdin") == "none" else stdin_for_job()
+    stdin = None if opts.extra.get("stdin") == "none" or opts.spec.stdin_file else \
+        stdin_for_job()
     job = JobRun(opts.spec, nodes, stdin=stdin, verbose=opts.verbose > 0, sim=sim,
                  started=started)
     if "print_rank_map" in opts.extra:

@@ -181,6 +181,7 @@ class JobRun:
             profile=spec.profile is not None, bootstrap=dict(nodes.bootstrap),
             mem_high=spec.mem_high, mem_low=spec.mem_low, mem_overrun=spec.mem_overrun,
             universe_size=spec.universe_size, stdin_rank=spec.stdin_rank,
+            stdin_file=spec.stdin_file or "",
         )
         if not sim:
             from pm.agent.pmix_detect import wants_pmix

@@ -70,6 +70,8 @@ class JobSpec:
     mpi: str = "auto"
     #: The rank that reads the launcher's stdin (the others read /dev/null).
     stdin_rank: int = 0
+    #: A file every rank reads as its stdin, opened on its node (srun's ``-i FILE``).
+    stdin_file: str | None = None
 
     @property
     def size(self) -> int:

@@ -148,8 +148,9 @@ CASES = [
      "--pipepart)"),
     (["--stdin", "all", "true"], {}, "--stdin all: pmrun gives its stdin to one rank (its "
      "number) or to none; a program that wants it on every rank can read it on one and "
-     "broadcast it"),
+     "broadcast it (or give a file every rank reads)"),
     (["-n", "2", "-i", "2", "true"], {}, "stdin goes to rank 2, not one of the job's 2 ranks"),
+    (["-i", "/no/such/input", "true"], {}, "-i /no/such/input: no such file"),
     (["-t", "1:2:3:4", "true"], {}, "-t takes a time limit as srun's (MM, MM:SS, HH:MM:SS, "
      "D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED) or Flux's (30s, 10m, 1.5h, 1d), not '1:2:3:4'"),
     (["--time-limit", "0.5s", "true"], {}, "--time-limit must be at least a second, not '0.5s'"),

@@ -83,6 +83,13 @@ def test_stdin_goes_to_the_rank_asked_or_to_none(pmrun: Run, tmp_path: Path, opt
     got = {int(line.split()[0]): line.split()[1:] for line in r.stdout.splitlines()}
     assert r.returncode == 0 and set(map(tuple, got.values())) == {
         ("0", hashlib.sha256(b"").hexdigest())}, (r.stdout, r.stderr)
+    # srun's and Flux's -i FILE: every rank reads the whole file (pmrun's stdin: nobody).
+    (tmp_path / "in.bin").write_bytes(data)
+    r = pmrun("-n", "3", *opts, where, str(tmp_path / "in.bin"), "python", str(prog),
+              input=b"not this")
+    got = {int(line.split()[0]): line.split()[1:] for line in r.stdout.splitlines()}
+    assert r.returncode == 0 and got == {
+        rank: [str(len(data)), hashlib.sha256(data).hexdigest()] for rank in range(3)}, r
 
 
 MIXED = """

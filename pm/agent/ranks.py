@@ -150,7 +150,8 @@ class LocalRanks:
             todo.append(RankStart(rank, proc.local_rank, path if isinstance(path, str) else "",
                                   argv, env, wdir, cpus, failure=_why(path)))
         # Stdin goes to one rank of the launched job (a spawned job's read /dev/null).
-        stdin_rank = None if plan.spawned else plan.stdin_rank
+        stdin_rank = None if plan.spawned or plan.stdin_file else plan.stdin_rank
+        stdin_file = None if plan.spawned else plan.stdin_file or None
         started = StartedRanks()
         started.guardian, started.shared = guardian, shared
         if agent.pmix is not None:
@@ -158,10 +159,10 @@ class LocalRanks:
 
             with RankTimerSlack(len(todo)):
                 start_local(todo, stdin_rank=stdin_rank, guardian=guardian,
-                            merge=plan.merge_stderr, into=started)
+                            merge=plan.merge_stderr, into=started, stdin_file=stdin_file)
         else:
             start_local(todo, stdin_rank=stdin_rank, guardian=guardian,
-                        merge=plan.merge_stderr, into=started)
+                        merge=plan.merge_stderr, into=started, stdin_file=stdin_file)
         self.adopt(started, mark=False)
 
     def adopt(self, started: StartedRanks, mark: bool = True) -> None:

@@ -109,12 +109,14 @@ class RankFds:
     __slots__ = ("_child", "_shared", "err", "out", "pmi", "stdin")
 
     def __init__(self, stdin_pipe: bool, pmi: bool = True, devnull: int = -1,
-                 merge: bool = False) -> None:
-        """Raises :class:`SpawnError` (nothing left open) when the descriptors run out.
+                 merge: bool = False, stdin_file: str | None = None) -> None:
+        """Raises :class:`SpawnError` (nothing left open) when the descriptors run out, or
+        ``stdin_file`` cannot be opened.
 
         ``devnull``: an open /dev/null (read) the caller keeps, given as stdin to a rank
         without the stdin pipe (else one is opened for it).  ``merge``: the rank's stderr
-        is its stdout pipe (``err`` stays -1)."""
+        is its stdout pipe (``err`` stays -1).  ``stdin_file``: the rank's stdin, opened
+        for it alone (it reads the whole file, whatever the others read)."""
         #: Our end of the PMI socket (None without PMI).
         self.pmi: _socket.socket | None = None
         self.out = self.err = self.stdin = -1
@@ -132,13 +134,21 @@ class RankFds:
                 self.err, self._child[2] = os.pipe2(os.O_CLOEXEC)
             if stdin_pipe:
                 self._child[0], self.stdin = os.pipe2(os.O_CLOEXEC)
+            elif stdin_file is not None:
+                try:
+                    self._child[0] = os.open(stdin_file, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise SpawnError(f"cannot open its stdin {stdin_file}: {exc.strerror}"
+                                     ) from None
             elif devnull >= 0:
                 self._child[0] = self._shared = devnull
             else:
                 self._child[0] = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
+        except (OSError, SpawnError) as exc:
             self.close_ours()
             self.close_child_ends()
+            if isinstance(exc, SpawnError):
+                raise
             raise SpawnError(f"cannot create its pipes: {exc.strerror}") from exc
         os.set_blocking(self.out, False)
         if self.err >= 0:
@@ -224,15 +234,15 @@ def spawn(
 
 def spawn_rank(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin_pipe: bool,
                cwd: str | None, pgid: int, cpus: frozenset[int] | None = None,
-               pmi: bool = True, devnull: int = -1, merge: bool = False
-               ) -> tuple[int, RankFds]:
+               pmi: bool = True, devnull: int = -1, merge: bool = False,
+               stdin_file: str | None = None) -> tuple[int, RankFds]:
     """Start a rank with its descriptors (:class:`RankFds`): its pid, and our ends of them.
 
     Raises :class:`SpawnError` (nothing left open) if the descriptors or the
     process cannot be made.  ``devnull``: see :class:`RankFds`.
     """
     try:
-        fds = RankFds(stdin_pipe, pmi, devnull, merge)
+        fds = RankFds(stdin_pipe, pmi, devnull, merge, stdin_file)
     except SpawnError as exc:
         raise SpawnError(f"{argv[0]}: {exc}") from exc
     try:

@@ -150,8 +150,8 @@ class StartedRanks:
 
 def start_local(todo: Sequence[RankStart], *, stdin_rank: int | None = 0, pmi: bool = True,
                 guardian: Guardian | None = None, stop_at_failure: bool = False,
-                into: StartedRanks | None = None, job: int = 0, merge: bool = False
-                ) -> StartedRanks:
+                into: StartedRanks | None = None, job: int = 0, merge: bool = False,
+                stdin_file: str | None = None) -> StartedRanks:
     """Start ``todo`` in one process group (posix_spawn: no Python runs in the children).
 
     Each gets a PMI socket (``pmi``), stdout and stderr pipes, and stdin: a
@@ -160,7 +160,8 @@ def start_local(todo: Sequence[RankStart], *, stdin_rank: int | None = 0, pmi: b
     that cannot start gets its ``failure``; with ``stop_at_failure`` the
     ranks after it are not started (``skipped``).  ``into`` receives the
     ranks (else a new :class:`StartedRanks`); ``job``: theirs (:attr:`StartedRank.job`).
-    ``merge``: each rank's stderr is its stdout pipe (no stderr pipe).
+    ``merge``: each rank's stderr is its stdout pipe (no stderr pipe).  ``stdin_file``:
+    every rank reads this file instead (each its own open of it, from its start).
     """
     started = into if into is not None else StartedRanks()
     if guardian is None:
@@ -179,7 +180,7 @@ def start_local(todo: Sequence[RankStart], *, stdin_rank: int | None = 0, pmi: b
                 r.failure, r.skipped = stop, True
                 continue
             r.failure = spec.failure or _spawn(r, spec, spec.rank == stdin_rank, pmi,
-                                               guardian.pgid, devnull, merge)
+                                               guardian.pgid, devnull, merge, stdin_file)
             if r.failure and stop_at_failure:
                 stop = f"not started: rank {spec.rank} could not start"
     finally:
@@ -189,12 +190,12 @@ def start_local(todo: Sequence[RankStart], *, stdin_rank: int | None = 0, pmi: b
 
 
 def _spawn(r: StartedRank, spec: RankStart, stdin_pipe: bool, pmi: bool, pgid: int,
-           devnull: int, merge: bool = False) -> str:
+           devnull: int, merge: bool = False, stdin_file: str | None = None) -> str:
     """Start one rank into ``r``: '' or why it could not start."""
     try:
         r.pid, fds = spawn_rank(spec.path, spec.argv, spec.env, stdin_pipe=stdin_pipe,
                                 cwd=spec.wdir, pgid=pgid, cpus=spec.cpus, pmi=pmi,
-                                devnull=devnull, merge=merge)
+                                devnull=devnull, merge=merge, stdin_file=stdin_file)
     except SpawnError as exc:
         return str(exc)
     r.started_at = time.time()

@@ -92,6 +92,8 @@ class JobPlan(Record):
     spawned: SpawnOrigin | None = None
     #: The rank that reads the launcher's stdin.
     stdin_rank: int = 0
+    #: A file every rank reads as its stdin instead ("": none).
+    stdin_file: str = ""
 
     def app_of_rank(self, rank: int) -> int:
         first = 0
