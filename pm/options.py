@@ -1211,22 +1211,11 @@ def _output_filename(out: Parsed) -> None:
     values["output"] = os.path.join(base, "stdout")
     if "merge_stderr" not in values:
         values["error"] = os.path.join(base, "stderr")
-    for key in ("output", "error"):
-        problem = _folder_problem(values.get(key))
-        if problem:
-            raise UsageError(f"--output-filename {given}: {problem}")
+    from pm.common.output import folder_in_the_way
 
-
-def _folder_problem(pattern: object) -> str | None:
-    """Why a folder for ``pattern``'s files cannot be made (a part of it is a file), or None."""
-    if not isinstance(pattern, str):
-        return None
-    part = os.path.dirname(pattern)
-    while part and not os.path.exists(part):
-        part = os.path.dirname(part)
-    if part and not os.path.isdir(part):
-        return f"{part} is not a folder"
-    return None
+    part = folder_in_the_way(os.path.dirname(base))
+    if part:
+        raise UsageError(f"--output-filename {given}: {part} is not a folder")
 
 
 def _srun_export(out: Parsed) -> None:

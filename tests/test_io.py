@@ -265,6 +265,9 @@ def test_open_mpi_output_filename_writes_each_ranks_streams_in_its_folder(
     r = pmrun("--output-filename", str(tmp_path / "f/x"), "true")
     assert (r.returncode, r.stderr) == (
         2, f"pmrun: --output-filename {tmp_path / 'f/x'}: {tmp_path / 'f'} is not a folder\n")
+    r = pmrun("--output", str(tmp_path / "f/%r/out"), "true")
+    assert (r.returncode, r.stderr) == (
+        2, f"pmrun: --output {tmp_path / 'f/%r/out'}: {tmp_path / 'f'} is not a folder\n")
 
 
 @pytest.mark.parametrize("opts", [["-l"], ["--local-nodes", "2"]])

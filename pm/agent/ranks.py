@@ -466,11 +466,9 @@ class LocalRanks:
         if self.guardian is not None:
             if any(p.status is None and p.pid for p in self.ranks.values()):
                 self._kill_all()
-            if self.shared:
-                pass
-            elif keep_guardian:
+            if keep_guardian and not self.shared:
                 kept = self.guardian
-            else:
+            elif not self.shared:
                 self.guardian.release()
             self.guardian = None
         if self.watch is not None:

@@ -303,9 +303,21 @@ def pattern_problem(option: str, pattern: str) -> str | None:
     """What is wrong with an output file pattern (its folder is missing), or None.  A
     folder of each rank's or job's (``out/%r/stdout``) is made when the file is."""
     folder = os.path.dirname(expand_pattern(pattern, 0, "job"))
-    if folder and not os.path.isdir(folder) and not per_rank_folder(pattern):
+    if not folder or os.path.isdir(folder):
+        return None
+    if not per_rank_folder(pattern):
         return f"{option} {pattern}: no such directory {folder}"
-    return None
+    part = folder_in_the_way(folder)
+    return f"{option} {pattern}: {part} is not a folder" if part else None
+
+
+def folder_in_the_way(folder: str) -> str | None:
+    """The nearest part of ``folder`` that exists, when it is not a folder (the folders
+    below it cannot be made); None when they can be."""
+    part = folder
+    while part and not os.path.exists(part):
+        part = os.path.dirname(part)
+    return part if part and not os.path.isdir(part) else None
 
 
 def per_rank_folder(pattern: str) -> bool:
