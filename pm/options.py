@@ -618,21 +618,23 @@ OPTIONS = (
         help="MPI universe size the ranks are told (room for MPI_Comm_spawn); SYSTEM: the "
              "slots given, INFINITE: no limit (default: the slots given with the hosts, else "
              "the job's size)"),
-    Opt("--bind-to -bind-to", "bind_to", bind_to, metavar="TARGET", group=PLACE,
+    Opt("--bind-to -bind-to", "bind_to", bind_to, metavar="TARGET", quick=True, group=PLACE,
         help="none, hwthread, core, l3cache, numa, package, each with :N (N of them per "
              "rank) or :overload-allowed, or user:0+1,2"),
     Opt("--cpu-bind --cpu_bind", "cpu_bind", srun_cpu_bind, metavar="[verbose,]TYPE",
-        group=PLACE, help="srun's: none, cores, threads, sockets, ldoms (--bind-to none, core, "
-                          "hwthread, package, numa), map_cpu:0,2 or mask_cpu:0x3,0xc (a CPU "
-                          "or a mask each rank: --bind-to user:...); verbose: "
-                          "--report-bindings"),
-    Opt("-c --cpus-per-task --cores-per-task", "cpus_per_task", whole(1), metavar="N", group=PLACE,
+        quick=True, group=PLACE,
+        help="srun's: none, cores, threads, sockets, ldoms (--bind-to none, core, hwthread, "
+             "package, numa), map_cpu:0,2 or mask_cpu:0x3,0xc (a CPU or a mask each rank: "
+             "--bind-to user:...); verbose: --report-bindings"),
+    Opt("-c --cpus-per-task --cores-per-task", "cpus_per_task", whole(1), metavar="N",
+        quick=True, group=PLACE,
         help="N cores for each rank, which it is bound to (srun's and Flux's -c: --bind-to "
              "core:N)"),
-    Opt("--map-by -map-by", "map_by", map_by, metavar="TARGET", group=PLACE,
+    Opt("--map-by -map-by", "map_by", map_by, metavar="TARGET", quick=True, group=PLACE,
         help="slot, hwthread, core, l3cache, numa, package; Open MPI's ppr:N:node is -ppn N, "
              "and TARGET:PE=N binds N cores per rank (--bind-to core:N)"),
-    Opt("--report-bindings -report-bindings", "report_bindings", kind=FLAG, group=PLACE,
+    Opt("--report-bindings -report-bindings", "report_bindings", kind=FLAG, quick=True,
+        group=PLACE,
         help="print each rank's cpus"),
     Opt("--topology", "topology", kind=FLAG, group=PLACE,
         help="print this node's topology as the agent sees it, and exit"),

@@ -106,8 +106,9 @@ SPIN_NS = 50_000
 class QuickOptions:
     """The part of a command line the quick path runs (one program, on this machine)."""
 
-    __slots__ = ("app_env", "argv", "env_mode", "error", "genv", "genvlist", "kvs", "label",
-                 "merge", "n", "output", "pmix", "prepend", "timeout", "wdir")
+    __slots__ = ("app_env", "argv", "bind_to", "env_mode", "error", "genv", "genvlist", "kvs",
+                 "label", "map_by", "merge", "n", "output", "pmix", "prepend", "report",
+                 "timeout", "wdir")
 
     def __init__(self) -> None:
         self.n = 1
@@ -129,6 +130,10 @@ class QuickOptions:
         self.kvs = "shm"
         #: --merge-stderr-to-stdout.
         self.merge = False
+        #: --bind-to (and -c, --cpu-bind, --map-by's :PE=), --map-by, --report-bindings.
+        self.bind_to = "none"
+        self.map_by = "core"
+        self.report = False
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
@@ -157,6 +162,9 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     opts.error = v.get("error")  # type: ignore[assignment]
     opts.kvs = v.get("kvs") or "shm"  # type: ignore[assignment]
     opts.merge = "merge_stderr" in v
+    opts.bind_to = str(v.get("bind_to") or "none")
+    opts.map_by = str(v.get("map_by") or "core")
+    opts.report = bool(v.get("report_bindings"))
     opts.pmix = wants_pmix(str(v.get("mpi") or "auto"), [opts.argv], environ.get("PATH"))
     return opts
 
@@ -217,8 +225,15 @@ class QuickStart:
             self.refusal = f"{rank_at(0, 0, self.host)} {NOT_STARTED}: {short}"
             return False
         base = base_env(opts.env_mode, opts.genvlist, opts.genv, os.environ)
+        cpusets: list[frozenset[int]] | None = None
+        xml = None
+        if opts.bind_to not in ("", "none"):
+            bound = self._bind()
+            if bound is None:
+                return False  # the full path says why it does not bind
+            xml, cpusets = bound
         if topo_share.sharing_enabled(base):
-            xml = topo_share.cached_xml()
+            xml = xml or topo_share.cached_xml()
             if xml is None:
                 return False  # the full path discovers the topology (and caches it)
             started.xml_path = topo_share.write_job_xml(xml, started.job_id, sweep=False)
@@ -237,7 +252,15 @@ class QuickStart:
         self._catch_signals()
         started.shm_reaper = ShmReaper()
         # After a rank that cannot start, the full path reports it; the rest do not start.
-        todo = [RankStart(r, r, path, opts.argv, env, opts.wdir) for r, env in enumerate(envs)]
+        todo = [RankStart(r, r, path, opts.argv, env, opts.wdir,
+                          cpus=cpusets[r] if cpusets else None) for r, env in enumerate(envs)]
+        if opts.report:
+            from pm.agent.binding import report_line
+
+            assert started.writer is not None
+            for i in range(opts.n):
+                line = report_line(i, self.host, cpusets[i] if cpusets else None) + "\n"
+                started.writer.write(i, STDERR, line.encode())
         stdin_rank = 0 if self._stdin is not None else None
         if self._pmix is not None:
             from pm.agent.pmix_register import RankTimerSlack
@@ -259,6 +282,24 @@ class QuickStart:
             topo_share.cleanup_stale()  # copies of dead agents, swept off the ranks' path too
         return True
 
+    def _bind(self) -> tuple[bytes, list[frozenset[int]] | None] | None:
+        """The node's topology (XML) and each rank's cpus, as the agent binds them
+        (:meth:`pm.agent.node.JobAgent.prepare`); None where the agent would say something
+        (no topology, a binding it refuses, one it gives up): the full path does."""
+        from pm.agent.binding import BindingError, compute_bindings
+        from pm.proto.errors import PMError
+
+        try:
+            topo = topo_share.node_topology()
+            b = compute_bindings(topo, self.opts.n, self.opts.bind_to, self.opts.map_by)
+        except (BindingError, PMError):
+            return None
+        if b.notice or topo.xml is None:
+            return None
+        self.started.topology = topo
+        self.started.cpusets = list(b.cpusets) if b.cpusets is not None else None
+        return topo.xml, self.started.cpusets
+
     def _start_pmix(self, envs: list[dict[str, str]]) -> bool:
         """Register the job with the PMIx server (started now, in C) and give each rank
         its variables.  Until the full path attaches its loop, upcalls wait; those that
@@ -274,7 +315,8 @@ class QuickStart:
             self._pmix, extra = start_one_node(
                 nspace, self.opts.n, self.host, self.started.xml_path, self._wake_w,
                 libpmix_for([self.opts.argv], envs[0].get("PATH"),
-                            envs[0].get("LD_LIBRARY_PATH")))
+                            envs[0].get("LD_LIBRARY_PATH")),
+                cpusets=self.started.cpusets, topo=self.started.topology)
         except PMError:
             self._close_wake()
             return False
@@ -529,6 +571,8 @@ class QuickStart:
         (:mod:`pm.agent.quick_spawns`)."""
         from pm.agent.quick_spawns import QuickSpawns
 
+        if self.started.cpusets is not None:
+            return False  # bound ranks: the full runtime binds the children after them
         assert self.pmi is not None and self._watch_more is not None
         spawns = self.spawns = QuickSpawns(self.pmi, self._base, self.opts.wdir,
                                            self._watch_more, self.opts.merge)

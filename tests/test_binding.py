@@ -367,16 +367,27 @@ def test_srun_cpu_bind_pmrun_cannot_do_is_named(value: str) -> None:
 
 
 @pytest.mark.skipif(len(discover().pus) < 2, reason="needs two CPUs")
-def test_srun_cpu_bind_binds_the_ranks(tmp_path: object) -> None:
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_srun_cpu_bind_binds_the_ranks(tmp_path: object, quick: str) -> None:
+    """On both paths: a one-node job is bound on the quick path (pm.quick) as the agent
+    binds it, and the job takes that path (binding made it three times as slow to start)."""
     from launch_util import pmrun_argv, pmrun_env
 
+    from pm.quick import parse as quick_parse
+
+    assert quick_parse(["--cpu-bind=verbose,map_cpu:1,0", "-n", "2", "prog"], {}) is not None
     show = "echo $PMI_RANK $(grep Cpus_allowed_list /proc/self/status | cut -f2)"
     r = subprocess.run(pmrun_argv("--cpu-bind=verbose,map_cpu:1,0", "-n", "2", "sh", "-c", show),
-                       capture_output=True, text=True, timeout=60, env=pmrun_env())
+                       capture_output=True, text=True, timeout=60,
+                       env=pmrun_env({"PM_QUICK": quick}))
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.splitlines()) == ["0 1", "1 0"]
     host = os.uname().nodename
     assert f"rank 0 on {host}: cpus 1\n" in r.stderr, r.stderr  # verbose: --report-bindings
+    r = subprocess.run(pmrun_argv("--bind-to", "core", "-n", "2", "-l", "sh", "-c", show),
+                       capture_output=True, text=True, timeout=60,
+                       env=pmrun_env({"PM_QUICK": quick}))
+    assert r.returncode == 0 and sorted(r.stdout.splitlines()) == ["[0] 0 0", "[1] 1 1"], r
     r = subprocess.run(pmrun_argv("--cpu-bind", "cores", "--bind-to", "none", "true"),
                        capture_output=True, text=True, timeout=60, env=pmrun_env())
     assert (r.returncode, r.stderr) == (2, "pmrun: --cpu-bind cores and --bind-to none "

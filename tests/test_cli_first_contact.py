@@ -562,7 +562,8 @@ GOOD_VALUE: dict[str, list[str]] = {
     "wdir": ["/"], "prepend": ["%h %r: "], "output": ["o.%r"], "error": ["e.%j"],
     "output_filename": ["od"],
     "fanout": ["4"], "timeout": ["2.5"], "mpi": ["pmix"], "kvs": ["socket"],
-    "export": ["PATH,A=1"], "N": ["1"], "nodes": ["1"],
+    "export": ["PATH,A=1"], "N": ["1"], "nodes": ["1"], "bind_to": ["core:2"],
+    "cpu_bind": ["verbose,map_cpu:1,0"], "cpus_per_task": ["2"], "map_by": ["slot:PE=2"],
 }
 #: ... where an option's spelling takes other words than its key's others (srun's -t).
 GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"], "--time-limit": ["1.5h"]}
@@ -581,9 +582,10 @@ def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
     mode, names = (app.env_mode, app.envlist) if app.env_mode else (spec.env_mode,
                                                                    spec.genvlist)
     assert (q.n, q.argv, q.genv, q.app_env, q.wdir, q.label, q.prepend, q.timeout, q.output,
-            q.error, q.env_mode, q.genvlist, q.merge) == (
+            q.error, q.env_mode, q.genvlist, q.merge, q.bind_to, q.map_by, q.report) == (
         app.n, app.argv, spec.genv, app.env, app.wdir, spec.label, spec.prepend, spec.timeout,
-        spec.output, spec.error, mode, names, spec.merge_stderr)
+        spec.output, spec.error, mode, names, spec.merge_stderr, spec.bind_to, spec.map_by,
+        spec.report_bindings)
     from pm.agent.pmix_detect import wants_pmix
 
     assert q.pmix == wants_pmix(spec.mpi, [app.argv])

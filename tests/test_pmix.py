@@ -304,16 +304,19 @@ def test_kill_9_of_pmrun_leaves_nothing(tmp_path: Path, marker: str) -> None:
 
 
 @needs_wheel
-def test_bound_ranks_get_locality(pmrun: Run, tmp_path: Path) -> None:
-    # Bound ranks are told where they run (PMIX_LOCALITY_STRING, PMIX_CPUSET); the
-    # node's shared-memory communicator still holds them all.
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_bound_ranks_get_locality(pmrun: Run, tmp_path: Path, quick: str) -> None:
+    # Bound ranks are told where they run (PMIX_LOCALITY_STRING, PMIX_CPUSET), on the
+    # quick path as on the agent's; the node's shared-memory communicator still holds
+    # them all.
     assert OMPI is not None
     prog = script(tmp_path, "shared.py", """
         from mpi4py import MPI
         c = MPI.COMM_WORLD
         print(c.rank, c.Split_type(MPI.COMM_TYPE_SHARED).size, flush=True)
     """)
-    r = pmrun("--bind-to", "core:overload-allowed", "-n", "2", OMPI, str(prog), env=ENV)
+    r = pmrun("--bind-to", "core:overload-allowed", "-n", "2", OMPI, str(prog),
+              env={**ENV, "PM_QUICK": quick})
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.splitlines()) == ["0 2", "1 2"], r.stdout
 

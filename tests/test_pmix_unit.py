@@ -178,20 +178,22 @@ def test_locality_strings_name_what_a_bound_rank_touches() -> None:
     assert cpuset_string(frozenset({0, 1, 2, 5})) == "hwloc:0-2,5"
 
 
-def test_the_pre_parsed_declarations_match_pmix_h() -> None:
-    # pm/agent/_pmix_ffi.py is made from pm/agent/pmix.h by scripts/gen_pmix_ffi.py.
+@pytest.mark.parametrize("name", ["pmix", "hwloc"])
+def test_the_pre_parsed_declarations_match_the_headers(name: str) -> None:
+    # pm/agent/_pmix_ffi.py and _hwloc_ffi.py are made from pmix.h and hwloc.h by
+    # scripts/gen_ffi.py.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
     try:
-        import gen_pmix_ffi
+        import gen_ffi
     finally:
         sys.path.pop(0)
-    fresh = gen_pmix_ffi.generate()
-    stored = gen_pmix_ffi.OUT.read_text()
+    fresh = gen_ffi.generate(name)
+    stored = gen_ffi.LIBRARIES[name][1].read_text()
 
     def body(text: str) -> list[str]:  # the cffi version stamp aside
         return [ln for ln in text.splitlines() if "_version" not in ln]
 
-    assert body(fresh) == body(stored), "run: python scripts/gen_pmix_ffi.py"
+    assert body(fresh) == body(stored), "run: python scripts/gen_ffi.py"
 
 
 class _Job:

@@ -1,4 +1,4 @@
-# Generated from pm/agent/pmix.h by scripts/gen_pmix_ffi.py (cffi, out-of-line ABI mode): do not edit.
+# Generated from pm/agent/pmix.h by scripts/gen_ffi.py (cffi, out-of-line ABI mode): do not edit.
 # ruff: noqa
 # mypy: ignore-errors
 # auto-generated file

@@ -109,6 +109,7 @@ typedef struct hwloc_obj * hwloc_obj_t;
 unsigned hwloc_get_api_version(void);
 int hwloc_topology_init(hwloc_topology_t *topologyp);
 int hwloc_topology_set_io_types_filter(hwloc_topology_t topology, enum hwloc_type_filter_e filter);
+int hwloc_topology_set_xmlbuffer(hwloc_topology_t topology, const char *buffer, int size);
 int hwloc_topology_load(hwloc_topology_t topology);
 void hwloc_topology_destroy(hwloc_topology_t topology);
 int hwloc_get_type_depth(hwloc_topology_t topology, hwloc_obj_type_t type);

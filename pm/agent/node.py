@@ -180,7 +180,7 @@ class JobAgent:
         xml = None if plan.bind_to not in ("", "none") else topo_share.cached_xml()
         if xml is None:
             try:
-                topo = await asyncio.to_thread(topo_share.discover_and_cache)
+                topo = await asyncio.to_thread(topo_share.node_topology)
                 xml = topo.xml
             except PMError as exc:
                 log.info("agent %d: no topology for the ranks: %s", self.vertex, exc)
@@ -325,6 +325,9 @@ class JobAgent:
             self.job_attrs["PMI_hwloc_xmlfile"] = path
         reaper, started.shm_reaper = started.shm_reaper, None
         self._watch_shm(reaper or ShmReaper())
+        if started.cpusets is not None:  # bound by the quick phase, as _bind binds them
+            self.topology, self.cpusets = started.topology, started.cpusets
+        started.topology = started.cpusets = None
         nspace, started.pmix = started.pmix, None
         if nspace is not None:
             self._adopt_pmix(nspace)

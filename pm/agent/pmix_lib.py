@@ -109,7 +109,7 @@ def major_version(ffi: Any, lib: Any) -> int:
 
 def _ffi() -> Any:
     """The declarations of ``pmix.h``: pre-parsed (``_pmix_ffi``, made by
-    scripts/gen_pmix_ffi.py) unless this cffi cannot read that module, else parsed now."""
+    scripts/gen_ffi.py) unless this cffi cannot read that module, else parsed now."""
     try:
         from pm.agent import _pmix_ffi
 

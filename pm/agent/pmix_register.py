@@ -297,15 +297,18 @@ def fork_env(srv: PmixServer, nspace: str, rank: int) -> dict[str, str]:
 
 
 def start_one_node(nspace: str, size: int, host: str, topology_xml: str | None,
-                   wake_fd: int = -1, lib: str | None = None
+                   wake_fd: int = -1, lib: str | None = None,
+                   cpusets: list[frozenset[int]] | None = None, topo: Any = None
                    ) -> tuple[PmixServer, list[dict[str, str]]]:
     """For pmrun's quick path: the process's server (started now), a ``size``-rank job
     on this node alone registered as ``nspace``, and each rank's variables.  Upcalls
     wait for an event loop (:meth:`PmixServer.attach`); those that cannot wait write
-    to ``wake_fd``.  Raises :class:`~pm.agent.pmix_lib.PmixError`."""
+    to ``wake_fd``.  ``cpusets`` and ``topo``: bound ranks' (:class:`Layout`).  Raises
+    :class:`~pm.agent.pmix_lib.PmixError`."""
     from pm.agent.pmix_server import server
 
     srv = server(host, topology_xml, sweep=False, lib=lib)  # the caller sweeps after
     srv.wake_fd = wake_fd
-    register(srv, Layout(nspace, [host], [list(range(size))], 0, [size]))
+    register(srv, Layout(nspace, [host], [list(range(size))], 0, [size], cpusets=cpusets,
+                         topo=topo))
     return srv, [fork_env(srv, nspace, r) for r in range(size)]

@@ -169,7 +169,7 @@ class AgentSpawns:
                 from pm.agent import topo_share
 
                 try:
-                    topo = top.topology = await asyncio.to_thread(topo_share.discover_and_cache)
+                    topo = top.topology = await asyncio.to_thread(topo_share.node_topology)
                 except PMError as exc:
                     log.info("agent %d: no topology to bind spawned ranks: %s", top.vertex, exc)
             if topo is not None:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pm.agent.pmi_quick import QuickPmi
     from pm.agent.quick_spawns import QuickJob
     from pm.agent.shm_reaper import ShmReaper
+    from pm.agent.topology import Topology
     from pm.common.output import Writer
 
 
@@ -99,8 +100,8 @@ class StartedRank:
 class StartedRanks:
     """A node's started ranks and what goes with them (see the module docstring)."""
 
-    __slots__ = ("guardian", "job_id", "pmi", "pmix", "ranks", "shared", "shm_reaper", "signals",
-                 "spawned", "t0", "writer", "xml_path")
+    __slots__ = ("cpusets", "guardian", "job_id", "pmi", "pmix", "ranks", "shared", "shm_reaper",
+                 "signals", "spawned", "t0", "topology", "writer", "xml_path")
 
     def __init__(self, job_id: str = "", t0: float | None = None) -> None:
         self.job_id = job_id
@@ -125,16 +126,19 @@ class StartedRanks:
         self.pmi: QuickPmi | None = None
         #: The jobs the quick phase spawned, in order (pm.agent.quick_spawns.QuickJob).
         self.spawned: list[QuickJob] = []
+        #: The node's topology and the ranks' cpus when they are bound (by local rank).
+        self.topology: Topology | None = None
+        self.cpusets: list[frozenset[int]] | None = None
 
     def take(self) -> StartedRanks:
         """Everything, in a new object: the new owner's.  This one is left empty."""
         new = StartedRanks(self.job_id, self.t0)
         for name in ("ranks", "guardian", "shared", "writer", "xml_path", "shm_reaper",
-                     "signals", "pmix", "pmi", "spawned"):
+                     "signals", "pmix", "pmi", "spawned", "topology", "cpusets"):
             setattr(new, name, getattr(self, name))
         self.ranks, self.signals, self.spawned, self.shared = [], [], [], False
         self.guardian = self.writer = self.xml_path = self.shm_reaper = self.pmix = None
-        self.pmi = None
+        self.pmi = self.topology = self.cpusets = None
         return new
 
     def pending_signals(self) -> list[int]:

@@ -95,6 +95,19 @@ def cached_xml() -> bytes | None:
     return data or None
 
 
+def node_topology() -> Topology:
+    """This node's topology: read from the cached XML when there is one (blocking, a few
+    ms), else discovered (and cached)."""
+    xml = cached_xml()
+    if xml is not None:
+        from pm.agent.topology import from_xml
+
+        topo = from_xml(xml)
+        if topo is not None:
+            return topo
+    return discover_and_cache()
+
+
 def discover_and_cache() -> Topology:
     """Discover (blocking: run it in a thread) and refresh the cache."""
     from pm.agent.topology import discover  # hwloc and cffi only when the cache misses

@@ -153,6 +153,25 @@ _load_lock = threading.Lock()
 _loaded: dict[str, _Hwloc | str] = {}  # soname -> library, or why it could not be used
 
 
+def _declarations() -> Any:
+    """The declarations of ``hwloc.h``: pre-parsed (``_hwloc_ffi``, made by
+    scripts/gen_ffi.py) unless this cffi cannot read that module, else parsed now (tens
+    of ms).  Lazy (the CLI imports this module and must stay cheap), and untyped: cffi
+    has no stubs, so it enters as Any here and nowhere else."""
+    try:
+        from pm.agent import _hwloc_ffi
+
+        return _hwloc_ffi.ffi
+    except Exception:  # another cffi version: parse the header
+        pass
+    cffi: Any = importlib.import_module("cffi")
+    from importlib import resources
+
+    ffi = cffi.FFI()
+    ffi.cdef(resources.files("pm.agent").joinpath("hwloc.h").read_text())
+    return ffi
+
+
 def _load(soname: str) -> _Hwloc | str:
     """Open libhwloc once per process; returns the library or the reason it is unusable."""
     with _load_lock:
@@ -161,13 +180,7 @@ def _load(soname: str) -> _Hwloc | str:
             return cached
         result: _Hwloc | str
         try:
-            # Lazy (the CLI imports this module and must stay cheap), and untyped:
-            # cffi has no stubs, so it enters as Any here and nowhere else.
-            cffi: Any = importlib.import_module("cffi")
-            from importlib import resources
-
-            ffi = cffi.FFI()
-            ffi.cdef(resources.files("pm.agent").joinpath("hwloc.h").read_text())
+            ffi = _declarations()
             lib = ffi.dlopen(soname)
             version = int(lib.hwloc_get_api_version())
             if not _API_MIN <= version < _API_END:
@@ -220,7 +233,8 @@ def _export_xml(hw: _Hwloc, topo: Any) -> bytes:
         lib.hwloc_free_xmlbuffer(topo, buf[0])
 
 
-def _discover_hwloc(hw: _Hwloc) -> Topology:
+def _discover_hwloc(hw: _Hwloc, xml: bytes | None = None) -> Topology:
+    """The topology hwloc discovers, or (``xml``) reads from an export of it."""
     ffi, lib = hw.ffi, hw.lib
     topo_p = ffi.new("hwloc_topology_t *")
     hw.call("hwloc_topology_init", topo_p)
@@ -229,6 +243,8 @@ def _discover_hwloc(hw: _Hwloc) -> Topology:
         # Keep I/O objects: MPICH asks for them when it discovers by itself,
         # and ranks reading our XML must see what they would have seen.
         hw.call("hwloc_topology_set_io_types_filter", topo, lib.HWLOC_TYPE_FILTER_KEEP_ALL)
+        if xml is not None:
+            hw.call("hwloc_topology_set_xmlbuffer", topo, ffi.new("char[]", xml), len(xml) + 1)
         hw.call("hwloc_topology_load", topo)
         usable = _usable(_bitmap(hw, hw.call("hwloc_topology_get_allowed_cpuset", topo)))
         root = hw.call("hwloc_get_obj_by_depth", topo, 0, 0)
@@ -237,7 +253,7 @@ def _discover_hwloc(hw: _Hwloc) -> Topology:
         packages = _level(hw, topo, lib.HWLOC_OBJ_PACKAGE)
         l3 = _level(hw, topo, lib.HWLOC_OBJ_L3CACHE)
         numa = _level(hw, topo, lib.HWLOC_OBJ_NUMANODE)
-        xml = _export_xml(hw, topo)
+        xml = xml if xml is not None else _export_xml(hw, topo)
     finally:
         lib.hwloc_topology_destroy(topo)
     return _assemble(
@@ -412,6 +428,18 @@ def discover(*, use_hwloc: bool = True) -> Topology:
         reason = hw
     log.info("hwloc unavailable (%s); reading the topology from sysfs", reason)
     return _discover_sysfs()
+
+
+def from_xml(xml: bytes) -> Topology | None:
+    """The topology an earlier discovery exported (a few ms, where discovering takes tens);
+    None when hwloc cannot read it (then discover)."""
+    hw = _load(HWLOC_SONAME)
+    if not isinstance(hw, _Hwloc) or os.environ.get(NO_HWLOC_ENV, "") not in ("", "0"):
+        return None
+    try:
+        return _discover_hwloc(hw, xml)
+    except TopologyError:
+        return None
 
 
 async def discover_async(*, use_hwloc: bool = True) -> Topology:
