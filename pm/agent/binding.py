@@ -23,10 +23,8 @@ Nothing here touches the system; the agent applies the cpusets at spawn.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
-from pm.agent.topology import Topology, format_cpuset
+from pm.agent.topology import Topology, cpu_range, format_cpuset
+from pm.common.values import Value
 from pm.proto.errors import PMError
 
 BIND_TARGETS = ("none", "hwthread", "core", "l3cache", "numa", "package")
@@ -61,20 +59,23 @@ class BindingError(PMError, ValueError):
     """A --bind-to / --map-by spec that cannot be parsed, or user cpus this node lacks."""
 
 
-@dataclass(frozen=True, slots=True)
-class BindPolicy:
+class BindPolicy(Value):
     """A parsed ``--bind-to``.
 
     ``target`` is one of :data:`BIND_TARGETS` or ``"user"``; for ``"user"``,
     ``user_sets[i]`` is the cpuset of local rank *i* (reused round robin).
-    ``overload_allowed`` binds even when ranks outnumber places.
+    ``overload_allowed`` binds even when ranks outnumber places; ``count`` is the
+    objects of ``target`` per rank (Hydra's ``core:2``: each rank on two cores).
     """
 
-    target: str
-    user_sets: tuple[frozenset[int], ...] = ()
-    overload_allowed: bool = False
-    #: Objects of ``target`` per rank (Hydra's ``core:2``: each rank on two cores).
-    count: int = 1
+    __slots__ = ("count", "overload_allowed", "target", "user_sets")
+
+    def __init__(self, target: str, user_sets: tuple[frozenset[int], ...] = (),
+                 overload_allowed: bool = False, count: int = 1) -> None:
+        self.target = target
+        self.user_sets = user_sets
+        self.overload_allowed = overload_allowed
+        self.count = count
 
     def __str__(self) -> str:
         if self.target == "user":
@@ -83,19 +84,22 @@ class BindPolicy:
                 + (f":{OVERLOAD_ALLOWED}" if self.overload_allowed else ""))
 
 
-@dataclass(frozen=True, slots=True)
-class Bindings:
-    """The result for one node: one cpuset per local rank, or None for "do not bind"."""
+class Bindings(Value):
+    """The result for one node: one cpuset per local rank, or None for "do not bind";
+    ``notice``: one line for the user, e.g. why nothing is bound."""
 
-    cpusets: tuple[frozenset[int], ...] | None
-    notice: str | None = None  # one line for the user, e.g. why nothing is bound
+    __slots__ = ("cpusets", "notice")
+
+    def __init__(self, cpusets: tuple[frozenset[int], ...] | None,
+                 notice: str | None = None) -> None:
+        self.cpusets = cpusets
+        self.notice = notice
 
 
 def _ranges(cpus: frozenset[int]) -> list[str]:
     return format_cpuset(cpus).split(",")
 
 
-_USER_ITEM = re.compile(r"^(\d+)(?:-(\d+))?$")
 _BIND_HELP = "one of none, hwthread, core, l3cache, numa, package (socket), or user:<cpus>,..."
 
 
@@ -144,14 +148,13 @@ def _parse_user(body: str, spec: str) -> tuple[frozenset[int], ...]:
             times = int(times_text)
         cpus: set[int] = set()
         for item in cpus_text.split("+"):
-            m = _USER_ITEM.match(item.strip())
-            if m is None:
+            bounds = cpu_range(item.strip())
+            if bounds is None:
                 raise BindingError(
                     f"--bind-to {spec!r}: {item!r} is not a cpu number or range "
                     "(',' separates ranks, '+' joins cpus, 'a-b' is a range)"
                 )
-            lo = int(m.group(1))
-            hi = int(m.group(2)) if m.group(2) is not None else lo
+            lo, hi = bounds
             if hi < lo:
                 raise BindingError(f"--bind-to {spec!r}: empty range {item!r}")
             cpus.update(range(lo, hi + 1))

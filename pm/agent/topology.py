@@ -22,19 +22,25 @@ with no usable PU are dropped.
 
 from __future__ import annotations
 
+import _thread
 import importlib
-import logging
 import os
-import re
-import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
+from pm.common.values import Value
 from pm.proto.errors import PMError
 
-log = logging.getLogger("pm.agent.topology")
+TYPE_CHECKING = False  # (typing, logging, re, pathlib, dataclasses: not on the quick path)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from pathlib import Path
+    from typing import Any
+
+
+def _log() -> Any:
+    import logging
+
+    return logging.getLogger("pm.agent.topology")
+
 
 #: The shared object opened in ABI mode (Debian's libhwloc15 is hwloc 2.x).
 HWLOC_SONAME = "libhwloc.so.15"
@@ -45,31 +51,37 @@ NO_HWLOC_ENV = "PM_NO_HWLOC"
 _API_MIN = 0x20000
 _API_END = 0x30000
 
-SYS_CPU = Path("/sys/devices/system/cpu")
-SYS_NODE = Path("/sys/devices/system/node")
-PROC_MEMINFO = Path("/proc/meminfo")
+SYS_CPU = "/sys/devices/system/cpu"
+SYS_NODE = "/sys/devices/system/node"
+PROC_MEMINFO = "/proc/meminfo"
 
 
 class TopologyError(PMError):
     """Discovery failed, an hwloc call returned an error, or the XML could not be written."""
 
 
-@dataclass(frozen=True, slots=True)
-class Topology:
+class Topology(Value):
     """What one node offers to the ranks of a job.
 
     Every set holds OS indexes of PUs (hardware threads), restricted to the
     PUs in :attr:`pus`; objects are ordered like hwloc's logical indexes.
     """
 
-    source: str  # "hwloc" or "sysfs"
-    pus: tuple[int, ...]  # OS indexes of the PUs allowed, ascending
-    cores: tuple[frozenset[int], ...]  # PU sets per core, ordered by logical index
-    numa_nodes: tuple[frozenset[int], ...]  # NUMA nodes that have usable PUs
-    packages: tuple[frozenset[int], ...]
-    l3caches: tuple[frozenset[int], ...]  # empty tuple when unknown
-    memory_bytes: int  # total machine memory
-    xml: bytes | None  # hwloc XML export (None for the sysfs fallback)
+    __slots__ = ("cores", "l3caches", "memory_bytes", "numa_nodes", "packages", "pus",
+                 "source", "xml")
+
+    def __init__(self, source: str, pus: tuple[int, ...], cores: tuple[frozenset[int], ...],
+                 numa_nodes: tuple[frozenset[int], ...], packages: tuple[frozenset[int], ...],
+                 l3caches: tuple[frozenset[int], ...], memory_bytes: int,
+                 xml: bytes | None) -> None:
+        self.source = source  # "hwloc" or "sysfs"
+        self.pus = pus  # OS indexes of the PUs allowed, ascending
+        self.cores = cores  # PU sets per core, ordered by logical index
+        self.numa_nodes = numa_nodes  # NUMA nodes that have usable PUs
+        self.packages = packages
+        self.l3caches = l3caches  # empty tuple when unknown
+        self.memory_bytes = memory_bytes  # total machine memory
+        self.xml = xml  # hwloc XML export (None for the sysfs fallback)
 
 
 # --------------------------------------------------------------------------
@@ -93,7 +105,12 @@ def format_cpuset(cpus: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+def cpu_range(text: str) -> tuple[int, int] | None:
+    """``"3"`` -> (3, 3), ``"2-5"`` -> (2, 5); None for anything else."""
+    lo, dash, hi = text.partition("-")
+    if not lo.isdigit() or not lo.isascii() or (dash and not (hi.isdigit() and hi.isascii())):
+        return None
+    return int(lo), int(hi) if dash else int(lo)
 
 
 def parse_cpulist(text: str) -> frozenset[int]:
@@ -105,11 +122,10 @@ def parse_cpulist(text: str) -> frozenset[int]:
     for part in text.strip().split(","):
         if not part:
             continue
-        m = _RANGE.match(part.strip())
-        if m is None:
+        bounds = cpu_range(part.strip())
+        if bounds is None:
             raise ValueError(f"bad cpu list item {part!r} in {text!r}")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
+        lo, hi = bounds
         if hi < lo:
             raise ValueError(f"bad cpu range {part!r} in {text!r}")
         cpus.update(range(lo, hi + 1))
@@ -149,7 +165,7 @@ class _Hwloc:
         return result
 
 
-_load_lock = threading.Lock()
+_load_lock = _thread.allocate_lock()
 _loaded: dict[str, _Hwloc | str] = {}  # soname -> library, or why it could not be used
 
 
@@ -279,22 +295,23 @@ def _usable(allowed: Iterable[int]) -> frozenset[int]:
     return usable or allowed
 
 
-def _read(path: Path) -> str | None:
+def _read(path: Path | str) -> str | None:
     try:
-        return path.read_text().strip()
+        with open(path) as f:
+            return f.read().strip()
     except OSError:
         return None
 
 
 def _meminfo_total() -> int:
-    text = _read(PROC_MEMINFO) or ""
-    m = re.search(r"^MemTotal:\s+(\d+)\s*kB", text, re.MULTILINE)
-    if m is not None:
-        return int(m.group(1)) * 1024
+    for line in (_read(PROC_MEMINFO) or "").splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "MemTotal:" and words[1].isdigit():
+            return int(words[1]) * 1024
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _cpulist_file(path: Path) -> frozenset[int] | None:
+def _cpulist_file(path: Path | str) -> frozenset[int] | None:
     text = _read(path)
     if text is None:
         return None
@@ -305,14 +322,17 @@ def _cpulist_file(path: Path) -> frozenset[int] | None:
 
 
 def _discover_sysfs() -> Topology:
-    online = _cpulist_file(SYS_CPU / "online")
+    from pathlib import Path
+
+    sys_cpu = Path(SYS_CPU)
+    online = _cpulist_file(sys_cpu / "online")
     usable = _usable(online if online else os.sched_getaffinity(0))
     cores: set[frozenset[int]] = set()
     by_core_id: dict[tuple[str, str], set[int]] = {}
     by_package: dict[str, set[int]] = {}
     l3: set[frozenset[int]] = set()
     for cpu in sorted(usable):
-        topo_dir = SYS_CPU / f"cpu{cpu}" / "topology"
+        topo_dir = sys_cpu / f"cpu{cpu}" / "topology"
         package = _read(topo_dir / "physical_package_id") or "0"
         by_package.setdefault(package, set()).add(cpu)
         siblings = _cpulist_file(topo_dir / "thread_siblings_list")
@@ -326,7 +346,7 @@ def _discover_sysfs() -> Topology:
             l3.add(l3set & usable)
     cores.update(frozenset(s) for s in by_core_id.values())
     numa: list[frozenset[int]] = []
-    for node in SYS_NODE.glob("node[0-9]*"):
+    for node in Path(SYS_NODE).glob("node[0-9]*"):
         cpus = _cpulist_file(node / "cpulist")
         if cpus:
             numa.append(cpus)
@@ -343,7 +363,9 @@ def _discover_sysfs() -> Topology:
 
 
 def _l3_of(cpu: int) -> frozenset[int] | None:
-    for index in (SYS_CPU / f"cpu{cpu}" / "cache").glob("index[0-9]*"):
+    from pathlib import Path
+
+    for index in (Path(SYS_CPU) / f"cpu{cpu}" / "cache").glob("index[0-9]*"):
         if _read(index / "level") == "3" and _read(index / "type") in ("Unified", "Data"):
             return _cpulist_file(index / "shared_cpu_list")
     return None
@@ -423,10 +445,11 @@ def discover(*, use_hwloc: bool = True) -> Topology:
             try:
                 return _discover_hwloc(hw)
             except TopologyError as exc:
-                log.warning("hwloc discovery failed (%s); reading the topology from sysfs", exc)
+                _log().warning("hwloc discovery failed (%s); reading the topology from sysfs",
+                               exc)
                 return _discover_sysfs()
         reason = hw
-    log.info("hwloc unavailable (%s); reading the topology from sysfs", reason)
+    _log().info("hwloc unavailable (%s); reading the topology from sysfs", reason)
     return _discover_sysfs()
 
 
@@ -471,7 +494,10 @@ def write_xml(topo: Topology, directory: str, job_id: str) -> str:
         with os.fdopen(fd, "wb") as f:
             f.write(topo.xml)
     except OSError as exc:
-        Path(path).unlink(missing_ok=True)
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            os.unlink(path)
         raise TopologyError(f"cannot write the topology file {path}: {exc}") from exc
     return path
 
