@@ -611,8 +611,10 @@ OPTIONS = (
     Opt("--nodes", "nodes", whole(1, MOST_RANKS), metavar="N", group=PLACE, quick=True,
         help="-N of an MPI job: its ranks on the first N hosts"),
     Opt("-hosts -host --host -H", "hosts", hosts, metavar="H1,H2[:SLOTS]", group=PLACE,
+        quick=True,
         help="hosts to run on; node[01-04] ranges are expanded"),
     Opt("-f -hostfile --hostfile -machinefile", "hostfile", hostfile, metavar="FILE", group=PLACE,
+        quick=True,
         help='hosts from FILE ("host", "host:4" or "host slots=4" per line)'),
     Opt("-usize --universe-size", "universe_size", universe, metavar="N", group=PLACE,
         help="MPI universe size the ranks are told (room for MPI_Comm_spawn); SYSTEM: the "
@@ -1408,7 +1410,34 @@ def quick_ok(parsed: Parsed, environ: Mapping[str, str]) -> bool:
         return False  # pm.cli runs the job over the allocation
     if parsed.values.get("nodes", 1) != 1:
         return False  # several hosts (or a refusal that the full path words)
+    if ("hosts" in parsed.values or "hostfile" in parsed.values) and \
+            this_machine_alone(parsed) is None:
+        return False
     return all(opt.quick for opt in parsed.used)
+
+
+def this_machine_alone(parsed: Parsed) -> tuple[str, int | None] | None:
+    """When -hosts or -f names this machine alone (Hydra's ``-hosts localhost``, a host
+    file of ``localhost:8``): that host, as named, and its slots, which the quick path
+    takes as the full path would; None for anything else (other machines, several
+    entries, -ppn, or -n beside slots that set the universe size otherwise)."""
+    from pm.common.hostlist import is_this_machine, parse_hostfile, parse_hosts_option
+
+    values = parsed.values
+    if ("hosts" in values) == ("hostfile" in values) or "ppn" in values:
+        return None
+    if "hosts" in values:
+        entries = parse_hosts_option(str(values["hosts"]))
+    else:
+        with open(str(values["hostfile"])) as f:
+            entries = parse_hostfile(f.read())
+    if len(entries) != 1 or not is_this_machine(entries[0].host):
+        return None
+    host, slots = entries[0].host, entries[0].slots
+    given = [s.values["n"] for s in parsed.sections if "n" in s.values]
+    if slots is not None and given and given != [slots]:
+        return None  # the universe is the slots given: the full path says so to the ranks
+    return host, slots
 
 
 def refuse(exc: Exception) -> int:

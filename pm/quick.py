@@ -70,7 +70,14 @@ from pm.common.output import (
     stdin_for_job,
 )
 from pm.jobenv import base_env, kvsname_of, new_job_id
-from pm.options import internal_error, prepend_of, prepend_prefix, quick_ok, refuse
+from pm.options import (
+    internal_error,
+    prepend_of,
+    prepend_prefix,
+    quick_ok,
+    refuse,
+    this_machine_alone,
+)
 from pm.options import parse as parse_options
 from pm.proto.errors import UsageError, rank_at
 
@@ -106,8 +113,8 @@ SPIN_NS = 50_000
 class QuickOptions:
     """The part of a command line the quick path runs (one program, on this machine)."""
 
-    __slots__ = ("app_env", "argv", "bind_to", "env_mode", "error", "genv", "genvlist", "kvs",
-                 "label", "map_by", "merge", "n", "output", "pmix", "prepend", "report",
+    __slots__ = ("app_env", "argv", "bind_to", "env_mode", "error", "genv", "genvlist", "host",
+                 "kvs", "label", "map_by", "merge", "n", "output", "pmix", "prepend", "report",
                  "timeout", "wdir")
 
     def __init__(self) -> None:
@@ -134,6 +141,8 @@ class QuickOptions:
         self.bind_to = "none"
         self.map_by = "core"
         self.report = False
+        #: The host as -hosts or -f named this machine ("": its name).
+        self.host = ""
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
@@ -162,6 +171,12 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     opts.error = v.get("error")  # type: ignore[assignment]
     opts.kvs = v.get("kvs") or "shm"  # type: ignore[assignment]
     opts.merge = "merge_stderr" in v
+    if "hosts" in v or "hostfile" in v:  # this machine alone (quick_ok)
+        alone = this_machine_alone(parsed)
+        assert alone is not None
+        opts.host, slots = alone
+        if slots is not None and "n" not in s:
+            opts.n = slots  # a rank per slot, as the full path gives
     opts.bind_to = str(v.get("bind_to") or "none")
     opts.map_by = str(v.get("map_by") or "core")
     opts.report = bool(v.get("report_bindings"))
@@ -179,7 +194,7 @@ class QuickStart:
     def __init__(self, opts: QuickOptions, argv: list[str]) -> None:
         self.opts = opts
         self.argv = argv
-        self.host = os.uname().nodename
+        self.host = opts.host or os.uname().nodename
         started = self.started = StartedRanks(new_job_id())
         started.signals = _signals  # what _note appends to
         writer = started.writer = Writer(opts.label, files={STDOUT: opts.output or "",

@@ -445,7 +445,7 @@ def test_no_early_slurm_step_for_what_the_full_path_decides(
     monkeypatch.delenv("SLURM_TASKS_PER_NODE", raising=False)
     assert step_hosts(parse_all(["true"], os.environ), os.environ) is None  # no slots, no -n
     monkeypatch.setenv("SLURM_TASKS_PER_NODE", "2(x4)")
-    for argv in (["-hosts", "a,b", "true"],
+    for argv in (["-hosts", "a,b", "true"], ["-hosts", "localhost", "true"], ["-N", "2", "true"],
                  ["-n", "2", "a", ":", "-n", "2", "b"], ["--launcher", "ssh", "true"]):
         assert step_hosts(parse_all(argv, os.environ), os.environ) is None, argv
     monkeypatch.delenv("SLURM_JOB_ID")

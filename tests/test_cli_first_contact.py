@@ -394,6 +394,25 @@ def test_one_node_asked_with_minus_n_runs_on_the_quick_path(pmrun: Run, quick: s
     assert (r.returncode, r.stdout) == (0, "3\n3\n3\n"), r.stderr
 
 
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_a_host_list_of_this_machine_alone_runs_on_the_quick_path(
+        pmrun: Run, tmp_path: Path, quick: str) -> None:
+    """Hydra's habit ``-hosts localhost:3`` or a host file of ``localhost:3``: a one-node
+    job, run by the quick path (it took the full path, 5x slower to start), with a rank
+    a slot and the host as named; several hosts or other machines are not."""
+    (tmp_path / "hosts").write_text("localhost:3\n")
+    for given in (["-hosts", "localhost:3"], ["-f", str(tmp_path / "hosts")]):
+        q = quick_parse([*given, "prog"], {})
+        assert q is not None and (q.n, q.host) == (3, "localhost")
+        r = pmrun(*given, "-prepend-pattern", "%h %r: ", "sh", "-c", "echo $PMI_SIZE",
+                  env={"PM_QUICK": quick})
+        assert (r.returncode, sorted(r.stdout.splitlines())) == (
+            0, ["localhost 0: 3", "localhost 1: 3", "localhost 2: 3"]), r.stderr
+    for other in (["-hosts", "localhost,elsewhere"], ["-hosts", "elsewhere"],
+                  ["-hosts", "localhost:3", "-n", "2"]):  # (the universe: the slots given)
+        assert quick_parse([*other, "prog"], {}) is None, other
+
+
 @pytest.mark.parametrize(("argv", "hosts", "slots", "n"), [
     (["-N", "3", "-n", "7"], ["a", "b", "c"], [3, 2, 2], 7),
     (["-N", "2", "-n", "4"], ["a", "b"], [2, 2], 4),
@@ -564,6 +583,7 @@ GOOD_VALUE: dict[str, list[str]] = {
     "fanout": ["4"], "timeout": ["2.5"], "mpi": ["pmix"], "kvs": ["socket"],
     "export": ["PATH,A=1"], "N": ["1"], "nodes": ["1"], "bind_to": ["core:2"],
     "cpu_bind": ["verbose,map_cpu:1,0"], "cpus_per_task": ["2"], "map_by": ["slot:PE=2"],
+    "hosts": ["localhost"],
 }
 #: ... where an option's spelling takes other words than its key's others (srun's -t).
 GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"], "--time-limit": ["1.5h"]}
@@ -572,8 +592,12 @@ QUICK = [(opt, name) for opt in OPTIONS if opt.quick for name in opt.names]
 
 @pytest.mark.parametrize(("opt", "name"), QUICK, ids=[n for _, n in QUICK])
 def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
-        opt: options.Opt, name: str) -> None:
-    words = [] if opt.kind == options.FLAG else GOOD_FOR_NAME.get(name, GOOD_VALUE[opt.key])
+        opt: options.Opt, name: str, tmp_path: Path) -> None:
+    if opt.key == "hostfile":
+        (tmp_path / "hosts").write_text("localhost\n")
+        words = [str(tmp_path / "hosts")]
+    else:
+        words = [] if opt.kind == options.FLAG else GOOD_FOR_NAME.get(name, GOOD_VALUE[opt.key])
     argv = [name, *words, "prog", "arg"]
     q = quick_parse(argv, {})
     assert q is not None, f"{name} is marked quick but the quick path does not take it"

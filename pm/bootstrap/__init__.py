@@ -88,7 +88,7 @@ def bootstrap_options(extra: Mapping[str, str],
         elif "agents" in extra:
             name = "persistent"
         elif hosts_given and not isinstance(hosts_given, bool):
-            from pm.bootstrap.ssh import is_this_machine
+            from pm.common.hostlist import is_this_machine
 
             name = "local" if all(map(is_this_machine, hosts_given)) else "ssh"
         elif not hosts_given and os.environ.get("SLURM_JOB_NODELIST") and os.environ.get(

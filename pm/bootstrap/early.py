@@ -203,8 +203,9 @@ def step_hosts(parsed: Parsed, environ: Mapping[str, str]
     of which changes the hosts, their slots or the launcher) inside an allocation."""
     if parsed.action or len(parsed.sections) != 1:
         return None
-    if not all(opt.quick for opt in parsed.used) or "launcher" in parsed.values:
-        return None
+    if not all(opt.quick for opt in parsed.used) or \
+            {"launcher", "hosts", "hostfile", "nodes"} & parsed.values.keys():
+        return None  # (options the quick path takes that choose the hosts: -hosts, -f, -N)
     if not (environ.get("SLURM_JOB_ID") and environ.get("SLURM_JOB_NODELIST")):
         return None
     from pm.bootstrap import bootstrap_options, default_hosts

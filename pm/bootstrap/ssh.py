@@ -46,13 +46,13 @@ import math
 import os
 import re
 import shlex
-import socket
 import subprocess
 from collections.abc import Mapping
 from typing import Any
 
 from pm.bootstrap.base import agent_command, join_timeout_of
 from pm.bootstrap.exec import CommandBootstrap
+from pm.common.hostlist import is_this_machine
 from pm.proto.plan import AgentConfig
 
 log = logging.getLogger("pm.bootstrap.ssh")
@@ -101,19 +101,6 @@ def ssh_argv(host: str, command: list[str], ssh: str | None = None,
     if user:
         base += ["-l", user]
     return [*base, host, shlex.join(command)]
-
-
-@functools.cache
-def _local_names() -> frozenset[str]:
-    names = {"localhost", "localhost.localdomain", "127.0.0.1", "::1"}
-    with_domain = socket.gethostname()
-    names.update({with_domain, with_domain.split(".")[0]})
-    return frozenset(names)
-
-
-def is_this_machine(host: str) -> bool:
-    """Whether ``host`` names the machine we run on (by name only: no DNS, no ssh)."""
-    return host in _local_names() or host.startswith("127.")
 
 
 #: (ssh command words, host) -> what ``ssh -G`` says (``{}``: it could not say).

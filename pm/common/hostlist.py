@@ -266,6 +266,15 @@ def _merge(entries: Iterable[tuple[str, int | None]]) -> list[HostSlots]:
     return out
 
 
+def is_this_machine(host: str) -> bool:
+    """Whether ``host`` names the machine we run on (by name only: no DNS, no ssh)."""
+    import _socket
+
+    here = _socket.gethostname()
+    return (host in ("localhost", "localhost.localdomain", "127.0.0.1", "::1", here,
+                     here.split(".")[0]) or host.startswith("127."))
+
+
 def parse_hosts_option(spec: str) -> list[HostSlots]:
     """Parse Hydra's ``-hosts`` value, e.g. ``"h1,h2:4,node[1-3]:2"``.
 
