@@ -173,7 +173,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     opts.merge = "merge_stderr" in v
     if "hosts" in v or "hostfile" in v:  # this machine alone (quick_ok)
         alone = this_machine_alone(parsed)
-        assert alone is not None
+        if alone is None:
+            return None  # (the host file changed since quick_ok read it)
         opts.host, slots = alone
         if slots is not None and "n" not in s:
             opts.n = slots  # a rank per slot, as the full path gives
