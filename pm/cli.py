@@ -314,17 +314,6 @@ def exit_codes(ranks: Mapping[int, RankResult], size: int, hosts: list[str],
                    for node, codes in sorted(per_node.items()))
 
 
-def rank_map(node_of_rank: list[int], hosts: list[str]) -> str:
-    """-print-rank-map: each node's ranks (``0-3,8``), one line per node, in node order."""
-    from pm.agent.topology import format_cpuset  # (a kernel-style list of numbers)
-
-    per_node: dict[int, list[int]] = {}
-    for rank, node in enumerate(node_of_rank):
-        per_node.setdefault(node, []).append(rank)
-    return "".join(f"pmrun: rank map: node {node} ({hosts[node]}): {format_cpuset(ranks)}\n"
-                   for node, ranks in sorted(per_node.items()))
-
-
 def _collect_from_now_on() -> None:
     """Imports are done: keep their objects out of every collection, collect again."""
     import gc
@@ -370,7 +359,9 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
         stdin_for_job()
     job = JobRun(opts.spec, nodes, stdin=stdin, verbose=opts.verbose > 0, sim=sim,
                  started=started)
-    if "print_rank_map" in opts.extra:
+    if "print_rank_map" in opts.extra and started is None:  # (else the quick path said it)
+        from pm.common.output import rank_map
+
         sys.stderr.write(rank_map(job.node_of_rank, job.plan.hosts))
     loop = asyncio.get_running_loop()
     handlers = {signal.SIGINT: job.interrupt, signal.SIGTERM: job.interrupt,

@@ -691,7 +691,8 @@ OPTIONS = (
         help="Open MPI's: each rank's stdout and stderr in DIR/1/rank.R/stdout and "
              ".../stderr (folders made as needed; ':nocopy' after DIR is taken: pmrun "
              "never copies them to its own output)"),
-    Opt("--timestamp-output -timestamp-output", "timestamp_output", kind=FLAG, group=IO,
+    Opt("--timestamp-output -timestamp-output", "timestamp_output", kind=FLAG, quick=True,
+        group=IO,
         help="start every output line with the time pmrun writes it (Open MPI's)"),
     Opt("--stdin -stdin -i --input", "stdin", stdin_rank, metavar="RANK|none|FILE", group=IO,
         help="the rank that reads pmrun's stdin (default 0), or none: every rank reads "
@@ -701,6 +702,7 @@ OPTIONS = (
         quick=True, group=IO, help="each rank's stderr goes where its stdout goes, in the "
                                    "order the rank wrote them (Open MPI's)"),
     Opt("-print-rank-map --print-rank-map --display-map", "print_rank_map", kind=FLAG,
+        quick=True,
         group=IO, help="before the job starts, print each node's ranks (Hydra's "
                        "-print-rank-map, Open MPI's --display-map), one line per node"),
     Opt("-print-all-exitcodes --print-all-exitcodes", "print_all_exitcodes", kind=FLAG,

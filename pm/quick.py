@@ -114,8 +114,8 @@ class QuickOptions:
     """The part of a command line the quick path runs (one program, on this machine)."""
 
     __slots__ = ("app_env", "argv", "bind_to", "env_mode", "error", "genv", "genvlist", "host",
-                 "kvs", "label", "map_by", "merge", "n", "output", "pmix", "prepend", "report",
-                 "timeout", "wdir")
+                 "kvs", "label", "map_by", "merge", "n", "output", "pmix", "prepend", "rank_map",
+                 "report", "timeout", "timestamp", "wdir")
 
     def __init__(self) -> None:
         self.n = 1
@@ -143,6 +143,8 @@ class QuickOptions:
         self.report = False
         #: The host as -hosts or -f named this machine ("": its name).
         self.host = ""
+        #: --timestamp-output; -print-rank-map.
+        self.timestamp = self.rank_map = False
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
@@ -178,6 +180,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
         opts.host, slots = alone
         if slots is not None and "n" not in s:
             opts.n = slots  # a rank per slot, as the full path gives
+    opts.timestamp = "timestamp_output" in v
+    opts.rank_map = "print_rank_map" in v
     opts.bind_to = str(v.get("bind_to") or "none")
     opts.map_by = str(v.get("map_by") or "core")
     opts.report = bool(v.get("report_bindings"))
@@ -202,6 +206,7 @@ class QuickStart:
                                                             STDERR: opts.error or ""},
                                          job_id=started.job_id)
         writer.on_broken = self._reader_gone
+        writer.timestamp = opts.timestamp
         if opts.prepend is not None:
             pattern, host = opts.prepend, self.host
             writer.prefix = lambda rank: prepend_prefix(pattern, rank, host=host, node=0)
@@ -266,6 +271,10 @@ class QuickStart:
             self._remove_xml()
             return False  # the full path reports it
         self._catch_signals()
+        if opts.rank_map:  # (said here once: a job handed over later does not say it again)
+            from pm.common.output import rank_map
+
+            os.write(2, rank_map([0] * opts.n, [self.host]).encode())
         started.shm_reaper = ShmReaper()
         # After a rank that cannot start, the full path reports it; the rest do not start.
         todo = [RankStart(r, r, path, opts.argv, env, opts.wdir,

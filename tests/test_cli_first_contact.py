@@ -535,6 +535,22 @@ def test_print_rank_map_names_each_nodes_ranks_before_the_job(pmrun: Run, name: 
                                            "ranks, not for task ensembles\n")
 
 
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_one_node_rank_map_and_timestamps_are_the_same_on_both_paths(
+        pmrun: Run, quick: str) -> None:
+    """-print-rank-map and --timestamp-output on one node: the quick path takes them, and
+    says the map once even when it hands the job over (here at --timeout)."""
+    assert quick_parse(["-print-rank-map", "--timestamp-output", "prog"], {}) is not None
+    host = os.uname().nodename
+    r = pmrun("-print-rank-map", "--timestamp-output", "--timeout", "1", "-n", "2", "sh", "-c",
+              "echo up; exec sleep 60", env={"PM_QUICK": quick})
+    lines = r.stderr.splitlines()
+    assert r.returncode == 124 and lines[0] == f"pmrun: rank map: node 0 ({host}): 0-1", r
+    assert [ln for ln in lines if "rank map" in ln] == lines[:1], lines
+    assert [re.sub(r"^\[\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\] ", "", ln)
+            for ln in r.stdout.splitlines()] == ["up", "up"], r.stdout
+
+
 PMI1_USIZE = """
 import os, socket
 f = socket.socket(fileno=int(os.environ["PMI_FD"])).makefile("rwb", buffering=0)
@@ -606,10 +622,11 @@ def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
     mode, names = (app.env_mode, app.envlist) if app.env_mode else (spec.env_mode,
                                                                    spec.genvlist)
     assert (q.n, q.argv, q.genv, q.app_env, q.wdir, q.label, q.prepend, q.timeout, q.output,
-            q.error, q.env_mode, q.genvlist, q.merge, q.bind_to, q.map_by, q.report) == (
+            q.error, q.env_mode, q.genvlist, q.merge, q.bind_to, q.map_by, q.report,
+            q.timestamp) == (
         app.n, app.argv, spec.genv, app.env, app.wdir, spec.label, spec.prepend, spec.timeout,
         spec.output, spec.error, mode, names, spec.merge_stderr, spec.bind_to, spec.map_by,
-        spec.report_bindings)
+        spec.report_bindings, spec.timestamp)
     from pm.agent.pmix_detect import wants_pmix
 
     assert q.pmix == wants_pmix(spec.mpi, [app.argv])

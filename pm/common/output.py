@@ -407,3 +407,14 @@ def ensure_std_fds() -> None:
             os.fstat(fd)
         except OSError:
             os.open(os.devnull, os.O_RDWR)  # the lowest free number: ``fd``
+
+
+def rank_map(node_of_rank: list[int], hosts: list[str]) -> str:
+    """-print-rank-map: each node's ranks (``0-3,8``), one line per node, in node order."""
+    from pm.agent.topology import format_cpuset  # (a kernel-style list of numbers)
+
+    per_node: dict[int, list[int]] = {}
+    for rank, node in enumerate(node_of_rank):
+        per_node.setdefault(node, []).append(rank)
+    return "".join(f"pmrun: rank map: node {node} ({hosts[node]}): {format_cpuset(ranks)}\n"
+                   for node, ranks in sorted(per_node.items()))
