@@ -695,6 +695,7 @@ OPTIONS = (
         group=IO,
         help="start every output line with the time pmrun writes it (Open MPI's)"),
     Opt("--stdin -stdin -i --input", "stdin", stdin_rank, metavar="RANK|none|FILE", group=IO,
+        quick=True,
         help="the rank that reads pmrun's stdin (default 0), or none: every rank reads "
              "/dev/null (Open MPI's --stdin, srun's -i); or FILE, which every rank reads, "
              "opening it on its node (srun's and Flux's -i FILE)"),

@@ -115,7 +115,7 @@ class QuickOptions:
 
     __slots__ = ("app_env", "argv", "bind_to", "env_mode", "error", "genv", "genvlist", "host",
                  "kvs", "label", "map_by", "merge", "n", "output", "pmix", "prepend", "rank_map",
-                 "report", "timeout", "timestamp", "wdir")
+                 "report", "stdin_file", "stdin_rank", "timeout", "timestamp", "wdir")
 
     def __init__(self) -> None:
         self.n = 1
@@ -145,6 +145,10 @@ class QuickOptions:
         self.host = ""
         #: --timestamp-output; -print-rank-map.
         self.timestamp = self.rank_map = False
+        #: The rank that reads pmrun's stdin (None: none does, --stdin none or a file);
+        #: the file every rank reads instead (-i FILE).
+        self.stdin_rank: int | None = 0
+        self.stdin_file: str | None = None
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
@@ -180,6 +184,14 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
         opts.host, slots = alone
         if slots is not None and "n" not in s:
             opts.n = slots  # a rank per slot, as the full path gives
+    stdin = str(v.get("stdin", "0"))
+    if stdin.isdigit():
+        opts.stdin_rank = int(stdin)
+        if opts.stdin_rank >= opts.n:
+            return None  # the full path refuses it, in its words
+    else:  # none, or file:PATH
+        opts.stdin_rank = None
+        opts.stdin_file = stdin[len("file:"):] if stdin.startswith("file:") else None
     opts.timestamp = "timestamp_output" in v
     opts.rank_map = "print_rank_map" in v
     opts.bind_to = str(v.get("bind_to") or "none")
@@ -213,7 +225,7 @@ class QuickStart:
         self._sig_r = self._sig_w = -1
         self._wake_r = self._wake_w = -1  # PMIx upcalls that need the full path
         self._pmix: Any = None  # pm.agent.pmix_server.PmixServer
-        self._stdin = stdin_for_job()
+        self._stdin = stdin_for_job() if opts.stdin_rank is not None else None
         #: The loop's fds, registered once (epoll: its cost is what is ready, not what is
         #: watched, which with 32 ranks is 130 fds).
         self._poll: select.epoll | None = None
@@ -286,16 +298,16 @@ class QuickStart:
             for i in range(opts.n):
                 line = report_line(i, self.host, cpusets[i] if cpusets else None) + "\n"
                 started.writer.write(i, STDERR, line.encode())
-        stdin_rank = 0 if self._stdin is not None else None
+        stdin_rank = opts.stdin_rank if self._stdin is not None else None
         if self._pmix is not None:
             from pm.agent.pmix_register import RankTimerSlack
 
             with RankTimerSlack(opts.n):
                 start_local(todo, stdin_rank=stdin_rank, stop_at_failure=True, into=started,
-                            merge=opts.merge)
+                            merge=opts.merge, stdin_file=opts.stdin_file)
         else:
             start_local(todo, stdin_rank=stdin_rank, stop_at_failure=True, into=started,
-                        merge=opts.merge)
+                        merge=opts.merge, stdin_file=opts.stdin_file)
         if self._pmix is not None:
             for r in started.ranks:
                 if r.pid:

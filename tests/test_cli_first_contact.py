@@ -599,7 +599,7 @@ GOOD_VALUE: dict[str, list[str]] = {
     "fanout": ["4"], "timeout": ["2.5"], "mpi": ["pmix"], "kvs": ["socket"],
     "export": ["PATH,A=1"], "N": ["1"], "nodes": ["1"], "bind_to": ["core:2"],
     "cpu_bind": ["verbose,map_cpu:1,0"], "cpus_per_task": ["2"], "map_by": ["slot:PE=2"],
-    "hosts": ["localhost"],
+    "hosts": ["localhost"], "stdin": ["none"],
 }
 #: ... where an option's spelling takes other words than its key's others (srun's -t).
 GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"], "--time-limit": ["1.5h"]}
@@ -623,10 +623,10 @@ def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
                                                                    spec.genvlist)
     assert (q.n, q.argv, q.genv, q.app_env, q.wdir, q.label, q.prepend, q.timeout, q.output,
             q.error, q.env_mode, q.genvlist, q.merge, q.bind_to, q.map_by, q.report,
-            q.timestamp) == (
+            q.timestamp, q.stdin_file) == (
         app.n, app.argv, spec.genv, app.env, app.wdir, spec.label, spec.prepend, spec.timeout,
         spec.output, spec.error, mode, names, spec.merge_stderr, spec.bind_to, spec.map_by,
-        spec.report_bindings, spec.timestamp)
+        spec.report_bindings, spec.timestamp, spec.stdin_file)
     from pm.agent.pmix_detect import wants_pmix
 
     assert q.pmix == wants_pmix(spec.mpi, [app.argv])

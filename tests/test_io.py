@@ -71,7 +71,12 @@ def test_stdin_goes_to_rank_0_whole_and_others_read_eof(pmrun: Run, tmp_path: Pa
 @pytest.mark.parametrize("where", ["--stdin", "-i"])
 def test_stdin_goes_to_the_rank_asked_or_to_none(pmrun: Run, tmp_path: Path, opts: list[str],
                                                  where: str) -> None:
-    """Open MPI's --stdin RANK|none and srun's -i: one rank reads pmrun's stdin, or none."""
+    """Open MPI's --stdin RANK|none and srun's -i: one rank reads pmrun's stdin, or none;
+    or every rank reads a file.  One node's job takes the quick path, as without them."""
+    from pm.quick import parse as quick_parse
+
+    assert quick_parse([where, "2", "-n", "3", "prog"], {}) is not None
+    assert quick_parse([where, "5", "-n", "3", "prog"], {}) is None  # the full path refuses
     data = bytes(range(256)) * 512 + b"end"
     prog = script(tmp_path, "stdin.py", STDIN)
     r = pmrun("-n", "3", *opts, where, "2", "python", str(prog), input=data)
