@@ -915,7 +915,7 @@ def log_level(verbose: int) -> int:
 class Parsed:
     """A command line, checked: the job-wide values, the sections, and what was used."""
 
-    __slots__ = ("action", "sections", "used", "values", "verbose")
+    __slots__ = ("action", "here", "sections", "used", "values", "verbose")
 
     def __init__(self) -> None:
         self.values: dict[str, object] = {}
@@ -926,6 +926,9 @@ class Parsed:
         self.verbose = 0
         #: "help" or "version" when one was asked for (nothing else is checked then).
         self.action = ""
+        #: The one host of -hosts or -f when it is this machine, and its slots, as
+        #: :func:`quick_ok` found it (:func:`this_machine_alone`).
+        self.here: tuple[str, int | None] | None = None
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
@@ -1413,9 +1416,10 @@ def quick_ok(parsed: Parsed, environ: Mapping[str, str]) -> bool:
         return False  # pm.cli runs the job over the allocation
     if parsed.values.get("nodes", 1) != 1:
         return False  # several hosts (or a refusal that the full path words)
-    if ("hosts" in parsed.values or "hostfile" in parsed.values) and \
-            this_machine_alone(parsed) is None:
-        return False
+    if "hosts" in parsed.values or "hostfile" in parsed.values:
+        parsed.here = this_machine_alone(parsed)  # (read once: the quick path takes it)
+        if parsed.here is None:
+            return False
     return all(opt.quick for opt in parsed.used)
 
 

@@ -70,14 +70,7 @@ from pm.common.output import (
     stdin_for_job,
 )
 from pm.jobenv import base_env, kvsname_of, new_job_id
-from pm.options import (
-    internal_error,
-    prepend_of,
-    prepend_prefix,
-    quick_ok,
-    refuse,
-    this_machine_alone,
-)
+from pm.options import internal_error, prepend_of, prepend_prefix, quick_ok, refuse
 from pm.options import parse as parse_options
 from pm.proto.errors import UsageError, rank_at
 
@@ -177,11 +170,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     opts.error = v.get("error")  # type: ignore[assignment]
     opts.kvs = v.get("kvs") or "shm"  # type: ignore[assignment]
     opts.merge = "merge_stderr" in v
-    if "hosts" in v or "hostfile" in v:  # this machine alone (quick_ok)
-        alone = this_machine_alone(parsed)
-        if alone is None:
-            return None  # (the host file changed since quick_ok read it)
-        opts.host, slots = alone
+    if parsed.here is not None:  # -hosts or -f: this machine alone (quick_ok)
+        opts.host, slots = parsed.here
         if slots is not None and "n" not in s:
             opts.n = slots  # a rank per slot, as the full path gives
     stdin = str(v.get("stdin", "0"))

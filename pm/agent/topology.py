@@ -456,8 +456,10 @@ def discover(*, use_hwloc: bool = True) -> Topology:
 def from_xml(xml: bytes) -> Topology | None:
     """The topology an earlier discovery exported (a few ms, where discovering takes tens);
     None when hwloc cannot read it (then discover)."""
+    if os.environ.get(NO_HWLOC_ENV, "") not in ("", "0"):
+        return None
     hw = _load(HWLOC_SONAME)
-    if not isinstance(hw, _Hwloc) or os.environ.get(NO_HWLOC_ENV, "") not in ("", "0"):
+    if not isinstance(hw, _Hwloc):
         return None
     try:
         return _discover_hwloc(hw, xml)

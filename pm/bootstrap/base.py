@@ -29,6 +29,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pm.proto.errors import DEPENDENCIES
+
 if TYPE_CHECKING:
     from pm.agent.watch import ExitStatus
     from pm.proto.plan import AgentConfig
@@ -79,8 +81,7 @@ def lean_code(dirs: Sequence[str]) -> str:
             "try:from pm.agent.main import main;c=main(sys.argv[1:])\n"
             # pmrun, or a dependency of its, missing on this host: said in one line.
             "except ModuleNotFoundError as e:\n"
-            " n=(e.name or'').split('.')[0];d=dict(pm='pmrun',zmq='pyzmq',msgpack='msgpack',"
-            "cffi='cffi')\n"
+            f" n=(e.name or'').split('.')[0];d={dict(DEPENDENCIES, pm='pmrun')!r}\n"
             " if n not in d:raise\n"
             f" sys.exit('pm-agent: %s{NOT_INSTALLED}%s on this host (No module named %r)'"
             "%(d[n],sys.executable,n))\n"
