@@ -112,6 +112,8 @@ class JobAgent:
         #: Aborts whose held-for ranks are reported: they go up after those exits.
         self._aborts: list[t.Abort] = []
         self._flush_scheduled = False
+        #: A sample of /dev/shm is due before the next flush (ranks failed meanwhile).
+        self._shm_sample_due = False
         self._children_done: set[int] = set()
         self._child_stats: list[dict[str, Any]] = []
         #: Running, killing (exits from then on are the kill's doing), or done (said so up).
@@ -369,6 +371,10 @@ class JobAgent:
         if again:
             self._shm_sampler = self.owned.call_later(SHM_SAMPLE_PERIOD, self._sample_shm, True)
 
+    def _sample_shm_due(self) -> None:
+        self._shm_sample_due = False
+        self._sample_shm()
+
     # ------------------------------------------------------------------ output, exits
     def rank_output(self, rank: int, stream: int, lines: bytes) -> None:
         """Complete lines a local rank wrote (pm.agent.ranks): up the tree, batched."""
@@ -398,8 +404,11 @@ class JobAgent:
         """A local rank ended and its pipes are drained (pm.agent.ranks): report it."""
         st = proc.status
         assert st is not None
-        if not st.ok:
-            self._sample_shm()  # what the others map, before the job is killed
+        if not st.ok and not self._shm_sample_due:
+            # What the others map, before the job is killed: once for every rank that
+            # failed meanwhile (scheduled before the flush that reports them).
+            self._shm_sample_due = True
+            self.loop.call_soon(self._sample_shm_due)
         self._exits.append(t.RankExit(proc.rank, self.vertex, st.code, st.signal, proc.reason,
                                       proc.ended_at))
         if self._held_aborts:
