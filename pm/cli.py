@@ -9,7 +9,15 @@ import sys
 from typing import TYPE_CHECKING
 
 from pm.jobspec import AppSpec, JobSpec
-from pm.options import Parsed, Section, internal_error, log_level, prepend_of, refuse
+from pm.options import (
+    Parsed,
+    Section,
+    internal_error,
+    log_level,
+    prepend_of,
+    refuse,
+    slurm_distribution,
+)
 from pm.options import parse as parse_options
 from pm.proto.errors import UsageError
 
@@ -22,8 +30,8 @@ if TYPE_CHECKING:
 class CliOptions:
     """The command line as the full path runs it: the job, the nodes, the launcher's options."""
 
-    __slots__ = ("bind_given", "extra", "fanout", "fanout_given", "hostfile", "hosts",
-                 "local_nodes", "n_given", "spec", "verbose")
+    __slots__ = ("bind_given", "distribution_given", "extra", "fanout", "fanout_given",
+                 "hostfile", "hosts", "local_nodes", "n_given", "spec", "verbose")
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
@@ -40,13 +48,15 @@ class CliOptions:
         self.fanout_given = True
         #: False when no --bind-to was given: inside Slurm, its cpus per task decide.
         self.bind_given = True
+        #: False when no -m/--distribution was given: inside Slurm, SLURM_DISTRIBUTION.
+        self.distribution_given = True
 
 
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
 _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fanout", "timeout",
                         "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output",
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
-                        "merge_stderr", "timestamp_output"})
+                        "merge_stderr", "timestamp_output", "distribution"})
 
 
 def parse(argv: list[str]) -> CliOptions:
@@ -83,6 +93,8 @@ def cli_options(parsed: Parsed) -> CliOptions:
     if "env_mode" in v:
         spec.env_mode, spec.genvlist = v["env_mode"]  # type: ignore[misc]
     spec.ppn = v.get("ppn")  # type: ignore[assignment]
+    spec.distribution = str(v.get("distribution", spec.distribution))
+    opts.distribution_given = "distribution" in v
     spec.wdir = v.get("wdir")  # type: ignore[assignment]  # (--tasks FILE's; else per program)
     spec.timeout = v.get("timeout")  # type: ignore[assignment]
     if str(v.get("stdin", "none")).isdigit():
@@ -195,6 +207,8 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
         opts.fanout = DEFAULT_FANOUT
     if where is not None and not opts.bind_given and where[2].get("name") == "slurm":
         opts.spec.bind_to = slurm_binding(os.environ) or opts.spec.bind_to
+    if where is not None and not opts.distribution_given and where[2].get("name") == "slurm":
+        opts.spec.distribution = slurm_distribution(os.environ)
     if where is not None and not opts.n_given and opts.spec.apps and all(
             s is not None for s in where[1]):
         # No -n: one rank per slot the allocation or host file gives (Hydra, srun).
@@ -299,14 +313,12 @@ def system_size(slots: list[int | None], bootstrap: dict[str, object]) -> int:
     return sum(s if s is not None else here for s in slots)
 
 
-def exit_codes(ranks: Mapping[int, RankResult], size: int, hosts: list[str],
-               slots: list[int]) -> str:
+def exit_codes(ranks: Mapping[int, RankResult], node_of_rank: list[int], hosts: list[str]
+               ) -> str:
     """-print-all-exitcodes: every rank's exit status (128+N for signal N, - if it never
     reached pmrun), one line per node as Hydra prints them."""
-    from pm.common.mapping import place
-
     per_node: dict[int, list[str]] = {}
-    for rank, node in enumerate(place(size, slots)):
+    for rank, node in enumerate(node_of_rank):
         r = ranks.get(rank)
         code = "-" if r is None else str(128 + r.signal if r.signal else r.code)
         per_node.setdefault(node, []).append(code)
@@ -379,8 +391,7 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
     await job.start()
     result = await job.wait()
     if "print_all_exitcodes" in opts.extra:
-        sys.stderr.write(exit_codes(result.ranks, job.plan.size, job.plan.hosts,
-                                    job.plan.slots))
+        sys.stderr.write(exit_codes(result.ranks, job.node_of_rank, job.plan.hosts))
     if sim is not None:
         from pm.agent.sim import phase_report, summary_line
 

@@ -164,7 +164,7 @@ class JobRun:
             self._lost_streams.update(self.writer.broken)
             self.writer.on_broken = self._output_lost
         slots = sequence_slots(spec, len(nodes.hosts), nodes.slots)
-        node_of_rank = place(spec.size, slots)
+        node_of_rank = place(spec.size, slots, spec.distribution)
         #: The node of each rank (its place in the plan's hosts).
         self.node_of_rank = node_of_rank
         used = max(node_of_rank) + 1
@@ -181,7 +181,7 @@ class JobRun:
             profile=spec.profile is not None, bootstrap=dict(nodes.bootstrap),
             mem_high=spec.mem_high, mem_low=spec.mem_low, mem_overrun=spec.mem_overrun,
             universe_size=spec.universe_size, stdin_rank=spec.stdin_rank,
-            stdin_file=spec.stdin_file or "",
+            stdin_file=spec.stdin_file or "", distribution=spec.distribution,
         )
         if not sim:
             from pm.agent.pmix_detect import wants_pmix
@@ -660,4 +660,5 @@ def _universe(run: JobRun) -> int:
     from pm.common.mapping import capacities
 
     return max(run.plan.size, sum(capacities(run.nodes.slots, run.plan.size,
-                                             run.plan.slots, len(run.plan.hosts))))
+                                             run.plan.slots, len(run.plan.hosts),
+                                             run.plan.distribution)))

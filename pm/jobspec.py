@@ -48,6 +48,9 @@ class JobSpec:
     universe_size: int | None = None
     timeout: float | None = None
     ppn: int | None = None
+    #: srun's rank distribution over the nodes: "block", "cyclic" or "plane=N"
+    #: (:func:`pm.common.mapping.place`).
+    distribution: str = "block"
     kvs: str = "shm"
     bind_to: str = "none"
     map_by: str = "core"
@@ -95,6 +98,10 @@ class JobSpec:
             raise JobSpecError(f"--kvs takes shm or socket, not {self.kvs!r}")
         if self.universe_size is not None and self.universe_size < 1 and self.universe_size != -1:
             raise JobSpecError("the universe size must be at least 1 (or -1: no limit)")
+        d = self.distribution
+        if d not in ("block", "cyclic") and not (
+                d.startswith("plane=") and d[len("plane="):].isdigit() and int(d[6:]) >= 1):
+            raise JobSpecError(f"the distribution is block, cyclic or plane=N, not {d!r}")
         if self.mpi not in ("auto", "pmix", "pmi", "none"):
             raise JobSpecError(f"--mpi takes pmix, pmi, none or auto, not {self.mpi!r}")
         if self.timeout is not None and not (

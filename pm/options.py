@@ -420,7 +420,60 @@ def map_by(value: str, opt: str) -> str:
             raise UsageError(f"{opt} {value!r}: of Open MPI's ppr:N:RESOURCE, pmrun takes "
                              "ppr:N:node (N ranks per node, as -ppn N)")
         return value
+    if value.lower() == "node":  # Open MPI's: a rank a node, round and round (cyclic)
+        return value
     return _binding(value, opt, "parse_map", "--map-by")
+
+
+#: srun's first-level distributions (``-m``/``--distribution``) pmrun places ranks by.
+DISTRIBUTIONS = ("block", "cyclic", "plane")
+#: srun's second and third levels: how a node's tasks spread over its sockets and cores.
+_CPU_LEVELS = ("*", "block", "cyclic", "fcyclic")
+
+
+def distribution(value: str, opt: str) -> str:
+    """srun's ``-m``/``--distribution``: ``block`` (the default: each node's ranks in one
+    run), ``cyclic`` (one rank a node, round and round), ``plane=N`` (N ranks a node at a
+    time), each as ``block``, ``cyclic`` or ``plane=N``.  The levels after ``:`` (over a
+    node's sockets and cores) and ``,Pack``/``,NoPack`` are taken: within a node, ranks are
+    bound as ``--bind-to``/``--map-by`` say."""
+    word, _, pack = value.partition(",")
+    first, *levels = word.split(":")
+    first = first.strip().lower()
+    if first.startswith("plane="):
+        size = first[len("plane="):]
+        if not size.isdigit() or not 1 <= int(size) <= MOST_RANKS:
+            raise UsageError(f"{opt} {value}: plane= takes the ranks a node gets at a time "
+                             "(a number from 1)")
+        first = f"plane={int(size)}"
+    elif first == "arbitrary":
+        raise UsageError(f"{opt} arbitrary places ranks by SLURM_HOSTFILE's lines: give pmrun "
+                         "that file with -f (its hosts in rank order, host:N for N ranks)")
+    elif first not in ("block", "cyclic", "*"):
+        raise UsageError(f"{opt} takes block, cyclic or plane=N (srun's), not {value!r}")
+    if len(levels) > 2 or any(lv.strip().lower() not in _CPU_LEVELS for lv in levels):
+        raise UsageError(f"{opt} {value}: after ':' srun takes block, cyclic or fcyclic (how a "
+                         "node's ranks spread over its sockets and cores)")
+    if pack and pack.strip().lower() not in ("pack", "nopack"):
+        raise UsageError(f"{opt} {value}: after ',' srun takes Pack or NoPack")
+    return "block" if first == "*" else first
+
+
+def slurm_distribution(env: Mapping[str, str]) -> str:
+    """The allocation's distribution (``SLURM_DISTRIBUTION``, from ``sbatch -m cyclic``),
+    which srun would apply: its first level; ``block`` if none or not one pmrun takes."""
+    text = env.get("SLURM_DISTRIBUTION", "").strip()
+    try:
+        return distribution(text, "SLURM_DISTRIBUTION") if text else "block"
+    except UsageError:
+        return "block"  # (arbitrary, or unknown: the allocation's business, not ours)
+
+
+def looks_like_distribution(word: str) -> bool:
+    """Whether ``word`` after ``-m`` is srun's distribution (``-m cyclic``), not the command
+    of GNU parallel's ``-m`` (which takes no value)."""
+    first = word.partition(",")[0].split(":")[0].lower()
+    return first in ("block", "cyclic", "arbitrary") or first.startswith("plane=")
 
 
 def _binding(value: str, opt: str, parser: str, spelled: str) -> str:
@@ -634,7 +687,15 @@ OPTIONS = (
              "core:N)"),
     Opt("--map-by -map-by", "map_by", map_by, metavar="TARGET", quick=True, group=PLACE,
         help="slot, hwthread, core, l3cache, numa, package; Open MPI's ppr:N:node is -ppn N, "
-             "and TARGET:PE=N binds N cores per rank (--bind-to core:N)"),
+             "node is --distribution cyclic, and TARGET:PE=N binds N cores per rank "
+             "(--bind-to core:N)"),
+    Opt("--distribution", "distribution", distribution, metavar="block|cyclic|plane=N",
+        quick=True, group=PLACE,
+        help="srun's -m: block (default: each node's ranks together), cyclic (a rank a node, "
+             "round and round; Open MPI's --map-by node), plane=N (N ranks a node at a "
+             "time)"),
+    Opt("--bynode -bynode", "distribution", kind=FLAG, const="cyclic", quick=True, group=PLACE,
+        help="Open MPI's: --distribution cyclic"),
     Opt("--report-bindings -report-bindings", "report_bindings", kind=FLAG, quick=True,
         group=PLACE,
         help="print each rank's cpus"),
@@ -960,8 +1021,12 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             continue
         name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
         opt = BY_NAME.get(name)
+        if name == "-m" and i + 1 < len(argv) and looks_like_distribution(argv[i + 1]):
+            opt = BY_NAME["--distribution"]  # srun's -m cyclic (GNU parallel's -m: no value)
         if opt is None and not eq and len(arg) > 2 and arg[1] != "-":
             short = BY_NAME.get(arg[:2])
+            if arg[:2] == "-m" and looks_like_distribution(arg[2:]):
+                short = BY_NAME["--distribution"]  # srun's -mcyclic
             if short is not None and short.kind == VALUE:  # -n4, -j2, -N0: srun's, parallel's
                 opt, name, eq, inline = short, arg[:2], "=", arg[2:]
         if opt is None:
@@ -1131,7 +1196,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
 _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "error", "kvs",
                "output_filename", "timestamp_output",
                "mpi", "profile", "universe_size", "nodes", "cpus_per_task", "stdin", "cpu_bind",
-               "merge_stderr",
+               "merge_stderr", "distribution",
                "print_rank_map", "print_all_exitcodes")
 
 
@@ -1195,7 +1260,12 @@ def _open_mpi_mapping(values: dict[str, object]) -> None:
             raise UsageError(f"--map-by {mapped}:PE={pe} binds {pe} cores per rank: "
                              f"--bind-to {bind} disagrees")
         values["bind_to"] = f"{bind}:{pe}"
-    if mapped.lower().startswith("ppr:"):
+    if mapped.lower() == "node":
+        if values.setdefault("distribution", "cyclic") != "cyclic":
+            raise UsageError(f"--map-by node places ranks cyclically: --distribution "
+                             f"{values['distribution']} disagrees")
+        del values["map_by"]
+    elif mapped.lower().startswith("ppr:"):
         per_node = int(mapped.split(":")[1])
         if values.setdefault("ppn", per_node) != per_node:
             raise UsageError(f"--map-by {mapped} and -ppn {values['ppn']} disagree")

@@ -124,7 +124,7 @@ def universe_size(run: JobRun) -> int:
 def capacities(run: JobRun) -> list[int]:
     """Slots of each vertex (:func:`pm.common.mapping.capacities`)."""
     return slot_capacities(run.nodes.slots, run.plan.size, run.plan.slots,
-                           len(run.plan.hosts))
+                           len(run.plan.hosts), run.plan.distribution)
 
 
 def info_hosts(info: dict[str, str]) -> list[str] | None:

@@ -37,7 +37,8 @@ BAD_VALUE = {
     "joblog": "", "halt": "later,fail=1", "colsep": "(", "tagstring": "",
     "arg_files": "/no/such/args", "delimiter": "ab", "header": "x", "results": "",
     "block": "0", "memfree": "lots", "N": "x", "nodes": "0", "max_args": "-1",
-    "cpus_per_task": "0", "delay": "-1", "export": "A B", "stdin": "x", "cpu_bind": "boards",
+    "cpus_per_task": "0", "distribution": "round", "delay": "-1", "export": "A B", "stdin": "x",
+    "cpu_bind": "boards",
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check not in (None, options.verbatim)
            for name in opt.names]
@@ -599,6 +600,7 @@ GOOD_VALUE: dict[str, list[str]] = {
     "fanout": ["4"], "timeout": ["2.5"], "mpi": ["pmix"], "kvs": ["socket"],
     "export": ["PATH,A=1"], "N": ["1"], "nodes": ["1"], "bind_to": ["core:2"],
     "cpu_bind": ["verbose,map_cpu:1,0"], "cpus_per_task": ["2"], "map_by": ["slot:PE=2"],
+    "distribution": ["cyclic"],
     "hosts": ["localhost"], "stdin": ["none"],
 }
 #: ... where an option's spelling takes other words than its key's others (srun's -t).
@@ -735,6 +737,44 @@ def test_open_mpi_placement_spellings_are_pmrun_s_options() -> None:
         options.parse(["--mca", "btl"], {})
     with pytest.raises(UsageError, match=r"^--oversubscribe takes no value$"):
         options.parse(["--oversubscribe=1", "prog"], {})
+
+
+def test_srun_s_and_open_mpi_s_distributions_are_one_option() -> None:
+    for argv in (["-m", "cyclic"], ["-mcyclic"], ["--distribution=cyclic"], ["--bynode"],
+                 ["--map-by", "node"], ["-m", "cyclic:fcyclic,NoPack"], ["--map-by", "NODE"]):
+        assert options.parse([*argv, "prog"], {}).values == {"distribution": "cyclic"}, argv
+        assert full_parse([*argv, "prog"]).spec.distribution == "cyclic", argv
+        assert quick_parse([*argv, "prog"], {}) is not None, argv  # one node: no matter
+    assert full_parse(["-m", "plane=04", "prog"]).spec.distribution == "plane=4"
+    assert full_parse(["-m", "block", "prog"]).spec.distribution == "block"
+    assert full_parse(["prog"]).spec.distribution == "block"
+    assert options.parse(["--map-by", "node:PE=2", "prog"], {}).values == {
+        "distribution": "cyclic", "bind_to": "core:2"}
+    # GNU parallel's -m (no value) is still that beside its sources.
+    assert options.parse(["-m", "echo", ":::", "a", "b"], {}).values["many_args"] == "-m"
+    for argv, why in [
+            (["-m", "arbitrary"], r"-m arbitrary places ranks by SLURM_HOSTFILE's lines: give "
+                                  r"pmrun that file with -f \(its hosts in rank order"),
+            (["--distribution", "round"], r"--distribution takes block, cyclic or plane=N "
+                                          r"\(srun's\), not 'round'"),
+            (["-m", "plane=0"], r"-m plane=0: plane= takes the ranks a node gets at a time"),
+            (["-m", "cyclic:zigzag"], r"-m cyclic:zigzag: after ':' srun takes block, cyclic "
+                                      r"or fcyclic"),
+            (["--map-by", "node", "-m", "block"], r"--map-by node places ranks cyclically: "
+                                                  r"--distribution block disagrees"),
+            (["-m", "cyclic", "echo", ":::", "a"], r"-m is for an MPI job's ranks, not for "
+                                                   r"task ensembles")]:
+        with pytest.raises(UsageError, match="^" + why):
+            options.parse([*argv, "prog"] if ":::" not in argv else argv, {})
+
+
+def test_the_allocation_s_distribution_is_srun_s_default() -> None:
+    assert options.slurm_distribution({"SLURM_DISTRIBUTION": "cyclic"}) == "cyclic"
+    assert options.slurm_distribution({"SLURM_DISTRIBUTION": "plane=3"}) == "plane=3"
+    assert options.slurm_distribution({"SLURM_DISTRIBUTION": "cyclic:block"}) == "cyclic"
+    # Not one pmrun deals by (arbitrary), or none: blocks.
+    for env in ({"SLURM_DISTRIBUTION": "arbitrary"}, {"SLURM_DISTRIBUTION": "x"}, {}):
+        assert options.slurm_distribution(env) == "block"
 
 
 @pytest.mark.parametrize("layout", [[], ["--local-nodes", "2"]], ids=["quick", "2nodes"])

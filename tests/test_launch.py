@@ -103,6 +103,34 @@ def test_c_hello(pmrun: Run, c_hello: Path, nodes: int) -> None:
     assert re.fullmatch(r"hello from 8 ranks, max MPI_Init \d+\.\d ms\n", r.stdout), r.stdout
 
 
+NODE_PEERS = """
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    node = world.Split_type(MPI.COMM_TYPE_SHARED)
+    peers = node.allgather(world.rank)
+    print(world.rank, "node", ",".join(map(str, peers)), "sum", world.allreduce(world.rank),
+          flush=True)
+"""
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", [["-m", "cyclic"], ["--map-by", "node"], ["-m", "plane=2"]])
+def test_ranks_dealt_to_the_nodes_as_srun_deals_them(pmrun: Run, tmp_path: Path,
+                                                     how: list[str]) -> None:
+    # MPICH learns each rank's node from PMI_process_mapping: its node communicator must
+    # hold the ranks pmrun dealt there (srun's -m cyclic, Open MPI's --map-by node).
+    prog = script(tmp_path, "peers.py", NODE_PEERS)
+    r = pmrun("-n", "5", "--local-nodes", "2", *how, "python", str(prog))
+    assert r.returncode == 0, r.stderr
+    want = {"cyclic": ["0,2,4", "1,3"], "node": ["0,2,4", "1,3"], "plane=2": ["0,1,4", "2,3"]}
+    nodes = want[how[1]]
+    rows = sorted(r.stdout.splitlines(), key=lambda line: int(line.split()[0]))
+    assert rows == [f"{rank} node {next(n for n in nodes if str(rank) in n.split(','))} sum 10"
+                    for rank in range(5)], r.stdout
+
+
 MPMD = """
     import sys
     from mpi4py import MPI

@@ -66,6 +66,45 @@ def test_place_follows_the_slots(n: int, slots: list[int]) -> None:
     assert nodes == expected[:n]
 
 
+@pytest.mark.parametrize(
+    ("n", "slots", "distribution", "nodes"),
+    [
+        (4, [2, 2], "cyclic", [0, 1, 0, 1]),
+        (5, [3, 3], "cyclic", [0, 1, 0, 1, 0]),
+        # srun's: a node whose slots are taken is left out until every node's are.
+        (4, [3, 1], "cyclic", [0, 1, 0, 0]),
+        (6, [3, 1], "cyclic", [0, 1, 0, 0, 0, 1]),
+        (2, [4, 4, 4], "cyclic", [0, 1]),
+        (6, [3, 3], "plane=2", [0, 0, 1, 1, 0, 1]),
+        (7, [4, 2], "plane=3", [0, 0, 0, 1, 1, 0, 0]),
+        (5, [2, 2], "block", [0, 0, 1, 1, 0]),
+    ],
+)
+def test_place_by_distribution(n: int, slots: list[int], distribution: str,
+                               nodes: list[int]) -> None:
+    assert place(n, slots, distribution) == nodes
+
+
+@given(st.integers(0, 5), st.lists(st.integers(1, 9), min_size=1, max_size=12),
+       st.sampled_from([1, 2, 5]), st.integers(0, 60))
+@settings(max_examples=300, deadline=None)
+def test_dealt_ranks_respect_the_slots(passes: int, slots: list[int], deal: int,
+                                       extra: int) -> None:
+    how = "cyclic" if deal == 1 else f"plane={deal}"
+    # Whole passes over the slots: as many ranks a node as in blocks.
+    whole = passes * sum(slots)
+    assert sorted(place(whole, slots, how)) == sorted(place(whole, slots))
+    # Within a pass: no node beyond its slots, and no node left behind by more than a
+    # deal while it has room (a rank a node, round and round).
+    n = min(extra, sum(slots))
+    counts = [0] * len(slots)
+    for node in place(n, slots, how):
+        counts[node] += 1
+    assert all(c <= s for c, s in zip(counts, slots, strict=True))
+    most = max(counts)
+    assert all(c >= min(s, most - deal) for c, s in zip(counts, slots, strict=True))
+
+
 # --- process_mapping: golden values ------------------------------------------
 
 

@@ -86,6 +86,24 @@ ALLREDUCE = """
 """
 
 
+@needs_wheel
+def test_open_mpi_sees_the_nodes_ranks_were_dealt_to(pmrun: Run, tmp_path: Path) -> None:
+    # Open MPI learns each rank's node from PMIx's maps: --map-by node (round robin).
+    assert OMPI is not None
+    prog = script(tmp_path, "peers.py", """
+        from mpi4py import MPI
+
+        world = MPI.COMM_WORLD
+        node = world.Split_type(MPI.COMM_TYPE_SHARED)
+        print(world.rank, "node", ",".join(map(str, node.allgather(world.rank))), flush=True)
+    """)
+    r = pmrun("-n", "5", "--local-nodes", "2", "--map-by", "node", OMPI, str(prog),
+              env=ENV, timeout=100)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == [
+        "0 node 0,2,4", "1 node 1,3", "2 node 0,2,4", "3 node 1,3", "4 node 0,2,4"], r.stdout
+
+
 def _wheel_bin() -> Path:
     assert OMPI is not None
     return Path(OMPI).parent

@@ -111,6 +111,29 @@ def test_salloc_places_ranks_as_slurm_says(slurm_cluster: RealCluster, tmp_path:
     assert_clean(c)
 
 
+def test_cyclic_ranks_land_where_srun_s_land(slurm_cluster: RealCluster, tmp_path: Path) -> None:
+    c = slurm_cluster
+    # Slurm gives 3 tasks to the first node and 1 to the second; cyclic deals a rank a
+    # node, leaving out a node whose tasks are taken (srun's and pmrun's alike): from the
+    # allocation's own -m (SLURM_DISTRIBUTION, which srun follows) as from the option.
+    show = "sh -c 'echo $PMI_RANK$SLURM_PROCID $(hostname)'"
+    script = (f"echo $SLURM_TASKS_PER_NODE; srun --mpi=none -n 4 {show}; echo ==; "
+              f"pmrun -n 4 -m cyclic {show}; echo ==; pmrun -n 4 {show}; echo ==; "
+              f"pmrun -n 4 -m block {show}")
+    res = subprocess.run(["salloc", "--quiet", "-N2", "-n4", "-m", "cyclic", "sh", "-c", script],
+                         env=env_for(c, tmp_path), capture_output=True, text=True,
+                         timeout=120, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr
+    tasks, _, rest = res.stdout.partition("\n")
+    assert tasks == "3,1", res.stdout
+    srun, pmrun, default, block = (sorted(part.splitlines()) for part in rest.split("==\n"))
+    a, b = c.names[:2]
+    assert srun == [f"0 {a}", f"1 {b}", f"2 {a}", f"3 {a}"], res.stdout
+    assert pmrun == default == srun, res.stdout
+    assert block == [f"0 {a}", f"1 {a}", f"2 {a}", f"3 {b}"], res.stdout
+    assert_clean(c)
+
+
 def test_multi_prog_runs_what_srun_s_runs(slurm_cluster: RealCluster, tmp_path: Path) -> None:
     c = slurm_cluster
     conf = tmp_path / "silly.conf"

@@ -600,7 +600,7 @@ class RootRelay:
         self.parent = parent
         self.tree = Tree(len(plan.hosts), plan.fanout)
         self.children = [0]
-        self.node_of_rank = place(plan.size, plan.slots)
+        self.node_of_rank = place(plan.size, plan.slots, plan.distribution)
         self.children_link: Children | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.host = socket.gethostname()

@@ -98,7 +98,7 @@ class JobAgent:
             holding = members(self.tree, self.node_of_rank)
             self.coll_children = [c for c in self.children if c in holding]
         else:
-            self.node_of_rank = place(plan.size, plan.slots)
+            self.node_of_rank = place(plan.size, plan.slots, plan.distribution)
             self.coll_children = self.children
         self.local = local_ranks(self.node_of_rank).get(vertex, [])
         self.kvs = NodeKVS()

@@ -69,7 +69,7 @@ def prestart(hosts: list[str], given: list[int | None], options: dict[str, Any],
 
     try:
         slots = sequence_slots(spec, len(hosts), given)
-        used = max(place(spec.size, slots)) + 1
+        used = max(place(spec.size, slots, spec.distribution)) + 1
         boot = get_bootstrap(str(options.get("name")), options)
     except Exception:  # the full path names whatever is wrong
         return
@@ -223,7 +223,14 @@ def step_hosts(parsed: Parsed, environ: Mapping[str, str]
     else:
         return None
     ppn = int(parsed.values["ppn"]) if "ppn" in parsed.values else None  # type: ignore[call-overload]
-    used = max(place(n, slots_per_node(n, ppn, len(given), [s for _, s in given]))) + 1
+    if "distribution" in parsed.values:
+        spread = str(parsed.values["distribution"])
+    else:
+        from pm.options import slurm_distribution
+
+        spread = slurm_distribution(environ)
+    used = max(place(n, slots_per_node(n, ppn, len(given), [s for _, s in given]),
+                     spread)) + 1
     return [h for h, _ in given][:used], options
 
 

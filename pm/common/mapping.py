@@ -49,13 +49,17 @@ class Block(NamedTuple):
     ppn: int
 
 
-def place(n: int, slots: Sequence[int]) -> list[int]:
+def place(n: int, slots: Sequence[int], distribution: str = "block") -> list[int]:
     """Node index of each of ``n`` ranks, placed as Hydra does.
 
     Walk the nodes in order giving node ``i`` the next ``slots[i]`` ranks, and
     wrap around to node 0 until all ranks are placed:
-    ``place(5, [2, 2]) == [0, 0, 1, 1, 0]``.  ``MappingError`` if ``n < 0``,
-    ``slots`` is empty or a slot count is below 1.
+    ``place(5, [2, 2]) == [0, 0, 1, 1, 0]``.  srun's ``distribution`` ``cyclic``
+    deals one rank a node instead, round and round, a node whose slots are taken
+    left out until every node's are (as srun and Open MPI's ``--map-by node``
+    do): ``place(4, [3, 1], "cyclic") == [0, 1, 0, 0]``; ``plane=N`` deals N at a
+    time.  ``MappingError`` if ``n < 0``, ``slots`` is empty or a slot count is
+    below 1.
     """
     if n < 0:
         raise MappingError(f"number of ranks must be >= 0, got {n}")
@@ -64,7 +68,17 @@ def place(n: int, slots: Sequence[int]) -> list[int]:
     for i, s in enumerate(slots):
         if s < 1:
             raise MappingError(f"node {i} has {s} slots; every node needs at least 1")
-    one_pass = [node for node, s in enumerate(slots) for _ in range(s)]
+    if distribution == "block":
+        one_pass = [node for node, s in enumerate(slots) for _ in range(s)]
+    else:
+        deal = 1 if distribution == "cyclic" else int(distribution.partition("=")[2])
+        one_pass = []
+        left = list(slots)
+        while len(one_pass) < max(n, 1) and any(left):  # (n ranks need no more of a pass)
+            for node, s in enumerate(left):
+                take = min(deal, s)
+                one_pass += [node] * take
+                left[node] = s - take
     full, rest = divmod(n, len(one_pass))
     return one_pass * full + one_pass[:rest]
 
@@ -261,12 +275,13 @@ def local_ranks(node_of_rank: Sequence[int]) -> dict[int, list[int]]:
     return dict(sorted(out.items()))
 
 
-def capacities(given: list[int | None], size: int, slots: list[int], nodes: int) -> list[int]:
+def capacities(given: list[int | None], size: int, slots: list[int], nodes: int,
+               distribution: str = "block") -> list[int]:
     """Slots of each of ``nodes`` vertices: as the host list gave them (``given``), else the
     launched job's ranks there (a plain ``-n N`` has room for N; children beyond it
     oversubscribe)."""
     used = [0] * nodes
-    for v in place(size, slots):
+    for v in place(size, slots, distribution):
         used[v] += 1
     return [int(g) if (g := given[v] if v < len(given) else None) is not None else used[v]
             for v in range(nodes)]

@@ -94,6 +94,9 @@ class JobPlan(Record):
     stdin_rank: int = 0
     #: A file every rank reads as its stdin instead ("": none).
     stdin_file: str = ""
+    #: How ranks are dealt to the nodes' slots: "block", "cyclic" or "plane=N"
+    #: (:func:`pm.common.mapping.place`).
+    distribution: str = "block"
 
     def app_of_rank(self, rank: int) -> int:
         first = 0
