@@ -20,6 +20,7 @@ from pm.options import (
 )
 from pm.options import parse as parse_options
 from pm.proto.errors import UsageError
+from pm.proto.plan import STDIN_ALL
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -99,6 +100,8 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.timeout = v.get("timeout")  # type: ignore[assignment]
     if str(v.get("stdin", "none")).isdigit():
         spec.stdin_rank = int(v["stdin"])  # type: ignore[call-overload]
+    elif v.get("stdin") == "all":
+        spec.stdin_rank = STDIN_ALL
     elif str(v.get("stdin", "")).startswith("file:"):
         spec.stdin_file = str(v["stdin"])[len("file:"):]
     spec.kvs = str(v.get("kvs", spec.kvs))

@@ -31,7 +31,7 @@ from pm.jobenv import kvsname_of, new_job_id
 from pm.jobspec import JobSpec, sequence_slots
 from pm.proto import tree_wire as t
 from pm.proto.errors import rank_at
-from pm.proto.plan import AppPlan, JobPlan
+from pm.proto.plan import STDIN_ALL, AppPlan, JobPlan
 
 if TYPE_CHECKING:
     from pm.agent.children import Children, RootRelay
@@ -209,7 +209,8 @@ class JobRun:
         #: Running, or killing: ranks that fail from then on do not name the cause.
         self.state = RunState.RUNNING
         self._stdin_credit = STDIN_WINDOW
-        self._stdin_dst = self.plan.hosts and node_of_rank[spec.stdin_rank]
+        self._stdin_dst = (STDIN_ALL if spec.stdin_rank == STDIN_ALL else
+                           self.plan.hosts and node_of_rank[spec.stdin_rank])
         self._stdin_reading = False
         #: False once stdin proved a regular file: read by one chain of call_soon then.
         self._stdin_polled = True

@@ -11,6 +11,7 @@ from pm.common.mapping import slots_per_node
 from pm.jobenv import base_env
 from pm.options import MOST_LOCAL_NODES, MOST_RANKS
 from pm.proto.errors import PMError, too_many
+from pm.proto.plan import STDIN_ALL
 
 
 class JobSpecError(PMError, ValueError):
@@ -71,7 +72,8 @@ class JobSpec:
     #: Which PMI the ranks need beyond PMI-1/PMI-2: "pmix" also serves PMIx, "pmi" (or
     #: "none") does not, "auto" looks at the programs (pm.agent.pmix_detect).
     mpi: str = "auto"
-    #: The rank that reads the launcher's stdin (the others read /dev/null).
+    #: The rank that reads the launcher's stdin (the others read /dev/null);
+    #: ``pm.proto.plan.STDIN_ALL``: every rank reads it.
     stdin_rank: int = 0
     #: A file every rank reads as its stdin, opened on its node (srun's ``-i FILE``).
     stdin_file: str | None = None
@@ -108,7 +110,7 @@ class JobSpec:
                 isinstance(self.timeout, int | float) and 0 < self.timeout < float("inf")):
             raise JobSpecError(f"--timeout must be a positive number of seconds, not "
                                f"{self.timeout!r}")
-        if not 0 <= self.stdin_rank < self.size:
+        if not 0 <= self.stdin_rank < self.size and self.stdin_rank != STDIN_ALL:
             raise JobSpecError(f"stdin goes to rank {self.stdin_rank}, not one of the job's "
                                f"{self.size} ranks")
         if self.mem_overrun not in ("warn", "kill", "suspend"):

@@ -108,16 +108,16 @@ def _is_number(text: str) -> bool:
 
 
 def stdin_rank(value: str, opt: str) -> str:
-    """``--stdin``/``-i``: the rank that reads pmrun's stdin, ``none``, or a file every rank
-    reads (srun's and Flux's ``-i FILE``; ``file:`` before the path when it is a number)."""
+    """``--stdin``/``-i``: the rank that reads pmrun's stdin, ``all`` (every rank reads it:
+    Open MPI's ``--stdin all``, srun's ``-i all``), ``none``, or a file every rank reads
+    (srun's and Flux's ``-i FILE``; ``file:`` before the path when it is a number or
+    all)."""
     if value.lower() == "none":
         return "none"
     if value.isdigit() and int(value) < MOST_RANKS:
         return str(int(value))
     if value.lower() == "all":
-        raise UsageError(f"{opt} all: pmrun gives its stdin to one rank (its number) or to "
-                         "none; a program that wants it on every rank can read it on one "
-                         "and broadcast it (or give a file every rank reads)")
+        return "all"
     path = value.removeprefix("file:")
     if not path:
         raise UsageError(f"{opt} takes the rank that reads pmrun's stdin, none, or a file "
@@ -755,11 +755,11 @@ OPTIONS = (
     Opt("--timestamp-output -timestamp-output", "timestamp_output", kind=FLAG, quick=True,
         group=IO,
         help="start every output line with the time pmrun writes it (Open MPI's)"),
-    Opt("--stdin -stdin -i --input", "stdin", stdin_rank, metavar="RANK|none|FILE", group=IO,
-        quick=True,
-        help="the rank that reads pmrun's stdin (default 0), or none: every rank reads "
-             "/dev/null (Open MPI's --stdin, srun's -i); or FILE, which every rank reads, "
-             "opening it on its node (srun's and Flux's -i FILE)"),
+    Opt("--stdin -stdin -i --input", "stdin", stdin_rank, metavar="RANK|all|none|FILE",
+        group=IO, quick=True,
+        help="the rank that reads pmrun's stdin (default 0), all: every rank reads it, or "
+             "none: every rank reads /dev/null (Open MPI's --stdin, srun's -i); or FILE, "
+             "which every rank reads, opening it on its node (srun's and Flux's -i FILE)"),
     Opt("--merge-stderr-to-stdout -merge-stderr-to-stdout", "merge_stderr", kind=FLAG,
         quick=True, group=IO, help="each rank's stderr goes where its stdout goes, in the "
                                    "order the rank wrote them (Open MPI's)"),

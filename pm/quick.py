@@ -138,8 +138,8 @@ class QuickOptions:
         self.host = ""
         #: --timestamp-output; -print-rank-map.
         self.timestamp = self.rank_map = False
-        #: The rank that reads pmrun's stdin (None: none does, --stdin none or a file);
-        #: the file every rank reads instead (-i FILE).
+        #: The rank that reads pmrun's stdin (None: none does, --stdin none or a file; -1:
+        #: every rank, --stdin all); the file every rank reads instead (-i FILE).
         self.stdin_rank: int | None = 0
         self.stdin_file: str | None = None
 
@@ -179,6 +179,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
         opts.stdin_rank = int(stdin)
         if opts.stdin_rank >= opts.n:
             return None  # the full path refuses it, in its words
+    elif stdin == "all":  # a pipe for every rank; what comes, the agent writes (-1: STDIN_ALL)
+        opts.stdin_rank = -1
     else:  # none, or file:PATH
         opts.stdin_rank = None
         opts.stdin_file = stdin[len("file:"):] if stdin.startswith("file:") else None

@@ -147,9 +147,6 @@ CASES = [
     (["--stdin", "1", "echo", ":::", "a"], {},
      "--stdin is for an MPI job's ranks, not for task ensembles (their stdin: --pipe, "
      "--pipepart)"),
-    (["--stdin", "all", "true"], {}, "--stdin all: pmrun gives its stdin to one rank (its "
-     "number) or to none; a program that wants it on every rank can read it on one and "
-     "broadcast it (or give a file every rank reads)"),
     (["-n", "2", "-i", "2", "true"], {}, "stdin goes to rank 2, not one of the job's 2 ranks"),
     (["-i", "/no/such/input", "true"], {}, "-i /no/such/input: no such file"),
     (["-t", "1:2:3:4", "true"], {}, "-t takes a time limit as srun's (MM, MM:SS, HH:MM:SS, "
@@ -766,6 +763,21 @@ def test_srun_s_and_open_mpi_s_distributions_are_one_option() -> None:
                                                    r"task ensembles")]:
         with pytest.raises(UsageError, match="^" + why):
             options.parse([*argv, "prog"] if ":::" not in argv else argv, {})
+
+
+def test_stdin_all_is_every_rank_on_both_paths(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from pm.proto.plan import STDIN_ALL
+
+    for argv in (["--stdin", "all"], ["-i", "all"], ["--input=ALL"]):
+        assert full_parse([*argv, "-n", "2", "prog"]).spec.stdin_rank == STDIN_ALL, argv
+        q = quick_parse([*argv, "-n", "2", "prog"], {})
+        assert q is not None and q.stdin_rank == STDIN_ALL, argv
+    # A file named all: file:all, as srun's -i takes a file named 3.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "all").write_text("x\n")
+    spec = full_parse(["-i", "file:all", "prog"]).spec
+    assert (spec.stdin_rank, spec.stdin_file) == (0, str(tmp_path / "all"))
 
 
 def test_the_allocation_s_distribution_is_srun_s_default() -> None:

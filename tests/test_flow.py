@@ -53,6 +53,45 @@ def test_stdin_arrives_whole_from_a_file_and_a_pipe(tmp_path: Path, big_file: tu
         assert got[0] == [str(BIG), digest]
 
 
+#: Rank 1 reads a little and closes its stdin, rank 2 never reads it and ends: the others
+#: still get all of it (what a rank leaves is taken for it).
+STDIN_ALL = """
+    import hashlib, os, sys, time
+    rank = int(os.environ["PMI_RANK"])
+    if rank == 1:
+        sys.stdin.buffer.read(10)
+        sys.stdin.close()
+        os.close(0)
+        print(1, "closed", flush=True)
+    elif rank == 2:
+        print(2, "left", flush=True)
+    else:
+        if rank == 3:
+            time.sleep(0.5)  # a slow reader: the others wait for it, nothing is lost
+        data = sys.stdin.buffer.read()
+        print(rank, len(data), hashlib.sha256(data).hexdigest(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("source", ["file", "pipe"])
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "3", "--fanout", "2"]],
+                         ids=["1node", "tree"])
+def test_stdin_all_reaches_every_rank_whole(tmp_path: Path, big_file: tuple[Path, str],
+                                            source: str, opts: list[str]) -> None:
+    # Open MPI's --stdin all, srun's -i all: every rank reads all of pmrun's stdin, through
+    # a tree whose middle agent's credit waits for its child's (fan-out 2: 0 -> 1 -> ...).
+    path, digest = big_file
+    prog = script(tmp_path, "stdin_all.py", STDIN_ALL)
+    argv = " ".join(pmrun_argv("-n", "5", "--stdin", "all", *opts, "python", str(prog)))
+    feed = f"{argv} < {path}" if source == "file" else f"cat {path} | {argv}"
+    p = subprocess.run(["bash", "-c", f"{feed} | cat; exit ${{PIPESTATUS[0]}}"],
+                       cwd=tmp_path, env=pmrun_env(), capture_output=True, text=True,
+                       timeout=90)
+    assert p.returncode == 0, p.stderr
+    assert sorted(p.stdout.splitlines()) == [
+        f"0 {BIG} {digest}", "1 closed", "2 left", f"3 {BIG} {digest}", f"4 {BIG} {digest}"]
+
+
 HANDOVER = """
     import os, socket, sys
     rank = os.environ["PMI_RANK"]
@@ -160,7 +199,9 @@ def test_output_flood_to_a_slow_reader_arrives_whole_in_bounded_memory(
 
 
 @pytest.mark.parametrize("source", ["file", "pipe"])
-@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"]])
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"],
+                                  ["--local-nodes", "3", "--fanout", "2", "--stdin", "all"]],
+                         ids=["1node", "2nodes", "all"])
 def test_stdin_of_100_mb_keeps_pmrun_small(tmp_path: Path, source: str,
                                            opts: list[str]) -> None:
     # pmrun reads stdin only as far as rank 0's node has taken it (a 1 MiB window): 100 MB
@@ -175,7 +216,13 @@ def test_stdin_of_100_mb_keeps_pmrun_small(tmp_path: Path, source: str,
     # test process would report the test process's own size (maxrss survives fork+exec).
     wrapper = tmp_path / "maxrss.py"
     wrapper.write_text(MAXRSS.replace("stdin=subprocess.DEVNULL", "stdin=None"))
-    argv = " ".join(pmrun_argv("-n", "1", *opts, "wc", "-c"))
+    if "all" in opts:
+        # Every rank reads it; the last node's rank only after a second: the others wait
+        # for it (the credit is what all took), nothing piles up in front of it.
+        argv = " ".join(pmrun_argv("-n", "3", *opts, "sh", "-c",
+                                   "'[ $PMI_RANK = 2 ] && sleep 1; wc -c'"))
+    else:
+        argv = " ".join(pmrun_argv("-n", "1", *opts, "wc", "-c"))
     run = f"{sys.executable} {wrapper} {argv}"
     feed = f"exec {run} < {path}" if source == "file" else f"cat {path} | {run}"
     proc = subprocess.run(["bash", "-c", feed], cwd=tmp_path, env=pmrun_env(),
@@ -183,7 +230,7 @@ def test_stdin_of_100_mb_keeps_pmrun_small(tmp_path: Path, source: str,
     path.unlink()
     err = proc.stderr.decode(errors="replace")
     assert proc.returncode == 0, err
-    assert proc.stdout.split() == [str(100 << 20).encode()], err
+    assert proc.stdout.split() == [str(100 << 20).encode()] * (3 if "all" in opts else 1), err
     peaks = [int(line.split()[1]) for line in err.splitlines() if line.startswith("maxrss ")]
     assert len(peaks) == 1, err
     assert peaks[0] < 64 << 10, f"a process of the job peaked at {peaks[0]} KiB"

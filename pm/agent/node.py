@@ -39,7 +39,7 @@ from pm.common.mapping import local_ranks, place
 from pm.common.output import STDERR
 from pm.proto import tree_wire as t
 from pm.proto.errors import PMError
-from pm.proto.plan import JobPlan
+from pm.proto.plan import STDIN_ALL, JobPlan
 
 log = logging.getLogger("pm.agent")
 
@@ -114,6 +114,11 @@ class JobAgent:
         self._flush_scheduled = False
         #: A sample of /dev/shm is due before the next flush (ranks failed meanwhile).
         self._shm_sample_due = False
+        #: --stdin all: bytes of pmrun's stdin our ranks, and each child's subtree, took,
+        #: and how many of them we said all took (StdinAck).
+        self._stdin_own = 0
+        self._stdin_children: dict[int, int] = {}
+        self._stdin_said = 0
         self._children_done: set[int] = set()
         self._child_stats: list[dict[str, Any]] = []
         #: Running, killing (exits from then on are the kill's doing), or done (said so up).
@@ -420,6 +425,22 @@ class JobAgent:
             self.reservations.release_rank(proc.rank)  # a rank that died holds nothing
         self._schedule_flush()
 
+    def stdin_taken(self, nbytes: int) -> None:
+        """Every local rank that reads pmrun's stdin took ``nbytes`` more of it
+        (pm.agent.ranks): the head may send that much again once every node's did."""
+        if self.plan.stdin_rank != STDIN_ALL:
+            self.parent.send(t.StdinAck(nbytes))
+            return
+        self._stdin_own += nbytes
+        self._stdin_up()
+
+    def _stdin_up(self) -> None:
+        """``--stdin all``: what this subtree's ranks all took, said up once."""
+        took = min([self._stdin_own, *(self._stdin_children.get(c, 0) for c in self.children)])
+        if took > self._stdin_said:
+            self.parent.send(t.StdinAck(took - self._stdin_said))
+            self._stdin_said = took
+
     def rank_started(self, rank: int, pid: int) -> None:
         """A local rank runs as ``pid`` (its PMIx connection gets TCP_NODELAY)."""
         if self.pmix is not None:
@@ -716,6 +737,9 @@ class JobAgent:
             from pm.agent.spawned_jobs import on_agent
 
             on_agent(self).from_child(child, msg)
+        elif isinstance(msg, t.StdinAck) and self.plan.stdin_rank == STDIN_ALL:
+            self._stdin_children[child] = self._stdin_children.get(child, 0) + msg.nbytes
+            self._stdin_up()
         elif isinstance(msg, (t.Output, t.Exits, t.Abort, t.AgentError, t.AgentGone,
                               t.Started, t.StdinAck, t.SpawnReq)):
             self.parent.send(msg)
@@ -742,7 +766,11 @@ class JobAgent:
                 return
             self.requests.response(msg)
         elif isinstance(msg, t.Stdin):
-            if msg.dst != self.vertex:
+            if msg.dst == STDIN_ALL:  # --stdin all: to every node, whose ranks all read it
+                for child in self.children:
+                    self.route(child, msg)
+                self.procs.stdin(msg.data, msg.eof)
+            elif msg.dst != self.vertex:
                 self.route(msg.dst, msg)
             else:
                 self.procs.stdin(msg.data, msg.eof)

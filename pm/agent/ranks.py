@@ -2,12 +2,12 @@
 
 :class:`LocalRanks` holds what a rank is to the operating system: its pid and
 exit watch, its PMI socket's session task, its output pipes and line buffers,
-rank 0's stdin pipe, and the guardian whose process group they all join
+the stdin pipes of the ranks that read pmrun's, and the guardian whose process group they all join
 (:mod:`pm.agent.spawn`).  It knows nothing of the tree, the KVS or
 collectives: what it learns goes to its :class:`~pm.agent.node.JobAgent` —
 complete output lines (:meth:`JobAgent.rank_output`), a rank that ended and
-whose pipes are drained (:meth:`JobAgent.rank_ended`), stdin written
-(``StdinAck`` up the tree) — and each rank's PMI session is served with the
+whose pipes are drained (:meth:`JobAgent.rank_ended`), stdin every reader
+took (:meth:`JobAgent.stdin_taken`) — and each rank's PMI session is served with the
 agent as its host.
 """
 
@@ -39,7 +39,7 @@ from pm.agent.spawn import (
 from pm.agent.started import RankStart, StartedRank, StartedRanks, start_local
 from pm.agent.watch import ChildWatch, ExitStatus
 from pm.common.output import STDERR, STDOUT, LineBuffer, output_window, read_pipe
-from pm.proto import tree_wire as t
+from pm.proto.plan import STDIN_ALL
 
 if TYPE_CHECKING:
     from pm.agent.node import JobAgent
@@ -71,7 +71,7 @@ class RankProc:
     """One local rank: its process, PMI session, pipes and how it ended."""
 
     __slots__ = ("ended", "ended_at", "fds", "life", "local_rank", "pid", "pmi", "rank", "reason",
-                 "session", "status", "stdin_fd", "streams")
+                 "session", "status", "stdin_buf", "stdin_fd", "stdin_taken", "streams")
 
     def __init__(self, rank: int, local_rank: int) -> None:
         self.rank = rank
@@ -89,6 +89,10 @@ class RankProc:
         self.pmi = PmiPhase.NONE
         self.life = RankLife.RUNNING
         self.stdin_fd = -1
+        #: pmrun's stdin not written to it yet, and how much of it the rank took (bytes
+        #: from the first: written, or dropped once its stdin closed).
+        self.stdin_buf = b""
+        self.stdin_taken = 0
 
 
 class LocalRanks:
@@ -106,7 +110,10 @@ class LocalRanks:
         self.watch: ChildWatch | None = None
         #: The PMI sessions' tasks and the drain and kill timers.
         self.owned = Owned(self.loop)
-        self._stdin_buf = b""
+        #: pmrun's stdin: bytes that came (from the first), how many of them every reader
+        #: took and was said to have taken (StdinAck), and whether the end came.
+        self._stdin_in = 0
+        self._stdin_acked = 0
         self._stdin_eof = False
         #: Bytes of output this node may still send up (pm.common.output.output_window); without
         #: credit the pipes are not read, so the ranks wait for the head's reader.
@@ -307,6 +314,8 @@ class LocalRanks:
             self.loop.remove_writer(proc.stdin_fd)
             os.close(proc.stdin_fd)
             proc.stdin_fd = -1
+            proc.stdin_buf = b""  # what it did not read: taken (the others may want more)
+            self._stdin_took()
         if status.ok and proc.pmi is PmiPhase.INITIALIZED and not self.agent.killing:
             proc.reason = "exited without calling PMI finalize"
             proc.status = ExitStatus(1, 0)
@@ -334,44 +343,56 @@ class LocalRanks:
         self.agent.rank_ended(proc)
 
     # ------------------------------------------------------------------ stdin
-    def stdin(self, data: bytes, eof: bool) -> None:
-        """Bytes for the stdin of the rank that reads it (``eof``: close it after them);
-        acknowledged once written."""
-        proc = self.ranks.get(self.agent.plan.stdin_rank)
-        if proc is None or proc.stdin_fd < 0:
-            if data:
-                # Nobody reads it: drop it, but keep the credit flowing.
-                self.agent.parent.send(t.StdinAck(len(data)))
-            return
-        self._stdin_buf += data
-        self._stdin_eof = eof
-        self._stdin_write(proc)
+    def _stdin_readers(self) -> list[RankProc]:
+        """The local ranks that read pmrun's stdin: one, or every one (``--stdin all``)."""
+        want = self.agent.plan.stdin_rank
+        if want == STDIN_ALL:
+            return list(self.ranks.values())
+        proc = self.ranks.get(want)
+        return [] if proc is None else [proc]
 
-    def _stdin_write(self, proc: RankProc) -> None:
+    def stdin(self, data: bytes, eof: bool) -> None:
+        """Bytes of pmrun's stdin for the ranks that read it (``eof``: close it after
+        them); acknowledged once every one took them (written, or dropped for a rank whose
+        stdin is closed: the credit keeps flowing)."""
+        self._stdin_in += len(data)
+        self._stdin_eof = eof
+        for proc in self._stdin_readers():
+            if proc.stdin_fd >= 0:
+                proc.stdin_buf += data
+                self._stdin_write(proc)
+        self._stdin_took()
+
+    def _stdin_write(self, proc: RankProc, more: bool = False) -> None:
         fd = proc.stdin_fd
         if fd < 0:
             return
-        buf = self._stdin_buf
-        written = 0
+        buf = proc.stdin_buf
         try:
             while buf:
-                n = os.write(fd, buf)
-                written += n
-                buf = buf[n:]
+                buf = buf[os.write(fd, buf):]
         except BlockingIOError:
             pass
-        except OSError:  # rank 0 closed its stdin: drop the rest
-            written += len(buf)
+        except OSError:  # the rank closed its stdin: drop the rest
             buf = b""
-        self._stdin_buf = buf
-        if written:
-            self.agent.parent.send(t.StdinAck(written))
+        proc.stdin_buf = buf
+        proc.stdin_taken = self._stdin_in - len(buf)
         self.loop.remove_writer(fd)
         if buf:
-            self.loop.add_writer(fd, self._stdin_write, proc)
+            self.loop.add_writer(fd, self._stdin_write, proc, True)
         elif self._stdin_eof:
             os.close(fd)
             proc.stdin_fd = -1
+        if more:  # (a writer callback: the pipe took more)
+            self._stdin_took()
+
+    def _stdin_took(self) -> None:
+        """Say up the tree how much more of pmrun's stdin every reader here took."""
+        took = min((p.stdin_taken if p.stdin_fd >= 0 else self._stdin_in
+                    for p in self._stdin_readers()), default=self._stdin_in)
+        if took > self._stdin_acked:
+            self.agent.stdin_taken(took - self._stdin_acked)
+            self._stdin_acked = took
 
     # ------------------------------------------------------------------ signals, ending
     def pidfd(self, rank: int) -> int:

@@ -159,7 +159,8 @@ def start_local(todo: Sequence[RankStart], *, stdin_rank: int | None = 0, pmi: b
     """Start ``todo`` in one process group (posix_spawn: no Python runs in the children).
 
     Each gets a PMI socket (``pmi``), stdout and stderr pipes, and stdin: a
-    pipe for rank ``stdin_rank``, /dev/null for the others.  Without
+    pipe for rank ``stdin_rank`` (for every rank with -1, ``pm.proto.plan.STDIN_ALL``:
+    not imported, the quick path stays light), /dev/null for the others.  Without
     ``guardian``, a new one leads the group and the result owns it.  A rank
     that cannot start gets its ``failure``; with ``stop_at_failure`` the
     ranks after it are not started (``skipped``).  ``into`` receives the
@@ -183,8 +184,9 @@ def start_local(todo: Sequence[RankStart], *, stdin_rank: int | None = 0, pmi: b
             if stop:
                 r.failure, r.skipped = stop, True
                 continue
-            r.failure = spec.failure or _spawn(r, spec, spec.rank == stdin_rank, pmi,
-                                               guardian.pgid, devnull, merge, stdin_file)
+            piped = stdin_rank is not None and stdin_rank in (spec.rank, -1)
+            r.failure = spec.failure or _spawn(r, spec, piped, pmi, guardian.pgid, devnull,
+                                               merge, stdin_file)
             if r.failure and stop_at_failure:
                 stop = f"not started: rank {spec.rank} could not start"
     finally:

@@ -18,6 +18,8 @@ __all__ = ["DEFAULT_HEARTBEAT", "AgentConfig", "AppPlan", "JobPlan", "SpawnOrigi
 
 #: Seconds a tree link may stay silent before its peer counts as lost (``--heartbeat``).
 DEFAULT_HEARTBEAT = 5.0
+#: ``stdin_rank`` of a job whose every rank reads the launcher's stdin (``--stdin all``).
+STDIN_ALL = -1
 
 
 class AppPlan(Record):
@@ -90,7 +92,7 @@ class JobPlan(Record):
     pmix: bool = False
     #: Set for a job made by a spawn.
     spawned: SpawnOrigin | None = None
-    #: The rank that reads the launcher's stdin.
+    #: The rank that reads the launcher's stdin (:data:`STDIN_ALL`: every rank).
     stdin_rank: int = 0
     #: A file every rank reads as its stdin instead ("": none).
     stdin_file: str = ""

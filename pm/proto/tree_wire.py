@@ -197,7 +197,9 @@ class Output(Msg, op=6):
 
 
 class Stdin(Msg, op=7):
-    """Bytes for rank 0's stdin, routed to vertex ``dst``; ``eof`` closes it."""
+    """Bytes of the launcher's stdin for the rank that reads it, routed to vertex ``dst``
+    (-1, ``pm.proto.plan.STDIN_ALL``: to every vertex, for all their ranks); ``eof``
+    closes it."""
 
     dst: int
     data: bytes
@@ -205,7 +207,8 @@ class Stdin(Msg, op=7):
 
 
 class StdinAck(Msg, op=8):
-    """Rank 0's stdin took ``nbytes`` more: the head may send that much again."""
+    """The ranks that read stdin took ``nbytes`` more (with ``--stdin all``: every one
+    below the sender): the head may send that much again."""
 
     nbytes: int
 
