@@ -186,8 +186,8 @@ def test_an_argument_that_unbalances_the_lines_quotes_is_left_to_the_shell() -> 
     assert task.argv == ("sh", "-c", 'echo "\'a"b\'"') and task.words == ("echo", "{}")
 
 
-_PIECES = ["a", " ", "{}", "{1}", "{2.}", "{/}", "{#}", "{%}", "#", ".", "/", "\\", "'", '"',
-           ";", "$", "[mem=1M] ", "[", "]", "=", "\t", "x y"]
+_PIECES = ["a", " ", "{}", "{1}", "{2.}", "{-1}", "{-2/}", "{/}", "{#}", "{%}", "#", ".", "/",
+           "\\", "'", '"', ";", "$", "[mem=1M] ", "[", "]", "=", "\t", "x y"]
 _LINE = st.lists(st.sampled_from(_PIECES), min_size=1, max_size=12).map("".join)
 _ARG = st.text(st.sampled_from(list("ab \"'{}\\$#;\n.")), max_size=8)
 
@@ -214,6 +214,10 @@ def test_any_lines_and_arguments_give_tasks_or_a_named_error(lines: list[str],
 def test_a_source_beyond_the_given_ones_is_named() -> None:
     with pytest.raises(UsageError, match=re.escape("{3} names input source 3: there are 2")):
         fill("echo {3}", ("a", "b"), 1)
+    with pytest.raises(UsageError, match=re.escape("{-3} names input source 3 from the last: "
+                                                   "there are 2")):
+        fill("echo {-3}", ("a", "b"), 1)
+    assert fill("echo {-1} {-2.}", ("a.x", "b.y"), 1) == "echo b.y a"
     specs = parse_tasks("echo\necho {2.}\n")
     message = "line 2: {2.} names input source 2: there is 1"
     with pytest.raises(TaskFileError, match=re.escape(message)):

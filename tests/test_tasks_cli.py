@@ -193,6 +193,8 @@ PARALLEL = shutil.which("parallel")
     ["-j2", "-X", "echo", "{.}", "{/}", "c", ":::", "d/a.x", "b.y", "c z"],
     ["-j4", "-m", "echo", "::::", "many.txt"],
     ["--xargs", "echo", "[{}]", "::::", "many.txt"],
+    ["echo", "{-1}", "{1}", "{-2.}", "{-1/}", ":::", "a.x", "b.y", ":::", "c", "d/e"],
+    ["-N", "3", "echo", "{-1}", "{-3}", ":::", "1", "2", "3", "4"],
 ])
 def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_path: Path,
                                                              tail: list[str]) -> None:

@@ -39,7 +39,8 @@ from pm.proto.errors import UsageError
 #: The words that start an input source.
 SEPARATORS = INPUT_SOURCES
 
-_REPLACE = re.compile(r"\{(?:(?P<seq>#)|(?P<slot>%)|(?P<n>\d*)(?P<how>//|/\.|/|\.)?)\}")
+_REPLACE = re.compile(
+    r"\{(?:(?P<seq>#)|(?P<slot>%)|(?P<n>-[1-9]\d*|\d*)(?P<how>//|/\.|/|\.)?)\}")
 
 
 def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -210,6 +211,13 @@ def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: in
         values = args
         if m["n"]:
             k = int(m["n"])
+            if k < 0:  # {-1}: the last argument, {-2} the one before (GNU parallel's)
+                if -k > len(args):
+                    if width:
+                        return ""  # -N's last group, shorter
+                    raise UsageError(f"{m[0]} names input source {-k} from the last: there "
+                                     f"{'is' if len(args) == 1 else 'are'} {len(args)}")
+                k += len(args) + 1
             if not 1 <= k <= max(len(args), width):
                 if width:
                     raise UsageError(f"{m[0]} names argument {k}: -N {width} gives {width}")
