@@ -312,13 +312,19 @@ def test_a_program_that_cannot_be_executed_is_named_once(pmrun: Run, tmp_path: P
 
 
 @pytest.mark.parametrize("where", [(), ("--local-nodes", "2")])
+@pytest.mark.parametrize(("prog", "why"), [("./no-such-program", "no such file"),
+                                           ("./d", "is a directory"),
+                                           ("./plain", "not executable")])
 def test_a_missing_program_is_one_line_however_many_ranks(pmrun: Run, tmp_path: Path,
-                                                          where: tuple[str, ...]) -> None:
-    r = pmrun("-n", "8", *where, "./no-such-program")
+                                                          where: tuple[str, ...], prog: str,
+                                                          why: str) -> None:
+    (tmp_path / "plain").write_text("echo\n")
+    (tmp_path / "d").mkdir()
+    r = pmrun("-n", "8", *where, prog)
     assert r.returncode == 127, r.stderr
     host = os.uname().nodename
     assert r.stderr.splitlines() == [
-        f"pmrun: rank 0 (node 0, {host}) could not start: ./no-such-program: no such file"
+        f"pmrun: rank 0 (node 0, {host}) could not start: {prog}: {why}"
     ], r.stderr
 
 

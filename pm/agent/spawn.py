@@ -69,6 +69,8 @@ def resolve(argv0: str, env: Mapping[str, str], cwd: str | None) -> str:
         path = argv0 if os.path.isabs(argv0) or cwd is None else os.path.join(cwd, argv0)
         if not os.path.exists(path):
             raise SpawnError(f"{argv0}: no such file")
+        if os.path.isdir(path):
+            raise SpawnError(f"{argv0}: is a directory")
         if not _executable(path):
             raise SpawnError(f"{argv0}: not executable")
         return path
