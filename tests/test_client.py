@@ -257,7 +257,7 @@ report(**out)
 '''
 
 
-@pytest.mark.parametrize("opts", LAYOUTS[:2])
+@pytest.mark.parametrize("opts", [*LAYOUTS, pytest.param(["--kvs", "socket"], id="1node-socket")])
 def test_sync_facade(pmrun: Any, tmp_path: Path, opts: list[str]) -> None:
     n = 4
     got, _ = run_ranks(pmrun, tmp_path, "sync.py", SYNC, n, *opts)

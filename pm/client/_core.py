@@ -159,6 +159,15 @@ class Session:
         self.info: Info | None = None
         self.shm: ShmKVSReader | None = None
 
+    def blocking_get(self, key: bytes, rank: int | None) -> bytes:
+        """The frame of a get whose reply is awaited before anything else is asked: always
+        request id 0, which no other request takes (ids count from 1), so asking for the
+        same value twice sends the same bytes (the agent answers those from a cache)."""
+        try:
+            return self._pack([0, native.GET, key, rank])
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"get: arguments cannot be sent: {exc}") from exc
+
     def request(self, op: str, *args: Any) -> tuple[int, bytes]:
         """A new request id and the frame carrying ``[id, op, *args]``."""
         self._next += 1
