@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 from typing import TYPE_CHECKING
 
@@ -31,8 +32,9 @@ if TYPE_CHECKING:
 class CliOptions:
     """The command line as the full path runs it: the job, the nodes, the launcher's options."""
 
-    __slots__ = ("bind_given", "distribution_given", "extra", "fanout", "fanout_given",
-                 "hostfile", "hosts", "local_nodes", "n_given", "spec", "verbose")
+    __slots__ = ("app_nodes", "bind_given", "distribution_given", "extra", "fanout",
+                 "fanout_given", "hostfile", "hosts", "local_nodes", "n_given", "spec",
+                 "verbose")
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
@@ -51,6 +53,8 @@ class CliOptions:
         self.bind_given = True
         #: False when no -m/--distribution was given: inside Slurm, SLURM_DISTRIBUTION.
         self.distribution_given = True
+        #: Programs with hosts of their own: each one's nodes and slots (_program_hosts).
+        self.app_nodes: list[tuple[list[int], list[int | None]]] | None = None
 
 
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
@@ -78,7 +82,7 @@ def _app(section: Section) -> AppSpec:
     v = section.values
     app = AppSpec(section.argv, n=int(v.get("n", 1)),  # type: ignore[call-overload]
                   env=dict(v.get("env", {})),  # type: ignore[call-overload]
-                  wdir=v.get("wdir"))  # type: ignore[arg-type]
+                  wdir=v.get("wdir"), hosts=v.get("hosts"))  # type: ignore[arg-type]
     if "env_mode" in v:
         app.env_mode, app.envlist = v["env_mode"]  # type: ignore[misc]
     return app
@@ -187,7 +191,7 @@ def nodes_of(opts: CliOptions) -> object:
         nodes.bootstrap.update(boot)
         return nodes
     hosts, slots, boot = where
-    return Nodes(hosts, slots, opts.fanout, boot)
+    return Nodes(hosts, slots, opts.fanout, boot, app_nodes=opts.app_nodes)
 
 
 def bootstrap_options_of(opts: CliOptions) -> dict[str, object]:
@@ -204,6 +208,8 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
     Light (no asyncio, no agent code): it also runs before the heavy imports, to start the
     first agents early (:func:`pm.bootstrap.early.prestart`)."""
     where = _first_nodes(opts, _where(opts))
+    if any(app.hosts for app in opts.spec.apps):
+        where = _program_hosts(opts, where)
     if where is not None and not opts.fanout_given and where[2].get("name") == "ssh":
         from pm.bootstrap.ssh import DEFAULT_FANOUT
 
@@ -217,6 +223,51 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
         # No -n: one rank per slot the allocation or host file gives (Hydra, srun).
         opts.spec.apps[0].n = sum(int(s or 0) for s in where[1])
     return where
+
+
+def _program_hosts(opts: CliOptions,
+                   where: tuple[list[str], list[int | None], dict[str, object]] | None
+                   ) -> tuple[list[str], list[int | None], dict[str, object]]:
+    """Programs with hosts of their own (``-host`` after the first program, Open MPI's
+    ``--host`` of an app context): the job's nodes are every program's hosts, in the order
+    they first come (a program without its own has the job's: -hosts before the first
+    program, the allocation's, or this machine); each program's ranks go to its own
+    (``opts.app_nodes``).  A host's slots are what the programs give it, together."""
+    from pm.bootstrap import bootstrap_options
+    from pm.common.hostlist import HostlistError, parse_hosts_option
+
+    if "nodes" in opts.extra or opts.local_nodes:
+        raise UsageError("a program's own -host and -N or --local-nodes do not go together")
+    default = list(zip(where[0], where[1], strict=True)) if where is not None else \
+        [(socket.gethostname(), None)]
+    hosts: list[str] = []
+    slots: list[int | None] = []
+    opts.app_nodes = []
+    for app in opts.spec.apps:
+        try:
+            entries = ([(e.host, e.slots) for e in parse_hosts_option(app.hosts)]
+                       if app.hosts else default)
+        except HostlistError as exc:
+            raise UsageError(f"-host {app.hosts}: {exc}") from None
+        mine: tuple[list[int], list[int | None]] = ([], [])
+        for host, count in entries:
+            if host in hosts:
+                i = hosts.index(host)
+                have = slots[i]
+                slots[i] = None if have is None or count is None else have + count
+            else:
+                i = len(hosts)
+                hosts.append(host)
+                slots.append(count)
+            mine[0].append(i)
+            mine[1].append(count)
+        opts.app_nodes.append(mine)
+    if where is not None and set(hosts) <= set(where[0]):
+        return hosts, slots, where[2]  # (the allocation's, or -hosts' own launcher)
+    try:
+        return hosts, slots, bootstrap_options(opts.extra, hosts)
+    except (ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _first_nodes(opts: CliOptions,
@@ -492,8 +543,9 @@ def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
             from pm.bootstrap.base import head_relays
             from pm.bootstrap.early import prestart
 
-            # ssh to the first agents now: the connection is made while we import.
-            prestart(where[0], where[1], where[2], opts.spec, opts.fanout)
+            if opts.app_nodes is None:  # (programs' own hosts: the plan says who is first)
+                # ssh to the first agents now: the connection is made while we import.
+                prestart(where[0], where[1], where[2], opts.spec, opts.fanout)
             relay = head_relays(where[2])
     from collections.abc import Callable, Coroutine
     from typing import Any

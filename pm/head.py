@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pm.agent.owned import Owned
 from pm.agent.watch import ExitStatus
 from pm.bootstrap.base import head_relays
-from pm.common.mapping import place, process_mapping
+from pm.common.mapping import place, place_apps, process_mapping, slots_per_node
 from pm.common.nodes import Nodes
 from pm.common.output import STDERR, STDOUT, Writer, output_window
 from pm.jobenv import kvsname_of, new_job_id
@@ -163,15 +163,23 @@ class JobRun:
         if self.writer is not None:
             self._lost_streams.update(self.writer.broken)
             self.writer.on_broken = self._output_lost
-        slots = sequence_slots(spec, len(nodes.hosts), nodes.slots)
-        node_of_rank = place(spec.size, slots, spec.distribution)
+        hosts = nodes.hosts
+        app_nodes: list[list[int]] = []
+        app_slots: list[list[int]] = []
+        if nodes.app_nodes is not None:  # programs with hosts of their own
+            hosts, slots, app_nodes, app_slots = _programs_nodes(spec, nodes)
+            node_of_rank = place_apps([a.n for a in spec.apps], app_nodes, app_slots,
+                                      spec.distribution)
+        else:
+            slots = sequence_slots(spec, len(hosts), nodes.slots)
+            node_of_rank = place(spec.size, slots, spec.distribution)
         #: The node of each rank (its place in the plan's hosts).
         self.node_of_rank = node_of_rank
         used = max(node_of_rank) + 1
         env, app_envs = spec.plan_env()
         self.plan = JobPlan(
             job_id=job_id, kvsname=kvsname_of(job_id), size=spec.size,
-            hosts=nodes.hosts[:used], slots=slots[:used], fanout=max(1, nodes.fanout),
+            hosts=hosts[:used], slots=slots[:used], fanout=max(1, nodes.fanout),
             apps=[AppPlan(a.argv, a.n, e, a.wdir or spec.wdir)
                   for a, e in zip(spec.apps, app_envs, strict=True)],
             env=env, mapping=process_mapping(node_of_rank),
@@ -182,6 +190,7 @@ class JobRun:
             mem_high=spec.mem_high, mem_low=spec.mem_low, mem_overrun=spec.mem_overrun,
             universe_size=spec.universe_size, stdin_rank=spec.stdin_rank,
             stdin_file=spec.stdin_file or "", distribution=spec.distribution,
+            app_nodes=app_nodes, app_slots=app_slots,
         )
         if not sim:
             from pm.agent.pmix_detect import wants_pmix
@@ -653,6 +662,30 @@ class JobRun:
             self._stop_stdin()
         elif not self._stdin_polled and self._stdin_reading:
             self._stdin_next = self.loop.call_soon(self._read_stdin)
+
+
+def _programs_nodes(spec: JobSpec, nodes: Nodes
+                    ) -> tuple[list[str], list[int], list[list[int]], list[list[int]]]:
+    """The nodes of programs with hosts of their own (``Nodes.app_nodes``): the hosts that
+    get ranks (the others left out, the rest renumbered), the ranks each gets, and each
+    program's nodes and slots there (what :func:`pm.common.mapping.place_apps` deals by)."""
+    assert nodes.app_nodes is not None
+    counts = [0] * len(nodes.hosts)
+    app_slots: list[list[int]] = []
+    for app, (mine, given) in zip(spec.apps, nodes.app_nodes, strict=True):
+        per = slots_per_node(app.n, spec.ppn, len(mine), given)
+        app_slots.append(per)
+        for i in place(app.n, per, spec.distribution):
+            counts[mine[i]] += 1
+    # A program's nodes without ranks come last in its list (ranks are dealt in its
+    # order): left out, its placement stays the same.
+    new = {old: k for k, old in enumerate(i for i, c in enumerate(counts) if c)}
+    app_nodes, kept_slots = [], []
+    for (mine, _), per in zip(nodes.app_nodes, app_slots, strict=True):
+        app_nodes.append([new[i] for i in mine if i in new])
+        kept_slots.append([s for i, s in zip(mine, per, strict=True) if i in new])
+    return ([h for i, h in enumerate(nodes.hosts) if i in new],
+            [c for c in counts if c], app_nodes, kept_slots)
 
 
 def _universe(run: JobRun) -> int:

@@ -29,6 +29,9 @@ class AppSpec:
     #: Hydra's -envall/-envnone/-envlist for this program (None: the job's -genv* mode).
     env_mode: str | None = None
     envlist: list[str] = field(default_factory=list)
+    #: This program's own hosts (``-host`` after the first program, Open MPI's ``--host``
+    #: of an app context; a host list as -hosts takes); None: the job's.
+    hosts: str | None = None
 
 
 @dataclass(slots=True)

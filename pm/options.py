@@ -1088,6 +1088,11 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                 assert isinstance(files, list)
                 files.append(value)
                 continue
+            elif opt.key == "hosts" and out.sections:
+                # After the first program: this program's own hosts (Open MPI's --host of
+                # an app context); before it, the job's (Hydra's -hosts), as any option.
+                sec.values["hosts"] = value
+                continue
             (sec.values if opt.local else out.values)[opt.key] = value
     if not out.sections and "tasks" in out.values and set(sec.values) == {"wdir"}:
         out.values["wdir"] = sec.values.pop("wdir")  # --tasks FILE: every task's

@@ -780,6 +780,31 @@ def test_stdin_all_is_every_rank_on_both_paths(tmp_path: Path,
     assert (spec.stdin_rank, spec.stdin_file) == (0, str(tmp_path / "all"))
 
 
+def test_a_program_s_own_hosts_are_open_mpi_s_app_context() -> None:
+    from pm.cli import nodes_of
+    from pm.common.mapping import place_apps
+    from pm.common.nodes import Nodes
+    from pm.head import _programs_nodes
+
+    # -hosts before the first program is the job's (Hydra's); -host after one, that
+    # program's own (Open MPI's --host of an app context).
+    opts = full_parse(["-hosts", "a:2,b", "-n", "1", "x", ":", "-n", "2", "-host", "c,a", "y",
+                       ":", "z"])
+    assert [app.hosts for app in opts.spec.apps] == [None, "c,a", None]
+    nodes = nodes_of(opts)
+    assert isinstance(nodes, Nodes)
+    assert (nodes.hosts, nodes.slots) == (["a", "b", "c"], [None, None, None])
+    assert nodes.app_nodes == [([0, 1], [2, None]), ([2, 0], [None, None]),
+                               ([0, 1], [2, None])]
+    # b gets no rank: left out, the others renumbered.
+    hosts, counts, app_nodes, app_slots = _programs_nodes(opts.spec, nodes)
+    assert (hosts, counts, app_nodes) == (["a", "c"], [3, 1], [[0], [1, 0], [0]])
+    assert place_apps([1, 2, 1], app_nodes, app_slots) == [0, 1, 0, 0]
+    with pytest.raises(UsageError, match=r"^a program's own -host and -N or --local-nodes "
+                                         r"do not go together$"):
+        nodes_of(full_parse(["-N", "1", "-n", "1", "x", ":", "-n", "1", "-host", "a", "y"]))
+
+
 def test_the_allocation_s_distribution_is_srun_s_default() -> None:
     assert options.slurm_distribution({"SLURM_DISTRIBUTION": "cyclic"}) == "cyclic"
     assert options.slurm_distribution({"SLURM_DISTRIBUTION": "plane=3"}) == "plane=3"

@@ -142,6 +142,34 @@ def test_each_rank_runs_in_its_hosts_namespace(tmp_path: Path, hosts3: NetnsHost
     assert len({r[2] for r in rows} | {mine}) == 4
 
 
+@pytest.mark.mpi
+@pytest.mark.skipif(mpi_missing() is not None, reason=str(mpi_missing()))
+def test_each_program_runs_on_its_own_hosts(tmp_path: Path, hosts3: NetnsHosts) -> None:
+    # Open MPI's --host per app context: a master on the first host (the job's -hosts),
+    # workers on the other two, a third program on the last; one MPI job all the same.
+    prog = script(tmp_path, "mpmd.py", """
+        import os, sys
+        from mpi4py import MPI
+
+        world = MPI.COMM_WORLD
+        node = world.Split_type(MPI.COMM_TYPE_SHARED)
+        print(world.rank, sys.argv[1], os.environ["PMI_HOSTNAME"],
+              ",".join(map(str, node.allgather(world.rank))), world.Get_attr(MPI.APPNUM),
+              world.allreduce(world.rank), flush=True)
+    """)
+    a, b, c = hosts3.names
+    res = run([*exec_launcher_args(hosts3), "-n", "1", sys.executable, str(prog), "master",
+               ":", "-n", "3", "-host", f"{b},{c}", sys.executable, str(prog), "worker",
+               ":", "-n", "2", "-host", f"{c},{a}", sys.executable, str(prog), "third"],
+              tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = sorted((line.split() for line in res.stdout.splitlines()), key=lambda r: int(r[0]))
+    assert rows == [["0", "master", a, "0,5", "0", "15"], ["1", "worker", b, "1,2", "1", "15"],
+                    ["2", "worker", b, "1,2", "1", "15"], ["3", "worker", c, "3,4", "1", "15"],
+                    ["4", "third", c, "3,4", "2", "15"], ["5", "third", a, "0,5", "2", "15"]]
+    assert_nothing_left(hosts3)
+
+
 def test_link_down_names_the_node_fails_the_barrier_and_leaves_nothing(
         tmp_path: Path, hosts3: NetnsHosts) -> None:
     victim = hosts3.names[2]

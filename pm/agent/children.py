@@ -44,7 +44,6 @@ from pm.bootstrap.early import abandon_all as abandon_early
 from pm.bootstrap.early import take as take_early
 from pm.common.hostlist import compress
 from pm.common.kary_tree import Tree
-from pm.common.mapping import place
 from pm.proto import tree_wire as t
 from pm.proto.errors import PMError
 from pm.proto.plan import AgentConfig, JobPlan
@@ -600,7 +599,7 @@ class RootRelay:
         self.parent = parent
         self.tree = Tree(len(plan.hosts), plan.fanout)
         self.children = [0]
-        self.node_of_rank = place(plan.size, plan.slots, plan.distribution)
+        self.node_of_rank = plan.node_of_rank()
         self.children_link: Children | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.host = socket.gethostname()

@@ -35,7 +35,7 @@ from pm.agent.shm_reaper import ShmReaper, sweep_node
 from pm.agent.spawn_answer import SpawnAnswer
 from pm.agent.tree_requests import TreeRequests
 from pm.common.kary_tree import Tree
-from pm.common.mapping import local_ranks, place
+from pm.common.mapping import local_ranks
 from pm.common.output import STDERR
 from pm.proto import tree_wire as t
 from pm.proto.errors import PMError
@@ -98,7 +98,7 @@ class JobAgent:
             holding = members(self.tree, self.node_of_rank)
             self.coll_children = [c for c in self.children if c in holding]
         else:
-            self.node_of_rank = place(plan.size, plan.slots, plan.distribution)
+            self.node_of_rank = plan.node_of_rank()
             self.coll_children = self.children
         self.local = local_ranks(self.node_of_rank).get(vertex, [])
         self.kvs = NodeKVS()

@@ -83,6 +83,17 @@ def place(n: int, slots: Sequence[int], distribution: str = "block") -> list[int
     return one_pass * full + one_pass[:rest]
 
 
+def place_apps(counts: Sequence[int], app_nodes: Sequence[Sequence[int]],
+               app_slots: Sequence[Sequence[int]], distribution: str = "block") -> list[int]:
+    """Node index of each rank of programs whose ranks have hosts of their own (Open MPI's
+    ``--host`` of an app context): program ``i``'s ``counts[i]`` ranks placed on its nodes
+    ``app_nodes[i]`` (indices into the job's) by its slots, program after program."""
+    out: list[int] = []
+    for n, nodes, slots in zip(counts, app_nodes, app_slots, strict=True):
+        out += [nodes[i] for i in place(n, slots, distribution)]
+    return out
+
+
 def slots_per_node(n: int, ppn: int | None, nodes: int, given: Sequence[int | None]
                    ) -> list[int]:
     """Slots per node for ``n`` ranks: ``ppn`` wins, then the host list's slots, else an

@@ -16,6 +16,10 @@ class Nodes:
     slots: list[int | None]
     fanout: int = 32
     bootstrap: dict[str, object] = field(default_factory=dict)
+    #: Programs with hosts of their own (``-host`` after the first program): each
+    #: program's nodes (indices into :attr:`hosts`) and their slots there; None: every
+    #: program on every node.
+    app_nodes: list[tuple[list[int], list[int | None]]] | None = None
 
     @classmethod
     def local(cls, count: int = 1, fanout: int = 32) -> Nodes:

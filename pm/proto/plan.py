@@ -99,6 +99,20 @@ class JobPlan(Record):
     #: How ranks are dealt to the nodes' slots: "block", "cyclic" or "plane=N"
     #: (:func:`pm.common.mapping.place`).
     distribution: str = "block"
+    #: Programs with hosts of their own (Open MPI's ``--host`` per app context): each
+    #: program's nodes and its slots on them (:func:`pm.common.mapping.place_apps`); empty:
+    #: every program on every node, by ``slots``.
+    app_nodes: list[list[int]] = []
+    app_slots: list[list[int]] = []
+
+    def node_of_rank(self) -> list[int]:
+        """The node (index into :attr:`hosts`) of each rank."""
+        from pm.common.mapping import place, place_apps
+
+        if self.app_nodes:
+            return place_apps([a.n for a in self.apps], self.app_nodes, self.app_slots,
+                              self.distribution)
+        return place(self.size, self.slots, self.distribution)
 
     def app_of_rank(self, rank: int) -> int:
         first = 0
