@@ -168,6 +168,10 @@ class JobRun:
         app_slots: list[list[int]] = []
         if nodes.app_nodes is not None:  # programs with hosts of their own
             hosts, slots, app_nodes, app_slots = _programs_nodes(spec, nodes)
+            # (The hosts that got no rank left out: the slots given, as the plan's hosts;
+            # each program's nodes are the plan's to say from now on.)
+            self.nodes = Nodes(hosts, [nodes.slots[nodes.hosts.index(h)] for h in hosts],
+                               nodes.fanout, nodes.bootstrap)
             node_of_rank = place_apps([a.n for a in spec.apps], app_nodes, app_slots,
                                       spec.distribution)
         else:
