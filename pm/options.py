@@ -120,7 +120,7 @@ def stdin_rank(value: str, opt: str) -> str:
         return "all"
     path = value.removeprefix("file:")
     if not path:
-        raise UsageError(f"{opt} takes the rank that reads pmrun's stdin, none, or a file "
+        raise UsageError(f"{opt} takes the rank that reads pmrun's stdin, all, none, or a file "
                          f"every rank reads, not {value!r}")
     return "file:" + os.path.abspath(readable_file(path, opt))
 
@@ -425,8 +425,6 @@ def map_by(value: str, opt: str) -> str:
     return _binding(value, opt, "parse_map", "--map-by")
 
 
-#: srun's first-level distributions (``-m``/``--distribution``) pmrun places ranks by.
-DISTRIBUTIONS = ("block", "cyclic", "plane")
 #: srun's second and third levels: how a node's tasks spread over its sockets and cores.
 _CPU_LEVELS = ("*", "block", "cyclic", "fcyclic")
 

@@ -2,13 +2,14 @@
 
 :class:`LocalRanks` holds what a rank is to the operating system: its pid and
 exit watch, its PMI socket's session task, its output pipes and line buffers,
-the stdin pipes of the ranks that read pmrun's, and the guardian whose process group they all join
-(:mod:`pm.agent.spawn`).  It knows nothing of the tree, the KVS or
-collectives: what it learns goes to its :class:`~pm.agent.node.JobAgent` —
-complete output lines (:meth:`JobAgent.rank_output`), a rank that ended and
-whose pipes are drained (:meth:`JobAgent.rank_ended`), stdin every reader
-took (:meth:`JobAgent.stdin_taken`) — and each rank's PMI session is served with the
-agent as its host.
+the stdin pipes of the ranks that read pmrun's, and the guardian whose process
+group they all join (:mod:`pm.agent.spawn`).  It knows nothing of the tree,
+the KVS or collectives: what it learns goes to its
+:class:`~pm.agent.node.JobAgent` — complete output lines
+(:meth:`JobAgent.rank_output`), a rank that ended and whose pipes are drained
+(:meth:`JobAgent.rank_ended`), how much of pmrun's stdin every reader took
+(:meth:`JobAgent.stdin_taken`) — and each rank's PMI session is served with
+the agent as its host.
 """
 
 from __future__ import annotations
