@@ -668,6 +668,7 @@ OPTIONS = (
         quick=True,
         help='hosts from FILE ("host", "host:4" or "host slots=4" per line)'),
     Opt("-usize --universe-size", "universe_size", universe, metavar="N", group=PLACE,
+        quick=True,
         help="MPI universe size the ranks are told (room for MPI_Comm_spawn); SYSTEM: the "
              "slots given, INFINITE: no limit (default: the slots given with the hosts, else "
              "the job's size)"),
@@ -1086,10 +1087,11 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                 assert isinstance(files, list)
                 files.append(value)
                 continue
-            elif opt.key == "hosts" and out.sections:
-                # After the first program: this program's own hosts (Open MPI's --host of
-                # an app context); before it, the job's (Hydra's -hosts), as any option.
-                sec.values["hosts"] = value
+            elif opt.key in ("hosts", "hostfile") and out.sections:
+                # After the first program: this program's own hosts (Open MPI's --host and
+                # --hostfile of an app context); before it, the job's (Hydra's -hosts).
+                sec.values["hosts"] = value if opt.key == "hosts" else \
+                    _hosts_of_file(str(value), name)
                 continue
             (sec.values if opt.local else out.values)[opt.key] = value
     if not out.sections and "tasks" in out.values and set(sec.values) == {"wdir"}:
@@ -1496,11 +1498,23 @@ def quick_ok(parsed: Parsed, environ: Mapping[str, str]) -> bool:
     return all(opt.quick for opt in parsed.used)
 
 
+def _hosts_of_file(path: str, opt: str) -> str:
+    """A host file's hosts as a -hosts list (``host:N`` where it gives slots)."""
+    from pm.common.hostlist import HostlistError, parse_hostfile
+
+    try:
+        with open(path) as f:
+            entries = parse_hostfile(f.read())
+    except (OSError, UnicodeDecodeError, HostlistError) as exc:
+        raise UsageError(f"{opt} {path}: {exc}") from None
+    return ",".join(e.host if e.slots is None else f"{e.host}:{e.slots}" for e in entries)
+
+
 def this_machine_alone(parsed: Parsed) -> tuple[str, int | None] | None:
     """When -hosts or -f names this machine alone (Hydra's ``-hosts localhost``, a host
     file of ``localhost:8``): that host, as named, and its slots, which the quick path
-    takes as the full path would; None for anything else (other machines, several
-    entries, -ppn, or -n beside slots that set the universe size otherwise)."""
+    takes as the full path would (a rank a slot without -n; the slots are the universe
+    size); None for anything else (other machines, several entries, -ppn)."""
     from pm.common.hostlist import is_this_machine, parse_hostfile, parse_hosts_option
 
     values = parsed.values
@@ -1513,11 +1527,7 @@ def this_machine_alone(parsed: Parsed) -> tuple[str, int | None] | None:
             entries = parse_hostfile(f.read())
     if len(entries) != 1 or not is_this_machine(entries[0].host):
         return None
-    host, slots = entries[0].host, entries[0].slots
-    given = [s.values["n"] for s in parsed.sections if "n" in s.values]
-    if slots is not None and given and given != [slots]:
-        return None  # the universe is the slots given: the full path says so to the ranks
-    return host, slots
+    return entries[0].host, entries[0].slots
 
 
 def refuse(exc: Exception) -> int:

@@ -108,7 +108,7 @@ class QuickOptions:
 
     __slots__ = ("app_env", "argv", "bind_to", "env_mode", "error", "genv", "genvlist", "host",
                  "kvs", "label", "map_by", "merge", "n", "output", "pmix", "prepend", "rank_map",
-                 "report", "stdin_file", "stdin_rank", "timeout", "timestamp", "wdir")
+                 "report", "stdin_file", "stdin_rank", "timeout", "timestamp", "usize", "wdir")
 
     def __init__(self) -> None:
         self.n = 1
@@ -142,6 +142,8 @@ class QuickOptions:
         #: every rank, --stdin all); the file every rank reads instead (-i FILE).
         self.stdin_rank: int | None = 0
         self.stdin_file: str | None = None
+        #: The universe size the ranks are told (0: the job's size; -1: no limit).
+        self.usize = 0
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
@@ -170,10 +172,22 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     opts.error = v.get("error")  # type: ignore[assignment]
     opts.kvs = v.get("kvs") or "shm"  # type: ignore[assignment]
     opts.merge = "merge_stderr" in v
+    slots = None
     if parsed.here is not None:  # -hosts or -f: this machine alone (quick_ok)
         opts.host, slots = parsed.here
         if slots is not None and "n" not in s:
             opts.n = slots  # a rank per slot, as the full path gives
+    # The universe size, as the full path tells it (pm.head): -usize (SYSTEM: the slots
+    # given, else this machine's cpus; INFINITE: -1), else the slots given, at least n.
+    usize = v.get("universe_size")
+    if usize == "SYSTEM":
+        opts.usize = slots if slots is not None else len(os.sched_getaffinity(0))
+    elif usize == "INFINITE":
+        opts.usize = -1
+    elif usize is not None:
+        opts.usize = int(usize)  # type: ignore[call-overload]
+    elif slots is not None:
+        opts.usize = max(opts.n, slots)
     stdin = str(v.get("stdin", "0"))
     if stdin.isdigit():
         opts.stdin_rank = int(stdin)
@@ -345,7 +359,8 @@ class QuickStart:
                 nspace, self.opts.n, self.host, self.started.xml_path, self._wake_w,
                 libpmix_for([self.opts.argv], envs[0].get("PATH"),
                             envs[0].get("LD_LIBRARY_PATH")),
-                cpusets=self.started.cpusets, topo=self.started.topology)
+                cpusets=self.started.cpusets, topo=self.started.topology,
+                universe=self.opts.usize)
         except PMError:
             self._close_wake()
             return False
@@ -560,7 +575,7 @@ class QuickStart:
                         pmi = self.pmi = QuickPmi(self.started,
                                                   kvsname_of(self.started.job_id), opts_n,
                                                   native=self.opts.kvs == "socket",
-                                                  host=self.host)
+                                                  host=self.host, universe=self.opts.usize)
                         pmi.on_spawn, pmi.on_close = self._first_spawn, unwatch
                         hot_get = pmi.hot.get
                         owner = pmi

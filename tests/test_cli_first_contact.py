@@ -406,9 +406,27 @@ def test_a_host_list_of_this_machine_alone_runs_on_the_quick_path(
                   env={"PM_QUICK": quick})
         assert (r.returncode, sorted(r.stdout.splitlines())) == (
             0, ["localhost 0: 3", "localhost 1: 3", "localhost 2: 3"]), r.stderr
-    for other in (["-hosts", "localhost,elsewhere"], ["-hosts", "elsewhere"],
-                  ["-hosts", "localhost:3", "-n", "2"]):  # (the universe: the slots given)
+    for other in (["-hosts", "localhost,elsewhere"], ["-hosts", "elsewhere"]):
         assert quick_parse([*other, "prog"], {}) is None, other
+
+
+UNIVERSE = "from mpi4py import MPI; print(MPI.COMM_WORLD.Get_attr(MPI.UNIVERSE_SIZE))"
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize(("argv", "want"), [
+    (["-hosts", "localhost:4", "-n", "2"], 4), (["-hosts", "localhost:2", "-n", "3"], 3),
+    (["-n", "2", "-usize", "7"], 7), (["-hosts", "localhost:5", "-n", "2", "-usize", "SYSTEM"], 5),
+    (["-n", "1", "-usize", "SYSTEM"], len(os.sched_getaffinity(0)))])
+def test_the_universe_size_is_the_same_on_both_paths(pmrun: Run, argv: list[str],
+                                                     want: int) -> None:
+    # A host's slots beside -n, and -usize, on the quick path too: the same size told.
+    q = quick_parse([*argv, "prog"], {})
+    assert q is not None and (q.usize or q.n) == want, argv
+    for quick in ("1", "0"):
+        r = pmrun(*argv, "python", "-c", UNIVERSE, env={"PM_QUICK": quick})
+        assert r.returncode == 0, r.stderr
+        assert set(r.stdout.split()) == {str(want)}, (quick, r.stdout)
 
 
 @pytest.mark.parametrize(("argv", "hosts", "slots", "n"), [
@@ -597,7 +615,7 @@ GOOD_VALUE: dict[str, list[str]] = {
     "fanout": ["4"], "timeout": ["2.5"], "mpi": ["pmix"], "kvs": ["socket"],
     "export": ["PATH,A=1"], "N": ["1"], "nodes": ["1"], "bind_to": ["core:2"],
     "cpu_bind": ["verbose,map_cpu:1,0"], "cpus_per_task": ["2"], "map_by": ["slot:PE=2"],
-    "distribution": ["cyclic"],
+    "distribution": ["cyclic"], "universe_size": ["6"],
     "hosts": ["localhost"], "stdin": ["none"],
 }
 #: ... where an option's spelling takes other words than its key's others (srun's -t).
@@ -630,6 +648,7 @@ def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
 
     assert q.pmix == wants_pmix(spec.mpi, [app.argv])
     assert q.kvs == spec.kvs
+    assert q.usize == (spec.universe_size or 0)
 
 
 #: pmrun with a defect put into one of its steps (``where``): the quick phase's watch,
@@ -803,6 +822,15 @@ def test_a_program_s_own_hosts_are_open_mpi_s_app_context() -> None:
     with pytest.raises(UsageError, match=r"^a program's own -host and -N or --local-nodes "
                                          r"do not go together$"):
         nodes_of(full_parse(["-N", "1", "-n", "1", "x", ":", "-n", "1", "-host", "a", "y"]))
+
+
+def test_a_program_s_own_host_file(tmp_path: Path) -> None:
+    (tmp_path / "hf").write_text("h2:2\nh3 slots=3\n")
+    (tmp_path / "empty").write_text("# nothing\n")
+    opts = full_parse(["-n", "1", "x", ":", "-n", "2", "-f", str(tmp_path / "hf"), "y"])
+    assert [app.hosts for app in opts.spec.apps] == [None, "h2:2,h3:3"]
+    with pytest.raises(UsageError, match=r"^-f .*empty: names no host$"):
+        options.parse(["-n", "1", "x", ":", "-f", str(tmp_path / "empty"), "y"], {})
 
 
 def test_the_allocation_s_distribution_is_srun_s_default() -> None:

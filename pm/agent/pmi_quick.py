@@ -94,9 +94,12 @@ class QuickPmi:
     """
 
     def __init__(self, started: StartedRanks, kvsname: str, size: int, *,
-                 native: bool = False, host: str = "", spawned: Spawned | None = None) -> None:
+                 native: bool = False, host: str = "", spawned: Spawned | None = None,
+                 universe: int = 0) -> None:
         self.started = started
         self.size = size
+        #: The universe size the ranks are told (-usize, a host's slots; 0: the job's size).
+        self.universe = universe
         self.kvsname = kvsname
         self.native = native
         self.host = host
@@ -161,8 +164,11 @@ class QuickPmi:
         return self.spawned.appnums[rank] if self.spawned is not None else 0  # one program
 
     def universe_size(self) -> int:
-        # The head's default on one node without -usize: the launched job's size.
-        return self.spawned.launched.size if self.spawned is not None else self.size
+        # The head's (pm.head.JobRun): -usize, else the slots given, at least the job's size;
+        # a spawned job's is its launched job's.
+        if self.spawned is not None:
+            return self.spawned.launched.universe_size()
+        return self.universe or self.size
 
     def native_info(self, rank: int) -> dict[str, Any]:
         # What the agent says (pm.agent.node.JobAgent.native_info) of a one-node job.

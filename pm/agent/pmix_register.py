@@ -298,8 +298,8 @@ def fork_env(srv: PmixServer, nspace: str, rank: int) -> dict[str, str]:
 
 def start_one_node(nspace: str, size: int, host: str, topology_xml: str | None,
                    wake_fd: int = -1, lib: str | None = None,
-                   cpusets: list[frozenset[int]] | None = None, topo: Any = None
-                   ) -> tuple[PmixServer, list[dict[str, str]]]:
+                   cpusets: list[frozenset[int]] | None = None, topo: Any = None,
+                   universe: int = 0) -> tuple[PmixServer, list[dict[str, str]]]:
     """For pmrun's quick path: the process's server (started now), a ``size``-rank job
     on this node alone registered as ``nspace``, and each rank's variables.  Upcalls
     wait for an event loop (:meth:`PmixServer.attach`); those that cannot wait write
@@ -309,6 +309,6 @@ def start_one_node(nspace: str, size: int, host: str, topology_xml: str | None,
 
     srv = server(host, topology_xml, sweep=False, lib=lib)  # the caller sweeps after
     srv.wake_fd = wake_fd
-    register(srv, Layout(nspace, [host], [list(range(size))], 0, [size], cpusets=cpusets,
-                         topo=topo))
+    register(srv, Layout(nspace, [host], [list(range(size))], 0, [size], universe=universe,
+                         cpusets=cpusets, topo=topo))
     return srv, [fork_env(srv, nspace, r) for r in range(size)]

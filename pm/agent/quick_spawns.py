@@ -52,7 +52,7 @@ class Spawned:
     def __init__(self, job: int, launched: QuickPmi, spawner: str, preput: Mapping[str, str],
                  appnums: list[int]) -> None:
         self.job = job
-        #: The launched job's QuickPmi (the universe is its size; the hot table is its).
+        #: The launched job's QuickPmi (the universe and the hot table are its).
         self.launched = launched
         #: The spawner's kvsname (PMI-2's ``spawner-jobid``).
         self.spawner = spawner
