@@ -12,10 +12,12 @@ rack1-n1 rack1-n2 rack2-n1 rack2-n2.  Commas outside brackets separate names.
 from __future__ import annotations
 
 import itertools
-import re
-from collections.abc import Iterable, Mapping, Sequence
 
 from pm.proto.errors import PMError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (pm.quick reads hosts)
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = [
     "BATCH_HOSTFILES",
@@ -34,7 +36,11 @@ __all__ = [
 MAX_HOSTS = 1_000_000
 
 _SPECIAL = frozenset("[],")
-_DIGITS = re.compile(r"[0-9]+")
+
+
+def _digits(text: str) -> bool:
+    """Whether ``text`` is ASCII digits, at least one (no ``re``: pmrun's quick path)."""
+    return text.isascii() and text.isdigit()
 
 
 class HostlistError(PMError, ValueError):
@@ -96,7 +102,7 @@ def _bracket_values(body: str, name: str) -> list[str]:
     for item in body.split(","):
         item = item.strip()
         lo, dash, hi = item.partition("-")
-        if not _DIGITS.fullmatch(lo) or (dash and not _DIGITS.fullmatch(hi)):
+        if not _digits(lo) or (dash and not _digits(hi)):
             raise HostlistError(f"bad range {item!r} in host name {name!r}")
         if not dash:
             out.append(lo)
@@ -159,12 +165,15 @@ def expand(spec: str) -> list[str]:
 
 def _split_number(host: str) -> tuple[str, str, str]:
     """``host`` as (prefix, last run of digits, suffix); digits may be empty."""
-    last = None
-    for m in _DIGITS.finditer(host):
-        last = m
-    if last is None:
+    end = len(host)
+    while end and not ("0" <= host[end - 1] <= "9"):
+        end -= 1
+    if not end:
         return host, "", ""
-    return host[: last.start()], last.group(), host[last.end() :]
+    start = end
+    while start and "0" <= host[start - 1] <= "9":
+        start -= 1
+    return host[:start], host[start:end], host[end:]
 
 
 class _Range:
@@ -228,7 +237,7 @@ def _format_group(prefix: str, suffix: str, ranges: list[_Range]) -> str:
 
 
 def _parse_slots(text: str, where: str) -> int:
-    if not _DIGITS.fullmatch(text):
+    if not _digits(text):
         raise HostlistError(f"bad slot count {text!r} in {where!r}")
     n = int(text)
     if n < 1:
