@@ -467,6 +467,19 @@ def slurm_distribution(env: Mapping[str, str]) -> str:
         return "block"  # (arbitrary, or unknown: the allocation's business, not ours)
 
 
+def taskmap(value: str, opt: str) -> str:
+    """Flux's ``--taskmap``: ``block``, ``cyclic``, or ``cyclic:N`` (N tasks a node at a time:
+    srun's ``plane=N``)."""
+    kind, colon, size = value.partition(":")
+    if kind == "block" and not colon:
+        return "block"
+    if kind == "cyclic" and not colon:
+        return "cyclic"
+    if kind == "cyclic" and size.isascii() and size.isdigit() and int(size) >= 1:
+        return "cyclic" if int(size) == 1 else f"plane={int(size)}"
+    raise UsageError(f"{opt} takes block, cyclic or cyclic:N (Flux's), not {value!r}")
+
+
 def looks_like_distribution(word: str) -> bool:
     """Whether ``word`` after ``-m`` is srun's distribution (``-m cyclic``), not the command
     of GNU parallel's ``-m`` (which takes no value)."""
@@ -695,6 +708,9 @@ OPTIONS = (
              "time)"),
     Opt("--bynode -bynode", "distribution", kind=FLAG, const="cyclic", quick=True, group=PLACE,
         help="Open MPI's: --distribution cyclic"),
+    Opt("--taskmap", "distribution", taskmap, metavar="block|cyclic[:N]", quick=True,
+        group=PLACE, help="Flux's: block, cyclic (--distribution cyclic), cyclic:N "
+                          "(--distribution plane=N)"),
     Opt("--report-bindings -report-bindings", "report_bindings", kind=FLAG, quick=True,
         group=PLACE,
         help="print each rank's cpus"),

@@ -762,6 +762,13 @@ def test_srun_s_and_open_mpi_s_distributions_are_one_option() -> None:
         assert full_parse([*argv, "prog"]).spec.distribution == "cyclic", argv
         assert quick_parse([*argv, "prog"], {}) is not None, argv  # one node: no matter
     assert full_parse(["-m", "plane=04", "prog"]).spec.distribution == "plane=4"
+    # Flux's --taskmap.
+    for value, want in (("block", "block"), ("cyclic", "cyclic"), ("cyclic:1", "cyclic"),
+                        ("cyclic:3", "plane=3")):
+        assert full_parse(["--taskmap", value, "prog"]).spec.distribution == want, value
+    with pytest.raises(UsageError, match=r"^--taskmap takes block, cyclic or cyclic:N "
+                                         r"\(Flux's\), not 'manual:\[0,2\]'$"):
+        options.parse(["--taskmap", "manual:[0,2]", "prog"], {})
     assert full_parse(["-m", "block", "prog"]).spec.distribution == "block"
     assert full_parse(["prog"]).spec.distribution == "block"
     assert options.parse(["--map-by", "node:PE=2", "prog"], {}).values == {
