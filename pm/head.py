@@ -585,20 +585,29 @@ class JobRun:
             self._drop_abort()  # a death the abort followed: the death is the cause
         host = self.plan.hosts[r.node]
         where = rank_at(r.rank, r.node, host)
+        fail = self._fail if self.spec.kill_on_bad_exit else self._failed_alone
         if self._lost_streams:
             # Most likely its writes to our closed stdout failed: as in a shell pipeline
             # whose reader went away, pmrun's status is SIGPIPE's.
             what = r.reason or ExitStatus(r.code, r.signal).describe()
-            self._fail(f"{where} {what} after pmrun's standard "
-                       f"{'output' if STDOUT in self._lost_streams else 'error'} was closed",
-                       128 + signal.SIGPIPE)
+            fail(f"{where} {what} after pmrun's standard "
+                 f"{'output' if STDOUT in self._lost_streams else 'error'} was closed",
+                 128 + signal.SIGPIPE)
         elif r.reason and r.code in (-1, 1) and not r.signal:
-            self._fail(f"{where} {r.reason}", 1)
+            fail(f"{where} {r.reason}", 1)
         elif r.reason:
-            self._fail(f"{where} {r.reason}", r.code if r.code > 0 else 1)
+            fail(f"{where} {r.reason}", r.code if r.code > 0 else 1)
         else:
             status = ExitStatus(r.code, r.signal)
-            self._fail(f"{where} {status.describe()}", status.shell_code)
+            fail(f"{where} {status.describe()}", status.shell_code)
+
+    def _failed_alone(self, cause: str, code: int) -> None:
+        """-disable-auto-cleanup: a rank failed, named; the others run on (the first such
+        failure fixes the exit status)."""
+        if self.cause is None:
+            self.cause, self.returncode = cause, code
+        if not self.quiet:
+            log.error("%s", cause)
 
     def _output_written(self, vertex: int, nbytes: int) -> None:
         """``nbytes`` of node ``vertex``'s output are out: give the credit back, in

@@ -52,6 +52,9 @@ class JobSpec:
     universe_size: int | None = None
     timeout: float | None = None
     ppn: int | None = None
+    #: A rank that fails ends the job (srun's -K, Hydra's default); False: the others run
+    #: on (Hydra's -disable-auto-cleanup), the first failure's status the job's.
+    kill_on_bad_exit: bool = True
     #: srun's rank distribution over the nodes: "block", "cyclic" or "plane=N"
     #: (:func:`pm.common.mapping.place`).
     distribution: str = "block"

@@ -935,8 +935,17 @@ OPTIONS = (
     Opt("-t --time --time-limit", "timeout", slurm_time, metavar="TIME", quick=True, group=MISC,
         help="srun's time limit: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]; Flux's: 30s, 10m, "
              "1.5h, 1d (as --timeout)"),
-    Opt("-K --kill-on-bad-exit", "", kind=FLAG, quick=True, group=MISC,
-        help="taken for srun's: pmrun always ends the job when a rank fails"),
+    Opt("-K --kill-on-bad-exit", "kill_on_bad_exit", kind=FLAG, const="1", quick=True,
+        group=MISC,
+        help="srun's: a rank that fails ends the job (the default); =0 (-K0): the others "
+             "run on, as -disable-auto-cleanup"),
+    Opt("-disable-auto-cleanup --disable-auto-cleanup", "kill_on_bad_exit", kind=FLAG,
+        const="0", quick=True, group=MISC,
+        help="Hydra's: a rank that fails is named and the others run on to their end (the "
+             "exit status is the first failure's); an abort, a lost node or the time limit "
+             "still ends the job"),
+    Opt("-auto-cleanup --auto-cleanup", "kill_on_bad_exit", kind=FLAG, const="1", quick=True,
+        group=MISC, help="Hydra's: a rank that fails ends the job (the default)"),
     Opt("--timeout -timeout", "timeout", seconds, metavar="SECONDS", quick=True, group=MISC,
         help="kill the job after SECONDS (exit status 124); also MPIEXEC_TIMEOUT; of "
              "tasks, each task's run (as GNU parallel)"),
@@ -1036,6 +1045,16 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             continue
         name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
         opt = BY_NAME.get(name)
+        if (name in ("-K", "--kill-on-bad-exit") and eq) or arg in ("-K0", "-K1"):
+            # srun's optional value: --kill-on-bad-exit=0, -K0.
+            value = inline if eq else arg[2:]
+            if value not in ("0", "1"):
+                raise UsageError(f"{name} takes 0 or 1, not {value!r}")
+            opt = BY_NAME["-K"]
+            out.used.setdefault(opt, name if eq else "-K")
+            out.values["kill_on_bad_exit"] = value
+            i += 1
+            continue
         if name == "-m" and i + 1 < len(argv) and looks_like_distribution(argv[i + 1]):
             opt = BY_NAME["--distribution"]  # srun's -m cyclic (GNU parallel's -m: no value)
         if opt is None and not eq and len(arg) > 2 and arg[1] != "-":
@@ -1217,7 +1236,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
 _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "error", "kvs",
                "output_filename", "timestamp_output",
                "mpi", "profile", "universe_size", "nodes", "cpus_per_task", "stdin", "cpu_bind",
-               "merge_stderr", "distribution",
+               "merge_stderr", "distribution", "kill_on_bad_exit",
                "print_rank_map", "print_all_exitcodes")
 
 

@@ -840,6 +840,32 @@ def test_a_program_s_own_host_file(tmp_path: Path) -> None:
         options.parse(["-n", "1", "x", ":", "-f", str(tmp_path / "empty"), "y"], {})
 
 
+def test_kill_on_bad_exit_spellings() -> None:
+    for argv, want in ((["-disable-auto-cleanup"], False), (["--disable-auto-cleanup"], False),
+                       (["-K0"], False), (["--kill-on-bad-exit=0"], False), (["-K"], True),
+                       (["-K1"], True), (["--kill-on-bad-exit"], True), (["-auto-cleanup"], True),
+                       ([], True)):
+        assert full_parse([*argv, "prog"]).spec.kill_on_bad_exit is want, argv
+        assert quick_parse([*argv, "prog"], {}) is not None, argv
+    with pytest.raises(UsageError, match=r"^--kill-on-bad-exit takes 0 or 1, not '2'$"):
+        options.parse(["--kill-on-bad-exit=2", "prog"], {})
+    with pytest.raises(UsageError, match=r"^-disable-auto-cleanup is for an MPI job's ranks"):
+        options.parse(["-disable-auto-cleanup", "echo", ":::", "a"], {})
+
+
+@pytest.mark.parametrize("layout", [[], ["--local-nodes", "2"]], ids=["1node", "2nodes"])
+def test_a_failed_rank_leaves_the_others_be_when_asked(pmrun: Run, layout: list[str]) -> None:
+    # Hydra's -disable-auto-cleanup (srun's -K0): rank 1 fails, the others end their way,
+    # the failure named once and its status the job's; by default the others are killed.
+    prog = "[ $PMI_RANK = 1 ] && exit 3; sleep 0.3; echo $PMI_RANK done"
+    r = pmrun("-n", "3", *layout, "-disable-auto-cleanup", "sh", "-c", prog)
+    assert (r.returncode, sorted(r.stdout.split("\n"))) == (3, ["", "0 done", "2 done"])
+    assert r.stderr.splitlines() == [f"pmrun: rank 1 (node 0, {os.uname().nodename}) "
+                                     f"exited with code 3"], r.stderr
+    r = pmrun("-n", "3", *layout, "sh", "-c", prog)
+    assert (r.returncode, r.stdout) == (3, ""), r.stderr
+
+
 def test_the_allocation_s_distribution_is_srun_s_default() -> None:
     assert options.slurm_distribution({"SLURM_DISTRIBUTION": "cyclic"}) == "cyclic"
     assert options.slurm_distribution({"SLURM_DISTRIBUTION": "plane=3"}) == "plane=3"
