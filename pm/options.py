@@ -1047,12 +1047,11 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         opt = BY_NAME.get(name)
         if (name in ("-K", "--kill-on-bad-exit") and eq) or arg in ("-K0", "-K1"):
             # srun's optional value: --kill-on-bad-exit=0, -K0.
-            value = inline if eq else arg[2:]
-            if value not in ("0", "1"):
-                raise UsageError(f"{name} takes 0 or 1, not {value!r}")
-            opt = BY_NAME["-K"]
-            out.used.setdefault(opt, name if eq else "-K")
-            out.values["kill_on_bad_exit"] = value
+            kill = inline if eq else arg[2:]
+            if kill not in ("0", "1"):
+                raise UsageError(f"{name} takes 0 or 1, not {kill!r}")
+            out.used.setdefault(BY_NAME["-K"], name if eq else "-K")
+            out.values["kill_on_bad_exit"] = kill
             i += 1
             continue
         if name == "-m" and i + 1 < len(argv) and looks_like_distribution(argv[i + 1]):
