@@ -1045,12 +1045,12 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             continue
         name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
         opt = BY_NAME.get(name)
-        if (name in ("-K", "--kill-on-bad-exit") and eq) or arg in ("-K0", "-K1"):
+        if (name in ("-K", "--kill-on-bad-exit") and eq) or (arg[:2] == "-K" and opt is None):
             # srun's optional value: --kill-on-bad-exit=0, -K0.
-            kill = inline if eq else arg[2:]
+            kill, name = (inline, name) if eq else (arg[2:], "-K")
             if kill not in ("0", "1"):
                 raise UsageError(f"{name} takes 0 or 1, not {kill!r}")
-            out.used.setdefault(BY_NAME["-K"], name if eq else "-K")
+            out.used.setdefault(BY_NAME["-K"], name)
             out.values["kill_on_bad_exit"] = kill
             i += 1
             continue

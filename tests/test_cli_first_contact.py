@@ -849,6 +849,8 @@ def test_kill_on_bad_exit_spellings() -> None:
         assert quick_parse([*argv, "prog"], {}) is not None, argv
     with pytest.raises(UsageError, match=r"^--kill-on-bad-exit takes 0 or 1, not '2'$"):
         options.parse(["--kill-on-bad-exit=2", "prog"], {})
+    with pytest.raises(UsageError, match=r"^-K takes 0 or 1, not 'x'$"):
+        options.parse(["-Kx", "prog"], {})
     with pytest.raises(UsageError, match=r"^-disable-auto-cleanup is for an MPI job's ranks"):
         options.parse(["-disable-auto-cleanup", "echo", ":::", "a"], {})
 
