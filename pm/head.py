@@ -204,6 +204,8 @@ class JobRun:
         if self.writer is not None and spec.prepend is not None:
             self.writer.prefix = functools.partial(_prefix, spec.prepend, self.plan.hosts,
                                                    node_of_rank)
+        if self.writer is not None:
+            self.writer.where = self._where_of  # (%h, %n in --output patterns)
         self.plan.universe_size = spec.universe_size or _universe(self)
         if sim:  # simulated ranks (pm.agent.sim): the app is a placeholder, never started
             self.plan.sim_ranks = int(sim["ranks_per_node"])
@@ -608,6 +610,15 @@ class JobRun:
             self.cause, self.returncode = cause, code
         if not self.quiet:
             log.error("%s", cause)
+
+    def _where_of(self, job: int, rank: int) -> tuple[str, int]:
+        """The host and node number of rank ``rank`` of job ``job`` (0: the launched one)."""
+        if job == 0:
+            node = self.node_of_rank[rank]
+        else:
+            spawned = self.spawns.jobs.get(job) if self.spawns is not None else None
+            node = spawned.placement[rank] if spawned is not None else 0
+        return self.plan.hosts[node], node
 
     def _output_written(self, vertex: int, nbytes: int) -> None:
         """``nbytes`` of node ``vertex``'s output are out: give the credit back, in

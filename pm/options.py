@@ -757,9 +757,10 @@ OPTIONS = (
         group=IO, help="prefix every output line with PATTERN: %r rank, %h host, %p node "
                        "number, %g job (0; spawned jobs count on), %% a percent sign"),
     Opt("--output -outfile-pattern -o", "output", out_pattern, metavar="PATTERN", quick=True,
-        group=IO, help="write the ranks' stdout to files: %r (or %t) is the rank, %j the job "
-                       "id, %% a percent sign; without %r all ranks share the file. Spawned "
-                       "job J's ranks: %j is the id and sJ, else .sJ ends a name with %r"),
+        group=IO, help="write the ranks' stdout to files: %r (or %t) is the rank, %h (%N) "
+                       "its host, %p (%n) its node's number, %j the job id, %u the user, %% "
+                       "a percent sign; without %r all ranks share the file. Spawned job J's "
+                       "ranks: %j is the id and sJ, else .sJ ends a name with %r"),
     Opt("--error -errfile-pattern -e", "error", out_pattern, metavar="PATTERN", quick=True,
         group=IO, help="the same for their stderr"),
     Opt("--output-filename -output-filename", "output_filename", text, metavar="DIR",

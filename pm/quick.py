@@ -225,6 +225,8 @@ class QuickStart:
                                          job_id=started.job_id)
         writer.on_broken = self._reader_gone
         writer.timestamp = opts.timestamp
+        here = (self.host, 0)
+        writer.where = lambda job, rank: here  # one node, whatever the job
         if opts.prepend is not None:
             pattern, host = opts.prepend, self.host
             writer.prefix = lambda rank: prepend_prefix(pattern, rank, host=host, node=0)

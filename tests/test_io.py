@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import signal
 import subprocess
@@ -273,6 +274,31 @@ def test_open_mpi_output_filename_writes_each_ranks_streams_in_its_folder(
     r = pmrun("--output", str(tmp_path / "f/%r/out"), "true")
     assert (r.returncode, r.stderr) == (
         2, f"pmrun: --output {tmp_path / 'f/%r/out'}: {tmp_path / 'f'} is not a folder\n")
+
+
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"]], ids=["quick", "2nodes"])
+def test_output_patterns_name_the_host_and_node(pmrun: Run, tmp_path: Path,
+                                                opts: list[str]) -> None:
+    # Hydra's -errfile-pattern err.%r-%h, srun's -o out.%N.%t; %n/%p the node's number,
+    # %u the user; a folder per host is made too.
+    import pwd
+
+    host = os.uname().nodename
+    user = pwd.getpwuid(os.getuid()).pw_name
+    r = pmrun("-n", "3", *opts, "--output", str(tmp_path / "%h/out.%N.%t.%n"),
+              "-errfile-pattern", str(tmp_path / "err.%r-%p.%u"), "sh", "-c",
+              "echo out $PMI_RANK; echo err $PMI_RANK >&2")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    node = [0, 0, 1] if opts else [0, 0, 0]
+    for rank in range(3):
+        assert (tmp_path / f"{host}/out.{host.split('.')[0]}.{rank}.{node[rank]}"
+                ).read_text() == f"out {rank}\n"
+        assert (tmp_path / f"err.{rank}-{node[rank]}.{user}").read_text() == f"err {rank}\n"
+    r = pmrun("--output", str(tmp_path / "out.%z"), "true")
+    assert (r.returncode, r.stderr) == (
+        2, f"pmrun: --output {tmp_path / 'out.%z'}: %z stands for nothing (%r or %t the "
+        "rank, %j the job id, %h or %N the host, %n or %p the node number, %u the user, %% "
+        "a percent sign)\n")
 
 
 @pytest.mark.parametrize("opts", [["-l"], ["--local-nodes", "2"]])

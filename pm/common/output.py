@@ -109,6 +109,8 @@ class Writer:
         self._job_id = job_id
         #: A rank's line prefix when labelling (None: ``[rank] ``): -prepend-pattern's.
         self.prefix: Callable[[int], bytes] | None = None
+        #: (host, node number) of a job's rank, for %h/%N and %n/%p in file patterns.
+        self.where: Callable[[int, int], tuple[str, int]] | None = None
         #: (stream, rank) -> fd of its file (-1: it could not be opened); path -> fd.
         self._to: dict[tuple[int, int, int], int] = {}
         self._opened: dict[str, int] = {}
@@ -173,7 +175,9 @@ class Writer:
     def _file(self, rank: int, stream: int, job: int = 0) -> int:
         fd = self._to.get((stream, job, rank))
         if fd is None:
-            path = expand_pattern(self._patterns[stream], rank, self._job_id, job)
+            host, node = self.where(job, rank) if self.where is not None else ("", 0)
+            path = expand_pattern(self._patterns[stream], rank, self._job_id, job, host=host,
+                                  node=node)
             fd = self._opened.get(path)
             if fd is None:
                 try:  # truncated once per job: ranks sharing a file append to it
@@ -299,9 +303,20 @@ class _WriteBehind:
             self._cond.notify_all()
 
 
+#: What a file pattern's ``%X`` stands for (expand_pattern), as said in a refusal.
+PATTERN_CODES = "%r or %t the rank, %j the job id, %h or %N the host, %n or %p the node " \
+                "number, %u the user, %% a percent sign"
+
+
 def pattern_problem(option: str, pattern: str) -> str | None:
-    """What is wrong with an output file pattern (its folder is missing), or None.  A
-    folder of each rank's or job's (``out/%r/stdout``) is made when the file is."""
+    """What is wrong with an output file pattern (a %X it does not know, its folder is
+    missing), or None.  A folder of each rank's, node's or job's (``out/%r/stdout``) is made
+    when the file is."""
+    i = pattern.find("%")
+    while 0 <= i < len(pattern) - 1:
+        if pattern[i + 1] not in _CODES:
+            return f"{option} {pattern}: %{pattern[i + 1]} stands for nothing ({PATTERN_CODES})"
+        i = pattern.find("%", i + 2)
     folder = os.path.dirname(expand_pattern(pattern, 0, "job"))
     if not folder or os.path.isdir(folder):
         return None
@@ -321,10 +336,11 @@ def folder_in_the_way(folder: str) -> str | None:
 
 
 def per_rank_folder(pattern: str) -> bool:
-    """Whether the folder part of ``pattern`` names a rank or the job (``%r``, ``%t``,
-    ``%j``): such folders cannot be there beforehand, and are made as needed."""
+    """Whether the folder part of ``pattern`` names a rank, a node or the job (``%r``,
+    ``%t``, ``%j``, ``%h``...): such folders cannot be there beforehand, and are made as
+    needed."""
     folder = os.path.dirname(pattern).replace("%%", "")
-    return any(k in folder for k in ("%r", "%t", "%j"))
+    return any(f"%{k}" in folder for k in "rtjhNnp")
 
 
 def _create(path: str, make_folder: bool) -> int:
@@ -340,9 +356,16 @@ def _create(path: str, make_folder: bool) -> int:
     return os.open(path, flags, 0o666)
 
 
-def expand_pattern(pattern: str, rank: int, job_id: str, spawned: int = 0) -> str:
+#: The codes of a file pattern (see expand_pattern).
+_CODES = frozenset("rtjhNnpu%")
+
+
+def expand_pattern(pattern: str, rank: int, job_id: str, spawned: int = 0, *, host: str = "",
+                   node: int = 0) -> str:
     """An output file name: ``%r`` (or Slurm's ``%t``) is the rank, ``%j`` the job id,
-    ``%%`` a percent sign; without ``%r``, every rank writes to the one file.
+    ``%h`` (Hydra's) or ``%N`` (Slurm's) the rank's host, ``%n`` (Slurm's) or ``%p``
+    (Hydra's) its node's number, ``%u`` the user, ``%%`` a percent sign; without ``%r``,
+    every rank writes to the one file (of its host, with ``%h``).
 
     A rank of spawned job ``J`` (``spawned``) has its own file, never rank R's of the
     launched job: ``%j`` is the job id followed by ``sJ``, and a pattern with a rank
@@ -357,7 +380,9 @@ def expand_pattern(pattern: str, rank: int, job_id: str, spawned: int = 0) -> st
         c = pattern[i]
         if c == "%" and i + 1 < len(pattern):
             nxt = pattern[i + 1]
-            sub = {"r": str(rank), "t": str(rank), "j": job_id, "%": "%"}.get(nxt)
+            sub = ({"r": str(rank), "t": str(rank), "j": job_id, "%": "%", "h": host,
+                    "N": host.split(".")[0], "n": str(node), "p": str(node)}.get(nxt)
+                   if nxt != "u" else _user())
             if sub is not None:
                 ranked = ranked or nxt in "rt"
                 has_job = has_job or nxt == "j"
@@ -369,6 +394,15 @@ def expand_pattern(pattern: str, rank: int, job_id: str, spawned: int = 0) -> st
     if spawned and ranked and not has_job:
         out.append(f".s{spawned}")
     return "".join(out)
+
+
+def _user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
 
 
 def write_all(fd: int, data: bytes) -> bool:
