@@ -96,6 +96,18 @@ def imported(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, set[
     return p.returncode, mods
 
 
+def loaded_bare(code: str, watched: set[str]) -> list[str]:
+    """Which of ``watched`` modules ``code`` leaves loaded in a bare interpreter (``-S``: no
+    site), pmrun importable from this checkout."""
+    repo = str(REPO)
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", f"import sys\n{code}\n"
+         f"print(' '.join(sorted(set({sorted(watched)!r}) & set(sys.modules))))"],
+        capture_output=True, text=True, timeout=30, env={"PYTHONPATH": repo}, cwd=repo)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
 def cmdline(pid: int) -> list[str] | None:
     """argv of ``pid`` as /proc shows it, or None once it is gone (or a zombie)."""
     try:
