@@ -888,7 +888,8 @@ OPTIONS = (
              "{1}..{N} (the last task fewer; 0: one argument, not inserted)"),
     Opt("-m", "many_args", kind=FLAG, const="-m", group=MEMORY,
         help="several arguments a task, spread evenly over the job slots (GNU parallel's): "
-             "{} is all of them; none: appended"),
+             "{} is all of them; none: appended. Before a distribution (-m cyclic): srun's "
+             "--distribution"),
     Opt("-X", "many_args", kind=FLAG, const="-X", group=MEMORY,
         help="as -m, and a word holding {} (pic{}.jpg) is repeated for each argument"),
     Opt("--xargs", "many_args", kind=FLAG, const="--xargs", group=MEMORY,
