@@ -545,9 +545,8 @@ def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
             from pm.bootstrap.base import head_relays
             from pm.bootstrap.early import prestart
 
-            if opts.app_nodes is None:  # (programs' own hosts: the plan says who is first)
-                # ssh to the first agents now: the connection is made while we import.
-                prestart(where[0], where[1], where[2], opts.spec, opts.fanout)
+            # ssh to the first agents now: the connection is made while we import.
+            prestart(where[0], where[1], where[2], opts.spec, opts.fanout, opts.app_nodes)
             relay = head_relays(where[2])
     from collections.abc import Callable, Coroutine
     from typing import Any

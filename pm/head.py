@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pm.agent.owned import Owned
 from pm.agent.watch import ExitStatus
 from pm.bootstrap.base import head_relays
-from pm.common.mapping import place, place_apps, process_mapping, slots_per_node
+from pm.common.mapping import place, place_apps, process_mapping, programs_nodes
 from pm.common.nodes import Nodes
 from pm.common.output import STDERR, STDOUT, Writer, output_window
 from pm.jobenv import kvsname_of, new_job_id
@@ -167,11 +167,13 @@ class JobRun:
         app_nodes: list[list[int]] = []
         app_slots: list[list[int]] = []
         if nodes.app_nodes is not None:  # programs with hosts of their own
-            hosts, slots, app_nodes, app_slots = _programs_nodes(spec, nodes)
+            kept, slots, app_nodes, app_slots = programs_nodes(
+                [a.n for a in spec.apps], spec.ppn, spec.distribution, nodes.app_nodes)
+            hosts = [nodes.hosts[i] for i in kept]
             # (The hosts that got no rank left out: the slots given, as the plan's hosts;
             # each program's nodes are the plan's to say from now on.)
-            self.nodes = Nodes(hosts, [nodes.slots[nodes.hosts.index(h)] for h in hosts],
-                               nodes.fanout, nodes.bootstrap)
+            self.nodes = Nodes(hosts, [nodes.slots[i] for i in kept], nodes.fanout,
+                               nodes.bootstrap)
             node_of_rank = place_apps([a.n for a in spec.apps], app_nodes, app_slots,
                                       spec.distribution)
         else:
@@ -686,30 +688,6 @@ class JobRun:
             self._stop_stdin()
         elif not self._stdin_polled and self._stdin_reading:
             self._stdin_next = self.loop.call_soon(self._read_stdin)
-
-
-def _programs_nodes(spec: JobSpec, nodes: Nodes
-                    ) -> tuple[list[str], list[int], list[list[int]], list[list[int]]]:
-    """The nodes of programs with hosts of their own (``Nodes.app_nodes``): the hosts that
-    get ranks (the others left out, the rest renumbered), the ranks each gets, and each
-    program's nodes and slots there (what :func:`pm.common.mapping.place_apps` deals by)."""
-    assert nodes.app_nodes is not None
-    counts = [0] * len(nodes.hosts)
-    app_slots: list[list[int]] = []
-    for app, (mine, given) in zip(spec.apps, nodes.app_nodes, strict=True):
-        per = slots_per_node(app.n, spec.ppn, len(mine), given)
-        app_slots.append(per)
-        for i in place(app.n, per, spec.distribution):
-            counts[mine[i]] += 1
-    # A program's nodes without ranks come last in its list (ranks are dealt in its
-    # order): left out, its placement stays the same.
-    new = {old: k for k, old in enumerate(i for i, c in enumerate(counts) if c)}
-    app_nodes, kept_slots = [], []
-    for (mine, _), per in zip(nodes.app_nodes, app_slots, strict=True):
-        app_nodes.append([new[i] for i in mine if i in new])
-        kept_slots.append([s for i, s in zip(mine, per, strict=True) if i in new])
-    return ([h for i, h in enumerate(nodes.hosts) if i in new],
-            [c for c in counts if c], app_nodes, kept_slots)
 
 
 def _universe(run: JobRun) -> int:

@@ -808,9 +808,8 @@ def test_stdin_all_is_every_rank_on_both_paths(tmp_path: Path,
 
 def test_a_program_s_own_hosts_are_open_mpi_s_app_context() -> None:
     from pm.cli import nodes_of
-    from pm.common.mapping import place_apps
+    from pm.common.mapping import place_apps, programs_nodes
     from pm.common.nodes import Nodes
-    from pm.head import _programs_nodes
 
     # -hosts before the first program is the job's (Hydra's); -host after one, that
     # program's own (Open MPI's --host of an app context).
@@ -823,8 +822,9 @@ def test_a_program_s_own_hosts_are_open_mpi_s_app_context() -> None:
     assert nodes.app_nodes == [([0, 1], [2, None]), ([2, 0], [None, None]),
                                ([0, 1], [2, None])]
     # b gets no rank: left out, the others renumbered.
-    hosts, counts, app_nodes, app_slots = _programs_nodes(opts.spec, nodes)
-    assert (hosts, counts, app_nodes) == (["a", "c"], [3, 1], [[0], [1, 0], [0]])
+    kept, counts, app_nodes, app_slots = programs_nodes(
+        [a.n for a in opts.spec.apps], None, "block", nodes.app_nodes)
+    assert (kept, counts, app_nodes) == ([0, 2], [3, 1], [[0], [1, 0], [0]])
     assert place_apps([1, 2, 1], app_nodes, app_slots) == [0, 1, 0, 0]
     with pytest.raises(UsageError, match=r"^a program's own -host and -N or --local-nodes "
                                          r"do not go together$"):

@@ -56,20 +56,27 @@ _ADOPTED: list[Piped] = []
 
 
 def prestart(hosts: list[str], given: list[int | None], options: dict[str, Any],
-             spec: JobSpec, fanout: int) -> None:
+             spec: JobSpec, fanout: int,
+             app_nodes: list[tuple[list[int], list[int | None]]] | None = None) -> None:
     """Start vertex 0's and its children's commands (``start == "first"``), or the one
-    command that starts every agent (``"step"``), if the bootstrap is one that can."""
+    command that starts every agent (``"step"``), if the bootstrap is one that can.
+    ``app_nodes``: each program's own nodes (``pm.common.nodes.Nodes.app_nodes``)."""
     if options.get("start") not in ("first", "step") or not spec.apps:
         return
     from pm.bootstrap import get_bootstrap
     from pm.bootstrap.exec import CommandBootstrap
     from pm.common.kary_tree import Tree
-    from pm.common.mapping import place
+    from pm.common.mapping import place, programs_nodes
     from pm.jobspec import sequence_slots
 
     try:
-        slots = sequence_slots(spec, len(hosts), given)
-        used = max(place(spec.size, slots, spec.distribution)) + 1
+        if app_nodes is not None:  # the plan's hosts as pm.head.JobRun will make them
+            kept = programs_nodes([a.n for a in spec.apps], spec.ppn, spec.distribution,
+                                  app_nodes)[0]
+            hosts, used = [hosts[i] for i in kept], len(kept)
+        else:
+            slots = sequence_slots(spec, len(hosts), given)
+            used = max(place(spec.size, slots, spec.distribution)) + 1
         boot = get_bootstrap(str(options.get("name")), options)
     except Exception:  # the full path names whatever is wrong
         return

@@ -94,6 +94,32 @@ def place_apps(counts: Sequence[int], app_nodes: Sequence[Sequence[int]],
     return out
 
 
+def programs_nodes(counts: Sequence[int], ppn: int | None, distribution: str,
+                   app_nodes: Sequence[tuple[Sequence[int], Sequence[int | None]]]
+                   ) -> tuple[list[int], list[int], list[list[int]], list[list[int]]]:
+    """Programs with hosts of their own (``counts[i]`` ranks each, on its nodes and their
+    given slots, ``app_nodes[i]``; node indices into the job's host list): the nodes that
+    get ranks (the others left out, the rest renumbered in order), the ranks each gets,
+    and each program's nodes and slots there (what :func:`place_apps` deals by).  Pure and
+    light: it also runs before pmrun's heavy imports, to start the first agents early."""
+    total = 1 + max((i for mine, _ in app_nodes for i in mine), default=-1)
+    ranks = [0] * total
+    per_app: list[list[int]] = []
+    for n, (mine, given) in zip(counts, app_nodes, strict=True):
+        per = slots_per_node(n, ppn, len(mine), given)
+        per_app.append(per)
+        for i in place(n, per, distribution):
+            ranks[mine[i]] += 1
+    # A program's nodes without ranks come last in its list (ranks are dealt in its
+    # order): left out, its placement stays the same.
+    new = {old: k for k, old in enumerate(i for i, c in enumerate(ranks) if c)}
+    nodes, slots = [], []
+    for (mine, _), per in zip(app_nodes, per_app, strict=True):
+        nodes.append([new[i] for i in mine if i in new])
+        slots.append([s for i, s in zip(mine, per, strict=True) if i in new])
+    return list(new), [c for c in ranks if c], nodes, slots
+
+
 def slots_per_node(n: int, ppn: int | None, nodes: int, given: Sequence[int | None]
                    ) -> list[int]:
     """Slots per node for ``n`` ranks: ``ppn`` wins, then the host list's slots, else an
