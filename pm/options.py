@@ -1056,8 +1056,11 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             out.values["kill_on_bad_exit"] = kill
             i += 1
             continue
-        if name == "-m" and i + 1 < len(argv) and looks_like_distribution(argv[i + 1]):
-            opt = BY_NAME["--distribution"]  # srun's -m cyclic (GNU parallel's -m: no value)
+        if (name == "-m" and i + 1 < len(argv) and looks_like_distribution(argv[i + 1])
+                and INPUT_SOURCES.isdisjoint(argv)):
+            # srun's -m cyclic; beside ::: sources, GNU parallel's -m (no value) and a
+            # command that happens to be called so.
+            opt = BY_NAME["--distribution"]
         if opt is None and not eq and len(arg) > 2 and arg[1] != "-":
             short = BY_NAME.get(arg[:2])
             if arg[:2] == "-m" and looks_like_distribution(arg[2:]):

@@ -773,8 +773,10 @@ def test_srun_s_and_open_mpi_s_distributions_are_one_option() -> None:
     assert full_parse(["prog"]).spec.distribution == "block"
     assert options.parse(["--map-by", "node:PE=2", "prog"], {}).values == {
         "distribution": "cyclic", "bind_to": "core:2"}
-    # GNU parallel's -m (no value) is still that beside its sources.
+    # GNU parallel's -m (no value) is still that beside its sources, whatever the command.
     assert options.parse(["-m", "echo", ":::", "a", "b"], {}).values["many_args"] == "-m"
+    p = options.parse(["-m", "cyclic", ":::", "a", "b"], {})
+    assert p.values["many_args"] == "-m" and p.values["tasks_line"], p.values
     for argv, why in [
             (["-m", "arbitrary"], r"-m arbitrary places ranks by SLURM_HOSTFILE's lines: give "
                                   r"pmrun that file with -f \(its hosts in rank order"),
@@ -785,8 +787,9 @@ def test_srun_s_and_open_mpi_s_distributions_are_one_option() -> None:
                                       r"or fcyclic"),
             (["--map-by", "node", "-m", "block"], r"--map-by node places ranks cyclically: "
                                                   r"--distribution block disagrees"),
-            (["-m", "cyclic", "echo", ":::", "a"], r"-m is for an MPI job's ranks, not for "
-                                                   r"task ensembles")]:
+            (["--distribution", "cyclic", "echo", ":::", "a"], r"--distribution is for an MPI "
+                                                               r"job's ranks, not for task "
+                                                               r"ensembles")]:
         with pytest.raises(UsageError, match="^" + why):
             options.parse([*argv, "prog"] if ":::" not in argv else argv, {})
 
