@@ -397,7 +397,9 @@ class JobRun:
 
     def interrupt(self, signum: int) -> None:
         """Ctrl-C / SIGTERM to the launcher: forward once, kill at once the second time."""
-        if self.agent is None:  # not started: acted on once the launch is under way
+        if self.agent is None or (self.agent.children and self.children is None):
+            # Not started, or its first agents not yet (it looks for its address): acted on
+            # once the launch is under way, when the nodes not joined can be named.
             self._early_signals.append((self.interrupt, signum))
             return
         self._interrupts += 1
