@@ -344,6 +344,7 @@ class LocalRanks:
         self.agent.rank_ended(proc)
 
     # ------------------------------------------------------------------ stdin
+    @functools.cached_property
     def _stdin_readers(self) -> list[RankProc]:
         """The local ranks that read pmrun's stdin: one, or every one (``--stdin all``)."""
         want = self.agent.plan.stdin_rank
@@ -358,7 +359,7 @@ class LocalRanks:
         stdin is closed: the credit keeps flowing)."""
         self._stdin_in += len(data)
         self._stdin_eof = eof
-        for proc in self._stdin_readers():
+        for proc in self._stdin_readers:
             if proc.stdin_fd >= 0:
                 proc.stdin_buf += data
                 self._stdin_write(proc)
@@ -390,7 +391,7 @@ class LocalRanks:
     def _stdin_took(self) -> None:
         """Say up the tree how much more of pmrun's stdin every reader here took."""
         took = min((p.stdin_taken if p.stdin_fd >= 0 else self._stdin_in
-                    for p in self._stdin_readers()), default=self._stdin_in)
+                    for p in self._stdin_readers), default=self._stdin_in)
         if took > self._stdin_acked:
             self.agent.stdin_taken(took - self._stdin_acked)
             self._stdin_acked = took
