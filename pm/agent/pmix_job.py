@@ -251,19 +251,29 @@ class PmixJob(Upcalls):
     def connect(self, procs: list[tuple[str, int]], done: Callable[[int], None]) -> None:
         """PMIx_Connect (Open MPI's connect/accept between a parent and its children)."""
         self._rendezvous("connect", procs, b"",
-                         lambda status, _data: done(status))
+                         lambda status, _data, _cid: done(status))
 
     def group_fence(self, procs: list[tuple[str, int]], blob: bytes, collect: bool,
                     done: Callable[[int, bytes], None]) -> None:
         """A fence over some ranks, maybe of several jobs (Open MPI's disconnect)."""
         self._rendezvous("fence", procs, blob,
-                         lambda status, data: done(status, data if collect else b""))
+                         lambda status, data, _cid: done(status, data if collect else b""))
+
+    def group(self, grp: str, construct: bool, procs: list[tuple[str, int]], blob: bytes,
+              want_id: bool, done: Callable[[int, int, bytes], None]) -> None:
+        """PMIx_Group_construct (``construct``) or _destruct of group ``grp`` over
+        ``procs``: ``done(status, context id, every node's data)``."""
+        kind = f"group {grp}" if construct else f"ungroup {grp}"
+        self._rendezvous(kind, procs, blob, lambda status, data, cid: done(status, cid, data),
+                         "group" if want_id else "connect")
 
     def _rendezvous(self, kind: str, procs: list[tuple[str, int]], blob: bytes,
-                    done: Callable[[int, bytes], None]) -> None:
-        """A rendezvous at vertex 0 (the name service's ``connect`` action) of every node
-        with participants in ``procs``: each node counts its own, the rendezvous is over
-        when the counts reach the ranks named, and every node gets all nodes' blobs."""
+                    done: Callable[[int, bytes, int], None], action: str = "connect"
+                    ) -> None:
+        """A rendezvous at vertex 0 (the name service's ``connect`` action, or ``group``
+        for one that also assigns a context ID) of every node with participants in
+        ``procs``: each node counts its own, the rendezvous is over when the counts reach
+        the ranks named, and every node gets all nodes' blobs (and the ID)."""
         srv = self.srv
         total = here = 0
         for ns, rank in procs:
@@ -271,7 +281,7 @@ class PmixJob(Upcalls):
             if not isinstance(job, PmixJob):
                 log.warning("PMIx %s of namespace %s, unknown on node %d", kind, ns,
                             self.agent.vertex)
-                done(L.ERR_NOT_FOUND, b"")
+                done(L.ERR_NOT_FOUND, b"", 0)
                 return
             if rank == L.RANK_WILDCARD:
                 total += job.agent.size
@@ -280,13 +290,18 @@ class PmixJob(Upcalls):
                 total += 1
                 here += rank in job.agent.ranks
         name = f"\x00{kind}:" + ",".join(f"{ns}.{r}" for ns, r in sorted(procs))
-        fut = self.agent.name_service("connect", name, f"{here}/{total}/{blob.hex()}")
+        fut = self.agent.name_service(action, name, f"{here}/{total}/{blob.hex()}")
 
         def finished(f: asyncio.Future[Any]) -> None:
             if f.cancelled() or f.exception() is not None or not f.result()[0]:
-                done(L.ERROR, b"")
-            else:
-                done(L.SUCCESS, bytes.fromhex(f.result()[1]))
+                done(L.ERROR, b"", 0)
+                return
+            answer: str = f.result()[1]
+            cid = 0
+            if action == "group":
+                head, _, answer = answer.partition("/")
+                cid = int(head)
+            done(L.SUCCESS, bytes.fromhex(answer), cid)
 
         fut.add_done_callback(finished)
 

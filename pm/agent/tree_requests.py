@@ -166,7 +166,9 @@ class NameService:
     (held until the name is published: PMIx's ``PMIX_WAIT``), and ``connect``,
     a rendezvous: ``port`` is ``here/total/hex``, the participants of the asking
     node and of all and its data; every asker is answered, with all the data
-    (hex, in the order of arrival), once the counts reach the total.
+    (hex, in the order of arrival), once the counts reach the total; ``group``,
+    the same rendezvous whose answer also carries a number unique in the run
+    (``ID/hex``: PMIx's group context IDs, from 1).
     """
 
     def __init__(self) -> None:
@@ -174,6 +176,7 @@ class NameService:
         self._once: set[str] = set()
         self._waiting: dict[str, list[tuple[JobAgent, t.NameReq]]] = {}
         self._connects: dict[str, tuple[int, list[tuple[JobAgent, t.NameReq]]]] = {}
+        self._last_id = 0
 
     def serve(self, agent: JobAgent, m: t.NameReq) -> None:
         ok, port = True, m.port
@@ -188,7 +191,7 @@ class NameService:
         elif m.action == "unpublish":
             ok = self._names.pop(m.service, None) is not None
             self._once.discard(m.service)
-        elif m.action == "connect":
+        elif m.action in ("connect", "group"):
             self._connect(agent, m)
             return
         elif m.action == "lookup-wait" and m.service not in self._names:
@@ -222,5 +225,8 @@ class NameService:
             return
         self._connects.pop(m.service, None)
         joined = "".join(w.port.split("/")[2] for _a, w in askers)
+        if any(w.action == "group" for _a, w in askers):
+            self._last_id += 1
         for asker, w in askers:
-            asker.route(w.origin, t.NameResp(w.req, w.origin, True, joined))
+            answer = f"{self._last_id}/{joined}" if w.action == "group" else joined
+            asker.route(w.origin, t.NameResp(w.req, w.origin, True, answer))
