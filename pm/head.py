@@ -109,6 +109,15 @@ class JobResult:
 OutputSink = Callable[..., None]
 
 
+def _cwd() -> str:
+    """pmrun's working directory, where the ranks run on every node that has it ("" when
+    it was removed)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return ""
+
+
 def _prefix(pattern: str, hosts: list[str], node_of_rank: list[int], rank: int) -> bytes:
     from pm.options import prepend_prefix
 
@@ -196,7 +205,7 @@ class JobRun:
             mem_high=spec.mem_high, mem_low=spec.mem_low, mem_overrun=spec.mem_overrun,
             universe_size=spec.universe_size, stdin_rank=spec.stdin_rank,
             stdin_file=spec.stdin_file or "", distribution=spec.distribution,
-            app_nodes=app_nodes, app_slots=app_slots,
+            app_nodes=app_nodes, app_slots=app_slots, cwd=_cwd(),
         )
         if not sim:
             from pm.agent.pmix_detect import wants_pmix

@@ -42,3 +42,24 @@ async def test_a_message_the_agent_cannot_handle_becomes_an_agent_error(
     agent.from_parent(t.CollOut(2, t.FENCE, []))
     assert len(up.sent) == 1
     agent.close()
+
+
+async def test_a_launch_directory_missing_on_a_node_is_said_and_the_agents_own_used(
+        tmp_path: object, caplog: pytest.LogCaptureFixture) -> None:
+    from pathlib import Path
+
+    from pm.agent.node import _launch_dir
+
+    here = Path(str(tmp_path))
+    assert _launch_dir(str(here), 1, "h2") == str(here)
+    assert _launch_dir("", 1, "h2") is None
+    with caplog.at_level(logging.WARNING, logger="pm.agent"):
+        assert _launch_dir(str(here / "gone"), 1, "h2") is None
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith(
+        f"{here / 'gone'}, pmrun's working directory, does not exist on node 1 (h2)"), said
+    # The plan carries it from the head.
+    run = JobRun(JobSpec([AppSpec(["true"], 2)]), Nodes.local(2, 1))
+    import os
+
+    assert run.plan.cwd == os.getcwd()

@@ -146,6 +146,26 @@ def test_hostfile_and_hydras_launcher_exec(ssh_cluster: RealCluster, tmp_path: P
         assert_clean(c)
 
 
+def test_ranks_run_in_pmruns_directory_on_every_host(ssh_cluster: RealCluster,
+                                                     tmp_path: Path) -> None:
+    # As with Hydra, mpirun and srun: a relative program, and the files a rank opens, are
+    # found where pmrun was started, not in the home directory ssh lands in.
+    c = ssh_cluster
+    prog = tmp_path / "where.sh"
+    prog.write_text('#!/bin/sh\necho "$PMI_RANK $(pwd) $(hostname)"\n')
+    prog.chmod(0o755)
+    hosts = f"{c.names[0]}:1,{c.names[1]}:1"
+    res = run(["-hosts", hosts, "-n", "2", "--ssh", c.ssh_command(), "./where.sh"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert sorted(res.stdout.splitlines()) == [
+        f"0 {tmp_path} {c.names[0]}", f"1 {tmp_path} {c.names[1]}"], res.stdout
+    res = run(["-hosts", hosts, "-n", "2", "--ssh", c.ssh_command(), "-wdir", "/", "sh", "-c",
+               "pwd"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["/", "/"], res.stdout
+    assert_clean(c)
+
+
 def test_a_gnu_parallel_ensemble_over_ssh_hosts(ssh_cluster: RealCluster,
                                                 tmp_path: Path) -> None:
     c = ssh_cluster

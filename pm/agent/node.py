@@ -101,6 +101,9 @@ class JobAgent:
             self.node_of_rank = plan.node_of_rank()
             self.coll_children = self.children
         self.local = local_ranks(self.node_of_rank).get(vertex, [])
+        #: Where programs without a wdir run here: the launcher's directory where it exists
+        #: (else the agent's own, the home directory over ssh, as Open MPI and srun do).
+        self.launch_dir = _launch_dir(plan.cwd, vertex, self.host) if self.local else None
         self.kvs = NodeKVS()
         self._node_attrs: dict[str, str] = {}
         self._node_waiters: dict[str, list[asyncio.Future[str | None]]] = {}
@@ -883,3 +886,21 @@ class JobAgent:
 
 #: Profile names of the PMI events a session reports.
 _EVENT_MARKS = {"init": "PMI init", "finalize": "finalize", "abort": "abort", "eof": "PMI eof"}
+
+
+def _launch_dir(cwd: str, vertex: int, host: str) -> str | None:
+    """``cwd`` if it is a directory on this node; None (this process's own) otherwise, said
+    once, as srun says it."""
+    if not cwd:
+        return None
+    import os
+
+    if os.path.isdir(cwd):
+        return cwd
+    try:
+        here = os.getcwd()
+    except OSError:
+        here = "?"
+    log.warning("%s, pmrun's working directory, does not exist on node %d (%s): its ranks "
+                "start in %s", cwd, vertex, host, here)
+    return None

@@ -143,7 +143,7 @@ class LocalRanks:
         for rank, proc in self.ranks.items():
             appnum = plan.app_of_rank(rank)
             app = plan.apps[appnum]
-            argv, app_env, wdir = app.argv, app.env, app.wdir
+            argv, app_env, wdir = app.argv, app.env, app.wdir or agent.launch_dir
             env = rank_env(base_env, app_env, rank, plan.size, agent.host, proc.local_rank,
                            len(self.ranks))
             if agent.pmix is not None:

@@ -381,7 +381,7 @@ class SpawnRequests:
             c.argv[0] = c.program
             env = dict(plan.env)
             env.update(c.env)
-            wdir = c.wdir or (plan.apps[0].wdir if plan.apps else None)
+            wdir = c.wdir or (plan.apps[0].wdir if plan.apps else None) or self.agent.launch_dir
             try:
                 resolve(c.argv[0], env, wdir)
                 codes.extend([0] * c.n)

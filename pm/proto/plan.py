@@ -104,6 +104,9 @@ class JobPlan(Record):
     #: every program on every node, by ``slots``.
     app_nodes: list[list[int]] = []
     app_slots: list[list[int]] = []
+    #: The launcher's working directory: where a program without a ``wdir`` runs, on
+    #: every node where it exists (as Hydra, Open MPI and srun do); "": the agent's own.
+    cwd: str = ""
 
     def node_of_rank(self) -> list[int]:
         """The node (index into :attr:`hosts`) of each rank."""
