@@ -109,14 +109,21 @@ def _wheel_bin() -> Path:
     return Path(OMPI).parent
 
 
+def run_wheel(pmrun: Run, tmp_path: Path, text: str, n: int, layout: list[str]
+              ) -> subprocess.CompletedProcess[str]:
+    """``text`` (an mpi4py program) on ``n`` ranks of the wheel's Open MPI; it succeeded."""
+    assert OMPI is not None
+    prog = script(tmp_path, "prog.py", text)
+    r = pmrun("-n", str(n), *layout, OMPI, str(prog), env=ENV, timeout=100)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 @needs_wheel
 @pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
 def test_mpi4py_allreduce_checked_on_every_rank(pmrun: Run, tmp_path: Path,
                                                 layout: list[str]) -> None:
-    assert OMPI is not None
-    prog = script(tmp_path, "allreduce.py", ALLREDUCE)
-    r = pmrun("-n", "6", *layout, OMPI, str(prog), env=ENV, timeout=100)
-    assert r.returncode == 0, r.stderr
+    r = run_wheel(pmrun, tmp_path, ALLREDUCE, 6, layout)
     lines = sorted(r.stdout.splitlines(), key=lambda s: int(s.split()[1]))
     assert len(lines) == 6, r.stdout
     for rank, line in enumerate(lines):
@@ -161,10 +168,7 @@ def test_communicators_made_from_groups(pmrun: Run, tmp_path: Path,
                                         layout: list[str]) -> None:
     # PMIx_Group_construct/destruct: a rendezvous of the members' nodes that hands out
     # context IDs unique in the run (they failed with MPI_ERR_UNSUPPORTED_OPERATION).
-    assert OMPI is not None
-    prog = script(tmp_path, "groups.py", GROUPS)
-    r = pmrun("-n", "5", *layout, OMPI, str(prog), env=ENV, timeout=100)
-    assert r.returncode == 0, r.stderr
+    r = run_wheel(pmrun, tmp_path, GROUPS, 5, layout)
     assert sorted(r.stdout.splitlines()) == [
         f"{rank} 5 {3 if rank % 2 else 2} 5" for rank in range(5)], r.stdout
 

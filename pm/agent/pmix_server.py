@@ -462,7 +462,7 @@ class PmixServer:
         want_id = construct and bool(given.get(GROUP_ASSIGN_CONTEXT_ID))
         if given.get(GROUP_LOCAL_ONLY) and not want_id:
             return L.OPERATION_SUCCEEDED  # its members are all here: the library is done
-        blob = given.get(GROUP_ENDPT_DATA) or b"" if construct else b""
+        blob = (given.get(GROUP_ENDPT_DATA) or b"") if construct else b""
         name = ffi.string(grp).decode(errors="replace") if grp else ""
 
         def done(status: int, ctxid: int, data: bytes) -> None:
