@@ -430,7 +430,7 @@ NETNS_PROG = """
 
 @needs_wheel
 @pytest.mark.netns
-@pytest.mark.parametrize("program", ["mpi4py", "c"])
+@pytest.mark.parametrize("program", ["mpi4py", "c", "groups"])
 def test_open_mpi_across_three_namespace_hosts(tmp_path: Path, program: str,
                                                request: pytest.FixtureRequest) -> None:
     from netns_util import NetnsHosts, exec_launcher_args, netns_missing
@@ -441,6 +441,8 @@ def test_open_mpi_across_three_namespace_hosts(tmp_path: Path, program: str,
     assert OMPI is not None
     if program == "c":
         argv = [str(request.getfixturevalue("wheel_hello"))]
+    elif program == "groups":
+        argv = [OMPI, str(script(tmp_path, "groups.py", GROUPS))]
     else:
         argv = [OMPI, str(script(tmp_path, "netns.py", NETNS_PROG))]
     # Between hosts Open MPI's TCP transport uses each namespace's own interface.
@@ -450,8 +452,11 @@ def test_open_mpi_across_three_namespace_hosts(tmp_path: Path, program: str,
                            cwd=tmp_path, env=pmrun_env(env), capture_output=True, text=True,
                            timeout=100, stdin=subprocess.DEVNULL)
         assert r.returncode == 0, r.stderr
-        expect = "hello from 6 ranks" if program == "c" else "sum 21 size 6 netns 3"
-        assert expect in r.stdout, r.stdout
+        if program == "groups":  # (each rank's: rank, world, remote group, session sizes)
+            assert sorted(r.stdout.splitlines()) == [f"{rank} 6 3 6" for rank in range(6)]
+        else:
+            expect = "hello from 6 ranks" if program == "c" else "sum 21 size 6 netns 3"
+            assert expect in r.stdout, r.stdout
         left = hosts.wait_empty(15)
         assert not left, f"processes left in the namespaces: {left}"
 
