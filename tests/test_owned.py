@@ -74,3 +74,24 @@ async def test_an_owned_task_may_close_its_owner() -> None:
 
     await asyncio.wait_for(owned.spawn(closer()), 5)
     assert other.cancelled()
+
+
+def test_signals_no_longer_wake_a_loop_whose_main_ended() -> None:
+    # The loop's wake-up pipe is closed before its signal handlers go: a signal then would
+    # be written to a closed descriptor (a traceback on stderr). Once main ends, none is.
+    import signal
+
+    from pm.agent.owned import checked
+
+    async def main() -> int:
+        return 7
+
+    async def outer() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR2, lambda: None)  # (the pipe is the wake-up fd)
+        code = await checked(main())
+        woken = signal.set_wakeup_fd(-1)
+        loop.remove_signal_handler(signal.SIGUSR2)
+        return code, woken
+
+    assert asyncio.run(outer()) == (7, -1)

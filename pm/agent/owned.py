@@ -113,10 +113,25 @@ LOOP_CHECK_EXIT = 70
 
 
 def checked(main: Coroutine[Any, Any, int]) -> Coroutine[Any, Any, int]:
-    """``main`` (a process's whole life on its loop), watched if :data:`CHECK_ENV` is set."""
+    """``main`` (a process's whole life on its loop), watched if :data:`CHECK_ENV` is set.
+    Once it ended, signals no longer wake the loop: closing the loop closes the pipe they
+    would be written to before it lets go of their handlers, and a signal in between
+    (Slurm's SIGTERM to every process of a cancelled job) printed a traceback ("Exception
+    ignored when trying to write to the signal wakeup fd")."""
     import os
 
-    return _checked(main) if os.environ.get(CHECK_ENV) else main
+    return _ending(_checked(main) if os.environ.get(CHECK_ENV) else main)
+
+
+async def _ending(main: Coroutine[Any, Any, int]) -> int:
+    try:
+        return await main
+    finally:
+        import contextlib
+        import signal
+
+        with contextlib.suppress(ValueError, OSError):  # (not the main thread: no loop had one)
+            signal.set_wakeup_fd(-1)
 
 
 async def _checked(main: Coroutine[Any, Any, int]) -> int:
