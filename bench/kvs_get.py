@@ -239,10 +239,13 @@ def results(stdout: str) -> list[dict[str, float]]:
 
 
 def run_job(prog: Path, n: int, kvs: str, *args: str, launcher: Sequence[str] = (),
-            env: dict[str, str] | None = None) -> list[dict[str, float]]:
+            env: dict[str, str] | None = None, cpu: int | None = None
+            ) -> list[dict[str, float]]:
+    """``cpu``: the launcher, and so everything it starts, on that CPU only."""
     argv = [*(launcher or [*pmrun(), "--kvs", kvs]), "-n", str(n), python(), str(prog), *args]
+    pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
     p = subprocess.run(argv, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, **env} if env else None)
+                       env={**os.environ, **env} if env else None, preexec_fn=pin)
     got = results(p.stdout)
     if p.returncode != 0 or len(got) != n:
         raise RuntimeError(f"{' '.join(argv)} exited {p.returncode} with {len(got)} results:\n"
@@ -284,17 +287,28 @@ def wire(prog: Path, counts: Sequence[int], runs: int, duration: float,
     out: dict[int, dict[str, list[float]]] = {}
     for n in counts:
         def one(mode: str, launcher: Sequence[str] = (), n: int = n,
-                env: dict[str, str] | None = None) -> Callable[[], float]:
+                env: dict[str, str] | None = None, cpu: int | None = None
+                ) -> Callable[[], float]:
             def go() -> float:
                 got = run_job(prog, n, "socket", mode, str(duration), launcher=launcher,
-                              env=env)
+                              env=env, cpu=cpu)
                 return statistics.median(g["median"] for g in got)
             return go
 
         every = {"hydra": one("pmi1", hydra), "pmi1": one("pmi1"),
                  "pmi1_agent": one("pmi1", env={"PM_QUICK": "0"}),
                  "native": one("native"), "client": one("client")}
-        todo = {k: v for k, v in every.items() if k in modes}
+        if n == 1:
+            # One rank: the launcher's side and the rank's either share a CPU or wake
+            # each other across the two (a 15-30 us idle exit on this VM), as the
+            # scheduler places them, run by run.  On CPU 0 both, for every contender:
+            # what the protocols and servers cost, without the placement's lottery.
+            every.update({f"{k}_cpu0": one(m, launcher, env=env, cpu=0)
+                          for k, m, launcher, env in (
+                              ("hydra", "pmi1", hydra, None), ("pmi1", "pmi1", (), None),
+                              ("pmi1_agent", "pmi1", (), {"PM_QUICK": "0"}),
+                              ("native", "native", (), None), ("client", "client", (), None))})
+        todo = {k: v for k, v in every.items() if k.removesuffix("_cpu0") in modes}
         if baseline:
             base = [baseline, "--kvs", "socket"]
             todo["base_pmi1"] = one("pmi1", base)
@@ -321,16 +335,29 @@ def wire_section(res: dict[int, dict[str, list[float]]], runs: int, duration: fl
           "(us) | agent / Hydra | pmrun native raw (us) | native / PMI-1 | "
           "pm.client.sync, socket (us) |",
           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for n, d in res.items():
+    rows = [(str(n), {k: v for k, v in d.items() if not k.endswith("_cpu0")})
+            for n, d in res.items()]
+    rows += [(f"{n}, on one CPU", {k.removesuffix("_cpu0"): v for k, v in d.items()
+                                   if k.endswith("_cpu0")})
+             for n, d in res.items() if any(k.endswith("_cpu0") for k in d)]
+    for label, d in rows:
         us = {k: [x / 1000 for x in v] for k, v in d.items()}
         med = {k: statistics.median(v) for k, v in d.items()}
-        md.append(f"| {n} | {median_range(us['hydra'], '{:.1f}')} | "
+        md.append(f"| {label} | {median_range(us['hydra'], '{:.1f}')} | "
                   f"{median_range(us['pmi1'], '{:.1f}')} | {med['pmi1'] / med['hydra']:.2f}x | "
                   f"{median_range(us['pmi1_agent'], '{:.1f}')} | "
                   f"{med['pmi1_agent'] / med['hydra']:.2f}x | "
                   f"{median_range(us['native'], '{:.1f}')} | "
                   f"{med['native'] / med['pmi1']:.2f}x | "
                   f"{median_range(us['client'], '{:.1f}')} |")
+    md += ["", "*1, on one CPU*: the same one-rank runs with the launcher, and so everything "
+           "it starts, on CPU 0 (`sched_setaffinity`).  With one rank each get is two "
+           "wake-ups; whether the rank and its server share a CPU or wake each other "
+           "across the two is the scheduler's choice, run by run, and a wake-up across CPUs "
+           "costs this VM 15-30 us (an idle CPU's exit): the free runs' figures are "
+           "bimodal (about 18 and 26 us under pmrun) whatever the protocol.  On one CPU "
+           "that lottery is gone and what is left is the protocols' and the servers' own "
+           "cost."]
     return "\n".join(md)
 
 
@@ -413,11 +440,12 @@ def main() -> None:
                        args.baseline)
         for n, d_ in res.items():
             med = {k: statistics.median(v) / 1000 for k, v in d_.items()}
-            ratios = [f"{k}/hydra {med[k] / med['hydra']:.2f}x" for k in med
-                      if k != "hydra" and "hydra" in med and "pmi1" in k]
-            ratios += [f"{k}/{p} {med[k] / med[p]:.2f}x"
-                       for k, p in (("native", "pmi1"), ("base_native", "base_pmi1"))
-                       if k in med and p in med]
+            pairs = [(k, "hydra" + k[len(k.removesuffix("_cpu0")):]) for k in med
+                     if "pmi1" in k]
+            pairs += [("native", "pmi1"), ("base_native", "base_pmi1"),
+                      ("native_cpu0", "pmi1_cpu0")]
+            ratios = [f"{k}/{p} {med[k] / med[p]:.2f}x" for k, p in pairs
+                      if k in med and p in med]
             print(f"n={n}: " + ", ".join(f"{k} {v:.1f} us" for k, v in med.items())
                   + "; " + ", ".join(ratios))
         print(f"(load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after)")
