@@ -276,10 +276,10 @@ def _first_nodes(opts: CliOptions,
                  where: tuple[list[str], list[int | None], dict[str, object]] | None
                  ) -> tuple[list[str], list[int | None], dict[str, object]] | None:
     """``-N K`` (``--nodes``): the first K of the hosts (srun's and Flux's meaning), ``-n``
-    ranks spread over them in blocks as evenly as can be (srun's default: 7 ranks on 3
-    nodes are 3, 2 and 2, whatever slots the hosts have); with ``-ppn P`` and no ``-n``,
-    K times P ranks.  Fewer hosts, or fewer ranks than K, is refused: a node without
-    ranks is not what -N asks for."""
+    ranks spread over them in blocks as srun lays out a step (:func:`step_counts`: 7 ranks
+    on 3 equal nodes are 3, 2 and 2; 4 on nodes of 4 and 1 slots are 3 and 1); with
+    ``-ppn P`` and no ``-n``, K times P ranks.  Fewer hosts, or fewer ranks than K, is
+    refused: a node without ranks is not what -N asks for."""
     if "nodes" not in opts.extra:
         return where
     k = int(opts.extra["nodes"])
@@ -309,7 +309,10 @@ def _first_nodes(opts: CliOptions,
         if n < k:
             raise UsageError(f"-N {k}: {n} ranks cannot fill {k} nodes")
         if where is not None and not opts.spec.ppn:
-            where = where[0], [n // k + (i < n % k) for i in range(k)], where[2]
+            from pm.common.mapping import step_counts
+
+            counts: list[int | None] = [*step_counts(n, where[1])]
+            where = where[0], counts, where[2]
     return where
 
 

@@ -430,8 +430,10 @@ def test_the_universe_size_is_the_same_on_both_paths(pmrun: Run, argv: list[str]
 
 
 @pytest.mark.parametrize(("argv", "hosts", "slots", "n"), [
-    (["-N", "3", "-n", "7"], ["a", "b", "c"], [3, 2, 2], 7),
-    (["-N", "2", "-n", "4"], ["a", "b"], [2, 2], 4),
+    # srun's layout: a rank a node while it has slots (a host without a count: no end).
+    (["-N", "3", "-n", "7"], ["a", "b", "c"], [3, 1, 3], 7),
+    (["-N", "2", "-n", "4"], ["a", "b"], [3, 1], 4),
+    (["-N", "2", "-n", "7"], ["a", "b"], [5, 2], 7),
     (["-N", "2", "-ppn", "3"], ["a", "b"], [4, 1], 6),
     (["-N", "2"], ["a", "b"], [4, 1], 5),
     (["-N", "4"], ["a", "b", "c", "d"], [4, 1, 1, 1], 7),

@@ -22,6 +22,7 @@ from pm.common.mapping import (
     parse_process_mapping,
     place,
     process_mapping,
+    step_counts,
 )
 from pm.proto.errors import PMError
 
@@ -83,6 +84,24 @@ def test_place_follows_the_slots(n: int, slots: list[int]) -> None:
 def test_place_by_distribution(n: int, slots: list[int], distribution: str,
                                nodes: list[int]) -> None:
     assert place(n, slots, distribution) == nodes
+
+
+@pytest.mark.parametrize(
+    "n, slots, counts",
+    [
+        (4, [4, 1], [3, 1]),  # srun -N 2 -n 4 in an allocation of 4,1(x2) tasks
+        (5, [4, 1, 1], [3, 1, 1]),
+        (7, [4, 4, 4], [3, 2, 2]),  # equal nodes: as even as can be
+        (7, [None, None, None], [3, 2, 2]),  # hosts without counts: likewise
+        (5, [2, 1], [3, 2]),  # every node full: one a node over all of them
+        (10, [1, 1], [5, 5]),
+        (3, [1, None], [1, 2]),
+        (0, [2, 2], [0, 0]),
+    ],
+)
+def test_step_counts_are_sruns_layout(n: int, slots: list[int | None],
+                                      counts: list[int]) -> None:
+    assert step_counts(n, slots) == counts
 
 
 @given(st.integers(0, 5), st.lists(st.integers(1, 9), min_size=1, max_size=12),

@@ -150,15 +150,26 @@ def test_multi_prog_runs_what_srun_s_runs(slurm_cluster: RealCluster, tmp_path: 
     assert_clean(c)
 
 
-def test_minus_n_runs_on_part_of_the_allocation(slurm_cluster: RealCluster) -> None:
+def test_minus_n_runs_on_part_of_the_allocation(slurm_cluster: RealCluster,
+                                                tmp_path: Path) -> None:
     c = slurm_cluster
-    # srun's -N inside a 3-node allocation: the first 2 nodes, 2 ranks each.
-    res = salloc(c, ["-N3", "-n6"], "-N", "2", "-n", "4", "sh", "-c",
-                 "echo $PMI_RANK $(hostname)")
+    # srun's -N inside a 3-node allocation whose nodes have 4, 1 and 1 tasks: the first
+    # nodes, the ranks laid out as srun lays out its step's (3 and 1, not 2 and 2).
+    show = "sh -c 'echo $PMI_RANK$SLURM_PROCID $(hostname)'"
+    script = "; echo ==; ".join(
+        f"echo $SLURM_TASKS_PER_NODE; {tool} -N {k} -n {n} {show}"
+        for k, n in ((2, 4), (3, 5)) for tool in ("srun --mpi=none", "pmrun"))
+    res = subprocess.run(["salloc", "--quiet", "-N3", "-n6", "sh", "-c", script],
+                         env=env_for(c, tmp_path), capture_output=True, text=True,
+                         timeout=120, stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stderr
-    rows = sorted(line.split() for line in res.stdout.splitlines())
-    assert [r[0] for r in rows] == ["0", "1", "2", "3"], rows
-    assert sorted(r[1] for r in rows) == sorted(c.names[:2] * 2), rows
+    srun2, pmrun2, srun3, pmrun3 = (sorted(part.splitlines()) for part in
+                                    res.stdout.split("==\n"))
+    a, b, h3 = c.names[:3]
+    assert srun2 == sorted(["4,1(x2)", f"0 {a}", f"1 {a}", f"2 {a}", f"3 {b}"]), res.stdout
+    assert srun3 == sorted(["4,1(x2)", f"0 {a}", f"1 {a}", f"2 {a}", f"3 {b}", f"4 {h3}"]), \
+        res.stdout
+    assert (pmrun2, pmrun3) == (srun2, srun3), res.stdout
     res = salloc(c, ["-N2", "-n2"], "-N", "3", "true")
     assert (res.returncode, res.stderr) == (
         2, f"pmrun: -N 3: there are 2 hosts ({c.names[0]}, {c.names[1]})\n")

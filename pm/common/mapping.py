@@ -30,6 +30,7 @@ __all__ = [
     "parse_process_mapping",
     "place",
     "process_mapping",
+    "step_counts",
 ]
 
 # Hydra drops a mapping longer than this, and MPICH then falls back to
@@ -81,6 +82,28 @@ def place(n: int, slots: Sequence[int], distribution: str = "block") -> list[int
                 left[node] = s - take
     full, rest = divmod(n, len(one_pass))
     return one_pass * full + one_pass[:rest]
+
+
+def step_counts(n: int, slots: Sequence[int | None]) -> list[int]:
+    """Ranks per node of ``n`` ranks on nodes with ``slots`` each (None: as many as need
+    be), as srun lays out a step's tasks by default (block, without packing): deal one a
+    node, round and round, a node whose slots are taken left out, and once every node's
+    are, one a node over all of them; node after node, the ranks are then consecutive.
+    ``step_counts(4, [4, 1]) == [3, 1]``; on equal nodes as even as can be:
+    ``step_counts(7, [4, 4, 4]) == [3, 2, 2]``."""
+    counts = [0] * len(slots)
+    left, over = n, False
+    while left > 0 and counts:
+        room = False
+        for i, s in enumerate(slots):
+            if not left:
+                break
+            if over or s is None or counts[i] < s:
+                counts[i] += 1
+                left -= 1
+                room = room or s is None or counts[i] < s
+        over = over or not room
+    return counts
 
 
 def place_apps(counts: Sequence[int], app_nodes: Sequence[Sequence[int]],
