@@ -220,6 +220,12 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
         opts.spec.bind_to = slurm_binding(os.environ) or opts.spec.bind_to
     if where is not None and not opts.distribution_given and where[2].get("name") == "slurm":
         opts.spec.distribution = slurm_distribution(os.environ)
+    if not opts.n_given and opts.spec.ppn and len(opts.spec.apps) == 1:
+        # -ppn P without -n: P ranks on each node, whatever its slots (Hydra's -ppn, Open
+        # MPI's --npernode, srun's --ntasks-per-node, Flux's --tasks-per-node).
+        nodes = len(where[0]) if where is not None else opts.local_nodes or 1
+        opts.spec.apps[0].n = nodes * opts.spec.ppn
+        opts.n_given = True
     if where is not None and not opts.n_given and opts.spec.apps and all(
             s is not None for s in where[1]):
         # No -n: one rank per slot the allocation or host file gives (Hydra, srun).

@@ -158,8 +158,10 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     opts = QuickOptions()
     opts.argv = section.argv
     opts.n = int(s.get("n", 1))  # type: ignore[call-overload]
-    if "nodes" in v and "n" not in s and "ppn" in v:
-        opts.n = int(v["ppn"])  # type: ignore[call-overload]  # -N 1 -ppn P: P ranks (srun's)
+    if "n" not in s and "ppn" in v:
+        # -ppn P without -n: P ranks on each node, this one alone here (Hydra's -ppn,
+        # Open MPI's --npernode, srun's --ntasks-per-node, Flux's --tasks-per-node).
+        opts.n = int(v["ppn"])  # type: ignore[call-overload]
     opts.genv = dict(v.get("genv", {}))  # type: ignore[call-overload]
     opts.app_env = dict(s.get("env", {}))  # type: ignore[call-overload]
     # One program: its own -env* mode is the job's.

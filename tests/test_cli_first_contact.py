@@ -381,6 +381,23 @@ def test_minus_n_nodes_runs_on_the_first_n_nodes_as_srun_does(pmrun: Run,
 
 
 @pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_ppn_without_minus_n_runs_that_many_on_every_node(pmrun: Run, quick: str) -> None:
+    """Hydra's ``-ppn 2``, Open MPI's ``--npernode 2``, srun's ``--ntasks-per-node 2`` and
+    Flux's ``--tasks-per-node 2`` without ``-n``: 2 ranks on each node, whatever slots the
+    hosts have (pmrun ran a rank a slot: one rank on this machine)."""
+    for argv, want in ((["-ppn", "2"], ["0", "0"]),
+                       (["--ntasks-per-node", "3", "-hosts", "localhost:2"], ["0"] * 3),
+                       (["--npernode", "2", "--local-nodes", "3"], ["0", "0", "1", "1", "2", "2"]),
+                       (["-ppn", "2", "-n", "3"], ["0", "0", "0"])):
+        r = pmrun(*argv, "-prepend-pattern", "%p ", "sh", "-c", "echo $PMI_SIZE",
+                  env={"PM_QUICK": quick})
+        assert r.returncode == 0, (argv, r.stderr)
+        nodes = sorted(line.split()[0] for line in r.stdout.splitlines())
+        assert nodes == want, (argv, r.stdout)
+        assert {line.split()[1] for line in r.stdout.splitlines()} == {str(len(want))}
+
+
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
 def test_one_node_asked_with_minus_n_runs_on_the_quick_path(pmrun: Run, quick: str) -> None:
     """srun's and Flux's habit ``-N 1 -n 4`` is a one-node job: the quick path takes it
     (it took the full path, three times as slow to start), with srun's -N 1 -ppn 3 too."""
@@ -435,6 +452,7 @@ def test_the_universe_size_is_the_same_on_both_paths(pmrun: Run, argv: list[str]
     (["-N", "2", "-n", "4"], ["a", "b"], [3, 1], 4),
     (["-N", "2", "-n", "7"], ["a", "b"], [5, 2], 7),
     (["-N", "2", "-ppn", "3"], ["a", "b"], [4, 1], 6),
+    (["-ppn", "2"], ["a", "b", "c", "d"], [4, 1, None, None], 8),
     (["-N", "2"], ["a", "b"], [4, 1], 5),
     (["-N", "4"], ["a", "b", "c", "d"], [4, 1, 1, 1], 7),
 ])
@@ -636,7 +654,11 @@ def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
     argv = [name, *words, "prog", "arg"]
     q = quick_parse(argv, {})
     assert q is not None, f"{name} is marked quick but the quick path does not take it"
-    spec = full_parse(argv).spec
+    from pm.cli import hosts_of
+
+    opts = full_parse(argv)
+    hosts_of(opts)  # (as the full path does: -ppn without -n is ranks a node)
+    spec = opts.spec
     (app,) = spec.apps
     mode, names = (app.env_mode, app.envlist) if app.env_mode else (spec.env_mode,
                                                                    spec.genvlist)
