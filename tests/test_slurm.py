@@ -190,7 +190,7 @@ def test_salloc_runs_a_gnu_parallel_ensemble_on_the_nodes(slurm_cluster: RealClu
     entries = [line.split("\t") for line in log.read_text().splitlines()[1:]]
     assert sorted((int(e[0]), e[1], e[6]) for e in entries) == [
         (i + 1, row[1], "0") for i, row in enumerate(rows)], log.read_text()
-    assert res.stderr == "6 tasks: 6 succeeded, 0 failed, 0 retries\n"
+    assert res.stderr == ""  # (as parallel: every task succeeded)
     assert_clean(c)
 
 
@@ -298,7 +298,7 @@ def test_the_readmes_ensemble_batch_script_resumes(slurm_cluster: RealCluster,
     # The next job (after a time limit, or with more inputs) runs only what is not done.
     (tmp_path / "inputs" / "c.dat").write_text("")
     text = batch()
-    assert "pmrun exit 0" in text and "1 task: 1 succeeded" in text, text
+    assert "pmrun exit 0" in text, text
     assert len(logged()) == 3 and set(first) < set(logged())
     assert_clean(c)
 

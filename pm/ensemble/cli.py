@@ -449,7 +449,9 @@ async def run_cli(opts: CliOptions) -> int:
         summary = ens.summary_text()
         if not opts.verbose:  # the nodes' memory peaks with -v
             summary = "\n".join(x for x in summary.split("\n") if not x.startswith("node "))
-        await console.aclose(summary + "\n")
+        if path is None and not opts.verbose and ens.all_succeeded():
+            summary = ""  # GNU parallel's command line (CMD ::: ARGS): silent when all went well
+        await console.aclose(summary + "\n" if summary else "")
     if interrupted:
         return 128 + interrupted[0]
     if halt.reached and halt.why == "success":

@@ -331,6 +331,11 @@ class Ensemble:
             text += f", about {_duration(eta)} left"
         return text
 
+    def all_succeeded(self) -> bool:
+        """Whether every task added succeeded, each at its first run."""
+        summary = self._sched.summary()
+        return summary.succeeded == summary.total and not summary.retries
+
     def summary_text(self) -> str:
         lines = [self._sched.summary().format()]
         for d in self._domains.values():
