@@ -901,6 +901,9 @@ OPTIONS = (
         help="arguments of :::: and -a files end with NUL (find -print0), not newline"),
     Opt("-d --delimiter", "delimiter", delimiter, metavar="DELIM", group=MEMORY,
         help="arguments of :::: and -a files end with DELIM, not newline"),
+    Opt("-q --quote", "quote", kind=FLAG, group=MEMORY,
+        help="run the command's words as they are given: each quoted for the shell, special "
+             "characters and all, the arguments put in unquoted (GNU parallel's -q)"),
     Opt("-k --keep-order", "keep_order", kind=FLAG, group=MEMORY,
         help="tasks' output in their order (a task's waits for those before it to end)"),
     Opt("--bar", "progress", kind=FLAG, group=MEMORY,
@@ -1192,7 +1195,7 @@ def _piped_command(out: Parsed) -> None:
                          f"{clash or given[0]}")
     if not argv:
         raise UsageError(f"{what} runs a command on each block: give it (pmrun {what} CMD)")
-    values["tasks_line"] = " ".join(argv)
+    values["tasks_line"] = _command_line(values, argv)
     out.sections.clear()
 
 
@@ -1216,7 +1219,7 @@ def _command_with_sources(out: Parsed) -> None:
         if cut == 0:
             raise UsageError("-a FILE gives arguments to a command: put the command after "
                              "the options (pmrun -a FILE CMD) or give --tasks FILE")
-        out.values["tasks_line"] = " ".join(argv[:cut])
+        out.values["tasks_line"] = _command_line(out.values, argv[:cut])
         out.sections[0].argv = sources
         return
     if at is None:
@@ -1224,8 +1227,21 @@ def _command_with_sources(out: Parsed) -> None:
     if at == 0:
         raise UsageError(f"{argv[0]} gives arguments to a command: put the command before it "
                          f"(pmrun CMD {argv[0]} ...) or give --tasks FILE")
-    out.values["tasks_line"] = " ".join(argv[:at])
+    out.values["tasks_line"] = _command_line(out.values, argv[:at])
     out.sections[0].argv = argv[at:]
+
+
+def _command_line(values: dict[str, object], words: list[str]) -> str:
+    """The tasks line of an ensemble's command ``words``: joined by spaces, so the shell
+    reads them again (GNU parallel's way); with ``-q`` each quoted, and the words kept
+    (``values["tasks_words"]``, joined by NULs, which no argument holds): their
+    replacement strings are filled unquoted."""
+    if "quote" not in values:
+        return " ".join(words)
+    import shlex
+
+    values["tasks_words"] = "\0".join(words)
+    return " ".join(map(shlex.quote, words))
 
 
 #: Options that only task ensembles take.
@@ -1233,7 +1249,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
                   "tagstring", "delimiter", "header", "results", "pipe", "pipepart", "block",
                   "recend", "recstart", "memfree",
-                  "progress", "max_args", "many_args", "delay", "shuf")
+                  "progress", "max_args", "many_args", "delay", "shuf", "quote")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.
@@ -1259,6 +1275,11 @@ def _ensemble_only(out: Parsed) -> None:
     if ensemble:
         if "max_args" in values and "pipe" in values:
             raise UsageError("--pipe cuts stdin by size (--block), not into -N records")
+        if "quote" in values and "tasks_line" not in values:
+            raise UsageError("-q quotes the words of a command: give the command (pmrun -q "
+                             "CMD ::: ARGS), not --tasks FILE")
+        if "quote" in values and "many_args" in values:
+            raise UsageError(f"-q and {values['many_args']}: give one of them")
         if "many_args" in values and ("pipe" in values or "max_args" in values):
             raise UsageError(f"{values['many_args']} groups the arguments of an input source: "
                              f"not with {'--pipe' if 'pipe' in values else '-N'}")

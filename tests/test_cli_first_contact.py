@@ -129,6 +129,12 @@ CASES = [
      "-N 2 takes the arguments of one input source, not of 2"),
     (["-N", "2", "echo", "{3}", ":::", "a"], {}, "echo {3}: {3} names argument 3: -N 2 gives 2"),
     (["-N", "2", "--pipe", "cat"], {}, "--pipe cuts stdin by size (--block), not into -N records"),
+    (["-q", "--tasks", "t.txt"], {},
+     "-q quotes the words of a command: give the command (pmrun -q CMD ::: ARGS), not --tasks "
+     "FILE"),
+    (["-q", "-m", "echo", ":::", "a"], {}, "-q and -m: give one of them"),
+    (["-q", "-n", "2", "prog"], {},
+     "-q is for task ensembles (pmrun CMD ::: ARGS, --tasks FILE), not for an MPI job's ranks"),
     (["-c", "2", "--bind-to", "numa", "true"], {},
      "-c 2 binds each rank to 2 cores: --bind-to numa disagrees"),
     (["-c", "2", "--map-by", "slot:PE=3", "true"], {},

@@ -195,6 +195,13 @@ PARALLEL = shutil.which("parallel")
     ["--xargs", "echo", "[{}]", "::::", "many.txt"],
     ["echo", "{-1}", "{1}", "{-2.}", "{-1/}", ":::", "a.x", "b.y", ":::", "c", "d/e"],
     ["-N", "3", "echo", "{-1}", "{-3}", ":::", "1", "2", "3", "4"],
+    # -q: the words as given, the arguments put in as they are.
+    ["-q", "printf", "%s|%s\n", "a  b", ":::", "x y", "$HOME", "*"],
+    ["-q", "sh", "-c", "echo $0 $1; echo 'in;side'", "{}", "{#}", ":::", "a;b", "c"],
+    ["-q", "--tag", "echo", "{.}", "", ":::", "x.y", "p q.r"],
+    ["-j1", "-q", "echo", "slot={%}", ":::", "a", "b"],
+    ["-q", "-N2", "echo", "{1}+{2}", ":::", "a", "b", "c"],
+    ["-q", "--header", ":", "echo", "<{x}>", ":::", "x", "1", "2 3"],
 ])
 def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_path: Path,
                                                              tail: list[str]) -> None:
@@ -410,6 +417,10 @@ def test_pipe_gives_each_run_a_block_of_whole_lines(pmrun: Run) -> None:
     counts = [int(line.split("\t")[1]) for line in r.stdout.splitlines()[::2]]
     assert len(counts) == 6 and sum(counts) == 100000, r.stdout  # blocks of >= 100 KiB
     assert r.stderr == ""
+    # -q: the command's words as given, a new line within one too.
+    r = pmrun("--pipe", "--block", "1", "-k", "-q", "sh", "-c", "wc -l; echo \"$0\"",
+              "a  'b'\n$c", input="1\n2\n")
+    assert (r.returncode, r.stdout) == (0, "1\na  'b'\n$c\n" * 2), r.stderr
 
 
 @pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")

@@ -21,7 +21,13 @@ from pm.ensemble.core import Ensemble
 from pm.ensemble.domain import planned_slots
 from pm.ensemble.inputs import SEPARATORS, chunked, combinations, fill, split_columns, spread
 from pm.ensemble.joblog import JobLog, read_joblog
-from pm.ensemble.scheduler import TaskSpec, parse_tasks, with_arguments
+from pm.ensemble.scheduler import (
+    TaskSpec,
+    parse_tasks,
+    quoted_line,
+    with_arguments,
+    with_quoted_words,
+)
 from pm.ensemble.task import Task, TaskResult
 from pm.proto.errors import PMError
 
@@ -303,8 +309,13 @@ async def run_cli(opts: CliOptions) -> int:
 
     def tasks() -> list[TaskSpec]:
         nonlocal names
+        if "tasks_words" in extra and not sources:  # -q --pipe: the words as given
+            line = quoted_line(extra["tasks_words"].split("\0"))
+            return [TaskSpec(0, ("sh", "-c", line), options.get("mem_per_task"), line, 1,
+                             tuple(extra["tasks_words"].split("\0")))]
         text = extra["tasks_line"] if path is None else _read_text(path)
-        specs = parse_tasks(text, options.get("mem_per_task"))
+        specs = parse_tasks(text, options.get("mem_per_task")) if "tasks_words" not in extra \
+            else []
         if not sources:
             if "max_args" in extra:
                 raise UsageError(f"-N {extra['max_args']} takes the arguments of an input "
@@ -324,6 +335,9 @@ async def run_cli(opts: CliOptions) -> int:
             combos = split_columns(combos, extra["colsep"])
             if names:
                 names = list(split_columns([tuple(names)], extra["colsep"])[0])
+        if "tasks_words" in extra:  # -q
+            return with_quoted_words(extra["tasks_words"].split("\0"), combos, names or (),
+                                     width, options.get("mem_per_task"))
         return with_arguments(specs, combos, names or (), width, context=many == "-X")
 
     try:

@@ -156,6 +156,11 @@ def split_columns(combos: Sequence[tuple[str, ...]], colsep: str) -> list[tuple[
     return [tuple(col for arg in combo for col in sep.split(arg)) for combo in combos]
 
 
+def has_replacement(text: str) -> bool:
+    """Whether ``text`` holds a replacement string (``{}``, ``{1.}``, ``{#}``...)."""
+    return _REPLACE.search(text) is not None
+
+
 def by_name(line: str, names: Sequence[str]) -> str:
     """``line`` with ``{NAME}`` (and ``{NAME.}``, ``{NAME/}``...) written ``{N}``, N the
     place of NAME among the sources' (or columns') ``names`` (``--header :``)."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from pm.agent.admission import Admission, SizeError, Watermarks, format_size, parse_size
-from pm.ensemble.inputs import by_name, fill, in_context
+from pm.ensemble.inputs import by_name, fill, has_replacement, in_context
 from pm.proto.errors import PMError, UsageError
 
 NodeId = Hashable
@@ -155,6 +155,42 @@ def with_arguments(specs: Sequence[TaskSpec], combos: Sequence[Sequence[str]],
             out.append(TaskSpec(len(out), ("sh", "-c", new), spec.mem, prefix + new,
                                 spec.lineno, words, tuple(args)))
     return out
+
+
+def with_quoted_words(words: Sequence[str], combos: Sequence[Sequence[str]],
+                      names: Sequence[str] = (), width: int = 0, mem: int | None = None
+                      ) -> list[TaskSpec]:
+    """GNU parallel's ``-q``: a task per combination of arguments, its command ``words``
+    with their replacement strings filled as the arguments are (or the arguments
+    appended as words of their own), then each word quoted for the shell: the task runs
+    exactly these words.  ``names``, ``width``: as :func:`with_arguments`."""
+    named = [by_name(w, names) for w in words]
+    append = not any(map(has_replacement, named))
+    out: list[TaskSpec] = []
+    for args in combos:
+        try:
+            filled = [fill(w, args, len(out) + 1, quote=False, width=width) for w in named]
+        except UsageError as exc:
+            raise TaskFileError(f"line 1: {exc}") from None
+        if append:
+            filled += args
+        line = quoted_line(filled)
+        out.append(TaskSpec(len(out), ("sh", "-c", line), mem, line, 1, tuple(filled),
+                            tuple(args)))
+    return out
+
+
+def quoted_line(words: Sequence[str]) -> str:
+    """A shell command line that runs exactly ``words`` (GNU parallel's ``-q``)."""
+    return " ".join(map(_quoted, words))
+
+
+def _quoted(word: str) -> str:
+    """``word`` quoted for the shell, but for the slot a task runs in (``{%}``, filled as
+    ``$PARALLEL_JOBSLOT``), which the shell expands."""
+    slot = "$PARALLEL_JOBSLOT"
+    return '"$PARALLEL_JOBSLOT"'.join(shlex.quote(part) if part else ""
+                                      for part in word.split(slot)) or "''"
 
 
 def command_key(argv: Sequence[str]) -> tuple[str, ...]:
