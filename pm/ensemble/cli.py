@@ -309,13 +309,14 @@ async def run_cli(opts: CliOptions) -> int:
 
     def tasks() -> list[TaskSpec]:
         nonlocal names
-        if "tasks_words" in extra and not sources:  # -q --pipe: the words as given
-            line = quoted_line(extra["tasks_words"].split("\0"))
+        # -q: the command's words as given (GNU parallel's), not a line the shell splits.
+        words = extra["tasks_words"].split("\0") if "tasks_words" in extra else None
+        if words is not None and not sources:  # (--pipe)
+            line = quoted_line(words)
             return [TaskSpec(0, ("sh", "-c", line), options.get("mem_per_task"), line, 1,
-                             tuple(extra["tasks_words"].split("\0")))]
+                             tuple(words))]
         text = extra["tasks_line"] if path is None else _read_text(path)
-        specs = parse_tasks(text, options.get("mem_per_task")) if "tasks_words" not in extra \
-            else []
+        specs = parse_tasks(text, options.get("mem_per_task")) if words is None else []
         if not sources:
             if "max_args" in extra:
                 raise UsageError(f"-N {extra['max_args']} takes the arguments of an input "
@@ -335,9 +336,9 @@ async def run_cli(opts: CliOptions) -> int:
             combos = split_columns(combos, extra["colsep"])
             if names:
                 names = list(split_columns([tuple(names)], extra["colsep"])[0])
-        if "tasks_words" in extra:  # -q
-            return with_quoted_words(extra["tasks_words"].split("\0"), combos, names or (),
-                                     width, options.get("mem_per_task"))
+        if words is not None:
+            return with_quoted_words(words, combos, names or (), width,
+                                     options.get("mem_per_task"))
         return with_arguments(specs, combos, names or (), width, context=many == "-X")
 
     try:
