@@ -387,6 +387,18 @@ def test_minus_n_nodes_runs_on_the_first_n_nodes_as_srun_does(pmrun: Run,
 
 
 @pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_a_script_without_a_hash_bang_line_runs_in_the_shell(pmrun: Run, tmp_path: Path,
+                                                            quick: str) -> None:
+    """As execvp runs it (Hydra, a shell): pmrun said "Exec format error"."""
+    prog = tmp_path / "plain"
+    prog.write_text('echo "$PMI_RANK $# $1"\n')
+    prog.chmod(0o755)
+    r = pmrun("-n", "2", str(prog), "a b", env={"PM_QUICK": quick})
+    assert (r.returncode, sorted(r.stdout.splitlines())) == (0, ["0 1 a b", "1 1 a b"]), \
+        r.stderr
+
+
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
 def test_ppn_without_minus_n_runs_that_many_on_every_node(pmrun: Run, quick: str) -> None:
     """Hydra's ``-ppn 2``, Open MPI's ``--npernode 2``, srun's ``--ntasks-per-node 2`` and
     Flux's ``--tasks-per-node 2`` without ``-n``: 2 ranks on each node, whatever slots the

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import _signal
 import _socket
+import errno
 import os
 
 from pm.proto.errors import PMError
@@ -221,7 +222,15 @@ def spawn(
             old_cwd = os.getcwd()
             os.chdir(cwd)
         try:
-            return os.posix_spawn(path, list(argv), dict(env), **kwargs)  # type: ignore[arg-type]
+            try:
+                return os.posix_spawn(path, list(argv), dict(env), **kwargs)  # type: ignore[arg-type]
+            except OSError as exc:
+                if exc.errno != errno.ENOEXEC:
+                    raise
+            # A script without a "#!" line: the shell runs it, as execvp (and so Hydra,
+            # and a shell) does.
+            return os.posix_spawn("/bin/sh", ["/bin/sh", path, *argv[1:]], dict(env),
+                                  **kwargs)  # type: ignore[arg-type]
         except OSError as exc:
             raise SpawnError(f"{argv[0]}: {exc.strerror}") from exc
         except ValueError as exc:  # (posix_spawn's word for a NUL byte in a string)
