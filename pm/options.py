@@ -971,6 +971,7 @@ BY_NAME = {name: opt for opt in OPTIONS for name in opt.names}
 #: Environment variables pmrun itself reads: (name, what it means).
 ENVIRONMENT = (
     ("MPIEXEC_TIMEOUT=S", "as --timeout S"),
+    ("HYDRA_HOST_FILE=FILE", "as -f FILE for an MPI job given no hosts"),
     ("PM_QUICK=0", "start even a one-node job through the agent, not the quick path"),
     ("SLURM_JOB_ID, SLURM_JOB_NODELIST", "inside a Slurm allocation (without -hosts/-f), "
      "run on its nodes; SLURM_TASKS_PER_NODE gives their slots"),
@@ -1161,6 +1162,13 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     _cpus_per_task(out.values)
     if "timeout" not in out.values and environ.get("MPIEXEC_TIMEOUT"):
         out.values["timeout"] = seconds(environ["MPIEXEC_TIMEOUT"].strip(), "MPIEXEC_TIMEOUT")
+    if environ.get("HYDRA_HOST_FILE", "").strip() and not (
+            {"hosts", "hostfile", "local_nodes", "agents", "tasks", "tasks_line"}
+            & out.values.keys()):
+        # Hydra's default host file (a site's MPI module sets it): an MPI job without
+        # hosts of its own runs on its hosts, before an allocation's, as Hydra's does.
+        out.values["hostfile"] = hostfile(environ["HYDRA_HOST_FILE"].strip(),
+                                          "HYDRA_HOST_FILE")
     return out
 
 

@@ -387,6 +387,25 @@ def test_minus_n_nodes_runs_on_the_first_n_nodes_as_srun_does(pmrun: Run,
 
 
 @pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_hydras_default_host_file_is_read(pmrun: Run, tmp_path: Path, quick: str) -> None:
+    """``HYDRA_HOST_FILE`` (a site's MPI module sets it): an MPI job given no hosts runs
+    on its hosts, as Hydra's does; hosts given, or a task ensemble, do without it."""
+    (tmp_path / "hosts").write_text("localhost:3\n")
+    env = {"PM_QUICK": quick, "HYDRA_HOST_FILE": str(tmp_path / "hosts")}
+    r = pmrun("sh", "-c", "echo $PMI_SIZE", env=env)
+    assert (r.returncode, r.stdout) == (0, "3\n" * 3), r.stderr
+    env["HYDRA_HOST_FILE"] = str(tmp_path / "none")
+    r = pmrun("true", env=env)
+    assert (r.returncode, r.stderr) == (
+        2, f"pmrun: HYDRA_HOST_FILE {tmp_path / 'none'}: no such file\n")
+    for argv in (["-hosts", "localhost", "-n", "2"], ["--local-nodes", "2", "-n", "2"]):
+        r = pmrun(*argv, "sh", "-c", "echo $PMI_SIZE", env=env)
+        assert (r.returncode, r.stdout) == (0, "2\n2\n"), r.stderr
+    r = pmrun("echo", ":::", "a", env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "a\n", "")
+
+
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
 def test_a_script_without_a_hash_bang_line_runs_in_the_shell(pmrun: Run, tmp_path: Path,
                                                             quick: str) -> None:
     """As execvp runs it (Hydra, a shell): pmrun said "Exec format error"."""
