@@ -223,13 +223,15 @@ def step_hosts(parsed: Parsed, environ: Mapping[str, str]
     if options.get("name") != "slurm" or options.get("start") != "step" or not given:
         return None
     values = parsed.sections[0].values
+    ppn = int(parsed.values["ppn"]) if "ppn" in parsed.values else None  # type: ignore[call-overload]
     if "n" in values:
         n = int(values["n"])  # type: ignore[call-overload]
+    elif ppn:
+        n = ppn * len(given)  # no -n: ppn ranks a node (pm.cli.hosts_of)
     elif all(s is not None for _, s in given):
         n = sum(int(s or 0) for _, s in given)  # no -n: a rank per slot (pm.cli.hosts_of)
     else:
         return None
-    ppn = int(parsed.values["ppn"]) if "ppn" in parsed.values else None  # type: ignore[call-overload]
     if "distribution" in parsed.values:
         spread = str(parsed.values["distribution"])
     else:
