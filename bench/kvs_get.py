@@ -295,19 +295,19 @@ def wire(prog: Path, counts: Sequence[int], runs: int, duration: float,
                 return statistics.median(g["median"] for g in got)
             return go
 
-        every = {"hydra": one("pmi1", hydra), "pmi1": one("pmi1"),
-                 "pmi1_agent": one("pmi1", env={"PM_QUICK": "0"}),
-                 "native": one("native"), "client": one("client")}
+        def contenders(cpu: int | None = None, tag: str = ""
+                       ) -> dict[str, Callable[[], float]]:
+            return {"hydra" + tag: one("pmi1", hydra, cpu=cpu), "pmi1" + tag: one("pmi1", cpu=cpu),
+                    "pmi1_agent" + tag: one("pmi1", env={"PM_QUICK": "0"}, cpu=cpu),
+                    "native" + tag: one("native", cpu=cpu), "client" + tag: one("client", cpu=cpu)}
+
+        every = contenders()
         if n == 1:
             # One rank: the launcher's side and the rank's either share a CPU or wake
             # each other across the two (a 15-30 us idle exit on this VM), as the
             # scheduler places them, run by run.  On CPU 0 both, for every contender:
             # what the protocols and servers cost, without the placement's lottery.
-            every.update({f"{k}_cpu0": one(m, launcher, env=env, cpu=0)
-                          for k, m, launcher, env in (
-                              ("hydra", "pmi1", hydra, None), ("pmi1", "pmi1", (), None),
-                              ("pmi1_agent", "pmi1", (), {"PM_QUICK": "0"}),
-                              ("native", "native", (), None), ("client", "client", (), None))})
+            every.update(contenders(0, "_cpu0"))
         todo = {k: v for k, v in every.items() if k.removesuffix("_cpu0") in modes}
         if baseline:
             base = [baseline, "--kvs", "socket"]

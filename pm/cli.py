@@ -284,8 +284,9 @@ def _first_nodes(opts: CliOptions,
     """``-N K`` (``--nodes``): the first K of the hosts (srun's and Flux's meaning), ``-n``
     ranks spread over them in blocks as srun lays out a step (:func:`step_counts`: 7 ranks
     on 3 equal nodes are 3, 2 and 2; 4 on nodes of 4 and 1 slots are 3 and 1); with
-    ``-ppn P`` and no ``-n``, K times P ranks.  Fewer hosts, or fewer ranks than K, is
-    refused: a node without ranks is not what -N asks for."""
+    ``-ppn P`` and no ``-n``, P on each (:func:`hosts_of` counts them, as without -N).
+    Fewer hosts, or fewer ranks than K, is refused: a node without ranks is not what -N
+    asks for."""
     if "nodes" not in opts.extra:
         return where
     k = int(opts.extra["nodes"])
@@ -307,10 +308,8 @@ def _first_nodes(opts: CliOptions,
     if where is not None and not opts.n_given and not opts.spec.ppn:
         # A rank per slot (hosts_of), a host without a count one (srun -N K: K tasks).
         where = where[0], [1 if s is None else s for s in where[1]], where[2]
-    if not opts.n_given and opts.spec.ppn and len(apps) == 1:
-        apps[0].n = k * opts.spec.ppn
-        opts.n_given = True
-    elif (where is None or opts.n_given) and apps:
+    per_node = bool(opts.spec.ppn) and not opts.n_given and len(apps) == 1
+    if not per_node and (where is None or opts.n_given) and apps:  # (per_node: hosts_of)
         n = sum(a.n for a in apps)
         if n < k:
             raise UsageError(f"-N {k}: {n} ranks cannot fill {k} nodes")
