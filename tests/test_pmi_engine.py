@@ -165,9 +165,9 @@ PMI1 = [
     Row(b"cmd=get key=-allgather-1-0\r\n", b"cmd=get_result rc=0 value=segments=3\n"),
     # Another job's kvsname is refused, naming it.
     Row(b"cmd=put kvsname=kvs_other key=k value=v\n",
-        b"cmd=put_result rc=1 msg=kvsname_kvs_other_is_not_this_job's_(kvs_golden_1)\n"),
+        b"cmd=put_result rc=1 msg=kvsname_'kvs_other'_is_not_this_job's_(kvs_golden_1)\n"),
     Row(b"cmd=get kvsname=kvs_other key=-allgather-1-0\n",
-        b"cmd=get_result rc=1 msg=kvsname_kvs_other_is_not_this_job's_(kvs_golden_1)\n"),
+        b"cmd=get_result rc=1 msg=kvsname_'kvs_other'_is_not_this_job's_(kvs_golden_1)\n"),
     Row(b"cmd=barrier_in\n", b"cmd=barrier_out rc=0\n", Collective(0, FENCE, None)),
     Row(b"cmd=publish_name service=svc port=tcp://x:1\n", b"cmd=publish_result rc=0\n",
         NameService(0, "publish", "svc", "tcp://x:1"), (True, "")),
@@ -295,6 +295,17 @@ def test_bad_requests_are_logged_once_per_cause(caplog: pytest.LogCaptureFixture
     assert "600 bad PMI requests in all, 2 logged" in lines[-1]
 
 
+def test_a_bad_requests_control_bytes_are_escaped_in_its_log_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    d = driver()
+    with caplog.at_level(logging.WARNING, logger="pm.agent.pmi"):
+        d.feed(b"cmd=init pmi_version=1 pmi_subversion=1\n")
+        d.feed(b"cmd=get kvsname=\x00a\x1b[2J key=k\n")
+        d.feed(b"cmd=get kvsname=other\x00 key=k\n")  # the same cause: not logged again
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["rank 0: bad PMI request: kvsname '\\x00a\\x1b[2J' is not this "
+                     "job's (kvs_golden_1)"], lines
+
 # --------------------------------------------------------------------- PMI-2
 def f2(body: bytes) -> bytes:
     return b"%6d" % len(body) + body
@@ -319,7 +330,7 @@ PMI2 = [
     Row(f2(b"cmd=kvs-get;jobid=kvs_golden_1;srcid=0;key=no-such-key;"),
         f2(b"cmd=kvs-get-response;rc=0;found=FALSE;")),
     Row(f2(b"cmd=kvs-get;jobid=kvs_other;srcid=0;key=key-1;"),
-        f2(b"cmd=kvs-get-response;rc=1;errmsg=jobid kvs_other is not this job's "
+        f2(b"cmd=kvs-get-response;rc=1;errmsg=jobid 'kvs_other' is not this job's "
            b"(kvs_golden_1);")),
     Row(f2(b"cmd=kvs-fence;"), f2(b"cmd=kvs-fence-response;rc=0;"), Collective(0, FENCE, None)),
     Row(f2(b"cmd=info-putnodeattr;key=-bcast-1-0;value=2F6465;"),

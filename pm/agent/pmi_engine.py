@@ -123,6 +123,13 @@ def _cause(what: str) -> str:
     return re.sub("b?'[^']*'|b?\"[^\"]*\"", "", what)
 
 
+def printable(what: str) -> str:
+    """``what`` with its control characters escaped (a log line is one line of text)."""
+    if what.isprintable():
+        return what
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in what)
+
+
 class PmiEngine:
     """Serves rank ``rank`` of the job ``store`` holds."""
 
@@ -321,7 +328,7 @@ class PmiEngine:
         if len(self._causes) < MAX_CAUSES:
             self._causes.add(cause)
             self._nlogged += 1
-            _log().warning("rank %d: %s: %s", self.rank, label, what)
+            _log().warning("rank %d: %s: %s", self.rank, label, printable(what))
 
     def _failed(self, what: str, exc: BaseException, label: str = "bad PMI request") -> None:
         if isinstance(exc, RankFailed):  # the job is failing: not this rank's request
@@ -470,7 +477,7 @@ class PmiEngine:
     def _check_kvsname(self, args: dict[str, str]) -> None:
         name = args.get("kvsname")
         if name is not None and name != self.store.kvsname:
-            raise ProtocolError(f"kvsname {name} is not this job's ({self.store.kvsname})")
+            raise ProtocolError(f"kvsname {name!r} is not this job's ({self.store.kvsname})")
 
     def _put1(self, c: pmi1.Pmi1Command) -> None:
         args = c.args

@@ -77,7 +77,7 @@ def _fence2(e: PmiEngine, c: pmi2.Pmi2Command) -> None:
 def _get2(e: PmiEngine, c: pmi2.Pmi2Command) -> None:
     jobid = c.get("jobid")
     if jobid and jobid != e.store.kvsname:
-        raise ProtocolError(f"jobid {jobid} is not this job's ({e.store.kvsname})")
+        raise ProtocolError(f"jobid {jobid!r} is not this job's ({e.store.kvsname})")
     raw = e.store.get_now(_enc(c.require("key")))
     if raw is None:
         e._out.append(pmi2.response(c, [("found", "FALSE")]))
