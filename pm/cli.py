@@ -435,6 +435,12 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
         stdin_for_job()
     job = JobRun(opts.spec, nodes, stdin=stdin, verbose=opts.verbose > 0, sim=sim,
                  started=started)
+    refused = job.refusal() if sim is None else None
+    if refused is not None:  # (as the quick path refuses it)
+        from pm.agent.spawn import EXIT_NOT_STARTED
+
+        sys.stderr.write(f"pmrun: {refused}\n")
+        return EXIT_NOT_STARTED
     if "print_rank_map" in opts.extra and started is None:  # (else the quick path said it)
         from pm.common.output import rank_map
 

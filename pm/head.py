@@ -256,6 +256,24 @@ class JobRun:
         self._abort_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ lifecycle
+    def refusal(self) -> str | None:
+        """Why the job cannot start at all on this machine's nodes, in one line (their
+        ranks' descriptors: the quick path's check), before a record is made per rank."""
+        if head_relays(self.plan.bootstrap) or self._started is not None:
+            return None
+        from pm.agent.spawn import NOT_STARTED, fd_shortage, raise_fd_limit
+
+        raise_fd_limit()
+        counts = [0] * len(self.plan.hosts)
+        for node in self.node_of_rank:
+            counts[node] += 1
+        busiest = max(range(len(counts)), key=counts.__getitem__)
+        short = fd_shortage(counts[busiest])
+        if short is None:
+            return None
+        first = self.node_of_rank.index(busiest)
+        return f"{rank_at(first, busiest, self.plan.hosts[busiest])} {NOT_STARTED}: {short}"
+
     async def start(self) -> None:
         plan = self.plan
         agent: JobAgent | RootRelay

@@ -194,13 +194,18 @@ def test_a_host_file_with_a_control_character_is_named(pmrun: Run, tmp_path: Pat
                                            "holds a control or space character)\n")
 
 
-def test_more_ranks_than_descriptors_are_named_at_once(pmrun: Run) -> None:
-    """A one-node job this node cannot hold is named before anything starts, in one line,
-    as the full path names it (rank by rank, a million ranks took 30 s to refuse)."""
-    r = pmrun("-n", "1000000", "true", timeout=20)
+@pytest.mark.parametrize(("quick", "nodes", "per_node"),
+                         [("1", "1", 1000000), ("0", "1", 1000000), ("1", "2", 500000)],
+                         ids=["quick", "full", "local-nodes"])
+def test_more_ranks_than_descriptors_are_named_at_once(pmrun: Run, quick: str, nodes: str,
+                                                       per_node: int) -> None:
+    """A job this machine's nodes cannot hold is named before anything starts, in one line,
+    on either path (rank by rank, a million ranks took 10 s to refuse on the full path)."""
+    r = pmrun("-n", "1000000", "--local-nodes", nodes, "true", env={"PM_QUICK": quick},
+              timeout=20)
     assert r.returncode == 127, r.stderr
-    assert re.fullmatch(r"pmrun: rank 0 \(node 0, \S+\) could not start: 1000000 ranks on one "
-                        r"node need about \d+ file descriptors, but the limit is \d+ \(raise "
+    assert re.fullmatch(rf"pmrun: rank 0 \(node 0, \S+\) could not start: {per_node} ranks on "
+                        r"one node need about \d+ file descriptors, but the limit is \d+ \(raise "
                         r"it with ulimit -n, or use fewer ranks per node\)\n", r.stderr), r.stderr
 
 
