@@ -344,10 +344,10 @@ def _where(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, obj
     try:
         if opts.hosts or opts.hostfile:
             from pm.common.hostlist import parse_hostfile, parse_hosts_option
+            from pm.options import file_text
 
             if opts.hostfile:
-                with open(opts.hostfile) as f:
-                    entries = parse_hostfile(f.read())
+                entries = parse_hostfile(file_text(opts.hostfile))
             else:
                 entries = parse_hosts_option(opts.hosts or "")
         # Hosts that are other machines are reached over ssh unless told otherwise.

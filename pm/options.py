@@ -239,9 +239,27 @@ def readable_or_stdin(value: str, opt: str) -> str:
     return value if value == "-" else readable_file(value, opt)
 
 
+#: What each file named on the command line held, read once (a pipe, ``-f <(...)``, reads
+#: as empty the second time; the quick check and the full path both look).
+_TEXTS: dict[str, str] = {}
+
+
+def file_text(path: str) -> str:
+    """The text of ``path``, read the first time it is asked for; raises ``OSError``,
+    ``UnicodeDecodeError``."""
+    text = _TEXTS.get(path)
+    if text is None:
+        with open(path) as f:
+            text = _TEXTS[path] = f.read()
+    return text
+
+
 def readable_file(value: str, opt: str) -> str:
-    if not os.path.isfile(value):
+    """A file to read: a regular one, or a pipe (``-a <(seq 10)``, ``-f /dev/stdin``)."""
+    if not os.path.exists(value):
         raise UsageError(f"{opt} {value}: no such file")
+    if os.path.isdir(value):
+        raise UsageError(f"{opt} {value}: is a directory")
     if not os.access(value, os.R_OK):
         raise UsageError(f"{opt} {value}: cannot be read (permission denied)")
     return value
@@ -525,8 +543,7 @@ def sshloginfile(value: str, opt: str) -> str:
     """GNU parallel's ``--slf FILE``: a ``-S`` value a line (``#`` comments), as ``-hosts``."""
     readable_file(value, opt)
     try:
-        with open(value) as f:
-            lines = [line.split("#", 1)[0].strip() for line in f]
+        lines = [line.split("#", 1)[0].strip() for line in file_text(value).splitlines()]
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{opt} {value}: cannot be read ({exc})") from None
     given = ",".join(line for line in lines if line)
@@ -553,9 +570,8 @@ def hostfile(value: str, opt: str) -> str:
     from pm.common.hostlist import HostlistError, parse_hostfile
 
     try:
-        with open(value) as f:
-            if not parse_hostfile(f.read()):
-                raise UsageError(f"{opt} {value}: names no host")
+        if not parse_hostfile(file_text(value)):
+            raise UsageError(f"{opt} {value}: names no host")
     except HostlistError as exc:
         raise UsageError(f"{opt} {value}: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -1453,8 +1469,7 @@ def _file_lines(path: str, opt: str) -> list[tuple[int, list[str]]]:
     import shlex
 
     try:
-        with open(path) as f:
-            text = f.read()
+        text = file_text(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{opt} {path}: cannot be read ({exc})") from None
     out = []
@@ -1571,8 +1586,7 @@ def _hosts_of_file(path: str, opt: str) -> str:
     from pm.common.hostlist import HostlistError, parse_hostfile
 
     try:
-        with open(path) as f:
-            entries = parse_hostfile(f.read())
+        entries = parse_hostfile(file_text(path))
     except (OSError, UnicodeDecodeError, HostlistError) as exc:
         raise UsageError(f"{opt} {path}: {exc}") from None
     return ",".join(e.host if e.slots is None else f"{e.host}:{e.slots}" for e in entries)
@@ -1591,8 +1605,7 @@ def this_machine_alone(parsed: Parsed) -> tuple[str, int | None] | None:
     if "hosts" in values:
         entries = parse_hosts_option(str(values["hosts"]))
     else:
-        with open(str(values["hostfile"])) as f:
-            entries = parse_hostfile(f.read())
+        entries = parse_hostfile(file_text(str(values["hostfile"])))
     if len(entries) != 1 or not is_this_machine(entries[0].host):
         return None
     return entries[0].host, entries[0].slots

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from launch_util import pmrun_argv, pmrun_env
 
 from pm import options
 from pm.cli import parse as full_parse
@@ -971,3 +972,20 @@ def test_a_missing_dependency_is_named_with_what_to_install(tmp_path: Path) -> N
         f"pmrun: msgpack, which pmrun needs, is not installed for {sys.executable} (No module "
         f"named 'msgpack'): {sys.executable} -m pip install msgpack (or install pmrun with "
         "its dependencies)"], res.stderr
+
+
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_files_on_the_command_line_may_be_pipes(tmp_path: Path, quick: str) -> None:
+    """``-f <(...)``, ``-configfile <(...)``, ``-a <(seq 3)``, ``--slf <(...)``: a pipe is a
+    file to read (it was refused as 'no such file'), and is read once however often pmrun
+    looks at it (the quick check, then the full path)."""
+    pm = " ".join(pmrun_argv())
+    script = (f"{pm} -n 2 -f <(echo localhost:2) echo host && "
+              f"{pm} -configfile <(echo '-n 1 echo config') && "
+              f"{pm} -a <(seq 2) echo arg && "
+              f"{pm} --slf <(echo :) echo slf ::: 1 && "
+              f"{pm} -f {tmp_path} -n 1 true")
+    p = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=pmrun_env({"PM_QUICK": quick}),
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert p.stdout.splitlines() == ["host", "host", "config", "arg 1", "arg 2", "slf 1"], p
+    assert (p.returncode, p.stderr) == (2, f"pmrun: -f {tmp_path}: is a directory\n")
