@@ -76,7 +76,35 @@ def parse(argv: list[str]) -> CliOptions:
         from pm import __version__
 
         raise SystemExit(_print(f"pmrun {__version__}\n", 0))
+    if parsed.action == "info":
+        raise SystemExit(_print(build_info(), 0))
     return cli_options(parsed)
+
+
+def build_info() -> str:
+    """What ``pmrun -info`` prints (Hydra's build details): the version, what pmrun serves
+    and which of its optional libraries this machine has."""
+    from pm import __version__
+    from pm.agent import pmix_lib
+    from pm.agent.topology import hwloc_status
+
+    try:
+        ffi, lib = pmix_lib.load()
+        pmix = (f"{pmix_lib.loaded_name}: "
+                f"{ffi.string(lib.PMIx_Get_version()).decode(errors='replace')}")
+    except pmix_lib.PmixError as exc:
+        pmix = str(exc)
+    rows = (("Version", f"pmrun {__version__}, Python {sys.version.split()[0]} "
+                        f"({sys.executable})"),
+            ("PMI served", "PMI-1, PMI-2 (PMI_FD), pmrun's native protocol, "
+                           "the node's KVS in shared memory"),
+            ("PMIx server", pmix),
+            ("Topology", hwloc_status()),
+            ("Launchers", "fork (this machine), ssh, rsh, slurm (srun), persist "
+                          "(pm-agent serve), a command template"),
+            ("Allocations read", "Slurm, PBS/Torque (PBS_NODEFILE), LSF "
+                                 "(LSB_DJOB_HOSTFILE), HYDRA_HOST_FILE"))
+    return "".join(f"{k + ':':<18}{v}\n" for k, v in rows)
 
 
 def _app(section: Section) -> AppSpec:

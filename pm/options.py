@@ -975,6 +975,15 @@ OPTIONS = (
     Opt("--multi-prog", "multi_prog", kind=FLAG, group=MISC,
         help="srun's: the program is a file of lines RANKS PROGRAM ARGS (RANKS 0-3,5 or *; "
              "%%t the rank, %%o its place among the line's)"),
+    Opt("-disable-x -disable-hostname-propagation", "", kind=FLAG, quick=True, group=MISC,
+        help="Hydra's, taken and meaning nothing here: pmrun forwards no X11, and ranks find "
+             "their host names themselves"),
+    Opt("-demux", "", choice("poll", "select"), metavar="poll|select", quick=True,
+        group=MISC, help="Hydra's I/O engine, taken and meaning nothing here"),
+    Opt("-topolib", "", choice("hwloc"), metavar="hwloc", quick=True, group=MISC,
+        help="Hydra's topology library: pmrun's is hwloc (see -info)"),
+    Opt("-info --info", "info", kind=ACTION, group=MISC,
+        help="print pmrun's version, what it serves and what it found here, and exit"),
     Opt("-v --verbose -verbose", "verbose", kind=COUNT, group=MISC,
         help="say what pmrun does (twice: debug)"),
     Opt("--version -version", "version", kind=ACTION, group=MISC,
@@ -1031,7 +1040,7 @@ class Parsed:
         #: names an option as the user wrote it); quick_ok looks at them.
         self.used: dict[Opt, str] = {}
         self.verbose = 0
-        #: "help" or "version" when one was asked for (nothing else is checked then).
+        #: "help", "version" or "info" when one was asked for (nothing else is checked then).
         self.action = ""
         #: The one host of -hosts or -f when it is this machine, and its slots, as
         #: :func:`quick_ok` found it (:func:`this_machine_alone`).
@@ -1082,11 +1091,12 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             # command that happens to be called so.
             opt = BY_NAME["--distribution"]
         if opt is None and not eq and len(arg) > 2 and arg[1] != "-":
-            short = BY_NAME.get(arg[:2])
+            opt = BY_NAME.get("-" + arg)  # Open MPI's -tag-output: its --tag-output
+            short = BY_NAME.get(arg[:2]) if opt is None else None
             if arg[:2] == "-m" and looks_like_distribution(arg[2:]):
                 short = BY_NAME["--distribution"]  # srun's -mcyclic
-            if short is not None and short.kind == VALUE:  # -n4, -j2, -N0: srun's, parallel's
-                opt, name, eq, inline = short, arg[:2], "=", arg[2:]
+            if short is not None and short.kind == VALUE and _attached(short, arg):
+                opt, name, eq, inline = short, arg[:2], "=", arg[2:]  # -n4, -j2: srun's
         if opt is None:
             raise UsageError(f"unknown option {arg} (see pmrun --help)")
         out.used.setdefault(opt, name)
@@ -1152,7 +1162,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                 sec.values["hosts"] = value if opt.key == "hosts" else \
                     _hosts_of_file(str(value), name)
                 continue
-            (sec.values if opt.local else out.values)[opt.key] = value
+            if opt.key:  # (none: an option taken that means nothing here)
+                (sec.values if opt.local else out.values)[opt.key] = value
     if not out.sections and "tasks" in out.values and set(sec.values) == {"wdir"}:
         out.values["wdir"] = sec.values.pop("wdir")  # --tasks FILE: every task's
     if sec.values:
@@ -1186,6 +1197,25 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         out.values["hostfile"] = hostfile(environ["HYDRA_HOST_FILE"].strip(),
                                           "HYDRA_HOST_FILE")
     return out
+
+
+def _attached(short: Opt, arg: str) -> bool:
+    """Whether ``arg`` is ``short`` with its value attached (srun's ``-n4``, ``-oout.%t``)
+    rather than another launcher's long option written with one dash (Hydra's
+    ``-enable-x``, ``-order-nodes``, ``-info``; Open MPI's ``-nolocal``), which pmrun names
+    as unknown instead of reading ``-e nable-x`` as stderr to a file ``nable-x``."""
+    tail = arg[2:]
+    words = tail.split("-")
+    if len(tail) < 3 or not all(w.isalpha() and w.islower() for w in words):
+        return True  # a number, a path, a pattern, -nx: a value (its check names it)
+    if len(words) > 1:
+        return False  # words joined by dashes: an option's name
+    assert short.check is not None
+    try:
+        short.check(tail, arg[:2])
+    except UsageError:
+        return False  # a word this option does not take: the name of another
+    return True
 
 
 def _piped_command(out: Parsed) -> None:

@@ -39,7 +39,7 @@ BAD_VALUE = {
     "arg_files": "/no/such/args", "delimiter": "ab", "header": "x", "results": "",
     "block": "0", "memfree": "lots", "N": "x", "nodes": "0", "max_args": "-1",
     "cpus_per_task": "0", "distribution": "round", "delay": "-1", "export": "A B", "stdin": "x",
-    "cpu_bind": "boards",
+    "cpu_bind": "boards", "": "epoll",  # (-demux, -topolib: Hydra's, meaning nothing here)
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check not in (None, options.verbatim)
            for name in opt.names]
@@ -112,6 +112,15 @@ CASES = [
     (["-n0", "true"], {}, "-n must be at least 1"),
     (["-nx", "true"], {}, "-n takes a whole number, not 'x'"),
     (["-lx", "true"], {}, "unknown option -lx (see pmrun --help)"),
+    # Another launcher's long option with one dash is not a short one with its value
+    # (-e nable-x: stderr to a file 'nable-x'; -o rder-nodes; -n olocal).
+    (["-enable-x", "-n", "1", "true"], {}, "unknown option -enable-x (see pmrun --help)"),
+    (["-order-nodes", "ascending", "true"], {}, "unknown option -order-nodes (see pmrun --help)"),
+    (["-nolocal", "-n", "1", "true"], {}, "unknown option -nolocal (see pmrun --help)"),
+    (["-debug", "-n", "1", "true"], {}, "unknown option -debug (see pmrun --help)"),
+    (["-tune", "x", "-n", "1", "true"], {}, "unknown option -tune (see pmrun --help)"),
+    (["-demux", "epoll", "-n", "1", "true"], {}, "-demux takes poll or select, not 'epoll'"),
+    (["-topolib", "plpa", "-n", "1", "true"], {}, "-topolib takes hwloc, not 'plpa'"),
     (["-N", "0", "true"], {}, "-N must be at least 1 (the hosts an MPI job runs on)"),
     (["-N", "2", "-n", "2", "true"], {},
      "-N 2: this machine is the only host (give -hosts or -f, or run inside an allocation)"),
@@ -569,12 +578,39 @@ def test_a_bad_multi_prog_file_is_named(pmrun: Run, tmp_path: Path, text: str,
                         "--multi-prog FILE), nothing else\n")
 
 
-def test_short_options_take_their_value_attached_as_srun_and_parallel_do(pmrun: Run) -> None:
+def test_short_options_take_their_value_attached_as_srun_and_parallel_do(pmrun: Run,
+                                                                        tmp_path: Path) -> None:
     r = pmrun("-n3", "-l", "echo", "x")
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.splitlines()) == ["[0] x", "[1] x", "[2] x"]
     r = pmrun("-j1", "-k", "echo", ":::", "a", "b")
     assert (r.returncode, r.stdout) == (0, "a\nb\n"), r.stderr
+    r = pmrun("-n1", "-oout.txt", "-eerr", "echo", "x", cwd=tmp_path)  # srun's -oFILE, -eFILE
+    assert (r.returncode, (tmp_path / "out.txt").read_text()) == (0, "x\n"), r.stderr
+
+
+def test_open_mpis_long_options_take_one_dash_as_mpirun_does(pmrun: Run) -> None:
+    r = pmrun("-tag-output", "-display-map", "-n", "2", "echo", "x")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["[0] x", "[1] x"]
+    assert r.stderr.startswith("pmrun: rank map: node 0 ("), r.stderr
+
+
+def test_hydras_options_that_mean_nothing_here_are_taken(pmrun: Run) -> None:
+    r = pmrun("-disable-x", "-demux", "poll", "-topolib", "hwloc",
+              "-disable-hostname-propagation", "-n", "1", "echo", "x")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "x\n", "")
+
+
+def test_info_says_what_pmrun_serves_and_found_here(pmrun: Run) -> None:
+    r = pmrun("-info")
+    assert r.returncode == 0, r.stderr
+    rows = dict(line.split(":", 1) for line in r.stdout.splitlines())
+    assert list(rows) == ["Version", "PMI served", "PMIx server", "Topology", "Launchers",
+                          "Allocations read"]
+    assert rows["Version"].split()[0] == "pmrun"
+    assert "OpenPMIx" in rows["PMIx server"] or "cannot load" in rows["PMIx server"]
+    assert "libhwloc" in rows["Topology"]
 
 
 #: Rank 0 exits 0; rank 1 exits 3 once rank 0 is gone (reaped), so that its failure, which
@@ -682,7 +718,8 @@ GOOD_VALUE: dict[str, list[str]] = {
     "hosts": ["localhost"], "stdin": ["none"],
 }
 #: ... where an option's spelling takes other words than its key's others (srun's -t).
-GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"], "--time-limit": ["1.5h"]}
+GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"], "--time-limit": ["1.5h"],
+                 "-demux": ["select"], "-topolib": ["hwloc"]}
 QUICK = [(opt, name) for opt in OPTIONS if opt.quick for name in opt.names]
 
 
@@ -693,7 +730,8 @@ def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
         (tmp_path / "hosts").write_text("localhost\n")
         words = [str(tmp_path / "hosts")]
     else:
-        words = [] if opt.kind == options.FLAG else GOOD_FOR_NAME.get(name, GOOD_VALUE[opt.key])
+        words = ([] if opt.kind == options.FLAG else GOOD_FOR_NAME[name]
+                 if name in GOOD_FOR_NAME else GOOD_VALUE[opt.key])
     argv = [name, *words, "prog", "arg"]
     q = quick_parse(argv, {})
     assert q is not None, f"{name} is marked quick but the quick path does not take it"

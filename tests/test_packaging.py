@@ -45,6 +45,7 @@ def test_the_hydra_habits_the_readme_promises_are_options() -> None:
     from pm.options import OPTIONS
 
     names = {n for opt in OPTIONS for n in opt.names}
+    names |= {n[1:] for n in names if n.startswith("--")}  # mpirun's -tag-output
     readme = (REPO / "README.md").read_text()
     heading = "## Coming from Hydra / Open MPI / srun / GNU parallel"
     section = readme.split(heading, 1)[1].split("\n## ")[0]

@@ -212,6 +212,15 @@ def _load(soname: str) -> _Hwloc | str:
         return result
 
 
+def hwloc_status() -> str:
+    """Which hwloc pmrun discovers topologies with, or why none (``pmrun -info``)."""
+    hw = _load(HWLOC_SONAME)
+    if isinstance(hw, str):
+        return f"{hw} (pmrun reads /sys instead)"
+    v = hw.version
+    return f"{HWLOC_SONAME} (API {v >> 16}.{(v >> 8) & 0xff}), through cffi"
+
+
 def _bitmap(hw: _Hwloc, bitmap: Any) -> frozenset[int]:
     """The members of an hwloc bitmap (finite: object and allowed cpusets are)."""
     lib = hw.lib
