@@ -173,6 +173,19 @@ def choice(*allowed: str) -> Check:
     return check
 
 
+def mpi_kind(value: str, opt: str) -> str:
+    """``--mpi``: pmrun's auto, pmix, pmi, none; srun's plugin names as they mean here
+    (``pmi2``: PMI only; ``pmix_v4``: PMIx)."""
+    if value in ("auto", "pmix", "pmi", "none"):
+        return value
+    if value == "pmi2":
+        return "pmi"
+    if value.startswith("pmix_v") and value[6:].isdigit():
+        return "pmix"
+    raise UsageError(f"{opt} takes auto, pmix, pmi or none (srun's pmi2, pmix_vN), not "
+                     f"{value!r}")
+
+
 def _or(words: tuple[str, ...] | list[str]) -> str:
     return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
 
@@ -948,11 +961,12 @@ OPTIONS = (
         kind=FLAG, quick=True, group=MISC,
         help="taken for Open MPI's mpirun (and srun's -O), and meaning nothing here: pmrun "
              "runs as any user, and never refuses more ranks than cores"),
-    Opt("--mpi -mpi", "mpi", choice("auto", "pmix", "pmi", "none"), metavar="pmix|pmi|auto",
+    Opt("--mpi -mpi", "mpi", mpi_kind, metavar="pmix|pmi|auto",
         quick=True, group=MISC,
         help="pmix: serve PMIx besides PMI-1/PMI-2 (Open MPI); pmi (none): not; "
              "auto (default): PMIx when a program is linked with Open MPI or "
-             "libpmix, or is a Python whose environment holds Open MPI"),
+             "libpmix, or is a Python whose environment holds Open MPI; srun's "
+             "pmi2, pmix_v4... are pmi, pmix"),
     Opt("-t --time --time-limit", "timeout", slurm_time, metavar="TIME", quick=True, group=MISC,
         help="srun's time limit: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]; Flux's: 30s, 10m, "
              "1.5h, 1d (as --timeout)"),

@@ -1027,3 +1027,14 @@ def test_files_on_the_command_line_may_be_pipes(tmp_path: Path, quick: str) -> N
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     assert p.stdout.splitlines() == ["host", "host", "config", "arg 1", "arg 2", "slf 1"], p
     assert (p.returncode, p.stderr) == (2, f"pmrun: -f {tmp_path}: is a directory\n")
+
+
+@pytest.mark.parametrize(("given", "means"), [("pmi2", "pmi"), ("pmix", "pmix"),
+                                              ("pmix_v4", "pmix"), ("none", "none"),
+                                              ("auto", "auto")])
+def test_sruns_mpi_plugin_names_are_taken(given: str, means: str) -> None:
+    assert full_parse([f"--mpi={given}", "true"]).spec.mpi == means
+    q = quick_parse(["--mpi", given, "true"], {})
+    assert q is not None and q.pmix == (means == "pmix")
+    assert refusal(["--mpi=cray_shasta", "true"]) == (
+        ("--mpi takes auto, pmix, pmi or none (srun's pmi2, pmix_vN), not 'cray_shasta'",) * 2)
