@@ -301,6 +301,8 @@ def env_names(value: str, opt: str) -> list[str]:
 
 
 def out_pattern(value: str, opt: str) -> str:
+    if opt == "--output" and _directives(value):
+        return value  # Open MPI 5's (_open_mpi_output)
     from pm.common.output import pattern_problem
 
     problem = pattern_problem(opt, value)
@@ -430,6 +432,54 @@ def cpu_bind_of(value: str, opt: str) -> tuple[str, bool]:
                      f"or mask_cpu:LIST (verbose, before them), not {value!r}")
 
 
+#: Open MPI 5's ``--display`` items, as the options pmrun has for them.
+_DISPLAY = {"map": "print_rank_map", "map-devel": "print_rank_map", "bind": "report_bindings"}
+#: Open MPI 5's ``--output`` directives (``dir=DIR`` aside), as pmrun's options.
+_OUTPUT = {"tag": ("prepend", LABEL), "tag-detailed": ("prepend", LABEL),
+           "tag-fullname": ("prepend", LABEL), "timestamp": ("timestamp_output", True),
+           "merge-stderr-to-stdout": ("merge_stderr", True)}
+
+
+def _directives(value: str) -> bool:
+    """Whether an ``--output`` value is Open MPI 5's directives, not a file pattern."""
+    return all(i in _OUTPUT or i.startswith(("dir=", "file=")) or i == "xml"
+               for i in value.split(","))
+
+
+def display_items(value: str, opt: str) -> str:
+    for item in value.lower().split(","):
+        if item not in _DISPLAY:
+            raise UsageError(f"{opt} {value}: of Open MPI's items pmrun shows map (the rank "
+                             f"map) and bind (the bindings), not {item!r}")
+    return value
+
+
+def _open_mpi_output(out: Parsed) -> None:
+    """Open MPI 5's ``--output`` directives and ``--display`` items as pmrun's options: a
+    ``--output`` value made of directives only (``tag,timestamp``) is Open MPI's, any
+    other a file pattern (srun's ``--output``, Hydra's ``-outfile-pattern``)."""
+    values = out.values
+    for item in str(values.pop("display", "")).lower().split(","):
+        if item:
+            values[_DISPLAY[item]] = True
+    given = values.get("output")
+    if (not isinstance(given, str) or out.used.get(BY_NAME["--output"]) != "--output"
+            or not _directives(given)):
+        return
+    items = given.split(",")
+    del values["output"]
+    for item in items:
+        if item in _OUTPUT:
+            key, value = _OUTPUT[item]
+            values.setdefault(key, value)
+        elif item.startswith("dir="):
+            values["output_filename"] = item[4:]
+        else:
+            raise UsageError(f"--output {given}: of Open MPI's directives pmrun takes tag, "
+                             f"timestamp, merge-stderr-to-stdout and dir=DIR, not {item!r} "
+                             f"(an --output pattern names files: --output out.%r)")
+
+
 def _pe_of(value: str) -> tuple[str, str]:
     """Open MPI's ``TARGET:PE=N`` (N cores per rank) as (TARGET, N); (value, "") without."""
     head, sep, last = value.rpartition(":")
@@ -439,6 +489,8 @@ def _pe_of(value: str) -> tuple[str, str]:
 
 
 def map_by(value: str, opt: str) -> str:
+    # Open MPI's :OVERSUBSCRIBE means nothing here: pmrun never refuses more ranks than cores.
+    value = ":".join(w for w in value.split(":") if w.upper() != "OVERSUBSCRIBE") or "core"
     target, pe = _pe_of(value)
     if target != value:
         if not pe.isdigit() or int(pe) < 1:
@@ -789,7 +841,10 @@ OPTIONS = (
         group=IO, help="write the ranks' stdout to files: %r (or %t) is the rank, %h (%N) "
                        "its host, %p (%n) its node's number, %j the job id, %u the user, %% "
                        "a percent sign; without %r all ranks share the file. Spawned job J's "
-                       "ranks: %j is the id and sJ, else .sJ ends a name with %r"),
+                       "ranks: %j is the id and sJ, else .sJ ends a name with %r. Open MPI "
+                       "5's --output tag,timestamp,merge-stderr-to-stdout,dir=DIR is taken "
+                       "as -l, --timestamp-output, --merge-stderr-to-stdout, "
+                       "--output-filename DIR"),
     Opt("--error -errfile-pattern -e", "error", out_pattern, metavar="PATTERN", quick=True,
         group=IO, help="the same for their stderr"),
     Opt("--output-filename -output-filename", "output_filename", text, metavar="DIR",
@@ -812,6 +867,8 @@ OPTIONS = (
         quick=True,
         group=IO, help="before the job starts, print each node's ranks (Hydra's "
                        "-print-rank-map, Open MPI's --display-map), one line per node"),
+    Opt("--display", "display", display_items, metavar="map,bind", quick=True, group=IO,
+        help="Open MPI 5's: map, as --display-map; bind, as --report-bindings"),
     Opt("-print-all-exitcodes --print-all-exitcodes", "print_all_exitcodes", kind=FLAG,
         group=IO, help="at the end, print every rank's exit status"),
     # Launch
@@ -1193,6 +1250,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         _piped_command(out)
     elif "arg_files" in out.values or (len(out.sections) == 1 and "tasks" not in out.values):
         _command_with_sources(out)
+    _open_mpi_output(out)
     _ensemble_only(out)
     _open_mpi_mapping(out.values)
     _srun_export(out)

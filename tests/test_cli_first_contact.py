@@ -39,7 +39,8 @@ BAD_VALUE = {
     "arg_files": "/no/such/args", "delimiter": "ab", "header": "x", "results": "",
     "block": "0", "memfree": "lots", "N": "x", "nodes": "0", "max_args": "-1",
     "cpus_per_task": "0", "distribution": "round", "delay": "-1", "export": "A B", "stdin": "x",
-    "cpu_bind": "boards", "": "epoll",  # (-demux, -topolib: Hydra's, meaning nothing here)
+    "cpu_bind": "boards", "display": "topo",
+    "": "epoll",  # (-demux, -topolib: Hydra's, meaning nothing here)
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check not in (None, options.verbatim)
            for name in opt.names]
@@ -715,7 +716,7 @@ GOOD_VALUE: dict[str, list[str]] = {
     "export": ["PATH,A=1"], "N": ["1"], "nodes": ["1"], "bind_to": ["core:2"],
     "cpu_bind": ["verbose,map_cpu:1,0"], "cpus_per_task": ["2"], "map_by": ["slot:PE=2"],
     "distribution": ["cyclic"], "universe_size": ["6"],
-    "hosts": ["localhost"], "stdin": ["none"],
+    "hosts": ["localhost"], "stdin": ["none"], "display": ["map,bind"],
 }
 #: ... where an option's spelling takes other words than its key's others (srun's -t).
 GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"], "--time-limit": ["1.5h"],
@@ -1038,3 +1039,36 @@ def test_sruns_mpi_plugin_names_are_taken(given: str, means: str) -> None:
     assert q is not None and q.pmix == (means == "pmix")
     assert refusal(["--mpi=cray_shasta", "true"]) == (
         ("--mpi takes auto, pmix, pmi or none (srun's pmi2, pmix_vN), not 'cray_shasta'",) * 2)
+
+
+def test_open_mpi_5s_output_and_display_words_are_taken(pmrun: Run, tmp_path: Path) -> None:
+    """mpirun 5's --output tag,timestamp / merge-stderr-to-stdout / dir=DIR and --display
+    map,bind, as the options pmrun has for them; any other --output value is a file pattern
+    (srun's), and -o tag is a file named tag."""
+    prog = ["-n", "2", "sh", "-c", "echo out; echo err >&2"]
+    r = pmrun("--output", "tag", *prog)
+    assert (r.returncode, sorted(r.stdout.splitlines()), sorted(r.stderr.splitlines())) == (
+        0, ["[0] out", "[1] out"], ["[0] err", "[1] err"])
+    r = pmrun("--output", "merge-stderr-to-stdout,tag,timestamp", *prog)
+    assert (r.returncode, r.stderr) == (0, "")
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4 and all(re.fullmatch(r"\[\w{3} .+ \d{4}\] \[[01]\] (out|err)", x)
+                                   for x in lines), lines
+    r = pmrun("--output", f"dir={tmp_path / 'd'}", *prog)
+    assert (r.returncode, r.stdout) == (0, "")
+    assert (tmp_path / "d" / "1" / "rank.1" / "stderr").read_text() == "err\n"
+    r = pmrun("-o", "tag", *prog, cwd=tmp_path)
+    assert (r.returncode, (tmp_path / "tag").read_text()) == (0, "out\nout\n")
+    r = pmrun("--display", "map,bind", "--map-by", "core:OVERSUBSCRIBE", *prog)
+    assert r.returncode == 0
+    assert r.stderr.splitlines()[0].startswith("pmrun: rank map: node 0 (")
+    assert "rank 1 on " in r.stderr
+    for argv, message in ((["--output", "tag,file=x"], "--output tag,file=x: of Open MPI's "
+                           "directives pmrun takes tag, timestamp, merge-stderr-to-stdout and "
+                           "dir=DIR, not 'file=x' (an --output pattern names files: --output "
+                           "out.%r)"),
+                          (["--display", "allocation"], "--display allocation: of Open MPI's "
+                           "items pmrun shows map (the rank map) and bind (the bindings), not "
+                           "'allocation'")):
+        r = pmrun(*argv, "true")
+        assert (r.returncode, r.stderr) == (2, f"pmrun: {message}\n")
