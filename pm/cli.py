@@ -61,7 +61,7 @@ class CliOptions:
 _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fanout", "timeout",
                         "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output",
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
-                        "merge_stderr", "timestamp_output", "distribution",
+                        "merge_stderr", "timestamp_output", "distribution", "unbuffered",
                         "kill_on_bad_exit"})
 
 
@@ -148,6 +148,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.error = v.get("error")  # type: ignore[assignment]
     spec.report_bindings = bool(v.get("report_bindings"))
     spec.merge_stderr = bool(v.get("merge_stderr"))
+    spec.unbuffered = bool(v.get("unbuffered"))
     spec.timestamp = bool(v.get("timestamp_output"))
     spec.label = "prepend" in v
     spec.prepend = prepend_of(v)

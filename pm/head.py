@@ -200,6 +200,7 @@ class JobRun:
             env=env, mapping=process_mapping(node_of_rank),
             label=spec.label, kvs=spec.kvs, bind_to=spec.bind_to, map_by=spec.map_by,
             report_bindings=spec.report_bindings, merge_stderr=spec.merge_stderr,
+            unbuffered=spec.unbuffered,
             timeout=spec.timeout,
             profile=spec.profile is not None, bootstrap=dict(nodes.bootstrap),
             mem_high=spec.mem_high, mem_low=spec.mem_low, mem_overrun=spec.mem_overrun,

@@ -64,6 +64,8 @@ class JobSpec:
     report_bindings: bool = False
     #: Each rank's stderr is its stdout (Open MPI's --merge-stderr-to-stdout).
     merge_stderr: bool = False
+    #: The ranks' output passed on as it comes, not line by line (srun's -u).
+    unbuffered: bool = False
     profile: str | None = None
     #: Files for the ranks' stdout / stderr instead of the launcher's (pm.common.output patterns).
     output: str | None = None

@@ -860,6 +860,10 @@ OPTIONS = (
         help="the rank that reads pmrun's stdin (default 0), all: every rank reads it, or "
              "none: every rank reads /dev/null (Open MPI's --stdin, srun's -i); or FILE, "
              "which every rank reads, opening it on its node (srun's and Flux's -i FILE)"),
+    Opt("--unbuffered", "unbuffered", kind=FLAG, quick=True, group=IO,
+        help="srun's -u: each rank's output passed on as it comes, partial lines too (a "
+             "prompt, a progress bar), and Python ranks unbuffered (PYTHONUNBUFFERED=1); "
+             "by default a line is passed on whole. Not with -l, --timestamp-output"),
     Opt("--merge-stderr-to-stdout -merge-stderr-to-stdout", "merge_stderr", kind=FLAG,
         quick=True, group=IO, help="each rank's stderr goes where its stdout goes, in the "
                                    "order the rank wrote them (Open MPI's)"),
@@ -1252,6 +1256,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         _command_with_sources(out)
     _open_mpi_output(out)
     _ensemble_only(out)
+    _unbuffered(out, environ)
     _open_mpi_mapping(out.values)
     _srun_export(out)
     _output_filename(out)
@@ -1382,7 +1387,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
 _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "error", "kvs",
                "output_filename", "timestamp_output",
                "mpi", "profile", "universe_size", "nodes", "cpus_per_task", "stdin", "cpu_bind",
-               "merge_stderr", "distribution", "kill_on_bad_exit",
+               "merge_stderr", "distribution", "kill_on_bad_exit", "unbuffered",
                "print_rank_map", "print_all_exitcodes")
 
 
@@ -1431,10 +1436,31 @@ def _ensemble_only(out: Parsed) -> None:
         if "resume" in values and "resume_failed" in values:
             raise UsageError("--resume and --resume-failed: give one of them")
         return
+    ungroup = BY_NAME["-u"]
+    if out.used.get(ungroup) == "-u":  # GNU parallel's -u beside :::, srun's on an MPI job
+        del out.used[ungroup], values["output_mode"]
+        out.used.setdefault(BY_NAME["--unbuffered"], "-u")
+        values["unbuffered"] = True
     for opt, name in out.used.items():
         if opt.key in _ENSEMBLE_KEYS:
             raise UsageError(f"{name} is for task ensembles (pmrun CMD ::: ARGS, "
                              "--tasks FILE), not for an MPI job's ranks")
+
+
+def _unbuffered(out: Parsed, environ: Mapping[str, str]) -> None:
+    """srun's ``-u``: output passed on as it comes (no line to label), Python ranks told
+    not to buffer theirs."""
+    values = out.values
+    if "unbuffered" not in values:
+        return
+    for opt, name in out.used.items():
+        if opt.key in ("prepend", "timestamp_output"):
+            raise UsageError(f"{out.used[BY_NAME['--unbuffered']]} passes output on as it "
+                             f"comes, not in lines: {name} has no line to start")
+    if "PYTHONUNBUFFERED" not in environ:
+        genv = values.setdefault("genv", {})
+        assert isinstance(genv, dict)
+        genv.setdefault("PYTHONUNBUFFERED", "1")
 
 
 def _open_mpi_mapping(values: dict[str, object]) -> None:

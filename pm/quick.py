@@ -108,7 +108,8 @@ class QuickOptions:
 
     __slots__ = ("app_env", "argv", "bind_to", "env_mode", "error", "genv", "genvlist", "host",
                  "kvs", "label", "map_by", "merge", "n", "output", "pmix", "prepend", "rank_map",
-                 "report", "stdin_file", "stdin_rank", "timeout", "timestamp", "usize", "wdir")
+                 "report", "stdin_file", "stdin_rank", "timeout", "timestamp", "unbuffered",
+                 "usize", "wdir")
 
     def __init__(self) -> None:
         self.n = 1
@@ -130,6 +131,7 @@ class QuickOptions:
         self.kvs = "shm"
         #: --merge-stderr-to-stdout.
         self.merge = False
+        self.unbuffered = False
         #: --bind-to (and -c, --cpu-bind, --map-by's :PE=), --map-by, --report-bindings.
         self.bind_to = "none"
         self.map_by = "core"
@@ -174,6 +176,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     opts.error = v.get("error")  # type: ignore[assignment]
     opts.kvs = v.get("kvs") or "shm"  # type: ignore[assignment]
     opts.merge = "merge_stderr" in v
+    opts.unbuffered = "unbuffered" in v
     slots = None
     if parsed.here is not None:  # -hosts or -f: this machine alone (quick_ok)
         opts.host, slots = parsed.here
@@ -314,10 +317,11 @@ class QuickStart:
 
             with RankTimerSlack(opts.n):
                 start_local(todo, stdin_rank=stdin_rank, stop_at_failure=True, into=started,
-                            merge=opts.merge, stdin_file=opts.stdin_file)
+                            merge=opts.merge, stdin_file=opts.stdin_file,
+                            raw=opts.unbuffered)
         else:
             start_local(todo, stdin_rank=stdin_rank, stop_at_failure=True, into=started,
-                        merge=opts.merge, stdin_file=opts.stdin_file)
+                        merge=opts.merge, stdin_file=opts.stdin_file, raw=opts.unbuffered)
         if self._pmix is not None:
             for r in started.ranks:
                 if r.pid:
@@ -623,7 +627,8 @@ class QuickStart:
             return False  # bound ranks: the full runtime binds the children after them
         assert self.pmi is not None and self._watch_more is not None
         spawns = self.spawns = QuickSpawns(self.pmi, self._base, self.opts.wdir,
-                                           self._watch_more, self.opts.merge)
+                                           self._watch_more, self.opts.merge,
+                                           self.opts.unbuffered)
         return spawns.spawn(parent, rank, call)
 
     def _reader_gone(self, stream: int) -> None:

@@ -734,7 +734,7 @@ def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
         words = ([] if opt.kind == options.FLAG else GOOD_FOR_NAME[name]
                  if name in GOOD_FOR_NAME else GOOD_VALUE[opt.key])
     argv = [name, *words, "prog", "arg"]
-    q = quick_parse(argv, {})
+    q = quick_parse(argv, dict(os.environ))  # (as the full parser reads it)
     assert q is not None, f"{name} is marked quick but the quick path does not take it"
     from pm.cli import hosts_of
 
@@ -746,10 +746,10 @@ def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
                                                                    spec.genvlist)
     assert (q.n, q.argv, q.genv, q.app_env, q.wdir, q.label, q.prepend, q.timeout, q.output,
             q.error, q.env_mode, q.genvlist, q.merge, q.bind_to, q.map_by, q.report,
-            q.timestamp, q.stdin_file) == (
+            q.timestamp, q.stdin_file, q.unbuffered) == (
         app.n, app.argv, spec.genv, app.env, app.wdir, spec.label, spec.prepend, spec.timeout,
         spec.output, spec.error, mode, names, spec.merge_stderr, spec.bind_to, spec.map_by,
-        spec.report_bindings, spec.timestamp, spec.stdin_file)
+        spec.report_bindings, spec.timestamp, spec.stdin_file, spec.unbuffered)
     from pm.agent.pmix_detect import wants_pmix
 
     assert q.pmix == wants_pmix(spec.mpi, [app.argv])

@@ -105,6 +105,48 @@ MIXED = """
 """
 
 
+#: Writes a prompt without a new line, and the rest once the test has seen it.
+PROMPT = """
+    import os, sys, time
+    sys.stdout.write("name? ")
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.01)
+    print("done", os.environ.get("PYTHONUNBUFFERED"))
+"""
+
+
+@pytest.mark.parametrize("opts", [["-u"], ["--unbuffered", "--local-nodes", "2"]])
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_unbuffered_passes_a_partial_line_on_at_once(pmrun_popen: Start, tmp_path: Path,
+                                                     opts: list[str], quick: str) -> None:
+    """srun's -u: a prompt without a new line reaches pmrun's stdout while the rank waits
+    (a line is otherwise passed on whole), and a Python rank does not buffer it."""
+    import select
+
+    seen = tmp_path / "seen"
+    prog = script(tmp_path, "prompt.py", PROMPT)
+    p = pmrun_popen(*opts, "-n", "1", "python", str(prog), str(seen), env={"PM_QUICK": quick})
+    assert p.stdout is not None
+    got = b""
+    while not got.endswith(b"? "):
+        assert select.select([p.stdout], [], [], 30)[0], f"no prompt within 30 s: {got!r}"
+        data = os.read(p.stdout.fileno(), 100)
+        assert data, f"stdout closed after {got!r}"
+        got += data
+    assert got == b"name? " and p.poll() is None
+    seen.touch()
+    out, err = p.communicate(timeout=30)
+    assert (p.returncode, out, err) == (0, b"done 1\n", b"")
+
+
+def test_unbuffered_has_no_line_to_label_and_is_parallels_beside_sources(pmrun: Run) -> None:
+    r = pmrun("-u", "-l", "-n", "1", "true")
+    assert (r.returncode, r.stderr) == (
+        2, "pmrun: -u passes output on as it comes, not in lines: -l has no line to start\n")
+    r = pmrun("-u", "-k", "echo", ":::", "a", "b")  # GNU parallel's -u (--ungroup)
+    assert (r.returncode, r.stdout) == (0, "a\nb\n")
+
+
 @pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"], ["-l"]])
 @pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
 def test_merge_stderr_to_stdout_keeps_each_ranks_order(pmrun: Run, tmp_path: Path,

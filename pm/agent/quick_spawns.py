@@ -107,15 +107,18 @@ class QuickSpawns:
 
     ``base``: the launched job's environment (with its topology file), ``wdir`` its
     working directory; ``watch`` registers new ranks with the quick phase's loop;
-    ``merge``: their stderr is their stdout, as the launched job's.
+    ``merge``: their stderr is their stdout, as the launched job's; ``raw``: their output
+    passed on as it comes, as the launched job's (srun's ``-u``).
     """
 
     def __init__(self, launched: QuickPmi, base: Mapping[str, str], wdir: str | None,
-                 watch: Callable[[list[StartedRank]], None], merge: bool = False) -> None:
+                 watch: Callable[[list[StartedRank]], None], merge: bool = False,
+                 raw: bool = False) -> None:
         self.launched = launched
         self.base = base
         self.wdir = wdir
         self.merge = merge
+        self.raw = raw
         self.watch = watch
         self.jobs: list[QuickJob] = []
         #: Ranks of spawned jobs still running.
@@ -170,7 +173,7 @@ class QuickSpawns:
         started.guardian, started.shared = top.guardian, True
         started.shm_reaper = ShmReaper()
         start_local(todo, stdin_rank=None, guardian=top.guardian, into=started, job=job,
-                    merge=self.merge)
+                    merge=self.merge, raw=self.raw)
         pmi = started.pmi = QuickPmi(
             started, kvsname, n, native=launched.native, host=launched.host,
             spawned=Spawned(job, launched, parent.kvsname, req.preput, appnums))

@@ -167,10 +167,12 @@ class LocalRanks:
 
             with RankTimerSlack(len(todo)):
                 start_local(todo, stdin_rank=stdin_rank, guardian=guardian,
-                            merge=plan.merge_stderr, into=started, stdin_file=stdin_file)
+                            merge=plan.merge_stderr, into=started, stdin_file=stdin_file,
+                            raw=plan.unbuffered)
         else:
             start_local(todo, stdin_rank=stdin_rank, guardian=guardian,
-                        merge=plan.merge_stderr, into=started, stdin_file=stdin_file)
+                        merge=plan.merge_stderr, into=started, stdin_file=stdin_file,
+                        raw=plan.unbuffered)
         self.adopt(started, mark=False)
 
     def adopt(self, started: StartedRanks, mark: bool = True) -> None:

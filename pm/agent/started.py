@@ -61,7 +61,7 @@ class StartedRank:
     __slots__ = ("err", "err_fd", "failure", "job", "local_rank", "out", "out_fd", "pid",
                  "pidfd", "pmi", "rank", "skipped", "started_at", "stdin_fd")
 
-    def __init__(self, rank: int, local_rank: int, job: int = 0) -> None:
+    def __init__(self, rank: int, local_rank: int, job: int = 0, raw: bool = False) -> None:
         self.rank = rank
         self.local_rank = local_rank
         #: Its job: 0 the launched job, J the J-th job spawned (pm.agent.quick_spawns).
@@ -73,9 +73,9 @@ class StartedRank:
         #: Our end of its PMI socket (None for a task without PMI, or once taken).
         self.pmi: _socket.socket | None = None
         self.out_fd = self.err_fd = self.stdin_fd = -1
-        #: Partial lines of its stdout and stderr (read, not yet passed on).
-        self.out = LineBuffer()
-        self.err = LineBuffer()
+        #: Partial lines of its stdout and stderr (read, not yet passed on; ``raw``: none).
+        self.out = LineBuffer(raw=raw)
+        self.err = LineBuffer(raw=raw)
         #: Wall clock of its start (for --profile).
         self.started_at = 0.0
 
@@ -155,7 +155,7 @@ class StartedRanks:
 def start_local(todo: Sequence[RankStart], *, stdin_rank: int | None = 0, pmi: bool = True,
                 guardian: Guardian | None = None, stop_at_failure: bool = False,
                 into: StartedRanks | None = None, job: int = 0, merge: bool = False,
-                stdin_file: str | None = None) -> StartedRanks:
+                stdin_file: str | None = None, raw: bool = False) -> StartedRanks:
     """Start ``todo`` in one process group (posix_spawn: no Python runs in the children).
 
     Each gets a PMI socket (``pmi``), stdout and stderr pipes, and stdin: a
@@ -167,6 +167,7 @@ def start_local(todo: Sequence[RankStart], *, stdin_rank: int | None = 0, pmi: b
     ranks (else a new :class:`StartedRanks`); ``job``: theirs (:attr:`StartedRank.job`).
     ``merge``: each rank's stderr is its stdout pipe (no stderr pipe).  ``stdin_file``:
     every rank reads this file instead (each its own open of it, from its start).
+    ``raw``: their output is passed on as it comes, partial lines too (srun's ``-u``).
     """
     started = into if into is not None else StartedRanks()
     if guardian is None:
@@ -179,7 +180,7 @@ def start_local(todo: Sequence[RankStart], *, stdin_rank: int | None = 0, pmi: b
         devnull = -1  # RankFds opens one per rank, and says why if it cannot
     try:
         for spec in todo:
-            r = StartedRank(spec.rank, spec.local_rank, job)
+            r = StartedRank(spec.rank, spec.local_rank, job, raw)
             started.ranks.append(r)
             if stop:
                 r.failure, r.skipped = stop, True

@@ -23,16 +23,20 @@ class LineBuffer:
 
     ``terminate``: a line cut at :data:`MAX_LINE` and the last partial line get a
     newline (a rank's, so that no other rank's bytes join it); without, they come as
-    they are (a task's output, passed on byte for byte)."""
+    they are (a task's output, passed on byte for byte).  ``raw`` (srun's ``-u``): no
+    line is held, every chunk passes as it came."""
 
-    __slots__ = ("_part", "_terminate")
+    __slots__ = ("_part", "_raw", "_terminate")
 
-    def __init__(self, terminate: bool = True) -> None:
+    def __init__(self, terminate: bool = True, raw: bool = False) -> None:
         self._part = b""
         self._terminate = terminate
+        self._raw = raw
 
     def feed(self, data: bytes) -> bytes:
         """The complete lines in ``data`` (with what was left before); keeps the rest."""
+        if self._raw:
+            return data
         buf = self._part + data if self._part else data
         cut = buf.rfind(b"\n") + 1
         if cut == 0:

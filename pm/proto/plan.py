@@ -74,6 +74,8 @@ class JobPlan(Record):
     report_bindings: bool = False
     #: Each rank's stderr is its stdout (one pipe: the order it wrote them).
     merge_stderr: bool = False
+    #: Output passed on as it comes, partial lines too (srun's -u).
+    unbuffered: bool = False
     timeout: float | None = None
     profile: bool = False
     #: How child agents are started: bootstrap name and its options (each launcher's own).
