@@ -252,18 +252,20 @@ def readable_or_stdin(value: str, opt: str) -> str:
     return value if value == "-" else readable_file(value, opt)
 
 
-#: What each file named on the command line held, read once (a pipe, ``-f <(...)``, reads
-#: as empty the second time; the quick check and the full path both look).
+#: What each pipe named on the command line held, read once (``-f <(...)`` reads as empty
+#: the second time; the quick check and the full path both look).
 _TEXTS: dict[str, str] = {}
 
 
 def file_text(path: str) -> str:
-    """The text of ``path``, read the first time it is asked for; raises ``OSError``,
+    """The text of ``path`` (a pipe's as it was first read); raises ``OSError``,
     ``UnicodeDecodeError``."""
     text = _TEXTS.get(path)
     if text is None:
         with open(path) as f:
-            text = _TEXTS[path] = f.read()
+            text = f.read()
+        if not os.path.isfile(path):
+            _TEXTS[path] = text
     return text
 
 
