@@ -1389,7 +1389,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
 _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "error", "kvs",
                "output_filename", "timestamp_output",
                "mpi", "profile", "universe_size", "nodes", "cpus_per_task", "stdin", "cpu_bind",
-               "merge_stderr", "distribution", "kill_on_bad_exit", "unbuffered",
+               "merge_stderr", "distribution", "kill_on_bad_exit", "unbuffered", "display",
                "print_rank_map", "print_all_exitcodes")
 
 
