@@ -960,6 +960,8 @@ OPTIONS = (
              "--pipepart also takes -N)"),
     Opt("--recend", "recend", verbatim, metavar="STR", group=MEMORY,
         help="--pipe's records end with STR (default a new line; '' with --recstart)"),
+    Opt("--regexp --regex", "regexp", kind=FLAG, group=MEMORY,
+        help="--recstart and --recend are regular expressions (GNU parallel's)"),
     Opt("--recstart", "recstart", verbatim, metavar="STR", group=MEMORY,
         help="--pipe's records start with STR: blocks are cut between --recend and STR"),
     Opt("--results", "results", results_dir, metavar="DIR", group=MEMORY,
@@ -1381,7 +1383,7 @@ def _command_line(values: dict[str, object], words: list[str]) -> str:
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
                   "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
                   "tagstring", "delimiter", "header", "results", "pipe", "pipepart", "block",
-                  "recend", "recstart", "memfree",
+                  "recend", "recstart", "regexp", "memfree",
                   "progress", "max_args", "many_args", "delay", "shuf", "quote")
 
 
@@ -1416,9 +1418,11 @@ def _ensemble_only(out: Parsed) -> None:
         if "many_args" in values and ("pipe" in values or "max_args" in values):
             raise UsageError(f"{values['many_args']} groups the arguments of an input source: "
                              f"not with {'--pipe' if 'pipe' in values else '-N'}")
-        for key in ("block", "recend", "recstart"):
+        for key in ("block", "recend", "recstart", "regexp"):
             if key in values and "pipe" not in values:
                 raise UsageError(f"--{key} is for --pipe (how stdin is cut into blocks)")
+        if "regexp" in values:
+            _regexps(values)
         if str(values.get("block", "")).startswith("-") and "pipepart" not in values:
             raise UsageError(f"--block {values['block']} (blocks a task slot) is for --pipepart: "
                              "--pipe reads stdin, whose size is not known ahead")
@@ -1463,6 +1467,23 @@ def _unbuffered(out: Parsed, environ: Mapping[str, str]) -> None:
         genv = values.setdefault("genv", {})
         assert isinstance(genv, dict)
         genv.setdefault("PYTHONUNBUFFERED", "1")
+
+
+def _regexps(values: dict[str, object]) -> None:
+    """``--regexp``: --recstart and --recend must be regular expressions (of bytes); not
+    with --pipepart, whose file is cut at literal boundaries."""
+    import re
+
+    if "pipepart" in values:
+        raise UsageError("--regexp is for --pipe: --pipepart cuts at --recstart/--recend "
+                         "as they are written")
+    for key in ("recstart", "recend"):
+        if key in values:
+            try:
+                re.compile(os.fsencode(str(values[key])))
+            except re.error as exc:
+                raise UsageError(f"--{key} {values[key]}: not a regular expression ({exc})"
+                                 ) from None
 
 
 def _open_mpi_mapping(values: dict[str, object]) -> None:

@@ -387,6 +387,35 @@ def test_pipe_cuts_between_records_as_gnu_parallel_does(pmrun: Run, tmp_path: Pa
                                            "into blocks)\n")
 
 
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
+@pytest.mark.parametrize("cut", [[], ["--recstart", "5"], ["--recend", "0"],
+                                 ["--regexp", "--recstart", "[57]"],
+                                 ["--regexp", "--recend", "[05]\\n", "--recstart", "1"],
+                                 ["--regexp", "--recend", ""]])
+def test_pipe_blocks_end_where_gnu_parallels_do(pmrun: Run, tmp_path: Path,
+                                                cut: list[str]) -> None:
+    """A block ends at the last record boundary within the next multiple of --block bytes;
+    a record longer than that makes the block grow (a warning each time, as parallel's)."""
+    assert PARALLEL is not None
+    data = "".join(f"{i}\n" for i in range(1, 301))
+    for block in ("100", "37"):
+        tail = ["--pipe", "--block", block, *cut, "-k", "wc -c"]
+        want = subprocess.run([PARALLEL, "--will-cite", *tail], cwd=tmp_path, input=data,
+                              capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "HOME": str(tmp_path)})
+        assert want.returncode == 0, want.stderr
+        r = pmrun(*tail, input=data)
+        assert (r.returncode, r.stdout) == (0, want.stdout), (block, r.stderr)
+        grew = [line for line in r.stderr.splitlines() if "--block grows to" in line]
+        assert len(grew) == len(want.stderr.splitlines()) and grew == r.stderr.splitlines()
+    r = pmrun("--pipe", "--regexp", "--recstart", "[", "cat", input="x\n")
+    assert (r.returncode, r.stderr) == (2, "pmrun: --recstart [: not a regular expression "
+                                           "(unterminated character set at position 0)\n")
+    r = pmrun("--regexp", "echo", ":::", "a")
+    assert (r.returncode, r.stderr) == (2, "pmrun: --regexp is for --pipe (how stdin is cut "
+                                           "into blocks)\n")
+
+
 def test_bytes_no_program_can_take_are_named_not_a_defect(pmrun: Run, tmp_path: Path) -> None:
     """Input files hold anything: a NUL byte (no argument can), bytes that are not UTF-8."""
     (tmp_path / "nul").write_bytes(b"a\x00b\necho ok\n")
@@ -415,7 +444,7 @@ def test_pipe_gives_each_run_a_block_of_whole_lines(pmrun: Run) -> None:
               input=data)
     assert r.returncode == 0, r.stderr
     counts = [int(line.split("\t")[1]) for line in r.stdout.splitlines()[::2]]
-    assert len(counts) == 6 and sum(counts) == 100000, r.stdout  # blocks of >= 100 KiB
+    assert len(counts) == 6 and sum(counts) == 100000, r.stdout  # blocks of <= 100 KiB
     assert r.stderr == ""
     # -q: the command's words as given, a new line within one too.
     r = pmrun("--pipe", "--block", "1", "-k", "-q", "sh", "-c", "wc -l; echo \"$0\"",
@@ -480,7 +509,8 @@ def test_pipe_reads_only_what_its_tasks_take(tmp_path: Path) -> None:
 
 
 def test_pipe_ends_at_ctrl_c_while_waiting_for_input(pmrun_popen: Popen) -> None:
-    proc = pmrun_popen("-v", "-v", "--pipe", "--block", "1", "cat", stdin=subprocess.PIPE)
+    # (A block is cut once --block bytes came: "first\n" is one.)
+    proc = pmrun_popen("-v", "-v", "--pipe", "--block", "6", "cat", stdin=subprocess.PIPE)
     assert proc.stderr is not None and proc.stdin is not None
     proc.stdin.write(b"first\n")
     proc.stdin.flush()

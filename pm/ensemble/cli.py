@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import math
 import os
 import random
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -82,27 +84,39 @@ def _unescape(separator: str) -> bytes:
 
 
 class _Blocks:
-    """Our stdin (or the open file ``fd``: ``--pipepart``) in blocks of whole records: each
-    at least ``size`` bytes, up to the end of the record that passes it (the last block may
-    be shorter, or end without ``end``), as GNU parallel's ``--pipe --block``.  A record
-    ends with ``end`` and the next starts with ``start`` (``--recend``, ``--recstart``): a
-    block is cut only between the two.  A file's blocks (``part``) are cut as GNU
-    parallel's ``--pipepart`` cuts them: at the first record boundary from ``size`` bytes
-    on (``--pipe``'s may end at ``size`` itself)."""
+    """Our stdin (or the open file ``fd``: ``--pipepart``) in blocks of whole records, as
+    GNU parallel cuts them.  A record ends with ``end`` and the next starts with ``start``
+    (``--recend``, ``--recstart``; regular expressions with ``regexp``): a block is cut
+    only between the two.  ``--pipe``: what is held is filled up to the next multiple of
+    ``size`` bytes, and the block ends at the last record boundary in it; without one (a
+    record longer than that) the size grows by 30 % (``warn`` is told) and more is read;
+    at the end of the input what is left is the last block.  A file's blocks (``part``)
+    are cut as GNU parallel's ``--pipepart`` cuts them: at the first record boundary from
+    ``size`` bytes on."""
 
     def __init__(self, size: int, end: bytes = b"\n", start: bytes = b"", fd: int = 0,
-                 part: bool = False) -> None:
+                 part: bool = False, regexp: bool = False) -> None:
         self.size = size
         self._part = part
         self._end = len(end)
         self._sep = end + start
+        self._last: re.Pattern[bytes] | None = None
+        if regexp:
+            # (GNU parallel's: the greedy prefix finds the last END that START follows.)
+            self._last = re.compile(b"\\A(?s:.)*(?:" + end + b")(?=(?:" + start + b"))", re.M)
         self._buf = bytearray()
+        #: Of ``_buf``, the bytes GNU parallel would have read by now (it reads ahead less).
+        self._held = 0
         self._eof = False
         self._fd = fd
         #: False for a regular file (it never blocks; the loop cannot poll it).
         self._polled = fd == 0
+        #: Told when a record longer than the block size makes it grow.
+        self.warn: Callable[[str], object] | None = None
 
     async def next(self) -> bytes | None:
+        if not self._part:
+            return await self._next_piped()
         while True:
             if len(self._buf) >= self.size:
                 # (A separator may span the size: look from where it could begin.  Empty,
@@ -125,6 +139,37 @@ class _Blocks:
                 self._buf += data
             else:
                 self._eof = True
+
+    async def _next_piped(self) -> bytes | None:
+        while True:
+            target = self._held + self.size - self._held % self.size
+            while len(self._buf) < target and not self._eof:
+                data = await self._read()
+                if data:
+                    self._buf += data
+                else:
+                    self._eof = True
+            if len(self._buf) < target:  # the input ended: the rest is the last block
+                block, self._buf, self._held = bytes(self._buf), bytearray(), 0
+                return block or None
+            self._held = target
+            cut = self._last_boundary(target)
+            if cut > 0:
+                block = bytes(self._buf[:cut])
+                del self._buf[:cut]
+                self._held -= cut
+                return block
+            old, self.size = self.size, min(math.ceil(self.size * 1.3 + 1), (1 << 31) - 1)
+            if self.warn is not None:
+                self.warn(f"a record was longer than {old} bytes: --block grows to {self.size}")
+
+    def _last_boundary(self, held: int) -> int:
+        """Where the last record boundary in the first ``held`` bytes is (0: none)."""
+        if self._last is not None:
+            m = self._last.match(self._buf, 0, held)
+            return m.end() if m else 0
+        found = self._buf.rfind(self._sep, 0, held) if self._sep else held
+        return found + self._end if found >= 0 else 0
 
     async def _read(self) -> bytes:
         if self._polled:
@@ -428,8 +473,14 @@ async def run_cli(opts: CliOptions) -> int:
 
         ens.on_done = done
         if "pipe" in extra:
-            start = _unescape(extra.get("recstart", ""))
-            end = _unescape(extra.get("recend", "" if "recstart" in extra else "\n"))
+            regexp = "regexp" in extra
+            # (--regexp: the expressions as given, \n read by the regular expression; a
+            # --recend '' alone ends a record at any byte, as GNU parallel's.)
+            unescape = os.fsencode if regexp else _unescape
+            start = unescape(extra.get("recstart", ""))
+            end = unescape(extra.get("recend", "" if "recstart" in extra else "\n"))
+            if regexp and not end and not start:
+                end = b"(?s:.)"
             fd = 0
             if "pipe_file" in extra:  # --pipepart
                 try:
@@ -441,7 +492,8 @@ async def run_cli(opts: CliOptions) -> int:
                 # (--pipepart's default as GNU parallel's: 10 blocks for each task slot.)
                 size = _block_size(extra.get("block", "-10" if fd else "1M"), fd,
                                    ens.slot_count)
-                blocks = _Blocks(size, end, start, fd, part=bool(fd))
+                blocks = _Blocks(size, end, start, fd, part=bool(fd), regexp=regexp)
+                blocks.warn = console.message
                 producer = asyncio.ensure_future(_pipe(ens, console, specs[0], blocks))
                 try:
                     await producer
