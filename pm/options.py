@@ -173,6 +173,14 @@ def choice(*allowed: str) -> Check:
     return check
 
 
+def header_lines(value: str, opt: str) -> str:
+    """GNU parallel's ``--header``: ``:`` (the first line), or a number of lines (--pipe)."""
+    if value != ":" and not value.isdigit():
+        raise UsageError(f"{opt} takes : (the first line) or, with --pipe, a number of "
+                         f"lines, not {value!r}")
+    return value
+
+
 def mpi_kind(value: str, opt: str) -> str:
     """``--mpi``: pmrun's auto, pmix, pmi, none; srun's plugin names as they mean here
     (``pmi2``: PMI only; ``pmix_v4``: PMIx)."""
@@ -967,9 +975,10 @@ OPTIONS = (
     Opt("--results", "results", results_dir, metavar="DIR", group=MEMORY,
         help="each task's stdout and stderr in files of DIR/1/ARG1/2/ARG2/, not printed "
              "(GNU parallel's layout)"),
-    Opt("--header", "header", choice(":"), metavar=":", group=MEMORY,
+    Opt("--header", "header", header_lines, metavar=":", group=MEMORY,
         help="each source's first argument (with --colsep: its first line's columns) "
-             "names it: {NAME} in the command"),
+             "names it: {NAME} in the command; with --pipe, stdin's first line (N: "
+             "lines) goes before every block"),
     Opt("--colsep", "colsep", regex, metavar="REGEX", group=MEMORY,
         help="split each argument into columns where REGEX matches: {1} {2}... (as GNU "
              "parallel, e.g. --colsep , :::: params.csv)"),
@@ -1423,6 +1432,13 @@ def _ensemble_only(out: Parsed) -> None:
                 raise UsageError(f"--{key} is for --pipe (how stdin is cut into blocks)")
         if "regexp" in values:
             _regexps(values)
+        header = values.get("header")
+        if header is not None and "pipepart" in values:
+            raise UsageError("--header is for --pipe (its first lines before every block), "
+                             "not --pipepart")
+        if isinstance(header, str) and header.isdigit() and "pipe" not in values:
+            raise UsageError(f"--header {header} (lines of stdin before every block) is for "
+                             "--pipe: an input source's names come with --header :")
         if str(values.get("block", "")).startswith("-") and "pipepart" not in values:
             raise UsageError(f"--block {values['block']} (blocks a task slot) is for --pipepart: "
                              "--pipe reads stdin, whose size is not known ahead")

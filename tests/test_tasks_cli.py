@@ -408,6 +408,13 @@ def test_pipe_blocks_end_where_gnu_parallels_do(pmrun: Run, tmp_path: Path,
         assert (r.returncode, r.stdout) == (0, want.stdout), (block, r.stderr)
         grew = [line for line in r.stderr.splitlines() if "--block grows to" in line]
         assert len(grew) == len(want.stderr.splitlines()) and grew == r.stderr.splitlines()
+    for header in (":", "2"):  # stdin's first lines before every block
+        tail = ["--pipe", "--block", "10", "--header", header, "-k", "echo B; cat"]
+        want = subprocess.run([PARALLEL, "--will-cite", *tail], cwd=tmp_path, input=data,
+                              capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "HOME": str(tmp_path)})
+        r = pmrun(*tail, input=data)
+        assert (r.returncode, r.stdout) == (0, want.stdout), (header, r.stderr)
     r = pmrun("--pipe", "--regexp", "--recstart", "[", "cat", input="x\n")
     assert (r.returncode, r.stderr) == (2, "pmrun: --recstart [: not a regular expression "
                                            "(unterminated character set at position 0)\n")

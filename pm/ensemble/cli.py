@@ -95,8 +95,11 @@ class _Blocks:
     ``size`` bytes on."""
 
     def __init__(self, size: int, end: bytes = b"\n", start: bytes = b"", fd: int = 0,
-                 part: bool = False, regexp: bool = False) -> None:
+                 part: bool = False, regexp: bool = False, header: int = 0) -> None:
         self.size = size
+        #: Lines of the input before every block (``--header``): first read, then kept.
+        self._header_lines = header
+        self.header = b""
         self._part = part
         self._end = len(end)
         self._sep = end + start
@@ -141,6 +144,26 @@ class _Blocks:
                 self._eof = True
 
     async def _next_piped(self) -> bytes | None:
+        while self._header_lines:
+            at = -1
+            for _ in range(self._header_lines):
+                at = self._buf.find(b"\n", at + 1)
+                if at < 0:
+                    break
+            if at >= 0 or self._eof:
+                cut = at + 1 if at >= 0 else len(self._buf)
+                self.header, self._header_lines = bytes(self._buf[:cut]), 0
+                del self._buf[:cut]
+                break
+            data = await self._read()
+            if data:
+                self._buf += data
+            else:
+                self._eof = True
+        block = await self._cut_piped()
+        return None if block is None else self.header + block
+
+    async def _cut_piped(self) -> bytes | None:
         while True:
             target = self._held + self.size - self._held % self.size
             while len(self._buf) < target and not self._eof:
@@ -492,7 +515,9 @@ async def run_cli(opts: CliOptions) -> int:
                 # (--pipepart's default as GNU parallel's: 10 blocks for each task slot.)
                 size = _block_size(extra.get("block", "-10" if fd else "1M"), fd,
                                    ens.slot_count)
-                blocks = _Blocks(size, end, start, fd, part=bool(fd), regexp=regexp)
+                header = extra.get("header", "0")
+                blocks = _Blocks(size, end, start, fd, part=bool(fd), regexp=regexp,
+                                 header=1 if header == ":" else int(header))
                 blocks.warn = console.message
                 producer = asyncio.ensure_future(_pipe(ens, console, specs[0], blocks))
                 try:
