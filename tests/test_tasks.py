@@ -163,12 +163,13 @@ def test_max_args_groups_one_source_s_arguments() -> None:
     assert chunked(combos, 2) == [("a", "b c"), ("d",)]
     assert chunked(combos, 0) == [(), (), ()]
     # {k} beyond the last, shorter group is empty; without replacement strings the
-    # arguments are appended, and with -N 0 none is.
+    # arguments are appended, and with -N 0 none is (after a space all the same, as GNU
+    # parallel writes the line).
     assert [fill("x {1}-{2} {}", c, 1, width=2) for c in chunked(combos, 2)] == [
         "x a-'b c' a 'b c'", "x d- d"]
     assert [fill("echo", c, 1, width=2) for c in chunked(combos, 2)] == [
         "echo a 'b c'", "echo d"]
-    assert fill("echo hi", (), 1) == "echo hi"
+    assert fill("echo hi", (), 1) == "echo hi "
     with pytest.raises(UsageError, match="names argument 3: -N 2 gives 2"):
         fill("{3}", ("a",), 1, width=2)
     with pytest.raises(UsageError, match="one input source, not of 2"):

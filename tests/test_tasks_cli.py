@@ -219,7 +219,13 @@ def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_pat
     assert r.returncode == 0, r.stderr
     # Both streams byte for byte: no summary once every task succeeded, as parallel.
     assert (r.stdout, r.stderr) == (want.stdout, want.stderr)
-    r = pmrun("-v", "-k", *tail)  # -v: the summary
+    # -v: each run's command line before its output, as parallel's; and the summary.
+    want = subprocess.run([PARALLEL, "--will-cite", "-v", "-k", *tail], cwd=tmp_path, text=True,
+                          capture_output=True, timeout=30,
+                          env={**os.environ, "HOME": str(tmp_path)})
+    r = pmrun("-v", "-k", *tail)
+    if "-q" not in tail and "{%}" not in " ".join(tail):  # (quoted, or the slot: see README)
+        assert r.stdout == want.stdout
     assert any(re.fullmatch(r"(\d+) tasks?: \1 succeeded, 0 failed, 0 retries", line)
                for line in r.stderr.splitlines()), r.stderr
 
@@ -528,7 +534,7 @@ def test_pipe_ends_at_ctrl_c_while_waiting_for_input(pmrun_popen: Popen) -> None
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGINT, err
-    assert out == b"first\n"
+    assert out == b"cat\nfirst\n"  # (-v: the command line first, as GNU parallel's)
     lines = err.decode().splitlines()  # (with -v: the node's memory last)
     assert lines[-3:-1] == ["pmrun: SIGINT: starting no more tasks",
                             "1 task: 1 succeeded, 0 failed, 0 retries"], lines
@@ -741,7 +747,8 @@ def test_sshlogin_sets_tasks_at_once_per_host(pmrun: Run) -> None:
     r = pmrun("-v", "-v", "-S", "1/:", "--mem-per-task", "1M", "sleep 0.2; echo {}",
               ":::", "a", "b", "c")
     assert r.returncode == 0, r.stderr
-    assert sorted(r.stdout.splitlines()) == ["a", "b", "c"]
+    assert sorted(r.stdout.splitlines()) == ["a", "b", "c", *(f"sleep 0.2; echo {x}"
+                                                               for x in "abc")]
     assert _most_at_once(r.stderr) == 1, r.stderr
     r = pmrun("-S", "x/n1", "echo", ":::", "a")
     assert (r.returncode, r.stderr) == (2, "pmrun: -S takes [N/]HOST,... (N tasks at once on "

@@ -15,7 +15,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pm.agent.memory import SizeError, parallel_size, parse_size
 from pm.ensemble.console import Console
@@ -54,7 +54,10 @@ def _results_dir(top: str, spec: TaskSpec, names: Sequence[str]) -> str:
     return os.path.join(*parts)
 
 
-def _same(value: bytes | None, _index: int) -> bytes | None:
+_T = TypeVar("_T")
+
+
+def _same(value: _T, _index: int) -> _T:
     return value
 
 
@@ -402,6 +405,8 @@ async def run_cli(opts: CliOptions) -> int:
             combos = spread(combos, slots, many)
         if "colsep" in extra:
             combos = split_columns(combos, extra["colsep"])
+            # A row's columns vary: {N} beyond a row's is empty there, as GNU parallel's.
+            width = sys.maxsize
             if names:
                 names = list(split_columns([tuple(names)], extra["colsep"])[0])
         if words is not None:
@@ -439,8 +444,14 @@ async def run_cli(opts: CliOptions) -> int:
     tag: Callable[[int], bytes | None] = tags.get
     if "pipe" in extra:  # one line, run once a block: every run's tag is the first's
         tag = functools.partial(_same, tags.get(0))
+    command = None
+    if opts.verbose and path is None:  # GNU parallel's -v: each run's command line first
+        lines = {s.index: os.fsencode(s.argv[2]) for s in specs}
+        command = lines.__getitem__
+        if "pipe" in extra:  # (the runs are numbered as their blocks come)
+            command = functools.partial(_same, lines[0])
     console = Console(opts.verbose, os.isatty(2), group=mode == "group", tag=tag,
-                      results=where)
+                      results=where, command=command)
     interrupted: list[int] = []
     try:
         ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,

@@ -83,15 +83,20 @@ class Console:
 
     ``group``: a task's output whole once it ended (else line by line).  ``tag``: a
     task's line prefix from its index (None: none).  ``results``: each task's directory
-    for its output files, by index (then nothing of it is printed).  Written in order by
+    for its output files, by index (then nothing of it is printed).  ``command``: a
+    task's command line, written first in its output as each run starts (GNU parallel's
+    ``-v``).  Written in order by
     the output thread (:class:`pm.common.output.Writer`): a slow reader of our stdout
     never stops the loop that runs the tasks.  :meth:`aclose` waits until all is
     written."""
 
     def __init__(self, verbose: int, tty: bool, *, group: bool = False,
                  tag: Callable[[int], bytes | None] | None = None,
-                 results: dict[int, str] | None = None) -> None:
+                 results: dict[int, str] | None = None,
+                 command: Callable[[int], bytes] | None = None) -> None:
         self.verbose = verbose
+        #: GNU parallel's -v: each run's command line, on stdout before its output.
+        self._command = command
         self._results = results
         #: Tasks whose --results files could not be written: their output is printed.
         self._unstored: set[int] = set()
@@ -210,6 +215,8 @@ class Console:
             held = self._held.pop(e.task, None)  # a retry: only the last run's output shows
             if held is not None:
                 held.close()
+        if e.kind == "start" and self._command is not None and e.task is not None:
+            self.output(e.task, STDOUT, self._command(e.task) + b"\n")
         if e.kind in ("overrun", "killed", "suspended", "resumed", "lost", "timeout", "error"):
             level = 0
         elif e.kind in ("watermarks", "blocked", "unblocked"):

@@ -234,4 +234,5 @@ def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: in
         return " ".join(q(_edit(v, m["how"])) for v in values)
 
     out = _REPLACE.sub(one, line)
-    return out if used or not quote else " ".join([line, *map(q, args)])
+    # (Appended after a space even when there are none, -N0's: GNU parallel's line.)
+    return out if used or not quote else line + " " + " ".join(map(q, args))
