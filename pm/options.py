@@ -1004,6 +1004,16 @@ OPTIONS = (
         help="arguments of :::: and -a files end with NUL (find -print0), not newline"),
     Opt("-d --delimiter", "delimiter", delimiter, metavar="DELIM", group=MEMORY,
         help="arguments of :::: and -a files end with DELIM, not newline"),
+    Opt("-E --eof", "eof", verbatim, metavar="STR", group=MEMORY,
+        help="an input source ends at an argument STR (the rest is not read), as xargs -E"),
+    Opt("-r --no-run-if-empty", "no_empty", kind=FLAG, group=MEMORY,
+        help="skip the arguments that are only white space (empty lines)"),
+    Opt("--trim", "trim", choice("n", "l", "r", "lr", "rl"), metavar="n|l|r|lr",
+        group=MEMORY, help="strip white space from the arguments: l on the left, r on the "
+                           "right, lr both (default n: none)"),
+    Opt("--link --xapply", "link", kind=FLAG, group=MEMORY,
+        help="the input sources' arguments taken side by side, not in every combination "
+             "(a shorter source starts over), as :::+ for every source"),
     Opt("-q --quote", "quote", kind=FLAG, group=MEMORY,
         help="run the command's words as they are given: each quoted for the shell, special "
              "characters and all, the arguments put in unquoted (GNU parallel's -q)"),
@@ -1392,6 +1402,7 @@ def _command_line(values: dict[str, object], words: list[str]) -> str:
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
                   "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
                   "tagstring", "delimiter", "header", "results", "pipe", "pipepart", "block",
+                  "eof", "no_empty", "trim", "link",
                   "recend", "recstart", "regexp", "memfree",
                   "progress", "max_args", "many_args", "delay", "shuf", "quote")
 

@@ -202,6 +202,13 @@ PARALLEL = shutil.which("parallel")
     ["-j1", "-q", "echo", "slot={%}", ":::", "a", "b"],
     ["-q", "-N2", "echo", "{1}+{2}", ":::", "a", "b", "c"],
     ["-q", "--header", ":", "echo", "<{x}>", ":::", "x", "1", "2 3"],
+    # -r, --trim, -E, --link: what becomes of the arguments.
+    ["-r", "echo", "x{}y", "::::", "gaps.txt", ":::", "1"],
+    ["--trim", "lr", "-r", "echo", "x{}y", ":::", " a ", "  ", "b "],
+    ["-E", "stop", "echo", "::::", "gaps.txt"],
+    ["--link", "echo", ":::", "a", "b", "c", ":::", "1", "2"],
+    ["--xapply", "echo", "{2}{1}", ":::", "a", "b", ":::+", "p", "q", ":::", "1", "2", "3"],
+    ["--colsep", " ", "echo", "{2}-{1}-{5}", "::::", "rows.txt"],
 ])
 def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_path: Path,
                                                              tail: list[str]) -> None:
@@ -210,6 +217,8 @@ def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_pat
     (tmp_path / "nul.txt").write_bytes(b"n 1\0n\n2\0")
     (tmp_path / "named.csv").write_text("name,val\nfoo,1\nbar,2\n")
     (tmp_path / "many.txt").write_text("".join(f"{i}\n" for i in range(1, 101)))
+    (tmp_path / "gaps.txt").write_text("a\n\n  \nb\nstop\nc\n")
+    (tmp_path / "rows.txt").write_text("a b\nc\nd e f\n")
     assert PARALLEL is not None
     want = subprocess.run([PARALLEL, "--will-cite", "-k", *tail], cwd=tmp_path, text=True,
                           capture_output=True, timeout=30,

@@ -21,7 +21,15 @@ from pm.agent.memory import SizeError, parallel_size, parse_size
 from pm.ensemble.console import Console
 from pm.ensemble.core import Ensemble
 from pm.ensemble.domain import planned_slots
-from pm.ensemble.inputs import SEPARATORS, chunked, combinations, fill, split_columns, spread
+from pm.ensemble.inputs import (
+    SEPARATORS,
+    chunked,
+    combinations,
+    fill,
+    shaping,
+    split_columns,
+    spread,
+)
 from pm.ensemble.joblog import JobLog, read_joblog
 from pm.ensemble.scheduler import (
     TaskSpec,
@@ -393,7 +401,9 @@ async def run_cli(opts: CliOptions) -> int:
                 raise UsageError(f"-N {extra['max_args']} takes the arguments of an input "
                                  "source (::: ARGS, :::: FILE, -a FILE): there is none")
             return specs
-        combos = combinations(sources, read_source, extra.get("delimiter"), names)
+        shape = shaping(extra.get("eof"), extra.get("trim", "n"), "no_empty" in extra)
+        combos = combinations(sources, read_source, extra.get("delimiter"), names,
+                              shape=shape, link="link" in extra)
         width = 0
         if "max_args" in extra:
             width = int(extra["max_args"])

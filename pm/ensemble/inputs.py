@@ -52,14 +52,17 @@ def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def combinations(words: Sequence[str], read: Callable[[str], str],
-                 delimiter: str | None = None, names: list[str] | None = None
+                 delimiter: str | None = None, names: list[str] | None = None, *,
+                 shape: Callable[[list[str]], list[str]] | None = None, link: bool = False
                  ) -> list[tuple[str, ...]]:
     """The argument tuples of the input sources in ``words`` (which start with a
     separator); ``read(path)`` gives a ``::::`` file's text, an argument a line (or
     ending with ``delimiter``: GNU parallel's ``-0``, ``-d``).  ``names`` (GNU
     parallel's ``--header :``): each source's first argument is its name, appended
-    there instead.  :class:`UsageError` for a source without arguments, a ``+`` source
-    with nothing before it or a file that cannot be read."""
+    there instead.  ``shape``: what becomes of each source's arguments (:func:`shaping`);
+    ``link`` (``--link``): every source paired with the others, a shorter one starting
+    over.  :class:`UsageError` for a source without arguments, a ``+`` source with nothing
+    before it or a file that cannot be read."""
     groups: list[list[list[str]]] = []  # sources paired with each other, in order
     i = 0
     while i < len(words):
@@ -78,7 +81,11 @@ def combinations(words: Sequence[str], read: Callable[[str], str],
                     raise UsageError(f"--header: {sep} {path if files else ''}".rstrip()
                                      + " has a name but no argument")
                 names.append(source.pop(0))
-        if sep.endswith("+"):
+        if shape is not None:
+            sources = [shape(source) for source in sources]
+        if link and groups:
+            groups[0].extend(sources)
+        elif sep.endswith("+"):
             if not groups:
                 raise UsageError(f"{sep} pairs its source with the one before it: there is none")
             groups[-1].extend(sources)
@@ -86,8 +93,31 @@ def combinations(words: Sequence[str], read: Callable[[str], str],
             groups.append(sources[:1])
             groups.extend([s] for s in sources[1:])
         i = j
+    if link and groups:
+        every = groups[0]
+        longest = 0 if not all(every) else max(map(len, every))
+        return [tuple(s[i % len(s)] for s in every) for i in range(longest)]
     rows = [list(zip(*group, strict=False)) for group in groups]  # pairs: the shorter
     return [tuple(arg for row in combo for arg in row) for combo in itertools.product(*rows)]
+
+
+def shaping(eof: str | None = None, trim: str = "n", no_empty: bool = False
+            ) -> Callable[[list[str]], list[str]] | None:
+    """What GNU parallel's ``-E STR`` (a source ends at STR), ``--trim`` (white space
+    stripped: ``l``, ``r``, ``lr``) and ``-r`` (arguments of white space only skipped) do to
+    a source's arguments; None for none of them."""
+    strip = {"l": str.lstrip, "r": str.rstrip, "lr": str.strip, "rl": str.strip}.get(trim)
+    if eof is None and strip is None and not no_empty:
+        return None
+
+    def shape(args: list[str]) -> list[str]:
+        if eof is not None and eof in args:
+            args = args[: args.index(eof)]
+        if no_empty:
+            args = [a for a in args if a.strip()]
+        return [strip(a) for a in args] if strip is not None else args
+
+    return shape
 
 
 def chunked(combos: Sequence[tuple[str, ...]], n: int) -> list[tuple[str, ...]]:
