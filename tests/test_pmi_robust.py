@@ -186,8 +186,8 @@ def test_wrong_kvsname_is_refused(pmrun: Run, tmp_path: Path) -> None:
     r = pmrun("-n", "1", "python", str(prog), timeout=30)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert re.fullmatch(r"cmd=put_result rc=1 msg=\S*kvsname_other\S*", lines[0]), lines
-    assert re.fullmatch(r"cmd=get_result rc=1 msg=\S*kvsname_other\S*", lines[1]), lines
+    assert re.fullmatch(r"cmd=put_result rc=1 msg=\S*kvsname_'other'\S*", lines[0]), lines
+    assert re.fullmatch(r"cmd=get_result rc=1 msg=\S*kvsname_'other'\S*", lines[1]), lines
 
 
 def test_healthy_ranks_are_not_blamed(pmrun: Run, tmp_path: Path) -> None:
