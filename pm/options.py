@@ -1004,6 +1004,8 @@ OPTIONS = (
         help="arguments of :::: and -a files end with NUL (find -print0), not newline"),
     Opt("-d --delimiter", "delimiter", delimiter, metavar="DELIM", group=MEMORY,
         help="arguments of :::: and -a files end with DELIM, not newline"),
+    Opt("-I --replace", "replace", text, metavar="STR", group=MEMORY,
+        help="STR stands for the argument in the command, instead of {} (as xargs -I)"),
     Opt("-E --eof", "eof", verbatim, metavar="STR", group=MEMORY,
         help="an input source ends at an argument STR (the rest is not read), as xargs -E"),
     Opt("-r --no-run-if-empty", "no_empty", kind=FLAG, group=MEMORY,
@@ -1402,7 +1404,7 @@ def _command_line(values: dict[str, object], words: list[str]) -> str:
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
                   "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
                   "tagstring", "delimiter", "header", "results", "pipe", "pipepart", "block",
-                  "eof", "no_empty", "trim", "link",
+                  "eof", "no_empty", "trim", "link", "replace",
                   "recend", "recstart", "regexp", "memfree",
                   "progress", "max_args", "many_args", "delay", "shuf", "quote")
 

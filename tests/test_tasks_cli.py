@@ -209,6 +209,8 @@ PARALLEL = shutil.which("parallel")
     ["--link", "echo", ":::", "a", "b", "c", ":::", "1", "2"],
     ["--xapply", "echo", "{2}{1}", ":::", "a", "b", ":::+", "p", "q", ":::", "1", "2", "3"],
     ["--colsep", " ", "echo", "{2}-{1}-{5}", "::::", "rows.txt"],
+    ["-I", "ZZ", "echo", "ZZ.txt", "{}", "{.}", ":::", "a.b", "c"],  # {} as it is
+    ["-q", "-I", "@", "echo", "@ {}", ":::", "x y"],
 ])
 def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_path: Path,
                                                              tail: list[str]) -> None:

@@ -64,6 +64,17 @@ def _results_dir(top: str, spec: TaskSpec, names: Sequence[str]) -> str:
 
 _T = TypeVar("_T")
 
+#: What a command's own ``{}`` is while ``-I STR`` stands for the argument (:func:`_marked`).
+_KEPT = "\x01\x02"
+
+
+def _marked(text: str, replace: str) -> str:
+    """``text`` with ``-I``'s STR as ``{}``, and ``{}`` itself kept aside as :data:`_KEPT`
+    (``-I {}`` is what there is without it)."""
+    if replace == "{}":
+        return text
+    return text.replace("{}", _KEPT).replace(replace, "{}")
+
 
 def _same(value: _T, _index: int) -> _T:
     return value
@@ -387,14 +398,29 @@ async def run_cli(opts: CliOptions) -> int:
     assert isinstance(nodes, Nodes)
 
     def tasks() -> list[TaskSpec]:
+        made = _tasks()
+        if "replace" not in extra:
+            return made
+        # -I STR: STR was {} meanwhile, and {} itself kept aside (GNU parallel's, xargs').
+        def back(text: str) -> str:
+            return text.replace(_KEPT, "{}")
+
+        return [dataclasses.replace(s, argv=tuple(map(back, s.argv)), line=back(s.line),
+                                    words=tuple(map(back, s.words))) for s in made]
+
+    def _tasks() -> list[TaskSpec]:
         nonlocal names
         # -q: the command's words as given (GNU parallel's), not a line the shell splits.
         words = extra["tasks_words"].split("\0") if "tasks_words" in extra else None
+        if "replace" in extra and words is not None:
+            words = [_marked(w, extra["replace"]) for w in words]
         if words is not None and not sources:  # (--pipe)
             line = quoted_line(words)
             return [TaskSpec(0, ("sh", "-c", line), options.get("mem_per_task"), line, 1,
                              tuple(words))]
         text = extra["tasks_line"] if path is None else _read_text(path)
+        if "replace" in extra and path is None:
+            text = _marked(text, extra["replace"])
         specs = parse_tasks(text, options.get("mem_per_task")) if words is None else []
         if not sources:
             if "max_args" in extra:
