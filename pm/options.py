@@ -464,6 +464,49 @@ def display_items(value: str, opt: str) -> str:
     return value
 
 
+#: Flux's shell options (``flux run -o NAME[=VALUE]``), which its ``-o`` takes where srun's
+#: and Hydra's takes a file pattern.
+_FLUX_SHELL = frozenset({"verbose", "nosetpgrp", "initrc", "userrc", "pty", "cpu-affinity",
+                         "gpu-affinity", "mpi", "pmi", "stage-in", "signal", "exit-timeout",
+                         "exit-on-error", "taskmap", "hwloc", "rlimit", "output", "input",
+                         "pty.interactive", "pty.capture", "pty.ranks", "hwloc.xmlfile"})
+
+
+def out_pattern_or_flux(value: str, opt: str) -> str:
+    if opt == "-o" and _flux_option(value):
+        return value  # Flux's -o NAME=VALUE (_flux_shell_option)
+    return out_pattern(value, opt)
+
+
+def _flux_option(value: str) -> bool:
+    name = value.partition("=")[0]
+    return name in _FLUX_SHELL or name.split(".")[0] in ("output", "input", "pmi-simple")
+
+
+def _flux_shell_option(out: Parsed) -> None:
+    """Flux's ``-o cpu-affinity=per-task`` (``off``, ``on``), ``-o pmi=LIST``, ``-o
+    verbose``, as pmrun's --bind-to, --mpi, -v; another Flux shell option is refused in
+    one line (it was a file named ``cpu-affinity=per-task`` for the ranks' stdout)."""
+    values = out.values
+    given = values.get("output")
+    if (not isinstance(given, str) or out.used.get(BY_NAME["-o"]) != "-o"
+            or not _flux_option(given)):
+        return
+    del values["output"]
+    name, _, value = given.partition("=")
+    if name == "cpu-affinity" and value in ("per-task", "on", "off"):
+        values.setdefault("bind_to", "core" if value == "per-task" else "none")
+    elif name == "pmi" and value:
+        values.setdefault("mpi", "pmix" if "pmix" in value.split(",") else "pmi")
+    elif name == "verbose":
+        out.verbose += 1
+        out.used.setdefault(BY_NAME["-v"], "-o verbose")  # (as -v: the full path says it)
+    else:
+        raise UsageError(f"-o {given}: of Flux's shell options pmrun takes cpu-affinity="
+                         "per-task|on|off, pmi=LIST and verbose (an -o pattern names files: "
+                         "-o out.%t)")
+
+
 def _open_mpi_output(out: Parsed) -> None:
     """Open MPI 5's ``--output`` directives and ``--display`` items as pmrun's options: a
     ``--output`` value made of directives only (``tag,timestamp``) is Open MPI's, any
@@ -847,7 +890,8 @@ OPTIONS = (
     Opt("-prepend-pattern", "prepend", prepend_pattern, metavar="PATTERN", quick=True,
         group=IO, help="prefix every output line with PATTERN: %r rank, %h host, %p node "
                        "number, %g job (0; spawned jobs count on), %% a percent sign"),
-    Opt("--output -outfile-pattern -o", "output", out_pattern, metavar="PATTERN", quick=True,
+    Opt("--output -outfile-pattern -o", "output", out_pattern_or_flux, metavar="PATTERN",
+        quick=True,
         group=IO, help="write the ranks' stdout to files: %r (or %t) is the rank, %h (%N) "
                        "its host, %p (%n) its node's number, %j the job id, %u the user, %% "
                        "a percent sign; without %r all ranks share the file. Spawned job J's "
@@ -1280,6 +1324,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     elif "arg_files" in out.values or (len(out.sections) == 1 and "tasks" not in out.values):
         _command_with_sources(out)
     _open_mpi_output(out)
+    _flux_shell_option(out)
     _ensemble_only(out)
     _unbuffered(out, environ)
     _open_mpi_mapping(out.values)

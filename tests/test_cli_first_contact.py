@@ -1072,3 +1072,23 @@ def test_open_mpi_5s_output_and_display_words_are_taken(pmrun: Run, tmp_path: Pa
                            "'allocation'")):
         r = pmrun(*argv, "true")
         assert (r.returncode, r.stderr) == (2, f"pmrun: {message}\n")
+
+
+def test_fluxs_shell_options_are_not_a_file_pattern(pmrun: Run, tmp_path: Path) -> None:
+    """flux run -o cpu-affinity=per-task (off), -o pmi=LIST, -o verbose: as --bind-to core
+    (none), --mpi, -v; it was stdout to a file named cpu-affinity=per-task."""
+    r = pmrun("-o", "cpu-affinity=per-task", "--report-bindings", "-n", "2", "echo", "x",
+              cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "x\nx\n"), r.stderr
+    assert sorted(r.stderr.splitlines()) == [f"rank {i} on {os.uname().nodename}: cpus {i}"
+                                             for i in range(2)]
+    assert list(tmp_path.iterdir()) == []
+    assert full_parse(["-o", "pmi=simple,pmix", "x"]).spec.mpi == "pmix"
+    assert full_parse(["-o", "cpu-affinity=off", "x"]).spec.bind_to == "none"
+    assert full_parse(["-o", "verbose", "x"]).verbose == 1
+    assert quick_parse(["-o", "verbose", "x"], {}) is None  # (-v: the full path)
+    assert refusal(["-o", "gpu-affinity=per-task", "x"]) == ((
+        "-o gpu-affinity=per-task: of Flux's shell options pmrun takes cpu-affinity="
+        "per-task|on|off, pmi=LIST and verbose (an -o pattern names files: -o out.%t)"),) * 2
+    r = pmrun("-o", "out.%t", "-n", "1", "echo", "y", cwd=tmp_path)  # srun's pattern still
+    assert (r.returncode, (tmp_path / "out.0").read_text()) == (0, "y\n")
