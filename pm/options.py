@@ -181,6 +181,17 @@ def header_lines(value: str, opt: str) -> str:
     return value
 
 
+def flux_env_rule(value: str, opt: str) -> str:
+    """Flux's ``--env RULE`` (``VAR=VAL``, ``-PATTERN``, ``PATTERN``), ``--env-remove
+    PATTERN`` as the rule ``-PATTERN``."""
+    if not value or value in ("-", "="):
+        raise UsageError(f"{opt} takes VAR=VALUE or a pattern of names, not {value!r}")
+    if value.startswith("^"):
+        raise UsageError(f"{opt} {value}: pmrun reads no rules from a file (give each: "
+                         f"{opt} VAR=VALUE)")
+    return "-" + value if opt == "--env-remove" else value
+
+
 def mpi_kind(value: str, opt: str) -> str:
     """``--mpi``: pmrun's auto, pmix, pmi, none; srun's plugin names as they mean here
     (``pmi2``: PMI only; ``pmix_v4``: PMIx)."""
@@ -867,6 +878,11 @@ OPTIONS = (
         group=ENV, help="-genvnone for this program's ranks"),
     Opt("-envlist", "env_mode", env_names, metavar="A,B", local=True, quick=True, group=ENV,
         help="-genvlist for this program's ranks"),
+    Opt("--env --env-remove", "flux_env", flux_env_rule, metavar="RULE", quick=True,
+        group=ENV,
+        help="Flux's: --env VAR=VAL sets VAR for every rank, --env -PATTERN (or --env-remove "
+             "PATTERN) passes none of the variables PATTERN matches (a shell pattern), --env "
+             "PATTERN passes those again; in the order given"),
     Opt("-x", "genv", kind=EXPORT, metavar="NAME[=VALUE]", quick=True, group=ENV,
         help="pass NAME with its value here (Open MPI's mpirun -x; an unset NAME is named and "
              "skipped), or set it to VALUE"),
@@ -1295,8 +1311,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             value = opt.check(raw, name)
             if opt.key == "env_mode":
                 value = ("list", value)
-            elif opt.key == "arg_files":  # -a FILE again: another input source
-                files = out.values.setdefault("arg_files", [])
+            elif opt.key in ("arg_files", "flux_env"):  # -a FILE again: another source
+                files = out.values.setdefault(opt.key, [])
                 assert isinstance(files, list)
                 files.append(value)
                 continue
@@ -1329,6 +1345,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     _unbuffered(out, environ)
     _open_mpi_mapping(out.values)
     _srun_export(out)
+    _flux_env(out, environ)
     _output_filename(out)
     if "merge_stderr" in out.values and "error" in out.values:
         raise UsageError("--merge-stderr-to-stdout leaves no stderr for --error to write")
@@ -1610,6 +1627,36 @@ def _output_filename(out: Parsed) -> None:
     part = folder_in_the_way(os.path.dirname(base))
     if part:
         raise UsageError(f"--output-filename {given}: {part} is not a folder")
+
+
+def _flux_env(out: Parsed, environ: Mapping[str, str]) -> None:
+    """Flux's ``--env`` rules, in order, as pmrun's -genv and (once a rule removes some)
+    -genvlist of what is left of pmrun's environment."""
+    rules = out.values.pop("flux_env", None)
+    if not isinstance(rules, list):
+        return
+    from fnmatch import fnmatchcase
+
+    names = list(environ)
+    removed = False
+    genv = out.values.setdefault("genv", {})
+    assert isinstance(genv, dict)
+    for rule in rules:
+        if rule.startswith("-"):
+            removed = True
+            names = [n for n in names if not fnmatchcase(n, rule[1:])]
+            for name in [n for n in genv if fnmatchcase(n, rule[1:])]:
+                del genv[name]
+        elif "=" in rule:
+            name, _, value = rule.partition("=")
+            genv[name] = value
+        else:
+            names += [n for n in environ if fnmatchcase(n, rule) and n not in names]
+    if removed:
+        if "env_mode" in out.values:
+            raise UsageError("--env -PATTERN (--env-remove) and -genvall/-genvnone/-genvlist "
+                             "(or srun's --export): give one")
+        out.values["env_mode"] = ("list", names)
 
 
 def _srun_export(out: Parsed) -> None:

@@ -39,7 +39,7 @@ BAD_VALUE = {
     "arg_files": "/no/such/args", "delimiter": "ab", "header": "x", "results": "",
     "block": "0", "memfree": "lots", "N": "x", "nodes": "0", "max_args": "-1",
     "cpus_per_task": "0", "distribution": "round", "delay": "-1", "export": "A B", "stdin": "x",
-    "cpu_bind": "boards", "display": "topo", "replace": "", "trim": "x",
+    "cpu_bind": "boards", "display": "topo", "replace": "", "trim": "x", "flux_env": "^f",
     "": "epoll",  # (-demux, -topolib: Hydra's, meaning nothing here)
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check not in (None, options.verbatim)
@@ -717,6 +717,7 @@ GOOD_VALUE: dict[str, list[str]] = {
     "cpu_bind": ["verbose,map_cpu:1,0"], "cpus_per_task": ["2"], "map_by": ["slot:PE=2"],
     "distribution": ["cyclic"], "universe_size": ["6"],
     "hosts": ["localhost"], "stdin": ["none"], "display": ["map,bind"],
+    "flux_env": ["A=1"],
 }
 #: ... where an option's spelling takes other words than its key's others (srun's -t).
 GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"], "--time-limit": ["1.5h"],
@@ -1092,3 +1093,16 @@ def test_fluxs_shell_options_are_not_a_file_pattern(pmrun: Run, tmp_path: Path) 
         "per-task|on|off, pmi=LIST and verbose (an -o pattern names files: -o out.%t)"),) * 2
     r = pmrun("-o", "out.%t", "-n", "1", "echo", "y", cwd=tmp_path)  # srun's pattern still
     assert (r.returncode, (tmp_path / "out.0").read_text()) == (0, "y\n")
+
+
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_fluxs_env_rules_in_their_order(pmrun: Run, quick: str) -> None:
+    env = {"PM_QUICK": quick, "FOO": "bar", "FIZZ": "z", "BAZ": "q"}
+    show = ["-n", "1", "sh", "-c", 'echo "X=$X FOO=$FOO FIZZ=$FIZZ BAZ=$BAZ Y=$Y"']
+    r = pmrun("--env=X=1", "--env", "-F*", *show, env=env)
+    assert (r.returncode, r.stdout) == (0, "X=1 FOO= FIZZ= BAZ=q Y=\n"), r.stderr
+    r = pmrun("--env-remove", "*", "--env=FIZZ", "--env", "Y=2", *show, env=env)
+    assert (r.returncode, r.stdout) == (0, "X= FOO= FIZZ=z BAZ= Y=2\n"), r.stderr
+    r = pmrun("--env-remove", "FOO", "-genvnone", *show, env=env)
+    assert (r.returncode, r.stderr) == (2, "pmrun: --env -PATTERN (--env-remove) and -genvall/"
+                                           "-genvnone/-genvlist (or srun's --export): give one\n")
