@@ -167,6 +167,18 @@ def test_a_program_beside_tasks_is_refused(pmrun: Run, tmp_path: Path, tail: lis
 PARALLEL = shutil.which("parallel")
 
 
+def parallel(tmp_path: Path, *args: str, input: str | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    """GNU parallel's own run of ``args`` in ``tmp_path`` (its home there: no citation
+    notice, no ~/.parallel of the user's)."""
+    assert PARALLEL is not None
+    want = subprocess.run([PARALLEL, "--will-cite", *args], cwd=tmp_path, input=input,
+                          capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "HOME": str(tmp_path)})
+    assert want.returncode == 0, want.stderr
+    return want
+
+
 @pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
 @pytest.mark.parametrize("tail", [
     ["echo", "{#}", "{}", ":::", "a", "b c", ":::", "1", "2"],
@@ -222,18 +234,13 @@ def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_pat
     (tmp_path / "gaps.txt").write_text("a\n\n  \nb\nstop\nc\n")
     (tmp_path / "rows.txt").write_text("a b\nc\nd e f\n")
     assert PARALLEL is not None
-    want = subprocess.run([PARALLEL, "--will-cite", "-k", *tail], cwd=tmp_path, text=True,
-                          capture_output=True, timeout=30,
-                          env={**os.environ, "HOME": str(tmp_path)})
-    assert want.returncode == 0, want.stderr
+    want = parallel(tmp_path, "-k", *tail)
     r = pmrun("-k", *tail)
     assert r.returncode == 0, r.stderr
     # Both streams byte for byte: no summary once every task succeeded, as parallel.
     assert (r.stdout, r.stderr) == (want.stdout, want.stderr)
     # -v: each run's command line before its output, as parallel's; and the summary.
-    want = subprocess.run([PARALLEL, "--will-cite", "-v", "-k", *tail], cwd=tmp_path, text=True,
-                          capture_output=True, timeout=30,
-                          env={**os.environ, "HOME": str(tmp_path)})
+    want = parallel(tmp_path, "-v", "-k", *tail)
     r = pmrun("-v", "-k", *tail)
     if "-q" not in tail and "{%}" not in " ".join(tail):  # (quoted, or the slot: see README)
         assert r.stdout == want.stdout
@@ -353,10 +360,8 @@ def _tree(top: Path) -> dict[str, bytes]:
 def test_results_are_files_as_gnu_parallel_writes_them(pmrun: Run, tmp_path: Path,
                                                        tail: list[str]) -> None:
     assert PARALLEL is not None
-    want = subprocess.run([PARALLEL, "--will-cite", "--results", "theirs", *tail], cwd=tmp_path,
-                          capture_output=True, timeout=30,
-                          env={**os.environ, "HOME": str(tmp_path)})
-    assert want.returncode == 0 and want.stdout == b"", want.stderr
+    want = parallel(tmp_path, "--results", "theirs", *tail)
+    assert want.stdout == "", want.stderr
     r = pmrun("--results", "ours", *tail)
     assert (r.returncode, r.stdout) == (0, ""), r.stderr
     assert _tree(tmp_path / "ours") == _tree(tmp_path / "theirs")
@@ -393,10 +398,7 @@ def test_pipe_cuts_between_records_as_gnu_parallel_does(pmrun: Run, tmp_path: Pa
     assert PARALLEL is not None
     for data in (">a\nx\n>b\ny\n>c\nz\n", "a;>b;c;>d;", "a\n>b\nc\n>d\n"):
         tail = ["--pipe", "--block", "1", *cut, "-k", "echo BLOCK; cat; echo"]
-        want = subprocess.run([PARALLEL, "--will-cite", *tail], cwd=tmp_path, input=data,
-                              capture_output=True, text=True, timeout=30,
-                              env={**os.environ, "HOME": str(tmp_path)})
-        assert want.returncode == 0, want.stderr
+        want = parallel(tmp_path, *tail, input=data)
         r = pmrun(*tail, input=data)
         assert (r.returncode, r.stdout) == (0, want.stdout), (data, r.stderr)
     r = pmrun("--recend", ";", "echo", ":::", "a")
@@ -417,19 +419,14 @@ def test_pipe_blocks_end_where_gnu_parallels_do(pmrun: Run, tmp_path: Path,
     data = "".join(f"{i}\n" for i in range(1, 301))
     for block in ("100", "37"):
         tail = ["--pipe", "--block", block, *cut, "-k", "wc -c"]
-        want = subprocess.run([PARALLEL, "--will-cite", *tail], cwd=tmp_path, input=data,
-                              capture_output=True, text=True, timeout=30,
-                              env={**os.environ, "HOME": str(tmp_path)})
-        assert want.returncode == 0, want.stderr
+        want = parallel(tmp_path, *tail, input=data)
         r = pmrun(*tail, input=data)
         assert (r.returncode, r.stdout) == (0, want.stdout), (block, r.stderr)
         grew = [line for line in r.stderr.splitlines() if "--block grows to" in line]
         assert len(grew) == len(want.stderr.splitlines()) and grew == r.stderr.splitlines()
     for header in (":", "2"):  # stdin's first lines before every block
         tail = ["--pipe", "--block", "10", "--header", header, "-k", "echo B; cat"]
-        want = subprocess.run([PARALLEL, "--will-cite", *tail], cwd=tmp_path, input=data,
-                              capture_output=True, text=True, timeout=30,
-                              env={**os.environ, "HOME": str(tmp_path)})
+        want = parallel(tmp_path, *tail, input=data)
         r = pmrun(*tail, input=data)
         assert (r.returncode, r.stdout) == (0, want.stdout), (header, r.stderr)
     r = pmrun("--pipe", "--regexp", "--recstart", "[", "cat", input="x\n")
@@ -486,9 +483,7 @@ def test_pipepart_cuts_a_file_as_gnu_parallel_does(pmrun: Run, tmp_path: Path,
     (tmp_path / "data").write_text(data)
     size = ["--block", block] if block else []  # (default: 10 blocks for each task slot)
     tail = ["--pipepart", "-a", "data", *size, "-j", "2", "-k", "wc -l"]
-    want = subprocess.run([PARALLEL, "--will-cite", *tail], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=30, env={**os.environ, "HOME": str(tmp_path)})
-    assert want.returncode == 0, want.stderr
+    want = parallel(tmp_path, *tail)
     r = pmrun(*tail)
     assert (r.returncode, r.stdout) == (0, want.stdout), r.stderr
     assert len(r.stdout.splitlines()) == {"-1": 2, "-3": 6, "": 20, "1": 3}.get(block, 4)
