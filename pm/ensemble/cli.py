@@ -159,11 +159,7 @@ class _Blocks:
             if self._eof:
                 block, self._buf = bytes(self._buf), bytearray()
                 return block or None
-            data = await self._read()
-            if data:
-                self._buf += data
-            else:
-                self._eof = True
+            await self._more()
 
     async def _next_piped(self) -> bytes | None:
         while self._header_lines:
@@ -177,11 +173,7 @@ class _Blocks:
                 self.header, self._header_lines = bytes(self._buf[:cut]), 0
                 del self._buf[:cut]
                 break
-            data = await self._read()
-            if data:
-                self._buf += data
-            else:
-                self._eof = True
+            await self._more()
         block = await self._cut_piped()
         return None if block is None else self.header + block
 
@@ -189,11 +181,7 @@ class _Blocks:
         while True:
             target = self._held + self.size - self._held % self.size
             while len(self._buf) < target and not self._eof:
-                data = await self._read()
-                if data:
-                    self._buf += data
-                else:
-                    self._eof = True
+                await self._more()
             if len(self._buf) < target:  # the input ended: the rest is the last block
                 block, self._buf, self._held = bytes(self._buf), bytearray(), 0
                 return block or None
@@ -215,6 +203,14 @@ class _Blocks:
             return m.end() if m else 0
         found = self._buf.rfind(self._sep, 0, held) if self._sep else held
         return found + self._end if found >= 0 else 0
+
+    async def _more(self) -> None:
+        """Read what comes next onto the buffer (or learn that nothing will)."""
+        data = await self._read()
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
 
     async def _read(self) -> bytes:
         if self._polled:
