@@ -1492,8 +1492,11 @@ def _ensemble_only(out: Parsed) -> None:
         if values.setdefault(key, n) != n:
             raise UsageError(f"-N {n} and --{key.replace('_', '-')} {values[key]} disagree")
     if ensemble:
-        if "max_args" in values and "pipe" in values:
-            raise UsageError("--pipe cuts stdin by size (--block), not into -N records")
+        if "max_args" in values and ("pipepart" in values or "regexp" in values):
+            raise UsageError(f"-N {values['max_args']} records a block is for --pipe, with "
+                             "--recstart/--recend as they are written")
+        if values.get("max_args") == 0 and "pipe" in values:
+            raise UsageError("--pipe -N 0: a block of no record")
         if "quote" in values and "tasks_line" not in values:
             raise UsageError("-q quotes the words of a command: give the command (pmrun -q "
                              "CMD ::: ARGS), not --tasks FILE")

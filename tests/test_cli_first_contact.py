@@ -139,7 +139,7 @@ CASES = [
     (["-N", "2", "echo", ":::", "a", ":::", "b"], {},
      "-N 2 takes the arguments of one input source, not of 2"),
     (["-N", "2", "echo", "{3}", ":::", "a"], {}, "echo {3}: {3} names argument 3: -N 2 gives 2"),
-    (["-N", "2", "--pipe", "cat"], {}, "--pipe cuts stdin by size (--block), not into -N records"),
+    (["-N", "0", "--pipe", "cat"], {}, "--pipe -N 0: a block of no record"),
     (["-q", "--tasks", "t.txt"], {},
      "-q quotes the words of a command: give the command (pmrun -q CMD ::: ARGS), not --tasks "
      "FILE"),

@@ -408,6 +408,7 @@ def test_pipe_cuts_between_records_as_gnu_parallel_does(pmrun: Run, tmp_path: Pa
 
 @pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
 @pytest.mark.parametrize("cut", [[], ["--recstart", "5"], ["--recend", "0"],
+                                 ["-N", "3"], ["-N", "50", "--recstart", "1"],
                                  ["--regexp", "--recstart", "[57]"],
                                  ["--regexp", "--recend", "[05]\\n", "--recstart", "1"],
                                  ["--regexp", "--recend", ""]])
@@ -435,6 +436,9 @@ def test_pipe_blocks_end_where_gnu_parallels_do(pmrun: Run, tmp_path: Path,
     r = pmrun("--regexp", "echo", ":::", "a")
     assert (r.returncode, r.stderr) == (2, "pmrun: --regexp is for --pipe (how stdin is cut "
                                            "into blocks)\n")
+    r = pmrun("--pipe", "-N", "2", "--regexp", "--recstart", "x", "cat", input="x\n")
+    assert (r.returncode, r.stderr) == (2, "pmrun: -N 2 records a block is for --pipe, with "
+                                           "--recstart/--recend as they are written\n")
 
 
 def test_bytes_no_program_can_take_are_named_not_a_defect(pmrun: Run, tmp_path: Path) -> None:

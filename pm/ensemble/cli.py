@@ -6,6 +6,7 @@ What is printed is :mod:`pm.ensemble.console`'s; the machinery is :mod:`pm.ensem
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import functools
 import math
@@ -117,8 +118,12 @@ class _Blocks:
     ``size`` bytes on."""
 
     def __init__(self, size: int, end: bytes = b"\n", start: bytes = b"", fd: int = 0,
-                 part: bool = False, regexp: bool = False, header: int = 0) -> None:
+                 part: bool = False, regexp: bool = False, header: int = 0,
+                 records: int = 0) -> None:
         self.size = size
+        #: -N: a block is that many records (GNU parallel's --pipe -N), read as above.
+        self._records = records
+        self._queue: collections.deque[bytes] = collections.deque()
         #: Lines of the input before every block (``--header``): first read, then kept.
         self._header_lines = header
         self.header = b""
@@ -178,23 +183,46 @@ class _Blocks:
         return None if block is None else self.header + block
 
     async def _cut_piped(self) -> bytes | None:
-        while True:
+        while not self._queue:
             target = self._held + self.size - self._held % self.size
             while len(self._buf) < target and not self._eof:
                 await self._more()
-            if len(self._buf) < target:  # the input ended: the rest is the last block
-                block, self._buf, self._held = bytes(self._buf), bytearray(), 0
-                return block or None
-            self._held = target
-            cut = self._last_boundary(target)
-            if cut > 0:
-                block = bytes(self._buf[:cut])
-                del self._buf[:cut]
-                self._held -= cut
-                return block
-            old, self.size = self.size, min(math.ceil(self.size * 1.3 + 1), (1 << 31) - 1)
-            if self.warn is not None:
-                self.warn(f"a record was longer than {old} bytes: --block grows to {self.size}")
+            ended = len(self._buf) < target  # (then the rest is the last block)
+            pos = 0
+            if self._records:  # -N: each run of N records in what is held
+                held = len(self._buf) if ended else target
+                while (cut := self._nth_boundary(pos, held)) > 0:
+                    self._queue.append(bytes(self._buf[pos:cut]))
+                    pos = cut
+            elif not ended:
+                pos = self._last_boundary(target)
+                if pos:
+                    self._queue.append(bytes(self._buf[:pos]))
+            if ended:
+                if len(self._buf) > pos:
+                    self._queue.append(bytes(self._buf[pos:]))
+                self._buf, self._held = bytearray(), 0
+                if not self._queue:
+                    return None
+                break
+            del self._buf[:pos]
+            self._held = target - pos
+            if not pos:
+                old, self.size = self.size, min(math.ceil(self.size * 1.3 + 1), (1 << 31) - 1)
+                if self.warn is not None:
+                    self.warn(f"a record was longer than {old} bytes: --block grows to "
+                              f"{self.size}")
+        return self._queue.popleft()
+
+    def _nth_boundary(self, pos: int, held: int) -> int:
+        """Where the ``-N``-th record boundary after ``pos`` (not at it) ends, within the
+        first ``held`` bytes (0: not there)."""
+        at = pos
+        for _ in range(self._records):
+            at = self._buf.find(self._sep, at + 1, held)
+            if at < 0:
+                return 0
+        return at + self._end
 
     def _last_boundary(self, held: int) -> int:
         """Where the last record boundary in the first ``held`` bytes is (0: none)."""
@@ -419,7 +447,7 @@ async def run_cli(opts: CliOptions) -> int:
             text = _marked(text, extra["replace"])
         specs = parse_tasks(text, options.get("mem_per_task")) if words is None else []
         if not sources:
-            if "max_args" in extra:
+            if "max_args" in extra and "pipe" not in extra:
                 raise UsageError(f"-N {extra['max_args']} takes the arguments of an input "
                                  "source (::: ARGS, :::: FILE, -a FILE): there is none")
             return specs
@@ -560,7 +588,8 @@ async def run_cli(opts: CliOptions) -> int:
                                    ens.slot_count)
                 header = extra.get("header", "0")
                 blocks = _Blocks(size, end, start, fd, part=bool(fd), regexp=regexp,
-                                 header=1 if header == ":" else int(header))
+                                 header=1 if header == ":" else int(header),
+                                 records=int(extra.get("max_args", "0")))
                 blocks.warn = console.message
                 producer = asyncio.ensure_future(_pipe(ens, console, specs[0], blocks))
                 try:
