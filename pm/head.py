@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 from pm.agent.owned import Owned
 from pm.agent.watch import ExitStatus
 from pm.bootstrap.base import head_relays
-from pm.common.mapping import place, place_apps, process_mapping, programs_nodes
+from pm.common.mapping import (
+    local_ranks,
+    place,
+    place_apps,
+    process_mapping,
+    programs_nodes,
+)
 from pm.common.nodes import Nodes
 from pm.common.output import STDERR, STDOUT, Writer, output_window
 from pm.jobenv import kvsname_of, new_job_id
@@ -265,15 +271,11 @@ class JobRun:
         from pm.agent.spawn import NOT_STARTED, fd_shortage, raise_fd_limit
 
         raise_fd_limit()
-        counts = [0] * len(self.plan.hosts)
-        for node in self.node_of_rank:
-            counts[node] += 1
-        busiest = max(range(len(counts)), key=counts.__getitem__)
-        short = fd_shortage(counts[busiest])
+        busiest, ranks = max(local_ranks(self.node_of_rank).items(), key=lambda kv: len(kv[1]))
+        short = fd_shortage(len(ranks))
         if short is None:
             return None
-        first = self.node_of_rank.index(busiest)
-        return f"{rank_at(first, busiest, self.plan.hosts[busiest])} {NOT_STARTED}: {short}"
+        return f"{rank_at(ranks[0], busiest, self.plan.hosts[busiest])} {NOT_STARTED}: {short}"
 
     async def start(self) -> None:
         plan = self.plan

@@ -322,8 +322,8 @@ def env_names(value: str, opt: str) -> list[str]:
 
 
 def out_pattern(value: str, opt: str) -> str:
-    if opt == "--output" and _directives(value):
-        return value  # Open MPI 5's (_open_mpi_output)
+    if (opt == "--output" and _directives(value)) or (opt == "-o" and _flux_option(value)):
+        return value  # Open MPI 5's --output tag, Flux's -o cpu-affinity=... (_open_mpi_output)
     from pm.common.output import pattern_problem
 
     problem = pattern_problem(opt, value)
@@ -481,12 +481,6 @@ _FLUX_SHELL = frozenset({"verbose", "nosetpgrp", "initrc", "userrc", "pty", "cpu
                          "gpu-affinity", "mpi", "pmi", "stage-in", "signal", "exit-timeout",
                          "exit-on-error", "taskmap", "hwloc", "rlimit", "output", "input",
                          "pty.interactive", "pty.capture", "pty.ranks", "hwloc.xmlfile"})
-
-
-def out_pattern_or_flux(value: str, opt: str) -> str:
-    if opt == "-o" and _flux_option(value):
-        return value  # Flux's -o NAME=VALUE (_flux_shell_option)
-    return out_pattern(value, opt)
 
 
 def _flux_option(value: str) -> bool:
@@ -906,8 +900,7 @@ OPTIONS = (
     Opt("-prepend-pattern", "prepend", prepend_pattern, metavar="PATTERN", quick=True,
         group=IO, help="prefix every output line with PATTERN: %r rank, %h host, %p node "
                        "number, %g job (0; spawned jobs count on), %% a percent sign"),
-    Opt("--output -outfile-pattern -o", "output", out_pattern_or_flux, metavar="PATTERN",
-        quick=True,
+    Opt("--output -outfile-pattern -o", "output", out_pattern, metavar="PATTERN", quick=True,
         group=IO, help="write the ranks' stdout to files: %r (or %t) is the rank, %h (%N) "
                        "its host, %p (%n) its node's number, %j the job id, %u the user, %% "
                        "a percent sign; without %r all ranks share the file. Spawned job J's "
