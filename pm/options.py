@@ -737,11 +737,36 @@ def block_size(value: str, opt: str) -> str:
     return byte_size(value, opt)
 
 
+#: What -j takes, for the lines that refuse a value.
+JOBS_FORMS = ("a whole number of tasks at once per host (0: no limit), +N, -N or N% of its "
+              "CPU threads, or a file that says one")
+
+
+def cpu_rule(text: str) -> bool:
+    """Whether ``text`` is one of -j's forms that count a host's CPU threads, as GNU
+    parallel's: ``+N`` (N more), ``-N`` (N fewer), ``N%`` (that share of them), or
+    ``cores`` (one per CPU thread) (pure)."""
+    if text[:1] in ("+", "-"):
+        return text[1:].isdigit()
+    if text.endswith("%"):
+        whole, _, part = text[:-1].partition(".")
+        return whole.isdigit() and (part.isdigit() or not _)
+    return text == "cores"
+
+
+def parse_jobs(text: str) -> int | str | None:
+    """-j's value (or its file's text): a count, a :func:`cpu_rule`, or None (pure)."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    return text if text != "cores" and cpu_rule(text) else None
+
+
 def task_slots(value: str, opt: str) -> str:
-    """``-j``: tasks at once per host, 0 for no limit but memory."""
-    if not value.isdigit():
-        raise UsageError(f"{opt} takes a whole number of tasks at once per host (0: no limit), "
-                         f"not {value!r}")
+    """``-j``: tasks at once per host (0 for no limit but memory), a :func:`cpu_rule`, or a
+    file that says one (GNU parallel's ``-j procfile``, read again as tasks end)."""
+    if parse_jobs(value) is None and not os.path.isfile(value):
+        raise UsageError(f"{opt} takes {JOBS_FORMS}, not {value!r}")
     return value
 
 
@@ -981,8 +1006,10 @@ OPTIONS = (
         help="run each line of FILE with sh -c over the nodes, as GNU parallel does; "
              "--tasks FILE ::: A B runs each line once per argument, {} replaced by it "
              "(also ::::, :::+, {.} {/} {//} {/.} {N} {#} {%}: README)"),
-    Opt("-j --jobs", "jobs", task_slots, metavar="N", group=MEMORY,
-        help="at most N tasks at once per host (default: one per core; 0: memory alone)"),
+    Opt("-j --jobs -P --max-procs", "jobs", task_slots, metavar="N", group=MEMORY,
+        help="at most N tasks at once per host (default: one per CPU thread; 0: memory "
+             "alone; +N, -N, N%: of its CPU threads; a FILE that says one, read again as "
+             "tasks end)"),
     Opt("--mem-per-task", "mem_per_task", text, metavar="SIZE", group=MEMORY,
         help="memory reserved for each task (e.g. 2G); a line may say [mem=SIZE]"),
     Opt("--mem-high", "mem_high", size, metavar="SIZE|PCT", group=MEMORY,

@@ -404,34 +404,52 @@ def test_learning_from_finished_tasks() -> None:
     s.node_memory("n", 0, W)
     sim = s.add(specs(None, None, None, None, argv=("./sim",)))
     assert [(x.reservation, x.declared) for x in sim] == [(300, False)]  # one guess in flight
-    # Measured, and its peak held for a sample: the next guess may start.
+    assert s.progress().waiting == "a running task's first measurement"
+    # Measured, and its peak held for a sample: the command's tasks start together, each
+    # with the default guess (a running task's steady peak, 80 x 1.25, only raises it),
+    # as many as fit: 80 used + 220 unused + 300 + 300 (a fourth would pass 1000).
     assert started(s.node_memory("n", 80, tasks={0: 80}, now=1)) == []
-    assert started(s.node_memory("n", 80, tasks={0: 80}, now=2)) == [(1, "n")]
-    assert started(s.node_memory("n", 240, tasks={0: 80, 1: 160}, now=3)) == []
-    assert started(s.node_memory("n", 240, tasks={0: 80, 1: 160}, now=4)) == [(2, "n")]
-    # 240 + 220 + 140 + 300 + 300 > 1000
-    s.node_memory("n", 240, tasks={0: 80, 1: 160, 2: 0}, now=5)
-    s.node_memory("n", 240, tasks={0: 80, 1: 160, 2: 0}, now=5.5)
+    assert started(s.node_memory("n", 80, tasks={0: 80}, now=2)) == [(1, "n"), (2, "n")]
     assert s.record(3).status is TaskStatus.QUEUED
     s.add([TaskSpec(4, ("./other",), None, "./other")])
-    (nxt,) = s.task_exited(0, 0)  # learned from task 0 (running ones do not count): 80 x 1.25
+    s.node_memory("n", 240, tasks={0: 80, 1: 160, 2: 0}, now=3)
+    (nxt,) = s.task_exited(0, 0)  # learned from task 0: 80 x 1.25
     assert (nxt.task.index, nxt.reservation) == (3, 100)
-    assert s.record(4).status is TaskStatus.QUEUED  # ./other: still the 300 default
-    s.task_exited(1, 0)
-    assert s.record(4).status is TaskStatus.QUEUED  # task 3's guess is not measured yet
-    s.node_memory("n", 100, tasks={2: 0, 3: 60}, now=6)
-    s.node_memory("n", 100, tasks={2: 0, 3: 60}, now=7)
+    s.task_exited(2, 0)
+    # ./other: another command, still the 300 default, once the guesses before it were
+    # measured (task 1's peak grew at the last sample, task 3 has none yet).
+    assert s.record(4).status is TaskStatus.QUEUED
+    assert s.progress().waiting == "a running task's first measurement"
+    assert started(s.node_memory("n", 160, tasks={1: 160, 3: 0}, now=4)) == []
+    assert started(s.node_memory("n", 160, tasks={1: 160, 3: 0}, now=5)) == [(4, "n")]
     assert s.record(4).reservation == 300
+    s.task_exited(1, 0)
     # The largest finished peak, task 1's: 160 x 1.25.
     assert s.reservation_for(TaskSpec(5, ("./sim",), None, "./sim")) == (200, False)
 
 
+def test_a_task_no_sample_measured_learns_from_its_exit() -> None:
+    # A task that ended between two samples: its command learns the largest resident
+    # size the kernel accounted at its reaping, and the next ones start together.
+    s = EnsembleScheduler(["n"], learn=True, default_reservation=300, margin=1.25)
+    s.node_memory("n", 0, W)
+    assert started(s.add(specs(None, None, None))) == [(0, "n")]
+    assert started(s.task_exited(0, 0, rss=40)) == [(1, "n"), (2, "n")]
+    assert s.record(1).reservation == 50 and s.record(2).reservation == 50
+    # A sample's measure, when there is one, is what a task's command learns from.
+    s.task_usage(1, 8)
+    s.task_exited(1, 0, rss=40)
+    assert s.reservation_for(TaskSpec(3, ("work",), None, "work")) == (50, False)
+
+
 def test_one_unmeasured_guess_per_node() -> None:
-    # Guesses start one by one, each once the previous one's peak held for a sample.
+    # Guesses start one by one, each once the previous one's peak held for a sample
+    # (tasks of three commands: none has a size to go by).
     s = EnsembleScheduler(["a", "b"], default_reservation=100)
     s.node_memory("a", 0, W)
     s.node_memory("b", 0, W)
-    assert started(s.add(specs(None, None, None))) == [(0, "a"), (1, "b")]
+    tasks = [TaskSpec(i, (f"./sim{i}",), None, f"./sim{i}") for i in range(3)]
+    assert started(s.add(tasks)) == [(0, "a"), (1, "b")]
     assert started(s.add(specs(None, None, None, 50)[3:])) == []  # FIFO behind task 2
     assert started(s.node_memory("a", 400, tasks={0: 400}, now=1)) == []  # still growing?
     assert started(s.node_memory("a", 400, tasks={0: 400}, now=2)) == [(2, "a"), (3, "b")]

@@ -71,14 +71,66 @@ def test_default_is_one_task_per_core(pmrun: Run, tmp_path: Path) -> None:
     assert _most_at_once(r.stderr) == CORES + 2, r.stderr
 
 
-@pytest.mark.parametrize("value", ["x", "-1", "2.5"])
+@pytest.mark.parametrize("value", ["x", "2.5", "+", "%", "1.%", "+-1"])
 def test_a_bad_j_is_one_line(pmrun: Run, tmp_path: Path, value: str) -> None:
     (tmp_path / "t.txt").write_text("true\n")
     r = pmrun("-j", value, "--tasks", "t.txt")
     assert r.returncode == 2
     assert r.stderr == ("pmrun: -j takes a whole number of tasks at once per host "
-                        f"(0: no limit), not {value!r}\n")
+                        "(0: no limit), +N, -N or N% of its CPU threads, or a file that "
+                        f"says one, not {value!r}\n")
     assert r.stdout == ""
+
+
+@pytest.mark.parametrize(("value", "slots"), [
+    ("+1", CORES + 1), ("-1", max(CORES - 1, 1)), ("50%", -(-CORES // 2)),
+    ("150%", -(-CORES * 3 // 2)), ("0.1%", 1)])
+def test_j_counts_cpu_threads_as_gnu_parallel(pmrun: Run, tmp_path: Path, value: str,
+                                              slots: int) -> None:
+    # +N, -N, N% of the CPU threads, rounded up; the tasks take every slot at once
+    # (no bounds declared: they start together once the first was measured).
+    if value == "-1" and CORES == 1:
+        pytest.skip("one CPU thread: -j -1 leaves none")
+    n = slots + 2
+    r = pmrun("-j", value, "sleep 1.5; echo {%}", ":::", *map(str, range(n)))
+    assert r.returncode == 0, r.stderr
+    assert sorted(set(map(int, r.stdout.split()))) == list(range(1, slots + 1)), r.stdout
+    if PARALLEL is not None:
+        want = parallel(tmp_path, "-j", value, "sleep 1.5; echo {%}", ":::",
+                        *map(str, range(n)))
+        assert sorted(set(want.stdout.split())) == sorted(set(r.stdout.split()))
+
+
+@pytest.mark.parametrize("value", ["-9999", "0%"])
+def test_a_j_that_leaves_no_slot_is_one_line(pmrun: Run, value: str) -> None:
+    r = pmrun("-j", value, "echo", ":::", "a")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == f"pmrun: -j {value}: {CORES} CPU threads here leave no job slot\n"
+
+
+def test_j_file_is_read_again_as_tasks_end(pmrun: Run, tmp_path: Path) -> None:
+    # GNU parallel's -j FILE: the first task (alone: the file says 1) writes 3 there; the
+    # tasks after it run three at once.
+    (tmp_path / "procs").write_text("1\n")
+    task = "if [ {} = 0 ]; then echo 3 > procs; else sleep 1.5; fi; echo {%}"
+    r = pmrun("-j", str(tmp_path / "procs"), task, ":::", *map(str, range(5)))
+    assert r.returncode == 0, r.stderr
+    assert sorted(set(r.stdout.split())) == ["1", "2", "3"], r.stdout
+    # A file that says nothing -j takes is refused in one line.
+    (tmp_path / "procs").write_text("many\n")
+    r = pmrun("-j", str(tmp_path / "procs"), "echo", ":::", "a")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (f"pmrun: -j {tmp_path / 'procs'}: the file says no number of tasks "
+                        "(N, +N, -N or N%)\n")
+
+
+def test_short_tasks_of_one_command_take_every_slot(pmrun: Run) -> None:
+    # Tasks that end before any memory sample: the first one's size, as the kernel counted
+    # it at its end, lets the rest start together (they ran one at a time: 10 s for
+    # these 200, where GNU parallel takes 1.5 s).
+    r = pmrun("-v", "-v", "-j", "4", "sleep 0.05; : {}", ":::", *map(str, range(200)))
+    assert r.returncode == 0, r.stderr
+    assert _most_at_once(r.stderr) == 4, r.stderr
 
 
 def _progress_on_a_terminal(tmp_path: Path, *args: str) -> str:

@@ -278,6 +278,12 @@ class Admission:
         return sum(w.bound is None and (w.peak_at is None or w.peak_at >= self._now)
                    for w in self._works.values())
 
+    def steady(self, ident: Ident) -> bool:
+        """Whether admitted work ``ident`` was measured and its peak did not grow at the
+        last sample (what :meth:`unmeasured_guesses` leaves out)."""
+        work = self._works.get(ident)
+        return work is not None and work.peak_at is not None and work.peak_at < self._now
+
     def is_admitted(self, ident: Ident) -> bool:
         return ident in self._works
 

@@ -55,6 +55,9 @@ class ChildWatch:
         self._loop = asyncio.get_running_loop()
         self._futs: dict[int, asyncio.Future[ExitStatus]] = {}
         self._fds: dict[int, int] = {}
+        #: When a dict: each reaped process's largest resident size, and its reaped
+        #: descendants', in bytes (the kernel's ``ru_maxrss``), by pid, for the taking.
+        self.max_rss: dict[int, int] | None = None
 
     def watch(self, pid: int, pidfd: int = -1) -> asyncio.Future[ExitStatus]:
         """The exit status of ``pid`` (a child of ours) when it ends.  ``pidfd``: its
@@ -77,7 +80,12 @@ class ChildWatch:
 
     def _reap(self, pid: int) -> None:
         try:
-            got, status = os.waitpid(pid, os.WNOHANG)
+            if self.max_rss is None:
+                got, status = os.waitpid(pid, os.WNOHANG)
+            else:
+                got, status, usage = os.wait4(pid, os.WNOHANG)
+                if got:
+                    self.max_rss[got] = usage.ru_maxrss << 10  # (KiB)
         except ChildProcessError:
             got, status = pid, 255 << 8  # reaped elsewhere: report a failure, never hang
         if got == 0:

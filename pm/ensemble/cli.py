@@ -40,6 +40,7 @@ from pm.ensemble.scheduler import (
     with_quoted_words,
 )
 from pm.ensemble.task import Task, TaskResult
+from pm.options import parse_jobs
 from pm.proto.errors import PMError
 
 if TYPE_CHECKING:
@@ -317,9 +318,18 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
         raise UsageError("--retries must be at least 0")
     jobs = extra.get("jobs")
     if jobs is None:
-        out["jobs"] = "cores"  # GNU parallel's default: one task per core
-    else:
-        out["jobs"] = int(jobs)  # checked by pm.options.task_slots
+        out["jobs"] = "cores"  # GNU parallel's default: one task per CPU thread
+    else:  # (checked by pm.options.task_slots: a count, a CPU rule or a file)
+        out["jobs"] = parse_jobs(jobs)
+        if out["jobs"] is None:  # GNU parallel's -j FILE: what it says now, read again later
+            try:
+                out["jobs"] = parse_jobs(_read_text(jobs)[:4096])
+            except OSError as exc:
+                raise UsageError(f"-j {jobs}: {exc.strerror}") from None
+            if out["jobs"] is None:
+                raise UsageError(f"-j {jobs}: the file says no number of tasks (N, +N, -N "
+                                 "or N%)")
+            out["jobs_file"] = jobs
     overrun = extra.get("mem_overrun", "warn")
     if overrun not in ("warn", "kill", "suspend"):
         raise UsageError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")

@@ -54,7 +54,7 @@ from pm.agent.memory import (
     parse_size,
 )
 from pm.common.output import STDOUT
-from pm.ensemble.domain import Domain, make_domains
+from pm.ensemble.domain import Domain, cpu_slots, local_cores, make_domains
 from pm.ensemble.local import LocalRunner, signal_tree, tree_anon
 from pm.ensemble.remote import RemoteRunner
 from pm.ensemble.scheduler import (
@@ -66,6 +66,7 @@ from pm.ensemble.scheduler import (
 )
 from pm.ensemble.task import Task, TaskResult
 from pm.jobspec import JobSpec
+from pm.options import JOBS_FORMS, cpu_rule, parse_jobs
 from pm.proto.errors import ResourceLimit, defect
 from pm.proto.runner import ProbeSample
 
@@ -157,6 +158,7 @@ class Ensemble:
         jobs: int | str | None = None,
         timeout: float | None = None,
         delay: float = 0.0,
+        jobs_file: str | None = None,
     ) -> None:
         if overrun not in ("warn", "kill", "suspend"):
             raise SizeError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
@@ -176,9 +178,21 @@ class Ensemble:
         self._probe_mem = NodeMemory(cgroup)
         self._token = secrets.token_hex(6)
         self._here = socket.gethostname()
-        if not (jobs is None or jobs == "cores" or (isinstance(jobs, int) and jobs >= 0)):
-            raise SizeError(f"-j takes a whole number of tasks (0: no limit), not {jobs!r}")
+        #: GNU parallel's -j FILE: read again when it changed as a task ends.
+        self._jobs_file = jobs_file
+        self._jobs_seen: tuple[int, int] | None = None
+        if jobs_file is not None:
+            jobs = self._read_jobs(jobs_file)
+            if jobs is None:
+                raise SizeError(f"-j {jobs_file}: {JOBS_FORMS} (the file says none)")
+        if not (jobs is None or (isinstance(jobs, str) and cpu_rule(jobs))
+                or (isinstance(jobs, int) and jobs >= 0)):
+            raise SizeError(f"-j takes {JOBS_FORMS}, not {jobs!r}")
         self._domains = make_domains(nodes, self._spec.ppn, self._here, local_hosts, jobs)
+        for d in self._domains.values():
+            if d.local and d.cores and (d.slots or 0) < 1:
+                raise SizeError(f"-j {d.rule}: {local_cores()} CPU threads here leave no job "
+                                "slot")
         by_cores = all(d.cores for d in self._domains.values())
         self._sched = EnsembleScheduler(
             list(self._domains), retries, slots={d.name: d.slots for d in self._domains.values()
@@ -515,9 +529,49 @@ class Ensemble:
             rec = self._sched.record(task.index)
             if (rec.status is TaskStatus.RUNNING and rec.node == start.node
                     and rec.attempts == start.attempt):  # (not ended with its node already)
-                self._apply(self._sched.task_exited(task.index, code))
+                self._apply(self._sched.task_exited(task.index, code, rss=task.exit_rss))
             if self._sched.record(task.index).status in (TaskStatus.DONE, TaskStatus.FAILED):
                 self._finish(task)
+            if self._jobs_file is not None:
+                self._jobs_changed(self._jobs_file)
+
+    def _read_jobs(self, path: str) -> int | str | None:
+        """-j FILE's value (None: it says none); its state is kept to see it change."""
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                text = f.read(4096)
+        except OSError as exc:
+            raise SizeError(f"-j {path}: {_os_error(exc)}") from None
+        self._jobs_seen = (st.st_mtime_ns, st.st_size)
+        return parse_jobs(text.decode(errors="replace"))
+
+    def _jobs_changed(self, path: str) -> None:
+        """GNU parallel's -j FILE: when the file changed, every host's slots are what it
+        says now (running tasks go on; none starts until fewer run).  Unreadable, or
+        saying nothing -j takes: the slots stay as they are."""
+        try:
+            st = os.stat(path)
+            if (st.st_mtime_ns, st.st_size) == self._jobs_seen:
+                return
+            jobs = self._read_jobs(path)
+        except (OSError, SizeError):
+            return
+        if jobs is None:
+            return
+        for d in self._domains.values():
+            if d.lost:
+                continue
+            if isinstance(jobs, int):
+                d.cores, d.slots = False, jobs or None
+            elif d.local or d.cpus:
+                # (A rule that leaves none gives one, as parallel's manual says.)
+                d.rule, d.cores = jobs, True
+                d.slots = max(cpu_slots(jobs, local_cores() if d.local else d.cpus), 1)
+            else:
+                d.rule, d.cores = jobs, True  # its first sample applies it
+                continue
+            self._apply(self._sched.set_slots(d.name, d.slots))
 
     def _finish(self, task: Task) -> None:
         if task.done():
@@ -665,9 +719,17 @@ class Ensemble:
 
     def _probe_sample(self, d: Domain, sample: ProbeSample) -> None:
         if d.first is not None and not d.first.done():
-            if d.cores and not d.local:
-                d.slots = sample.cores
-                self._apply(self._sched.set_slots(d.name, sample.cores))
+            d.cpus = sample.cores or 0
+            if d.cores and not d.local and sample.cores is None:  # (memory alone bounds it)
+                d.slots = None
+                self._apply(self._sched.set_slots(d.name, None))
+            elif d.cores and not d.local:
+                d.slots = cpu_slots(d.rule, d.cpus)
+                if d.slots < 1:
+                    self._lost(d, f"-j {d.rule}: its {sample.cores} CPU threads leave no job "
+                                  "slot")
+                    return
+                self._apply(self._sched.set_slots(d.name, d.slots))
             try:
                 self._memory_known(d, sample.total, sample.used, f"{sample.kind} on {d.name}")
             except SizeError as exc:  # watermarks this node cannot have: no task goes there

@@ -14,6 +14,7 @@ once, before anything runs.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from pm.common.nodes import Nodes
     from pm.head import JobRun
 
-__all__ = ["Domain", "make_domains"]
+__all__ = ["Domain", "cpu_slots", "make_domains"]
 
 _LOCAL_LAUNCHERS = ("", "local", "fork")
 
@@ -37,6 +38,8 @@ class Domain:
     entries: list[int] = field(default_factory=list)  # node indices in Nodes
     slots: int | None = 0
     cores: bool = False  # its slots are its cores (a remote host's: from its runner's first sample)
+    cpus: int = 0  # a remote host's CPU threads, from its runner's first sample
+    rule: str = "cores"  # with ``cores``: how -j counts them (:func:`cpu_slots`)
     running: dict[int, int] = field(default_factory=dict)  # entry -> tasks on it
     blocked: bool = False
     peak_used: int = 0
@@ -58,7 +61,8 @@ def make_domains(nodes: Nodes, ppn: int | None, here: str,
     ``local_hosts``: host names that are this machine (None: all with the local
     launcher, else this host's names).  ``jobs``: tasks at most per domain (0:
     memory alone), or ``"cores"``: its cores where neither ``ppn`` nor the
-    hosts gave slots (None: those slots, else memory alone)."""
+    hosts gave slots, or another :func:`pm.options.cpu_rule`: that many by its CPU threads
+    (None: those slots, else memory alone)."""
     if local_hosts is None:
         if str(nodes.bootstrap.get("name", "local")) in _LOCAL_LAUNCHERS:
             local_hosts = set(nodes.hosts)
@@ -75,10 +79,21 @@ def make_domains(nodes: Nodes, ppn: int | None, here: str,
     for d in domains.values():
         if isinstance(jobs, int):
             d.slots = jobs or None
-        elif jobs == "cores" and d.slots is None:
+        elif jobs is not None and (jobs != "cores" or d.slots is None):
             # A remote host's cores come with its runner's first sample: none until then.
-            d.slots, d.cores = (local_cores() if d.local else 0), True
+            d.rule, d.cores = jobs, True
+            d.slots = cpu_slots(jobs, local_cores()) if d.local else 0
     return domains
+
+
+def cpu_slots(rule: str, cpus: int) -> int:
+    """The job slots ``rule`` (:func:`pm.options.cpu_rule`) gives a host of ``cpus`` CPU
+    threads, rounded up as GNU parallel rounds them; 0 or less when it leaves none (pure)."""
+    if rule == "cores":
+        return cpus
+    if rule.endswith("%"):
+        return math.ceil(cpus * float(rule[:-1]) / 100)
+    return cpus + int(rule)
 
 
 def planned_slots(nodes: Nodes, ppn: int | None, jobs: int | str | None) -> int:
@@ -89,7 +104,7 @@ def planned_slots(nodes: Nodes, ppn: int | None, jobs: int | str | None) -> int:
 
     total = 0
     for d in make_domains(nodes, ppn, socket.gethostname(), None, jobs).values():
-        total += d.slots or (local_cores() if d.cores else 1)
+        total += max(d.slots or (cpu_slots(d.rule, local_cores()) if d.cores else 1), 1)
     return total
 
 

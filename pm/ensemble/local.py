@@ -45,13 +45,16 @@ class LocalRunner:
     def __init__(self, base_env: Callable[[], dict[str, str]]) -> None:
         self._base_env = base_env
         self._watch = ChildWatch()
+        self._watch.max_rss = {}
         self._guardian = Guardian()
 
     async def run(self, task: Task, env: dict[str, str],
                   emit: Callable[[Task, int, bytes], None]) -> int:
         """One run of ``task`` with ``env`` over the base environment: posix_spawn into
         our guardian's group, pipes read here and their lines passed to ``emit`` (task,
-        stream, data).  ``task.pid`` is the run's while it runs.  Returns its shell status."""
+        stream, data).  ``task.pid`` is the run's while it runs.  Returns its shell status;
+        ``task.exit_rss`` is then the largest resident size of its processes (the kernel's
+        account; it counts ours as well, which a spawned process shares until its exec)."""
         full = self._base_env()
         full.update(env)
         try:
@@ -103,6 +106,8 @@ class LocalRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(drained), DRAIN)
         finally:
+            assert self._watch.max_rss is not None
+            task.exit_rss = self._watch.max_rss.pop(task.pid, 0)
             task.pid = 0
             for stream in list(open_fds):
                 readable(stream, last=True)

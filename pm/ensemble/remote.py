@@ -189,6 +189,7 @@ class _Host:
             elif isinstance(rec, TaskExit):
                 run = self.runs.get(rec.index)
                 if run is not None and not run[2].done():
+                    run[0].exit_rss = rec.rss
                     run[2].set_result(rec.code)
             else:
                 self._samples(rec)
@@ -303,7 +304,7 @@ class _Runner:
         try:
             code = await self._local.run(task, env, self._emit)
             if not self._stop.is_set():
-                self._write(TaskExit(task.index, code).line())
+                self._write(TaskExit(task.index, code, task.exit_rss).line())
         except BrokenPipeError:
             self._stop.set()
         finally:

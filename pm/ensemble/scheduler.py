@@ -342,6 +342,8 @@ class EnsembleScheduler:
         #: Why nothing more starts (:meth:`stop`), or None.
         self._stopped: str | None = None
         self._learned: dict[tuple[str, ...], int] = {}
+        #: Commands a running task of which was measured, steady: their largest such peak.
+        self._seen: dict[tuple[str, ...], int] = {}
         self._failed_unrun: list[int] = []
 
     # -- queries
@@ -372,7 +374,7 @@ class EnsembleScheduler:
         if not self._queue:
             return ""
         spec = self._tasks[self._queue[0]].spec
-        nbytes, declared = self.reservation_for(spec)
+        nbytes, _ = self.reservation_for(spec)
         live = [n for n in self._nodes.values() if n.alive]
         if live and all(n.admission is None for n in live):
             return "the nodes' memory figures"
@@ -382,8 +384,8 @@ class EnsembleScheduler:
         fitting = [n for n in free if n.admission is not None and n.admission.fits(nbytes)]
         if not fitting:
             return "memory"
-        if not declared and all(n.admission.unmeasured_guesses() for n in fitting
-                                if n.admission is not None):
+        if not self._informed(spec) and all(n.admission.unmeasured_guesses() for n in fitting
+                                            if n.admission is not None):
             return "a running task's first measurement"
         return ""
 
@@ -411,6 +413,8 @@ class EnsembleScheduler:
         if spec.mem is not None:
             return max(spec.mem, again), True
         learned = self._learned.get(spec.key) if self._learn else None
+        if learned is None:  # a running task's steady peak only raises the guess
+            again = max(again, int(self._seen.get(spec.key, 0) * self._margin))
         guess = max(self._default if learned is None else int(learned * self._margin), again)
         # A guess is no promise: never let it alone keep a task off every node, so cap it
         # at what the roomiest node can give once our tasks there have ended.
@@ -419,6 +423,14 @@ class EnsembleScheduler:
         if rooms and max(rooms) > 0:
             guess = min(guess, max(rooms))
         return guess, False
+
+    def _informed(self, spec: TaskSpec) -> bool:
+        """Whether ``spec``'s reservation rests on a size: its declared bound, what tasks
+        of its command used (:meth:`task_exited`), or a running one's steady peak.  Tasks
+        with one start together (GNU parallel's ``-j N`` start at once); a mere guess waits
+        for the guesses before it to be measured (:meth:`_pick`)."""
+        return spec.mem is not None or (self._learn and (spec.key in self._learned
+                                                         or spec.key in self._seen))
 
     # -- events
     def add(self, specs: Iterable[TaskSpec]) -> list[Start]:
@@ -465,7 +477,14 @@ class EnsembleScheduler:
                 rec.peak = max(rec.peak, measured)
                 mine[index] = measured
         n.admission.observe(used, mine, now=now)
+        self._note_steady(n.admission, mine)
         return self.schedule()
+
+    def _note_steady(self, adm: Admission, indices: Iterable[int]) -> None:
+        for index in indices:
+            if adm.steady(index):
+                rec = self._tasks[index]
+                self._seen[rec.spec.key] = max(self._seen.get(rec.spec.key, 0), rec.peak)
 
     def task_usage(self, index: int, measured: int, *, now: float = 0.0) -> list[Start]:
         """A sample of a running task's memory (its process tree)."""
@@ -476,10 +495,14 @@ class EnsembleScheduler:
         adm = self._nodes[rec.node].admission
         assert adm is not None
         adm.correct(index, measured, now=now)
+        self._note_steady(adm, (index,))
         return self.schedule()
 
-    def task_exited(self, index: int, code: int | None) -> list[Start]:
-        """A running task ended with ``code`` (None: lost with its node)."""
+    def task_exited(self, index: int, code: int | None, *, rss: int = 0) -> list[Start]:
+        """A running task ended with ``code`` (None: lost with its node).  ``rss``: the
+        largest resident size of its processes, as the kernel accounted it (0: not known),
+        what its command learns from when no sample measured it (a short task): more than
+        what a sample counts (its share of libraries, the spawner's size), never less."""
         rec = self._tasks[index]
         if rec.status is not TaskStatus.RUNNING:
             return []
@@ -489,9 +512,10 @@ class EnsembleScheduler:
         if node.admission is not None:
             node.admission.release(index, exited=code is not None)
         rec.exit_codes.append(code)
-        if rec.peak:
+        size = rec.peak or rss
+        if size:
             key = rec.spec.key
-            self._learned[key] = max(self._learned.get(key, 0), rec.peak)
+            self._learned[key] = max(self._learned.get(key, 0), size)
         if code == 0:
             rec.status = TaskStatus.DONE
         elif rec.attempts <= self._retries and self._stopped is None:
@@ -554,7 +578,7 @@ class EnsembleScheduler:
         for index in list(self._queue):
             rec = self._tasks[index]
             nbytes, declared = self.reservation_for(rec.spec)
-            node_id = self._pick(nbytes, guess=not declared)
+            node_id = self._pick(nbytes, guess=not self._informed(rec.spec))
             if node_id is None:
                 if self._unschedulable(rec, nbytes):
                     continue

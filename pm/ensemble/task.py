@@ -56,6 +56,9 @@ class Task:
         self._result: asyncio.Future[TaskResult] = loop.create_future()
         self.node: str | None = None
         self.pid = 0  # of the current run on this machine
+        #: Its last run's largest resident size (bytes, 0: not known): what the kernel
+        #: accounted when it was reaped (:meth:`pm.ensemble.local.LocalRunner.run`).
+        self.exit_rss = 0
         self.started: float | None = None
         self.ended: float | None = None
         self.out: list[bytes] | None = None

@@ -12,7 +12,8 @@ the rank's stdin, it answers on its stdout, one record per line::
 
     pmrun-probe TOTAL USED KIND cores=N INDEX=BYTES ...   a memory sample
     pmrun-out INDEX STREAM NBYTES     then NBYTES of a task's output, then a newline
-    pmrun-exit INDEX CODE             a task ended, with this shell status
+    pmrun-exit INDEX CODE RSS         a task ended, with this shell status and the
+                                      largest resident size of its processes (bytes)
 
 In a sample TOTAL and USED are the node's memory in bytes, KIND where its
 limit comes from (``cgroup``, ``machine``), N the cores the runner may run on,
@@ -137,13 +138,15 @@ class TaskOutput(Record):
 
 
 class TaskExit(Record):
-    """A run of task ``index`` ended with shell status ``code``."""
+    """A run of task ``index`` ended with shell status ``code``; ``rss``: the largest
+    resident size of its processes, from the kernel's account at its reaping (0: none)."""
 
     index: int
     code: int
+    rss: int = 0
 
     def line(self) -> bytes:
-        return b"pmrun-exit %d %d\n" % (self.index, self.code)
+        return b"pmrun-exit %d %d %d\n" % (self.index, self.code, self.rss)
 
 
 Command = TasksEnv | TaskStart | TaskSignal | TaskInput
@@ -258,8 +261,8 @@ def _report(line: bytes) -> Report | None:
     word, _, rest = line.partition(b" ")
     try:
         if word == b"pmrun-exit":
-            index, code = rest.split()
-            return TaskExit(int(index), int(code))
+            index, code, *rss = rest.split()
+            return TaskExit(int(index), int(code), int(rss[0]) if rss else 0)
         if word == b"pmrun-probe":
             return ProbeSample.parse(line.decode(errors="replace"))
     except ValueError:
