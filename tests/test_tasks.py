@@ -399,47 +399,60 @@ def test_retry_reserves_at_least_the_last_peak() -> None:
     assert rerun.reservation == 500 and rerun.declared
 
 
-def test_learning_from_finished_tasks() -> None:
-    s = EnsembleScheduler(["n"], learn=True, default_reservation=300, margin=1.25)
+def test_tasks_of_a_command_start_together_once_two_showed_alike_sizes() -> None:
+    s = EnsembleScheduler(["n"], default_reservation=200, margin=1.25, small=0)
     s.node_memory("n", 0, W)
-    sim = s.add(specs(None, None, None, None, argv=("./sim",)))
-    assert [(x.reservation, x.declared) for x in sim] == [(300, False)]  # one guess in flight
+    sim = s.add([TaskSpec(i, ("./sim",), None, "./sim") for i in range(6)])
+    assert [(x.reservation, x.declared) for x in sim] == [(200, False)]  # one guess in flight
     assert s.progress().waiting == "a running task's first measurement"
-    # Measured, and its peak held for a sample: the command's tasks start together, each
-    # with the default guess (a running task's steady peak, 80 x 1.25, only raises it),
-    # as many as fit: 80 used + 220 unused + 300 + 300 (a fourth would pass 1000).
-    assert started(s.node_memory("n", 80, tasks={0: 80}, now=1)) == []
-    assert started(s.node_memory("n", 80, tasks={0: 80}, now=2)) == [(1, "n"), (2, "n")]
-    assert s.record(3).status is TaskStatus.QUEUED
-    s.add([TaskSpec(4, ("./other",), None, "./other")])
-    s.node_memory("n", 240, tasks={0: 80, 1: 160, 2: 0}, now=3)
-    (nxt,) = s.task_exited(0, 0)  # learned from task 0: 80 x 1.25
-    assert (nxt.task.index, nxt.reservation) == (3, 100)
-    s.task_exited(2, 0)
-    # ./other: another command, still the 300 default, once the guesses before it were
-    # measured (task 1's peak grew at the last sample, task 3 has none yet).
-    assert s.record(4).status is TaskStatus.QUEUED
-    assert s.progress().waiting == "a running task's first measurement"
-    assert started(s.node_memory("n", 160, tasks={1: 160, 3: 0}, now=4)) == []
-    assert started(s.node_memory("n", 160, tasks={1: 160, 3: 0}, now=5)) == [(4, "n")]
-    assert s.record(4).reservation == 300
-    s.task_exited(1, 0)
-    # The largest finished peak, task 1's: 160 x 1.25.
-    assert s.reservation_for(TaskSpec(5, ("./sim",), None, "./sim")) == (200, False)
+    assert started(s.node_memory("n", 80, tasks={0: 80}, now=1)) == []  # still growing?
+    # Measured, and its peak held for a sample: one size is no rule yet, the next starts
+    # alone (its guess raised to no less than 80 x 1.25).
+    assert started(s.node_memory("n", 80, tasks={0: 80}, now=2)) == [(1, "n")]
+    assert started(s.node_memory("n", 164, tasks={0: 80, 1: 84}, now=3)) == []
+    # Two alike (84 <= 80 x 1.25): the others start together, as many as fit:
+    # 164 used + 120 + 116 unused + 3 x 200 (a fourth would pass 1000).
+    assert started(s.node_memory("n", 164, tasks={0: 80, 1: 84}, now=4)
+                   ) == [(2, "n"), (3, "n"), (4, "n")]
+    # A finished task's peak is what the command's tasks reserve now: 84 x 1.25.
+    assert started(s.task_exited(1, 0)) == [(5, "n")]
+    assert s.record(5).reservation == 105
+
+
+def test_a_command_whose_sizes_vary_keeps_one_guess_at_a_time() -> None:
+    # The next task of such a command may be larger again: each waits for the one before.
+    s = EnsembleScheduler(["n"], default_reservation=100, margin=1.25, small=0)
+    s.node_memory("n", 0, W)
+    assert started(s.add(specs(None, None, None, None))) == [(0, "n")]
+    assert started(s.task_exited(0, 0, rss=40)) == [(1, "n")]
+    assert started(s.task_exited(1, 0, rss=80)) == [(2, "n")]  # 80 > 40 x 1.25
+    assert started(s.task_exited(2, 0, rss=80)) == [(3, "n")]
 
 
 def test_a_task_no_sample_measured_learns_from_its_exit() -> None:
-    # A task that ended between two samples: its command learns the largest resident
-    # size the kernel accounted at its reaping, and the next ones start together.
-    s = EnsembleScheduler(["n"], learn=True, default_reservation=300, margin=1.25)
+    # Tasks that end between two samples: their command learns the largest resident size
+    # the kernel accounted at their reaping; two alike, and the rest start together.
+    s = EnsembleScheduler(["n"], default_reservation=300, margin=1.25, small=0)
     s.node_memory("n", 0, W)
-    assert started(s.add(specs(None, None, None))) == [(0, "n")]
-    assert started(s.task_exited(0, 0, rss=40)) == [(1, "n"), (2, "n")]
-    assert s.record(1).reservation == 50 and s.record(2).reservation == 50
+    assert started(s.add(specs(None, None, None, None))) == [(0, "n")]
+    assert started(s.task_exited(0, 0, rss=40)) == [(1, "n")]
+    assert started(s.task_exited(1, 0, rss=44)) == [(2, "n"), (3, "n")]
+    assert s.record(2).reservation == s.record(3).reservation == 55
     # A sample's measure, when there is one, is what a task's command learns from.
-    s.task_usage(1, 8)
-    s.task_exited(1, 0, rss=40)
-    assert s.reservation_for(TaskSpec(3, ("work",), None, "work")) == (50, False)
+    s.task_usage(2, 8)
+    s.task_exited(2, 0, rss=400)
+    assert s.reservation_for(TaskSpec(4, ("work",), None, "work")) == (55, False)
+
+
+def test_sizes_under_small_count_as_one() -> None:
+    # A sample counts a task's own pages (1 here), the kernel's count at a task's end
+    # includes its spawner's (40): both under ``small``, they are alike.
+    s = EnsembleScheduler(["n"], default_reservation=100, margin=1.25, small=50)
+    s.node_memory("n", 0, W)
+    assert started(s.add(specs(None, None, None, None))) == [(0, "n")]
+    s.node_memory("n", 1, tasks={0: 1}, now=1)
+    assert started(s.node_memory("n", 1, tasks={0: 1}, now=2)) == [(1, "n")]
+    assert started(s.task_exited(1, 0, rss=40)) == [(2, "n"), (3, "n")]
 
 
 def test_one_unmeasured_guess_per_node() -> None:

@@ -36,6 +36,7 @@ import functools
 import itertools
 import logging
 import os
+import resource
 import secrets
 import shlex
 import signal
@@ -59,6 +60,7 @@ from pm.ensemble.local import LocalRunner, signal_tree, tree_anon
 from pm.ensemble.remote import RemoteRunner
 from pm.ensemble.scheduler import (
     DEFAULT_RESERVATION,
+    SMALL,
     EnsembleScheduler,
     Start,
     TaskSpec,
@@ -199,6 +201,8 @@ class Ensemble:
                                                  if d.slots is not None},
             settle=settle, default_reservation=default_reservation,
             slot_word="a core" if by_cores else "a free slot",
+            # (What a task spawned here counts at its end includes our own size.)
+            small=max(SMALL, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10),
         )
         self._tasks: dict[int, Task] = {}
         self._next_index = 0  # above every task's index

@@ -40,6 +40,10 @@ from pm.proto.errors import PMError, UsageError
 NodeId = Hashable
 
 DEFAULT_RESERVATION = 256 << 20  # a task whose size nobody knows yet
+#: Sizes below this count as one when the tasks of a command are compared: a short task's
+#: size is the kernel's count at its end, which includes its spawner's (ours) and the
+#: libraries it mapped, where a sample counts the task's own anonymous pages alone.
+SMALL = 32 << 20
 LEARN_MARGIN = 1.25  # learned reservation = largest peak seen x this
 _INTERPRETERS = re.compile(
     r"^(python[\d.]*|pypy[\d.]*|sh|bash|dash|zsh|perl|ruby|Rscript|julia|node)$"
@@ -240,6 +244,7 @@ class TaskRecord:
     reservation: int = 0
     peak: int = 0
     reason: str | None = None
+    sized: bool = False  # its size counted in its command's (:meth:`EnsembleScheduler._size`)
 
 
 class Progress(NamedTuple):
@@ -325,8 +330,10 @@ class EnsembleScheduler:
         margin: float = LEARN_MARGIN,
         settle: float | None = None,
         slot_word: str = "a free slot",
+        small: int = SMALL,
     ) -> None:
         self._order = list(nodes)
+        self._small = small
         self._slot_word = slot_word
         self._nodes = {
             n: _Node(slots.get(n) if isinstance(slots, Mapping) else slots) for n in nodes
@@ -342,8 +349,9 @@ class EnsembleScheduler:
         #: Why nothing more starts (:meth:`stop`), or None.
         self._stopped: str | None = None
         self._learned: dict[tuple[str, ...], int] = {}
-        #: Commands a running task of which was measured, steady: their largest such peak.
-        self._seen: dict[tuple[str, ...], int] = {}
+        #: Per command, the smallest and largest size its tasks showed (a running task's
+        #: steady peak, a finished task's) and how many tasks showed one.
+        self._sizes: dict[tuple[str, ...], list[int]] = {}
         self._failed_unrun: list[int] = []
 
     # -- queries
@@ -413,8 +421,8 @@ class EnsembleScheduler:
         if spec.mem is not None:
             return max(spec.mem, again), True
         learned = self._learned.get(spec.key) if self._learn else None
-        if learned is None:  # a running task's steady peak only raises the guess
-            again = max(again, int(self._seen.get(spec.key, 0) * self._margin))
+        if learned is None and spec.key in self._sizes:  # a running task's steady peak
+            again = max(again, int(self._sizes[spec.key][1] * self._margin))  # (raises it)
         guess = max(self._default if learned is None else int(learned * self._margin), again)
         # A guess is no promise: never let it alone keep a task off every node, so cap it
         # at what the roomiest node can give once our tasks there have ended.
@@ -425,12 +433,25 @@ class EnsembleScheduler:
         return guess, False
 
     def _informed(self, spec: TaskSpec) -> bool:
-        """Whether ``spec``'s reservation rests on a size: its declared bound, what tasks
-        of its command used (:meth:`task_exited`), or a running one's steady peak.  Tasks
-        with one start together (GNU parallel's ``-j N`` start at once); a mere guess waits
-        for the guesses before it to be measured (:meth:`_pick`)."""
-        return spec.mem is not None or (self._learn and (spec.key in self._learned
-                                                         or spec.key in self._seen))
+        """Whether ``spec``'s reservation rests on a size: its declared bound, or the sizes
+        tasks of its command showed, two or more of them and all alike (within the margin:
+        :meth:`_size`).  Tasks with one start together, as GNU parallel's ``-j N`` start;
+        a mere guess waits for the guesses before it to be measured (:meth:`_pick`), and so
+        do the tasks of a command whose sizes vary: the next may be larger again."""
+        if spec.mem is not None:
+            return True
+        sizes = self._sizes.get(spec.key) if self._learn else None
+        return (sizes is not None and sizes[2] >= 2
+                and max(sizes[1], self._small) <= max(sizes[0], self._small) * self._margin)
+
+    def _size(self, rec: TaskRecord, size: int) -> None:
+        """Task ``rec`` showed ``size`` (a steady peak while it runs, its last one at its
+        end): its command's range of sizes takes it in."""
+        sizes = self._sizes.setdefault(rec.spec.key, [size, size, 0])
+        sizes[0], sizes[1] = min(sizes[0], size), max(sizes[1], size)
+        if not rec.sized:
+            rec.sized = True
+            sizes[2] += 1
 
     # -- events
     def add(self, specs: Iterable[TaskSpec]) -> list[Start]:
@@ -483,8 +504,7 @@ class EnsembleScheduler:
     def _note_steady(self, adm: Admission, indices: Iterable[int]) -> None:
         for index in indices:
             if adm.steady(index):
-                rec = self._tasks[index]
-                self._seen[rec.spec.key] = max(self._seen.get(rec.spec.key, 0), rec.peak)
+                self._size(self._tasks[index], self._tasks[index].peak)
 
     def task_usage(self, index: int, measured: int, *, now: float = 0.0) -> list[Start]:
         """A sample of a running task's memory (its process tree)."""
@@ -516,6 +536,7 @@ class EnsembleScheduler:
         if size:
             key = rec.spec.key
             self._learned[key] = max(self._learned.get(key, 0), size)
+            self._size(rec, size)
         if code == 0:
             rec.status = TaskStatus.DONE
         elif rec.attempts <= self._retries and self._stopped is None:
