@@ -1402,6 +1402,17 @@ def _attached(short: Opt, arg: str) -> bool:
     return True
 
 
+def _stdin_source(out: Parsed) -> str | None:
+    """The first task ensemble's option of a command line without input sources, unless it
+    also has an MPI job's (``-n``, ``-ppn``, ``--bind-to``...): its arguments are on stdin."""
+    if "tasks" in out.values or len(out.sections) != 1 or not out.sections[0].argv:
+        return None
+    if out.sections[0].values or any(o.key in _RANKS_KEYS for o in out.used):
+        return None
+    return next((name for o, name in out.used.items() if o.key in _ENSEMBLE_KEYS
+                 and name != "-u"), None)  # (-u: srun's, as well)
+
+
 def _piped_command(out: Parsed) -> None:
     """``pmrun --pipe CMD``: CMD is one tasks line, run once per block of stdin; with
     ``--pipepart -a FILE`` (or ``CMD :::: FILE``) once per block of FILE
@@ -1461,7 +1472,14 @@ def _command_with_sources(out: Parsed) -> None:
         out.sections[0].argv = sources
         return
     if at is None:
-        return
+        given = _stdin_source(out)
+        if given is None:
+            return
+        # GNU parallel's arguments on stdin when no source is given (``ls | parallel -j 2
+        # gzip``): an ensemble's option says this is one (the ensemble refuses a terminal).
+        out.values["stdin_source"] = given
+        argv.extend(["::::", "-"])
+        at = len(argv) - 2
     if at == 0:
         raise UsageError(f"{argv[0]} gives arguments to a command: put the command before it "
                          f"(pmrun CMD {argv[0]} ...) or give --tasks FILE")

@@ -131,7 +131,7 @@ CASES = [
     (["--local-nodes", "2", "-N", "3", "true"], {}, "-N 3: 2 local nodes (--local-nodes)"),
     (["-N", "2", "-hosts", "a,b,c", "-n", "1", "true"], {}, "-N 2: 1 ranks cannot fill 2 nodes"),
     (["-N", "4", "-hosts", "a,b,c", "true"], {}, "-N 4: there are 3 hosts (a, b, c)"),
-    (["--max-args", "2", "true"], {},
+    (["--max-args", "2", "-n", "2", "true"], {},
      "--max-args is for task ensembles (pmrun CMD ::: ARGS, --tasks FILE), not for an MPI "
      "job's ranks"),
     (["--nodes", "2", "echo", ":::", "a"], {},
@@ -184,12 +184,12 @@ CASES = [
      "-m groups the arguments of an input source: not with -N"),
     (["-X", "echo", ":::", "a", ":::", "b"], {},
      "-X takes the arguments of one input source, not of 2"),
-    (["-m", "true"], {}, "-m is for task ensembles (pmrun CMD ::: ARGS, --tasks FILE), not "
-     "for an MPI job's ranks"),
+    (["-m", "-n", "2", "true"], {},
+     "-m is for task ensembles (pmrun CMD ::: ARGS, --tasks FILE), not for an MPI job's ranks"),
     # A refusal names the option as it was written, not by its first spelling.
     (["--display-map", "echo", ":::", "a"], {},
      "--display-map is for an MPI job's ranks, not for task ensembles"),
-    (["--jobs", "2", "true"], {},
+    (["--jobs", "2", "--bind-to", "core", "true"], {},
      "--jobs is for task ensembles (pmrun CMD ::: ARGS, --tasks FILE), not for an MPI "
      "job's ranks"),
     (["a", ":", "-np", "2"], {}, "-np must come before a program"),

@@ -124,6 +124,40 @@ def test_j_file_is_read_again_as_tasks_end(pmrun: Run, tmp_path: Path) -> None:
                         "(N, +N, -N or N%)\n")
 
 
+def test_arguments_on_stdin_with_an_ensembles_option(pmrun: Run, tmp_path: Path) -> None:
+    # ls | parallel -j 2 CMD: an ensemble's option and no input source, the arguments are
+    # stdin's lines (without such an option, pmrun CMD is an MPI job of CMD).
+    r = pmrun("-j", "2", "-k", "echo", input="a\nb c\n")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "a\nb c\n", "")
+    if PARALLEL is not None:
+        want = parallel(tmp_path, "-j", "2", "-k", "echo", input="a\nb c\n")
+        assert r.stdout == want.stdout
+    r = pmrun("--tag", "echo", "x", input="1\n2\n")
+    assert sorted(r.stdout.splitlines()) == ["1\tx 1", "2\tx 2"]
+    # An MPI job's option beside it: an MPI job, the ensemble's option refused.
+    r = pmrun("-n", "2", "-j", "2", "echo", input="a\n")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == ("pmrun: -j is for task ensembles (pmrun CMD ::: ARGS, --tasks FILE), "
+                        "not for an MPI job's ranks\n")
+
+
+def test_arguments_are_not_read_from_a_terminal(tmp_path: Path) -> None:
+    # Where GNU parallel would wait for lines typed at the terminal, one line says what
+    # the option wants.
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(pmrun_argv("-j", "2", "echo"), stdin=follower,
+                              capture_output=True, text=True, env=pmrun_env(), cwd=tmp_path,
+                              timeout=30)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == ("pmrun: -j is for task ensembles: give their arguments (pmrun -j "
+                           "... CMD ::: ARGS, or on stdin: ... | pmrun -j ... CMD), or --tasks "
+                           "FILE; stdin is a terminal\n")
+
+
 def test_short_tasks_of_one_command_take_every_slot(pmrun: Run) -> None:
     # Tasks that end before any memory sample: the first one's size, as the kernel counted
     # it at its end, lets the rest start together (they ran one at a time: 10 s for

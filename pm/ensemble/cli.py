@@ -425,6 +425,11 @@ async def run_cli(opts: CliOptions) -> int:
     def read_source(name: str) -> str:
         if name == "-" and path == "-":
             raise UsageError("--tasks - and :::: - both read standard input: give one a file")
+        given = extra.get("stdin_source")
+        if name == "-" and given and sys.stdin.isatty():
+            raise UsageError(f"{given} is for task ensembles: give their arguments (pmrun "
+                             f"{given} ... CMD ::: ARGS, or on stdin: ... | pmrun {given} ... "
+                             "CMD), or --tasks FILE; stdin is a terminal")
         return _read_text(name)
 
     names: list[str] | None = [] if "header" in extra else None
