@@ -436,10 +436,13 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
     import asyncio
     import signal
 
-    if "topology" in opts.extra:
+    if "topology" in opts.extra or "number_of" in opts.extra:
         from pm.agent.topology import discover_async, summary
 
-        sys.stdout.write(summary(await discover_async()) + "\n")
+        topo = await discover_async()
+        count = {"threads": len(topo.pus), "cores": len(topo.cores),
+                 "sockets": len(topo.packages)}.get(opts.extra.get("number_of", ""))
+        sys.stdout.write(f"{summary(topo) if count is None else count}\n")
         return 0
     if _tasks(opts):
         from pm.ensemble.cli import run_cli

@@ -880,6 +880,12 @@ OPTIONS = (
         help="print each rank's cpus"),
     Opt("--topology", "topology", kind=FLAG, group=PLACE,
         help="print this node's topology as the agent sees it, and exit"),
+    Opt("--number-of-threads", "number_of", kind=FLAG, const="threads", group=PLACE,
+        help="print the CPU threads this process may run on, and exit (GNU parallel's)"),
+    Opt("--number-of-cores --number-of-cpus", "number_of", kind=FLAG, const="cores",
+        group=PLACE, help="print the cores they belong to, and exit (GNU parallel's)"),
+    Opt("--number-of-sockets", "number_of", kind=FLAG, const="sockets", group=PLACE,
+        help="print the sockets (packages) they belong to, and exit (GNU parallel's)"),
     # Environment
     Opt("-genv", "genv", kind=PAIR, metavar="NAME VALUE", quick=True, group=ENV,
         help="set NAME=VALUE for every rank (also -genv NAME=VALUE)"),
@@ -1155,6 +1161,8 @@ OPTIONS = (
     Opt("--multi-prog", "multi_prog", kind=FLAG, group=MISC,
         help="srun's: the program is a file of lines RANKS PROGRAM ARGS (RANKS 0-3,5 or *; "
              "%%t the rank, %%o its place among the line's)"),
+    Opt("--will-cite --no-notice", "", kind=FLAG, quick=True, group=MISC,
+        help="GNU parallel's, taken and meaning nothing here: pmrun prints no notice"),
     Opt("-disable-x -disable-hostname-propagation", "", kind=FLAG, quick=True, group=MISC,
         help="Hydra's, taken and meaning nothing here: pmrun forwards no X11, and ranks find "
              "their host names themselves"),
@@ -1351,7 +1359,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                                  if o.local and o.key in sec.values}))
         raise UsageError(f"{flags} must come before a program" if out.sections
                          else "no program given (see pmrun --help)")
-    if not out.sections and not ({"tasks", "topology", "sim_ranks"} & out.values.keys()):
+    if not out.sections and not ({"tasks", "topology", "number_of", "sim_ranks"}
+                                 & out.values.keys()):
         raise UsageError("no program given (see pmrun --help)")
     if "multi_prog" in out.values:
         _multi_prog(out)

@@ -884,3 +884,18 @@ def test_arguments_that_are_not_utf8_reach_the_task_unchanged(pmrun: Run,
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "got").read_bytes() == b"caf\xe9.dat"
     assert (tmp_path / "log").read_bytes().endswith(b"\tprintf %s 'caf\xe9.dat' > got\n")
+
+
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
+@pytest.mark.parametrize("option", ["--number-of-threads", "--number-of-cores",
+                                    "--number-of-cpus", "--number-of-sockets"])
+def test_number_of_cpus_as_gnu_parallel_counts_them(pmrun: Run, tmp_path: Path,
+                                                   option: str) -> None:
+    r = pmrun(option)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout == parallel(tmp_path, option).stdout
+
+
+def test_will_cite_is_taken(pmrun: Run) -> None:
+    r = pmrun("--will-cite", "--no-notice", "echo", ":::", "a")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "a\n", "")
