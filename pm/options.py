@@ -857,10 +857,14 @@ OPTIONS = (
         help="srun's: none, cores, threads, sockets, ldoms (--bind-to none, core, hwthread, "
              "package, numa), map_cpu:0,2 or mask_cpu:0x3,0xc (a CPU or a mask each rank: "
              "--bind-to user:...); verbose: --report-bindings"),
-    Opt("-c --cpus-per-task --cores-per-task", "cpus_per_task", whole(1), metavar="N",
-        quick=True, group=PLACE,
-        help="N cores for each rank, which it is bound to (srun's and Flux's -c: --bind-to "
-             "core:N)"),
+    Opt("-c --cpus-per-task --cores-per-task --cpus-per-rank -cpus-per-rank", "cpus_per_task",
+        whole(1), metavar="N", quick=True, group=PLACE,
+        help="N cores for each rank, which it is bound to (srun's and Flux's -c, Open MPI "
+             "4's --cpus-per-rank: --bind-to core:N)"),
+    Opt("--use-hwthread-cpus -use-hwthread-cpus", "hwthread_cpus", kind=FLAG, quick=True,
+        group=PLACE,
+        help="a rank's CPUs (-c N, --map-by X:PE=N) are hardware threads, not cores (Open "
+             "MPI's: --bind-to hwthread:N)"),
     Opt("--map-by -map-by", "map_by", map_by, metavar="TARGET", quick=True, group=PLACE,
         help="slot, hwthread, core, l3cache, numa, package; Open MPI's ppr:N:node is -ppn N, "
              "node is --distribution cyclic, and TARGET:PE=N binds N cores per rank "
@@ -1627,6 +1631,12 @@ def _regexps(values: dict[str, object]) -> None:
                                  ) from None
 
 
+def _cpu_unit(values: dict[str, object]) -> str:
+    """What a rank's CPUs are counted in: cores, or hardware threads with Open MPI's
+    ``--use-hwthread-cpus`` (a rank's own PE=N or -c N; pmrun binds nothing unasked)."""
+    return "hwthread" if values.get("hwthread_cpus") else "core"
+
+
 def _open_mpi_mapping(values: dict[str, object]) -> None:
     """Open MPI's ``--map-by`` words as pmrun's options: ``TARGET:PE=N`` binds N cores per
     rank (``--bind-to core:N``), ``ppr:N:node`` is ``-ppn N``."""
@@ -1636,7 +1646,7 @@ def _open_mpi_mapping(values: dict[str, object]) -> None:
     mapped, pe = _pe_of(given)
     if pe:  # N cores per rank, bound
         values["map_by"] = mapped
-        bind = str(values.get("bind_to", "core"))
+        bind = str(values.get("bind_to", _cpu_unit(values)))
         if bind.lower() not in ("core", "hwthread"):
             raise UsageError(f"--map-by {mapped}:PE={pe} binds {pe} cores per rank: "
                              f"--bind-to {bind} disagrees")
@@ -1752,7 +1762,7 @@ def _cpus_per_task(values: dict[str, object]) -> None:
     per = values.pop("cpus_per_task", None)
     if per is None:
         return
-    bind = str(values.get("bind_to", "core"))
+    bind = str(values.get("bind_to", _cpu_unit(values)))
     kind, _, count = bind.partition(":")
     if kind.lower() not in ("core", "hwthread") or count not in ("", str(per)):
         raise UsageError(f"-c {per} binds each rank to {per} cores: --bind-to {bind} "

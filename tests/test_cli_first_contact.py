@@ -532,6 +532,14 @@ def test_srun_s_long_options_and_cpus_per_task(pmrun: Run) -> None:
     assert len(allowed) == 2, r.stdout
     assert full_parse(["-c", "2", "--bind-to", "hwthread", "true"]).spec.bind_to == "hwthread:2"
     assert full_parse(["-c", "2", "true"]).spec.bind_to == "core:2"
+    # Open MPI's: --cpus-per-rank (4.x) is -c; --use-hwthread-cpus counts hardware threads.
+    assert full_parse(["--cpus-per-rank", "2", "true"]).spec.bind_to == "core:2"
+    for argv in (["--use-hwthread-cpus", "-c", "2"], ["--map-by", "slot:PE=2",
+                                                      "--use-hwthread-cpus"]):
+        assert full_parse([*argv, "true"]).spec.bind_to == "hwthread:2", argv
+        q = quick_parse([*argv, "true"], {})
+        assert q is not None and q.bind_to == "hwthread:2", argv
+    assert full_parse(["--use-hwthread-cpus", "true"]).spec.bind_to == "none"  # (as without)
 
 
 #: srun's manual's example of --multi-prog, echoing where it ran hostname.
