@@ -516,6 +516,14 @@ def test_pipe_blocks_end_where_gnu_parallels_do(pmrun: Run, tmp_path: Path,
         want = parallel(tmp_path, *tail, input=data)
         r = pmrun(*tail, input=data)
         assert (r.returncode, r.stdout) == (0, want.stdout), (header, r.stderr)
+    # Input that ends within the header, or right after it: as parallel (fewer lines than
+    # the header, or a last one without its new line, run as one block; a whole header
+    # and nothing after it runs nothing).
+    for short in ("h1\n", "h1", "h1\nh2", "h1\nh2\n", "", "h1\nh2\nd"):
+        tail = ["--pipe", "--header", "2", "-k", "echo B; cat"]
+        want = parallel(tmp_path, *tail, input=short)
+        r = pmrun(*tail, input=short)
+        assert (r.returncode, r.stdout) == (0, want.stdout), (short, r.stderr)
     r = pmrun("--pipe", "--regexp", "--recstart", "[", "cat", input="x\n")
     assert (r.returncode, r.stderr) == (2, "pmrun: --recstart [: not a regular expression "
                                            "(unterminated character set at position 0)\n")

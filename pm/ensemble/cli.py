@@ -174,10 +174,12 @@ class _Blocks:
                 at = self._buf.find(b"\n", at + 1)
                 if at < 0:
                     break
-            if at >= 0 or self._eof:
-                cut = at + 1 if at >= 0 else len(self._buf)
-                self.header, self._header_lines = bytes(self._buf[:cut]), 0
-                del self._buf[:cut]
+            if at >= 0:
+                self.header, self._header_lines = bytes(self._buf[:at + 1]), 0
+                del self._buf[:at + 1]
+                break
+            if self._eof:  # fewer lines than the header: one block of them, as parallel's
+                self._header_lines = 0
                 break
             await self._more()
         block = await self._cut_piped()
