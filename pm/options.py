@@ -838,9 +838,12 @@ OPTIONS = (
              "task ensemble, the arguments each task takes (GNU parallel's -N)"),
     Opt("--nodes", "nodes", whole(1, MOST_RANKS), metavar="N", group=PLACE, quick=True,
         help="-N of an MPI job: its ranks on the first N hosts"),
-    Opt("-hosts -host --host -H", "hosts", hosts, metavar="H1,H2[:SLOTS]", group=PLACE,
-        quick=True,
-        help="hosts to run on; node[01-04] ranges are expanded"),
+    Opt("-hosts -host --host -H -w --nodelist", "hosts", hosts, metavar="H1,H2[:SLOTS]",
+        group=PLACE, quick=True,
+        help="hosts to run on; node[01-04] ranges are expanded; inside a Slurm allocation, "
+             "nodes of it are reached through Slurm (srun's -w)"),
+    Opt("--exclude", "exclude", hosts, metavar="HOSTLIST", group=PLACE,
+        help="inside a Slurm allocation, run on its nodes but these (srun's --exclude)"),
     Opt("-f -hostfile --hostfile -machinefile", "hostfile", hostfile, metavar="FILE", group=PLACE,
         quick=True,
         help='hosts from FILE ("host", "host:4" or "host slots=4" per line)'),
@@ -1384,6 +1387,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         raise UsageError("--merge-stderr-to-stdout leaves no stderr for --error to write")
     _srun_cpu_bind(out.values)
     _cpus_per_task(out.values)
+    _srun_exclude(out.values, environ)
     if "timeout" not in out.values and environ.get("MPIEXEC_TIMEOUT"):
         out.values["timeout"] = seconds(environ["MPIEXEC_TIMEOUT"].strip(), "MPIEXEC_TIMEOUT")
     if environ.get("HYDRA_HOST_FILE", "").strip() and not (
@@ -1754,6 +1758,32 @@ def _srun_cpu_bind(values: dict[str, object]) -> None:
         raise UsageError(f"--cpu-bind {given} and --bind-to {values['bind_to']} disagree")
     if verbose:
         values["report_bindings"] = True
+
+
+def _srun_exclude(values: dict[str, object], environ: Mapping[str, str]) -> None:
+    """srun's ``--exclude HOSTLIST``: the allocation's nodes but those, each with its task
+    slots, as a host list (nodes of the allocation: Slurm starts the agents)."""
+    given = values.pop("exclude", None)
+    if given is None:
+        return
+    if "hosts" in values or "hostfile" in values:
+        raise UsageError("--exclude leaves out nodes of the Slurm allocation: not with "
+                         "-hosts, -w or -f")
+    from pm.bootstrap.slurm import allocation_hosts
+    from pm.common.hostlist import HostlistError, parse_hosts_option
+
+    if not environ.get("SLURM_JOB_NODELIST"):
+        raise UsageError("--exclude leaves out nodes of a Slurm allocation: this is not "
+                         "inside one (no SLURM_JOB_NODELIST)")
+    try:
+        nodes = allocation_hosts(environ)
+    except HostlistError as exc:
+        raise UsageError(f"--exclude: {exc}") from None
+    out = {e.host for e in parse_hosts_option(str(given))}
+    kept = [(h, s) for h, s in nodes if h not in out]
+    if not kept:
+        raise UsageError(f"--exclude {given} leaves no node of the allocation")
+    values["hosts"] = ",".join(h if s is None else f"{h}:{s}" for h, s in kept)
 
 
 def _cpus_per_task(values: dict[str, object]) -> None:

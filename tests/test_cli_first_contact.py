@@ -40,6 +40,7 @@ BAD_VALUE = {
     "block": "0", "memfree": "lots", "N": "x", "nodes": "0", "max_args": "-1",
     "cpus_per_task": "0", "distribution": "round", "delay": "-1", "export": "A B", "stdin": "x",
     "cpu_bind": "boards", "display": "topo", "replace": "", "trim": "x", "flux_env": "^f",
+    "exclude": "a[1-",
     "": "epoll",  # (-demux, -topolib: Hydra's, meaning nothing here)
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check not in (None, options.verbatim)
@@ -193,6 +194,10 @@ CASES = [
      "--jobs is for task ensembles (pmrun CMD ::: ARGS, --tasks FILE), not for an MPI "
      "job's ranks"),
     (["a", ":", "-np", "2"], {}, "-np must come before a program"),
+    (["--exclude", "a", "true"], {}, "--exclude leaves out nodes of a Slurm allocation: this "
+     "is not inside one (no SLURM_JOB_NODELIST)"),
+    (["--exclude", "a", "-w", "b", "true"], {}, "--exclude leaves out nodes of the Slurm "
+     "allocation: not with -hosts, -w or -f"),
 ]
 
 

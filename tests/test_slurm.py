@@ -176,6 +176,28 @@ def test_minus_n_runs_on_part_of_the_allocation(slurm_cluster: RealCluster,
     assert_clean(c)
 
 
+def test_w_and_exclude_choose_nodes_of_the_allocation(slurm_cluster: RealCluster,
+                                                      tmp_path: Path) -> None:
+    c = slurm_cluster
+    # srun's -w (--nodelist) and --exclude: the ranks on those nodes only (or on all but
+    # those), started through Slurm (not ssh: without the cluster's ssh configuration the
+    # node names do not even resolve here).
+    show = "sh -c 'echo $PMI_RANK $(hostname)'"
+    a, b, h3 = c.names[:3]
+    script = f"pmrun -w {b},{h3} -n 4 {show}; echo ==; pmrun --exclude {a},{b} -n 2 {show}"
+    res = subprocess.run(["salloc", "--quiet", "-N3", "-n3", "sh", "-c", script],
+                         env=env_for(c, tmp_path), capture_output=True, text=True,
+                         timeout=120, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr
+    w, exclude = (sorted(part.splitlines()) for part in res.stdout.split("==\n"))
+    assert sorted(line.split()[1] for line in w) == [b, b, h3, h3], res.stdout
+    assert [line.split()[1] for line in exclude] == [h3, h3], res.stdout
+    res = salloc(c, ["-N2", "-n2"], "--exclude", f"{a},{b}", "true")
+    assert (res.returncode, res.stderr) == (
+        2, f"pmrun: --exclude {a},{b} leaves no node of the allocation\n")
+    assert_clean(c)
+
+
 def test_salloc_runs_a_gnu_parallel_ensemble_on_the_nodes(slurm_cluster: RealCluster,
                                                            tmp_path: Path) -> None:
     c = slurm_cluster

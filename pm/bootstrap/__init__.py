@@ -60,6 +60,20 @@ def is_template(text: str) -> bool:
     return "{host}" in text or "{command}" in text
 
 
+def _in_allocation(hosts: Sequence[str], environ: Mapping[str, str]) -> bool:
+    """Whether every host of ``hosts`` is a node of the Slurm allocation we run in."""
+    from pm.common.hostlist import HostlistError, expand
+
+    nodelist = environ.get("SLURM_JOB_NODELIST")
+    if not nodelist or not environ.get("SLURM_JOB_ID"):
+        return False
+    try:
+        nodes = set(expand(nodelist))
+    except HostlistError:
+        return False
+    return all(h in nodes for h in hosts)
+
+
 def bootstrap_options(extra: Mapping[str, str],
                       hosts_given: bool | Sequence[str] = False) -> dict[str, Any]:
     """The bootstrap dict (``JobPlan.bootstrap``) for the launcher options of the command line.
@@ -90,7 +104,10 @@ def bootstrap_options(extra: Mapping[str, str],
         elif hosts_given and not isinstance(hosts_given, bool):
             from pm.common.hostlist import is_this_machine
 
-            name = "local" if all(map(is_this_machine, hosts_given)) else "ssh"
+            if all(map(is_this_machine, hosts_given)):
+                name = "local"
+            else:  # nodes of the allocation we run in: its own launcher (as Hydra's)
+                name = "slurm" if _in_allocation(hosts_given, os.environ) else "ssh"
         elif not hosts_given and os.environ.get("SLURM_JOB_NODELIST") and os.environ.get(
                 "SLURM_JOB_ID"):
             name = "slurm"
