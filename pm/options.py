@@ -54,6 +54,17 @@ def whole(minimum: int = 1, most: int | None = None) -> Check:
     return check
 
 
+def niceness(text: str, opt: str) -> int:
+    """A process's niceness, -20 (first) to 19 (last)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 99
+    if not -20 <= value <= 19:
+        raise UsageError(f"{opt} takes a niceness from -20 to 19, not {text!r}")
+    return value
+
+
 def seconds(text: str, opt: str) -> float:
     """A positive number of seconds."""
     try:
@@ -1023,6 +1034,8 @@ OPTIONS = (
         help="at most N tasks at once per host (default: one per CPU thread; 0: memory "
              "alone; +N, -N, N%: of its CPU threads; a FILE that says one, read again as "
              "tasks end)"),
+    Opt("--nice", "nice", niceness, metavar="N", group=MEMORY,
+        help="run each task at niceness N, every command of its line (GNU parallel's)"),
     Opt("--mem-per-task", "mem_per_task", text, metavar="SIZE", group=MEMORY,
         help="memory reserved for each task (e.g. 2G); a line may say [mem=SIZE]"),
     Opt("--mem-high", "mem_high", size, metavar="SIZE|PCT", group=MEMORY,
@@ -1523,7 +1536,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "tagstring", "delimiter", "header", "results", "pipe", "pipepart", "block",
                   "eof", "no_empty", "trim", "link", "replace",
                   "recend", "recstart", "regexp", "memfree",
-                  "progress", "max_args", "many_args", "delay", "shuf", "quote")
+                  "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

@@ -907,3 +907,12 @@ def test_number_of_cpus_as_gnu_parallel_counts_them(pmrun: Run, tmp_path: Path,
 def test_will_cite_is_taken(pmrun: Run) -> None:
     r = pmrun("--will-cite", "--no-notice", "echo", ":::", "a")
     assert (r.returncode, r.stdout, r.stderr) == (0, "a\n", "")
+
+
+def test_nice_runs_every_command_of_a_line_at_that_niceness(pmrun: Run, tmp_path: Path) -> None:
+    # The line's sh and what it starts (a pipeline's every stage) at niceness 7.
+    line = "cut -d' ' -f19 /proc/self/stat | cat; echo {}"
+    r = pmrun("--nice", "7", "-k", line, ":::", "a", "b")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "7\na\n7\nb\n", "")
+    if PARALLEL is not None:
+        assert r.stdout == parallel(tmp_path, "--nice", "7", "-k", line, ":::", "a", "b").stdout

@@ -440,14 +440,17 @@ async def run_cli(opts: CliOptions) -> int:
 
     def tasks() -> list[TaskSpec]:
         made = _tasks()
-        if "replace" not in extra:
-            return made
-        # -I STR: STR was {} meanwhile, and {} itself kept aside (GNU parallel's, xargs').
-        def back(text: str) -> str:
-            return text.replace(_KEPT, "{}")
+        if "replace" in extra:
+            # -I STR: STR was {} meanwhile, and {} itself kept aside (GNU parallel's, xargs').
+            def back(text: str) -> str:
+                return text.replace(_KEPT, "{}")
 
-        return [dataclasses.replace(s, argv=tuple(map(back, s.argv)), line=back(s.line),
-                                    words=tuple(map(back, s.words))) for s in made]
+            made = [dataclasses.replace(s, argv=tuple(map(back, s.argv)), line=back(s.line),
+                                        words=tuple(map(back, s.words))) for s in made]
+        if "nice" in extra:  # --nice N: the whole line (sh and all it runs) at niceness N
+            made = [dataclasses.replace(s, argv=("nice", "-n", extra["nice"], *s.argv),
+                                        words=s.words or s.argv) for s in made]
+        return made
 
     def _tasks() -> list[TaskSpec]:
         nonlocal names
