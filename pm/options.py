@@ -1081,6 +1081,11 @@ OPTIONS = (
     Opt("--results", "results", results_dir, metavar="DIR", group=MEMORY,
         help="each task's stdout and stderr in files of DIR/1/ARG1/2/ARG2/, not printed "
              "(GNU parallel's layout)"),
+    Opt("--files", "files", kind=FLAG, group=MEMORY,
+        help="each task's stdout in a new file of --tmpdir, whose name is printed instead "
+             "(GNU parallel's)"),
+    Opt("--tmpdir --tempdir", "tmpdir", directory, metavar="DIR", group=MEMORY,
+        help="where --files and held output go (default: $TMPDIR, else /tmp)"),
     Opt("--header", "header", header_lines, metavar=":", group=MEMORY,
         help="each source's first argument (with --colsep: its first line's columns) "
              "names it: {NAME} in the command; with --pipe, stdin's first line (N: "
@@ -1536,7 +1541,8 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "tagstring", "delimiter", "header", "results", "pipe", "pipepart", "block",
                   "eof", "no_empty", "trim", "link", "replace",
                   "recend", "recstart", "regexp", "memfree",
-                  "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice")
+                  "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice",
+                  "files", "tmpdir")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.
@@ -1597,6 +1603,8 @@ def _ensemble_only(out: Parsed) -> None:
                                    "output_filename", "timestamp_output") else "")
                 raise UsageError(f"{name} is for an MPI job's ranks, not for task "
                                  f"ensembles{hint}")
+        if "files" in values and "results" in values:
+            raise UsageError("--files and --results both store the output: give one of them")
         resume = "resume" in values or "resume_failed" in values
         if resume and "joblog" not in values:
             raise UsageError(f"{'--resume' if 'resume' in values else '--resume-failed'} "

@@ -916,3 +916,30 @@ def test_nice_runs_every_command_of_a_line_at_that_niceness(pmrun: Run, tmp_path
     assert (r.returncode, r.stdout, r.stderr) == (0, "7\na\n7\nb\n", "")
     if PARALLEL is not None:
         assert r.stdout == parallel(tmp_path, "--nice", "7", "-k", line, ":::", "a", "b").stdout
+
+
+def test_files_prints_where_each_task_s_stdout_is(pmrun: Run, tmp_path: Path) -> None:
+    # GNU parallel's --files: a new file of --tmpdir a task, its name printed (in task
+    # order with -k, after the tag with --tag); stderr printed as without it (parallel
+    # drops it).
+    store = tmp_path / "store"
+    store.mkdir()
+    line = "echo out {}; echo err {} >&2"
+    r = pmrun("--files", "--tmpdir", str(store), "-k", "--tag", line, ":::", "a", "b")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stderr.splitlines()) == ["a\terr a", "b\terr b"]
+    rows = [row.split("\t") for row in r.stdout.splitlines()]
+    assert [tag for tag, _ in rows] == ["a", "b"]
+    assert [Path(name).parent for _, name in rows] == [store, store]
+    assert [Path(name).read_text() for _, name in rows] == ["out a\n", "out b\n"]
+    assert sorted(p.name for p in store.iterdir()) == sorted(Path(n).name for _, n in rows)
+    if PARALLEL is not None:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir()
+        want = parallel(tmp_path, "--files", "--tmpdir", str(theirs), "-k", "--tag", line,
+                        ":::", "a", "b")
+        assert [Path(row.split("\t")[1]).read_text() for row in want.stdout.splitlines()] == [
+            Path(name).read_text() for _, name in rows]
+    r = pmrun("--files", "--results", "r", "echo", ":::", "a")
+    assert (r.returncode, r.stderr) == (2, "pmrun: --files and --results both store the "
+                                           "output: give one of them\n")

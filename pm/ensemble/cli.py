@@ -15,6 +15,7 @@ import random
 import re
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -530,8 +531,11 @@ async def run_cli(opts: CliOptions) -> int:
         command = lines.__getitem__
         if "pipe" in extra:  # (the runs are numbered as their blocks come)
             command = functools.partial(_same, lines[0])
+    if "tmpdir" in extra:  # (--files, and output held past 1 MiB: pm.ensemble.console)
+        tempfile.tempdir = extra["tmpdir"]
     console = Console(opts.verbose, os.isatty(2), group=mode == "group", tag=tag,
-                      results=where, command=command)
+                      results=where, command=command,
+                      files=tempfile.gettempdir() if "files" in extra else None)
     interrupted: list[int] = []
     try:
         ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,

@@ -85,7 +85,9 @@ class Console:
     task's line prefix from its index (None: none).  ``results``: each task's directory
     for its output files, by index (then nothing of it is printed).  ``command``: a
     task's command line, written first in its output as each run starts (GNU parallel's
-    ``-v``).  Written in order by
+    ``-v``).  ``files``: each run's stdout goes to a new file in this directory, whose name
+    is printed as its output once the task ended (GNU parallel's ``--files``; its stderr
+    is printed as without).  Written in order by
     the output thread (:class:`pm.common.output.Writer`): a slow reader of our stdout
     never stops the loop that runs the tasks.  :meth:`aclose` waits until all is
     written."""
@@ -93,8 +95,12 @@ class Console:
     def __init__(self, verbose: int, tty: bool, *, group: bool = False,
                  tag: Callable[[int], bytes | None] | None = None,
                  results: dict[int, str] | None = None,
-                 command: Callable[[int], bytes] | None = None) -> None:
+                 command: Callable[[int], bytes] | None = None,
+                 files: str | None = None) -> None:
         self.verbose = verbose
+        self._files = files
+        #: --files: each task's file (of its last run), by index.
+        self._file_of: dict[int, str] = {}
         #: GNU parallel's -v: each run's command line, on stdout before its output.
         self._command = command
         self._results = results
@@ -139,6 +145,18 @@ class Console:
                 self._unstored.add(index)
                 self.message(f"task {index}'s output cannot be stored ({exc.filename}: "
                              f"{exc.strerror}): printed from here on")
+        if stream == STDOUT and index in self._file_of and index not in self._unstored:
+            try:
+                with open(self._file_of[index], "ab") as f:
+                    f.write(data)
+                return
+            except OSError as exc:
+                self._unstored.add(index)
+                self.message(f"task {index}'s output cannot be stored ({exc.filename}: "
+                             f"{exc.strerror}): printed from here on")
+        self._pass(index, stream, data)
+
+    def _pass(self, index: int, stream: int, data: bytes) -> None:
         order = self._order
         if self._group or (order is not None and order and order[0] != index):
             held = self._held.get(index)
@@ -159,6 +177,9 @@ class Console:
                     f.write(str(index + 1))  # (a failure is named at its output, if any)
             if index not in self._unstored:
                 return
+        name = self._file_of.get(index)
+        if name is not None and index not in self._unstored:
+            self._pass(index, STDOUT, os.fsencode(name) + b"\n")
         if order is None:
             self._release(index)
             return
@@ -211,6 +232,8 @@ class Console:
             os.makedirs(where, exist_ok=True)
             for name in ("stdout", "stderr"):
                 open(os.path.join(where, name), "wb").close()
+        if e.kind == "start" and self._files is not None and e.task is not None:
+            self._new_file(e.task)
         if e.kind == "start" and self._group and e.task is not None:
             held = self._held.pop(e.task, None)  # a retry: only the last run's output shows
             if held is not None:
@@ -227,6 +250,25 @@ class Console:
             return
         if self.verbose >= level:
             self.message(e.text)
+
+    def _new_file(self, index: int) -> None:
+        """--files: a run of task ``index`` begins: its stdout's file, new and empty (a
+        retried run's replaces the one before)."""
+        assert self._files is not None
+        old = self._file_of.pop(index, None)
+        if old is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(old)
+        try:
+            fd, name = tempfile.mkstemp(prefix="par", suffix=".par", dir=self._files)
+        except OSError as exc:
+            self._unstored.add(index)
+            self.message(f"task {index}'s output cannot be stored ({exc.filename}: "
+                         f"{exc.strerror}): printed")
+            return
+        os.close(fd)
+        self._unstored.discard(index)
+        self._file_of[index] = name
 
     def progress(self, text: str) -> None:
         self._text = text
