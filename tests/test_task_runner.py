@@ -37,6 +37,7 @@ class Runner:
         self.reports: list[Report] = []
         self.output: dict[tuple[int, int], bytes] = {}
         self.exits: dict[int, int] = {}
+        self.rss: dict[int, int] = {}
         self._reader = RunnerReader()
 
     def send(self, line: bytes) -> None:
@@ -68,6 +69,7 @@ class Runner:
                     self.output[key] = self.output.get(key, b"") + rec.data
                 elif isinstance(rec, TaskExit):
                     self.exits[rec.index] = rec.code
+                    self.rss[rec.index] = rec.rss
 
 
 @contextmanager
@@ -116,6 +118,18 @@ def test_tasks_run_with_their_environment_and_report_output_and_exit() -> None:
         for index in (0, 1, 2):
             at = [i for i, x in enumerate(r.reports) if getattr(x, "index", None) == index]
             assert isinstance(r.reports[at[-1]], TaskExit), r.reports
+
+
+def test_an_exit_says_the_largest_resident_size_the_kernel_counted() -> None:
+    # What a task too short for any sample teaches its command (pm.ensemble.scheduler).
+    with runner() as r:
+        r.send(TaskStart(0, [sys.executable, "-c", "b = bytearray(64 << 20)"], {}, None).line())
+        r.send(sh(1, "true"))
+        r.until(lambda: len(r.exits) == 2)
+        assert r.rss[0] >= 64 << 20, r.rss
+        assert 0 < r.rss[1] < 64 << 20, r.rss
+    # A runner of the earlier protocol says no size: read as 0.
+    assert RunnerReader().feed(b"pmrun-exit 3 0\n") == [TaskExit(3, 0, 0)]
 
 
 def test_a_signal_reaches_one_task_or_every_task() -> None:
