@@ -1097,6 +1097,9 @@ OPTIONS = (
         help="GNU parallel's hosts: -hosts HOST:N,... (':' is this machine)"),
     Opt("--slf --sshloginfile", "hosts", sshloginfile, metavar="FILE", group=MEMORY,
         help="-S's value a line of FILE"),
+    Opt("-L --max-lines", "max_lines", whole(1), metavar="N", group=MEMORY,
+        help="N input lines a task, a line that ends in a blank going on on the next (GNU "
+             "parallel's); with --pipe, records of N lines"),
     Opt("--max-args", "max_args", whole(0), metavar="N", group=MEMORY,
         help="-N of a task ensemble: each task takes N arguments of its input source, "
              "{1}..{N} (the last task fewer; 0: one argument, not inserted)"),
@@ -1542,7 +1545,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "eof", "no_empty", "trim", "link", "replace",
                   "recend", "recstart", "regexp", "memfree",
                   "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice",
-                  "files", "tmpdir")
+                  "files", "tmpdir", "max_lines")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.
@@ -1569,6 +1572,18 @@ def _ensemble_only(out: Parsed) -> None:
         if "max_args" in values and ("pipepart" in values or "regexp" in values):
             raise UsageError(f"-N {values['max_args']} records a block is for --pipe, with "
                              "--recstart/--recend as they are written")
+        lines = values.get("max_lines")
+        if lines is not None and "pipe" not in values:
+            # GNU parallel's -L N: N lines a task (-N N), a blank at a line's end joins the
+            # next to it.
+            if values.setdefault("max_args", lines) != lines:
+                raise UsageError(f"-L {lines} and -N {values['max_args']}: give one of them")
+            values["join_blank"] = True
+        elif lines is not None and ("pipepart" in values or "regexp" in values
+                                    or "recend" in values or "recstart" in values):
+            raise UsageError(f"--pipe -L {lines}: records of {lines} lines, not with "
+                             + ("--pipepart" if "pipepart" in values else "--regexp"
+                                if "regexp" in values else "--recend/--recstart"))
         if values.get("max_args") == 0 and "pipe" in values:
             raise UsageError("--pipe -N 0: a block of no record")
         if "quote" in values and "tasks_line" not in values:

@@ -40,7 +40,7 @@ BAD_VALUE = {
     "block": "0", "memfree": "lots", "N": "x", "nodes": "0", "max_args": "-1",
     "cpus_per_task": "0", "distribution": "round", "delay": "-1", "export": "A B", "stdin": "x",
     "cpu_bind": "boards", "display": "topo", "replace": "", "trim": "x", "flux_env": "^f",
-    "exclude": "a[1-", "nice": "20", "tmpdir": "/no/such/dir",
+    "exclude": "a[1-", "nice": "20", "tmpdir": "/no/such/dir", "max_lines": "0",
     "": "epoll",  # (-demux, -topolib: Hydra's, meaning nothing here)
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check not in (None, options.verbatim)

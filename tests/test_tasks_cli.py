@@ -309,6 +309,9 @@ def parallel(tmp_path: Path, *args: str, input: str | None = None
     ["--colsep", " ", "echo", "{2}-{1}-{5}", "::::", "rows.txt"],
     ["-I", "ZZ", "echo", "ZZ.txt", "{}", "{.}", ":::", "a.b", "c"],  # {} as it is
     ["-q", "-I", "@", "echo", "@ {}", ":::", "x y"],
+    # -L: N lines a task, a line that ends in a blank going on on the next.
+    ["-L", "2", "echo", "{2}/{1}", "::::", "blanks.txt"],
+    ["--max-lines", "1", "echo", "::::", "blanks.txt"],
 ])
 def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_path: Path,
                                                              tail: list[str]) -> None:
@@ -319,6 +322,7 @@ def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_pat
     (tmp_path / "many.txt").write_text("".join(f"{i}\n" for i in range(1, 101)))
     (tmp_path / "gaps.txt").write_text("a\n\n  \nb\nstop\nc\n")
     (tmp_path / "rows.txt").write_text("a b\nc\nd e f\n")
+    (tmp_path / "blanks.txt").write_text("a b \nc\nd\ne\t\nf \ng\nh\n")
     assert PARALLEL is not None
     want = parallel(tmp_path, "-k", *tail)
     r = pmrun("-k", *tail)
@@ -497,7 +501,8 @@ def test_pipe_cuts_between_records_as_gnu_parallel_does(pmrun: Run, tmp_path: Pa
                                  ["-N", "3"], ["-N", "50", "--recstart", "1"],
                                  ["--regexp", "--recstart", "[57]"],
                                  ["--regexp", "--recend", "[05]\\n", "--recstart", "1"],
-                                 ["--regexp", "--recend", ""]])
+                                 ["--regexp", "--recend", ""], ["-L", "7"],
+                                 ["-L", "4", "-N", "3"]])
 def test_pipe_blocks_end_where_gnu_parallels_do(pmrun: Run, tmp_path: Path,
                                                 cut: list[str]) -> None:
     """A block ends at the last record boundary within the next multiple of --block bytes;

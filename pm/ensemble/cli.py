@@ -121,10 +121,14 @@ class _Blocks:
 
     def __init__(self, size: int, end: bytes = b"\n", start: bytes = b"", fd: int = 0,
                  part: bool = False, regexp: bool = False, header: int = 0,
-                 records: int = 0) -> None:
+                 records: int = 0, lines: int = 0) -> None:
         self.size = size
         #: -N: a block is that many records (GNU parallel's --pipe -N), read as above.
         self._records = records
+        #: -L: a record is that many lines (GNU parallel's --pipe -L); a block ends only
+        #: after a whole number of them, and at the end of the input the lines short of
+        #: a record make a block of their own.
+        self._lines = lines if lines > 1 else 0
         self._queue: collections.deque[bytes] = collections.deque()
         #: Lines of the input before every block (``--header``): first read, then kept.
         self._header_lines = header
@@ -198,8 +202,8 @@ class _Blocks:
                 while (cut := self._nth_boundary(pos, held)) > 0:
                     self._queue.append(bytes(self._buf[pos:cut]))
                     pos = cut
-            elif not ended:
-                pos = self._last_boundary(target)
+            elif not ended or self._lines:
+                pos = self._last_boundary(len(self._buf) if ended else target)
                 if pos:
                     self._queue.append(bytes(self._buf[:pos]))
             if ended:
@@ -222,7 +226,7 @@ class _Blocks:
         """Where the ``-N``-th record boundary after ``pos`` (not at it) ends, within the
         first ``held`` bytes (0: not there)."""
         at = pos
-        for _ in range(self._records):
+        for _ in range(self._records * (self._lines or 1)):
             at = self._buf.find(self._sep, at + 1, held)
             if at < 0:
                 return 0
@@ -233,6 +237,14 @@ class _Blocks:
         if self._last is not None:
             m = self._last.match(self._buf, 0, held)
             return m.end() if m else 0
+        if self._lines:  # after the last whole record of that many lines
+            short = self._buf.count(self._sep, 0, held) % self._lines
+            at = held
+            for _ in range(short + 1):
+                at = self._buf.rfind(self._sep, 0, at)
+                if at < 0:
+                    return 0
+            return at + self._end
         found = self._buf.rfind(self._sep, 0, held) if self._sep else held
         return found + self._end if found >= 0 else 0
 
@@ -472,7 +484,8 @@ async def run_cli(opts: CliOptions) -> int:
                 raise UsageError(f"-N {extra['max_args']} takes the arguments of an input "
                                  "source (::: ARGS, :::: FILE, -a FILE): there is none")
             return specs
-        shape = shaping(extra.get("eof"), extra.get("trim", "n"), "no_empty" in extra)
+        shape = shaping(extra.get("eof"), extra.get("trim", "n"), "no_empty" in extra,
+                        "join_blank" in extra)
         combos = combinations(sources, read_source, extra.get("delimiter"), names,
                               shape=shape, link="link" in extra)
         width = 0
@@ -613,7 +626,8 @@ async def run_cli(opts: CliOptions) -> int:
                 header = extra.get("header", "0")
                 blocks = _Blocks(size, end, start, fd, part=bool(fd), regexp=regexp,
                                  header=1 if header == ":" else int(header),
-                                 records=int(extra.get("max_args", "0")))
+                                 records=int(extra.get("max_args", "0")),
+                                 lines=int(extra.get("max_lines", "0")))
                 blocks.warn = console.message
                 producer = asyncio.ensure_future(_pipe(ens, console, specs[0], blocks))
                 try:

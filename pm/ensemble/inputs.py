@@ -101,16 +101,19 @@ def combinations(words: Sequence[str], read: Callable[[str], str],
     return [tuple(arg for row in combo for arg in row) for combo in itertools.product(*rows)]
 
 
-def shaping(eof: str | None = None, trim: str = "n", no_empty: bool = False
-            ) -> Callable[[list[str]], list[str]] | None:
+def shaping(eof: str | None = None, trim: str = "n", no_empty: bool = False,
+            join_blank: bool = False) -> Callable[[list[str]], list[str]] | None:
     """What GNU parallel's ``-E STR`` (a source ends at STR), ``--trim`` (white space
-    stripped: ``l``, ``r``, ``lr``) and ``-r`` (arguments of white space only skipped) do to
-    a source's arguments; None for none of them."""
+    stripped: ``l``, ``r``, ``lr``), ``-r`` (arguments of white space only skipped) and
+    ``-L`` (``join_blank``: an argument that ends in a space or a tab goes on with the next)
+    do to a source's arguments; None for none of them."""
     strip = {"l": str.lstrip, "r": str.rstrip, "lr": str.strip, "rl": str.strip}.get(trim)
-    if eof is None and strip is None and not no_empty:
+    if eof is None and strip is None and not no_empty and not join_blank:
         return None
 
     def shape(args: list[str]) -> list[str]:
+        if join_blank:
+            args = joined(args)
         if eof is not None and eof in args:
             args = args[: args.index(eof)]
         if no_empty:
@@ -118,6 +121,20 @@ def shaping(eof: str | None = None, trim: str = "n", no_empty: bool = False
         return [strip(a) for a in args] if strip is not None else args
 
     return shape
+
+
+def joined(args: list[str]) -> list[str]:
+    """GNU parallel's ``-L``: each argument that ends in a space or a tab with the next."""
+    out: list[str] = []
+    carry = ""
+    for arg in args:
+        arg = carry + arg
+        carry = arg if arg.endswith((" ", "\t")) else ""
+        if not carry:
+            out.append(arg)
+    if carry:
+        out.append(carry)
+    return out
 
 
 def chunked(combos: Sequence[tuple[str, ...]], n: int) -> list[tuple[str, ...]]:
