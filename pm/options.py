@@ -760,8 +760,8 @@ def cpu_rule(text: str) -> bool:
     if text[:1] in ("+", "-"):
         return text[1:].isdigit()
     if text.endswith("%"):
-        whole, _, part = text[:-1].partition(".")
-        return whole.isdigit() and (part.isdigit() or not _)
+        whole, dot, part = text[:-1].partition(".")
+        return whole.isdigit() and (part.isdigit() if dot else True)
     return text == "cores"
 
 
