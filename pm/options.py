@@ -1097,6 +1097,9 @@ OPTIONS = (
         help="GNU parallel's hosts: -hosts HOST:N,... (':' is this machine)"),
     Opt("--slf --sshloginfile", "hosts", sshloginfile, metavar="FILE", group=MEMORY,
         help="-S's value a line of FILE"),
+    Opt("--plus", "plus", kind=FLAG, group=MEMORY,
+        help="GNU parallel's further replacement strings: {+.} {..} {##} {0#} {%RE} "
+             "{/RE/STR}... (README)"),
     Opt("-L --max-lines", "max_lines", whole(1), metavar="N", group=MEMORY,
         help="N input lines a task, a line that ends in a blank going on on the next (GNU "
              "parallel's); with --pipe, records of N lines"),
@@ -1545,7 +1548,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "eof", "no_empty", "trim", "link", "replace",
                   "recend", "recstart", "regexp", "memfree",
                   "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice",
-                  "files", "tmpdir", "max_lines")
+                  "files", "tmpdir", "max_lines", "plus")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

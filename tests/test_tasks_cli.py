@@ -312,6 +312,16 @@ def parallel(tmp_path: Path, *args: str, input: str | None = None
     # -L: N lines a task, a line that ends in a blank going on on the next.
     ["-L", "2", "echo", "{2}/{1}", "::::", "blanks.txt"],
     ["--max-lines", "1", "echo", "::::", "blanks.txt"],
+    # --plus: paths, job figures, bash-like edits with regular expressions.
+    ["--plus", "echo", "{+/}", "{+.}", "{+..}", "{+...}", "{..}", "{...}", "{/..}", "{/...}",
+     "{##}", "{0#}", ":::", "a/b/c.tar.gz", "d.txt", "", "noext", "A.B.C.D.z", "x", "y", "z",
+     "w", "v"],
+    ["--plus", "echo", "{:-X}", "{:2}", "{:1:3}", "{#a}", "{##a*/}", "{%.gz}", "{%%.*}",
+     "{%.*}", "{%%.*z}", ":::", "a/b/c.tar.gz", "d.txt", "", "A.B.C.D.z"],
+    ["--plus", "echo", "{/a/Z}", "{//a/Z}", "{/#a/Q}", "{/%z/Q}", "{^d}", "{^^a}", "{,D}",
+     "{,,D}", "{1%.gz}", ":::", "a/b/c.tar.gz", "d.txt", "A.B.C.D.z"],
+    ["--plus", "-q", "echo", "{..}", "{2##.*/}", ":::", "a.b.c", ":::", "x/y z"],
+    ["echo", "{..}", ":::", "a.b.c"],  # (without --plus: as written)
 ])
 def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_path: Path,
                                                              tail: list[str]) -> None:
@@ -948,3 +958,17 @@ def test_files_prints_where_each_task_s_stdout_is(pmrun: Run, tmp_path: Path) ->
     r = pmrun("--files", "--results", "r", "echo", ":::", "a")
     assert (r.returncode, r.stderr) == (2, "pmrun: --files and --results both store the "
                                            "output: give one of them\n")
+
+
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
+def test_plus_slot_strings_as_gnu_parallel(pmrun: Run, tmp_path: Path) -> None:
+    # {0%} and {slot}: the job slot (zero-padded to the slots' width), as the shell reads it.
+    for text in ("{0%}", "{slot}"):
+        tail = ["--plus", "-j", "2", "echo", text, ":::", *map(str, range(12))]
+        r = pmrun(*tail)
+        assert r.returncode == 0, r.stderr
+        assert sorted(set(r.stdout.split())) == sorted(set(parallel(tmp_path, *tail)
+                                                           .stdout.split())) == ["1", "2"]
+    r = pmrun("--plus", "echo", "{%[}", ":::", "a")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.startswith("pmrun: echo {%[}: {%[}: not a regular expression (")

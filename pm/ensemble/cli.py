@@ -25,6 +25,7 @@ from pm.ensemble.core import Ensemble
 from pm.ensemble.domain import planned_slots
 from pm.ensemble.inputs import (
     SEPARATORS,
+    Plus,
     chunked,
     combinations,
     fill,
@@ -503,10 +504,15 @@ async def run_cli(opts: CliOptions) -> int:
             width = sys.maxsize
             if names:
                 names = list(split_columns([tuple(names)], extra["colsep"])[0])
+        plus = None
+        if "plus" in extra:  # (its {##}, {0#}, {0%} count the tasks and the job slots)
+            plus = Plus(len(combos) * max(len(specs), 1),
+                        planned_slots(nodes, opts.spec.ppn, options["jobs"]))
         if words is not None:
             return with_quoted_words(words, combos, names or (), width,
-                                     options.get("mem_per_task"))
-        return with_arguments(specs, combos, names or (), width, context=many == "-X")
+                                     options.get("mem_per_task"), plus=plus)
+        return with_arguments(specs, combos, names or (), width, context=many == "-X",
+                              plus=plus)
 
     try:
         specs = await asyncio.to_thread(tasks)

@@ -22,7 +22,7 @@ task holds), which the line reads from ``$PARALLEL_JOBSLOT``.  With ``--colsep
 REGEX`` each argument is split into columns first, and ``{N}`` names the Nth column
 (:func:`split_columns`).  Arguments are shell-quoted.  A line without any replacement
 string gets the arguments appended.  Without sources, a line is run as written (braces
-and all).
+and all).  GNU parallel's ``--plus`` adds its further replacement strings (:class:`Plus`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import os
 import re
 import shlex
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from pm.options import INPUT_SOURCES
 from pm.proto.errors import UsageError
@@ -39,8 +40,35 @@ from pm.proto.errors import UsageError
 #: The words that start an input source.
 SEPARATORS = INPUT_SOURCES
 
-_REPLACE = re.compile(
-    r"\{(?:(?P<seq>#)|(?P<slot>%)|(?P<n>-[1-9]\d*|\d*)(?P<how>//|/\.|/|\.)?)\}")
+_STANDARD = r"(?P<seq>#)|(?P<slot>%)|(?P<n>-[1-9]\d*|\d*)(?P<how>//|/\.|/|\.)?"
+_REPLACE = re.compile(r"\{(?:" + _STANDARD + r")\}")
+#: GNU parallel's ``--plus`` strings (its ``%Global::plus``), after the standard ones: an
+#: operation on an argument (``op``, of source ``pn`` if given), or a job's figure.
+_PLUS = re.compile(r"\{(?:" + _STANDARD + r"|(?P<job>##|0#|0%|slot)|(?P<pn>-[1-9]\d*|\d*)(?P<op>"
+                   r"\+/|\+\.\.\.|\+\.\.|\+\.|\.\.\.|\.\.|/\.\.\.|/\.\."
+                   r"|:-[^}]+?|:\d+?:\d+?|:\d+?|##[^#}][^}]*?|#[^#}][^}]*?|%%[^}]+?|%[^}]+?"
+                   r"|//[^}]+?/[^}]*?|/#[^}]+?/[^}]*?|/%[^}]+?/[^}]*?|/[^#%}/]+?/[^}]*?"
+                   r"|\^\^[^}]+?|\^[^}]+?|,,[^}]+?|,[^}]+?))\}")
+
+
+class Plus(NamedTuple):
+    """GNU parallel's ``--plus``: what its job-wide strings need, the number of jobs
+    (``{##}``, and ``{0#}``'s width) and of job slots (``{0%}``'s width).
+
+    Paths: ``{+/}`` the directory, ``{+.}`` the extension, ``{+..}``/``{+...}`` the last
+    two/three, ``{..}``/``{...}`` the argument without them, ``{/..}``/``{/...}`` its base
+    name without them; ``{##}`` the number of jobs, ``{0#}`` and ``{0%}`` the job's number
+    and slot zero-padded, ``{slot}`` the slot.  As bash's parameter expansion, with
+    regular expressions: ``{:-STR}`` STR for an empty argument, ``{:N}`` without its
+    first N characters, ``{:P:L}`` L from P, ``{#RE}``/``{##RE}`` without the shortest /
+    longest prefix RE matches, ``{%RE}``/``{%%RE}`` the same for a suffix, ``{/RE/STR}``
+    the first match replaced (``{//RE/STR}`` every one, ``{/#RE/STR}`` at the start,
+    ``{/%RE/STR}`` at the end), ``{^RE}``/``{^^RE}`` upper case at the start / every
+    match, ``{,RE}``/``{,,RE}`` lower case.  A source's number may come first:
+    ``{2%.gz}``."""
+
+    total: int
+    slots: int
 
 
 def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -180,18 +208,25 @@ def spread(combos: Sequence[tuple[str, ...]], slots: int, option: str,
     return groups
 
 
-def in_context(line: str, args: Sequence[str], seq: int, width: int = 0) -> str:
+def in_context(line: str, args: Sequence[str], seq: int, width: int = 0,
+               plus: Plus | None = None) -> str:
     """GNU parallel's ``-X``: each word of ``line`` that holds an argument's replacement
     string (``pic{}.jpg``) once per argument, side by side; the arguments appended when
     there is none."""
-    if not any(not (m["seq"] or m["slot"]) for m in _REPLACE.finditer(line)):
-        return fill(line, args, seq, width=width)
+    pattern = _PLUS if plus is not None else _REPLACE
+
+    def per_argument(text: str) -> bool:
+        return any(not (m["seq"] or m["slot"] or m.groupdict().get("job"))
+                   for m in pattern.finditer(text))
+
+    if not per_argument(line):
+        return fill(line, args, seq, width=width, plus=plus)
     out = []
     for word in re.split(r"(\s+)", line):
-        if any(not (m["seq"] or m["slot"]) for m in _REPLACE.finditer(word)):
-            word = " ".join(fill(word, [a], seq, width=width) for a in args)
-        else:
-            word = fill(word, args, seq, width=width) if _REPLACE.search(word) else word
+        if per_argument(word):
+            word = " ".join(fill(word, [a], seq, width=width, plus=plus) for a in args)
+        elif pattern.search(word):
+            word = fill(word, args, seq, width=width, plus=plus)
         out.append(word)
     return "".join(out)
 
@@ -203,9 +238,10 @@ def split_columns(combos: Sequence[tuple[str, ...]], colsep: str) -> list[tuple[
     return [tuple(col for arg in combo for col in sep.split(arg)) for combo in combos]
 
 
-def has_replacement(text: str) -> bool:
-    """Whether ``text`` holds a replacement string (``{}``, ``{1.}``, ``{#}``...)."""
-    return _REPLACE.search(text) is not None
+def has_replacement(text: str, plus: bool = False) -> bool:
+    """Whether ``text`` holds a replacement string (``{}``, ``{1.}``, ``{#}``...; with
+    ``plus``, GNU parallel's ``--plus`` ones too)."""
+    return (_PLUS if plus else _REPLACE).search(text) is not None
 
 
 def by_name(line: str, names: Sequence[str]) -> str:
@@ -243,13 +279,13 @@ def _edit(value: str, how: str | None) -> str:
     return os.path.dirname(value) or "."  # "//"
 
 
-def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: int = 0
-         ) -> str:
+def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: int = 0,
+         plus: Plus | None = None) -> str:
     """``line`` with its replacement strings filled from ``args`` (one combination) for
     the task numbered ``seq``; without any, the arguments appended.  :class:`UsageError`
     for ``{N}`` beyond the sources (``width``: ``-N``'s count, whose ``{N}`` beyond a
     shorter last group are empty).  ``quote=False`` (a ``--tagstring``): the arguments
-    as they are, and nothing appended."""
+    as they are, and nothing appended.  ``plus``: GNU parallel's ``--plus`` strings too."""
     q = shlex.quote if quote else str
     used = False
 
@@ -260,9 +296,15 @@ def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: in
             return str(seq)
         if m["slot"]:
             return "$PARALLEL_JOBSLOT"
+        found = m.groupdict()
+        if found.get("job"):
+            assert plus is not None
+            return _job_string(found["job"], seq, plus)
+        op = found.get("op")
         values = args
-        if m["n"]:
-            k = int(m["n"])
+        n = found.get("pn") if op else m["n"]
+        if n:
+            k = int(n)
             if k < 0:  # {-1}: the last argument, {-2} the one before (GNU parallel's)
                 if -k > len(args):
                     if width:
@@ -278,8 +320,111 @@ def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: in
             if k > len(args):
                 return ""  # -N's last group, shorter: as GNU parallel, empty
             values = args[k - 1 : k]
+        if op:
+            return " ".join(q(_plus_edit(v, op, m[0])) for v in values)
         return " ".join(q(_edit(v, m["how"])) for v in values)
 
-    out = _REPLACE.sub(one, line)
+    out = (_PLUS if plus is not None else _REPLACE).sub(one, line)
     # (Appended after a space even when there are none, -N0's: GNU parallel's line.)
     return out if used or not quote else line + " " + " ".join(map(q, args))
+
+
+def _job_string(what: str, seq: int, plus: Plus) -> str:
+    """``{##}``, ``{0#}``, ``{0%}``, ``{slot}`` for the task numbered ``seq`` (the slot is the
+    shell's to read: ``$PARALLEL_JOBSLOT``)."""
+    if what == "##":
+        return str(plus.total)
+    if what == "0#":
+        return str(seq).zfill(len(str(max(plus.total, 1))))
+    if what == "0%":
+        return f'$(printf %0{len(str(max(plus.slots, 1)))}d "$PARALLEL_JOBSLOT")'
+    return "${PARALLEL_JOBSLOT}"  # {slot}
+
+
+#: ``--plus``'s path strings: (a pattern, what of its match stays; None: the argument
+#: without the match), and the value when the pattern does not match.
+_PATHS: dict[str, tuple[str, int | None, str | None]] = {
+    "+/": (r"/[^/]*$", None, ""),
+    "+.": (r"^.*\.", None, ""),
+    "+..": (r"^.*\.([^/.]*\.[^/.]*)$", 1, ""),
+    "+...": (r"^.*\.([^/.]*\.[^/.]*\.[^/.]*)$", 1, ""),
+    "..": (r"\.[^/.]*\.[^/.]*$", None, None),
+    "...": (r"\.[^/.]*\.[^/.]*\.[^/.]*$", None, None),
+}
+
+
+def _plus_edit(value: str, op: str, written: str) -> str:
+    """``value`` as the ``--plus`` operation ``op`` makes it (:class:`Plus`); ``written``:
+    the whole replacement string, for the line that refuses a bad regular expression."""
+    try:
+        return _plus_apply(value, op)
+    except re.error as exc:
+        raise UsageError(f"{written}: not a regular expression ({exc})") from None
+
+
+def _plus_apply(value: str, op: str) -> str:
+    if op in ("/..", "/..."):
+        return _plus_apply(value.rsplit("/", 1)[-1], op[1:])
+    if op in _PATHS:
+        pattern, keep, otherwise = _PATHS[op]
+        m = re.search(pattern, value)
+        if m is None:
+            return value if otherwise is None else otherwise
+        return m[keep] if keep is not None else value[: m.start()] + value[m.end():]
+    if op.startswith(":-"):
+        return value or op[2:]
+    if op.startswith(":"):
+        start, _, length = op[1:].partition(":")
+        return value[int(start): int(start) + int(length)] if length else value[int(start):]
+    if op.startswith("##"):
+        return re.sub(f"^(?:{op[2:]})", "", value, count=1)
+    if op.startswith("#"):
+        return re.sub(f"^(?:{_lazy(op[1:])})", "", value, count=1)
+    if op.startswith("%%"):
+        return re.sub(f"(?:{op[2:]})$", "", value, count=1)
+    if op.startswith("%"):
+        return re.sub(f"^(.*)(?:{_lazy(op[1:])})$", r"\1", value, count=1)
+    for lead, anchor, count in (("//", "{}", 0), ("/#", "^(?:{})", 0), ("/%", "(?:{})$", 0),
+                                ("/", "{}", 1)):
+        if op.startswith(lead):
+            pattern, _, text = op[len(lead):].partition("/")
+            return re.sub(anchor.format(pattern), _literal(text), value, count=count)
+    upper = op.startswith("^")
+    every = op.startswith(("^^", ",,"))
+    pattern = op[2:] if every else op[1:]
+    return re.sub(pattern if every else f"^(?:{pattern})",
+                  _upper if upper else _lower, value, count=0 if every else 1)
+
+
+def _literal(text: str) -> Callable[[re.Match[str]], str]:
+    """A replacement that is ``text`` as written (no group references)."""
+    return lambda _m: text
+
+
+def _upper(m: re.Match[str]) -> str:
+    return m[0].upper()
+
+
+def _lower(m: re.Match[str]) -> str:
+    return m[0].lower()
+
+
+def _lazy(pattern: str) -> str:
+    """``pattern`` with its repetitions (``*``, ``+``, ``?``, ``{m,n}``) matching as little as
+    they can (GNU parallel's ``{#RE}`` and ``{%RE}``: the shortest prefix or suffix)."""
+    out: list[str] = []
+    escaped = in_class = False
+    for i, ch in enumerate(pattern):
+        out.append(ch)
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+        elif ch in "*+?}" and pattern[i + 1: i + 2] != "?" and not (
+                ch == "?" and i > 0 and pattern[i - 1] in "*+?}("):
+            out.append("?")
+    return "".join(out)

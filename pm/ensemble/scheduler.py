@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from pm.agent.admission import Admission, SizeError, Watermarks, format_size, parse_size
-from pm.ensemble.inputs import by_name, fill, has_replacement, in_context
+from pm.ensemble.inputs import Plus, by_name, fill, has_replacement, in_context
 from pm.proto.errors import PMError, UsageError
 
 NodeId = Hashable
@@ -134,14 +134,15 @@ def parse_tasks(text: str, default_mem: int | None = None) -> list[TaskSpec]:
 
 
 def with_arguments(specs: Sequence[TaskSpec], combos: Sequence[Sequence[str]],
-                   names: Sequence[str] = (), width: int = 0, context: bool = False
-                   ) -> list[TaskSpec]:
+                   names: Sequence[str] = (), width: int = 0, context: bool = False,
+                   plus: Plus | None = None) -> list[TaskSpec]:
     """GNU parallel's input sources: each task once per combination of arguments, in
     order, its line filled by :func:`pm.ensemble.inputs.fill` (replacement strings, or
     the arguments appended).  :class:`TaskFileError` naming the line for a ``{N}``
     beyond the sources.  ``names``: the sources' (``--header :``), for ``{NAME}``;
     ``width``: ``-N``'s (a group of arguments each, :func:`~pm.ensemble.inputs.chunked`);
-    ``context``: ``-X``'s (:func:`~pm.ensemble.inputs.in_context`)."""
+    ``context``: ``-X``'s (:func:`~pm.ensemble.inputs.in_context`); ``plus``: GNU
+    parallel's ``--plus`` strings too."""
     out: list[TaskSpec] = []
     for spec in specs:
         body = spec.argv[2]
@@ -149,7 +150,8 @@ def with_arguments(specs: Sequence[TaskSpec], combos: Sequence[Sequence[str]],
         body = by_name(body, names)
         for args in combos:
             try:
-                new = (in_context if context else fill)(body, args, len(out) + 1, width=width)
+                new = (in_context if context else fill)(body, args, len(out) + 1, width=width,
+                                                         plus=plus)
             except UsageError as exc:
                 raise TaskFileError(f"line {spec.lineno}: {exc}") from None
             try:
@@ -162,18 +164,19 @@ def with_arguments(specs: Sequence[TaskSpec], combos: Sequence[Sequence[str]],
 
 
 def with_quoted_words(words: Sequence[str], combos: Sequence[Sequence[str]],
-                      names: Sequence[str] = (), width: int = 0, mem: int | None = None
-                      ) -> list[TaskSpec]:
+                      names: Sequence[str] = (), width: int = 0, mem: int | None = None,
+                      plus: Plus | None = None) -> list[TaskSpec]:
     """GNU parallel's ``-q``: a task per combination of arguments, its command ``words``
     with their replacement strings filled as the arguments are (or the arguments
     appended as words of their own), then each word quoted for the shell: the task runs
     exactly these words.  ``names``, ``width``: as :func:`with_arguments`."""
     named = [by_name(w, names) for w in words]
-    append = not any(map(has_replacement, named))
+    append = not any(has_replacement(w, plus is not None) for w in named)
     out: list[TaskSpec] = []
     for args in combos:
         try:
-            filled = [fill(w, args, len(out) + 1, quote=False, width=width) for w in named]
+            filled = [fill(w, args, len(out) + 1, quote=False, width=width, plus=plus)
+                      for w in named]
         except UsageError as exc:
             raise TaskFileError(f"line 1: {exc}") from None
         if append:
