@@ -238,7 +238,7 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
     """The job's hosts, their slots and the bootstrap options; None for this machine alone.
     Light (no asyncio, no agent code): it also runs before the heavy imports, to start the
     first agents early (:func:`pm.bootstrap.early.prestart`)."""
-    where = _first_nodes(opts, _where(opts))
+    where = _first_nodes(opts, _skip_launch_node(opts, _where(opts)))
     if any(app.hosts for app in opts.spec.apps):
         where = _program_hosts(opts, where)
     if where is not None and not opts.fanout_given and where[2].get("name") == "ssh":
@@ -363,6 +363,25 @@ def slurm_binding(env: Mapping[str, str]) -> str | None:
     if not text.isdigit() or int(text) < 1:
         return None
     return "hwthread" if int(text) == 1 else f"hwthread:{int(text)}"
+
+
+def _skip_launch_node(opts: CliOptions,
+                      where: tuple[list[str], list[int | None], dict[str, object]] | None
+                      ) -> tuple[list[str], list[int | None], dict[str, object]] | None:
+    """Hydra's ``-skip-launch-node`` (Open MPI's ``--nolocal``): the hosts but this machine
+    (a batch job's first node, a login node in the host file)."""
+    if "skip_launch" not in opts.extra:
+        return where
+    from pm.common.hostlist import is_this_machine
+
+    what = "no ranks on this machine (-skip-launch-node, --nolocal)"
+    if where is None:
+        raise UsageError(f"{what}, but it is the only host (give -hosts or -f, or run inside "
+                         "an allocation)")
+    kept = [i for i, host in enumerate(where[0]) if not is_this_machine(host)]
+    if not kept:
+        raise UsageError(f"{what}, but every host given is this machine")
+    return [where[0][i] for i in kept], [where[1][i] for i in kept], where[2]
 
 
 def _where(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, object]] | None:

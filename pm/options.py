@@ -853,6 +853,9 @@ OPTIONS = (
         group=PLACE, quick=True,
         help="hosts to run on; node[01-04] ranges are expanded; inside a Slurm allocation, "
              "nodes of it are reached through Slurm (srun's -w)"),
+    Opt("-skip-launch-node --skip-launch-node --nolocal -nolocal", "skip_launch", kind=FLAG,
+        group=PLACE, help="no ranks on this machine, only on the other hosts given (Hydra's "
+                          "-skip-launch-node, Open MPI's --nolocal)"),
     Opt("--exclude", "exclude", hosts, metavar="HOSTLIST", group=PLACE,
         help="inside a Slurm allocation, run on its nodes but these (srun's --exclude)"),
     Opt("-f -hostfile --hostfile -machinefile", "hostfile", hostfile, metavar="FILE", group=PLACE,

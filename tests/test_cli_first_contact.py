@@ -118,7 +118,10 @@ CASES = [
     # (-e nable-x: stderr to a file 'nable-x'; -o rder-nodes; -n olocal).
     (["-enable-x", "-n", "1", "true"], {}, "unknown option -enable-x (see pmrun --help)"),
     (["-order-nodes", "ascending", "true"], {}, "unknown option -order-nodes (see pmrun --help)"),
-    (["-nolocal", "-n", "1", "true"], {}, "unknown option -nolocal (see pmrun --help)"),
+    (["-nolocal", "-n", "1", "true"], {}, "no ranks on this machine (-skip-launch-node, "
+     "--nolocal), but it is the only host (give -hosts or -f, or run inside an allocation)"),
+    (["-skip-launch-node", "-hosts", "localhost:2", "true"], {}, "no ranks on this machine "
+     "(-skip-launch-node, --nolocal), but every host given is this machine"),
     (["-debug", "-n", "1", "true"], {}, "unknown option -debug (see pmrun --help)"),
     (["-tune", "x", "-n", "1", "true"], {}, "unknown option -tune (see pmrun --help)"),
     (["-demux", "epoll", "-n", "1", "true"], {}, "-demux takes poll or select, not 'epoll'"),
@@ -1119,3 +1122,17 @@ def test_fluxs_env_rules_in_their_order(pmrun: Run, quick: str) -> None:
     r = pmrun("--env-remove", "FOO", "-genvnone", *show, env=env)
     assert (r.returncode, r.stderr) == (2, "pmrun: --env -PATTERN (--env-remove) and -genvall/"
                                            "-genvnone/-genvlist (or srun's --export): give one\n")
+
+
+def test_skip_launch_node_runs_on_the_other_hosts_only(pmrun: Run, tmp_path: Path) -> None:
+    # Hydra's -skip-launch-node, Open MPI's --nolocal: this machine in the host list (a
+    # login node, a batch job's first node) gets no ranks (the others: agents started
+    # through an exec template here).
+    here = os.uname().nodename
+    (tmp_path / "hosts").write_text(f"{here}:2\nnodeA:2\nnodeB:2\n")
+    for flag in ("-skip-launch-node", "--nolocal"):
+        r = pmrun(flag, "-f", str(tmp_path / "hosts"), "--launcher-exec", "env {command}",
+                  "--display-map", "-n", "4", "true")
+        assert r.returncode == 0, r.stderr
+        assert [line for line in r.stderr.splitlines() if "rank map" in line] == [
+            "pmrun: rank map: node 0 (nodeA): 0-1", "pmrun: rank map: node 1 (nodeB): 2-3"]
