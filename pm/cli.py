@@ -492,6 +492,14 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
 
         sys.stderr.write(f"pmrun: {refused}\n")
         return EXIT_NOT_STARTED
+    if "display_allocation" in opts.extra:  # Open MPI's --display allocation
+        here = len(os.sched_getaffinity(0))
+        local = nodes.bootstrap.get("name") in ("local", "fork", "")
+        sys.stderr.write("".join(
+            f"pmrun: allocation: node {i} ({host}): "
+            + (f"{slots} slots" if slots is not None else f"{here} slots (its CPU threads)"
+               if local else "no slot count given") + "\n"
+            for i, (host, slots) in enumerate(zip(nodes.hosts, nodes.slots, strict=True))))
     if "print_rank_map" in opts.extra and started is None:  # (else the quick path said it)
         from pm.common.output import rank_map
 

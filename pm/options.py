@@ -465,7 +465,8 @@ def cpu_bind_of(value: str, opt: str) -> tuple[str, bool]:
 
 
 #: Open MPI 5's ``--display`` items, as the options pmrun has for them.
-_DISPLAY = {"map": "print_rank_map", "map-devel": "print_rank_map", "bind": "report_bindings"}
+_DISPLAY = {"map": "print_rank_map", "map-devel": "print_rank_map", "bind": "report_bindings",
+            "allocation": "display_allocation"}
 #: Open MPI 5's ``--output`` directives (``dir=DIR`` aside), as pmrun's options.
 _OUTPUT = {"tag": ("prepend", LABEL), "tag-detailed": ("prepend", LABEL),
            "tag-fullname": ("prepend", LABEL), "timestamp": ("timestamp_output", True),
@@ -482,7 +483,8 @@ def display_items(value: str, opt: str) -> str:
     for item in value.lower().split(","):
         if item not in _DISPLAY:
             raise UsageError(f"{opt} {value}: of Open MPI's items pmrun shows map (the rank "
-                             f"map) and bind (the bindings), not {item!r}")
+                             "map), bind (the bindings) and allocation (the hosts and their "
+                             f"slots), not {item!r}")
     return value
 
 
@@ -982,6 +984,8 @@ OPTIONS = (
     Opt("--merge-stderr-to-stdout -merge-stderr-to-stdout", "merge_stderr", kind=FLAG,
         quick=True, group=IO, help="each rank's stderr goes where its stdout goes, in the "
                                    "order the rank wrote them (Open MPI's)"),
+    Opt("--display-allocation -display-allocation", "display_allocation", kind=FLAG, group=IO,
+        help="before the job starts, print each host and its slots (Open MPI's)"),
     Opt("-print-rank-map --print-rank-map --display-map", "print_rank_map", kind=FLAG,
         quick=True,
         group=IO, help="before the job starts, print each node's ranks (Hydra's "
@@ -1982,7 +1986,7 @@ def quick_ok(parsed: Parsed, environ: Mapping[str, str]) -> bool:
         parsed.here = this_machine_alone(parsed)  # (read once: the quick path takes it)
         if parsed.here is None:
             return False
-    return all(opt.quick for opt in parsed.used)
+    return all(opt.quick for opt in parsed.used) and "display_allocation" not in parsed.values
 
 
 def _hosts_of_file(path: str, opt: str) -> str:

@@ -1084,11 +1084,23 @@ def test_open_mpi_5s_output_and_display_words_are_taken(pmrun: Run, tmp_path: Pa
                            "directives pmrun takes tag, timestamp, merge-stderr-to-stdout and "
                            "dir=DIR, not 'file=x' (an --output pattern names files: --output "
                            "out.%r)"),
-                          (["--display", "allocation"], "--display allocation: of Open MPI's "
-                           "items pmrun shows map (the rank map) and bind (the bindings), not "
-                           "'allocation'")):
+                          (["--display", "topo"], "--display topo: of Open MPI's "
+                           "items pmrun shows map (the rank map), bind (the bindings) and "
+                           "allocation (the hosts and their slots), not 'topo'")):
         r = pmrun(*argv, "true")
         assert (r.returncode, r.stderr) == (2, f"pmrun: {message}\n")
+    # --display allocation (Open MPI 4's --display-allocation): each host and its slots.
+    cpus = len(os.sched_getaffinity(0))
+    for argv in (["--display", "allocation"], ["--display-allocation"]):
+        r = pmrun(*argv, "-n", "1", "true")
+        assert (r.returncode, r.stderr) == (0, f"pmrun: allocation: node 0 "
+                                               f"({os.uname().nodename}): {cpus} slots (its "
+                                               "CPU threads)\n")
+    r = pmrun("--display-allocation", "-hosts", "a:2,b", "--launcher-exec", "env {command}",
+              "-n", "3", "true")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines()[:2] == ["pmrun: allocation: node 0 (a): 2 slots",
+                                         "pmrun: allocation: node 1 (b): no slot count given"]
 
 
 def test_fluxs_shell_options_are_not_a_file_pattern(pmrun: Run, tmp_path: Path) -> None:
