@@ -59,6 +59,7 @@ class CliOptions:
 
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
 _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fanout", "timeout",
+                        "wait_after_first",
                         "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output",
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
                         "merge_stderr", "timestamp_output", "distribution", "unbuffered",
@@ -132,6 +133,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     opts.distribution_given = "distribution" in v
     spec.wdir = v.get("wdir")  # type: ignore[assignment]  # (--tasks FILE's; else per program)
     spec.timeout = v.get("timeout")  # type: ignore[assignment]
+    spec.wait_after_first = v.get("wait_after_first") or None  # type: ignore[assignment]
     if str(v.get("stdin", "none")).isdigit():
         spec.stdin_rank = int(v["stdin"])  # type: ignore[call-overload]
     elif v.get("stdin") == "all":

@@ -260,6 +260,8 @@ class JobRun:
         self._top_done = False
         #: The abort that came first, held for ABORT_GRACE (:meth:`_aborted`), and its timer.
         self._held_abort: t.Abort | None = None
+        #: srun's -W: the first rank of the job that ended, whose end starts the wait.
+        self._first_end: RankResult | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -612,6 +614,10 @@ class JobRun:
         """Rank ``r`` ended (its agent learned of it at ``at``, its node's ``time.time()``)."""
         # (Spawned jobs' ranks: pm.spawned_jobs.HeadSpawns._rank_ended.)
         self.ranks[r.rank] = r
+        if (self.spec.wait_after_first and self._first_end is None
+                and self.state is RunState.RUNNING):
+            self._first_end = r
+            self.owned.call_later(self.spec.wait_after_first, self._waited_after_first)
         if r.ok or self.state is RunState.KILLING:
             return
         held = self._held_abort
@@ -636,6 +642,18 @@ class JobRun:
         else:
             status = ExitStatus(r.code, r.signal)
             fail(f"{where} {status.describe()}", status.shell_code)
+
+    def _waited_after_first(self) -> None:
+        """srun's -W: the job's first rank ended that long ago; the others still running
+        are ended, the job's status a time limit's."""
+        r = self._first_end
+        left = len(self.node_of_rank) - len(self.ranks)
+        if r is None or left <= 0 or self.state is not RunState.RUNNING:
+            return
+        where = rank_at(r.rank, r.node, self.plan.hosts[r.node])
+        self._fail(f"{where} ended {self.spec.wait_after_first:g} s ago and {left} "
+                   f"rank{'s' if left > 1 else ''} still ran: ended them (-W, srun's --wait)",
+                   EXIT_TIMEOUT)
 
     def _failed_alone(self, cause: str, code: int) -> None:
         """-disable-auto-cleanup: a rank failed, named; the others run on (the first such

@@ -51,6 +51,9 @@ class JobSpec:
     #: The universe size ranks are told (PMI, MPI_UNIVERSE_SIZE); None: the job's size.
     universe_size: int | None = None
     timeout: float | None = None
+    #: srun's -W (--wait): seconds the other ranks may run on once one ended (None: as
+    #: long as they take).
+    wait_after_first: float | None = None
     ppn: int | None = None
     #: A rank that fails ends the job (srun's -K, Hydra's default); False: the others run
     #: on (Hydra's -disable-auto-cleanup), the first failure's status the job's.
@@ -118,6 +121,10 @@ class JobSpec:
                 isinstance(self.timeout, int | float) and 0 < self.timeout < float("inf")):
             raise JobSpecError(f"--timeout must be a positive number of seconds, not "
                                f"{self.timeout!r}")
+        w = self.wait_after_first
+        if w is not None and not (isinstance(w, int | float) and 0 < w < float("inf")):
+            raise JobSpecError(f"the wait after a rank's end (-W) must be a positive number "
+                               f"of seconds, not {w!r}")
         if not 0 <= self.stdin_rank < self.size and self.stdin_rank != STDIN_ALL:
             raise JobSpecError(f"stdin goes to rank {self.stdin_rank}, not one of the job's "
                                f"{self.size} ranks")

@@ -54,6 +54,13 @@ def whole(minimum: int = 1, most: int | None = None) -> Check:
     return check
 
 
+def wait_seconds(text: str, opt: str) -> float:
+    """srun's ``-W``: whole seconds, 0 for no limit."""
+    if not text.isdigit():
+        raise UsageError(f"{opt} takes whole seconds (0: no limit), not {text!r}")
+    return float(text)
+
+
 def niceness(text: str, opt: str) -> int:
     """A process's niceness, -20 (first) to 19 (last)."""
     try:
@@ -1180,6 +1187,8 @@ OPTIONS = (
     Opt("-t --time --time-limit", "timeout", slurm_time, metavar="TIME", quick=True, group=MISC,
         help="srun's time limit: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]; Flux's: 30s, 10m, "
              "1.5h, 1d (as --timeout)"),
+    Opt("-W --wait", "wait_after_first", wait_seconds, metavar="SECONDS", group=MISC,
+        help="once a rank ended, end the others after SECONDS (srun's; 0: no limit)"),
     Opt("-K --kill-on-bad-exit", "kill_on_bad_exit", kind=FLAG, const="1", quick=True,
         group=MISC,
         help="srun's: a rank that fails ends the job (the default); =0 (-K0): the others "
@@ -1563,7 +1572,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "output_filename", "timestamp_output",
                "mpi", "profile", "universe_size", "nodes", "cpus_per_task", "stdin", "cpu_bind",
                "merge_stderr", "distribution", "kill_on_bad_exit", "unbuffered", "display",
-               "print_rank_map", "print_all_exitcodes")
+               "print_rank_map", "print_all_exitcodes", "wait_after_first")
 
 
 def _ensemble_only(out: Parsed) -> None:

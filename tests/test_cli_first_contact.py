@@ -41,6 +41,7 @@ BAD_VALUE = {
     "cpus_per_task": "0", "distribution": "round", "delay": "-1", "export": "A B", "stdin": "x",
     "cpu_bind": "boards", "display": "topo", "replace": "", "trim": "x", "flux_env": "^f",
     "exclude": "a[1-", "nice": "20", "tmpdir": "/no/such/dir", "max_lines": "0",
+    "wait_after_first": "1.5",
     "": "epoll",  # (-demux, -topolib: Hydra's, meaning nothing here)
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check not in (None, options.verbatim)
@@ -1148,3 +1149,16 @@ def test_skip_launch_node_runs_on_the_other_hosts_only(pmrun: Run, tmp_path: Pat
         assert r.returncode == 0, r.stderr
         assert [line for line in r.stderr.splitlines() if "rank map" in line] == [
             "pmrun: rank map: node 0 (nodeA): 0-1", "pmrun: rank map: node 1 (nodeB): 2-3"]
+
+
+def test_wait_after_the_first_rank_ends_as_srun_s(pmrun: Run) -> None:
+    # srun's -W N (--wait): N seconds after a rank ended, the ranks still running are
+    # ended and named; the job's status a time limit's. A job that ends within them is
+    # not touched.
+    hang = "if [ $PMI_RANK = 0 ]; then exit 0; fi; exec sleep 30"
+    r = pmrun("-W", "1", "-n", "3", "sh", "-c", hang, timeout=20)
+    assert (r.returncode, r.stderr) == (124, f"pmrun: rank 0 (node 0, {os.uname().nodename})"
+                                             " ended 1 s ago and 2 ranks still ran: ended "
+                                             "them (-W, srun's --wait)\n")
+    r = pmrun("--wait", "5", "-n", "2", "sh", "-c", "exec sleep 0.$PMI_RANK")
+    assert (r.returncode, r.stderr) == (0, "")
