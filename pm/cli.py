@@ -495,8 +495,10 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
         sys.stderr.write(f"pmrun: {refused}\n")
         return EXIT_NOT_STARTED
     if "display_allocation" in opts.extra:  # Open MPI's --display allocation
+        from pm.bootstrap.base import LOCAL_NAMES
+
         here = len(os.sched_getaffinity(0))
-        local = nodes.bootstrap.get("name") in ("local", "fork", "")
+        local = nodes.bootstrap.get("name") in LOCAL_NAMES
         sys.stderr.write("".join(
             f"pmrun: allocation: node {i} ({host}): "
             + (f"{slots} slots" if slots is not None else f"{here} slots (its CPU threads)"
