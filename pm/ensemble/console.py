@@ -135,22 +135,18 @@ class Console:
 
     def output(self, index: int, stream: int, data: bytes) -> None:
         """Lines task ``index`` wrote on ``stream``."""
-        if self._results is not None and index not in self._unstored:
-            name = "stdout" if stream == STDOUT else "stderr"
+        path = None  # (--results: its stdout and stderr files; --files: its stdout's)
+        if index not in self._unstored and self._results is not None:
+            path = os.path.join(self._results[index], "stdout" if stream == STDOUT else
+                                "stderr")
+        elif index not in self._unstored and stream == STDOUT:
+            path = self._file_of.get(index)
+        if path is not None:
             try:
-                with open(os.path.join(self._results[index], name), "ab") as f:
+                with open(path, "ab") as f:
                     f.write(data)
                 return
             except OSError as exc:  # (its files went, the disk is full...): printed instead
-                self._unstored.add(index)
-                self.message(f"task {index}'s output cannot be stored ({exc.filename}: "
-                             f"{exc.strerror}): printed from here on")
-        if stream == STDOUT and index in self._file_of and index not in self._unstored:
-            try:
-                with open(self._file_of[index], "ab") as f:
-                    f.write(data)
-                return
-            except OSError as exc:
                 self._unstored.add(index)
                 self.message(f"task {index}'s output cannot be stored ({exc.filename}: "
                              f"{exc.strerror}): printed from here on")

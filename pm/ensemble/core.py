@@ -129,8 +129,10 @@ class Ensemble:
     ``settle`` seconds (None: reservations only grow).  ``spec``: environment
     and working directory of the tasks, and ``ppn`` (tasks per node entry).
     ``jobs``: tasks at most per host (0: memory alone), or ``"cores"``: one per
-    core of the host unless ``ppn`` or the hosts give slots (None: those slots,
-    else memory alone).  ``timeout``: seconds a task's run may take (GNU parallel's
+    core of the host unless ``ppn`` or the hosts give slots, or another
+    :func:`pm.options.cpu_rule` (None: those slots, else memory alone).  ``jobs_file``
+    (GNU parallel's ``-j FILE``): the file ``jobs`` was read from, read again whenever it
+    changed as a task ends.  ``timeout``: seconds a task's run may take (GNU parallel's
     ``--timeout``): then it gets SIGTERM, and SIGKILL :data:`KILL_AFTER` seconds later.
     ``output``: a :data:`TaskSink`, or None to keep each task's output in its
     result.  ``on_event``: every :class:`Event`.  ``cgroup``: the memory cgroup
@@ -180,13 +182,9 @@ class Ensemble:
         self._probe_mem = NodeMemory(cgroup)
         self._token = secrets.token_hex(6)
         self._here = socket.gethostname()
-        #: GNU parallel's -j FILE: read again when it changed as a task ends.
+        #: GNU parallel's -j FILE (``jobs`` what it says now): read again when it changed.
         self._jobs_file = jobs_file
-        self._jobs_seen: tuple[int, int] | None = None
-        if jobs_file is not None:
-            jobs = self._read_jobs(jobs_file)
-            if jobs is None:
-                raise SizeError(f"-j {jobs_file}: {JOBS_FORMS} (the file says none)")
+        self._jobs_seen = _file_state(jobs_file) if jobs_file is not None else None
         if not (jobs is None or (isinstance(jobs, str) and cpu_rule(jobs))
                 or (isinstance(jobs, int) and jobs >= 0)):
             raise SizeError(f"-j takes {JOBS_FORMS}, not {jobs!r}")
@@ -539,27 +537,18 @@ class Ensemble:
             if self._jobs_file is not None:
                 self._jobs_changed(self._jobs_file)
 
-    def _read_jobs(self, path: str) -> int | str | None:
-        """-j FILE's value (None: it says none); its state is kept to see it change."""
-        try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                text = f.read(4096)
-        except OSError as exc:
-            raise SizeError(f"-j {path}: {_os_error(exc)}") from None
-        self._jobs_seen = (st.st_mtime_ns, st.st_size)
-        return parse_jobs(text.decode(errors="replace"))
-
     def _jobs_changed(self, path: str) -> None:
         """GNU parallel's -j FILE: when the file changed, every host's slots are what it
         says now (running tasks go on; none starts until fewer run).  Unreadable, or
         saying nothing -j takes: the slots stay as they are."""
+        state = _file_state(path)
+        if state is None or state == self._jobs_seen:
+            return
+        self._jobs_seen = state
         try:
-            st = os.stat(path)
-            if (st.st_mtime_ns, st.st_size) == self._jobs_seen:
-                return
-            jobs = self._read_jobs(path)
-        except (OSError, SizeError):
+            with open(path, "rb") as f:
+                jobs = parse_jobs(f.read(4096).decode(errors="replace"))
+        except OSError:
             return
         if jobs is None:
             return
@@ -757,6 +746,15 @@ class Ensemble:
         if self._on_event is None:  # (else the event is said, once)
             log.warning("node %s lost: %s", d.name, why)
         self._apply(self._sched.node_lost(d.name))
+
+
+def _file_state(path: str) -> tuple[int, int] | None:
+    """What tells that a file changed: its modification time and size (None: gone)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _duration(seconds: float) -> str:

@@ -216,7 +216,7 @@ def in_context(line: str, args: Sequence[str], seq: int, width: int = 0,
     pattern = _PLUS if plus is not None else _REPLACE
 
     def per_argument(text: str) -> bool:
-        return any(not (m["seq"] or m["slot"] or m.groupdict().get("job"))
+        return any(not (m["seq"] or m["slot"] or (plus is not None and m["job"]))
                    for m in pattern.finditer(text))
 
     if not per_argument(line):
@@ -296,13 +296,13 @@ def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: in
             return str(seq)
         if m["slot"]:
             return "$PARALLEL_JOBSLOT"
-        found = m.groupdict()
-        if found.get("job"):
-            assert plus is not None
-            return _job_string(found["job"], seq, plus)
-        op = found.get("op")
+        op = None
+        if plus is not None:  # (the groups of _PLUS)
+            if m["job"]:
+                return _job_string(m["job"], seq, plus)
+            op = m["op"]
         values = args
-        n = found.get("pn") if op else m["n"]
+        n = m["pn"] if op else m["n"]
         if n:
             k = int(n)
             if k < 0:  # {-1}: the last argument, {-2} the one before (GNU parallel's)
