@@ -79,7 +79,29 @@ def parse(argv: list[str]) -> CliOptions:
         raise SystemExit(_print(f"pmrun {__version__}\n", 0))
     if parsed.action == "info":
         raise SystemExit(_print(build_info(), 0))
+    if parsed.action == "mpi_list":
+        raise SystemExit(_print(mpi_list(), 0))
     return cli_options(parsed)
+
+
+def mpi_list() -> str:
+    """What ``pmrun --mpi=list`` prints (srun's list of MPI plugin types): each --mpi
+    value and what it serves, PMIx with the library this machine has, or why not."""
+    from pm.agent import pmix_lib
+
+    try:
+        ffi, lib = pmix_lib.load()
+        version = ffi.string(lib.PMIx_Get_version()).decode(errors="replace")
+        pmix = f"PMIx besides PMI-1/PMI-2 ({version.split(' (')[0]}, {pmix_lib.loaded_name})"
+    except pmix_lib.PmixError as exc:
+        pmix = f"not here: {exc}"
+    rows = (("auto", "the default: PMIx too when a program needs it (Open MPI, libpmix)"),
+            ("pmi", "PMI-1 and PMI-2 over PMI_FD, pmrun's own protocol, the KVS in shared "
+                    "memory (srun's pmi2)"),
+            ("pmix", pmix + " (srun's pmix, pmix_vN)"),
+            ("none", "as pmi: pmrun's ranks always have PMI-1 and PMI-2"))
+    return "MPI types pmrun serves (--mpi TYPE):\n" + "".join(
+        f"\t{k:<6}{v}\n" for k, v in rows)
 
 
 def build_info() -> str:

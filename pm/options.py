@@ -213,7 +213,7 @@ def flux_env_rule(value: str, opt: str) -> str:
 def mpi_kind(value: str, opt: str) -> str:
     """``--mpi``: pmrun's auto, pmix, pmi, none; srun's plugin names as they mean here
     (``pmi2``: PMI only; ``pmix_v4``: PMIx)."""
-    if value in ("auto", "pmix", "pmi", "none"):
+    if value in ("auto", "pmix", "pmi", "none", "list"):  # list: srun's --mpi=list
         return value
     if value == "pmi2":
         return "pmi"
@@ -1178,12 +1178,16 @@ OPTIONS = (
         kind=FLAG, quick=True, group=MISC,
         help="taken for Open MPI's mpirun (and srun's -O), and meaning nothing here: pmrun "
              "runs as any user, and never refuses more ranks than cores"),
+    Opt("--overlap", "", kind=FLAG, quick=True, group=MISC,
+        help="taken for srun, and meaning nothing here: inside an allocation pmrun's ranks "
+             "always share its nodes' CPUs with the other steps (its agents' step is "
+             "srun's --overlap --whole)"),
     Opt("--mpi -mpi", "mpi", mpi_kind, metavar="pmix|pmi|auto",
         quick=True, group=MISC,
         help="pmix: serve PMIx besides PMI-1/PMI-2 (Open MPI); pmi (none): not; "
              "auto (default): PMIx when a program is linked with Open MPI or "
              "libpmix, or is a Python whose environment holds Open MPI; srun's "
-             "pmi2, pmix_v4... are pmi, pmix"),
+             "pmi2, pmix_v4... are pmi, pmix; list: what this machine can serve"),
     Opt("-t --time --time-limit", "timeout", slurm_time, metavar="TIME", quick=True, group=MISC,
         help="srun's time limit: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]; Flux's: 30s, 10m, "
              "1.5h, 1d (as --timeout)"),
@@ -1391,6 +1395,9 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                 assert isinstance(files, list)
                 files.append(value)
                 continue
+            elif opt.key == "mpi" and value == "list":  # srun's: say what is served, exit
+                out.action = "mpi_list"
+                return out
             elif opt.key in ("hosts", "hostfile") and out.sections:
                 # After the first program: this program's own hosts (Open MPI's --host and
                 # --hostfile of an app context); before it, the job's (Hydra's -hosts).

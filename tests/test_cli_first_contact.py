@@ -631,6 +631,25 @@ def test_info_says_what_pmrun_serves_and_found_here(pmrun: Run) -> None:
     assert "libhwloc" in rows["Topology"]
 
 
+@pytest.mark.parametrize("argv", [["--mpi=list"], ["--mpi", "list"], ["--mpi=list", "-n", "2",
+                                                                     "false"]])
+def test_mpi_list_says_what_each_type_serves_as_sruns_does(pmrun: Run, argv: list[str]) -> None:
+    r = pmrun(*argv)
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    head, *rows = r.stdout.splitlines()
+    assert head == "MPI types pmrun serves (--mpi TYPE):"
+    assert [row.split()[0] for row in rows] == ["auto", "pmi", "pmix", "none"]
+    pmix = rows[2]
+    assert "OpenPMIx" in pmix or "not here: cannot load" in pmix, pmix
+
+
+def test_sruns_overlap_is_taken_as_pmrun_always_does(pmrun: Run) -> None:
+    r = pmrun("--overlap", "-n", "2", "echo", "x")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "x\nx\n", "")
+    r = pmrun("--overlap=yes", "-n", "1", "true")
+    assert (r.returncode, r.stderr) == (2, "pmrun: --overlap takes no value\n")
+
+
 #: Rank 0 exits 0; rank 1 exits 3 once rank 0 is gone (reaped), so that its failure, which
 #: ends the job, cannot kill rank 0 first.
 EXIT_AFTER_RANK_0 = """
