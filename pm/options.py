@@ -210,6 +210,14 @@ def flux_env_rule(value: str, opt: str) -> str:
     return "-" + value if opt == "--env-remove" else value
 
 
+def separator(value: str, opt: str) -> str:
+    """``--arg-sep``, ``--arg-file-sep``: a word of its own, not an option's."""
+    if not value or value.strip() != value or value.startswith("-") or value.endswith("+"):
+        raise UsageError(f"{opt} takes a word that starts an input source (as :::), not "
+                         f"{value!r}")
+    return value
+
+
 def mpi_kind(value: str, opt: str) -> str:
     """``--mpi``: pmrun's auto, pmix, pmi, none; srun's plugin names as they mean here
     (``pmi2``: PMI only; ``pmix_v4``: PMIx)."""
@@ -1144,6 +1152,11 @@ OPTIONS = (
     Opt("--trim", "trim", choice("n", "l", "r", "lr", "rl"), metavar="n|l|r|lr",
         group=MEMORY, help="strip white space from the arguments: l on the left, r on the "
                            "right, lr both (default n: none)"),
+    Opt("--arg-sep", "arg_sep", separator, metavar="SEP", group=MEMORY,
+        help="SEP starts a source of arguments instead of ::: (SEP+ instead of :::+), "
+             "so that ::: can be an argument"),
+    Opt("--arg-file-sep", "arg_file_sep", separator, metavar="SEP", group=MEMORY,
+        help="SEP starts a source of files instead of :::: (SEP+ instead of ::::+)"),
     Opt("--link --xapply", "link", kind=FLAG, group=MEMORY,
         help="the input sources' arguments taken side by side, not in every combination "
              "(a shorter source starts over), as :::+ for every source"),
@@ -1246,8 +1259,21 @@ ENVIRONMENT = (
 
 
 # ------------------------------------------------------------------ parsing
-#: Words that start GNU parallel's input sources (:mod:`pm.ensemble.inputs`).
+#: Words that start GNU parallel's input sources (:mod:`pm.ensemble.inputs`) unless
+#: --arg-sep and --arg-file-sep name others (:func:`separators`).
 INPUT_SOURCES = frozenset({":::", ":::+", "::::", "::::+"})
+
+
+def separators(values: Mapping[str, object]) -> tuple[str, str]:
+    """The words before arguments and before files (GNU parallel's ``:::``, ``::::``;
+    ``--arg-sep``, ``--arg-file-sep``); each with ``+`` after it links its source."""
+    return str(values.get("arg_sep", ":::")), str(values.get("arg_file_sep", "::::"))
+
+
+def source_words(values: Mapping[str, object]) -> frozenset[str]:
+    """Every word that starts an input source (see :func:`separators`)."""
+    args, files = separators(values)
+    return frozenset({args, args + "+", files, files + "+"})
 
 
 class Section:
@@ -1325,7 +1351,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             i += 1
             continue
         if (name == "-m" and i + 1 < len(argv) and looks_like_distribution(argv[i + 1])
-                and INPUT_SOURCES.isdisjoint(argv)):
+                and source_words(out.values).isdisjoint(argv)):
             # srun's -m cyclic; beside ::: sources, GNU parallel's -m (no value) and a
             # command that happens to be called so.
             opt = BY_NAME["--distribution"]
@@ -1416,6 +1442,10 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     if not out.sections and not ({"tasks", "topology", "number_of", "sim_ranks"}
                                  & out.values.keys()):
         raise UsageError("no program given (see pmrun --help)")
+    args_sep, files_sep = separators(out.values)
+    if args_sep == files_sep:
+        raise UsageError(f"--arg-sep and --arg-file-sep are both {args_sep!r}: sources of "
+                         "arguments and of files need words of their own")
     if "multi_prog" in out.values:
         _multi_prog(out)
     if "pipe" in out.values or "pipepart" in out.values:
@@ -1490,7 +1520,7 @@ def _piped_command(out: Parsed) -> None:
         values["pipe"] = True
         files = values.pop("arg_files", None) or []
         assert isinstance(files, list)
-        if len(argv) >= 2 and argv[-2] == "::::" and not files:
+        if len(argv) >= 2 and argv[-2] == separators(values)[1] and not files:
             files, argv = [argv[-1]], argv[:-2]
         if len(files) != 1:
             raise UsageError("--pipepart cuts one file into blocks: give it with -a FILE "
@@ -1498,7 +1528,7 @@ def _piped_command(out: Parsed) -> None:
         if files[0] == "-":
             raise UsageError("--pipepart cuts a file, not stdin: give -a FILE, or use --pipe")
         values["pipe_file"] = readable_file(files[0], "--pipepart")
-    clash = next((w for w in argv if w in INPUT_SOURCES), None)
+    clash = next((w for w in argv if w in source_words(values)), None)
     given = [n for o, n in out.used.items()
              if o.key in ("arg_files", "results", "resume", "resume_failed", "dry_run")
              and (o.key != "arg_files" or "pipepart" not in values)]
@@ -1521,11 +1551,13 @@ def _command_with_sources(out: Parsed) -> None:
     if not out.sections:
         out.sections.append(Section())
     argv = out.sections[0].argv
-    at = next((i for i, word in enumerate(argv) if word in INPUT_SOURCES), None)
+    words = source_words(out.values)
+    file_sep = separators(out.values)[1]
+    at = next((i for i, word in enumerate(argv) if word in words), None)
     if files:  # -a FILE: the first sources, as :::: FILE (GNU parallel's order)
         assert isinstance(files, list)
         cut = len(argv) if at is None else at
-        sources = ["::::", *files, *argv[cut:]]
+        sources = [file_sep, *files, *argv[cut:]]
         if "tasks" in out.values:
             out.sections[0].argv = [*argv[:cut], *sources]
             return
@@ -1542,7 +1574,7 @@ def _command_with_sources(out: Parsed) -> None:
         # GNU parallel's arguments on stdin when no source is given (``ls | parallel -j 2
         # gzip``): an ensemble's option says this is one (the ensemble refuses a terminal).
         out.values["stdin_source"] = given
-        argv.extend(["::::", "-"])
+        argv.extend([file_sep, "-"])
         at = len(argv) - 2
     if at == 0:
         raise UsageError(f"{argv[0]} gives arguments to a command: put the command before it "
@@ -1558,17 +1590,17 @@ def _command_line(values: dict[str, object], words: list[str]) -> str:
     replacement strings are filled unquoted."""
     if "quote" not in values:
         return " ".join(words)
-    import shlex
+    from pm.ensemble.inputs import shell_quote
 
     values["tasks_words"] = "\0".join(words)
-    return " ".join(map(shlex.quote, words))
+    return " ".join(map(shell_quote, words))
 
 
 #: Options that only task ensembles take.
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
                   "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
                   "tagstring", "delimiter", "header", "results", "pipe", "pipepart", "block",
-                  "eof", "no_empty", "trim", "link", "replace",
+                  "eof", "no_empty", "trim", "link", "replace", "arg_sep", "arg_file_sep",
                   "recend", "recstart", "regexp", "memfree",
                   "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice",
                   "files", "tmpdir", "max_lines", "plus")

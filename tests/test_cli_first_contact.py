@@ -41,7 +41,7 @@ BAD_VALUE = {
     "cpus_per_task": "0", "distribution": "round", "delay": "-1", "export": "A B", "stdin": "x",
     "cpu_bind": "boards", "display": "topo", "replace": "", "trim": "x", "flux_env": "^f",
     "exclude": "a[1-", "nice": "20", "tmpdir": "/no/such/dir", "max_lines": "0",
-    "wait_after_first": "1.5",
+    "wait_after_first": "1.5", "arg_sep": "", "arg_file_sep": "-x",
     "": "epoll",  # (-demux, -topolib: Hydra's, meaning nothing here)
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check not in (None, options.verbatim)

@@ -300,6 +300,7 @@ def parallel(tmp_path: Path, *args: str, input: str | None = None
     ["-j1", "-q", "echo", "slot={%}", ":::", "a", "b"],
     ["-q", "-N2", "echo", "{1}+{2}", ":::", "a", "b", "c"],
     ["-q", "--header", ":", "echo", "<{x}>", ":::", "x", "1", "2 3"],
+    ["-q", "printf", "[%s]\n", "x{}y", "{}", "p {} q", ":::", "a", "", ":::", "b c", "'"],
     # -r, --trim, -E, --link: what becomes of the arguments.
     ["-r", "echo", "x{}y", "::::", "gaps.txt", ":::", "1"],
     ["--trim", "lr", "-r", "echo", "x{}y", ":::", " a ", "  ", "b "],
@@ -322,6 +323,14 @@ def parallel(tmp_path: Path, *args: str, input: str | None = None
      "{,,D}", "{1%.gz}", ":::", "a/b/c.tar.gz", "d.txt", "A.B.C.D.z"],
     ["--plus", "-q", "echo", "{..}", "{2##.*/}", ":::", "a.b.c", ":::", "x/y z"],
     ["echo", "{..}", ":::", "a.b.c"],  # (without --plus: as written)
+    # --arg-sep, --arg-file-sep: other words start the sources; ::: is then an argument.
+    ["--arg-sep", ",,", "echo", ",,", "a", "b", ",,+", "1", "2"],
+    ["--arg-sep", ",,", "echo", ":::", ",,", "a", "b"],
+    ["--arg-sep", ",,", "echo", ",,", "x", ":::", "y", "::::", "args.txt"],
+    ["--arg-file-sep", "//", "echo", "//", "args.txt", ":::", "1", "2"],
+    ["--arg-file-sep", "//", "echo", "::::", ":::", "a"],
+    ["--arg-file-sep", "//", "-a", "args.txt", "echo", "//", "params.csv"],
+    ["--arg-file-sep", "//", "echo", "//", "args.txt", "//+", "params.csv"],
 ])
 def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_path: Path,
                                                              tail: list[str]) -> None:
@@ -342,7 +351,7 @@ def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_pat
     # -v: each run's command line before its output, as parallel's; and the summary.
     want = parallel(tmp_path, "-v", "-k", *tail)
     r = pmrun("-v", "-k", *tail)
-    if "-q" not in tail and "{%}" not in " ".join(tail):  # (quoted, or the slot: see README)
+    if "{%}" not in " ".join(tail):  # (the slot: see README)
         assert r.stdout == want.stdout
     assert any(re.fullmatch(r"(\d+) tasks?: \1 succeeded, 0 failed, 0 retries", line)
                for line in r.stderr.splitlines()), r.stderr
@@ -714,6 +723,16 @@ def test_job_slots_are_numbered_within_j(pmrun: Run, tmp_path: Path) -> None:
     (["--pipe", "--results", "r", "cat"], "--pipe gives each task a block of stdin: not "
                                           "--results"),
     (["--pipe", "--block", "0", "cat"], "--block takes a size in bytes (e.g. 1M), not '0'"),
+    (["--arg-sep", "::::", "echo", "::::", "a"], "--arg-sep and --arg-file-sep are both "
+     "'::::': sources of arguments and of files need words of their own"),
+    (["--arg-sep", "", "echo", "a"], "--arg-sep takes a word that starts an input source (as "
+                                     ":::), not ''"),
+    (["--arg-file-sep", "x+", "echo", "a"], "--arg-file-sep takes a word that starts an input "
+                                            "source (as :::), not 'x+'"),
+    (["--arg-sep", ",,", "-n", "2", "hostname"], "--arg-sep is for task ensembles (pmrun CMD "
+     "::: ARGS, --tasks FILE), not for an MPI job's ranks"),
+    (["--arg-sep", ",,", "echo", ",,"], ",, needs arguments"),
+    (["--arg-file-sep", "//", "echo", "//"], "// needs files"),
 ])
 def test_a_bad_command_with_sources_is_named(pmrun: Run, tmp_path: Path, argv: list[str],
                                              message: str) -> None:

@@ -24,7 +24,6 @@ from pm.ensemble.console import Console
 from pm.ensemble.core import Ensemble
 from pm.ensemble.domain import planned_slots
 from pm.ensemble.inputs import (
-    SEPARATORS,
     Plus,
     chunked,
     combinations,
@@ -42,7 +41,7 @@ from pm.ensemble.scheduler import (
     with_quoted_words,
 )
 from pm.ensemble.task import Task, TaskResult
-from pm.options import parse_jobs
+from pm.options import parse_jobs, separators, source_words
 from pm.proto.errors import PMError
 
 if TYPE_CHECKING:
@@ -410,9 +409,10 @@ def _sources(opts: CliOptions) -> list[str]:
         raise UsageError("-n is the number of an MPI job's ranks: here each line and "
                          "combination of arguments is one task (-j N: N at once)")
     argv = apps[0].argv
-    if len(apps) > 1 or argv[0] not in SEPARATORS:
+    if len(apps) > 1 or argv[0] not in source_words(opts.extra):
         raise UsageError(f"--tasks runs the lines of {opts.extra['tasks']}, not {argv[0]!r}: "
-                         "put the command in the file (arguments for its {} go after :::)")
+                         "put the command in the file (arguments for its {} go after "
+                         f"{separators(opts.extra)[0]})")
     return argv
 
 
@@ -488,7 +488,8 @@ async def run_cli(opts: CliOptions) -> int:
         shape = shaping(extra.get("eof"), extra.get("trim", "n"), "no_empty" in extra,
                         "join_blank" in extra)
         combos = combinations(sources, read_source, extra.get("delimiter"), names,
-                              shape=shape, link="link" in extra)
+                              shape=shape, link="link" in extra,
+                              separators=separators(extra))
         width = 0
         if "max_args" in extra:
             width = int(extra["max_args"])

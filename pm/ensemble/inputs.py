@@ -30,15 +30,10 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import shlex
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from pm.options import INPUT_SOURCES
 from pm.proto.errors import UsageError
-
-#: The words that start an input source.
-SEPARATORS = INPUT_SOURCES
 
 _STANDARD = r"(?P<seq>#)|(?P<slot>%)|(?P<n>-[1-9]\d*|\d*)(?P<how>//|/\.|/|\.)?"
 _REPLACE = re.compile(r"\{(?:" + _STANDARD + r")\}")
@@ -71,37 +66,32 @@ class Plus(NamedTuple):
     slots: int
 
 
-def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """A command line's words before its first input source, and the sources' words."""
-    for i, word in enumerate(argv):
-        if word in SEPARATORS:
-            return list(argv[:i]), list(argv[i:])
-    return list(argv), []
-
-
 def combinations(words: Sequence[str], read: Callable[[str], str],
                  delimiter: str | None = None, names: list[str] | None = None, *,
-                 shape: Callable[[list[str]], list[str]] | None = None, link: bool = False
-                 ) -> list[tuple[str, ...]]:
+                 shape: Callable[[list[str]], list[str]] | None = None, link: bool = False,
+                 separators: tuple[str, str] = (":::", "::::")) -> list[tuple[str, ...]]:
     """The argument tuples of the input sources in ``words`` (which start with a
     separator); ``read(path)`` gives a ``::::`` file's text, an argument a line (or
     ending with ``delimiter``: GNU parallel's ``-0``, ``-d``).  ``names`` (GNU
     parallel's ``--header :``): each source's first argument is its name, appended
     there instead.  ``shape``: what becomes of each source's arguments (:func:`shaping`);
     ``link`` (``--link``): every source paired with the others, a shorter one starting
-    over.  :class:`UsageError` for a source without arguments, a ``+`` source with nothing
-    before it or a file that cannot be read."""
+    over; ``separators``: the words before arguments and before files (``:::``,
+    ``::::``; each with ``+``: linked).  :class:`UsageError` for a source without
+    arguments, a ``+`` source with nothing before it or a file that cannot be read."""
+    args_sep, files_sep = separators
+    starts = {args_sep, args_sep + "+", files_sep, files_sep + "+"}
     groups: list[list[list[str]]] = []  # sources paired with each other, in order
     i = 0
     while i < len(words):
         sep = words[i]
         j = i + 1
-        while j < len(words) and words[j] not in SEPARATORS:
+        while j < len(words) and words[j] not in starts:
             j += 1
         given = list(words[i + 1 : j])
+        files = sep in (files_sep, files_sep + "+")
         if not given:
-            raise UsageError(f"{sep} needs {'files' if sep.startswith('::::') else 'arguments'}")
-        files = sep.startswith("::::")
+            raise UsageError(f"{sep} needs {'files' if files else 'arguments'}")
         sources = [_lines(path, read, delimiter) for path in given] if files else [given]
         if names is not None:
             for path, source in zip(given if files else [sep], sources, strict=True):
@@ -279,14 +269,32 @@ def _edit(value: str, how: str | None) -> str:
     return os.path.dirname(value) or "."  # "//"
 
 
+_UNSAFE = re.compile(r"[^-_.+a-zA-Z0-9/]")
+
+
+def shell_quote(word: str) -> str:
+    """``word`` as the shell reads it back, quoted as GNU parallel quotes it (so that
+    ``-v`` prints the same line): in single quotes unless it is only letters, digits
+    and ``-_.+/``; a ``'`` as ``'"'"'``, without an empty ``''`` at either end."""
+    if not word:
+        return "''"
+    if not _UNSAFE.search(word):
+        return word
+    quoted = "'" + word.replace("'", "'\"'\"'") + "'"
+    quoted = quoted.removeprefix("''")
+    return quoted[:-2] if quoted.endswith("''") else quoted
+
+
 def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: int = 0,
-         plus: Plus | None = None) -> str:
+         plus: Plus | None = None, between: str = " ") -> str:
     """``line`` with its replacement strings filled from ``args`` (one combination) for
     the task numbered ``seq``; without any, the arguments appended.  :class:`UsageError`
     for ``{N}`` beyond the sources (``width``: ``-N``'s count, whose ``{N}`` beyond a
     shorter last group are empty).  ``quote=False`` (a ``--tagstring``): the arguments
-    as they are, and nothing appended.  ``plus``: GNU parallel's ``--plus`` strings too."""
-    q = shlex.quote if quote else str
+    as they are, and nothing appended.  ``plus``: GNU parallel's ``--plus`` strings too.
+    ``between``: what goes between the arguments a string stands for (``{}`` of several
+    sources)."""
+    q = shell_quote if quote else str
     used = False
 
     def one(m: re.Match[str]) -> str:
@@ -321,8 +329,8 @@ def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: in
                 return ""  # -N's last group, shorter: as GNU parallel, empty
             values = args[k - 1 : k]
         if op:
-            return " ".join(q(_plus_edit(v, op, m[0])) for v in values)
-        return " ".join(q(_edit(v, m["how"])) for v in values)
+            return between.join(q(_plus_edit(v, op, m[0])) for v in values)
+        return between.join(q(_edit(v, m["how"])) for v in values)
 
     out = (_PLUS if plus is not None else _REPLACE).sub(one, line)
     # (Appended after a space even when there are none, -N0's: GNU parallel's line.)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from pm.agent.admission import Admission, SizeError, Watermarks, format_size, parse_size
-from pm.ensemble.inputs import Plus, by_name, fill, has_replacement, in_context
+from pm.ensemble.inputs import Plus, by_name, fill, has_replacement, in_context, shell_quote
 from pm.proto.errors import PMError, UsageError
 
 NodeId = Hashable
@@ -169,14 +169,18 @@ def with_quoted_words(words: Sequence[str], combos: Sequence[Sequence[str]],
     """GNU parallel's ``-q``: a task per combination of arguments, its command ``words``
     with their replacement strings filled as the arguments are (or the arguments
     appended as words of their own), then each word quoted for the shell: the task runs
-    exactly these words.  ``names``, ``width``: as :func:`with_arguments`."""
+    exactly these words.  A string that stands for several arguments (``{}`` of several
+    sources) ends its word at each, as GNU parallel's (``x{}y`` of ``a``, ``b``: ``xa``,
+    ``by``).  ``names``, ``width``: as :func:`with_arguments`."""
     named = [by_name(w, names) for w in words]
     append = not any(has_replacement(w, plus is not None) for w in named)
     out: list[TaskSpec] = []
     for args in combos:
         try:
-            filled = [fill(w, args, len(out) + 1, quote=False, width=width, plus=plus)
-                      for w in named]
+            # (NUL, which no argument holds, between a string's arguments: a word's end.)
+            filled = [part for w in named
+                      for part in fill(w, args, len(out) + 1, quote=False, width=width,
+                                       plus=plus, between="\0").split("\0")]
         except UsageError as exc:
             raise TaskFileError(f"line 1: {exc}") from None
         if append:
@@ -196,7 +200,7 @@ def _quoted(word: str) -> str:
     """``word`` quoted for the shell, but for the slot a task runs in (``{%}``, filled as
     ``$PARALLEL_JOBSLOT``), which the shell expands."""
     slot = "$PARALLEL_JOBSLOT"
-    return '"$PARALLEL_JOBSLOT"'.join(shlex.quote(part) if part else ""
+    return '"$PARALLEL_JOBSLOT"'.join(shell_quote(part) if part else ""
                                       for part in word.split(slot)) or "''"
 
 
