@@ -1091,6 +1091,12 @@ OPTIONS = (
         help="--pipe with the blocks cut from the file of -a FILE (or :::: FILE), not "
              "from stdin; --block -N: N blocks for each task slot (default -10, as GNU "
              "parallel's)"),
+    Opt("--cat", "cat", kind=FLAG, group=MEMORY,
+        help="--pipe's block in a temporary file of --tmpdir whose name is {} (appended "
+             "if the command has none), removed when the run ends"),
+    Opt("--fifo", "fifo", kind=FLAG, group=MEMORY,
+        help="as --cat, but {} is a named pipe the block is written to as the command "
+             "reads it"),
     Opt("--block", "block", block_size, metavar="SIZE", group=MEMORY,
         help="--pipe's block size (default 1M; a block ends with the line it cuts; "
              "--pipepart also takes -N)"),
@@ -1448,6 +1454,10 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                          "arguments and of files need words of their own")
     if "multi_prog" in out.values:
         _multi_prog(out)
+    if "cat" in out.values and "fifo" in out.values:
+        raise UsageError("--cat and --fifo: give one of them (a file, or a named pipe)")
+    if ("cat" in out.values or "fifo" in out.values) and "pipepart" not in out.values:
+        out.values["pipe"] = True  # (GNU parallel's: they are --pipe's)
     if "pipe" in out.values or "pipepart" in out.values:
         _piped_command(out)
     elif "arg_files" in out.values or (len(out.sections) == 1 and "tasks" not in out.values):
@@ -1603,7 +1613,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "eof", "no_empty", "trim", "link", "replace", "arg_sep", "arg_file_sep",
                   "recend", "recstart", "regexp", "memfree",
                   "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice",
-                  "files", "tmpdir", "max_lines", "plus")
+                  "files", "tmpdir", "max_lines", "plus", "cat", "fifo")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

@@ -613,6 +613,47 @@ def test_pipepart_cuts_a_file_as_gnu_parallel_does(pmrun: Run, tmp_path: Path,
     assert (r.returncode, r.stdout == data) == (0, True), r.stderr
 
 
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
+@pytest.mark.parametrize("tail", [
+    ["--cat", "--block", "1k", "wc -l < {}; wc -c {} | cut -d' ' -f1"],
+    ["--fifo", "--block", "1k", "wc -l < {}"],
+    ["--pipe", "--cat", "--block", "2k", "cat"],  # (no {}: the file appended)
+    ["--fifo", "--block", "3k", "sort -r {}"],
+    ["--pipepart", "-a", "data", "--block", "-2", "--cat", "-j2", "tail -n1 {}"],
+])
+def test_cat_and_fifo_give_the_block_as_a_file_as_gnu_parallel(pmrun: Run, tmp_path: Path,
+                                                             tail: list[str]) -> None:
+    data = "".join(f"{i}\n" for i in range(2000))
+    (tmp_path / "data").write_text(data)
+    want = parallel(tmp_path, "-k", *tail, input=data)
+    (tmp_path / "tmp").mkdir()
+    r = pmrun("-k", "--tmpdir", str(tmp_path / "tmp"), *tail, input=data)
+    assert (r.returncode, r.stdout, r.stderr) == (0, want.stdout, ""), r.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []  # each file gone
+
+
+def test_cat_and_fifo_files_are_private_and_go_however_the_run_ends(pmrun: Run,
+                                                                    tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    r = pmrun("--cat", "--tmpdir", str(tmp), "stat -c %a {}; exit 3", input="x\n")
+    assert (r.returncode, r.stdout) == (1, "600\n"), r.stderr
+    assert "exit codes 3" in r.stderr
+    r = pmrun("--fifo", "--tmpdir", str(tmp), "stat -c %a%F {}; cat {}", input="x\n")
+    assert (r.returncode, r.stdout) == (0, "600fifo\nx\n"), r.stderr
+    # A command that never opens the pipe ends; so does the writer waiting for it.
+    r = pmrun("--fifo", "--tmpdir", str(tmp), "exit 4", input="x\n", timeout=30)
+    assert r.returncode == 1 and "exit codes 4" in r.stderr, r.stderr
+    # Killed (--timeout: SIGTERM to the run's processes): its file goes all the same.
+    r = pmrun("--cat", "--tmpdir", str(tmp), "--timeout", "0.5", "test -s {} && sleep 30",
+              input="x\n")
+    assert r.returncode == 1 and "timed out after 0.5 s" in r.stderr, r.stderr
+    assert list(tmp.iterdir()) == []
+    r = pmrun("--cat", "--fifo", "cat")
+    assert (r.returncode, r.stderr) == (2, "pmrun: --cat and --fifo: give one of them (a file, "
+                                           "or a named pipe)\n")
+
+
 def test_pipepart_refuses_what_it_cannot_cut(pmrun: Run, tmp_path: Path) -> None:
     (tmp_path / "data").write_text("a\n")
     for argv, message in [

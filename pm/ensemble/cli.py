@@ -13,6 +13,7 @@ import math
 import os
 import random
 import re
+import secrets
 import signal
 import sys
 import tempfile
@@ -33,6 +34,7 @@ from pm.ensemble.inputs import (
     spread,
 )
 from pm.ensemble.joblog import JobLog, read_joblog
+from pm.ensemble.local import TASK_TMP
 from pm.ensemble.scheduler import (
     TaskSpec,
     parse_tasks,
@@ -87,9 +89,12 @@ def _same(value: _T, _index: int) -> _T:
 PIPE_AHEAD = 4
 
 
-async def _pipe(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Blocks) -> None:
+async def _pipe(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Blocks,
+                temp: str | None = None) -> None:
     """``--pipe``: each block of stdin the stdin of one run of ``line``, read only as fast
-    as the tasks take them (:data:`PIPE_AHEAD` blocks ahead)."""
+    as the tasks take them (:data:`PIPE_AHEAD` blocks ahead).  ``temp`` (``--cat``,
+    ``--fifo``): the start of each run's ``$PARALLEL_TMP`` path (the task's number ends
+    it)."""
     index = 0
     while not ens.stopping:
         await ens.room(PIPE_AHEAD)
@@ -98,8 +103,43 @@ async def _pipe(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Blocks
             return
         spec = dataclasses.replace(line, index=index)
         console.expect(index)
-        ens.add(spec.argv, spec=spec, stdin=block)
+        env = None
+        if temp is not None:
+            env = {"PARALLEL_TMP": f"{temp}{index}", TASK_TMP: f"{temp}{index}"}
+        ens.add(spec.argv, spec=spec, stdin=block, env=env)
         index += 1
+
+
+#: --cat: the block into the file ``$PARALLEL_TMP`` (made by us alone: -C, 077), then the
+#: command; the file goes however the shell ends (and if it is killed: the runner's end).
+_CAT = """trap 'rm -f "$PARALLEL_TMP"' EXIT
+(umask 077 && set -C && cat >"$PARALLEL_TMP") || exit
+{line}
+"""
+#: --fifo: the command in the background reading the named pipe, cat writing the block
+#: into it; once the command ended a cat still waiting for a reader is ended too.
+_FIFO = """trap 'rm -f "$PARALLEL_TMP"' EXIT
+mkfifo -m 600 "$PARALLEL_TMP" || exit
+exec 3<&0
+cat <&3 >"$PARALLEL_TMP" 3<&- & c=$!
+exec 3<&-
+({line}
+) & p=$!
+wait $p; s=$?
+kill $c 2>/dev/null; wait $c 2>/dev/null
+exit $s
+"""
+
+
+def _temp_input(spec: TaskSpec, fifo: bool) -> TaskSpec:
+    """``--cat``/``--fifo``'s form of a --pipe line: ``{}`` (else an argument appended) is
+    ``"$PARALLEL_TMP"``, the block's file or named pipe; the spec's ``line`` is that
+    command, as ``-v`` shows it."""
+    line = spec.argv[2]
+    shown = (line.replace("{}", '"$PARALLEL_TMP"') if "{}" in line
+             else f'{line} "$PARALLEL_TMP"')
+    script = (_FIFO if fifo else _CAT).format(line=shown)
+    return dataclasses.replace(spec, argv=("sh", "-c", script), line=shown, words=())
 
 
 def _unescape(separator: str) -> bytes:
@@ -530,6 +570,15 @@ async def run_cli(opts: CliOptions) -> int:
         specs = [s for s in specs if s.index + 1 not in seen or (again and not seen[s.index + 1])]
     if "shuf" in extra:  # the order they start in; each keeps its number ({#}, the log's)
         random.shuffle(specs)
+    temp = None
+    if "cat" in extra or "fifo" in extra:  # (--pipe's one line)
+        specs = [_temp_input(specs[0], "fifo" in extra)]
+        temp = os.path.join(extra.get("tmpdir") or tempfile.gettempdir(),
+                            f"pmrun.{secrets.token_hex(6)}.")
+
+    def shown(spec: TaskSpec) -> str:  # the line -v and the log show
+        return spec.line if temp is not None else spec.argv[2]
+
     if "dry_run" in extra:
         sys.stdout.write("".join(f"{s.argv[2]}\n" for s in specs))
         return 0
@@ -547,7 +596,7 @@ async def run_cli(opts: CliOptions) -> int:
         tag = functools.partial(_same, tags.get(0))
     command = None
     if opts.verbose and path is None:  # GNU parallel's -v: each run's command line first
-        lines = {s.index: os.fsencode(s.argv[2]) for s in specs}
+        lines = {s.index: os.fsencode(shown(s)) for s in specs}
         command = lines.__getitem__
         if "pipe" in extra:  # (the runs are numbered as their blocks come)
             command = functools.partial(_same, lines[0])
@@ -601,7 +650,7 @@ async def run_cli(opts: CliOptions) -> int:
         def done(task: Task, result: TaskResult) -> None:
             console.ended(task.index)
             if log is not None:
-                log.record(result, task.spec.argv[2], task.received)
+                log.record(result, shown(task.spec), task.received)
             why = halt.count(result)
             if why:
                 console.message(why)
@@ -636,7 +685,7 @@ async def run_cli(opts: CliOptions) -> int:
                                  records=int(extra.get("max_args", "0")),
                                  lines=int(extra.get("max_lines", "0")))
                 blocks.warn = console.message
-                producer = asyncio.ensure_future(_pipe(ens, console, specs[0], blocks))
+                producer = asyncio.ensure_future(_pipe(ens, console, specs[0], blocks, temp))
                 try:
                     await producer
                 except asyncio.CancelledError:

@@ -30,6 +30,9 @@ __all__ = ["DRAIN", "LocalRunner", "signal_tree", "tree_anon"]
 
 #: How long a task's pipes may stay open after it exited (a daemon it left behind).
 DRAIN = 1.0
+#: A run's variable naming the file its end removes (``--cat``, ``--fifo``: the
+#: block's file or named pipe, which a killed shell leaves behind).
+TASK_TMP = "PMRUN_TASK_TMP"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -111,6 +114,9 @@ class LocalRunner:
             task.pid = 0
             for stream in list(open_fds):
                 readable(stream, last=True)
+            if env.get(TASK_TMP):  # --cat's file, --fifo's pipe: its shell may have been killed
+                with contextlib.suppress(OSError):
+                    os.unlink(env[TASK_TMP])
         return status.shell_code
 
     def signal(self, signum: int) -> None:
