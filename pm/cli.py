@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from pm.agent.started import StartedRanks
+    from pm.common.nodes import Nodes
     from pm.head import RankResult
 
 class CliOptions:
@@ -102,6 +103,37 @@ def mpi_list() -> str:
             ("none", "as pmi: pmrun's ranks always have PMI-1 and PMI-2"))
     return "MPI types pmrun serves (--mpi TYPE):\n" + "".join(
         f"\t{k:<6}{v}\n" for k, v in rows)
+
+
+def oversubscribed(size: int, nodes: Nodes) -> str | None:
+    """Why ``size`` ranks are more than the slots of ``nodes`` (None: they are not, or a
+    host's slots are not known): Open MPI's --nooversubscribe."""
+    from pm.bootstrap.base import LOCAL_NAMES
+
+    local = nodes.bootstrap.get("name") in LOCAL_NAMES
+    slots = [s if s is not None else len(os.sched_getaffinity(0)) if local else None
+             for s in nodes.slots]
+    if None in slots:
+        return None
+    total = sum(s for s in slots if s is not None)
+    if size <= total:
+        return None
+    return (f"{size} ranks but {total} slot{'s' if total != 1 else ''} ("
+            + ", ".join(f"{host}: {s}" for host, s in zip(nodes.hosts, slots, strict=True))
+            + ")")
+
+
+def report_pid(where: str) -> None:
+    """Open MPI's ``--report-pid``: pmrun's process id on stdout (``-``), stderr (``+``), or
+    in a file."""
+    line = f"{os.getpid()}\n"
+    if where in ("-", "+"):
+        stream = sys.stdout if where == "-" else sys.stderr
+        stream.write(line)
+        stream.flush()
+        return
+    with open(where, "w") as f:
+        f.write(line)
 
 
 def build_info() -> str:
@@ -530,6 +562,19 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
         from pm.common.output import rank_map
 
         sys.stderr.write(rank_map(job.node_of_rank, job.plan.hosts))
+    if "no_oversubscribe" in opts.extra:  # Open MPI's --nooversubscribe
+        why = oversubscribed(opts.spec.size, nodes)
+        if why is not None:
+            from pm.agent.spawn import EXIT_NOT_STARTED
+
+            sys.stderr.write(f"pmrun: --nooversubscribe: {why}\n")
+            return EXIT_NOT_STARTED
+    if "do_not_launch" in opts.extra:  # Open MPI's: checked and laid out, nothing started
+        if job.writer is not None:
+            job.writer.close()
+        return 0
+    if "report_pid" in opts.extra:  # Open MPI's
+        report_pid(str(opts.extra["report_pid"]))
     loop = asyncio.get_running_loop()
     handlers = {signal.SIGINT: job.interrupt, signal.SIGTERM: job.interrupt,
                 signal.SIGHUP: job.interrupt, signal.SIGUSR1: job.signal,
@@ -625,7 +670,7 @@ def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
             return refuse(exc)
         raise
     logging.basicConfig(format="pmrun: %(message)s", level=log_level(opts.verbose))
-    if opts.spec.apps and not _tasks(opts) and not (
+    if opts.spec.apps and not _tasks(opts) and "do_not_launch" not in opts.extra and not (
             opts.hosts or opts.hostfile or opts.local_nodes or "launcher" in opts.extra
             or os.environ.get("SLURM_JOB_ID")):
         from pm.agent.pmix_server import prestart as pmix_prestart  # vertex 0 runs here
@@ -635,7 +680,8 @@ def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
 
     raise_fd_limit()
     relay = False
-    if started is None and "sim_ranks" not in opts.extra and not _tasks(opts):
+    if (started is None and "sim_ranks" not in opts.extra and not _tasks(opts)
+            and "do_not_launch" not in opts.extra):
         try:
             where = hosts_of(opts)
         except UsageError as exc:

@@ -218,6 +218,22 @@ def separator(value: str, opt: str) -> str:
     return value
 
 
+def report_to(value: str, opt: str) -> str:
+    """Open MPI's ``--report-pid``: ``-`` (stdout), ``+`` (stderr) or a file to write."""
+    return value if value in ("-", "+") else writable_file(value, opt)
+
+
+def cpu_list(value: str, opt: str) -> str:
+    """Open MPI's ``--cpu-list 0,2-3``: CPU numbers and ranges, as ``--bind-to user:``."""
+    cpus: list[str] = []
+    for part in value.split(","):
+        lo, dash, hi = part.partition("-")
+        if not (lo.isdigit() and (not dash or (hi.isdigit() and int(hi) >= int(lo)))):
+            raise UsageError(f"{opt} takes CPU numbers and ranges (0,2-3), not {value!r}")
+        cpus += map(str, range(int(lo), int(hi if dash else lo) + 1))
+    return ",".join(cpus)
+
+
 def mpi_kind(value: str, opt: str) -> str:
     """``--mpi``: pmrun's auto, pmix, pmi, none; srun's plugin names as they mean here
     (``pmi2``: PMI only; ``pmix_v4``: PMIx)."""
@@ -875,8 +891,8 @@ OPTIONS = (
                           "-skip-launch-node, Open MPI's --nolocal)"),
     Opt("--exclude", "exclude", hosts, metavar="HOSTLIST", group=PLACE,
         help="inside a Slurm allocation, run on its nodes but these (srun's --exclude)"),
-    Opt("-f -hostfile --hostfile -machinefile", "hostfile", hostfile, metavar="FILE", group=PLACE,
-        quick=True,
+    Opt("-f -hostfile --hostfile -machinefile --machinefile", "hostfile", hostfile,
+        metavar="FILE", group=PLACE, quick=True,
         help='hosts from FILE ("host", "host:4" or "host slots=4" per line)'),
     Opt("-usize --universe-size", "universe_size", universe, metavar="N", group=PLACE,
         quick=True,
@@ -946,6 +962,14 @@ OPTIONS = (
         help="Flux's: --env VAR=VAL sets VAR for every rank, --env -PATTERN (or --env-remove "
              "PATTERN) passes none of the variables PATTERN matches (a shell pattern), --env "
              "PATTERN passes those again; in the order given"),
+    Opt("--prefix -prefix", "prefix", directory, metavar="DIR", quick=True,
+        group=ENV,
+        help="Open MPI's: DIR/bin first on the ranks' PATH, DIR/lib on their "
+             "LD_LIBRARY_PATH (an MPI installed there on every host)"),
+    Opt("--path -path", "exe_path", directory, metavar="DIR", quick=True,
+        group=ENV,
+        help="Open MPI's: DIR first on the ranks' PATH, where their programs are looked "
+             "for"),
     Opt("-x", "genv", kind=EXPORT, metavar="NAME[=VALUE]", quick=True, group=ENV,
         help="pass NAME with its value here (Open MPI's mpirun -x; an unset NAME is named and "
              "skipped), or set it to VALUE"),
@@ -1001,6 +1025,11 @@ OPTIONS = (
                                    "order the rank wrote them (Open MPI's)"),
     Opt("--display-allocation -display-allocation", "display_allocation", kind=FLAG, group=IO,
         help="before the job starts, print each host and its slots (Open MPI's)"),
+    Opt("--do-not-launch -do-not-launch", "do_not_launch", kind=FLAG, group=IO,
+        help="check the command line and lay the ranks out (--display-map prints where), "
+             "but start nothing (Open MPI's)"),
+    Opt("--report-pid -report-pid", "report_pid", report_to, metavar="-|+|FILE", group=IO,
+        help="write pmrun's process id: - on stdout, + on stderr, or into FILE (Open MPI's)"),
     Opt("-print-rank-map --print-rank-map --display-map", "print_rank_map", kind=FLAG,
         quick=True,
         group=IO, help="before the job starts, print each node's ranks (Hydra's "
@@ -1197,6 +1226,13 @@ OPTIONS = (
         kind=FLAG, quick=True, group=MISC,
         help="taken for Open MPI's mpirun (and srun's -O), and meaning nothing here: pmrun "
              "runs as any user, and never refuses more ranks than cores"),
+    Opt("--nooversubscribe -nooversubscribe", "no_oversubscribe", kind=FLAG, group=MISC,
+        help="refuse more ranks than the hosts' slots (Open MPI's; pmrun's default is to "
+             "run them)"),
+    Opt("--cpu-list -cpu-list --cpu-set -cpu-set", "cpu_list", cpu_list, metavar="0,2-3",
+        quick=True, group=PLACE,
+        help="Open MPI's: the ranks of a node bound to these CPUs (OS numbers), a CPU each "
+             "in turn (--bind-to user:LIST)"),
     Opt("--overlap", "", kind=FLAG, quick=True, group=MISC,
         help="taken for srun, and meaning nothing here: inside an allocation pmrun's ranks "
              "always share its nodes' CPUs with the other steps (its agents' step is "
@@ -1226,7 +1262,7 @@ OPTIONS = (
     Opt("--timeout -timeout", "timeout", seconds, metavar="SECONDS", quick=True, group=MISC,
         help="kill the job after SECONDS (exit status 124); also MPIEXEC_TIMEOUT; of "
              "tasks, each task's run (as GNU parallel)"),
-    Opt("-configfile --configfile", "configfile", kind=FILE, metavar="FILE", group=MISC,
+    Opt("-configfile --configfile --app -app", "configfile", kind=FILE, metavar="FILE", group=MISC,
         help="the programs and their options, one MPMD section a line ('#' comments)"),
     Opt("--multi-prog", "multi_prog", kind=FLAG, group=MISC,
         help="srun's: the program is a file of lines RANKS PROGRAM ARGS (RANKS 0-3,5 or *; "
@@ -1473,6 +1509,12 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     if "merge_stderr" in out.values and "error" in out.values:
         raise UsageError("--merge-stderr-to-stdout leaves no stderr for --error to write")
     _srun_cpu_bind(out.values)
+    _open_mpi_paths(out.values, environ)
+    if "cpu_list" in out.values:  # Open MPI's --cpu-list: a CPU each rank, in turn
+        cpus = out.values.pop("cpu_list")
+        if out.values.setdefault("bind_to", f"user:{cpus}") != f"user:{cpus}":
+            raise UsageError(f"--cpu-list {cpus} binds each rank to one of these CPUs: not "
+                             f"with --bind-to {out.values['bind_to']}")
     _cpus_per_task(out.values)
     _srun_exclude(out.values, environ)
     if "timeout" not in out.values and environ.get("MPIEXEC_TIMEOUT"):
@@ -1621,7 +1663,8 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "output_filename", "timestamp_output",
                "mpi", "profile", "universe_size", "nodes", "cpus_per_task", "stdin", "cpu_bind",
                "merge_stderr", "distribution", "kill_on_bad_exit", "unbuffered", "display",
-               "print_rank_map", "print_all_exitcodes", "wait_after_first")
+               "print_rank_map", "print_all_exitcodes", "wait_after_first", "do_not_launch",
+               "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list")
 
 
 def _ensemble_only(out: Parsed) -> None:
@@ -1850,6 +1893,22 @@ def _srun_export(out: Parsed) -> None:
     genv = out.values.setdefault("genv", {})
     assert isinstance(genv, dict)
     genv.update(pairs)
+
+
+def _open_mpi_paths(values: dict[str, object], environ: Mapping[str, str]) -> None:
+    """Open MPI's ``--prefix DIR`` and ``--path DIR`` as the ranks' PATH and
+    LD_LIBRARY_PATH (pmrun's own values of them, which the ranks get, with DIR first)."""
+    prefix, path = values.pop("prefix", None), values.pop("exe_path", None)
+    if prefix is None and path is None:
+        return
+    genv = values.setdefault("genv", {})
+    assert isinstance(genv, dict)
+    first = [str(d) for d in (path, None if prefix is None else f"{prefix}/bin") if d]
+    rest = genv.get("PATH", environ.get("PATH", ""))
+    genv["PATH"] = ":".join([*first, *([rest] if rest else [])])
+    if prefix is not None:
+        rest = genv.get("LD_LIBRARY_PATH", environ.get("LD_LIBRARY_PATH", ""))
+        genv["LD_LIBRARY_PATH"] = ":".join([f"{prefix}/lib", *([rest] if rest else [])])
 
 
 def _srun_cpu_bind(values: dict[str, object]) -> None:

@@ -41,7 +41,8 @@ BAD_VALUE = {
     "cpus_per_task": "0", "distribution": "round", "delay": "-1", "export": "A B", "stdin": "x",
     "cpu_bind": "boards", "display": "topo", "replace": "", "trim": "x", "flux_env": "^f",
     "exclude": "a[1-", "nice": "20", "tmpdir": "/no/such/dir", "max_lines": "0",
-    "wait_after_first": "1.5", "arg_sep": "", "arg_file_sep": "-x",
+    "wait_after_first": "1.5", "arg_sep": "", "arg_file_sep": "-x", "prefix": "/no/such",
+    "exe_path": "/no/such", "cpu_list": "1-0", "report_pid": "/no/such/dir/pid",
     "": "epoll",  # (-demux, -topolib: Hydra's, meaning nothing here)
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check not in (None, options.verbatim)
@@ -612,6 +613,71 @@ def test_open_mpis_long_options_take_one_dash_as_mpirun_does(pmrun: Run) -> None
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.splitlines()) == ["[0] x", "[1] x"]
     assert r.stderr.startswith("pmrun: rank map: node 0 ("), r.stderr
+
+
+def test_open_mpis_prefix_and_path_put_a_directory_first(pmrun: Run, tmp_path: Path) -> None:
+    (tmp_path / "pfx" / "bin").mkdir(parents=True)
+    tool = tmp_path / "pfx" / "bin" / "mytool"
+    tool.write_text('#!/bin/sh\necho "$PATH" "$LD_LIBRARY_PATH"\n')
+    tool.chmod(0o755)
+    pfx = str(tmp_path / "pfx")
+    r = pmrun("--prefix", pfx, "-n", "1", "mytool", env={"LD_LIBRARY_PATH": "/x"})
+    assert r.returncode == 0, r.stderr
+    path, libs = r.stdout.split()
+    assert (path.split(":")[0], libs) == (f"{pfx}/bin", f"{pfx}/lib:/x")
+    r = pmrun("--path", f"{pfx}/bin", "-n", "2", "mytool")
+    assert r.returncode == 0, r.stderr
+    assert [line.split()[0].split(":")[0] for line in r.stdout.splitlines()] == [f"{pfx}/bin"] * 2
+    r = pmrun("-n", "1", "mytool")  # (without: not found)
+    assert r.returncode == 127 and "mytool: command not found" in r.stderr, r.stderr
+    r = pmrun("--prefix", str(tmp_path / "none"), "-n", "1", "true")
+    assert (r.returncode, r.stderr) == (2, f"pmrun: --prefix {tmp_path / 'none'}: no such "
+                                           "directory\n")
+
+
+def test_open_mpis_report_pid_and_do_not_launch(pmrun: Run, tmp_path: Path) -> None:
+    r = pmrun("--report-pid", "-", "-n", "1", "sh", "-c", "echo $PPID >&2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().isdigit(), r.stdout
+    r = pmrun("--report-pid", "pid.txt", "-n", "1", "true", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "pid.txt").read_text().strip().isdigit()
+    host = os.uname().nodename
+    r = pmrun("--do-not-launch", "--display-map", "--local-nodes", "2", "-n", "3", "sh", "-c",
+              "echo ran > ran.txt", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr
+    assert r.stderr == (f"pmrun: rank map: node 0 ({host}): 0-1\n"
+                        f"pmrun: rank map: node 1 ({host}): 2\n")
+    assert not (tmp_path / "ran.txt").exists()
+
+
+def test_open_mpis_nooversubscribe_refuses_more_ranks_than_slots(pmrun: Run) -> None:
+    host = os.uname().nodename
+    r = pmrun("--nooversubscribe", "-hosts", f"{host}:2", "-n", "3", "true")
+    assert (r.returncode, r.stderr) == (127, "pmrun: --nooversubscribe: 3 ranks but 2 slots "
+                                             f"({host}: 2)\n")
+    r = pmrun("--nooversubscribe", "-hosts", f"{host}:2", "-n", "2", "echo", "x")
+    assert (r.returncode, r.stdout) == (0, "x\nx\n"), r.stderr
+
+
+def test_open_mpis_cpu_list_binds_ranks_in_turn(pmrun: Run) -> None:
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    spec = ",".join(map(str, cpus))
+    r = pmrun("--cpu-list", spec, "--report-bindings", "-n", str(len(cpus)), "true")
+    assert r.returncode == 0, r.stderr
+    host = os.uname().nodename
+    assert sorted(r.stderr.splitlines()) == [f"rank {i} on {host}: cpus {c}"
+                                             for i, c in enumerate(cpus)]
+    r = pmrun("--cpu-list", "0", "--bind-to", "core", "-n", "1", "true")
+    assert (r.returncode, r.stderr) == (2, "pmrun: --cpu-list 0 binds each rank to one of "
+                                           "these CPUs: not with --bind-to core\n")
+
+
+def test_open_mpis_app_file_is_a_configfile(pmrun: Run, tmp_path: Path) -> None:
+    (tmp_path / "app.txt").write_text("-np 1 echo first\n# a comment\n-np 2 echo second\n")
+    r = pmrun("--app", "app.txt", cwd=tmp_path)
+    assert (r.returncode, sorted(r.stdout.splitlines())) == (0, ["first", "second", "second"])
+    r = pmrun("--machinefile", "none.txt", "-n", "1", "true", cwd=tmp_path)
+    assert r.returncode == 2 and "none.txt" in r.stderr, r.stderr
 
 
 def test_hydras_options_that_mean_nothing_here_are_taken(pmrun: Run) -> None:

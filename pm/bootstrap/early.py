@@ -110,7 +110,7 @@ def step_now(parsed: Parsed, environ: Mapping[str, str]) -> None:
     pmrun's quick check has read the command line, before the full path's imports (20 ms
     of CPU), when :func:`step_hosts` can tell its hosts.  The full path takes the step if
     its plan has the same hosts (:func:`take`), else lets it go."""
-    if -1 in _STARTED:
+    if -1 in _STARTED or "do_not_launch" in parsed.values:
         return
     try:
         found = step_hosts(parsed, environ)
