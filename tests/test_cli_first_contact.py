@@ -819,7 +819,7 @@ GOOD_VALUE: dict[str, list[str]] = {
     "cpu_bind": ["verbose,map_cpu:1,0"], "cpus_per_task": ["2"], "map_by": ["slot:PE=2"],
     "distribution": ["cyclic"], "universe_size": ["6"],
     "hosts": ["localhost"], "stdin": ["none"], "display": ["map,bind"],
-    "flux_env": ["A=1"],
+    "flux_env": ["A=1"], "prefix": ["/usr"], "exe_path": ["/usr/bin"], "cpu_list": ["0"],
 }
 #: ... where an option's spelling takes other words than its key's others (srun's -t).
 GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"], "--time-limit": ["1.5h"],
