@@ -64,6 +64,7 @@ _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fano
                         "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output",
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
                         "merge_stderr", "timestamp_output", "distribution", "unbuffered",
+                        "rank_by",
                         "kill_on_bad_exit"})
 
 
@@ -183,6 +184,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
         spec.env_mode, spec.genvlist = v["env_mode"]  # type: ignore[misc]
     spec.ppn = v.get("ppn")  # type: ignore[assignment]
     spec.distribution = str(v.get("distribution", spec.distribution))
+    spec.rank_by = str(v.get("rank_by", ""))
     spec.kill_on_bad_exit = v.get("kill_on_bad_exit", "1") == "1"
     opts.distribution_given = "distribution" in v
     spec.wdir = v.get("wdir")  # type: ignore[assignment]  # (--tasks FILE's; else per program)

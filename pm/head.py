@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import enum
 import functools
+import itertools
 import logging
 import os
 import signal
@@ -194,6 +195,11 @@ class JobRun:
         else:
             slots = sequence_slots(spec, len(hosts), nodes.slots)
             node_of_rank = place(spec.size, slots, spec.distribution)
+        if spec.rank_by:  # Open MPI's --rank-by: each program's ranks numbered anew
+            from pm.common.mapping import ranked
+
+            starts = list(itertools.accumulate([a.n for a in spec.apps[:-1]], initial=0))
+            node_of_rank = ranked(node_of_rank, spec.rank_by, starts)
         #: The node of each rank (its place in the plan's hosts).
         self.node_of_rank = node_of_rank
         used = max(node_of_rank) + 1

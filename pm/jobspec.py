@@ -61,6 +61,9 @@ class JobSpec:
     #: srun's rank distribution over the nodes: "block", "cyclic" or "plane=N"
     #: (:func:`pm.common.mapping.place`).
     distribution: str = "block"
+    #: How the ranks a node got are numbered (Open MPI's --rank-by): "" as the
+    #: distribution lays them, "block" a node's consecutive, "cyclic" one a node in turn.
+    rank_by: str = ""
     kvs: str = "shm"
     bind_to: str = "none"
     map_by: str = "core"

@@ -218,6 +218,22 @@ def separator(value: str, opt: str) -> str:
     return value
 
 
+#: Open MPI's --rank-by objects: a node's ranks numbered consecutively (by whichever of
+#: its objects: pmrun binds a node's ranks in that order), or one a node in turn.
+_RANK_BY = {"slot": "block", "hwthread": "block", "core": "block", "l1cache": "block",
+            "l2cache": "block", "l3cache": "block", "package": "block", "socket": "block",
+            "numa": "block", "board": "block", "fill": "block", "span": "block",
+            "node": "cyclic"}
+
+
+def rank_by(value: str, opt: str) -> str:
+    """Open MPI's ``--rank-by OBJECT[:SPAN|:FILL]``: block or cyclic (:data:`_RANK_BY`)."""
+    word = value.split(":")[0].lower()
+    if word not in _RANK_BY:
+        raise UsageError(f"{opt} takes {_or(sorted(_RANK_BY))}, not {value!r}")
+    return _RANK_BY[word]
+
+
 def report_to(value: str, opt: str) -> str:
     """Open MPI's ``--report-pid``: ``-`` (stdout), ``+`` (stderr) or a file to write."""
     return value if value in ("-", "+") else writable_file(value, opt)
@@ -1226,6 +1242,9 @@ OPTIONS = (
         kind=FLAG, quick=True, group=MISC,
         help="taken for Open MPI's mpirun (and srun's -O), and meaning nothing here: pmrun "
              "runs as any user, and never refuses more ranks than cores"),
+    Opt("--rank-by -rank-by", "rank_by", rank_by, metavar="slot|node", group=PLACE,
+        help="Open MPI's: how the ranks a node got are numbered: slot (core, package, "
+             "numa...: a node's ranks consecutive) or node (one a node in turn)"),
     Opt("--nooversubscribe -nooversubscribe", "no_oversubscribe", kind=FLAG, group=MISC,
         help="refuse more ranks than the hosts' slots (Open MPI's; pmrun's default is to "
              "run them)"),
@@ -1664,7 +1683,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "mpi", "profile", "universe_size", "nodes", "cpus_per_task", "stdin", "cpu_bind",
                "merge_stderr", "distribution", "kill_on_bad_exit", "unbuffered", "display",
                "print_rank_map", "print_all_exitcodes", "wait_after_first", "do_not_launch",
-               "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list")
+               "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list", "rank_by")
 
 
 def _ensemble_only(out: Parsed) -> None:

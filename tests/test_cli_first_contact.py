@@ -43,6 +43,7 @@ BAD_VALUE = {
     "exclude": "a[1-", "nice": "20", "tmpdir": "/no/such/dir", "max_lines": "0",
     "wait_after_first": "1.5", "arg_sep": "", "arg_file_sep": "-x", "prefix": "/no/such",
     "exe_path": "/no/such", "cpu_list": "1-0", "report_pid": "/no/such/dir/pid",
+    "rank_by": "cores",
     "": "epoll",  # (-demux, -topolib: Hydra's, meaning nothing here)
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check not in (None, options.verbatim)
@@ -678,6 +679,22 @@ def test_open_mpis_app_file_is_a_configfile(pmrun: Run, tmp_path: Path) -> None:
     assert (r.returncode, sorted(r.stdout.splitlines())) == (0, ["first", "second", "second"])
     r = pmrun("--machinefile", "none.txt", "-n", "1", "true", cwd=tmp_path)
     assert r.returncode == 2 and "none.txt" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(("argv", "want"), [
+    (["--map-by", "node", "--rank-by", "slot"], ["0-2", "3-4"]),
+    (["--rank-by", "node"], ["0,2,4", "1,3"]),
+    (["--rank-by", "core:span", "-m", "cyclic"], ["0-2", "3-4"]),
+])
+def test_open_mpis_rank_by_numbers_each_nodes_ranks(pmrun: Run, argv: list[str],
+                                                    want: list[str]) -> None:
+    host = os.uname().nodename
+    r = pmrun("--display-map", "--local-nodes", "2", "-ppn", "3", *argv, "-n", "5", "sh", "-c",
+              'echo "$PMI_RANK"')
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == [f"pmrun: rank map: node {i} ({host}): {ranks}"
+                                     for i, ranks in enumerate(want)]
+    assert sorted(map(int, r.stdout.split())) == [0, 1, 2, 3, 4]
 
 
 def test_hydras_options_that_mean_nothing_here_are_taken(pmrun: Run) -> None:

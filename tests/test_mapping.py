@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import socket
@@ -22,6 +23,7 @@ from pm.common.mapping import (
     parse_process_mapping,
     place,
     process_mapping,
+    ranked,
     step_counts,
 )
 from pm.proto.errors import PMError
@@ -485,3 +487,19 @@ def test_mpich_check_catches_a_wrong_mapping() -> None:
     pytest.importorskip("mpi4py")
     mates = _node_mates_under_mpich([0, 1, 0, 1], "(vector,(0,1,4))")
     assert mates == {r: [0, 1, 2, 3] for r in range(4)}
+
+
+@pytest.mark.parametrize(("node_of_rank", "order", "starts", "want"), [
+    ([0, 1, 0, 1, 0], "block", (0,), [0, 0, 0, 1, 1]),  # --map-by node --rank-by slot
+    ([0, 0, 0, 1, 1], "cyclic", (0,), [0, 1, 0, 1, 0]),  # --rank-by node
+    ([0, 0, 0, 0, 1], "cyclic", (0,), [0, 1, 0, 0, 0]),  # a node's numbered: left out
+    ([2, 2, 0], "cyclic", (0,), [0, 2, 2]),
+    ([0, 0, 1, 1, 2, 0], "cyclic", (0, 4), [0, 1, 0, 1, 0, 2]),  # each program apart
+    ([], "block", (0,), []),
+])
+def test_ranked_numbers_each_nodes_ranks_as_open_mpis_rank_by(
+        node_of_rank: list[int], order: str, starts: tuple[int, ...], want: list[int]) -> None:
+    got = ranked(node_of_rank, order, starts)
+    assert got == want
+    for lo, hi in itertools.pairwise([*starts, len(node_of_rank)]):  # the same counts
+        assert sorted(got[lo:hi]) == sorted(node_of_rank[lo:hi])

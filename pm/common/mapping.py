@@ -17,6 +17,7 @@ form.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -82,6 +83,31 @@ def place(n: int, slots: Sequence[int], distribution: str = "block") -> list[int
                 left[node] = s - take
     full, rest = divmod(n, len(one_pass))
     return one_pass * full + one_pass[:rest]
+
+
+def ranked(node_of_rank: Sequence[int], order: str, starts: Sequence[int] = (0,)
+           ) -> list[int]:
+    """The same number of ranks on each node, numbered as Open MPI's ``--rank-by`` says:
+    ``block`` (slot, core, ...: a node's ranks consecutive) or ``cyclic`` (node: one a
+    node in turn, a node whose ranks are all numbered left out).  ``starts``: where each
+    program's ranks begin (MPMD), each program numbered apart.
+    ``ranked([0, 1, 0, 1], "block") == [0, 0, 1, 1]``."""
+    out: list[int] = []
+    bounds = [*starts, len(node_of_rank)]
+    for lo, hi in itertools.pairwise(bounds):
+        part = node_of_rank[lo:hi]
+        left = [0] * (max(part, default=-1) + 1)
+        for node in part:
+            left[node] += 1
+        if order == "block":
+            out += [node for node, count in enumerate(left) for _ in range(count)]
+            continue
+        while len(out) < hi:
+            for node, count in enumerate(left):
+                if count:
+                    out.append(node)
+                    left[node] -= 1
+    return out
 
 
 def step_counts(n: int, slots: Sequence[int | None]) -> list[int]:
