@@ -323,6 +323,15 @@ def parallel(tmp_path: Path, *args: str, input: str | None = None
      "{,,D}", "{1%.gz}", ":::", "a/b/c.tar.gz", "d.txt", "A.B.C.D.z"],
     ["--plus", "-q", "echo", "{..}", "{2##.*/}", ":::", "a.b.c", ":::", "x/y z"],
     ["echo", "{..}", ":::", "a.b.c"],  # (without --plus: as written)
+    # {= perl expression =}: $_ the argument, changed; @arg, seq(), total_jobs(), skip(),
+    # uq(), Q(); {=N ... =} of source N.
+    ["echo", "{= s/\\.gz$// =}", "{=1 $_=uc =}", ":::", "x.gz", "y z.gz", "it's"],
+    ["echo", "{= $_=$arg[1] =}", "{#}", "{= $_=seq().'/'.total_jobs() =}", ":::", "a", "b",
+     ":::", "c"],
+    ["echo", "{= uq(); $_='a  b' =}", "{= $_='a  b' =}", "{= $_=Q($_) =}", "x{= =}y", ":::",
+     "p q"],
+    ["echo", "{=2 s/c/C/ =}-{=1 s/a/A/ =}", "{= $_ = $job->seq() =}", ":::", "a", ":::", "c"],
+    ["-q", "printf", "<%s>\\n", "{= s/ /_/g =}", ":::", "a b", "c"],
     # --arg-sep, --arg-file-sep: other words start the sources; ::: is then an argument.
     ["--arg-sep", ",,", "echo", ",,", "a", "b", ",,+", "1", "2"],
     ["--arg-sep", ",,", "echo", ":::", ",,", "a", "b"],
@@ -355,6 +364,19 @@ def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_pat
         assert r.stdout == want.stdout
     assert any(re.fullmatch(r"(\d+) tasks?: \1 succeeded, 0 failed, 0 retries", line)
                for line in r.stderr.splitlines()), r.stderr
+
+
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
+def test_a_perl_expression_skips_a_task_as_gnu_parallel(pmrun: Run, tmp_path: Path) -> None:
+    """skip(): the task is left out, its number not reused (parallel also counts it failed,
+    exit status 1: pmrun's is 0, the task was left out as asked)."""
+    tail = ["-k", "echo", "{#}", "{= skip() if $_ eq 'b' =}", ":::", "a", "b", "c"]
+    want = subprocess.run([PARALLEL or "", "--will-cite", *tail], capture_output=True, text=True,
+                          timeout=30, cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path)})
+    r = pmrun(*tail)
+    assert (r.returncode, r.stdout, want.stdout) == (0, "1 a\n3 c\n", "1 a\n3 c\n"), r.stderr
+    r = pmrun("-k", "--tagstring", "{= skip() =}{#}", "echo", ":::", "x")  # (a tag: runs,
+    assert (r.returncode, r.stdout) == (0, "\tx\n"), r.stderr  # untagged)
 
 
 def test_tasks_run_in_the_working_directory_given(pmrun: Run, tmp_path: Path) -> None:
@@ -774,6 +796,11 @@ def test_job_slots_are_numbered_within_j(pmrun: Run, tmp_path: Path) -> None:
      "::: ARGS, --tasks FILE), not for an MPI job's ranks"),
     (["--arg-sep", ",,", "echo", ",,"], ",, needs arguments"),
     (["--arg-file-sep", "//", "echo", "//"], "// needs files"),
+    (["echo", "{= s/(/ =}", ":::", "a"], "echo {= s/(/ =}: {= s/(/ =}: perl says: Substitution "
+     "replacement not terminated"),
+    (["echo", "{= $_ = slot() =}", ":::", "a"], "echo {= $_ = slot() =}: {= $_ = slot() =}: "
+     "perl says: slot() is not known when pmrun fills a task's line: use {%}"),
+    (["echo", "{= die 'no' =}", ":::", "a"], "echo {= die 'no' =}: {= die 'no' =}: perl says: no"),
 ])
 def test_a_bad_command_with_sources_is_named(pmrun: Run, tmp_path: Path, argv: list[str],
                                              message: str) -> None:

@@ -35,6 +35,7 @@ from pm.ensemble.inputs import (
 )
 from pm.ensemble.joblog import JobLog, read_joblog
 from pm.ensemble.local import TASK_TMP
+from pm.ensemble.perl_expr import PERL
 from pm.ensemble.scheduler import (
     TaskSpec,
     parse_tasks,
@@ -337,10 +338,19 @@ def _tags(extra: dict[str, str], specs: Sequence[TaskSpec], tasks_file: bool
     from pm.proto.errors import UsageError
 
     if "tagstring" in extra:
+        from pm.ensemble.perl_expr import Skipped
+
         text = extra["tagstring"]
+
+        def tag(spec: TaskSpec) -> bytes:
+            try:
+                return os.fsencode(fill(text, spec.args, spec.index + 1, quote=False,
+                                        total=len(specs))) + b"\t"
+            except Skipped:  # ({= skip() =} in a tag: the task still runs, untagged)
+                return b"\t"
+
         try:
-            return {s.index: os.fsencode(fill(text, s.args, s.index + 1, quote=False)) + b"\t"
-                    for s in specs}
+            return {s.index: tag(s) for s in specs}
         except UsageError as exc:
             raise UsageError(f"--tagstring {text}: {exc}") from None
     if "tag" in extra:
@@ -560,6 +570,7 @@ async def run_cli(opts: CliOptions) -> int:
     except OSError as exc:
         raise UsageError(f"--tasks {path}: {exc.strerror}") from None
     except PMError as exc:  # naming the line of the file, or the command's words
+        PERL.close()
         raise UsageError(f"{path}: {exc}" if path is not None
                          else f"{extra['tasks_line']}: {str(exc).removeprefix('line 1: ')}"
                          ) from None
@@ -580,6 +591,7 @@ async def run_cli(opts: CliOptions) -> int:
         return spec.line if temp is not None else spec.argv[2]
 
     if "dry_run" in extra:
+        PERL.close()
         sys.stdout.write("".join(f"{s.argv[2]}\n" for s in specs))
         return 0
     log = None if joblog is None else JobLog(
@@ -591,6 +603,7 @@ async def run_cli(opts: CliOptions) -> int:
         where = {s.index: _results_dir(extra["results"], s, names or ()) for s in specs}
     _program_options(opts.spec)
     tags = _tags(extra, specs, tasks_file=path is not None)
+    PERL.close()  # (every {= expression =} is filled in by now)
     tag: Callable[[int], bytes | None] = tags.get
     if "pipe" in extra:  # one line, run once a block: every run's tag is the first's
         tag = functools.partial(_same, tags.get(0))

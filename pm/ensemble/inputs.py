@@ -36,10 +36,13 @@ from typing import NamedTuple
 from pm.proto.errors import UsageError
 
 _STANDARD = r"(?P<seq>#)|(?P<slot>%)|(?P<n>-[1-9]\d*|\d*)(?P<how>//|/\.|/|\.)?"
-_REPLACE = re.compile(r"\{(?:" + _STANDARD + r")\}")
+#: GNU parallel's ``{= perl expression =}`` (``{=2 ... =}``: of source 2), the shortest.
+_PERL = r"\{=(?P<ppos>-?[1-9]\d*)?(?P<perl>(?:(?!\{=)[\s\S])*?)=\}"
+_REPLACE = re.compile(_PERL + r"|\{(?:" + _STANDARD + r")\}")
 #: GNU parallel's ``--plus`` strings (its ``%Global::plus``), after the standard ones: an
 #: operation on an argument (``op``, of source ``pn`` if given), or a job's figure.
-_PLUS = re.compile(r"\{(?:" + _STANDARD + r"|(?P<job>##|0#|0%|slot)|(?P<pn>-[1-9]\d*|\d*)(?P<op>"
+_PLUS = re.compile(_PERL + r"|\{(?:" + _STANDARD
+                   + r"|(?P<job>##|0#|0%|slot)|(?P<pn>-[1-9]\d*|\d*)(?P<op>"
                    r"\+/|\+\.\.\.|\+\.\.|\+\.|\.\.\.|\.\.|/\.\.\.|/\.\."
                    r"|:-[^}]+?|:\d+?:\d+?|:\d+?|##[^#}][^}]*?|#[^#}][^}]*?|%%[^}]+?|%[^}]+?"
                    r"|//[^}]+?/[^}]*?|/#[^}]+?/[^}]*?|/%[^}]+?/[^}]*?|/[^#%}/]+?/[^}]*?"
@@ -199,7 +202,7 @@ def spread(combos: Sequence[tuple[str, ...]], slots: int, option: str,
 
 
 def in_context(line: str, args: Sequence[str], seq: int, width: int = 0,
-               plus: Plus | None = None) -> str:
+               plus: Plus | None = None, total: int = 0) -> str:
     """GNU parallel's ``-X``: each word of ``line`` that holds an argument's replacement
     string (``pic{}.jpg``) once per argument, side by side; the arguments appended when
     there is none."""
@@ -210,13 +213,14 @@ def in_context(line: str, args: Sequence[str], seq: int, width: int = 0,
                    for m in pattern.finditer(text))
 
     if not per_argument(line):
-        return fill(line, args, seq, width=width, plus=plus)
+        return fill(line, args, seq, width=width, plus=plus, total=total)
     out = []
     for word in re.split(r"(\s+)", line):
         if per_argument(word):
-            word = " ".join(fill(word, [a], seq, width=width, plus=plus) for a in args)
+            word = " ".join(fill(word, [a], seq, width=width, plus=plus, total=total)
+                            for a in args)
         elif pattern.search(word):
-            word = fill(word, args, seq, width=width, plus=plus)
+            word = fill(word, args, seq, width=width, plus=plus, total=total)
         out.append(word)
     return "".join(out)
 
@@ -286,14 +290,15 @@ def shell_quote(word: str) -> str:
 
 
 def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: int = 0,
-         plus: Plus | None = None, between: str = " ") -> str:
+         plus: Plus | None = None, between: str = " ", total: int = 0) -> str:
     """``line`` with its replacement strings filled from ``args`` (one combination) for
     the task numbered ``seq``; without any, the arguments appended.  :class:`UsageError`
     for ``{N}`` beyond the sources (``width``: ``-N``'s count, whose ``{N}`` beyond a
     shorter last group are empty).  ``quote=False`` (a ``--tagstring``): the arguments
     as they are, and nothing appended.  ``plus``: GNU parallel's ``--plus`` strings too.
     ``between``: what goes between the arguments a string stands for (``{}`` of several
-    sources)."""
+    sources).  ``total``: the number of tasks (``{= total_jobs() =}``);
+    :class:`~pm.ensemble.perl_expr.Skipped` when an expression leaves the task out."""
     q = shell_quote if quote else str
     used = False
 
@@ -305,12 +310,13 @@ def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: in
         if m["slot"]:
             return "$PARALLEL_JOBSLOT"
         op = None
-        if plus is not None:  # (the groups of _PLUS)
+        perl = m["perl"]
+        if plus is not None and perl is None:  # (the groups of _PLUS)
             if m["job"]:
                 return _job_string(m["job"], seq, plus)
             op = m["op"]
         values = args
-        n = m["pn"] if op else m["n"]
+        n = m["ppos"] if perl is not None else m["pn"] if op else m["n"]
         if n:
             k = int(n)
             if k < 0:  # {-1}: the last argument, {-2} the one before (GNU parallel's)
@@ -328,6 +334,8 @@ def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: in
             if k > len(args):
                 return ""  # -N's last group, shorter: as GNU parallel, empty
             values = args[k - 1 : k]
+        if perl is not None:
+            return between.join(_perl_value(perl, v, args, seq, total, q) for v in values)
         if op:
             return between.join(q(_plus_edit(v, op, m[0])) for v in values)
         return between.join(q(_edit(v, m["how"])) for v in values)
@@ -335,6 +343,18 @@ def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: in
     out = (_PLUS if plus is not None else _REPLACE).sub(one, line)
     # (Appended after a space even when there are none, -N0's: GNU parallel's line.)
     return out if used or not quote else line + " " + " ".join(map(q, args))
+
+
+def _perl_value(expr: str, arg: str, args: Sequence[str], seq: int, total: int,
+                q: Callable[[str], str]) -> str:
+    """``{= expr =}`` of ``arg`` (:mod:`pm.ensemble.perl_expr`), quoted by ``q`` unless the
+    expression said ``uq()``."""
+    from pm.ensemble.perl_expr import PERL, Skipped
+
+    value = PERL.value(expr, arg, list(args), seq, total)
+    if value.skip:
+        raise Skipped
+    return value.text if value.unquoted else q(value.text)
 
 
 def _job_string(what: str, seq: int, plus: Plus) -> str:

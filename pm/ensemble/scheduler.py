@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 from pm.agent.admission import Admission, SizeError, Watermarks, format_size, parse_size
 from pm.ensemble.inputs import Plus, by_name, fill, has_replacement, in_context, shell_quote
+from pm.ensemble.perl_expr import Skipped
 from pm.proto.errors import PMError, UsageError
 
 NodeId = Hashable
@@ -144,21 +145,25 @@ def with_arguments(specs: Sequence[TaskSpec], combos: Sequence[Sequence[str]],
     ``context``: ``-X``'s (:func:`~pm.ensemble.inputs.in_context`); ``plus``: GNU
     parallel's ``--plus`` strings too."""
     out: list[TaskSpec] = []
+    seq, total = 0, len(specs) * len(combos)
     for spec in specs:
         body = spec.argv[2]
         prefix = spec.line[: len(spec.line) - len(body)]  # the options block, if any
         body = by_name(body, names)
         for args in combos:
+            seq += 1  # (a task an expression skips keeps its number: GNU parallel's)
             try:
-                new = (in_context if context else fill)(body, args, len(out) + 1, width=width,
-                                                         plus=plus)
+                new = (in_context if context else fill)(body, args, seq, width=width,
+                                                         plus=plus, total=total)
+            except Skipped:
+                continue
             except UsageError as exc:
                 raise TaskFileError(f"line {spec.lineno}: {exc}") from None
             try:
                 words = tuple(shlex.split(_strip_comment(new)))
             except ValueError:  # an argument's quotes inside the line's: the shell says
                 words = spec.words
-            out.append(TaskSpec(len(out), ("sh", "-c", new), spec.mem, prefix + new,
+            out.append(TaskSpec(seq - 1, ("sh", "-c", new), spec.mem, prefix + new,
                                 spec.lineno, words, tuple(args)))
     return out
 
@@ -175,18 +180,20 @@ def with_quoted_words(words: Sequence[str], combos: Sequence[Sequence[str]],
     named = [by_name(w, names) for w in words]
     append = not any(has_replacement(w, plus is not None) for w in named)
     out: list[TaskSpec] = []
-    for args in combos:
+    for seq, args in enumerate(combos, 1):
         try:
             # (NUL, which no argument holds, between a string's arguments: a word's end.)
             filled = [part for w in named
-                      for part in fill(w, args, len(out) + 1, quote=False, width=width,
-                                       plus=plus, between="\0").split("\0")]
+                      for part in fill(w, args, seq, quote=False, width=width, plus=plus,
+                                       between="\0", total=len(combos)).split("\0")]
+        except Skipped:
+            continue
         except UsageError as exc:
             raise TaskFileError(f"line 1: {exc}") from None
         if append:
             filled += args
         line = quoted_line(filled)
-        out.append(TaskSpec(len(out), ("sh", "-c", line), mem, line, 1, tuple(filled),
+        out.append(TaskSpec(seq - 1, ("sh", "-c", line), mem, line, 1, tuple(filled),
                             tuple(args)))
     return out
 
