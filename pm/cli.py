@@ -672,6 +672,13 @@ def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
             return refuse(exc)
         raise
     logging.basicConfig(format="pmrun: %(message)s", level=log_level(opts.verbose))
+    if "semaphore" in opts.extra:  # GNU parallel's sem: no job, one command under a lock
+        from pm.ensemble.semaphore import run as semaphore
+
+        try:
+            return semaphore(opts.extra)
+        except UsageError as exc:
+            return refuse(exc)
     if opts.spec.apps and not _tasks(opts) and "do_not_launch" not in opts.extra and not (
             opts.hosts or opts.hostfile or opts.local_nodes or "launcher" in opts.extra
             or os.environ.get("SLURM_JOB_ID")):

@@ -72,6 +72,12 @@ def niceness(text: str, opt: str) -> int:
     return value
 
 
+def signed_seconds(text: str, opt: str) -> float:
+    """A number of seconds, not 0, either sign (GNU parallel's --semaphore-timeout)."""
+    sign = -1.0 if text.startswith("-") else 1.0
+    return sign * seconds(text.removeprefix("-"), opt)
+
+
 def seconds(text: str, opt: str) -> float:
     """A positive number of seconds."""
     try:
@@ -1136,6 +1142,20 @@ OPTIONS = (
         help="--pipe with the blocks cut from the file of -a FILE (or :::: FILE), not "
              "from stdin; --block -N: N blocks for each task slot (default -10, as GNU "
              "parallel's)"),
+    Opt("--semaphore --sem", "semaphore", kind=FLAG, group=MEMORY,
+        help="GNU parallel's sem: run CMD once one of -j N slots (default 1) of the "
+             "semaphore is free, in the background (--fg: in the foreground); --wait: "
+             "until none is held"),
+    Opt("--id --semaphore-name --semaphorename", "sem_id", text, metavar="NAME",
+        group=MEMORY, help="the semaphore's name (default: the terminal's)"),
+    Opt("--fg", "sem_fg", kind=FLAG, group=MEMORY,
+        help="--semaphore: run the command in the foreground, its exit status pmrun's"),
+    Opt("--bg", "sem_bg", kind=FLAG, group=MEMORY,
+        help="--semaphore: run the command in the background (the default)"),
+    Opt("--semaphore-timeout --semaphoretimeout --st", "sem_timeout", signed_seconds,
+        metavar="SECONDS", group=MEMORY,
+        help="--semaphore: after SECONDS without a slot run all the same; -SECONDS: give "
+             "up (exit status 1)"),
     Opt("--cat", "cat", kind=FLAG, group=MEMORY,
         help="--pipe's block in a temporary file of --tmpdir whose name is {} (appended "
              "if the command has none), removed when the run ends"),
@@ -1425,10 +1445,16 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                 opt, name, eq, inline = short, arg[:2], "=", arg[2:]  # -n4, -j2: srun's
         if opt is None:
             raise UsageError(f"unknown option {arg} (see pmrun --help)")
+        if name == "--wait" and not eq and not (i + 1 < len(argv) and _is_number(argv[i + 1])):
+            # GNU parallel's --wait (for a semaphore's commands), not srun's --wait SECONDS.
+            out.values["sem_wait"] = True
+            i += 1
+            continue
         out.used.setdefault(opt, name)
         if opt.kind == ACTION:
             out.action = opt.key
             return out
+
         if opt.kind in (FLAG, COUNT):
             if eq:
                 raise UsageError(f"{name} takes no value")
@@ -1501,12 +1527,15 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         raise UsageError(f"{flags} must come before a program" if out.sections
                          else "no program given (see pmrun --help)")
     if not out.sections and not ({"tasks", "topology", "number_of", "sim_ranks"}
-                                 & out.values.keys()):
+                                 | _SEMAPHORE_KEYS) & out.values.keys():
         raise UsageError("no program given (see pmrun --help)")
     args_sep, files_sep = separators(out.values)
     if args_sep == files_sep:
         raise UsageError(f"--arg-sep and --arg-file-sep are both {args_sep!r}: sources of "
                          "arguments and of files need words of their own")
+    if _SEMAPHORE_KEYS & out.values.keys():
+        _semaphore(out)
+        return out
     if "multi_prog" in out.values:
         _multi_prog(out)
     if "cat" in out.values and "fifo" in out.values:
@@ -1576,6 +1605,31 @@ def _stdin_source(out: Parsed) -> str | None:
         return None
     return next((name for o, name in out.used.items() if o.key in _ENSEMBLE_KEYS
                  and name != "-u"), None)  # (-u: srun's, as well)
+
+
+#: GNU parallel's semaphore options: any of them runs the command as ``sem`` does.
+_SEMAPHORE_KEYS = frozenset({"semaphore", "sem_id", "sem_fg", "sem_bg", "sem_timeout",
+                             "sem_wait"})
+
+
+def _semaphore(out: Parsed) -> None:
+    """``pmrun --semaphore [-j N] CMD`` (GNU parallel's sem): the command's words one shell
+    line (``values["semaphore_line"]``); only -j and the semaphore's options go with it."""
+    values = out.values
+    values["semaphore"] = True
+    other = sorted({name for o, name in out.used.items()
+                    if o.key not in _SEMAPHORE_KEYS | {"jobs"}})
+    if other or len(out.sections) > 1 or (out.sections and out.sections[0].values):
+        raise UsageError(f"--semaphore runs one command with -j N and its own options, not "
+                         f"{other[0] if other else 'several programs'}")
+    if "sem_fg" in values and "sem_bg" in values:
+        raise UsageError("--fg and --bg: give one of them")
+    words = out.sections[0].argv if out.sections else []
+    if words:
+        values["semaphore_line"] = " ".join(words)
+    elif "sem_wait" not in values:
+        raise UsageError("--semaphore runs a command: give it (pmrun --semaphore CMD)")
+    out.sections.clear()
 
 
 def _piped_command(out: Parsed) -> None:
