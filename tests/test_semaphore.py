@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -117,3 +118,43 @@ def test_bad_semaphore_command_lines_are_named(pmrun: PmrunRunner, home: dict[st
 def test_srun_wait_seconds_is_still_sruns(pmrun: PmrunRunner) -> None:
     r = pmrun("--wait", "5", "-n", "2", "echo", "x")
     assert (r.returncode, r.stdout) == (0, "x\nx\n"), r.stderr
+
+
+def test_a_signal_ends_the_command_and_frees_the_slot(pmrun: PmrunRunner,
+                                                      pmrun_popen: PmrunStarter, tmp_path: Path,
+                                                      home: dict[str, str]) -> None:
+    pids = tmp_path / "pids"
+    # sh runs sleep as a child of its own: pmrun passes the signal to both.
+    first = pmrun_popen("--semaphore", "--fg", "--id", "sig",
+                        f"sleep 60 & echo $$ $! > {pids}.tmp; mv {pids}.tmp {pids}; wait",
+                        env=home)
+    until(pids.exists, "the command running")
+    waiter = pmrun_popen("--semaphore", "--fg", "--id", "sig", "echo never", env=home)
+    until(lambda: _waiting(waiter.pid), "the second one waiting for the slot")
+    waiter.send_signal(signal.SIGINT)  # (waiting for the slot: it leaves)
+    out, err = waiter.communicate(timeout=30)
+    assert (waiter.returncode, out, err) == (130, b"", b"")
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=30)
+    assert first.returncode == 143
+    for pid in map(int, pids.read_text().split()):
+        until(lambda pid=pid: not _alive(pid), f"process {pid} ended")  # type: ignore[misc]
+    r = pmrun("--semaphore", "--fg", "--id", "sig", "--st", "-5", "echo free", env=home)
+    assert (r.returncode, r.stdout) == (0, "free\n"), r.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _waiting(pid: int) -> bool:
+    """Whether ``pid`` pauses between its looks at the slots (asleep in a timer)."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return "nanosleep" in f.read()
+    except FileNotFoundError:
+        return False

@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,7 @@ import time
 from collections.abc import Mapping
 from urllib.parse import quote
 
+from pm.agent.memory import tree_pids
 from pm.proto.errors import UsageError
 
 #: Longest pause between two looks at the slots (they start at 1 ms and grow).
@@ -138,21 +140,62 @@ def wait_idle(folder: str) -> None:
         pause = min(pause * 1.5, MAX_PAUSE)
 
 
-def _grouped(line: str) -> int:
-    """Run ``line`` with its output held, then written whole: stdout, then stderr."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        code = subprocess.run(["/bin/sh", "-c", line], stdin=subprocess.DEVNULL, stdout=out,
-                              stderr=err).returncode
+class _Stopped(Exception):
+    """A signal that ends pmrun (Ctrl-C, SIGTERM, SIGHUP) reached it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
+
+
+def _command(line: str, grouped: bool) -> int:
+    """Run ``line`` (``grouped``: its output held, then written whole, stdout then stderr;
+    its stdin /dev/null); a signal that ends pmrun is passed on to its processes, which are
+    waited for."""
+    with contextlib.ExitStack() as stack:
+        out = err = None
+        if grouped:
+            out = stack.enter_context(tempfile.TemporaryFile())
+            err = stack.enter_context(tempfile.TemporaryFile())
+        proc = subprocess.Popen(["/bin/sh", "-c", line], stdout=out, stderr=err,
+                                stdin=subprocess.DEVNULL if grouped else None)
+        code: int | None = None
+        while code is None:
+            try:
+                code = proc.wait()
+            except _Stopped as stop:  # (to every process of the command: sh may not exec)
+                for pid in tree_pids(proc.pid):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, stop.signum)
         for held, fd in ((out, 1), (err, 2)):
+            if held is None:
+                continue
             held.seek(0)
             while chunk := held.read(65536):
                 with contextlib.suppress(OSError):
                     os.write(fd, chunk)
-    return code
+    return code if code >= 0 else 128 - code
 
 
 def run(values: Mapping[str, object]) -> int:
     """``pmrun --semaphore ...`` (see the module docstring); the exit status."""
+    from pm.quick import noted_signals
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
+    try:
+        for signum in noted_signals():  # (what reached pmrun while it imported)
+            raise _Stopped(signum)
+        return _run(values)
+    except _Stopped as stop:  # while waiting for a slot (the slot's holder lets it go)
+        return 128 + stop.signum
+
+
+def _run(values: Mapping[str, object]) -> int:
     from pm.ensemble.domain import cpu_slots, local_cores
     from pm.options import parse_jobs
 
@@ -187,7 +230,7 @@ def run(values: Mapping[str, object]) -> int:
                          "running without one\n")
     if values.get("sem_fg"):
         try:
-            return subprocess.run(["/bin/sh", "-c", line]).returncode
+            return _command(line, grouped=False)
         finally:
             if slot is not None:
                 slot.release()
@@ -197,9 +240,14 @@ def run(values: Mapping[str, object]) -> int:
         if slot is not None:
             os.close(slot.fd)
         return 0
-    try:
-        code = _grouped(line)
+    code = 1
+    try:  # (the child never returns into the caller's code)
+        code = _command(line, grouped=True)
+    except _Stopped as stop:  # before the command started
+        code = 128 + stop.signum
+    except Exception as exc:  # the command could not start: said, as the caller would
+        os.write(2, f"pmrun: semaphore {name}: {exc}\n".encode())
     finally:
         if slot is not None:
             slot.release()
-    os._exit(code)
+        os._exit(code)
