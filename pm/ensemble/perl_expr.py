@@ -144,8 +144,9 @@ class Perl:
             perl = shutil.which("perl")
             if perl is None:
                 raise UsageError("{= perl expression =} needs perl, which is not on the PATH")
+            # (In a process group of its own: Ctrl-C is pmrun's to act on, not perl's.)
             self._proc = subprocess.Popen([perl, "-e", _PROGRAM], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE)
+                                          stdout=subprocess.PIPE, process_group=0)
             atexit.register(self.close)
         return self._proc
 
