@@ -64,8 +64,7 @@ _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fano
                         "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output",
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
                         "merge_stderr", "timestamp_output", "distribution", "unbuffered",
-                        "rank_by",
-                        "kill_on_bad_exit"})
+                        "rank_by", "kill_on_bad_exit"})
 
 
 def parse(argv: list[str]) -> CliOptions:
@@ -133,8 +132,11 @@ def report_pid(where: str) -> None:
         stream.write(line)
         stream.flush()
         return
-    with open(where, "w") as f:
-        f.write(line)
+    try:
+        with open(where, "w") as f:
+            f.write(line)
+    except OSError as exc:
+        sys.stderr.write(f"pmrun: --report-pid {where}: {exc.strerror}\n")
 
 
 def build_info() -> str:

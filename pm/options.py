@@ -1454,7 +1454,6 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         if opt.kind == ACTION:
             out.action = opt.key
             return out
-
         if opt.kind in (FLAG, COUNT):
             if eq:
                 raise UsageError(f"{name} takes no value")
