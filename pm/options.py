@@ -1183,7 +1183,7 @@ OPTIONS = (
         help="each source's first argument (with --colsep: its first line's columns) "
              "names it: {NAME} in the command; with --pipe, stdin's first line (N: "
              "lines) goes before every block"),
-    Opt("--colsep", "colsep", regex, metavar="REGEX", group=MEMORY,
+    Opt("--colsep -C", "colsep", regex, metavar="REGEX", group=MEMORY,
         help="split each argument into columns where REGEX matches: {1} {2}... (as GNU "
              "parallel, e.g. --colsep , :::: params.csv)"),
     Opt("-S --sshlogin", "hosts", sshlogin, metavar="[N/]HOST,...", group=MEMORY,
@@ -1340,6 +1340,12 @@ ENVIRONMENT = (
 
 
 # ------------------------------------------------------------------ parsing
+#: srun's requests for resources: only an allocation (salloc, sbatch) grants them.
+_ALLOCATION = frozenset({"-p", "--partition", "-A", "--account", "--qos", "--reservation",
+                         "--constraint", "--mem", "--mem-per-cpu", "--mem-per-gpu",
+                         "--gres", "--gpus", "-G", "--gpus-per-node", "--gpus-per-task",
+                         "--exclusive", "--licenses"})
+
 #: Words that start GNU parallel's input sources (:mod:`pm.ensemble.inputs`) unless
 #: --arg-sep and --arg-file-sep name others (:func:`separators`).
 INPUT_SOURCES = frozenset({":::", ":::+", "::::", "::::+"})
@@ -1444,6 +1450,11 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             if short is not None and short.kind == VALUE and _attached(short, arg):
                 opt, name, eq, inline = short, arg[:2], "=", arg[2:]  # -n4, -j2: srun's
         if opt is None:
+            word = arg.partition("=")[0]
+            if word in _ALLOCATION:
+                raise UsageError(f"{word} asks Slurm for resources, which an allocation "
+                                 f"grants: give it to salloc or sbatch, and run pmrun inside "
+                                 "(it starts the ranks on the allocation's nodes)")
             raise UsageError(f"unknown option {arg} (see pmrun --help)")
         if name == "--wait" and not eq and not (i + 1 < len(argv) and _is_number(argv[i + 1])):
             # GNU parallel's --wait (for a semaphore's commands), not srun's --wait SECONDS.

@@ -697,6 +697,18 @@ def test_open_mpis_rank_by_numbers_each_nodes_ranks(pmrun: Run, argv: list[str],
     assert sorted(map(int, r.stdout.split())) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("argv", [["-p", "debug"], ["--partition=debug"], ["--mem", "4G"],
+                                  ["--exclusive"], ["-A", "proj"], ["--gres=gpu:1"]])
+def test_sruns_requests_for_an_allocation_are_refused_saying_where_they_go(
+        pmrun: Run, argv: list[str]) -> None:
+    r = pmrun(*argv, "-n", "1", "true")
+    word = argv[0].partition("=")[0]
+    assert (r.returncode, r.stdout, r.stderr) == (
+        2, "", f"pmrun: {word} asks Slurm for resources, which an allocation grants: give it "
+               "to salloc or sbatch, and run pmrun inside (it starts the ranks on the "
+               "allocation's nodes)\n")
+
+
 def test_hydras_options_that_mean_nothing_here_are_taken(pmrun: Run) -> None:
     r = pmrun("-disable-x", "-demux", "poll", "-topolib", "hwloc",
               "-disable-hostname-propagation", "-n", "1", "echo", "x")

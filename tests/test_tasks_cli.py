@@ -308,6 +308,7 @@ def parallel(tmp_path: Path, *args: str, input: str | None = None
     ["--link", "echo", ":::", "a", "b", "c", ":::", "1", "2"],
     ["--xapply", "echo", "{2}{1}", ":::", "a", "b", ":::+", "p", "q", ":::", "1", "2", "3"],
     ["--colsep", " ", "echo", "{2}-{1}-{5}", "::::", "rows.txt"],
+    ["-C", ",", "echo", "{2}", "::::", "params.csv"],
     ["-I", "ZZ", "echo", "ZZ.txt", "{}", "{.}", ":::", "a.b", "c"],  # {} as it is
     ["-q", "-I", "@", "echo", "@ {}", ":::", "x y"],
     # -L: N lines a task, a line that ends in a blank going on on the next.
