@@ -15,7 +15,8 @@ A slot is a lock (``flock``) on the file ``slot.K`` of the name's directory
 go of it however its holder ends, SIGKILL included, so a crashed command never
 keeps a slot.  A holder removes its file before it lets go (a waiter that had
 the old file open sees it is no longer the one the name holds and tries again),
-and the last one the directory, so an idle semaphore leaves nothing behind.
+and the last one the directory, so an idle semaphore leaves nothing behind (but the
+empty file of a holder killed by SIGKILL, until the name is used again).
 """
 
 from __future__ import annotations
