@@ -612,6 +612,11 @@ def _pe_of(value: str) -> tuple[str, str]:
     return value, ""
 
 
+#: Open MPI's ppr:N:RESOURCE objects, as pmrun's topology names them.
+PPR_OBJECTS = {"node": "node", "package": "package", "socket": "package", "numa": "numa",
+               "l3cache": "l3cache", "core": "core", "hwthread": "hwthread"}
+
+
 def map_by(value: str, opt: str) -> str:
     # Open MPI's :OVERSUBSCRIBE means nothing here: pmrun never refuses more ranks than cores.
     value = ":".join(w for w in value.split(":") if w.upper() != "OVERSUBSCRIBE") or "core"
@@ -621,11 +626,11 @@ def map_by(value: str, opt: str) -> str:
             raise UsageError(f"{opt} {value!r}: PE= takes a number of cores per rank")
         map_by(target, opt)
         return value
-    if value.lower().startswith("ppr:"):  # Open MPI's ranks per resource: per node, -ppn
+    if value.lower().startswith("ppr:"):  # Open MPI's N ranks per node, package, core...
         count, _, per = value[4:].partition(":")
-        if per.lower() != "node" or not count.isdigit() or int(count) < 1:
-            raise UsageError(f"{opt} {value!r}: of Open MPI's ppr:N:RESOURCE, pmrun takes "
-                             "ppr:N:node (N ranks per node, as -ppn N)")
+        if per.lower() not in PPR_OBJECTS or not count.isdigit() or int(count) < 1:
+            raise UsageError(f"{opt} {value!r}: Open MPI's ppr:N:RESOURCE takes a count and "
+                             f"{_or(sorted(PPR_OBJECTS))}")
         return value
     if value.lower() == "node":  # Open MPI's: a rank a node, round and round (cyclic)
         return value
@@ -1560,7 +1565,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     _flux_shell_option(out)
     _ensemble_only(out)
     _unbuffered(out, environ)
-    _open_mpi_mapping(out.values)
+    _open_mpi_mapping(out.values, environ)
     _srun_export(out)
     _flux_env(out, environ)
     _output_filename(out)
@@ -1871,9 +1876,12 @@ def _cpu_unit(values: dict[str, object]) -> str:
     return "hwthread" if values.get("hwthread_cpus") else "core"
 
 
-def _open_mpi_mapping(values: dict[str, object]) -> None:
+def _open_mpi_mapping(values: dict[str, object], environ: Mapping[str, str]) -> None:
     """Open MPI's ``--map-by`` words as pmrun's options: ``TARGET:PE=N`` binds N cores per
-    rank (``--bind-to core:N``), ``ppr:N:node`` is ``-ppn N``."""
+    rank (``--bind-to core:N``), ``ppr:N:node`` is ``-ppn N``, ``ppr:N:package`` (numa,
+    l3cache, core, hwthread) N a package: ``-ppn`` N times the node's packages, the
+    ranks mapped N to each in turn when bound (this machine's nodes only: the count needs
+    the node's topology before the plan)."""
     given = values.get("map_by")
     if not isinstance(given, str):
         return
@@ -1891,10 +1899,35 @@ def _open_mpi_mapping(values: dict[str, object]) -> None:
                              f"{values['distribution']} disagrees")
         del values["map_by"]
     elif mapped.lower().startswith("ppr:"):
-        per_node = int(mapped.split(":")[1])
+        _, count, per = mapped.lower().split(":")
+        obj = PPR_OBJECTS[per]
+        per_node = int(count) * _objects_here(obj, mapped, values, environ)
         if values.setdefault("ppn", per_node) != per_node:
             raise UsageError(f"--map-by {mapped} and -ppn {values['ppn']} disagree")
-        del values["map_by"]
+        if obj == "node":
+            del values["map_by"]
+        else:
+            values["map_by"] = f"ppr:{count}:{obj}"
+
+
+def _objects_here(obj: str, given: str, values: Mapping[str, object],
+                  environ: Mapping[str, str]) -> int:
+    """How many ``obj`` this machine has (1 for a node), for ``--map-by ppr:N:obj``;
+    :class:`UsageError` when the job runs on other hosts (their topology is theirs)."""
+    if obj == "node":
+        return 1
+    if {"hosts", "hostfile", "launcher", "nodes"} & values.keys() or environ.get("SLURM_JOB_ID"):
+        raise UsageError(f"--map-by {given}: pmrun counts the {obj} objects of this machine's "
+                         "nodes only (other hosts' are theirs to tell); give -ppn N")
+    from pm.agent.topology import discover
+
+    topo = discover(use_hwloc=False)
+    count = {"package": len(topo.packages), "numa": len(topo.numa_nodes),
+             "l3cache": len(topo.l3caches), "core": len(topo.cores),
+             "hwthread": len(topo.pus)}[obj]
+    if not count:
+        raise UsageError(f"--map-by {given}: this machine tells no {obj} objects")
+    return count
 
 
 def _output_filename(out: Parsed) -> None:

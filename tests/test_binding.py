@@ -392,3 +392,33 @@ def test_srun_cpu_bind_binds_the_ranks(tmp_path: object, quick: str) -> None:
                        capture_output=True, text=True, timeout=60, env=pmrun_env())
     assert (r.returncode, r.stderr) == (2, "pmrun: --cpu-bind cores and --bind-to none "
                                            "disagree\n")
+
+
+# ------------------------------------------------------------------ Open MPI's ppr:N:OBJECT
+
+
+@pytest.mark.parametrize(
+    ("bind", "map_by", "nlocal", "expected"),
+    [
+        # N ranks to each object, object after object (not round robin: map-by package).
+        ("core", "ppr:2:package", 4, ["0,16", "1,17", "8,24", "9,25"]),
+        ("core", "ppr:1:numa", 4, ["0,16", "4,20", "8,24", "12,28"]),
+        ("package", "ppr:3:socket", 6, [P0, P0, P0, P1, P1, P1]),
+        ("hwthread", "ppr:2:core", 4, ["0", "16", "1", "17"]),
+        ("core", "ppr:1:core", 3, ["0,16", "1,17", "2,18"]),
+        ("hwthread", "ppr:1:hwthread", 3, ["0", "16", "1"]),
+        ("numa", "ppr:1:l3cache", 4, [N0, N1, N2, N3]),
+    ],
+)
+def test_ppr_gives_each_object_its_ranks_in_turn(bind: str, map_by: str, nlocal: int,
+                                                 expected: list[str]) -> None:
+    result = compute_bindings(BIG, nlocal, bind, map_by)
+    assert (fmt(result), result.notice) == (expected, None)
+
+
+def test_parse_map_ppr() -> None:
+    assert parse_map("ppr:2:socket") == "ppr:2:package"
+    assert parse_map("PPR:1:NUMA") == "ppr:1:numa"
+    for bad in ("ppr:0:core", "ppr:x:core", "ppr:2:slot", "ppr:2:board", "ppr:2"):
+        with pytest.raises(BindingError, match="ppr:N:OBJECT takes a count"):
+            parse_map(bad)

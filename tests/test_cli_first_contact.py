@@ -13,6 +13,7 @@ import pytest
 from launch_util import pmrun_argv, pmrun_env
 
 from pm import options
+from pm.agent import topology
 from pm.cli import parse as full_parse
 from pm.options import OPTIONS
 from pm.proto.errors import UsageError
@@ -709,6 +710,18 @@ def test_sruns_requests_for_an_allocation_are_refused_saying_where_they_go(
                "allocation's nodes)\n")
 
 
+def test_open_mpis_ppr_per_core_runs_a_rank_on_each_core(pmrun: Run) -> None:
+    cores = topology.discover(use_hwloc=False).cores
+    r = pmrun("--map-by", "ppr:1:core", "--bind-to", "core", "--report-bindings", "sh", "-c",
+              'echo "$PMI_RANK"')
+    assert r.returncode == 0, r.stderr
+    assert sorted(map(int, r.stdout.split())) == list(range(len(cores)))
+    host = os.uname().nodename
+    assert sorted(r.stderr.splitlines()) == sorted(
+        f"rank {i} on {host}: cpus {topology.format_cpuset(core)}"
+        for i, core in enumerate(cores))
+
+
 def test_hydras_options_that_mean_nothing_here_are_taken(pmrun: Run) -> None:
     r = pmrun("-disable-x", "-demux", "poll", "-topolib", "hwloc",
               "-disable-hostname-propagation", "-n", "1", "echo", "x")
@@ -971,9 +984,20 @@ def test_open_mpi_placement_spellings_are_pmrun_s_options() -> None:
     assert full_parse(["--map-by", "ppr:3:node", "-ppn", "3", "prog"]).spec.ppn == 3
     with pytest.raises(UsageError, match=r"^--map-by ppr:2:node and -ppn 3 disagree$"):
         options.parse(["--map-by", "ppr:2:node", "-ppn", "3", "prog"], {})
-    with pytest.raises(UsageError, match=r"^--map-by 'ppr:2:socket': of Open MPI's "
-                                         r"ppr:N:RESOURCE, pmrun takes ppr:N:node \("):
-        options.parse(["--map-by", "ppr:2:socket", "prog"], {})
+    # ppr:N:OBJECT: N per package (numa, l3cache, core, hwthread) of this machine's nodes.
+    here = topology.discover(use_hwloc=False)
+    assert options.parse(["--map-by", "ppr:2:socket", "prog"], {}).values == {
+        "ppn": 2 * len(here.packages), "map_by": "ppr:2:package"}
+    assert options.parse(["--map-by", "ppr:1:core", "--local-nodes", "2", "prog"],
+                         {}).values["ppn"] == len(here.cores)
+    with pytest.raises(UsageError, match=r"^--map-by ppr:2:socket: pmrun counts the package "
+                                         r"objects of this machine's nodes only"):
+        options.parse(["--map-by", "ppr:2:socket", "-hosts", "a,b", "prog"], {})
+    with pytest.raises(UsageError, match=r"^--map-by ppr:1:numa: pmrun counts"):
+        options.parse(["--map-by", "ppr:1:numa", "prog"], {"SLURM_JOB_ID": "7"})
+    with pytest.raises(UsageError, match=r"^--map-by 'ppr:2:board': Open MPI's "
+                                         r"ppr:N:RESOURCE takes a count and core, hwthread"):
+        options.parse(["--map-by", "ppr:2:board", "prog"], {})
     # TARGET:PE=N: N cores per rank, bound (Open MPI's hybrid MPI+threads habit).
     assert options.parse(["--map-by", "slot:PE=2", "prog"], {}).values == {
         "map_by": "slot", "bind_to": "core:2"}

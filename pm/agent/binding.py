@@ -166,9 +166,19 @@ def parse_map(spec: str) -> str:
     """Parse a ``--map-by`` value to its canonical name; raises :class:`BindingError`.
 
     Canonical names: :data:`MAP_TARGETS` plus ``hwthread`` and ``l3cache``;
-    ``socket`` means ``package`` and ``numanode`` means ``numa``.
+    ``socket`` means ``package`` and ``numanode`` means ``numa``.  Open MPI's
+    ``ppr:N:OBJECT`` (package, numa, l3cache, core, hwthread): N ranks to each such
+    object, object after object.
     """
-    canonical = MAP_SPELLINGS.get(spec.strip().lower())
+    text = spec.strip().lower()
+    if text.startswith("ppr:"):
+        count, _, obj = text[4:].partition(":")
+        name = MAP_SPELLINGS.get(obj)
+        if not count.isdigit() or int(count) < 1 or name in (None, "slot"):
+            raise BindingError(f"unknown --map-by {spec!r}: ppr:N:OBJECT takes a count and "
+                               "one of package, numa, l3cache, core, hwthread")
+        return f"ppr:{int(count)}:{name}"
+    canonical = MAP_SPELLINGS.get(text)
     if canonical is None:
         accepted = ", ".join(sorted(MAP_SPELLINGS))
         raise BindingError(f"unknown --map-by {spec!r}: expected one of {accepted}")
@@ -196,10 +206,10 @@ def compute_bindings(
         return Bindings(())
     if policy.target == "user":
         return _user_bindings(topo, nlocal, policy)
-    if not topo.l3caches and "l3cache" in (policy.target, mapping):
+    if not topo.l3caches and "l3cache" in (policy.target, mapping.rpartition(":")[2]):
         return Bindings(None, "no L3 cache information on this node: not binding")
 
-    by_thread = "hwthread" in (policy.target, mapping)
+    by_thread = "hwthread" in (policy.target, mapping.rpartition(":")[2])
     if policy.count > 1:
         return _counted_bindings(topo, nlocal, policy, mapping)
     places = _places(topo, mapping, by_thread=by_thread, compact=policy.target == "hwthread")
@@ -277,6 +287,17 @@ def _places(topo: Topology, mapping: str, *, by_thread: bool, compact: bool) -> 
     A place is a core (its lowest PU) unless ``by_thread``, then each PU.
     """
     cores = [sorted(c) for c in topo.cores]
+    if mapping.startswith("ppr:"):  # N places of each object, object after object
+        _, count, kind = mapping.split(":")
+        if kind == "hwthread":
+            return [pu for core in cores for pu in core]  # (one place each)
+        if kind == "core":
+            return [pu for core in cores for pu in _spread_within([core], by_thread)[:int(count)]]
+        owners = {"numa": topo.numa_nodes, "package": topo.packages,
+                  "l3cache": topo.l3caches}[kind]
+        return [pu for owner in owners
+                for pu in _spread_within([c for c in cores if c[0] in owner],
+                                         by_thread)[:int(count)]]
     if mapping == "hwthread" or (mapping == "slot" and compact):
         # Compact: a core's hardware threads, then the next core.
         return [pu for core in cores for pu in core]
