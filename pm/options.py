@@ -1916,7 +1916,9 @@ def _objects_here(obj: str, given: str, values: Mapping[str, object],
     :class:`UsageError` when the job runs on other hosts (their topology is theirs)."""
     if obj == "node":
         return 1
-    if {"hosts", "hostfile", "launcher", "nodes"} & values.keys() or environ.get("SLURM_JOB_ID"):
+    if {"hosts", "hostfile", "launcher", "nodes"} & values.keys() or any(
+            environ.get(v) for v in ("SLURM_JOB_ID", "PBS_NODEFILE", "LSB_DJOB_HOSTFILE",
+                                     "HYDRA_HOST_FILE")):  # (an allocation's other hosts)
         raise UsageError(f"--map-by {given}: pmrun counts the {obj} objects of this machine's "
                          "nodes only (other hosts' are theirs to tell); give -ppn N")
     from pm.agent.topology import discover
