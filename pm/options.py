@@ -1161,6 +1161,9 @@ OPTIONS = (
         metavar="SECONDS", group=MEMORY,
         help="--semaphore: after SECONDS without a slot run all the same; -SECONDS: give "
              "up (exit status 1)"),
+    Opt("--roundrobin --round-robin", "roundrobin", kind=FLAG, group=MEMORY,
+        help="--pipe's blocks to as many runs of the command as task slots, each reading "
+             "block after block to the end of stdin (for a command slow to start)"),
     Opt("--cat", "cat", kind=FLAG, group=MEMORY,
         help="--pipe's block in a temporary file of --tmpdir whose name is {} (appended "
              "if the command has none), removed when the run ends"),
@@ -1555,8 +1558,14 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         _multi_prog(out)
     if "cat" in out.values and "fifo" in out.values:
         raise UsageError("--cat and --fifo: give one of them (a file, or a named pipe)")
-    if ("cat" in out.values or "fifo" in out.values) and "pipepart" not in out.values:
+    if ({"cat", "fifo", "roundrobin"} & out.values.keys()) and "pipepart" not in out.values:
         out.values["pipe"] = True  # (GNU parallel's: they are --pipe's)
+    if "roundrobin" in out.values:
+        clash = next((n for o, n in out.used.items()
+                      if o.key in ("retries", "hosts", "cat", "fifo", "dry_run")), None)
+        if clash is not None:
+            raise UsageError(f"--roundrobin feeds runs on this machine block after block, "
+                             f"as they read: not with {clash}")
     if "pipe" in out.values or "pipepart" in out.values:
         _piped_command(out)
     elif "arg_files" in out.values or (len(out.sections) == 1 and "tasks" not in out.values):
@@ -1743,7 +1752,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "eof", "no_empty", "trim", "link", "replace", "arg_sep", "arg_file_sep",
                   "recend", "recstart", "regexp", "memfree",
                   "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice",
-                  "files", "tmpdir", "max_lines", "plus", "cat", "fifo")
+                  "files", "tmpdir", "max_lines", "plus", "cat", "fifo", "roundrobin")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

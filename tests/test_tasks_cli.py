@@ -677,6 +677,55 @@ def test_cat_and_fifo_files_are_private_and_go_however_the_run_ends(pmrun: Run,
                                            "or a named pipe)\n")
 
 
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
+def test_pipe_lines_number_their_runs_as_gnu_parallel(pmrun: Run, tmp_path: Path) -> None:
+    """{#} is a run's number, {} nothing; -v prints each run's line."""
+    data = "".join(f"{i}\n" for i in range(10))
+    tail = ["-k", "--pipe", "-N", "3", "cat > o.{#}; echo [{}] {#} $(wc -l < o.{#})"]
+    want = parallel(tmp_path, *tail, input=data)
+    r = pmrun(*tail, input=data)
+    assert (r.returncode, r.stdout) == (0, want.stdout), r.stderr
+    assert want.stdout.splitlines()[-1] == "[] 4 1"
+    want = parallel(tmp_path, "-v", *tail, input=data)
+    r = pmrun("-v", *tail, input=data)
+    assert (r.returncode, r.stdout) == (0, want.stdout), r.stderr
+    r = pmrun("--pipe", "echo {2}", input=data)
+    assert (r.returncode, r.stderr) == (2, "pmrun: {2} names input source 2: there is 1\n")
+
+
+def test_roundrobin_feeds_block_after_block_to_a_run_per_slot(pmrun: Run,
+                                                               tmp_path: Path) -> None:
+    data = "".join(f"{i}\n" for i in range(60000))
+    r = pmrun("--roundrobin", "-j", "3", "--block", "10k", "cat > out.{#}; wc -l < out.{#}",
+              input=data)
+    assert r.returncode == 0, r.stderr
+    counts = list(map(int, r.stdout.split()))
+    assert len(counts) == 3 and sum(counts) == 60000, counts  # three runs, every line once
+    parts = [(tmp_path / f"out.{k}").read_text() for k in (1, 2, 3)]
+    assert sorted("".join(parts).splitlines(), key=int) == data.splitlines()
+    for part in parts:  # each run read whole blocks, in their order
+        lines = list(map(int, part.split()))
+        assert lines == sorted(lines)
+    if PARALLEL is not None:  # (the same lines, shared as parallel shares them)
+        want = parallel(tmp_path, "--pipe", "--roundrobin", "-j", "3", "--block", "10k",
+                        "wc -l", input=data)
+        assert sum(map(int, want.stdout.split())) == sum(counts)
+
+
+def test_roundrobin_ends_when_its_runs_leave_and_refuses_what_it_cannot_do(
+        pmrun: Run) -> None:
+    data = "".join(f"{i}\n" for i in range(60000))
+    r = pmrun("--roundrobin", "-j", "2", "--block", "10k", "head -1", input=data)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.split()) == 2 and "0" in r.stdout.split()
+    for argv, clash in [(["--retries", "2"], "--retries"), (["-S", "host1"], "-S"),
+                        (["--cat"], "--cat")]:
+        r = pmrun("--roundrobin", *argv, "cat")
+        assert (r.returncode, r.stderr) == (2, "pmrun: --roundrobin feeds runs on this machine "
+                                               f"block after block, as they read: not with "
+                                               f"{clash}\n")
+
+
 def test_pipepart_refuses_what_it_cannot_cut(pmrun: Run, tmp_path: Path) -> None:
     (tmp_path / "data").write_text("a\n")
     for argv, message in [

@@ -29,6 +29,7 @@ from pm.ensemble.inputs import (
     chunked,
     combinations,
     fill,
+    has_replacement,
     shaping,
     split_columns,
     spread,
@@ -43,7 +44,7 @@ from pm.ensemble.scheduler import (
     with_arguments,
     with_quoted_words,
 )
-from pm.ensemble.task import Task, TaskResult
+from pm.ensemble.task import InputStream, Task, TaskResult
 from pm.options import parse_jobs, separators, source_words
 from pm.proto.errors import PMError
 
@@ -102,7 +103,7 @@ async def _pipe(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Blocks
         block = await blocks.next()
         if block is None or ens.stopping:
             return
-        spec = dataclasses.replace(line, index=index)
+        spec = numbered(line, index)
         console.expect(index)
         env = None
         if temp is not None:
@@ -141,6 +142,71 @@ def _temp_input(spec: TaskSpec, fifo: bool) -> TaskSpec:
              else f'{line} "$PARALLEL_TMP"')
     script = (_FIFO if fifo else _CAT).format(line=shown)
     return dataclasses.replace(spec, argv=("sh", "-c", script), line=shown, words=())
+
+
+async def _roundrobin(ens: Ensemble, console: Console, line: TaskSpec,
+                      blocks: _Blocks) -> None:
+    """``--roundrobin``: as many runs of ``line`` as there are task slots (at most one a
+    block), each reading block after block of stdin as it takes them: the next block goes
+    to the run with the least still to read, once one has taken all it was given.  Once
+    every run left (closed its stdin), no more is read."""
+    streams: list[InputStream] = []
+    waits: list[asyncio.Task[bool]] = []
+    try:
+        while not ens.stopping:
+            block = await blocks.next()
+            if block is None or ens.stopping:
+                return
+            if len(streams) < max(1, ens.slot_count):
+                stream = InputStream()
+                # (The runs start together: they share the input, so none waits for
+                # another's size to be measured; a --mem-per-task bound still counts.)
+                spec = dataclasses.replace(numbered(line, len(streams)),
+                                           mem=0 if line.mem is None else line.mem)
+                console.expect(spec.index)
+                ens.add(spec.argv, spec=spec, stdin=stream)
+                streams.append(stream)
+            else:
+                while True:
+                    live = [s for s in streams if not s.gone]
+                    if not live:
+                        return
+                    if any(not s.pending for s in live):
+                        break
+                    waits = [asyncio.ensure_future(s.drained.wait()) for s in live]
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    for w in waits:
+                        w.cancel()
+                stream = min(live, key=lambda s: s.pending)
+            stream.put(block)
+    finally:
+        for w in waits:
+            w.cancel()
+        for stream in streams:
+            stream.end()
+
+
+def numbered(line: TaskSpec, index: int) -> TaskSpec:
+    """``--pipe``'s line for its run ``index``: ``{#}`` its number, ``{%}`` its slot, ``{}``
+    nothing (GNU parallel's); :class:`UsageError` for a string that names a source."""
+    text = line.argv[2]
+    if not has_replacement(text):
+        return dataclasses.replace(line, index=index)
+    run = fill(text, [""], index + 1)
+    shown = line.line if line.line != text else run
+    if shown is not run and has_replacement(shown):  # (--cat/--fifo: the command inside)
+        shown = fill(shown, [""], index + 1)
+    return dataclasses.replace(line, index=index, argv=(*line.argv[:2], run), line=shown)
+
+
+def _pipe_line(line: TaskSpec, temp: bool) -> Callable[[int], bytes]:
+    """-v's line of --pipe's run ``index`` (:func:`numbered`)."""
+
+    def command(index: int) -> bytes:
+        spec = numbered(line, index)
+        return os.fsencode(spec.line if temp else spec.argv[2])
+
+    return command
 
 
 def _unescape(separator: str) -> bytes:
@@ -590,6 +656,9 @@ async def run_cli(opts: CliOptions) -> int:
     def shown(spec: TaskSpec) -> str:  # the line -v and the log show
         return spec.line if temp is not None else spec.argv[2]
 
+    if "pipe" in extra:  # (a replacement string that names a source: said now)
+        numbered(specs[0], 0)
+
     if "dry_run" in extra:
         PERL.close()
         sys.stdout.write("".join(f"{s.argv[2]}\n" for s in specs))
@@ -612,7 +681,7 @@ async def run_cli(opts: CliOptions) -> int:
         lines = {s.index: os.fsencode(shown(s)) for s in specs}
         command = lines.__getitem__
         if "pipe" in extra:  # (the runs are numbered as their blocks come)
-            command = functools.partial(_same, lines[0])
+            command = _pipe_line(specs[0], temp is not None)
     if "tmpdir" in extra:  # (--files, and output held past 1 MiB: pm.ensemble.console)
         tempfile.tempdir = extra["tmpdir"]
     console = Console(opts.verbose, os.isatty(2), group=mode == "group", tag=tag,
@@ -698,7 +767,9 @@ async def run_cli(opts: CliOptions) -> int:
                                  records=int(extra.get("max_args", "0")),
                                  lines=int(extra.get("max_lines", "0")))
                 blocks.warn = console.message
-                producer = asyncio.ensure_future(_pipe(ens, console, specs[0], blocks, temp))
+                producer = asyncio.ensure_future(
+                    _roundrobin(ens, console, specs[0], blocks) if "roundrobin" in extra
+                    else _pipe(ens, console, specs[0], blocks, temp))
                 try:
                     await producer
                 except asyncio.CancelledError:

@@ -66,7 +66,7 @@ from pm.ensemble.scheduler import (
     TaskSpec,
     TaskStatus,
 )
-from pm.ensemble.task import Task, TaskResult
+from pm.ensemble.task import InputStream, Task, TaskResult
 from pm.jobspec import JobSpec
 from pm.options import JOBS_FORMS, cpu_rule, parse_jobs
 from pm.proto.errors import ResourceLimit, defect
@@ -269,7 +269,7 @@ class Ensemble:
     # ----------------------------------------------------------------- submitting
     def add(self, argv: Sequence[str], mem: str | int | None = None, *,
             env: dict[str, str] | None = None, wdir: str | None = None,
-            spec: TaskSpec | None = None, stdin: bytes | None = None) -> Task:
+            spec: TaskSpec | None = None, stdin: bytes | InputStream | None = None) -> Task:
         """Queue a task without waiting for its admission (``spec``: a parsed line;
         ``stdin``: what its runs read there, else /dev/null)."""
         if self._closed:

@@ -24,7 +24,7 @@ from pm.agent.spawn import Guardian, SpawnError, resolve
 from pm.agent.started import RankStart, start_local
 from pm.agent.watch import ChildWatch
 from pm.common.output import STDERR, STDOUT, LineBuffer, read_pipe
-from pm.ensemble.task import Task
+from pm.ensemble.task import InputStream, Task
 
 __all__ = ["DRAIN", "LocalRunner", "signal_tree", "tree_anon"]
 
@@ -77,7 +77,10 @@ class LocalRunner:
             return 127
         task.pid = r.pid
         if r.stdin_fd >= 0:
-            _feed(loop, r.stdin_fd, task.stdin or b"")
+            if isinstance(task.stdin, InputStream):
+                _stream(loop, r.stdin_fd, task.stdin)
+            else:
+                _feed(loop, r.stdin_fd, task.stdin or b"")
             r.stdin_fd = -1
         open_fds = {STDOUT: r.out_fd, STDERR: r.err_fd}
         # Lines, but a task's bytes as they are: a line longer than MAX_LINE comes in
@@ -148,6 +151,49 @@ def _feed(loop: asyncio.AbstractEventLoop, fd: int, data: bytes) -> None:
         os.close(fd)
 
     loop.add_writer(fd, more)
+
+
+def _stream(loop: asyncio.AbstractEventLoop, fd: int, stream: InputStream) -> None:
+    """Write ``stream``'s blocks to the pipe ``fd`` as they come and the task takes them,
+    then close it (owning ``fd``); a reader that goes away leaves the stream."""
+    os.set_blocking(fd, False)
+    view = memoryview(b"")
+    watching = False
+
+    def more() -> None:
+        nonlocal view, watching
+        try:
+            while True:
+                if not view:
+                    if not stream.blocks:
+                        break
+                    view = memoryview(stream.blocks.popleft())
+                wrote = os.write(fd, view[:PIPE_CHUNK])
+                view = view[wrote:]
+                stream.took(wrote)
+        except BlockingIOError:
+            return
+        except OSError:  # the task closed its stdin, or ended
+            stream.leave()
+            view = memoryview(b"")
+        if stream.gone or stream.ended:
+            stream.wake = None
+            if watching:
+                loop.remove_writer(fd)
+            os.close(fd)
+            return
+        if watching:  # nothing to write until more comes
+            loop.remove_writer(fd)
+            watching = False
+
+    def wake() -> None:
+        nonlocal watching
+        if not watching:
+            loop.add_writer(fd, more)
+            watching = True
+
+    stream.wake = wake
+    wake()
 
 
 #: What one write to a task's stdin pipe offers.

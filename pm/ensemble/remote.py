@@ -109,6 +109,8 @@ class RemoteRunner:
         self.running[task.index] = host
         try:
             if task.stdin is not None:
+                # (--roundrobin's streams are this machine's: pm.options refuses hosts.)
+                assert isinstance(task.stdin, bytes)
                 h.send(TaskInput(task.index, task.stdin).records())
             h.send(TaskStart(task.index, list(task.argv), env, task.wdir).line())
             return await fut

@@ -10,11 +10,13 @@ Callers import both names from :mod:`pm.ensemble`, which re-exports them.
 from __future__ import annotations
 
 import asyncio
+import collections
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pm.ensemble.scheduler import TaskSpec
 
-__all__ = ["Task", "TaskResult"]
+__all__ = ["InputStream", "Task", "TaskResult"]
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,59 @@ class TaskResult:
         return self.returncode == 0
 
 
+class InputStream:
+    """What a task reads on stdin, given as it comes (GNU parallel's ``--roundrobin``:
+    block after block, then its end); its runner writes it as the task reads it."""
+
+    def __init__(self) -> None:
+        self.blocks: collections.deque[bytes] = collections.deque()
+        #: Bytes given and not yet written to the task.
+        self.pending = 0
+        self.ended = False
+        #: The task closed its stdin or ended: what it is given is dropped.
+        self.gone = False
+        #: Told when there is more to write (or the end); set by the runner.
+        self.wake: Callable[[], None] | None = None
+        #: Told when the task took what it had been given (or left).
+        self.drained = asyncio.Event()
+        self.drained.set()
+
+    def put(self, block: bytes) -> None:
+        if self.gone or self.ended:
+            return
+        self.blocks.append(block)
+        self.pending += len(block)
+        self.drained.clear()
+        if self.wake is not None:
+            self.wake()
+
+    def end(self) -> None:
+        self.ended = True
+        if self.wake is not None:
+            self.wake()
+
+    def took(self, nbytes: int) -> None:
+        """The runner wrote ``nbytes`` of it."""
+        self.pending -= nbytes
+        if not self.pending:
+            self.drained.set()
+
+    def leave(self) -> None:
+        """The task will read no more: drop what is left."""
+        self.gone = True
+        self.blocks.clear()
+        self.pending = 0
+        self.drained.set()
+
+
 class Task:
     """A submitted task: ``await task.wait()`` gives its :class:`TaskResult`."""
 
     def __init__(self, spec: TaskSpec, env: dict[str, str], wdir: str | None,
-                 stdin: bytes | None = None) -> None:
+                 stdin: bytes | InputStream | None = None) -> None:
         self.spec = spec
-        #: What its runs read on stdin (``--pipe``'s block), None: /dev/null.
+        #: What its runs read on stdin (``--pipe``'s block, ``--roundrobin``'s blocks as
+        #: they come), None: /dev/null.
         self.stdin = stdin
         self.env = env
         self.wdir = wdir
