@@ -718,6 +718,8 @@ def test_roundrobin_ends_when_its_runs_leave_and_refuses_what_it_cannot_do(
     r = pmrun("--roundrobin", "-j", "2", "--block", "10k", "head -1", input=data)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.split()) == 2 and "0" in r.stdout.split()
+    r = pmrun("--roundrobin", "-j", "2", "--block", "10k", "exit 3", input=data)  # (read none)
+    assert r.returncode == 1 and "2 tasks: 0 succeeded, 2 failed" in r.stderr, r.stderr
     for argv, clash in [(["--retries", "2"], "--retries"), (["-S", "host1"], "-S"),
                         (["--cat"], "--cat")]:
         r = pmrun("--roundrobin", *argv, "cat")

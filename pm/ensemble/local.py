@@ -58,6 +58,14 @@ class LocalRunner:
         stream, data).  ``task.pid`` is the run's while it runs.  Returns its shell status;
         ``task.exit_rss`` is then the largest resident size of its processes (the kernel's
         account; it counts ours as well, which a spawned process shares until its exec)."""
+        try:
+            return await self._run(task, env, emit)
+        finally:
+            if isinstance(task.stdin, InputStream):  # (however the run ended: it reads no more)
+                task.stdin.leave()
+
+    async def _run(self, task: Task, env: dict[str, str],
+                   emit: Callable[[Task, int, bytes], None]) -> int:
         full = self._base_env()
         full.update(env)
         try:
