@@ -102,6 +102,7 @@ class Perl:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._buf = bytearray()  # what perl said past the last field read
+        self._registered = False  # (close at exit, for a caller that does not)
 
     def value(self, expr: str, arg: str, args: tuple[str, ...] | list[str], seq: int,
               total: int) -> Value:
@@ -147,7 +148,10 @@ class Perl:
             # (In a process group of its own: Ctrl-C is pmrun's to act on, not perl's.)
             self._proc = subprocess.Popen([perl, "-e", _PROGRAM], stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, process_group=0)
-            atexit.register(self.close)
+            self._buf.clear()
+            if not self._registered:
+                atexit.register(self.close)
+                self._registered = True
         return self._proc
 
     def close(self) -> None:
