@@ -833,6 +833,23 @@ def parse_jobs(text: str) -> int | str | None:
     return text if text != "cores" and cpu_rule(text) else None
 
 
+def jobs_value(given: str) -> int | str:
+    """-j's value as the tasks take it: a count, a :func:`cpu_rule`, or what the file
+    ``given`` says now (GNU parallel's ``-j FILE``).  :class:`UsageError` for a file
+    that cannot be read or says none of these."""
+    jobs = parse_jobs(given)
+    if jobs is not None:
+        return jobs
+    try:
+        with open(given, encoding="utf-8", errors="replace") as f:
+            jobs = parse_jobs(f.read(4096))
+    except OSError as exc:
+        raise UsageError(f"-j {given}: {exc.strerror}") from None
+    if jobs is None:
+        raise UsageError(f"-j {given}: the file says no number of tasks (N, +N, -N or N%)")
+    return jobs
+
+
 def task_slots(value: str, opt: str) -> str:
     """``-j``: tasks at once per host (0 for no limit but memory), a :func:`cpu_rule`, or a
     file that says one (GNU parallel's ``-j procfile``, read again as tasks end)."""

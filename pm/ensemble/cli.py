@@ -45,7 +45,7 @@ from pm.ensemble.scheduler import (
     with_quoted_words,
 )
 from pm.ensemble.task import InputStream, Task, TaskResult
-from pm.options import parse_jobs, separators, source_words
+from pm.options import jobs_value, parse_jobs, separators, source_words
 from pm.proto.errors import PMError
 
 if TYPE_CHECKING:
@@ -193,9 +193,8 @@ def numbered(line: TaskSpec, index: int) -> TaskSpec:
     if not has_replacement(text):
         return dataclasses.replace(line, index=index)
     run = fill(text, [""], index + 1)
-    shown = line.line if line.line != text else run
-    if shown is not run and has_replacement(shown):  # (--cat/--fifo: the command inside)
-        shown = fill(shown, [""], index + 1)
+    # (The line as written: the same, or --cat/--fifo's command the script runs.)
+    shown = run if line.line == text else fill(line.line, [""], index + 1)
     return dataclasses.replace(line, index=index, argv=(*line.argv[:2], run), line=shown)
 
 
@@ -451,15 +450,8 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
     if jobs is None:
         out["jobs"] = "cores"  # GNU parallel's default: one task per CPU thread
     else:  # (checked by pm.options.task_slots: a count, a CPU rule or a file)
-        out["jobs"] = parse_jobs(jobs)
-        if out["jobs"] is None:  # GNU parallel's -j FILE: what it says now, read again later
-            try:
-                out["jobs"] = parse_jobs(_read_text(jobs)[:4096])
-            except OSError as exc:
-                raise UsageError(f"-j {jobs}: {exc.strerror}") from None
-            if out["jobs"] is None:
-                raise UsageError(f"-j {jobs}: the file says no number of tasks (N, +N, -N "
-                                 "or N%)")
+        out["jobs"] = jobs_value(jobs)
+        if parse_jobs(jobs) is None:  # GNU parallel's -j FILE: what it says now, read again later
             out["jobs_file"] = jobs
     overrun = extra.get("mem_overrun", "warn")
     if overrun not in ("warn", "kill", "suspend"):

@@ -85,10 +85,9 @@ class LocalRunner:
             return 127
         task.pid = r.pid
         if r.stdin_fd >= 0:
-            if isinstance(task.stdin, InputStream):
-                _stream(loop, r.stdin_fd, task.stdin)
-            else:
-                _feed(loop, r.stdin_fd, task.stdin or b"")
+            given = task.stdin
+            stdin = given if isinstance(given, InputStream) else InputStream.whole(given or b"")
+            _stream(loop, r.stdin_fd, stdin)
             r.stdin_fd = -1
         open_fds = {STDOUT: r.out_fd, STDERR: r.err_fd}
         # Lines, but a task's bytes as they are: a line longer than MAX_LINE comes in
@@ -140,30 +139,10 @@ class LocalRunner:
         self._guardian.release()
 
 
-def _feed(loop: asyncio.AbstractEventLoop, fd: int, data: bytes) -> None:
-    """Write ``data`` to the pipe ``fd`` as it takes it, then close it (owning ``fd``);
-    a reader that goes away ends it early."""
-    os.set_blocking(fd, False)
-    view = memoryview(data)
-
-    def more() -> None:
-        nonlocal view
-        try:
-            while view:
-                view = view[os.write(fd, view[:PIPE_CHUNK]):]
-        except BlockingIOError:
-            return
-        except OSError:  # the task closed its stdin, or ended
-            pass
-        loop.remove_writer(fd)
-        os.close(fd)
-
-    loop.add_writer(fd, more)
-
-
 def _stream(loop: asyncio.AbstractEventLoop, fd: int, stream: InputStream) -> None:
     """Write ``stream``'s blocks to the pipe ``fd`` as they come and the task takes them,
-    then close it (owning ``fd``); a reader that goes away leaves the stream."""
+    then, at its end, close it (owning ``fd``); a reader that goes away leaves the
+    stream."""
     os.set_blocking(fd, False)
     view = memoryview(b"")
     watching = False

@@ -198,7 +198,7 @@ def run(values: Mapping[str, object]) -> int:
 
 def _run(values: Mapping[str, object]) -> int:
     from pm.ensemble.domain import cpu_slots, local_cores
-    from pm.options import parse_jobs
+    from pm.options import jobs_value
 
     name = str(values.get("sem_id") or default_name())
     folder = os.path.join(home(), quote(name, safe=""))
@@ -207,15 +207,7 @@ def _run(values: Mapping[str, object]) -> int:
         if "semaphore_line" not in values:
             return 0
     given = str(values.get("jobs", "1"))
-    jobs = parse_jobs(given)
-    if jobs is None:  # (-j FILE: its count)
-        try:
-            with open(given) as f:
-                jobs = parse_jobs(f.read())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"-j {given}: cannot be read ({exc})") from None
-        if jobs is None:
-            raise UsageError(f"-j {given}: the file says no number of slots")
+    jobs = jobs_value(given)
     slots = cpu_slots(jobs, local_cores()) if isinstance(jobs, str) else int(jobs or 0)
     if slots < 1 and jobs != 0:
         raise UsageError(f"-j {given} leaves no slot for the semaphore")

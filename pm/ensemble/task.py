@@ -60,8 +60,16 @@ class InputStream:
         self.drained = asyncio.Event()
         self.drained.set()
 
+    @classmethod
+    def whole(cls, data: bytes) -> InputStream:
+        """All there is at once: ``data`` (``--pipe``'s block), then the end."""
+        stream = cls()
+        stream.put(data)
+        stream.end()
+        return stream
+
     def put(self, block: bytes) -> None:
-        if self.gone or self.ended:
+        if self.gone or self.ended or not block:
             return
         self.blocks.append(block)
         self.pending += len(block)
