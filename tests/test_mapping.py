@@ -13,7 +13,7 @@ import threading
 import uuid
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pm.common.mapping import (
@@ -229,11 +229,15 @@ def process_mapping_of_prefix(prefix: list[int]) -> str:
 
 
 @given(st.integers(1, 200), st.lists(st.integers(1, 8), min_size=1, max_size=10))
+@example(192, [1, 2])  # 64 passes over two nodes: too long to write
 @settings(max_examples=300, deadline=None)
 def test_round_trip_of_hydra_placements(n: int, slots: list[int]) -> None:
     nodes = place(n, slots)
     value = process_mapping(nodes)
-    assert value
+    if not value:
+        # Many passes over small nodes: the whole value would not fit in a PMI value.
+        assert len(process_mapping_of_prefix(nodes)) > MAX_MAPPING_LEN
+        return
     assert parse_process_mapping(value, n) == nodes
     # At most a block per node for each pass over the nodes.
     assert block_count(value) <= len(slots) * -(-n // sum(slots))
