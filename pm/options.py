@@ -1344,6 +1344,8 @@ OPTIONS = (
         help="print pmrun's version, what it serves and what it found here, and exit"),
     Opt("-v --verbose -verbose", "verbose", kind=COUNT, group=MISC,
         help="say what pmrun does (twice: debug)"),
+    Opt("-Q --quiet -quiet", "quiet", kind=COUNT, quick=True, group=MISC,
+        help="say only what went wrong: no warnings (srun's -Q, Open MPI's --quiet)"),
     Opt("--version -version", "version", kind=ACTION, group=MISC,
         help="print the version and exit"),
     Opt("-h --help -help", "help", kind=ACTION, group=MISC, help="show this help and exit"),
@@ -1400,9 +1402,9 @@ class Section:
 
 
 def log_level(verbose: int) -> int:
-    """The logging level ``-v`` given ``verbose`` times asks for: WARNING, INFO, DEBUG
-    (as numbers: this module is read before ``logging`` is imported)."""
-    return 30 if verbose <= 0 else 20 if verbose == 1 else 10
+    """The logging level ``-v`` given ``verbose`` times asks for: WARNING, INFO, DEBUG, or
+    ERROR after ``-Q`` (as numbers: this module is read before ``logging`` is imported)."""
+    return 40 if verbose < 0 else 30 if verbose == 0 else 20 if verbose == 1 else 10
 
 
 class Parsed:
@@ -1494,7 +1496,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             if eq:
                 raise UsageError(f"{name} takes no value")
             if opt.kind == COUNT:
-                out.verbose += 1
+                out.verbose += -1 if opt.key == "quiet" else 1
             elif opt.key:
                 (sec.values if opt.local else out.values)[opt.key] = opt.const
             i += 1

@@ -394,6 +394,26 @@ def test_srun_cpu_bind_binds_the_ranks(tmp_path: object, quick: str) -> None:
                                            "disagree\n")
 
 
+
+@pytest.mark.skipif(len(discover().pus) < 2, reason="needs two CPUs")
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_quiet_keeps_the_notices_and_not_the_errors(quick: str) -> None:
+    """-Q (srun's, Open MPI's --quiet): a notice (more ranks than cpu sets) is not said; an
+    error still is."""
+    from launch_util import pmrun_argv, pmrun_env
+
+    env = pmrun_env({"PM_QUICK": quick})
+    line = ["-n", "3", "--bind-to", "user:0,1", "true"]
+    r = subprocess.run(pmrun_argv(*line), capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0 and "reusing them round robin" in r.stderr, r
+    for quiet in ("-Q", "--quiet"):
+        r = subprocess.run(pmrun_argv(quiet, *line), capture_output=True, text=True,
+                           timeout=60, env=env)
+        assert (r.returncode, r.stderr) == (0, ""), r
+    r = subprocess.run(pmrun_argv("-Q", "-n", "2", "sh", "-c", "exit 3"), capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode == 3 and "exited with code 3" in r.stderr, r
+
 # ------------------------------------------------------------------ Open MPI's ppr:N:OBJECT
 
 
