@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import enum
 import functools
-import itertools
 import logging
 import os
 import signal
@@ -26,9 +25,8 @@ from pm.agent.owned import Owned
 from pm.agent.watch import ExitStatus
 from pm.bootstrap.base import head_relays
 from pm.common.mapping import (
+    job_placement,
     local_ranks,
-    place,
-    place_apps,
     process_mapping,
     programs_nodes,
 )
@@ -190,16 +188,11 @@ class JobRun:
             # each program's nodes are the plan's to say from now on.)
             self.nodes = Nodes(hosts, [nodes.slots[i] for i in kept], nodes.fanout,
                                nodes.bootstrap)
-            node_of_rank = place_apps([a.n for a in spec.apps], app_nodes, app_slots,
-                                      spec.distribution)
         else:
             slots = sequence_slots(spec, len(hosts), nodes.slots)
-            node_of_rank = place(spec.size, slots, spec.distribution)
-        if spec.rank_by:  # Open MPI's --rank-by: each program's ranks numbered anew
-            from pm.common.mapping import ranked
-
-            starts = list(itertools.accumulate([a.n for a in spec.apps[:-1]], initial=0))
-            node_of_rank = ranked(node_of_rank, spec.rank_by, starts)
+        # (Open MPI's --rank-by: each program's ranks numbered anew on their nodes.)
+        node_of_rank = job_placement([a.n for a in spec.apps], slots, spec.distribution,
+                                     app_nodes, app_slots, spec.rank_by)
         #: The node of each rank (its place in the plan's hosts).
         self.node_of_rank = node_of_rank
         used = max(node_of_rank) + 1
@@ -218,7 +211,7 @@ class JobRun:
             mem_high=spec.mem_high, mem_low=spec.mem_low, mem_overrun=spec.mem_overrun,
             universe_size=spec.universe_size, stdin_rank=spec.stdin_rank,
             stdin_file=spec.stdin_file or "", distribution=spec.distribution,
-            app_nodes=app_nodes, app_slots=app_slots, cwd=_cwd(),
+            app_nodes=app_nodes, app_slots=app_slots, cwd=_cwd(), rank_by=spec.rank_by,
         )
         if not sim:
             from pm.agent.pmix_detect import wants_pmix

@@ -691,11 +691,19 @@ def test_open_mpis_rank_by_numbers_each_nodes_ranks(pmrun: Run, argv: list[str],
                                                     want: list[str]) -> None:
     host = os.uname().nodename
     r = pmrun("--display-map", "--local-nodes", "2", "-ppn", "3", *argv, "-n", "5", "sh", "-c",
-              'echo "$PMI_RANK"')
+              'echo "$PMI_RANK $MPI_LOCALRANKID"')
     assert r.returncode == 0, r.stderr
     assert r.stderr.splitlines() == [f"pmrun: rank map: node {i} ({host}): {ranks}"
                                      for i, ranks in enumerate(want)]
-    assert sorted(map(int, r.stdout.split())) == [0, 1, 2, 3, 4]
+    # Each node's agent starts the ranks the map gives it, numbered in order there.
+    local = dict(line.split() for line in r.stdout.splitlines())
+    ranks = [[r for part in node.split(",") for r in _span(part)] for node in want]
+    assert local == {str(r): str(i) for node in ranks for i, r in enumerate(node)}
+
+
+def _span(part: str) -> list[int]:
+    lo, _, hi = part.partition("-")
+    return list(range(int(lo), int(hi or lo) + 1))
 
 
 @pytest.mark.parametrize("argv", [["-p", "debug"], ["--partition=debug"], ["--mem", "4G"],

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_MAPPING_LEN",
     "Block",
     "MappingError",
+    "job_placement",
     "local_ranks",
     "parse_process_mapping",
     "place",
@@ -141,6 +142,22 @@ def place_apps(counts: Sequence[int], app_nodes: Sequence[Sequence[int]],
     for n, nodes, slots in zip(counts, app_nodes, app_slots, strict=True):
         out += [nodes[i] for i in place(n, slots, distribution)]
     return out
+
+
+def job_placement(counts: Sequence[int], slots: Sequence[int], distribution: str = "block",
+                  app_nodes: Sequence[Sequence[int]] = (),
+                  app_slots: Sequence[Sequence[int]] = (), rank_by: str = "") -> list[int]:
+    """The node of each rank of a job whose programs have ``counts[i]`` ranks: placed by
+    the nodes' ``slots`` (or each program on its own ``app_nodes``, :func:`place_apps`),
+    then numbered as ``rank_by`` says (:func:`ranked`).  The head and every agent place a
+    job's ranks with this one function."""
+    if app_nodes:
+        nodes = place_apps(counts, app_nodes, app_slots, distribution)
+    else:
+        nodes = place(sum(counts), slots, distribution)
+    if rank_by:
+        nodes = ranked(nodes, rank_by, list(itertools.accumulate(counts[:-1], initial=0)))
+    return nodes
 
 
 def programs_nodes(counts: Sequence[int], ppn: int | None, distribution: str,

@@ -109,15 +109,16 @@ class JobPlan(Record):
     #: The launcher's working directory: where a program without a ``wdir`` runs, on
     #: every node where it exists (as Hydra, Open MPI and srun do); "": the agent's own.
     cwd: str = ""
+    #: Open MPI's ``--rank-by``: how each node's ranks are numbered once placed, "block" or
+    #: "cyclic" (:func:`pm.common.mapping.ranked`); "": as placed.
+    rank_by: str = ""
 
     def node_of_rank(self) -> list[int]:
         """The node (index into :attr:`hosts`) of each rank."""
-        from pm.common.mapping import place, place_apps
+        from pm.common.mapping import job_placement
 
-        if self.app_nodes:
-            return place_apps([a.n for a in self.apps], self.app_nodes, self.app_slots,
-                              self.distribution)
-        return place(self.size, self.slots, self.distribution)
+        return job_placement([a.n for a in self.apps], self.slots, self.distribution,
+                             self.app_nodes, self.app_slots, self.rank_by)
 
     def app_of_rank(self, rank: int) -> int:
         first = 0

@@ -56,8 +56,8 @@ from pm.proto.record import Message, pack_default
 MAC_LEN = 16
 #: 2: frames are [envelope, body]; 3: typed records (plans, items); 4: BLAKE2b MACs;
 #: 5: exits and aborts carry the time their agent learned of them; 6: Started says whether
-#: a spawned job's ranks need their spawner
-PROTOCOL_VERSION = 6
+#: a spawned job's ranks need their spawner; 7: plans carry --rank-by
+PROTOCOL_VERSION = 7
 
 #: Directions of a tree link (bound under an envelope's tag).
 UP = 1  # child to parent
