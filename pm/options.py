@@ -1096,6 +1096,10 @@ OPTIONS = (
         help="at most N ssh connections starting at once (default 32)"),
     Opt("--agents", "agents", readable_file, metavar="FILE", group=LAUNCH,
         help="use running pm-agent services listed in FILE (host:port per line)"),
+    Opt("-rmk --rmk", "rmk", choice("slurm", "pbs", "lsf"), metavar="slurm|pbs|lsf",
+        group=LAUNCH,
+        help="Hydra's: the hosts are this resource manager's allocation (pmrun finds a "
+             "Slurm, PBS/Torque or LSF job by itself)"),
     Opt("--iface -iface", "iface", iface, metavar="NAME|ADDR", group=LAUNCH,
         help="network interface the agents listen on for their children, on every node "
              "(an address: the head's only)"),

@@ -302,6 +302,32 @@ def test_pbs_and_lsf_host_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         batch_hosts({"LSB_DJOB_HOSTFILE": "/no/such"})
 
 
+def test_hydras_rmk_picks_whose_allocation(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """-rmk slurm|pbs|lsf: the hosts are that resource manager's, even beside another's;
+    outside one, one line says so."""
+    for var in ("SLURM_JOB_NODELIST", "SLURM_JOB_ID", "PBS_NODEFILE", "LSB_DJOB_HOSTFILE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match=r"^-rmk slurm: this is not inside a Slurm "
+                                         r"allocation \(no SLURM_JOB_NODELIST\)$"):
+        bootstrap_options({"rmk": "slurm"})
+    with pytest.raises(ValueError, match=r"^-rmk lsf: this is not inside a LSF job "):
+        bootstrap_options({"rmk": "lsf"})
+    pbs, lsf = tmp_path / "pbs", tmp_path / "lsf"
+    pbs.write_text("p1\np1\n")
+    lsf.write_text("l1\nl2\n")
+    monkeypatch.setenv("PBS_NODEFILE", str(pbs))
+    monkeypatch.setenv("LSB_DJOB_HOSTFILE", str(lsf))
+    assert default_hosts(bootstrap_options({})) == [("p1", 2)]  # (the first found)
+    assert default_hosts(bootstrap_options({"rmk": "lsf"})) == [("l1", 1), ("l2", 1)]
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "n[1-2]")
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    assert bootstrap_options({})["name"] == "slurm"
+    opts = bootstrap_options({"rmk": "pbs"})
+    assert opts["name"] == "ssh" and default_hosts(opts) == [("p1", 2)]
+    assert bootstrap_options({"rmk": "slurm"})["name"] == "slurm"
+
+
 def test_first_agents_start_before_the_head_listens() -> None:
     from pm.bootstrap import early
     from pm.jobspec import AppSpec, JobSpec

@@ -74,6 +74,28 @@ def _in_allocation(hosts: Sequence[str], environ: Mapping[str, str]) -> bool:
     return all(h in nodes for h in hosts)
 
 
+#: Hydra's -rmk names pmrun reads, and the host file variable of the batch systems.
+RESOURCE_MANAGERS = {"slurm": "", "pbs": "PBS_NODEFILE", "lsf": "LSB_DJOB_HOSTFILE"}
+
+
+def _resource_manager(rmk: str, name: str | None, hosts_given: bool | Sequence[str],
+                      environ: Mapping[str, str]) -> tuple[str | None, str | bool]:
+    """The launcher and batch host file that Hydra's ``-rmk RMK`` asks for: the hosts are
+    that resource manager's allocation (unless hosts are given); ``ValueError`` when this
+    is not inside one."""
+    if rmk == "slurm":
+        if not (environ.get("SLURM_JOB_NODELIST") and environ.get("SLURM_JOB_ID")):
+            raise ValueError("-rmk slurm: this is not inside a Slurm allocation "
+                             "(no SLURM_JOB_NODELIST)")
+        return name or (None if hosts_given else "slurm"), False
+    var = RESOURCE_MANAGERS[rmk]
+    if not environ.get(var):
+        raise ValueError(f"-rmk {rmk}: this is not inside a {rmk.upper()} job (no {var})")
+    if name or hosts_given:
+        return name, False
+    return "ssh", var
+
+
 def bootstrap_options(extra: Mapping[str, str],
                       hosts_given: bool | Sequence[str] = False) -> dict[str, Any]:
     """The bootstrap dict (``JobPlan.bootstrap``) for the launcher options of the command line.
@@ -93,7 +115,10 @@ def bootstrap_options(extra: Mapping[str, str],
 
     name = extra.get("launcher")
     exec_value = extra.get("launcher_exec")
-    batch = False
+    batch: str | bool = False
+    rmk = extra.get("rmk")
+    if rmk:  # Hydra's -rmk: whose allocation the hosts come from
+        name, batch = _resource_manager(rmk, name, hosts_given, os.environ)
     if not name:
         if exec_value is not None and is_template(exec_value):
             name = "exec"
@@ -144,7 +169,7 @@ def bootstrap_options(extra: Mapping[str, str],
     elif name == "slurm":
         opts["start"] = "step"
     if batch:
-        opts["batch"] = True
+        opts["batch"] = batch
     elif name == "persistent":
         if not extra.get("agents"):
             raise ValueError("--launcher persistent needs --agents FILE")
@@ -165,7 +190,8 @@ def default_hosts(options: Mapping[str, Any]) -> list[tuple[str, int | None]] | 
 
         from pm.common.hostlist import batch_hosts
 
-        return [(h.host, h.slots) for h in batch_hosts(os.environ) or []]
+        var = options["batch"] if isinstance(options["batch"], str) else None
+        return [(h.host, h.slots) for h in batch_hosts(os.environ, var) or []]
     if name == "slurm":
         from pm.bootstrap.slurm import allocation_hosts
 

@@ -350,20 +350,24 @@ def parse_hostfile(text: str) -> list[HostSlots]:
 BATCH_HOSTFILES = (("PBS_NODEFILE", "PBS/Torque"), ("LSB_DJOB_HOSTFILE", "LSF"))
 
 
-def batch_hostfile(env: Mapping[str, str]) -> tuple[str, str] | None:
-    """``(variable, path)`` of the host file a PBS/Torque or LSF job has, if any."""
+def batch_hostfile(env: Mapping[str, str], only: str | None = None
+                   ) -> tuple[str, str] | None:
+    """``(variable, path)`` of the host file a PBS/Torque or LSF job has, if any (``only``:
+    that variable's)."""
     for var, _system in BATCH_HOSTFILES:
+        if only is not None and var != only:
+            continue
         path = env.get(var)
         if path:
             return var, path
     return None
 
 
-def batch_hosts(env: Mapping[str, str]) -> list[HostSlots] | None:
+def batch_hosts(env: Mapping[str, str], only: str | None = None) -> list[HostSlots] | None:
     """The hosts and slots of a PBS/Torque (``PBS_NODEFILE``) or LSF
-    (``LSB_DJOB_HOSTFILE``) job, or None outside one.  ``HostlistError`` names the file
-    when it cannot be read."""
-    found = batch_hostfile(env)
+    (``LSB_DJOB_HOSTFILE``) job (``only``: that variable's), or None outside one.
+    ``HostlistError`` names the file when it cannot be read."""
+    found = batch_hostfile(env, only)
     if found is None:
         return None
     var, path = found
