@@ -301,6 +301,8 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
     where = _first_nodes(opts, _skip_launch_node(opts, _where(opts)))
     if any(app.hosts for app in opts.spec.apps):
         where = _program_hosts(opts, where)
+    if "rankfile" in opts.extra:
+        where = _rankfile(opts, where)
     if where is not None and not opts.fanout_given and where[2].get("name") == "ssh":
         from pm.bootstrap.ssh import DEFAULT_FANOUT
 
@@ -319,6 +321,62 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
             s is not None for s in where[1]):
         # No -n: one rank per slot the allocation or host file gives (Hydra, srun).
         opts.spec.apps[0].n = sum(int(s or 0) for s in where[1])
+    return where
+
+
+def _rankfile(opts: CliOptions,
+              where: tuple[list[str], list[int | None], dict[str, object]] | None
+              ) -> tuple[list[str], list[int | None], dict[str, object]] | None:
+    """Open MPI's rankfile: each rank's node (``spec.placement``, indices into the job's
+    hosts) and cores (``spec.rank_slots``).  A host named ``+nK`` is the K-th host given
+    (or local node); other names are hosts given, or, given none, the job's hosts in the
+    order the file first names them.  Without -n the job has as many ranks as the file."""
+    from pm.common.hostlist import is_this_machine
+    from pm.common.rankfile import RankfileError, parse
+    from pm.options import file_text
+
+    spec, path = opts.spec, opts.extra["rankfile"]
+    try:
+        lines = parse(file_text(path), f"rankfile {path}")
+    except RankfileError as exc:
+        raise UsageError(str(exc)) from None
+    for given, what in ((spec.ppn is not None, "-ppn"), (spec.rank_by, "--rank-by"),
+                        (any(a.hosts for a in spec.apps), "a program's own -host"),
+                        (opts.bind_given and any(ln.slot for ln in lines), "--bind-to")):
+        if given:
+            raise UsageError(f"--rankfile {path} places (and binds) every rank: {what} "
+                             "disagrees")
+    if not opts.n_given and len(spec.apps) == 1:
+        spec.apps[0].n = len(lines)
+        opts.n_given = True
+    if spec.size > len(lines):
+        raise UsageError(f"--rankfile {path} places {len(lines)} ranks: the job has "
+                         f"{spec.size}")
+    lines = lines[:spec.size]
+    named = list(dict.fromkeys(ln.host for ln in lines if ln.host))
+    if where is None and not opts.local_nodes and not all(map(is_this_machine, named)):
+        opts.hosts = ",".join(named)  # (the file's hosts as -hosts: ssh to other machines)
+        where = _where(opts)
+    # (This machine's nodes, given no hosts: named by their place alone.)
+    hosts = where[0] if where is not None else [f"+n{k}" for k in range(opts.local_nodes or 1)]
+    placement: list[int] = []
+    for rank, line in enumerate(lines):
+        if line.relative is not None:
+            node = line.relative
+            if node >= len(hosts):
+                raise UsageError(f"--rankfile {path}: rank {rank} is on +n{node}, the job "
+                                 f"has {len(hosts)} host{'s' * (len(hosts) > 1)}")
+        elif line.host in hosts:
+            node = hosts.index(line.host)
+        elif where is None and is_this_machine(line.host) and len(hosts) == 1:
+            node = 0
+        else:
+            raise UsageError(f"--rankfile {path}: rank {rank} is on {line.host}, not one of "
+                             f"the job's hosts ({', '.join(hosts[:4])}"
+                             f"{', ...' if len(hosts) > 4 else ''})")
+        placement.append(node)
+    spec.placement = placement
+    spec.rank_slots = [ln.slot for ln in lines] if any(ln.slot for ln in lines) else []
     return where
 
 

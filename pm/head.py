@@ -191,8 +191,9 @@ class JobRun:
         else:
             slots = sequence_slots(spec, len(hosts), nodes.slots)
         # (Open MPI's --rank-by: each program's ranks numbered anew on their nodes.)
-        node_of_rank = job_placement([a.n for a in spec.apps], slots, spec.distribution,
-                                     app_nodes, app_slots, spec.rank_by)
+        node_of_rank = list(spec.placement) or job_placement(
+            [a.n for a in spec.apps], slots, spec.distribution, app_nodes, app_slots,
+            spec.rank_by)
         #: The node of each rank (its place in the plan's hosts).
         self.node_of_rank = node_of_rank
         used = max(node_of_rank) + 1
@@ -212,6 +213,7 @@ class JobRun:
             universe_size=spec.universe_size, stdin_rank=spec.stdin_rank,
             stdin_file=spec.stdin_file or "", distribution=spec.distribution,
             app_nodes=app_nodes, app_slots=app_slots, cwd=_cwd(), rank_by=spec.rank_by,
+            placement=list(spec.placement), rank_slots=list(spec.rank_slots),
         )
         if not sim:
             from pm.agent.pmix_detect import wants_pmix

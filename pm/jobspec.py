@@ -64,6 +64,10 @@ class JobSpec:
     #: How the ranks a node got are numbered (Open MPI's --rank-by): "" as the
     #: distribution lays them, "block" a node's consecutive, "cyclic" one a node in turn.
     rank_by: str = ""
+    #: Each rank's node, given (Open MPI's rankfile): placement and numbering alone say
+    #: nothing then; and each rank's cores there (a rankfile's slot=, "" for none).
+    placement: list[int] = field(default_factory=list)
+    rank_slots: list[str] = field(default_factory=list)
     kvs: str = "shm"
     bind_to: str = "none"
     map_by: str = "core"

@@ -634,6 +634,16 @@ def map_by(value: str, opt: str) -> str:
         return value
     if value.lower() == "node":  # Open MPI's: a rank a node, round and round (cyclic)
         return value
+    if value.lower().startswith("rankfile"):  # Open MPI 5's rankfile:file=FILE
+        key, _, path = value[len("rankfile:"):].partition("=")
+        if value[8:9] != ":" or key.lower() != "file" or not path:
+            raise UsageError(f"{opt} {value!r}: Open MPI's rankfile mapping is "
+                             "rankfile:file=FILE")
+        try:
+            readable_file(path, opt)
+        except UsageError as exc:
+            raise UsageError(f"{opt} {value}: {str(exc).rsplit(': ', 1)[-1]}") from None
+        return value
     return _binding(value, opt, "parse_map", "--map-by")
 
 
@@ -963,6 +973,9 @@ OPTIONS = (
         help="slot, hwthread, core, l3cache, numa, package; Open MPI's ppr:N:node is -ppn N, "
              "node is --distribution cyclic, and TARGET:PE=N binds N cores per rank "
              "(--bind-to core:N)"),
+    Opt("-rf --rankfile -rankfile", "rankfile", readable_file, metavar="FILE", group=PLACE,
+        help="Open MPI's: each rank's host and cores from 'rank N=HOST slot=LIST' lines "
+             "(--map-by rankfile:file=FILE; HOST +nK: the K-th host given)"),
     Opt("--distribution", "distribution", distribution, metavar="block|cyclic|plane=N",
         quick=True, group=PLACE,
         help="srun's -m: block (default: each node's ranks together), cyclic (a rank a node, "
@@ -1917,6 +1930,10 @@ def _open_mpi_mapping(values: dict[str, object], environ: Mapping[str, str]) -> 
     given = values.get("map_by")
     if not isinstance(given, str):
         return
+    if given.lower().startswith("rankfile:"):
+        values["rankfile"] = given.partition("=")[2]
+        del values["map_by"]
+        return
     mapped, pe = _pe_of(given)
     if pe:  # N cores per rank, bound
         values["map_by"] = mapped
@@ -2242,6 +2259,8 @@ def quick_ok(parsed: Parsed, environ: Mapping[str, str]) -> bool:
     """Whether the quick path (:mod:`pm.quick`) runs this job: one program on this machine,
     and only options it knows."""
     if parsed.action or len(parsed.sections) != 1 or "tasks_line" in parsed.values:
+        return False
+    if "rankfile" in parsed.values:  # (also from --map-by rankfile:file=, a quick option)
         return False
     if environ.get("PM_QUICK", "1").strip() == "0":
         return False

@@ -31,6 +31,7 @@ BAD_VALUE = {
     "output_filename": "",
     "error": "/no/such/dir/err", "launcher": "rocket", "launcher_exec": "",
     "ssh": "", "user": "", "ssh_limit": "many", "agents": "/no/such/agents",
+    "rankfile": "/no/such/rankfile", "rmk": "sge",
     "iface": "", "join_timeout": "0", "heartbeat": "-1", "local_nodes": "0",
     "fanout": "x", "kvs": "disk", "profile": "/nonexistent/x.json", "sim_ranks": "",
     "sim_value_size": "", "sim_exchange": "", "sim_gets": "", "tasks": "",
@@ -706,6 +707,46 @@ def _span(part: str) -> list[int]:
     return list(range(int(lo), int(hi or lo) + 1))
 
 
+def test_open_mpis_rankfile_places_and_binds_each_rank(pmrun: Run, tmp_path: Path) -> None:
+    host = os.uname().nodename
+    (tmp_path / "rf").write_text("rank 0=+n1 slot=1\nrank 1=+n0 slot=0:0\nrank 2=+n1\n")
+    show = 'echo "$PMI_RANK $MPI_LOCALRANKID $PMI_SIZE"'
+    r = pmrun("--local-nodes", "2", "-rf", "rf", "--display-map", "--report-bindings",
+              "sh", "-c", show, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["0 0 3", "1 0 3", "2 1 3"]
+    lines = r.stderr.splitlines()
+    assert lines[:2] == [f"pmrun: rank map: node 0 ({host}): 1",
+                         f"pmrun: rank map: node 1 ({host}): 0,2"], r.stderr
+    if len(topology.discover(use_hwloc=False).cores) >= 2:  # (no slot: every CPU)
+        assert sorted(lines[2:])[:2] == [f"rank 0 on {host}: cpus 1",
+                                         f"rank 1 on {host}: cpus 0"], r.stderr
+    # On this machine by its names; -n takes the first ranks; Open MPI 5's spelling.
+    (tmp_path / "here").write_text(f"rank 0={host}\nrank 1=localhost\nrank 2={host}\n")
+    r = pmrun("--map-by", "rankfile:file=here", "-n", "2", "sh", "-c", show, cwd=tmp_path)
+    assert (r.returncode, sorted(r.stdout.splitlines())) == (0, ["0 0 2", "1 1 2"]), r.stderr
+
+
+@pytest.mark.parametrize(("text", "argv", "message"), [
+    ("rank 0=+n1\n", [], "--rankfile rf: rank 0 is on +n1, the job has 1 host"),
+    ("rank 0=+n0\n", ["-n", "2"], "--rankfile rf places 1 ranks: the job has 2"),
+    ("rank 0=+n0 slot=0\n", ["--bind-to", "core"],
+     "--rankfile rf places (and binds) every rank: --bind-to disagrees"),
+    ("rank 0=+n0\n", ["-ppn", "1"], "--rankfile rf places (and binds) every rank: -ppn "),
+    ("rank 0=elsewhere\n", ["-hosts", "h1"],
+     "--rankfile rf: rank 0 is on elsewhere, not one of the job's hosts (h1)"),
+    ("rank 0=+n0 slot=a\n", [], "rankfile rf line 1: slot=a: 'a' is not a core"),
+    ("rank 0=+n0 slot=9999\n", ["--local-nodes", "2"],
+     "rankfile: rank 0 on node 0 ("),
+])
+def test_a_rankfile_pmrun_cannot_follow_is_named(pmrun: Run, tmp_path: Path, text: str,
+                                                 argv: list[str], message: str) -> None:
+    (tmp_path / "rf").write_text(text)
+    r = pmrun("-rf", "rf", *argv, "true", cwd=tmp_path)
+    assert r.returncode in (2, 255) and r.stderr.startswith(f"pmrun: {message}"), r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+
+
 @pytest.mark.parametrize("argv", [["-p", "debug"], ["--partition=debug"], ["--mem", "4G"],
                                   ["--exclusive"], ["-A", "proj"], ["--gres=gpu:1"]])
 def test_sruns_requests_for_an_allocation_are_refused_saying_where_they_go(
@@ -884,7 +925,7 @@ def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
         (tmp_path / "hosts").write_text("localhost\n")
         words = [str(tmp_path / "hosts")]
     else:
-        words = ([] if opt.kind == options.FLAG else GOOD_FOR_NAME[name]
+        words = ([] if opt.kind in (options.FLAG, options.COUNT) else GOOD_FOR_NAME[name]
                  if name in GOOD_FOR_NAME else GOOD_VALUE[opt.key])
     argv = [name, *words, "prog", "arg"]
     q = quick_parse(argv, dict(os.environ))  # (as the full parser reads it)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -507,3 +508,49 @@ def test_ranked_numbers_each_nodes_ranks_as_open_mpis_rank_by(
     assert got == want
     for lo, hi in itertools.pairwise([*starts, len(node_of_rank)]):  # the same counts
         assert sorted(got[lo:hi]) == sorted(node_of_rank[lo:hi])
+
+
+# ------------------------------------------------------------------ Open MPI's rankfile
+
+
+def test_rankfile_lines_are_read_in_rank_order() -> None:
+    from pm.common.rankfile import RankLine, parse
+
+    text = "# ranks\nrank 1=+n2 slot=0:1-2  # a comment\n\nRANK 0 = aa\nrank 2=bb slot=3,5\n"
+    assert parse(text) == [RankLine("aa", None, ""), RankLine("", 2, "0:1-2"),
+                           RankLine("bb", None, "3,5")]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "no rank in the file"),
+    ("rank 0=aa\nrank 0=bb\n", "line 2: rank 0 is placed twice"),
+    ("rank 1=aa\n", "rank 0 is missing"),
+    ("rank 0 aa\n", "line 1: 'rank 0 aa' is not 'rank N=HOST slot=LIST'"),
+    ("rank 0=aa slot=2-1\n", "line 1: slot=2-1: the range 2-1 runs backwards"),
+    ("rank 0=aa slot=*\n", "line 1: slot=*: '*' is not a core"),
+    ("rank 0=aa slot=0:*,3\n", "nothing follows '0:*' but another package"),
+])
+def test_rankfile_mistakes_are_named(text: str, message: str) -> None:
+    from pm.common.rankfile import RankfileError, parse
+
+    with pytest.raises(RankfileError, match=re.escape(message)):
+        parse(text, "f")
+
+
+def test_rankfile_slots_are_logical_cores_or_a_packages() -> None:
+    from pm.common.rankfile import RankfileError, slot_cpus
+
+    # Two packages of two cores, two hardware threads each: PUs 0,4 / 1,5 / 2,6 / 3,7.
+    cores = [frozenset({c, c + 4}) for c in range(4)]
+    packages = [cores[0] | cores[1], cores[2] | cores[3]]
+    assert slot_cpus("1-2", cores, packages) == {1, 5, 2, 6}
+    assert slot_cpus("1:0", cores, packages) == {2, 6}
+    assert slot_cpus("0:1,1:*", cores, packages) == {1, 5, 2, 6, 3, 7}
+    assert slot_cpus("0,1:1", cores, packages) == {0, 4, 3, 7}
+    with pytest.raises(RankfileError,
+                       match=re.escape("core 2 does not exist in package 1 (it has 2)")):
+        slot_cpus("1:2", cores, packages)
+    with pytest.raises(RankfileError, match="package 2 does not exist here"):
+        slot_cpus("2:0", cores, packages)
+    with pytest.raises(RankfileError, match="core 4 does not exist on this node"):
+        slot_cpus("4", cores, packages)

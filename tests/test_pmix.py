@@ -104,6 +104,29 @@ def test_open_mpi_sees_the_nodes_ranks_were_dealt_to(pmrun: Run, tmp_path: Path)
         "0 node 0,2,4", "1 node 1,3", "2 node 0,2,4", "3 node 1,3", "4 node 0,2,4"], r.stdout
 
 
+@needs_wheel
+def test_open_mpi_runs_by_its_own_rankfile(pmrun: Run, tmp_path: Path) -> None:
+    """Open MPI's rankfile (-rf, and 5's --map-by rankfile:file=): each rank on the node the
+    file names, numbered there in rank order, bound to the cores it names."""
+    assert OMPI is not None
+    prog = script(tmp_path, "peers.py", """
+        import os
+        from mpi4py import MPI
+
+        world = MPI.COMM_WORLD
+        node = world.Split_type(MPI.COMM_TYPE_SHARED)
+        cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+        print(world.rank, "node", ",".join(map(str, node.allgather(world.rank))), "cpus",
+              cpus if len(os.sched_getaffinity(0)) < os.cpu_count() else "all", flush=True)
+    """)
+    (tmp_path / "ranks").write_text("rank 0=+n1 slot=0\nrank 1=+n0\nrank 2=+n1 slot=0:0\n")
+    for how in (["-rf", "ranks"], ["--map-by", "rankfile:file=ranks"]):
+        r = pmrun("--local-nodes", "2", *how, OMPI, str(prog), env=ENV, timeout=100)
+        assert r.returncode == 0, r.stderr
+        assert sorted(r.stdout.splitlines()) == [
+            "0 node 0,2 cpus 0", "1 node 1 cpus all", "2 node 0,2 cpus 0"], r.stdout
+
+
 def _wheel_bin() -> Path:
     assert OMPI is not None
     return Path(OMPI).parent

@@ -187,7 +187,8 @@ class JobAgent:
         # The PMIx server starts (in a thread) while the topology is discovered.
         pmix = self.owned.spawn(self._start_pmix()) if plan.pmix else None
         topo = None
-        xml = None if plan.bind_to not in ("", "none") else topo_share.cached_xml()
+        binds = plan.bind_to not in ("", "none") or bool(plan.rank_slots)
+        xml = None if binds else topo_share.cached_xml()
         if xml is None:
             try:
                 topo = await asyncio.to_thread(topo_share.node_topology)
@@ -202,7 +203,7 @@ class JobAgent:
             self.extra_env.update(HWLOC_XMLFILE=path, HWLOC_THISSYSTEM="1")
             self.job_attrs["PMI_hwloc_xmlfile"] = path
         self.topology = topo
-        if topo is not None and plan.bind_to not in ("", "none"):
+        if topo is not None and binds:
             self._bind(topo)
         if pmix is not None:
             self._open_pmix(await pmix, topo)
@@ -253,20 +254,23 @@ class JobAgent:
         from pm.agent.binding import compute_bindings, report_line
 
         taken = taken or []
-        b = compute_bindings(topo, len(taken) + len(self.local), self.plan.bind_to,
-                             self.plan.map_by or "core")
-        if b.notice:
-            log.warning("node %d: %s", self.vertex, b.notice)
-        self.cpusets = None
-        if b.cpusets is not None:
-            busy = list(taken)
-            mine: list[frozenset[int]] = []
-            for place in b.cpusets:
-                if place in busy:
-                    busy.remove(place)
-                else:
-                    mine.append(place)
-            self.cpusets = mine[:len(self.local)]
+        if self.plan.rank_slots:  # Open MPI's rankfile: each rank's own cores
+            self.cpusets = [self._slot_cpus(topo, r) for r in self.local]
+        else:
+            b = compute_bindings(topo, len(taken) + len(self.local), self.plan.bind_to,
+                                 self.plan.map_by or "core")
+            if b.notice:
+                log.warning("node %d: %s", self.vertex, b.notice)
+            self.cpusets = None
+            if b.cpusets is not None:
+                busy = list(taken)
+                mine: list[frozenset[int]] = []
+                for place in b.cpusets:
+                    if place in busy:
+                        busy.remove(place)
+                    else:
+                        mine.append(place)
+                self.cpusets = mine[:len(self.local)]
         if self.plan.report_bindings:
             out = []
             for i, r in enumerate(self.local):
@@ -274,6 +278,20 @@ class JobAgent:
                 line = (report_line(r, self.host, cpus) + "\n").encode()
                 out.append(t.RankOutput(r, STDERR, line))
             self.parent.send(t.Output(out))
+
+    def _slot_cpus(self, topo: Any, rank: int) -> frozenset[int]:
+        """A rank's rankfile slot as its CPUs here (all of the node's for no slot)."""
+        from pm.agent.binding import BindingError
+        from pm.common.rankfile import RankfileError, slot_cpus
+
+        slot = self.plan.rank_slots[rank]
+        if not slot:
+            return frozenset(topo.pus)
+        try:
+            return slot_cpus(slot, topo.cores, topo.packages)
+        except RankfileError as exc:
+            raise BindingError(f"rankfile: rank {rank} on node {self.vertex} "
+                               f"({self.host}): {exc}") from None
 
     def _open_shm(self) -> None:
         """Open the node's shared-memory KVS on the first native client (MPI ranks never use it)."""

@@ -61,8 +61,8 @@ def prestart(hosts: list[str], given: list[int | None], options: dict[str, Any],
     """Start vertex 0's and its children's commands (``start == "first"``), or the one
     command that starts every agent (``"step"``), if the bootstrap is one that can.
     ``app_nodes``: each program's own nodes (``pm.common.nodes.Nodes.app_nodes``)."""
-    if options.get("start") not in ("first", "step") or not spec.apps:
-        return
+    if options.get("start") not in ("first", "step") or not spec.apps or spec.placement:
+        return  # (a rankfile's hosts: the plan's nodes are the ranks' own, started later)
     from pm.bootstrap import get_bootstrap
     from pm.bootstrap.exec import CommandBootstrap
     from pm.common.kary_tree import Tree

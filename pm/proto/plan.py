@@ -112,11 +112,18 @@ class JobPlan(Record):
     #: Open MPI's ``--rank-by``: how each node's ranks are numbered once placed, "block" or
     #: "cyclic" (:func:`pm.common.mapping.ranked`); "": as placed.
     rank_by: str = ""
+    #: Each rank's node, given (Open MPI's rankfile); empty: placed as above.
+    placement: list[int] = []
+    #: Each rank's rankfile slot (its cores on its node, :mod:`pm.common.rankfile`; ""
+    #: unbound); empty: no rankfile binding.
+    rank_slots: list[str] = []
 
     def node_of_rank(self) -> list[int]:
         """The node (index into :attr:`hosts`) of each rank."""
         from pm.common.mapping import job_placement
 
+        if self.placement:
+            return list(self.placement)
         return job_placement([a.n for a in self.apps], self.slots, self.distribution,
                              self.app_nodes, self.app_slots, self.rank_by)
 
