@@ -452,6 +452,20 @@ def iface(value: str, opt: str) -> str:
     return value
 
 
+def local_address(value: str, opt: str) -> str:
+    """Hydra's ``-localhost HOST``: the launching node's address (the name resolved here)."""
+    import socket
+
+    text(value, opt)
+    if _is_address(value):
+        return value
+    try:
+        return str(socket.getaddrinfo(value, None, socket.AF_INET)[0][4][0])
+    except (OSError, UnicodeError):
+        raise UsageError(f"{opt} {value}: not an address, and no address for that name "
+                         "here") from None
+
+
 def _is_address(value: str) -> bool:
     import socket
 
@@ -1109,6 +1123,9 @@ OPTIONS = (
         help="at most N ssh connections starting at once (default 32)"),
     Opt("--agents", "agents", readable_file, metavar="FILE", group=LAUNCH,
         help="use running pm-agent services listed in FILE (host:port per line)"),
+    Opt("-localhost", "iface", local_address, metavar="HOST", group=LAUNCH,
+        help="Hydra's: the address (or a name for it) the agents reach pmrun at; as "
+             "--iface ADDR"),
     Opt("-rmk --rmk", "rmk", choice("slurm", "pbs", "lsf"), metavar="slurm|pbs|lsf",
         group=LAUNCH,
         help="Hydra's: the hosts are this resource manager's allocation (pmrun finds a "

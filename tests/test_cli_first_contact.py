@@ -898,6 +898,13 @@ def test_iface_is_an_interface_of_this_machine_or_an_address(pmrun: Run) -> None
     r = pmrun("--launcher-exec", "env {command}", "-hosts", "a,b", "-iface", "lo", "-n", "2",
               "sh", "-c", "echo $PMI_RANK")
     assert (r.returncode, sorted(r.stdout.split())) == (0, ["0", "1"]), r.stderr
+    # Hydra's -localhost: the head's address, or a name for it.
+    r = pmrun("--launcher-exec", "env {command}", "-hosts", "a,b", "-localhost", "localhost",
+              "-n", "2", "sh", "-c", "echo $PMI_RANK")
+    assert (r.returncode, sorted(r.stdout.split())) == (0, ["0", "1"]), r.stderr
+    r = pmrun("-localhost", "no-such-host.invalid", "true")
+    assert (r.returncode, r.stderr) == (2, "pmrun: -localhost no-such-host.invalid: not an "
+                                           "address, and no address for that name here\n")
 
 
 #: A good value for every option the quick path takes (key -> argv words after the option).
