@@ -1215,6 +1215,9 @@ OPTIONS = (
     Opt("--roundrobin --round-robin", "roundrobin", kind=FLAG, group=MEMORY,
         help="--pipe's blocks to as many runs of the command as task slots, each reading "
              "block after block to the end of stdin (for a command slow to start)"),
+    Opt("--tee", "tee", kind=FLAG, group=MEMORY,
+        help="--pipe's whole stdin to every run of the command, one run per argument of its "
+             "::: sources, all at once (GNU parallel's: pmrun --tee CMD {} ::: A B)"),
     Opt("--cat", "cat", kind=FLAG, group=MEMORY,
         help="--pipe's block in a temporary file of --tmpdir whose name is {} (appended "
              "if the command has none), removed when the run ends"),
@@ -1619,7 +1622,9 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         if clash is not None:
             raise UsageError(f"--roundrobin feeds runs on this machine block after block, "
                              f"as they read: not with {clash}")
-    if "pipe" in out.values or "pipepart" in out.values:
+    if "tee" in out.values:
+        _tee(out)
+    elif "pipe" in out.values or "pipepart" in out.values:
         _piped_command(out)
     elif "arg_files" in out.values or (len(out.sections) == 1 and "tasks" not in out.values):
         _command_with_sources(out)
@@ -1707,6 +1712,23 @@ def _semaphore(out: Parsed) -> None:
     elif "sem_wait" not in values:
         raise UsageError("--semaphore runs a command: give it (pmrun --semaphore CMD)")
     out.sections.clear()
+
+
+def _tee(out: Parsed) -> None:
+    """GNU parallel's ``--tee``: ``pmrun --tee CMD ::: A B`` runs CMD once per argument,
+    every run reading all of stdin (as ``--pipe``'s blocks, to each), all at once."""
+    clash = next((n for o, n in out.used.items()
+                  if o.key in ("pipepart", "roundrobin", "cat", "fifo", "retries", "hosts",
+                               "tasks", "arg_files", "dry_run")), None)
+    if clash is not None:
+        raise UsageError(f"--tee gives all of stdin to a run per argument, as they read it: "
+                         f"not with {clash}")
+    out.values["pipe"] = True  # (GNU parallel's: --tee is --pipe's)
+    argv = out.sections[0].argv if len(out.sections) == 1 else []
+    if not any(w in source_words(out.values) for w in argv[1:]):
+        raise UsageError("--tee runs the command once per argument, each reading all of "
+                         "stdin: give them (pmrun --tee CMD ::: A B)")
+    _command_with_sources(out)
 
 
 def _piped_command(out: Parsed) -> None:
@@ -1805,7 +1827,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "eof", "no_empty", "trim", "link", "replace", "arg_sep", "arg_file_sep",
                   "recend", "recstart", "regexp", "memfree",
                   "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice",
-                  "files", "tmpdir", "max_lines", "plus", "cat", "fifo", "roundrobin")
+                  "files", "tmpdir", "max_lines", "plus", "cat", "fifo", "roundrobin", "tee")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

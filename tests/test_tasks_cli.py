@@ -699,7 +699,7 @@ def test_roundrobin_feeds_block_after_block_to_a_run_per_slot(pmrun: Run,
     data = "".join(f"{i}\n" for i in range(60000))
     r = pmrun("--roundrobin", "-j", "3", "--block", "10k", "cat > out.{#}; wc -l < out.{#}",
               input=data)
-    assert r.returncode == 0, r.stderr
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr  # (no bound said to be overrun)
     counts = list(map(int, r.stdout.split()))
     assert len(counts) == 3 and sum(counts) == 60000, counts  # three runs, every line once
     parts = [(tmp_path / f"out.{k}").read_text() for k in (1, 2, 3)]
@@ -728,6 +728,44 @@ def test_roundrobin_ends_when_its_runs_leave_and_refuses_what_it_cannot_do(
                                                f"block after block, as they read: not with "
                                                f"{clash}\n")
 
+
+def test_tee_gives_all_of_stdin_to_a_run_per_argument(pmrun: Run, tmp_path: Path) -> None:
+    data = "".join(f"{i}\n" for i in range(1, 200001))
+    r = pmrun("--tee", "--tag", "--block", "64k", "grep {1} | wc {2}", ":::", "1", "2", ":::",
+              "-l", "-c", input=data)
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    got = dict(line.rsplit("\t", 1) for line in r.stdout.splitlines())
+    lines = data.splitlines()
+    want = {f"{d} {w}": str(len(hits) if w == "-l" else sum(len(x) + 1 for x in hits))
+            for d in "12" for w in ("-l", "-c")
+            for hits in [[x for x in lines if d in x]]}
+    assert got == want
+    if PARALLEL is not None:  # (GNU parallel's own answer)
+        same = parallel(tmp_path, "--pipe", "--tee", "--tag", "grep {1} | wc {2}", ":::", "1",
+                        "2", ":::", "-l", "-c", input=data)
+        assert dict(line.rsplit("\t", 1) for line in same.stdout.splitlines()) == want
+
+
+def test_tee_runs_every_command_at_once_and_goes_on_past_a_run_that_left(
+        pmrun: Run) -> None:
+    data = "".join(f"{i}\n" for i in range(300000))
+    # A run that reads one line and leaves, another that reads all: no hang, no loss.
+    r = pmrun("--tee", "-k", "--block", "16k", "sh -c {}", ":::", "head -1", "wc -l",
+              input=data)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "0\n300000\n", ""), r
+    # Each waits for the others' first line: only a run of all at once ends.
+    r = pmrun("--tee", "read x; echo {} $x", ":::", "a", "b", "c", input=data, timeout=30)
+    assert (r.returncode, sorted(r.stdout.splitlines())) == (0, ["a 0", "b 0", "c 0"]), r
+    for argv, message in [
+        (["-j", "1", "wc", ":::", "a", "b"],
+         "--tee runs all 2 commands at once: -j 1 gives 1 task slots (try -j 0)"),
+        (["wc"], "--tee runs the command once per argument, each reading all of stdin: "
+                 "give them (pmrun --tee CMD ::: A B)"),
+        (["--roundrobin", "wc", ":::", "a"], "--tee gives all of stdin to a run per argument, "
+                                             "as they read it: not with --roundrobin"),
+    ]:
+        r = pmrun("--tee", *argv, input="x\n")
+        assert (r.returncode, r.stderr) == (2, f"pmrun: {message}\n"), r.stderr
 
 def test_pipepart_refuses_what_it_cannot_cut(pmrun: Run, tmp_path: Path) -> None:
     (tmp_path / "data").write_text("a\n")

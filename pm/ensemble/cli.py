@@ -186,6 +186,41 @@ async def _roundrobin(ens: Ensemble, console: Console, line: TaskSpec,
             stream.end()
 
 
+async def _tee(ens: Ensemble, specs: list[TaskSpec], blocks: _Blocks) -> None:
+    """``--tee``: a run of each task, all at once, each reading every block of stdin.  The
+    next block is read once every run took the last (the slowest reader sets the pace,
+    and pmrun holds one block); a run that closed its stdin is given no more."""
+    streams: list[InputStream] = []
+    waits: list[asyncio.Future[bool]] = []
+    try:
+        for spec in specs:
+            stream = InputStream()
+            # (They start together and share the input, as --roundrobin's runs.)
+            ens.add(spec.argv, spec=dataclasses.replace(
+                spec, mem=0 if spec.mem is None else spec.mem), stdin=stream)
+            streams.append(stream)
+        while not ens.stopping:
+            while True:
+                busy = [s for s in streams if s.pending and not s.gone]
+                if not busy:
+                    break
+                waits = [asyncio.ensure_future(s.drained.wait()) for s in busy]
+                await asyncio.wait(waits)
+            live = [s for s in streams if not s.gone]
+            if not live:
+                return
+            block = await blocks.next()
+            if block is None or ens.stopping:
+                return
+            for stream in live:
+                stream.put(block)
+    finally:
+        for w in waits:
+            w.cancel()
+        for stream in streams:
+            stream.end()
+
+
 def numbered(line: TaskSpec, index: int) -> TaskSpec:
     """``--pipe``'s line for its run ``index``: ``{#}`` its number, ``{%}`` its slot, ``{}``
     nothing (GNU parallel's); :class:`UsageError` for a string that names a source."""
@@ -648,8 +683,17 @@ async def run_cli(opts: CliOptions) -> int:
     def shown(spec: TaskSpec) -> str:  # the line -v and the log show
         return spec.line if temp is not None else spec.argv[2]
 
-    if "pipe" in extra:  # (a replacement string that names a source: said now)
+    #: --pipe's one line, run once a block (--tee: a run per argument, each given all)
+    piped = "pipe" in extra and "tee" not in extra
+    if piped:  # (a replacement string that names a source: said now)
         numbered(specs[0], 0)
+    if "tee" in extra:  # every run at once: each reads the input the others read
+        slots = planned_slots(nodes, opts.spec.ppn, options["jobs"])
+        if "jobs" not in extra:
+            options["jobs"] = len(specs)
+        elif 0 < slots < len(specs):
+            raise UsageError(f"--tee runs all {len(specs)} commands at once: -j "
+                             f"{extra['jobs']} gives {slots} task slots (try -j 0)")
 
     if "dry_run" in extra:
         PERL.close()
@@ -666,13 +710,13 @@ async def run_cli(opts: CliOptions) -> int:
     tags = _tags(extra, specs, tasks_file=path is not None)
     PERL.close()  # (every {= expression =} is filled in by now)
     tag: Callable[[int], bytes | None] = tags.get
-    if "pipe" in extra:  # one line, run once a block: every run's tag is the first's
+    if piped:  # one line, run once a block: every run's tag is the first's
         tag = functools.partial(_same, tags.get(0))
     command = None
     if opts.verbose and path is None:  # GNU parallel's -v: each run's command line first
         lines = {s.index: os.fsencode(shown(s)) for s in specs}
         command = lines.__getitem__
-        if "pipe" in extra:  # (the runs are numbered as their blocks come)
+        if piped:  # (the runs are numbered as their blocks come)
             command = _pipe_line(specs[0], temp is not None)
     if "tmpdir" in extra:  # (--files, and output held past 1 MiB: pm.ensemble.console)
         tempfile.tempdir = extra["tmpdir"]
@@ -719,7 +763,7 @@ async def run_cli(opts: CliOptions) -> int:
         if console.tty:  # (the line is only drawn on a terminal)
             ens.on_progress = lambda: console.progress(ens.progress_text())
         if "keep_order" in extra:
-            console.keep_order([] if "pipe" in extra else (spec.index for spec in specs))
+            console.keep_order([] if piped else (spec.index for spec in specs))
 
         def done(task: Task, result: TaskResult) -> None:
             console.ended(task.index)
@@ -761,6 +805,7 @@ async def run_cli(opts: CliOptions) -> int:
                 blocks.warn = console.message
                 producer = asyncio.ensure_future(
                     _roundrobin(ens, console, specs[0], blocks) if "roundrobin" in extra
+                    else _tee(ens, specs, blocks) if "tee" in extra
                     else _pipe(ens, console, specs[0], blocks, temp))
                 try:
                     await producer

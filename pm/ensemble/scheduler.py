@@ -432,8 +432,8 @@ class EnsembleScheduler:
         """(bytes to reserve, whether it is the task's declared bound)."""
         rec = self._tasks.get(spec.index)
         again = int(rec.peak * self._margin) if rec is not None else 0
-        if spec.mem is not None:
-            return max(spec.mem, again), True
+        if spec.mem is not None:  # (0: a task started at once whatever its size, unbound)
+            return max(spec.mem, again), spec.mem > 0
         learned = self._learned.get(spec.key) if self._learn else None
         if learned is None and spec.key in self._sizes:  # a running task's steady peak
             again = max(again, int(self._sizes[spec.key][1] * self._margin))  # (raises it)
