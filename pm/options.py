@@ -273,6 +273,17 @@ def _or(words: tuple[str, ...] | list[str]) -> str:
     return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
 
 
+def shard_column(value: str, opt: str) -> str:
+    """GNU parallel's ``--shard``/``--bin`` COLUMN: a number from 1, or a column's name."""
+    column, _, perl = value.strip().partition(" ")
+    if perl.strip():
+        raise UsageError(f"{opt} {value!r}: pmrun takes the column's value as it is (a "
+                         "number from 1, or a --header : name), not a perl expression on it")
+    if not column or column == "0" or column.startswith("-"):
+        raise UsageError(f"{opt} takes a column: a number from 1, or a name with --header :")
+    return column
+
+
 def text(value: str, opt: str) -> str:
     if not value:
         raise UsageError(f"{opt} takes a value, not an empty string")
@@ -1215,6 +1226,12 @@ OPTIONS = (
     Opt("--roundrobin --round-robin", "roundrobin", kind=FLAG, group=MEMORY,
         help="--pipe's blocks to as many runs of the command as task slots, each reading "
              "block after block to the end of stdin (for a command slow to start)"),
+    Opt("--shard", "shard", shard_column, metavar="COLUMN", group=MEMORY,
+        help="--pipe's lines to -j runs by their COLUMN's value (a number from 1, or a name "
+             "with --header :; --colsep splits, a tab by default): each value's lines all to "
+             "one run (GNU parallel's)"),
+    Opt("--bin", "bin", shard_column, metavar="COLUMN", group=MEMORY,
+        help="as --shard, the COLUMN's whole number (modulo -j) naming the run"),
     Opt("--tee", "tee", kind=FLAG, group=MEMORY,
         help="--pipe's whole stdin to every run of the command, one run per argument of its "
              "::: sources, all at once (GNU parallel's: pmrun --tee CMD {} ::: A B)"),
@@ -1622,6 +1639,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         if clash is not None:
             raise UsageError(f"--roundrobin feeds runs on this machine block after block, "
                              f"as they read: not with {clash}")
+    if "shard" in out.values or "bin" in out.values:
+        _sharded(out)
     if "tee" in out.values:
         _tee(out)
     elif "pipe" in out.values or "pipepart" in out.values:
@@ -1712,6 +1731,30 @@ def _semaphore(out: Parsed) -> None:
     elif "sem_wait" not in values:
         raise UsageError("--semaphore runs a command: give it (pmrun --semaphore CMD)")
     out.sections.clear()
+
+
+def _sharded(out: Parsed) -> None:
+    """GNU parallel's ``--shard COL`` / ``--bin COL``: --pipe's lines dealt to the task
+    slots' runs by a column's value (a hash of it, or the number itself)."""
+    values = out.values
+    if "shard" in values and "bin" in values:
+        raise UsageError("--shard and --bin: give one of them")
+    word = "--shard" if "shard" in values else "--bin"
+    clash = next((n for o, n in out.used.items()
+                  if o.key in ("pipepart", "roundrobin", "tee", "cat", "fifo", "retries",
+                               "hosts", "max_args", "max_lines", "recstart", "recend",
+                               "regexp")), None)
+    if clash is not None:
+        raise UsageError(f"{word} deals the lines of stdin to runs on this machine as they "
+                         f"read: not with {clash}")
+    if str(values.get("jobs", "")).strip() in ("0", "0%"):
+        raise UsageError(f"{word} deals the lines to a run per task slot: give -j N, not "
+                         f"-j {values['jobs']}")
+    column = str(values.get("shard", values.get("bin")))
+    if not column.isdigit() and values.get("header") != ":":
+        raise UsageError(f"{word} {column}: a column's name needs --header : (the first "
+                         "line names the columns)")
+    values["pipe"] = True  # (GNU parallel's: they are --pipe's)
 
 
 def _tee(out: Parsed) -> None:
@@ -1827,7 +1870,8 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "eof", "no_empty", "trim", "link", "replace", "arg_sep", "arg_file_sep",
                   "recend", "recstart", "regexp", "memfree",
                   "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice",
-                  "files", "tmpdir", "max_lines", "plus", "cat", "fifo", "roundrobin", "tee")
+                  "files", "tmpdir", "max_lines", "plus", "cat", "fifo", "roundrobin", "tee",
+                  "shard", "bin")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

@@ -31,7 +31,7 @@ BAD_VALUE = {
     "output_filename": "",
     "error": "/no/such/dir/err", "launcher": "rocket", "launcher_exec": "",
     "ssh": "", "user": "", "ssh_limit": "many", "agents": "/no/such/agents",
-    "rankfile": "/no/such/rankfile", "rmk": "sge",
+    "rankfile": "/no/such/rankfile", "rmk": "sge", "shard": "0", "bin": "-1",
     "iface": "", "join_timeout": "0", "heartbeat": "-1", "local_nodes": "0",
     "fanout": "x", "kvs": "disk", "profile": "/nonexistent/x.json", "sim_ranks": "",
     "sim_value_size": "", "sim_exchange": "", "sim_gets": "", "tasks": "",

@@ -767,6 +767,45 @@ def test_tee_runs_every_command_at_once_and_goes_on_past_a_run_that_left(
         r = pmrun("--tee", *argv, input="x\n")
         assert (r.returncode, r.stderr) == (2, f"pmrun: {message}\n"), r.stderr
 
+def test_shard_gives_each_value_s_lines_to_one_run(pmrun: Run, tmp_path: Path) -> None:
+    keys = [f"k{i % 37}" for i in range(30000)]
+    data = "".join(f"{i},{k}\n" for i, k in enumerate(keys))
+    r = pmrun("--shard", "2", "--colsep", ",", "-j", "3", "--block", "32k",
+              "cat > out.{#}", input=data)
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    parts = [(tmp_path / f"out.{k}").read_text().splitlines() for k in (1, 2, 3)]
+    assert sorted(itertools.chain(*parts), key=lambda x: int(x.split(",")[0])) == data.splitlines()
+    owners = [{line.split(",")[1] for line in part} for part in parts]
+    assert all(not (a & b) for a, b in itertools.combinations(owners, 2)), owners
+    assert sum(map(bool, owners)) >= 2  # (37 values over 3 runs: not all to one)
+    # --bin: the number modulo the runs; a column named by --header :, a tab by default.
+    rows = "n\tword\n" + "".join(f"{i}\tw{i}\n" for i in range(10))
+    r = pmrun("--header", ":", "--bin", "n", "-j", "2", "-k", "cat; echo --", input=rows)
+    runs = r.stdout.split("--\n")[:2]
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert sorted(runs) == sorted(["".join(f"{i}\tw{i}\n" for i in range(k, 10, 2))
+                                   for k in (0, 1)]), r.stdout
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--shard", "1 $_%=10"], "--shard '1 $_%=10': pmrun takes the column's value as it is (a "
+                              "number from 1, or a --header : name), not a perl expression on "
+                              "it"),
+    (["--shard", "name"], "--shard name: a column's name needs --header : (the first line "
+                          "names the columns)"),
+    (["--bin", "0"], "--bin takes a column: a number from 1, or a name with --header :"),
+    (["--shard", "1", "--bin", "1"], "--shard and --bin: give one of them"),
+    (["--shard", "1", "-j", "0"], "--shard deals the lines to a run per task slot: give -j N, "
+                                  "not -j 0"),
+    (["--shard", "1", "--roundrobin"], "--shard deals the lines of stdin to runs on this "
+                                       "machine as they read: not with --roundrobin"),
+    (["--header", ":", "--shard", "nope"], "--shard/--bin nope: no such column in the header "
+                                           "(a, b)"),
+])
+def test_shard_refuses_what_it_cannot_do(pmrun: Run, argv: list[str], message: str) -> None:
+    r = pmrun(*argv, "cat", input="a\tb\n1\t2\n")
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", f"pmrun: {message}\n")
+
 def test_pipepart_refuses_what_it_cannot_cut(pmrun: Run, tmp_path: Path) -> None:
     (tmp_path / "data").write_text("a\n")
     for argv, message in [

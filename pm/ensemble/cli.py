@@ -17,7 +17,7 @@ import secrets
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pm.agent.memory import SizeError, parallel_size, parse_size
@@ -46,7 +46,7 @@ from pm.ensemble.scheduler import (
 )
 from pm.ensemble.task import InputStream, Task, TaskResult
 from pm.options import jobs_value, parse_jobs, separators, source_words
-from pm.proto.errors import PMError
+from pm.proto.errors import PMError, UsageError
 
 if TYPE_CHECKING:
     from pm.cli import CliOptions
@@ -219,6 +219,86 @@ async def _tee(ens: Ensemble, specs: list[TaskSpec], blocks: _Blocks) -> None:
             w.cancel()
         for stream in streams:
             stream.end()
+
+
+def _sharded(extra: Mapping[str, str]) -> bool:
+    return "shard" in extra or "bin" in extra
+
+
+async def _shard(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Blocks,
+                 extra: Mapping[str, str]) -> None:
+    """``--shard COL`` / ``--bin COL``: a run of ``line`` per task slot, all at once, each
+    given the lines whose column COL (split by ``--colsep``, a tab by default) says so: a
+    hash of its value (every line of a value to one run), or the value as a whole number
+    modulo the runs (``--bin``; not a number: 0).  The next block is read once every run
+    took what it was given; a run that closed its stdin is given no more."""
+    import zlib
+
+    runs = ens.slot_count
+    if runs < 1:
+        raise UsageError(f"{'--shard' if 'shard' in extra else '--bin'} deals lines to a "
+                         "number of runs: give -j N")
+    column = extra.get("shard", extra.get("bin", "1"))
+    by_hash = "shard" in extra
+    colsep = extra.get("colsep")
+    split = re.compile(os.fsencode(colsep)).split if colsep else \
+        (lambda text: text.split(b"\t"))
+    streams: list[InputStream] = []
+    waits: list[asyncio.Future[bool]] = []
+    at = -1
+    try:
+        while not ens.stopping:
+            block = await blocks.next()
+            if block is None or ens.stopping:
+                return
+            if blocks.header:
+                block = block[len(blocks.header):]
+            if at < 0:
+                at = int(column) - 1 if column.isdigit() else _column_of(
+                    split(blocks.header.rstrip(b"\r\n")), column)
+                for k in range(runs):
+                    stream = InputStream()
+                    spec = dataclasses.replace(numbered(line, k),
+                                               mem=0 if line.mem is None else line.mem)
+                    console.expect(spec.index)
+                    ens.add(spec.argv, spec=spec, stdin=stream)
+                    streams.append(stream)
+            parts: list[list[bytes]] = [[] for _ in range(runs)]
+            for record in block.splitlines(keepends=True):
+                cols = split(record.rstrip(b"\r\n"))
+                value = cols[at] if at < len(cols) else b""
+                if by_hash:
+                    k = zlib.crc32(value) % runs
+                else:
+                    try:
+                        k = int(value) % runs
+                    except ValueError:
+                        k = 0
+                parts[k].append(record)
+            for stream, part in zip(streams, parts, strict=True):
+                stream.put(b"".join(part))
+            while True:
+                busy = [s for s in streams if s.pending and not s.gone]
+                if not busy:
+                    break
+                waits = [asyncio.ensure_future(s.drained.wait()) for s in busy]
+                await asyncio.wait(waits)
+            if all(s.gone for s in streams):
+                return
+    finally:
+        for w in waits:
+            w.cancel()
+        for stream in streams:
+            stream.end()
+
+
+def _column_of(names: list[bytes], name: str) -> int:
+    try:
+        return names.index(os.fsencode(name))
+    except ValueError:
+        shown = b", ".join(names[:6]).decode(errors="replace")
+        raise UsageError(f"--shard/--bin {name}: no such column in the header ({shown})"
+                         ) from None
 
 
 def numbered(line: TaskSpec, index: int) -> TaskSpec:
@@ -435,7 +515,6 @@ def _tags(extra: dict[str, str], specs: Sequence[TaskSpec], tasks_file: bool
     """Each task's output line prefix: ``--tagstring STR`` filled for it and a tab,
     ``--tag`` its arguments (its line, without sources) and a tab; else ``[task N] ``
     for ``--tasks FILE`` without GNU parallel's output options, and none."""
-    from pm.proto.errors import UsageError
 
     if "tagstring" in extra:
         from pm.ensemble.perl_expr import Skipped
@@ -463,7 +542,6 @@ def _tags(extra: dict[str, str], specs: Sequence[TaskSpec], tasks_file: bool
 
 def _options(extra: dict[str, str]) -> dict[str, Any]:
     """Ensemble keyword arguments from the CLI's option values (UsageError if bad)."""
-    from pm.proto.errors import UsageError
 
     out: dict[str, Any] = {"mem_high": extra.get("mem_high"), "mem_low": extra.get("mem_low")}
     try:
@@ -543,7 +621,6 @@ def _sources(opts: CliOptions) -> list[str]:
     """The input sources' words (``::: A B``, ``:::: FILE``...; empty without them); a
     program beside ``--tasks FILE`` is refused, since the file's lines run and it would
     silently be left out."""
-    from pm.proto.errors import UsageError
 
     apps = opts.spec.apps
     if not apps:
@@ -574,7 +651,6 @@ async def run_cli(opts: CliOptions) -> int:
     if every task succeeded, 1 if one failed for good, 128 + N after signal N."""
     from pm.cli import nodes_of
     from pm.common.nodes import Nodes
-    from pm.proto.errors import UsageError
 
     extra = opts.extra
     path = extra.get("tasks")
@@ -806,6 +882,7 @@ async def run_cli(opts: CliOptions) -> int:
                 producer = asyncio.ensure_future(
                     _roundrobin(ens, console, specs[0], blocks) if "roundrobin" in extra
                     else _tee(ens, specs, blocks) if "tee" in extra
+                    else _shard(ens, console, specs[0], blocks, extra) if _sharded(extra)
                     else _pipe(ens, console, specs[0], blocks, temp))
                 try:
                     await producer
