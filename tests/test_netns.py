@@ -170,6 +170,33 @@ def test_each_program_runs_on_its_own_hosts(tmp_path: Path, hosts3: NetnsHosts) 
     assert_nothing_left(hosts3)
 
 
+@pytest.mark.mpi
+@pytest.mark.skipif(mpi_missing() is not None, reason=str(mpi_missing()))
+def test_a_rankfile_places_mpich_ranks_on_the_hosts_it_names(tmp_path: Path,
+                                                             hosts3: NetnsHosts) -> None:
+    # Open MPI's rankfile, by name and by place (+nK) in the hosts given: each rank in its
+    # host's namespace, MPICH's node groups as the file says.
+    prog = script(tmp_path, "where.py", """
+        import os
+        from mpi4py import MPI
+
+        world = MPI.COMM_WORLD
+        node = world.Split_type(MPI.COMM_TYPE_SHARED)
+        print(world.rank, os.environ["PMI_HOSTNAME"], os.readlink("/proc/self/ns/net"),
+              ",".join(map(str, node.allgather(world.rank))), world.allreduce(world.rank),
+              flush=True)
+    """)
+    a, b, c = hosts3.names
+    (tmp_path / "ranks").write_text(f"rank 0={c}\nrank 1={a}\nrank 2={c}\nrank 3=+n1\n")
+    res = run([*exec_launcher_args(hosts3), "-rf", "ranks", sys.executable, str(prog)],
+              tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = sorted((line.split() for line in res.stdout.splitlines()), key=lambda r: int(r[0]))
+    assert [(r[0], r[1], r[3], r[4]) for r in rows] == [
+        ("0", c, "0,2", "6"), ("1", a, "1", "6"), ("2", c, "0,2", "6"), ("3", b, "3", "6")]
+    assert rows[0][2] == rows[2][2] and len({r[2] for r in rows}) == 3
+    assert_nothing_left(hosts3)
+
 def test_link_down_names_the_node_fails_the_barrier_and_leaves_nothing(
         tmp_path: Path, hosts3: NetnsHosts) -> None:
     victim = hosts3.names[2]
