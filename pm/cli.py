@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from pm.agent.started import StartedRanks
     from pm.common.nodes import Nodes
+    from pm.common.rankfile import RankLine
     from pm.head import RankResult
 
 class CliOptions:
@@ -298,6 +299,8 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
     """The job's hosts, their slots and the bootstrap options; None for this machine alone.
     Light (no asyncio, no agent code): it also runs before the heavy imports, to start the
     first agents early (:func:`pm.bootstrap.early.prestart`)."""
+    if "rankfile" in opts.extra and not (opts.hosts or opts.hostfile or opts.local_nodes):
+        opts.hosts = _rankfile_hosts(opts.extra["rankfile"])
     where = _first_nodes(opts, _skip_launch_node(opts, _where(opts)))
     if any(app.hosts for app in opts.spec.apps):
         where = _program_hosts(opts, where)
@@ -324,6 +327,29 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
     return where
 
 
+def _rankfile_lines(path: str) -> list[RankLine]:
+    from pm.common.rankfile import RankfileError, parse
+    from pm.options import file_text
+
+    try:
+        return parse(file_text(path), f"rankfile {path}")
+    except RankfileError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _rankfile_hosts(path: str) -> str | None:
+    """The hosts of a rankfile that names them all (no ``+nK``), as a -hosts list, when one
+    is another machine: the job's hosts, given none (else this machine, or the
+    allocation's)."""
+    from pm.common.hostlist import is_this_machine
+
+    lines = _rankfile_lines(path)
+    named = list(dict.fromkeys(ln.host for ln in lines))
+    if any(ln.relative is not None for ln in lines) or all(map(is_this_machine, named)):
+        return None
+    return ",".join(named)
+
+
 def _rankfile(opts: CliOptions,
               where: tuple[list[str], list[int | None], dict[str, object]] | None
               ) -> tuple[list[str], list[int | None], dict[str, object]] | None:
@@ -332,14 +358,9 @@ def _rankfile(opts: CliOptions,
     (or local node); other names are hosts given, or, given none, the job's hosts in the
     order the file first names them.  Without -n the job has as many ranks as the file."""
     from pm.common.hostlist import is_this_machine
-    from pm.common.rankfile import RankfileError, parse
-    from pm.options import file_text
 
     spec, path = opts.spec, opts.extra["rankfile"]
-    try:
-        lines = parse(file_text(path), f"rankfile {path}")
-    except RankfileError as exc:
-        raise UsageError(str(exc)) from None
+    lines = _rankfile_lines(path)
     for given, what in ((spec.ppn is not None, "-ppn"), (spec.rank_by, "--rank-by"),
                         (any(a.hosts for a in spec.apps), "a program's own -host"),
                         (opts.bind_given and any(ln.slot for ln in lines), "--bind-to")):
@@ -353,10 +374,6 @@ def _rankfile(opts: CliOptions,
         raise UsageError(f"--rankfile {path} places {len(lines)} ranks: the job has "
                          f"{spec.size}")
     lines = lines[:spec.size]
-    named = list(dict.fromkeys(ln.host for ln in lines if ln.host))
-    if where is None and not opts.local_nodes and not all(map(is_this_machine, named)):
-        opts.hosts = ",".join(named)  # (the file's hosts as -hosts: ssh to other machines)
-        where = _where(opts)
     # (This machine's nodes, given no hosts: named by their place alone.)
     hosts = where[0] if where is not None else [f"+n{k}" for k in range(opts.local_nodes or 1)]
     placement: list[int] = []

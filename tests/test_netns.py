@@ -195,6 +195,15 @@ def test_a_rankfile_places_mpich_ranks_on_the_hosts_it_names(tmp_path: Path,
     assert [(r[0], r[1], r[3], r[4]) for r in rows] == [
         ("0", c, "0,2", "6"), ("1", a, "1", "6"), ("2", c, "0,2", "6"), ("3", b, "3", "6")]
     assert rows[0][2] == rows[2][2] and len({r[2] for r in rows}) == 3
+    # Given no hosts, a rankfile that names them all gives them (in the order it names them).
+    (tmp_path / "named").write_text(f"rank 0={c}\nrank 1={a}\nrank 2={c}\n")
+    given = exec_launcher_args(hosts3)
+    at = given.index("-hosts")
+    res = run([*given[:at], *given[at + 2:], "--display-map", "-rf", "named", sys.executable,
+               str(prog)], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert f"pmrun: rank map: node 0 ({c}): 0,2\npmrun: rank map: node 1 ({a}): 1\n" in \
+        res.stderr, res.stderr
     assert_nothing_left(hosts3)
 
 def test_link_down_names_the_node_fails_the_barrier_and_leaves_nothing(
