@@ -309,8 +309,12 @@ class JobRun:
             if port is not None:
                 children = Children(agent, self.secret, port=port)
             else:
-                bind = await find_listen_endpoint(plan.bootstrap, None,
-                                                  plan.hosts[agent.children[0]])
+                from pm.common.hostlist import is_this_machine
+
+                # (Every host this machine, as a one-node batch job's host file: loopback.)
+                bind = "tcp://127.0.0.1" if all(map(is_this_machine, plan.hosts)) and \
+                    not plan.bootstrap.get("iface") else await find_listen_endpoint(
+                        plan.bootstrap, None, plan.hosts[agent.children[0]])
                 children = Children(agent, self.secret, bind=bind)
             agent.children_link = children
             self.children = children

@@ -2349,6 +2349,8 @@ def quick_ok(parsed: Parsed, environ: Mapping[str, str]) -> bool:
         return False
     if environ.get("SLURM_JOB_NODELIST") and environ.get("SLURM_JOB_ID"):
         return False  # pm.cli runs the job over the allocation
+    if environ.get("PBS_NODEFILE") or environ.get("LSB_DJOB_HOSTFILE"):
+        return False  # (a PBS/Torque or LSF job's hosts and slots: the same)
     if parsed.values.get("nodes", 1) != 1:
         return False  # several hosts (or a refusal that the full path words)
     if "hosts" in parsed.values or "hostfile" in parsed.values:

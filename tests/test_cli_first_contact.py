@@ -727,6 +727,18 @@ def test_open_mpis_rankfile_places_and_binds_each_rank(pmrun: Run, tmp_path: Pat
     assert (r.returncode, sorted(r.stdout.splitlines())) == (0, ["0 0 2", "1 1 2"]), r.stderr
 
 
+def test_a_batch_job_on_this_machine_alone_runs_here_quietly(pmrun: Run, tmp_path: Path
+                                                             ) -> None:
+    """A one-node PBS/Torque or LSF job (its host file names this machine): its slots, no
+    warning about agents elsewhere (there are none)."""
+    host = os.uname().nodename
+    (tmp_path / "nodes").write_text(f"{host}\n{host}\n{host}\n")
+    for var in ("PBS_NODEFILE", "LSB_DJOB_HOSTFILE"):
+        r = pmrun("sh", "-c", 'echo "$PMI_RANK $PMI_SIZE"', cwd=tmp_path,
+                  env={var: str(tmp_path / "nodes"), "SLURM_JOB_ID": "", "SLURM_JOB_NODELIST": ""})
+        assert (r.returncode, r.stderr) == (0, ""), r.stderr
+        assert sorted(r.stdout.splitlines()) == ["0 3", "1 3", "2 3"]
+
 @pytest.mark.parametrize(("text", "argv", "message"), [
     ("rank 0=+n1\n", [], "--rankfile rf: rank 0 is on +n1, the job has 1 host"),
     ("rank 0=+n0\n", ["-n", "2"], "--rankfile rf places 1 ranks: the job has 2"),
