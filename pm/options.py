@@ -388,6 +388,13 @@ def writable_file(value: str, opt: str) -> str:
     return value
 
 
+def env_name(value: str, opt: str) -> str:
+    """One environment variable's name."""
+    if not value or "=" in value or "\0" in value or value[0].isdigit():
+        raise UsageError(f"{opt} takes an environment variable's name, not {value!r}")
+    return value
+
+
 def env_names(value: str, opt: str) -> list[str]:
     names = [v for v in value.split(",") if v]
     for name in names:
@@ -1199,13 +1206,13 @@ OPTIONS = (
         help="start the tasks in a random order (each keeps its number, {#})"),
     Opt("--dry-run", "dry_run", kind=FLAG, group=MEMORY,
         help="print each task's command line instead of running it"),
-    Opt("--halt", "halt", halt_policy, metavar="WHEN,WHY=N", group=MEMORY,
+    Opt("--halt --halt-on-error", "halt", halt_policy, metavar="WHEN,WHY=N", group=MEMORY,
         help="stop once N (or N%) tasks failed, succeeded or ended: soon (start no more) "
              "or now (kill the running too), e.g. now,fail=1"),
     Opt("--pipe", "pipe", kind=FLAG, group=MEMORY,
         help="cut stdin into blocks of whole lines, each the stdin of one run of the "
              "command (GNU parallel's --pipe)"),
-    Opt("--pipepart", "pipepart", kind=FLAG, group=MEMORY,
+    Opt("--pipepart --pipe-part", "pipepart", kind=FLAG, group=MEMORY,
         help="--pipe with the blocks cut from the file of -a FILE (or :::: FILE), not "
              "from stdin; --block -N: N blocks for each task slot (default -10, as GNU "
              "parallel's)"),
@@ -1223,7 +1230,7 @@ OPTIONS = (
         metavar="SECONDS", group=MEMORY,
         help="--semaphore: after SECONDS without a slot run all the same; -SECONDS: give "
              "up (exit status 1)"),
-    Opt("--roundrobin --round-robin", "roundrobin", kind=FLAG, group=MEMORY,
+    Opt("--roundrobin --round-robin --round", "roundrobin", kind=FLAG, group=MEMORY,
         help="--pipe's blocks to as many runs of the command as task slots, each reading "
              "block after block to the end of stdin (for a command slow to start)"),
     Opt("--shard", "shard", shard_column, metavar="COLUMN", group=MEMORY,
@@ -1241,7 +1248,7 @@ OPTIONS = (
     Opt("--fifo", "fifo", kind=FLAG, group=MEMORY,
         help="as --cat, but {} is a named pipe the block is written to as the command "
              "reads it"),
-    Opt("--block", "block", block_size, metavar="SIZE", group=MEMORY,
+    Opt("--block --block-size", "block", block_size, metavar="SIZE", group=MEMORY,
         help="--pipe's block size (default 1M; a block ends with the line it cuts; "
              "--pipepart also takes -N)"),
     Opt("--recend", "recend", verbatim, metavar="STR", group=MEMORY,
@@ -1313,6 +1320,12 @@ OPTIONS = (
     Opt("-q --quote", "quote", kind=FLAG, group=MEMORY,
         help="run the command's words as they are given: each quoted for the shell, special "
              "characters and all, the arguments put in unquoted (GNU parallel's -q)"),
+    Opt("--process-slot-var", "slot_var", env_name, metavar="VAR", group=MEMORY,
+        help="each task's VAR is its slot number less one (GNU parallel's; {%} is the slot), "
+             "e.g. CUDA_VISIBLE_DEVICES"),
+    Opt("--silent --gnu --plain", "", kind=FLAG, group=MEMORY,
+        help="GNU parallel's, taken and meaning nothing here: pmrun prints the commands only "
+             "with -v, and reads no profile"),
     Opt("-k --keep-order", "keep_order", kind=FLAG, group=MEMORY,
         help="tasks' output in their order (a task's waits for those before it to end)"),
     Opt("--bar", "progress", kind=FLAG, group=MEMORY,
@@ -1497,7 +1510,12 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         arg = argv[i]
         if arg == ":":
             raise UsageError("':' must follow a program")
-        if not arg.startswith("-") or arg == "-":
+        ended = arg == "--"  # the end of the options (srun's, Flux's): the program follows
+        if ended:
+            if i + 1 >= len(argv) or argv[i + 1] == ":":
+                raise UsageError("nothing after '--': give the program")
+            i += 1
+        if ended or not arg.startswith("-") or arg == "-":
             # The program and its arguments, up to a ':' section separator.
             j = argv.index(":", i) if ":" in argv[i:] else len(argv)
             sec.argv = argv[i:j]
@@ -1871,7 +1889,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "recend", "recstart", "regexp", "memfree",
                   "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice",
                   "files", "tmpdir", "max_lines", "plus", "cat", "fifo", "roundrobin", "tee",
-                  "shard", "bin")
+                  "shard", "bin", "slot_var")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

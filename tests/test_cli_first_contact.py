@@ -31,7 +31,7 @@ BAD_VALUE = {
     "output_filename": "",
     "error": "/no/such/dir/err", "launcher": "rocket", "launcher_exec": "",
     "ssh": "", "user": "", "ssh_limit": "many", "agents": "/no/such/agents",
-    "rankfile": "/no/such/rankfile", "rmk": "sge", "shard": "0", "bin": "-1",
+    "rankfile": "/no/such/rankfile", "rmk": "sge", "shard": "0", "bin": "-1", "slot_var": "A=1",
     "iface": "", "join_timeout": "0", "heartbeat": "-1", "local_nodes": "0",
     "fanout": "x", "kvs": "disk", "profile": "/nonexistent/x.json", "sim_ranks": "",
     "sim_value_size": "", "sim_exchange": "", "sim_gets": "", "tasks": "",
@@ -726,6 +726,17 @@ def test_open_mpis_rankfile_places_and_binds_each_rank(pmrun: Run, tmp_path: Pat
     r = pmrun("--map-by", "rankfile:file=here", "-n", "2", "sh", "-c", show, cwd=tmp_path)
     assert (r.returncode, sorted(r.stdout.splitlines())) == (0, ["0 0 2", "1 1 2"]), r.stderr
 
+
+def test_double_dash_ends_the_options(pmrun: Run) -> None:
+    """srun's and Flux's ``--``: what follows is the program, even a word starting with -."""
+    r = pmrun("-n", "2", "--", "echo", "hi")
+    assert (r.returncode, r.stdout) == (0, "hi\nhi\n"), r.stderr
+    r = pmrun("-n", "1", "--", "echo", "a", ":", "-n", "1", "--", "echo", "b")
+    assert (r.returncode, sorted(r.stdout.split())) == (0, ["a", "b"]), r.stderr
+    r = pmrun("-n", "1", "--", "-no-such-program")
+    assert r.returncode == 127 and "-no-such-program: command not found" in r.stderr
+    r = pmrun("-n", "1", "--")
+    assert (r.returncode, r.stderr) == (2, "pmrun: nothing after '--': give the program\n")
 
 def test_a_batch_job_on_this_machine_alone_runs_here_quietly(pmrun: Run, tmp_path: Path
                                                              ) -> None:

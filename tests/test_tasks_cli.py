@@ -729,6 +729,17 @@ def test_roundrobin_ends_when_its_runs_leave_and_refuses_what_it_cannot_do(
                                                f"{clash}\n")
 
 
+def test_process_slot_var_is_the_slot_less_one(pmrun: Run) -> None:
+    r = pmrun("-j", "2", "--process-slot-var", "GPU", "-k", "echo {} $GPU {%}", ":::", "a", "b",
+              "c")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines()]
+    assert [row[0] for row in rows] == ["a", "b", "c"]
+    assert all(int(gpu) == int(slot) - 1 and gpu in ("0", "1") for _, gpu, slot in rows), rows
+    r = pmrun("--process-slot-var", "A=B", "echo", ":::", "x")
+    assert (r.returncode, r.stderr) == (2, "pmrun: --process-slot-var takes an environment "
+                                           "variable's name, not 'A=B'\n")
+
 def test_tee_gives_all_of_stdin_to_a_run_per_argument(pmrun: Run, tmp_path: Path) -> None:
     data = "".join(f"{i}\n" for i in range(1, 200001))
     r = pmrun("--tee", "--tag", "--block", "64k", "grep {1} | wc {2}", ":::", "1", "2", ":::",

@@ -572,6 +572,8 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
     out["overrun"] = overrun
     if "delay" in extra:
         out["delay"] = float(extra["delay"])  # checked by pm.options.duration
+    if "slot_var" in extra:
+        out["slot_var"] = extra["slot_var"]
     return out
 
 

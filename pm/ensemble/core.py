@@ -163,6 +163,7 @@ class Ensemble:
         timeout: float | None = None,
         delay: float = 0.0,
         jobs_file: str | None = None,
+        slot_var: str | None = None,
     ) -> None:
         if overrun not in ("warn", "kill", "suspend"):
             raise SizeError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
@@ -175,6 +176,8 @@ class Ensemble:
         self._timeout = timeout
         #: GNU parallel's --delay: seconds between two starts, and when the next may start.
         self._delay = delay
+        #: GNU parallel's --process-slot-var: each run's slot number less one, in this name.
+        self._slot_var = slot_var
         self._next_start = 0.0
         self._spec = spec or JobSpec(apps=[])
         self._output = output
@@ -493,6 +496,8 @@ class Ensemble:
         env = {**task.env, "PMRUN_ENSEMBLE": self._token, "PMRUN_TASK": str(task.index),
                "PMRUN_TASK_NODE": str(entry), "PMRUN_TASK_ATTEMPT": str(start.attempt),
                "PARALLEL_SEQ": str(task.index + 1), "PARALLEL_JOBSLOT": str(slot)}
+        if self._slot_var:
+            env[self._slot_var] = str(slot - 1)
         code: int | None = None
         timers: list[asyncio.TimerHandle] = []
         try:
