@@ -1188,6 +1188,24 @@ def test_files_prints_where_each_task_s_stdout_is(pmrun: Run, tmp_path: Path) ->
                                            "output: give one of them\n")
 
 
+@pytest.mark.parametrize(("tail", "want"), [
+    (["echo", "{choose_k}", ":::", "A", "B", "C", ":::", "A", "B", "C"], "A B\nA C\nB C\n"),
+    (["echo", "{#}", "{uniq}", ":::", "A", "B", "A", ":::", "A", "B"],
+     "2 A B\n3 B A\n6 A B\n"),
+    (["echo", "{#}", "{2}{choose_k}", ":::", "1", "2", "3", ":::", "1", "2", "3"],
+     "2 21 2\n3 31 3\n6 32 3\n"),
+])
+def test_plus_choose_k_and_uniq_leave_tasks_out_as_gnu_parallel(
+        pmrun: Run, tmp_path: Path, tail: list[str], want: str) -> None:
+    # (A task left out keeps its number: {#} counts every combination.  parallel also
+    # counts those failed in its exit status; pmrun does not, as for any skip().)
+    r = pmrun("--plus", "-k", *tail)
+    assert (r.returncode, r.stdout, r.stderr) == (0, want, ""), r.stderr
+    if PARALLEL is not None:
+        theirs = subprocess.run([PARALLEL, "--will-cite", "--plus", "-k", *tail], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60)
+        assert theirs.stdout == want, theirs.stderr
+
 @pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
 def test_plus_slot_strings_as_gnu_parallel(pmrun: Run, tmp_path: Path) -> None:
     # {0%} and {slot}: the job slot (zero-padded to the slots' width), as the shell reads it.

@@ -221,6 +221,21 @@ async def _tee(ens: Ensemble, specs: list[TaskSpec], blocks: _Blocks) -> None:
             stream.end()
 
 
+#: GNU parallel's --plus strings that leave tasks out: the arguments as {} gives them, the
+#: task skipped unless they rise (``{choose_k}``: each combination once, n choose k) or
+#: differ (``{uniq}``), as parallel's own perl expressions say.
+_PLUS_FILTERS = {
+    "{choose_k}": "{= for my $t (2..$#arg) { skip() if $arg[$t-1] ge $arg[$t] } =}",
+    "{uniq}": "{= my %seen; for my $a (@arg[1..$#arg]) { skip() if $seen{$a}++ } =}",
+}
+
+
+def _plus_filters(text: str) -> str:
+    for name, expr in _PLUS_FILTERS.items():
+        text = text.replace(name, expr)
+    return text
+
+
 def _sharded(extra: Mapping[str, str]) -> bool:
     return "shard" in extra or "bin" in extra
 
@@ -693,6 +708,8 @@ async def run_cli(opts: CliOptions) -> int:
         words = extra["tasks_words"].split("\0") if "tasks_words" in extra else None
         if "replace" in extra and words is not None:
             words = [_marked(w, extra["replace"]) for w in words]
+        if "plus" in extra and words is not None:
+            words = [_plus_filters(w) for w in words]
         if words is not None and not sources:  # (--pipe)
             line = quoted_line(words)
             return [TaskSpec(0, ("sh", "-c", line), options.get("mem_per_task"), line, 1,
@@ -700,6 +717,8 @@ async def run_cli(opts: CliOptions) -> int:
         text = extra["tasks_line"] if path is None else _read_text(path)
         if "replace" in extra and path is None:
             text = _marked(text, extra["replace"])
+        if "plus" in extra:
+            text = _plus_filters(text)
         specs = parse_tasks(text, options.get("mem_per_task")) if words is None else []
         if not sources:
             if "max_args" in extra and "pipe" not in extra:
