@@ -1237,6 +1237,10 @@ OPTIONS = (
         help="--pipe's lines to -j runs by their COLUMN's value (a number from 1, or a name "
              "with --header :; --colsep splits, a tab by default): each value's lines all to "
              "one run (GNU parallel's)"),
+    Opt("--group-by", "group_by", shard_column, metavar="COLUMN", group=MEMORY,
+        help="--pipe's records are the consecutive lines whose COLUMN has one value (a "
+             "number from 1, or a name with --header :), blocks whole records (-N: that "
+             "many a block)"),
     Opt("--bin", "bin", shard_column, metavar="COLUMN", group=MEMORY,
         help="as --shard, the COLUMN's whole number (modulo -j) naming the run"),
     Opt("--tee", "tee", kind=FLAG, group=MEMORY,
@@ -1659,6 +1663,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                              f"as they read: not with {clash}")
     if "shard" in out.values or "bin" in out.values:
         _sharded(out)
+    if "group_by" in out.values:
+        _group_by(out)
     if "tee" in out.values:
         _tee(out)
     elif "pipe" in out.values or "pipepart" in out.values:
@@ -1749,6 +1755,22 @@ def _semaphore(out: Parsed) -> None:
     elif "sem_wait" not in values:
         raise UsageError("--semaphore runs a command: give it (pmrun --semaphore CMD)")
     out.sections.clear()
+
+
+def _group_by(out: Parsed) -> None:
+    """GNU parallel's ``--group-by COL``: --pipe's records are runs of lines alike in COL."""
+    values = out.values
+    clash = next((n for o, n in out.used.items()
+                  if o.key in ("pipepart", "shard", "bin", "max_lines", "recstart", "recend",
+                               "regexp")), None)
+    if clash is not None:
+        raise UsageError(f"--group-by makes records of stdin's lines alike in a column: not "
+                         f"with {clash}")
+    column = str(values["group_by"])
+    if not column.isdigit() and values.get("header") != ":":
+        raise UsageError(f"--group-by {column}: a column's name needs --header : (the first "
+                         "line names the columns)")
+    values["pipe"] = True  # (GNU parallel's: it is --pipe's)
 
 
 def _sharded(out: Parsed) -> None:
@@ -1889,7 +1911,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "recend", "recstart", "regexp", "memfree",
                   "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice",
                   "files", "tmpdir", "max_lines", "plus", "cat", "fifo", "roundrobin", "tee",
-                  "shard", "bin", "slot_var")
+                  "shard", "bin", "slot_var", "group_by")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

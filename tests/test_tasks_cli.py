@@ -798,6 +798,37 @@ def test_shard_gives_each_value_s_lines_to_one_run(pmrun: Run, tmp_path: Path) -
                                    for k in (0, 1)]), r.stdout
 
 
+TABLE = "123,1\n123,2\n12-3,1\n221,3\n221,1\n2/21,5\n"
+
+
+def test_group_by_makes_records_of_lines_alike_in_a_column(pmrun: Run,
+                                                          tmp_path: Path) -> None:
+    # GNU parallel's own example: one group a run (-N1), and two a run under a header.
+    r = pmrun("--pipe", "--colsep", ",", "--group-by", "1", "-k", "-N1", "wc -l", input=TABLE)
+    assert (r.returncode, r.stdout.split(), r.stderr) == (0, ["2", "1", "2", "1"], "")
+    table = "UserID,Consumption\n" + TABLE
+    tail = ["--pipe", "--colsep", ",", "--header", ":", "--group-by", "UserID", "-k", "-N2",
+            "cat; echo --"]
+    r = pmrun(*tail, input=table)
+    want = ("UserID,Consumption\n123,1\n123,2\n12-3,1\n--\n"
+            "UserID,Consumption\n221,3\n221,1\n2/21,5\n--\n")
+    assert (r.returncode, r.stdout, r.stderr) == (0, want, "")
+    if PARALLEL is not None:
+        assert parallel(tmp_path, *tail, input=table).stdout == want
+    # Blocks of whole groups: no group is cut in two.
+    rows = "".join(f"{i // 1000}\t{i}\n" for i in range(100000))
+    r = pmrun("--group-by", "1", "--block", "100k", "-k", "cut -f1 | uniq -c", input=rows)
+    assert r.returncode == 0, r.stderr
+    counts = [line.split() for line in r.stdout.splitlines()]
+    assert sorted(int(key) for _, key in counts) == list(range(100))  # each key in one run
+    assert all(n == "1000" for n, _ in counts)
+    r = pmrun("--group-by", "x", "cat", input=TABLE)
+    assert (r.returncode, r.stderr) == (2, "pmrun: --group-by x: a column's name needs "
+                                           "--header : (the first line names the columns)\n")
+    r = pmrun("--group-by", "1", "-L", "2", "cat", input=TABLE)
+    assert (r.returncode, r.stderr) == (2, "pmrun: --group-by makes records of stdin's lines "
+                                           "alike in a column: not with -L\n")
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--shard", "1 $_%=10"], "--shard '1 $_%=10': pmrun takes the column's value as it is (a "
                               "number from 1, or a --header : name), not a perl expression on "

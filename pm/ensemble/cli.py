@@ -18,7 +18,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pm.agent.memory import SizeError, parallel_size, parse_size
 from pm.ensemble.console import Console
@@ -91,7 +91,7 @@ def _same(value: _T, _index: int) -> _T:
 PIPE_AHEAD = 4
 
 
-async def _pipe(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Blocks,
+async def _pipe(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Source,
                 temp: str | None = None) -> None:
     """``--pipe``: each block of stdin the stdin of one run of ``line``, read only as fast
     as the tasks take them (:data:`PIPE_AHEAD` blocks ahead).  ``temp`` (``--cat``,
@@ -145,7 +145,7 @@ def _temp_input(spec: TaskSpec, fifo: bool) -> TaskSpec:
 
 
 async def _roundrobin(ens: Ensemble, console: Console, line: TaskSpec,
-                      blocks: _Blocks) -> None:
+                      blocks: _Source) -> None:
     """``--roundrobin``: as many runs of ``line`` as there are task slots (at most one a
     block), each reading block after block of stdin as it takes them: the next block goes
     to the run with the least still to read, once one has taken all it was given.  Once
@@ -186,7 +186,7 @@ async def _roundrobin(ens: Ensemble, console: Console, line: TaskSpec,
             stream.end()
 
 
-async def _tee(ens: Ensemble, specs: list[TaskSpec], blocks: _Blocks) -> None:
+async def _tee(ens: Ensemble, specs: list[TaskSpec], blocks: _Source) -> None:
     """``--tee``: a run of each task, all at once, each reading every block of stdin.  The
     next block is read once every run took the last (the slowest reader sets the pace,
     and pmrun holds one block); a run that closed its stdin is given no more."""
@@ -240,7 +240,7 @@ def _sharded(extra: Mapping[str, str]) -> bool:
     return "shard" in extra or "bin" in extra
 
 
-async def _shard(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Blocks,
+async def _shard(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Source,
                  extra: Mapping[str, str]) -> None:
     """``--shard COL`` / ``--bin COL``: a run of ``line`` per task slot, all at once, each
     given the lines whose column COL (split by ``--colsep``, a tab by default) says so: a
@@ -255,9 +255,7 @@ async def _shard(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Block
                          "number of runs: give -j N")
     column = extra.get("shard", extra.get("bin", "1"))
     by_hash = "shard" in extra
-    colsep = extra.get("colsep")
-    split = re.compile(os.fsencode(colsep)).split if colsep else \
-        (lambda text: text.split(b"\t"))
+    split = _splitter(extra.get("colsep"))
     streams: list[InputStream] = []
     waits: list[asyncio.Future[bool]] = []
     at = -1
@@ -307,13 +305,100 @@ async def _shard(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Block
             stream.end()
 
 
-def _column_of(names: list[bytes], name: str) -> int:
+def _column_of(names: list[bytes], name: str, opt: str = "--shard/--bin") -> int:
     try:
         return names.index(os.fsencode(name))
     except ValueError:
         shown = b", ".join(names[:6]).decode(errors="replace")
-        raise UsageError(f"--shard/--bin {name}: no such column in the header ({shown})"
-                         ) from None
+        raise UsageError(f"{opt} {name}: no such column in the header ({shown})") from None
+
+
+def _splitter(colsep: str | None) -> Callable[[bytes], list[bytes]]:
+    """How a line is cut into columns: by --colsep's regular expression, else at tabs."""
+    if colsep:
+        return re.compile(os.fsencode(colsep)).split
+    return lambda text: text.split(b"\t")
+
+
+class _Source(Protocol):
+    """Where --pipe's blocks come from (:class:`_Blocks`, :class:`_Groups`)."""
+
+    header: bytes
+
+    async def next(self) -> bytes | None: ...
+
+
+class _Groups:
+    """GNU parallel's ``--group-by COL``: stdin's lines (from ``lines``) in records of the
+    consecutive lines whose column COL has one value, and blocks of whole records: ``per``
+    of them (``-N``), or as many as fill ``size`` bytes (a record larger than that alone).
+    Each block starts with the ``--header`` lines, as --pipe's."""
+
+    def __init__(self, lines: _Blocks, column: str, split: Callable[[bytes], list[bytes]],
+                 size: int, per: int) -> None:
+        self._lines = lines
+        self._column = column
+        self._split = split
+        self._size = size
+        self._per = per
+        self._at = -1
+        self._key: bytes | None = None
+        self._open: list[bytes] = []  # the record being read
+        self._done: collections.deque[bytes] = collections.deque()  # whole records
+        self._held = 0  # their bytes
+        self._eof = False
+        self.header = b""
+
+    async def next(self) -> bytes | None:
+        while True:
+            block = self._take()
+            if block is not None:
+                return self.header + block
+            if self._eof:
+                return None
+            data = await self._lines.next()
+            if data is None:
+                self._eof = True
+                self._close_record()
+                continue
+            self.header = self._lines.header
+            if self._at < 0:
+                self._at = int(self._column) - 1 if self._column.isdigit() else _column_of(
+                    self._split(self.header.rstrip(b"\r\n")), self._column, "--group-by")
+            for line in data[len(self.header):].splitlines(keepends=True):
+                cols = self._split(line.rstrip(b"\r\n"))
+                key = cols[self._at] if self._at < len(cols) else b""
+                if key != self._key:
+                    self._close_record()
+                    self._key = key
+                self._open.append(line)
+
+    def _close_record(self) -> None:
+        if self._open:
+            record = b"".join(self._open)
+            self._open = []
+            self._done.append(record)
+            self._held += len(record)
+
+    def _take(self) -> bytes | None:
+        """The next block, if its records are read (or the input ended)."""
+        if not self._done:
+            return None
+        if self._per:
+            if len(self._done) < self._per and not self._eof:
+                return None
+            count = min(self._per, len(self._done))
+        else:
+            if self._held < self._size and not self._eof:
+                return None
+            count, total = 0, 0
+            for record in self._done:  # whole records up to the size (at least one)
+                if count and total + len(record) > self._size:
+                    break
+                count, total = count + 1, total + len(record)
+        out = [self._done.popleft() for _ in range(count)]
+        self._held -= sum(map(len, out))
+        return b"".join(out)
 
 
 def numbered(line: TaskSpec, index: int) -> TaskSpec:
@@ -895,11 +980,16 @@ async def run_cli(opts: CliOptions) -> int:
                 size = _block_size(extra.get("block", "-10" if fd else "1M"), fd,
                                    ens.slot_count)
                 header = extra.get("header", "0")
-                blocks = _Blocks(size, end, start, fd, part=bool(fd), regexp=regexp,
-                                 header=1 if header == ":" else int(header),
-                                 records=int(extra.get("max_args", "0")),
-                                 lines=int(extra.get("max_lines", "0")))
-                blocks.warn = console.message
+                grouped = "group_by" in extra  # (-N counts its records, not lines)
+                cut = _Blocks(size, end, start, fd, part=bool(fd), regexp=regexp,
+                              header=1 if header == ":" else int(header),
+                              records=0 if grouped else int(extra.get("max_args", "0")),
+                              lines=int(extra.get("max_lines", "0")))
+                cut.warn = console.message
+                blocks: _Source = cut
+                if grouped:
+                    blocks = _Groups(cut, extra["group_by"], _splitter(extra.get("colsep")),
+                                     size, int(extra.get("max_args", "0")))
                 producer = asyncio.ensure_future(
                     _roundrobin(ens, console, specs[0], blocks) if "roundrobin" in extra
                     else _tee(ens, specs, blocks) if "tee" in extra
