@@ -144,6 +144,33 @@ def _temp_input(spec: TaskSpec, fifo: bool) -> TaskSpec:
     return dataclasses.replace(spec, argv=("sh", "-c", script), line=shown, words=())
 
 
+def _reading_run(ens: Ensemble, spec: TaskSpec, console: Console | None = None
+                 ) -> InputStream:
+    """A run of ``spec`` that reads the stream returned, as it is given.  Such runs start
+    together: they share the input, so none waits for another's size to be measured (a
+    --mem-per-task bound still counts)."""
+    stream = InputStream()
+    if console is not None:
+        console.expect(spec.index)
+    ens.add(spec.argv, spec=dataclasses.replace(spec, mem=0 if spec.mem is None else spec.mem),
+            stdin=stream)
+    return stream
+
+
+async def _all_taken(streams: list[InputStream]) -> None:
+    """Until every run still reading took all it was given."""
+    while True:
+        busy = [s for s in streams if s.pending and not s.gone]
+        if not busy:
+            return
+        waits = [asyncio.ensure_future(s.drained.wait()) for s in busy]
+        try:
+            await asyncio.wait(waits)
+        finally:
+            for w in waits:
+                w.cancel()
+
+
 async def _roundrobin(ens: Ensemble, console: Console, line: TaskSpec,
                       blocks: _Source) -> None:
     """``--roundrobin``: as many runs of ``line`` as there are task slots (at most one a
@@ -158,13 +185,7 @@ async def _roundrobin(ens: Ensemble, console: Console, line: TaskSpec,
             if block is None or ens.stopping:
                 return
             if len(streams) < max(1, ens.slot_count):
-                stream = InputStream()
-                # (The runs start together: they share the input, so none waits for
-                # another's size to be measured; a --mem-per-task bound still counts.)
-                spec = dataclasses.replace(numbered(line, len(streams)),
-                                           mem=0 if line.mem is None else line.mem)
-                console.expect(spec.index)
-                ens.add(spec.argv, spec=spec, stdin=stream)
+                stream = _reading_run(ens, numbered(line, len(streams)), console)
                 streams.append(stream)
             else:
                 while True:
@@ -191,21 +212,11 @@ async def _tee(ens: Ensemble, specs: list[TaskSpec], blocks: _Source) -> None:
     next block is read once every run took the last (the slowest reader sets the pace,
     and pmrun holds one block); a run that closed its stdin is given no more."""
     streams: list[InputStream] = []
-    waits: list[asyncio.Future[bool]] = []
     try:
         for spec in specs:
-            stream = InputStream()
-            # (They start together and share the input, as --roundrobin's runs.)
-            ens.add(spec.argv, spec=dataclasses.replace(
-                spec, mem=0 if spec.mem is None else spec.mem), stdin=stream)
-            streams.append(stream)
+            streams.append(_reading_run(ens, spec))
         while not ens.stopping:
-            while True:
-                busy = [s for s in streams if s.pending and not s.gone]
-                if not busy:
-                    break
-                waits = [asyncio.ensure_future(s.drained.wait()) for s in busy]
-                await asyncio.wait(waits)
+            await _all_taken(streams)
             live = [s for s in streams if not s.gone]
             if not live:
                 return
@@ -215,8 +226,6 @@ async def _tee(ens: Ensemble, specs: list[TaskSpec], blocks: _Source) -> None:
             for stream in live:
                 stream.put(block)
     finally:
-        for w in waits:
-            w.cancel()
         for stream in streams:
             stream.end()
 
@@ -257,7 +266,6 @@ async def _shard(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Sourc
     by_hash = "shard" in extra
     split = _splitter(extra.get("colsep"))
     streams: list[InputStream] = []
-    waits: list[asyncio.Future[bool]] = []
     at = -1
     try:
         while not ens.stopping:
@@ -270,12 +278,7 @@ async def _shard(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Sourc
                 at = int(column) - 1 if column.isdigit() else _column_of(
                     split(blocks.header.rstrip(b"\r\n")), column)
                 for k in range(runs):
-                    stream = InputStream()
-                    spec = dataclasses.replace(numbered(line, k),
-                                               mem=0 if line.mem is None else line.mem)
-                    console.expect(spec.index)
-                    ens.add(spec.argv, spec=spec, stdin=stream)
-                    streams.append(stream)
+                    streams.append(_reading_run(ens, numbered(line, k), console))
             parts: list[list[bytes]] = [[] for _ in range(runs)]
             for record in block.splitlines(keepends=True):
                 cols = split(record.rstrip(b"\r\n"))
@@ -290,17 +293,10 @@ async def _shard(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Sourc
                 parts[k].append(record)
             for stream, part in zip(streams, parts, strict=True):
                 stream.put(b"".join(part))
-            while True:
-                busy = [s for s in streams if s.pending and not s.gone]
-                if not busy:
-                    break
-                waits = [asyncio.ensure_future(s.drained.wait()) for s in busy]
-                await asyncio.wait(waits)
+            await _all_taken(streams)
             if all(s.gone for s in streams):
                 return
     finally:
-        for w in waits:
-            w.cancel()
         for stream in streams:
             stream.end()
 
