@@ -376,6 +376,12 @@ def _rankfile(opts: CliOptions,
     lines = lines[:spec.size]
     # (This machine's nodes, given no hosts: named by their place alone.)
     hosts = where[0] if where is not None else [f"+n{k}" for k in range(opts.local_nodes or 1)]
+    index: dict[str, int] = {}
+    for i, host in enumerate(hosts):
+        index.setdefault(host, i)
+    # (This machine by another of its names: the host given that is it.)
+    here = 0 if where is None and len(hosts) == 1 else next(
+        (i for i, host in enumerate(hosts) if is_this_machine(host)), None)
     placement: list[int] = []
     for rank, line in enumerate(lines):
         if line.relative is not None:
@@ -383,10 +389,10 @@ def _rankfile(opts: CliOptions,
             if node >= len(hosts):
                 raise UsageError(f"--rankfile {path}: rank {rank} is on +n{node}, the job "
                                  f"has {len(hosts)} host{'s' * (len(hosts) > 1)}")
-        elif line.host in hosts:
-            node = hosts.index(line.host)
-        elif where is None and is_this_machine(line.host) and len(hosts) == 1:
-            node = 0
+        elif line.host in index:
+            node = index[line.host]
+        elif here is not None and is_this_machine(line.host):
+            node = here
         else:
             raise UsageError(f"--rankfile {path}: rank {rank} is on {line.host}, not one of "
                              f"the job's hosts ({', '.join(hosts[:4])}"
