@@ -1472,6 +1472,24 @@ class Section:
         self.values: dict[str, object] = {}
 
 
+def _bundled(arg: str) -> list[str] | None:
+    """Short options written together as GNU parallel (getopt) takes them: flags, then
+    perhaps one that takes a value, attached or next (``-kN1``: ``-k -N1``; ``-kj 2``);
+    None when ``arg`` is not such a bundle."""
+    out: list[str] = []
+    for at, letter in enumerate(arg[1:], 1):
+        opt = BY_NAME.get("-" + letter)
+        if opt is None:
+            return None
+        if opt.kind in (FLAG, COUNT):
+            out.append("-" + letter)
+            continue
+        if opt.kind == VALUE and out:
+            return [*out, "-" + arg[at:]]
+        return None
+    return out if len(out) > 1 else None
+
+
 def log_level(verbose: int) -> int:
     """The logging level ``-v`` given ``verbose`` times asks for: WARNING, INFO, DEBUG, or
     ERROR after ``-Q`` (as numbers: this module is read before ``logging`` is imported)."""
@@ -1552,6 +1570,11 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                 short = BY_NAME["--distribution"]  # srun's -mcyclic
             if short is not None and short.kind == VALUE and _attached(short, arg):
                 opt, name, eq, inline = short, arg[:2], "=", arg[2:]  # -n4, -j2: srun's
+        if opt is None and not eq and len(arg) > 2 and arg[1] != "-":
+            bundle = _bundled(arg)
+            if bundle is not None:  # GNU parallel's (getopt's) -kN1: -k -N1
+                argv[i:i + 1] = bundle
+                continue
         if opt is None:
             word = arg.partition("=")[0]
             if word in _ALLOCATION:

@@ -729,6 +729,13 @@ def test_roundrobin_ends_when_its_runs_leave_and_refuses_what_it_cannot_do(
                                                f"{clash}\n")
 
 
+def test_short_options_written_together_as_gnu_parallel_takes_them(pmrun: Run) -> None:
+    for argv in (["-kj2"], ["-kj", "2"], ["-kN1"], ["-k", "-N1"]):
+        r = pmrun(*argv, "echo", ":::", "a", "b", "c")
+        assert (r.returncode, r.stdout, r.stderr) == (0, "a\nb\nc\n", ""), argv
+    r = pmrun("-kZ", "echo", ":::", "a")  # (-Z is no option: the word is named as given)
+    assert (r.returncode, r.stderr) == (2, "pmrun: unknown option -kZ (see pmrun --help)\n")
+
 def test_process_slot_var_is_the_slot_less_one(pmrun: Run) -> None:
     r = pmrun("-j", "2", "--process-slot-var", "GPU", "-k", "echo {} $GPU {%}", ":::", "a", "b",
               "c")
