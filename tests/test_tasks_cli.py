@@ -736,6 +736,22 @@ def test_short_options_written_together_as_gnu_parallel_takes_them(pmrun: Run) -
     r = pmrun("-kZ", "echo", ":::", "a")  # (-Z is no option: the word is named as given)
     assert (r.returncode, r.stderr) == (2, "pmrun: unknown option -kZ (see pmrun --help)\n")
 
+@pytest.mark.parametrize("tail", [
+    ["--seqreplace", "<n>", "--slotreplace", "<s>", "-j1", "echo", "<n>", "<s>", "{#}", ":::",
+     "a", "b"],
+    ["--er", ",e", "--bnr", ",b", "--dnr", ",d", "--bner", ",be", "echo", ",e", ",b", ",d",
+     ",be", "{.}", ":::", "/x/y/z.tar.gz"],
+    ["-I", ",,", "--seqreplace", ",n", "echo", ",,", ",n", "{}", ":::", "a"],
+])
+def test_replacement_strings_renamed_as_gnu_parallel(pmrun: Run, tmp_path: Path,
+                                                     tail: list[str]) -> None:
+    want = {"<n>": "1 1 {#}\n2 1 {#}\n", ",e": "/x/y/z.tar z.tar.gz /x/y z.tar {.}\n",
+            ",,": "a 1 {}\n"}[tail[1]]
+    r = pmrun("-k", *tail)
+    assert (r.returncode, r.stdout, r.stderr) == (0, want, ""), r.stderr
+    if PARALLEL is not None:
+        assert parallel(tmp_path, "-k", *tail).stdout == want
+
 def test_process_slot_var_is_the_slot_less_one(pmrun: Run) -> None:
     r = pmrun("-j", "2", "--process-slot-var", "GPU", "-k", "echo {} $GPU {%}", ":::", "a", "b",
               "c")

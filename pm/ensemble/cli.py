@@ -71,16 +71,36 @@ def _results_dir(top: str, spec: TaskSpec, names: Sequence[str]) -> str:
 
 _T = TypeVar("_T")
 
-#: What a command's own ``{}`` is while ``-I STR`` stands for the argument (:func:`_marked`).
-_KEPT = "\x01\x02"
+#: GNU parallel's options that rename a replacement string (``-I STR``: STR is ``{}``).
+RENAMES = (("replace", "{}"), ("seqreplace", "{#}"), ("slotreplace", "{%}"),
+           ("extensionreplace", "{.}"), ("basenamereplace", "{/}"),
+           ("dirnamereplace", "{//}"), ("basenameextensionreplace", "{/.}"))
 
 
-def _marked(text: str, replace: str) -> str:
-    """``text`` with ``-I``'s STR as ``{}``, and ``{}`` itself kept aside as :data:`_KEPT`
-    (``-I {}`` is what there is without it)."""
-    if replace == "{}":
-        return text
-    return text.replace("{}", _KEPT).replace(replace, "{}")
+def _renames(extra: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The renamings the command line asks for: (STR, the string it stands for)."""
+    return [(extra[key], std) for key, std in RENAMES if extra.get(key, std) != std]
+
+
+def _kept(k: int) -> str:
+    """What a command's own replacement string is while another stands for it."""
+    return f"\x01{chr(2 + k)}"
+
+
+def _marked(text: str, renames: list[tuple[str, str]]) -> str:
+    """``text`` with each renaming's STR as the string it stands for, and those strings
+    themselves kept aside (:func:`_unmarked` puts them back once the line is filled)."""
+    for k, (_, std) in enumerate(renames):
+        text = text.replace(std, _kept(k))
+    for given, std in sorted(renames, key=lambda r: -len(r[0])):  # (,be before ,b)
+        text = text.replace(given, std)
+    return text
+
+
+def _unmarked(text: str, renames: list[tuple[str, str]]) -> str:
+    for k, (_, std) in enumerate(renames):
+        text = text.replace(_kept(k), std)
+    return text
 
 
 def _same(value: _T, _index: int) -> _T:
@@ -766,15 +786,16 @@ async def run_cli(opts: CliOptions) -> int:
         return _read_text(name)
 
     names: list[str] | None = [] if "header" in extra else None
+    renames = _renames(extra)
     nodes = nodes_of(opts)
     assert isinstance(nodes, Nodes)
 
     def tasks() -> list[TaskSpec]:
         made = _tasks()
-        if "replace" in extra:
+        if renames:
             # -I STR: STR was {} meanwhile, and {} itself kept aside (GNU parallel's, xargs').
             def back(text: str) -> str:
-                return text.replace(_KEPT, "{}")
+                return _unmarked(text, renames)
 
             made = [dataclasses.replace(s, argv=tuple(map(back, s.argv)), line=back(s.line),
                                         words=tuple(map(back, s.words))) for s in made]
@@ -787,8 +808,8 @@ async def run_cli(opts: CliOptions) -> int:
         nonlocal names
         # -q: the command's words as given (GNU parallel's), not a line the shell splits.
         words = extra["tasks_words"].split("\0") if "tasks_words" in extra else None
-        if "replace" in extra and words is not None:
-            words = [_marked(w, extra["replace"]) for w in words]
+        if renames and words is not None:
+            words = [_marked(w, renames) for w in words]
         if "plus" in extra and words is not None:
             words = [_plus_filters(w) for w in words]
         if words is not None and not sources:  # (--pipe)
@@ -796,8 +817,8 @@ async def run_cli(opts: CliOptions) -> int:
             return [TaskSpec(0, ("sh", "-c", line), options.get("mem_per_task"), line, 1,
                              tuple(words))]
         text = extra["tasks_line"] if path is None else _read_text(path)
-        if "replace" in extra and path is None:
-            text = _marked(text, extra["replace"])
+        if renames and path is None:
+            text = _marked(text, renames)
         if "plus" in extra:
             text = _plus_filters(text)
         specs = parse_tasks(text, options.get("mem_per_task")) if words is None else []
