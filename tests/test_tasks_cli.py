@@ -752,6 +752,17 @@ def test_replacement_strings_renamed_as_gnu_parallel(pmrun: Run, tmp_path: Path,
     if PARALLEL is not None:
         assert parallel(tmp_path, "-k", *tail).stdout == want
 
+def test_shell_quote_prints_and_skip_first_line_drops(pmrun: Run, tmp_path: Path) -> None:
+    tail = ["--shell-quote", "-k", "echo", "a b", ":::", "x", "c'd"]
+    r = pmrun(*tail)
+    # (The argument quoted in the line, then the line quoted: as parallel prints it.)
+    want = "'echo a b x'\n'echo a b '\"'\"'c'\"'\"'\"'\"'\"'\"'\"'\"'d'\"'\"\n"
+    assert (r.returncode, r.stdout, r.stderr) == (0, want, "")
+    if PARALLEL is not None:
+        assert parallel(tmp_path, *tail).stdout == want
+    r = pmrun("--skip-first-line", "-k", "echo", input="header\n1\n2\n")
+    assert (r.returncode, r.stdout) == (0, "1\n2\n"), r.stderr
+
 def test_process_slot_var_is_the_slot_less_one(pmrun: Run) -> None:
     r = pmrun("-j", "2", "--process-slot-var", "GPU", "-k", "echo {} $GPU {%}", ":::", "a", "b",
               "c")

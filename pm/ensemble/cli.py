@@ -31,6 +31,7 @@ from pm.ensemble.inputs import (
     fill,
     has_replacement,
     shaping,
+    shell_quote,
     split_columns,
     spread,
 )
@@ -783,8 +784,13 @@ async def run_cli(opts: CliOptions) -> int:
             raise UsageError(f"{given} is for task ensembles: give their arguments (pmrun "
                              f"{given} ... CMD ::: ARGS, or on stdin: ... | pmrun {given} ... "
                              "CMD), or --tasks FILE; stdin is a terminal")
-        return _read_text(name)
+        text = _read_text(name)
+        if "skip_first_line" in extra and not skipped:  # (the input's first line: the first
+            skipped.append(name)                       # source read)
+            text = text.partition("\n")[2]
+        return text
 
+    skipped: list[str] = []
     names: list[str] | None = [] if "header" in extra else None
     renames = _renames(extra)
     nodes = nodes_of(opts)
@@ -894,9 +900,10 @@ async def run_cli(opts: CliOptions) -> int:
             raise UsageError(f"--tee runs all {len(specs)} commands at once: -j "
                              f"{extra['jobs']} gives {slots} task slots (try -j 0)")
 
-    if "dry_run" in extra:
+    if "dry_run" in extra or "shell_quote" in extra:  # (--shell-quote: each line quoted)
         PERL.close()
-        sys.stdout.write("".join(f"{s.argv[2]}\n" for s in specs))
+        show = shell_quote if "shell_quote" in extra else str
+        sys.stdout.write("".join(f"{show(s.argv[2])}\n" for s in specs))
         return 0
     log = None if joblog is None else JobLog(
         joblog, append="resume" in extra or "resume_failed" in extra)
