@@ -763,6 +763,19 @@ def test_shell_quote_prints_and_skip_first_line_drops(pmrun: Run, tmp_path: Path
     r = pmrun("--skip-first-line", "-k", "echo", input="header\n1\n2\n")
     assert (r.returncode, r.stdout) == (0, "1\n2\n"), r.stderr
 
+@pytest.mark.parametrize(("flag", "unit"), [("--use-cores-instead-of-threads", "cores"),
+                                            ("--use-sockets-instead-of-threads", "packages"),
+                                            ("--use-cpus-instead-of-cores", "packages")])
+def test_cpu_counts_in_cores_or_sockets(pmrun: Run, flag: str, unit: str) -> None:
+    from pm.agent.topology import discover
+
+    allowed = os.sched_getaffinity(0)
+    topo = discover(use_hwloc=False)
+    count = sum(1 for cpus in getattr(topo, unit) if cpus & allowed)
+    r = pmrun(flag, "-j", "200%", "echo {%}; sleep 0.2", ":::", *map(str, range(12)))
+    assert r.returncode == 0, r.stderr
+    assert len(set(r.stdout.split())) == 2 * count, (r.stdout, count)
+
 def test_process_slot_var_is_the_slot_less_one(pmrun: Run) -> None:
     r = pmrun("-j", "2", "--process-slot-var", "GPU", "-k", "echo {} $GPU {%}", ":::", "a", "b",
               "c")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from pm.agent.memory import SizeError, parallel_size, parse_size
 from pm.ensemble.console import Console
 from pm.ensemble.core import Ensemble
-from pm.ensemble.domain import planned_slots
+from pm.ensemble.domain import CPU_UNIT, planned_slots
 from pm.ensemble.inputs import (
     Plus,
     chunked,
@@ -773,6 +773,7 @@ async def run_cli(opts: CliOptions) -> int:
 
     extra = opts.extra
     path = extra.get("tasks")
+    CPU_UNIT[0] = extra.get("cpu_unit", "thread")  # (-j's CPU rules, here and on hosts)
     options = _options(extra)
     sources = _sources(opts)
 

@@ -55,7 +55,7 @@ from pm.agent.memory import (
     parse_size,
 )
 from pm.common.output import STDOUT
-from pm.ensemble.domain import Domain, cpu_slots, local_cores, make_domains
+from pm.ensemble.domain import CPU_UNIT, Domain, cpu_slots, local_cores, make_domains
 from pm.ensemble.local import LocalRunner, signal_tree, tree_anon
 from pm.ensemble.remote import RemoteRunner
 from pm.ensemble.scheduler import (
@@ -194,8 +194,8 @@ class Ensemble:
         self._domains = make_domains(nodes, self._spec.ppn, self._here, local_hosts, jobs)
         for d in self._domains.values():
             if d.local and d.cores and (d.slots or 0) < 1:
-                raise SizeError(f"-j {d.rule}: {local_cores()} CPU threads here leave no job "
-                                "slot")
+                raise SizeError(f"-j {d.rule}: {local_cores()} CPU {CPU_UNIT[0]}s here leave "
+                                "no job slot")
         by_cores = all(d.cores for d in self._domains.values())
         self._sched = EnsembleScheduler(
             list(self._domains), retries, slots={d.name: d.slots for d in self._domains.values()

@@ -108,6 +108,20 @@ def planned_slots(nodes: Nodes, ppn: int | None, jobs: int | str | None) -> int:
     return total
 
 
-def local_cores() -> int:
-    """The cores this process may run on (a Slurm or cgroup cpuset counts)."""
-    return len(os.sched_getaffinity(0)) or 1
+#: What -j's CPU rules count here (GNU parallel's --use-cores-instead-of-threads and
+#: --use-sockets-instead-of-threads): "thread", "core" or "socket"; set once per run.
+CPU_UNIT = ["thread"]
+
+
+def local_cores(unit: str = "") -> int:
+    """The CPU threads this process may run on (a Slurm or cgroup cpuset counts), or the
+    cores or sockets that hold them (``unit``, else :data:`CPU_UNIT`)."""
+    unit = unit or CPU_UNIT[0]
+    allowed = os.sched_getaffinity(0)
+    if unit == "thread":
+        return len(allowed) or 1
+    from pm.agent.topology import discover
+
+    topo = discover(use_hwloc=False)
+    return sum(1 for cpus in (topo.cores if unit == "core" else topo.packages)
+               if cpus & allowed) or 1

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from pm.agent.memory import NodeMemory
 from pm.common.output import STDERR, read_ready
+from pm.ensemble.domain import CPU_UNIT, local_cores
 from pm.ensemble.local import LocalRunner, signal_tree, tree_anon
 from pm.ensemble.scheduler import TaskSpec
 from pm.ensemble.task import Task
@@ -74,6 +75,8 @@ class RemoteRunner:
 
         h = self._hosts[host] = _Host(host, samples, lost)
         argv = [sys.executable, "-m", "pm.ensemble", "runner", str(interval)]
+        if CPU_UNIT[0] != "thread":  # (what -j's CPU rules count there too)
+            argv.append(CPU_UNIT[0])
         spec = JobSpec([AppSpec(["true"]), AppSpec(argv)], genv=dict(self._spec.genv),
                        env_mode=self._spec.env_mode, genvlist=list(self._spec.genvlist),
                        stdin_rank=1)
@@ -224,20 +227,20 @@ class _Host:
 
 
 # ---------------------------------------------------------------------- the runner
-def runner_main(interval: float) -> int:
+def runner_main(interval: float, unit: str = "thread") -> int:
     """``python -m pm.ensemble runner INTERVAL``: run the tasks the ensemble sends on
     stdin, report their output and exits on stdout, and every INTERVAL seconds a
     :class:`~pm.proto.runner.ProbeSample` of this node's memory, the cores it may run
     on and each task's anonymous resident bytes.  Ends at EOF on stdin, or on SIGTERM
     or SIGHUP, killing what still runs; SIGINT is the ensemble's to pass on."""
     async def serve() -> int:
-        return await _Runner(interval).serve()
+        return await _Runner(interval, unit).serve()
 
     return asyncio.run(serve())
 
 
 class _Runner:
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, unit: str = "thread") -> None:
         self._interval = interval
         self._env: dict[str, str] = {}
         self._local = LocalRunner(lambda: dict(self._env))
@@ -246,7 +249,7 @@ class _Runner:
         self._commands = CommandReader()
         self._inputs: dict[int, bytes] = {}  # a task's stdin, until its start
         self._memory = NodeMemory()
-        self._cores = len(os.sched_getaffinity(0)) or 1
+        self._cores = local_cores(unit)
         self._stop = asyncio.Event()
 
     async def serve(self) -> int:
