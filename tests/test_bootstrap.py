@@ -311,7 +311,7 @@ def test_hydras_rmk_picks_whose_allocation(tmp_path: Path,
     with pytest.raises(ValueError, match=r"^-rmk slurm: this is not inside a Slurm "
                                          r"allocation \(no SLURM_JOB_NODELIST\)$"):
         bootstrap_options({"rmk": "slurm"})
-    with pytest.raises(ValueError, match=r"^-rmk lsf: this is not inside a LSF job "):
+    with pytest.raises(ValueError, match=r"^-rmk lsf: this is not inside an LSF job "):
         bootstrap_options({"rmk": "lsf"})
     pbs, lsf = tmp_path / "pbs", tmp_path / "lsf"
     pbs.write_text("p1\np1\n")

@@ -90,7 +90,8 @@ def _resource_manager(rmk: str, name: str | None, hosts_given: bool | Sequence[s
         return name or (None if hosts_given else "slurm"), False
     var = RESOURCE_MANAGERS[rmk]
     if not environ.get(var):
-        raise ValueError(f"-rmk {rmk}: this is not inside a {rmk.upper()} job (no {var})")
+        system = "a PBS/Torque" if rmk == "pbs" else "an LSF"
+        raise ValueError(f"-rmk {rmk}: this is not inside {system} job (no {var})")
     if name or hosts_given:
         return name, False
     return "ssh", var
