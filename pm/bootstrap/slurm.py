@@ -63,8 +63,9 @@ _NODE_FAILED = re.compile(r"^srun: error: Node failure on ([^\s,]+)")
 #: ends a job, or a step: ``scancel STEP`` kills at once).
 _TERMINATED = re.compile(r": tasks? [0-9,\-]+: (?:Terminated|Killed)$")
 #: Seconds a node whose agent died of such a signal is held before it is named lost:
-#: Slurm's word that it ended the job (or pmrun's own SIGTERM) comes in that time if at all.
-SIGNAL_GRACE = 3.0
+#: Slurm's word that it ended the job (or pmrun's own SIGTERM) comes in that time if at all
+#: (a scancel on a loaded machine here took more than 3 s to reach srun).
+SIGNAL_GRACE = 5.0
 _SLURM_SIGNALS = (signal.SIGTERM, signal.SIGKILL)
 #: What slurmstepd says when Slurm ends a job or step (scancel, the time limit, ...).
 _CANCELLED = re.compile(r"\*\*\* (JOB|STEP) (\S+) ON (\S+) CANCELLED AT (\S+)(?: DUE TO ([^*]+?))?"
