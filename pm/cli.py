@@ -4,6 +4,7 @@ runs it through :class:`pm.head.JobRun` (the same path as ``pm.run``)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import sys
@@ -327,7 +328,10 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
     return where
 
 
+@functools.cache
 def _rankfile_lines(path: str) -> list[RankLine]:
+    """The rankfile's ranks, read once (the job's hosts are found twice: before the heavy
+    imports, to start the first agents early, and for the plan)."""
     from pm.common.rankfile import RankfileError, parse
     from pm.options import file_text
 

@@ -191,9 +191,8 @@ class JobRun:
         else:
             slots = sequence_slots(spec, len(hosts), nodes.slots)
         # (Open MPI's --rank-by: each program's ranks numbered anew on their nodes.)
-        node_of_rank = list(spec.placement) or job_placement(
-            [a.n for a in spec.apps], slots, spec.distribution, app_nodes, app_slots,
-            spec.rank_by)
+        node_of_rank = job_placement([a.n for a in spec.apps], slots, spec.distribution,
+                                     app_nodes, app_slots, spec.rank_by, spec.placement)
         #: The node of each rank (its place in the plan's hosts).
         self.node_of_rank = node_of_rank
         used = max(node_of_rank) + 1

@@ -274,7 +274,8 @@ def _or(words: tuple[str, ...] | list[str]) -> str:
 
 
 def shard_column(value: str, opt: str) -> str:
-    """GNU parallel's ``--shard``/``--bin`` COLUMN: a number from 1, or a column's name."""
+    """GNU parallel's ``--shard``/``--bin``/``--group-by`` COLUMN: a number from 1, or a
+    column's name."""
     column, _, perl = value.strip().partition(" ")
     if perl.strip():
         raise UsageError(f"{opt} {value!r}: pmrun takes the column's value as it is (a "
@@ -1700,11 +1701,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     if ({"cat", "fifo", "roundrobin"} & out.values.keys()) and "pipepart" not in out.values:
         out.values["pipe"] = True  # (GNU parallel's: they are --pipe's)
     if "roundrobin" in out.values:
-        clash = next((n for o, n in out.used.items()
-                      if o.key in ("retries", "hosts", "cat", "fifo", "dry_run")), None)
-        if clash is not None:
-            raise UsageError(f"--roundrobin feeds runs on this machine block after block, "
-                             f"as they read: not with {clash}")
+        _not_with(out, ("retries", "hosts", "cat", "fifo", "dry_run"),
+                  "--roundrobin feeds runs on this machine block after block, as they read")
     if "shard" in out.values or "bin" in out.values:
         _sharded(out)
     if "group_by" in out.values:
@@ -1801,19 +1799,27 @@ def _semaphore(out: Parsed) -> None:
     out.sections.clear()
 
 
+def _not_with(out: Parsed, keys: tuple[str, ...], what: str) -> None:
+    """:class:`UsageError` ``WHAT: not with OPT`` for the first option given of ``keys``
+    (named as written)."""
+    clash = next((n for o, n in out.used.items() if o.key in keys), None)
+    if clash is not None:
+        raise UsageError(f"{what}: not with {clash}")
+
+
+def _named_column(values: Mapping[str, object], word: str, column: str) -> None:
+    """A column given by name needs ``--header :`` (its first line names the columns)."""
+    if not column.isdigit() and values.get("header") != ":":
+        raise UsageError(f"{word} {column}: a column's name needs --header : (the first "
+                         "line names the columns)")
+
+
 def _group_by(out: Parsed) -> None:
     """GNU parallel's ``--group-by COL``: --pipe's records are runs of lines alike in COL."""
     values = out.values
-    clash = next((n for o, n in out.used.items()
-                  if o.key in ("pipepart", "shard", "bin", "max_lines", "recstart", "recend",
-                               "regexp")), None)
-    if clash is not None:
-        raise UsageError(f"--group-by makes records of stdin's lines alike in a column: not "
-                         f"with {clash}")
-    column = str(values["group_by"])
-    if not column.isdigit() and values.get("header") != ":":
-        raise UsageError(f"--group-by {column}: a column's name needs --header : (the first "
-                         "line names the columns)")
+    _not_with(out, ("pipepart", "shard", "bin", "max_lines", "recstart", "recend", "regexp"),
+              "--group-by makes records of stdin's lines alike in a column")
+    _named_column(values, "--group-by", str(values["group_by"]))
     values["pipe"] = True  # (GNU parallel's: it is --pipe's)
 
 
@@ -1824,32 +1830,22 @@ def _sharded(out: Parsed) -> None:
     if "shard" in values and "bin" in values:
         raise UsageError("--shard and --bin: give one of them")
     word = "--shard" if "shard" in values else "--bin"
-    clash = next((n for o, n in out.used.items()
-                  if o.key in ("pipepart", "roundrobin", "tee", "cat", "fifo", "retries",
-                               "hosts", "max_args", "max_lines", "recstart", "recend",
-                               "regexp")), None)
-    if clash is not None:
-        raise UsageError(f"{word} deals the lines of stdin to runs on this machine as they "
-                         f"read: not with {clash}")
+    _not_with(out, ("pipepart", "roundrobin", "tee", "cat", "fifo", "retries", "hosts",
+                    "max_args", "max_lines", "recstart", "recend", "regexp"),
+              f"{word} deals the lines of stdin to runs on this machine as they read")
     if str(values.get("jobs", "")).strip() in ("0", "0%"):
         raise UsageError(f"{word} deals the lines to a run per task slot: give -j N, not "
                          f"-j {values['jobs']}")
-    column = str(values.get("shard", values.get("bin")))
-    if not column.isdigit() and values.get("header") != ":":
-        raise UsageError(f"{word} {column}: a column's name needs --header : (the first "
-                         "line names the columns)")
+    _named_column(values, word, str(values.get("shard", values.get("bin"))))
     values["pipe"] = True  # (GNU parallel's: they are --pipe's)
 
 
 def _tee(out: Parsed) -> None:
     """GNU parallel's ``--tee``: ``pmrun --tee CMD ::: A B`` runs CMD once per argument,
     every run reading all of stdin (as ``--pipe``'s blocks, to each), all at once."""
-    clash = next((n for o, n in out.used.items()
-                  if o.key in ("pipepart", "roundrobin", "cat", "fifo", "retries", "hosts",
-                               "tasks", "arg_files", "dry_run")), None)
-    if clash is not None:
-        raise UsageError(f"--tee gives all of stdin to a run per argument, as they read it: "
-                         f"not with {clash}")
+    _not_with(out, ("pipepart", "roundrobin", "cat", "fifo", "retries", "hosts", "tasks",
+                    "arg_files", "dry_run"),
+              "--tee gives all of stdin to a run per argument, as they read it")
     out.values["pipe"] = True  # (GNU parallel's: --tee is --pipe's)
     argv = out.sections[0].argv if len(out.sections) == 1 else []
     if not any(w in source_words(out.values) for w in argv[1:]):

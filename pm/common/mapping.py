@@ -146,11 +146,15 @@ def place_apps(counts: Sequence[int], app_nodes: Sequence[Sequence[int]],
 
 def job_placement(counts: Sequence[int], slots: Sequence[int], distribution: str = "block",
                   app_nodes: Sequence[Sequence[int]] = (),
-                  app_slots: Sequence[Sequence[int]] = (), rank_by: str = "") -> list[int]:
+                  app_slots: Sequence[Sequence[int]] = (), rank_by: str = "",
+                  given: Sequence[int] = ()) -> list[int]:
     """The node of each rank of a job whose programs have ``counts[i]`` ranks: placed by
     the nodes' ``slots`` (or each program on its own ``app_nodes``, :func:`place_apps`),
-    then numbered as ``rank_by`` says (:func:`ranked`).  The head and every agent place a
-    job's ranks with this one function."""
+    then numbered as ``rank_by`` says (:func:`ranked`); or as ``given`` says, rank by rank
+    (Open MPI's rankfile).  The head and every agent place a job's ranks with this one
+    function."""
+    if given:
+        return list(given)
     if app_nodes:
         nodes = place_apps(counts, app_nodes, app_slots, distribution)
     else:

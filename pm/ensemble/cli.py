@@ -266,10 +266,6 @@ def _plus_filters(text: str) -> str:
     return text
 
 
-def _sharded(extra: Mapping[str, str]) -> bool:
-    return "shard" in extra or "bin" in extra
-
-
 async def _shard(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Source,
                  extra: Mapping[str, str]) -> None:
     """``--shard COL`` / ``--bin COL``: a run of ``line`` per task slot, all at once, each
@@ -296,8 +292,7 @@ async def _shard(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Sourc
             if blocks.header:
                 block = block[len(blocks.header):]
             if at < 0:
-                at = int(column) - 1 if column.isdigit() else _column_of(
-                    split(blocks.header.rstrip(b"\r\n")), column)
+                at = _column_index(column, blocks.header, split, "--shard/--bin")
                 for k in range(runs):
                     streams.append(_reading_run(ens, numbered(line, k), console))
             parts: list[list[bytes]] = [[] for _ in range(runs)]
@@ -322,12 +317,18 @@ async def _shard(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Sourc
             stream.end()
 
 
-def _column_of(names: list[bytes], name: str, opt: str = "--shard/--bin") -> int:
+def _column_index(column: str, header: bytes, split: Callable[[bytes], list[bytes]],
+                  opt: str) -> int:
+    """Where ``column`` (a number from 1, or a name the ``--header`` line gives) is in a
+    line cut by ``split``."""
+    if column.isdigit():
+        return int(column) - 1
+    names = split(header.rstrip(b"\r\n"))
     try:
-        return names.index(os.fsencode(name))
+        return names.index(os.fsencode(column))
     except ValueError:
         shown = b", ".join(names[:6]).decode(errors="replace")
-        raise UsageError(f"{opt} {name}: no such column in the header ({shown})") from None
+        raise UsageError(f"{opt} {column}: no such column in the header ({shown})") from None
 
 
 def _splitter(colsep: str | None) -> Callable[[bytes], list[bytes]]:
@@ -380,8 +381,7 @@ class _Groups:
                 continue
             self.header = self._lines.header
             if self._at < 0:
-                self._at = int(self._column) - 1 if self._column.isdigit() else _column_of(
-                    self._split(self.header.rstrip(b"\r\n")), self._column, "--group-by")
+                self._at = _column_index(self._column, self.header, self._split, "--group-by")
             for line in data[len(self.header):].splitlines(keepends=True):
                 cols = self._split(line.rstrip(b"\r\n"))
                 key = cols[self._at] if self._at < len(cols) else b""
@@ -632,7 +632,6 @@ def _tags(extra: dict[str, str], specs: Sequence[TaskSpec], tasks_file: bool
     """Each task's output line prefix: ``--tagstring STR`` filled for it and a tab,
     ``--tag`` its arguments (its line, without sources) and a tab; else ``[task N] ``
     for ``--tasks FILE`` without GNU parallel's output options, and none."""
-
     if "tagstring" in extra:
         from pm.ensemble.perl_expr import Skipped
 
@@ -659,7 +658,6 @@ def _tags(extra: dict[str, str], specs: Sequence[TaskSpec], tasks_file: bool
 
 def _options(extra: dict[str, str]) -> dict[str, Any]:
     """Ensemble keyword arguments from the CLI's option values (UsageError if bad)."""
-
     out: dict[str, Any] = {"mem_high": extra.get("mem_high"), "mem_low": extra.get("mem_low")}
     try:
         if "memfree" in extra:
@@ -740,7 +738,6 @@ def _sources(opts: CliOptions) -> list[str]:
     """The input sources' words (``::: A B``, ``:::: FILE``...; empty without them); a
     program beside ``--tasks FILE`` is refused, since the file's lines run and it would
     silently be left out."""
-
     apps = opts.spec.apps
     if not apps:
         return []
@@ -1018,7 +1015,8 @@ async def run_cli(opts: CliOptions) -> int:
                 producer = asyncio.ensure_future(
                     _roundrobin(ens, console, specs[0], blocks) if "roundrobin" in extra
                     else _tee(ens, specs, blocks) if "tee" in extra
-                    else _shard(ens, console, specs[0], blocks, extra) if _sharded(extra)
+                    else _shard(ens, console, specs[0], blocks, extra)
+                    if "shard" in extra or "bin" in extra
                     else _pipe(ens, console, specs[0], blocks, temp))
                 try:
                     await producer

@@ -14,6 +14,7 @@ once, before anything runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 from collections.abc import Collection
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pm.agent.topology import Topology
     from pm.common.nodes import Nodes
     from pm.head import JobRun
 
@@ -120,8 +122,15 @@ def local_cores(unit: str = "") -> int:
     allowed = os.sched_getaffinity(0)
     if unit == "thread":
         return len(allowed) or 1
-    from pm.agent.topology import discover
-
-    topo = discover(use_hwloc=False)
+    topo = _topology()
     return sum(1 for cpus in (topo.cores if unit == "core" else topo.packages)
                if cpus & allowed) or 1
+
+
+@functools.cache
+def _topology() -> Topology:
+    """This host's cores and sockets, read once (a -j FILE's rule is applied again as
+    tasks end)."""
+    from pm.agent.topology import discover
+
+    return discover(use_hwloc=False)

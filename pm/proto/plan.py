@@ -122,10 +122,8 @@ class JobPlan(Record):
         """The node (index into :attr:`hosts`) of each rank."""
         from pm.common.mapping import job_placement
 
-        if self.placement:
-            return list(self.placement)
         return job_placement([a.n for a in self.apps], self.slots, self.distribution,
-                             self.app_nodes, self.app_slots, self.rank_by)
+                             self.app_nodes, self.app_slots, self.rank_by, self.placement)
 
     def app_of_rank(self, rank: int) -> int:
         first = 0

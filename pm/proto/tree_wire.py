@@ -56,7 +56,8 @@ from pm.proto.record import Message, pack_default
 MAC_LEN = 16
 #: 2: frames are [envelope, body]; 3: typed records (plans, items); 4: BLAKE2b MACs;
 #: 5: exits and aborts carry the time their agent learned of them; 6: Started says whether
-#: a spawned job's ranks need their spawner; 7: plans carry --rank-by
+#: a spawned job's ranks need their spawner; 7: plans carry --rank-by and a rankfile's
+#: placement and slots
 PROTOCOL_VERSION = 7
 
 #: Directions of a tree link (bound under an envelope's tag).
