@@ -608,6 +608,10 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
                  "sockets": len(topo.packages)}.get(opts.extra.get("number_of", ""))
         sys.stdout.write(f"{summary(topo) if count is None else count}\n")
         return 0
+    if "onall" in opts.extra:  # GNU parallel's --onall, --nonall: a run per host
+        from pm.ensemble.onall import run_onall
+
+        return await run_onall(opts)
     if _tasks(opts):
         from pm.ensemble.cli import run_cli
 

@@ -1253,6 +1253,11 @@ OPTIONS = (
              "many a block)"),
     Opt("--bin", "bin", shard_column, metavar="COLUMN", group=MEMORY,
         help="as --shard, the COLUMN's whole number (modulo -j) naming the run"),
+    Opt("--onall", "onall", kind=FLAG, group=MEMORY,
+        help="run every task on every host (-S, -hosts), one at a time there; -j N: N "
+             "hosts at once (default all); each host's output whole (-k: in host order)"),
+    Opt("--nonall", "nonall", kind=FLAG, group=MEMORY,
+        help="run the command once on every host, without arguments (--onall's)"),
     Opt("--tee", "tee", kind=FLAG, group=MEMORY,
         help="--pipe's whole stdin to every run of the command, one run per argument of its "
              "::: sources, all at once (GNU parallel's: pmrun --tee CMD {} ::: A B)"),
@@ -1521,7 +1526,7 @@ def log_level(verbose: int) -> int:
 class Parsed:
     """A command line, checked: the job-wide values, the sections, and what was used."""
 
-    __slots__ = ("action", "here", "sections", "used", "values", "verbose")
+    __slots__ = ("action", "here", "sections", "spans", "used", "values", "verbose", "words")
 
     def __init__(self) -> None:
         self.values: dict[str, object] = {}
@@ -1535,6 +1540,11 @@ class Parsed:
         #: The one host of -hosts or -f when it is this machine, and its slots, as
         #: :func:`quick_ok` found it (:func:`this_machine_alone`).
         self.here: tuple[str, int | None] | None = None
+        #: The command line's words (short options written together apart, a -configfile's
+        #: words at the end) and where each option is in it: (key, start, end) -- what
+        #: ``--onall`` hands on to a run per host, less its own options.
+        self.words: list[str] = []
+        self.spans: list[tuple[str, int, int]] = []
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
@@ -1545,7 +1555,12 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     read_config = False
     config: list[str] = []
     i = 0
+    out.words = argv
+    at: tuple[str, int] | None = None  # the option read last: its key and first word
     while i < len(argv) or config:
+        if at is not None:
+            out.spans.append((*at, i))
+            at = None
         if i >= len(argv):
             # The command line is read: the -configfile's programs come after its options.
             argv.extend(config)
@@ -1578,6 +1593,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                 raise UsageError(f"{name} takes 0 or 1, not {kill!r}")
             out.used.setdefault(BY_NAME["-K"], name)
             out.values["kill_on_bad_exit"] = kill
+            at = ("kill_on_bad_exit", i)
             i += 1
             continue
         if (name == "-m" and i + 1 < len(argv) and looks_like_distribution(argv[i + 1])
@@ -1607,9 +1623,11 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         if name == "--wait" and not eq and not (i + 1 < len(argv) and _is_number(argv[i + 1])):
             # GNU parallel's --wait (for a semaphore's commands), not srun's --wait SECONDS.
             out.values["sem_wait"] = True
+            at = ("sem_wait", i)
             i += 1
             continue
         out.used.setdefault(opt, name)
+        at = (opt.key, i)
         if opt.kind == ACTION:
             out.action = opt.key
             return out
@@ -1677,6 +1695,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                 continue
             if opt.key:  # (none: an option taken that means nothing here)
                 (sec.values if opt.local else out.values)[opt.key] = value
+    if at is not None:
+        out.spans.append((*at, i))
     if not out.sections and "tasks" in out.values and set(sec.values) == {"wdir"}:
         out.values["wdir"] = sec.values.pop("wdir")  # --tasks FILE: every task's
     if sec.values:
@@ -1707,6 +1727,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         _sharded(out)
     if "group_by" in out.values:
         _group_by(out)
+    if "onall" in out.values or "nonall" in out.values:
+        _onall(out)
     if "tee" in out.values:
         _tee(out)
     elif "pipe" in out.values or "pipepart" in out.values:
@@ -1716,6 +1738,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     _open_mpi_output(out)
     _flux_shell_option(out)
     _ensemble_only(out)
+    if "onall" in out.values:
+        _onall_words(out)
     _unbuffered(out, environ)
     _open_mpi_mapping(out.values, environ)
     _srun_export(out)
@@ -1840,6 +1864,65 @@ def _sharded(out: Parsed) -> None:
     values["pipe"] = True  # (GNU parallel's: they are --pipe's)
 
 
+def _onall(out: Parsed) -> None:
+    """GNU parallel's ``--onall`` (``--nonall``: without arguments, the command once): the
+    checks; ``--nonall``'s one empty argument, taken by no task (``-N0``)."""
+    values = out.values
+    _not_with(out, ("pipe", "pipepart", "tee", "roundrobin", "shard", "bin", "group_by",
+                    "cat", "fifo", "local_nodes", "sim_ranks"),
+              "--onall runs every task on every host")
+    if "nonall" not in values:
+        return
+    values["onall"] = True
+    argv = out.sections[0].argv if len(out.sections) == 1 else []
+    given = next((n for o, n in out.used.items() if o.key in ("arg_files", "tasks")), None)
+    given = given or next((w for w in argv if w in source_words(values)), None)
+    if given:
+        raise UsageError(f"--nonall runs the command once on every host, without arguments: "
+                         f"not {given} (--onall runs each argument on every host)")
+    count = values.pop("N", values.get("max_args", 0))  # (-N: srun's too; here parallel's)
+    if str(count) != "0":
+        raise UsageError(f"--nonall runs the command without arguments: not -N {count}")
+    values["max_args"] = 0
+    argv.extend([separators(values)[0], ""])
+
+
+def _onall_words(out: Parsed) -> None:
+    """``--onall``'s run on each host: this command line less the hosts, -j and --joblog
+    (the host's run gets its own), as JSON in ``values["onall_words"]``; each word that
+    reads stdin is null there (it is read once, into a file for every host's run)."""
+    import json
+
+    values = out.values
+    drop = {"hosts", "hostfile", "jobs", "onall", "nonall", "joblog"}
+    if "tag" in values:  # (the host's name tags its lines)
+        drop |= {"tag", "tagstring"}
+    args_sep, files_sep = separators(values)
+    dropped: set[int] = set()
+    stdin: set[int] = set()
+    last = 0
+    for key, start, end in out.spans:
+        last = end
+        if key in drop:
+            dropped.update(range(start, end))
+        elif key in ("arg_files", "tasks") and out.words[end - 1] == "-":
+            stdin.add(end - 1)
+    files = False
+    for k in range(last, len(out.words)):  # the command and its sources
+        word = out.words[k]
+        if word in (args_sep, args_sep + "+", files_sep, files_sep + "+"):
+            files = word.startswith(files_sep)
+        elif files and word == "-":
+            stdin.add(k)
+    words: list[str | None] = [None if k in stdin else w for k, w in enumerate(out.words)
+                               if k not in dropped]
+    if "nonall" in values:
+        words = ["-N0", *words, args_sep, ""]
+    elif "stdin_source" in values:
+        words += [files_sep, None]
+    values["onall_words"] = json.dumps(words)
+
+
 def _tee(out: Parsed) -> None:
     """GNU parallel's ``--tee``: ``pmrun --tee CMD ::: A B`` runs CMD once per argument,
     every run reading all of stdin (as ``--pipe``'s blocks, to each), all at once."""
@@ -1954,7 +2037,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "recend", "recstart", "regexp", "memfree",
                   "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice",
                   "files", "tmpdir", "max_lines", "plus", "cat", "fifo", "roundrobin", "tee",
-                  "shard", "bin", "slot_var", "group_by")
+                  "shard", "bin", "slot_var", "group_by", "onall", "nonall")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

@@ -8,6 +8,7 @@ that are other machines use ssh without ``--launcher``, as with Hydra.
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -191,6 +192,38 @@ def test_a_gnu_parallel_ensemble_over_ssh_hosts(ssh_cluster: RealCluster,
                          text=True, timeout=90)
     assert (res.returncode, res.stdout == data) == (0, True), res.stderr
     assert set(res.stderr.splitlines()[:-1]) == set(c.names[:2]), res.stderr
+    assert_clean(c)
+
+
+def test_onall_and_nonall_over_ssh_hosts_as_gnu_parallel(ssh_cluster: RealCluster,
+                                                         tmp_path: Path) -> None:
+    c = ssh_cluster
+    hosts = ",".join(reversed(c.names[:3]))
+    # --nonall: the command once on each host, in that host's namespace.
+    res = run(["--nonall", "--tag", "-S", hosts, "--ssh", c.ssh_command(),
+               "readlink /proc/self/ns/net"], tmp_path)
+    assert (res.returncode, res.stderr) == (0, ""), res.stderr
+    got = dict(line.split("\t") for line in res.stdout.splitlines())
+    assert got == {h: netns_of(c, h) for h in c.names[:3]}, res.stdout
+    # --onall: every argument on every host, each host's output whole, -k: hosts by name;
+    # GNU parallel's own run over the same sshds prints the same.
+    tail = ["--onall", "-k", "--tag", "-S", hosts, "--ssh", c.ssh_command(),
+            "echo {} {#} $(hostname); test {} != b", ":::", "a", "b", "c"]
+    res = run(["--joblog", "log", *tail], tmp_path)
+    assert res.returncode == 1, res.stderr  # (b failed on every host)
+    assert res.stdout.splitlines() == [f"{h}\t{x} {n} {h}" for h in sorted(c.names[:3])
+                                       for n, x in enumerate("abc", 1)], res.stdout
+    rows = [line.split("\t") for line in (tmp_path / "log").read_text().splitlines()[1:]]
+    assert sorted((r[0], r[6]) for r in rows) == sorted([("1", "0"), ("2", "1"), ("3", "0")]
+                                                        * 3), rows
+    parallel = shutil.which("parallel")
+    if parallel is not None:
+        want = subprocess.run([parallel, "--will-cite", *tail],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              env={**pmrun_env(), "HOME": str(tmp_path)},
+                              stdin=subprocess.DEVNULL)
+        # (parallel's status counts the hosts that failed; pmrun's is 1, as for any ensemble)
+        assert (want.returncode, want.stdout) == (3, res.stdout), want.stderr
     assert_clean(c)
 
 

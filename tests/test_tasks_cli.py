@@ -9,15 +9,17 @@ import pty
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from launch_util import pmrun_argv, pmrun_env
+from launch_util import pids_with, pmrun_argv, pmrun_env
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 Popen = Callable[..., subprocess.Popen[bytes]]
@@ -1296,3 +1298,83 @@ def test_plus_slot_strings_as_gnu_parallel(pmrun: Run, tmp_path: Path) -> None:
     r = pmrun("--plus", "echo", "{%[}", ":::", "a")
     assert (r.returncode, r.stdout) == (2, "")
     assert r.stderr.startswith("pmrun: echo {%[}: {%[}: not a regular expression (")
+
+
+# ------------------------------------------------------------ --onall, --nonall
+
+HERE = socket.gethostname()
+
+
+def test_onall_runs_every_task_on_every_host_grouped_by_host(pmrun: Run,
+                                                              tmp_path: Path) -> None:
+    hosts = f"{HERE},localhost"  # (two names of this machine: two hosts to pmrun)
+    first, second = sorted([HERE, "localhost"])  # (GNU parallel's order: by name)
+    r = pmrun("--onall", "-k", "--tag", "-hosts", hosts, "echo {}; exit {}", ":::", "0", "3")
+    assert r.returncode == 1, r.stderr  # (a host's run failed)
+    assert r.stdout.splitlines() == [f"{first}\t0", f"{first}\t3", f"{second}\t0",
+                                     f"{second}\t3"], r.stdout
+    assert r.stderr.count("task 1 (line 1): exit codes 3") == 2, r.stderr
+    # stdin's arguments read once, for every host; the joblogs one, with every host's.
+    r = pmrun("--onall", "-k", "--tag", "-hosts", hosts, "--joblog", "log", "echo",
+              input="x\ny\n")
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert r.stdout.splitlines() == [f"{first}\tx", f"{first}\ty", f"{second}\tx",
+                                     f"{second}\ty"], r.stdout
+    log = (tmp_path / "log").read_text().splitlines()
+    assert log[0].startswith("Seq\tHost") and len(log) == 5, log
+    assert sorted(row.split("\t")[0] for row in log[1:]) == ["1", "1", "2", "2"], log
+
+
+def test_nonall_runs_the_command_once_on_every_host(pmrun: Run, tmp_path: Path) -> None:
+    # -j 1: one host at a time (each run's start and end, in nanoseconds).
+    r = pmrun("--nonall", "-j", "1", "-hosts", f"{HERE},localhost",
+              "echo $(date +%s%N) {}; sleep 0.3; echo $(date +%s%N)")
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    times = [int(line.split()[0]) for line in r.stdout.splitlines()]
+    assert len(times) == 4 and all("{}" not in x for x in r.stdout.splitlines()), r.stdout
+    runs = sorted(zip(times[::2], times[1::2], strict=True))
+    assert runs[0][1] <= runs[1][0], runs  # (the second started once the first ended)
+    r = pmrun("--nonall", "-hosts", f"{HERE},localhost", "exit 0")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    for argv, message in [
+        (["--nonall", "echo", ":::", "a"], "--nonall runs the command once on every host, "
+         "without arguments: not ::: (--onall runs each argument on every host)"),
+        (["--nonall", "-N", "2", "echo"], "--nonall runs the command without arguments: "
+         "not -N 2"),
+        (["--onall", "--pipe", "cat"], "--onall runs every task on every host: not with "
+         "--pipe"),
+        (["--onall", "-n", "2", "echo", ":::", "a"], None),
+    ]:
+        r = pmrun(*argv)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert message is None or r.stderr == f"pmrun: {message}\n", r.stderr
+
+
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
+@pytest.mark.parametrize("tail", [
+    ["--onall", "echo {} {#}", ":::", "a", "b"],
+    ["--onall", "--tag", "-k", "echo", ":::", "a", "b", ":::", "1", "2"],
+    ["--nonall", "echo hi {}"],
+    ["--nonall", "--tag", "pwd"],
+])
+def test_onall_as_gnu_parallel(pmrun: Run, tmp_path: Path, tail: list[str]) -> None:
+    want = parallel(tmp_path, "-S", ":", *tail)
+    got = pmrun("-S", ":", *tail)
+    assert (got.returncode, got.stderr) == (0, ""), got.stderr
+    # (parallel tags with the -S word as written, ':'; pmrun with the host, localhost)
+    assert got.stdout.replace("localhost\t", ":\t") == want.stdout
+
+
+def test_onall_interrupted_ends_every_host_s_run(pmrun_popen: Popen, marker: str) -> None:
+    proc = pmrun_popen("--nonall", "--lb", "-hosts", f"{HERE},localhost",
+                       f"echo up; sleep 60; : {marker}")
+    assert proc.stdout is not None
+    assert [proc.stdout.readline(), proc.stdout.readline()] == [b"up\n", b"up\n"]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert b"Traceback" not in err
+    deadline = time.monotonic() + 10
+    while pids_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pids_with(marker)

@@ -734,7 +734,7 @@ def _program_options(spec: JobSpec) -> None:
         spec.env_mode, spec.genvlist = app.env_mode, list(app.envlist)
 
 
-def _sources(opts: CliOptions) -> list[str]:
+def sources_of(opts: CliOptions) -> list[str]:
     """The input sources' words (``::: A B``, ``:::: FILE``...; empty without them); a
     program beside ``--tasks FILE`` is refused, since the file's lines run and it would
     silently be left out."""
@@ -772,7 +772,7 @@ async def run_cli(opts: CliOptions) -> int:
     path = extra.get("tasks")
     CPU_UNIT[0] = extra.get("cpu_unit", "thread")  # (-j's CPU rules, here and on hosts)
     options = _options(extra)
-    sources = _sources(opts)
+    sources = sources_of(opts)
 
     def read_source(name: str) -> str:
         if name == "-" and path == "-":
