@@ -1188,6 +1188,10 @@ OPTIONS = (
         help="memory reserved for each task (e.g. 2G); a line may say [mem=SIZE]"),
     Opt("--mem-high", "mem_high", size, metavar="SIZE|PCT", group=MEMORY,
         help="stop admitting work above this node memory use (default 90%)"),
+    Opt("--memsuspend", "memsuspend", byte_size, metavar="SIZE", group=MEMORY,
+        help="as --memfree SIZE, and while less than 2 x SIZE is free stop the youngest "
+             "tasks of a host (SIGSTOP), all but the oldest under SIZE; they go on, one a "
+             "sample, once 2 x SIZE is free (GNU parallel's --memsuspend)"),
     Opt("--memfree", "memfree", byte_size, metavar="SIZE", group=MEMORY,
         help="start tasks on a node only while SIZE of its memory stays free (GNU "
              "parallel's --memfree: --mem-high is its memory less SIZE)"),
@@ -2034,7 +2038,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "shell_quote", "skip_first_line", "seqreplace", "slotreplace", "cpu_unit",
                   "extensionreplace", "basenamereplace", "dirnamereplace",
                   "basenameextensionreplace",
-                  "recend", "recstart", "regexp", "memfree",
+                  "recend", "recstart", "regexp", "memfree", "memsuspend",
                   "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice",
                   "files", "tmpdir", "max_lines", "plus", "cat", "fifo", "roundrobin", "tee",
                   "shard", "bin", "slot_var", "group_by", "onall", "nonall")

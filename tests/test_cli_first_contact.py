@@ -42,7 +42,7 @@ BAD_VALUE = {
     "mem_overrun": "explode", "mem_settle": "", "timeout": "abc", "mpi": "ompi", "jobs": "x",
     "joblog": "", "halt": "later,fail=1", "colsep": "(", "tagstring": "",
     "arg_files": "/no/such/args", "delimiter": "ab", "header": "x", "results": "",
-    "block": "0", "memfree": "lots", "N": "x", "nodes": "0", "max_args": "-1",
+    "block": "0", "memfree": "lots", "memsuspend": "lots", "N": "x", "nodes": "0", "max_args": "-1",
     "cpus_per_task": "0", "distribution": "round", "delay": "-1", "export": "A B", "stdin": "x",
     "cpu_bind": "boards", "display": "topo", "replace": "", "trim": "x", "flux_env": "^f",
     "exclude": "a[1-", "nice": "20", "tmpdir": "/no/such/dir", "max_lines": "0",

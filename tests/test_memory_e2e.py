@@ -15,6 +15,7 @@ import json
 import os
 import pty
 import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -299,6 +300,57 @@ async def test_blocks_at_high_and_resumes_only_under_low(tmp_path: Path) -> None
     kinds = [e.kind for e in seen if e.kind in ("blocked", "unblocked", "start")]
     assert kinds == ["blocked", "unblocked", "start", "start", "start"], kinds
     assert all(e.time < unblocked.time for e in between)
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (T: stopped)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0]
+
+
+@pytest.mark.timeout(60)
+async def test_memsuspend_stops_the_youngest_and_lets_the_oldest_go_on_first() -> None:
+    events: asyncio.Queue[Event] = asyncio.Queue()
+
+    async def until(kind: str, count: int = 1) -> list[Event]:
+        got: list[Event] = []
+        while len(got) < count:
+            e = await asyncio.wait_for(events.get(), 20)
+            if e.kind == kind:
+                got.append(e)
+        return got
+
+    forever = [PY, "-S", "-c", "import time; time.sleep(60)"]
+    with memory_cgroup(512 * MiB) as cg:
+        hog = await _hog(cg)
+        # GNU parallel's --memsuspend 100M: with 2 x 100M free all run; under it the
+        # oldest k of them, k from how near 200M it is (k = 2 from 100M up to 150M free).
+        ens = Ensemble(Nodes.local(1), mem_suspend=100 * MiB, cgroup=cg.path, interval=0.05,
+                       on_event=events.put_nowait, jobs=3)
+        try:
+            async with ens:
+                tasks = [ens.add(forever) for _ in range(3)]
+                await until("start", 3)
+                await hog.hold(370)  # ~130 MiB free: the youngest stops
+                first = await until("suspended")
+                await hog.hold(450)  # ~55 MiB free: the oldest alone runs
+                second = await until("suspended")
+                states = [_state(t.pid) for t in tasks if t.pid]
+                await hog.hold(0)  # all free again: one goes on a sample, the oldest first
+                resumed = await until("resumed", 2)
+                await hog.hold(370)
+                third = await until("suspended")
+                ens.interrupt(signal.SIGTERM)  # a stopped task hears it too
+                results = await asyncio.wait_for(asyncio.gather(*(t.wait() for t in tasks)),
+                                                 20)
+        finally:
+            await hog.close()
+    assert [e.task for e in first + second] == [2, 1]
+    assert "has " in first[0].text and first[0].text.endswith(" free, --memsuspend 100 MiB"), first
+    assert states[0] != "T" and states[1:] == ["T", "T"], states
+    assert [e.task for e in resumed] == [1, 2] and resumed[0].time < resumed[1].time
+    assert third[0].task == 2
+    assert [r.returncode for r in results] == [128 + signal.SIGTERM] * 3, results
 
 
 # -------------------------------------------------------------------- Python API

@@ -960,20 +960,22 @@ def test_parallels_progress_options_are_taken(pmrun: Run) -> None:
         assert r.returncode == 2 and r.stderr.startswith(f"pmrun: {option} is for task "), r.stderr
 
 
-def test_memfree_keeps_that_much_of_a_nodes_memory_free(pmrun: Run) -> None:
+@pytest.mark.parametrize("option", ["--memfree", "--memsuspend"])
+def test_memfree_keeps_that_much_of_a_nodes_memory_free(pmrun: Run, option: str) -> None:
+    # (--memsuspend admits as --memfree does; what it stops: test_memory_e2e)
     from pm.agent.admission import parse_size
 
-    r = pmrun("-v", "--memfree", "1G", "true", ":::", "1")
+    r = pmrun("-v", option, "1G", "true", ":::", "1")
     assert r.returncode == 0, r.stderr
     m = re.search(r"memory watermarks: high ([\d.]+ \w+), low [\d.]+ \w+ of ([\d.]+ \w+)",
                   r.stderr)
     assert m, r.stderr
     high, total = (parse_size(m[i].replace(" ", "")) for i in (1, 2))
     assert abs(total - high - (1 << 30)) < total // 100, r.stderr  # (figures rounded)
-    r = pmrun("--memfree", "100T", "true", ":::", "1")
-    assert r.returncode == 2 and r.stderr.startswith("pmrun: --memfree 100 TiB is all of node ")
-    r = pmrun("--memfree", "1G", "--mem-high", "50%", "true", ":::", "1")
-    assert (r.returncode, r.stderr) == (2, "pmrun: --memfree sets the high watermark: give it "
+    r = pmrun(option, "100T", "true", ":::", "1")
+    assert r.returncode == 2 and r.stderr.startswith(f"pmrun: {option} 100 TiB is all of node ")
+    r = pmrun(option, "1G", "--mem-high", "50%", "true", ":::", "1")
+    assert (r.returncode, r.stderr) == (2, f"pmrun: {option} sets the high watermark: give it "
                                            "or --mem-high\n")
 
 

@@ -664,6 +664,10 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
             if "mem_high" in extra:
                 raise UsageError("--memfree sets the high watermark: give it or --mem-high")
             out["mem_free"] = parallel_size(extra["memfree"])
+        if "memsuspend" in extra:
+            if "mem_high" in extra:
+                raise UsageError("--memsuspend sets the high watermark: give it or --mem-high")
+            out["mem_suspend"] = parallel_size(extra["memsuspend"])
         if "mem_per_task" in extra:
             out["mem_per_task"] = parse_size(extra["mem_per_task"])
         out["retries"] = int(extra.get("retries", "0"))

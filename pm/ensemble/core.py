@@ -148,6 +148,7 @@ class Ensemble:
         mem_high: str | int | None = None,
         mem_low: str | int | None = None,
         mem_free: int | None = None,
+        mem_suspend: int | None = None,
         mem_per_task: int | None = None,
         retries: int = 0,
         overrun: str = "warn",
@@ -170,6 +171,8 @@ class Ensemble:
         self._nodes = nodes
         self._high, self._low = mem_high, mem_low
         self._free = mem_free  # GNU parallel's --memfree: the high watermark is total - this
+        #: GNU parallel's --memsuspend: the free memory under which young tasks stop.
+        self._suspend_at = mem_suspend
         self._mem_per_task = mem_per_task
         self._overrun: OverrunPolicy = overrun  # type: ignore[assignment]  # checked above
         self._interval = interval
@@ -259,11 +262,15 @@ class Ensemble:
 
     def _memory_known(self, d: Domain, total: int, used: int, source: str) -> None:
         high = self._high
-        if self._free is not None:
-            if self._free >= total:
-                raise SizeError(f"--memfree {format_size(self._free)} is all of node {d.name}'s "
+        d.total = total
+        if self._free is not None or self._suspend_at is not None:
+            # (--memsuspend SIZE admits as --memfree SIZE does, and adds up with it)
+            free = (self._free or 0) + (self._suspend_at or 0)
+            if free >= total:
+                name = "--memfree" if self._suspend_at is None else "--memsuspend"
+                raise SizeError(f"{name} {format_size(free)} is all of node {d.name}'s "
                                 f"memory ({format_size(total)}) or more")
-            high = total - self._free
+            high = total - free
         marks = Watermarks.resolve(total, high, self._low)
         self._event("watermarks", d, marks.describe(total, source))
         self._apply(self._sched.node_memory(d.name, used, marks, now=time.monotonic()))
@@ -372,6 +379,7 @@ class Ensemble:
                 self._local.signal(signum)
             self._remote.signal_all(signum)
             self._remote.cut_starts(signum)
+            self._wake()
         else:
             self._kill_all("interrupted twice")
 
@@ -528,7 +536,7 @@ class Ensemble:
             task.ended = time.time()
             self._slots.discard(slot)
             d.running[entry] -= 1
-            for s in (d.reported, d.killed, d.suspended, d.exempt):
+            for s in (d.reported, d.killed, d.suspended, d.exempt, d.held):
                 s.discard(task.index)
             peak = self._sched.record(task.index).peak
             self._event("exit", d, f"[task {task.index}] exited with {code} after "
@@ -629,6 +637,8 @@ class Ensemble:
         self._event("sample", d, f"node {d.name}: used {format_size(adm.used)}, "
                     f"reserved {format_size(reserved)}", reserved=reserved)
         self._overruns(d)
+        if self._suspend_at is not None and not self._stopping:
+            self._hold(d)
         self._apply(starts)
 
     def _overruns(self, d: Domain) -> None:
@@ -645,7 +655,7 @@ class Ensemble:
             d.exempt.clear()
             self._resume(d)
             return
-        running = {_index(i) for i in adm.admitted()} - d.suspended
+        running = {_index(i) for i in adm.admitted()} - d.suspended - d.held
         for index, _o in overruns:
             if index in d.killed or index in d.suspended or index in d.exempt:
                 continue
@@ -661,6 +671,47 @@ class Ensemble:
             d.exempt.update(d.suspended)  # waiting cannot free memory any more
             self._resume(d)
 
+    def _hold(self, d: Domain) -> None:
+        """GNU parallel's ``--memsuspend SIZE`` on node ``d``: while less than 2 x SIZE is
+        free, only its oldest tasks run -- the more of them the nearer 2 x SIZE (free =
+        SIZE (2 - 1/k): k), one under SIZE -- the others stopped (SIGSTOP); with 2 x SIZE
+        free again, one stopped task goes on (SIGCONT) a sample, the oldest first."""
+        adm = self._sched.admission(d.name)
+        assert adm is not None and self._suspend_at is not None
+        size, free = self._suspend_at, d.total - adm.used
+        tasks = sorted(i for i in map(_index, adm.admitted())
+                       if i in self._tasks and self._tasks[i].started and i not in d.suspended)
+        said = (f"node {d.name} has {format_size(max(free, 0))} free, --memsuspend "
+                f"{format_size(size)}")
+        if free >= 2 * size:
+            held = sorted(d.held)
+            if held:
+                d.held.discard(held[0])
+                self._hold_act(d, held[0], signal.SIGCONT, "resumed", said)
+            return
+        keep = int(1 / (2 - max(free, 0) / size)) + 1
+        for k, index in enumerate(tasks):
+            if k < keep and index in d.held:
+                d.held.discard(index)
+                self._hold_act(d, index, signal.SIGCONT, "resumed", said)
+            elif k >= keep and index not in d.held:
+                d.held.add(index)
+                self._hold_act(d, index, signal.SIGSTOP, "suspended", said)
+
+    def _hold_act(self, d: Domain, index: int, sig: signal.Signals, what: str,
+                  said: str) -> None:
+        self._signal_task(d, index, sig, f"task {index}: {said}")
+        self._event(what, d, f"[task {index}] {what}: {said}", index)
+
+    def _wake(self) -> None:
+        """Every stopped task goes on, to hear what it was just sent (SIGTERM waits while a
+        process is stopped) -- pmrun stops them no more."""
+        for d in self._domains.values():
+            for index in sorted(d.held | d.suspended):
+                self._signal_task(d, index, signal.SIGCONT, f"task {index} ends")
+            d.held.clear()
+            d.suspended.clear()
+
     def _timed_out(self, d: Domain, index: int, timers: list[asyncio.TimerHandle]) -> None:
         """A task's run took its ``timeout``: SIGTERM now, SIGKILL if it is still there
         :data:`KILL_AFTER` seconds later (the run's end cancels ``timers``)."""
@@ -668,6 +719,10 @@ class Ensemble:
                     f"{'killed' if timers[1:] else 'terminated'}", index)
         self._signal_task(d, index, signal.SIGKILL if timers[1:] else signal.SIGTERM,
                           f"task {index} timed out")
+        if index in d.held or index in d.suspended:  # (stopped, it would not hear SIGTERM)
+            d.held.discard(index)
+            d.suspended.discard(index)
+            self._signal_task(d, index, signal.SIGCONT, f"task {index} timed out")
         if not timers[1:]:
             timers.append(asyncio.get_running_loop().call_later(
                 KILL_AFTER, self._timed_out, d, index, timers))

@@ -53,6 +53,9 @@ class Domain:
     killed: set[int] = field(default_factory=set)
     suspended: set[int] = field(default_factory=set)
     exempt: set[int] = field(default_factory=set)
+    #: Tasks stopped by GNU parallel's --memsuspend rule (:meth:`Ensemble._hold`).
+    held: set[int] = field(default_factory=set)
+    total: int = 0  # its memory (bytes), from its first figures
 
 
 def make_domains(nodes: Nodes, ppn: int | None, here: str,
