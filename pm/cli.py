@@ -188,6 +188,9 @@ def cli_options(parsed: Parsed) -> CliOptions:
         spec.env_mode, spec.genvlist = v["env_mode"]  # type: ignore[misc]
     spec.ppn = v.get("ppn")  # type: ignore[assignment]
     spec.distribution = str(v.get("distribution", spec.distribution))
+    if spec.distribution == "arbitrary":  # (srun's: each rank's host from SLURM_HOSTFILE)
+        opts.extra["arbitrary"] = "-m"
+        spec.distribution = "block"
     spec.rank_by = str(v.get("rank_by", ""))
     spec.kill_on_bad_exit = v.get("kill_on_bad_exit", "1") == "1"
     opts.distribution_given = "distribution" in v
@@ -300,13 +303,14 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
     """The job's hosts, their slots and the bootstrap options; None for this machine alone.
     Light (no asyncio, no agent code): it also runs before the heavy imports, to start the
     first agents early (:func:`pm.bootstrap.early.prestart`)."""
-    if "rankfile" in opts.extra and not (opts.hosts or opts.hostfile or opts.local_nodes):
-        opts.hosts = _rankfile_hosts(opts.extra["rankfile"])
+    # (The job's hosts from the file, given none: not the allocation's own -m arbitrary.)
+    given = None if opts.extra.get("arbitrary") == "SLURM_DISTRIBUTION" else \
+        _given_placement(opts)
+    if given is not None and not (opts.hosts or opts.hostfile or opts.local_nodes):
+        opts.hosts = _rankfile_hosts(given[1])
     where = _first_nodes(opts, _skip_launch_node(opts, _where(opts)))
     if any(app.hosts for app in opts.spec.apps):
         where = _program_hosts(opts, where)
-    if "rankfile" in opts.extra:
-        where = _rankfile(opts, where)
     if where is not None and not opts.fanout_given and where[2].get("name") == "ssh":
         from pm.bootstrap.ssh import DEFAULT_FANOUT
 
@@ -315,6 +319,12 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
         opts.spec.bind_to = slurm_binding(os.environ) or opts.spec.bind_to
     if where is not None and not opts.distribution_given and where[2].get("name") == "slurm":
         opts.spec.distribution = slurm_distribution(os.environ)
+        if opts.spec.distribution == "arbitrary":
+            opts.extra["arbitrary"] = "SLURM_DISTRIBUTION"
+            opts.spec.distribution = "block"
+    given = _given_placement(opts)
+    if given is not None:
+        where = _rankfile(opts, where, *given)
     if not opts.n_given and opts.spec.ppn and len(opts.spec.apps) == 1:
         # -ppn P without -n: P ranks on each node, whatever its slots (Hydra's -ppn, Open
         # MPI's --npernode, srun's --ntasks-per-node, Flux's --tasks-per-node).
@@ -341,13 +351,71 @@ def _rankfile_lines(path: str) -> list[RankLine]:
         raise UsageError(str(exc)) from None
 
 
-def _rankfile_hosts(path: str) -> str | None:
+@functools.cache
+def _hostfile_lines(path: str) -> list[RankLine]:
+    """srun's ``-m arbitrary``: ``SLURM_HOSTFILE``'s hosts, a rank each, rank 0 first (a
+    line a host, or a host list such as ``node[1-2]``; ``#`` comments), read once."""
+    from pm.common.hostlist import HostlistError, expand
+    from pm.common.rankfile import RankLine
+    from pm.options import file_text
+
+    lines: list[RankLine] = []
+    try:
+        for number, raw in enumerate(file_text(path).splitlines(), 1):
+            try:
+                hosts = expand(raw.split("#", 1)[0])
+            except HostlistError as exc:
+                raise UsageError(f"-m arbitrary: SLURM_HOSTFILE {path} line {number}: "
+                                 f"{exc}") from None
+            lines += [RankLine(h, None, "") for h in hosts]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"-m arbitrary: SLURM_HOSTFILE {path} cannot be read ({exc})"
+                         ) from None
+    if not lines:
+        raise UsageError(f"-m arbitrary: SLURM_HOSTFILE {path} names no host")
+    return lines
+
+
+def _rankmap_lines(opts: CliOptions) -> list[RankLine]:
+    """Hydra's ``-rankmap``: each rank's node by its place in the job's nodes; with -n past
+    the list's end, the list again from its first node 0 (Hydra's)."""
+    from pm.common.rankfile import RankLine, parse_rankmap
+
+    ids, again = parse_rankmap(opts.extra["rankmap"])
+    if opts.n_given and again is not None:
+        while len(ids) < opts.spec.size:
+            ids += ids[again:]
+    return [RankLine("", node, "") for node in ids]
+
+
+def _given_placement(opts: CliOptions) -> tuple[str, list[RankLine]] | None:
+    """Each rank's host as a file gives it: Open MPI's rankfile, or srun's ``-m arbitrary``
+    and its ``SLURM_HOSTFILE`` (a host a rank); what names it in a refusal, and its ranks."""
+    given = [n for n, on in (("--rankfile", "rankfile" in opts.extra),
+                             ("-rankmap", "rankmap" in opts.extra),
+                             ("-m arbitrary", "arbitrary" in opts.extra)) if on]
+    if len(given) > 1:
+        raise UsageError(f"{given[0]} and {given[1]} both place every rank: give one")
+    if "rankfile" in opts.extra:
+        path = opts.extra["rankfile"]
+        return f"--rankfile {path}", _rankfile_lines(path)
+    if "rankmap" in opts.extra:
+        return f"-rankmap {opts.extra['rankmap']}", _rankmap_lines(opts)
+    if not given:
+        return None
+    path = os.environ.get("SLURM_HOSTFILE", "")
+    if not path:
+        raise UsageError("-m arbitrary places the ranks on SLURM_HOSTFILE's hosts, a rank a "
+                         "line: SLURM_HOSTFILE is not set")
+    return f"-m arbitrary (SLURM_HOSTFILE {path})", _hostfile_lines(path)
+
+
+def _rankfile_hosts(lines: list[RankLine]) -> str | None:
     """The hosts of a rankfile that names them all (no ``+nK``), as a -hosts list, when one
     is another machine: the job's hosts, given none (else this machine, or the
     allocation's)."""
     from pm.common.hostlist import is_this_machine
 
-    lines = _rankfile_lines(path)
     named = list(dict.fromkeys(ln.host for ln in lines))
     if any(ln.relative is not None for ln in lines) or all(map(is_this_machine, named)):
         return None
@@ -355,28 +423,27 @@ def _rankfile_hosts(path: str) -> str | None:
 
 
 def _rankfile(opts: CliOptions,
-              where: tuple[list[str], list[int | None], dict[str, object]] | None
+              where: tuple[list[str], list[int | None], dict[str, object]] | None,
+              path: str, lines: list[RankLine]
               ) -> tuple[list[str], list[int | None], dict[str, object]] | None:
-    """Open MPI's rankfile: each rank's node (``spec.placement``, indices into the job's
-    hosts) and cores (``spec.rank_slots``).  A host named ``+nK`` is the K-th host given
-    (or local node); other names are hosts given, or, given none, the job's hosts in the
-    order the file first names them.  Without -n the job has as many ranks as the file."""
+    """Open MPI's rankfile (or srun's ``-m arbitrary``: ``path`` names which): each rank's
+    node (``spec.placement``, indices into the job's hosts) and cores
+    (``spec.rank_slots``).  A host named ``+nK`` is the K-th host given (or local node);
+    other names are hosts given, or, given none, the job's hosts in the order the file
+    first names them.  Without -n the job has as many ranks as the file."""
     from pm.common.hostlist import is_this_machine
 
-    spec, path = opts.spec, opts.extra["rankfile"]
-    lines = _rankfile_lines(path)
+    spec = opts.spec
     for given, what in ((spec.ppn is not None, "-ppn"), (spec.rank_by, "--rank-by"),
                         (any(a.hosts for a in spec.apps), "a program's own -host"),
                         (opts.bind_given and any(ln.slot for ln in lines), "--bind-to")):
         if given:
-            raise UsageError(f"--rankfile {path} places (and binds) every rank: {what} "
-                             "disagrees")
+            raise UsageError(f"{path} places every rank: {what} disagrees")
     if not opts.n_given and len(spec.apps) == 1:
         spec.apps[0].n = len(lines)
         opts.n_given = True
     if spec.size > len(lines):
-        raise UsageError(f"--rankfile {path} places {len(lines)} ranks: the job has "
-                         f"{spec.size}")
+        raise UsageError(f"{path} places {len(lines)} ranks: the job has {spec.size}")
     lines = lines[:spec.size]
     # (This machine's nodes, given no hosts: named by their place alone.)
     hosts = where[0] if where is not None else [f"+n{k}" for k in range(opts.local_nodes or 1)]
@@ -391,14 +458,15 @@ def _rankfile(opts: CliOptions,
         if line.relative is not None:
             node = line.relative
             if node >= len(hosts):
-                raise UsageError(f"--rankfile {path}: rank {rank} is on +n{node}, the job "
-                                 f"has {len(hosts)} host{'s' * (len(hosts) > 1)}")
+                named = f"node {node}" if path.startswith("-rankmap") else f"+n{node}"
+                raise UsageError(f"{path}: rank {rank} is on {named}, the job has "
+                                 f"{len(hosts)} host{'s' * (len(hosts) > 1)}")
         elif line.host in index:
             node = index[line.host]
         elif here is not None and is_this_machine(line.host):
             node = here
         else:
-            raise UsageError(f"--rankfile {path}: rank {rank} is on {line.host}, not one of "
+            raise UsageError(f"{path}: rank {rank} is on {line.host}, not one of "
                              f"the job's hosts ({', '.join(hosts[:4])}"
                              f"{', ...' if len(hosts) > 4 else ''})")
         placement.append(node)

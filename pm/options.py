@@ -684,6 +684,17 @@ def map_by(value: str, opt: str) -> str:
 _CPU_LEVELS = ("*", "block", "cyclic", "fcyclic")
 
 
+def rankmap(value: str, opt: str) -> str:
+    """Hydra's ``-rankmap``: checked now (pure), read again for the job."""
+    from pm.common.rankfile import RankfileError, parse_rankmap
+
+    try:
+        parse_rankmap(value)
+    except RankfileError as exc:
+        raise UsageError(str(exc).replace("-rankmap", opt, 1)) from None
+    return value
+
+
 def distribution(value: str, opt: str) -> str:
     """srun's ``-m``/``--distribution``: ``block`` (the default: each node's ranks in one
     run), ``cyclic`` (one rank a node, round and round), ``plane=N`` (N ranks a node at a
@@ -699,11 +710,9 @@ def distribution(value: str, opt: str) -> str:
             raise UsageError(f"{opt} {value}: plane= takes the ranks a node gets at a time "
                              "(a number from 1)")
         first = f"plane={int(size)}"
-    elif first == "arbitrary":
-        raise UsageError(f"{opt} arbitrary places ranks by SLURM_HOSTFILE's lines: give pmrun "
-                         "that file with -f (its hosts in rank order, host:N for N ranks)")
-    elif first not in ("block", "cyclic", "*"):
-        raise UsageError(f"{opt} takes block, cyclic or plane=N (srun's), not {value!r}")
+    elif first not in ("block", "cyclic", "arbitrary", "*"):
+        raise UsageError(f"{opt} takes block, cyclic, plane=N or arbitrary (srun's), not "
+                         f"{value!r}")
     if len(levels) > 2 or any(lv.strip().lower() not in _CPU_LEVELS for lv in levels):
         raise UsageError(f"{opt} {value}: after ':' srun takes block, cyclic or fcyclic (how a "
                          "node's ranks spread over its sockets and cores)")
@@ -717,9 +726,11 @@ def slurm_distribution(env: Mapping[str, str]) -> str:
     which srun would apply: its first level; ``block`` if none or not one pmrun takes."""
     text = env.get("SLURM_DISTRIBUTION", "").strip()
     try:
-        return distribution(text, "SLURM_DISTRIBUTION") if text else "block"
+        given = distribution(text, "SLURM_DISTRIBUTION") if text else "block"
     except UsageError:
-        return "block"  # (arbitrary, or unknown: the allocation's business, not ours)
+        return "block"  # (unknown: the allocation's business, not ours)
+    # (arbitrary without its file: sbatch's own placement, which srun's would keep)
+    return "block" if given == "arbitrary" and not env.get("SLURM_HOSTFILE") else given
 
 
 def taskmap(value: str, opt: str) -> str:
@@ -1009,6 +1020,9 @@ OPTIONS = (
     Opt("-rf --rankfile -rankfile", "rankfile", readable_file, metavar="FILE", group=PLACE,
         help="Open MPI's: each rank's host and cores from 'rank N=HOST slot=LIST' lines "
              "(--map-by rankfile:file=FILE; HOST +nK: the K-th host given)"),
+    Opt("-rankmap --rankmap", "rankmap", rankmap, metavar="IDS", group=PLACE,
+        help="Hydra's: each rank's node, its index in the host list (1,1,2,2; "
+             "(FIRST,NODES,RANKS) blocks, [...]xN repeats)"),
     Opt("--distribution", "distribution", distribution, metavar="block|cyclic|plane=N",
         quick=True, group=PLACE,
         help="srun's -m: block (default: each node's ranks together), cyclic (a rank a node, "
@@ -2513,8 +2527,9 @@ def quick_ok(parsed: Parsed, environ: Mapping[str, str]) -> bool:
     and only options it knows."""
     if parsed.action or len(parsed.sections) != 1 or "tasks_line" in parsed.values:
         return False
-    if "rankfile" in parsed.values:  # (also from --map-by rankfile:file=, a quick option)
-        return False
+    if ({"rankfile", "rankmap"} & parsed.values.keys()
+            or parsed.values.get("distribution") == "arbitrary"):
+        return False  # (rankfile: also from --map-by rankfile:file=, a quick option)
     if environ.get("PM_QUICK", "1").strip() == "0":
         return False
     if environ.get("SLURM_JOB_NODELIST") and environ.get("SLURM_JOB_ID"):

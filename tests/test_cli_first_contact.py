@@ -42,7 +42,8 @@ BAD_VALUE = {
     "mem_overrun": "explode", "mem_settle": "", "timeout": "abc", "mpi": "ompi", "jobs": "x",
     "joblog": "", "halt": "later,fail=1", "colsep": "(", "tagstring": "",
     "arg_files": "/no/such/args", "delimiter": "ab", "header": "x", "results": "",
-    "block": "0", "memfree": "lots", "memsuspend": "lots", "N": "x", "nodes": "0", "max_args": "-1",
+    "block": "0", "memfree": "lots", "memsuspend": "lots", "N": "x", "nodes": "0",
+    "max_args": "-1", "rankmap": "1,,2",
     "cpus_per_task": "0", "distribution": "round", "delay": "-1", "export": "A B", "stdin": "x",
     "cpu_bind": "boards", "display": "topo", "replace": "", "trim": "x", "flux_env": "^f",
     "exclude": "a[1-", "nice": "20", "tmpdir": "/no/such/dir", "max_lines": "0",
@@ -757,8 +758,8 @@ def test_a_batch_job_on_this_machine_alone_runs_here_quietly(pmrun: Run, tmp_pat
     ("rank 0=+n1\n", [], "--rankfile rf: rank 0 is on +n1, the job has 1 host"),
     ("rank 0=+n0\n", ["-n", "2"], "--rankfile rf places 1 ranks: the job has 2"),
     ("rank 0=+n0 slot=0\n", ["--bind-to", "core"],
-     "--rankfile rf places (and binds) every rank: --bind-to disagrees"),
-    ("rank 0=+n0\n", ["-ppn", "1"], "--rankfile rf places (and binds) every rank: -ppn "),
+     "--rankfile rf places every rank: --bind-to disagrees"),
+    ("rank 0=+n0\n", ["-ppn", "1"], "--rankfile rf places every rank: -ppn "),
     ("rank 0=elsewhere\n", ["-hosts", "h1"],
      "--rankfile rf: rank 0 is on elsewhere, not one of the job's hosts (h1)"),
     ("rank 0=+n0 slot=a\n", [], "rankfile rf line 1: slot=a: 'a' is not a core"),
@@ -1122,10 +1123,8 @@ def test_srun_s_and_open_mpi_s_distributions_are_one_option() -> None:
     p = options.parse(["-m", "cyclic", ":::", "a", "b"], {})
     assert p.values["many_args"] == "-m" and p.values["tasks_line"], p.values
     for argv, why in [
-            (["-m", "arbitrary"], r"-m arbitrary places ranks by SLURM_HOSTFILE's lines: give "
-                                  r"pmrun that file with -f \(its hosts in rank order"),
-            (["--distribution", "round"], r"--distribution takes block, cyclic or plane=N "
-                                          r"\(srun's\), not 'round'"),
+            (["--distribution", "round"], r"--distribution takes block, cyclic, plane=N or "
+                                          r"arbitrary \(srun's\), not 'round'"),
             (["-m", "plane=0"], r"-m plane=0: plane= takes the ranks a node gets at a time"),
             (["-m", "cyclic:zigzag"], r"-m cyclic:zigzag: after ':' srun takes block, cyclic "
                                       r"or fcyclic"),
@@ -1219,9 +1218,70 @@ def test_the_allocation_s_distribution_is_srun_s_default() -> None:
     assert options.slurm_distribution({"SLURM_DISTRIBUTION": "cyclic"}) == "cyclic"
     assert options.slurm_distribution({"SLURM_DISTRIBUTION": "plane=3"}) == "plane=3"
     assert options.slurm_distribution({"SLURM_DISTRIBUTION": "cyclic:block"}) == "cyclic"
-    # Not one pmrun deals by (arbitrary), or none: blocks.
+    # Arbitrary with its file (which srun would follow); without it, or none: blocks.
+    assert options.slurm_distribution({"SLURM_DISTRIBUTION": "arbitrary",
+                                       "SLURM_HOSTFILE": "hf"}) == "arbitrary"
     for env in ({"SLURM_DISTRIBUTION": "arbitrary"}, {"SLURM_DISTRIBUTION": "x"}, {}):
         assert options.slurm_distribution(env) == "block"
+
+
+def test_hydra_s_rankmap_places_each_rank_on_a_node(pmrun: Run) -> None:
+    host = os.uname().nodename
+    r = pmrun("--local-nodes", "3", "-rankmap", "1,1,2,0", "--display-map", "sh", "-c",
+              'echo "$PMI_RANK $MPI_LOCALRANKID $PMI_SIZE"')
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["0 0 4", "1 1 4", "2 0 4", "3 0 4"]
+    assert r.stderr.splitlines() == [f"pmrun: rank map: node 0 ({host}): 3",
+                                     f"pmrun: rank map: node 1 ({host}): 0-1",
+                                     f"pmrun: rank map: node 2 ({host}): 2"], r.stderr
+    # -n past the list: the list again from its first node 0 (Hydra's).
+    r = pmrun("--local-nodes", "2", "-n", "5", "-rankmap", "(vector,[0,1]x1)", "--display-map",
+              "true")
+    assert (r.returncode, r.stderr.splitlines()) == (0, [
+        f"pmrun: rank map: node 0 ({host}): 0,2,4", f"pmrun: rank map: node 1 ({host}): 1,3"])
+    for argv, message in [
+        (["-rankmap", "1,0"], "-rankmap 1,0: rank 0 is on node 1, the job has 1 host"),
+        (["-n", "3", "--local-nodes", "3", "-rankmap", "1,2"],
+         "-rankmap 1,2 places 2 ranks: the job has 3"),
+        (["-rankmap", "a"], "-rankmap 'a': no node id at 0 (node ids, (FIRST,NODES,RANKS) or "
+                            "[...]xN, comma-separated)"),
+        (["-rankmap", "0", "-m", "arbitrary"],
+         "-rankmap and -m arbitrary both place every rank: give one"),
+    ]:
+        r = pmrun(*argv, "true", env={"SLURM_HOSTFILE": "x"})
+        assert (r.returncode, r.stderr) == (2, f"pmrun: {message}\n"), r.stderr
+
+
+def test_srun_s_arbitrary_places_ranks_by_its_hostfile(pmrun: Run, tmp_path: Path) -> None:
+    host = os.uname().nodename
+    (tmp_path / "hf").write_text("+n1\n+n0\n# rank 2:\n+n1\n")
+    r = pmrun("--local-nodes", "2", "-m", "arbitrary", "--display-map", "sh", "-c",
+              'echo "$PMI_RANK $MPI_LOCALRANKID $PMI_SIZE"', cwd=tmp_path,
+              env={"SLURM_HOSTFILE": "hf"})
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["0 0 3", "1 0 3", "2 1 3"]
+    assert r.stderr.splitlines() == [f"pmrun: rank map: node 0 ({host}): 1",
+                                     f"pmrun: rank map: node 1 ({host}): 0,2"], r.stderr
+    # This machine by its names, -n the first ranks (the quick path leaves it to the full).
+    (tmp_path / "here").write_text(f"{host}\nlocalhost\n{host}\n")
+    r = pmrun("-n", "2", "--distribution=arbitrary", "sh", "-c", 'echo "$PMI_RANK $PMI_SIZE"',
+              cwd=tmp_path, env={"SLURM_HOSTFILE": "here"})
+    assert (r.returncode, sorted(r.stdout.splitlines())) == (0, ["0 2", "1 2"]), r.stderr
+    (tmp_path / "empty").write_text("# none\n")
+    for env, argv, message in [
+        ({}, [], "-m arbitrary places the ranks on SLURM_HOSTFILE's hosts, a rank a line: "
+                 "SLURM_HOSTFILE is not set"),
+        ({"SLURM_HOSTFILE": "here"}, ["-n", "4"],
+         "-m arbitrary (SLURM_HOSTFILE here) places 3 ranks: the job has 4"),
+        ({"SLURM_HOSTFILE": "empty"}, [], "-m arbitrary: SLURM_HOSTFILE empty names no host"),
+        ({"SLURM_HOSTFILE": "none"}, [], "-m arbitrary: SLURM_HOSTFILE none cannot be read"),
+        ({"SLURM_HOSTFILE": "here"}, ["-rf", "here"],
+         "--rankfile and -m arbitrary both place every rank: give one"),
+    ]:
+        r = pmrun(*argv, "-m", "arbitrary", "true", cwd=tmp_path,
+                  env={"SLURM_HOSTFILE": "", **env})
+        assert r.returncode == 2 and r.stderr.startswith(f"pmrun: {message}"), r.stderr
+        assert r.stderr.count("\n") == 1, r.stderr
 
 
 @pytest.mark.parametrize("layout", [[], ["--local-nodes", "2"]], ids=["quick", "2nodes"])

@@ -537,6 +537,33 @@ def test_rankfile_mistakes_are_named(text: str, message: str) -> None:
         parse(text, "f")
 
 
+@pytest.mark.parametrize(("text", "ids", "again"), [
+    ("1,1,2,2", [1, 1, 2, 2], None),
+    ("(1,2,2)", [1, 1, 2, 2], None),  # Hydra's help: the same as 1,1,2,2
+    ("(vector,0,1)", [0, 1], 0),
+    (" 2, [0 ,1]x3", [2, 0, 1, 0, 1, 0, 1], 1),
+    ("0,(1,2,1),3", [0, 1, 2, 3], 0),
+    ("[(0,2,1)]x2,5", [0, 1, 0, 1, 5], 0),
+])
+def test_hydra_rankmap_reads_ids_blocks_and_repeats(text: str, ids: list[int],
+                                                    again: int | None) -> None:
+    from pm.common.rankfile import parse_rankmap
+
+    assert parse_rankmap(text) == (ids, again)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("x", "no node id at 0"), ("1,,2", "no node id at 2"), ("[0,1", "no ']' closes a group"),
+    ("[0,1],2", "']' at 4 needs its count"), ("(1,2)", "no node id at 0"), ("", "no node id"),
+    ("1 2", "'2' at 2"),
+])
+def test_hydra_rankmap_mistakes_are_named(text: str, message: str) -> None:
+    from pm.common.rankfile import RankfileError, parse_rankmap
+
+    with pytest.raises(RankfileError, match=re.escape(message)):
+        parse_rankmap(text)
+
+
 def test_rankfile_slots_are_logical_cores_or_a_packages() -> None:
     from pm.common.rankfile import RankfileError, slot_cpus
 

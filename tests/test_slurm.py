@@ -134,6 +134,26 @@ def test_cyclic_ranks_land_where_srun_s_land(slurm_cluster: RealCluster, tmp_pat
     assert_clean(c)
 
 
+def test_arbitrary_ranks_land_where_srun_s_land(slurm_cluster: RealCluster,
+                                                tmp_path: Path) -> None:
+    c = slurm_cluster
+    # srun's -m arbitrary: SLURM_HOSTFILE's hosts, a rank a line, in order (a host list
+    # as a line, repeats too); pmrun without -n runs a rank per line.
+    a, b, h3 = c.names[:3]
+    (tmp_path / "hf").write_text(f"{b}\n{a}  # comment\n\n{b}\n{h3}\n")
+    show = "sh -c 'echo $PMI_RANK$SLURM_PROCID $(hostname)'"
+    script = (f"export SLURM_HOSTFILE={tmp_path}/hf; srun --mpi=none -m arbitrary -n 4 {show}; "
+              f"echo ==; pmrun -m arbitrary {show}; echo ==; pmrun -n 2 -m arbitrary {show}")
+    res = subprocess.run(["salloc", "--quiet", "-N3", "-n6", "sh", "-c", script],
+                         env=env_for(c, tmp_path), capture_output=True, text=True,
+                         timeout=120, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr
+    srun, pmrun, two = (sorted(part.splitlines()) for part in res.stdout.split("==\n"))
+    assert srun == [f"0 {b}", f"1 {a}", f"2 {b}", f"3 {h3}"], res.stdout
+    assert pmrun == srun and two == srun[:2], res.stdout
+    assert_clean(c)
+
+
 def test_multi_prog_runs_what_srun_s_runs(slurm_cluster: RealCluster, tmp_path: Path) -> None:
     c = slurm_cluster
     conf = tmp_path / "silly.conf"

@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
-__all__ = ["RankLine", "RankfileError", "check_slot", "parse", "slot_cpus"]
+__all__ = ["RankLine", "RankfileError", "check_slot", "parse", "parse_rankmap", "slot_cpus"]
 
 
 class RankfileError(ValueError):
@@ -114,3 +114,65 @@ def slot_cpus(slot: str, cores: Sequence[frozenset[int]],
                                     f"(it has {len(pool)})")
             out |= pool[i]
     return frozenset(out)
+
+
+def parse_rankmap(text: str) -> tuple[list[int], int | None]:
+    """Hydra's ``-rankmap``: each rank's node id, and where the list starts again for
+    ranks past its end (the first id 0, as Hydra repeats it; None: it does not).  Node ids
+    one for each rank (``1,1,2,2``), blocks ``(FIRST,NODES,RANKS)`` (``(1,2,2)`` is
+    ``1,1,2,2``), a group repeated ``[...]xN``, within ``(vector,...)`` or not (pure)."""
+    body = text.strip()
+    if body.startswith("(vector,") and body.endswith(")"):
+        body = body[len("(vector,"):-1]
+    pos = 0
+
+    def fail(why: str) -> RankfileError:
+        return RankfileError(f"-rankmap {text!r}: {why} (node ids, (FIRST,NODES,RANKS) or "
+                             "[...]xN, comma-separated)")
+
+    def items(closing: str) -> list[int]:
+        nonlocal pos
+        out: list[int] = []
+        while True:
+            while pos < len(body) and body[pos] == " ":
+                pos += 1
+            m = _BLOCK.match(body, pos)
+            if m is not None:
+                first, nodes, ranks = (int(g) for g in m.groups())
+                out += [first + i for i in range(nodes) for _ in range(ranks)]
+                pos = m.end()
+            elif body.startswith("[", pos):
+                pos += 1
+                group = items("]")
+                m = _TIMES.match(body, pos)
+                if m is None:
+                    raise fail(f"']' at {pos} needs its count, ']xN'")
+                out += group * int(m.group(1))
+                pos = m.end()
+            else:
+                m = _ID.match(body, pos)
+                if m is None:
+                    raise fail(f"no node id at {pos}")
+                out.append(int(m.group(1)))
+                pos = m.end()
+            while pos < len(body) and body[pos] == " ":
+                pos += 1
+            if closing and body.startswith(closing, pos):
+                return out
+            if pos >= len(body):
+                if closing:
+                    raise fail(f"no '{closing}' closes a group")
+                return out
+            if body[pos] != ",":
+                raise fail(f"{body[pos]!r} at {pos}")
+            pos += 1
+
+    ids = items("")
+    if not ids:
+        raise fail("no node id")
+    return ids, ids.index(0) if 0 in ids else None
+
+
+_BLOCK = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)")
+_TIMES = re.compile(r"\]x(\d+)")
+_ID = re.compile(r"(\d+)")
