@@ -511,6 +511,8 @@ class JobRun:
                                  ex.at)
         elif isinstance(msg, t.Abort):
             self._aborted(msg)
+        elif isinstance(msg, t.Stuck):
+            self._stuck(msg)
         elif isinstance(msg, t.Done):
             if self._held_abort is not None:
                 self._name_abort()
@@ -553,6 +555,21 @@ class JobRun:
             self._abort_timer = self.owned.call_later(ABORT_GRACE, self._name_abort)
         else:
             self._fail_abort(msg)
+
+    def _stuck(self, msg: t.Stuck) -> None:
+        """A collective can never complete (a rank it waits for is gone): the job would
+        hang in it; it fails, named by that rank (a failure of its own, if it was one, is
+        named first: then this one is its consequence)."""
+        from pm.agent.collectives import KIND_NAMES
+
+        gone = rank_at(msg.rank, msg.vertex, self.plan.hosts[msg.vertex])
+        who = f"rank {msg.waiting} waits" if msg.waiting >= 0 else "other ranks wait"
+        text = (f"{gone} {msg.how} without joining the ranks' PMI "
+                f"{KIND_NAMES.get(msg.kind, 'collective')} {msg.epoch}, in which {who}: it "
+                "can never complete")
+        if self.cause is not None and self.state is RunState.RUNNING and not self.quiet:
+            log.error("%s", text)  # (the job went on after that failure: why it ends now)
+        self._fail(text, msg.code)
 
     def _fail_abort(self, msg: t.Abort) -> None:
         host = self.plan.hosts[msg.vertex]

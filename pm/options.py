@@ -1152,6 +1152,11 @@ OPTIONS = (
              "{host} {command}'), or, as in Hydra, the ssh/rsh program to use"),
     Opt("--ssh", "ssh", text, metavar="CMD", group=LAUNCH, help="ssh command of the ssh launcher"),
     Opt("--user", "user", text, metavar="USER", group=LAUNCH, help="remote user for ssh"),
+    Opt("--agent-python", "agent_python", text, metavar="PATH", group=LAUNCH,
+        help="the Python that runs pmrun's agent on other hosts (default: this one's path; "
+             "a name is looked up in their PATH)"),
+    Opt("-hybrid-hosts --hybrid-hosts", "agent_python", kind=FLAG, const="python3",
+        group=LAUNCH, help="Hydra's: hosts do not share paths: --agent-python python3"),
     Opt("--ssh-limit", "ssh_limit", number(1), metavar="N", group=LAUNCH,
         help="at most N ssh connections starting at once (default 32)"),
     Opt("--agents", "agents", readable_file, metavar="FILE", group=LAUNCH,

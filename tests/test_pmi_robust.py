@@ -225,3 +225,31 @@ def test_a_flood_of_bad_lines_is_logged_once_per_cause(pmrun: Run, tmp_path: Pat
     assert any("without key=value" in x for x in logged), r.stderr
     assert any("unknown PMI-1 command" in x for x in logged), r.stderr
     assert any("2100" in x for x in logged), r.stderr  # the count, once, at the end
+
+
+@pytest.mark.parametrize("layout", [[], ["--local-nodes", "3"]], ids=["one-node", "3-nodes"])
+def test_a_fence_a_gone_rank_never_joins_ends_the_job_named(pmrun: Run, tmp_path: Path,
+                                                             layout: list[str]) -> None:
+    # A rank that ends before PMI (here with status 0, which ends nothing by itself: a
+    # wrapper that did not start the program) while the others wait in a barrier it never
+    # joins: the job would hang.
+    prog = script(tmp_path, "gone.py", RAW + """
+    if rank == 2:
+        sys.exit(int(sys.argv[1]))
+    ask("cmd=init pmi_version=1 pmi_subversion=1")
+    print(ask("cmd=barrier_in"), flush=True)
+    time.sleep(30)
+    """)
+    r = pmrun("-n", "3", *layout, "python", str(prog), "0", timeout=30)
+    assert (r.returncode, r.stdout) == (1, ""), r.stderr
+    assert re.fullmatch(r"pmrun: rank 2 \(node [02], \S+\) exited with code 0 without joining "
+                        r"the ranks' PMI fence 1, in which (rank 0|other ranks) wait(s)?: "
+                        r"it can never complete\n", r.stderr), r.stderr
+    # Failures kept going (-disable-auto-cleanup): its own failure first, then this.
+    r = pmrun("-n", "3", *layout, "-disable-auto-cleanup", "python", str(prog), "5",
+              timeout=30)
+    assert r.returncode == 5, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].endswith(") exited with code 5"), r.stderr
+    assert "without joining the ranks' PMI fence 1" in lines[1], r.stderr
+    no_traceback(r)

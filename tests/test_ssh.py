@@ -78,6 +78,9 @@ def test_hosts_that_are_other_machines_mean_ssh() -> None:
     assert bootstrap_options({"launcher_exec": "ip netns exec {host} {command}"},
                              ["n1"])["name"] == "exec"
     assert bootstrap_options({"ssh": "ssh -F x"}, ["n1"])["name"] == "ssh"
+    # --agent-python: other hosts' interpreter (Hydra's -hybrid-hosts: python3 from PATH).
+    assert bootstrap_options({"agent_python": "/opt/py"}, ["n1"])["python"] == "/opt/py"
+    assert "python" not in bootstrap_options({"agent_python": "/opt/py"}, ["localhost"])
 
 
 @pytest.mark.skipif(subprocess.run(["which", "ssh"], capture_output=True).returncode != 0,
@@ -289,6 +292,33 @@ def test_ssh_refusals_are_named_in_one_line(ssh_cluster: RealCluster, tmp_path: 
     assert len(lines) == 1, res.stderr
     assert re.fullmatch(rf"pmrun: node \d \({c.names[0][:-1]}\d\) lost: .*{re.escape(expected)}.*",
                         lines[0]), lines
+    assert_clean(c)
+
+
+def test_agent_python_runs_the_agents_of_other_hosts(ssh_cluster: RealCluster,
+                                                     tmp_path: Path) -> None:
+    c = ssh_cluster
+    # Hosts that do not share this interpreter's path: another path to a Python with
+    # pmrun runs every agent there (each rank's parent), the ensemble's runner too.
+    (tmp_path / "bin").mkdir()
+    python = tmp_path / "bin" / "python"
+    python.symlink_to(sys.executable)
+    show = "echo $(hostname) $(tr '\\0' ' ' < /proc/$PPID/cmdline)"
+    res = run(["-hosts", ",".join(c.names[:2]), "--ssh", c.ssh_command(), "--agent-python",
+               str(python), "-n", "2", "sh", "-c", show], tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = sorted(line.split()[:2] for line in res.stdout.splitlines())
+    assert rows == [[h, str(python)] for h in c.names[:2]], res.stdout
+    res = run(["-S", c.names[0], "--ssh", c.ssh_command(), "--agent-python", str(python),
+               "echo {} $(tr '\\0' ' ' < /proc/$PPID/cmdline)", ":::", "a"], tmp_path)
+    assert (res.returncode, res.stdout.split()[:2]) == (0, ["a", str(python)]), res.stderr
+    # No such Python there: the node is lost, and why, in one line.
+    res = run(["-hosts", c.names[0], "--ssh", c.ssh_command(), "--agent-python",
+               "/opt/no/python", "-n", "1", "true"], tmp_path)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 255 and len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"pmrun: node 0 ({c.names[0]}) lost: ") and \
+        "/opt/no/python" in lines[0], lines
     assert_clean(c)
 
 

@@ -37,6 +37,9 @@ class NodeCollectives:
         self._coll_futs: dict[tuple[int, int, int], asyncio.Future[Any]] = {}
         self._ring_ag: dict[tuple[int, int], int] = {}
         self._frame_down: Any = None  # the parent's frame of the CollOut being handled
+        #: (Vertex 0.) The job's ranks that ended without finalizing.
+        self._gone: list[t.Gone] = []
+        self._stuck = False  # said already
 
     def _ring_order_is_rank_order(self) -> bool:
         agent = self.agent
@@ -70,6 +73,7 @@ class NodeCollectives:
         if ring:
             self._ring_ag[(epoch, rank)] = 1
         self._act(actions)
+        self._check_stuck()
         return fut
 
     def from_parent(self, msg: t.CollOut) -> None:
@@ -91,6 +95,37 @@ class NodeCollectives:
             agent.mark("coll child in", child=child, kind=KIND_NAMES[msg.kind],
                        epoch=msg.epoch)
         self._act(self.machine.child_in(child, msg.epoch, msg.kind, msg.data))
+        self._check_stuck()
+
+    def rank_gone(self, rank: int, how: str, code: int) -> None:
+        """Local ``rank`` ended without finalizing (``how``, its status ``code``): told to
+        vertex 0, which sees every collective of the job begin (:meth:`gone`)."""
+        joined = [self.machine.next_epoch(kind, rank) for kind in range(t.RING + 1)]
+        msg = t.Gone(self.agent.vertex, rank, how, code, joined)
+        # (Behind the flush of its exit, scheduled already: the head hears that first.)
+        loop = self.agent.loop
+        loop.call_soon(self.gone if self.machine.is_root else self.agent.parent.send, msg)
+
+    def gone(self, msg: t.Gone) -> None:
+        """(Vertex 0.) A rank is gone: a collective it has not joined, now or later, can
+        never complete."""
+        self._gone.append(msg)
+        self._check_stuck()
+
+    def _check_stuck(self) -> None:
+        """(Vertex 0.) Say once, up to the head, that a collective under way waits for a
+        rank that is gone: the job would hang in it for ever."""
+        if not self._gone or self._stuck:
+            return
+        machine = self.machine
+        for kind, epoch in machine.pending():
+            for msg in self._gone:
+                if msg.joined[kind] <= epoch:
+                    self._stuck = True
+                    waiting = machine.waiting(kind, epoch)
+                    self.agent.parent.send(t.Stuck(msg.vertex, msg.rank, msg.how, msg.code,
+                                                   kind, epoch, min(waiting, default=-1)))
+                    return
 
     def fail(self, why: str) -> None:
         """Fail every rank's pending collective with :class:`RankFailed` (the job is ending)."""

@@ -147,6 +147,11 @@ class Collectives:
         """(kind, epoch) of collectives that have started and not completed here."""
         return sorted(self._open)
 
+    def waiting(self, kind: int, epoch: int) -> set[int]:
+        """The local ranks that joined ``epoch`` of ``kind`` (under way here)."""
+        ep = self._open.get((kind, epoch))
+        return set(ep.local) if ep is not None else set()
+
     def contribute(self, kind: int, rank: int, piece: Any) -> tuple[int, list[Action]]:
         """A local rank joins its next collective of ``kind``; returns (epoch, actions)."""
         if rank not in self._local_set:

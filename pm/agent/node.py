@@ -445,6 +445,19 @@ class JobAgent:
         if getattr(self, "reservations", None) is not None:
             self.reservations.release_rank(proc.rank)  # a rank that died holds nothing
         self._schedule_flush()
+        self._gone(proc)  # (after its exit: the head names what came first)
+
+    def _gone(self, proc: RankProc) -> None:
+        """A rank that ended, and whose PMI stream did (all it asked is read), without
+        finalizing: the job's collectives it has not joined can never complete."""
+        st = proc.status
+        if (st is None or not proc.pmi_eof or proc.pmi is PmiPhase.FINALIZED
+                or self.plan.spawned is not None):  # (a spawned job's: not followed)
+            return
+        how = f"was killed by {_signal_name(st.signal)}" if st.signal else \
+            f"exited with code {st.code}"
+        code = 128 + st.signal if st.signal else st.code or 1
+        self.coll.rank_gone(proc.rank, how, code)
 
     def stdin_taken(self, nbytes: int) -> None:
         """Every local rank that reads pmrun's stdin took ``nbytes`` more of it
@@ -511,8 +524,10 @@ class JobAgent:
             else:
                 self.parent.send(abort)
         elif event == "eof":
+            proc.pmi_eof = True
             if not detail and proc.status is None:
                 self.owned.call_later(EOF_GRACE, self._eof_without_finalize, proc)
+            self._gone(proc)
         elif event == "error" and proc.status is None and not self.killing:
             # A PMI stream that cannot be followed: the rank fails, named with the cause.
             proc.reason = f"sent a PMI stream that cannot be served: {detail}"
@@ -761,8 +776,10 @@ class JobAgent:
         elif isinstance(msg, t.StdinAck) and self.plan.stdin_rank == STDIN_ALL:
             self._stdin_children[child] = self._stdin_children.get(child, 0) + msg.nbytes
             self._stdin_up()
+        elif isinstance(msg, t.Gone) and self.vertex == 0:
+            self.coll.gone(msg)
         elif isinstance(msg, (t.Output, t.Exits, t.Abort, t.AgentError, t.AgentGone,
-                              t.Started, t.StdinAck, t.SpawnReq)):
+                              t.Started, t.StdinAck, t.SpawnReq, t.Stuck, t.Gone)):
             self.parent.send(msg)
         else:
             self.from_tree(msg)
@@ -922,3 +939,10 @@ def _launch_dir(cwd: str, vertex: int, host: str) -> str | None:
     log.warning("%s, pmrun's working directory, does not exist on node %d (%s): its ranks "
                 "start in %s", cwd, vertex, host, here)
     return None
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

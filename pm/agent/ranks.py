@@ -71,8 +71,9 @@ class RankLife(enum.Enum):
 class RankProc:
     """One local rank: its process, PMI session, pipes and how it ended."""
 
-    __slots__ = ("ended", "ended_at", "fds", "life", "local_rank", "pid", "pmi", "rank", "reason",
-                 "session", "status", "stdin_buf", "stdin_fd", "stdin_taken", "streams")
+    __slots__ = ("ended", "ended_at", "fds", "life", "local_rank", "pid", "pmi", "pmi_eof", "rank",
+                 "reason", "session", "status", "stdin_buf", "stdin_fd", "stdin_taken",
+                 "streams")
 
     def __init__(self, rank: int, local_rank: int) -> None:
         self.rank = rank
@@ -88,6 +89,8 @@ class RankProc:
         self.ended_at = 0.0
         self.reason = ""
         self.pmi = PmiPhase.NONE
+        #: Its PMI stream ended: every request it sent has been read.
+        self.pmi_eof = False
         self.life = RankLife.RUNNING
         self.stdin_fd = -1
         #: pmrun's stdin not written to it yet, and how much of it the rank took (bytes

@@ -154,6 +154,8 @@ def bootstrap_options(extra: Mapping[str, str],
             opts["limit" if key == "ssh_limit" else key] = value
     if "iface" in extra:
         opts["iface"] = extra["iface"]
+    if "agent_python" in extra and name != "local":
+        opts["python"] = extra["agent_python"]  # (other hosts': this one runs ours)
     if name == "exec":
         if not extra.get("launcher_exec"):
             raise ValueError("--launcher exec needs --launcher-exec TEMPLATE")

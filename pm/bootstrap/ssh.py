@@ -289,7 +289,8 @@ class SshBootstrap(CommandBootstrap):
         return not text.startswith("pm-agent")
 
     def command(self, host: str) -> list[str]:
-        return agent_command(self.python, lean=True) if is_this_machine(host) else self.argv(host)
+        # (This machine's agent: our own interpreter, whatever --agent-python says of others.)
+        return agent_command(lean=True) if is_this_machine(host) else self.argv(host)
 
     def start(self, host: str, config: AgentConfig) -> tuple[int, int]:
         return self.run(self.command(host), config)

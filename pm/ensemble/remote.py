@@ -74,7 +74,8 @@ class RemoteRunner:
         from pm.head import JobRun
 
         h = self._hosts[host] = _Host(host, samples, lost)
-        argv = [sys.executable, "-m", "pm.ensemble", "runner", str(interval)]
+        python = str(self._nodes.bootstrap.get("python") or sys.executable)  # (--agent-python)
+        argv = [python, "-m", "pm.ensemble", "runner", str(interval)]
         if CPU_UNIT[0] != "thread":  # (what -j's CPU rules count there too)
             argv.append(CPU_UNIT[0])
         spec = JobSpec([AppSpec(["true"]), AppSpec(argv)], genv=dict(self._spec.genv),

@@ -58,7 +58,7 @@ MAC_LEN = 16
 #: 5: exits and aborts carry the time their agent learned of them; 6: Started says whether
 #: a spawned job's ranks need their spawner; 7: plans carry --rank-by and a rankfile's
 #: placement and slots
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 
 #: Directions of a tree link (bound under an envelope's tag).
 UP = 1  # child to parent
@@ -355,6 +355,32 @@ class SpawnReq(Msg, op=23):
     commands: list[Any]
     preput: dict[str, str]
     after_init: bool = False
+
+
+class Gone(Msg, op=34):
+    """Rank ``rank`` of ``vertex`` ended (``how``; status ``code``) without finalizing, having
+    joined the collectives of each kind below ``joined[kind]``: told to vertex 0, which
+    sees every collective of the job (:class:`Stuck`)."""
+
+    vertex: int
+    rank: int
+    how: str
+    code: int
+    joined: list[int]
+
+
+class Stuck(Msg, op=33):
+    """A collective of the job's ranks can never complete: local rank ``rank`` ended
+    (``how``) without joining ``epoch`` of ``kind``, in which rank ``waiting`` waits (-1:
+    ranks of other nodes).  Fatal for the job: the head names it."""
+
+    vertex: int
+    rank: int
+    how: str
+    code: int
+    kind: int
+    epoch: int
+    waiting: int
 
 
 class SpawnLaunch(Msg, op=24):
