@@ -564,9 +564,13 @@ class JobRun:
 
         gone = rank_at(msg.rank, msg.vertex, self.plan.hosts[msg.vertex])
         who = f"rank {msg.waiting} waits" if msg.waiting >= 0 else "other ranks wait"
-        text = (f"{gone} {msg.how} without joining the ranks' PMI "
-                f"{KIND_NAMES.get(msg.kind, 'collective')} {msg.epoch}, in which {who}: it "
-                "can never complete")
+        if not msg.kind:  # (before PMI init, which a rank of its node called)
+            text = (f"{gone} {msg.how} before PMI init, which rank {msg.waiting} called: its "
+                    "MPI_Init would wait for it for ever")
+        else:
+            text = (f"{gone} {msg.how} without joining the ranks' PMI "
+                    f"{KIND_NAMES.get(msg.kind, 'collective')} {msg.epoch}, in which {who}: "
+                    "it can never complete")
         if self.cause is not None and self.state is RunState.RUNNING and not self.quiet:
             log.error("%s", text)  # (the job went on after that failure: why it ends now)
         self._fail(text, msg.code)

@@ -244,6 +244,8 @@ class QuickStart:
         self._poll: select.epoll | None = None
         #: The ranks' PMI, from the first byte one of them sends.
         self.pmi: QuickPmi | None = None
+        #: A rank ended before PMI init: the first init hands the job over (_init_waits).
+        self._uninit_exit = False
         #: The jobs the ranks spawned (pm.agent.quick_spawns), from the first spawn.
         self.spawns: QuickSpawns | None = None
         #: The job's environment (a spawned job's too).
@@ -552,6 +554,8 @@ class QuickStart:
                         if self._pmix is not None and self._pmix.clients.get(
                                 (self.started.pmix, r.rank)) == "init":
                             return None  # a PMIx client that did not finalize: a failure
+                        if not r.job and self._init_waits(r):
+                            return None  # the agent names it: MPI_Init waits in vain
                         exited.add(r)
                         if r.job:
                             assert self.spawns is not None
@@ -584,6 +588,7 @@ class QuickStart:
                                                   kvsname_of(self.started.job_id), opts_n,
                                                   native=self.opts.kvs == "socket",
                                                   host=self.host, universe=self.opts.usize)
+                        pmi.hand_over_on_init = self._uninit_exit
                         pmi.on_spawn, pmi.on_close = self._first_spawn, unwatch
                         hot_get = pmi.hot.get
                         owner = pmi
@@ -601,6 +606,28 @@ class QuickStart:
                 else:
                     return None  # the agent takes it from there
         return 0
+
+    def _init_waits(self, r: StartedRank) -> bool:
+        """Rank ``r`` ended well, perhaps before PMI init: whether another rank initialized
+        (an MPI library's PMI-1, PMI-2 or PMIx), whose ``MPI_Init`` would wait for it for
+        ever -- the full path names that.  If none has yet, the first that does hands the
+        job over (:attr:`QuickPmi.hand_over_on_init`, the PMIx server's ``wake_on_init``)."""
+        pmi, srv, nspace = self.pmi, self._pmix, self.started.pmix
+        engines = pmi.engines if pmi is not None else {}
+        mine = engines.get(r.rank)
+        if (mine is not None and mine.initialized) or (
+                srv is not None and srv.clients.get((nspace, r.rank))):
+            return False  # it took part
+        if any(e.initialized and e.protocol != "native" for e in engines.values()) or (
+                srv is not None and "init" in (v for (ns, _), v in srv.clients.items()
+                                               if ns == nspace)):
+            return True
+        self._uninit_exit = True
+        if pmi is not None:
+            pmi.hand_over_on_init = True
+        if srv is not None:
+            srv.wake_on_init = True
+        return False
 
     def _more_to_watch(self) -> bool:
         """Whether, the launched job's ranks having ended, something is left to watch: a

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from launch_util import script
+from launch_util import mpi_missing, script
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -228,7 +229,7 @@ def test_a_flood_of_bad_lines_is_logged_once_per_cause(pmrun: Run, tmp_path: Pat
 
 
 @pytest.mark.parametrize("layout", [[], ["--local-nodes", "3"]], ids=["one-node", "3-nodes"])
-def test_a_fence_a_gone_rank_never_joins_ends_the_job_named(pmrun: Run, tmp_path: Path,
+def test_a_rank_gone_before_the_others_fence_ends_the_job_named(pmrun: Run, tmp_path: Path,
                                                              layout: list[str]) -> None:
     # A rank that ends before PMI (here with status 0, which ends nothing by itself: a
     # wrapper that did not start the program) while the others wait in a barrier it never
@@ -242,14 +243,37 @@ def test_a_fence_a_gone_rank_never_joins_ends_the_job_named(pmrun: Run, tmp_path
     """)
     r = pmrun("-n", "3", *layout, "python", str(prog), "0", timeout=30)
     assert (r.returncode, r.stdout) == (1, ""), r.stderr
-    assert re.fullmatch(r"pmrun: rank 2 \(node [02], \S+\) exited with code 0 without joining "
-                        r"the ranks' PMI fence 1, in which (rank 0|other ranks) wait(s)?: "
-                        r"it can never complete\n", r.stderr), r.stderr
+    assert re.fullmatch(r"pmrun: rank 2 \(node [02], \S+\) exited with code 0 (without joining "
+                        r"the ranks' PMI fence 1, in which (rank 0|other ranks) waits?: it "
+                        r"can never complete|before PMI init, which rank [01] called: its "
+                        r"MPI_Init would wait for it for ever)\n", r.stderr), r.stderr
     # Failures kept going (-disable-auto-cleanup): its own failure first, then this.
     r = pmrun("-n", "3", *layout, "-disable-auto-cleanup", "python", str(prog), "5",
               timeout=30)
     assert r.returncode == 5, r.stderr
     lines = r.stderr.splitlines()
     assert len(lines) == 2 and lines[0].endswith(") exited with code 5"), r.stderr
-    assert "without joining the ranks' PMI fence 1" in lines[1], r.stderr
+    assert re.search(r"without joining the ranks' PMI fence 1|before PMI init", lines[1]), \
+        r.stderr
+    no_traceback(r)
+
+
+@pytest.mark.skipif(mpi_missing() is not None, reason=str(mpi_missing()))
+@pytest.mark.parametrize("layout", [[], ["--local-nodes", "2"]], ids=["one-node", "2-nodes"])
+def test_mpi_init_waiting_for_a_rank_that_never_started_mpi_is_named(
+        pmrun: Run, tmp_path: Path, layout: list[str]) -> None:
+    # A wrapper that runs the MPI program on rank 0 only: MPICH's MPI_Init waits for rank 1
+    # in a PMI fence between nodes, in shared memory within one (where pmrun sees nothing
+    # of it): either way it would wait for ever.
+    prog = script(tmp_path, "hello.py", """
+    from mpi4py import MPI
+    print(MPI.COMM_WORLD.size, flush=True)
+    """)
+    r = pmrun("-n", "2", *layout, "sh", "-c",
+              f'[ "$PMI_RANK" = 1 ] || exec {sys.executable} {prog}', timeout=60)
+    assert (r.returncode, r.stdout) == (1, ""), r.stderr
+    assert re.fullmatch(r"pmrun: rank 1 \(node [01], \S+\) exited with code 0 (before PMI "
+                        r"init, which rank 0 called: its MPI_Init would wait for it for ever|"
+                        r"without joining the ranks' PMI fence 1, in which rank 0 waits: it "
+                        r"can never complete)\n", r.stderr), r.stderr
     no_traceback(r)

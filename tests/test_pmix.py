@@ -516,6 +516,26 @@ def test_two_open_mpi_jobs_in_one_process(tmp_path: Path) -> None:
 
 
 @needs_wheel
+@pytest.mark.parametrize("layout", [[], ["--local-nodes", "2"]], ids=["1node", "2nodes"])
+def test_a_rank_that_never_starts_mpi_is_named(pmrun: Run, tmp_path: Path,
+                                               layout: list[str]) -> None:
+    # Rank 1's wrapper does not run the program: Open MPI's MPI_Init on rank 0 would wait
+    # for it for ever (in libpmix's fence on one node, where pmrun sees nothing of it).
+    assert OMPI is not None
+    prog = script(tmp_path, "hello.py", """
+        from mpi4py import MPI
+        print(MPI.COMM_WORLD.size, flush=True)
+    """)
+    r = pmrun("-n", "2", *layout, "--mpi", "pmix", "sh", "-c",
+              f'[ "$PMI_RANK" = 1 ] || exec {OMPI} {prog}', env=ENV, timeout=60)
+    assert (r.returncode, r.stdout) == (1, ""), r.stderr
+    assert re.fullmatch(r"pmrun: rank 1 \(node [01], \S+\) exited with code 0 (before PMI "
+                        r"init, which rank 0 called: its MPI_Init would wait for it for ever|"
+                        r"without joining the ranks' PMI allgather 1, in which rank 0 waits: "
+                        r"it can never complete)\n", r.stderr), r.stderr
+
+
+@needs_wheel
 def test_exit_without_finalize_fails_the_job(pmrun: Run, tmp_path: Path, marker: str) -> None:
     # PMIx's connect and finalize are the rank events a PMI session reports.
     assert OMPI is not None

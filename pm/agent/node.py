@@ -30,6 +30,7 @@ from pm.agent.coll_shell import NodeCollectives
 from pm.agent.collectives import report_counts
 from pm.agent.kvs import NodeKVS
 from pm.agent.owned import Owned
+from pm.agent.pmi_actions import Wire
 from pm.agent.ranks import LocalRanks, PmiPhase, RankLife, RankProc
 from pm.agent.shm_reaper import ShmReaper, sweep_node
 from pm.agent.spawn_answer import SpawnAnswer
@@ -112,6 +113,10 @@ class JobAgent:
         #: Aborts held until the local ranks a signal ended before them are reported
         #: (those ranks, the abort): the death is the job's first failure, the abort its echo.
         self._held_aborts: list[tuple[set[int], t.Abort]] = []
+        #: Local ranks that ended before PMI init (rank, how, status), and whether that
+        #: was told (:meth:`_check_never_init`).
+        self._never_init: list[tuple[int, str, int]] = []
+        self._told_never_init = False
         #: Aborts whose held-for ranks are reported: they go up after those exits.
         self._aborts: list[t.Abort] = []
         self._flush_scheduled = False
@@ -458,6 +463,26 @@ class JobAgent:
             f"exited with code {st.code}"
         code = 128 + st.signal if st.signal else st.code or 1
         self.coll.rank_gone(proc.rank, how, code)
+        if proc.pmi is PmiPhase.NONE:
+            self._never_init.append((proc.rank, how, code))
+            self._check_never_init()
+
+    def _check_never_init(self) -> None:
+        """A rank that ended before PMI init while another of this node's ranks initialized
+        (PMI-1, PMI-2 or PMIx: an MPI library's): that one's ``MPI_Init`` waits for it for
+        ever (in a fence, or in the node's shared memory, where pmrun sees nothing).
+        Open MPI's own launcher fails such a job too.  (pm.client's native protocol is not
+        MPI: its ranks need not all take part.)"""
+        if not self._never_init or self._told_never_init:
+            return
+        mpi = next((p.rank for p in self.ranks.values() if p.pmi is not PmiPhase.NONE and (
+            p.session is None or p.session.engine is None
+            or p.session.engine.protocol is not Wire.NATIVE)), None)
+        if mpi is None:
+            return
+        self._told_never_init = True
+        rank, how, code = self._never_init[0]
+        self.loop.call_soon(self.parent.send, t.Stuck(self.vertex, rank, how, code, 0, 0, mpi))
 
     def stdin_taken(self, nbytes: int) -> None:
         """Every local rank that reads pmrun's stdin took ``nbytes`` more of it
@@ -505,6 +530,7 @@ class JobAgent:
             self.mark(_EVENT_MARKS.get(event, event), rank)
         if event == "init":
             proc.pmi = PmiPhase.INITIALIZED
+            self._check_never_init()
             if self.spawn_answer is not None:
                 self.spawn_answer.initialized(rank)
         elif event == "finalize":

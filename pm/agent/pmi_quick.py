@@ -128,6 +128,8 @@ class QuickPmi:
         #: Ranks that closed their PMI socket without a word (every collective waits for
         #: them in vain, if they are gone: the agent tells).
         self._silent: set[int] = set()
+        #: A rank ended before PMI init (pm.quick): the next init hands the job over.
+        self.hand_over_on_init = False
         self._colls_done = 0
         #: node attribute -> the (rank, call) waiting for it.
         self._attr_waits: dict[str, list[tuple[int, NodeAttrGet]]] = {}
@@ -392,6 +394,11 @@ class QuickPmi:
             elif isinstance(act, Event) and act.name in ("init", "finalize"):
                 if act.name == "finalize":
                     self.kvs.settle(rank)
+                elif self.hand_over_on_init and self.engines[rank].protocol != "native":
+                    # A rank ended before its init: this one's MPI_Init would wait for it
+                    # in vain (the agent names that).
+                    self._left.setdefault(rank, []).extend(acts[i:])
+                    return False
                 elif self.on_init is not None and not self.on_init(self, rank):
                     self._left.setdefault(rank, []).extend(acts[i + 1:])
                     return False

@@ -118,6 +118,9 @@ class PmixServer:
         self._post_lock = _thread.allocate_lock()
         #: Written to (one byte) when an upcall that needs the loop waits for it.
         self.wake_fd = -1
+        #: A client's init wakes :attr:`wake_fd` too (pm.quick: a rank ended before its
+        #: init, so this one's MPI_Init would wait for it in vain).
+        self.wake_on_init = False
         #: ``(nspace, rank)`` -> "init" or "finalize": the last of a client's two events
         #: (pmrun's quick path asks whether a rank that exited had finalized).
         self.clients: dict[tuple[str, int], str] = {}
@@ -293,7 +296,8 @@ class PmixServer:
         pid = self.pids.get((ns, rank))
         if pid and self.port:
             self.nodelay(pid)
-        rc = self._post(ns, lambda job: job.client_event(rank, "init"), urgent=False)
+        rc = self._post(ns, lambda job: job.client_event(rank, "init"),
+                        urgent=self.wake_on_init)
         return L.OPERATION_SUCCEEDED if rc == L.SUCCESS else rc
 
     def _finalized(self, proc: Any, _obj: Any, _cbfunc: Any, _cbdata: Any) -> int:

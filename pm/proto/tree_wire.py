@@ -370,9 +370,10 @@ class Gone(Msg, op=34):
 
 
 class Stuck(Msg, op=33):
-    """A collective of the job's ranks can never complete: local rank ``rank`` ended
-    (``how``) without joining ``epoch`` of ``kind``, in which rank ``waiting`` waits (-1:
-    ranks of other nodes).  Fatal for the job: the head names it."""
+    """A collective of the job's ranks can never complete: rank ``rank`` ended (``how``)
+    without joining ``epoch`` of ``kind``, in which rank ``waiting`` waits (-1: ranks of
+    other nodes); ``kind`` 0: it ended before PMI init, which ``waiting`` called.  Fatal
+    for the job: the head names it."""
 
     vertex: int
     rank: int
