@@ -562,6 +562,8 @@ class JobRun:
         named first: then this one is its consequence)."""
         from pm.agent.collectives import KIND_NAMES
 
+        if self._signalled:
+            return  # (the user's signal ended that rank: the job ends by it, as it is)
         gone = rank_at(msg.rank, msg.vertex, self.plan.hosts[msg.vertex])
         who = f"rank {msg.waiting} waits" if msg.waiting >= 0 else "other ranks wait"
         if not msg.kind:  # (before PMI init, which a rank of its node called)

@@ -43,7 +43,7 @@ BAD_VALUE = {
     "joblog": "", "halt": "later,fail=1", "colsep": "(", "tagstring": "",
     "arg_files": "/no/such/args", "delimiter": "ab", "header": "x", "results": "",
     "block": "0", "memfree": "lots", "memsuspend": "lots", "N": "x", "nodes": "0",
-    "max_args": "-1", "rankmap": "1,,2",
+    "max_args": "-1", "rankmap": "1,,2", "agent_python": "",
     "cpus_per_task": "0", "distribution": "round", "delay": "-1", "export": "A B", "stdin": "x",
     "cpu_bind": "boards", "display": "topo", "replace": "", "trim": "x", "flux_env": "^f",
     "exclude": "a[1-", "nice": "20", "tmpdir": "/no/such/dir", "max_lines": "0",

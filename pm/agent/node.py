@@ -117,6 +117,7 @@ class JobAgent:
         #: was told (:meth:`_check_never_init`).
         self._never_init: list[tuple[int, str, int]] = []
         self._told_never_init = False
+        self._gone_told: set[int] = set()  # local ranks told gone (_gone)
         #: Aborts whose held-for ranks are reported: they go up after those exits.
         self._aborts: list[t.Abort] = []
         self._flush_scheduled = False
@@ -457,8 +458,10 @@ class JobAgent:
         finalizing: the job's collectives it has not joined can never complete."""
         st = proc.status
         if (st is None or not proc.pmi_eof or proc.pmi is PmiPhase.FINALIZED
-                or self.plan.spawned is not None):  # (a spawned job's: not followed)
+                or self.plan.spawned is not None  # (a spawned job's: not followed)
+                or self.killing or proc.rank in self._gone_told):  # (pmrun ends them)
             return
+        self._gone_told.add(proc.rank)
         how = f"was killed by {_signal_name(st.signal)}" if st.signal else \
             f"exited with code {st.code}"
         code = 128 + st.signal if st.signal else st.code or 1
