@@ -424,11 +424,12 @@ def _rankfile_hosts(lines: list[RankLine]) -> str | None:
 
 def _rankfile(opts: CliOptions,
               where: tuple[list[str], list[int | None], dict[str, object]] | None,
-              path: str, lines: list[RankLine]
+              source: str, lines: list[RankLine]
               ) -> tuple[list[str], list[int | None], dict[str, object]] | None:
-    """Open MPI's rankfile (or srun's ``-m arbitrary``: ``path`` names which): each rank's
-    node (``spec.placement``, indices into the job's hosts) and cores
-    (``spec.rank_slots``).  A host named ``+nK`` is the K-th host given (or local node);
+    """Each rank's node as a file or a list gives it (:func:`_given_placement`: Open MPI's
+    rankfile, Hydra's -rankmap, srun's -m arbitrary; ``source`` names it in a refusal):
+    ``spec.placement``, indices into the job's hosts, and the cores of a rankfile's
+    ``slot=`` (``spec.rank_slots``).  A host named ``+nK`` is the K-th host given (or local node);
     other names are hosts given, or, given none, the job's hosts in the order the file
     first names them.  Without -n the job has as many ranks as the file."""
     from pm.common.hostlist import is_this_machine
@@ -438,12 +439,12 @@ def _rankfile(opts: CliOptions,
                         (any(a.hosts for a in spec.apps), "a program's own -host"),
                         (opts.bind_given and any(ln.slot for ln in lines), "--bind-to")):
         if given:
-            raise UsageError(f"{path} places every rank: {what} disagrees")
+            raise UsageError(f"{source} places every rank: {what} disagrees")
     if not opts.n_given and len(spec.apps) == 1:
         spec.apps[0].n = len(lines)
         opts.n_given = True
     if spec.size > len(lines):
-        raise UsageError(f"{path} places {len(lines)} ranks: the job has {spec.size}")
+        raise UsageError(f"{source} places {len(lines)} ranks: the job has {spec.size}")
     lines = lines[:spec.size]
     # (This machine's nodes, given no hosts: named by their place alone.)
     hosts = where[0] if where is not None else [f"+n{k}" for k in range(opts.local_nodes or 1)]
@@ -458,15 +459,15 @@ def _rankfile(opts: CliOptions,
         if line.relative is not None:
             node = line.relative
             if node >= len(hosts):
-                named = f"node {node}" if path.startswith("-rankmap") else f"+n{node}"
-                raise UsageError(f"{path}: rank {rank} is on {named}, the job has "
+                named = f"node {node}" if source.startswith("-rankmap") else f"+n{node}"
+                raise UsageError(f"{source}: rank {rank} is on {named}, the job has "
                                  f"{len(hosts)} host{'s' * (len(hosts) > 1)}")
         elif line.host in index:
             node = index[line.host]
         elif here is not None and is_this_machine(line.host):
             node = here
         else:
-            raise UsageError(f"{path}: rank {rank} is on {line.host}, not one of "
+            raise UsageError(f"{source}: rank {rank} is on {line.host}, not one of "
                              f"the job's hosts ({', '.join(hosts[:4])}"
                              f"{', ...' if len(hosts) > 4 else ''})")
         placement.append(node)
