@@ -417,6 +417,7 @@ class QuickStart:
             if early and self._ended_early(r):
                 exited.add(r)
                 running -= 1
+                self._uninit_exit = True  # (without a word of PMI: _init_waits)
         self._registered = True
         # fd -> (what, rank): STDOUT, STDERR, _PMI or _EXIT (the pidfd).
         table: dict[int, tuple[int, StartedRank]] = {}

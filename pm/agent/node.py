@@ -459,7 +459,8 @@ class JobAgent:
         st = proc.status
         if (st is None or not proc.pmi_eof or proc.pmi is PmiPhase.FINALIZED
                 or self.plan.spawned is not None  # (a spawned job's: not followed)
-                or self.killing or proc.rank in self._gone_told):  # (pmrun ends them)
+                or self.state is AgentState.KILLING  # (pmrun ends them)
+                or proc.rank in self._gone_told):
             return
         self._gone_told.add(proc.rank)
         how = f"was killed by {_signal_name(st.signal)}" if st.signal else \
