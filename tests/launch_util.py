@@ -290,3 +290,17 @@ def first_cause(stderr: str) -> str:
     nodes to join, which a loaded machine can print before a job fails)."""
     return next(line for line in stderr.splitlines()
                 if line.startswith("pmrun:") and " not joined after " not in line)
+
+
+def assert_never_started_named(r: subprocess.CompletedProcess[str], collective: str) -> None:
+    """``r`` is a 2-rank job whose rank 1 never started MPI while rank 0 did: it failed with
+    one line of pmrun's naming rank 1, at its exit or at the ``collective`` it never joined
+    (then perhaps what the killed rank says as it ends: its MPI library's own words)."""
+    import re
+
+    assert (r.returncode, r.stdout) == (1, ""), r.stderr
+    assert re.fullmatch(rf"pmrun: rank 1 \(node [01], \S+\) exited with code 0 (before PMI "
+                        rf"init, which rank 0 called: its MPI_Init would wait for it for ever|"
+                        rf"without joining the ranks' PMI {collective} 1, in which rank 0 "
+                        rf"waits: it can never complete)", r.stderr.partition("\n")[0]), r.stderr
+    assert r.stderr.count("pmrun:") == 1, r.stderr

@@ -125,9 +125,6 @@ class QuickPmi:
         self.engines: dict[int, PmiEngine] = {}
         #: kind (FENCE, BARRIER) -> rank -> the call it waits in (until every rank entered).
         self._colls: dict[int, dict[int, Collective]] = {FENCE: {}, BARRIER: {}}
-        #: Ranks that closed their PMI socket without a word (every collective waits for
-        #: them in vain, if they are gone: the agent tells).
-        self._silent: set[int] = set()
         #: A rank ended before PMI init (pm.quick): the next init hands the job over.
         self.hand_over_on_init = False
         self._colls_done = 0
@@ -228,10 +225,9 @@ class QuickPmi:
                 head = sock.recv(1, _socket.MSG_PEEK | _DONTWAIT)
             except BlockingIOError:
                 return True
-            if not head:  # closed without a word: not an MPI program
-                self._silent.add(r.rank)
-                # (A fence or barrier held here waits for it in vain: the agent names it.)
-                return False if any(self._colls.values()) else None
+            if not head:
+                return None  # closed without a word: not an MPI program (pm.quick's
+                # _init_waits hands the job over if another rank's MPI_Init waits for it)
             if head == NATIVE_MAGIC[:1] and not self.native:
                 return False  # pm.client with shared memory: the agent serves it
             engine = self.engines[r.rank] = PmiEngine(self, r.rank)
@@ -408,9 +404,6 @@ class QuickPmi:
             elif isinstance(act, Collective) and act.kind in self._colls and (
                     rank not in self._colls[act.kind]):
                 self._colls[act.kind][rank] = act
-                if self._silent:  # (a rank it waits for closed its PMI without a word)
-                    self._left.setdefault(rank, []).extend(acts[i + 1:])
-                    return False
                 if self.spawn_answer is not None:
                     self.spawn_answer.want()
             elif isinstance(act, NodeAttrGet):

@@ -133,7 +133,10 @@ def _script(prog: str, path_env: str | None, shell: bool = False) -> str | None:
         return None
     try:
         with open(path, "rb") as f:
-            data = f.read(_SCRIPT_BYTES)
+            data = f.read(128)  # (a program's head: most are no script, read no more)
+            if not (data.startswith(b"#!") or shell) or data.startswith(b"\x7fELF"):
+                return None
+            data += f.read(_SCRIPT_BYTES - len(data))
     except OSError:
         return None
     if data.startswith(b"#!"):
