@@ -449,19 +449,39 @@ class JobRun:
                        f"{NOT_JOINED}", 128 + signum)
             self.children.cut_join(f"{name} before it joined")
             return
-        if self._interrupts == 1:
+        if self._interrupts == 1 and signum == signal.SIGTERM and os.environ.get(
+                "SLURM_JOB_ID") and self.state is RunState.RUNNING:
+            # Slurm's SIGTERM, most likely (its time limit, a scancel): the ranks have it
+            # once slurmctld has said whether it ends the job (as in srun's first line).
             self._signalled = signum
-            if self.state is RunState.RUNNING:  # (else the job's end is named already)
-                log.warning("forwarding %s to all ranks (again to kill them)", name)
-            self.signal(signum)
-            if self.children is not None:
-                # Nodes whose end is held back (pm.bootstrap.slurm) are named now: the
-                # same signal most likely ended them (a batch job Slurm cancelled).
-                self.children.release()
+            self.owned.spawn(self._ask_slurm(signum), name="ask slurm")
+        elif self._interrupts == 1:
+            self._forward(signum)
         else:
             if self.writer is not None:
                 self.writer.abandon()  # nor wait for a reader that does not read
             self._fail("interrupted twice: killing the job", 128 + signum, grace=0)
+
+    def _forward(self, signum: int) -> None:
+        self._signalled = signum
+        if self.state is RunState.RUNNING:  # (else the job's end is named already)
+            log.warning("forwarding %s to all ranks (again to kill them)",
+                        signal.Signals(signum).name)
+        self.signal(signum)
+        if self.children is not None:
+            # Nodes whose end is held back (pm.bootstrap.slurm) are named now: the
+            # same signal most likely ended them (a batch job Slurm cancelled).
+            self.children.release()
+
+    async def _ask_slurm(self, signum: int) -> None:
+        from pm.bootstrap.slurm import ask_why
+
+        why = await ask_why()
+        if self._interrupts > 1:
+            return  # (killed already)
+        if why is not None:
+            self.ended(*why)
+        self._forward(signum)
 
     def ended(self, why: str, code: int) -> None:
         """The resource manager ended the job (scancel, time limit): ``code`` is our status."""

@@ -26,7 +26,7 @@ from launch_util import BIN, REPO, mpi_missing, script
 from realcluster_util import RealCluster
 
 from pm.agent.main import STDIN_LOST
-from pm.bootstrap.slurm import EXIT_CANCELLED, EXIT_TIME_LIMIT, cancelled
+from pm.bootstrap.slurm import EXIT_CANCELLED, EXIT_TIME_LIMIT, cancelled, job_ending
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
@@ -78,6 +78,17 @@ def test_slurm_says_it_ended_the_job() -> None:
            "LIMIT ***"
     assert cancelled(line) == ("Slurm ended the job 27: time limit reached", EXIT_TIME_LIMIT)
     assert cancelled("srun: error: n1: task 0: Exited with exit code 1") is None
+
+
+def test_slurmctld_says_it_ends_the_job() -> None:
+    assert job_ending("27", "COMPLETING|TimeLimit\n") == (
+        "Slurm ended the job 27: time limit reached", EXIT_TIME_LIMIT)
+    assert job_ending("28", "COMPLETING|None\n") == ("Slurm cancelled the job 28",
+                                                      EXIT_CANCELLED)
+    assert job_ending("29", "COMPLETING|Prolog\n") == ("Slurm cancelled the job 29 (prolog)",
+                                                        EXIT_CANCELLED)
+    assert job_ending("30", "RUNNING|None\n") is None  # (someone else's SIGTERM)
+    assert job_ending("31", "") is None
 
 
 @pytest.mark.mpi
@@ -438,18 +449,21 @@ def test_a_killed_agent_is_named(slurm_cluster: RealCluster, signum: int, words:
     assert_clean(c)
 
 
+@pytest.mark.parametrize("nodes,launcher", [(3, ""), (1, "-launcher fork ")])
 def test_cancelled_batch_job_ends_pmrun_with_sigterms_status(slurm_cluster: RealCluster,
-                                                             tmp_path: Path) -> None:
+                                                             tmp_path: Path, nodes: int,
+                                                             launcher: str) -> None:
     """In a batch script pmrun gets Slurm's SIGTERM itself, at about the time its agents
-    do: whichever pmrun sees first, it ends with SIGTERM's status (143)."""
+    do: whichever pmrun sees first, it names the cancel and ends with SIGTERM's status
+    (143).  Without srun (``-launcher fork``) slurmctld tells."""
     c = slurm_cluster
     out = tmp_path / "job.out"
     job = tmp_path / "job.sh"
     # The script outlives the SIGTERM (trap) to say how pmrun ended.
     job.write_text(f"""#!/bin/sh
-#SBATCH --nodes=3 --ntasks=6 --output={out}
+#SBATCH --nodes={nodes} --ntasks={2 * nodes} --output={out}
 trap 'echo "script got TERM"' TERM
-pmrun sleep 300 &
+pmrun {launcher}sleep 300 &
 pid=$!
 wait $pid
 wait $pid
@@ -461,13 +475,16 @@ echo "pmrun exit $?"
     jobid = res.stdout.strip().split(";")[0]
     deadline = time.monotonic() + 60
     while sum(1 for procs in c.leftovers().values() for p in procs
-              if p.endswith("sleep 300 ")) < 6:
+              if p.endswith("sleep 300 ")) < 2 * nodes:
         assert time.monotonic() < deadline, out.read_text() if out.exists() else "no output"
         time.sleep(0.05)
     c.run(["scancel", jobid])
     _wait_gone(c, jobid, 60)
     text = out.read_text()
     assert "pmrun exit 143" in text, text
+    mine = [line for line in text.splitlines() if line.startswith("pmrun: Slurm")]
+    assert mine[:1] in ([f"pmrun: Slurm cancelled the job {jobid}"],
+                        [f"pmrun: Slurm cancelled the job step {jobid}.0"]), text
     assert "Traceback" not in text, text
     assert_clean(c)
 

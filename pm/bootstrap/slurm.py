@@ -76,6 +76,10 @@ EXIT_CANCELLED = 128 + 15
 EXIT_TIME_LIMIT = 124
 
 
+#: Seconds pmrun waits for slurmctld's word when a SIGTERM reaches it in a Slurm job.
+ASK_TIMEOUT = 1.0
+
+
 def cancelled(text: str) -> tuple[str, int] | None:
     """``(why, exit status)`` if ``text`` is slurmstepd saying Slurm ended the job (pure)."""
     m = _CANCELLED.search(text)
@@ -83,10 +87,56 @@ def cancelled(text: str) -> tuple[str, int] | None:
         return None
     what = "job" if m.group(1) == "JOB" else "job step"
     due = (m.group(5) or "").strip()
-    if due.upper() == "TIME LIMIT":
-        return f"Slurm ended the {what} {m.group(2)}: time limit reached", EXIT_TIME_LIMIT
-    reason = f" ({due.lower()})" if due else ""
-    return f"Slurm cancelled the {what} {m.group(2)}{reason}", EXIT_CANCELLED
+    return _ended(what, m.group(2), "" if due.upper() == "TIME LIMIT" else due.lower(),
+                  time_limit=due.upper() == "TIME LIMIT")
+
+
+def _ended(what: str, ident: str, due: str, time_limit: bool) -> tuple[str, int]:
+    if time_limit:
+        return f"Slurm ended the {what} {ident}: time limit reached", EXIT_TIME_LIMIT
+    return f"Slurm cancelled the {what} {ident}{f' ({due})' if due else ''}", EXIT_CANCELLED
+
+
+def job_ending(job: str, text: str) -> tuple[str, int] | None:
+    """``(why, exit status)`` if ``text``, squeue's ``%T|%r`` for job ``job``, says Slurm is
+    ending it (``COMPLETING|TimeLimit`` when its time limit came, ``COMPLETING|None`` after
+    a scancel); None while it runs (pure)."""
+    state, _, reason = text.strip().partition("|")
+    if state != "COMPLETING":
+        return None
+    due = "" if reason in ("None", "") else reason.lower()
+    return _ended("job", job, due, time_limit=reason == "TimeLimit")
+
+
+async def ask_why(env: Mapping[str, str] | None = None) -> tuple[str, int] | None:
+    """Whether Slurm is ending the job we run in (a SIGTERM reached us): slurmctld's word,
+    or None (not in a Slurm job, a signal of someone else's, no answer in ASK_TIMEOUT).
+
+    slurmstepd's own line (:func:`cancelled`) reaches us through an agents' srun, if at
+    all: in a batch script srun has the same SIGTERM, and its step may end first."""
+    import asyncio
+
+    env = os.environ if env is None else env
+    job = env.get("SLURM_JOB_ID", "")
+    if not job.isdigit():
+        return None
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "squeue", "--noheader", f"--jobs={job}", "--format=%T|%r",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL)
+    except OSError:
+        return None
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), ASK_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return None
+    finally:
+        if proc.returncode is None:  # (cancelled: pmrun is closing)
+            proc.kill()
+    return job_ending(job, out.decode(errors="replace")) if proc.returncode == 0 else None
 
 _TASKS = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
 
