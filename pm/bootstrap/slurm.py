@@ -205,7 +205,7 @@ class SlurmBootstrap(CommandBootstrap):
         #: Failures held back (see the module docstring): (vertex, host, line).
         self._held: list[tuple[int, str, str]] = []
         self._hold_until = 0.0
-        #: A failure was held and has been named since: no more holding.
+        #: No more holding: a failure held has been named, or the job is ending anyway.
         self._named = False
         self._timer: asyncio.TimerHandle | None = None
 
@@ -262,7 +262,7 @@ class SlurmBootstrap(CommandBootstrap):
             self._timer.cancel()
             self._timer = None
         held, self._held = self._held, []
-        self._named = self._named or bool(held)
+        self._named = True
         for vertex, host, text in held:
             if self.on_failure is not None:
                 self.on_failure(vertex, host, text)
