@@ -851,6 +851,27 @@ def byte_size(value: str, opt: str) -> str:
     return value
 
 
+def load_rule(value: str, opt: str) -> str:
+    """``--load``: running threads at most, or ``+N``, ``-N``, ``N%`` of the CPU threads."""
+    from pm.ensemble.gates import parse_load
+
+    try:
+        return parse_load(value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def limit_command(value: str, opt: str) -> str:
+    """``--limit``: a shell command, or ``mem SIZE``, ``load N``, ``io PCT``."""
+    from pm.ensemble.gates import parse_limit
+
+    try:
+        parse_limit(value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return value
+
+
 def block_size(value: str, opt: str) -> str:
     """``--block``: a size in bytes, or ``-N`` (``--pipepart``: N blocks for each task slot,
     as GNU parallel's negative block size)."""
@@ -1224,6 +1245,15 @@ OPTIONS = (
         help="with --joblog: run only the tasks not in FILE (appending to it)"),
     Opt("--resume-failed", "resume_failed", kind=FLAG, group=MEMORY,
         help="with --joblog: run the tasks not in FILE and those that failed there"),
+    Opt("--load", "load", load_rule, metavar="MAX", group=MEMORY,
+        help="start a task on a host only while its load (threads running or waiting for "
+             "a disk, now) is under MAX; +N, -N, N%: of its CPU threads (GNU parallel's)"),
+    Opt("--noswap", "noswap", kind=FLAG, group=MEMORY,
+        help="start no task on a host while it swaps both in and out (GNU parallel's)"),
+    Opt("--limit", "limit", limit_command, metavar="CMD", group=MEMORY,
+        help="before each start on a host run sh -c CMD here (SSHLOGIN: the host, : for "
+             "this one): 0 starts a task, 1 none, 2 none and ends the host's youngest; "
+             "mem SIZE, load N, io PCT: GNU parallel's built-in limits, judged on the host"),
     Opt("--delay", "delay", duration, metavar="S", group=MEMORY,
         help="start a task at least S seconds after the one before (also 2m, 1h)"),
     Opt("--shuf", "shuf", kind=FLAG, group=MEMORY,
@@ -2060,7 +2090,8 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "recend", "recstart", "regexp", "memfree", "memsuspend",
                   "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice",
                   "files", "tmpdir", "max_lines", "plus", "cat", "fifo", "roundrobin", "tee",
-                  "shard", "bin", "slot_var", "group_by", "onall", "nonall")
+                  "shard", "bin", "slot_var", "group_by", "onall", "nonall", "load",
+                  "noswap", "limit")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

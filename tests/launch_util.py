@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -304,3 +304,17 @@ def assert_never_started_named(r: subprocess.CompletedProcess[str], collective: 
                         rf"without joining the ranks' PMI {collective} 1, in which rank 0 "
                         rf"waits: it can never complete)", r.stderr.partition("\n")[0]), r.stderr
     assert r.stderr.count("pmrun:") == 1, r.stderr
+
+
+@contextlib.contextmanager
+def hogs(count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``count`` processes that are always runnable: the machine's load is at least
+    ``count`` (namespace hosts share it) while they live."""
+    procs = [subprocess.Popen([sys.executable, "-S", "-c", "while True: pass"])
+             for _ in range(count)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

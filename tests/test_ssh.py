@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from launch_util import mpi_missing, pmrun_argv, pmrun_env, script
+from launch_util import hogs, mpi_missing, pmrun_argv, pmrun_env, script, wait_until
 from realcluster_util import RealCluster
 
 from pm.bootstrap import bootstrap_options
@@ -195,6 +195,38 @@ def test_a_gnu_parallel_ensemble_over_ssh_hosts(ssh_cluster: RealCluster,
                          text=True, timeout=90)
     assert (res.returncode, res.stdout == data) == (0, True), res.stderr
     assert set(res.stderr.splitlines()[:-1]) == set(c.names[:2]), res.stderr
+    assert_clean(c)
+
+
+def test_load_and_limit_gate_the_tasks_of_ssh_hosts(ssh_cluster: RealCluster,
+                                                    tmp_path: Path) -> None:
+    """--load is judged on each host from its runner's samples (the namespace hosts share
+    this machine's load); --limit's command runs here once per host, SSHLOGIN naming it."""
+    c = ssh_cluster
+    runs, ran = tmp_path / "runs", tmp_path / "ran"
+    with hogs(3) as procs:
+        job = subprocess.Popen(
+            pmrun_argv("-S", ",".join(c.names[:2]), "--ssh", c.ssh_command(), "--load", "3",
+                       "--limit", f'echo "$SSHLOGIN" >> {runs}', f"hostname >> {ran}",
+                       ":::", *"abcd"),
+            cwd=tmp_path, env=pmrun_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, stdin=subprocess.DEVNULL)
+        try:
+            # Both hosts' runners sample (each sample asks the limit again): no task starts.
+            wait_until(lambda: runs.exists() and all(
+                runs.read_text().split().count(h) >= 3 for h in c.names[:2]), 60,
+                "the limit asked for both hosts")
+            assert not ran.exists()
+            for p in procs:
+                p.kill()
+            out, err = job.communicate(timeout=60)
+        finally:
+            job.kill()
+            job.wait()
+    assert (job.returncode, out, err) == (0, "", "")
+    hosts = ran.read_text().split()
+    assert len(hosts) == 4 and set(hosts) <= set(c.names[:2]), hosts
+    assert set(runs.read_text().split()) == set(c.names[:2])
     assert_clean(c)
 
 

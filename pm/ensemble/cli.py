@@ -693,6 +693,11 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
         out["delay"] = float(extra["delay"])  # checked by pm.options.duration
     if "slot_var" in extra:
         out["slot_var"] = extra["slot_var"]
+    if "load" in extra:
+        out["load"] = extra["load"]  # (checked by pm.options.load_rule)
+    if "limit" in extra:
+        out["limit"] = extra["limit"]  # (checked by pm.options.limit_command)
+    out["noswap"] = "noswap" in extra
     return out
 
 

@@ -54,8 +54,18 @@ from pm.agent.memory import (
     format_size,
     parse_size,
 )
+from pm.common.activity import Activity, ActivityProbe
 from pm.common.output import STDOUT
 from pm.ensemble.domain import CPU_UNIT, Domain, cpu_slots, local_cores, make_domains
+from pm.ensemble.gates import (
+    Builtin,
+    builtin_answer,
+    describe_status,
+    load_gate,
+    parse_limit,
+    parse_load,
+    run_limit,
+)
 from pm.ensemble.local import LocalRunner, signal_tree, tree_anon
 from pm.ensemble.remote import RemoteRunner
 from pm.ensemble.scheduler import (
@@ -165,6 +175,9 @@ class Ensemble:
         delay: float = 0.0,
         jobs_file: str | None = None,
         slot_var: str | None = None,
+        load: str | None = None,
+        noswap: bool = False,
+        limit: str | None = None,
     ) -> None:
         if overrun not in ("warn", "kill", "suspend"):
             raise SizeError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
@@ -182,6 +195,14 @@ class Ensemble:
         #: GNU parallel's --process-slot-var: each run's slot number less one, in this name.
         self._slot_var = slot_var
         self._next_start = 0.0
+        #: GNU parallel's --load, --noswap and --limit (pm.ensemble.gates).
+        try:
+            self._load = parse_load(load) if load is not None else None
+            self._limit = parse_limit(limit) if limit is not None else None
+        except ValueError as exc:
+            raise SizeError(str(exc)) from None
+        self._noswap = noswap
+        self._activity: ActivityProbe | None = None  # this machine's, with such a gate
         self._spec = spec or JobSpec(apps=[])
         self._output = output
         self._on_event = on_event
@@ -247,6 +268,8 @@ class Ensemble:
             return
         for d in self._domains.values():
             if d.local:
+                if self._gated():
+                    self._activity = ActivityProbe()
                 snap = await asyncio.to_thread(self._probe_mem.read)
                 self._memory_known(d, snap.total, snap.used, snap.limit_source)
                 if self._sampler is None:
@@ -272,6 +295,8 @@ class Ensemble:
                                 f"memory ({format_size(total)}) or more")
             high = total - free
         marks = Watermarks.resolve(total, high, self._low)
+        if self._gated():  # (closed until the host's activity is known, or the limit's word)
+            self._gate(d, used)
         self._event("watermarks", d, marks.describe(total, source))
         self._apply(self._sched.node_memory(d.name, used, marks, now=time.monotonic()))
         d.peak_used = max(d.peak_used, used)
@@ -426,7 +451,8 @@ class Ensemble:
                     await d.runner.wait()
         if self._runner_ends:
             await asyncio.wait(set(self._runner_ends))
-        for job_task in (self._sampler, self._starting):
+        for job_task in (self._sampler, self._starting,
+                         *(d.limit_run for d in self._domains.values())):
             if job_task is not None and not job_task.done():
                 job_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -491,6 +517,8 @@ class Ensemble:
             return
         task = self._tasks[start.task.index]
         d = self._domains[str(start.node)]
+        for gate, (allow, why) in d.gates.items():  # (the scheduler counted it too)
+            d.gates[gate] = (max(allow - 1, 0), why)
         entry = min(d.entries, key=lambda e: d.running.get(e, 0))
         d.running[entry] = d.running.get(entry, 0) + 1
         task.node, task.started, task.ended = d.name, time.time(), None
@@ -536,7 +564,7 @@ class Ensemble:
             task.ended = time.time()
             self._slots.discard(slot)
             d.running[entry] -= 1
-            for s in (d.reported, d.killed, d.suspended, d.exempt, d.held):
+            for s in (d.reported, d.killed, d.suspended, d.exempt, d.held, d.limit_ended):
                 s.discard(task.index)
             peak = self._sched.record(task.index).peak
             self._event("exit", d, f"[task {task.index}] exited with {code} after "
@@ -607,17 +635,24 @@ class Ensemble:
             await asyncio.sleep(self._interval)  # the sampling period, not a wait for an event
             pids = {t.index: t.pid for t in self._tasks.values() if t.pid and t.node == d.name}
             try:
-                used, sizes = await asyncio.to_thread(self._measure, pids)
+                used, sizes, activity = await asyncio.to_thread(self._measure, pids)
             except OSError as exc:  # a probe that failed once must not stop the ensemble
                 log.warning("memory sample failed: %s", exc)
                 continue
-            self._sampled(d, used, sizes)
+            self._sampled(d, used, sizes, activity)
 
-    def _measure(self, pids: dict[int, int]) -> tuple[int, dict[int, int]]:
-        return self._probe_mem.used(), {i: tree_anon(p) for i, p in pids.items()}
+    def _measure(self, pids: dict[int, int]
+                 ) -> tuple[int, dict[int, int], Activity | None]:
+        activity = self._activity.read() if self._activity is not None else None
+        return (self._probe_mem.used(), {i: tree_anon(p) for i, p in pids.items()},
+                activity)
 
-    def _sampled(self, d: Domain, used: int, sizes: dict[int, int]) -> None:
+    def _sampled(self, d: Domain, used: int, sizes: dict[int, int],
+                 activity: Activity | None = None) -> None:
         d.peak_used = max(d.peak_used, used)
+        if self._gated() and not self._stopping:
+            d.activity = activity or d.activity
+            self._gate(d, used)
         starts = self._sched.node_memory(d.name, used, tasks=sizes, now=time.monotonic())
         adm = self._sched.admission(d.name)
         assert adm is not None
@@ -753,13 +788,92 @@ class Ensemble:
                    adm.watermarks.high, adm.watermarks.low) if adm else (0, 0, 0, 0)
         self._on_event(Event(kind, time.time(), d.name, text, task, *figures))
 
+    # ----------------------------------------------------------------- gates
+    def _gated(self) -> bool:
+        """Whether a start condition besides slots and memory applies (pm.ensemble.gates)."""
+        return self._load is not None or self._noswap or self._limit is not None
+
+    def _gate(self, d: Domain, used: int) -> None:
+        """A sample of ``d`` came: its gates say how many tasks may start until the next."""
+        a = d.activity
+        if self._load is not None:
+            cpus = local_cores() if d.local else d.cpus
+            d.gates["load"] = (load_gate(self._load, cpus, a.load) if a is not None
+                               else (0, "the host's first sample"))
+        if self._noswap:
+            d.gates["swap"] = ((0, "no swapping") if a is None or a.swapping
+                               else (1 << 30, ""))
+        limit = self._limit
+        if isinstance(limit, Builtin):
+            answer = builtin_answer(limit, d.total - used, a)
+            self._limit_said(d, answer.code, answer.why)
+        elif limit is not None:
+            if not self._sched.queued():  # (a task added later waits for a fresh word)
+                d.gates["limit"] = (0, f"--limit {limit}")
+            if d.limit_run is None and (self._sched.queued() or self._sched.running_on(d.name)):
+                d.limit_run = asyncio.ensure_future(self._run_limit(d, limit))
+        self._open_gates(d)
+
+    def _open_gates(self, d: Domain) -> None:
+        allow, why = min(d.gates.values(), default=(None, ""))
+        self._apply(self._sched.set_gate(d.name, allow, why))
+
+    async def _run_limit(self, d: Domain, command: str) -> None:
+        try:
+            code = await run_limit(command, ":" if d.local else d.name)
+        finally:
+            d.limit_run = None
+        if self._stopping or d.lost:
+            return
+        if code not in (0, 1, 2):
+            why = describe_status(command, code)
+            self._event("error", d, why)
+            if self._on_event is None:
+                log.error("%s", why)
+            self.halt(f"not run: {why}")
+            return
+        self._limit_said(d, code, f"--limit {command}")
+        self._open_gates(d)
+
+    def _limit_said(self, d: Domain, code: int, why: str) -> None:
+        """--limit's answer for ``d``: one task may start (0), none (1), none and the
+        youngest running there ends (2)."""
+        d.gates["limit"] = (1 if code == 0 else 0, why)
+        if code != 2:
+            return
+        running = sorted(set(self._sched.running_on(d.name)) - d.limit_ended)
+        if not running:
+            return
+        index = running[-1]
+        d.limit_ended.add(index)
+        self._event("killed", d, f"[task {index}] terminated: {why} says the host is "
+                    "way over its limit (2)", index)
+        self._end_task(d, index, f"task {index} ended by --limit")
+
+    def _end_task(self, d: Domain, index: int, why: str) -> None:
+        """SIGTERM to task ``index``'s run (continued if stopped), SIGKILL if the same run
+        is still there :data:`KILL_AFTER` seconds later."""
+        attempt = self._sched.record(index).attempts
+        self._signal_task(d, index, signal.SIGTERM, why)
+        if index in d.held or index in d.suspended:
+            d.held.discard(index)
+            d.suspended.discard(index)
+            self._signal_task(d, index, signal.SIGCONT, why)
+
+        def kill() -> None:
+            rec = self._sched.record(index)
+            if rec.status is TaskStatus.RUNNING and rec.attempts == attempt:
+                self._signal_task(d, index, signal.SIGKILL, why)
+
+        asyncio.get_running_loop().call_later(KILL_AFTER, kill)
+
     # ----------------------------------------------------------------- remote runners
     async def _start_runner(self, d: Domain) -> None:
         loop = asyncio.get_running_loop()
         d.first = loop.create_future()
         d.runner = await self._remote.start(d.name, self._interval,
                                             lambda sample: self._probe_sample(d, sample),
-                                            lambda why: self._lost(d, why))
+                                            lambda why: self._lost(d, why), self._gated())
         ended = asyncio.ensure_future(d.runner.wait())
         self._runner_ends.add(ended)
         ended.add_done_callback(self._runner_ends.discard)
@@ -783,13 +897,14 @@ class Ensemble:
                                   "slot")
                     return
                 self._apply(self._sched.set_slots(d.name, d.slots))
+            d.activity = sample.activity
             try:
                 self._memory_known(d, sample.total, sample.used, f"{sample.kind} on {d.name}")
             except SizeError as exc:  # watermarks this node cannot have: no task goes there
                 self._lost(d, str(exc))
             d.first.set_result(None)
         else:
-            self._sampled(d, sample.used, sample.sizes)
+            self._sampled(d, sample.used, sample.sizes, sample.activity)
 
     def _runner_ended(self, d: Domain, f: asyncio.Future[Any]) -> None:
         self._lost(d, "its task runner ended")  # (said already, with the cause)

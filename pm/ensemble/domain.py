@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pm.agent.topology import Topology
+    from pm.common.activity import Activity
     from pm.common.nodes import Nodes
     from pm.head import JobRun
 
@@ -56,6 +57,12 @@ class Domain:
     #: Tasks stopped by GNU parallel's --memsuspend rule (:meth:`Ensemble._hold`).
     held: set[int] = field(default_factory=set)
     total: int = 0  # its memory (bytes), from its first figures
+    #: GNU parallel's --load, --noswap, --limit (pm.ensemble.gates): per gate, the tasks it
+    #: lets start until the next sample, and what it waits for when none.
+    gates: dict[str, tuple[int, str]] = field(default_factory=dict)
+    activity: Activity | None = None  # its load, swapping and disks (with a gate)
+    limit_run: asyncio.Task[None] | None = None  # --limit's command under way for it
+    limit_ended: set[int] = field(default_factory=set)  # tasks --limit's 2 ended
 
 
 def make_domains(nodes: Nodes, ppn: int | None, here: str,

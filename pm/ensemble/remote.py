@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pm.agent.memory import NodeMemory
+from pm.common.activity import ActivityProbe
 from pm.common.output import STDERR, read_ready
 from pm.ensemble.domain import CPU_UNIT, local_cores
 from pm.ensemble.local import LocalRunner, signal_tree, tree_anon
@@ -67,17 +68,19 @@ class RemoteRunner:
         self.running: dict[int, str] = {}
 
     async def start(self, host: str, interval: float, samples: Callable[[ProbeSample], None],
-                    lost: Callable[[str], None]) -> JobRun:
-        """Start ``host``'s runner, sampling every ``interval`` seconds into ``samples``:
-        its job, started.  Its end is the host's loss: ``lost`` hears why, before the runs
-        under way there end (with None)."""
+                    lost: Callable[[str], None], activity: bool = False) -> JobRun:
+        """Start ``host``'s runner, sampling every ``interval`` seconds into ``samples``
+        (``activity``: its load, swapping and disks too): its job, started.  Its end is the
+        host's loss: ``lost`` hears why, before the runs under way there end (with None)."""
         from pm.head import JobRun
 
         h = self._hosts[host] = _Host(host, samples, lost)
         python = str(self._nodes.bootstrap.get("python") or sys.executable)  # (--agent-python)
         argv = [python, "-m", "pm.ensemble", "runner", str(interval)]
-        if CPU_UNIT[0] != "thread":  # (what -j's CPU rules count there too)
+        if CPU_UNIT[0] != "thread" or activity:  # (what -j's CPU rules count there too)
             argv.append(CPU_UNIT[0])
+        if activity:
+            argv.append("activity")
         spec = JobSpec([AppSpec(["true"]), AppSpec(argv)], genv=dict(self._spec.genv),
                        env_mode=self._spec.env_mode, genvlist=list(self._spec.genvlist),
                        stdin_rank=1)
@@ -228,20 +231,21 @@ class _Host:
 
 
 # ---------------------------------------------------------------------- the runner
-def runner_main(interval: float, unit: str = "thread") -> int:
-    """``python -m pm.ensemble runner INTERVAL``: run the tasks the ensemble sends on
-    stdin, report their output and exits on stdout, and every INTERVAL seconds a
-    :class:`~pm.proto.runner.ProbeSample` of this node's memory, the cores it may run
-    on and each task's anonymous resident bytes.  Ends at EOF on stdin, or on SIGTERM
+def runner_main(interval: float, unit: str = "thread", activity: str = "") -> int:
+    """``python -m pm.ensemble runner INTERVAL [UNIT [activity]]``: run the tasks the
+    ensemble sends on stdin, report their output and exits on stdout, and every INTERVAL
+    seconds a :class:`~pm.proto.runner.ProbeSample` of this node's memory, the cores it
+    may run on, each task's anonymous resident bytes (and with ``activity`` the node's
+    :class:`~pm.common.activity.Activity`).  Ends at EOF on stdin, or on SIGTERM
     or SIGHUP, killing what still runs; SIGINT is the ensemble's to pass on."""
     async def serve() -> int:
-        return await _Runner(interval, unit).serve()
+        return await _Runner(interval, unit, activity == "activity").serve()
 
     return asyncio.run(serve())
 
 
 class _Runner:
-    def __init__(self, interval: float, unit: str = "thread") -> None:
+    def __init__(self, interval: float, unit: str = "thread", activity: bool = False) -> None:
         self._interval = interval
         self._env: dict[str, str] = {}
         self._local = LocalRunner(lambda: dict(self._env))
@@ -251,6 +255,7 @@ class _Runner:
         self._inputs: dict[int, bytes] = {}  # a task's stdin, until its start
         self._memory = NodeMemory()
         self._cores = local_cores(unit)
+        self._activity = ActivityProbe() if activity else None
         self._stop = asyncio.Event()
 
     async def serve(self) -> int:
@@ -326,8 +331,9 @@ class _Runner:
         snap = self._memory.read()
         sizes = {i: tree_anon(t.pid) for i, t in self._tasks.items() if t.pid}
         kind = snap.limit_source.split(":")[0]
-        self._write(ProbeSample(snap.total, snap.used, kind, self._cores, sizes).line().encode()
-                    + b"\n")
+        activity = self._activity.read() if self._activity is not None else None
+        self._write(ProbeSample(snap.total, snap.used, kind, self._cores, sizes,
+                                activity).line().encode() + b"\n")
 
     @staticmethod
     def _write(data: bytes) -> None:

@@ -306,11 +306,16 @@ class _Node:
     admission: Admission | None = None
     running: set[int] = field(default_factory=set)
     alive: bool = True
+    #: Starts allowed until the next :meth:`EnsembleScheduler.set_gate` (None: no gate),
+    #: and what a closed gate waits for.
+    allow: int | None = None
+    gated: str = ""
 
-    def free_slots(self) -> float:
+    def free_slots(self, gate: bool = True) -> float:
         if not self.alive or self.admission is None:
             return 0
-        return math.inf if self.slots is None else self.slots - len(self.running)
+        free = math.inf if self.slots is None else self.slots - len(self.running)
+        return free if self.allow is None or not gate else min(free, self.allow)
 
 
 class EnsembleScheduler:
@@ -402,7 +407,8 @@ class EnsembleScheduler:
             return "the nodes' memory figures"
         free = [n for n in live if n.free_slots() > 0]
         if not free:
-            return self._slot_word
+            gated = [n.gated for n in live if n.free_slots(gate=False) > 0 and n.gated]
+            return gated[0] if gated else self._slot_word
         fitting = [n for n in free if n.admission is not None and n.admission.fits(nbytes)]
         if not fitting:
             return "memory"
@@ -414,6 +420,18 @@ class EnsembleScheduler:
     def set_slots(self, node: NodeId, slots: int | None) -> list[Start]:
         """Change a node's task slots (a host's cores, once its runner told them)."""
         self._nodes[node].slots = slots
+        return self.schedule()
+
+    def running_on(self, node: NodeId) -> set[int]:
+        """The tasks running on ``node``."""
+        return self._nodes[node].running
+
+    def set_gate(self, node: NodeId, allow: int | None, why: str = "") -> list[Start]:
+        """Let at most ``allow`` more tasks start on ``node`` until the next call (None: no
+        such bound): GNU parallel's ``--load``, ``--noswap``, ``--limit``.  ``why``: what
+        the node waits for while it allows none (the progress line's words)."""
+        n = self._nodes[node]
+        n.allow, n.gated = allow, why
         return self.schedule()
 
     def summary(self) -> Summary:
@@ -626,6 +644,8 @@ class EnsembleScheduler:
             assert admitted
             self._queue.remove(index)
             node.running.add(index)
+            if node.allow is not None:
+                node.allow -= 1
             rec.status, rec.node, rec.reservation = TaskStatus.RUNNING, node_id, nbytes
             rec.attempts += 1
             starts.append(Start(rec.spec, node_id, nbytes, rec.attempts, declared))

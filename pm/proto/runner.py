@@ -10,14 +10,16 @@ the rank's stdin, it answers on its stdout, one record per line::
     pmrun-stdin INDEX NBYTES          then NBYTES the task reads on stdin, then a newline
                                       (before its start: ``--pipe``'s block)
 
-    pmrun-probe TOTAL USED KIND cores=N INDEX=BYTES ...   a memory sample
+    pmrun-probe TOTAL USED KIND cores=N [load=L swap=S io=P] INDEX=BYTES ...   a sample
     pmrun-out INDEX STREAM NBYTES     then NBYTES of a task's output, then a newline
     pmrun-exit INDEX CODE RSS         a task ended, with this shell status and the
                                       largest resident size of its processes (bytes)
 
 In a sample TOTAL and USED are the node's memory in bytes, KIND where its
 limit comes from (``cgroup``, ``machine``), N the cores the runner may run on,
-and per task index the anonymous resident bytes of its processes.  Output
+L, S and P the host's activity when the ensemble asked for it
+(:class:`~pm.common.activity.Activity`: its load, 1 if it swaps, its busiest
+disk's %), and per task index the anonymous resident bytes of its processes.  Output
 comes as the task wrote it, many lines a record: at most :data:`MAX_DATA`
 bytes, so that the agent, which passes the runner's stdout on in lines of up
 to ``MAX_LINE``, never cuts one (:class:`RunnerReader` reads them back).
@@ -30,6 +32,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pm.common.activity import Activity
 from pm.common.output import MAX_LINE
 from pm.proto.record import Record
 
@@ -51,11 +54,16 @@ class ProbeSample(Record):
     cores: int | None
     #: Task index -> anonymous resident bytes.
     sizes: dict[int, int]
+    #: The host's activity (pm.common.activity), when the ensemble asked for it.
+    activity: Activity | None = None
 
     def line(self) -> str:
         words = [_PROBE, str(self.total), str(self.used), self.kind]
         if self.cores is not None:
             words.append(f"cores={self.cores}")
+        if self.activity is not None:
+            load, swapping, io = self.activity
+            words += [f"load={load}", f"swap={int(swapping)}", f"io={io}"]
         words += [f"{i}={n}" for i, n in sorted(self.sizes.items())]
         return " ".join(words)
 
@@ -66,14 +74,17 @@ class ProbeSample(Record):
         if len(words) < 4 or words[0] != _PROBE:
             return None
         try:
-            cores = None
             sizes: dict[int, int] = {}
+            seen: dict[str, int] = {}
             for key, _, value in (w.partition("=") for w in words[4:]):
-                if key == "cores":
-                    cores = int(value)
+                if key in ("cores", "load", "swap", "io"):
+                    seen[key] = int(value)
                 else:
                     sizes[int(key)] = int(value)
-            return cls(int(words[1]), int(words[2]), words[3], cores, sizes)
+            cores = seen.get("cores")
+            activity = (Activity(seen["load"], bool(seen.get("swap")), seen.get("io", 0))
+                        if "load" in seen else None)
+            return cls(int(words[1]), int(words[2]), words[3], cores, sizes, activity)
         except ValueError:
             return None
 
