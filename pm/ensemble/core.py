@@ -144,6 +144,8 @@ class Ensemble:
     (GNU parallel's ``-j FILE``): the file ``jobs`` was read from, read again whenever it
     changed as a task ends.  ``timeout``: seconds a task's run may take (GNU parallel's
     ``--timeout``): then it gets SIGTERM, and SIGKILL :data:`KILL_AFTER` seconds later.
+    ``load``, ``noswap``, ``limit``: GNU parallel's ``--load``, ``--noswap`` and
+    ``--limit``, gates of each host besides its slots and memory (:mod:`pm.ensemble.gates`).
     ``output``: a :data:`TaskSink`, or None to keep each task's output in its
     result.  ``on_event``: every :class:`Event`.  ``cgroup``: the memory cgroup
     of this machine's tasks (default: this process's).  ``local_hosts``: host
