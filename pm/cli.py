@@ -229,7 +229,8 @@ def cli_options(parsed: Parsed) -> CliOptions:
     opts.fanout_given = "fanout" in v
     for key, value in v.items():
         if key not in _SPEC_KEYS:
-            opts.extra[key] = "1" if value is True else str(value)
+            opts.extra[key] = ("1" if value is True else "\0".join(value)
+                               if isinstance(value, list) else str(value))
     _launcher(opts.extra)
     opts.n_given = len(parsed.sections) != 1 or "n" in parsed.sections[0].values
     if "sim_ranks" in opts.extra:

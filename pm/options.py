@@ -951,6 +951,10 @@ def universe(value: str, opt: str) -> int | str:
 LAUNCHERS = ("local", "fork", "ssh", "rsh", "slurm", "exec", "persistent", "persist")
 
 
+#: Options that may be given again, each time another file (GNU parallel's transfers).
+FILE_LISTS = ("transfer", "returns", "trc", "basefiles")
+
+
 # ------------------------------------------------------------------ the table
 FLAG, VALUE, PAIR, COUNT, ACTION, FILE, EXPORT = range(7)
 
@@ -1254,6 +1258,19 @@ OPTIONS = (
         help="before each start on a host run sh -c CMD here (SSHLOGIN: the host, : for "
              "this one): 0 starts a task, 1 none, 2 none and ends the host's youngest; "
              "mem SIZE, load N, io PCT: GNU parallel's built-in limits, judged on the host"),
+    Opt("--transferfile --tf", "transfer", verbatim, metavar="FILE", group=MEMORY,
+        help="put FILE ({} of the task's arguments...) on the task's host before it runs "
+             "there, relative to its working directory (DIR/./REST: REST there); again: "
+             "another file (GNU parallel's)"),
+    Opt("--return", "returns", verbatim, metavar="FILE", group=MEMORY,
+        help="bring FILE back from the task's host once it ended (again: another file)"),
+    Opt("--cleanup", "cleanup", kind=FLAG, group=MEMORY,
+        help="remove the files --transferfile put and --return brought back from the host"),
+    Opt("--trc", "trc", verbatim, metavar="FILE",
+        group=MEMORY, help="--transferfile {} --return FILE --cleanup"),
+    Opt("--basefile --bf", "basefiles", verbatim, metavar="FILE", group=MEMORY,
+        help="put FILE on each host before its first task (with --cleanup removed at the "
+             "end); again: another file"),
     Opt("--delay", "delay", duration, metavar="S", group=MEMORY,
         help="start a task at least S seconds after the one before (also 2m, 1h)"),
     Opt("--shuf", "shuf", kind=FLAG, group=MEMORY,
@@ -1732,7 +1749,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             value = opt.check(raw, name)
             if opt.key == "env_mode":
                 value = ("list", value)
-            elif opt.key in ("arg_files", "flux_env"):  # -a FILE again: another source
+            elif opt.key in ("arg_files", "flux_env", *FILE_LISTS):  # -a FILE: another source
                 files = out.values.setdefault(opt.key, [])
                 assert isinstance(files, list)
                 files.append(value)
@@ -2091,7 +2108,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice",
                   "files", "tmpdir", "max_lines", "plus", "cat", "fifo", "roundrobin", "tee",
                   "shard", "bin", "slot_var", "group_by", "onall", "nonall", "load",
-                  "noswap", "limit")
+                  "noswap", "limit", "transfer", "returns", "cleanup", "trc", "basefiles")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

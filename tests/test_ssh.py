@@ -207,7 +207,7 @@ def test_load_and_limit_gate_the_tasks_of_ssh_hosts(ssh_cluster: RealCluster,
     with hogs(3) as procs:
         job = subprocess.Popen(
             pmrun_argv("-S", ",".join(c.names[:2]), "--ssh", c.ssh_command(), "--load", "3",
-                       "--limit", f'echo "$SSHLOGIN" >> {runs}', f"hostname >> {ran}",
+                       "--limit", f'echo "$SSHLOGIN" >> {runs}', f"echo {{}} $(hostname) >> {ran}",
                        ":::", *"abcd"),
             cwd=tmp_path, env=pmrun_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, stdin=subprocess.DEVNULL)
@@ -224,9 +224,40 @@ def test_load_and_limit_gate_the_tasks_of_ssh_hosts(ssh_cluster: RealCluster,
             job.kill()
             job.wait()
     assert (job.returncode, out, err) == (0, "", "")
-    hosts = ran.read_text().split()
-    assert len(hosts) == 4 and set(hosts) <= set(c.names[:2]), hosts
+    rows = sorted(line.split() for line in ran.read_text().splitlines())
+    assert [r[0] for r in rows] == list("abcd"), rows
+    assert {r[1] for r in rows} <= set(c.names[:2]), rows
     assert set(runs.read_text().split()) == set(c.names[:2])
+    assert_clean(c)
+
+
+def test_files_go_with_tasks_to_ssh_hosts_and_come_back(ssh_cluster: RealCluster,
+                                                        tmp_path: Path) -> None:
+    """GNU parallel's --basefile, --trc and --return: the hosts share this machine's
+    filesystem, so their tasks' working directory (--wd) is one of its own."""
+    c = ssh_cluster
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    for x, n in (("a", 3), ("b", 5)):
+        (here / f"{x}.txt").write_text("line\n" * n)
+    (here / "count.sh").write_text('#!/bin/sh\nwc -l < "$1"\n')
+    (here / "count.sh").chmod(0o755)
+    res = run(["-S", ",".join(c.names[:2]), "--ssh", c.ssh_command(), "--wd", str(there),
+               "--bf", "count.sh", "--trc", "{.}.n", "--return", "out/{.}.host",
+               "mkdir -p out; ./count.sh {} > {.}.n; hostname > out/{.}.host",
+               ":::", "a.txt", "b.txt"], here)
+    assert (res.returncode, res.stderr) == (0, ""), res.stderr
+    assert [(here / f"{x}.n").read_text() for x in "ab"] == ["3\n", "5\n"]
+    assert {(here / "out" / f"{x}.host").read_text().strip() for x in "ab"} <= set(c.names[:2])
+    # --cleanup: what was put there and brought back is gone (the base file at the end);
+    # the directory the task made itself stays, as with parallel.
+    assert sorted(str(p.relative_to(there)) for p in there.rglob("*")) == ["out"]
+    # A file that is not here: named on the task's stderr, the task runs all the same.
+    res = run(["-S", c.names[0], "--ssh", c.ssh_command(), "--wd", str(there),
+               "--transferfile", "{}", "echo ran {}", ":::", "nothing.txt"], here)
+    assert (res.returncode, res.stdout) == (0, "ran nothing.txt\n"), res.stderr
+    assert "pmrun: --transferfile nothing.txt: No such file or directory" in res.stderr
     assert_clean(c)
 
 

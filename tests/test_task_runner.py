@@ -11,11 +11,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
+from pm.ensemble.transfer import FileSink, chunks, here_path, there_path
 from pm.proto.runner import (
     MAX_DATA,
+    FileChunk,
     ProbeSample,
     Report,
     RunnerReader,
@@ -172,3 +175,56 @@ def test_a_line_that_is_no_command_is_named_and_the_rest_served() -> None:
         r.end_stdin()
         _, err = r.proc.communicate(timeout=20)
         assert err == b"ignored a line that is no command: b'pmrun-start {not json'\n"
+
+
+# ------------------------------------------------------------------ files with a run
+def test_paths_there_and_here_as_gnu_parallels() -> None:
+    assert [there_path(p, "/w") for p in ("a.txt", "./d/a.txt", "/abs/a", "/x/./d/a")] == [
+        "/w/a.txt", "/w/d/a.txt", "/abs/a", "/w/d/a"]
+    assert there_path("d/a.txt", None) == "d/a.txt"
+    assert [here_path(p) for p in ("a.txt", "./d/a", "/abs/a", "/x/./d/a", "x/./a")] == [
+        "a.txt", "d/a", "/abs/a", "/x/d/a", "x/a"]
+
+
+def test_a_runs_files_go_there_come_back_and_are_cleaned_up(tmp_path: Path) -> None:
+    there, here = tmp_path / "there", tmp_path / "here"
+    there.mkdir()
+    here.mkdir()
+    big = os.urandom(3 * MAX_DATA + 17)  # (several records each way)
+    (here / "in.bin").write_bytes(big)
+    (here / "tool.sh").write_text("#!/bin/sh\nrev\n")
+    (here / "tool.sh").chmod(0o750)
+    sink = FileSink()
+    with runner() as r:
+        for chunk in [*chunks(-1, str(here / "tool.sh"), str(there / "bin/tool.sh"), True),
+                      *chunks(0, str(here / "in.bin"), str(there / "sub/in.bin"))]:
+            r.send(chunk.put_record())
+        r.send(TaskStart(0, ["sh", "-c", "cat sub/in.bin sub/in.bin > out.bin; "
+                                         "echo hi | bin/tool.sh"], {}, str(there),
+                         [str(there / "out.bin"), str(there / "none")],
+                         [str(there / "sub/in.bin"), str(there / "out.bin")]).line())
+        r.until(lambda: 0 in r.exits)
+        got = [x for x in r.reports if isinstance(x, FileChunk)]
+        assert (r.exits[0], r.output[0, 1]) == (0, b"ih\n")
+        for chunk in got:
+            assert sink.write(chunk, str(here / "back" / "out.bin")) == ""
+        assert (here / "back" / "out.bin").read_bytes() == big + big
+        assert r.output[0, 2] == (f"pmrun: --return {there / 'none'}: No such file or "
+                                  f"directory on {os.uname().nodename}\n").encode()
+        # Each file whole before the run's exit; --cleanup: the run's files and the
+        # directory made for them are gone, the --basefile stays until the runner ends.
+        assert sorted(p.name for p in there.rglob("*")) == ["bin", "tool.sh"]
+        assert os.stat(there / "bin/tool.sh").st_mode & 0o777 == 0o750
+        r.end_stdin()
+        assert r.proc.wait(timeout=20) == 0
+    assert list(there.iterdir()) == [], list(there.rglob("*"))
+    # A file that cannot be written there is named on the run's stderr; the run goes on.
+    with runner() as r:
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        for chunk in chunks(1, str(here / "tool.sh"), str(blocker / "x")):
+            r.send(chunk.put_record())
+        r.send(sh(1, "echo ran"))
+        r.until(lambda: 1 in r.exits)
+        assert (r.exits[1], r.output[1, 1]) == (0, b"ran\n")
+        assert r.output[1, 2] == f"pmrun: --transferfile {blocker}/x: Not a directory\n".encode()

@@ -698,7 +698,37 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
     if "limit" in extra:
         out["limit"] = extra["limit"]  # (checked by pm.options.limit_command)
     out["noswap"] = "noswap" in extra
+    out["cleanup"] = "cleanup" in extra or "trc" in extra
+    if "basefiles" in extra:
+        out["basefiles"] = extra["basefiles"].split("\0")
     return out
+
+
+def _files(extra: dict[str, str], specs: Sequence[TaskSpec]
+           ) -> dict[int, tuple[list[str], list[str]]]:
+    """GNU parallel's --transferfile, --return and --trc: each task's files, its arguments
+    filled in (a name left empty is no file)."""
+    def given(key: str) -> list[str]:
+        return extra[key].split("\0") if key in extra else []
+
+    transfer, returns = given("transfer"), given("returns") + given("trc")
+    if "trc" in extra:
+        transfer.append("{}")
+    if not transfer and not returns:
+        return {}
+    from pm.ensemble.perl_expr import Skipped
+
+    def names(templates: list[str], spec: TaskSpec) -> list[str]:
+        try:
+            filled = [fill(t, spec.args, spec.index + 1, quote=False, total=len(specs))
+                      for t in templates]
+        except Skipped:
+            return []
+        except UsageError as exc:
+            raise UsageError(f"--transferfile/--return: {exc}") from None
+        return [f for f in filled if f]
+
+    return {s.index: (names(transfer, s), names(returns, s)) for s in specs}
 
 
 class _Halt:
@@ -921,6 +951,7 @@ async def run_cli(opts: CliOptions) -> int:
         where = {s.index: _results_dir(extra["results"], s, names or ()) for s in specs}
     _program_options(opts.spec)
     tags = _tags(extra, specs, tasks_file=path is not None)
+    files = _files(extra, specs)
     PERL.close()  # (every {= expression =} is filled in by now)
     tag: Callable[[int], bytes | None] = tags.get
     if piped:  # one line, run once a block: every run's tag is the first's
@@ -1037,7 +1068,8 @@ async def run_cli(opts: CliOptions) -> int:
                     os.close(fd)
         else:
             for spec in specs:
-                ens.add(spec.argv, spec=spec)
+                transfer, returns = files.get(spec.index, ((), ()))
+                ens.add(spec.argv, spec=spec, transfer=transfer, returns=returns)
         results = await ens.join()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

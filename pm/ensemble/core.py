@@ -77,6 +77,7 @@ from pm.ensemble.scheduler import (
     TaskStatus,
 )
 from pm.ensemble.task import InputStream, Task, TaskResult
+from pm.ensemble.transfer import here_path, there_path
 from pm.jobspec import JobSpec
 from pm.options import JOBS_FORMS, cpu_rule, parse_jobs
 from pm.proto.errors import ResourceLimit, defect
@@ -180,6 +181,8 @@ class Ensemble:
         load: str | None = None,
         noswap: bool = False,
         limit: str | None = None,
+        cleanup: bool = False,
+        basefiles: Sequence[str] = (),
     ) -> None:
         if overrun not in ("warn", "kill", "suspend"):
             raise SizeError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
@@ -204,6 +207,9 @@ class Ensemble:
         except ValueError as exc:
             raise SizeError(str(exc)) from None
         self._noswap = noswap
+        #: GNU parallel's --cleanup and --basefile (pm.ensemble.transfer).
+        self._cleanup = cleanup
+        self._basefiles = tuple(basefiles)
         self._activity: ActivityProbe | None = None  # this machine's, with such a gate
         self._spec = spec or JobSpec(apps=[])
         self._output = output
@@ -306,9 +312,12 @@ class Ensemble:
     # ----------------------------------------------------------------- submitting
     def add(self, argv: Sequence[str], mem: str | int | None = None, *,
             env: dict[str, str] | None = None, wdir: str | None = None,
-            spec: TaskSpec | None = None, stdin: bytes | InputStream | None = None) -> Task:
+            spec: TaskSpec | None = None, stdin: bytes | InputStream | None = None,
+            transfer: Sequence[str] = (), returns: Sequence[str] = ()) -> Task:
         """Queue a task without waiting for its admission (``spec``: a parsed line;
-        ``stdin``: what its runs read there, else /dev/null)."""
+        ``stdin``: what its runs read there, else /dev/null; ``transfer``, ``returns``: files
+        put on its host before each run and brought back after, GNU parallel's
+        ``--transferfile`` and ``--return``: :mod:`pm.ensemble.transfer`)."""
         if self._closed:
             raise ResourceLimit("the task ensemble is closed")
         index = self._next_index
@@ -324,6 +333,7 @@ class Ensemble:
         if not spec.argv:
             raise ValueError("a task needs a command")
         task = Task(spec, dict(env or {}), wdir or self._spec.wdir, stdin)
+        task.transfer, task.returns = tuple(transfer), tuple(returns)
         if self._output is None:
             task.out, task.err = [], []
         self._tasks[index] = task
@@ -556,7 +566,8 @@ class Ensemble:
                 assert self._local is not None
                 code = await self._local.run(task, env, self._emit)
             else:
-                code = await self._remote.run(task, d.name, env, self._emit)
+                code = await self._remote.run(task, d.name, env, self._emit,
+                                              *self._transfers(d, task))
         except Exception as exc:  # a defect of ours: halted before the task counts as ended
             code = EXIT_BROKEN
             self._defect(task.index, exc)
@@ -789,6 +800,21 @@ class Ensemble:
         figures = (adm.used, adm.reserved if reserved is None else reserved,
                    adm.watermarks.high, adm.watermarks.low) if adm else (0, 0, 0, 0)
         self._on_event(Event(kind, time.time(), d.name, text, task, *figures))
+
+    def _transfers(self, d: Domain, task: Task
+                   ) -> tuple[list[tuple[str, str]], dict[str, str], list[str]]:
+        """The files of ``task``'s run on ``d``: put there, brought back, removed after."""
+        if self._basefiles and not d.based:  # (before its first task there)
+            d.based = True
+            files = [(here_path(p), there_path(p, self._spec.wdir)) for p in self._basefiles]
+            for why in self._remote.put_base(d.name, files, self._cleanup):
+                self._event("error", d, why)
+                if self._on_event is None:
+                    log.error("%s", why)
+        puts = [(here_path(p), there_path(p, task.wdir)) for p in task.transfer]
+        returns = {there_path(p, task.wdir): here_path(p) for p in task.returns}
+        remove = [there for _, there in puts] + list(returns) if self._cleanup else []
+        return puts, returns, remove
 
     # ----------------------------------------------------------------- gates
     def _gated(self) -> bool:

@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from pm.agent.memory import NodeMemory
@@ -31,9 +31,11 @@ from pm.ensemble.domain import CPU_UNIT, local_cores
 from pm.ensemble.local import LocalRunner, signal_tree, tree_anon
 from pm.ensemble.scheduler import TaskSpec
 from pm.ensemble.task import Task
+from pm.ensemble.transfer import FileSink, chunks
 from pm.jobspec import AppSpec, JobSpec
 from pm.proto.runner import (
     CommandReader,
+    FileChunk,
     ProbeSample,
     RunnerReader,
     TaskExit,
@@ -104,26 +106,53 @@ class RemoteRunner:
         h.job.finished.add_done_callback(lambda _f: h.ended(rfd))
         return h.job
 
-    async def run(self, task: Task, host: str, env: dict[str, str], emit: Emit) -> int | None:
+    async def run(self, task: Task, host: str, env: dict[str, str], emit: Emit,
+                  puts: Sequence[tuple[str, str]] = (), returns: Mapping[str, str] | None = None,
+                  remove: Sequence[str] = ()) -> int | None:
         """One run of ``task`` on ``host`` with ``env`` over the tasks' environment: its
-        output goes to ``emit`` (task, stream, data).  Returns its shell status, None if
-        the host was lost."""
+        output goes to ``emit`` (task, stream, data).  ``puts``: files (here, there) put
+        there first; ``returns``: files (there -> here) brought back once it ended, then
+        ``remove`` removed there (:mod:`pm.ensemble.transfer`).  Returns its shell status,
+        None if the host was lost."""
         h = self._hosts[host]
         if h.lost is not None:
             return None
         fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         h.runs[task.index] = (task, emit, fut)
+        h.returns[task.index] = dict(returns or {})
         self.running[task.index] = host
         try:
+            for here, there in puts:
+                try:
+                    for chunk in chunks(task.index, here, there):
+                        h.send(chunk.put_record())
+                except OSError as exc:  # (the task runs all the same, as parallel's)
+                    emit(task, STDERR, f"pmrun: --transferfile {here}: "
+                                       f"{exc.strerror or exc}\n".encode())
             if task.stdin is not None:
                 # (--roundrobin's streams are this machine's: pm.options refuses hosts.)
                 assert isinstance(task.stdin, bytes)
                 h.send(TaskInput(task.index, task.stdin).records())
-            h.send(TaskStart(task.index, list(task.argv), env, task.wdir).line())
+            h.send(TaskStart(task.index, list(task.argv), env, task.wdir,
+                             list(h.returns[task.index]), list(remove)).line())
             return await fut
         finally:
             h.runs.pop(task.index, None)
+            h.returns.pop(task.index, None)
             self.running.pop(task.index, None)
+
+    def put_base(self, host: str, files: Sequence[tuple[str, str]], drop: bool) -> list[str]:
+        """Put ``files`` (here, there) on ``host`` before its first task (``--basefile``;
+        ``drop``: removed there when its runner ends): what could not be read here."""
+        h = self._hosts[host]
+        failed = []
+        for here, there in files:
+            try:
+                for chunk in chunks(-1, here, there, drop):
+                    h.send(chunk.put_record())
+            except OSError as exc:
+                failed.append(f"--basefile {here}: {exc.strerror or exc}")
+        return failed
 
     def signal(self, index: int, signum: int) -> None:
         """Send ``signum`` to task ``index``'s processes, where it runs."""
@@ -174,6 +203,9 @@ class _Host:
         self.commands: asyncio.WriteTransport | None = None
         #: Task index -> (task, its output's destination, its run's status).
         self.runs: dict[int, tuple[Task, Emit, asyncio.Future[int | None]]] = {}
+        #: Task index -> the files its run brings back: there -> here.
+        self.returns: dict[int, dict[str, str]] = {}
+        self.files = FileSink()
         #: Why the host is lost (its runner's job ended), None while it runs.
         self.lost: str | None = None
         self._reader = RunnerReader()
@@ -195,6 +227,13 @@ class _Host:
                 run = self.runs.get(rec.index)
                 if run is not None:
                     run[1](run[0], rec.stream, rec.data)
+            elif isinstance(rec, FileChunk):
+                run = self.runs.get(rec.index)
+                here = self.returns.get(rec.index, {}).get(rec.path)
+                if run is not None and here is not None:
+                    failed = self.files.write(rec, here)
+                    if failed:
+                        run[1](run[0], STDERR, f"pmrun: --return {failed}\n".encode())
             elif isinstance(rec, TaskExit):
                 run = self.runs.get(rec.index)
                 if run is not None and not run[2].done():
@@ -208,6 +247,7 @@ class _Host:
         from pm.head import NOT_JOINED  # (loaded: the runner's job is a JobRun)
 
         os.close(stdin_fd)
+        self.files.close()
         if self.commands is not None:
             self.commands.close()
         self.lost = "its task runner ended"
@@ -254,6 +294,8 @@ class _Runner:
         self._commands = CommandReader()
         self._inputs: dict[int, bytes] = {}  # a task's stdin, until its start
         self._memory = NodeMemory()
+        self._files = FileSink()
+        self._dropped: list[str] = []  # --basefile --cleanup: removed at our end
         self._cores = local_cores(unit)
         self._activity = ActivityProbe() if activity else None
         self._stop = asyncio.Event()
@@ -280,6 +322,8 @@ class _Runner:
             if self._runs:
                 await asyncio.wait(set(self._runs))
             self._local.close()
+            self._files.remove(self._dropped)
+            self._files.close()
         return 0
 
     def _read(self) -> None:
@@ -293,11 +337,13 @@ class _Runner:
         for cmd in self._commands.feed(data):
             if isinstance(cmd, TaskInput):
                 self._inputs[cmd.index] = cmd.data
+            elif isinstance(cmd, FileChunk):
+                self._put(cmd)
             elif isinstance(cmd, TaskStart):
                 task = Task(TaskSpec(cmd.index, tuple(cmd.argv), None, ""), {}, cmd.wdir,
                             self._inputs.pop(cmd.index, None))
                 self._tasks[cmd.index] = task
-                run = asyncio.ensure_future(self._run(task, cmd.env))
+                run = asyncio.ensure_future(self._run(task, cmd))
                 self._runs.add(run)
                 run.add_done_callback(self._runs.discard)
             elif isinstance(cmd, TaskSignal):
@@ -311,11 +357,34 @@ class _Runner:
                 sys.stderr.write(f"ignored a line that is no command: {cmd[:80]!r}\n")
                 sys.stderr.flush()
 
-    async def _run(self, task: Task, env: dict[str, str]) -> None:
+    def _put(self, chunk: FileChunk) -> None:
+        failed = self._files.write(chunk)
+        if chunk.drop and chunk.offset == 0:
+            self._dropped.append(chunk.path)
+        if not failed:
+            return
+        if chunk.index >= 0:  # (its run is known there: the words go to its stderr)
+            self._write(TaskOutput(chunk.index, STDERR,
+                                   f"pmrun: --transferfile {failed}\n".encode()).records())
+        else:
+            sys.stderr.write(f"--basefile {failed}\n")
+            sys.stderr.flush()
+
+    async def _run(self, task: Task, start: TaskStart) -> None:
         try:
-            code = await self._local.run(task, env, self._emit)
-            if not self._stop.is_set():
-                self._write(TaskExit(task.index, code, task.exit_rss).line())
+            code = await self._local.run(task, start.env, self._emit)
+            if self._stop.is_set():
+                return
+            for path in start.returns:
+                try:
+                    for chunk in chunks(task.index, path, path):
+                        self._write(chunk.got_record())
+                except OSError as exc:
+                    self._write(TaskOutput(task.index, STDERR, (
+                        f"pmrun: --return {path}: {exc.strerror or exc} on "
+                        f"{os.uname().nodename}\n").encode()).records())
+            self._files.remove(start.remove)
+            self._write(TaskExit(task.index, code, task.exit_rss).line())
         except BrokenPipeError:
             self._stop.set()
         finally:

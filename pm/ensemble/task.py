@@ -121,6 +121,10 @@ class Task:
         #: Bytes of output its last run wrote (GNU parallel's joblog "Receive").
         self.received = 0
         self.err: list[bytes] | None = None
+        #: Files put on its host before each run, and brought back after (GNU parallel's
+        #: --transferfile and --return: pm.ensemble.transfer).
+        self.transfer: tuple[str, ...] = ()
+        self.returns: tuple[str, ...] = ()
 
     @property
     def index(self) -> int:

@@ -5,13 +5,18 @@ on that host for as long as the ensemble does.  The ensemble speaks to it on
 the rank's stdin, it answers on its stdout, one record per line::
 
     pmrun-env JSON                    the tasks' environment (first, once)
-    pmrun-start JSON                  start a task: [index, argv, env, wdir]
+    pmrun-start JSON                  start a task: [index, argv, env, wdir(, returns,
+                                      remove)]
     pmrun-signal INDEX SIGNUM         signal a task's processes (INDEX -1: all tasks)
     pmrun-stdin INDEX NBYTES          then NBYTES the task reads on stdin, then a newline
                                       (before its start: ``--pipe``'s block)
+    pmrun-put INDEX MODE DROP PATH TOTAL OFFSET NBYTES   then NBYTES of a file to put there
+                                      (before its start: ``--transferfile``, ``--basefile``)
 
     pmrun-probe TOTAL USED KIND cores=N [load=L swap=S io=P] INDEX=BYTES ...   a sample
     pmrun-out INDEX STREAM NBYTES     then NBYTES of a task's output, then a newline
+    pmrun-got INDEX PATH TOTAL OFFSET NBYTES   then NBYTES of a file a task left
+                                      (``--return``, before its exit)
     pmrun-exit INDEX CODE RSS         a task ended, with this shell status and the
                                       largest resident size of its processes (bytes)
 
@@ -23,21 +28,23 @@ disk's %), and per task index the anonymous resident bytes of its processes.  Ou
 comes as the task wrote it, many lines a record: at most :data:`MAX_DATA`
 bytes, so that the agent, which passes the runner's stdout on in lines of up
 to ``MAX_LINE``, never cuts one (:class:`RunnerReader` reads them back).
-JSON keeps arguments that are not UTF-8 (surrogate escapes).  Anything else
-on the stream (a warning of the interpreter) is no record.
+A file's piece is one record of at most :data:`MAX_DATA` bytes too, its PATH the
+hex of its name's bytes.  JSON keeps arguments that are not UTF-8 (surrogate
+escapes).  Anything else on the stream (a warning of the interpreter) is no record.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from pm.common.activity import Activity
 from pm.common.output import MAX_LINE
 from pm.proto.record import Record
 
-__all__ = ["MAX_DATA", "CommandReader", "ProbeSample", "RunnerReader", "TaskExit", "TaskInput",
-           "TaskOutput", "TaskSignal", "TaskStart", "TasksEnv", "from_ensemble"]
+__all__ = ["MAX_DATA", "CommandReader", "FileChunk", "ProbeSample", "RunnerReader", "TaskExit",
+           "TaskInput", "TaskOutput", "TaskSignal", "TaskStart", "TasksEnv", "from_ensemble"]
 
 #: The most of a task's output one record carries (the agent cuts lines at MAX_LINE).
 MAX_DATA = MAX_LINE // 2
@@ -101,15 +108,45 @@ class TasksEnv(Record):
 
 class TaskStart(Record):
     """Start a run of task ``index``: ``argv`` with ``env`` over the tasks' environment,
-    in ``wdir`` (None: the runner's own directory)."""
+    in ``wdir`` (None: the runner's own directory).  Once it ended the files ``returns``
+    go back (``--return``), then the files ``remove`` are removed (``--cleanup``)."""
 
     index: int
     argv: list[str]
     env: dict[str, str]
     wdir: str | None
+    returns: list[str] = []
+    remove: list[str] = []
 
     def line(self) -> bytes:
-        return b"pmrun-start " + _json(self.to_wire()) + b"\n"
+        wire = self.to_wire()
+        return b"pmrun-start " + _json(wire if self.returns or self.remove else wire[:4]) \
+            + b"\n"
+
+
+class FileChunk(Record):
+    """A piece of a file that goes with a task's run: to its host before it starts
+    (``pmrun-put``: ``--transferfile``; index -1 a ``--basefile``, removed when the
+    runner ends if ``drop``), or back once it ended (``pmrun-got``: ``--return``).
+    ``total``: the file's size; this piece holds its bytes from ``offset``."""
+
+    index: int
+    path: str
+    total: int
+    offset: int
+    data: bytes
+    mode: int = 0o644
+    drop: bool = False
+
+    def put_record(self) -> bytes:
+        return b"pmrun-put %d %o %d %s %d %d %d\n" % (
+            self.index, self.mode, self.drop, _hex(self.path), self.total, self.offset,
+            len(self.data)) + self.data + b"\n"
+
+    def got_record(self) -> bytes:
+        return b"pmrun-got %d %s %d %d %d\n" % (
+            self.index, _hex(self.path), self.total, self.offset, len(self.data)) \
+            + self.data + b"\n"
 
 
 class TaskSignal(Record):
@@ -160,8 +197,8 @@ class TaskExit(Record):
         return b"pmrun-exit %d %d %d\n" % (self.index, self.code, self.rss)
 
 
-Command = TasksEnv | TaskStart | TaskSignal | TaskInput
-Report = ProbeSample | TaskOutput | TaskExit
+Command = TasksEnv | TaskStart | TaskSignal | TaskInput | FileChunk
+Report = ProbeSample | TaskOutput | TaskExit | FileChunk
 
 
 def from_ensemble(line: bytes) -> Command | None:
@@ -170,10 +207,12 @@ def from_ensemble(line: bytes) -> Command | None:
     word, _, rest = line.rstrip(b"\n").partition(b" ")
     try:
         if word == b"pmrun-start":
-            index, argv, env, wdir = json.loads(rest)
+            index, argv, env, wdir, *files = json.loads(rest)
+            returns, remove = files if files else ([], [])
             return TaskStart(int(index), [str(a) for a in argv],
                              {str(k): str(v) for k, v in env.items()},
-                             None if wdir is None else str(wdir))
+                             None if wdir is None else str(wdir),
+                             [str(p) for p in returns], [str(p) for p in remove])
         if word == b"pmrun-signal":
             index_s, signum_s = rest.split()
             return TaskSignal(int(index_s), int(signum_s))
@@ -191,7 +230,7 @@ class _Reader:
     not whole yet waits for the next chunk."""
 
     __slots__ = ("_rest",)
-    _framed = b""
+    _framed: bytes | tuple[bytes, ...] = b""
 
     def __init__(self) -> None:
         self._rest = b""
@@ -238,12 +277,16 @@ class CommandReader(_Reader):
     back as bytes (for the runner to name)."""
 
     __slots__ = ()
-    _framed = b"pmrun-stdin "
+    _framed = (b"pmrun-stdin ", b"pmrun-put ")
 
     def feed(self, data: bytes) -> list[Command | bytes]:
         return self._feed(data)
 
-    def _frame(self, words: list[bytes], data: bytes) -> TaskInput:
+    def _frame(self, words: list[bytes], data: bytes) -> TaskInput | FileChunk:
+        if words[0] == b"pmrun-put":
+            _, index, mode, drop, path, total, offset, _ = words
+            return FileChunk(int(index), _unhex(path), int(total), int(offset), data,
+                             int(mode, 8), drop == b"1")
         _, index, _ = words
         return TaskInput(int(index), data)
 
@@ -255,12 +298,15 @@ class RunnerReader(_Reader):
     """The runner's reports from its stdout."""
 
     __slots__ = ()
-    _framed = b"pmrun-out "
+    _framed = (b"pmrun-out ", b"pmrun-got ")
 
     def feed(self, data: bytes) -> list[Report]:
         return self._feed(data)
 
-    def _frame(self, words: list[bytes], data: bytes) -> TaskOutput:
+    def _frame(self, words: list[bytes], data: bytes) -> TaskOutput | FileChunk:
+        if words[0] == b"pmrun-got":
+            _, index, path, total, offset, _ = words
+            return FileChunk(int(index), _unhex(path), int(total), int(offset), data)
         _, index, stream, _ = words
         return TaskOutput(int(index), int(stream), data)
 
@@ -279,6 +325,15 @@ def _report(line: bytes) -> Report | None:
     except ValueError:
         return None
     return None
+
+
+def _hex(path: str) -> bytes:
+    """A path as one word: its bytes in hex (a name may hold spaces, or not be UTF-8)."""
+    return os.fsencode(path).hex().encode()
+
+
+def _unhex(word: bytes) -> str:
+    return os.fsdecode(bytes.fromhex(word.decode()))
 
 
 def _json(value: Any) -> bytes:
