@@ -253,6 +253,13 @@ def test_files_go_with_tasks_to_ssh_hosts_and_come_back(ssh_cluster: RealCluster
     # --cleanup: what was put there and brought back is gone (the base file at the end);
     # the directory the task made itself stays, as with parallel.
     assert sorted(str(p.relative_to(there)) for p in there.rglob("*")) == ["out"]
+    # Without --wd a file's path there is its path here: on this shared filesystem that is
+    # the user's own file, which --cleanup leaves (and the result brought back, too).
+    res = run(["-S", c.names[0], "--ssh", c.ssh_command(), "--trc", "{}.out",
+               "wc -c < {} > {}.out", ":::", "a.txt"], here)
+    assert (res.returncode, res.stderr) == (0, ""), res.stderr
+    assert (here / "a.txt").read_text() == "line\n" * 3
+    assert (here / "a.txt.out").read_text() == "15\n"
     # A file that is not here: named on the task's stderr, the task runs all the same.
     res = run(["-S", c.names[0], "--ssh", c.ssh_command(), "--wd", str(there),
                "--transferfile", "{}", "echo ran {}", ":::", "nothing.txt"], here)

@@ -806,14 +806,17 @@ class Ensemble:
         """The files of ``task``'s run on ``d``: put there, brought back, removed after."""
         if self._basefiles and not d.based:  # (before its first task there)
             d.based = True
-            files = [(here_path(p), there_path(p, self._spec.wdir)) for p in self._basefiles]
-            for why in self._remote.put_base(d.name, files, self._cleanup):
-                self._event("error", d, why)
-                if self._on_event is None:
-                    log.error("%s", why)
+            for here, there in ((here_path(p), there_path(p, self._spec.wdir))
+                                for p in self._basefiles):
+                for why in self._remote.put_base(d.name, [(here, there)],
+                                                 self._cleanup and _elsewhere(here, there)):
+                    self._event("error", d, why)
+                    if self._on_event is None:
+                        log.error("%s", why)
         puts = [(here_path(p), there_path(p, task.wdir)) for p in task.transfer]
         returns = {there_path(p, task.wdir): here_path(p) for p in task.returns}
-        remove = [there for _, there in puts] + list(returns) if self._cleanup else []
+        remove = [there for here, there in [*puts, *((h, t) for t, h in returns.items())]
+                  if _elsewhere(here, there)] if self._cleanup else []
         return puts, returns, remove
 
     # ----------------------------------------------------------------- gates
@@ -949,6 +952,13 @@ class Ensemble:
         if self._on_event is None:  # (else the event is said, once)
             log.warning("node %s lost: %s", d.name, why)
         self._apply(self._sched.node_lost(d.name))
+
+
+def _elsewhere(here: str, there: str) -> bool:
+    """Whether a file's path on its task's host is another than its path here: --cleanup
+    removes only such files there (on a filesystem the host shares with us, the same path
+    is this machine's own file, the user's input or the result just brought back)."""
+    return os.path.abspath(here) != os.path.abspath(there)
 
 
 def _file_state(path: str) -> tuple[int, int] | None:
