@@ -152,13 +152,13 @@ class Seen:
 
 async def test_no_task_starts_while_the_load_is_at_the_limit() -> None:
     seen = Seen()
-    with hogs(3) as procs:
-        ens = Ensemble(Nodes.local(1), load="3", interval=0.05, on_event=seen.put, jobs=2)
+    with hogs(6) as procs:
+        ens = Ensemble(Nodes.local(1), load="6", interval=0.05, on_event=seen.put, jobs=2)
         async with ens:
             tasks = [ens.add(["true"]) for _ in range(3)]
-            await seen.until("sample", 10)  # half a second of samples, each with load >= 3
+            await seen.until("sample", 10)  # half a second of samples, each with load >= 6
             assert seen.count("start") == 0
-            assert ens.progress_text().endswith("waiting for a load under 3")
+            assert ens.progress_text().endswith("waiting for a load under 6")
             for p in procs:
                 p.kill()
             results = await asyncio.wait_for(asyncio.gather(*(t.wait() for t in tasks)), 30)

@@ -204,9 +204,9 @@ def test_load_and_limit_gate_the_tasks_of_ssh_hosts(ssh_cluster: RealCluster,
     this machine's load); --limit's command runs here once per host, SSHLOGIN naming it."""
     c = ssh_cluster
     runs, ran = tmp_path / "runs", tmp_path / "ran"
-    with hogs(3) as procs:
+    with hogs(6) as procs:
         job = subprocess.Popen(
-            pmrun_argv("-S", ",".join(c.names[:2]), "--ssh", c.ssh_command(), "--load", "3",
+            pmrun_argv("-S", ",".join(c.names[:2]), "--ssh", c.ssh_command(), "--load", "6",
                        "--limit", f'echo "$SSHLOGIN" >> {runs}', f"echo {{}} $(hostname) >> {ran}",
                        ":::", *"abcd"),
             cwd=tmp_path, env=pmrun_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
