@@ -852,12 +852,20 @@ def byte_size(value: str, opt: str) -> str:
 
 
 def load_rule(value: str, opt: str) -> str:
-    """``--load``: running threads at most, or ``+N``, ``-N``, ``N%`` of the CPU threads."""
-    from pm.ensemble.gates import parse_load
+    """``--load``: running threads at most, or ``+N``, ``-N``, ``N%`` of the CPU threads, or
+    a file that says one."""
+    from pm.ensemble.gates import load_file, parse_load
 
     try:
         return parse_load(value)
     except ValueError as exc:
+        if os.path.isfile(value):  # GNU parallel's --load FILE: what it says, read again
+            try:
+                load_file(value)
+            except (OSError, ValueError) as why:
+                raise UsageError(f"--load {value}: {getattr(why, 'strerror', None) or why}"
+                                 ) from None
+            return value
         raise UsageError(str(exc)) from None
 
 
@@ -1251,7 +1259,8 @@ OPTIONS = (
         help="with --joblog: run the tasks not in FILE and those that failed there"),
     Opt("--load", "load", load_rule, metavar="MAX", group=MEMORY,
         help="start a task on a host only while its load (threads running or waiting for "
-             "a disk, now) is under MAX; +N, -N, N%: of its CPU threads (GNU parallel's)"),
+             "a disk, now) is under MAX; +N, -N, N%: of its CPU threads; a FILE that says one, "
+             "read again when it changed (GNU parallel's)"),
     Opt("--noswap", "noswap", kind=FLAG, group=MEMORY,
         help="start no task on a host while it swaps both in and out (GNU parallel's)"),
     Opt("--limit", "limit", limit_command, metavar="CMD", group=MEMORY,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pm.agent.memory import Watermarks
+from pm.agent.memory import SizeError, Watermarks
 from pm.common.activity import Activity, ActivityProbe, blocked_io, running_threads, swap_counts
 from pm.common.nodes import Nodes
 from pm.ensemble.core import Ensemble, Event
@@ -163,6 +163,27 @@ async def test_no_task_starts_while_the_load_is_at_the_limit() -> None:
                 p.kill()
             results = await asyncio.wait_for(asyncio.gather(*(t.wait() for t in tasks)), 30)
     assert [r.returncode for r in results] == [0, 0, 0]
+
+
+async def test_a_load_file_is_read_again_when_it_changed(tmp_path: Path) -> None:
+    seen = Seen()
+    rule = tmp_path / "load"
+    rule.write_text("6\n")
+    with hogs(6):
+        ens = Ensemble(Nodes.local(1), load=str(rule), interval=0.05, on_event=seen.put,
+                       jobs=2)
+        async with ens:
+            task = ens.add(["true"])
+            await seen.until("sample", 10)
+            assert seen.count("start") == 0
+            rule.write_text("100%\n+100\n")  # (not a rule: it stays as it was)
+            await seen.until("sample", 20)
+            assert seen.count("start") == 0
+            rule.write_text("100\n")
+            assert (await asyncio.wait_for(task.wait(), 20)).returncode == 0
+    rule.write_text("lots")
+    with pytest.raises(SizeError, match=f"--load {rule}: says 'lots', not a number"):
+        Ensemble(Nodes.local(1), load=str(rule))
 
 
 async def test_the_limit_command_says_start_none_or_end_the_youngest(tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ from pm.ensemble.gates import (
     Builtin,
     builtin_answer,
     describe_status,
+    load_file,
     load_gate,
     parse_limit,
     parse_load,
@@ -201,11 +202,17 @@ class Ensemble:
         self._slot_var = slot_var
         self._next_start = 0.0
         #: GNU parallel's --load, --noswap and --limit (pm.ensemble.gates).
+        #: --load FILE: the file, and what tells that it changed.
+        self._load_file = load if load is not None and os.path.isfile(load) else None
+        self._load_seen = (_file_state(self._load_file) if self._load_file is not None
+                           else None)
         try:
-            self._load = parse_load(load) if load is not None else None
+            self._load = (None if load is None else load_file(load) if self._load_file
+                          else parse_load(load))
             self._limit = parse_limit(limit) if limit is not None else None
-        except ValueError as exc:
-            raise SizeError(str(exc)) from None
+        except (OSError, ValueError) as exc:
+            raise SizeError(f"--load {load}: {exc}" if self._load_file else str(exc)
+                            ) from None
         self._noswap = noswap
         #: GNU parallel's --cleanup and --basefile (pm.ensemble.transfer).
         self._cleanup = cleanup
@@ -827,6 +834,10 @@ class Ensemble:
     def _gate(self, d: Domain, used: int) -> None:
         """A sample of ``d`` came: its gates say how many tasks may start until the next."""
         a = d.activity
+        if self._load_file is not None and _file_state(self._load_file) != self._load_seen:
+            self._load_seen = _file_state(self._load_file)
+            with contextlib.suppress(OSError, ValueError):  # (unreadable: the rule stays)
+                self._load = load_file(self._load_file)
         if self._load is not None:
             cpus = local_cores() if d.local else d.cpus
             d.gates["load"] = (load_gate(self._load, cpus, a.load) if a is not None

@@ -6,8 +6,9 @@ Each is a *gate* of a host: how many tasks may start there until its next sample
 :class:`~pm.common.activity.Activity`:
 
 - ``--load MAX``: tasks start while the host's instant load is under MAX (a number,
-  or ``+N``, ``-N``, ``N%`` of its CPU threads, as ``-j``): so at most
-  ``ceil(MAX - load)`` until the next sample, which sees them;
+  or ``+N``, ``-N``, ``N%`` of its CPU threads, as ``-j``; or a file that says one, read
+  again when it changed): so at most ``ceil(MAX - load)`` until the next sample, which
+  sees them;
 - ``--noswap``: none while the host swaps both in and out;
 - ``--limit "CMD"``: before each start on a host, ``sh -c CMD`` runs here (``SSHLOGIN``:
   the host, ``:`` for this one); its exit status 0 lets one task start, 1 none, 2 none
@@ -31,7 +32,7 @@ from pm.common.activity import Activity
 from pm.options import cpu_rule
 
 __all__ = ["BUILTINS", "Builtin", "LimitAnswer", "builtin_answer", "describe_status",
-           "load_gate", "max_load", "parse_limit", "parse_load", "run_limit"]
+           "load_file", "load_gate", "max_load", "parse_limit", "parse_load", "run_limit"]
 
 #: What a limit's exit status means (GNU parallel's).
 START, NONE, KILL_YOUNGEST = 0, 1, 2
@@ -67,6 +68,17 @@ def parse_load(text: str) -> str:
         pass
     raise ValueError(f"--load takes a number of running threads, or +N, -N, N% of the "
                      f"CPU threads, not {text!r}")
+
+
+def load_file(path: str) -> str:
+    """The ``--load`` rule file ``path`` says (``OSError``, ``ValueError``)."""
+    with open(path, "rb") as f:
+        text = f.read(4096).decode(errors="replace").strip()
+    try:
+        return parse_load(text)
+    except ValueError:
+        raise ValueError(f"says {text[:40]!r}, not a number of running threads, or +N, "
+                         "-N, N% of the CPU threads") from None
 
 
 def max_load(rule: str, cpus: int) -> float:
