@@ -300,6 +300,7 @@ def parallel(tmp_path: Path, *args: str, input: str | None = None
     ["-q", "sh", "-c", "echo $0 $1; echo 'in;side'", "{}", "{#}", ":::", "a;b", "c"],
     ["-q", "--tag", "echo", "{.}", "", ":::", "x.y", "p q.r"],
     ["-j1", "-q", "echo", "slot={%}", ":::", "a", "b"],
+    ["echo {} $PARALLEL_SEQ $PARALLEL_SSHLOGIN $PARALLEL_SSHHOST", ":::", "a", "b"],
     ["-q", "-N2", "echo", "{1}+{2}", ":::", "a", "b", "c"],
     ["-q", "--header", ":", "echo", "<{x}>", ":::", "x", "1", "2 3"],
     ["-q", "printf", "[%s]\n", "x{}y", "{}", "p {} q", ":::", "a", "", ":::", "b c", "'"],
@@ -729,6 +730,13 @@ def test_roundrobin_ends_when_its_runs_leave_and_refuses_what_it_cannot_do(
         assert (r.returncode, r.stderr) == (2, "pmrun: --roundrobin feeds runs on this machine "
                                                f"block after block, as they read: not with "
                                                f"{clash}\n")
+
+
+def test_a_task_knows_the_pid_of_the_pmrun_that_runs_it(tmp_path: Path) -> None:
+    proc = subprocess.Popen(pmrun_argv("echo $PARALLEL_PID", ":::", "x"), cwd=tmp_path,
+                            env=pmrun_env(), stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=30)
+    assert (proc.returncode, out) == (0, f"{proc.pid} x\n")
 
 
 def test_short_options_written_together_as_gnu_parallel_takes_them(pmrun: Run) -> None:

@@ -550,7 +550,11 @@ class Ensemble:
         self._slots.add(slot)
         env = {**task.env, "PMRUN_ENSEMBLE": self._token, "PMRUN_TASK": str(task.index),
                "PMRUN_TASK_NODE": str(entry), "PMRUN_TASK_ATTEMPT": str(start.attempt),
-               "PARALLEL_SEQ": str(task.index + 1), "PARALLEL_JOBSLOT": str(slot)}
+               "PARALLEL_SEQ": str(task.index + 1), "PARALLEL_JOBSLOT": str(slot),
+               # (GNU parallel's names of the host a task runs on: ":" is this machine)
+               "PARALLEL_SSHLOGIN": ":" if d.local else d.name,
+               "PARALLEL_SSHHOST": ":" if d.local else d.name.rpartition("@")[2],
+               "PARALLEL_PID": str(os.getpid())}
         if self._slot_var:
             env[self._slot_var] = str(slot - 1)
         code: int | None = None
