@@ -327,6 +327,7 @@ def parallel(tmp_path: Path, *args: str, input: str | None = None
      "{,,D}", "{1%.gz}", ":::", "a/b/c.tar.gz", "d.txt", "A.B.C.D.z"],
     ["--plus", "-q", "echo", "{..}", "{2##.*/}", ":::", "a.b.c", ":::", "x/y z"],
     ["echo", "{..}", ":::", "a.b.c"],  # (without --plus: as written)
+    ["--plus", "-j1", "echo", "{}", "{host}", "{sshlogin}", "{slot}", ":::", "a", "b"],
     # {= perl expression =}: $_ the argument, changed; @arg, seq(), total_jobs(), skip(),
     # uq(), Q(); {=N ... =} of source N.
     ["echo", "{= s/\\.gz$// =}", "{=1 $_=uc =}", ":::", "x.gz", "y z.gz", "it's"],

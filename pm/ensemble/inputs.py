@@ -42,7 +42,7 @@ _REPLACE = re.compile(_PERL + r"|\{(?:" + _STANDARD + r")\}")
 #: GNU parallel's ``--plus`` strings (its ``%Global::plus``), after the standard ones: an
 #: operation on an argument (``op``, of source ``pn`` if given), or a job's figure.
 _PLUS = re.compile(_PERL + r"|\{(?:" + _STANDARD
-                   + r"|(?P<job>##|0#|0%|slot)|(?P<pn>-[1-9]\d*|\d*)(?P<op>"
+                   + r"|(?P<job>##|0#|0%|slot|host|sshlogin)|(?P<pn>-[1-9]\d*|\d*)(?P<op>"
                    r"\+/|\+\.\.\.|\+\.\.|\+\.|\.\.\.|\.\.|/\.\.\.|/\.\."
                    r"|:-[^}]+?|:\d+?:\d+?|:\d+?|##[^#}][^}]*?|#[^#}][^}]*?|%%[^}]+?|%[^}]+?"
                    r"|//[^}]+?/[^}]*?|/#[^}]+?/[^}]*?|/%[^}]+?/[^}]*?|/[^#%}/]+?/[^}]*?"
@@ -56,7 +56,8 @@ class Plus(NamedTuple):
     Paths: ``{+/}`` the directory, ``{+.}`` the extension, ``{+..}``/``{+...}`` the last
     two/three, ``{..}``/``{...}`` the argument without them, ``{/..}``/``{/...}`` its base
     name without them; ``{##}`` the number of jobs, ``{0#}`` and ``{0%}`` the job's number
-    and slot zero-padded, ``{slot}`` the slot.  As bash's parameter expansion, with
+    and slot zero-padded, ``{slot}`` the slot, ``{host}`` and ``{sshlogin}`` the host it
+    runs on.  As bash's parameter expansion, with
     regular expressions: ``{:-STR}`` STR for an empty argument, ``{:N}`` without its
     first N characters, ``{:P:L}`` L from P, ``{#RE}``/``{##RE}`` without the shortest /
     longest prefix RE matches, ``{%RE}``/``{%%RE}`` the same for a suffix, ``{/RE/STR}``
@@ -358,14 +359,19 @@ def _perl_value(expr: str, arg: str, args: Sequence[str], seq: int, total: int,
 
 
 def _job_string(what: str, seq: int, plus: Plus) -> str:
-    """``{##}``, ``{0#}``, ``{0%}``, ``{slot}`` for the task numbered ``seq`` (the slot is the
-    shell's to read: ``$PARALLEL_JOBSLOT``)."""
+    """``{##}``, ``{0#}``, ``{0%}``, ``{slot}``, ``{host}``, ``{sshlogin}`` for the task
+    numbered ``seq`` (the slot and the host are the shell's to read: ``$PARALLEL_JOBSLOT``,
+    ``$PARALLEL_SSHHOST``, ``$PARALLEL_SSHLOGIN``)."""
     if what == "##":
         return str(plus.total)
     if what == "0#":
         return str(seq).zfill(len(str(max(plus.total, 1))))
     if what == "0%":
         return f'$(printf %0{len(str(max(plus.slots, 1)))}d "$PARALLEL_JOBSLOT")'
+    if what == "host":
+        return "${PARALLEL_SSHHOST}"
+    if what == "sshlogin":
+        return "${PARALLEL_SSHLOGIN}"
     return "${PARALLEL_JOBSLOT}"  # {slot}
 
 
