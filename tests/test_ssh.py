@@ -268,6 +268,23 @@ def test_files_go_with_tasks_to_ssh_hosts_and_come_back(ssh_cluster: RealCluster
     assert_clean(c)
 
 
+def test_a_task_knows_its_host_as_gnu_parallels_does(ssh_cluster: RealCluster,
+                                                     tmp_path: Path) -> None:
+    c = ssh_cluster
+    tail = ["-S", c.names[1], "--ssh", c.ssh_command(), "--plus",
+            "echo {} {host} {sshlogin} $PARALLEL_SSHHOST $PARALLEL_SSHLOGIN", ":::", "a"]
+    res = run(tail, tmp_path)
+    assert (res.returncode, res.stdout) == (0, f"a {' '.join([c.names[1]] * 4)}\n"), res.stderr
+    parallel = shutil.which("parallel")
+    if parallel is not None:
+        want = subprocess.run([parallel, "--will-cite", *tail], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60,
+                              env={**pmrun_env(), "HOME": str(tmp_path)},
+                              stdin=subprocess.DEVNULL)
+        assert (want.returncode, want.stdout) == (0, res.stdout), want.stderr
+    assert_clean(c)
+
+
 def test_onall_and_nonall_over_ssh_hosts_as_gnu_parallel(ssh_cluster: RealCluster,
                                                          tmp_path: Path) -> None:
     c = ssh_cluster
