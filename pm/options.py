@@ -1453,6 +1453,13 @@ OPTIONS = (
     Opt("--tagstring", "tagstring", text, metavar="STR", group=MEMORY,
         help="prefix each line of a task's output with STR and a tab, its replacement "
              "strings filled ({} {#} ...)"),
+    Opt("--ctag", "ctag", kind=FLAG, group=MEMORY, help="--tag, each task's lines colored"),
+    Opt("--ctagstring --ctag-string", "ctagstring", text, metavar="STR", group=MEMORY,
+        help="--tagstring STR, each task's lines colored"),
+    Opt("--color --colour", "color", kind=FLAG, group=MEMORY,
+        help="each task's lines in colors of their own (GNU parallel's)"),
+    Opt("--colorfailed --colourfailed --cf", "colorfailed", kind=FLAG, group=MEMORY,
+        help="the lines of a task that failed white on red"),
     Opt("--mem-overrun", "mem_overrun", choice("warn", "kill", "suspend"), metavar="ACTION",
         group=MEMORY, help="warn (default), kill or suspend a task over its declared size"),
     Opt("--mem-settle", "mem_settle", text, metavar="S|off", group=MEMORY,
@@ -2117,7 +2124,8 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice",
                   "files", "tmpdir", "max_lines", "plus", "cat", "fifo", "roundrobin", "tee",
                   "shard", "bin", "slot_var", "group_by", "onall", "nonall", "load",
-                  "noswap", "limit", "transfer", "returns", "cleanup", "trc", "basefiles")
+                  "noswap", "limit", "transfer", "returns", "cleanup", "trc", "basefiles",
+                  "ctag", "ctagstring", "color", "colorfailed")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

@@ -345,6 +345,10 @@ def parallel(tmp_path: Path, *args: str, input: str | None = None
     ["--arg-file-sep", "//", "echo", "::::", ":::", "a"],
     ["--arg-file-sep", "//", "-a", "args.txt", "echo", "//", "params.csv"],
     ["--arg-file-sep", "//", "echo", "//", "args.txt", "//+", "params.csv"],
+    # --color, --ctag, --ctagstring: each task's lines in its color (a carriage return too).
+    ["--ctag", "echo", ":::", "a", "b c"],
+    ["--color", "printf", r"a\rb\nc-%s\n", ":::", "1", "2"],
+    ["--ctagstring", "<{#}>", "sh", "-c", "echo {}; echo err >&2", ":::", "x"],
 ])
 def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_path: Path,
                                                              tail: list[str]) -> None:
@@ -369,6 +373,18 @@ def test_a_command_with_sources_runs_as_gnu_parallel_runs_it(pmrun: Run, tmp_pat
         assert r.stdout == want.stdout
     assert any(re.fullmatch(r"(\d+) tasks?: \1 succeeded, 0 failed, 0 retries", line)
                for line in r.stderr.splitlines()), r.stderr
+
+
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
+def test_colorfailed_shows_a_failed_task_white_on_red_as_gnu_parallel(pmrun: Run,
+                                                                      tmp_path: Path) -> None:
+    tail = ["-k", "--cf", "echo {}; exit {}", ":::", "0", "3", "0"]
+    assert PARALLEL is not None
+    want = subprocess.run([PARALLEL, "--will-cite", *tail], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=30, env={**os.environ, "HOME": str(tmp_path)})
+    r = pmrun(*tail)
+    assert (r.returncode, r.stdout) == (1, want.stdout)
+    assert r.stdout.splitlines()[1] == "\033[48;5;196;38;5;231m\033[K3\033[m"
 
 
 @pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")

@@ -808,6 +808,10 @@ async def run_cli(opts: CliOptions) -> int:
     from pm.common.nodes import Nodes
 
     extra = opts.extra
+    if "ctag" in extra:  # (--ctag is --tag in color, --ctagstring --tagstring)
+        extra.setdefault("tag", "1")
+    if "ctagstring" in extra:
+        extra.setdefault("tagstring", extra["ctagstring"])
     path = extra.get("tasks")
     CPU_UNIT[0] = extra.get("cpu_unit", "thread")  # (-j's CPU rules, here and on hosts)
     options = _options(extra)
@@ -966,7 +970,9 @@ async def run_cli(opts: CliOptions) -> int:
         tempfile.tempdir = extra["tmpdir"]
     console = Console(opts.verbose, os.isatty(2), group=mode == "group", tag=tag,
                       results=where, command=command,
-                      files=tempfile.gettempdir() if "files" in extra else None)
+                      files=tempfile.gettempdir() if "files" in extra else None,
+                      color=bool({"color", "ctag", "ctagstring"} & extra.keys()),
+                      color_failed="colorfailed" in extra)
     interrupted: list[int] = []
     try:
         ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,
@@ -1010,7 +1016,7 @@ async def run_cli(opts: CliOptions) -> int:
             console.keep_order([] if piped else (spec.index for spec in specs))
 
         def done(task: Task, result: TaskResult) -> None:
-            console.ended(task.index)
+            console.ended(task.index, failed=not result.ok)
             if log is not None:
                 log.record(result, shown(task.spec), task.received)
             why = halt.count(result)

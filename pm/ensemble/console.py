@@ -28,12 +28,33 @@ from typing import IO
 from pm.common.output import STDERR, STDOUT, Writer
 from pm.ensemble.core import Event
 
-__all__ = ["SPOOL_MEMORY", "Console"]
+__all__ = ["SPOOL_MEMORY", "Console", "colors"]
 
 #: What a task's held output may take in memory before it goes to a temporary file.
 SPOOL_MEMORY = 1 << 20
 
 _RECORD = struct.Struct("<BI")  # stream, length: one piece of held output in its file
+
+#: What ends a colored line and what clears the rest of the line after the color starts
+#: (GNU parallel's without a terminal to ask: ``tput sgr0``, ``tput el``).
+RESET, EOL = b"\033[m", b"\033[K"
+#: A failed task's color with ``--colorfailed``: white on red.
+FAILED = b"\033[48;5;196;38;5;231m" + EOL
+
+
+def colors() -> list[bytes]:
+    """GNU parallel's colors for tasks, task N's at N modulo their number: black or white
+    on a colored background, in its order (neighbors unlike each other) (pure)."""
+    def spans(*ranges: tuple[int, int]) -> list[int]:
+        return [n for a, b in ranges for n in range(a, b + 1)]
+
+    pairs = ([(n, 0) for n in spans((6, 7), (9, 11), (13, 15), (40, 51), (75, 87), (113, 123),
+                                    (147, 159), (171, 182), (185, 231), (249, 254))]
+             + [(n, 231) for n in spans((1, 9), (12, 13), (16, 45), (52, 81), (88, 114),
+                                        (124, 149), (160, 178), (180, 180), (182, 184),
+                                        (196, 214), (232, 250))])
+    order = sorted(range(len(pairs)), key=lambda k: (k % 23, -(k % 7)))
+    return [b"\033[48;5;%03d;38;5;%03dm" % pairs[k] + EOL for k in order]
 
 
 class _Spool:
@@ -96,8 +117,14 @@ class Console:
                  tag: Callable[[int], bytes | None] | None = None,
                  results: dict[int, str] | None = None,
                  command: Callable[[int], bytes] | None = None,
-                 files: str | None = None) -> None:
+                 files: str | None = None, color: bool = False,
+                 color_failed: bool = False) -> None:
         self.verbose = verbose
+        #: GNU parallel's --color (each task's lines in its color) and --colorfailed (a
+        #: failed task's white on red): the colors, and the tasks that failed.
+        self._colors = colors() if color else None
+        self._color_failed = color_failed
+        self._failed: set[int] = set()
         self._files = files
         #: --files: each task's file (of its last run), by index.
         self._file_of: dict[int, str] = {}
@@ -162,9 +189,11 @@ class Console:
             return
         self._output(index, stream, data)
 
-    def ended(self, index: int) -> None:
-        """Task ``index`` has ended for good: its output, or with ``-k`` what waited on
-        it, goes."""
+    def ended(self, index: int, failed: bool = False) -> None:
+        """Task ``index`` has ended for good (``failed``: not well): its output, or with
+        ``-k`` what waited on it, goes."""
+        if failed:
+            self._failed.add(index)
         order = self._order
         if self._results is not None:
             path = os.path.join(self._results[index], "seq")
@@ -206,7 +235,9 @@ class Console:
 
     def _output(self, index: int, stream: int, data: bytes) -> None:
         prefix = None if self._tag is None else self._tag(index)
-        if prefix is not None:
+        if self._colors is not None or self._color_failed:
+            data = self._colored(index, prefix or b"", data)
+        elif prefix is not None:
             lines = data.split(b"\n")
             if lines[-1] == b"":
                 lines.pop()
@@ -216,6 +247,23 @@ class Console:
         self._clear()
         self._write(stream, data)
         self._later()
+
+    def _colored(self, index: int, prefix: bytes, data: bytes) -> bytes:
+        """Each line of ``data`` as GNU parallel colors it: the task's color and tag first,
+        the color reset before each carriage return (and the line's end), and again after
+        it; a last line without its end is given one."""
+        if self._color_failed and index in self._failed:
+            color, reset = FAILED, RESET
+        elif self._colors is not None:
+            color, reset = self._colors[(index + 1) % len(self._colors)], RESET
+        else:
+            color = reset = b""
+        lines = data.split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()
+        start = color + prefix
+        return b"".join(start + line.replace(b"\r", reset + b"\r" + start) + reset + b"\n"
+                        for line in lines)
 
     def message(self, text: str) -> None:
         self._clear()
