@@ -1612,7 +1612,8 @@ def log_level(verbose: int) -> int:
 class Parsed:
     """A command line, checked: the job-wide values, the sections, and what was used."""
 
-    __slots__ = ("action", "here", "sections", "spans", "used", "values", "verbose", "words")
+    __slots__ = ("action", "bundles", "here", "sections", "spans", "used", "values", "verbose",
+                 "words")
 
     def __init__(self) -> None:
         self.values: dict[str, object] = {}
@@ -1631,6 +1632,8 @@ class Parsed:
         #: ``--onall`` hands on to a run per host, less its own options.
         self.words: list[str] = []
         self.spans: list[tuple[str, int, int]] = []
+        #: Each option that came of short options written together, and their word.
+        self.bundles: dict[str, str] = {}
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
@@ -1698,6 +1701,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             bundle = _bundled(arg)
             if bundle is not None:  # GNU parallel's (getopt's) -kN1: -k -N1
                 argv[i:i + 1] = bundle
+                for word in bundle:
+                    out.bundles.setdefault(word[:2], arg)
                 continue
         if opt is None:
             word = arg.partition("=")[0]
@@ -2214,6 +2219,10 @@ def _ensemble_only(out: Parsed) -> None:
         out.used.setdefault(BY_NAME["--unbuffered"], "-u")
         values["unbuffered"] = True
     for opt, name in out.used.items():
+        if opt.key in _ENSEMBLE_KEYS and name in out.bundles:
+            # (-membind, Hydra's: no bundle of GNU parallel's short options after all)
+            raise UsageError(f"unknown option {out.bundles[name]} (as short options written "
+                             f"together, {name} is for task ensembles: pmrun CMD ::: ARGS)")
         if opt.key in _ENSEMBLE_KEYS:
             raise UsageError(f"{name} is for task ensembles (pmrun CMD ::: ARGS, "
                              "--tasks FILE), not for an MPI job's ranks")

@@ -762,6 +762,11 @@ def test_short_options_written_together_as_gnu_parallel_takes_them(pmrun: Run) -
         assert (r.returncode, r.stdout, r.stderr) == (0, "a\nb\nc\n", ""), argv
     r = pmrun("-kZ", "echo", ":::", "a")  # (-Z is no option: the word is named as given)
     assert (r.returncode, r.stderr) == (2, "pmrun: unknown option -kZ (see pmrun --help)\n")
+    # Hydra's -membind on an MPI job reads as -m -e mbind: the word is named.
+    r = pmrun("-membind", "local", "-n", "1", "true")
+    assert (r.returncode, r.stderr) == (2, "pmrun: unknown option -membind (as short options "
+                                           "written together, -m is for task ensembles: "
+                                           "pmrun CMD ::: ARGS)\n")
 
 @pytest.mark.parametrize("tail", [
     ["--seqreplace", "<n>", "--slotreplace", "<s>", "-j1", "echo", "<n>", "<s>", "{#}", ":::",
