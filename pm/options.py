@@ -1529,7 +1529,8 @@ OPTIONS = (
     Opt("-v --verbose -verbose", "verbose", kind=COUNT, group=MISC,
         help="say what pmrun does (twice: debug)"),
     Opt("-Q --quiet -quiet", "quiet", kind=COUNT, quick=True, group=MISC,
-        help="say only what went wrong: no warnings (srun's -Q, Open MPI's --quiet)"),
+        help="say only what went wrong: no warnings (srun's -Q, Open MPI's --quiet and, on "
+             "an MPI job, -q)"),
     Opt("--version -version", "version", kind=ACTION, group=MISC,
         help="print the version and exit"),
     Opt("-h --help -help", "help", kind=ACTION, group=MISC, help="show this help and exit"),
@@ -1645,6 +1646,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     config: list[str] = []
     i = 0
     out.words = argv
+    unset: list[str] = []  # -x VAR of a variable we do not have: a warning
     at: tuple[str, int] | None = None  # the option read last: its key and first word
     while i < len(argv) or config:
         if at is not None:
@@ -1750,8 +1752,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             if not var:
                 raise UsageError(f"{name} needs a variable name, not {raw!r}")
             if not is_one_word and opt.kind == EXPORT:
-                if var not in environ:
-                    _warn(f"{name} {var}: not set in pmrun's environment, so not passed")
+                if var not in environ:  # (said once the line is read: -Q silences it)
+                    unset.append(f"{name} {var}: not set in pmrun's environment, so not passed")
                     continue
                 val = environ[var]
             if isinstance(opt.const, str):  # --mca KEY VALUE: the variable's prefix
@@ -1856,6 +1858,9 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         # hosts of its own runs on its hosts, before an allocation's, as Hydra's does.
         out.values["hostfile"] = hostfile(environ["HYDRA_HOST_FILE"].strip(),
                                           "HYDRA_HOST_FILE")
+    if out.verbose >= 0:
+        for text in unset:
+            _warn(text)
     return out
 
 
@@ -2218,6 +2223,11 @@ def _ensemble_only(out: Parsed) -> None:
         del out.used[ungroup], values["output_mode"]
         out.used.setdefault(BY_NAME["--unbuffered"], "-u")
         values["unbuffered"] = True
+    quote = BY_NAME["-q"]
+    if out.used.get(quote) == "-q":  # GNU parallel's -q beside :::, Open MPI's on an MPI job
+        del out.used[quote], values["quote"]
+        out.used.setdefault(BY_NAME["--quiet"], "-q")
+        out.verbose -= 1
     for opt, name in out.used.items():
         if opt.key in _ENSEMBLE_KEYS and name in out.bundles:
             # (-membind, Hydra's: no bundle of GNU parallel's short options after all)

@@ -1292,6 +1292,10 @@ def test_mpirun_habits_reach_every_rank(pmrun: Run, layout: list[str]) -> None:
               'echo "$KEEP $OMPI_MCA_btl ${UNSET_X-unset}"', env={"KEEP": "kept"})
     assert (r.returncode, r.stdout) == (0, "kept ^ofi unset\n" * 2), r.stderr
     assert r.stderr == "pmrun: -x UNSET_X: not set in pmrun's environment, so not passed\n"
+    # Open MPI's -q (--quiet, srun's -Q) on an MPI job: no warning.
+    for quiet in ("-q", "--quiet", "-Q"):
+        r = pmrun(quiet, "-x", "UNSET_X", "-np", "1", *layout, "true")
+        assert (r.returncode, r.stderr) == (0, ""), quiet
 
 
 def test_a_missing_dependency_is_named_with_what_to_install(tmp_path: Path) -> None:
