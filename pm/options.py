@@ -1289,7 +1289,7 @@ OPTIONS = (
              "hardware threads (GNU parallel's)"),
     Opt("--use-sockets-instead-of-threads --use-cpus-instead-of-cores", "cpu_unit", kind=FLAG,
         const="socket", group=MEMORY, help="... its sockets"),
-    Opt("--shell-quote", "shell_quote", kind=FLAG, group=MEMORY,
+    Opt("--shell-quote --shellquote --shell_quote", "shell_quote", kind=FLAG, group=MEMORY,
         help="print each task's command line quoted for the shell (one word), run none"),
     Opt("--skip-first-line", "skip_first_line", kind=FLAG, group=MEMORY,
         help="the first line of the arguments' input is not an argument"),
@@ -1436,8 +1436,16 @@ OPTIONS = (
     Opt("--silent --gnu --plain", "", kind=FLAG, group=MEMORY,
         help="GNU parallel's, taken and meaning nothing here: pmrun prints the commands only "
              "with -v, and reads no profile"),
-    Opt("-k --keep-order", "keep_order", kind=FLAG, group=MEMORY,
+    Opt("-k --keep-order --keeporder", "keep_order", kind=FLAG, group=MEMORY,
         help="tasks' output in their order (a task's waits for those before it to end)"),
+    Opt("--no-keep-order --nokeeporder --nok --no-k", "no_keep_order", kind=FLAG,
+        group=MEMORY, help="not -k, given before (in an alias, say)"),
+    Opt("--filter-hosts --filterhosts --filter-host", "", kind=FLAG, group=MEMORY,
+        help="GNU parallel's, taken: a host pmrun cannot reach is named and its tasks run on "
+             "the others"),
+    Opt("--ssh-delay --sshdelay", "", duration, metavar="S", group=MEMORY,
+        help="GNU parallel's, taken and meaning nothing here: pmrun logs in to a host once "
+             "for the whole run, not once a task"),
     Opt("--bar", "progress", kind=FLAG, group=MEMORY,
         help="GNU parallel's: pmrun draws its progress line (counts, what waits, time left) "
              "on a terminal always"),
@@ -1446,7 +1454,8 @@ OPTIONS = (
     Opt("--group", "output_mode", kind=FLAG, const="group", group=MEMORY,
         help="each task's output whole once it ended, stdout then stderr (the default "
              "of pmrun CMD ::: ARGS, as GNU parallel's)"),
-    Opt("--lb --line-buffer -u --ungroup", "output_mode", kind=FLAG, const="line",
+    Opt("--lb --line-buffer --line-buffered --linebuffer --linebuffered -u --ungroup",
+        "output_mode", kind=FLAG, const="line",
         group=MEMORY, help="tasks' output line by line as it comes (the default of --tasks)"),
     Opt("--tag", "tag", kind=FLAG, group=MEMORY,
         help="prefix each line of a task's output with its arguments and a tab"),
@@ -2135,7 +2144,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "files", "tmpdir", "max_lines", "plus", "cat", "fifo", "roundrobin", "tee",
                   "shard", "bin", "slot_var", "group_by", "onall", "nonall", "load",
                   "noswap", "limit", "transfer", "returns", "cleanup", "trc", "basefiles",
-                  "ctag", "ctagstring", "color", "colorfailed")
+                  "ctag", "ctagstring", "color", "colorfailed", "no_keep_order")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

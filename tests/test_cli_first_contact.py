@@ -158,8 +158,8 @@ CASES = [
      "-q quotes the words of a command: give the command (pmrun -q CMD ::: ARGS), not --tasks "
      "FILE"),
     (["-q", "-m", "echo", ":::", "a"], {}, "-q and -m: give one of them"),
-    (["-q", "-n", "2", "prog"], {},
-     "-q is for task ensembles (pmrun CMD ::: ARGS, --tasks FILE), not for an MPI job's ranks"),
+    (["-k", "-n", "2", "prog"], {},
+     "-k is for task ensembles (pmrun CMD ::: ARGS, --tasks FILE), not for an MPI job's ranks"),
     (["-c", "2", "--bind-to", "numa", "true"], {},
      "-c 2 binds each rank to 2 cores: --bind-to numa disagrees"),
     (["-c", "2", "--map-by", "slot:PE=3", "true"], {},

@@ -749,6 +749,18 @@ def test_roundrobin_ends_when_its_runs_leave_and_refuses_what_it_cannot_do(
                                                f"{clash}\n")
 
 
+def test_gnu_parallels_other_spellings_are_taken(pmrun: Run, tmp_path: Path) -> None:
+    # --nok undoes -k (given earlier, in an alias say): a waits for b, and b comes first.
+    line = "if [ {} = a ]; then until [ -e flag ]; do sleep 0.01; done; fi; echo {}; touch flag"
+    for extra, want in ((["-k"], "a\nb\n"), (["-k", "--nok"], "b\na\n")):
+        (tmp_path / "flag").unlink(missing_ok=True)
+        r = pmrun(*extra, "-j2", line, ":::", "a", "b", cwd=tmp_path)
+        assert (r.returncode, r.stdout) == (0, want), (extra, r.stderr)
+    r = pmrun("--shellquote", "--linebuffer", "--filter-hosts", "--sshdelay", "0.2", "echo",
+              ":::", "ab")
+    assert (r.returncode, r.stdout) == (0, "'echo ab'\n"), r.stderr
+
+
 def test_a_task_knows_the_pid_of_the_pmrun_that_runs_it(tmp_path: Path) -> None:
     proc = subprocess.Popen(pmrun_argv("echo $PARALLEL_PID", ":::", "x"), cwd=tmp_path,
                             env=pmrun_env(), stdout=subprocess.PIPE, text=True)

@@ -808,6 +808,8 @@ async def run_cli(opts: CliOptions) -> int:
     from pm.common.nodes import Nodes
 
     extra = opts.extra
+    if "no_keep_order" in extra:  # (GNU parallel's --nok: -k given before, say in an alias)
+        extra.pop("keep_order", None)
     if "ctag" in extra:  # (--ctag is --tag in color, --ctagstring --tagstring)
         extra.setdefault("tag", "1")
     if "ctagstring" in extra:
