@@ -880,6 +880,17 @@ def limit_command(value: str, opt: str) -> str:
     return value
 
 
+def term_sequence(value: str, opt: str) -> str:
+    """``--termseq``: signals and the milliseconds to wait after each."""
+    from pm.ensemble.core import parse_termseq
+
+    try:
+        parse_termseq(value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return value
+
+
 def block_size(value: str, opt: str) -> str:
     """``--block``: a size in bytes, or ``-N`` (``--pipepart``: N blocks for each task slot,
     as GNU parallel's negative block size)."""
@@ -1280,6 +1291,10 @@ OPTIONS = (
     Opt("--basefile --bf", "basefiles", verbatim, metavar="FILE", group=MEMORY,
         help="put FILE on each host before its first task (with --cleanup removed at the "
              "end); again: another file"),
+    Opt("--termseq", "termseq", term_sequence, metavar="SEQ", group=MEMORY,
+        help="how a task is ended (--timeout, --halt now, --limit): each signal, then the "
+             "milliseconds to wait before the next, e.g. TERM,200,TERM,100,KILL,25 (GNU "
+             "parallel's; default: TERM, and KILL 2 s later)"),
     Opt("--delay", "delay", duration, metavar="S", group=MEMORY,
         help="start a task at least S seconds after the one before (also 2m, 1h)"),
     Opt("--shuf", "shuf", kind=FLAG, group=MEMORY,
@@ -2144,7 +2159,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "files", "tmpdir", "max_lines", "plus", "cat", "fifo", "roundrobin", "tee",
                   "shard", "bin", "slot_var", "group_by", "onall", "nonall", "load",
                   "noswap", "limit", "transfer", "returns", "cleanup", "trc", "basefiles",
-                  "ctag", "ctagstring", "color", "colorfailed", "no_keep_order")
+                  "ctag", "ctagstring", "color", "colorfailed", "no_keep_order", "termseq")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from pm.ensemble.core import parse_termseq
+
 sys.path.insert(0, str(Path(__file__).parent))
 from launch_util import pids_with, pmrun_argv, pmrun_env
 
@@ -747,6 +749,26 @@ def test_roundrobin_ends_when_its_runs_leave_and_refuses_what_it_cannot_do(
         assert (r.returncode, r.stderr) == (2, "pmrun: --roundrobin feeds runs on this machine "
                                                f"block after block, as they read: not with "
                                                f"{clash}\n")
+
+
+def test_termseq_ends_a_task_with_its_signals(pmrun: Run, tmp_path: Path) -> None:
+    assert parse_termseq("TERM,200,SIGINT,100,9,25") == [
+        (signal.SIGTERM, 0.2), (signal.SIGINT, 0.1), (signal.SIGKILL, 0.025)]
+    for bad in ("TERM", "TERM,x", "FOO,1", "TERM,-1", ""):
+        with pytest.raises(ValueError, match="--termseq"):
+            parse_termseq(bad)
+    # --timeout and --halt now end a task with SIGINT here: its trap says so.
+    trap = 'trap "echo got INT {}; exit 3" INT; touch ready; sleep 30 & wait'
+    r = pmrun("--timeout", "0.5", "--termseq", "INT,100,KILL,25", trap, ":::", "a")
+    assert (r.returncode, r.stdout) == (1, "got INT a\n"), r.stderr
+    line = f"if [ {{}} = 1 ]; then until [ -e ready ]; do sleep 0.01; done; exit 1; fi; {trap}"
+    (tmp_path / "ready").unlink()  # (the run above made it)
+    r = pmrun("-j2", "--halt", "now,fail=1", "--termseq", "INT,100,KILL,25", line,
+              ":::", "1", "2", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (1, "got INT 2\n"), r.stderr
+    r = pmrun("--termseq", "TERM,x", "echo", ":::", "a")
+    assert (r.returncode, r.stderr) == (2, "pmrun: --termseq TERM,x: cannot read TERM,x as a "
+                                           "signal and the milliseconds to wait after it\n")
 
 
 def test_gnu_parallels_other_spellings_are_taken(pmrun: Run, tmp_path: Path) -> None:

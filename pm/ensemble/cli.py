@@ -699,6 +699,8 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
         out["limit"] = extra["limit"]  # (checked by pm.options.limit_command)
     out["noswap"] = "noswap" in extra
     out["cleanup"] = "cleanup" in extra or "trc" in extra
+    if "termseq" in extra:
+        out["termseq"] = extra["termseq"]  # (checked by pm.options.term_sequence)
     if "basefiles" in extra:
         out["basefiles"] = extra["basefiles"].split("\0")
     return out

@@ -184,6 +184,7 @@ class Ensemble:
         limit: str | None = None,
         cleanup: bool = False,
         basefiles: Sequence[str] = (),
+        termseq: str | None = None,
     ) -> None:
         if overrun not in ("warn", "kill", "suspend"):
             raise SizeError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
@@ -217,6 +218,11 @@ class Ensemble:
         #: GNU parallel's --cleanup and --basefile (pm.ensemble.transfer).
         self._cleanup = cleanup
         self._basefiles = tuple(basefiles)
+        #: GNU parallel's --termseq: how a task is ended (--timeout, --halt now, --limit).
+        try:
+            self._termseq = parse_termseq(termseq) if termseq is not None else None
+        except ValueError as exc:
+            raise SizeError(str(exc)) from None
         self._activity: ActivityProbe | None = None  # this machine's, with such a gate
         self._spec = spec or JobSpec(apps=[])
         self._output = output
@@ -431,7 +437,11 @@ class Ensemble:
         """Start nothing more (queued tasks fail with ``why``, failed runs are not
         retried); ``now``: kill the running tasks too (GNU parallel's ``--halt``)."""
         self._stop(why)
-        if now:
+        if now and self._termseq is not None:
+            for d in self._domains.values():
+                for index in sorted(self._sched.running_on(d.name)):
+                    self._end_task(d, index, why)
+        elif now:
             self._kill_all(why)
 
     def _stop(self, why: str) -> bool:
@@ -773,7 +783,13 @@ class Ensemble:
 
     def _timed_out(self, d: Domain, index: int, timers: list[asyncio.TimerHandle]) -> None:
         """A task's run took its ``timeout``: SIGTERM now, SIGKILL if it is still there
-        :data:`KILL_AFTER` seconds later (the run's end cancels ``timers``)."""
+        :data:`KILL_AFTER` seconds later (the run's end cancels ``timers``); with
+        ``--termseq``, its signals."""
+        if self._termseq is not None:
+            self._event("timeout", d, f"[task {index}] timed out after {self._timeout:g} s: "
+                        "ending it (--termseq)", index)
+            self._end_task(d, index, f"task {index} timed out")
+            return
         self._event("timeout", d, f"[task {index}] timed out after {self._timeout:g} s: "
                     f"{'killed' if timers[1:] else 'terminated'}", index)
         self._signal_task(d, index, signal.SIGKILL if timers[1:] else signal.SIGTERM,
@@ -897,21 +913,26 @@ class Ensemble:
         self._end_task(d, index, f"task {index} ended by --limit")
 
     def _end_task(self, d: Domain, index: int, why: str) -> None:
-        """SIGTERM to task ``index``'s run (continued if stopped), SIGKILL if the same run
-        is still there :data:`KILL_AFTER` seconds later."""
+        """End task ``index``'s run: SIGTERM (continued if stopped), SIGKILL if the same run
+        is still there :data:`KILL_AFTER` seconds later; with ``--termseq``, each of its
+        signals in turn, the next its wait later if the run is still there."""
         attempt = self._sched.record(index).attempts
-        self._signal_task(d, index, signal.SIGTERM, why)
-        if index in d.held or index in d.suspended:
+        steps = self._termseq or [(signal.SIGTERM, KILL_AFTER), (signal.SIGKILL, 0.0)]
+        if index in d.held or index in d.suspended:  # (stopped, it would not hear them)
             d.held.discard(index)
             d.suspended.discard(index)
             self._signal_task(d, index, signal.SIGCONT, why)
 
-        def kill() -> None:
+        def step(at: int) -> None:
             rec = self._sched.record(index)
-            if rec.status is TaskStatus.RUNNING and rec.attempts == attempt:
-                self._signal_task(d, index, signal.SIGKILL, why)
+            if rec.status is not TaskStatus.RUNNING or rec.attempts != attempt:
+                return  # (it ended)
+            sig, wait = steps[at]
+            self._signal_task(d, index, signal.Signals(sig), why)
+            if at + 1 < len(steps):
+                asyncio.get_running_loop().call_later(wait, step, at + 1)
 
-        asyncio.get_running_loop().call_later(KILL_AFTER, kill)
+        step(0)
 
     # ----------------------------------------------------------------- remote runners
     async def _start_runner(self, d: Domain) -> None:
@@ -967,6 +988,29 @@ class Ensemble:
         if self._on_event is None:  # (else the event is said, once)
             log.warning("node %s lost: %s", d.name, why)
         self._apply(self._sched.node_lost(d.name))
+
+
+def parse_termseq(text: str) -> list[tuple[int, float]]:
+    """GNU parallel's ``--termseq``: ``TERM,200,TERM,100,KILL,25`` is [(SIGTERM, 0.2),
+    (SIGTERM, 0.1), (SIGKILL, 0.025)] (signals by name, SIG or not, or number; waits in
+    ms).  ValueError names what cannot be read (pure)."""
+    words = [w.strip() for w in text.split(",")]
+    if len(words) % 2 or not words[0]:
+        raise ValueError(f"--termseq takes SIGNAL,MS pairs (TERM,200,KILL,25), not {text!r}")
+    steps = []
+    for name, wait in zip(words[::2], words[1::2], strict=True):
+        try:
+            sig = (int(name) if name.isdigit()
+                   else signal.Signals["SIG" + name.upper().removeprefix("SIG")])
+            signal.Signals(sig)
+            ms = float(wait)
+        except (KeyError, ValueError):
+            raise ValueError(f"--termseq {text}: cannot read {name},{wait} as a signal and "
+                             "the milliseconds to wait after it") from None
+        if ms < 0:
+            raise ValueError(f"--termseq {text}: a wait is at least 0 ms")
+        steps.append((int(sig), ms / 1000))
+    return steps
 
 
 def _elsewhere(here: str, there: str) -> bool:
