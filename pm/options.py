@@ -869,26 +869,27 @@ def load_rule(value: str, opt: str) -> str:
         raise UsageError(str(exc)) from None
 
 
+def _read_by(parse: Callable[[str], object], value: str) -> str:
+    """``value``, if ``parse`` reads it; else the ValueError it raised is the refusal."""
+    try:
+        parse(value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return value
+
+
 def limit_command(value: str, opt: str) -> str:
     """``--limit``: a shell command, or ``mem SIZE``, ``load N``, ``io PCT``."""
     from pm.ensemble.gates import parse_limit
 
-    try:
-        parse_limit(value)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    return value
+    return _read_by(parse_limit, value)
 
 
 def term_sequence(value: str, opt: str) -> str:
     """``--termseq``: signals and the milliseconds to wait after each."""
     from pm.ensemble.core import parse_termseq
 
-    try:
-        parse_termseq(value)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    return value
+    return _read_by(parse_termseq, value)
 
 
 def block_size(value: str, opt: str) -> str:
