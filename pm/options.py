@@ -1383,6 +1383,9 @@ OPTIONS = (
         help="each source's first argument (with --colsep: its first line's columns) "
              "names it: {NAME} in the command; with --pipe, stdin's first line (N: "
              "lines) goes before every block"),
+    Opt("--csv", "csv", kind=FLAG, group=MEMORY,
+        help="each argument a CSV row: its fields the columns {1} {2}..., a quoted field one "
+             "column (--colsep: the one character between fields, default ,)"),
     Opt("--colsep -C", "colsep", regex, metavar="REGEX", group=MEMORY,
         help="split each argument into columns where REGEX matches: {1} {2}... (as GNU "
              "parallel, e.g. --colsep , :::: params.csv)"),
@@ -2160,7 +2163,8 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "files", "tmpdir", "max_lines", "plus", "cat", "fifo", "roundrobin", "tee",
                   "shard", "bin", "slot_var", "group_by", "onall", "nonall", "load",
                   "noswap", "limit", "transfer", "returns", "cleanup", "trc", "basefiles",
-                  "ctag", "ctagstring", "color", "colorfailed", "no_keep_order", "termseq")
+                  "ctag", "ctagstring", "color", "colorfailed", "no_keep_order", "termseq",
+                  "csv")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

@@ -771,6 +771,17 @@ def test_termseq_ends_a_task_with_its_signals(pmrun: Run, tmp_path: Path) -> Non
                                            "signal and the milliseconds to wait after it\n")
 
 
+def test_csv_rows_give_their_fields_as_columns(pmrun: Run, tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text('name,what\na,"b,c"\n"x ""q""",y\n')
+    r = pmrun("-k", "--csv", "--header", ":", "echo", "{what}/{1}", "::::", "t.csv")
+    assert (r.returncode, r.stdout) == (0, 'b,c/a\ny/x "q"\n'), r.stderr
+    r = pmrun("--csv", "--colsep", ";", "echo", "{2}", ":::", 'a;"b;c"')
+    assert (r.returncode, r.stdout) == (0, "b;c\n"), r.stderr
+    r = pmrun("--csv", "--colsep", ";;", "echo", ":::", "a")
+    assert (r.returncode, r.stderr) == (2, "pmrun: --csv: --colsep is the one character "
+                                           "between the fields, not ';;'\n")
+
+
 def test_gnu_parallels_other_spellings_are_taken(pmrun: Run, tmp_path: Path) -> None:
     # --nok undoes -k (given earlier, in an alias say): a waits for b, and b comes first.
     line = "if [ {} = a ]; then until [ -e flag ]; do sleep 0.01; done; fi; echo {}; touch flag"

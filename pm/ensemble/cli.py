@@ -892,12 +892,13 @@ async def run_cli(opts: CliOptions) -> int:
             slots = 0 if many == "--xargs" else planned_slots(nodes, opts.spec.ppn,
                                                               options["jobs"])
             combos = spread(combos, slots, many)
-        if "colsep" in extra:
-            combos = split_columns(combos, extra["colsep"])
+        if "colsep" in extra or "csv" in extra:
+            colsep, rows = extra.get("colsep", ","), "csv" in extra
+            combos = split_columns(combos, colsep, rows)
             # A row's columns vary: {N} beyond a row's is empty there, as GNU parallel's.
             width = sys.maxsize
             if names:
-                names = list(split_columns([tuple(names)], extra["colsep"])[0])
+                names = list(split_columns([tuple(names)], colsep, rows)[0])
         plus = None
         if "plus" in extra:  # (its {##}, {0#}, {0%} count the tasks and the job slots)
             plus = Plus(len(combos) * max(len(specs), 1),

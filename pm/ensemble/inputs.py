@@ -226,9 +226,25 @@ def in_context(line: str, args: Sequence[str], seq: int, width: int = 0,
     return "".join(out)
 
 
-def split_columns(combos: Sequence[tuple[str, ...]], colsep: str) -> list[tuple[str, ...]]:
+def split_columns(combos: Sequence[tuple[str, ...]], colsep: str, csv_rows: bool = False
+                  ) -> list[tuple[str, ...]]:
     """``--colsep``: each argument split into columns where the regular expression
-    ``colsep`` matches (the columns are the sources ``{1}``, ``{2}``... name)."""
+    ``colsep`` matches (the columns are the sources ``{1}``, ``{2}``... name).
+    ``csv_rows`` (GNU parallel's ``--csv``): each argument a CSV row, ``colsep`` its
+    one-character separator, a quoted field one column whatever it holds."""
+    if csv_rows:
+        import csv
+
+        delim = {"\\t": "\t"}.get(colsep, colsep)
+        if len(delim) != 1:
+            raise UsageError(f"--csv: --colsep is the one character between the fields, "
+                             f"not {colsep!r}")
+        try:
+            return [tuple(col for arg in combo
+                          for col in next(csv.reader([arg], delimiter=delim), [""]))
+                    for combo in combos]
+        except csv.Error as exc:
+            raise UsageError(f"--csv: {exc}") from None
     sep = re.compile(colsep)
     return [tuple(col for arg in combo for col in sep.split(arg)) for combo in combos]
 
