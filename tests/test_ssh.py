@@ -7,6 +7,8 @@ that are other machines use ssh without ``--launcher``, as with Hydra.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import shutil
 import socket
@@ -265,6 +267,41 @@ def test_files_go_with_tasks_to_ssh_hosts_and_come_back(ssh_cluster: RealCluster
                "--transferfile", "{}", "echo ran {}", ":::", "nothing.txt"], here)
     assert (res.returncode, res.stdout) == (0, "ran nothing.txt\n"), res.stderr
     assert "pmrun: --transferfile nothing.txt: No such file or directory" in res.stderr
+    assert_clean(c)
+
+
+def test_a_large_file_goes_to_its_host_a_piece_at_a_time(ssh_cluster: RealCluster,
+                                                         tmp_path: Path) -> None:
+    """A file put on a host (--transferfile) is read as the runner there takes it: pmrun's
+    peak memory stays far below the file's size, and the file arrives whole."""
+    c = ssh_cluster
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    size = 128 << 20
+    digest = hashlib.md5()
+    with open(here / "big.bin", "wb") as f:
+        for _ in range(size >> 20):
+            block = os.urandom(1 << 20)
+            digest.update(block)
+            f.write(block)
+    wrapper = tmp_path / "maxrss.py"  # (pmrun's peak RSS and its ssh client's: wait4's)
+    wrapper.write_text("import os, subprocess, sys\n"
+                       "p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)\n"
+                       "_, status, usage = os.wait4(p.pid, 0)\n"
+                       "sys.stderr.write(f'maxrss {usage.ru_maxrss}\\n')\n"
+                       "sys.exit(os.waitstatus_to_exitcode(status))\n")
+    res = subprocess.run(
+        [sys.executable, str(wrapper), *pmrun_argv(
+            "-S", c.names[0], "--ssh", c.ssh_command(), "--wd", str(there),
+            "--transferfile", "{}", "md5sum {}", ":::", "big.bin")],
+        cwd=here, env=pmrun_env(), capture_output=True, text=True, timeout=90,
+        stdin=subprocess.DEVNULL)
+    err, _, peak_line = res.stderr.rpartition("maxrss ")
+    peak = int(peak_line)
+    assert (res.returncode, err) == (0, ""), res.stderr
+    assert res.stdout == f"{digest.hexdigest()}  big.bin\n"
+    assert peak * 1024 < size // 2, f"pmrun's peak RSS {peak} kB for a {size >> 20} MiB file"
     assert_clean(c)
 
 

@@ -588,7 +588,7 @@ class Ensemble:
                 code = await self._local.run(task, env, self._emit)
             else:
                 code = await self._remote.run(task, d.name, env, self._emit,
-                                              *self._transfers(d, task))
+                                              *await self._transfers(d, task))
         except Exception as exc:  # a defect of ours: halted before the task counts as ended
             code = EXIT_BROKEN
             self._defect(task.index, exc)
@@ -828,18 +828,23 @@ class Ensemble:
                    adm.watermarks.high, adm.watermarks.low) if adm else (0, 0, 0, 0)
         self._on_event(Event(kind, time.time(), d.name, text, task, *figures))
 
-    def _transfers(self, d: Domain, task: Task
+    async def _put_bases(self, d: Domain) -> None:
+        """Put the ``--basefile`` files on ``d``'s host."""
+        for here, there in ((here_path(p), there_path(p, self._spec.wdir))
+                            for p in self._basefiles):
+            for why in await self._remote.put_base(d.name, [(here, there)],
+                                                   self._cleanup and _elsewhere(here, there)):
+                self._event("error", d, why)
+                if self._on_event is None:
+                    log.error("%s", why)
+
+    async def _transfers(self, d: Domain, task: Task
                    ) -> tuple[list[tuple[str, str]], dict[str, str], list[str]]:
         """The files of ``task``'s run on ``d``: put there, brought back, removed after."""
-        if self._basefiles and not d.based:  # (before its first task there)
-            d.based = True
-            for here, there in ((here_path(p), there_path(p, self._spec.wdir))
-                                for p in self._basefiles):
-                for why in self._remote.put_base(d.name, [(here, there)],
-                                                 self._cleanup and _elsewhere(here, there)):
-                    self._event("error", d, why)
-                    if self._on_event is None:
-                        log.error("%s", why)
+        if self._basefiles:  # before its first task there, which the others wait for too
+            if d.based is None:
+                d.based = asyncio.ensure_future(self._put_bases(d))
+            await asyncio.shield(d.based)
         puts = [(here_path(p), there_path(p, task.wdir)) for p in task.transfer]
         returns = {there_path(p, task.wdir): here_path(p) for p in task.returns}
         remove = [there for here, there in [*puts, *((h, t) for t, h in returns.items())]

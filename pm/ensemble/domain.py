@@ -63,7 +63,7 @@ class Domain:
     activity: Activity | None = None  # its load, swapping and disks (with a gate)
     limit_run: asyncio.Task[None] | None = None  # --limit's command under way for it
     limit_ended: set[int] = field(default_factory=set)  # tasks --limit's 2 ended
-    based: bool = False  # its --basefile files were sent
+    based: asyncio.Future[None] | None = None  # its --basefile files going there, or sent
 
 
 def make_domains(nodes: Nodes, ppn: int | None, here: str,

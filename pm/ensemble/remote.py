@@ -90,7 +90,7 @@ class RemoteRunner:
         try:
             loop = asyncio.get_running_loop()
             h.commands, _ = await loop.connect_write_pipe(
-                asyncio.BaseProtocol, os.fdopen(wfd, "wb", buffering=0))
+                lambda: h.flow, os.fdopen(wfd, "wb", buffering=0))
         except BaseException:
             os.close(rfd)
             os.close(wfd)
@@ -124,8 +124,7 @@ class RemoteRunner:
         try:
             for here, there in puts:
                 try:
-                    for chunk in chunks(task.index, here, there):
-                        h.send(chunk.put_record())
+                    await h.put(task.index, here, there)
                 except OSError as exc:  # (the task runs all the same, as parallel's)
                     emit(task, STDERR, f"pmrun: --transferfile {here}: "
                                        f"{exc.strerror or exc}\n".encode())
@@ -141,15 +140,15 @@ class RemoteRunner:
             h.returns.pop(task.index, None)
             self.running.pop(task.index, None)
 
-    def put_base(self, host: str, files: Sequence[tuple[str, str]], drop: bool) -> list[str]:
+    async def put_base(self, host: str, files: Sequence[tuple[str, str]], drop: bool
+                       ) -> list[str]:
         """Put ``files`` (here, there) on ``host`` before its first task (``--basefile``;
         ``drop``: removed there when its runner ends): what could not be read here."""
         h = self._hosts[host]
         failed = []
         for here, there in files:
             try:
-                for chunk in chunks(-1, here, there, drop):
-                    h.send(chunk.put_record())
+                await h.put(-1, here, there, drop)
             except OSError as exc:
                 failed.append(f"--basefile {here}: {exc.strerror or exc}")
         return failed
@@ -190,6 +189,29 @@ class RemoteRunner:
         return Nodes([self._here, host], [1, 1], 2, boot)
 
 
+class _Flow(asyncio.BaseProtocol):
+    """The pipe to a runner's stdin, as its writer sees it: full (its buffer above the
+    transport's high-water mark) or not.  A file put there is read here as the runner
+    takes it, not held whole in memory (the job reads that pipe as the runner's stdin
+    credit allows)."""
+
+    def __init__(self) -> None:
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def pause_writing(self) -> None:
+        self._room.clear()
+
+    def resume_writing(self) -> None:
+        self._room.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._room.set()
+
+    async def room(self) -> None:
+        await self._room.wait()
+
+
 class _Host:
     """One host's runner as the ensemble sees it: its job, the pipe to its stdin, the runs
     it has under way, and what is left of a record its output cut."""
@@ -201,6 +223,9 @@ class _Host:
         self._on_lost = lost
         self.job: JobRun | None = None
         self.commands: asyncio.WriteTransport | None = None
+        self.flow = _Flow()
+        #: One file at a time goes there (the pieces of two puts of one path would mix).
+        self._putting = asyncio.Lock()
         #: Task index -> (task, its output's destination, its run's status).
         self.runs: dict[int, tuple[Task, Emit, asyncio.Future[int | None]]] = {}
         #: Task index -> the files its run brings back: there -> here.
@@ -213,6 +238,16 @@ class _Host:
     def send(self, line: bytes) -> None:
         if self.commands is not None and not self.commands.is_closing():
             self.commands.write(line)
+
+    async def put(self, index: int, here: str, there: str, drop: bool = False) -> None:
+        """Put file ``here`` at ``there`` for task ``index`` (-1: a ``--basefile``), a
+        piece at a time as the pipe takes them (``OSError`` if it cannot be read here)."""
+        async with self._putting:
+            for chunk in chunks(index, here, there, drop):
+                if self.commands is None or self.commands.is_closing():
+                    return  # (the runner is gone: the run ends as the host's loss)
+                self.send(chunk.put_record())
+                await self.flow.room()
 
     def sink(self, rank: int, stream: int, data: bytes) -> None:
         """The runner's output (rank 1; rank 0 is ``true`` and says nothing)."""
