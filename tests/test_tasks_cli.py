@@ -1318,6 +1318,23 @@ def test_nice_runs_every_command_of_a_line_at_that_niceness(pmrun: Run, tmp_path
         assert r.stdout == parallel(tmp_path, "--nice", "7", "-k", line, ":::", "a", "b").stdout
 
 
+def test_nice_leaves_the_line_that_is_shown_and_logged(pmrun: Run, tmp_path: Path) -> None:
+    # -v, --dry-run and the job log's Command show the line, not the nice that runs it.
+    log = tmp_path / "log"
+    r = pmrun("--nice", "5", "-v", "--joblog", str(log), "echo {}", ":::", "a")
+    assert (r.returncode, r.stdout) == (0, "echo a\na\n"), r.stderr
+    assert log.read_text().splitlines()[1].split("\t")[8] == "echo a"
+    dry = pmrun("--nice", "5", "--dry-run", "echo {}", ":::", "a")
+    assert (dry.returncode, dry.stdout) == (0, "echo a\n"), dry.stderr
+    # --pipe's {#}, and --cat's file, in the line that runs at that niceness.
+    piped = pmrun("--nice", "5", "--pipe", "echo {#} $(nice)", input="x\n")
+    assert (piped.returncode, piped.stdout) == (0, "1 5\n"), piped.stderr
+    if PARALLEL is not None:
+        assert r.stdout == parallel(tmp_path, "--nice", "5", "-v", "echo {}", ":::", "a").stdout
+        assert dry.stdout == parallel(tmp_path, "--nice", "5", "--dry-run", "echo {}", ":::",
+                                      "a").stdout
+
+
 def test_files_prints_where_each_task_s_stdout_is(pmrun: Run, tmp_path: Path) -> None:
     # GNU parallel's --files: a new file of --tmpdir a task, its name printed (in task
     # order with -k, after the tag with --tag); stderr printed as without it (parallel

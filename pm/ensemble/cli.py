@@ -158,11 +158,11 @@ def _temp_input(spec: TaskSpec, fifo: bool) -> TaskSpec:
     """``--cat``/``--fifo``'s form of a --pipe line: ``{}`` (else an argument appended) is
     ``"$PARALLEL_TMP"``, the block's file or named pipe; the spec's ``line`` is that
     command, as ``-v`` shows it."""
-    line = spec.argv[2]
+    line = spec.argv[-1]
     shown = (line.replace("{}", '"$PARALLEL_TMP"') if "{}" in line
              else f'{line} "$PARALLEL_TMP"')
     script = (_FIFO if fifo else _CAT).format(line=shown)
-    return dataclasses.replace(spec, argv=("sh", "-c", script), line=shown, words=())
+    return dataclasses.replace(spec, argv=(*spec.argv[:-1], script), line=shown, words=())
 
 
 def _reading_run(ens: Ensemble, spec: TaskSpec, console: Console | None = None
@@ -421,13 +421,13 @@ class _Groups:
 def numbered(line: TaskSpec, index: int) -> TaskSpec:
     """``--pipe``'s line for its run ``index``: ``{#}`` its number, ``{%}`` its slot, ``{}``
     nothing (GNU parallel's); :class:`UsageError` for a string that names a source."""
-    text = line.argv[2]
+    text = line.argv[-1]
     if not has_replacement(text):
         return dataclasses.replace(line, index=index)
     run = fill(text, [""], index + 1)
     # (The line as written: the same, or --cat/--fifo's command the script runs.)
     shown = run if line.line == text else fill(line.line, [""], index + 1)
-    return dataclasses.replace(line, index=index, argv=(*line.argv[:2], run), line=shown)
+    return dataclasses.replace(line, index=index, argv=(*line.argv[:-1], run), line=shown)
 
 
 def _pipe_line(line: TaskSpec, temp: bool) -> Callable[[int], bytes]:
@@ -435,7 +435,7 @@ def _pipe_line(line: TaskSpec, temp: bool) -> Callable[[int], bytes]:
 
     def command(index: int) -> bytes:
         spec = numbered(line, index)
-        return os.fsencode(spec.line if temp else spec.argv[2])
+        return os.fsencode(spec.line if temp else spec.argv[-1])
 
     return command
 
@@ -850,7 +850,8 @@ async def run_cli(opts: CliOptions) -> int:
 
             made = [dataclasses.replace(s, argv=tuple(map(back, s.argv)), line=back(s.line),
                                         words=tuple(map(back, s.words))) for s in made]
-        if "nice" in extra:  # --nice N: the whole line (sh and all it runs) at niceness N
+        if "nice" in extra:  # --nice N: the whole line (sh and all it runs) at niceness N;
+            # (the shell line stays the last word: what -v, --dry-run and --joblog show)
             made = [dataclasses.replace(s, argv=("nice", "-n", extra["nice"], *s.argv),
                                         words=s.words or s.argv) for s in made]
         return made
@@ -932,7 +933,7 @@ async def run_cli(opts: CliOptions) -> int:
                             f"pmrun.{secrets.token_hex(6)}.")
 
     def shown(spec: TaskSpec) -> str:  # the line -v and the log show
-        return spec.line if temp is not None else spec.argv[2]
+        return spec.line if temp is not None else spec.argv[-1]
 
     #: --pipe's one line, run once a block (--tee: a run per argument, each given all)
     piped = "pipe" in extra and "tee" not in extra
@@ -949,7 +950,7 @@ async def run_cli(opts: CliOptions) -> int:
     if "dry_run" in extra or "shell_quote" in extra:  # (--shell-quote: each line quoted)
         PERL.close()
         show = shell_quote if "shell_quote" in extra else str
-        sys.stdout.write("".join(f"{show(s.argv[2])}\n" for s in specs))
+        sys.stdout.write("".join(f"{show(s.argv[-1])}\n" for s in specs))
         return 0
     log = None if joblog is None else JobLog(
         joblog, append="resume" in extra or "resume_failed" in extra)
