@@ -1269,6 +1269,9 @@ OPTIONS = (
         help="with --joblog: run only the tasks not in FILE (appending to it)"),
     Opt("--resume-failed", "resume_failed", kind=FLAG, group=MEMORY,
         help="with --joblog: run the tasks not in FILE and those that failed there"),
+    Opt("--retry-failed", "retry_failed", kind=FLAG, group=MEMORY,
+        help="with --joblog: run again the commands that failed in FILE, as it has them "
+             "(a command line is not needed, nor used)"),
     Opt("--load", "load", load_rule, metavar="MAX", group=MEMORY,
         help="start a task on a host only while its load (threads running or waiting for "
              "a disk, now) is under MAX; +N, -N, N%: of its CPU threads; a FILE that says one, "
@@ -1825,7 +1828,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                                  if o.local and o.key in sec.values}))
         raise UsageError(f"{flags} must come before a program" if out.sections
                          else "no program given (see pmrun --help)")
-    if not out.sections and not ({"tasks", "topology", "number_of", "sim_ranks"}
+    if not out.sections and not ({"tasks", "topology", "number_of", "sim_ranks",
+                                  "retry_failed"}
                                  | _SEMAPHORE_KEYS) & out.values.keys():
         raise UsageError("no program given (see pmrun --help)")
     args_sep, files_sep = separators(out.values)
@@ -1850,7 +1854,9 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         _group_by(out)
     if "onall" in out.values or "nonall" in out.values:
         _onall(out)
-    if "tee" in out.values:
+    if "retry_failed" in out.values:
+        _retry_failed(out)
+    elif "tee" in out.values:
         _tee(out)
     elif "pipe" in out.values or "pipepart" in out.values:
         _piped_command(out)
@@ -2047,6 +2053,21 @@ def _onall_words(out: Parsed) -> None:
     values["onall_words"] = json.dumps(words)
 
 
+def _retry_failed(out: Parsed) -> None:
+    """GNU parallel's ``--retry-failed``: the tasks are the commands that failed in the job
+    log (:func:`pm.ensemble.joblog.failed_commands`), each under its number there; a command
+    line and its arguments are not used (as parallel's, which ignores them)."""
+    if "joblog" not in out.values:
+        raise UsageError("--retry-failed runs again the commands that failed in the log of "
+                         "--joblog FILE: give it")
+    _not_with(out, ("resume", "resume_failed", "tasks", "pipe", "pipepart", "tee", "onall",
+                    "nonall", "cat", "fifo", "roundrobin", "shard", "bin", "group_by"),
+              "--retry-failed runs the failed commands of the job log")
+    out.values.pop("arg_files", None)
+    out.values["tasks_line"] = ""
+    out.sections.clear()
+
+
 def _tee(out: Parsed) -> None:
     """GNU parallel's ``--tee``: ``pmrun --tee CMD ::: A B`` runs CMD once per argument,
     every run reading all of stdin (as ``--pipe``'s blocks, to each), all at once."""
@@ -2152,6 +2173,7 @@ def _command_line(values: dict[str, object], words: list[str]) -> str:
 
 #: Options that only task ensembles take.
 _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume_failed",
+                  "retry_failed",
                   "dry_run", "keep_order", "halt", "colsep", "output_mode", "tag",
                   "tagstring", "delimiter", "header", "results", "pipe", "pipepart", "block",
                   "eof", "no_empty", "trim", "link", "replace", "arg_sep", "arg_file_sep",

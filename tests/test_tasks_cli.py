@@ -1136,6 +1136,40 @@ def test_resume_failed_reruns_what_failed_and_resume_what_did_not_run(pmrun: Run
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
 
 
+def test_retry_failed_reruns_the_logs_failed_commands(pmrun: Run, tmp_path: Path) -> None:
+    # GNU parallel's --retry-failed: the commands come from the log (a command line given
+    # is not used), each under its number there, the new lines appended.
+    line = "test -e ok.{} || { touch ok.{}; exit 3; }; echo {}"  # fails once per argument
+    (tmp_path / "ok.a").touch()
+    r = pmrun("--joblog", "log", "-k", line, ":::", "a", "b", "c")
+    assert (r.returncode, r.stdout) == (1, "a\n"), r.stderr
+    (tmp_path / "ok.c").unlink()  # b and c failed: b would now succeed, c not yet
+    r = pmrun("--retry-failed", "--joblog", "log", "--dry-run")
+    assert (r.returncode, r.stdout) == (0, "".join(f"{line.replace('{}', x)}\n"
+                                                   for x in "bc")), r.stderr
+    r = pmrun("--retry-failed", "--joblog", "log", "-k", "echo not this", ":::", "x")
+    assert (r.returncode, r.stdout) == (1, "b\n"), r.stderr
+    assert "task 2 (line 4): exit codes 3" in r.stderr  # (c, its line in the log)
+    rows = _log_rows(tmp_path / "log")
+    assert rows[3:] == [(2, 0, line.replace("{}", "b")), (3, 3, line.replace("{}", "c"))]
+    shutil.copy(tmp_path / "log", tmp_path / "log.parallel")
+    r = pmrun("--retry-failed", "--joblog", "log")  # only c had failed last time
+    assert (r.returncode, r.stdout) == (0, "c\n"), r.stderr
+    r = pmrun("--retry-failed", "--joblog", "log")  # nothing failed: nothing runs
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert len(_log_rows(tmp_path / "log")) == 6
+    if PARALLEL is not None:  # (parallel's own run of the same log)
+        assert parallel(tmp_path, "--retry-failed", "--joblog", "log.parallel").stdout == "c\n"
+    # What --retry-failed needs, and what it is not with.
+    for args, said in ((["--retry-failed"], "--retry-failed runs again the commands that "
+                        "failed in the log of --joblog FILE: give it"),
+                       (["--retry-failed", "--resume", "--joblog", "log"],
+                        "--retry-failed runs the failed commands of the job log: not with "
+                        "--resume")):
+        r = pmrun(*args)
+        assert (r.returncode, r.stderr) == (2, f"pmrun: {said}\n")
+
+
 def test_an_interrupted_run_resumes_where_it_stopped(pmrun: Run, pmrun_popen: Popen,
                                                      tmp_path: Path) -> None:
     args = [str(i) for i in range(1, 7)]

@@ -35,7 +35,7 @@ from pm.ensemble.inputs import (
     split_columns,
     spread,
 )
-from pm.ensemble.joblog import JobLog, read_joblog
+from pm.ensemble.joblog import JobLog, failed_commands, read_joblog
 from pm.ensemble.local import TASK_TMP
 from pm.ensemble.perl_expr import PERL
 from pm.ensemble.scheduler import (
@@ -858,6 +858,9 @@ async def run_cli(opts: CliOptions) -> int:
 
     def _tasks() -> list[TaskSpec]:
         nonlocal names
+        if "retry_failed" in extra:  # the log's failed commands, each its number there
+            return [TaskSpec(seq - 1, ("sh", "-c", line), options.get("mem_per_task"), line,
+                             lineno) for seq, lineno, line in failed_commands(extra["joblog"])]
         # -q: the command's words as given (GNU parallel's), not a line the shell splits.
         words = extra["tasks_words"].split("\0") if "tasks_words" in extra else None
         if renames and words is not None:
@@ -953,7 +956,7 @@ async def run_cli(opts: CliOptions) -> int:
         sys.stdout.write("".join(f"{show(s.argv[-1])}\n" for s in specs))
         return 0
     log = None if joblog is None else JobLog(
-        joblog, append="resume" in extra or "resume_failed" in extra)
+        joblog, append=bool({"resume", "resume_failed", "retry_failed"} & extra.keys()))
     halt = _Halt(extra.get("halt", "never"), len(specs))
     mode = extra.get("output_mode") or ("line" if path is not None else "group")
     where = None

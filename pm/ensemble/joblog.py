@@ -1,4 +1,5 @@
-"""GNU parallel's job log, for ``pmrun --joblog FILE`` (and ``--resume``, ``--resume-failed``).
+"""GNU parallel's job log, for ``pmrun --joblog FILE`` (and ``--resume``, ``--resume-failed``,
+``--retry-failed``).
 
 One tab-separated line per task once it has ended for good (its retries
 included), in GNU parallel's columns::
@@ -16,7 +17,8 @@ never ran to an end (its node was lost) has ``Exitval`` -1; one that never start
 Each line is written as the task ends, so the log of an interrupted run (an
 allocation's time limit, a Ctrl-C) holds every task that finished:
 :func:`read_joblog` gives them to ``--resume`` (skip every task in the log) and
-``--resume-failed`` (skip those that succeeded).
+``--resume-failed`` (skip those that succeeded); :func:`failed_commands` to
+``--retry-failed`` (run again the commands that failed, as the log has them).
 """
 
 from __future__ import annotations
@@ -39,6 +41,19 @@ def read_joblog(path: str) -> dict[int, bool]:
     """Each task number in the log at ``path``: whether its last entry succeeded (exit
     status 0, no signal).  Empty if the file does not exist; :class:`UsageError` naming
     the file and line if a line is not a job log's."""
+    return {seq: ok for seq, (ok, _lineno, _command) in _last_entries(path).items()}
+
+
+def failed_commands(path: str) -> list[tuple[int, int, str]]:
+    """``--retry-failed``: (task number, line, command) of each task whose last entry in
+    the log at ``path`` failed, in task order (none if the file does not exist, as GNU
+    parallel's)."""
+    return [(seq, lineno, command)
+            for seq, (ok, lineno, command) in sorted(_last_entries(path).items()) if not ok]
+
+
+def _last_entries(path: str) -> dict[int, tuple[bool, int, str]]:
+    """Task number -> (succeeded, line number, command) of its last entry in the log."""
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             text = f.read()
@@ -46,18 +61,18 @@ def read_joblog(path: str) -> dict[int, bool]:
         return {}
     except OSError as exc:
         raise UsageError(f"--joblog {path}: {exc.strerror or exc}") from None
-    done: dict[int, bool] = {}
+    entries: dict[int, tuple[bool, int, str]] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or (lineno == 1 and line.startswith("Seq\t")):
             continue
-        fields = line.split("\t")
+        fields = line.split("\t", 8)
         try:
             seq, code, sig = int(fields[0]), int(fields[6]), int(fields[7])
         except (IndexError, ValueError):
             raise UsageError(f"--joblog {path}: line {lineno} is not a job log's "
                              f"(Seq, Host, ... Exitval, Signal, Command): {line[:80]!r}") from None
-        done[seq] = code == 0 and sig == 0
-    return done
+        entries[seq] = (code == 0 and sig == 0, lineno, fields[8] if len(fields) > 8 else "")
+    return entries
 
 
 class JobLog:
