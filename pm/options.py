@@ -1058,6 +1058,8 @@ OPTIONS = (
         group=PLACE,
         help="a rank's CPUs (-c N, --map-by X:PE=N) are hardware threads, not cores (Open "
              "MPI's: --bind-to hwthread:N)"),
+    Opt("-npersocket --npersocket", "npersocket", whole(1, MOST_RANKS), metavar="N",
+        group=PLACE, help="Open MPI 4's: N ranks per package (--map-by ppr:N:package)"),
     Opt("--map-by -map-by", "map_by", map_by, metavar="TARGET", quick=True, group=PLACE,
         help="slot, hwthread, core, l3cache, numa, package; Open MPI's ppr:N:node is -ppn N, "
              "node is --distribution cyclic, and TARGET:PE=N binds N cores per rank "
@@ -2334,6 +2336,12 @@ def _open_mpi_mapping(values: dict[str, object], environ: Mapping[str, str]) -> 
     l3cache, core, hwthread) N a package: ``-ppn`` N times the node's packages, the
     ranks mapped N to each in turn when bound (this machine's nodes only: the count needs
     the node's topology before the plan)."""
+    per = values.pop("npersocket", None)
+    if per is not None:  # (Open MPI 4's spelling; 5 knows only ppr:N:package)
+        ppr = f"ppr:{per}:package"
+        if values.setdefault("map_by", ppr) != ppr:
+            raise UsageError(f"-npersocket {per} is --map-by {ppr}: --map-by "
+                             f"{values['map_by']} disagrees")
     given = values.get("map_by")
     if not isinstance(given, str):
         return

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(60)
 
 #: A bad value for every option whose value the table checks (key -> value).
 BAD_VALUE = {
-    "n": "x", "ppn": "0", "hosts": "a[1-", "hostfile": "/no/such/hostfile",
+    "n": "x", "ppn": "0", "npersocket": "0", "hosts": "a[1-", "hostfile": "/no/such/hostfile",
     "universe_size": "lots", "bind_to": "corez", "map_by": "foo", "env_mode": "A=1",
     "wdir": "/no/such/dir", "prepend": "%q", "output": "/no/such/dir/out.%r",
     "output_filename": "",
@@ -1074,6 +1074,11 @@ def test_open_mpi_placement_spellings_are_pmrun_s_options() -> None:
         "ppn": 2 * len(here.packages), "map_by": "ppr:2:package"}
     assert options.parse(["--map-by", "ppr:1:core", "--local-nodes", "2", "prog"],
                          {}).values["ppn"] == len(here.cores)
+    assert options.parse(["-npersocket", "2", "prog"], {}).values == {  # (Open MPI 4's)
+        "ppn": 2 * len(here.packages), "map_by": "ppr:2:package"}
+    with pytest.raises(UsageError, match=r"^-npersocket 1 is --map-by ppr:1:package: --map-by "
+                                         r"core disagrees$"):
+        options.parse(["--npersocket", "1", "--map-by", "core", "prog"], {})
     with pytest.raises(UsageError, match=r"^--map-by ppr:2:socket: pmrun counts the package "
                                          r"objects of this machine's nodes only"):
         options.parse(["--map-by", "ppr:2:socket", "-hosts", "a,b", "prog"], {})
