@@ -800,6 +800,12 @@ def sshloginfile(value: str, opt: str) -> str:
     return sshlogin(given, f"{opt} {value}:")
 
 
+def _rpl_rule(value: str, opt: str) -> str:
+    from pm.ensemble.inputs import rpl_rule
+
+    return rpl_rule(value, opt)
+
+
 def verbatim(value: str, opt: str) -> str:
     """Any string, the empty one too (nothing to refuse)."""
     return value
@@ -973,6 +979,9 @@ LAUNCHERS = ("local", "fork", "ssh", "rsh", "slurm", "exec", "persistent", "pers
 
 #: Options that may be given again, each time another file (GNU parallel's transfers).
 FILE_LISTS = ("transfer", "returns", "trc", "basefiles")
+#: Options given again for more (each a list of values; an ensemble's ``extra`` joins them
+#: with NULs).
+LISTS = (*FILE_LISTS, "rpl")
 
 
 # ------------------------------------------------------------------ the table
@@ -1398,13 +1407,16 @@ OPTIONS = (
         help="GNU parallel's hosts: -hosts HOST:N,... (':' is this machine)"),
     Opt("--slf --sshloginfile", "hosts", sshloginfile, metavar="FILE", group=MEMORY,
         help="-S's value a line of FILE"),
+    Opt("--rpl", "rpl", _rpl_rule, metavar="'TAG PERL'", group=MEMORY,
+        help="a replacement string of your own: TAG in the command is {= PERL =} ({N TAG...} "
+             "of source N; TAG's (regexp) groups are $$1... in PERL), GNU parallel's"),
     Opt("--plus", "plus", kind=FLAG, group=MEMORY,
         help="GNU parallel's further replacement strings: {+.} {..} {##} {0#} {%RE} "
              "{/RE/STR}... (README)"),
     Opt("-L --max-lines", "max_lines", whole(1), metavar="N", group=MEMORY,
         help="N input lines a task, a line that ends in a blank going on on the next (GNU "
              "parallel's); with --pipe, records of N lines"),
-    Opt("--max-args", "max_args", whole(0), metavar="N", group=MEMORY,
+    Opt("--max-args --max-replace-args", "max_args", whole(0), metavar="N", group=MEMORY,
         help="-N of a task ensemble: each task takes N arguments of its input source, "
              "{1}..{N} (the last task fewer; 0: one argument, not inserted)"),
     Opt("-m", "many_args", kind=FLAG, const="-m", group=MEMORY,
@@ -1805,7 +1817,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             value = opt.check(raw, name)
             if opt.key == "env_mode":
                 value = ("list", value)
-            elif opt.key in ("arg_files", "flux_env", *FILE_LISTS):  # -a FILE: another source
+            elif opt.key in ("arg_files", "flux_env", *LISTS):  # -a FILE: another source
                 files = out.values.setdefault(opt.key, [])
                 assert isinstance(files, list)
                 files.append(value)
@@ -2188,7 +2200,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "shard", "bin", "slot_var", "group_by", "onall", "nonall", "load",
                   "noswap", "limit", "transfer", "returns", "cleanup", "trc", "basefiles",
                   "ctag", "ctagstring", "color", "colorfailed", "no_keep_order", "termseq",
-                  "csv")
+                  "csv", "rpl")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

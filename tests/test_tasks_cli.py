@@ -1414,6 +1414,37 @@ def test_plus_choose_k_and_uniq_leave_tasks_out_as_gnu_parallel(
                                 capture_output=True, text=True, timeout=60)
         assert theirs.stdout == want, theirs.stderr
 
+@pytest.mark.parametrize(("tail", "want"), [
+    # A string of the user's own (of every source's argument), and its positional form
+    # ({2..}: of source 2's).
+    (["--rpl", r"{..} s:\.[^.]+$::", "echo {..} {2..}", ":::", "a.b.c", ":::", "x.y.z"],
+     "a.b x.y x.y\n"),
+    # (regexp) groups in the string are $$1, $$2 in the expression.
+    (["--rpl", r"{/(\.\S+)/(\.\S+)} s/$$1/$$2/g;", "echo {/.tar/.gz}", ":::", "UU.tar.gz"],
+     "UU.gz.gz\n"),
+    # The longest first (% is part of %%); a built-in string redefined; -q's words.
+    (["--rpl", "% s/a/b/", "--rpl", "%% s/b/a/", "echo % %%", ":::", "ab"], "bb aa\n"),
+    (["--rpl", "{} s/x/y/", "echo {}", ":::", "xx"], "yx\n"),
+    (["--rpl", "{u} $_=uc", "--tagstring", "{u}", "echo", ":::", "ab"], "AB\tab\n"),
+    (["-q", "--rpl", "{u} $_=uc", "printf", "%s\\n", "{u} x", ":::", "ab"], "AB x\n"),
+    # ... and -N's long name.
+    (["--max-replace-args", "2", "echo", "{1}-{2}", ":::", "1", "2", "3", "4"], "1-2\n3-4\n"),
+])
+def test_rpl_strings_of_ones_own_as_gnu_parallel(pmrun: Run, tmp_path: Path,
+                                                 tail: list[str], want: str) -> None:
+    r = pmrun("-k", *tail)
+    assert (r.returncode, r.stdout, r.stderr) == (0, want, ""), r.stderr
+    if PARALLEL is not None:
+        assert parallel(tmp_path, "-k", *tail).stdout == want
+
+
+def test_rpl_without_its_expression_is_refused(pmrun: Run) -> None:
+    r = pmrun("--rpl", "{x}", "echo", ":::", "a")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == ("pmrun: --rpl '{x}': give the string and its perl expression, e.g. "
+                        "--rpl '{..} s:\\.[^.]+$::'\n")
+
+
 @pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
 def test_plus_slot_strings_as_gnu_parallel(pmrun: Run, tmp_path: Path) -> None:
     # {0%} and {slot}: the job slot (zero-padded to the slots' width), as the shell reads it.

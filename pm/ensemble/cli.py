@@ -34,6 +34,7 @@ from pm.ensemble.inputs import (
     shell_quote,
     split_columns,
     spread,
+    with_rpl,
 )
 from pm.ensemble.joblog import JobLog, failed_commands, read_joblog
 from pm.ensemble.local import TASK_TMP
@@ -636,6 +637,8 @@ def _tags(extra: dict[str, str], specs: Sequence[TaskSpec], tasks_file: bool
         from pm.ensemble.perl_expr import Skipped
 
         text = extra["tagstring"]
+        if "rpl" in extra:
+            text = with_rpl(text, extra["rpl"].split("\0"))
 
         def tag(spec: TaskSpec) -> bytes:
             try:
@@ -863,6 +866,9 @@ async def run_cli(opts: CliOptions) -> int:
                              lineno) for seq, lineno, line in failed_commands(extra["joblog"])]
         # -q: the command's words as given (GNU parallel's), not a line the shell splits.
         words = extra["tasks_words"].split("\0") if "tasks_words" in extra else None
+        rpl = extra["rpl"].split("\0") if "rpl" in extra else []
+        if rpl and words is not None:  # (the user's own strings, before the built-in ones)
+            words = [with_rpl(w, rpl) for w in words]
         if renames and words is not None:
             words = [_marked(w, renames) for w in words]
         if "plus" in extra and words is not None:
@@ -872,6 +878,8 @@ async def run_cli(opts: CliOptions) -> int:
             return [TaskSpec(0, ("sh", "-c", line), options.get("mem_per_task"), line, 1,
                              tuple(words))]
         text = extra["tasks_line"] if path is None else _read_text(path)
+        if rpl:
+            text = with_rpl(text, rpl)
         if renames and path is None:
             text = _marked(text, renames)
         if "plus" in extra:

@@ -249,6 +249,75 @@ def split_columns(combos: Sequence[tuple[str, ...]], colsep: str, csv_rows: bool
     return [tuple(col for arg in combo for col in sep.split(arg)) for combo in combos]
 
 
+#: A --rpl tag's parts: what comes before its first ``(``, the group regexp, what follows.
+_RPL_TAG = re.compile(r"([^(]*)(\(.*\))?([^)]*)", re.S)
+_PERL_ONLY = re.compile(_PERL)
+
+
+def rpl_rule(value: str, opt: str) -> str:
+    """One ``--rpl 'TAG PERL'`` (GNU parallel's replacement string of the user's own), as
+    written; :class:`UsageError` without its two parts."""
+    tag, expr = _rpl_parts(value)
+    if not tag or not expr.strip():
+        raise UsageError(f"{opt} {value!r}: give the string and its perl expression, "
+                         "e.g. --rpl '{..} s:\\.[^.]+$::'")
+    try:
+        re.compile(_rpl_pattern(tag))
+    except re.error as exc:
+        raise UsageError(f"{opt} {value!r}: {tag} is not a regular expression's: {exc}"
+                         ) from None
+    return value
+
+
+def with_rpl(text: str, rules: Sequence[str]) -> str:
+    """``text`` with each ``--rpl`` rule's TAG (outside any ``{= =}``) as ``{= PERL =}``, the
+    longest first; ``{N`` before the rest of a TAG that starts with ``{`` its positional
+    form, ``{=N PERL =}``; a TAG's ``(regexp)`` groups are ``$$1``, ``$$2``... in PERL
+    (GNU parallel's ``--rpl``)."""
+    for tag, expr in sorted(map(_rpl_parts, rules), key=lambda r: -len(r[0])):
+        def perl(m: re.Match[str], expr: str = expr, positional: bool = False) -> str:
+            groups = [g for g in m.groups()[1 if positional else 0:] if g is not None]
+            given = "".join(f'$_pAr_gRp{i} = "{_perl_quoted(g)}";'
+                            for i, g in enumerate(groups, start=1))
+            return "{=" + (m.group(1) if positional else "") + " " + given + re.sub(
+                r"\$\$(\d+)", r"$_pAr_gRp\1", expr) + "=}"
+
+        def at(m: re.Match[str], perl: Callable[..., str] = perl) -> str:
+            return perl(m, positional=True)
+
+        text = _outside_perl(text, re.compile(_rpl_pattern(tag)), perl)
+        if tag.startswith("{"):
+            text = _outside_perl(text, re.compile(r"\{(-?\d+)\s*" + _rpl_pattern(tag[1:])), at)
+    return text
+
+
+def _rpl_parts(rule: str) -> tuple[str, str]:
+    """A --rpl rule's TAG and PERL (split at its first blank, as parallel's)."""
+    parts = re.split(r"\s", rule.lstrip(), maxsplit=1)
+    return parts[0], parts[1] if len(parts) > 1 else ""
+
+
+def _rpl_pattern(tag: str) -> str:
+    m = _RPL_TAG.fullmatch(tag)
+    prefix, group, postfix = m.groups() if m else (tag, None, "")
+    return re.escape(prefix) + (group or "") + re.escape(postfix)
+
+
+def _outside_perl(text: str, pattern: re.Pattern[str],
+                  repl: Callable[[re.Match[str]], str]) -> str:
+    """``pattern`` replaced by ``repl`` in ``text``, except inside its ``{= =}``."""
+    out, at = [], 0
+    for m in _PERL_ONLY.finditer(text):
+        out += [pattern.sub(repl, text[at:m.start()]), m.group(0)]
+        at = m.end()
+    return "".join([*out, pattern.sub(repl, text[at:])])
+
+
+def _perl_quoted(value: str) -> str:
+    """``value`` inside a perl double-quoted string (parallel's ``perl_quote_scalar``)."""
+    return re.sub(r'[\\"$@]', lambda m: "\\" + m.group(0), value)
+
+
 def has_replacement(text: str, plus: bool = False) -> bool:
     """Whether ``text`` holds a replacement string (``{}``, ``{1.}``, ``{#}``...; with
     ``plus``, GNU parallel's ``--plus`` ones too)."""
