@@ -25,7 +25,8 @@ pytestmark = pytest.mark.timeout(60)
 
 #: A bad value for every option whose value the table checks (key -> value).
 BAD_VALUE = {
-    "n": "x", "ppn": "0", "npersocket": "0", "rpl": "{x}", "hosts": "a[1-", "hostfile": "/no/such/hostfile",
+    "n": "x", "ppn": "0", "npersocket": "0", "rpl": "{x}", "hosts": "a[1-",
+    "hostfile": "/no/such/hostfile",
     "universe_size": "lots", "bind_to": "corez", "map_by": "foo", "env_mode": "A=1",
     "wdir": "/no/such/dir", "prepend": "%q", "output": "/no/such/dir/out.%r",
     "output_filename": "",
