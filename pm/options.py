@@ -1843,7 +1843,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         raise UsageError(f"{flags} must come before a program" if out.sections
                          else "no program given (see pmrun --help)")
     if not out.sections and not ({"tasks", "topology", "number_of", "sim_ranks",
-                                  "retry_failed"}
+                                  "retry_failed", "shell_quote"}
                                  | _SEMAPHORE_KEYS) & out.values.keys():
         raise UsageError("no program given (see pmrun --help)")
     args_sep, files_sep = separators(out.values)
@@ -1874,7 +1874,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         _tee(out)
     elif "pipe" in out.values or "pipepart" in out.values:
         _piped_command(out)
-    elif "arg_files" in out.values or (len(out.sections) == 1 and "tasks" not in out.values):
+    elif "arg_files" in out.values or (len(out.sections) == 1 and "tasks" not in out.values) \
+            or ("shell_quote" in out.values and not out.sections):  # (its arguments on stdin)
         _command_with_sources(out)
     _open_mpi_output(out)
     _flux_shell_option(out)
@@ -2158,6 +2159,8 @@ def _command_with_sources(out: Parsed) -> None:
         return
     if at is None:
         given = _stdin_source(out)
+        if given is None and "shell_quote" in out.values and not argv:  # (the arguments'
+            given = next(n for o, n in out.used.items() if o.key == "shell_quote")  # stdin's)
         if given is None:
             return
         # GNU parallel's arguments on stdin when no source is given (``ls | parallel -j 2
@@ -2165,6 +2168,10 @@ def _command_with_sources(out: Parsed) -> None:
         out.values["stdin_source"] = given
         argv.extend([file_sep, "-"])
         at = len(argv) - 2
+    if at == 0 and "shell_quote" in out.values:  # GNU parallel's: no command, each task's
+        out.values["tasks_line"] = "{}"             # arguments quoted as one word
+        out.values["quote_args"] = True
+        return
     if at == 0:
         raise UsageError(f"{argv[0]} gives arguments to a command: put the command before it "
                          f"(pmrun CMD {argv[0]} ...) or give --tasks FILE")

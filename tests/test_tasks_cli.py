@@ -840,6 +840,22 @@ def test_shell_quote_prints_and_skip_first_line_drops(pmrun: Run, tmp_path: Path
     r = pmrun("--skip-first-line", "-k", "echo", input="header\n1\n2\n")
     assert (r.returncode, r.stdout) == (0, "1\n2\n"), r.stderr
 
+
+@pytest.mark.parametrize(("tail", "given", "want"), [
+    # Without a command: each task's arguments quoted as one word (GNU parallel's way of
+    # quoting strings), from sources or from stdin.
+    ([":::", "a b", "c$d"], None, "'a b'\n'c$d'\n"),
+    ([":::", "a", ":::", "b c"], None, "'a b c'\n"),
+    (["--colsep", ",", ":::", "a,b c"], None, "'a b c'\n"),
+    ([], "x y\nc'd\n", "'x y'\n'c'\"'\"'d'\n"),
+])
+def test_shell_quote_without_a_command_quotes_the_arguments(
+        pmrun: Run, tmp_path: Path, tail: list[str], given: str | None, want: str) -> None:
+    r = pmrun("--shellquote", "-k", *tail, input=given)
+    assert (r.returncode, r.stdout, r.stderr) == (0, want, "")
+    if PARALLEL is not None:
+        assert parallel(tmp_path, "--shellquote", "-k", *tail, input=given).stdout == want
+
 @pytest.mark.parametrize(("flag", "unit"), [("--use-cores-instead-of-threads", "cores"),
                                             ("--use-sockets-instead-of-threads", "packages"),
                                             ("--use-cpus-instead-of-cores", "packages")])

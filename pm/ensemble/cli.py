@@ -961,6 +961,9 @@ async def run_cli(opts: CliOptions) -> int:
     if "dry_run" in extra or "shell_quote" in extra:  # (--shell-quote: each line quoted)
         PERL.close()
         show = shell_quote if "shell_quote" in extra else str
+        if "quote_args" in extra:  # (--shell-quote without a command: the arguments)
+            sys.stdout.write("".join(f"{shell_quote(' '.join(s.args))}\n" for s in specs))
+            return 0
         sys.stdout.write("".join(f"{show(s.argv[-1])}\n" for s in specs))
         return 0
     log = None if joblog is None else JobLog(
