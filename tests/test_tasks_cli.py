@@ -293,6 +293,8 @@ def parallel(tmp_path: Path, *args: str, input: str | None = None
     ["-j3", "-m", "echo", "a{}b", "x", ":::", "1", "2", "3", "4", "5", "6", "7"],
     ["-j2", "-X", "echo", "pre-{}-post", "{#}", ":::", "1", "2", "3", "4", "5"],
     ["-j2", "-X", "echo", "{.}", "{/}", "c", ":::", "d/a.x", "b.y", "c z"],
+    # (A perl expression is one word, its blanks and all: repeated per argument.)
+    ["-j1", "-X", "echo", "x{= $_=uc =}y", "{.}", ":::", "a.1", "b.2"],
     ["-j4", "-m", "echo", "::::", "many.txt"],
     ["--xargs", "echo", "[{}]", "::::", "many.txt"],
     ["echo", "{-1}", "{1}", "{-2.}", "{-1/}", ":::", "a.x", "b.y", ":::", "c", "d/e"],

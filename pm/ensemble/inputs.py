@@ -39,6 +39,9 @@ _STANDARD = r"(?P<seq>#)|(?P<slot>%)|(?P<n>-[1-9]\d*|\d*)(?P<how>//|/\.|/|\.)?"
 #: GNU parallel's ``{= perl expression =}`` (``{=2 ... =}``: of source 2), the shortest.
 _PERL = r"\{=(?P<ppos>-?[1-9]\d*)?(?P<perl>(?:(?!\{=)[\s\S])*?)=\}"
 _REPLACE = re.compile(_PERL + r"|\{(?:" + _STANDARD + r")\}")
+#: A line's words and the blanks between them, a ``{= perl expression =}`` (blanks and all)
+#: part of its word (``-X`` repeats a word per argument).
+_WORDS = re.compile(r"(?:" + _PERL + r"|\S)+|\s+")
 #: GNU parallel's ``--plus`` strings (its ``%Global::plus``), after the standard ones: an
 #: operation on an argument (``op``, of source ``pn`` if given), or a job's figure.
 _PLUS = re.compile(_PERL + r"|\{(?:" + _STANDARD
@@ -216,7 +219,7 @@ def in_context(line: str, args: Sequence[str], seq: int, width: int = 0,
     if not per_argument(line):
         return fill(line, args, seq, width=width, plus=plus, total=total)
     out = []
-    for word in re.split(r"(\s+)", line):
+    for word in (m.group(0) for m in _WORDS.finditer(line)):
         if per_argument(word):
             word = " ".join(fill(word, [a], seq, width=width, plus=plus, total=total)
                             for a in args)
