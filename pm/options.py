@@ -650,6 +650,15 @@ PPR_OBJECTS = {"node": "node", "package": "package", "socket": "package", "numa"
                "l3cache": "l3cache", "core": "core", "hwthread": "hwthread"}
 
 
+def _ppr(value: str, opt: str) -> str:
+    """Open MPI 4's ``--ppr N:OBJECT``, as ``--map-by ppr:N:OBJECT``."""
+    try:
+        return map_by(f"ppr:{value}", opt)
+    except UsageError:
+        raise UsageError(f"{opt} {value!r}: Open MPI's N:RESOURCE takes a count and "
+                         f"{_or(sorted(PPR_OBJECTS))}") from None
+
+
 def map_by(value: str, opt: str) -> str:
     # Open MPI's :OVERSUBSCRIBE means nothing here: pmrun never refuses more ranks than cores.
     value = ":".join(w for w in value.split(":") if w.upper() != "OVERSUBSCRIBE") or "core"
@@ -1054,12 +1063,17 @@ OPTIONS = (
     Opt("--bind-to -bind-to", "bind_to", bind_to, metavar="TARGET", quick=True, group=PLACE,
         help="none, hwthread, core, l3cache, numa, package, each with :N (N of them per "
              "rank) or :overload-allowed, or user:0+1,2"),
+    Opt("--bind-to-core -bind-to-core", "bind_to", kind=FLAG, const="core", group=PLACE,
+        help="Open MPI 1-4's: --bind-to core"),
+    Opt("--bind-to-socket -bind-to-socket", "bind_to", kind=FLAG, const="package",
+        group=PLACE, help="Open MPI 1-4's: --bind-to package"),
     Opt("--cpu-bind --cpu_bind", "cpu_bind", srun_cpu_bind, metavar="[verbose,]TYPE",
         quick=True, group=PLACE,
         help="srun's: none, cores, threads, sockets, ldoms (--bind-to none, core, hwthread, "
              "package, numa), map_cpu:0,2 or mask_cpu:0x3,0xc (a CPU or a mask each rank: "
              "--bind-to user:...); verbose: --report-bindings"),
-    Opt("-c --cpus-per-task --cores-per-task --cpus-per-rank -cpus-per-rank", "cpus_per_task",
+    Opt("-c --cpus-per-task --cores-per-task --cpus-per-rank -cpus-per-rank --cpus-per-proc "
+        "-cpus-per-proc", "cpus_per_task",
         whole(1), metavar="N", quick=True, group=PLACE,
         help="N cores for each rank, which it is bound to (srun's and Flux's -c, Open MPI "
              "4's --cpus-per-rank: --bind-to core:N)"),
@@ -1069,6 +1083,14 @@ OPTIONS = (
              "MPI's: --bind-to hwthread:N)"),
     Opt("-npersocket --npersocket", "npersocket", whole(1, MOST_RANKS), metavar="N",
         group=PLACE, help="Open MPI 4's: N ranks per package (--map-by ppr:N:package)"),
+    Opt("--ppr -ppr", "map_by", _ppr, metavar="N:OBJECT", group=PLACE,
+        help="Open MPI 4's: --map-by ppr:N:OBJECT"),
+    Opt("--bycore -bycore", "map_by", kind=FLAG, const="core", group=PLACE,
+        help="Open MPI 1-4's: --map-by core"),
+    Opt("--byslot -byslot", "map_by", kind=FLAG, const="slot", group=PLACE,
+        help="Open MPI 1-4's: --map-by slot"),
+    Opt("--pernode -pernode", "ppn", kind=FLAG, const=1, group=PLACE,
+        help="Open MPI's: a rank a node (-ppn 1)"),
     Opt("--map-by -map-by", "map_by", map_by, metavar="TARGET", quick=True, group=PLACE,
         help="slot, hwthread, core, l3cache, numa, package; Open MPI's ppr:N:node is -ppn N, "
              "node is --distribution cyclic, and TARGET:PE=N binds N cores per rank "
@@ -1136,7 +1158,8 @@ OPTIONS = (
     Opt("--mca -mca --gmca -gmca", "genv", kind=PAIR, const="OMPI_MCA_", metavar="KEY VALUE",
         quick=True, group=ENV, help="set Open MPI's parameter KEY for every rank "
                                     "(OMPI_MCA_KEY=VALUE, as mpirun --mca)"),
-    Opt("--pmixmca -pmixmca", "genv", kind=PAIR, const="PMIX_MCA_", metavar="KEY VALUE",
+    Opt("--pmixmca -pmixmca --gpmixmca -gpmixmca", "genv", kind=PAIR, const="PMIX_MCA_",
+        metavar="KEY VALUE",
         quick=True, group=ENV,
         help="set PMIx's parameter KEY for every rank (PMIX_MCA_KEY=VALUE)"),
     Opt("--export", "export", srun_export, metavar="ALL|NONE|A[=V],...", quick=True,

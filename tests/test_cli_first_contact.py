@@ -1075,6 +1075,17 @@ def test_open_mpi_placement_spellings_are_pmrun_s_options() -> None:
         "ppn": 2 * len(here.packages), "map_by": "ppr:2:package"}
     assert options.parse(["--map-by", "ppr:1:core", "--local-nodes", "2", "prog"],
                          {}).values["ppn"] == len(here.cores)
+    # Open MPI 1-4's spellings.
+    for old, new in ((["--bind-to-core"], {"bind_to": "core"}),
+                     (["-bind-to-socket"], {"bind_to": "package"}),
+                     (["--bycore"], {"map_by": "core"}), (["-byslot"], {"map_by": "slot"}),
+                     (["-pernode"], {"ppn": 1}), (["--ppr", "3:node"], {"ppn": 3}),
+                     (["-cpus-per-proc", "2"], {"bind_to": "core:2"}),
+                     (["--gpmixmca", "a", "1"], {"genv": {"PMIX_MCA_a": "1"}})):
+        assert options.parse([*old, "prog"], {}).values == new, old
+    with pytest.raises(UsageError, match=r"^--ppr '2:board': Open MPI's N:RESOURCE takes a "
+                                         r"count and core, hwthread"):
+        options.parse(["--ppr", "2:board", "prog"], {})
     assert options.parse(["-npersocket", "2", "prog"], {}).values == {  # (Open MPI 4's)
         "ppn": 2 * len(here.packages), "map_by": "ppr:2:package"}
     with pytest.raises(UsageError, match=r"^-npersocket 1 is --map-by ppr:1:package: --map-by "
