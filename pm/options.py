@@ -213,7 +213,9 @@ def flux_env_rule(value: str, opt: str) -> str:
     if value.startswith("^"):
         raise UsageError(f"{opt} {value}: pmrun reads no rules from a file (give each: "
                          f"{opt} VAR=VALUE)")
-    return "-" + value if opt == "--env-remove" else value
+    if opt in ("--unset-env", "-unset-env") and (value.startswith("-") or "=" in value):
+        raise UsageError(f"{opt} takes a name or a pattern of names, not {value!r}")
+    return "-" + value if opt in ("--env-remove", "--unset-env", "-unset-env") else value
 
 
 def separator(value: str, opt: str) -> str:
@@ -1144,6 +1146,8 @@ OPTIONS = (
         help="Flux's: --env VAR=VAL sets VAR for every rank, --env -PATTERN (or --env-remove "
              "PATTERN) passes none of the variables PATTERN matches (a shell pattern), --env "
              "PATTERN passes those again; in the order given"),
+    Opt("--unset-env -unset-env", "flux_env", flux_env_rule, metavar="PATTERN", quick=True,
+        group=ENV, help="Open MPI 5's: --env-remove PATTERN ('foo*': every name starting foo)"),
     Opt("--prefix -prefix", "prefix", directory, metavar="DIR", quick=True,
         group=ENV,
         help="Open MPI's: DIR/bin first on the ranks' PATH, DIR/lib on their "
@@ -1152,7 +1156,8 @@ OPTIONS = (
         group=ENV,
         help="Open MPI's: DIR first on the ranks' PATH, where their programs are looked "
              "for"),
-    Opt("-x", "genv", kind=EXPORT, metavar="NAME[=VALUE]", quick=True, group=ENV,
+    Opt("-x --set-env -set-env", "genv", kind=EXPORT, metavar="NAME[=VALUE]", quick=True,
+        group=ENV,
         help="pass NAME with its value here (Open MPI's mpirun -x; an unset NAME is named and "
              "skipped), or set it to VALUE"),
     Opt("--mca -mca --gmca -gmca", "genv", kind=PAIR, const="OMPI_MCA_", metavar="KEY VALUE",

@@ -950,7 +950,8 @@ GOOD_VALUE: dict[str, list[str]] = {
 }
 #: ... where an option's spelling takes other words than its key's others (srun's -t).
 GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"], "--time-limit": ["1.5h"],
-                 "-demux": ["select"], "-topolib": ["hwloc"]}
+                 "-demux": ["select"], "-topolib": ["hwloc"], "--unset-env": ["A"],
+                 "-unset-env": ["A"]}
 QUICK = [(opt, name) for opt in OPTIONS if opt.quick for name in opt.names]
 
 
@@ -1437,6 +1438,12 @@ def test_fluxs_env_rules_in_their_order(pmrun: Run, quick: str) -> None:
     r = pmrun("--env-remove", "FOO", "-genvnone", *show, env=env)
     assert (r.returncode, r.stderr) == (2, "pmrun: --env -PATTERN (--env-remove) and -genvall/"
                                            "-genvnone/-genvlist (or srun's --export): give one\n")
+    # Open MPI 5's --unset-env PATTERN and --set-env NAME=VALUE: the same rules.
+    r = pmrun("--unset-env", "F*", "--set-env", "Y=3", *show, env=env)
+    assert (r.returncode, r.stdout) == (0, "X= FOO= FIZZ= BAZ=q Y=3\n"), r.stderr
+    r = pmrun("--unset-env", "FOO=1", *show, env=env)
+    assert (r.returncode, r.stderr) == (2, "pmrun: --unset-env takes a name or a pattern of "
+                                           "names, not 'FOO=1'\n")
 
 
 def test_skip_launch_node_runs_on_the_other_hosts_only(pmrun: Run, tmp_path: Path) -> None:
