@@ -218,6 +218,19 @@ def flux_env_rule(value: str, opt: str) -> str:
     return "-" + value if opt in ("--env-remove", "--unset-env", "-unset-env") else value
 
 
+def _env_edit(opt: str, spelled: str, value: str, old: str | None, first: bool
+              ) -> tuple[str, str]:
+    """Open MPI 5's ``--prepend-env NAME[c] VALUE`` (``--append-env``): NAME, and VALUE
+    before (after) NAME's value so far with the separator c between (VALUE alone if it has
+    none)."""
+    var, sep = spelled[:-3], spelled[-2:-1]
+    if spelled[-3:-2] != "[" or spelled[-1:] != "]" or not var.isidentifier():
+        raise UsageError(f"{opt} {spelled}: give the name and its separator, as NAME[:] VALUE")
+    if old:
+        value = value + sep + old if first else old + sep + value
+    return var, value
+
+
 def separator(value: str, opt: str) -> str:
     """``--arg-sep``, ``--arg-file-sep``: a word of its own, not an option's."""
     if not value or value.strip() != value or value.startswith("-") or value.endswith("+"):
@@ -1160,6 +1173,12 @@ OPTIONS = (
         group=ENV,
         help="pass NAME with its value here (Open MPI's mpirun -x; an unset NAME is named and "
              "skipped), or set it to VALUE"),
+    Opt("--prepend-env -prepend-env --prepend-envar", "genv", kind=PAIR, const="prepend",
+        metavar="NAME[c] VALUE", group=ENV,
+        help="Open MPI 5's: VALUE, c and NAME's value here for every rank (NAME[:] /opt/lib)"),
+    Opt("--append-env -append-env --append-envar", "genv", kind=PAIR, const="append",
+        metavar="NAME[c] VALUE", group=ENV,
+        help="Open MPI 5's: NAME's value here, c and VALUE for every rank"),
     Opt("--mca -mca --gmca -gmca", "genv", kind=PAIR, const="OMPI_MCA_", metavar="KEY VALUE",
         quick=True, group=ENV, help="set Open MPI's parameter KEY for every rank "
                                     "(OMPI_MCA_KEY=VALUE, as mpirun --mca)"),
@@ -1829,11 +1848,14 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                     unset.append(f"{name} {var}: not set in pmrun's environment, so not passed")
                     continue
                 val = environ[var]
-            if isinstance(opt.const, str):  # --mca KEY VALUE: the variable's prefix
-                var = opt.const + var
             target = sec.values if opt.local else out.values
             env = target.setdefault(opt.key, {})
             assert isinstance(env, dict)
+            if opt.const in ("prepend", "append"):  # Open MPI 5's --prepend-env NAME[c] VAL
+                var, val = _env_edit(name, var, val, env.get(var[:-3], environ.get(var[:-3])),
+                                     opt.const == "prepend")
+            elif isinstance(opt.const, str):  # --mca KEY VALUE: the variable's prefix
+                var = opt.const + var
             env[var] = val
         elif opt.kind == FILE:
             if read_config:

@@ -1444,6 +1444,13 @@ def test_fluxs_env_rules_in_their_order(pmrun: Run, quick: str) -> None:
     r = pmrun("--unset-env", "FOO=1", *show, env=env)
     assert (r.returncode, r.stderr) == (2, "pmrun: --unset-env takes a name or a pattern of "
                                            "names, not 'FOO=1'\n")
+    # ... and --prepend-env / --append-env NAME[c] VALUE: onto NAME's value here (or so far).
+    r = pmrun("--prepend-env", "FOO[:]", "/x", "--append-env", "FOO[:]=/y",
+              "--append-env", "Y[,]", "z", *show, env=env)
+    assert (r.returncode, r.stdout) == (0, "X= FOO=/x:bar:/y FIZZ=z BAZ=q Y=z\n"), r.stderr
+    r = pmrun("--prepend-env", "FOO", "/x", *show, env=env)
+    assert (r.returncode, r.stderr) == (2, "pmrun: --prepend-env FOO: give the name and its "
+                                           "separator, as NAME[:] VALUE\n")
 
 
 def test_skip_launch_node_runs_on_the_other_hosts_only(pmrun: Run, tmp_path: Path) -> None:
