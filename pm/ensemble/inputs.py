@@ -278,20 +278,27 @@ def with_rpl(text: str, rules: Sequence[str]) -> str:
     form, ``{=N PERL =}``; a TAG's ``(regexp)`` groups are ``$$1``, ``$$2``... in PERL
     (GNU parallel's ``--rpl``)."""
     for tag, expr in sorted(map(_rpl_parts, rules), key=lambda r: -len(r[0])):
-        def perl(m: re.Match[str], expr: str = expr, positional: bool = False) -> str:
-            groups = [g for g in m.groups()[1 if positional else 0:] if g is not None]
-            given = "".join(f'$_pAr_gRp{i} = "{_perl_quoted(g)}";'
-                            for i, g in enumerate(groups, start=1))
-            return "{=" + (m.group(1) if positional else "") + " " + given + re.sub(
-                r"\$\$(\d+)", r"$_pAr_gRp\1", expr) + "=}"
-
-        def at(m: re.Match[str], perl: Callable[..., str] = perl) -> str:
-            return perl(m, positional=True)
-
-        text = _outside_perl(text, re.compile(_rpl_pattern(tag)), perl)
+        repl = _as_perl(expr)
+        text = _outside_perl(text, re.compile(_rpl_pattern(tag)), repl)
         if tag.startswith("{"):
-            text = _outside_perl(text, re.compile(r"\{(-?\d+)\s*" + _rpl_pattern(tag[1:])), at)
+            text = _outside_perl(
+                text, re.compile(r"\{(?P<pos>-?\d+)\s*" + _rpl_pattern(tag[1:])), repl)
     return text
+
+
+def _as_perl(expr: str) -> Callable[[re.Match[str]], str]:
+    """The ``{= PERL =}`` a match of a --rpl TAG stands for: its ``(regexp)`` groups given to
+    PERL as ``$$1``, ``$$2``... (parallel's ``$_pAr_gRpN``), its position (``{N TAG}``) kept."""
+    code = re.sub(r"\$\$(\d+)", r"$_pAr_gRp\1", expr)
+
+    def repl(m: re.Match[str]) -> str:
+        positional = "pos" in m.re.groupindex
+        groups = [g for g in m.groups()[1 if positional else 0:] if g is not None]
+        given = "".join(f'$_pAr_gRp{i} = "{_perl_quoted(g)}";'
+                        for i, g in enumerate(groups, start=1))
+        return "{=" + (m["pos"] if positional else "") + " " + given + code + "=}"
+
+    return repl
 
 
 def _rpl_parts(rule: str) -> tuple[str, str]:
