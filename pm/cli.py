@@ -66,7 +66,7 @@ _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fano
                         "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output",
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
                         "merge_stderr", "timestamp_output", "distribution", "unbuffered",
-                        "rank_by", "kill_on_bad_exit"})
+                        "rank_by", "kill_on_bad_exit", "report_state", "stack_traces"})
 
 
 def parse(argv: list[str]) -> CliOptions:
@@ -196,6 +196,11 @@ def cli_options(parsed: Parsed) -> CliOptions:
     opts.distribution_given = "distribution" in v
     spec.wdir = v.get("wdir")  # type: ignore[assignment]  # (--tasks FILE's; else per program)
     spec.timeout = v.get("timeout")  # type: ignore[assignment]
+    spec.timeout_report = 2 if v.get("stack_traces") else 1 if v.get("report_state") else 0
+    if spec.timeout_report and spec.timeout is None:
+        which = "--get-stack-traces" if v.get("stack_traces") else "--report-state-on-timeout"
+        raise UsageError(f"{which} acts at the job's timeout: give --timeout SECONDS (or "
+                         "MPIEXEC_TIMEOUT)")
     spec.wait_after_first = v.get("wait_after_first") or None  # type: ignore[assignment]
     if str(v.get("stdin", "none")).isdigit():
         spec.stdin_rank = int(v["stdin"])  # type: ignore[call-overload]

@@ -491,10 +491,13 @@ class JobRun:
         self._fail(reason, EXIT_LAUNCHER)
 
     def _timed_out(self) -> None:
-        self._fail(f"job timed out after {self.spec.timeout:g} s", EXIT_TIMEOUT)
+        self._fail(f"job timed out after {self.spec.timeout:g} s", EXIT_TIMEOUT,
+                   report=self.spec.timeout_report)
 
-    def _fail(self, cause: str, code: int, grace: float = KILL_GRACE) -> None:
-        """The first failure names the cause and fixes the exit code; all fail the job."""
+    def _fail(self, cause: str, code: int, grace: float = KILL_GRACE, report: int = 0) -> None:
+        """The first failure names the cause and fixes the exit code; all fail the job.
+        ``report``: the agents say how the ranks still running stand before they kill
+        them (``--report-state-on-timeout``, ``--get-stack-traces``)."""
         if self._held_abort is not None:
             self._name_abort()  # it came first
         if self.cause is None:
@@ -513,7 +516,7 @@ class JobRun:
                 # SIGTERM after KILL_GRACE; a second interrupt kills at once.
                 self.owned.call_later(KILL_GRACE, self.agent.kill, cause, grace)
             else:
-                self.agent.kill(cause, grace)
+                self.agent.kill(cause, grace, report)
 
     # ------------------------------------------------------------ Uplink (from vertex 0)
     def send(self, msg: t.Msg) -> None:
@@ -533,6 +536,9 @@ class JobRun:
             self._aborted(msg)
         elif isinstance(msg, t.Stuck):
             self._stuck(msg)
+        elif isinstance(msg, t.Report):
+            for line in msg.lines:
+                log.error("%s", line)
         elif isinstance(msg, t.Done):
             if self._held_abort is not None:
                 self._name_abort()

@@ -51,6 +51,9 @@ class JobSpec:
     #: The universe size ranks are told (PMI, MPI_UNIVERSE_SIZE); None: the job's size.
     universe_size: int | None = None
     timeout: float | None = None
+    #: At the timeout, before the kill: 1, each running rank's state (PMI, process); 2, and
+    #: its stack (pm.agent.state_report).
+    timeout_report: int = 0
     #: srun's -W (--wait): seconds the other ranks may run on once one ended (None: as
     #: long as they take).
     wait_after_first: float | None = None

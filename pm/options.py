@@ -1602,6 +1602,11 @@ OPTIONS = (
     Opt("--timeout -timeout", "timeout", seconds, metavar="SECONDS", quick=True, group=MISC,
         help="kill the job after SECONDS (exit status 124); also MPIEXEC_TIMEOUT; of "
              "tasks, each task's run (as GNU parallel)"),
+    Opt("--report-state-on-timeout", "report_state", kind=FLAG, group=MISC,
+        help="Open MPI's: at the timeout, before the kill, name each rank still running, "
+             "what its process does and how far it got with PMI (the collective it waits in)"),
+    Opt("--get-stack-traces", "stack_traces", kind=FLAG, group=MISC,
+        help="Open MPI's: and each one's stack (gdb on its node)"),
     Opt("-configfile --configfile --app -app", "configfile", kind=FILE, metavar="FILE", group=MISC,
         help="the programs and their options, one MPMD section a line ('#' comments)"),
     Opt("--multi-prog", "multi_prog", kind=FLAG, group=MISC,
@@ -2266,7 +2271,8 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "mpi", "profile", "universe_size", "nodes", "cpus_per_task", "stdin", "cpu_bind",
                "merge_stderr", "distribution", "kill_on_bad_exit", "unbuffered", "display",
                "print_rank_map", "print_all_exitcodes", "wait_after_first", "do_not_launch",
-               "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list", "rank_by")
+               "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list", "rank_by",
+               "report_state", "stack_traces")
 
 
 def _ensemble_only(out: Parsed) -> None:

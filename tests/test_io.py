@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 from collections.abc import Callable
@@ -206,6 +207,54 @@ def test_mpiexec_timeout_variable_works_like_timeout(pmrun: Run, marker: str) ->
               env={"MPIEXEC_TIMEOUT": "1"})
     assert r.returncode == 124, r.stderr
     wait_gone(marker, 10)
+
+
+LATE = """
+    import os, sys, time
+    if os.environ["PMI_RANK"] == "1":
+        time.sleep(120)  # never reaches MPI_Init: the others wait for it there
+    from mpi4py import MPI
+"""
+
+
+def test_report_state_on_timeout_names_each_rank_and_where_it_waits(
+        pmrun: Run, tmp_path: Path, marker: str) -> None:
+    prog = script(tmp_path, "late.py", LATE)
+    r = pmrun("-n", "4", "--local-nodes", "2", "--timeout", "8", "--report-state-on-timeout",
+              "python", str(prog), marker)
+    assert r.returncode == 124, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0] == "pmrun: job timed out after 8 s", r.stderr
+    state = {int(m[1]): m for line in lines[1:] if (m := re.fullmatch(
+        r"pmrun: rank (\d) \(node (\d), [^)]+\), pid \d+: ([a-z ()/]+), [\d.]+ s of CPU; (.+)",
+        line))}
+    assert sorted(state) == [0, 1, 2, 3], r.stderr
+    assert [state[r][2] for r in range(4)] == ["0", "0", "1", "1"]
+    assert state[1][3] == "sleeping" and state[1][4] == "no PMI init yet", r.stderr
+    for rank in (2, 3):  # (node 1's ranks wait in the tree's fence of MPI_Init)
+        assert re.fullmatch(r"in the PMI (fence|barrier) 1", state[rank][4]), r.stderr
+    wait_gone(marker, 10)
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+def test_get_stack_traces_shows_each_running_ranks_threads(pmrun: Run, marker: str) -> None:
+    r = pmrun("-n", "2", "--timeout", "2", "--get-stack-traces", "python", "-c",
+              "import time; time.sleep(120)", marker)
+    assert r.returncode == 124, r.stderr
+    for rank in (0, 1):
+        head = re.search(rf"^pmrun: rank {rank} \(node 0, [^)]+\), pid (\d+): sleeping.*\n"
+                         rf"pmrun: rank {rank} \(node 0, [^)]+\), pid \1: stack:\n"
+                         r"pmrun:   Thread 1 .*\n(pmrun:   #\d+ .*\n)+", r.stderr, re.M)
+        assert head, r.stderr
+    assert "sleep" in r.stderr, r.stderr  # (the frames are the sleep's)
+    wait_gone(marker, 10)
+
+
+def test_report_state_without_a_timeout_is_refused_in_one_line(pmrun: Run) -> None:
+    r = pmrun("-n", "1", "--get-stack-traces", "true")
+    assert r.returncode == 2
+    assert r.stderr == ("pmrun: --get-stack-traces acts at the job's timeout: give --timeout "
+                        "SECONDS (or MPIEXEC_TIMEOUT)\n")
 
 
 STUBBORN = """

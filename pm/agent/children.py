@@ -623,7 +623,7 @@ class RootRelay:
 
     def from_parent(self, msg: t.Msg) -> None:
         if isinstance(msg, t.Kill):
-            self.kill(msg.reason, msg.grace)
+            self.kill(msg.reason, msg.grace, msg.report)
         else:
             self._down(msg)
 
@@ -634,12 +634,13 @@ class RootRelay:
         if self.children_link is not None:
             self.children_link.send(0, msg)
 
-    def kill(self, reason: str, grace: float) -> None:
-        """Kill the job on every node (vertex 0 passes it down the tree)."""
+    def kill(self, reason: str, grace: float, report: int = 0) -> None:
+        """Kill the job on every node (vertex 0 passes it down the tree); ``report``: each
+        agent first says how its ranks stand (:class:`~pm.proto.tree_wire.Report`)."""
         first = not self._killing
         self._killing = True
         if first or grace <= 0:
-            self._down(t.Kill(reason, grace))
+            self._down(t.Kill(reason, grace, report if first else 0))
 
     async def aclose(self) -> None:
         self.close()

@@ -49,6 +49,13 @@ class NodeCollectives:
             order.extend(locals_of.get(v, []))
         return order == list(range(agent.size))
 
+    def pending(self, rank: int) -> str:
+        """The collective ``rank`` waits in (``fence 2``), '' when none."""
+        for (kind, epoch, r), fut in self._coll_futs.items():
+            if r == rank and not fut.done():
+                return f"{KIND_NAMES.get(kind, 'collective')} {epoch}"
+        return ""
+
     def collective(self, kind: int, rank: int, value: Any) -> asyncio.Future[Any]:
         """Rank ``rank``'s contribution to its next collective of ``kind``: its result."""
         agent = self.agent

@@ -159,6 +159,8 @@ class JobAgent:
         self.shm_reaper: ShmReaper | None = None
         self._shm_sampler: asyncio.TimerHandle | None = None
         self._early_colls: dict[int, int] = {}
+        #: A kill's report of the ranks' state, while it is being made (kill).
+        self._reporting: asyncio.Task[None] | None = None
         #: The job as a PMIx namespace (pm.agent.pmix_job) when the plan asks for PMIx.
         self.pmix: Any = None
         self._pmix_failed = False
@@ -770,7 +772,7 @@ class JobAgent:
             else:
                 spawns.launch(msg)
         elif isinstance(msg, t.Kill):
-            self.kill(msg.reason, msg.grace)
+            self.kill(msg.reason, msg.grace, msg.report)
         elif isinstance(msg, t.OutputGone):
             self._down_all(msg)
             self.procs.output_gone(msg.stream)
@@ -809,7 +811,8 @@ class JobAgent:
         elif isinstance(msg, t.Gone) and self.vertex == 0:
             self.coll.gone(msg)
         elif isinstance(msg, (t.Output, t.Exits, t.Abort, t.AgentError, t.AgentGone,
-                              t.Started, t.StdinAck, t.SpawnReq, t.Stuck, t.Gone)):
+                              t.Started, t.StdinAck, t.SpawnReq, t.Stuck, t.Gone,
+                              t.Report)):
             self.parent.send(msg)
         else:
             self.from_tree(msg)
@@ -872,15 +875,38 @@ class JobAgent:
                 self.children_link.send(c, msg)
 
     # ------------------------------------------------------------------ ending
-    def kill(self, reason: str, grace: float) -> None:
-        """SIGTERM every rank of the subtree, SIGKILL after ``grace`` seconds."""
+    def kill(self, reason: str, grace: float, report: int = 0) -> None:
+        """SIGTERM every rank of the subtree, SIGKILL after ``grace`` seconds; ``report``
+        (a first kill's): say how the ranks still running stand first
+        (:mod:`pm.agent.state_report`)."""
         first = self.state is AgentState.RUNNING
         if first:
             self.state = AgentState.KILLING
-        self._down_all(t.Kill(reason, grace))
+        self._down_all(t.Kill(reason, grace, report if first else 0))
         if first:
             log.debug("agent %d: killing ranks: %s", self.vertex, reason)
             self._sample_shm()
+            if report and self.local:
+                self._reporting = self.owned.spawn(self._report_then_kill(reason, grace, report))
+                return
+        elif self._reporting is not None and not self._reporting.done():
+            # Killed again while reporting (a second Ctrl-C): at once, without the rest.
+            self._reporting.cancel()
+            first = True  # (the report's kill never began)
+        self._kill_ranks(reason, grace, first)
+
+    async def _report_then_kill(self, reason: str, grace: float, report: int) -> None:
+        from pm.agent.state_report import report_lines
+
+        try:
+            lines = await report_lines(self, report)
+        except Exception as exc:  # (a report must never keep the job from its end)
+            lines = [f"node {self.vertex} ({self.host}): no report of its ranks: {exc}"]
+        if lines:
+            self.parent.send(t.Report(self.vertex, lines))
+        self._kill_ranks(reason, grace, True)
+
+    def _kill_ranks(self, reason: str, grace: float, first: bool) -> None:
         self.fail_collectives(reason)
         self.procs.kill(grace, first)
         if self.spawns is not None:

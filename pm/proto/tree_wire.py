@@ -57,8 +57,8 @@ MAC_LEN = 16
 #: 2: frames are [envelope, body]; 3: typed records (plans, items); 4: BLAKE2b MACs;
 #: 5: exits and aborts carry the time their agent learned of them; 6: Started says whether
 #: a spawned job's ranks need their spawner; 7: plans carry --rank-by and a rankfile's
-#: placement and slots
-PROTOCOL_VERSION = 8
+#: placement and slots; 9: Kill may ask for a report of the ranks' state first (Report)
+PROTOCOL_VERSION = 9
 
 #: Directions of a tree link (bound under an envelope's tag).
 UP = 1  # child to parent
@@ -255,10 +255,13 @@ class Signal(Msg, op=11):
 
 
 class Kill(Msg, op=12):
-    """End the job now: SIGTERM, grace, SIGKILL every rank; ``reason`` is logged."""
+    """End the job now: SIGTERM, grace, SIGKILL every rank; ``reason`` is logged.  With
+    ``report`` (:data:`REPORT_STATE`, :data:`REPORT_STACKS`) each agent first says how its
+    ranks still running stand (:class:`Report`), and then kills them."""
 
     reason: str
     grace: float
+    report: int = 0
 
 
 class Done(Msg, op=13):
@@ -382,6 +385,19 @@ class Stuck(Msg, op=33):
     kind: int
     epoch: int
     waiting: int
+
+
+#: What an agent says of its ranks before a Kill ends them: their state (PMI), and their stacks.
+REPORT_STATE = 1
+REPORT_STACKS = 2
+
+
+class Report(Msg, op=35):
+    """Lines about the ranks of ``vertex`` that a Kill with ``report`` found running, said
+    before they are killed (``--report-state-on-timeout``, ``--get-stack-traces``)."""
+
+    vertex: int
+    lines: list[str]
 
 
 class SpawnLaunch(Msg, op=24):
