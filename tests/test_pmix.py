@@ -333,6 +333,29 @@ def test_failing_rank_is_named(pmrun: Run, tmp_path: Path, marker: str, how: str
     wait_gone(marker, 20)
 
 
+LATE = """
+    import os, time
+    if os.environ["PMIX_RANK"] == "1":
+        time.sleep(300)  # never reaches MPI_Init: node 1's ranks wait in its fence
+    from mpi4py import MPI
+"""
+
+
+@needs_wheel
+def test_report_state_on_timeout_names_pmix_ranks_and_their_fence(
+        pmrun: Run, tmp_path: Path, marker: str) -> None:
+    assert OMPI is not None
+    prog = script(tmp_path, "late.py", LATE)
+    r = pmrun("-n", "4", "--local-nodes", "2", "--timeout", "10", "--report-state-on-timeout",
+              OMPI, str(prog), marker, env=ENV, timeout=100)
+    assert r.returncode == 124, r.stderr
+    said = dict(re.findall(r"^pmrun: rank (\d) \(node \d, [^)]*\), pid \d+: .*; (.*)$",
+                           r.stderr, re.M))
+    assert said["1"] == "no PMI init yet", r.stderr
+    assert said["2"] == said["3"] == "in the PMIx fence 1", r.stderr
+    wait_gone(marker, 20)
+
+
 SLEEPER = """
     import sys, time
     from mpi4py import MPI

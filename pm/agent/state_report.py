@@ -25,6 +25,7 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
+from pm.agent.pmi_actions import Wire
 from pm.agent.ranks import PmiPhase
 from pm.proto.errors import rank_at
 from pm.proto.tree_wire import REPORT_STACKS
@@ -63,10 +64,17 @@ def pmi_state(agent: JobAgent, proc: RankProc) -> str:
     """How far ``proc`` got with PMI, and the collective it waits in."""
     if proc.pmi is PmiPhase.NONE:
         return "no PMI init yet"
+    # A PMIx client (Open MPI's) never spoke on its PMI socket: its fences ride the tree's
+    # allgather.
+    pmix = agent.pmix is not None and (proc.session is None
+                                       or proc.session.protocol is Wire.UNKNOWN)
+    name = "PMIx" if pmix else "PMI"
     if proc.pmi is PmiPhase.FINALIZED:
-        return "PMI finalized"
+        return f"{name} finalized"
     waits = agent.coll.pending(proc.rank)
-    return f"in the PMI {waits}" if waits else "PMI initialized"
+    if pmix and waits.startswith("allgather "):
+        waits = "fence " + waits.split()[1]
+    return f"in the {name} {waits}" if waits else f"{name} initialized"
 
 
 async def stack(pid: int) -> list[str]:
