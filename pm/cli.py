@@ -748,6 +748,9 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
                 signal.SIGHUP: job.interrupt, signal.SIGUSR1: job.signal,
                 signal.SIGUSR2: job.signal, signal.SIGTSTP: job.suspend,
                 signal.SIGCONT: job.signal}
+    for num in str(opts.extra.get("forward_signals", "")).split(","):
+        if num:  # (Open MPI's --forward-signals: more of them; those above keep their part)
+            handlers.setdefault(signal.Signals(int(num)), job.signal)
     for sig, handler in handlers.items():
         loop.add_signal_handler(sig, handler, sig)
     from pm.quick import noted_signals

@@ -922,6 +922,32 @@ def term_sequence(value: str, opt: str) -> str:
     return _read_by(parse_termseq, value)
 
 
+#: Signals --forward-signals refuses: uncatchable, or pmrun's own (a fault of its process,
+#: its children's ends, its pipes).
+_UNFORWARDABLE = ("KILL", "STOP", "SEGV", "BUS", "FPE", "ILL", "TRAP", "CHLD", "PIPE")
+
+
+def signal_list(value: str, opt: str) -> str:
+    """``--forward-signals``: signals by name (``SIGALRM``, ``ALRM``) or number, comma
+    separated, as their numbers (``14,28``)."""
+    import signal
+
+    nums = []
+    for word in (w.strip() for w in value.split(",")):
+        name = word.upper().removeprefix("SIG")
+        try:
+            sig = signal.Signals(int(word)) if word.isdigit() else signal.Signals["SIG" + name]
+        except (KeyError, ValueError):
+            raise UsageError(f"{opt} takes signals by name or number (SIGUSR1,SIGALRM or "
+                             f"10,14), not {word!r}") from None
+        if sig.name[3:] in _UNFORWARDABLE:
+            raise UsageError(f"{opt}: {sig.name} cannot be forwarded (" + (
+                "it cannot be caught" if sig.name in ("SIGKILL", "SIGSTOP") else
+                "pmrun's own") + ")")
+        nums.append(str(int(sig)))
+    return ",".join(nums)
+
+
 def block_size(value: str, opt: str) -> str:
     """``--block``: a size in bytes, or ``-N`` (``--pipepart``: N blocks for each task slot,
     as GNU parallel's negative block size)."""
@@ -1602,6 +1628,9 @@ OPTIONS = (
     Opt("--timeout -timeout", "timeout", seconds, metavar="SECONDS", quick=True, group=MISC,
         help="kill the job after SECONDS (exit status 124); also MPIEXEC_TIMEOUT; of "
              "tasks, each task's run (as GNU parallel)"),
+    Opt("--forward-signals", "forward_signals", signal_list, metavar="LIST", group=MISC,
+        help="Open MPI's: forward these signals to every rank too (SIGALRM,SIGWINCH; names "
+             "or numbers); INT, TERM, HUP, USR1, USR2, TSTP and CONT always are"),
     Opt("--report-state-on-timeout", "report_state", kind=FLAG, group=MISC,
         help="Open MPI's: at the timeout, before the kill, name each rank still running, "
              "what its process does and how far it got with PMI (the collective it waits in)"),
@@ -2272,7 +2301,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "merge_stderr", "distribution", "kill_on_bad_exit", "unbuffered", "display",
                "print_rank_map", "print_all_exitcodes", "wait_after_first", "do_not_launch",
                "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list", "rank_by",
-               "report_state", "stack_traces")
+               "report_state", "stack_traces", "forward_signals")
 
 
 def _ensemble_only(out: Parsed) -> None:

@@ -283,6 +283,45 @@ def test_second_ctrl_c_kills_at_once(pmrun_popen: Start, tmp_path: Path, marker:
     wait_gone(marker, 10)
 
 
+ALARMED = """
+    import os, signal, sys, time
+    def said(signum, frame):
+        print("rank", os.environ["PMI_RANK"], "got", signal.Signals(signum).name, flush=True)
+        sys.exit(0)
+    signal.signal(signal.SIGALRM, said)
+    signal.signal(signal.SIGWINCH, said)
+    print("up", flush=True)
+    time.sleep(300)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGALRM, signal.SIGWINCH])
+def test_forward_signals_adds_signals_every_rank_gets(pmrun_popen: Start, tmp_path: Path,
+                                                     marker: str, sig: signal.Signals) -> None:
+    prog = script(tmp_path, "alarmed.py", ALARMED)
+    p = pmrun_popen("--forward-signals", "SIGALRM,28", "-n", "2", "--local-nodes", "2",
+                    "python", str(prog), marker)
+    assert p.stdout is not None
+    assert read_lines(p.stdout, 2, 30) == [b"up\n", b"up\n"]
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err.decode()
+    assert sorted(out.decode().splitlines()) == [f"rank {r} got {sig.name}" for r in (0, 1)]
+    wait_gone(marker, 10)
+
+
+@pytest.mark.parametrize(("value", "said"), [
+    ("SIGKILL", "--forward-signals: SIGKILL cannot be forwarded (it cannot be caught)"),
+    ("USR1,CHLD", "--forward-signals: SIGCHLD cannot be forwarded (pmrun's own)"),
+    ("14,SIGNOPE", "--forward-signals takes signals by name or number (SIGUSR1,SIGALRM or "
+                   "10,14), not 'SIGNOPE'"),
+])
+def test_forward_signals_refuses_what_it_cannot_forward(pmrun: Run, value: str,
+                                                        said: str) -> None:
+    r = pmrun("--forward-signals", value, "-n", "1", "true")
+    assert (r.returncode, r.stderr) == (2, f"pmrun: {said}\n")
+
+
 def test_sigterm_to_pmrun_is_forwarded(pmrun_popen: Start, tmp_path: Path,
                                        marker: str) -> None:
     prog = script(tmp_path, "sleep.py", """
