@@ -66,7 +66,8 @@ _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fano
                         "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output",
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
                         "merge_stderr", "timestamp_output", "distribution", "unbuffered",
-                        "rank_by", "kill_on_bad_exit", "report_state", "stack_traces"})
+                        "rank_by", "kill_on_bad_exit", "report_state", "stack_traces",
+                        "signal_before_end"})
 
 
 def parse(argv: list[str]) -> CliOptions:
@@ -197,6 +198,13 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.wdir = v.get("wdir")  # type: ignore[assignment]  # (--tasks FILE's; else per program)
     spec.timeout = v.get("timeout")  # type: ignore[assignment]
     spec.timeout_report = 2 if v.get("stack_traces") else 1 if v.get("report_state") else 0
+    before = v.get("signal_before_end")
+    if before is not None:
+        if spec.timeout is None:
+            raise UsageError("--signal: a signal before the time limit needs a time limit "
+                             "(--timeout SECONDS, -t MINUTES)")
+        num, _, secs = str(before).partition("@")
+        spec.signal_before_end = (int(num), float(secs))
     if spec.timeout_report and spec.timeout is None:
         which = "--get-stack-traces" if v.get("stack_traces") else "--report-state-on-timeout"
         raise UsageError(f"{which} acts at the job's timeout: give --timeout SECONDS (or "

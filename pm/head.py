@@ -298,8 +298,11 @@ class JobRun:
             self.writer.write_behind(self.loop.call_soon_threadsafe, self._output_written)
         if self.spec.timeout:
             began = self._started.t0 if self._started is not None else time.monotonic()
-            self.owned.call_later(
-                max(0.0, self.spec.timeout - (time.monotonic() - began)), self._timed_out)
+            left = self.spec.timeout - (time.monotonic() - began)
+            self.owned.call_later(max(0.0, left), self._timed_out)
+            if self.spec.signal_before_end is not None:  # srun's --signal SIG@TIME
+                signum, before = self.spec.signal_before_end
+                self.owned.call_later(max(0.0, left - before), self.signal, signum)
         children = None
         if agent.children:
             from pm.agent.children import Children, find_listen_endpoint, step_port

@@ -19,6 +19,7 @@ from pm.proto.errors import UsageError, defect, missing_dependency, too_many
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (pmrun's start-up)
 if TYPE_CHECKING:
+    import signal
     from collections.abc import Callable, Mapping
 
     Check = Callable[[str, str], object]
@@ -930,22 +931,53 @@ _UNFORWARDABLE = ("KILL", "STOP", "SEGV", "BUS", "FPE", "ILL", "TRAP", "CHLD", "
 def signal_list(value: str, opt: str) -> str:
     """``--forward-signals``: signals by name (``SIGALRM``, ``ALRM``) or number, comma
     separated, as their numbers (``14,28``)."""
-    import signal
-
     nums = []
     for word in (w.strip() for w in value.split(",")):
-        name = word.upper().removeprefix("SIG")
-        try:
-            sig = signal.Signals(int(word)) if word.isdigit() else signal.Signals["SIG" + name]
-        except (KeyError, ValueError):
+        sig = _signal_named(word)
+        if sig is None:
             raise UsageError(f"{opt} takes signals by name or number (SIGUSR1,SIGALRM or "
-                             f"10,14), not {word!r}") from None
+                             f"10,14), not {word!r}")
         if sig.name[3:] in _UNFORWARDABLE:
             raise UsageError(f"{opt}: {sig.name} cannot be forwarded (" + (
                 "it cannot be caught" if sig.name in ("SIGKILL", "SIGSTOP") else
                 "pmrun's own") + ")")
         nums.append(str(int(sig)))
     return ",".join(nums)
+
+
+def _signal_named(word: str) -> signal.Signals | None:
+    """``SIGUSR1``, ``usr1`` or ``10`` as a signal; None if it names none."""
+    import signal
+
+    try:
+        if word.isdigit():
+            return signal.Signals(int(word))
+        return signal.Signals["SIG" + word.upper().removeprefix("SIG")]
+    except (KeyError, ValueError):
+        return None
+
+
+def signal_before_end(value: str, opt: str) -> str:
+    """srun's and Flux's ``--signal [R:]SIG[@TIME]``: ``NUM@SECONDS`` (TIME: seconds, or
+    Flux's 30s, 2m, 1h; 60 without it)."""
+    spec = value.removeprefix("R:")
+    if spec.startswith("B:"):
+        raise UsageError(f"{opt} {value}: B: signals a batch script's shell, which pmrun does "
+                         "not run (give SIG@TIME: every rank gets it)")
+    sig, at, when = spec.partition("@")
+    named = _signal_named(sig)
+    if named is None:
+        raise UsageError(f"{opt} takes [R:]SIG[@TIME] (USR1@60, SIGTERM@2m), not {value!r}")
+    secs = 60.0
+    if at:
+        unit = _FSD_UNITS.get(when[-1:], 0)
+        if when.isdigit():
+            secs = float(when)
+        elif unit and _is_number(when[:-1]):
+            secs = float(when[:-1]) * unit
+        else:
+            raise UsageError(f"{opt} {value}: TIME is seconds (or 30s, 2m, 1h), not {when!r}")
+    return f"{int(named)}@{secs:g}"
 
 
 def block_size(value: str, opt: str) -> str:
@@ -1631,6 +1663,10 @@ OPTIONS = (
     Opt("--forward-signals", "forward_signals", signal_list, metavar="LIST", group=MISC,
         help="Open MPI's: forward these signals to every rank too (SIGALRM,SIGWINCH; names "
              "or numbers); INT, TERM, HUP, USR1, USR2, TSTP and CONT always are"),
+    Opt("--signal", "signal_before_end", signal_before_end, metavar="[R:]SIG[@TIME]",
+        group=MISC,
+        help="srun's and Flux's: every rank gets SIG TIME seconds (default 60; Flux's 30s, "
+             "2m) before the time limit (--timeout, -t)"),
     Opt("--report-state-on-timeout", "report_state", kind=FLAG, group=MISC,
         help="Open MPI's: at the timeout, before the kill, name each rank still running, "
              "what its process does and how far it got with PMI (the collective it waits in)"),
@@ -2301,7 +2337,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "merge_stderr", "distribution", "kill_on_bad_exit", "unbuffered", "display",
                "print_rank_map", "print_all_exitcodes", "wait_after_first", "do_not_launch",
                "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list", "rank_by",
-               "report_state", "stack_traces", "forward_signals")
+               "report_state", "stack_traces", "forward_signals", "signal_before_end")
 
 
 def _ensemble_only(out: Parsed) -> None:

@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -319,6 +320,45 @@ def test_forward_signals_adds_signals_every_rank_gets(pmrun_popen: Start, tmp_pa
 def test_forward_signals_refuses_what_it_cannot_forward(pmrun: Run, value: str,
                                                         said: str) -> None:
     r = pmrun("--forward-signals", value, "-n", "1", "true")
+    assert (r.returncode, r.stderr) == (2, f"pmrun: {said}\n")
+
+
+WARNED = """
+    import os, signal, sys, time
+    t0 = float(sys.argv[1])
+    def said(signum, frame):
+        print(os.environ["PMI_RANK"], signal.Signals(signum).name, time.time() - t0,
+              flush=True)
+        sys.exit(0)
+    signal.signal(signal.SIGUSR1, said)
+    time.sleep(300)
+"""
+
+
+def test_signal_before_the_time_limit_reaches_every_rank_then(pmrun: Run, tmp_path: Path,
+                                                                marker: str) -> None:
+    prog = script(tmp_path, "warned.py", WARNED)
+    r = pmrun("--timeout", "30", "--signal=R:USR1@26", "-n", "2", "--local-nodes", "2",
+              "python", str(prog), str(time.time()), marker)
+    assert r.returncode == 0, r.stderr  # (each rank ended by its handler, before the limit)
+    got = sorted(line.split() for line in r.stdout.splitlines())
+    assert [g[:2] for g in got] == [["0", "SIGUSR1"], ["1", "SIGUSR1"]], r.stdout
+    assert all(3.9 <= float(g[2]) < 25 for g in got), r.stdout  # 4 s in, not at the start
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--signal", "USR1"], "--signal: a signal before the time limit needs a time limit "
+                           "(--timeout SECONDS, -t MINUTES)"),
+    (["-t", "5", "--signal", "B:USR1"], "--signal B:USR1: B: signals a batch script's shell, "
+     "which pmrun does not run (give SIG@TIME: every rank gets it)"),
+    (["-t", "5", "--signal", "USR1@soon"], "--signal USR1@soon: TIME is seconds (or 30s, 2m, "
+                                           "1h), not 'soon'"),
+    (["-t", "5", "--signal", "NOPE@5"], "--signal takes [R:]SIG[@TIME] (USR1@60, SIGTERM@2m), "
+                                        "not 'NOPE@5'"),
+])
+def test_signal_before_the_time_limit_refuses_what_it_cannot_do(pmrun: Run, args: list[str],
+                                                                said: str) -> None:
+    r = pmrun(*args, "-n", "1", "true")
     assert (r.returncode, r.stderr) == (2, f"pmrun: {said}\n")
 
 
