@@ -51,7 +51,8 @@ BAD_VALUE = {
     "wait_after_first": "1.5", "arg_sep": "", "arg_file_sep": "-x", "prefix": "/no/such",
     "exe_path": "/no/such", "cpu_list": "1-0", "report_pid": "/no/such/dir/pid",
     "rank_by": "cores", "sem_id": "", "sem_timeout": "0", "load": "lots", "limit": "mem",
-    "ctagstring": "", "termseq": "TERM",
+    "ctagstring": "", "termseq": "TERM", "forward_signals": "SIGKILL",
+    "signal_before_end": "USR1@x",
     "": "epoll",  # (-demux, -topolib: Hydra's, meaning nothing here)
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check not in (None, options.verbatim)
