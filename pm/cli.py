@@ -67,7 +67,7 @@ _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fano
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
                         "merge_stderr", "timestamp_output", "distribution", "unbuffered",
                         "rank_by", "kill_on_bad_exit", "report_state", "stack_traces",
-                        "signal_before_end"})
+                        "signal_before_end", "open_mode"})
 
 
 def parse(argv: list[str]) -> CliOptions:
@@ -197,6 +197,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     opts.distribution_given = "distribution" in v
     spec.wdir = v.get("wdir")  # type: ignore[assignment]  # (--tasks FILE's; else per program)
     spec.timeout = v.get("timeout")  # type: ignore[assignment]
+    spec.output_append = v.get("open_mode") == "append"
     spec.timeout_report = 2 if v.get("stack_traces") else 1 if v.get("report_state") else 0
     before = v.get("signal_before_end")
     if before is not None:

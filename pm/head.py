@@ -171,6 +171,7 @@ class JobRun:
             self.writer = Writer(spec.label, files={STDOUT: spec.output or "",
                                                     STDERR: spec.error or ""}, job_id=job_id)
             self.writer.timestamp = spec.timestamp
+            self.writer.append = spec.output_append
         #: Our stdout / stderr whose reader went away (the ranks' writes to it fail);
         #: perhaps already in pmrun's quick path, which told the ranks then.
         self._lost_streams: set[int] = set()

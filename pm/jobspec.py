@@ -54,6 +54,8 @@ class JobSpec:
     #: At the timeout, before the kill: 1, each running rank's state (PMI, process); 2, and
     #: its stack (pm.agent.state_report).
     timeout_report: int = 0
+    #: srun's --open-mode=append: --output/--error files are appended to, not truncated.
+    output_append: bool = False
     #: srun's --signal: (signal, seconds before the timeout) every rank gets it then.
     signal_before_end: tuple[int, float] | None = None
     #: srun's -W (--wait): seconds the other ranks may run on once one ended (None: as

@@ -980,6 +980,14 @@ def signal_before_end(value: str, opt: str) -> str:
     return f"{int(named)}@{secs:g}"
 
 
+def open_mode(value: str, opt: str) -> str:
+    """srun's ``--open-mode``: append or truncate (its first letters will do, as srun's)."""
+    for mode in ("append", "truncate"):
+        if value and mode.startswith(value.lower()):
+            return mode
+    raise UsageError(f"{opt} takes append or truncate, not {value!r}")
+
+
 def block_size(value: str, opt: str) -> str:
     """``--block``: a size in bytes, or ``-N`` (``--pipepart``: N blocks for each task slot,
     as GNU parallel's negative block size)."""
@@ -1667,6 +1675,9 @@ OPTIONS = (
         group=MISC,
         help="srun's and Flux's: every rank gets SIG TIME seconds (default 60; Flux's 30s, "
              "2m) before the time limit (--timeout, -t)"),
+    Opt("--open-mode", "open_mode", open_mode, metavar="append|truncate", group=MISC,
+        help="srun's: the files of --output/--error (-o/-e) are appended to, or truncated "
+             "(the default)"),
     Opt("--report-state-on-timeout", "report_state", kind=FLAG, group=MISC,
         help="Open MPI's: at the timeout, before the kill, name each rank still running, "
              "what its process does and how far it got with PMI (the collective it waits in)"),
@@ -2337,7 +2348,8 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "merge_stderr", "distribution", "kill_on_bad_exit", "unbuffered", "display",
                "print_rank_map", "print_all_exitcodes", "wait_after_first", "do_not_launch",
                "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list", "rank_by",
-               "report_state", "stack_traces", "forward_signals", "signal_before_end")
+               "report_state", "stack_traces", "forward_signals", "signal_before_end",
+               "open_mode")
 
 
 def _ensemble_only(out: Parsed) -> None:

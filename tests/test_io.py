@@ -483,6 +483,24 @@ def test_timestamp_output_starts_every_line_with_the_time(pmrun: Run, opts: list
                                        for line in lines), stream
 
 
+def test_open_mode_append_keeps_what_the_files_held(pmrun: Run, tmp_path: Path) -> None:
+    out, err = str(tmp_path / "out.%t"), str(tmp_path / "err.%t")
+    for word, mode in (("one", []), ("two", ["--open-mode=append"]),
+                       ("three", ["--open-mode", "a"])):
+        r = pmrun(*mode, "-n", "2", "-o", out, "-e", err, "python", "-c",
+                  f"import sys; print('{word}'); print('{word}', file=sys.stderr)")
+        assert r.returncode == 0, r.stderr
+    for rank in (0, 1):
+        for name in ("out", "err"):
+            assert (tmp_path / f"{name}.{rank}").read_text() == "one\ntwo\nthree\n"
+    r = pmrun("--open-mode=truncate", "-n", "1", "-o", out, "echo", "four")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.0").read_text() == "four\n"
+    r = pmrun("--open-mode=keep", "-n", "1", "true")
+    assert (r.returncode, r.stderr) == (2, "pmrun: --open-mode takes append or truncate, not "
+                                           "'keep'\n")
+
+
 def test_output_file_pattern_in_a_missing_folder_is_a_usage_error(pmrun: Run) -> None:
     r = pmrun("-n", "1", "--output", "/no/such/folder/out.%r", "true")
     assert r.returncode == 2

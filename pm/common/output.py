@@ -126,6 +126,8 @@ class Writer:
         self.broken: set[int] = set()
         #: Every line starts with the time it is written (Open MPI's --timestamp-output).
         self.timestamp = False
+        #: Output files are appended to, not truncated first (srun's --open-mode=append).
+        self.append = False
 
     def write_behind(self, call_soon: Callable[[Callable[[], None]], object],
                      written: Callable[[int, int], None]) -> None:
@@ -185,7 +187,7 @@ class Writer:
             fd = self._opened.get(path)
             if fd is None:
                 try:  # truncated once per job: ranks sharing a file append to it
-                    fd = _create(path, per_rank_folder(self._patterns[stream]))
+                    fd = _create(path, per_rank_folder(self._patterns[stream]), self.append)
                 except OSError as exc:
                     fd = -1
                     what = "output" if stream == STDOUT else "error output"
@@ -347,10 +349,10 @@ def per_rank_folder(pattern: str) -> bool:
     return any(f"%{k}" in folder for k in "rtjhNnp")
 
 
-def _create(path: str, make_folder: bool) -> int:
-    """Open ``path`` for a job's output (created, truncated); ``make_folder``: with the
-    folders it needs."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+def _create(path: str, make_folder: bool, append: bool = False) -> int:
+    """Open ``path`` for a job's output (created, truncated unless ``append``);
+    ``make_folder``: with the folders it needs."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | (0 if append else os.O_TRUNC)
     try:
         return os.open(path, flags, 0o666)
     except FileNotFoundError:
