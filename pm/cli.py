@@ -67,7 +67,7 @@ _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fano
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
                         "merge_stderr", "timestamp_output", "distribution", "unbuffered",
                         "rank_by", "kill_on_bad_exit", "report_state", "stack_traces",
-                        "signal_before_end", "open_mode"})
+                        "signal_before_end", "open_mode", "task_prolog"})
 
 
 def parse(argv: list[str]) -> CliOptions:
@@ -198,6 +198,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.wdir = v.get("wdir")  # type: ignore[assignment]  # (--tasks FILE's; else per program)
     spec.timeout = v.get("timeout")  # type: ignore[assignment]
     spec.output_append = v.get("open_mode") == "append"
+    spec.task_prolog = str(v.get("task_prolog", ""))
     spec.timeout_report = 2 if v.get("stack_traces") else 1 if v.get("report_state") else 0
     before = v.get("signal_before_end")
     if before is not None:

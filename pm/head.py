@@ -123,6 +123,12 @@ def _cwd() -> str:
         return ""
 
 
+def _task_prolog(prog: str) -> str:
+    """srun's --task-prolog as the ranks run it: a relative path from pmrun's directory
+    (wherever a rank runs), a bare name through the rank's PATH."""
+    return os.path.abspath(prog) if "/" in prog and not prog.startswith("/") else prog
+
+
 def _prefix(pattern: str, hosts: list[str], node_of_rank: list[int], rank: int) -> bytes:
     from pm.options import prepend_prefix
 
@@ -214,6 +220,7 @@ class JobRun:
             stdin_file=spec.stdin_file or "", distribution=spec.distribution,
             app_nodes=app_nodes, app_slots=app_slots, cwd=_cwd(), rank_by=spec.rank_by,
             placement=list(spec.placement), rank_slots=list(spec.rank_slots),
+            task_prolog=_task_prolog(spec.task_prolog),
         )
         if not sim:
             from pm.agent.pmix_detect import wants_pmix

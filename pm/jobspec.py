@@ -56,6 +56,8 @@ class JobSpec:
     timeout_report: int = 0
     #: srun's --open-mode=append: --output/--error files are appended to, not truncated.
     output_append: bool = False
+    #: srun's --task-prolog: a program each rank runs first (pm.agent.spawn.TASK_PROLOG).
+    task_prolog: str = ""
     #: srun's --signal: (signal, seconds before the timeout) every rank gets it then.
     signal_before_end: tuple[int, float] | None = None
     #: srun's -W (--wait): seconds the other ranks may run on once one ended (None: as

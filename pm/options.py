@@ -1678,6 +1678,10 @@ OPTIONS = (
     Opt("--open-mode", "open_mode", open_mode, metavar="append|truncate", group=MISC,
         help="srun's: the files of --output/--error (-o/-e) are appended to, or truncated "
              "(the default)"),
+    Opt("--task-prolog", "task_prolog", text, metavar="PROG", group=MISC,
+        help="srun's: each rank runs PROG first, in its own process and environment; PROG's "
+             "output lines 'export NAME=VALUE' and 'unset NAME' change the environment the "
+             "program gets, 'print TEXT' prints TEXT; a PROG that fails ends the rank"),
     Opt("--report-state-on-timeout", "report_state", kind=FLAG, group=MISC,
         help="Open MPI's: at the timeout, before the kill, name each rank still running, "
              "what its process does and how far it got with PMI (the collective it waits in)"),
@@ -2349,7 +2353,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "print_rank_map", "print_all_exitcodes", "wait_after_first", "do_not_launch",
                "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list", "rank_by",
                "report_state", "stack_traces", "forward_signals", "signal_before_end",
-               "open_mode")
+               "open_mode", "task_prolog")
 
 
 def _ensemble_only(out: Parsed) -> None:

@@ -52,7 +52,7 @@ BAD_VALUE = {
     "exe_path": "/no/such", "cpu_list": "1-0", "report_pid": "/no/such/dir/pid",
     "rank_by": "cores", "sem_id": "", "sem_timeout": "0", "load": "lots", "limit": "mem",
     "ctagstring": "", "termseq": "TERM", "forward_signals": "SIGKILL",
-    "signal_before_end": "USR1@x", "open_mode": "keep",
+    "signal_before_end": "USR1@x", "open_mode": "keep", "task_prolog": "",
     "": "epoll",  # (-demux, -topolib: Hydra's, meaning nothing here)
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check not in (None, options.verbatim)

@@ -501,6 +501,44 @@ def test_open_mode_append_keeps_what_the_files_held(pmrun: Run, tmp_path: Path) 
                                            "'keep'\n")
 
 
+PROLOG = """#!/bin/sh
+echo "export GREETING=hello, rank $PMI_RANK"
+echo "export 9BAD=x"
+echo "unset DROPME"
+echo "print prolog of rank $PMI_RANK"
+echo "this line means nothing"
+"""
+
+
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"]])
+def test_task_prolog_sets_each_ranks_environment_first(pmrun: Run, tmp_path: Path,
+                                                       opts: list[str]) -> None:
+    prolog = tmp_path / "prolog.sh"
+    prolog.write_text(PROLOG)
+    prolog.chmod(0o755)
+    r = pmrun("--task-prolog", str(prolog), "-n", "2", *opts, "-l", "python", "-c",
+              "import os; print(os.environ['GREETING'], os.environ.get('DROPME'), "
+              "'9BAD' in os.environ)", env={"DROPME": "1"})
+    assert r.returncode == 0, r.stderr
+    lines = sorted(r.stdout.splitlines())
+    assert [ln for ln in lines if "prolog" in ln] == ["[0] prolog of rank 0",
+                                                      "[1] prolog of rank 1"], r.stdout
+    said = [ln for ln in lines if "prolog" not in ln]
+    assert said == ["[0] hello, rank 0 None False", "[1] hello, rank 1 None False"], r.stdout
+
+
+def test_task_prolog_that_fails_ends_its_rank_with_its_status(pmrun: Run,
+                                                              tmp_path: Path) -> None:
+    prolog = tmp_path / "fails.sh"
+    prolog.write_text("#!/bin/sh\nexit 3\n")
+    prolog.chmod(0o755)
+    r = pmrun("--task-prolog", str(prolog), "-n", "2", "echo", "never")
+    assert r.returncode == 3 and r.stdout == "", r.stderr
+    assert f"pmrun: --task-prolog {prolog} failed with status 3" in r.stderr.splitlines()
+    assert re.search(r"^pmrun: rank [01] \(node 0, [^)]*\) exited with code 3$", r.stderr,
+                     re.M), r.stderr
+
+
 def test_output_file_pattern_in_a_missing_folder_is_a_usage_error(pmrun: Run) -> None:
     r = pmrun("-n", "1", "--output", "/no/such/folder/out.%r", "true")
     assert r.returncode == 2

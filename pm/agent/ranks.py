@@ -31,6 +31,7 @@ from pm.agent.pmi_shell import PmiSession
 from pm.agent.spawn import (
     EXIT_NOT_STARTED,
     NOT_STARTED,
+    TASK_PROLOG,
     Guardian,
     SpawnError,
     fd_shortage,
@@ -158,6 +159,9 @@ class LocalRanks:
                     resolved[appnum] = exc
             path = resolved[appnum]
             cpus = cpusets[proc.local_rank] if cpusets else None
+            if plan.task_prolog and isinstance(path, str):  # srun's --task-prolog
+                path, argv = "/bin/sh", ["/bin/sh", "-c", TASK_PROLOG, "pm-task-prolog",
+                                         plan.task_prolog, *argv]
             todo.append(RankStart(rank, proc.local_rank, path if isinstance(path, str) else "",
                                   argv, env, wdir, cpus, failure=_why(path)))
         # Stdin goes to one rank of the launched job (a spawned job's read /dev/null).

@@ -57,6 +57,29 @@ _GUARDIAN = ("trap '' INT TERM HUP QUIT PIPE USR1 USR2 TSTP TTIN TTOU; "
 #: Target fd number of the PMI socket in a rank (``PMI_FD``).
 PMI_FD = 3
 
+#: srun's ``--task-prolog PROG``, as slurmstepd runs it: in the rank's own process, with its
+#: environment, before its program; PROG's output lines ``export NAME=VALUE`` and ``unset
+#: NAME`` change the environment the program gets, ``print TEXT`` prints TEXT as the rank's
+#: output, other lines are ignored; a prolog that fails ends the rank with its status.  (A
+#: shell that then execs the program: its pid is the rank's, and PATH is looked up in the
+#: environment the prolog left.)  Run as ``sh -c TASK_PROLOG pm-task-prolog PROG ARGV...``.
+TASK_PROLOG = r"""p=$1; shift
+out=$("$p" </dev/null) || { s=$?; echo "pmrun: --task-prolog $p failed with status $s" >&2
+exit $s; }
+while IFS= read -r line; do
+  case $line in
+  "export "*) kv=${line#export }; n=${kv%%=*}
+    case $n in ""|[0-9]*|*[!A-Za-z0-9_]*) ;; *) [ "$n" = "$kv" ] || export "$kv" ;; esac ;;
+  "unset "*) n=${line#unset }
+    case $n in ""|[0-9]*|*[!A-Za-z0-9_]*) ;; *) unset "$n" ;; esac ;;
+  "print "*) printf '%s\n' "${line#print }" ;;
+  esac
+done <<PM_PROLOG_END
+$out
+PM_PROLOG_END
+exec "$@"
+"""
+
 
 class SpawnError(PMError):
     """A process could not be started (command not found, not executable, ...)."""

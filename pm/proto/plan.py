@@ -117,6 +117,9 @@ class JobPlan(Record):
     #: Each rank's rankfile slot (its cores on its node, :mod:`pm.common.rankfile`; ""
     #: unbound); empty: no rankfile binding.
     rank_slots: list[str] = []
+    #: srun's ``--task-prolog``: a program each rank runs first, in its own process and
+    #: environment (:data:`pm.agent.spawn.TASK_PROLOG`); "": none.
+    task_prolog: str = ""
 
     def node_of_rank(self) -> list[int]:
         """The node (index into :attr:`hosts`) of each rank."""
