@@ -681,6 +681,27 @@ def _tasks(opts: CliOptions) -> bool:
     return "tasks" in opts.extra or "tasks_line" in opts.extra
 
 
+async def _run_hook(prog: str, spec: JobSpec) -> str:
+    """srun's ``--prolog``/``--epilog`` PROG: run here with the job's command (its first
+    program's words) as arguments and pmrun's environment and descriptors; '' when it
+    succeeded, else how it failed, its status the last word (a signal's as 128+N, 127
+    when it cannot run)."""
+    import asyncio
+    import subprocess
+
+    argv = [prog, *spec.apps[0].argv] if spec.apps else [prog]
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        return f"cannot run ({exc.strerror or exc}): status 127"
+    try:
+        code = await proc.wait()
+    except asyncio.CancelledError:
+        proc.kill()
+        raise
+    return f"failed with status {128 - code if code < 0 else code}" if code else ""
+
+
 async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
     import asyncio
     import signal
@@ -769,8 +790,21 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
     # full path imported): the job acts on them once its launch is under way (JobRun).
     for signum in started.pending_signals() if started is not None else noted_signals():
         handlers[signal.Signals(signum)](signum)
+    prolog = opts.extra.get("srun_prolog")
+    if prolog:  # srun's --prolog: before anything starts, here
+        failed = await _run_hook(str(prolog), opts.spec)
+        if failed:
+            sys.stderr.write(f"pmrun: --prolog {prolog} {failed}: the job is not started\n")
+            if job.writer is not None:
+                job.writer.close()
+            return int(failed.rsplit(" ", 1)[1])
     await job.start()
     result = await job.wait()
+    epilog = opts.extra.get("srun_epilog")
+    if epilog:  # srun's --epilog: once the job has ended, here; its status is not the job's
+        failed = await _run_hook(str(epilog), opts.spec)
+        if failed:
+            sys.stderr.write(f"pmrun: --epilog {epilog} {failed}\n")
     if "print_all_exitcodes" in opts.extra:
         sys.stderr.write(exit_codes(result.ranks, job.node_of_rank, job.plan.hosts))
     if sim is not None:

@@ -1678,6 +1678,13 @@ OPTIONS = (
     Opt("--open-mode", "open_mode", open_mode, metavar="append|truncate", group=MISC,
         help="srun's: the files of --output/--error (-o/-e) are appended to, or truncated "
              "(the default)"),
+    Opt("--prolog", "srun_prolog", text, metavar="PROG", group=MISC,
+        help="srun's: run PROG here, with the job's command as its arguments, before the "
+             "job starts; a PROG that fails keeps the job from starting (its status is "
+             "pmrun's)"),
+    Opt("--epilog", "srun_epilog", text, metavar="PROG", group=MISC,
+        help="srun's: run PROG here, with the job's command as its arguments, once the job "
+             "has ended"),
     Opt("--task-prolog", "task_prolog", text, metavar="PROG", group=MISC,
         help="srun's: each rank runs PROG first, in its own process and environment; PROG's "
              "output lines 'export NAME=VALUE' and 'unset NAME' change the environment the "
@@ -2353,7 +2360,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "print_rank_map", "print_all_exitcodes", "wait_after_first", "do_not_launch",
                "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list", "rank_by",
                "report_state", "stack_traces", "forward_signals", "signal_before_end",
-               "open_mode", "task_prolog")
+               "open_mode", "task_prolog", "srun_prolog", "srun_epilog")
 
 
 def _ensemble_only(out: Parsed) -> None:

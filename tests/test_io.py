@@ -539,6 +539,40 @@ def test_task_prolog_that_fails_ends_its_rank_with_its_status(pmrun: Run,
                      re.M), r.stderr
 
 
+def _hook(tmp_path: Path, name: str, body: str) -> str:
+    path = tmp_path / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_prolog_and_epilog_run_here_before_and_after_the_job(pmrun: Run,
+                                                             tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    prolog = _hook(tmp_path, "prolog", f'echo "prolog $*" >> {log}')
+    epilog = _hook(tmp_path, "epilog", f'echo "epilog $*" >> {log}; exit 4')
+    r = pmrun("--prolog", prolog, "--epilog", epilog, "-n", "2", "--local-nodes", "2",
+              "sh", "-c", f"echo rank >> {log}")
+    assert r.returncode == 0, r.stderr  # (the job's status, not the epilog's)
+    assert log.read_text().splitlines() == [
+        f"prolog sh -c echo rank >> {log}", "rank", "rank", f"epilog sh -c echo rank >> {log}"]
+    assert r.stderr.splitlines()[-1] == f"pmrun: --epilog {epilog} failed with status 4"
+
+
+@pytest.mark.parametrize(("body", "code", "how"), [
+    ("exit 5", 5, "failed with status 5"),
+    ("kill -TERM $$", 143, "failed with status 143"),
+])
+def test_a_prolog_that_fails_keeps_the_job_from_starting(pmrun: Run, tmp_path: Path,
+                                                         body: str, code: int,
+                                                         how: str) -> None:
+    prolog = _hook(tmp_path, "prolog", body)
+    r = pmrun("--prolog", prolog, "-n", "2", "touch", str(tmp_path / "ran"))
+    assert (r.returncode, r.stderr) == (
+        code, f"pmrun: --prolog {prolog} {how}: the job is not started\n")
+    assert not (tmp_path / "ran").exists()
+
+
 def test_output_file_pattern_in_a_missing_folder_is_a_usage_error(pmrun: Run) -> None:
     r = pmrun("-n", "1", "--output", "/no/such/folder/out.%r", "true")
     assert r.returncode == 2
