@@ -67,7 +67,8 @@ _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fano
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
                         "merge_stderr", "timestamp_output", "distribution", "unbuffered",
                         "rank_by", "kill_on_bad_exit", "report_state", "stack_traces",
-                        "signal_before_end", "open_mode", "task_prolog"})
+                        "signal_before_end", "open_mode", "task_prolog",
+                        "task_epilog"})
 
 
 def parse(argv: list[str]) -> CliOptions:
@@ -199,6 +200,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.timeout = v.get("timeout")  # type: ignore[assignment]
     spec.output_append = v.get("open_mode") == "append"
     spec.task_prolog = str(v.get("task_prolog", ""))
+    spec.task_epilog = str(v.get("task_epilog", ""))
     spec.timeout_report = 2 if v.get("stack_traces") else 1 if v.get("report_state") else 0
     before = v.get("signal_before_end")
     if before is not None:

@@ -123,9 +123,9 @@ def _cwd() -> str:
         return ""
 
 
-def _task_prolog(prog: str) -> str:
-    """srun's --task-prolog as the ranks run it: a relative path from pmrun's directory
-    (wherever a rank runs), a bare name through the rank's PATH."""
+def _task_hook(prog: str) -> str:
+    """srun's --task-prolog/--task-epilog as run for the ranks: a relative path from pmrun's
+    directory (wherever a rank runs), a bare name through the rank's PATH."""
     return os.path.abspath(prog) if "/" in prog and not prog.startswith("/") else prog
 
 
@@ -220,7 +220,7 @@ class JobRun:
             stdin_file=spec.stdin_file or "", distribution=spec.distribution,
             app_nodes=app_nodes, app_slots=app_slots, cwd=_cwd(), rank_by=spec.rank_by,
             placement=list(spec.placement), rank_slots=list(spec.rank_slots),
-            task_prolog=_task_prolog(spec.task_prolog),
+            task_prolog=_task_hook(spec.task_prolog), task_epilog=_task_hook(spec.task_epilog),
         )
         if not sim:
             from pm.agent.pmix_detect import wants_pmix

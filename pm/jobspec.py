@@ -58,6 +58,8 @@ class JobSpec:
     output_append: bool = False
     #: srun's --task-prolog: a program each rank runs first (pm.agent.spawn.TASK_PROLOG).
     task_prolog: str = ""
+    #: srun's --task-epilog: a program run after each rank, with its environment.
+    task_epilog: str = ""
     #: srun's --signal: (signal, seconds before the timeout) every rank gets it then.
     signal_before_end: tuple[int, float] | None = None
     #: srun's -W (--wait): seconds the other ranks may run on once one ended (None: as

@@ -1689,6 +1689,9 @@ OPTIONS = (
         help="srun's: each rank runs PROG first, in its own process and environment; PROG's "
              "output lines 'export NAME=VALUE' and 'unset NAME' change the environment the "
              "program gets, 'print TEXT' prints TEXT; a PROG that fails ends the rank"),
+    Opt("--task-epilog", "task_epilog", text, metavar="PROG", group=MISC,
+        help="srun's: once a rank ended, its agent runs PROG with the rank's environment "
+             "(at most 10 s) before it reports the end"),
     Opt("--report-state-on-timeout", "report_state", kind=FLAG, group=MISC,
         help="Open MPI's: at the timeout, before the kill, name each rank still running, "
              "what its process does and how far it got with PMI (the collective it waits in)"),
@@ -2360,7 +2363,8 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "print_rank_map", "print_all_exitcodes", "wait_after_first", "do_not_launch",
                "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list", "rank_by",
                "report_state", "stack_traces", "forward_signals", "signal_before_end",
-               "open_mode", "task_prolog", "srun_prolog", "srun_epilog")
+               "open_mode", "task_prolog", "srun_prolog", "srun_epilog",
+               "task_epilog")
 
 
 def _ensemble_only(out: Parsed) -> None:

@@ -53,7 +53,7 @@ BAD_VALUE = {
     "rank_by": "cores", "sem_id": "", "sem_timeout": "0", "load": "lots", "limit": "mem",
     "ctagstring": "", "termseq": "TERM", "forward_signals": "SIGKILL",
     "signal_before_end": "USR1@x", "open_mode": "keep", "task_prolog": "",
-    "srun_prolog": "", "srun_epilog": "",
+    "srun_prolog": "", "srun_epilog": "", "task_epilog": "",
     "": "epoll",  # (-demux, -topolib: Hydra's, meaning nothing here)
 }
 CHECKED = [(opt, name) for opt in OPTIONS if opt.check not in (None, options.verbatim)

@@ -573,6 +573,21 @@ def test_a_prolog_that_fails_keeps_the_job_from_starting(pmrun: Run, tmp_path: P
     assert not (tmp_path / "ran").exists()
 
 
+def test_task_epilog_runs_after_each_rank_with_its_environment(pmrun: Run,
+                                                                tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    epilog = _hook(tmp_path, "epilog", f'echo "$PMI_RANK $GREETING" >> {log}\n'
+                                       '[ "$PMI_RANK" = 1 ] && exit 2; exit 0')
+    r = pmrun("--task-epilog", epilog, "-n", "3", "--local-nodes", "2", "-genv", "GREETING",
+              "hi", "sh", "-c", f'echo "ran $PMI_RANK" >> {log}')
+    assert r.returncode == 0, r.stderr  # (an epilog's failure is said, not the job's)
+    lines = log.read_text().splitlines()
+    for rank in range(3):  # each after its rank
+        assert lines.index(f"ran {rank}") < lines.index(f"{rank} hi"), lines
+    assert re.search(rf"^pmrun: rank 1 \(node \d, [^)]*\): --task-epilog {epilog} failed "
+                     r"with status 2$", r.stderr, re.M), r.stderr
+
+
 def test_output_file_pattern_in_a_missing_folder_is_a_usage_error(pmrun: Run) -> None:
     r = pmrun("-n", "1", "--output", "/no/such/folder/out.%r", "true")
     assert r.returncode == 2

@@ -51,6 +51,8 @@ log = logging.getLogger("pm.agent")
 
 #: How long a rank's pipes may stay open after it exited before its exit is reported anyway.
 DRAIN_AFTER_EXIT = 1.0
+#: How long srun's --task-epilog may run for one rank before it is killed.
+EPILOG_TIMEOUT = 10.0
 
 
 class PmiPhase(enum.Enum):
@@ -126,6 +128,10 @@ class LocalRanks:
         self._paused = False
         #: Streams the head has no reader for (t.OutputGone): their pipes are closed here.
         self.gone: set[int] = set()
+        #: srun's --task-epilog: each rank's environment until its epilog runs, and the
+        #: ranks whose epilog runs now (their end is reported after it).
+        self._epilog_env: dict[int, dict[str, str]] = {}
+        self._in_epilog: set[int] = set()
 
     # ------------------------------------------------------------------ start
     def start(self, base_env: dict[str, str], cpusets: list[frozenset[int]] | None,
@@ -159,6 +165,8 @@ class LocalRanks:
                     resolved[appnum] = exc
             path = resolved[appnum]
             cpus = cpusets[proc.local_rank] if cpusets else None
+            if plan.task_epilog:
+                self._epilog_env[rank] = env
             if plan.task_prolog and isinstance(path, str):  # srun's --task-prolog
                 path, argv = "/bin/sh", ["/bin/sh", "-c", TASK_PROLOG, "pm-task-prolog",
                                          plan.task_prolog, *argv]
@@ -345,12 +353,49 @@ class LocalRanks:
 
     def report(self, proc: RankProc) -> None:
         """Once per rank, when it ended: pass on what is left in its pipes, then the end."""
-        if proc.life is RankLife.REPORTED or proc.status is None:
+        if proc.life is RankLife.REPORTED or proc.status is None or proc.rank in self._in_epilog:
+            return
+        env = self._epilog_env.pop(proc.rank, None)
+        if env is not None and proc.pid:  # srun's --task-epilog, before the end is reported
+            self._in_epilog.add(proc.rank)
+            self.owned.spawn(self._epilog(proc, env))
             return
         proc.life = RankLife.REPORTED
         for stream in list(proc.fds):
             self._read_output(proc, stream)  # whatever is left
         self.agent.rank_ended(proc)
+
+    async def _epilog(self, proc: RankProc, env: dict[str, str]) -> None:
+        """Run srun's --task-epilog for ``proc`` (output discarded, as slurmstepd's), then
+        report its end; one at most EPILOG_TIMEOUT seconds (killed with its children)."""
+        prog = self.agent.plan.task_epilog
+        why = ""
+        try:
+            ep = await asyncio.create_subprocess_exec(
+                prog, env=env, cwd=self.agent.launch_dir, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True)
+        except OSError as exc:
+            why = f"cannot run ({exc.strerror or exc})"
+        else:
+            try:
+                code = await asyncio.wait_for(ep.wait(), EPILOG_TIMEOUT)
+            except TimeoutError:
+                why = f"did not end within {EPILOG_TIMEOUT:g} s (killed)"
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(ep.pid, signal.SIGKILL)
+                await ep.wait()
+            except asyncio.CancelledError:  # (the agent closes: the epilog goes too)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(ep.pid, signal.SIGKILL)
+                raise
+            else:
+                why = f"failed with status {128 - code if code < 0 else code}" if code else ""
+        if why:
+            log.warning("rank %d (node %d, %s): --task-epilog %s %s", proc.rank,
+                        self.agent.vertex, self.agent.host, prog, why)
+        self._in_epilog.discard(proc.rank)
+        self.report(proc)
 
     # ------------------------------------------------------------------ stdin
     @functools.cached_property

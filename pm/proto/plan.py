@@ -120,6 +120,9 @@ class JobPlan(Record):
     #: srun's ``--task-prolog``: a program each rank runs first, in its own process and
     #: environment (:data:`pm.agent.spawn.TASK_PROLOG`); "": none.
     task_prolog: str = ""
+    #: srun's ``--task-epilog``: a program the agent runs once a rank ended, with the
+    #: rank's environment, before it reports the end (:mod:`pm.agent.ranks`); "": none.
+    task_epilog: str = ""
 
     def node_of_rank(self) -> list[int]:
         """The node (index into :attr:`hosts`) of each rank."""
