@@ -988,6 +988,40 @@ def open_mode(value: str, opt: str) -> str:
     raise UsageError(f"{opt} takes append or truncate, not {value!r}")
 
 
+#: Hydra's (and Intel MPI's Hydra's) default host file.
+_HOST_FILE_VARS = ("HYDRA_HOST_FILE", "I_MPI_HYDRA_HOST_FILE")
+#: Hydra's variables for its options, which a site's MPI module may set: option key,
+#: variables (the first set counts), and whether they matter to a job on this machine's
+#: hosts given by an allocation (the launcher only acts on hosts given: -hosts, -f).
+_HYDRA_VARS = (
+    ("launcher", ("HYDRA_LAUNCHER", "HYDRA_BOOTSTRAP", "I_MPI_HYDRA_BOOTSTRAP"), False),
+    ("launcher_exec", ("HYDRA_LAUNCHER_EXEC", "HYDRA_BOOTSTRAP_EXEC",
+                       "I_MPI_HYDRA_BOOTSTRAP_EXEC"), False),
+    ("iface", ("HYDRA_IFACE", "I_MPI_HYDRA_IFACE"), True),
+)
+
+
+def _hydra_variables(values: dict[str, object], environ: Mapping[str, str]) -> None:
+    """Hydra's ``HYDRA_LAUNCHER``, ``HYDRA_LAUNCHER_EXEC`` and ``HYDRA_IFACE`` (and
+    Intel MPI's ``I_MPI_HYDRA_*``) where the command line does not give the option, for an
+    MPI job on other hosts (where they mean something), checked as the option is."""
+    if {"local_nodes", "agents", "tasks", "tasks_line"} & values.keys():
+        return
+    given = bool({"hosts", "hostfile"} & values.keys())
+    allocation = bool(environ.get("SLURM_JOB_ID") and environ.get("SLURM_JOB_NODELIST"))
+    checks = {"launcher": choice(*LAUNCHERS), "launcher_exec": text, "iface": iface}
+    for key, names, in_allocation in _HYDRA_VARS:
+        var = next((v for v in names if environ.get(v, "").strip()), None)
+        if var is None or key in values or not (given or (in_allocation and allocation)):
+            continue
+        value = environ[var].strip()
+        if key == "launcher" and value.lower() not in LAUNCHERS:
+            # (Hydra's pbs, lsf, sge...: the site's setting for its own mpiexec)
+            _warn(f"{var}={value} ignored: pmrun's launchers are {_or(LAUNCHERS)}")
+            continue
+        values[key] = checks[key](value.lower() if key == "launcher" else value, var)
+
+
 def block_size(value: str, opt: str) -> str:
     """``--block``: a size in bytes, or ``-N`` (``--pipepart``: N blocks for each task slot,
     as GNU parallel's negative block size)."""
@@ -1728,7 +1762,11 @@ BY_NAME = {name: opt for opt in OPTIONS for name in opt.names}
 #: Environment variables pmrun itself reads: (name, what it means).
 ENVIRONMENT = (
     ("MPIEXEC_TIMEOUT=S", "as --timeout S"),
-    ("HYDRA_HOST_FILE=FILE", "as -f FILE for an MPI job given no hosts"),
+    ("HYDRA_HOST_FILE=FILE", "as -f FILE for an MPI job given no hosts (also "
+                             "I_MPI_HYDRA_HOST_FILE)"),
+    ("HYDRA_LAUNCHER=NAME", "as -launcher NAME for a job given hosts; HYDRA_LAUNCHER_EXEC "
+                            "as -launcher-exec; HYDRA_IFACE as -iface (HYDRA_BOOTSTRAP*, "
+                            "I_MPI_HYDRA_BOOTSTRAP*, I_MPI_HYDRA_IFACE too)"),
     ("PM_QUICK=0", "start even a one-node job through the agent, not the quick path"),
     ("SLURM_JOB_ID, SLURM_JOB_NODELIST", "inside a Slurm allocation (without -hosts/-f), "
      "run on its nodes; SLURM_TASKS_PER_NODE gives their slots"),
@@ -2045,13 +2083,14 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     _srun_exclude(out.values, environ)
     if "timeout" not in out.values and environ.get("MPIEXEC_TIMEOUT"):
         out.values["timeout"] = seconds(environ["MPIEXEC_TIMEOUT"].strip(), "MPIEXEC_TIMEOUT")
-    if environ.get("HYDRA_HOST_FILE", "").strip() and not (
+    default_file = next((v for v in _HOST_FILE_VARS if environ.get(v, "").strip()), None)
+    if default_file and not (
             {"hosts", "hostfile", "local_nodes", "agents", "tasks", "tasks_line"}
             & out.values.keys()):
         # Hydra's default host file (a site's MPI module sets it): an MPI job without
         # hosts of its own runs on its hosts, before an allocation's, as Hydra's does.
-        out.values["hostfile"] = hostfile(environ["HYDRA_HOST_FILE"].strip(),
-                                          "HYDRA_HOST_FILE")
+        out.values["hostfile"] = hostfile(environ[default_file].strip(), default_file)
+    _hydra_variables(out.values, environ)
     if out.verbose >= 0:
         for text in unset:
             _warn(text)

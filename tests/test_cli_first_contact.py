@@ -423,6 +423,27 @@ def test_minus_n_nodes_runs_on_the_first_n_nodes_as_srun_does(pmrun: Run,
     assert sorted(r.stdout.split()) == ["0", "0", "0", "1", "1", "1"]
 
 
+def test_hydras_launcher_variables_act_as_its_options_for_a_job_on_hosts(pmrun: Run) -> None:
+    """``HYDRA_LAUNCHER``/``HYDRA_LAUNCHER_EXEC`` (``I_MPI_HYDRA_BOOTSTRAP*``, which a site's
+    MPI module sets) start the agents of a job given hosts, as ``-launcher``/``-launcher-exec``
+    would; a launcher pmrun lacks is ignored with a line, a bad ``HYDRA_IFACE`` named."""
+    # (Hosts a and b exist only through the template, which runs their agents here.)
+    env = {"HYDRA_LAUNCHER": "exec", "I_MPI_HYDRA_BOOTSTRAP_EXEC": "env {command}"}
+    r = pmrun("-hosts", "a,b", "-n", "2", "-l", "sh", "-c", "echo $PMI_SIZE", env=env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["[0] 2", "[1] 2"], r.stdout
+    r = pmrun("-n", "1", "true", env={"I_MPI_HYDRA_BOOTSTRAP": "pbsdsh", "HYDRA_IFACE": "no0"})
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr  # (no hosts: neither means anything)
+    r = pmrun("-hosts", "localhost", "-n", "1", "true",
+              env={"I_MPI_HYDRA_BOOTSTRAP": "pbsdsh"})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("pmrun: I_MPI_HYDRA_BOOTSTRAP=pbsdsh ignored: pmrun's "
+                               "launchers are local, "), r.stderr
+    r = pmrun("-hosts", "a,b", "-n", "1", "true", env={"HYDRA_IFACE": "no0"})
+    assert r.returncode == 2 and r.stderr.startswith(
+        "pmrun: HYDRA_IFACE no0: no such interface here"), r.stderr
+
+
 @pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
 def test_hydras_default_host_file_is_read(pmrun: Run, tmp_path: Path, quick: str) -> None:
     """``HYDRA_HOST_FILE`` (a site's MPI module sets it): an MPI job given no hosts runs
