@@ -123,6 +123,14 @@ def _cwd() -> str:
         return ""
 
 
+def _rlimits(names: list[str]) -> dict[str, int]:
+    if not names:
+        return {}
+    from pm.agent.rlimits import current
+
+    return current(names)
+
+
 def _task_hook(prog: str) -> str:
     """srun's --task-prolog/--task-epilog as run for the ranks: a relative path from pmrun's
     directory (wherever a rank runs), a bare name through the rank's PATH."""
@@ -221,6 +229,7 @@ class JobRun:
             app_nodes=app_nodes, app_slots=app_slots, cwd=_cwd(), rank_by=spec.rank_by,
             placement=list(spec.placement), rank_slots=list(spec.rank_slots),
             task_prolog=_task_hook(spec.task_prolog), task_epilog=_task_hook(spec.task_epilog),
+            rlimits=_rlimits(spec.propagate),
         )
         if not sim:
             from pm.agent.pmix_detect import wants_pmix

@@ -60,6 +60,9 @@ class JobSpec:
     task_prolog: str = ""
     #: srun's --task-epilog: a program run after each rank, with its environment.
     task_epilog: str = ""
+    #: srun's --propagate: the resource limits (pm.agent.rlimits names) the ranks get from
+    #: pmrun's process on every node.
+    propagate: list[str] = field(default_factory=list)
     #: srun's --signal: (signal, seconds before the timeout) every rank gets it then.
     signal_before_end: tuple[int, float] | None = None
     #: srun's -W (--wait): seconds the other ranks may run on once one ended (None: as

@@ -1022,6 +1022,25 @@ def _hydra_variables(values: dict[str, object], environ: Mapping[str, str]) -> N
         values[key] = checks[key](value.lower() if key == "launcher" else value, var)
 
 
+#: srun's --propagate names (pm.agent.rlimits.LIMITS).
+RLIMIT_NAMES = ("AS", "CORE", "CPU", "DATA", "FSIZE", "MEMLOCK", "NOFILE", "NPROC", "RSS",
+                "STACK")
+
+
+def propagate_list(value: str, opt: str) -> str:
+    """srun's ``--propagate=LIST``: ALL, NONE, or limits (``STACK,CORE``; ``RLIMIT_STACK``)."""
+    names = [w.strip().upper().removeprefix("RLIMIT_") for w in value.split(",")]
+    if names == ["ALL"]:
+        return ",".join(RLIMIT_NAMES)
+    if names == ["NONE"]:
+        return ""
+    bad = next((n for n in names if n not in RLIMIT_NAMES), None)
+    if bad is not None:
+        raise UsageError(f"{opt} takes ALL, NONE or limits among {','.join(RLIMIT_NAMES)}, "
+                         f"not {bad!r}")
+    return ",".join(dict.fromkeys(names))
+
+
 def block_size(value: str, opt: str) -> str:
     """``--block``: a size in bytes, or ``-N`` (``--pipepart``: N blocks for each task slot,
     as GNU parallel's negative block size)."""
@@ -1360,6 +1379,11 @@ OPTIONS = (
              "a name is looked up in their PATH)"),
     Opt("-hybrid-hosts --hybrid-hosts", "agent_python", kind=FLAG, const="python3",
         group=LAUNCH, help="Hydra's: hosts do not share paths: --agent-python python3"),
+    Opt("--propagate", "propagate", kind=FLAG, const=",".join(RLIMIT_NAMES), group=LAUNCH,
+        metavar="[=STACK,CORE,...]",
+        help="srun's: the ranks on every host get this shell's resource limits (ulimit): "
+             "all of them, or --propagate=STACK,CORE (AS, CORE, CPU, DATA, FSIZE, MEMLOCK, "
+             "NOFILE, NPROC, RSS, STACK; ALL, NONE)"),
     Opt("--ssh-limit", "ssh_limit", number(1), metavar="N", group=LAUNCH,
         help="at most N ssh connections starting at once (default 32)"),
     Opt("--agents", "agents", readable_file, metavar="FILE", group=LAUNCH,
@@ -1912,6 +1936,12 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             at = ("kill_on_bad_exit", i)
             i += 1
             continue
+        if name == "--propagate" and eq:  # srun's optional value: --propagate=STACK,CORE
+            out.used.setdefault(BY_NAME["--propagate"], name)
+            out.values["propagate"] = propagate_list(inline, name)
+            at = ("propagate", i)
+            i += 1
+            continue
         if (name == "-m" and i + 1 < len(argv) and looks_like_distribution(argv[i + 1])
                 and source_words(out.values).isdisjoint(argv)):
             # srun's -m cyclic; beside ::: sources, GNU parallel's -m (no value) and a
@@ -2403,7 +2433,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list", "rank_by",
                "report_state", "stack_traces", "forward_signals", "signal_before_end",
                "open_mode", "task_prolog", "srun_prolog", "srun_epilog",
-               "task_epilog")
+               "task_epilog", "propagate")
 
 
 def _ensemble_only(out: Parsed) -> None:

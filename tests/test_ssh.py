@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -51,6 +52,32 @@ def run(args: list[str], cwd: Path, timeout: float = 90
         ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(pmrun_argv(*args), cwd=cwd, env=pmrun_env(), capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_propagate_gives_the_ranks_on_ssh_hosts_this_shells_limits(ssh_cluster: RealCluster,
+                                                                     tmp_path: Path) -> None:
+    """srun's --propagate: sshd's limits are not the shell's; with it the ranks get ours."""
+    c = ssh_cluster
+    stack = 23456  # KiB, as ulimit -s says it
+
+    def limited() -> None:  # (in pmrun's process: the shell's `ulimit -s 23456`)
+        hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
+        resource.setrlimit(resource.RLIMIT_STACK, (stack * 1024, hard))
+
+    said = {}
+    for opts in ([], ["--propagate"], ["--propagate=STACK"]):
+        res = subprocess.run(
+            pmrun_argv(*opts, "-hosts", ",".join(c.names), "--ssh", c.ssh_command(), "-n", "4",
+                       "sh", "-c", "echo $(hostname) $(ulimit -s)"),
+            cwd=tmp_path, env=pmrun_env(), capture_output=True, text=True, timeout=90,
+            stdin=subprocess.DEVNULL, preexec_fn=limited)
+        assert res.returncode == 0, res.stderr
+        rows = sorted(line.split() for line in res.stdout.splitlines())
+        assert [r[0] for r in rows] == sorted(c.names), res.stdout
+        said[" ".join(opts)] = {r[1] for r in rows}
+    assert said["--propagate"] == said["--propagate=STACK"] == {str(stack)}, said
+    assert said[""] != {str(stack)}, said  # (without it: sshd's)
+    assert_clean(c)
 
 
 def netns_of(cluster: RealCluster, ns: str) -> str:

@@ -177,18 +177,22 @@ class LocalRanks:
         stdin_file = None if plan.spawned else plan.stdin_file or None
         started = StartedRanks()
         started.guardian, started.shared = guardian, shared
-        if agent.pmix is not None:
-            from pm.agent.pmix_register import RankTimerSlack
+        with contextlib.ExitStack() as around:
+            if agent.pmix is not None:
+                from pm.agent.pmix_register import RankTimerSlack
 
-            with RankTimerSlack(len(todo)):
-                start_local(todo, stdin_rank=stdin_rank, guardian=guardian,
-                            merge=plan.merge_stderr, into=started, stdin_file=stdin_file,
-                            raw=plan.unbuffered)
-        else:
+                around.enter_context(RankTimerSlack(len(todo)))
+            if plan.rlimits:  # srun's --propagate
+                from pm.agent.rlimits import RankLimits
+
+                around.enter_context(RankLimits(plan.rlimits, self._limit_warning))
             start_local(todo, stdin_rank=stdin_rank, guardian=guardian,
                         merge=plan.merge_stderr, into=started, stdin_file=stdin_file,
                         raw=plan.unbuffered)
         self.adopt(started, mark=False)
+
+    def _limit_warning(self, text: str) -> None:
+        log.warning("node %d (%s): %s", self.agent.vertex, self.agent.host, text)
 
     def adopt(self, started: StartedRanks, mark: bool = True) -> None:
         """Serve the ranks ``started`` holds (:func:`~pm.agent.started.start_local`, here or

@@ -123,6 +123,9 @@ class JobPlan(Record):
     #: srun's ``--task-epilog``: a program the agent runs once a rank ended, with the
     #: rank's environment, before it reports the end (:mod:`pm.agent.ranks`); "": none.
     task_epilog: str = ""
+    #: srun's ``--propagate``: soft resource limits (name -> value, -1 unlimited) the ranks
+    #: get on every node (:mod:`pm.agent.rlimits`).
+    rlimits: dict[str, int] = {}
 
     def node_of_rank(self) -> list[int]:
         """The node (index into :attr:`hosts`) of each rank."""
