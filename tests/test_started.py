@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import select
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -380,3 +381,22 @@ def test_a_file_named_twice_to_the_guardian_is_told_once(tmp_path: Path,
         os.waitpid(r.pid, 0)
         r.close()
         os.waitpid(guardian.pid, 0)
+
+
+def test_rank_limits_hold_around_the_spawn_and_are_put_back() -> None:
+    """srun's --propagate on a node: the ranks spawned inside get the limits; the agent
+    has its own back at once."""
+    import resource
+
+    from pm.agent.rlimits import RankLimits, current
+
+    before = resource.getrlimit(resource.RLIMIT_STACK)
+    want = 12345 * 1024
+    said: list[str] = []
+    with RankLimits({"STACK": want, "CORE": -1}, said.append):
+        assert resource.getrlimit(resource.RLIMIT_STACK)[0] == want
+        assert current(["STACK", "CORE"]) == {"STACK": want, "CORE": -1}
+        out = subprocess.run(["sh", "-c", "ulimit -s"], capture_output=True, text=True,
+                             check=True, timeout=30).stdout
+    assert out.strip() == "12345"
+    assert resource.getrlimit(resource.RLIMIT_STACK) == before and said == []
