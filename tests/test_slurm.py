@@ -398,10 +398,19 @@ def _agent_pid(c: RealCluster, i: int) -> int:
     pytest.fail(f"no agent on {c.names[i]}: {c.leftovers()}")
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (not gone, not a zombie); it may go between the open and the
+    read of its stat file (ESRCH then)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # (FileNotFoundError, ProcessLookupError)
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _wait_dead(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists() and \
-            Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+    while _alive(pid):
         assert time.monotonic() < deadline, f"pid {pid} still there after {timeout:g} s"
         time.sleep(0.02)
 
