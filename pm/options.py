@@ -94,15 +94,21 @@ def seconds(text: str, opt: str) -> float:
 _FSD_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def fsd_seconds(text: str) -> float | None:
+    """Flux's duration with its unit (``30s``, ``1.5m``, ``2h``, ``1d``) in seconds; None
+    when ``text`` is not one."""
+    unit = _FSD_UNITS.get(text[-1:])
+    return float(text[:-1]) * unit if unit is not None and _is_number(text[:-1]) else None
+
+
 def slurm_time(text: str, opt: str) -> float | None:
     """srun's ``-t``/``--time``: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, in
     seconds; UNLIMITED or INFINITE: none.  Flux's ``-t``/``--time-limit`` too: a number of
     minutes, or of s, m, h or d (``1.5h``), which no srun time is."""
     if text.upper() in ("UNLIMITED", "INFINITE"):
         return None
-    unit = _FSD_UNITS.get(text[-1:])
-    if unit is not None and _is_number(text[:-1]):
-        value = float(text[:-1]) * unit
+    value = fsd_seconds(text)
+    if value is not None:
         if not value >= 1 or value == float("inf"):
             raise UsageError(f"{opt} must be at least a second, not {text!r}")
         return value
@@ -968,14 +974,10 @@ def signal_before_end(value: str, opt: str) -> str:
     named = _signal_named(sig)
     if named is None:
         raise UsageError(f"{opt} takes [R:]SIG[@TIME] (USR1@60, SIGTERM@2m), not {value!r}")
-    secs = 60.0
+    secs: float | None = 60.0
     if at:
-        unit = _FSD_UNITS.get(when[-1:], 0)
-        if when.isdigit():
-            secs = float(when)
-        elif unit and _is_number(when[:-1]):
-            secs = float(when[:-1]) * unit
-        else:
+        secs = float(when) if when.isdigit() else fsd_seconds(when)
+        if secs is None:
             raise UsageError(f"{opt} {value}: TIME is seconds (or 30s, 2m, 1h), not {when!r}")
     return f"{int(named)}@{secs:g}"
 
