@@ -50,8 +50,8 @@ def test_a_line_names_the_first_few_of_many_missing_nodes(pmrun: Run, tmp_path: 
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if "not joined" in ln]
     assert len(lines) == 1, r.stderr
-    # Node 0's agent waits for its six children; it speaks on pmrun's stderr.
-    assert re.fullmatch(r"pm-agent\[\d+\]: 6 nodes have not joined after 5 s "
+    # Node 0's agent waits for its six children; it speaks on pmrun's stderr, as pmrun.
+    assert re.fullmatch(r"pmrun: 6 nodes have not joined after 5 s "
                         r"\(--join-timeout 6 s\): node 1 \(n2\), "
                         r"node 2 \(n3\), node 3 \(n4\), node 4 \(n5\) and 2 more",
                         lines[0]), lines

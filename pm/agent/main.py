@@ -35,6 +35,9 @@ STDIN_EOF = "parent closed our stdin"
 #: What the job's one line says when that happens while the job runs.
 STDIN_LOST = "its agent's standard input closed while the job ran (its slurmstepd or " \
              "ssh connection is gone)"
+#: How a job's agent speaks: on pmrun's stderr (through ssh or srun, or inherited), to the
+#: job's user, as pmrun itself (its lines name the node); the service keeps its own name.
+JOB_AGENT_FORMAT = "pmrun: %(message)s"
 #: When this process reached pmrun's code (its interpreter start-up is before): for --profile.
 _T_MAIN = time.time()
 
@@ -372,7 +375,7 @@ def _child() -> int:
 def main(argv: list[str] | None = None) -> int:
     if (sys.argv[1:] if argv is None else argv) == ["child"]:
         # What every bootstrap runs: no argparse to import on the launch's critical path.
-        logging.basicConfig(format="pm-agent[%(process)d]: %(message)s", level=logging.WARNING)
+        logging.basicConfig(format=JOB_AGENT_FORMAT, level=logging.WARNING)
         return _child()
     import gc
 
@@ -426,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("pm").setLevel(min(level, logging.INFO))
         return serve_main(args.config, args.listen)
     if args.mode == "child":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter(JOB_AGENT_FORMAT))
         return _child()
     p.print_help()
     return 2
