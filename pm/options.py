@@ -982,6 +982,19 @@ def signal_before_end(value: str, opt: str) -> str:
     return f"{int(named)}@{secs:g}"
 
 
+#: srun's --hint words as pmrun's binding (--bind-to, --map-by), which -c N multiplies.
+_HINTS = {"nomultithread": ("core", None), "compute_bound": ("core", None),
+          "multithread": ("hwthread", "hwthread"), "memory_bound": ("core", "package")}
+
+
+def srun_hint(value: str, opt: str) -> str:
+    """srun's ``--hint``: nomultithread, compute_bound, multithread or memory_bound."""
+    word = value.lower()
+    if word not in _HINTS:
+        raise UsageError(f"{opt} takes {', '.join(_HINTS)}, not {value!r}")
+    return word
+
+
 def open_mode(value: str, opt: str) -> str:
     """srun's ``--open-mode``: append or truncate (its first letters will do, as srun's)."""
     for mode in ("append", "truncate"):
@@ -1208,6 +1221,11 @@ OPTIONS = (
         help="srun's: none, cores, threads, sockets, ldoms (--bind-to none, core, hwthread, "
              "package, numa), map_cpu:0,2 or mask_cpu:0x3,0xc (a CPU or a mask each rank: "
              "--bind-to user:...); verbose: --report-bindings"),
+    Opt("--hint", "hint", srun_hint, metavar="HINT", quick=True, group=PLACE,
+        help="srun's: nomultithread or compute_bound (a rank a core: --bind-to core), "
+             "multithread (ranks fill the hardware threads: --bind-to hwthread --map-by "
+             "hwthread), memory_bound (ranks spread over the sockets, a core each: --map-by "
+             "package --bind-to core); -c N gives each rank N of them"),
     Opt("-c --cpus-per-task --cores-per-task --cpus-per-rank -cpus-per-rank --cpus-per-proc "
         "-cpus-per-proc", "cpus_per_task",
         whole(1), metavar="N", quick=True, group=PLACE,
@@ -2105,6 +2123,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     if "merge_stderr" in out.values and "error" in out.values:
         raise UsageError("--merge-stderr-to-stdout leaves no stderr for --error to write")
     _srun_cpu_bind(out.values)
+    _srun_hint(out.values)
     _open_mpi_paths(out.values, environ)
     if "cpu_list" in out.values:  # Open MPI's --cpu-list: a CPU each rank, in turn
         cpus = out.values.pop("cpu_list")
@@ -2435,7 +2454,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list", "rank_by",
                "report_state", "stack_traces", "forward_signals", "signal_before_end",
                "open_mode", "task_prolog", "srun_prolog", "srun_epilog",
-               "task_epilog", "propagate")
+               "task_epilog", "propagate", "hint")
 
 
 def _ensemble_only(out: Parsed) -> None:
@@ -2741,6 +2760,18 @@ def _srun_cpu_bind(values: dict[str, object]) -> None:
         raise UsageError(f"--cpu-bind {given} and --bind-to {values['bind_to']} disagree")
     if verbose:
         values["report_bindings"] = True
+
+
+def _srun_hint(values: dict[str, object]) -> None:
+    """srun's ``--hint`` as pmrun's binding, which --bind-to/--cpu-bind and --map-by
+    given override (as srun's --cpu-bind overrides its --hint)."""
+    hint = values.pop("hint", None)
+    if not isinstance(hint, str):
+        return
+    bind, mapping = _HINTS[hint]
+    values.setdefault("bind_to", bind)
+    if mapping is not None:
+        values.setdefault("map_by", mapping)
 
 
 def _srun_exclude(values: dict[str, object], environ: Mapping[str, str]) -> None:

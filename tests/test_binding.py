@@ -366,6 +366,40 @@ def test_srun_cpu_bind_pmrun_cannot_do_is_named(value: str) -> None:
         cpu_bind_of(value, "--cpu-bind")
 
 
+# ------------------------------------------------------------------ srun's --hint
+@pytest.mark.parametrize(("words", "cpus"), [
+    # A rank a core (both of its threads), the cores in turn.
+    (["--hint=nomultithread"], ["0,16", "1,17", "2,18", "3,19"]),
+    (["--hint", "compute_bound", "-c", "2"], ["0-1,16-17", "2-3,18-19", "4-5,20-21",
+                                              "6-7,22-23"]),
+    # Ranks fill the hardware threads: two a core.
+    (["--hint=multithread"], ["0", "16", "1", "17"]),
+    (["--hint=multithread", "-c", "2"], ["0,16", "1,17", "2,18", "3,19"]),
+    # Ranks spread over the sockets, a core each.
+    (["--hint=memory_bound"], ["0,16", "8,24", "1,17", "9,25"]),
+    # What --cpu-bind/--bind-to and --map-by say wins.
+    (["--hint=multithread", "--cpu-bind=cores", "--map-by", "core"],
+     ["0,16", "1,17", "2,18", "3,19"]),
+    (["--hint=memory_bound", "--bind-to", "package"], [P0, P1, P0, P1]),
+])
+def test_srun_hint_is_a_binding(words: list[str], cpus: list[str]) -> None:
+    from pm.options import parse
+
+    values = parse([*words, "-n", "4", "prog"], {}).values
+    assert "hint" not in values
+    got = compute_bindings(BIG, 4, str(values["bind_to"]), str(values.get("map_by", "core")))
+    assert fmt(got) == cpus
+
+
+def test_srun_hint_pmrun_does_not_know_is_named() -> None:
+    from pm.options import parse
+    from pm.proto.errors import UsageError
+
+    with pytest.raises(UsageError, match="--hint takes nomultithread, compute_bound, "
+                                         "multithread, memory_bound, not 'fast'"):
+        parse(["--hint=fast", "-n", "4", "prog"], {})
+
+
 @pytest.mark.skipif(len(discover().pus) < 2, reason="needs two CPUs")
 @pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
 def test_srun_cpu_bind_binds_the_ranks(tmp_path: object, quick: str) -> None:
