@@ -1825,7 +1825,18 @@ ENVIRONMENT = (
 _ALLOCATION = frozenset({"-p", "--partition", "-A", "--account", "--qos", "--reservation",
                          "--constraint", "--mem", "--mem-per-cpu", "--mem-per-gpu",
                          "--gres", "--gpus", "-G", "--gpus-per-node", "--gpus-per-task",
-                         "--exclusive", "--licenses"})
+                         "--exclusive", "--licenses", "--tmp", "--prefer", "--contiguous",
+                         "-B", "--extra-node-info", "--sockets-per-node", "--cores-per-socket",
+                         "--threads-per-core", "--mincpus", "--cpus-per-gpu",
+                         "--tres-per-task", "--gpus-per-socket", "--ntasks-per-gpu",
+                         "--gres-flags", "--switches", "--network", "--core-spec",
+                         "--thread-spec", "--spread-job", "--use-min-nodes", "--clusters",
+                         "-M"})
+#: ... and srun's options for when and how Slurm schedules a job it allocates.
+_SCHEDULING = frozenset({"--begin", "--dependency", "--deadline", "--time-min", "--hold",
+                         "--immediate", "--test-only", "--priority", "--mail-type",
+                         "--mail-user", "--comment", "--wckey", "--requeue", "--no-requeue",
+                         "--uid", "--gid", "--jobid"})
 
 #: Words that start GNU parallel's input sources (:mod:`pm.ensemble.inputs`) unless
 #: --arg-sep and --arg-file-sep name others (:func:`separators`).
@@ -1987,6 +1998,10 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                 raise UsageError(f"{word} asks Slurm for resources, which an allocation "
                                  f"grants: give it to salloc or sbatch, and run pmrun inside "
                                  "(it starts the ranks on the allocation's nodes)")
+            if word in _SCHEDULING:
+                raise UsageError(f"{word} is about how Slurm schedules an allocation: give "
+                                 "it to salloc or sbatch, and run pmrun inside (it starts the "
+                                 "ranks on the allocation's nodes)")
             raise UsageError(f"unknown option {arg} (see pmrun --help)")
         if name == "--wait" and not eq and not (i + 1 < len(argv) and _is_number(argv[i + 1])):
             # GNU parallel's --wait (for a semaphore's commands), not srun's --wait SECONDS.

@@ -811,6 +811,18 @@ def test_sruns_requests_for_an_allocation_are_refused_saying_where_they_go(
                "allocation's nodes)\n")
 
 
+@pytest.mark.parametrize("argv", [["--begin", "now+1hour"], ["--dependency=afterok:12"],
+                                  ["--mail-type", "ALL"], ["--test-only"], ["--time-min=10"]])
+def test_sruns_scheduling_options_are_refused_saying_where_they_go(
+        pmrun: Run, argv: list[str]) -> None:
+    r = pmrun(*argv, "-n", "1", "true")
+    word = argv[0].partition("=")[0]
+    assert (r.returncode, r.stdout, r.stderr) == (
+        2, "", f"pmrun: {word} is about how Slurm schedules an allocation: give it to salloc "
+               "or sbatch, and run pmrun inside (it starts the ranks on the allocation's "
+               "nodes)\n")
+
+
 def test_open_mpis_ppr_per_core_runs_a_rank_on_each_core(pmrun: Run) -> None:
     cores = topology.discover(use_hwloc=False).cores
     r = pmrun("--map-by", "ppr:1:core", "--bind-to", "core", "--report-bindings", "sh", "-c",
