@@ -995,6 +995,13 @@ def srun_hint(value: str, opt: str) -> str:
     return word
 
 
+def job_name(value: str, opt: str) -> str:
+    """srun's ``-J NAME``: words a file name and an srun option can hold."""
+    if not value or any(c in value for c in "/\0\n") or value.isspace():
+        raise UsageError(f"{opt} takes a name (no slash or new line), not {value!r}")
+    return value
+
+
 def open_mode(value: str, opt: str) -> str:
     """srun's ``--open-mode``: append or truncate (its first letters will do, as srun's)."""
     for mode in ("append", "truncate"):
@@ -1341,8 +1348,9 @@ OPTIONS = (
                        "number, %g job (0; spawned jobs count on), %% a percent sign"),
     Opt("--output -outfile-pattern -o", "output", out_pattern, metavar="PATTERN", quick=True,
         group=IO, help="write the ranks' stdout to files: %r (or %t) is the rank, %h (%N) "
-                       "its host, %p (%n) its node's number, %j the job id, %u the user, %% "
-                       "a percent sign; without %r all ranks share the file. Spawned job J's "
+                       "its host, %p (%n) its node's number, %j the job id, %x its name (-J), "
+                       "%u the user, %% a percent sign; without %r all ranks share the file. "
+                       "Spawned job J's "
                        "ranks: %j is the id and sJ, else .sJ ends a name with %r. Open MPI "
                        "5's --output tag,timestamp,merge-stderr-to-stdout,dir=DIR is taken "
                        "as -l, --timestamp-output, --merge-stderr-to-stdout, "
@@ -1753,6 +1761,10 @@ OPTIONS = (
         group=MISC,
         help="srun's and Flux's: every rank gets SIG TIME seconds (default 60; Flux's 30s, "
              "2m) before the time limit (--timeout, -t)"),
+    Opt("-J --job-name", "job_name", job_name, metavar="NAME", group=MISC, quick=True,
+        help="srun's and Flux's: the job's name, %x in --output/--error patterns (default: "
+             "the allocation's, SLURM_JOB_NAME, else the program's) and the name of the "
+             "Slurm step that starts pmrun's agents"),
     Opt("--open-mode", "open_mode", open_mode, metavar="append|truncate", group=MISC,
         help="srun's: the files of --output/--error (-o/-e) are appended to, or truncated "
              "(the default)"),
@@ -2135,6 +2147,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     _srun_export(out)
     _flux_env(out, environ)
     _output_filename(out)
+    _job_name_in_patterns(out, environ)
     if "merge_stderr" in out.values and "error" in out.values:
         raise UsageError("--merge-stderr-to-stdout leaves no stderr for --error to write")
     _srun_cpu_bind(out.values)
@@ -2666,6 +2679,26 @@ def _objects_here(obj: str, given: str, values: Mapping[str, object],
     if not count:
         raise UsageError(f"--map-by {given}: this machine tells no {obj} objects")
     return count
+
+
+def _job_name_in_patterns(out: Parsed, environ: Mapping[str, str]) -> None:
+    """srun's ``%x`` in the --output/--error patterns: the job's name (``-J``, else the
+    allocation's, else the first program's, as srun names a job it allocates)."""
+    values = out.values
+    patterns = [k for k in ("output", "error") if "%x" in str(values.get(k, ""))]
+    if not patterns:
+        return
+    name = values.get("job_name") or environ.get("SLURM_JOB_NAME")
+    if not name:
+        argv = out.sections[0].argv if out.sections else []
+        name = os.path.basename(argv[0]) if argv else "pmrun"
+    from pm.common.output import pattern_problem, with_job_name
+
+    for key in patterns:
+        values[key] = with_job_name(str(values[key]), str(name))
+        problem = pattern_problem(f"--{key}", str(values[key]))
+        if problem:
+            raise UsageError(problem)
 
 
 def _output_filename(out: Parsed) -> None:

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.timeout(60)
 BAD_VALUE = {
     "n": "x", "ppn": "0", "npersocket": "0", "rpl": "{x}", "hosts": "a[1-",
     "hostfile": "/no/such/hostfile",
-    "universe_size": "lots", "hint": "fast", "bind_to": "corez", "map_by": "foo", "env_mode": "A=1",
+    "universe_size": "lots", "hint": "fast", "job_name": "a/b",
+    "bind_to": "corez", "map_by": "foo", "env_mode": "A=1",
     "wdir": "/no/such/dir", "prepend": "%q", "output": "/no/such/dir/out.%r",
     "output_filename": "",
     "error": "/no/such/dir/err", "launcher": "rocket", "launcher_exec": "",
@@ -982,7 +983,7 @@ GOOD_VALUE: dict[str, list[str]] = {
     "distribution": ["cyclic"], "universe_size": ["6"],
     "hosts": ["localhost"], "stdin": ["none"], "display": ["map,bind"],
     "flux_env": ["A=1"], "prefix": ["/usr"], "exe_path": ["/usr/bin"], "cpu_list": ["0"],
-    "hint": ["multithread"],
+    "hint": ["multithread"], "job_name": ["myjob"],
 }
 #: ... where an option's spelling takes other words than its key's others (srun's -t).
 GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"], "--time-limit": ["1.5h"],

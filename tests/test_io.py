@@ -467,7 +467,8 @@ def test_output_patterns_name_the_host_and_node(pmrun: Run, tmp_path: Path,
     r = pmrun("--output", str(tmp_path / "out.%z"), "true")
     assert (r.returncode, r.stderr) == (
         2, f"pmrun: --output {tmp_path / 'out.%z'}: %z stands for nothing (%r or %t the "
-        "rank, %j the job id, %h or %N the host, %n or %p the node number, %u the user, %% "
+        "rank, %j the job id, %x its name, %h or %N the host, %n or %p the node number, %u "
+        "the user, %% "
         "a percent sign)\n")
 
 

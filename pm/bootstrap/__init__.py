@@ -171,6 +171,8 @@ def bootstrap_options(extra: Mapping[str, str],
             opts["user"] = extra["user"]
     elif name == "slurm":
         opts["start"] = "step"
+        if extra.get("job_name"):
+            opts["job_name"] = extra["job_name"]  # (-J: its agents' step's name)
     if batch:
         opts["batch"] = batch
     elif name == "persistent":

@@ -218,7 +218,8 @@ def step_hosts(parsed: Parsed, environ: Mapping[str, str]
     from pm.bootstrap import bootstrap_options, default_hosts
     from pm.common.mapping import place, slots_per_node
 
-    options = bootstrap_options({}, False)
+    options = bootstrap_options({k: str(v) for k, v in parsed.values.items()
+                                 if k == "job_name"}, False)
     given = default_hosts(options)
     if options.get("name") != "slurm" or options.get("start") != "step" or not given:
         return None

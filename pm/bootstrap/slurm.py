@@ -174,19 +174,22 @@ def allocation_hosts(env: Mapping[str, str] | None = None) -> list[tuple[str, in
     return list(zip(hosts, slots, strict=True))
 
 
-def step_argv(hosts: list[str], command: list[str], srun: str | None = None) -> list[str]:
-    """The argv that runs ``command`` once on every host of ``hosts``, as one step (pure)."""
+def step_argv(hosts: list[str], command: list[str], srun: str | None = None,
+              name: str | None = None) -> list[str]:
+    """The argv that runs ``command`` once on every host of ``hosts``, as one step (pure);
+    ``name``: the step's (the job's ``-J``), else pm-agents."""
     options = shlex.split(srun) if srun is not None else list(SRUN_OPTIONS)
     n = len(hosts)
     return ["srun", *options, f"--nodes={n}", f"--ntasks={n}", "--ntasks-per-node=1",
-            f"--nodelist={compress(hosts)}", "--job-name=pm-agents", *command]
+            f"--nodelist={compress(hosts)}", f"--job-name={name or 'pm-agents'}", *command]
 
 
-def srun_argv(host: str, command: list[str], srun: str | None = None) -> list[str]:
+def srun_argv(host: str, command: list[str], srun: str | None = None,
+              name: str | None = None) -> list[str]:
     """The argv that runs ``command`` as one task on ``host`` (pure)."""
     options = shlex.split(srun) if srun is not None else list(SRUN_OPTIONS)
     return ["srun", *options, "--nodes=1", "--ntasks=1", f"--nodelist={host}",
-            "--job-name=pm-agent", *command]
+            f"--job-name={name or 'pm-agent'}", *command]
 
 
 class SlurmBootstrap(CommandBootstrap):
@@ -198,6 +201,8 @@ class SlurmBootstrap(CommandBootstrap):
         super().__init__()
         self.srun = options.get("srun")
         self.python = options.get("python")
+        #: The steps' name (the job's -J), else pm-agents.
+        self.job_name = options.get("job_name")
         # slurmctld handles step creation one by one: a burst only queues there.
         self.limit = int(options.get("limit", 64))
         #: Slurm said it ended the job: later task failures are its doing.
@@ -210,7 +215,7 @@ class SlurmBootstrap(CommandBootstrap):
         self._timer: asyncio.TimerHandle | None = None
 
     def argv(self, host: str) -> list[str]:
-        return srun_argv(host, agent_command(self.python, lean=True), self.srun)
+        return srun_argv(host, agent_command(self.python, lean=True), self.srun, self.job_name)
 
     def start(self, host: str, config: AgentConfig) -> tuple[int, int]:
         return self.run(self.argv(host), config)
@@ -222,10 +227,13 @@ class SlurmBootstrap(CommandBootstrap):
         early = take(-1, compress(hosts))  # started before the head's imports
         if early is not None:
             return self.adopt(early, config, send=not configured(early))
-        return self.run(step_argv(hosts, agent_command(self.python, lean=True), self.srun), config)
+        return self.run(self._step(hosts), config)
 
     def launch_step(self, hosts: list[str]) -> Piped:
-        return self.launch_argv(step_argv(hosts, agent_command(self.python, lean=True), self.srun))
+        return self.launch_argv(self._step(hosts))
+
+    def _step(self, hosts: list[str]) -> list[str]:
+        return step_argv(hosts, agent_command(self.python, lean=True), self.srun, self.job_name)
 
     def error_line(self, text: str) -> bool:
         """Name the node of a failed task: the job's one line says it (with srun's words)."""

@@ -310,8 +310,8 @@ class _WriteBehind:
 
 
 #: What a file pattern's ``%X`` stands for (expand_pattern), as said in a refusal.
-PATTERN_CODES = "%r or %t the rank, %j the job id, %h or %N the host, %n or %p the node " \
-                "number, %u the user, %% a percent sign"
+PATTERN_CODES = "%r or %t the rank, %j the job id, %x its name, %h or %N the host, %n or " \
+                "%p the node number, %u the user, %% a percent sign"
 
 
 def pattern_problem(option: str, pattern: str) -> str | None:
@@ -323,6 +323,8 @@ def pattern_problem(option: str, pattern: str) -> str | None:
         if pattern[i + 1] not in _CODES:
             return f"{option} {pattern}: %{pattern[i + 1]} stands for nothing ({PATTERN_CODES})"
         i = pattern.find("%", i + 2)
+    if "%x" in os.path.dirname(pattern).replace("%%", ""):
+        return None  # (checked again with the job's name in it: pm.options)
     folder = os.path.dirname(expand_pattern(pattern, 0, "job"))
     if not folder or os.path.isdir(folder):
         return None
@@ -349,6 +351,21 @@ def per_rank_folder(pattern: str) -> bool:
     return any(f"%{k}" in folder for k in "rtjhNnp")
 
 
+def with_job_name(pattern: str, name: str) -> str:
+    """``pattern`` with srun's ``%x`` (the job's name) put in (``%%x`` stays as it is)."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "%" and i + 1 < len(pattern):
+            pair = pattern[i:i + 2]
+            out.append(name if pair == "%x" else pair)
+            i += 2
+            continue
+        out.append(pattern[i])
+        i += 1
+    return "".join(out)
+
+
 def _create(path: str, make_folder: bool, append: bool = False) -> int:
     """Open ``path`` for a job's output (created, truncated unless ``append``);
     ``make_folder``: with the folders it needs."""
@@ -363,7 +380,7 @@ def _create(path: str, make_folder: bool, append: bool = False) -> int:
 
 
 #: The codes of a file pattern (see expand_pattern).
-_CODES = frozenset("rtjhNnpu%")
+_CODES = frozenset("rtjxhNnpu%")
 
 
 def expand_pattern(pattern: str, rank: int, job_id: str, spawned: int = 0, *, host: str = "",
