@@ -1002,6 +1002,21 @@ def job_name(value: str, opt: str) -> str:
     return value
 
 
+def tune_files(value: str, opt: str) -> str:
+    """Open MPI's ``--tune FILE[,FILE]`` (``--am``): files that can be read."""
+    for path in value.split(","):
+        readable_file(path, opt)
+    return value
+
+
+def personality(value: str, opt: str) -> str:
+    """Open MPI 5's ``--personality``: ompi is the command line pmrun reads."""
+    if value.lower() != "ompi":
+        raise UsageError(f"{opt} {value}: pmrun reads Open MPI's command line (ompi), and "
+                         "Hydra's, srun's, Flux's and GNU parallel's, without a personality")
+    return value
+
+
 def open_mode(value: str, opt: str) -> str:
     """srun's ``--open-mode``: append or truncate (its first letters will do, as srun's)."""
     for mode in ("append", "truncate"):
@@ -1328,6 +1343,13 @@ OPTIONS = (
     Opt("--mca -mca --gmca -gmca", "genv", kind=PAIR, const="OMPI_MCA_", metavar="KEY VALUE",
         quick=True, group=ENV, help="set Open MPI's parameter KEY for every rank "
                                     "(OMPI_MCA_KEY=VALUE, as mpirun --mca)"),
+    Opt("--tune --am", "tune", tune_files, metavar="FILE[,FILE]", quick=True,
+        group=ENV,
+        help="Open MPI's: files of parameters for every rank, a NAME = VALUE line each "
+             "(OMPI_MCA_NAME=VALUE), or lines of -x, --mca and --pmixmca options; those given "
+             "on the command line win"),
+    Opt("--personality", "personality", personality, metavar="ompi", quick=True, group=ENV,
+        help="Open MPI 5's: ompi, the command line pmrun reads anyway"),
     Opt("--pmixmca -pmixmca --gpmixmca -gpmixmca", "genv", kind=PAIR, const="PMIX_MCA_",
         metavar="KEY VALUE",
         quick=True, group=ENV,
@@ -2153,6 +2175,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     _srun_cpu_bind(out.values)
     _srun_hint(out.values)
     _open_mpi_paths(out.values, environ)
+    _open_mpi_tune(out.values, environ)
     if "cpu_list" in out.values:  # Open MPI's --cpu-list: a CPU each rank, in turn
         cpus = out.values.pop("cpu_list")
         if out.values.setdefault("bind_to", f"user:{cpus}") != f"user:{cpus}":
@@ -2699,6 +2722,53 @@ def _job_name_in_patterns(out: Parsed, environ: Mapping[str, str]) -> None:
         problem = pattern_problem(f"--{key}", str(values[key]))
         if problem:
             raise UsageError(problem)
+
+
+#: The options a --tune file may hold (Open MPI 4's), and the prefix of their variables.
+_TUNE_OPTIONS = {"-x": "", "--mca": "OMPI_MCA_", "-mca": "OMPI_MCA_", "--gmca": "OMPI_MCA_",
+                 "-gmca": "OMPI_MCA_", "--pmixmca": "PMIX_MCA_", "-pmixmca": "PMIX_MCA_"}
+
+
+def _open_mpi_tune(values: dict[str, object], environ: Mapping[str, str]) -> None:
+    """Open MPI's ``--tune`` files into the ranks' environment, under what the command line
+    set: a ``NAME = VALUE`` line is ``--mca NAME VALUE`` (Open MPI 5's files, and 4's
+    ``--am``), other lines are ``-x``, ``--mca`` and ``--pmixmca`` options (4's ``--tune``)."""
+    values.pop("personality", None)
+    given = values.pop("tune", None)
+    if given is None:
+        return
+    env = values.setdefault("genv", {})
+    assert isinstance(env, dict)
+    for path in str(given).split(","):
+        for number, words in _file_lines(path, "--tune"):
+            where = f"--tune {path}, line {number}"
+            if not words[0].startswith("-"):
+                name, eq, value = " ".join(words).partition("=")
+                if not eq or not name.strip():
+                    raise UsageError(f"{where}: NAME = VALUE, or -x, --mca and --pmixmca "
+                                     "options")
+                env.setdefault(f"OMPI_MCA_{name.strip()}", value.strip())
+                continue
+            k = 0
+            while k < len(words):
+                prefix = _TUNE_OPTIONS.get(words[k])
+                if prefix is None or k + 1 >= len(words):
+                    raise UsageError(f"{where}: {words[k]}: a --tune file holds -x, --mca and "
+                                     "--pmixmca options (each with its value), or NAME = VALUE")
+                if prefix:
+                    if k + 2 >= len(words):
+                        raise UsageError(f"{where}: {words[k]} needs KEY VALUE")
+                    env.setdefault(prefix + words[k + 1], words[k + 2])
+                    k += 3
+                    continue
+                name, eq, value = words[k + 1].partition("=")
+                if eq:
+                    env.setdefault(name, value)
+                elif name in environ:
+                    env.setdefault(name, environ[name])
+                else:
+                    _warn(f"{where}: -x {name}: not set in pmrun's environment, so not passed")
+                k += 2
 
 
 def _output_filename(out: Parsed) -> None:

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.timeout(60)
 BAD_VALUE = {
     "n": "x", "ppn": "0", "npersocket": "0", "rpl": "{x}", "hosts": "a[1-",
     "hostfile": "/no/such/hostfile",
-    "universe_size": "lots", "hint": "fast", "job_name": "a/b",
+    "universe_size": "lots", "hint": "fast", "job_name": "a/b", "tune": "/no/such/file",
+    "personality": "prte",
     "bind_to": "corez", "map_by": "foo", "env_mode": "A=1",
     "wdir": "/no/such/dir", "prepend": "%q", "output": "/no/such/dir/out.%r",
     "output_filename": "",
@@ -137,7 +138,7 @@ CASES = [
     (["-skip-launch-node", "-hosts", "localhost:2", "true"], {}, "no ranks on this machine "
      "(-skip-launch-node, --nolocal), but every host given is this machine"),
     (["-debug", "-n", "1", "true"], {}, "unknown option -debug (see pmrun --help)"),
-    (["-tune", "x", "-n", "1", "true"], {}, "unknown option -tune (see pmrun --help)"),
+    (["-gdba", "1", "-n", "1", "true"], {}, "unknown option -gdba (see pmrun --help)"),
     (["-demux", "epoll", "-n", "1", "true"], {}, "-demux takes poll or select, not 'epoll'"),
     (["-topolib", "plpa", "-n", "1", "true"], {}, "-topolib takes hwloc, not 'plpa'"),
     (["-N", "0", "true"], {}, "-N must be at least 1 (the hosts an MPI job runs on)"),
@@ -983,7 +984,7 @@ GOOD_VALUE: dict[str, list[str]] = {
     "distribution": ["cyclic"], "universe_size": ["6"],
     "hosts": ["localhost"], "stdin": ["none"], "display": ["map,bind"],
     "flux_env": ["A=1"], "prefix": ["/usr"], "exe_path": ["/usr/bin"], "cpu_list": ["0"],
-    "hint": ["multithread"], "job_name": ["myjob"],
+    "hint": ["multithread"], "job_name": ["myjob"], "personality": ["ompi"],
 }
 #: ... where an option's spelling takes other words than its key's others (srun's -t).
 GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"], "--time-limit": ["1.5h"],
@@ -998,6 +999,9 @@ def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
     if opt.key == "hostfile":
         (tmp_path / "hosts").write_text("localhost\n")
         words = [str(tmp_path / "hosts")]
+    elif opt.key == "tune":
+        (tmp_path / "tune").write_text("btl = self\n")
+        words = [str(tmp_path / "tune")]
     else:
         words = ([] if opt.kind in (options.FLAG, options.COUNT) else GOOD_FOR_NAME[name]
                  if name in GOOD_FOR_NAME else GOOD_VALUE[opt.key])
@@ -1096,6 +1100,37 @@ def test_open_mpi_mpirun_habits_mean_the_same_on_both_paths(
     # Named once, though both paths read the command line (a job handed over does too).
     assert capfd.readouterr().err == \
         "pmrun: -x UNSET_X: not set in pmrun's environment, so not passed\n"
+
+
+def test_open_mpi_tune_files_set_the_ranks_parameters_under_the_command_line(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEEP", "kept")
+    monkeypatch.delenv("UNSET_X", raising=False)
+    monkeypatch.setattr(options, "_WARNED", set())
+    five = tmp_path / "five.conf"  # Open MPI 5's (and 4's --am): NAME = VALUE
+    five.write_text("# site tuning\nbtl = tcp,self\nbtl_tcp_if_include=lo\n\n")
+    four = tmp_path / "four.conf"  # Open MPI 4's --tune: its -x and --mca options
+    four.write_text("-x FOO=1 --mca coll ^hcoll\n-x KEEP -x UNSET_X --pmixmca gds hash\n")
+    argv = ["--tune", f"{five},{four}", "--mca", "btl", "self", "--personality", "ompi",
+            "-n", "2", "prog"]
+    want = {"OMPI_MCA_btl": "self", "OMPI_MCA_btl_tcp_if_include": "lo", "FOO": "1",
+            "OMPI_MCA_coll": "^hcoll", "KEEP": "kept", "PMIX_MCA_gds": "hash"}
+    q = quick_parse(argv, os.environ)
+    assert q is not None and q.genv == want
+    assert full_parse(argv).spec.genv == want
+    assert capfd.readouterr().err == (f"pmrun: --tune {four}, line 2: -x UNSET_X: not set in "
+                                      "pmrun's environment, so not passed\n")
+    for text, why in (("what\n", "line 1: NAME = VALUE, or -x, --mca and --pmixmca options"),
+                      ("-np 4\n", "line 1: -np: a --tune file holds -x, --mca and --pmixmca "
+                                   "options (each with its value), or NAME = VALUE"),
+                      ("--mca btl\n", "line 1: --mca needs KEY VALUE")):
+        five.write_text(text)
+        with pytest.raises(UsageError) as err:
+            full_parse(["--am", str(five), "prog"])
+        assert str(err.value) == f"--tune {five}, {why}"
+    with pytest.raises(UsageError, match="--personality prte: pmrun reads Open MPI's"):
+        full_parse(["--personality", "prte", "prog"])
 
 
 def test_open_mpi_placement_spellings_are_pmrun_s_options() -> None:
