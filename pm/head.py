@@ -229,7 +229,7 @@ class JobRun:
             app_nodes=app_nodes, app_slots=app_slots, cwd=_cwd(), rank_by=spec.rank_by,
             placement=list(spec.placement), rank_slots=list(spec.rank_slots),
             task_prolog=_task_hook(spec.task_prolog), task_epilog=_task_hook(spec.task_epilog),
-            rlimits=_rlimits(spec.propagate),
+            rlimits=_rlimits(spec.propagate), gpus_per_task=spec.gpus_per_task,
         )
         if not sim:
             from pm.agent.pmix_detect import wants_pmix

@@ -60,6 +60,8 @@ class JobSpec:
     task_prolog: str = ""
     #: srun's --task-epilog: a program run after each rank, with its environment.
     task_epilog: str = ""
+    #: srun's --gpus-per-task: GPUs dealt to each rank on its node (0: none dealt).
+    gpus_per_task: int = 0
     #: srun's --propagate: the resource limits (pm.agent.rlimits names) the ranks get from
     #: pmrun's process on every node.
     propagate: list[str] = field(default_factory=list)

@@ -1243,6 +1243,11 @@ OPTIONS = (
         help="srun's: none, cores, threads, sockets, ldoms (--bind-to none, core, hwthread, "
              "package, numa), map_cpu:0,2 or mask_cpu:0x3,0xc (a CPU or a mask each rank: "
              "--bind-to user:...); verbose: --report-bindings"),
+    Opt("--gpus-per-task -g -gpus-per-proc --gpus-per-proc", "gpus_per_task", whole(1, 4096),
+        metavar="N", group=PLACE,
+        help="N GPUs for each rank: a node's ranks get its GPUs (those CUDA_VISIBLE_DEVICES, "
+             "ROCR_VISIBLE_DEVICES... name, else all of them) N at a time, in that variable "
+             "(srun's, Flux's -g, Hydra's -gpus-per-proc)"),
     Opt("--hint", "hint", srun_hint, metavar="HINT", quick=True, group=PLACE,
         help="srun's: nomultithread or compute_bound (a rank a core: --bind-to core), "
              "multithread (ranks fill the hardware threads: --bind-to hwthread --map-by "
@@ -1858,7 +1863,7 @@ ENVIRONMENT = (
 #: srun's requests for resources: only an allocation (salloc, sbatch) grants them.
 _ALLOCATION = frozenset({"-p", "--partition", "-A", "--account", "--qos", "--reservation",
                          "--constraint", "--mem", "--mem-per-cpu", "--mem-per-gpu",
-                         "--gres", "--gpus", "-G", "--gpus-per-node", "--gpus-per-task",
+                         "--gres", "--gpus", "-G", "--gpus-per-node",
                          "--exclusive", "--licenses", "--tmp", "--prefer", "--contiguous",
                          "-B", "--extra-node-info", "--sockets-per-node", "--cores-per-socket",
                          "--threads-per-core", "--mincpus", "--cpus-per-gpu",
@@ -2505,7 +2510,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list", "rank_by",
                "report_state", "stack_traces", "forward_signals", "signal_before_end",
                "open_mode", "task_prolog", "srun_prolog", "srun_epilog",
-               "task_epilog", "propagate", "hint")
+               "task_epilog", "propagate", "hint", "gpus_per_task")
 
 
 def _ensemble_only(out: Parsed) -> None:

@@ -28,7 +28,7 @@ BAD_VALUE = {
     "n": "x", "ppn": "0", "npersocket": "0", "rpl": "{x}", "hosts": "a[1-",
     "hostfile": "/no/such/hostfile",
     "universe_size": "lots", "hint": "fast", "job_name": "a/b", "tune": "/no/such/file",
-    "personality": "prte",
+    "personality": "prte", "gpus_per_task": "0",
     "bind_to": "corez", "map_by": "foo", "env_mode": "A=1",
     "wdir": "/no/such/dir", "prepend": "%q", "output": "/no/such/dir/out.%r",
     "output_filename": "",

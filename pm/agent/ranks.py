@@ -132,6 +132,8 @@ class LocalRanks:
         #: ranks whose epilog runs now (their end is reported after it).
         self._epilog_env: dict[int, dict[str, str]] = {}
         self._in_epilog: set[int] = set()
+        #: Whether this node said what --gpus-per-task could not do here.
+        self._gpu_said = False
 
     # ------------------------------------------------------------------ start
     def start(self, base_env: dict[str, str], cpusets: list[frozenset[int]] | None,
@@ -158,6 +160,8 @@ class LocalRanks:
                            len(self.ranks))
             if agent.pmix is not None:
                 env.update(agent.pmix.fork_env(rank))
+            if plan.gpus_per_task:  # srun's --gpus-per-task
+                self._deal_gpus(env, proc.local_rank)
             if appnum not in resolved:
                 try:
                     resolved[appnum] = resolve(argv[0], env, wdir)
@@ -190,6 +194,29 @@ class LocalRanks:
                         merge=plan.merge_stderr, into=started, stdin_file=stdin_file,
                         raw=plan.unbuffered)
         self.adopt(started, mark=False)
+
+    def _deal_gpus(self, env: dict[str, str], local_rank: int) -> None:
+        """Give the rank with ``env`` its GPUs (:mod:`pm.agent.gpus`); a node with none, or
+        with too few for its ranks, says so once."""
+        from pm.agent.gpus import deal, node_gpus, shortage
+
+        per = self.agent.plan.gpus_per_task
+        found = node_gpus(env)
+        if found is None:
+            self._gpu_notice("no GPU here (none named by CUDA_VISIBLE_DEVICES or "
+                             "ROCR_VISIBLE_DEVICES, none in /proc/driver/nvidia or "
+                             "/sys/class/kfd): --gpus-per-task gives its ranks none")
+            return
+        var, gpus = found
+        env[var] = ",".join(deal(gpus, per, local_rank))
+        why = shortage(len(gpus), per, len(self.ranks))
+        if why is not None:
+            self._gpu_notice(why)
+
+    def _gpu_notice(self, text: str) -> None:
+        if not self._gpu_said:
+            self._gpu_said = True
+            self._limit_warning(text)
 
     def _limit_warning(self, text: str) -> None:
         log.warning("node %d (%s): %s", self.agent.vertex, self.agent.host, text)

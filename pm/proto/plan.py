@@ -126,6 +126,9 @@ class JobPlan(Record):
     #: srun's ``--propagate``: soft resource limits (name -> value, -1 unlimited) the ranks
     #: get on every node (:mod:`pm.agent.rlimits`).
     rlimits: dict[str, int] = {}
+    #: srun's ``--gpus-per-task``: GPUs dealt to each rank of a node (:mod:`pm.agent.gpus`);
+    #: 0: the ranks see what they would.
+    gpus_per_task: int = 0
 
     def node_of_rank(self) -> list[int]:
         """The node (index into :attr:`hosts`) of each rank."""

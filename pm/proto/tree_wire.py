@@ -57,8 +57,9 @@ MAC_LEN = 16
 #: 2: frames are [envelope, body]; 3: typed records (plans, items); 4: BLAKE2b MACs;
 #: 5: exits and aborts carry the time their agent learned of them; 6: Started says whether
 #: a spawned job's ranks need their spawner; 7: plans carry --rank-by and a rankfile's
-#: placement and slots; 9: Kill may ask for a report of the ranks' state first (Report)
-PROTOCOL_VERSION = 9
+#: placement and slots; 9: Kill may ask for a report of the ranks' state first (Report);
+#: 10: plans carry --gpus-per-task
+PROTOCOL_VERSION = 10
 
 #: Directions of a tree link (bound under an envelope's tag).
 UP = 1  # child to parent
