@@ -68,7 +68,7 @@ _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fano
                         "merge_stderr", "timestamp_output", "distribution", "unbuffered",
                         "rank_by", "kill_on_bad_exit", "report_state", "stack_traces",
                         "signal_before_end", "open_mode", "task_prolog",
-                        "task_epilog", "propagate", "gpus_per_task"})
+                        "task_epilog", "propagate", "gpus_per_task", "output_from"})
 
 
 def parse(argv: list[str]) -> CliOptions:
@@ -202,6 +202,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.task_prolog = str(v.get("task_prolog", ""))
     spec.task_epilog = str(v.get("task_epilog", ""))
     spec.gpus_per_task = int(v.get("gpus_per_task", 0))  # type: ignore[call-overload]
+    spec.output_from = str(v.get("output_from", ""))
     spec.propagate = [n for n in str(v.get("propagate", "")).split(",") if n]
     spec.timeout_report = 2 if v.get("stack_traces") else 1 if v.get("report_state") else 0
     before = v.get("signal_before_end")
@@ -328,7 +329,7 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
         _given_placement(opts)
     if given is not None and not (opts.hosts or opts.hostfile or opts.local_nodes):
         opts.hosts = _rankfile_hosts(given[1])
-    where = _first_nodes(opts, _skip_launch_node(opts, _where(opts)))
+    where = _first_nodes(opts, _order_nodes(opts, _skip_launch_node(opts, _where(opts))))
     if any(app.hosts for app in opts.spec.apps):
         where = _program_hosts(opts, where)
     if where is not None and not opts.fanout_given and where[2].get("name") == "ssh":
@@ -597,6 +598,20 @@ def slurm_binding(env: Mapping[str, str]) -> str | None:
     if not text.isdigit() or int(text) < 1:
         return None
     return "hwthread" if int(text) == 1 else f"hwthread:{int(text)}"
+
+
+def _order_nodes(opts: CliOptions,
+                 where: tuple[list[str], list[int | None], dict[str, object]] | None
+                 ) -> tuple[list[str], list[int | None], dict[str, object]] | None:
+    """Hydra's ``-order-nodes ASCENDING`` (``DESCENDING``): the hosts by their slots, fewest
+    (most) first, hosts with as many in their order; a host without a count has one."""
+    order = opts.extra.get("order_nodes")
+    if order is None or where is None:
+        return where
+    hosts, slots, boot = where
+    ranked = sorted(range(len(hosts)), key=lambda i: slots[i] or 1,
+                    reverse=order == "descending")
+    return [hosts[i] for i in ranked], [slots[i] for i in ranked], boot
 
 
 def _skip_launch_node(opts: CliOptions,

@@ -186,6 +186,10 @@ class JobRun:
                                                     STDERR: spec.error or ""}, job_id=job_id)
             self.writer.timestamp = spec.timestamp
             self.writer.append = spec.output_append
+            if spec.output_from:  # Hydra's -output-from
+                from pm.common.output import rank_ranges
+
+                self.writer.only = rank_ranges(spec.output_from)
         #: Our stdout / stderr whose reader went away (the ranks' writes to it fail);
         #: perhaps already in pmrun's quick path, which told the ranks then.
         self._lost_streams: set[int] = set()

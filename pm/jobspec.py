@@ -62,6 +62,8 @@ class JobSpec:
     task_epilog: str = ""
     #: srun's --gpus-per-task: GPUs dealt to each rank on its node (0: none dealt).
     gpus_per_task: int = 0
+    #: Hydra's -output-from: only these ranks' output is written ("0,4-7"; "": every rank's).
+    output_from: str = ""
     #: srun's --propagate: the resource limits (pm.agent.rlimits names) the ranks get from
     #: pmrun's process on every node.
     propagate: list[str] = field(default_factory=list)

@@ -1017,6 +1017,31 @@ def personality(value: str, opt: str) -> str:
     return value
 
 
+def gpus_count(value: str, opt: str) -> int:
+    """--gpus-per-task N (N >= 1); Hydra's ``auto`` (its default: 0, nothing dealt)."""
+    return 0 if value.lower() == "auto" else int(whole(1, 4096)(value, opt))  # type: ignore[call-overload]
+
+
+def order_nodes(value: str, opt: str) -> str:
+    """Hydra's ``-order-nodes``: ASCENDING (UP) or DESCENDING (DOWN)."""
+    word = {"ascending": "ascending", "up": "ascending", "descending": "descending",
+            "down": "descending"}.get(value.lower())
+    if word is None:
+        raise UsageError(f"{opt} takes ASCENDING or DESCENDING, not {value!r}")
+    return word
+
+
+def output_from(value: str, opt: str) -> str:
+    """Hydra's ``-output-from RANK`` (and a list of them: ``0,4-7``)."""
+    from pm.common.output import rank_ranges
+
+    try:
+        rank_ranges(value)
+    except ValueError as exc:
+        raise UsageError(f"{opt} {exc}") from None
+    return value
+
+
 def open_mode(value: str, opt: str) -> str:
     """srun's ``--open-mode``: append or truncate (its first letters will do, as srun's)."""
     for mode in ("append", "truncate"):
@@ -1218,6 +1243,10 @@ OPTIONS = (
         group=PLACE, quick=True,
         help="hosts to run on; node[01-04] ranges are expanded; inside a Slurm allocation, "
              "nodes of it are reached through Slurm (srun's -w)"),
+    Opt("-order-nodes --order-nodes", "order_nodes", order_nodes, metavar="ASCENDING",
+        group=PLACE,
+        help="Hydra's: the hosts in the order of their slots, fewest first (DESCENDING: most "
+             "first); a host without a count has one"),
     Opt("-skip-launch-node --skip-launch-node --nolocal -nolocal", "skip_launch", kind=FLAG,
         group=PLACE, help="no ranks on this machine, only on the other hosts given (Hydra's "
                           "-skip-launch-node, Open MPI's --nolocal)"),
@@ -1243,7 +1272,7 @@ OPTIONS = (
         help="srun's: none, cores, threads, sockets, ldoms (--bind-to none, core, hwthread, "
              "package, numa), map_cpu:0,2 or mask_cpu:0x3,0xc (a CPU or a mask each rank: "
              "--bind-to user:...); verbose: --report-bindings"),
-    Opt("--gpus-per-task -g -gpus-per-proc --gpus-per-proc", "gpus_per_task", whole(1, 4096),
+    Opt("--gpus-per-task -g -gpus-per-proc --gpus-per-proc", "gpus_per_task", gpus_count,
         metavar="N", group=PLACE,
         help="N GPUs for each rank: a node's ranks get its GPUs (those CUDA_VISIBLE_DEVICES, "
              "ROCR_VISIBLE_DEVICES... name, else all of them) N at a time, in that variable "
@@ -1382,6 +1411,9 @@ OPTIONS = (
                        "5's --output tag,timestamp,merge-stderr-to-stdout,dir=DIR is taken "
                        "as -l, --timestamp-output, --merge-stderr-to-stdout, "
                        "--output-filename DIR"),
+    Opt("-output-from --output-from", "output_from", output_from, metavar="RANKS", quick=True,
+        group=IO, help="Hydra's: only these ranks' output (0, or 0,4-7) is shown or written, "
+                       "the others' discarded"),
     Opt("--error -errfile-pattern -e", "error", out_pattern, metavar="PATTERN", quick=True,
         group=IO, help="the same for their stderr"),
     Opt("--output-filename -output-filename", "output_filename", text, metavar="DIR",
@@ -2510,7 +2542,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list", "rank_by",
                "report_state", "stack_traces", "forward_signals", "signal_before_end",
                "open_mode", "task_prolog", "srun_prolog", "srun_epilog",
-               "task_epilog", "propagate", "hint", "gpus_per_task")
+               "task_epilog", "propagate", "hint", "gpus_per_task", "output_from")
 
 
 def _ensemble_only(out: Parsed) -> None:

@@ -66,6 +66,7 @@ from pm.common.output import (
     STDOUT,
     Writer,
     ensure_std_fds,
+    rank_ranges,
     read_pipe,
     stdin_for_job,
 )
@@ -107,7 +108,8 @@ class QuickOptions:
     """The part of a command line the quick path runs (one program, on this machine)."""
 
     __slots__ = ("app_env", "argv", "bind_to", "env_mode", "error", "genv", "genvlist", "host",
-                 "kvs", "label", "map_by", "merge", "n", "output", "pmix", "prepend", "rank_map",
+                 "kvs", "label", "map_by", "merge", "n", "only", "output", "pmix", "prepend",
+                 "rank_map",
                  "report", "stdin_file", "stdin_rank", "timeout", "timestamp", "unbuffered",
                  "usize", "wdir")
 
@@ -125,6 +127,8 @@ class QuickOptions:
         self.timeout: float | None = None
         self.output: str | None = None
         self.error: str | None = None
+        #: -output-from: only these ranks' output is written (None: every rank's).
+        self.only: str | None = None
         #: Serve PMIx too (pm.agent.pmix_detect): the ranks get the server's variables.
         self.pmix = False
         #: --kvs: with "socket", pm.client ranks are served here too (pm.agent.pmi_quick).
@@ -174,6 +178,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     opts.timeout = v.get("timeout")  # type: ignore[assignment]
     opts.output = v.get("output")  # type: ignore[assignment]
     opts.error = v.get("error")  # type: ignore[assignment]
+    opts.only = v.get("output_from")  # type: ignore[assignment]
     opts.kvs = v.get("kvs") or "shm"  # type: ignore[assignment]
     opts.merge = "merge_stderr" in v
     opts.unbuffered = "unbuffered" in v
@@ -230,6 +235,8 @@ class QuickStart:
                                          job_id=started.job_id)
         writer.on_broken = self._reader_gone
         writer.timestamp = opts.timestamp
+        if opts.only is not None:
+            writer.only = rank_ranges(opts.only)
         here = (self.host, 0)
         writer.where = lambda job, rank: here  # one node, whatever the job
         if opts.prepend is not None:

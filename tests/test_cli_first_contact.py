@@ -28,7 +28,8 @@ BAD_VALUE = {
     "n": "x", "ppn": "0", "npersocket": "0", "rpl": "{x}", "hosts": "a[1-",
     "hostfile": "/no/such/hostfile",
     "universe_size": "lots", "hint": "fast", "job_name": "a/b", "tune": "/no/such/file",
-    "personality": "prte", "gpus_per_task": "0",
+    "personality": "prte", "gpus_per_task": "0", "order_nodes": "sideways",
+    "output_from": "x",
     "bind_to": "corez", "map_by": "foo", "env_mode": "A=1",
     "wdir": "/no/such/dir", "prepend": "%q", "output": "/no/such/dir/out.%r",
     "output_filename": "",
@@ -130,9 +131,10 @@ CASES = [
     (["-nx", "true"], {}, "-n takes a whole number, not 'x'"),
     (["-lx", "true"], {}, "unknown option -lx (see pmrun --help)"),
     # Another launcher's long option with one dash is not a short one with its value
-    # (-e nable-x: stderr to a file 'nable-x'; -o rder-nodes; -n olocal).
+    # (-e nable-x: stderr to a file 'nable-x'; -o rder-nodes sideways; -n olocal).
     (["-enable-x", "-n", "1", "true"], {}, "unknown option -enable-x (see pmrun --help)"),
-    (["-order-nodes", "ascending", "true"], {}, "unknown option -order-nodes (see pmrun --help)"),
+    (["-order-nodes", "sideways", "true"], {}, "-order-nodes takes ASCENDING or DESCENDING, "
+     "not 'sideways'"),
     (["-nolocal", "-n", "1", "true"], {}, "no ranks on this machine (-skip-launch-node, "
      "--nolocal), but it is the only host (give -hosts or -f, or run inside an allocation)"),
     (["-skip-launch-node", "-hosts", "localhost:2", "true"], {}, "no ranks on this machine "
@@ -955,6 +957,23 @@ def test_mpi_universe_size_is_usize(pmrun: Run) -> None:
     assert (r.returncode, r.stdout) == (0, "5\n5\n"), r.stderr
 
 
+@pytest.mark.parametrize(("order", "nodes"), [("DESCENDING", ["b", "c", "a"]),
+                                              ("up", ["a", "c", "b"])])
+def test_order_nodes_sorts_the_hosts_by_their_slots(pmrun: Run, order: str,
+                                                    nodes: list[str]) -> None:
+    r = pmrun("-order-nodes", order, "-hosts", "a:1,b:3,c:2", "--launcher-exec",
+              "env {command}", "-iface", "lo", "-print-rank-map", "true")
+    assert r.returncode == 0, r.stderr
+    counts = {"a": 1, "b": 3, "c": 2}
+    first, want = 0, []
+    for i, host in enumerate(nodes):
+        last = first + counts[host] - 1
+        want.append(f"pmrun: rank map: node {i} ({host}): "
+                    + (f"{first}-{last}" if last > first else f"{first}"))
+        first = last + 1
+    assert r.stderr.splitlines() == want
+
+
 def test_iface_is_an_interface_of_this_machine_or_an_address(pmrun: Run) -> None:
     r = pmrun("-iface", "nosuch0", "true")
     assert r.returncode == 2 and r.stdout == ""
@@ -985,6 +1004,7 @@ GOOD_VALUE: dict[str, list[str]] = {
     "hosts": ["localhost"], "stdin": ["none"], "display": ["map,bind"],
     "flux_env": ["A=1"], "prefix": ["/usr"], "exe_path": ["/usr/bin"], "cpu_list": ["0"],
     "hint": ["multithread"], "job_name": ["myjob"], "personality": ["ompi"],
+    "output_from": ["0"],
 }
 #: ... where an option's spelling takes other words than its key's others (srun's -t).
 GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"], "--time-limit": ["1.5h"],

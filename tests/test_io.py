@@ -640,3 +640,27 @@ def test_a_closed_output_pipe_ends_ranks_that_ignore_sigpipe(tmp_path: Path, mar
     causes = [line for line in p.stderr.splitlines() if line.startswith("pmrun:")]
     assert len(causes) == 1 and "output was closed" in causes[0], p.stderr
     wait_gone(marker, 10)
+
+
+# ------------------------------------------------------------------ Hydra's -output-from
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_output_from_shows_those_ranks_alone(pmrun: Run, quick: str) -> None:
+    show = 'echo "out $PMI_RANK"; echo "err $PMI_RANK" >&2'
+    r = pmrun("-output-from", "1", "-n", "3", "sh", "-c", show, env={"PM_QUICK": quick})
+    assert (r.returncode, r.stdout, r.stderr) == (0, "out 1\n", "err 1\n")
+    r = pmrun("--output-from", "0,2-3", "-n", "4", "-l", "sh", "-c", show,
+              env={"PM_QUICK": quick})
+    assert r.returncode == 0 and sorted(r.stdout.splitlines()) == ["[0] out 0", "[2] out 2",
+                                                                    "[3] out 3"], r.stderr
+    r = pmrun("-output-from", "1-0", "true")
+    assert (r.returncode, r.stderr) == (2, "pmrun: -output-from '1-0' is not ranks (0, or "
+                                           "0-3,5)\n")
+
+
+def test_output_discarded_holds_no_rank_back(pmrun: Run) -> None:
+    """Ranks on other nodes writing much more than the nodes' output credit: what is not
+    shown counts as written, so they go on (and so does the rank that is shown)."""
+    flood = 'if [ "$PMI_RANK" = 0 ]; then echo done; else head -c 8000000 /dev/zero; fi'
+    r = pmrun("--local-nodes", "2", "-ppn", "1", "-output-from", "0", "-n", "2", "sh", "-c",
+              flood, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "done\n", "")

@@ -93,6 +93,17 @@ def read_pipe(fd: int, buf: LineBuffer) -> tuple[bytes, int]:
 PIPE_READ = 65536
 
 
+def rank_ranges(text: str) -> tuple[tuple[int, int], ...]:
+    """``0-3,5`` as ranges of ranks (Hydra's ``-output-from 0``); ValueError if it is not."""
+    out = []
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and (not hi.isdigit() or int(hi) < int(lo))):
+            raise ValueError(f"{text!r} is not ranks (0, or 0-3,5)")
+        out.append((int(lo), int(hi) if dash else int(lo)))
+    return tuple(out)
+
+
 class Writer:
     """Writes ranks' lines to the launcher's stdout/stderr, tagged ``[rank]`` on demand, or to
     files named by a pattern per stream (``files``: see :func:`expand_pattern`).
@@ -128,6 +139,9 @@ class Writer:
         self.timestamp = False
         #: Output files are appended to, not truncated first (srun's --open-mode=append).
         self.append = False
+        #: Only these ranks' output (of the launched job) is written (Hydra's -output-from);
+        #: None: every rank's.
+        self.only: tuple[tuple[int, int], ...] | None = None
 
     def write_behind(self, call_soon: Callable[[Callable[[], None]], object],
                      written: Callable[[int, int], None]) -> None:
@@ -140,6 +154,11 @@ class Writer:
         """Lines of ``rank`` (of spawned job ``job``, labelled ``[job:rank]``, when not 0);
         ``tag`` comes back with the byte count once they are written."""
         size = len(chunk)
+        if self.only is not None and not job and not any(lo <= rank <= hi
+                                                         for lo, hi in self.only):
+            if self._behind is not None:
+                self._behind.written(tag, size)  # (its credit goes back all the same)
+            return
         if self.label:
             who = rank if not job else -((job << 32) | rank) - 1
             prefix = self._prefixes.get(who)
