@@ -399,6 +399,9 @@ def readable_file(value: str, opt: str) -> str:
 
 def writable_file(value: str, opt: str) -> str:
     """A file pmrun will write at the end of the job: checked now, not after the job."""
+    if value.startswith("-") and len(value) > 1:  # (--profile -n 8: not a file named -n)
+        raise UsageError(f"{opt} takes a file to write, not the option {value} (./{value} "
+                         "names a file so called)")
     folder = os.path.dirname(value) or "."
     if os.path.isdir(value):
         raise UsageError(f"{opt} {value}: is a directory")

@@ -133,6 +133,8 @@ CASES = [
     # Another launcher's long option with one dash is not a short one with its value
     # (-e nable-x: stderr to a file 'nable-x'; -o rder-nodes sideways; -n olocal).
     (["-enable-x", "-n", "1", "true"], {}, "unknown option -enable-x (see pmrun --help)"),
+    (["--profile", "-n", "8", "true"], {}, "--profile takes a file to write, not the option "
+     "-n (./-n names a file so called)"),
     (["-order-nodes", "sideways", "true"], {}, "-order-nodes takes ASCENDING or DESCENDING, "
      "not 'sideways'"),
     (["-nolocal", "-n", "1", "true"], {}, "no ranks on this machine (-skip-launch-node, "
