@@ -222,19 +222,25 @@ def _cpu_text(values: list[tuple[float, float]]) -> str:
 
 #: Runs inside the allocation: times pmrun and srun round-robin, prints JSON.
 _IN_ALLOCATION = """
-import json, subprocess, sys, time
+import json, os, subprocess, sys, time
 runs, warmup = int(sys.argv[1]), 1
 contenders = json.loads(sys.argv[2])
 out = {name: [] for name in contenders}
+cpu = {name: [] for name in contenders}
+def busy():  # every CPU's busy time, in seconds: the whole cluster runs on this machine
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 for i in range(warmup + runs):
     for name, argv in contenders.items():
-        t0 = time.perf_counter()
+        t0, b0 = time.perf_counter(), busy()
         proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if proc.returncode:
             sys.exit(f"{argv} exited {proc.returncode}: {proc.stderr[-1000:]!r}")
         if i >= warmup:
             out[name].append(time.perf_counter() - t0)
-print(json.dumps(out))
+            cpu[name].append(busy() - b0)
+print(json.dumps({"times": out, "cpu": cpu}))
 """
 
 
@@ -243,7 +249,7 @@ def slurm_rows(runs: int) -> tuple[list[str], dict[str, float]]:
 
     why = realcluster_missing(slurm=True, ssh=False)
     if why:
-        return [f"| Slurm | skipped: {why} | | | |"], {}
+        return [f"| Slurm | skipped: {why} | | | | | |"], {}
     contenders = {}
     for prog, argv in programs().items():
         for label in _INSTALLS:
@@ -255,7 +261,8 @@ def slurm_rows(runs: int) -> tuple[list[str], dict[str, float]]:
                              env=c.env(_env()), capture_output=True, text=True, timeout=1800)
         if res.returncode:
             raise RuntimeError(f"salloc run failed: {res.stderr[-2000:]}")
-        times = json.loads(res.stdout.strip().splitlines()[-1])
+        measured = json.loads(res.stdout.strip().splitlines()[-1])
+    times, cpu = measured["times"], measured["cpu"]
     rows, ratios = [], {}
     for prog in programs():
         for label in _INSTALLS:
@@ -264,7 +271,8 @@ def slurm_rows(runs: int) -> tuple[list[str], dict[str, float]]:
             ratios[_label(label, prog)] = ratio
             rows.append(f"| 4 nodes, 8 ranks | {_label(label, prog)} | "
                         f"{median_range(p, '{:.2f}')} | {median_range(s, '{:.2f}')} | "
-                        f"{ratio:.2f}x |")
+                        f"{ratio:.2f}x | {statistics.median(cpu[f'{label} {prog}']):.2f} | "
+                        f"{statistics.median(cpu[f'srun {prog}']):.2f} |")
     return rows, ratios
 
 
@@ -454,10 +462,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             f"Inside one `salloc -N4 -n8` (real slurmctld, 4 slurmd): `pmrun -n 8` against "
             f"`srun --mpi=pmi2 -n 8`, wall seconds, median (min-max) of {runs} interleaved "
-            "runs.",
+            "runs; CPU: seconds of CPU the whole machine spent during a launch (median), every "
+            "daemon and process of the 4 nodes included, which share this machine's CPUs.",
             "",
-            "| allocation | program | pmrun | srun | pmrun / srun |",
-            "|---|---|---|---|---|", *rows, ""]
+            "| allocation | program | pmrun | srun | pmrun / srun | CPU s, pmrun | CPU s, srun |",
+            "|---|---|---|---|---|---|---|", *rows, ""]
     if "tasks" in parts:
         rows = task_rows([20] if args.quick else [20, 200], runs)
         sections += [
