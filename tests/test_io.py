@@ -251,6 +251,38 @@ def test_get_stack_traces_shows_each_running_ranks_threads(pmrun: Run, marker: s
     wait_gone(marker, 10)
 
 
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+def test_one_gdb_takes_several_ranks_stacks_in_turn(pmrun: Run, marker: str) -> None:
+    # 6 ranks, a gdb a CPU: each attaches to several ranks, one after the other.
+    r = pmrun("-n", "6", "--timeout", "2", "--get-stack-traces", "python", "-c",
+              "import time; time.sleep(120)", marker, timeout=90)
+    assert r.returncode == 124, r.stderr
+    for rank in range(6):
+        assert re.search(rf"^pmrun: rank {rank} \(node 0, [^)]+\), pid \d+: stack:\n"
+                         r"pmrun:   Thread 1 .*\n(pmrun:   #\d+ .*\n)+", r.stderr, re.M), \
+            r.stderr
+    wait_gone(marker, 10)
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+def test_a_rank_gone_before_its_stack_is_named_and_the_next_one_taken() -> None:
+    import asyncio
+
+    from pm.agent.state_report import stacks
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        got = asyncio.run(stacks([gone.pid, alive.pid]))
+    finally:
+        alive.kill()
+        alive.wait()
+    assert got[gone.pid] == ["no stack: gdb: ptrace: No such process."], got
+    assert got[alive.pid][0].startswith("Thread 1 ") and \
+        any(line.startswith("#0 ") for line in got[alive.pid]), got
+
+
 def test_report_state_without_a_timeout_is_refused_in_one_line(pmrun: Run) -> None:
     r = pmrun("-n", "1", "--get-stack-traces", "true")
     assert r.returncode == 2
