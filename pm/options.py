@@ -1414,11 +1414,11 @@ OPTIONS = (
                        "5's --output tag,timestamp,merge-stderr-to-stdout,dir=DIR is taken "
                        "as -l, --timestamp-output, --merge-stderr-to-stdout, "
                        "--output-filename DIR"),
+    Opt("--error -errfile-pattern -e", "error", out_pattern, metavar="PATTERN", quick=True,
+        group=IO, help="the same for their stderr"),
     Opt("-output-from --output-from", "output_from", output_from, metavar="RANKS", quick=True,
         group=IO, help="Hydra's: only these ranks' output (0, or 0,4-7) is shown or written, "
                        "the others' discarded"),
-    Opt("--error -errfile-pattern -e", "error", out_pattern, metavar="PATTERN", quick=True,
-        group=IO, help="the same for their stderr"),
     Opt("--output-filename -output-filename", "output_filename", text, metavar="DIR",
         quick=True, group=IO,
         help="Open MPI's: each rank's stdout and stderr in DIR/1/rank.R/stdout and "
