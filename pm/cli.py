@@ -356,6 +356,9 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
             s is not None for s in where[1]):
         # No -n: one rank per slot the allocation or host file gives (Hydra, srun).
         opts.spec.apps[0].n = sum(int(s or 0) for s in where[1])
+    if "exact" in opts.extra and (where is None or where[2].get("name") != "slurm"):
+        raise UsageError("--exact gives a job CPUs of its own within a Slurm allocation: "
+                         "this job's ranks are not started through Slurm")
     return where
 
 

@@ -235,6 +235,10 @@ class JobRun:
             task_prolog=_task_hook(spec.task_prolog), task_epilog=_task_hook(spec.task_epilog),
             rlimits=_rlimits(spec.propagate), gpus_per_task=spec.gpus_per_task,
         )
+        if self.plan.bootstrap.get("exact"):  # srun's --exact
+            from pm.bootstrap.base import step_cpus
+
+            self.plan.bootstrap["cpus"] = step_cpus(node_of_rank, spec.bind_to)
         if not sim:
             from pm.agent.pmix_detect import wants_pmix
 

@@ -1789,8 +1789,13 @@ OPTIONS = (
              "in turn (--bind-to user:LIST)"),
     Opt("--overlap", "", kind=FLAG, quick=True, group=MISC,
         help="taken for srun, and meaning nothing here: inside an allocation pmrun's ranks "
-             "always share its nodes' CPUs with the other steps (its agents' step is "
-             "srun's --overlap --whole)"),
+             "share its nodes' CPUs with the other steps (its agents' step is srun's "
+             "--overlap --whole) unless --exact"),
+    Opt("--exact", "exact", kind=FLAG, group=MISC,
+        help="srun's: inside an allocation, the job's CPUs on each node are its own, as "
+             "Slurm grants a step (its agents' step asks for as many as its busiest node's "
+             "ranks take, -c each), not shared with other steps: pmrun jobs started side "
+             "by side in one allocation each get CPUs of their own"),
     Opt("--mpi -mpi", "mpi", mpi_kind, metavar="pmix|pmi|auto",
         quick=True, group=MISC,
         help="pmix: serve PMIx besides PMI-1/PMI-2 (Open MPI); pmi (none): not; "
@@ -2545,7 +2550,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list", "rank_by",
                "report_state", "stack_traces", "forward_signals", "signal_before_end",
                "open_mode", "task_prolog", "srun_prolog", "srun_epilog",
-               "task_epilog", "propagate", "hint", "gpus_per_task", "output_from")
+               "task_epilog", "propagate", "hint", "gpus_per_task", "output_from", "exact")
 
 
 def _ensemble_only(out: Parsed) -> None:

@@ -154,6 +154,19 @@ def test_agent_config_is_never_on_the_command_line() -> None:
         assert cfg.secret not in " ".join(argv)
 
 
+def test_exact_asks_the_step_for_the_busiest_nodes_cpus() -> None:
+    from pm.bootstrap.base import step_cpus
+
+    assert step_cpus([0, 0, 0, 1], "none") == 3 and step_cpus([0, 1, 1], "core:2") == 4
+    assert step_cpus([0], "hwthread:4") == 4 and step_cpus([0, 1], "user:0,1") == 1
+    boot = get_bootstrap("slurm", {"name": "slurm", "exact": True, "cpus": 3, "job_name": "j"})
+    argv = boot._step(["n1", "n2"])  # type: ignore[attr-defined]
+    assert "--exact" in argv and "--cpus-per-task=3" in argv and "--job-name=j" in argv
+    assert "--overlap" not in argv and "--whole" not in argv
+    plain = get_bootstrap("slurm", {"name": "slurm"})._step(["n1"])  # type: ignore[attr-defined]
+    assert "--overlap" in plain and "--whole" in plain and "--exact" not in plain
+
+
 def test_one_step_starts_every_agent_and_each_finds_its_place() -> None:
     argv = step_argv(["n1", "n2", "n3"], ["python", "-m", "x"])
     assert argv[0] == "srun" and "--overlap" in argv and "--nodelist=n[1-3]" in argv

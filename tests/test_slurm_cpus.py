@@ -114,3 +114,19 @@ def test_slurm_binding_from_cpus_per_task() -> None:
     assert slurm_binding({"SLURM_CPUS_PER_TASK": "1"}) == "hwthread"
     assert slurm_binding({"SLURM_CPUS_PER_TASK": "4"}) == "hwthread:4"
     assert slurm_binding({"SLURM_CPUS_PER_TASK": "x"}) is None
+
+
+def test_exact_gives_jobs_side_by_side_cpus_of_their_own(cgroup_cluster: RealCluster) -> None:
+    """srun's --exact: two pmrun jobs started side by side in one allocation each get a
+    CPU of their own (Slurm grants each agents' step its CPUs); without it both bind their
+    rank to the node's first CPU (-c 1: a CPU a rank, counted from each agent's)."""
+    c = cgroup_cluster
+    both = (f"{sys.executable} -m pm {{opt}} -n 1 sh -c '{SHOW}; sleep 2' & "
+            f"{sys.executable} -m pm {{opt}} -n 1 sh -c 'sleep 0.5; {SHOW}' & wait")
+    pm, _ = _salloc(c, ["-N1", f"-n{CPUS}", "-c1"], both.format(opt="--exact"))
+    sets = [s for v in _per_node(pm).values() for s in v]
+    assert len(sets) == 2 and all(len(s) == 1 for s in sets) and sets[0] != sets[1], pm
+    pm, _ = _salloc(c, ["-N1", f"-n{CPUS}", "-c1"], both.format(opt=""))
+    sets = [s for v in _per_node(pm).values() for s in v]
+    assert len(sets) == 2 and sets[0] == sets[1], pm  # (what --exact is for)
+    _clean(c)

@@ -173,6 +173,8 @@ def bootstrap_options(extra: Mapping[str, str],
         opts["start"] = "step"
         if extra.get("job_name"):
             opts["job_name"] = extra["job_name"]  # (-J: its agents' step's name)
+        if extra.get("exact"):
+            opts["exact"] = True  # (srun's --exact: the step's own CPUs, pm.head counts them)
     if batch:
         opts["batch"] = batch
     elif name == "persistent":

@@ -42,6 +42,16 @@ DEFAULT_JOIN_TIMEOUT = 60.0
 LOCAL_NAMES = frozenset({"", "local", "fork"})
 
 
+def step_cpus(node_of_rank: Sequence[int], bind_to: str) -> int:
+    """srun's ``--exact``: the CPUs the agents' step asks for on each node, as many as its
+    busiest node's ranks take (N each with ``core:N``/``hwthread:N``, ``-c N``; else 1)."""
+    counts: dict[int, int] = {}
+    for node in node_of_rank:
+        counts[node] = counts.get(node, 0) + 1
+    each = bind_to.split(":")[1] if ":" in bind_to else ""
+    return max(counts.values(), default=1) * (int(each) if each.isdigit() and int(each) else 1)
+
+
 def agent_command(python: str | None = None, lean: bool = False) -> list[str]:
     """The argv that starts an agent with the same interpreter (-P: never import from the cwd).
 

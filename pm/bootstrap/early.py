@@ -84,6 +84,14 @@ def prestart(hosts: list[str], given: list[int | None], options: dict[str, Any],
         return
     if options.get("start") == "step":
         if -1 not in _STARTED:  # (pmrun's quick check may have started it: step_now)
+            if options.get("exact"):  # srun's --exact: the CPUs the plan will ask for
+                if app_nodes is not None:
+                    return
+                from pm.bootstrap.base import step_cpus
+
+                boot = get_bootstrap(str(options.get("name")), {
+                    **options, "cpus": step_cpus(place(spec.size, slots, spec.distribution),
+                                                 spec.bind_to)})
             _start_step(boot, hosts[:used])
         return
     first = (0, *Tree(used, max(1, fanout)).children(0))

@@ -203,6 +203,8 @@ class SlurmBootstrap(CommandBootstrap):
         self.python = options.get("python")
         #: The steps' name (the job's -J), else pm-agents.
         self.job_name = options.get("job_name")
+        #: srun's --exact: the CPUs the agents' step asks for on each node (0: it shares all).
+        self.exact = int(options.get("cpus", 1)) if options.get("exact") else 0
         # slurmctld handles step creation one by one: a burst only queues there.
         self.limit = int(options.get("limit", 64))
         #: Slurm said it ended the job: later task failures are its doing.
@@ -233,7 +235,11 @@ class SlurmBootstrap(CommandBootstrap):
         return self.launch_argv(self._step(hosts))
 
     def _step(self, hosts: list[str]) -> list[str]:
-        return step_argv(hosts, agent_command(self.python, lean=True), self.srun, self.job_name)
+        srun = self.srun
+        if self.exact and srun is None:  # srun's --exact: CPUs of the step's own
+            srun = " ".join([*(o for o in SRUN_OPTIONS if o not in ("--overlap", "--whole")),
+                             "--exact", f"--cpus-per-task={self.exact}"])
+        return step_argv(hosts, agent_command(self.python, lean=True), srun, self.job_name)
 
     def error_line(self, text: str) -> bool:
         """Name the node of a failed task: the job's one line says it (with srun's words)."""
