@@ -807,28 +807,24 @@ def test_a_rankfile_pmrun_cannot_follow_is_named(pmrun: Run, tmp_path: Path, tex
     assert r.stderr.count("\n") == 1, r.stderr
 
 
-@pytest.mark.parametrize("argv", [["-p", "debug"], ["--partition=debug"], ["--mem", "4G"],
-                                  ["--exclusive"], ["-A", "proj"], ["--gres=gpu:1"]])
+_RESOURCES = "asks Slurm for resources, which an allocation grants"
+_SCHEDULING = "is about how Slurm schedules an allocation"
+
+
+@pytest.mark.parametrize(("argv", "what"), [
+    *(([*a], _RESOURCES) for a in (["-p", "debug"], ["--partition=debug"], ["--mem", "4G"],
+                                   ["--exclusive"], ["-A", "proj"], ["--gres=gpu:1"],
+                                   ["--threads-per-core=1"])),
+    *(([*a], _SCHEDULING) for a in (["--begin", "now+1hour"], ["--dependency=afterok:12"],
+                                    ["--mail-type", "ALL"], ["--test-only"],
+                                    ["--time-min=10"]))])
 def test_sruns_requests_for_an_allocation_are_refused_saying_where_they_go(
-        pmrun: Run, argv: list[str]) -> None:
+        pmrun: Run, argv: list[str], what: str) -> None:
     r = pmrun(*argv, "-n", "1", "true")
     word = argv[0].partition("=")[0]
     assert (r.returncode, r.stdout, r.stderr) == (
-        2, "", f"pmrun: {word} asks Slurm for resources, which an allocation grants: give it "
-               "to salloc or sbatch, and run pmrun inside (it starts the ranks on the "
-               "allocation's nodes)\n")
-
-
-@pytest.mark.parametrize("argv", [["--begin", "now+1hour"], ["--dependency=afterok:12"],
-                                  ["--mail-type", "ALL"], ["--test-only"], ["--time-min=10"]])
-def test_sruns_scheduling_options_are_refused_saying_where_they_go(
-        pmrun: Run, argv: list[str]) -> None:
-    r = pmrun(*argv, "-n", "1", "true")
-    word = argv[0].partition("=")[0]
-    assert (r.returncode, r.stdout, r.stderr) == (
-        2, "", f"pmrun: {word} is about how Slurm schedules an allocation: give it to salloc "
-               "or sbatch, and run pmrun inside (it starts the ranks on the allocation's "
-               "nodes)\n")
+        2, "", f"pmrun: {word} {what}: give it to salloc or sbatch, and run pmrun inside (it "
+               "starts the ranks on the allocation's nodes)\n")
 
 
 def test_open_mpis_ppr_per_core_runs_a_rank_on_each_core(pmrun: Run) -> None:
