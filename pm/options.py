@@ -1022,7 +1022,11 @@ def personality(value: str, opt: str) -> str:
 
 def gpus_count(value: str, opt: str) -> int:
     """--gpus-per-task N (N >= 1); Hydra's ``auto`` (its default: 0, nothing dealt)."""
-    return 0 if value.lower() == "auto" else int(whole(1, 4096)(value, opt))  # type: ignore[call-overload]
+    if value.lower() == "auto":
+        return 0
+    count = whole(1, 4096)(value, opt)
+    assert isinstance(count, int)
+    return count
 
 
 def order_nodes(value: str, opt: str) -> str:
@@ -3082,18 +3086,21 @@ def _multi_prog(out: Parsed) -> None:
 def _rank_list(text: str, where: str, size: int | None) -> list[int]:
     """``0-3,5`` as ranks, in order; each below ``size`` (-n; else
     :data:`MULTI_PROG_RANKS`), checked before a range is expanded."""
+    from pm.common.output import rank_ranges
+
+    try:
+        spans = rank_ranges(text)
+    except ValueError:
+        raise UsageError(f"{where}: {text!r} is not ranks (0-3,5 or *)") from None
     ranks: list[int] = []
-    for part in text.split(","):
-        lo, dash, hi = part.partition("-")
-        if not lo.isdigit() or (dash and not hi.isdigit()) or (dash and int(hi) < int(lo)):
-            raise UsageError(f"{where}: {text!r} is not ranks (0-3,5 or *)")
-        top, limit = int(hi if dash else lo), size if size is not None else MULTI_PROG_RANKS
+    limit = size if size is not None else MULTI_PROG_RANKS
+    for lo, top in spans:
         if top >= limit:
-            first = max(int(lo), limit)  # the first rank beyond
+            first = max(lo, limit)  # the first rank beyond
             raise UsageError(f"{where}: rank {first}, beyond the {size} ranks (-n {size})"
                              if size is not None else
                              f"{where}: rank {first}, beyond {MULTI_PROG_RANKS} ranks")
-        ranks.extend(range(int(lo), top + 1))
+        ranks.extend(range(lo, top + 1))
     return ranks
 
 

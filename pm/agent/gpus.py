@@ -15,6 +15,7 @@ Pure apart from :func:`node_gpus` reading ``/proc`` and ``/sys``.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 
@@ -33,6 +34,12 @@ def node_gpus(env: Mapping[str, str], nvidia: str = _NVIDIA, kfd: str = _KFD
         if var in env:
             ids = [g.strip() for g in env[var].split(",") if g.strip()]
             return (var, ids) if ids else None
+    return _devices(nvidia, kfd)
+
+
+@functools.cache
+def _devices(nvidia: str, kfd: str) -> tuple[str, list[str]] | None:
+    """The node's own GPUs (read once: every rank of the node asks)."""
     try:
         count = len([d for d in os.listdir(nvidia) if not d.startswith(".")])
     except OSError:

@@ -75,8 +75,15 @@ def prestart(hosts: list[str], given: list[int | None], options: dict[str, Any],
                                   app_nodes)[0]
             hosts, used = [hosts[i] for i in kept], len(kept)
         else:
-            slots = sequence_slots(spec, len(hosts), given)
-            used = max(place(spec.size, slots, spec.distribution)) + 1
+            node_of_rank = place(spec.size, sequence_slots(spec, len(hosts), given),
+                                 spec.distribution)
+            used = max(node_of_rank) + 1
+        if options.get("exact"):  # srun's --exact: the CPUs the plan will ask for
+            if app_nodes is not None:
+                return
+            from pm.bootstrap.base import step_cpus
+
+            options = {**options, "cpus": step_cpus(node_of_rank, spec.bind_to)}
         boot = get_bootstrap(str(options.get("name")), options)
     except Exception:  # the full path names whatever is wrong
         return
@@ -84,14 +91,6 @@ def prestart(hosts: list[str], given: list[int | None], options: dict[str, Any],
         return
     if options.get("start") == "step":
         if -1 not in _STARTED:  # (pmrun's quick check may have started it: step_now)
-            if options.get("exact"):  # srun's --exact: the CPUs the plan will ask for
-                if app_nodes is not None:
-                    return
-                from pm.bootstrap.base import step_cpus
-
-                boot = get_bootstrap(str(options.get("name")), {
-                    **options, "cpus": step_cpus(place(spec.size, slots, spec.distribution),
-                                                 spec.bind_to)})
             _start_step(boot, hosts[:used])
         return
     first = (0, *Tree(used, max(1, fanout)).children(0))
@@ -226,8 +225,8 @@ def step_hosts(parsed: Parsed, environ: Mapping[str, str]
     from pm.bootstrap import bootstrap_options, default_hosts
     from pm.common.mapping import place, slots_per_node
 
-    options = bootstrap_options({k: str(v) for k, v in parsed.values.items()
-                                 if k == "job_name"}, False)
+    name = parsed.values.get("job_name")  # (-J: the step's name, as the full path's)
+    options = bootstrap_options({"job_name": str(name)} if name else {}, False)
     given = default_hosts(options)
     if options.get("name") != "slurm" or options.get("start") != "step" or not given:
         return None

@@ -175,10 +175,14 @@ def allocation_hosts(env: Mapping[str, str] | None = None) -> list[tuple[str, in
 
 
 def step_argv(hosts: list[str], command: list[str], srun: str | None = None,
-              name: str | None = None) -> list[str]:
+              name: str | None = None, exact: int = 0) -> list[str]:
     """The argv that runs ``command`` once on every host of ``hosts``, as one step (pure);
-    ``name``: the step's (the job's ``-J``), else pm-agents."""
+    ``name``: the step's (the job's ``-J``), else pm-agents; ``exact``: srun's --exact, the
+    CPUs of its own the step asks for on each node, instead of sharing all of them."""
     options = shlex.split(srun) if srun is not None else list(SRUN_OPTIONS)
+    if exact and srun is None:
+        options = [o for o in options if o not in ("--overlap", "--whole")]
+        options += ["--exact", f"--cpus-per-task={exact}"]
     n = len(hosts)
     return ["srun", *options, f"--nodes={n}", f"--ntasks={n}", "--ntasks-per-node=1",
             f"--nodelist={compress(hosts)}", f"--job-name={name or 'pm-agents'}", *command]
@@ -235,11 +239,8 @@ class SlurmBootstrap(CommandBootstrap):
         return self.launch_argv(self._step(hosts))
 
     def _step(self, hosts: list[str]) -> list[str]:
-        srun = self.srun
-        if self.exact and srun is None:  # srun's --exact: CPUs of the step's own
-            srun = " ".join([*(o for o in SRUN_OPTIONS if o not in ("--overlap", "--whole")),
-                             "--exact", f"--cpus-per-task={self.exact}"])
-        return step_argv(hosts, agent_command(self.python, lean=True), srun, self.job_name)
+        return step_argv(hosts, agent_command(self.python, lean=True), self.srun,
+                         self.job_name, self.exact)
 
     def error_line(self, text: str) -> bool:
         """Name the node of a failed task: the job's one line says it (with srun's words)."""
