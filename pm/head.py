@@ -131,6 +131,15 @@ def _rlimits(names: list[str]) -> dict[str, int]:
     return current(names)
 
 
+def _mem_bind(value: str) -> str:
+    """--mem-bind as the plan spells it (JobSpec.validate checked it)."""
+    if not value:
+        return ""
+    from pm.agent.membind import parse
+
+    return parse(value)[0]
+
+
 def _task_hook(prog: str) -> str:
     """srun's --task-prolog/--task-epilog as run for the ranks: a relative path from pmrun's
     directory (wherever a rank runs), a bare name through the rank's PATH."""
@@ -234,6 +243,7 @@ class JobRun:
             placement=list(spec.placement), rank_slots=list(spec.rank_slots),
             task_prolog=_task_hook(spec.task_prolog), task_epilog=_task_hook(spec.task_epilog),
             rlimits=_rlimits(spec.propagate), gpus_per_task=spec.gpus_per_task,
+            mem_bind=_mem_bind(spec.mem_bind),
         )
         if self.plan.bootstrap.get("exact"):  # srun's --exact
             from pm.bootstrap.base import step_cpus

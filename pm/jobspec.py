@@ -62,6 +62,9 @@ class JobSpec:
     task_epilog: str = ""
     #: srun's --gpus-per-task: GPUs dealt to each rank on its node (0: none dealt).
     gpus_per_task: int = 0
+    #: The ranks' NUMA memory policy (srun's ``--mem-bind`` words, e.g. "local", "rank",
+    #: "map_mem:0,1"; :mod:`pm.agent.membind`); "": the kernel's default.
+    mem_bind: str = ""
     #: Hydra's -output-from: only these ranks' output is written ("0,4-7"; "": every rank's).
     output_from: str = ""
     #: srun's --propagate: the resource limits (pm.agent.rlimits names) the ranks get from
@@ -153,6 +156,13 @@ class JobSpec:
         if not 0 <= self.stdin_rank < self.size and self.stdin_rank != STDIN_ALL:
             raise JobSpecError(f"stdin goes to rank {self.stdin_rank}, not one of the job's "
                                f"{self.size} ranks")
+        if self.mem_bind:
+            from pm.agent.membind import parse
+
+            try:
+                parse(self.mem_bind)
+            except ValueError as exc:
+                raise JobSpecError(f"--mem-bind: {exc}") from None
         if self.mem_overrun not in ("warn", "kill", "suspend"):
             raise JobSpecError(
                 f"--mem-overrun takes warn, kill or suspend, not {self.mem_overrun!r}")

@@ -1029,6 +1029,17 @@ def gpus_count(value: str, opt: str) -> int:
     return count
 
 
+def mem_bind(value: str, opt: str) -> str:
+    """srun's ``--mem-bind`` / Hydra's ``-membind`` (:func:`pm.agent.membind.parse`)."""
+    from pm.agent.membind import parse
+
+    try:
+        parse(value)
+    except ValueError as exc:
+        raise UsageError(f"{opt}: {exc}") from None
+    return value
+
+
 def order_nodes(value: str, opt: str) -> str:
     """Hydra's ``-order-nodes``: ASCENDING (UP) or DESCENDING (DOWN)."""
     word = {"ascending": "ascending", "up": "ascending", "descending": "descending",
@@ -1279,6 +1290,11 @@ OPTIONS = (
         help="srun's: none, cores, threads, sockets, ldoms (--bind-to none, core, hwthread, "
              "package, numa), map_cpu:0,2 or mask_cpu:0x3,0xc (a CPU or a mask each rank: "
              "--bind-to user:...); verbose: --report-bindings"),
+    Opt("--mem-bind --mem_bind -membind --membind", "mem_bind", mem_bind, metavar="TYPE",
+        group=PLACE,
+        help="the ranks' NUMA memory: srun's none, local (their CPUs' nodes), rank, "
+             "map_mem:0,1 or mask_mem:0x1,0x2 (a node or mask each rank), prefer and verbose "
+             "before them; Hydra's firsttouch, bind:NODES, interleave:NODES"),
     Opt("--gpus-per-task -g -gpus-per-proc --gpus-per-proc", "gpus_per_task", gpus_count,
         metavar="N", group=PLACE,
         help="N GPUs for each rank: a node's ranks get its GPUs (those CUDA_VISIBLE_DEVICES, "
@@ -2223,6 +2239,11 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         raise UsageError("--merge-stderr-to-stdout leaves no stderr for --error to write")
     _srun_cpu_bind(out.values)
     _srun_hint(out.values)
+    if "mem_bind" in out.values:  # srun's verbose: --report-bindings
+        from pm.agent.membind import parse
+
+        if parse(str(out.values["mem_bind"]))[1]:
+            out.values["report_bindings"] = True
     _open_mpi_paths(out.values, environ)
     _open_mpi_tune(out.values, environ)
     if "cpu_list" in out.values:  # Open MPI's --cpu-list: a CPU each rank, in turn
@@ -2554,7 +2575,8 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "report_pid", "prefix", "exe_path", "no_oversubscribe", "cpu_list", "rank_by",
                "report_state", "stack_traces", "forward_signals", "signal_before_end",
                "open_mode", "task_prolog", "srun_prolog", "srun_epilog",
-               "task_epilog", "propagate", "hint", "gpus_per_task", "output_from", "exact")
+               "task_epilog", "propagate", "hint", "gpus_per_task", "output_from", "exact",
+               "mem_bind")
 
 
 def _ensemble_only(out: Parsed) -> None:

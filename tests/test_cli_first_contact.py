@@ -29,6 +29,7 @@ BAD_VALUE = {
     "hostfile": "/no/such/hostfile",
     "universe_size": "lots", "hint": "fast", "job_name": "a/b", "tune": "/no/such/file",
     "personality": "prte", "gpus_per_task": "0", "order_nodes": "sideways",
+    "mem_bind": "nearby",
     "output_from": "x",
     "bind_to": "corez", "map_by": "foo", "env_mode": "A=1",
     "wdir": "/no/such/dir", "prepend": "%q", "output": "/no/such/dir/out.%r",

@@ -152,6 +152,7 @@ class LocalRanks:
             return
         resolved: dict[int, str | SpawnError] = {}
         todo = []
+        mems = self._mem_policies(cpusets) if plan.mem_bind else {}
         for rank, proc in self.ranks.items():
             appnum = plan.app_of_rank(rank)
             app = plan.apps[appnum]
@@ -174,8 +175,10 @@ class LocalRanks:
             if plan.task_prolog and isinstance(path, str):  # srun's --task-prolog
                 path, argv = "/bin/sh", ["/bin/sh", "-c", TASK_PROLOG, "pm-task-prolog",
                                          plan.task_prolog, *argv]
+            mem = mems.get(proc.local_rank)
             todo.append(RankStart(rank, proc.local_rank, path if isinstance(path, str) else "",
-                                  argv, env, wdir, cpus, failure=_why(path)))
+                                  argv, env, wdir, cpus, failure=_why(path) or _why(mem),
+                                  mem=None if isinstance(mem, SpawnError) else mem))
         # Stdin goes to one rank of the launched job (a spawned job's read /dev/null).
         stdin_rank = None if plan.spawned or plan.stdin_file else plan.stdin_rank
         stdin_file = None if plan.spawned else plan.stdin_file or None
@@ -194,6 +197,32 @@ class LocalRanks:
                         merge=plan.merge_stderr, into=started, stdin_file=stdin_file,
                         raw=plan.unbuffered)
         self.adopt(started, mark=False)
+
+    def _mem_policies(self, cpusets: list[frozenset[int]] | None
+                      ) -> dict[int, tuple[int, tuple[int, ...]] | SpawnError | None]:
+        """Each local rank's NUMA memory policy under --mem-bind (:mod:`pm.agent.membind`), or
+        why it cannot have it; with --report-bindings, a line for each rank."""
+        from pm.agent.membind import MemBindError, describe, numa_nodes, rank_policy
+        from pm.proto import tree_wire as t
+
+        agent = self.agent
+        nodes = numa_nodes()
+        out: dict[int, tuple[int, tuple[int, ...]] | SpawnError | None] = {}
+        lines = []
+        for rank, proc in self.ranks.items():
+            lr = proc.local_rank
+            cpus = cpusets[lr] if cpusets and lr < len(cpusets) else None
+            try:
+                pol = out[lr] = rank_policy(agent.plan.mem_bind, lr, cpus, nodes, agent.host)
+            except MemBindError as exc:
+                out[lr] = SpawnError(f"--mem-bind: {exc}")
+                continue
+            if agent.plan.report_bindings:
+                line = f"rank {rank} on {agent.host}: {describe(pol)}\n"
+                lines.append(t.RankOutput(rank, STDERR, line.encode()))
+        if lines:
+            agent.parent.send(t.Output(lines))
+        return out
 
     def _deal_gpus(self, env: dict[str, str], local_rank: int) -> None:
         """Give the rank with ``env`` its GPUs (:mod:`pm.agent.gpus`); a node with none, or
@@ -585,5 +614,5 @@ class LocalRanks:
         return kept
 
 
-def _why(path: str | SpawnError) -> str:
-    return str(path) if isinstance(path, SpawnError) else ""
+def _why(what: object) -> str:
+    return str(what) if isinstance(what, SpawnError) else ""

@@ -211,6 +211,7 @@ def spawn(
     fds: Mapping[int, int] | None = None,
     pgid: int | None = None,
     cpus: frozenset[int] | None = None,
+    mem: tuple[int, tuple[int, ...]] | None = None,
 ) -> int:
     """Start ``path`` and return its pid.
 
@@ -218,8 +219,17 @@ def spawn(
     ours (which stay close-on-exec here; dup2 clears the flag in the child).
     ``pgid`` puts the child in that process group (0: a new group it leads).
     ``cpus`` binds the child before exec: the calling thread's affinity is
-    inherited by the child, so it is set around the spawn and restored.
+    inherited by the child, so it is set around the spawn and restored; so is ``mem``,
+    a NUMA memory policy (:class:`pm.agent.membind.ThreadPolicy`).
     """
+    if mem is not None:
+        from pm.agent.membind import MemBindError, ThreadPolicy
+
+        try:
+            with ThreadPolicy(mem):
+                return spawn(path, argv, env, cwd=cwd, fds=fds, pgid=pgid, cpus=cpus)
+        except MemBindError as exc:
+            raise SpawnError(f"{argv[0]}: {exc}") from exc
     actions: list[tuple[int, ...]] = []
     for target, src in (fds or {}).items():
         if src == target:
@@ -269,7 +279,8 @@ def spawn(
 def spawn_rank(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin_pipe: bool,
                cwd: str | None, pgid: int, cpus: frozenset[int] | None = None,
                pmi: bool = True, devnull: int = -1, merge: bool = False,
-               stdin_file: str | None = None) -> tuple[int, RankFds]:
+               stdin_file: str | None = None,
+               mem: tuple[int, tuple[int, ...]] | None = None) -> tuple[int, RankFds]:
     """Start a rank with its descriptors (:class:`RankFds`): its pid, and our ends of them.
 
     Raises :class:`SpawnError` (nothing left open) if the descriptors or the
@@ -280,7 +291,8 @@ def spawn_rank(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin_
     except SpawnError as exc:
         raise SpawnError(f"{argv[0]}: {exc}") from exc
     try:
-        pid = spawn(path, argv, env, cwd=cwd, fds=fds.child_fds, pgid=pgid, cpus=cpus)
+        pid = spawn(path, argv, env, cwd=cwd, fds=fds.child_fds, pgid=pgid, cpus=cpus,
+                    mem=mem)
     except SpawnError:
         fds.close_ours()
         raise

@@ -39,11 +39,12 @@ class RankStart:
     """What to start for one rank: ``path`` (resolved) runs ``argv`` with ``env``, or
     ``failure`` says why it cannot be started."""
 
-    __slots__ = ("argv", "cpus", "env", "failure", "local_rank", "path", "rank", "wdir")
+    __slots__ = ("argv", "cpus", "env", "failure", "local_rank", "mem", "path", "rank", "wdir")
 
     def __init__(self, rank: int, local_rank: int, path: str, argv: Sequence[str],
                  env: Mapping[str, str], wdir: str | None = None,
-                 cpus: frozenset[int] | None = None, failure: str = "") -> None:
+                 cpus: frozenset[int] | None = None, failure: str = "",
+                 mem: tuple[int, tuple[int, ...]] | None = None) -> None:
         self.rank = rank
         self.local_rank = local_rank
         self.path = path
@@ -52,6 +53,8 @@ class RankStart:
         self.wdir = wdir
         self.cpus = cpus
         self.failure = failure
+        #: A NUMA memory policy (:mod:`pm.agent.membind`), None: the agent's own.
+        self.mem = mem
 
 
 class StartedRank:
@@ -202,7 +205,8 @@ def _spawn(r: StartedRank, spec: RankStart, stdin_pipe: bool, pmi: bool, pgid: i
     try:
         r.pid, fds = spawn_rank(spec.path, spec.argv, spec.env, stdin_pipe=stdin_pipe,
                                 cwd=spec.wdir, pgid=pgid, cpus=spec.cpus, pmi=pmi,
-                                devnull=devnull, merge=merge, stdin_file=stdin_file)
+                                devnull=devnull, merge=merge, stdin_file=stdin_file,
+                                mem=spec.mem)
     except SpawnError as exc:
         return str(exc)
     r.started_at = time.time()

@@ -129,6 +129,9 @@ class JobPlan(Record):
     #: srun's ``--gpus-per-task``: GPUs dealt to each rank of a node (:mod:`pm.agent.gpus`);
     #: 0: the ranks see what they would.
     gpus_per_task: int = 0
+    #: srun's ``--mem-bind`` / Hydra's ``-membind``: the ranks' NUMA memory policy, as
+    #: :mod:`pm.agent.membind` spells it; "": the kernel's default.
+    mem_bind: str = ""
 
     def node_of_rank(self) -> list[int]:
         """The node (index into :attr:`hosts`) of each rank."""
