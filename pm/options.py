@@ -2777,8 +2777,14 @@ def _objects_here(obj: str, given: str, values: Mapping[str, object],
 
 def _job_name_in_patterns(out: Parsed, environ: Mapping[str, str]) -> None:
     """srun's ``%x`` in the --output/--error patterns: the job's name (``-J``, else the
-    allocation's, else the first program's, as srun names a job it allocates)."""
+    allocation's, else the first program's, as srun names a job it allocates); in an
+    allocation, ``-J``'s name is the ranks' ``SLURM_JOB_NAME``."""
     values = out.values
+    if values.get("job_name") and environ.get("SLURM_JOB_ID"):
+        # Inside an allocation srun's -J names the step, and its tasks see the name.
+        env = values.setdefault("genv", {})
+        assert isinstance(env, dict)
+        env.setdefault("SLURM_JOB_NAME", str(values["job_name"]))
     patterns = [k for k in ("output", "error") if "%x" in str(values.get(k, ""))]
     if not patterns:
         return

@@ -501,14 +501,17 @@ echo "pmrun exit $?"
 def test_job_name_names_the_agents_step_and_percent_x(slurm_cluster: RealCluster,
                                                       tmp_path: Path) -> None:
     """srun's -J: the one step that starts the agents (the one pmrun's quick check started,
-    not another) has the job's name, as rank 0 sees it from its node; %x in -o is it."""
+    not another) has the job's name, as rank 0 sees it from its node; %x in -o is it; and
+    every rank's SLURM_JOB_NAME, as srun's tasks see it."""
     c = slurm_cluster
-    show = 'if [ "$PMI_RANK" = 0 ]; then squeue -h -s -o "%j %i"; fi'
+    show = ('if [ "$PMI_RANK" = 0 ]; then squeue -h -s -o "%j %i"; fi; '
+            'echo "name $PMI_RANK $SLURM_JOB_NAME"')
     r = salloc(c, ["-N2", "-n2"], "-J", "myname", "-o", str(tmp_path / "out.%x"),
                "-n", "2", "sh", "-c", show)
     assert r.returncode == 0, r.stderr
-    lines = (tmp_path / "out.myname").read_text().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("myname ") and \
+    lines = sorted((tmp_path / "out.myname").read_text().splitlines())
+    assert lines[1:] == ["name 0 myname", "name 1 myname"], lines
+    assert len(lines) == 3 and lines[0].startswith("myname ") and \
         lines[0].endswith(".0"), lines
     assert_clean(c)
 
