@@ -809,9 +809,9 @@ def test_short_options_written_together_as_gnu_parallel_takes_them(pmrun: Run) -
         assert (r.returncode, r.stdout, r.stderr) == (0, "a\nb\nc\n", ""), argv
     r = pmrun("-kZ", "echo", ":::", "a")  # (-Z is no option: the word is named as given)
     assert (r.returncode, r.stderr) == (2, "pmrun: unknown option -kZ (see pmrun --help)\n")
-    # Hydra's -membind on an MPI job reads as -m -e mbind: the word is named.
-    r = pmrun("-membind", "local", "-n", "1", "true")
-    assert (r.returncode, r.stderr) == (2, "pmrun: unknown option -membind (as short options "
+    # A word of another launcher's on an MPI job (-mode) reads as -m -o de: it is named.
+    r = pmrun("-mode", "local", "-n", "1", "true")
+    assert (r.returncode, r.stderr) == (2, "pmrun: unknown option -mode (as short options "
                                            "written together, -m is for task ensembles: "
                                            "pmrun CMD ::: ARGS)\n")
 

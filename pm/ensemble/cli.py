@@ -46,6 +46,7 @@ from pm.ensemble.scheduler import (
     with_arguments,
     with_quoted_words,
 )
+from pm.ensemble.stream import Arrivals, streamable
 from pm.ensemble.task import InputStream, Task, TaskResult
 from pm.options import jobs_value, parse_jobs, separators, source_words
 from pm.proto.errors import PMError, UsageError
@@ -153,6 +154,20 @@ wait $p; s=$?
 kill $c 2>/dev/null; wait $c 2>/dev/null
 exit $s
 """
+
+
+async def _streamed(ens: Ensemble, arrivals: Arrivals, template: list[TaskSpec],
+                    take: Callable[[list[TaskSpec]], None], ahead: int) -> None:
+    """Arguments read as they come (:mod:`pm.ensemble.stream`): each batch's tasks, from
+    ``template``, given to ``take``; read on only while fewer than ``ahead`` wait."""
+    done = 0
+    while not ens.stopping:
+        await ens.room(ahead)
+        items = await arrivals.next()
+        if items is None or ens.stopping:
+            return
+        take(with_arguments(template, [(item,) for item in items], first=done))
+        done += len(items)
 
 
 def _temp_input(spec: TaskSpec, fifo: bool) -> TaskSpec:
@@ -823,8 +838,12 @@ async def run_cli(opts: CliOptions) -> int:
     CPU_UNIT[0] = extra.get("cpu_unit", "thread")  # (-j's CPU rules, here and on hosts)
     options = _options(extra)
     sources = sources_of(opts)
+    # Arguments on stdin: tasks start as they come (GNU parallel's), unless an option needs
+    # them all first; then the command line is the tasks' template (``stream``).
+    stream = streamable(extra, sources, separators(extra)[1])
+    task_sources = [] if stream else sources
 
-    def read_source(name: str) -> str:
+    def check_stdin(name: str) -> None:
         if name == "-" and path == "-":
             raise UsageError("--tasks - and :::: - both read standard input: give one a file")
         given = extra.get("stdin_source")
@@ -832,12 +851,17 @@ async def run_cli(opts: CliOptions) -> int:
             raise UsageError(f"{given} is for task ensembles: give their arguments (pmrun "
                              f"{given} ... CMD ::: ARGS, or on stdin: ... | pmrun {given} ... "
                              "CMD), or --tasks FILE; stdin is a terminal")
+
+    def read_source(name: str) -> str:
+        check_stdin(name)
         text = _read_text(name)
         if "skip_first_line" in extra and not skipped:  # (the input's first line: the first
             skipped.append(name)                       # source read)
             text = text.partition("\n")[2]
         return text
 
+    if stream:
+        check_stdin("-")
     skipped: list[str] = []
     names: list[str] | None = [] if "header" in extra else None
     renames = _renames(extra)
@@ -846,6 +870,12 @@ async def run_cli(opts: CliOptions) -> int:
 
     def tasks() -> list[TaskSpec]:
         made = _tasks()
+        if stream:  # (filled and finished as arguments come; a {2} beyond the source: now)
+            with_arguments(made, [("",)])
+            return made
+        return finish(made)
+
+    def finish(made: list[TaskSpec]) -> list[TaskSpec]:
         if renames:
             # -I STR: STR was {} meanwhile, and {} itself kept aside (GNU parallel's, xargs').
             def back(text: str) -> str:
@@ -873,7 +903,7 @@ async def run_cli(opts: CliOptions) -> int:
             words = [_marked(w, renames) for w in words]
         if "plus" in extra and words is not None:
             words = [_plus_filters(w) for w in words]
-        if words is not None and not sources:  # (--pipe)
+        if words is not None and not task_sources:  # (--pipe)
             line = quoted_line(words)
             return [TaskSpec(0, ("sh", "-c", line), options.get("mem_per_task"), line, 1,
                              tuple(words))]
@@ -885,14 +915,14 @@ async def run_cli(opts: CliOptions) -> int:
         if "plus" in extra:
             text = _plus_filters(text)
         specs = parse_tasks(text, options.get("mem_per_task")) if words is None else []
-        if not sources:
+        if not task_sources:
             if "max_args" in extra and "pipe" not in extra:
                 raise UsageError(f"-N {extra['max_args']} takes the arguments of an input "
                                  "source (::: ARGS, :::: FILE, -a FILE): there is none")
             return specs
         shape = shaping(extra.get("eof"), extra.get("trim", "n"), "no_empty" in extra,
                         "join_blank" in extra)
-        combos = combinations(sources, read_source, extra.get("delimiter"), names,
+        combos = combinations(task_sources, read_source, extra.get("delimiter"), names,
                               shape=shape, link="link" in extra,
                               separators=separators(extra))
         width = 0
@@ -930,10 +960,17 @@ async def run_cli(opts: CliOptions) -> int:
         raise UsageError(f"{path}: {exc}" if path is not None
                          else f"{extra['tasks_line']}: {str(exc).removeprefix('line 1: ')}"
                          ) from None
+    template: list[TaskSpec] = []
+    if stream:
+        template, specs = specs, []
+        if len(template) != 1:  # (a comment, say: as the whole input's reading makes it)
+            stream, task_sources = False, sources
+            specs = await asyncio.to_thread(tasks)
     joblog = extra.get("joblog")
-    if joblog is not None and ("resume" in extra or "resume_failed" in extra):
+    seen: dict[int, bool] = {}
+    again = "resume_failed" in extra
+    if joblog is not None and ("resume" in extra or again):
         seen = await asyncio.to_thread(read_joblog, joblog)
-        again = "resume_failed" in extra
         specs = [s for s in specs if s.index + 1 not in seen or (again and not seen[s.index + 1])]
     if "shuf" in extra:  # the order they start in; each keeps its number ({#}, the log's)
         random.shuffle(specs)
@@ -981,6 +1018,7 @@ async def run_cli(opts: CliOptions) -> int:
     if piped:  # one line, run once a block: every run's tag is the first's
         tag = functools.partial(_same, tags.get(0))
     command = None
+    lines: dict[int, bytes] | None = None
     if opts.verbose and path is None:  # GNU parallel's -v: each run's command line first
         lines = {s.index: os.fsencode(shown(s)) for s in specs}
         command = lines.__getitem__
@@ -1033,7 +1071,7 @@ async def run_cli(opts: CliOptions) -> int:
         if console.tty:  # (the line is only drawn on a terminal)
             ens.on_progress = lambda: console.progress(ens.progress_text())
         if "keep_order" in extra:
-            console.keep_order([] if piped else (spec.index for spec in specs))
+            console.keep_order([] if piped or stream else (spec.index for spec in specs))
 
         def done(task: Task, result: TaskResult) -> None:
             console.ended(task.index, failed=not result.ok)
@@ -1092,6 +1130,32 @@ async def run_cli(opts: CliOptions) -> int:
             finally:
                 if fd:
                     os.close(fd)
+        elif stream:
+            def take(batch: list[TaskSpec]) -> None:
+                batch = [s for s in finish(batch) if s.index + 1 not in seen
+                         or (again and not seen[s.index + 1])]
+                if where is not None:
+                    where.update({s.index: _results_dir(extra["results"], s, ())
+                                  for s in batch})
+                tags.update(_tags(extra, batch, tasks_file=False))
+                files.update(_files(extra, batch))
+                if lines is not None:
+                    lines.update({s.index: os.fsencode(shown(s)) for s in batch})
+                for spec in batch:
+                    console.expect(spec.index)
+                    transfer, returns = files.get(spec.index, ((), ()))
+                    ens.add(spec.argv, spec=spec, transfer=transfer, returns=returns)
+
+            shape = shaping(None, extra.get("trim", "n"), "no_empty" in extra)
+            arrivals = Arrivals(0, extra.get("delimiter"), extra.get("eof"),
+                                skip=int("skip_first_line" in extra), shape=shape)
+            producer = asyncio.ensure_future(
+                _streamed(ens, arrivals, template, take, 2 * ens.slot_count + 8))
+            try:
+                await producer
+            except asyncio.CancelledError:
+                if not ens.stopping:
+                    raise
         else:
             for spec in specs:
                 transfer, returns = files.get(spec.index, ((), ()))

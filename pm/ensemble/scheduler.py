@@ -136,16 +136,17 @@ def parse_tasks(text: str, default_mem: int | None = None) -> list[TaskSpec]:
 
 def with_arguments(specs: Sequence[TaskSpec], combos: Sequence[Sequence[str]],
                    names: Sequence[str] = (), width: int = 0, context: bool = False,
-                   plus: Plus | None = None) -> list[TaskSpec]:
+                   plus: Plus | None = None, first: int = 0) -> list[TaskSpec]:
     """GNU parallel's input sources: each task once per combination of arguments, in
     order, its line filled by :func:`pm.ensemble.inputs.fill` (replacement strings, or
     the arguments appended).  :class:`TaskFileError` naming the line for a ``{N}``
     beyond the sources.  ``names``: the sources' (``--header :``), for ``{NAME}``;
     ``width``: ``-N``'s (a group of arguments each, :func:`~pm.ensemble.inputs.chunked`);
     ``context``: ``-X``'s (:func:`~pm.ensemble.inputs.in_context`); ``plus``: GNU
-    parallel's ``--plus`` strings too."""
+    parallel's ``--plus`` strings too; ``first``: how many tasks came before these (an
+    input read as it comes, :mod:`pm.ensemble.stream`)."""
     out: list[TaskSpec] = []
-    seq, total = 0, len(specs) * len(combos)
+    seq, total = first, len(specs) * len(combos)
     for spec in specs:
         body = spec.argv[2]
         prefix = spec.line[: len(spec.line) - len(body)]  # the options block, if any
