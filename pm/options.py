@@ -1767,6 +1767,9 @@ OPTIONS = (
         help="GNU parallel's: pmrun draws its progress line (counts, what waits, time left) "
              "on a terminal always"),
     Opt("--eta", "progress", kind=FLAG, group=MEMORY, help="as --bar"),
+    Opt("--total-jobs --total", "total_jobs", whole(1), metavar="N", group=MEMORY,
+        help="GNU parallel's: the progress line's total while arguments still come on "
+             "stdin (tasks start as they come)"),
     Opt("--progress", "progress", kind=FLAG, group=MEMORY, help="as --bar"),
     Opt("--group", "output_mode", kind=FLAG, const="group", group=MEMORY,
         help="each task's output whole once it ended, stdout then stderr (the default "
@@ -2558,7 +2561,8 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "extensionreplace", "basenamereplace", "dirnamereplace",
                   "basenameextensionreplace",
                   "recend", "recstart", "regexp", "memfree", "memsuspend",
-                  "progress", "max_args", "many_args", "delay", "shuf", "quote", "nice",
+                  "progress", "total_jobs", "max_args", "many_args", "delay", "shuf",
+                  "quote", "nice",
                   "files", "tmpdir", "max_lines", "plus", "cat", "fifo", "roundrobin", "tee",
                   "shard", "bin", "slot_var", "group_by", "onall", "nonall", "load",
                   "noswap", "limit", "transfer", "returns", "cleanup", "trc", "basefiles",

@@ -29,7 +29,7 @@ BAD_VALUE = {
     "hostfile": "/no/such/hostfile",
     "universe_size": "lots", "hint": "fast", "job_name": "a/b", "tune": "/no/such/file",
     "personality": "prte", "gpus_per_task": "0", "order_nodes": "sideways",
-    "mem_bind": "nearby",
+    "mem_bind": "nearby", "total_jobs": "0",
     "output_from": "x",
     "bind_to": "corez", "map_by": "foo", "env_mode": "A=1",
     "wdir": "/no/such/dir", "prepend": "%q", "output": "/no/such/dir/out.%r",

@@ -113,3 +113,30 @@ async def test_arrivals_give_whole_items_as_they_come(tmp_path: Path) -> None:
         os.close(rfd)
         if wfd >= 0:
             os.close(wfd)
+
+
+def test_total_jobs_is_the_progress_lines_total_while_arguments_come(tmp_path: Path) -> None:
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(pmrun_argv("--total-jobs", "5", "-j", "1", "sleep 0.3; : {}"),
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=follower, env=pmrun_env(), cwd=tmp_path)
+        os.close(follower)
+        follower = -1
+        assert proc.stdin is not None
+        proc.stdin.write(b"a\nb\n")  # (two of the five so far: the line says 5)
+        proc.stdin.flush()
+        seen = b""
+        deadline = time.monotonic() + 20
+        while b"tasks: 0/5 done, 1 running, 1 queued" not in seen:
+            assert time.monotonic() < deadline, seen
+            seen += os.read(leader, 65536)
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)

@@ -1068,6 +1068,7 @@ async def run_cli(opts: CliOptions) -> int:
             log.close()
         raise UsageError(str(exc)) from None
     try:
+        ens.total_hint = int(extra.get("total_jobs", "0"))
         if console.tty:  # (the line is only drawn on a terminal)
             ens.on_progress = lambda: console.progress(ens.progress_text())
         if "keep_order" in extra:

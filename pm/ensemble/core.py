@@ -265,6 +265,9 @@ class Ensemble:
         self._stopping = False  # interrupted: start nothing new
         self._room: list[asyncio.Future[None]] = []  # room() callers: told at each change
         self.on_progress: Callable[[], None] | None = None
+        #: The number of tasks to come, as far as known (GNU parallel's --total-jobs, for
+        #: tasks still being added): the progress line's total if more than those added.
+        self.total_hint = 0
         #: Called with each task and its result once it has ended for good.
         self.on_done: Callable[[Task, TaskResult], None] | None = None
 
@@ -400,8 +403,9 @@ class Ensemble:
         an estimate of the time left (as GNU parallel's ``--eta``: the time so far per
         ended task, times the tasks left)."""
         progress = self._sched.progress()
-        text = progress.format(len(self._tasks))
-        left = len(self._tasks) - progress.done
+        total = max(len(self._tasks), self.total_hint)
+        text = progress.format(total)
+        left = total - progress.done
         if self._began is not None and progress.done and left:
             eta = (time.monotonic() - self._began) / progress.done * left
             text += f", about {_duration(eta)} left"
