@@ -140,3 +140,19 @@ def test_total_jobs_is_the_progress_lines_total_while_arguments_come(tmp_path: P
         os.close(leader)
         if follower >= 0:
             os.close(follower)
+
+
+def test_a_named_pipe_given_as_a_source_streams_too(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "args"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen(pmrun_argv("-j", "2", "-k", "-a", str(fifo), "touch {}.done; echo {}"),
+                            cwd=tmp_path, env=pmrun_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with open(fifo, "wb", buffering=0) as w:  # (opens once pmrun opened it to read)
+        w.write(b"p\n")
+        _wait_for(tmp_path / "p.done", proc)
+        w.write(b"q\n")
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out, err) == (0, b"p\nq\n", b"")

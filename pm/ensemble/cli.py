@@ -1148,7 +1148,13 @@ async def run_cli(opts: CliOptions) -> int:
                     ens.add(spec.argv, spec=spec, transfer=transfer, returns=returns)
 
             shape = shaping(None, extra.get("trim", "n"), "no_empty" in extra)
-            arrivals = Arrivals(0, extra.get("delimiter"), extra.get("eof"),
+            fd = 0
+            if sources[1] != "-":  # a named pipe: -a <(producer)
+                try:
+                    fd = os.open(sources[1], os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                except OSError as exc:
+                    raise UsageError(f":::: {sources[1]}: {exc.strerror}") from None
+            arrivals = Arrivals(fd, extra.get("delimiter"), extra.get("eof"),
                                 skip=int("skip_first_line" in extra), shape=shape)
             producer = asyncio.ensure_future(
                 _streamed(ens, arrivals, template, take, 2 * ens.slot_count + 8))
@@ -1157,6 +1163,9 @@ async def run_cli(opts: CliOptions) -> int:
             except asyncio.CancelledError:
                 if not ens.stopping:
                     raise
+            finally:
+                if fd:
+                    os.close(fd)
         else:
             for spec in specs:
                 transfer, returns = files.get(spec.index, ((), ()))

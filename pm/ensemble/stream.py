@@ -1,5 +1,5 @@
-"""Arguments on stdin read as they come: GNU parallel starts the first tasks before its
-input ends (``find ... | pmrun -j 4 gzip``, ``tail -f log | pmrun ...``).
+"""Arguments on stdin (or a pipe) read as they come: GNU parallel starts the first tasks
+before its input ends (``find ... | pmrun -j 4 gzip``, ``tail -f log | pmrun ...``).
 
 :class:`Arrivals` gives the arguments that arrived since it was last asked, whole
 ones only (a line, or an item ending with ``-d``/``-0``'s delimiter); the
@@ -24,9 +24,18 @@ _WHOLE_INPUT = ("header", "max_args", "many_args", "colsep", "csv", "plus", "shu
 
 
 def streamable(extra: Mapping[str, str], sources: Sequence[str], files_sep: str) -> bool:
-    """Whether the tasks of this command line can start as their arguments come."""
-    if list(sources) != [files_sep, "-"] or any(k in extra for k in _WHOLE_INPUT):
+    """Whether the tasks of this command line can start as their arguments come: one
+    source, stdin or a pipe (``-a <(producer)``)."""
+    if len(sources) != 2 or sources[0] != files_sep or any(k in extra for k in _WHOLE_INPUT):
         return False
+    if sources[1] != "-":
+        import stat
+
+        try:
+            if not stat.S_ISFIFO(os.stat(sources[1]).st_mode):
+                return False
+        except OSError:
+            return False  # (said as the whole input's reading says it)
     line = extra.get("tasks_line", "")
     if "{=" in line or "\n" in line:  # (Perl expressions; several tasks a combination)
         return False
