@@ -361,6 +361,9 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
     if "exact" in opts.extra and (where is None or where[2].get("name") != "slurm"):
         raise UsageError("--exact gives a job CPUs of its own within a Slurm allocation: "
                          "this job's ranks are not started through Slurm")
+    if "cpu_freq" in opts.extra and (where is None or where[2].get("name") != "slurm"):
+        raise UsageError("--cpu-freq is set by Slurm for the CPUs of a job step: this job's "
+                         "ranks are not started through Slurm")
     return where
 
 
@@ -550,12 +553,22 @@ def _program_hosts(opts: CliOptions,
 def _first_nodes(opts: CliOptions,
                  where: tuple[list[str], list[int | None], dict[str, object]] | None
                  ) -> tuple[list[str], list[int | None], dict[str, object]] | None:
-    """``-N K`` (``--nodes``): the first K of the hosts (srun's and Flux's meaning), ``-n``
+    """``--relative R``: the hosts from the R-th on (srun's); ``-N K`` (``--nodes``): the
+    first K of the hosts (srun's and Flux's meaning), ``-n``
     ranks spread over them in blocks as srun lays out a step (:func:`step_counts`: 7 ranks
     on 3 equal nodes are 3, 2 and 2; 4 on nodes of 4 and 1 slots are 3 and 1); with
     ``-ppn P`` and no ``-n``, P on each (:func:`hosts_of` counts them, as without -N).
     Fewer hosts, or fewer ranks than K, is refused: a node without ranks is not what -N
     asks for."""
+    if "relative" in opts.extra:  # srun's --relative N: the nodes from the N-th on
+        r = int(opts.extra["relative"])
+        if where is None:
+            raise UsageError(f"--relative {r}: this machine is the only host (give -hosts "
+                             "or -f, or run inside an allocation)")
+        if r >= len(where[0]):
+            raise UsageError(f"--relative {r}: there are {len(where[0])} hosts, counted from "
+                             "0")
+        where = where[0][r:], where[1][r:], where[2]
     if "nodes" not in opts.extra:
         return where
     k = int(opts.extra["nodes"])

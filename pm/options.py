@@ -1005,6 +1005,26 @@ def job_name(value: str, opt: str) -> str:
     return value
 
 
+_FREQ_WORDS = ("low", "medium", "high", "highm1")
+_GOVERNORS = ("conservative", "ondemand", "performance", "powersave", "userspace", "schedutil")
+
+
+def cpu_freq(value: str, opt: str) -> str:
+    """srun's ``--cpu-freq [MIN-]MAX[:GOVERNOR]`` or ``GOVERNOR``: kHz or low, medium,
+    high, highm1; Slurm's governors."""
+    freq, colon, governor = value.partition(":")
+    if not colon and freq.lower() in _GOVERNORS:
+        return value
+    parts = freq.split("-") if freq else []
+    good = (len(parts) <= 2 and all(p.isdigit() or p.lower() in _FREQ_WORDS for p in parts)
+            and (not colon or governor.lower() in _GOVERNORS) and (parts or colon))
+    if not good:
+        raise UsageError(f"{opt} takes srun's frequency: kHz or low, medium, high, highm1, "
+                         "as MAX or MIN-MAX, and :GOVERNOR (or a governor alone: "
+                         f"{', '.join(_GOVERNORS)}), not {value!r}")
+    return value
+
+
 def tune_files(value: str, opt: str) -> str:
     """Open MPI's ``--tune FILE[,FILE]`` (``--am``): files that can be read."""
     for path in value.split(","):
@@ -1851,6 +1871,12 @@ OPTIONS = (
         group=MISC,
         help="srun's and Flux's: every rank gets SIG TIME seconds (default 60; Flux's 30s, "
              "2m) before the time limit (--timeout, -t)"),
+    Opt("--cpu-freq", "cpu_freq", cpu_freq, metavar="FREQ", group=PLACE,
+        help="srun's, inside an allocation: the frequency (low, medium, high, highm1, kHz, "
+             "MIN-MAX, :GOVERNOR) that Slurm sets for the CPUs of pmrun's step"),
+    Opt("--relative", "relative", whole(0, MOST_RANKS), metavar="N", group=PLACE,
+        help="srun's: the job's nodes from the N-th (from 0) of the allocation's, or of "
+             "-hosts, -f, on"),
     Opt("-J --job-name", "job_name", job_name, metavar="NAME", group=MISC, quick=True,
         help="srun's and Flux's: the job's name, %x in --output/--error patterns (default: "
              "the allocation's, SLURM_JOB_NAME, else the program's) and the name of the "
@@ -1931,6 +1957,7 @@ _ALLOCATION = frozenset({"-p", "--partition", "-A", "--account", "--qos", "--res
                          "-B", "--extra-node-info", "--sockets-per-node", "--cores-per-socket",
                          "--threads-per-core", "--mincpus", "--cpus-per-gpu",
                          "--tres-per-task", "--gpus-per-socket", "--ntasks-per-gpu",
+                         "--ntasks-per-core", "--ntasks-per-socket",
                          "--gres-flags", "--switches", "--network", "--core-spec",
                          "--thread-spec", "--spread-job", "--use-min-nodes", "--clusters",
                          "-M"})
@@ -2580,7 +2607,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "report_state", "stack_traces", "forward_signals", "signal_before_end",
                "open_mode", "task_prolog", "srun_prolog", "srun_epilog",
                "task_epilog", "propagate", "hint", "gpus_per_task", "output_from", "exact",
-               "mem_bind")
+               "mem_bind", "cpu_freq", "relative")
 
 
 def _ensemble_only(out: Parsed) -> None:

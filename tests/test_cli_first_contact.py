@@ -29,7 +29,7 @@ BAD_VALUE = {
     "hostfile": "/no/such/hostfile",
     "universe_size": "lots", "hint": "fast", "job_name": "a/b", "tune": "/no/such/file",
     "personality": "prte", "gpus_per_task": "0", "order_nodes": "sideways",
-    "mem_bind": "nearby", "total_jobs": "0",
+    "mem_bind": "nearby", "total_jobs": "0", "cpu_freq": "turbo", "relative": "-1",
     "output_from": "x",
     "bind_to": "corez", "map_by": "foo", "env_mode": "A=1",
     "wdir": "/no/such/dir", "prepend": "%q", "output": "/no/such/dir/out.%r",
@@ -815,7 +815,7 @@ _SCHEDULING = "is about how Slurm schedules an allocation"
 @pytest.mark.parametrize(("argv", "what"), [
     *(([*a], _RESOURCES) for a in (["-p", "debug"], ["--partition=debug"], ["--mem", "4G"],
                                    ["--exclusive"], ["-A", "proj"], ["--gres=gpu:1"],
-                                   ["--threads-per-core=1"])),
+                                   ["--threads-per-core=1"], ["--ntasks-per-core", "1"])),
     *(([*a], _SCHEDULING) for a in (["--begin", "now+1hour"], ["--dependency=afterok:12"],
                                     ["--mail-type", "ALL"], ["--test-only"],
                                     ["--time-min=10"]))])

@@ -122,6 +122,20 @@ def test_salloc_places_ranks_as_slurm_says(slurm_cluster: RealCluster, tmp_path:
     assert_clean(c)
 
 
+def test_relative_and_cpu_freq_as_srun_takes_them(slurm_cluster: RealCluster) -> None:
+    """srun's --relative 1: the nodes from the allocation's second on (as srun lays out a
+    step there, -N 2 of them); --cpu-freq goes to the agents' step, which Slurm takes."""
+    c = slurm_cluster
+    res = salloc(c, ["-N3", "-n3"], "--relative", "1", "--cpu-freq", "high", "-N", "2",
+                 "-n", "2", "sh", "-c", "echo $PMI_RANK $(hostname)")
+    assert res.returncode == 0, res.stderr
+    assert sorted(res.stdout.splitlines()) == [f"0 {c.names[1]}", f"1 {c.names[2]}"]
+    res = salloc(c, ["-N2", "-n2"], "--relative", "2", "true")
+    assert (res.returncode, res.stderr) == (2, "pmrun: --relative 2: there are 2 hosts, "
+                                               "counted from 0\n")
+    assert_clean(c)
+
+
 def test_cyclic_ranks_land_where_srun_s_land(slurm_cluster: RealCluster, tmp_path: Path) -> None:
     c = slurm_cluster
     # Slurm gives 3 tasks to the first node and 1 to the second; cyclic deals a rank a

@@ -175,23 +175,29 @@ def allocation_hosts(env: Mapping[str, str] | None = None) -> list[tuple[str, in
 
 
 def step_argv(hosts: list[str], command: list[str], srun: str | None = None,
-              name: str | None = None, exact: int = 0) -> list[str]:
+              name: str | None = None, exact: int = 0, cpu_freq: str | None = None
+              ) -> list[str]:
     """The argv that runs ``command`` once on every host of ``hosts``, as one step (pure);
     ``name``: the step's (the job's ``-J``), else pm-agents; ``exact``: srun's --exact, the
-    CPUs of its own the step asks for on each node, instead of sharing all of them."""
+    CPUs of its own the step asks for on each node, instead of sharing all of them;
+    ``cpu_freq``: srun's --cpu-freq, the frequency slurmd sets for the step's CPUs."""
     options = shlex.split(srun) if srun is not None else list(SRUN_OPTIONS)
     if exact and srun is None:
         options = [o for o in options if o not in ("--overlap", "--whole")]
         options += ["--exact", f"--cpus-per-task={exact}"]
+    if cpu_freq:
+        options.append(f"--cpu-freq={cpu_freq}")
     n = len(hosts)
     return ["srun", *options, f"--nodes={n}", f"--ntasks={n}", "--ntasks-per-node=1",
             f"--nodelist={compress(hosts)}", f"--job-name={name or 'pm-agents'}", *command]
 
 
 def srun_argv(host: str, command: list[str], srun: str | None = None,
-              name: str | None = None) -> list[str]:
+              name: str | None = None, cpu_freq: str | None = None) -> list[str]:
     """The argv that runs ``command`` as one task on ``host`` (pure)."""
     options = shlex.split(srun) if srun is not None else list(SRUN_OPTIONS)
+    if cpu_freq:
+        options.append(f"--cpu-freq={cpu_freq}")
     return ["srun", *options, "--nodes=1", "--ntasks=1", f"--nodelist={host}",
             f"--job-name={name or 'pm-agent'}", *command]
 
@@ -209,6 +215,8 @@ class SlurmBootstrap(CommandBootstrap):
         self.job_name = options.get("job_name")
         #: srun's --exact: the CPUs the agents' step asks for on each node (0: it shares all).
         self.exact = int(options.get("cpus", 1)) if options.get("exact") else 0
+        #: srun's --cpu-freq, for the agents' step (and so their ranks).
+        self.cpu_freq: str | None = options.get("cpu_freq")
         # slurmctld handles step creation one by one: a burst only queues there.
         self.limit = int(options.get("limit", 64))
         #: Slurm said it ended the job: later task failures are its doing.
@@ -221,7 +229,8 @@ class SlurmBootstrap(CommandBootstrap):
         self._timer: asyncio.TimerHandle | None = None
 
     def argv(self, host: str) -> list[str]:
-        return srun_argv(host, agent_command(self.python, lean=True), self.srun, self.job_name)
+        return srun_argv(host, agent_command(self.python, lean=True), self.srun, self.job_name,
+                         self.cpu_freq)
 
     def start(self, host: str, config: AgentConfig) -> tuple[int, int]:
         return self.run(self.argv(host), config)
@@ -240,7 +249,7 @@ class SlurmBootstrap(CommandBootstrap):
 
     def _step(self, hosts: list[str]) -> list[str]:
         return step_argv(hosts, agent_command(self.python, lean=True), self.srun,
-                         self.job_name, self.exact)
+                         self.job_name, self.exact, self.cpu_freq)
 
     def error_line(self, text: str) -> bool:
         """Name the node of a failed task: the job's one line says it (with srun's words)."""
