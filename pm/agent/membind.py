@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
     _Syscall = Callable[..., int]
 
+#: A memory policy: set_mempolicy(2)'s mode and the NUMA nodes it names.
+Policy = tuple[int, tuple[int, ...]]
+
 #: set_mempolicy(2)'s modes.
 MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND, MPOL_INTERLEAVE = 0, 1, 2, 3
 
@@ -165,7 +168,7 @@ def numa_nodes(root: str = "/sys/devices/system/node") -> dict[int, frozenset[in
 
 def rank_policy(spec: str, local_rank: int, cpus: frozenset[int] | None,
                 nodes: Mapping[int, frozenset[int]], host: str
-                ) -> tuple[int, tuple[int, ...]] | None:
+                ) -> Policy | None:
     """The (mode, NUMA nodes) of local rank ``local_rank`` (bound to ``cpus``) under
     ``spec`` (:func:`parse_srun`'s or :func:`parse_hydra`'s) on a node with ``nodes``
     (:func:`numa_nodes`); None: the default.  Raises :class:`MemBindError`."""
@@ -222,7 +225,7 @@ class ThreadPolicy:
 
     def __init__(self, policy: tuple[int, Sequence[int]]) -> None:
         self._want = policy
-        self._old: tuple[int, tuple[int, ...]] | None = None
+        self._old: Policy | None = None
         self._call: _Syscall = _libc_syscall()
 
     def __enter__(self) -> ThreadPolicy:
@@ -271,7 +274,7 @@ def _set(call: _Syscall, mode: int, nodes: Sequence[int]) -> None:
                            f"{os.strerror(err)}")
 
 
-def _get(call: _Syscall) -> tuple[int, tuple[int, ...]]:
+def _get(call: _Syscall) -> Policy:
     import ctypes
     import platform
 

@@ -44,6 +44,7 @@ from pm.common.output import STDERR, STDOUT, LineBuffer, output_window, read_pip
 from pm.proto.plan import STDIN_ALL
 
 if TYPE_CHECKING:
+    from pm.agent.membind import Policy
     from pm.agent.node import JobAgent
     from pm.agent.pmi_quick import QuickPmi
 
@@ -199,7 +200,7 @@ class LocalRanks:
         self.adopt(started, mark=False)
 
     def _mem_policies(self, cpusets: list[frozenset[int]] | None
-                      ) -> dict[int, tuple[int, tuple[int, ...]] | SpawnError | None]:
+                      ) -> dict[int, Policy | SpawnError | None]:
         """Each local rank's NUMA memory policy under --mem-bind (:mod:`pm.agent.membind`), or
         why it cannot have it; with --report-bindings, a line for each rank."""
         from pm.agent.membind import MemBindError, describe, numa_nodes, rank_policy
@@ -207,7 +208,7 @@ class LocalRanks:
 
         agent = self.agent
         nodes = numa_nodes()
-        out: dict[int, tuple[int, tuple[int, ...]] | SpawnError | None] = {}
+        out: dict[int, Policy | SpawnError | None] = {}
         lines = []
         for rank, proc in self.ranks.items():
             lr = proc.local_rank

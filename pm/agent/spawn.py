@@ -32,6 +32,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from pm.agent.membind import Policy
+
 # The guardian ignores the signals the agent forwards to the group, the stop signals
 # too: a stopped guardian could not kill the group if its agent died meanwhile.  The
 # lines it reads are files of the job's (Guardian.note): gone with the agent, they go too.
@@ -211,7 +213,7 @@ def spawn(
     fds: Mapping[int, int] | None = None,
     pgid: int | None = None,
     cpus: frozenset[int] | None = None,
-    mem: tuple[int, tuple[int, ...]] | None = None,
+    mem: Policy | None = None,
 ) -> int:
     """Start ``path`` and return its pid.
 
@@ -280,7 +282,7 @@ def spawn_rank(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin_
                cwd: str | None, pgid: int, cpus: frozenset[int] | None = None,
                pmi: bool = True, devnull: int = -1, merge: bool = False,
                stdin_file: str | None = None,
-               mem: tuple[int, tuple[int, ...]] | None = None) -> tuple[int, RankFds]:
+               mem: Policy | None = None) -> tuple[int, RankFds]:
     """Start a rank with its descriptors (:class:`RankFds`): its pid, and our ends of them.
 
     Raises :class:`SpawnError` (nothing left open) if the descriptors or the

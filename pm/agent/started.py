@@ -28,6 +28,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from pm.agent.membind import Policy
     from pm.agent.pmi_quick import QuickPmi
     from pm.agent.quick_spawns import QuickJob
     from pm.agent.shm_reaper import ShmReaper
@@ -44,7 +45,7 @@ class RankStart:
     def __init__(self, rank: int, local_rank: int, path: str, argv: Sequence[str],
                  env: Mapping[str, str], wdir: str | None = None,
                  cpus: frozenset[int] | None = None, failure: str = "",
-                 mem: tuple[int, tuple[int, ...]] | None = None) -> None:
+                 mem: Policy | None = None) -> None:
         self.rank = rank
         self.local_rank = local_rank
         self.path = path
