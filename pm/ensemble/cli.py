@@ -46,7 +46,7 @@ from pm.ensemble.scheduler import (
     with_arguments,
     with_quoted_words,
 )
-from pm.ensemble.stream import Arrivals, streamable
+from pm.ensemble.stream import Arrivals, read_some, streamable
 from pm.ensemble.task import InputStream, Task, TaskResult
 from pm.options import jobs_value, parse_jobs, separators, source_words
 from pm.proto.errors import PMError, UsageError
@@ -154,6 +154,16 @@ wait $p; s=$?
 kill $c 2>/dev/null; wait $c 2>/dev/null
 exit $s
 """
+
+
+async def _produced(ens: Ensemble, producer: asyncio.Future[None]) -> None:
+    """Wait for ``producer`` (--pipe's reader, stdin's arguments) to add its last task; its
+    cancellation because the ensemble stops (an interrupt, --halt) is no error."""
+    try:
+        await producer
+    except asyncio.CancelledError:
+        if not ens.stopping:
+            raise
 
 
 async def _streamed(ens: Ensemble, arrivals: Arrivals, template: list[TaskSpec],
@@ -611,27 +621,8 @@ class _Blocks:
             self._eof = True
 
     async def _read(self) -> bytes:
-        if self._polled:
-            loop = asyncio.get_running_loop()
-            ready = loop.create_future()
-
-            def wake() -> None:
-                if not ready.done():
-                    ready.set_result(None)
-
-            try:
-                loop.add_reader(self._fd, wake)
-            except (PermissionError, OSError):
-                self._polled = False
-            else:
-                try:
-                    await ready
-                finally:
-                    loop.remove_reader(self._fd)
-        try:
-            return os.read(self._fd, 1 << 20)
-        except OSError:
-            return b""
+        data, self._polled = await read_some(self._fd, self._polled)
+        return data
 
 
 def _block_size(text: str, fd: int, slots: int) -> int:
@@ -1123,11 +1114,7 @@ async def run_cli(opts: CliOptions) -> int:
                     else _shard(ens, console, specs[0], blocks, extra)
                     if "shard" in extra or "bin" in extra
                     else _pipe(ens, console, specs[0], blocks, temp))
-                try:
-                    await producer
-                except asyncio.CancelledError:
-                    if not ens.stopping:
-                        raise
+                await _produced(ens, producer)
             finally:
                 if fd:
                     os.close(fd)
@@ -1159,10 +1146,7 @@ async def run_cli(opts: CliOptions) -> int:
             producer = asyncio.ensure_future(
                 _streamed(ens, arrivals, template, take, 2 * ens.slot_count + 8))
             try:
-                await producer
-            except asyncio.CancelledError:
-                if not ens.stopping:
-                    raise
+                await _produced(ens, producer)
             finally:
                 if fd:
                     os.close(fd)

@@ -107,26 +107,35 @@ class Arrivals:
         return self._shape(items) if self._shape is not None and items else items
 
     async def _read(self) -> bytes:
-        if self._polled:
+        data, self._polled = await read_some(self._fd, self._polled)
+        return data
+
+
+async def read_some(fd: int, polled: bool) -> tuple[bytes, bool]:
+    """What ``fd`` holds now, once it holds something (b"": its end, or it cannot be
+    read), and whether it can be waited for on the loop next time: ``polled``, unless it
+    turned out it cannot (a regular file: epoll takes none, and its reads never block)."""
+    while True:
+        if polled:
             loop = asyncio.get_running_loop()
-            ready = loop.create_future()
-
-            def wake() -> None:
-                if not ready.done():
-                    ready.set_result(None)
-
+            ready: asyncio.Future[None] = loop.create_future()
             try:
-                loop.add_reader(self._fd, wake)
-            except (PermissionError, OSError):  # (a regular file: epoll takes none)
-                self._polled = False
+                loop.add_reader(fd, _wake, ready)
+            except (PermissionError, OSError):
+                polled = False
             else:
                 try:
                     await ready
                 finally:
-                    loop.remove_reader(self._fd)
+                    loop.remove_reader(fd)
         try:
-            return os.read(self._fd, 1 << 16)
+            return os.read(fd, 1 << 20), polled
         except BlockingIOError:
-            return await self._read()
+            continue  # (woken for nothing: wait again)
         except OSError:
-            return b""
+            return b"", polled
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
