@@ -1555,3 +1555,24 @@ def test_onall_interrupted_ends_every_host_s_run(pmrun_popen: Popen, marker: str
     while pids_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pids_with(marker)
+
+
+def test_a_reader_that_goes_away_ends_the_tasks(tmp_path: Path) -> None:
+    # `pmrun ... | head -1` where head has its line: the tasks' output has nowhere to go,
+    # and what still runs is ended (else held output of tasks that never end grows).
+    marker = f"pm-gone-{os.getpid()}"
+    proc = subprocess.Popen(pmrun_argv("-j", "3", f"echo {{}}; sleep 30 # {marker}", ":::",
+                                       "1", "2", "3"),
+                            cwd=tmp_path, env=pmrun_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while len(pids_with(marker)) < 3:  # (each task's sh)
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    assert proc.stdout is not None
+    proc.stdout.close()  # (nothing was written: --group holds it till a task ends)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 128 + signal.SIGPIPE, err
+    assert err.decode().splitlines()[0] == ("pmrun: standard output closed: killing the "
+                                            "running tasks, starting no more"), err
+    assert not pids_with(marker)

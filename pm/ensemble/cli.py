@@ -156,6 +156,15 @@ exit $s
 """
 
 
+def _is_pipe(fd: int) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
 async def _produced(ens: Ensemble, producer: asyncio.Future[None]) -> None:
     """Wait for ``producer`` (--pipe's reader, stdin's arguments) to add its last task; its
     cancellation because the ensemble stops (an interrupt, --halt) is no error."""
@@ -1058,6 +1067,20 @@ async def run_cli(opts: CliOptions) -> int:
         if log is not None:
             log.close()
         raise UsageError(str(exc)) from None
+    def output_gone() -> None:
+        """Whoever read our stdout went away (``| head``): its tasks' output has nowhere
+        to go, and tasks that never end (``yes``) would be held for ever."""
+        loop.remove_reader(1)
+        interrupted.append(signal.SIGPIPE)
+        console.message("standard output closed: killing the running tasks, starting no "
+                        "more")
+        ens.halt("not run: standard output closed", now=True)
+        if producer is not None:
+            producer.cancel()
+
+    watched = _is_pipe(1)
+    if watched:  # (a pipe's writing end is never readable: the loop wakes when it breaks)
+        loop.add_reader(1, output_gone)
     try:
         ens.total_hint = int(extra.get("total_jobs", "0"))
         if console.tty:  # (the line is only drawn on a terminal)
@@ -1158,6 +1181,8 @@ async def run_cli(opts: CliOptions) -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if watched:
+            loop.remove_reader(1)
         await ens.aclose()
         if log is not None:
             log.close()
