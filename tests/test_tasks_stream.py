@@ -156,3 +156,8 @@ def test_a_named_pipe_given_as_a_source_streams_too(tmp_path: Path) -> None:
         w.write(b"q\n")
     out, err = proc.communicate(timeout=30)
     assert (proc.returncode, out, err) == (0, b"p\nq\n", b"")
+
+
+def test_perl_expressions_anywhere_keep_the_whole_input_path() -> None:
+    for key in ("tagstring", "transfer", "returns"):
+        assert not streamable({"tasks_line": "echo", key: "{= $_ =}"}, ["::::", "-"], "::::")

@@ -37,8 +37,11 @@ def streamable(extra: Mapping[str, str], sources: Sequence[str], files_sep: str)
         except OSError:
             return False  # (said as the whole input's reading says it)
     line = extra.get("tasks_line", "")
-    if "{=" in line or "\n" in line:  # (Perl expressions; several tasks a combination)
+    if "\n" in line:  # (several tasks a combination)
         return False
+    if any("{=" in extra.get(k, "") for k in ("tasks_line", "tagstring", "transfer",
+                                               "returns", "trc")):
+        return False  # (Perl expressions: all filled before the tasks start)
     return "%" not in extra.get("halt", "")
 
 
