@@ -44,7 +44,10 @@ def shown(stdout: str) -> list[str]:
 def test_the_values_of_srun_and_hydra() -> None:
     assert parse("local") == ("local", False)
     assert parse("verbose,rank") == ("rank", True)
-    assert parse("v,prefer,map_mem:0,2-3") == ("prefer,map:0,2,3", True)
+    assert parse("v,prefer,map_mem:0,2,3") == ("prefer,map:0,2,3", True)
+    assert parse("map_mem:0,0,1,1") == ("map:0,0,1,1", False)  # (a node each rank, in turn)
+    assert parse("map_mem:0*2,1*2") == ("map:0,0,1,1", False)
+    assert parse("mask_mem:0x1*2,0x2") == ("mask:0x1,0x1,0x2", False)
     assert parse("quiet,mask_mem:0x1,3") == ("mask:0x1,0x3", False)
     assert parse("verbose") == ("none", True)
     assert parse("firsttouch") == ("none", False)
@@ -52,6 +55,8 @@ def test_the_values_of_srun_and_hydra() -> None:
     assert parse("interleave:1,0") == ("interleave:1,0", False)
     for bad, why in (("nearby", "'nearby' is not one of"), ("local,rank", "one memory binding"),
                      ("map_mem:a", "'a' is not a NUMA node"), ("mask_mem:0", "names no NUMA"),
+                     ("map_mem:0-1", "'0-1' is not a NUMA node"),
+                     ("map_mem:0*x", "repeats an item"),
                      ("nexttouch", "Linux does not migrate"), ("prefer", "no binding")):
         with pytest.raises(ValueError, match=why):
             parse(bad)
@@ -64,6 +69,8 @@ def test_each_rank_gets_its_policy() -> None:
     assert [rank_policy("rank", r, None, nodes, "h") for r in range(3)] == [
         (MPOL_BIND, (0,)), (MPOL_BIND, (1,)), (MPOL_BIND, (0,))]
     assert rank_policy("prefer,map:1,0", 0, None, nodes, "h") == (MPOL_PREFERRED, (1,))
+    assert [rank_policy("map:0,0,1,1", r, None, nodes, "h") for r in range(4)] == [
+        (MPOL_BIND, (0,)), (MPOL_BIND, (0,)), (MPOL_BIND, (1,)), (MPOL_BIND, (1,))]
     assert rank_policy("mask:0x3,0x2", 1, None, nodes, "h") == (MPOL_BIND, (1,))
     assert rank_policy("interleave:0,1", 5, None, nodes, "h") == (MPOL_INTERLEAVE, (0, 1))
     assert rank_policy("none", 0, None, nodes, "h") is None

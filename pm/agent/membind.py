@@ -73,6 +73,27 @@ def _nodes(text: str, what: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def _repeated(text: str, what: str) -> str:
+    """srun's ``0*2,1*2`` in a list: each item before ``*`` that many times."""
+    out = []
+    for part in text.split(","):
+        item, star, count = part.partition("*")
+        if star and (not count.isdigit() or not 0 < int(count) <= _MAX_NODES):
+            raise ValueError(f"{what}: {part!r} repeats an item a number of times (0*2)")
+        out += [item] * (int(count) if star else 1)
+    return ",".join(out)
+
+
+def _listed(text: str, what: str) -> list[int]:
+    """A node a rank: ``0,1,1`` (repeats kept, unlike a set of nodes)."""
+    out = []
+    for part in text.split(","):
+        if not part.isdigit() or int(part) >= _MAX_NODES:
+            raise ValueError(f"{what}: {part!r} is not a NUMA node")
+        out.append(int(part))
+    return out
+
+
 def _masks(text: str) -> tuple[int, ...]:
     out = []
     for part in text.split(","):
@@ -115,11 +136,12 @@ def parse_srun(value: str) -> tuple[str, bool]:
         elif low in ("none", "no", "local", "rank"):
             kind = {"no": "none"}.get(low, low)
         elif low.startswith(("map_mem:", "map_mem=")):
-            kind = "map:" + ",".join(map(str, _nodes(f"{word[8:]},{rest}".rstrip(","),
-                                                     "map_mem")))
+            listed = _repeated(f"{word[8:]},{rest}".rstrip(","), "map_mem")
+            kind = "map:" + ",".join(str(n) for n in _listed(listed, "map_mem"))
             rest = ""
         elif low.startswith(("mask_mem:", "mask_mem=")):
-            kind = "mask:" + ",".join(hex(m) for m in _masks(f"{word[9:]},{rest}".rstrip(",")))
+            listed = _repeated(f"{word[9:]},{rest}".rstrip(","), "mask_mem")
+            kind = "mask:" + ",".join(hex(m) for m in _masks(listed))
             rest = ""
         else:
             raise ValueError(f"{word!r} is not one of {_SRUN_HELP}")
@@ -187,7 +209,7 @@ def rank_policy(spec: str, local_rank: int, cpus: frozenset[int] | None,
         order = sorted(nodes)
         chosen = (order[local_rank % len(order)],)
     elif kind == "map":
-        listed = _nodes(arg, "map_mem")
+        listed = _listed(arg, "map_mem")
         chosen = (listed[local_rank % len(listed)],)
     elif kind == "mask":
         mask = _masks(arg)[local_rank % len(_masks(arg))]
