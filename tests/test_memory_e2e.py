@@ -17,6 +17,7 @@ import pty
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from launch_util import pmrun_argv, pmrun_env
 
 from pm.agent.memory import parse_size
 from pm.common.nodes import Nodes
-from pm.ensemble import Ensemble, Event
+from pm.ensemble import Ensemble, Event, Task
 
 pytestmark = pytest.mark.cgroup
 
@@ -308,6 +309,18 @@ def _state(pid: int) -> str:
         return f.read().rpartition(")")[2].split()[0]
 
 
+async def _settled(tasks: list[Task], stopped: list[str], within: float = 10) -> list[str]:
+    """The tasks' state letters once all but the first read ``stopped`` (a stop signal
+    takes effect when its process next runs: on a busy machine not at once), or as they
+    are at the deadline."""
+    deadline = time.monotonic() + within
+    while True:
+        states = [_state(t.pid) for t in tasks if t.pid]
+        if states[1:] == stopped or time.monotonic() > deadline:
+            return states
+        await asyncio.sleep(0.02)
+
+
 @pytest.mark.timeout(60)
 async def test_memsuspend_stops_the_youngest_and_lets_the_oldest_go_on_first() -> None:
     events: asyncio.Queue[Event] = asyncio.Queue()
@@ -335,7 +348,7 @@ async def test_memsuspend_stops_the_youngest_and_lets_the_oldest_go_on_first() -
                 first = await until("suspended")
                 await hog.hold(450)  # ~55 MiB free: the oldest alone runs
                 second = await until("suspended")
-                states = [_state(t.pid) for t in tasks if t.pid]
+                states = await _settled(tasks, ["T", "T"])
                 await hog.hold(0)  # all free again: one goes on a sample, the oldest first
                 resumed = await until("resumed", 2)
                 await hog.hold(370)
