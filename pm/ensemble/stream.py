@@ -5,9 +5,9 @@ before its input ends (``find ... | pmrun -j 4 gzip``, ``tail -f log | pmrun ...
 ones only (a line, or an item ending with ``-d``/``-0``'s delimiter); the
 ensemble's command line (:func:`pm.ensemble.cli.run_cli`) makes their tasks and
 queues them, reading on only while few tasks wait (:meth:`Ensemble.room`).
-:func:`streamable` says when a command line can be run so: one source, stdin, and
-nothing that needs every argument first (``-m``/``-X``, ``--shuf``, ``--header``,
-``{##}``, a percentage in ``--halt``...).
+:func:`streamable` says when a command line can be run so: one source, stdin or a
+named pipe, and nothing that needs every argument first (``-m``/``-X``, ``--shuf``,
+``--header``, ``{##}``, Perl expressions, a percentage in ``--halt``...).
 """
 
 from __future__ import annotations
