@@ -358,12 +358,13 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
             s is not None for s in where[1]):
         # No -n: one rank per slot the allocation or host file gives (Hydra, srun).
         opts.spec.apps[0].n = sum(int(s or 0) for s in where[1])
-    if "exact" in opts.extra and (where is None or where[2].get("name") != "slurm"):
-        raise UsageError("--exact gives a job CPUs of its own within a Slurm allocation: "
-                         "this job's ranks are not started through Slurm")
-    if "cpu_freq" in opts.extra and (where is None or where[2].get("name") != "slurm"):
-        raise UsageError("--cpu-freq is set by Slurm for the CPUs of a job step: this job's "
-                         "ranks are not started through Slurm")
+    if where is None or where[2].get("name") != "slurm":  # srun's step options
+        for key, what in (("exact", "--exact gives a job CPUs of its own within a Slurm "
+                                    "allocation"),
+                          ("cpu_freq", "--cpu-freq is set by Slurm for the CPUs of a job "
+                                       "step")):
+            if key in opts.extra:
+                raise UsageError(f"{what}: this job's ranks are not started through Slurm")
     return where
 
 

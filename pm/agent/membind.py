@@ -60,16 +60,15 @@ class MemBindError(PMError):
 
 
 def _nodes(text: str, what: str) -> tuple[int, ...]:
-    """``0-1,3`` -> (0, 1, 3); raises ValueError naming ``what``."""
+    """``0-1,3`` -> (0, 1, 3), in the order given; raises ValueError naming ``what``."""
+    from pm.agent.topology import cpu_range
+
     out: list[int] = []
     for part in text.split(","):
-        lo, dash, hi = part.partition("-")
-        if not lo.isdigit() or (dash and not hi.isdigit()):
+        bounds = cpu_range(part)
+        if bounds is None or bounds[1] < bounds[0] or bounds[1] >= _MAX_NODES:
             raise ValueError(f"{what}: {part!r} is not a NUMA node or range of them")
-        first, last = int(lo), int(hi) if dash else int(lo)
-        if last < first or last >= _MAX_NODES:
-            raise ValueError(f"{what}: {part!r} is not a NUMA node or range of them")
-        out.extend(range(first, last + 1))
+        out.extend(range(bounds[0], bounds[1] + 1))
     return tuple(dict.fromkeys(out))
 
 
@@ -212,7 +211,8 @@ def rank_policy(spec: str, local_rank: int, cpus: frozenset[int] | None,
         listed = _listed(arg, "map_mem")
         chosen = (listed[local_rank % len(listed)],)
     elif kind == "mask":
-        mask = _masks(arg)[local_rank % len(_masks(arg))]
+        masks = _masks(arg)
+        mask = masks[local_rank % len(masks)]
         chosen = tuple(n for n in range(mask.bit_length()) if mask >> n & 1)
     elif kind in ("bind", "interleave"):
         chosen = _nodes(arg, kind)
@@ -248,29 +248,36 @@ class ThreadPolicy:
     def __init__(self, policy: tuple[int, Sequence[int]]) -> None:
         self._want = policy
         self._old: Policy | None = None
-        self._call: _Syscall = _libc_syscall()
 
     def __enter__(self) -> ThreadPolicy:
-        self._old = _get(self._call)
-        _set(self._call, *self._want)
+        self._old = _get()
+        _set(*self._want)
         return self
 
     def __exit__(self, *_exc: object) -> None:
         if self._old is not None:
             try:
-                _set(self._call, *self._old)
+                _set(*self._old)
             except MemBindError:
-                _set(self._call, MPOL_DEFAULT, ())
+                _set(MPOL_DEFAULT, ())
 
 
-def _libc_syscall() -> _Syscall:
-    import ctypes
-    import platform
+#: libc's syscall() and this machine's (set_mempolicy, get_mempolicy) numbers, found once
+#: (every rank of a node is started under a policy).
+_CALLS: list[tuple[_Syscall, int, int]] = []
 
-    if platform.machine() not in _SYSCALLS:
-        raise MemBindError(f"memory binding is not known on {platform.machine()}")
-    call: _Syscall = ctypes.CDLL(None, use_errno=True).syscall
-    return call
+
+def _calls() -> tuple[_Syscall, int, int]:
+    if not _CALLS:
+        import ctypes
+        import platform
+
+        numbers = _SYSCALLS.get(platform.machine())
+        if numbers is None:
+            raise MemBindError(f"memory binding is not known on {platform.machine()}")
+        call: _Syscall = ctypes.CDLL(None, use_errno=True).syscall
+        _CALLS.append((call, *numbers))
+    return _CALLS[0]
 
 
 def _mask_words(nodes: Sequence[int]) -> ctypes.Array[ctypes.c_ulong]:
@@ -282,11 +289,10 @@ def _mask_words(nodes: Sequence[int]) -> ctypes.Array[ctypes.c_ulong]:
     return words
 
 
-def _set(call: _Syscall, mode: int, nodes: Sequence[int]) -> None:
+def _set(mode: int, nodes: Sequence[int]) -> None:
     import ctypes
-    import platform
 
-    number = _SYSCALLS[platform.machine()][0]
+    call, number, _ = _calls()
     mask = _mask_words(nodes) if nodes else None
     rc = call(ctypes.c_long(number), ctypes.c_int(mode), mask,
               ctypes.c_ulong(_MAX_NODES + 1 if nodes else 0))
@@ -296,11 +302,10 @@ def _set(call: _Syscall, mode: int, nodes: Sequence[int]) -> None:
                            f"{os.strerror(err)}")
 
 
-def _get(call: _Syscall) -> Policy:
+def _get() -> Policy:
     import ctypes
-    import platform
 
-    number = _SYSCALLS[platform.machine()][1]
+    call, _, number = _calls()
     mode = ctypes.c_int(0)
     mask = _mask_words(())
     rc = call(ctypes.c_long(number), ctypes.byref(mode), mask,

@@ -46,7 +46,7 @@ from pm.ensemble.scheduler import (
     with_arguments,
     with_quoted_words,
 )
-from pm.ensemble.stream import Arrivals, read_some, streamable
+from pm.ensemble.stream import Arrivals, is_fifo, offered, read_some, streamable
 from pm.ensemble.task import InputStream, Task, TaskResult
 from pm.options import jobs_value, parse_jobs, separators, source_words
 from pm.proto.errors import PMError, UsageError
@@ -121,11 +121,7 @@ async def _pipe(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Source
     ``--fifo``): the start of each run's ``$PARALLEL_TMP`` path (the task's number ends
     it)."""
     index = 0
-    while not ens.stopping:
-        await ens.room(PIPE_AHEAD)
-        block = await blocks.next()
-        if block is None or ens.stopping:
-            return
+    async for block in offered(ens, blocks, PIPE_AHEAD):
         spec = numbered(line, index)
         console.expect(index)
         env = None
@@ -156,15 +152,6 @@ exit $s
 """
 
 
-def _is_pipe(fd: int) -> bool:
-    import stat
-
-    try:
-        return stat.S_ISFIFO(os.fstat(fd).st_mode)
-    except OSError:
-        return False
-
-
 async def _produced(ens: Ensemble, producer: asyncio.Future[None]) -> None:
     """Wait for ``producer`` (--pipe's reader, stdin's arguments) to add its last task; its
     cancellation because the ensemble stops (an interrupt, --halt) is no error."""
@@ -180,11 +167,7 @@ async def _streamed(ens: Ensemble, arrivals: Arrivals, template: list[TaskSpec],
     """Arguments read as they come (:mod:`pm.ensemble.stream`): each batch's tasks, from
     ``template``, given to ``take``; read on only while fewer than ``ahead`` wait."""
     done = 0
-    while not ens.stopping:
-        await ens.room(ahead)
-        items = await arrivals.next()
-        if items is None or ens.stopping:
-            return
+    async for items in offered(ens, arrivals, ahead):
         take(with_arguments(template, [(item,) for item in items], first=done))
         done += len(items)
 
@@ -969,9 +952,13 @@ async def run_cli(opts: CliOptions) -> int:
     joblog = extra.get("joblog")
     seen: dict[int, bool] = {}
     again = "resume_failed" in extra
+
+    def unseen(spec: TaskSpec) -> bool:  # --resume: not in the log (or failed there, again)
+        return spec.index + 1 not in seen or (again and not seen[spec.index + 1])
+
     if joblog is not None and ("resume" in extra or again):
         seen = await asyncio.to_thread(read_joblog, joblog)
-        specs = [s for s in specs if s.index + 1 not in seen or (again and not seen[s.index + 1])]
+        specs = [s for s in specs if unseen(s)]
     if "shuf" in extra:  # the order they start in; each keeps its number ({#}, the log's)
         random.shuffle(specs)
     temp = None
@@ -1078,7 +1065,7 @@ async def run_cli(opts: CliOptions) -> int:
         if producer is not None:
             producer.cancel()
 
-    watched = _is_pipe(1)
+    watched = is_fifo(1)
     if watched:  # (a pipe's writing end is never readable: the loop wakes when it breaks)
         loop.add_reader(1, output_gone)
     try:
@@ -1143,8 +1130,7 @@ async def run_cli(opts: CliOptions) -> int:
                     os.close(fd)
         elif stream:
             def take(batch: list[TaskSpec]) -> None:
-                batch = [s for s in finish(batch) if s.index + 1 not in seen
-                         or (again and not seen[s.index + 1])]
+                batch = [s for s in finish(batch) if unseen(s)]
                 if where is not None:
                     where.update({s.index: _results_dir(extra["results"], s, ())
                                   for s in batch})

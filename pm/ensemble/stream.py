@@ -14,7 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from pm.ensemble.core import Ensemble
+
+_T = TypeVar("_T", covariant=True)
+
+
+class _Source(Protocol[_T]):
+    async def next(self) -> _T | None: ...
 
 #: Options that need every argument before the first task (or that this path leaves to
 #: the one that reads them all).
@@ -28,14 +38,8 @@ def streamable(extra: Mapping[str, str], sources: Sequence[str], files_sep: str)
     source, stdin or a pipe (``-a <(producer)``)."""
     if len(sources) != 2 or sources[0] != files_sep or any(k in extra for k in _WHOLE_INPUT):
         return False
-    if sources[1] != "-":
-        import stat
-
-        try:
-            if not stat.S_ISFIFO(os.stat(sources[1]).st_mode):
-                return False
-        except OSError:
-            return False  # (said as the whole input's reading says it)
+    if sources[1] != "-" and not is_fifo(sources[1]):
+        return False  # (a file, or none: the whole input's reading says so)
     line = extra.get("tasks_line", "")
     if "\n" in line:  # (several tasks a combination)
         return False
@@ -43,6 +47,27 @@ def streamable(extra: Mapping[str, str], sources: Sequence[str], files_sep: str)
                                                "returns", "trc")):
         return False  # (Perl expressions: all filled before the tasks start)
     return "%" not in extra.get("halt", "")
+
+
+def is_fifo(where: str | int) -> bool:
+    """Whether the path, or the open descriptor, is a pipe (False if it cannot be told)."""
+    import stat
+
+    try:
+        return stat.S_ISFIFO(os.stat(where).st_mode)
+    except OSError:
+        return False
+
+
+async def offered(ens: Ensemble, source: _Source[_T], ahead: int) -> AsyncIterator[_T]:
+    """What ``source`` gives next, taken only while fewer than ``ahead`` tasks wait and
+    the ensemble runs on (a producer of tasks: --pipe's blocks, stdin's arguments)."""
+    while not ens.stopping:
+        await ens.room(ahead)
+        item = await source.next()
+        if item is None or ens.stopping:
+            return
+        yield item
 
 
 class Arrivals:
