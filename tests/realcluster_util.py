@@ -20,7 +20,12 @@ machine do not collide.  ``close()`` (or leaving the ``with`` block) cancels
 Slurm jobs, stops every daemon by its pid, removes the namespaces, the veths,
 the bridge and the folder; it is idempotent and runs however a test ends.
 
-Why the odd settings are there: see ``/work/shared/ref``-style notes inline.
+Why the odd settings are there: see the notes inline.
+
+The processes a job leaves when its parent ends are reaped as a node's init reaps them
+(:class:`_Orphans`): the test session is the child subreaper of everything it starts, so
+without that they would stay zombies in their job's process group, and slurmstepd, which
+waits for that group to empty, would hold the job and then drain the node.
 """
 
 from __future__ import annotations
@@ -137,6 +142,49 @@ MaxSessions 200
 {setenv}"""
 
 
+class _Orphans:
+    """Reaps the zombies that came to us as orphans from the hosts' jobs, every
+    ``poll`` seconds, until :meth:`stop`.
+
+    Those are processes of a job whose parent ended first (the rank of a killed agent, a
+    step's own forks).  A process we started ourselves is never taken: it is in our session
+    or leads its own (``start_new_session``); an orphan of a job is in its job's session,
+    which some other process leads; and slurmstepd, which forks itself away from slurmd."""
+
+    def __init__(self, poll: float = 0.2) -> None:
+        import threading
+
+        self._me = os.getpid()
+        self._sid = os.getsid(0)
+        self._stop = threading.Event()
+        self._poll = poll
+        self._thread = threading.Thread(target=self._run, name="orphan reaper", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll):
+            self.reap()
+
+    def reap(self) -> None:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                text = Path(f"/proc/{entry.name}/stat").read_text()
+                comm = text[text.index("(") + 1:text.rindex(")")]
+                fields = text.rsplit(")", 1)[1].split()
+                state, ppid, sid = fields[0], int(fields[1]), int(fields[4])
+                pid = int(entry.name)
+                if state == "Z" and ppid == self._me and (
+                        sid not in (self._sid, pid) or comm == "slurmstepd"):
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, os.WNOHANG)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class RealCluster:
     """``n`` namespace hosts with Slurm and/or sshd (see the module docstring)."""
 
@@ -161,6 +209,7 @@ class RealCluster:
         self.ssh_config = self.dir / "ssh" / "config"
         self.ssh_wrapper = self.dir / "ssh" / "ssh-wrapper"
         self.refused_key = self.dir / "ssh" / "refused_key"
+        self._orphans = _Orphans()
         try:
             if slurm:
                 self._start_slurm()
@@ -489,6 +538,8 @@ Host pm{self.k}h* 10.213.{self.k}.*
         self._pidfiles.clear()
         _reap_daemon_zombies()
         self.hosts.close()  # kills whatever still runs in the namespaces
+        self._orphans.stop()
+        self._orphans.reap()
         if self.cgroup:
             self._remove_cgroups()
         shutil.rmtree(self.dir, ignore_errors=True)
