@@ -198,7 +198,11 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.kill_on_bad_exit = v.get("kill_on_bad_exit", "1") == "1"
     opts.distribution_given = "distribution" in v
     spec.wdir = v.get("wdir")  # type: ignore[assignment]  # (--tasks FILE's; else per program)
-    spec.timeout = v.get("timeout")  # type: ignore[assignment]
+    timeout = v.get("timeout")
+    if isinstance(timeout, str):  # (GNU parallel's percentage: an ensemble's, pm.options)
+        opts.extra["timeout_pct"] = timeout
+        timeout = None
+    spec.timeout = timeout  # type: ignore[assignment]
     spec.output_append = v.get("open_mode") == "append"
     spec.task_prolog = str(v.get("task_prolog", ""))
     spec.task_epilog = str(v.get("task_epilog", ""))

@@ -168,15 +168,41 @@ def srun_export(value: str, opt: str) -> str:
     return value
 
 
+def _postfixed_seconds(text: str) -> float | None:
+    """GNU parallel's time with postfixes (``90``, ``1.5m``, ``1h30m``, ``2d``) in seconds;
+    None when ``text`` is not one."""
+    if _is_number(text):
+        return float(text)
+    total, digits = 0.0, ""
+    for c in text.lower():
+        if c in _FSD_UNITS:
+            if not _is_number(digits):
+                return None
+            total, digits = total + float(digits) * _FSD_UNITS[c], ""
+        else:
+            digits += c
+    return total if text and not digits else None
+
+
 def duration(text: str, opt: str) -> float:
-    """GNU parallel's duration: seconds, or a number with s, m, h or d (``--delay 1.5m``)."""
-    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(text[-1:].lower(), 0)
-    try:
-        value = float(text[:-1] if scale else text) * (scale or 1)
-    except ValueError:
-        raise UsageError(f"{opt} takes seconds (or 2m, 1h...), not {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise UsageError(f"{opt} must be 0 or more seconds, not {text!r}")
+    """GNU parallel's duration: seconds, or numbers with s, m, h or d (``--delay 1.5m``,
+    ``1h30m``)."""
+    value = _postfixed_seconds(text)
+    if value is None:
+        raise UsageError(f"{opt} takes seconds (or 2m, 1h30m...), not {text!r}")
+    return value
+
+
+def run_timeout(text: str, opt: str) -> float | str:
+    """``--timeout``: a positive duration (:func:`duration`) in seconds, or GNU parallel's
+    percentage of the median successful task's run (``200%``, kept as text)."""
+    if text.endswith("%"):
+        if not _is_number(text[:-1]) or not float(text[:-1]) > 0:
+            raise UsageError(f"{opt} takes seconds or a percentage (200%), not {text!r}")
+        return text
+    value = duration(text, opt)
+    if not value > 0:
+        raise UsageError(f"{opt} must be a positive number of seconds, not {text!r}")
     return value
 
 
@@ -1861,9 +1887,11 @@ OPTIONS = (
              "still ends the job"),
     Opt("-auto-cleanup --auto-cleanup", "kill_on_bad_exit", kind=FLAG, const="1", quick=True,
         group=MISC, help="Hydra's: a rank that fails ends the job (the default)"),
-    Opt("--timeout -timeout", "timeout", seconds, metavar="SECONDS", quick=True, group=MISC,
-        help="kill the job after SECONDS (exit status 124); also MPIEXEC_TIMEOUT; of "
-             "tasks, each task's run (as GNU parallel)"),
+    Opt("--timeout -timeout", "timeout", run_timeout, metavar="SECONDS", quick=True,
+        group=MISC,
+        help="kill the job after SECONDS (or 2m, 1h30m; exit status 124); also "
+             "MPIEXEC_TIMEOUT; of tasks, each task's run (as GNU parallel), or a percentage "
+             "of the median successful run (200%)"),
     Opt("--forward-signals", "forward_signals", signal_list, metavar="LIST", group=MISC,
         help="Open MPI's: forward these signals to every rank too (SIGALRM,SIGWINCH; names "
              "or numbers); INT, TERM, HUP, USR1, USR2, TSTP and CONT always are"),
@@ -2699,6 +2727,9 @@ def _ensemble_only(out: Parsed) -> None:
         if opt.key in _ENSEMBLE_KEYS:
             raise UsageError(f"{name} is for task ensembles (pmrun CMD ::: ARGS, "
                              "--tasks FILE), not for an MPI job's ranks")
+    if isinstance(values.get("timeout"), str):
+        raise UsageError(f"--timeout {values['timeout']}: a percentage of the median "
+                         "successful run is for task ensembles; an MPI job's limit is seconds")
 
 
 def _unbuffered(out: Parsed, environ: Mapping[str, str]) -> None:

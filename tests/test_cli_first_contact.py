@@ -113,6 +113,13 @@ CASES = [
     (["--profile", "/nonexistent/x.json", "-n", "1", "true"], {},
      "--profile /nonexistent/x.json: no such directory /nonexistent"),
     (["-n", "1", "true"], {"MPIEXEC_TIMEOUT": "abc"}, "MPIEXEC_TIMEOUT takes seconds, not 'abc'"),
+    (["--timeout", "200%", "-n", "1", "true"], {},
+     "--timeout 200%: a percentage of the median successful run is for task ensembles; an "
+     "MPI job's limit is seconds"),
+    (["--timeout", "1h3", "-n", "1", "true"], {},
+     "--timeout takes seconds (or 2m, 1h30m...), not '1h3'"),
+    (["--timeout", "0%", "echo", ":::", "a"], {},
+     "--timeout takes seconds or a percentage (200%), not '0%'"),
     (["-n", "0", "true"], {}, "-n must be at least 1"),
     (["-genv"], {}, "-genv needs NAME VALUE"),
     (["-genv", "A"], {}, "-genv needs NAME VALUE (or NAME=VALUE)"),

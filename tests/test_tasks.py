@@ -625,3 +625,29 @@ def test_a_job_log_that_is_not_one_is_named(tmp_path: Path) -> None:
     (tmp_path / "bad").write_text("Seq\tHost\n1\tn1\tx\n")
     with pytest.raises(UsageError, match="line 2 is not a job log's"):
         read_joblog(str(tmp_path / "bad"))
+
+
+def test_running_median_and_a_limit_that_moves_with_it() -> None:
+    import random
+    import statistics
+
+    from pm.ensemble.timeouts import RunLimit, RunningMedian
+
+    rng = random.Random(7)
+    median, seen = RunningMedian(), []
+    assert median.value() is None
+    for _ in range(201):
+        x = rng.choice([rng.random(), 0.5, 3.0])
+        median.add(x)
+        seen.append(x)
+        assert median.value() == statistics.median(seen)
+    fixed = RunLimit(seconds=5)
+    fixed.succeeded(1)
+    assert (fixed.moving, fixed.seconds(), fixed.describe(5)) == (False, 5, "5 s")
+    moving = RunLimit(fraction=2.0)
+    assert (moving.moving, moving.seconds()) == (True, None)
+    for run in (1.0, 3.0, 2.0):
+        moving.succeeded(run)
+    assert moving.seconds() == 4.0
+    assert moving.describe(4.0) == "4 s (200% of the median successful run, 2 s)"
+    assert RunLimit().seconds() is None

@@ -744,7 +744,7 @@ def test_roundrobin_ends_when_its_runs_leave_and_refuses_what_it_cannot_do(
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.split()) == 2 and "0" in r.stdout.split()
     r = pmrun("--roundrobin", "-j", "2", "--block", "10k", "exit 3", input=data)  # (read none)
-    assert r.returncode == 1 and "2 tasks: 0 succeeded, 2 failed" in r.stderr, r.stderr
+    assert r.returncode == 2 and "2 tasks: 0 succeeded, 2 failed" in r.stderr, r.stderr
     for argv, clash in [(["--retries", "2"], "--retries"), (["-S", "host1"], "-S"),
                         (["--cat"], "--cat")]:
         r = pmrun("--roundrobin", *argv, "cat")
@@ -1137,7 +1137,7 @@ def test_resume_failed_reruns_what_failed_and_resume_what_did_not_run(pmrun: Run
                                                                       tmp_path: Path) -> None:
     line = "test -e ok.{} || { touch ok.{}; exit 1; }; echo {}"  # fails once per argument
     r = pmrun("--joblog", "log", line, ":::", "a", "b")
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr  # (2 failed)
     assert sorted(_log_rows(tmp_path / "log")) == [(1, 1, line.replace("{}", "a")),
                                                    (2, 1, line.replace("{}", "b"))]
     r = pmrun("--resume-failed", "--joblog", "log", "--dry-run", line, ":::", "a", "b", "c")
@@ -1160,7 +1160,7 @@ def test_retry_failed_reruns_the_logs_failed_commands(pmrun: Run, tmp_path: Path
     line = "test -e ok.{} || { touch ok.{}; exit 3; }; echo {}"  # fails once per argument
     (tmp_path / "ok.a").touch()
     r = pmrun("--joblog", "log", "-k", line, ":::", "a", "b", "c")
-    assert (r.returncode, r.stdout) == (1, "a\n"), r.stderr
+    assert (r.returncode, r.stdout) == (2, "a\n"), r.stderr  # (2 failed)
     (tmp_path / "ok.c").unlink()  # b and c failed: b would now succeed, c not yet
     r = pmrun("--retry-failed", "--joblog", "log", "--dry-run")
     assert (r.returncode, r.stdout) == (0, "".join(f"{line.replace('{}', x)}\n"
@@ -1233,6 +1233,47 @@ def test_timeout_ends_each_task_that_overruns_it(pmrun: Run, tmp_path: Path) -> 
     assert signals[1:] in (["0", "9"], ["9", "0"])
 
 
+def test_timeout_as_a_percentage_of_the_median_successful_run(pmrun: Run) -> None:
+    """GNU parallel's --timeout 200%: no limit until a task succeeded; then twice the
+    median successful run, for the tasks that run already too (the slow one started
+    first).  A failed run does not count."""
+    start = time.monotonic()
+    r = pmrun("-j", "3", "--timeout", "200%", "--mem-per-task", "1M",
+              "sleep {} && echo {}", ":::", "30", "0.3", "fail")
+    took = time.monotonic() - start
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == "0.3\n", r.stderr
+    m = re.search(r"pmrun: \[task 0\] timed out after ([0-9.]+) s \(200% of the median "
+                  r"successful run, ([0-9.]+) s\): terminated\n", r.stderr)
+    assert m is not None, r.stderr
+    assert float(m[1]) == pytest.approx(2 * float(m[2]), rel=0.01)
+    assert 0.3 <= float(m[2]) < 10, r.stderr
+    assert took < 20, r.stderr
+
+
+@pytest.mark.parametrize("options,args,status", [
+    ([], ["1", "2", "0", "3"], 3),                              # how many failed
+    ([], [str(k) for k in range(1, 106)], 101),                  # more than 100
+    (["-j1", "--halt", "now,fail=1"], ["3", "0"], 3),           # the failed task's
+    (["-j1", "--halt", "now,done=1"], ["4", "0"], 4),           # the ended task's
+    (["-j1", "--halt", "soon,fail=2"], ["3", "4", "5"], 2),     # how many failed
+    (["-j1", "--halt", "now,success=1"], ["3", "0", "5"], 0),  # found
+    (["-j1", "--halt", "now,fail=50%"], ["3", "0", "5", "0"], 50),  # the failed share
+    (["-j1", "--halt", "now,fail=1"], ["9"], 137),              # its signal's
+])
+def test_exit_status_is_gnu_parallels(pmrun: Run, options: list[str], args: list[str],
+                                      status: int) -> None:
+    r = pmrun(*options, "--mem-per-task", "1M", "[ {} != 9 ] || kill -9 $$; exit {}", ":::",
+              *args)
+    assert r.returncode == status, r.stderr
+
+
+def test_timeout_takes_gnu_parallels_time_postfixes(pmrun: Run) -> None:
+    r = pmrun("--timeout", "0.01m", "sleep {}; echo {}", ":::", "0", "30")
+    assert r.returncode == 1 and r.stdout == "0\n", r.stderr
+    assert "pmrun: [task 1] timed out after 0.6 s: terminated\n" in r.stderr
+
+
 @pytest.mark.parametrize("option", [["--bind-to", "core"], ["-l"], ["--output", "out.%r"],
                                     ["--kvs", "socket"], ["--mpi", "pmix"], ["-usize", "4"]])
 def test_a_ranks_option_on_an_ensemble_is_refused(pmrun: Run, option: list[str]) -> None:
@@ -1271,7 +1312,7 @@ def test_an_interrupted_task_is_not_retried(pmrun_popen: Popen) -> None:
 def test_halt_now_on_the_first_failure_kills_the_rest(pmrun: Run, tmp_path: Path) -> None:
     r = pmrun("-j", "2", "--mem-per-task", "1M", "--halt", "now,fail=1", "--joblog", "log",
               "sleep {}; exit 3", ":::", "0.1", "30", "0.2", "0.3")
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 3, r.stderr  # (the failed task's)
     lines = r.stderr.splitlines()
     assert lines[0] == "pmrun: --halt now,fail=1: 1 task failed: killing the running tasks"
     assert lines[1] == "4 tasks: 0 succeeded, 4 failed, 0 retries"
@@ -1487,7 +1528,7 @@ def test_onall_runs_every_task_on_every_host_grouped_by_host(pmrun: Run,
     hosts = f"{HERE},localhost"  # (two names of this machine: two hosts to pmrun)
     first, second = sorted([HERE, "localhost"])  # (GNU parallel's order: by name)
     r = pmrun("--onall", "-k", "--tag", "-hosts", hosts, "echo {}; exit {}", ":::", "0", "3")
-    assert r.returncode == 1, r.stderr  # (a host's run failed)
+    assert r.returncode == 2, r.stderr  # (both hosts' runs failed)
     assert r.stdout.splitlines() == [f"{first}\t0", f"{first}\t3", f"{second}\t0",
                                      f"{second}\t3"], r.stdout
     assert r.stderr.count("task 1 (line 1): exit codes 3") == 2, r.stderr

@@ -63,7 +63,7 @@ def test_halt_ends_it_while_the_input_is_still_open(tmp_path: Path) -> None:
     proc.stdin.write(b"0\n3\n")
     proc.stdin.flush()
     _, err = proc.communicate(timeout=20)
-    assert proc.returncode == 1, err
+    assert proc.returncode == 3, err  # (the failed task's)
     assert b"--halt now,fail=1: 1 task failed" in err, err
 
 

@@ -702,6 +702,8 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
     out["cleanup"] = "cleanup" in extra or "trc" in extra
     if "termseq" in extra:
         out["termseq"] = extra["termseq"]  # (checked by pm.options.term_sequence)
+    if "timeout_pct" in extra:  # (checked by pm.options.run_timeout)
+        out["timeout_pct"] = float(extra["timeout_pct"].removesuffix("%")) / 100
     if "basefiles" in extra:
         out["basefiles"] = extra["basefiles"].split("\0")
     return out
@@ -736,32 +738,65 @@ def _files(extra: dict[str, str], specs: Sequence[TaskSpec]
 
 class _Halt:
     """GNU parallel's ``--halt WHEN,WHY=N`` (as :func:`pm.options.halt_policy` gives it):
-    :meth:`count` says why the ensemble stops, once."""
+    :meth:`count` says why the ensemble stops, once; :meth:`status` is pmrun's exit status
+    then, as parallel's."""
 
     def __init__(self, policy: str, total: int) -> None:
         self.policy = policy
         when, _, rule = policy.partition(",")
         self.now = when == "now"
         self.why, _, count = rule.partition("=")
-        if count.endswith("%"):
+        self.total = total
+        self.percent = count.endswith("%")
+        if self.percent:
             self.limit = max(1, -(-int(count[:-1]) * total // 100))
         else:
             self.limit = int(count) if count else 0
         self.seen = 0
         self.reached = False
+        #: Tasks that ran and failed until the halt (the halt's own kills are not counted).
+        self.failed = 0
+        #: The exit status of the task whose end reached the halt.
+        self.code = 0
 
     def count(self, result: TaskResult) -> str | None:
+        if self.reached:
+            return None  # (the halt's own kills and tasks not run)
+        if not result.ok:
+            self.failed += 1  # (one that could not run too: its hosts were lost)
         if not self.limit or result.started is None:
-            return None  # never, or a task that never ran (the stop's own, too)
+            return None  # never, or a task that never ran
         if self.why == "done" or (self.why == "fail") != result.ok:
             self.seen += 1
             if self.seen == self.limit:
                 self.reached = True
+                self.code = _status_of(result)
                 what = {"fail": "failed", "success": "succeeded", "done": "ended"}[self.why]
                 return (f"--halt {self.policy}: {self.seen} task{'s' * (self.seen != 1)} "
                         f"{what}: " + ("killing the running tasks" if self.now
                                        else "starting no more"))
         return None
+
+
+    def status(self) -> int:
+        """GNU parallel's exit status: the number of failed tasks (101: more than 100);
+        after ``--halt``: 0 for ``success``, the status of the task that halted it for
+        ``fail=1``/``done=1``, the percentage of the tasks that failed for ``fail=N%``."""
+        if self.reached and self.why == "success":
+            return 0
+        if self.reached and self.limit == 1 and not self.percent:
+            return self.code
+        if self.reached and self.percent:
+            return round(100 * self.failed / max(self.total, 1))
+        return min(self.failed, 101)
+
+
+def _status_of(result: TaskResult) -> int:
+    """A task's exit status as a shell gives it (128 + N after signal N)."""
+    code = result.returncode
+    if code is None:
+        return 1  # (never started on a host that was lost, say)
+    return 128 - code if code < 0 else code
 
 
 def _program_options(spec: JobSpec) -> None:
@@ -805,8 +840,9 @@ def _read_text(path: str) -> str:
 
 
 async def run_cli(opts: CliOptions) -> int:
-    """``pmrun --tasks FILE``: run the file's tasks, print a summary; the exit status is 0
-    if every task succeeded, 1 if one failed for good, 128 + N after signal N."""
+    """``pmrun --tasks FILE`` (or GNU parallel's command line): run the tasks, print a
+    summary; the exit status is 0 if every task succeeded, 1 if one failed for good (on
+    parallel's command lines parallel's: :meth:`_Halt.status`), 128 + N after signal N."""
     from pm.cli import nodes_of
     from pm.common.nodes import Nodes
 
@@ -1180,6 +1216,8 @@ async def run_cli(opts: CliOptions) -> int:
         await console.aclose(summary + "\n" if summary else "")
     if interrupted:
         return 128 + interrupted[0]
+    if path is None:
+        return halt.status()  # (GNU parallel's command line: its exit status)
     if halt.reached and halt.why == "success":
         return 0  # what was looked for was found
     return 0 if all(r.ok for r in results) else 1

@@ -43,7 +43,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pm.agent.memory import (
@@ -78,6 +78,7 @@ from pm.ensemble.scheduler import (
     TaskStatus,
 )
 from pm.ensemble.task import InputStream, Task, TaskResult
+from pm.ensemble.timeouts import RunLimit
 from pm.ensemble.transfer import here_path, there_path
 from pm.jobspec import JobSpec
 from pm.options import JOBS_FORMS, cpu_rule, parse_jobs
@@ -128,6 +129,17 @@ class Event:
     low: int = 0
 
 
+@dataclass
+class _Clock:
+    """A task's run against its time limit: on which host, when it started (the loop's
+    time), the timers that end it, whether they did."""
+
+    domain: Domain
+    start: float
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    timed_out: bool = False
+
+
 class Ensemble:
     """Runs tasks over ``nodes`` under memory admission (see the module docstring).
 
@@ -145,7 +157,8 @@ class Ensemble:
     :func:`pm.options.cpu_rule` (None: those slots, else memory alone).  ``jobs_file``
     (GNU parallel's ``-j FILE``): the file ``jobs`` was read from, read again whenever it
     changed as a task ends.  ``timeout``: seconds a task's run may take (GNU parallel's
-    ``--timeout``): then it gets SIGTERM, and SIGKILL :data:`KILL_AFTER` seconds later.
+    ``--timeout``): then it gets SIGTERM, and SIGKILL :data:`KILL_AFTER` seconds later;
+    ``timeout_pct``: instead, that fraction of the median successful run (2.0: ``200%``).
     ``load``, ``noswap``, ``limit``: GNU parallel's ``--load``, ``--noswap`` and
     ``--limit``, gates of each host besides its slots and memory (:mod:`pm.ensemble.gates`).
     ``output``: a :data:`TaskSink`, or None to keep each task's output in its
@@ -176,6 +189,7 @@ class Ensemble:
         default_reservation: int = DEFAULT_RESERVATION,
         jobs: int | str | None = None,
         timeout: float | None = None,
+        timeout_pct: float | None = None,
         delay: float = 0.0,
         jobs_file: str | None = None,
         slot_var: str | None = None,
@@ -196,7 +210,10 @@ class Ensemble:
         self._mem_per_task = mem_per_task
         self._overrun: OverrunPolicy = overrun  # type: ignore[assignment]  # checked above
         self._interval = interval
-        self._timeout = timeout
+        self._limit_of_run = RunLimit(timeout, timeout_pct)
+        #: The running tasks' clocks (index: when it started, its timers), for a limit that
+        #: moves as tasks succeed.
+        self._clocks: dict[int, _Clock] = {}
         #: GNU parallel's --delay: seconds between two starts, and when the next may start.
         self._delay = delay
         #: GNU parallel's --process-slot-var: each run's slot number less one, in this name.
@@ -572,7 +589,7 @@ class Ensemble:
         if self._slot_var:
             env[self._slot_var] = str(slot - 1)
         code: int | None = None
-        timers: list[asyncio.TimerHandle] = []
+        clock = _Clock(d, asyncio.get_running_loop().time())
         try:
             try:
                 self._event("start", d, f"[task {task.index}] started on node {entry} "
@@ -584,9 +601,8 @@ class Ensemble:
                 self._event("error", d, why, task.index)
                 self.halt(f"not run: {why}")  # the others' would not be either
                 return
-            if self._timeout:
-                timers.append(asyncio.get_running_loop().call_later(
-                    self._timeout, self._timed_out, d, task.index, timers))
+            self._clocks[task.index] = clock
+            self._arm(task.index, clock)
             if d.local:
                 assert self._local is not None
                 code = await self._local.run(task, env, self._emit)
@@ -597,8 +613,14 @@ class Ensemble:
             code = EXIT_BROKEN
             self._defect(task.index, exc)
         finally:
-            for timer in timers:
+            for timer in clock.timers:
                 timer.cancel()
+            if self._clocks.get(task.index) is clock:
+                del self._clocks[task.index]
+            if code == 0 and self._limit_of_run.moving:
+                self._limit_of_run.succeeded(asyncio.get_running_loop().time() - clock.start)
+                for index, other in self._clocks.items():
+                    self._arm(index, other)
             task.ended = time.time()
             self._slots.discard(slot)
             d.running[entry] -= 1
@@ -785,16 +807,29 @@ class Ensemble:
             d.held.clear()
             d.suspended.clear()
 
-    def _timed_out(self, d: Domain, index: int, timers: list[asyncio.TimerHandle]) -> None:
-        """A task's run took its ``timeout``: SIGTERM now, SIGKILL if it is still there
-        :data:`KILL_AFTER` seconds later (the run's end cancels ``timers``); with
+    def _arm(self, index: int, clock: _Clock) -> None:
+        """(Re)set the timer of task ``index``'s run to the time limit there is now."""
+        limit = self._limit_of_run.seconds()
+        if limit is None or clock.timed_out:
+            return
+        for timer in clock.timers:
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        clock.timers = [loop.call_at(clock.start + limit, self._timed_out, index, clock,
+                                     self._limit_of_run.describe(limit))]
+
+    def _timed_out(self, index: int, clock: _Clock, after: str) -> None:
+        """A task's run took its time limit: SIGTERM now, SIGKILL if it is still there
+        :data:`KILL_AFTER` seconds later (the run's end cancels the clock's timers); with
         ``--termseq``, its signals."""
+        d, timers = clock.domain, clock.timers
+        clock.timed_out = True
         if self._termseq is not None:
-            self._event("timeout", d, f"[task {index}] timed out after {self._timeout:g} s: "
+            self._event("timeout", d, f"[task {index}] timed out after {after}: "
                         "ending it (--termseq)", index)
             self._end_task(d, index, f"task {index} timed out")
             return
-        self._event("timeout", d, f"[task {index}] timed out after {self._timeout:g} s: "
+        self._event("timeout", d, f"[task {index}] timed out after {after}: "
                     f"{'killed' if timers[1:] else 'terminated'}", index)
         self._signal_task(d, index, signal.SIGKILL if timers[1:] else signal.SIGTERM,
                           f"task {index} timed out")
@@ -804,7 +839,7 @@ class Ensemble:
             self._signal_task(d, index, signal.SIGCONT, f"task {index} timed out")
         if not timers[1:]:
             timers.append(asyncio.get_running_loop().call_later(
-                KILL_AFTER, self._timed_out, d, index, timers))
+                KILL_AFTER, self._timed_out, index, clock, after))
 
     def _signal_task(self, d: Domain, index: int, sig: signal.Signals, why: str) -> None:
         task = self._tasks[index]

@@ -5,7 +5,8 @@ rest of the command line), ``-j N`` of them at once (default: all), each run's o
 whole once it ended (``-k``: in host order; ``--lb``/``-u``: as it comes), ``--tag``
 prefixing each line with the host.  What the runs read from stdin is read once, into a
 file each run reads; their ``--joblog``s become one.  The exit status is 0 if every
-host's run succeeded, else 1 (pmrun's, as for any ensemble), or 128 + N after signal N.
+host's run succeeded, else how many failed (101: more than 100), as parallel's, or 128 + N
+after signal N.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ async def run_onall(opts: CliOptions) -> int:
         shutil.rmtree(folder, ignore_errors=True)
     if runs.signum:
         return 128 + runs.signum
-    return 0 if all(c == 0 for c in codes) else 1
+    return min(sum(c != 0 for c in codes), 101)
 
 
 def _copy_stdin(path: str) -> None:
