@@ -1457,6 +1457,10 @@ OPTIONS = (
         metavar="KEY VALUE",
         quick=True, group=ENV,
         help="set PMIx's parameter KEY for every rank (PMIX_MCA_KEY=VALUE)"),
+    Opt("--prtemca -prtemca", "genv", kind=PAIR, const="PRTE_MCA_", metavar="KEY VALUE",
+        quick=True, group=ENV,
+        help="Open MPI 5's parameter KEY of its runtime, which pmrun is: set for every rank "
+             "(PRTE_MCA_KEY=VALUE) and meaning nothing to pmrun"),
     Opt("--export", "export", srun_export, metavar="ALL|NONE|A[=V],...", quick=True,
         group=ENV, help="srun's: ALL (-genvall), NONE (-genvnone), or only these variables, "
                         "A=V setting A (ALL,A=V: every variable, and A set)"),
@@ -1880,11 +1884,12 @@ OPTIONS = (
         group=MISC,
         help="srun's: a rank that fails ends the job (the default); =0 (-K0): the others "
              "run on, as -disable-auto-cleanup"),
-    Opt("-disable-auto-cleanup --disable-auto-cleanup", "kill_on_bad_exit", kind=FLAG,
+    Opt("-disable-auto-cleanup --disable-auto-cleanup --enable-recovery", "kill_on_bad_exit",
+        kind=FLAG,
         const="0", quick=True, group=MISC,
-        help="Hydra's: a rank that fails is named and the others run on to their end (the "
-             "exit status is the first failure's); an abort, a lost node or the time limit "
-             "still ends the job"),
+        help="Hydra's (Open MPI 5's --enable-recovery): a rank that fails is named and the "
+             "others run on to their end (the exit status is the first failure's); an "
+             "abort, a lost node or the time limit still ends the job"),
     Opt("-auto-cleanup --auto-cleanup", "kill_on_bad_exit", kind=FLAG, const="1", quick=True,
         group=MISC, help="Hydra's: a rank that fails ends the job (the default)"),
     Opt("--timeout -timeout", "timeout", run_timeout, metavar="SECONDS", quick=True,

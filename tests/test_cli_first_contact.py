@@ -1109,7 +1109,8 @@ def test_a_defect_of_pmrun_is_one_line_and_ends_the_ranks(tmp_path: Path, where:
 #: What an Open MPI user types out of habit, on a line the quick path takes too.
 MPIRUN_HABITS = ["--allow-run-as-root", "--oversubscribe", "-x", "KEEP", "-x", "SET=a=b",
                  "-x", "UNSET_X", "--mca", "btl", "^ofi", "-gmca", "pml", "ob1", "--pmixmca",
-                 "gds", "hash", "--tag-output", "-wd", "/", "-np", "2", "prog"]
+                 "gds", "hash", "--prtemca", "plm_base_verbose", "0", "--tag-output", "-wd",
+                 "/", "-np", "2", "prog"]
 
 
 def test_open_mpi_mpirun_habits_mean_the_same_on_both_paths(
@@ -1120,7 +1121,7 @@ def test_open_mpi_mpirun_habits_mean_the_same_on_both_paths(
     q = quick_parse(MPIRUN_HABITS, os.environ)
     spec = full_parse(MPIRUN_HABITS).spec
     want = {"KEEP": "kept", "SET": "a=b", "OMPI_MCA_btl": "^ofi", "OMPI_MCA_pml": "ob1",
-            "PMIX_MCA_gds": "hash"}
+            "PMIX_MCA_gds": "hash", "PRTE_MCA_plm_base_verbose": "0"}
     assert q is not None, "the quick path takes mpirun's spellings"
     assert q.genv == want and spec.genv == want
     assert (q.n, q.label, q.wdir) == (2, True, "/")
@@ -1307,6 +1308,7 @@ def test_a_program_s_own_host_file(tmp_path: Path) -> None:
 
 def test_kill_on_bad_exit_spellings() -> None:
     for argv, want in ((["-disable-auto-cleanup"], False), (["--disable-auto-cleanup"], False),
+                       (["--enable-recovery"], False),
                        (["-K0"], False), (["--kill-on-bad-exit=0"], False), (["-K"], True),
                        (["-K1"], True), (["--kill-on-bad-exit"], True), (["-auto-cleanup"], True),
                        ([], True)):
