@@ -40,6 +40,23 @@ def dropped(name: str) -> bool:
     return name in _ENV_DROP or name.startswith(_ENV_DROP_PREFIXES)
 
 
+#: A host's own, never the launcher's, where the agent came over ssh (as Hydra's ssh launcher
+#: does): its X display (with -enable-x, the one ssh -X forwards) and that display's cookies.
+_HOST_OWN = ("DISPLAY", "XAUTHORITY")
+
+
+def host_own(env: dict[str, str], launcher: object, here: Mapping[str, str]) -> None:
+    """Give ``env`` (a rank's, from the launcher's) this host's own :data:`_HOST_OWN`
+    (``here``: the agent's environment) when the job's agents came over ssh."""
+    if launcher != "ssh":
+        return
+    for name in _HOST_OWN:
+        if name in here:
+            env[name] = here[name]
+        else:
+            env.pop(name, None)
+
+
 def filter_env(env: Mapping[str, str]) -> dict[str, str]:
     """The part of an environment that may be propagated to ranks."""
     return {k: v for k, v in env.items() if not dropped(k)}

@@ -1534,6 +1534,10 @@ OPTIONS = (
              "{host} {command}'), or, as in Hydra, the ssh/rsh program to use"),
     Opt("--ssh", "ssh", text, metavar="CMD", group=LAUNCH, help="ssh command of the ssh launcher"),
     Opt("--user", "user", text, metavar="USER", group=LAUNCH, help="remote user for ssh"),
+    Opt("-enable-x --enable-x", "enable_x", kind=FLAG, const="1", group=LAUNCH,
+        help="Hydra's: X11 forwarding to the ranks started over ssh (ssh -X)"),
+    Opt("-disable-x --disable-x", "enable_x", kind=FLAG, const="0", quick=True, group=LAUNCH,
+        help="Hydra's: no X11 forwarding (the default)"),
     Opt("--agent-python", "agent_python", text, metavar="PATH", group=LAUNCH,
         help="the Python that runs pmrun's agent on other hosts (default: this one's path; "
              "a name is looked up in their PATH)"),
@@ -1940,12 +1944,12 @@ OPTIONS = (
         help="the programs and their options, one MPMD section a line ('#' comments)"),
     Opt("--multi-prog", "multi_prog", kind=FLAG, group=MISC,
         help="srun's: the program is a file of lines RANKS PROGRAM ARGS (RANKS 0-3,5 or *; "
-             "%%t the rank, %%o its place among the line's)"),
+             "%t the rank, %o its place among the line's)"),
     Opt("--will-cite --no-notice", "", kind=FLAG, quick=True, group=MISC,
         help="GNU parallel's, taken and meaning nothing here: pmrun prints no notice"),
-    Opt("-disable-x -disable-hostname-propagation", "", kind=FLAG, quick=True, group=MISC,
-        help="Hydra's, taken and meaning nothing here: pmrun forwards no X11, and ranks find "
-             "their host names themselves"),
+    Opt("-disable-hostname-propagation", "", kind=FLAG, quick=True, group=MISC,
+        help="Hydra's, taken and meaning nothing here: ranks find their host names "
+             "themselves"),
     Opt("-demux", "", choice("poll", "select"), metavar="poll|select", quick=True,
         group=MISC, help="Hydra's I/O engine, taken and meaning nothing here"),
     Opt("-topolib", "", choice("hwloc"), metavar="hwloc", quick=True, group=MISC,
@@ -2335,8 +2339,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
 def _attached(short: Opt, arg: str) -> bool:
     """Whether ``arg`` is ``short`` with its value attached (srun's ``-n4``, ``-oout.%t``)
     rather than another launcher's long option written with one dash (Hydra's
-    ``-enable-x``, ``-order-nodes``, ``-info``; Open MPI's ``-nolocal``), which pmrun names
-    as unknown instead of reading ``-e nable-x`` as stderr to a file ``nable-x``."""
+    ``-ckpoint-prefix``, ``-order-nodes``, ``-info``; Open MPI's ``-nolocal``), which pmrun
+    names as unknown instead of reading ``-c kpoint-prefix`` as a value of ``-c``."""
     tail = arg[2:]
     words = tail.split("-")
     if len(tail) < 3 or not all(w.isalpha() and w.islower() for w in words):

@@ -137,6 +137,7 @@ AuthorizedKeysFile {dir}/authorized_keys
 PrintMotd no
 PrintLastLog no
 UseDNS no
+X11Forwarding yes
 MaxStartups 200
 MaxSessions 200
 {setenv}"""
@@ -406,7 +407,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         pattern = f"pm{self.k}h*,10.213.{self.k}.*"
         (s / "known_hosts").write_text(f"{pattern} {host_pub[0]} {host_pub[1]}\n")
         # Remote agents import pmrun from this checkout unless told otherwise.
-        setenv = f"SetEnv PYTHONPATH={self.pythonpath}\n" if self.pythonpath else ""
+        # X11 forwarding's cookies go to a file of ours, not the home directory's.
+        setenv = f"SetEnv XAUTHORITY={s}/xauthority" + (
+            f" PYTHONPATH={self.pythonpath}" if self.pythonpath else "") + "\n"
         (s / "sshd_config").write_text(SSHD_CONFIG.format(dir=s, setenv=setenv))
         hosts = "\n".join(f"Host {name}\n    HostName {self.hosts.addr(i)}"
                           for i, name in enumerate(self.names))

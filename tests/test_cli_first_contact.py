@@ -139,8 +139,9 @@ CASES = [
     (["-nx", "true"], {}, "-n takes a whole number, not 'x'"),
     (["-lx", "true"], {}, "unknown option -lx (see pmrun --help)"),
     # Another launcher's long option with one dash is not a short one with its value
-    # (-e nable-x: stderr to a file 'nable-x'; -o rder-nodes sideways; -n olocal).
-    (["-enable-x", "-n", "1", "true"], {}, "unknown option -enable-x (see pmrun --help)"),
+    # (-c kpoint-prefix: cores a task; -o rder-nodes sideways; -n olocal).
+    (["-ckpoint-prefix", "/tmp", "-n", "1", "true"], {},
+     "unknown option -ckpoint-prefix (see pmrun --help)"),
     (["--exact", "-n", "1", "true"], {}, "--exact gives a job CPUs of its own within a Slurm "
      "allocation: this job's ranks are not started through Slurm"),
     (["--profile", "-n", "8", "true"], {}, "--profile takes a file to write, not the option "

@@ -534,3 +534,28 @@ def test_default_fanout_over_ssh_is_the_measured_one() -> None:
     nodes = nodes_of(parse(["-hosts", "nodeA,nodeB", "--fanout", "32", "true"]))
     assert nodes.fanout == 32  # type: ignore[attr-defined]
     assert nodes_of(parse(["--local-nodes", "2", "true"])).fanout == 32  # type: ignore[attr-defined]
+
+
+def test_enable_x_gives_the_ranks_the_display_ssh_forwards(ssh_cluster: RealCluster,
+                                                           tmp_path: Path) -> None:
+    """Hydra's -enable-x: ssh -X to each host, whose ranks get the display sshd forwards
+    to them (localhost:N), never this machine's (a display name means a display of the
+    rank's own host); without it they get none."""
+    c = ssh_cluster
+    hosts = f"{c.names[0]}:1,{c.names[1]}:1"
+    env = {**pmrun_env(), "DISPLAY": ":77"}
+
+    def displays(*opts: str) -> dict[str, str]:
+        res = subprocess.run(
+            pmrun_argv(*opts, "-hosts", hosts, "-n", "2", "--ssh", c.ssh_command(), "sh", "-c",
+                       'echo "$PMI_RANK ${DISPLAY:-none}"'),
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90,
+            stdin=subprocess.DEVNULL)
+        assert res.returncode == 0, res.stderr
+        return dict(line.split() for line in res.stdout.splitlines())
+
+    got = displays("-enable-x")
+    assert sorted(got) == ["0", "1"], got
+    assert all(re.fullmatch(r"localhost:\d+\.0", d) for d in got.values()), got
+    assert displays() == displays("-disable-x") == {"0": "none", "1": "none"}
+    assert_clean(c)

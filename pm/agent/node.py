@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import signal
 import socket
 import time
@@ -38,6 +39,7 @@ from pm.agent.tree_requests import TreeRequests
 from pm.common.kary_tree import Tree
 from pm.common.mapping import local_ranks
 from pm.common.output import STDERR
+from pm.jobenv import host_own
 from pm.proto import tree_wire as t
 from pm.proto.errors import PMError
 from pm.proto.plan import STDIN_ALL, JobPlan
@@ -341,6 +343,7 @@ class JobAgent:
                 self.procs.report(proc)
             return
         base = dict(self.plan.env)
+        host_own(base, self.plan.bootstrap.get("name"), os.environ)
         base.update(self.extra_env)
         self._watch_shm(ShmReaper())
         self.procs.start(base, self.cpusets, guardian, shared)

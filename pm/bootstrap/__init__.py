@@ -169,6 +169,13 @@ def bootstrap_options(extra: Mapping[str, str],
         opts["start"] = "first"
         if "user" in extra:
             opts["user"] = extra["user"]
+        if extra.get("enable_x") == "1":  # Hydra's -enable-x: X11 forwarded (last -X wins)
+            import shlex
+
+            from pm.bootstrap.ssh import DEFAULT_SSH
+
+            base = opts.get("ssh") or shlex.join(w for w in DEFAULT_SSH if w != "-x")
+            opts["ssh"] = f"{base} -X"
     elif name == "slurm":
         opts["start"] = "step"
         if extra.get("job_name"):
