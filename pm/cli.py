@@ -69,7 +69,7 @@ _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fano
                         "rank_by", "kill_on_bad_exit", "report_state", "stack_traces",
                         "signal_before_end", "open_mode", "task_prolog",
                         "task_epilog", "propagate", "gpus_per_task", "output_from",
-                        "mem_bind"})
+                        "mem_bind", "memory_alloc_kinds"})
 
 
 def parse(argv: list[str]) -> CliOptions:
@@ -209,6 +209,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.gpus_per_task = int(v.get("gpus_per_task", 0))  # type: ignore[call-overload]
     spec.output_from = str(v.get("output_from", ""))
     spec.mem_bind = str(v.get("mem_bind", ""))
+    spec.memory_alloc_kinds = str(v.get("memory_alloc_kinds", ""))
     spec.propagate = [n for n in str(v.get("propagate", "")).split(",") if n]
     spec.timeout_report = 2 if v.get("stack_traces") else 1 if v.get("report_state") else 0
     before = v.get("signal_before_end")

@@ -244,6 +244,8 @@ class JobRun:
             task_prolog=_task_hook(spec.task_prolog), task_epilog=_task_hook(spec.task_epilog),
             rlimits=_rlimits(spec.propagate), gpus_per_task=spec.gpus_per_task,
             mem_bind=_mem_bind(spec.mem_bind),
+            job_attrs=({"PMI_mpi_memory_alloc_kinds": spec.memory_alloc_kinds}
+                       if spec.memory_alloc_kinds else {}),
         )
         if self.plan.bootstrap.get("exact"):  # srun's --exact
             from pm.bootstrap.base import step_cpus

@@ -65,6 +65,9 @@ class JobSpec:
     #: The ranks' NUMA memory policy (srun's ``--mem-bind`` words, e.g. "local", "rank",
     #: "map_mem:0,1"; :mod:`pm.agent.membind`); "": the kernel's default.
     mem_bind: str = ""
+    #: Hydra's -memory-alloc-kinds: the memory kinds MPI is asked to support (MPI 4.1's
+    #: mpi_memory_alloc_kinds, e.g. "mpi,system"; "": MPI's default).
+    memory_alloc_kinds: str = ""
     #: Hydra's -output-from: only these ranks' output is written ("0,4-7"; "": every rank's).
     output_from: str = ""
     #: srun's --propagate: the resource limits (pm.agent.rlimits names) the ranks get from

@@ -1075,6 +1075,18 @@ def gpus_count(value: str, opt: str) -> int:
     return count
 
 
+def memory_kinds(value: str, opt: str) -> str:
+    """Hydra's ``-memory-alloc-kinds``: memory kinds separated by commas, each KIND or
+    KIND:RESTRICTORS (``mpi,system,cuda:device``), as MPI 4.1's info key spells them."""
+    for kind in value.split(","):
+        name, _, restrictors = kind.partition(":")
+        words = [name, *restrictors.split(":")] if restrictors else [name]
+        if not all(w and all(c.isalnum() or c in "_-" for c in w) for w in words):
+            raise UsageError(f"{opt} takes memory kinds separated by commas (mpi,system,"
+                             f"cuda:device), not {value!r}")
+    return value
+
+
 def mem_bind(value: str, opt: str) -> str:
     """srun's ``--mem-bind`` / Hydra's ``-membind`` (:func:`pm.agent.membind.parse`)."""
     from pm.agent.membind import parse
@@ -1341,6 +1353,11 @@ OPTIONS = (
         help="the ranks' NUMA memory: srun's none, local (their CPUs' nodes), rank, "
              "map_mem:0,1 or mask_mem:0x1,0x2 (a node or mask each rank), prefer and verbose "
              "before them; Hydra's firsttouch, bind:NODES, interleave:NODES"),
+    Opt("-memory-alloc-kinds --memory-alloc-kinds", "memory_alloc_kinds", memory_kinds,
+        metavar="KINDS", group=PLACE,
+        help="Hydra's: the memory kinds MPI is asked to support (MPI 4.1's "
+             "mpi_memory_alloc_kinds: mpi,system,cuda:device...), given to the ranks as the "
+             "PMI job attribute PMI_mpi_memory_alloc_kinds"),
     Opt("--gpus-per-task -g -gpus-per-proc --gpus-per-proc", "gpus_per_task", gpus_count,
         metavar="N", group=PLACE,
         help="N GPUs for each rank: a node's ranks get its GPUs (those CUDA_VISIBLE_DEVICES, "
@@ -2644,7 +2661,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "report_state", "stack_traces", "forward_signals", "signal_before_end",
                "open_mode", "task_prolog", "srun_prolog", "srun_epilog",
                "task_epilog", "propagate", "hint", "gpus_per_task", "output_from", "exact",
-               "mem_bind", "cpu_freq", "relative")
+               "mem_bind", "cpu_freq", "relative", "memory_alloc_kinds")
 
 
 def _ensemble_only(out: Parsed) -> None:

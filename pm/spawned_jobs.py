@@ -250,7 +250,7 @@ class HeadSpawns:
             universe_size=top.universe_size, pmix=top.pmix,
             # Its ranks are bound as the launched job's are (pm.agent.binding).
             bind_to=top.bind_to, map_by=top.map_by, report_bindings=top.report_bindings,
-            mem_bind=top.mem_bind,
+            mem_bind=top.mem_bind, job_attrs=dict(top.job_attrs),
             merge_stderr=top.merge_stderr, unbuffered=top.unbuffered, cwd=top.cwd,
             spawned=SpawnOrigin(job, placement, dict(msg.preput), spawner, msg.rank,
                                 bool(msg.after_init)))

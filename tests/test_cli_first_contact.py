@@ -29,6 +29,7 @@ BAD_VALUE = {
     "hostfile": "/no/such/hostfile",
     "universe_size": "lots", "hint": "fast", "job_name": "a/b", "tune": "/no/such/file",
     "personality": "prte", "gpus_per_task": "0", "order_nodes": "sideways",
+    "memory_alloc_kinds": "a b",
     "mem_bind": "nearby", "total_jobs": "0", "cpu_freq": "turbo", "relative": "-1",
     "output_from": "x",
     "bind_to": "corez", "map_by": "foo", "env_mode": "A=1",
@@ -120,6 +121,9 @@ CASES = [
      "--timeout takes seconds (or 2m, 1h30m...), not '1h3'"),
     (["--timeout", "0%", "echo", ":::", "a"], {},
      "--timeout takes seconds or a percentage (200%), not '0%'"),
+    (["-memory-alloc-kinds", "mpi,,system", "true"], {},
+     "-memory-alloc-kinds takes memory kinds separated by commas (mpi,system,cuda:device), "
+     "not 'mpi,,system'"),
     (["-n", "0", "true"], {}, "-n must be at least 1"),
     (["-genv"], {}, "-genv needs NAME VALUE"),
     (["-genv", "A"], {}, "-genv needs NAME VALUE (or NAME=VALUE)"),

@@ -131,6 +131,31 @@ def test_ranks_dealt_to_the_nodes_as_srun_deals_them(pmrun: Run, tmp_path: Path,
                     for rank in range(5)], r.stdout
 
 
+MEMORY_KINDS = """
+    from mpi4py import MPI
+
+    kinds = MPI.COMM_WORLD.Get_info().Get("mpi_memory_alloc_kinds")
+    print(MPI.COMM_WORLD.rank, kinds, flush=True)
+"""
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("nodes", [[], ["--local-nodes", "2"]])
+def test_memory_alloc_kinds_reach_mpich_as_hydras_do(pmrun: Run, tmp_path: Path,
+                                                     nodes: list[str]) -> None:
+    """Hydra's -memory-alloc-kinds: MPICH asks for PMI_mpi_memory_alloc_kinds at MPI_Init
+    and adds what it supports of them (mpi:alloc_mem; not cuda here) to its default."""
+    prog = script(tmp_path, "kinds.py", MEMORY_KINDS)
+    r = pmrun("-n", "2", *nodes, "-memory-alloc-kinds", "mpi:alloc_mem,cuda:device", "python",
+              str(prog))
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["0 mpi,system,mpi:alloc_mem",
+                                             "1 mpi,system,mpi:alloc_mem"], r.stdout
+    r = pmrun("-n", "1", *nodes, "python", str(prog))
+    assert (r.returncode, r.stdout) == (0, "0 mpi,system\n"), r.stderr
+
+
 MPMD = """
     import sys
     from mpi4py import MPI

@@ -144,7 +144,7 @@ class JobAgent:
         #: The node's ranks as processes; ``ranks`` is theirs, by rank.
         self.procs = LocalRanks(self, self.local)
         self.ranks = self.procs.ranks
-        self.job_attrs: dict[str, str] = {}
+        self.job_attrs: dict[str, str] = dict(plan.job_attrs)
         if plan.mapping:
             self.job_attrs["PMI_process_mapping"] = plan.mapping
         self.extra_env: dict[str, str] = {}

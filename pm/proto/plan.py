@@ -132,6 +132,9 @@ class JobPlan(Record):
     #: srun's ``--mem-bind`` / Hydra's ``-membind``: the ranks' NUMA memory policy, as
     #: :mod:`pm.agent.membind` spells it; "": the kernel's default.
     mem_bind: str = ""
+    #: PMI job attributes the agents answer as given (Hydra's ``-memory-alloc-kinds``:
+    #: ``PMI_mpi_memory_alloc_kinds``), besides those they know themselves.
+    job_attrs: dict[str, str] = {}
 
     def node_of_rank(self) -> list[int]:
         """The node (index into :attr:`hosts`) of each rank."""
