@@ -60,6 +60,9 @@ class CliOptions:
         self.app_nodes: list[tuple[list[int], list[int | None]]] | None = None
 
 
+#: srun's --profile values (acct_gather_profile's): Slurm's, not a file for pmrun's trace.
+SLURM_PROFILES = frozenset({"all", "none", "energy", "task", "lustre", "network"})
+
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
 _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fanout", "timeout",
                         "wait_after_first",
@@ -235,7 +238,13 @@ def cli_options(parsed: Parsed) -> CliOptions:
     opts.bind_given = "bind_to" in v
     spec.map_by = str(v.get("map_by", spec.map_by))
     spec.mpi = str(v.get("mpi", spec.mpi))
-    spec.profile = v.get("profile")  # type: ignore[assignment]
+    profile = v.get("profile")
+    if isinstance(profile, str) and set(profile.lower().split(",")) <= SLURM_PROFILES:
+        # srun's --profile=task (Slurm's profiling of the step), not a file of pmrun's.
+        if profile.lower() != "none" or os.environ.get("SLURM_JOB_ID"):
+            opts.extra["slurm_profile"] = profile
+        profile = None
+    spec.profile = profile  # type: ignore[assignment]
     spec.output = v.get("output")  # type: ignore[assignment]
     spec.error = v.get("error")  # type: ignore[assignment]
     spec.report_bindings = bool(v.get("report_bindings"))
@@ -367,7 +376,11 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
         for key, what in (("exact", "--exact gives a job CPUs of its own within a Slurm "
                                     "allocation"),
                           ("cpu_freq", "--cpu-freq is set by Slurm for the CPUs of a job "
-                                       "step")):
+                                       "step"),
+                          ("slurm_profile", f"--profile={opts.extra.get('slurm_profile')} is "
+                                            "what Slurm's profiling samples of a job step "
+                                            "(pmrun's own: --profile FILE, a path such as "
+                                            f"./{opts.extra.get('slurm_profile')})")):
             if key in opts.extra:
                 raise UsageError(f"{what}: this job's ranks are not started through Slurm")
     return where

@@ -1591,7 +1591,9 @@ OPTIONS = (
     Opt("--kvs", "kvs", choice("shm", "socket"), metavar="shm|socket", quick=True, group=TREE,
         help="how ranks using pm.client read the node's KVS (default shm)"),
     Opt("--profile", "profile", writable_file, metavar="FILE", group=TREE,
-        help="write a Chrome trace of the start-up timeline to FILE"),
+        help="write a Chrome trace of the start-up timeline to FILE; srun's all, none, "
+             "energy, task, lustre, network (or some of them, with commas): what Slurm "
+             "profiles of pmrun's step, inside an allocation"),
     Opt("--sim-ranks-per-node", "sim_ranks", text, metavar="R", group=TREE,
         help="emulate R ranks per agent in-process (scale tests; no program)"),
     Opt("--sim-value-size", "sim_value_size", text, metavar="B", group=TREE,

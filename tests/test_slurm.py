@@ -22,7 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from launch_util import BIN, REPO, mpi_missing, script
+from launch_util import BIN, REPO, mpi_missing, pmrun_argv, pmrun_env, script
 from realcluster_util import RealCluster
 
 from pm.agent.main import STDIN_LOST
@@ -133,6 +133,30 @@ def test_relative_and_cpu_freq_as_srun_takes_them(slurm_cluster: RealCluster) ->
     res = salloc(c, ["-N2", "-n2"], "--relative", "2", "true")
     assert (res.returncode, res.stderr) == (2, "pmrun: --relative 2: there are 2 hosts, "
                                                "counted from 0\n")
+    assert_clean(c)
+
+
+def test_srun_profile_goes_to_the_agents_step(slurm_cluster: RealCluster,
+                                              tmp_path: Path) -> None:
+    """srun's --profile=task,energy is Slurm's profiling of the step, not a file: the
+    srun that starts the agents' step has it (seen from rank 0: the machine's processes);
+    outside an allocation it is named in one line, and =none is taken."""
+    c = slurm_cluster
+    show = ('if [ "$PMI_RANK" = 0 ]; then pgrep -af -- --profile= | grep -q '
+            '"srun .* --profile=task,energy .*--job-name=pm-agents " && echo step; fi')
+    res = salloc(c, ["-N2", "-n2"], "--profile=task,energy", "-n", "2", "sh", "-c", show)
+    assert (res.returncode, res.stdout) == (0, "step\n"), res.stderr
+    assert not Path("task,energy").exists()  # (salloc's folder: no trace file there)
+    r = subprocess.run(pmrun_argv("--profile=task", "-n", "1", "true"), env=pmrun_env(),
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (2, "pmrun: --profile=task is what Slurm's profiling "
+                                           "samples of a job step (pmrun's own: --profile "
+                                           "FILE, a path such as ./task): this job's ranks "
+                                           "are not started through Slurm\n")
+    r = subprocess.run(pmrun_argv("--profile=none", "-n", "1", "true"), env=pmrun_env(),
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert not any(tmp_path.iterdir())
     assert_clean(c)
 
 

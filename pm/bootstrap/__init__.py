@@ -182,8 +182,9 @@ def bootstrap_options(extra: Mapping[str, str],
             opts["job_name"] = extra["job_name"]  # (-J: its agents' step's name)
         if extra.get("exact"):
             opts["exact"] = True  # (srun's --exact: the step's own CPUs, pm.head counts them)
-        if extra.get("cpu_freq"):
-            opts["cpu_freq"] = extra["cpu_freq"]  # (srun's: slurmd sets it for the step)
+        for key in ("cpu_freq", "slurm_profile"):  # (srun's: for the step, pm.bootstrap.slurm)
+            if extra.get(key):
+                opts[key.removeprefix("slurm_")] = extra[key]
     if batch:
         opts["batch"] = batch
     elif name == "persistent":

@@ -41,7 +41,7 @@ import re
 import shlex
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pm.bootstrap.base import agent_command
@@ -174,30 +174,36 @@ def allocation_hosts(env: Mapping[str, str] | None = None) -> list[tuple[str, in
     return list(zip(hosts, slots, strict=True))
 
 
+def step_options(cpu_freq: str | None = None, profile: str | None = None) -> list[str]:
+    """srun's options that pmrun gives the agents' step, and so its ranks (pure):
+    ``--cpu-freq`` (the frequency slurmd sets for the step's CPUs), ``--profile`` (what
+    Slurm's profiling plugin samples of the step: task, energy...)."""
+    return ([f"--cpu-freq={cpu_freq}"] if cpu_freq else []) + (
+        [f"--profile={profile}"] if profile else [])
+
+
 def step_argv(hosts: list[str], command: list[str], srun: str | None = None,
-              name: str | None = None, exact: int = 0, cpu_freq: str | None = None
+              name: str | None = None, exact: int = 0, more: Sequence[str] = ()
               ) -> list[str]:
     """The argv that runs ``command`` once on every host of ``hosts``, as one step (pure);
     ``name``: the step's (the job's ``-J``), else pm-agents; ``exact``: srun's --exact, the
     CPUs of its own the step asks for on each node, instead of sharing all of them;
-    ``cpu_freq``: srun's --cpu-freq, the frequency slurmd sets for the step's CPUs."""
+    ``more``: the user's options for the step (:func:`step_options`)."""
     options = shlex.split(srun) if srun is not None else list(SRUN_OPTIONS)
     if exact and srun is None:
         options = [o for o in options if o not in ("--overlap", "--whole")]
         options += ["--exact", f"--cpus-per-task={exact}"]
-    if cpu_freq:
-        options.append(f"--cpu-freq={cpu_freq}")
+    options += more
     n = len(hosts)
     return ["srun", *options, f"--nodes={n}", f"--ntasks={n}", "--ntasks-per-node=1",
             f"--nodelist={compress(hosts)}", f"--job-name={name or 'pm-agents'}", *command]
 
 
 def srun_argv(host: str, command: list[str], srun: str | None = None,
-              name: str | None = None, cpu_freq: str | None = None) -> list[str]:
-    """The argv that runs ``command`` as one task on ``host`` (pure)."""
-    options = shlex.split(srun) if srun is not None else list(SRUN_OPTIONS)
-    if cpu_freq:
-        options.append(f"--cpu-freq={cpu_freq}")
+              name: str | None = None, more: Sequence[str] = ()) -> list[str]:
+    """The argv that runs ``command`` as one task on ``host`` (pure); ``more``: as
+    :func:`step_argv`'s."""
+    options = [*(shlex.split(srun) if srun is not None else SRUN_OPTIONS), *more]
     return ["srun", *options, "--nodes=1", "--ntasks=1", f"--nodelist={host}",
             f"--job-name={name or 'pm-agent'}", *command]
 
@@ -215,8 +221,8 @@ class SlurmBootstrap(CommandBootstrap):
         self.job_name = options.get("job_name")
         #: srun's --exact: the CPUs the agents' step asks for on each node (0: it shares all).
         self.exact = int(options.get("cpus", 1)) if options.get("exact") else 0
-        #: srun's --cpu-freq, for the agents' step (and so their ranks).
-        self.cpu_freq: str | None = options.get("cpu_freq")
+        #: srun's --cpu-freq and --profile, for the agents' step (and so their ranks).
+        self.step_options = step_options(options.get("cpu_freq"), options.get("profile"))
         # slurmctld handles step creation one by one: a burst only queues there.
         self.limit = int(options.get("limit", 64))
         #: Slurm said it ended the job: later task failures are its doing.
@@ -230,7 +236,7 @@ class SlurmBootstrap(CommandBootstrap):
 
     def argv(self, host: str) -> list[str]:
         return srun_argv(host, agent_command(self.python, lean=True), self.srun, self.job_name,
-                         self.cpu_freq)
+                         self.step_options)
 
     def start(self, host: str, config: AgentConfig) -> tuple[int, int]:
         return self.run(self.argv(host), config)
@@ -249,7 +255,7 @@ class SlurmBootstrap(CommandBootstrap):
 
     def _step(self, hosts: list[str]) -> list[str]:
         return step_argv(hosts, agent_command(self.python, lean=True), self.srun,
-                         self.job_name, self.exact, self.cpu_freq)
+                         self.job_name, self.exact, self.step_options)
 
     def error_line(self, text: str) -> bool:
         """Name the node of a failed task: the job's one line says it (with srun's words)."""
