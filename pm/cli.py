@@ -65,7 +65,7 @@ SLURM_PROFILES = frozenset({"all", "none", "energy", "task", "lustre", "network"
 
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
 _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fanout", "timeout",
-                        "wait_after_first",
+                        "wait_after_first", "quit_on_interrupt",
                         "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output",
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
                         "merge_stderr", "timestamp_output", "distribution", "unbuffered",
@@ -227,6 +227,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
         raise UsageError(f"{which} acts at the job's timeout: give --timeout SECONDS (or "
                          "MPIEXEC_TIMEOUT)")
     spec.wait_after_first = v.get("wait_after_first") or None  # type: ignore[assignment]
+    spec.quit_on_interrupt = bool(v.get("quit_on_interrupt"))
     if str(v.get("stdin", "none")).isdigit():
         spec.stdin_rank = int(v["stdin"])  # type: ignore[call-overload]
     elif v.get("stdin") == "all":

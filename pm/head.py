@@ -479,6 +479,8 @@ class JobRun:
             self._early_signals.append((self.interrupt, signum))
             return
         self._interrupts += 1
+        if signum == signal.SIGINT and self.spec.quit_on_interrupt:
+            self._interrupts += 1  # (srun's --quit-on-interrupt: as a second Ctrl-C)
         name = signal.Signals(signum).name
         if self._interrupts == 1 and self.children is not None and self.children.waiting():
             # Still starting: nodes that have not joined would be waited for until
@@ -500,7 +502,9 @@ class JobRun:
         else:
             if self.writer is not None:
                 self.writer.abandon()  # nor wait for a reader that does not read
-            self._fail("interrupted twice: killing the job", 128 + signum, grace=0)
+            quit_now = signum == signal.SIGINT and self.spec.quit_on_interrupt
+            self._fail(f"{name} (--quit-on-interrupt): killing the job" if quit_now
+                       else "interrupted twice: killing the job", 128 + signum, grace=0)
 
     def _forward(self, signum: int) -> None:
         self._signalled = signum

@@ -78,6 +78,8 @@ class JobSpec:
     #: srun's -W (--wait): seconds the other ranks may run on once one ended (None: as
     #: long as they take).
     wait_after_first: float | None = None
+    #: srun's --quit-on-interrupt: the first Ctrl-C kills the job at once (as a second does).
+    quit_on_interrupt: bool = False
     ppn: int | None = None
     #: A rank that fails ends the job (srun's -K, Hydra's default); False: the others run
     #: on (Hydra's -disable-auto-cleanup), the first failure's status the job's.

@@ -1901,6 +1901,12 @@ OPTIONS = (
     Opt("-t --time --time-limit", "timeout", slurm_time, metavar="TIME", quick=True, group=MISC,
         help="srun's time limit: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]; Flux's: 30s, 10m, "
              "1.5h, 1d (as --timeout)"),
+    Opt("--quit-on-interrupt", "quit_on_interrupt", kind=FLAG, group=MISC,
+        help="srun's: the first Ctrl-C kills the job at once (without it the ranks get "
+             "SIGINT, and a second Ctrl-C kills)"),
+    Opt("--disable-status", "", kind=FLAG, quick=True, group=MISC,
+        help="srun's, taken: pmrun's first Ctrl-C forwards SIGINT to the ranks, without a "
+             "status report"),
     Opt("-W --wait", "wait_after_first", wait_seconds, metavar="SECONDS", group=MISC,
         help="once a rank ended, end the others after SECONDS (srun's; 0: no limit)"),
     Opt("-K --kill-on-bad-exit", "kill_on_bad_exit", kind=FLAG, const="1", quick=True,
@@ -2663,7 +2669,8 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "report_state", "stack_traces", "forward_signals", "signal_before_end",
                "open_mode", "task_prolog", "srun_prolog", "srun_epilog",
                "task_epilog", "propagate", "hint", "gpus_per_task", "output_from", "exact",
-               "mem_bind", "cpu_freq", "relative", "memory_alloc_kinds")
+               "mem_bind", "cpu_freq", "relative", "memory_alloc_kinds",
+               "quit_on_interrupt")
 
 
 def _ensemble_only(out: Parsed) -> None:

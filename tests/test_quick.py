@@ -280,6 +280,20 @@ def test_second_ctrl_c_before_any_pmi_kills_at_once(pmrun_popen: Start, tmp_path
     wait_gone(marker, 10)
 
 
+def test_quit_on_interrupt_kills_at_the_first_ctrl_c(pmrun_popen: Start, tmp_path: Path,
+                                                     marker: str) -> None:
+    """srun's --quit-on-interrupt: ranks that ignore SIGINT are killed at the first Ctrl-C."""
+    prog = script(tmp_path, "sleepy.py", SLEEPY)
+    p = pmrun_popen("--quit-on-interrupt", "-n", "2", "python", str(prog), "stubborn", marker)
+    assert p.stdout is not None
+    read_lines(p.stdout, 2, 30)
+    p.send_signal(signal.SIGINT)
+    _out, err = p.communicate(timeout=20)
+    assert p.returncode == 128 + signal.SIGINT, err
+    assert err.decode().splitlines()[0] == "pmrun: SIGINT (--quit-on-interrupt): killing the job"
+    wait_gone(marker, 10)
+
+
 def test_timeout_ends_a_job_that_never_stops_printing(pmrun: Run) -> None:
     t0 = time.monotonic()
     r = pmrun("--timeout", "1", "-n", "2", "sh", "-c", "while :; do echo x; done", timeout=30)
