@@ -703,7 +703,7 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
     if "termseq" in extra:
         out["termseq"] = extra["termseq"]  # (checked by pm.options.term_sequence)
     if "timeout_pct" in extra:  # (checked by pm.options.run_timeout)
-        out["timeout_pct"] = float(extra["timeout_pct"].removesuffix("%")) / 100
+        out["timeout_median"] = float(extra["timeout_pct"].removesuffix("%")) / 100
     if "basefiles" in extra:
         out["basefiles"] = extra["basefiles"].split("\0")
     return out
@@ -776,7 +776,6 @@ class _Halt:
                         f"{what}: " + ("killing the running tasks" if self.now
                                        else "starting no more"))
         return None
-
 
     def status(self) -> int:
         """GNU parallel's exit status: the number of failed tasks (101: more than 100);

@@ -158,7 +158,8 @@ class Ensemble:
     (GNU parallel's ``-j FILE``): the file ``jobs`` was read from, read again whenever it
     changed as a task ends.  ``timeout``: seconds a task's run may take (GNU parallel's
     ``--timeout``): then it gets SIGTERM, and SIGKILL :data:`KILL_AFTER` seconds later;
-    ``timeout_pct``: instead, that fraction of the median successful run (2.0: ``200%``).
+    ``timeout_median``: instead, that multiple of the median successful run (2.0: GNU
+    parallel's ``--timeout 200%``).
     ``load``, ``noswap``, ``limit``: GNU parallel's ``--load``, ``--noswap`` and
     ``--limit``, gates of each host besides its slots and memory (:mod:`pm.ensemble.gates`).
     ``output``: a :data:`TaskSink`, or None to keep each task's output in its
@@ -189,7 +190,7 @@ class Ensemble:
         default_reservation: int = DEFAULT_RESERVATION,
         jobs: int | str | None = None,
         timeout: float | None = None,
-        timeout_pct: float | None = None,
+        timeout_median: float | None = None,
         delay: float = 0.0,
         jobs_file: str | None = None,
         slot_var: str | None = None,
@@ -210,7 +211,7 @@ class Ensemble:
         self._mem_per_task = mem_per_task
         self._overrun: OverrunPolicy = overrun  # type: ignore[assignment]  # checked above
         self._interval = interval
-        self._limit_of_run = RunLimit(timeout, timeout_pct)
+        self._limit_of_run = RunLimit(timeout, timeout_median)
         #: The running tasks' clocks (index: when it started, its timers), for a limit that
         #: moves as tasks succeed.
         self._clocks: dict[int, _Clock] = {}
