@@ -381,7 +381,11 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
                           ("slurm_profile", f"--profile={opts.extra.get('slurm_profile')} is "
                                             "what Slurm's profiling samples of a job step "
                                             "(pmrun's own: --profile FILE, a path such as "
-                                            f"./{opts.extra.get('slurm_profile')})")):
+                                            f"./{opts.extra.get('slurm_profile')})"),
+                          ("acctg_freq", "--acctg-freq is how often Slurm's accounting "
+                                         "samples a job step"),
+                          ("slurmd_debug", "--slurmd-debug is the log level of a Slurm "
+                                           "job step's slurmstepd")):
             if key in opts.extra:
                 raise UsageError(f"{what}: this job's ranks are not started through Slurm")
     return where

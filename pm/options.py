@@ -1051,6 +1051,30 @@ def cpu_freq(value: str, opt: str) -> str:
     return value
 
 
+#: srun's --slurmd-debug levels by name (or a number).
+_SLURMD_LEVELS = ("quiet", "fatal", "error", "info", "verbose", "debug", "debug2", "debug3",
+                  "debug4", "debug5")
+
+
+def acctg_freq(value: str, opt: str) -> str:
+    """srun's ``--acctg-freq``: seconds, or DATATYPE=SECONDS pairs separated by commas
+    (``task=30,energy=60``)."""
+    for item in value.split(","):
+        kind, eq, secs = item.partition("=")
+        if not (secs.isdigit() and kind.isalpha() if eq else kind.isdigit()):
+            raise UsageError(f"{opt} takes seconds or DATATYPE=SECONDS pairs (task=30,"
+                             f"energy=60), not {value!r}")
+    return value
+
+
+def slurmd_debug(value: str, opt: str) -> str:
+    """srun's ``--slurmd-debug``: a level of slurmstepd's log, by number or name."""
+    if not (value.isdigit() or value.lower() in _SLURMD_LEVELS):
+        raise UsageError(f"{opt} takes a number or one of {', '.join(_SLURMD_LEVELS)}, not "
+                         f"{value!r}")
+    return value
+
+
 def tune_files(value: str, opt: str) -> str:
     """Open MPI's ``--tune FILE[,FILE]`` (``--am``): files that can be read."""
     for path in value.split(","):
@@ -1936,6 +1960,11 @@ OPTIONS = (
     Opt("--cpu-freq", "cpu_freq", cpu_freq, metavar="FREQ", group=PLACE,
         help="srun's, inside an allocation: the frequency (low, medium, high, highm1, kHz, "
              "MIN-MAX, :GOVERNOR) that Slurm sets for the CPUs of pmrun's step"),
+    Opt("--acctg-freq", "acctg_freq", acctg_freq, metavar="S|TYPE=S,...", group=MISC,
+        help="srun's, inside an allocation: how often Slurm samples the accounting of "
+             "pmrun's step (and so its ranks)"),
+    Opt("--slurmd-debug", "slurmd_debug", slurmd_debug, metavar="LEVEL", group=MISC,
+        help="srun's, inside an allocation: the log level of slurmstepd for pmrun's step"),
     Opt("--relative", "relative", whole(0, MOST_RANKS), metavar="N", group=PLACE,
         help="srun's: the job's nodes from the N-th (from 0) of the allocation's, or of "
              "-hosts, -f, on"),
@@ -2670,7 +2699,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "open_mode", "task_prolog", "srun_prolog", "srun_epilog",
                "task_epilog", "propagate", "hint", "gpus_per_task", "output_from", "exact",
                "mem_bind", "cpu_freq", "relative", "memory_alloc_kinds",
-               "quit_on_interrupt")
+               "quit_on_interrupt", "acctg_freq", "slurmd_debug")
 
 
 def _ensemble_only(out: Parsed) -> None:

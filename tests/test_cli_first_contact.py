@@ -29,7 +29,7 @@ BAD_VALUE = {
     "hostfile": "/no/such/hostfile",
     "universe_size": "lots", "hint": "fast", "job_name": "a/b", "tune": "/no/such/file",
     "personality": "prte", "gpus_per_task": "0", "order_nodes": "sideways",
-    "memory_alloc_kinds": "a b",
+    "memory_alloc_kinds": "a b", "acctg_freq": "task=x", "slurmd_debug": "loud",
     "mem_bind": "nearby", "total_jobs": "0", "cpu_freq": "turbo", "relative": "-1",
     "output_from": "x",
     "bind_to": "corez", "map_by": "foo", "env_mode": "A=1",

@@ -136,15 +136,18 @@ def test_relative_and_cpu_freq_as_srun_takes_them(slurm_cluster: RealCluster) ->
     assert_clean(c)
 
 
-def test_srun_profile_goes_to_the_agents_step(slurm_cluster: RealCluster,
-                                              tmp_path: Path) -> None:
-    """srun's --profile=task,energy is Slurm's profiling of the step, not a file: the
-    srun that starts the agents' step has it (seen from rank 0: the machine's processes);
-    outside an allocation it is named in one line, and =none is taken."""
+def test_srun_step_options_go_to_the_agents_step(slurm_cluster: RealCluster,
+                                                 tmp_path: Path) -> None:
+    """srun's --profile=task,energy (Slurm's profiling of the step, not a file),
+    --acctg-freq and --slurmd-debug: the srun that starts the agents' step has them (seen
+    from rank 0: the machine's processes), and Slurm takes them; outside an allocation
+    they are named in one line, and --profile=none is taken."""
     c = slurm_cluster
-    show = ('if [ "$PMI_RANK" = 0 ]; then pgrep -af -- --profile= | grep -q '
-            '"srun .* --profile=task,energy .*--job-name=pm-agents " && echo step; fi')
-    res = salloc(c, ["-N2", "-n2"], "--profile=task,energy", "-n", "2", "sh", "-c", show)
+    show = ('if [ "$PMI_RANK" = 0 ]; then pgrep -af -- --profile= | grep -q "srun .* '
+            '--profile=task,energy --acctg-freq=task=30 --slurmd-debug=verbose .*'
+            '--job-name=pm-agents " && echo step; fi')
+    res = salloc(c, ["-N2", "-n2"], "--profile=task,energy", "--acctg-freq", "task=30",
+                 "--slurmd-debug=verbose", "-n", "2", "sh", "-c", show)
     assert (res.returncode, res.stdout) == (0, "step\n"), res.stderr
     assert not Path("task,energy").exists()  # (salloc's folder: no trace file there)
     r = subprocess.run(pmrun_argv("--profile=task", "-n", "1", "true"), env=pmrun_env(),
@@ -152,6 +155,11 @@ def test_srun_profile_goes_to_the_agents_step(slurm_cluster: RealCluster,
     assert (r.returncode, r.stderr) == (2, "pmrun: --profile=task is what Slurm's profiling "
                                            "samples of a job step (pmrun's own: --profile "
                                            "FILE, a path such as ./task): this job's ranks "
+                                           "are not started through Slurm\n")
+    r = subprocess.run(pmrun_argv("--acctg-freq=30", "-n", "1", "true"), env=pmrun_env(),
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (2, "pmrun: --acctg-freq is how often Slurm's "
+                                           "accounting samples a job step: this job's ranks "
                                            "are not started through Slurm\n")
     r = subprocess.run(pmrun_argv("--profile=none", "-n", "1", "true"), env=pmrun_env(),
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)

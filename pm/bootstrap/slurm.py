@@ -174,12 +174,16 @@ def allocation_hosts(env: Mapping[str, str] | None = None) -> list[tuple[str, in
     return list(zip(hosts, slots, strict=True))
 
 
-def step_options(cpu_freq: str | None = None, profile: str | None = None) -> list[str]:
-    """srun's options that pmrun gives the agents' step, and so its ranks (pure):
-    ``--cpu-freq`` (the frequency slurmd sets for the step's CPUs), ``--profile`` (what
-    Slurm's profiling plugin samples of the step: task, energy...)."""
-    return ([f"--cpu-freq={cpu_freq}"] if cpu_freq else []) + (
-        [f"--profile={profile}"] if profile else [])
+#: srun's options for a step that pmrun gives the agents' step, and so its ranks (the
+#: bootstrap option of each): the frequency slurmd sets for the step's CPUs, what Slurm's
+#: profiling samples of it, how often its accounting samples, slurmstepd's log level.
+STEP_OPTIONS = {"cpu_freq": "--cpu-freq", "profile": "--profile",
+                "acctg_freq": "--acctg-freq", "slurmd_debug": "--slurmd-debug"}
+
+
+def step_options(options: Mapping[str, Any]) -> list[str]:
+    """The user's srun options for the agents' step among ``options`` (pure)."""
+    return [f"{opt}={options[key]}" for key, opt in STEP_OPTIONS.items() if options.get(key)]
 
 
 def step_argv(hosts: list[str], command: list[str], srun: str | None = None,
@@ -221,8 +225,8 @@ class SlurmBootstrap(CommandBootstrap):
         self.job_name = options.get("job_name")
         #: srun's --exact: the CPUs the agents' step asks for on each node (0: it shares all).
         self.exact = int(options.get("cpus", 1)) if options.get("exact") else 0
-        #: srun's --cpu-freq and --profile, for the agents' step (and so their ranks).
-        self.step_options = step_options(options.get("cpu_freq"), options.get("profile"))
+        #: srun's --cpu-freq, --profile..., for the agents' step (and so their ranks).
+        self.step_options = step_options(options)
         # slurmctld handles step creation one by one: a burst only queues there.
         self.limit = int(options.get("limit", 64))
         #: Slurm said it ended the job: later task failures are its doing.
