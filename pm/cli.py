@@ -386,7 +386,7 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
                                          "samples a job step"),
                           ("slurmd_debug", "--slurmd-debug is the log level of a Slurm "
                                            "job step's slurmstepd")):
-            if key in opts.extra:
+            if key in opts.extra and opts.extra[key].lower() != "none":
                 raise UsageError(f"{what}: this job's ranks are not started through Slurm")
     return where
 

@@ -1938,8 +1938,7 @@ OPTIONS = (
         help="srun's: a rank that fails ends the job (the default); =0 (-K0): the others "
              "run on, as -disable-auto-cleanup"),
     Opt("-disable-auto-cleanup --disable-auto-cleanup --enable-recovery", "kill_on_bad_exit",
-        kind=FLAG,
-        const="0", quick=True, group=MISC,
+        kind=FLAG, const="0", quick=True, group=MISC,
         help="Hydra's (Open MPI 5's --enable-recovery): a rank that fails is named and the "
              "others run on to their end (the exit status is the first failure's); an "
              "abort, a lost node or the time limit still ends the job"),
