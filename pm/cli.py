@@ -242,9 +242,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     profile = v.get("profile")
     if isinstance(profile, str) and set(profile.lower().split(",")) <= SLURM_PROFILES:
         # srun's --profile=task (Slurm's profiling of the step), not a file of pmrun's.
-        if profile.lower() != "none" or os.environ.get("SLURM_JOB_ID"):
-            opts.extra["slurm_profile"] = profile
-        profile = None
+        opts.extra["slurm_profile"], profile = profile, None
     spec.profile = profile  # type: ignore[assignment]
     spec.output = v.get("output")  # type: ignore[assignment]
     spec.error = v.get("error")  # type: ignore[assignment]

@@ -174,8 +174,7 @@ def bootstrap_options(extra: Mapping[str, str],
 
             from pm.bootstrap.ssh import DEFAULT_SSH
 
-            base = opts.get("ssh") or shlex.join(w for w in DEFAULT_SSH if w != "-x")
-            opts["ssh"] = f"{base} -X"
+            opts["ssh"] = f"{opts.get('ssh') or shlex.join(DEFAULT_SSH)} -X"
     elif name == "slurm":
         opts["start"] = "step"
         if extra.get("job_name"):

@@ -770,7 +770,7 @@ class _Halt:
             self.seen += 1
             if self.seen == self.limit:
                 self.reached = True
-                self.code = _status_of(result)
+                self.code = 1 if result.returncode is None else result.returncode
                 what = {"fail": "failed", "success": "succeeded", "done": "ended"}[self.why]
                 return (f"--halt {self.policy}: {self.seen} task{'s' * (self.seen != 1)} "
                         f"{what}: " + ("killing the running tasks" if self.now
@@ -788,14 +788,6 @@ class _Halt:
         if self.reached and self.percent:
             return round(100 * self.failed / max(self.total, 1))
         return min(self.failed, 101)
-
-
-def _status_of(result: TaskResult) -> int:
-    """A task's exit status as a shell gives it (128 + N after signal N)."""
-    code = result.returncode
-    if code is None:
-        return 1  # (never started on a host that was lost, say)
-    return 128 - code if code < 0 else code
 
 
 def _program_options(spec: JobSpec) -> None:

@@ -816,15 +816,15 @@ class Ensemble:
         for timer in clock.timers:
             timer.cancel()
         loop = asyncio.get_running_loop()
-        clock.timers = [loop.call_at(clock.start + limit, self._timed_out, index, clock,
-                                     self._limit_of_run.describe(limit))]
+        clock.timers = [loop.call_at(clock.start + limit, self._timed_out, index, clock, limit)]
 
-    def _timed_out(self, index: int, clock: _Clock, after: str) -> None:
+    def _timed_out(self, index: int, clock: _Clock, limit: float) -> None:
         """A task's run took its time limit: SIGTERM now, SIGKILL if it is still there
         :data:`KILL_AFTER` seconds later (the run's end cancels the clock's timers); with
         ``--termseq``, its signals."""
         d, timers = clock.domain, clock.timers
         clock.timed_out = True
+        after = self._limit_of_run.describe(limit)
         if self._termseq is not None:
             self._event("timeout", d, f"[task {index}] timed out after {after}: "
                         "ending it (--termseq)", index)
@@ -840,7 +840,7 @@ class Ensemble:
             self._signal_task(d, index, signal.SIGCONT, f"task {index} timed out")
         if not timers[1:]:
             timers.append(asyncio.get_running_loop().call_later(
-                KILL_AFTER, self._timed_out, index, clock, after))
+                KILL_AFTER, self._timed_out, index, clock, limit))
 
     def _signal_task(self, d: Domain, index: int, sig: signal.Signals, why: str) -> None:
         task = self._tasks[index]
