@@ -108,6 +108,21 @@ def test_lean_agent_command_starts_without_site_and_falls_back(tmp_path: Path) -
     assert res.returncode == 1 and res.stderr == (
         f"pm-agent: pyzmq is not installed for {sys.executable} on this host (No module "
         "named 'zmq')\n"), res
+    # A host's task runner starts the same way: its one line names it (it needs msgpack).
+    (tmp_path / "msgpack").mkdir()
+    (tmp_path / "msgpack" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'msgpack'\", name='msgpack')\n")
+    runner = [sys.executable, "-S", "-P", "-c",
+              lean_code([], "pm.ensemble.remote", "pmrun's task runner")]
+    res = subprocess.run([*runner, "runner", "1"], capture_output=True, text=True,
+                         timeout=60, env=env, cwd=tmp_path, input="")
+    assert res.returncode == 1 and res.stderr == (
+        f"pmrun's task runner: msgpack is not installed for {sys.executable} on this host "
+        "(No module named 'msgpack')\n"), res
+    env["PYTHONPATH"] = env["PYTHONPATH"].split(os.pathsep, 1)[1]
+    res = subprocess.run([*runner, "walk"], capture_output=True, text=True, timeout=60,
+                         env=env, cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.startswith("usage: python -m pm.ensemble"), res
 
 
 def test_srun_argv() -> None:

@@ -80,20 +80,23 @@ def site_dirs() -> list[str]:
 NOT_INSTALLED = " is not installed for "
 
 
-def lean_code(dirs: Sequence[str]) -> str:
-    """The ``-c`` program of a lean agent (see :func:`agent_command`)."""
+def lean_code(dirs: Sequence[str], module: str = "pm.agent.main", who: str = "pm-agent"
+              ) -> str:
+    """The ``-c`` program of a lean agent (see :func:`agent_command`): ``module``'s
+    ``main(argv)`` run with the program's arguments, ``who`` naming it if pmrun or a
+    dependency is missing."""
     # (importlib.machinery is loaded at every start; importlib.util would cost 4 ms of CPU.
     # No garbage collection while the agent imports: nothing to collect, 1 ms of CPU of
     # passes over what the imports made; the agent turns it back on.)
     return (f"import gc,sys;gc.disable();sys.path+={list(dirs)!r};from importlib.machinery "
             "import PathFinder as f\n"
             "if not all(map(f.find_spec,('pm','zmq','msgpack'))):import site;site.main()\n"
-            "try:from pm.agent.main import main;c=main(sys.argv[1:])\n"
+            f"try:from {module} import main;c=main(sys.argv[1:])\n"
             # pmrun, or a dependency of its, missing on this host: said in one line.
             "except ModuleNotFoundError as e:\n"
             f" n=(e.name or'').split('.')[0];d={dict(DEPENDENCIES, pm='pmrun')!r}\n"
             " if n not in d:raise\n"
-            f" sys.exit('pm-agent: %s{NOT_INSTALLED}%s on this host (No module named %r)'"
+            f" sys.exit({who + ': %s' + NOT_INSTALLED + '%s on this host (No module named %r)'!r}"
             "%(d[n],sys.executable,n))\n"
             "sys.exit(c)")
 

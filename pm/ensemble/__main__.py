@@ -4,9 +4,6 @@
 
 import sys
 
-from pm.ensemble.remote import runner_main
+from pm.ensemble.remote import main
 
-if len(sys.argv) in (3, 4, 5) and sys.argv[1] == "runner":
-    sys.exit(runner_main(float(sys.argv[2]), *sys.argv[3:]))
-sys.stderr.write("usage: python -m pm.ensemble runner INTERVAL [thread|core|socket [activity]]\n")
-sys.exit(2)
+sys.exit(main(sys.argv[1:]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -74,11 +75,17 @@ class RemoteRunner:
         """Start ``host``'s runner, sampling every ``interval`` seconds into ``samples``
         (``activity``: its load, swapping and disks too): its job, started.  Its end is the
         host's loss: ``lost`` hears why, before the runs under way there end (with None)."""
+        from pm.bootstrap.base import lean_code, site_dirs
         from pm.head import JobRun
 
         h = self._hosts[host] = _Host(host, samples, lost)
-        python = str(self._nodes.bootstrap.get("python") or sys.executable)  # (--agent-python)
-        argv = [python, "-m", "pm.ensemble", "runner", str(interval)]
+        python = self._nodes.bootstrap.get("python")  # (--agent-python)
+        # As the agents start (pm.bootstrap.base.agent_command): without site, our site
+        # directories on the path, so another path to the interpreter (a symlink out of a
+        # virtual environment) still finds pmrun's dependencies.
+        argv = [str(python or sys.executable), "-S", "-P", "-c",
+                lean_code(site_dirs(), "pm.ensemble.remote", "pmrun's task runner"),
+                "runner", str(interval)]
         if CPU_UNIT[0] != "thread" or activity:  # (what -j's CPU rules count there too)
             argv.append(CPU_UNIT[0])
         if activity:
@@ -306,6 +313,17 @@ class _Host:
 
 
 # ---------------------------------------------------------------------- the runner
+def main(argv: Sequence[str]) -> int:
+    """``runner INTERVAL [UNIT [activity]]`` (``python -m pm.ensemble``'s arguments): runs
+    :func:`runner_main`, or says how it is called (exit 2)."""
+    gc.enable()  # (off while a lean start imported us: pm.bootstrap.base.lean_code)
+    if len(argv) in (2, 3, 4) and argv[0] == "runner":
+        return runner_main(float(argv[1]), *argv[2:])
+    sys.stderr.write("usage: python -m pm.ensemble runner INTERVAL "
+                     "[thread|core|socket [activity]]\n")
+    return 2
+
+
 def runner_main(interval: float, unit: str = "thread", activity: str = "") -> int:
     """``python -m pm.ensemble runner INTERVAL [UNIT [activity]]``: run the tasks the
     ensemble sends on stdin, report their output and exits on stdout, and every INTERVAL
