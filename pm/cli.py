@@ -65,7 +65,7 @@ SLURM_PROFILES = frozenset({"all", "none", "energy", "task", "lustre", "network"
 
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
 _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fanout", "timeout",
-                        "wait_after_first", "quit_on_interrupt",
+                        "wait_after_first", "quit_on_interrupt", "no_kill",
                         "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output",
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
                         "merge_stderr", "timestamp_output", "distribution", "unbuffered",
@@ -228,6 +228,9 @@ def cli_options(parsed: Parsed) -> CliOptions:
                          "MPIEXEC_TIMEOUT)")
     spec.wait_after_first = v.get("wait_after_first") or None  # type: ignore[assignment]
     spec.quit_on_interrupt = bool(v.get("quit_on_interrupt"))
+    spec.no_kill = bool(v.get("no_kill"))
+    if spec.no_kill:
+        opts.extra["no_kill"] = "1"  # (inside Slurm, the agents' step too)
     if str(v.get("stdin", "none")).isdigit():
         spec.stdin_rank = int(v["stdin"])  # type: ignore[call-overload]
     elif v.get("stdin") == "all":

@@ -601,7 +601,10 @@ class JobRun:
             # After pmrun's own SIGTERM (or Ctrl-C) a node lost is most likely that
             # signal's doing too: pmrun's status is the signal's, as a shell's would be.
             code = 128 + self._signalled if self._signalled else EXIT_LAUNCHER
-            self._fail(f"node {msg.vertex} ({msg.host}) lost: {what}", code)
+            # srun's --no-kill: named, and the other nodes' ranks run on.
+            alone = self.spec.no_kill and not self._signalled
+            (self._failed_alone if alone else self._fail)(
+                f"node {msg.vertex} ({msg.host}) lost: {what}", code)
             # Ranks of a lost node will never report: the job ends when the rest has.
             self._forget_node(msg.vertex)
         elif isinstance(msg, t.StdinAck):

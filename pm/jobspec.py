@@ -81,6 +81,9 @@ class JobSpec:
     #: srun's --quit-on-interrupt: the first Ctrl-C kills the job at once (as a second does).
     quit_on_interrupt: bool = False
     ppn: int | None = None
+    #: srun's --no-kill: a lost node (its agent gone) is named and the other nodes' ranks
+    #: run on, the first failure's status the job's.
+    no_kill: bool = False
     #: A rank that fails ends the job (srun's -K, Hydra's default); False: the others run
     #: on (Hydra's -disable-auto-cleanup), the first failure's status the job's.
     kill_on_bad_exit: bool = True

@@ -1937,6 +1937,10 @@ OPTIONS = (
         group=MISC,
         help="srun's: a rank that fails ends the job (the default); =0 (-K0): the others "
              "run on, as -disable-auto-cleanup"),
+    Opt("--no-kill", "no_kill", kind=FLAG, group=MISC,
+        help="srun's: a node lost (its agent gone) is named and the ranks of the other nodes "
+             "run on to their end (the exit status is the first failure's); =off: the "
+             "default, a lost node ends the job"),
     Opt("-disable-auto-cleanup --disable-auto-cleanup --enable-recovery", "kill_on_bad_exit",
         kind=FLAG, const="0", quick=True, group=MISC,
         help="Hydra's (Open MPI 5's --enable-recovery): a rank that fails is named and the "
@@ -2184,6 +2188,14 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             out.used.setdefault(BY_NAME["-K"], name)
             out.values["kill_on_bad_exit"] = kill
             at = ("kill_on_bad_exit", i)
+            i += 1
+            continue
+        if name == "--no-kill" and eq:  # srun's optional value: --no-kill=off
+            if inline.lower() != "off":
+                raise UsageError(f"--no-kill takes =off or nothing, not {inline!r}")
+            out.used.setdefault(BY_NAME["--no-kill"], name)
+            out.values.pop("no_kill", None)
+            at = ("no_kill", i)
             i += 1
             continue
         if name == "--propagate" and eq:  # srun's optional value: --propagate=STACK,CORE
@@ -2698,7 +2710,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "open_mode", "task_prolog", "srun_prolog", "srun_epilog",
                "task_epilog", "propagate", "hint", "gpus_per_task", "output_from", "exact",
                "mem_bind", "cpu_freq", "relative", "memory_alloc_kinds",
-               "quit_on_interrupt", "acctg_freq", "slurmd_debug")
+               "quit_on_interrupt", "acctg_freq", "slurmd_debug", "no_kill")
 
 
 def _ensemble_only(out: Parsed) -> None:

@@ -1340,6 +1340,32 @@ def test_a_failed_rank_leaves_the_others_be_when_asked(pmrun: Run, layout: list[
     assert (r.returncode, r.stdout) == (3, ""), r.stderr
 
 
+def test_no_kill_spellings() -> None:
+    for argv, want in ((["--no-kill"], True), (["--no-kill=off"], False),
+                       (["--no-kill", "--no-kill=OFF"], False), ([], False)):
+        opts = full_parse([*argv, "prog"])
+        assert (opts.spec.no_kill, opts.extra.get("no_kill")) == (want, "1" if want else None)
+    with pytest.raises(UsageError, match=r"^--no-kill takes =off or nothing, not 'of'$"):
+        options.parse(["--no-kill=of", "prog"], {})
+    with pytest.raises(UsageError, match=r"^--no-kill is for an MPI job's ranks"):
+        options.parse(["--no-kill", "echo", ":::", "a"], {})
+
+
+@pytest.mark.parametrize("no_kill", [True, False], ids=["no-kill", "default"])
+def test_a_lost_node_leaves_the_others_be_with_no_kill(pmrun: Run, no_kill: bool) -> None:
+    # srun's --no-kill: node 1's agent is killed (its rank with it), the other nodes' ranks
+    # run to their end, the loss named once and its status the job's; by default the
+    # others are killed with it.
+    prog = ("if [ $PMI_RANK = 1 ]; then kill -9 $PPID; sleep 30; echo 1 lived on; "
+            "else sleep 0.5; echo $PMI_RANK done; fi")
+    r = pmrun("-n", "3", "--local-nodes", "3", *(["--no-kill"] if no_kill else []),
+              "sh", "-c", prog)
+    assert (r.returncode, sorted(r.stdout.split("\n"))) == (
+        255, ["", "0 done", "2 done"] if no_kill else [""]), r.stderr
+    assert r.stderr.splitlines() == [f"pmrun: node 1 ({os.uname().nodename}) lost: agent "
+                                     "killed by SIGKILL"], r.stderr
+
+
 def test_the_allocation_s_distribution_is_srun_s_default() -> None:
     assert options.slurm_distribution({"SLURM_DISTRIBUTION": "cyclic"}) == "cyclic"
     assert options.slurm_distribution({"SLURM_DISTRIBUTION": "plane=3"}) == "plane=3"

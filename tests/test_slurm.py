@@ -504,6 +504,47 @@ def test_a_killed_agent_is_named(slurm_cluster: RealCluster, signum: int, words:
     assert_clean(c)
 
 
+def test_no_kill_runs_on_after_a_lost_agent(slurm_cluster: RealCluster, tmp_path: Path
+                                            ) -> None:
+    """srun's --no-kill: node 1's agent is killed (its ranks go with it); the agents' step
+    has --no-kill too, the loss is named, and the other nodes' ranks run to their end."""
+    c = slurm_cluster
+    go = tmp_path / "go"
+    proc = subprocess.Popen(
+        ["salloc", "--quiet", "-N4", "-n4", sys.executable, "-m", "pm", "--no-kill",
+         "--heartbeat", "60", "-n", "4", "sh", "-c",
+         f"while [ ! -e {go} ]; do sleep 0.05; done; echo ok $(hostname)"], env=env_for(c),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(len(_slurm_pids_on(c, i, ("sh\0-c",))) for i in range(4)) < 4:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        step = subprocess.run(["pgrep", "-f", "srun .*--no-kill .*--job-name=pm-agents"],
+                              capture_output=True, text=True, timeout=30)
+        assert step.stdout.strip(), "the agents' step has no --no-kill"
+        agent = _agent_pid(c, 1)
+        os.kill(agent, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _slurm_pids_on(c, 1, ("sh\0-c",)):  # (its ranks go with it)
+            assert time.monotonic() < deadline, c.leftovers()
+            time.sleep(0.05)
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # (failed: the allocation's end ends pmrun)
+            for job in c.queue():
+                c.run(["scancel", job.split()[0]])
+            proc.communicate(timeout=60)
+    assert proc.returncode == 255, err
+    hosts = sorted(line.split()[1] for line in out.splitlines())
+    assert hosts == [c.names[0], c.names[2], c.names[3]], out
+    lost = [line for line in err.splitlines() if " lost" in line]
+    assert lost == [f"pmrun: node 1 ({c.names[1]}) lost: srun: error: {c.names[1]}: task 1: "
+                    "Killed"], err
+    assert_clean(c)
+
+
 @pytest.mark.parametrize("nodes,launcher", [(3, ""), (1, "-launcher fork ")])
 def test_cancelled_batch_job_ends_pmrun_with_sigterms_status(slurm_cluster: RealCluster,
                                                              tmp_path: Path, nodes: int,

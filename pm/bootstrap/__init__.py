@@ -181,7 +181,7 @@ def bootstrap_options(extra: Mapping[str, str],
             opts["job_name"] = extra["job_name"]  # (-J: its agents' step's name)
         if extra.get("exact"):
             opts["exact"] = True  # (srun's --exact: the step's own CPUs, pm.head counts them)
-        for key in ("cpu_freq", "slurm_profile", "acctg_freq", "slurmd_debug"):
+        for key in ("cpu_freq", "slurm_profile", "acctg_freq", "slurmd_debug", "no_kill"):
             if extra.get(key):  # (srun's, for the step: pm.bootstrap.slurm.STEP_OPTIONS)
                 opts[key.removeprefix("slurm_")] = extra[key]
     if batch:

@@ -182,8 +182,11 @@ STEP_OPTIONS = {"cpu_freq": "--cpu-freq", "profile": "--profile",
 
 
 def step_options(options: Mapping[str, Any]) -> list[str]:
-    """The user's srun options for the agents' step among ``options`` (pure)."""
-    return [f"{opt}={options[key]}" for key, opt in STEP_OPTIONS.items() if options.get(key)]
+    """The user's srun options for the agents' step among ``options`` (pure); with
+    ``no_kill`` (srun's --no-kill), a node's failure does not end the step's other tasks."""
+    more = ["--no-kill"] if options.get("no_kill") else []
+    return [f"{opt}={options[key]}" for key, opt in STEP_OPTIONS.items() if options.get(key)
+            ] + more
 
 
 def step_argv(hosts: list[str], command: list[str], srun: str | None = None,
