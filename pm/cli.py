@@ -65,7 +65,7 @@ SLURM_PROFILES = frozenset({"all", "none", "energy", "task", "lustre", "network"
 
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
 _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fanout", "timeout",
-                        "wait_after_first", "quit_on_interrupt", "no_kill",
+                        "wait_after_first", "quit_on_interrupt", "no_kill", "bcast",
                         "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output",
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
                         "merge_stderr", "timestamp_output", "distribution", "unbuffered",
@@ -229,6 +229,8 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.wait_after_first = v.get("wait_after_first") or None  # type: ignore[assignment]
     spec.quit_on_interrupt = bool(v.get("quit_on_interrupt"))
     spec.no_kill = bool(v.get("no_kill"))
+    if "bcast" in v:
+        spec.bcast = str(v["bcast"])
     if spec.no_kill:
         opts.extra["no_kill"] = "1"  # (inside Slurm, the agents' step too)
     if str(v.get("stdin", "none")).isdigit():
@@ -930,6 +932,22 @@ def take_over(argv: list[str], started: StartedRanks) -> int:
     return code
 
 
+def _read_bcast(spec: JobSpec) -> None:
+    """srun's --bcast: the programs read for the plan (:mod:`pm.common.bcast`), each found
+    through its ranks' PATH; :class:`UsageError` names the first that cannot be."""
+    from pm.common.bcast import BcastError, read_programs
+
+    env, app_envs = spec.plan_env()
+    default = env.get("PATH", os.environ.get("PATH", os.defpath))
+    here = os.getcwd()
+    try:
+        spec.bcast_files = read_programs(
+            [(a.argv[0], e.get("PATH", default), os.path.join(here, a.wdir or spec.wdir or ""))
+             for a, e in zip(spec.apps, app_envs, strict=True)], spec.bcast or "")
+    except BcastError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
     import logging
 
@@ -938,6 +956,8 @@ def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
         opts = parse(args)
         if opts.spec.apps:
             opts.spec.validate()
+            if opts.spec.bcast is not None:
+                _read_bcast(opts.spec)
     except UsageError as exc:
         return refuse(exc)
     except Exception as exc:  # JobSpecError, HostlistError: the user's input

@@ -246,6 +246,7 @@ class JobRun:
             mem_bind=_mem_bind(spec.mem_bind),
             job_attrs=({"PMI_mpi_memory_alloc_kinds": spec.memory_alloc_kinds}
                        if spec.memory_alloc_kinds else {}),
+            bcast=list(spec.bcast_files), bcast_dest=spec.bcast or "",
         )
         if self.plan.bootstrap.get("exact"):  # srun's --exact
             from pm.bootstrap.base import step_cpus

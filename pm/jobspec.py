@@ -81,6 +81,12 @@ class JobSpec:
     #: srun's --quit-on-interrupt: the first Ctrl-C kills the job at once (as a second does).
     quit_on_interrupt: bool = False
     ppn: int | None = None
+    #: srun's --bcast: the programs are copied to the nodes, whose ranks run the copies
+    #: (:mod:`pm.common.bcast`); None: not, "": to each node's temporary directory, a path
+    #: ending in / to that directory, another path to that file.
+    bcast: str | None = None
+    #: What --bcast copies (:func:`pm.common.bcast.read_programs`, read once by pmrun).
+    bcast_files: list[Any] = field(default_factory=list)
     #: srun's --no-kill: a lost node (its agent gone) is named and the other nodes' ranks
     #: run on, the first failure's status the job's.
     no_kill: bool = False

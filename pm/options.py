@@ -1937,6 +1937,11 @@ OPTIONS = (
         group=MISC,
         help="srun's: a rank that fails ends the job (the default); =0 (-K0): the others "
              "run on, as -disable-auto-cleanup"),
+    Opt("--bcast --preload-binary", "bcast", kind=FLAG, const="", group=LAUNCH,
+        help="srun's (Open MPI's --preload-binary): copy the program to every node of the "
+             "job and run the copy there (in the node's TMPDIR or /tmp; --bcast=DIR/ in DIR, "
+             "--bcast=PATH at PATH), removed when the job ends: for nodes that do not share "
+             "the program's file system"),
     Opt("--no-kill", "no_kill", kind=FLAG, group=MISC,
         help="srun's: a node lost (its agent gone) is named and the ranks of the other nodes "
              "run on to their end (the exit status is the first failure's); =off: the "
@@ -2188,6 +2193,14 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             out.used.setdefault(BY_NAME["-K"], name)
             out.values["kill_on_bad_exit"] = kill
             at = ("kill_on_bad_exit", i)
+            i += 1
+            continue
+        if name == "--bcast" and eq:  # srun's optional value: --bcast=DEST
+            if not inline:
+                raise UsageError("--bcast= needs a path (or no =)")
+            out.used.setdefault(BY_NAME["--bcast"], name)
+            out.values["bcast"] = inline
+            at = ("bcast", i)
             i += 1
             continue
         if name == "--no-kill" and eq:  # srun's optional value: --no-kill=off
@@ -2710,7 +2723,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "open_mode", "task_prolog", "srun_prolog", "srun_epilog",
                "task_epilog", "propagate", "hint", "gpus_per_task", "output_from", "exact",
                "mem_bind", "cpu_freq", "relative", "memory_alloc_kinds",
-               "quit_on_interrupt", "acctg_freq", "slurmd_debug", "no_kill")
+               "quit_on_interrupt", "acctg_freq", "slurmd_debug", "no_kill", "bcast")
 
 
 def _ensemble_only(out: Parsed) -> None:

@@ -199,6 +199,27 @@ def test_ranks_run_in_pmruns_directory_on_every_host(ssh_cluster: RealCluster,
     assert_clean(c)
 
 
+def test_bcast_runs_a_copy_of_the_program_on_every_host(ssh_cluster: RealCluster,
+                                                        tmp_path: Path) -> None:
+    # srun's --bcast: each host runs its own copy of the program (in its /tmp: these hosts
+    # share this machine's file system, so the copies tell by their names), gone after.
+    c = ssh_cluster
+    prog = tmp_path / "prog"
+    prog.write_text('#!/bin/sh\necho "$PMI_RANK $(hostname) $0"\n')
+    prog.chmod(0o755)
+    before = set(Path("/tmp").glob("pmrun-bcast-*"))
+    hosts = f"{c.names[0]}:1,{c.names[1]}:1"
+    res = run(["-hosts", hosts, "-n", "2", "--ssh", c.ssh_command(), "--bcast", "./prog"],
+              tmp_path)
+    assert res.returncode == 0, res.stderr
+    got = sorted(line.split() for line in res.stdout.splitlines())
+    assert [g[:2] for g in got] == [["0", c.names[0]], ["1", c.names[1]]], got
+    assert all(g[2].startswith("/tmp/pmrun-bcast-") and g[2].endswith(f"-{i}-prog")
+               for i, g in enumerate(got)), got
+    assert set(Path("/tmp").glob("pmrun-bcast-*")) == before
+    assert_clean(c)
+
+
 def test_a_gnu_parallel_ensemble_over_ssh_hosts(ssh_cluster: RealCluster,
                                                 tmp_path: Path) -> None:
     c = ssh_cluster

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import os
 import signal
@@ -55,7 +56,7 @@ EARLY_SAMPLES = 3
 
 
 if TYPE_CHECKING:
-    from pm.agent.spawn import Guardian
+    from pm.agent.spawn import Guardian, SpawnError
     from pm.agent.spawned_jobs import AgentSpawns, SpawnRequests
     from pm.agent.started import StartedRanks
     from pm.proto.spawn import SpawnRequest, SpawnResult
@@ -107,6 +108,9 @@ class JobAgent:
         #: Where programs without a wdir run here: the launcher's directory where it exists
         #: (else the agent's own, the home directory over ssh, as Open MPI and srun do).
         self.launch_dir = _launch_dir(plan.cwd, vertex, self.host) if self.local else None
+        #: srun's --bcast: each program's copy on this node, or why it could not be made
+        #: (:meth:`_place_bcast`).
+        self.bcast_paths: dict[int, str | SpawnError] = {}
         self.kvs = NodeKVS()
         self._node_attrs: dict[str, str] = {}
         self._node_waiters: dict[str, list[asyncio.Future[str | None]]] = {}
@@ -346,8 +350,37 @@ class JobAgent:
         host_own(base, self.plan.bootstrap.get("name"), os.environ)
         base.update(self.extra_env)
         self._watch_shm(ShmReaper())
+        copies = self._place_bcast() if self.plan.bcast else []
         self.procs.start(base, self.cpusets, guardian, shared)
         self._note_xml()
+        if copies and self.procs.guardian is not None:
+            self.procs.guardian.note(copies)  # gone with the ranks, even if we are killed
+
+    def _place_bcast(self) -> list[str]:
+        """srun's --bcast: this node's copies of the programs its ranks run
+        (:mod:`pm.common.bcast`), in :attr:`bcast_paths` (a copy that could not be written:
+        why, which its ranks fail with); the copies' paths."""
+        from pm.agent.spawn import SpawnError
+        from pm.common.bcast import dest_path, place
+
+        here = {self.plan.app_of_rank(r) for r in self.ranks}
+        made = []
+        for f in self.plan.bcast:
+            if here.isdisjoint(f.apps):
+                continue
+            path = dest_path(self.plan.bcast_dest, self.plan.job_id, self.vertex, f.name,
+                             self.launch_dir or os.getcwd())
+            placed: str | SpawnError = path
+            try:
+                place(f, path)
+            except OSError as exc:
+                placed = SpawnError(f"--bcast: {path}: {exc.strerror or exc}")
+            else:
+                made.append(path)
+                self.on_close.append(functools.partial(_remove_quietly, path))
+            for app in f.apps:
+                self.bcast_paths[app] = placed
+        return made
 
     def adopt_ranks(self, started: StartedRanks) -> None:
         """Take over the ranks ``pmrun``'s quick path started (:mod:`pm.quick`), their
@@ -980,6 +1013,11 @@ class JobAgent:
 
 #: Profile names of the PMI events a session reports.
 _EVENT_MARKS = {"init": "PMI init", "finalize": "finalize", "abort": "abort", "eof": "PMI eof"}
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _launch_dir(cwd: str, vertex: int, host: str) -> str | None:

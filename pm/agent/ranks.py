@@ -164,7 +164,12 @@ class LocalRanks:
                 env.update(agent.pmix.fork_env(rank))
             if plan.gpus_per_task:  # srun's --gpus-per-task
                 self._deal_gpus(env, proc.local_rank)
-            if appnum not in resolved:
+            copy = agent.bcast_paths.get(appnum)  # srun's --bcast: the node's copy
+            if copy is not None:
+                resolved[appnum] = copy
+                if isinstance(copy, str):
+                    argv = [copy, *argv[1:]]
+            elif appnum not in resolved:
                 try:
                     resolved[appnum] = resolve(argv[0], env, wdir)
                 except SpawnError as exc:

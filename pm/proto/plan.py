@@ -33,6 +33,16 @@ class AppPlan(Record):
     wdir: str | None
 
 
+class BcastFile(Record):
+    """A program copied to every node of the job (srun's ``--bcast``, :mod:`pm.common.bcast`)."""
+
+    #: The programs (indexes in the job) that run it: their ranks run the copy.
+    apps: list[int]
+    #: Its file name (the copy's name ends in it).
+    name: str
+    data: bytes
+
+
 class SpawnOrigin(Record):
     """What a spawned job (``MPI_Comm_spawn``, :mod:`pm.spawned_jobs`) carries of its making."""
 
@@ -54,7 +64,7 @@ class SpawnOrigin(Record):
 class JobPlan(Record):
     """Everything an agent needs to run its part of a job; travels in ``Launch``."""
 
-    _nested = {"apps": [AppPlan], "spawned": SpawnOrigin}
+    _nested = {"apps": [AppPlan], "spawned": SpawnOrigin, "bcast": [BcastFile]}
 
     job_id: str
     kvsname: str
@@ -135,6 +145,10 @@ class JobPlan(Record):
     #: PMI job attributes the agents answer as given (Hydra's ``-memory-alloc-kinds``:
     #: ``PMI_mpi_memory_alloc_kinds``), besides those they know themselves.
     job_attrs: dict[str, str] = {}
+    #: srun's ``--bcast``: the programs every node runs a copy of, and where the copies go
+    #: (:func:`pm.common.bcast.dest_path`: "" the node's temporary directory).
+    bcast: list[BcastFile] = []
+    bcast_dest: str = ""
 
     def node_of_rank(self) -> list[int]:
         """The node (index into :attr:`hosts`) of each rank."""

@@ -58,8 +58,9 @@ MAC_LEN = 16
 #: 5: exits and aborts carry the time their agent learned of them; 6: Started says whether
 #: a spawned job's ranks need their spawner; 7: plans carry --rank-by and a rankfile's
 #: placement and slots; 9: Kill may ask for a report of the ranks' state first (Report);
-#: 10: plans carry --gpus-per-task; 11: and --mem-bind; 12: and PMI job attributes
-PROTOCOL_VERSION = 12
+#: 10: plans carry --gpus-per-task; 11: and --mem-bind; 12: and PMI job attributes;
+#: 13: and the programs --bcast copies to the nodes
+PROTOCOL_VERSION = 13
 
 #: Directions of a tree link (bound under an envelope's tag).
 UP = 1  # child to parent
