@@ -66,6 +66,7 @@ SLURM_PROFILES = frozenset({"all", "none", "energy", "task", "lustre", "network"
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
 _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fanout", "timeout",
                         "wait_after_first", "quit_on_interrupt", "no_kill", "bcast",
+                        "send_libs",
                         "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output",
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
                         "merge_stderr", "timestamp_output", "distribution", "unbuffered",
@@ -231,6 +232,10 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.no_kill = bool(v.get("no_kill"))
     if "bcast" in v:
         spec.bcast = str(v["bcast"])
+    spec.send_libs = bool(v.get("send_libs"))
+    if spec.send_libs and spec.bcast is None:
+        raise UsageError("--send-libs sends the libraries of the programs --bcast copies: "
+                         "give --bcast too")
     if spec.no_kill:
         opts.extra["no_kill"] = "1"  # (inside Slurm, the agents' step too)
     if str(v.get("stdin", "none")).isdigit():
@@ -943,7 +948,8 @@ def _read_bcast(spec: JobSpec) -> None:
     try:
         spec.bcast_files = read_programs(
             [(a.argv[0], e.get("PATH", default), os.path.join(here, a.wdir or spec.wdir or ""))
-             for a, e in zip(spec.apps, app_envs, strict=True)], spec.bcast or "")
+             for a, e in zip(spec.apps, app_envs, strict=True)], spec.bcast or "",
+            libs=spec.send_libs)
     except BcastError as exc:
         raise UsageError(str(exc)) from None
 

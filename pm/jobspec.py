@@ -85,6 +85,8 @@ class JobSpec:
     #: (:mod:`pm.common.bcast`); None: not, "": to each node's temporary directory, a path
     #: ending in / to that directory, another path to that file.
     bcast: str | None = None
+    #: srun's --send-libs: the programs' shared libraries go along (outside the system's).
+    send_libs: bool = False
     #: What --bcast copies (:func:`pm.common.bcast.read_programs`, read once by pmrun).
     bcast_files: list[Any] = field(default_factory=list)
     #: srun's --no-kill: a lost node (its agent gone) is named and the other nodes' ranks

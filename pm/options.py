@@ -1942,6 +1942,10 @@ OPTIONS = (
              "job and run the copy there (in the node's TMPDIR or /tmp; --bcast=DIR/ in DIR, "
              "--bcast=PATH at PATH), removed when the job ends: for nodes that do not share "
              "the program's file system"),
+    Opt("--send-libs", "send_libs", kind=FLAG, group=LAUNCH,
+        help="srun's, with --bcast: the shared libraries the program loads from outside "
+             "/lib, /usr/lib, /lib64 and /usr/lib64 go along, into a folder beside each "
+             "copy that the ranks' LD_LIBRARY_PATH starts with (=no: not)"),
     Opt("--no-kill", "no_kill", kind=FLAG, group=MISC,
         help="srun's: a node lost (its agent gone) is named and the ranks of the other nodes "
              "run on to their end (the exit status is the first failure's); =off: the "
@@ -2201,6 +2205,14 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             out.used.setdefault(BY_NAME["--bcast"], name)
             out.values["bcast"] = inline
             at = ("bcast", i)
+            i += 1
+            continue
+        if name == "--send-libs" and eq:  # srun's optional value: --send-libs=yes|no
+            if inline.lower() not in ("yes", "no"):
+                raise UsageError(f"--send-libs takes =yes, =no or nothing, not {inline!r}")
+            out.used.setdefault(BY_NAME["--send-libs"], name)
+            out.values["send_libs"] = inline.lower() == "yes"
+            at = ("send_libs", i)
             i += 1
             continue
         if name == "--no-kill" and eq:  # srun's optional value: --no-kill=off
@@ -2723,7 +2735,8 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "open_mode", "task_prolog", "srun_prolog", "srun_epilog",
                "task_epilog", "propagate", "hint", "gpus_per_task", "output_from", "exact",
                "mem_bind", "cpu_freq", "relative", "memory_alloc_kinds",
-               "quit_on_interrupt", "acctg_freq", "slurmd_debug", "no_kill", "bcast")
+               "quit_on_interrupt", "acctg_freq", "slurmd_debug", "no_kill", "bcast",
+               "send_libs")
 
 
 def _ensemble_only(out: Parsed) -> None:

@@ -4,6 +4,7 @@ and gone after (pm.common.bcast; over real ssh in test_ssh.py)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -88,3 +89,59 @@ def test_programs_are_read_once_and_found_as_ranks_find_them(prog: Path, tmp_pat
     assert dest_path("", "job", 3, "prog", "/w").endswith("/pmrun-bcast-job-3-prog")
     assert dest_path("d/", "job", 3, "prog", "/w") == "/w/d/pmrun-bcast-job-3-prog"
     assert dest_path("/x/y", "job", 3, "prog", "/w") == "/x/y"
+
+
+#: Says where the library it loads lies (its mapping), and what the library returns.
+LIB_PROG = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int pmt_answer(void);
+int main(void) {
+    char line[4096];
+    FILE *f = fopen("/proc/self/maps", "r");
+    while (f && fgets(line, sizeof line, f))
+        if (strstr(line, "libpmt")) {
+            printf("%s %d %s", getenv("PMI_RANK"), pmt_answer(), strchr(line, '/'));
+            return 0;
+        }
+    return 1;
+}
+"""
+
+
+@pytest.mark.timeout(120)
+def test_send_libs_sends_the_programs_own_libraries(pmrun: Run, tmp_path: Path) -> None:
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (tmp_path / "lib.c").write_text("int pmt_answer(void) { return 42; }\n")
+    (tmp_path / "prog.c").write_text(LIB_PROG)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib / "libpmt.so.1"),
+                    "-Wl,-soname,libpmt.so.1", str(tmp_path / "lib.c")], check=True, timeout=60)
+    subprocess.run(["gcc", "-o", str(tmp_path / "prog"), str(tmp_path / "prog.c"), f"-L{lib}",
+                    "-l:libpmt.so.1"], check=True, timeout=60)
+    (tmp_path / "tmp").mkdir()
+    env = {"LD_LIBRARY_PATH": str(lib), "TMPDIR": str(tmp_path / "tmp")}
+    r = pmrun("--bcast", "--send-libs", "--local-nodes", "2", "-n", "2", "./prog", env=env)
+    assert r.returncode == 0, r.stderr
+    got = rows(r.stdout)
+    assert [g[:2] for g in got] == [["0", "42"], ["1", "42"]], got
+    for node, (_, _, path) in enumerate(got):  # each node's copy of the library, loaded
+        folder = Path(path).parent
+        assert folder.parent == tmp_path / "tmp" and folder.name.endswith(f"-{node}-prog.libs")
+        assert Path(path).name == "libpmt.so.1"
+    assert not list((tmp_path / "tmp").glob("pmrun-bcast-*"))  # gone with the job
+    # Without it the original is loaded; a library not found here is named.
+    r = pmrun("--bcast", "--send-libs=no", "-n", "1", "./prog", env=env)
+    assert r.returncode == 0 and rows(r.stdout)[0][2] == str(lib / "libpmt.so.1"), r
+    r = pmrun("--bcast", "--send-libs", "-n", "1", "./prog")
+    assert (r.returncode, r.stderr) == (2, "pmrun: --send-libs: ./prog: libpmt.so.1 is not "
+                                           "found here (not found)\n")
+    for args, line in ((["--send-libs"], "pmrun: --send-libs sends the libraries of the "
+                                         "programs --bcast copies: give --bcast too"),
+                       (["--bcast", "--send-libs=maybe"], "pmrun: --send-libs takes =yes, "
+                                                          "=no or nothing, not 'maybe'")):
+        r = pmrun(*args, "-n", "1", "./prog")
+        assert (r.returncode, r.stderr.splitlines()) == (2, [line]), args

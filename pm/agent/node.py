@@ -111,6 +111,8 @@ class JobAgent:
         #: srun's --bcast: each program's copy on this node, or why it could not be made
         #: (:meth:`_place_bcast`).
         self.bcast_paths: dict[int, str | SpawnError] = {}
+        #: --send-libs: the folder of each program's libraries here.
+        self.bcast_libs: dict[int, str] = {}
         self.kvs = NodeKVS()
         self._node_attrs: dict[str, str] = {}
         self._node_waiters: dict[str, list[asyncio.Future[str | None]]] = {}
@@ -361,7 +363,7 @@ class JobAgent:
         (:mod:`pm.common.bcast`), in :attr:`bcast_paths` (a copy that could not be written:
         why, which its ranks fail with); the copies' paths."""
         from pm.agent.spawn import SpawnError
-        from pm.common.bcast import dest_path, place
+        from pm.common.bcast import dest_path, libs_dir, place
 
         here = {self.plan.app_of_rank(r) for r in self.ranks}
         made = []
@@ -378,6 +380,11 @@ class JobAgent:
             else:
                 made.append(path)
                 self.on_close.append(functools.partial(_remove_quietly, path))
+                if f.libs:  # --send-libs: its ranks look there first
+                    made.append(libs_dir(path))
+                    self.on_close.append(functools.partial(_remove_quietly, libs_dir(path)))
+                    for app in f.apps:
+                        self.bcast_libs[app] = libs_dir(path)
             for app in f.apps:
                 self.bcast_paths[app] = placed
         return made
@@ -1016,6 +1023,12 @@ _EVENT_MARKS = {"init": "PMI init", "finalize": "finalize", "abort": "abort", "e
 
 
 def _remove_quietly(path: str) -> None:
+    """Remove the file or folder ``path``, if it is there."""
+    import shutil
+
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
     with contextlib.suppress(OSError):
         os.unlink(path)
 

@@ -165,6 +165,10 @@ class LocalRanks:
             if plan.gpus_per_task:  # srun's --gpus-per-task
                 self._deal_gpus(env, proc.local_rank)
             copy = agent.bcast_paths.get(appnum)  # srun's --bcast: the node's copy
+            libs = agent.bcast_libs.get(appnum)  # and --send-libs' folder of its libraries
+            if libs is not None:
+                env["LD_LIBRARY_PATH"] = ":".join(
+                    p for p in (libs, env.get("LD_LIBRARY_PATH", "")) if p)
             if copy is not None:
                 resolved[appnum] = copy
                 if isinstance(copy, str):

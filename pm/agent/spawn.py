@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 # The guardian ignores the signals the agent forwards to the group, the stop signals
 # too: a stopped guardian could not kill the group if its agent died meanwhile.  The
-# lines it reads are files of the job's (Guardian.note): gone with the agent, they go too.
+# lines it reads are files (or folders) of the job's (Guardian.note): gone with the agent,
+# they go too.
 _GUARDIAN = ("trap '' INT TERM HUP QUIT PIPE USR1 USR2 TSTP TTIN TTOU; "
              # A line that is not a path: the agent ended the job itself (Guardian.release);
              # "done": and every file named here is gone already.
@@ -54,7 +55,7 @@ _GUARDIAN = ("trap '' INT TERM HUP QUIT PIPE USR1 USR2 TSTP TTIN TTOU; "
              '/dev/shm/mpich_shm_*|/dev/shm/sm_segment.*|/dev/shm/vader_segment.*|'
              '/dev/shm/shm-col-space-*) set -- "$@" "${f% (deleted)}";; esac; '
              'done 2>/dev/null < "$d/maps"; done; '
-             '[ $# -eq 0 ] || rm -f -- "$@"; kill -KILL 0')
+             '[ $# -eq 0 ] || rm -rf -- "$@"; kill -KILL 0')
 
 #: Target fd number of the PMI socket in a rank (``PMI_FD``).
 PMI_FD = 3

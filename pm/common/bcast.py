@@ -8,6 +8,9 @@ directory (``TMPDIR``, else ``/tmp``) by default, a directory given with a trail
 or exactly the path given (one program).  A copy is written under another name and renamed
 into place, so nodes sharing a file system never see each other's half-written copy, and
 it is removed when the job ends there (by the ranks' guardian if the agent is killed).
+With ``--send-libs`` the shared libraries it loads from outside the system's folders go
+along (:func:`shared_libs`), into a folder beside the copy (:func:`libs_dir`) that its
+ranks' ``LD_LIBRARY_PATH`` starts with.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from pm.proto.plan import BcastFile
 
 #: The largest program a job copies to its nodes (it travels in the job's plan).
 MOST = 1 << 30
+#: Where --send-libs does not look: the system's libraries, on every node already (srun's
+#: BcastExclude default).
+SYSTEM_LIBS = ("/lib/", "/usr/lib/", "/lib64/", "/usr/lib64/")
 
 
 class BcastError(Exception):
@@ -39,7 +45,8 @@ def which(prog: str, path: str, cwd: str) -> str | None:
     return None
 
 
-def read_programs(programs: Sequence[tuple[str, str, str]], dest: str) -> list[BcastFile]:
+def read_programs(programs: Sequence[tuple[str, str, str]], dest: str, libs: bool = False
+                  ) -> list[BcastFile]:
     """Each program (argv[0], the ``PATH`` its ranks get, their directory) read for the
     plan, once per file however many programs run it; :class:`BcastError` names the first
     one that cannot be (not found, not a file, unreadable, over :data:`MOST`), or a
@@ -70,7 +77,40 @@ def read_programs(programs: Sequence[tuple[str, str, str]], dest: str) -> list[B
                 data = f.read()
         except OSError as exc:
             raise BcastError(f"--bcast: {prog}: {exc.strerror or exc}") from None
-        out.append(BcastFile(apps, names[where], data))
+        out.append(BcastFile(apps, names[where], data,
+                             shared_libs(where, prog) if libs and data[:4] == b"\x7fELF" else {}))
+    return out
+
+
+def shared_libs(path: str, prog: str) -> dict[str, bytes]:
+    """srun's --send-libs: the shared libraries program ``path`` loads from outside
+    :data:`SYSTEM_LIBS`, as the dynamic loader finds them here (``ldd``): soname ->
+    contents.  :class:`BcastError` if they cannot be found or read."""
+    import subprocess
+
+    try:
+        res = subprocess.run(["ldd", path], capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BcastError(f"--send-libs: {prog}: ldd: {exc}") from None
+    if res.returncode and "not a dynamic executable" in res.stdout + res.stderr:
+        return {}  # (static: nothing to send)
+    out = {}
+    for line in res.stdout.splitlines():
+        name, arrow, rest = line.strip().partition(" => ")
+        if not arrow or "/" in name:
+            continue  # (the loader itself; a library named by its path is found by it)
+        found = rest.rpartition(" (")[0] if rest.endswith(")") else rest
+        if not found.startswith("/"):
+            raise BcastError(f"--send-libs: {prog}: {name} is not found here ({found or '?'})")
+        real = os.path.realpath(found)
+        if found.startswith(SYSTEM_LIBS) or real.startswith(SYSTEM_LIBS):
+            continue
+        try:
+            with open(real, "rb") as f:
+                out[name] = f.read()
+        except OSError as exc:
+            raise BcastError(f"--send-libs: {prog}: {found}: {exc.strerror or exc}") from None
     return out
 
 
@@ -89,14 +129,29 @@ def _tmpdir() -> str:
     return tmp if tmp.startswith("/") and os.path.isdir(tmp) else "/tmp"
 
 
+def libs_dir(path: str) -> str:
+    """The folder of the libraries --send-libs sent with the copy at ``path``."""
+    return f"{path}.libs"
+
+
 def place(f: BcastFile, path: str) -> None:
-    """Write ``f`` at ``path``, for its owner to run (a new file renamed into place);
-    OSError says why not."""
+    """Write ``f`` at ``path``, for its owner to run (a new file renamed into place), and
+    its libraries in :func:`libs_dir`; OSError says why not."""
+    if f.libs:
+        folder = libs_dir(path)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+        for name, data in f.libs.items():
+            _write(os.path.join(folder, os.path.basename(name)), data)
+    _write(path, f.data)
+
+
+def _write(path: str, data: bytes) -> None:
     part = f"{path}.{os.getpid()}.part"
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o700)
     try:
         with os.fdopen(fd, "wb", closefd=True) as out:
-            out.write(f.data)
+            out.write(data)
         os.rename(part, path)
     except BaseException:
         with contextlib.suppress(OSError):

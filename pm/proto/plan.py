@@ -41,6 +41,10 @@ class BcastFile(Record):
     #: Its file name (the copy's name ends in it).
     name: str
     data: bytes
+    #: srun's ``--send-libs``: the shared libraries it loads from outside the system's
+    #: folders (soname -> contents), put in a folder beside the copy that its ranks'
+    #: ``LD_LIBRARY_PATH`` starts with.
+    libs: dict[str, bytes] = {}
 
 
 class SpawnOrigin(Record):
