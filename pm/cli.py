@@ -25,7 +25,7 @@ from pm.proto.errors import UsageError
 from pm.proto.plan import STDIN_ALL
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
     from pm.agent.started import StartedRanks
     from pm.common.nodes import Nodes
@@ -66,7 +66,7 @@ SLURM_PROFILES = frozenset({"all", "none", "energy", "task", "lustre", "network"
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
 _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fanout", "timeout",
                         "wait_after_first", "quit_on_interrupt", "no_kill", "bcast",
-                        "send_libs",
+                        "send_libs", "pty",
                         "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output",
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
                         "merge_stderr", "timestamp_output", "distribution", "unbuffered",
@@ -233,6 +233,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     if "bcast" in v:
         spec.bcast = str(v["bcast"])
     spec.send_libs = bool(v.get("send_libs"))
+    spec.pty = bool(v.get("pty"))
     if spec.send_libs and spec.bcast is None:
         raise UsageError("--send-libs sends the libraries of the programs --bcast copies: "
                          "give --bcast too")
@@ -867,8 +868,9 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
             if job.writer is not None:
                 job.writer.close()
             return int(failed.rsplit(" ", 1)[1])
-    await job.start()
-    result = await job.wait()
+    with _raw_terminal(opts.spec.pty):
+        await job.start()
+        result = await job.wait()
     epilog = opts.extra.get("srun_epilog")
     if epilog:  # srun's --epilog: once the job has ended, here; its status is not the job's
         failed = await _run_hook(str(epilog), opts.spec)
@@ -894,6 +896,36 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
             f"node {k}: {v[0]} in the agent + {v[1]} in shared memory"
             for k, v in sorted(kb.items(), key=lambda kv: int(kv[0]))))
     return result.returncode
+
+
+@contextlib.contextmanager
+def _raw_terminal(pty: bool) -> Iterator[None]:
+    """srun's --pty: pmrun's stdin, if it is a terminal, raw while the job runs (its keys
+    go to rank 0's terminal as they are, as ssh -t does), as it was after."""
+    import termios
+
+    try:
+        saved = termios.tcgetattr(0) if pty and os.isatty(0) else None
+    except termios.error:
+        saved = None
+    if saved is None:
+        yield
+        return
+    import logging
+    import tty
+
+    tty.setraw(0, termios.TCSADRAIN)
+    # pmrun's own lines meanwhile: a raw terminal does not return the carriage at a new line.
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    for h in handlers:
+        h.terminator = "\r\n"
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.terminator = "\n"
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
 
 
 def main(argv: list[str] | None = None) -> int:

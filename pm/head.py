@@ -146,6 +146,15 @@ def _task_hook(prog: str) -> str:
     return os.path.abspath(prog) if "/" in prog and not prog.startswith("/") else prog
 
 
+def _terminal_size() -> list[int]:
+    """srun's --pty: the size of pmrun's terminal (rows, columns), 0 0 if it has none."""
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            size = os.get_terminal_size(fd)
+            return [size.lines, size.columns]
+    return [0, 0]
+
+
 def _prefix(pattern: str, hosts: list[str], node_of_rank: list[int], rank: int) -> bytes:
     from pm.options import prepend_prefix
 
@@ -195,10 +204,10 @@ class JobRun:
                                                     STDERR: spec.error or ""}, job_id=job_id)
             self.writer.timestamp = spec.timestamp
             self.writer.append = spec.output_append
-            if spec.output_from:  # Hydra's -output-from
+            if spec.output_from or spec.pty:  # Hydra's -output-from; srun's --pty: rank 0's
                 from pm.common.output import rank_ranges
 
-                self.writer.only = rank_ranges(spec.output_from)
+                self.writer.only = rank_ranges(spec.output_from or str(spec.stdin_rank))
         #: Our stdout / stderr whose reader went away (the ranks' writes to it fail);
         #: perhaps already in pmrun's quick path, which told the ranks then.
         self._lost_streams: set[int] = set()
@@ -247,6 +256,7 @@ class JobRun:
             job_attrs=({"PMI_mpi_memory_alloc_kinds": spec.memory_alloc_kinds}
                        if spec.memory_alloc_kinds else {}),
             bcast=list(spec.bcast_files), bcast_dest=spec.bcast or "",
+            pty=_terminal_size() if spec.pty else [],
         )
         if self.plan.bootstrap.get("exact"):  # srun's --exact
             from pm.bootstrap.base import step_cpus

@@ -85,6 +85,8 @@ class JobSpec:
     #: (:mod:`pm.common.bcast`); None: not, "": to each node's temporary directory, a path
     #: ending in / to that directory, another path to that file.
     bcast: str | None = None
+    #: srun's --pty: the stdin rank runs on a pseudo-terminal (pm.agent.spawn.RankFds).
+    pty: bool = False
     #: srun's --send-libs: the programs' shared libraries go along (outside the system's).
     send_libs: bool = False
     #: What --bcast copies (:func:`pm.common.bcast.read_programs`, read once by pmrun).

@@ -1543,6 +1543,11 @@ OPTIONS = (
         help="the rank that reads pmrun's stdin (default 0), all: every rank reads it, or "
              "none: every rank reads /dev/null (Open MPI's --stdin, srun's -i); or FILE, "
              "which every rank reads, opening it on its node (srun's and Flux's -i FILE)"),
+    Opt("--pty", "pty", kind=FLAG, group=IO,
+        help="srun's: rank 0 runs on a pseudo-terminal (its stdin, stdout and stderr) that "
+             "its node's agent makes, pmrun's terminal raw meanwhile (Ctrl-C, Ctrl-Z and "
+             "line editing are the program's, as over ssh -t), its output passed on as it "
+             "comes; the other ranks' output is dropped (as srun does). pmrun --pty -n 1 bash"),
     Opt("--unbuffered", "unbuffered", kind=FLAG, quick=True, group=IO,
         help="srun's -u: each rank's output passed on as it comes, partial lines too (a "
              "prompt, a progress bar), and Python ranks unbuffered (PYTHONUNBUFFERED=1); "
@@ -2386,6 +2391,13 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     _ensemble_only(out)
     if "onall" in out.values:
         _onall_words(out)
+    if "pty" in out.values:  # srun's --pty: rank 0's terminal, passed on as it comes
+        if str(out.values.get("stdin", "0")) != "0":
+            raise UsageError(f"--pty gives rank 0 a terminal, with pmrun's stdin: not with "
+                             f"{out.used.get(BY_NAME['--stdin'], '--stdin')} "
+                             f"{out.values['stdin']}")
+        out.values["unbuffered"] = True
+        out.used.setdefault(BY_NAME["--unbuffered"], "--pty")
     _unbuffered(out, environ)
     _open_mpi_mapping(out.values, environ)
     _srun_export(out)
@@ -2736,7 +2748,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "task_epilog", "propagate", "hint", "gpus_per_task", "output_from", "exact",
                "mem_bind", "cpu_freq", "relative", "memory_alloc_kinds",
                "quit_on_interrupt", "acctg_freq", "slurmd_debug", "no_kill", "bcast",
-               "send_libs")
+               "send_libs", "pty")
 
 
 def _ensemble_only(out: Parsed) -> None:

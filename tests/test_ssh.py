@@ -220,6 +220,22 @@ def test_bcast_runs_a_copy_of_the_program_on_every_host(ssh_cluster: RealCluster
     assert_clean(c)
 
 
+def test_pty_gives_a_terminal_on_the_host(ssh_cluster: RealCluster, tmp_path: Path) -> None:
+    # srun's --pty over ssh: an interactive shell on another host, from pmrun's terminal.
+    from pty_util import on_terminal
+
+    c = ssh_cluster
+    t = on_terminal(["--pty", "-hosts", c.names[1], "--ssh", c.ssh_command(), "-n", "1", "sh",
+                     "-c", "tty; hostname; stty size; echo ready; read x; echo got $x"],
+                    [(b"ready", b"there\r")], cwd=tmp_path, size=(40, 100))
+    lines = t.text.split("\r\n")
+    assert t.code == 0, t.text
+    assert lines[0].startswith("/dev/pts/") and lines[1:] == [
+        c.names[1], "40 100", "ready", "there", "got there", ""], t.text
+    assert t.after == t.before
+    assert_clean(c)
+
+
 def test_a_gnu_parallel_ensemble_over_ssh_hosts(ssh_cluster: RealCluster,
                                                 tmp_path: Path) -> None:
     c = ssh_cluster

@@ -123,6 +123,9 @@ class LocalRanks:
         self._stdin_in = 0
         self._stdin_acked = 0
         self._stdin_eof = False
+        #: srun's --pty: the rank on a pseudo-terminal, in a session of its own (out of
+        #: the guardian's group: signalled by its pid as well); 0: none.
+        self.pty_pid = 0
         #: Bytes of output this node may still send up (pm.common.output.output_window); without
         #: credit the pipes are not read, so the ranks wait for the head's reader.
         self._credit = output_window(len(agent.plan.hosts))
@@ -186,9 +189,12 @@ class LocalRanks:
                 path, argv = "/bin/sh", ["/bin/sh", "-c", TASK_PROLOG, "pm-task-prolog",
                                          plan.task_prolog, *argv]
             mem = mems.get(proc.local_rank)
+            pty = None
+            if plan.pty and rank == plan.stdin_rank and not plan.spawned:  # srun's --pty
+                pty = (plan.pty[0], plan.pty[1])
             todo.append(RankStart(rank, proc.local_rank, path if isinstance(path, str) else "",
                                   argv, env, wdir, cpus, failure=_why(path) or _why(mem),
-                                  mem=None if isinstance(mem, SpawnError) else mem))
+                                  mem=None if isinstance(mem, SpawnError) else mem, pty=pty))
         # Stdin goes to one rank of the launched job (a spawned job's read /dev/null).
         stdin_rank = None if plan.spawned or plan.stdin_file else plan.stdin_rank
         stdin_file = None if plan.spawned else plan.stdin_file or None
@@ -206,6 +212,8 @@ class LocalRanks:
             start_local(todo, stdin_rank=stdin_rank, guardian=guardian,
                         merge=plan.merge_stderr, into=started, stdin_file=stdin_file,
                         raw=plan.unbuffered)
+        self.pty_pid = next((r.pid for r, s in zip(started.ranks, todo, strict=True) if s.pty),
+                            0)
         self.adopt(started, mark=False)
 
     def _mem_policies(self, cpusets: list[frozenset[int]] | None
@@ -485,7 +493,10 @@ class LocalRanks:
         self._stdin_eof = eof
         for proc in self._stdin_readers:
             if proc.stdin_fd >= 0:
-                proc.stdin_buf += data
+                # The end of pmrun's stdin is the terminal's end-of-file character for a
+                # rank on a pseudo-terminal (closing our side would hang it up).
+                proc.stdin_buf += data + (b"\x04" if eof and proc.pid == self.pty_pid
+                                          and self.pty_pid else b"")
                 self._stdin_write(proc)
         self._stdin_took()
 
@@ -552,6 +563,12 @@ class LocalRanks:
         job of the node), not once more from here."""
         if self.guardian is not None and not self.shared:
             self.guardian.signal(signum)
+        self._signal_pty(signum)
+
+    def _signal_pty(self, signum: int) -> None:
+        proc = next((p for p in self.ranks.values() if p.pid == self.pty_pid), None)
+        if self.pty_pid and self.watch is not None and proc is not None and proc.status is None:
+            self.watch.kill(self.pty_pid, signum)
 
     def _signal_each(self, signum: int) -> None:
         """``signum`` to each of our ranks still running, through its pidfd."""
@@ -571,6 +588,7 @@ class LocalRanks:
             self._signal_each(signal.SIGTERM)
         else:
             self.guardian.signal(signal.SIGTERM)
+            self._signal_pty(signal.SIGTERM)
         if first:
             self.owned.call_later(grace, self._kill_hard)
 
@@ -578,6 +596,7 @@ class LocalRanks:
         if self.shared:
             self._signal_each(signal.SIGKILL)
         elif self.guardian is not None:
+            self._signal_pty(signal.SIGKILL)
             self.guardian.kill_all()
 
     def _kill_hard(self) -> None:

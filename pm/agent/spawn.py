@@ -135,10 +135,11 @@ class RankFds:
     """The descriptors of a rank about to start: the ends it gets (``child_fds``) and ours
     (its PMI socket, its stdout and stderr pipes, its stdin pipe if it reads ours)."""
 
-    __slots__ = ("_child", "_shared", "err", "out", "pmi", "stdin")
+    __slots__ = ("_child", "_shared", "_slave", "err", "out", "pmi", "stdin", "tty")
 
     def __init__(self, stdin_pipe: bool, pmi: bool = True, devnull: int = -1,
-                 merge: bool = False, stdin_file: str | None = None) -> None:
+                 merge: bool = False, stdin_file: str | None = None,
+                 pty: tuple[int, int] | None = None) -> None:
         """Raises :class:`SpawnError` (nothing left open) when the descriptors run out, or
         ``stdin_file`` cannot be opened.
 
@@ -152,6 +153,14 @@ class RankFds:
         self._child: dict[int, int] = {}
         #: A child end that is the caller's (not closed here).
         self._shared = -1
+        #: srun's --pty: the terminal the rank opens as its stdin, stdout and stderr (and
+        #: controlling terminal, :func:`spawn`'s ``tty``); ours is its master side, as the
+        #: rank's output and its stdin (another descriptor of it).
+        self.tty = ""
+        self._slave = -1
+        if pty is not None:
+            self._open_pty(pty, pmi)
+            return
         try:
             if pmi:
                 self.pmi, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -183,6 +192,26 @@ class RankFds:
         if self.err >= 0:
             os.set_blocking(self.err, False)
 
+    def _open_pty(self, size: tuple[int, int], pmi: bool) -> None:
+        import fcntl
+        import struct
+        import termios
+
+        try:
+            if pmi:
+                self.pmi, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+                self._child[PMI_FD] = theirs.detach()
+            self.out, self._slave = os.openpty()
+            self.tty = os.ttyname(self._slave)
+            if size[0] > 0 and size[1] > 0:
+                fcntl.ioctl(self.out, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
+            self.stdin = os.dup(self.out)
+        except OSError as exc:
+            self.close_ours()
+            self.close_child_ends()
+            raise SpawnError(f"cannot open a pseudo-terminal: {exc.strerror}") from exc
+        os.set_blocking(self.out, False)  # (and so its other descriptor, self.stdin)
+
     @property
     def child_fds(self) -> dict[int, int]:
         """``spawn``'s ``fds``: stdin, stdout, stderr and PMI_FD of the rank."""
@@ -194,6 +223,9 @@ class RankFds:
             if fd != self._shared:
                 os.close(fd)
         self._child = {}
+        if self._slave >= 0:  # (the rank opened the terminal itself)
+            os.close(self._slave)
+            self._slave = -1
 
     def close_ours(self) -> None:
         if self.pmi is not None:
@@ -215,6 +247,7 @@ def spawn(
     pgid: int | None = None,
     cpus: frozenset[int] | None = None,
     mem: Policy | None = None,
+    tty: str = "",
 ) -> int:
     """Start ``path`` and return its pid.
 
@@ -223,24 +256,32 @@ def spawn(
     ``pgid`` puts the child in that process group (0: a new group it leads).
     ``cpus`` binds the child before exec: the calling thread's affinity is
     inherited by the child, so it is set around the spawn and restored; so is ``mem``,
-    a NUMA memory policy (:class:`pm.agent.membind.ThreadPolicy`).
+    a NUMA memory policy (:class:`pm.agent.membind.ThreadPolicy`).  ``tty``: a terminal
+    the child opens as its stdin, stdout and stderr, in a session of its own whose
+    controlling terminal it is (``pgid`` does not apply).
     """
     if mem is not None:
         from pm.agent.membind import MemBindError, ThreadPolicy
 
         try:
             with ThreadPolicy(mem):
-                return spawn(path, argv, env, cwd=cwd, fds=fds, pgid=pgid, cpus=cpus)
+                return spawn(path, argv, env, cwd=cwd, fds=fds, pgid=pgid, cpus=cpus, tty=tty)
         except MemBindError as exc:
             raise SpawnError(f"{argv[0]}: {exc}") from exc
-    actions: list[tuple[int, ...]] = []
+    actions: list[tuple[int | str, ...]] = []
     for target, src in (fds or {}).items():
         if src == target:
             os.set_inheritable(src, True)
         else:
             actions.append((os.POSIX_SPAWN_DUP2, src, target))
     kwargs: dict[str, object] = {"file_actions": actions}
-    if pgid is not None:
+    if tty:
+        # A new session first (posix_spawn's order), then the terminal opened in it: a
+        # session leader without a controlling terminal that opens one gets it.
+        actions += [(os.POSIX_SPAWN_OPEN, 0, tty, os.O_RDWR, 0),
+                    (os.POSIX_SPAWN_DUP2, 0, 1), (os.POSIX_SPAWN_DUP2, 0, 2)]
+        kwargs["setsid"] = True
+    elif pgid is not None:
         kwargs["setpgroup"] = pgid
     # The agent blocks SIGCHLD and friends in no thread; reset handlers the
     # interpreter ignores (SIGPIPE) so ranks see default behaviour.
@@ -283,19 +324,20 @@ def spawn_rank(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin_
                cwd: str | None, pgid: int, cpus: frozenset[int] | None = None,
                pmi: bool = True, devnull: int = -1, merge: bool = False,
                stdin_file: str | None = None,
-               mem: Policy | None = None) -> tuple[int, RankFds]:
+               mem: Policy | None = None, pty: tuple[int, int] | None = None
+               ) -> tuple[int, RankFds]:
     """Start a rank with its descriptors (:class:`RankFds`): its pid, and our ends of them.
 
     Raises :class:`SpawnError` (nothing left open) if the descriptors or the
-    process cannot be made.  ``devnull``: see :class:`RankFds`.
+    process cannot be made.  ``devnull``, ``pty``: see :class:`RankFds`.
     """
     try:
-        fds = RankFds(stdin_pipe, pmi, devnull, merge, stdin_file)
+        fds = RankFds(stdin_pipe, pmi, devnull, merge, stdin_file, pty)
     except SpawnError as exc:
         raise SpawnError(f"{argv[0]}: {exc}") from exc
     try:
         pid = spawn(path, argv, env, cwd=cwd, fds=fds.child_fds, pgid=pgid, cpus=cpus,
-                    mem=mem)
+                    mem=mem, tty=fds.tty)
     except SpawnError:
         fds.close_ours()
         raise

@@ -40,12 +40,13 @@ class RankStart:
     """What to start for one rank: ``path`` (resolved) runs ``argv`` with ``env``, or
     ``failure`` says why it cannot be started."""
 
-    __slots__ = ("argv", "cpus", "env", "failure", "local_rank", "mem", "path", "rank", "wdir")
+    __slots__ = ("argv", "cpus", "env", "failure", "local_rank", "mem", "path", "pty", "rank",
+                 "wdir")
 
     def __init__(self, rank: int, local_rank: int, path: str, argv: Sequence[str],
                  env: Mapping[str, str], wdir: str | None = None,
                  cpus: frozenset[int] | None = None, failure: str = "",
-                 mem: Policy | None = None) -> None:
+                 mem: Policy | None = None, pty: tuple[int, int] | None = None) -> None:
         self.rank = rank
         self.local_rank = local_rank
         self.path = path
@@ -56,6 +57,9 @@ class RankStart:
         self.failure = failure
         #: A NUMA memory policy (:mod:`pm.agent.membind`), None: the agent's own.
         self.mem = mem
+        #: srun's --pty: it runs on a pseudo-terminal of this size (rows, columns; 0: the
+        #: terminal's default), its stdin, stdout and stderr (:class:`pm.agent.spawn.RankFds`).
+        self.pty = pty
 
 
 class StartedRank:
@@ -207,7 +211,7 @@ def _spawn(r: StartedRank, spec: RankStart, stdin_pipe: bool, pmi: bool, pgid: i
         r.pid, fds = spawn_rank(spec.path, spec.argv, spec.env, stdin_pipe=stdin_pipe,
                                 cwd=spec.wdir, pgid=pgid, cpus=spec.cpus, pmi=pmi,
                                 devnull=devnull, merge=merge, stdin_file=stdin_file,
-                                mem=spec.mem)
+                                mem=spec.mem, pty=spec.pty)
     except SpawnError as exc:
         return str(exc)
     r.started_at = time.time()

@@ -153,6 +153,9 @@ class JobPlan(Record):
     #: (:func:`pm.common.bcast.dest_path`: "" the node's temporary directory).
     bcast: list[BcastFile] = []
     bcast_dest: str = ""
+    #: srun's ``--pty``: the stdin rank runs on a pseudo-terminal of this size (rows,
+    #: columns; 0 0: the terminal's default) that its agent makes; []: none.
+    pty: list[int] = []
 
     def node_of_rank(self) -> list[int]:
         """The node (index into :attr:`hosts`) of each rank."""
