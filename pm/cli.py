@@ -849,6 +849,8 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
                 signal.SIGHUP: job.interrupt, signal.SIGUSR1: job.signal,
                 signal.SIGUSR2: job.signal, signal.SIGTSTP: job.suspend,
                 signal.SIGCONT: job.signal}
+    if opts.spec.pty:  # srun's --pty: a new size of pmrun's terminal is rank 0's too
+        handlers[signal.SIGWINCH] = job.resized
     for num in str(opts.extra.get("forward_signals", "")).split(","):
         if num:  # (Open MPI's --forward-signals: more of them; those above keep their part)
             handlers.setdefault(signal.Signals(int(num)), job.signal)

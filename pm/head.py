@@ -458,6 +458,14 @@ class JobRun:
             return
         self.agent.from_parent(t.Signal(signum))
 
+    def resized(self, signum: int = 0) -> None:
+        """srun's --pty: pmrun's terminal changed its size (SIGWINCH): so does rank 0's."""
+        if self.agent is None or not self.plan.pty:
+            return
+        size = _terminal_size()
+        if size[0] > 0 and size[1] > 0:
+            self.agent.from_tree(t.Winsize(int(self._stdin_dst or 0), size[0], size[1]))
+
     def _output_lost(self, stream: int) -> None:
         """Nobody reads our ``stream`` any more (`pmrun ... | head`): as in a shell
         pipeline, the ranks get SIGPIPE, and their writes to it fail (EPIPE) from now on

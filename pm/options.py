@@ -1545,7 +1545,7 @@ OPTIONS = (
              "which every rank reads, opening it on its node (srun's and Flux's -i FILE)"),
     Opt("--pty", "pty", kind=FLAG, group=IO,
         help="srun's: rank 0 runs on a pseudo-terminal (its stdin, stdout and stderr) that "
-             "its node's agent makes, pmrun's terminal raw meanwhile (Ctrl-C, Ctrl-Z and "
+             "its node's agent makes (resized with pmrun's), pmrun's terminal raw meanwhile (Ctrl-C, Ctrl-Z and "
              "line editing are the program's, as over ssh -t), its output passed on as it "
              "comes; the other ranks' output is dropped (as srun does). pmrun --pty -n 1 bash"),
     Opt("--unbuffered", "unbuffered", kind=FLAG, quick=True, group=IO,

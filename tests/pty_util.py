@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import select
+import signal
 import struct
 import subprocess
 import termios
@@ -31,11 +32,13 @@ class Typed:
         return self.out.decode(errors="replace")
 
 
-def on_terminal(args: Sequence[str], keys: Sequence[tuple[bytes, bytes]] = (),
+def on_terminal(args: Sequence[str],
+                keys: Sequence[tuple[bytes, bytes | tuple[int, int]]] = (),
                 cwd: Path | None = None, size: tuple[int, int] = (33, 111),
                 env: Mapping[str, str] | None = None, timeout: float = 30) -> Typed:
     """Run pmrun with ``args`` on a new terminal of ``size`` (rows, columns); each of
-    ``keys`` is (what the screen must show first, what is typed then)."""
+    ``keys`` is (what the screen must show first, what is typed then, or a new size of the
+    terminal: pmrun gets SIGWINCH, as a window's resize gives its terminal's processes)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
     before = termios.tcgetattr(slave)
@@ -47,7 +50,12 @@ def on_terminal(args: Sequence[str], keys: Sequence[tuple[bytes, bytes]] = (),
     try:
         while time.monotonic() < deadline:
             if todo and todo[0][0] in out:
-                os.write(master, todo.pop(0)[1])
+                what = todo.pop(0)[1]
+                if isinstance(what, tuple):
+                    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *what, 0, 0))
+                    proc.send_signal(signal.SIGWINCH)
+                else:
+                    os.write(master, what)
             ready, _, _ = select.select([master], [], [], 0.05)
             if ready:
                 try:

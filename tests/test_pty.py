@@ -28,6 +28,14 @@ def test_rank_0_has_a_terminal_of_pmruns_size_and_reads_the_keys(tmp_path: Path)
     assert t.after == t.before  # pmrun's terminal as it found it
 
 
+def test_a_resized_terminal_resizes_the_ranks(tmp_path: Path) -> None:
+    # pmrun's terminal goes from 33 x 111 to 50 x 70 (SIGWINCH): so does the rank's.
+    prog = "trap 'exit 0' INT; echo ready; while :; do stty size; sleep 0.05; done"
+    t = on_terminal(["--pty", "-n", "1", "sh", "-c", prog],
+                    [(b"ready", (50, 70)), (b"50 70", b"\x03")], cwd=tmp_path)
+    assert t.code == 0 and "50 70" in t.text.split("\r\n"), t.text
+
+
 def test_ctrl_c_is_the_ranks_and_its_status_is_the_jobs(tmp_path: Path) -> None:
     t = on_terminal(["--pty", "-n", "1", "sh", "-c",
                      "trap 'echo INT; exit 5' INT; echo ready; while :; do sleep 0.1; done"],

@@ -233,6 +233,11 @@ def test_pty_gives_a_terminal_on_the_host(ssh_cluster: RealCluster, tmp_path: Pa
     assert lines[0].startswith("/dev/pts/") and lines[1:] == [
         c.names[1], "40 100", "ready", "there", "got there", ""], t.text
     assert t.after == t.before
+    # pmrun's terminal resized: so is the rank's, over there.
+    prog = "trap 'exit 0' INT; echo ready; while :; do stty size; sleep 0.05; done"
+    t = on_terminal(["--pty", "-hosts", c.names[1], "--ssh", c.ssh_command(), "-n", "1", "sh",
+                     "-c", prog], [(b"ready", (50, 70)), (b"50 70", b"\x03")], cwd=tmp_path)
+    assert t.code == 0 and "50 70" in t.text.split("\r\n"), t.text
     assert_clean(c)
 
 

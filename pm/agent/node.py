@@ -879,6 +879,11 @@ class JobAgent:
                 self.route(msg.dst, msg)
                 return
             self.requests.response(msg)
+        elif isinstance(msg, t.Winsize):  # srun's --pty: pmrun's terminal, resized
+            if msg.dst != self.vertex:
+                self.route(msg.dst, msg)
+            else:
+                self.procs.winsize(msg.rows, msg.cols)
         elif isinstance(msg, t.Stdin):
             if msg.dst == STDIN_ALL:  # --stdin all: to every node, whose ranks all read it
                 for child in self.children:

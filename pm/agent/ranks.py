@@ -565,6 +565,20 @@ class LocalRanks:
             self.guardian.signal(signum)
         self._signal_pty(signum)
 
+    def winsize(self, rows: int, cols: int) -> None:
+        """srun's --pty: the rank's terminal is now ``rows`` x ``cols`` (the kernel tells its
+        foreground processes: SIGWINCH)."""
+        proc = next((p for p in self.ranks.values() if p.pid == self.pty_pid), None)
+        fd = -1 if proc is None or not self.pty_pid else proc.fds.get(STDOUT, -1)
+        if fd < 0 or rows <= 0 or cols <= 0:
+            return
+        import fcntl
+        import struct
+        import termios
+
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
     def _signal_pty(self, signum: int) -> None:
         proc = next((p for p in self.ranks.values() if p.pid == self.pty_pid), None)
         if self.pty_pid and self.watch is not None and proc is not None and proc.status is None:

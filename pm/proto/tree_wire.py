@@ -59,7 +59,7 @@ MAC_LEN = 16
 #: a spawned job's ranks need their spawner; 7: plans carry --rank-by and a rankfile's
 #: placement and slots; 9: Kill may ask for a report of the ranks' state first (Report);
 #: 10: plans carry --gpus-per-task; 11: and --mem-bind; 12: and PMI job attributes;
-#: 13: and the programs --bcast copies to the nodes, and --pty
+#: 13: and the programs --bcast copies to the nodes, and --pty (and Winsize)
 PROTOCOL_VERSION = 13
 
 #: Directions of a tree link (bound under an envelope's tag).
@@ -400,6 +400,15 @@ class Report(Msg, op=35):
 
     vertex: int
     lines: list[str]
+
+
+class Winsize(Msg, op=36):
+    """srun's --pty: pmrun's terminal is now ``rows`` x ``cols``; routed to vertex ``dst``,
+    whose rank on a pseudo-terminal gets that size (and SIGWINCH)."""
+
+    dst: int
+    rows: int
+    cols: int
 
 
 class SpawnLaunch(Msg, op=24):
