@@ -243,12 +243,28 @@ def flux_env_rule(value: str, opt: str) -> str:
     PATTERN`` as the rule ``-PATTERN``."""
     if not value or value in ("-", "="):
         raise UsageError(f"{opt} takes VAR=VALUE or a pattern of names, not {value!r}")
-    if value.startswith("^"):
-        raise UsageError(f"{opt} {value}: pmrun reads no rules from a file (give each: "
-                         f"{opt} VAR=VALUE)")
+    if value.startswith("^") and opt == "--env":
+        _rules_file(value[1:], f"{opt} {value}")
     if opt in ("--unset-env", "-unset-env") and (value.startswith("-") or "=" in value):
         raise UsageError(f"{opt} takes a name or a pattern of names, not {value!r}")
     return "-" + value if opt in ("--env-remove", "--unset-env", "-unset-env") else value
+
+
+def flux_env_file(value: str, opt: str) -> str:
+    """Flux's ``--env-file FILE``: the rule ``^FILE`` (FILE's rules, read in their turn)."""
+    _rules_file(value, f"{opt} {value}")
+    return "^" + value
+
+
+def _rules_file(path: str, what: str) -> None:
+    """A file of Flux's --env rules that can be read (else UsageError naming ``what``)."""
+    if not path:
+        raise UsageError(f"{what}: name the file of rules")
+    try:
+        with open(os.path.expanduser(path), "rb"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{what}: {exc.strerror or exc}") from None
 
 
 def _env_edit(opt: str, spelled: str, value: str, old: str | None, first: bool
@@ -1461,9 +1477,13 @@ OPTIONS = (
         help="-genvlist for this program's ranks"),
     Opt("--env --env-remove", "flux_env", flux_env_rule, metavar="RULE", quick=True,
         group=ENV,
-        help="Flux's: --env VAR=VAL sets VAR for every rank, --env -PATTERN (or --env-remove "
-             "PATTERN) passes none of the variables PATTERN matches (a shell pattern), --env "
-             "PATTERN passes those again; in the order given"),
+        help="Flux's: --env VAR=VAL sets VAR for every rank ($NAME and ${NAME} in VAL: the "
+             "ranks' value so far, else pmrun's), --env -PATTERN (or --env-remove PATTERN) "
+             "passes none of the variables PATTERN matches (a shell pattern, or /REGEX/), "
+             "--env PATTERN passes those again, --env ^FILE applies FILE's rules; in the "
+             "order given"),
+    Opt("--env-file", "flux_env", flux_env_file, metavar="FILE", quick=True, group=ENV,
+        help="Flux's: the --env rules of FILE, one a line (also --env ^FILE), in their turn"),
     Opt("--unset-env -unset-env", "flux_env", flux_env_rule, metavar="PATTERN", quick=True,
         group=ENV, help="Open MPI 5's: --env-remove PATTERN ('foo*': every name starting foo)"),
     Opt("--prefix -prefix", "prefix", directory, metavar="DIR", quick=True,
@@ -1545,9 +1565,10 @@ OPTIONS = (
              "which every rank reads, opening it on its node (srun's and Flux's -i FILE)"),
     Opt("--pty", "pty", kind=FLAG, group=IO,
         help="srun's: rank 0 runs on a pseudo-terminal (its stdin, stdout and stderr) that "
-             "its node's agent makes (resized with pmrun's), pmrun's terminal raw meanwhile (Ctrl-C, Ctrl-Z and "
-             "line editing are the program's, as over ssh -t), its output passed on as it "
-             "comes; the other ranks' output is dropped (as srun does). pmrun --pty -n 1 bash"),
+             "its node's agent makes (resized with pmrun's), pmrun's terminal raw meanwhile "
+             "(Ctrl-C, Ctrl-Z and line editing are the program's, as over ssh -t), its "
+             "output passed on as it comes; the other ranks' output is dropped (as srun "
+             "does). pmrun --pty -n 1 bash"),
     Opt("--unbuffered", "unbuffered", kind=FLAG, quick=True, group=IO,
         help="srun's -u: each rank's output passed on as it comes, partial lines too (a "
              "prompt, a progress bar), and Python ranks unbuffered (PYTHONUNBUFFERED=1); "
@@ -3055,28 +3076,84 @@ def _flux_env(out: Parsed, environ: Mapping[str, str]) -> None:
     rules = out.values.pop("flux_env", None)
     if not isinstance(rules, list):
         return
-    from fnmatch import fnmatchcase
-
-    names = list(environ)
-    removed = False
-    genv = out.values.setdefault("genv", {})
-    assert isinstance(genv, dict)
+    env = _FluxEnv(environ, out.values.setdefault("genv", {}))  # type: ignore[arg-type]
     for rule in rules:
-        if rule.startswith("-"):
-            removed = True
-            names = [n for n in names if not fnmatchcase(n, rule[1:])]
-            for name in [n for n in genv if fnmatchcase(n, rule[1:])]:
-                del genv[name]
-        elif "=" in rule:
-            name, _, value = rule.partition("=")
-            genv[name] = value
-        else:
-            names += [n for n in environ if fnmatchcase(n, rule) and n not in names]
-    if removed:
+        env.apply(str(rule), 0)
+    if env.removed:
         if "env_mode" in out.values:
             raise UsageError("--env -PATTERN (--env-remove) and -genvall/-genvnone/-genvlist "
                              "(or srun's --export): give one")
-        out.values["env_mode"] = ("list", names)
+        out.values["env_mode"] = ("list", env.names)
+
+
+class _FluxEnv:
+    """The ranks' environment as Flux's --env rules build it: the names of pmrun's own it
+    keeps (:attr:`names`) and what is set (``genv``)."""
+
+    def __init__(self, environ: Mapping[str, str], genv: dict[str, str]) -> None:
+        self.environ = environ
+        self.genv = genv
+        self.names = list(environ)
+        self.removed = False
+
+    def apply(self, rule: str, depth: int) -> None:
+        if rule.startswith("-"):
+            self.removed = True
+            match = _env_pattern(rule[1:], rule)
+            self.names = [n for n in self.names if not match(n)]
+            for name in [n for n in self.genv if match(n)]:
+                del self.genv[name]
+        elif rule.startswith("^"):
+            self._file(rule, depth)
+        elif "=" in rule:
+            name, _, value = rule.partition("=")
+            self.genv[name] = self._expand(value, rule)
+        elif rule:
+            match = _env_pattern(rule, rule)
+            self.names += [n for n in self.environ if match(n) and n not in self.names]
+
+    def _file(self, rule: str, depth: int) -> None:
+        path = os.path.expanduser(rule[1:])
+        if depth >= 8:
+            raise UsageError(f"--env {rule}: rule files nested 8 deep (one reads itself?)")
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                lines = [line.strip() for line in f]
+        except OSError as exc:
+            raise UsageError(f"--env {rule}: {exc.strerror or exc}") from None
+        for line in lines:
+            self.apply(line, depth + 1)
+
+    def _expand(self, value: str, rule: str) -> str:
+        """$NAME and ${NAME} in ``value``: the ranks' value so far, else pmrun's (Flux's)."""
+        if "$" not in value:
+            return value
+        from collections import ChainMap
+        from string import Template
+
+        built = {n: self.environ[n] for n in self.names if n in self.environ}
+        try:
+            return Template(value).substitute(ChainMap(self.genv, built, dict(self.environ)))
+        except KeyError as exc:
+            raise UsageError(f"--env {rule}: {exc.args[0]} is not set") from None
+        except ValueError:
+            raise UsageError(f"--env {rule}: a $ that starts no name (write $$ for "
+                             "a $)") from None
+
+
+def _env_pattern(pattern: str, rule: str) -> Callable[[str], bool]:
+    """A name matcher for Flux's pattern: a shell pattern, or ``/REGEX/``."""
+    if pattern.startswith("/"):
+        import re
+
+        try:
+            regex = re.compile(pattern[1:].rstrip("/"))
+        except re.error as exc:
+            raise UsageError(f"--env {rule}: {exc}") from None
+        return lambda name: regex.match(name) is not None
+    from fnmatch import fnmatchcase
+
+    return lambda name: fnmatchcase(name, pattern)
 
 
 def _srun_export(out: Parsed) -> None:

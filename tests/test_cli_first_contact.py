@@ -51,7 +51,7 @@ BAD_VALUE = {
     "block": "0", "memfree": "lots", "memsuspend": "lots", "N": "x", "nodes": "0",
     "max_args": "-1", "rankmap": "1,,2", "agent_python": "",
     "cpus_per_task": "0", "distribution": "round", "delay": "-1", "export": "A B", "stdin": "x",
-    "cpu_bind": "boards", "display": "topo", "replace": "", "trim": "x", "flux_env": "^f",
+    "cpu_bind": "boards", "display": "topo", "replace": "", "trim": "x", "flux_env": "=",
     "exclude": "a[1-", "nice": "20", "tmpdir": "/no/such/dir", "max_lines": "0",
     "wait_after_first": "1.5", "arg_sep": "", "arg_file_sep": "-x", "prefix": "/no/such",
     "exe_path": "/no/such", "cpu_list": "1-0", "report_pid": "/no/such/dir/pid",
@@ -1571,6 +1571,25 @@ def test_fluxs_env_rules_in_their_order(pmrun: Run, quick: str) -> None:
     r = pmrun("--env-remove", "FOO", "-genvnone", *show, env=env)
     assert (r.returncode, r.stderr) == (2, "pmrun: --env -PATTERN (--env-remove) and -genvall/"
                                            "-genvnone/-genvlist (or srun's --export): give one\n")
+    # Flux's rules files (--env-file FILE, --env ^FILE) in their turn, /REGEX/ patterns, and
+    # $NAME in a value: the ranks' value so far, else pmrun's.
+    rules = Path(pmrun.cwd) / "rules"  # type: ignore[attr-defined]
+    rules.write_text("-/^F[IO]/\nX=${BAZ}1\n\n")
+    r = pmrun("--env", "Y=$FOO", "--env-file", "rules", "--env", "BAZ=$X.$BAZ$$", *show,
+              env=env)
+    assert (r.returncode, r.stdout) == (0, "X=q1 FOO= FIZZ= BAZ=q1.q$ Y=bar\n"), r.stderr
+    r = pmrun("--env", f"^{rules}", *show, env=env)
+    assert (r.returncode, r.stdout) == (0, "X=q1 FOO= FIZZ= BAZ=q Y=\n"), r.stderr
+    for args, line in ((["--env-file", "nothere"], "--env-file nothere: No such file or "
+                                                   "directory"),
+                       (["--env", "^"], "--env ^: name the file of rules"),
+                       (["--env", "X=$NOPE"], "--env X=$NOPE: NOPE is not set"),
+                       (["--env", "X=a$"], "--env X=a$: a $ that starts no name (write $$ "
+                                           "for a $)"),
+                       (["--env", "-/[/"], "--env -/[/: unterminated character set at "
+                                           "position 0")):
+        r = pmrun(*args, *show, env=env)
+        assert (r.returncode, r.stderr) == (2, f"pmrun: {line}\n"), args
     # Open MPI 5's --unset-env PATTERN and --set-env NAME=VALUE: the same rules.
     r = pmrun("--unset-env", "F*", "--set-env", "Y=3", *show, env=env)
     assert (r.returncode, r.stdout) == (0, "X= FOO= FIZZ= BAZ=q Y=3\n"), r.stderr
