@@ -3131,9 +3131,11 @@ class _FluxEnv:
         from collections import ChainMap
         from string import Template
 
-        built = {n: self.environ[n] for n in self.names if n in self.environ}
+        built: dict[str, object] = {n: self.environ[n] for n in self.names
+                                    if n in self.environ}
+        here: dict[str, object] = dict(self.environ)
         try:
-            return Template(value).substitute(ChainMap(self.genv, built, dict(self.environ)))
+            return Template(value).substitute(ChainMap(dict(self.genv), built, here))
         except KeyError as exc:
             raise UsageError(f"--env {rule}: {exc.args[0]} is not set") from None
         except ValueError:

@@ -1035,6 +1035,9 @@ def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
     elif opt.key == "tune":
         (tmp_path / "tune").write_text("btl = self\n")
         words = [str(tmp_path / "tune")]
+    elif name == "--env-file":
+        (tmp_path / "rules").write_text("A=1\n")
+        words = [str(tmp_path / "rules")]
     else:
         words = ([] if opt.kind in (options.FLAG, options.COUNT) else GOOD_FOR_NAME[name]
                  if name in GOOD_FOR_NAME else GOOD_VALUE[opt.key])
