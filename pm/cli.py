@@ -971,23 +971,6 @@ def take_over(argv: list[str], started: StartedRanks) -> int:
     return code
 
 
-def _read_bcast(spec: JobSpec) -> None:
-    """srun's --bcast: the programs read for the plan (:mod:`pm.common.bcast`), each found
-    through its ranks' PATH; :class:`UsageError` names the first that cannot be."""
-    from pm.common.bcast import BcastError, read_programs
-
-    env, app_envs = spec.plan_env()
-    default = env.get("PATH", os.environ.get("PATH", os.defpath))
-    here = os.getcwd()
-    try:
-        spec.bcast_files = read_programs(
-            [(a.argv[0], e.get("PATH", default), os.path.join(here, a.wdir or spec.wdir or ""))
-             for a, e in zip(spec.apps, app_envs, strict=True)], spec.bcast or "",
-            libs=spec.send_libs)
-    except BcastError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
     import logging
 
@@ -996,8 +979,10 @@ def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
         opts = parse(args)
         if opts.spec.apps:
             opts.spec.validate()
-            if opts.spec.bcast is not None:
-                _read_bcast(opts.spec)
+            if opts.spec.bcast is not None:  # srun's --bcast: read now, refused in one line
+                from pm.common.bcast import programs_of
+
+                opts.spec.bcast_files = programs_of(opts.spec)
     except UsageError as exc:
         return refuse(exc)
     except Exception as exc:  # JobSpecError, HostlistError: the user's input

@@ -234,6 +234,10 @@ class JobRun:
         self.node_of_rank = node_of_rank
         used = max(node_of_rank) + 1
         env, app_envs = spec.plan_env()
+        if spec.bcast is not None and not spec.bcast_files:  # (pm.run's; pmrun read them)
+            from pm.common.bcast import programs_of
+
+            spec.bcast_files = programs_of(spec)
         self.plan = JobPlan(
             job_id=job_id, kvsname=kvsname_of(job_id), size=spec.size,
             hosts=hosts[:used], slots=slots[:used], fanout=max(1, nodes.fanout),

@@ -145,3 +145,18 @@ def test_send_libs_sends_the_programs_own_libraries(pmrun: Run, tmp_path: Path) 
                                                           "=no or nothing, not 'maybe'")):
         r = pmrun(*args, "-n", "1", "./prog")
         assert (r.returncode, r.stderr.splitlines()) == (2, [line]), args
+
+
+@pytest.mark.timeout(120)
+def test_pm_run_copies_too(prog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                           capfd: pytest.CaptureFixture[str]) -> None:
+    import pm
+    from pm.common.bcast import BcastError as Refused
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    assert pm.run(["./prog"], n=2, local_nodes=2, bcast="").returncode == 0
+    got = rows(capfd.readouterr().out)
+    assert [Path(g[1]).parent for g in got] == [tmp_path / "tmp"] * 2, got
+    with pytest.raises(Refused, match=r"^--bcast: \./nope: No such file or directory$"):
+        pm.run(["./nope"], n=1, bcast="")

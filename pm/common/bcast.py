@@ -19,8 +19,13 @@ import contextlib
 import os
 import stat
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+from pm.proto.errors import PMError
 from pm.proto.plan import BcastFile
+
+if TYPE_CHECKING:
+    from pm.jobspec import JobSpec
 
 #: The largest program a job copies to its nodes (it travels in the job's plan).
 MOST = 1 << 30
@@ -29,7 +34,7 @@ MOST = 1 << 30
 SYSTEM_LIBS = ("/lib/", "/usr/lib/", "/lib64/", "/usr/lib64/")
 
 
-class BcastError(Exception):
+class BcastError(PMError):
     """A program that cannot be copied: the message names it and why."""
 
 
@@ -43,6 +48,18 @@ def which(prog: str, path: str, cwd: str) -> str | None:
         if os.path.isfile(cand) and os.access(cand, os.X_OK):
             return cand
     return None
+
+
+def programs_of(spec: JobSpec) -> list[BcastFile]:
+    """What ``spec``'s --bcast copies: each program found through its ranks' PATH, from
+    their directory (:func:`read_programs`)."""
+    env, app_envs = spec.plan_env()
+    default = env.get("PATH", os.environ.get("PATH", os.defpath))
+    here = os.getcwd()
+    return read_programs(
+        [(a.argv[0], e.get("PATH", default), os.path.join(here, a.wdir or spec.wdir or ""))
+         for a, e in zip(spec.apps, app_envs, strict=True)], spec.bcast or "",
+        libs=spec.send_libs)
 
 
 def read_programs(programs: Sequence[tuple[str, str, str]], dest: str, libs: bool = False
