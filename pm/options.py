@@ -1518,6 +1518,10 @@ OPTIONS = (
         metavar="KEY VALUE",
         quick=True, group=ENV,
         help="set PMIx's parameter KEY for every rank (PMIX_MCA_KEY=VALUE)"),
+    Opt("--stream-buffering -stream-buffering", "stream_buffering", choice("0", "1", "2"),
+        metavar="0|1|2", quick=True, group=ENV,
+        help="Open MPI's: its ranks' stdout and stderr unbuffered (0), line buffered (1) or "
+             "fully buffered (2) from MPI_Init on (its MCA parameter, Open MPI 5's and 4's)"),
     Opt("--prtemca -prtemca", "genv", kind=PAIR, const="PRTE_MCA_", metavar="KEY VALUE",
         quick=True, group=ENV,
         help="Open MPI 5's parameter KEY of its runtime, which pmrun is: set for every rank "
@@ -2435,6 +2439,12 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         if parse(str(out.values["mem_bind"]))[1]:
             out.values["report_bindings"] = True
     _open_mpi_paths(out.values, environ)
+    buffering = out.values.pop("stream_buffering", None)
+    if buffering is not None:  # Open MPI's: its MCA parameter, 5's name and 4's
+        genv = out.values.setdefault("genv", {})
+        assert isinstance(genv, dict)
+        for name in ("OMPI_MCA_ompi_stream_buffering", "OMPI_MCA_ess_base_stream_buffering"):
+            genv.setdefault(name, str(buffering))
     _open_mpi_tune(out.values, environ)
     if "cpu_list" in out.values:  # Open MPI's --cpu-list: a CPU each rank, in turn
         cpus = out.values.pop("cpu_list")

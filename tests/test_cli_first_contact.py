@@ -52,6 +52,7 @@ BAD_VALUE = {
     "max_args": "-1", "rankmap": "1,,2", "agent_python": "",
     "cpus_per_task": "0", "distribution": "round", "delay": "-1", "export": "A B", "stdin": "x",
     "cpu_bind": "boards", "display": "topo", "replace": "", "trim": "x", "flux_env": "=",
+    "stream_buffering": "3",
     "exclude": "a[1-", "nice": "20", "tmpdir": "/no/such/dir", "max_lines": "0",
     "wait_after_first": "1.5", "arg_sep": "", "arg_file_sep": "-x", "prefix": "/no/such",
     "exe_path": "/no/such", "cpu_list": "1-0", "report_pid": "/no/such/dir/pid",
@@ -1017,7 +1018,7 @@ GOOD_VALUE: dict[str, list[str]] = {
     "hosts": ["localhost"], "stdin": ["none"], "display": ["map,bind"],
     "flux_env": ["A=1"], "prefix": ["/usr"], "exe_path": ["/usr/bin"], "cpu_list": ["0"],
     "hint": ["multithread"], "job_name": ["myjob"], "personality": ["ompi"],
-    "output_from": ["0"],
+    "output_from": ["0"], "stream_buffering": ["0"],
 }
 #: ... where an option's spelling takes other words than its key's others (srun's -t).
 GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"], "--time-limit": ["1.5h"],

