@@ -1961,6 +1961,10 @@ OPTIONS = (
     Opt("--disable-status", "", kind=FLAG, quick=True, group=MISC,
         help="srun's, taken: pmrun's first Ctrl-C forwards SIGINT to the ranks, without a "
              "status report"),
+    Opt("--noprefix -noprefix --leave-session-attached -leave-session-attached", "",
+        kind=FLAG, quick=True, group=MISC,
+        help="Open MPI's, taken: pmrun never adds an install's prefix to the ranks' paths by "
+             "itself (--prefix does), and its agents' messages always reach pmrun"),
     Opt("-W --wait", "wait_after_first", wait_seconds, metavar="SECONDS", group=MISC,
         help="once a rank ended, end the others after SECONDS (srun's; 0: no limit)"),
     Opt("-K --kill-on-bad-exit", "kill_on_bad_exit", kind=FLAG, const="1", quick=True,
