@@ -2104,6 +2104,11 @@ _SCHEDULING = frozenset({"--begin", "--dependency", "--deadline", "--time-min", 
                          "--mail-user", "--comment", "--wckey", "--requeue", "--no-requeue",
                          "--uid", "--gid", "--jobid"})
 
+#: Flux's options about its queue, which a job pmrun starts at once has not: refused so.
+_FLUX_QUEUE = frozenset({"--urgency", "--queue", "--bank", "--begin-time", "--flags",
+                         "--requires", "--setattr", "--conf", "--cc", "--bcc",
+                         "--wait-event"})
+
 #: Words that start GNU parallel's input sources (:mod:`pm.ensemble.inputs`) unless
 #: --arg-sep and --arg-file-sep name others (:func:`separators`).
 INPUT_SOURCES = frozenset({":::", ":::+", "::::", "::::+"})
@@ -2292,6 +2297,10 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
                 raise UsageError(f"{word} is about how Slurm schedules an allocation: give "
                                  "it to salloc or sbatch, and run pmrun inside (it starts the "
                                  "ranks on the allocation's nodes)")
+            if word in _FLUX_QUEUE:
+                raise UsageError(f"{word} is about how Flux queues a job (flux submit, flux "
+                                 "alloc): pmrun starts its job at once, on this machine or "
+                                 "the hosts given")
             raise UsageError(f"unknown option {arg} (see pmrun --help)")
         if name == "--wait" and not eq and not (i + 1 < len(argv) and _is_number(argv[i + 1])):
             # GNU parallel's --wait (for a semaphore's commands), not srun's --wait SECONDS.

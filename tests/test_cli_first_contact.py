@@ -841,6 +841,19 @@ def test_sruns_requests_for_an_allocation_are_refused_saying_where_they_go(
                "starts the ranks on the allocation's nodes)\n")
 
 
+@pytest.mark.parametrize("argv", [["--urgency=31"], ["--queue", "batch"], ["--bank", "b"],
+                                  ["--begin-time=+1h"], ["--requires=host:x"],
+                                  ["--setattr=system.x=1"], ["--cc=1-3"], ["--flags=waitable"]])
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_fluxs_queue_options_are_refused_saying_why(pmrun: Run, argv: list[str],
+                                                    quick: str) -> None:
+    r = pmrun(*argv, "-n", "1", "true", env={"PM_QUICK": quick})
+    word = argv[0].partition("=")[0]
+    assert (r.returncode, r.stdout, r.stderr) == (
+        2, "", f"pmrun: {word} is about how Flux queues a job (flux submit, flux alloc): "
+               "pmrun starts its job at once, on this machine or the hosts given\n")
+
+
 def test_open_mpis_ppr_per_core_runs_a_rank_on_each_core(pmrun: Run) -> None:
     cores = topology.discover(use_hwloc=False).cores
     r = pmrun("--map-by", "ppr:1:core", "--bind-to", "core", "--report-bindings", "sh", "-c",
@@ -855,7 +868,8 @@ def test_open_mpis_ppr_per_core_runs_a_rank_on_each_core(pmrun: Run) -> None:
 
 def test_hydras_options_that_mean_nothing_here_are_taken(pmrun: Run) -> None:
     r = pmrun("-disable-x", "-demux", "poll", "-topolib", "hwloc",
-              "-disable-hostname-propagation", "-n", "1", "echo", "x")
+              "-disable-hostname-propagation", "--noprefix", "--leave-session-attached", "-n",
+              "1", "echo", "x")
     assert (r.returncode, r.stdout, r.stderr) == (0, "x\n", "")
 
 
