@@ -256,6 +256,14 @@ def flux_env_file(value: str, opt: str) -> str:
     return "^" + value
 
 
+def excluded_names(value: str, opt: str) -> str:
+    """Intel MPI's ``-genvexcl A,B``: one Flux rule that removes exactly those names."""
+    names = [n for n in value.split(",") if n]
+    if not names or not all(n.isidentifier() for n in names):
+        raise UsageError(f"{opt} takes names of variables, A,B, not {value!r}")
+    return "-/^(?:" + "|".join(names) + ")$/"
+
+
 def _rules_file(path: str, what: str) -> None:
     """A file of Flux's --env rules that can be read (else UsageError naming ``what``)."""
     if not path:
@@ -1346,16 +1354,19 @@ OPTIONS = (
     Opt("-n -np --np --ntasks", "n", whole(1, MOST_RANKS), metavar="N", local=True, quick=True,
         group=PLACE,
         help="number of ranks of the program (default 1)"),
-    Opt("-ppn --npernode -npernode --ntasks-per-node --tasks-per-node", "ppn",
+    Opt("-ppn --npernode -npernode --ntasks-per-node --tasks-per-node -perhost", "ppn",
         whole(1, MOST_RANKS), metavar="N",
         quick=True, group=PLACE,
         help="ranks per node (fills each node with N ranks, then wraps)"),
+    Opt("-rr", "ppn", kind=FLAG, const=1, quick=True, group=PLACE,
+        help="Intel MPI's: one rank a host in turn, round robin (-ppn 1)"),
     Opt("-N", "N", whole(0, MOST_RANKS), metavar="N", group=PLACE, quick=True,
         help="the first N hosts only (srun's and Flux's -N; Open MPI's -N is -ppn); of a "
              "task ensemble, the arguments each task takes (GNU parallel's -N)"),
     Opt("--nodes", "nodes", whole(1, MOST_RANKS), metavar="N", group=PLACE, quick=True,
         help="-N of an MPI job: its ranks on the first N hosts"),
-    Opt("-hosts -host --host -H -w --nodelist", "hosts", hosts, metavar="H1,H2[:SLOTS]",
+    Opt("-hosts -host --host -H -w --nodelist -hostlist -machine -machines -machinelist",
+        "hosts", hosts, metavar="H1,H2[:SLOTS]",
         group=PLACE, quick=True,
         help="hosts to run on; node[01-04] ranges are expanded; inside a Slurm allocation, "
              "nodes of it are reached through Slurm (srun's -w)"),
@@ -1376,7 +1387,8 @@ OPTIONS = (
         help="MPI universe size the ranks are told (room for MPI_Comm_spawn); SYSTEM: the "
              "slots given, INFINITE: no limit (default: the slots given with the hosts, else "
              "the job's size)"),
-    Opt("--bind-to -bind-to", "bind_to", bind_to, metavar="TARGET", quick=True, group=PLACE,
+    Opt("--bind-to -bind-to -binding", "bind_to", bind_to, metavar="TARGET", quick=True,
+        group=PLACE,
         help="none, hwthread, core, l3cache, numa, package, each with :N (N of them per "
              "rank) or :overload-allowed, or user:0+1,2"),
     Opt("--bind-to-core -bind-to-core", "bind_to", kind=FLAG, const="core", group=PLACE,
@@ -1482,6 +1494,8 @@ OPTIONS = (
              "passes none of the variables PATTERN matches (a shell pattern, or /REGEX/), "
              "--env PATTERN passes those again, --env ^FILE applies FILE's rules; in the "
              "order given"),
+    Opt("-genvexcl", "flux_env", excluded_names, metavar="A,B", quick=True, group=ENV,
+        help="Intel MPI's: pass none of these variables (--env-remove for each)"),
     Opt("--env-file", "flux_env", flux_env_file, metavar="FILE", quick=True, group=ENV,
         help="Flux's: the --env rules of FILE, one a line (also --env ^FILE), in their turn"),
     Opt("--unset-env -unset-env", "flux_env", flux_env_rule, metavar="PATTERN", quick=True,
@@ -1490,7 +1504,7 @@ OPTIONS = (
         group=ENV,
         help="Open MPI's: DIR/bin first on the ranks' PATH, DIR/lib on their "
              "LD_LIBRARY_PATH (an MPI installed there on every host)"),
-    Opt("--path -path", "exe_path", directory, metavar="DIR", quick=True,
+    Opt("--path -path -gpath", "exe_path", directory, metavar="DIR", quick=True,
         group=ENV,
         help="Open MPI's: DIR first on the ranks' PATH, where their programs are looked "
              "for"),
@@ -1529,8 +1543,8 @@ OPTIONS = (
     Opt("--export", "export", srun_export, metavar="ALL|NONE|A[=V],...", quick=True,
         group=ENV, help="srun's: ALL (-genvall), NONE (-genvnone), or only these variables, "
                         "A=V setting A (ALL,A=V: every variable, and A set)"),
-    Opt("-wdir --wdir -dir -wd --wd --workdir -D --chdir --cwd", "wdir", directory, metavar="DIR",
-        local=True,
+    Opt("-wdir --wdir -dir -wd --wd --workdir -D --chdir --cwd -gwdir", "wdir", directory,
+        metavar="DIR", local=True,
         quick=True, group=ENV, help="working directory of the program's ranks (of tasks: "
         "every task's)"),
     # Input and output
@@ -1540,8 +1554,9 @@ OPTIONS = (
     Opt("-prepend-pattern", "prepend", prepend_pattern, metavar="PATTERN", quick=True,
         group=IO, help="prefix every output line with PATTERN: %r rank, %h host, %p node "
                        "number, %g job (0; spawned jobs count on), %% a percent sign"),
-    Opt("--output -outfile-pattern -o", "output", out_pattern, metavar="PATTERN", quick=True,
-        group=IO, help="write the ranks' stdout to files: %r (or %t) is the rank, %h (%N) "
+    Opt("--output -outfile-pattern -outfile -o", "output", out_pattern, metavar="PATTERN",
+        quick=True, group=IO,
+        help="write the ranks' stdout to files: %r (or %t) is the rank, %h (%N) "
                        "its host, %p (%n) its node's number, %j the job id, %x its name (-J), "
                        "%u the user, %% a percent sign; without %r all ranks share the file. "
                        "Spawned job J's "
@@ -1549,8 +1564,8 @@ OPTIONS = (
                        "5's --output tag,timestamp,merge-stderr-to-stdout,dir=DIR is taken "
                        "as -l, --timestamp-output, --merge-stderr-to-stdout, "
                        "--output-filename DIR"),
-    Opt("--error -errfile-pattern -e", "error", out_pattern, metavar="PATTERN", quick=True,
-        group=IO, help="the same for their stderr"),
+    Opt("--error -errfile-pattern -errfile -e", "error", out_pattern, metavar="PATTERN",
+        quick=True, group=IO, help="the same for their stderr"),
     Opt("-output-from --output-from", "output_from", output_from, metavar="RANKS", quick=True,
         group=IO, help="Hydra's: only these ranks' output (0, or 0,4-7) is shown or written, "
                        "the others' discarded"),
@@ -1640,7 +1655,7 @@ OPTIONS = (
     # The tree
     Opt("--local-nodes", "local_nodes", whole(1, MOST_LOCAL_NODES), metavar="N", group=TREE,
         help="run N node agents on this machine, each acting as a node with its own KVS"),
-    Opt("--fanout", "fanout", whole(1), metavar="K", quick=True, group=TREE,
+    Opt("--fanout -branch-count", "fanout", whole(1), metavar="K", quick=True, group=TREE,
         help="width of the agent tree (default 32; 16 over ssh)"),
     Opt("--kvs", "kvs", choice("shm", "socket"), metavar="shm|socket", quick=True, group=TREE,
         help="how ranks using pm.client read the node's KVS (default shm)"),
@@ -2047,7 +2062,8 @@ OPTIONS = (
              "%t the rank, %o its place among the line's)"),
     Opt("--will-cite --no-notice", "", kind=FLAG, quick=True, group=MISC,
         help="GNU parallel's, taken and meaning nothing here: pmrun prints no notice"),
-    Opt("-disable-hostname-propagation", "", kind=FLAG, quick=True, group=MISC,
+    Opt("-disable-hostname-propagation -enable-hostname-propagation", "", kind=FLAG,
+        quick=True, group=MISC,
         help="Hydra's, taken and meaning nothing here: ranks find their host names "
              "themselves"),
     Opt("-demux", "", choice("poll", "select"), metavar="poll|select", quick=True,
@@ -2056,7 +2072,7 @@ OPTIONS = (
         help="Hydra's topology library: pmrun's is hwloc (see -info)"),
     Opt("-info --info", "info", kind=ACTION, group=MISC,
         help="print pmrun's version, what it serves and what it found here, and exit"),
-    Opt("-v --verbose -verbose", "verbose", kind=COUNT, group=MISC,
+    Opt("-v --verbose -verbose -debug", "verbose", kind=COUNT, group=MISC,
         help="say what pmrun does (twice: debug)"),
     Opt("-Q --quiet -quiet", "quiet", kind=COUNT, quick=True, group=MISC,
         help="say only what went wrong: no warnings (srun's -Q, Open MPI's --quiet and, on "

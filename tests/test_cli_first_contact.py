@@ -157,7 +157,7 @@ CASES = [
      "--nolocal), but it is the only host (give -hosts or -f, or run inside an allocation)"),
     (["-skip-launch-node", "-hosts", "localhost:2", "true"], {}, "no ranks on this machine "
      "(-skip-launch-node, --nolocal), but every host given is this machine"),
-    (["-debug", "-n", "1", "true"], {}, "unknown option -debug (see pmrun --help)"),
+    (["-pmi-args", "1", "-n", "1", "true"], {}, "unknown option -pmi-args (see pmrun --help)"),
     (["-gdba", "1", "-n", "1", "true"], {}, "unknown option -gdba (see pmrun --help)"),
     (["-demux", "epoll", "-n", "1", "true"], {}, "-demux takes poll or select, not 'epoll'"),
     (["-topolib", "plpa", "-n", "1", "true"], {}, "-topolib takes hwloc, not 'plpa'"),
@@ -1037,7 +1037,7 @@ GOOD_VALUE: dict[str, list[str]] = {
 #: ... where an option's spelling takes other words than its key's others (srun's -t).
 GOOD_FOR_NAME = {"-t": ["2:30"], "--time": ["1-2:03:04"], "--time-limit": ["1.5h"],
                  "-demux": ["select"], "-topolib": ["hwloc"], "--unset-env": ["A"],
-                 "-unset-env": ["A"]}
+                 "-unset-env": ["A"], "-genvexcl": ["A,B"]}
 QUICK = [(opt, name) for opt in OPTIONS if opt.quick for name in opt.names]
 
 
@@ -1356,6 +1356,25 @@ def test_a_failed_rank_leaves_the_others_be_when_asked(pmrun: Run, layout: list[
                                      f"exited with code 3"], r.stderr
     r = pmrun("-n", "3", *layout, "sh", "-c", prog)
     assert (r.returncode, r.stdout) == (3, ""), r.stderr
+
+
+def test_hydras_and_intel_mpis_other_spellings() -> None:
+    """Hydra's -machine/-hostlist, -binding, -outfile/-errfile, -debug; Intel MPI's -perhost,
+    -rr, -branch-count, -gwdir, -gpath, -genvexcl: the options pmrun knows by other names."""
+    o = full_parse(["-hostlist", "a,b", "-binding", "core", "-outfile", "o.%r", "-errfile",
+                    "e.%r", "-debug", "-perhost", "3", "-branch-count", "4", "-gwdir", "/",
+                    "-gpath", "/usr/bin", "prog"])
+    assert (o.hosts, o.spec.bind_to, o.spec.output, o.spec.error, o.verbose, o.spec.ppn,
+            o.fanout, o.spec.apps[0].wdir) == ("a,b", "core", "o.%r", "e.%r", 1, 3, 4, "/")
+    assert o.spec.genv["PATH"].startswith("/usr/bin:")
+    for name in ("-machine", "-machines", "-machinelist"):
+        assert full_parse([name, "h1", "prog"]).hosts == "h1"
+    assert full_parse(["-rr", "prog"]).spec.ppn == 1
+    spec = full_parse(["-genvexcl", "HOME,USER", "prog"]).spec
+    assert spec.env_mode == "list" and not {"HOME", "USER"} & set(spec.genvlist), spec.genvlist
+    assert "PATH" in spec.genvlist
+    with pytest.raises(UsageError, match=r"^-genvexcl takes names of variables, A,B, not 'A B'"):
+        options.parse(["-genvexcl", "A B", "prog"], {})
 
 
 def test_no_kill_spellings() -> None:
