@@ -1618,6 +1618,10 @@ OPTIONS = (
         metavar="CMD", group=LAUNCH,
         help="a template holding {host} or {command} (launcher exec, e.g. 'ip netns exec "
              "{host} {command}'), or, as in Hydra, the ssh/rsh program to use"),
+    Opt("-bootstrap-exec-args -launcher-exec-args", "launcher_exec_args", text, metavar="ARGS",
+        group=LAUNCH,
+        help="Intel MPI's: more arguments for the program that starts the agents (after "
+             "ssh's own options; srun's, for its step)"),
     Opt("--ssh", "ssh", text, metavar="CMD", group=LAUNCH, help="ssh command of the ssh launcher"),
     Opt("--user", "user", text, metavar="USER", group=LAUNCH, help="remote user for ssh"),
     Opt("-enable-x --enable-x", "enable_x", kind=FLAG, const="1", group=LAUNCH,

@@ -84,6 +84,21 @@ def test_ssh_bootstrap_options_and_errors() -> None:
         get_bootstrap("ssh", {"ssh": "ssh 'unclosed"})
 
 
+def test_bootstrap_exec_args_go_after_the_launchers_own() -> None:
+    from pm.bootstrap.slurm import step_options
+
+    ssh = bootstrap_options({"launcher": "ssh", "launcher_exec_args": "-o Port=2222"})
+    assert ssh["ssh"].endswith(" BatchMode=yes -o Port=2222"), ssh
+    slurm = bootstrap_options({"launcher": "slurm", "launcher_exec_args": "--mpi=none -v"})
+    assert step_options(slurm)[-2:] == ["--mpi=none", "-v"]
+    with pytest.raises(ValueError, match=r"^-bootstrap-exec-args: the local launcher runs "):
+        bootstrap_options({"launcher": "local", "launcher_exec_args": "-v"})
+    with pytest.raises(ValueError, match=r"^-bootstrap-exec-args -o 'x: no closing quo"):
+        bootstrap_options({"launcher": "ssh", "launcher_exec_args": "-o 'x"})
+    with pytest.raises(ValueError, match=r"^--ssh \"ssh 'x\": No closing quotation$"):
+        bootstrap_options({"launcher": "ssh", "ssh": "ssh 'x"})
+
+
 def test_lean_agent_command_starts_without_site_and_falls_back(tmp_path: Path) -> None:
     import subprocess
 

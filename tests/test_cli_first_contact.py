@@ -36,6 +36,7 @@ BAD_VALUE = {
     "wdir": "/no/such/dir", "prepend": "%q", "output": "/no/such/dir/out.%r",
     "output_filename": "",
     "error": "/no/such/dir/err", "launcher": "rocket", "launcher_exec": "",
+    "launcher_exec_args": "",
     "ssh": "", "user": "", "ssh_limit": "many", "agents": "/no/such/agents",
     "rankfile": "/no/such/rankfile", "rmk": "sge", "shard": "0", "bin": "-1",
     "slot_var": "A=1", "group_by": "0", "seqreplace": "", "slotreplace": "",

@@ -487,6 +487,22 @@ def test_ssh_refusals_are_named_in_one_line(ssh_cluster: RealCluster, tmp_path: 
     assert_clean(c)
 
 
+def test_bootstrap_exec_args_reach_ssh(ssh_cluster: RealCluster, tmp_path: Path) -> None:
+    # Intel MPI's -bootstrap-exec-args: after ssh's own options; an option ssh refuses
+    # shows they got there.
+    c = ssh_cluster
+    hosts = ",".join(c.names[:2])
+    res = run(["-hosts", hosts, "--ssh", c.ssh_command(), "-bootstrap-exec-args",
+               "-o ConnectionAttempts=2", "-n", "2", "hostname"], tmp_path)
+    assert (res.returncode, sorted(res.stdout.split())) == (0, c.names[:2]), res.stderr
+    res = run(["-hosts", hosts, "--ssh", c.ssh_command(), "-bootstrap-exec-args",
+               "-o NoSuchOption=1", "-n", "2", "hostname"], tmp_path)
+    lost = [line for line in res.stderr.splitlines() if " lost: " in line]
+    assert res.returncode == 255 and "Bad configuration option: nosuchoption" in lost[0], \
+        res.stderr
+    assert_clean(c)
+
+
 def test_agent_python_runs_the_agents_of_other_hosts(ssh_cluster: RealCluster,
                                                      tmp_path: Path) -> None:
     c = ssh_cluster

@@ -175,15 +175,39 @@ def bootstrap_options(extra: Mapping[str, str],
             from pm.bootstrap.ssh import DEFAULT_SSH
 
             opts["ssh"] = f"{opts.get('ssh') or shlex.join(DEFAULT_SSH)} -X"
+        if extra.get("launcher_exec_args"):  # Intel MPI's -bootstrap-exec-args
+            import shlex
+
+            from pm.bootstrap.ssh import DEFAULT_SSH
+
+            opts["ssh"] = (f"{opts.get('ssh') or shlex.join(DEFAULT_SSH)} "
+                           f"{extra['launcher_exec_args']}")
     elif name == "slurm":
         opts["start"] = "step"
         if extra.get("job_name"):
             opts["job_name"] = extra["job_name"]  # (-J: its agents' step's name)
         if extra.get("exact"):
             opts["exact"] = True  # (srun's --exact: the step's own CPUs, pm.head counts them)
+        if extra.get("launcher_exec_args"):  # Intel MPI's -bootstrap-exec-args: srun's
+            opts["exec_args"] = extra["launcher_exec_args"]
         for key in ("cpu_freq", "slurm_profile", "acctg_freq", "slurmd_debug", "no_kill"):
             if extra.get(key):  # (srun's, for the step: pm.bootstrap.slurm.STEP_OPTIONS)
                 opts[key.removeprefix("slurm_")] = extra[key]
+    if extra.get("launcher_exec_args"):
+        if name not in ("ssh", "slurm"):
+            raise ValueError(f"-bootstrap-exec-args: the {name} launcher runs no program to "
+                             "give them to (ssh and slurm do)")
+        import shlex
+
+        try:
+            shlex.split(extra["launcher_exec_args"])
+        except ValueError as exc:
+            raise ValueError(f"-bootstrap-exec-args {extra['launcher_exec_args']}: "
+                             f"{str(exc).lower()}") from None
+    if name == "ssh" and opts.get("ssh"):
+        from pm.bootstrap.ssh import ssh_argv
+
+        ssh_argv("h", ["c"], opts["ssh"], None)  # a command that cannot be split: named now
     if batch:
         opts["batch"] = batch
     elif name == "persistent":

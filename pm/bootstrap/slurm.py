@@ -183,8 +183,11 @@ STEP_OPTIONS = {"cpu_freq": "--cpu-freq", "profile": "--profile",
 
 def step_options(options: Mapping[str, Any]) -> list[str]:
     """The user's srun options for the agents' step among ``options`` (pure); with
-    ``no_kill`` (srun's --no-kill), a node's failure does not end the step's other tasks."""
+    ``no_kill`` (srun's --no-kill), a node's failure does not end the step's other tasks;
+    ``exec_args``: more of them, as a shell would split them."""
     more = ["--no-kill"] if options.get("no_kill") else []
+    if options.get("exec_args"):  # (Intel MPI's -bootstrap-exec-args)
+        more += shlex.split(str(options["exec_args"]))
     return [f"{opt}={options[key]}" for key, opt in STEP_OPTIONS.items() if options.get(key)
             ] + more
 
