@@ -97,6 +97,8 @@ def test_bootstrap_exec_args_go_after_the_launchers_own() -> None:
         bootstrap_options({"launcher": "ssh", "launcher_exec_args": "-o 'x"})
     with pytest.raises(ValueError, match=r"^--ssh \"ssh 'x\": No closing quotation$"):
         bootstrap_options({"launcher": "ssh", "ssh": "ssh 'x"})
+    with pytest.raises(ValueError, match=r"^--launcher-exec \"sh -c '{command}\": No closing"):
+        bootstrap_options({"launcher": "exec", "launcher_exec": "sh -c '{command}"})
 
 
 def test_lean_agent_command_starts_without_site_and_falls_back(tmp_path: Path) -> None:

@@ -161,6 +161,9 @@ def bootstrap_options(extra: Mapping[str, str],
             raise ValueError("--launcher exec needs --launcher-exec TEMPLATE")
         opts["template"] = extra["launcher_exec"]
         opts["start"] = "first"
+        from pm.bootstrap.exec import expand_template
+
+        expand_template(opts["template"], "h", ["c"])  # one that cannot be split: named now
     elif name == "ssh":
         if "ssh" in extra:
             opts["ssh"] = extra["ssh"]
