@@ -146,6 +146,13 @@ def _task_hook(prog: str) -> str:
     return os.path.abspath(prog) if "/" in prog and not prog.startswith("/") else prog
 
 
+def _own_umask() -> int:
+    """pmrun's umask, which its ranks get on every host (as srun's tasks do)."""
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
 def _terminal_size() -> list[int]:
     """srun's --pty: the size of pmrun's terminal (rows, columns), 0 0 if it has none."""
     for fd in (0, 1, 2):
@@ -261,6 +268,7 @@ class JobRun:
                        if spec.memory_alloc_kinds else {}),
             bcast=list(spec.bcast_files), bcast_dest=spec.bcast or "",
             pty=_terminal_size() if spec.pty else [],
+            umask=spec.umask if spec.umask is not None else _own_umask(),
         )
         if self.plan.bootstrap.get("exact"):  # srun's --exact
             from pm.bootstrap.base import step_cpus

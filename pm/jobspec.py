@@ -68,6 +68,8 @@ class JobSpec:
     #: Hydra's -memory-alloc-kinds: the memory kinds MPI is asked to support (MPI 4.1's
     #: mpi_memory_alloc_kinds, e.g. "mpi,system"; "": MPI's default).
     memory_alloc_kinds: str = ""
+    #: The ranks' umask (Intel MPI's -umask); None: pmrun's own, on every host (as srun).
+    umask: int | None = None
     #: Hydra's -output-from: only these ranks' output is written ("0,4-7"; "": every rank's).
     output_from: str = ""
     #: srun's --propagate: the resource limits (pm.agent.rlimits names) the ranks get from

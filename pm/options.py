@@ -397,6 +397,17 @@ def regex(value: str, opt: str) -> str:
     return value
 
 
+def umask_value(value: str, opt: str) -> int:
+    """A file mode creation mask, in octal as umask writes it (022, 0027)."""
+    try:
+        mask = int(value, 8)
+    except ValueError:
+        mask = -1
+    if not 0 <= mask <= 0o777:
+        raise UsageError(f"{opt} takes a mask in octal, 022 or 0027, not {value!r}")
+    return mask
+
+
 def directory(value: str, opt: str) -> str:
     if not os.path.isdir(value):
         raise UsageError(f"{opt} {value}: no such directory")
@@ -1494,6 +1505,9 @@ OPTIONS = (
              "passes none of the variables PATTERN matches (a shell pattern, or /REGEX/), "
              "--env PATTERN passes those again, --env ^FILE applies FILE's rules; in the "
              "order given"),
+    Opt("-umask -gumask", "umask", umask_value, metavar="MASK", group=ENV,
+        help="Intel MPI's: the ranks' file mode creation mask (by default pmrun's own, on "
+             "every host, as srun passes it on)"),
     Opt("-genvexcl", "flux_env", excluded_names, metavar="A,B", quick=True, group=ENV,
         help="Intel MPI's: pass none of these variables (--env-remove for each)"),
     Opt("--env-file", "flux_env", flux_env_file, metavar="FILE", quick=True, group=ENV,
@@ -2812,7 +2826,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "task_epilog", "propagate", "hint", "gpus_per_task", "output_from", "exact",
                "mem_bind", "cpu_freq", "relative", "memory_alloc_kinds",
                "quit_on_interrupt", "acctg_freq", "slurmd_debug", "no_kill", "bcast",
-               "send_libs", "pty")
+               "send_libs", "pty", "umask")
 
 
 def _ensemble_only(out: Parsed) -> None:

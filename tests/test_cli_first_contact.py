@@ -36,7 +36,7 @@ BAD_VALUE = {
     "wdir": "/no/such/dir", "prepend": "%q", "output": "/no/such/dir/out.%r",
     "output_filename": "",
     "error": "/no/such/dir/err", "launcher": "rocket", "launcher_exec": "",
-    "launcher_exec_args": "",
+    "launcher_exec_args": "", "umask": "0800",
     "ssh": "", "user": "", "ssh_limit": "many", "agents": "/no/such/agents",
     "rankfile": "/no/such/rankfile", "rmk": "sge", "shard": "0", "bin": "-1",
     "slot_var": "A=1", "group_by": "0", "seqreplace": "", "slotreplace": "",
@@ -1376,6 +1376,16 @@ def test_hydras_and_intel_mpis_other_spellings() -> None:
     assert "PATH" in spec.genvlist
     with pytest.raises(UsageError, match=r"^-genvexcl takes names of variables, A,B, not 'A B'"):
         options.parse(["-genvexcl", "A B", "prog"], {})
+
+
+def test_umask_is_the_ranks(pmrun: Run) -> None:
+    # Intel MPI's -umask (-gumask): the ranks' mask, in octal; by default pmrun's own.
+    r = pmrun("-umask", "0077", "--local-nodes", "2", "-n", "2", "sh", "-c", "umask")
+    assert (r.returncode, r.stdout) == (0, "0077\n0077\n"), r.stderr
+    assert full_parse(["-gumask", "27", "prog"]).spec.umask == 0o27
+    r = pmrun("-umask", "9", "-n", "1", "true")
+    assert (r.returncode, r.stderr) == (2, "pmrun: -umask takes a mask in octal, 022 or 0027, "
+                                           "not '9'\n")
 
 
 def test_no_kill_spellings() -> None:

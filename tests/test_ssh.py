@@ -503,6 +503,24 @@ def test_bootstrap_exec_args_reach_ssh(ssh_cluster: RealCluster, tmp_path: Path)
     assert_clean(c)
 
 
+def test_ranks_on_ssh_hosts_get_pmruns_umask(ssh_cluster: RealCluster, tmp_path: Path
+                                             ) -> None:
+    # As srun's tasks do: not the ssh session's (022 here), but the umask pmrun runs with;
+    # -umask sets another.
+    c = ssh_cluster
+    show = ["-hosts", ",".join(c.names[:2]), "--ssh", c.ssh_command(), "-n", "2", "sh", "-c",
+            "echo $(hostname) $(umask)"]
+    res = subprocess.run(["sh", "-c", 'umask 0027; exec "$@"', "sh", *pmrun_argv(*show)],
+                         cwd=tmp_path, env=pmrun_env(), capture_output=True, text=True,
+                         timeout=90, stdin=subprocess.DEVNULL)
+    assert (res.returncode, sorted(res.stdout.splitlines())) == (
+        0, [f"{h} 0027" for h in c.names[:2]]), res.stderr
+    res = run(["-umask", "0002", *show], tmp_path)
+    assert (res.returncode, sorted(res.stdout.splitlines())) == (
+        0, [f"{h} 0002" for h in c.names[:2]]), res.stderr
+    assert_clean(c)
+
+
 def test_agent_python_runs_the_agents_of_other_hosts(ssh_cluster: RealCluster,
                                                      tmp_path: Path) -> None:
     c = ssh_cluster

@@ -348,6 +348,8 @@ class JobAgent:
                                              f"{NOT_STARTED}: no PMIx server")
                 self.procs.report(proc)
             return
+        if self.plan.umask >= 0:  # pmrun's (or -umask's): the ranks', and whatever we make
+            os.umask(self.plan.umask)
         base = dict(self.plan.env)
         host_own(base, self.plan.bootstrap.get("name"), os.environ)
         base.update(self.extra_env)

@@ -156,6 +156,9 @@ class JobPlan(Record):
     #: srun's ``--pty``: the stdin rank runs on a pseudo-terminal of this size (rows,
     #: columns; 0 0: the terminal's default) that its agent makes; []: none.
     pty: list[int] = []
+    #: The ranks' file mode creation mask on every node (pmrun's own unless told: a host
+    #: reached over ssh would give its session's); -1: the agent's own.
+    umask: int = -1
 
     def node_of_rank(self) -> list[int]:
         """The node (index into :attr:`hosts`) of each rank."""
