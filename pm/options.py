@@ -1998,6 +1998,9 @@ OPTIONS = (
         kind=FLAG, quick=True, group=MISC,
         help="Open MPI's, taken: pmrun never adds an install's prefix to the ranks' paths by "
              "itself (--prefix does), and its agents' messages always reach pmrun"),
+    Opt("-silent-abort", "", kind=FLAG, quick=True, group=MISC,
+        help="Intel MPI's, taken: pmrun prints no backtrace at an abort, only the one line "
+             "naming the rank and its code"),
     Opt("-W --wait", "wait_after_first", wait_seconds, metavar="SECONDS", group=MISC,
         help="once a rank ended, end the others after SECONDS (srun's; 0: no limit)"),
     Opt("-K --kill-on-bad-exit", "kill_on_bad_exit", kind=FLAG, const="1", quick=True,

@@ -869,8 +869,8 @@ def test_open_mpis_ppr_per_core_runs_a_rank_on_each_core(pmrun: Run) -> None:
 
 def test_hydras_options_that_mean_nothing_here_are_taken(pmrun: Run) -> None:
     r = pmrun("-disable-x", "-demux", "poll", "-topolib", "hwloc",
-              "-disable-hostname-propagation", "--noprefix", "--leave-session-attached", "-n",
-              "1", "echo", "x")
+              "-disable-hostname-propagation", "--noprefix", "--leave-session-attached",
+              "-silent-abort", "-n", "1", "echo", "x")
     assert (r.returncode, r.stdout, r.stderr) == (0, "x\n", "")
 
 
