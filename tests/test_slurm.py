@@ -504,22 +504,30 @@ def test_a_killed_agent_is_named(slurm_cluster: RealCluster, signum: int, words:
     assert_clean(c)
 
 
+def _start_waiting(c: RealCluster, go: Path, ranks: int, *pmrun: str
+                   ) -> subprocess.Popen[str]:
+    """pmrun in ``salloc -N4 -n{ranks}``: its ranks (all started when this returns) wait for
+    the file ``go``, then say ``ok HOST``."""
+    proc = subprocess.Popen(
+        ["salloc", "--quiet", "-N4", f"-n{ranks}", sys.executable, "-m", "pm", *pmrun, "-n",
+         str(ranks), "sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done; echo ok "
+                                 "$(hostname)"], env=env_for(c),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while sum(len(_slurm_pids_on(c, i, ("sh\0-c",))) for i in range(4)) < ranks:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    return proc
+
+
 def test_no_kill_runs_on_after_a_lost_agent(slurm_cluster: RealCluster, tmp_path: Path
                                             ) -> None:
     """srun's --no-kill: node 1's agent is killed (its ranks go with it); the agents' step
     has --no-kill too, the loss is named, and the other nodes' ranks run to their end."""
     c = slurm_cluster
     go = tmp_path / "go"
-    proc = subprocess.Popen(
-        ["salloc", "--quiet", "-N4", "-n4", sys.executable, "-m", "pm", "--no-kill",
-         "--heartbeat", "60", "-n", "4", "sh", "-c",
-         f"while [ ! -e {go} ]; do sleep 0.05; done; echo ok $(hostname)"], env=env_for(c),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    proc = _start_waiting(c, go, 4, "--no-kill", "--heartbeat", "60")
     try:
-        deadline = time.monotonic() + 60
-        while sum(len(_slurm_pids_on(c, i, ("sh\0-c",))) for i in range(4)) < 4:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
         step = subprocess.run(["pgrep", "-f", "srun .*--no-kill .*--job-name=pm-agents"],
                               capture_output=True, text=True, timeout=30)
         assert step.stdout.strip(), "the agents' step has no --no-kill"
@@ -691,20 +699,13 @@ def test_job_outlives_a_killed_slurmd(slurm_cluster: RealCluster, tmp_path: Path
     and the job ends as it would have."""
     c = slurm_cluster
     go = tmp_path / "go"
-    proc = subprocess.Popen(
-        ["salloc", "--quiet", "-N4", "-n8", sys.executable, "-m", "pm", "-n", "8", "sh", "-c",
-         f"while [ ! -e {go} ]; do sleep 0.05; done; echo ok"], env=env_for(c),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    proc = _start_waiting(c, go, 8)
     try:
-        deadline = time.monotonic() + 60
-        while sum(len(_slurm_pids_on(c, i, ("sh\0-c",))) for i in range(4)) < 8:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
         os.kill(c.slurm_pids()[f"slurmd {c.names[2]}"], signal.SIGKILL)
         go.touch()
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
-        assert out.split() == ["ok"] * 8, out
+        assert [line.split()[0] for line in out.splitlines()] == ["ok"] * 8, out
         assert not [line for line in err.splitlines() if line.strip()], err
         _wait_ours_gone(c, 20)
     finally:
