@@ -96,6 +96,14 @@ def release_install(src_root: Path = ROOT, name: str = "release") -> Path:
     import sysconfig
 
     Path(purelib, "pmrun_bench_deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    # The MPICH wheel's libmpi (and the folder of its own libraries) lies in this
+    # interpreter's lib/, where mpi4py looks for it (its prefix's lib/): there in the release
+    # venv too, or mpi4py takes the system's MPI (Debian's Open MPI, where installed).
+    libs = Path(sys.prefix, "lib")
+    for lib in [*libs.glob("libmpi*"), libs / "mpich"]:
+        link = venv / "lib" / lib.name
+        if lib.exists() and not link.exists():
+            link.symlink_to(lib)
     with tempfile.TemporaryDirectory() as tmp:
         # A copy of what the package is made of: building in the checkout would leave
         # build/ and *.egg-info there.
