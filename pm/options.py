@@ -397,6 +397,29 @@ def regex(value: str, opt: str) -> str:
     return value
 
 
+def _bcast_dest(value: str, opt: str) -> str:
+    if not value:
+        raise UsageError(f"{opt}= needs a path (or no =)")
+    return value
+
+
+def _yes_no(value: str, opt: str) -> bool:
+    if value.lower() not in ("yes", "no"):
+        raise UsageError(f"{opt} takes =yes, =no or nothing, not {value!r}")
+    return value.lower() == "yes"
+
+
+def _off(value: str, opt: str) -> None:
+    if value.lower() != "off":
+        raise UsageError(f"{opt} takes =off or nothing, not {value!r}")
+
+
+#: srun's flags that take an optional ``=VALUE`` (the option's value from it; None: unset).
+_OPTIONAL_VALUE: dict[str, Callable[[str, str], object]] = {
+    "--bcast": _bcast_dest, "--send-libs": _yes_no, "--no-kill": _off,
+    "--propagate": lambda value, opt: propagate_list(value, opt)}
+
+
 def umask_value(value: str, opt: str) -> int:
     """A file mode creation mask, in octal as umask writes it (022, 0027)."""
     try:
@@ -2275,34 +2298,15 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
             at = ("kill_on_bad_exit", i)
             i += 1
             continue
-        if name == "--bcast" and eq:  # srun's optional value: --bcast=DEST
-            if not inline:
-                raise UsageError("--bcast= needs a path (or no =)")
-            out.used.setdefault(BY_NAME["--bcast"], name)
-            out.values["bcast"] = inline
-            at = ("bcast", i)
-            i += 1
-            continue
-        if name == "--send-libs" and eq:  # srun's optional value: --send-libs=yes|no
-            if inline.lower() not in ("yes", "no"):
-                raise UsageError(f"--send-libs takes =yes, =no or nothing, not {inline!r}")
-            out.used.setdefault(BY_NAME["--send-libs"], name)
-            out.values["send_libs"] = inline.lower() == "yes"
-            at = ("send_libs", i)
-            i += 1
-            continue
-        if name == "--no-kill" and eq:  # srun's optional value: --no-kill=off
-            if inline.lower() != "off":
-                raise UsageError(f"--no-kill takes =off or nothing, not {inline!r}")
-            out.used.setdefault(BY_NAME["--no-kill"], name)
-            out.values.pop("no_kill", None)
-            at = ("no_kill", i)
-            i += 1
-            continue
-        if name == "--propagate" and eq:  # srun's optional value: --propagate=STACK,CORE
-            out.used.setdefault(BY_NAME["--propagate"], name)
-            out.values["propagate"] = propagate_list(inline, name)
-            at = ("propagate", i)
+        if name in _OPTIONAL_VALUE and eq:  # srun's --FLAG=VALUE of a flag
+            opt = BY_NAME[name]
+            out.used.setdefault(opt, name)
+            value = _OPTIONAL_VALUE[name](inline, name)
+            if value is None:
+                out.values.pop(opt.key, None)
+            else:
+                out.values[opt.key] = value
+            at = (opt.key, i)
             i += 1
             continue
         if (name == "-m" and i + 1 < len(argv) and looks_like_distribution(argv[i + 1])

@@ -124,8 +124,8 @@ class LocalRanks:
         self._stdin_acked = 0
         self._stdin_eof = False
         #: srun's --pty: the rank on a pseudo-terminal, in a session of its own (out of
-        #: the guardian's group: signalled by its pid as well); 0: none.
-        self.pty_pid = 0
+        #: the guardian's group: signalled by its pid as well).
+        self.pty: RankProc | None = None
         #: Bytes of output this node may still send up (pm.common.output.output_window); without
         #: credit the pipes are not read, so the ranks wait for the head's reader.
         self._credit = output_window(len(agent.plan.hosts))
@@ -212,9 +212,9 @@ class LocalRanks:
             start_local(todo, stdin_rank=stdin_rank, guardian=guardian,
                         merge=plan.merge_stderr, into=started, stdin_file=stdin_file,
                         raw=plan.unbuffered)
-        self.pty_pid = next((r.pid for r, s in zip(started.ranks, todo, strict=True) if s.pty),
-                            0)
+        on_pty = next((s.rank for s in todo if s.pty), None)
         self.adopt(started, mark=False)
+        self.pty = self.ranks.get(on_pty) if on_pty is not None else None
 
     def _mem_policies(self, cpusets: list[frozenset[int]] | None
                       ) -> dict[int, Policy | SpawnError | None]:
@@ -495,8 +495,7 @@ class LocalRanks:
             if proc.stdin_fd >= 0:
                 # The end of pmrun's stdin is the terminal's end-of-file character for a
                 # rank on a pseudo-terminal (closing our side would hang it up).
-                proc.stdin_buf += data + (b"\x04" if eof and proc.pid == self.pty_pid
-                                          and self.pty_pid else b"")
+                proc.stdin_buf += data + (b"\x04" if eof and proc is self.pty else b"")
                 self._stdin_write(proc)
         self._stdin_took()
 
@@ -568,8 +567,7 @@ class LocalRanks:
     def winsize(self, rows: int, cols: int) -> None:
         """srun's --pty: the rank's terminal is now ``rows`` x ``cols`` (the kernel tells its
         foreground processes: SIGWINCH)."""
-        proc = next((p for p in self.ranks.values() if p.pid == self.pty_pid), None)
-        fd = -1 if proc is None or not self.pty_pid else proc.fds.get(STDOUT, -1)
+        fd = self.pty.fds.get(STDOUT, -1) if self.pty is not None else -1
         if fd < 0 or rows <= 0 or cols <= 0:
             return
         import fcntl
@@ -580,9 +578,9 @@ class LocalRanks:
             fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     def _signal_pty(self, signum: int) -> None:
-        proc = next((p for p in self.ranks.values() if p.pid == self.pty_pid), None)
-        if self.pty_pid and self.watch is not None and proc is not None and proc.status is None:
-            self.watch.kill(self.pty_pid, signum)
+        pty = self.pty
+        if pty is not None and pty.pid and pty.status is None and self.watch is not None:
+            self.watch.kill(pty.pid, signum)
 
     def _signal_each(self, signum: int) -> None:
         """``signum`` to each of our ranks still running, through its pidfd."""

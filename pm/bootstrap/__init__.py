@@ -172,19 +172,16 @@ def bootstrap_options(extra: Mapping[str, str],
         opts["start"] = "first"
         if "user" in extra:
             opts["user"] = extra["user"]
-        if extra.get("enable_x") == "1":  # Hydra's -enable-x: X11 forwarded (last -X wins)
+        # After ssh's own options: Hydra's -enable-x (X11 forwarded; the last -X wins),
+        # Intel MPI's -bootstrap-exec-args.
+        more = [w for w in ("-X" if extra.get("enable_x") == "1" else "",
+                            extra.get("launcher_exec_args") or "") if w]
+        if more:
             import shlex
 
             from pm.bootstrap.ssh import DEFAULT_SSH
 
-            opts["ssh"] = f"{opts.get('ssh') or shlex.join(DEFAULT_SSH)} -X"
-        if extra.get("launcher_exec_args"):  # Intel MPI's -bootstrap-exec-args
-            import shlex
-
-            from pm.bootstrap.ssh import DEFAULT_SSH
-
-            opts["ssh"] = (f"{opts.get('ssh') or shlex.join(DEFAULT_SSH)} "
-                           f"{extra['launcher_exec_args']}")
+            opts["ssh"] = " ".join([opts.get("ssh") or shlex.join(DEFAULT_SSH), *more])
     elif name == "slurm":
         opts["start"] = "step"
         if extra.get("job_name"):
