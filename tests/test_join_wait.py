@@ -67,3 +67,26 @@ def test_a_subtree_done_early_waits_for_the_others_quietly(pmrun: Run, tmp_path:
     assert sorted(r.stdout.splitlines()) == ["done 0", "done 1", "done 2"]
     # Nothing to say: no lost parent, and no loopback warning under --iface 127.0.0.1.
     assert r.stderr == ""
+
+
+def test_a_launch_command_that_fails_is_named_once(pmrun: Run, tmp_path: Path) -> None:
+    script = tmp_path / "fail.sh"
+    script.write_text("#!/bin/sh\necho 'no such container' >&2\nexit 3\n")
+    script.chmod(0o755)
+    r = pmrun("--launcher", "exec", "--launcher-exec", f"{script} {{host}} {{command}}",
+              "--iface", "127.0.0.1", "-hosts", "n1", "-n", "1", "true")
+    assert r.returncode == 255, r.stderr
+    # The command's words once, in the reason for the node's loss; not also as they came.
+    assert r.stderr.splitlines() == [
+        "pmrun: node 0 (n1) lost: agent exited with code 3 before joining the tree: "
+        "no such container"], r.stderr
+
+
+def test_a_host_that_does_not_resolve_is_named_in_the_loopback_warning(pmrun: Run) -> None:
+    r = pmrun("--launcher", "ssh", "-hosts", "nosuchhost.invalid", "-n", "1", "true")
+    assert r.returncode == 255, r.stderr
+    assert r.stderr.splitlines()[0] == (
+        "pmrun: nosuchhost.invalid does not resolve here: listening for agents on loopback: "
+        "agents on other hosts cannot reach it (use --iface)"), r.stderr
+    assert "pmrun: node 0 (nosuchhost.invalid) lost: agent exited with code 255 before " \
+           "joining the tree: ssh: Could not resolve hostname" in r.stderr

@@ -92,7 +92,7 @@ def listen_endpoint(options: dict[str, Any], parent: str | None,
     iface = options.get("iface")
     if iface and (parent is None or not is_ip(str(iface))):
         return f"tcp://{iface_address(str(iface))}"
-    src = None
+    src, unresolved = None, ""
     if parent is not None:
         src = route_source(endpoint_host(parent))
     else:
@@ -108,14 +108,16 @@ def listen_endpoint(options: dict[str, Any], parent: str | None,
             # the agents reach us where srun runs (SLURM_LAUNCH_NODE_IPADDR, what their
             # slurmd saw srun's connection come from: agent.main.reach_launcher).
             return f"tcp://{ANY_ADDRESS}"
+        unresolved = toward if toward and src is None else ""
         if src is None:
             src = route_source(socket.getfqdn())
     if src is None or src.startswith("127."):
         # Under a parent on loopback (``--iface 127.0.0.1``) the whole tree is on this
         # machine by the user's choice: nothing to warn about.
         if parent is None or not endpoint_host(parent).startswith("127."):
-            log.warning("listening for agents on loopback: agents on other hosts cannot "
-                        "reach it (use --iface)")
+            why = f"{unresolved} does not resolve here: " if unresolved else ""
+            log.warning("%slistening for agents on loopback: agents on other hosts cannot "
+                        "reach it (use --iface)", why)
         src = src or "127.0.0.1"
     return f"tcp://{src}"
 

@@ -112,8 +112,13 @@ class CommandBootstrap(Bootstrap):
             self.on_failure(vertex, host, text)
 
     def error_line(self, text: str) -> bool:
-        """A line the command wrote on stderr; True when it was dealt with (not shown)."""
-        return False
+        """A line the command wrote on stderr; True when it was dealt with (not shown).
+
+        Only the agent's own lines are shown (it speaks as pmrun, or as pm-agent before it
+        knows its job): the command's words (ssh's refused key or changed host key, a
+        namespace or container that does not exist, ...) end up, as one line, in the
+        reason the job gives for losing the node, said once."""
+        return not text.startswith(("pmrun: ", "pm-agent"))
 
     def explain(self, pid: int) -> str:
         proc = self._procs.get(pid)

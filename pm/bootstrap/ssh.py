@@ -283,11 +283,6 @@ class SshBootstrap(CommandBootstrap):
         argv[-2:-2] = extra
         return argv
 
-    def error_line(self, text: str) -> bool:
-        """Only the agent's own lines are shown: ssh's words (a refused key, a changed host
-        key, ...) end up, as one line, in the reason the job gives for losing the node."""
-        return not text.startswith("pm-agent")
-
     def command(self, host: str) -> list[str]:
         # (This machine's agent: our own interpreter, whatever --agent-python says of others.)
         return agent_command(lean=True) if is_this_machine(host) else self.argv(host)
