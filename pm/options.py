@@ -1957,6 +1957,10 @@ OPTIONS = (
     Opt("--group", "output_mode", kind=FLAG, const="group", group=MEMORY,
         help="each task's output whole once it ended, stdout then stderr (the default "
              "of pmrun CMD ::: ARGS, as GNU parallel's)"),
+    Opt("--tty", "tty", kind=FLAG, group=MEMORY,
+        help="each task's stdin is pmrun's terminal, its stdout and stderr pmrun's, and it "
+             "runs in the terminal's foreground (an interactive program: pmrun --tty vi "
+             "::: a b); one task at a time unless -j says (GNU parallel's)"),
     Opt("--lb --line-buffer --line-buffered --linebuffer --linebuffered -u --ungroup",
         "output_mode", kind=FLAG, const="line",
         group=MEMORY, help="tasks' output line by line as it comes (the default of --tasks)"),
@@ -2465,6 +2469,13 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     elif "arg_files" in out.values or (len(out.sections) == 1 and "tasks" not in out.values) \
             or ("shell_quote" in out.values and not out.sections):  # (its arguments on stdin)
         _command_with_sources(out)
+    if "tty" in out.values:
+        _not_with(out, ("pipe", "pipepart", "tee", "cat", "fifo", "roundrobin", "shard", "bin",
+                        "group_by", "onall", "nonall", "tag", "tagstring", "ctag",
+                        "ctagstring", "color", "output_mode", "keep_order", "results",
+                        "files", "transfer", "returns", "cleanup", "trc", "basefiles"),
+                  "--tty gives each task pmrun's terminal and its output as it comes, on "
+                  "this machine")
     _open_mpi_output(out)
     _flux_shell_option(out)
     _ensemble_only(out)
@@ -2818,7 +2829,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "shard", "bin", "slot_var", "group_by", "onall", "nonall", "load",
                   "noswap", "limit", "transfer", "returns", "cleanup", "trc", "basefiles",
                   "ctag", "ctagstring", "color", "colorfailed", "no_keep_order", "termseq",
-                  "csv", "rpl")
+                  "csv", "rpl", "tty")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

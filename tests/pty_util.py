@@ -8,6 +8,7 @@ import select
 import signal
 import struct
 import subprocess
+import sys
 import termios
 import time
 from collections.abc import Mapping, Sequence
@@ -35,15 +36,23 @@ class Typed:
 def on_terminal(args: Sequence[str],
                 keys: Sequence[tuple[bytes, bytes | tuple[int, int]]] = (),
                 cwd: Path | None = None, size: tuple[int, int] = (33, 111),
-                env: Mapping[str, str] | None = None, timeout: float = 30) -> Typed:
+                env: Mapping[str, str] | None = None, timeout: float = 30,
+                controlling: bool = False) -> Typed:
     """Run pmrun with ``args`` on a new terminal of ``size`` (rows, columns); each of
     ``keys`` is (what the screen must show first, what is typed then, or a new size of the
-    terminal: pmrun gets SIGWINCH, as a window's resize gives its terminal's processes)."""
+    terminal: pmrun gets SIGWINCH, as a window's resize gives its terminal's processes).
+    ``controlling``: the terminal is pmrun's controlling terminal (its ``/dev/tty``) and
+    pmrun a foreground job of a shell's on it, in a process group of its own (a job pmrun
+    stops, as a change of the terminal from the background would, fails the run)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
     before = termios.tcgetattr(slave)
-    proc = subprocess.Popen(pmrun_argv(*args), stdin=slave, stdout=slave, stderr=slave,
-                            cwd=cwd, env=pmrun_env(env), start_new_session=True)
+    argv = pmrun_argv(*args)
+    if controlling:
+        argv = [sys.executable, "-c", _JOB_SHELL, *argv]
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
+                            cwd=cwd, env=pmrun_env(env), start_new_session=True,
+                            preexec_fn=_take_terminal if controlling else None)
     out = b""
     todo = list(keys)
     deadline = time.monotonic() + timeout
@@ -79,3 +88,36 @@ def on_terminal(args: Sequence[str],
         os.close(slave)
         os.close(master)
     return Typed(code, out, before, after)
+
+
+def _take_terminal() -> None:
+    """(In the child, a session leader by now: stdin's terminal becomes its own.)"""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+#: A shell's job control, for one command (its argv): the command in a group of its own,
+#: the terminal's foreground while it runs; exit 99 if it stopped.
+_JOB_SHELL = r"""
+import os, signal, sys
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+pid = os.fork()
+if pid == 0:
+    os.setpgid(0, 0)
+    os.tcsetpgrp(0, os.getpid())
+    signal.signal(signal.SIGTTOU, signal.SIG_DFL)
+    os.execvp(sys.argv[1], sys.argv[1:])
+try:
+    os.setpgid(pid, pid)
+    os.tcsetpgrp(0, pid)
+except OSError:
+    pass
+_, status = os.waitpid(pid, os.WUNTRACED)
+if os.WIFSTOPPED(status):
+    sys.stderr.write("job shell: the command stopped (signal %d)\n" % os.WSTOPSIG(status))
+    os.killpg(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    sys.exit(99)
+os.tcsetpgrp(0, os.getpgrp())
+code = os.waitstatus_to_exitcode(status)
+sys.exit(128 - code if code < 0 else code)
+"""

@@ -657,6 +657,16 @@ def _tags(extra: dict[str, str], specs: Sequence[TaskSpec], tasks_file: bool
     return {}
 
 
+def _terminal() -> bool:
+    """``--tty``: True when pmrun has a terminal to give its tasks (UsageError if not)."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_CLOEXEC))
+    except OSError as exc:
+        raise UsageError(f"--tty gives each task pmrun's terminal, and pmrun has none "
+                         f"(/dev/tty: {exc.strerror})") from None
+    return True
+
+
 def _options(extra: dict[str, str]) -> dict[str, Any]:
     """Ensemble keyword arguments from the CLI's option values (UsageError if bad)."""
     out: dict[str, Any] = {"mem_high": extra.get("mem_high"), "mem_low": extra.get("mem_low")}
@@ -680,8 +690,10 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
     if out["retries"] < 0:
         raise UsageError("--retries must be at least 0")
     jobs = extra.get("jobs")
-    if jobs is None:
-        out["jobs"] = "cores"  # GNU parallel's default: one task per CPU thread
+    if "tty" in extra:
+        out["tty"] = _terminal()
+    if jobs is None:  # GNU parallel's default: one task per CPU thread (--tty: one)
+        out["jobs"] = 1 if "tty" in extra else "cores"
     else:  # (checked by pm.options.task_slots: a count, a CPU rule or a file)
         out["jobs"] = jobs_value(jobs)
         if parse_jobs(jobs) is None:  # GNU parallel's -j FILE: what it says now, read again later
@@ -1040,7 +1052,9 @@ async def run_cli(opts: CliOptions) -> int:
             command = _pipe_line(specs[0], temp is not None)
     if "tmpdir" in extra:  # (--files, and output held past 1 MiB: pm.ensemble.console)
         tempfile.tempdir = extra["tmpdir"]
-    console = Console(opts.verbose, os.isatty(2), group=mode == "group", tag=tag,
+    # (No progress line under --tty: the terminal is the tasks'.)
+    console = Console(opts.verbose, os.isatty(2) and "tty" not in extra,
+                      group=mode == "group", tag=tag,
                       results=where, command=command,
                       files=tempfile.gettempdir() if "files" in extra else None,
                       color=bool({"color", "ctag", "ctagstring"} & extra.keys()),

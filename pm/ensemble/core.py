@@ -166,7 +166,10 @@ class Ensemble:
     result.  ``on_event``: every :class:`Event`.  ``cgroup``: the memory cgroup
     of this machine's tasks (default: this process's).  ``local_hosts``: host
     names that are this machine (default: all with the local launcher, else
-    this host's names).  Use ``async with`` or :meth:`start` / :meth:`aclose`.
+    this host's names).  ``tty`` (GNU parallel's ``--tty``): each task's stdin is our
+    terminal, its stdout and stderr ours, in the terminal's foreground (none of its
+    output reaches ``output``); every host must be this machine.
+    Use ``async with`` or :meth:`start` / :meth:`aclose`.
     """
 
     def __init__(
@@ -200,6 +203,7 @@ class Ensemble:
         cleanup: bool = False,
         basefiles: Sequence[str] = (),
         termseq: str | None = None,
+        tty: bool = False,
     ) -> None:
         if overrun not in ("warn", "kill", "suspend"):
             raise SizeError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
@@ -255,6 +259,12 @@ class Ensemble:
                 or (isinstance(jobs, int) and jobs >= 0)):
             raise SizeError(f"-j takes {JOBS_FORMS}, not {jobs!r}")
         self._domains = make_domains(nodes, self._spec.ppn, self._here, local_hosts, jobs)
+        self._tty = tty
+        self._typed_signal = 0  # (--tty: :meth:`_typed`)
+        away = next((d.name for d in self._domains.values() if not d.local), None)
+        if tty and away is not None:
+            raise SizeError(f"--tty gives each task pmrun's terminal: tasks run on this "
+                            f"machine, not on {away}")
         for d in self._domains.values():
             if d.local and d.cores and (d.slots or 0) < 1:
                 raise SizeError(f"-j {d.rule}: {local_cores()} CPU {CPU_UNIT[0]}s here leave "
@@ -315,7 +325,8 @@ class Ensemble:
                 snap = await asyncio.to_thread(self._probe_mem.read)
                 self._memory_known(d, snap.total, snap.used, snap.limit_source)
                 if self._sampler is None:
-                    self._local = LocalRunner(self._spec.base_env)
+                    self._local = LocalRunner(self._spec.base_env, tty=self._tty)
+                    self._local.on_key = self._typed
                     self._sampler = asyncio.ensure_future(self._sample_local(d))
         # Every other host's runner at once (each is an ssh session or a Slurm step); all
         # have started or failed before a failure is raised (aclose() then ends them).
@@ -444,8 +455,20 @@ class Ensemble:
         return "\n".join(lines)
 
     # ----------------------------------------------------------------- stopping
+    def _typed(self, signum: int) -> None:
+        """``--tty``: a task ended by ``signum`` typed at the terminal: nothing more
+        starts, and ``signum`` is ours too (the user meant the whole run), handled as our
+        process handles it (pmrun's :meth:`interrupt`; Python's KeyboardInterrupt)."""
+        if self._stop(f"not run: {signal.Signals(signum).name}"):
+            self._typed_signal = signum
+            self._wake()
+            os.kill(os.getpid(), signum)
+
     def interrupt(self, signum: int) -> None:
         """First call: start nothing more, pass ``signum`` to running tasks; then kill them."""
+        if self._typed_signal == signum:  # (the tasks had it from the terminal)
+            self._typed_signal = 0
+            return
         if self._stop(f"not run: {signal.Signals(signum).name}"):
             if self._local is not None:
                 self._local.signal(signum)

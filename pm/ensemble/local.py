@@ -17,10 +17,12 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable
+import termios
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from pm.agent.memory import tree_pids
-from pm.agent.spawn import Guardian, SpawnError, resolve
+from pm.agent.spawn import Guardian, SpawnError, resolve, spawn
 from pm.agent.started import RankStart, start_local
 from pm.agent.watch import ChildWatch
 from pm.common.output import STDERR, STDOUT, LineBuffer, read_pipe
@@ -45,11 +47,17 @@ class LocalRunner:
     from the ensemble's start to :meth:`close`.
     """
 
-    def __init__(self, base_env: Callable[[], dict[str, str]]) -> None:
+    def __init__(self, base_env: Callable[[], dict[str, str]], tty: bool = False) -> None:
         self._base_env = base_env
         self._watch = ChildWatch()
         self._watch.max_rss = {}
         self._guardian = Guardian()
+        #: GNU parallel's --tty: tasks get our terminal and run in its foreground.
+        self._terminal = _Foreground(self._guardian.pgid) if tty else None
+        #: ``--tty``: called with SIGINT or SIGQUIT when a task was ended by it, typed at
+        #: the terminal (which gives it to the foreground: the tasks, not us).
+        self.on_key: Callable[[int], None] | None = None
+        self._sent: set[int] = set()  # signals we passed to the tasks (:meth:`signal`)
 
     async def run(self, task: Task, env: dict[str, str],
                   emit: Callable[[Task, int, bytes], None]) -> int:
@@ -73,6 +81,8 @@ class LocalRunner:
         except SpawnError as exc:
             emit(task, STDERR, f"pmrun: {exc}\n".encode())
             return 127
+        if self._terminal is not None:
+            return await self._run_on_terminal(task, path, full, emit)
         loop = asyncio.get_running_loop()
         # Started as ranks are (no PMI socket, stdin from /dev/null or a pipe of its
         # block of --pipe input), in our group.
@@ -129,14 +139,96 @@ class LocalRunner:
                     os.unlink(env[TASK_TMP])
         return status.shell_code
 
+    async def _run_on_terminal(self, task: Task, path: str, env: dict[str, str],
+                               emit: Callable[[Task, int, bytes], None]) -> int:
+        """``--tty``: the run reads our terminal and writes where we do, in our guardian's
+        group, which is the terminal's foreground while it runs."""
+        assert self._terminal is not None
+        try:
+            with self._terminal as tty:
+                task.pid = spawn(path, task.argv, env, cwd=task.wdir, fds={0: tty, 1: 1, 2: 2},
+                                 pgid=self._guardian.pgid)
+                try:
+                    status = await self._watch.watch(task.pid, os.pidfd_open(task.pid))
+                finally:
+                    assert self._watch.max_rss is not None
+                    task.exit_rss = self._watch.max_rss.pop(task.pid, 0)
+                    task.pid = 0
+                self._terminal.ended(status.signal)
+        except (SpawnError, OSError) as exc:
+            emit(task, STDERR, f"pmrun: {exc}\n".encode())
+            return 127
+        if status.signal in (signal.SIGINT, signal.SIGQUIT) and status.signal not in self._sent \
+                and self.on_key is not None:
+            # The key was the user's, to end the whole run (a shell's rule for its
+            # foreground job): told now, before another task could start.
+            self.on_key(status.signal)
+        return status.shell_code
+
     def signal(self, signum: int) -> None:
         """Pass ``signum`` to every task running here (their whole process group)."""
+        self._sent.add(signum)
         self._guardian.signal(signum)
 
     def close(self) -> None:
         """Stop watching exits and release the process group."""
         self._watch.close()
         self._guardian.release()
+
+
+class _Foreground:
+    """Our terminal, given to a process group while its tasks run (``with``: an open
+    descriptor of it): the group is the terminal's foreground from the first task's start
+    to the last one's end (if we were: a pmrun in the background leaves it as it is),
+    and a task killed by a signal leaves the terminal's modes as they were before it,
+    as a shell restores them after its foreground job."""
+
+    def __init__(self, pgid: int) -> None:
+        self._pgid = pgid
+        self._fd = -1
+        self._users = 0
+        self._ours = False  # we gave the terminal away (and take it back at the end)
+        self._modes: list[Any] | None = None
+
+    def __enter__(self) -> int:
+        if self._users == 0:
+            self._fd = os.open("/dev/tty", os.O_RDWR | os.O_CLOEXEC)
+            with contextlib.suppress(termios.error):
+                self._modes = termios.tcgetattr(self._fd)
+            with contextlib.suppress(OSError):
+                if os.tcgetpgrp(self._fd) == os.getpgrp():
+                    os.tcsetpgrp(self._fd, self._pgid)
+                    self._ours = True
+        self._users += 1
+        return self._fd
+
+    def ended(self, signum: int) -> None:
+        """A task ended (by ``signum``, 0 for an exit)."""
+        if signum and self._modes is not None:
+            with _background(), contextlib.suppress(termios.error):
+                termios.tcsetattr(self._fd, termios.TCSADRAIN, self._modes)
+
+    def __exit__(self, *exc: object) -> None:
+        self._users -= 1
+        if self._users:
+            return
+        if self._ours:
+            with _background(), contextlib.suppress(OSError):
+                os.tcsetpgrp(self._fd, os.getpgrp())
+            self._ours = False
+        os.close(self._fd)
+        self._fd = -1
+
+
+@contextlib.contextmanager
+def _background() -> Iterator[None]:
+    """Around a change of the terminal made while another group is its foreground, which
+    would stop us (SIGTTOU) otherwise."""
+    old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTTOU, old)
 
 
 def _stream(loop: asyncio.AbstractEventLoop, fd: int, stream: InputStream) -> None:
