@@ -73,7 +73,7 @@ def test_a_killed_pmrun_leaves_no_task_on_the_terminal(tmp_path: Path, marker: s
 
 
 def test_tty_refusals_are_one_line(tmp_path: Path) -> None:
-    cases = (
+    cases: tuple[tuple[list[str], str], ...] = (
         (["--tag"], "pmrun: --tty gives each task pmrun's terminal and its output as it "
                     "comes, on this machine: not with --tag"),
         ([], "pmrun: --tty gives each task pmrun's terminal, and pmrun has none (/dev/tty: "
