@@ -2493,6 +2493,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     _srun_export(out)
     _flux_env(out, environ)
     _output_filename(out)
+    _flux_templates(out)
     _job_name_in_patterns(out, environ)
     if "merge_stderr" in out.values and "error" in out.values:
         raise UsageError("--merge-stderr-to-stdout leaves no stderr for --error to write")
@@ -3044,6 +3045,39 @@ def _objects_here(obj: str, given: str, values: Mapping[str, object],
     if not count:
         raise UsageError(f"--map-by {given}: this machine tells no {obj} objects")
     return count
+
+
+#: Flux's mustache tags in a file name, as pmrun's pattern codes (``{{id.dec}}``: any
+#: encoding of the id is pmrun's job id); the task's and node's are pmrun's own, beyond
+#: Flux's (whose --output names one file a job).
+_FLUX_TAGS = {"id": "%j", "jobid": "%j", "name": "%x", "taskid": "%t", "task.id": "%t",
+              "task.rank": "%t", "node.id": "%n", "node.name": "%h"}
+
+
+def _flux_templates(out: Parsed) -> None:
+    """Flux's ``--output=job-{{id}}.out`` (``{{name}}``, ...): the same as pmrun's codes
+    (``%j``, ``%x``, ...); a tag pmrun does not fill in a file name is refused."""
+    for key in ("output", "error"):
+        value = out.values.get(key)
+        if isinstance(value, str) and "{{" in value:
+            import re
+
+            tags = re.split(r"\{\{([^{}]*)\}\}", value)  # (text, tag, text, ..., text)
+            out.values[key] = "".join(
+                _flux_code(part, f"--{key} {value}") if i % 2 else part
+                for i, part in enumerate(tags))
+
+
+def _flux_code(tag: str, given: str) -> str:
+    """The pattern code of Flux's tag ``{{tag}}`` in ``given`` (the option and its value)."""
+    base, _, encoding = tag.strip().partition(".")
+    if base in ("id", "jobid") and encoding in ("f58", "dec", "hex", "dothex", "words"):
+        return "%j"
+    code = _FLUX_TAGS.get(tag.strip())
+    if code is None:
+        raise UsageError(f"{given}: {{{{{tag}}}}} is not a tag pmrun fills in a file name "
+                         "({{id}}, {{name}}, {{taskid}}, {{node.id}}, {{node.name}})")
+    return code
 
 
 def _job_name_in_patterns(out: Parsed, environ: Mapping[str, str]) -> None:

@@ -1609,6 +1609,20 @@ def test_fluxs_shell_options_are_not_a_file_pattern(pmrun: Run, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_fluxs_templates_in_file_names(pmrun: Run, tmp_path: Path, quick: str) -> None:
+    r = pmrun("--output=o.{{id}}.{{name}}.{{ taskid }}", "--error=e.{{jobid.dec}}", "-n", "2",
+              "sh", "-c", "echo out; echo err >&2", cwd=tmp_path, env={"PM_QUICK": quick})
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in tmp_path.iterdir())
+    job = names[0][len("e."):]
+    assert names == [f"e.{job}", f"o.{job}.sh.0", f"o.{job}.sh.1"], names
+    assert (tmp_path / f"e.{job}").read_text() == "err\nerr\n"
+    assert refusal(["--output", "o.{{size}}", "x"]) == ((
+        "--output o.{{size}}: {{size}} is not a tag pmrun fills in a file name ({{id}}, "
+        "{{name}}, {{taskid}}, {{node.id}}, {{node.name}})"),) * 2
+
+
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
 def test_fluxs_env_rules_in_their_order(pmrun: Run, quick: str) -> None:
     env = {"PM_QUICK": quick, "FOO": "bar", "FIZZ": "z", "BAZ": "q"}
     show = ["-n", "1", "sh", "-c", 'echo "X=$X FOO=$FOO FIZZ=$FIZZ BAZ=$BAZ Y=$Y"']
