@@ -240,7 +240,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
                          "give --bcast too")
     if spec.no_kill:
         opts.extra["no_kill"] = "1"  # (inside Slurm, the agents' step too)
-    if str(v.get("stdin", "none")).isdigit():
+    if str(v.get("stdin", "none")).isdecimal():
         spec.stdin_rank = int(v["stdin"])  # type: ignore[call-overload]
     elif v.get("stdin") == "all":
         spec.stdin_rank = STDIN_ALL
@@ -412,6 +412,8 @@ def _rankfile_lines(path: str) -> list[RankLine]:
         return parse(file_text(path), f"rankfile {path}")
     except RankfileError as exc:
         raise UsageError(str(exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"rankfile {path} cannot be read ({exc})") from None
 
 
 @functools.cache
@@ -647,7 +649,7 @@ def slurm_binding(env: Mapping[str, str]) -> str | None:
     the ranks stay within them.
     """
     text = env.get("SLURM_CPUS_PER_TASK", "").strip()
-    if not text.isdigit() or int(text) < 1:
+    if not text.isdecimal() or int(text) < 1:
         return None
     return "hwthread" if int(text) == 1 else f"hwthread:{int(text)}"
 
@@ -807,7 +809,10 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
     if "sim_ranks" in opts.extra:
         from pm.agent.sim import sim_job
 
-        sim = sim_job(opts.spec, len(nodes.hosts), opts.extra)
+        try:
+            sim = sim_job(opts.spec, len(nodes.hosts), opts.extra)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     stdin = None if opts.extra.get("stdin") == "none" or opts.spec.stdin_file else \
         stdin_for_job()
     job = JobRun(opts.spec, nodes, stdin=stdin, verbose=opts.verbose > 0, sim=sim,

@@ -161,7 +161,7 @@ class JobSpec:
             raise JobSpecError("the universe size must be at least 1 (or -1: no limit)")
         d = self.distribution
         if d not in ("block", "cyclic") and not (
-                d.startswith("plane=") and d[len("plane="):].isdigit() and int(d[6:]) >= 1):
+                d.startswith("plane=") and d[len("plane="):].isdecimal() and int(d[6:]) >= 1):
             raise JobSpecError(f"the distribution is block, cyclic or plane=N, not {d!r}")
         if self.mpi not in ("auto", "pmix", "pmi", "none"):
             raise JobSpecError(f"--mpi takes pmix, pmi, none or auto, not {self.mpi!r}")

@@ -42,10 +42,10 @@ EXIT_MISSING = 69
 # UsageError naming the option and what was wrong.
 def whole(minimum: int = 1, most: int | None = None) -> Check:
     def check(text: str, opt: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise UsageError(f"{opt} takes a whole number, not {text!r}") from None
+        digits = text[1:] if text.startswith("-") else text
+        if not (digits.isascii() and digits.isdecimal()):  # (not int()'s " 2", "2_0", "+2")
+            raise UsageError(f"{opt} takes a whole number, not {text!r}")
+        value = int(text)
         if value < minimum:
             raise UsageError(f"{opt} must be at least {minimum}")
         if most is not None and value > most:
@@ -57,7 +57,7 @@ def whole(minimum: int = 1, most: int | None = None) -> Check:
 
 def wait_seconds(text: str, opt: str) -> float:
     """srun's ``-W``: whole seconds, 0 for no limit."""
-    if not text.isdigit():
+    if not text.isdecimal():
         raise UsageError(f"{opt} takes whole seconds (0: no limit), not {text!r}")
     return float(text)
 
@@ -116,7 +116,7 @@ def slurm_time(text: str, opt: str) -> float | None:
     if not dash:
         days, rest = "0", text
     parts = rest.split(":")
-    if not (days.isdigit() and 1 <= len(parts) <= 3 and all(p.isdigit() for p in parts)):
+    if not (days.isdecimal() and 1 <= len(parts) <= 3 and all(p.isdecimal() for p in parts)):
         raise UsageError(f"{opt} takes a time limit as srun's (MM, MM:SS, HH:MM:SS, D-HH, "
                          f"D-HH:MM, D-HH:MM:SS or UNLIMITED) or Flux's (30s, 10m, 1.5h, "
                          f"1d), not {text!r}")
@@ -135,7 +135,7 @@ def slurm_time(text: str, opt: str) -> float | None:
 
 
 def _is_number(text: str) -> bool:
-    return bool(text) and text.replace(".", "", 1).isdigit()
+    return bool(text) and text.replace(".", "", 1).isdecimal()
 
 
 def stdin_rank(value: str, opt: str) -> str:
@@ -145,7 +145,7 @@ def stdin_rank(value: str, opt: str) -> str:
     all)."""
     if value.lower() == "none":
         return "none"
-    if value.isdigit() and int(value) < MOST_RANKS:
+    if value.isdecimal() and int(value) < MOST_RANKS:
         return str(int(value))
     if value.lower() == "all":
         return "all"
@@ -162,7 +162,7 @@ def srun_export(value: str, opt: str) -> str:
         name = item.partition("=")[0]
         if item.upper() in ("ALL", "NONE") and "=" not in item:
             continue
-        if not name or not all(c.isalnum() or c == "_" for c in name) or name[0].isdigit():
+        if not name or not all(c.isalnum() or c == "_" for c in name) or name[0].isdecimal():
             raise UsageError(f"{opt} takes ALL, NONE or NAME[=VALUE] separated by commas; "
                              f"{item!r} is not a variable")
     return value
@@ -191,6 +191,13 @@ def duration(text: str, opt: str) -> float:
     if value is None:
         raise UsageError(f"{opt} takes seconds (or 2m, 1h30m...), not {text!r}")
     return value
+
+
+def settle_time(text: str, opt: str) -> str:
+    """``--mem-settle``: seconds (:func:`duration`), or ``off``."""
+    if text != "off":
+        duration(text, opt)
+    return text
 
 
 def run_timeout(text: str, opt: str) -> float | str:
@@ -232,7 +239,7 @@ def choice(*allowed: str) -> Check:
 
 def header_lines(value: str, opt: str) -> str:
     """GNU parallel's ``--header``: ``:`` (the first line), or a number of lines (--pipe)."""
-    if value != ":" and not value.isdigit():
+    if value != ":" and not value.isdecimal():
         raise UsageError(f"{opt} takes : (the first line) or, with --pipe, a number of "
                          f"lines, not {value!r}")
     return value
@@ -319,11 +326,16 @@ def report_to(value: str, opt: str) -> str:
 
 def cpu_list(value: str, opt: str) -> str:
     """Open MPI's ``--cpu-list 0,2-3``: CPU numbers and ranges, as ``--bind-to user:``."""
+    from pm.agent.topology import MOST_CPUS
+
     cpus: list[str] = []
     for part in value.split(","):
         lo, dash, hi = part.partition("-")
-        if not (lo.isdigit() and (not dash or (hi.isdigit() and int(hi) >= int(lo)))):
+        if not (lo.isdecimal() and (not dash or (hi.isdecimal() and int(hi) >= int(lo)))):
             raise UsageError(f"{opt} takes CPU numbers and ranges (0,2-3), not {value!r}")
+        if int(hi if dash else lo) >= MOST_CPUS:
+            raise UsageError(f"{opt} {value}: no machine has a CPU {hi if dash else lo} "
+                             f"(they go up to {MOST_CPUS - 1} at most)")
         cpus += map(str, range(int(lo), int(hi if dash else lo) + 1))
     return ",".join(cpus)
 
@@ -335,7 +347,7 @@ def mpi_kind(value: str, opt: str) -> str:
         return value
     if value == "pmi2":
         return "pmi"
-    if value.startswith("pmix_v") and value[6:].isdigit():
+    if value.startswith("pmix_v") and value[6:].isdecimal():
         return "pmix"
     raise UsageError(f"{opt} takes auto, pmix, pmi or none (srun's pmi2, pmix_vN), not "
                      f"{value!r}")
@@ -377,7 +389,7 @@ def halt_policy(value: str, opt: str) -> str:
     when, _, rule = given.partition(",")
     why, _, count = rule.partition("=")
     digits = count[:-1] if count.endswith("%") else count
-    ok = when in ("soon", "now") and why in ("fail", "success", "done") and digits.isdigit()
+    ok = when in ("soon", "now") and why in ("fail", "success", "done") and digits.isdecimal()
     if not ok or int(digits) < 1 or (count.endswith("%") and int(digits) > 100):
         raise UsageError(f"{opt} takes never, or soon|now,fail|success|done=N (or N%), "
                          f"e.g. now,fail=1 (also 0, 1, 2, -1, -2), not {value!r}")
@@ -500,7 +512,7 @@ def writable_file(value: str, opt: str) -> str:
 
 def env_name(value: str, opt: str) -> str:
     """One environment variable's name."""
-    if not value or "=" in value or "\0" in value or value[0].isdigit():
+    if not value or "=" in value or "\0" in value or value[0].isdecimal():
         raise UsageError(f"{opt} takes an environment variable's name, not {value!r}")
     return value
 
@@ -643,7 +655,7 @@ def cpu_bind_of(value: str, opt: str) -> tuple[str, bool]:
     try:
         if kind == "map_cpu" and body:
             ranks = [c.replace("*", "x") for c in body.split(",")]
-            if all(r.partition("x")[0].isdigit() for r in ranks):
+            if all(r.partition("x")[0].isdecimal() for r in ranks):
                 return _binding("user:" + ",".join(ranks), opt, "parse_bind", "--bind-to"), verbose
         if kind == "mask_cpu" and body:
             sets = []
@@ -773,13 +785,14 @@ def map_by(value: str, opt: str) -> str:
     value = ":".join(w for w in value.split(":") if w.upper() != "OVERSUBSCRIBE") or "core"
     target, pe = _pe_of(value)
     if target != value:
-        if not pe.isdigit() or int(pe) < 1:
+        if not pe.isdecimal() or int(pe) < 1:
             raise UsageError(f"{opt} {value!r}: PE= takes a number of cores per rank")
         map_by(target, opt)
         return value
     if value.lower().startswith("ppr:"):  # Open MPI's N ranks per node, package, core...
         count, _, per = value[4:].partition(":")
-        if per.lower() not in PPR_OBJECTS or not count.isdigit() or int(count) < 1:
+        if per.lower() not in PPR_OBJECTS or not count.isdecimal() or \
+                not 1 <= int(count) <= MOST_RANKS:
             raise UsageError(f"{opt} {value!r}: Open MPI's ppr:N:RESOURCE takes a count and "
                              f"{_or(sorted(PPR_OBJECTS))}")
         return value
@@ -824,9 +837,9 @@ def distribution(value: str, opt: str) -> str:
     first = first.strip().lower()
     if first.startswith("plane="):
         size = first[len("plane="):]
-        if not size.isdigit() or not 1 <= int(size) <= MOST_RANKS:
+        if not size.isdecimal() or not 1 <= int(size) <= MOST_RANKS:
             raise UsageError(f"{opt} {value}: plane= takes the ranks a node gets at a time "
-                             "(a number from 1)")
+                             f"(a number from 1 to {MOST_RANKS})")
         first = f"plane={int(size)}"
     elif first not in ("block", "cyclic", "arbitrary", "*"):
         raise UsageError(f"{opt} takes block, cyclic, plane=N or arbitrary (srun's), not "
@@ -859,7 +872,7 @@ def taskmap(value: str, opt: str) -> str:
         return "block"
     if kind == "cyclic" and not colon:
         return "cyclic"
-    if kind == "cyclic" and size.isascii() and size.isdigit() and int(size) >= 1:
+    if kind == "cyclic" and size.isascii() and size.isdecimal() and int(size) >= 1:
         return "cyclic" if int(size) == 1 else f"plane={int(size)}"
     raise UsageError(f"{opt} takes block, cyclic or cyclic:N (Flux's), not {value!r}")
 
@@ -898,7 +911,7 @@ def sshlogin(value: str, opt: str) -> str:
     out = []
     for item in value.split(","):
         count, slash, host = item.strip().rpartition("/")
-        if slash and not (count.isdigit() and int(count) > 0):
+        if slash and not (count.isdecimal() and int(count) > 0):
             raise UsageError(f"{opt} takes [N/]HOST,... (N tasks at once on HOST), not {item!r}")
         host = "localhost" if host == ":" else host
         out.append(f"{host}:{count}" if slash else host)
@@ -1043,7 +1056,7 @@ def _signal_named(word: str) -> signal.Signals | None:
     import signal
 
     try:
-        if word.isdigit():
+        if word.isdecimal():
             return signal.Signals(int(word))
         return signal.Signals["SIG" + word.upper().removeprefix("SIG")]
     except (KeyError, ValueError):
@@ -1063,7 +1076,7 @@ def signal_before_end(value: str, opt: str) -> str:
         raise UsageError(f"{opt} takes [R:]SIG[@TIME] (USR1@60, SIGTERM@2m), not {value!r}")
     secs: float | None = 60.0
     if at:
-        secs = float(when) if when.isdigit() else fsd_seconds(when)
+        secs = float(when) if when.isdecimal() else fsd_seconds(when)
         if secs is None:
             raise UsageError(f"{opt} {value}: TIME is seconds (or 30s, 2m, 1h), not {when!r}")
     return f"{int(named)}@{secs:g}"
@@ -1100,7 +1113,7 @@ def cpu_freq(value: str, opt: str) -> str:
     if not colon and freq.lower() in _GOVERNORS:
         return value
     parts = freq.split("-") if freq else []
-    good = (len(parts) <= 2 and all(p.isdigit() or p.lower() in _FREQ_WORDS for p in parts)
+    good = (len(parts) <= 2 and all(p.isdecimal() or p.lower() in _FREQ_WORDS for p in parts)
             and (not colon or governor.lower() in _GOVERNORS) and (parts or colon))
     if not good:
         raise UsageError(f"{opt} takes srun's frequency: kHz or low, medium, high, highm1, "
@@ -1119,7 +1132,7 @@ def acctg_freq(value: str, opt: str) -> str:
     (``task=30,energy=60``)."""
     for item in value.split(","):
         kind, eq, secs = item.partition("=")
-        if not (secs.isdigit() and kind.isalpha() if eq else kind.isdigit()):
+        if not (secs.isdecimal() and kind.isalpha() if eq else kind.isdecimal()):
             raise UsageError(f"{opt} takes seconds or DATATYPE=SECONDS pairs (task=30,"
                              f"energy=60), not {value!r}")
     return value
@@ -1127,7 +1140,7 @@ def acctg_freq(value: str, opt: str) -> str:
 
 def slurmd_debug(value: str, opt: str) -> str:
     """srun's ``--slurmd-debug``: a level of slurmstepd's log, by number or name."""
-    if not (value.isdigit() or value.lower() in _SLURMD_LEVELS):
+    if not (value.isdecimal() or value.lower() in _SLURMD_LEVELS):
         raise UsageError(f"{opt} takes a number or one of {', '.join(_SLURMD_LEVELS)}, not "
                          f"{value!r}")
     return value
@@ -1264,7 +1277,7 @@ def propagate_list(value: str, opt: str) -> str:
 def block_size(value: str, opt: str) -> str:
     """``--block``: a size in bytes, or ``-N`` (``--pipepart``: N blocks for each task slot,
     as GNU parallel's negative block size)."""
-    if value.startswith("-") and value[1:].isdigit():
+    if value.startswith("-") and value[1:].isdecimal():
         if int(value[1:]) < 1 or int(value[1:]) > MOST_RANKS:
             raise UsageError(f"{opt} -N takes N from 1 to {MOST_RANKS} blocks a task slot, "
                              f"not {value!r}")
@@ -1282,17 +1295,17 @@ def cpu_rule(text: str) -> bool:
     parallel's: ``+N`` (N more), ``-N`` (N fewer), ``N%`` (that share of them), or
     ``cores`` (one per CPU thread) (pure)."""
     if text[:1] in ("+", "-"):
-        return text[1:].isdigit()
+        return text[1:].isdecimal()
     if text.endswith("%"):
         whole, dot, part = text[:-1].partition(".")
-        return whole.isdigit() and (part.isdigit() if dot else True)
+        return whole.isdecimal() and (part.isdecimal() if dot else True)
     return text == "cores"
 
 
 def parse_jobs(text: str) -> int | str | None:
     """-j's value (or its file's text): a count, a :func:`cpu_rule`, or None (pure)."""
     text = text.strip()
-    if text.isdigit():
+    if text.isdecimal():
         return int(text)
     return text if text != "cores" and cpu_rule(text) else None
 
@@ -1696,7 +1709,8 @@ OPTIONS = (
     # The tree
     Opt("--local-nodes", "local_nodes", whole(1, MOST_LOCAL_NODES), metavar="N", group=TREE,
         help="run N node agents on this machine, each acting as a node with its own KVS"),
-    Opt("--fanout -branch-count", "fanout", whole(1), metavar="K", quick=True, group=TREE,
+    Opt("--fanout -branch-count", "fanout", whole(1, MOST_RANKS), metavar="K", quick=True,
+        group=TREE,
         help="width of the agent tree (default 32; 16 over ssh)"),
     Opt("--kvs", "kvs", choice("shm", "socket"), metavar="shm|socket", quick=True, group=TREE,
         help="how ranks using pm.client read the node's KVS (default shm)"),
@@ -1978,7 +1992,7 @@ OPTIONS = (
         help="the lines of a task that failed white on red"),
     Opt("--mem-overrun", "mem_overrun", choice("warn", "kill", "suspend"), metavar="ACTION",
         group=MEMORY, help="warn (default), kill or suspend a task over its declared size"),
-    Opt("--mem-settle", "mem_settle", text, metavar="S|off", group=MEMORY,
+    Opt("--mem-settle", "mem_settle", settle_time, metavar="S|off", group=MEMORY,
         help="shrink a task's reservation to its measured peak once that peak held S "
              "seconds (default 1); off: reservations only grow"),
     # Other
@@ -2600,7 +2614,7 @@ def _not_with(out: Parsed, keys: tuple[str, ...], what: str) -> None:
 
 def _named_column(values: Mapping[str, object], word: str, column: str) -> None:
     """A column given by name needs ``--header :`` (its first line names the columns)."""
-    if not column.isdigit() and values.get("header") != ":":
+    if not column.isdecimal() and values.get("header") != ":":
         raise UsageError(f"{word} {column}: a column's name needs --header : (the first "
                          "line names the columns)")
 
@@ -2895,7 +2909,7 @@ def _ensemble_only(out: Parsed) -> None:
         if header is not None and "pipepart" in values:
             raise UsageError("--header is for --pipe (its first lines before every block), "
                              "not --pipepart")
-        if isinstance(header, str) and header.isdigit() and "pipe" not in values:
+        if isinstance(header, str) and header.isdecimal() and "pipe" not in values:
             raise UsageError(f"--header {header} (lines of stdin before every block) is for "
                              "--pipe: an input source's names come with --header :")
         if str(values.get("block", "")).startswith("-") and "pipepart" not in values:

@@ -1692,3 +1692,54 @@ def test_wait_after_the_first_rank_ends_as_srun_s(pmrun: Run) -> None:
                                              "them (-W, srun's --wait)\n")
     r = pmrun("--wait", "5", "-n", "2", "sh", "-c", "exec sleep 0.$PMI_RANK")
     assert (r.returncode, r.stderr) == (0, "")
+
+
+#: Values once taken (or run out of memory, or a traceback) and the one line each gets now.
+_ODD = [
+    (["--ppr", "100000000000000000000:core"], "--ppr '100000000000000000000:core': Open "
+     "MPI's N:RESOURCE takes a count and core, hwthread, l3cache, node, numa, package or "
+     "socket"),
+    (["--cpu-list", "0-100000000000000000000"], "--cpu-list 0-100000000000000000000: no "
+     "machine has a CPU 100000000000000000000 (they go up to 65535 at most)"),
+    (["--bind-to", "user:0-100000000000000000000"], "--bind-to 'user:0-100000000000000000000'"
+     ": no machine has a cpu 100000000000000000000 (they go up to 65535 at most)"),
+    (["--bind-to", "user:0x100000000000000000000"], "--bind-to 'user:0x100000000000000000000'"
+     ": bad repeat count in '0x100000000000000000000' (1 to 16777216)"),
+    (["-rankmap", "[0]x100000000000000000000"], "-rankmap '[0]x100000000000000000000': more "
+     "than 16777216 ranks (node ids, (FIRST,NODES,RANKS) or [...]xN, comma-separated)"),
+    (["--fanout", "100000000000000000000", "--local-nodes", "2"],
+     "--fanout 100000000000000000000: more than pmrun can run (at most 16777216)"),
+    (["--ppr", "²:core"], "--ppr '²:core': Open MPI's N:RESOURCE takes a count and core, "
+     "hwthread, l3cache, node, numa, package or socket"),
+    (["--timeout", "²m"], "--timeout takes seconds (or 2m, 1h30m...), not '²m'"),
+    (["-n", "2_0"], "-n takes a whole number, not '2_0'"),
+    (["-n", " 2"], "-n takes a whole number, not ' 2'"),
+    (["-hosts", "localhost:2:3"], "-hosts: bad slot count '2:3' in 'localhost:2:3'"),
+    (["--bind-to", "core:"], "--bind-to 'core:': nothing after ':' (a count of cores per "
+     "rank, e.g. core:2, or 'overload-allowed')"),
+]
+
+
+@pytest.mark.parametrize(("args", "line"), _ODD, ids=[" ".join(a) for a, _ in _ODD])
+def test_odd_values_are_one_line(pmrun: Run, args: list[str], line: str) -> None:
+    r = pmrun(*args, "-n", "1", "true") if "-n" not in args else pmrun(*args, "true")
+    assert (r.returncode, r.stderr.splitlines()) == (2, [f"pmrun: {line}"])
+
+
+def test_odd_simulation_values_and_files_are_one_line(pmrun: Run, tmp_path: Path) -> None:
+    for args, line in (
+            (["--sim-value-size", "100000000000000000000"],
+             "--sim-value-size takes 1 to 65536, not 100000000000000000000"),
+            (["--sim-ranks-per-node", "10000000"],
+             "--sim-ranks-per-node 10000000 on 2 nodes: more than 16777216 ranks")):
+        r = pmrun("--sim-ranks-per-node", "2", *args, "--local-nodes", "2")
+        assert (r.returncode, r.stderr.splitlines()) == (2, [f"pmrun: {line}"]), args
+    rankfile = tmp_path / "rf"
+    rankfile.write_bytes(b"\xff rank 0=a slot=0\n")
+    r = pmrun("-rf", str(rankfile), "-n", "1", "true")
+    assert (r.returncode, r.stderr.splitlines()) == (2, [
+        f"pmrun: rankfile {rankfile} cannot be read ('utf-8' codec can't decode byte 0xff in "
+        "position 0: invalid start byte)"])
+    r = pmrun("--mem-settle", "-1", "true", ":::", "a")
+    assert (r.returncode, r.stderr.splitlines()) == (2, [
+        "pmrun: --mem-settle takes seconds (or 2m, 1h30m...), not '-1'"])

@@ -23,7 +23,7 @@ Nothing here touches the system; the agent applies the cpusets at spawn.
 
 from __future__ import annotations
 
-from pm.agent.topology import Topology, cpu_range, format_cpuset
+from pm.agent.topology import MOST_CPUS, Topology, cpu_range, format_cpuset
 from pm.common.values import Value
 from pm.proto.errors import PMError
 
@@ -115,15 +115,18 @@ def parse_bind(spec: str) -> BindPolicy:
     text = spec.strip().lower()
     if text.startswith("user:"):
         return BindPolicy("user", user_sets=_parse_user(text[len("user:") :], spec))
-    name, _, qualifiers = text.partition(":")
+    name, colon, qualifiers = text.partition(":")
     target = _BIND_SPELLINGS.get(name)
     if target is None:
         raise BindingError(f"unknown --bind-to {spec!r}: expected {_BIND_HELP}")
+    if colon and not qualifiers:
+        raise BindingError(f"--bind-to {spec!r}: nothing after ':' (a count of {name}s per "
+                           f"rank, e.g. {name}:2, or {OVERLOAD_ALLOWED!r})")
     count, overload = 1, False
     for qualifier in qualifiers.split(":") if qualifiers else ():
         if qualifier == OVERLOAD_ALLOWED:
             overload = True
-        elif qualifier.isdigit() and int(qualifier) >= 1:
+        elif qualifier.isdecimal() and int(qualifier) >= 1:
             count = int(qualifier)  # Hydra's core:N: N cores per rank
         else:
             raise BindingError(
@@ -135,6 +138,10 @@ def parse_bind(spec: str) -> BindPolicy:
     return BindPolicy(target, overload_allowed=overload, count=count)
 
 
+#: The most ranks a ``user:`` entry's ``xN`` repeats (a job's most ranks).
+_MOST_REPEATS = 1 << 24
+
+
 def _parse_user(body: str, spec: str) -> tuple[frozenset[int], ...]:
     if not body:
         raise BindingError(f"--bind-to {spec!r}: user: needs at least one cpu")
@@ -143,8 +150,9 @@ def _parse_user(body: str, spec: str) -> tuple[frozenset[int], ...]:
         cpus_text, times_sep, times_text = entry.partition("x")
         times = 1
         if times_sep:
-            if not times_text.isdigit() or int(times_text) < 1:
-                raise BindingError(f"--bind-to {spec!r}: bad repeat count in {entry!r}")
+            if not times_text.isdecimal() or not 1 <= int(times_text) <= _MOST_REPEATS:
+                raise BindingError(f"--bind-to {spec!r}: bad repeat count in {entry!r} "
+                                   f"(1 to {_MOST_REPEATS})")
             times = int(times_text)
         cpus: set[int] = set()
         for item in cpus_text.split("+"):
@@ -157,6 +165,9 @@ def _parse_user(body: str, spec: str) -> tuple[frozenset[int], ...]:
             lo, hi = bounds
             if hi < lo:
                 raise BindingError(f"--bind-to {spec!r}: empty range {item!r}")
+            if hi >= MOST_CPUS:
+                raise BindingError(f"--bind-to {spec!r}: no machine has a cpu {hi} (they "
+                                   f"go up to {MOST_CPUS - 1} at most)")
             cpus.update(range(lo, hi + 1))
         sets.extend([frozenset(cpus)] * times)
     return tuple(sets)
@@ -174,7 +185,7 @@ def parse_map(spec: str) -> str:
     if text.startswith("ppr:"):
         count, _, obj = text[4:].partition(":")
         name = MAP_SPELLINGS.get(obj)
-        if not count.isdigit() or int(count) < 1 or name in (None, "slot"):
+        if not count.isdecimal() or int(count) < 1 or name in (None, "slot"):
             raise BindingError(f"unknown --map-by {spec!r}: ppr:N:OBJECT takes a count and "
                                "one of package, numa, l3cache, core, hwthread")
         return f"ppr:{int(count)}:{name}"
@@ -267,13 +278,12 @@ def _counted_bindings(topo: Topology, nlocal: int, policy: BindPolicy, mapping: 
 
 def _user_bindings(topo: Topology, nlocal: int, policy: BindPolicy) -> Bindings:
     usable = frozenset(topo.pus)
-    for cpus in policy.user_sets:
-        missing = cpus - usable
-        if missing:
-            raise BindingError(
-                f"--bind-to {policy}: cpus {format_cpuset(missing)} are not usable on this "
-                f"node (usable: {format_cpuset(usable)})"
-            )
+    missing = frozenset().union(*policy.user_sets) - usable
+    if missing:  # (every one named at once, not the first set's)
+        which = (f"cpu {format_cpuset(missing)} is" if len(missing) == 1
+                 else f"cpus {format_cpuset(missing)} are")
+        raise BindingError(f"--bind-to {policy}: {which} not usable on this node "
+                           f"(usable: {format_cpuset(usable)})")
     sets = policy.user_sets
     notice = None
     if nlocal > len(sets):

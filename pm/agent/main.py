@@ -72,7 +72,7 @@ def place_in_step(cfg: AgentConfig, env: Mapping[str, str]) -> None:
     name = env.get("SLURMD_NODENAME") or socket.gethostname()
     if name in hosts:
         vertex = hosts.index(name)
-    elif env.get("SLURM_NODEID", "").isdigit() and int(env["SLURM_NODEID"]) < len(hosts):
+    elif env.get("SLURM_NODEID", "").isdecimal() and int(env["SLURM_NODEID"]) < len(hosts):
         vertex = int(env["SLURM_NODEID"])
     else:
         raise ValueError(f"node {name} is not one of the job's hosts")

@@ -77,7 +77,7 @@ def _repeated(text: str, what: str) -> str:
     out = []
     for part in text.split(","):
         item, star, count = part.partition("*")
-        if star and (not count.isdigit() or not 0 < int(count) <= _MAX_NODES):
+        if star and (not count.isdecimal() or not 0 < int(count) <= _MAX_NODES):
             raise ValueError(f"{what}: {part!r} repeats an item a number of times (0*2)")
         out += [item] * (int(count) if star else 1)
     return ",".join(out)
@@ -87,7 +87,7 @@ def _listed(text: str, what: str) -> list[int]:
     """A node a rank: ``0,1,1`` (repeats kept, unlike a set of nodes)."""
     out = []
     for part in text.split(","):
-        if not part.isdigit() or int(part) >= _MAX_NODES:
+        if not part.isdecimal() or int(part) >= _MAX_NODES:
             raise ValueError(f"{what}: {part!r} is not a NUMA node")
         out.append(int(part))
     return out
@@ -158,7 +158,7 @@ def parse_hydra(value: str) -> str:
     policy, colon, nodes = value.partition(":")
     if policy == "firsttouch" and not colon:
         return "none"
-    if policy == "bind" and not nodes:
+    if policy == "bind" and not colon:
         return "local"
     if policy in ("bind", "interleave") and colon:
         return f"{policy}:" + ",".join(map(str, _nodes(nodes, policy)))

@@ -114,7 +114,7 @@ def rank_timerslack_ns(nlocal: int) -> int:
     if nlocal <= ncpus:
         return 0
     env = os.environ.get("PM_RANK_TIMERSLACK_NS", "")
-    if env.isdigit():
+    if env.isdecimal():
         return int(env)
     return min(SLACK_MAX_NS, SLACK_PER_RANK_A_CPU_NS * nlocal // ncpus)
 
@@ -281,7 +281,7 @@ def fork_env(srv: PmixServer, nspace: str, rank: int) -> dict[str, str]:
     if not srv.port:  # where the ranks connect: pmix_server.PmixServer.nodelay looks for it
         uri = env.get("PMIX_SERVER_URI41") or env.get("PMIX_SERVER_URI4") or ""
         port = uri.rpartition(":")[2]
-        srv.port = int(port) if port.isdigit() else 0
+        srv.port = int(port) if port.isdecimal() else 0
     # Open MPI 4.x (ORTE) decides how it was launched in its "schizo" framework
     # before it looks at PMIx: its ess/pmi component is refused unless a schizo
     # module says "direct launch", and the only modules that can (flux, slurm, alps,

@@ -86,17 +86,22 @@ class SimOptions:
                    tuple(d.get("gets", DEFAULT_GETS)), int(d.get("corrupt", -1)))
 
 
+#: The most simulated ranks of a job (a job's most ranks), and bytes of each one's value
+#: (a real address is a few hundred; each of 256 value patterns holds one).
+MOST_SIM_RANKS = 1 << 24
+MOST_SIM_VALUE = 1 << 16
+
+
 def sim_settings(extra: Mapping[str, str]) -> dict[str, Any]:
     """CLI values (``opts.extra``) -> ``JobPlan.sim``; ValueError names a bad one."""
 
-    def whole(key: str, opt: str, default: int) -> int:
+    def whole(key: str, opt: str, default: int, most: int) -> int:
         text = extra.get(key, str(default))
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"{opt} takes a whole number, not {text!r}") from None
-        if value < 1:
-            raise ValueError(f"{opt} must be at least 1")
+        if not (text.isascii() and text.isdecimal()):
+            raise ValueError(f"{opt} takes a whole number, not {text!r}")
+        value = int(text)
+        if not 1 <= value <= most:
+            raise ValueError(f"{opt} takes 1 to {most}, not {text}")
         return value
 
     exchange = extra.get("sim_exchange", "allgather")
@@ -112,8 +117,8 @@ def sim_settings(extra: Mapping[str, str]) -> dict[str, Any]:
         bad_rank = int(corrupt)
     except ValueError:
         raise ValueError(f"{CORRUPT_ENV} takes a rank, not {corrupt!r}") from None
-    return SimOptions(whole("sim_ranks", "--sim-ranks-per-node", 1),
-                      whole("sim_value_size", "--sim-value-size", 64), exchange,
+    return SimOptions(whole("sim_ranks", "--sim-ranks-per-node", 1, MOST_SIM_RANKS),
+                      whole("sim_value_size", "--sim-value-size", 64, MOST_SIM_VALUE), exchange,
                       gets, bad_rank).to_wire()
 
 
@@ -127,6 +132,9 @@ def sim_job(spec: JobSpec, nodes: int, extra: Mapping[str, str]) -> dict[str, An
 
     sim = sim_settings(extra)
     per = int(sim["ranks_per_node"])
+    if nodes * per > MOST_SIM_RANKS:
+        raise ValueError(f"--sim-ranks-per-node {per} on {nodes} nodes: more than "
+                         f"{MOST_SIM_RANKS} ranks")
     spec.apps = [AppSpec(list(SIM_ARGV), nodes * per)]
     spec.ppn = per
     return sim

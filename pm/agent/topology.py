@@ -105,6 +105,10 @@ def format_cpuset(cpus: Iterable[int]) -> str:
     return ",".join(parts)
 
 
+#: Beyond any machine's CPU numbers (Linux's most is 8192): a bigger one is a slip.
+MOST_CPUS = 1 << 16
+
+
 def cpu_range(text: str) -> tuple[int, int] | None:
     """``"3"`` -> (3, 3), ``"2-5"`` -> (2, 5); None for anything else."""
     lo, dash, hi = text.partition("-")

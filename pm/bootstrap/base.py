@@ -49,7 +49,7 @@ def step_cpus(node_of_rank: Sequence[int], bind_to: str) -> int:
     for node in node_of_rank:
         counts[node] = counts.get(node, 0) + 1
     each = bind_to.split(":")[1] if ":" in bind_to else ""
-    return max(counts.values(), default=1) * (int(each) if each.isdigit() and int(each) else 1)
+    return max(counts.values(), default=1) * (int(each) if each.isdecimal() and int(each) else 1)
 
 
 def agent_command(python: str | None = None, lean: bool = False) -> list[str]:

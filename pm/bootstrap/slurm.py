@@ -118,7 +118,7 @@ async def ask_why(env: Mapping[str, str] | None = None) -> tuple[str, int] | Non
 
     env = os.environ if env is None else env
     job = env.get("SLURM_JOB_ID", "")
-    if not job.isdigit():
+    if not job.isdecimal():
         return None
     try:
         proc = await asyncio.create_subprocess_exec(

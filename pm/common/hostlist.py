@@ -250,6 +250,9 @@ def _name_and_slots(item: str) -> tuple[str, int | None]:
     colon = item.rfind(":")
     if colon < 0 or colon < item.rfind("]"):
         return item, None
+    first = item.find(":", item.rfind("]") + 1)
+    if first < colon:  # (host:2:3: which is the count?)
+        raise HostlistError(f"bad slot count {item[first + 1:]!r} in {item!r}")
     return item[:colon], _parse_slots(item[colon + 1 :].strip(), item)
 
 

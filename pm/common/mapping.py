@@ -280,7 +280,7 @@ class _Reader:
     def number(self) -> int:
         self.peek()
         j = self.i
-        while j < len(self.s) and self.s[j].isdigit():
+        while j < len(self.s) and self.s[j].isdecimal():
             j += 1
         if j == self.i:
             raise _fail(self.s, f"expected a number at offset {self.i}")

@@ -98,7 +98,7 @@ def rank_ranges(text: str) -> tuple[tuple[int, int], ...]:
     out = []
     for part in text.split(","):
         lo, dash, hi = part.partition("-")
-        if not lo.isdigit() or (dash and (not hi.isdigit() or int(hi) < int(lo))):
+        if not lo.isdecimal() or (dash and (not hi.isdecimal() or int(hi) < int(lo))):
             raise ValueError(f"{text!r} is not ranks (0, or 0-3,5)")
         out.append((int(lo), int(hi) if dash else int(lo)))
     return tuple(out)

@@ -133,12 +133,17 @@ def parse_rankmap(text: str) -> tuple[list[int], int | None]:
     def items(closing: str) -> list[int]:
         nonlocal pos
         out: list[int] = []
+
+        def room(more: int) -> None:
+            if len(out) + more > MOST_RANKMAP:
+                raise fail(f"more than {MOST_RANKMAP} ranks")
         while True:
             while pos < len(body) and body[pos] == " ":
                 pos += 1
             m = _BLOCK.match(body, pos)
             if m is not None:
                 first, nodes, ranks = (int(g) for g in m.groups())
+                room(nodes * ranks)
                 out += [first + i for i in range(nodes) for _ in range(ranks)]
                 pos = m.end()
             elif body.startswith("[", pos):
@@ -147,6 +152,7 @@ def parse_rankmap(text: str) -> tuple[list[int], int | None]:
                 m = _TIMES.match(body, pos)
                 if m is None:
                     raise fail(f"']' at {pos} needs its count, ']xN'")
+                room(len(group) * int(m.group(1)))
                 out += group * int(m.group(1))
                 pos = m.end()
             else:
@@ -173,6 +179,8 @@ def parse_rankmap(text: str) -> tuple[list[int], int | None]:
     return ids, ids.index(0) if 0 in ids else None
 
 
+#: The most ranks a -rankmap lists (a job's most ranks).
+MOST_RANKMAP = 1 << 24
 _BLOCK = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)")
 _TIMES = re.compile(r"\]x(\d+)")
 _ID = re.compile(r"(\d+)")

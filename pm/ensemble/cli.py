@@ -339,7 +339,7 @@ def _column_index(column: str, header: bytes, split: Callable[[bytes], list[byte
                   opt: str) -> int:
     """Where ``column`` (a number from 1, or a name the ``--header`` line gives) is in a
     line cut by ``split``."""
-    if column.isdigit():
+    if column.isdecimal():
         return int(column) - 1
     names = split(header.rstrip(b"\r\n"))
     try:

@@ -1068,7 +1068,7 @@ def parse_termseq(text: str) -> list[tuple[int, float]]:
     steps = []
     for name, wait in zip(words[::2], words[1::2], strict=True):
         try:
-            sig = (int(name) if name.isdigit()
+            sig = (int(name) if name.isdecimal()
                    else signal.Signals["SIG" + name.upper().removeprefix("SIG")])
             signal.Signals(sig)
             ms = float(wait)

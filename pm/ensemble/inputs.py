@@ -337,7 +337,7 @@ def has_replacement(text: str, plus: bool = False) -> bool:
 def by_name(line: str, names: Sequence[str]) -> str:
     """``line`` with ``{NAME}`` (and ``{NAME.}``, ``{NAME/}``...) written ``{N}``, N the
     place of NAME among the sources' (or columns') ``names`` (``--header :``)."""
-    places = {name: k for k, name in enumerate(names, 1) if name and not name.isdigit()}
+    places = {name: k for k, name in enumerate(names, 1) if name and not name.isdecimal()}
     if not places:
         return line
     pattern = re.compile(r"\{(" + "|".join(map(re.escape, sorted(places, key=len, reverse=True)))

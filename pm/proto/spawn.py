@@ -136,7 +136,7 @@ def _numbered(items: list[tuple[str, str]], prefix: str) -> list[str]:
     found = []
     for key, value in items:
         rest = key[len(prefix):]
-        if key.startswith(prefix) and rest.isdigit():
+        if key.startswith(prefix) and rest.isdecimal():
             found.append((int(rest), value))
     return [v for _, v in sorted(found)]
 
