@@ -66,7 +66,7 @@ SLURM_PROFILES = frozenset({"all", "none", "energy", "task", "lustre", "network"
 #: Options whose values the job spec or CliOptions hold; the others go to ``extra``.
 _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fanout", "timeout",
                         "wait_after_first", "quit_on_interrupt", "no_kill", "bcast",
-                        "send_libs", "pty", "umask",
+                        "send_libs", "pty", "umask", "pmi_port",
                         "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output",
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
                         "merge_stderr", "timestamp_output", "distribution", "unbuffered",
@@ -235,6 +235,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.send_libs = bool(v.get("send_libs"))
     spec.pty = bool(v.get("pty"))
     spec.umask = v.get("umask")  # type: ignore[assignment]
+    spec.pmi_port = bool(v.get("pmi_port"))
     if spec.send_libs and spec.bcast is None:
         raise UsageError("--send-libs sends the libraries of the programs --bcast copies: "
                          "give --bcast too")

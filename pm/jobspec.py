@@ -70,6 +70,8 @@ class JobSpec:
     memory_alloc_kinds: str = ""
     #: The ranks' umask (Intel MPI's -umask); None: pmrun's own, on every host (as srun).
     umask: int | None = None
+    #: Hydra's -pmi-port: ranks reach their agent at PMI_PORT as PMI_ID (no PMI_FD).
+    pmi_port: bool = False
     #: Hydra's -output-from: only these ranks' output is written ("0,4-7"; "": every rank's).
     output_from: str = ""
     #: srun's --propagate: the resource limits (pm.agent.rlimits names) the ranks get from

@@ -1541,6 +1541,11 @@ OPTIONS = (
              "passes none of the variables PATTERN matches (a shell pattern, or /REGEX/), "
              "--env PATTERN passes those again, --env ^FILE applies FILE's rules; in the "
              "order given"),
+    Opt("-pmi-port --pmi-port", "pmi_port", kind=FLAG, group=ENV,
+        help="Hydra's: each rank reaches its node's agent at PMI_PORT (a TCP port on the "
+             "node's loopback) as rank PMI_ID, not through an inherited socket (PMI_FD): for "
+             "a program started through something that closes inherited descriptors (sudo, "
+             "a wrapper's subprocess); PMI-1 and PMI-2 clients"),
     Opt("-umask -gumask", "umask", umask_value, metavar="MASK", group=ENV,
         help="Intel MPI's: the ranks' file mode creation mask (by default pmrun's own, on "
              "every host, as srun passes it on)"),
@@ -2859,7 +2864,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "task_epilog", "propagate", "hint", "gpus_per_task", "output_from", "exact",
                "mem_bind", "cpu_freq", "relative", "memory_alloc_kinds",
                "quit_on_interrupt", "acctg_freq", "slurmd_debug", "no_kill", "bcast",
-               "send_libs", "pty", "umask")
+               "send_libs", "pty", "umask", "pmi_port")
 
 
 def _ensemble_only(out: Parsed) -> None:

@@ -140,6 +140,9 @@ class PmiEngine:
         self.phase = Phase.NEW
         #: Whether the rank ever initialized / finalized (CLOSED keeps what came before).
         self._inited = self._finalized = False
+        #: Hydra's -pmi-port: the rank connected to the node's port (its first line is its
+        #: initack), and whether it was answered.
+        self.by_port = self._acked = False
         self._kvsname = store.kvsname.encode()
         self._get_head = b"cmd=get kvsname=%s key=" % self._kvsname
         self._head = b""
@@ -540,7 +543,21 @@ class PmiEngine:
         self._wait1(Spawn(self._token(), spawn.parse_pmi1(c)), c, spawn.reply_pmi1)
 
     def _initack1(self, c: pmi1.Pmi1Command) -> None:
-        raise ProtocolError("initack is only for PMI_PORT clients")
+        # Hydra's -pmi-port (pm.agent.pmi_port): the first line of a client that connected
+        # to PMI_PORT, naming its PMI_ID (the port gave us the connection for that rank).
+        if not self.by_port or self.phase is not Phase.NEW or self._acked or \
+                c.args.get("pmiid") != str(self.rank):
+            raise ProtocolError("initack is only the first line of a PMI_PORT client, "
+                                "naming its PMI_ID")
+        self._acked = True
+        size, rank, app = self.store.size, self.rank, self.store.appnum(self.rank)
+        self._out.append(pmi1.encode("initack", ("rc", 0), ("rank", rank), ("size", size),
+                                     ("appnum", app), ("debug", 0))
+                         + b"cmd=set size=%d\ncmd=set rank=%d\ncmd=set debug=0\n" % (size, rank))
+        if self._p1 is not None and not self._p1.pending and not self._queue:
+            # What the client speaks from here on is told by its next bytes, as on an
+            # inherited socket (PMI-1's init, PMI-2's, or pmrun's native client).
+            self.protocol, self._p1 = Wire.UNKNOWN, None
 
 
 _MAXES = pmi1.encode("maxes", ("rc", 0), ("kvsname_max", pmi1.KVSNAME_MAX),

@@ -46,6 +46,7 @@ from pm.proto.plan import STDIN_ALL
 if TYPE_CHECKING:
     from pm.agent.membind import Policy
     from pm.agent.node import JobAgent
+    from pm.agent.pmi_port import PmiPort
     from pm.agent.pmi_quick import QuickPmi
 
 log = logging.getLogger("pm.agent")
@@ -118,6 +119,9 @@ class LocalRanks:
         self.watch: ChildWatch | None = None
         #: The PMI sessions' tasks and the drain and kill timers.
         self.owned = Owned(self.loop)
+        #: Hydra's -pmi-port: the port our ranks connect to, and the ranks that did.
+        self._port: PmiPort | None = None
+        self._by_port: set[int] = set()
         #: pmrun's stdin: bytes that came (from the first), how many of them every reader
         #: took and was said to have taken (StdinAck), and whether the end came.
         self._stdin_in = 0
@@ -163,6 +167,9 @@ class LocalRanks:
             argv, app_env, wdir = app.argv, app.env, app.wdir or agent.launch_dir
             env = rank_env(base_env, app_env, rank, plan.size, agent.host, proc.local_rank,
                            len(self.ranks))
+            if plan.pmi_port:  # Hydra's -pmi-port: PMI_PORT and PMI_ID, not PMI_FD
+                del env["PMI_FD"]
+                env.update(self._pmi_port().env(rank))
             if agent.pmix is not None:
                 env.update(agent.pmix.fork_env(rank))
             if plan.gpus_per_task:  # srun's --gpus-per-task
@@ -211,10 +218,30 @@ class LocalRanks:
                 around.enter_context(RankLimits(plan.rlimits, self._limit_warning))
             start_local(todo, stdin_rank=stdin_rank, guardian=guardian,
                         merge=plan.merge_stderr, into=started, stdin_file=stdin_file,
-                        raw=plan.unbuffered)
+                        raw=plan.unbuffered, pmi=not plan.pmi_port)
         on_pty = next((s.rank for s in todo if s.pty), None)
         self.adopt(started, mark=False)
         self.pty = self.ranks.get(on_pty) if on_pty is not None else None
+
+    def _pmi_port(self) -> PmiPort:
+        """Hydra's -pmi-port: the port our ranks connect to (listening from now on)."""
+        if self._port is None:
+            from pm.agent.pmi_port import PmiPort
+
+            self._port = PmiPort(self.loop, self._port_waits, self._port_connected)
+        return self._port
+
+    def _port_waits(self, rank: int) -> bool:
+        proc = self.ranks.get(rank)
+        return proc is not None and proc.session is not None and rank not in self._by_port
+
+    def _port_connected(self, rank: int, sock: socket.socket) -> None:
+        """Rank ``rank`` connected to our PMI port: served as if it had inherited ``sock``."""
+        session = self.ranks[rank].session
+        assert session is not None
+        self._by_port.add(rank)
+        session.engine.by_port = True
+        self.owned.spawn(self._serve(session, sock))
 
     def _mem_policies(self, cpusets: list[frozenset[int]] | None
                       ) -> dict[int, Policy | SpawnError | None]:
@@ -626,6 +653,8 @@ class LocalRanks:
         our guardian is not let go but returned, for the caller to release once it knows
         whether the ranks left any MPI segment (:meth:`Guardian.release`'s ``clean``)."""
         self.owned.cancel()  # the owner (JobAgent.aclose) awaits the sessions' tasks
+        if self._port is not None:
+            self._port.close()
         for proc in self.ranks.values():
             for fd in proc.fds.values():
                 with contextlib.suppress(ValueError, OSError):

@@ -72,16 +72,50 @@ def spawned(reply: Any) -> Spawned:
 
 
 def env_fd(fd: int | None) -> int:
-    """The fd to talk to the agent on: ``fd`` or ``$PMI_FD``; PMError if neither."""
+    """The fd to talk to the agent on: ``fd``, ``$PMI_FD``, or a connection to ``$PMI_PORT``
+    as rank ``$PMI_ID`` (pmrun's ``-pmi-port``); PMError if none."""
     if fd is not None:
         return fd
     text = os.environ.get("PMI_FD")
+    if text is None and os.environ.get("PMI_PORT"):
+        return _port_fd(os.environ["PMI_PORT"], os.environ.get("PMI_ID", ""))
     if text is None:
         raise PMError("PMI_FD is not set: this process was not started by pmrun")
     try:
         return int(text)
     except ValueError:
         raise PMError(f"PMI_FD={text!r} is not a file descriptor number") from None
+
+
+def _port_fd(address: str, rank: str) -> int:
+    """A connection to the agent's PMI port (``HOST:PORT``) as rank ``rank``, introduced
+    as a PMI-1 client is (``cmd=initack``): its fd, ours to keep."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not (port.isascii() and port.isdecimal() and rank.isascii() and rank.isdecimal()):
+        raise PMError(f"PMI_PORT={address!r} PMI_ID={rank!r}: not HOST:PORT and a rank")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=30)
+    except OSError as exc:
+        raise PMError(f"cannot reach pmrun's agent at PMI_PORT={address}: {exc}") from None
+    try:
+        sock.sendall(b"cmd=initack pmiid=%s\n" % rank.encode())
+        reply = b""
+        while reply.count(b"\n") < 4:  # initack, then size, rank and debug
+            more = sock.recv(4096)
+            if not more:
+                break
+            reply += more
+    except OSError as exc:
+        sock.close()
+        raise PMError(f"PMI_PORT={address}: {exc}") from None
+    if not reply.startswith(b"cmd=initack rc=0 ") or reply.count(b"\n") != 4:
+        sock.close()
+        raise PMError(f"PMI_PORT={address}: pmrun's agent did not take rank {rank} "
+                      f"({reply[:80]!r})")
+    sock.settimeout(None)
+    return sock.detach()
 
 
 def abort_code(code: int) -> int:

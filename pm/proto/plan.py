@@ -159,6 +159,9 @@ class JobPlan(Record):
     #: The ranks' file mode creation mask on every node (pmrun's own unless told: a host
     #: reached over ssh would give its session's); -1: the agent's own.
     umask: int = -1
+    #: Hydra's ``-pmi-port``: each node's ranks connect to its agent's loopback port
+    #: (``PMI_PORT``) as ``PMI_ID`` instead of inheriting a socket (``PMI_FD``).
+    pmi_port: bool = False
 
     def node_of_rank(self) -> list[int]:
         """The node (index into :attr:`hosts`) of each rank."""

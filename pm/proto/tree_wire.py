@@ -60,7 +60,7 @@ MAC_LEN = 16
 #: placement and slots; 9: Kill may ask for a report of the ranks' state first (Report);
 #: 10: plans carry --gpus-per-task; 11: and --mem-bind; 12: and PMI job attributes;
 #: 13: and the programs --bcast copies to the nodes, --pty (and Winsize), and the umask
-PROTOCOL_VERSION = 13
+PROTOCOL_VERSION = 14
 
 #: Directions of a tree link (bound under an envelope's tag).
 UP = 1  # child to parent
