@@ -17,19 +17,42 @@ Async::
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from pm import options as pmopts
+from pm.api_args import (
+    JOB_CHECKS,
+    JOB_WORDS,
+    NOT_JOB_OPTIONS,
+    ArgumentTypeError,
+    argv_words,
+    by_option,
+    bytes_of,
+    env_of,
+    job_hints,
+    path_of,
+    task_options,
+    tasks_of,
+    typed,
+    unknown,
+    whole,
+    whole_number,
+)
 from pm.common.nodes import Nodes
 from pm.head import JobResult, JobRun, RankResult
-from pm.jobspec import AppSpec, JobSpec, check_nodes
+from pm.jobspec import AppSpec, JobSpec, JobSpecError, check_nodes
+from pm.options import MOST_LOCAL_NODES, MOST_RANKS
 from pm.proto.errors import RankFailed
 
 if TYPE_CHECKING:
     from pm.ensemble import Ensemble, Task, TaskResult
 
-__all__ = ["Cluster", "Job", "JobFailed", "JobResult", "RankResult", "run", "run_tasks"]
+__all__ = ["ArgumentTypeError", "Cluster", "Job", "JobFailed", "JobResult", "RankResult", "run",
+           "run_tasks"]
 
 
 class JobFailed(RankFailed):
@@ -38,15 +61,6 @@ class JobFailed(RankFailed):
     def __init__(self, result: JobResult) -> None:
         super().__init__(result.cause or f"job failed with status {result.returncode}")
         self.result = result
-
-
-def _spec(argv: Sequence[str], n: int, env: Mapping[str, str] | None, **opts: Any) -> JobSpec:
-    spec = JobSpec([AppSpec(list(argv), n)], genv=dict(env or {}))
-    for key, value in opts.items():
-        if not hasattr(spec, key):
-            raise TypeError(f"unknown job option {key!r}")
-        setattr(spec, key, value)
-    return spec
 
 
 class Job:
@@ -95,13 +109,19 @@ class Job:
 
     def send_signal(self, signum: int) -> None:
         """Deliver ``signum`` to every rank."""
+        whole = isinstance(signum, int) and not isinstance(signum, bool)
+        if not whole or signum not in signal.valid_signals():
+            error = JobSpecError if whole else ArgumentTypeError
+            raise error(f"signum must be a signal number (such as signal.SIGTERM), not "
+                        f"{signum!r}")
         self._run.signal(signum)
 
     def kill(self, reason: str = "killed by the user") -> None:
-        self._run.kill(reason)
+        self._run.kill(typed("reason", reason, str))
 
     async def aclose(self, reason: str = "cluster closed") -> None:
         """Kill the job if it still runs and wait for its end (the waiting task is ours)."""
+        typed("reason", reason, str)
         if self._waiter is None:
             return
         if not self._waiter.done():
@@ -110,6 +130,7 @@ class Job:
 
     async def wait(self, *, check: bool = False) -> JobResult:
         """The job's result once every rank has ended (``check``: raise JobFailed if it failed)."""
+        typed("check", check, bool)
         assert self._waiter is not None
         result = await asyncio.shield(self._waiter)
         if check and not result.ok:
@@ -128,12 +149,37 @@ class Cluster:
                  bootstrap: Mapping[str, Any] | None = None, mem_high: str | None = None,
                  mem_low: str | None = None, mem_overrun: str = "warn",
                  retries: int = 0) -> None:
+        whole_number("local_nodes", local_nodes)
+        whole_number("fanout", fanout)
         check_nodes(local_nodes, fanout)
+        hosts = typed("hosts", hosts, Sequence[str] | None)
+        for i, host in enumerate(hosts or ()):
+            if not host:
+                raise JobSpecError(f"hosts[{i}] must be a host name, not ''")
+        slots = typed("slots", slots, Sequence[int | None] | None)
+        if slots is not None:
+            if not hosts:
+                raise JobSpecError("slots are the hosts' slots: give hosts too")
+            if len(slots) != len(hosts):
+                raise JobSpecError(f"slots must have an entry for each of the {len(hosts)} "
+                                   f"hosts, not {len(slots)}")
+            for i, count in enumerate(slots):
+                if count is not None:
+                    whole(f"slots[{i}]", count, 1, MOST_RANKS)
+        typed("bootstrap", bootstrap, Mapping[str, Any] | None)
+        for name, size in (("mem_high", mem_high), ("mem_low", mem_low)):
+            if typed(name, size, str | None) is not None:
+                by_option(pmopts.size)(name, size)
+        by_option(pmopts.choice("warn", "kill", "suspend"))("mem_overrun",
+                                                       typed("mem_overrun", mem_overrun, str))
+        whole("retries", retries, 0)
         if hosts:
             self.nodes = Nodes(list(hosts), list(slots or [None] * len(hosts)), fanout,
                                dict(bootstrap or {"name": "local"}))
         else:
             self.nodes = Nodes.local(local_nodes, fanout)
+        #: The nodes are this machine's (a working directory is checked here).
+        self._local = not hosts
         self._jobs: list[Job] = []
         # Node memory watermarks: for submit()'s tasks and for the ranks' pmi.reserve.
         self._mem = {"mem_high": mem_high, "mem_low": mem_low, "mem_overrun": mem_overrun}
@@ -163,16 +209,60 @@ class Cluster:
         ``"inherit"`` writes to this process's stdout/stderr. ``opts`` are JobSpec fields
         (label, timeout, wdir, ppn, kvs, bind_to, ...)."""
         if output not in ("capture", "inherit"):
-            raise ValueError("output must be 'capture' or 'inherit'")
+            raise ValueError(f"output must be 'capture' or 'inherit', not {output!r}")
+        if stdin is not None:
+            whole("stdin", stdin, 0)
         for key, value in self._mem.items():
             opts.setdefault(key, value)
-        job = Job(_spec(argv, n, env, **opts), self.nodes, output == "capture", stdin)
+        return await self._start(self._spec(argv, n, env, opts), output == "capture", stdin)
+
+    def _spec(self, argv: object, n: object, env: object, opts: Mapping[str, Any]) -> JobSpec:
+        """The job ``argv`` on ``n`` ranks with ``opts`` (JobSpec's fields), each argument
+        checked before anything starts (JobSpec.validate's checks too)."""
+        words = argv_words("argv", argv)
+        # (-n named as JobSpec.validate names it: the program's.)
+        n = whole(f"program {words[0]}: -n", n, 1, MOST_RANKS)
+        spec = JobSpec([AppSpec(words, n)], genv=env_of(env))
+        hints = job_hints()
+        for key, value in opts.items():
+            if key not in hints or key in NOT_JOB_OPTIONS:
+                raise unknown("job option", key, (k for k in hints if k not in NOT_JOB_OPTIONS),
+                               NOT_JOB_OPTIONS.get(key, ""))
+            if key == "wdir":
+                value = path_of(key, value, here=self._local)
+            else:
+                value = typed(key, value, hints[key], JOB_WORDS.get(key, ""))
+                if value is not None and key in JOB_CHECKS:
+                    value = JOB_CHECKS[key](key, value)
+            setattr(spec, key, value)
+        if spec.timeout is None:
+            if spec.signal_before_end is not None:
+                raise JobSpecError("signal_before_end: a signal before the timeout needs a "
+                                   "timeout")
+            if spec.timeout_report:
+                raise JobSpecError("timeout_report: a report at the timeout needs a timeout")
+        spec.validate()
+        nodes = len(self.nodes.hosts)
+        for key in ("placement", "rank_slots"):
+            given = getattr(spec, key)
+            if given and len(given) != spec.size:
+                raise JobSpecError(f"{key} must have an entry for each of the job's "
+                                   f"{spec.size} ranks, not {len(given)}")
+        bad = next((node for node in spec.placement if not 0 <= node < nodes), None)
+        if bad is not None:
+            raise JobSpecError(f"placement: node {bad} is not one of the cluster's {nodes} "
+                               f"nodes (0 to {nodes - 1})")
+        return spec
+
+    async def _start(self, spec: JobSpec, capture: bool, stdin: int | None) -> Job:
+        job = Job(spec, self.nodes, capture, stdin)
         await job._start()
         self._jobs.append(job)
         return job
 
     async def submit(self, argv: Sequence[str], mem: str | int | None = None, *,
-                     env: Mapping[str, str] | None = None, wdir: str | None = None) -> Task:
+                     env: Mapping[str, str] | None = None,
+                     wdir: str | os.PathLike[str] | None = None) -> Task:
         """Queue ``argv`` as a task under memory admission; returns once a node admits it.
 
         While no node can (memory, or a node that passed its high watermark and
@@ -181,22 +271,36 @@ class Cluster:
         same command).  ``await task.wait()`` gives its :class:`pm.ensemble.TaskResult`
         (its output captured).  Tasks of one cluster share one :class:`pm.ensemble.Ensemble`.
         """
+        words = argv_words("argv", argv)
+        nbytes = bytes_of("mem", mem)
+        task_env = env_of(env)
+        wdir = path_of("wdir", wdir, here=self._local)
         if self._ensemble is None:
             from pm.ensemble import Ensemble
 
             self._ensemble = Ensemble(
                 self.nodes, mem_high=self._mem["mem_high"], mem_low=self._mem["mem_low"],
                 overrun=self._mem["mem_overrun"] or "warn", retries=self._retries)
-        return await self._ensemble.submit(argv, mem, env=dict(env or {}), wdir=wdir)
+        return await self._ensemble.submit(words, nbytes, env=task_env, wdir=wdir)
 
 
 def run(argv: Sequence[str], n: int = 1, *, local_nodes: int = 1, fanout: int = 32,
         env: Mapping[str, str] | None = None, check: bool = False, **opts: Any) -> JobResult:
-    """Run a job to its end, its output going to this process's stdout/stderr."""
+    """Run a job to its end, its output going to this process's stdout/stderr.
+
+    ``opts`` are JobSpec fields, as :meth:`Cluster.launch`'s (``output`` and ``error``
+    here: files for the ranks' output, a pattern such as ``"out.%r"``)."""
+    typed("check", check, bool)
+    if opts.get("output") in ("capture", "inherit"):
+        raise JobSpecError(f"run() writes the ranks' output here: its output names files "
+                           f"for it (such as 'out.%r'), not {opts['output']!r} (Cluster.launch "
+                           f"captures it)")
+    cluster = Cluster(local_nodes, fanout=fanout)
+    spec = cluster._spec(argv, n, env, opts)  # (every argument checked before the loop)
 
     async def main() -> JobResult:
-        async with Cluster(local_nodes, fanout=fanout) as cluster:
-            job = await cluster.launch(argv, n, env=env, output="inherit", **opts)
+        async with cluster:
+            job = await cluster._start(spec, capture=False, stdin=None)
             return await job.wait(check=check)
 
     result: JobResult = _run_loop(main())
@@ -210,12 +314,18 @@ def run_tasks(tasks: Iterable[Sequence[str] | str], *, local_nodes: int = 1,
     ``tasks``: argv lists, or tasks-file lines (``"[mem=2G] ./sim 1"``).  ``output``:
     ``"inherit"`` writes their lines here prefixed ``[task N] ``, ``"capture"`` keeps
     them in the results.  ``options``: :class:`pm.ensemble.Ensemble`'s (``mem_per_task``
-    in bytes, ``mem_high``, ``mem_low``, ``retries``, ``overrun``, ``settle``, ...).
+    in bytes or a size such as ``"2G"``, ``mem_high``, ``mem_low``, ``retries``,
+    ``overrun``, ``settle``, ...).  Every argument and task is checked before any runs.
     """
     from pm.ensemble.cli import run_ensemble
 
+    if output not in ("inherit", "capture"):
+        raise ValueError(f"output must be 'inherit' or 'capture', not {output!r}")
+    whole("local_nodes", local_nodes, 1, MOST_LOCAL_NODES)
+    checked = task_options(options)
+    items = tasks_of(tasks, checked.get("mem_per_task"))
     results: list[TaskResult] = _run_loop(
-        run_ensemble(tasks, Nodes.local(local_nodes), output=output, **options))
+        run_ensemble(items, Nodes.local(local_nodes), output=output, **checked))
     return results
 
 

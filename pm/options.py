@@ -974,6 +974,17 @@ def size(value: str, opt: str) -> str:
     return value
 
 
+def task_size(value: str, opt: str) -> str:
+    """A task's memory (``--mem-per-task 2G``): a size, not a share of a node's memory."""
+    from pm.agent.admission import SizeError, parse_size
+
+    try:
+        parse_size(value)
+    except SizeError as exc:
+        raise UsageError(f"{opt}: {exc}") from None
+    return value
+
+
 def byte_size(value: str, opt: str) -> str:
     """A size in bytes as GNU parallel reads it (``10M``, ``512k``: 524288 and 512000;
     ``--block``, ``--memfree``), at least one."""
@@ -1742,7 +1753,7 @@ OPTIONS = (
              "tasks end)"),
     Opt("--nice", "nice", niceness, metavar="N", group=MEMORY,
         help="run each task at niceness N, every command of its line (GNU parallel's)"),
-    Opt("--mem-per-task", "mem_per_task", text, metavar="SIZE", group=MEMORY,
+    Opt("--mem-per-task", "mem_per_task", task_size, metavar="SIZE", group=MEMORY,
         help="memory reserved for each task (e.g. 2G); a line may say [mem=SIZE]"),
     Opt("--mem-high", "mem_high", size, metavar="SIZE|PCT", group=MEMORY,
         help="stop admitting work above this node memory use (default 90%)"),
@@ -1755,7 +1766,7 @@ OPTIONS = (
              "parallel's --memfree: --mem-high is its memory less SIZE)"),
     Opt("--mem-low", "mem_low", size, metavar="SIZE|PCT", group=MEMORY,
         help="resume admitting below this (default 80%)"),
-    Opt("--retries", "retries", text, metavar="N", group=MEMORY,
+    Opt("--retries", "retries", whole(0, MOST_RANKS), metavar="N", group=MEMORY,
         help="rerun a failed task up to N times"),
     Opt("--joblog", "joblog", text, metavar="FILE", group=MEMORY,
         help="a line per ended task in FILE, GNU parallel's columns (Seq ... Exitval ...)"),
