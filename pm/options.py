@@ -1718,8 +1718,10 @@ OPTIONS = (
     Opt("--iface -iface", "iface", iface, metavar="NAME|ADDR", group=LAUNCH,
         help="network interface the agents listen on for their children, on every node "
              "(an address: the head's only)"),
-    Opt("--join-timeout", "join_timeout", number(0.001), metavar="S", group=LAUNCH,
-        help="give up when a node has not joined after S seconds (default 60)"),
+    Opt("--join-timeout --spawn-timeout", "join_timeout", number(0.001), metavar="S",
+        group=LAUNCH,
+        help="give up when a node has not joined after S seconds (default 60; Open MPI 5's "
+             "--spawn-timeout)"),
     Opt("--heartbeat", "heartbeat", number(0), metavar="S", group=LAUNCH,
         help="a node silent for S seconds is lost (default 5)"),
     # The tree
@@ -2055,6 +2057,10 @@ OPTIONS = (
         kind=FLAG, quick=True, group=MISC,
         help="Open MPI's, taken: pmrun never adds an install's prefix to the ranks' paths by "
              "itself (--prefix does), and its agents' messages always reach pmrun"),
+    Opt("--keep-fqdn-hostnames --show-progress --fwd-environment", "", kind=FLAG, quick=True,
+        group=MISC,
+        help="Open MPI's, taken: pmrun names hosts as they were given, says every 5 s which "
+             "nodes have not joined, and passes its environment to the ranks anyway"),
     Opt("-silent-abort", "", kind=FLAG, quick=True, group=MISC,
         help="Intel MPI's, taken: pmrun prints no backtrace at an abort, only the one line "
              "naming the rank and its code"),
@@ -2150,7 +2156,7 @@ OPTIONS = (
         help="Hydra's topology library: pmrun's is hwloc (see -info)"),
     Opt("-info --info", "info", kind=ACTION, group=MISC,
         help="print pmrun's version, what it serves and what it found here, and exit"),
-    Opt("-v --verbose -verbose -debug", "verbose", kind=COUNT, group=MISC,
+    Opt("-v --verbose -verbose -debug --debug-daemons", "verbose", kind=COUNT, group=MISC,
         help="say what pmrun does (twice: debug)"),
     Opt("-Q --quiet -quiet", "quiet", kind=COUNT, quick=True, group=MISC,
         help="say only what went wrong: no warnings (srun's -Q, Open MPI's --quiet and, on "
