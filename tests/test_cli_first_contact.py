@@ -1740,6 +1740,12 @@ def test_odd_simulation_values_and_files_are_one_line(pmrun: Run, tmp_path: Path
     assert (r.returncode, r.stderr.splitlines()) == (2, [
         f"pmrun: rankfile {rankfile} cannot be read ('utf-8' codec can't decode byte 0xff in "
         "position 0: invalid start byte)"])
+    agents = tmp_path / "agents"
+    agents.write_bytes(b"\xff\n")
+    r = pmrun("--agents", str(agents), "-n", "1", "true")
+    assert (r.returncode, r.stderr.splitlines()) == (2, [
+        f"pmrun: --agents {agents}: not text ('utf-8' codec can't decode byte 0xff in "
+        "position 0: invalid start byte)"])
     r = pmrun("--mem-settle", "-1", "true", ":::", "a")
     assert (r.returncode, r.stderr.splitlines()) == (2, [
         "pmrun: --mem-settle takes seconds (or 2m, 1h30m...), not '-1'"])

@@ -121,6 +121,8 @@ def read_agents_file(path: str) -> dict[str, Any]:
         text = file.read_text()
     except OSError as exc:
         raise AgentsFileError(f"--agents {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise AgentsFileError(f"--agents {path}: not text ({exc})") from None
     return parse_agents(text, file.resolve().parent)
 
 
