@@ -199,7 +199,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     elif slots is not None:
         opts.usize = max(opts.n, slots)
     stdin = str(v.get("stdin", "0"))
-    if stdin.isdigit():
+    if stdin.isdecimal():
         opts.stdin_rank = int(stdin)
         if opts.stdin_rank >= opts.n:
             return None  # the full path refuses it, in its words
@@ -467,7 +467,8 @@ class QuickStart:
         # once the first rank spoke; see pm.agent.pmi_quick).
         hot: dict[int, dict[bytes, bytes]] = {}
         hot_get = hot.get
-        read, write, nread = os.read, os.write, 0
+        read, nread = os.read, 0
+        write: Callable[[int, bytes], int] = os.write
         pmi = self.pmi
         # Polling after a request (SPIN_NS): until spin_until (monotonic ns), 0 when not.
         self._cpus = len(os.sched_getaffinity(0))
@@ -522,7 +523,7 @@ class QuickStart:
                         data = read(fd, nread)  # (readable: this does not wait)
                         reply = replies.get(data)
                         if reply is not None:
-                            n = write(fd, reply)
+                            n = write(fd, reply)  # (never waits: a full socket takes 0)
                             if n == len(reply):
                                 continue
                             rest = reply[n:]
@@ -591,6 +592,7 @@ class QuickStart:
                             continue
                         from pm.agent.pmi_quick import READ as nread
                         from pm.agent.pmi_quick import QuickPmi
+                        from pm.agent.pmi_quick import write_now as write
 
                         pmi = self.pmi = QuickPmi(self.started,
                                                   kvsname_of(self.started.job_id), opts_n,

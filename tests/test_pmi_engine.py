@@ -186,7 +186,8 @@ PMI1 = [
         b"cmd=error rc=1 msg=non-ASCII_byte_in_PMI-1_line_b'cmd=get_key=\\xff'\n"),
     Row(b"cmd=no_such\n", b"cmd=no_such rc=1 msg=unknown_PMI-1_command_'no_such'\n"),
     Row(b"cmd=get kvsname=kvs_golden_1\n", b"cmd=get_result rc=1 msg=get_without_key=\n"),
-    Row(b"cmd=initack pmiid=0\n", b"cmd=initack rc=1 msg=initack_is_only_for_PMI_PORT_clients\n"),
+    Row(b"cmd=initack pmiid=0\n", b"cmd=initack rc=1 msg=initack_is_only_the_first_line_of_a_"
+        b"PMI_PORT_client,_naming_its_PMI_ID\n"),
     # MPI_Comm_spawn_multiple as MPICH 4.1+ writes it: answered once the children started,
     # one error code per process.
     Row(b"mcmd=spawn\nnprocs=2\nexecname=./a b\ntotspawns=2\nspawnssofar=1\nargcnt=1\n"
@@ -441,6 +442,8 @@ NATIVE = [
         SpawnResult(True, 2, "kvs_golden_1_s2", errcodes=[0, 0])),
     Row(fr(23, "spawn", "prog", {}),
         fr(23, False, "spawn takes [[argv, n, info], ...] and {key: value}")),
+    Row(fr(24, "spawn", [[["prog"], float("inf"), {}]], {}),
+        fr(24, False, "spawn: bad command list: cannot convert float infinity to integer")),
     Row(fr(21, "abort", 256, "bye"), b""),
     Row(fr(22, "finalize"), fr(22, True, None)),
 ]
@@ -677,3 +680,35 @@ def test_whatever_a_rank_sends_the_engine_answers_without_raising(
                     take(e.complete(call.token, results[f % len(results)]))
     finally:
         logging.disable(logging.NOTSET)
+
+
+def test_a_port_clients_initack_is_answered_then_its_protocol_is_told_anew() -> None:
+    """-pmi-port: the initack names the rank the port gave the connection to; it is
+    answered as MPICH's PMII_Set_from_port reads it, and the next bytes may be any
+    protocol (here pm.client's native one)."""
+    d = driver()
+    d.engine.by_port = True
+    assert d.feed(b"cmd=initack pmiid=0\n") == (
+        b"cmd=initack rc=0 rank=0 size=2 appnum=0 debug=0\ncmd=set size=2\ncmd=set rank=0\n"
+        b"cmd=set debug=0\n")
+    import msgpack
+
+    assert msgpack.unpackb(d.feed(native.MAGIC + fr(1, "init"))[4:])[:2] == [1, True]
+    other = driver()
+    other.engine.by_port = True
+    assert other.feed(b"cmd=initack pmiid=3\n") == (
+        b"cmd=initack rc=1 msg=initack_is_only_the_first_line_of_a_PMI_PORT_client,_naming_"
+        b"its_PMI_ID\n")
+
+
+def test_a_pmi2_reply_too_long_for_its_frame_fails_that_request_alone() -> None:
+    store = Store()
+    d = driver(store=store)
+    d.feed(b"cmd=init pmi_version=2 pmi_subversion=0\n")
+    d.feed(f2(b"cmd=fullinit;pmirank=0;threaded=FALSE;"))
+    store.kvs[b"big"] = b"x" * 1_000_000  # (put by a PMI-1 rank, whose lines have no limit)
+    assert d.feed(f2(b"cmd=kvs-get;jobid=;srcid=-1;key=big;")) == f2(
+        b"cmd=kvs-get-response;rc=1;errmsg=a reply of 1000044 bytes does not fit PMI-2's "
+        b"6-digit length (999999 at most);")
+    assert d.feed(f2(b"cmd=job-getid;")) == f2(b"cmd=job-getid-response;rc=0;jobid=kvs_golden_1;")
+    assert not d.closed

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pm.agent.spawn import PMI_FD, Guardian, rank_env
+from pm.agent.spawn import PMI_FD, Guardian, SpawnError, rank_env, spawn
 from pm.agent.started import RankStart, StartedRank, StartedRanks, start_local
 from pm.agent.watch import ChildWatch
 from pm.common.output import LineBuffer, read_pipe
@@ -400,3 +400,15 @@ def test_rank_limits_hold_around_the_spawn_and_are_put_back() -> None:
                              check=True, timeout=30).stdout
     assert out.strip() == "12345"
     assert resource.getrlimit(resource.RLIMIT_STACK) == before and said == []
+
+
+def test_a_working_directory_that_is_not_there_is_a_spawn_error() -> None:
+    """(An MPI_Comm_spawn's wdir info, say: the one rank fails to start, named; the agent
+    and its own working directory carry on.)"""
+    here = os.getcwd()
+    for cwd, why in (("/nonexistent/dir", "No such file or directory"),
+                     ("/etc/passwd", "Not a directory")):
+        with pytest.raises(SpawnError) as err:
+            spawn("/bin/true", ["true"], {}, cwd=cwd)
+        assert str(err.value) == f"true: its working directory {cwd}: {why}"
+        assert os.getcwd() == here

@@ -181,7 +181,7 @@ def _native_op(e: PmiEngine, req: int, op: str, frame: list[Any]) -> None:
             request = spawn.SpawnRequest(
                 [spawn.SpawnCommand.from_wire(cmd) for cmd in commands],
                 {str(k): str(v) for k, v in preput.items()})
-        except (TypeError, ValueError, AttributeError) as exc:
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ProtocolError(f"spawn: bad command list: {exc}") from None
         request.check()
         _native_wait(e, req, op, Spawn(e._token(), request),

@@ -261,10 +261,8 @@ class QuickPmi:
             return None
         reply = engine.answer(data)  # a get or a put, nothing else
         if reply is not None:
-            try:
-                sock.sendall(reply)
-            except OSError:
-                return False  # the rank went away meanwhile: the agent names it
+            if not self._send(r.rank, sock, reply):
+                return False
             self._keep(engine, data, reply)
             self._rehot(r, engine)
             return True
@@ -339,7 +337,7 @@ class QuickPmi:
             data = os.read(fd, READ)  # (the socket is readable: this does not wait)
             reply = self.hot[fd].get(data)
             if reply is not None:
-                n = os.write(fd, reply)
+                n = write_now(fd, reply)
                 if n == len(reply):
                     return True
                 rest = reply[n:]
@@ -360,15 +358,22 @@ class QuickPmi:
             n = _id_bytes(data[5])
             hit = self._replies_any_id.get(data[:5] + data[5 + n:]) if n else None
             if hit is not None:
-                try:
-                    sock.sendall(hit[0] + data[5:5 + n] + hit[1])
-                except OSError:
-                    return False  # the rank went away meanwhile: the agent names it
-                return True
+                return self._send(r.rank, sock, hit[0] + data[5:5 + n] + hit[1])
         if rest is None:
             return self._serve(r, engine, data)
+        return self._send(r.rank, sock, rest)
+
+    def _send(self, rank: int, sock: _socket.socket, data: bytes) -> bool:
+        """Write ``data`` to ``rank`` without waiting; False (the agent takes over) when
+        the rank went away, or did not read its replies so far: what did not fit is the
+        first thing the agent writes (:meth:`todo`), while serving the others meanwhile."""
+        sent = 0
         try:
-            sock.sendall(rest)
+            while sent < len(data):
+                sent += sock.send(data[sent:] if sent else data, _DONTWAIT)
+        except BlockingIOError:
+            self._left.setdefault(rank, []).append(Send(data[sent:]))
+            return False
         except OSError:
             return False  # the rank went away meanwhile: the agent names it
         return True
@@ -380,11 +385,7 @@ class QuickPmi:
             if isinstance(act, Send):
                 sock = self.started.ranks[rank].pmi
                 assert sock is not None
-                # Blocking, but small: the rank reads its replies (PMI-1 and PMI-2
-                # clients wait for each one).
-                try:
-                    sock.sendall(act.data)
-                except OSError:  # the rank went away meanwhile: the agent names it
+                if not self._send(rank, sock, act.data):
                     self._left.setdefault(rank, []).extend(acts[i + 1:])
                     return False
             elif isinstance(act, Event) and act.name in ("init", "finalize"):
@@ -480,6 +481,14 @@ class QuickPmi:
             self._attr_waits[key] = [(r, c) for r, c in waits if r != rank]
         acts.extend(self._left.pop(rank, ()))
         return acts
+
+
+def write_now(fd: int, data: bytes) -> int:
+    """What of ``data`` a rank's PMI socket (never waiting) takes now (0 when it is full)."""
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
 
 
 def _read_more(sock: _socket.socket, data: bytes) -> bytes:

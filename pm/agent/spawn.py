@@ -165,6 +165,9 @@ class RankFds:
             if pmi:
                 self.pmi, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
                 self._child[PMI_FD] = theirs.detach()
+                # Ours never waits: a rank that does not read its replies must not stop the
+                # one loop that serves every rank (pm.agent.pmi_quick, then asyncio's).
+                self.pmi.setblocking(False)
             self.out, self._child[1] = os.pipe2(os.O_CLOEXEC)
             if merge:
                 self._child[2] = self._child[1]
@@ -201,6 +204,9 @@ class RankFds:
             if pmi:
                 self.pmi, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
                 self._child[PMI_FD] = theirs.detach()
+                # Ours never waits: a rank that does not read its replies must not stop the
+                # one loop that serves every rank (pm.agent.pmi_quick, then asyncio's).
+                self.pmi.setblocking(False)
             self.out, self._slave = os.openpty()
             self.tty = os.ttyname(self._slave)
             if size[0] > 0 and size[1] > 0:
@@ -297,7 +303,12 @@ def spawn(
         # loop thread is the only one that spawns or depends on the cwd).
         if cwd is not None:
             old_cwd = os.getcwd()
-            os.chdir(cwd)
+            try:
+                os.chdir(cwd)
+            except OSError as exc:
+                old_cwd = None
+                raise SpawnError(f"{argv[0]}: its working directory {cwd}: {exc.strerror}"
+                                 ) from None
         try:
             try:
                 return os.posix_spawn(path, list(argv), dict(env), **kwargs)  # type: ignore[arg-type]

@@ -397,8 +397,13 @@ def encode(
         parts.append(f"{key}={_escape(value)};")
     body = "".join(parts).encode(_ENC, _ERRORS)
     if len(body) > 999_999:
-        raise ValueError(f"PMI-2 frame of {len(body)} bytes does not fit a 6-digit length")
+        raise FrameTooLong(f"a reply of {len(body)} bytes does not fit PMI-2's 6-digit length "
+                           "(999999 at most)")
     return b"%6d" % len(body) + body
+
+
+class FrameTooLong(ProtocolError, ValueError):
+    """A frame longer than PMI-2's length field can say: the request it answers fails."""
 
 
 def response(

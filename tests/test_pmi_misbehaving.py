@@ -1,0 +1,50 @@
+"""A rank that misbehaves on its PMI socket fails alone: the others are served meanwhile."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+pytestmark = pytest.mark.timeout(90)
+
+#: Rank 1 sends 100,000 gets without reading a reply (its socket fills up the other way:
+#: the same get, which pmrun's one-node loop answers from a cache of replies, and then
+#: others), then exits; the others init, get and finalize as an MPI library would.
+FLOOD = """
+import os, socket, sys, time
+s = socket.socket(fileno=int(os.environ["PMI_FD"]))
+rank = os.environ["PMI_RANK"]
+def ask(line):
+    s.sendall(line)
+    reply = b""
+    while not reply.endswith(b"\\n"):
+        reply += s.recv(4096)
+    return reply
+if rank == "1":
+    ask(b"cmd=init pmi_version=1 pmi_subversion=1\\n")
+    kvs = ask(b"cmd=get_my_kvsname\\n").split(b"kvsname=")[1].strip()
+    ask(b"cmd=get kvsname=%s key=nosuch\\n" % kvs)
+    s.sendall(b"cmd=get kvsname=%s key=nosuch\\n" % kvs * 50_000)
+    s.sendall(b"".join(b"cmd=get kvsname=x key=k%d\\n" % i for i in range(50_000)))
+    sys.exit(0)
+ask(b"cmd=init pmi_version=1 pmi_subversion=1\\n")
+ask(b"cmd=get_my_kvsname\\n")
+ask(b"cmd=finalize\\n")
+print("served", rank, flush=True)
+"""
+
+
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"]], ids=["1node", "2nodes"])
+def test_a_rank_that_reads_no_reply_does_not_stop_the_others(pmrun: Run, tmp_path: Path,
+                                                              opts: list[str]) -> None:
+    (tmp_path / "flood.py").write_text(FLOOD)
+    r = pmrun(*opts, "-n", "4", sys.executable, "flood.py", timeout=60)
+    assert sorted(r.stdout.splitlines()) == ["served 0", "served 2", "served 3"], r.stderr
+    assert r.returncode == 1, r.stderr
+    assert "rank 1 (node " in r.stderr and "exited without calling PMI finalize" in r.stderr
