@@ -272,7 +272,8 @@ class QuickStart:
 
     # ------------------------------------------------------------------ start
     def start(self) -> bool:
-        """Start the ranks; False (nothing started) when the full path must run the job."""
+        """Start the ranks; False (nothing started) when the full path must run the job.
+        :class:`UsageError` (nothing made) for a binding naming cpus this machine lacks."""
         opts, started = self.opts, self.started
         raise_fd_limit()
         short = fd_shortage(opts.n)
@@ -345,15 +346,20 @@ class QuickStart:
     def _bind(self) -> tuple[bytes, list[frozenset[int]] | None] | None:
         """The node's topology (XML) and each rank's cpus, as the agent binds them
         (:meth:`pm.agent.node.JobAgent.prepare`); None where the agent would say something
-        (no topology, a binding it refuses, one it gives up): the full path does."""
+        (no topology, a binding it gives up): the full path does.  A binding that names
+        cpus this machine lacks is the command line's fault, known before anything
+        started: :class:`UsageError` (the job's one node is this machine)."""
         from pm.agent.binding import BindingError, compute_bindings
         from pm.proto.errors import PMError
 
         try:
             topo = topo_share.node_topology()
-            b = compute_bindings(topo, self.opts.n, self.opts.bind_to, self.opts.map_by)
-        except (BindingError, PMError):
+        except PMError:
             return None
+        try:
+            b = compute_bindings(topo, self.opts.n, self.opts.bind_to, self.opts.map_by)
+        except BindingError as exc:
+            raise UsageError(str(exc)) from None
         if b.notice or topo.xml is None:
             return None
         self.started.topology = topo
@@ -873,7 +879,11 @@ def _main(argv: list[str]) -> int:
     if opts is not None:
         gc.disable()  # start-up allocates nothing worth collecting
         job = QuickStart(opts, argv)
-        if not job.start():
+        try:
+            began = job.start()
+        except UsageError as exc:  # (said before anything of the job's is made)
+            return refuse(exc)
+        if not began:
             if job.refusal is not None:
                 os.write(2, f"pmrun: {job.refusal}\n".encode(errors="replace"))
                 return EXIT_NOT_STARTED

@@ -630,7 +630,12 @@ def test_output_file_pattern_in_a_missing_folder_is_a_usage_error(pmrun: Run) ->
 def test_an_output_file_that_cannot_be_opened_is_said_once(pmrun: Run, tmp_path: Path) -> None:
     folder = tmp_path / "d"
     folder.mkdir()
+    # The one file of every rank a directory: refused before the job starts.
     r = pmrun("-n", "2", "-l", "--output", str(folder), "sh", "-c", "echo a; echo b")
+    assert (r.returncode, r.stderr) == (2, f"pmrun: --output {folder}: is a directory\n")
+    # A node's file (%h), found a directory once the ranks write: said once, the job goes on.
+    (folder / os.uname().nodename).mkdir()
+    r = pmrun("-n", "2", "-l", "--output", f"{folder}/%h", "sh", "-c", "echo a; echo b")
     assert r.returncode == 0, r.stderr
     (line,) = r.stderr.splitlines()  # the ranks share the (unopenable) file: one message
     assert "output is lost: cannot open" in line and str(folder) in line

@@ -231,6 +231,7 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
         agent.mark("plan received")
     link.start()
     children = None
+    said = ""  # the failure already said here (not said again as why we leave)
     try:
         if agent.children:
             from pm.agent.children import Children, listen_endpoint
@@ -264,7 +265,7 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
     except Exception as exc:  # report, then clean up
         log.error("agent %d: %s", vertex, exc)
         link.send(t.AgentError(vertex, agent.host, str(exc)))
-        why = str(exc)
+        why = said = str(exc)
     finally:
         agent.kill("agent shutting down", 0.5 if not agent.done.done() else 0)
         await agent.aclose()  # the job's /dev/shm files are gone before we exit
@@ -273,7 +274,8 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
             await children.wait_exit()
         await _close_quietly(port, link)
     if why and not (agent.done.done() and why == STDIN_EOF):
-        log.warning("agent %d: %s", vertex, why)
+        if why != said:
+            log.warning("agent %d: %s", vertex, why)
         return 1
     return 0
 

@@ -211,6 +211,10 @@ class JobAgent:
                 xml = topo.xml
             except PMError as exc:
                 log.info("agent %d: no topology for the ranks: %s", self.vertex, exc)
+        if topo is not None and binds:
+            # Before the job's copy of the XML is made: a binding refused leaves no file
+            # (the head's own agent is not closed when its start fails).
+            self._bind_or_refuse(topo)
         if xml and topo_share.sharing_enabled(plan.env):
             # Copies dead agents left are swept when the job ends here (sweep_node), off
             # the ranks' path (a listing of the temporary directory).
@@ -219,10 +223,28 @@ class JobAgent:
             self.extra_env.update(HWLOC_XMLFILE=path, HWLOC_THISSYSTEM="1")
             self.job_attrs["PMI_hwloc_xmlfile"] = path
         self.topology = topo
-        if topo is not None and binds:
-            self._bind(topo)
         if pmix is not None:
             self._open_pmix(await pmix, topo)
+
+    def _bind_or_refuse(self, topo: Any) -> None:
+        """:meth:`_bind` for the launched job; cpus this node lacks, when its one node is
+        pmrun's own machine (the head's agent, no other node), are the command line's
+        fault, said before any rank or agent started: :class:`UsageError` (exit 2).  On
+        other nodes they are the node's refusal (:class:`BindingError`: the node is lost)."""
+        from pm.agent.binding import BindingError
+
+        try:
+            self._bind(topo)
+        except BindingError as exc:
+            if self.vertex or self.children or self.plan.spawned is not None:
+                raise
+            from pm.bootstrap.base import head_relays
+
+            if head_relays(self.plan.bootstrap):
+                raise  # (vertex 0 on a host the launcher reached: not pmrun's process)
+            from pm.proto.errors import UsageError
+
+            raise UsageError(str(exc)) from None
 
     async def _start_pmix(self) -> Any:
         from pm.agent.pmix_job import PmixJob

@@ -177,13 +177,16 @@ class Writer:
         if stream in self._patterns:
             fd = self._file(rank, stream, job)
             if fd >= 0:
-                write_all(fd, chunk)  # a regular file: no reader to wait for
+                try:
+                    write_all(fd, chunk)  # a regular file: no reader to wait for
+                except OSError as exc:  # (a full disk, a file of /proc...)
+                    self._file_lost(fd, rank, stream, exc)
         elif stream in self.broken:
             pass  # nobody reads it any more: dropped
         elif behind is not None:
             behind.put(self._fds[stream], chunk, tag, size)
             return
-        elif not write_all(self._fds[stream], chunk):
+        elif not write_out(self._fds[stream], chunk):
             self._fd_gone(self._fds[stream])
         if behind is not None:
             behind.written(tag, size)
@@ -209,12 +212,22 @@ class Writer:
                     fd = _create(path, per_rank_folder(self._patterns[stream]), self.append)
                 except OSError as exc:
                     fd = -1
-                    what = "output" if stream == STDOUT else "error output"
-                    write_all(2, f"pmrun: rank {rank}'s {what} is lost: cannot open {path}: "
-                                 f"{exc.strerror}\n".encode())
+                    _lost(rank, stream, f"cannot open {path}: {exc.strerror}")
                 self._opened[path] = fd
             self._to[(stream, job, rank)] = fd
         return fd
+
+    def _file_lost(self, fd: int, rank: int, stream: int, exc: OSError) -> None:
+        """A file that took output cannot take more: said once, in the words of one that
+        could not be opened; it is closed, and what its ranks write from now on is dropped."""
+        paths = [path for path, opened in self._opened.items() if opened == fd]
+        for path in paths:
+            self._opened[path] = -1
+        for key, to in self._to.items():
+            if to == fd:
+                self._to[key] = -1
+        os.close(fd)
+        _lost(rank, stream, f"cannot write {paths[0] if paths else fd}: {exc.strerror}")
 
     def drain(self) -> None:
         """Wait until what the thread holds is written (or its reader is gone).  Blocks:
@@ -288,7 +301,7 @@ class _WriteBehind:
             for fd, chunk, tag, size in items:
                 if self._gone:
                     break  # abandoned
-                if fd not in self._dead and not write_all(fd, chunk):
+                if fd not in self._dead and not write_out(fd, chunk):
                     self._dead.add(fd)  # the other stream may still have a reader
                     self._broken_soon(fd)
                 with cond:
@@ -346,11 +359,46 @@ def pattern_problem(option: str, pattern: str) -> str | None:
         return None  # (checked again with the job's name in it: pm.options)
     folder = os.path.dirname(expand_pattern(pattern, 0, "job"))
     if not folder or os.path.isdir(folder):
-        return None
+        return _file_problem(option, pattern)
     if not per_rank_folder(pattern):
         return f"{option} {pattern}: no such directory {folder}"
     part = folder_in_the_way(folder)
     return f"{option} {pattern}: {part} is not a folder" if part else None
+
+
+def _file_problem(option: str, pattern: str) -> str | None:
+    """What keeps the one file ``pattern`` names (the same for every rank, job and node) from
+    taking the job's output, or None: a directory of that name, a file that cannot be
+    written (a file of /proc, one read-only for us), a folder we may not create it in.  A
+    name that differs between ranks is left to the job (a rank whose file cannot be opened
+    is named then, and the others' output goes on)."""
+    if "{{" in pattern or any(f"%{k}" in pattern.replace("%%", "") for k in "rtjxhNnp"):
+        return None  # (Flux's {{tags}}: pmrun's codes by now, checked as such: pm.options)
+    path = expand_pattern(pattern, 0, "job")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        folder = os.path.dirname(path) or "."
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"{option} {pattern}: cannot create a file in {folder} (permission denied)"
+        return None
+    except OSError as exc:
+        return f"{option} {pattern}: {exc.strerror}"
+    if stat.S_ISDIR(st.st_mode):
+        return f"{option} {pattern}: is a directory"
+    if not stat.S_ISREG(st.st_mode):
+        return None  # a terminal, /dev/null, a named pipe (whose reader may come later)
+    # Opened as the job opens it (not truncated yet) and written nothing: the kernel says
+    # whether it would take bytes (a file of /proc: EIO; read-only: EACCES, EROFS).
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            os.write(fd, b"")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return f"{option} {pattern}: cannot be written: {exc.strerror}"
+    return None
 
 
 def folder_in_the_way(folder: str) -> str | None:
@@ -462,6 +510,28 @@ def write_all(fd: int, data: bytes) -> bool:
             return False  # the reader went away (e.g. `| head`)
         view = view[n:]
     return True
+
+
+def write_out(fd: int, data: bytes) -> bool:
+    """:func:`write_all` to pmrun's stdout or stderr (``fd``): False once it takes no more,
+    because nobody reads it or, said on stderr, because of an error (a full disk, a
+    terminal gone: EIO); what goes to it from then on is lost, as with no reader."""
+    try:
+        return write_all(fd, data)
+    except OSError as exc:
+        name = {1: "stdout", 2: "stderr"}.get(fd, f"descriptor {fd}")
+        try:  # noqa: SIM105 (stderr itself, perhaps: nothing can be said; no contextlib)
+            write_all(2, f"pmrun: cannot write to {name}: {exc.strerror}: what goes there "
+                         "from now on is lost\n".encode())
+        except OSError:
+            pass
+        return False
+
+
+def _lost(rank: int, stream: int, why: str) -> None:
+    """Say that a rank's output (``stream``) is lost, and ``why``, on pmrun's stderr."""
+    what = "output" if stream == STDOUT else "error output"
+    write_out(2, f"pmrun: rank {rank}'s {what} is lost: {why}\n".encode())
 
 
 def stdin_for_job() -> int | None:

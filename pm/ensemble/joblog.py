@@ -90,8 +90,13 @@ class JobLog:
         except OSError as exc:
             raise UsageError(f"--joblog {path}: {exc.strerror or exc}") from None
         if fresh:
-            self._file.write(HEADER)
-            self._file.flush()
+            try:  # (before any task started: a file that takes no bytes is refused now)
+                self._file.write(HEADER)
+                self._file.flush()
+            except OSError as exc:
+                self.close()
+                raise UsageError(f"--joblog {path}: cannot be written: "
+                                 f"{exc.strerror or exc}") from None
 
     def record(self, result: TaskResult, line: str, received: int) -> None:
         start, end = result.started, result.ended
