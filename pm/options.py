@@ -495,6 +495,8 @@ def readable_file(value: str, opt: str) -> str:
 
 def writable_file(value: str, opt: str) -> str:
     """A file pmrun will write at the end of the job: checked now, not after the job."""
+    if not value:
+        raise UsageError(f"{opt} takes a file to write, not ''")
     if value.startswith("-") and len(value) > 1:  # (--profile -n 8: not a file named -n)
         raise UsageError(f"{opt} takes a file to write, not the option {value} (./{value} "
                          "names a file so called)")

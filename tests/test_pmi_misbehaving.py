@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -48,3 +49,39 @@ def test_a_rank_that_reads_no_reply_does_not_stop_the_others(pmrun: Run, tmp_pat
     assert sorted(r.stdout.splitlines()) == ["served 0", "served 2", "served 3"], r.stderr
     assert r.returncode == 1, r.stderr
     assert "rank 1 (node " in r.stderr and "exited without calling PMI finalize" in r.stderr
+
+
+#: Rank 1 finalizes without the barrier the others wait in, and then asks for a barrier
+#: after its finalize (refused: the others may be gone); the others wait in the barrier.
+SKIPS = """
+import os, socket, sys
+s = socket.socket(fileno=int(os.environ["PMI_FD"]))
+def ask(line):
+    s.sendall(line)
+    reply = b""
+    while not reply.endswith(b"\\n"):
+        reply += s.recv(4096)
+    return reply
+ask(b"cmd=init pmi_version=1 pmi_subversion=1\\n")
+if os.environ["PMI_RANK"] == "1":
+    ask(b"cmd=finalize\\n")
+    print(ask(b"cmd=barrier_in\\n").decode().strip(), flush=True)
+    sys.exit(0)
+ask(b"cmd=barrier_in\\n")
+"""
+
+
+@pytest.mark.parametrize("opts", [["--local-nodes", "2"], ["--env", "PM_QUICK=0"]],
+                         ids=["2nodes", "1node-agent"])
+def test_a_rank_that_finalizes_instead_of_joining_a_barrier_is_named(
+        pmrun: Run, tmp_path: Path, opts: list[str]) -> None:
+    (tmp_path / "skips.py").write_text(SKIPS)
+    env = {"PM_QUICK": "0"} if "PM_QUICK=0" in opts else None
+    args = [o for o in opts if o not in ("--env", "PM_QUICK=0")]
+    r = pmrun(*args, "-n", "4", sys.executable, "skips.py", env=env, timeout=60)
+    assert r.stdout == "cmd=barrier_out rc=1 msg=barrier_after_finalize\n", r.stderr
+    assert r.returncode == 1, r.stderr
+    assert "pmrun: rank 1: bad PMI request: barrier after finalize" in r.stderr.splitlines()
+    assert re.search(r"pmrun: rank 1 \(node 0, \S+\) finalized and exited with code 0 without "
+                     r"joining the ranks' PMI fence 1, in which rank \d waits: it can never "
+                     r"complete", r.stderr), r.stderr

@@ -40,6 +40,8 @@ class NodeCollectives:
         #: (Vertex 0.) The job's ranks that ended without finalizing.
         self._gone: list[t.Gone] = []
         self._stuck = False  # said already
+        #: Local ranks that finalized and ended, not told as gone (:meth:`rank_finished`).
+        self._finished: dict[int, tuple[str, int]] = {}
 
     def _ring_order_is_rank_order(self) -> bool:
         agent = self.agent
@@ -81,7 +83,24 @@ class NodeCollectives:
             self._ring_ag[(epoch, rank)] = 1
         self._act(actions)
         self._check_stuck()
+        self._finished_awaited()
         return fut
+
+    def rank_finished(self, rank: int, how: str, code: int) -> None:
+        """Local ``rank`` finalized and ended (``how``, its status ``code``): a collective
+        under way here that it has not joined (a barrier after the others finalized, a
+        rank that finalized instead of joining) can never complete: it is gone then."""
+        self._finished[rank] = (how, code)
+        self._finished_awaited()
+
+    def _finished_awaited(self) -> None:
+        pending = self.machine.pending()
+        if not self._finished or not pending:
+            return
+        for rank, (how, code) in list(self._finished.items()):
+            if any(self.machine.next_epoch(kind, rank) <= epoch for kind, epoch in pending):
+                del self._finished[rank]
+                self.rank_gone(rank, how, code)
 
     def from_parent(self, msg: t.CollOut) -> None:
         """A result that came down the tree."""

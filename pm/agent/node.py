@@ -526,7 +526,7 @@ class JobAgent:
         """A rank that ended, and whose PMI stream did (all it asked is read), without
         finalizing: the job's collectives it has not joined can never complete."""
         st = proc.status
-        if (st is None or not proc.pmi_eof or proc.pmi is PmiPhase.FINALIZED
+        if (st is None or not proc.pmi_eof
                 or self.plan.spawned is not None  # (a spawned job's: not followed)
                 or self.state is AgentState.KILLING  # (pmrun ends them)
                 or proc.rank in self._gone_told):
@@ -535,6 +535,9 @@ class JobAgent:
         how = f"was killed by {_signal_name(st.signal)}" if st.signal else \
             f"exited with code {st.code}"
         code = 128 + st.signal if st.signal else st.code or 1
+        if proc.pmi is PmiPhase.FINALIZED:  # gone only for a collective that waits for it
+            self.coll.rank_finished(proc.rank, f"finalized and {how}", code)
+            return
         self.coll.rank_gone(proc.rank, how, code)
         if proc.pmi is PmiPhase.NONE:
             self._never_init.append((proc.rank, how, code))

@@ -508,6 +508,8 @@ class PmiEngine:
             self._out.append(b"cmd=get_result rc=0 value=%s\n" % raw)
 
     def _barrier1(self, c: pmi1.Pmi1Command) -> None:
+        if self._finalized:  # (the others may be gone: it would never complete)
+            raise ProtocolError("barrier after finalize")
         self._wait1(Collective(self._token(), FENCE, None), c,
                     lambda _r: b"cmd=barrier_out rc=0\n")
 
