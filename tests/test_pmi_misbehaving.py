@@ -14,19 +14,23 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 
 pytestmark = pytest.mark.timeout(90)
 
-#: Rank 1 sends 100,000 gets without reading a reply (its socket fills up the other way:
-#: the same get, which pmrun's one-node loop answers from a cache of replies, and then
-#: others), then exits; the others init, get and finalize as an MPI library would.
-FLOOD = """
-import os, socket, sys, time
+#: A rank's PMI-1 socket, and a request answered (as an MPI library asks: one at a time).
+ASK = """
+import os, socket, sys
 s = socket.socket(fileno=int(os.environ["PMI_FD"]))
-rank = os.environ["PMI_RANK"]
 def ask(line):
     s.sendall(line)
     reply = b""
     while not reply.endswith(b"\\n"):
         reply += s.recv(4096)
     return reply
+"""
+
+#: Rank 1 sends 100,000 gets without reading a reply (its socket fills up the other way:
+#: the same get, which pmrun's one-node loop answers from a cache of replies, and then
+#: others), then exits; the others init, get and finalize as an MPI library would.
+FLOOD = ASK + """
+rank = os.environ["PMI_RANK"]
 if rank == "1":
     ask(b"cmd=init pmi_version=1 pmi_subversion=1\\n")
     kvs = ask(b"cmd=get_my_kvsname\\n").split(b"kvsname=")[1].strip()
@@ -53,15 +57,7 @@ def test_a_rank_that_reads_no_reply_does_not_stop_the_others(pmrun: Run, tmp_pat
 
 #: Rank 1 finalizes without the barrier the others wait in, and then asks for a barrier
 #: after its finalize (refused: the others may be gone); the others wait in the barrier.
-SKIPS = """
-import os, socket, sys
-s = socket.socket(fileno=int(os.environ["PMI_FD"]))
-def ask(line):
-    s.sendall(line)
-    reply = b""
-    while not reply.endswith(b"\\n"):
-        reply += s.recv(4096)
-    return reply
+SKIPS = ASK + """
 ask(b"cmd=init pmi_version=1 pmi_subversion=1\\n")
 if os.environ["PMI_RANK"] == "1":
     ask(b"cmd=finalize\\n")
