@@ -50,7 +50,9 @@ def test_a_task_killed_by_a_signal_leaves_the_terminals_modes_as_they_were(tmp_p
 def test_a_killed_pmrun_leaves_no_task_on_the_terminal(tmp_path: Path, marker: str) -> None:
     master, slave = os.openpty()
     try:
-        proc = subprocess.Popen(pmrun_argv("--tty", f"echo {marker}; exec sleep 300",
+        # (The task's shell keeps the marker in its command line: "sleep 300" alone could
+        # be another test's.)
+        proc = subprocess.Popen(pmrun_argv("--tty", f"echo {marker}; sleep 300; : {marker}",
                                            ":::", "a"),
                                 stdin=slave, stdout=slave, stderr=slave, cwd=tmp_path,
                                 env=pmrun_env(), start_new_session=True,
@@ -63,7 +65,7 @@ def test_a_killed_pmrun_leaves_no_task_on_the_terminal(tmp_path: Path, marker: s
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 20
-        while subprocess.run(["pgrep", "-f", "^sleep 300$"],
+        while subprocess.run(["pgrep", "-f", f": {marker}$"],
                              capture_output=True).returncode == 0:
             assert time.monotonic() < deadline, "the task outlived pmrun"
             time.sleep(0.05)
