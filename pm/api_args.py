@@ -30,10 +30,7 @@ class ArgumentTypeError(JobSpecError, TypeError):
     other refusals of a bad argument."""
 
 
-# ------------------------------------------------------------------ argument checks
-# Every public entry checks its arguments before anything starts, in a line naming the
-# argument and what it takes (the command line's words where pm.options has the checker):
-# a wrong type is an ArgumentTypeError, a bad value a JobSpecError (both ValueErrors).
+#: A check of one argument: (its name, its value) -> the value to use.
 _Check = Callable[[str, Any], Any]
 
 

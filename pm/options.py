@@ -1558,7 +1558,8 @@ OPTIONS = (
         help="Hydra's: each rank reaches its node's agent at PMI_PORT (a TCP port on the "
              "node's loopback) as rank PMI_ID, not through an inherited socket (PMI_FD): for "
              "a program started through something that closes inherited descriptors (sudo, "
-             "a wrapper's subprocess); PMI-1 and PMI-2 clients"),
+             "a wrapper's subprocess); a client says its rank first (PMI-1's initack), then "
+             "speaks PMI-1, PMI-2 or pm.client's protocol"),
     Opt("-umask -gumask", "umask", umask_value, metavar="MASK", group=ENV,
         help="Intel MPI's: the ranks' file mode creation mask (by default pmrun's own, on "
              "every host, as srun passes it on)"),

@@ -473,8 +473,7 @@ class QuickStart:
         # once the first rank spoke; see pm.agent.pmi_quick).
         hot: dict[int, dict[bytes, bytes]] = {}
         hot_get = hot.get
-        read, nread = os.read, 0
-        write: Callable[[int, bytes], int] = os.write
+        read, write, nread = os.read, os.write, 0
         pmi = self.pmi
         # Polling after a request (SPIN_NS): until spin_until (monotonic ns), 0 when not.
         self._cpus = len(os.sched_getaffinity(0))
@@ -529,7 +528,10 @@ class QuickStart:
                         data = read(fd, nread)  # (readable: this does not wait)
                         reply = replies.get(data)
                         if reply is not None:
-                            n = write(fd, reply)  # (never waits: a full socket takes 0)
+                            try:
+                                n = write(fd, reply)
+                            except BlockingIOError:  # (a rank that reads no reply: its
+                                n = 0  # socket never waits, the agent writes the rest)
                             if n == len(reply):
                                 continue
                             rest = reply[n:]
@@ -598,7 +600,6 @@ class QuickStart:
                             continue
                         from pm.agent.pmi_quick import READ as nread
                         from pm.agent.pmi_quick import QuickPmi
-                        from pm.agent.pmi_quick import write_now as write
 
                         pmi = self.pmi = QuickPmi(self.started,
                                                   kvsname_of(self.started.job_id), opts_n,

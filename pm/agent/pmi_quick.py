@@ -337,7 +337,10 @@ class QuickPmi:
             data = os.read(fd, READ)  # (the socket is readable: this does not wait)
             reply = self.hot[fd].get(data)
             if reply is not None:
-                n = write_now(fd, reply)
+                try:
+                    n = os.write(fd, reply)
+                except BlockingIOError:  # (its socket never waits: the agent writes it)
+                    n = 0
                 if n == len(reply):
                     return True
                 rest = reply[n:]
@@ -481,14 +484,6 @@ class QuickPmi:
             self._attr_waits[key] = [(r, c) for r, c in waits if r != rank]
         acts.extend(self._left.pop(rank, ()))
         return acts
-
-
-def write_now(fd: int, data: bytes) -> int:
-    """What of ``data`` a rank's PMI socket (never waiting) takes now (0 when it is full)."""
-    try:
-        return os.write(fd, data)
-    except BlockingIOError:
-        return 0
 
 
 def _read_more(sock: _socket.socket, data: bytes) -> bytes:

@@ -163,11 +163,7 @@ class RankFds:
             return
         try:
             if pmi:
-                self.pmi, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-                self._child[PMI_FD] = theirs.detach()
-                # Ours never waits: a rank that does not read its replies must not stop the
-                # one loop that serves every rank (pm.agent.pmi_quick, then asyncio's).
-                self.pmi.setblocking(False)
+                self._open_pmi()
             self.out, self._child[1] = os.pipe2(os.O_CLOEXEC)
             if merge:
                 self._child[2] = self._child[1]
@@ -195,6 +191,14 @@ class RankFds:
         if self.err >= 0:
             os.set_blocking(self.err, False)
 
+    def _open_pmi(self) -> None:
+        """The rank's PMI socket: its end as PMI_FD, ours in :attr:`pmi`."""
+        self.pmi, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        self._child[PMI_FD] = theirs.detach()
+        # Ours never waits: a rank that does not read its replies must not stop the one
+        # loop that serves every rank (pm.agent.pmi_quick, then asyncio's).
+        self.pmi.setblocking(False)
+
     def _open_pty(self, size: tuple[int, int], pmi: bool) -> None:
         import fcntl
         import struct
@@ -202,11 +206,7 @@ class RankFds:
 
         try:
             if pmi:
-                self.pmi, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-                self._child[PMI_FD] = theirs.detach()
-                # Ours never waits: a rank that does not read its replies must not stop the
-                # one loop that serves every rank (pm.agent.pmi_quick, then asyncio's).
-                self.pmi.setblocking(False)
+                self._open_pmi()
             self.out, self._slave = os.openpty()
             self.tty = os.ttyname(self._slave)
             if size[0] > 0 and size[1] > 0:
