@@ -580,6 +580,8 @@ class QuickStart:
                                 return None
                         else:
                             running -= 1
+                            if self.pmi is not None and not self.pmi.ended(r.rank):
+                                return None  # the others wait in vain: the agent names it
                         if r.out_fd >= 0 or r.err_fd >= 0:
                             return None  # something it started holds its output open
                         if (orphans_at is None and self.spawns is not None

@@ -67,8 +67,8 @@ ask(b"cmd=barrier_in\\n")
 """
 
 
-@pytest.mark.parametrize("opts", [["--local-nodes", "2"], ["--env", "PM_QUICK=0"]],
-                         ids=["2nodes", "1node-agent"])
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"], ["--env", "PM_QUICK=0"]],
+                         ids=["1node", "2nodes", "1node-agent"])
 def test_a_rank_that_finalizes_instead_of_joining_a_barrier_is_named(
         pmrun: Run, tmp_path: Path, opts: list[str]) -> None:
     (tmp_path / "skips.py").write_text(SKIPS)
@@ -78,6 +78,45 @@ def test_a_rank_that_finalizes_instead_of_joining_a_barrier_is_named(
     assert r.stdout == "cmd=barrier_out rc=1 msg=barrier_after_finalize\n", r.stderr
     assert r.returncode == 1, r.stderr
     assert "pmrun: rank 1: bad PMI request: barrier after finalize" in r.stderr.splitlines()
+    assert re.search(r"pmrun: rank 1 \(node 0, \S+\) finalized and exited with code 0 without "
+                     r"joining the ranks' PMI fence 1, in which rank \d waits: it can never "
+                     r"complete", r.stderr), r.stderr
+
+
+
+#: Rank 1 finalizes and exits (its pid in a file) before the others enter a barrier: they
+#: wait until it has ended.
+LEAVES = ASK + """
+import time
+ask(b"cmd=init pmi_version=1 pmi_subversion=1\\n")
+if os.environ["PMI_RANK"] == "1":
+    ask(b"cmd=finalize\\n")
+    with open("pid.tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename("pid.tmp", "pid")
+    sys.exit(0)
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    try:
+        pid = open("pid").read()
+    except OSError:
+        continue
+    try:
+        with open("/proc/%s/stat" % pid) as f:
+            if f.read().rpartition(")")[2].split()[0] == "Z":
+                break  # a zombie: ended, not reaped yet
+    except OSError:
+        break  # reaped
+ask(b"cmd=barrier_in\\n")
+"""
+
+
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"]], ids=["1node", "2nodes"])
+def test_a_rank_that_finalized_and_left_before_a_barrier_is_named(
+        pmrun: Run, tmp_path: Path, opts: list[str]) -> None:
+    (tmp_path / "leaves.py").write_text(LEAVES)
+    r = pmrun(*opts, "-n", "4", sys.executable, "leaves.py", timeout=60)
+    assert r.returncode == 1, r.stderr
     assert re.search(r"pmrun: rank 1 \(node 0, \S+\) finalized and exited with code 0 without "
                      r"joining the ranks' PMI fence 1, in which rank \d waits: it can never "
                      r"complete", r.stderr), r.stderr

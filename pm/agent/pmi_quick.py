@@ -125,6 +125,9 @@ class QuickPmi:
         self.engines: dict[int, PmiEngine] = {}
         #: kind (FENCE, BARRIER) -> rank -> the call it waits in (until every rank entered).
         self._colls: dict[int, dict[int, Collective]] = {FENCE: {}, BARRIER: {}}
+        #: Ranks that ended well (finalized, or never spoke): a fence or barrier they did
+        #: not enter can never complete (the agent names them: :meth:`ended`).
+        self._ended: set[int] = set()
         #: A rank ended before PMI init (pm.quick): the next init hands the job over.
         self.hand_over_on_init = False
         self._colls_done = 0
@@ -410,6 +413,10 @@ class QuickPmi:
                 self._colls[act.kind][rank] = act
                 if self.spawn_answer is not None:
                     self.spawn_answer.want()
+                if not self._ended <= self._colls[act.kind].keys():
+                    # A rank that ended cannot join it: the agent names it.
+                    self._left.setdefault(rank, []).extend(acts[i + 1:])
+                    return False
             elif isinstance(act, NodeAttrGet):
                 value = self.node_attrs.get(act.key)
                 if value is not None or not act.wait:
@@ -445,6 +452,13 @@ class QuickPmi:
             self._colls_done += 1
             if self._colls_done <= EARLY_SAMPLES:
                 self._sample_shm()
+
+    def ended(self, rank: int) -> bool:
+        """Rank ``rank`` ended well (it finalized, or never spoke): False if a fence or
+        barrier it did not enter is under way, which can never complete then (the agent,
+        handed the job, names the rank)."""
+        self._ended.add(rank)
+        return not any(calls and rank not in calls for calls in self._colls.values())
 
     def finish_call(self, rank: int, token: int, result: Any, now: bool = True) -> bool:
         """Complete rank ``rank``'s call ``token`` with ``result`` (a spawn's answer);

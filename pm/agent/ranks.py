@@ -341,8 +341,10 @@ class LocalRanks:
         else:
             session = PmiSession(self.agent, proc.rank)
         proc.session = session
-        if r.pmi is not None:  # (None: closed after finalize while the quick phase served it)
+        if r.pmi is not None:
             self.owned.spawn(self._serve(session, socket.socket(fileno=r.take_pmi_fd())))
+        else:  # closed after finalize while the quick phase served it: at its end
+            proc.pmi_eof = True
         for stream, fd, buf in ((STDOUT, r.out_fd, r.out), (STDERR, r.err_fd, r.err)):
             if fd < 0:
                 continue  # already at EOF
