@@ -67,7 +67,8 @@ SLURM_PROFILES = frozenset({"all", "none", "energy", "task", "lustre", "network"
 _SPEC_KEYS = frozenset({"ppn", "wdir", "hosts", "hostfile", "local_nodes", "fanout", "timeout",
                         "wait_after_first", "quit_on_interrupt", "no_kill", "bcast",
                         "send_libs", "pty", "umask", "pmi_port",
-                        "kvs", "genv", "env_mode", "bind_to", "map_by", "profile", "output",
+                        "kvs", "genv", "env_mode", "bind_to", "bind_spelled", "map_by",
+                        "profile", "output",
                         "error", "prepend", "report_bindings", "universe_size", "mpi",
                         "merge_stderr", "timestamp_output", "distribution", "unbuffered",
                         "rank_by", "kill_on_bad_exit", "report_state", "stack_traces",
@@ -250,6 +251,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.kvs = str(v.get("kvs", spec.kvs))
     spec.bind_to = str(v.get("bind_to", spec.bind_to))
     opts.bind_given = "bind_to" in v
+    spec.bind_spelled = str(v.get("bind_spelled", ""))
     spec.map_by = str(v.get("map_by", spec.map_by))
     spec.mpi = str(v.get("mpi", spec.mpi))
     profile = v.get("profile")

@@ -113,6 +113,8 @@ class JobSpec:
     rank_slots: list[str] = field(default_factory=list)
     kvs: str = "shm"
     bind_to: str = "none"
+    #: The option --bind-to came from, as given (``--cpu-list 0,2``), for its errors.
+    bind_spelled: str = ""
     map_by: str = "core"
     report_bindings: bool = False
     #: Each rank's stderr is its stdout (Open MPI's --merge-stderr-to-stdout).

@@ -340,6 +340,17 @@ def cpu_list(value: str, opt: str) -> str:
     return ",".join(cpus)
 
 
+def _runs(cpus: str) -> str:
+    """:func:`cpu_list`'s words again, runs of consecutive CPUs as ranges (pure)."""
+    out: list[list[int]] = []
+    for cpu in map(int, cpus.split(",")):
+        if out and cpu == out[-1][1] + 1:
+            out[-1][1] = cpu
+        else:
+            out.append([cpu, cpu])
+    return ",".join(f"{lo}-{hi}" if hi > lo else str(lo) for lo, hi in out)
+
+
 def mpi_kind(value: str, opt: str) -> str:
     """``--mpi``: pmrun's auto, pmix, pmi, none; srun's plugin names as they mean here
     (``pmi2``: PMI only; ``pmix_v4``: PMIx)."""
@@ -2553,6 +2564,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
     _open_mpi_tune(out.values, environ)
     if "cpu_list" in out.values:  # Open MPI's --cpu-list: a CPU each rank, in turn
         cpus = out.values.pop("cpu_list")
+        if "bind_to" not in out.values:
+            out.values["bind_spelled"] = f"--cpu-list {_runs(str(cpus))}"
         if out.values.setdefault("bind_to", f"user:{cpus}") != f"user:{cpus}":
             raise UsageError(f"--cpu-list {cpus} binds each rank to one of these CPUs: not "
                              f"with --bind-to {out.values['bind_to']}")
@@ -2884,7 +2897,7 @@ _RANKS_KEYS = ("bind_to", "map_by", "report_bindings", "prepend", "output", "err
                "task_epilog", "propagate", "hint", "gpus_per_task", "output_from", "exact",
                "mem_bind", "cpu_freq", "relative", "memory_alloc_kinds",
                "quit_on_interrupt", "acctg_freq", "slurmd_debug", "no_kill", "bcast",
-               "send_libs", "pty", "umask", "pmi_port")
+               "send_libs", "pty", "umask", "pmi_port", "bind_spelled")
 
 
 def _ensemble_only(out: Parsed) -> None:
@@ -3353,6 +3366,8 @@ def _srun_cpu_bind(values: dict[str, object]) -> None:
     if not isinstance(given, str):
         return
     target, verbose = cpu_bind_of(given, "--cpu-bind")
+    if "bind_to" not in values:
+        values["bind_spelled"] = f"--cpu-bind={given}"
     if values.setdefault("bind_to", target) != target:
         raise UsageError(f"--cpu-bind {given} and --bind-to {values['bind_to']} disagree")
     if verbose:

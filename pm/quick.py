@@ -107,9 +107,9 @@ SPIN_NS = 50_000
 class QuickOptions:
     """The part of a command line the quick path runs (one program, on this machine)."""
 
-    __slots__ = ("app_env", "argv", "bind_to", "env_mode", "error", "genv", "genvlist", "host",
-                 "kvs", "label", "map_by", "merge", "n", "only", "output", "pmix", "prepend",
-                 "rank_map",
+    __slots__ = ("app_env", "argv", "bind_spelled", "bind_to", "env_mode", "error", "genv",
+                 "genvlist", "host", "kvs", "label", "map_by", "merge", "n", "only", "output",
+                 "pmix", "prepend", "rank_map",
                  "report", "stdin_file", "stdin_rank", "timeout", "timestamp", "unbuffered",
                  "usize", "wdir")
 
@@ -138,6 +138,7 @@ class QuickOptions:
         self.unbuffered = False
         #: --bind-to (and -c, --cpu-bind, --map-by's :PE=), --map-by, --report-bindings.
         self.bind_to = "none"
+        self.bind_spelled = ""
         self.map_by = "core"
         self.report = False
         #: The host as -hosts or -f named this machine ("": its name).
@@ -211,6 +212,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> QuickOptions | None:
     opts.timestamp = "timestamp_output" in v
     opts.rank_map = "print_rank_map" in v
     opts.bind_to = str(v.get("bind_to") or "none")
+    opts.bind_spelled = str(v.get("bind_spelled") or "")
     opts.map_by = str(v.get("map_by") or "core")
     opts.report = bool(v.get("report_bindings"))
     opts.pmix = wants_pmix(str(v.get("mpi") or "auto"), [opts.argv], environ.get("PATH"))
@@ -349,7 +351,7 @@ class QuickStart:
         (no topology, a binding it gives up): the full path does.  A binding that names
         cpus this machine lacks is the command line's fault, known before anything
         started: :class:`UsageError` (the job's one node is this machine)."""
-        from pm.agent.binding import BindingError, compute_bindings
+        from pm.agent.binding import BindingError, as_spelled, compute_bindings
         from pm.proto.errors import PMError
 
         try:
@@ -359,7 +361,8 @@ class QuickStart:
         try:
             b = compute_bindings(topo, self.opts.n, self.opts.bind_to, self.opts.map_by)
         except BindingError as exc:
-            raise UsageError(str(exc)) from None
+            raise UsageError(as_spelled(str(exc), self.opts.bind_to, self.opts.bind_spelled)
+                             ) from None
         if b.notice or topo.xml is None:
             return None
         self.started.topology = topo

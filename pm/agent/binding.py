@@ -55,6 +55,13 @@ MAP_SPELLINGS = {
 OVERLOAD_ALLOWED = "overload-allowed"
 
 
+def as_spelled(message: str, bind_to: str, spelled: str) -> str:
+    """A binding error's ``message`` naming the option the user gave (``spelled``: srun's
+    ``--cpu-bind=map_cpu:7``, Open MPI's ``--cpu-list 7``) where it says ``--bind-to
+    BIND_TO``, which that option became (pure)."""
+    return message.replace(f"--bind-to {bind_to}", spelled, 1) if spelled else message
+
+
 class BindingError(PMError, ValueError):
     """A --bind-to / --map-by spec that cannot be parsed, or user cpus this node lacks."""
 

@@ -214,7 +214,8 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
     if not receiving.done():
         receiving.cancel()
         await asyncio.gather(receiving, return_exceptions=True)
-        log.warning("agent %d: left before the job started: %s", vertex, parent_gone.result())
+        # (secondary: whatever ended the job before its start is named by the head)
+        log.info("agent %d: left before the job started: %s", vertex, parent_gone.result())
         await _close_quietly(port, link)
         return 1
     launch = receiving.result()

@@ -231,20 +231,22 @@ class JobAgent:
         pmrun's own machine (the head's agent, no other node), are the command line's
         fault, said before any rank or agent started: :class:`UsageError` (exit 2).  On
         other nodes they are the node's refusal (:class:`BindingError`: the node is lost)."""
-        from pm.agent.binding import BindingError
+        from pm.agent.binding import BindingError, as_spelled
 
         try:
             self._bind(topo)
         except BindingError as exc:
+            said = as_spelled(str(exc), self.plan.bind_to, self.plan.bind_spelled)
             if self.vertex or self.children or self.plan.spawned is not None:
-                raise
+                raise BindingError(said) from None
             from pm.bootstrap.base import head_relays
 
             if head_relays(self.plan.bootstrap):
-                raise  # (vertex 0 on a host the launcher reached: not pmrun's process)
+                # (vertex 0 on a host the launcher reached: not pmrun's process)
+                raise BindingError(said) from None
             from pm.proto.errors import UsageError
 
-            raise UsageError(str(exc)) from None
+            raise UsageError(said) from None
 
     async def _start_pmix(self) -> Any:
         from pm.agent.pmix_job import PmixJob

@@ -84,6 +84,8 @@ class JobPlan(Record):
     label: bool = False
     kvs: str = "shm"
     bind_to: str = "none"
+    #: The option the binding came from, as given (:attr:`pm.jobspec.JobSpec.bind_spelled`).
+    bind_spelled: str = ""
     map_by: str = "core"
     report_bindings: bool = False
     #: Each rank's stderr is its stdout (one pipe: the order it wrote them).
