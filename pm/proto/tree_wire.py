@@ -59,8 +59,9 @@ MAC_LEN = 16
 #: a spawned job's ranks need their spawner; 7: plans carry --rank-by and a rankfile's
 #: placement and slots; 9: Kill may ask for a report of the ranks' state first (Report);
 #: 10: plans carry --gpus-per-task; 11: and --mem-bind; 12: and PMI job attributes;
-#: 13: and the programs --bcast copies to the nodes, --pty (and Winsize), and the umask
-PROTOCOL_VERSION = 14
+#: 13: and the programs --bcast copies to the nodes, --pty (and Winsize), and the umask;
+#: 14: and -pmi-port; 15: and the binding's option as the user gave it
+PROTOCOL_VERSION = 15
 
 #: Directions of a tree link (bound under an envelope's tag).
 UP = 1  # child to parent
