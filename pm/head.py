@@ -203,6 +203,8 @@ class JobRun:
         job_id = started.job_id if started is not None else (
             told[1] if told is not None else new_job_id())
         self.writer: Writer | None = None
+        #: Log handlers writing through the writer, and the stream each had (_say_after_output).
+        self._said: list[tuple[logging.StreamHandler[Any], Any]] = []
         if sink is None and started is not None:
             # The quick path's writer, with the files it opened (and truncated) already.
             self.writer, started.writer = started.writer, None
@@ -358,6 +360,7 @@ class JobRun:
             # A slow reader of our stdout must not stop the loop (heartbeats, PMI): it
             # holds the nodes' output credit instead, which holds the ranks.
             self.writer.write_behind(self.loop.call_soon_threadsafe, self._output_written)
+            self._say_after_output()
         if self.spec.timeout:
             began = self._started.t0 if self._started is not None else time.monotonic()
             left = self.spec.timeout - (time.monotonic() - began)
@@ -429,6 +432,7 @@ class JobRun:
             if self.writer is not None:
                 if not self.writer.drained():  # what a slow reader has not read
                     await asyncio.to_thread(self.writer.drain)
+                self._say_directly()
                 self.writer.close()
         if self.spec.profile:
             from pm.common.profile import write_profile
@@ -804,6 +808,25 @@ class JobRun:
             spawned = self.spawns.jobs.get(job) if self.spawns is not None else None
             node = spawned.placement[rank] if spawned is not None else 0
         return self.plan.hosts[node], node
+
+    def _say_after_output(self) -> None:
+        """pmrun's own lines on stderr (a rank's failure, a node lost) go through the
+        writer's thread, after the output it holds: a rank's last lines come before the
+        line that says how it ended.  (The handlers ``logging.basicConfig`` gave stderr.)"""
+        from pm.common.output import SaidAfterOutput
+
+        assert self.writer is not None
+        if self.writer.err_fd != 2:
+            return
+        for handler in logging.getLogger().handlers:
+            if type(handler) is logging.StreamHandler and handler.stream is sys.stderr:
+                self._said.append((handler, handler.setStream(SaidAfterOutput(self.writer))))
+
+    def _say_directly(self) -> None:
+        """The writer's output is out: pmrun's lines go straight to stderr again."""
+        while self._said:
+            handler, stream = self._said.pop()
+            handler.setStream(stream)
 
     def _output_written(self, vertex: int, nbytes: int) -> None:
         """``nbytes`` of node ``vertex``'s output are out: give the credit back, in

@@ -166,6 +166,25 @@ def test_merge_stderr_to_stdout_keeps_each_ranks_order(pmrun: Run, tmp_path: Pat
                                            "for --error to write\n")
 
 
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"], ["--local-nodes", "3"]],
+                         ids=["1node", "2nodes", "3nodes"])
+def test_a_ranks_last_lines_come_before_the_line_that_says_how_it_ended(
+        tmp_path: Path, opts: list[str]) -> None:
+    """Output on the launcher's stdout and stderr, both one pipe, as on a terminal."""
+    for _ in range(3):
+        r = subprocess.run(pmrun_argv(*opts, "-l", "-n", "2", "sh", "-c",
+                                      "seq 1 2000; echo last; exit 3"),
+                           env=pmrun_env(), cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=50)
+        assert r.returncode == 3, r.stdout[-2000:]
+        lines = r.stdout.splitlines()
+        said = [i for i, line in enumerate(lines) if line.startswith("pmrun: rank ")]
+        assert said, r.stdout[-2000:]
+        for i in said:
+            rank = lines[i].split()[2]
+            assert f"[{rank}] last" in lines[:i], lines[i]
+
+
 def test_srun_time_limit_ends_a_hung_job(pmrun: Run, marker: str) -> None:
     """srun's -t MM:SS is --timeout in srun's words."""
     r = pmrun("-n", "2", "-t", "0:01", "python", "-c", "import time; time.sleep(120)", marker)

@@ -229,6 +229,20 @@ class Writer:
         os.close(fd)
         _lost(rank, stream, f"cannot write {paths[0] if paths else fd}: {exc.strerror}")
 
+    @property
+    def err_fd(self) -> int:
+        """Where the ranks' stderr goes when no file is named for it."""
+        return self._fds[STDERR]
+
+    def say(self, text: str) -> None:
+        """pmrun's own message on stderr, after the output written so far (a rank's last
+        lines come before the line that says how it ended)."""
+        data = text.encode(errors="replace")
+        behind = self._behind
+        if behind is None or STDERR in self.broken or not behind.put(self._fds[STDERR], data,
+                                                                       -1, 0):
+            write_out(self._fds[STDERR], data)
+
     def drain(self) -> None:
         """Wait until what the thread holds is written (or its reader is gone).  Blocks:
         call it from a thread, or when nothing else has to run."""
@@ -255,6 +269,21 @@ class Writer:
         self._to.clear()
 
 
+class SaidAfterOutput:
+    """A stream for a logging handler: what it is given goes through ``writer``
+    (:meth:`Writer.say`), in order with the output."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+
+    def write(self, text: str) -> int:
+        self.writer.say(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 class _WriteBehind:
     """The thread that writes a :class:`Writer`'s stdout and stderr chunks in order."""
 
@@ -275,7 +304,8 @@ class _WriteBehind:
         self._thread = threading.Thread(target=self._run, name="pm-output", daemon=True)
         self._thread.start()
 
-    def put(self, fd: int, chunk: bytes, tag: int, size: int) -> None:
+    def put(self, fd: int, chunk: bytes, tag: int, size: int) -> bool:
+        """Queue ``chunk`` for ``fd``; False if it was dropped (the writer is abandoned)."""
         with self._cond:
             if self._gone:
                 gone = True
@@ -285,6 +315,7 @@ class _WriteBehind:
                 self._cond.notify()
         if gone:
             self.written(tag, size)
+        return not gone
 
     def _run(self) -> None:
         cond = self._cond
