@@ -965,6 +965,10 @@ def main(argv: list[str] | None = None) -> int:
 def _flush_all() -> None:
     import logging
 
+    if "pm.agent.links" in sys.modules:  # (zmq was used)
+        from pm.agent.links import flush
+
+        flush()
     logging.shutdown()
     with contextlib.suppress(Exception):
         sys.stdout.flush()

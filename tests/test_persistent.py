@@ -217,6 +217,62 @@ def test_second_job_after_a_failed_one_and_two_jobs_at_once(services: Services) 
     assert_no_job_agents(services)
 
 
+def test_job_agents_leave_at_once_when_many_jobs_end_together(tmp_path: Path) -> None:
+    """pmrun's word to its agents (and to the service) is sent before pmrun exits: an
+    agent never waits for its parent's silence, nor is it reported as ended badly.  (A
+    service on this machine's loopback, where pmrun's exit came first in 1 job in 15.)"""
+    keygen(tmp_path / "server")
+    keygen(tmp_path / "client")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "svc.toml").write_text(f'listen = "127.0.0.1:{port}"\nkey = "server.key"\n'
+                                       'allow_root = true\n[clients]\nroot = ["client.pub"]\n')
+    (tmp_path / "agents").write_text("client-key = client.key\nserver-key = server.pub\n"
+                                     f"localhost 127.0.0.1:{port}\n")
+    log = tmp_path / "svc.log"
+    with log.open("wb") as err:
+        svc = subprocess.Popen([sys.executable, "-m", "pm.agent.main", "serve", "--config",
+                                str(tmp_path / "svc.toml")], env=pmrun_env(),
+                               stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+    try:
+        wait_until(lambda: "listening on" in log.read_text() or svc.poll() is not None, 30,
+                   "the service to listen")
+        argv = pmrun_argv("--agents", str(tmp_path / "agents"), "-n", "1", "true")
+        for _ in range(8):
+            procs = [subprocess.Popen(argv, cwd=tmp_path, env=pmrun_env(), text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      stdin=subprocess.DEVNULL) for _ in range(6)]
+            for p in procs:
+                out, err_text = p.communicate(timeout=60)
+                assert (p.returncode, out, err_text) == (0, "", "")
+
+        def agents_left() -> list[int]:
+            return [int(pid) for pid in os.listdir("/proc") if pid.isdecimal()
+                    and _is_job_agent(int(pid), svc.pid)]
+
+        wait_until(lambda: not agents_left(), 20, "the jobs' agents to leave")
+        text = log.read_text(errors="replace")
+        assert "from the parent" not in text and "agent ended with" not in text, text
+    finally:
+        svc.send_signal(signal.SIGTERM)
+        try:
+            svc.wait(15)
+        except subprocess.TimeoutExpired:
+            svc.kill()
+            svc.wait(5)
+
+
+def _is_job_agent(pid: int, service: int) -> bool:
+    """Whether ``pid`` is a job agent (``pm-agent child``) of the service ``service``."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return False
+    return b"pm.agent.main" in cmd and b"child" in cmd and ppid == service
+
+
 def test_a_client_without_a_listed_key_is_refused_and_the_service_keeps_serving(
         services: Services) -> None:
     stranger = services.dir / "stranger"

@@ -75,6 +75,23 @@ def context() -> zmq.asyncio.Context:
     return _ctx
 
 
+def flush(timeout: float = 0.3) -> None:
+    """Before the process ends without the interpreter's teardown (``os._exit``): let
+    libzmq's I/O thread send what the closed sockets still hold (the head's Shutdown to
+    vertex 0, a service's End), which would otherwise die with the process, and a
+    persistent service's job agent would wait for its parent's silence instead.  At most
+    ``timeout`` seconds: a peer that is gone keeps its messages for the sockets' linger."""
+    ctx = _ctx
+    if ctx is None or ctx.closed:
+        return
+    import threading
+
+    ender = threading.Thread(target=ctx.destroy, kwargs={"linger": int(timeout * 1000)},
+                             name="pm-zmq-flush", daemon=True)
+    ender.start()
+    ender.join(timeout)
+
+
 #: Whether tree links are encrypted (CURVE): whenever libzmq can (pyzmq's wheels can), unless
 #: ``PM_TREE_CURVE=0`` is in the environment of pmrun and of every agent (a site setting, for
 #: measurements: both ends of a link must agree).
