@@ -401,6 +401,21 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
                                            "job step's slurmstepd")):
             if key in opts.extra and opts.extra[key].lower() != "none":
                 raise UsageError(f"{what}: this job's ranks are not started through Slurm")
+    if where is not None and where[2].get("name") == "persistent":
+        services = where[2].get("services")
+        assert isinstance(services, dict)
+        unknown = [h for h in dict.fromkeys(where[0]) if h not in services]
+        if unknown:
+            raise UsageError(f"{', '.join(unknown)}: not in the agents file "
+                             f"{opts.extra.get('agents')} (a job runs on its services' hosts: "
+                             f"{', '.join(services)})")
+        from pm.agent.service import KeyFileError, read_keypair
+
+        try:  # (our key pair is the user's file: named now, before any service is asked)
+            read_keypair(str(where[2].get("client_key")))
+        except KeyFileError as exc:
+            raise UsageError(f"--agents {opts.extra.get('agents')}: client-key: {exc}"
+                             ) from None
     return where
 
 

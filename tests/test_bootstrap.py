@@ -280,6 +280,18 @@ def test_agents_file(tmp_path: Path) -> None:
         parse_agents("server-key = server.pub\nn1\nn1:7301\n", tmp_path)
     with pytest.raises(AgentsFileError, match="no services"):
         parse_agents("# nothing\n", tmp_path)
+    for line, said in (("n1 127.0.0.1:99999", "127.0.0.1:99999: the port must be a number "
+                                              "from 1 to 65535, not '99999'"),
+                       ("n1:abc", "n1:abc: the port must be a number from 1 to 65535, not "
+                                  "'abc'"),
+                       ("n1 udp://10.0.0.1:7300", "udp://10.0.0.1:7300: a service listens "
+                                                  "on tcp://, not udp://"),
+                       ("n1 :7300", ":7300: no host"),
+                       ("client-keys = me.key", "unknown setting 'client-keys' (client-key "
+                                                "or server-key)")):
+        with pytest.raises(AgentsFileError) as info:
+            parse_agents(f"server-key = server.pub\n{line}\n", tmp_path)
+        assert str(info.value) == f"agents file line 2: {said}"
     agents = tmp_path / "agents"
     agents.write_text("server-key = server.pub\nn1\nn2\n")
     opts = bootstrap_options({"agents": str(agents)})

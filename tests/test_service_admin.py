@@ -79,6 +79,23 @@ def test_a_bad_configuration_is_one_line_naming_it(tmp_path: Path, line: str,
     assert r.stdout == ""
 
 
+def test_serve_names_a_command_line_slip(tmp_path: Path) -> None:
+    assert _agent("keygen", str(tmp_path / "server")).returncode == 0
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text('key = "server.key"\n')
+    bad.write_text('key = "server.key"\n[clients]\nroot = ["nope.pub"]\n')
+    for cfg, args, said in (
+            (good, ["--listen", "127.0.0.1:notaport"], "--listen must be an address "
+             "(\"ADDR:PORT\") with a port of 0-65535, not '127.0.0.1:notaport'"),
+            (bad, [], f"config {bad}: [clients] root: 'nope.pub' is neither a public key nor "
+                      "a readable .pub file")):
+        r = _agent("serve", "--config", str(cfg), *args)
+        assert (r.returncode, r.stderr) == (2, f"pm-agent serve: {said}\n")
+    r = _agent("serve")
+    assert (r.returncode, r.stderr) == (2, "pm-agent serve: no --config FILE given (the "
+                                           "service's configuration: see deploy/pm-agent.toml)\n")
+
+
 # ------------------------------------------------------------------ reload
 
 
@@ -155,6 +172,40 @@ def service(tmp_path: Path) -> Iterator[Service]:
         yield svc
     finally:
         svc.close()
+
+
+def test_a_job_the_agents_file_cannot_serve_is_refused_before_it_starts(service: Service
+                                                                          ) -> None:
+    code, _, err = service.run("old", "-hosts", "elsewhere", "-n", "1", "true")
+    assert (code, err) == (2, f"pmrun: elsewhere: not in the agents file {service.dir}/agents-old "
+                              "(a job runs on its services' hosts: localhost)\n")
+    (service.dir / "agents-nokey").write_text(
+        "client-key = missing.key\nserver-key = server.pub\n"
+        f"localhost 127.0.0.1:{service.port}\n")
+    code, _, err = service.run("nokey", "-n", "1", "true")
+    assert code == 2 and err.startswith(f"pmrun: --agents {service.dir}/agents-nokey: "
+                                        f"client-key: key file {service.dir}/missing.key: "), err
+    assert err.count("\n") == 1, err
+    # A service nobody runs: named as such, within the join timeout.
+    (service.dir / "agents-none").write_text(
+        f"client-key = old.key\nserver-key = server.pub\nlocalhost 127.0.0.1:{_free_port()}\n")
+    code, _out, err = service.run("none", "--join-timeout", "2", "-n", "1", "true")
+    assert code == 255 and re.search(r"pmrun: node 0 \(localhost\) lost: pm-agent service at "
+                                     r"127\.0\.0\.1:\d+: no answer within 2 s \(not running, "
+                                     r"or not reachable\)\n", err), err
+    assert "agent -1" not in err and "did not join" not in err
+
+
+def test_a_service_that_stops_under_a_job_is_named(service: Service) -> None:
+    proc = service.pmrun("old", "-n", "1", "sh", "-c", "echo started; sleep 60")
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "started\n"
+    service.proc.terminate()
+    _out, err = proc.communicate(timeout=40)
+    assert proc.returncode == 255
+    assert err == "pmrun: node 0 (localhost) lost: its pm-agent service stopped while the job " \
+                  "ran\n"
+    service.proc.wait(timeout=30)
 
 
 @pytest.mark.skipif(_ipv6_missing() is not None, reason=str(_ipv6_missing()))

@@ -361,11 +361,14 @@ class Children:
         late = [v for v, f in self._hellos.items() if not f.done()]
         if late:
             timeout = join_timeout_of(self.agent.plan.bootstrap)
+            boot = self._boot
             for v in late:
-                self._lost(v, f"did not join the tree within {timeout:g} s")
+                why = boot.late(v) if boot is not None else ""
+                self._lost(v, why or f"did not join the tree within {timeout:g} s")
             hosts = compress([self.agent.plan.hosts[v] for v in late])
-            log.error("agent %d: nodes %s (%s) did not join in time", self.agent.vertex,
-                      ",".join(map(str, late)), hosts)
+            # (each is named lost above: the head says so; this is the agent's own record)
+            log.info("agent %d: nodes %s (%s) did not join in time", self.agent.vertex,
+                     ",".join(map(str, late)), hosts)
 
     def waiting(self) -> list[int]:
         """The children that have not joined (nor been lost) yet."""

@@ -35,6 +35,8 @@ STDIN_EOF = "parent closed our stdin"
 #: What the job's one line says when that happens while the job runs.
 STDIN_LOST = "its agent's standard input closed while the job ran (its slurmstepd or " \
              "ssh connection is gone)"
+#: ... when a persistent service started it (its stdin is the service's pipe).
+SERVICE_LOST = "its pm-agent service stopped while the job ran"
 #: How a job's agent speaks: on pmrun's stderr (through ssh or srun, or inherited), to the
 #: job's user, as pmrun itself (its lines name the node); the service keeps its own name.
 JOB_AGENT_FORMAT = "pmrun: %(message)s"
@@ -259,7 +261,8 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
         if parent_gone.done() and parent_gone.result() == STDIN_EOF and not agent.killing:
             # Whoever started us went away mid-job (a slurmstepd or sshd killed): say so
             # now rather than leave our parent to notice the silence (the heartbeat).
-            link.send(t.AgentGone(vertex, agent.host, STDIN_LOST))
+            link.send(t.AgentGone(vertex, agent.host, SERVICE_LOST
+                                  if plan.bootstrap.get("name") == "persistent" else STDIN_LOST))
         # Our part is done; stay until the head says the job is over (it may
         # still route messages through us) or our parent goes away.
         why = await parent_gone

@@ -59,8 +59,8 @@ class RateLimit:
 _FAILED: dict[int, str] = {
     int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "authentication failed",
     int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "protocol error",
-    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): "handshake failed (wrong key or not a tree "
-                                                      "agent)"}
+    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): "handshake failed (a wrong key, or not a "
+                                                      "pmrun peer)"}
 
 
 #: Why a connection that was dropped without a failed handshake was (a tree port's words).

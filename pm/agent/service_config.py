@@ -193,7 +193,8 @@ def load_config(path: str | None, listen: str | None = None) -> ServiceConfig:
     """The service configuration (TOML; see ``deploy/pm-agent.toml``), checked strictly:
     :class:`KeyFileError` names the first unknown key or value of the wrong type."""
     if path is None:
-        raise KeyFileError("pm-agent serve needs --config FILE")
+        raise KeyFileError("no --config FILE given (the service's configuration: see "
+                           "deploy/pm-agent.toml)")
     file = Path(path)
     try:
         data = tomllib.loads(file.read_text())
@@ -207,14 +208,18 @@ def load_config(path: str | None, listen: str | None = None) -> ServiceConfig:
     clients: dict[bytes, str] = {}
     for user, keys in data.get("clients", {}).items():
         for k in [keys] if isinstance(keys, str) else keys:
-            clients[read_public(k, base)] = str(user)
+            try:
+                clients[read_public(k, base)] = str(user)
+            except KeyFileError as exc:
+                raise KeyFileError(f"config {path}: [clients] {user}: {exc}") from None
     ports = data.get("ports")
     where = listen or data.get("listen", f"0.0.0.0:{DEFAULT_PORT}")
     try:
         address = endpoint(where)
     except ValueError:
-        raise KeyFileError(f"config {path}: listen must be {_KEYS['listen']} with a port "
-                           f"of 0-65535, not {where!r}") from None
+        said = "--listen" if listen else f"config {path}: listen"
+        raise KeyFileError(f"{said} must be {_KEYS['listen']} with a port of 0-65535, "
+                           f"not {where!r}") from None
     cfg = ServiceConfig(
         listen=address,
         key=str(key if key.is_absolute() else base / key), clients=clients,

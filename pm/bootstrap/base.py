@@ -170,6 +170,11 @@ class Bootstrap(abc.ABC):
         """Start every agent at once (``start == "step"``); ``None``: not supported."""
         return None
 
+    def late(self, vertex: int) -> str:
+        """Why ``vertex``'s agent has not joined within the join timeout, if the bootstrap
+        knows better than that it did not (``""``)."""
+        return ""
+
     def explain(self, pid: int) -> str:
         """One line on why the command ``pid`` (started by us, now ended) failed, or ``""``."""
         return ""

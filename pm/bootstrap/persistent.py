@@ -55,11 +55,21 @@ class AgentsFileError(ValueError):
 
 
 def _address(text: str) -> str:
-    """``HOST``, ``HOST:PORT``, ``[V6]:PORT`` or ``tcp://...`` -> ``tcp://HOST:PORT``."""
-    rest = text.split("://", 1)[-1]
+    """``HOST``, ``HOST:PORT``, ``[V6]:PORT`` or ``tcp://...`` -> ``tcp://HOST:PORT``;
+    ValueError naming what is wrong with it."""
+    scheme, sep, rest = text.rpartition("://")
+    if sep and scheme != "tcp":
+        raise ValueError(f"{text}: a service listens on tcp://, not {scheme}://")
     if "]:" in rest or (rest.count(":") == 1 and not rest.startswith("[")):
-        return f"tcp://{rest}"
-    return f"tcp://{rest}:{DEFAULT_PORT}"
+        host, _, port = rest.rpartition(":")
+        if not (port.isascii() and port.isdecimal() and 0 < int(port) < 65536):
+            raise ValueError(f"{text}: the port must be a number from 1 to 65535, "
+                             f"not {port!r}")
+    else:
+        host, port = rest, str(DEFAULT_PORT)
+    if host.strip("[]") == "":
+        raise ValueError(f"{text}: no host")
+    return f"tcp://{host}:{port}"
 
 
 def _host_of(word: str) -> str:
@@ -81,7 +91,12 @@ def parse_agents(text: str, base: Path | None = None) -> dict[str, Any]:
         if not line:
             continue
         try:
-            if "=" in line and line.split("=", 1)[0].strip() in ("client-key", "server-key"):
+            setting = line.split("=", 1)[0].strip()
+            if "=" in line and setting not in ("client-key", "server-key") and (
+                    " " not in setting and "key=" not in line.split()[0]):
+                raise AgentsFileError(f"agents file line {n}: unknown setting {setting!r} "
+                                      "(client-key or server-key)")
+            if "=" in line and setting in ("client-key", "server-key"):
                 name, value = (s.strip() for s in line.split("=", 1))
                 if name == "client-key":
                     path = Path(value).expanduser()
@@ -108,7 +123,10 @@ def parse_agents(text: str, base: Path | None = None) -> dict[str, Any]:
                                   "(server-key = FILE before it, or key=... on the line)")
         if host in services:
             raise AgentsFileError(f"agents file line {n}: {host} listed twice")
-        services[host] = {"address": _address(address), "key": key}
+        try:
+            services[host] = {"address": _address(address), "key": key}
+        except ValueError as exc:
+            raise AgentsFileError(f"agents file line {n}: {exc}") from None
     if not services:
         raise AgentsFileError("agents file lists no services")
     return {"services": services, "client_key": client_key}
@@ -295,6 +313,14 @@ class PersistentBootstrap(Bootstrap):
             await asyncio.gather(*(self._start_vertex(
                 c, AgentConfig(c, address, cfg.secret, cfg.job_id, self.hosts[c], cfg.log_level,
                                cfg.heartbeat)) for c in kids))
+
+    def late(self, vertex: int) -> str:
+        host = self.hosts[vertex] if 0 <= vertex < len(self.hosts) else ""
+        conn = self._conns.get(host)
+        if conn is None or not any(v == vertex for _, v in conn.pending):
+            return ""  # asked and answered (its agent started), or never asked
+        return (f"pm-agent service at {conn.address.removeprefix('tcp://')}: no answer within "
+                f"{self.timeout:g} s (not running, or not reachable)")
 
     def _fail(self, vertex: int, host: str, why: str) -> None:
         if vertex in self._ended:

@@ -82,7 +82,9 @@ def decode(data: bytes) -> ServiceMsg:
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
-        raise ProtocolError(f"undecodable service message: {exc}") from exc
+        why = str(exc) or ("nested too deeply" if type(exc).__name__ == "StackError"
+                           else type(exc).__name__)
+        raise ProtocolError(f"undecodable service message: {why}") from exc
     msg = ServiceMsg.decode_list(obj, "service message")
     assert isinstance(msg, ServiceMsg)
     if isinstance(msg, Start):
