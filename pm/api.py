@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from pm import options as pmopts
+from pm.agent.watch import guardians_reaped
 from pm.api_args import (
     JOB_CHECKS,
     JOB_WORDS,
@@ -90,6 +91,9 @@ class Job:
 
     async def _wait(self) -> JobResult:
         result = await self._run.wait()
+        # Its ranks' guardian (and any spawned job's) was let go: collected, not left a
+        # zombie of this process, which outlives its jobs.
+        await guardians_reaped()
         if self._queue is not None:
             self._queue.put_nowait(None)
         self._result = result
@@ -201,6 +205,7 @@ class Cluster:
         for job in self._jobs:
             await job.aclose()
         self._jobs.clear()
+        await guardians_reaped()  # (the tasks' guardian too: no zombie of ours left)
 
     async def launch(self, argv: Sequence[str], n: int = 1, *,
                      env: Mapping[str, str] | None = None, output: str = "capture",
@@ -324,8 +329,14 @@ def run_tasks(tasks: Iterable[Sequence[str] | str], *, local_nodes: int = 1,
     whole("local_nodes", local_nodes, 1, MOST_LOCAL_NODES)
     checked = task_options(options)
     items = tasks_of(tasks, checked.get("mem_per_task"))
-    results: list[TaskResult] = _run_loop(
-        run_ensemble(items, Nodes.local(local_nodes), output=output, **checked))
+
+    async def main() -> list[TaskResult]:
+        results = await run_ensemble(items, Nodes.local(local_nodes), output=output,
+                                     **checked)
+        await guardians_reaped()  # (the tasks' guardian: no zombie of ours left)
+        return results
+
+    results: list[TaskResult] = _run_loop(main())
     return results
 
 

@@ -1,0 +1,61 @@
+"""The Python API in a program that outlives its jobs: what a job started in this process
+(its ranks' guardian) is collected when the job ends, and a job is used only from the
+event loop that launched it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import launch_util
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+PY = sys.executable
+
+#: Runs jobs every way the API runs them, then prints this process's children (pid: state)
+#: at two points: inside a Cluster once its jobs ended, and at the end.
+_JOBS_THEN_CHILDREN = r'''
+import asyncio, os
+import pm
+
+def children():
+    me = os.getpid()
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+        except OSError:
+            continue
+        if int(ppid) == me:
+            found[int(pid)] = state
+    return found
+
+for _ in range(4):
+    pm.run(["true"])
+    pm.run(["true"], n=2, local_nodes=2)
+pm.run(["/nonexistent"], n=2)
+
+async def main():
+    async with pm.Cluster(local_nodes=2) as cluster:
+        jobs = [await cluster.launch(["true"], n=2) for _ in range(3)]
+        for job in jobs:
+            await job.wait()
+        print(children(), flush=True)
+
+asyncio.run(main())
+pm.run_tasks([["true"], ["true"]], output="capture")
+print(children(), flush=True)
+'''
+
+
+def test_jobs_leave_no_zombie_in_the_program_that_ran_them() -> None:
+    """Every job's guardian (the leader of its ranks' process group) is collected when the
+    job ends, not left a zombie child of the program (run in a process of its own: this
+    test session collects its orphans)."""
+    proc = subprocess.run([PY, "-c", _JOBS_THEN_CHILDREN], capture_output=True, text=True,
+                          timeout=50, env=launch_util.pmrun_env(), check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["{}", "{}"], proc.stdout
