@@ -10,6 +10,7 @@ import pytest
 
 import pm
 from pm.api import JobFailed
+from pm.head import JobResult, RankResult
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,6 +34,23 @@ def test_run_with_env_and_check() -> None:
     with pytest.raises(JobFailed, match=r"rank 0 \(node 0, [^)]*\) exited with code 1") as info:
         pm.run([PY, "-c", "import sys; sys.exit(1)"], n=1, check=True)
     assert info.value.result.returncode == 1
+
+
+def test_exit_codes_has_one_entry_per_rank_of_the_job() -> None:
+    """Rank by rank, the job's size long: -1 in the place of a rank that never reported."""
+    ended = {r: RankResult(r, 0, 127, 0, "could not start") for r in (0, 2)}
+    assert JobResult(127, ended, size=4).exit_codes == [127, -1, 127, -1]
+    assert JobResult(127, ended).exit_codes == [127, -1, 127]  # (size unknown: as far as known)
+    # Rank 0 could not start: the job ends, most likely before node 1 joined (its ranks
+    # never start then, as with pmrun).
+    result = pm.run(["/nonexistent"], n=4, local_nodes=2, placement=[0, 1, 0, 1])
+    assert result.returncode == 127 and len(result.exit_codes) == 4
+    assert result.exit_codes == [127 if r in result.ranks else -1 for r in range(4)]
+    assert {0, 2} <= set(result.ranks)
+    # Each failing on its own (the job not ended by the first): each its 127.
+    result = pm.run(["/nonexistent"], n=4, local_nodes=2, placement=[0, 1, 0, 1],
+                    kill_on_bad_exit=False)
+    assert result.exit_codes == [127] * 4
 
 
 async def test_cluster_output_signal_and_wait() -> None:
