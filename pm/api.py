@@ -294,7 +294,10 @@ def run(argv: Sequence[str], n: int = 1, *, local_nodes: int = 1, fanout: int = 
     """Run a job to its end, its output going to this process's stdout/stderr.
 
     ``opts`` are JobSpec fields, as :meth:`Cluster.launch`'s (``output`` and ``error``
-    here: files for the ranks' output, a pattern such as ``"out.%r"``)."""
+    here: files for the ranks' output, a pattern such as ``"out.%r"``).  Not in async
+    code (it runs an event loop of its own): :class:`Cluster` is the API there."""
+    _no_running_loop("pm.run()", "the job ends",
+                     "job = await cluster.launch(argv, n, ...); result = await job.wait()")
     typed("check", check, bool)
     if opts.get("output") in ("capture", "inherit"):
         raise JobSpecError(f"run() writes the ranks' output here: its output names files "
@@ -321,7 +324,10 @@ def run_tasks(tasks: Iterable[Sequence[str] | str], *, local_nodes: int = 1,
     them in the results.  ``options``: :class:`pm.ensemble.Ensemble`'s (``mem_per_task``
     in bytes or a size such as ``"2G"``, ``mem_high``, ``mem_low``, ``retries``,
     ``overrun``, ``settle``, ...).  Every argument and task is checked before any runs.
+    Not in async code (it runs an event loop of its own): there, :meth:`Cluster.submit`.
     """
+    _no_running_loop("pm.run_tasks()", "the tasks end",
+                     "task = await cluster.submit(argv, mem); result = await task.wait()")
     from pm.ensemble.cli import run_ensemble
 
     if output not in ("inherit", "capture"):
@@ -338,6 +344,19 @@ def run_tasks(tasks: Iterable[Sequence[str] | str], *, local_nodes: int = 1,
 
     results: list[TaskResult] = _run_loop(main())
     return results
+
+
+def _no_running_loop(call: str, until: str, instead: str) -> None:
+    """``call`` runs an event loop of its own until ``until``: refused, before anything is
+    made, where one runs already (asyncio.run would refuse it, and the coroutine made for
+    it would be warned of as never awaited)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(f"{call} cannot be called from a running event loop (it runs one of "
+                       f"its own until {until}): in async code, use pm.Cluster: async with "
+                       f"pm.Cluster(...) as cluster: {instead}")
 
 
 def _run_loop(coro: Any) -> Any:

@@ -4,11 +4,16 @@ event loop that launched it."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import launch_util
 import pytest
+
+import pm
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,3 +64,26 @@ def test_jobs_leave_no_zombie_in_the_program_that_ran_them() -> None:
                           timeout=50, env=launch_util.pmrun_env(), check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["{}", "{}"], proc.stdout
+
+
+@pytest.mark.parametrize("call", ["run", "run_tasks"])
+async def test_the_blocking_calls_refuse_a_running_loop(call: str, tmp_path: Path) -> None:
+    """pm.run() and pm.run_tasks() run a loop of their own: called from async code, one
+    error that points to the async API, no job started, no coroutine left unawaited."""
+    made = tmp_path / "ran"
+    argv = [PY, "-c", f"open({str(made)!r}, 'w')"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError) as err:
+            if call == "run":
+                pm.run(argv)
+            else:
+                pm.run_tasks([argv])
+        gc.collect()  # (a coroutine made and dropped is warned of when it is collected)
+    assert caught == []
+    assert str(err.value).startswith(f"pm.{call}() cannot be called from a running event "
+                                     f"loop (it runs one of its own until the ")
+    assert "async with pm.Cluster(...) as cluster: " in str(err.value)
+    assert ("await cluster.launch(" if call == "run" else "await cluster.submit(") \
+        in str(err.value)
+    assert not made.exists()
