@@ -111,17 +111,27 @@ class Job:
                 return
             yield item
 
+    @property
+    def _ended(self) -> bool:
+        """Every rank has ended (the job's end may still be under way): none to signal."""
+        return self._waiter is None or self._waiter.done() or self._run.finished.done()
+
     def send_signal(self, signum: int) -> None:
-        """Deliver ``signum`` to every rank."""
+        """Deliver ``signum`` to every rank; nothing once the job has ended."""
         whole = isinstance(signum, int) and not isinstance(signum, bool)
         if not whole or signum not in signal.valid_signals():
             error = JobSpecError if whole else ArgumentTypeError
             raise error(f"signum must be a signal number (such as signal.SIGTERM), not "
                         f"{signum!r}")
-        self._run.signal(signum)
+        if not self._ended:
+            self._run.signal(signum)
 
     def kill(self, reason: str = "killed by the user") -> None:
-        self._run.kill(typed("reason", reason, str))
+        """End the job, ``reason`` its cause; nothing once it has ended (its cause, if it
+        failed, stays the one it had)."""
+        typed("reason", reason, str)
+        if not self._ended:
+            self._run.kill(reason)
 
     async def aclose(self, reason: str = "cluster closed") -> None:
         """Kill the job if it still runs and wait for its end (the waiting task is ours)."""

@@ -5,6 +5,7 @@ event loop that launched it."""
 from __future__ import annotations
 
 import gc
+import signal
 import subprocess
 import sys
 import warnings
@@ -87,3 +88,24 @@ async def test_the_blocking_calls_refuse_a_running_loop(call: str, tmp_path: Pat
     assert ("await cluster.launch(" if call == "run" else "await cluster.submit(") \
         in str(err.value)
     assert not made.exists()
+
+
+async def test_killing_or_signalling_an_ended_job_does_nothing(
+        capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    async with pm.Cluster() as cluster:
+        job = await cluster.launch(["true"])
+        result = await job.wait()
+        capfd.readouterr()
+        caplog.clear()
+        job.kill()
+        job.kill("again")
+        job.send_signal(signal.SIGTERM)
+        assert capfd.readouterr() == ("", "") and caplog.messages == []
+        assert await job.wait() == result
+        assert result.ok and result.cause is None
+        assert job._run.cause is None  # (the run's own record: no cause made up either)
+        # A running job is still killed, its cause the reason given (and said).
+        job = await cluster.launch(["sleep", "30"])
+        job.kill("enough")
+        assert (await job.wait()).cause == "enough"
+        assert caplog.messages == ["enough"]
