@@ -17,6 +17,7 @@ Async::
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -52,6 +53,13 @@ from pm.proto.errors import RankFailed
 if TYPE_CHECKING:
     from pm.ensemble import Ensemble, Task, TaskResult
 
+log = logging.getLogger("pm")
+
+#: What became of a job whose event loop ended first (asyncio.run returned, its tasks
+#: cancelled): a job runs on the loop that launched it, and ends with it.
+_ORPHANED = ("killed when the event loop that launched it ended, before the job did (a job "
+             "belongs to the loop that launched it)")
+
 __all__ = ["ArgumentTypeError", "Cluster", "Job", "JobFailed", "JobResult", "RankResult", "run",
            "run_tasks"]
 
@@ -73,6 +81,8 @@ class Job:
         self._run = JobRun(spec, nodes, sink=self._sink if capture else None, stdin=stdin)
         self._result: JobResult | None = None
         self._waiter: asyncio.Task[JobResult] | None = None
+        #: The event loop that launched the job ended before it: the job was killed then.
+        self._orphaned = False
 
     @property
     def plan(self) -> Any:
@@ -87,10 +97,26 @@ class Job:
 
     async def _start(self) -> None:
         await self._run.start()
-        self._waiter = asyncio.get_running_loop().create_task(self._wait())
+        begun = asyncio.Event()
+        self._waiter = asyncio.get_running_loop().create_task(self._wait(begun))
+        # Once it runs, the end of this loop (which cancels it) ends the job; cancelled
+        # before its first step, it would leave the job running.
+        await begun.wait()
 
-    async def _wait(self) -> JobResult:
-        result = await self._run.wait()
+    async def _wait(self, begun: asyncio.Event) -> JobResult:
+        begun.set()
+        try:
+            result = await self._run.wait()
+        except asyncio.CancelledError:
+            # Only the end of the loop that launched the job cancels us (wait() shields us,
+            # aclose() kills the job and awaits us): the job cannot outlive that loop, and
+            # the run killed it as it was cancelled.  Said here: nobody may wait for it.
+            self._orphaned = True
+            log.warning("job %s %s", self.plan.job_id, _ORPHANED)
+            await guardians_reaped()
+            if self._queue is not None:
+                self._queue.put_nowait(None)
+            raise
         # Its ranks' guardian (and any spawned job's) was let go: collected, not left a
         # zombie of this process, which outlives its jobs.
         await guardians_reaped()
@@ -99,11 +125,28 @@ class Job:
         self._result = result
         return result
 
+    def _on_its_loop(self) -> None:
+        """Refuse a wait for the job on another event loop than the one that launched it
+        (the job runs on that one), in a line that says what became of it."""
+        if asyncio.get_running_loop() is self._run.loop:
+            return
+        if self._orphaned:
+            raise RuntimeError(f"job {self.plan.job_id} was {_ORPHANED}: launch and await a "
+                               f"job in one asyncio.run()")
+        if self._run.loop.is_closed():  # (closed without its tasks cancelled: not asyncio.run)
+            raise RuntimeError(f"job {self.plan.job_id} belongs to the event loop that "
+                               f"launched it, which is closed: launch and await a job on "
+                               f"one loop")
+        raise RuntimeError(f"job {self.plan.job_id} belongs to the event loop that launched "
+                           f"it (another thread's, which runs it): await it there")
+
     async def output(self) -> AsyncIterator[tuple[int | str, str, bytes]]:
         """``(rank, "stdout" | "stderr", line)`` until every rank has ended; a rank of a
         spawned job is ``"J:R"`` (rank R of spawned job J)."""
         if self._queue is None:
             raise RuntimeError("this job's output goes to the launcher's stdout/stderr")
+        if self._result is None:
+            self._on_its_loop()
         while True:
             item = await self._queue.get()
             if item is None:
@@ -136,16 +179,22 @@ class Job:
     async def aclose(self, reason: str = "cluster closed") -> None:
         """Kill the job if it still runs and wait for its end (the waiting task is ours)."""
         typed("reason", reason, str)
-        if self._waiter is None:
-            return
+        if self._waiter is None or self._waiter.cancelled():
+            return  # (never started, or ended with the loop that launched it)
         if not self._waiter.done():
+            self._on_its_loop()
             self.kill(reason)
         await self._waiter
 
     async def wait(self, *, check: bool = False) -> JobResult:
-        """The job's result once every rank has ended (``check``: raise JobFailed if it failed)."""
+        """The job's result once every rank has ended (``check``: raise JobFailed if it failed).
+
+        On the event loop that launched the job (it runs there, and ends if that loop
+        does): another's is refused, in a RuntimeError saying so."""
         typed("check", check, bool)
         assert self._waiter is not None
+        if self._result is None:
+            self._on_its_loop()
         result = await asyncio.shield(self._waiter)
         if check and not result.ok:
             raise JobFailed(result)

@@ -4,6 +4,7 @@ event loop that launched it."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import signal
 import subprocess
@@ -109,3 +110,66 @@ async def test_killing_or_signalling_an_ended_job_does_nothing(
         job.kill("enough")
         assert (await job.wait()).cause == "enough"
         assert caplog.messages == ["enough"]
+
+
+#: Launches a job in one asyncio.run() and uses it in another (argv: a marker for the ranks'
+#: command lines, local_nodes); prints the job's id and what each use said.
+_TWO_LOOPS = r'''
+import asyncio, sys
+import pm
+
+marker, local_nodes = sys.argv[1], int(sys.argv[2])
+cluster = pm.Cluster(local_nodes=local_nodes)
+
+async def launch():
+    return await cluster.launch([sys.executable, "-c", "import time; time.sleep(60)", marker],
+                                n=2)
+
+job = asyncio.run(launch())
+print(job.plan.job_id, flush=True)
+
+async def elsewhere():
+    for use in (job.wait, lambda: anext(job.output())):
+        try:
+            await use()
+        except RuntimeError as exc:
+            print(exc, flush=True)
+    job.kill()  # (nothing to kill: no line)
+    await cluster.aclose()  # (nothing to wait for: no CancelledError from the job)
+    again = await cluster.launch(["true"])  # (the cluster is no loop's)
+    print((await again.wait()).returncode, flush=True)
+    await cluster.aclose()
+
+asyncio.run(elsewhere())
+'''
+
+
+@pytest.mark.parametrize("local_nodes", [1, 2])
+def test_a_job_ends_with_the_loop_that_launched_it_and_says_so(local_nodes: int,
+                                                                marker: str) -> None:
+    """A job launched in one asyncio.run() and used in another: the first loop's end
+    killed it, said then, and a wait (or its output) on the second says what became of it
+    (run in a process of its own: this test session fails a test that leaves a task)."""
+    proc = subprocess.run([PY, "-c", _TWO_LOOPS, marker, str(local_nodes)],
+                          capture_output=True, text=True, timeout=50,
+                          env=launch_util.pmrun_env(), check=False)
+    assert proc.returncode == 0, proc.stderr
+    job_id, *said, status = proc.stdout.splitlines()
+    ended = ("killed when the event loop that launched it ended, before the job did (a job "
+             "belongs to the loop that launched it)")
+    assert f"job {job_id} {ended}" in proc.stderr.splitlines()
+    refusal = f"job {job_id} was {ended}: launch and await a job in one asyncio.run()"
+    assert said == [refusal, refusal] and status == "0"
+    launch_util.wait_until(lambda: not launch_util.pids_with(marker), 10, "the ranks' end")
+
+
+async def test_a_job_is_awaited_on_its_loop_not_another_thread_s() -> None:
+    async with pm.Cluster() as cluster:
+        job = await cluster.launch(["sleep", "30"])
+        with pytest.raises(RuntimeError) as err:
+            await asyncio.to_thread(asyncio.run, job.wait())
+        assert str(err.value) == (f"job {job.plan.job_id} belongs to the event loop that "
+                                  f"launched it (another thread's, which runs it): await it "
+                                  f"there")
+        job.kill()
+        assert (await job.wait()).cause == "killed by the user"
