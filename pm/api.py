@@ -32,11 +32,13 @@ from pm.api_args import (
     NOT_JOB_OPTIONS,
     ArgumentTypeError,
     argv_words,
+    bootstrap_of,
     by_option,
     bytes_of,
     env_of,
     job_hints,
     path_of,
+    stdin_fd,
     task_options,
     tasks_of,
     typed,
@@ -229,7 +231,7 @@ class Cluster:
             for i, count in enumerate(slots):
                 if count is not None:
                     whole(f"slots[{i}]", count, 1, MOST_RANKS)
-        typed("bootstrap", bootstrap, Mapping[str, Any] | None)
+        launcher = bootstrap_of("bootstrap", bootstrap)
         for name, size in (("mem_high", mem_high), ("mem_low", mem_low)):
             if typed(name, size, str | None) is not None:
                 by_option(pmopts.size)(name, size)
@@ -238,7 +240,7 @@ class Cluster:
         whole("retries", retries, 0)
         if hosts:
             self.nodes = Nodes(list(hosts), list(slots or [None] * len(hosts)), fanout,
-                               dict(bootstrap or {"name": "local"}))
+                               launcher)
         else:
             self.nodes = Nodes.local(local_nodes, fanout)
         #: The nodes are this machine's (a working directory is checked here).
@@ -275,7 +277,7 @@ class Cluster:
         if output not in ("capture", "inherit"):
             raise ValueError(f"output must be 'capture' or 'inherit', not {output!r}")
         if stdin is not None:
-            whole("stdin", stdin, 0)
+            stdin_fd("stdin", stdin)
         for key, value in self._mem.items():
             opts.setdefault(key, value)
         return await self._start(self._spec(argv, n, env, opts), output == "capture", stdin)

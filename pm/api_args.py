@@ -7,11 +7,13 @@ ValueErrors)."""
 from __future__ import annotations
 
 import difflib
+import fcntl
 import functools
 import inspect
 import math
 import os
 import signal
+import stat
 import sys
 import typing
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -104,6 +106,51 @@ def path_of(what: str, value: object, here: bool) -> str | None:
         return value
     path: str = by_option(pmopts.directory)(what, value)
     return path
+
+
+def stdin_fd(what: str, value: object) -> int:
+    """A descriptor the job's stdin is read from: open, for reading, and no directory (a
+    closed one would read as an empty stdin, the job never told)."""
+    fd = whole(what, value, 0)
+    words = f"{what} must be a file descriptor open for reading (such as a pipe's read end)"
+    try:
+        mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+        folder = stat.S_ISDIR(os.fstat(fd).st_mode)
+    except OSError:
+        raise JobSpecError(f"{words}, not {fd}: no descriptor {fd} is open") from None
+    if mode == os.O_WRONLY or folder:
+        why = "a directory" if folder else "open for writing only"
+        raise JobSpecError(f"{words}, not {fd}: it is {why}")
+    return fd
+
+
+#: Where a launcher's refusal names the command line's option, the bootstrap key it is.
+_LAUNCHER_KEYS = {"exec": ("--launcher-exec", "template"), "ssh": ("--ssh", "ssh")}
+
+
+def bootstrap_of(what: str, value: object) -> dict[str, Any]:
+    """A cluster's launcher and its options (``JobPlan.bootstrap``: its ``"name"``, one of
+    pm.bootstrap's, "local" if none), checked as its first job's start would."""
+    options = dict(typed(what, value, Mapping[str, Any] | None) or {"name": "local"})
+    from pm.bootstrap import REGISTRY, get_bootstrap
+
+    name = options.get("name", "local")
+    if not isinstance(name, str) or name not in REGISTRY:
+        known = [n for n in REGISTRY if n]
+        error = JobSpecError if isinstance(name, str) else ArgumentTypeError
+        raise error(f"{what}['name'] takes {', '.join(known[:-1])} or {known[-1]}, not "
+                    f"{name!r}")
+    if name == "exec" and not options.get("template"):
+        raise JobSpecError(f"{what}: the exec launcher needs a 'template', the command that "
+                           f"runs an agent on a host (such as 'ip netns exec {{host}} "
+                           f"{{command}}')")
+    try:
+        get_bootstrap(name, options)  # (its own checks: a template or ssh it cannot split)
+    except (ValueError, TypeError) as exc:
+        spelled, key = _LAUNCHER_KEYS.get(name, ("", ""))
+        text = str(exc).replace(spelled, f"{what}[{key!r}]", 1) if spelled else str(exc)
+        raise JobSpecError(text if text.startswith(what) else f"{what}: {text}") from None
+    return options
 
 
 def bytes_of(what: str, value: object) -> int | None:

@@ -131,6 +131,15 @@ def test_run_tasks_refuses_what_run_and_the_command_line_refuse(
     ({"mem_overrun": "x"}, JobSpecError, "mem_overrun takes warn, kill or suspend, not 'x'"),
     ({"mem_high": "abc"}, JobSpecError, f"mem_high: cannot read 'abc' as a size: "
                                         f"{SIZE_WORDS}"),
+    ({"hosts": ["a"], "bootstrap": {"name": "nope"}}, JobSpecError,
+     "bootstrap['name'] takes local, fork, exec, ssh, slurm or persistent, not 'nope'"),
+    ({"bootstrap": {"name": 3}}, ArgumentTypeError,
+     "bootstrap['name'] takes local, fork, exec, ssh, slurm or persistent, not 3"),
+    ({"hosts": ["a"], "bootstrap": {"name": "exec"}}, JobSpecError,
+     "bootstrap: the exec launcher needs a 'template', the command that runs an agent on a "
+     "host (such as 'ip netns exec {host} {command}')"),
+    ({"hosts": ["a"], "bootstrap": {"name": "ssh", "ssh": "ssh -o 'x"}}, JobSpecError,
+     "bootstrap['ssh'] \"ssh -o 'x\": No closing quotation"),
 ])
 def test_a_cluster_s_arguments(kwargs: dict[str, Any], kind: type[BaseException],
                                message: str) -> None:
@@ -138,6 +147,9 @@ def test_a_cluster_s_arguments(kwargs: dict[str, Any], kind: type[BaseException]
 
 
 async def test_launch_and_submit_refuse_before_starting() -> None:
+    read_end, write_end = os.pipe()
+    closed = os.open(os.devnull, os.O_RDONLY)
+    os.close(closed)  # (a descriptor number no file is open at)
     async with pm.Cluster() as cluster:
         cases: list[tuple[Callable[[], Coroutine[Any, Any, object]], type[BaseException],
                           str]] = [
@@ -148,16 +160,26 @@ async def test_launch_and_submit_refuse_before_starting() -> None:
              "wdir /nonexistent: no such directory"),
             (lambda: cluster.launch(["true"], output="files"), ValueError,
              "output must be 'capture' or 'inherit', not 'files'"),
+            (lambda: cluster.launch(["true"], stdin=closed), JobSpecError,
+             f"stdin must be a file descriptor open for reading (such as a pipe's read end), "
+             f"not {closed}: no descriptor {closed} is open"),
+            (lambda: cluster.launch(["true"], stdin=write_end), JobSpecError,
+             f"stdin must be a file descriptor open for reading (such as a pipe's read end), "
+             f"not {write_end}: it is open for writing only"),
             (lambda: cluster.submit("echo a"), ArgumentTypeError,
              "argv must be a list of strings (the program and its arguments), not the str "
              "'echo a'"),
             (lambda: cluster.submit(["true"], "abc"), JobSpecError,
              f"mem: cannot read 'abc' as a size: {SIZE_WORDS}"),
         ]
-        for call, kind, message in cases:
-            with pytest.raises(BaseException) as err:
-                await call()
-            _checked(err, kind, message)
+        try:
+            for call, kind, message in cases:
+                with pytest.raises(BaseException) as err:
+                    await call()
+                _checked(err, kind, message)
+        finally:
+            os.close(read_end)
+            os.close(write_end)
         assert cluster._jobs == [] and cluster._ensemble is None  # (nothing started)
 
 
