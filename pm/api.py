@@ -51,6 +51,7 @@ from pm.head import JobResult, JobRun, RankResult
 from pm.jobspec import AppSpec, JobSpec, JobSpecError, check_nodes
 from pm.options import MOST_LOCAL_NODES, MOST_RANKS
 from pm.proto.errors import RankFailed
+from pm.proto.plan import STDIN_ALL
 
 if TYPE_CHECKING:
     from pm.ensemble import Ensemble, Task, TaskResult
@@ -286,8 +287,7 @@ class Cluster:
         """The job ``argv`` on ``n`` ranks with ``opts`` (JobSpec's fields), each argument
         checked before anything starts (JobSpec.validate's checks too)."""
         words = argv_words("argv", argv)
-        # (-n named as JobSpec.validate names it: the program's.)
-        n = whole(f"program {words[0]}: -n", n, 1, MOST_RANKS)
+        n = whole("n", n, 1, MOST_RANKS)
         spec = JobSpec([AppSpec(words, n)], genv=env_of(env))
         hints = job_hints()
         for key, value in opts.items():
@@ -307,6 +307,10 @@ class Cluster:
                                    "timeout")
             if spec.timeout_report:
                 raise JobSpecError("timeout_report: a report at the timeout needs a timeout")
+        if not 0 <= spec.stdin_rank < spec.size and spec.stdin_rank != STDIN_ALL:
+            raise JobSpecError(f"stdin_rank must be one of the job's ranks (0 to {spec.size - 1})"
+                               f" or {STDIN_ALL} (every rank reads stdin), not "
+                               f"{spec.stdin_rank}")
         spec.validate()
         nodes = len(self.nodes.hosts)
         for key in ("placement", "rank_slots"):

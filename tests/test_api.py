@@ -83,10 +83,9 @@ async def test_two_jobs_at_once_on_one_cluster() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"n": 10**20}, "program true: -n 100000000000000000000: more than pmrun can run "
-                    "(at most 16777216)"),
-    ({"n": "4"}, "program true: -n must be a whole number, not '4'"),
-    ({"n": 2.5}, "program true: -n must be a whole number, not 2.5"),
+    ({"n": 10**20}, "n 100000000000000000000: more than pmrun can run (at most 16777216)"),
+    ({"n": "4"}, "n must be a whole number, not '4'"),
+    ({"n": 2.5}, "n must be a whole number, not 2.5"),
     ({"local_nodes": 0}, "local_nodes must be at least 1, got 0"),
     ({"local_nodes": 10**20}, "local_nodes 100000000000000000000: more than pmrun can run "
                               "(at most 1024)"),
@@ -94,11 +93,12 @@ async def test_two_jobs_at_once_on_one_cluster() -> None:
     ({"env": {"A=B": "x"}}, "'A=B' is not an environment variable name"),
     ({"env": {"A": 1}}, "environment variable A: its value must be a string without NUL "
                         "bytes, not 1"),
-    ({"timeout": float("nan")}, "--timeout must be a positive number of seconds, not nan"),
+    ({"timeout": float("nan")}, "timeout must be a positive number of seconds, not nan"),
 ])
-def test_a_python_caller_s_bad_values_are_named_as_the_command_line_s(
+def test_a_python_caller_s_bad_values_are_named_by_their_argument(
         kwargs: dict[str, object], message: str) -> None:
-    """Not a ZeroDivisionError, an OverflowError, a hang or a rank that cannot start."""
+    """Not a ZeroDivisionError, an OverflowError, a hang or a rank that cannot start; and
+    named as the Python argument, not the command line's option."""
     with pytest.raises(ValueError) as err:
         pm.run(["true"], **kwargs)  # type: ignore[arg-type]
     assert str(err.value) == message
