@@ -17,6 +17,7 @@ Async::
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -24,17 +25,20 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from pm import options as pmopts
+from pm.agent.watch import guardians_reaped
 from pm.api_args import (
     JOB_CHECKS,
     JOB_WORDS,
     NOT_JOB_OPTIONS,
     ArgumentTypeError,
     argv_words,
+    bootstrap_of,
     by_option,
     bytes_of,
     env_of,
     job_hints,
     path_of,
+    stdin_fd,
     task_options,
     tasks_of,
     typed,
@@ -47,9 +51,17 @@ from pm.head import JobResult, JobRun, RankResult
 from pm.jobspec import AppSpec, JobSpec, JobSpecError, check_nodes
 from pm.options import MOST_LOCAL_NODES, MOST_RANKS
 from pm.proto.errors import RankFailed
+from pm.proto.plan import STDIN_ALL
 
 if TYPE_CHECKING:
     from pm.ensemble import Ensemble, Task, TaskResult
+
+log = logging.getLogger("pm")
+
+#: What became of a job whose event loop ended first (asyncio.run returned, its tasks
+#: cancelled): a job runs on the loop that launched it, and ends with it.
+_ORPHANED = ("killed when the event loop that launched it ended, before the job did (a job "
+             "belongs to the loop that launched it)")
 
 __all__ = ["ArgumentTypeError", "Cluster", "Job", "JobFailed", "JobResult", "RankResult", "run",
            "run_tasks"]
@@ -72,6 +84,8 @@ class Job:
         self._run = JobRun(spec, nodes, sink=self._sink if capture else None, stdin=stdin)
         self._result: JobResult | None = None
         self._waiter: asyncio.Task[JobResult] | None = None
+        #: The event loop that launched the job ended before it: the job was killed then.
+        self._orphaned = False
 
     @property
     def plan(self) -> Any:
@@ -86,20 +100,56 @@ class Job:
 
     async def _start(self) -> None:
         await self._run.start()
-        self._waiter = asyncio.get_running_loop().create_task(self._wait())
+        begun = asyncio.Event()
+        self._waiter = asyncio.get_running_loop().create_task(self._wait(begun))
+        # Once it runs, the end of this loop (which cancels it) ends the job; cancelled
+        # before its first step, it would leave the job running.
+        await begun.wait()
 
-    async def _wait(self) -> JobResult:
-        result = await self._run.wait()
+    async def _wait(self, begun: asyncio.Event) -> JobResult:
+        begun.set()
+        try:
+            result = await self._run.wait()
+        except asyncio.CancelledError:
+            # Only the end of the loop that launched the job cancels us (wait() shields us,
+            # aclose() kills the job and awaits us): the job cannot outlive that loop, and
+            # the run killed it as it was cancelled.  Said here: nobody may wait for it.
+            self._orphaned = True
+            log.warning("job %s %s", self.plan.job_id, _ORPHANED)
+            await guardians_reaped()
+            if self._queue is not None:
+                self._queue.put_nowait(None)
+            raise
+        # Its ranks' guardian (and any spawned job's) was let go: collected, not left a
+        # zombie of this process, which outlives its jobs.
+        await guardians_reaped()
         if self._queue is not None:
             self._queue.put_nowait(None)
         self._result = result
         return result
+
+    def _on_its_loop(self) -> None:
+        """Refuse a wait for the job on another event loop than the one that launched it
+        (the job runs on that one), in a line that says what became of it."""
+        if asyncio.get_running_loop() is self._run.loop:
+            return
+        if self._orphaned:
+            raise RuntimeError(f"job {self.plan.job_id} was {_ORPHANED}: launch and await a "
+                               f"job in one asyncio.run()")
+        if self._run.loop.is_closed():  # (closed without its tasks cancelled: not asyncio.run)
+            raise RuntimeError(f"job {self.plan.job_id} belongs to the event loop that "
+                               f"launched it, which is closed: launch and await a job on "
+                               f"one loop")
+        raise RuntimeError(f"job {self.plan.job_id} belongs to the event loop that launched "
+                           f"it (another thread's, which runs it): await it there")
 
     async def output(self) -> AsyncIterator[tuple[int | str, str, bytes]]:
         """``(rank, "stdout" | "stderr", line)`` until every rank has ended; a rank of a
         spawned job is ``"J:R"`` (rank R of spawned job J)."""
         if self._queue is None:
             raise RuntimeError("this job's output goes to the launcher's stdout/stderr")
+        if self._result is None:
+            self._on_its_loop()
         while True:
             item = await self._queue.get()
             if item is None:
@@ -107,31 +157,47 @@ class Job:
                 return
             yield item
 
+    @property
+    def _ended(self) -> bool:
+        """Every rank has ended (the job's end may still be under way): none to signal."""
+        return self._waiter is None or self._waiter.done() or self._run.finished.done()
+
     def send_signal(self, signum: int) -> None:
-        """Deliver ``signum`` to every rank."""
+        """Deliver ``signum`` to every rank; nothing once the job has ended."""
         whole = isinstance(signum, int) and not isinstance(signum, bool)
         if not whole or signum not in signal.valid_signals():
             error = JobSpecError if whole else ArgumentTypeError
             raise error(f"signum must be a signal number (such as signal.SIGTERM), not "
                         f"{signum!r}")
-        self._run.signal(signum)
+        if not self._ended:
+            self._run.signal(signum)
 
     def kill(self, reason: str = "killed by the user") -> None:
-        self._run.kill(typed("reason", reason, str))
+        """End the job, ``reason`` its cause; nothing once it has ended (its cause, if it
+        failed, stays the one it had)."""
+        typed("reason", reason, str)
+        if not self._ended:
+            self._run.kill(reason)
 
     async def aclose(self, reason: str = "cluster closed") -> None:
         """Kill the job if it still runs and wait for its end (the waiting task is ours)."""
         typed("reason", reason, str)
-        if self._waiter is None:
-            return
+        if self._waiter is None or self._waiter.cancelled():
+            return  # (never started, or ended with the loop that launched it)
         if not self._waiter.done():
+            self._on_its_loop()
             self.kill(reason)
         await self._waiter
 
     async def wait(self, *, check: bool = False) -> JobResult:
-        """The job's result once every rank has ended (``check``: raise JobFailed if it failed)."""
+        """The job's result once every rank has ended (``check``: raise JobFailed if it failed).
+
+        On the event loop that launched the job (it runs there, and ends if that loop
+        does): another's is refused, in a RuntimeError saying so."""
         typed("check", check, bool)
         assert self._waiter is not None
+        if self._result is None:
+            self._on_its_loop()
         result = await asyncio.shield(self._waiter)
         if check and not result.ok:
             raise JobFailed(result)
@@ -166,7 +232,7 @@ class Cluster:
             for i, count in enumerate(slots):
                 if count is not None:
                     whole(f"slots[{i}]", count, 1, MOST_RANKS)
-        typed("bootstrap", bootstrap, Mapping[str, Any] | None)
+        launcher = bootstrap_of("bootstrap", bootstrap)
         for name, size in (("mem_high", mem_high), ("mem_low", mem_low)):
             if typed(name, size, str | None) is not None:
                 by_option(pmopts.size)(name, size)
@@ -175,7 +241,7 @@ class Cluster:
         whole("retries", retries, 0)
         if hosts:
             self.nodes = Nodes(list(hosts), list(slots or [None] * len(hosts)), fanout,
-                               dict(bootstrap or {"name": "local"}))
+                               launcher)
         else:
             self.nodes = Nodes.local(local_nodes, fanout)
         #: The nodes are this machine's (a working directory is checked here).
@@ -201,6 +267,7 @@ class Cluster:
         for job in self._jobs:
             await job.aclose()
         self._jobs.clear()
+        await guardians_reaped()  # (the tasks' guardian too: no zombie of ours left)
 
     async def launch(self, argv: Sequence[str], n: int = 1, *,
                      env: Mapping[str, str] | None = None, output: str = "capture",
@@ -211,7 +278,7 @@ class Cluster:
         if output not in ("capture", "inherit"):
             raise ValueError(f"output must be 'capture' or 'inherit', not {output!r}")
         if stdin is not None:
-            whole("stdin", stdin, 0)
+            stdin_fd("stdin", stdin)
         for key, value in self._mem.items():
             opts.setdefault(key, value)
         return await self._start(self._spec(argv, n, env, opts), output == "capture", stdin)
@@ -220,8 +287,7 @@ class Cluster:
         """The job ``argv`` on ``n`` ranks with ``opts`` (JobSpec's fields), each argument
         checked before anything starts (JobSpec.validate's checks too)."""
         words = argv_words("argv", argv)
-        # (-n named as JobSpec.validate names it: the program's.)
-        n = whole(f"program {words[0]}: -n", n, 1, MOST_RANKS)
+        n = whole("n", n, 1, MOST_RANKS)
         spec = JobSpec([AppSpec(words, n)], genv=env_of(env))
         hints = job_hints()
         for key, value in opts.items():
@@ -241,6 +307,10 @@ class Cluster:
                                    "timeout")
             if spec.timeout_report:
                 raise JobSpecError("timeout_report: a report at the timeout needs a timeout")
+        if not 0 <= spec.stdin_rank < spec.size and spec.stdin_rank != STDIN_ALL:
+            raise JobSpecError(f"stdin_rank must be one of the job's ranks (0 to {spec.size - 1})"
+                               f" or {STDIN_ALL} (every rank reads stdin), not "
+                               f"{spec.stdin_rank}")
         spec.validate()
         nodes = len(self.nodes.hosts)
         for key in ("placement", "rank_slots"):
@@ -289,7 +359,10 @@ def run(argv: Sequence[str], n: int = 1, *, local_nodes: int = 1, fanout: int = 
     """Run a job to its end, its output going to this process's stdout/stderr.
 
     ``opts`` are JobSpec fields, as :meth:`Cluster.launch`'s (``output`` and ``error``
-    here: files for the ranks' output, a pattern such as ``"out.%r"``)."""
+    here: files for the ranks' output, a pattern such as ``"out.%r"``).  Not in async
+    code (it runs an event loop of its own): :class:`Cluster` is the API there."""
+    _no_running_loop("pm.run()", "the job ends",
+                     "job = await cluster.launch(argv, n, ...); result = await job.wait()")
     typed("check", check, bool)
     if opts.get("output") in ("capture", "inherit"):
         raise JobSpecError(f"run() writes the ranks' output here: its output names files "
@@ -316,7 +389,10 @@ def run_tasks(tasks: Iterable[Sequence[str] | str], *, local_nodes: int = 1,
     them in the results.  ``options``: :class:`pm.ensemble.Ensemble`'s (``mem_per_task``
     in bytes or a size such as ``"2G"``, ``mem_high``, ``mem_low``, ``retries``,
     ``overrun``, ``settle``, ...).  Every argument and task is checked before any runs.
+    Not in async code (it runs an event loop of its own): there, :meth:`Cluster.submit`.
     """
+    _no_running_loop("pm.run_tasks()", "the tasks end",
+                     "task = await cluster.submit(argv, mem); result = await task.wait()")
     from pm.ensemble.cli import run_ensemble
 
     if output not in ("inherit", "capture"):
@@ -324,9 +400,28 @@ def run_tasks(tasks: Iterable[Sequence[str] | str], *, local_nodes: int = 1,
     whole("local_nodes", local_nodes, 1, MOST_LOCAL_NODES)
     checked = task_options(options)
     items = tasks_of(tasks, checked.get("mem_per_task"))
-    results: list[TaskResult] = _run_loop(
-        run_ensemble(items, Nodes.local(local_nodes), output=output, **checked))
+
+    async def main() -> list[TaskResult]:
+        results = await run_ensemble(items, Nodes.local(local_nodes), output=output,
+                                     **checked)
+        await guardians_reaped()  # (the tasks' guardian: no zombie of ours left)
+        return results
+
+    results: list[TaskResult] = _run_loop(main())
     return results
+
+
+def _no_running_loop(call: str, until: str, instead: str) -> None:
+    """``call`` runs an event loop of its own until ``until``: refused, before anything is
+    made, where one runs already (asyncio.run would refuse it, and the coroutine made for
+    it would be warned of as never awaited)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(f"{call} cannot be called from a running event loop (it runs one of "
+                       f"its own until {until}): in async code, use pm.Cluster: async with "
+                       f"pm.Cluster(...) as cluster: {instead}")
 
 
 def _run_loop(coro: Any) -> Any:

@@ -7,11 +7,13 @@ ValueErrors)."""
 from __future__ import annotations
 
 import difflib
+import fcntl
 import functools
 import inspect
 import math
 import os
 import signal
+import stat
 import sys
 import typing
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -95,15 +97,63 @@ def _unless_empty(check: _Check) -> _Check:
 
 def path_of(what: str, value: object, here: bool) -> str | None:
     """A working directory (a str or os.PathLike); ``here``: one of this machine's, as the
-    command line's -wdir (pm.options.directory, its absolute path)."""
+    command line's -wdir (pm.options.directory, its absolute path; a path that is there
+    but no directory is named so)."""
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if value is not None and not isinstance(value, str):
         raise ArgumentTypeError(f"{what} must be a path (a string) or None, not {value!r}")
     if value is None or not here:
         return value
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise JobSpecError(f"{what} {value}: not a directory")
     path: str = by_option(pmopts.directory)(what, value)
     return path
+
+
+def stdin_fd(what: str, value: object) -> int:
+    """A descriptor the job's stdin is read from: open, for reading, and no directory (a
+    closed one would read as an empty stdin, the job never told)."""
+    fd = whole(what, value, 0)
+    words = f"{what} must be a file descriptor open for reading (such as a pipe's read end)"
+    try:
+        mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+        folder = stat.S_ISDIR(os.fstat(fd).st_mode)
+    except OSError:
+        raise JobSpecError(f"{words}, not {fd}: no descriptor {fd} is open") from None
+    if mode == os.O_WRONLY or folder:
+        why = "a directory" if folder else "open for writing only"
+        raise JobSpecError(f"{words}, not {fd}: it is {why}")
+    return fd
+
+
+#: Where a launcher's refusal names the command line's option, the bootstrap key it is.
+_LAUNCHER_KEYS = {"exec": ("--launcher-exec", "template"), "ssh": ("--ssh", "ssh")}
+
+
+def bootstrap_of(what: str, value: object) -> dict[str, Any]:
+    """A cluster's launcher and its options (``JobPlan.bootstrap``: its ``"name"``, one of
+    pm.bootstrap's, "local" if none), checked as its first job's start would."""
+    options = dict(typed(what, value, Mapping[str, Any] | None) or {"name": "local"})
+    from pm.bootstrap import REGISTRY, get_bootstrap
+
+    name = options.get("name", "local")
+    if not isinstance(name, str) or name not in REGISTRY:
+        known = [n for n in REGISTRY if n]
+        error = JobSpecError if isinstance(name, str) else ArgumentTypeError
+        raise error(f"{what}['name'] takes {', '.join(known[:-1])} or {known[-1]}, not "
+                    f"{name!r}")
+    if name == "exec" and not options.get("template"):
+        raise JobSpecError(f"{what}: the exec launcher needs a 'template', the command that "
+                           f"runs an agent on a host (such as 'ip netns exec {{host}} "
+                           f"{{command}}')")
+    try:
+        get_bootstrap(name, options)  # (its own checks: a template or ssh it cannot split)
+    except (ValueError, TypeError) as exc:
+        spelled, key = _LAUNCHER_KEYS.get(name, ("", ""))
+        text = str(exc).replace(spelled, f"{what}[{key!r}]", 1) if spelled else str(exc)
+        raise JobSpecError(text if text.startswith(what) else f"{what}: {text}") from None
+    return options
 
 
 def bytes_of(what: str, value: object) -> int | None:
@@ -262,6 +312,44 @@ def _signal_before_end(what: str, value: tuple[int, float]) -> tuple[int, float]
     return value
 
 
+def _universe_size(what: str, value: int) -> int:
+    if value < 1 and value != -1:
+        raise JobSpecError(f"{what} must be at least 1 (or -1: no limit), not {value!r}")
+    return value
+
+
+def _distribution(what: str, value: str) -> str:
+    plane = value.removeprefix("plane=")
+    if value not in ("block", "cyclic") and not (
+            plane != value and plane.isdecimal() and int(plane) >= 1):
+        raise JobSpecError(f"{what} takes block, cyclic or plane=N (N ranks a node in turn), "
+                           f"not {value!r}")
+    return value
+
+
+def _mem_bind(what: str, value: str) -> str:
+    """srun's --mem-bind words (or Hydra's -membind's), as pm.agent.membind reads them."""
+    from pm.agent.membind import parse
+
+    try:
+        parse(value)
+    except ValueError as exc:
+        raise JobSpecError(f"{what}: {exc}") from None
+    return value
+
+
+def _rank_slots(what: str, value: list[str]) -> list[str]:
+    """Each rank's cores, as a rankfile's slot= gives them ("" for none)."""
+    from pm.common.rankfile import RankfileError, check_slot
+
+    for i, slot in enumerate(value):
+        try:
+            check_slot(slot) if slot else None
+        except RankfileError as exc:
+            raise JobSpecError(f"{what}[{i}]: {exc}") from None
+    return value
+
+
 def _one_of(allowed: Collection[int], words: str) -> _Check:
     def check(what: str, value: int) -> int:
         if value not in allowed:
@@ -275,10 +363,22 @@ def _one_of(allowed: Collection[int], words: str) -> _Check:
 JOB_WORDS = {"signal_before_end": "a pair (a signal number, seconds before the timeout) "
                                    "or None"}
 
-#: The value checks of job options beyond JobSpec.validate's (their types are checked
-#: first, by JobSpec's annotations).
+#: The value checks of job options (their types are checked first, by JobSpec's
+#: annotations): JobSpec.validate's too, whose lines name the command line's options.
 JOB_CHECKS: dict[str, _Check] = {
     "ppn": _at_least(1, MOST_RANKS),
+    "timeout": _number("a positive number of seconds"),
+    "wait_after_first": _number("a positive number of seconds"),
+    "universe_size": _universe_size,
+    "distribution": _distribution,
+    "kvs": by_option(pmopts.choice("shm", "socket")),
+    "mpi": by_option(pmopts.choice("pmix", "pmi", "none", "auto")),
+    "mem_bind": _unless_empty(_mem_bind),
+    "mem_high": by_option(pmopts.size),
+    "mem_low": by_option(pmopts.size),
+    "mem_overrun": by_option(pmopts.choice("warn", "kill", "suspend")),
+    "rank_slots": _rank_slots,
+    "profile": by_option(pmopts.writable_file),
     "umask": _one_of(range(0o1000), "a mask from 0 to 0o777 (such as 0o022)"),
     "gpus_per_task": _at_least(0, 4096),  # (pm.options.gpus_count's most)
     "timeout_report": _one_of((0, 1, 2), "0, 1 (each rank's state) or 2 (and its stack)"),

@@ -97,6 +97,8 @@ class JobResult:
     stats: dict[str, object] = field(default_factory=dict)
     #: Jobs the ranks spawned (MPI_Comm_spawn), by number: pm.spawned_jobs.SpawnedJob.summary().
     spawned: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: The job's number of ranks, those that never reported included (0: as ``ranks`` says).
+    size: int = 0
 
     @property
     def ok(self) -> bool:
@@ -104,10 +106,12 @@ class JobResult:
 
     @property
     def exit_codes(self) -> list[int]:
-        """Per-rank exit status as a shell reports it (128 + signal when killed)."""
+        """Each rank's exit status as a shell reports it (128 + signal when killed), rank 0
+        first; -1 for a rank that never reported one (never started: the job ended first)."""
+        size = self.size or max(self.ranks, default=-1) + 1
         return [
             (128 + r.signal if r.signal else r.code) if (r := self.ranks.get(i)) else -1
-            for i in range(len(self.ranks))
+            for i in range(size)
         ]
 
 
@@ -449,7 +453,7 @@ class JobRun:
         code = self.returncode if self.returncode is not None else 0
         spawned = self.spawns.results() if self.spawns is not None else {}
         return JobResult(code, dict(sorted(self.ranks.items())), self.cause, self.stats,
-                         spawned)
+                         spawned, self.plan.size)
 
     async def aclose(self) -> None:
         """Tear everything down (idempotent): ranks, agents, pipes."""

@@ -10,6 +10,7 @@ import pytest
 
 import pm
 from pm.api import JobFailed
+from pm.head import JobResult, RankResult
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,6 +34,23 @@ def test_run_with_env_and_check() -> None:
     with pytest.raises(JobFailed, match=r"rank 0 \(node 0, [^)]*\) exited with code 1") as info:
         pm.run([PY, "-c", "import sys; sys.exit(1)"], n=1, check=True)
     assert info.value.result.returncode == 1
+
+
+def test_exit_codes_has_one_entry_per_rank_of_the_job() -> None:
+    """Rank by rank, the job's size long: -1 in the place of a rank that never reported."""
+    ended = {r: RankResult(r, 0, 127, 0, "could not start") for r in (0, 2)}
+    assert JobResult(127, ended, size=4).exit_codes == [127, -1, 127, -1]
+    assert JobResult(127, ended).exit_codes == [127, -1, 127]  # (size unknown: as far as known)
+    # Rank 0 could not start: the job ends, most likely before node 1 joined (its ranks
+    # never start then, as with pmrun).
+    result = pm.run(["/nonexistent"], n=4, local_nodes=2, placement=[0, 1, 0, 1])
+    assert result.returncode == 127 and len(result.exit_codes) == 4
+    assert result.exit_codes == [127 if r in result.ranks else -1 for r in range(4)]
+    assert {0, 2} <= set(result.ranks)
+    # Each failing on its own (the job not ended by the first): each its 127.
+    result = pm.run(["/nonexistent"], n=4, local_nodes=2, placement=[0, 1, 0, 1],
+                    kill_on_bad_exit=False)
+    assert result.exit_codes == [127] * 4
 
 
 async def test_cluster_output_signal_and_wait() -> None:
@@ -65,10 +83,9 @@ async def test_two_jobs_at_once_on_one_cluster() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"n": 10**20}, "program true: -n 100000000000000000000: more than pmrun can run "
-                    "(at most 16777216)"),
-    ({"n": "4"}, "program true: -n must be a whole number, not '4'"),
-    ({"n": 2.5}, "program true: -n must be a whole number, not 2.5"),
+    ({"n": 10**20}, "n 100000000000000000000: more than pmrun can run (at most 16777216)"),
+    ({"n": "4"}, "n must be a whole number, not '4'"),
+    ({"n": 2.5}, "n must be a whole number, not 2.5"),
     ({"local_nodes": 0}, "local_nodes must be at least 1, got 0"),
     ({"local_nodes": 10**20}, "local_nodes 100000000000000000000: more than pmrun can run "
                               "(at most 1024)"),
@@ -76,11 +93,12 @@ async def test_two_jobs_at_once_on_one_cluster() -> None:
     ({"env": {"A=B": "x"}}, "'A=B' is not an environment variable name"),
     ({"env": {"A": 1}}, "environment variable A: its value must be a string without NUL "
                         "bytes, not 1"),
-    ({"timeout": float("nan")}, "--timeout must be a positive number of seconds, not nan"),
+    ({"timeout": float("nan")}, "timeout must be a positive number of seconds, not nan"),
 ])
-def test_a_python_caller_s_bad_values_are_named_as_the_command_line_s(
+def test_a_python_caller_s_bad_values_are_named_by_their_argument(
         kwargs: dict[str, object], message: str) -> None:
-    """Not a ZeroDivisionError, an OverflowError, a hang or a rank that cannot start."""
+    """Not a ZeroDivisionError, an OverflowError, a hang or a rank that cannot start; and
+    named as the Python argument, not the command line's option."""
     with pytest.raises(ValueError) as err:
         pm.run(["true"], **kwargs)  # type: ignore[arg-type]
     assert str(err.value) == message

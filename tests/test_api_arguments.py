@@ -93,6 +93,35 @@ def test_a_missing_wdir_is_named_in_the_command_line_s_words(pmrun: PmrunRunner)
      "package (socket), or user:<cpus>,..."),
     (lambda: pm.run(["true"], 2, bindto="core"), TypeError,
      "unknown job option 'bindto' (did you mean 'bind_to'?)"),
+    (lambda: pm.run(["true"], 2, wdir="/etc/passwd"), JobSpecError,
+     "wdir /etc/passwd: not a directory"),
+    (lambda: pm.run(["true"], 2, timeout=-1), JobSpecError,
+     "timeout must be a positive number of seconds, not -1"),
+    (lambda: pm.run(["true"], 2, wait_after_first=0), JobSpecError,
+     "wait_after_first must be a positive number of seconds, not 0"),
+    (lambda: pm.run(["true"], 2, kvs="nope"), JobSpecError,
+     "kvs takes shm or socket, not 'nope'"),
+    (lambda: pm.run(["true"], 2, mpi="nope"), JobSpecError,
+     "mpi takes pmix, pmi, none or auto, not 'nope'"),
+    (lambda: pm.run(["true"], 2, mem_bind="nope"), JobSpecError,
+     "mem_bind: 'nope' is not one of [verbose,][prefer,]TYPE, TYPE none, local, rank, "
+     "map_mem:NODE,... or mask_mem:MASK,... (or Hydra's firsttouch, bind:NODES, "
+     "interleave:NODES)"),
+    (lambda: pm.run(["true"], 2, mem_high="abc"), JobSpecError,
+     f"mem_high: cannot read 'abc' as a size: {SIZE_WORDS}"),
+    (lambda: pm.run(["true"], 2, mem_overrun="x"), JobSpecError,
+     "mem_overrun takes warn, kill or suspend, not 'x'"),
+    (lambda: pm.run(["true"], 2, universe_size=0), JobSpecError,
+     "universe_size must be at least 1 (or -1: no limit), not 0"),
+    (lambda: pm.run(["true"], 2, distribution="plane=0"), JobSpecError,
+     "distribution takes block, cyclic or plane=N (N ranks a node in turn), not 'plane=0'"),
+    (lambda: pm.run(["true"], 2, stdin_rank=2), JobSpecError,
+     "stdin_rank must be one of the job's ranks (0 to 1) or -1 (every rank reads stdin), "
+     "not 2"),
+    (lambda: pm.run(["true"], 2, rank_slots=["0", "x"]), JobSpecError,
+     "rank_slots[1]: slot=x: 'x' is not a core, a range of cores or PACKAGE:CORES"),
+    (lambda: pm.run(["true"], 2, profile="/nonexistent/trace.json"), JobSpecError,
+     "profile /nonexistent/trace.json: no such directory /nonexistent"),
     (lambda: pm.run_tasks([["echo", 1]]), ArgumentTypeError,  # type: ignore[list-item]
      "tasks[0][1] must be a string, not 1"),
     (lambda: pm.run_tasks([["true"]], mem_per_task="abc"), JobSpecError,
@@ -101,7 +130,10 @@ def test_a_missing_wdir_is_named_in_the_command_line_s_words(pmrun: PmrunRunner)
      "unknown run_tasks option 'bogus'"),
     (lambda: pm.run_tasks(["true", "[mem=abc] true"]), TaskFileError,
      f"tasks[1]: line 1: cannot read 'abc' as a size: {SIZE_WORDS}"),
-], ids=["wdir=5", "ppn=x", "ppn=0", "bind_to=5", "bind_to=bogus", "bindto", "task-word-1",
+], ids=["wdir=5", "ppn=x", "ppn=0", "bind_to=5", "bind_to=bogus", "bindto", "wdir=file",
+        "timeout=-1", "wait_after_first=0", "kvs=nope", "mpi=nope", "mem_bind=nope",
+        "mem_high=abc", "mem_overrun=x", "universe_size=0", "distribution=plane=0",
+        "stdin_rank=2", "rank_slots", "profile", "task-word-1",
         "mem_per_task=abc", "bogus=1", "task-line-mem"])
 def test_values_are_checked_before_anything_starts(
         call: Callable[[], object], kind: type[BaseException], message: str) -> None:
@@ -131,6 +163,15 @@ def test_run_tasks_refuses_what_run_and_the_command_line_refuse(
     ({"mem_overrun": "x"}, JobSpecError, "mem_overrun takes warn, kill or suspend, not 'x'"),
     ({"mem_high": "abc"}, JobSpecError, f"mem_high: cannot read 'abc' as a size: "
                                         f"{SIZE_WORDS}"),
+    ({"hosts": ["a"], "bootstrap": {"name": "nope"}}, JobSpecError,
+     "bootstrap['name'] takes local, fork, exec, ssh, slurm or persistent, not 'nope'"),
+    ({"bootstrap": {"name": 3}}, ArgumentTypeError,
+     "bootstrap['name'] takes local, fork, exec, ssh, slurm or persistent, not 3"),
+    ({"hosts": ["a"], "bootstrap": {"name": "exec"}}, JobSpecError,
+     "bootstrap: the exec launcher needs a 'template', the command that runs an agent on a "
+     "host (such as 'ip netns exec {host} {command}')"),
+    ({"hosts": ["a"], "bootstrap": {"name": "ssh", "ssh": "ssh -o 'x"}}, JobSpecError,
+     "bootstrap['ssh'] \"ssh -o 'x\": No closing quotation"),
 ])
 def test_a_cluster_s_arguments(kwargs: dict[str, Any], kind: type[BaseException],
                                message: str) -> None:
@@ -138,6 +179,9 @@ def test_a_cluster_s_arguments(kwargs: dict[str, Any], kind: type[BaseException]
 
 
 async def test_launch_and_submit_refuse_before_starting() -> None:
+    read_end, write_end = os.pipe()
+    closed = os.open(os.devnull, os.O_RDONLY)
+    os.close(closed)  # (a descriptor number no file is open at)
     async with pm.Cluster() as cluster:
         cases: list[tuple[Callable[[], Coroutine[Any, Any, object]], type[BaseException],
                           str]] = [
@@ -146,18 +190,32 @@ async def test_launch_and_submit_refuse_before_starting() -> None:
              "'true'"),
             (lambda: cluster.launch(["true"], wdir="/nonexistent"), JobSpecError,
              "wdir /nonexistent: no such directory"),
+            (lambda: cluster.launch(["true"], wdir="/etc/passwd"), JobSpecError,
+             "wdir /etc/passwd: not a directory"),
+            (lambda: cluster.submit(["true"], wdir="/etc/passwd"), JobSpecError,
+             "wdir /etc/passwd: not a directory"),
             (lambda: cluster.launch(["true"], output="files"), ValueError,
              "output must be 'capture' or 'inherit', not 'files'"),
+            (lambda: cluster.launch(["true"], stdin=closed), JobSpecError,
+             f"stdin must be a file descriptor open for reading (such as a pipe's read end), "
+             f"not {closed}: no descriptor {closed} is open"),
+            (lambda: cluster.launch(["true"], stdin=write_end), JobSpecError,
+             f"stdin must be a file descriptor open for reading (such as a pipe's read end), "
+             f"not {write_end}: it is open for writing only"),
             (lambda: cluster.submit("echo a"), ArgumentTypeError,
              "argv must be a list of strings (the program and its arguments), not the str "
              "'echo a'"),
             (lambda: cluster.submit(["true"], "abc"), JobSpecError,
              f"mem: cannot read 'abc' as a size: {SIZE_WORDS}"),
         ]
-        for call, kind, message in cases:
-            with pytest.raises(BaseException) as err:
-                await call()
-            _checked(err, kind, message)
+        try:
+            for call, kind, message in cases:
+                with pytest.raises(BaseException) as err:
+                    await call()
+                _checked(err, kind, message)
+        finally:
+            os.close(read_end)
+            os.close(write_end)
         assert cluster._jobs == [] and cluster._ensemble is None  # (nothing started)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import _signal
 import _socket
+import _thread
 import errno
 import os
 
@@ -357,6 +358,17 @@ def spawn_rank(path: str, argv: Sequence[str], env: Mapping[str, str], *, stdin_
     return pid, fds
 
 
+#: Guardians let go (:meth:`Guardian.release`) whose exit is not collected yet, by pid.
+#: Each release collects those that have ended since: a process that runs job after job
+#: in itself (the Python API) keeps no zombie of theirs but the few still ending, and
+#: :func:`pm.agent.watch.guardians_reaped` waits for those.  (pmrun and the agents exit
+#: after their job: their guardians' exits were never theirs to collect.)
+_RELEASED: dict[int, Guardian] = {}
+#: Held while a guardian's exit is collected (:meth:`Guardian.reaped`), so that jobs of
+#: several threads never collect one twice: its pid may be a new child's by then.
+_REAPING = _thread.allocate_lock()
+
+
 class Guardian:
     """Leads a process group; kills it when the agent that started it dies.
 
@@ -367,6 +379,8 @@ class Guardian:
         rfd, self._wfd = os.pipe2(os.O_CLOEXEC)
         #: The files named to it (:meth:`note`).
         self._noted: dict[str, None] = {}
+        #: Its exit is collected (:meth:`reaped`): its pid is no longer ours.
+        self._reaped = False
         null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         try:
             self.pid = spawn(
@@ -411,10 +425,25 @@ class Guardian:
 
     def reaped(self) -> bool:
         """Whether the guardian's exit is collected now (after :meth:`release`)."""
-        try:
-            return os.waitpid(self.pid, os.WNOHANG)[0] != 0
-        except ChildProcessError:
-            return True
+        with _REAPING:
+            if not self._reaped:
+                try:
+                    self._reaped = os.waitpid(self.pid, os.WNOHANG)[0] != 0
+                except ChildProcessError:
+                    self._reaped = True
+            return self._reaped
+
+    def pidfd(self) -> int:
+        """A pidfd of the guardian, readable once it has ended, for the caller to close;
+        -1 once its exit is collected (its pid may be another process's then)."""
+        with _REAPING:
+            if self._reaped:
+                return -1
+            try:
+                return os.pidfd_open(self.pid)
+            except ProcessLookupError:  # (not a zombie of ours any more: someone reaped it)
+                self._reaped = True
+                return -1
 
     def release(self, clean: bool = False) -> None:
         """Close our end of the pipe: the guardian kills what is left of the group and exits.
@@ -433,6 +462,17 @@ class Guardian:
                 pass
         os.close(self._wfd)
         self._wfd = -1
+        released_guardians()
+        _RELEASED[self.pid] = self
+
+
+def released_guardians() -> list[Guardian]:
+    """The guardians let go whose exit is not collected yet (those that have ended are
+    collected now)."""
+    for pid, guardian in list(_RELEASED.items()):
+        if guardian.reaped():
+            _RELEASED.pop(pid, None)
+    return list(_RELEASED.values())
 
 
 #: Descriptors an agent holds per local rank (PMI socket, stdout, stderr, pidfd, and

@@ -138,3 +138,41 @@ class ChildWatch:
             if fut is not None and not fut.done():
                 fut.cancel()
         self._fds.clear()
+
+
+#: Seconds :func:`guardians_reaped` waits at most: a guardian let go ends at once, or
+#: after a look at every process's maps (tens of ms).
+GUARDIANS_WAIT = 5.0
+
+
+async def guardians_reaped(timeout: float = GUARDIANS_WAIT) -> None:  # noqa: ASYNC109
+    """Wait (not blocking the loop) until the ranks' guardians let go have ended, and
+    collect their exits: a process that runs jobs in itself and goes on (the Python API)
+    keeps no zombie of theirs.  One still running after ``timeout`` seconds is collected by
+    a later release or call (pm.agent.spawn.released_guardians)."""
+    from pm.agent.spawn import released_guardians
+
+    loop = asyncio.get_running_loop()
+    fds: list[int] = []
+    ended: list[asyncio.Future[None]] = []
+    try:
+        for guardian in released_guardians():
+            fd = guardian.pidfd()
+            if fd < 0:
+                continue
+            fds.append(fd)
+            fut: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(fd, _ended, fut)
+            ended.append(fut)
+        if ended:
+            await asyncio.wait(ended, timeout=timeout)
+    finally:
+        for fd in fds:
+            loop.remove_reader(fd)
+            os.close(fd)
+    released_guardians()  # (collects those that ended)
+
+
+def _ended(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
