@@ -115,7 +115,7 @@ async def test_killing_or_signalling_an_ended_job_does_nothing(
 #: Launches a job in one asyncio.run() and uses it in another (argv: a marker for the ranks'
 #: command lines, local_nodes); prints the job's id and what each use said.
 _TWO_LOOPS = r'''
-import asyncio, sys
+import asyncio, os, sys
 import pm
 
 marker, local_nodes = sys.argv[1], int(sys.argv[2])
@@ -127,6 +127,15 @@ async def launch():
 
 job = asyncio.run(launch())
 print(job.plan.job_id, flush=True)
+zombies = []  # this process's children that ended and were not collected
+for pid in filter(str.isdecimal, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+    except OSError:
+        continue
+    if int(stat[1]) == os.getpid() and stat[0] == "Z":
+        zombies.append(pid)
+print("zombies", len(zombies), flush=True)
 
 async def elsewhere():
     for use in (job.wait, lambda: anext(job.output())):
@@ -154,7 +163,8 @@ def test_a_job_ends_with_the_loop_that_launched_it_and_says_so(local_nodes: int,
                           capture_output=True, text=True, timeout=50,
                           env=launch_util.pmrun_env(), check=False)
     assert proc.returncode == 0, proc.stderr
-    job_id, *said, status = proc.stdout.splitlines()
+    job_id, zombies, *said, status = proc.stdout.splitlines()
+    assert zombies == "zombies 0"  # (the ranks killed: their exits collected)
     ended = ("killed when the event loop that launched it ended, before the job did (a job "
              "belongs to the loop that launched it)")
     assert f"job {job_id} {ended}" in proc.stderr.splitlines()

@@ -1007,6 +1007,7 @@ class JobAgent:
         the job's /dev/shm files are gone (a child agent exits right after)."""
         if self.spawns is not None:
             await self.spawns.aclose()
+        killed = self._live_pids()  # (killed by _close: ours to collect)
         reap, guardian = self._close()
         clean = False
         if reap is not None:
@@ -1016,6 +1017,10 @@ class JobAgent:
                 clean = self._reap_shm(*reap)
         if guardian is not None:
             guardian.release(clean=clean)
+        if killed:
+            from pm.agent.watch import killed_reaped
+
+            await killed_reaped(killed)
         await self.procs.owned.aclose()
         await self.owned.aclose()
         if getattr(self, "reservations", None) is not None:

@@ -173,6 +173,47 @@ async def guardians_reaped(timeout: float = GUARDIANS_WAIT) -> None:  # noqa: AS
     released_guardians()  # (collects those that ended)
 
 
+#: Seconds :func:`killed_reaped` waits at most for ranks just killed (SIGKILL: at once,
+#: unless one is stuck in the kernel).
+KILLED_WAIT = 1.0
+
+
+async def killed_reaped(pids: list[int], timeout: float = KILLED_WAIT) -> None:  # noqa: ASYNC109
+    """Collect the exits of ranks just killed, our children whose ends nobody watches any
+    more (the agent is closing): a process that runs jobs in itself and goes on (the
+    Python API) keeps no zombie of theirs.  Waits for them (not blocking the loop) at most
+    ``timeout`` seconds; one that has not ended by then is left to its fate."""
+    loop = asyncio.get_running_loop()
+    fds: dict[int, int] = {}
+    ended: list[asyncio.Future[None]] = []
+    try:
+        for pid in pids:
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue  # collected already
+            fds[pid] = fd
+            fut: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(fd, _ended, fut)
+            ended.append(fut)
+        if ended:
+            await asyncio.wait(ended, timeout=timeout)
+    finally:
+        for fd in fds.values():
+            loop.remove_reader(fd)
+            os.close(fd)
+    for pid in fds:
+        _collect(pid)
+
+
+def _collect(pid: int) -> None:
+    """The exit of ``pid``, if it has ended (WNOHANG: never waits)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return  # (not ours: started by another process of the job's)
+
+
 def _ended(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
