@@ -133,6 +133,43 @@ def test_segment_limit_is_named_and_the_socket_takes_over(pmrun: Any, tmp_path: 
     assert leftovers(job_of(got[0]["shm"])) == []
 
 
+#: A key put again after a fence: its own rank reads the new value at once (the fence's
+#: copy in shared memory is the old one), every rank reads it after the next fence, also
+#: once the segment could not take the change (full: the agent serves the ranks' keys).
+PUT_AGAIN = r'''
+import sys
+from pm.client.sync import connect
+
+with connect() as pmi:
+    other = (pmi.rank + 1) % pmi.size
+    pmi.put("k", b"v1")
+    pmi.fence()
+    first = [pmi.get("k", rank=other), pmi.get("k")]
+    pmi.put("k", b"v2")
+    own = pmi.get("k")
+    pmi.put("big", b"x" * int(sys.argv[1]))
+    pmi.fence()
+    gathered = pmi.allgather(b"g%d" % pmi.rank)
+    pmi.put("k", b"v3")
+    pmi.fence()
+    report(rank=pmi.rank, first=[v.decode() for v in first], own=own.decode(),
+           later=pmi.get("k", rank=other).decode(), gathered=[v.decode() for v in gathered],
+           retired=pmi._session.shm is not None and pmi._session.shm.retired)
+'''
+
+
+@pytest.mark.parametrize("big", [0, 1_000_000], ids=["room", "full"])
+def test_a_key_put_again_is_read_new(pmrun: Any, tmp_path: Path, big: int) -> None:
+    prog = write_program(tmp_path, "again.py", PUT_AGAIN)
+    proc = pmrun("-n", "2", "python", str(prog), str(big), env={"PM_SHM_MAX_BYTES": "4M"})
+    assert proc.returncode == 0, proc.stderr
+    got = results(proc.stdout)
+    for rank in (0, 1):
+        assert got[rank] == {"rank": rank, "first": ["v1", "v1"], "own": "v2", "later": "v3",
+                             "gathered": ["g0", "g1"], "retired": big > 0}, got
+    assert ("shared-memory KVS full" in proc.stderr) == (big > 0), proc.stderr
+
+
 #: Ranks that say where their segment is and who their agent is, then wait.
 WAITER = r'''
 from pm.client.sync import connect

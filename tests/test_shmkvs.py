@@ -105,6 +105,19 @@ def test_replace_publishes_a_generation_readers_follow(job: str) -> None:
         assert files(job) == sorted([w.name, L.data_name(w.name, gen + 1)])
 
 
+def test_a_retired_table_says_so_and_still_serves_what_it_holds(job: str) -> None:
+    """retire(): readers learn that a rank's key may be out of date there (the agent
+    serves them); what it holds stays readable (an allgather's values, which never
+    change), until the writer closes."""
+    with ShmKVSWriter(job, 1) as w, ShmKVSReader(w.name) as r:
+        w.insert_many([(b"ag", b"v")])
+        assert r.get(b"ag") == b"v" and not r.retired
+        w.retire()
+        assert r.retired and r.get(b"ag") == b"v"
+        with ShmKVSReader(w.name) as late:
+            assert late.retired and late.get(b"ag") == b"v"
+
+
 def _same_home(n: int, mask: int) -> list[bytes]:
     """``n`` keys whose hashes share their low bits (same home slot for ``mask``)."""
     buckets: dict[int, list[bytes]] = {}

@@ -792,6 +792,10 @@ class JobAgent:
         except PMError as exc:
             log.warning("node %d: shared-memory KVS full, serving from the socket: %s",
                         self.vertex, exc)
+            # Its values may be out of date now (a key put again): no rank reads it any
+            # more, this agent serves every key (and the ranks that connect later).
+            self.shm.retire()
+            self.shm = None
             return False
 
     def fail_collectives(self, why: str) -> None:

@@ -328,6 +328,16 @@ class ShmKVSWriter:
             self._rebuild(changes)
         return added
 
+    def retire(self) -> None:
+        """Readers ask the agent for ranks' keys from now on (the header's retired flag):
+        the table could not take a change (full), so some of its values may be out of
+        date.  It stays until :meth:`close` for the allgathers answered from it."""
+        if self._closed or self._header is None:
+            return
+        flag = self._header.mv[L.RETIRED_OFFSET : L.RETIRED_OFFSET + 8].cast("Q")
+        flag[0] = 1
+        flag.release()
+
     def close(self) -> None:
         """Unmap and unlink every segment; idempotent.
 

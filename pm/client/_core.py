@@ -192,6 +192,11 @@ class Session:
         self._pack = native.frame_packer()  # one msgpack Packer: a client is one thread's
         self.info: Info | None = None
         self.shm: ShmKVSReader | None = None
+        #: Keys this rank put since its last fence request, then those of each fence
+        #: under way (oldest first): the agent has their latest values, shared memory
+        #: only once that fence is over.
+        self.mine: set[bytes] = set()
+        self._fencing: list[set[bytes]] = []
 
     def blocking_get(self, key: bytes, rank: int | None) -> bytes:
         """The frame of a get whose reply is awaited before anything else is asked: always
@@ -199,7 +204,7 @@ class Session:
         same value twice sends the same bytes (the agent answers those from a cache)."""
         try:
             return self._pack([0, native.GET, key, rank])
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise TypeError(f"get: arguments cannot be sent: {exc}") from exc
 
     def request(self, op: str, *args: Any) -> tuple[int, bytes]:
@@ -207,9 +212,20 @@ class Session:
         self._next += 1
         try:
             frame = self._pack([self._next, op, *args])
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise TypeError(f"{op}: arguments cannot be sent: {exc}") from exc
+        if op == native.PUT:
+            self.mine.add(args[0])
+        elif op == native.FENCE:
+            self._fencing.append(self.mine)
+            self.mine = set()
         return self._next, frame
+
+    def fenced(self, result: Any) -> Any:
+        """Decoder of a fence reply: the keys it carried are in shared memory now."""
+        if self._fencing:
+            self._fencing.pop(0)
+        return result
 
     def opened(self, info: Any) -> Info:
         """Take the init reply; open the node's shared-memory KVS if the agent offers one."""
@@ -236,8 +252,11 @@ class Session:
 
     def shm_get(self, key: Any, rank: int | None) -> bytes | None:
         """A value another rank published, straight from shared memory (None: ask the agent)."""
-        if self.shm is None or rank is None or not isinstance(key, bytes):
+        if self.shm is None or rank is None or not isinstance(key, bytes) or self.shm.retired:
             return None
+        if self.info is not None and rank == self.info.rank and (
+                key in self.mine or any(key in keys for keys in self._fencing)):
+            return None  # (put again since the last fence: not in shared memory yet)
         try:
             return self.shm.get(native.rank_key(rank, key))
         except PMError:

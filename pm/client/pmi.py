@@ -142,7 +142,7 @@ class PMIClient(Identity):
     # -- collectives ------------------------------------------------------
     def ifence(self) -> asyncio.Future[None]:
         """Start a fence (every rank's puts so far become visible everywhere); await later."""
-        return self._call(native.FENCE)
+        return self._call(native.FENCE, decode=self._session.fenced)
 
     async def fence(self) -> None:
         await self.ifence()

@@ -78,6 +78,7 @@ class ShmKVSReader:
         except OSError as e:
             raise PMError(f"cannot map the shared-memory KVS {L.SHM_DIR}/{name}: {e}") from e
         self._gen_word = self._header.mv[L.GEN_OFFSET : L.GEN_OFFSET + 8].cast("Q")
+        self._retired = self._header.mv[L.RETIRED_OFFSET : L.RETIRED_OFFSET + 8].cast("Q")
         try:
             self._attach()
         except BaseException:
@@ -85,6 +86,12 @@ class ShmKVSReader:
             raise
 
     # -- public --------------------------------------------------------------
+
+    @property
+    def retired(self) -> bool:
+        """Whether the writer retired the table: a key that can change (a rank's) may be
+        out of date here, the agent has it (an allgather's values are still good)."""
+        return self._retired[0] != 0
 
     def get(self, key: bytes) -> bytes | None:
         """The value of ``key`` (a copy), or None if it is not (yet) in the table."""
@@ -127,6 +134,7 @@ class ShmKVSReader:
         self._closed = True
         self._detach()
         self._gen_word.release()
+        self._retired.release()
         self._header.close()
 
     def __enter__(self) -> ShmKVSReader:
@@ -189,6 +197,7 @@ class ShmKVSReader:
             gen = self._gen_word[0]
             if gen == 0:
                 raise PMError(f"shared-memory KVS {self.name} is not initialised")
+
             try:
                 data = _Mapping(L.data_name(self.name, gen), L.KIND_DATA)
             except FileNotFoundError:

@@ -195,7 +195,7 @@ class SyncPMIClient(Identity):
 
     # -- collectives ------------------------------------------------------
     def ifence(self) -> Request[None]:
-        return self._call(native.FENCE)
+        return self._call(native.FENCE, decode=self._session.fenced)
 
     def fence(self) -> None:
         self.ifence().wait()

@@ -9,7 +9,8 @@ casts); all multi-byte fields are naturally aligned.
 Segments
 --------
 ``pmrun.<job_id>.<node>`` (the *header*, ``HEADER_SIZE`` bytes)
-    preamble, then the published generation number at ``GEN_OFFSET``.
+    preamble, then the published generation number at ``GEN_OFFSET``, and the
+    retired flag at ``RETIRED_OFFSET``.
 ``pmrun.<job_id>.<node>.g<N>`` (generation *N* of the table)
     preamble, ``DATA_INFO`` at ``INFO_OFFSET``, the slot array at
     ``slots_off`` (``nslots`` u64 words, ``nslots`` a power of two), the heap
@@ -57,6 +58,10 @@ PREAMBLE = struct.Struct("=8sIIQQ16sQQ")
 
 #: Offset of the u64 generation word (header: the published one; data: its own).
 GEN_OFFSET = PREAMBLE.size
+#: A u64 after it, not 0 once the writer retired the table: it could not take a change
+#: (full), so a rank's key may hold an old value there; readers ask the agent for those
+#: (an allgather's values, which never change, they still read).
+RETIRED_OFFSET = GEN_OFFSET + 8
 HEADER_SIZE = PAGE
 
 #: In a data segment at INFO_OFFSET: generation, nslots, slots_off, heap_off, heap_size.
