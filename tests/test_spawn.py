@@ -409,6 +409,32 @@ def test_host_info_key_and_an_unknown_host(tmp_path: Path) -> None:
     assert "no-such-node-anywhere is not one of the job's nodes" in res.stderr
 
 
+@pytest.mark.parametrize("opts", [[], ["--env", "PM_QUICK=0"], ["--local-nodes", "2"]],
+                         ids=["quick", "agent", "2nodes"])
+def test_a_wdir_that_is_no_directory_fails_the_spawn_not_the_job(tmp_path: Path,
+                                                                  opts: list[str]) -> None:
+    prog = script(tmp_path, "wdir.py", """
+        import sys
+        from mpi4py import MPI
+
+        info = MPI.Info.Create()
+        info.Set("wdir", "/no/such/dir")
+        try:
+            MPI.COMM_SELF.Spawn(sys.executable, args=["-c", "pass"], maxprocs=1, info=info)
+            print("spawned", flush=True)
+        except MPI.Exception:
+            print("refused", flush=True)
+    """)
+    env = pmrun_env({"PM_QUICK": "0"} if "PM_QUICK=0" in opts else None)
+    args = [o for o in opts if o not in ("--env", "PM_QUICK=0")]
+    res = subprocess.run(pmrun_argv(*args, "-n", "1", sys.executable, str(prog)), cwd=tmp_path,
+                         env=env, text=True, capture_output=True, timeout=90,
+                         stdin=subprocess.DEVNULL)
+    assert (res.returncode, res.stdout) == (0, "refused\n"), res.stderr
+    assert res.stderr == (f"pmrun: rank 0: spawn refused: cannot spawn {sys.executable}: its "
+                          "working directory /no/such/dir: no such directory\n")
+
+
 #: Under --local-nodes 3 -ppn 1 rank R runs on node R, a child of that node's agent: rank 0
 #: spawns with the host info key naming one node (``<host>-<N>``), each child answers with
 #: its parent process (its agent), and rank 0 checks it is node N's.  spawn_multiple places

@@ -28,7 +28,7 @@ import time
 
 from pm.agent.pmi_quick import QuickPmi
 from pm.agent.shm_reaper import ShmReaper
-from pm.agent.spawn import SpawnError, fd_shortage, rank_env, resolve
+from pm.agent.spawn import SpawnError, fd_shortage, rank_env, resolve, spawn_dir
 from pm.agent.spawn_answer import SpawnAnswer
 from pm.agent.started import RankStart, StartedRanks, start_local
 from pm.proto.spawn import SpawnCommand, SpawnResult
@@ -163,6 +163,7 @@ class QuickSpawns:
                 env = rank_env(self.base, app_env, r, n, launched.host, r, n)
                 if not path:
                     try:
+                        spawn_dir(c.wdir, c.argv[0])
                         path = resolve(c.argv[0], env, wdir)
                     except SpawnError:
                         return False  # the full runtime answers with the error codes

@@ -115,6 +115,14 @@ def resolve(argv0: str, env: Mapping[str, str], cwd: str | None) -> str:
     return found
 
 
+def spawn_dir(wdir: str | None, argv0: str) -> None:
+    """A spawn's working directory (its ``wdir``), checked on the spawner's node as its
+    program ``argv0`` is: SpawnError, for the spawner to get, if it is no directory here."""
+    if wdir and not os.path.isdir(wdir):
+        why = "not a directory" if os.path.exists(wdir) else "no such directory"
+        raise SpawnError(f"{argv0}: its working directory {wdir}: {why}")
+
+
 def _executable(path: str) -> bool:
     return os.access(path, os.X_OK) and not os.path.isdir(path)
 

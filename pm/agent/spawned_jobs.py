@@ -29,7 +29,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pm.agent.spawn import Guardian, SpawnError, resolve
+from pm.agent.spawn import Guardian, SpawnError, resolve, spawn_dir
 from pm.proto import tree_wire as t
 from pm.proto.errors import PMError
 from pm.proto.spawn import SpawnRequest, SpawnResult
@@ -357,6 +357,8 @@ class SpawnRequests:
         fut: asyncio.Future[SpawnResult] = agent.loop.create_future()
         problem = self._programs(req)
         if problem is not None:
+            # Said here too: an MPI library tells the spawner only that the spawn failed.
+            log.warning("rank %d: spawn refused: %s", rank, problem.error)
             fut.set_result(problem)
             return fut
         if agent.killing:
@@ -383,6 +385,7 @@ class SpawnRequests:
             env.update(c.env)
             wdir = c.wdir or (plan.apps[0].wdir if plan.apps else None) or self.agent.launch_dir
             try:
+                spawn_dir(c.wdir, c.argv[0])
                 resolve(c.argv[0], env, wdir)
                 codes.extend([0] * c.n)
             except SpawnError as exc:
