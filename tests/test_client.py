@@ -362,6 +362,35 @@ def test_a_later_put_replaces_the_value(pmrun: Any, tmp_path: Path, opts: list[s
         assert res["seen"] == [[f"{k}-{i}" for i in range(n)] for k in range(3)]
 
 
+#: A second connect() in a rank that has a client: refused at once (it used to wait for
+#: ever, its bytes read by the agent as the first client's), the first goes on.
+TWICE = r'''
+from pm.client import connect
+from pm.client.sync import connect as connect_sync
+from pm.proto.errors import PMError
+
+async def main():
+    async with connect() as pmi:
+        said = []
+        for second in (connect, connect_sync):
+            try:
+                await second() if second is connect else second()
+            except PMError as exc:
+                said.append(str(exc))
+        await pmi.barrier()
+        report(rank=pmi.rank, said=said)
+
+asyncio.run(main())
+'''
+
+
+def test_a_second_connection_in_a_rank_is_refused_at_once(pmrun: Any, tmp_path: Path) -> None:
+    got, _ = run_ranks(pmrun, tmp_path, "twice.py", TWICE, 2)
+    for res in got.values():
+        assert len(res["said"]) == 2 and all(
+            "this process connected to its node agent already" in s for s in res["said"])
+
+
 ORDER = r'''
 from pm.client import connect
 

@@ -71,9 +71,15 @@ def spawned(reply: Any) -> Spawned:
     return Spawned(int(reply["job"]), str(reply["kvsname"]), range(len(reply["errcodes"])))
 
 
+#: The ``$PMI_FD`` a client of this process took (its first connect).
+_TAKEN: list[int] = []
+
+
 def env_fd(fd: int | None) -> int:
     """The fd to talk to the agent on: ``fd``, ``$PMI_FD``, or a connection to ``$PMI_PORT``
-    as rank ``$PMI_ID`` (pmrun's ``-pmi-port``); PMError if none."""
+    as rank ``$PMI_ID`` (pmrun's ``-pmi-port``); PMError if none, or if a client of this
+    process took ``$PMI_FD`` already (a second one there would wait for ever: the agent
+    reads its bytes as the first one's)."""
     if fd is not None:
         return fd
     text = os.environ.get("PMI_FD")
@@ -82,9 +88,14 @@ def env_fd(fd: int | None) -> int:
     if text is None:
         raise PMError("PMI_FD is not set: this process was not started by pmrun")
     try:
-        return int(text)
+        number = int(text)
     except ValueError:
         raise PMError(f"PMI_FD={text!r} is not a file descriptor number") from None
+    if number in _TAKEN:
+        raise PMError(f"this process connected to its node agent already (PMI_FD={number}): "
+                      "a rank has one connection, use the client it opened")
+    _TAKEN.append(number)
+    return number
 
 
 def _port_fd(address: str, rank: str) -> int:
