@@ -391,6 +391,33 @@ def test_a_second_connection_in_a_rank_is_refused_at_once(pmrun: Any, tmp_path: 
             "this process connected to its node agent already" in s for s in res["said"])
 
 
+#: An allgather whose result is larger than a reply carries over the socket (5 x 60 MiB).
+AG_BIG = r'''
+from pm.client.sync import connect
+from pm.client import RequestFailed
+
+with connect() as pmi:
+    try:
+        said = len(pmi.allgather(b"a" * (60 << 20)))
+    except RequestFailed as exc:
+        said = str(exc)
+    pmi.barrier()  # (the connection goes on)
+    report(rank=pmi.rank, said=said)
+'''
+
+
+def test_an_allgather_too_large_for_a_reply_is_refused_and_the_ranks_go_on(
+        pmrun: Any, tmp_path: Path) -> None:
+    got, proc = run_ranks(pmrun, tmp_path, "agbig.py", AG_BIG, 5, "--kvs", "socket",
+                          timeout=100)
+    for res in got.values():
+        assert "allgather: its result of 314572829 bytes is over the 268435456 bytes a reply " \
+            "carries" in res["said"], res
+    assert proc.stderr.count("over the 268435456 bytes a reply carries") == 5, proc.stderr
+    got, _ = run_ranks(pmrun, tmp_path, "agbig.py", AG_BIG, 5, timeout=100)
+    assert all(res["said"] == 5 for res in got.values())  # (shared memory: no such bound)
+
+
 ORDER = r'''
 from pm.client import connect
 

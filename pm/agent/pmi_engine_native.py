@@ -108,8 +108,17 @@ def _native_wait(e: PmiEngine, req: int, op: str, call: Call,
         if order is None:
             order = e._coll_order[op] = deque()
         order.append(call.token)
-    e._call(call, finish or (lambda result: e._pack([req, True, result])),
-            lambda exc: _native_error(e, req, op, exc), order)
+    reply = finish or (lambda result: e._pack([req, True, result]))
+
+    def done(result: Any) -> bytes:
+        frame = reply(result)
+        if len(frame) - 4 > native.MAX_FRAME:  # (the client would drop the connection)
+            return _native_error(e, req, op, ProtocolError(
+                f"{op}: its result of {len(frame) - 4} bytes is over the {native.MAX_FRAME} bytes "
+                "a reply carries (pmrun's shared-memory KVS, --kvs shm, has no such bound)"))
+        return frame
+
+    e._call(call, done, lambda exc: _native_error(e, req, op, exc), order)
 
 
 def _native_op(e: PmiEngine, req: int, op: str, frame: list[Any]) -> None:
