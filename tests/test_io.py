@@ -256,6 +256,41 @@ def test_report_state_on_timeout_names_each_rank_and_where_it_waits(
     wait_gone(marker, 10)
 
 
+#: Rank 0 waits for a key rank 1 never puts (rank 1 waits in a barrier); rank 1 spawns two
+#: ranks that wait for each other's key.
+WAITS = """
+    import os, sys
+    from pm.client.sync import connect
+
+    with connect() as pmi:
+        if "child" in sys.argv:
+            pmi.get("late", rank=1 - pmi.rank)
+        elif pmi.rank == 0:
+            pmi.get("late", rank=1)
+        else:
+            pmi.spawn([sys.executable, __file__, "child", *sys.argv[1:]], 2)
+            pmi.barrier()
+"""
+
+
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"]], ids=["1node", "2nodes"])
+def test_report_state_names_a_get_and_the_spawned_jobs_ranks(
+        pmrun: Run, tmp_path: Path, marker: str, opts: list[str]) -> None:
+    prog = script(tmp_path, "waits.py", WAITS)
+    r = pmrun(*opts, "-n", "2", "--timeout", "4", "--report-state-on-timeout", "python",
+              str(prog), marker)
+    assert r.returncode == 124, r.stderr
+    state = {m[1]: m[2] for line in r.stderr.splitlines() if (m := re.fullmatch(
+        r"pmrun: (rank \d(?: of spawned job \d)?) \(node \d, [^)]+\), pid \d+: [a-z ()/]+, "
+        r"[\d.]+ s of CPU; (.+)", line))}
+    assert state == {
+        "rank 0": "PMI initialized, in a get of rank 1's key 'late'",
+        "rank 1": "in the PMI barrier 1",
+        "rank 0 of spawned job 1": "PMI initialized, in a get of rank 1's key 'late'",
+        "rank 1 of spawned job 1": "PMI initialized, in a get of rank 0's key 'late'"}, r.stderr
+    wait_gone(marker, 10)
+
+
 @pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 def test_get_stack_traces_shows_each_running_ranks_threads(pmrun: Run, marker: str) -> None:
     r = pmrun("-n", "2", "--timeout", "2", "--get-stack-traces", "python", "-c",

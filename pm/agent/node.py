@@ -967,7 +967,7 @@ class JobAgent:
         if first:
             log.debug("agent %d: killing ranks: %s", self.vertex, reason)
             self._sample_shm()
-            if report and self.local:
+            if report and (self.local or (self.spawns is not None and self.spawns.jobs)):
                 self._reporting = self.owned.spawn(self._report_then_kill(reason, grace, report))
                 return
         elif self._reporting is not None and not self._reporting.done():

@@ -63,6 +63,8 @@ class PmiSession(asyncio.Protocol):
         self._todo = todo or []
         self.transport: asyncio.Transport | None = None
         self._waiting: dict[int, asyncio.Future[Any]] = {}
+        #: token -> the call it is, while it waits (for a report of the rank's state).
+        self._calls: dict[int, Call] = {}
         #: Calls answered as they were made (a spawn served by an in-process head, a
         #: fence of one rank): completed at the end of the :meth:`_run` that made them,
         #: not one loop iteration later.
@@ -95,6 +97,7 @@ class PmiSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         waiting, self._waiting = self._waiting, {}
+        self._calls.clear()
         for fut in waiting.values():
             fut.cancel()
         self.transport = None
@@ -137,10 +140,28 @@ class PmiSession(asyncio.Protocol):
         self._waiting[call.token] = fut
         if fut.done():
             self._ready.append((call.token, fut))
-        else:
-            fut.add_done_callback(functools.partial(self._done, call.token))
+            return
+        self._calls[call.token] = call
+        fut.add_done_callback(functools.partial(self._done, call.token))
+
+    def waits(self) -> str:
+        """What the rank waits for besides a collective ("": nothing), for a report."""
+        for call in self._calls.values():
+            if type(call) is GetFrom:
+                key = call.key.removeprefix(b"\0%d\0" % call.src)  # (pm.client's namespace)
+                return f"in a get of rank {call.src}'s key {key.decode(errors='replace')!r}"
+            if type(call) is NodeAttrGet:
+                return f"in a get of the node attribute {call.key!r}"
+            if type(call) is Reserve:
+                return f"waiting for {call.nbytes} bytes of memory (reserve)"
+            if type(call) is Spawn:
+                return "in a spawn"
+            if type(call) is NameService:
+                return f"in a {call.action} of the name {call.service!r}"
+        return ""
 
     def _done(self, token: int, fut: asyncio.Future[Any]) -> None:
+        self._calls.pop(token, None)
         if self._waiting.pop(token, None) is None or fut.cancelled():
             return
         exc = fut.exception()

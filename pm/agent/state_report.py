@@ -76,7 +76,10 @@ def pmi_state(agent: JobAgent, proc: RankProc) -> str:
     waits = agent.coll.pending(proc.rank)
     if pmix and waits.startswith("allgather "):
         waits = "fence " + waits.split()[1]
-    return f"in the {name} {waits}" if waits else f"{name} initialized"
+    if waits:
+        return f"in the {name} {waits}"
+    other = proc.session.waits() if proc.session is not None else ""
+    return f"{name} initialized, {other}" if other else f"{name} initialized"
 
 
 #: What gdb is told to print before each rank's stack, to tell them apart.
@@ -163,19 +166,28 @@ def _stack_of(part: list[str], late: bool, limit: float) -> list[str]:
 
 
 async def report_lines(agent: JobAgent, level: int) -> list[str]:
-    """The lines about ``agent``'s ranks still running; their stacks at ``REPORT_STACKS``."""
-    running = [p for p in agent.ranks.values() if p.pid and p.status is None]
-    names: dict[int, str] = {}
+    """The lines about ``agent``'s ranks still running, and those of the jobs they spawned
+    on its node; their stacks at ``REPORT_STACKS``."""
+    jobs = [(0, agent)]
+    if agent.spawns is not None:
+        jobs += sorted(agent.spawns.jobs.items())
+    running = [(job, sub, p) for job, sub in jobs for p in sub.ranks.values()
+               if p.pid and p.status is None]
+    names: dict[int, str] = {}  # pid -> the rank's name
     heads: list[str] = []
-    for p in running:
+    procs: list[RankProc] = []
+    for job, sub, p in running:
         state = process_state(p.pid)
         if not state:
             continue  # (ended meanwhile: its exit says how)
-        names[p.rank] = f"{rank_at(p.rank, agent.vertex, agent.host)}, pid {p.pid}"
-        heads.append(f"{names[p.rank]}: {state}; {pmi_state(agent, p)}")
+        where = rank_at(p.rank, agent.vertex, agent.host)
+        if job:
+            where = where.replace(f"rank {p.rank} ", f"rank {p.rank} of spawned job {job} ", 1)
+        names[p.pid] = f"{where}, pid {p.pid}"
+        heads.append(f"{names[p.pid]}: {state}; {pmi_state(sub, p)}")
+        procs.append(p)
     if level < REPORT_STACKS:
         return heads
-    procs = [p for p in running if p.rank in names]
     # A gdb a CPU at most, each taking its share of the ranks one after the other.
     at_once = max(1, min(STACKS_AT_ONCE, len(os.sched_getaffinity(0))))
     shares = [[p.pid for p in procs[i::at_once]] for i in range(at_once)]
@@ -186,7 +198,7 @@ async def report_lines(agent: JobAgent, level: int) -> list[str]:
     for head, p in zip(heads, procs, strict=True):
         st = found[p.pid]
         lines.append(head)
-        where = names[p.rank]
+        where = names[p.pid]
         if len(st) == 1 and st[0].startswith("no stack"):
             lines.append(f"{where}: {st[0]}")
         else:
