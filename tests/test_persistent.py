@@ -419,6 +419,8 @@ def test_job_agents_get_a_fixed_environment_and_ranks_the_users(tmp_path: Path) 
                 # The services import pm from the checkout (PYTHONPATH): the agents must too,
                 # and get no entry the services' PYTHONPATH does not have.
                 pythonpath = agent.pop("PYTHONPATH", "").split(os.pathsep)
+                # (and the job it is of, for its lines in the service's log)
+                assert agent.pop("PM_SERVICE_JOB", "").startswith(f"{socket.gethostname()}-")
                 assert pythonpath[0] == str(REPO), row["agent"]
                 assert set(pythonpath) <= set(pmrun_env()["PYTHONPATH"].split(os.pathsep))
                 assert agent == {

@@ -206,6 +206,8 @@ def test_a_service_that_stops_under_a_job_is_named(service: Service) -> None:
     assert err == "pmrun: node 0 (localhost) lost: its pm-agent service stopped while the job " \
                   "ran\n"
     service.proc.wait(timeout=30)
+    # Its job agent's own lines in the service's log name the job.
+    assert re.search(r"^pmrun: job [\w.-]+: agent 0: ", service.text(), re.M), service.text()
 
 
 @pytest.mark.skipif(_ipv6_missing() is not None, reason=str(_ipv6_missing()))

@@ -40,6 +40,9 @@ SERVICE_LOST = "its pm-agent service stopped while the job ran"
 #: How a job's agent speaks: on pmrun's stderr (through ssh or srun, or inherited), to the
 #: job's user, as pmrun itself (its lines name the node); the service keeps its own name.
 JOB_AGENT_FORMAT = "pmrun: %(message)s"
+#: Set by a persistent service in its job agents' environment (the job and vertex): their
+#: lines go to the service's log, among other jobs', and name it.  Not passed on.
+SERVICE_JOB_VAR = "PM_SERVICE_JOB"
 #: When this process reached pmrun's code (its interpreter start-up is before): for --profile.
 _T_MAIN = time.time()
 
@@ -378,10 +381,16 @@ def _child() -> int:
     os._exit(code)
 
 
+def _agent_format() -> str:
+    """How this job agent's lines start: a service's name their job (SERVICE_JOB_VAR)."""
+    job = os.environ.pop(SERVICE_JOB_VAR, "")
+    return f"pmrun: job {job.replace('%', '%%')}: %(message)s" if job else JOB_AGENT_FORMAT
+
+
 def main(argv: list[str] | None = None) -> int:
     if (sys.argv[1:] if argv is None else argv) == ["child"]:
         # What every bootstrap runs: no argparse to import on the launch's critical path.
-        logging.basicConfig(format=JOB_AGENT_FORMAT, level=logging.WARNING)
+        logging.basicConfig(format=_agent_format(), level=logging.WARNING)
         return _child()
     import gc
 
@@ -436,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve_main(args.config, args.listen)
     if args.mode == "child":
         for handler in logging.getLogger().handlers:
-            handler.setFormatter(logging.Formatter(JOB_AGENT_FORMAT))
+            handler.setFormatter(logging.Formatter(_agent_format()))
         return _child()
     p.print_help()
     return 2

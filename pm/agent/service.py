@@ -341,6 +341,10 @@ class Service:
         cfg = AgentConfig(vertex, got.parent, got.secret, job, got.host, got.log_level,
                           got.heartbeat, listen=req.listen, iface=self.cfg.iface or "",
                           ports=list(self.cfg.ports) if self.cfg.ports else None)
+        # Its lines go to this service's log, among other jobs': they name the job.
+        from pm.agent.main import SERVICE_JOB_VAR
+
+        creds["env"] = {**creds["env"], SERVICE_JOB_VAR: job}
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.cfg.python, "-P", "-m", "pm.agent.main", "child",
