@@ -41,6 +41,7 @@ from pm.ensemble.local import TASK_TMP
 from pm.ensemble.perl_expr import PERL
 from pm.ensemble.scheduler import (
     TaskSpec,
+    parse_command,
     parse_tasks,
     quoted_line,
     with_arguments,
@@ -936,7 +937,10 @@ async def run_cli(opts: CliOptions) -> int:
             text = _marked(text, renames)
         if "plus" in extra:
             text = _plus_filters(text)
-        specs = parse_tasks(text, options.get("mem_per_task")) if words is None else []
+        specs: list[TaskSpec] = []
+        if words is None:  # (the command line is one command: parallel's, several lines)
+            specs = (parse_tasks(text, options.get("mem_per_task")) if path is not None
+                     else [parse_command(text, options.get("mem_per_task"))])
         if not task_sources:
             if "max_args" in extra and "pipe" not in extra:
                 raise UsageError(f"-N {extra['max_args']} takes the arguments of an input "

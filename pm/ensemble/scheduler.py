@@ -134,6 +134,28 @@ def parse_tasks(text: str, default_mem: int | None = None) -> list[TaskSpec]:
     return tasks
 
 
+def parse_command(text: str, default_mem: int | None = None) -> TaskSpec:
+    """GNU parallel's command line (``pmrun CMD ::: ARGS``, arguments on stdin, ``--pipe``):
+    ONE command, whatever it holds -- several lines (a script: ``if ...\nthen ...\nfi``),
+    a ``[`` first (``[[ {} == a* ]]``), a comment -- run by the shell as written, once per
+    combination of arguments.  A tasks file's format (a command a line, an options block)
+    is not the command line's.  Its words (:attr:`TaskSpec.words`, what sizes are learned
+    under) are the shell's as far as they can be told; quotes that do not close (a here
+    document's text, say) are the shell's to judge, as GNU parallel leaves them."""
+    words = _words(text)
+    return TaskSpec(0, ("sh", "-c", text), default_mem, text, 1,
+                    tuple(text.split()) if words is None else words)
+
+
+def _words(text: str) -> tuple[str, ...] | None:
+    """``text`` as the shell's words, each line's comment left out (None: quotes that do
+    not close)."""
+    try:
+        return tuple(shlex.split("\n".join(map(_strip_comment, text.split("\n")))))
+    except ValueError:
+        return None
+
+
 def with_arguments(specs: Sequence[TaskSpec], combos: Sequence[Sequence[str]],
                    names: Sequence[str] = (), width: int = 0, context: bool = False,
                    plus: Plus | None = None, first: int = 0) -> list[TaskSpec]:
@@ -160,10 +182,8 @@ def with_arguments(specs: Sequence[TaskSpec], combos: Sequence[Sequence[str]],
                 continue
             except UsageError as exc:
                 raise TaskFileError(f"line {spec.lineno}: {exc}") from None
-            try:
-                words = tuple(shlex.split(_strip_comment(new)))
-            except ValueError:  # an argument's quotes inside the line's: the shell says
-                words = spec.words
+            # (None: an argument's quotes inside the line's: the shell says)
+            words = _words(new) or spec.words
             out.append(TaskSpec(seq - 1, ("sh", "-c", new), spec.mem, prefix + new,
                                 spec.lineno, words, tuple(args)))
     return out

@@ -40,9 +40,6 @@ def streamable(extra: Mapping[str, str], sources: Sequence[str], files_sep: str)
         return False
     if sources[1] != "-" and not is_fifo(sources[1]):
         return False  # (a file, or none: the whole input's reading says so)
-    line = extra.get("tasks_line", "")
-    if "\n" in line:  # (several tasks a combination)
-        return False
     if any("{=" in extra.get(k, "") for k in ("tasks_line", "tagstring", "transfer",
                                                "returns", "trc")):
         return False  # (Perl expressions: all filled before the tasks start)
