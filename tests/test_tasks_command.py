@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +41,42 @@ def test_a_command_line_is_never_a_tasks_files_options_block() -> None:
     # The tasks file keeps its format: a command a line, an options block first.
     first, second = parse_tasks("[mem=2G] echo a\necho b\n")
     assert (first.mem, first.argv[-1], second.argv[-1]) == (2 << 30, "echo a", "echo b")
+
+
+def test_tasks_run_in_the_users_shell_as_gnu_parallels(pmrun: Run, tmp_path: Path) -> None:
+    bash = {"SHELL": "/bin/bash", "PARALLEL_SHELL": ""}
+    r = pmrun("x=(1 2 3); echo ${x[1]} {}", ":::", "q", env=bash)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "2 q\n", "")
+    r = pmrun("-k", "[[ {} == a* ]] && echo yes {}", ":::", "ab", "cd", env=bash)
+    assert (r.returncode, r.stdout) == (1, "yes ab\n"), r.stderr
+    # Arguments on stdin, --pipe: the same shell.
+    r = pmrun("-k", "x=(1 2); echo ${x[1]}{}", input="a\n", env=bash)
+    assert (r.returncode, r.stdout) == (0, "2a\n"), r.stderr
+    r = pmrun("--pipe", "x=(1 2); echo ${x[1]}; wc -l", input="a\nb\n", env=bash)
+    assert (r.returncode, r.stdout) == (0, "2\n2\n"), r.stderr
+    # $PARALLEL_SHELL first, then $SHELL, then /bin/sh.
+    r = pmrun("echo $0 {}", ":::", "a", env={"SHELL": "/bin/bash", "PARALLEL_SHELL": "/bin/sh"})
+    assert (r.returncode, r.stdout) == (0, "/bin/sh a\n"), r.stderr
+    r = pmrun("echo $0 {}", ":::", "a", env={"SHELL": "", "PARALLEL_SHELL": ""})
+    assert (r.returncode, r.stdout) == (0, "/bin/sh a\n"), r.stderr
+    # -v and --dry-run show the command line, not the shell.
+    r = pmrun("-v", "echo {}", ":::", "a", env=bash)
+    assert r.stdout == "echo a\na\n"
+    r = pmrun("--dry-run", "echo {}", ":::", "a", env={"SHELL": "/no/such/shell"})
+    assert (r.returncode, r.stdout) == (0, "echo a\n")
+    # A shell that is not there: one line, nothing run.
+    r = pmrun("touch x{}", ":::", "a", env={"SHELL": "/no/such/shell", "PARALLEL_SHELL": ""})
+    assert (r.returncode, r.stdout, r.stderr) == (
+        2, "", "pmrun: $SHELL is /no/such/shell, which is no program that can run the tasks "
+               "(set SHELL to a shell, e.g. SHELL=/bin/bash)\n")
+    assert not (tmp_path / "xa").exists()
+    # A tasks file's lines run in sh -c, as README says.
+    (tmp_path / "t.txt").write_text("echo $0\n")
+    r = pmrun("--tasks", "t.txt", env=bash)
+    assert (r.returncode, r.stdout) == (0, "[task 0] sh\n"), r.stderr
+
+
+def test_a_command_starting_with_brackets_runs_in_the_shell(pmrun: Run) -> None:
+    r = pmrun("-k", "[[ {} == a* ]] && echo yes {} || echo no", ":::", "ab", "cd",
+              env={"SHELL": "/bin/bash", "PARALLEL_SHELL": ""})
+    assert (r.returncode, r.stdout, r.stderr) == (0, "yes ab\nno\n", "")

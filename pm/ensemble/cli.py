@@ -14,6 +14,7 @@ import os
 import random
 import re
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -833,6 +834,24 @@ def sources_of(opts: CliOptions) -> list[str]:
     return argv
 
 
+def task_shell(environ: Mapping[str, str]) -> str:
+    """The shell that runs the tasks of GNU parallel's command line, as parallel chooses
+    it: ``$PARALLEL_SHELL``, else ``$SHELL`` (the user's: bash's arrays and ``[[`` work as
+    they do at the prompt), else ``/bin/sh``.  :class:`UsageError` for one that is no
+    program here."""
+    for name in ("PARALLEL_SHELL", "SHELL"):
+        value = environ.get(name)
+        if value:
+            break
+    else:
+        return "/bin/sh"
+    found = shutil.which(value, path=environ.get("PATH", os.defpath))
+    if found is None or os.path.isdir(found):
+        raise UsageError(f"${name} is {value}, which is no program that can run the tasks "
+                         f"(set {name} to a shell, e.g. {name}=/bin/bash)")
+    return value
+
+
 def _read_text(path: str) -> str:
     """A tasks file's or an input source's text; bytes that are not UTF-8 (a file name in
     another encoding) come back unchanged in the tasks' command lines (``os.fsdecode``'s
@@ -890,6 +909,9 @@ async def run_cli(opts: CliOptions) -> int:
     renames = _renames(extra)
     nodes = nodes_of(opts)
     assert isinstance(nodes, Nodes)
+    # (--tasks FILE: each line in sh -c, as README says; --dry-run runs nothing.)
+    shell = ("sh" if path is not None or {"dry_run", "shell_quote"} & extra.keys()
+             else task_shell(os.environ))
 
     def tasks() -> list[TaskSpec]:
         made = _tasks()
@@ -906,6 +928,9 @@ async def run_cli(opts: CliOptions) -> int:
 
             made = [dataclasses.replace(s, argv=tuple(map(back, s.argv)), line=back(s.line),
                                         words=tuple(map(back, s.words))) for s in made]
+        if shell != "sh":  # parallel's command line: its shell runs each task's line
+            made = [dataclasses.replace(s, argv=(shell, *s.argv[1:]))
+                    if s.argv[:2] == ("sh", "-c") else s for s in made]
         if "nice" in extra:  # --nice N: the whole line (sh and all it runs) at niceness N;
             # (the shell line stays the last word: what -v, --dry-run and --joblog show)
             made = [dataclasses.replace(s, argv=("nice", "-n", extra["nice"], *s.argv),
