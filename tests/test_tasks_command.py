@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pm.ensemble.inputs import MAX_ARG_STRLEN, line_limit
 from pm.ensemble.scheduler import parse_command, parse_tasks
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -80,3 +81,32 @@ def test_a_command_starting_with_brackets_runs_in_the_shell(pmrun: Run) -> None:
     r = pmrun("-k", "[[ {} == a* ]] && echo yes {} || echo no", ":::", "ab", "cd",
               env={"SHELL": "/bin/bash", "PARALLEL_SHELL": ""})
     assert (r.returncode, r.stdout, r.stderr) == (0, "yes ab\nno\n", "")
+
+
+def test_many_arguments_are_cut_into_lines_exec_takes(pmrun: Run) -> None:
+    """Linux takes no argument string of more than 128 KiB: a line of -X's is cut below
+    that (its quoting and repeated words counted), every argument run once."""
+    numbers = "".join(f"{i}\n" for i in range(1, 60001))
+    for command in (["echo"], ["echo", "p{}q"]):
+        r = pmrun("-j1", "-X", *command, input=numbers)
+        assert (r.returncode, r.stderr) == (0, ""), r.stderr[-2000:]
+        lines = r.stdout.splitlines()
+        assert len(lines) > 1 and max(map(len, lines)) < 131072
+        got = [w.removeprefix("p").removesuffix("q") for line in lines for w in line.split()]
+        assert sorted(map(int, got)) == list(range(1, 60001))
+    r = pmrun("-k", "--xargs", "echo", "'{}'", input="x" * 70000 + "\n" + "y" * 70000 + "\n")
+    assert r.returncode == 0 and r.stdout.split() == ["x" * 70000, "y" * 70000]
+
+
+def test_max_chars_bounds_a_line_of_many_arguments_as_gnu_parallels(pmrun: Run) -> None:
+    numbers = "".join(f"{i}\n" for i in range(1, 21))
+    r = pmrun("-k", "--xargs", "-s", "20", "echo", input=numbers)
+    assert (r.returncode, r.stdout) == (0, "1 2 3 4 5 6 7\n8 9 10 11 12\n13 14 15 16 17\n"
+                                           "18 19 20\n"), r.stderr
+    r = pmrun("-k", "-j1", "--max-chars", "12", "-m", "echo", ":::", *map(str, range(1, 11)))
+    assert (r.returncode, r.stdout) == (0, "1 2 3\n4 5 6\n7 8 9\n10\n"), r.stderr
+    r = pmrun("-k", "-s", "12", "echo", ":::", "1", "2")  # (a task an argument: taken)
+    assert (r.returncode, r.stdout) == (0, "1\n2\n"), r.stderr
+    assert line_limit({}, 20) == 19 and line_limit({}) == MAX_ARG_STRLEN - 1
+    r = pmrun("-s", "0", "echo", ":::", "1")
+    assert (r.returncode, r.stderr) == (2, "pmrun: -s must be at least 1\n")

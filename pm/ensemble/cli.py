@@ -27,10 +27,12 @@ from pm.ensemble.core import Ensemble
 from pm.ensemble.domain import CPU_UNIT, planned_slots
 from pm.ensemble.inputs import (
     Plus,
+    by_name,
     chunked,
     combinations,
     fill,
     has_replacement,
+    line_limit,
     shaping,
     shell_quote,
     split_columns,
@@ -981,10 +983,14 @@ async def run_cli(opts: CliOptions) -> int:
             width = int(extra["max_args"])
             combos = chunked(combos, width)
         many = extra.get("many_args")
+        limit = 0  # -m, -X: the most bytes of a task's line (-s N's, else exec's)
         if many is not None:  # -m, -X: spread over the job slots; --xargs: all that fit
             slots = 0 if many == "--xargs" else planned_slots(nodes, opts.spec.ppn,
                                                               options["jobs"])
-            combos = spread(combos, slots, many)
+            most = int(extra["max_chars"]) if "max_chars" in extra else None
+            limit = line_limit(opts.spec.base_env(), most)
+            combos = spread(combos, slots, many,
+                            budget=max(1, limit - len(os.fsencode(by_name(text, names or ())))))
         if "colsep" in extra or "csv" in extra:
             colsep, rows = extra.get("colsep", ","), "csv" in extra
             combos = split_columns(combos, colsep, rows)
@@ -1000,7 +1006,7 @@ async def run_cli(opts: CliOptions) -> int:
             return with_quoted_words(words, combos, names or (), width,
                                      options.get("mem_per_task"), plus=plus)
         return with_arguments(specs, combos, names or (), width, context=many == "-X",
-                              plus=plus)
+                              plus=plus, limit=limit)
 
     try:
         specs = await asyncio.to_thread(tasks)

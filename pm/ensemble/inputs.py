@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from pm.proto.errors import UsageError
@@ -175,16 +175,37 @@ def chunked(combos: Sequence[tuple[str, ...]], n: int) -> list[tuple[str, ...]]:
     return [tuple(a for (a,) in combos[i : i + n]) for i in range(0, len(combos), n)]
 
 
-#: The most bytes of arguments one task's line takes with -m/-X/--xargs (GNU parallel's
-#: line length on Linux is about 130 000 bytes; a group is cut there as it cuts its own).
-MANY_ARGS_BYTES = 128 << 10
+#: Linux's MAX_ARG_STRLEN: the most bytes one string of a program's arguments may have, its
+#: NUL included (32 pages); a task's line is one (``sh -c LINE``), and exec refuses a
+#: longer one ("Argument list too long").
+MAX_ARG_STRLEN = 32 * 4096
+#: Room in ARG_MAX kept for what a task's exec adds to its environment and its argv besides
+#: the line: pmrun's variables (``PARALLEL_SEQ``...), the shell's path, ``nice -n N``.
+EXEC_MARGIN = 4096
+
+
+def line_limit(env: Mapping[str, str], most: int | None = None) -> int:
+    """The most bytes a task's command line (the string its shell's ``-c`` gets) may have
+    when it runs with ``env``: under Linux's :data:`MAX_ARG_STRLEN`, and with the
+    environment (a string and a pointer each) under ``ARG_MAX``; ``most``: GNU parallel's
+    ``-s N`` (``--max-chars``: N bytes with the line's NUL)."""
+    try:
+        arg_max = os.sysconf("SC_ARG_MAX")
+    except (OSError, ValueError):
+        arg_max = 1 << 21
+    used = sum(len(os.fsencode(k)) + len(os.fsencode(v)) + 2 + 8 for k, v in env.items())
+    limit = min(MAX_ARG_STRLEN - 1, arg_max - used - EXEC_MARGIN)
+    return max(1, min(limit, most - 1)) if most is not None else max(1, limit)
 
 
 def spread(combos: Sequence[tuple[str, ...]], slots: int, option: str,
-           budget: int = MANY_ARGS_BYTES) -> list[tuple[str, ...]]:
+           budget: int = MAX_ARG_STRLEN - 1) -> list[tuple[str, ...]]:
     """GNU parallel's ``-m``/``-X``: one input source's arguments in groups spread evenly
     over the ``slots`` job slots (``--xargs``, ``slots`` 0: as many in one group as fit),
-    a group never longer than ``budget`` bytes of arguments.  :class:`UsageError` when the
+    a group never longer than ``budget`` bytes of arguments (each quoted for the shell,
+    and a blank before it: what the line's length grows by; :func:`line_limit` less the
+    command's, and a line still too long is cut again once filled:
+    :func:`pm.ensemble.scheduler.with_arguments`).  :class:`UsageError` when the
     arguments come from several sources (``option`` names the option then)."""
     if any(len(c) != 1 for c in combos):
         raise UsageError(f"{option} takes the arguments of one input source, "
@@ -196,11 +217,12 @@ def spread(combos: Sequence[tuple[str, ...]], slots: int, option: str,
         group: list[str] = []
         size = 0
         for arg in args[i:i + per]:
-            if group and size + len(arg) + 1 > budget:
+            cost = len(os.fsencode(shell_quote(arg))) + 1
+            if group and size + cost > budget:
                 groups.append(tuple(group))
                 group, size = [], 0
             group.append(arg)
-            size += len(arg) + 1
+            size += cost
         groups.append(tuple(group))
     return groups
 
