@@ -110,3 +110,18 @@ def test_max_chars_bounds_a_line_of_many_arguments_as_gnu_parallels(pmrun: Run) 
     assert line_limit({}, 20) == 19 and line_limit({}) == MAX_ARG_STRLEN - 1
     r = pmrun("-s", "0", "echo", ":::", "1")
     assert (r.returncode, r.stderr) == (2, "pmrun: -s must be at least 1\n")
+
+
+def test_input_lines_end_at_newlines_alone_as_gnu_parallels(pmrun: Run,
+                                                           tmp_path: Path) -> None:
+    # A CRLF line keeps its "\r"; a vertical tab, a form feed, U+2028 are an argument's.
+    (tmp_path / "in.txt").write_bytes(b"a\r\nb\x0bc\xe2\x80\xa8d\x0ce\x1cf\xc2\x85\nlast")
+    want = "<a\r>\n<b\x0bc\u2028d\x0ce\x1cf\x85>\n<last>\n"
+    for args in (["printf '<%s>\\n' {}", "::::", "in.txt"],
+                 ["-a", "in.txt", "printf '<%s>\\n' {}"]):
+        r = pmrun("-k", *args)
+        assert (r.returncode, r.stdout) == (0, want), r.stderr
+    r = pmrun("-k", "printf '<%s>\\n' {}", input=(tmp_path / "in.txt").read_bytes())
+    assert (r.returncode, r.stdout) == (0, want), r.stderr
+    r = pmrun("-k", "echo {} | od -c", input="a\r\n")
+    assert r.stdout.split() == ["0000000", "a", "\\r", "\\n", "0000003"]

@@ -860,7 +860,8 @@ def _read_text(path: str) -> str:
     way)."""
     if path == "-":
         return sys.stdin.buffer.read().decode(errors="surrogateescape")
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    # (newline="": a line's bytes as they are, a CRLF line's "\r" too, as parallel reads)
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
         return f.read()
 
 

@@ -373,9 +373,19 @@ def _lines(path: str, read: Callable[[str], str], delimiter: str | None) -> list
     except OSError as exc:
         raise UsageError(f":::: {path}: {exc.strerror or exc}") from None
     if delimiter is None:
-        return text.splitlines()
+        return input_lines(text)
     items = text.split(delimiter)
     return items[:-1] if items and items[-1] in ("", "\n") else items  # (the last one's end)
+
+
+def input_lines(text: str) -> list[str]:
+    """The arguments of an input's ``text``, one a line as GNU parallel reads them: cut at
+    ``\n`` alone (a carriage return, a form feed, U+2028... are an argument's own bytes,
+    a CRLF line's ``\r`` too), the last line's end optional."""
+    items = text.split("\n")
+    if items[-1] == "":
+        items.pop()
+    return items
 
 
 def _edit(value: str, how: str | None) -> str:

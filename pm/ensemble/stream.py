@@ -17,6 +17,8 @@ import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from pm.ensemble.inputs import input_lines
+
 if TYPE_CHECKING:
     from pm.ensemble.core import Ensemble
 
@@ -112,7 +114,7 @@ class Arrivals:
     def _split(self, data: bytes, last: bool) -> list[str]:
         text = data.decode(errors="surrogateescape")
         if self._lines:
-            return text.splitlines()
+            return input_lines(text)
         items = text.split(self._sep.decode(errors="surrogateescape"))
         # (What follows the last delimiter: nothing, or at the end a last item, but not
         # a lone newline after it, as the whole input's reading has it.)
