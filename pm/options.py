@@ -1783,7 +1783,8 @@ OPTIONS = (
     Opt("--mem-low", "mem_low", size, metavar="SIZE|PCT", group=MEMORY,
         help="resume admitting below this (default 80%)"),
     Opt("--retries", "retries", whole(0, MOST_RANKS), metavar="N", group=MEMORY,
-        help="rerun a failed task up to N times"),
+        help="run a failed task again, N runs in all at most (GNU parallel's: 0 and 1 "
+             "run it once)"),
     Opt("--joblog", "joblog", text, metavar="FILE", group=MEMORY,
         help="a line per ended task in FILE, GNU parallel's columns (Seq ... Exitval ...)"),
     Opt("--resume", "resume", kind=FLAG, group=MEMORY,

@@ -457,7 +457,7 @@ def test_output_comes_whole_per_task_unless_line_buffered(pmrun: Run) -> None:
 def test_grouped_output_is_stdout_then_stderr_and_the_last_runs_only(tmp_path: Path) -> None:
     # Merged streams, as in a terminal: a task's stdout, then its stderr, as one block.
     # With --retries only the last run's output shows (GNU parallel's way).
-    r = subprocess.run(pmrun_argv("--retries", "2", "echo err $PMRUN_TASK_ATTEMPT >&2; echo out "
+    r = subprocess.run(pmrun_argv("--retries", "3", "echo err $PMRUN_TASK_ATTEMPT >&2; echo out "
                                   "$PMRUN_TASK_ATTEMPT; exit 1", ":::", "x"),
                        cwd=tmp_path, env=pmrun_env(), stdin=subprocess.DEVNULL,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, text=True)
@@ -523,7 +523,7 @@ def test_results_are_files_as_gnu_parallel_writes_them(pmrun: Run, tmp_path: Pat
     assert (r.returncode, r.stdout) == (0, ""), r.stderr
     assert _tree(tmp_path / "ours") == _tree(tmp_path / "theirs")
     # A retried task's files hold its last run.
-    r = pmrun("--results", "again", "--retries", "1", "echo $PMRUN_TASK_ATTEMPT; exit 1",
+    r = pmrun("--results", "again", "--retries", "2", "echo $PMRUN_TASK_ATTEMPT; exit 1",
               ":::", "t")
     assert r.returncode == 1
     assert _tree(tmp_path / "again") == {"1/t/seq": b"1", "1/t/stdout": b"2\n",

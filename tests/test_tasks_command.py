@@ -125,3 +125,15 @@ def test_input_lines_end_at_newlines_alone_as_gnu_parallels(pmrun: Run,
     assert (r.returncode, r.stdout) == (0, want), r.stderr
     r = pmrun("-k", "echo {} | od -c", input="a\r\n")
     assert r.stdout.split() == ["0000000", "a", "\\r", "\\n", "0000003"]
+
+
+@pytest.mark.parametrize(("retries", "runs"), [("0", 1), ("1", 1), ("2", 2), ("3", 3)])
+def test_retries_n_is_n_runs_in_all_as_gnu_parallels(pmrun: Run, retries: str,
+                                                    runs: int) -> None:
+    r = pmrun("--lb", "--retries", retries, "echo run $PMRUN_TASK_ATTEMPT; exit 1", ":::", "x")
+    assert r.returncode == 1
+    assert r.stdout == "".join(f"run {k}\n" for k in range(1, runs + 1))
+    assert f"1 task: 0 succeeded, 1 failed, {runs - 1} retr" in r.stderr
+    # A task that succeeds on its last run: done.
+    r = pmrun("--retries", retries, "test $PMRUN_TASK_ATTEMPT = {}", ":::", str(runs))
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr

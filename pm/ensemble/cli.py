@@ -685,7 +685,8 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
             out["mem_suspend"] = parallel_size(extra["memsuspend"])
         if "mem_per_task" in extra:
             out["mem_per_task"] = parse_size(extra["mem_per_task"])
-        out["retries"] = int(extra.get("retries", "0"))
+        # GNU parallel's --retries N: N runs in all (0 and 1: one); the ensemble's: reruns.
+        out["retries"] = max(0, int(extra.get("retries", "0")) - 1)
         if "mem_settle" in extra:
             value = extra["mem_settle"]
             out["settle"] = None if value in ("off", "0") else float(value)
