@@ -4,6 +4,7 @@ outputs below are what GNU parallel 20221122 prints for the same command lines).
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -137,3 +138,53 @@ def test_retries_n_is_n_runs_in_all_as_gnu_parallels(pmrun: Run, retries: str,
     # A task that succeeds on its last run: done.
     r = pmrun("--retries", retries, "test $PMRUN_TASK_ATTEMPT = {}", ":::", str(runs))
     assert (r.returncode, r.stdout) == (0, ""), r.stderr
+
+
+_ROW = re.compile(r"(\d+)\t(\S+)\t\d+\.\d{3}\t +\d+\.\d{3}\t(\d+)\t(\d+)\t(-?\d+)\t(\d+)\t(.*)")
+
+
+def _rows(text: str) -> list[tuple[str, ...]]:
+    """(Seq, Host, Send, Receive, Exitval, Signal, Command) of each job log line in
+    ``text``, its other lines as they are."""
+    return [m.groups() if (m := _ROW.fullmatch(line)) else (line,)
+            for line in text.splitlines()]
+
+
+HEADER = ("Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand",)
+
+
+def test_joblog_appends_to_plus_file_and_writes_minus_on_stdout(pmrun: Run,
+                                                               tmp_path: Path) -> None:
+    # -: the header first, each task's line right after its output (-k: in order).
+    r = pmrun("-k", "-j2", "--joblog", "-", "sleep 0.{}; echo {}", ":::", "3", "1")
+    assert r.returncode == 0, r.stderr
+    assert _rows(r.stdout) == [HEADER, ("3",), ("1", ":", "0", "2", "0", "0",
+                                                "sleep 0.3; echo 3"),
+                               ("1",), ("2", ":", "0", "2", "0", "0", "sleep 0.1; echo 1")]
+    # +FILE: appended to, no header of its own (none in a new file either: parallel's).
+    r = pmrun("--joblog", "log", "echo", ":::", "a")
+    r = pmrun("--joblog", "+log", "echo", ":::", "b")
+    assert r.returncode == 0, r.stderr
+    assert _rows((tmp_path / "log").read_text()) == [
+        HEADER, ("1", ":", "0", "2", "0", "0", "echo a"), ("1", ":", "0", "2", "0", "0",
+                                                           "echo b")]
+    r = pmrun("--joblog", "+new", "echo", ":::", "c")
+    assert _rows((tmp_path / "new").read_text()) == [("1", ":", "0", "2", "0", "0", "echo c")]
+    assert not (tmp_path / "+log").exists() and not (tmp_path / "-").exists()
+    # --resume reads the file of +FILE.
+    r = pmrun("--joblog", "+log", "--resume", "echo", ":::", "a", "z")
+    assert (r.returncode, r.stdout) == (0, "z\n"), r.stderr
+
+
+def test_joblog_columns_as_gnu_parallels(pmrun: Run, tmp_path: Path) -> None:
+    # Host ":" for this machine; Receive: stdout's bytes only; --pipe: Send, the block's.
+    r = pmrun("--joblog", "log", "echo {}; echo to-stderr >&2", ":::", "abc")
+    assert r.returncode == 0, r.stderr
+    assert _rows((tmp_path / "log").read_text())[1:] == [
+        ("1", ":", "0", "4", "0", "0", "echo abc; echo to-stderr >&2")]
+    numbers = "".join(f"{i}\n" for i in range(1, 1001))
+    r = pmrun("-k", "--pipe", "--block", "1k", "--joblog", "log", "wc -l", input=numbers)
+    assert r.returncode == 0, r.stderr
+    assert sorted(row[:4] for row in _rows((tmp_path / "log").read_text())[1:]) == [
+        ("1", ":", "1000", "4"), ("2", ":", "1000", "4"), ("3", ":", "1000", "4"),
+        ("4", ":", "893", "4")]

@@ -39,7 +39,7 @@ from pm.ensemble.inputs import (
     spread,
     with_rpl,
 )
-from pm.ensemble.joblog import JobLog, failed_commands, read_joblog
+from pm.ensemble.joblog import HEADER, JobLog, failed_commands, log_target, read_joblog
 from pm.ensemble.local import TASK_TMP
 from pm.ensemble.perl_expr import PERL
 from pm.ensemble.scheduler import (
@@ -945,7 +945,8 @@ async def run_cli(opts: CliOptions) -> int:
         nonlocal names
         if "retry_failed" in extra:  # the log's failed commands, each its number there
             return [TaskSpec(seq - 1, ("sh", "-c", line), options.get("mem_per_task"), line,
-                             lineno) for seq, lineno, line in failed_commands(extra["joblog"])]
+                             lineno) for seq, lineno, line in failed_commands(
+                                 log_target(extra["joblog"])[0])]
         # -q: the command's words as given (GNU parallel's), not a line the shell splits.
         words = extra["tasks_words"].split("\0") if "tasks_words" in extra else None
         rpl = extra["rpl"].split("\0") if "rpl" in extra else []
@@ -1025,7 +1026,7 @@ async def run_cli(opts: CliOptions) -> int:
         if len(template) != 1:  # (a comment, say: as the whole input's reading makes it)
             stream, task_sources = False, sources
             specs = await asyncio.to_thread(tasks)
-    joblog = extra.get("joblog")
+    joblog, log_append = log_target(extra["joblog"]) if "joblog" in extra else (None, False)
     seen: dict[int, bool] = {}
     again = "resume_failed" in extra
 
@@ -1067,7 +1068,8 @@ async def run_cli(opts: CliOptions) -> int:
         sys.stdout.write("".join(f"{show(s.argv[-1])}\n" for s in specs))
         return 0
     log = None if joblog is None else JobLog(
-        joblog, append=bool({"resume", "resume_failed", "retry_failed"} & extra.keys()))
+        joblog, append=log_append or bool({"resume", "resume_failed", "retry_failed"}
+                                          & extra.keys()), header=not log_append)
     halt = _Halt(extra.get("halt", "never"), len(specs))
     mode = extra.get("output_mode") or ("line" if path is not None else "group")
     where = None
@@ -1096,6 +1098,8 @@ async def run_cli(opts: CliOptions) -> int:
                       files=tempfile.gettempdir() if "files" in extra else None,
                       color=bool({"color", "ctag", "ctagstring"} & extra.keys()),
                       color_failed="colorfailed" in extra)
+    if log is not None and log.to_stdout:  # (--joblog -: its header first, as parallel's)
+        console.write_out(HEADER.encode())
     interrupted: list[int] = []
     try:
         ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,
@@ -1154,9 +1158,13 @@ async def run_cli(opts: CliOptions) -> int:
             console.keep_order([] if piped or stream else (spec.index for spec in specs))
 
         def done(task: Task, result: TaskResult) -> None:
-            console.ended(task.index, failed=not result.ok)
-            if log is not None:
-                log.record(result, shown(task.spec), task.received)
+            line = "" if log is None else log.record(
+                result, shown(task.spec), task.received, task.sent,
+                ":" if ens.is_here(result.node) else None)
+            # (--joblog -: the task's line on stdout right after its output, as parallel's)
+            console.ended(task.index, failed=not result.ok,
+                          trailer=os.fsencode(line) if log is not None and log.to_stdout
+                          else b"")
             why = halt.count(result)
             if why:
                 console.message(why)

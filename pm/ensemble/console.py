@@ -140,6 +140,8 @@ class Console:
         #: one's as it comes, the others' held until those before them ended).
         self._order: deque[int] | None = None
         self._held: dict[int, _Spool] = {}
+        #: What goes on stdout after a task's output, by index (:meth:`ended`).
+        self._trailers: dict[int, bytes] = {}
         self._ended: set[int] = set()
         self._shown = False
         self._text = ""
@@ -189,11 +191,14 @@ class Console:
             return
         self._output(index, stream, data)
 
-    def ended(self, index: int, failed: bool = False) -> None:
+    def ended(self, index: int, failed: bool = False, trailer: bytes = b"") -> None:
         """Task ``index`` has ended for good (``failed``: not well): its output, or with
-        ``-k`` what waited on it, goes."""
+        ``-k`` what waited on it, goes.  ``trailer``: written on stdout right after its
+        output, as it is (GNU parallel's ``--joblog -``: the task's line in the log)."""
         if failed:
             self._failed.add(index)
+        if trailer:
+            self._trailers[index] = trailer
         order = self._order
         if self._results is not None:
             path = os.path.join(self._results[index], "seq")
@@ -201,20 +206,34 @@ class Console:
                 with contextlib.suppress(OSError), open(path, "w") as f:
                     f.write(str(index + 1))  # (a failure is named at its output, if any)
             if index not in self._unstored:
+                self._trail(index)
                 return
         name = self._file_of.get(index)
         if name is not None and index not in self._unstored:
             self._pass(index, STDOUT, os.fsencode(name) + b"\n")
         if order is None:
             self._release(index)
+            self._trail(index)
             return
         self._ended.add(index)
         while order and order[0] in self._ended:
             self._ended.discard(done := order.popleft())
             if self._group:
                 self._release(done)
-            elif order:
+            self._trail(done)
+            if not self._group and order:
                 self._release(order[0])  # the next task's output streams from now on
+
+    def _trail(self, index: int) -> None:
+        trailer = self._trailers.pop(index, None)
+        if trailer is not None:
+            self.write_out(trailer)
+
+    def write_out(self, data: bytes) -> None:
+        """``data`` on stdout as it is, after what was written there before."""
+        self._clear()
+        self._write(STDOUT, data)
+        self._later()
 
     def _release(self, index: int) -> None:
         held = self._held.pop(index, None)
@@ -342,6 +361,9 @@ class Console:
         self._clear()
         for index in sorted(self._held):
             self._release(index)
+            self._trail(index)
+        for index in sorted(self._trailers):  # (-k: after a task that never ended)
+            self._trail(index)
         if last:
             self._write(STDERR, last.encode(errors="surrogateescape"))
         await asyncio.to_thread(self._writer.drain)

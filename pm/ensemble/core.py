@@ -440,6 +440,11 @@ class Ensemble:
             text += f", about {_duration(eta)} left"
         return text
 
+    def is_here(self, node: str | None) -> bool:
+        """Whether ``node`` (a task's :attr:`Task.node`) is this machine."""
+        d = self._domains.get(str(node))
+        return d is not None and d.local
+
     def all_succeeded(self) -> bool:
         """Whether every task added succeeded, each at its first run."""
         summary = self._sched.summary()
@@ -705,7 +710,8 @@ class Ensemble:
             self.on_done(task, result)
 
     def _emit(self, task: Task, stream: int, data: bytes) -> None:
-        task.received += len(data)
+        if stream == STDOUT:  # (GNU parallel's "Receive": its stdout's bytes)
+            task.received += len(data)
         if self._output is not None:
             self._output(task.index, stream, data)
         else:
