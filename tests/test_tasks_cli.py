@@ -543,8 +543,8 @@ def test_results_that_cannot_be_stored_are_named_and_nothing_hangs(pmrun: Run,
     # (3 failed, as the summary says: the one whose output had nowhere to go, 2 not run)
     assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr
     lines = r.stderr.splitlines()
-    assert lines[0] == "pmrun: task 0's output cannot be stored: r/1/a: File exists", lines
-    assert "task 2 (line 1): not run: task 0's output cannot be stored" in r.stderr
+    assert lines[0] == "pmrun: task 1's output cannot be stored: r/1/a: File exists", lines
+    assert "task 3: not run: task 1's output cannot be stored" in r.stderr
     assert not (tmp_path / "r" / "1" / "b").exists()  # nothing more started
 
 
@@ -1033,7 +1033,7 @@ def test_pipe_ends_at_ctrl_c_while_waiting_for_input(pmrun_popen: Popen) -> None
     assert proc.stderr is not None and proc.stdin is not None
     proc.stdin.write(b"first\n")
     proc.stdin.flush()
-    while b"[task 0] exited" not in proc.stderr.readline():  # pmrun is up, a block done
+    while b"[task 1] exited" not in proc.stderr.readline():  # pmrun is up, a block done
         assert proc.poll() is None
     proc.stdin.write(b"a partial line: no newline yet")
     proc.stdin.flush()
@@ -1150,7 +1150,7 @@ def test_resume_failed_reruns_what_failed_and_resume_what_did_not_run(pmrun: Run
                                                                     [(2, 0), (1, 0)])
     r = pmrun("--resume", "--joblog", "log", line, ":::", "a", "b", "c")  # c fails once
     assert (r.returncode, r.stdout) == (1, ""), r.stderr
-    assert "task 2 (line 1): exit codes 1" in r.stderr
+    assert "task 3: exit codes 1" in r.stderr
     r = pmrun("--resume", "--joblog", "log", line, ":::", "a", "b", "c")
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
 
@@ -1225,9 +1225,9 @@ def test_timeout_ends_each_task_that_overruns_it(pmrun: Run, tmp_path: Path) -> 
               "quick", "slow")
     assert r.returncode == 1, r.stderr
     assert r.stdout == "quick\n"
-    assert "pmrun: [task 1] timed out after 0.5 s: terminated\n" in r.stderr
-    assert "pmrun: [task 1] timed out after 0.5 s: killed\n" in r.stderr
-    assert "task 1 (line 1): exit codes 137" in r.stderr
+    assert "pmrun: [task 2] timed out after 0.5 s: terminated\n" in r.stderr
+    assert "pmrun: [task 2] timed out after 0.5 s: killed\n" in r.stderr
+    assert "task 2: exit codes 137" in r.stderr
     rows = {seq: code for seq, code, _ in _log_rows(tmp_path / "log")}
     assert rows == {1: 0, 2: 0}  # (a kill is a signal, not an exit status)
     signals = [line.split("\t")[7] for line in (tmp_path / "log").read_text().splitlines()]
@@ -1272,7 +1272,7 @@ def test_exit_status_is_gnu_parallels(pmrun: Run, options: list[str], args: list
 def test_timeout_takes_gnu_parallels_time_postfixes(pmrun: Run) -> None:
     r = pmrun("--timeout", "0.01m", "sleep {}; echo {}", ":::", "0", "30")
     assert r.returncode == 1 and r.stdout == "0\n", r.stderr
-    assert "pmrun: [task 1] timed out after 0.6 s: terminated\n" in r.stderr
+    assert "pmrun: [task 2] timed out after 0.6 s: terminated\n" in r.stderr
 
 
 @pytest.mark.parametrize("option", [["--bind-to", "core"], ["-l"], ["--output", "out.%r"],
@@ -1306,7 +1306,7 @@ def test_an_interrupted_task_is_not_retried(pmrun_popen: Popen) -> None:
     assert proc.returncode == 128 + signal.SIGINT, err
     assert out == b"" and err.decode().splitlines()[-2:] == [
         "1 task: 0 succeeded, 1 failed, 0 retries",
-        f"  task 0 (line 1): exit codes 130: {sys.executable} -c \"import time; "
+        f"  task 1: exit codes 130: {sys.executable} -c \"import time; "
         "print('started', 1, flush=True); time.sleep(30)\""], err
 
 
@@ -1317,9 +1317,9 @@ def test_halt_now_on_the_first_failure_kills_the_rest(pmrun: Run, tmp_path: Path
     lines = r.stderr.splitlines()
     assert lines[0] == "pmrun: --halt now,fail=1: 1 task failed: killing the running tasks"
     assert lines[1] == "4 tasks: 0 succeeded, 4 failed, 0 retries"
-    assert "  task 1 (line 1): exit codes 137: sleep 30; exit 3" in lines  # killed
-    assert "  task 2 (line 1): not run: --halt now,fail=1: sleep 0.2; exit 3" in lines
-    assert "  task 3 (line 1): not run: --halt now,fail=1: sleep 0.3; exit 3" in lines
+    assert "  task 2: exit codes 137: sleep 30; exit 3" in lines  # killed
+    assert "  task 3: not run: --halt now,fail=1: sleep 0.2; exit 3" in lines
+    assert "  task 4: not run: --halt now,fail=1: sleep 0.3; exit 3" in lines
     assert sorted(seq for seq, _, _ in _log_rows(tmp_path / "log")) == [1, 2]  # what ran
 
 
@@ -1329,7 +1329,7 @@ def test_halt_soon_on_successes_ends_well(pmrun: Run) -> None:
     assert r.stderr.splitlines()[:2] == [
         "pmrun: --halt soon,success=2: 2 tasks succeeded: starting no more",
         "5 tasks: 2 succeeded, 3 failed, 0 retries"]
-    assert "  task 4 (line 1): not run: --halt soon,success=2: exit 0" in r.stderr
+    assert "  task 5: not run: --halt soon,success=2: exit 0" in r.stderr
 
 
 @pytest.mark.parametrize("value", ["now,fail", "soon,fail=0", "later,fail=1", "now,fail=101%",
@@ -1360,13 +1360,13 @@ def test_a_task_failing_on_another_host_is_said_once(pmrun: Run) -> None:
               "-hosts", "n1", "exit {}", ":::", "3")
     assert (r.returncode, r.stdout) == (1, ""), r.stderr
     assert r.stderr == ("1 task: 0 succeeded, 1 failed, 0 retries\n"
-                        "  task 0 (line 1): exit codes 3: exit 3\n")
+                        "  task 1: exit codes 3: exit 3\n")
     r = pmrun("--launcher", "exec", "--launcher-exec", "false {command}", "--iface",
               "127.0.0.1", "-hosts", "n1", "--join-timeout", "5", "echo", ":::", "a")
     assert r.returncode == 1
     assert r.stderr.count("node n1 lost: agent exited with code 1 before joining the tree"
                           ) == 1, r.stderr
-    assert r.stderr.endswith("  task 0 (line 1): no node left to run it: echo a\n"), r.stderr
+    assert r.stderr.endswith("  task 1: no node left to run it: echo a\n"), r.stderr
 
 
 def test_progress_line_estimates_the_time_left(tmp_path: Path) -> None:
@@ -1532,7 +1532,7 @@ def test_onall_runs_every_task_on_every_host_grouped_by_host(pmrun: Run,
     assert r.returncode == 2, r.stderr  # (both hosts' runs failed)
     assert r.stdout.splitlines() == [f"{first}\t0", f"{first}\t3", f"{second}\t0",
                                      f"{second}\t3"], r.stdout
-    assert r.stderr.count("task 1 (line 1): exit codes 3") == 2, r.stderr
+    assert r.stderr.count("task 2: exit codes 3") == 2, r.stderr
     # stdin's arguments read once, for every host; the joblogs one, with every host's.
     r = pmrun("--onall", "-k", "--tag", "-hosts", hosts, "--joblog", "log", "echo",
               input="x\ny\n")

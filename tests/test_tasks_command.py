@@ -188,3 +188,21 @@ def test_joblog_columns_as_gnu_parallels(pmrun: Run, tmp_path: Path) -> None:
     assert sorted(row[:4] for row in _rows((tmp_path / "log").read_text())[1:]) == [
         ("1", ":", "1000", "4"), ("2", ":", "1000", "4"), ("3", ":", "1000", "4"),
         ("4", ":", "893", "4")]
+
+
+def test_messages_name_a_task_by_its_seq(pmrun: Run, tmp_path: Path) -> None:
+    r = pmrun("exit {}", ":::", "0", "1", "2")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == ("3 tasks: 1 succeeded, 2 failed, 0 retries\n"
+                        "  task 2: exit codes 1: exit 1\n  task 3: exit codes 2: exit 2\n")
+    r = pmrun("--timeout", "0.3", "--joblog", "log", "sleep {}", ":::", "0", "30")
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[0] == "pmrun: [task 2] timed out after 0.3 s: terminated"
+    assert r.stderr.endswith("  task 2: exit codes 143: sleep 30\n"), r.stderr
+    assert _rows((tmp_path / "log").read_text())[2][0] == "2"  # (the same number)
+    # A tasks file's task: its index and its line, as the [task N] prefix of its output.
+    (tmp_path / "t.txt").write_text("# first\ntrue\nexit 4\n")
+    r = pmrun("--tasks", "t.txt")
+    assert r.stderr == ("2 tasks: 1 succeeded, 1 failed, 0 retries\n"
+                        "  task 1 (line 3): exit codes 4: exit 4\n")
+

@@ -40,7 +40,7 @@ def test_ctrl_c_ends_the_task_and_the_run(tmp_path: Path) -> None:
     assert t.code == 130, t.text
     lines = t.text.split("\r\n")
     assert lines[:2] == ["got a", "^Cpmrun: SIGINT: starting no more tasks"], t.text
-    assert f"  task 1 (line 1): not run: SIGINT: {ON_KEY.replace('{}', 'b')}" in lines, t.text
+    assert f"  task 2: not run: SIGINT: {ON_KEY.replace('{}', 'b')}" in lines, t.text
     assert "got b" not in lines
 
 
@@ -48,7 +48,7 @@ def test_a_task_killed_by_a_signal_leaves_the_terminals_modes_as_they_were(tmp_p
                                                                            ) -> None:
     t = on_terminal(["--tty", "stty -echo -icanon; echo {}; kill -KILL $$", ":::", "a"],
                     cwd=tmp_path, controlling=True)
-    assert t.code == 1 and "task 0 (line 1): exit codes 137:" in t.text, t.text
+    assert t.code == 1 and "task 1: exit codes 137:" in t.text, t.text
     assert t.after == t.before
 
 

@@ -1101,9 +1101,13 @@ async def run_cli(opts: CliOptions) -> int:
     if log is not None and log.to_stdout:  # (--joblog -: its header first, as parallel's)
         console.write_out(HEADER.encode())
     interrupted: list[int] = []
+    # (GNU parallel's command line: a task is named by its Seq, {#}; a tasks file's line
+    # by its index and line.)
+    console.numbered_from = int(path is None)
     try:
         ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,
                        timeout=opts.spec.timeout, **options)
+        ens.numbered_from = console.numbered_from
     except SizeError as exc:
         await console.aclose()
         if log is not None:

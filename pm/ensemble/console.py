@@ -120,6 +120,8 @@ class Console:
                  files: str | None = None, color: bool = False,
                  color_failed: bool = False) -> None:
         self.verbose = verbose
+        #: The number messages give the first task (:attr:`Ensemble.numbered_from`).
+        self.numbered_from = 0
         #: GNU parallel's --color (each task's lines in its color) and --colorfailed (a
         #: failed task's white on red): the colors, and the tasks that failed.
         self._colors = colors() if color else None
@@ -177,8 +179,8 @@ class Console:
                 return
             except OSError as exc:  # (its files went, the disk is full...): printed instead
                 self._unstored.add(index)
-                self.message(f"task {index}'s output cannot be stored ({exc.filename}: "
-                             f"{exc.strerror}): printed from here on")
+                self.message(f"task {index + self.numbered_from}'s output cannot be stored "
+                             f"({exc.filename}: {exc.strerror}): printed from here on")
         self._pass(index, stream, data)
 
     def _pass(self, index: int, stream: int, data: bytes) -> None:
@@ -326,8 +328,8 @@ class Console:
             fd, name = tempfile.mkstemp(prefix="par", suffix=".par", dir=self._files)
         except OSError as exc:
             self._unstored.add(index)
-            self.message(f"task {index}'s output cannot be stored ({exc.filename}: "
-                         f"{exc.strerror}): printed")
+            self.message(f"task {index + self.numbered_from}'s output cannot be stored "
+                         f"({exc.filename}: {exc.strerror}): printed")
             return
         os.close(fd)
         self._unstored.discard(index)

@@ -298,6 +298,10 @@ class Ensemble:
         self.total_hint = 0
         #: Called with each task and its result once it has ended for good.
         self.on_done: Callable[[Task, TaskResult], None] | None = None
+        #: The number messages and the summary give the first task: 0, its index (pmrun's
+        #: --tasks FILE, the summary naming its line too), or 1 (GNU parallel's command
+        #: line: a task's Seq, as ``{#}`` and the job log number it).
+        self.numbered_from = 0
 
     # ----------------------------------------------------------------- set-up
     async def __aenter__(self) -> Ensemble:
@@ -450,8 +454,12 @@ class Ensemble:
         summary = self._sched.summary()
         return summary.succeeded == summary.total and not summary.retries
 
+    def _name(self, index: int) -> str:
+        """Task ``index`` as messages name it (:attr:`numbered_from`)."""
+        return f"task {index + self.numbered_from}"
+
     def summary_text(self) -> str:
-        lines = [self._sched.summary().format()]
+        lines = [self._sched.summary().format(by_seq=self.numbered_from == 1)]
         for d in self._domains.values():
             adm = self._sched.admission(d.name)
             if adm is not None:
@@ -549,7 +557,7 @@ class Ensemble:
             task = self._tasks[index]
             rec = self._sched.record(index)
             if not task.admitted.done():
-                task.admitted.set_exception(ResourceLimit(f"task {index}: {rec.reason}"))
+                task.admitted.set_exception(ResourceLimit(f"{self._name(index)}: {rec.reason}"))
                 task.admitted.exception()  # an add()-ed task may have no submitter
             self._finish(task)
         if self._room:
@@ -579,9 +587,9 @@ class Ensemble:
         why = f"{defect(exc)} (a defect of pmrun's own)"
         d = self._domains.get(str(self._tasks[index].node))
         if d is not None and self._on_event is not None:
-            self._event("error", d, f"task {index}: {why}", index)
+            self._event("error", d, f"{self._name(index)}: {why}", index)
         else:
-            log.error("task %d: %s", index, why)
+            log.error("%s: %s", self._name(index), why)
         self.halt(f"not run: {why}", now=True)
 
     async def _run(self, start: Start) -> None:
@@ -621,12 +629,12 @@ class Ensemble:
         clock = _Clock(d, asyncio.get_running_loop().time())
         try:
             try:
-                self._event("start", d, f"[task {task.index}] started on node {entry} "
+                self._event("start", d, f"[{self._name(task.index)}] started on node {entry} "
                             f"({d.name}), reserving {format_size(start.reservation)}: "
                             f"{task.spec.line}", task.index)
             except OSError as exc:  # on_event could not make the run's files (--results)
                 code = EXIT_BROKEN
-                why = f"task {task.index}'s output cannot be stored: {_os_error(exc)}"
+                why = f"{self._name(task.index)}'s output cannot be stored: {_os_error(exc)}"
                 self._event("error", d, why, task.index)
                 self.halt(f"not run: {why}")  # the others' would not be either
                 return
@@ -656,7 +664,7 @@ class Ensemble:
             for s in (d.reported, d.killed, d.suspended, d.exempt, d.held, d.limit_ended):
                 s.discard(task.index)
             peak = self._sched.record(task.index).peak
-            self._event("exit", d, f"[task {task.index}] exited with {code} after "
+            self._event("exit", d, f"[{self._name(task.index)}] exited with {code} after "
                         f"{task.ended - task.started:.2f} s, peak {format_size(peak)}", task.index)
             rec = self._sched.record(task.index)
             if (rec.status is TaskStatus.RUNNING and rec.node == start.node
@@ -774,7 +782,7 @@ class Ensemble:
         for index, o in overruns:
             if index not in d.reported:
                 d.reported.add(index)
-                self._event("overrun", d, f"[task {index}] uses {format_size(o.measured)}, "
+                self._event("overrun", d, f"[{self._name(index)}] uses {format_size(o.measured)}, "
                             f"over its bound of {format_size(o.bound)}", index)
         if not adm.blocked:
             d.exempt.clear()
@@ -826,7 +834,7 @@ class Ensemble:
     def _hold_act(self, d: Domain, index: int, sig: signal.Signals, what: str,
                   said: str) -> None:
         self._signal_task(d, index, sig, f"task {index}: {said}")
-        self._event(what, d, f"[task {index}] {what}: {said}", index)
+        self._event(what, d, f"[{self._name(index)}] {what}: {said}", index)
 
     def _wake(self) -> None:
         """Every stopped task goes on, to hear what it was just sent (SIGTERM waits while a
@@ -855,11 +863,11 @@ class Ensemble:
         clock.timed_out = True
         after = self._limit_of_run.describe(limit)
         if self._termseq is not None:
-            self._event("timeout", d, f"[task {index}] timed out after {after}: "
+            self._event("timeout", d, f"[{self._name(index)}] timed out after {after}: "
                         "ending it (--termseq)", index)
             self._end_task(d, index, f"task {index} timed out")
             return
-        self._event("timeout", d, f"[task {index}] timed out after {after}: "
+        self._event("timeout", d, f"[{self._name(index)}] timed out after {after}: "
                     f"{'killed' if timers[1:] else 'terminated'}", index)
         self._signal_task(d, index, signal.SIGKILL if timers[1:] else signal.SIGTERM,
                           f"task {index} timed out")
@@ -885,7 +893,7 @@ class Ensemble:
 
     def _act(self, d: Domain, index: int, sig: signal.Signals, what: str) -> None:
         self._signal_task(d, index, sig, f"task {index} over its memory bound")
-        self._event(what, d, f"[task {index}] {what}: over its bound while node {d.name} "
+        self._event(what, d, f"[{self._name(index)}] {what}: over its bound while node {d.name} "
                     "is over its high watermark", index)
 
     def _event(self, kind: str, d: Domain, text: str, task: int | None = None, *,
@@ -982,7 +990,7 @@ class Ensemble:
             return
         index = running[-1]
         d.limit_ended.add(index)
-        self._event("killed", d, f"[task {index}] terminated: {why} says the host is "
+        self._event("killed", d, f"[{self._name(index)}] terminated: {why} says the host is "
                     "way over its limit (2)", index)
         self._end_task(d, index, f"task {index} ended by --limit")
 

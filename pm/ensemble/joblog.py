@@ -136,8 +136,8 @@ class JobLog:
             self._file.write(text)
             self._file.flush()
         except OSError as exc:  # the tasks go on; the log stops, named once
-            log.error("--joblog %s: %s: no more lines written (from task %d on)",
-                      self.path, exc.strerror or exc, result.index)
+            log.error("--joblog %s: %s: no more lines written (from Seq %d on)",
+                      self.path, exc.strerror or exc, result.index + 1)
             with contextlib.suppress(OSError):
                 self._file.close()
         return text

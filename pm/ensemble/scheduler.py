@@ -322,7 +322,9 @@ class Summary:
     exit_codes: Mapping[int, tuple[int | None, ...]]  # task index -> code of each attempt
     failures: tuple[TaskRecord, ...]
 
-    def format(self) -> str:
+    def format(self, by_seq: bool = False) -> str:
+        """The summary's lines; ``by_seq``: each failed task named by its Seq (its index + 1,
+        GNU parallel's ``{#}``), not by its index and its tasks file's line."""
         lines = [
             f"{self.total} task{'s' * (self.total != 1)}: {self.succeeded} succeeded, "
             f"{self.failed} failed, {self.retries} retr{'y' if self.retries == 1 else 'ies'}"
@@ -331,9 +333,9 @@ class Summary:
             codes = ", ".join("lost with its node" if c is None else str(c)
                               for c in rec.exit_codes)
             what = rec.reason or f"exit codes {codes}"
-            lines.append(
-                f"  task {rec.spec.index} (line {rec.spec.lineno}): {what}: {rec.spec.line}"
-            )
+            name = (f"task {rec.spec.index + 1}" if by_seq
+                    else f"task {rec.spec.index} (line {rec.spec.lineno})")
+            lines.append(f"  {name}: {what}: {rec.spec.line}")
         return "\n".join(lines)
 
 
