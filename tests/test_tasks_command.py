@@ -206,3 +206,12 @@ def test_messages_name_a_task_by_its_seq(pmrun: Run, tmp_path: Path) -> None:
     assert r.stderr == ("2 tasks: 1 succeeded, 1 failed, 0 retries\n"
                         "  task 1 (line 3): exit codes 4: exit 4\n")
 
+
+def test_trim_with_colsep_trims_each_column_as_gnu_parallels(pmrun: Run) -> None:
+    r = pmrun("-k", "--colsep", " +", "--trim", "lr", "echo", "{1}-{2}", input=" d e\n")
+    assert (r.returncode, r.stdout) == (0, "-d\n"), r.stderr
+    r = pmrun("-k", "--colsep", ",", "--trim", "l", "echo", "[{1}]", "[{2}]", ":::",
+              " a , b ")
+    assert (r.returncode, r.stdout) == (0, "[a ] [b ]\n"), r.stderr
+    r = pmrun("-k", "--csv", "--trim", "r", "echo", "[{1}]", "[{2}]", ":::", " a , b ")
+    assert (r.returncode, r.stdout) == (0, "[ a] [ b]\n"), r.stderr

@@ -976,7 +976,10 @@ async def run_cli(opts: CliOptions) -> int:
                 raise UsageError(f"-N {extra['max_args']} takes the arguments of an input "
                                  "source (::: ARGS, :::: FILE, -a FILE): there is none")
             return specs
-        shape = shaping(extra.get("eof"), extra.get("trim", "n"), "no_empty" in extra,
+        columns = "colsep" in extra or "csv" in extra
+        # (--trim with --colsep: each column once split, as GNU parallel's; not the line)
+        trim = extra.get("trim", "n")
+        shape = shaping(extra.get("eof"), "n" if columns else trim, "no_empty" in extra,
                         "join_blank" in extra)
         combos = combinations(task_sources, read_source, extra.get("delimiter"), names,
                               shape=shape, link="link" in extra,
@@ -994,13 +997,16 @@ async def run_cli(opts: CliOptions) -> int:
             limit = line_limit(opts.spec.base_env(), most)
             combos = spread(combos, slots, many,
                             budget=max(1, limit - len(os.fsencode(by_name(text, names or ())))))
-        if "colsep" in extra or "csv" in extra:
+        if columns:
             colsep, rows = extra.get("colsep", ","), "csv" in extra
             combos = split_columns(combos, colsep, rows)
             # A row's columns vary: {N} beyond a row's is empty there, as GNU parallel's.
             width = sys.maxsize
             if names:
                 names = list(split_columns([tuple(names)], colsep, rows)[0])
+            strip = shaping(trim=trim)
+            if strip is not None:
+                combos = [tuple(strip(list(c))) for c in combos]  # (--header's names: not)
         plus = None
         if "plus" in extra:  # (its {##}, {0#}, {0%} count the tasks and the job slots)
             plus = Plus(len(combos) * max(len(specs), 1),
