@@ -215,3 +215,17 @@ def test_trim_with_colsep_trims_each_column_as_gnu_parallels(pmrun: Run) -> None
     assert (r.returncode, r.stdout) == (0, "[a ] [b ]\n"), r.stderr
     r = pmrun("-k", "--csv", "--trim", "r", "echo", "[{1}]", "[{2}]", ":::", " a , b ")
     assert (r.returncode, r.stdout) == (0, "[ a] [ b]\n"), r.stderr
+
+
+def test_skip_first_line_skips_the_first_sources_first_argument(pmrun: Run,
+                                                               tmp_path: Path) -> None:
+    (tmp_path / "xy").write_text("x\ny\n")
+    for tail, want in ([[":::", "a", "b", "c"], "b\nc\n"],
+                       [[":::", "a", "b", ":::", "1", "2"], "b 1\nb 2\n"],
+                       [["::::", "xy", ":::", "1", "2"], "y 1\ny 2\n"],
+                       [[":::", "1", "2", "::::", "xy"], "2 x\n2 y\n"]):
+        r = pmrun("-k", "--skip-first-line", "echo", *tail)
+        assert (r.returncode, r.stdout) == (0, want), (tail, r.stderr)
+    for many in ([], ["-j1", "-X"]):  # stdin's arguments as they come, or all read first
+        r = pmrun("-k", "--skip-first-line", *many, "echo", input="header\na\nb\n")
+        assert (r.returncode, r.stdout) == (0, "a b\n" if many else "a\nb\n"), r.stderr

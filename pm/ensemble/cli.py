@@ -900,15 +900,10 @@ async def run_cli(opts: CliOptions) -> int:
 
     def read_source(name: str) -> str:
         check_stdin(name)
-        text = _read_text(name)
-        if "skip_first_line" in extra and not skipped:  # (the input's first line: the first
-            skipped.append(name)                       # source read)
-            text = text.partition("\n")[2]
-        return text
+        return _read_text(name)
 
     if stream:
         check_stdin("-")
-    skipped: list[str] = []
     names: list[str] | None = [] if "header" in extra else None
     renames = _renames(extra)
     nodes = nodes_of(opts)
@@ -983,7 +978,8 @@ async def run_cli(opts: CliOptions) -> int:
                         "join_blank" in extra)
         combos = combinations(task_sources, read_source, extra.get("delimiter"), names,
                               shape=shape, link="link" in extra,
-                              separators=separators(extra))
+                              separators=separators(extra),
+                              skip_first="skip_first_line" in extra)
         width = 0
         if "max_args" in extra:
             width = int(extra["max_args"])

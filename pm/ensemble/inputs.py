@@ -76,7 +76,8 @@ class Plus(NamedTuple):
 def combinations(words: Sequence[str], read: Callable[[str], str],
                  delimiter: str | None = None, names: list[str] | None = None, *,
                  shape: Callable[[list[str]], list[str]] | None = None, link: bool = False,
-                 separators: tuple[str, str] = (":::", "::::")) -> list[tuple[str, ...]]:
+                 separators: tuple[str, str] = (":::", "::::"), skip_first: bool = False
+                 ) -> list[tuple[str, ...]]:
     """The argument tuples of the input sources in ``words`` (which start with a
     separator); ``read(path)`` gives a ``::::`` file's text, an argument a line (or
     ending with ``delimiter``: GNU parallel's ``-0``, ``-d``).  ``names`` (GNU
@@ -84,8 +85,10 @@ def combinations(words: Sequence[str], read: Callable[[str], str],
     there instead.  ``shape``: what becomes of each source's arguments (:func:`shaping`);
     ``link`` (``--link``): every source paired with the others, a shorter one starting
     over; ``separators``: the words before arguments and before files (``:::``,
-    ``::::``; each with ``+``: linked).  :class:`UsageError` for a source without
-    arguments, a ``+`` source with nothing before it or a file that cannot be read."""
+    ``::::``; each with ``+``: linked); ``skip_first`` (GNU parallel's
+    ``--skip-first-line``): the first source's first argument is none, whatever its kind.
+    :class:`UsageError` for a source without arguments, a ``+`` source with nothing before
+    it or a file that cannot be read."""
     args_sep, files_sep = separators
     starts = {args_sep, args_sep + "+", files_sep, files_sep + "+"}
     groups: list[list[list[str]]] = []  # sources paired with each other, in order
@@ -100,6 +103,8 @@ def combinations(words: Sequence[str], read: Callable[[str], str],
         if not given:
             raise UsageError(f"{sep} needs {'files' if files else 'arguments'}")
         sources = [_lines(path, read, delimiter) for path in given] if files else [given]
+        if skip_first and i == 0:
+            sources[0] = sources[0][1:]
         if names is not None:
             for path, source in zip(given if files else [sep], sources, strict=True):
                 if len(source) < 2:
