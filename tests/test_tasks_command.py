@@ -229,3 +229,18 @@ def test_skip_first_line_skips_the_first_sources_first_argument(pmrun: Run,
     for many in ([], ["-j1", "-X"]):  # stdin's arguments as they come, or all read first
         r = pmrun("-k", "--skip-first-line", *many, "echo", input="header\na\nb\n")
         assert (r.returncode, r.stdout) == (0, "a b\n" if many else "a\nb\n"), r.stderr
+
+
+def test_sources_without_arguments_and_strings_beyond_them_as_gnu_parallels(
+        pmrun: Run, tmp_path: Path) -> None:
+    for tail in ([":::"], ["::::"], ["--arg-sep", ",,", "echo", ",,"]):
+        argv = tail if tail[0] == "--arg-sep" else ["echo", *tail]
+        r = pmrun(*argv)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), argv
+    r = pmrun("--joblog", "log", "touch x", ":::")  # (nothing runs)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert not (tmp_path / "x").exists()
+    r = pmrun("echo", ":::", "a", ":::")  # (beside another: one empty argument)
+    assert (r.returncode, r.stdout) == (0, "a \n"), r.stderr
+    r = pmrun("-k", "echo", "[{3}]", "[{2}]", "{1}", ":::", "a", "b")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "[] [] a\n[] [] b\n", "")

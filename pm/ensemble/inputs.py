@@ -87,8 +87,9 @@ def combinations(words: Sequence[str], read: Callable[[str], str],
     over; ``separators``: the words before arguments and before files (``:::``,
     ``::::``; each with ``+``: linked); ``skip_first`` (GNU parallel's
     ``--skip-first-line``): the first source's first argument is none, whatever its kind.
-    :class:`UsageError` for a source without arguments, a ``+`` source with nothing before
-    it or a file that cannot be read."""
+    A source without arguments (``CMD :::``) gives no combination, or beside others one
+    empty argument, as GNU parallel's.  :class:`UsageError` for a ``+`` source with nothing
+    before it or a file that cannot be read."""
     args_sep, files_sep = separators
     starts = {args_sep, args_sep + "+", files_sep, files_sep + "+"}
     groups: list[list[list[str]]] = []  # sources paired with each other, in order
@@ -100,13 +101,14 @@ def combinations(words: Sequence[str], read: Callable[[str], str],
             j += 1
         given = list(words[i + 1 : j])
         files = sep in (files_sep, files_sep + "+")
-        if not given:
-            raise UsageError(f"{sep} needs {'files' if files else 'arguments'}")
-        sources = [_lines(path, read, delimiter) for path in given] if files else [given]
+        # (A separator without arguments, or files, gives a source without any: GNU
+        # parallel's ``CMD :::`` runs nothing.)
+        sources = ([_lines(path, read, delimiter) for path in given] if files
+                   else [given]) if given else [[]]
         if skip_first and i == 0:
             sources[0] = sources[0][1:]
         if names is not None:
-            for path, source in zip(given if files else [sep], sources, strict=True):
+            for path, source in zip(given if files and given else [sep], sources, strict=True):
                 if len(source) < 2:
                     raise UsageError(f"--header: {sep} {path if files else ''}".rstrip()
                                      + " has a name but no argument")
@@ -123,6 +125,10 @@ def combinations(words: Sequence[str], read: Callable[[str], str],
             groups.append(sources[:1])
             groups.extend([s] for s in sources[1:])
         i = j
+    if all(not s for group in groups for s in group):
+        return []  # (none has arguments: no task)
+    # A source without arguments beside others with some: one empty argument, as parallel's.
+    groups = [[s or [""] for s in group] for group in groups]
     if link and groups:
         every = groups[0]
         longest = 0 if not all(every) else max(map(len, every))
@@ -425,13 +431,14 @@ def shell_quote(word: str) -> str:
 def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: int = 0,
          plus: Plus | None = None, between: str = " ", total: int = 0) -> str:
     """``line`` with its replacement strings filled from ``args`` (one combination) for
-    the task numbered ``seq``; without any, the arguments appended.  :class:`UsageError`
-    for ``{N}`` beyond the sources (``width``: ``-N``'s count, whose ``{N}`` beyond a
-    shorter last group are empty).  ``quote=False`` (a ``--tagstring``): the arguments
-    as they are, and nothing appended.  ``plus``: GNU parallel's ``--plus`` strings too.
-    ``between``: what goes between the arguments a string stands for (``{}`` of several
-    sources).  ``total``: the number of tasks (``{= total_jobs() =}``);
-    :class:`~pm.ensemble.perl_expr.Skipped` when an expression leaves the task out."""
+    the task numbered ``seq``; without any, the arguments appended.  ``{N}`` beyond the
+    sources is empty, as GNU parallel's; :class:`UsageError` for one beyond ``width``
+    (``-N``'s count; its ``{N}`` beyond a shorter last group are empty).  ``quote=False``
+    (a ``--tagstring``): the arguments as they are, and nothing appended.  ``plus``: GNU
+    parallel's ``--plus`` strings too.  ``between``: what goes between the arguments a
+    string stands for (``{}`` of several sources).  ``total``: the number of tasks
+    (``{= total_jobs() =}``); :class:`~pm.ensemble.perl_expr.Skipped` when an expression
+    leaves the task out."""
     q = shell_quote if quote else str
     used = False
 
@@ -454,18 +461,13 @@ def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: in
             k = int(n)
             if k < 0:  # {-1}: the last argument, {-2} the one before (GNU parallel's)
                 if -k > len(args):
-                    if width:
-                        return ""  # -N's last group, shorter
-                    raise UsageError(f"{m[0]} names input source {-k} from the last: there "
-                                     f"{'is' if len(args) == 1 else 'are'} {len(args)}")
+                    return ""  # (before the first: as GNU parallel's, empty)
                 k += len(args) + 1
-            if not 1 <= k <= max(len(args), width):
-                if width:
-                    raise UsageError(f"{m[0]} names argument {k}: -N {width} gives {width}")
-                raise UsageError(f"{m[0]} names input source {k}: there "
-                                 f"{'is' if len(args) == 1 else 'are'} {len(args)}")
+            if width and k > width:
+                raise UsageError(f"{m[0]} names argument {k}: -N {width} gives {width}")
             if k > len(args):
-                return ""  # -N's last group, shorter: as GNU parallel, empty
+                return ""  # a source beyond the given ones, -N's last group shorter: as
+                # GNU parallel's, empty
             values = args[k - 1 : k]
         if perl is not None:
             return between.join(_perl_value(perl, v, args, seq, total, q) for v in values)
