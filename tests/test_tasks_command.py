@@ -244,3 +244,20 @@ def test_sources_without_arguments_and_strings_beyond_them_as_gnu_parallels(
     assert (r.returncode, r.stdout) == (0, "a \n"), r.stderr
     r = pmrun("-k", "echo", "[{3}]", "[{2}]", "{1}", ":::", "a", "b")
     assert (r.returncode, r.stdout, r.stderr) == (0, "[] [] a\n[] [] b\n", "")
+
+
+def test_a_last_line_without_its_newline_stays_so_as_gnu_parallels(pmrun: Run,
+                                                                  tmp_path: Path) -> None:
+    for options, want in ([["--lb"], "cxcy"], [["--tag"], "x\tcxy\tcy"],
+                          [["--lb", "--tag"], "x\tcxy\tcy"], [["-u", "-j1"], "cxcy"]):
+        r = pmrun("-k", *options, "printf c{}", ":::", "x", "y")
+        assert (r.returncode, r.stdout) == (0, want), (options, r.stderr)
+    r = pmrun("-k", "--tagstring", "<{}>", "printf 'a\\nc{}'", ":::", "x", "y")
+    assert (r.returncode, r.stdout) == (0, "<x>\ta\n<x>\tcx<y>\ta\n<y>\tcy"), r.stderr
+    # --pipe --tag: the tag is the empty argument, as parallel's.
+    r = pmrun("--pipe", "--tag", "cat", input="1\n2\n")
+    assert (r.returncode, r.stdout) == (0, "\t1\n\t2\n"), r.stderr
+    # A tasks file's output keeps a line a task: the next [task N] never joins it.
+    (tmp_path / "t.txt").write_text("printf a\necho b\n")
+    r = pmrun("-j1", "--tasks", "t.txt")
+    assert (r.returncode, r.stdout) == (0, "[task 0] a\n[task 1] b\n"), r.stderr

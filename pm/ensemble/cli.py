@@ -653,9 +653,9 @@ def _tags(extra: dict[str, str], specs: Sequence[TaskSpec], tasks_file: bool
             return {s.index: tag(s) for s in specs}
         except UsageError as exc:
             raise UsageError(f"--tagstring {text}: {exc}") from None
-    if "tag" in extra:
-        return {s.index: os.fsencode(" ".join(s.args) if s.args else s.line) + b"\t"
-                for s in specs}
+    if "tag" in extra:  # (a tasks file's line without sources: the line; --pipe's: none)
+        return {s.index: os.fsencode(" ".join(s.args) if s.args or not tasks_file
+                                     else s.line) + b"\t" for s in specs}
     if tasks_file and "output_mode" not in extra:
         return {s.index: b"[task %d] " % s.index for s in specs}
     return {}
@@ -1106,6 +1106,7 @@ async def run_cli(opts: CliOptions) -> int:
     # (GNU parallel's command line: a task is named by its Seq, {#}; a tasks file's line
     # by its index and line.)
     console.numbered_from = int(path is None)
+    console.as_written = path is None
     try:
         ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,
                        timeout=opts.spec.timeout, **options)

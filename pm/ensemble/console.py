@@ -122,6 +122,10 @@ class Console:
         self.verbose = verbose
         #: The number messages give the first task (:attr:`Ensemble.numbered_from`).
         self.numbered_from = 0
+        #: A task's last line without its newline is written so, as GNU parallel writes it
+        #: (``--lb``, ``--tag``); else it is given one, so that the next task's line, which
+        #: a prefix starts (pmrun's ``--tasks FILE``), does not join it.
+        self.as_written = False
         #: GNU parallel's --color (each task's lines in its color) and --colorfailed (a
         #: failed task's white on red): the colors, and the tasks that failed.
         self._colors = colors() if color else None
@@ -260,10 +264,13 @@ class Console:
             data = self._colored(index, prefix or b"", data)
         elif prefix is not None:
             lines = data.split(b"\n")
-            if lines[-1] == b"":
-                lines.pop()
-            data = b"".join(prefix + line + b"\n" for line in lines)
-        elif not self._group and not data.endswith(b"\n"):
+            last = lines.pop()  # (b"": the data ended with its line)
+            if last and not self.as_written:
+                lines.append(last)
+                last = b""
+            data = b"".join(prefix + line + b"\n" for line in lines) + (
+                prefix + last if last else b"")
+        elif not self._group and not data.endswith(b"\n") and not self.as_written:
             data += b"\n"  # a line's piece, or its end without one: no other task's joins it
         self._clear()
         self._write(stream, data)
