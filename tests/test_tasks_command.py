@@ -261,3 +261,14 @@ def test_a_last_line_without_its_newline_stays_so_as_gnu_parallels(pmrun: Run,
     (tmp_path / "t.txt").write_text("printf a\necho b\n")
     r = pmrun("-j1", "--tasks", "t.txt")
     assert (r.returncode, r.stdout) == (0, "[task 0] a\n[task 1] b\n"), r.stderr
+
+
+def test_v_shows_the_command_lines_and_the_summary_and_memory_when_asked(pmrun: Run) -> None:
+    r = pmrun("-v", "echo", ":::", "a")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        0, "echo a\na\n", "1 task: 1 succeeded, 0 failed, 0 retries\n")
+    for asked in (["--mem-per-task", "1M"], ["-v"]):  # memory control, or -vv
+        r = pmrun("-v", *asked, "echo", ":::", "a")
+        assert r.returncode == 0, r.stderr
+        assert re.search(r"^pmrun: memory watermarks: high ", r.stderr, re.M), r.stderr
+        assert re.search(r"^node \S+: peak memory in use ", r.stderr, re.M), r.stderr

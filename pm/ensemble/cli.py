@@ -110,6 +110,11 @@ def _unmarked(text: str, renames: list[tuple[str, str]]) -> str:
     return text
 
 
+#: Options that ask for memory control (their figures show with -v).
+MEMORY_OPTIONS = frozenset({"mem_per_task", "mem_high", "mem_low", "memfree", "memsuspend",
+                            "mem_overrun", "mem_settle"})
+
+
 def _same(value: _T, _index: int) -> _T:
     return value
 
@@ -1107,6 +1112,10 @@ async def run_cli(opts: CliOptions) -> int:
     # by its index and line.)
     console.numbered_from = int(path is None)
     console.as_written = path is None
+    # (parallel's command line: -v is the command lines and the summary, as README says;
+    # the memory figures too where memory control was asked for, else at -vv)
+    memory = path is not None or bool(MEMORY_OPTIONS & extra.keys())
+    console.memory_level = 1 if memory else 2
     try:
         ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,
                        timeout=opts.spec.timeout, **options)
@@ -1266,7 +1275,7 @@ async def run_cli(opts: CliOptions) -> int:
         if log is not None:
             log.close()
         summary = ens.summary_text()
-        if not opts.verbose:  # the nodes' memory peaks with -v
+        if opts.verbose < console.memory_level:  # the nodes' memory peaks with -v (-vv)
             summary = "\n".join(x for x in summary.split("\n") if not x.startswith("node "))
         if path is None and not opts.verbose and ens.all_succeeded():
             summary = ""  # GNU parallel's command line (CMD ::: ARGS): silent when all went well

@@ -126,6 +126,9 @@ class Console:
         #: (``--lb``, ``--tag``); else it is given one, so that the next task's line, which
         #: a prefix starts (pmrun's ``--tasks FILE``), does not join it.
         self.as_written = False
+        #: The verbosity that shows the nodes' memory figures (watermarks, admission
+        #: blocked and again open): -v, or -vv where memory control was not asked for.
+        self.memory_level = 1
         #: GNU parallel's --color (each task's lines in its color) and --colorfailed (a
         #: failed task's white on red): the colors, and the tasks that failed.
         self._colors = colors() if color else None
@@ -315,7 +318,7 @@ class Console:
         if e.kind in ("overrun", "killed", "suspended", "resumed", "lost", "timeout", "error"):
             level = 0
         elif e.kind in ("watermarks", "blocked", "unblocked"):
-            level = 1
+            level = self.memory_level
         elif e.kind in ("start", "exit") or (e.kind == "sample" and e.used + e.reserved > e.low):
             level = 2  # samples only while they matter: between the watermarks or above
         else:
