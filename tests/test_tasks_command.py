@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import pytest
 
 from pm.ensemble.inputs import MAX_ARG_STRLEN, line_limit
 from pm.ensemble.scheduler import parse_command, parse_tasks
+
+sys.path.insert(0, str(Path(__file__).parent))
+from launch_util import pids_with
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -272,3 +276,30 @@ def test_v_shows_the_command_lines_and_the_summary_and_memory_when_asked(pmrun: 
         assert r.returncode == 0, r.stderr
         assert re.search(r"^pmrun: memory watermarks: high ", r.stderr, re.M), r.stderr
         assert re.search(r"^node \S+: peak memory in use ", r.stderr, re.M), r.stderr
+
+
+class _Mine(Exception):
+    """The caller's own exception, raised by its on_event."""
+
+
+@pytest.mark.parametrize("kind", ["watermarks", "start", "exit"])
+def test_an_on_event_exception_reaches_the_caller_of_run_tasks(kind: str, marker: str,
+                                                               tmp_path: Path) -> None:
+    """Whichever event the callback raises at, run_tasks raises the caller's exception
+    once the tasks ended: the running one is killed, none more starts, nothing is left."""
+    import pm
+
+    seen: list[str] = []
+
+    def on_event(e: pm.ensemble.Event) -> None:
+        seen.append(e.kind)
+        if e.kind == kind and (kind != "start" or seen.count("start") == 2):
+            raise _Mine(kind)
+
+    slow = [sys.executable, "-c", "import time; time.sleep(60)", marker]
+    with pytest.raises(_Mine, match=kind):
+        pm.run_tasks([slow, ["true"], ["sh", "-c", f"touch {tmp_path}/never", marker]],
+                     output="capture", jobs=2, mem_per_task="1M", on_event=on_event)
+    assert pids_with(marker) == []
+    assert seen.count(kind) == 1 or kind == "start"  # (told no more once it raised)
+    assert not (tmp_path / "never").exists()

@@ -1120,6 +1120,7 @@ async def run_cli(opts: CliOptions) -> int:
         ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,
                        timeout=opts.spec.timeout, **options)
         ens.numbered_from = console.numbered_from
+        ens.prepare = console.prepare
     except SizeError as exc:
         await console.aclose()
         if log is not None:

@@ -301,12 +301,16 @@ class Console:
         self._write(STDERR, f"pmrun: {text}\n".encode(errors="surrogateescape"))
         self._later()
 
-    def event(self, e: Event) -> None:
-        if e.kind == "start" and self._results is not None and e.task is not None:
-            where = self._results[e.task]  # a run begins: its files start empty
+    def prepare(self, index: int) -> None:
+        """A run of task ``index`` begins: its ``--results`` files start empty (OSError if
+        they cannot be made: :attr:`Ensemble.prepare`)."""
+        if self._results is not None:
+            where = self._results[index]
             os.makedirs(where, exist_ok=True)
             for name in ("stdout", "stderr"):
                 open(os.path.join(where, name), "wb").close()
+
+    def event(self, e: Event) -> None:
         if e.kind == "start" and self._files is not None and e.task is not None:
             self._new_file(e.task)
         if e.kind == "start" and self._group and e.task is not None:

@@ -249,6 +249,12 @@ class Ensemble:
         self._spec = spec or JobSpec(apps=[])
         self._output = output
         self._on_event = on_event
+        #: What ``on_event`` raised, first (:meth:`join` raises it).
+        self._caller_error: Exception | None = None
+        #: Called with a task's index as each of its runs starts, before it runs: an
+        #: OSError (the run's files cannot be made: ``--results``) fails the run and
+        #: starts no more.
+        self.prepare: Callable[[int], None] | None = None
         self._probe_mem = NodeMemory(cgroup)
         self._token = secrets.token_hex(6)
         self._here = socket.gethostname()
@@ -428,8 +434,14 @@ class Ensemble:
             await fut
 
     async def join(self) -> list[TaskResult]:
-        """Every task's result, in submission order, once all have ended."""
-        return [await t.wait() for t in list(self._tasks.values())]
+        """Every task's result, in submission order, once all have ended.  An exception
+        ``on_event`` raised is raised here, once every task ended (the callback raising
+        halts the ensemble: the running tasks are killed, no more start, and it is called
+        no more)."""
+        results = [await t.wait() for t in list(self._tasks.values())]
+        if self._caller_error is not None:
+            raise self._caller_error
+        return results
 
     def progress_text(self) -> str:
         """The progress line: counts, what the queue waits for, and once a task ended
@@ -586,7 +598,7 @@ class Ensemble:
         ensemble (nothing new starts, what runs is killed)."""
         why = f"{defect(exc)} (a defect of pmrun's own)"
         d = self._domains.get(str(self._tasks[index].node))
-        if d is not None and self._on_event is not None:
+        if d is not None and self._on_event is not None and self._caller_error is None:
             self._event("error", d, f"{self._name(index)}: {why}", index)
         else:
             log.error("%s: %s", self._name(index), why)
@@ -629,15 +641,17 @@ class Ensemble:
         clock = _Clock(d, asyncio.get_running_loop().time())
         try:
             try:
-                self._event("start", d, f"[{self._name(task.index)}] started on node {entry} "
-                            f"({d.name}), reserving {format_size(start.reservation)}: "
-                            f"{task.spec.line}", task.index)
-            except OSError as exc:  # on_event could not make the run's files (--results)
+                if self.prepare is not None:
+                    self.prepare(task.index)
+            except OSError as exc:  # the run's files could not be made (--results)
                 code = EXIT_BROKEN
                 why = f"{self._name(task.index)}'s output cannot be stored: {_os_error(exc)}"
                 self._event("error", d, why, task.index)
                 self.halt(f"not run: {why}")  # the others' would not be either
                 return
+            self._event("start", d, f"[{self._name(task.index)}] started on node {entry} "
+                        f"({d.name}), reserving {format_size(start.reservation)}: "
+                        f"{task.spec.line}", task.index)
             self._clocks[task.index] = clock
             self._arm(task.index, clock)
             if d.local:
@@ -898,12 +912,18 @@ class Ensemble:
 
     def _event(self, kind: str, d: Domain, text: str, task: int | None = None, *,
                reserved: int | None = None) -> None:
-        if self._on_event is None:
+        if self._on_event is None or self._caller_error is not None:
             return
         adm = self._sched.admission(d.name)
         figures = (adm.used, adm.reserved if reserved is None else reserved,
                    adm.watermarks.high, adm.watermarks.low) if adm else (0, 0, 0, 0)
-        self._on_event(Event(kind, time.time(), d.name, text, task, *figures))
+        try:
+            self._on_event(Event(kind, time.time(), d.name, text, task, *figures))
+        except Exception as exc:  # the caller's own: theirs to see, from join()
+            self._caller_error = exc
+            # (Halted once the code that said it is done: whichever event raised, the same.)
+            asyncio.get_running_loop().call_soon(
+                self.halt, f"not run: on_event raised {type(exc).__name__}", True)
 
     async def _put_bases(self, d: Domain) -> None:
         """Put the ``--basefile`` files on ``d``'s host."""
