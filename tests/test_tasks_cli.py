@@ -457,7 +457,7 @@ def test_grouped_output_is_stdout_then_stderr_and_the_last_runs_only(tmp_path: P
     # Merged streams, as in a terminal: a task's stdout, then its stderr, as one block.
     # With --retries only the last run's output shows (GNU parallel's way).
     r = subprocess.run(pmrun_argv("--retries", "3", "echo err $PMRUN_TASK_ATTEMPT >&2; echo out "
-                                  "$PMRUN_TASK_ATTEMPT; exit 1", ":::", "x"),
+                                  "$PMRUN_TASK_ATTEMPT; exit 1 # {}", ":::", "x"),
                        cwd=tmp_path, env=pmrun_env(), stdin=subprocess.DEVNULL,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, text=True)
     assert r.returncode == 1
@@ -521,7 +521,7 @@ def test_results_are_files_as_gnu_parallel_writes_them(pmrun: Run, tmp_path: Pat
     assert (r.returncode, r.stdout) == (0, ""), r.stderr
     assert _tree(tmp_path / "ours") == _tree(tmp_path / "theirs")
     # A retried task's files hold its last run.
-    r = pmrun("--results", "again", "--retries", "2", "echo $PMRUN_TASK_ATTEMPT; exit 1",
+    r = pmrun("--results", "again", "--retries", "2", "echo $PMRUN_TASK_ATTEMPT; exit 1 # {}",
               ":::", "t")
     assert r.returncode == 1
     assert _tree(tmp_path / "again") == {"1/t/seq": b"1", "1/t/stdout": b"2\n",
@@ -689,7 +689,7 @@ def test_cat_and_fifo_files_are_private_and_go_however_the_run_ends(pmrun: Run,
     r = pmrun("--fifo", "--tmpdir", str(tmp), "stat -c %a%F {}; cat {}", input="x\n")
     assert (r.returncode, r.stdout) == (0, "600fifo\nx\n"), r.stderr
     # A command that never opens the pipe ends; so does the writer waiting for it.
-    r = pmrun("--fifo", "--tmpdir", str(tmp), "exit 4", input="x\n", timeout=30)
+    r = pmrun("--fifo", "--tmpdir", str(tmp), "exit 4 # {}", input="x\n", timeout=30)
     assert r.returncode == 1 and "exit codes 4" in r.stderr, r.stderr
     # Killed (--timeout: SIGTERM to the run's processes): its file goes all the same.
     r = pmrun("--cat", "--tmpdir", str(tmp), "--timeout", "0.5", "test -s {} && sleep 30",
@@ -1163,7 +1163,7 @@ def test_retry_failed_reruns_the_logs_failed_commands(pmrun: Run, tmp_path: Path
                                                    for x in "bc")), r.stderr
     r = pmrun("--retry-failed", "--joblog", "log", "-k", "echo not this", ":::", "x")
     assert (r.returncode, r.stdout) == (1, "b\n"), r.stderr
-    assert "task 2 (line 4): exit codes 3" in r.stderr  # (c, its line in the log)
+    assert "task 3: exit codes 3" in r.stderr  # (c, its number in the log)
     rows = _log_rows(tmp_path / "log")
     assert rows[3:] == [(2, 0, line.replace("{}", "b")), (3, 3, line.replace("{}", "c"))]
     shutil.copy(tmp_path / "log", tmp_path / "log.parallel")
@@ -1239,7 +1239,7 @@ def test_timeout_as_a_percentage_of_the_median_successful_run(pmrun: Run) -> Non
     took = time.monotonic() - start
     assert r.returncode == 2, r.stderr
     assert r.stdout == "0.3\n", r.stderr
-    m = re.search(r"pmrun: \[task 0\] timed out after ([0-9.]+) s \(200% of the median "
+    m = re.search(r"pmrun: \[task 1\] timed out after ([0-9.]+) s \(200% of the median "
                   r"successful run, ([0-9.]+) s\): terminated\n", r.stderr)
     assert m is not None, r.stderr
     assert float(m[1]) == pytest.approx(2 * float(m[2]), rel=0.01)
@@ -1598,7 +1598,9 @@ def test_a_reader_that_goes_away_ends_the_tasks(tmp_path: Path) -> None:
     # `pmrun ... | head -1` where head has its line: the tasks' output has nowhere to go,
     # and what still runs is ended (else held output of tasks that never end grows).
     marker = f"pm-gone-{os.getpid()}"
-    proc = subprocess.Popen(pmrun_argv("-j", "3", f"echo {{}}; sleep 30 # {marker}", ":::",
+    # (sleep not the last command: a shell that runs the last one in its place, as bash
+    # does, would leave no process with the marker)
+    proc = subprocess.Popen(pmrun_argv("-j", "3", f"echo {{}}; sleep 30; : # {marker}", ":::",
                                        "1", "2", "3"),
                             cwd=tmp_path, env=pmrun_env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
