@@ -303,3 +303,12 @@ def test_an_on_event_exception_reaches_the_caller_of_run_tasks(kind: str, marker
     assert pids_with(marker) == []
     assert seen.count(kind) == 1 or kind == "start"  # (told no more once it raised)
     assert not (tmp_path / "never").exists()
+
+
+def test_tasks_on_another_host_run_in_the_same_shell(pmrun: Run) -> None:
+    # A host reached through a launcher (this machine under another name): its runner
+    # starts the task with the shell chosen here.
+    r = pmrun("--launcher", "exec", "--launcher-exec", "env {command}", "--iface", "127.0.0.1",
+              "-hosts", "n1", "x=(1 2 3); echo ${x[1]} {} $0", ":::", "q",
+              env={"SHELL": "/bin/bash", "PARALLEL_SHELL": ""})
+    assert (r.returncode, r.stdout) == (0, "2 q /bin/bash\n"), r.stderr
