@@ -1938,7 +1938,7 @@ OPTIONS = (
         help="as -m, and a word holding {} (pic{}.jpg) is repeated for each argument"),
     Opt("--xargs", "many_args", kind=FLAG, const="--xargs", group=MEMORY,
         help="as -m, all arguments in one task (as many as a command line holds)"),
-    Opt("-s --max-chars", "max_chars", whole(1), metavar="N", group=MEMORY,
+    Opt("-s --max-chars", "max_chars", verbatim, metavar="N", group=MEMORY,
         help="-m, -X, --xargs: a task's command line at most N bytes (its NUL counted, GNU "
              "parallel's); default and most: what exec takes (128 KiB)"),
     Opt("-a --arg-file", "arg_files", readable_or_stdin, metavar="FILE", group=MEMORY,

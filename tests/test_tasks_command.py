@@ -113,8 +113,11 @@ def test_max_chars_bounds_a_line_of_many_arguments_as_gnu_parallels(pmrun: Run) 
     r = pmrun("-k", "-s", "12", "echo", ":::", "1", "2")  # (a task an argument: taken)
     assert (r.returncode, r.stdout) == (0, "1\n2\n"), r.stderr
     assert line_limit({}, 20) == 19 and line_limit({}) == MAX_ARG_STRLEN - 1
-    r = pmrun("-s", "0", "echo", ":::", "1")
-    assert (r.returncode, r.stderr) == (2, "pmrun: -s must be at least 1\n")
+    for bad in ("0", "x", "-1"):
+        r = pmrun("-s", bad, "echo", ":::", "1")
+        assert (r.returncode, r.stdout, r.stderr) == (
+            2, "", "pmrun: -s (--max-chars) takes the most bytes of a command line, a whole "
+                   f"number of at least 1, not '{bad}'\n")
 
 
 def test_input_lines_end_at_newlines_alone_as_gnu_parallels(pmrun: Run,

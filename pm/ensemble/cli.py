@@ -699,6 +699,10 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
         raise UsageError(str(exc)) from None
     if out["retries"] < 0:
         raise UsageError("--retries must be at least 0")
+    most = extra.get("max_chars")  # (-s N: read here, as -m/-X read it)
+    if most is not None and not (most.isdecimal() and int(most) >= 1):
+        raise UsageError(f"-s (--max-chars) takes the most bytes of a command line, a whole "
+                         f"number of at least 1, not {most!r}")
     jobs = extra.get("jobs")
     if "tty" in extra:
         out["tty"] = _terminal()
