@@ -1783,7 +1783,8 @@ OPTIONS = (
     Opt("--mem-low", "mem_low", size, metavar="SIZE|PCT", group=MEMORY,
         help="resume admitting below this (default 80%)"),
     Opt("--retries", "retries", whole(0, MOST_RANKS), metavar="N", group=MEMORY,
-        help="rerun a failed task up to N times"),
+        help="run a failed task again, N runs in all at most (GNU parallel's: 0 and 1 "
+             "run it once)"),
     Opt("--joblog", "joblog", text, metavar="FILE", group=MEMORY,
         help="a line per ended task in FILE, GNU parallel's columns (Seq ... Exitval ...)"),
     Opt("--resume", "resume", kind=FLAG, group=MEMORY,
@@ -1937,6 +1938,9 @@ OPTIONS = (
         help="as -m, and a word holding {} (pic{}.jpg) is repeated for each argument"),
     Opt("--xargs", "many_args", kind=FLAG, const="--xargs", group=MEMORY,
         help="as -m, all arguments in one task (as many as a command line holds)"),
+    Opt("-s --max-chars", "max_chars", verbatim, metavar="N", group=MEMORY,
+        help="-m, -X, --xargs: a task's command line at most N bytes (its NUL counted, GNU "
+             "parallel's); default and most: what exec takes (128 KiB)"),
     Opt("-a --arg-file", "arg_files", readable_or_stdin, metavar="FILE", group=MEMORY,
         help="an argument a line of FILE (- : stdin) for the command: :::: FILE (again: "
              "another source)"),
@@ -2882,7 +2886,7 @@ _ENSEMBLE_KEYS = ("jobs", "retries", "mem_per_task", "joblog", "resume", "resume
                   "shard", "bin", "slot_var", "group_by", "onall", "nonall", "load",
                   "noswap", "limit", "transfer", "returns", "cleanup", "trc", "basefiles",
                   "ctag", "ctagstring", "color", "colorfailed", "no_keep_order", "termseq",
-                  "csv", "rpl", "tty")
+                  "csv", "rpl", "tty", "max_chars")
 
 
 #: Options about an MPI job's ranks, which task ensembles do not take.

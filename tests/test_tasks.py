@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 from pathlib import Path
 
@@ -117,8 +116,6 @@ def test_sources_combine_last_fastest_and_plus_pairs() -> None:
 
 
 @pytest.mark.parametrize(("words", "message"), [
-    ([":::"], "::: needs arguments"),
-    ([":::", "a", "::::"], ":::: needs files"),
     ([":::+", "a"], ":::\\+ pairs its source with the one before it: there is none"),
     (["::::", "missing"], ":::: missing: No such file"),
 ])
@@ -212,17 +209,14 @@ def test_any_lines_and_arguments_give_tasks_or_a_named_error(lines: list[str],
     assert all(t.argv[:2] == ("sh", "-c") for t in tasks)
 
 
-def test_a_source_beyond_the_given_ones_is_named() -> None:
-    with pytest.raises(UsageError, match=re.escape("{3} names input source 3: there are 2")):
-        fill("echo {3}", ("a", "b"), 1)
-    with pytest.raises(UsageError, match=re.escape("{-3} names input source 3 from the last: "
-                                                   "there are 2")):
-        fill("echo {-3}", ("a", "b"), 1)
+def test_a_source_beyond_the_given_ones_is_empty_as_gnu_parallels() -> None:
+    assert fill("echo {3} {2}", ("a", "b"), 1) == "echo  b"
     assert fill("echo {-1} {-2.}", ("a.x", "b.y"), 1) == "echo b.y a"
-    specs = parse_tasks("echo\necho {2.}\n")
-    message = "line 2: {2.} names input source 2: there is 1"
-    with pytest.raises(TaskFileError, match=re.escape(message)):
-        with_arguments(specs, [("a",)])
+    specs = parse_tasks("echo\necho x{2.}y\n")
+    assert [t.argv[-1] for t in with_arguments(specs, [("a",)])] == ["echo a", "echo xy"]
+    # Sources without arguments: none (no task), or beside others one empty argument.
+    assert combinations([":::"], str) == combinations(["::::"], str) == []
+    assert combinations([":::", "a", ":::"], str) == [("a", "")]
 
 
 def test_command_key() -> None:

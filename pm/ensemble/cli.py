@@ -14,6 +14,7 @@ import os
 import random
 import re
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -26,21 +27,24 @@ from pm.ensemble.core import Ensemble
 from pm.ensemble.domain import CPU_UNIT, planned_slots
 from pm.ensemble.inputs import (
     Plus,
+    by_name,
     chunked,
     combinations,
     fill,
     has_replacement,
+    line_limit,
     shaping,
     shell_quote,
     split_columns,
     spread,
     with_rpl,
 )
-from pm.ensemble.joblog import JobLog, failed_commands, read_joblog
+from pm.ensemble.joblog import HEADER, JobLog, failed_commands, log_target, read_joblog
 from pm.ensemble.local import TASK_TMP
 from pm.ensemble.perl_expr import PERL
 from pm.ensemble.scheduler import (
     TaskSpec,
+    parse_command,
     parse_tasks,
     quoted_line,
     with_arguments,
@@ -104,6 +108,11 @@ def _unmarked(text: str, renames: list[tuple[str, str]]) -> str:
     for k, (_, std) in enumerate(renames):
         text = text.replace(_kept(k), std)
     return text
+
+
+#: Options that ask for memory control (their figures show with -v).
+MEMORY_OPTIONS = frozenset({"mem_per_task", "mem_high", "mem_low", "memfree", "memsuspend",
+                            "mem_overrun", "mem_settle"})
 
 
 def _same(value: _T, _index: int) -> _T:
@@ -649,9 +658,9 @@ def _tags(extra: dict[str, str], specs: Sequence[TaskSpec], tasks_file: bool
             return {s.index: tag(s) for s in specs}
         except UsageError as exc:
             raise UsageError(f"--tagstring {text}: {exc}") from None
-    if "tag" in extra:
-        return {s.index: os.fsencode(" ".join(s.args) if s.args else s.line) + b"\t"
-                for s in specs}
+    if "tag" in extra:  # (a tasks file's line without sources: the line; --pipe's: none)
+        return {s.index: os.fsencode(" ".join(s.args) if s.args or not tasks_file
+                                     else s.line) + b"\t" for s in specs}
     if tasks_file and "output_mode" not in extra:
         return {s.index: b"[task %d] " % s.index for s in specs}
     return {}
@@ -681,7 +690,8 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
             out["mem_suspend"] = parallel_size(extra["memsuspend"])
         if "mem_per_task" in extra:
             out["mem_per_task"] = parse_size(extra["mem_per_task"])
-        out["retries"] = int(extra.get("retries", "0"))
+        # GNU parallel's --retries N: N runs in all (0 and 1: one); the ensemble's: reruns.
+        out["retries"] = max(0, int(extra.get("retries", "0")) - 1)
         if "mem_settle" in extra:
             value = extra["mem_settle"]
             out["settle"] = None if value in ("off", "0") else float(value)
@@ -689,6 +699,10 @@ def _options(extra: dict[str, str]) -> dict[str, Any]:
         raise UsageError(str(exc)) from None
     if out["retries"] < 0:
         raise UsageError("--retries must be at least 0")
+    most = extra.get("max_chars")  # (-s N: read here, as -m/-X read it)
+    if most is not None and not (most.isdecimal() and int(most) >= 1):
+        raise UsageError(f"-s (--max-chars) takes the most bytes of a command line, a whole "
+                         f"number of at least 1, not {most!r}")
     jobs = extra.get("jobs")
     if "tty" in extra:
         out["tty"] = _terminal()
@@ -832,13 +846,32 @@ def sources_of(opts: CliOptions) -> list[str]:
     return argv
 
 
+def task_shell(environ: Mapping[str, str]) -> str:
+    """The shell that runs the tasks of GNU parallel's command line, as parallel chooses
+    it: ``$PARALLEL_SHELL``, else ``$SHELL`` (the user's: bash's arrays and ``[[`` work as
+    they do at the prompt), else ``/bin/sh``.  :class:`UsageError` for one that is no
+    program here."""
+    for name in ("PARALLEL_SHELL", "SHELL"):
+        value = environ.get(name)
+        if value:
+            break
+    else:
+        return "/bin/sh"
+    found = shutil.which(value, path=environ.get("PATH", os.defpath))
+    if found is None or os.path.isdir(found):
+        raise UsageError(f"${name} is {value}, which is no program that can run the tasks "
+                         f"(set {name} to a shell, e.g. {name}=/bin/bash)")
+    return value
+
+
 def _read_text(path: str) -> str:
     """A tasks file's or an input source's text; bytes that are not UTF-8 (a file name in
     another encoding) come back unchanged in the tasks' command lines (``os.fsdecode``'s
     way)."""
     if path == "-":
         return sys.stdin.buffer.read().decode(errors="surrogateescape")
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    # (newline="": a line's bytes as they are, a CRLF line's "\r" too, as parallel reads)
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
         return f.read()
 
 
@@ -876,19 +909,17 @@ async def run_cli(opts: CliOptions) -> int:
 
     def read_source(name: str) -> str:
         check_stdin(name)
-        text = _read_text(name)
-        if "skip_first_line" in extra and not skipped:  # (the input's first line: the first
-            skipped.append(name)                       # source read)
-            text = text.partition("\n")[2]
-        return text
+        return _read_text(name)
 
     if stream:
         check_stdin("-")
-    skipped: list[str] = []
     names: list[str] | None = [] if "header" in extra else None
     renames = _renames(extra)
     nodes = nodes_of(opts)
     assert isinstance(nodes, Nodes)
+    # (--tasks FILE: each line in sh -c, as README says; --dry-run runs nothing.)
+    shell = ("sh" if path is not None or {"dry_run", "shell_quote"} & extra.keys()
+             else task_shell(os.environ))
 
     def tasks() -> list[TaskSpec]:
         made = _tasks()
@@ -905,6 +936,9 @@ async def run_cli(opts: CliOptions) -> int:
 
             made = [dataclasses.replace(s, argv=tuple(map(back, s.argv)), line=back(s.line),
                                         words=tuple(map(back, s.words))) for s in made]
+        if shell != "sh":  # parallel's command line: its shell runs each task's line
+            made = [dataclasses.replace(s, argv=(shell, *s.argv[1:]))
+                    if s.argv[:2] == ("sh", "-c") else s for s in made]
         if "nice" in extra:  # --nice N: the whole line (sh and all it runs) at niceness N;
             # (the shell line stays the last word: what -v, --dry-run and --joblog show)
             made = [dataclasses.replace(s, argv=("nice", "-n", extra["nice"], *s.argv),
@@ -915,7 +949,8 @@ async def run_cli(opts: CliOptions) -> int:
         nonlocal names
         if "retry_failed" in extra:  # the log's failed commands, each its number there
             return [TaskSpec(seq - 1, ("sh", "-c", line), options.get("mem_per_task"), line,
-                             lineno) for seq, lineno, line in failed_commands(extra["joblog"])]
+                             lineno) for seq, lineno, line in failed_commands(
+                                 log_target(extra["joblog"])[0])]
         # -q: the command's words as given (GNU parallel's), not a line the shell splits.
         words = extra["tasks_words"].split("\0") if "tasks_words" in extra else None
         rpl = extra["rpl"].split("\0") if "rpl" in extra else []
@@ -936,33 +971,47 @@ async def run_cli(opts: CliOptions) -> int:
             text = _marked(text, renames)
         if "plus" in extra:
             text = _plus_filters(text)
-        specs = parse_tasks(text, options.get("mem_per_task")) if words is None else []
+        specs: list[TaskSpec] = []
+        if words is None:  # (the command line is one command: parallel's, several lines)
+            specs = (parse_tasks(text, options.get("mem_per_task")) if path is not None
+                     else [parse_command(text, options.get("mem_per_task"))])
         if not task_sources:
             if "max_args" in extra and "pipe" not in extra:
                 raise UsageError(f"-N {extra['max_args']} takes the arguments of an input "
                                  "source (::: ARGS, :::: FILE, -a FILE): there is none")
             return specs
-        shape = shaping(extra.get("eof"), extra.get("trim", "n"), "no_empty" in extra,
+        columns = "colsep" in extra or "csv" in extra
+        # (--trim with --colsep: each column once split, as GNU parallel's; not the line)
+        trim = extra.get("trim", "n")
+        shape = shaping(extra.get("eof"), "n" if columns else trim, "no_empty" in extra,
                         "join_blank" in extra)
         combos = combinations(task_sources, read_source, extra.get("delimiter"), names,
                               shape=shape, link="link" in extra,
-                              separators=separators(extra))
+                              separators=separators(extra),
+                              skip_first="skip_first_line" in extra)
         width = 0
         if "max_args" in extra:
             width = int(extra["max_args"])
             combos = chunked(combos, width)
         many = extra.get("many_args")
+        limit = 0  # -m, -X: the most bytes of a task's line (-s N's, else exec's)
         if many is not None:  # -m, -X: spread over the job slots; --xargs: all that fit
             slots = 0 if many == "--xargs" else planned_slots(nodes, opts.spec.ppn,
                                                               options["jobs"])
-            combos = spread(combos, slots, many)
-        if "colsep" in extra or "csv" in extra:
+            most = int(extra["max_chars"]) if "max_chars" in extra else None
+            limit = line_limit(opts.spec.base_env(), most)
+            combos = spread(combos, slots, many,
+                            budget=max(1, limit - len(os.fsencode(by_name(text, names or ())))))
+        if columns:
             colsep, rows = extra.get("colsep", ","), "csv" in extra
             combos = split_columns(combos, colsep, rows)
             # A row's columns vary: {N} beyond a row's is empty there, as GNU parallel's.
             width = sys.maxsize
             if names:
                 names = list(split_columns([tuple(names)], colsep, rows)[0])
+            strip = shaping(trim=trim)
+            if strip is not None:
+                combos = [tuple(strip(list(c))) for c in combos]  # (--header's names: not)
         plus = None
         if "plus" in extra:  # (its {##}, {0#}, {0%} count the tasks and the job slots)
             plus = Plus(len(combos) * max(len(specs), 1),
@@ -971,7 +1020,7 @@ async def run_cli(opts: CliOptions) -> int:
             return with_quoted_words(words, combos, names or (), width,
                                      options.get("mem_per_task"), plus=plus)
         return with_arguments(specs, combos, names or (), width, context=many == "-X",
-                              plus=plus)
+                              plus=plus, limit=limit)
 
     try:
         specs = await asyncio.to_thread(tasks)
@@ -988,7 +1037,7 @@ async def run_cli(opts: CliOptions) -> int:
         if len(template) != 1:  # (a comment, say: as the whole input's reading makes it)
             stream, task_sources = False, sources
             specs = await asyncio.to_thread(tasks)
-    joblog = extra.get("joblog")
+    joblog, log_append = log_target(extra["joblog"]) if "joblog" in extra else (None, False)
     seen: dict[int, bool] = {}
     again = "resume_failed" in extra
 
@@ -1030,7 +1079,8 @@ async def run_cli(opts: CliOptions) -> int:
         sys.stdout.write("".join(f"{show(s.argv[-1])}\n" for s in specs))
         return 0
     log = None if joblog is None else JobLog(
-        joblog, append=bool({"resume", "resume_failed", "retry_failed"} & extra.keys()))
+        joblog, append=log_append or bool({"resume", "resume_failed", "retry_failed"}
+                                          & extra.keys()), header=not log_append)
     halt = _Halt(extra.get("halt", "never"), len(specs))
     mode = extra.get("output_mode") or ("line" if path is not None else "group")
     where = None
@@ -1059,10 +1109,22 @@ async def run_cli(opts: CliOptions) -> int:
                       files=tempfile.gettempdir() if "files" in extra else None,
                       color=bool({"color", "ctag", "ctagstring"} & extra.keys()),
                       color_failed="colorfailed" in extra)
+    if log is not None and log.to_stdout:  # (--joblog -: its header first, as parallel's)
+        console.write_out(HEADER.encode())
     interrupted: list[int] = []
+    # (GNU parallel's command line: a task is named by its Seq, {#}; a tasks file's line
+    # by its index and line.)
+    console.numbered_from = int(path is None)
+    console.as_written = path is None
+    # (parallel's command line: -v is the command lines and the summary, as README says;
+    # the memory figures too where memory control was asked for, else at -vv)
+    memory = path is not None or bool(MEMORY_OPTIONS & extra.keys())
+    console.memory_level = 1 if memory else 2
     try:
         ens = Ensemble(nodes, spec=opts.spec, output=console.output, on_event=console.event,
                        timeout=opts.spec.timeout, **options)
+        ens.numbered_from = console.numbered_from
+        ens.prepare = console.prepare
     except SizeError as exc:
         await console.aclose()
         if log is not None:
@@ -1117,9 +1179,13 @@ async def run_cli(opts: CliOptions) -> int:
             console.keep_order([] if piped or stream else (spec.index for spec in specs))
 
         def done(task: Task, result: TaskResult) -> None:
-            console.ended(task.index, failed=not result.ok)
-            if log is not None:
-                log.record(result, shown(task.spec), task.received)
+            line = "" if log is None else log.record(
+                result, shown(task.spec), task.received, task.sent,
+                ":" if ens.is_here(result.node) else None)
+            # (--joblog -: the task's line on stdout right after its output, as parallel's)
+            console.ended(task.index, failed=not result.ok,
+                          trailer=os.fsencode(line) if log is not None and log.to_stdout
+                          else b"")
             why = halt.count(result)
             if why:
                 console.message(why)
@@ -1214,7 +1280,7 @@ async def run_cli(opts: CliOptions) -> int:
         if log is not None:
             log.close()
         summary = ens.summary_text()
-        if not opts.verbose:  # the nodes' memory peaks with -v
+        if opts.verbose < console.memory_level:  # the nodes' memory peaks with -v (-vv)
             summary = "\n".join(x for x in summary.split("\n") if not x.startswith("node "))
         if path is None and not opts.verbose and ens.all_succeeded():
             summary = ""  # GNU parallel's command line (CMD ::: ARGS): silent when all went well

@@ -120,6 +120,15 @@ class Console:
                  files: str | None = None, color: bool = False,
                  color_failed: bool = False) -> None:
         self.verbose = verbose
+        #: The number messages give the first task (:attr:`Ensemble.numbered_from`).
+        self.numbered_from = 0
+        #: A task's last line without its newline is written so, as GNU parallel writes it
+        #: (``--lb``, ``--tag``); else it is given one, so that the next task's line, which
+        #: a prefix starts (pmrun's ``--tasks FILE``), does not join it.
+        self.as_written = False
+        #: The verbosity that shows the nodes' memory figures (watermarks, admission
+        #: blocked and again open): -v, or -vv where memory control was not asked for.
+        self.memory_level = 1
         #: GNU parallel's --color (each task's lines in its color) and --colorfailed (a
         #: failed task's white on red): the colors, and the tasks that failed.
         self._colors = colors() if color else None
@@ -140,6 +149,8 @@ class Console:
         #: one's as it comes, the others' held until those before them ended).
         self._order: deque[int] | None = None
         self._held: dict[int, _Spool] = {}
+        #: What goes on stdout after a task's output, by index (:meth:`ended`).
+        self._trailers: dict[int, bytes] = {}
         self._ended: set[int] = set()
         self._shown = False
         self._text = ""
@@ -175,8 +186,8 @@ class Console:
                 return
             except OSError as exc:  # (its files went, the disk is full...): printed instead
                 self._unstored.add(index)
-                self.message(f"task {index}'s output cannot be stored ({exc.filename}: "
-                             f"{exc.strerror}): printed from here on")
+                self.message(f"task {index + self.numbered_from}'s output cannot be stored "
+                             f"({exc.filename}: {exc.strerror}): printed from here on")
         self._pass(index, stream, data)
 
     def _pass(self, index: int, stream: int, data: bytes) -> None:
@@ -189,11 +200,14 @@ class Console:
             return
         self._output(index, stream, data)
 
-    def ended(self, index: int, failed: bool = False) -> None:
+    def ended(self, index: int, failed: bool = False, trailer: bytes = b"") -> None:
         """Task ``index`` has ended for good (``failed``: not well): its output, or with
-        ``-k`` what waited on it, goes."""
+        ``-k`` what waited on it, goes.  ``trailer``: written on stdout right after its
+        output, as it is (GNU parallel's ``--joblog -``: the task's line in the log)."""
         if failed:
             self._failed.add(index)
+        if trailer:
+            self._trailers[index] = trailer
         order = self._order
         if self._results is not None:
             path = os.path.join(self._results[index], "seq")
@@ -201,20 +215,34 @@ class Console:
                 with contextlib.suppress(OSError), open(path, "w") as f:
                     f.write(str(index + 1))  # (a failure is named at its output, if any)
             if index not in self._unstored:
+                self._trail(index)
                 return
         name = self._file_of.get(index)
         if name is not None and index not in self._unstored:
             self._pass(index, STDOUT, os.fsencode(name) + b"\n")
         if order is None:
             self._release(index)
+            self._trail(index)
             return
         self._ended.add(index)
         while order and order[0] in self._ended:
             self._ended.discard(done := order.popleft())
             if self._group:
                 self._release(done)
-            elif order:
+            self._trail(done)
+            if not self._group and order:
                 self._release(order[0])  # the next task's output streams from now on
+
+    def _trail(self, index: int) -> None:
+        trailer = self._trailers.pop(index, None)
+        if trailer is not None:
+            self.write_out(trailer)
+
+    def write_out(self, data: bytes) -> None:
+        """``data`` on stdout as it is, after what was written there before."""
+        self._clear()
+        self._write(STDOUT, data)
+        self._later()
 
     def _release(self, index: int) -> None:
         held = self._held.pop(index, None)
@@ -239,10 +267,13 @@ class Console:
             data = self._colored(index, prefix or b"", data)
         elif prefix is not None:
             lines = data.split(b"\n")
-            if lines[-1] == b"":
-                lines.pop()
-            data = b"".join(prefix + line + b"\n" for line in lines)
-        elif not self._group and not data.endswith(b"\n"):
+            last = lines.pop()  # (b"": the data ended with its line)
+            if last and not self.as_written:
+                lines.append(last)
+                last = b""
+            data = b"".join(prefix + line + b"\n" for line in lines) + (
+                prefix + last if last else b"")
+        elif not self._group and not data.endswith(b"\n") and not self.as_written:
             data += b"\n"  # a line's piece, or its end without one: no other task's joins it
         self._clear()
         self._write(stream, data)
@@ -270,12 +301,16 @@ class Console:
         self._write(STDERR, f"pmrun: {text}\n".encode(errors="surrogateescape"))
         self._later()
 
-    def event(self, e: Event) -> None:
-        if e.kind == "start" and self._results is not None and e.task is not None:
-            where = self._results[e.task]  # a run begins: its files start empty
+    def prepare(self, index: int) -> None:
+        """A run of task ``index`` begins: its ``--results`` files start empty (OSError if
+        they cannot be made: :attr:`Ensemble.prepare`)."""
+        if self._results is not None:
+            where = self._results[index]
             os.makedirs(where, exist_ok=True)
             for name in ("stdout", "stderr"):
                 open(os.path.join(where, name), "wb").close()
+
+    def event(self, e: Event) -> None:
         if e.kind == "start" and self._files is not None and e.task is not None:
             self._new_file(e.task)
         if e.kind == "start" and self._group and e.task is not None:
@@ -287,7 +322,7 @@ class Console:
         if e.kind in ("overrun", "killed", "suspended", "resumed", "lost", "timeout", "error"):
             level = 0
         elif e.kind in ("watermarks", "blocked", "unblocked"):
-            level = 1
+            level = self.memory_level
         elif e.kind in ("start", "exit") or (e.kind == "sample" and e.used + e.reserved > e.low):
             level = 2  # samples only while they matter: between the watermarks or above
         else:
@@ -307,8 +342,8 @@ class Console:
             fd, name = tempfile.mkstemp(prefix="par", suffix=".par", dir=self._files)
         except OSError as exc:
             self._unstored.add(index)
-            self.message(f"task {index}'s output cannot be stored ({exc.filename}: "
-                         f"{exc.strerror}): printed")
+            self.message(f"task {index + self.numbered_from}'s output cannot be stored "
+                         f"({exc.filename}: {exc.strerror}): printed")
             return
         os.close(fd)
         self._unstored.discard(index)
@@ -342,6 +377,9 @@ class Console:
         self._clear()
         for index in sorted(self._held):
             self._release(index)
+            self._trail(index)
+        for index in sorted(self._trailers):  # (-k: after a task that never ended)
+            self._trail(index)
         if last:
             self._write(STDERR, last.encode(errors="surrogateescape"))
         await asyncio.to_thread(self._writer.drain)

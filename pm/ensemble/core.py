@@ -249,6 +249,12 @@ class Ensemble:
         self._spec = spec or JobSpec(apps=[])
         self._output = output
         self._on_event = on_event
+        #: What ``on_event`` raised, first (:meth:`join` raises it).
+        self._caller_error: Exception | None = None
+        #: Called with a task's index as each of its runs starts, before it runs: an
+        #: OSError (the run's files cannot be made: ``--results``) fails the run and
+        #: starts no more.
+        self.prepare: Callable[[int], None] | None = None
         self._probe_mem = NodeMemory(cgroup)
         self._token = secrets.token_hex(6)
         self._here = socket.gethostname()
@@ -298,6 +304,10 @@ class Ensemble:
         self.total_hint = 0
         #: Called with each task and its result once it has ended for good.
         self.on_done: Callable[[Task, TaskResult], None] | None = None
+        #: The number messages and the summary give the first task: 0, its index (pmrun's
+        #: --tasks FILE, the summary naming its line too), or 1 (GNU parallel's command
+        #: line: a task's Seq, as ``{#}`` and the job log number it).
+        self.numbered_from = 0
 
     # ----------------------------------------------------------------- set-up
     async def __aenter__(self) -> Ensemble:
@@ -424,8 +434,14 @@ class Ensemble:
             await fut
 
     async def join(self) -> list[TaskResult]:
-        """Every task's result, in submission order, once all have ended."""
-        return [await t.wait() for t in list(self._tasks.values())]
+        """Every task's result, in submission order, once all have ended.  An exception
+        ``on_event`` raised is raised here, once every task ended (the callback raising
+        halts the ensemble: the running tasks are killed, no more start, and it is called
+        no more)."""
+        results = [await t.wait() for t in list(self._tasks.values())]
+        if self._caller_error is not None:
+            raise self._caller_error
+        return results
 
     def progress_text(self) -> str:
         """The progress line: counts, what the queue waits for, and once a task ended
@@ -440,13 +456,22 @@ class Ensemble:
             text += f", about {_duration(eta)} left"
         return text
 
+    def is_here(self, node: str | None) -> bool:
+        """Whether ``node`` (a task's :attr:`Task.node`) is this machine."""
+        d = self._domains.get(str(node))
+        return d is not None and d.local
+
     def all_succeeded(self) -> bool:
         """Whether every task added succeeded, each at its first run."""
         summary = self._sched.summary()
         return summary.succeeded == summary.total and not summary.retries
 
+    def _name(self, index: int) -> str:
+        """Task ``index`` as messages name it (:attr:`numbered_from`)."""
+        return f"task {index + self.numbered_from}"
+
     def summary_text(self) -> str:
-        lines = [self._sched.summary().format()]
+        lines = [self._sched.summary().format(by_seq=self.numbered_from == 1)]
         for d in self._domains.values():
             adm = self._sched.admission(d.name)
             if adm is not None:
@@ -544,7 +569,7 @@ class Ensemble:
             task = self._tasks[index]
             rec = self._sched.record(index)
             if not task.admitted.done():
-                task.admitted.set_exception(ResourceLimit(f"task {index}: {rec.reason}"))
+                task.admitted.set_exception(ResourceLimit(f"{self._name(index)}: {rec.reason}"))
                 task.admitted.exception()  # an add()-ed task may have no submitter
             self._finish(task)
         if self._room:
@@ -573,10 +598,10 @@ class Ensemble:
         ensemble (nothing new starts, what runs is killed)."""
         why = f"{defect(exc)} (a defect of pmrun's own)"
         d = self._domains.get(str(self._tasks[index].node))
-        if d is not None and self._on_event is not None:
-            self._event("error", d, f"task {index}: {why}", index)
+        if d is not None and self._on_event is not None and self._caller_error is None:
+            self._event("error", d, f"{self._name(index)}: {why}", index)
         else:
-            log.error("task %d: %s", index, why)
+            log.error("%s: %s", self._name(index), why)
         self.halt(f"not run: {why}", now=True)
 
     async def _run(self, start: Start) -> None:
@@ -616,15 +641,17 @@ class Ensemble:
         clock = _Clock(d, asyncio.get_running_loop().time())
         try:
             try:
-                self._event("start", d, f"[task {task.index}] started on node {entry} "
-                            f"({d.name}), reserving {format_size(start.reservation)}: "
-                            f"{task.spec.line}", task.index)
-            except OSError as exc:  # on_event could not make the run's files (--results)
+                if self.prepare is not None:
+                    self.prepare(task.index)
+            except OSError as exc:  # the run's files could not be made (--results)
                 code = EXIT_BROKEN
-                why = f"task {task.index}'s output cannot be stored: {_os_error(exc)}"
+                why = f"{self._name(task.index)}'s output cannot be stored: {_os_error(exc)}"
                 self._event("error", d, why, task.index)
                 self.halt(f"not run: {why}")  # the others' would not be either
                 return
+            self._event("start", d, f"[{self._name(task.index)}] started on node {entry} "
+                        f"({d.name}), reserving {format_size(start.reservation)}: "
+                        f"{task.spec.line}", task.index)
             self._clocks[task.index] = clock
             self._arm(task.index, clock)
             if d.local:
@@ -651,7 +678,7 @@ class Ensemble:
             for s in (d.reported, d.killed, d.suspended, d.exempt, d.held, d.limit_ended):
                 s.discard(task.index)
             peak = self._sched.record(task.index).peak
-            self._event("exit", d, f"[task {task.index}] exited with {code} after "
+            self._event("exit", d, f"[{self._name(task.index)}] exited with {code} after "
                         f"{task.ended - task.started:.2f} s, peak {format_size(peak)}", task.index)
             rec = self._sched.record(task.index)
             if (rec.status is TaskStatus.RUNNING and rec.node == start.node
@@ -705,7 +732,8 @@ class Ensemble:
             self.on_done(task, result)
 
     def _emit(self, task: Task, stream: int, data: bytes) -> None:
-        task.received += len(data)
+        if stream == STDOUT:  # (GNU parallel's "Receive": its stdout's bytes)
+            task.received += len(data)
         if self._output is not None:
             self._output(task.index, stream, data)
         else:
@@ -768,7 +796,7 @@ class Ensemble:
         for index, o in overruns:
             if index not in d.reported:
                 d.reported.add(index)
-                self._event("overrun", d, f"[task {index}] uses {format_size(o.measured)}, "
+                self._event("overrun", d, f"[{self._name(index)}] uses {format_size(o.measured)}, "
                             f"over its bound of {format_size(o.bound)}", index)
         if not adm.blocked:
             d.exempt.clear()
@@ -820,7 +848,7 @@ class Ensemble:
     def _hold_act(self, d: Domain, index: int, sig: signal.Signals, what: str,
                   said: str) -> None:
         self._signal_task(d, index, sig, f"task {index}: {said}")
-        self._event(what, d, f"[task {index}] {what}: {said}", index)
+        self._event(what, d, f"[{self._name(index)}] {what}: {said}", index)
 
     def _wake(self) -> None:
         """Every stopped task goes on, to hear what it was just sent (SIGTERM waits while a
@@ -849,11 +877,11 @@ class Ensemble:
         clock.timed_out = True
         after = self._limit_of_run.describe(limit)
         if self._termseq is not None:
-            self._event("timeout", d, f"[task {index}] timed out after {after}: "
+            self._event("timeout", d, f"[{self._name(index)}] timed out after {after}: "
                         "ending it (--termseq)", index)
             self._end_task(d, index, f"task {index} timed out")
             return
-        self._event("timeout", d, f"[task {index}] timed out after {after}: "
+        self._event("timeout", d, f"[{self._name(index)}] timed out after {after}: "
                     f"{'killed' if timers[1:] else 'terminated'}", index)
         self._signal_task(d, index, signal.SIGKILL if timers[1:] else signal.SIGTERM,
                           f"task {index} timed out")
@@ -879,17 +907,23 @@ class Ensemble:
 
     def _act(self, d: Domain, index: int, sig: signal.Signals, what: str) -> None:
         self._signal_task(d, index, sig, f"task {index} over its memory bound")
-        self._event(what, d, f"[task {index}] {what}: over its bound while node {d.name} "
+        self._event(what, d, f"[{self._name(index)}] {what}: over its bound while node {d.name} "
                     "is over its high watermark", index)
 
     def _event(self, kind: str, d: Domain, text: str, task: int | None = None, *,
                reserved: int | None = None) -> None:
-        if self._on_event is None:
+        if self._on_event is None or self._caller_error is not None:
             return
         adm = self._sched.admission(d.name)
         figures = (adm.used, adm.reserved if reserved is None else reserved,
                    adm.watermarks.high, adm.watermarks.low) if adm else (0, 0, 0, 0)
-        self._on_event(Event(kind, time.time(), d.name, text, task, *figures))
+        try:
+            self._on_event(Event(kind, time.time(), d.name, text, task, *figures))
+        except Exception as exc:  # the caller's own: theirs to see, from join()
+            self._caller_error = exc
+            # (Halted once the code that said it is done: whichever event raised, the same.)
+            asyncio.get_running_loop().call_soon(
+                self.halt, f"not run: on_event raised {type(exc).__name__}", True)
 
     async def _put_bases(self, d: Domain) -> None:
         """Put the ``--basefile`` files on ``d``'s host."""
@@ -976,7 +1010,7 @@ class Ensemble:
             return
         index = running[-1]
         d.limit_ended.add(index)
-        self._event("killed", d, f"[task {index}] terminated: {why} says the host is "
+        self._event("killed", d, f"[{self._name(index)}] terminated: {why} says the host is "
                     "way over its limit (2)", index)
         self._end_task(d, index, f"task {index} ended by --limit")
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from pm.proto.errors import UsageError
@@ -76,7 +76,8 @@ class Plus(NamedTuple):
 def combinations(words: Sequence[str], read: Callable[[str], str],
                  delimiter: str | None = None, names: list[str] | None = None, *,
                  shape: Callable[[list[str]], list[str]] | None = None, link: bool = False,
-                 separators: tuple[str, str] = (":::", "::::")) -> list[tuple[str, ...]]:
+                 separators: tuple[str, str] = (":::", "::::"), skip_first: bool = False
+                 ) -> list[tuple[str, ...]]:
     """The argument tuples of the input sources in ``words`` (which start with a
     separator); ``read(path)`` gives a ``::::`` file's text, an argument a line (or
     ending with ``delimiter``: GNU parallel's ``-0``, ``-d``).  ``names`` (GNU
@@ -84,8 +85,11 @@ def combinations(words: Sequence[str], read: Callable[[str], str],
     there instead.  ``shape``: what becomes of each source's arguments (:func:`shaping`);
     ``link`` (``--link``): every source paired with the others, a shorter one starting
     over; ``separators``: the words before arguments and before files (``:::``,
-    ``::::``; each with ``+``: linked).  :class:`UsageError` for a source without
-    arguments, a ``+`` source with nothing before it or a file that cannot be read."""
+    ``::::``; each with ``+``: linked); ``skip_first`` (GNU parallel's
+    ``--skip-first-line``): the first source's first argument is none, whatever its kind.
+    A source without arguments (``CMD :::``) gives no combination, or beside others one
+    empty argument, as GNU parallel's.  :class:`UsageError` for a ``+`` source with nothing
+    before it or a file that cannot be read."""
     args_sep, files_sep = separators
     starts = {args_sep, args_sep + "+", files_sep, files_sep + "+"}
     groups: list[list[list[str]]] = []  # sources paired with each other, in order
@@ -97,11 +101,14 @@ def combinations(words: Sequence[str], read: Callable[[str], str],
             j += 1
         given = list(words[i + 1 : j])
         files = sep in (files_sep, files_sep + "+")
-        if not given:
-            raise UsageError(f"{sep} needs {'files' if files else 'arguments'}")
-        sources = [_lines(path, read, delimiter) for path in given] if files else [given]
+        # (A separator without arguments, or files, gives a source without any: GNU
+        # parallel's ``CMD :::`` runs nothing.)
+        sources = ([_lines(path, read, delimiter) for path in given] if files
+                   else [given]) if given else [[]]
+        if skip_first and i == 0:
+            sources[0] = sources[0][1:]
         if names is not None:
-            for path, source in zip(given if files else [sep], sources, strict=True):
+            for path, source in zip(given if files and given else [sep], sources, strict=True):
                 if len(source) < 2:
                     raise UsageError(f"--header: {sep} {path if files else ''}".rstrip()
                                      + " has a name but no argument")
@@ -118,6 +125,10 @@ def combinations(words: Sequence[str], read: Callable[[str], str],
             groups.append(sources[:1])
             groups.extend([s] for s in sources[1:])
         i = j
+    if all(not s for group in groups for s in group):
+        return []  # (none has arguments: no task)
+    # A source without arguments beside others with some: one empty argument, as parallel's.
+    groups = [[s or [""] for s in group] for group in groups]
     if link and groups:
         every = groups[0]
         longest = 0 if not all(every) else max(map(len, every))
@@ -175,16 +186,37 @@ def chunked(combos: Sequence[tuple[str, ...]], n: int) -> list[tuple[str, ...]]:
     return [tuple(a for (a,) in combos[i : i + n]) for i in range(0, len(combos), n)]
 
 
-#: The most bytes of arguments one task's line takes with -m/-X/--xargs (GNU parallel's
-#: line length on Linux is about 130 000 bytes; a group is cut there as it cuts its own).
-MANY_ARGS_BYTES = 128 << 10
+#: Linux's MAX_ARG_STRLEN: the most bytes one string of a program's arguments may have, its
+#: NUL included (32 pages); a task's line is one (``sh -c LINE``), and exec refuses a
+#: longer one ("Argument list too long").
+MAX_ARG_STRLEN = 32 * 4096
+#: Room in ARG_MAX kept for what a task's exec adds to its environment and its argv besides
+#: the line: pmrun's variables (``PARALLEL_SEQ``...), the shell's path, ``nice -n N``.
+EXEC_MARGIN = 4096
+
+
+def line_limit(env: Mapping[str, str], most: int | None = None) -> int:
+    """The most bytes a task's command line (the string its shell's ``-c`` gets) may have
+    when it runs with ``env``: under Linux's :data:`MAX_ARG_STRLEN`, and with the
+    environment (a string and a pointer each) under ``ARG_MAX``; ``most``: GNU parallel's
+    ``-s N`` (``--max-chars``: N bytes with the line's NUL)."""
+    try:
+        arg_max = os.sysconf("SC_ARG_MAX")
+    except (OSError, ValueError):
+        arg_max = 1 << 21
+    used = sum(len(os.fsencode(k)) + len(os.fsencode(v)) + 2 + 8 for k, v in env.items())
+    limit = min(MAX_ARG_STRLEN - 1, arg_max - used - EXEC_MARGIN)
+    return max(1, min(limit, most - 1)) if most is not None else max(1, limit)
 
 
 def spread(combos: Sequence[tuple[str, ...]], slots: int, option: str,
-           budget: int = MANY_ARGS_BYTES) -> list[tuple[str, ...]]:
+           budget: int = MAX_ARG_STRLEN - 1) -> list[tuple[str, ...]]:
     """GNU parallel's ``-m``/``-X``: one input source's arguments in groups spread evenly
     over the ``slots`` job slots (``--xargs``, ``slots`` 0: as many in one group as fit),
-    a group never longer than ``budget`` bytes of arguments.  :class:`UsageError` when the
+    a group never longer than ``budget`` bytes of arguments (each quoted for the shell,
+    and a blank before it: what the line's length grows by; :func:`line_limit` less the
+    command's, and a line still too long is cut again once filled:
+    :func:`pm.ensemble.scheduler.with_arguments`).  :class:`UsageError` when the
     arguments come from several sources (``option`` names the option then)."""
     if any(len(c) != 1 for c in combos):
         raise UsageError(f"{option} takes the arguments of one input source, "
@@ -196,11 +228,12 @@ def spread(combos: Sequence[tuple[str, ...]], slots: int, option: str,
         group: list[str] = []
         size = 0
         for arg in args[i:i + per]:
-            if group and size + len(arg) + 1 > budget:
+            cost = len(os.fsencode(shell_quote(arg))) + 1
+            if group and size + cost > budget:
                 groups.append(tuple(group))
                 group, size = [], 0
             group.append(arg)
-            size += len(arg) + 1
+            size += cost
         groups.append(tuple(group))
     return groups
 
@@ -351,9 +384,19 @@ def _lines(path: str, read: Callable[[str], str], delimiter: str | None) -> list
     except OSError as exc:
         raise UsageError(f":::: {path}: {exc.strerror or exc}") from None
     if delimiter is None:
-        return text.splitlines()
+        return input_lines(text)
     items = text.split(delimiter)
     return items[:-1] if items and items[-1] in ("", "\n") else items  # (the last one's end)
+
+
+def input_lines(text: str) -> list[str]:
+    """The arguments of an input's ``text``, one a line as GNU parallel reads them: cut at
+    ``\n`` alone (a carriage return, a form feed, U+2028... are an argument's own bytes,
+    a CRLF line's ``\r`` too), the last line's end optional."""
+    items = text.split("\n")
+    if items[-1] == "":
+        items.pop()
+    return items
 
 
 def _edit(value: str, how: str | None) -> str:
@@ -388,13 +431,14 @@ def shell_quote(word: str) -> str:
 def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: int = 0,
          plus: Plus | None = None, between: str = " ", total: int = 0) -> str:
     """``line`` with its replacement strings filled from ``args`` (one combination) for
-    the task numbered ``seq``; without any, the arguments appended.  :class:`UsageError`
-    for ``{N}`` beyond the sources (``width``: ``-N``'s count, whose ``{N}`` beyond a
-    shorter last group are empty).  ``quote=False`` (a ``--tagstring``): the arguments
-    as they are, and nothing appended.  ``plus``: GNU parallel's ``--plus`` strings too.
-    ``between``: what goes between the arguments a string stands for (``{}`` of several
-    sources).  ``total``: the number of tasks (``{= total_jobs() =}``);
-    :class:`~pm.ensemble.perl_expr.Skipped` when an expression leaves the task out."""
+    the task numbered ``seq``; without any, the arguments appended.  ``{N}`` beyond the
+    sources is empty, as GNU parallel's; :class:`UsageError` for one beyond ``width``
+    (``-N``'s count; its ``{N}`` beyond a shorter last group are empty).  ``quote=False``
+    (a ``--tagstring``): the arguments as they are, and nothing appended.  ``plus``: GNU
+    parallel's ``--plus`` strings too.  ``between``: what goes between the arguments a
+    string stands for (``{}`` of several sources).  ``total``: the number of tasks
+    (``{= total_jobs() =}``); :class:`~pm.ensemble.perl_expr.Skipped` when an expression
+    leaves the task out."""
     q = shell_quote if quote else str
     used = False
 
@@ -417,18 +461,13 @@ def fill(line: str, args: Sequence[str], seq: int, quote: bool = True, width: in
             k = int(n)
             if k < 0:  # {-1}: the last argument, {-2} the one before (GNU parallel's)
                 if -k > len(args):
-                    if width:
-                        return ""  # -N's last group, shorter
-                    raise UsageError(f"{m[0]} names input source {-k} from the last: there "
-                                     f"{'is' if len(args) == 1 else 'are'} {len(args)}")
+                    return ""  # (before the first: as GNU parallel's, empty)
                 k += len(args) + 1
-            if not 1 <= k <= max(len(args), width):
-                if width:
-                    raise UsageError(f"{m[0]} names argument {k}: -N {width} gives {width}")
-                raise UsageError(f"{m[0]} names input source {k}: there "
-                                 f"{'is' if len(args) == 1 else 'are'} {len(args)}")
+            if width and k > width:
+                raise UsageError(f"{m[0]} names argument {k}: -N {width} gives {width}")
             if k > len(args):
-                return ""  # -N's last group, shorter: as GNU parallel, empty
+                return ""  # a source beyond the given ones, -N's last group shorter: as
+                # GNU parallel's, empty
             values = args[k - 1 : k]
         if perl is not None:
             return between.join(_perl_value(perl, v, args, seq, total, q) for v in values)

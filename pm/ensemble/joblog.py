@@ -6,13 +6,15 @@ included), in GNU parallel's columns::
 
     Seq  Host  Starttime  JobRuntime  Send  Receive  Exitval  Signal  Command
 
-``Seq`` is the task's number (``{#}``, from 1), ``Host`` the node it last ran on,
-``Starttime`` and ``JobRuntime`` its last run's start (seconds since the epoch) and
-length, ``Send`` 0 (nothing is sent to a task), ``Receive`` the bytes of output it
-wrote, ``Exitval`` its exit status, ``Signal`` N when its status was 128 + N (as a
-shell reports a signal), and ``Command`` the line as written.  A task that started but
-never ran to an end (its node was lost) has ``Exitval`` -1; one that never started
-(the run was interrupted first, no node could admit it) is not in the log.
+``Seq`` is the task's number (``{#}``, from 1), ``Host`` the node it last ran on (``:``
+for this machine, as GNU parallel names it), ``Starttime`` and ``JobRuntime`` its last
+run's start (seconds since the epoch) and length, ``Send`` the bytes given to its stdin
+(``--pipe``'s block; else 0), ``Receive`` the bytes it wrote on stdout, ``Exitval`` its
+exit status, ``Signal`` N when its status was 128 + N (as a shell reports a signal), and
+``Command`` the line as written.  A task that started but never ran to an end (its node
+was lost) has ``Exitval`` -1; one that never started (the run was interrupted first, no
+node could admit it) is not in the log.  ``--joblog +FILE`` appends to FILE, without a
+header; ``--joblog -`` writes the log on stdout, each line after its task's output.
 
 Each line is written as the task ends, so the log of an interrupted run (an
 allocation's time limit, a Ctrl-C) holds every task that finished:
@@ -75,13 +77,28 @@ def _last_entries(path: str) -> dict[int, tuple[bool, int, str]]:
     return entries
 
 
-class JobLog:
-    """The job log being written: :meth:`record` appends a task's line, flushed at once."""
+def log_target(given: str) -> tuple[str, bool]:
+    """Where ``--joblog`` writes and whether it appends: GNU parallel's ``+FILE`` appends to
+    FILE (no header: the lines go on those there), ``-`` is stdout (``(path, append)``)."""
+    if given.startswith("+") and given != "+":
+        return given[1:], True
+    return given, False
 
-    def __init__(self, path: str, append: bool) -> None:
+
+class JobLog:
+    """The job log being written: :meth:`record` appends a task's line, flushed at once.
+    ``append``: to what ``path`` holds (its header written if it is empty or new);
+    ``header``: False for none at all (GNU parallel's ``+FILE``).  ``path`` ``-``: no
+    file, the lines are the caller's to write (:attr:`to_stdout`: after each task's
+    output on stdout, as GNU parallel's ``--joblog -``)."""
+
+    def __init__(self, path: str, append: bool, header: bool = True) -> None:
         self.path = path
+        self.to_stdout = path == "-"
+        if self.to_stdout:
+            return
         try:
-            fresh = not append or not os.path.getsize(path)
+            fresh = header and (not append or not os.path.getsize(path))
         except OSError:
             fresh = True
         try:
@@ -98,25 +115,34 @@ class JobLog:
                 raise UsageError(f"--joblog {path}: cannot be written: "
                                  f"{exc.strerror or exc}") from None
 
-    def record(self, result: TaskResult, line: str, received: int) -> None:
+    def record(self, result: TaskResult, line: str, received: int, sent: int = 0,
+               host: str | None = None) -> str:
+        """Write the line of a task that ended (with :attr:`to_stdout`: return it); "" for
+        one that never started.  ``received``, ``sent``: its stdout's bytes and its stdin's;
+        ``host``: where it ran as the log names it (default: its node)."""
         start, end = result.started, result.ended
-        if self._file.closed or start is None:
-            return  # a task that never started (interrupted, too big) is run by --resume
+        if start is None or (not self.to_stdout and self._file.closed):
+            return ""  # a task that never started (interrupted, too big) is run by --resume
         code = result.returncode
         sig = code - 128 if code is not None and code > 128 and code - 128 in _SIGNALS else 0
         exitval = -1 if code is None else 0 if sig else code
         took = 0.0 if end is None else end - start
         command = line.replace("\t", " ").replace("\n", " ")
+        text = (f"{result.index + 1}\t{host or result.node or ':'}\t{start:.3f}\t"
+                f"{took:10.3f}\t{sent}\t{received}\t{exitval}\t{sig}\t{command}\n")
+        if self.to_stdout:
+            return text
         try:
-            self._file.write(f"{result.index + 1}\t{result.node or ':'}\t{start:.3f}\t"
-                             f"{took:10.3f}\t0\t{received}\t{exitval}\t{sig}\t{command}\n")
+            self._file.write(text)
             self._file.flush()
         except OSError as exc:  # the tasks go on; the log stops, named once
-            log.error("--joblog %s: %s: no more lines written (from task %d on)",
-                      self.path, exc.strerror or exc, result.index)
+            log.error("--joblog %s: %s: no more lines written (from Seq %d on)",
+                      self.path, exc.strerror or exc, result.index + 1)
             with contextlib.suppress(OSError):
                 self._file.close()
+        return text
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._file.close()
+        if not self.to_stdout:
+            with contextlib.suppress(OSError):
+                self._file.close()

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pm.common.output import write_all
+from pm.ensemble.joblog import log_target
 
 if TYPE_CHECKING:
     from pm.cli import CliOptions
@@ -86,11 +87,14 @@ def _copy_stdin(path: str) -> None:
             f.write(data)
 
 
-def _join_logs(path: str, logs: Sequence[str]) -> None:
+def _join_logs(given: str, logs: Sequence[str]) -> None:
     """Each host's ``--joblog`` in one, its header once (parallel's: there are several
-    task number 1)."""
-    header = False
-    with open(path, "w", encoding="utf-8", errors="surrogateescape") as out:
+    task number 1); ``+FILE`` appended to FILE without it, ``-`` on stdout."""
+    path, append = log_target(given)
+    header = append
+    with (open(1, "w", encoding="utf-8", errors="surrogateescape", closefd=False)
+          if path == "-" else open(path, "a" if append else "w", encoding="utf-8",
+                                   errors="surrogateescape")) as out:
         for log in logs:
             with contextlib.suppress(OSError), \
                     open(log, encoding="utf-8", errors="surrogateescape") as f:

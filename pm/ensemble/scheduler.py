@@ -29,9 +29,9 @@ import os
 import re
 import shlex
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from pm.agent.admission import Admission, SizeError, Watermarks, format_size, parse_size
 from pm.ensemble.inputs import Plus, by_name, fill, has_replacement, in_context, shell_quote
@@ -39,6 +39,7 @@ from pm.ensemble.perl_expr import Skipped
 from pm.proto.errors import PMError, UsageError
 
 NodeId = Hashable
+_T = TypeVar("_T")
 
 DEFAULT_RESERVATION = 256 << 20  # a task whose size nobody knows yet
 #: Sizes below this count as one when the tasks of a command are compared: a short task's
@@ -134,9 +135,32 @@ def parse_tasks(text: str, default_mem: int | None = None) -> list[TaskSpec]:
     return tasks
 
 
+def parse_command(text: str, default_mem: int | None = None) -> TaskSpec:
+    """GNU parallel's command line (``pmrun CMD ::: ARGS``, arguments on stdin, ``--pipe``):
+    ONE command, whatever it holds -- several lines (a script: ``if ...\nthen ...\nfi``),
+    a ``[`` first (``[[ {} == a* ]]``), a comment -- run by the shell as written, once per
+    combination of arguments.  A tasks file's format (a command a line, an options block)
+    is not the command line's.  Its words (:attr:`TaskSpec.words`, what sizes are learned
+    under) are the shell's as far as they can be told; quotes that do not close (a here
+    document's text, say) are the shell's to judge, as GNU parallel leaves them."""
+    words = _words(text)
+    return TaskSpec(0, ("sh", "-c", text), default_mem, text, 1,
+                    tuple(text.split()) if words is None else words)
+
+
+def _words(text: str) -> tuple[str, ...] | None:
+    """``text`` as the shell's words, each line's comment left out (None: quotes that do
+    not close)."""
+    try:
+        return tuple(shlex.split("\n".join(map(_strip_comment, text.split("\n")))))
+    except ValueError:
+        return None
+
+
 def with_arguments(specs: Sequence[TaskSpec], combos: Sequence[Sequence[str]],
                    names: Sequence[str] = (), width: int = 0, context: bool = False,
-                   plus: Plus | None = None, first: int = 0) -> list[TaskSpec]:
+                   plus: Plus | None = None, first: int = 0, limit: int = 0
+                   ) -> list[TaskSpec]:
     """GNU parallel's input sources: each task once per combination of arguments, in
     order, its line filled by :func:`pm.ensemble.inputs.fill` (replacement strings, or
     the arguments appended).  :class:`TaskFileError` naming the line for a ``{N}``
@@ -144,14 +168,17 @@ def with_arguments(specs: Sequence[TaskSpec], combos: Sequence[Sequence[str]],
     ``width``: ``-N``'s (a group of arguments each, :func:`~pm.ensemble.inputs.chunked`);
     ``context``: ``-X``'s (:func:`~pm.ensemble.inputs.in_context`); ``plus``: GNU
     parallel's ``--plus`` strings too; ``first``: how many tasks came before these (an
-    input read as it comes, :mod:`pm.ensemble.stream`)."""
+    input read as it comes, :mod:`pm.ensemble.stream`); ``limit``: the most bytes of a
+    line filled with several arguments (-m, -X: :func:`~pm.ensemble.inputs.line_limit`):
+    a longer one is cut into tasks of fewer arguments, as GNU parallel cuts its lines."""
     out: list[TaskSpec] = []
     seq, total = first, len(specs) * len(combos)
     for spec in specs:
         body = spec.argv[2]
         prefix = spec.line[: len(spec.line) - len(body)]  # the options block, if any
         body = by_name(body, names)
-        for args in combos:
+        todo = list(reversed(combos)) if limit else []  # (the next last: a cut's first)
+        for args in _popped(todo) if limit else combos:
             seq += 1  # (a task an expression skips keeps its number: GNU parallel's)
             try:
                 new = (in_context if context else fill)(body, args, seq, width=width,
@@ -160,13 +187,22 @@ def with_arguments(specs: Sequence[TaskSpec], combos: Sequence[Sequence[str]],
                 continue
             except UsageError as exc:
                 raise TaskFileError(f"line {spec.lineno}: {exc}") from None
-            try:
-                words = tuple(shlex.split(_strip_comment(new)))
-            except ValueError:  # an argument's quotes inside the line's: the shell says
-                words = spec.words
+            if limit and len(args) > 1 and (size := len(os.fsencode(new))) > limit:
+                seq -= 1  # in as many even parts as it is too long, each checked again
+                step = -(-len(args) // max(2, -(-size // limit)))
+                todo.extend(args[i:i + step] for i in reversed(range(0, len(args), step)))
+                continue
+            # (None: an argument's quotes inside the line's: the shell says)
+            words = _words(new) or spec.words
             out.append(TaskSpec(seq - 1, ("sh", "-c", new), spec.mem, prefix + new,
                                 spec.lineno, words, tuple(args)))
     return out
+
+
+def _popped(todo: list[_T]) -> Iterator[_T]:
+    """``todo``'s items from its end, including those added meanwhile."""
+    while todo:
+        yield todo.pop()
 
 
 def with_quoted_words(words: Sequence[str], combos: Sequence[Sequence[str]],
@@ -286,7 +322,9 @@ class Summary:
     exit_codes: Mapping[int, tuple[int | None, ...]]  # task index -> code of each attempt
     failures: tuple[TaskRecord, ...]
 
-    def format(self) -> str:
+    def format(self, by_seq: bool = False) -> str:
+        """The summary's lines; ``by_seq``: each failed task named by its Seq (its index + 1,
+        GNU parallel's ``{#}``), not by its index and its tasks file's line."""
         lines = [
             f"{self.total} task{'s' * (self.total != 1)}: {self.succeeded} succeeded, "
             f"{self.failed} failed, {self.retries} retr{'y' if self.retries == 1 else 'ies'}"
@@ -295,9 +333,9 @@ class Summary:
             codes = ", ".join("lost with its node" if c is None else str(c)
                               for c in rec.exit_codes)
             what = rec.reason or f"exit codes {codes}"
-            lines.append(
-                f"  task {rec.spec.index} (line {rec.spec.lineno}): {what}: {rec.spec.line}"
-            )
+            name = (f"task {rec.spec.index + 1}" if by_seq
+                    else f"task {rec.spec.index} (line {rec.spec.lineno})")
+            lines.append(f"  {name}: {what}: {rec.spec.line}")
         return "\n".join(lines)
 
 

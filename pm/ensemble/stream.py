@@ -17,6 +17,8 @@ import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from pm.ensemble.inputs import input_lines
+
 if TYPE_CHECKING:
     from pm.ensemble.core import Ensemble
 
@@ -40,9 +42,6 @@ def streamable(extra: Mapping[str, str], sources: Sequence[str], files_sep: str)
         return False
     if sources[1] != "-" and not is_fifo(sources[1]):
         return False  # (a file, or none: the whole input's reading says so)
-    line = extra.get("tasks_line", "")
-    if "\n" in line:  # (several tasks a combination)
-        return False
     if any("{=" in extra.get(k, "") for k in ("tasks_line", "tagstring", "transfer",
                                                "returns", "trc")):
         return False  # (Perl expressions: all filled before the tasks start)
@@ -115,7 +114,7 @@ class Arrivals:
     def _split(self, data: bytes, last: bool) -> list[str]:
         text = data.decode(errors="surrogateescape")
         if self._lines:
-            return text.splitlines()
+            return input_lines(text)
         items = text.split(self._sep.decode(errors="surrogateescape"))
         # (What follows the last delimiter: nothing, or at the end a last item, but not
         # a lone newline after it, as the whole input's reading has it.)

@@ -51,6 +51,8 @@ class InputStream:
         self.blocks: collections.deque[bytes] = collections.deque()
         #: Bytes given and not yet written to the task.
         self.pending = 0
+        #: Bytes written to the task (GNU parallel's joblog "Send").
+        self.sent = 0
         self.ended = False
         #: The task closed its stdin or ended: what it is given is dropped.
         self.gone = False
@@ -85,6 +87,7 @@ class InputStream:
     def took(self, nbytes: int) -> None:
         """The runner wrote ``nbytes`` of it."""
         self.pending -= nbytes
+        self.sent += nbytes
         if not self.pending:
             self.drained.set()
 
@@ -118,7 +121,7 @@ class Task:
         self.started: float | None = None
         self.ended: float | None = None
         self.out: list[bytes] | None = None
-        #: Bytes of output its last run wrote (GNU parallel's joblog "Receive").
+        #: Bytes its last run wrote on stdout (GNU parallel's joblog "Receive").
         self.received = 0
         self.err: list[bytes] | None = None
         #: Files put on its host before each run, and brought back after (GNU parallel's
@@ -136,6 +139,12 @@ class Task:
 
     def done(self) -> bool:
         return self._result.done()
+
+    @property
+    def sent(self) -> int:
+        """Bytes given to its stdin (GNU parallel's joblog "Send": ``--pipe``'s block)."""
+        given = self.stdin
+        return len(given) if isinstance(given, bytes) else 0 if given is None else given.sent
 
     async def wait(self) -> TaskResult:
         """The result once the task succeeded or failed for good (retries included)."""
