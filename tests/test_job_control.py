@@ -177,7 +177,7 @@ def test_an_interrupt_while_nodes_have_not_joined_ends_the_job_at_once(
                                  r"\(a\)|node 1 \(c\)).* had not joined$", text, re.M), text
                 assert len(text.splitlines()) == 2, text  # (and the loopback notice)
             else:
-                assert f"task 0 (line 1): not run: {sig.name}" in text, text
+                assert f"task 1: not run: {sig.name}" in text, text
                 assert f"pmrun: node c lost: its task runner had not started ({sig.name})\n" \
                     in text, text
         wait_gone(marker, 10)

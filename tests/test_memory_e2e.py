@@ -118,7 +118,7 @@ async def test_cli_ensemble_twice_the_cap_runs_without_oom(tmp_path: Path, touch
     lines = [*_mixed(touch, bounds=True), f"{PY} -S -c 'raise SystemExit(3)'"]
     (tmp_path / "tasks.txt").write_text("\n".join(lines) + "\n")
     with memory_cgroup(256 * MiB) as cg:
-        code, out, err = await _pmrun_in(cg, tmp_path, "-v", "-v", "--retries", "1", "-j", "0",
+        code, out, err = await _pmrun_in(cg, tmp_path, "-v", "-v", "--retries", "2", "-j", "0",
                                          "--tasks", "tasks.txt")
         assert cg.oom_kills() == 0
         kernel_peak = cg.peak()
@@ -484,9 +484,9 @@ async def test_reserve_is_one_budget_for_the_ranks_of_a_node(tmp_path: Path) -> 
 
 
 @pytest.mark.timeout(30)
-async def test_a_defect_in_a_task_s_run_fails_it_and_ends_the_ensemble() -> None:
-    """A run that raises (here: the caller's event hook at a start) is named on one line
-    and the ensemble ends: join returns, nothing waits for ever, nothing more starts."""
+async def test_an_exception_of_the_callers_hook_ends_the_ensemble_and_reaches_join() -> None:
+    """The caller's event hook raising at a start: join raises it (nothing waits for ever),
+    the hook is called no more and nothing more starts."""
     seen: list[Event] = []
 
     def on_event(e: Event) -> None:
@@ -495,12 +495,10 @@ async def test_a_defect_in_a_task_s_run_fails_it_and_ends_the_ensemble() -> None
             raise RuntimeError("hook broke")
 
     ens = Ensemble(Nodes.local(1), jobs=1, on_event=on_event)
-    async with ens:
-        for _ in range(3):
-            ens.add([PY, "-S", "-c", "print(1)"])
-        results = await asyncio.wait_for(ens.join(), 20)
-    errors = [e.text for e in seen if e.kind == "error"]
-    assert len(errors) == 1 and "internal error at" in errors[0], errors
-    assert "RuntimeError: hook broke" in errors[0]
-    assert [r.returncode for r in results] == [255, None, None]
+    with pytest.raises(RuntimeError, match="hook broke"):
+        async with ens:
+            for _ in range(3):
+                ens.add([PY, "-S", "-c", "print(1)"])
+            await asyncio.wait_for(ens.join(), 20)
+    assert seen[-1].kind == "start" and seen[-1].task == 0, seen
     assert not [e for e in seen if e.kind == "start" and e.task != 0]

@@ -441,10 +441,11 @@ def test_an_ensembles_tasks_on_a_host_share_one_runner_and_a_lost_host_is_named(
     assert_clean(c)
 
     # A host whose runner is killed while its task runs is named once; the task runs again
-    # on the other host (--retries 1), and the killed one leaves nothing behind.
+    # on the other host (--retries 2: two runs at most), and the killed one leaves nothing
+    # behind.
     proc = subprocess.Popen(
         pmrun_argv("-S", f"1/{c.names[0]},1/{c.names[1]}", "--ssh", c.ssh_command(),
-                   "--retries", "1", "--lb", "echo up {} $(hostname) $PPID; sleep 2", ":::",
+                   "--retries", "2", "--lb", "echo up {} $(hostname) $PPID; sleep 2", ":::",
                    "a", "b"),
         cwd=tmp_path, env=pmrun_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL, text=True)
