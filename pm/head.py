@@ -60,7 +60,7 @@ STDIN_WINDOW = 1 << 20
 #: abort with no rank on another node running is named at once (its own node's ranks are
 #: looked at by its agent: pm.agent.node); no other failure waits.
 ABORT_GRACE = 0.05
-#: How much later than an abort a death by a signal may have been seen on its node and still
+#: How much later than an abort a rank's failure may have been seen on its node and still
 #: count as before it: its agent sees the end when its loop gets to it (clocks of different
 #: hosts may differ by as much).
 DEATH_SLACK = 0.01
@@ -328,6 +328,8 @@ class JobRun:
         self._top_done = False
         #: The abort that came first, held for ABORT_GRACE (:meth:`_aborted`), and its timer.
         self._held_abort: t.Abort | None = None
+        #: Ranks that called abort (their own ends follow it: never a cause before one).
+        self._aborting: set[int] = set()
         #: srun's -W: the first rank of the job that ended, whose end starts the wait.
         self._first_end: RankResult | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
@@ -660,6 +662,7 @@ class JobRun:
         """A rank called abort: named at once, unless it is the first failure and ranks of
         other nodes run, which may yet report a death by a signal that came before it (then
         the abort waits up to ABORT_GRACE; :meth:`_rank_ended`)."""
+        self._aborting.add(msg.rank)
         if self._held_abort is not None:
             return  # the same failure's echo, most likely: the first abort is named
         if self.cause is None and self.state is RunState.RUNNING and any(
@@ -763,9 +766,11 @@ class JobRun:
             return
         held = self._held_abort
         if held is not None:
-            if not (r.signal and r.rank != held.rank and at <= held.at + DEATH_SLACK):
+            if r.rank in self._aborting or at > held.at + DEATH_SLACK:
                 return  # after the abort, or the aborting rank's own end: the abort is first
-            self._drop_abort()  # a death the abort followed: the death is the cause
+            # A failure the abort followed (a death by a signal, an exit before finalize:
+            # Open MPI 5's ranks abort when a peer is gone): that failure is the cause.
+            self._drop_abort()
         host = self.plan.hosts[r.node]
         where = rank_at(r.rank, r.node, host)
         fail = self._fail if self.spec.kill_on_bad_exit else self._failed_alone

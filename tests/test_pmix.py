@@ -265,10 +265,10 @@ def debian_hello(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(Path(cc), tmp_path_factory.mktemp("ompi41") / "hello_deb")
 
 
-def _build(cc: Path, out: Path) -> Path:
+def _build(cc: Path, out: Path, src: Path = HELLO_C) -> Path:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler")
-    subprocess.run([str(cc), "-O2", "-o", str(out), str(HELLO_C)], check=True,
+    subprocess.run([str(cc), "-O2", "-o", str(out), str(src)], check=True,
                    capture_output=True, text=True, timeout=120)
     return out
 
@@ -582,6 +582,41 @@ def test_a_rank_that_never_starts_mpi_is_named(pmrun: Run, tmp_path: Path,
     r = pmrun("-n", "2", *layout, "--mpi", "pmix", "sh", "-c",
               f'[ "$PMI_RANK" = 1 ] || exec {OMPI} {prog}', env=ENV, timeout=60)
     assert_never_started_named(r, "allgather")
+
+
+#: Rank argv[2] leaves between two barriers (argv[1]: exit3, exit(3); nofin, exit(0)
+#: without MPI_Finalize); Open MPI 5's other ranks abort when their barrier loses it.
+LEAVES_C = r"""
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+int main(int argc, char **argv) {
+    int rank;
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == atoi(argv[2]))
+        exit(strcmp(argv[1], "exit3") ? 0 : 3);
+    MPI_Barrier(MPI_COMM_WORLD);
+    MPI_Finalize();
+    return 0;
+}
+"""
+
+
+@needs_wheel
+@pytest.mark.parametrize(("how", "code", "named"), [
+    ("exit3", 3, "exited with code 3"), ("nofin", 1, "exited without calling PMI finalize")])
+def test_a_rank_that_leaves_is_named_not_the_abort_it_causes(pmrun: Run, tmp_path: Path,
+                                                             how: str, code: int,
+                                                             named: str) -> None:
+    src = tmp_path / "leaves.c"
+    src.write_text(LEAVES_C)
+    prog = _build(_wheel_bin() / "mpicc", tmp_path / "leaves", src)
+    r = pmrun("-n", "4", "--local-nodes", "3", "--fanout", "2", str(prog), how, "2", env=ENV,
+              timeout=100)
+    assert r.returncode == code, r.stderr
+    assert re.search(rf"rank 2 \(node 1, [^)]*\) {named}", first_cause(r.stderr)), r.stderr
 
 
 @needs_wheel

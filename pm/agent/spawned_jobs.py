@@ -359,6 +359,7 @@ class SpawnRequests:
         if problem is not None:
             # Said here too: an MPI library tells the spawner only that the spawn failed.
             log.warning("rank %d: spawn refused: %s", rank, problem.error)
+            problem.reported = True  # (said: its PMIx server says no more)
             fut.set_result(problem)
             return fut
         if agent.killing:
