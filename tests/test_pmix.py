@@ -619,6 +619,15 @@ def test_a_rank_that_leaves_is_named_not_the_abort_it_causes(pmrun: Run, tmp_pat
     assert re.search(rf"rank 2 \(node 1, [^)]*\) {named}", first_cause(r.stderr)), r.stderr
 
 
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"]], ids=["1node", "2nodes"])
+def test_pmi_asked_for_an_open_mpi_program_is_said_once(pmrun: Run, wheel_hello: Path,
+                                                        opts: list[str]) -> None:
+    r = pmrun(*opts, "-n", "2", "--mpi=pmi2", str(wheel_hello), env=ENV, timeout=100)
+    said = (f"pmrun: {wheel_hello} speaks PMIx only (Open MPI): with --mpi pmi its ranks "
+            "start as single-process jobs of their own (--mpi pmix or auto serves it)")
+    assert r.stderr.splitlines().count(said) == 1, r.stderr
+
+
 @needs_wheel
 def test_exit_without_finalize_fails_the_job(pmrun: Run, tmp_path: Path, marker: str) -> None:
     # PMIx's connect and finalize are the rank events a PMI session reports.

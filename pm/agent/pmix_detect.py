@@ -27,6 +27,7 @@ headers.
 from __future__ import annotations
 
 import os
+import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -73,8 +74,28 @@ def wants_pmix(mode: str, commands: Sequence[Sequence[str]], path_env: str | Non
     if mode == "pmix":
         return True
     if mode != "auto":
+        if mode in ("pmi", "none") and not _WARNED:
+            _warn_pmix_only(mode, commands, path_env)
         return False
     return any(_speaks_pmix(p, path_env) for c in commands for p in programs(c, path_env))
+
+
+#: Whether :func:`_warn_pmix_only` spoke (once a process: the quick path and the full one
+#: both ask).
+_WARNED: list[bool] = []
+
+
+def _warn_pmix_only(mode: str, commands: Sequence[Sequence[str]], path_env: str | None
+                    ) -> None:
+    """``--mpi pmi`` (or ``none``) for a program that speaks PMIx only (Open MPI's): its
+    ranks would start as single-process jobs of their own, silently; said in one line."""
+    _WARNED.append(True)
+    prog = next((p for c in commands for p in programs(c, path_env)
+                 if _speaks_pmix(p, path_env)), None)
+    if prog is not None:  # (before logging is set up on pmrun's quick path: written here)
+        sys.stderr.write(f"pmrun: {prog} speaks PMIx only (Open MPI): with --mpi {mode} its "
+                         "ranks start as single-process jobs of their own (--mpi pmix or "
+                         "auto serves it)\n")
 
 
 #: Shells whose ``-c`` line or script pmrun reads for the programs they run.
