@@ -628,6 +628,19 @@ def test_pmi_asked_for_an_open_mpi_program_is_said_once(pmrun: Run, wheel_hello:
     assert r.stderr.splitlines().count(said) == 1, r.stderr
 
 
+@pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"]], ids=["1node", "2nodes"])
+def test_open_mpis_own_explanation_of_a_failure_is_shown(pmrun: Run, wheel_hello: Path,
+                                                         opts: list[str]) -> None:
+    """Open MPI 5 sends its error explanations to its launcher (PMIx_Log): they are the
+    rank's stderr, as under its own launcher."""
+    r = pmrun(*opts, "-n", "2", str(wheel_hello), env={**ENV, "OMPI_MCA_pml": "bogus"},
+              timeout=100)
+    assert r.returncode == 14, r.stderr
+    assert "find-available:not-valid" in r.stderr, r.stderr  # (the failed component's help)
+    assert re.search(r"^pmrun: rank \d \(node \d, [^)]*\) exited with code 14$", r.stderr,
+                     re.M), r.stderr
+
+
 @needs_wheel
 def test_exit_without_finalize_fails_the_job(pmrun: Run, tmp_path: Path, marker: str) -> None:
     # PMIx's connect and finalize are the rank events a PMI session reports.

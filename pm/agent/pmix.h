@@ -122,6 +122,9 @@ typedef pmix_status_t (*pmix_server_connect_fn_t)(
 typedef pmix_status_t (*pmix_server_job_control_fn_t)(
     const pmix_proc_t *requestor, const pmix_proc_t targets[], size_t ntargets,
     const pmix_info_t directives[], size_t ndirs, pmix_info_cbfunc_t cbfunc, void *cbdata);
+typedef void (*pmix_server_log_fn_t)(
+    const pmix_proc_t *client, const pmix_info_t data[], size_t ndata,
+    const pmix_info_t directives[], size_t ndirs, pmix_op_cbfunc_t cbfunc, void *cbdata);
 typedef enum { PMIX_GROUP_CONSTRUCT, PMIX_GROUP_DESTRUCT } pmix_group_operation_t;
 typedef pmix_status_t (*pmix_server_grp_fn_t)(
     pmix_group_operation_t op, char grp[], const pmix_proc_t procs[], size_t nprocs,
@@ -146,7 +149,7 @@ typedef struct pmix_server_module {
     void *notify_event;
     void *query;
     void *tool_connected;
-    void *log;
+    pmix_server_log_fn_t log;
     void *allocate;
     pmix_server_job_control_fn_t job_control;
     void *monitor;

@@ -113,6 +113,14 @@ class PmixJob(Upcalls):
         if rank in self.agent.ranks and not self.closed:
             self.agent.rank_event(rank, event, detail)
 
+    def client_log(self, rank: int, lines: list[tuple[int, str]]) -> None:
+        """PMIx_Log's text (Open MPI 5's error explanations): the rank's output."""
+        if rank not in self.agent.ranks or self.closed:
+            return
+        for stream, text in lines:
+            self.agent.rank_output(rank, stream, (text if text.endswith("\n")
+                                                  else text + "\n").encode(errors="replace"))
+
     def fence(self, blob: bytes, collect: bool, done: Callable[[int, bytes], None]) -> None:
         agent = self.agent
         log.debug("PMIx %s: fence of %d bytes (collect: %s)", self.nspace, len(blob), collect)

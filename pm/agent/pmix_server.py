@@ -66,6 +66,9 @@ _MMAP = {"x86_64": 9, "aarch64": 222}
 _MUNMAP = {9: 11, 222: 215}
 _MAP_RESERVE = 0x02 | 0x20 | 0x4000 | 0x100000
 _LOCK = ".lock"
+#: PMIx_Log's keys for a client's output (PMIX_LOG_STDERR, PMIX_LOG_STDOUT): its stream
+#: (pm.common.output's STDERR, STDOUT).
+_LOG_STREAMS = {"pmix.log.stderr": 2, "pmix.log.stdout": 1}
 
 
 class Upcalls:
@@ -73,6 +76,7 @@ class Upcalls:
     every method runs on the event loop."""
 
     def client_event(self, rank: int, event: str, detail: Any = None) -> None: ...
+    def client_log(self, rank: int, lines: list[tuple[int, str]]) -> None: ...
     def fence(self, blob: bytes, collect: bool, done: Callable[[int, bytes], None]) -> None: ...
     def direct_modex(self, rank: int, done: Callable[[int, bytes], None]) -> None: ...
     def publish(self, rank: int, items: dict[str, Any], done: Callable[[int], None],
@@ -157,12 +161,13 @@ class PmixServer:
             ffi.callback("pmix_release_cbfunc_t", self._release),
             ffi.callback("pmix_dmodex_response_fn_t", self._dmodex_answer),
             ffi.callback("pmix_server_grp_fn_t", self._group_op, error=L.ERROR),
+            ffi.callback("pmix_server_log_fn_t", self._log),
         ]
         (mod.client_connected, mod.client_finalized, mod.abort, mod.fence_nb,
          mod.direct_modex, mod.publish, mod.lookup, mod.unpublish, mod.spawn, mod.connect,
          mod.disconnect, mod.job_control) = self._cbs[:12]
         self._release_cb, self._dmodex_cb = self._cbs[12], self._cbs[13]
-        mod.group = self._cbs[14]
+        mod.group, mod.log = self._cbs[14], self._cbs[15]
         self._module = mod
         info = L.InfoArray(ffi, [
             ("pmix.srvr.tmpdir", (L.STRING, self.dir)),  # PMIX_SERVER_TMPDIR
@@ -317,6 +322,32 @@ class PmixServer:
                 cbfunc(L.SUCCESS, cbdata)
 
         return self._post(ns, deliver)
+
+    def _log(self, proc: Any, data: Any, ndata: int, _dirs: Any, _ndirs: int, cbfunc: Any,
+             cbdata: Any) -> None:
+        """PMIx_Log of a client: what it asks to be written on stderr or stdout (Open MPI 5
+        sends its error explanations so, as under its own launcher), as the rank's output."""
+        ffi = self.ffi
+        ns, rank = self._proc(proc)
+        lines: list[tuple[int, str]] = []
+        for i in range(ndata):
+            stream = _LOG_STREAMS.get(ffi.string(data[i].key).decode(errors="replace"))
+            text = L.read_value(ffi, data[i].value)
+            if stream is not None and isinstance(text, str) and text:
+                lines.append((stream, text))
+        if not lines:
+            if cbfunc:
+                cbfunc(L.ERR_NOT_SUPPORTED, cbdata)
+            return
+
+        def deliver(job: Upcalls) -> None:
+            job.client_log(rank, lines)
+            if cbfunc:
+                cbfunc(L.SUCCESS, cbdata)
+
+        rc = self._post(ns, deliver)
+        if rc != L.SUCCESS and cbfunc:
+            cbfunc(rc, cbdata)
 
     def _fence(self, procs: Any, nprocs: int, info: Any, ninfo: int, data: Any, ndata: int,
                cbfunc: Any, cbdata: Any) -> int:
