@@ -696,7 +696,8 @@ class JobRun:
 
     def _fail_abort(self, msg: t.Abort) -> None:
         host = self.plan.hosts[msg.vertex]
-        text = f" ({msg.message})" if msg.message else ""
+        # (Open MPI 4's MPI_Abort says "N/A" when it has no message: nothing to show)
+        text = f" ({msg.message})" if msg.message and msg.message != "N/A" else ""
         self._fail(f"{rank_at(msg.rank, msg.vertex, host)} called abort with "
                    f"code {msg.code}{text}", abort_status(msg.code))
 

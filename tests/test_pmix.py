@@ -642,6 +642,31 @@ def test_open_mpis_own_explanation_of_a_failure_is_shown(pmrun: Run, wheel_hello
 
 
 @needs_wheel
+def test_names_published_looked_up_and_a_duplicate_refused(pmrun: Run, tmp_path: Path) -> None:
+    assert OMPI is not None
+    prog = script(tmp_path, "names.py", """
+        from mpi4py import MPI
+        comm = MPI.COMM_WORLD
+        if comm.rank == 0:
+            MPI.Publish_name("svc", "port-a")
+            try:
+                MPI.Publish_name("svc", "port-b")
+                print("published twice", flush=True)
+            except MPI.Exception as exc:
+                print("refused", exc.Get_error_class() == MPI.ERR_FILE_EXISTS, flush=True)
+        comm.Barrier()
+        if comm.rank == 1:
+            print("found", MPI.Lookup_name("svc"), flush=True)
+        comm.Barrier()
+        if comm.rank == 0:
+            MPI.Unpublish_name("svc", "port-a")
+    """)
+    r = pmrun("-n", "2", "--local-nodes", "2", OMPI, str(prog), env=ENV, timeout=100)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["found port-a", "refused True"], r.stdout
+
+
+@needs_wheel
 def test_exit_without_finalize_fails_the_job(pmrun: Run, tmp_path: Path, marker: str) -> None:
     # PMIx's connect and finalize are the rank events a PMI session reports.
     assert OMPI is not None

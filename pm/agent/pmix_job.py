@@ -182,7 +182,8 @@ class PmixJob(Upcalls):
         self._names("publish-once" if once else "publish",
                     [(k, BYTES_MARK + v.hex() if isinstance(v, bytes)
                       else "" if v is None else str(v)) for k, v in items.items()],
-                    lambda found, ok: done(L.SUCCESS if ok else L.ERROR))
+                    # (a name the service holds already: what a publish is refused for)
+                    lambda found, ok: done(L.SUCCESS if ok else L.EXISTS))
 
     def lookup(self, rank: int, keys: list[str],
                done: Callable[[int, list[tuple[str, str]]], None], wait: bool = False
