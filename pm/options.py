@@ -2027,7 +2027,8 @@ OPTIONS = (
     Opt("--colorfailed --colourfailed --cf", "colorfailed", kind=FLAG, group=MEMORY,
         help="the lines of a task that failed white on red"),
     Opt("--mem-overrun", "mem_overrun", choice("warn", "kill", "suspend"), metavar="ACTION",
-        group=MEMORY, help="warn (default), kill or suspend a task over its declared size"),
+        group=MEMORY, help="warn (default), kill or suspend a task over its declared size "
+                           "while its node is above the high watermark"),
     Opt("--mem-settle", "mem_settle", settle_time, metavar="S|off", group=MEMORY,
         help="shrink a task's reservation to its measured peak once that peak held S "
              "seconds (default 1); off: reservations only grow"),

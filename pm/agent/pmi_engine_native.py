@@ -176,8 +176,8 @@ def _native_op(e: PmiEngine, req: int, op: str, frame: list[Any]) -> None:
     elif op == native.RESERVE:
         _nargs(op, frame, 1)
         nbytes = frame[2]
-        if type(nbytes) is not int or nbytes < 0:
-            raise ProtocolError(f"reserve needs a byte count >= 0, not {nbytes!r}")
+        if type(nbytes) is not int or nbytes < 1:
+            raise ProtocolError(f"reserve needs a byte count of at least 1, not {nbytes!r}")
         _native_wait(e, req, op, Reserve(e._token(), nbytes))
     elif op == native.SPAWN:
         from pm.proto import spawn  # dataclasses: not loaded until a rank spawns
