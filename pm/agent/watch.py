@@ -152,24 +152,7 @@ async def guardians_reaped(timeout: float = GUARDIANS_WAIT) -> None:  # noqa: AS
     a later release or call (pm.agent.spawn.released_guardians)."""
     from pm.agent.spawn import released_guardians
 
-    loop = asyncio.get_running_loop()
-    fds: list[int] = []
-    ended: list[asyncio.Future[None]] = []
-    try:
-        for guardian in released_guardians():
-            fd = guardian.pidfd()
-            if fd < 0:
-                continue
-            fds.append(fd)
-            fut: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(fd, _ended, fut)
-            ended.append(fut)
-        if ended:
-            await asyncio.wait(ended, timeout=timeout)
-    finally:
-        for fd in fds:
-            loop.remove_reader(fd)
-            os.close(fd)
+    await _ended_all([fd for g in released_guardians() if (fd := g.pidfd()) >= 0], timeout)
     released_guardians()  # (collects those that ended)
 
 
@@ -183,27 +166,33 @@ async def killed_reaped(pids: list[int], timeout: float = KILLED_WAIT) -> None: 
     more (the agent is closing): a process that runs jobs in itself and goes on (the
     Python API) keeps no zombie of theirs.  Waits for them (not blocking the loop) at most
     ``timeout`` seconds; one that has not ended by then is left to its fate."""
-    loop = asyncio.get_running_loop()
     fds: dict[int, int] = {}
+    for pid in pids:
+        try:
+            fds[pid] = os.pidfd_open(pid)
+        except OSError:
+            continue  # collected already
+    await _ended_all(list(fds.values()), timeout)
+    for pid in fds:
+        _collect(pid)
+
+
+async def _ended_all(pidfds: list[int], timeout: float) -> None:  # noqa: ASYNC109
+    """Wait (not blocking the loop) until the processes of ``pidfds`` have ended, at most
+    ``timeout`` seconds; the descriptors are closed then."""
+    loop = asyncio.get_running_loop()
     ended: list[asyncio.Future[None]] = []
     try:
-        for pid in pids:
-            try:
-                fd = os.pidfd_open(pid)
-            except OSError:
-                continue  # collected already
-            fds[pid] = fd
+        for fd in pidfds:
             fut: asyncio.Future[None] = loop.create_future()
             loop.add_reader(fd, _ended, fut)
             ended.append(fut)
         if ended:
             await asyncio.wait(ended, timeout=timeout)
     finally:
-        for fd in fds.values():
+        for fd in pidfds:
             loop.remove_reader(fd)
             os.close(fd)
-    for pid in fds:
-        _collect(pid)
 
 
 def _collect(pid: int) -> None:
