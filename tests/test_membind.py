@@ -139,4 +139,4 @@ def test_from_python(tmp_path: Path) -> None:
     bad = "import pm\npm.run(['true'], 1, mem_bind='nearby')\n"
     out = subprocess.run([sys.executable, "-c", bad], capture_output=True, text=True,
                          timeout=50, cwd=tmp_path)
-    assert out.returncode != 0 and "--mem-bind: 'nearby' is not one of" in out.stderr
+    assert out.returncode != 0 and "mem_bind: 'nearby' is not one of" in out.stderr
