@@ -65,7 +65,11 @@ def on_terminal(args: Sequence[str],
                     proc.send_signal(signal.SIGWINCH)
                 else:
                     os.write(master, what)
-            ready, _, _ = select.select([master], [], [], 0.05)
+            ended = proc.poll() is not None
+            # Once pmrun ended, what it wrote last may still be on its way through the line
+            # discipline (a kernel worker moves it, later on a loaded machine): read until
+            # the terminal stays silent a while.
+            ready, _, _ = select.select([master], [], [], 0.5 if ended else 0.05)
             if ready:
                 try:
                     data = os.read(master, 65536)
@@ -74,7 +78,7 @@ def on_terminal(args: Sequence[str],
                 out += data
                 if data:
                     continue
-            if proc.poll() is not None and not ready:
+            if ended and not ready:
                 break
         else:
             raise AssertionError(f"pmrun {' '.join(args)} did not end within {timeout:g} s; "
