@@ -327,17 +327,6 @@ def _distribution(what: str, value: str) -> str:
     return value
 
 
-def _mem_bind(what: str, value: str) -> str:
-    """srun's --mem-bind words (or Hydra's -membind's), as pm.agent.membind reads them."""
-    from pm.agent.membind import parse
-
-    try:
-        parse(value)
-    except ValueError as exc:
-        raise JobSpecError(f"{what}: {exc}") from None
-    return value
-
-
 def _rank_slots(what: str, value: list[str]) -> list[str]:
     """Each rank's cores, as a rankfile's slot= gives them ("" for none)."""
     from pm.common.rankfile import RankfileError, check_slot
@@ -373,7 +362,7 @@ JOB_CHECKS: dict[str, _Check] = {
     "distribution": _distribution,
     "kvs": by_option(pmopts.choice("shm", "socket")),
     "mpi": by_option(pmopts.choice("pmix", "pmi", "none", "auto")),
-    "mem_bind": _unless_empty(_mem_bind),
+    "mem_bind": _unless_empty(by_option(pmopts.mem_bind)),
     "mem_high": by_option(pmopts.size),
     "mem_low": by_option(pmopts.size),
     "mem_overrun": by_option(pmopts.choice("warn", "kill", "suspend")),
