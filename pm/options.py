@@ -456,7 +456,8 @@ def umask_value(value: str, opt: str) -> int:
 
 def directory(value: str, opt: str) -> str:
     if not os.path.isdir(value):
-        raise UsageError(f"{opt} {value}: no such directory")
+        why = "not a directory" if os.path.exists(value) else "no such directory"
+        raise UsageError(f"{opt} {value}: {why}")
     return os.path.abspath(value)
 
 
@@ -515,7 +516,8 @@ def writable_file(value: str, opt: str) -> str:
     if os.path.isdir(value):
         raise UsageError(f"{opt} {value}: is a directory")
     if not os.path.isdir(folder):
-        raise UsageError(f"{opt} {value}: no such directory {folder}")
+        why = "not a directory:" if os.path.exists(folder) else "no such directory"
+        raise UsageError(f"{opt} {value}: {why} {folder}")
     if os.path.exists(value) and not os.access(value, os.W_OK):
         raise UsageError(f"{opt} {value}: cannot be written (permission denied)")
     if not os.path.exists(value) and not os.access(folder, os.W_OK | os.X_OK):

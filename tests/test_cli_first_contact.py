@@ -115,6 +115,9 @@ CASES = [
      "or 'overload-allowed'"),
     (["--profile", "/nonexistent/x.json", "-n", "1", "true"], {},
      "--profile /nonexistent/x.json: no such directory /nonexistent"),
+    (["--profile", "/dev/null/x.json", "-n", "1", "true"], {},
+     "--profile /dev/null/x.json: not a directory: /dev/null"),
+    (["-wdir", "/dev/null", "-n", "1", "true"], {}, "-wdir /dev/null: not a directory"),
     (["-n", "1", "true"], {"MPIEXEC_TIMEOUT": "abc"}, "MPIEXEC_TIMEOUT takes seconds, not 'abc'"),
     (["--timeout", "200%", "-n", "1", "true"], {},
      "--timeout 200%: a percentage of the median successful run is for task ensembles; an "
@@ -1355,7 +1358,8 @@ def test_a_failed_rank_leaves_the_others_be_when_asked(pmrun: Run, layout: list[
     assert (r.returncode, sorted(r.stdout.split("\n"))) == (3, ["", "0 done", "2 done"])
     assert r.stderr.splitlines() == [f"pmrun: rank 1 (node 0, {os.uname().nodename}) "
                                      f"exited with code 3"], r.stderr
-    r = pmrun("-n", "3", *layout, "sh", "-c", prog)
+    # (the others' sleep is long enough that only the kill ends it, on a loaded machine too)
+    r = pmrun("-n", "3", *layout, "sh", "-c", prog.replace("sleep 0.3", "sleep 20"))
     assert (r.returncode, r.stdout) == (3, ""), r.stderr
 
 
