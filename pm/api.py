@@ -157,6 +157,11 @@ class Job:
                 return
             yield item
 
+    def _ended_well(self) -> bool:
+        """The job's end is known and raised nothing: nothing for aclose() to do."""
+        w = self._waiter
+        return w is not None and w.done() and not w.cancelled() and w.exception() is None
+
     @property
     def _ended(self) -> bool:
         """Every rank has ended (the job's end may still be under way): none to signal."""
@@ -327,6 +332,9 @@ class Cluster:
     async def _start(self, spec: JobSpec, capture: bool, stdin: int | None) -> Job:
         job = Job(spec, self.nodes, capture, stdin)
         await job._start()
+        # The jobs that ended well go (a cluster may run many in its life); aclose() still
+        # awaits the others.
+        self._jobs = [j for j in self._jobs if not j._ended_well()]
         self._jobs.append(job)
         return job
 

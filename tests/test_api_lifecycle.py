@@ -183,3 +183,18 @@ async def test_a_job_is_awaited_on_its_loop_not_another_thread_s() -> None:
                                   f"there")
         job.kill()
         assert (await job.wait()).cause == "killed by the user"
+
+
+async def test_a_long_lived_cluster_keeps_no_ended_job() -> None:
+    # A program that launches job after job on one Cluster: the ones that ended (failed or
+    # not) are let go at the next launch, a running one stays for aclose().
+    async with pm.Cluster() as cluster:
+        for _ in range(3):
+            await (await cluster.launch(["true"])).wait()
+        running = await cluster.launch(["sleep", "30"])
+        assert cluster._jobs == [running]
+        failed = await cluster.launch(["sh", "-c", "exit 3"])
+        assert (await failed.wait()).returncode == 3
+        await cluster.launch(["true"])
+        assert running in cluster._jobs and failed not in cluster._jobs
+    assert cluster._jobs == [] and running._ended
