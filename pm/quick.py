@@ -873,7 +873,17 @@ def main() -> int:
     try:
         os._exit(_main(argv))
     except Exception as exc:  # a defect of pmrun's: one line (the ranks end with pmrun)
-        os._exit(internal_error(exc))
+        os._exit(internal_error(exc, traceback=_verbose(argv)))
+
+
+def _verbose(argv: list[str]) -> bool:
+    """Whether the command line asked for -v (the traceback of a defect goes with it)."""
+    try:
+        from pm.options import parse as parse_all
+
+        return parse_all(argv, os.environ).verbose > 0
+    except Exception:
+        return False
 
 
 def _main(argv: list[str]) -> int:

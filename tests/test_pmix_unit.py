@@ -32,6 +32,14 @@ def test_plain_programs_and_pythons_without_open_mpi_get_no_pmix(tmp_path: Path)
     text = tmp_path / "notes.txt"
     text.write_text("not a program\n")
     assert not pmix_detect.wants_pmix("auto", [[str(text)]])
+    # Words of a shell line that name files no program is read from: not a defect of pmrun's.
+    for word in ("/proc/self/ns/net", "/proc/self/mem"):
+        assert not pmix_detect.wants_pmix("auto", [["sh", "-c", f"readlink {word}"]])
+    elf = tmp_path / "bad-elf"  # (offsets past what a file offset can be)
+    elf.write_bytes(b"\x7fELF\x02\x01" + b"\0" * 26 + b"\xff" * 8 + b"\0" * 14
+                    + b"\x38\0\x01\0" + b"\0" * 200)
+    elf.chmod(0o755)
+    assert not pmix_detect.wants_pmix("auto", [[str(elf)]])
 
 
 def test_a_venv_holding_open_mpi_gets_pmix(tmp_path: Path) -> None:

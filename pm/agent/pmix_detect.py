@@ -261,7 +261,7 @@ def _look(prog: str, path_env: str | None, depth: int = 0
     if path is None:
         return None
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
     try:
@@ -277,6 +277,10 @@ def _look(prog: str, path_env: str | None, depth: int = 0
         if not head.startswith(b"\x7fELF"):
             return None
         needed, runpath = _elf_dynamic(fd, head)
+    except (OSError, OverflowError):
+        # A word of a shell line that names no program pmrun can read (/proc/self/ns/net,
+        # /proc/self/mem), or an ELF file whose offsets lead nowhere: not Open MPI's.
+        return None
     finally:
         os.close(fd)
     return path, needed, runpath
