@@ -87,6 +87,7 @@ def test_a_host_that_does_not_resolve_is_named_in_the_loopback_warning(pmrun: Ru
     assert r.returncode == 255, r.stderr
     assert r.stderr.splitlines()[0] == (
         "pmrun: nosuchhost.invalid does not resolve here: listening for agents on loopback: "
-        "agents on other hosts cannot reach it (use --iface)"), r.stderr
+        "agents on other hosts cannot reach it (give -localhost ADDRESS: this machine's "
+        "address they reach)"), r.stderr
     assert "pmrun: node 0 (nosuchhost.invalid) lost: agent exited with code 255 before " \
            "joining the tree: ssh: Could not resolve hostname" in r.stderr

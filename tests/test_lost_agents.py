@@ -61,3 +61,24 @@ async def test_watch_signals_only_unreaped_processes() -> None:
     status = await asyncio.wait_for(fut, 30)
     assert status.signal == signal.SIGKILL
     watch.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_hung_agent_is_named_in_one_line(pmrun_popen: Any, tmp_path: Path) -> None:
+    # A node whose agent stops answering: one line names it (node, host, why), no second
+    # line about its "vertex".
+    prog = tmp_path / "waiter.py"
+    prog.write_text(WAITER)
+    p = pmrun_popen("-n", "2", "--local-nodes", "2", "--heartbeat", "1", "python", str(prog))
+    assert p.stdout is not None and p.stderr is not None
+    agents = {d["rank"]: d["agent"] for d in map(json.loads, read_lines(p.stdout, 2, 60))}
+    os.kill(agents[1], signal.SIGSTOP)
+    try:
+        _, err = p.communicate(timeout=60)
+    finally:
+        if cmdline(agents[1]) is not None:
+            os.kill(agents[1], signal.SIGKILL)
+    lines = err.decode().splitlines()
+    assert p.returncode == 255 and len(lines) == 1, lines
+    assert lines[0].startswith("pmrun: node 1 (") and "no heartbeat for" in lines[0], lines
+    wait_until(lambda: cmdline(agents[1]) is None, 10, "node 1's agent to be gone")

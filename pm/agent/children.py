@@ -117,7 +117,8 @@ def listen_endpoint(options: dict[str, Any], parent: str | None,
         if parent is None or not endpoint_host(parent).startswith("127."):
             why = f"{unresolved} does not resolve here: " if unresolved else ""
             log.warning("%slistening for agents on loopback: agents on other hosts cannot "
-                        "reach it (use --iface)", why)
+                        "reach it (give -localhost ADDRESS: this machine's address they "
+                        "reach)", why)
         src = src or "127.0.0.1"
     return f"tcp://{src}"
 

@@ -408,7 +408,9 @@ class ChildPort:
             for vertex in list(self._ids):
                 self.send_raw(vertex, beat)
             for vertex in live.check(time.monotonic()):
-                log.warning("vertex %d: no sign of life for %g s", vertex, live.timeout)
+                # (Named by on_lost's owner, with its node and host: here only for -v.)
+                (log.info if self.on_lost is not None else log.warning)(
+                    "vertex %d: no sign of life for %g s", vertex, live.timeout)
                 if self.on_lost is not None:
                     try:
                         self.on_lost(vertex, f"no heartbeat for {live.timeout:g} s "
