@@ -10,7 +10,7 @@ import os
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Mapping, MutableMapping, Sequence
 
 #: Never passed on to ranks: they would make MPI pick the wrong PMI or mis-place ranks.
 _ENV_DROP_PREFIXES = ("PMI_", "PMIX_", "PMI2_", "OMPI_", "PRTE_", "HYDRA_", "HYDI_",
@@ -55,6 +55,24 @@ def host_own(env: dict[str, str], launcher: object, here: Mapping[str, str]) -> 
             env[name] = here[name]
         else:
             env.pop(name, None)
+
+
+#: The suffix of a heterogeneous Slurm job's variables for its first component.
+_HET_GROUP_0 = "_HET_GROUP_0"
+
+
+def slurm_het_group0(environ: MutableMapping[str, str]) -> bool:
+    """Inside a heterogeneous Slurm allocation (``salloc -N1 : -N2``), which sets no
+    ``SLURM_JOB_NODELIST`` but ``SLURM_JOB_NODELIST_HET_GROUP_0`` and the like: give
+    ``environ`` the first component's variables under their plain names, as srun runs a
+    step there by default.  Whether it did."""
+    if not environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOB_NODELIST") or \
+            not environ.get("SLURM_JOB_NODELIST" + _HET_GROUP_0):
+        return False
+    for name, value in list(environ.items()):
+        if name.endswith(_HET_GROUP_0) and name[:-len(_HET_GROUP_0)] not in environ:
+            environ[name[:-len(_HET_GROUP_0)]] = value
+    return True
 
 
 def filter_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -70,7 +70,7 @@ from pm.common.output import (
     read_pipe,
     stdin_for_job,
 )
-from pm.jobenv import base_env, kvsname_of, new_job_id
+from pm.jobenv import base_env, kvsname_of, new_job_id, slurm_het_group0
 from pm.options import internal_error, prepend_of, prepend_prefix, quick_ok, refuse
 from pm.options import parse as parse_options
 from pm.proto.errors import UsageError, rank_at
@@ -887,6 +887,7 @@ def _verbose(argv: list[str]) -> bool:
 
 
 def _main(argv: list[str]) -> int:
+    slurm_het_group0(os.environ)  # (a heterogeneous allocation: its first part, as srun's)
     try:
         opts = parse(argv, os.environ)
     except UsageError as exc:

@@ -122,6 +122,24 @@ def test_salloc_places_ranks_as_slurm_says(slurm_cluster: RealCluster, tmp_path:
     assert_clean(c)
 
 
+def test_a_heterogeneous_allocation_runs_in_its_first_part(slurm_cluster: RealCluster,
+                                                          tmp_path: Path) -> None:
+    # salloc -N1 -n2 : -N1 -n1 sets SLURM_JOB_NODELIST_HET_GROUP_0 (and _1), no plain
+    # SLURM_JOB_NODELIST: srun runs in the first part, and so does pmrun (it used to run on
+    # the machine outside the allocation, as if there were none).
+    c = slurm_cluster
+    show = "sh -c 'echo $PMI_RANK$SLURM_PROCID $(hostname)'"
+    script = f"srun --mpi=none {show}; echo ==; pmrun {show}"
+    res = subprocess.run(["salloc", "--quiet", "-N1", "-n2", ":", "-N1", "-n1", "sh", "-c",
+                          script], env=env_for(c, tmp_path), capture_output=True, text=True,
+                         timeout=120, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr
+    srun, pmrun = (sorted(part.splitlines()) for part in res.stdout.split("==\n"))
+    assert len(srun) == 2 and srun[0].split()[1] in c.names, res.stdout
+    assert pmrun == srun, res.stdout
+    assert_clean(c)
+
+
 def test_relative_and_cpu_freq_as_srun_takes_them(slurm_cluster: RealCluster) -> None:
     """srun's --relative 1: the nodes from the allocation's second on (as srun lays out a
     step there, -N 2 of them); --cpu-freq goes to the agents' step, which Slurm takes."""
