@@ -554,8 +554,23 @@ def test_output_patterns_name_the_host_and_node(pmrun: Run, tmp_path: Path,
     assert (r.returncode, r.stderr) == (
         2, f"pmrun: --output {tmp_path / 'out.%z'}: %z stands for nothing (%r or %t the "
         "rank, %j the job id, %x its name, %h or %N the host, %n or %p the node number, %u "
-        "the user, %% "
-        "a percent sign)\n")
+        "the user, %A and %a a Slurm job array's id and index, %% a percent sign)\n")
+
+
+def test_output_patterns_inside_slurm_name_slurm_s_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    # srun's -o out.%j.%t and a job array's out.%A_%a: Slurm's ids, not pmrun's own.
+    from pm.common.output import expand_pattern
+
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert expand_pattern("o.%j.%t.%A", 1, "vm-1-ab") == "o.vm-1-ab.1.vm-1-ab"
+    assert expand_pattern("o.%a", 1, "vm-1-ab") == "o.4294967294"  # (srun's, outside arrays)
+    monkeypatch.setenv("SLURM_JOB_ID", "54")
+    assert expand_pattern("o.%j.%t", 1, "vm-1-ab") == "o.54.1"
+    assert expand_pattern("o.%j.%t", 1, "vm-1-ab", spawned=2) == "o.54s2.1"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "50")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert expand_pattern("o.%A_%a.%t", 0, "vm-1-ab") == "o.50_3.0"
 
 
 @pytest.mark.parametrize("opts", [["-l"], ["--local-nodes", "2"]])

@@ -477,8 +477,10 @@ def test_libpmi2_job_spawn(tmp_path: Path) -> None:
                          for r in (0, 1)], lines
 
 
-def test_a_spawned_ranks_output_file_is_its_own() -> None:
+def test_a_spawned_ranks_output_file_is_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     from pm.common.output import expand_pattern
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # (in one, %j is Slurm's job id)
 
     assert expand_pattern("out.%r", 3, "j1") == "out.3"
     assert expand_pattern("out.%r", 3, "j1", spawned=2) == "out.3.s2"

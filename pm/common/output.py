@@ -374,7 +374,8 @@ class _WriteBehind:
 
 #: What a file pattern's ``%X`` stands for (expand_pattern), as said in a refusal.
 PATTERN_CODES = "%r or %t the rank, %j the job id, %x its name, %h or %N the host, %n or " \
-                "%p the node number, %u the user, %% a percent sign"
+                "%p the node number, %u the user, %A and %a a Slurm job array's id and " \
+                "index, %% a percent sign"
 
 
 def pattern_problem(option: str, pattern: str) -> str | None:
@@ -478,12 +479,13 @@ def _create(path: str, make_folder: bool, append: bool = False) -> int:
 
 
 #: The codes of a file pattern (see expand_pattern).
-_CODES = frozenset("rtjxhNnpu%")
+_CODES = frozenset("rtjxhNnpuAa%")
 
 
 def expand_pattern(pattern: str, rank: int, job_id: str, spawned: int = 0, *, host: str = "",
                    node: int = 0) -> str:
-    """An output file name: ``%r`` (or Slurm's ``%t``) is the rank, ``%j`` the job id,
+    """An output file name: ``%r`` (or Slurm's ``%t``) is the rank, ``%j`` the job id
+    (inside a Slurm job Slurm's, as srun's; ``%A``/``%a`` its array's id and index),
     ``%h`` (Hydra's) or ``%N`` (Slurm's) the rank's host, ``%n`` (Slurm's) or ``%p``
     (Hydra's) its node's number, ``%u`` the user, ``%%`` a percent sign; without ``%r``,
     every rank writes to the one file (of its host, with ``%h``).
@@ -492,6 +494,11 @@ def expand_pattern(pattern: str, rank: int, job_id: str, spawned: int = 0, *, ho
     launched job: ``%j`` is the job id followed by ``sJ``, and a pattern with a rank
     but no ``%j`` gets ``.sJ`` at the end (``out.%r`` -> ``out.3.s1``).
     """
+    slurm = os.environ.get("SLURM_JOB_ID")
+    if slurm:  # inside a Slurm job, its id, as srun's %j (pmrun's own id is not the user's)
+        job_id = slurm
+    array = os.environ.get("SLURM_ARRAY_JOB_ID") or job_id
+    index = os.environ.get("SLURM_ARRAY_TASK_ID") or "4294967294"  # (srun's, outside one)
     if spawned:
         job_id = f"{job_id}s{spawned}"
     out = []
@@ -502,11 +509,12 @@ def expand_pattern(pattern: str, rank: int, job_id: str, spawned: int = 0, *, ho
         if c == "%" and i + 1 < len(pattern):
             nxt = pattern[i + 1]
             sub = ({"r": str(rank), "t": str(rank), "j": job_id, "%": "%", "h": host,
-                    "N": host.split(".")[0], "n": str(node), "p": str(node)}.get(nxt)
+                    "N": host.split(".")[0], "n": str(node), "p": str(node), "A": array,
+                    "a": index}.get(nxt)
                    if nxt != "u" else _user())
             if sub is not None:
                 ranked = ranked or nxt in "rt"
-                has_job = has_job or nxt == "j"
+                has_job = has_job or nxt in "jA"
                 out.append(sub)
                 i += 2
                 continue
