@@ -870,7 +870,8 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
         report_pid(str(opts.extra["report_pid"]))
     loop = asyncio.get_running_loop()
     handlers = {signal.SIGINT: job.interrupt, signal.SIGTERM: job.interrupt,
-                signal.SIGHUP: job.interrupt, signal.SIGUSR1: job.signal,
+                signal.SIGHUP: job.interrupt, signal.SIGQUIT: job.interrupt,
+                signal.SIGUSR1: job.signal,
                 signal.SIGUSR2: job.signal, signal.SIGTSTP: job.suspend,
                 signal.SIGCONT: job.signal}
     if opts.spec.pty:  # srun's --pty: a new size of pmrun's terminal is rank 0's too

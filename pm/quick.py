@@ -83,10 +83,11 @@ if TYPE_CHECKING:
     from pm.agent.pmi_actions import Spawn
     from pm.agent.pmi_quick import QuickPmi
     from pm.agent.quick_spawns import QuickSpawns
+    from pm.agent.spawn import Guardian
 
 #: Signals pmrun handles (pm.cli installs the same on the event loop).
-SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGUSR1, _signal.SIGUSR2,
-           _signal.SIGTSTP, _signal.SIGCONT)
+SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1,
+           _signal.SIGUSR2, _signal.SIGTSTP, _signal.SIGCONT)
 
 #: What a watched fd is, besides STDOUT and STDERR.
 _PMI, _EXIT = 3, 4
@@ -710,7 +711,13 @@ class QuickStart:
         writer = self.started.writer
         assert writer is not None
         if lines:
-            writer.write(r.rank, stream, lines, -1, r.job)
+            guardian = self.started.guardian
+            if guardian is not None:
+                _writing.append(guardian)
+            try:
+                writer.write(r.rank, stream, lines, -1, r.job)
+            finally:
+                _writing.clear()
         if stream in writer.broken:
             # Nobody reads it: the ranks' writes to it fail from now on (EPIPE), rather
             # than go on for nothing (ranks that ignore SIGPIPE, such as Python's).
@@ -855,8 +862,21 @@ def _speaks(r: StartedRank) -> bool:
 _signals: list[int] = []
 
 
+#: The guardian of the ranks while the quick loop writes their output (its write may wait
+#: on a reader that stalls: ``pmrun ... | less``), else None.
+_writing: list[Guardian] = []
+#: The signals that end a job (a second one kills it at once).
+_ENDING = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT)
+
+
 def _note(signum: int, frame: object) -> None:
     _signals.append(signum)
+    if _writing and signum in _ENDING and sum(s in _ENDING for s in _signals) > 1:
+        # The loop cannot act while pmrun's own stdout does not take what the ranks wrote:
+        # a second Ctrl-C (or SIGTERM) kills the job at once all the same.
+        _writing[0].kill_all()
+        os.write(2, b"pmrun: interrupted twice: killing the job\n")
+        os._exit(128 + signum)
 
 
 def noted_signals() -> list[int]:
@@ -909,7 +929,7 @@ def _main(argv: list[str]) -> int:
         # Ctrl-C while the full path imports is noted, not a KeyboardInterrupt's traceback
         # (SIGTERM, SIGHUP: not an end without a word): the full path acts on it once its
         # loop has the signals (pm.cli, pm.ensemble.cli: noted_signals).
-        for sig in SIGNALS[:3]:
+        for sig in SIGNALS[:4]:
             _signal.signal(sig, _note)
         if os.environ.get("SLURM_JOB_ID"):
             from pm.bootstrap.early import step_now

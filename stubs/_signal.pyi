@@ -6,6 +6,7 @@ from types import FrameType
 SIGCONT: int
 SIGHUP: int
 SIGINT: int
+SIGQUIT: int
 SIGKILL: int
 SIGPIPE: int
 SIGSTOP: int

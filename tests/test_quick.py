@@ -435,3 +435,44 @@ def test_pmrun_polls_after_requests_only_with_cpus_to_spare() -> None:
     cpus = len(os.sched_getaffinity(0))
     assert quick_spins(cpus) is False
     assert quick_spins(cpus - 1) is (cpus > 1)
+
+
+def test_second_ctrl_c_while_the_output_waits_for_its_reader_kills_at_once(
+        pmrun_popen: Start, marker: str) -> None:
+    # `pmrun ... | less` with less not reading: the quick path's write of the ranks' output
+    # waits; a second Ctrl-C still ends the job at once (the first is noted for later).
+    p = pmrun_popen("-n", "1", "sh", "-c", f"while :; do echo {marker}; done")
+    assert p.stdout is not None and p.stderr is not None
+
+    def blocked() -> bool:  # (pmrun's own write to the full pipe: nobody reads it)
+        with open(f"/proc/{p.pid}/wchan") as f:
+            return f.read().endswith("pipe_write")  # (newer kernels: anon_pipe_write)
+
+    wait_until(blocked, 30, "pmrun's write to wait for its reader")
+    p.send_signal(signal.SIGINT)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(20) == 128 + signal.SIGINT
+    assert p.stderr.read() == b"pmrun: interrupted twice: killing the job\n"
+    wait_gone(marker, 10)
+
+
+def test_sigquit_is_forwarded_like_ctrl_c(pmrun_popen: Start, tmp_path: Path) -> None:
+    # Ctrl-\ (SIGQUIT), as Hydra does: every rank gets it and the job goes on its way.
+    prog = script(tmp_path, "quit.py", """
+        import os, signal, sys, time
+        def got(signum, frame):
+            print("rank", os.environ["PMI_RANK"], "got", signal.Signals(signum).name,
+                  flush=True)
+            sys.exit(0)
+        signal.signal(signal.SIGQUIT, got)
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    for opts in ([], ["--local-nodes", "2"]):
+        p = pmrun_popen("-n", "2", *opts, "python", str(prog))
+        assert p.stdout is not None
+        read_lines(p.stdout, 2, 30)
+        p.send_signal(signal.SIGQUIT)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+        assert sorted(out.decode().splitlines()) == ["rank 0 got SIGQUIT", "rank 1 got SIGQUIT"]

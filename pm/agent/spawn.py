@@ -300,7 +300,8 @@ def spawn(
         kwargs["setpgroup"] = pgid
     # The agent blocks SIGCHLD and friends in no thread; reset handlers the
     # interpreter ignores (SIGPIPE) so ranks see default behaviour.
-    kwargs["setsigdef"] = (_signal.SIGPIPE, _signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
+    kwargs["setsigdef"] = (_signal.SIGPIPE, _signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP,
+                           _signal.SIGQUIT)
     kwargs["setsigmask"] = ()
     old_cpus = None
     if cpus:
