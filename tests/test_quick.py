@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -476,3 +477,20 @@ def test_sigquit_is_forwarded_like_ctrl_c(pmrun_popen: Start, tmp_path: Path) ->
         out, err = p.communicate(timeout=30)
         assert p.returncode == 0, err
         assert sorted(out.decode().splitlines()) == ["rank 0 got SIGQUIT", "rank 1 got SIGQUIT"]
+
+
+def test_a_ctrl_c_while_pmrun_imports_ends_it_as_sigint_without_a_traceback() -> None:
+    # The pmrun script, with a Ctrl-C arriving as it imports pmrun's quick path (before
+    # pmrun has handlers of its own): it ends by SIGINT, as a shell reports it (130).
+    run = ("import builtins, os, runpy, signal, sys\n"
+           "sys.argv = ['pmrun', '-n', '1', 'true']\n"
+           "real = builtins.__import__\n"
+           "def imp(name, *args, **kw):\n"
+           "    if name == 'pm.quick':\n"
+           "        os.kill(os.getpid(), signal.SIGINT)\n"
+           "    return real(name, *args, **kw)\n"
+           "builtins.__import__ = imp\n"
+           f"runpy.run_path({str(Path(__file__).parent.parent / 'scripts' / 'pmrun')!r})\n")
+    r = subprocess.run([sys.executable, "-c", run], env=pmrun_env(), capture_output=True,
+                       text=True, timeout=60)
+    assert (r.returncode, r.stderr) == (-signal.SIGINT, ""), r.stderr

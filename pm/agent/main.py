@@ -225,7 +225,10 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
         return 1
     launch = receiving.result()
     if not isinstance(launch, t.Launch):
-        log.error("agent %d: expected the job plan, got %s", vertex, type(launch).__name__)
+        # A Kill or Shutdown first: the job ended before its start (a Ctrl-C while it
+        # started), which the head names.
+        (log.info if isinstance(launch, (t.Kill, t.Shutdown)) else log.error)(
+            "agent %d: expected the job plan, got %s", vertex, type(launch).__name__)
         await _close_quietly(port, link)
         return 1
     plan = launch.plan
