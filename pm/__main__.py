@@ -6,6 +6,6 @@ import _signal
 if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
     _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
 
-from pm.quick import main  # noqa: E402
+from pm.quick import main
 
 main()

@@ -449,8 +449,15 @@ def test_second_ctrl_c_while_the_output_waits_for_its_reader_kills_at_once(
         with open(f"/proc/{p.pid}/wchan") as f:
             return f.read().endswith("pipe_write")  # (newer kernels: anon_pipe_write)
 
+    def delivered() -> bool:  # (a second SIGINT sent while one is pending is the same one)
+        with open(f"/proc/{p.pid}/status") as f:
+            pending = [int(line.split()[1], 16) for line in f
+                       if line.startswith(("SigPnd:", "ShdPnd:"))]
+        return not any(mask & (1 << (signal.SIGINT - 1)) for mask in pending)
+
     wait_until(blocked, 30, "pmrun's write to wait for its reader")
     p.send_signal(signal.SIGINT)
+    wait_until(delivered, 10, "the first SIGINT to reach pmrun")
     p.send_signal(signal.SIGINT)
     assert p.wait(20) == 128 + signal.SIGINT
     assert p.stderr.read() == b"pmrun: interrupted twice: killing the job\n"
