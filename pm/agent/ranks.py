@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING
 from pm.agent.owned import Owned
 from pm.agent.pmi_shell import PmiSession
 from pm.agent.spawn import (
-    EXIT_NOT_STARTED,
     NOT_STARTED,
     TASK_PROLOG,
     Guardian,
     SpawnError,
     fd_shortage,
+    not_started_status,
     rank_env,
     resolve,
 )
@@ -369,7 +369,7 @@ class LocalRanks:
         line (each is logged only under ``-v``: 64 ranks of a missing program are one line)."""
         if not quiet:
             log.info("rank %d could not start: %s", proc.rank, why)
-        proc.status = ExitStatus(EXIT_NOT_STARTED, 0)
+        proc.status = ExitStatus(not_started_status(why), 0)
         proc.life = RankLife.EXITED
         proc.reason = f"{NOT_STARTED}: {why}"
         self.report(proc)

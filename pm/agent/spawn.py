@@ -505,6 +505,17 @@ def raise_fd_limit() -> None:
 #: and the words its reason begins with.
 EXIT_NOT_STARTED = 127
 NOT_STARTED = "could not start"
+#: ... and of one whose program was found but cannot run (a shell's 126).
+EXIT_CANNOT_RUN = 126
+#: The ends of the reasons of a program found that cannot run (:func:`resolve`, exec's).
+_CANNOT_RUN = (": is a directory", ": not executable", ": Permission denied",
+               ": Exec format error")
+
+
+def not_started_status(why: str) -> int:
+    """The exit status of a rank that could not start for ``why``: 126 when its program
+    is there but cannot run (a directory, no execute permission), else 127, as a shell's."""
+    return EXIT_CANNOT_RUN if why.endswith(_CANNOT_RUN) else EXIT_NOT_STARTED
 
 
 def fd_shortage(ranks: int) -> str | None:
