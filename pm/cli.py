@@ -748,8 +748,9 @@ def system_size(slots: list[int | None], bootstrap: dict[str, object]) -> int:
 
 def exit_codes(ranks: Mapping[int, RankResult], node_of_rank: list[int], hosts: list[str]
                ) -> str:
-    """-print-all-exitcodes: every rank's exit status (128+N for signal N, - if it never
-    reached pmrun), one line per node as Hydra prints them."""
+    """-print-all-exitcodes: every rank's exit status (128+N for signal N, - for one that
+    never started: the job was killed before its node could start it, most often before
+    its agent joined the tree), one line per node as Hydra prints them."""
     per_node: dict[int, list[str]] = {}
     for rank, node in enumerate(node_of_rank):
         r = ranks.get(rank)

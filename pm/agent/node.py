@@ -357,6 +357,16 @@ class JobAgent:
         if not self.local:
             self._check_done()
             return
+        if self.killing:
+            # Killed while it prepared (a Kill during prepare's awaits: the topology, the
+            # PMIx server): the job is over, nothing of it starts here.  Its ranks never
+            # ran, so none reports an exit ("-" in -print-all-exitcodes, as for a node that
+            # joined too late to start any), and a get of their keys misses at once.
+            self.procs.never_started()
+            for rank in self.ranks:
+                self.kvs.settle(rank)
+            self._check_done()
+            return
         if self.plan.sim_ranks:
             # Ranks emulated in-process (scale studies): everything but processes and sockets.
             from pm.agent.sim import start_sim

@@ -223,6 +223,12 @@ class LocalRanks:
         self.adopt(started, mark=False)
         self.pty = self.ranks.get(on_pty) if on_pty is not None else None
 
+    def never_started(self) -> None:
+        """The job ended before our ranks were started: none will be, and none has an exit
+        to report (each counts as reported)."""
+        for proc in self.ranks.values():
+            proc.life = RankLife.REPORTED
+
     def _pmi_port(self) -> PmiPort:
         """Hydra's -pmi-port: the port our ranks connect to (listening from now on)."""
         if self._port is None:
