@@ -1412,8 +1412,9 @@ def test_a_lost_node_leaves_the_others_be_with_no_kill(pmrun: Run, no_kill: bool
     # srun's --no-kill: node 1's agent is killed (its rank with it), the other nodes' ranks
     # run to their end, the loss named once and its status the job's; by default the
     # others are killed with it.
+    # (the others' sleep: long where only the kill may end it, on a loaded machine too)
     prog = ("if [ $PMI_RANK = 1 ]; then kill -9 $PPID; sleep 30; echo 1 lived on; "
-            "else sleep 0.5; echo $PMI_RANK done; fi")
+            f"else sleep {0.5 if no_kill else 20}; echo $PMI_RANK done; fi")
     r = pmrun("-n", "3", "--local-nodes", "3", *(["--no-kill"] if no_kill else []),
               "sh", "-c", prog)
     assert (r.returncode, sorted(r.stdout.split("\n"))) == (
