@@ -276,7 +276,7 @@ class JobRun:
             bcast=list(spec.bcast_files), bcast_dest=spec.bcast or "",
             pty=_terminal_size() if spec.pty else [],
             umask=spec.umask if spec.umask is not None else _own_umask(),
-            pmi_port=spec.pmi_port,
+            pmi_port=spec.pmi_port, host_env=spec.env_mode != "only",
         )
         if self.plan.bootstrap.get("exact"):  # srun's --exact
             from pm.bootstrap.base import step_cpus

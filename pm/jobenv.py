@@ -20,7 +20,7 @@ _ENV_DROP_PREFIXES = ("PMI_", "PMIX_", "PMI2_", "OMPI_", "PRTE_", "HYDRA_", "HYD
                       "SLURM_STEP_", "SLURM_PMI", "SLURM_CPU_BIND", "SLURM_MEM_BIND",
                       "SLURM_SRUN_COMM_")
 _ENV_DROP = frozenset({
-    "MPI_LOCALRANKID", "MPI_LOCALNRANKS", "I_MPI_PMI_LIBRARY", "PM_SECRET",
+    "MPI_LOCALRANKID", "MPI_LOCALNRANKS", "I_MPI_PMI_LIBRARY", "PM_SECRET", "PM_AGENT_ONLY",
     # Open MPI reads SLURM_NPROCS/SLURM_PROCID as size and rank without PMI; Intel MPI
     # picks its PMI from SLURM_MPI_TYPE and reads SLURM_NTASKS/SLURM_TASKS_PER_NODE.
     "SLURM_STEPID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_GTIDS",
@@ -80,21 +80,95 @@ def filter_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not dropped(k)}
 
 
-def base_env(mode: str, genvlist: Sequence[str], genv: Mapping[str, str],
-             launcher_env: Mapping[str, str]) -> dict[str, str]:
-    """The environment every rank starts from, before per-app and per-rank variables.
+#: An agent's variable naming what whoever started it set in its environment for the agent
+#: alone (a JSON object: each such variable's value before, null where it had none), so
+#: that its ranks start from the environment the host gave (:func:`own_env`).
+AGENT_ONLY = "PM_AGENT_ONLY"
 
-    ``mode`` "all" passes the launcher's (filtered, Hydra's -genvall), "none" only
-    PATH, HOME, USER, LANG and TERM (-genvnone), "list" only ``genvlist``
-    (-genvlist); ``genv`` (-genv) comes on top.
-    """
+
+def set_for_agent(env: dict[str, str], name: str, value: str | None) -> None:
+    """Set (``value`` None: remove) ``name`` in ``env``, an agent's environment about to be
+    started, for the agent's own sake: its ranks get ``env``'s value from before
+    (:data:`AGENT_ONLY` records it; a value recorded earlier, the launcher's, stays)."""
+    import json
+
+    before = json.loads(env.get(AGENT_ONLY) or "{}")
+    before.setdefault(name, env.get(name))
+    env[AGENT_ONLY] = json.dumps(before, separators=(",", ":"))
+    if value is None:
+        env.pop(name, None)
+    else:
+        env[name] = value
+
+
+#: What srun puts in the environment of the agents' step for the options pmrun gives it
+#: (``--ntasks-per-node=1``, ``--quiet``: :data:`pm.bootstrap.slurm.SRUN_OPTIONS`), not
+#: the ranks' (a rank's own srun would read them); the launcher's, if any, still pass.
+_STEP_OWN = ("SLURM_NTASKS_PER_NODE", "SRUN_DEBUG")
+
+
+def own_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment (``environ``: os.environ) as the ranks it starts get
+    it, as Hydra's proxy hands its own to its ranks: what the host gave the agent (pmrun's
+    own environment here, an ssh session's, a Slurm step's, a service's session), less
+    what pmrun set for the agent alone (:func:`set_for_agent`, a Slurm step's
+    :data:`_STEP_OWN`) and what pmrun keeps from ranks (:func:`dropped`)."""
+    env = dict(os.environ if environ is None else environ)
+    if "SLURM_STEP_ID" in env:  # (a task of the agents' step)
+        for name in _STEP_OWN:
+            env.pop(name, None)
+    before = env.pop(AGENT_ONLY, None)
+    if before:
+        import json
+
+        for name, value in json.loads(before).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+    return filter_env(env)
+
+
+#: What srun's ``--export NONE`` passes of pmrun's environment (the ranks' program is
+#: found on PATH as other ranks'); the task runner's -genvnone too (:func:`base_env`).
+NONE_KEEPS = ("PATH", "HOME", "USER", "LANG", "TERM")
+
+
+def passed_env(mode: str, genvlist: Sequence[str], genv: Mapping[str, str],
+               launcher_env: Mapping[str, str]) -> dict[str, str]:
+    """What pmrun passes every rank of its own environment (``launcher_env``), which the
+    agents put over theirs as Hydra's proxies do (:func:`ranks_env`): for ``mode`` "all"
+    all of it (filtered: Hydra's -genvall), "none" nothing (-genvnone), "list"
+    ``genvlist``'s variables (-genvlist), "only" those too, with nothing of the agents'
+    under them (srun's ``--export``, Flux's ``--env`` rules); ``genv`` (-genv) on top."""
     if mode == "all":
         env = filter_env(launcher_env)
     else:
-        keep = ("PATH", "HOME", "USER", "LANG", "TERM") if mode == "none" else ()
-        env = {k: launcher_env[k] for k in (*keep, *genvlist) if k in launcher_env}
+        env = {k: launcher_env[k] for k in genvlist if k in launcher_env}
     env.update(genv)
     return env
+
+
+def ranks_env(passed: Mapping[str, str], host: bool = True,
+              here: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment ranks start from: the agent's (``here``, os.environ by default) as
+    :func:`own_env` gives it, then what pmrun passed (``passed``: the plan's,
+    :func:`passed_env`'s); ``host`` False (the "only" mode): ``passed`` alone."""
+    env = own_env(here) if host else {}
+    env.update(passed)
+    return env
+
+
+def base_env(mode: str, genvlist: Sequence[str], genv: Mapping[str, str],
+             launcher_env: Mapping[str, str]) -> dict[str, str]:
+    """The whole environment of what starts from pmrun's alone, with no agent's underneath:
+    the task runner's tasks (:mod:`pm.ensemble`).  ``mode`` "all" passes the launcher's
+    (filtered), "none" only :data:`NONE_KEEPS`, "list" and "only" only ``genvlist``;
+    ``genv`` comes on top."""
+    if mode == "all":
+        return passed_env(mode, (), genv, launcher_env)
+    keep = NONE_KEEPS if mode == "none" else ()
+    return passed_env("list", [*keep, *genvlist], genv, launcher_env)
 
 
 def new_job_id() -> str:

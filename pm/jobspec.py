@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pm.common.mapping import slots_per_node
-from pm.jobenv import base_env
+from pm.jobenv import base_env, passed_env
 from pm.options import MOST_LOCAL_NODES, MOST_RANKS
 from pm.proto.errors import PMError, too_many
 from pm.proto.plan import STDIN_ALL
@@ -40,8 +40,11 @@ class JobSpec:
 
     apps: list[AppSpec]
     genv: dict[str, str] = field(default_factory=dict)
-    #: "all": propagate the launcher's environment (Hydra's -genvall, the default);
-    #: "none": only what -genv/-env set (plus PATH and HOME); "list": genvlist only.
+    #: What of the launcher's environment the ranks get over their agent's own (the host's,
+    #: as Hydra's proxies give theirs: :func:`pm.jobenv.own_env`): "all", all of it
+    #: (Hydra's -genvall, the default); "none", none (-genvnone); "list", genvlist's
+    #: (-genvlist).  "only": genvlist's alone, nothing of the hosts' (srun's --export,
+    #: Flux's --env rules).  -genv/-env set theirs on top.
     env_mode: str = "all"
     genvlist: list[str] = field(default_factory=list)
     wdir: str | None = None
@@ -157,7 +160,7 @@ class JobSpec:
             check_env(app.env)
         check_env(self.genv)
         for mode in (self.env_mode, *(a.env_mode for a in self.apps if a.env_mode)):
-            if mode not in ("all", "none", "list"):
+            if mode not in ("all", "none", "list", "only"):
                 raise JobSpecError(f"bad environment mode {mode!r}")
         if self.kvs not in ("shm", "socket"):
             raise JobSpecError(f"--kvs takes shm or socket, not {self.kvs!r}")
@@ -200,22 +203,24 @@ class JobSpec:
                     raise JobSpecError(f"{opt}: {exc}") from None
 
     def base_env(self, launcher_env: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The environment every rank starts from, before per-app and per-rank variables."""
+        """The whole environment of what runs with no agent's own underneath: the task
+        runner's tasks (:func:`pm.jobenv.base_env`)."""
         src = os.environ if launcher_env is None else launcher_env
         return base_env(self.env_mode, self.genvlist, self.genv, src)
 
     def plan_env(self, launcher_env: Mapping[str, str] | None = None
                  ) -> tuple[dict[str, str], list[dict[str, str]]]:
-        """The job's environment and each program's own part of it (``JobPlan.env`` and the
-        apps' env): a rank gets the job's, updated with its program's."""
-        base = self.base_env(launcher_env)
+        """What pmrun passes the ranks (:func:`pm.jobenv.passed_env`), as the job's part
+        and each program's own part (``JobPlan.env`` and the apps' env): a rank gets the
+        job's, updated with its program's, over its agent's environment."""
+        src = os.environ if launcher_env is None else launcher_env
+        base = passed_env(self.env_mode, self.genvlist, self.genv, src)
         if not any(a.env_mode for a in self.apps):
             return base, [a.env for a in self.apps]
         # A program with its own -env* mode: what all programs share goes in the job's
         # environment, the rest in each program's (the agents merge them as always).
-        src = os.environ if launcher_env is None else launcher_env
-        full = [{**(base_env(a.env_mode, a.envlist, self.genv, src) if a.env_mode else base),
-                 **a.env} for a in self.apps]
+        full = [{**(passed_env(a.env_mode, a.envlist, self.genv, src) if a.env_mode
+                    else base), **a.env} for a in self.apps]
         common = {k: val for k, val in full[0].items()
                   if all(f.get(k) == val for f in full[1:])}
         # A variable every program has, but not with the same value, or one some lack: the

@@ -1547,11 +1547,12 @@ OPTIONS = (
     Opt("-genv", "genv", kind=PAIR, metavar="NAME VALUE", quick=True, group=ENV,
         help="set NAME=VALUE for every rank (also -genv NAME=VALUE)"),
     Opt("-genvall", "env_mode", kind=FLAG, const=("all", []), quick=True, group=ENV,
-        help="pass pmrun's whole environment on (default)"),
+        help="pass pmrun's whole environment on, over each host's own (default)"),
     Opt("-genvnone", "env_mode", kind=FLAG, const=("none", []), quick=True, group=ENV,
-        help="pass nothing but -genv/-env (and PATH, HOME, USER, LANG, TERM)"),
+        help="pass nothing but -genv/-env: the ranks get their host's own environment (as "
+             "Hydra's: an ssh session's on other hosts, pmrun's here)"),
     Opt("-genvlist", "env_mode", env_names, metavar="A,B", quick=True, group=ENV,
-        help="pass only these variables"),
+        help="pass only these variables (over each host's own environment)"),
     Opt("-env", "env", kind=PAIR, metavar="NAME VALUE", local=True, quick=True, group=ENV,
         help="set NAME=VALUE for this program's ranks (its MPMD section)"),
     Opt("-envall", "env_mode", kind=FLAG, const=("all", []), local=True, quick=True, group=ENV,
@@ -1623,8 +1624,9 @@ OPTIONS = (
         help="Open MPI 5's parameter KEY of its runtime, which pmrun is: set for every rank "
              "(PRTE_MCA_KEY=VALUE) and meaning nothing to pmrun"),
     Opt("--export", "export", srun_export, metavar="ALL|NONE|A[=V],...", quick=True,
-        group=ENV, help="srun's: ALL (-genvall), NONE (-genvnone), or only these variables, "
-                        "A=V setting A (ALL,A=V: every variable, and A set)"),
+        group=ENV, help="srun's: ALL (-genvall), NONE (only PATH, HOME, USER, LANG, TERM), or "
+                        "only these variables, A=V setting A (ALL,A=V: every variable, and A "
+                        "set); with NONE or names, nothing of the hosts' own environment"),
     Opt("-wdir --wdir -dir -wd --wd --workdir -D --chdir --cwd -gwdir", "wdir", directory,
         metavar="DIR", local=True,
         quick=True, group=ENV, help="working directory of the program's ranks (of tasks: "
@@ -3240,7 +3242,8 @@ def _output_filename(out: Parsed) -> None:
 
 def _flux_env(out: Parsed, environ: Mapping[str, str]) -> None:
     """Flux's ``--env`` rules, in order, as pmrun's -genv and (once a rule removes some)
-    -genvlist of what is left of pmrun's environment."""
+    the "only" mode of what is left of pmrun's environment (nothing of the hosts': under
+    Flux a variable removed is gone)."""
     rules = out.values.pop("flux_env", None)
     if not isinstance(rules, list):
         return
@@ -3251,7 +3254,7 @@ def _flux_env(out: Parsed, environ: Mapping[str, str]) -> None:
         if "env_mode" in out.values:
             raise UsageError("--env -PATTERN (--env-remove) and -genvall/-genvnone/-genvlist "
                              "(or srun's --export): give one")
-        out.values["env_mode"] = ("list", env.names)
+        out.values["env_mode"] = ("only", env.names)
 
 
 class _FluxEnv:
@@ -3327,7 +3330,9 @@ def _env_pattern(pattern: str, rule: str) -> Callable[[str], bool]:
 
 
 def _srun_export(out: Parsed) -> None:
-    """srun's ``--export`` as pmrun's -genvall / -genvnone / -genvlist and -genv."""
+    """srun's ``--export`` as pmrun's -genvall, or the "only" mode (the variables given
+    alone, nothing of the hosts': slurmstepd gives a task what srun sends; NONE: pmrun's
+    :data:`pm.jobenv.NONE_KEEPS`), and -genv."""
     given = out.values.pop("export", None)
     if not isinstance(given, str):
         return
@@ -3340,11 +3345,13 @@ def _srun_export(out: Parsed) -> None:
     if "ALL" in words:
         mode: tuple[str, list[str]] = ("all", [])
     elif "NONE" in words:
-        mode = ("none", [])
+        from pm.jobenv import NONE_KEEPS
+
+        mode = ("only", list(NONE_KEEPS))
         if names:
             raise UsageError(f"--export {given}: NONE passes no variable")
     else:
-        mode = ("list", [n for n in names if n not in pairs])
+        mode = ("only", [n for n in names if n not in pairs])
     out.values["env_mode"] = mode
     genv = out.values.setdefault("genv", {})
     assert isinstance(genv, dict)

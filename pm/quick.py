@@ -70,7 +70,7 @@ from pm.common.output import (
     read_pipe,
     stdin_for_job,
 )
-from pm.jobenv import base_env, kvsname_of, new_job_id, slurm_het_group0
+from pm.jobenv import kvsname_of, new_job_id, passed_env, ranks_env, slurm_het_group0
 from pm.options import internal_error, prepend_of, prepend_prefix, quick_ok, refuse
 from pm.options import parse as parse_options
 from pm.proto.errors import UsageError, rank_at
@@ -283,7 +283,9 @@ class QuickStart:
         if short is not None:  # named as the full path names it, without its start-up
             self.refusal = f"{rank_at(0, 0, self.host)} {NOT_STARTED}: {short}"
             return False
-        base = base_env(opts.env_mode, opts.genvlist, opts.genv, os.environ)
+        # (pmrun is this node's agent: its own environment is the one the ranks start from.)
+        base = ranks_env(passed_env(opts.env_mode, opts.genvlist, opts.genv, os.environ),
+                         opts.env_mode != "only")
         cpusets: list[frozenset[int]] | None = None
         xml = None
         if opts.bind_to not in ("", "none"):

@@ -252,6 +252,7 @@ class HeadSpawns:
             bind_to=top.bind_to, map_by=top.map_by, report_bindings=top.report_bindings,
             mem_bind=top.mem_bind, job_attrs=dict(top.job_attrs),
             merge_stderr=top.merge_stderr, unbuffered=top.unbuffered, cwd=top.cwd,
+            host_env=top.host_env,
             spawned=SpawnOrigin(job, placement, dict(msg.preput), spawner, msg.rank,
                                 bool(msg.after_init)))
         from pm.agent.spawned_jobs import members

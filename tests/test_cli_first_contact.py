@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from launch_util import pmrun_argv, pmrun_env
+from launch_util import mpiexec, pmrun_argv, pmrun_env
 
 from pm import options
 from pm.agent import topology
 from pm.cli import parse as full_parse
+from pm.jobenv import dropped
 from pm.options import OPTIONS
 from pm.proto.errors import UsageError
 from pm.quick import parse as quick_parse
@@ -306,17 +307,53 @@ def test_genv_takes_one_word_and_two_word_forms(pmrun: Run) -> None:
 
 
 def test_per_program_environment_modes(pmrun: Run) -> None:
+    """-envnone/-envlist narrow what pmrun passes a program's ranks over their agent's own
+    environment, as Hydra's: on this machine that is pmrun's own, so its ranks get all of
+    it whatever the mode, as Hydra's mpiexec gives them its proxy's (other hosts:
+    test_ssh.py)."""
     show = 'echo "$PMI_RANK ${KEEP:-none} ${DROP:-none} ${SET:-none}"'
-    r = pmrun("-genv", "SET", "g",
-              "-envnone", "-n", "1", "sh", "-c", show, ":",
-              "-envlist", "KEEP", "-n", "1", "sh", "-c", show, ":",
-              "-n", "1", "sh", "-c", show,
-              env={"KEEP": "k", "DROP": "d"})
+    argv = ["-genv", "SET", "g",
+            "-envnone", "-n", "1", "sh", "-c", show, ":",
+            "-envlist", "KEEP", "-n", "1", "sh", "-c", show, ":",
+            "-n", "1", "sh", "-c", show]
+    env = {"KEEP": "k", "DROP": "d"}
+    r = pmrun(*argv, env=env)
     assert r.returncode == 0, r.stderr
-    assert sorted(r.stdout.splitlines()) == ["0 none none g", "1 k none g", "2 k d g"]
+    assert sorted(r.stdout.splitlines()) == ["0 k d g", "1 k d g", "2 k d g"]
+    # What pmrun passes each program, which the agents put over their own.
+    job, apps = full_parse(argv).spec.plan_env(env)
+    assert [{**job, **app} for app in apps] == [
+        {"SET": "g"}, {"SET": "g", "KEEP": "k"}, {"SET": "g", "KEEP": "k", "DROP": "d"}]
     # One program: the quick path gives it the same.
-    r = pmrun("-envlist", "KEEP", "sh", "-c", show, env={"KEEP": "k", "DROP": "d"})
-    assert (r.returncode, r.stdout) == (0, "0 k none none\n"), r.stderr
+    r = pmrun("-envlist", "KEEP", "sh", "-c", show, env=env)
+    assert (r.returncode, r.stdout) == (0, "0 k d none\n"), r.stderr
+
+
+def _env_lines(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+@pytest.mark.parametrize("quick", ["1", "0"], ids=["quick", "full"])
+def test_genvnone_ranks_here_start_from_pmruns_environment_as_hydras(pmrun: Run,
+                                                                     quick: str) -> None:
+    """Hydra's -genvnone passes nothing, and a rank starts from its proxy's environment:
+    on the launcher's machine, the launcher's own, all of it (``mpiexec -genvnone -n 1
+    env``).  pmrun's ranks here get pmrun's (less what it keeps from every rank)."""
+    env = {"PM_QUICK": quick, "ONLY_IN_PMRUNS": "a b", "PMI_STRAY": "1", "LANG": "C.UTF-8"}
+    launcher = pmrun_env(env)
+    r = pmrun("-genvnone", "-genv", "SET", "g", "-n", "1", "env", env=env)
+    assert r.returncode == 0, r.stderr
+    got = _env_lines(r.stdout)
+    theirs = {k: v for k, v in launcher.items() if not dropped(k) and k != "_"}
+    assert {k: got.get(k) for k in theirs} == theirs
+    assert (got["SET"], got["PMI_RANK"], "PMI_STRAY" in got) == ("g", "0", False)
+    hydra = mpiexec()
+    if hydra is not None:  # (the MPICH wheel's: it agrees)
+        res = subprocess.run([str(hydra), "-genvnone", "-n", "1", "env"], env=launcher,
+                             capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+        assert res.returncode == 0, res.stderr
+        assert {k: v for k, v in _env_lines(res.stdout).items() if k in theirs} == theirs
 
 
 def test_configfile_is_one_program_per_line(pmrun: Run, tmp_path: Path) -> None:
@@ -1380,7 +1417,7 @@ def test_hydras_and_intel_mpis_other_spellings() -> None:
         assert full_parse([name, "h1", "prog"]).hosts == "h1"
     assert full_parse(["-rr", "prog"]).spec.ppn == 1
     spec = full_parse(["-genvexcl", "HOME,USER", "prog"]).spec
-    assert spec.env_mode == "list" and not {"HOME", "USER"} & set(spec.genvlist), spec.genvlist
+    assert spec.env_mode == "only" and not {"HOME", "USER"} & set(spec.genvlist), spec.genvlist
     assert "PATH" in spec.genvlist
     with pytest.raises(UsageError, match=r"^-genvexcl takes names of variables, A,B, not 'A B'"):
         options.parse(["-genvexcl", "A B", "prog"], {})

@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -387,7 +388,8 @@ ENV_PROBE = """
 
 def test_job_agents_get_a_fixed_environment_and_ranks_the_users(tmp_path: Path) -> None:
     """A variable of the service's own environment reaches neither the job agents nor the
-    ranks; one named in pass_env reaches the agents only; the user's reach the ranks."""
+    ranks; one named in pass_env reaches the agents only; the user's reach the ranks, over
+    the agent's session (PATH, HOME, USER, LOGNAME, SHELL: what -genvnone leaves them)."""
     agent_path = "/usr/bin:/bin"
     with NetnsHosts(2) as hosts:
         svc = start_services(hosts, tmp_path,
@@ -397,18 +399,22 @@ def test_job_agents_get_a_fixed_environment_and_ranks_the_users(tmp_path: Path) 
             prog = script(svc.dir, "env_probe.py", ENV_PROBE)
             user_env = pmrun_env({"USER_EXPORTED": "exported"})
             assert "SERVICE_ONLY" not in user_env and "SERVICE_PASSED" not in user_env
-            res = subprocess.run(
-                pmrun_argv("--agents", str(svc.agents_file), "--iface", hosts.bridge_addr,
-                           "-genv", "USER_GENV", "from-genv", "-ppn", "1", "-n", "2",
-                           sys.executable, str(prog)),
-                cwd=svc.dir, env=user_env, capture_output=True, text=True, timeout=60,
-                stdin=subprocess.DEVNULL)
-            assert res.returncode == 0, res.stderr
-            rows = sorted((json.loads(line) for line in res.stdout.splitlines()),
-                          key=lambda r: r["rank"])
-            assert [r["rank"] for r in rows] == ["0", "1"]
+
+            def ranks(*opts: str) -> list[dict[str, Any]]:
+                res = subprocess.run(
+                    pmrun_argv("--agents", str(svc.agents_file), "--iface", hosts.bridge_addr,
+                               *opts, "-genv", "USER_GENV", "from-genv", "-ppn", "1", "-n",
+                               "2", sys.executable, str(prog)),
+                    cwd=svc.dir, env=user_env, capture_output=True, text=True, timeout=60,
+                    stdin=subprocess.DEVNULL)
+                assert res.returncode == 0, res.stderr
+                rows = sorted((json.loads(line) for line in res.stdout.splitlines()),
+                              key=lambda r: r["rank"])
+                assert [r["rank"] for r in rows] == ["0", "1"]
+                return rows
+
             root = pwd.getpwuid(os.geteuid())
-            for row in rows:
+            for row in ranks():
                 # The ranks: the user's environment (exported and -genv), none of the service's.
                 assert row["mine"] == {"SERVICE_ONLY": None, "SERVICE_PASSED": None,
                                        "USER_GENV": "from-genv", "USER_EXPORTED": "exported",
@@ -421,12 +427,20 @@ def test_job_agents_get_a_fixed_environment_and_ranks_the_users(tmp_path: Path) 
                 pythonpath = agent.pop("PYTHONPATH", "").split(os.pathsep)
                 # (and the job it is of, for its lines in the service's log)
                 assert agent.pop("PM_SERVICE_JOB", "").startswith(f"{socket.gethostname()}-")
+                # (and which of them are the agent's alone, not its ranks')
+                assert json.loads(agent.pop("PM_AGENT_ONLY")) == {
+                    "PYTHONPATH": None, "SERVICE_PASSED": None}
                 assert pythonpath[0] == str(REPO), row["agent"]
                 assert set(pythonpath) <= set(pmrun_env()["PYTHONPATH"].split(os.pathsep))
                 assert agent == {
                     "PATH": agent_path, "HOME": root.pw_dir, "USER": root.pw_name,
                     "LOGNAME": root.pw_name, "SHELL": root.pw_shell or "/bin/sh",
                     "SERVICE_PASSED": "passed"}
+            # -genvnone: the agent's session, none of the user's, nor the agent's own.
+            for row in ranks("-genvnone"):
+                assert row["mine"] == {"SERVICE_ONLY": None, "SERVICE_PASSED": None,
+                                       "USER_GENV": "from-genv", "USER_EXPORTED": None,
+                                       "PATH": agent_path}
             assert_no_job_agents(svc)
         finally:
             stop_services(svc)

@@ -25,6 +25,7 @@ from pm.agent.service import (
     load_config,
     write_keypair,
 )
+from pm.jobenv import AGENT_ONLY, own_env
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -42,9 +43,20 @@ SERVICE_ENV = {
 def test_a_job_agent_gets_the_fixed_set_and_nothing_else_of_the_service() -> None:
     nobody = pwd.getpwnam("nobody")
     env = agent_env(nobody, environ=SERVICE_ENV)
-    assert env == {"PATH": DEFAULT_PATH, "HOME": nobody.pw_dir, "USER": "nobody",
-                   "LOGNAME": "nobody", "SHELL": nobody.pw_shell or "/bin/sh",
-                   "PYTHONPATH": PM_ROOT}
+    session = {"PATH": DEFAULT_PATH, "HOME": nobody.pw_dir, "USER": "nobody",
+               "LOGNAME": "nobody", "SHELL": nobody.pw_shell or "/bin/sh"}
+    assert env == {**session, "PYTHONPATH": PM_ROOT, AGENT_ONLY: '{"PYTHONPATH":null}'}
+    # Its ranks start from the session's part: PYTHONPATH is the agent's alone.
+    assert own_env(env) == session
+
+
+def test_the_ranks_of_a_job_agent_get_none_of_what_pass_env_passes_it() -> None:
+    nobody = pwd.getpwnam("nobody")
+    env = agent_env(nobody, "/usr/bin", ("LANG", "LC_*", "PM_AGENT_ONLY"),
+                    {**SERVICE_ENV, AGENT_ONLY: '{"PATH":"/evil"}'})
+    assert (env["LANG"], env["LC_TIME"], env["PYTHONPATH"]) == ("de_DE.UTF-8", "C", PM_ROOT)
+    assert own_env(env) == {"PATH": "/usr/bin", "HOME": nobody.pw_dir, "USER": "nobody",
+                            "LOGNAME": "nobody", "SHELL": nobody.pw_shell or "/bin/sh"}
 
 
 def test_pass_env_adds_named_variables_but_never_replaces_the_fixed_set() -> None:

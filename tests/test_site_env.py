@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pm.jobenv import filter_env
+from pm.jobenv import filter_env, own_env, ranks_env, set_for_agent
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -48,6 +48,23 @@ SHOW = ("import os; print(sorted(k for k in os.environ "
 
 def test_filter_keeps_the_jobs_variables_and_drops_step_and_pmi_ones() -> None:
     assert filter_env({**KEPT, **DROPPED, "HOME": "/h"}) == {**KEPT, "HOME": "/h"}
+
+
+def test_ranks_start_from_their_agents_environment_less_what_was_the_agents_alone() -> None:
+    """As Hydra's proxy's: the agent's environment, less what pmrun set for the agent alone
+    (restored to what it was, or gone), what srun put there for the agents' step, and what
+    never passes; pmrun's over it, or (the "only" mode) pmrun's alone."""
+    env = {"HOME": "/h", "PYTHONPATH": "/x"}
+    set_for_agent(env, "PYTHONPATH", "/pm:/x")
+    set_for_agent(env, "PM_KNOB", "1")
+    set_for_agent(env, "PYTHONPATH", "/later")  # (the launcher's value stays the one before)
+    assert (env["PYTHONPATH"], env["PM_KNOB"]) == ("/later", "1")
+    assert own_env(env) == {"HOME": "/h", "PYTHONPATH": "/x"}
+    step = {**KEPT, **DROPPED, "SRUN_DEBUG": "2"}
+    assert own_env(step) == {k: v for k, v in KEPT.items() if k != "SLURM_NTASKS_PER_NODE"}
+    assert ranks_env({"A": "1", "HOME": "/p"}, here=env) == {"HOME": "/p", "PYTHONPATH": "/x",
+                                                             "A": "1"}
+    assert ranks_env({"A": "1"}, False, here=env) == {"A": "1"}
 
 
 @pytest.mark.parametrize("opts", [

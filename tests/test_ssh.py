@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import re
 import resource
 import shutil
@@ -635,4 +636,54 @@ def test_enable_x_gives_the_ranks_the_display_ssh_forwards(ssh_cluster: RealClus
     assert sorted(got) == ["0", "1"], got
     assert all(re.fullmatch(r"localhost:\d+\.0", d) for d in got.values()), got
     assert displays() == displays("-disable-x") == {"0": "none", "1": "none"}
+    assert_clean(c)
+
+
+
+ENV_SHOW = ('echo "$PMI_HOSTNAME|$USER|$LOGNAME|$SHELL|${PATH%%:*}|${LAUNCHER_ONLY-unset}|'
+            '${LISTED-unset}|${SET-unset}|${SSH_CONNECTION-unset}"')
+
+
+def test_ranks_on_ssh_hosts_start_from_the_ssh_sessions_environment(ssh_cluster: RealCluster,
+                                                                    tmp_path: Path) -> None:
+    """As Hydra's: a rank starts from its proxy's environment, the ssh session's (USER,
+    LOGNAME, SHELL, PATH, SSH_CONNECTION...), and gets what the launcher passes over it:
+    nothing under -genvnone, the names listed under -genvlist/-envlist, all of pmrun's by
+    default (a variable of the host's alone still there), -genv's in every mode.  srun's
+    --export A gives A alone, nothing of the host's, as under srun."""
+    c = ssh_cluster
+    hosts = f"{c.names[0]}:1,{c.names[1]}:1"
+    env = pmrun_env({"PATH": f"/opt/only-here/bin:{os.environ['PATH']}", "USER": "launcher",
+                     "LOGNAME": "launcher", "SHELL": "/bin/launcher-sh", "LAUNCHER_ONLY": "1",
+                     "LISTED": "l"})
+    env.pop("SSH_CONNECTION", None)
+
+    def ranks(job: list[str], program: list[str], host: bool = True) -> list[list[str]]:
+        """Each rank's USER .. SET, by host; its SSH_CONNECTION: its host's session's (or,
+        ``host`` False, none)."""
+        res = subprocess.run(
+            pmrun_argv(*job, "-hosts", hosts, "--ssh", c.ssh_command(), "-genv", "SET", "g",
+                       *program, "-n", "2", "sh", "-c", ENV_SHOW),
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90,
+            stdin=subprocess.DEVNULL)
+        assert res.returncode == 0, res.stderr
+        rows = sorted(line.split("|") for line in res.stdout.splitlines())
+        assert [r[0] for r in rows] == c.names[:2], res.stdout
+        for name, *_, session in rows:  # (client, its port, server, its port)
+            want = [c.hosts.addr(c.names.index(name))] if host else []
+            assert session.split()[2:3] == want, rows
+        return [r[1:-1] for r in rows]
+
+    login = ["root", "root", pwd.getpwuid(0).pw_shell]
+    for job, program, listed in ((["-genvnone"], [], "unset"),
+                                 (["-genvlist", "LISTED"], [], "l"),
+                                 ([], ["-envlist", "LISTED"], "l")):
+        got = ranks(job, program)
+        assert all(r[:3] == login and r[3] != "/opt/only-here/bin" for r in got), got
+        assert [r[4:] for r in got] == [["unset", listed, "g"]] * 2, got
+    # By default all of pmrun's environment, over the session's.
+    assert ranks([], []) == [["launcher", "launcher", "/bin/launcher-sh", "/opt/only-here/bin",
+                              "1", "l", "g"]] * 2
+    got = ranks(["--export", "LISTED"], [], host=False)
+    assert [r[:3] + r[4:] for r in got] == [["", "", "", "unset", "l", "g"]] * 2, got
     assert_clean(c)

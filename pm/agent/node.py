@@ -40,7 +40,7 @@ from pm.agent.tree_requests import TreeRequests
 from pm.common.kary_tree import Tree
 from pm.common.mapping import local_ranks
 from pm.common.output import STDERR
-from pm.jobenv import host_own
+from pm.jobenv import host_own, ranks_env
 from pm.proto import tree_wire as t
 from pm.proto.errors import PMError
 from pm.proto.plan import STDIN_ALL, JobPlan
@@ -187,6 +187,16 @@ class JobAgent:
         """The job is ending here: killed, or done."""
         return self.state is not AgentState.RUNNING
 
+    def base_env(self) -> dict[str, str]:
+        """The environment the job's ranks here start from, as Hydra's proxy gives its
+        own: this agent's (the host's: what ssh, srun, a service or pmrun gave it, less what
+        pmrun set for the agent alone), what pmrun passes them over it (the plan's: all of
+        pmrun's environment under -genvall, -genvlist's, -genv's), the host's own X display
+        where the agent came over ssh (:func:`pm.jobenv.host_own`)."""
+        base = ranks_env(self.plan.env, self.plan.host_env)
+        host_own(base, self.plan.bootstrap.get("name"), os.environ)
+        return base
+
     # ------------------------------------------------------------------ launch
     def mark(self, what: str, rank: int = -1, **args: Any) -> None:
         """Record a start-up event for --profile (a no-op otherwise)."""
@@ -215,7 +225,7 @@ class JobAgent:
             # Before the job's copy of the XML is made: a binding refused leaves no file
             # (the head's own agent is not closed when its start fails).
             self._bind_or_refuse(topo)
-        if xml and topo_share.sharing_enabled(plan.env):
+        if xml and topo_share.sharing_enabled(self.base_env()):
             # Copies dead agents left are swept when the job ends here (sweep_node), off
             # the ranks' path (a listing of the temporary directory).
             path = topo_share.write_job_xml(xml, plan.job_id, sweep=False)
@@ -384,8 +394,7 @@ class JobAgent:
             return
         if self.plan.umask >= 0:  # pmrun's (or -umask's): the ranks', and whatever we make
             os.umask(self.plan.umask)
-        base = dict(self.plan.env)
-        host_own(base, self.plan.bootstrap.get("name"), os.environ)
+        base = self.base_env()
         base.update(self.extra_env)
         self._watch_shm(ShmReaper())
         copies = self._place_bcast() if self.plan.bcast else []

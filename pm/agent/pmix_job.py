@@ -71,9 +71,9 @@ class PmixJob(Upcalls):
         """The process's server, started (in a thread: tens of ms) if it has none."""
         from pm.agent.pmix_detect import libpmix_for
 
-        plan = agent.plan
-        lib = libpmix_for([app.argv for app in plan.apps], plan.env.get("PATH"),
-                          plan.env.get("LD_LIBRARY_PATH"))
+        plan, env = agent.plan, agent.base_env()  # (the ranks' PATH finds their libpmix)
+        lib = libpmix_for([app.argv for app in plan.apps], env.get("PATH"),
+                          env.get("LD_LIBRARY_PATH"))
         srv = await asyncio.to_thread(server, node_names(plan.hosts)[agent.vertex],
                                       agent.extra_env.get("HWLOC_XMLFILE"), True, lib)
         srv.attach(agent.loop)

@@ -60,6 +60,7 @@ from pm.agent.service_config import (
     read_public,
     write_keypair,
 )
+from pm.jobenv import AGENT_ONLY, set_for_agent
 from pm.proto import service_wire as sp
 from pm.proto.errors import ProtocolError
 from pm.proto.plan import AgentConfig
@@ -117,18 +118,21 @@ def agent_env(pw: pwd.struct_passwd, path: str = DEFAULT_PATH, pass_env: Sequenc
     from ``environ``, the service's environment by default).  Nothing else of
     the service's environment: what systemd or the administrator set for the
     service is theirs, not the user's, and a root service must not hand it to
-    another user's processes.  The ranks do not get this environment at all:
-    theirs comes from the job plan (the user's own, ``-genv``, ``-envnone``...).
+    another user's processes.  The ranks start from the session's part alone (PATH,
+    HOME, USER, LOGNAME, SHELL, as an ssh login's), what the job plan passes over it
+    (the user's own, ``-genv``...): PYTHONPATH and ``pass_env``'s are the agent's
+    (:func:`pm.jobenv.set_for_agent`).
     """
     environ = os.environ if environ is None else environ
-    env = {k: v for k, v in environ.items()
-           if any(fnmatch.fnmatchcase(k, pattern) for pattern in pass_env)}
-    env.update(PATH=path, HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name,
-               SHELL=pw.pw_shell or "/bin/sh")
-    env.pop("PYTHONPATH", None)
+    env = {"PATH": path, "HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name,
+           "SHELL": pw.pw_shell or "/bin/sh"}
+    for name, value in environ.items():
+        if name not in (*FIXED_ENV, AGENT_ONLY) and any(
+                fnmatch.fnmatchcase(name, pattern) for pattern in pass_env):
+            set_for_agent(env, name, value)
     pythonpath = agent_pythonpath(environ)
     if pythonpath:
-        env["PYTHONPATH"] = pythonpath
+        set_for_agent(env, "PYTHONPATH", pythonpath)
     return env
 
 

@@ -382,7 +382,7 @@ class SpawnRequests:
         first = ""
         for c in req.commands:
             c.argv[0] = c.program
-            env = dict(plan.env)
+            env = self.agent.base_env()  # (as the ranks will look: pm.agent.ranks)
             env.update(c.env)
             wdir = c.wdir or (plan.apps[0].wdir if plan.apps else None) or self.agent.launch_dir
             try:

@@ -8,6 +8,7 @@ from typing import Any
 
 from pm.agent.spawn import spawn
 from pm.bootstrap.base import Bootstrap, agent_command, site_dirs
+from pm.jobenv import set_for_agent
 from pm.proto.plan import AgentConfig
 
 #: The directory pmrun is imported from.
@@ -17,12 +18,13 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 def agent_env() -> dict[str, str]:
     """A local agent's environment: ours, with pmrun's directory on ``PYTHONPATH`` when
     pmrun is not installed (a checkout imported from the current directory, which the
-    agent, started with ``-P``, does not look in)."""
+    agent, started with ``-P``, does not look in): for the agent alone, its ranks get
+    ours (:func:`pm.jobenv.set_for_agent`)."""
     env = dict(os.environ)
     if _ROOT not in site_dirs():
         path = env.get("PYTHONPATH")
         if _ROOT not in (path or "").split(os.pathsep):
-            env["PYTHONPATH"] = _ROOT + (os.pathsep + path if path else "")
+            set_for_agent(env, "PYTHONPATH", _ROOT + (os.pathsep + path if path else ""))
     return env
 
 

@@ -79,6 +79,8 @@ class JobPlan(Record):
     fanout: int
     #: The programs; ranks are numbered program after program.
     apps: list[AppPlan]
+    #: What pmrun passes every rank (:func:`pm.jobenv.passed_env`), over its agent's own
+    #: environment (:func:`pm.jobenv.own_env`, as Hydra's proxies give theirs).
     env: dict[str, str]
     mapping: str
     label: bool = False
@@ -164,6 +166,9 @@ class JobPlan(Record):
     #: Hydra's ``-pmi-port``: each node's ranks connect to its agent's loopback port
     #: (``PMI_PORT``) as ``PMI_ID`` instead of inheriting a socket (``PMI_FD``).
     pmi_port: bool = False
+    #: The ranks start from their agent's own environment, ``env`` over it; False: from
+    #: ``env`` alone (srun's ``--export``, Flux's ``--env`` rules: nothing of the host's).
+    host_env: bool = True
 
     def node_of_rank(self) -> list[int]:
         """The node (index into :attr:`hosts`) of each rank."""
