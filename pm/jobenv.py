@@ -45,12 +45,23 @@ def dropped(name: str) -> bool:
 _HOST_OWN = ("DISPLAY", "XAUTHORITY")
 
 
+#: A Slurm node's own, never the batch host's: what slurmd gives each node of a step (its
+#: name, its CPUs, its place in the network's topology), as srun's tasks have them.
+_SLURM_NODE_OWN = ("SLURMD_NODENAME", "SLURM_CPUS_ON_NODE", "SLURM_TOPOLOGY_ADDR",
+                   "SLURM_TOPOLOGY_ADDR_PATTERN")
+
+
 def host_own(env: dict[str, str], launcher: object, here: Mapping[str, str]) -> None:
     """Give ``env`` (a rank's, from the launcher's) this host's own :data:`_HOST_OWN`
-    (``here``: the agent's environment) when the job's agents came over ssh."""
-    if launcher != "ssh":
+    (``here``: the agent's environment) when the job's agents came over ssh, and its node's
+    own Slurm variables (:data:`_SLURM_NODE_OWN`) when they came as a Slurm step."""
+    if launcher == "slurm":
+        names: tuple[str, ...] = _SLURM_NODE_OWN
+    elif launcher == "ssh":
+        names = _HOST_OWN
+    else:
         return
-    for name in _HOST_OWN:
+    for name in names:
         if name in here:
             env[name] = here[name]
         else:

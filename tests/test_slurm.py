@@ -357,6 +357,7 @@ def test_sbatch_script(slurm_cluster: RealCluster, tmp_path: Path) -> None:
 #SBATCH --nodes=3 --ntasks=6 --time=10 --output={out}
 pmrun {sys.executable} {prog}
 echo "pmrun exit $?"
+pmrun sh -c 'echo node $(hostname) $SLURMD_NODENAME'
 """)
     env = env_for(c, tmp_path)
     res = subprocess.run(["sbatch", "--parsable", str(job)], env=env, capture_output=True,
@@ -371,6 +372,10 @@ echo "pmrun exit $?"
     text = out.read_text()
     assert f"sum 15 size 6 netns 3 nodes {','.join(c.names[:3])}" in text, text
     assert "pmrun exit 0" in text, text
+    # Each node's own Slurm variables (slurmd's), not the batch host's, as srun's tasks.
+    nodes = [line.split()[1:] for line in text.splitlines() if line.startswith("node ")]
+    assert len(nodes) == 6 and all(a == b for a, b in nodes), text
+    assert len({a for a, _ in nodes}) == 3, text
     assert_clean(c)
 
 
