@@ -1441,8 +1441,9 @@ OPTIONS = (
     Opt("-hosts -host --host -H -w --nodelist -hostlist -machine -machines -machinelist",
         "hosts", hosts, metavar="H1,H2[:SLOTS]",
         group=PLACE, quick=True,
-        help="hosts to run on; node[01-04] ranges are expanded; inside a Slurm allocation, "
-             "nodes of it are reached through Slurm (srun's -w)"),
+        help="hosts to run on, the ranks dealt to them in order, SLOTS at a time (1 without), "
+             "round and round (Hydra's); node[01-04] ranges are expanded; inside a Slurm "
+             "allocation, nodes of it are reached through Slurm (srun's -w)"),
     Opt("-order-nodes --order-nodes", "order_nodes", order_nodes, metavar="ASCENDING",
         group=PLACE,
         help="Hydra's: the hosts in the order of their slots, fewest first (DESCENDING: most "

@@ -199,6 +199,25 @@ def test_ranks_run_in_pmruns_directory_on_every_host(ssh_cluster: RealCluster,
     assert_clean(c)
 
 
+def test_ranks_are_dealt_to_the_host_list_as_hydra_deals_them(ssh_cluster: RealCluster,
+                                                              tmp_path: Path) -> None:
+    # Hydra's placement over these sshds: each entry of the list takes its count (1
+    # without one), in order, round and round; without -n, a rank per count.
+    c = ssh_cluster
+    h1, h2, h3 = c.names[:3]
+    prog = script(tmp_path, "where.py", WHERE)
+    (tmp_path / "hf").write_text(f"{h1}\n{h2}\n{h3}\n")
+    for where, want in ((["-f", "hf"], [h1, h2, h3]),
+                        (["-hosts", f"{h1},{h2}:3", "-n", "5"], [h1, h2, h2, h2, h1]),
+                        (["-hosts", f"{h1},{h2},{h1},{h2}", "-n", "4"], [h1, h2, h1, h2])):
+        res = run([*where, "--ssh", c.ssh_command(), sys.executable, str(prog)], tmp_path)
+        assert res.returncode == 0, res.stderr
+        rows = sorted((line.split() for line in res.stdout.splitlines()),
+                      key=lambda r: int(r[0]))
+        assert [r[2] for r in rows] == want, where
+    assert_clean(c)
+
+
 def test_bcast_runs_a_copy_of_the_program_on_every_host(ssh_cluster: RealCluster,
                                                         tmp_path: Path) -> None:
     # srun's --bcast: each host runs its own copy of the program (in its /tmp: these hosts
