@@ -1078,6 +1078,76 @@ def test_a_slurm_allocations_nodes_keep_their_task_slots(pmrun: Run) -> None:
                                      "pmrun: rank map: node 1 (n3): 4-7"], r.stderr
 
 
+#: The ranks' directories (Hydra's -wdir and its other spellings, Open MPI's --path and
+#: --prefix): none of them needs to be on this machine when the ranks run on others.
+RANKS_DIRS = ["-wdir", "--wd", "-gwdir", "--chdir", "--cwd", "-D", "--path", "--prefix"]
+
+
+@pytest.mark.parametrize("opt", RANKS_DIRS)
+def test_a_directory_of_the_ranks_on_other_hosts_is_theirs_to_have(
+        opt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for where, environ in ((["-hosts", "nodeA,nodeB"], {}),
+                           (["-f", "hf"], {}),
+                           ([], {"HYDRA_HOST_FILE": "hf"}),
+                           (["-hosts", "localhost", "-n", "1", "x", ":", "-host", "nodeB"], {}),
+                           ([], {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n[1-2]"}),
+                           (["--agents", "agents"], {}),
+                           (["-rf", "rf"], {})):
+        (tmp_path / "hf").write_text("nodeA\nnodeB\n")
+        (tmp_path / "agents").write_text("")
+        (tmp_path / "rf").write_text("rank 0=nodeA\n")
+        parsed = options.parse([*where, opt, "/srv/scratch", "-n", "1", "pwd"], environ)
+        value = parsed.values.get("wdir") or parsed.values.get("genv") or \
+            parsed.sections[-1].values.get("wdir")
+        assert "/srv/scratch" in str(value), (where, environ)
+        # A relative one from pmrun's directory, as Hydra makes it.
+        parsed = options.parse([*where, opt, "scratch", "-n", "1", "pwd"], environ)
+        value = parsed.values.get("wdir") or parsed.values.get("genv") or \
+            parsed.sections[-1].values.get("wdir")
+        assert str(tmp_path / "scratch") in str(value), (where, environ)
+
+
+@pytest.mark.parametrize("opt", RANKS_DIRS)
+def test_a_directory_of_the_ranks_here_is_checked_here(opt: str) -> None:
+    # Every rank on this machine: refused before anything starts, on both paths.
+    name = os.uname().nodename
+    for where, environ in (([], {}), (["-hosts", "localhost"], {}),
+                           (["-hosts", f"{name}:2,localhost"], {}), (["--local-nodes", "2"], {}),
+                           ([], {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": name})):
+        argv = [*where, opt, "/no/such/dir", "-n", "1", "true"]
+        with pytest.raises(UsageError, match=f"^{opt} /no/such/dir: no such directory$"):
+            options.parse(argv, environ)
+    # An ensemble's tasks' (-S hosts too): as ever.
+    if opt not in ("--path", "--prefix"):  # (an MPI job's only)
+        with pytest.raises(UsageError, match=f"^{opt} /no/such/dir: no such directory$"):
+            options.parse(["-S", "nodeA", opt, "/no/such/dir", "echo", ":::", "a"], {})
+
+
+def test_a_node_without_the_wdir_says_so_in_one_line(pmrun: Run, tmp_path: Path) -> None:
+    # Hosts that are not this machine (agents here, through the exec launcher): the
+    # -wdir is looked for on each node, and the first rank that cannot start there is
+    # named with its node and host, the job's status 127 (not started); ./prog is not
+    # said to be missing from a directory that is not there.
+    for prog in ("pwd", "./prog"):
+        r = pmrun("--launcher-exec", "env {command}", "-iface", "lo", "-hosts", "nodeA,nodeB",
+                  "-wdir", "/no/such/dir", "-n", "2", prog)
+        assert (r.returncode, r.stderr) == (
+            127, f"pmrun: rank 0 (node 0, nodeA) could not start: {prog}: its working "
+                 "directory /no/such/dir: no such directory\n")
+    (tmp_path / "afile").write_text("")
+    r = pmrun("--launcher-exec", "env {command}", "-iface", "lo", "-hosts", "nodeA,nodeB",
+              "-wdir", "afile", "-n", "2", "pwd", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (
+        127, f"pmrun: rank 0 (node 0, nodeA) could not start: pwd: its working directory "
+             f"{tmp_path / 'afile'}: not a directory\n")
+    # Where it is, it is each rank's (a relative one from pmrun's directory).
+    (tmp_path / "sub").mkdir()
+    r = pmrun("--launcher-exec", "env {command}", "-iface", "lo", "-hosts", "nodeA,nodeB",
+              "-wdir", "sub", "-n", "2", "pwd", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, f"{tmp_path / 'sub'}\n" * 2), r.stderr
+
+
 def test_a_node_without_a_count_counts_the_job_s_ranks_on_it(pmrun: Run) -> None:
     # The universe size: a (named twice) has 2 slots, b none: the one rank dealt to it.
     r = pmrun("--launcher-exec", "env {command}", "-iface", "lo", "-hosts", "a,b,a,c", "-n",
