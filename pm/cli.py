@@ -35,9 +35,9 @@ if TYPE_CHECKING:
 class CliOptions:
     """The command line as the full path runs it: the job, the nodes, the launcher's options."""
 
-    __slots__ = ("app_nodes", "bind_given", "distribution_given", "extra", "fanout",
-                 "fanout_given", "hostfile", "hosts", "local_nodes", "n_given", "spec",
-                 "verbose")
+    __slots__ = ("app_nodes", "bind_given", "deal", "distribution_given", "extra", "fanout",
+                 "fanout_given", "host_entries", "hostfile", "hosts", "local_nodes",
+                 "map_by_given", "n_given", "spec", "verbose")
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
@@ -56,6 +56,13 @@ class CliOptions:
         self.bind_given = True
         #: False when no -m/--distribution was given: inside Slurm, SLURM_DISTRIBUTION.
         self.distribution_given = True
+        #: Whether --map-by was given (it places the ranks, not Hydra's dealing).
+        self.map_by_given = False
+        #: The entries of -hosts' or -f's list as given (host, count or None), a host
+        #: named again an entry again (_where); None: no such list.
+        self.host_entries: list[tuple[str, int | None]] | None = None
+        #: Hydra's dealing of the ranks to those entries (pm.common.nodes.Nodes.deal).
+        self.deal: list[tuple[int, int]] | None = None
         #: Programs with hosts of their own: each one's nodes and slots (_program_hosts).
         self.app_nodes: list[tuple[list[int], list[int | None]]] | None = None
 
@@ -202,6 +209,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.rank_by = str(v.get("rank_by", ""))
     spec.kill_on_bad_exit = v.get("kill_on_bad_exit", "1") == "1"
     opts.distribution_given = "distribution" in v
+    opts.map_by_given = "map_by" in v
     spec.wdir = v.get("wdir")  # type: ignore[assignment]  # (--tasks FILE's; else per program)
     timeout = v.get("timeout")
     if isinstance(timeout, str):  # (GNU parallel's percentage: an ensemble's, pm.options)
@@ -338,7 +346,7 @@ def nodes_of(opts: CliOptions) -> object:
         nodes.bootstrap.update(boot)
         return nodes
     hosts, slots, boot = where
-    return Nodes(hosts, slots, opts.fanout, boot, app_nodes=opts.app_nodes)
+    return Nodes(hosts, slots, opts.fanout, boot, app_nodes=opts.app_nodes, deal=opts.deal)
 
 
 def bootstrap_options_of(opts: CliOptions) -> dict[str, object]:
@@ -376,16 +384,18 @@ def hosts_of(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, o
     given = _given_placement(opts)
     if given is not None:
         where = _rankfile(opts, where, *given)
+    where = _dealt(opts, where)
     if not opts.n_given and opts.spec.ppn and len(opts.spec.apps) == 1:
         # -ppn P without -n: P ranks on each node, whatever its slots (Hydra's -ppn, Open
         # MPI's --npernode, srun's --ntasks-per-node, Flux's --tasks-per-node).
         nodes = len(where[0]) if where is not None else opts.local_nodes or 1
         opts.spec.apps[0].n = nodes * opts.spec.ppn
         opts.n_given = True
-    if where is not None and not opts.n_given and opts.spec.apps and all(
-            s is not None for s in where[1]):
-        # No -n: one rank per slot the allocation or host file gives (Hydra, srun).
-        opts.spec.apps[0].n = sum(int(s or 0) for s in where[1])
+    if where is not None and not opts.n_given and opts.spec.apps and (
+            opts.host_entries is not None or all(s is not None for s in where[1])):
+        # No -n: one rank per slot the allocation or host list gives, a host of -hosts'
+        # or -f's without a count one (Hydra, srun).
+        opts.spec.apps[0].n = sum(1 if s is None else s for s in where[1])
     if where is None or where[2].get("name") != "slurm":  # srun's step options
         for key, what in (("exact", "--exact gives a job CPUs of its own within a Slurm "
                                     "allocation"),
@@ -566,14 +576,22 @@ def _program_hosts(opts: CliOptions,
     ``--host`` of an app context): the job's nodes are every program's hosts, in the order
     they first come (a program without its own has the job's: -hosts before the first
     program, the allocation's, or this machine); each program's ranks go to its own
-    (``opts.app_nodes``).  A host's slots are what the programs give it, together."""
+    (``opts.app_nodes``): in blocks by their slots, a host without a count an even share
+    (Open MPI's); those of a program without its own dealt to the job's -hosts list as
+    Hydra deals them (:func:`_dealt`).  A host's slots are what the programs give it,
+    together."""
     from pm.bootstrap import bootstrap_options
     from pm.common.hostlist import HostlistError, parse_hosts_option
 
     if "nodes" in opts.extra or opts.local_nodes:
         raise UsageError("a program's own -host and -N or --local-nodes do not go together")
-    default = list(zip(where[0], where[1], strict=True)) if where is not None else \
-        [(socket.gethostname(), None)]
+    default: list[tuple[str, int | None]] = (
+        list(zip(where[0], where[1], strict=True)) if where is not None
+        else [(socket.gethostname(), None)])
+    # (A program without hosts of its own: the job's -hosts list, dealt as the job's.)
+    default_dealt: list[tuple[str, int | None]] = (
+        [*_hydra_entries(opts, where[0])] if where is not None and _deals(opts)
+        else default)
     hosts: list[str] = []
     slots: list[int | None] = []
     opts.app_nodes = []
@@ -583,18 +601,17 @@ def _program_hosts(opts: CliOptions,
                        if app.hosts else default)
         except HostlistError as exc:
             raise UsageError(f"-host {app.hosts}: {exc}") from None
-        mine: tuple[list[int], list[int | None]] = ([], [])
         for host, count in entries:
             if host in hosts:
                 i = hosts.index(host)
                 have = slots[i]
                 slots[i] = None if have is None or count is None else have + count
             else:
-                i = len(hosts)
                 hosts.append(host)
                 slots.append(count)
-            mine[0].append(i)
-            mine[1].append(count)
+        dealt = entries if app.hosts else default_dealt
+        mine: tuple[list[int], list[int | None]] = (
+            [hosts.index(host) for host, _ in dealt], [count for _, count in dealt])
         opts.app_nodes.append(mine)
     if where is not None and set(hosts) <= set(where[0]):
         return hosts, slots, where[2]  # (the allocation's, or -hosts' own launcher)
@@ -712,16 +729,20 @@ def _where(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, obj
     entries = None
     try:
         if opts.hosts or opts.hostfile:
-            from pm.common.hostlist import parse_hostfile, parse_hosts_option
+            from pm.common.hostlist import merged, parse_hostfile, parse_hosts_option
             from pm.options import file_text
 
             if opts.hostfile:
-                entries = parse_hostfile(file_text(opts.hostfile))
+                listed = parse_hostfile(file_text(opts.hostfile), merge=False)
             else:
-                entries = parse_hosts_option(opts.hosts or "")
+                listed = parse_hosts_option(opts.hosts or "", merge=False)
+            entries = merged(listed)
         # Hosts that are other machines are reached over ssh unless told otherwise.
         boot = bootstrap_options(opts.extra, [e.host for e in entries] if entries else False)
         given = None if entries is not None else default_hosts(boot)
+        if entries is not None and boot["name"] != "slurm":
+            # (Nodes of the allocation we run in, as srun -w: placed as srun's.)
+            opts.host_entries = [(e.host, e.slots) for e in listed]
     except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
     if given is not None:
@@ -735,6 +756,61 @@ def _where(opts: CliOptions) -> tuple[list[str], list[int | None], dict[str, obj
     if boot["name"] not in LOCAL_NAMES:
         raise UsageError(f"--launcher {boot['name']} needs hosts (-hosts or -f)")
     return None
+
+
+def _placed_otherwise(opts: CliOptions) -> bool:
+    """Whether an option places the ranks, not Hydra's dealing to a host list's entries:
+    -ppn, -m (--distribution), --map-by, a rankfile (-rankmap, -m arbitrary), -N."""
+    return bool(opts.spec.ppn or opts.distribution_given or opts.map_by_given
+                or opts.spec.placement or "nodes" in opts.extra)
+
+
+def _deals(opts: CliOptions) -> bool:
+    """Whether the job's ranks are dealt to its -hosts' or -f's entries as Hydra deals
+    them (:func:`_dealt`): nothing places them otherwise (an allocation's
+    SLURM_DISTRIBUTION neither)."""
+    return (opts.host_entries is not None and not _placed_otherwise(opts)
+            and opts.spec.distribution == "block")
+
+
+def _hydra_entries(opts: CliOptions, kept: list[str]) -> list[tuple[str, int]]:
+    """The entries of -hosts' or -f's list as Hydra deals ranks to them: in order, a
+    count not given 1, a host named again right after itself one entry (Hydra's), those
+    of the ``kept`` hosts (-skip-launch-node, --relative), in -order-nodes' order."""
+    assert opts.host_entries is not None
+    out: list[tuple[str, int]] = []
+    for host, count in opts.host_entries:
+        if out and out[-1][0] == host:
+            out[-1] = (host, out[-1][1] + (count or 1))
+        else:
+            out.append((host, count or 1))
+    keep = set(kept)
+    out = [e for e in out if e[0] in keep]
+    order = opts.extra.get("order_nodes")
+    if order is not None:
+        out.sort(key=lambda e: e[1], reverse=order == "descending")
+    return out
+
+
+def _dealt(opts: CliOptions,
+           where: tuple[list[str], list[int | None], dict[str, object]] | None
+           ) -> tuple[list[str], list[int | None], dict[str, object]] | None:
+    """Hydra's placement for hosts given with -hosts or -f (HYDRA_HOST_FILE): every
+    entry of the list has its count (1 when none is given) and the ranks are dealt to the
+    entries in order, each taking its count, round and round; a host named twice is one
+    node (one agent) with two entries (``opts.deal``).  The hosts in the order the
+    entries first name them (where the ranks go first)."""
+    opts.deal = None
+    if where is None or opts.app_nodes is not None or not _deals(opts):
+        return where
+    entries = _hydra_entries(opts, where[0])
+    hosts = list(dict.fromkeys(host for host, _ in entries))
+    if hosts != where[0]:  # (-order-nodes, a host named again: by its entries' order)
+        given = dict(zip(where[0], where[1], strict=True))
+        where = hosts, [given[h] for h in hosts], where[2]
+    index = {host: i for i, host in enumerate(hosts)}
+    opts.deal = [(index[host], count) for host, count in entries]
+    return where
 
 
 def system_size(slots: list[int | None], bootstrap: dict[str, object]) -> int:
@@ -1050,7 +1126,8 @@ def _run(argv: list[str] | None, started: StartedRanks | None = None) -> int:
             from pm.bootstrap.early import prestart
 
             # ssh to the first agents now: the connection is made while we import.
-            prestart(where[0], where[1], where[2], opts.spec, opts.fanout, opts.app_nodes)
+            prestart(where[0], where[1], where[2], opts.spec, opts.fanout, opts.app_nodes,
+                     opts.deal)
             relay = head_relays(where[2])
     from collections.abc import Callable, Coroutine
     from typing import Any

@@ -25,6 +25,8 @@ from pm.agent.owned import Owned
 from pm.agent.watch import ExitStatus
 from pm.bootstrap.base import head_relays
 from pm.common.mapping import (
+    deal_slots,
+    dealt_placement,
     job_placement,
     local_ranks,
     process_mapping,
@@ -238,11 +240,15 @@ class JobRun:
             # each program's nodes are the plan's to say from now on.)
             self.nodes = Nodes(hosts, [nodes.slots[i] for i in kept], nodes.fanout,
                                nodes.bootstrap)
+        elif nodes.deal is not None:  # Hydra's host list: the ranks dealt to its entries
+            slots = deal_slots(nodes.deal, len(hosts))
         else:
             slots = sequence_slots(spec, len(hosts), nodes.slots)
+        placement = list(spec.placement) or dealt_placement(
+            [a.n for a in spec.apps], nodes.deal, slots, spec.rank_by)
         # (Open MPI's --rank-by: each program's ranks numbered anew on their nodes.)
         node_of_rank = job_placement([a.n for a in spec.apps], slots, spec.distribution,
-                                     app_nodes, app_slots, spec.rank_by, spec.placement)
+                                     app_nodes, app_slots, spec.rank_by, placement)
         #: The node of each rank (its place in the plan's hosts).
         self.node_of_rank = node_of_rank
         used = max(node_of_rank) + 1
@@ -267,7 +273,7 @@ class JobRun:
             universe_size=spec.universe_size, stdin_rank=spec.stdin_rank,
             stdin_file=spec.stdin_file or "", distribution=spec.distribution,
             app_nodes=app_nodes, app_slots=app_slots, cwd=_cwd(), rank_by=spec.rank_by,
-            placement=list(spec.placement), rank_slots=list(spec.rank_slots),
+            placement=placement, rank_slots=list(spec.rank_slots),
             task_prolog=_task_hook(spec.task_prolog), task_epilog=_task_hook(spec.task_epilog),
             rlimits=_rlimits(spec.propagate), gpus_per_task=spec.gpus_per_task,
             mem_bind=_mem_bind(spec.mem_bind),
@@ -911,6 +917,5 @@ def _universe(run: JobRun) -> int:
     size (as pm.spawned_jobs.universe_size; not imported here: spawning is rare)."""
     from pm.common.mapping import capacities
 
-    return max(run.plan.size, sum(capacities(run.nodes.slots, run.plan.size,
-                                             run.plan.slots, len(run.plan.hosts),
-                                             run.plan.distribution)))
+    return max(run.plan.size, sum(capacities(run.nodes.slots, run.node_of_rank,
+                                             len(run.plan.hosts))))

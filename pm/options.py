@@ -455,9 +455,19 @@ def umask_value(value: str, opt: str) -> int:
 
 
 def directory(value: str, opt: str) -> str:
+    """A directory here: its absolute path; refused when it is none."""
     if not os.path.isdir(value):
         why = "not a directory" if os.path.exists(value) else "no such directory"
         raise UsageError(f"{opt} {value}: {why}")
+    return os.path.abspath(value)
+
+
+def ranks_directory(value: str, opt: str) -> str:
+    """A directory of the ranks' (-wdir, --path, --prefix): its absolute path, a relative
+    one from pmrun's directory (as Hydra makes it).  Whether it is a directory is checked
+    once the command line is read, and here only when every rank runs on this machine
+    (:func:`_ranks_directories`): a node's scratch directory need not exist where pmrun
+    runs."""
     return os.path.abspath(value)
 
 
@@ -1441,8 +1451,9 @@ OPTIONS = (
     Opt("-hosts -host --host -H -w --nodelist -hostlist -machine -machines -machinelist",
         "hosts", hosts, metavar="H1,H2[:SLOTS]",
         group=PLACE, quick=True,
-        help="hosts to run on; node[01-04] ranges are expanded; inside a Slurm allocation, "
-             "nodes of it are reached through Slurm (srun's -w)"),
+        help="hosts to run on, the ranks dealt to them in order, SLOTS at a time (1 without), "
+             "round and round (Hydra's); node[01-04] ranges are expanded; inside a Slurm "
+             "allocation, nodes of it are reached through Slurm (srun's -w)"),
     Opt("-order-nodes --order-nodes", "order_nodes", order_nodes, metavar="ASCENDING",
         group=PLACE,
         help="Hydra's: the hosts in the order of their slots, fewest first (DESCENDING: most "
@@ -1583,11 +1594,11 @@ OPTIONS = (
         help="Flux's: the --env rules of FILE, one a line (also --env ^FILE), in their turn"),
     Opt("--unset-env -unset-env", "flux_env", flux_env_rule, metavar="PATTERN", quick=True,
         group=ENV, help="Open MPI 5's: --env-remove PATTERN ('foo*': every name starting foo)"),
-    Opt("--prefix -prefix", "prefix", directory, metavar="DIR", quick=True,
+    Opt("--prefix -prefix", "prefix", ranks_directory, metavar="DIR", quick=True,
         group=ENV,
         help="Open MPI's: DIR/bin first on the ranks' PATH, DIR/lib on their "
              "LD_LIBRARY_PATH (an MPI installed there on every host)"),
-    Opt("--path -path -gpath", "exe_path", directory, metavar="DIR", quick=True,
+    Opt("--path -path -gpath", "exe_path", ranks_directory, metavar="DIR", quick=True,
         group=ENV,
         help="Open MPI's: DIR first on the ranks' PATH, where their programs are looked "
              "for"),
@@ -1627,10 +1638,11 @@ OPTIONS = (
         group=ENV, help="srun's: ALL (-genvall), NONE (only PATH, HOME, USER, LANG, TERM), or "
                         "only these variables, A=V setting A (ALL,A=V: every variable, and A "
                         "set); with NONE or names, nothing of the hosts' own environment"),
-    Opt("-wdir --wdir -dir -wd --wd --workdir -D --chdir --cwd -gwdir", "wdir", directory,
+    Opt("-wdir --wdir -dir -wd --wd --workdir -D --chdir --cwd -gwdir", "wdir",
+        ranks_directory,
         metavar="DIR", local=True,
-        quick=True, group=ENV, help="working directory of the program's ranks (of tasks: "
-        "every task's)"),
+        quick=True, group=ENV, help="working directory of the program's ranks, on their "
+        "hosts (of tasks: every task's)"),
     # Input and output
     Opt("-l --label -prepend-rank --tag-output --label-io", "prepend", kind=FLAG, const=LABEL,
         quick=True,
@@ -2287,8 +2299,8 @@ def log_level(verbose: int) -> int:
 class Parsed:
     """A command line, checked: the job-wide values, the sections, and what was used."""
 
-    __slots__ = ("action", "bundles", "here", "sections", "spans", "used", "values", "verbose",
-                 "words")
+    __slots__ = ("action", "bundles", "dirs", "here", "sections", "spans", "used", "values",
+                 "verbose", "words")
 
     def __init__(self) -> None:
         self.values: dict[str, object] = {}
@@ -2309,6 +2321,10 @@ class Parsed:
         self.spans: list[tuple[str, int, int]] = []
         #: Each option that came of short options written together, and their word.
         self.bundles: dict[str, str] = {}
+        #: The ranks' directories as given (-wdir, --path, --prefix), each with its
+        #: option's spelling: checked once the job's hosts are known
+        #: (:func:`_ranks_directories`).
+        self.dirs: list[tuple[str, str]] = []
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
@@ -2466,6 +2482,8 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         else:
             assert opt.check is not None
             value = opt.check(raw, name)
+            if opt.check is ranks_directory:
+                out.dirs.append((name, raw))
             if opt.key == "env_mode":
                 value = ("list", value)
             elif opt.key in ("arg_files", "flux_env", *LISTS):  # -a FILE: another source
@@ -2590,10 +2608,74 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Parsed:
         # hosts of its own runs on its hosts, before an allocation's, as Hydra's does.
         out.values["hostfile"] = hostfile(environ[default_file].strip(), default_file)
     _hydra_variables(out.values, environ)
+    _ranks_directories(out, environ)
     if out.verbose >= 0:
         for text in unset:
             _warn(text)
     return out
+
+
+def _ranks_directories(out: Parsed, environ: Mapping[str, str]) -> None:
+    """The ranks' directories (-wdir, --path, --prefix) refused here, in one line, when
+    one is none and every rank runs on this machine; when ranks run on other machines
+    they need not be here (Hydra checks none): a node where one is missing says so as
+    its ranks start."""
+    if out.dirs and not ranks_elsewhere(out, environ):
+        for name, raw in out.dirs:
+            directory(raw, name)
+
+
+def ranks_elsewhere(out: Parsed, environ: Mapping[str, str]) -> bool:
+    """Whether the job's ranks (may) run on machines other than this one: hosts given that
+    are not this machine (-hosts, -f, HYDRA_HOST_FILE, a program's own, a rankfile's), the
+    persistent agents, or an allocation's (Slurm, PBS/Torque, LSF) when no hosts are
+    given.  False for an ensemble's tasks (checked here as ever) and --local-nodes; a
+    host list or rankfile that cannot be read counts as this machine (its own refusal
+    comes later)."""
+    from pm.common.hostlist import (
+        HostlistError,
+        batch_hostfile,
+        expand,
+        is_this_machine,
+        parse_hostfile,
+        parse_hosts_option,
+    )
+
+    values = out.values
+    if {"tasks", "tasks_line", "local_nodes"} & values.keys():
+        return False
+    launcher = str(values.get("launcher", ""))
+    if launcher in ("persistent", "persist") or "agents" in values:
+        return True
+    named: list[str] = []
+    try:
+        for given in (values, *(s.values for s in out.sections)):
+            if "hosts" in given:
+                named += [e.host for e in parse_hosts_option(str(given["hosts"]))]
+        if "hostfile" in values:
+            named += [e.host for e in parse_hostfile(file_text(str(values["hostfile"])))]
+        if "rankfile" in values:
+            from pm.common.rankfile import parse
+
+            lines = parse(file_text(str(values["rankfile"])), "rankfile")
+            named += [ln.host for ln in lines if ln.relative is None]
+    except (HostlistError, OSError, UnicodeDecodeError, ValueError):  # (RankfileError too)
+        pass
+    if not all(map(is_this_machine, named)):
+        return True
+    if named or "hosts" in values or "hostfile" in values or launcher in ("local", "fork"):
+        return False
+    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+    try:
+        if environ.get("SLURM_JOB_ID") and nodelist:
+            return not all(map(is_this_machine, expand(nodelist)))
+        found = batch_hostfile(environ)
+        if found is not None:
+            return not all(is_this_machine(e.host)
+                           for e in parse_hostfile(file_text(found[1])))
+    except (HostlistError, OSError, UnicodeDecodeError):
+        return True  # (an allocation's hosts: not this machine's to say)
+    return False
 
 
 def _attached(short: Opt, arg: str) -> bool:

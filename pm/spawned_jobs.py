@@ -123,8 +123,7 @@ def universe_size(run: JobRun) -> int:
 
 def capacities(run: JobRun) -> list[int]:
     """Slots of each vertex (:func:`pm.common.mapping.capacities`)."""
-    return slot_capacities(run.nodes.slots, run.plan.size, run.plan.slots,
-                           len(run.plan.hosts), run.plan.distribution)
+    return slot_capacities(run.nodes.slots, run.node_of_rank, len(run.plan.hosts))
 
 
 def info_hosts(info: dict[str, str]) -> list[str] | None:

@@ -493,6 +493,37 @@ def test_the_early_step_is_told_its_config_and_the_head_serves_its_socket(tmp_pa
     assert early._STARTED == {} and early.take_identity() is None
 
 
+@pytest.mark.parametrize(("argv", "started"), [
+    (["-hosts", "h1,h2,h3", "-n", "4"], [0, 1, 2]),  # dealt: h3 has rank 2
+    (["-hosts", "h1,h2,h1", "-n", "1"], [0]),  # h2 gets no rank: no agent
+    (["-hosts", "h1:4,h2,h3", "-n", "4"], [0]),
+    (["-f", "hf"], [0, 1, 2]),  # no -n: a rank a line
+])
+def test_first_agents_started_early_are_on_the_plans_hosts(
+        argv: list[str], started: list[int], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agents ssh'd to before the heavy imports (prestart) are on the nodes the plan
+    deals ranks to (Hydra's host lists), not more nor fewer."""
+    from pm import cli
+    from pm.bootstrap import early
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hf").write_text("h1\nh2\nh3\n")
+    opts = cli.parse(["--launcher-exec", "sh -c 'cat >/dev/null' {host}", *argv, "true"])
+    where = cli.hosts_of(opts)
+    assert where is not None
+    boot = {**where[2], "start": "first"}
+    early.prestart(where[0], where[1], boot, opts.spec, 8, opts.app_nodes, opts.deal)
+    try:
+        assert sorted(early._STARTED) == started
+        assert [early._STARTED[v][0] for v in started] == where[0][:len(started)]
+    finally:
+        pids = [p.pid for _, p in early._STARTED.values()]
+        early.abandon_all()
+        for pid in pids:
+            assert os.waitpid(pid, 0)[0] == pid
+
+
 @pytest.mark.parametrize("argv", [["-n", "8", "true"], ["-n", "3", "true"], ["true"],
                                   ["-n", "5", "-genv", "A", "1", "true", "x"],
                                   ["-ppn", "1", "-n", "3", "true"], ["-ppn", "3", "true"]])

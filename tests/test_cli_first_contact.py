@@ -1026,6 +1026,172 @@ def test_mpi_universe_size_is_usize(pmrun: Run) -> None:
     assert (r.returncode, r.stdout) == (0, "5\n5\n"), r.stderr
 
 
+#: Hydra's placement on a host list, as Hydra runs it over real sshds: each entry takes
+#: its count of ranks (host:N, a file's slots=N; 1 without one), entry after entry, round
+#: and round until -n are placed; a host named again is one node (one agent) dealt to at
+#: each of its places; without -n, as many ranks as the counts add up to.
+#: (options, the host file's text or "", each node's ranks)
+HYDRA_PLACEMENTS = [
+    (["-hosts", "pm7h1,pm7h2:3", "-n", "5"], "", [("pm7h1", "0,4"), ("pm7h2", "1-3")]),
+    (["-hosts", "pm7h1,pm7h2", "-n", "4"], "", [("pm7h1", "0,2"), ("pm7h2", "1,3")]),
+    (["-hosts", "pm7h1,pm7h2,pm7h3,pm7h4:2", "-n", "8"], "",
+     [("pm7h1", "0,5"), ("pm7h2", "1,6"), ("pm7h3", "2,7"), ("pm7h4", "3-4")]),
+    (["-hosts", "pm7h1,pm7h2,pm7h1,pm7h2", "-n", "4"], "",
+     [("pm7h1", "0,2"), ("pm7h2", "1,3")]),
+    (["-f", "hf"], "pm7h1\npm7h2\npm7h3\n", [("pm7h1", "0"), ("pm7h2", "1"), ("pm7h3", "2")]),
+    (["-hosts", "pm7h1,pm7h3"], "", [("pm7h1", "0"), ("pm7h3", "1")]),
+    (["-f", "hf"], "pm7h1:2\npm7h2:1\npm7h3\n",
+     [("pm7h1", "0-1"), ("pm7h2", "2"), ("pm7h3", "3")]),
+    (["-machinefile", "hf"], "pm7h1 slots=2\npm7h2\n", [("pm7h1", "0-1"), ("pm7h2", "2")]),
+    (["-f", "hf", "-n", "5"], "pm7h1\npm7h2\npm7h1\n", [("pm7h1", "0,2-3"), ("pm7h2", "1,4")]),
+    (["-hosts", "pm7h1,pm7h2,pm7h1"], "", [("pm7h1", "0,2"), ("pm7h2", "1")]),
+    # MPMD: the programs' ranks dealt on from where the last one's ended.
+    (["-hosts", "pm7h1,pm7h2", "-n", "3", "x", ":", "-n", "3"], "",
+     [("pm7h1", "0,2,4"), ("pm7h2", "1,3,5")]),
+    # -order-nodes sorts the entries by their counts (a host named again: each entry).
+    (["-order-nodes", "ASCENDING", "-hosts", "pm7h1,pm7h2:2,pm7h1:3", "-n", "7"], "",
+     [("pm7h1", "0,3-6"), ("pm7h2", "1-2")]),
+    (["-skip-launch-node", "-hosts", f"pm7h1,{os.uname().nodename},pm7h2,pm7h1", "-n", "4"],
+     "", [("pm7h1", "0,2-3"), ("pm7h2", "1")]),
+]
+
+
+@pytest.mark.parametrize(("argv", "hostfile", "nodes"), HYDRA_PLACEMENTS,
+                         ids=[" ".join(a) + (f" [{f.strip()}]" if f else "")
+                              for a, f, _ in HYDRA_PLACEMENTS])
+def test_ranks_are_dealt_to_the_host_list_as_hydra_deals_them(
+        pmrun: Run, tmp_path: Path, argv: list[str], hostfile: str,
+        nodes: list[tuple[str, str]]) -> None:
+    (tmp_path / "hf").write_text(hostfile)
+    r = pmrun("--display-map", "--do-not-launch", *argv, "true", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr
+    assert r.stderr.splitlines() == [f"pmrun: rank map: node {i} ({host}): {ranks}"
+                                     for i, (host, ranks) in enumerate(nodes)]
+
+
+def test_hydras_host_file_variable_deals_as_f(pmrun: Run, tmp_path: Path) -> None:
+    (tmp_path / "hf").write_text("pm7h1\npm7h2:2\n")
+    r = pmrun("--display-map", "--do-not-launch", "true",
+              env={"HYDRA_HOST_FILE": str(tmp_path / "hf")})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == ["pmrun: rank map: node 0 (pm7h1): 0",
+                                     "pmrun: rank map: node 1 (pm7h2): 1-2"]
+    r = pmrun("--display-map", "--do-not-launch", "-n", "4", "true",
+              env={"I_MPI_HYDRA_HOST_FILE": str(tmp_path / "hf")})
+    assert r.stderr.splitlines() == ["pmrun: rank map: node 0 (pm7h1): 0,3",
+                                     "pmrun: rank map: node 1 (pm7h2): 1-2"]
+
+
+@pytest.mark.parametrize(("argv", "nodes"), [
+    # -ppn wins over the counts (each host once: a host named again is one node).
+    (["-ppn", "2", "-hosts", "a,b,a,b", "-n", "4"], [("a", "0-1"), ("b", "2-3")]),
+    (["-ppn", "2", "-hosts", "a,b:3"], [("a", "0-1"), ("b", "2-3")]),
+    # So do -m (--distribution, --map-by node), --map-by and -N (srun's layout).
+    (["-m", "cyclic", "-hosts", "a,b:3", "-n", "5"], [("a", "0,2,4"), ("b", "1,3")]),
+    (["--map-by", "node", "-hosts", "a,b:3", "-n", "5"], [("a", "0,2,4"), ("b", "1,3")]),
+    (["--distribution", "block", "-hosts", "a,b", "-n", "4"], [("a", "0-1"), ("b", "2-3")]),
+    (["--map-by", "slot", "-hosts", "a,b", "-n", "4"], [("a", "0-1"), ("b", "2-3")]),
+    (["-N", "2", "-hosts", "a,b,c", "-n", "4"], [("a", "0-1"), ("b", "2-3")]),
+    # A program's own -host (Open MPI's app context) keeps Open MPI's blocks; a program
+    # without one has the job's -hosts, dealt as Hydra deals.
+    (["-hosts", "a,b", "-n", "3", "x", ":", "-n", "3", "-host", "c,d"],
+     [("a", "0,2"), ("b", "1"), ("c", "3-4"), ("d", "5")]),
+    # --rank-by numbers each node's ranks anew (Open MPI's).
+    (["--rank-by", "slot", "-hosts", "a,b,a", "-n", "5"], [("a", "0-2"), ("b", "3-4")]),
+])
+def test_what_places_ranks_otherwise_still_does(pmrun: Run, argv: list[str],
+                                               nodes: list[tuple[str, str]]) -> None:
+    r = pmrun("--display-map", "--do-not-launch", *argv, "true")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == [f"pmrun: rank map: node {i} ({host}): {ranks}"
+                                     for i, (host, ranks) in enumerate(nodes)]
+
+
+def test_a_slurm_allocations_nodes_keep_their_task_slots(pmrun: Run) -> None:
+    # -w (-hosts) naming nodes of the allocation: srun's, blocks by the nodes' task slots.
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n[1-4]", "SLURM_TASKS_PER_NODE": "2(x4)"}
+    r = pmrun("--display-map", "--do-not-launch", "-w", "n[2-3]", "-n", "8", "true", env=env)
+    assert r.stderr.splitlines() == ["pmrun: rank map: node 0 (n2): 0-3",
+                                     "pmrun: rank map: node 1 (n3): 4-7"], r.stderr
+
+
+#: The ranks' directories (Hydra's -wdir and its other spellings, Open MPI's --path and
+#: --prefix): none of them needs to be on this machine when the ranks run on others.
+RANKS_DIRS = ["-wdir", "--wd", "-gwdir", "--chdir", "--cwd", "-D", "--path", "--prefix"]
+
+
+@pytest.mark.parametrize("opt", RANKS_DIRS)
+def test_a_directory_of_the_ranks_on_other_hosts_is_theirs_to_have(
+        opt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for where, environ in ((["-hosts", "nodeA,nodeB"], {}),
+                           (["-f", "hf"], {}),
+                           ([], {"HYDRA_HOST_FILE": "hf"}),
+                           (["-hosts", "localhost", "-n", "1", "x", ":", "-host", "nodeB"], {}),
+                           ([], {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n[1-2]"}),
+                           (["--agents", "agents"], {}),
+                           (["-rf", "rf"], {})):
+        (tmp_path / "hf").write_text("nodeA\nnodeB\n")
+        (tmp_path / "agents").write_text("")
+        (tmp_path / "rf").write_text("rank 0=nodeA\n")
+        parsed = options.parse([*where, opt, "/srv/scratch", "-n", "1", "pwd"], environ)
+        value = parsed.values.get("wdir") or parsed.values.get("genv") or \
+            parsed.sections[-1].values.get("wdir")
+        assert "/srv/scratch" in str(value), (where, environ)
+        # A relative one from pmrun's directory, as Hydra makes it.
+        parsed = options.parse([*where, opt, "scratch", "-n", "1", "pwd"], environ)
+        value = parsed.values.get("wdir") or parsed.values.get("genv") or \
+            parsed.sections[-1].values.get("wdir")
+        assert str(tmp_path / "scratch") in str(value), (where, environ)
+
+
+@pytest.mark.parametrize("opt", RANKS_DIRS)
+def test_a_directory_of_the_ranks_here_is_checked_here(opt: str) -> None:
+    # Every rank on this machine: refused before anything starts, on both paths.
+    name = os.uname().nodename
+    for where, environ in (([], {}), (["-hosts", "localhost"], {}),
+                           (["-hosts", f"{name}:2,localhost"], {}), (["--local-nodes", "2"], {}),
+                           ([], {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": name})):
+        argv = [*where, opt, "/no/such/dir", "-n", "1", "true"]
+        with pytest.raises(UsageError, match=f"^{opt} /no/such/dir: no such directory$"):
+            options.parse(argv, environ)
+    # An ensemble's tasks' (-S hosts too): as ever.
+    if opt not in ("--path", "--prefix"):  # (an MPI job's only)
+        with pytest.raises(UsageError, match=f"^{opt} /no/such/dir: no such directory$"):
+            options.parse(["-S", "nodeA", opt, "/no/such/dir", "echo", ":::", "a"], {})
+
+
+def test_a_node_without_the_wdir_says_so_in_one_line(pmrun: Run, tmp_path: Path) -> None:
+    # Hosts that are not this machine (agents here, through the exec launcher): the
+    # -wdir is looked for on each node, and the first rank that cannot start there is
+    # named with its node and host, the job's status 127 (not started); ./prog is not
+    # said to be missing from a directory that is not there.
+    for prog in ("pwd", "./prog"):
+        r = pmrun("--launcher-exec", "env {command}", "-iface", "lo", "-hosts", "nodeA,nodeB",
+                  "-wdir", "/no/such/dir", "-n", "2", prog)
+        assert (r.returncode, r.stderr) == (
+            127, f"pmrun: rank 0 (node 0, nodeA) could not start: {prog}: its working "
+                 "directory /no/such/dir: no such directory\n")
+    (tmp_path / "afile").write_text("")
+    r = pmrun("--launcher-exec", "env {command}", "-iface", "lo", "-hosts", "nodeA,nodeB",
+              "-wdir", "afile", "-n", "2", "pwd", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (
+        127, f"pmrun: rank 0 (node 0, nodeA) could not start: pwd: its working directory "
+             f"{tmp_path / 'afile'}: not a directory\n")
+    # Where it is, it is each rank's (a relative one from pmrun's directory).
+    (tmp_path / "sub").mkdir()
+    r = pmrun("--launcher-exec", "env {command}", "-iface", "lo", "-hosts", "nodeA,nodeB",
+              "-wdir", "sub", "-n", "2", "pwd", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, f"{tmp_path / 'sub'}\n" * 2), r.stderr
+
+
+def test_a_node_without_a_count_counts_the_job_s_ranks_on_it(pmrun: Run) -> None:
+    # The universe size: a (named twice) has 2 slots, b none: the one rank dealt to it.
+    r = pmrun("--launcher-exec", "env {command}", "-iface", "lo", "-hosts", "a,b,a,c", "-n",
+              "2", "python", "-c", PMI1_USIZE)
+    assert (r.returncode, r.stdout) == (0, "3\n3\n"), r.stderr
+
+
 @pytest.mark.parametrize(("order", "nodes"), [("DESCENDING", ["b", "c", "a"]),
                                               ("up", ["a", "c", "b"])])
 def test_order_nodes_sorts_the_hosts_by_their_slots(pmrun: Run, order: str,
@@ -1353,8 +1519,10 @@ def test_a_program_s_own_hosts_are_open_mpi_s_app_context() -> None:
     nodes = nodes_of(opts)
     assert isinstance(nodes, Nodes)
     assert (nodes.hosts, nodes.slots) == (["a", "b", "c"], [None, None, None])
-    assert nodes.app_nodes == [([0, 1], [2, None]), ([2, 0], [None, None]),
-                               ([0, 1], [2, None])]
+    # Each program's hosts and their counts: a program without its own, the job's -hosts
+    # list as Hydra deals ranks to it (b without a count takes one a round).
+    assert nodes.app_nodes == [([0, 1], [2, 1]), ([2, 0], [None, None]),
+                               ([0, 1], [2, 1])]
     # b gets no rank: left out, the others renumbered.
     kept, counts, app_nodes, app_slots = programs_nodes(
         [a.n for a in opts.spec.apps], None, "block", nodes.app_nodes)

@@ -13,6 +13,7 @@ from pm.common.hostlist import (
     HostSlots,
     compress,
     expand,
+    merged,
     parse_hostfile,
     parse_hosts_option,
 )
@@ -192,6 +193,19 @@ def test_hosts_option_details() -> None:
     # Repeats merge into the first place, each count-less mention counting 1.
     assert parse_hosts_option("a,b,a") == [HostSlots("a", 2), HostSlots("b", None)]
     assert parse_hosts_option("a:2,b,a:3") == [HostSlots("a", 5), HostSlots("b", None)]
+
+
+def test_host_lists_as_given_keep_every_entry() -> None:
+    # Hydra deals ranks to the entries as given: a host named again is another entry.
+    assert parse_hosts_option("a,b:3,a,n[1-2]", merge=False) == [
+        HostSlots("a", None), HostSlots("b", 3), HostSlots("a", None),
+        HostSlots("n1", None), HostSlots("n2", None)]
+    assert parse_hostfile("a:2\nb slots=3\na\n", merge=False) == [
+        HostSlots("a", 2), HostSlots("b", 3), HostSlots("a", None)]
+    assert merged(parse_hosts_option("a,b:3,a", merge=False)) == \
+        parse_hosts_option("a,b:3,a") == [HostSlots("a", 2), HostSlots("b", 3)]
+    with pytest.raises(HostlistError, match="not a host name"):
+        parse_hosts_option("a\0b", merge=False)
 
 
 @pytest.mark.parametrize(

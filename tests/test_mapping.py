@@ -20,6 +20,10 @@ from hypothesis import strategies as st
 from pm.common.mapping import (
     MAX_MAPPING_LEN,
     MappingError,
+    capacities,
+    deal,
+    deal_slots,
+    dealt_placement,
     local_ranks,
     parse_process_mapping,
     place,
@@ -125,6 +129,54 @@ def test_dealt_ranks_respect_the_slots(passes: int, slots: list[int], deal: int,
     assert all(c <= s for c, s in zip(counts, slots, strict=True))
     most = max(counts)
     assert all(c >= min(s, most - deal) for c, s in zip(counts, slots, strict=True))
+
+
+# --- deal: Hydra's host lists --------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "entries", "nodes"), [
+    # The cases compared with Hydra over real sshds (h1 is node 0, h2 node 1, ...).
+    (5, [(0, 1), (1, 3)], [0, 1, 1, 1, 0]),  # -hosts h1,h2:3 -n 5
+    (4, [(0, 1), (1, 1)], [0, 1, 0, 1]),  # -hosts h1,h2 -n 4
+    (8, [(0, 1), (1, 1), (2, 1), (3, 2)], [0, 1, 2, 3, 3, 0, 1, 2]),  # h1,h2,h3,h4:2 -n 8
+    (4, [(0, 1), (1, 1), (0, 1), (1, 1)], [0, 1, 0, 1]),  # h1,h2,h1,h2 -n 4
+    (3, [(0, 1), (1, 1), (2, 1)], [0, 1, 2]),  # a file of h1, h2, h3; no -n
+    (4, [(0, 2), (1, 1), (2, 1)], [0, 0, 1, 2]),  # h1:2, h2:1, h3; no -n
+    (0, [(0, 1)], []),
+])
+def test_deal_is_hydras_placement(n: int, entries: list[tuple[int, int]],
+                                  nodes: list[int]) -> None:
+    assert deal(n, entries) == nodes
+
+
+@given(st.integers(0, 60), st.lists(st.integers(1, 9), min_size=1, max_size=12))
+@settings(max_examples=200, deadline=None)
+def test_deal_to_one_entry_a_node_is_places_block(n: int, slots: list[int]) -> None:
+    entries = list(enumerate(slots))
+    assert deal(n, entries) == place(n, slots)
+    assert deal_slots(entries, len(slots)) == slots
+    assert dealt_placement([n], entries, slots) == []  # (the slots say it: no list)
+
+
+def test_dealt_placement_is_a_list_only_where_the_slots_would_differ() -> None:
+    entries = [(0, 1), (1, 1), (0, 1), (1, 1)]  # -hosts a,b,a,b
+    slots = deal_slots(entries, 2)
+    assert slots == [2, 2]
+    assert dealt_placement([4], entries, slots) == [0, 1, 0, 1]
+    assert dealt_placement([1], entries, slots) == []  # (a either way)
+    # MPMD: the programs' ranks dealt on, not each program from the first entry; Open
+    # MPI's --rank-by numbers each program's ranks anew, node by node.
+    assert dealt_placement([3, 2], entries, slots) == [0, 1, 0, 1, 0]
+    assert dealt_placement([3, 2], entries, slots, "block") == [0, 0, 1, 0, 1]
+    assert dealt_placement([4], None, slots) == []
+    with pytest.raises(MappingError):
+        deal(1, [])
+
+
+def test_capacities_count_the_ranks_where_no_slots_were_given() -> None:
+    # -hosts a,b,a,c -n 2: a has 2 slots (named twice), b and c none: the ranks there.
+    assert capacities([2, None, None], deal(2, [(0, 1), (1, 1), (0, 1), (2, 1)]), 3) == \
+        [2, 1, 0]
 
 
 # --- process_mapping: golden values ------------------------------------------

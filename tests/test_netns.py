@@ -206,6 +206,37 @@ def test_a_rankfile_places_mpich_ranks_on_the_hosts_it_names(tmp_path: Path,
         res.stderr, res.stderr
     assert_nothing_left(hosts3)
 
+def test_a_wdir_that_only_the_hosts_have_is_theirs(tmp_path: Path) -> None:
+    # Hydra's -wdir is a directory of the hosts': a node-local scratch directory (a tmpfs
+    # mounted where each agent starts, in a mount namespace of its own) that this machine
+    # lacks runs the ranks there; a host without it is named in one line, status 127.
+    node = tmp_path / "node"
+    node.mkdir()
+    scratch = node / "scratch"
+    with NetnsHosts(2) as hosts:
+        a, b = hosts.names
+
+        def on(without: str) -> list[str]:
+            mount = (f'[ "$0" = {without} ] || {{ mount -t tmpfs pm {node} && '
+                     f'mkdir {scratch}; }} && exec ip netns exec "$0" "$@"')
+            template = f"unshare --mount --propagation private sh -c '{mount}' {{host}} " \
+                       "{command}"
+            return ["--launcher", "exec", "--launcher-exec", template, "-hosts", f"{a},{b}",
+                    "--iface", hosts.bridge_addr]
+
+        for wdir in (str(scratch), "node/scratch"):  # (relative: from pmrun's directory)
+            res = run([*on("none"), "-wdir", wdir, "-n", "2", "sh", "-c",
+                       "echo $PMI_RANK $PMI_HOSTNAME $(pwd)"], tmp_path)
+            assert res.returncode == 0, res.stderr
+            assert sorted(res.stdout.splitlines()) == [f"0 {a} {scratch}", f"1 {b} {scratch}"]
+        assert not scratch.exists()
+        res = run([*on(b), "-wdir", str(scratch), "-n", "2", "pwd"], tmp_path)
+        assert (res.returncode, res.stderr) == (
+            127, f"pmrun: rank 1 (node 1, {b}) could not start: pwd: its working directory "
+                 f"{scratch}: no such directory\n")
+        assert_nothing_left(hosts)
+
+
 def test_link_down_names_the_node_fails_the_barrier_and_leaves_nothing(
         tmp_path: Path, hosts3: NetnsHosts) -> None:
     victim = hosts3.names[2]

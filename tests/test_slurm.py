@@ -271,6 +271,18 @@ def test_minus_n_runs_on_part_of_the_allocation(slurm_cluster: RealCluster,
     assert_clean(c)
 
 
+def test_a_wdir_the_nodes_lack_is_named_by_the_node(slurm_cluster: RealCluster) -> None:
+    # Inside an allocation the ranks run on its nodes: -wdir is not looked for where
+    # pmrun runs (a node-local scratch directory need not be there); a node without it
+    # says so in one line as its ranks start, the job's status 127 (not started).
+    c = slurm_cluster
+    res = salloc(c, ["-N2", "-n2"], "-wdir", "/no/such/scratch", "-n", "2", "pwd")
+    assert (res.returncode, res.stderr) == (
+        127, f"pmrun: rank 0 (node 0, {c.names[0]}) could not start: pwd: its working "
+             "directory /no/such/scratch: no such directory\n")
+    assert_clean(c)
+
+
 def test_w_and_exclude_choose_nodes_of_the_allocation(slurm_cluster: RealCluster,
                                                       tmp_path: Path) -> None:
     c = slurm_cluster

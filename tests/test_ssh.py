@@ -200,6 +200,57 @@ def test_ranks_run_in_pmruns_directory_on_every_host(ssh_cluster: RealCluster,
     assert_clean(c)
 
 
+def test_ranks_are_dealt_to_the_host_list_as_hydra_deals_them(ssh_cluster: RealCluster,
+                                                              tmp_path: Path) -> None:
+    # Hydra's placement over these sshds: each entry of the list takes its count (1
+    # without one), in order, round and round; without -n, a rank per count.
+    c = ssh_cluster
+    h1, h2, h3 = c.names[:3]
+    prog = script(tmp_path, "where.py", WHERE)
+    (tmp_path / "hf").write_text(f"{h1}\n{h2}\n{h3}\n")
+    for where, want in ((["-f", "hf"], [h1, h2, h3]),
+                        (["-hosts", f"{h1},{h2}:3", "-n", "5"], [h1, h2, h2, h2, h1]),
+                        (["-hosts", f"{h1},{h2},{h1},{h2}", "-n", "4"], [h1, h2, h1, h2])):
+        res = run([*where, "--ssh", c.ssh_command(), sys.executable, str(prog)], tmp_path)
+        assert res.returncode == 0, res.stderr
+        rows = sorted((line.split() for line in res.stdout.splitlines()),
+                      key=lambda r: int(r[0]))
+        assert [r[2] for r in rows] == want, where
+    assert_clean(c)
+
+
+def test_a_wdir_that_only_the_hosts_have_is_theirs(ssh_cluster: RealCluster,
+                                                   tmp_path: Path) -> None:
+    # Hydra's -wdir over ssh: a node-local scratch directory (a tmpfs in the first two
+    # hosts' sshd's mount namespace) that this machine lacks is where their ranks run; a
+    # host without it is named in one line, the job's status 127.
+    c = ssh_cluster
+    node = tmp_path / "node"
+    node.mkdir()
+    scratch = node / "scratch"
+    sshds = [int((c.dir / "run" / f"sshd.{name}.pid").read_text()) for name in c.names[:2]]
+    for pid in sshds:
+        subprocess.run(["nsenter", "-t", str(pid), "-m", "sh", "-c",
+                        f"mount -t tmpfs pm {node} && mkdir {scratch}"], check=True, timeout=30)
+    try:
+        assert not scratch.exists()
+        hosts = f"{c.names[0]},{c.names[1]}"
+        res = run(["-hosts", hosts, "--ssh", c.ssh_command(), "-wdir", str(scratch), "-n", "2",
+                   "pwd"], tmp_path)
+        assert (res.returncode, res.stdout) == (0, f"{scratch}\n" * 2), res.stderr
+        hosts = f"{c.names[0]},{c.names[2]}"
+        res = run(["-hosts", hosts, "--ssh", c.ssh_command(), "-wdir", str(scratch), "-n", "2",
+                   "pwd"], tmp_path)
+        assert (res.returncode, res.stderr) == (
+            127, f"pmrun: rank 1 (node 1, {c.names[2]}) could not start: pwd: its working "
+                 f"directory {scratch}: no such directory\n")
+    finally:
+        for pid in sshds:
+            subprocess.run(["nsenter", "-t", str(pid), "-m", "umount", str(node)],
+                           check=False, timeout=30)
+    assert_clean(c)
+
+
 def test_bcast_runs_a_copy_of_the_program_on_every_host(ssh_cluster: RealCluster,
                                                         tmp_path: Path) -> None:
     # srun's --bcast: each host runs its own copy of the program (in its /tmp: these hosts

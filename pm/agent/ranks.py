@@ -37,6 +37,7 @@ from pm.agent.spawn import (
     not_started_status,
     rank_env,
     resolve,
+    spawn_dir,
 )
 from pm.agent.started import RankStart, StartedRank, StartedRanks, start_local
 from pm.agent.watch import ChildWatch, ExitStatus
@@ -185,6 +186,8 @@ class LocalRanks:
                     argv = [copy, *argv[1:]]
             elif appnum not in resolved:
                 try:
+                    # (-wdir missing on this node: said so, not that ./prog is missing in it.)
+                    spawn_dir(app.wdir, argv[0])
                     resolved[appnum] = resolve(argv[0], env, wdir)
                 except SpawnError as exc:
                     resolved[appnum] = exc

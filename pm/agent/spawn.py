@@ -116,8 +116,9 @@ def resolve(argv0: str, env: Mapping[str, str], cwd: str | None) -> str:
 
 
 def spawn_dir(wdir: str | None, argv0: str) -> None:
-    """A spawn's working directory (its ``wdir``), checked on the spawner's node as its
-    program ``argv0`` is: SpawnError, for the spawner to get, if it is no directory here."""
+    """A working directory (a spawn's ``wdir``, checked on the spawner's node as its program
+    ``argv0`` is; a job's -wdir, on each node as its ranks start): SpawnError, for the
+    spawner or the head to name, if it is no directory here."""
     if wdir and not os.path.isdir(wdir):
         why = "not a directory" if os.path.exists(wdir) else "no such directory"
         raise SpawnError(f"{argv0}: its working directory {wdir}: {why}")

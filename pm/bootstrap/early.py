@@ -57,15 +57,18 @@ _ADOPTED: list[Piped] = []
 
 def prestart(hosts: list[str], given: list[int | None], options: dict[str, Any],
              spec: JobSpec, fanout: int,
-             app_nodes: list[tuple[list[int], list[int | None]]] | None = None) -> None:
+             app_nodes: list[tuple[list[int], list[int | None]]] | None = None,
+             deal: list[tuple[int, int]] | None = None) -> None:
     """Start vertex 0's and its children's commands (``start == "first"``), or the one
     command that starts every agent (``"step"``), if the bootstrap is one that can.
-    ``app_nodes``: each program's own nodes (``pm.common.nodes.Nodes.app_nodes``)."""
+    ``app_nodes``: each program's own nodes (``pm.common.nodes.Nodes.app_nodes``);
+    ``deal``: Hydra's host list's entries (``Nodes.deal``)."""
     if options.get("start") not in ("first", "step") or not spec.apps or spec.placement:
         return  # (a rankfile's hosts: the plan's nodes are the ranks' own, started later)
     from pm.bootstrap import get_bootstrap
     from pm.bootstrap.exec import CommandBootstrap
     from pm.common.kary_tree import Tree
+    from pm.common.mapping import deal as dealt
     from pm.common.mapping import place, programs_nodes
     from pm.jobspec import sequence_slots
 
@@ -75,8 +78,8 @@ def prestart(hosts: list[str], given: list[int | None], options: dict[str, Any],
                                   app_nodes)[0]
             hosts, used = [hosts[i] for i in kept], len(kept)
         else:
-            node_of_rank = place(spec.size, sequence_slots(spec, len(hosts), given),
-                                 spec.distribution)
+            node_of_rank = dealt(spec.size, deal) if deal is not None else \
+                place(spec.size, sequence_slots(spec, len(hosts), given), spec.distribution)
             used = max(node_of_rank) + 1
         if options.get("exact"):  # srun's --exact: the CPUs the plan will ask for
             if app_nodes is not None:

@@ -28,6 +28,7 @@ __all__ = [
     "batch_hosts",
     "compress",
     "expand",
+    "merged",
     "parse_hostfile",
     "parse_hosts_option",
 ]
@@ -256,19 +257,27 @@ def _name_and_slots(item: str) -> tuple[str, int | None]:
     return item[:colon], _parse_slots(item[colon + 1 :].strip(), item)
 
 
-def _merge(entries: Iterable[tuple[str, int | None]]) -> list[HostSlots]:
-    """Merge repeated hosts, first-seen order, adding up slots.
+def _entries(entries: Iterable[tuple[str, int | None]]) -> list[HostSlots]:
+    """The entries as given, in order, each name checked."""
+    out: list[HostSlots] = []
+    for host, slots in entries:
+        if not host.isprintable() or any(c.isspace() for c in host):  # (a NUL, a tab...)
+            raise HostlistError(f"{host!r} is not a host name (it holds a control or "
+                                "space character)")
+        out.append(HostSlots(host, slots))
+    return out
+
+
+def merged(entries: Iterable[HostSlots]) -> list[HostSlots]:
+    """Repeated hosts merged, first-seen order, adding up slots.
 
     A host listed more than once gets the sum of its slot counts, each
     occurrence without one counting 1 (one line of a host file is one slot);
     a host listed once keeps ``None`` if it had no count.
     """
     seen: dict[str, list[int | None]] = {}
-    for host, slots in entries:
-        if not host.isprintable() or any(c.isspace() for c in host):  # (a NUL, a tab...)
-            raise HostlistError(f"{host!r} is not a host name (it holds a control or "
-                                "space character)")
-        seen.setdefault(host, []).append(slots)
+    for e in entries:
+        seen.setdefault(e.host, []).append(e.slots)
     out: list[HostSlots] = []
     for host, counts in seen.items():
         if len(counts) == 1:
@@ -287,12 +296,13 @@ def is_this_machine(host: str) -> bool:
                      here.split(".")[0]) or host.startswith("127."))
 
 
-def parse_hosts_option(spec: str) -> list[HostSlots]:
+def parse_hosts_option(spec: str, merge: bool = True) -> list[HostSlots]:
     """Parse Hydra's ``-hosts`` value, e.g. ``"h1,h2:4,node[1-3]:2"``.
 
     Items are separated by commas outside brackets; each is a host list name
     with an optional ``:slots``, and every host it expands to gets those slots.
-    A host named more than once is merged as in ``parse_hostfile``.
+    A host named more than once is merged as in ``parse_hostfile`` (``merge``
+    False: every entry as given, in order, as Hydra deals ranks to them).
     ``HostlistError`` for a bad name, a bad count or a count below 1.
     """
     if not spec.strip():
@@ -303,20 +313,21 @@ def parse_hosts_option(spec: str) -> list[HostSlots]:
         if not name.strip():
             raise HostlistError(f"empty host name in -hosts {spec!r}")
         entries.extend((h, slots) for h in _expand_name(name.strip()))
-    return _merge(entries)
+    return merged(_entries(entries)) if merge else _entries(entries)
 
 
 _IGNORED_KEYS = frozenset({"max_slots", "max-slots"})
 
 
-def parse_hostfile(text: str) -> list[HostSlots]:
+def parse_hostfile(text: str, merge: bool = True) -> list[HostSlots]:
     """Parse a Hydra/MPICH or Open MPI host file.
 
     One host per line: ``host``, ``host:4`` or ``host slots=4``
     (``max_slots=``/``max-slots=`` are accepted and ignored).  ``#`` starts a
     comment; blank lines are skipped; bracket syntax is expanded.  A host on
     several lines gets the sum of their slots, each line without a count
-    counting 1, and keeps the place where it was first seen.
+    counting 1, and keeps the place where it was first seen (``merge`` False:
+    every line's hosts as given, in order, as Hydra deals ranks to them).
     ``HostlistError`` (naming the line) for anything else.
     """
     entries: list[tuple[str, int | None]] = []
@@ -346,7 +357,7 @@ def parse_hostfile(text: str) -> list[HostSlots]:
         if not hosts:
             raise HostlistError(f"empty host name in host file {where}")
         entries.extend((h, slots) for h in hosts)
-    return _merge(entries)
+    return merged(_entries(entries)) if merge else _entries(entries)
 
 
 #: Host files other batch systems give a job: one line per slot (host names repeat).

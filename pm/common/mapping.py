@@ -27,6 +27,8 @@ __all__ = [
     "MAX_MAPPING_LEN",
     "Block",
     "MappingError",
+    "deal",
+    "deal_slots",
     "job_placement",
     "local_ranks",
     "parse_process_mapping",
@@ -84,6 +86,30 @@ def place(n: int, slots: Sequence[int], distribution: str = "block") -> list[int
                 left[node] = s - take
     full, rest = divmod(n, len(one_pass))
     return one_pass * full + one_pass[:rest]
+
+
+def deal(n: int, entries: Sequence[tuple[int, int]]) -> list[int]:
+    """Node index of each of ``n`` ranks dealt to a host list's entries as Hydra deals
+    them: entry ``(node, count)`` takes the next ``count`` ranks, entry after entry, round
+    and round until every rank has one.  A node may have several entries (Hydra's
+    ``-hosts a,b,a,b``: ranks 0 and 2 on a, 1 and 3 on b); one entry a node is
+    :func:`place`'s block.  ``deal(5, [(0, 1), (1, 3)]) == [0, 1, 1, 1, 0]``."""
+    if not entries:
+        raise MappingError("no nodes to place ranks on")
+    one_pass = [node for node, count in entries for _ in range(count)]
+    if not one_pass:
+        raise MappingError("a host list whose entries have no slots")
+    full, rest = divmod(n, len(one_pass))
+    return one_pass * full + one_pass[:rest]
+
+
+def deal_slots(entries: Sequence[tuple[int, int]], nodes: int) -> list[int]:
+    """Slots of each of ``nodes`` nodes: the counts of its entries in a host list
+    (:func:`deal`), together."""
+    slots = [0] * nodes
+    for node, count in entries:
+        slots[node] += count
+    return slots
 
 
 def ranked(node_of_rank: Sequence[int], order: str, starts: Sequence[int] = (0,)
@@ -162,6 +188,24 @@ def job_placement(counts: Sequence[int], slots: Sequence[int], distribution: str
     if rank_by:
         nodes = ranked(nodes, rank_by, list(itertools.accumulate(counts[:-1], initial=0)))
     return nodes
+
+
+def dealt_placement(counts: Sequence[int], entries: Sequence[tuple[int, int]] | None,
+                    slots: Sequence[int], rank_by: str = "") -> list[int]:
+    """The node of each rank of a job whose programs have ``counts[i]`` ranks, dealt to a
+    host list's ``entries`` (:func:`deal`), when the nodes' ``slots`` would place them
+    otherwise (a host named again after another); else ``[]``: :func:`job_placement` by
+    the slots is the same, and a plan need not carry every rank's node.  Numbered as
+    ``rank_by`` says (:func:`ranked`)."""
+    if entries is None:
+        return []
+    n = sum(counts)
+    dealt = deal(n, entries)
+    if dealt == place(n, slots):
+        return []
+    if rank_by:
+        dealt = ranked(dealt, rank_by, list(itertools.accumulate(counts[:-1], initial=0)))
+    return dealt
 
 
 def programs_nodes(counts: Sequence[int], ppn: int | None, distribution: str,
@@ -382,13 +426,13 @@ def local_ranks(node_of_rank: Sequence[int]) -> dict[int, list[int]]:
     return dict(sorted(out.items()))
 
 
-def capacities(given: list[int | None], size: int, slots: list[int], nodes: int,
-               distribution: str = "block") -> list[int]:
+def capacities(given: list[int | None], node_of_rank: Sequence[int], nodes: int
+               ) -> list[int]:
     """Slots of each of ``nodes`` vertices: as the host list gave them (``given``), else the
-    launched job's ranks there (a plain ``-n N`` has room for N; children beyond it
-    oversubscribe)."""
+    launched job's ranks there (``node_of_rank``: a plain ``-n N`` has room for N; children
+    beyond it oversubscribe)."""
     used = [0] * nodes
-    for v in place(size, slots, distribution):
+    for v in node_of_rank:
         used[v] += 1
     return [int(g) if (g := given[v] if v < len(given) else None) is not None else used[v]
             for v in range(nodes)]

@@ -20,6 +20,11 @@ class Nodes:
     #: program's nodes (indices into :attr:`hosts`) and their slots there; None: every
     #: program on every node.
     app_nodes: list[tuple[list[int], list[int | None]]] | None = None
+    #: Hydra's host list (``-hosts``, ``-f``): its entries in order, each (node index,
+    #: its count, 1 when none was given), a host named again after another a further
+    #: entry; the ranks are dealt to them (:func:`pm.common.mapping.deal`).  None: placed
+    #: by :attr:`slots` (an allocation, local nodes, the API's hosts, -ppn, -m).
+    deal: list[tuple[int, int]] | None = None
 
     @classmethod
     def local(cls, count: int = 1, fanout: int = 32) -> Nodes:
