@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -825,4 +826,175 @@ echo "pmrun exit $?"
     assert f"pmrun: Slurm ended the job {jobid}: time limit reached" in mine \
         or f"pmrun: Slurm ended the job step {jobid}.0: time limit reached" in mine, text
     assert "Traceback" not in text
+    assert_clean(c)
+
+
+#: A rank of the signal tests: says (on stdout and in DIR/got.RANK) the USR1/USR2 it gets,
+#: ends with 3 on TERM, and otherwise runs until DIR/stop exists; DIR/ready.RANK once its
+#: traps are set.
+SIGNAL_RANK = """#!/bin/bash
+d={dir}
+r=$PMI_RANK
+trap 'echo "rank $r got USR1"; echo USR1 >> $d/got.$r' USR1
+trap 'echo "rank $r got USR2"; echo USR2 >> $d/got.$r' USR2
+trap 'echo "rank $r got TERM"; exit 3' TERM
+echo "ready $r"; : > $d/ready.$r
+while [ ! -e $d/stop ]; do sleep 0.1; done
+echo "rank $r ends"
+"""
+
+#: The same in Python, whose handler runs for every signal that arrives (bash's traps may
+#: run once for two that come during one command).
+COUNTING_RANK = """
+import os, signal, sys, time
+d, r = sys.argv[1], os.environ["PMI_RANK"]
+def got(signum, frame):
+    with open(f"{d}/got.{r}", "a") as f:
+        f.write(signal.Signals(signum).name + "\\n")
+signal.signal(signal.SIGUSR1, got)
+signal.signal(signal.SIGUSR2, got)
+open(f"{d}/ready.{r}", "w").close()
+while not os.path.exists(f"{d}/stop"):
+    time.sleep(0.05)
+"""
+
+
+def _signal_rank(tmp_path: Path) -> Path:
+    rank = tmp_path / "rank.sh"
+    rank.write_text(SIGNAL_RANK.format(dir=tmp_path))
+    rank.chmod(0o755)
+    return rank
+
+
+def _got(tmp_path: Path, ranks: int) -> list[list[str]]:
+    """What each rank said it got, in order."""
+    return [(tmp_path / f"got.{r}").read_text().split() if (tmp_path / f"got.{r}").exists()
+            else [] for r in range(ranks)]
+
+
+def _wait_ready(tmp_path: Path, ranks: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready.{r}").exists() for r in range(ranks)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+
+
+def _wait_got(tmp_path: Path, ranks: int, count: int, proc: subprocess.Popen[str],
+              then: str = "") -> None:
+    """Until every rank said it got ``count`` signals (and ``then`` among them)."""
+    deadline = time.monotonic() + 30
+    while not all(len(g) >= count and (not then or then in g) for g in _got(tmp_path, ranks)):
+        assert proc.poll() is None and time.monotonic() < deadline, \
+            (_got(tmp_path, ranks), proc.communicate())
+        time.sleep(0.05)
+
+
+def _salloc_popen(c: RealCluster, opts: list[str], *pmrun: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(["salloc", "--quiet", *opts, sys.executable, "-m", "pm", *pmrun],
+                            env=env_for(c), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+
+
+def _end(c: RealCluster, proc: subprocess.Popen[str]) -> None:
+    """A test that failed half-way: the allocation's end ends pmrun."""
+    if proc.poll() is None:
+        for job in c.queue():
+            c.run(["scancel", job.split()[0]])
+        proc.communicate(timeout=60)
+
+
+def test_scancel_signal_reaches_the_ranks_and_the_job_runs_on(slurm_cluster: RealCluster,
+                                                              tmp_path: Path) -> None:
+    """``scancel --signal=USR1 JOB`` signals the step's tasks, pmrun's agents: each passes it
+    to its ranks and runs on, as srun's tasks would get it (twice for two scancels); the
+    agents are not named lost."""
+    c = slurm_cluster
+    proc = _salloc_popen(c, ["-N2", "-n4"], str(_signal_rank(tmp_path)))
+    try:
+        _wait_ready(tmp_path, 4, proc)
+        jobid = c.queue()[0].split()[0]
+        for count, sig in enumerate(("USR1", "USR1", "USR2"), 1):
+            c.run(["scancel", f"--signal={sig}", jobid], check=True)
+            _wait_got(tmp_path, 4, count, proc)
+        (tmp_path / "stop").touch()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        _end(c, proc)
+    assert proc.returncode == 0, err
+    assert _got(tmp_path, 4) == [["USR1", "USR1", "USR2"]] * 4, (out, err)
+    assert sorted(line for line in out.splitlines() if " got " in line) == sorted(
+        f"rank {r} got {s}" for r in range(4) for s in ("USR1", "USR1", "USR2")), out
+    assert "lost" not in err and "Traceback" not in err, err
+    assert_clean(c)
+
+
+def test_batch_and_full_scancel_signal_reach_the_ranks(slurm_cluster: RealCluster,
+                                                      tmp_path: Path) -> None:
+    """A batch script that is pmrun (``exec pmrun``): ``scancel --batch --signal`` and
+    ``--full`` signal the batch step alone (its shell, or its whole process group: pmrun
+    either way; not the other steps, pmrun's agents'), and pmrun passes it on: each rank
+    gets it once; the steps' USR2 after it, from the agents."""
+    c = slurm_cluster
+    prog = script(tmp_path, "count.py", COUNTING_RANK)
+    out = tmp_path / "job.out"
+    job = tmp_path / "job.sh"
+    job.write_text(f"#!/bin/sh\n#SBATCH --nodes=2 --ntasks=4 --output={out}\n"
+                   f"exec pmrun {sys.executable} {prog} {tmp_path}\n")
+    res = subprocess.run(["sbatch", "--parsable", str(job)], env=env_for(c, tmp_path),
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    jobid = res.stdout.strip().split(";")[0]
+
+    def wait(pred: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not pred():
+            assert time.monotonic() < deadline, \
+                f"{what}: {_got(tmp_path, 4)} {out.read_text() if out.exists() else ''}"
+            time.sleep(0.05)
+
+    try:
+        wait(lambda: all((tmp_path / f"ready.{r}").exists() for r in range(4)), "ready")
+        for count, how in enumerate(("--batch", "--full"), 1):
+            c.run(["scancel", how, "--signal=USR1", jobid], check=True)
+            wait(lambda n=count: all(len(g) >= n for g in _got(tmp_path, 4)), f"USR1 {how}")
+        c.run(["scancel", "--signal=USR2", jobid], check=True)
+        wait(lambda: all(g[-1:] == ["SIGUSR2"] for g in _got(tmp_path, 4)), "USR2")
+        (tmp_path / "stop").touch()
+        _wait_gone(c, jobid, 60)
+    finally:
+        if c.run(["squeue", "-h", "-j", jobid]).stdout.strip():
+            c.run(["scancel", jobid])
+    text = out.read_text()
+    assert _got(tmp_path, 4) == [["SIGUSR1", "SIGUSR1", "SIGUSR2"]] * 4, text
+    assert "lost" not in text and "Traceback" not in text, text
+    assert_clean(c)
+
+
+def test_a_signal_to_pmrun_s_step_and_its_agents_reaches_each_rank_once(
+        slurm_cluster: RealCluster, tmp_path: Path) -> None:
+    """pmrun run as a task of a step (``srun pmrun``): ``scancel --signal=USR1 JOB`` signals
+    every step, pmrun's and its agents': pmrun passes it on, the agents have it from Slurm
+    too, and each rank gets it once per scancel, as srun's tasks do."""
+    c = slurm_cluster
+    prog = script(tmp_path, "count.py", COUNTING_RANK)
+    proc = subprocess.Popen(
+        ["salloc", "--quiet", "-N2", "-n4", "srun", "-N1", "-n1", "--overlap", sys.executable,
+         "-m", "pm", "-n", "4", sys.executable, str(prog), str(tmp_path)],
+        env=env_for(c), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL)
+    try:
+        _wait_ready(tmp_path, 4, proc)
+        jobid = c.queue()[0].split()[0]
+        for count in (1, 2):
+            c.run(["scancel", "--signal=USR1", jobid], check=True)
+            _wait_got(tmp_path, 4, count, proc)
+        c.run(["scancel", "--signal=USR2", jobid], check=True)  # (after it, a late USR1)
+        _wait_got(tmp_path, 4, 3, proc, then="SIGUSR2")
+        (tmp_path / "stop").touch()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        _end(c, proc)
+    assert proc.returncode == 0, err
+    assert _got(tmp_path, 4) == [["SIGUSR1", "SIGUSR1", "SIGUSR2"]] * 4, err
+    assert "lost" not in err and "Traceback" not in err, err
     assert_clean(c)
