@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -997,4 +998,96 @@ def test_a_signal_to_pmrun_s_step_and_its_agents_reaches_each_rank_once(
     assert proc.returncode == 0, err
     assert _got(tmp_path, 4) == [["SIGUSR1", "SIGUSR1", "SIGUSR2"]] * 4, err
     assert "lost" not in err and "Traceback" not in err, err
+    assert_clean(c)
+
+
+def test_signal_before_the_allocation_s_time_limit(slurm_cluster: RealCluster,
+                                                   tmp_path: Path) -> None:
+    """srun's --signal without --timeout inside an allocation with a time limit: before
+    the job's end (``salloc -t 1``: 60 s, the signal 57 s before it); without a limit,
+    refused in one line that says so."""
+    c = slurm_cluster
+    proc = _salloc_popen(c, ["-N2", "-n2", "-t", "1"], "--signal=USR1@57",
+                         str(_signal_rank(tmp_path)))
+    try:
+        _wait_ready(tmp_path, 2, proc)
+        t0 = time.monotonic()
+        _wait_got(tmp_path, 2, 1, proc)
+        took = time.monotonic() - t0
+        (tmp_path / "stop").touch()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        _end(c, proc)
+    assert proc.returncode == 0, err
+    assert _got(tmp_path, 2) == [["USR1"]] * 2
+    assert took < 20, f"the signal came {took:.1f} s after the ranks started"
+    res = salloc(c, ["-N1", "-n1"], "--signal=USR1@30", "true")
+    assert res.returncode == 2 and re.fullmatch(
+        r"pmrun: --signal: a signal before the time limit needs a time limit: Slurm job \d+ "
+        r"has none \(its TimeLimit is UNLIMITED; --timeout SECONDS, -t MINUTES\)\n",
+        res.stderr), res.stderr
+    assert_clean(c)
+
+
+def _state(pid: int) -> str:
+    """The process state letter of ``pid`` ("T" stopped), "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
+def test_suspended_job_is_resumed_not_lost(slurm_cluster: RealCluster, tmp_path: Path) -> None:
+    """``scontrol suspend``: the ranks stop with their agents (Slurm's SIGTSTP to them); the
+    head, not suspended, does not take the silent nodes for lost while slurmctld says the
+    job is suspended (a line at -v), nor do the agents, stopped longer than the heartbeat,
+    take their parent's silence for its loss; ``scontrol resume`` continues everything.
+    pmrun's --timeout does not count the suspended time, as Slurm's own limits do not."""
+    c = slurm_cluster
+    rank = _signal_rank(tmp_path)
+    t0 = time.monotonic()
+    proc = _salloc_popen(c, ["-N2", "-n4"], "-v", "--heartbeat", "2", "--timeout", "12",
+                         str(rank))
+    err_lines: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr or ()), daemon=True)
+    reader.start()
+    try:
+        _wait_ready(tmp_path, 4, proc)
+        ranks = [pid for i in range(2) for pid in _slurm_pids_on(c, i, (f"/bin/bash\0{rank}",))]
+        assert len(ranks) == 4, ranks
+        jobid = c.queue()[0].split()[0]
+        c.run(["scontrol", "suspend", jobid], check=True)
+        held = time.monotonic()
+        deadline = held + 30
+        while not all(_state(pid) == "T" for pid in ranks):
+            assert time.monotonic() < deadline, [_state(pid) for pid in ranks]
+            time.sleep(0.05)
+        # The head asks slurmctld once a node is silent for the heartbeat (2 s here).
+        while not any("suspended; waiting" in line for line in err_lines):
+            assert proc.poll() is None and time.monotonic() < deadline, err_lines
+            time.sleep(0.05)
+        c.run(["scontrol", "resume", jobid], check=True)
+        resumed = time.monotonic()
+        while any(_state(pid) == "T" for pid in ranks):
+            assert time.monotonic() < resumed + 30, [_state(pid) for pid in ranks]
+            time.sleep(0.05)
+        proc.wait(timeout=60)  # (stderr is the reader's)
+        ended = time.monotonic()
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+    finally:
+        _end(c, proc)
+        reader.join(10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    err = "".join(err_lines)
+    assert proc.returncode == 124, err  # (--timeout's, not a lost node's 255)
+    assert "lost" not in err and "no sign of life" not in err, err
+    assert "pmrun: job timed out after 12 s" in err, err
+    assert sorted(line for line in out.splitlines() if " got " in line) == [
+        f"rank {r} got TERM" for r in range(4)], out
+    # 12 s of run time, the suspension not counted (Slurm's run time is in whole seconds).
+    assert ended - t0 >= 12 + (resumed - held) - 2, (ended - t0, resumed - held)
     assert_clean(c)

@@ -19,8 +19,8 @@ step: pm.bootstrap.slurm names it):
 * SIGTSTP: the ranks are stopped (SIGSTOP: a rank cannot ignore it, as a task of a
   suspended step cannot); SIGCONT continues them.  Slurm's SIGTSTP is there "to let MPI
   daemons stop their tasks" before its SIGSTOP stops everything else: this agent is such
-  a daemon.  The agent's own stop (its links silent meanwhile) is no loss to it: see
-  pm.agent.links.Liveness.
+  a daemon.  The agent's own stop (its links silent meanwhile) is no loss: see
+  pm.agent.links.Liveness, and the head's question to slurmctld (pm.bootstrap.slurm_job).
 
 A signal may come twice, from Slurm and from pmrun: when pmrun is itself a task of a step
 (``srun pmrun``, a shell of ``srun --pty bash``), ``scancel --signal`` signals its step and
