@@ -8,6 +8,7 @@ import functools
 import os
 import socket
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from pm.jobspec import AppSpec, JobSpec
@@ -228,8 +229,7 @@ def cli_options(parsed: Parsed) -> CliOptions:
     before = v.get("signal_before_end")
     if before is not None:
         if spec.timeout is None:
-            raise UsageError("--signal: a signal before the time limit needs a time limit "
-                             "(--timeout SECONDS, -t MINUTES)")
+            spec.slurm_end = _slurm_end()
         num, _, secs = str(before).partition("@")
         spec.signal_before_end = (int(num), float(secs))
     if spec.timeout_report and spec.timeout is None:
@@ -305,6 +305,28 @@ def cli_options(parsed: Parsed) -> CliOptions:
     spec.mem_low = opts.extra.get("mem_low")
     spec.mem_overrun = opts.extra.get("mem_overrun", "warn")
     return opts
+
+
+def _slurm_end() -> tuple[float, float]:
+    """srun's --signal without --timeout: inside a Slurm job, its end (seconds left, and
+    when they were asked), from slurmctld: what srun's --signal is before; UsageError when
+    there is no such end."""
+    from pm.bootstrap.slurm_job import job_id, job_info_now
+
+    need = "--signal: a signal before the time limit needs a time limit"
+    give = "--timeout SECONDS, -t MINUTES"
+    job = job_id()
+    if job is None:
+        raise UsageError(f"{need} ({give})")
+    asked = time.monotonic()
+    info = job_info_now(job)
+    if info is None:
+        raise UsageError(f"{need}: slurmctld did not tell Slurm job {job}'s ({give})")
+    left = info.time_left
+    if left is None:
+        raise UsageError(f"{need}: Slurm job {job} has none (its TimeLimit is UNLIMITED; "
+                         f"{give})")
+    return float(left), asked
 
 
 def _launcher(extra: dict[str, str]) -> None:

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from pm.agent.owned import Owned
 from pm.agent.watch import ExitStatus
 from pm.bootstrap.base import head_relays
+from pm.bootstrap.slurm_job import RunTimers
+from pm.bootstrap.slurm_job import job_id as slurm_job_id
 from pm.common.mapping import (
     deal_slots,
     dealt_placement,
@@ -373,13 +375,19 @@ class JobRun:
             # holds the nodes' output credit instead, which holds the ranks.
             self.writer.write_behind(self.loop.call_soon_threadsafe, self._output_written)
             self._say_after_output()
+        timers = RunTimers(self.owned, slurm_job_id())  # (Slurm's suspensions do not count)
         if self.spec.timeout:
             began = self._started.t0 if self._started is not None else time.monotonic()
             left = self.spec.timeout - (time.monotonic() - began)
-            self.owned.call_later(max(0.0, left), self._timed_out)
+            timers.start()
+            timers.call_later(left, self._timed_out)
             if self.spec.signal_before_end is not None:  # srun's --signal SIG@TIME
                 signum, before = self.spec.signal_before_end
-                self.owned.call_later(max(0.0, left - before), self.signal, signum)
+                timers.call_later(left - before, self.signal, signum)
+        elif self.spec.signal_before_end is not None and self.spec.slurm_end is not None:
+            # srun's --signal in a Slurm job without --timeout: before the job's own end.
+            signum, before = self.spec.signal_before_end
+            timers.before_end(*self.spec.slurm_end, before, self.signal, signum)
         children = None
         if agent.children:
             from pm.agent.children import Children, find_listen_endpoint, step_port
@@ -397,6 +405,13 @@ class JobRun:
                 children = Children(agent, self.secret, bind=bind)
             agent.children_link = children
             self.children = children
+            job = slurm_job_id()
+            if job is not None and children.heartbeat > 0:
+                from pm.bootstrap.slurm_job import SilenceJudge
+
+                # Silent nodes of a job Slurm holds suspended are not lost.
+                children.port.vouch = SilenceJudge(job, children.heartbeat, plan.hosts,
+                                                   log.info)
             agent.mark("bootstrap start", children=len(agent.children))
             children.spawn_all()
         if agent.timeline is not None:

@@ -82,6 +82,9 @@ class JobSpec:
     propagate: list[str] = field(default_factory=list)
     #: srun's --signal: (signal, seconds before the timeout) every rank gets it then.
     signal_before_end: tuple[int, float] | None = None
+    #: ... inside a Slurm job without a timeout: the job's end, (seconds left, when they
+    #: were asked, as time.monotonic()); slurmctld's word (pm.bootstrap.slurm_job).
+    slurm_end: tuple[float, float] | None = None
     #: srun's -W (--wait): seconds the other ranks may run on once one ended (None: as
     #: long as they take).
     wait_after_first: float | None = None

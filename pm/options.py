@@ -2136,7 +2136,8 @@ OPTIONS = (
     Opt("--signal", "signal_before_end", signal_before_end, metavar="[R:]SIG[@TIME]",
         group=MISC,
         help="srun's and Flux's: every rank gets SIG TIME seconds (default 60; Flux's 30s, "
-             "2m) before the time limit (--timeout, -t)"),
+             "2m) before the time limit (--timeout, -t; in a Slurm job without them, the "
+             "job's own)"),
     Opt("--cpu-freq", "cpu_freq", cpu_freq, metavar="FREQ", group=PLACE,
         help="srun's, inside an allocation: the frequency (low, medium, high, highm1, kHz, "
              "MIN-MAX, :GOVERNOR) that Slurm sets for the CPUs of pmrun's step"),

@@ -142,6 +142,45 @@ def test_ctrl_z_suspends_the_job_and_fg_continues_it(tmp_path: Path, marker: str
     assert "lost" not in err.decode()
 
 
+TAKER = """
+    import os, signal, sys, time
+    rank = os.environ["PMI_RANK"]
+    signal.signal(signal.SIGUSR1, lambda s, f: print("got USR1", rank, flush=True))
+    print("up", rank, os.getpid(), os.getppid(), flush=True)
+    go = sys.argv[1]
+    while not os.path.exists(go):
+        time.sleep(0.02)
+    print("done", rank, flush=True)
+"""
+
+
+def test_an_agent_passes_the_signals_it_gets_to_its_ranks(tmp_path: Path, marker: str) -> None:
+    """What slurmstepd does to pmrun's agents, the tasks of its step (scancel --signal,
+    --signal=USR1@110, scontrol suspend): node 1's agent gets SIGUSR1 and its rank gets it
+    too, and the job runs on; SIGTSTP stops its rank (not the agent), SIGCONT continues it."""
+    prog = script(tmp_path, "taker.py", TAKER)
+    go = tmp_path / "go"
+    with in_own_group(["--local-nodes", "2", "-n", "2", "-l", "python", str(prog), str(go),
+                       marker], tmp_path) as p:
+        assert p.stdout is not None
+        up = {int(w[2]): (int(w[3]), int(w[4])) for w in
+              (line.split() for line in read_lines(p.stdout, 2, 30))}
+        rank, agent = up[1]
+        assert agent != p.pid  # (node 1's agent: a process of its own)
+        os.kill(agent, signal.SIGUSR1)
+        assert read_lines(p.stdout, 1, 30) == [b"[1] got USR1 1\n"]
+        os.kill(agent, signal.SIGTSTP)
+        wait_until(lambda: state(rank) == "T", 10, "node 1's rank to stop")
+        assert state(agent) not in ("T", "")
+        os.kill(agent, signal.SIGCONT)
+        wait_until(lambda: state(rank) not in ("T", ""), 10, "node 1's rank to continue")
+        go.touch()
+        out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err.decode()
+    assert sorted(out.decode().splitlines()) == ["[0] done 0", "[1] done 1"]
+    assert "lost" not in err.decode()
+
+
 HANG_ON_HOST_C = """#!/bin/sh
 # A launcher that never gets through to host c (as ssh to a host that does not answer).
 host=$1; shift

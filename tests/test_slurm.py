@@ -15,7 +15,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -860,4 +862,267 @@ echo "pmrun exit $?"
     assert f"pmrun: Slurm ended the job {jobid}: time limit reached" in mine \
         or f"pmrun: Slurm ended the job step {jobid}.0: time limit reached" in mine, text
     assert "Traceback" not in text
+    assert_clean(c)
+
+
+#: A rank of the signal tests: says (on stdout and in DIR/got.RANK) the USR1/USR2 it gets,
+#: ends with 3 on TERM, and otherwise runs until DIR/stop exists; DIR/ready.RANK once its
+#: traps are set.
+SIGNAL_RANK = """#!/bin/bash
+d={dir}
+r=$PMI_RANK
+trap 'echo "rank $r got USR1"; echo USR1 >> $d/got.$r' USR1
+trap 'echo "rank $r got USR2"; echo USR2 >> $d/got.$r' USR2
+trap 'echo "rank $r got TERM"; exit 3' TERM
+echo "ready $r"; : > $d/ready.$r
+while [ ! -e $d/stop ]; do sleep 0.1; done
+echo "rank $r ends"
+"""
+
+#: The same in Python, whose handler runs for every signal that arrives (bash's traps may
+#: run once for two that come during one command).
+COUNTING_RANK = """
+import os, signal, sys, time
+d, r = sys.argv[1], os.environ["PMI_RANK"]
+def got(signum, frame):
+    with open(f"{d}/got.{r}", "a") as f:
+        f.write(signal.Signals(signum).name + "\\n")
+signal.signal(signal.SIGUSR1, got)
+signal.signal(signal.SIGUSR2, got)
+open(f"{d}/ready.{r}", "w").close()
+while not os.path.exists(f"{d}/stop"):
+    time.sleep(0.05)
+"""
+
+
+def _signal_rank(tmp_path: Path) -> Path:
+    rank = tmp_path / "rank.sh"
+    rank.write_text(SIGNAL_RANK.format(dir=tmp_path))
+    rank.chmod(0o755)
+    return rank
+
+
+def _got(tmp_path: Path, ranks: int) -> list[list[str]]:
+    """What each rank said it got, in order."""
+    return [(tmp_path / f"got.{r}").read_text().split() if (tmp_path / f"got.{r}").exists()
+            else [] for r in range(ranks)]
+
+
+def _wait_ready(tmp_path: Path, ranks: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready.{r}").exists() for r in range(ranks)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+
+
+def _wait_got(tmp_path: Path, ranks: int, count: int, proc: subprocess.Popen[str],
+              then: str = "") -> None:
+    """Until every rank said it got ``count`` signals (and ``then`` among them)."""
+    deadline = time.monotonic() + 30
+    while not all(len(g) >= count and (not then or then in g) for g in _got(tmp_path, ranks)):
+        assert proc.poll() is None and time.monotonic() < deadline, \
+            (_got(tmp_path, ranks), proc.communicate())
+        time.sleep(0.05)
+
+
+def _salloc_popen(c: RealCluster, opts: list[str], *pmrun: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(["salloc", "--quiet", *opts, sys.executable, "-m", "pm", *pmrun],
+                            env=env_for(c), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+
+
+def _end(c: RealCluster, proc: subprocess.Popen[str]) -> None:
+    """A test that failed half-way: the allocation's end ends pmrun."""
+    if proc.poll() is None:
+        for job in c.queue():
+            c.run(["scancel", job.split()[0]])
+        proc.communicate(timeout=60)
+
+
+def test_scancel_signal_reaches_the_ranks_and_the_job_runs_on(slurm_cluster: RealCluster,
+                                                              tmp_path: Path) -> None:
+    """``scancel --signal=USR1 JOB`` signals the step's tasks, pmrun's agents: each passes it
+    to its ranks and runs on, as srun's tasks would get it (twice for two scancels); the
+    agents are not named lost."""
+    c = slurm_cluster
+    proc = _salloc_popen(c, ["-N2", "-n4"], str(_signal_rank(tmp_path)))
+    try:
+        _wait_ready(tmp_path, 4, proc)
+        jobid = c.queue()[0].split()[0]
+        for count, sig in enumerate(("USR1", "USR1", "USR2"), 1):
+            c.run(["scancel", f"--signal={sig}", jobid], check=True)
+            _wait_got(tmp_path, 4, count, proc)
+        (tmp_path / "stop").touch()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        _end(c, proc)
+    assert proc.returncode == 0, err
+    assert _got(tmp_path, 4) == [["USR1", "USR1", "USR2"]] * 4, (out, err)
+    assert sorted(line for line in out.splitlines() if " got " in line) == sorted(
+        f"rank {r} got {s}" for r in range(4) for s in ("USR1", "USR1", "USR2")), out
+    assert "lost" not in err and "Traceback" not in err, err
+    assert_clean(c)
+
+
+def test_batch_and_full_scancel_signal_reach_the_ranks(slurm_cluster: RealCluster,
+                                                      tmp_path: Path) -> None:
+    """A batch script that is pmrun (``exec pmrun``): ``scancel --batch --signal`` and
+    ``--full`` signal the batch step alone (its shell, or its whole process group: pmrun
+    either way; not the other steps, pmrun's agents'), and pmrun passes it on: each rank
+    gets it once; the steps' USR2 after it, from the agents."""
+    c = slurm_cluster
+    prog = script(tmp_path, "count.py", COUNTING_RANK)
+    out = tmp_path / "job.out"
+    job = tmp_path / "job.sh"
+    job.write_text(f"#!/bin/sh\n#SBATCH --nodes=2 --ntasks=4 --output={out}\n"
+                   f"exec pmrun {sys.executable} {prog} {tmp_path}\n")
+    res = subprocess.run(["sbatch", "--parsable", str(job)], env=env_for(c, tmp_path),
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    jobid = res.stdout.strip().split(";")[0]
+
+    def wait(pred: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not pred():
+            assert time.monotonic() < deadline, \
+                f"{what}: {_got(tmp_path, 4)} {out.read_text() if out.exists() else ''}"
+            time.sleep(0.05)
+
+    try:
+        wait(lambda: all((tmp_path / f"ready.{r}").exists() for r in range(4)), "ready")
+        for count, how in enumerate(("--batch", "--full"), 1):
+            c.run(["scancel", how, "--signal=USR1", jobid], check=True)
+            wait(lambda n=count: all(len(g) >= n for g in _got(tmp_path, 4)), f"USR1 {how}")
+        c.run(["scancel", "--signal=USR2", jobid], check=True)
+        wait(lambda: all(g[-1:] == ["SIGUSR2"] for g in _got(tmp_path, 4)), "USR2")
+        (tmp_path / "stop").touch()
+        _wait_gone(c, jobid, 60)
+    finally:
+        if c.run(["squeue", "-h", "-j", jobid]).stdout.strip():
+            c.run(["scancel", jobid])
+    text = out.read_text()
+    assert _got(tmp_path, 4) == [["SIGUSR1", "SIGUSR1", "SIGUSR2"]] * 4, text
+    assert "lost" not in text and "Traceback" not in text, text
+    assert_clean(c)
+
+
+def test_a_signal_to_pmrun_s_step_and_its_agents_reaches_each_rank_once(
+        slurm_cluster: RealCluster, tmp_path: Path) -> None:
+    """pmrun run as a task of a step (``srun pmrun``): ``scancel --signal=USR1 JOB`` signals
+    every step, pmrun's and its agents': pmrun passes it on, the agents have it from Slurm
+    too, and each rank gets it once per scancel, as srun's tasks do."""
+    c = slurm_cluster
+    prog = script(tmp_path, "count.py", COUNTING_RANK)
+    proc = subprocess.Popen(
+        ["salloc", "--quiet", "-N2", "-n4", "srun", "-N1", "-n1", "--overlap", sys.executable,
+         "-m", "pm", "-n", "4", sys.executable, str(prog), str(tmp_path)],
+        env=env_for(c), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL)
+    try:
+        _wait_ready(tmp_path, 4, proc)
+        jobid = c.queue()[0].split()[0]
+        for count in (1, 2):
+            c.run(["scancel", "--signal=USR1", jobid], check=True)
+            _wait_got(tmp_path, 4, count, proc)
+        c.run(["scancel", "--signal=USR2", jobid], check=True)  # (after it, a late USR1)
+        _wait_got(tmp_path, 4, 3, proc, then="SIGUSR2")
+        (tmp_path / "stop").touch()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        _end(c, proc)
+    assert proc.returncode == 0, err
+    assert _got(tmp_path, 4) == [["SIGUSR1", "SIGUSR1", "SIGUSR2"]] * 4, err
+    assert "lost" not in err and "Traceback" not in err, err
+    assert_clean(c)
+
+
+def test_signal_before_the_allocation_s_time_limit(slurm_cluster: RealCluster,
+                                                   tmp_path: Path) -> None:
+    """srun's --signal without --timeout inside an allocation with a time limit: before
+    the job's end (``salloc -t 1``: 60 s, the signal 57 s before it); without a limit,
+    refused in one line that says so."""
+    c = slurm_cluster
+    proc = _salloc_popen(c, ["-N2", "-n2", "-t", "1"], "--signal=USR1@57",
+                         str(_signal_rank(tmp_path)))
+    try:
+        _wait_ready(tmp_path, 2, proc)
+        t0 = time.monotonic()
+        _wait_got(tmp_path, 2, 1, proc)
+        took = time.monotonic() - t0
+        (tmp_path / "stop").touch()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        _end(c, proc)
+    assert proc.returncode == 0, err
+    assert _got(tmp_path, 2) == [["USR1"]] * 2
+    assert took < 20, f"the signal came {took:.1f} s after the ranks started"
+    res = salloc(c, ["-N1", "-n1"], "--signal=USR1@30", "true")
+    assert res.returncode == 2 and re.fullmatch(
+        r"pmrun: --signal: a signal before the time limit needs a time limit: Slurm job \d+ "
+        r"has none \(its TimeLimit is UNLIMITED; --timeout SECONDS, -t MINUTES\)\n",
+        res.stderr), res.stderr
+    assert_clean(c)
+
+
+def _state(pid: int) -> str:
+    """The process state letter of ``pid`` ("T" stopped), "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
+def test_suspended_job_is_resumed_not_lost(slurm_cluster: RealCluster, tmp_path: Path) -> None:
+    """``scontrol suspend``: the ranks stop with their agents (Slurm's SIGTSTP to them); the
+    head, not suspended, does not take the silent nodes for lost while slurmctld says the
+    job is suspended (a line at -v), nor do the agents, stopped longer than the heartbeat,
+    take their parent's silence for its loss; ``scontrol resume`` continues everything.
+    pmrun's --timeout does not count the suspended time, as Slurm's own limits do not."""
+    c = slurm_cluster
+    rank = _signal_rank(tmp_path)
+    t0 = time.monotonic()
+    proc = _salloc_popen(c, ["-N2", "-n4"], "-v", "--heartbeat", "2", "--timeout", "12",
+                         str(rank))
+    err_lines: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr or ()), daemon=True)
+    reader.start()
+    try:
+        _wait_ready(tmp_path, 4, proc)
+        ranks = [pid for i in range(2) for pid in _slurm_pids_on(c, i, (f"/bin/bash\0{rank}",))]
+        assert len(ranks) == 4, ranks
+        jobid = c.queue()[0].split()[0]
+        c.run(["scontrol", "suspend", jobid], check=True)
+        held = time.monotonic()
+        deadline = held + 30
+        while not all(_state(pid) == "T" for pid in ranks):
+            assert time.monotonic() < deadline, [_state(pid) for pid in ranks]
+            time.sleep(0.05)
+        # The head asks slurmctld once a node is silent for the heartbeat (2 s here).
+        while not any("suspended; waiting" in line for line in err_lines):
+            assert proc.poll() is None and time.monotonic() < deadline, err_lines
+            time.sleep(0.05)
+        c.run(["scontrol", "resume", jobid], check=True)
+        resumed = time.monotonic()
+        while any(_state(pid) == "T" for pid in ranks):
+            assert time.monotonic() < resumed + 30, [_state(pid) for pid in ranks]
+            time.sleep(0.05)
+        proc.wait(timeout=60)  # (stderr is the reader's)
+        ended = time.monotonic()
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+    finally:
+        _end(c, proc)
+        reader.join(10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    err = "".join(err_lines)
+    assert proc.returncode == 124, err  # (--timeout's, not a lost node's 255)
+    assert "lost" not in err and "no sign of life" not in err, err
+    assert "pmrun: job timed out after 12 s" in err, err
+    assert sorted(line for line in out.splitlines() if " got " in line) == [
+        f"rank {r} got TERM" for r in range(4)], out
+    # 12 s of run time, the suspension not counted (Slurm's run time is in whole seconds).
+    assert ended - t0 >= 12 + (resumed - held) - 2, (ended - t0, resumed - held)
     assert_clean(c)

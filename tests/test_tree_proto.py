@@ -193,3 +193,45 @@ async def test_a_refused_peer_is_named_by_its_address(caplog: pytest.LogCaptureF
         assert port.address.split("://")[1] not in caplog.text
     finally:
         port.close(0)
+
+
+async def test_a_silent_child_is_not_lost_while_its_silence_is_explained(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The head inside a Slurm job (``ChildPort.vouch``): a silent child is named lost only
+    once slurmctld no longer says the job is suspended, and not if it spoke meanwhile."""
+    lost: list[int] = []
+    got: list[t.Msg] = []
+    asked: list[asyncio.Future[bool]] = []
+
+    async def vouch(vertices: list[int]) -> bool:
+        assert vertices == [2]
+        asked.append(asyncio.get_running_loop().create_future())
+        return await asked[-1]
+
+    port = ChildPort(SECRET, "tcp://127.0.0.1", lambda v, h: None,
+                     lambda v, m: got.append(m), heartbeat=0.2,
+                     on_lost=lambda v, why: lost.append(v))
+    port.vouch = vouch
+    ctx = zmq.asyncio.Context()
+    child = ctx.socket(zmq.DEALER)
+    secure(child, SECRET, server=False)
+    try:
+        with caplog.at_level(logging.WARNING):
+            child.connect(port.address)
+            await child.send_multipart(up(SECRET, 2, 0, t.Hello(2, "n2", 2)))
+            for n in (1, 2):  # silent, and the job suspended: watched on
+                await until(lambda n=n: len(asked) == n, f"question {n}")
+                asked[-1].set_result(True)
+            await until(lambda: len(asked) == 3, "question 3")
+            await child.send_multipart(up(SECRET, 2, 1, t.Signal(10)))  # it speaks
+            await until(lambda: got == [t.Signal(10)], "its message")
+            asked[-1].set_result(False)  # running: but it spoke since the question
+            await until(lambda: len(asked) == 4, "question 4")  # (not lost: still watched)
+            assert lost == []
+            asked[-1].set_result(False)  # running, and silent since: lost
+            await until(lambda: lost == [2], "the loss")
+        assert "vertex 2: no sign of life for 0.2 s" in caplog.text
+    finally:
+        child.close(0)
+        ctx.term()
+        port.close(0)

@@ -50,7 +50,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 import zmq
@@ -181,6 +181,10 @@ class Liveness(Generic[K]):
 
     def forget(self, key: K) -> None:
         self._seen.pop(key, None)
+
+    def last(self, key: K) -> float | None:
+        """When ``key`` was last seen (None: not watched)."""
+        return self._seen.get(key)
 
     def __contains__(self, key: object) -> bool:
         return key in self._seen
@@ -336,6 +340,12 @@ class ChildPort:
         self._early: list[tuple[int, t.Hello]] = []
         self.heartbeat = heartbeat
         self._live: Liveness[int] | None = None
+        #: Asked, when joined children fall silent, before they are named lost (the head's,
+        #: inside a Slurm job: pm.bootstrap.slurm_job.SilenceJudge): True if their silence
+        #: is no loss (Slurm holds the job suspended); they are then watched anew, for
+        #: another timeout.  What they say meanwhile counts.
+        self.vouch: Callable[[list[int]], Awaitable[bool]] | None = None
+        self._asking = False
         self._owned.spawn(self._recv())
         if heartbeat > 0:
             self._live = Liveness(heartbeat, interval_of(heartbeat), time.monotonic())
@@ -407,16 +417,48 @@ class ChildPort:
             # it stays until the job is over and takes our silence for our loss.
             for vertex in list(self._ids):
                 self.send_raw(vertex, beat)
-            for vertex in live.check(time.monotonic()):
-                # (Named by on_lost's owner, with its node and host: here only for -v.)
-                (log.info if self.on_lost is not None else log.warning)(
-                    "vertex %d: no sign of life for %g s", vertex, live.timeout)
-                if self.on_lost is not None:
-                    try:
-                        self.on_lost(vertex, f"no heartbeat for {live.timeout:g} s "
-                                             "(link down or agent hung)")
-                    except Exception:
-                        log.exception("handling the loss of vertex %d failed", vertex)
+            now = time.monotonic()
+            silent = live.check(now)
+            if silent and self.vouch is not None:
+                for vertex in silent:
+                    live.seen(vertex, now)  # watched on while we ask
+                if not self._asking:
+                    self._asking = True
+                    self._owned.spawn(self._ask(self.vouch, silent, now))
+                continue
+            for vertex in silent:
+                self._silent(vertex)
+
+    async def _ask(self, vouch: Callable[[list[int]], Awaitable[bool]], silent: list[int],
+                   asked: float) -> None:
+        """Name ``silent`` lost unless ``vouch`` explains their silence, or they spoke since
+        ``asked``."""
+        try:
+            explained = await vouch(silent)
+        except Exception:
+            log.exception("asking why vertices %s are silent failed", silent)
+            explained = False
+        finally:
+            self._asking = False
+        live = self._live
+        if explained or live is None:
+            return
+        for vertex in silent:
+            seen = live.last(vertex)
+            if seen is not None and seen <= asked:  # (None: done or dropped meanwhile)
+                live.forget(vertex)
+                self._silent(vertex)
+
+    def _silent(self, vertex: int) -> None:
+        timeout = self.heartbeat
+        # (Named by on_lost's owner, with its node and host: here only for -v.)
+        (log.info if self.on_lost is not None else log.warning)(
+            "vertex %d: no sign of life for %g s", vertex, timeout)
+        if self.on_lost is not None:
+            try:
+                self.on_lost(vertex, f"no heartbeat for {timeout:g} s (link down or agent hung)")
+            except Exception:
+                log.exception("handling the loss of vertex %d failed", vertex)
 
     def attach(self, on_hello: Callable[[int, t.Hello], None],
                on_msg: Callable[[int, t.Msg], None],

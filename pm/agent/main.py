@@ -149,6 +149,7 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
 
     from pm.agent.links import ChildPort, ParentLink
     from pm.agent.node import JobAgent
+    from pm.agent.step_signals import StepSignals
     from pm.proto import tree_wire as t
     from pm.proto.errors import PMError
 
@@ -253,6 +254,9 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
             children.spawn_all()  # children start while we spawn our own ranks
         await agent.prepare()
         agent.start_ranks()
+        # Signals Slurm sends the step's tasks are the ranks' (noted until now: note_early).
+        agent.step_signals = StepSignals()
+        agent.step_signals.attach(loop, agent.deliver_signal)
         if children is not None:
             from pm.bootstrap.base import join_timeout_of
 
@@ -355,6 +359,9 @@ def _version() -> str:
 def _child() -> int:
     """``pm-agent child``: read our config on stdin, run our part of the job, exit."""
     _preimport()  # while the config may still be on its way (pm.bootstrap.early)
+    from pm.agent.step_signals import note_early
+
+    note_early()  # (Slurm's USR1 to the step, say, is the ranks': pm.agent.step_signals)
     line, rest = _first_line()
     if not line.strip():
         os._exit(0)  # whoever started us gave up before telling us anything
@@ -377,6 +384,7 @@ def _child() -> int:
 
     gc.disable()  # imports ahead: nothing worth collecting (run_child turns it back on)
     code = _run(run_child(cfg, rest))
+    note_early()  # (the closed loop let go of them: a late one must not kill us now)
     # Our part of the job is over and closed: skip the interpreter's teardown.
     logging.shutdown()
     sys.stdout.flush()

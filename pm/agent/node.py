@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from pm.agent.spawn import Guardian, SpawnError
     from pm.agent.spawned_jobs import AgentSpawns, SpawnRequests
     from pm.agent.started import StartedRanks
+    from pm.agent.step_signals import StepSignals
     from pm.proto.spawn import SpawnRequest, SpawnResult
 
     class Uplink(Protocol):
@@ -128,6 +129,9 @@ class JobAgent:
         self._gone_told: set[int] = set()  # local ranks told gone (_gone)
         #: Aborts whose held-for ranks are reported: they go up after those exits.
         self._aborts: list[t.Abort] = []
+        #: A job agent's own signals (Slurm's, to its step's tasks), when it takes them:
+        #: pmrun's same signal down the tree is not delivered twice.
+        self.step_signals: StepSignals | None = None
         self._flush_scheduled = False
         #: A sample of /dev/shm is due before the next flush (ranks failed meanwhile).
         self._shm_sample_due = False
@@ -875,9 +879,8 @@ class JobAgent:
                 self.spawns.output_gone(msg.stream)
         elif isinstance(msg, t.Signal):
             self._down_all(msg)
-            self.procs.signal(msg.signum)
-            if self.spawns is not None:
-                self.spawns.signal(msg.signum)
+            if self.step_signals is None or self.step_signals.from_tree(msg.signum):
+                self.deliver_signal(msg.signum)
             if msg.signum in (signal.SIGTSTP, signal.SIGCONT):
                 # After a SIGTSTP the head stops itself until SIGCONT: a parent that
                 # watches the link for silence (ParentLink) holds that watch meanwhile.
@@ -886,6 +889,12 @@ class JobAgent:
                     hold(msg.signum == signal.SIGTSTP)
         else:
             self.from_tree(msg)
+
+    def deliver_signal(self, signum: int) -> None:
+        """``signum`` to every local rank, and to the ranks of the jobs they spawned."""
+        self.procs.signal(signum)
+        if self.spawns is not None:
+            self.spawns.signal(signum)
 
     def _from_child(self, child: int, msg: t.Msg) -> None:
         if isinstance(msg, t.CollIn):

@@ -406,11 +406,22 @@ class Guardian:
         self.pgid = self.pid
 
     def signal(self, signum: int) -> None:
-        """Send ``signum`` to every process of the group (the guardian ignores most)."""
+        """Send ``signum`` to every process of the group (the guardian ignores most).
+        SIGSTOP (Slurm suspends the job) stops the ranks, not the guardian, which is
+        continued at once: it must be able to kill the group if its agent dies meanwhile."""
         try:
             os.killpg(self.pgid, signum)
         except (ProcessLookupError, PermissionError):
-            pass
+            return
+        if signum == _signal.SIGSTOP:
+            fd = self.pidfd()
+            if fd >= 0:
+                try:
+                    _signal.pidfd_send_signal(fd, _signal.SIGCONT)
+                except OSError:
+                    pass  # (ended meanwhile)
+                finally:
+                    os.close(fd)
 
     def kill_all(self) -> None:
         """SIGKILL the whole group, guardian included."""
