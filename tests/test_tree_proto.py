@@ -216,7 +216,7 @@ async def test_a_silent_child_is_not_lost_while_its_silence_is_explained(
     child = ctx.socket(zmq.DEALER)
     secure(child, SECRET, server=False)
     try:
-        with caplog.at_level(logging.WARNING):
+        with caplog.at_level(logging.INFO):
             child.connect(port.address)
             await child.send_multipart(up(SECRET, 2, 0, t.Hello(2, "n2", 2)))
             for n in (1, 2):  # silent, and the job suspended: watched on

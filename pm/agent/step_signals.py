@@ -14,7 +14,7 @@ shell, or all its process group, pmrun among them, which passes it on down the t
 An agent therefore takes the signals pmrun itself takes, SIGTERM aside (Slurm's end of the
 step: pm.bootstrap.slurm names it):
 
-* SIGUSR1, SIGUSR2, SIGINT, SIGHUP: every local rank gets it (and every rank of the jobs
+* SIGUSR1, SIGUSR2, SIGINT, SIGHUP, SIGQUIT: every local rank gets it (and every rank of the jobs
   they spawned), and the agent runs on;
 * SIGTSTP: the ranks are stopped (SIGSTOP: a rank cannot ignore it, as a task of a
   suspended step cannot); SIGCONT continues them.  Slurm's SIGTSTP is there "to let MPI
@@ -46,8 +46,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 #: The signals an agent takes (see the module docstring).
-TAKEN = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP, signal.SIGTSTP,
-         signal.SIGCONT)
+TAKEN = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+         signal.SIGTSTP, signal.SIGCONT)
 #: Those that are states (stop, continue), acted on each time.
 STATES = (signal.SIGTSTP, signal.SIGCONT)
 #: Seconds within which Slurm's and pmrun's same signal are one (one scancel sends both at
