@@ -23,22 +23,34 @@ while True:
 """
 
 
-@pytest.mark.timeout(90)
-def test_a_reaped_agent_is_not_killed_again(pmrun_popen: Any, tmp_path: Path) -> None:
+def _waiters(pmrun_popen: Any, tmp_path: Path, n: int, heartbeat: str
+             ) -> tuple[Any, dict[int, int]]:
+    """pmrun with ``n`` waiting ranks on ``n`` local nodes; each rank's agent's pid."""
     prog = tmp_path / "waiter.py"
     prog.write_text(WAITER)
-    p = pmrun_popen("-n", "3", "--local-nodes", "3", "--heartbeat", "2", "python", str(prog))
+    p = pmrun_popen("-n", str(n), "--local-nodes", str(n), "--heartbeat", heartbeat,
+                    "python", str(prog))
     assert p.stdout is not None and p.stderr is not None
-    agents = {d["rank"]: d["agent"] for d in map(json.loads, read_lines(p.stdout, 3, 60))}
-    # Node 1's agent dies (pmrun reaps it); node 2's hangs, so pmrun has to kill it.
-    os.kill(agents[1], signal.SIGKILL)
-    os.kill(agents[2], signal.SIGSTOP)
+    return p, {d["rank"]: d["agent"] for d in map(json.loads, read_lines(p.stdout, n, 60))}
+
+
+def _stopped(p: Any, agent: int) -> str:
+    """pmrun's stderr once it ended after ``agent`` was stopped (SIGSTOP, then SIGKILL)."""
+    os.kill(agent, signal.SIGSTOP)
     try:
         _, err = p.communicate(timeout=60)
     finally:
-        if cmdline(agents[2]) is not None:
-            os.kill(agents[2], signal.SIGKILL)
-    text = err.decode()
+        if cmdline(agent) is not None:
+            os.kill(agent, signal.SIGKILL)
+    return str(err.decode())
+
+
+@pytest.mark.timeout(90)
+def test_a_reaped_agent_is_not_killed_again(pmrun_popen: Any, tmp_path: Path) -> None:
+    p, agents = _waiters(pmrun_popen, tmp_path, 3, "2")
+    # Node 1's agent dies (pmrun reaps it); node 2's hangs, so pmrun has to kill it.
+    os.kill(agents[1], signal.SIGKILL)
+    text = _stopped(p, agents[2])
     assert p.returncode != 0
     assert "node 1" in text, text
     assert f"child agent 1 (pid {agents[1]})" not in text, text
@@ -67,18 +79,8 @@ async def test_watch_signals_only_unreaped_processes() -> None:
 def test_a_hung_agent_is_named_in_one_line(pmrun_popen: Any, tmp_path: Path) -> None:
     # A node whose agent stops answering: one line names it (node, host, why), no second
     # line about its "vertex".
-    prog = tmp_path / "waiter.py"
-    prog.write_text(WAITER)
-    p = pmrun_popen("-n", "2", "--local-nodes", "2", "--heartbeat", "1", "python", str(prog))
-    assert p.stdout is not None and p.stderr is not None
-    agents = {d["rank"]: d["agent"] for d in map(json.loads, read_lines(p.stdout, 2, 60))}
-    os.kill(agents[1], signal.SIGSTOP)
-    try:
-        _, err = p.communicate(timeout=60)
-    finally:
-        if cmdline(agents[1]) is not None:
-            os.kill(agents[1], signal.SIGKILL)
-    lines = err.decode().splitlines()
+    p, agents = _waiters(pmrun_popen, tmp_path, 2, "1")
+    lines = _stopped(p, agents[1]).splitlines()
     assert p.returncode == 255 and len(lines) == 1, lines
     assert lines[0].startswith("pmrun: node 1 (") and "no heartbeat for" in lines[0], lines
     wait_until(lambda: cmdline(agents[1]) is None, 10, "node 1's agent to be gone")

@@ -114,29 +114,15 @@ async def ask_why(env: Mapping[str, str] | None = None) -> tuple[str, int] | Non
 
     slurmstepd's own line (:func:`cancelled`) reaches us through an agents' srun, if at
     all: in a batch script srun has the same SIGTERM, and its step may end first."""
-    import asyncio
-
     env = os.environ if env is None else env
     job = env.get("SLURM_JOB_ID", "")
     if not job.isdecimal():
         return None
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            "squeue", "--noheader", f"--jobs={job}", "--format=%T|%r",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL)
-    except OSError:
-        return None
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), ASK_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return None
-    finally:
-        if proc.returncode is None:  # (cancelled: pmrun is closing)
-            proc.kill()
-    return job_ending(job, out.decode(errors="replace")) if proc.returncode == 0 else None
+    from pm.bootstrap.slurm_job import slurm_says
+
+    out = await slurm_says(["squeue", "--noheader", f"--jobs={job}", "--format=%T|%r"],
+                           ASK_TIMEOUT)
+    return job_ending(job, out) if out is not None else None
 
 _TASKS = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
 

@@ -25,7 +25,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -119,16 +119,17 @@ def job_info_now(job: str, timeout: float = STATE_TIMEOUT) -> JobInfo | None:
     return job_info(proc.stdout) if proc.returncode == 0 else None
 
 
-async def ask_job(job: str) -> JobInfo | None:
-    """slurmctld's word on ``job``; None without an answer in STATE_TIMEOUT seconds."""
+async def slurm_says(argv: Sequence[str], within: float) -> str | None:
+    """What a Slurm command (``argv``: squeue, scontrol) printed; None if it could not run,
+    failed, or gave no answer within ``within`` seconds (it is killed then)."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            *_argv(job), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL)
     except OSError:
         return None
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), STATE_TIMEOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), within)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -136,7 +137,13 @@ async def ask_job(job: str) -> JobInfo | None:
     finally:
         if proc.returncode is None:  # (cancelled: pmrun is closing)
             proc.kill()
-    return job_info(out.decode(errors="replace")) if proc.returncode == 0 else None
+    return out.decode(errors="replace") if proc.returncode == 0 else None
+
+
+async def ask_job(job: str) -> JobInfo | None:
+    """slurmctld's word on ``job``; None without an answer in STATE_TIMEOUT seconds."""
+    out = await slurm_says(_argv(job), STATE_TIMEOUT)
+    return job_info(out) if out is not None else None
 
 
 def silence_explained(info: JobInfo | None, timeout: float) -> bool:
