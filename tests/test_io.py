@@ -559,7 +559,7 @@ def test_output_patterns_name_the_host_and_node(pmrun: Run, tmp_path: Path,
 
 def test_output_patterns_inside_slurm_name_slurm_s_job(monkeypatch: pytest.MonkeyPatch) -> None:
     # srun's -o out.%j.%t and a job array's out.%A_%a: Slurm's ids, not pmrun's own.
-    from pm.common.output import expand_pattern
+    from pm.common.outfiles import expand_pattern
 
     for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(name, raising=False)
