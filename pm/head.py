@@ -217,6 +217,7 @@ class JobRun:
                                                     STDERR: spec.error or ""}, job_id=job_id)
             self.writer.timestamp = spec.timestamp
             self.writer.append = spec.output_append
+            self.writer.raw = spec.unbuffered  # (srun's -u, --pty: as it comes)
             if spec.output_from or spec.pty:  # Hydra's -output-from; srun's --pty: rank 0's
                 from pm.common.output import rank_ranges
 
@@ -366,6 +367,7 @@ class JobRun:
             # A slow reader of our stdout must not stop the loop (heartbeats, PMI): it
             # holds the nodes' output credit instead, which holds the ranks.
             self.writer.write_behind(self.loop.call_soon_threadsafe, self._output_written)
+            self.writer.call_later = self.owned.call_later  # (lines held behind a long one)
             self._say_after_output()
         if self.spec.timeout:
             began = self._started.t0 if self._started is not None else time.monotonic()
@@ -436,6 +438,7 @@ class JobRun:
         finally:
             await self.aclose()
             if self.writer is not None:
+                self.writer.end_lines()
                 if not self.writer.drained():  # what a slow reader has not read
                     await asyncio.to_thread(self.writer.drain)
                 self._say_directly()
@@ -611,7 +614,8 @@ class JobRun:
             node_of_rank = self.node_of_rank
             for out in msg.items:
                 if self.sink is not None:
-                    self.sink(out.rank, out.stream, out.data)
+                    if out.data:  # (none: the end of a stream, for the writer's lines)
+                        self.sink(out.rank, out.stream, out.data)
                     self._output_written(node_of_rank[out.rank], len(out.data))
                 elif self.writer is not None:
                     self.writer.write(out.rank, out.stream, out.data, node_of_rank[out.rank])
@@ -740,7 +744,8 @@ class JobRun:
         """Lines of rank ``rank`` (on ``vertex``) of spawned job ``job``."""
         tag = -(job << 24 | vertex) - 2  # its node's credit comes back to that job's agent
         if self.sink is not None:
-            self.sink(rank, stream, data, job)
+            if data:
+                self.sink(rank, stream, data, job)
             self._output_written(tag, len(data))
         elif self.writer is not None:
             self.writer.write(rank, stream, data, tag, job)

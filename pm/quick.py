@@ -237,6 +237,7 @@ class QuickStart:
                                          job_id=started.job_id)
         writer.on_broken = self._reader_gone
         writer.timestamp = opts.timestamp
+        writer.raw = opts.unbuffered
         if opts.only is not None:
             writer.only = rank_ranges(opts.only)
         here = (self.host, 0)
@@ -706,11 +707,14 @@ class QuickStart:
         fd = r.out_fd if stream == STDOUT else r.err_fd
         if fd < 0:
             return 0
-        lines, got = read_pipe(fd, r.out if stream == STDOUT else r.err)
+        buf = r.out if stream == STDOUT else r.err
+        lines, got = read_pipe(fd, buf)
         writer = self.started.writer
         assert writer is not None
         if lines:
             writer.write(r.rank, stream, lines, -1, r.job)
+        if not got and buf.open:
+            writer.write(r.rank, stream, b"", -1, r.job)  # (its last line goes on no more)
         if stream in writer.broken:
             # Nobody reads it: the ranks' writes to it fail from now on (EPIPE), rather
             # than go on for nothing (ranks that ignore SIGPIPE, such as Python's).

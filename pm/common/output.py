@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
     from pm.common.write_behind import WriteBehind
 
-#: A line longer than this is passed on in pieces (a rank printing without newlines).
+#: A partial line is held until its newline comes up to this length; a longer one goes on
+#: as it comes, in pieces (a rank printing without newlines: memory stays bounded).
 MAX_LINE = 1 << 20
 
 STDOUT = 1
@@ -23,39 +24,52 @@ STDERR = 2
 
 
 class LineBuffer:
-    """Turns a stream's chunks into complete lines (newline included).
+    """Turns a stream's chunks into complete lines (newline included), its bytes as they are.
 
-    ``terminate``: a line cut at :data:`MAX_LINE` and the last partial line get a
-    newline (a rank's, so that no other rank's bytes join it); without, they come as
-    they are (a task's output, passed on byte for byte).  ``raw`` (srun's ``-u``): no
-    line is held, every chunk passes as it came."""
+    A partial line is held until its newline comes; one of :data:`MAX_LINE` bytes without
+    one is passed on from then on as it comes, in pieces, until its newline.  At EOF the last
+    partial line comes as it is (no newline is added).  :attr:`open` says whether what was
+    passed on so far ends inside a line (a long line's piece, or that last line): the
+    writer is then told the stream's end (:meth:`Writer.write` with no bytes), so that it
+    knows that line will not go on.  ``raw`` (srun's ``-u``): no line is held, every chunk
+    passes as it came."""
 
-    __slots__ = ("_part", "_raw", "_terminate")
+    __slots__ = ("_part", "_raw", "open")
 
-    def __init__(self, terminate: bool = True, raw: bool = False) -> None:
+    def __init__(self, raw: bool = False) -> None:
         self._part = b""
-        self._terminate = terminate
         self._raw = raw
+        self.open = False
 
     def feed(self, data: bytes) -> bytes:
         """The complete lines in ``data`` (with what was left before); keeps the rest."""
         if self._raw:
             return data
+        if self.open:  # in a long line: its bytes go on as they come, up to its end
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                return data
+            self.open = False
+            self._part = data[cut:]
+            return data[:cut]
         buf = self._part + data if self._part else data
         cut = buf.rfind(b"\n") + 1
         if cut == 0:
             if len(buf) >= MAX_LINE:
                 self._part = b""
-                return buf + b"\n" if self._terminate else buf
+                self.open = True
+                return buf
             self._part = buf
             return b""
         self._part = buf[cut:]
         return buf[:cut]
 
     def flush(self) -> bytes:
-        """At EOF: the last partial line (terminated, unless told not to)."""
+        """At EOF: the last partial line, as it is."""
         part, self._part = self._part, b""
-        return part + b"\n" if part and self._terminate else part
+        if part:
+            self.open = True
+        return part
 
 
 def output_window(nodes: int) -> int:
@@ -108,9 +122,45 @@ def rank_ranges(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+#: While a rank's line longer than :data:`MAX_LINE` goes on, the other ranks' lines for the
+#: same file or terminal wait (:class:`Writer`), up to this many bytes of them and this
+#: many seconds: beyond, the long line is ended there (a newline in its bytes) and they go.
+HOLD_BYTES = 1 << 20
+HOLD_TIME = 5.0
+
+
+class _Line:
+    """What :class:`Writer` knows of one output (a descriptor, or stdout and stderr when
+    they are the same file): whose line is open there (its last bytes had no newline), and
+    the other ranks' chunks waiting for that line's end."""
+
+    __slots__ = ("by", "ended", "fd", "held", "since", "size")
+
+    def __init__(self) -> None:
+        #: (job, rank, stream) whose bytes the open line ends with (None: none is open).
+        self.by: tuple[int, int, int] | None = None
+        #: That stream has ended: its line will not go on (the next line ends it).
+        self.ended = False
+        self.fd = -1
+        #: (job, rank, stream, chunk, fd) waiting, in the order they came; their bytes.
+        self.held: list[tuple[int, int, int, bytes, int]] = []
+        self.size = 0
+        #: When the first of them came (time.monotonic()).
+        self.since = 0.0
+
+
 class Writer:
     """Writes ranks' lines to the launcher's stdout/stderr, tagged ``[rank]`` on demand, or to
     files named by a pattern per stream (``files``: see :func:`expand_pattern`).
+
+    The bytes go as the ranks wrote them (:class:`LineBuffer` passes complete lines, a long
+    line's pieces and a last line without newline): nothing is added where no other rank's
+    bytes can join a line.  Where they can (an output several ranks write to, or a rank's
+    stdout and stderr when they are the same file), a line left open is ended by a newline
+    before another rank's bytes only once its stream has ended; while it goes on (a line
+    longer than :data:`MAX_LINE`, in pieces), the other ranks' chunks wait for its end, up
+    to :data:`HOLD_BYTES` and :data:`HOLD_TIME` (then it is ended there).  :attr:`raw`
+    (srun's ``-u``): every chunk goes as it comes.
 
     It starts out writing in the caller's thread (pmrun's quick path: a slow
     reader simply holds the ranks).  :meth:`write_behind` makes stdout and stderr
@@ -123,6 +173,15 @@ class Writer:
                  files: dict[int, str] | None = None, job_id: str = "") -> None:
         self.label = label
         self._fds = {STDOUT: out_fd, STDERR: err_fd}
+        #: Where each stream's lines meet (stderr's is stdout's when it is the same file).
+        self._meet = {STDOUT: out_fd, STDERR: out_fd if _same_file(out_fd, err_fd) else err_fd}
+        self._lines: dict[int, _Line] = {}
+        self._releasing = False
+        #: Starts a timer on the caller's loop (``call_later(seconds, fn)``): lines held
+        #: behind a long one go after :data:`HOLD_TIME` even if nothing else is written.
+        self.call_later: Callable[[float, Callable[[], None]], object] | None = None
+        #: Output passed on as it comes, partial lines too (srun's ``-u``): nothing waits.
+        self.raw = False
         self._prefixes: dict[int, bytes] = {}
         self._patterns = {k: v for k, v in (files or {}).items() if v}
         self._job_id = job_id
@@ -157,14 +216,135 @@ class Writer:
 
     def write(self, rank: int, stream: int, chunk: bytes, tag: int = -1, job: int = 0
               ) -> None:
-        """Lines of ``rank`` (of spawned job ``job``, labelled ``[job:rank]``, when not 0);
-        ``tag`` comes back with the byte count once they are written."""
+        """Bytes of ``rank`` (of spawned job ``job``, labelled ``[job:rank]``, when not 0):
+        complete lines, a long line's piece, or its stream's last line without newline;
+        no bytes: that stream has ended.  ``tag`` comes back with the byte count once they
+        are written."""
         size = len(chunk)
+        behind = self._behind
         if self.only is not None and not job and not any(lo <= rank <= hi
                                                          for lo, hi in self.only):
-            if self._behind is not None:
-                self._behind.written(tag, size)  # (its credit goes back all the same)
+            if behind is not None:
+                behind.written(tag, size)  # (its credit goes back all the same)
             return
+        if stream in self._patterns:
+            fd = meet = self._file(rank, stream, job)
+        else:
+            fd = -1 if stream in self.broken else self._fds[stream]
+            meet = self._meet[stream]
+        if fd < 0 or not (size or self._lines):  # dropped (nobody reads it), or nothing
+            if behind is not None:
+                behind.written(tag, size)
+            return
+        line = self._lines.get(meet)
+        if self.raw or ((line is None or line.by is None) and chunk[-1:] == b"\n"):
+            # No line is open there (nor does any chunk wait: only behind an open line).
+            self._put(fd, self._dress(rank, job, chunk, True), tag, size, rank, stream)
+        else:
+            self._line(meet, job, rank, stream, chunk, fd, tag)
+
+    def _line(self, meet: int, job: int, rank: int, stream: int, chunk: bytes, fd: int,
+              tag: int = -1) -> None:
+        """``chunk`` (or its stream's end) where a line may be open (see the class)."""
+        line = self._lines.get(meet)
+        if line is None:
+            line = self._lines[meet] = _Line()
+        if not chunk:  # the stream's end: the line it left open goes on no more
+            if any(h[0] == job and h[1] == rank for h in line.held):
+                line.held.append((job, rank, stream, chunk, fd))  # (after its bytes)
+            elif line.by == (job, rank, stream):
+                line.ended = True
+                if line.held:
+                    self._release(meet, line)
+            if self._behind is not None:
+                self._behind.written(tag, 0)
+            return
+        by = line.by
+        if by is not None and (by[0] != job or by[1] != rank):  # another rank's line
+            if not line.ended:
+                self._hold(meet, line, (job, rank, stream, chunk, fd), tag)
+                return
+            # Its rank wrote its last: the line ends here.
+            self._put(line.fd, b"\n", -1, 0, by[1], by[2])
+            line.by = by = None
+        self._put(fd, self._dress(rank, job, chunk, by is None), tag, len(chunk), rank,
+                  stream)
+        if chunk[-1:] == b"\n":
+            line.by = None
+            if line.held:
+                self._release(meet, line)
+        else:
+            line.by, line.ended, line.fd = (job, rank, stream), False, fd
+
+    def _hold(self, meet: int, line: _Line, item: tuple[int, int, int, bytes, int],
+              tag: int) -> None:
+        """``item`` waits for the end of the line open at ``meet`` (its credit goes back:
+        what waits is bounded here)."""
+        now = time.monotonic()
+        if not line.held:
+            line.since = now
+            if self.call_later is not None:
+                self.call_later(HOLD_TIME, lambda: self._expire(meet))
+        line.held.append(item)
+        line.size += len(item[3])
+        if self._behind is not None:
+            self._behind.written(tag, len(item[3]))
+        if line.size > HOLD_BYTES or now - line.since >= HOLD_TIME:
+            self._cut(meet, line)
+
+    def _expire(self, meet: int) -> None:
+        line = self._lines.get(meet)
+        if line is not None and line.held and time.monotonic() - line.since >= HOLD_TIME:
+            self._cut(meet, line)
+
+    def _cut(self, meet: int, line: _Line) -> None:
+        """The open line is ended here (a newline), and what waited for it goes."""
+        by = line.by
+        if by is not None:
+            self._put(line.fd, b"\n", -1, 0, by[1], by[2])
+            line.by = None
+        self._release(meet, line)
+
+    def _release(self, meet: int, line: _Line) -> None:
+        """The chunks that waited at ``meet`` go, in order, while no other rank's line is
+        open there (one may open it again: the rest wait on; each rank's stay in order)."""
+        if self._releasing:
+            return  # (the outer call goes on)
+        self._releasing = True
+        try:
+            while line.held:
+                held, line.held, line.size = line.held, [], 0
+                waiting: set[tuple[int, int]] = set()
+                for item in held:
+                    job, rank, stream, chunk, fd = item
+                    by = line.by
+                    if (job, rank) in waiting or (
+                            chunk and by is not None and (by[0] != job or by[1] != rank)
+                            and not line.ended):
+                        waiting.add((job, rank))
+                        line.held.append(item)
+                        line.size += len(chunk)
+                    else:
+                        self._line(meet, job, rank, stream, chunk, fd)
+                if len(line.held) == len(held):
+                    break  # (all wait for the line now open)
+        finally:
+            self._releasing = False
+        if line.held:  # (waiting anew: from now)
+            line.since = time.monotonic()
+            if self.call_later is not None:
+                self.call_later(HOLD_TIME, lambda: self._expire(meet))
+
+    def end_lines(self) -> None:
+        """The job is over: what still waits for a line's end goes (that line ended by a
+        newline)."""
+        for meet, line in list(self._lines.items()):
+            if line.held:
+                self._cut(meet, line)
+
+    def _dress(self, rank: int, job: int, chunk: bytes, start: bool) -> bytes:
+        """``chunk`` with the label and the time at the start of each line (``start``: its
+        first bytes start one; not when they go on with the rank's open line)."""
         if self.label:
             who = rank if not job else -((job << 32) | rank) - 1
             prefix = self._prefixes.get(who)
@@ -173,27 +353,36 @@ class Writer:
                     b"[%d:%d] " % (job, rank) if job
                     else b"[%d] " % rank if self.prefix is None else self.prefix(rank))
             lines = chunk.split(b"\n")
-            if lines and lines[-1] == b"":
-                lines.pop()
-            chunk = b"".join(prefix + line + b"\n" for line in lines)
+            last = lines.pop()
+            chunk = b"".join([prefix + line + b"\n" for line in lines]
+                             + ([prefix + last] if last else []))
+            if not start:
+                chunk = chunk[len(prefix):]
         if self.timestamp:
             stamp = time.strftime("[%a %b %e %H:%M:%S %Y] ").encode()
-            chunk = b"".join(stamp + line for line in chunk.splitlines(keepends=True))
+            pieces = chunk.splitlines(keepends=True)
+            chunk = b"".join(stamp + line for line in pieces)
+            if not start and pieces:
+                chunk = chunk[len(stamp):]
+        return chunk
+
+    def _put(self, fd: int, data: bytes, tag: int, size: int, rank: int, stream: int
+             ) -> None:
+        """Write ``data`` (``size`` bytes of the ranks') to ``fd``, ``stream``'s."""
         behind = self._behind
         if stream in self._patterns:
-            fd = self._file(rank, stream, job)
             if fd >= 0:
                 try:
-                    write_all(fd, chunk)  # a regular file: no reader to wait for
+                    write_all(fd, data)  # a regular file: no reader to wait for
                 except OSError as exc:  # (a full disk, a file of /proc...)
                     self._file_lost(fd, rank, stream, exc)
         elif stream in self.broken:
             pass  # nobody reads it any more: dropped
         elif behind is not None:
-            behind.put(self._fds[stream], chunk, tag, size)
+            behind.put(fd, data, tag, size)
             return
-        elif not write_out(self._fds[stream], chunk):
-            self._fd_gone(self._fds[stream])
+        elif not write_out(fd, data):
+            self._fd_gone(fd)
         if behind is not None:
             behind.written(tag, size)
 
@@ -233,6 +422,7 @@ class Writer:
             if to == fd:
                 self._to[key] = -1
         os.close(fd)
+        self._lines.pop(fd, None)  # (its number may be another file's next)
         _lost(rank, stream, f"cannot write {paths[0] if paths else fd}: {exc.strerror}")
 
     @property
@@ -242,7 +432,10 @@ class Writer:
 
     def say(self, text: str) -> None:
         """pmrun's own message on stderr, after the output written so far (a rank's last
-        lines come before the line that says how it ended)."""
+        lines come before the line that says how it ended), on a line of its own."""
+        line = self._lines.get(self._meet[STDERR])
+        while line is not None and line.by is not None:  # (a rank's line without newline)
+            self._cut(self._meet[STDERR], line)
         data = text.encode(errors="replace")
         behind = self._behind
         if behind is None or STDERR in self.broken or not behind.put(self._fds[STDERR], data,
@@ -273,6 +466,16 @@ class Writer:
                 os.close(fd)
         self._opened.clear()
         self._to.clear()
+
+
+def _same_file(a: int, b: int) -> bool:
+    """Whether descriptors ``a`` and ``b`` are one file (``2>&1``, a terminal): the lines
+    written to them meet."""
+    try:
+        one, two = os.fstat(a), os.fstat(b)
+    except OSError:
+        return False
+    return (one.st_dev, one.st_ino) == (two.st_dev, two.st_ino)
 
 
 class SaidAfterOutput:
