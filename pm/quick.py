@@ -66,9 +66,12 @@ from pm.common.output import (
     STDOUT,
     Writer,
     ensure_std_fds,
+    loss_line,
+    loss_status,
     rank_ranges,
     read_pipe,
     stdin_for_job,
+    write_out,
 )
 from pm.jobenv import base_env, kvsname_of, new_job_id, slurm_het_group0
 from pm.options import internal_error, prepend_of, prepend_prefix, quick_ok, refuse
@@ -417,7 +420,8 @@ class QuickStart:
 
     # ------------------------------------------------------------------ watch
     def watch(self) -> int | None:
-        """Serve the ranks until they all ended well (0), or the full path must go on (None)."""
+        """Serve the ranks until they all ended well (0, or what their output lost gives:
+        :meth:`_ended_well`), or the full path must go on (None)."""
         if self.started.failed:
             return None
         try:
@@ -628,7 +632,7 @@ class QuickStart:
                         poll.unregister(fd)  # (a closed one went with unwatch)
                 else:
                     return None  # the agent takes it from there
-        return 0
+        return self._ended_well()
 
     def _init_waits(self, r: StartedRank) -> bool:
         """Rank ``r`` ended well, perhaps before PMI init: whether another rank initialized
@@ -738,6 +742,20 @@ class QuickStart:
             r.out_fd = -1
         else:
             r.err_fd = -1
+
+    def _ended_well(self) -> int:
+        """Every rank ended well: 0, unless their output could not all be written: then
+        that loss's status, and its line where it was not said as it happened."""
+        writer = self.started.writer
+        assert writer is not None
+        writer.end_lines()  # (nothing waits once every pipe is at its end)
+        loss = writer.loss()
+        if loss is None:
+            return 0
+        line = loss_line(*loss)
+        if line:
+            write_out(2, f"pmrun: {line}\n".encode())
+        return loss_status(loss[1])
 
     def _ended_early(self, r: StartedRank) -> bool:
         """Whether rank ``r`` has already exited with status 0 without a word of PMI and

@@ -1,7 +1,9 @@
-"""The ranks' bytes reach pmrun's stdout and files as they wrote them."""
+"""The ranks' bytes reach pmrun's stdout and files as they wrote them, and a job whose
+output pmrun could not write does not end with status 0."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -10,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from launch_util import pmrun_argv, pmrun_env
+from launch_util import pmrun_argv, pmrun_env, read_lines
 
 from pm.common.output import MAX_LINE, STDERR, STDOUT, LineBuffer, Writer
 
@@ -264,3 +266,100 @@ def test_writer_raw_passes_chunks_as_they_come(tmp_path: Path) -> None:
     for rank, chunk in ((0, b"name? "), (1, b"x"), (0, b"y\n")):
         w.write(rank, STDOUT, chunk)
     assert out.read_bytes() == b"name? xy\n"
+
+
+def test_writer_counts_what_it_could_not_write(tmp_path: Path) -> None:
+    r, wfd = os.pipe()
+    os.close(r)
+    w = Writer(False, out_fd=wfd, err_fd=os.open(tmp_path / "e", os.O_WRONLY | os.O_CREAT))
+    assert w.loss() is None
+    w.write(0, STDOUT, b"lost\n")
+    assert (w.broken, w.loss()) == ({STDOUT}, (STDOUT, errno.EPIPE))
+
+
+# ------------------------------------------------------------------ lost output: status
+def _in_shell(line: str, quick: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "-c", line], cwd=cwd, env=pmrun_env({"PM_QUICK": quick}),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize(("quick", "opts"), [("1", []), ("0", []),
+                                             ("1", ["--local-nodes", "3"])],
+                         ids=["quick", "full", "3nodes"])
+def test_output_lost_to_a_reader_gone_is_sigpipes_status(tmp_path: Path, quick: str,
+                                                         opts: list[str]) -> None:
+    """`pmrun ... | head -1` where the rank's next line comes once head is gone: the rank
+    ends well (or by the SIGPIPE it gets), the line is lost, pmrun exits 141 as a shell
+    pipeline would, said once."""
+    os.mkfifo(tmp_path / "go")
+    argv = " ".join(pmrun_argv("-n", "1", *opts, "sh", "-c", "'echo a; read x < go; echo c'"))
+    # head takes its line and goes; then the rank writes its next one.
+    r = _in_shell(f"{argv} | (head -1; exec 0<&-; echo > go); exit ${{PIPESTATUS[0]}}",
+                  quick, tmp_path)
+    assert (r.returncode, r.stdout) == (141, "a\n"), r.stderr
+    # (The rank may also be ended by the SIGPIPE it gets then: named instead.)
+    assert r.stderr.splitlines() in (
+        ["pmrun: standard output closed by its reader: what the ranks wrote there after that "
+         "is lost"],
+        [f"pmrun: rank 0 (node 0, {os.uname().nodename}) killed by SIGPIPE after pmrun's "
+         "standard output was closed"]), r.stderr
+
+
+@pytest.mark.parametrize(("quick", "opts"), [("1", []), ("0", []),
+                                             ("1", ["--local-nodes", "3"])],
+                         ids=["quick", "full", "3nodes"])
+@pytest.mark.parametrize("prog", ["echo a; echo b", "yes"])
+def test_output_lost_to_a_full_disk_is_status_1_said_once(tmp_path: Path, quick: str,
+                                                          opts: list[str], prog: str) -> None:
+    """Whether the ranks end before or after pmrun finds stdout full (`yes` is ended by the
+    SIGPIPE its lost stdout gets): 1, and one line with the real cause."""
+    for _ in range(2):
+        with open("/dev/full", "wb") as full:
+            r = subprocess.run(pmrun_argv("-n", "2", *opts, "sh", "-c", prog), stdout=full,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                               timeout=60, env=pmrun_env({"PM_QUICK": quick}), cwd=tmp_path)
+        assert (r.returncode, r.stderr) == (1, "pmrun: cannot write to stdout: No space left "
+                                               "on device: what goes there from now on is "
+                                               "lost\n")
+
+
+@pytest.mark.parametrize(("quick", "opts"), [("1", []), ("0", []),
+                                             ("1", ["--local-nodes", "3"])],
+                         ids=["quick", "full", "3nodes"])
+def test_output_to_a_stdout_closed_at_start_is_lost_and_said(tmp_path: Path, quick: str,
+                                                             opts: list[str]) -> None:
+    argv = " ".join(pmrun_argv("-n", "2", *opts, "sh", "-c", "'echo out; echo err >&2'"))
+    r = _in_shell(f"exec {argv} >&-", quick, tmp_path)
+    assert r.returncode == 1, r.stderr
+    said = [line for line in r.stderr.splitlines() if line.startswith("pmrun:")]
+    assert said == ["pmrun: cannot write to stdout: it was closed when pmrun started: what "
+                    "goes there from now on is lost"]
+    # Nothing written to it: nothing lost.
+    argv = " ".join(pmrun_argv("-n", "2", *opts, "sh", "-c", "'echo err >&2'"))
+    r = _in_shell(f"exec {argv} >&-", quick, tmp_path)
+    assert (r.returncode, r.stderr) == (0, "err\nerr\n")
+
+
+def test_a_rank_that_failed_before_the_loss_gives_its_own_status(tmp_path: Path) -> None:
+    """-disable-auto-cleanup: rank 1 fails and is named; rank 0 writes to a full stdout
+    only then: the failure came first, its status is pmrun's."""
+    os.mkfifo(tmp_path / "go")
+    with open("/dev/full", "wb") as full:
+        p = subprocess.Popen(
+            pmrun_argv("-disable-auto-cleanup", "-n", "2", "sh", "-c",
+                       '[ "$PMI_RANK" = 1 ] && exit 3; read x < go; echo late'),
+            stdout=full, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            env=pmrun_env(), cwd=tmp_path)
+    try:
+        assert p.stderr is not None
+        (first,) = read_lines(p.stderr, 1, 30)
+        assert b"rank 1" in first and b"exited with code 3" in first, first
+        (tmp_path / "go").write_text("\n")
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 3, err
+    assert err.decode().startswith("pmrun: cannot write to stdout: No space left on device")

@@ -3,6 +3,7 @@ stdin goes to rank 0."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -198,6 +199,9 @@ class Writer:
         self._behind: WriteBehind | None = None
         #: The streams nobody reads any more.
         self.broken: set[int] = set()
+        #: The streams whose output could not all be written, in that order, and why (an
+        #: errno: EPIPE when the reader went away).
+        self.lost: dict[int, int] = {}
         #: Every line starts with the time it is written (Open MPI's --timestamp-output).
         self.timestamp = False
         #: Output files are appended to, not truncated first (srun's --open-mode=append).
@@ -381,19 +385,35 @@ class Writer:
         elif behind is not None:
             behind.put(fd, data, tag, size)
             return
-        elif not write_out(fd, data):
-            self._fd_gone(fd)
+        else:
+            err = write_out(fd, data)
+            if err:
+                self._fd_gone(fd, err)
         if behind is not None:
             behind.written(tag, size)
 
-    def _fd_gone(self, fd: int) -> None:
+    def _fd_gone(self, fd: int, err: int) -> None:
         # `pmrun ... | head`: the streams written to ``fd`` are lost (and their writers are
         # told, as in a shell pipeline).
         for stream, to in self._fds.items():
             if to == fd and stream not in self.broken and stream not in self._patterns:
                 self.broken.add(stream)
+                self.lost.setdefault(stream, err)
                 if self.on_broken is not None:
                     self.on_broken(stream)
+
+    def loss(self) -> tuple[int, int] | None:
+        """The first of our stdout and stderr whose ranks' output could not all be written,
+        and why (an errno; EPIPE: its reader went away), once what was written is out (the
+        thread's failures count before the loop hears of them); None if none."""
+        if self.lost:
+            return next(iter(self.lost.items()))
+        if self._behind is not None:
+            for fd, err in self._behind.failed().items():
+                for stream, to in self._fds.items():
+                    if to == fd and stream not in self._patterns:
+                        return stream, err
+        return None
 
     def _file(self, rank: int, stream: int, job: int = 0) -> int:
         fd = self._to.get((stream, job, rank))
@@ -433,6 +453,8 @@ class Writer:
     def say(self, text: str) -> None:
         """pmrun's own message on stderr, after the output written so far (a rank's last
         lines come before the line that says how it ended), on a line of its own."""
+        if self._fds[STDERR] in _CLOSED:
+            return  # (closed when pmrun started: nothing can be said, and nothing is lost)
         line = self._lines.get(self._meet[STDERR])
         while line is not None and line.by is not None:  # (a rank's line without newline)
             self._cut(self._meet[STDERR], line)
@@ -510,20 +532,56 @@ def write_all(fd: int, data: bytes) -> bool:
     return True
 
 
-def write_out(fd: int, data: bytes) -> bool:
-    """:func:`write_all` to pmrun's stdout or stderr (``fd``): False once it takes no more,
-    because nobody reads it or, said on stderr, because of an error (a full disk, a
-    terminal gone: EIO); what goes to it from then on is lost, as with no reader."""
+def write_out(fd: int, data: bytes) -> int:
+    """:func:`write_all` to pmrun's stdout or stderr (``fd``): 0, or once it takes no more,
+    why (an errno): EPIPE because nobody reads it, else an error said on stderr (a full
+    disk, a terminal gone: EIO; EBADF: it was closed when pmrun started, see
+    :func:`ensure_std_fds`); what goes to it from then on is lost, as with no reader."""
     try:
-        return write_all(fd, data)
+        if fd in _CLOSED:
+            raise OSError(errno.EBADF, "it was closed when pmrun started")
+        return 0 if write_all(fd, data) else errno.EPIPE
     except OSError as exc:
         name = {1: "stdout", 2: "stderr"}.get(fd, f"descriptor {fd}")
-        try:  # noqa: SIM105 (stderr itself, perhaps: nothing can be said; no contextlib)
-            write_all(2, f"pmrun: cannot write to {name}: {exc.strerror}: what goes there "
-                         "from now on is lost\n".encode())
-        except OSError:
-            pass
-        return False
+        if 2 not in _CLOSED:
+            try:  # noqa: SIM105 (stderr itself, perhaps: nothing can be said; no contextlib)
+                write_all(2, f"pmrun: cannot write to {name}: {exc.strerror}: what goes "
+                             "there from now on is lost\n".encode())
+            except OSError:
+                pass
+        return exc.errno or errno.EIO
+
+
+#: pmrun's exit status when the ranks' output could not all be written and no rank failed
+#: before: a reader gone (EPIPE) gives SIGPIPE's, as a shell pipeline does; another error
+#: (a full disk, a descriptor closed when pmrun started) 1.
+EXIT_OUTPUT_CLOSED = 141
+EXIT_OUTPUT_FAILED = 1
+
+
+def loss_status(err: int) -> int:
+    """pmrun's exit status for output lost with errno ``err`` (:data:`EXIT_OUTPUT_CLOSED`)."""
+    return EXIT_OUTPUT_CLOSED if err == errno.EPIPE else EXIT_OUTPUT_FAILED
+
+
+def loss_words(stream: int, err: int) -> str:
+    """What happened to pmrun's ``stream`` whose output was lost with errno ``err``, as the
+    end of a sentence (``rank 1 ... exited with code 1 after ...``)."""
+    what = f"pmrun's standard {'output' if stream == STDOUT else 'error'}"
+    if err == errno.EPIPE:
+        return f"{what} was closed"
+    if err == errno.EBADF:
+        return f"{what} was closed when pmrun started"
+    return f"{what} could not be written ({os.strerror(err)})"
+
+
+def loss_line(stream: int, err: int) -> str:
+    """pmrun's line when output was lost with errno ``err`` and every rank ended well: ''
+    where it was said as it happened (:func:`write_out`: every error but a reader gone)."""
+    if err != errno.EPIPE:
+        return ""
+    return (f"standard {'output' if stream == STDOUT else 'error'} closed by its reader: "
+            "what the ranks wrote there after that is lost")
 
 
 def _lost(rank: int, stream: int, why: str) -> None:
@@ -545,12 +603,20 @@ def stdin_for_job() -> int | None:
 
 def ensure_std_fds() -> None:
     """Give a closed stdin, stdout or stderr /dev/null, before any other descriptor is made:
-    else the first pipe of a rank would take its number, and the job's output would go in."""
+    else the first pipe of a rank would take its number, and the job's output would go in.
+    A closed stdout or stderr stays one for the ranks' output: :func:`write_out` loses it
+    (EBADF), said once, as a shell's ``echo hi >&-`` fails."""
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
         except OSError:
             os.open(os.devnull, os.O_RDWR)  # the lowest free number: ``fd``
+            if fd:
+                _CLOSED.add(fd)
+
+
+#: pmrun's stdout and stderr when they were closed as it started (:func:`ensure_std_fds`).
+_CLOSED: set[int] = set()
 
 
 def rank_map(node_of_rank: list[int], hosts: list[str]) -> str:

@@ -16,7 +16,8 @@ class WriteBehind:
     in order (:meth:`~pm.common.output.Writer.write_behind`)."""
 
     def __init__(self, call_soon: Callable[[Callable[[], None]], object],
-                 written: Callable[[int, int], None], broken: Callable[[int], None]) -> None:
+                 written: Callable[[int, int], None], broken: Callable[[int, int], None]
+                 ) -> None:
         self._loop_call = call_soon
         self.written = written
         self._broken = broken
@@ -24,8 +25,9 @@ class WriteBehind:
         self._items: list[tuple[int, bytes, int, int]] = []
         self._done: dict[int, int] = {}  # tag -> bytes written, not yet reported
         self._gone = False
-        #: Descriptors whose reader went away: what is for them counts as written.
-        self._dead: set[int] = set()
+        #: Descriptors that take no more (their reader went away, or an error), and why
+        #: (an errno): what is for them counts as written.
+        self._dead: dict[int, int] = {}
         self._idle = True
         self._thread = threading.Thread(target=self._run, name="pm-output", daemon=True)
         self._thread.start()
@@ -58,17 +60,25 @@ class WriteBehind:
             for fd, chunk, tag, size in items:
                 if self._gone:
                     break  # abandoned
-                if fd not in self._dead and not write_out(fd, chunk):
-                    self._dead.add(fd)  # the other stream may still have a reader
-                    self._broken_soon(fd)
+                if fd not in self._dead:
+                    err = write_out(fd, chunk)
+                    if err:
+                        with cond:  # (the other stream may still have a reader)
+                            self._dead[fd] = err
+                        self._broken_soon(fd, err)
                 with cond:
                     report = not self._done
                     self._done[tag] = self._done.get(tag, 0) + size
                 if report:
                     self._call_soon(self._report)
 
-    def _broken_soon(self, fd: int) -> None:
-        self._call_soon(lambda: self._broken(fd))
+    def _broken_soon(self, fd: int, err: int) -> None:
+        self._call_soon(lambda: self._broken(fd, err))
+
+    def failed(self) -> dict[int, int]:
+        """The descriptors that took no more, and why (an errno), in that order."""
+        with self._cond:
+            return dict(self._dead)
 
     def _call_soon(self, fn: Callable[[], None]) -> None:
         # (The loop closed: the job is over, nobody waits for credit.)
