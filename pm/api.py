@@ -145,7 +145,9 @@ class Job:
 
     async def output(self) -> AsyncIterator[tuple[int | str, str, bytes]]:
         """``(rank, "stdout" | "stderr", line)`` until every rank has ended; a rank of a
-        spawned job is ``"J:R"`` (rank R of spawned job J)."""
+        spawned job is ``"J:R"`` (rank R of spawned job J).  The bytes are the rank's as it
+        wrote them: a last line without newline comes without one, a line longer than
+        1 MiB in pieces."""
         if self._queue is None:
             raise RuntimeError("this job's output goes to the launcher's stdout/stderr")
         if self._result is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import functools
 import logging
 import os
@@ -35,7 +36,15 @@ from pm.common.mapping import (
     programs_nodes,
 )
 from pm.common.nodes import Nodes
-from pm.common.output import STDERR, STDOUT, Writer, output_window
+from pm.common.output import (
+    STDERR,
+    STDOUT,
+    Writer,
+    loss_line,
+    loss_status,
+    loss_words,
+    output_window,
+)
 from pm.jobenv import kvsname_of, new_job_id
 from pm.jobspec import JobSpec, sequence_slots
 from pm.proto import tree_wire as t
@@ -221,6 +230,7 @@ class JobRun:
                                                     STDERR: spec.error or ""}, job_id=job_id)
             self.writer.timestamp = spec.timestamp
             self.writer.append = spec.output_append
+            self.writer.raw = spec.unbuffered  # (srun's -u, --pty: as it comes)
             if spec.output_from or spec.pty:  # Hydra's -output-from; srun's --pty: rank 0's
                 from pm.common.output import rank_ranges
 
@@ -374,6 +384,7 @@ class JobRun:
             # A slow reader of our stdout must not stop the loop (heartbeats, PMI): it
             # holds the nodes' output credit instead, which holds the ranks.
             self.writer.write_behind(self.loop.call_soon_threadsafe, self._output_written)
+            self.writer.call_later = self.owned.call_later  # (lines held behind a long one)
             self._say_after_output()
         timers = RunTimers(self.owned, slurm_job_id())  # (Slurm's suspensions do not count)
         if self.spec.timeout:
@@ -457,9 +468,11 @@ class JobRun:
         finally:
             await self.aclose()
             if self.writer is not None:
+                self.writer.end_lines()
                 if not self.writer.drained():  # what a slow reader has not read
                     await asyncio.to_thread(self.writer.drain)
                 self._say_directly()
+                self._output_status()
                 self.writer.close()
         if self.spec.profile:
             from pm.common.profile import write_profile
@@ -522,6 +535,31 @@ class JobRun:
             self.signal(signal.SIGPIPE)
         if self.agent is not None:
             self.agent.from_parent(t.OutputGone(stream))
+
+    def _loss(self) -> tuple[int, int] | None:
+        """The stream of ours whose output was lost first, as the loop learned of it, and
+        why (an errno: pm.common.output.Writer.loss); None while none was."""
+        if not self._lost_streams or self.writer is None:
+            return None
+        lost = self.writer.lost
+        stream = next((s for s in lost if s in self._lost_streams), min(self._lost_streams))
+        return stream, lost.get(stream, errno.EPIPE)
+
+    def _output_status(self) -> None:
+        """The job is over and its output out: if some of it could not be written while no
+        failure came first, that is the job's status (141 for a reader gone, as a shell
+        pipeline's, else 1: pm.common.output.loss_status), named in one line (an error other
+        than a reader gone was named as it happened).  Whenever the writer learned of it:
+        the ranks' exits and the last writes may come in any order."""
+        if self.cause is not None or self.writer is None:
+            return
+        loss = self.writer.loss()
+        if loss is None:
+            return
+        self.cause = loss_line(*loss) or f"{loss_words(*loss)}: output was lost"
+        self.returncode = loss_status(loss[1])
+        if loss_line(*loss) and not self.quiet:
+            log.error("%s", self.cause)
 
     def suspend(self, _signum: int) -> None:
         """Ctrl-Z: stop every rank, then the launcher itself; SIGCONT (``fg``, ``bg``) to the
@@ -632,7 +670,8 @@ class JobRun:
             node_of_rank = self.node_of_rank
             for out in msg.items:
                 if self.sink is not None:
-                    self.sink(out.rank, out.stream, out.data)
+                    if out.data:  # (none: the end of a stream, for the writer's lines)
+                        self.sink(out.rank, out.stream, out.data)
                     self._output_written(node_of_rank[out.rank], len(out.data))
                 elif self.writer is not None:
                     self.writer.write(out.rank, out.stream, out.data, node_of_rank[out.rank])
@@ -761,7 +800,8 @@ class JobRun:
         """Lines of rank ``rank`` (on ``vertex``) of spawned job ``job``."""
         tag = -(job << 24 | vertex) - 2  # its node's credit comes back to that job's agent
         if self.sink is not None:
-            self.sink(rank, stream, data, job)
+            if data:
+                self.sink(rank, stream, data, job)
             self._output_written(tag, len(data))
         elif self.writer is not None:
             self.writer.write(rank, stream, data, tag, job)
@@ -796,13 +836,19 @@ class JobRun:
         host = self.plan.hosts[r.node]
         where = rank_at(r.rank, r.node, host)
         fail = self._fail if self.spec.kill_on_bad_exit else self._failed_alone
-        if self._lost_streams:
-            # Most likely its writes to our closed stdout failed: as in a shell pipeline
-            # whose reader went away, pmrun's status is SIGPIPE's.
+        loss = self._loss()
+        if loss is not None:
+            # Most likely its writes to our lost stdout failed (or the SIGPIPE it got then):
+            # as in a shell pipeline whose reader went away, pmrun's status is SIGPIPE's;
+            # after another error (a full disk) 1.
             what = r.reason or ExitStatus(r.code, r.signal).describe()
-            fail(f"{where} {what} after pmrun's standard "
-                 f"{'output' if STDOUT in self._lost_streams else 'error'} was closed",
-                 128 + signal.SIGPIPE)
+            text = f"{where} {what} after {loss_words(*loss)}"
+            if loss[1] != errno.EPIPE and self.cause is None:
+                # The error was named as it happened (pm.common.output.write_out): that is
+                # the job's one line, this one only with -v.
+                log.info("%s", text)
+                self.cause, self.returncode = text, loss_status(loss[1])
+            fail(text, loss_status(loss[1]))
         elif r.reason and r.code in (-1, 1) and not r.signal:
             fail(f"{where} {r.reason}", 1)
         elif r.reason:

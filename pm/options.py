@@ -553,7 +553,7 @@ def env_names(value: str, opt: str) -> list[str]:
 def out_pattern(value: str, opt: str) -> str:
     if (opt == "--output" and _directives(value)) or (opt == "-o" and _flux_option(value)):
         return value  # Open MPI 5's --output tag, Flux's -o cpu-affinity=... (_open_mpi_output)
-    from pm.common.output import pattern_problem
+    from pm.common.outfiles import pattern_problem
 
     problem = pattern_problem(opt, value)
     if problem:
@@ -3241,7 +3241,7 @@ def _job_name_in_patterns(out: Parsed, environ: Mapping[str, str]) -> None:
     if not name:
         argv = out.sections[0].argv if out.sections else []
         name = os.path.basename(argv[0]) if argv else "pmrun"
-    from pm.common.output import pattern_problem, with_job_name
+    from pm.common.outfiles import pattern_problem, with_job_name
 
     for key in patterns:
         values[key] = with_job_name(str(values[key]), str(name))
@@ -3316,7 +3316,7 @@ def _output_filename(out: Parsed) -> None:
     values["output"] = os.path.join(base, "stdout")
     if "merge_stderr" not in values:
         values["error"] = os.path.join(base, "stderr")
-    from pm.common.output import folder_in_the_way
+    from pm.common.outfiles import folder_in_the_way
 
     part = folder_in_the_way(os.path.dirname(base))
     if part:

@@ -66,9 +66,12 @@ from pm.common.output import (
     STDOUT,
     Writer,
     ensure_std_fds,
+    loss_line,
+    loss_status,
     rank_ranges,
     read_pipe,
     stdin_for_job,
+    write_out,
 )
 from pm.jobenv import kvsname_of, new_job_id, passed_env, ranks_env, slurm_het_group0
 from pm.options import internal_error, prepend_of, prepend_prefix, quick_ok, refuse
@@ -238,6 +241,7 @@ class QuickStart:
                                          job_id=started.job_id)
         writer.on_broken = self._reader_gone
         writer.timestamp = opts.timestamp
+        writer.raw = opts.unbuffered
         if opts.only is not None:
             writer.only = rank_ranges(opts.only)
         here = (self.host, 0)
@@ -419,7 +423,8 @@ class QuickStart:
 
     # ------------------------------------------------------------------ watch
     def watch(self) -> int | None:
-        """Serve the ranks until they all ended well (0), or the full path must go on (None)."""
+        """Serve the ranks until they all ended well (0, or what their output lost gives:
+        :meth:`_ended_well`), or the full path must go on (None)."""
         if self.started.failed:
             return None
         try:
@@ -630,7 +635,7 @@ class QuickStart:
                         poll.unregister(fd)  # (a closed one went with unwatch)
                 else:
                     return None  # the agent takes it from there
-        return 0
+        return self._ended_well()
 
     def _init_waits(self, r: StartedRank) -> bool:
         """Rank ``r`` ended well, perhaps before PMI init: whether another rank initialized
@@ -709,7 +714,8 @@ class QuickStart:
         fd = r.out_fd if stream == STDOUT else r.err_fd
         if fd < 0:
             return 0
-        lines, got = read_pipe(fd, r.out if stream == STDOUT else r.err)
+        buf = r.out if stream == STDOUT else r.err
+        lines, got = read_pipe(fd, buf)
         writer = self.started.writer
         assert writer is not None
         if lines:
@@ -720,6 +726,8 @@ class QuickStart:
                 writer.write(r.rank, stream, lines, -1, r.job)
             finally:
                 _writing.clear()
+        if not got and buf.open:
+            writer.write(r.rank, stream, b"", -1, r.job)  # (its last line goes on no more)
         if stream in writer.broken:
             # Nobody reads it: the ranks' writes to it fail from now on (EPIPE), rather
             # than go on for nothing (ranks that ignore SIGPIPE, such as Python's).
@@ -743,6 +751,20 @@ class QuickStart:
             r.out_fd = -1
         else:
             r.err_fd = -1
+
+    def _ended_well(self) -> int:
+        """Every rank ended well: 0, unless their output could not all be written: then
+        that loss's status, and its line where it was not said as it happened."""
+        writer = self.started.writer
+        assert writer is not None
+        writer.end_lines()  # (nothing waits once every pipe is at its end)
+        loss = writer.loss()
+        if loss is None:
+            return 0
+        line = loss_line(*loss)
+        if line:
+            write_out(2, f"pmrun: {line}\n".encode())
+        return loss_status(loss[1])
 
     def _ended_early(self, r: StartedRank) -> bool:
         """Whether rank ``r`` has already exited with status 0 without a word of PMI and

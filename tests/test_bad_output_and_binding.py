@@ -195,10 +195,9 @@ def test_pmruns_stdout_that_cannot_be_written_is_said_in_one_line(tmp_path: Path
     assert lines[0] == ("pmrun: cannot write to stdout: No space left on device: what goes "
                         "there from now on is lost"), r.stderr
     # The rank may have ended before its output was found unwritable, or be ended by the
-    # SIGPIPE its lost stdout gets (as with a reader gone): named then in a line of its own.
-    assert (r.returncode, lines[1:]) in ((0, []), (141, [
-        f"pmrun: rank 0 (node 0, {os.uname().nodename}) killed by SIGPIPE after pmrun's "
-        "standard output was closed"])), r.stderr
+    # SIGPIPE its lost stdout gets (as with a reader gone): the job's status is 1 either way,
+    # that one line its cause.
+    assert (r.returncode, lines[1:]) == (1, []), r.stderr
 
 
 # ------------------------------------------------------------------ --joblog

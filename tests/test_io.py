@@ -476,13 +476,19 @@ def test_rank_0_reads_eof_when_pmrun_has_no_stdin(pmrun: Run, opts: list[str]) -
 
 @pytest.mark.parametrize("quick", ["1", "0"])
 def test_closed_stdout_is_no_crash(tmp_path: Path, quick: str) -> None:
-    # `pmrun ... >&-`: the ranks' output has nowhere to go; the job still runs and ends well.
+    # `pmrun ... >&-`: the ranks' output has nowhere to go: said once, as the ranks' writes
+    # fail (SIGPIPE), and the job's status is 1 (tests/test_output_exact.py).
     argv = " ".join(pmrun_argv("-n", "2", "sh", "-c", "'echo out; echo err >&2'"))
     p = subprocess.run(["sh", "-c", f"exec {argv} >&-"], cwd=tmp_path,
                        env=pmrun_env({"PM_QUICK": quick}), stdin=subprocess.DEVNULL,
                        capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, p.stderr
-    assert p.stderr.splitlines() == ["err", "err"]
+    assert p.returncode == 1, p.stderr
+    lines = p.stderr.splitlines()
+    assert [line for line in lines if line.startswith("pmrun:")] == [
+        "pmrun: cannot write to stdout: it was closed when pmrun started: what goes there "
+        "from now on is lost"], p.stderr
+    # (The ranks' stderr still goes; a rank ended by SIGPIPE first writes none.)
+    assert {line for line in lines if not line.startswith("pmrun:")} <= {"err"}, p.stderr
 
 
 @pytest.mark.parametrize("opts", [[], ["--local-nodes", "2"], ["-genv", "PM_X", "1"]])
@@ -559,7 +565,7 @@ def test_output_patterns_name_the_host_and_node(pmrun: Run, tmp_path: Path,
 
 def test_output_patterns_inside_slurm_name_slurm_s_job(monkeypatch: pytest.MonkeyPatch) -> None:
     # srun's -o out.%j.%t and a job array's out.%A_%a: Slurm's ids, not pmrun's own.
-    from pm.common.output import expand_pattern
+    from pm.common.outfiles import expand_pattern
 
     for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(name, raising=False)

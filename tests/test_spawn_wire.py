@@ -478,7 +478,7 @@ def test_libpmi2_job_spawn(tmp_path: Path) -> None:
 
 
 def test_a_spawned_ranks_output_file_is_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pm.common.output import expand_pattern
+    from pm.common.outfiles import expand_pattern
 
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # (in one, %j is Slurm's job id)
 

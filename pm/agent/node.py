@@ -503,7 +503,9 @@ class JobAgent:
 
     # ------------------------------------------------------------------ output, exits
     def rank_output(self, rank: int, stream: int, lines: bytes) -> None:
-        """Complete lines a local rank wrote (pm.agent.ranks): up the tree, batched."""
+        """Bytes a local rank wrote (pm.agent.ranks: complete lines, a long line's piece,
+        a last line without newline; none: that stream ended inside a line): up the tree,
+        batched."""
         self._out.append(t.RankOutput(rank, stream, lines))
         self._schedule_flush()
 

@@ -386,7 +386,8 @@ class LocalRanks:
     # ------------------------------------------------------------------ output
     def _read_output(self, proc: RankProc, stream: int) -> None:
         fd = proc.fds[stream]
-        lines, got = read_pipe(fd, proc.streams[stream])
+        buf = proc.streams[stream]
+        lines, got = read_pipe(fd, buf)
         if got < 0:
             return
         if got:
@@ -403,6 +404,8 @@ class LocalRanks:
                 self.report(proc)
         if lines:
             self.agent.rank_output(proc.rank, stream, lines)
+        if not got and buf.open:  # its last bytes left a line open: it goes on no more
+            self.agent.rank_output(proc.rank, stream, b"")
 
     def output_credit(self, nbytes: int) -> None:
         """The head wrote ``nbytes`` of our output: read the pipes again if they waited."""

@@ -3,15 +3,21 @@ stdin goes to rank 0."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
+
+from pm.common.outfiles import create, expand_pattern, per_rank_folder
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (pmrun's quick path)
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-#: A line longer than this is passed on in pieces (a rank printing without newlines).
+    from pm.common.write_behind import WriteBehind
+
+#: A partial line is held until its newline comes up to this length; a longer one goes on
+#: as it comes, in pieces (a rank printing without newlines: memory stays bounded).
 MAX_LINE = 1 << 20
 
 STDOUT = 1
@@ -19,39 +25,52 @@ STDERR = 2
 
 
 class LineBuffer:
-    """Turns a stream's chunks into complete lines (newline included).
+    """Turns a stream's chunks into complete lines (newline included), its bytes as they are.
 
-    ``terminate``: a line cut at :data:`MAX_LINE` and the last partial line get a
-    newline (a rank's, so that no other rank's bytes join it); without, they come as
-    they are (a task's output, passed on byte for byte).  ``raw`` (srun's ``-u``): no
-    line is held, every chunk passes as it came."""
+    A partial line is held until its newline comes; one of :data:`MAX_LINE` bytes without
+    one is passed on from then on as it comes, in pieces, until its newline.  At EOF the last
+    partial line comes as it is (no newline is added).  :attr:`open` says whether what was
+    passed on so far ends inside a line (a long line's piece, or that last line): the
+    writer is then told the stream's end (:meth:`Writer.write` with no bytes), so that it
+    knows that line will not go on.  ``raw`` (srun's ``-u``): no line is held, every chunk
+    passes as it came."""
 
-    __slots__ = ("_part", "_raw", "_terminate")
+    __slots__ = ("_part", "_raw", "open")
 
-    def __init__(self, terminate: bool = True, raw: bool = False) -> None:
+    def __init__(self, raw: bool = False) -> None:
         self._part = b""
-        self._terminate = terminate
         self._raw = raw
+        self.open = False
 
     def feed(self, data: bytes) -> bytes:
         """The complete lines in ``data`` (with what was left before); keeps the rest."""
         if self._raw:
             return data
+        if self.open:  # in a long line: its bytes go on as they come, up to its end
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                return data
+            self.open = False
+            self._part = data[cut:]
+            return data[:cut]
         buf = self._part + data if self._part else data
         cut = buf.rfind(b"\n") + 1
         if cut == 0:
             if len(buf) >= MAX_LINE:
                 self._part = b""
-                return buf + b"\n" if self._terminate else buf
+                self.open = True
+                return buf
             self._part = buf
             return b""
         self._part = buf[cut:]
         return buf[:cut]
 
     def flush(self) -> bytes:
-        """At EOF: the last partial line (terminated, unless told not to)."""
+        """At EOF: the last partial line, as it is."""
         part, self._part = self._part, b""
-        return part + b"\n" if part and self._terminate else part
+        if part:
+            self.open = True
+        return part
 
 
 def output_window(nodes: int) -> int:
@@ -104,9 +123,45 @@ def rank_ranges(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+#: While a rank's line longer than :data:`MAX_LINE` goes on, the other ranks' lines for the
+#: same file or terminal wait (:class:`Writer`), up to this many bytes of them and this
+#: many seconds: beyond, the long line is ended there (a newline in its bytes) and they go.
+HOLD_BYTES = 1 << 20
+HOLD_TIME = 5.0
+
+
+class _Line:
+    """What :class:`Writer` knows of one output (a descriptor, or stdout and stderr when
+    they are the same file): whose line is open there (its last bytes had no newline), and
+    the other ranks' chunks waiting for that line's end."""
+
+    __slots__ = ("by", "ended", "fd", "held", "since", "size")
+
+    def __init__(self) -> None:
+        #: (job, rank, stream) whose bytes the open line ends with (None: none is open).
+        self.by: tuple[int, int, int] | None = None
+        #: That stream has ended: its line will not go on (the next line ends it).
+        self.ended = False
+        self.fd = -1
+        #: (job, rank, stream, chunk, fd) waiting, in the order they came; their bytes.
+        self.held: list[tuple[int, int, int, bytes, int]] = []
+        self.size = 0
+        #: When the first of them came (time.monotonic()).
+        self.since = 0.0
+
+
 class Writer:
     """Writes ranks' lines to the launcher's stdout/stderr, tagged ``[rank]`` on demand, or to
     files named by a pattern per stream (``files``: see :func:`expand_pattern`).
+
+    The bytes go as the ranks wrote them (:class:`LineBuffer` passes complete lines, a long
+    line's pieces and a last line without newline): nothing is added where no other rank's
+    bytes can join a line.  Where they can (an output several ranks write to, or a rank's
+    stdout and stderr when they are the same file), a line left open is ended by a newline
+    before another rank's bytes only once its stream has ended; while it goes on (a line
+    longer than :data:`MAX_LINE`, in pieces), the other ranks' chunks wait for its end, up
+    to :data:`HOLD_BYTES` and :data:`HOLD_TIME` (then it is ended there).  :attr:`raw`
+    (srun's ``-u``): every chunk goes as it comes.
 
     It starts out writing in the caller's thread (pmrun's quick path: a slow
     reader simply holds the ranks).  :meth:`write_behind` makes stdout and stderr
@@ -119,6 +174,15 @@ class Writer:
                  files: dict[int, str] | None = None, job_id: str = "") -> None:
         self.label = label
         self._fds = {STDOUT: out_fd, STDERR: err_fd}
+        #: Where each stream's lines meet (stderr's is stdout's when it is the same file).
+        self._meet = {STDOUT: out_fd, STDERR: out_fd if _same_file(out_fd, err_fd) else err_fd}
+        self._lines: dict[int, _Line] = {}
+        self._releasing = False
+        #: Starts a timer on the caller's loop (``call_later(seconds, fn)``): lines held
+        #: behind a long one go after :data:`HOLD_TIME` even if nothing else is written.
+        self.call_later: Callable[[float, Callable[[], None]], object] | None = None
+        #: Output passed on as it comes, partial lines too (srun's ``-u``): nothing waits.
+        self.raw = False
         self._prefixes: dict[int, bytes] = {}
         self._patterns = {k: v for k, v in (files or {}).items() if v}
         self._job_id = job_id
@@ -132,9 +196,12 @@ class Writer:
         #: Called once per stream (STDOUT, STDERR) whose reader went away (its output is
         #: lost from then on).
         self.on_broken: Callable[[int], None] | None = None
-        self._behind: _WriteBehind | None = None
+        self._behind: WriteBehind | None = None
         #: The streams nobody reads any more.
         self.broken: set[int] = set()
+        #: The streams whose output could not all be written, in that order, and why (an
+        #: errno: EPIPE when the reader went away).
+        self.lost: dict[int, int] = {}
         #: Every line starts with the time it is written (Open MPI's --timestamp-output).
         self.timestamp = False
         #: Output files are appended to, not truncated first (srun's --open-mode=append).
@@ -147,18 +214,141 @@ class Writer:
                      written: Callable[[int, int], None]) -> None:
         """From now on, write stdout and stderr from a thread (see the class)."""
         if self._behind is None:
-            self._behind = _WriteBehind(call_soon, written, self._fd_gone)
+            from pm.common.write_behind import WriteBehind
+
+            self._behind = WriteBehind(call_soon, written, self._fd_gone)
 
     def write(self, rank: int, stream: int, chunk: bytes, tag: int = -1, job: int = 0
               ) -> None:
-        """Lines of ``rank`` (of spawned job ``job``, labelled ``[job:rank]``, when not 0);
-        ``tag`` comes back with the byte count once they are written."""
+        """Bytes of ``rank`` (of spawned job ``job``, labelled ``[job:rank]``, when not 0):
+        complete lines, a long line's piece, or its stream's last line without newline;
+        no bytes: that stream has ended.  ``tag`` comes back with the byte count once they
+        are written."""
         size = len(chunk)
+        behind = self._behind
         if self.only is not None and not job and not any(lo <= rank <= hi
                                                          for lo, hi in self.only):
-            if self._behind is not None:
-                self._behind.written(tag, size)  # (its credit goes back all the same)
+            if behind is not None:
+                behind.written(tag, size)  # (its credit goes back all the same)
             return
+        if stream in self._patterns:
+            fd = meet = self._file(rank, stream, job)
+        else:
+            fd = -1 if stream in self.broken else self._fds[stream]
+            meet = self._meet[stream]
+        if fd < 0 or not (size or self._lines):  # dropped (nobody reads it), or nothing
+            if behind is not None:
+                behind.written(tag, size)
+            return
+        line = self._lines.get(meet)
+        if self.raw or ((line is None or line.by is None) and chunk[-1:] == b"\n"):
+            # No line is open there (nor does any chunk wait: only behind an open line).
+            self._put(fd, self._dress(rank, job, chunk, True), tag, size, rank, stream)
+        else:
+            self._line(meet, job, rank, stream, chunk, fd, tag)
+
+    def _line(self, meet: int, job: int, rank: int, stream: int, chunk: bytes, fd: int,
+              tag: int = -1) -> None:
+        """``chunk`` (or its stream's end) where a line may be open (see the class)."""
+        line = self._lines.get(meet)
+        if line is None:
+            line = self._lines[meet] = _Line()
+        if not chunk:  # the stream's end: the line it left open goes on no more
+            if any(h[0] == job and h[1] == rank for h in line.held):
+                line.held.append((job, rank, stream, chunk, fd))  # (after its bytes)
+            elif line.by == (job, rank, stream):
+                line.ended = True
+                if line.held:
+                    self._release(meet, line)
+            if self._behind is not None:
+                self._behind.written(tag, 0)
+            return
+        by = line.by
+        if by is not None and (by[0] != job or by[1] != rank):  # another rank's line
+            if not line.ended:
+                self._hold(meet, line, (job, rank, stream, chunk, fd), tag)
+                return
+            # Its rank wrote its last: the line ends here.
+            self._put(line.fd, b"\n", -1, 0, by[1], by[2])
+            line.by = by = None
+        self._put(fd, self._dress(rank, job, chunk, by is None), tag, len(chunk), rank,
+                  stream)
+        if chunk[-1:] == b"\n":
+            line.by = None
+            if line.held:
+                self._release(meet, line)
+        else:
+            line.by, line.ended, line.fd = (job, rank, stream), False, fd
+
+    def _hold(self, meet: int, line: _Line, item: tuple[int, int, int, bytes, int],
+              tag: int) -> None:
+        """``item`` waits for the end of the line open at ``meet`` (its credit goes back:
+        what waits is bounded here)."""
+        now = time.monotonic()
+        if not line.held:
+            line.since = now
+            if self.call_later is not None:
+                self.call_later(HOLD_TIME, lambda: self._expire(meet))
+        line.held.append(item)
+        line.size += len(item[3])
+        if self._behind is not None:
+            self._behind.written(tag, len(item[3]))
+        if line.size > HOLD_BYTES or now - line.since >= HOLD_TIME:
+            self._cut(meet, line)
+
+    def _expire(self, meet: int) -> None:
+        line = self._lines.get(meet)
+        if line is not None and line.held and time.monotonic() - line.since >= HOLD_TIME:
+            self._cut(meet, line)
+
+    def _cut(self, meet: int, line: _Line) -> None:
+        """The open line is ended here (a newline), and what waited for it goes."""
+        by = line.by
+        if by is not None:
+            self._put(line.fd, b"\n", -1, 0, by[1], by[2])
+            line.by = None
+        self._release(meet, line)
+
+    def _release(self, meet: int, line: _Line) -> None:
+        """The chunks that waited at ``meet`` go, in order, while no other rank's line is
+        open there (one may open it again: the rest wait on; each rank's stay in order)."""
+        if self._releasing:
+            return  # (the outer call goes on)
+        self._releasing = True
+        try:
+            while line.held:
+                held, line.held, line.size = line.held, [], 0
+                waiting: set[tuple[int, int]] = set()
+                for item in held:
+                    job, rank, stream, chunk, fd = item
+                    by = line.by
+                    if (job, rank) in waiting or (
+                            chunk and by is not None and (by[0] != job or by[1] != rank)
+                            and not line.ended):
+                        waiting.add((job, rank))
+                        line.held.append(item)
+                        line.size += len(chunk)
+                    else:
+                        self._line(meet, job, rank, stream, chunk, fd)
+                if len(line.held) == len(held):
+                    break  # (all wait for the line now open)
+        finally:
+            self._releasing = False
+        if line.held:  # (waiting anew: from now)
+            line.since = time.monotonic()
+            if self.call_later is not None:
+                self.call_later(HOLD_TIME, lambda: self._expire(meet))
+
+    def end_lines(self) -> None:
+        """The job is over: what still waits for a line's end goes (that line ended by a
+        newline)."""
+        for meet, line in list(self._lines.items()):
+            if line.held:
+                self._cut(meet, line)
+
+    def _dress(self, rank: int, job: int, chunk: bytes, start: bool) -> bytes:
+        """``chunk`` with the label and the time at the start of each line (``start``: its
+        first bytes start one; not when they go on with the rank's open line)."""
         if self.label:
             who = rank if not job else -((job << 32) | rank) - 1
             prefix = self._prefixes.get(who)
@@ -167,38 +357,63 @@ class Writer:
                     b"[%d:%d] " % (job, rank) if job
                     else b"[%d] " % rank if self.prefix is None else self.prefix(rank))
             lines = chunk.split(b"\n")
-            if lines and lines[-1] == b"":
-                lines.pop()
-            chunk = b"".join(prefix + line + b"\n" for line in lines)
+            last = lines.pop()
+            chunk = b"".join([prefix + line + b"\n" for line in lines]
+                             + ([prefix + last] if last else []))
+            if not start:
+                chunk = chunk[len(prefix):]
         if self.timestamp:
             stamp = time.strftime("[%a %b %e %H:%M:%S %Y] ").encode()
-            chunk = b"".join(stamp + line for line in chunk.splitlines(keepends=True))
+            pieces = chunk.splitlines(keepends=True)
+            chunk = b"".join(stamp + line for line in pieces)
+            if not start and pieces:
+                chunk = chunk[len(stamp):]
+        return chunk
+
+    def _put(self, fd: int, data: bytes, tag: int, size: int, rank: int, stream: int
+             ) -> None:
+        """Write ``data`` (``size`` bytes of the ranks') to ``fd``, ``stream``'s."""
         behind = self._behind
         if stream in self._patterns:
-            fd = self._file(rank, stream, job)
             if fd >= 0:
                 try:
-                    write_all(fd, chunk)  # a regular file: no reader to wait for
+                    write_all(fd, data)  # a regular file: no reader to wait for
                 except OSError as exc:  # (a full disk, a file of /proc...)
                     self._file_lost(fd, rank, stream, exc)
         elif stream in self.broken:
             pass  # nobody reads it any more: dropped
         elif behind is not None:
-            behind.put(self._fds[stream], chunk, tag, size)
+            behind.put(fd, data, tag, size)
             return
-        elif not write_out(self._fds[stream], chunk):
-            self._fd_gone(self._fds[stream])
+        else:
+            err = write_out(fd, data)
+            if err:
+                self._fd_gone(fd, err)
         if behind is not None:
             behind.written(tag, size)
 
-    def _fd_gone(self, fd: int) -> None:
+    def _fd_gone(self, fd: int, err: int) -> None:
         # `pmrun ... | head`: the streams written to ``fd`` are lost (and their writers are
         # told, as in a shell pipeline).
         for stream, to in self._fds.items():
             if to == fd and stream not in self.broken and stream not in self._patterns:
                 self.broken.add(stream)
+                self.lost.setdefault(stream, err)
                 if self.on_broken is not None:
                     self.on_broken(stream)
+
+    def loss(self) -> tuple[int, int] | None:
+        """The first of our stdout and stderr whose ranks' output could not all be written,
+        and why (an errno; EPIPE: its reader went away), once what was written is out (the
+        thread's failures count before the loop hears of them); None if none."""
+        if self.lost:
+            return next(iter(self.lost.items()))
+        if self._behind is not None:
+            for fd, err in self._behind.failed().items():
+                for stream, to in self._fds.items():
+                    if to == fd and stream not in self._patterns:
+                        return stream, err
+        return None
 
     def _file(self, rank: int, stream: int, job: int = 0) -> int:
         fd = self._to.get((stream, job, rank))
@@ -209,7 +424,7 @@ class Writer:
             fd = self._opened.get(path)
             if fd is None:
                 try:  # truncated once per job: ranks sharing a file append to it
-                    fd = _create(path, per_rank_folder(self._patterns[stream]), self.append)
+                    fd = create(path, per_rank_folder(self._patterns[stream]), self.append)
                 except OSError as exc:
                     fd = -1
                     _lost(rank, stream, f"cannot open {path}: {exc.strerror}")
@@ -227,6 +442,7 @@ class Writer:
             if to == fd:
                 self._to[key] = -1
         os.close(fd)
+        self._lines.pop(fd, None)  # (its number may be another file's next)
         _lost(rank, stream, f"cannot write {paths[0] if paths else fd}: {exc.strerror}")
 
     @property
@@ -236,7 +452,12 @@ class Writer:
 
     def say(self, text: str) -> None:
         """pmrun's own message on stderr, after the output written so far (a rank's last
-        lines come before the line that says how it ended)."""
+        lines come before the line that says how it ended), on a line of its own."""
+        if self._fds[STDERR] in _CLOSED:
+            return  # (closed when pmrun started: nothing can be said, and nothing is lost)
+        line = self._lines.get(self._meet[STDERR])
+        while line is not None and line.by is not None:  # (a rank's line without newline)
+            self._cut(self._meet[STDERR], line)
         data = text.encode(errors="replace")
         behind = self._behind
         if behind is None or STDERR in self.broken or not behind.put(self._fds[STDERR], data,
@@ -269,6 +490,16 @@ class Writer:
         self._to.clear()
 
 
+def _same_file(a: int, b: int) -> bool:
+    """Whether descriptors ``a`` and ``b`` are one file (``2>&1``, a terminal): the lines
+    written to them meet."""
+    try:
+        one, two = os.fstat(a), os.fstat(b)
+    except OSError:
+        return False
+    return (one.st_dev, one.st_ino) == (two.st_dev, two.st_ino)
+
+
 class SaidAfterOutput:
     """A stream for a logging handler: what it is given goes through ``writer``
     (:meth:`Writer.say`), in order with the output."""
@@ -282,256 +513,6 @@ class SaidAfterOutput:
 
     def flush(self) -> None:
         pass
-
-
-class _WriteBehind:
-    """The thread that writes a :class:`Writer`'s stdout and stderr chunks in order."""
-
-    def __init__(self, call_soon: Callable[[Callable[[], None]], object],
-                 written: Callable[[int, int], None], broken: Callable[[int], None]) -> None:
-        import threading
-
-        self._loop_call = call_soon
-        self.written = written
-        self._broken = broken
-        self._cond = threading.Condition()
-        self._items: list[tuple[int, bytes, int, int]] = []
-        self._done: dict[int, int] = {}  # tag -> bytes written, not yet reported
-        self._gone = False
-        #: Descriptors whose reader went away: what is for them counts as written.
-        self._dead: set[int] = set()
-        self._idle = True
-        self._thread = threading.Thread(target=self._run, name="pm-output", daemon=True)
-        self._thread.start()
-
-    def put(self, fd: int, chunk: bytes, tag: int, size: int) -> bool:
-        """Queue ``chunk`` for ``fd``; False if it was dropped (the writer is abandoned)."""
-        with self._cond:
-            if self._gone:
-                gone = True
-            else:
-                gone = False
-                self._items.append((fd, chunk, tag, size))
-                self._cond.notify()
-        if gone:
-            self.written(tag, size)
-        return not gone
-
-    def _run(self) -> None:
-        cond = self._cond
-        while True:
-            with cond:
-                while not self._items:
-                    self._idle = True
-                    cond.notify_all()
-                    if self._gone:
-                        return  # closed (or nobody reads): the thread ends
-                    cond.wait()
-                self._idle = False
-                items, self._items = self._items, []
-            for fd, chunk, tag, size in items:
-                if self._gone:
-                    break  # abandoned
-                if fd not in self._dead and not write_out(fd, chunk):
-                    self._dead.add(fd)  # the other stream may still have a reader
-                    self._broken_soon(fd)
-                with cond:
-                    report = not self._done
-                    self._done[tag] = self._done.get(tag, 0) + size
-                if report:
-                    self._call_soon(self._report)
-
-    def _broken_soon(self, fd: int) -> None:
-        self._call_soon(lambda: self._broken(fd))
-
-    def _call_soon(self, fn: Callable[[], None]) -> None:
-        try:  # noqa: SIM105 (contextlib is not imported on pmrun's quick path)
-            self._loop_call(fn)
-        except RuntimeError:
-            pass  # the loop is closed: the job is over, nobody waits for credit
-
-    def _report(self) -> None:
-        with self._cond:
-            done, self._done = self._done, {}
-        for tag, size in done.items():
-            self.written(tag, size)
-
-    def drain(self) -> None:
-        with self._cond:
-            while (self._items or not self._idle) and not self._gone:
-                self._cond.wait()
-
-    def drained(self) -> bool:
-        with self._cond:
-            return self._gone or (not self._items and self._idle)
-
-    def abandon(self) -> None:
-        with self._cond:
-            self._gone = True
-            self._items = []
-            self._cond.notify_all()
-
-
-#: What a file pattern's ``%X`` stands for (expand_pattern), as said in a refusal.
-PATTERN_CODES = "%r or %t the rank, %j the job id, %x its name, %h or %N the host, %n or " \
-                "%p the node number, %u the user, %A and %a a Slurm job array's id and " \
-                "index, %% a percent sign"
-
-
-def pattern_problem(option: str, pattern: str) -> str | None:
-    """What is wrong with an output file pattern (a %X it does not know, its folder is
-    missing), or None.  A folder of each rank's, node's or job's (``out/%r/stdout``) is made
-    when the file is."""
-    i = pattern.find("%")
-    while 0 <= i < len(pattern) - 1:
-        if pattern[i + 1] not in _CODES:
-            return f"{option} {pattern}: %{pattern[i + 1]} stands for nothing ({PATTERN_CODES})"
-        i = pattern.find("%", i + 2)
-    if "%x" in os.path.dirname(pattern).replace("%%", ""):
-        return None  # (checked again with the job's name in it: pm.options)
-    folder = os.path.dirname(expand_pattern(pattern, 0, "job"))
-    if not folder or os.path.isdir(folder):
-        return _file_problem(option, pattern)
-    if not per_rank_folder(pattern):
-        return f"{option} {pattern}: no such directory {folder}"
-    part = folder_in_the_way(folder)
-    return f"{option} {pattern}: {part} is not a folder" if part else None
-
-
-def _file_problem(option: str, pattern: str) -> str | None:
-    """What keeps the one file ``pattern`` names (the same for every rank, job and node) from
-    taking the job's output, or None: a directory of that name, a file that cannot be
-    written (a file of /proc, one read-only for us), a folder we may not create it in.  A
-    name that differs between ranks is left to the job (a rank whose file cannot be opened
-    is named then, and the others' output goes on)."""
-    if "{{" in pattern or any(f"%{k}" in pattern.replace("%%", "") for k in "rtjxhNnp"):
-        return None  # (Flux's {{tags}}: pmrun's codes by now, checked as such: pm.options)
-    path = expand_pattern(pattern, 0, "job")
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        folder = os.path.dirname(path) or "."
-        if not os.access(folder, os.W_OK | os.X_OK):
-            return f"{option} {pattern}: cannot create a file in {folder} (permission denied)"
-        return None
-    except OSError as exc:
-        return f"{option} {pattern}: {exc.strerror}"
-    if stat.S_ISDIR(st.st_mode):
-        return f"{option} {pattern}: is a directory"
-    if not stat.S_ISREG(st.st_mode):
-        return None  # a terminal, /dev/null, a named pipe (whose reader may come later)
-    # Opened as the job opens it (not truncated yet) and written nothing: the kernel says
-    # whether it would take bytes (a file of /proc: EIO; read-only: EACCES, EROFS).
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOCTTY)
-        try:
-            os.write(fd, b"")
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        return f"{option} {pattern}: cannot be written: {exc.strerror}"
-    return None
-
-
-def folder_in_the_way(folder: str) -> str | None:
-    """The nearest part of ``folder`` that exists, when it is not a folder (the folders
-    below it cannot be made); None when they can be."""
-    part = folder
-    while part and not os.path.exists(part):
-        part = os.path.dirname(part)
-    return part if part and not os.path.isdir(part) else None
-
-
-def per_rank_folder(pattern: str) -> bool:
-    """Whether the folder part of ``pattern`` names a rank, a node or the job (``%r``,
-    ``%t``, ``%j``, ``%h``...): such folders cannot be there beforehand, and are made as
-    needed."""
-    folder = os.path.dirname(pattern).replace("%%", "")
-    return any(f"%{k}" in folder for k in "rtjhNnp")
-
-
-def with_job_name(pattern: str, name: str) -> str:
-    """``pattern`` with srun's ``%x`` (the job's name) put in (``%%x`` stays as it is)."""
-    out = []
-    i = 0
-    while i < len(pattern):
-        if pattern[i] == "%" and i + 1 < len(pattern):
-            pair = pattern[i:i + 2]
-            out.append(name if pair == "%x" else pair)
-            i += 2
-            continue
-        out.append(pattern[i])
-        i += 1
-    return "".join(out)
-
-
-def _create(path: str, make_folder: bool, append: bool = False) -> int:
-    """Open ``path`` for a job's output (created, truncated unless ``append``);
-    ``make_folder``: with the folders it needs."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | (0 if append else os.O_TRUNC)
-    try:
-        return os.open(path, flags, 0o666)
-    except FileNotFoundError:
-        if not make_folder:
-            raise
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return os.open(path, flags, 0o666)
-
-
-#: The codes of a file pattern (see expand_pattern).
-_CODES = frozenset("rtjxhNnpuAa%")
-
-
-def expand_pattern(pattern: str, rank: int, job_id: str, spawned: int = 0, *, host: str = "",
-                   node: int = 0) -> str:
-    """An output file name: ``%r`` (or Slurm's ``%t``) is the rank, ``%j`` the job id
-    (inside a Slurm job Slurm's, as srun's; ``%A``/``%a`` its array's id and index),
-    ``%h`` (Hydra's) or ``%N`` (Slurm's) the rank's host, ``%n`` (Slurm's) or ``%p``
-    (Hydra's) its node's number, ``%u`` the user, ``%%`` a percent sign; without ``%r``,
-    every rank writes to the one file (of its host, with ``%h``).
-
-    A rank of spawned job ``J`` (``spawned``) has its own file, never rank R's of the
-    launched job: ``%j`` is the job id followed by ``sJ``, and a pattern with a rank
-    but no ``%j`` gets ``.sJ`` at the end (``out.%r`` -> ``out.3.s1``).
-    """
-    slurm = os.environ.get("SLURM_JOB_ID")
-    if slurm:  # inside a Slurm job, its id, as srun's %j (pmrun's own id is not the user's)
-        job_id = slurm
-    array = os.environ.get("SLURM_ARRAY_JOB_ID") or job_id
-    index = os.environ.get("SLURM_ARRAY_TASK_ID") or "4294967294"  # (srun's, outside one)
-    if spawned:
-        job_id = f"{job_id}s{spawned}"
-    out = []
-    i = 0
-    ranked = has_job = False
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "%" and i + 1 < len(pattern):
-            nxt = pattern[i + 1]
-            sub = ({"r": str(rank), "t": str(rank), "j": job_id, "%": "%", "h": host,
-                    "N": host.split(".")[0], "n": str(node), "p": str(node), "A": array,
-                    "a": index}.get(nxt)
-                   if nxt != "u" else _user())
-            if sub is not None:
-                ranked = ranked or nxt in "rt"
-                has_job = has_job or nxt in "jA"
-                out.append(sub)
-                i += 2
-                continue
-        out.append(c)
-        i += 1
-    if spawned and ranked and not has_job:
-        out.append(f".s{spawned}")
-    return "".join(out)
-
-
-def _user() -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
 
 
 def write_all(fd: int, data: bytes) -> bool:
@@ -551,20 +532,56 @@ def write_all(fd: int, data: bytes) -> bool:
     return True
 
 
-def write_out(fd: int, data: bytes) -> bool:
-    """:func:`write_all` to pmrun's stdout or stderr (``fd``): False once it takes no more,
-    because nobody reads it or, said on stderr, because of an error (a full disk, a
-    terminal gone: EIO); what goes to it from then on is lost, as with no reader."""
+def write_out(fd: int, data: bytes) -> int:
+    """:func:`write_all` to pmrun's stdout or stderr (``fd``): 0, or once it takes no more,
+    why (an errno): EPIPE because nobody reads it, else an error said on stderr (a full
+    disk, a terminal gone: EIO; EBADF: it was closed when pmrun started, see
+    :func:`ensure_std_fds`); what goes to it from then on is lost, as with no reader."""
     try:
-        return write_all(fd, data)
+        if fd in _CLOSED:
+            raise OSError(errno.EBADF, "it was closed when pmrun started")
+        return 0 if write_all(fd, data) else errno.EPIPE
     except OSError as exc:
         name = {1: "stdout", 2: "stderr"}.get(fd, f"descriptor {fd}")
-        try:  # noqa: SIM105 (stderr itself, perhaps: nothing can be said; no contextlib)
-            write_all(2, f"pmrun: cannot write to {name}: {exc.strerror}: what goes there "
-                         "from now on is lost\n".encode())
-        except OSError:
-            pass
-        return False
+        if 2 not in _CLOSED:
+            try:  # noqa: SIM105 (stderr itself, perhaps: nothing can be said; no contextlib)
+                write_all(2, f"pmrun: cannot write to {name}: {exc.strerror}: what goes "
+                             "there from now on is lost\n".encode())
+            except OSError:
+                pass
+        return exc.errno or errno.EIO
+
+
+#: pmrun's exit status when the ranks' output could not all be written and no rank failed
+#: before: a reader gone (EPIPE) gives SIGPIPE's, as a shell pipeline does; another error
+#: (a full disk, a descriptor closed when pmrun started) 1.
+EXIT_OUTPUT_CLOSED = 141
+EXIT_OUTPUT_FAILED = 1
+
+
+def loss_status(err: int) -> int:
+    """pmrun's exit status for output lost with errno ``err`` (:data:`EXIT_OUTPUT_CLOSED`)."""
+    return EXIT_OUTPUT_CLOSED if err == errno.EPIPE else EXIT_OUTPUT_FAILED
+
+
+def loss_words(stream: int, err: int) -> str:
+    """What happened to pmrun's ``stream`` whose output was lost with errno ``err``, as the
+    end of a sentence (``rank 1 ... exited with code 1 after ...``)."""
+    what = f"pmrun's standard {'output' if stream == STDOUT else 'error'}"
+    if err == errno.EPIPE:
+        return f"{what} was closed"
+    if err == errno.EBADF:
+        return f"{what} was closed when pmrun started"
+    return f"{what} could not be written ({os.strerror(err)})"
+
+
+def loss_line(stream: int, err: int) -> str:
+    """pmrun's line when output was lost with errno ``err`` and every rank ended well: ''
+    where it was said as it happened (:func:`write_out`: every error but a reader gone)."""
+    if err != errno.EPIPE:
+        return ""
+    return (f"standard {'output' if stream == STDOUT else 'error'} closed by its reader: "
+            "what the ranks wrote there after that is lost")
 
 
 def _lost(rank: int, stream: int, why: str) -> None:
@@ -586,12 +603,20 @@ def stdin_for_job() -> int | None:
 
 def ensure_std_fds() -> None:
     """Give a closed stdin, stdout or stderr /dev/null, before any other descriptor is made:
-    else the first pipe of a rank would take its number, and the job's output would go in."""
+    else the first pipe of a rank would take its number, and the job's output would go in.
+    A closed stdout or stderr stays one for the ranks' output: :func:`write_out` loses it
+    (EBADF), said once, as a shell's ``echo hi >&-`` fails."""
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
         except OSError:
             os.open(os.devnull, os.O_RDWR)  # the lowest free number: ``fd``
+            if fd:
+                _CLOSED.add(fd)
+
+
+#: pmrun's stdout and stderr when they were closed as it started (:func:`ensure_std_fds`).
+_CLOSED: set[int] = set()
 
 
 def rank_map(node_of_rank: list[int], hosts: list[str]) -> str:

@@ -100,9 +100,9 @@ class LocalRunner:
             _stream(loop, r.stdin_fd, stdin)
             r.stdin_fd = -1
         open_fds = {STDOUT: r.out_fd, STDERR: r.err_fd}
-        # Lines, but a task's bytes as they are: a line longer than MAX_LINE comes in
-        # pieces, and the last one without the newline it lacked.
-        bufs = {STDOUT: LineBuffer(terminate=False), STDERR: LineBuffer(terminate=False)}
+        # Lines, a task's bytes as they are: a line longer than MAX_LINE comes in pieces,
+        # and the last one without the newline it lacked.
+        bufs = {STDOUT: LineBuffer(), STDERR: LineBuffer()}
         r.out_fd = r.err_fd = -1
         drained = loop.create_future()
 

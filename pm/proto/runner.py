@@ -27,7 +27,8 @@ L, S and P the host's activity when the ensemble asked for it
 disk's %), and per task index the anonymous resident bytes of its processes.  Output
 comes as the task wrote it, many lines a record: at most :data:`MAX_DATA`
 bytes, so that the agent, which passes the runner's stdout on in lines of up
-to ``MAX_LINE``, never cuts one (:class:`RunnerReader` reads them back).
+to ``MAX_LINE`` (a longer one in pieces), passes each whole (:class:`RunnerReader` reads
+them back).
 A file's piece is one record of at most :data:`MAX_DATA` bytes too, its PATH the
 hex of its name's bytes.  JSON keeps arguments that are not UTF-8 (surrogate
 escapes).  Anything else on the stream (a warning of the interpreter) is no record.
@@ -46,7 +47,7 @@ from pm.proto.record import Record
 __all__ = ["MAX_DATA", "CommandReader", "FileChunk", "ProbeSample", "RunnerReader", "TaskExit",
            "TaskInput", "TaskOutput", "TaskSignal", "TaskStart", "TasksEnv", "from_ensemble"]
 
-#: The most of a task's output one record carries (the agent cuts lines at MAX_LINE).
+#: The most of a task's output one record carries (a line past MAX_LINE goes in pieces).
 MAX_DATA = MAX_LINE // 2
 
 _PROBE = "pmrun-probe"

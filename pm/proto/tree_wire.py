@@ -60,8 +60,9 @@ MAC_LEN = 16
 #: placement and slots; 9: Kill may ask for a report of the ranks' state first (Report);
 #: 10: plans carry --gpus-per-task; 11: and --mem-bind; 12: and PMI job attributes;
 #: 13: and the programs --bcast copies to the nodes, --pty (and Winsize), and the umask;
-#: 14: and -pmi-port; 15: and the binding's option as the user gave it
-PROTOCOL_VERSION = 15
+#: 14: and -pmi-port; 15: and the binding's option as the user gave it; 16: output comes as
+#: the ranks wrote it (no newline added: RankOutput)
+PROTOCOL_VERSION = 16
 
 #: Directions of a tree link (bound under an envelope's tag).
 UP = 1  # child to parent
@@ -81,7 +82,9 @@ class Msg(Message):
 
 
 class RankOutput(NamedTuple):
-    """Complete lines of one rank's stream (1 stdout, 2 stderr), or a last partial line at EOF.
+    """Bytes of one rank's stream (1 stdout, 2 stderr) as it wrote them: complete lines, a
+    piece of a line longer than ``pm.common.output.MAX_LINE``, or its last line without
+    newline; empty: the stream ended inside a line (that line goes on no more).
 
     A tuple (an item of :class:`Output`, sent by the thousand): msgpack packs it as the
     array it is, and reading one back is a single tuple.
