@@ -491,6 +491,8 @@ def test_a_ctrl_c_while_pmrun_imports_ends_it_as_sigint_without_a_traceback() ->
     # The pmrun script, with a Ctrl-C arriving as it imports pmrun's quick path (before
     # pmrun has handlers of its own): it ends by SIGINT, as a shell reports it (130).
     run = ("import builtins, os, runpy, signal, sys\n"
+           # (as a shell's foreground job has it: a background one starts with SIGINT ignored)
+           "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
            "sys.argv = ['pmrun', '-n', '1', 'true']\n"
            "real = builtins.__import__\n"
            "def imp(name, *args, **kw):\n"
