@@ -132,6 +132,7 @@ class JobAgent:
         #: A job agent's own signals (Slurm's, to its step's tasks), when it takes them:
         #: pmrun's same signal down the tree is not delivered twice.
         self.step_signals: StepSignals | None = None
+        self._base_env: dict[str, str] | None = None  # (base_env's, once made)
         self._flush_scheduled = False
         #: A sample of /dev/shm is due before the next flush (ranks failed meanwhile).
         self._shm_sample_due = False
@@ -196,10 +197,13 @@ class JobAgent:
         own: this agent's (the host's: what ssh, srun, a service or pmrun gave it, less what
         pmrun set for the agent alone), what pmrun passes them over it (the plan's: all of
         pmrun's environment under -genvall, -genvlist's, -genv's), the host's own X display
-        where the agent came over ssh (:func:`pm.jobenv.host_own`)."""
-        base = ranks_env(self.plan.env, self.plan.host_env)
-        host_own(base, self.plan.bootstrap.get("name"), os.environ)
-        return base
+        where the agent came over ssh (:func:`pm.jobenv.host_own`).  Made once per job (the
+        topology share, the PMIx server, the ranks and their spawns all ask); a copy each."""
+        if self._base_env is None:
+            base = ranks_env(self.plan.env, self.plan.host_env)
+            host_own(base, self.plan.bootstrap.get("name"), os.environ)
+            self._base_env = base
+        return dict(self._base_env)
 
     # ------------------------------------------------------------------ launch
     def mark(self, what: str, rank: int = -1, **args: Any) -> None:
