@@ -717,6 +717,18 @@ def _slurm_pids_on(c: RealCluster, i: int, what: tuple[str, ...]) -> list[int]:
     return out
 
 
+def _rank_shells(c: RealCluster, script: Path) -> list[int]:
+    """Pids of the shells running ``script`` on whichever nodes the job got, not the copies
+    of themselves they fork to run ``sleep`` (whose parent is such a shell)."""
+    prefix = f"/bin/bash\0{script}".encode()
+    shells = [pid for i in range(len(c.names)) for pid in _slurm_pids_on(c, i, (prefix.decode(),))]
+    def parent(pid: int) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return 0
+    return [pid for pid in shells if parent(pid) not in shells]
+
+
 def _ours_left(c: RealCluster) -> dict[str, list[str]]:
     """What pmrun left on the nodes (agents, ranks): Slurm's own processes aside."""
     return {ns: procs for ns, procs in
@@ -935,8 +947,13 @@ def _end(c: RealCluster, proc: subprocess.Popen[str]) -> None:
     """A test that failed half-way: the allocation's end ends pmrun."""
     if proc.poll() is None:
         for job in c.queue():
-            c.run(["scancel", job.split()[0]])
-        proc.communicate(timeout=60)
+            if job.strip():
+                c.run(["scancel", job.split()[0]])
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
 
 
 def test_scancel_signal_reaches_the_ranks_and_the_job_runs_on(slurm_cluster: RealCluster,
@@ -1089,7 +1106,7 @@ def test_suspended_job_is_resumed_not_lost(slurm_cluster: RealCluster, tmp_path:
     reader.start()
     try:
         _wait_ready(tmp_path, 4, proc)
-        ranks = [pid for i in range(2) for pid in _slurm_pids_on(c, i, (f"/bin/bash\0{rank}",))]
+        ranks = _rank_shells(c, rank)
         assert len(ranks) == 4, ranks
         jobid = c.queue()[0].split()[0]
         c.run(["scontrol", "suspend", jobid], check=True)
