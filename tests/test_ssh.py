@@ -117,8 +117,8 @@ def test_hosts_that_are_other_machines_mean_ssh() -> None:
                     reason="no ssh client")
 def test_unknown_hosts_are_named_not_run_here(tmp_path: Path) -> None:
     start = time.monotonic()
-    res = run(["-hosts", "nosuchhost-xyz:2,otherbad:2", "-n", "4", "hostname"], tmp_path)
-    assert res.returncode == 255
+    res = run(["-hosts", "nosuchhost-xyz:2,otherbad:2", "-n", "4", "-v", "hostname"], tmp_path)
+    assert res.returncode == 255, (res.stdout, res.stderr)
     assert socket.gethostname() not in res.stdout  # nothing ran on this machine
     assert re.search(r"node \d \((nosuchhost-xyz|otherbad)\) lost: .*"
                      r"Could not resolve hostname", res.stderr), res.stderr
