@@ -71,7 +71,7 @@ STDIN_WINDOW = 1 << 20
 #: a rank a signal ended before it: a rank often aborts because it saw a peer die (Open MPI's
 #: lost-peer abort), and that death, reported by another node's agent, may come second.  An
 #: abort with no rank on another node running is named at once (its own node's ranks are
-#: looked at by its agent: pm.agent.node); no other failure waits.
+#: looked at by its agent: pm.agent.node_end); no other failure waits.
 ABORT_GRACE = 0.05
 #: How much later than an abort a rank's failure may have been seen on its node and still
 #: count as before it: its agent sees the end when its loop gets to it (clocks of different

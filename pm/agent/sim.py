@@ -400,7 +400,7 @@ class SimRanks:
 
 
 def start_sim(agent: JobAgent) -> SimRanks:
-    """Start ``agent``'s simulated ranks (``JobAgent.start_ranks`` calls this)."""
+    """Start ``agent``'s simulated ranks (``pm.agent.node_start.start_ranks`` calls this)."""
     opts = SimOptions.from_wire(agent.plan.sim or {"ranks_per_node": agent.plan.sim_ranks})
     sim = SimRanks(agent, opts)
     agent.sim_stats = sim.stats

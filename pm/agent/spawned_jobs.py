@@ -20,7 +20,7 @@ spawned job) serves the rank that asked: a program that cannot be found on
 the spawner's node fails its request at once, with per-process error codes;
 otherwise the request goes up to the head, which places the children and
 answers once every vertex reported them started (an MPI spawner's once they
-need it: :meth:`JobAgent.report_when_needed`).
+need it: :func:`pm.agent.node_end.report_when_needed`).
 """
 
 from __future__ import annotations
@@ -173,7 +173,9 @@ class AgentSpawns:
                 except PMError as exc:
                     log.info("agent %d: no topology to bind spawned ranks: %s", top.vertex, exc)
             if topo is not None:
-                agent._bind(topo, self._taken(agent))
+                from pm.agent.node_start import bind
+
+                bind(agent, topo, self._taken(agent))
         if plan.pmix:
             await self._start_pmix(agent, topo)
         self._start(agent)
@@ -192,15 +194,16 @@ class AgentSpawns:
 
     async def _start_pmix(self, agent: JobAgent, topo: Any) -> None:
         from pm.agent import pmix_server
+        from pm.agent.node_start import open_pmix, start_pmix
 
         top = self.top
         srv = pmix_server.current()
         if srv is None or srv.loop is not agent.loop:
-            srv = await agent._start_pmix()
+            srv = await start_pmix(agent)
         if (not isinstance(srv, Exception) and top.plan.pmix and top.pmix is None
                 and not top._pmix_failed):
-            top._open_pmix(srv, None)  # the parent's namespace, for the connect
-        agent._open_pmix(srv, topo)  # (a failure is reported; the ranks do not start)
+            open_pmix(top, srv, None)  # the parent's namespace, for the connect
+        open_pmix(agent, srv, topo)  # (a failure is reported; the ranks do not start)
 
     def _start(self, agent: JobAgent) -> None:
         """Start ``agent``'s ranks here and tell the head.  Where the launched job has
@@ -220,9 +223,11 @@ class AgentSpawns:
             agent.procs.output_gone(stream)
         vertex, nlocal = top.vertex, len(agent.local)
         if agent.plan.spawned is not None and agent.plan.spawned.after_init:
+            from pm.agent.node_end import report_when_needed
+
             # An MPI spawner is answered once its children need it (pm.agent.spawn_answer).
-            agent.report_when_needed(
-                lambda needed: agent.parent.send(t.Started(vertex, 1, nlocal, [], needed)))
+            report_when_needed(
+                agent, lambda needed: agent.parent.send(t.Started(vertex, 1, nlocal, [], needed)))
         else:
             agent.parent.send(t.Started(vertex, 1, nlocal, []))
         if self._kill is not None:  # the run is ending: what just started ends with it
