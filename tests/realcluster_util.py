@@ -343,6 +343,8 @@ AccountingStorageType=accounting_storage/none
 SwitchType=switch/none
 MpiDefault=none
 SelectType=select/cons_tres
+# Heterogeneous jobs start only in a backfill pass: one a second, not every 30 s.
+SchedulerParameters=bf_interval=1
 SelectTypeParameters=CR_Core
 SlurmdParameters=config_overrides
 ReturnToService=2

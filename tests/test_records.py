@@ -143,18 +143,25 @@ def test_runner_commands_with_input_come_back_whole_however_the_stream_is_cut() 
 
 
 def test_runner_reports_come_back_whole_however_the_stream_is_cut() -> None:
-    big = bytes(range(256)) * (MAX_DATA // 128)  # every byte, newlines among them: 2 records
     exit_, sample = TaskExit(3, 137), ProbeSample(10, 5, "machine", 2, {1: 4096})
-    stream = (b"garbage\npmrun-out x\n" + exit_.line() + sample.line().encode() + b"\n"
-              + TaskOutput(4, 2, big).records()
-              + TaskOutput(1, 1, b"no newline at the end").records())
-    assert max(len(line) for line in stream.split(b"\n")) < MAX_DATA + 64  # never cut
-    for cut in (1, 7, 4096, len(stream)):
+
+    def stream_of(data: bytes) -> bytes:
+        return (b"garbage\npmrun-out x\n" + exit_.line() + sample.line().encode() + b"\n"
+                + TaskOutput(4, 2, data).records()
+                + TaskOutput(1, 1, b"no newline at the end").records())
+
+    big = bytes(range(256)) * (MAX_DATA // 128)  # every byte, newlines among them: 2 records
+    assert max(len(line) for line in stream_of(big).split(b"\n")) < MAX_DATA + 64  # never cut
+    # Byte by byte (every place a record can be cut) over a small one; the big one in
+    # pieces, whose ends fall all over its lines.
+    small = bytes(range(256)) * 3
+    for data, cut in ((small, 1), (big, 7), (big, 4096), (big, len(stream_of(big)))):
+        stream = stream_of(data)
         reader = RunnerReader()
         got = [rec for at in range(0, len(stream), cut) for rec in reader.feed(stream[at:at + cut])]
         outputs = [g for g in got if isinstance(g, TaskOutput)]
         assert [g for g in got if not isinstance(g, TaskOutput)] == [exit_, sample], cut
-        assert b"".join(g.data for g in outputs if g.index == 4) == big
+        assert b"".join(g.data for g in outputs if g.index == 4) == data
         assert [g.data for g in outputs if g.index == 1] == [b"no newline at the end"]
 
 

@@ -95,11 +95,11 @@ def test_j_counts_cpu_threads_as_gnu_parallel(pmrun: Run, tmp_path: Path, value:
     # (no bounds declared: they start together once the first was measured).
     if value == "-1" and CORES == 1:
         pytest.skip("one CPU thread: -j -1 leaves none")
-    n = slots + 2
+    n = slots + 1  # (one more than the slots: it waits for one)
     r = pmrun("-j", value, "sleep 1.5; echo {%}", ":::", *map(str, range(n)))
     assert r.returncode == 0, r.stderr
     assert sorted(set(map(int, r.stdout.split()))) == list(range(1, slots + 1)), r.stdout
-    if PARALLEL is not None:
+    if PARALLEL is not None and value == "150%":  # (one comparison: parallel takes seconds)
         want = parallel(tmp_path, "-j", value, "sleep 1.5; echo {%}", ":::",
                         *map(str, range(n)))
         assert sorted(set(want.stdout.split())) == sorted(set(r.stdout.split()))
@@ -582,6 +582,13 @@ def test_pipe_blocks_end_where_gnu_parallels_do(pmrun: Run, tmp_path: Path,
         assert (r.returncode, r.stdout) == (0, want.stdout), (block, r.stderr)
         grew = [line for line in r.stderr.splitlines() if "--block grows to" in line]
         assert len(grew) == len(want.stderr.splitlines()) and grew == r.stderr.splitlines()
+
+
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
+def test_pipe_header_goes_before_every_block_as_gnu_parallels(pmrun: Run,
+                                                              tmp_path: Path) -> None:
+    assert PARALLEL is not None
+    data = "".join(f"{i}\n" for i in range(1, 301))
     for header in (":", "2"):  # stdin's first lines before every block
         tail = ["--pipe", "--block", "10", "--header", header, "-k", "echo B; cat"]
         want = parallel(tmp_path, *tail, input=data)
