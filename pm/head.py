@@ -37,6 +37,7 @@ from pm.common.mapping import (
 )
 from pm.common.nodes import Nodes
 from pm.common.output import (
+    EXIT_OUTPUT_FAILED,
     STDERR,
     STDOUT,
     Writer,
@@ -555,6 +556,8 @@ class JobRun:
             return
         loss = self.writer.loss()
         if loss is None:
+            if self.writer.file_loss is not None:  # (said as it happened)
+                self.cause, self.returncode = self.writer.file_loss, EXIT_OUTPUT_FAILED
             return
         self.cause = loss_line(*loss) or f"{loss_words(*loss)}: output was lost"
         self.returncode = loss_status(loss[1])

@@ -62,6 +62,7 @@ from pm.agent.spawn import (
 )
 from pm.agent.started import RankStart, StartedRank, StartedRanks, start_local
 from pm.common.output import (
+    EXIT_OUTPUT_FAILED,
     STDERR,
     STDOUT,
     Writer,
@@ -759,8 +760,8 @@ class QuickStart:
         assert writer is not None
         writer.end_lines()  # (nothing waits once every pipe is at its end)
         loss = writer.loss()
-        if loss is None:
-            return 0
+        if loss is None:  # (a rank's own file that failed was named then)
+            return 0 if writer.file_loss is None else EXIT_OUTPUT_FAILED
         line = loss_line(*loss)
         if line:
             write_out(2, f"pmrun: {line}\n".encode())

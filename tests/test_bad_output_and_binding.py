@@ -163,17 +163,21 @@ def test_a_ranks_own_file_is_named_when_it_cannot_be_opened_or_written(
         pmrun: Run, tmp_path: Path, quick: str) -> None:
     """Names that differ between ranks are not refused up front (their folders may be made
     as needed): the rank whose file cannot be opened or written is named, the others'
-    output goes on, and so does the job."""
+    output goes on, and so does the job; its status is 1, not success: output was lost."""
     (tmp_path / "out.0").mkdir()  # rank 0's file is a folder
     (tmp_path / "err.1").symlink_to("/dev/full")  # rank 1's takes no byte
     r, _ = run_in(pmrun, tmp_path, "--output", "out.%r", "--error", "err.%r", "-n", "2",
                   "sh", "-c", "echo out; echo err >&2", quick=quick)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr
     assert sorted(r.stderr.splitlines()) == [
         "pmrun: rank 0's output is lost: cannot open out.0: Is a directory",
         "pmrun: rank 1's error output is lost: cannot write err.1: No space left on device"]
     assert (tmp_path / "out.1").read_text() == "out\n"
     assert (tmp_path / "err.0").read_text() == "err\n"
+    # A rank that failed first: the job's status is its own.
+    r, _ = run_in(pmrun, tmp_path, "--output", "out.%r", "-n", "2", "sh", "-c",
+                  "echo out; exit 3", quick=quick)
+    assert r.returncode == 3, r.stderr
     # Folders of each rank's, made as needed: still fine.
     r, _ = run_in(pmrun, tmp_path, "--output", "per/%r/out", "-n", "2", "echo", "hi",
                   quick=quick)

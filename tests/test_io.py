@@ -708,10 +708,11 @@ def test_an_output_file_that_cannot_be_opened_is_said_once(pmrun: Run, tmp_path:
     # The one file of every rank a directory: refused before the job starts.
     r = pmrun("-n", "2", "-l", "--output", str(folder), "sh", "-c", "echo a; echo b")
     assert (r.returncode, r.stderr) == (2, f"pmrun: --output {folder}: is a directory\n")
-    # A node's file (%h), found a directory once the ranks write: said once, the job goes on.
+    # A node's file (%h), found a directory once the ranks write: said once, the job goes on
+    # (its status 1: output was lost).
     (folder / os.uname().nodename).mkdir()
     r = pmrun("-n", "2", "-l", "--output", f"{folder}/%h", "sh", "-c", "echo a; echo b")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr
     (line,) = r.stderr.splitlines()  # the ranks share the (unopenable) file: one message
     assert "output is lost: cannot open" in line and str(folder) in line
 

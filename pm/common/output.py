@@ -202,6 +202,9 @@ class Writer:
         #: The streams whose output could not all be written, in that order, and why (an
         #: errno: EPIPE when the reader went away).
         self.lost: dict[int, int] = {}
+        #: The first rank's output file that could not be opened or written, as said then
+        #: (what its ranks wrote from then on is lost: the job's status is 1); None if none.
+        self.file_loss: str | None = None
         #: Every line starts with the time it is written (Open MPI's --timestamp-output).
         self.timestamp = False
         #: Output files are appended to, not truncated first (srun's --open-mode=append).
@@ -427,7 +430,7 @@ class Writer:
                     fd = create(path, per_rank_folder(self._patterns[stream]), self.append)
                 except OSError as exc:
                     fd = -1
-                    _lost(rank, stream, f"cannot open {path}: {exc.strerror}")
+                    self._file_loss(rank, stream, f"cannot open {path}: {exc.strerror}")
                 self._opened[path] = fd
             self._to[(stream, job, rank)] = fd
         return fd
@@ -443,7 +446,13 @@ class Writer:
                 self._to[key] = -1
         os.close(fd)
         self._lines.pop(fd, None)  # (its number may be another file's next)
-        _lost(rank, stream, f"cannot write {paths[0] if paths else fd}: {exc.strerror}")
+        self._file_loss(rank, stream,
+                        f"cannot write {paths[0] if paths else fd}: {exc.strerror}")
+
+    def _file_loss(self, rank: int, stream: int, why: str) -> None:
+        line = _lost(rank, stream, why)
+        if self.file_loss is None:
+            self.file_loss = line
 
     @property
     def err_fd(self) -> int:
@@ -584,10 +593,13 @@ def loss_line(stream: int, err: int) -> str:
             "what the ranks wrote there after that is lost")
 
 
-def _lost(rank: int, stream: int, why: str) -> None:
-    """Say that a rank's output (``stream``) is lost, and ``why``, on pmrun's stderr."""
+def _lost(rank: int, stream: int, why: str) -> str:
+    """Say that a rank's output (``stream``) is lost, and ``why``, on pmrun's stderr (that
+    line is returned, without ``pmrun: ``)."""
     what = "output" if stream == STDOUT else "error output"
-    write_out(2, f"pmrun: rank {rank}'s {what} is lost: {why}\n".encode())
+    line = f"rank {rank}'s {what} is lost: {why}"
+    write_out(2, f"pmrun: {line}\n".encode())
+    return line
 
 
 def stdin_for_job() -> int | None:
