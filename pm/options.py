@@ -1060,7 +1060,7 @@ def limit_command(value: str, opt: str) -> str:
 
 def term_sequence(value: str, opt: str) -> str:
     """``--termseq``: signals and the milliseconds to wait after each."""
-    from pm.ensemble.core import parse_termseq
+    from pm.ensemble.timeouts import parse_termseq
 
     return _read_by(parse_termseq, value)
 

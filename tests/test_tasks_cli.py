@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pm.ensemble.core import parse_termseq
+from pm.ensemble.timeouts import parse_termseq
 
 sys.path.insert(0, str(Path(__file__).parent))
 from launch_util import pids_with, pmrun_argv, pmrun_env

@@ -1,12 +1,16 @@
 """Task ensembles under memory admission: ``pmrun --tasks``, ``Cluster.submit``, ``run_tasks``.
 
 * :mod:`~pm.ensemble.scheduler`: the tasks file and the pure scheduler (events in, starts out);
-* :mod:`~pm.ensemble.core`: the :class:`Ensemble` that feeds it memory samples and runs tasks;
+* :mod:`~pm.ensemble.core`: the :class:`Ensemble` that feeds it memory samples and runs tasks
+  (its state: :mod:`~pm.ensemble.base`; a task's runs: :mod:`~pm.ensemble.runs`; its hosts'
+  samples and what follows from them: :mod:`~pm.ensemble.hosts`);
 * :mod:`~pm.ensemble.domain`: which node entries share one machine's memory;
 * :mod:`~pm.ensemble.local` / :mod:`~pm.ensemble.remote`: a task's processes on this machine,
   and on other hosts through the agent tree (with the hosts' memory probe);
 * :mod:`~pm.ensemble.task`: the :class:`Task` handle and its :class:`TaskResult`;
-* :mod:`~pm.ensemble.cli`: ``pmrun --tasks FILE`` and :func:`pm.run_tasks`.
+* :mod:`~pm.ensemble.cli`: ``pmrun --tasks FILE`` and :func:`pm.run_tasks` (its options read:
+  :mod:`~pm.ensemble.cli_options`; ``--halt``: :mod:`~pm.ensemble.halt`; ``--pipe``'s
+  blocks and runs: :mod:`~pm.ensemble.blocks`, :mod:`~pm.ensemble.pipe`).
 """
 
 from __future__ import annotations

@@ -6,32 +6,41 @@ What is printed is :mod:`pm.ensemble.console`'s; the machinery is :mod:`pm.ensem
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import functools
-import math
 import os
 import random
-import re
 import secrets
-import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pm.agent.memory import SizeError, parallel_size, parse_size
+from pm.agent.memory import SizeError
+from pm.ensemble.cli_options import (
+    ensemble_options,
+    marked,
+    plus_filters,
+    program_options,
+    read_text,
+    renamings,
+    results_dir,
+    sources_of,
+    task_files,
+    task_shell,
+    task_tags,
+    unmarked,
+)
 from pm.ensemble.console import Console
 from pm.ensemble.core import Ensemble
 from pm.ensemble.domain import CPU_UNIT, planned_slots
+from pm.ensemble.halt import Halt
 from pm.ensemble.inputs import (
     Plus,
     by_name,
     chunked,
     combinations,
-    fill,
-    has_replacement,
     line_limit,
     shaping,
     shell_quote,
@@ -40,7 +49,6 @@ from pm.ensemble.inputs import (
     with_rpl,
 )
 from pm.ensemble.joblog import HEADER, JobLog, failed_commands, log_target, read_joblog
-from pm.ensemble.local import TASK_TMP
 from pm.ensemble.perl_expr import PERL
 from pm.ensemble.scheduler import (
     TaskSpec,
@@ -50,64 +58,18 @@ from pm.ensemble.scheduler import (
     with_arguments,
     with_quoted_words,
 )
-from pm.ensemble.stream import Arrivals, is_fifo, offered, read_some, streamable
-from pm.ensemble.task import InputStream, Task, TaskResult
-from pm.options import jobs_value, parse_jobs, separators, source_words
+from pm.ensemble.stream import Arrivals, is_fifo, offered, streamable
+from pm.ensemble.task import Task, TaskResult
+from pm.options import separators
 from pm.proto.errors import PMError, UsageError
 
 if TYPE_CHECKING:
     from pm.cli import CliOptions
     from pm.common.nodes import Nodes
-    from pm.jobspec import JobSpec
 
 __all__ = ["run_cli", "run_ensemble"]
 
-def _results_dir(top: str, spec: TaskSpec, names: Sequence[str]) -> str:
-    """GNU parallel's ``--results DIR`` directory of a task: ``DIR/1/ARG1/2/ARG2`` (a
-    source's name instead of its number with ``--header``; the line for a tasks file's
-    line without sources), ``\\`` doubled and ``/`` written ``\\_`` in arguments (and a NUL
-    byte, which no path can hold, ``\\000``)."""
-    args = spec.args or (spec.line,)
-    parts = [top]
-    for k, arg in enumerate(args, 1):
-        name = names[k - 1] if k <= len(names) else str(k)
-        parts += [name, arg.replace("\\", "\\\\").replace("/", "\\_").replace("\0", "\\000")
-                  or "\\0"]
-    return os.path.join(*parts)
-
-
 _T = TypeVar("_T")
-
-#: GNU parallel's options that rename a replacement string (``-I STR``: STR is ``{}``).
-RENAMES = (("replace", "{}"), ("seqreplace", "{#}"), ("slotreplace", "{%}"),
-           ("extensionreplace", "{.}"), ("basenamereplace", "{/}"),
-           ("dirnamereplace", "{//}"), ("basenameextensionreplace", "{/.}"))
-
-
-def _renames(extra: Mapping[str, str]) -> list[tuple[str, str]]:
-    """The renamings the command line asks for: (STR, the string it stands for)."""
-    return [(extra[key], std) for key, std in RENAMES if extra.get(key, std) != std]
-
-
-def _kept(k: int) -> str:
-    """What a command's own replacement string is while another stands for it."""
-    return f"\x01{chr(2 + k)}"
-
-
-def _marked(text: str, renames: list[tuple[str, str]]) -> str:
-    """``text`` with each renaming's STR as the string it stands for, and those strings
-    themselves kept aside (:func:`_unmarked` puts them back once the line is filled)."""
-    for k, (_, std) in enumerate(renames):
-        text = text.replace(std, _kept(k))
-    for given, std in sorted(renames, key=lambda r: -len(r[0])):  # (,be before ,b)
-        text = text.replace(given, std)
-    return text
-
-
-def _unmarked(text: str, renames: list[tuple[str, str]]) -> str:
-    for k, (_, std) in enumerate(renames):
-        text = text.replace(_kept(k), std)
-    return text
 
 
 #: Options that ask for memory control (their figures show with -v).
@@ -117,48 +79,6 @@ MEMORY_OPTIONS = frozenset({"mem_per_task", "mem_high", "mem_low", "memfree", "m
 
 def _same(value: _T, _index: int) -> _T:
     return value
-
-
-#: --pipe: blocks read ahead of the tasks that take them.
-PIPE_AHEAD = 4
-
-
-async def _pipe(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Source,
-                temp: str | None = None) -> None:
-    """``--pipe``: each block of stdin the stdin of one run of ``line``, read only as fast
-    as the tasks take them (:data:`PIPE_AHEAD` blocks ahead).  ``temp`` (``--cat``,
-    ``--fifo``): the start of each run's ``$PARALLEL_TMP`` path (the task's number ends
-    it)."""
-    index = 0
-    async for block in offered(ens, blocks, PIPE_AHEAD):
-        spec = numbered(line, index)
-        console.expect(index)
-        env = None
-        if temp is not None:
-            env = {"PARALLEL_TMP": f"{temp}{index}", TASK_TMP: f"{temp}{index}"}
-        ens.add(spec.argv, spec=spec, stdin=block, env=env)
-        index += 1
-
-
-#: --cat: the block into the file ``$PARALLEL_TMP`` (made by us alone: -C, 077), then the
-#: command; the file goes however the shell ends (and if it is killed: the runner's end).
-_CAT = """trap 'rm -f "$PARALLEL_TMP"' EXIT
-(umask 077 && set -C && cat >"$PARALLEL_TMP") || exit
-{line}
-"""
-#: --fifo: the command in the background reading the named pipe, cat writing the block
-#: into it; once the command ended a cat still waiting for a reader is ended too.
-_FIFO = """trap 'rm -f "$PARALLEL_TMP"' EXIT
-mkfifo -m 600 "$PARALLEL_TMP" || exit
-exec 3<&0
-cat <&3 >"$PARALLEL_TMP" 3<&- & c=$!
-exec 3<&-
-({line}
-) & p=$!
-wait $p; s=$?
-kill $c 2>/dev/null; wait $c 2>/dev/null
-exit $s
-"""
 
 
 async def _produced(ens: Ensemble, producer: asyncio.Future[None]) -> None:
@@ -181,704 +101,10 @@ async def _streamed(ens: Ensemble, arrivals: Arrivals, template: list[TaskSpec],
         done += len(items)
 
 
-def _temp_input(spec: TaskSpec, fifo: bool) -> TaskSpec:
-    """``--cat``/``--fifo``'s form of a --pipe line: ``{}`` (else an argument appended) is
-    ``"$PARALLEL_TMP"``, the block's file or named pipe; the spec's ``line`` is that
-    command, as ``-v`` shows it."""
-    line = spec.argv[-1]
-    shown = (line.replace("{}", '"$PARALLEL_TMP"') if "{}" in line
-             else f'{line} "$PARALLEL_TMP"')
-    script = (_FIFO if fifo else _CAT).format(line=shown)
-    return dataclasses.replace(spec, argv=(*spec.argv[:-1], script), line=shown, words=())
-
-
-def _reading_run(ens: Ensemble, spec: TaskSpec, console: Console | None = None
-                 ) -> InputStream:
-    """A run of ``spec`` that reads the stream returned, as it is given.  Such runs start
-    together: they share the input, so none waits for another's size to be measured (a
-    --mem-per-task bound still counts)."""
-    stream = InputStream()
-    if console is not None:
-        console.expect(spec.index)
-    ens.add(spec.argv, spec=dataclasses.replace(spec, mem=0 if spec.mem is None else spec.mem),
-            stdin=stream)
-    return stream
-
-
-async def _all_taken(streams: list[InputStream]) -> None:
-    """Until every run still reading took all it was given."""
-    while True:
-        busy = [s for s in streams if s.pending and not s.gone]
-        if not busy:
-            return
-        waits = [asyncio.ensure_future(s.drained.wait()) for s in busy]
-        try:
-            await asyncio.wait(waits)
-        finally:
-            for w in waits:
-                w.cancel()
-
-
-async def _roundrobin(ens: Ensemble, console: Console, line: TaskSpec,
-                      blocks: _Source) -> None:
-    """``--roundrobin``: as many runs of ``line`` as there are task slots (at most one a
-    block), each reading block after block of stdin as it takes them: the next block goes
-    to the run with the least still to read, once one has taken all it was given.  Once
-    every run left (closed its stdin), no more is read."""
-    streams: list[InputStream] = []
-    waits: list[asyncio.Task[bool]] = []
-    try:
-        while not ens.stopping:
-            block = await blocks.next()
-            if block is None or ens.stopping:
-                return
-            if len(streams) < max(1, ens.slot_count):
-                stream = _reading_run(ens, numbered(line, len(streams)), console)
-                streams.append(stream)
-            else:
-                while True:
-                    live = [s for s in streams if not s.gone]
-                    if not live:
-                        return
-                    if any(not s.pending for s in live):
-                        break
-                    waits = [asyncio.ensure_future(s.drained.wait()) for s in live]
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                    for w in waits:
-                        w.cancel()
-                stream = min(live, key=lambda s: s.pending)
-            stream.put(block)
-    finally:
-        for w in waits:
-            w.cancel()
-        for stream in streams:
-            stream.end()
-
-
-async def _tee(ens: Ensemble, specs: list[TaskSpec], blocks: _Source) -> None:
-    """``--tee``: a run of each task, all at once, each reading every block of stdin.  The
-    next block is read once every run took the last (the slowest reader sets the pace,
-    and pmrun holds one block); a run that closed its stdin is given no more."""
-    streams: list[InputStream] = []
-    try:
-        for spec in specs:
-            streams.append(_reading_run(ens, spec))
-        while not ens.stopping:
-            await _all_taken(streams)
-            live = [s for s in streams if not s.gone]
-            if not live:
-                return
-            block = await blocks.next()
-            if block is None or ens.stopping:
-                return
-            for stream in live:
-                stream.put(block)
-    finally:
-        for stream in streams:
-            stream.end()
-
-
-#: GNU parallel's --plus strings that leave tasks out: the arguments as {} gives them, the
-#: task skipped unless they rise (``{choose_k}``: each combination once, n choose k) or
-#: differ (``{uniq}``), as parallel's own perl expressions say.
-_PLUS_FILTERS = {
-    "{choose_k}": "{= for my $t (2..$#arg) { skip() if $arg[$t-1] ge $arg[$t] } =}",
-    "{uniq}": "{= my %seen; for my $a (@arg[1..$#arg]) { skip() if $seen{$a}++ } =}",
-}
-
-
-def _plus_filters(text: str) -> str:
-    for name, expr in _PLUS_FILTERS.items():
-        text = text.replace(name, expr)
-    return text
-
-
-async def _shard(ens: Ensemble, console: Console, line: TaskSpec, blocks: _Source,
-                 extra: Mapping[str, str]) -> None:
-    """``--shard COL`` / ``--bin COL``: a run of ``line`` per task slot, all at once, each
-    given the lines whose column COL (split by ``--colsep``, a tab by default) says so: a
-    hash of its value (every line of a value to one run), or the value as a whole number
-    modulo the runs (``--bin``; not a number: 0).  The next block is read once every run
-    took what it was given; a run that closed its stdin is given no more."""
-    import zlib
-
-    runs = ens.slot_count
-    if runs < 1:
-        raise UsageError(f"{'--shard' if 'shard' in extra else '--bin'} deals lines to a "
-                         "number of runs: give -j N")
-    column = extra.get("shard", extra.get("bin", "1"))
-    by_hash = "shard" in extra
-    split = _splitter(extra.get("colsep"))
-    streams: list[InputStream] = []
-    at = -1
-    try:
-        while not ens.stopping:
-            block = await blocks.next()
-            if block is None or ens.stopping:
-                return
-            if blocks.header:
-                block = block[len(blocks.header):]
-            if at < 0:
-                at = _column_index(column, blocks.header, split, "--shard/--bin")
-                for k in range(runs):
-                    streams.append(_reading_run(ens, numbered(line, k), console))
-            parts: list[list[bytes]] = [[] for _ in range(runs)]
-            for record in block.splitlines(keepends=True):
-                cols = split(record.rstrip(b"\r\n"))
-                value = cols[at] if at < len(cols) else b""
-                if by_hash:
-                    k = zlib.crc32(value) % runs
-                else:
-                    try:
-                        k = int(value) % runs
-                    except ValueError:
-                        k = 0
-                parts[k].append(record)
-            for stream, part in zip(streams, parts, strict=True):
-                stream.put(b"".join(part))
-            await _all_taken(streams)
-            if all(s.gone for s in streams):
-                return
-    finally:
-        for stream in streams:
-            stream.end()
-
-
-def _column_index(column: str, header: bytes, split: Callable[[bytes], list[bytes]],
-                  opt: str) -> int:
-    """Where ``column`` (a number from 1, or a name the ``--header`` line gives) is in a
-    line cut by ``split``."""
-    if column.isdecimal():
-        return int(column) - 1
-    names = split(header.rstrip(b"\r\n"))
-    try:
-        return names.index(os.fsencode(column))
-    except ValueError:
-        shown = b", ".join(names[:6]).decode(errors="replace")
-        raise UsageError(f"{opt} {column}: no such column in the header ({shown})") from None
-
-
-def _splitter(colsep: str | None) -> Callable[[bytes], list[bytes]]:
-    """How a line is cut into columns: by --colsep's regular expression, else at tabs."""
-    if colsep:
-        return re.compile(os.fsencode(colsep)).split
-    return lambda text: text.split(b"\t")
-
-
-class _Source(Protocol):
-    """Where --pipe's blocks come from (:class:`_Blocks`, :class:`_Groups`)."""
-
-    header: bytes
-
-    async def next(self) -> bytes | None: ...
-
-
-class _Groups:
-    """GNU parallel's ``--group-by COL``: stdin's lines (from ``lines``) in records of the
-    consecutive lines whose column COL has one value, and blocks of whole records: ``per``
-    of them (``-N``), or as many as fill ``size`` bytes (a record larger than that alone).
-    Each block starts with the ``--header`` lines, as --pipe's."""
-
-    def __init__(self, lines: _Blocks, column: str, split: Callable[[bytes], list[bytes]],
-                 size: int, per: int) -> None:
-        self._lines = lines
-        self._column = column
-        self._split = split
-        self._size = size
-        self._per = per
-        self._at = -1
-        self._key: bytes | None = None
-        self._open: list[bytes] = []  # the record being read
-        self._done: collections.deque[bytes] = collections.deque()  # whole records
-        self._held = 0  # their bytes
-        self._eof = False
-        self.header = b""
-
-    async def next(self) -> bytes | None:
-        while True:
-            block = self._take()
-            if block is not None:
-                return self.header + block
-            if self._eof:
-                return None
-            data = await self._lines.next()
-            if data is None:
-                self._eof = True
-                self._close_record()
-                continue
-            self.header = self._lines.header
-            if self._at < 0:
-                self._at = _column_index(self._column, self.header, self._split, "--group-by")
-            for line in data[len(self.header):].splitlines(keepends=True):
-                cols = self._split(line.rstrip(b"\r\n"))
-                key = cols[self._at] if self._at < len(cols) else b""
-                if key != self._key:
-                    self._close_record()
-                    self._key = key
-                self._open.append(line)
-
-    def _close_record(self) -> None:
-        if self._open:
-            record = b"".join(self._open)
-            self._open = []
-            self._done.append(record)
-            self._held += len(record)
-
-    def _take(self) -> bytes | None:
-        """The next block, if its records are read (or the input ended)."""
-        if not self._done:
-            return None
-        if self._per:
-            if len(self._done) < self._per and not self._eof:
-                return None
-            count = min(self._per, len(self._done))
-        else:
-            if self._held < self._size and not self._eof:
-                return None
-            count, total = 0, 0
-            for record in self._done:  # whole records up to the size (at least one)
-                if count and total + len(record) > self._size:
-                    break
-                count, total = count + 1, total + len(record)
-        out = [self._done.popleft() for _ in range(count)]
-        self._held -= sum(map(len, out))
-        return b"".join(out)
-
-
-def numbered(line: TaskSpec, index: int) -> TaskSpec:
-    """``--pipe``'s line for its run ``index``: ``{#}`` its number, ``{%}`` its slot, ``{}``
-    nothing (GNU parallel's); :class:`UsageError` for a string that names a source."""
-    text = line.argv[-1]
-    if not has_replacement(text):
-        return dataclasses.replace(line, index=index)
-    run = fill(text, [""], index + 1)
-    # (The line as written: the same, or --cat/--fifo's command the script runs.)
-    shown = run if line.line == text else fill(line.line, [""], index + 1)
-    return dataclasses.replace(line, index=index, argv=(*line.argv[:-1], run), line=shown)
-
-
-def _pipe_line(line: TaskSpec, temp: bool) -> Callable[[int], bytes]:
-    """-v's line of --pipe's run ``index`` (:func:`numbered`)."""
-
-    def command(index: int) -> bytes:
-        spec = numbered(line, index)
-        return os.fsencode(spec.line if temp else spec.argv[-1])
-
-    return command
-
-
-def _unescape(separator: str) -> bytes:
-    """A --recend/--recstart value with ``\\n``, ``\\t`` and ``\\r`` read as GNU parallel
-    reads them."""
-    return separator.replace("\\n", "\n").replace("\\t", "\t").replace("\\r", "\r").encode()
-
-
-class _Blocks:
-    """Our stdin (or the open file ``fd``: ``--pipepart``) in blocks of whole records, as
-    GNU parallel cuts them.  A record ends with ``end`` and the next starts with ``start``
-    (``--recend``, ``--recstart``; regular expressions with ``regexp``): a block is cut
-    only between the two.  ``--pipe``: what is held is filled up to the next multiple of
-    ``size`` bytes, and the block ends at the last record boundary in it; without one (a
-    record longer than that) the size grows by 30 % (``warn`` is told) and more is read;
-    at the end of the input what is left is the last block.  A file's blocks (``part``)
-    are cut as GNU parallel's ``--pipepart`` cuts them: at the first record boundary from
-    ``size`` bytes on."""
-
-    def __init__(self, size: int, end: bytes = b"\n", start: bytes = b"", fd: int = 0,
-                 part: bool = False, regexp: bool = False, header: int = 0,
-                 records: int = 0, lines: int = 0) -> None:
-        self.size = size
-        #: -N: a block is that many records (GNU parallel's --pipe -N), read as above.
-        self._records = records
-        #: -L: a record is that many lines (GNU parallel's --pipe -L); a block ends only
-        #: after a whole number of them, and at the end of the input the lines short of
-        #: a record make a block of their own.
-        self._lines = lines if lines > 1 else 0
-        self._queue: collections.deque[bytes] = collections.deque()
-        #: Lines of the input before every block (``--header``): first read, then kept.
-        self._header_lines = header
-        self.header = b""
-        self._part = part
-        self._end = len(end)
-        self._sep = end + start
-        self._last: re.Pattern[bytes] | None = None
-        if regexp:
-            # (GNU parallel's: the greedy prefix finds the last END that START follows.)
-            self._last = re.compile(b"\\A(?s:.)*(?:" + end + b")(?=(?:" + start + b"))", re.M)
-        self._buf = bytearray()
-        #: Of ``_buf``, the bytes GNU parallel would have read by now (it reads ahead less).
-        self._held = 0
-        self._eof = False
-        self._fd = fd
-        #: False for a regular file (it never blocks; the loop cannot poll it).
-        self._polled = fd == 0
-        #: Told when a record longer than the block size makes it grow.
-        self.warn: Callable[[str], object] | None = None
-
-    async def next(self) -> bytes | None:
-        if not self._part:
-            return await self._next_piped()
-        while True:
-            if len(self._buf) >= self.size:
-                # (A separator may span the size: look from where it could begin.  Empty,
-                # as --recend '' alone: every byte ends a record.)
-                at = (max(0, self.size - len(self._sep)) if self._sep and not self._part
-                      else self.size)
-                found = self._buf.find(self._sep, at) if self._sep else at
-                if found == 0 and not self._end:  # a record's start at 0 is no cut
-                    found = self._buf.find(self._sep, 1)
-                if found >= 0:
-                    cut = found + self._end
-                    block = bytes(self._buf[:cut])
-                    del self._buf[:cut]
-                    return block
-            if self._eof:
-                block, self._buf = bytes(self._buf), bytearray()
-                return block or None
-            await self._more()
-
-    async def _next_piped(self) -> bytes | None:
-        while self._header_lines:
-            at = -1
-            for _ in range(self._header_lines):
-                at = self._buf.find(b"\n", at + 1)
-                if at < 0:
-                    break
-            if at >= 0:
-                self.header, self._header_lines = bytes(self._buf[:at + 1]), 0
-                del self._buf[:at + 1]
-                break
-            if self._eof:  # fewer lines than the header: one block of them, as parallel's
-                self._header_lines = 0
-                break
-            await self._more()
-        block = await self._cut_piped()
-        return None if block is None else self.header + block
-
-    async def _cut_piped(self) -> bytes | None:
-        while not self._queue:
-            target = self._held + self.size - self._held % self.size
-            while len(self._buf) < target and not self._eof:
-                await self._more()
-            ended = len(self._buf) < target  # (then the rest is the last block)
-            pos = 0
-            if self._records:  # -N: each run of N records in what is held
-                held = len(self._buf) if ended else target
-                while (cut := self._nth_boundary(pos, held)) > 0:
-                    self._queue.append(bytes(self._buf[pos:cut]))
-                    pos = cut
-            elif not ended or self._lines:
-                pos = self._last_boundary(len(self._buf) if ended else target)
-                if pos:
-                    self._queue.append(bytes(self._buf[:pos]))
-            if ended:
-                if len(self._buf) > pos:
-                    self._queue.append(bytes(self._buf[pos:]))
-                self._buf, self._held = bytearray(), 0
-                if not self._queue:
-                    return None
-                break
-            del self._buf[:pos]
-            self._held = target - pos
-            if not pos:
-                old, self.size = self.size, min(math.ceil(self.size * 1.3 + 1), (1 << 31) - 1)
-                if self.warn is not None:
-                    self.warn(f"a record was longer than {old} bytes: --block grows to "
-                              f"{self.size}")
-        return self._queue.popleft()
-
-    def _nth_boundary(self, pos: int, held: int) -> int:
-        """Where the ``-N``-th record boundary after ``pos`` (not at it) ends, within the
-        first ``held`` bytes (0: not there)."""
-        at = pos
-        for _ in range(self._records * (self._lines or 1)):
-            at = self._buf.find(self._sep, at + 1, held)
-            if at < 0:
-                return 0
-        return at + self._end
-
-    def _last_boundary(self, held: int) -> int:
-        """Where the last record boundary in the first ``held`` bytes is (0: none)."""
-        if self._last is not None:
-            m = self._last.match(self._buf, 0, held)
-            return m.end() if m else 0
-        if self._lines:  # after the last whole record of that many lines
-            short = self._buf.count(self._sep, 0, held) % self._lines
-            at = held
-            for _ in range(short + 1):
-                at = self._buf.rfind(self._sep, 0, at)
-                if at < 0:
-                    return 0
-            return at + self._end
-        found = self._buf.rfind(self._sep, 0, held) if self._sep else held
-        return found + self._end if found >= 0 else 0
-
-    async def _more(self) -> None:
-        """Read what comes next onto the buffer (or learn that nothing will)."""
-        data = await self._read()
-        if data:
-            self._buf += data
-        else:
-            self._eof = True
-
-    async def _read(self) -> bytes:
-        data, self._polled = await read_some(self._fd, self._polled)
-        return data
-
-
-def _block_size(text: str, fd: int, slots: int) -> int:
-    """``--block``'s bytes; ``-N`` (``--pipepart``): the file ``fd`` in N blocks for each of
-    the ``slots`` tasks that can run at once (GNU parallel's size: one byte more than the
-    file's size over their number)."""
-    if not text.startswith("-"):
-        return parallel_size(text) or 1
-    return 1 + os.fstat(fd).st_size // max(1, slots) // int(text[1:])
-
-
-def _tags(extra: dict[str, str], specs: Sequence[TaskSpec], tasks_file: bool
-          ) -> dict[int, bytes]:
-    """Each task's output line prefix: ``--tagstring STR`` filled for it and a tab,
-    ``--tag`` its arguments (its line, without sources) and a tab; else ``[task N] ``
-    for ``--tasks FILE`` without GNU parallel's output options, and none."""
-    if "tagstring" in extra:
-        from pm.ensemble.perl_expr import Skipped
-
-        text = extra["tagstring"]
-        if "rpl" in extra:
-            text = with_rpl(text, extra["rpl"].split("\0"))
-
-        def tag(spec: TaskSpec) -> bytes:
-            try:
-                return os.fsencode(fill(text, spec.args, spec.index + 1, quote=False,
-                                        total=len(specs))) + b"\t"
-            except Skipped:  # ({= skip() =} in a tag: the task still runs, untagged)
-                return b"\t"
-
-        try:
-            return {s.index: tag(s) for s in specs}
-        except UsageError as exc:
-            raise UsageError(f"--tagstring {text}: {exc}") from None
-    if "tag" in extra:  # (a tasks file's line without sources: the line; --pipe's: none)
-        return {s.index: os.fsencode(" ".join(s.args) if s.args or not tasks_file
-                                     else s.line) + b"\t" for s in specs}
-    if tasks_file and "output_mode" not in extra:
-        return {s.index: b"[task %d] " % s.index for s in specs}
-    return {}
-
-
-def _terminal() -> bool:
-    """``--tty``: True when pmrun has a terminal to give its tasks (UsageError if not)."""
-    try:
-        os.close(os.open("/dev/tty", os.O_RDWR | os.O_CLOEXEC))
-    except OSError as exc:
-        raise UsageError(f"--tty gives each task pmrun's terminal, and pmrun has none "
-                         f"(/dev/tty: {exc.strerror})") from None
-    return True
-
-
-def _options(extra: dict[str, str]) -> dict[str, Any]:
-    """Ensemble keyword arguments from the CLI's option values (UsageError if bad)."""
-    out: dict[str, Any] = {"mem_high": extra.get("mem_high"), "mem_low": extra.get("mem_low")}
-    try:
-        if "memfree" in extra:
-            if "mem_high" in extra:
-                raise UsageError("--memfree sets the high watermark: give it or --mem-high")
-            out["mem_free"] = parallel_size(extra["memfree"])
-        if "memsuspend" in extra:
-            if "mem_high" in extra:
-                raise UsageError("--memsuspend sets the high watermark: give it or --mem-high")
-            out["mem_suspend"] = parallel_size(extra["memsuspend"])
-        if "mem_per_task" in extra:
-            out["mem_per_task"] = parse_size(extra["mem_per_task"])
-        # GNU parallel's --retries N: N runs in all (0 and 1: one); the ensemble's: reruns.
-        out["retries"] = max(0, int(extra.get("retries", "0")) - 1)
-        if "mem_settle" in extra:
-            value = extra["mem_settle"]
-            out["settle"] = None if value in ("off", "0") else float(value)
-    except (SizeError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
-    if out["retries"] < 0:
-        raise UsageError("--retries must be at least 0")
-    most = extra.get("max_chars")  # (-s N: read here, as -m/-X read it)
-    if most is not None and not (most.isdecimal() and int(most) >= 1):
-        raise UsageError(f"-s (--max-chars) takes the most bytes of a command line, a whole "
-                         f"number of at least 1, not {most!r}")
-    jobs = extra.get("jobs")
-    if "tty" in extra:
-        out["tty"] = _terminal()
-    if jobs is None:  # GNU parallel's default: one task per CPU thread (--tty: one)
-        out["jobs"] = 1 if "tty" in extra else "cores"
-    else:  # (checked by pm.options.task_slots: a count, a CPU rule or a file)
-        out["jobs"] = jobs_value(jobs)
-        if parse_jobs(jobs) is None:  # GNU parallel's -j FILE: what it says now, read again later
-            out["jobs_file"] = jobs
-    overrun = extra.get("mem_overrun", "warn")
-    if overrun not in ("warn", "kill", "suspend"):
-        raise UsageError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
-    out["overrun"] = overrun
-    if "delay" in extra:
-        out["delay"] = float(extra["delay"])  # checked by pm.options.duration
-    if "slot_var" in extra:
-        out["slot_var"] = extra["slot_var"]
-    if "load" in extra:
-        out["load"] = extra["load"]  # (checked by pm.options.load_rule)
-    if "limit" in extra:
-        out["limit"] = extra["limit"]  # (checked by pm.options.limit_command)
-    out["noswap"] = "noswap" in extra
-    out["cleanup"] = "cleanup" in extra or "trc" in extra
-    if "termseq" in extra:
-        out["termseq"] = extra["termseq"]  # (checked by pm.options.term_sequence)
-    if "timeout_pct" in extra:  # (checked by pm.options.run_timeout)
-        out["timeout_median"] = float(extra["timeout_pct"].removesuffix("%")) / 100
-    if "basefiles" in extra:
-        out["basefiles"] = extra["basefiles"].split("\0")
-    return out
-
-
-def _files(extra: dict[str, str], specs: Sequence[TaskSpec]
-           ) -> dict[int, tuple[list[str], list[str]]]:
-    """GNU parallel's --transferfile, --return and --trc: each task's files, its arguments
-    filled in (a name left empty is no file)."""
-    def given(key: str) -> list[str]:
-        return extra[key].split("\0") if key in extra else []
-
-    transfer, returns = given("transfer"), given("returns") + given("trc")
-    if "trc" in extra:
-        transfer.append("{}")
-    if not transfer and not returns:
-        return {}
-    from pm.ensemble.perl_expr import Skipped
-
-    def names(templates: list[str], spec: TaskSpec) -> list[str]:
-        try:
-            filled = [fill(t, spec.args, spec.index + 1, quote=False, total=len(specs))
-                      for t in templates]
-        except Skipped:
-            return []
-        except UsageError as exc:
-            raise UsageError(f"--transferfile/--return: {exc}") from None
-        return [f for f in filled if f]
-
-    return {s.index: (names(transfer, s), names(returns, s)) for s in specs}
-
-
-class _Halt:
-    """GNU parallel's ``--halt WHEN,WHY=N`` (as :func:`pm.options.halt_policy` gives it):
-    :meth:`count` says why the ensemble stops, once; :meth:`status` is pmrun's exit status
-    then, as parallel's."""
-
-    def __init__(self, policy: str, total: int) -> None:
-        self.policy = policy
-        when, _, rule = policy.partition(",")
-        self.now = when == "now"
-        self.why, _, count = rule.partition("=")
-        self.total = total
-        self.percent = count.endswith("%")
-        if self.percent:
-            self.limit = max(1, -(-int(count[:-1]) * total // 100))
-        else:
-            self.limit = int(count) if count else 0
-        self.seen = 0
-        self.reached = False
-        #: Tasks that ran and failed until the halt (the halt's own kills are not counted).
-        self.failed = 0
-        #: The exit status of the task whose end reached the halt.
-        self.code = 0
-
-    def count(self, result: TaskResult) -> str | None:
-        if self.reached:
-            return None  # (the halt's own kills and tasks not run)
-        if not result.ok:
-            self.failed += 1  # (one that could not run too: its hosts were lost)
-        if not self.limit or result.started is None:
-            return None  # never, or a task that never ran
-        if self.why == "done" or (self.why == "fail") != result.ok:
-            self.seen += 1
-            if self.seen == self.limit:
-                self.reached = True
-                self.code = 1 if result.returncode is None else result.returncode
-                what = {"fail": "failed", "success": "succeeded", "done": "ended"}[self.why]
-                return (f"--halt {self.policy}: {self.seen} task{'s' * (self.seen != 1)} "
-                        f"{what}: " + ("killing the running tasks" if self.now
-                                       else "starting no more"))
-        return None
-
-    def status(self) -> int:
-        """GNU parallel's exit status: the number of failed tasks (101: more than 100);
-        after ``--halt``: 0 for ``success``, the status of the task that halted it for
-        ``fail=1``/``done=1``, the percentage of the tasks that failed for ``fail=N%``."""
-        if self.reached and self.why == "success":
-            return 0
-        if self.reached and self.limit == 1 and not self.percent:
-            return self.code
-        if self.reached and self.percent:
-            return round(100 * self.failed / max(self.total, 1))
-        return min(self.failed, 101)
-
-
-def _program_options(spec: JobSpec) -> None:
-    """``pmrun -wdir DIR -env A 1 -envnone CMD ::: ...``: the options given to the command
-    (Hydra's per-program ones) hold for every task."""
-    if not spec.apps:
-        return
-    app = spec.apps[0]
-    spec.wdir = app.wdir or spec.wdir
-    spec.genv = {**spec.genv, **app.env}
-    if app.env_mode is not None:
-        spec.env_mode, spec.genvlist = app.env_mode, list(app.envlist)
-
-
-def sources_of(opts: CliOptions) -> list[str]:
-    """The input sources' words (``::: A B``, ``:::: FILE``...; empty without them); a
-    program beside ``--tasks FILE`` is refused, since the file's lines run and it would
-    silently be left out."""
-    apps = opts.spec.apps
-    if not apps:
-        return []
-    if opts.n_given:
-        raise UsageError("-n is the number of an MPI job's ranks: here each line and "
-                         "combination of arguments is one task (-j N: N at once)")
-    argv = apps[0].argv
-    if len(apps) > 1 or argv[0] not in source_words(opts.extra):
-        raise UsageError(f"--tasks runs the lines of {opts.extra['tasks']}, not {argv[0]!r}: "
-                         "put the command in the file (arguments for its {} go after "
-                         f"{separators(opts.extra)[0]})")
-    return argv
-
-
-def task_shell(environ: Mapping[str, str]) -> str:
-    """The shell that runs the tasks of GNU parallel's command line, as parallel chooses
-    it: ``$PARALLEL_SHELL``, else ``$SHELL`` (the user's: bash's arrays and ``[[`` work as
-    they do at the prompt), else ``/bin/sh``.  :class:`UsageError` for one that is no
-    program here."""
-    for name in ("PARALLEL_SHELL", "SHELL"):
-        value = environ.get(name)
-        if value:
-            break
-    else:
-        return "/bin/sh"
-    found = shutil.which(value, path=environ.get("PATH", os.defpath))
-    if found is None or os.path.isdir(found):
-        raise UsageError(f"${name} is {value}, which is no program that can run the tasks "
-                         f"(set {name} to a shell, e.g. {name}=/bin/bash)")
-    return value
-
-
-def _read_text(path: str) -> str:
-    """A tasks file's or an input source's text; bytes that are not UTF-8 (a file name in
-    another encoding) come back unchanged in the tasks' command lines (``os.fsdecode``'s
-    way)."""
-    if path == "-":
-        return sys.stdin.buffer.read().decode(errors="surrogateescape")
-    # (newline="": a line's bytes as they are, a CRLF line's "\r" too, as parallel reads)
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        return f.read()
-
-
 async def run_cli(opts: CliOptions) -> int:
     """``pmrun --tasks FILE`` (or GNU parallel's command line): run the tasks, print a
     summary; the exit status is 0 if every task succeeded, 1 if one failed for good (on
-    parallel's command lines parallel's: :meth:`_Halt.status`), 128 + N after signal N."""
+    parallel's command lines parallel's: :meth:`Halt.status`), 128 + N after signal N."""
     from pm.cli import nodes_of
     from pm.common.nodes import Nodes
 
@@ -891,7 +117,7 @@ async def run_cli(opts: CliOptions) -> int:
         extra.setdefault("tagstring", extra["ctagstring"])
     path = extra.get("tasks")
     CPU_UNIT[0] = extra.get("cpu_unit", "thread")  # (-j's CPU rules, here and on hosts)
-    options = _options(extra)
+    options = ensemble_options(extra)
     sources = sources_of(opts)
     # Arguments on stdin: tasks start as they come (GNU parallel's), unless an option needs
     # them all first; then the command line is the tasks' template (``stream``).
@@ -909,12 +135,12 @@ async def run_cli(opts: CliOptions) -> int:
 
     def read_source(name: str) -> str:
         check_stdin(name)
-        return _read_text(name)
+        return read_text(name)
 
     if stream:
         check_stdin("-")
     names: list[str] | None = [] if "header" in extra else None
-    renames = _renames(extra)
+    renames = renamings(extra)
     nodes = nodes_of(opts)
     assert isinstance(nodes, Nodes)
     # (--tasks FILE: each line in sh -c, as README says; --dry-run runs nothing.)
@@ -932,7 +158,7 @@ async def run_cli(opts: CliOptions) -> int:
         if renames:
             # -I STR: STR was {} meanwhile, and {} itself kept aside (GNU parallel's, xargs').
             def back(text: str) -> str:
-                return _unmarked(text, renames)
+                return unmarked(text, renames)
 
             made = [dataclasses.replace(s, argv=tuple(map(back, s.argv)), line=back(s.line),
                                         words=tuple(map(back, s.words))) for s in made]
@@ -957,20 +183,20 @@ async def run_cli(opts: CliOptions) -> int:
         if rpl and words is not None:  # (the user's own strings, before the built-in ones)
             words = [with_rpl(w, rpl) for w in words]
         if renames and words is not None:
-            words = [_marked(w, renames) for w in words]
+            words = [marked(w, renames) for w in words]
         if "plus" in extra and words is not None:
-            words = [_plus_filters(w) for w in words]
+            words = [plus_filters(w) for w in words]
         if words is not None and not task_sources:  # (--pipe)
             line = quoted_line(words)
             return [TaskSpec(0, ("sh", "-c", line), options.get("mem_per_task"), line, 1,
                              tuple(words))]
-        text = extra["tasks_line"] if path is None else _read_text(path)
+        text = extra["tasks_line"] if path is None else read_text(path)
         if rpl:
             text = with_rpl(text, rpl)
         if renames and path is None:
-            text = _marked(text, renames)
+            text = marked(text, renames)
         if "plus" in extra:
-            text = _plus_filters(text)
+            text = plus_filters(text)
         specs: list[TaskSpec] = []
         if words is None:  # (the command line is one command: parallel's, several lines)
             specs = (parse_tasks(text, options.get("mem_per_task")) if path is not None
@@ -1051,7 +277,9 @@ async def run_cli(opts: CliOptions) -> int:
         random.shuffle(specs)
     temp = None
     if "cat" in extra or "fifo" in extra:  # (--pipe's one line)
-        specs = [_temp_input(specs[0], "fifo" in extra)]
+        from pm.ensemble.pipe import temp_input
+
+        specs = [temp_input(specs[0], "fifo" in extra)]
         temp = os.path.join(extra.get("tmpdir") or tempfile.gettempdir(),
                             f"pmrun.{secrets.token_hex(6)}.")
 
@@ -1061,6 +289,8 @@ async def run_cli(opts: CliOptions) -> int:
     #: --pipe's one line, run once a block (--tee: a run per argument, each given all)
     piped = "pipe" in extra and "tee" not in extra
     if piped:  # (a replacement string that names a source: said now)
+        from pm.ensemble.pipe import numbered
+
         numbered(specs[0], 0)
     if "tee" in extra:  # every run at once: each reads the input the others read
         slots = planned_slots(nodes, opts.spec.ppn, options["jobs"])
@@ -1081,14 +311,14 @@ async def run_cli(opts: CliOptions) -> int:
     log = None if joblog is None else JobLog(
         joblog, append=log_append or bool({"resume", "resume_failed", "retry_failed"}
                                           & extra.keys()), header=not log_append)
-    halt = _Halt(extra.get("halt", "never"), len(specs))
+    halt = Halt(extra.get("halt", "never"), len(specs))
     mode = extra.get("output_mode") or ("line" if path is not None else "group")
     where = None
     if "results" in extra:
-        where = {s.index: _results_dir(extra["results"], s, names or ()) for s in specs}
-    _program_options(opts.spec)
-    tags = _tags(extra, specs, tasks_file=path is not None)
-    files = _files(extra, specs)
+        where = {s.index: results_dir(extra["results"], s, names or ()) for s in specs}
+    program_options(opts.spec)
+    tags = task_tags(extra, specs, tasks_file=path is not None)
+    files = task_files(extra, specs)
     PERL.close()  # (every {= expression =} is filled in by now)
     tag: Callable[[int], bytes | None] = tags.get
     if piped:  # one line, run once a block: every run's tag is the first's
@@ -1099,7 +329,9 @@ async def run_cli(opts: CliOptions) -> int:
         lines = {s.index: os.fsencode(shown(s)) for s in specs}
         command = lines.__getitem__
         if piped:  # (the runs are numbered as their blocks come)
-            command = _pipe_line(specs[0], temp is not None)
+            from pm.ensemble.pipe import pipe_line
+
+            command = pipe_line(specs[0], temp is not None)
     if "tmpdir" in extra:  # (--files, and output held past 1 MiB: pm.ensemble.console)
         tempfile.tempdir = extra["tmpdir"]
     # (No progress line under --tty: the terminal is the tasks'.)
@@ -1195,10 +427,13 @@ async def run_cli(opts: CliOptions) -> int:
 
         ens.on_done = done
         if "pipe" in extra:
+            from pm.ensemble.blocks import Blocks, Groups, Source, block_size, splitter, unescaped
+            from pm.ensemble.pipe import pipe, roundrobin, shard, tee
+
             regexp = "regexp" in extra
             # (--regexp: the expressions as given, \n read by the regular expression; a
             # --recend '' alone ends a record at any byte, as GNU parallel's.)
-            unescape = os.fsencode if regexp else _unescape
+            unescape = os.fsencode if regexp else unescaped
             start = unescape(extra.get("recstart", ""))
             end = unescape(extra.get("recend", "" if "recstart" in extra else "\n"))
             if regexp and not end and not start:
@@ -1212,25 +447,25 @@ async def run_cli(opts: CliOptions) -> int:
                                      ) from None
             try:
                 # (--pipepart's default as GNU parallel's: 10 blocks for each task slot.)
-                size = _block_size(extra.get("block", "-10" if fd else "1M"), fd,
-                                   ens.slot_count)
+                size = block_size(extra.get("block", "-10" if fd else "1M"), fd,
+                                  ens.slot_count)
                 header = extra.get("header", "0")
                 grouped = "group_by" in extra  # (-N counts its records, not lines)
-                cut = _Blocks(size, end, start, fd, part=bool(fd), regexp=regexp,
-                              header=1 if header == ":" else int(header),
-                              records=0 if grouped else int(extra.get("max_args", "0")),
-                              lines=int(extra.get("max_lines", "0")))
+                cut = Blocks(size, end, start, fd, part=bool(fd), regexp=regexp,
+                             header=1 if header == ":" else int(header),
+                             records=0 if grouped else int(extra.get("max_args", "0")),
+                             lines=int(extra.get("max_lines", "0")))
                 cut.warn = console.message
-                blocks: _Source = cut
+                blocks: Source = cut
                 if grouped:
-                    blocks = _Groups(cut, extra["group_by"], _splitter(extra.get("colsep")),
-                                     size, int(extra.get("max_args", "0")))
+                    blocks = Groups(cut, extra["group_by"], splitter(extra.get("colsep")),
+                                    size, int(extra.get("max_args", "0")))
                 producer = asyncio.ensure_future(
-                    _roundrobin(ens, console, specs[0], blocks) if "roundrobin" in extra
-                    else _tee(ens, specs, blocks) if "tee" in extra
-                    else _shard(ens, console, specs[0], blocks, extra)
+                    roundrobin(ens, console, specs[0], blocks) if "roundrobin" in extra
+                    else tee(ens, specs, blocks) if "tee" in extra
+                    else shard(ens, console, specs[0], blocks, extra)
                     if "shard" in extra or "bin" in extra
-                    else _pipe(ens, console, specs[0], blocks, temp))
+                    else pipe(ens, console, specs[0], blocks, temp))
                 await _produced(ens, producer)
             finally:
                 if fd:
@@ -1239,10 +474,10 @@ async def run_cli(opts: CliOptions) -> int:
             def take(batch: list[TaskSpec]) -> None:
                 batch = [s for s in finish(batch) if unseen(s)]
                 if where is not None:
-                    where.update({s.index: _results_dir(extra["results"], s, ())
-                                  for s in batch})
-                tags.update(_tags(extra, batch, tasks_file=False))
-                files.update(_files(extra, batch))
+                    where.update({s.index: results_dir(extra["results"], s, ())
+                                 for s in batch})
+                tags.update(task_tags(extra, batch, tasks_file=False))
+                files.update(task_files(extra, batch))
                 if lines is not None:
                     lines.update({s.index: os.fsencode(shown(s)) for s in batch})
                 for spec in batch:

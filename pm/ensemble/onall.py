@@ -47,7 +47,7 @@ async def run_onall(opts: CliOptions) -> int:
     """Run ``opts``' ensemble on each of its hosts (see the module docstring)."""
     from pm.cli import nodes_of
     from pm.common.nodes import Nodes
-    from pm.ensemble.cli import sources_of
+    from pm.ensemble.cli_options import sources_of
     from pm.options import parse_jobs
 
     extra = opts.extra

@@ -1,13 +1,17 @@
-"""How long a task's run may take: GNU parallel's ``--timeout``.
+"""How long a task's run may take: GNU parallel's ``--timeout``; and how a run is ended
+(``--termseq``).
 
 Either a fixed number of seconds, or a percentage of the median run of the tasks that
 succeeded so far (``--timeout 200%``): no limit until one succeeded, then each success
-moves the limit of every task, the running ones included.
+moves the limit of every task, the running ones included.  A run past its limit (or ended
+by ``--halt now``, ``--limit``) gets the signals :func:`parse_termseq` reads, each its wait
+apart (:mod:`pm.ensemble.runs`).
 """
 
 from __future__ import annotations
 
 import heapq
+import signal
 
 
 class RunningMedian:
@@ -68,3 +72,26 @@ class RunLimit:
             return f"{seconds:g} s"
         return (f"{seconds:.3g} s ({self._fraction * 100:g}% of the median successful run, "
                 f"{self._runs.value() or 0:.3g} s)")
+
+
+def parse_termseq(text: str) -> list[tuple[int, float]]:
+    """GNU parallel's ``--termseq``: ``TERM,200,TERM,100,KILL,25`` is [(SIGTERM, 0.2),
+    (SIGTERM, 0.1), (SIGKILL, 0.025)] (signals by name, SIG or not, or number; waits in
+    ms).  ValueError names what cannot be read (pure)."""
+    words = [w.strip() for w in text.split(",")]
+    if len(words) % 2 or not words[0]:
+        raise ValueError(f"--termseq takes SIGNAL,MS pairs (TERM,200,KILL,25), not {text!r}")
+    steps = []
+    for name, wait in zip(words[::2], words[1::2], strict=True):
+        try:
+            sig = (int(name) if name.isdecimal()
+                   else signal.Signals["SIG" + name.upper().removeprefix("SIG")])
+            signal.Signals(sig)
+            ms = float(wait)
+        except (KeyError, ValueError):
+            raise ValueError(f"--termseq {text}: cannot read {name},{wait} as a signal and "
+                             "the milliseconds to wait after it") from None
+        if ms < 0:
+            raise ValueError(f"--termseq {text}: a wait is at least 0 ms")
+        steps.append((int(sig), ms / 1000))
+    return steps
