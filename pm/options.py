@@ -475,7 +475,8 @@ def results_dir(value: str, opt: str) -> str:
     """A directory pmrun makes if need be (GNU parallel's ``--results``): refused when it,
     or the nearest part of its path that exists, is not a directory."""
     text(value, opt)
-    part = os.path.abspath(value)
+    # (One with replacement strings: the folder its fixed start names.)
+    part = os.path.abspath(value.split("{", 1)[0] or ".")
     while not os.path.exists(part):
         part = os.path.dirname(part)
     if not os.path.isdir(part):
@@ -1914,7 +1915,8 @@ OPTIONS = (
         help="--pipe's records start with STR: blocks are cut between --recend and STR"),
     Opt("--results", "results", results_dir, metavar="DIR", group=MEMORY,
         help="each task's stdout and stderr in files of DIR/1/ARG1/2/ARG2/, not printed "
-             "(GNU parallel's layout)"),
+             "(GNU parallel's layout); a NAME with replacement strings: NAME, NAME.err and "
+             "NAME.seq filled in, or files of that folder if it ends in /"),
     Opt("--files", "files", kind=FLAG, group=MEMORY,
         help="each task's stdout in a new file of --tmpdir, whose name is printed instead "
              "(GNU parallel's)"),

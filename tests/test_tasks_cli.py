@@ -528,6 +528,21 @@ def test_results_are_files_as_gnu_parallel_writes_them(pmrun: Run, tmp_path: Pat
                                          "1/t/stderr": b""}
 
 
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
+@pytest.mark.parametrize("name", ["{1}-{2}.txt", "{1}/{2}/", "{#}-{2.}"])
+def test_results_named_by_replacement_strings_are_gnu_parallels_files(pmrun: Run,
+                                                                      tmp_path: Path,
+                                                                      name: str) -> None:
+    """A --results name with replacement strings: each task's stdout in that file, its
+    stderr and number in .err and .seq beside it; a name ending in / a folder of them."""
+    tail = ["echo {1}{2}; echo e >&2", ":::", "a", "b", ":::", "x.c", "y/z"]
+    want = parallel(tmp_path, "--results", f"theirs/{name}", *tail)
+    assert want.stdout == "", want.stderr
+    r = pmrun("--results", f"ours/{name}", *tail)
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr
+    assert _tree(tmp_path / "ours") == _tree(tmp_path / "theirs") != {}
+
+
 def test_results_that_cannot_be_stored_are_named_and_nothing_hangs(pmrun: Run,
                                                                    tmp_path: Path) -> None:
     (tmp_path / "f").write_text("a file\n")

@@ -25,7 +25,7 @@ from pm.ensemble.cli_options import (
     program_options,
     read_text,
     renamings,
-    results_dir,
+    results_files,
     sources_of,
     task_files,
     task_shell,
@@ -315,7 +315,7 @@ async def run_cli(opts: CliOptions) -> int:
     mode = extra.get("output_mode") or ("line" if path is not None else "group")
     where = None
     if "results" in extra:
-        where = {s.index: results_dir(extra["results"], s, names or ()) for s in specs}
+        where = results_files(extra, specs, names or ())
     program_options(opts.spec)
     tags = task_tags(extra, specs, tasks_file=path is not None)
     files = task_files(extra, specs)
@@ -474,8 +474,7 @@ async def run_cli(opts: CliOptions) -> int:
             def take(batch: list[TaskSpec]) -> None:
                 batch = [s for s in finish(batch) if unseen(s)]
                 if where is not None:
-                    where.update({s.index: results_dir(extra["results"], s, ())
-                                 for s in batch})
+                    where.update(results_files(extra, batch, ()))
                 tags.update(task_tags(extra, batch, tasks_file=False))
                 files.update(task_files(extra, batch))
                 if lines is not None:

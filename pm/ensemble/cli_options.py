@@ -3,7 +3,7 @@
 The options of ``pmrun --tasks FILE`` and of GNU parallel's command line as the
 :class:`~pm.ensemble.Ensemble`'s keyword arguments (:func:`ensemble_options`) and the
 command's own (:func:`program_options`); each task's output prefix (:func:`task_tags`),
-files to carry (:func:`task_files`) and ``--results`` folder (:func:`results_dir`); the
+files to carry (:func:`task_files`) and ``--results`` files (:func:`results_files`); the
 command's text with ``-I``'s renamed replacement strings (:func:`marked`) and ``--plus``'s
 filters (:func:`plus_filters`); the input sources' words, the shell that runs the tasks
 and a file's text.
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pm.agent.memory import SizeError, parallel_size, parse_size
-from pm.ensemble.inputs import fill, with_rpl
+from pm.ensemble.inputs import fill, has_replacement, with_rpl
 from pm.ensemble.scheduler import TaskSpec
 from pm.options import jobs_value, parse_jobs, separators, source_words
 from pm.proto.errors import UsageError
@@ -259,6 +259,34 @@ def task_files(extra: dict[str, str], specs: Sequence[TaskSpec]
         return [f for f in filled if f]
 
     return {s.index: (names(transfer, s), names(returns, s)) for s in specs}
+
+
+def results_files(extra: Mapping[str, str], specs: Sequence[TaskSpec],
+                  names: Sequence[str], total: int = 0) -> dict[int, tuple[str, str, str]]:
+    """GNU parallel's ``--results NAME``: each task's stdout, stderr and sequence number
+    files.  A NAME without replacement strings is a folder: :func:`results_dir` and its
+    ``stdout``, ``stderr`` and ``seq``.  One with them is filled in for the task: a
+    name ending in ``/`` is a folder of those three files, else its stdout's file, with
+    ``.err`` and ``.seq`` added for the others (arguments as they are, ``/`` included)."""
+    top = extra["results"]
+    if not has_replacement(top, "plus" in extra):
+        return {s.index: _three(results_dir(top, s, names)) for s in specs}
+    text = with_rpl(top, extra["rpl"].split("\0")) if "rpl" in extra else top
+    out = {}
+    for spec in specs:
+        try:
+            name = fill(text, spec.args or (spec.line,), spec.index + 1, quote=False,
+                        total=total or len(specs))
+        except UsageError as exc:
+            raise UsageError(f"--results {top}: {exc}") from None
+        out[spec.index] = _three(name) if name.endswith("/") else (
+            name, name + ".err", name + ".seq")
+    return out
+
+
+def _three(folder: str) -> tuple[str, str, str]:
+    return (os.path.join(folder, "stdout"), os.path.join(folder, "stderr"),
+            os.path.join(folder, "seq"))
 
 
 def results_dir(top: str, spec: TaskSpec, names: Sequence[str]) -> str:

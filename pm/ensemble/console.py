@@ -103,8 +103,8 @@ class Console:
     """The tasks' output, ``pmrun:`` messages and the progress line of one ensemble.
 
     ``group``: a task's output whole once it ended (else line by line).  ``tag``: a
-    task's line prefix from its index (None: none).  ``results``: each task's directory
-    for its output files, by index (then nothing of it is printed).  ``command``: a
+    task's line prefix from its index (None: none).  ``results``: each task's stdout, stderr
+    and sequence number files, by index (then nothing of it is printed).  ``command``: a
     task's command line, written first in its output as each run starts (GNU parallel's
     ``-v``).  ``files``: each run's stdout goes to a new file in this directory, whose name
     is printed as its output once the task ended (GNU parallel's ``--files``; its stderr
@@ -115,7 +115,7 @@ class Console:
 
     def __init__(self, verbose: int, tty: bool, *, group: bool = False,
                  tag: Callable[[int], bytes | None] | None = None,
-                 results: dict[int, str] | None = None,
+                 results: dict[int, tuple[str, str, str]] | None = None,
                  command: Callable[[int], bytes] | None = None,
                  files: str | None = None, color: bool = False,
                  color_failed: bool = False) -> None:
@@ -175,8 +175,7 @@ class Console:
         """Lines task ``index`` wrote on ``stream``."""
         path = None  # (--results: its stdout and stderr files; --files: its stdout's)
         if index not in self._unstored and self._results is not None:
-            path = os.path.join(self._results[index], "stdout" if stream == STDOUT else
-                                "stderr")
+            path = self._results[index][0 if stream == STDOUT else 1]
         elif index not in self._unstored and stream == STDOUT:
             path = self._file_of.get(index)
         if path is not None:
@@ -210,8 +209,8 @@ class Console:
             self._trailers[index] = trailer
         order = self._order
         if self._results is not None:
-            path = os.path.join(self._results[index], "seq")
-            if os.path.isdir(self._results[index]):  # (it ran)
+            out, _, path = self._results[index]
+            if os.path.exists(out):  # (it ran)
                 with contextlib.suppress(OSError), open(path, "w") as f:
                     f.write(str(index + 1))  # (a failure is named at its output, if any)
             if index not in self._unstored:
@@ -305,10 +304,9 @@ class Console:
         """A run of task ``index`` begins: its ``--results`` files start empty (OSError if
         they cannot be made: :attr:`Ensemble.prepare`)."""
         if self._results is not None:
-            where = self._results[index]
-            os.makedirs(where, exist_ok=True)
-            for name in ("stdout", "stderr"):
-                open(os.path.join(where, name), "wb").close()
+            for name in self._results[index][:2]:
+                os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
+                open(name, "wb").close()
 
     def event(self, e: Event) -> None:
         if e.kind == "start" and self._files is not None and e.task is not None:
