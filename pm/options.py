@@ -475,6 +475,10 @@ def results_dir(value: str, opt: str) -> str:
     """A directory pmrun makes if need be (GNU parallel's ``--results``): refused when it,
     or the nearest part of its path that exists, is not a directory."""
     text(value, opt)
+    if value.endswith((".csv", ".tsv", ".json")) and "{" not in value:
+        raise UsageError(f"{opt} {value}: GNU parallel's table of results (CSV, TSV, JSON) "
+                         "is not written by pmrun: give a folder, or a name with "
+                         "replacement strings")
     # (One with replacement strings: the folder its fixed start names.)
     part = os.path.abspath(value.split("{", 1)[0] or ".")
     while not os.path.exists(part):

@@ -543,6 +543,13 @@ def test_results_named_by_replacement_strings_are_gnu_parallels_files(pmrun: Run
     assert _tree(tmp_path / "ours") == _tree(tmp_path / "theirs") != {}
 
 
+def test_results_as_a_table_are_refused_in_one_line(pmrun: Run) -> None:
+    r = pmrun("--results", "out.csv", "echo", ":::", "a")
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", (
+        "pmrun: --results out.csv: GNU parallel's table of results (CSV, TSV, JSON) is not "
+        "written by pmrun: give a folder, or a name with replacement strings\n"))
+
+
 def test_results_that_cannot_be_stored_are_named_and_nothing_hangs(pmrun: Run,
                                                                    tmp_path: Path) -> None:
     (tmp_path / "f").write_text("a file\n")
