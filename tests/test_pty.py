@@ -70,18 +70,27 @@ def test_piped_stdin_ends_with_the_terminals_end_of_file(tmp_path: Path) -> None
 def test_a_killed_pmrun_hangs_up_the_terminal_and_leaves_nothing(tmp_path: Path,
                                                                  marker: str) -> None:
     proc = subprocess.Popen(pmrun_argv("--pty", "-n", "1", "sh", "-c",
-                                       f"echo {marker}; exec sleep 300"),
+                                       f"echo {marker} $$; exec sleep 300"),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             cwd=tmp_path, env=pmrun_env())
     assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == marker.encode()
+    said, pid = proc.stdout.readline().split()  # (the rank's pid: its sleep's after exec)
+    assert said == marker.encode()
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     proc.stdout.close()
     deadline = time.monotonic() + 20
-    while subprocess.run(["pgrep", "-f", "^sleep 300$"], capture_output=True).returncode == 0:
+    while _alive(int(pid)):
         assert time.monotonic() < deadline, "the rank outlived its terminal"
         time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, waiting for its parent to reap it, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def test_pty_refusals_are_one_line(tmp_path: Path) -> None:
