@@ -352,6 +352,15 @@ class JobRun:
         #: srun's -W: the first rank of the job that ended, whose end starts the wait.
         self._first_end: RankResult | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
+        #: Slurm ends the job (its word came: :meth:`ended`): pmrun kills nothing itself.
+        self.slurm_ends = False
+        #: While the head asks why Slurm sent the agents' step SIGTERM (:meth:`_slurm_term`):
+        #: what the ranks' ends meant meanwhile (failures, aborts, collectives that cannot
+        #: complete), to be judged once the answer is in; None when not asking.
+        self._held_term: list[Callable[[], None]] | None = None
+        self._held_term_timer: asyncio.TimerHandle | None = None
+        #: slurmctld's word on the job, asked (pm.bootstrap.slurm.ask_why): one question at a time.
+        self._asked: asyncio.Task[tuple[bool, tuple[str, int] | None]] | None = None
 
     # ------------------------------------------------------------ lifecycle
     def refusal(self) -> str | None:
@@ -577,7 +586,12 @@ class JobRun:
         self.owned.call_later(delay, os.kill, os.getpid(), signal.SIGSTOP)
 
     def interrupt(self, signum: int) -> None:
-        """Ctrl-C / SIGTERM to the launcher: forward once, kill at once the second time."""
+        """Ctrl-C / SIGTERM to the launcher: forward once, kill at once the second time.
+        A SIGTERM once Slurm ends the job is Slurm's (its time limit's, after the agents'
+        step had it, say): the ranks have theirs, and Slurm kills what runs after KillWait."""
+        if signum == signal.SIGTERM and self.slurm_ends:
+            log.info("SIGTERM: Slurm ends the job already")
+            return
         if self.agent is None or (self.agent.children and self.children is None):
             # Not started, or its first agents not yet (it looks for its address): acted on
             # once the launch is under way, when the nodes not joined can be named.
@@ -599,8 +613,11 @@ class JobRun:
         if self._interrupts == 1 and signum == signal.SIGTERM and os.environ.get(
                 "SLURM_JOB_ID") and self.state is RunState.RUNNING:
             # Slurm's SIGTERM, most likely (its time limit, a scancel): the ranks have it
+            # at once (Slurm's grace runs: the checkpoint they save), what their ends mean
             # once slurmctld has said whether it ends the job (as in srun's first line).
             self._signalled = signum
+            self.signal(signum)
+            self._hold_for_slurm()
             self.owned.spawn(self._ask_slurm(signum), name="ask slurm")
         elif self._interrupts == 1:
             self._forward(signum)
@@ -623,18 +640,102 @@ class JobRun:
             self.children.release()
 
     async def _ask_slurm(self, signum: int) -> None:
-        from pm.bootstrap.slurm import ask_why
-
-        why = await ask_why()
+        """pmrun's own SIGTERM in a Slurm job, passed on: Slurm's end of the job, or not."""
+        answered, why = await self._ask()
         if self._interrupts > 1:
             return  # (killed already)
         if why is not None:
             self.ended(*why)
-        self._forward(signum)
+        else:
+            if self.state is RunState.RUNNING:
+                log.warning("forwarded %s to all ranks (again to kill them)",
+                            signal.Signals(signum).name)
+            if answered:
+                self._judge_held_term()
+        if self.children is not None:
+            # Nodes whose end is held back (pm.bootstrap.slurm) are named now: the
+            # same signal most likely ended them (a batch job Slurm cancelled).
+            self.children.release()
+
+    def _ask(self) -> asyncio.Task[tuple[bool, tuple[str, int] | None]]:
+        """slurmctld's word on whether Slurm ends the job (one question for all who ask)."""
+        if self._asked is None or self._asked.done():
+            from pm.bootstrap.slurm import ask_why
+
+            self._asked = self.owned.spawn(ask_why(), name="ask slurm")
+        return self._asked
+
+    def _hold_for_slurm(self) -> bool:
+        """Slurm's SIGTERM reached the ranks (through their agents, or pmrun's own, which it
+        passed on): Slurm's end of the job, most likely.  Until slurmctld says whether it is
+        (or slurmstepd's line does, through srun: pm.bootstrap.slurm), for SIGNAL_GRACE
+        seconds at most, what the ranks' ends mean is held: nothing if Slurm ends the job,
+        else what it meant (``scancel --signal=TERM``, someone's kill of an agent or of
+        pmrun), judged then, in order.  False when nothing is to be held (held already, or
+        the job's end is named)."""
+        if self._held_term is not None or self.slurm_ends or self.state is not RunState.RUNNING:
+            return False
+        from pm.bootstrap.slurm import SIGNAL_GRACE
+
+        self._held_term = []
+        self._held_term_timer = self.owned.call_later(SIGNAL_GRACE, self._judge_held_term)
+        return True
+
+    def _slurm_term(self) -> None:
+        """Slurm sent the agents' step SIGTERM (an agent said so, :class:`t.StepSignal`),
+        which they pass to the ranks (pm.agent.step_signals): held (:meth:`_hold_for_slurm`)
+        until Slurm's word; slurmctld is asked if slurmstepd's line did not come first
+        (pm.bootstrap.slurm.LINE_FIRST: its words are srun's)."""
+        if self._hold_for_slurm():
+            from pm.bootstrap.slurm import LINE_FIRST
+
+            self.owned.spawn(self._slurm_says(LINE_FIRST), name="Slurm's SIGTERM")
+
+    async def _slurm_says(self, first: float) -> None:
+        await asyncio.sleep(first)
+        if self._held_term is None:
+            return  # (Slurm's word came, or the hold is over)
+        answered, why = await self._ask()
+        if why is not None:
+            self.ended(*why)
+        elif answered:  # (the job runs on: what was held is what it was)
+            self._judge_held_term()
+        # (no answer: slurmstepd's line may come, until the hold is over)
+
+    def _hold_term(self, judge: Callable[..., None], *args: Any) -> bool:
+        """Hold ``judge(*args)`` while the head asks why Slurm sent SIGTERM; False when it
+        does not (then judge now)."""
+        if self._held_term is None:
+            return False
+        self._held_term.append(functools.partial(judge, *args))
+        return True
+
+    def _judge_held_term(self) -> None:
+        """Slurm does not end the job (or said nothing in time): what was held is judged."""
+        held, self._held_term = self._held_term, None
+        if self._held_term_timer is not None:
+            self._held_term_timer.cancel()
+            self._held_term_timer = None
+        for judge in held or ():
+            judge()
+        self.spawned_done()  # (if every rank ended meanwhile)
 
     def ended(self, why: str, code: int) -> None:
-        """The resource manager ended the job (scancel, time limit): ``code`` is our status."""
-        self._fail(why, code)
+        """The resource manager ended the job (scancel, time limit): ``code`` is our status.
+
+        Under Slurm every rank has its SIGTERM (from Slurm, through its agent or from pmrun:
+        pm.agent.step_signals), and Slurm kills what still runs after KillWait (through the
+        agents it kills, their ranks' guardians): pmrun kills nothing itself, so that the
+        ranks' handlers have that grace (to save a checkpoint), as srun's tasks have, and
+        ends once every rank has ended or its node is gone.  What the ranks' ends meant
+        while this was asked is the end's doing (dropped)."""
+        self.slurm_ends = True
+        self._held_term = None
+        if self._held_term_timer is not None:
+            self._held_term_timer.cancel()
+            self._held_term_timer = None
+        self._fail(why, code, kill=False)
+        self.spawned_done()  # (if every rank ended meanwhile)
 
     def kill(self, reason: str = "killed by the user") -> None:
         self._fail(reason, EXIT_LAUNCHER)
@@ -643,10 +744,12 @@ class JobRun:
         self._fail(f"job timed out after {self.spec.timeout:g} s", EXIT_TIMEOUT,
                    report=self.spec.timeout_report)
 
-    def _fail(self, cause: str, code: int, grace: float = KILL_GRACE, report: int = 0) -> None:
+    def _fail(self, cause: str, code: int, grace: float = KILL_GRACE, report: int = 0,
+              kill: bool = True) -> None:
         """The first failure names the cause and fixes the exit code; all fail the job.
         ``report``: the agents say how the ranks still running stand before they kill
-        them (``--report-state-on-timeout``, ``--get-stack-traces``)."""
+        them (``--report-state-on-timeout``, ``--get-stack-traces``).  ``kill`` False: the
+        job ends without our kill (Slurm ends it: :meth:`ended`)."""
         if self._held_abort is not None:
             self._name_abort()  # it came first
         if self.cause is None:
@@ -656,7 +759,7 @@ class JobRun:
                 log.error("%s", cause)
         if grace <= 0 or self.state is RunState.RUNNING:
             self.state = RunState.KILLING
-            if self.agent is None:
+            if self.agent is None or not kill:
                 return
             if self._signalled and grace > 0:
                 # Every rank has the user's signal already (Ctrl-C, SIGTERM): a rank that
@@ -713,6 +816,9 @@ class JobRun:
                 f"node {msg.vertex} ({msg.host}) lost: {what}", code)
             # Ranks of a lost node will never report: the job ends when the rest has.
             self._forget_node(msg.vertex)
+        elif isinstance(msg, t.StepSignal):
+            if msg.signum == signal.SIGTERM:
+                self._slurm_term()
         elif isinstance(msg, t.StdinAck):
             self._stdin_credit += msg.nbytes
             self._start_stdin()
@@ -724,7 +830,10 @@ class JobRun:
     def _aborted(self, msg: t.Abort) -> None:
         """A rank called abort: named at once, unless it is the first failure and ranks of
         other nodes run, which may yet report a death by a signal that came before it (then
-        the abort waits up to ABORT_GRACE; :meth:`_rank_ended`)."""
+        the abort waits up to ABORT_GRACE; :meth:`_rank_ended`), or Slurm's SIGTERM came
+        (:meth:`_slurm_term`)."""
+        if self.state is RunState.RUNNING and self._hold_term(self._aborted, msg):
+            return
         self._aborting.add(msg.rank)
         if self._held_abort is not None:
             return  # the same failure's echo, most likely: the first abort is named
@@ -744,6 +853,8 @@ class JobRun:
 
         if self._signalled:
             return  # (the user's signal ended that rank: the job ends by it, as it is)
+        if self.state is RunState.RUNNING and self._hold_term(self._stuck, msg):
+            return
         gone = rank_at(msg.rank, msg.vertex, self.plan.hosts[msg.vertex])
         who = f"rank {msg.waiting} waits" if msg.waiting >= 0 else "other ranks wait"
         if not msg.kind:  # (before PMI init, which a rank of its node called)
@@ -785,8 +896,9 @@ class JobRun:
         return self.spawns
 
     def spawned_done(self) -> None:
-        """The launched job or a spawned one ended: the run ends once all have."""
-        if not self._top_done or self.finished.done():
+        """The launched job or a spawned one ended: the run ends once all have (and what
+        their ends mean is judged: :meth:`_hold_for_slurm`)."""
+        if not self._top_done or self.finished.done() or self._held_term is not None:
             return
         if self.spawns is None or self.spawns.all_done():
             self.finished.set_result(None)
@@ -829,6 +941,14 @@ class JobRun:
             self.owned.call_later(self.spec.wait_after_first, self._waited_after_first)
         if r.ok or self.state is RunState.KILLING:
             return
+        if self._hold_term(self._rank_failed, r, at):
+            return
+        self._rank_failed(r, at)
+
+    def _rank_failed(self, r: RankResult, at: float) -> None:
+        """Rank ``r`` failed (its agent learned of it at ``at``): the job's cause, perhaps."""
+        if self.state is RunState.KILLING:
+            return  # (judged after a hold: the job's end is named already)
         held = self._held_abort
         if held is not None:
             if r.rank in self._aborting or at > held.at + DEATH_SLACK:

@@ -498,21 +498,19 @@ def _wait_dead(pid: int, timeout: float) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize(("signum", "cancel"), [(signal.SIGTERM, "job"),
-                                                 (signal.SIGKILL, "step")])
-def test_cancel_seen_after_a_task_ended(slurm_cluster: RealCluster, signum: int,
-                                        cancel: str) -> None:
-    """When Slurm cancels the job (SIGTERM to every task) or the agents' step (SIGKILL),
-    srun's "task 1: Terminated" (or "Killed") may reach pmrun before the first node's
-    "*** STEP ... CANCELLED ***" line (another connection; a loaded machine shows it).
-    That order on purpose: node 1's agent gets the signal first."""
+def test_cancel_seen_after_a_task_ended(slurm_cluster: RealCluster) -> None:
+    """When Slurm cancels the agents' step (SIGKILL to every task), srun's "task 1:
+    Killed" may reach pmrun before the first node's "*** STEP ... CANCELLED ***" line
+    (another connection; a loaded machine shows it).  That order on purpose: node 1's agent
+    gets the signal first.  (Slurm's SIGTERM, when it ends the job, kills no agent: see
+    test_scancel_gives_the_ranks_slurm_s_grace.)"""
     c = slurm_cluster
     proc = _start_sleeping(c, 4, 8)
     jobid = c.queue()[0].split()[0]
     agent = _agent_pid(c, 1)
-    os.kill(agent, signum)  # what node 1's slurmstepd does first
+    os.kill(agent, signal.SIGKILL)  # what node 1's slurmstepd does first
     _wait_dead(agent, 10)
-    c.run(["scancel", jobid if cancel == "job" else f"{jobid}.0"])
+    c.run(["scancel", f"{jobid}.0"])
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_CANCELLED, err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -520,9 +518,7 @@ def test_cancel_seen_after_a_task_ended(slurm_cluster: RealCluster, signum: int,
     assert_clean(c)
 
 
-@pytest.mark.parametrize(("signum", "words"), [(signal.SIGKILL, "Killed"),
-                                                 (signal.SIGTERM, "Terminated")])
-def test_a_killed_agent_is_named(slurm_cluster: RealCluster, signum: int, words: str) -> None:
+def test_a_killed_agent_is_named(slurm_cluster: RealCluster) -> None:
     """An agent killed by someone else than Slurm: named from srun's line once Slurm had
     time to say it ended the job and did not (pm.bootstrap.slurm.SIGNAL_GRACE), not after
     the heartbeat (a minute here)."""
@@ -530,13 +526,33 @@ def test_a_killed_agent_is_named(slurm_cluster: RealCluster, signum: int, words:
     proc = _start_sleeping(c, 4, 8, "--heartbeat", "60")
     agent = _agent_pid(c, 1)
     t0 = time.monotonic()
-    os.kill(agent, signum)
+    os.kill(agent, signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
     took = time.monotonic() - t0
     assert proc.returncode == 255, err
     first = next(line for line in err.splitlines() if " lost" in line)
     assert first == f"pmrun: node 1 ({c.names[1]}) lost: srun: error: {c.names[1]}: task 1: " \
-        f"{words}", err
+        "Killed", err
+    assert took < 30, f"named after {took:.1f} s"
+    assert_clean(c)
+
+
+def test_someone_s_sigterm_to_an_agent_reaches_its_ranks(slurm_cluster: RealCluster) -> None:
+    """An agent's SIGTERM from someone else than Slurm (a kill): the agent cannot tell it
+    from Slurm's, and passes it to its ranks (pm.agent.step_signals); slurmctld says the job
+    runs on, so their ends are what they are: the first is the job's failure, named, with
+    SIGTERM's status, soon (not after the heartbeat, a minute here); no node is lost."""
+    c = slurm_cluster
+    proc = _start_sleeping(c, 4, 8, "--heartbeat", "60")
+    agent = _agent_pid(c, 1)
+    t0 = time.monotonic()
+    os.kill(agent, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - t0
+    assert proc.returncode == 143, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.fullmatch(
+        rf"pmrun: rank \d+ \(node 1, {c.names[1]}\) killed by SIGTERM", lines[0]), err
     assert took < 30, f"named after {took:.1f} s"
     assert_clean(c)
 
@@ -1142,4 +1158,132 @@ def test_suspended_job_is_resumed_not_lost(slurm_cluster: RealCluster, tmp_path:
         f"rank {r} got TERM" for r in range(4)], out
     # 12 s of run time, the suspension not counted (Slurm's run time is in whole seconds).
     assert ended - t0 >= 12 + (resumed - held) - 2, (ended - t0, resumed - held)
+    assert_clean(c)
+
+
+#: A rank that saves a checkpoint when its job is ended (``checkpoint.py DIR SECONDS``): on
+#: each SIGTERM it says so in DIR/got.RANK, works SECONDS, writes DIR/checkpoint.RANK (and
+#: says so on stdout) and exits; DIR/ready.RANK once its handler is set.
+CHECKPOINT_RANK = """
+import os, signal, sys, time
+d, secs, r = sys.argv[1], float(sys.argv[2]), os.environ["PMI_RANK"]
+def term(signum, frame):
+    with open(f"{d}/got.{r}", "a") as f:
+        f.write("SIGTERM\\n")
+    time.sleep(secs)  # (the checkpoint's work)
+    with open(f"{d}/checkpoint.{r}", "w") as f:
+        f.write("saved\\n")
+    print(f"rank {r} saved its checkpoint", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+open(f"{d}/ready.{r}", "w").close()
+while True:
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("how", ["salloc", "sbatch", "sbatch -launcher fork"])
+def test_scancel_gives_the_ranks_slurm_s_grace(slurm_cluster: RealCluster, tmp_path: Path,
+                                               how: str) -> None:
+    """``scancel JOB``: slurmd sends every step SIGTERM, and SIGKILL only KillWait seconds
+    later (5 s here: slurmd's floor).  As srun's tasks would, every rank gets SIGTERM once,
+    and its handler the time to save a checkpoint and exit (a second here): its agent
+    lives on meanwhile (the rank's output reaches pmrun).  pmrun names Slurm's cancel, as
+    before, with SIGTERM's status; nothing is left.  In a batch script pmrun has Slurm's
+    SIGTERM too (the batch step's), and passes it on: with its agents' step (which has its
+    own), or to ranks it started itself (``-launcher fork``, one node), whose checkpoint
+    takes longer than pmrun's own grace when it ends a job (KILL_GRACE, 2 s): 3 s.  (srun,
+    which gets the job's end too, waits KillWait + 2 s for its tasks: 4 s here.)"""
+    c = slurm_cluster
+    prog = script(tmp_path, "checkpoint.py", CHECKPOINT_RANK)
+    nodes, secs = (1, "3") if "fork" in how else (2, "1")
+    if how == "salloc":
+        proc = _salloc_popen(c, ["-N2", "-n4"], sys.executable, str(prog), str(tmp_path),
+                             secs)
+        try:
+            _wait_ready(tmp_path, 4, proc)
+            jobid = c.queue()[0].split()[0]
+            c.run(["scancel", jobid], check=True)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            _end(c, proc)
+        status = proc.returncode
+        said = [line for line in err.splitlines() if line.strip()]
+    else:
+        job_out = tmp_path / "job.out"
+        job = tmp_path / "job.sh"
+        # The script outlives the SIGTERM (trap) to say how pmrun ended; the ranks' output
+        # and pmrun's own lines go to files of their own.
+        job.write_text(f"""#!/bin/sh
+#SBATCH --nodes={nodes} --ntasks=4 --output={job_out}
+trap 'echo "script got TERM"' TERM
+pmrun{how.removeprefix("sbatch")} -n 4 {sys.executable} {prog} {tmp_path} {secs} \
+    > {tmp_path}/out 2> {tmp_path}/err &
+pid=$!
+wait $pid
+wait $pid
+echo "pmrun exit $?"
+""")
+        res = subprocess.run(["sbatch", "--parsable", str(job)], env=env_for(c, tmp_path),
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        jobid = res.stdout.strip().split(";")[0]
+        try:
+            deadline = time.monotonic() + 60
+            while not all((tmp_path / f"ready.{r}").exists() for r in range(4)):
+                assert time.monotonic() < deadline, \
+                    job_out.read_text() if job_out.exists() else "no output"
+                time.sleep(0.05)
+            c.run(["scancel", jobid], check=True)
+            _wait_gone(c, jobid, 60)
+        finally:
+            if c.run(["squeue", "-h", "-j", jobid]).stdout.strip():
+                c.run(["scancel", jobid])
+        text = job_out.read_text()
+        out, err = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+        assert "pmrun exit " in text, (text, err)
+        status = int(text.split("pmrun exit ")[1].split()[0])
+        said = [line for line in err.splitlines() if line.strip()]
+    saved = [r for r in range(4) if (tmp_path / f"checkpoint.{r}").exists()]
+    assert saved == [0, 1, 2, 3], (out, err)
+    assert _got(tmp_path, 4) == [["SIGTERM"]] * 4, (out, err)
+    assert sorted(out.splitlines()) == [f"rank {r} saved its checkpoint" for r in range(4)], \
+        (out, err)
+    assert status == EXIT_CANCELLED, err
+    words = [[f"pmrun: Slurm cancelled the job step {jobid}.0"]]
+    if how != "salloc":  # (pmrun's own SIGTERM: slurmctld's word may come first)
+        words.append([f"pmrun: Slurm cancelled the job {jobid}"])
+    assert said in words, err
+    assert_clean(c)
+
+
+def test_ranks_that_outlive_slurm_s_grace_are_killed(slurm_cluster: RealCluster,
+                                                     tmp_path: Path) -> None:
+    """Ranks that take Slurm's SIGTERM and run on: they run on until Slurm's grace is over
+    (KillWait, 2 s here; srun gives up waiting for its step 2 s later, slurmd kills at 5 s),
+    not a moment's grace of pmrun's own; then they are killed, pmrun names Slurm's cancel
+    alone (not srun's words about the step it waited for), and nothing is left."""
+    c = slurm_cluster
+    rank = tmp_path / "rank.sh"
+    rank.write_text(f"""#!/bin/bash
+trap 'echo TERM >> {tmp_path}/got.$PMI_RANK' TERM
+: > {tmp_path}/ready.$PMI_RANK
+while :; do date +%s.%N > {tmp_path}/alive.$PMI_RANK; sleep 0.1; done
+""")
+    rank.chmod(0o755)
+    proc = _salloc_popen(c, ["-N2", "-n4"], str(rank))
+    try:
+        _wait_ready(tmp_path, 4, proc)
+        jobid = c.queue()[0].split()[0]
+        cancelled_at = time.time()
+        c.run(["scancel", jobid], check=True)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        _end(c, proc)
+    assert proc.returncode == EXIT_CANCELLED, err
+    lines = [line for line in err.splitlines() if line.strip() and line != "Terminated"]
+    assert lines == [f"pmrun: Slurm cancelled the job step {jobid}.0"], err
+    assert _got(tmp_path, 4) == [["TERM"]] * 4, err
+    lived = [float((tmp_path / f"alive.{r}").read_text()) - cancelled_at for r in range(4)]
+    assert min(lived) > 1.5, lived
     assert_clean(c)

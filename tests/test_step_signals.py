@@ -1,18 +1,23 @@
 """The signals Slurm sends a job agent (pm.agent.step_signals), without Slurm: paired with
-pmrun's same signal, noted before the agent's loop runs, and a suspension's stop, which
-stops the ranks and not their guardian."""
+pmrun's same signal, noted before the agent's loop runs, a suspension's stop, which stops
+the ranks and not their guardian, and signals that Slurm sent the ranks itself, which the
+agent does not send them again."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from launch_util import wait_until
 
 from pm.agent import step_signals
+from pm.agent.node import JobAgent
 from pm.agent.spawn import Guardian, spawn
 from pm.agent.step_signals import Pairs, StepSignals
 
@@ -85,5 +90,89 @@ def test_signals_that_come_before_the_loop_are_noted_then_delivered() -> None:
         assert delivered == [signal.SIGUSR1, signal.SIGSTOP]
         assert step_signals._noted == []
     finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def test_a_guardian_tells_a_signal_someone_else_sent_its_group() -> None:
+    """The guardian blocks the signals an agent passes on: one that Slurm (here: we) sent
+    its whole group stays pending there; one the agent sent itself tells nothing."""
+    guardian = Guardian()
+    try:
+        assert guardian.got(signal.SIGTERM) is False
+        os.killpg(guardian.pgid, signal.SIGTERM)  # (what Slurm's proctrack/linuxproc does)
+        wait_until(lambda: guardian.got(signal.SIGTERM) is True, 10, "SIGTERM pending")
+        assert guardian.got(signal.SIGUSR1) is False
+        guardian.signal(signal.SIGUSR1)
+        assert guardian.got(signal.SIGUSR1) is None
+        assert guardian.got(signal.SIGCONT) is None  # (not one it blocks)
+    finally:
+        guardian.release()
+        os.waitpid(guardian.pid, 0)
+
+
+class _Agent:
+    """What JobAgent.slurm_signal uses of an agent: its ranks' guardian, its timers, the
+    signals it delivers."""
+
+    def __init__(self, guardian: Guardian, loop: asyncio.AbstractEventLoop) -> None:
+        self.vertex = 1
+        self.procs = SimpleNamespace(guardian=guardian)
+        self.owned = SimpleNamespace(call_later=loop.call_later)
+        self.slurm_reaches: bool | None = None
+        self._probing: list[int] = []
+        self.delivered: list[int] = []
+        self.deliver_signal = self.delivered.append
+        self._probe = functools.partial(JobAgent._probe, cast(JobAgent, self))
+
+
+@pytest.mark.parametrize("slurm_reaches", [False, True])
+def test_slurm_s_signals_reach_each_rank_once(slurm_reaches: bool) -> None:
+    """An agent passes Slurm's signals on unless Slurm signalled its ranks' group itself
+    (proctrack/linuxproc, cgroup's SignalChildrenProcesses): its guardian tells at the first
+    (within PROBE seconds), and from then on the agent knows."""
+
+    async def run() -> _Agent:
+        agent = _Agent(guardian, asyncio.get_running_loop())
+        slurm_signal = functools.partial(JobAgent.slurm_signal, cast(JobAgent, agent))
+        if slurm_reaches:
+            os.killpg(guardian.pgid, signal.SIGTERM)
+        slurm_signal(signal.SIGTERM)
+        slurm_signal(signal.SIGTERM)  # (a time limit's second, say)
+        await asyncio.sleep(step_signals.PROBE + 0.5)
+        slurm_signal(signal.SIGUSR1)
+        return agent
+
+    guardian = Guardian()
+    try:
+        agent = asyncio.run(run())
+    finally:
+        guardian.release()
+        os.waitpid(guardian.pid, 0)
+    assert agent.slurm_reaches is slurm_reaches
+    assert agent.delivered == ([] if slurm_reaches else
+                               [signal.SIGTERM, signal.SIGTERM, signal.SIGUSR1])
+
+
+def test_slurm_s_sigterm_is_taken_once_the_plan_says_so_and_told_first() -> None:
+    step_signals._noted[:] = []
+    old = {sig: signal.getsignal(sig) for sig in (*step_signals.TAKEN, signal.SIGTERM)}
+    try:
+        step_signals.take_term()
+        os.kill(os.getpid(), signal.SIGTERM)  # (noted: the agent's loop is not running yet)
+        assert step_signals._noted == [signal.SIGTERM]
+        said: list[str] = []
+        loop = asyncio.new_event_loop()
+        try:
+            StepSignals(on_term=lambda: said.append("told")).attach(
+                loop, lambda signum: said.append(signal.Signals(signum).name))
+        finally:
+            loop.close()
+        assert said == ["told", "SIGTERM"]
+        step_signals.note_early()  # (the agent's last words: SIGTERM still noted)
+        assert signal.getsignal(signal.SIGTERM) is step_signals.note
+    finally:
+        step_signals._term[:] = []
+        step_signals._noted[:] = []
         for sig, handler in old.items():
             signal.signal(sig, handler)

@@ -233,6 +233,10 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
         await _close_quietly(port, link)
         return 1
     plan = launch.plan
+    if plan.bootstrap.get("name") == "slurm":
+        from pm.agent.step_signals import take_term
+
+        take_term()  # (Slurm's end of the job: the ranks' SIGTERM, pm.agent.step_signals)
     agent = JobAgent(plan, vertex, link, host=cfg.host or None)
     if agent.timeline is not None:
         from pm.common.profile import mark_process_start
@@ -255,8 +259,8 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
         await agent.prepare()
         agent.start_ranks()
         # Signals Slurm sends the step's tasks are the ranks' (noted until now: note_early).
-        agent.step_signals = StepSignals()
-        agent.step_signals.attach(loop, agent.deliver_signal)
+        agent.step_signals = StepSignals(on_term=agent.slurm_term)
+        agent.step_signals.attach(loop, agent.slurm_signal)
         if children is not None:
             from pm.bootstrap.base import join_timeout_of
 

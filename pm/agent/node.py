@@ -36,6 +36,7 @@ from pm.agent.owned import Owned
 from pm.agent.ranks import LocalRanks, RankProc
 from pm.agent.shm_reaper import ShmReaper
 from pm.agent.spawn_answer import SpawnAnswer
+from pm.agent.step_signals import PAIRED
 from pm.agent.tree_requests import TreeRequests
 from pm.common.kary_tree import Tree
 from pm.common.mapping import local_ranks
@@ -119,6 +120,15 @@ class JobAgent:
         #: A job agent's own signals (Slurm's, to its step's tasks), when it takes them:
         #: pmrun's same signal down the tree is not delivered twice.
         self.step_signals: StepSignals | None = None
+        #: Whether Slurm's signals reach our ranks themselves (proctrack/linuxproc, ...:
+        #: pm.agent.step_signals), as their guardian told at the first that it could; None
+        #: while unknown.
+        self.slurm_reaches: bool | None = None
+        #: Slurm's signals waiting for the guardian's word (:meth:`slurm_signal`), in order.
+        self._probing: list[int] = []
+        #: When a StepSignal (SIGTERM) last went up from this subtree: one is enough for
+        #: one of Slurm's ends (pm.agent.step_signals.PAIRED seconds).
+        self._term_told = -PAIRED
         self._base_env: dict[str, str] | None = None  # (base_env's, once made)
         self._flush_scheduled = False
         #: A sample of /dev/shm is due before the next flush (ranks failed meanwhile).
@@ -461,6 +471,50 @@ class JobAgent:
         if self.spawns is not None:
             self.spawns.signal(signum)
 
+    def slurm_signal(self, signum: int) -> None:
+        """Slurm's ``signum`` to this agent's step (pm.agent.step_signals): for the ranks,
+        unless Slurm signalled them itself (their guardian tells, within
+        :data:`pm.agent.step_signals.PROBE` seconds, the first time it can: until then the
+        signals wait, in order)."""
+        from pm.agent.spawn import GUARDIAN_BLOCKS
+
+        if signum not in GUARDIAN_BLOCKS or self.slurm_reaches is False:
+            self.deliver_signal(signum)
+        elif self.slurm_reaches is None:
+            self._probing.append(signum)
+            if len(self._probing) == 1:
+                from pm.agent.step_signals import PROBE
+
+                self._probe(time.monotonic() + PROBE)
+
+    def _probe(self, until: float) -> None:
+        guardian = self.procs.guardian
+        seen = guardian.got(self._probing[0]) if guardian is not None else None
+        if seen is False and time.monotonic() < until:
+            self.owned.call_later(0.01, self._probe, until)
+            return
+        if seen is not None:
+            self.slurm_reaches = seen
+            log.debug("agent %d: Slurm's signals %s our ranks themselves", self.vertex,
+                      "reach" if seen else "do not reach")
+        waiting, self._probing = self._probing, []
+        if not seen:
+            for signum in waiting:
+                self.deliver_signal(signum)
+
+    def slurm_term(self) -> None:
+        """Slurm's SIGTERM reached this agent: the head asks slurmctld whether Slurm ends the
+        job (told before any rank's end that follows)."""
+        self._tell_term(t.StepSignal(self.vertex, signal.SIGTERM))
+
+    def _tell_term(self, msg: t.StepSignal) -> None:
+        """Up the tree: once from this subtree for the SIGTERMs of PAIRED seconds (a time
+        limit's two, every node's)."""
+        now = time.monotonic()
+        if now - self._term_told >= PAIRED:
+            self._term_told = now
+            self.parent.send(msg)
+
     def _from_child(self, child: int, msg: t.Msg) -> None:
         if isinstance(msg, t.CollIn):
             self.coll.from_child(child, msg)
@@ -479,6 +533,8 @@ class JobAgent:
             self._stdin_up()
         elif isinstance(msg, t.Gone) and self.vertex == 0:
             self.coll.gone(msg)
+        elif isinstance(msg, t.StepSignal):
+            self._tell_term(msg)
         elif isinstance(msg, (t.Output, t.Exits, t.Abort, t.AgentError, t.AgentGone,
                               t.Started, t.StdinAck, t.SpawnReq, t.Stuck, t.Gone,
                               t.Report)):

@@ -7,6 +7,10 @@
   SIGKILL, the read returns and the guardian removes the files the agent named
   to it (the job's shared-memory segments and topology copy) and kills the
   whole group.  Ranks therefore never outlive their agent, nor do their files.
+  The guardian starts with the signals an agent passes on to the ranks blocked (and
+  ignores them): one sent to its group by someone else than its agent stays pending, which
+  the agent reads (:meth:`Guardian.got`): whether Slurm signals the ranks itself
+  (:mod:`pm.agent.step_signals`).
   Ranks stay in the session they were started from (Hydra starts each in a
   session of its own): the kernel shares CPU time between sessions (autogroups)
   first, and oversubscribed MPI ranks, which wait by yielding the CPU to each
@@ -36,9 +40,10 @@ if TYPE_CHECKING:
     from pm.agent.membind import Policy
 
 # The guardian ignores the signals the agent forwards to the group, the stop signals
-# too: a stopped guardian could not kill the group if its agent died meanwhile.  The
-# lines it reads are files (or folders) of the job's (Guardian.note): gone with the agent,
-# they go too.
+# too: a stopped guardian could not kill the group if its agent died meanwhile.  (Those of
+# GUARDIAN_BLOCKS are blocked as well, by its spawn: they stay pending, for Guardian.got.)
+# The lines it reads are files (or folders) of the job's (Guardian.note): gone with the
+# agent, they go too.
 _GUARDIAN = ("trap '' INT TERM HUP QUIT PIPE USR1 USR2 TSTP TTIN TTOU; "
              # A line that is not a path: the agent ended the job itself (Guardian.release);
              # "done": and every file named here is gone already.
@@ -57,6 +62,11 @@ _GUARDIAN = ("trap '' INT TERM HUP QUIT PIPE USR1 USR2 TSTP TTIN TTOU; "
              '/dev/shm/shm-col-space-*) set -- "$@" "${f% (deleted)}";; esac; '
              'done 2>/dev/null < "$d/maps"; done; '
              '[ $# -eq 0 ] || rm -rf -- "$@"; kill -KILL 0')
+
+#: The signals a guardian blocks (:meth:`Guardian.got`): those an agent passes on to the
+#: ranks as they come (pm.agent.step_signals).
+GUARDIAN_BLOCKS = (_signal.SIGUSR1, _signal.SIGUSR2, _signal.SIGINT, _signal.SIGHUP,
+                   _signal.SIGQUIT, _signal.SIGTERM)
 
 #: Target fd number of the PMI socket in a rank (``PMI_FD``).
 PMI_FD = 3
@@ -264,6 +274,7 @@ def spawn(
     cpus: frozenset[int] | None = None,
     mem: Policy | None = None,
     tty: str = "",
+    blocked: Sequence[int] = (),
 ) -> int:
     """Start ``path`` and return its pid.
 
@@ -274,14 +285,16 @@ def spawn(
     inherited by the child, so it is set around the spawn and restored; so is ``mem``,
     a NUMA memory policy (:class:`pm.agent.membind.ThreadPolicy`).  ``tty``: a terminal
     the child opens as its stdin, stdout and stderr, in a session of its own whose
-    controlling terminal it is (``pgid`` does not apply).
+    controlling terminal it is (``pgid`` does not apply).  ``blocked``: signals the child
+    starts with blocked (none by default).
     """
     if mem is not None:
         from pm.agent.membind import MemBindError, ThreadPolicy
 
         try:
             with ThreadPolicy(mem):
-                return spawn(path, argv, env, cwd=cwd, fds=fds, pgid=pgid, cpus=cpus, tty=tty)
+                return spawn(path, argv, env, cwd=cwd, fds=fds, pgid=pgid, cpus=cpus, tty=tty,
+                             blocked=blocked)
         except MemBindError as exc:
             raise SpawnError(f"{argv[0]}: {exc}") from exc
     actions: list[tuple[int | str, ...]] = []
@@ -303,7 +316,7 @@ def spawn(
     # interpreter ignores (SIGPIPE) so ranks see default behaviour.
     kwargs["setsigdef"] = (_signal.SIGPIPE, _signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP,
                            _signal.SIGQUIT)
-    kwargs["setsigmask"] = ()
+    kwargs["setsigmask"] = tuple(blocked)
     old_cpus = None
     if cpus:
         old_cpus = os.sched_getaffinity(0)
@@ -389,6 +402,8 @@ class Guardian:
         rfd, self._wfd = os.pipe2(os.O_CLOEXEC)
         #: The files named to it (:meth:`note`).
         self._noted: dict[str, None] = {}
+        #: The signals :meth:`signal` sent the group.
+        self._sent: set[int] = set()
         #: Its exit is collected (:meth:`reaped`): its pid is no longer ours.
         self._reaped = False
         null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
@@ -399,6 +414,7 @@ class Guardian:
                 {"PATH": os.defpath},
                 fds={0: rfd, 1: null, 2: null},
                 pgid=0,
+                blocked=GUARDIAN_BLOCKS,
             )
         finally:
             os.close(rfd)
@@ -409,6 +425,7 @@ class Guardian:
         """Send ``signum`` to every process of the group (the guardian ignores most).
         SIGSTOP (Slurm suspends the job) stops the ranks, not the guardian, which is
         continued at once: it must be able to kill the group if its agent dies meanwhile."""
+        self._sent.add(signum)
         try:
             os.killpg(self.pgid, signum)
         except (ProcessLookupError, PermissionError):
@@ -422,6 +439,22 @@ class Guardian:
                     pass  # (ended meanwhile)
                 finally:
                     os.close(fd)
+
+    def got(self, signum: int) -> bool | None:
+        """Whether someone else than us sent the guardian ``signum`` (one of
+        :data:`GUARDIAN_BLOCKS`: pending until it ends), and so, most likely, every process
+        of its group: True or False; None when we cannot tell (we sent it the group
+        ourselves, or the guardian's state cannot be read)."""
+        if signum in self._sent or signum not in GUARDIAN_BLOCKS or self._reaped:
+            return None
+        try:
+            with open(f"/proc/{self.pid}/status", "rb") as f:
+                status = f.read()
+        except OSError:
+            return None
+        bit = 1 << (signum - 1)
+        return any(line.startswith((b"ShdPnd:", b"SigPnd:")) and int(line.split()[1], 16) & bit
+                   for line in status.split(b"\n"))
 
     def kill_all(self) -> None:
         """SIGKILL the whole group, guardian included."""

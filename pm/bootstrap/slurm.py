@@ -26,12 +26,18 @@ before they clean up).  ``srun`` keeps our stdin open to the agent, so closing
 it still tells the agent its parent is gone.  ``options["srun"]`` replaces the
 option words (for old Slurm releases without ``--overlap``/``--whole``).
 
-When Slurm ends the job (scancel, the time limit) every slurmstepd sends its tasks
-SIGTERM (a cancelled step, SIGKILL), and srun's "task N: Terminated" for one node may
-reach us before the first node's "*** STEP ... CANCELLED ***" line (they travel on
-different connections), or before pmrun's own SIGTERM (in a batch script).  So a node
-whose agent died of SIGTERM or SIGKILL is named lost only after :data:`SIGNAL_GRACE`
-seconds without either; any other end (an exit code, a node failure) is named at once.
+When Slurm ends the job (scancel, the time limit, preemption) every slurmstepd sends its
+tasks SIGTERM, and SIGKILL KillWait seconds later (a cancelled step, SIGKILL at once).  The
+agents take that SIGTERM: their ranks get it, and have until then to end (to save a
+checkpoint), as srun's tasks have; pmrun says Slurm ended the job, in one line (from
+slurmstepd's "*** STEP ... CANCELLED ***" line, or slurmctld's word), kills nothing
+itself and ends when the ranks have, or Slurm killed what was left
+(pm.agent.step_signals, pm.head.JobRun.ended).  An agent that dies of SIGTERM or SIGKILL
+all the same (before its job's plan came, or Slurm's SIGKILL) is seen in srun's "task N:
+Terminated" (or "Killed") for its node, which may reach us before the first node's
+"CANCELLED" line (they travel on different connections), or before pmrun's own SIGTERM (in
+a batch script).  So such a node is named lost only after :data:`SIGNAL_GRACE` seconds
+without either; any other end (an exit code, a node failure) is named at once.
 """
 
 from __future__ import annotations
@@ -67,6 +73,9 @@ _TERMINATED = re.compile(r": tasks? [0-9,\-]+: (?:Terminated|Killed)$")
 #: (a scancel on a loaded machine here took more than 3 s to reach srun).
 SIGNAL_GRACE = 5.0
 _SLURM_SIGNALS = (signal.SIGTERM, signal.SIGKILL)
+#: What srun says when the tasks of its step outlive the job's end by KillWait + 2 s
+#: (``slurm_step_launch_wait_finish``): Slurm kills them, and pmrun named the end already.
+_STEP_WAIT = re.compile(r"^srun: error: Timed out waiting for job step to complete$")
 #: What slurmstepd says when Slurm ends a job or step (scancel, the time limit, ...).
 _CANCELLED = re.compile(r"\*\*\* (JOB|STEP) (\S+) ON (\S+) CANCELLED AT (\S+)(?: DUE TO ([^*]+?))?"
                         r"(?: \*\*\*)")
@@ -78,6 +87,10 @@ EXIT_TIME_LIMIT = 124
 
 #: Seconds pmrun waits for slurmctld's word when a SIGTERM reaches it in a Slurm job.
 ASK_TIMEOUT = 1.0
+#: Seconds pmrun waits for slurmstepd's "CANCELLED" line (:func:`cancelled`) once its agents
+#: said Slurm's SIGTERM came, before it asks slurmctld: the line names the end as srun
+#: would (node 0's slurmstepd prints it before it signals its tasks).
+LINE_FIRST = 1.0
 
 
 def cancelled(text: str) -> tuple[str, int] | None:
@@ -108,21 +121,26 @@ def job_ending(job: str, text: str) -> tuple[str, int] | None:
     return _ended("job", job, due, time_limit=reason == "TimeLimit")
 
 
-async def ask_why(env: Mapping[str, str] | None = None) -> tuple[str, int] | None:
-    """Whether Slurm is ending the job we run in (a SIGTERM reached us): slurmctld's word,
-    or None (not in a Slurm job, a signal of someone else's, no answer in ASK_TIMEOUT).
+async def ask_why(env: Mapping[str, str] | None = None
+                  ) -> tuple[bool, tuple[str, int] | None]:
+    """Whether Slurm is ending the job we run in (a SIGTERM reached us, or our agents'
+    step): ``(True, (why, exit status))`` when slurmctld says it is, ``(True, None)`` when
+    it says the job runs on (a SIGTERM of someone else's, ``scancel --signal=TERM``),
+    ``(False, None)`` without its word (not in a Slurm job, no answer in ASK_TIMEOUT).
 
     slurmstepd's own line (:func:`cancelled`) reaches us through an agents' srun, if at
     all: in a batch script srun has the same SIGTERM, and its step may end first."""
     env = os.environ if env is None else env
     job = env.get("SLURM_JOB_ID", "")
     if not job.isdecimal():
-        return None
+        return False, None
     from pm.bootstrap.slurm_job import slurm_says
 
     out = await slurm_says(["squeue", "--noheader", f"--jobs={job}", "--format=%T|%r"],
                            ASK_TIMEOUT)
-    return job_ending(job, out) if out is not None else None
+    if out is None or not out.strip():
+        return False, None
+    return True, job_ending(job, out)
 
 _TASKS = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
 
@@ -257,6 +275,8 @@ class SlurmBootstrap(CommandBootstrap):
         """Name the node of a failed task: the job's one line says it (with srun's words)."""
         if "lacks support for cpu binding" in text:
             return True  # our --cpu-bind=none on a cluster without task/affinity: harmless
+        if self.ended and _STEP_WAIT.search(text):
+            return True  # (srun waited KillWait + 2 s for ranks that outlive Slurm's end)
         ended = cancelled(text)
         if ended is not None:
             self.ended = True

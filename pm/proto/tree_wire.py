@@ -61,8 +61,8 @@ MAC_LEN = 16
 #: 10: plans carry --gpus-per-task; 11: and --mem-bind; 12: and PMI job attributes;
 #: 13: and the programs --bcast copies to the nodes, --pty (and Winsize), and the umask;
 #: 14: and -pmi-port; 15: and the binding's option as the user gave it; 16: output comes as
-#: the ranks wrote it (no newline added: RankOutput)
-PROTOCOL_VERSION = 16
+#: the ranks wrote it (no newline added: RankOutput); 17: StepSignal
+PROTOCOL_VERSION = 17
 
 #: Directions of a tree link (bound under an envelope's tag).
 UP = 1  # child to parent
@@ -404,6 +404,15 @@ class Report(Msg, op=35):
 
     vertex: int
     lines: list[str]
+
+
+class StepSignal(Msg, op=37):
+    """Slurm sent the agents' step ``signum`` (SIGTERM: its end of the job, most likely):
+    ``vertex``'s agent had it first in its subtree (one comes up from a subtree for one of
+    Slurm's ends), and passes it to its ranks (pm.agent.step_signals); the head asks why."""
+
+    vertex: int
+    signum: int
 
 
 class Winsize(Msg, op=36):
