@@ -606,6 +606,25 @@ def test_no_kill_runs_on_after_a_lost_agent(slurm_cluster: RealCluster, tmp_path
     assert_clean(c)
 
 
+def _sbatch_outliving_term(c: RealCluster, tmp_path: Path, sbatch: str, pmrun: str) -> str:
+    """Submit a batch script (its output: ``tmp_path/job.out``) that runs ``pmrun`` and
+    outlives Slurm's SIGTERM (a trap) to say how pmrun ended ("pmrun exit N"): its job id."""
+    job = tmp_path / "job.sh"
+    job.write_text(f"""#!/bin/sh
+#SBATCH {sbatch} --output={tmp_path / "job.out"}
+trap 'echo "script got TERM"' TERM
+{pmrun} &
+pid=$!
+wait $pid
+wait $pid
+echo "pmrun exit $?"
+""")
+    res = subprocess.run(["sbatch", "--parsable", str(job)], env=env_for(c, tmp_path),
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip().split(";")[0]
+
+
 @pytest.mark.parametrize("nodes,launcher", [(3, ""), (1, "-launcher fork ")])
 def test_cancelled_batch_job_ends_pmrun_with_sigterms_status(slurm_cluster: RealCluster,
                                                              tmp_path: Path, nodes: int,
@@ -615,21 +634,8 @@ def test_cancelled_batch_job_ends_pmrun_with_sigterms_status(slurm_cluster: Real
     (143).  Without srun (``-launcher fork``) slurmctld tells."""
     c = slurm_cluster
     out = tmp_path / "job.out"
-    job = tmp_path / "job.sh"
-    # The script outlives the SIGTERM (trap) to say how pmrun ended.
-    job.write_text(f"""#!/bin/sh
-#SBATCH --nodes={nodes} --ntasks={2 * nodes} --output={out}
-trap 'echo "script got TERM"' TERM
-pmrun {launcher}sleep 300 &
-pid=$!
-wait $pid
-wait $pid
-echo "pmrun exit $?"
-""")
-    res = subprocess.run(["sbatch", "--parsable", str(job)], env=env_for(c, tmp_path),
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    jobid = res.stdout.strip().split(";")[0]
+    jobid = _sbatch_outliving_term(c, tmp_path, f"--nodes={nodes} --ntasks={2 * nodes}",
+                                   f"pmrun {launcher}sleep 300")
     deadline = time.monotonic() + 60
     while sum(1 for procs in c.leftovers().values() for p in procs
               if p.endswith("sleep 300 ")) < 2 * nodes:
@@ -1211,23 +1217,11 @@ def test_scancel_gives_the_ranks_slurm_s_grace(slurm_cluster: RealCluster, tmp_p
         said = [line for line in err.splitlines() if line.strip()]
     else:
         job_out = tmp_path / "job.out"
-        job = tmp_path / "job.sh"
-        # The script outlives the SIGTERM (trap) to say how pmrun ended; the ranks' output
-        # and pmrun's own lines go to files of their own.
-        job.write_text(f"""#!/bin/sh
-#SBATCH --nodes={nodes} --ntasks=4 --output={job_out}
-trap 'echo "script got TERM"' TERM
-pmrun{how.removeprefix("sbatch")} -n 4 {sys.executable} {prog} {tmp_path} {secs} \
-    > {tmp_path}/out 2> {tmp_path}/err &
-pid=$!
-wait $pid
-wait $pid
-echo "pmrun exit $?"
-""")
-        res = subprocess.run(["sbatch", "--parsable", str(job)], env=env_for(c, tmp_path),
-                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
-        assert res.returncode == 0, res.stderr
-        jobid = res.stdout.strip().split(";")[0]
+        # (The ranks' output and pmrun's own lines go to files of their own.)
+        jobid = _sbatch_outliving_term(
+            c, tmp_path, f"--nodes={nodes} --ntasks=4",
+            f"pmrun{how.removeprefix('sbatch')} -n 4 {sys.executable} {prog} {tmp_path} "
+            f"{secs} > {tmp_path}/out 2> {tmp_path}/err")
         try:
             deadline = time.monotonic() + 60
             while not all((tmp_path / f"ready.{r}").exists() for r in range(4)):
