@@ -174,7 +174,8 @@ class _Orphans:
                 text = Path(f"/proc/{entry.name}/stat").read_text()
                 comm = text[text.index("(") + 1:text.rindex(")")]
                 fields = text.rsplit(")", 1)[1].split()
-                state, ppid, sid = fields[0], int(fields[1]), int(fields[4])
+                # (state, ppid, pgrp, session: fields 3 to 6 of proc(5)'s stat)
+                state, ppid, sid = fields[0], int(fields[1]), int(fields[3])
                 pid = int(entry.name)
                 if state == "Z" and ppid == self._me and (
                         sid not in (self._sid, pid) or comm == "slurmstepd"):
