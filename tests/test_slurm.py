@@ -1262,7 +1262,9 @@ def test_ranks_that_outlive_slurm_s_grace_are_killed(slurm_cluster: RealCluster,
     rank.write_text(f"""#!/bin/bash
 trap 'echo TERM >> {tmp_path}/got.$PMI_RANK' TERM
 : > {tmp_path}/ready.$PMI_RANK
-while :; do date +%s.%N > {tmp_path}/alive.$PMI_RANK; sleep 0.1; done
+# (a new file renamed over the last: a kill while date writes leaves the last whole)
+a={tmp_path}/alive.$PMI_RANK
+while :; do date +%s.%N > $a.new && mv $a.new $a; sleep 0.1; done
 """)
     rank.chmod(0o755)
     proc = _salloc_popen(c, ["-N2", "-n4"], str(rank))
