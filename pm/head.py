@@ -644,14 +644,10 @@ class JobRun:
         answered, why = await self._ask()
         if self._interrupts > 1:
             return  # (killed already)
-        if why is not None:
-            self.ended(*why)
-        else:
-            if self.state is RunState.RUNNING:
-                log.warning("forwarded %s to all ranks (again to kill them)",
-                            signal.Signals(signum).name)
-            if answered:
-                self._judge_held_term()
+        if why is None and self.state is RunState.RUNNING:
+            log.warning("forwarded %s to all ranks (again to kill them)",
+                        signal.Signals(signum).name)
+        self._slurm_word(answered, why)
         if self.children is not None:
             # Nodes whose end is held back (pm.bootstrap.slurm) are named now: the
             # same signal most likely ended them (a batch job Slurm cancelled).
@@ -695,12 +691,16 @@ class JobRun:
         await asyncio.sleep(first)
         if self._held_term is None:
             return  # (Slurm's word came, or the hold is over)
-        answered, why = await self._ask()
+        # (No answer: slurmstepd's line may come, until the hold is over.)
+        self._slurm_word(*await self._ask())
+
+    def _slurm_word(self, answered: bool, why: tuple[str, int] | None) -> None:
+        """slurmctld's answer (:meth:`_ask`): Slurm's end of the job, named; or the job runs
+        on, and what was held is what it was."""
         if why is not None:
             self.ended(*why)
-        elif answered:  # (the job runs on: what was held is what it was)
+        elif answered:
             self._judge_held_term()
-        # (no answer: slurmstepd's line may come, until the hold is over)
 
     def _hold_term(self, judge: Callable[..., None], *args: Any) -> bool:
         """Hold ``judge(*args)`` while the head asks why Slurm sent SIGTERM; False when it
@@ -712,13 +712,17 @@ class JobRun:
 
     def _judge_held_term(self) -> None:
         """Slurm does not end the job (or said nothing in time): what was held is judged."""
+        for judge in self._end_hold() or ():
+            judge()
+        self.spawned_done()  # (if every rank ended meanwhile)
+
+    def _end_hold(self) -> list[Callable[[], None]] | None:
+        """The hold is over: what it held (None: there was none)."""
         held, self._held_term = self._held_term, None
         if self._held_term_timer is not None:
             self._held_term_timer.cancel()
             self._held_term_timer = None
-        for judge in held or ():
-            judge()
-        self.spawned_done()  # (if every rank ended meanwhile)
+        return held
 
     def ended(self, why: str, code: int) -> None:
         """The resource manager ended the job (scancel, time limit): ``code`` is our status.
@@ -730,10 +734,7 @@ class JobRun:
         ends once every rank has ended or its node is gone.  What the ranks' ends meant
         while this was asked is the end's doing (dropped)."""
         self.slurm_ends = True
-        self._held_term = None
-        if self._held_term_timer is not None:
-            self._held_term_timer.cancel()
-            self._held_term_timer = None
+        self._end_hold()
         self._fail(why, code, kill=False)
         self.spawned_done()  # (if every rank ended meanwhile)
 
