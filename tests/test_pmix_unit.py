@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from launch_util import loaded_bare
 
-from pm.agent import pmix_detect, pmix_server
+from pm.agent import pmix_detect, pmix_dir, pmix_server
 from pm.agent.pmix_job import node_names
 
 pytestmark = pytest.mark.timeout(60)
@@ -182,7 +182,7 @@ def test_cleanup_removes_only_directories_whose_owner_is_gone(tmp_path: Path) ->
                                   "sys.stdin.read()", str(alive / ".lock")],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert child.stdout is not None and child.stdout.readline() == b"1\n"
-        removed = pmix_server.cleanup_stale(str(tmp_path))
+        removed = pmix_dir.cleanup_stale(str(tmp_path))
         assert removed == [str(dead)]
         assert alive.exists() and other.exists() and not dead.exists()
         with pytest.raises(BlockingIOError):

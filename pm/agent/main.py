@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         # pmrun's KVS segments, topology copies and MPI segments nobody uses any more.
         for path in sweep_node():
             print(f"removed {path}")
-        from pm.agent.pmix_server import cleanup_stale as pmix_dirs  # PMIx servers' files
+        from pm.agent.pmix_dir import cleanup_stale as pmix_dirs  # PMIx servers' files
 
         for path in pmix_dirs():
             print(f"removed {path}")

@@ -186,7 +186,7 @@ pmix_status_t PMIx_server_dmodex_request(const pmix_proc_t *proc,
 
 void free(void *ptr);
 
-/* pidfd_getfd(2) through syscall(2): the ranks' PMIx sockets get TCP_NODELAY (pm.agent.pmix_server). */
+/* pidfd_getfd(2) through syscall(2): the ranks' PMIx sockets get TCP_NODELAY (pm.agent.pmix_upcalls). */
 long syscall(long number, ...);
-/* The group endpoint data handed to the library is freed by it (pm.agent.pmix_server). */
+/* The group endpoint data handed to the library is freed by it (pm.agent.pmix_upcalls). */
 void *malloc(size_t size);

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pm.agent import pmix_lib as L
+from pm.agent.pmix_handover import Upcalls
 from pm.agent.pmix_register import (  # noqa: F401  (names of this module before)
     Layout,
     cpuset_string,
@@ -42,13 +43,14 @@ from pm.agent.pmix_register import (  # noqa: F401  (names of this module before
     proc,
     register,
 )
-from pm.agent.pmix_server import BYTES_MARK, PmixServer, Upcalls, server
+from pm.agent.pmix_server import PmixServer, server
+from pm.agent.pmix_upcalls import BYTES_MARK
 from pm.common.mapping import local_ranks
 from pm.proto import tree_wire as t
 
 if TYPE_CHECKING:
     from pm.agent.node import JobAgent
-    from pm.agent.pmix_server import SpawnApp
+    from pm.agent.pmix_handover import SpawnApp
 
 log = logging.getLogger("pm.agent.pmix")
 

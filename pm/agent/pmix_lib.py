@@ -12,8 +12,8 @@ PMIx 5 client's group construction in 4.2's layout, which the client cannot
 read (``MPI_Comm_create_from_group`` fails), although everything else works
 across the two.  The declarations are those of 4.2, whose layouts PMIx 5 keeps.
 
-Everything typed ``Any`` (cffi objects) stays in this module and
-:mod:`pm.agent.pmix_server`.
+Everything typed ``Any`` (cffi objects) stays in this module and the server's
+(:mod:`pm.agent.pmix_server`, :mod:`pm.agent.pmix_upcalls`).
 """
 
 from __future__ import annotations

@@ -278,7 +278,7 @@ def fork_env(srv: PmixServer, nspace: str, rank: int) -> dict[str, str]:
         lib.free(arr)
     if rc != L.SUCCESS:
         raise L.PmixError(f"PMIx_server_setup_fork {rank}: {L.status_text(lib, ffi, rc)}")
-    if not srv.port:  # where the ranks connect: pmix_server.PmixServer.nodelay looks for it
+    if not srv.port:  # where the ranks connect: pmix_upcalls.UpcallHandlers.nodelay looks for it
         uri = env.get("PMIX_SERVER_URI41") or env.get("PMIX_SERVER_URI4") or ""
         port = uri.rpartition(":")[2]
         srv.port = int(port) if port.isdecimal() else 0
