@@ -452,7 +452,7 @@ def tasks_of(tasks: object, mem: int | None) -> list[Sequence[str] | str]:
             else ""
         raise ArgumentTypeError(f"tasks must be a list of tasks (argv lists or tasks-file "
                                 f"lines), not {kind}{tasks!r}{hint}")
-    from pm.ensemble.scheduler import TaskFileError, parse_tasks
+    from pm.ensemble.taskspec import TaskFileError, parse_tasks
 
     items: list[Sequence[str] | str] = []
     for i, item in enumerate(tasks):

@@ -17,7 +17,7 @@ from conftest import PmrunRunner
 import pm
 from pm import api
 from pm.api import ArgumentTypeError
-from pm.ensemble.scheduler import TaskFileError
+from pm.ensemble.taskspec import TaskFileError
 from pm.jobspec import JobSpecError
 
 pytestmark = pytest.mark.timeout(60)

@@ -24,7 +24,8 @@ from pm.ensemble.gates import (
     parse_limit,
     parse_load,
 )
-from pm.ensemble.scheduler import EnsembleScheduler, Progress, TaskSpec
+from pm.ensemble.scheduler import EnsembleScheduler, Progress
+from pm.ensemble.taskspec import TaskSpec
 from pm.proto.runner import ProbeSample
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -13,18 +13,15 @@ from hypothesis import strategies as st
 from pm.agent.memory import NodeMemory, Watermarks, tree_rss
 from pm.ensemble.inputs import chunked, combinations, fill, in_context, split_columns, spread
 from pm.ensemble.joblog import JobLog, read_joblog
-from pm.ensemble.scheduler import (
-    EnsembleScheduler,
-    Progress,
-    Start,
+from pm.ensemble.scheduler import EnsembleScheduler, Progress, Start, TaskStatus
+from pm.ensemble.task import TaskResult
+from pm.ensemble.taskspec import (
     TaskFileError,
     TaskSpec,
-    TaskStatus,
     command_key,
     parse_tasks,
     with_arguments,
 )
-from pm.ensemble.task import TaskResult
 from pm.proto.errors import UsageError
 
 sys.path.insert(0, str(Path(__file__).parent))

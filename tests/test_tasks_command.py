@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pm.ensemble.inputs import MAX_ARG_STRLEN, line_limit
-from pm.ensemble.scheduler import parse_command, parse_tasks
+from pm.ensemble.taskspec import parse_command, parse_tasks
 
 sys.path.insert(0, str(Path(__file__).parent))
 from launch_util import pids_with

@@ -1,6 +1,7 @@
 """Task ensembles under memory admission: ``pmrun --tasks``, ``Cluster.submit``, ``run_tasks``.
 
-* :mod:`~pm.ensemble.scheduler`: the tasks file and the pure scheduler (events in, starts out);
+* :mod:`~pm.ensemble.taskspec`: the tasks file and the tasks of a command line;
+* :mod:`~pm.ensemble.scheduler`: the pure scheduler (events in, starts out);
 * :mod:`~pm.ensemble.core`: the :class:`Ensemble` that feeds it memory samples and runs tasks
   (its state: :mod:`~pm.ensemble.base`; a task's runs: :mod:`~pm.ensemble.runs`; its hosts'
   samples and what follows from them: :mod:`~pm.ensemble.hosts`);

@@ -50,7 +50,9 @@ from pm.ensemble.inputs import (
 )
 from pm.ensemble.joblog import HEADER, JobLog, failed_commands, log_target, read_joblog
 from pm.ensemble.perl_expr import PERL
-from pm.ensemble.scheduler import (
+from pm.ensemble.stream import Arrivals, is_fifo, offered, streamable
+from pm.ensemble.task import Task, TaskResult
+from pm.ensemble.taskspec import (
     TaskSpec,
     parse_command,
     parse_tasks,
@@ -58,8 +60,6 @@ from pm.ensemble.scheduler import (
     with_arguments,
     with_quoted_words,
 )
-from pm.ensemble.stream import Arrivals, is_fifo, offered, streamable
-from pm.ensemble.task import Task, TaskResult
 from pm.options import separators
 from pm.proto.errors import PMError, UsageError
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pm.agent.memory import SizeError, parallel_size, parse_size
 from pm.ensemble.inputs import fill, has_replacement, with_rpl
-from pm.ensemble.scheduler import TaskSpec
+from pm.ensemble.taskspec import TaskSpec
 from pm.options import jobs_value, parse_jobs, separators, source_words
 from pm.proto.errors import UsageError
 

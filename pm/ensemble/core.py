@@ -51,8 +51,8 @@ from pm.ensemble.domain import Domain
 from pm.ensemble.hosts import Hosts
 from pm.ensemble.local import LocalRunner, signal_tree
 from pm.ensemble.runs import Runs
-from pm.ensemble.scheduler import TaskSpec
 from pm.ensemble.task import InputStream, Task, TaskResult
+from pm.ensemble.taskspec import TaskSpec
 from pm.proto.errors import ResourceLimit
 
 __all__ = ["DEFAULT_SETTLE", "Ensemble", "Event", "Task", "TaskResult"]

@@ -216,7 +216,7 @@ def spread(combos: Sequence[tuple[str, ...]], slots: int, option: str,
     a group never longer than ``budget`` bytes of arguments (each quoted for the shell,
     and a blank before it: what the line's length grows by; :func:`line_limit` less the
     command's, and a line still too long is cut again once filled:
-    :func:`pm.ensemble.scheduler.with_arguments`).  :class:`UsageError` when the
+    :func:`pm.ensemble.taskspec.with_arguments`).  :class:`UsageError` when the
     arguments come from several sources (``option`` names the option then)."""
     if any(len(c) != 1 for c in combos):
         raise UsageError(f"{option} takes the arguments of one input source, "

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 from pm.ensemble.blocks import Source, column_index, splitter
 from pm.ensemble.inputs import fill, has_replacement
 from pm.ensemble.local import TASK_TMP
-from pm.ensemble.scheduler import TaskSpec
 from pm.ensemble.stream import offered
 from pm.ensemble.task import InputStream
+from pm.ensemble.taskspec import TaskSpec
 from pm.proto.errors import UsageError
 
 if TYPE_CHECKING:

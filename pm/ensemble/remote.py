@@ -30,8 +30,8 @@ from pm.common.activity import ActivityProbe
 from pm.common.output import STDERR, read_ready
 from pm.ensemble.domain import CPU_UNIT, local_cores
 from pm.ensemble.local import LocalRunner, signal_tree, tree_anon
-from pm.ensemble.scheduler import TaskSpec
 from pm.ensemble.task import Task
+from pm.ensemble.taskspec import TaskSpec
 from pm.ensemble.transfer import FileSink, chunks
 from pm.jobspec import AppSpec, JobSpec
 from pm.proto.runner import (

@@ -14,7 +14,7 @@ import collections
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pm.ensemble.scheduler import TaskSpec
+from pm.ensemble.taskspec import TaskSpec
 
 __all__ = ["InputStream", "Task", "TaskResult"]
 
