@@ -89,7 +89,7 @@ if TYPE_CHECKING:
     from pm.agent.quick_spawns import QuickSpawns
     from pm.agent.spawn import Guardian
 
-#: Signals pmrun handles (pm.cli installs the same on the event loop).
+#: Signals pmrun handles (pm.cli_run installs the same on the event loop).
 SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1,
            _signal.SIGUSR2, _signal.SIGTSTP, _signal.SIGCONT)
 
@@ -836,7 +836,7 @@ class QuickStart:
             started.guardian.release(clean=clean)
 
     def handover(self) -> StartedRanks:
-        """Stop watching: what was started goes, whole, to the full path (pm.cli.take_over)."""
+        """Stop watching: what was started goes, whole, to the full path (pm.cli_run.take_over)."""
         # Signals are still noted (until the event loop installs its handlers); the event
         # loop brings its own wake-up fd.
         _signal.set_wakeup_fd(-1)
@@ -912,7 +912,7 @@ def noted_signals() -> list[int]:
 
 
 def main() -> int:
-    """``pmrun``: the quick path when it applies (see the module docstring), else ``pm.cli``."""
+    """``pmrun``: the quick path when it applies (see the module docstring), else ``pm.cli_run``."""
     ensure_std_fds()
     argv = sys.argv[1:]
     try:
@@ -953,7 +953,7 @@ def _main(argv: list[str]) -> int:
     if job is None:
         # Ctrl-C while the full path imports is noted, not a KeyboardInterrupt's traceback
         # (SIGTERM, SIGHUP: not an end without a word): the full path acts on it once its
-        # loop has the signals (pm.cli, pm.ensemble.cli: noted_signals).
+        # loop has the signals (pm.cli_run, pm.ensemble.cli: noted_signals).
         for sig in SIGNALS[:4]:
             _signal.signal(sig, _note)
         if os.environ.get("SLURM_JOB_ID"):
@@ -965,13 +965,13 @@ def _main(argv: list[str]) -> int:
                 step_now(parse_all(argv, os.environ), os.environ)
             except Exception:  # the full path names what is wrong
                 pass
-        from pm.cli import main as full
+        from pm.cli_run import main as full
 
         return full()
     code = job.watch()
     if code is None:
         started = job.handover()
-        from pm.cli import take_over
+        from pm.cli_run import take_over
 
         return take_over(argv, started)
     job.finish()
