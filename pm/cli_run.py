@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
     from pm.agent.started import StartedRanks
-    from pm.head import RankResult
+    from pm.job_result import RankResult
     from pm.jobspec import JobSpec
 
 
