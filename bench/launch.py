@@ -55,10 +55,10 @@ from bench._util import (
 OUT = ROOT / "bench" / "out"
 HELLO_LINE = re.compile(r"hello from (\d+) ranks, max MPI_Init ([\d.]+) ms")
 IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
-#: What the quick path imports before it spawns; what the full path imports (pm.cli's lazy
+#: What the quick path imports before it spawns; what the full path imports (pm.cli_run's lazy
 #: imports included) when a rank first speaks PMI, or from the start with PM_QUICK=0.
 QUICK_IMPORTS = "import pm.quick"
-FULL_IMPORTS = "import pm.cli, pm.head, pm.agent.topo_share, uvloop"
+FULL_IMPORTS = "import pm.cli_run, pm.head, pm.agent.topo_share, uvloop"
 #: The release install's python (release_install), set by main().
 _PYTHON: list[Path] = []
 

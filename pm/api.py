@@ -47,7 +47,8 @@ from pm.api_args import (
     whole_number,
 )
 from pm.common.nodes import Nodes
-from pm.head import JobResult, JobRun, RankResult
+from pm.head import JobRun
+from pm.job_result import JobResult, RankResult
 from pm.jobspec import AppSpec, JobSpec, JobSpecError, check_nodes
 from pm.options import MOST_LOCAL_NODES, MOST_RANKS
 from pm.proto.errors import RankFailed

@@ -29,14 +29,15 @@ from typing import TYPE_CHECKING, Any
 from pm.agent.watch import ExitStatus
 from pm.common.mapping import MappingError, process_mapping
 from pm.common.mapping import capacities as slot_capacities
-from pm.head import RunState
+from pm.head_base import RunState
 from pm.proto import tree_wire as t
 from pm.proto.plan import AppPlan, JobPlan, SpawnOrigin
 from pm.proto.spawn import ORPHAN_GRACE, SpawnCommand
 
 if TYPE_CHECKING:
     from pm.agent.quick_spawns import QuickJob
-    from pm.head import JobRun, RankResult
+    from pm.head import JobRun
+    from pm.job_result import RankResult
 
 log = logging.getLogger("pm")
 
@@ -107,7 +108,7 @@ class SpawnedJob:
         return len(self.placement)
 
     def summary(self) -> dict[str, Any]:
-        """What :class:`pm.head.JobResult` reports of it."""
+        """What :class:`pm.job_result.JobResult` reports of it."""
         return {"job": self.job, "kvsname": self.kvsname, "argv": self.argv,
                 "parent": self.parent, "size": self.size, "nodes": sorted(set(self.placement)),
                 "ranks": dict(sorted(self.ranks.items())),
@@ -304,7 +305,7 @@ class HeadSpawns:
             for out in msg.items:
                 run.job_output(job, out.rank, out.stream, out.data, placement[out.rank])
         elif isinstance(msg, t.Exits):
-            from pm.head import RankResult
+            from pm.job_result import RankResult
 
             for ex in msg.items:
                 self._rank_ended(rec, RankResult(ex.rank, ex.vertex, ex.code, ex.signal,
@@ -321,7 +322,7 @@ class HeadSpawns:
         elif isinstance(msg, t.Abort):
             host = run.plan.hosts[msg.vertex] if 0 <= msg.vertex < len(run.plan.hosts) else "?"
             text = f" ({msg.message})" if msg.message else ""
-            from pm.head import abort_status
+            from pm.job_result import abort_status
 
             run._fail(f"rank {msg.rank} of spawned job {job} (node {msg.vertex}, {host}) "
                       f"called abort with code {msg.code}{text}", abort_status(msg.code))
@@ -366,7 +367,7 @@ class HeadSpawns:
         who = "the launched job" if rec.parent == 0 else f"spawned job {rec.parent}"
         why = f"spawned job {job} outlived {who} by {ORPHAN_GRACE:g} s: ending it"
         log.warning("%s", why)
-        from pm.head import KILL_GRACE
+        from pm.head_failures import KILL_GRACE
 
         agent.from_parent(t.wrap(job, t.Kill(why, KILL_GRACE)))
 

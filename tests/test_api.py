@@ -10,7 +10,7 @@ import pytest
 
 import pm
 from pm.api import JobFailed
-from pm.head import JobResult, RankResult
+from pm.job_result import JobResult, RankResult
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -504,13 +504,13 @@ def test_first_agents_started_early_are_on_the_plans_hosts(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The agents ssh'd to before the heavy imports (prestart) are on the nodes the plan
     deals ranks to (Hydra's host lists), not more nor fewer."""
-    from pm import cli
+    from pm import cli, cli_nodes
     from pm.bootstrap import early
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "hf").write_text("h1\nh2\nh3\n")
     opts = cli.parse(["--launcher-exec", "sh -c 'cat >/dev/null' {host}", *argv, "true"])
-    where = cli.hosts_of(opts)
+    where = cli_nodes.hosts_of(opts)
     assert where is not None
     boot = {**where[2], "start": "first"}
     early.prestart(where[0], where[1], boot, opts.spec, 8, opts.app_nodes, opts.deal)
@@ -531,7 +531,7 @@ def test_the_early_slurm_step_has_the_full_paths_hosts(monkeypatch: pytest.Monke
                                                       argv: list[str]) -> None:
     """pmrun starts the agents' step right after its quick check (step_now): on the hosts
     the full path then plans (else that path lets the step go and starts another)."""
-    from pm import cli
+    from pm import cli, cli_nodes
     from pm.bootstrap.early import step_hosts
     from pm.common.mapping import place
     from pm.jobspec import sequence_slots
@@ -542,7 +542,7 @@ def test_the_early_slurm_step_has_the_full_paths_hosts(monkeypatch: pytest.Monke
     monkeypatch.setenv("SLURM_TASKS_PER_NODE", "2(x4)")
     found = step_hosts(parse_all(argv, os.environ), os.environ)
     opts = cli.parse(argv)
-    where = cli.hosts_of(opts)
+    where = cli_nodes.hosts_of(opts)
     assert where is not None
     hosts, given, boot = where
     used = max(place(opts.spec.size, sequence_slots(opts.spec, len(hosts), given))) + 1

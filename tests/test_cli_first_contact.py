@@ -616,7 +616,7 @@ def test_the_universe_size_is_the_same_on_both_paths(pmrun: Run, argv: list[str]
 ])
 def test_minus_n_spreads_the_ranks_over_the_first_n_hosts(
         argv: list[str], hosts: list[str], slots: list[int], n: int) -> None:
-    from pm.cli import hosts_of
+    from pm.cli_nodes import hosts_of
 
     opts = full_parse([*argv, "-hosts", "a:4,b:1,c,d", "--launcher", "exec",
                        "--launcher-exec", "{command}", "true"])
@@ -1266,7 +1266,7 @@ def test_what_the_quick_path_takes_means_the_same_to_the_full_parser(
     argv = [name, *words, "prog", "arg"]
     q = quick_parse(argv, dict(os.environ))  # (as the full parser reads it)
     assert q is not None, f"{name} is marked quick but the quick path does not take it"
-    from pm.cli import hosts_of
+    from pm.cli_nodes import hosts_of
 
     opts = full_parse(argv)
     hosts_of(opts)  # (as the full path does: -ppn without -n is ranks a node)
@@ -1305,7 +1305,7 @@ if where.startswith("quick"):
     sys.argv = ["pmrun", *where.split()[1:], "-n", "2", "sleep", marker]
     entry.main()
 else:
-    import pm.cli as entry
+    import pm.cli_run as entry
 
     async def broken(opts, started):
         raise RuntimeError("boom")
@@ -1507,7 +1507,7 @@ def test_stdin_all_is_every_rank_on_both_paths(tmp_path: Path,
 
 
 def test_a_program_s_own_hosts_are_open_mpi_s_app_context() -> None:
-    from pm.cli import nodes_of
+    from pm.cli_nodes import nodes_of
     from pm.common.mapping import place_apps, programs_nodes
     from pm.common.nodes import Nodes
 

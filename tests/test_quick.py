@@ -28,7 +28,7 @@ from launch_util import (
 
 from pm.cli import parse as full_parse
 from pm.quick import parse as quick_parse
-from pm.quick import spins as quick_spins
+from pm.quick_serve import spins as quick_spins
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -398,7 +398,7 @@ def test_the_take_over_keeps_what_the_quick_phase_served(pmrun: Run, tmp_path: P
 
 
 # A rank that asks for a value many times, then makes no request for a while: pmrun
-# polls after each request (pm.quick.SPIN_NS, with fewer ranks than CPUs), then sleeps.
+# polls after each request (pm.quick_serve.SPIN_NS, with fewer ranks than CPUs), then sleeps.
 QUIET_RANK = """
     import os, socket, time
     sock = socket.socket(fileno=int(os.environ["PMI_FD"]))

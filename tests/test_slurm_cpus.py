@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from launch_util import BIN, REPO
 from realcluster_util import RealCluster, cpuset_missing, realcluster_missing
 
-from pm.cli import slurm_binding
+from pm.cli_nodes import slurm_binding
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 

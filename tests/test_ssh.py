@@ -656,7 +656,8 @@ def test_ssh_options_pmrun_adds_keep_the_users_choices(tmp_path: Path) -> None:
 
 def test_default_fanout_over_ssh_is_the_measured_one() -> None:
     from pm.bootstrap.ssh import DEFAULT_FANOUT
-    from pm.cli import nodes_of, parse
+    from pm.cli import parse
+    from pm.cli_nodes import nodes_of
 
     nodes = nodes_of(parse(["-hosts", "nodeA,nodeB", "true"]))
     assert nodes.fanout == DEFAULT_FANOUT == 16  # type: ignore[attr-defined]

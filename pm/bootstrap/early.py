@@ -215,7 +215,7 @@ def _drop_told() -> None:
 def step_hosts(parsed: Parsed, environ: Mapping[str, str]
                ) -> tuple[list[str], dict[str, Any]] | None:
     """The hosts of the agents' Slurm step for this command line, and the bootstrap
-    options, as the full path finds them (``pm.cli.hosts_of``, then :func:`prestart`);
+    options, as the full path finds them (``pm.cli_nodes.hosts_of``, then :func:`prestart`);
     None unless the command line is one program with options the quick path knows (none
     of which changes the hosts, their slots or the launcher) inside an allocation."""
     if parsed.action or len(parsed.sections) != 1:
@@ -238,9 +238,9 @@ def step_hosts(parsed: Parsed, environ: Mapping[str, str]
     if "n" in values:
         n = int(values["n"])  # type: ignore[call-overload]
     elif ppn:
-        n = ppn * len(given)  # no -n: ppn ranks a node (pm.cli.hosts_of)
+        n = ppn * len(given)  # no -n: ppn ranks a node (pm.cli_nodes.hosts_of)
     elif all(s is not None for _, s in given):
-        n = sum(int(s or 0) for _, s in given)  # no -n: a rank per slot (pm.cli.hosts_of)
+        n = sum(int(s or 0) for _, s in given)  # no -n: a rank per slot (pm.cli_nodes.hosts_of)
     else:
         return None
     if "distribution" in parsed.values:

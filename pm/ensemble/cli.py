@@ -105,7 +105,7 @@ async def run_cli(opts: CliOptions) -> int:
     """``pmrun --tasks FILE`` (or GNU parallel's command line): run the tasks, print a
     summary; the exit status is 0 if every task succeeded, 1 if one failed for good (on
     parallel's command lines parallel's: :meth:`Halt.status`), 128 + N after signal N."""
-    from pm.cli import nodes_of
+    from pm.cli_nodes import nodes_of
     from pm.common.nodes import Nodes
 
     extra = opts.extra

@@ -45,7 +45,7 @@ def host_argv(words: Sequence[str | None], host: str, stdin_file: str, tag: bool
 
 async def run_onall(opts: CliOptions) -> int:
     """Run ``opts``' ensemble on each of its hosts (see the module docstring)."""
-    from pm.cli import nodes_of
+    from pm.cli_nodes import nodes_of
     from pm.common.nodes import Nodes
     from pm.ensemble.cli_options import sources_of
     from pm.options import parse_jobs
