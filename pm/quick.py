@@ -351,7 +351,7 @@ class QuickStart(QuickServe):
         cannot (abort, publish, spawn...) wake :meth:`watch`, which hands the job over.
         A one-node job's fences never reach pmrun (the library completes them)."""
         from pm.agent.pmix_detect import libpmix_for
-        from pm.agent.pmix_register import start_one_node
+        from pm.agent.pmix_register import add_fork_env, start_one_node
         from pm.proto.errors import PMError
 
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -367,7 +367,7 @@ class QuickStart(QuickServe):
             self._close_wake()
             return False
         for env, more in zip(envs, extra, strict=True):
-            env.update(more)
+            add_fork_env(env, more)
         self.started.pmix = nspace
         return True
 

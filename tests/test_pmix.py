@@ -632,13 +632,22 @@ def test_pmi_asked_for_an_open_mpi_program_is_said_once(pmrun: Run, wheel_hello:
 def test_open_mpis_own_explanation_of_a_failure_is_shown(pmrun: Run, wheel_hello: Path,
                                                          opts: list[str]) -> None:
     """Open MPI 5 sends its error explanations to its launcher (PMIx_Log): they are the
-    rank's stderr, as under its own launcher."""
-    r = pmrun(*opts, "-n", "2", str(wheel_hello), env={**ENV, "OMPI_MCA_pml": "bogus"},
-              timeout=100)
-    assert r.returncode == 14, r.stderr
-    assert "find-available:not-valid" in r.stderr, r.stderr  # (the failed component's help)
-    assert re.search(r"^pmrun: rank \d \(node \d, [^)]*\) exited with code 14$", r.stderr,
-                     re.M), r.stderr
+    rank's stderr, as under its own launcher, read from the help files of the wheel's
+    relocated installation (OPAL_PREFIX, as PRRTE sets it), not "Sorry! You were
+    supposed to get help about...".  Open MPI sends them without waiting (PMIx_Log_nb)
+    and exits at once: now and then the text never leaves the rank, whatever the
+    launcher.  So up to three runs, one of which must show it."""
+    for _ in range(3):
+        r = pmrun(*opts, "-n", "2", str(wheel_hello), env={**ENV, "OMPI_MCA_pml": "bogus"},
+                  timeout=100)
+        assert r.returncode == 14, r.stderr
+        assert re.search(r"^pmrun: rank \d \(node \d, [^)]*\) exited with code 14$",
+                         r.stderr, re.M), r.stderr
+        assert "Sorry!" not in r.stderr, r.stderr
+        if "A requested component was not found" in r.stderr:
+            assert re.search(r"^Framework: pml$", r.stderr, re.M), r.stderr
+            return
+    raise AssertionError(f"no explanation in three runs: {r.stderr}")
 
 
 @needs_wheel

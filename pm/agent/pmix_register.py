@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 from pm.agent import pmix_lib as L
+from pm.agent.pmix_detect import PREFIX_VARS
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (pm.quick)
 if TYPE_CHECKING:
@@ -293,7 +294,16 @@ def fork_env(srv: PmixServer, nspace: str, rank: int) -> dict[str, str]:
     # pmix/flux client (PMI-1 through Flux's library, priority 20) loses to ext3x,
     # priority 100 once PMIX_NAMESPACE is set.  Open MPI 5 ignores the variable.
     env.setdefault("FLUX_JOB_ID", nspace)
+    env.update(srv.prefix_env)
     return env
+
+
+def add_fork_env(env: dict[str, str], more: dict[str, str]) -> None:
+    """A rank's ``env`` with its PMIx variables (:func:`fork_env`) added: an installation
+    prefix the user gave (``OPAL_PREFIX``, ``PMIX_PREFIX``) is kept."""
+    for k, v in more.items():
+        if k not in PREFIX_VARS or k not in env:
+            env[k] = v
 
 
 def start_one_node(nspace: str, size: int, host: str, topology_xml: str | None,

@@ -42,7 +42,11 @@ class PmixServer(UpcallHandlers):
 
     def __init__(self, hostname: str, topology_xml: str | None = None, sweep: bool = True,
                  lib: str | None = None) -> None:
+        from pm.agent.pmix_detect import prefix_env
+
         self.ffi, self.lib = L.load(lib)
+        #: What the ranks of the Open MPI that ships ``lib`` need to find its files.
+        self.prefix_env = prefix_env(lib)
         super().__init__()
         self.dir = make_dir()
         if sweep:
