@@ -139,7 +139,7 @@ class JobRun(Failures, SlurmHolds, HeadIO):
             await agent.prepare()
             agent.start_ranks()
         early, self._early_signals = self._early_signals, []
-        for handler, signum in early:  # (before the loop had them: pm.cli)
+        for handler, signum in early:  # (before the loop had them: pm.cli_run)
             handler(signum)
         if children is not None:
             try:

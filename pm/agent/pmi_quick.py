@@ -519,7 +519,7 @@ def _read_more(sock: _socket.socket, data: bytes) -> bytes:
 
 
 def _log_setup() -> None:
-    """The engine's first log line in the quick phase: pmrun's format (pm.cli's, which a
+    """The engine's first log line in the quick phase: pmrun's format (pm.cli_run's, which a
     command line the quick phase runs configures no differently)."""
     import logging
 
