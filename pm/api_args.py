@@ -369,7 +369,7 @@ JOB_CHECKS: dict[str, _Check] = {
     "rank_slots": _rank_slots,
     "profile": by_option(pmopts.writable_file),
     "umask": _one_of(range(0o1000), "a mask from 0 to 0o777 (such as 0o022)"),
-    "gpus_per_task": _at_least(0, 4096),  # (pm.options.gpus_count's most)
+    "gpus_per_task": _at_least(0, 4096),  # (pm.options.checks_placement.gpus_count's most)
     "timeout_report": _one_of((0, 1, 2), "0, 1 (each rank's state) or 2 (and its stack)"),
     "env_mode": by_option(pmopts.choice("all", "none", "list")),
     "bind_to": by_option(pmopts.bind_to),

@@ -74,7 +74,7 @@ def parse(argv: list[str]) -> CliOptions:
     """argv (without the program name) -> options.  Raises UsageError (see pm.options)."""
     parsed = parse_options(argv, os.environ)
     if parsed.action == "help":
-        from pm.options import usage
+        from pm.options.help import usage
 
         raise SystemExit(_print(usage(), 0))
     if parsed.action == "version":

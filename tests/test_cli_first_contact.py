@@ -17,6 +17,8 @@ from pm.agent import topology
 from pm.cli import parse as full_parse
 from pm.jobenv import dropped
 from pm.options import OPTIONS
+from pm.options import checks as option_checks
+from pm.options.help import usage
 from pm.proto.errors import UsageError
 from pm.quick import parse as quick_parse
 
@@ -95,7 +97,7 @@ def test_the_table_refuses_every_bad_value_the_same_way_on_both_paths(
 def test_every_option_is_in_the_help_and_spelled_once() -> None:
     names = [n for opt in OPTIONS for n in opt.names]
     assert len(names) == len(set(names))
-    text = options.usage()
+    text = usage()
     for opt in OPTIONS:
         assert ", ".join(opt.names) in text
     for group in options.GROUPS:
@@ -1351,7 +1353,7 @@ def test_open_mpi_mpirun_habits_mean_the_same_on_both_paths(
         capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KEEP", "kept")
     monkeypatch.delenv("UNSET_X", raising=False)
-    monkeypatch.setattr(options, "_WARNED", set())
+    monkeypatch.setattr(option_checks, "_WARNED", set())
     q = quick_parse(MPIRUN_HABITS, os.environ)
     spec = full_parse(MPIRUN_HABITS).spec
     want = {"KEEP": "kept", "SET": "a=b", "OMPI_MCA_btl": "^ofi", "OMPI_MCA_pml": "ob1",
@@ -1370,7 +1372,7 @@ def test_open_mpi_tune_files_set_the_ranks_parameters_under_the_command_line(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KEEP", "kept")
     monkeypatch.delenv("UNSET_X", raising=False)
-    monkeypatch.setattr(options, "_WARNED", set())
+    monkeypatch.setattr(option_checks, "_WARNED", set())
     five = tmp_path / "five.conf"  # Open MPI 5's (and 4's --am): NAME = VALUE
     five.write_text("# site tuning\nbtl = tcp,self\nbtl_tcp_if_include=lo\n\n")
     four = tmp_path / "four.conf"  # Open MPI 4's --tune: its -x and --mca options

@@ -56,7 +56,7 @@ def test_the_hydra_habits_the_readme_promises_are_options() -> None:
                        "-envnone", "-envall", "-launcher", "-bootstrap", "-launcher-exec",
                        "-usize", "-iface", "-j", "--allow-run-as-root", "--oversubscribe", "-x",
                        "--mca", "--pmixmca", "-H", "--npernode", "--tag-output", "--wd"}
-    from pm.options import _bundled
+    from pm.options.parser import _bundled
 
     # (Short options written as users write them: -N1, -j2 a value attached, -kN1 a bundle.)
     written = {w for w in claimed - names

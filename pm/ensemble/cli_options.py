@@ -154,7 +154,7 @@ def ensemble_options(extra: dict[str, str]) -> dict[str, Any]:
         out["tty"] = _terminal()
     if jobs is None:  # GNU parallel's default: one task per CPU thread (--tty: one)
         out["jobs"] = 1 if "tty" in extra else "cores"
-    else:  # (checked by pm.options.task_slots: a count, a CPU rule or a file)
+    else:  # (checked by pm.options.task_options.task_slots: a count, a CPU rule or a file)
         out["jobs"] = jobs_value(jobs)
         if parse_jobs(jobs) is None:  # GNU parallel's -j FILE: what it says now, read again later
             out["jobs_file"] = jobs
@@ -163,7 +163,7 @@ def ensemble_options(extra: dict[str, str]) -> dict[str, Any]:
         raise UsageError(f"--mem-overrun takes warn, kill or suspend, not {overrun!r}")
     out["overrun"] = overrun
     if "delay" in extra:
-        out["delay"] = float(extra["delay"])  # checked by pm.options.duration
+        out["delay"] = float(extra["delay"])  # checked by pm.options.checks.duration
     if "slot_var" in extra:
         out["slot_var"] = extra["slot_var"]
     if "load" in extra:
@@ -174,7 +174,7 @@ def ensemble_options(extra: dict[str, str]) -> dict[str, Any]:
     out["cleanup"] = "cleanup" in extra or "trc" in extra
     if "termseq" in extra:
         out["termseq"] = extra["termseq"]  # (checked by pm.options.term_sequence)
-    if "timeout_pct" in extra:  # (checked by pm.options.run_timeout)
+    if "timeout_pct" in extra:  # (checked by pm.options.checks.run_timeout)
         out["timeout_median"] = float(extra["timeout_pct"].removesuffix("%")) / 100
     if "basefiles" in extra:
         out["basefiles"] = extra["basefiles"].split("\0")

@@ -4,7 +4,8 @@ parallel's command line.
 :class:`Halt` counts each task's result as it ends for good: once the tasks that failed,
 succeeded or ended reach N (or N %), it says why the ensemble stops (starting no more, or
 with ``now`` killing the running tasks too); its :meth:`~Halt.status` is then pmrun's exit
-status, as parallel's.  Its policy is the one :func:`pm.options.halt_policy` read.
+status, as parallel's.  Its policy is the one :func:`pm.options.task_options.halt_policy`
+read.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ if TYPE_CHECKING:
 
 
 class Halt:
-    """GNU parallel's ``--halt WHEN,WHY=N`` (as :func:`pm.options.halt_policy` gives it):
-    :meth:`count` says why the ensemble stops, once; :meth:`status` is pmrun's exit status
-    then, as parallel's."""
+    """GNU parallel's ``--halt WHEN,WHY=N`` (as :func:`pm.options.task_options.halt_policy`
+    gives it): :meth:`count` says why the ensemble stops, once; :meth:`status` is pmrun's
+    exit status then, as parallel's."""
 
     def __init__(self, policy: str, total: int) -> None:
         self.policy = policy

@@ -34,7 +34,7 @@ __all__ = ["run_onall"]
 def host_argv(words: Sequence[str | None], host: str, stdin_file: str, tag: bool,
               joblog: str | None) -> list[str]:
     """The command line of ``host``'s run: ``words`` (``--onall``'s, see
-    :func:`pm.options._onall_words`) with stdin's words the file it was read into."""
+    :func:`pm.options.task_forms._onall_words`) with stdin's words the file it was read into."""
     argv = [sys.executable, "-m", "pm", "-j", "1", "-hosts", host]
     if tag:
         argv += ["--tagstring", host]
