@@ -525,7 +525,7 @@ def quick_ok(parsed: Parsed, environ: Mapping[str, str]) -> bool:
     if environ.get("PM_QUICK", "1").strip() == "0":
         return False
     if environ.get("SLURM_JOB_NODELIST") and environ.get("SLURM_JOB_ID"):
-        return False  # pm.cli runs the job over the allocation
+        return False  # pm.cli_run runs the job over the allocation
     if environ.get("PBS_NODEFILE") or environ.get("LSB_DJOB_HOSTFILE"):
         return False  # (a PBS/Torque or LSF job's hosts and slots: the same)
     if parsed.values.get("nodes", 1) != 1:
