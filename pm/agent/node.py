@@ -33,7 +33,8 @@ from pm.agent.coll_shell import NodeCollectives
 from pm.agent.kvs import NodeKVS
 from pm.agent.node_end import AgentState
 from pm.agent.owned import Owned
-from pm.agent.ranks import LocalRanks, RankProc
+from pm.agent.rank_proc import RankProc
+from pm.agent.ranks import LocalRanks
 from pm.agent.shm_reaper import ShmReaper
 from pm.agent.spawn_answer import SpawnAnswer
 from pm.agent.step_signals import PAIRED
@@ -226,7 +227,7 @@ class JobAgent:
 
     # ------------------------------------------------------------------ output, exits
     def rank_output(self, rank: int, stream: int, lines: bytes) -> None:
-        """Bytes a local rank wrote (pm.agent.ranks: complete lines, a long line's piece,
+        """Bytes a local rank wrote (pm.agent.rank_io: complete lines, a long line's piece,
         a last line without newline; none: that stream ended inside a line): up the tree,
         batched."""
         self._out.append(t.RankOutput(rank, stream, lines))
@@ -258,7 +259,7 @@ class JobAgent:
 
     def stdin_taken(self, nbytes: int) -> None:
         """Every local rank that reads pmrun's stdin took ``nbytes`` more of it
-        (pm.agent.ranks): the head may send that much again once every node's did."""
+        (pm.agent.rank_io): the head may send that much again once every node's did."""
         if self.plan.stdin_rank != STDIN_ALL:
             self.parent.send(t.StdinAck(nbytes))
             return

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from pm.agent.collectives import report_counts
 from pm.agent.pmi_actions import Wire
-from pm.agent.ranks import PmiPhase, RankLife, RankProc
+from pm.agent.rank_proc import PmiPhase, RankLife, RankProc
 from pm.agent.shm_reaper import ShmReaper, sweep_node
 from pm.agent.spawn_answer import SpawnAnswer
 from pm.proto import tree_wire as t

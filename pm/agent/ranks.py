@@ -1,4 +1,4 @@
-"""A node's ranks as processes: started (or adopted), their pipes, stdin, exits, the kill.
+"""A node's ranks as processes: started (or adopted), their exits, the kill.
 
 :class:`LocalRanks` holds what a rank is to the operating system: its pid and
 exit watch, its PMI socket's session task, its output pipes and line buffers,
@@ -10,13 +10,18 @@ the KVS or collectives: what it learns goes to its
 (:meth:`JobAgent.rank_ended`), how much of pmrun's stdin every reader took
 (:meth:`JobAgent.stdin_taken`) — and each rank's PMI session is served with
 the agent as its host.
+
+Each rank's record is a :class:`~pm.agent.rank_proc.RankProc`.  Two parts of
+:class:`LocalRanks` are classes of their own modules, which it inherits: what each
+rank is started with (:class:`~pm.agent.rank_starts.RankStarts`) and the ranks'
+output and stdin (:class:`~pm.agent.rank_io.RankIO`); this module spawns them,
+serves them, reports their ends (srun's ``--task-epilog`` first) and kills them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import logging
 import os
@@ -28,24 +33,15 @@ from typing import TYPE_CHECKING
 
 from pm.agent.owned import Owned
 from pm.agent.pmi_shell import PmiSession
-from pm.agent.spawn import (
-    NOT_STARTED,
-    TASK_PROLOG,
-    Guardian,
-    SpawnError,
-    fd_shortage,
-    not_started_status,
-    rank_env,
-    resolve,
-    spawn_dir,
-)
-from pm.agent.started import RankStart, StartedRank, StartedRanks, start_local
+from pm.agent.rank_io import RankIO
+from pm.agent.rank_proc import PmiPhase, RankLife, RankProc
+from pm.agent.rank_starts import RankStarts
+from pm.agent.spawn import NOT_STARTED, Guardian, fd_shortage, not_started_status
+from pm.agent.started import StartedRank, StartedRanks, start_local
 from pm.agent.watch import ChildWatch, ExitStatus
-from pm.common.output import STDERR, STDOUT, LineBuffer, output_window, read_pipe
-from pm.proto.plan import STDIN_ALL
+from pm.common.output import STDERR, STDOUT, output_window
 
 if TYPE_CHECKING:
-    from pm.agent.membind import Policy
     from pm.agent.node import JobAgent
     from pm.agent.pmi_port import PmiPort
     from pm.agent.pmi_quick import QuickPmi
@@ -58,54 +54,7 @@ DRAIN_AFTER_EXIT = 1.0
 EPILOG_TIMEOUT = 10.0
 
 
-class PmiPhase(enum.Enum):
-    """How far a rank got with PMI."""
-
-    NONE = "none"  # never called init
-    INITIALIZED = "initialized"
-    FINALIZED = "finalized"
-
-
-class RankLife(enum.Enum):
-    """A rank as a process, as its agent sees it."""
-
-    RUNNING = "running"  # or never started: ``status`` says how it ended once it has
-    EXITED = "exited"  # ended; its last output may still be in its pipes
-    REPORTED = "reported"  # its end went up the tree (once)
-
-
-class RankProc:
-    """One local rank: its process, PMI session, pipes and how it ended."""
-
-    __slots__ = ("ended", "ended_at", "fds", "life", "local_rank", "pid", "pmi", "pmi_eof", "rank",
-                 "reason", "session", "status", "stdin_buf", "stdin_fd", "stdin_taken",
-                 "streams")
-
-    def __init__(self, rank: int, local_rank: int) -> None:
-        self.rank = rank
-        self.local_rank = local_rank
-        self.pid = 0
-        self.session: PmiSession | None = None
-        self.streams: dict[int, LineBuffer] = {}
-        self.fds: dict[int, int] = {}
-        self.status: ExitStatus | None = None
-        #: Its exit status once the watch has it (``status`` once the loop took it).
-        self.ended: asyncio.Future[ExitStatus] | None = None
-        #: When we learned that it ended (``time.time()``), 0 while it runs.
-        self.ended_at = 0.0
-        self.reason = ""
-        self.pmi = PmiPhase.NONE
-        #: Its PMI stream ended: every request it sent has been read.
-        self.pmi_eof = False
-        self.life = RankLife.RUNNING
-        self.stdin_fd = -1
-        #: pmrun's stdin not written to it yet, and how much of it the rank took (bytes
-        #: from the first: written, or dropped once its stdin closed).
-        self.stdin_buf = b""
-        self.stdin_taken = 0
-
-
-class LocalRanks:
+class LocalRanks(RankStarts, RankIO):
     """The ranks ``agent`` runs on its node (``local``, in rank order)."""
 
     def __init__(self, agent: JobAgent, local: Sequence[int]) -> None:
@@ -159,54 +108,7 @@ class LocalRanks:
             for proc in self.ranks.values():  # the head names the first: no log per rank
                 self._spawn_failed(proc, short, quiet=True)
             return
-        resolved: dict[int, str | SpawnError] = {}
-        todo = []
-        mems = self._mem_policies(cpusets) if plan.mem_bind else {}
-        for rank, proc in self.ranks.items():
-            appnum = plan.app_of_rank(rank)
-            app = plan.apps[appnum]
-            argv, app_env, wdir = app.argv, app.env, app.wdir or agent.launch_dir
-            env = rank_env(base_env, app_env, rank, plan.size, agent.host, proc.local_rank,
-                           len(self.ranks))
-            if plan.pmi_port:  # Hydra's -pmi-port: PMI_PORT and PMI_ID, not PMI_FD
-                del env["PMI_FD"]
-                env.update(self._pmi_port().env(rank))
-            if agent.pmix is not None:
-                from pm.agent.pmix_register import add_fork_env
-
-                add_fork_env(env, agent.pmix.fork_env(rank))
-            if plan.gpus_per_task:  # srun's --gpus-per-task
-                self._deal_gpus(env, proc.local_rank)
-            copy = agent.bcast_paths.get(appnum)  # srun's --bcast: the node's copy
-            libs = agent.bcast_libs.get(appnum)  # and --send-libs' folder of its libraries
-            if libs is not None:
-                env["LD_LIBRARY_PATH"] = ":".join(
-                    p for p in (libs, env.get("LD_LIBRARY_PATH", "")) if p)
-            if copy is not None:
-                resolved[appnum] = copy
-                if isinstance(copy, str):
-                    argv = [copy, *argv[1:]]
-            elif appnum not in resolved:
-                try:
-                    # (-wdir missing on this node: said so, not that ./prog is missing in it.)
-                    spawn_dir(app.wdir, argv[0])
-                    resolved[appnum] = resolve(argv[0], env, wdir)
-                except SpawnError as exc:
-                    resolved[appnum] = exc
-            path = resolved[appnum]
-            cpus = cpusets[proc.local_rank] if cpusets else None
-            if plan.task_epilog:
-                self._epilog_env[rank] = env
-            if plan.task_prolog and isinstance(path, str):  # srun's --task-prolog
-                path, argv = "/bin/sh", ["/bin/sh", "-c", TASK_PROLOG, "pm-task-prolog",
-                                         plan.task_prolog, *argv]
-            mem = mems.get(proc.local_rank)
-            pty = None
-            if plan.pty and rank == plan.stdin_rank and not plan.spawned:  # srun's --pty
-                pty = (plan.pty[0], plan.pty[1])
-            todo.append(RankStart(rank, proc.local_rank, path if isinstance(path, str) else "",
-                                  argv, env, wdir, cpus, failure=_why(path) or _why(mem),
-                                  mem=None if isinstance(mem, SpawnError) else mem, pty=pty))
+        todo = self._rank_starts(base_env, cpusets)
         # Stdin goes to one rank of the launched job (a spawned job's read /dev/null).
         stdin_rank = None if plan.spawned or plan.stdin_file else plan.stdin_rank
         stdin_file = None if plan.spawned else plan.stdin_file or None
@@ -253,58 +155,6 @@ class LocalRanks:
         self._by_port.add(rank)
         session.engine.by_port = True
         self.owned.spawn(self._serve(session, sock))
-
-    def _mem_policies(self, cpusets: list[frozenset[int]] | None
-                      ) -> dict[int, Policy | SpawnError | None]:
-        """Each local rank's NUMA memory policy under --mem-bind (:mod:`pm.agent.membind`), or
-        why it cannot have it; with --report-bindings, a line for each rank."""
-        from pm.agent.membind import MemBindError, describe, numa_nodes, rank_policy
-        from pm.proto import tree_wire as t
-
-        agent = self.agent
-        nodes = numa_nodes()
-        out: dict[int, Policy | SpawnError | None] = {}
-        lines = []
-        for rank, proc in self.ranks.items():
-            lr = proc.local_rank
-            cpus = cpusets[lr] if cpusets and lr < len(cpusets) else None
-            try:
-                pol = out[lr] = rank_policy(agent.plan.mem_bind, lr, cpus, nodes, agent.host)
-            except MemBindError as exc:
-                out[lr] = SpawnError(f"--mem-bind: {exc}")
-                continue
-            if agent.plan.report_bindings:
-                line = f"rank {rank} on {agent.host}: {describe(pol)}\n"
-                lines.append(t.RankOutput(rank, STDERR, line.encode()))
-        if lines:
-            agent.parent.send(t.Output(lines))
-        return out
-
-    def _deal_gpus(self, env: dict[str, str], local_rank: int) -> None:
-        """Give the rank with ``env`` its GPUs (:mod:`pm.agent.gpus`); a node with none, or
-        with too few for its ranks, says so once."""
-        from pm.agent.gpus import deal, node_gpus, shortage
-
-        per = self.agent.plan.gpus_per_task
-        found = node_gpus(env)
-        if found is None:
-            self._gpu_notice("no GPU here (none named by CUDA_VISIBLE_DEVICES or "
-                             "ROCR_VISIBLE_DEVICES, none in /proc/driver/nvidia or "
-                             "/sys/class/kfd): --gpus-per-task gives its ranks none")
-            return
-        var, gpus = found
-        env[var] = ",".join(deal(gpus, per, local_rank))
-        why = shortage(len(gpus), per, len(self.ranks))
-        if why is not None:
-            self._gpu_notice(why)
-
-    def _gpu_notice(self, text: str) -> None:
-        if not self._gpu_said:
-            self._gpu_said = True
-            self._limit_warning(text)
-
-    def _limit_warning(self, text: str) -> None:
-        log.warning("node %d (%s): %s", self.agent.vertex, self.agent.host, text)
 
     def adopt(self, started: StartedRanks, mark: bool = True) -> None:
         """Serve the ranks ``started`` holds (:func:`~pm.agent.started.start_local`, here or
@@ -385,59 +235,6 @@ class LocalRanks:
         proc.reason = f"{NOT_STARTED}: {why}"
         self.report(proc)
 
-    # ------------------------------------------------------------------ output
-    def _read_output(self, proc: RankProc, stream: int) -> None:
-        fd = proc.fds[stream]
-        buf = proc.streams[stream]
-        lines, got = read_pipe(fd, buf)
-        if got < 0:
-            return
-        if got:
-            # What goes up counts, not what was read: a long line held here while it
-            # grows (up to pm.common.output.MAX_LINE) must not use up a small window for ever.
-            self._credit -= len(lines)
-            if self._credit <= 0 and not self._paused:
-                self._pause(True)
-        else:
-            self.loop.remove_reader(fd)
-            os.close(fd)
-            del proc.fds[stream]
-            if proc.status is not None and not proc.fds:
-                self.report(proc)
-        if lines:
-            self.agent.rank_output(proc.rank, stream, lines)
-        if not got and buf.open:  # its last bytes left a line open: it goes on no more
-            self.agent.rank_output(proc.rank, stream, b"")
-
-    def output_credit(self, nbytes: int) -> None:
-        """The head wrote ``nbytes`` of our output: read the pipes again if they waited."""
-        self._credit += nbytes
-        if self._paused and self._credit > 0:
-            self._pause(False)
-
-    def output_gone(self, stream: int) -> None:
-        """Nobody reads the head's ``stream`` any more: close our ends of the ranks' pipes
-        of it, so that their writes fail (EPIPE, or SIGPIPE) instead of waiting for credit
-        that will not come; what they had written there is dropped."""
-        self.gone.add(stream)
-        for proc in self.ranks.values():
-            fd = proc.fds.pop(stream, None)
-            if fd is None:
-                continue
-            self.loop.remove_reader(fd)
-            os.close(fd)
-            if proc.status is not None and not proc.fds:
-                self.report(proc)
-
-    def _pause(self, pause: bool) -> None:
-        self._paused = pause
-        for proc in self.ranks.values():
-            for stream, fd in proc.fds.items():
-                if pause:
-                    self.loop.remove_reader(fd)
-                else:
-                    self.loop.add_reader(fd, self._read_output, proc, stream)
-
     # ------------------------------------------------------------------ exits
     def _on_exit(self, proc: RankProc, fut: asyncio.Future[ExitStatus]) -> None:
         if not fut.cancelled():
@@ -517,61 +314,6 @@ class LocalRanks:
                         self.agent.vertex, self.agent.host, prog, why)
         self._in_epilog.discard(proc.rank)
         self.report(proc)
-
-    # ------------------------------------------------------------------ stdin
-    @functools.cached_property
-    def _stdin_readers(self) -> list[RankProc]:
-        """The local ranks that read pmrun's stdin: one, or every one (``--stdin all``)."""
-        want = self.agent.plan.stdin_rank
-        if want == STDIN_ALL:
-            return list(self.ranks.values())
-        proc = self.ranks.get(want)
-        return [] if proc is None else [proc]
-
-    def stdin(self, data: bytes, eof: bool) -> None:
-        """Bytes of pmrun's stdin for the ranks that read it (``eof``: close it after
-        them); acknowledged once every one took them (written, or dropped for a rank whose
-        stdin is closed: the credit keeps flowing)."""
-        self._stdin_in += len(data)
-        self._stdin_eof = eof
-        for proc in self._stdin_readers:
-            if proc.stdin_fd >= 0:
-                # The end of pmrun's stdin is the terminal's end-of-file character for a
-                # rank on a pseudo-terminal (closing our side would hang it up).
-                proc.stdin_buf += data + (b"\x04" if eof and proc is self.pty else b"")
-                self._stdin_write(proc)
-        self._stdin_took()
-
-    def _stdin_write(self, proc: RankProc, more: bool = False) -> None:
-        fd = proc.stdin_fd
-        if fd < 0:
-            return
-        buf = proc.stdin_buf
-        try:
-            while buf:
-                buf = buf[os.write(fd, buf):]
-        except BlockingIOError:
-            pass
-        except OSError:  # the rank closed its stdin: drop the rest
-            buf = b""
-        proc.stdin_buf = buf
-        proc.stdin_taken = self._stdin_in - len(buf)
-        self.loop.remove_writer(fd)
-        if buf:
-            self.loop.add_writer(fd, self._stdin_write, proc, True)
-        elif self._stdin_eof:
-            os.close(fd)
-            proc.stdin_fd = -1
-        if more:  # (a writer callback: the pipe took more)
-            self._stdin_took()
-
-    def _stdin_took(self) -> None:
-        """Say up the tree how much more of pmrun's stdin every reader here took."""
-        took = min((p.stdin_taken if p.stdin_fd >= 0 else self._stdin_in
-                    for p in self._stdin_readers), default=self._stdin_in)
-        if took > self._stdin_acked:
-            self.agent.stdin_taken(took - self._stdin_acked)
-            self._stdin_acked = took
 
     # ------------------------------------------------------------------ signals, ending
     def pidfd(self, rank: int) -> int:
@@ -698,7 +440,3 @@ class LocalRanks:
             self.watch.close()
             self.watch = None
         return kept
-
-
-def _why(what: object) -> str:
-    return str(what) if isinstance(what, SpawnError) else ""

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from pm.agent.ranks import RankLife
+from pm.agent.rank_proc import RankLife
 from pm.agent.watch import ExitStatus
 from pm.proto.native import rank_key
 from pm.proto.tree_wire import ALLGATHER, BARRIER, FENCE

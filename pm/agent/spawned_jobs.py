@@ -387,7 +387,7 @@ class SpawnRequests:
         first = ""
         for c in req.commands:
             c.argv[0] = c.program
-            env = self.agent.base_env()  # (as the ranks will look: pm.agent.ranks)
+            env = self.agent.base_env()  # (as the ranks will look: pm.agent.rank_starts)
             env.update(c.env)
             wdir = c.wdir or (plan.apps[0].wdir if plan.apps else None) or self.agent.launch_dir
             try:

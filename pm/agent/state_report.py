@@ -26,13 +26,13 @@ import shutil
 from typing import TYPE_CHECKING
 
 from pm.agent.pmi_actions import Wire
-from pm.agent.ranks import PmiPhase
+from pm.agent.rank_proc import PmiPhase
 from pm.proto.errors import rank_at
 from pm.proto.tree_wire import REPORT_STACKS
 
 if TYPE_CHECKING:
     from pm.agent.node import JobAgent
-    from pm.agent.ranks import RankProc
+    from pm.agent.rank_proc import RankProc
 
 #: How long one rank's stack may take (gdb attaching, reading symbols).
 STACK_TIMEOUT = 20.0
