@@ -35,8 +35,8 @@ from pm.proto import tree_wire as t
 from pm.proto.errors import rank_at
 
 if TYPE_CHECKING:
-    from pm.agent.children import RootRelay
     from pm.agent.node import JobAgent
+    from pm.agent.root_relay import RootRelay
     from pm.spawned_jobs import HeadSpawns
 
 log = logging.getLogger("pm")
@@ -70,7 +70,7 @@ class JobRun(Failures, SlurmHolds, HeadIO):
         agent: JobAgent | RootRelay
         if head_relays(plan.bootstrap):
             # Nodes are other hosts: vertex 0 runs on hosts[0], the head only relays.
-            from pm.agent.children import RootRelay
+            from pm.agent.root_relay import RootRelay
 
             agent = RootRelay(plan, self)
         else:
@@ -99,7 +99,8 @@ class JobRun(Failures, SlurmHolds, HeadIO):
             timers.before_end(*self.spec.slurm_end, before, self.signal, signum)
         children = None
         if agent.children:
-            from pm.agent.children import Children, find_listen_endpoint, step_port
+            from pm.agent.children import Children
+            from pm.agent.listen_port import find_listen_endpoint, step_port
 
             port = step_port(plan, self.secret)  # the early Slurm step's, if any
             if port is not None:

@@ -39,8 +39,9 @@ from pm.proto import tree_wire as t
 from pm.proto.plan import STDIN_ALL, AppPlan, JobPlan
 
 if TYPE_CHECKING:
-    from pm.agent.children import Children, RootRelay
+    from pm.agent.children import Children
     from pm.agent.node import JobAgent
+    from pm.agent.root_relay import RootRelay
     from pm.agent.started import StartedRanks
     from pm.job_result import RankResult
     from pm.spawned_jobs import HeadSpawns

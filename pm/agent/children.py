@@ -1,4 +1,4 @@
-"""An agent's children: start them (tree spawn), link to them, notice when they are lost.
+"""An agent's children: link to them, wait for them to join, notice when they are lost.
 
 A child is *lost* when its agent process ends before it reported its subtree
 done, when its link stays silent for the heartbeat timeout, when it does not
@@ -6,47 +6,28 @@ join within the join timeout, or when its bootstrap fails.  The parent then
 sends :class:`AgentGone` up (the head names the node, kills the job and exits
 non-zero) and counts the child's subtree as done, so the job can end.
 
-:class:`RootRelay` is the head's stand-in for vertex 0 when the head stays off
-the nodes (``pm.bootstrap.base.head_relays``): vertex 0 then runs on
-``hosts[0]`` like any other agent and the head is its parent, with one link.
+How the children are started (tree spawn, through the bootstrap) is
+:class:`~pm.agent.child_starts.ChildStarts`, a part :class:`Children` inherits;
+where they reach their parent is :mod:`pm.agent.listen_port`; the head's stand-in
+for vertex 0 when the head stays off the nodes is :class:`~pm.agent.root_relay.RootRelay`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import json
 import logging
 import os
-import socket
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
-from pm.agent.links import (
-    ANY_ADDRESS,
-    ChildPort,
-    endpoint_host,
-    iface_address,
-    is_ip,
-    route_source,
-)
+from pm.agent.child_starts import ChildStarts
+from pm.agent.links import ChildPort
 from pm.agent.watch import ChildWatch, ExitStatus
-from pm.bootstrap import get_bootstrap
-from pm.bootstrap.base import (
-    LOCAL_NAMES,
-    Bootstrap,
-    heartbeat_of,
-    join_timeout_of,
-    step_config,
-)
-from pm.bootstrap.early import abandon_all as abandon_early
-from pm.bootstrap.early import take as take_early
+from pm.bootstrap.base import Bootstrap, heartbeat_of, join_timeout_of
 from pm.common.hostlist import compress
-from pm.common.kary_tree import Tree
 from pm.proto import tree_wire as t
-from pm.proto.errors import PMError
-from pm.proto.plan import AgentConfig, JobPlan
+from pm.proto.plan import JobPlan
 
 log = logging.getLogger("pm.agent.children")
 
@@ -78,91 +59,9 @@ class Vertex(Protocol):
     def from_child(self, child: int, msg: t.Msg) -> None: ...
 
 
-def listen_endpoint(options: dict[str, Any], parent: str | None,
-                    toward: str | None = None) -> str:
-    """The endpoint (``tcp://ADDR``, no port) an agent listens on for its children.
-
-    Local trees use loopback.  ``--iface`` names an interface (used on every
-    host) or an address (used by the head only: agents elsewhere listen on the
-    address they reach their parent through).  The head without ``--iface``
-    uses its address on the route to ``toward`` (its first child's host).
-    """
-    if str(options.get("name", "local")) in LOCAL_NAMES:
-        return "tcp://127.0.0.1"
-    iface = options.get("iface")
-    if iface and (parent is None or not is_ip(str(iface))):
-        return f"tcp://{iface_address(str(iface))}"
-    src, unresolved = None, ""
-    if parent is not None:
-        src = route_source(endpoint_host(parent))
-    else:
-        if toward and str(options.get("name")) == "ssh":
-            from pm.bootstrap.ssh import resolve_host
-
-            # Where ssh goes for that name (Host aliases), which DNS may not know.
-            toward = resolve_host(toward, options)
-        src = route_source(toward) if toward else None
-        if src is None and str(options.get("name")) == "slurm":
-            # A node name DNS does not know (Slurm's NodeAddr only): asking slurmctld
-            # costs a round trip on the launch's path.  Listen on every address instead;
-            # the agents reach us where srun runs (SLURM_LAUNCH_NODE_IPADDR, what their
-            # slurmd saw srun's connection come from: agent.main.reach_launcher).
-            return f"tcp://{ANY_ADDRESS}"
-        unresolved = toward if toward and src is None else ""
-        if src is None:
-            src = route_source(socket.getfqdn())
-    if src is None or src.startswith("127."):
-        # Under a parent on loopback (``--iface 127.0.0.1``) the whole tree is on this
-        # machine by the user's choice: nothing to warn about.
-        if parent is None or not endpoint_host(parent).startswith("127."):
-            why = f"{unresolved} does not resolve here: " if unresolved else ""
-            log.warning("%slistening for agents on loopback: agents on other hosts cannot "
-                        "reach it (give -localhost ADDRESS: this machine's address they "
-                        "reach)", why)
-        src = src or "127.0.0.1"
-    return f"tcp://{src}"
-
-
-async def find_listen_endpoint(options: dict[str, Any], parent: str | None,
-                               toward: str | None = None) -> str:
-    """:func:`listen_endpoint` off the loop: finding it may run ``ssh -G`` or ``scontrol``
-    and ask DNS, which can take seconds.  A local tree's is known at once."""
-    if str(options.get("name", "local")) in LOCAL_NAMES:
-        return "tcp://127.0.0.1"
-    return await asyncio.to_thread(listen_endpoint, options, parent, toward)
-
-
-def _step_config(plan: JobPlan, secret: bytes, address: str, level: int) -> AgentConfig:
-    """This plan's :func:`~pm.bootstrap.base.step_config`."""
-    return step_config(secret=secret, job_id=plan.job_id, address=address, level=level,
-                       options=plan.bootstrap, hosts=compress(plan.hosts), fanout=plan.fanout)
-
-
-def step_port(plan: JobPlan, secret: bytes) -> ChildPort | None:
-    """The head's port on the socket whose address the early Slurm step was told
-    (:mod:`pm.bootstrap.early`), if the config it was told is this plan's; else None (and
-    that step is let go)."""
-    if plan.bootstrap.get("start") != "step":
-        return None
-    from pm.bootstrap.early import abandon_all, take_listener
-
-    level = logging.getLogger("pm").getEffectiveLevel()
-    taken = take_listener(lambda address: _step_config(plan, secret, address, level).to_wire())
-    if taken is None:
-        return None
-    try:
-        return ChildPort(secret, f"tcp://{ANY_ADDRESS}", None, None,
-                         heartbeat=heartbeat_of(plan.bootstrap), listening=taken)
-    except (PMError, OSError) as exc:
-        log.info("cannot serve the early step's socket (%s): starting the agents anew", exc)
-        with contextlib.suppress(OSError):
-            os.close(taken[0])
-        abandon_all()
-        return None
-
-
-class Children:
-    """The downlinks of an agent with children (or of the head's :class:`RootRelay`)."""
+class Children(ChildStarts):
+    """The downlinks of an agent with children (or of the head's
+    :class:`~pm.agent.root_relay.RootRelay`)."""
 
     def __init__(self, agent: Vertex, secret: bytes, bind: str = "tcp://127.0.0.1", *,
                  port: ChildPort | None = None) -> None:
@@ -204,119 +103,11 @@ class Children:
         for v, hello in port.take_early():
             self._hello(v, hello)
 
-    # ------------------------------------------------------------------ start
+    # ------------------------------------------------------------------ start, join
     async def start(self, deadline: float) -> None:
         """Bootstrap every child and hand it the plan; children that fail are reported lost."""
         self.spawn_all()
         await self.join(deadline)
-
-    def spawn_all(self) -> None:
-        """Start child agent processes (they join on their own); at most ``limit`` at once."""
-        plan = self.agent.plan
-        self._spawned = time.monotonic()
-        mode = plan.bootstrap.get("start")
-        vertex = self.agent.vertex
-        if vertex >= 0 and (mode == "step" or (mode == "first" and vertex == 0)):
-            return  # the head starts our children for us; they come to our port
-        boot = get_bootstrap(str(plan.bootstrap.get("name", "local")), plan.bootstrap)
-        boot.on_failure = self._boot_failed
-        boot.on_report = self._reported
-        boot.on_ended = self._ended
-        boot.prepare(plan.hosts, plan.fanout)
-        self._boot = boot
-        if vertex >= 0 and boot.head_driven:
-            return  # (the same: the head reaches every service itself)
-        self._todo = list(self.agent.children)
-        if vertex < 0 and mode == "step" and self._start_step(boot):
-            abandon_early()
-            return
-        if vertex < 0 and mode == "first":
-            # One hop to two levels: vertex 0's children start with vertex 0.
-            self._fosters = set(Tree(len(plan.hosts), plan.fanout).children(0))
-            self._todo += sorted(self._fosters)
-        prefetch = getattr(boot, "prefetch", None)
-        if prefetch is not None:  # ssh -G for every child at once, not one by one
-            prefetch([plan.hosts[v] for v in self._todo])
-        self._start_more()
-        if vertex < 0:
-            abandon_early()  # started early for a plan that turned out otherwise
-
-    def _config(self, vertex: int, host: str, **extra: Any) -> AgentConfig:
-        plan = self.agent.plan
-        extra.setdefault("parent", self.port.address)
-        return AgentConfig(vertex, secret=self.secret.hex(), job_id=plan.job_id, host=host,
-                           log_level=self._level, heartbeat=self.heartbeat,
-                           head=self.port.address,
-                           iface=str(plan.bootstrap.get("iface") or ""), **extra)
-
-    def _start_step(self, boot: Bootstrap) -> bool:
-        """Start every agent with one command; False when the bootstrap cannot."""
-        plan = self.agent.plan
-        cfg = _step_config(plan, self.secret, self.port.address, self._level)
-        try:
-            started = boot.start_tree(plan.hosts, plan.fanout, cfg)
-        except Exception as exc:  # a missing srun, ...: the nodes are lost
-            self._todo = []
-            self._lost(0, f"could not start the agents: {exc}")
-            return True
-        if started is None:
-            return False
-        self._todo = []
-        self._track(0, *started)
-        return True
-
-    def _track(self, vertex: int, pid: int, wfd: int) -> None:
-        self._stdin[vertex] = wfd
-        if pid > 0:
-            self._pids[vertex] = pid
-            fut = self.watch.watch(pid)
-            self._exits.append(fut)
-            fut.add_done_callback(functools.partial(self._exited, vertex))
-
-    def _ended(self, why: str, code: int) -> None:
-        """The resource manager ended the job: the head says so and exits with ``code``."""
-        ended = getattr(self.agent.parent, "ended", None)
-        if callable(ended):
-            ended(why, code)
-        elif not self.closing:
-            self.agent.parent.send(t.AgentError(self.agent.vertex, "", why))
-        for vertex in list(self._held):  # named: what was held only counts as done now
-            self._held_over(vertex)
-
-    def _reported(self, vertex: int, address: str) -> None:
-        """An agent we started listens at ``address``: tell those waiting for it."""
-        line = json.dumps({"addresses": {str(vertex): address}}).encode() + b"\n"
-        # (One step: a single stdin, srun's, reaches every agent.)
-        for wfd in self._stdin.values():
-            if wfd >= 0:
-                with contextlib.suppress(OSError):
-                    os.write(wfd, line)
-
-    def _start_more(self) -> None:
-        boot = self._boot
-        if boot is None or self.closing:
-            return
-        limit = boot.limit or len(self._todo)
-        # The head's first level (vertex 0 and its fosters) starts at once.
-        starting = sum(1 for v in self._pids if v in self._hellos and not self._hellos[v].done())
-        while self._todo and (starting < limit or self._fosters):
-            v = self._todo.pop(0)
-            host = self.agent.plan.hosts[v]
-            if v in self._fosters:
-                cfg = self._config(v, host, parent="", up=0)
-            else:
-                cfg = self._config(v, host, listen=bool(self._fosters) and v == 0)
-            try:
-                early = take_early(v, host) if self.agent.vertex < 0 else None
-                if early is not None:
-                    pid, wfd = boot.adopt(early, cfg)  # type: ignore[attr-defined]
-                else:
-                    pid, wfd = boot.start(host, cfg)
-            except Exception as exc:  # SpawnError, a bad template, ...: the node is lost
-                self._lost(v, f"could not start its agent: {exc}")
-                continue
-            self._track(v, pid, wfd)
-            starting += 1
 
     def _hello(self, vertex: int, hello: t.Hello) -> None:
         fut = self._hellos.get(vertex)
@@ -588,68 +379,3 @@ class Children:
         await self.port.aclose()
         if self._boot is not None:
             await self._boot.aclose()
-
-
-class RootRelay:
-    """The head's side of vertex 0 when vertex 0 runs on ``hosts[0]`` (no ranks in the head).
-
-    It offers what :class:`pm.head.JobRun` uses of an in-process
-    :class:`~pm.agent.node.JobAgent` and relays: messages from vertex 0 go to
-    the head unchanged, the head's Kill / Signal / Stdin go down to vertex 0.
-    """
-
-    vertex = -1
-
-    def __init__(self, plan: JobPlan, parent: Uplink) -> None:
-        self.plan = plan
-        self.parent = parent
-        self.tree = Tree(len(plan.hosts), plan.fanout)
-        self.children = [0]
-        self.node_of_rank = plan.node_of_rank()
-        self.children_link: Children | None = None
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.host = socket.gethostname()
-        #: Start-up events are recorded by vertex 0 and come up with its Done.
-        self.timeline: list[Any] | None = None
-        self._killing = False
-
-    def mark(self, what: str, rank: int = -1, **args: Any) -> None:
-        """Nothing to record: the head's own events are not part of any node's timeline."""
-
-    async def prepare(self) -> None:
-        """Nothing to prepare: the head runs no ranks."""
-
-    def start_ranks(self) -> None:
-        """The head runs no ranks."""
-
-    def from_child(self, child: int, msg: t.Msg) -> None:
-        if isinstance(msg, t.Done) and not self.done.done():
-            self.done.set_result(None)
-        self.parent.send(msg)
-
-    def from_parent(self, msg: t.Msg) -> None:
-        if isinstance(msg, t.Kill):
-            self.kill(msg.reason, msg.grace, msg.report)
-        else:
-            self._down(msg)
-
-    def from_tree(self, msg: t.Msg) -> None:
-        self._down(msg)
-
-    def _down(self, msg: t.Msg) -> None:
-        if self.children_link is not None:
-            self.children_link.send(0, msg)
-
-    def kill(self, reason: str, grace: float, report: int = 0) -> None:
-        """Kill the job on every node (vertex 0 passes it down the tree); ``report``: each
-        agent first says how its ranks stand (:class:`~pm.proto.tree_wire.Report`)."""
-        first = not self._killing
-        self._killing = True
-        if first or grace <= 0:
-            self._down(t.Kill(reason, grace, report if first else 0))
-
-    async def aclose(self) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Nothing of its own to release: the head closes the :class:`Children`."""

@@ -49,7 +49,7 @@ _T_MAIN = time.time()
 
 def reach_launcher(cfg: AgentConfig, env: Mapping[str, str]) -> None:
     """Where the head listens on every address (under Slurm, for node names DNS does not
-    know: :func:`pm.agent.children.listen_endpoint`), reach it where srun ran, the address
+    know: :func:`pm.agent.listen_port.listen_endpoint`), reach it where srun ran, the address
     our slurmd saw srun's connection come from.  ``ValueError`` without it."""
     from pm.agent.links import ANY_ADDRESS, endpoint_host
 
@@ -194,7 +194,7 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
 
     port: ChildPort | None = None
     if cfg.listen:
-        from pm.agent.children import listen_endpoint
+        from pm.agent.listen_port import listen_endpoint
 
         ports = cfg.ports
         try:
@@ -248,7 +248,8 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
     said = ""  # the failure already said here (not said again as why we leave)
     try:
         if agent.children:
-            from pm.agent.children import Children, listen_endpoint
+            from pm.agent.children import Children
+            from pm.agent.listen_port import listen_endpoint
 
             bind = "" if port is not None else listen_endpoint(plan.bootstrap, cfg.parent)
             children = Children(agent, secret, bind=bind, port=port)

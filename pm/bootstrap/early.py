@@ -5,7 +5,7 @@ head's imports (asyncio, zmq, the agent code) another ~0.2 s before it could
 start one.  So the commands that start vertex 0 and its children (``start ==
 "first"``) run right after the command line is read, without their config; the
 agents import while ssh connects and the head imports, and the head writes each
-one's config line on its stdin once it listens (:mod:`agent.children` takes
+one's config line on its stdin once it listens (:mod:`pm.agent.child_starts` takes
 them with :func:`take`).  If the job never gets that far, our exit closes
 their stdin and they leave without a word.
 
@@ -155,7 +155,7 @@ def _tell_step(proc: Piped, hosts: list[str], options: dict[str, Any], parsed: P
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         # Every address, as the head's port when node names do not resolve
-        # (pm.agent.children.listen_endpoint): the agents reach it where srun runs.
+        # (pm.agent.listen_port.listen_endpoint): the agents reach it where srun runs.
         sock.bind(("0.0.0.0", 0))
         sock.listen(256)
         address = f"tcp://0.0.0.0:{sock.getsockname()[1]}"
