@@ -36,6 +36,7 @@ from pm.agent import pmix_lib as L
 from pm.agent.pmix_handover import Upcalls
 from pm.agent.pmix_register import (  # noqa: F401  (names of this module before)
     Layout,
+    add_fork_env,
     cpuset_string,
     fork_env,
     locality_string,
@@ -105,9 +106,10 @@ class PmixJob(Upcalls):
         self.srv.jobs[self.nspace] = self
         self.srv.attach(self.agent.loop)
 
-    def fork_env(self, rank: int) -> dict[str, str]:
-        """The variables ``PMIx_server_setup_fork`` gives local rank ``rank``."""
-        return fork_env(self.srv, self.nspace, rank)
+    def add_env(self, env: dict[str, str], rank: int) -> None:
+        """Local rank ``rank``'s ``env`` with the variables ``PMIx_server_setup_fork`` gives
+        it (:func:`~pm.agent.pmix_register.add_fork_env`)."""
+        add_fork_env(env, fork_env(self.srv, self.nspace, rank))
 
     # ------------------------------------------------------------------ upcalls (on the loop)
     def client_event(self, rank: int, event: str, detail: Any = None) -> None:

@@ -59,9 +59,7 @@ class RankStarts:
                 del env["PMI_FD"]
                 env.update(self._pmi_port().env(rank))
             if agent.pmix is not None:
-                from pm.agent.pmix_register import add_fork_env
-
-                add_fork_env(env, agent.pmix.fork_env(rank))
+                agent.pmix.add_env(env, rank)
             if plan.gpus_per_task:  # srun's --gpus-per-task
                 self._deal_gpus(env, proc.local_rank)
             copy = agent.bcast_paths.get(appnum)  # srun's --bcast: the node's copy
