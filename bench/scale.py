@@ -163,6 +163,7 @@ def codec_costs(entries: int = 65536) -> tuple[float, float, float, float]:
     allgather result, with the real tree codec and collective state machine."""
     from pm.agent.collectives import Collectives
     from pm.proto import tree_wire as t
+    from pm.proto.tree_frames import seal, unseal
 
     values = [bytes([i & 255]) * VALUE for i in range(entries)]
     secret = b"k" * 32
@@ -170,9 +171,9 @@ def codec_costs(entries: int = 65536) -> tuple[float, float, float, float]:
     enc, dec = [], []
     for _ in range(5):
         t0 = time.perf_counter()
-        frame = t.seal(secret, t.encode(msg))
+        frame = seal(secret, t.encode(msg))
         t1 = time.perf_counter()
-        t.decode(t.unseal(secret, frame))
+        t.decode(unseal(secret, frame))
         enc.append(t1 - t0)
         dec.append(time.perf_counter() - t1)
     size = len(frame)

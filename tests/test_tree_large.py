@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pm.proto import tree_wire as t
+from pm.proto.tree_frames import PART_MAX, split
 
 BIG = r"""
 import hashlib
@@ -24,7 +24,7 @@ with connect() as pmi:
 def test_collective_larger_than_a_frame_crosses_the_tree(pmrun: Any, tmp_path: Path) -> None:
     import hashlib
 
-    assert t.PART_MAX < 2 * (3 << 20)
+    assert PART_MAX < 2 * (3 << 20)
     prog = tmp_path / "big.py"
     prog.write_text(BIG)
     res = pmrun("-n", "2", "--local-nodes", "2", "python", str(prog), timeout=90)
@@ -35,8 +35,8 @@ def test_collective_larger_than_a_frame_crosses_the_tree(pmrun: Any, tmp_path: P
 
 
 def test_split_keeps_small_bodies_whole() -> None:
-    assert t.split(b"abc") == [b"abc"]
-    body = bytes(range(256)) * ((t.PART_MAX * 2 + 10) // 256 + 1)
-    parts = t.split(body)
-    assert all(len(p) <= t.PART_MAX for p in parts) and len(parts) == 3
+    assert split(b"abc") == [b"abc"]
+    body = bytes(range(256)) * ((PART_MAX * 2 + 10) // 256 + 1)
+    parts = split(body)
+    assert all(len(p) <= PART_MAX for p in parts) and len(parts) == 3
     assert b"".join(parts) == body

@@ -17,6 +17,7 @@ from pm.agent import links
 from pm.agent.links import ChildPort, secure
 from pm.proto import tree_wire as t
 from pm.proto.errors import AuthError, ProtocolError
+from pm.proto.tree_frames import UP, seal, stamp, unseal
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -25,8 +26,8 @@ SECRET = b"s" * 32
 
 def up(secret: bytes, link: int, seq: int, msg: t.Msg) -> list[bytes]:
     """The zmq parts a child on ``link`` sends as its frame ``seq``."""
-    body = t.seal(secret, t.encode(msg))
-    return [t.stamp(secret, body, link, t.UP, seq), body]
+    body = seal(secret, t.encode(msg))
+    return [stamp(secret, body, link, UP, seq), body]
 
 SAMPLES: list[t.Msg] = [
     t.Hello(3, "node07", 4242),
@@ -47,7 +48,7 @@ def test_round_trip(msg: t.Msg) -> None:
     wire = t.encode(msg)
     assert msgpack.unpackb(wire)[0] == msg.op
     assert t.decode(wire) == msg
-    assert t.decode(t.unseal(SECRET, t.seal(SECRET, wire))) == msg
+    assert t.decode(unseal(SECRET, seal(SECRET, wire))) == msg
 
 
 def test_wire_layout_is_op_then_fields() -> None:
@@ -67,13 +68,13 @@ def test_bad_messages_are_protocol_errors(frame: bytes, why: str) -> None:
 
 
 def test_seal_rejects_another_secret_and_tampering() -> None:
-    frame = t.seal(SECRET, t.encode(t.Signal(2)))
+    frame = seal(SECRET, t.encode(t.Signal(2)))
     with pytest.raises(AuthError, match="does not match"):
-        t.unseal(b"x" * 32, frame)
+        unseal(b"x" * 32, frame)
     with pytest.raises(AuthError):
-        t.unseal(SECRET, frame[:-1] + b"\x03")
+        unseal(SECRET, frame[:-1] + b"\x03")
     with pytest.raises(AuthError, match="shorter"):
-        t.unseal(SECRET, b"abc")
+        unseal(SECRET, b"abc")
 
 
 async def until(pred: Callable[[], bool], what: str) -> None:

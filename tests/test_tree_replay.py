@@ -1,6 +1,6 @@
 """Tree frames cannot be replayed, reflected, or sent to another link.
 
-The codec (``pm.proto.tree_wire`` envelopes and :class:`~pm.proto.tree_wire.LinkSeal`)
+The codec (``pm.proto.tree_frames`` envelopes and :class:`~pm.proto.tree_frames.LinkSeal`)
 without sockets, then the real zmq links: a :class:`ChildPort` and a
 :class:`ParentLink` facing a peer that replays what it captured.
 """
@@ -20,6 +20,16 @@ import zmq.asyncio
 from pm.agent.links import ChildPort, ParentLink, secure
 from pm.proto import tree_wire as t
 from pm.proto.errors import AuthError
+from pm.proto.tree_frames import (
+    DOWN,
+    ENVELOPE_LEN,
+    MAC_LEN,
+    UP,
+    LinkSeal,
+    open_envelope,
+    seal,
+    stamp,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -27,10 +37,10 @@ SECRET = b"r" * 32
 
 
 def body_of(msg: t.Msg, secret: bytes = SECRET) -> bytes:
-    return t.seal(secret, t.encode(msg))
+    return seal(secret, t.encode(msg))
 
 
-def take(end: t.LinkSeal, envelope: bytes, body: bytes, link: int | None) -> t.Msg:
+def take(end: LinkSeal, envelope: bytes, body: bytes, link: int | None) -> t.Msg:
     """What a receiver does with a frame: open, accept, decode."""
     got, seq, payload = end.open(envelope, body, link)
     end.accept(got, seq)
@@ -50,7 +60,7 @@ async def until(cond: Callable[[], bool], within: float = 10.0) -> None:
 
 
 def test_in_order_frames_pass_both_ways_and_gaps_are_allowed() -> None:
-    child, parent = t.LinkSeal(SECRET, t.DOWN), t.LinkSeal(SECRET, t.UP)
+    child, parent = LinkSeal(SECRET, DOWN), LinkSeal(SECRET, UP)
     for n in range(3):
         body = body_of(t.Signal(n))
         assert take(parent, child.envelope(5, body), body, 5) == t.Signal(n)
@@ -58,29 +68,29 @@ def test_in_order_frames_pass_both_ways_and_gaps_are_allowed() -> None:
         assert take(child, parent.envelope(5, body), body, 5) == t.Kill("x", n)
     # A frame lost on the way leaves a gap: the next one is still taken.
     body = body_of(t.Signal(9))
-    assert take(parent, t.stamp(SECRET, body, 5, t.UP, 10), body, 5) == t.Signal(9)
+    assert take(parent, stamp(SECRET, body, 5, UP, 10), body, 5) == t.Signal(9)
 
 
 def test_envelope_is_small_and_binds_seq_link_and_direction() -> None:
     body = body_of(t.Signal(1))
-    env = t.stamp(SECRET, body, 7, t.UP, 3)
-    assert len(env) == t.ENVELOPE_LEN == 29
-    assert t.open_envelope(SECRET, env, body) == (7, t.UP, 3)
-    for i in range(t.MAC_LEN, t.ENVELOPE_LEN):  # any header byte changed
+    env = stamp(SECRET, body, 7, UP, 3)
+    assert len(env) == ENVELOPE_LEN == 29
+    assert open_envelope(SECRET, env, body) == (7, UP, 3)
+    for i in range(MAC_LEN, ENVELOPE_LEN):  # any header byte changed
         bad = bytearray(env)
         bad[i] ^= 1
         with pytest.raises(AuthError, match="does not match"):
-            t.open_envelope(SECRET, bytes(bad), body)
+            open_envelope(SECRET, bytes(bad), body)
     with pytest.raises(AuthError, match="does not match"):
-        t.open_envelope(b"x" * 32, env, body)
+        open_envelope(b"x" * 32, env, body)
     with pytest.raises(AuthError, match="does not match"):  # the envelope of another body
-        t.open_envelope(SECRET, env, body_of(t.Signal(2)))
+        open_envelope(SECRET, env, body_of(t.Signal(2)))
     with pytest.raises(AuthError, match="too short"):
-        t.open_envelope(SECRET, env[:-1], body)
+        open_envelope(SECRET, env[:-1], body)
 
 
 def test_a_replayed_frame_is_dropped() -> None:
-    child, parent = t.LinkSeal(SECRET, t.DOWN), t.LinkSeal(SECRET, t.UP)
+    child, parent = LinkSeal(SECRET, DOWN), LinkSeal(SECRET, UP)
     first, second = body_of(t.Signal(1)), body_of(t.Signal(2))
     env1, env2 = child.envelope(4, first), child.envelope(4, second)
     take(parent, env1, first, 4)
@@ -94,7 +104,7 @@ def test_a_replayed_frame_is_dropped() -> None:
 
 
 def test_a_reflected_frame_is_dropped() -> None:
-    child, parent = t.LinkSeal(SECRET, t.DOWN), t.LinkSeal(SECRET, t.UP)
+    child, parent = LinkSeal(SECRET, DOWN), LinkSeal(SECRET, UP)
     down = body_of(t.Kill("stop", 1.0))
     env = parent.envelope(4, down)
     with pytest.raises(AuthError, match=r"parent-to-child direction .*reflected"):
@@ -106,20 +116,20 @@ def test_a_reflected_frame_is_dropped() -> None:
 
 
 def test_a_frame_for_another_link_is_dropped_and_one_body_serves_several() -> None:
-    parent = t.LinkSeal(SECRET, t.UP)
+    parent = LinkSeal(SECRET, UP)
     one = body_of(t.CollOut(1, t.ALLGATHER, [b"a" * 1000, b"b"]))
     env3, env4 = parent.envelope(3, one), parent.envelope(4, one)
-    c3, c4 = t.LinkSeal(SECRET, t.DOWN), t.LinkSeal(SECRET, t.DOWN)
+    c3, c4 = LinkSeal(SECRET, DOWN), LinkSeal(SECRET, DOWN)
     with pytest.raises(AuthError, match="sealed for vertex 3's link, not vertex 4's"):
         c4.open(env3, one, 4)
     assert take(c3, env3, one, 3) == take(c4, env4, one, 4)
 
 
 def test_a_forged_body_under_a_genuine_envelope_is_dropped_and_not_counted() -> None:
-    child, parent = t.LinkSeal(SECRET, t.DOWN), t.LinkSeal(SECRET, t.UP)
+    child, parent = LinkSeal(SECRET, DOWN), LinkSeal(SECRET, UP)
     body = body_of(t.Signal(1))
     env = child.envelope(2, body)
-    forged = body[: t.MAC_LEN] + t.encode(t.Signal(9))
+    forged = body[: MAC_LEN] + t.encode(t.Signal(9))
     with pytest.raises(AuthError, match="does not match"):
         parent.open(env, forged, 2)
     assert take(parent, env, body, 2) == t.Signal(1)  # the genuine frame still goes through
@@ -144,7 +154,7 @@ async def test_child_port_drops_replayed_reflected_and_misrouted_frames(
     child, spy = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
     secure(child, SECRET, server=False)
     secure(spy, SECRET, server=False)  # a spy inside the job's encryption, at worst
-    end = t.LinkSeal(SECRET, t.DOWN)  # the child's side of its link
+    end = LinkSeal(SECRET, DOWN)  # the child's side of its link
     sent: list[list[bytes]] = []
 
     async def say(msg: t.Msg) -> None:
@@ -181,7 +191,7 @@ async def test_child_port_drops_replayed_reflected_and_misrouted_frames(
             await child.send_multipart(reflected)
             # A frame of vertex 5's link on the connection of vertex 2.
             body = body_of(t.Signal(4))
-            await child.send_multipart([t.stamp(SECRET, body, 5, t.UP, 99), body])
+            await child.send_multipart([stamp(SECRET, body, 5, UP, 99), body])
             await say(t.Signal(5))
             assert await next_msg() == t.Signal(5)
             text = caplog.text
@@ -220,7 +230,7 @@ async def test_parent_link_drops_replayed_and_reflected_frames(
         got.set()
 
     link = ParentLink(SECRET, f"tcp://127.0.0.1:{port}", 3, on_msg)
-    end = t.LinkSeal(SECRET, t.UP)  # the parent's side of vertex 3's link
+    end = LinkSeal(SECRET, UP)  # the parent's side of vertex 3's link
     try:
         with caplog.at_level(logging.WARNING, logger="pm.agent.links"):
             link.start()
@@ -236,7 +246,7 @@ async def test_parent_link_drops_replayed_and_reflected_frames(
             await router.send_multipart(down)  # replayed
             await router.send_multipart([ident, env, body])  # its own hello, reflected
             other = body_of(t.Signal(7))
-            await router.send_multipart([ident, t.stamp(SECRET, other, 4, t.DOWN, 50), other])
+            await router.send_multipart([ident, stamp(SECRET, other, 4, DOWN, 50), other])
             second = body_of(t.Signal(2))
             await router.send_multipart([ident, end.envelope(3, second), second])
             await asyncio.wait_for(got.wait(), 10)
@@ -301,7 +311,7 @@ async def test_a_refused_hello_leaves_the_peer_unknown(caplog: pytest.LogCapture
     ctx = zmq.asyncio.Context()
     peer = ctx.socket(zmq.DEALER)
     secure(peer, SECRET, server=False)
-    end = t.LinkSeal(SECRET, t.DOWN)
+    end = LinkSeal(SECRET, DOWN)
     try:
         with caplog.at_level(logging.WARNING, logger="pm.agent.links"):
             peer.connect(port.address)

@@ -28,6 +28,7 @@ from pm.bootstrap.base import Bootstrap, heartbeat_of, join_timeout_of
 from pm.common.hostlist import compress
 from pm.proto import tree_wire as t
 from pm.proto.plan import JobPlan
+from pm.proto.tree_frames import seal
 
 log = logging.getLogger("pm.agent.children")
 
@@ -127,7 +128,7 @@ class Children(ChildStarts):
         self.joined[vertex] = time.monotonic()
         fut.set_result(True)
         if self._launch is None:
-            self._launch = t.seal(self.secret, t.encode(t.Launch(self.agent.plan)))
+            self._launch = seal(self.secret, t.encode(t.Launch(self.agent.plan)))
         self.port.send_raw(vertex, self._launch)
         for frame in self._queued.pop(vertex, ()):
             self.port.send_raw(vertex, frame)
@@ -215,7 +216,7 @@ class Children(ChildStarts):
             return
         if fut is not None and not fut.done():
             # A rank's direct get can reach a child that is still starting.
-            self._queued.setdefault(vertex, []).append(t.seal(self.secret, t.encode(msg)))
+            self._queued.setdefault(vertex, []).append(seal(self.secret, t.encode(msg)))
             return
         self.port.send(vertex, msg)
 
@@ -335,7 +336,7 @@ class Children(ChildStarts):
         for timer, _ in self._held.values():
             timer.cancel()
         self._held.clear()
-        bye = t.seal(self.secret, t.encode(t.Shutdown("job over")))
+        bye = seal(self.secret, t.encode(t.Shutdown("job over")))
         for v, fut in self._hellos.items():
             if fut.done() and fut.result():
                 self.port.send_raw(v, bye)

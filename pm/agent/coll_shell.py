@@ -21,6 +21,7 @@ from pm.agent.collectives import KIND_NAMES, Collectives, Complete, SendUp
 from pm.common.mapping import local_ranks
 from pm.proto import tree_wire as t
 from pm.proto.errors import RankFailed
+from pm.proto.tree_frames import seal
 
 if TYPE_CHECKING:
     from pm.agent.node import JobAgent
@@ -225,7 +226,7 @@ class NodeCollectives:
                 link.send(child, msg)
             return
         if frame is None or getattr(self.agent.parent, "secret", None) != link.secret:
-            frame = t.seal(link.secret, t.encode(msg))
+            frame = seal(link.secret, t.encode(msg))
         for child in children:
             link.port.send_raw(child, frame)
 

@@ -1,19 +1,19 @@
 """Tree links over ZeroMQ: a ROUTER towards an agent's children, a DEALER to its parent.
 
 Links are encrypted with CURVE (:func:`secure`), the job's key pairs derived
-from its secret (``pm.proto.tree_wire.curve_keys``): a peer that is not one of the
+from its secret (``pm.proto.tree_frames.curve_keys``): a peer that is not one of the
 job's agents fails the handshake and is logged with its address, at most a
 few times per 10 s per port (:class:`RateLimit`).  No zmq frame over
-``pm.proto.tree_wire.PART_MAX`` (4 MiB) is taken from anyone (``ZMQ_MAXMSGSIZE``:
+``pm.proto.tree_frames.PART_MAX`` (4 MiB) is taken from anyone (``ZMQ_MAXMSGSIZE``:
 libzmq refuses it from the header, before storing it or authenticating its
 sender); bodies over it are sent as several parts and joined on arrival.
 
-Every frame is sealed with the job secret (``pm.proto.tree_wire.seal``): a peer that
+Every frame is sealed with the job secret (``pm.proto.tree_frames.seal``): a peer that
 does not know it cannot join the tree, inject data or start processes; its
 frames are dropped and logged, and the link keeps serving.
 
 Nor can a peer that only captured frames replay them.  A frame is two zmq
-parts, ``[envelope, body]`` (see :mod:`pm.proto.tree_wire`; the body in several parts
+parts, ``[envelope, body]`` (see :mod:`pm.proto.tree_frames`; the body in several parts
 when large).  The body is sealed
 once per message, whoever it goes to: :class:`ChildPort` ``send_raw`` takes
 such a body (the same one for several children, or the parent's body of a
@@ -21,7 +21,7 @@ collective's result, forwarded as it came) and stamps it, child by child,
 with an envelope whose MAC binds the body's MAC to the child's link, the
 direction and that direction's next sequence number.  So a body is never
 re-sealed or copied per child; each child costs one MAC of 46 bytes and a
-29-byte part.  Both ends keep a :class:`~pm.proto.tree_wire.LinkSeal`: a frame
+29-byte part.  Both ends keep a :class:`~pm.proto.tree_frames.LinkSeal`: a frame
 for the other direction (reflected), for another link, or whose sequence
 number is not above the last accepted on its link (replayed) is dropped with
 a warning naming the peer and the fault, and everything else is served as
@@ -60,6 +60,7 @@ from pm.agent.owned import Owned
 from pm.agent.refusals import RateLimit, fd_peer, log_refusals, watch_refusals
 from pm.proto import tree_wire as t
 from pm.proto.errors import AuthError, ProtocolError, TransportError
+from pm.proto.tree_frames import DOWN, PART_MAX, UP, LinkSeal, curve_keys, seal, split
 
 log = logging.getLogger("pm.agent.links")
 
@@ -105,16 +106,16 @@ def _configure(sock: zmq.asyncio.Socket, secret: bytes, server: bool) -> None:
     # Before authentication too: a stranger's frame over the bound is refused by libzmq
     # before it is stored (our own large bodies travel as several parts).
     # (CURVE adds its box and nonce to each frame on the wire: the bound leaves room for it.)
-    sock.setsockopt(zmq.MAXMSGSIZE, t.PART_MAX + 1024)
+    sock.setsockopt(zmq.MAXMSGSIZE, PART_MAX + 1024)
     secure(sock, secret, server)
 
 
 def secure(sock: zmq.Socket[Any], secret: bytes, server: bool) -> None:
-    """Encrypt ``sock``'s links with the job's CURVE keys (``pm.proto.tree_wire.curve_keys``):
+    """Encrypt ``sock``'s links with the job's CURVE keys (``pm.proto.tree_frames.curve_keys``):
     as a tree port (``server``) or as a child's link to one.  A no-op without CURVE."""
     if not CURVE:
         return
-    server_pub, server_sec, client_pub, client_sec = t.curve_keys(secret)
+    server_pub, server_sec, client_pub, client_sec = curve_keys(secret)
     if server:
         sock.curve_server = True
         sock.curve_secretkey = server_sec
@@ -126,7 +127,8 @@ def secure(sock: zmq.Socket[Any], secret: bytes, server: bool) -> None:
 
 
 def _join(parts: list[zmq.Frame]) -> zmq.Frame | bytes:
-    """A body that came as ``parts`` (see ``pm.proto.tree_wire.split``): one part is kept whole."""
+    """A body that came as ``parts`` (see ``pm.proto.tree_frames.split``): one part is kept
+    whole."""
     if len(parts) == 1:
         return parts[0]
     return b"".join(p.buffer for p in parts)
@@ -296,7 +298,7 @@ class ChildPort:
                  ports: tuple[int, int] | None = None,
                  listening: tuple[int, int] | None = None) -> None:
         self.secret = secret
-        self._seal = t.LinkSeal(secret, t.UP)
+        self._seal = LinkSeal(secret, UP)
         self.sock = context().socket(zmq.ROUTER)
         _configure(self.sock, secret, server=True)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -410,7 +412,7 @@ class ChildPort:
     async def _heartbeats(self) -> None:
         live = self._live
         assert live is not None
-        beat = t.seal(self.secret, t.encode(t.Heartbeat(-1)))
+        beat = seal(self.secret, t.encode(t.Heartbeat(-1)))
         while True:
             await asyncio.sleep(live.interval)  # a period, not a wait for an event
             # Every linked child, also one whose subtree is done (not watched any more):
@@ -477,10 +479,10 @@ class ChildPort:
             self._live.forget(vertex)
 
     def send(self, vertex: int, msg: t.Msg) -> None:
-        self.send_raw(vertex, t.seal(self.secret, t.encode(msg)))
+        self.send_raw(vertex, seal(self.secret, t.encode(msg)))
 
     def send_raw(self, vertex: int, frame: bytes | zmq.Frame) -> None:
-        """Send a sealed body (``pm.proto.tree_wire.seal``) to ``vertex``, stamped for its link.
+        """Send a sealed body (``pm.proto.tree_frames.seal``) to ``vertex``, stamped for its link.
 
         The same body may go to several children: only its envelope is theirs.
         """
@@ -492,7 +494,7 @@ class ChildPort:
             return
         body = frame.buffer if isinstance(frame, zmq.Frame) else frame
         envelope = self._seal.envelope(vertex, body)
-        parts: list[Any] = [frame] if len(body) <= t.PART_MAX else t.split(body)
+        parts: list[Any] = [frame] if len(body) <= PART_MAX else split(body)
         with contextlib.suppress(zmq.ZMQError):
             _settle(self.sock.send_multipart([ident, envelope, *parts], copy=False))
 
@@ -536,7 +538,7 @@ class ParentLink:
                  on_lost: Callable[[str], None] | None = None) -> None:
         self.secret = secret
         self.vertex = vertex
-        self._seal = t.LinkSeal(secret, t.DOWN)
+        self._seal = LinkSeal(secret, DOWN)
         self.sock = context().socket(zmq.DEALER)
         _configure(self.sock, secret, server=False)
         self.sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
@@ -605,7 +607,7 @@ class ParentLink:
     async def _heartbeats(self) -> None:
         live = self._live
         assert live is not None
-        beat = t.seal(self.secret, t.encode(t.Heartbeat(self.vertex)))
+        beat = seal(self.secret, t.encode(t.Heartbeat(self.vertex)))
         while True:
             await asyncio.sleep(live.interval)  # a period, not a wait for an event
             with contextlib.suppress(zmq.ZMQError):
@@ -623,9 +625,9 @@ class ParentLink:
     def send(self, msg: t.Msg) -> None:
         if self.sock.closed:
             return  # the link is closed: nothing more goes up (see ChildPort.send_raw)
-        body = t.seal(self.secret, t.encode(msg))
+        body = seal(self.secret, t.encode(msg))
         with contextlib.suppress(zmq.ZMQError):
-            _settle(self.sock.send_multipart([self._envelope(body), *t.split(body)],
+            _settle(self.sock.send_multipart([self._envelope(body), *split(body)],
                                              copy=False))
 
     async def aclose(self, linger: int = 1000) -> None:
