@@ -97,7 +97,7 @@ def bulk(curve: bool, reps: int) -> list[float]:
 async def _link(curve: bool, sizes: Sequence[int], reps: int) -> dict[str, list[float]]:
     import asyncio
 
-    from pm.agent import links
+    from pm.agent import child_port, links
     from pm.proto import tree_wire as t
 
     links.CURVE = curve
@@ -107,8 +107,8 @@ async def _link(curve: bool, sizes: Sequence[int], reps: int) -> dict[str, list[
     down: asyncio.Queue[t.Msg] = asyncio.Queue()
     joined = loop.create_future()
     out: dict[str, list[float]] = {}
-    port = links.ChildPort(secret, "tcp://127.0.0.1", lambda v, h: joined.set_result(v),
-                           lambda v, m: up.put_nowait(m))
+    port = child_port.ChildPort(secret, "tcp://127.0.0.1", lambda v, h: joined.set_result(v),
+                                lambda v, m: up.put_nowait(m))
     t0 = time.perf_counter()
     link = links.ParentLink(secret, port.address, 1, down.put_nowait)
     link.send(t.Hello(1, "bench", os.getpid()))

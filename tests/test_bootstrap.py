@@ -418,7 +418,8 @@ def test_the_early_step_is_told_its_config_and_the_head_serves_its_socket(tmp_pa
     import json
     import time
 
-    from pm.agent.links import ChildPort, ParentLink
+    from pm.agent.child_port import ChildPort
+    from pm.agent.links import ParentLink
     from pm.bootstrap import early
     from pm.bootstrap.pipes import Piped
     from pm.options import parse

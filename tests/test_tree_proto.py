@@ -14,7 +14,8 @@ import zmq
 import zmq.asyncio
 
 from pm.agent import links
-from pm.agent.links import ChildPort, secure
+from pm.agent.child_port import ChildPort
+from pm.agent.links import secure
 from pm.proto import tree_wire as t
 from pm.proto.errors import AuthError, ProtocolError
 from pm.proto.tree_frames import UP, seal, stamp, unseal

@@ -17,7 +17,8 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from pm.agent.links import ChildPort, ParentLink, secure
+from pm.agent.child_port import ChildPort
+from pm.agent.links import ParentLink, secure
 from pm.proto import tree_wire as t
 from pm.proto.errors import AuthError
 from pm.proto.tree_frames import (

@@ -30,8 +30,8 @@ from pm.proto import tree_wire as t
 from pm.proto.plan import AgentConfig
 
 if TYPE_CHECKING:
+    from pm.agent.child_port import ChildPort
     from pm.agent.children import Vertex
-    from pm.agent.links import ChildPort
     from pm.agent.watch import ChildWatch, ExitStatus
     from pm.bootstrap.base import Bootstrap
 

@@ -21,8 +21,8 @@ import os
 import time
 from typing import Protocol
 
+from pm.agent.child_port import ChildPort
 from pm.agent.child_starts import ChildStarts
-from pm.agent.links import ChildPort
 from pm.agent.watch import ChildWatch, ExitStatus
 from pm.bootstrap.base import Bootstrap, heartbeat_of, join_timeout_of
 from pm.common.hostlist import compress

@@ -17,14 +17,8 @@ import os
 import socket
 from typing import Any
 
-from pm.agent.links import (
-    ANY_ADDRESS,
-    ChildPort,
-    endpoint_host,
-    iface_address,
-    is_ip,
-    route_source,
-)
+from pm.agent.addresses import ANY_ADDRESS, endpoint_host, iface_address, is_ip, route_source
+from pm.agent.child_port import ChildPort
 from pm.bootstrap.base import LOCAL_NAMES, heartbeat_of, step_config
 from pm.common.hostlist import compress
 from pm.proto.errors import PMError

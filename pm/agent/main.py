@@ -51,7 +51,7 @@ def reach_launcher(cfg: AgentConfig, env: Mapping[str, str]) -> None:
     """Where the head listens on every address (under Slurm, for node names DNS does not
     know: :func:`pm.agent.listen_port.listen_endpoint`), reach it where srun ran, the address
     our slurmd saw srun's connection come from.  ``ValueError`` without it."""
-    from pm.agent.links import ANY_ADDRESS, endpoint_host
+    from pm.agent.addresses import ANY_ADDRESS, endpoint_host
 
     if endpoint_host(cfg.head) != ANY_ADDRESS:
         return
@@ -147,7 +147,8 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
     import asyncio
     import gc
 
-    from pm.agent.links import ChildPort, ParentLink
+    from pm.agent.child_port import ChildPort
+    from pm.agent.links import ParentLink
     from pm.agent.node import JobAgent
     from pm.agent.step_signals import StepSignals
     from pm.proto import tree_wire as t
@@ -329,6 +330,7 @@ def _preimport() -> None:
     sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     import asyncio  # noqa: F401
 
+    import pm.agent.child_port
     import pm.agent.links
     import pm.agent.node
     import pm.proto.plan  # noqa: F401

@@ -29,7 +29,7 @@ An agent therefore takes the signals pmrun itself takes:
   suspended step cannot); SIGCONT continues them.  Slurm's SIGTSTP is there "to let MPI
   daemons stop their tasks" before its SIGSTOP stops everything else: this agent is such
   a daemon.  The agent's own stop (its links silent meanwhile) is no loss: see
-  pm.agent.links.Liveness, and the head's question to slurmctld (pm.bootstrap.slurm_job);
+  pm.agent.liveness.Liveness, and the head's question to slurmctld (pm.bootstrap.slurm_job);
 * SIGTERM, as those, by an agent that Slurm started (``--launcher slurm``) from when its
   plan says so (:func:`take_term`, before its ranks start; until then nothing of the job
   is there to save, and a SIGTERM ends the agent).  See below.

@@ -160,9 +160,9 @@ def silence_explained(info: JobInfo | None, timeout: float) -> bool:
 
 class SilenceJudge:
     """What the head's tree port asks when nodes fall silent inside a Slurm job
-    (``pm.agent.links.ChildPort.vouch``): whether the job's state explains it (asked again
-    at most every SUSPENDED_RECHECK seconds while it is suspended); a line at -v when Slurm
-    holds the job suspended (once for each suspension)."""
+    (``pm.agent.child_port.ChildPort.vouch``): whether the job's state explains it (asked
+    again at most every SUSPENDED_RECHECK seconds while it is suspended); a line at -v when
+    Slurm holds the job suspended (once for each suspension)."""
 
     def __init__(self, job: str, timeout: float, hosts: list[str],
                  say: Callable[[str], None]) -> None:
