@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     import gc
 
     if argv is None:
-        from pm.common.output import ensure_std_fds
+        from pm.common.output_writer import ensure_std_fds
 
         ensure_std_fds()  # pmrun's own descriptors (pm.quick does this for its path)
     # Start-up allocates only long-lived objects (modules, classes): collecting

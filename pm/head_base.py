@@ -32,7 +32,8 @@ from pm.common.mapping import (
     programs_nodes,
 )
 from pm.common.nodes import Nodes
-from pm.common.output import STDERR, STDOUT, Writer, output_window
+from pm.common.output import STDERR, STDOUT, output_window
+from pm.common.output_writer import Writer
 from pm.jobenv import kvsname_of, new_job_id
 from pm.jobspec import JobSpec, sequence_slots
 from pm.proto import tree_wire as t

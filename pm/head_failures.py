@@ -16,7 +16,7 @@ import errno
 import logging
 
 from pm.agent.watch import ExitStatus
-from pm.common.output import loss_status, loss_words
+from pm.common.output_writer import loss_status, loss_words
 from pm.head_base import JobRunBase, RunState
 from pm.job_result import RankResult, abort_status
 from pm.proto import tree_wire as t
@@ -184,7 +184,7 @@ class Failures(JobRunBase):
             what = r.reason or ExitStatus(r.code, r.signal).describe()
             text = f"{where} {what} after {loss_words(*loss)}"
             if loss[1] != errno.EPIPE and self.cause is None:
-                # The error was named as it happened (pm.common.output.write_out): that is
+                # The error was named as it happened (pm.common.output_writer.write_out): that is
                 # the job's one line, this one only with -v.
                 log.info("%s", text)
                 self.cause, self.returncode = text, loss_status(loss[1])

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 
-from pm.common.output import EXIT_OUTPUT_FAILED, loss_line, loss_status, loss_words
+from pm.common.output_writer import EXIT_OUTPUT_FAILED, loss_line, loss_status, loss_words
 from pm.head_base import JobRunBase
 from pm.proto import tree_wire as t
 
@@ -43,7 +43,7 @@ class HeadIO(JobRunBase):
 
     def _loss(self) -> tuple[int, int] | None:
         """The stream of ours whose output was lost first, as the loop learned of it, and
-        why (an errno: pm.common.output.Writer.loss); None while none was."""
+        why (an errno: pm.common.output_writer.Writer.loss); None while none was."""
         if not self._lost_streams or self.writer is None:
             return None
         lost = self.writer.lost
@@ -53,7 +53,7 @@ class HeadIO(JobRunBase):
     def _output_status(self) -> None:
         """The job is over and its output out: if some of it could not be written while no
         failure came first, that is the job's status (141 for a reader gone, as a shell
-        pipeline's, else 1: pm.common.output.loss_status), named in one line (an error other
+        pipeline's, else 1: pm.common.output_writer.loss_status), named in one line (an error other
         than a reader gone was named as it happened).  Whenever the writer learned of it:
         the ranks' exits and the last writes may come in any order."""
         if self.cause is not None or self.writer is None:
@@ -91,7 +91,7 @@ class HeadIO(JobRunBase):
         """pmrun's own lines on stderr (a rank's failure, a node lost) go through the
         writer's thread, after the output it holds: a rank's last lines come before the
         line that says how it ended.  (The handlers ``logging.basicConfig`` gave stderr.)"""
-        from pm.common.output import SaidAfterOutput
+        from pm.common.output_writer import SaidAfterOutput
 
         assert self.writer is not None
         if self.writer.err_fd != 2:

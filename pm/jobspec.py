@@ -128,7 +128,7 @@ class JobSpec:
     #: The ranks' output passed on as it comes, not line by line (srun's -u).
     unbuffered: bool = False
     profile: str | None = None
-    #: Files for the ranks' stdout / stderr instead of the launcher's (pm.common.output patterns).
+    #: Files for the ranks' stdout / stderr instead of the launcher's (pm.common.outfiles patterns).
     output: str | None = None
     error: str | None = None
     #: Every output line starts with the time it is written (Open MPI's --timestamp-output).

@@ -58,7 +58,8 @@ from pm.agent.spawn import (
     resolve,
 )
 from pm.agent.started import RankStart, StartedRanks, start_local
-from pm.common.output import STDERR, STDOUT, Writer, ensure_std_fds, rank_ranges, stdin_for_job
+from pm.common.output import STDERR, STDOUT, rank_ranges, stdin_for_job
+from pm.common.output_writer import Writer, ensure_std_fds
 from pm.jobenv import kvsname_of, new_job_id, passed_env, ranks_env, slurm_het_group0
 from pm.options import internal_error, prepend_of, prepend_prefix, quick_ok, refuse
 from pm.options import parse as parse_options

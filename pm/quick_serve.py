@@ -23,15 +23,8 @@ import os
 import select
 import time
 
-from pm.common.output import (
-    EXIT_OUTPUT_FAILED,
-    STDERR,
-    STDOUT,
-    loss_line,
-    loss_status,
-    read_pipe,
-    write_out,
-)
+from pm.common.output import STDERR, STDOUT, read_pipe
+from pm.common.output_writer import EXIT_OUTPUT_FAILED, loss_line, loss_status, write_out
 from pm.jobenv import kvsname_of
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from launch_util import pmrun_argv, pmrun_env, read_lines
 
-from pm.common.output import MAX_LINE, STDERR, STDOUT, LineBuffer, Writer
+from pm.common.output import MAX_LINE, STDERR, STDOUT, LineBuffer
+from pm.common.output_writer import Writer
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -217,7 +218,7 @@ def test_writer_holds_other_ranks_lines_while_a_long_line_goes_on(tmp_path: Path
 
 
 def test_writer_ends_a_long_line_when_too_much_waits(tmp_path: Path) -> None:
-    from pm.common.output import HOLD_BYTES
+    from pm.common.output_writer import HOLD_BYTES
 
     w, out, _ = _writer(tmp_path)
     w.write(0, STDOUT, b"A" * 10)
@@ -232,7 +233,7 @@ def test_writer_ends_a_long_line_when_too_much_waits(tmp_path: Path) -> None:
 
 def test_writer_ends_a_long_line_that_stalls_when_its_time_is_up(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pm.common.output as output
+    import pm.common.output_writer as output_writer
 
     w, out, _ = _writer(tmp_path)
     timers: list[Callable[[], None]] = []
@@ -242,7 +243,7 @@ def test_writer_ends_a_long_line_that_stalls_when_its_time_is_up(
     assert len(timers) == 1
     timers[0]()  # too early: nothing yet
     assert out.read_bytes() == b"A" * 10
-    monkeypatch.setattr(output, "HOLD_TIME", 0.0)
+    monkeypatch.setattr(output_writer, "HOLD_TIME", 0.0)
     timers[0]()
     assert out.read_bytes() == b"A" * 10 + b"\nb\n"
 

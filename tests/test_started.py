@@ -196,7 +196,7 @@ def test_a_guardian_released_clean_still_removes_its_files_and_kills_its_group(
 def test_started_ranks_is_importable_without_asyncio() -> None:
     import subprocess
 
-    code = ("import sys; import pm.agent.started, pm.common.output; "
+    code = ("import sys; import pm.agent.started, pm.common.output, pm.common.output_writer; "
             "sys.exit('asyncio' in sys.modules)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=30).returncode == 0
@@ -268,7 +268,7 @@ async def test_the_output_thread_writes_in_order_reports_credit_and_ends_with_cl
     import asyncio
     import threading
 
-    from pm.common.output import Writer
+    from pm.common.output_writer import Writer
 
     r, w = os.pipe()
     writer = Writer(True, out_fd=w)
@@ -295,7 +295,8 @@ async def test_the_output_thread_writes_in_order_reports_credit_and_ends_with_cl
 async def test_the_output_thread_keeps_writing_stderr_after_stdout_lost_its_reader() -> None:
     import asyncio
 
-    from pm.common.output import STDERR, STDOUT, Writer
+    from pm.common.output import STDERR, STDOUT
+    from pm.common.output_writer import Writer
 
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()

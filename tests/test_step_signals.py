@@ -112,8 +112,8 @@ def test_a_guardian_tells_a_signal_someone_else_sent_its_group() -> None:
 
 
 class _Agent:
-    """What JobAgent.slurm_signal uses of an agent: its ranks' guardian, its timers, the
-    signals it delivers."""
+    """What JobAgent.slurm_signal (pm.agent.node_msgs.slurm_signal) uses of an agent: its
+    ranks' guardian, its timers, the signals it delivers."""
 
     def __init__(self, guardian: Guardian, loop: asyncio.AbstractEventLoop) -> None:
         self.vertex = 1
@@ -123,7 +123,6 @@ class _Agent:
         self._probing: list[int] = []
         self.delivered: list[int] = []
         self.deliver_signal = self.delivered.append
-        self._probe = functools.partial(JobAgent._probe, cast(JobAgent, self))
 
 
 @pytest.mark.parametrize("slurm_reaches", [False, True])

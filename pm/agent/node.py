@@ -5,12 +5,13 @@ its ranks as processes (spawn, pipes, stdin, exits, the kill) in
 :class:`pm.agent.ranks.LocalRanks`, collectives in
 :class:`pm.agent.coll_shell.NodeCollectives`, and direct gets of other nodes'
 keys and the name service in :class:`pm.agent.tree_requests.TreeRequests`.
-This module keeps the node's KVS, is the host the ranks' PMI sessions talk
-to, and routes the tree messages the parts exchange.  How the job starts here
-(topology, binding, PMIx server, the ranks spawned or adopted) is in
-:mod:`pm.agent.node_start`; how it ends (what becomes of each rank, said up
-the tree, Done, the kill and the close) in :mod:`pm.agent.node_end`: functions
-of the agent, which its methods call.  Its *parent* is the next agent up (or,
+This module keeps the node's KVS and is the host the ranks' PMI sessions talk
+to.  How the job starts here (topology, binding, PMIx server, the ranks spawned
+or adopted) is in :mod:`pm.agent.node_start`; how the tree messages the parts
+exchange are routed and handed to them, and Slurm's signals, in
+:mod:`pm.agent.node_msgs`; how it ends (what becomes of each rank, said up the
+tree, Done, the kill and the close) in :mod:`pm.agent.node_end`: functions of
+the agent, which its methods call.  Its *parent* is the next agent up (or,
 for vertex 0, the head in the same process); its *children* are agents it
 started itself.  Everything it says travels as ``pm.proto.tree_wire`` messages
 through :class:`Uplink`/:class:`Downlinks`, so the same code runs in-process
@@ -22,13 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pm.agent import node_end, node_start
+from pm.agent import node_end, node_msgs, node_start
 from pm.agent.coll_shell import NodeCollectives
 from pm.agent.kvs import NodeKVS
 from pm.agent.node_end import AgentState
@@ -404,67 +404,27 @@ class JobAgent:
 
     # ------------------------------------------------------------------ tree messages
     def route(self, dst: int, msg: t.Msg) -> None:
-        """Send ``msg`` on its way to vertex ``dst`` (handled here when it is this one)."""
-        if dst == self.vertex:
-            self.from_tree(msg)
-            return
-        hop = self.tree.route(self.vertex, dst)
-        if hop == self.tree.parent(self.vertex):
-            self.parent.send(msg)
-        elif self.children_link is not None:
-            self.children_link.send(hop, msg)
+        """Send ``msg`` on its way to vertex ``dst`` (handled here when it is this one;
+        :func:`pm.agent.node_msgs.route`)."""
+        node_msgs.route(self, dst, msg)
 
     def from_parent(self, msg: t.Msg) -> None:
-        """A message that came down the tree."""
-        try:
-            self._from_parent(msg)
-        except Exception as exc:
-            self._internal_error(msg, exc)
+        """A message that came down the tree (:func:`pm.agent.node_msgs.from_parent`)."""
+        node_msgs.from_parent(self, msg)
 
     def from_child(self, child: int, msg: t.Msg) -> None:
-        """A message that came up from child agent ``child``."""
-        try:
-            self._from_child(child, msg)
-        except Exception as exc:
-            self._internal_error(msg, exc)
+        """A message that came up from child agent ``child``
+        (:func:`pm.agent.node_msgs.from_child`)."""
+        node_msgs.from_child(self, child, msg)
 
-    def _internal_error(self, msg: t.Msg, exc: Exception) -> None:
-        # A bug here would leave collectives waiting for ever: end the job instead,
-        # naming the node, as for any other fatal agent error.
-        log.exception("agent %d failed handling %s", self.vertex, type(msg).__name__)
-        self.parent.send(t.AgentError(self.vertex, self.host,
-                                      f"internal error handling {type(msg).__name__}: {exc!r}"))
+    def from_tree(self, msg: t.Msg) -> None:
+        """Routed messages, wherever they came from (:func:`pm.agent.node_msgs.from_tree`)."""
+        node_msgs.from_tree(self, msg)
 
-    def _from_parent(self, msg: t.Msg) -> None:
-        if isinstance(msg, t.CollOut):
-            self.coll.from_parent(msg)
-        elif isinstance(msg, (t.Sub, t.SpawnLaunch)):
-            from pm.agent.spawned_jobs import on_agent
-
-            spawns = on_agent(self)
-            if isinstance(msg, t.Sub):
-                spawns.from_parent(msg)
-            else:
-                spawns.launch(msg)
-        elif isinstance(msg, t.Kill):
-            self.kill(msg.reason, msg.grace, msg.report)
-        elif isinstance(msg, t.OutputGone):
-            self._down_all(msg)
-            self.procs.output_gone(msg.stream)
-            if self.spawns is not None:
-                self.spawns.output_gone(msg.stream)
-        elif isinstance(msg, t.Signal):
-            self._down_all(msg)
-            if self.step_signals is None or self.step_signals.from_tree(msg.signum):
-                self.deliver_signal(msg.signum)
-            if msg.signum in (signal.SIGTSTP, signal.SIGCONT):
-                # After a SIGTSTP the head stops itself until SIGCONT: a parent that
-                # watches the link for silence (ParentLink) holds that watch meanwhile.
-                hold = getattr(self.parent, "hold", None)
-                if hold is not None:
-                    hold(msg.signum == signal.SIGTSTP)
-        else:
-            self.from_tree(msg)
+    def _down_all(self, msg: t.Msg) -> None:
+        if self.children_link is not None:
+            for c in self.children:
+                self.children_link.send(c, msg)
 
     def deliver_signal(self, signum: int) -> None:
         """``signum`` to every local rank, and to the ranks of the jobs they spawned."""
@@ -473,137 +433,14 @@ class JobAgent:
             self.spawns.signal(signum)
 
     def slurm_signal(self, signum: int) -> None:
-        """Slurm's ``signum`` to this agent's step (pm.agent.step_signals): for the ranks,
-        unless Slurm signalled them itself (their guardian tells, within
-        :data:`pm.agent.step_signals.PROBE` seconds, the first time it can: until then the
-        signals wait, in order)."""
-        from pm.agent.spawn import GUARDIAN_BLOCKS
-
-        if signum not in GUARDIAN_BLOCKS or self.slurm_reaches is False:
-            self.deliver_signal(signum)
-        elif self.slurm_reaches is None:
-            self._probing.append(signum)
-            if len(self._probing) == 1:
-                from pm.agent.step_signals import PROBE
-
-                self._probe(time.monotonic() + PROBE)
-
-    def _probe(self, until: float) -> None:
-        guardian = self.procs.guardian
-        seen = guardian.got(self._probing[0]) if guardian is not None else None
-        if seen is False and time.monotonic() < until:
-            self.owned.call_later(0.01, self._probe, until)
-            return
-        if seen is not None:
-            self.slurm_reaches = seen
-            log.debug("agent %d: Slurm's signals %s our ranks themselves", self.vertex,
-                      "reach" if seen else "do not reach")
-        waiting, self._probing = self._probing, []
-        if not seen:
-            for signum in waiting:
-                self.deliver_signal(signum)
+        """Slurm's ``signum`` to this agent's step: for the ranks, unless Slurm signalled
+        them itself (:func:`pm.agent.node_msgs.slurm_signal`)."""
+        node_msgs.slurm_signal(self, signum)
 
     def slurm_term(self) -> None:
         """Slurm's SIGTERM reached this agent: the head asks slurmctld whether Slurm ends the
-        job (told before any rank's end that follows)."""
-        self._tell_term(t.StepSignal(self.vertex, signal.SIGTERM))
-
-    def _tell_term(self, msg: t.StepSignal) -> None:
-        """Up the tree: once from this subtree for the SIGTERMs of PAIRED seconds (a time
-        limit's two, every node's)."""
-        now = time.monotonic()
-        if now - self._term_told >= PAIRED:
-            self._term_told = now
-            self.parent.send(msg)
-
-    def _from_child(self, child: int, msg: t.Msg) -> None:
-        if isinstance(msg, t.CollIn):
-            self.coll.from_child(child, msg)
-        elif isinstance(msg, t.Done):
-            self._children_done.add(child)
-            self._child_stats.append(msg.stats)
-            node_end.check_done(self)
-        elif isinstance(msg, t.NameReq):
-            self.requests.name_req(msg)
-        elif isinstance(msg, t.Sub):
-            from pm.agent.spawned_jobs import on_agent
-
-            on_agent(self).from_child(child, msg)
-        elif isinstance(msg, t.StdinAck) and self.plan.stdin_rank == STDIN_ALL:
-            self._stdin_children[child] = self._stdin_children.get(child, 0) + msg.nbytes
-            self._stdin_up()
-        elif isinstance(msg, t.Gone) and self.vertex == 0:
-            self.coll.gone(msg)
-        elif isinstance(msg, t.StepSignal):
-            self._tell_term(msg)
-        elif isinstance(msg, (t.Output, t.Exits, t.Abort, t.AgentError, t.AgentGone,
-                              t.Started, t.StdinAck, t.SpawnReq, t.Stuck, t.Gone,
-                              t.Report)):
-            self.parent.send(msg)
-        else:
-            self.from_tree(msg)
-
-    def from_tree(self, msg: t.Msg) -> None:
-        """Routed messages, wherever they came from."""
-        if isinstance(msg, t.GetReq):
-            if msg.dst != self.vertex:
-                self.route(msg.dst, msg)
-                return
-            if self.plan.pmix and msg.key.startswith(b"\x00pmix."):
-                # A rank's PMIx data, from the PMIx server (once it runs here).
-                if self.pmix is not None:
-                    self.pmix.serve_get(msg)
-                else:
-                    self._pmix_early.append(msg)
-                return
-            self.requests.serve_get(msg)
-        elif isinstance(msg, (t.GetResp, t.NameResp)):
-            if msg.dst != self.vertex:
-                self.route(msg.dst, msg)
-                return
-            self.requests.response(msg)
-        elif isinstance(msg, t.Winsize):  # srun's --pty: pmrun's terminal, resized
-            if msg.dst != self.vertex:
-                self.route(msg.dst, msg)
-            else:
-                self.procs.winsize(msg.rows, msg.cols)
-        elif isinstance(msg, t.Stdin):
-            if msg.dst == STDIN_ALL:  # --stdin all: to every node, whose ranks all read it
-                for child in self.children:
-                    self.route(child, msg)
-                self.procs.stdin(msg.data, msg.eof)
-            elif msg.dst != self.vertex:
-                self.route(msg.dst, msg)
-            else:
-                self.procs.stdin(msg.data, msg.eof)
-        elif isinstance(msg, t.OutputAck):
-            if msg.dst != self.vertex:
-                self.route(msg.dst, msg)
-            else:
-                self.procs.output_credit(msg.nbytes)
-        elif isinstance(msg, t.SpawnResp):
-            if msg.dst != self.vertex:
-                self.route(msg.dst, msg)
-            elif self.spawn_requests is not None:
-                self.spawn_requests.response(msg)
-        elif isinstance(msg, t.AgentGone):
-            # Down the tree: the head heard (from srun) that a node below us is lost.
-            if not 0 < msg.vertex < len(self.plan.hosts):
-                return
-            up = self.tree.parent(msg.vertex)
-            if up is not None and up != self.vertex:
-                self.route(up, msg)
-            elif up == self.vertex:
-                forget = getattr(self.children_link, "forget", None)  # (not a spawned job's)
-                if forget is not None:
-                    forget(msg.vertex, msg.text)
-        else:
-            log.warning("agent %d: unexpected %s", self.vertex, type(msg).__name__)
-
-    def _down_all(self, msg: t.Msg) -> None:
-        if self.children_link is not None:
-            for c in self.children:
-                self.children_link.send(c, msg)
+        job (:func:`pm.agent.node_msgs.slurm_term`)."""
+        node_msgs.slurm_term(self)
 
     # ------------------------------------------------------------------ ending
     def kill(self, reason: str, grace: float, report: int = 0) -> None:

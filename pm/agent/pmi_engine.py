@@ -20,10 +20,13 @@ is answered inside :meth:`~PmiEngine.feed` from the node's store
 (:class:`Store`: plain method calls on in-memory data, no I/O), so the hot
 path makes no task, no future and one write per read.
 
-The PMI-1 commands are here; PMI-2's are in :mod:`pm.agent.pmi_engine_v2` and the
-native ones in :mod:`pm.agent.pmi_engine_native`, each loaded when a rank first
-speaks that protocol (pmrun's quick phase, :mod:`pm.quick`, serves PMI-1 before
-anything heavy is imported: this module loads no logging, dataclasses or msgpack).
+The PMI-1 commands are in :mod:`pm.agent.pmi_engine_v1`, loaded with the engine (a
+lone plain get or put is answered here: the hot path), with the checks of a request's
+fields that every protocol's commands share; PMI-2's are in
+:mod:`pm.agent.pmi_engine_v2` and the native ones in :mod:`pm.agent.pmi_engine_native`,
+each loaded when a rank first speaks that protocol (pmrun's quick phase,
+:mod:`pm.quick`, serves PMI-1 before anything heavy is imported: this module loads no
+logging, dataclasses or msgpack).
 
 Protocols (detected from the first bytes): PMI-1 lines (``cmd=``/``mcmd=``;
 a PMI-2 client opens with a PMI-1 ``init`` carrying ``pmi_version=2``), PMI-2
@@ -44,8 +47,8 @@ from __future__ import annotations
 
 from collections import deque
 
+from pm.agent import pmi_engine_v1
 from pm.agent.pmi_actions import (  # re-exported: the engine's vocabulary
-    FENCE,
     Action,
     Call,
     Close,
@@ -381,31 +384,12 @@ class PmiEngine:
         while queue and not self._busy and not self.closed:
             req = queue.popleft()
             if type(req) is pmi1.Pmi1Command:
-                handler = _PMI1.get(req.cmd)
-                try:
-                    if handler is None:
-                        raise ProtocolError(f"unknown PMI-1 command {req.cmd!r}")
-                    handler(self, req)
-                except PMError as exc:
-                    self._bad(str(exc))
-                    self._out.append(pmi1.reply_error(pmi1.REPLY_OF.get(req.cmd, req.cmd),
-                                                      str(exc)))
+                pmi_engine_v1.serve(self, req)
             elif isinstance(req, ProtocolError):  # a malformed line: answered, it goes on
                 self._bad(str(req))
                 self._out.append(pmi1.reply_error("error", str(req)))
             else:
                 self._v2.serve(self, req)
-
-    def _wait1(self, call: Call, c: pmi1.Pmi1Command, finish: _Finish) -> None:
-        """A PMI-1 request that waits: the ones behind it wait too."""
-        reply = pmi1.REPLY_OF.get(c.cmd, c.cmd)
-
-        def on_error(exc: BaseException) -> bytes:
-            self._failed(str(exc), exc)
-            return pmi1.reply_error(reply, str(exc))
-
-        self._busy = True
-        self._call(call, finish, on_error)
 
     def _fast1(self, data: bytes) -> bytes | None:
         """The reply to a lone plain get or put line, answered without building a command;
@@ -449,164 +433,3 @@ class PmiEngine:
                     else b"cmd=get_result rc=0 value=%s\n" % raw)
         self.store.put(self.rank, key, value)
         return b"cmd=put_result rc=0\n"
-
-    # -- PMI-1 commands (each adds its reply to _out, or starts a call)
-    def _init1(self, c: pmi1.Pmi1Command) -> None:
-        self._enter(Phase.INITIALIZED)
-        self._event("init")
-        if c.args.get("pmi_version") == "2":
-            # A PMI-2 client: everything after this line is length-framed.
-            rest = self._p1.pending if self._p1 is not None else b""
-            self._speak2()
-            assert self._p2 is not None
-            self._out.append(self._v2.INIT_RESPONSE)
-            if rest:
-                self._queue.extend(self._p2.feed(rest))
-            return
-        self._out.append(b"cmd=response_to_init rc=0 pmi_version=1 pmi_subversion=1\n")
-
-    def _maxes1(self, c: pmi1.Pmi1Command) -> None:
-        self._out.append(_MAXES)
-
-    def _appnum1(self, c: pmi1.Pmi1Command) -> None:
-        self._out.append(b"cmd=appnum rc=0 appnum=%d\n" % self.store.appnum(self.rank))
-
-    def _kvsname1(self, c: pmi1.Pmi1Command) -> None:
-        self._out.append(b"cmd=my_kvsname rc=0 kvsname=%s\n" % self.store.kvsname.encode())
-
-    def _universe1(self, c: pmi1.Pmi1Command) -> None:
-        self._out.append(b"cmd=universe_size rc=0 size=%d\n" % self.store.universe_size())
-
-    def _check_kvsname(self, args: dict[str, str]) -> None:
-        name = args.get("kvsname")
-        if name is not None and name != self.store.kvsname:
-            raise ProtocolError(f"kvsname {name!r} is not this job's ({self.store.kvsname})")
-
-    def _put1(self, c: pmi1.Pmi1Command) -> None:
-        args = c.args
-        self._check_kvsname(args)
-        key = _need(c, "key")
-        if key.startswith("PMI_"):
-            self._out.append(pmi1.reply_error("put_result", f"key {key} is reserved"))
-            return
-        self.store.put(self.rank, key.encode(), args.get("value", "").encode())
-        self._out.append(b"cmd=put_result rc=0\n")
-
-    def _get1(self, c: pmi1.Pmi1Command) -> None:
-        self._check_kvsname(c.args)
-        key = _need(c, "key")
-        store = self.store
-        if key.startswith("PMI_"):
-            attr = store.job_attr(key)
-            if attr is not None:
-                self._out.append(b"cmd=get_result rc=0 value=%s\n" % attr.encode())
-                return
-        raw = store.get_now(key.encode())
-        if raw is None:  # answered at once: MPICH probes optional keys
-            self._out.append(b"cmd=get_result rc=1 msg=key_not_found\n")
-        else:
-            self._out.append(b"cmd=get_result rc=0 value=%s\n" % raw)
-
-    def _barrier1(self, c: pmi1.Pmi1Command) -> None:
-        if self._finalized:  # (the others may be gone: it would never complete)
-            raise ProtocolError("barrier after finalize")
-        self._wait1(Collective(self._token(), FENCE, None), c,
-                    lambda _r: b"cmd=barrier_out rc=0\n")
-
-    def _finalize1(self, c: pmi1.Pmi1Command) -> None:
-        self._enter(Phase.FINALIZED)
-        self._event("finalize")
-        self._out.append(b"cmd=finalize_ack rc=0\n")
-
-    def _abort1(self, c: pmi1.Pmi1Command) -> None:
-        a = c.args
-        code = _clamp(_int(a.get("exitcode", "1"), "exitcode"))
-        self._event("abort", (code, a.get("message") or a.get("msg") or ""))
-
-    def _names1(self, c: pmi1.Pmi1Command) -> None:
-        action = c.cmd.split("_")[0]
-        service = _need(c, "service")
-        reply = pmi1.REPLY_OF[c.cmd]
-
-        def finish(result: Any) -> bytes:
-            ok, port = result
-            if not ok:
-                return pmi1.reply_error(reply, f"{action}_failed_for_{service}")
-            if action == "lookup":
-                return pmi1.encode(reply, ("rc", 0), ("port", port))
-            return pmi1.encode(reply, ("rc", 0))
-
-        self._wait1(NameService(self._token(), action, service, c.args.get("port", "")), c,
-                    finish)
-
-    def _spawn1(self, c: pmi1.Pmi1Command) -> None:
-        from pm.proto import spawn
-
-        self._wait1(Spawn(self._token(), spawn.parse_pmi1(c)), c, spawn.reply_pmi1)
-
-    def _initack1(self, c: pmi1.Pmi1Command) -> None:
-        # Hydra's -pmi-port (pm.agent.pmi_port): the first line of a client that connected
-        # to PMI_PORT, naming its PMI_ID (the port gave us the connection for that rank).
-        if not self.by_port or self.phase is not Phase.NEW or self._acked or \
-                c.args.get("pmiid") != str(self.rank):
-            raise ProtocolError("initack is only the first line of a PMI_PORT client, "
-                                "naming its PMI_ID")
-        self._acked = True
-        size, rank, app = self.store.size, self.rank, self.store.appnum(self.rank)
-        self._out.append(pmi1.encode("initack", ("rc", 0), ("rank", rank), ("size", size),
-                                     ("appnum", app), ("debug", 0))
-                         + b"cmd=set size=%d\ncmd=set rank=%d\ncmd=set debug=0\n" % (size, rank))
-        if self._p1 is not None and not self._p1.pending and not self._queue:
-            # What the client speaks from here on is told by its next bytes, as on an
-            # inherited socket (PMI-1's init, PMI-2's, or pmrun's native client).
-            self.protocol, self._p1 = Wire.UNKNOWN, None
-
-
-_MAXES = pmi1.encode("maxes", ("rc", 0), ("kvsname_max", pmi1.KVSNAME_MAX),
-                     ("keylen_max", pmi1.KEYLEN_MAX), ("vallen_max", pmi1.VALLEN_MAX))
-
-#: PMI-1 request command -> handler.
-_PMI1: dict[str, Callable[[PmiEngine, pmi1.Pmi1Command], None]] = {
-    "get": PmiEngine._get1,
-    "put": PmiEngine._put1,
-    "barrier_in": PmiEngine._barrier1,
-    "init": PmiEngine._init1,
-    "get_maxes": PmiEngine._maxes1,
-    "get_appnum": PmiEngine._appnum1,
-    "get_my_kvsname": PmiEngine._kvsname1,
-    "get_universe_size": PmiEngine._universe1,
-    "finalize": PmiEngine._finalize1,
-    "abort": PmiEngine._abort1,
-    "publish_name": PmiEngine._names1,
-    "unpublish_name": PmiEngine._names1,
-    "lookup_name": PmiEngine._names1,
-    "spawn": PmiEngine._spawn1,
-    "initack": PmiEngine._initack1,
-}
-
-def _enc(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
-
-
-def _dec(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def _need(c: pmi1.Pmi1Command, key: str) -> str:
-    try:
-        return c.args[key]
-    except KeyError:
-        raise ProtocolError(f"{c.cmd} without {key}=") from None
-
-
-def _int(text: str, what: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ProtocolError(f"{what}={text!r} is not an integer") from None
-
-
-def _clamp(code: int) -> int:
-    """An abort code that fits the tree's 64-bit integers (the head maps it to a status)."""
-    return max(-(1 << 63), min(code, (1 << 63) - 1))
-

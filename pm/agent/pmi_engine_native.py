@@ -24,7 +24,7 @@ from pm.agent.pmi_actions import (
     Reserve,
     Spawn,
 )
-from pm.agent.pmi_engine import _clamp
+from pm.agent.pmi_engine_v1 import _clamp
 from pm.proto import native
 from pm.proto.errors import PMError, ProtocolError
 

@@ -8,7 +8,7 @@ engine's output or starts a call, as the PMI-1 handlers do.
 from __future__ import annotations
 
 from pm.agent.pmi_actions import FENCE, RING, Collective, NameService, NodeAttrGet, Phase, Spawn
-from pm.agent.pmi_engine import _clamp, _dec, _enc, _int
+from pm.agent.pmi_engine_v1 import _clamp, _dec, _enc, _int
 from pm.proto import pmi2
 from pm.proto.errors import PMError, ProtocolError
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from pm.agent.quick_spawns import QuickJob
     from pm.agent.shm_reaper import ShmReaper
     from pm.agent.topology import Topology
-    from pm.common.output import Writer
+    from pm.common.output_writer import Writer
 
 
 class RankStart:

@@ -1,6 +1,6 @@
 """Output files of a job: their names from a pattern (Hydra's ``-outfile-pattern``, srun's
 ``--output``, Open MPI's ``--output-filename``), what keeps one from taking output, and
-opening them (:class:`pm.common.output.Writer` writes them)."""
+opening them (:class:`pm.common.output_writer.Writer` writes them)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The thread behind pmrun's stdout and stderr once an event loop runs: a slow reader
-holds the nodes' output credit, never the loop (:meth:`pm.common.output.Writer.write_behind`).
-Loaded only then: pmrun's quick path writes in its own thread."""
+holds the nodes' output credit, never the loop
+(:meth:`pm.common.output_writer.Writer.write_behind`).  Loaded only then: pmrun's quick
+path writes in its own thread."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import contextlib
 import threading
 from collections.abc import Callable
 
-from pm.common.output import write_out
+from pm.common.output_writer import write_out
 
 
 class WriteBehind:
-    """The thread that writes a :class:`pm.common.output.Writer`'s stdout and stderr chunks
-    in order (:meth:`~pm.common.output.Writer.write_behind`)."""
+    """The thread that writes a :class:`pm.common.output_writer.Writer`'s stdout and stderr chunks
+    in order (:meth:`~pm.common.output_writer.Writer.write_behind`)."""
 
     def __init__(self, call_soon: Callable[[Callable[[], None]], object],
                  written: Callable[[int, int], None], broken: Callable[[int, int], None]

@@ -25,7 +25,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
-from pm.common.output import STDERR, STDOUT, Writer
+from pm.common.output import STDERR, STDOUT
+from pm.common.output_writer import Writer
 from pm.ensemble.core import Event
 
 __all__ = ["SPOOL_MEMORY", "Console", "colors"]
@@ -109,7 +110,7 @@ class Console:
     ``-v``).  ``files``: each run's stdout goes to a new file in this directory, whose name
     is printed as its output once the task ended (GNU parallel's ``--files``; its stderr
     is printed as without).  Written in order by
-    the output thread (:class:`pm.common.output.Writer`): a slow reader of our stdout
+    the output thread (:class:`pm.common.output_writer.Writer`): a slow reader of our stdout
     never stops the loop that runs the tasks.  :meth:`aclose` waits until all is
     written."""
 

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pm.common.output import write_all
+from pm.common.output_writer import write_all
 from pm.ensemble.joblog import log_target
 
 if TYPE_CHECKING:
