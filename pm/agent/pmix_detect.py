@@ -234,8 +234,9 @@ def prefix_env(lib: str | None) -> dict[str, str]:
     out so (a system's Open MPI finds its files where it was built for)."""
     if not lib:
         return {}
-    prefix = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(lib))))
-    if os.path.basename(os.path.dirname(lib)) != "openmpi" or \
+    folder = os.path.dirname(os.path.abspath(lib))  # PREFIX/lib/openmpi
+    prefix = os.path.dirname(os.path.dirname(folder))
+    if os.path.basename(folder) != "openmpi" or \
             not os.path.isdir(os.path.join(prefix, "share", "openmpi")):
         return {}
     return dict.fromkeys(PREFIX_VARS, prefix)
