@@ -172,7 +172,8 @@ async def _main(opts: CliOptions, started: StartedRanks | None = None) -> int:
     handlers = {signal.SIGINT: job.interrupt, signal.SIGTERM: job.interrupt,
                 signal.SIGHUP: job.interrupt, signal.SIGQUIT: job.interrupt,
                 signal.SIGUSR1: job.signal,
-                signal.SIGUSR2: job.signal, signal.SIGTSTP: job.suspend,
+                signal.SIGUSR2: job.signal, signal.SIGALRM: job.signal,
+                signal.SIGTSTP: job.suspend,
                 signal.SIGCONT: job.signal}
     if opts.spec.pty:  # srun's --pty: a new size of pmrun's terminal is rank 0's too
         handlers[signal.SIGWINCH] = job.resized

@@ -78,7 +78,7 @@ if TYPE_CHECKING:
 
 #: Signals pmrun handles (pm.cli_run installs the same on the event loop).
 SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1,
-           _signal.SIGUSR2, _signal.SIGTSTP, _signal.SIGCONT)
+           _signal.SIGUSR2, _signal.SIGALRM, _signal.SIGTSTP, _signal.SIGCONT)
 
 
 class QuickOptions:

@@ -382,12 +382,16 @@ ALARMED = """
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGALRM, signal.SIGWINCH])
+@pytest.mark.parametrize(("args", "sig"), [
+    (["--forward-signals", "SIGXCPU,28", "--local-nodes", "2"], signal.SIGWINCH),
+    (["--local-nodes", "2"], signal.SIGALRM),  # (as srun does, always)
+    ([], signal.SIGALRM),  # (one node: the quick path hands the job over)
+])
 def test_forward_signals_adds_signals_every_rank_gets(pmrun_popen: Start, tmp_path: Path,
-                                                     marker: str, sig: signal.Signals) -> None:
+                                                     marker: str, args: list[str],
+                                                     sig: signal.Signals) -> None:
     prog = script(tmp_path, "alarmed.py", ALARMED)
-    p = pmrun_popen("--forward-signals", "SIGALRM,28", "-n", "2", "--local-nodes", "2",
-                    "python", str(prog), marker)
+    p = pmrun_popen(*args, "-n", "2", "python", str(prog), marker)
     assert p.stdout is not None
     assert read_lines(p.stdout, 2, 30) == [b"up\n", b"up\n"]
     p.send_signal(sig)

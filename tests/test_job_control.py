@@ -146,6 +146,7 @@ TAKER = """
     import os, signal, sys, time
     rank = os.environ["PMI_RANK"]
     signal.signal(signal.SIGUSR1, lambda s, f: print("got USR1", rank, flush=True))
+    signal.signal(signal.SIGALRM, lambda s, f: print("got ALRM", rank, flush=True))
     print("up", rank, os.getpid(), os.getppid(), flush=True)
     go = sys.argv[1]
     while not os.path.exists(go):
@@ -156,8 +157,9 @@ TAKER = """
 
 def test_an_agent_passes_the_signals_it_gets_to_its_ranks(tmp_path: Path, marker: str) -> None:
     """What slurmstepd does to pmrun's agents, the tasks of its step (scancel --signal,
-    --signal=USR1@110, scontrol suspend): node 1's agent gets SIGUSR1 and its rank gets it
-    too, and the job runs on; SIGTSTP stops its rank (not the agent), SIGCONT continues it."""
+    --signal=USR1@110, scontrol suspend): node 1's agent gets SIGUSR1 (SIGALRM) and its rank
+    gets it too, and the job runs on; SIGTSTP stops its rank (not the agent), SIGCONT
+    continues it."""
     prog = script(tmp_path, "taker.py", TAKER)
     go = tmp_path / "go"
     with in_own_group(["--local-nodes", "2", "-n", "2", "-l", "python", str(prog), str(go),
@@ -169,6 +171,8 @@ def test_an_agent_passes_the_signals_it_gets_to_its_ranks(tmp_path: Path, marker
         assert agent != p.pid  # (node 1's agent: a process of its own)
         os.kill(agent, signal.SIGUSR1)
         assert read_lines(p.stdout, 1, 30) == [b"[1] got USR1 1\n"]
+        os.kill(agent, signal.SIGALRM)
+        assert read_lines(p.stdout, 1, 30) == [b"[1] got ALRM 1\n"]
         os.kill(agent, signal.SIGTSTP)
         wait_until(lambda: state(rank) == "T", 10, "node 1's rank to stop")
         assert state(agent) not in ("T", "")

@@ -899,7 +899,7 @@ echo "pmrun exit $?"
     assert_clean(c)
 
 
-#: A rank of the signal tests: says (on stdout and in DIR/got.RANK) the USR1/USR2 it gets,
+#: A rank of the signal tests: says (on stdout and in DIR/got.RANK) the USR1/USR2/ALRM it gets,
 #: ends with 3 on TERM, and otherwise runs until DIR/stop exists; DIR/ready.RANK once its
 #: traps are set.
 SIGNAL_RANK = """#!/bin/bash
@@ -907,6 +907,7 @@ d={dir}
 r=$PMI_RANK
 trap 'echo "rank $r got USR1"; echo USR1 >> $d/got.$r' USR1
 trap 'echo "rank $r got USR2"; echo USR2 >> $d/got.$r' USR2
+trap 'echo "rank $r got ALRM"; echo ALRM >> $d/got.$r' ALRM
 trap 'echo "rank $r got TERM"; exit 3' TERM
 echo "ready $r"; : > $d/ready.$r
 while [ ! -e $d/stop ]; do sleep 0.1; done
@@ -982,13 +983,14 @@ def test_scancel_signal_reaches_the_ranks_and_the_job_runs_on(slurm_cluster: Rea
                                                               tmp_path: Path) -> None:
     """``scancel --signal=USR1 JOB`` signals the step's tasks, pmrun's agents: each passes it
     to its ranks and runs on, as srun's tasks would get it (twice for two scancels); the
-    agents are not named lost."""
+    agents are not named lost.  SIGALRM too, which srun passes on and whose default action
+    would end an agent."""
     c = slurm_cluster
     proc = _salloc_popen(c, ["-N2", "-n4"], str(_signal_rank(tmp_path)))
     try:
         _wait_ready(tmp_path, 4, proc)
         jobid = c.queue()[0].split()[0]
-        for count, sig in enumerate(("USR1", "USR1", "USR2"), 1):
+        for count, sig in enumerate(("USR1", "USR1", "USR2", "ALRM"), 1):
             c.run(["scancel", f"--signal={sig}", jobid], check=True)
             _wait_got(tmp_path, 4, count, proc)
         (tmp_path / "stop").touch()
@@ -996,9 +998,9 @@ def test_scancel_signal_reaches_the_ranks_and_the_job_runs_on(slurm_cluster: Rea
     finally:
         _end(c, proc)
     assert proc.returncode == 0, err
-    assert _got(tmp_path, 4) == [["USR1", "USR1", "USR2"]] * 4, (out, err)
+    assert _got(tmp_path, 4) == [["USR1", "USR1", "USR2", "ALRM"]] * 4, (out, err)
     assert sorted(line for line in out.splitlines() if " got " in line) == sorted(
-        f"rank {r} got {s}" for r in range(4) for s in ("USR1", "USR1", "USR2")), out
+        f"rank {r} got {s}" for r in range(4) for s in ("USR1", "USR1", "USR2", "ALRM")), out
     assert "lost" not in err and "Traceback" not in err, err
     assert_clean(c)
 

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 # GUARDIAN_BLOCKS are blocked as well, by its spawn: they stay pending, for Guardian.got.)
 # The lines it reads are files (or folders) of the job's (Guardian.note): gone with the
 # agent, they go too.
-_GUARDIAN = ("trap '' INT TERM HUP QUIT PIPE USR1 USR2 TSTP TTIN TTOU; "
+_GUARDIAN = ("trap '' INT TERM HUP QUIT PIPE USR1 USR2 ALRM TSTP TTIN TTOU; "
              # A line that is not a path: the agent ended the job itself (Guardian.release);
              # "done": and every file named here is gone already.
              'z=; while IFS= read -r p; do case $p in /*) set -- "$@" "$p";; done) z=1; set --;; '
@@ -65,8 +65,8 @@ _GUARDIAN = ("trap '' INT TERM HUP QUIT PIPE USR1 USR2 TSTP TTIN TTOU; "
 
 #: The signals a guardian blocks (:meth:`Guardian.got`): those an agent passes on to the
 #: ranks as they come (pm.agent.step_signals).
-GUARDIAN_BLOCKS = (_signal.SIGUSR1, _signal.SIGUSR2, _signal.SIGINT, _signal.SIGHUP,
-                   _signal.SIGQUIT, _signal.SIGTERM)
+GUARDIAN_BLOCKS = (_signal.SIGUSR1, _signal.SIGUSR2, _signal.SIGALRM, _signal.SIGINT,
+                   _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGTERM)
 
 #: Target fd number of the PMI socket in a rank (``PMI_FD``).
 PMI_FD = 3

@@ -18,8 +18,9 @@ all its process group, pmrun among them, which passes it on down the tree.)
 
 An agent therefore takes the signals pmrun itself takes:
 
-* SIGUSR1, SIGUSR2, SIGINT, SIGHUP, SIGQUIT: every local rank gets it once (and every rank of
-  the jobs they spawned), and the agent runs on.  Once: from Slurm itself if it signalled the
+* SIGUSR1, SIGUSR2, SIGALRM, SIGINT, SIGHUP, SIGQUIT (those srun passes to its tasks):
+  every local rank gets it once (and every rank of the jobs they spawned), and the agent
+  runs on.  Once: from Slurm itself if it signalled the
   ranks, else from the agent.  Their guardian, in their process group, blocks these
   signals: one pending there (:meth:`pm.agent.spawn.Guardian.got`) came from Slurm to the
   whole group.  The agent looks for it :data:`PROBE` seconds (Slurm signals the processes
@@ -85,8 +86,8 @@ if TYPE_CHECKING:
 
 #: The signals an agent takes (see the module docstring); SIGTERM too once
 #: :func:`take_term` said so.
-TAKEN = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
-         signal.SIGTSTP, signal.SIGCONT)
+TAKEN = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGINT, signal.SIGHUP,
+         signal.SIGQUIT, signal.SIGTSTP, signal.SIGCONT)
 #: Those that are states (stop, continue), acted on each time.
 STATES = (signal.SIGTSTP, signal.SIGCONT)
 #: Seconds within which Slurm's and pmrun's same signal are one (one scancel sends both at

@@ -521,8 +521,8 @@ OTHER_OPTIONS = (
              "MPIEXEC_TIMEOUT; of tasks, each task's run (as GNU parallel), or a percentage "
              "of the median successful run (200%)"),
     Opt("--forward-signals", "forward_signals", signal_list, metavar="LIST", group=MISC,
-        help="Open MPI's: forward these signals to every rank too (SIGALRM,SIGWINCH; names "
-             "or numbers); INT, TERM, HUP, USR1, USR2, TSTP and CONT always are"),
+        help="Open MPI's: forward these signals to every rank too (SIGWINCH,SIGXCPU; names "
+             "or numbers); INT, TERM, HUP, QUIT, USR1, USR2, ALRM, TSTP and CONT always are"),
     Opt("--signal", "signal_before_end", signal_before_end, metavar="[R:]SIG[@TIME]",
         group=MISC,
         help="srun's and Flux's: every rank gets SIG TIME seconds (default 60; Flux's 30s, "
