@@ -3,6 +3,7 @@
 from collections.abc import Callable
 from types import FrameType
 
+SIGALRM: int
 SIGCONT: int
 SIGHUP: int
 SIGINT: int

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
+import json
 import os
 import pty
 import re
@@ -543,11 +546,53 @@ def test_results_named_by_replacement_strings_are_gnu_parallels_files(pmrun: Run
     assert _tree(tmp_path / "ours") == _tree(tmp_path / "theirs") != {}
 
 
-def test_results_as_a_table_are_refused_in_one_line(pmrun: Run) -> None:
-    r = pmrun("--results", "out.csv", "echo", ":::", "a")
-    assert (r.returncode, r.stdout, r.stderr) == (2, "", (
-        "pmrun: --results out.csv: GNU parallel's table of results (CSV, TSV, JSON) is not "
-        "written by pmrun: give a folder, or a name with replacement strings\n"))
+def _table(path: Path) -> list[list[str]]:
+    """A --results table's rows, the times (Starttime, JobRuntime) left out."""
+    if path.suffix == ".json":
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for row in rows:
+            assert isinstance(row.pop("Starttime"), float) and row.pop("JobRuntime") >= 0
+        return [[json.dumps(row)] for row in rows]
+    text = path.read_text()
+    rows = list(csv.reader(io.StringIO(text), delimiter="\t" if path.suffix == ".tsv" else ","))
+    for row in rows[1:]:
+        assert float(row.pop(2)) > 0 and float(row.pop(2)) >= 0, row
+    return [rows[0][:2] + rows[0][4:], *rows[1:]]
+
+
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
+@pytest.mark.parametrize(("name", "header"), [("t.csv", False), ("t.tsv", False),
+                                              ("t.json", False), ("t.csv", True)])
+def test_results_as_a_table_are_gnu_parallels(pmrun: Run, tmp_path: Path, name: str,
+                                              header: bool) -> None:
+    """--results NAME.csv (.tsv, .json): GNU parallel's table, a row per task with its
+    arguments and output (quoted as parallel quotes them), nothing printed; the output
+    held meanwhile goes with the run."""
+    tail = ["-j", "1", *(["--header", ":"] if header else []),
+            "printf '%s' {1}{2}; echo 'e \"1\"' >&2", ":::", *(["A"] if header else []),
+            "x y", 'q"q', *([] if header else ["t\tt"]), "", ":::",
+            *(["B"] if header else []), "c,c", "\\n"]
+    want = parallel(tmp_path, "--results", f"theirs.{name}", *tail)
+    assert want.stdout == "", want.stderr
+    (tmp_path / "held").mkdir()
+    r = pmrun("--tmpdir", "held", "--results", f"ours.{name}", *tail)
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr
+    ours, theirs = _table(tmp_path / f"ours.{name}"), _table(tmp_path / f"theirs.{name}")
+    assert ours == theirs and len(ours) >= 7, (ours, theirs)
+    assert not list((tmp_path / "held").iterdir())
+
+
+def test_results_table_names_exit_status_and_signal(pmrun: Run, tmp_path: Path) -> None:
+    r = pmrun("--results", "t.csv", "-j", "1", "case {} in k) kill -9 $$;; *) exit {};; esac",
+              ":::", "3", "k", "0")
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
+    rows = _table(tmp_path / "t.csv")
+    assert [row[:6] + row[7:8] for row in rows[1:]] == [["1", ":", "0", "0", "3", "0", "3"],
+                                                        ["2", ":", "0", "0", "0", "9", "k"],
+                                                        ["3", ":", "0", "0", "0", "0", "0"]]
+    r = pmrun("--results", "no/such/t.csv", "echo", ":::", "a")
+    assert (r.returncode, r.stderr) == (2, "pmrun: --results no/such/t.csv: No such file or "
+                                           "directory\n")
 
 
 def test_results_that_cannot_be_stored_are_named_and_nothing_hangs(pmrun: Run,

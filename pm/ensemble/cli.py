@@ -50,6 +50,7 @@ from pm.ensemble.inputs import (
 )
 from pm.ensemble.joblog import HEADER, JobLog, failed_commands, log_target, read_joblog
 from pm.ensemble.perl_expr import PERL
+from pm.ensemble.results_table import ResultsTable, is_table
 from pm.ensemble.stream import Arrivals, is_fifo, offered, streamable
 from pm.ensemble.task import Task, TaskResult
 from pm.ensemble.taskspec import (
@@ -314,12 +315,17 @@ async def run_cli(opts: CliOptions) -> int:
     halt = Halt(extra.get("halt", "never"), len(specs))
     mode = extra.get("output_mode") or ("line" if path is not None else "group")
     where = None
-    if "results" in extra:
+    table = None  # --results NAME.csv: GNU parallel's table of results
+    if "results" in extra and not is_table(extra["results"]):
         where = results_files(extra, specs, names or ())
     program_options(opts.spec)
     tags = task_tags(extra, specs, tasks_file=path is not None)
     files = task_files(extra, specs)
     PERL.close()  # (every {= expression =} is filled in by now)
+    if "results" in extra and is_table(extra["results"]):
+        width = max((len(s.args) for s in specs), default=int(stream))  # (stdin: one source)
+        table = ResultsTable(extra["results"], names or (), width, extra.get("tmpdir"))
+        where = table.files(specs)
     tag: Callable[[int], bytes | None] = tags.get
     if piped:  # one line, run once a block: every run's tag is the first's
         tag = functools.partial(_same, tags.get(0))
@@ -361,6 +367,8 @@ async def run_cli(opts: CliOptions) -> int:
         await console.aclose()
         if log is not None:
             log.close()
+        if table is not None:
+            table.close()
         raise UsageError(str(exc)) from None
     loop = asyncio.get_running_loop()
     producer: asyncio.Task[None] | None = None  # --pipe's reader of stdin
@@ -388,6 +396,8 @@ async def run_cli(opts: CliOptions) -> int:
         await console.aclose()
         if log is not None:
             log.close()
+        if table is not None:
+            table.close()
         raise UsageError(str(exc)) from None
     def output_gone() -> None:
         """Whoever read our stdout went away (``| head``): its tasks' output has nowhere
@@ -411,9 +421,12 @@ async def run_cli(opts: CliOptions) -> int:
             console.keep_order([] if piped or stream else (spec.index for spec in specs))
 
         def done(task: Task, result: TaskResult) -> None:
+            host = ":" if ens.is_here(result.node) else None
             line = "" if log is None else log.record(
-                result, shown(task.spec), task.received, task.sent,
-                ":" if ens.is_here(result.node) else None)
+                result, shown(task.spec), task.received, task.sent, host)
+            if table is not None:
+                table.record(result, shown(task.spec), task.spec.args, task.received,
+                             task.sent, host)
             # (--joblog -: the task's line on stdout right after its output, as parallel's)
             console.ended(task.index, failed=not result.ok,
                           trailer=os.fsencode(line) if log is not None and log.to_stdout
@@ -474,7 +487,8 @@ async def run_cli(opts: CliOptions) -> int:
             def take(batch: list[TaskSpec]) -> None:
                 batch = [s for s in finish(batch) if unseen(s)]
                 if where is not None:
-                    where.update(results_files(extra, batch, ()))
+                    where.update(results_files(extra, batch, ()) if table is None
+                                 else table.files(batch))
                 tags.update(task_tags(extra, batch, tasks_file=False))
                 files.update(task_files(extra, batch))
                 if lines is not None:
@@ -513,6 +527,8 @@ async def run_cli(opts: CliOptions) -> int:
         await ens.aclose()
         if log is not None:
             log.close()
+        if table is not None:
+            table.close()
         summary = ens.summary_text()
         if opts.verbose < console.memory_level:  # the nodes' memory peaks with -v (-vv)
             summary = "\n".join(x for x in summary.split("\n") if not x.startswith("node "))

@@ -77,6 +77,18 @@ def _last_entries(path: str) -> dict[int, tuple[bool, int, str]]:
     return entries
 
 
+def entry(result: TaskResult) -> tuple[float, float, int, int] | None:
+    """A task's ``Starttime``, ``JobRuntime``, ``Exitval`` and ``Signal`` (None: it never
+    started)."""
+    start, end = result.started, result.ended
+    if start is None:
+        return None
+    code = result.returncode
+    sig = code - 128 if code is not None and code > 128 and code - 128 in _SIGNALS else 0
+    exitval = -1 if code is None else 0 if sig else code
+    return start, 0.0 if end is None else end - start, exitval, sig
+
+
 def log_target(given: str) -> tuple[str, bool]:
     """Where ``--joblog`` writes and whether it appends: GNU parallel's ``+FILE`` appends to
     FILE (no header: the lines go on those there), ``-`` is stdout (``(path, append)``)."""
@@ -120,13 +132,10 @@ class JobLog:
         """Write the line of a task that ended (with :attr:`to_stdout`: return it); "" for
         one that never started.  ``received``, ``sent``: its stdout's bytes and its stdin's;
         ``host``: where it ran as the log names it (default: its node)."""
-        start, end = result.started, result.ended
-        if start is None or (not self.to_stdout and self._file.closed):
+        fields = entry(result)
+        if fields is None or (not self.to_stdout and self._file.closed):
             return ""  # a task that never started (interrupted, too big) is run by --resume
-        code = result.returncode
-        sig = code - 128 if code is not None and code > 128 and code - 128 in _SIGNALS else 0
-        exitval = -1 if code is None else 0 if sig else code
-        took = 0.0 if end is None else end - start
+        start, took, exitval, sig = fields
         command = line.replace("\t", " ").replace("\n", " ")
         text = (f"{result.index + 1}\t{host or result.node or ':'}\t{start:.3f}\t"
                 f"{took:10.3f}\t{sent}\t{received}\t{exitval}\t{sig}\t{command}\n")

@@ -94,12 +94,10 @@ def results_dir(value: str, opt: str) -> str:
     """A directory pmrun makes if need be (GNU parallel's ``--results``): refused when it,
     or the nearest part of its path that exists, is not a directory."""
     text(value, opt)
-    if value.endswith((".csv", ".tsv", ".json")) and "{" not in value:
-        raise UsageError(f"{opt} {value}: GNU parallel's table of results (CSV, TSV, JSON) "
-                         "is not written by pmrun: give a folder, or a name with "
-                         "replacement strings")
-    # (One with replacement strings: the folder its fixed start names.)
-    part = os.path.abspath(value.split("{", 1)[0] or ".")
+    # (One with replacement strings: the folder its fixed start names; a table, NAME.csv,
+    # .tsv or .json: its folder.)
+    table = value.endswith((".csv", ".tsv", ".json")) and "{" not in value
+    part = os.path.abspath(os.path.dirname(value) if table else value.split("{", 1)[0] or ".")
     while not os.path.exists(part):
         part = os.path.dirname(part)
     if not os.path.isdir(part):
@@ -408,7 +406,8 @@ ENSEMBLE_OPTIONS = (
     Opt("--results", "results", results_dir, metavar="DIR", group=MEMORY,
         help="each task's stdout and stderr in files of DIR/1/ARG1/2/ARG2/, not printed "
              "(GNU parallel's layout); a NAME with replacement strings: NAME, NAME.err and "
-             "NAME.seq filled in, or files of that folder if it ends in /"),
+             "NAME.seq filled in, or files of that folder if it ends in /; NAME.csv, .tsv, "
+             ".json: one table, a row per task, with its output"),
     Opt("--files", "files", kind=FLAG, group=MEMORY,
         help="each task's stdout in a new file of --tmpdir, whose name is printed instead "
              "(GNU parallel's)"),
