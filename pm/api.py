@@ -310,9 +310,14 @@ class Cluster:
                     value = JOB_CHECKS[key](key, value)
             setattr(spec, key, value)
         if spec.timeout is None:
-            if spec.signal_before_end is not None:
-                raise JobSpecError("signal_before_end: a signal before the timeout needs a "
-                                   "timeout")
+            if spec.signal_before_end is not None:  # (inside Slurm: before the job's end)
+                from pm.bootstrap.slurm_job import job_end
+
+                end = job_end("give timeout")
+                if isinstance(end, str):
+                    raise JobSpecError("signal_before_end: a signal before the timeout needs a "
+                                       f"timeout{end}")
+                spec.slurm_end = end
             if spec.timeout_report:
                 raise JobSpecError("timeout_report: a report at the timeout needs a timeout")
         if not 0 <= spec.stdin_rank < spec.size and spec.stdin_rank != STDIN_ALL:

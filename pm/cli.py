@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 from pm.jobspec import AppSpec, JobSpec
 from pm.options import Parsed, Section, prepend_of
@@ -261,22 +260,12 @@ def _slurm_end() -> tuple[float, float]:
     """srun's --signal without --timeout: inside a Slurm job, its end (seconds left, and
     when they were asked), from slurmctld: what srun's --signal is before; UsageError when
     there is no such end."""
-    from pm.bootstrap.slurm_job import job_id, job_info_now
+    from pm.bootstrap.slurm_job import job_end
 
-    need = "--signal: a signal before the time limit needs a time limit"
-    give = "--timeout SECONDS, -t MINUTES"
-    job = job_id()
-    if job is None:
-        raise UsageError(f"{need} ({give})")
-    asked = time.monotonic()
-    info = job_info_now(job)
-    if info is None:
-        raise UsageError(f"{need}: slurmctld did not tell Slurm job {job}'s ({give})")
-    left = info.time_left
-    if left is None:
-        raise UsageError(f"{need}: Slurm job {job} has none (its TimeLimit is UNLIMITED; "
-                         f"{give})")
-    return float(left), asked
+    end = job_end("--timeout SECONDS, -t MINUTES")
+    if isinstance(end, str):
+        raise UsageError(f"--signal: a signal before the time limit needs a time limit{end}")
+    return end
 
 
 def _launcher(extra: dict[str, str]) -> None:

@@ -1102,6 +1102,16 @@ def test_signal_before_the_allocation_s_time_limit(slurm_cluster: RealCluster,
         r"pmrun: --signal: a signal before the time limit needs a time limit: Slurm job \d+ "
         r"has none \(its TimeLimit is UNLIMITED; --timeout SECONDS, -t MINUTES\)\n",
         res.stderr), res.stderr
+    # The API's signal_before_end without a timeout: the same, before the job's end.
+    api = ("import signal, sys, pm; r = pm.run(['sh', '-c', 'trap \"echo got USR1; exit 0\" "
+           "USR1; while :; do sleep 0.1; done'], signal_before_end=(signal.SIGUSR1, 57)); "
+           "print('status', r.returncode)")
+    t0 = time.monotonic()
+    res = subprocess.run(["salloc", "--quiet", "-N1", "-n1", "-t", "1", sys.executable, "-c",
+                          api], env=env_for(c), capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL)
+    assert (res.returncode, res.stdout) == (0, "got USR1\nstatus 0\n"), res.stderr
+    assert time.monotonic() - t0 < 20
     assert_clean(c)
 
 

@@ -146,6 +146,22 @@ async def ask_job(job: str) -> JobInfo | None:
     return job_info(out) if out is not None else None
 
 
+def job_end(give: str) -> tuple[float, float] | str:
+    """Inside a Slurm job, its end, as srun's ``--signal`` without a time of its own takes
+    it: (seconds left, the ``time.monotonic()`` they were asked at); else why there is
+    none, as the end of a sentence (``give``: how to give one instead)."""
+    job = job_id()
+    if job is None:
+        return f" ({give})"
+    asked = time.monotonic()
+    info = job_info_now(job)
+    if info is None:
+        return f": slurmctld did not tell Slurm job {job}'s ({give})"
+    if info.time_left is None:
+        return f": Slurm job {job} has none (its TimeLimit is UNLIMITED; {give})"
+    return float(info.time_left), asked
+
+
 def silence_explained(info: JobInfo | None, timeout: float) -> bool:
     """Whether agents silent for ``timeout`` seconds are no loss, given slurmctld's word on
     the job: Slurm holds it suspended, or resumed it too recently for them to have spoken
