@@ -58,7 +58,9 @@ _CAT = """trap 'rm -f "$PARALLEL_TMP"' EXIT
 {line}
 """
 #: --fifo: the command in the background reading the named pipe, cat writing the block
-#: into it; once the command ended a cat still waiting for a reader is ended too.
+#: into it; once the command ended a cat still waiting for a reader is ended too (SIGKILL:
+#: a SIGTERM that comes while the shell's forked child still has the shell's handlers is
+#: only noted there, and the child then waits in open() for a reader for ever).
 _FIFO = """trap 'rm -f "$PARALLEL_TMP"' EXIT
 mkfifo -m 600 "$PARALLEL_TMP" || exit
 exec 3<&0
@@ -67,7 +69,7 @@ exec 3<&-
 ({line}
 ) & p=$!
 wait $p; s=$?
-kill $c 2>/dev/null; wait $c 2>/dev/null
+kill -KILL $c 2>/dev/null; wait $c 2>/dev/null
 exit $s
 """
 
