@@ -554,6 +554,7 @@ def _table(path: Path) -> list[list[str]]:
             assert isinstance(row.pop("Starttime"), float) and row.pop("JobRuntime") >= 0
         return [[json.dumps(row)] for row in rows]
     text = path.read_text()
+    csv.field_size_limit(1 << 24)
     rows = list(csv.reader(io.StringIO(text), delimiter="\t" if path.suffix == ".tsv" else ","))
     for row in rows[1:]:
         assert float(row.pop(2)) > 0 and float(row.pop(2)) >= 0, row
@@ -590,6 +591,13 @@ def test_results_table_names_exit_status_and_signal(pmrun: Run, tmp_path: Path) 
     assert [row[:6] + row[7:8] for row in rows[1:]] == [["1", ":", "0", "0", "3", "0", "3"],
                                                         ["2", ":", "0", "0", "0", "9", "k"],
                                                         ["3", ":", "0", "0", "0", "0", "0"]]
+    # A retried task's row holds its last run; output past a MiB is held all the same.
+    r = pmrun("--results", "r.csv", "--retries", "2",
+              "head -c 1500000 /dev/zero | tr '\\0' x; echo; echo $PMRUN_TASK_ATTEMPT; exit 1 # {}",
+              ":::", "t")
+    assert r.returncode == 1 and r.stdout == "", r.stderr
+    rows = _table(tmp_path / "r.csv")
+    assert len(rows) == 2 and rows[1][-2] == "x" * 1500000 + "\n2\n", rows[1][-1]
     r = pmrun("--results", "no/such/t.csv", "echo", ":::", "a")
     assert (r.returncode, r.stderr) == (2, "pmrun: --results no/such/t.csv: No such file or "
                                            "directory\n")

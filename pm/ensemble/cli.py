@@ -324,8 +324,7 @@ async def run_cli(opts: CliOptions) -> int:
     PERL.close()  # (every {= expression =} is filled in by now)
     if "results" in extra and is_table(extra["results"]):
         width = max((len(s.args) for s in specs), default=int(stream))  # (stdin: one source)
-        table = ResultsTable(extra["results"], names or (), width, extra.get("tmpdir"))
-        where = table.files(specs)
+        table = ResultsTable(extra["results"], names or (), width)
     tag: Callable[[int], bytes | None] = tags.get
     if piped:  # one line, run once a block: every run's tag is the first's
         tag = functools.partial(_same, tags.get(0))
@@ -346,7 +345,7 @@ async def run_cli(opts: CliOptions) -> int:
                       results=where, command=command,
                       files=tempfile.gettempdir() if "files" in extra else None,
                       color=bool({"color", "ctag", "ctagstring"} & extra.keys()),
-                      color_failed="colorfailed" in extra)
+                      color_failed="colorfailed" in extra, collect=table is not None)
     if log is not None and log.to_stdout:  # (--joblog -: its header first, as parallel's)
         console.write_out(HEADER.encode())
     interrupted: list[int] = []
@@ -425,8 +424,8 @@ async def run_cli(opts: CliOptions) -> int:
             line = "" if log is None else log.record(
                 result, shown(task.spec), task.received, task.sent, host)
             if table is not None:
-                table.record(result, shown(task.spec), task.spec.args, task.received,
-                             task.sent, host)
+                table.record(result, shown(task.spec), task.spec.args,
+                             console.collected(task.index), task.received, task.sent, host)
             # (--joblog -: the task's line on stdout right after its output, as parallel's)
             console.ended(task.index, failed=not result.ok,
                           trailer=os.fsencode(line) if log is not None and log.to_stdout
@@ -487,8 +486,7 @@ async def run_cli(opts: CliOptions) -> int:
             def take(batch: list[TaskSpec]) -> None:
                 batch = [s for s in finish(batch) if unseen(s)]
                 if where is not None:
-                    where.update(results_files(extra, batch, ()) if table is None
-                                 else table.files(batch))
+                    where.update(results_files(extra, batch, ()))
                 tags.update(task_tags(extra, batch, tasks_file=False))
                 files.update(task_files(extra, batch))
                 if lines is not None:

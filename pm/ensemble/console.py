@@ -119,7 +119,7 @@ class Console:
                  results: dict[int, tuple[str, str, str]] | None = None,
                  command: Callable[[int], bytes] | None = None,
                  files: str | None = None, color: bool = False,
-                 color_failed: bool = False) -> None:
+                 color_failed: bool = False, collect: bool = False) -> None:
         self.verbose = verbose
         #: The number messages give the first task (:attr:`Ensemble.numbered_from`).
         self.numbered_from = 0
@@ -141,6 +141,9 @@ class Console:
         #: GNU parallel's -v: each run's command line, on stdout before its output.
         self._command = command
         self._results = results
+        #: --results NAME.csv: each task's output held (:meth:`collected`), not printed.
+        self._collect = collect
+        self._collected: dict[int, _Spool] = {}
         #: Tasks whose --results files could not be written: their output is printed.
         self._unstored: set[int] = set()
         self.tty = tty
@@ -174,6 +177,17 @@ class Console:
 
     def output(self, index: int, stream: int, data: bytes) -> None:
         """Lines task ``index`` wrote on ``stream``."""
+        if self._collect and index not in self._unstored:  # (for its row in the table)
+            spool = self._collected.get(index)
+            if spool is None:
+                spool = self._collected[index] = _Spool()
+            try:
+                spool.add(stream, data)
+                return
+            except OSError as exc:  # (spooled past SPOOL_MEMORY: --tmpdir is full...)
+                self._unstored.add(index)
+                self.message(f"task {index + self.numbered_from}'s output cannot be held "
+                             f"({exc.strerror}): printed from here on")
         path = None  # (--results: its stdout and stderr files; --files: its stdout's)
         if index not in self._unstored and self._results is not None:
             path = self._results[index][0 if stream == STDOUT else 1]
@@ -209,6 +223,9 @@ class Console:
         if trailer:
             self._trailers[index] = trailer
         order = self._order
+        if self._collect and index not in self._unstored:
+            self._trail(index)
+            return
         if self._results is not None:
             out, _, path = self._results[index]
             if os.path.exists(out):  # (it ran)
@@ -232,6 +249,14 @@ class Console:
             self._trail(done)
             if not self._group and order:
                 self._release(order[0])  # the next task's output streams from now on
+
+    def collected(self, index: int) -> tuple[bytes, bytes]:
+        """The stdout and stderr task ``index`` wrote (its last run), no longer held."""
+        spool = self._collected.pop(index, None)
+        parts: tuple[list[bytes], list[bytes]] = ([], [])
+        for stream, data in spool.pieces() if spool is not None else ():
+            parts[stream != STDOUT].append(data)
+        return b"".join(parts[0]), b"".join(parts[1])
 
     def _trail(self, index: int) -> None:
         trailer = self._trailers.pop(index, None)
@@ -312,6 +337,10 @@ class Console:
     def event(self, e: Event) -> None:
         if e.kind == "start" and self._files is not None and e.task is not None:
             self._new_file(e.task)
+        if e.kind == "start" and self._collect and e.task is not None:
+            spool = self._collected.pop(e.task, None)  # a retry: only the last run's output
+            if spool is not None:
+                spool.close()
         if e.kind == "start" and self._group and e.task is not None:
             held = self._held.pop(e.task, None)  # a retry: only the last run's output shows
             if held is not None:
@@ -379,6 +408,9 @@ class Console:
             self._trail(index)
         for index in sorted(self._trailers):  # (-k: after a task that never ended)
             self._trail(index)
+        for spool in self._collected.values():  # (a task that never ended: no row)
+            spool.close()
+        self._collected.clear()
         if last:
             self._write(STDERR, last.encode(errors="surrogateescape"))
         await asyncio.to_thread(self._writer.drain)

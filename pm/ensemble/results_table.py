@@ -9,28 +9,24 @@ The argument columns are ``V1``, ``V2``... (the input sources' names with ``--he
 A CSV or TSV field that holds white space, a double quote or the separator is quoted
 (``"``, a ``"`` in it doubled), as GNU parallel quotes it.  ``.json`` writes one object
 a line: ``{ "Seq": 1, ..., "V": [ "a" ], "Stdout": "...", "Stderr": "" }``, control
-characters escaped as ``\\u00XX``.  Nothing of the tasks' output is printed then: it
-is held in a folder of the run's own (each task's stdout and stderr, as ``--results
-DIR`` keeps them) until its row is written, and the folder goes with the run.
-A task that never started (the run was interrupted first) has no row.
+characters escaped as ``\\u00XX``.  Nothing of the tasks' output is printed then: the
+console holds it (in memory, past a MiB in an unlinked file: nothing is left behind however
+pmrun ends) until the task's row is written.  A task that never started (the run was
+interrupted first) has no row.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pm.ensemble.joblog import entry
+from pm.ensemble.joblog import entry, log
 from pm.proto.errors import UsageError
 
 if TYPE_CHECKING:
     from pm.ensemble.task import TaskResult
-    from pm.ensemble.taskspec import TaskSpec
 
 #: The names that make ``--results`` a table (without replacement strings).
 KINDS = (".csv", ".tsv", ".json")
@@ -50,13 +46,11 @@ def _json(text: str) -> str:
 
 
 class ResultsTable:
-    """The table being written to ``path``: :meth:`files` says where each task's output
-    is held, :meth:`record` writes a task's row (and lets its output go).  ``names``:
+    """The table being written to ``path``: :meth:`record` writes a task's row.  ``names``:
     the argument columns' names (``--header``), else ``V1``... for ``width`` of them.
     :class:`UsageError` naming the file if it cannot be written."""
 
-    def __init__(self, path: str, names: Sequence[str], width: int,
-                 tmpdir: str | None = None) -> None:
+    def __init__(self, path: str, names: Sequence[str], width: int) -> None:
         self.path = path
         self.json = path.endswith(".json")
         self.sep = "\t" if path.endswith(".tsv") else ","
@@ -66,7 +60,6 @@ class ResultsTable:
                               errors="surrogateescape")
         except OSError as exc:
             raise UsageError(f"--results {path}: {exc.strerror or exc}") from None
-        self._held = tempfile.mkdtemp(prefix="pmrun-results.", dir=tmpdir)
         if not self.json:
             columns = list(names) or [f"V{k}" for k in range(1, width + 1)]
             header = self.sep.join(self._quoted(c) for c in
@@ -79,36 +72,20 @@ class ResultsTable:
                 raise UsageError(f"--results {path}: cannot be written: "
                                  f"{exc.strerror or exc}") from None
 
-    def files(self, specs: Sequence[TaskSpec]) -> dict[int, tuple[str, str, str]]:
-        """Where each task's stdout, stderr and sequence number are held until its row."""
-        return {s.index: tuple(os.path.join(self._held, f"{s.index}.{part}")  # type: ignore[misc]
-                               for part in ("out", "err", "seq")) for s in specs}
-
     def _quoted(self, text: str) -> str:
         return '"' + text.replace('"', '""') + '"' if self._special.search(text) else text
 
-    def _output(self, index: int, part: str) -> str:
-        name = os.path.join(self._held, f"{index}.{part}")
-        try:
-            with open(name, "rb") as f:
-                data = f.read()
-        except OSError:
-            return ""
-        with contextlib.suppress(OSError):
-            os.unlink(name)
-        return data.decode("utf-8", "surrogateescape")
-
-    def record(self, result: TaskResult, line: str, args: Sequence[str], received: int,
-               sent: int = 0, host: str | None = None) -> None:
-        """Write the row of a task that ended (none for one that never started)."""
-        out, err = self._output(result.index, "out"), self._output(result.index, "err")
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(self._held, f"{result.index}.seq"))
+    def record(self, result: TaskResult, line: str, args: Sequence[str],
+               output: tuple[bytes, bytes], received: int, sent: int = 0,
+               host: str | None = None) -> None:
+        """Write the row of a task that ended (none for one that never started):
+        ``output`` its stdout and stderr."""
         fields = entry(result)
         if fields is None or self._file.closed:
             return
         start, took, exitval, sig = fields
         where = host or result.node or ":"
+        out, err = (data.decode("utf-8", "surrogateescape") for data in output)
         if self.json:
             text = (f'{{ "Seq": {result.index + 1}, "Host": {_json(where)}, '
                     f'"Starttime": {start:.3f}, "JobRuntime": {took:.3f}, "Send": {sent}, '
@@ -123,8 +100,6 @@ class ResultsTable:
             self._file.write(text)
             self._file.flush()
         except OSError as exc:  # the tasks go on; the table stops, named once
-            from pm.ensemble.joblog import log
-
             log.error("--results %s: %s: no more rows written (from Seq %d on)",
                       self.path, exc.strerror or exc, result.index + 1)
             with contextlib.suppress(OSError):
@@ -133,4 +108,3 @@ class ResultsTable:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._file.close()
-        shutil.rmtree(self._held, ignore_errors=True)
