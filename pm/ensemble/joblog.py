@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import signal
+from typing import TextIO
 
 from pm.ensemble.task import TaskResult
 from pm.proto.errors import UsageError
@@ -89,6 +90,19 @@ def entry(result: TaskResult) -> tuple[float, float, int, int] | None:
     return start, 0.0 if end is None else end - start, exitval, sig
 
 
+def written(file: TextIO, text: str, what: str, items: str, seq: int) -> None:
+    """``text`` written to ``file`` at once; if it cannot be, the tasks go on and the file
+    stops: one line names ``what`` and the task from which no more ``items`` are written."""
+    try:
+        file.write(text)
+        file.flush()
+    except OSError as exc:
+        log.error("%s: %s: no more %s written (from Seq %d on)", what, exc.strerror or exc,
+                  items, seq)
+        with contextlib.suppress(OSError):
+            file.close()
+
+
 def log_target(given: str) -> tuple[str, bool]:
     """Where ``--joblog`` writes and whether it appends: GNU parallel's ``+FILE`` appends to
     FILE (no header: the lines go on those there), ``-`` is stdout (``(path, append)``)."""
@@ -141,14 +155,7 @@ class JobLog:
                 f"{took:10.3f}\t{sent}\t{received}\t{exitval}\t{sig}\t{command}\n")
         if self.to_stdout:
             return text
-        try:
-            self._file.write(text)
-            self._file.flush()
-        except OSError as exc:  # the tasks go on; the log stops, named once
-            log.error("--joblog %s: %s: no more lines written (from Seq %d on)",
-                      self.path, exc.strerror or exc, result.index + 1)
-            with contextlib.suppress(OSError):
-                self._file.close()
+        written(self._file, text, f"--joblog {self.path}", "lines", result.index + 1)
         return text
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pm.ensemble.joblog import entry, log
+from pm.ensemble.joblog import entry, written
 from pm.proto.errors import UsageError
 
 if TYPE_CHECKING:
@@ -96,14 +96,7 @@ class ResultsTable:
             values = (str(result.index + 1), where, f"{start:.3f}", f"{took:.3f}", str(sent),
                       str(received), str(exitval), str(sig), line, *args, out, err)
             text = self.sep.join(map(self._quoted, values)) + "\n"
-        try:
-            self._file.write(text)
-            self._file.flush()
-        except OSError as exc:  # the tasks go on; the table stops, named once
-            log.error("--results %s: %s: no more rows written (from Seq %d on)",
-                      self.path, exc.strerror or exc, result.index + 1)
-            with contextlib.suppress(OSError):
-                self._file.close()
+        written(self._file, text, f"--results {self.path}", "rows", result.index + 1)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
