@@ -13,7 +13,7 @@ and SIGINT; a namespace host's link cut; hypothesis-made PMI-1, PMI-2 and
 native input; strangers on the tree ports; sequential jobs on persistent
 agents; concurrent jobs; output floods into a slow reader; 100 MB of stdin
 from a file and from a pipe) runs N times (default 100).  ``--ci`` is the
-short version CI runs: 10 runs of one case or two of each kind (those marked
+short version CI runs: 6 runs of one case or two of each kind (those marked
 ``ci``).  A run (``bench/_fault_harness.py``) is measured for:
 
 * **hang**: pmrun still running at the run's deadline (then killed);
@@ -232,7 +232,7 @@ def table(tallies: list[Tally], runs: int | None, ci: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--runs", type=int, default=0, help="runs per case (default 100; --ci 10)")
+    ap.add_argument("--runs", type=int, default=0, help="runs per case (default 100; --ci 6)")
     ap.add_argument("--ci", action="store_true", help="the short version CI runs")
     ap.add_argument("--quick", action="store_true", help="as --ci (python -m bench --quick)")
     ap.add_argument("--only", "--case", dest="only", default="",
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         return merge(args.merge)
     FUZZ[0] = args.fuzz
     ci = args.ci or args.quick
-    runs = args.runs or (10 if ci else 100)
+    runs = args.runs or (6 if ci else 100)
     only = {n for n in args.only.split(",") if n}
     cases = [c for c in CASES if (not only or c.name in only) and (c.ci or not ci or only)]
     unknown = only - {c.name for c in CASES}
