@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import asyncio
 
+    from pm.agent.child_port import ChildPort
     from pm.proto.plan import AgentConfig
 
 log = logging.getLogger("pm.agent")
@@ -147,7 +148,6 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
     import asyncio
     import gc
 
-    from pm.agent.child_port import ChildPort
     from pm.agent.links import ParentLink
     from pm.agent.node import JobAgent
     from pm.agent.step_signals import StepSignals
@@ -194,7 +194,8 @@ async def run_child(cfg: AgentConfig, stdin_rest: bytes = b"") -> int:
             agent.from_parent(msg)
 
     port: ChildPort | None = None
-    if cfg.listen:
+    if cfg.listen:  # (an agent with children of its own: a leaf needs no port)
+        from pm.agent.child_port import ChildPort
         from pm.agent.listen_port import listen_endpoint
 
         ports = cfg.ports
@@ -319,7 +320,8 @@ async def _close_quietly(port: Any, link: Any) -> None:
 def _preimport() -> None:
     """What every child agent imports, imported before its config is read.
 
-    Not ``pm.agent.children`` (only an agent with children of its own needs it), nor
+    Not ``pm.agent.children`` and ``pm.agent.child_port`` (only an agent with children of
+    its own needs them), nor
     uvloop, nor ssl: a child agent runs on asyncio's own loop, which starts 9 ms of CPU
     cheaper (uvloop imports ssl, and so does asyncio when it can: an agent never speaks
     TLS); every host of a launch pays that on the launch's critical path.
@@ -330,7 +332,6 @@ def _preimport() -> None:
     sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     import asyncio  # noqa: F401
 
-    import pm.agent.child_port
     import pm.agent.links
     import pm.agent.node
     import pm.proto.plan  # noqa: F401

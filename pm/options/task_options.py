@@ -93,11 +93,13 @@ def halt_policy(value: str, opt: str) -> str:
 def results_dir(value: str, opt: str) -> str:
     """A directory pmrun makes if need be (GNU parallel's ``--results``): refused when it,
     or the nearest part of its path that exists, is not a directory."""
+    from pm.ensemble.results_table import is_table
+
     text(value, opt)
     # (One with replacement strings: the folder its fixed start names; a table, NAME.csv,
     # .tsv or .json: its folder.)
-    table = value.endswith((".csv", ".tsv", ".json")) and "{" not in value
-    part = os.path.abspath(os.path.dirname(value) if table else value.split("{", 1)[0] or ".")
+    part = os.path.abspath(os.path.dirname(value) if is_table(value)
+                           else value.split("{", 1)[0] or ".")
     while not os.path.exists(part):
         part = os.path.dirname(part)
     if not os.path.isdir(part):
