@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import re
+import socket
 from collections.abc import Callable
 
 import msgpack
@@ -16,6 +17,7 @@ import zmq.asyncio
 from pm.agent import links
 from pm.agent.child_port import ChildPort
 from pm.agent.links import secure
+from pm.agent.refusals import fd_peer
 from pm.proto import tree_wire as t
 from pm.proto.errors import AuthError, ProtocolError
 from pm.proto.tree_frames import UP, seal, stamp, unseal
@@ -195,6 +197,20 @@ async def test_a_refused_peer_is_named_by_its_address(caplog: pytest.LogCaptureF
         assert port.address.split("://")[1] not in caplog.text
     finally:
         port.close(0)
+
+
+def test_a_reused_fd_is_not_taken_for_the_refused_peer() -> None:
+    """The monitor's accept is read late: by then the refused connection's fd number may be a
+    socket of ours connecting to the port, whose peer is the port itself.  Only a connection
+    to the port's own number is named."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, peer = server.accept()
+            with accepted:
+                assert fd_peer(accepted.fileno(), port) == f"127.0.0.1:{peer[1]}"
+                assert fd_peer(client.fileno()) == f"127.0.0.1:{port}"
+                assert fd_peer(client.fileno(), port) == ""
 
 
 async def test_a_silent_child_is_not_lost_while_its_silence_is_explained(

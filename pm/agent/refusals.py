@@ -20,11 +20,18 @@ from zmq.utils.monitor import parse_monitor_message
 log = logging.getLogger("pm.agent.links")
 
 
-def fd_peer(fd: int) -> str:
-    """``ip:port`` of the other end of TCP socket ``fd`` (ours, owned by libzmq), or ''."""
+def fd_peer(fd: int, local_port: int | None = None) -> str:
+    """``ip:port`` of the other end of TCP socket ``fd`` (ours, owned by libzmq), or ''.
+
+    With ``local_port``, '' unless ``fd`` is a connection to that port: by the time the
+    monitor's accept is read the connection may be closed and its fd number reused by another
+    socket of this process (one connecting to the port, whose peer is the port itself).
+    """
     try:
         with socket.socket(fileno=os.dup(fd)) as s:
             host, port = s.getpeername()[:2]
+            if local_port is not None and s.getsockname()[1] != local_port:
+                return ""
     except (OSError, ValueError):
         return ""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -93,6 +100,15 @@ def watch_refusals(sock: zmq.asyncio.Socket) -> zmq.asyncio.Socket:
     return sock.get_monitor_socket(events)
 
 
+def _bound_port(sock: zmq.asyncio.Socket) -> int | None:
+    """The TCP port ``sock`` listens on (its one endpoint), or None."""
+    try:
+        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return int(endpoint.rsplit(":", 1)[1])
+    except (zmq.ZMQError, ValueError, IndexError):
+        return None
+
+
 async def log_refusals(sock: zmq.asyncio.Socket, mon: zmq.asyncio.Socket, what: str,
                         joined: set[int] | None = None, limit: RateLimit | None = None,
                         peers: dict[int, str] | None = None, *, dropped: str = DROPPED) -> None:
@@ -108,7 +124,7 @@ async def log_refusals(sock: zmq.asyncio.Socket, mon: zmq.asyncio.Socket, what: 
                 continue
             event, value = int(ev["event"]), int(ev["value"])
             if event == zmq.EVENT_ACCEPTED:
-                peers[value] = fd_peer(value)
+                peers[value] = fd_peer(value, _bound_port(sock))
             elif event in _FAILED:
                 failed = _FAILED[event]
             elif event == zmq.EVENT_DISCONNECTED:
