@@ -663,7 +663,7 @@ def test_pipe_blocks_end_where_gnu_parallels_do(pmrun: Run, tmp_path: Path,
 def test_pipe_header_goes_before_every_block_as_gnu_parallels(pmrun: Run,
                                                               tmp_path: Path) -> None:
     assert PARALLEL is not None
-    data = "".join(f"{i}\n" for i in range(1, 301))
+    data = "".join(f"{i}\n" for i in range(1, 61))
     for header in (":", "2"):  # stdin's first lines before every block
         tail = ["--pipe", "--block", "10", "--header", header, "-k", "echo B; cat"]
         want = parallel(tmp_path, *tail, input=data)
