@@ -30,13 +30,14 @@ from pm.proto.tree_frames import PART_MAX, UP, LinkSeal, seal, split
 log = logging.getLogger("pm.agent.links")
 
 
-def _peer_name(vertex: int | None, frame: zmq.Frame) -> str:
-    """``vertex 3`` for a joined child, else the address the frame came from (the peer's)."""
+def _peer_name(vertex: int | None, frame: zmq.Frame, port: int) -> str:
+    """``vertex 3`` for a joined child, else the address the frame came from (the peer's:
+    its connection's, if that is still open on our ``port``, else libzmq's note of its IP)."""
     if vertex is not None:
         return f"vertex {vertex}"
     peer = ""
     with contextlib.suppress(Exception):
-        peer = fd_peer(int(frame.get(zmq.SRCFD))) or str(frame.get("Peer-Address") or "")
+        peer = fd_peer(int(frame.get(zmq.SRCFD)), port) or str(frame.get("Peer-Address") or "")
     return peer or "an unknown peer"
 
 
@@ -93,6 +94,7 @@ class ChildPort:
             self.sock.close(linger=0)
             raise TransportError(f"cannot listen on {bind}: {exc}") from exc
         self.address = f"{bind}:{port}"
+        self._port = port
         self._peers: dict[bytes, int] = {}
         self._ids: dict[int, bytes] = {}
         #: Connections of children dropped as lost: what they still send is not a stranger's.
@@ -119,7 +121,7 @@ class ChildPort:
             frames = await self.sock.recv_multipart(copy=False)
             if len(frames) < 3:
                 self._refusals.warn("refused a malformed frame set (%d parts) from %s",
-                                    len(frames), _peer_name(None, frames[-1]))
+                                    len(frames), _peer_name(None, frames[-1], self._port))
                 continue
             ident, envelope, body = frames[0].bytes, frames[1], join_parts(frames[2:])
             vertex = self._peers.get(ident)
@@ -133,7 +135,7 @@ class ChildPort:
                 msg = t.decode(payload)  # no copy
             except (AuthError, ProtocolError) as exc:
                 self._refusals.warn("refused a message from %s: %s",
-                                    _peer_name(vertex, frames[-1]), exc)
+                                    _peer_name(vertex, frames[-1], self._port), exc)
                 continue
             if vertex is None:
                 self._join(ident, link, seq, msg, frames[-1])
@@ -152,11 +154,11 @@ class ChildPort:
         """The first frame from ``ident``: a Hello sealed for its own link joins it."""
         if not isinstance(msg, t.Hello):
             self._refusals.warn("refused %s from %s, which did not say hello",
-                                type(msg).__name__, _peer_name(None, body))
+                                type(msg).__name__, _peer_name(None, body, self._port))
             return
         if msg.vertex != link:
             self._refusals.warn("refused a hello of vertex %d from %s: sealed for vertex %d's "
-                                "link", msg.vertex, _peer_name(None, body), link)
+                                "link", msg.vertex, _peer_name(None, body, self._port), link)
             return
         self._seal.accept(link, seq)  # so this hello is never taken again
         with contextlib.suppress(Exception):
