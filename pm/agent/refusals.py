@@ -115,6 +115,7 @@ async def log_refusals(sock: zmq.asyncio.Socket, mon: zmq.asyncio.Socket, what: 
     limit = limit or RateLimit()
     peers = {} if peers is None else peers
     failed: str | None = None
+    own: int | None = None  # the port's number, read at the first accept (it binds later)
     try:
         while True:
             frames = await mon.recv_multipart()
@@ -124,7 +125,8 @@ async def log_refusals(sock: zmq.asyncio.Socket, mon: zmq.asyncio.Socket, what: 
                 continue
             event, value = int(ev["event"]), int(ev["value"])
             if event == zmq.EVENT_ACCEPTED:
-                peers[value] = fd_peer(value, _bound_port(sock))
+                own = own or _bound_port(sock)
+                peers[value] = fd_peer(value, own)
             elif event in _FAILED:
                 failed = _FAILED[event]
             elif event == zmq.EVENT_DISCONNECTED:
