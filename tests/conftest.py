@@ -32,10 +32,15 @@ Launching jobs (helpers in ``tests/launch_util.py``, importable as ``launch_util
 Tests marked ``@pytest.mark.mpi`` are skipped with a reason when mpi4py or the
 MPICH wheel is not installed.
 
-The suite ends with nothing of its own running: the session makes pytest the reaper of
-its orphaned descendants and marks its environment (``PM_TEST_SESSION``); when the tests
-are over, any process still alive that descends from pytest or carries the mark is
-listed, killed, and fails the run.  So does any shared-memory file of pmrun's or of an
+The suite runs in two workers (``-n 2 --dist loadgroup``, pyproject.toml): the tests on a real
+cluster all in one of them, one after another; a test marked ``@pytest.mark.alone`` while no
+other test runs (it judges what the whole machine holds).
+
+The suite ends with nothing of its own running: the session makes pytest (and each worker)
+the reaper of its orphaned descendants and marks its environment (``PM_TEST_SESSION``, one
+mark for pytest and its workers); when the tests are over and the workers gone, any process
+still alive that descends from pytest or carries the mark is listed, killed, and fails the
+run.  So does any shared-memory file of pmrun's or of an
 MPI library that the session made and left in ``/dev/shm`` (listed, then removed).
 """
 
@@ -51,6 +56,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +66,7 @@ import launch_util  # (importable after the path insert)
 import pytest_asyncio
 from loopguard_util import LoopGuard, runners_guarded
 
+#: The session's mark, one for pytest and all its workers (``-n``: see pytest_configure).
 _SESSION_TOKEN = uuid.uuid4().hex[:16]
 #: How long processes of the last test get to finish on their own before they count as left.
 _SETTLE = 10.0
@@ -76,10 +83,36 @@ def _shm_names() -> set[str]:
         return set()
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+def _is_worker(config: pytest.Config) -> bool:
+    """Whether this process runs tests for a pytest that runs several (``-n``)."""
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _SESSION_TOKEN
+    if _is_worker(config):
+        _SESSION_TOKEN = config.workerinput["pm_session"]  # type: ignore[attr-defined]
     os.environ[launch_util.SESSION_ENV] = _SESSION_TOKEN
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """A worker's session has pytest's mark (it is not a pytest that a test runs)."""
+    node.workerinput["pm_session"] = _SESSION_TOKEN
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
     launch_util.become_subreaper()
-    _SHM_BEFORE.update(_shm_names())
+    if not _is_worker(session.config):
+        _SHM_BEFORE.update(_shm_names())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on a real cluster run one after another, in one worker (``--dist loadgroup``):
+    one Slurm at a time on this machine."""
+    for item in items:
+        if {"ssh_cluster", "slurm_cluster"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("cluster"))
 
 
 def _shm_mapped() -> set[str]:
@@ -116,12 +149,24 @@ def _shm_left() -> list[str]:
     return left
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Iterator[None]:
     """Fail the run if anything the tests started is still running (then kill it), or
-    left shared-memory files behind (then remove them)."""
+    left shared-memory files behind (then remove them).  Checked once, by pytest itself
+    after its workers are gone, if it had any (what a worker leaves comes to pytest: it
+    reaps orphans as they do)."""
+    yield
+    if not _is_worker(session.config):
+        _check_left(session)
+
+
+def _check_left(session: pytest.Session) -> None:
     import signal
     import time
+
+    for kind in ("turn", "run"):
+        with contextlib.suppress(OSError):
+            _lock_path(kind).unlink()
 
     deadline = time.monotonic() + _SETTLE
     left = launch_util.session_leftovers(_SESSION_TOKEN)
@@ -189,6 +234,32 @@ async def _async_loop_guard(request: pytest.FixtureRequest) -> AsyncIterator[Non
     guard.watch(asyncio.get_running_loop())
     yield
     await guard.check_tasks()
+
+
+def _lock_path(kind: str) -> Path:
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"pm-test-{_SESSION_TOKEN}.{kind}"
+
+
+@pytest.fixture(autouse=True)
+def _machine_share(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With workers (``-n``), a test marked ``alone`` runs while no other test does (it
+    judges what this whole machine holds, say /dev/shm); the others run side by side.  A
+    readers-writer lock over the workers (flock): the others share it, an ``alone`` test
+    takes it for itself, and the turnstile lets no new test in while one waits for it."""
+    import fcntl
+
+    if not _is_worker(request.config):
+        yield
+        return
+    alone = request.node.get_closest_marker("alone") is not None
+    with open(_lock_path("turn"), "a") as turn, open(_lock_path("run"), "a") as run:
+        fcntl.flock(turn, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        fcntl.flock(run, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(turn, fcntl.LOCK_UN)
+        yield
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

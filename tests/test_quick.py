@@ -198,6 +198,7 @@ SLEEPY = """
 """
 
 
+@pytest.mark.alone  # (its segment, held by nobody, is any other ending MPI job's)
 def test_a_job_without_pmi_leaves_other_jobs_segments_alone(pmrun_popen: Start,
                                                            tmp_path: Path, marker: str) -> None:
     """An MPI segment another job makes on the node while a job that speaks no PMI runs is

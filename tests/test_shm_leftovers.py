@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# What is new in /dev/shm and held by nobody is any ending job's to remove: these tests
+# make such files and look for them, so no other job runs meanwhile.
+pytestmark = pytest.mark.alone
+
 CRASH_MPI = r"""
 import json, os, sys
 from mpi4py import MPI

@@ -97,7 +97,7 @@ def test_signals_that_come_before_the_loop_are_noted_then_delivered() -> None:
 def test_a_guardian_tells_a_signal_someone_else_sent_its_group() -> None:
     """The guardian blocks the signals an agent passes on: one that Slurm (here: we) sent
     its whole group stays pending there; one the agent sent itself tells nothing."""
-    guardian = Guardian()
+    guardian = _trapped(Guardian())
     try:
         assert guardian.got(signal.SIGTERM) is False
         os.killpg(guardian.pgid, signal.SIGTERM)  # (what Slurm's proctrack/linuxproc does)
@@ -109,6 +109,19 @@ def test_a_guardian_tells_a_signal_someone_else_sent_its_group() -> None:
     finally:
         guardian.release()
         os.waitpid(guardian.pid, 0)
+
+
+def _trapped(guardian: Guardian) -> Guardian:
+    """``guardian`` once its shell ignores the signals it blocks (its ``trap ''``, which
+    discards any of them pending by then: Slurm's signal must come after it to be seen)."""
+    def ignores() -> bool:
+        status = Path(f"/proc/{guardian.pid}/status").read_text()
+        ign = int(next(ln for ln in status.splitlines() if ln.startswith("SigIgn:")).split()[1],
+                  16)
+        return bool(ign & (1 << (signal.SIGTERM - 1)))
+
+    wait_until(ignores, 10, "the guardian's traps")
+    return guardian
 
 
 class _Agent:
@@ -142,7 +155,7 @@ def test_slurm_s_signals_reach_each_rank_once(slurm_reaches: bool) -> None:
         slurm_signal(signal.SIGUSR1)
         return agent
 
-    guardian = Guardian()
+    guardian = _trapped(Guardian())
     try:
         agent = asyncio.run(run())
     finally:
