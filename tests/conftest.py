@@ -157,16 +157,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Iterator[N
     reaps orphans as they do)."""
     yield
     if not _is_worker(session.config):
+        for kind in ("turn", "run"):  # the workers' locks (_machine_share)
+            with contextlib.suppress(OSError):
+                _lock_path(kind).unlink()
         _check_left(session)
 
 
 def _check_left(session: pytest.Session) -> None:
     import signal
     import time
-
-    for kind in ("turn", "run"):
-        with contextlib.suppress(OSError):
-            _lock_path(kind).unlink()
 
     deadline = time.monotonic() + _SETTLE
     left = launch_util.session_leftovers(_SESSION_TOKEN)
